@@ -1,0 +1,144 @@
+"""The click command tree.
+
+`pivotbuild [OPTIONS] [TARGET | NAME=VALUE]...` builds; if the first word is
+a subcommand's name it is that subcommand.  `pivotbuild repro NAME` builds a
+stage whose name is also a subcommand's.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from pivotbuild import __version__
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_GLOBAL_WITH_VALUE = ("-C", "--directory", "-f", "--file")
+
+EXAMPLES = """\
+Examples:
+  pivotbuild                      build the default targets (or every stage)
+  pivotbuild -j4 train            build train (all its matrix variants) and what it needs
+  pivotbuild 'train@small-*'      build the variants matching a pattern
+  pivotbuild models/small.pkl     build the stage that writes a file
+  pivotbuild -n --explain         show what would run, and why
+  pivotbuild -q || echo stale     exit 1 if anything is out of date
+  pivotbuild EPOCHS=5 train       override a Pivotfile variable
+  pivotbuild -C sub check         validate the Pivotfile in sub/
+  pivotbuild graph --format dot | dot -Tsvg > graph.svg
+"""
+
+
+class PivotGroup(click.Group):
+    """A group whose bare words are build targets unless they name a subcommand."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        i = 0
+        while i < len(args):
+            arg = args[i]
+            if arg in _GLOBAL_WITH_VALUE:
+                i += 2
+            elif arg.startswith(("--directory=", "--file=")) or (arg[:2] in ("-C", "-f") and len(arg) > 2):
+                i += 1
+            else:
+                break
+        rest = args[i:]
+        if not rest or (rest[0] not in self.commands and rest[0] not in ("--help", "-h", "--version")):
+            args = [*args[:i], "repro", *rest]
+        return super().parse_args(ctx, args)
+
+    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        formatter.write_usage("pivotbuild", "[OPTIONS] [TARGET | NAME=VALUE]...")
+        formatter.write_usage("pivotbuild", "[-C DIR] [-f FILE] COMMAND [ARGS]...")
+        formatter.write_paragraph()
+        formatter.write_text(
+            "Build the targets and everything they depend on, running only the stages "
+            "whose inputs, command or params changed since the last build."
+        )
+        repro = self.commands["repro"]
+        sub_ctx = click.Context(repro, info_name="pivotbuild", parent=ctx)
+        rows: dict[str, tuple[str, str]] = {}
+        for c, params in ((sub_ctx, repro.get_params(sub_ctx)), (ctx, self.get_params(ctx))):
+            for p in params:
+                record = p.get_help_record(c) if isinstance(p, click.Option) else None
+                if record is not None:
+                    rows.setdefault(record[0], record)
+        with formatter.section("Options"):
+            formatter.write_dl(list(rows.values()))
+        self.format_commands(ctx, formatter)
+        formatter.write_paragraph()
+        formatter.write(EXAMPLES)
+        formatter.write_paragraph()
+        formatter.write_text(
+            "Exit status: 0 success; 1 a stage failed (-q: something is out of date); "
+            "2 bad usage or a bad Pivotfile; 3 an internal error; 130 interrupted."
+        )
+
+
+def _chdir(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is not None:
+        try:
+            os.chdir(value)
+        except OSError as exc:
+            raise click.BadParameter(f"cannot change to '{value}': {exc.strerror}", ctx, param) from None
+    return value
+
+
+def _set_file(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is not None:
+        obj = ctx.ensure_object(dict)
+        obj["file"] = value
+    return value
+
+
+def project_options(f: F) -> F:
+    """`-C DIR` and `-f FILE`, accepted before the command and after it."""
+    f = click.option(
+        "-f",
+        "--file",
+        "file_",
+        metavar="PATH",
+        callback=_set_file,
+        expose_value=False,
+        help="The Pivotfile (default: ./Pivotfile).",
+    )(f)
+    f = click.option(
+        "-C",
+        "--directory",
+        metavar="DIR",
+        callback=_chdir,
+        expose_value=False,
+        is_eager=True,
+        help="Change to DIR first.",
+    )(f)
+    return f
+
+
+def pivotfile_arg(ctx: click.Context) -> Path | None:
+    """The `-f` value given before or after the command, if any."""
+    root = ctx.find_root()
+    value = (root.obj or {}).get("file")
+    return Path(value) if value else None
+
+
+@click.group(cls=PivotGroup, context_settings={"help_option_names": ["-h", "--help"]}, invoke_without_command=True)
+@project_options
+@click.version_option(__version__, "--version", prog_name="pivotbuild", message="%(prog)s %(version)s")
+@click.pass_context
+def cli(ctx: click.Context) -> None:
+    ctx.ensure_object(dict)
+
+
+def _register() -> None:
+    from pivotbuild.cli import build, fmt, init, inspect
+
+    for command in (build.repro, inspect.check, inspect.list_, inspect.graph, fmt.fmt, init.init):
+        cli.add_command(command)
+
+
+_register()

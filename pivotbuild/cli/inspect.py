@@ -1,0 +1,119 @@
+"""`check`, `list` and `graph`: look at a project without running anything."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import click
+
+from pivotbuild.cli.app import project_options
+from pivotbuild.cli.common import load
+from pivotbuild.graph import BuildGraph
+from pivotbuild.graph_formats import FORMATS
+from pivotbuild.model import Stage
+from pivotbuild.pivotfile.units import format_size
+from pivotbuild.selection import selected
+
+_CTX = {"help_option_names": ["-h", "--help"]}
+
+
+@click.command(context_settings=_CTX)
+@click.option("--all", "all_pipelines", is_flag=True, help="Check every pipeline under the project root.")
+@project_options
+@click.pass_context
+def check(ctx: click.Context, all_pipelines: bool) -> int:
+    """Parse and validate the Pivotfiles and the graph; run nothing.
+
+    Prints every error found and exits 2 if there is any.  A dep that no stage
+    writes and that does not exist yet is a warning here (an error when building).
+    """
+    project, graph = load(ctx, all_pipelines=all_pipelines)
+    selected(project, graph, ())  # validates the `default` targets
+    for missing in graph.missing_sources(lambda p: os.path.lexists(project.root / p)):
+        users = ", ".join(graph.label(s) for s in missing.needed_by)
+        click.echo(
+            f"pivotbuild: warning: '{missing.path}' does not exist and no stage writes it (needed by {users})",
+            err=True,
+        )
+    n, m = len(graph.stages), len(project.pipelines)
+    click.echo(f"pivotbuild: ok: {n} stage{'s' * (n != 1)} in {m} pipeline{'s' * (m != 1)}", err=True)
+    return 0
+
+
+@click.command("list", context_settings=_CTX)
+@click.argument("targets", nargs=-1)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array of stages.")
+@click.option("--all", "all_pipelines", is_flag=True, help="List every pipeline under the project root.")
+@project_options
+@click.pass_context
+def list_(ctx: click.Context, targets: tuple[str, ...], as_json: bool, all_pipelines: bool) -> int:
+    """The stages, in build order, with their description, deps and outs."""
+    project, graph = load(ctx, all_pipelines=all_pipelines)
+    ids = graph.order(graph.select(targets, _cwd_rel(project))) if targets else graph.order()
+    stages = [graph.stages[s] for s in ids]
+    if as_json:
+        click.echo(json.dumps([describe(s, graph) for s in stages], indent=2))
+        return 0
+    for stage in stages:
+        click.echo(f"{graph.label(stage.id)}" + (f"  {stage.desc}" if stage.desc else ""))
+        if stage.deps:
+            click.echo(f"    deps: {' '.join(d.path for d in stage.deps)}")
+        if stage.outs:
+            click.echo(f"    outs: {' '.join(o.path + ('/' if o.is_dir else '') for o in stage.outs)}")
+    return 0
+
+
+@click.command(context_settings=_CTX)
+@click.argument("targets", nargs=-1)
+@click.option("--format", "fmt", type=click.Choice(sorted(FORMATS)), default="text", show_default=True)
+@click.option("--all", "all_pipelines", is_flag=True, help="Include every pipeline under the project root.")
+@project_options
+@click.pass_context
+def graph(ctx: click.Context, targets: tuple[str, ...], fmt: str, all_pipelines: bool) -> int:
+    """The stage graph (of TARGETS and what they need, or of every stage).
+
+    `text` lists each stage with the stages it reads from; `dot` is for
+    Graphviz; `mermaid` pastes into Markdown.
+    """
+    project, g = load(ctx, all_pipelines=all_pipelines)
+    ids = g.upstream(g.select(targets, _cwd_rel(project))) if targets else g.order()
+    click.echo(FORMATS[fmt](g, ids))
+    return 0
+
+
+def _cwd_rel(project: Any) -> str:
+    from pivotbuild.paths import rel_dir
+
+    return rel_dir(project.root, project.cwd) if project.cwd.is_relative_to(project.root) else ""
+
+
+def describe(stage: Stage, graph: BuildGraph) -> dict[str, Any]:
+    """A stage as plain JSON data (the `list --json` schema)."""
+    return {
+        "name": graph.label(stage.id),
+        "pipeline": stage.id.pipeline,
+        "stage": stage.id.name,
+        "base": stage.base,
+        "matrix": dict(stage.matrix),
+        "desc": stage.desc,
+        "deps": [{"path": d.path, "glob": d.is_glob} for d in stage.deps],
+        "outs": [
+            {"path": o.path, "dir": o.is_dir, "cache": o.cache, "persist": o.persist, "incremental": o.incremental}
+            for o in stage.outs
+        ],
+        "params": {f"{p.file}:{p.key}": json.loads(p.value_json) for p in stage.params},
+        "command": stage.render_command() if stage.command is not None else None,
+        "py": stage.py,
+        "shell": list(stage.shell),
+        "dir": stage.workdir,
+        "env": dict(stage.env),
+        "mutex": list(stage.mutex),
+        "jobs": stage.jobs,
+        "mem": format_size(stage.mem) if stage.mem else None,
+        "timeout_s": stage.timeout,
+        "retry": stage.retry,
+        "always": stage.always,
+        "upstream": [graph.label(u) for u in graph.upstream_stages(stage.id)],
+    }

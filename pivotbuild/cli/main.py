@@ -1,0 +1,81 @@
+"""Entry point and the one place errors become messages and exit codes."""
+
+from __future__ import annotations
+
+import datetime
+import sys
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+
+import click
+
+from pivotbuild.errors import PivotError, PivotfileError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BUG, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit status (never raises)."""
+    from pivotbuild.cli.app import cli
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        result = cli.main(args=args, prog_name="pivotbuild", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return int(exc.exit_code)
+    except click.ClickException as exc:
+        return _usage_error(exc)
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        click.echo("pivotbuild: interrupted", err=True)
+        return EXIT_INTERRUPTED
+    except PivotError as exc:
+        report_error(exc)
+        return exc.exit_code
+    except BrokenPipeError:
+        return EXIT_FAILED
+    except Exception:  # a bug: say so, keep the traceback for the report
+        return _crash(args)
+    return int(result or 0)
+
+
+def report_error(exc: PivotError) -> None:
+    if isinstance(exc, PivotfileError):
+        click.echo(exc.render(), err=True)
+    click.echo(f"pivotbuild: {exc.message}", err=True)
+
+
+def _usage_error(exc: click.ClickException) -> int:
+    message = exc.format_message()
+    click.echo(f"pivotbuild: {message}", err=True)
+    if isinstance(exc, click.UsageError):
+        command = exc.ctx.command_path if exc.ctx is not None else "pivotbuild"
+        click.echo(f"Try '{command} --help' for help.", err=True)
+    return EXIT_USAGE
+
+
+def _crash(args: list[str]) -> int:
+    text = traceback.format_exc()
+    log = _crash_log_path()
+    stamp = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    try:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("a", encoding="utf-8") as f:
+            f.write(f"--- {stamp} pivotbuild {' '.join(args)}\n{text}\n")
+        where = f"the traceback is in {log}"
+    except OSError:
+        where = f"the traceback follows:\n{text}"
+    last = text.strip().splitlines()[-1]
+    click.echo(f"pivotbuild: internal error (a bug in pivotbuild): {last}", err=True)
+    click.echo(f"pivotbuild: {where}; please report it", err=True)
+    return EXIT_BUG
+
+
+def _crash_log_path() -> Path:
+    from pivotbuild.paths import STATE_DIR, find_root
+
+    try:
+        root = find_root(Path.cwd())
+    except OSError:
+        root = Path.cwd()
+    return root / STATE_DIR / "crash.log"

@@ -1,0 +1,88 @@
+"""The user-facing errors: one root, `PivotError`, and subclasses that carry data.
+
+A `PivotError` is something the user can act on; the command line prints it and
+exits with its `exit_code`.  Anything else that escapes is a bug.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    """A position in a source file: 1-based line and column."""
+
+    path: str
+    line: int
+    col: int
+
+
+@dataclass(frozen=True, slots=True)
+class Diagnostic:
+    """One located problem in a Pivotfile (or a params file it reads)."""
+
+    loc: Location
+    message: str
+    source_line: str = ""
+
+    def render(self) -> str:
+        """`PATH:LINE:COL: error: MESSAGE`, then the source line and a caret."""
+        head = f"{self.loc.path}:{self.loc.line}:{self.loc.col}: error: {self.message}"
+        if not self.source_line:
+            return head
+        line = self.source_line.rstrip("\r\n")
+        # Keep tabs before the caret so it lines up under the same character.
+        prefix = "".join(c if c == "\t" else " " for c in line[: max(self.loc.col - 1, 0)])
+        return f"{head}\n    {line}\n    {prefix}^"
+
+
+class PivotError(Exception):
+    """An error the user can act on.  `str()` is the message without any prefix."""
+
+    exit_code: int = 2
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class PivotfileError(PivotError):
+    """One or more located problems in Pivotfiles; rendered compiler-style."""
+
+    def __init__(self, diagnostics: Iterable[Diagnostic]) -> None:
+        diags = sorted(diagnostics, key=lambda d: (d.loc.path, d.loc.line, d.loc.col))
+        self.diagnostics: tuple[Diagnostic, ...] = tuple(diags)
+        count = len(self.diagnostics)
+        noun = "error" if count == 1 else "errors"
+        files = sorted({d.loc.path for d in self.diagnostics})
+        super().__init__(f"{count} {noun} in {', '.join(files)}; fix the Pivotfile and run again")
+
+    def render(self) -> str:
+        return "\n".join(d.render() for d in self.diagnostics)
+
+
+class GraphError(PivotError):
+    """The stages do not form a valid build graph (duplicate or nested outputs)."""
+
+
+class CycleError(GraphError):
+    """Stages depend on each other in a loop; `cycle` lists them, first repeated last."""
+
+    def __init__(self, cycle: Sequence[str], detail: str = "") -> None:
+        self.cycle = tuple(cycle)
+        text = " -> ".join(self.cycle)
+        super().__init__(f"dependency cycle: {text}" + (f"\n{detail}" if detail else ""))
+
+
+class TargetError(PivotError):
+    """A target on the command line names no stage or output."""
+
+
+class UsageError(PivotError):
+    """Bad command-line usage that click itself cannot see."""
+
+
+class ProjectError(PivotError):
+    """The project cannot be loaded: no Pivotfile, an include loop, and the like."""

@@ -1,0 +1,320 @@
+"""The build graph: artifacts and stages in one bipartite networkx graph.
+
+Artifact nodes are root-relative path strings (a glob dep is a node of its own,
+named by its pattern); stage nodes are `StageId`s.  Edges run artifact -> stage
+("consumed by") and stage -> artifact ("produced").  A dep that lies inside an
+output directory, a directory dep holding outputs, and a glob matching outputs
+all get a produced edge from the stage that writes them, so the stage order
+follows the files.
+"""
+
+from __future__ import annotations
+
+import bisect
+import fnmatch
+import posixpath
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import networkx as nx
+
+from pivotbuild.errors import CycleError, GraphError, TargetError
+from pivotbuild.model import Stage, StageId
+from pivotbuild.suggest import close_matches
+
+STAGE, ARTIFACT = 0, 1
+
+
+@dataclass(frozen=True, slots=True)
+class MissingDep:
+    path: str
+    needed_by: tuple[StageId, ...]
+
+
+class BuildGraph:
+    """Validated graph of stages and the files between them."""
+
+    def __init__(self, stages: Sequence[Stage], current: str = "") -> None:
+        """Build and validate.  Raises GraphError (naming the stages) or CycleError.
+
+        `current` is the pipeline directory whose stages are named without prefix.
+        """
+        self.current = current
+        self.stages: dict[StageId, Stage] = {s.id: s for s in stages}
+        self._index = {s.id: i for i, s in enumerate(stages)}
+        self.g: nx.DiGraph[object] = nx.DiGraph()
+        self._producer: dict[str, StageId] = {}
+        self._outs_sorted: list[str] = []
+        self._build()
+        self._stage_graph = self._project_stages()
+        self._check_cycles()
+
+    # -- construction ---------------------------------------------------------------
+
+    def _build(self) -> None:
+        problems: list[str] = []
+        for stage in self.stages.values():
+            self.g.add_node(stage.id, bipartite=STAGE)
+            for out in stage.outs:
+                other = self._producer.get(out.path)
+                if other is not None:
+                    who = "it twice" if other == stage.id else f"it too ({self._label(other)} and {self._label(stage.id)})"
+                    problems.append(f"two stages write '{out.path}': {self._label(other)} writes {who}")
+                    continue
+                self._producer[out.path] = stage.id
+                self.g.add_node(out.path, bipartite=ARTIFACT)
+                self.g.add_edge(stage.id, out.path, kind="out")
+        self._outs_sorted = sorted(self._producer)
+        for path in self._outs_sorted:
+            parent = self._enclosing_out(path)
+            if parent is not None:
+                a, b = self._producer[parent], self._producer[path]
+                problems.append(
+                    f"output '{path}' of {self._label(b)} is inside output directory '{parent}' of {self._label(a)}"
+                )
+        if problems:
+            raise GraphError("\n".join(problems))
+        for stage in self.stages.values():
+            for dep in stage.deps:
+                self.g.add_node(dep.path, bipartite=ARTIFACT, glob=dep.is_glob)
+                self.g.add_edge(dep.path, stage.id, kind="dep")
+                for producer in self._producers_of(dep.path, dep.is_glob):
+                    if not self.g.has_edge(producer, dep.path):
+                        self.g.add_edge(producer, dep.path, kind="part")
+
+    def _enclosing_out(self, path: str) -> str | None:
+        """The output that is a proper ancestor directory of `path`, if any."""
+        parent = posixpath.dirname(path)
+        while parent and parent != "/":
+            if parent in self._producer:
+                return parent
+            parent = posixpath.dirname(parent)
+        return None
+
+    def _outs_under(self, directory: str) -> list[str]:
+        prefix = directory.rstrip("/") + "/"
+        i = bisect.bisect_left(self._outs_sorted, prefix)
+        found = []
+        while i < len(self._outs_sorted) and self._outs_sorted[i].startswith(prefix):
+            found.append(self._outs_sorted[i])
+            i += 1
+        return found
+
+    def _producers_of(self, path: str, is_glob: bool) -> set[StageId]:
+        """Stages writing `path`, a file inside it, or (for a glob) a match of it."""
+        if is_glob:
+            pattern = glob_regex(path)
+            static = glob_static_prefix(path)
+            found = set()
+            for out, producer in self._producer.items():
+                inside = static and (static == out or static.startswith(out + "/"))
+                if pattern.fullmatch(out) or inside:
+                    found.add(producer)
+            return found
+        found = {self._producer[o] for o in self._outs_under(path)}
+        exact = self._producer.get(path)
+        if exact is not None:
+            found.add(exact)
+        enclosing = self._enclosing_out(path)
+        if enclosing is not None:
+            found.add(self._producer[enclosing])
+        return found
+
+    def _project_stages(self) -> nx.DiGraph[StageId]:
+        sg: nx.DiGraph[StageId] = nx.DiGraph()
+        sg.add_nodes_from(self.stages)
+        for sid in self.stages:
+            for art in self.g.successors(sid):
+                for consumer in self.g.successors(art):
+                    sg.add_edge(sid, consumer)
+        return sg
+
+    def _check_cycles(self) -> None:
+        try:
+            edges = nx.find_cycle(self._stage_graph)
+        except nx.NetworkXNoCycle:
+            return
+        cycle = [self._label(u) for u, _ in edges] + [self._label(edges[0][0])]
+        via = []
+        for u, v in edges:
+            shared = sorted(a for a in self.g.successors(u) if self.g.has_edge(a, v))
+            via.append(f"  {self._label(v)} reads {', '.join(shared)} written by {self._label(u)}")
+        raise CycleError(cycle, "\n".join(via))
+
+    def _label(self, sid: StageId) -> str:
+        return sid.label(self.current)
+
+    # -- queries ----------------------------------------------------------------------
+
+    def label(self, sid: StageId) -> str:
+        return self._label(sid)
+
+    def producer(self, path: str) -> StageId | None:
+        """The stage that writes `path` (or the output directory holding it)."""
+        exact = self._producer.get(path)
+        if exact is not None:
+            return exact
+        enclosing = self._enclosing_out(path)
+        return self._producer[enclosing] if enclosing is not None else None
+
+    def consumers(self, path: str) -> list[StageId]:
+        """Stages that list `path` among their deps."""
+        if path not in self.g:
+            return []
+        return self._ordered(s for s in self.g.successors(path) if isinstance(s, StageId))
+
+    def upstream_stages(self, sid: StageId) -> list[StageId]:
+        """Stages whose outputs `sid` reads directly."""
+        return self._ordered(self._stage_graph.predecessors(sid))
+
+    def downstream_stages(self, sid: StageId) -> list[StageId]:
+        """Stages that read an output of `sid` directly."""
+        return self._ordered(self._stage_graph.successors(sid))
+
+    def upstream(self, targets: Iterable[StageId]) -> list[StageId]:
+        """`targets` and everything they depend on, in build order."""
+        found: set[StageId] = set()
+        for t in targets:
+            found.add(t)
+            found.update(nx.ancestors(self._stage_graph, t))
+        return self.order(found)
+
+    def downstream(self, targets: Iterable[StageId]) -> list[StageId]:
+        """`targets` and everything that depends on them, in build order."""
+        found: set[StageId] = set()
+        for t in targets:
+            found.add(t)
+            found.update(nx.descendants(self._stage_graph, t))
+        return self.order(found)
+
+    def order(self, subset: Iterable[StageId] | None = None) -> list[StageId]:
+        """A topological order (ties broken by declaration order), optionally of a subset."""
+        full = list(nx.lexicographical_topological_sort(self._stage_graph, key=self._index.__getitem__))
+        if subset is None:
+            return full
+        keep = set(subset)
+        return [s for s in full if s in keep]
+
+    def stage_edges(self) -> list[tuple[StageId, StageId]]:
+        """(upstream, downstream) pairs, in build order."""
+        pos = {s: i for i, s in enumerate(self.order())}
+        return sorted(self._stage_graph.edges, key=lambda e: (pos[e[0]], pos[e[1]]))
+
+    def missing_sources(self, exists: Callable[[str], bool]) -> list[MissingDep]:
+        """Deps that no stage produces and that `exists` says are absent (globs excluded)."""
+        missing = []
+        for node, data in self.g.nodes(data=True):
+            if data.get("bipartite") != ARTIFACT or data.get("glob") or isinstance(node, StageId):
+                continue
+            path = str(node)
+            if any(True for _ in self.g.predecessors(path)) or exists(path):
+                continue
+            missing.append(MissingDep(path, tuple(self.consumers(path))))
+        return sorted(missing, key=lambda m: m.path)
+
+    def _ordered(self, ids: Iterable[object]) -> list[StageId]:
+        return sorted((i for i in ids if isinstance(i, StageId)), key=self._index.__getitem__)
+
+    # -- targets --------------------------------------------------------------------------
+
+    def select(self, targets: Sequence[str], cwd: str = "") -> list[StageId]:
+        """Stages named by command-line targets, in the order first named.
+
+        A target is a stage name or matrix variant, a matrix base (all variants),
+        `dir:name` for another pipeline, a shell-style pattern over names, or an
+        output path (relative to `cwd`, root-relative).  Raises TargetError.
+        """
+        names, bases = self._name_index()
+        chosen: dict[StageId, None] = {}
+        for target in targets:
+            found = self._select_one(target, cwd, names, bases)
+            if not found:
+                raise TargetError(self._unknown_target(target, names, bases))
+            for sid in found:
+                chosen.setdefault(sid)
+        return list(chosen)
+
+    def _name_index(self) -> tuple[dict[str, StageId], dict[str, list[StageId]]]:
+        names: dict[str, StageId] = {}
+        bases: dict[str, list[StageId]] = {}
+        for sid, stage in self.stages.items():
+            qualified = f"{sid.pipeline or '.'}:"
+            for prefix in ({"", qualified} if sid.pipeline == self.current else {qualified}):
+                names[prefix + sid.name] = sid
+                if stage.matrix:
+                    bases.setdefault(prefix + stage.base, []).append(sid)
+        return names, bases
+
+    def _select_one(
+        self, target: str, cwd: str, names: dict[str, StageId], bases: dict[str, list[StageId]]
+    ) -> list[StageId]:
+        if target in names:
+            return [names[target]]
+        if target in bases:
+            return bases[target]
+        if any(c in target for c in "*?["):
+            return self._ordered({sid for name, sid in names.items() if fnmatch.fnmatchcase(name, target)})
+        path = posixpath.normpath(posixpath.join(cwd or ".", target))
+        path = "" if path == "." else path
+        producer = self.producer(path)
+        if producer is not None:
+            return [producer]
+        return self._ordered({self._producer[o] for o in self._outs_under(path)}) if path else []
+
+    def _unknown_target(self, target: str, names: dict[str, StageId], bases: dict[str, list[StageId]]) -> str:
+        if any(c in target for c in "*?["):
+            return f"pattern '{target}' matches no stage; 'pivotbuild list' shows the stages"
+        # Suggest each stage once, by the name it is usually typed as.
+        plain = [n for n, sid in names.items() if sid.pipeline != self.current or ":" not in n]
+        plain_bases = [b for b in bases if ":" not in b or not b.startswith(f"{self.current or '.'}:")]
+        near = close_matches(target, [*plain, *plain_bases, *self._producer])
+        hint = f"; did you mean {' or '.join(repr(n) for n in near)}?" if near else ""
+        return f"unknown target '{target}': no stage or output has that name{hint}"
+
+
+def glob_regex(pattern: str) -> re.Pattern[str]:
+    """A regex for a dep glob: `*`, `?`, `[...]` within a component; `**` any depth."""
+    out: list[str] = []
+    parts = pattern.split("/")
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if part == "**":
+            out.append(".*" if last else "(?:[^/]+/)*")
+            continue
+        out.append(_component_regex(part))
+        if not last:
+            out.append("/")
+    return re.compile("".join(out))
+
+
+def _component_regex(part: str) -> str:
+    out: list[str] = []
+    i = 0
+    while i < len(part):
+        c = part[i]
+        if c == "*":
+            out.append("[^/]*")
+        elif c == "?":
+            out.append("[^/]")
+        elif c == "[" and "]" in part[i + 2 :] or c == "[" and part[i + 1 : i + 2] == "]":
+            end = part.index("]", i + 2)
+            body = part[i + 1 : end]
+            if body.startswith("!"):
+                body = "^" + body[1:]
+            out.append("[" + body.replace("\\", "\\\\") + "]")
+            i = end
+        else:
+            out.append(re.escape(c))
+        i += 1
+    return "".join(out)
+
+
+def glob_static_prefix(pattern: str) -> str:
+    """The directories before the first component with a wildcard."""
+    static: list[str] = []
+    for part in pattern.split("/")[:-1]:
+        if any(c in part for c in "*?["):
+            break
+        static.append(part)
+    return "/".join(static)

@@ -1,0 +1,146 @@
+"""The compiled pipeline: immutable `Stage` records, the unit every later step works on.
+
+Paths in these records are POSIX-style and relative to the project root
+(absolute only for deps outside it).  A stage's identity is its pipeline
+directory plus its name, so stages of several pipelines can share one graph.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from pivotbuild.errors import Location
+from pivotbuild.pivotfile.interpolate import AutoVar
+
+DEFAULT_SHELL = ("/bin/sh", "-e")
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class StageId:
+    """(pipeline directory relative to the root, "" for the root; stage name)."""
+
+    pipeline: str
+    name: str
+
+    def label(self, current: str = "") -> str:
+        """The name as typed on the command line from pipeline `current`: `train`, or `sub:train`."""
+        return self.name if self.pipeline == current else f"{self.pipeline or '.'}:{self.name}"
+
+    def __str__(self) -> str:
+        return self.label()
+
+
+@dataclass(frozen=True, slots=True)
+class Dep:
+    path: str
+    is_glob: bool = False
+    dir_hint: bool = False  # written with a trailing slash
+
+
+@dataclass(frozen=True, slots=True)
+class Out:
+    path: str
+    is_dir: bool = False  # written with a trailing slash
+    cache: bool = True
+    persist: bool = False
+    incremental: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Param:
+    file: str  # relative to the project root
+    key: str
+    value_json: str  # canonical JSON: sorted keys, no spaces
+
+
+Command = tuple[str | AutoVar, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Stage:
+    id: StageId
+    base: str  # the name before `@` (the matrix base), or the name itself
+    loc: Location
+    command: Command | None  # the run: script with `$@ $< $^` still to fill in
+    py: str | None = None  # module:function
+    matrix: tuple[tuple[str, str], ...] = ()
+    desc: str = ""
+    deps: tuple[Dep, ...] = ()
+    outs: tuple[Out, ...] = ()
+    params: tuple[Param, ...] = ()
+    shell: tuple[str, ...] = DEFAULT_SHELL
+    mutex: tuple[str, ...] = ()
+    jobs: int = 1
+    mem: int = 0  # bytes
+    timeout: float | None = None  # seconds
+    retry: int = 0
+    env: tuple[tuple[str, str], ...] = ()
+    workdir: str = ""  # relative to the root; "" is the root itself
+    always: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.id.name
+
+    @property
+    def has_globs(self) -> bool:
+        return any(d.is_glob for d in self.deps)
+
+    def render_command(self, expanded_deps: Sequence[str] | None = None) -> str:
+        """The script with `$@ $< $^` replaced by shell-quoted paths relative to the
+        stage's working directory.  `expanded_deps` replaces the declared deps once
+        globs have been expanded (build time); without it globs appear as written."""
+        if self.command is None:
+            return ""
+        deps = list(expanded_deps) if expanded_deps is not None else [d.path for d in self.deps]
+        outs = [o.path for o in self.outs]
+        pieces: list[str] = []
+        for part in self.command:
+            if isinstance(part, str):
+                pieces.append(part)
+            elif part is AutoVar.OUTS:
+                pieces.append(self._quoted(outs))
+            elif part is AutoVar.FIRST_DEP:
+                pieces.append(self._quoted(deps[:1]))
+            else:
+                pieces.append(self._quoted(deps))
+        return "".join(pieces)
+
+    def _quoted(self, paths: Sequence[str]) -> str:
+        return " ".join(shlex.quote(self.relative(p)) for p in paths)
+
+    def relative(self, path: str) -> str:
+        """`path` (root-relative or absolute) as seen from the stage's working directory."""
+        if posixpath.isabs(path) or not self.workdir:
+            return path
+        return posixpath.relpath(path, self.workdir)
+
+
+@dataclass(frozen=True, slots=True)
+class TargetRef:
+    """A target written in a Pivotfile (`default`), kept with its location."""
+
+    text: str
+    loc: Location
+
+
+@dataclass(frozen=True, slots=True)
+class IncludeRef:
+    path: str  # as written, relative to the pipeline directory
+    loc: Location
+
+
+@dataclass(frozen=True, slots=True)
+class Pipeline:
+    """One compiled Pivotfile."""
+
+    dir: str  # relative to the root, "" for the root
+    file: str  # the Pivotfile, relative to the root
+    name: str
+    stages: tuple[Stage, ...]
+    default: tuple[TargetRef, ...] = ()
+    includes: tuple[IncludeRef, ...] = ()
+    params_files: tuple[str, ...] = ()  # relative to the root, read or looked for

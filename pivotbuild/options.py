@@ -1,0 +1,30 @@
+"""The options of one build, as the command line (or a later caller) gives them."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True, slots=True)
+class BuildOptions:
+    cwd: Path
+    file: Path | None = None
+    targets: tuple[str, ...] = ()
+    overrides: Mapping[str, str] = field(default_factory=dict)
+    jobs: int | None = None  # None: the number of CPUs
+    load_average: float | None = None
+    keep_going: bool = False
+    dry_run: bool = False
+    question: bool = False
+    always_make: bool = False
+    watch: bool = False
+    all_pipelines: bool = False
+    explain: bool = False
+    json: bool = False
+    quiet: bool = False
+    verbose: bool = False
+    no_cache: bool = False
+    no_commit: bool = False
+    no_wait: bool = False

@@ -1,0 +1,64 @@
+"""Project roots and path normalisation."""
+
+from __future__ import annotations
+
+import os
+import posixpath
+from pathlib import Path
+
+STATE_DIR = ".pivot"
+PIVOTFILE = "Pivotfile"
+LOCKFILE = "Pivotfile.lock"
+
+
+def find_root(start: Path) -> Path:
+    """The project root for a Pivotfile in `start`: the nearest ancestor holding
+    `.pivot/`, else the nearest holding `.git/`, else `start` itself."""
+    start = start.resolve()
+    chain = [start, *start.parents]
+    for marker in (STATE_DIR, ".git"):
+        for d in chain:
+            if (d / marker).is_dir():
+                return d
+    return start
+
+
+def rel_dir(root: Path, directory: Path) -> str:
+    """`directory` relative to `root` in POSIX form, "" for the root itself."""
+    rel = directory.resolve().relative_to(root).as_posix()
+    return "" if rel == "." else rel
+
+
+def join(base: str, path: str) -> str:
+    """Normalise `path` (written relative to root-relative `base`) to root-relative.
+
+    Absolute paths stay absolute; a result of "." becomes "".
+    """
+    joined = posixpath.normpath(path if posixpath.isabs(path) else posixpath.join(base or ".", path))
+    if joined.startswith("//"):
+        joined = joined[1:]
+    return "" if joined == "." else joined
+
+
+def escapes(path: str) -> bool:
+    """True if the root-relative `path` points outside the root."""
+    return posixpath.isabs(path) or path == ".." or path.startswith("../")
+
+
+def escapes_via_symlink(root: Path, path: str) -> bool:
+    """True if an existing directory on the way to `path` is a symlink leading
+    outside the root (the output would be written outside the project)."""
+    real_root = os.path.realpath(root)
+    real = os.path.realpath(root / path)
+    return not (real == real_root or real.startswith(real_root + os.sep))
+
+
+def make_relative(root: Path, path: str) -> str:
+    """An absolute `path` inside `root` becomes root-relative; others are unchanged."""
+    if not posixpath.isabs(path):
+        return path
+    try:
+        rel = Path(path).relative_to(root).as_posix()
+    except ValueError:
+        return path
+    return "" if rel == "." else rel

@@ -1,0 +1,682 @@
+"""Syntax tree -> `Pipeline` of immutable `Stage` records.
+
+Everything the language means happens here: variables (the last assignment
+wins, command-line `NAME=VALUE` overrides), `${...}` interpolation, matrix
+expansion, params, durations and sizes, out options, and path normalisation.
+Every problem becomes a located diagnostic; all of them are raised together.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+from pivotbuild import paths
+from pivotbuild.errors import Diagnostic, Location, PivotfileError
+from pivotbuild.model import DEFAULT_SHELL, Command, Dep, IncludeRef, Out, Param, Pipeline, Stage, StageId, TargetRef
+from pivotbuild.pivotfile.interpolate import Auto, AutoVar, Ref, TemplateError, split, whole_ref
+from pivotbuild.pivotfile.params import ParamError, Params, ParamsFileError, to_text
+from pivotbuild.pivotfile.syntax import (
+    FIELDS,
+    NAME_RE,
+    Assignment,
+    DefaultStmt,
+    Field,
+    IncludeStmt,
+    Module,
+    OutDecl,
+    PipelineStmt,
+    Pos,
+    Script,
+    StageDecl,
+    Word,
+)
+from pivotbuild.pivotfile.units import parse_duration, parse_size
+from pivotbuild.suggest import did_you_mean
+
+_MATRIX_VALUE_RE = re.compile(r"[A-Za-z0-9_.+-]+")
+_ENV_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_PY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*")
+_BOOLS = {"yes": True, "true": True, "on": True, "1": True, "no": False, "false": False, "off": False, "0": False}
+_OUT_OPTIONS = ("cache", "persist", "incremental")
+_RESERVED_VARS = ("stage", "params")
+COMMAND_LINE = "<command line>"
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True, slots=True)
+class CompileOptions:
+    """Where the Pivotfile sits and what the command line says about variables."""
+
+    root: Path  # absolute project root
+    pipeline_dir: Path  # absolute directory of the Pivotfile
+    overrides: Mapping[str, str] = field(default_factory=dict)
+
+
+def compile_module(module: Module, options: CompileOptions) -> Pipeline:
+    """Compile a parsed Pivotfile.  Raises `PivotfileError` listing every problem found."""
+    return _Compiler(module, options).run()
+
+
+class _Failed(Exception):
+    """An error was reported; stop compiling the current field."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Origin:
+    """Where a word came from, for locating errors: a Pivotfile or the command line."""
+
+    path: str
+    source: str  # the source text (a Pivotfile) or the NAME=VALUE argument
+
+    def line(self, n: int) -> str:
+        lines = self.source.split("\n")
+        return lines[n - 1].rstrip("\r") if 0 < n <= len(lines) else ""
+
+
+@dataclass(frozen=True, slots=True)
+class _VarDef:
+    words: tuple[Word, ...]
+    origin: _Origin
+
+
+@dataclass(slots=True)
+class _Scope:
+    axes: Mapping[str, str]
+    stage: str | None
+    params_used: dict[tuple[str, str], Param] = field(default_factory=dict)
+
+
+class _Compiler:
+    def __init__(self, module: Module, options: CompileOptions) -> None:
+        self.module = module
+        self.opts = options
+        self.origin = _Origin(module.path, module.source)
+        self.errors: list[Diagnostic] = []
+        self.dir_rel = paths.rel_dir(options.root, options.pipeline_dir)
+        self.params = Params(options.pipeline_dir, _display_dir(module.path))
+        self.vars: dict[str, _VarDef] = {}
+        self._expanding: list[str] = []
+
+    # -- diagnostics -----------------------------------------------------------
+
+    def _error(self, pos: Pos, message: str, origin: _Origin | None = None) -> None:
+        o = origin or self.origin
+        self.errors.append(Diagnostic(Location(o.path, pos.line, pos.col), message, o.line(pos.line)))
+
+    def _fail(self, pos: Pos, message: str, origin: _Origin | None = None) -> _Failed:
+        self._error(pos, message, origin)
+        return _Failed()
+
+    # -- the whole file ----------------------------------------------------------
+
+    def run(self) -> Pipeline:
+        stmts = self.module.statements
+        self._collect_vars([s for s in stmts if isinstance(s, Assignment)])
+        name = self._pipeline_name([s for s in stmts if isinstance(s, PipelineStmt)])
+        shell = self._shell()
+        default = self._default([s for s in stmts if isinstance(s, DefaultStmt)])
+        includes = self._includes([s for s in stmts if isinstance(s, IncludeStmt)])
+        stages: list[Stage] = []
+        first_decl: dict[str, StageDecl] = {}
+        for decl in stmts:
+            if not isinstance(decl, StageDecl):
+                continue
+            prior = first_decl.setdefault(decl.name.text, decl)
+            if prior is not decl:
+                self._error(
+                    decl.name.pos, f"stage '{decl.name.text}' is already defined on line {prior.name.pos.line}"
+                )
+                continue
+            stages.extend(self._stage(decl, shell))
+        if self.errors:
+            raise PivotfileError(self.errors)
+        params_files = tuple(sorted(paths.join(self.dir_rel, f) for f in self.params.files_read))
+        file_rel = paths.join(self.dir_rel, Path(self.module.path).name)
+        return Pipeline(self.dir_rel, file_rel, name, tuple(stages), default, includes, params_files)
+
+    def _collect_vars(self, assigns: list[Assignment]) -> None:
+        for a in assigns:
+            name = a.name.text
+            if not NAME_RE.fullmatch(name):
+                self._error(a.name.pos, f"'{name}' is not a valid variable name (letters, digits, '_', '.', '-')")
+            elif name in _RESERVED_VARS:
+                self._error(a.name.pos, f"'{name}' is reserved (${{{name}...}} is built in); choose another name")
+            else:
+                self.vars[name] = _VarDef(a.values, self.origin)
+        for name, value in self.opts.overrides.items():
+            arg = f"{name}={value}"
+            origin = _Origin(COMMAND_LINE, arg)
+            col = len(name) + 2
+            words: list[Word] = []
+            for m in re.finditer(r"\S+", value):
+                words.append(Word(m.group(), m.group(), Pos(1, col + m.start())))
+            self.vars[name] = _VarDef(tuple(words), origin)
+
+    def _pipeline_name(self, stmts: list[PipelineStmt]) -> str:
+        for extra in stmts[1:]:
+            self._error(extra.pos, f"'pipeline' is given twice (first on line {stmts[0].pos.line})")
+        if not stmts:
+            base = self.opts.pipeline_dir.name or "pipeline"
+            return base
+        name = stmts[0].name
+        text = self._scalar(name, _Scope({}, None))
+        if text is not None and not NAME_RE.fullmatch(text):
+            self._error(name.pos, f"'{text}' is not a valid pipeline name (letters, digits, '_', '.', '-')")
+        return text or name.text
+
+    def _shell(self) -> tuple[str, ...]:
+        if "SHELL" not in self.vars:
+            return DEFAULT_SHELL
+        words = self._expand_words(self.vars["SHELL"].words, _Scope({}, None), self.vars["SHELL"].origin)
+        if words is not None and not words:
+            self._error(Pos(1, 1), "SHELL is empty; set it to a command such as '/bin/sh -e'")
+        return tuple(words) if words else DEFAULT_SHELL
+
+    def _default(self, stmts: list[DefaultStmt]) -> tuple[TargetRef, ...]:
+        for extra in stmts[1:]:
+            self._error(extra.pos, f"'default' is given twice (first on line {stmts[0].pos.line})")
+        if not stmts:
+            return ()
+        refs: list[TargetRef] = []
+        for word in stmts[0].targets:
+            for text in self._expand_word(word, _Scope({}, None)) or ():
+                refs.append(TargetRef(text, self._loc(word.pos)))
+        return tuple(refs)
+
+    def _includes(self, stmts: list[IncludeStmt]) -> tuple[IncludeRef, ...]:
+        refs: list[IncludeRef] = []
+        for stmt in stmts:
+            for word in stmt.paths:
+                for text in self._expand_word(word, _Scope({}, None)) or ():
+                    refs.append(IncludeRef(text, self._loc(word.pos)))
+        return tuple(refs)
+
+    def _loc(self, pos: Pos) -> Location:
+        return Location(self.module.path, pos.line, pos.col)
+
+    # -- stages --------------------------------------------------------------------
+
+    def _stage(self, decl: StageDecl, shell: tuple[str, ...]) -> Iterator[Stage]:
+        name = decl.name.text
+        if not NAME_RE.fullmatch(name):
+            self._error(decl.name.pos, f"'{name}' is not a valid stage name (letters, digits, '_', '.', '-')")
+            return
+        fields = self._fields(decl)
+        if "run" not in fields and "py" not in fields:
+            self._error(decl.name.pos, f"stage '{name}' has no 'run:' (or 'py:'): say what it runs")
+        elif "run" in fields and "py" in fields:
+            self._error(fields["py"].key.pos, f"stage '{name}' has both 'run:' and 'py:'; keep one")
+        combos = self._matrix(fields.get("matrix"), name)
+        if combos is None:
+            return
+        for combo in combos:
+            full = f"{name}@{'-'.join(combo.values())}" if combo else name
+            stage = self._variant(decl, fields, combo, full, shell)
+            if stage is not None:
+                yield stage
+
+    def _fields(self, decl: StageDecl) -> dict[str, Field]:
+        seen: dict[str, Field] = {}
+        for f in decl.fields:
+            if not f.known:
+                hint = did_you_mean(f.name, FIELDS)
+                self._error(f.key.pos, f"unknown field '{f.name}:'{hint}")
+            elif f.name in seen:
+                self._error(f.key.pos, f"field '{f.name}:' is given twice (first on line {seen[f.name].key.pos.line})")
+            else:
+                seen[f.name] = f
+        return seen
+
+    def _matrix(self, f: Field | None, name: str) -> list[dict[str, str]] | None:
+        if f is None:
+            return [{}]
+        axes: dict[str, list[str]] = {}
+        ok = True
+        for item in f.items:
+            axis = item.key.text
+            if axis in axes:
+                self._error(item.key.pos, f"matrix axis '{axis}' is given twice")
+                ok = False
+                continue
+            if axis == "stage" or axis.startswith("params"):
+                self._error(item.key.pos, f"'{axis}' is reserved; choose another axis name")
+                ok = False
+                continue
+            values = self._expand_words(item.values, _Scope({}, None), self.origin)
+            if values is None:
+                ok = False
+                continue
+            if not values:
+                self._error(item.key.pos, f"matrix axis '{axis}' has no values")
+                ok = False
+            for v, w in zip(values, itertools.chain(item.values, itertools.repeat(item.values[-1])), strict=False):
+                if not _MATRIX_VALUE_RE.fullmatch(v):
+                    self._error(
+                        w.pos,
+                        f"matrix value '{v}' cannot be part of a stage name; use letters, digits, '_', '.', '+', '-'",
+                    )
+                    ok = False
+            axes[axis] = values
+        if not ok:
+            return None
+        combos = [dict(zip(axes, values, strict=True)) for values in itertools.product(*axes.values())]
+        seen: set[str] = set()
+        for combo in combos:
+            variant = "-".join(combo.values())
+            if variant in seen:
+                self._error(f.key.pos, f"matrix makes two stages named '{name}@{variant}'; make the values distinct")
+                return None
+            seen.add(variant)
+        return combos
+
+    def _variant(
+        self, decl: StageDecl, fields: dict[str, Field], combo: dict[str, str], full: str, shell: tuple[str, ...]
+    ) -> Stage | None:
+        scope = _Scope(combo, full)
+        failed = False
+        values: dict[str, object] = {}
+        handlers = {
+            "desc": self._desc,
+            "deps": self._deps,
+            "outs": self._outs,
+            "params": self._params_field,
+            "run": self._run,
+            "py": self._py,
+            "mutex": self._mutex,
+            "jobs": self._jobs,
+            "mem": self._mem,
+            "timeout": self._timeout,
+            "retry": self._retry,
+            "env": self._env,
+            "dir": self._dir,
+            "always": self._always,
+        }
+        for key, f in fields.items():
+            handler = handlers.get(key)
+            if handler is None:
+                continue
+            try:
+                values[key] = handler(f, scope)
+            except _Failed:
+                failed = True
+        if failed or ("run" not in fields and "py" not in fields):
+            return None
+        base = decl.name.text
+        params = tuple(sorted(scope.params_used.values(), key=lambda p: (p.file, p.key)))
+        return Stage(
+            id=StageId(self.dir_rel, full),
+            base=base,
+            loc=self._loc(decl.name.pos),
+            command=values.get("run"),  # type: ignore[arg-type]
+            py=values.get("py"),  # type: ignore[arg-type]
+            matrix=tuple(combo.items()),
+            desc=values.get("desc", ""),  # type: ignore[arg-type]
+            deps=values.get("deps", ()),  # type: ignore[arg-type]
+            outs=values.get("outs", ()),  # type: ignore[arg-type]
+            params=params,
+            shell=shell,
+            mutex=values.get("mutex", ()),  # type: ignore[arg-type]
+            jobs=values.get("jobs", 1),  # type: ignore[arg-type]
+            mem=values.get("mem", 0),  # type: ignore[arg-type]
+            timeout=values.get("timeout"),  # type: ignore[arg-type]
+            retry=values.get("retry", 0),  # type: ignore[arg-type]
+            env=values.get("env", ()),  # type: ignore[arg-type]
+            workdir=values.get("dir", self.dir_rel),  # type: ignore[arg-type]
+            always=values.get("always", False),  # type: ignore[arg-type]
+        )
+
+    # -- fields ----------------------------------------------------------------------
+
+    def _desc(self, f: Field, scope: _Scope) -> str:
+        return " ".join(self._words(f.words, scope))
+
+    def _deps(self, f: Field, scope: _Scope) -> tuple[Dep, ...]:
+        deps: list[Dep] = []
+        failed = False
+        for word in f.words:
+            for text in self._expand_word(word, scope) or ():
+                try:
+                    deps.append(self._dep(word, text))
+                except _Failed:
+                    failed = True
+        if failed:
+            raise _Failed
+        return tuple(dict.fromkeys(deps))
+
+    def _dep(self, word: Word, text: str) -> Dep:
+        if not text:
+            raise self._fail(word.pos, "empty path in 'deps:'")
+        is_glob = any(c in text for c in "*?[")
+        if is_glob:
+            self._check_glob(word, text)
+        path = paths.make_relative(self.opts.root, paths.join(self.dir_rel, text))
+        if path == "":
+            raise self._fail(word.pos, "a dep cannot be the whole project root; name the files or directories read")
+        return Dep(path, is_glob=is_glob, dir_hint=text.endswith("/"))
+
+    def _check_glob(self, word: Word, text: str) -> None:
+        for part in text.split("/"):
+            if "**" in part and part != "**":
+                raise self._fail(word.pos, f"in '{text}', '**' must be a whole path component, as in 'src/**/*.py'")
+        depth = 0
+        for c in text:
+            if c == "[":
+                depth += 1
+            elif c == "]" and depth:
+                depth -= 1
+        if depth:
+            raise self._fail(word.pos, f"in '{text}', '[' is not closed by ']'")
+
+    def _outs(self, f: Field, scope: _Scope) -> tuple[Out, ...]:
+        outs: dict[str, Out] = {}
+        failed = False
+        for decl in f.outs:
+            try:
+                opts = self._out_options(decl)
+            except _Failed:
+                failed = True
+                continue
+            for text in self._expand_word(decl.path, scope) or ():
+                try:
+                    out = self._out(decl.path, text, opts)
+                except _Failed:
+                    failed = True
+                    continue
+                if out.path in outs:
+                    self._error(decl.path.pos, f"output '{text}' is listed twice")
+                    failed = True
+                outs[out.path] = out
+        if failed:
+            raise _Failed
+        return tuple(outs.values())
+
+    def _out_options(self, decl: OutDecl) -> dict[str, bool]:
+        opts: dict[str, bool] = {}
+        for w in decl.options:
+            key, sep, value = w.text.partition("=")
+            key = key.strip()
+            if key not in _OUT_OPTIONS:
+                raise self._fail(w.pos, f"unknown output option '{key}'{did_you_mean(key, _OUT_OPTIONS)}")
+            flag = True
+            if sep:
+                if value.strip().lower() not in _BOOLS:
+                    raise self._fail(w.pos, f"'{w.text}': the value must be true or false")
+                flag = _BOOLS[value.strip().lower()]
+            opts[key] = flag
+        return opts
+
+    def _out(self, word: Word, text: str, opts: dict[str, bool]) -> Out:
+        if not text:
+            raise self._fail(word.pos, "empty path in 'outs:'")
+        if any(c in text for c in "*?["):
+            raise self._fail(word.pos, f"output '{text}' is a glob; outputs must be named (list the files, or their directory)")
+        path = paths.make_relative(self.opts.root, paths.join(self.dir_rel, text))
+        root = self.opts.root
+        if paths.escapes(path):
+            raise self._fail(word.pos, f"output '{text}' is outside the project root {root}; outputs must lie inside it")
+        if path == "":
+            raise self._fail(word.pos, "an output cannot be the project root itself; name a file or subdirectory")
+        if path.split("/")[0] == paths.STATE_DIR or f"/{paths.STATE_DIR}/" in f"/{path}/":
+            raise self._fail(word.pos, f"output '{text}' is inside {paths.STATE_DIR}/, which pivotbuild owns")
+        for own in (paths.PIVOTFILE, paths.LOCKFILE):
+            if path == paths.join(self.dir_rel, own):
+                raise self._fail(word.pos, f"output '{text}' would overwrite this pipeline's {own}")
+        if paths.escapes_via_symlink(root, path):
+            raise self._fail(word.pos, f"output '{text}' goes through a symlink that leads outside the project root")
+        return Out(
+            path,
+            is_dir=text.endswith("/"),
+            cache=opts.get("cache", True),
+            persist=opts.get("persist", False),
+            incremental=opts.get("incremental", False),
+        )
+
+    def _params_field(self, f: Field, scope: _Scope) -> None:
+        failed = False
+        for word in f.words:
+            for ref in self._expand_word(word, scope) or ():
+                try:
+                    self._lookup_param(ref, scope)
+                except ParamError as exc:
+                    self._error(word.pos, f"param '{ref}': {exc}" if "not found" not in str(exc) else str(exc))
+                    failed = True
+                except ParamsFileError as exc:
+                    self.errors.append(exc.diagnostic)
+                    failed = True
+        if failed:
+            raise _Failed
+
+    def _lookup_param(self, ref: str, scope: _Scope) -> object:
+        pv = self.params.lookup(ref)
+        file = paths.join(self.dir_rel, pv.file)
+        canon = json.dumps(pv.value, sort_keys=True, separators=(",", ":"), default=str)
+        scope.params_used[(file, pv.key)] = Param(file, pv.key, canon)
+        return pv.value
+
+    def _run(self, f: Field, scope: _Scope) -> Command:
+        assert f.script is not None
+        return self._script(f.script, scope)
+
+    def _script(self, script: Script, scope: _Scope) -> Command:
+        parts: list[str | AutoVar] = []
+        failed = False
+        for index, line in enumerate(script.lines):
+            if index:
+                parts.append("\n")
+            try:
+                pieces = split(line.text)
+            except TemplateError as exc:
+                self._error(Pos(line.pos.line, line.pos.col + exc.offset), exc.message)
+                failed = True
+                continue
+            for piece in pieces:
+                if isinstance(piece, str):
+                    parts.append(piece)
+                elif isinstance(piece, Auto):
+                    parts.append(piece.var)
+                else:
+                    pos = Pos(line.pos.line, line.pos.col + piece.offset)
+                    try:
+                        parts.append(" ".join(self._resolve(piece, pos, scope, self.origin, in_script=True)))
+                    except _Failed:
+                        failed = True
+        if failed:
+            raise _Failed
+        merged: list[str | AutoVar] = []
+        for part in parts:
+            if isinstance(part, str) and merged and isinstance(merged[-1], str):
+                merged[-1] += part
+            else:
+                merged.append(part)
+        return tuple(merged)
+
+    def _py(self, f: Field, scope: _Scope) -> str:
+        word = f.words[0]
+        text = self._scalar(word, scope)
+        if text is None:
+            raise _Failed
+        if not _PY_RE.fullmatch(text):
+            raise self._fail(word.pos, f"'py: {text}' must name a function as 'module:function' (e.g. 'src.train:main')")
+        return text
+
+    def _mutex(self, f: Field, scope: _Scope) -> tuple[str, ...]:
+        groups = self._words(f.words, scope)
+        for word, g in zip(f.words, groups, strict=False):
+            if g != "*" and not NAME_RE.fullmatch(g):
+                raise self._fail(word.pos, f"'{g}' is not a valid mutex group name (or '*' to run alone)")
+        return tuple(dict.fromkeys(groups))
+
+    def _int(self, f: Field, scope: _Scope, minimum: int, what: str) -> int:
+        word = f.words[0]
+        text = self._scalar(word, scope)
+        if text is None:
+            raise _Failed
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise self._fail(word.pos, f"'{f.name}: {text}' must be {what}")
+        return value
+
+    def _jobs(self, f: Field, scope: _Scope) -> int:
+        return self._int(f, scope, 1, "a whole number of at least 1")
+
+    def _retry(self, f: Field, scope: _Scope) -> int:
+        return self._int(f, scope, 0, "a whole number of extra attempts (0 or more)")
+
+    def _mem(self, f: Field, scope: _Scope) -> int:
+        return self._converted(f, scope, parse_size)
+
+    def _timeout(self, f: Field, scope: _Scope) -> float:
+        return self._converted(f, scope, parse_duration)
+
+    def _converted(self, f: Field, scope: _Scope, convert: Callable[[str], _T]) -> _T:
+        word = f.words[0]
+        text = self._scalar(word, scope)
+        if text is None:
+            raise _Failed
+        try:
+            return convert(text)
+        except ValueError as exc:
+            raise self._fail(word.pos, f"{f.name}: {exc}") from None
+
+    def _env(self, f: Field, scope: _Scope) -> tuple[tuple[str, str], ...]:
+        env: dict[str, str] = {}
+        for item in f.items:
+            key = item.key.text
+            if not _ENV_KEY_RE.fullmatch(key):
+                raise self._fail(item.key.pos, f"'{key}' is not a valid environment variable name")
+            if key == "PIVOT_STAGE":
+                raise self._fail(item.key.pos, "PIVOT_STAGE is set by pivotbuild to the stage's name")
+            if key in env:
+                raise self._fail(item.key.pos, f"'{key}' is set twice in 'env:'")
+            env[key] = " ".join(self._words(item.values, scope))
+        return tuple(env.items())
+
+    def _dir(self, f: Field, scope: _Scope) -> str:
+        word = f.words[0]
+        text = self._scalar(word, scope)
+        if text is None:
+            raise _Failed
+        path = paths.make_relative(self.opts.root, paths.join(self.dir_rel, text))
+        if paths.escapes(path):
+            raise self._fail(word.pos, f"'dir: {text}' is outside the project root; stages run inside the project")
+        return path
+
+    def _always(self, f: Field, scope: _Scope) -> bool:
+        word = f.words[0]
+        text = self._scalar(word, scope)
+        if text is None:
+            raise _Failed
+        if text.lower() not in _BOOLS:
+            raise self._fail(word.pos, f"'always: {text}' must be yes or no")
+        return _BOOLS[text.lower()]
+
+    # -- interpolation -------------------------------------------------------------------
+
+    def _words(self, words: tuple[Word, ...], scope: _Scope) -> list[str]:
+        result = self._expand_words(words, scope, self.origin)
+        if result is None:
+            raise _Failed
+        return result
+
+    def _expand_words(self, words: tuple[Word, ...], scope: _Scope, origin: _Origin) -> list[str] | None:
+        out: list[str] = []
+        ok = True
+        for w in words:
+            try:
+                out.extend(self._expand(w, scope, origin))
+            except _Failed:
+                ok = False
+        return out if ok else None
+
+    def _expand_word(self, word: Word, scope: _Scope) -> list[str] | None:
+        try:
+            return self._expand(word, scope, self.origin)
+        except _Failed:
+            return None
+
+    def _scalar(self, word: Word, scope: _Scope) -> str | None:
+        values = self._expand_word(word, scope)
+        return None if values is None else " ".join(values)
+
+    def _expand(self, word: Word, scope: _Scope, origin: _Origin) -> list[str]:
+        """A word's values: a whole unquoted `${LIST}` gives one value per item;
+        anything else gives one value, with lists joined by single spaces."""
+
+        def at(offset: int) -> Pos:
+            # Offsets into the unquoted text match the source only if nothing was unquoted.
+            return Pos(word.pos.line, word.pos.col + offset) if word.raw == word.text else word.pos
+
+        try:
+            parts = split(word.text)
+        except TemplateError as exc:
+            raise self._fail(at(exc.offset), exc.message, origin) from None
+        ref = whole_ref(parts)
+        if ref is not None and not word.quoted:
+            return self._resolve(ref, at(ref.offset), scope, origin)
+        pieces: list[str] = []
+        for part in parts:
+            if isinstance(part, str):
+                pieces.append(part)
+            elif isinstance(part, Auto):
+                raise self._fail(at(part.offset), f"'${part.var.value}' is only available in 'run:'", origin)
+            else:
+                pieces.append(" ".join(self._resolve(part, at(part.offset), scope, origin)))
+        return ["".join(pieces)]
+
+    def _resolve(self, ref: Ref, pos: Pos, scope: _Scope, origin: _Origin, in_script: bool = False) -> list[str]:
+        name = ref.name
+        if name in scope.axes:
+            return [scope.axes[name]]
+        if name == "stage":
+            if scope.stage is None:
+                raise self._fail(pos, "'${stage}' is only available inside a stage", origin)
+            return [scope.stage]
+        if name.startswith("params."):
+            key = name[len("params.") :]
+            try:
+                value = self._lookup_param(key, scope)
+                if isinstance(value, list):
+                    return [to_text(v) for v in value]
+                return [to_text(value)]
+            except ParamError as exc:
+                raise self._fail(pos, f"param '{key}' {exc}" if "not found" not in str(exc) else str(exc), origin) from None
+            except ParamsFileError as exc:
+                self.errors.append(exc.diagnostic)
+                raise _Failed from None
+        var = self.vars.get(name)
+        if var is None:
+            raise self._fail(pos, self._unknown(name, scope, in_script), origin)
+        if name in self._expanding:
+            chain = " -> ".join([*self._expanding[self._expanding.index(name) :], name])
+            raise self._fail(pos, f"variable '{name}' refers to itself: {chain}", origin)
+        self._expanding.append(name)
+        try:
+            values: list[str] = []
+            for w in var.words:
+                values.extend(self._expand(w, scope, var.origin))
+            return values
+        finally:
+            self._expanding.pop()
+
+    def _unknown(self, name: str, scope: _Scope, in_script: bool) -> str:
+        names = [*self.vars, *scope.axes, *(["stage"] if scope.stage else [])]
+        message = f"unknown variable '{name}'{did_you_mean(name, names)}"
+        if in_script and (name in os.environ or name.isupper()):
+            message += f"; to pass '${{{name}}}' to the shell, write '$${{{name}}}'"
+        return message
+
+
+def _display_dir(module_path: str) -> str:
+    parent = str(Path(module_path).parent)
+    return "" if parent == "." else parent
+

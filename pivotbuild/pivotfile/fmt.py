@@ -1,0 +1,173 @@
+"""`pivotbuild fmt`: print a syntax tree back in canonical layout.
+
+Canonical means: statements in their order, one blank line around stage
+blocks and at most one elsewhere, fields indented by four spaces, values
+continued on lines aligned under the first value, single spaces between
+words, two spaces before a trailing comment.  Words are printed as written
+(quotes included) and run scripts keep their text exactly, so formatting never
+changes what a Pivotfile means, and formatting a formatted file changes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from itertools import groupby
+
+from pivotbuild.pivotfile.syntax import (
+    Assignment,
+    Comment,
+    DefaultStmt,
+    Field,
+    IncludeStmt,
+    Item,
+    Module,
+    PipelineStmt,
+    StageDecl,
+    Statement,
+    Word,
+)
+
+INDENT = "    "
+
+
+def format_module(module: Module) -> str:
+    """The canonical text of a parsed Pivotfile."""
+    return _Formatter(module).run()
+
+
+class _Formatter:
+    def __init__(self, module: Module) -> None:
+        self.module = module
+        self.trailing: dict[int, Comment] = {c.pos.line: c for c in module.comments if not c.own_line}
+        self.own_line: list[Comment] = sorted((c for c in module.comments if c.own_line), key=lambda c: c.pos.line)
+        self.out: list[str] = []
+        self.blank_lines = {i + 1 for i, line in enumerate(module.source.split("\n")) if not line.strip()}
+
+    def run(self) -> str:
+        stmts = self.module.statements
+        prev_end = 0
+        prev_stage = False
+        for index, stmt in enumerate(stmts):
+            next_start = stmts[index + 1].pos.line if index + 1 < len(stmts) else None
+            leading = self._take_comments(prev_end, stmt.pos.line)
+            start = leading[0].pos.line if leading else stmt.pos.line
+            if self.out and (prev_stage or isinstance(stmt, StageDecl) or self._blank_between(prev_end, start)):
+                self.out.append("")
+            for before, comment in zip([None, *leading], leading, strict=False):
+                if before is not None and self._blank_between(before.pos.line, comment.pos.line):
+                    self.out.append("")
+                self.out.append(comment.text)
+            self._statement(stmt, next_start)
+            prev_end = self._statement_end(stmt, next_start)
+            prev_stage = isinstance(stmt, StageDecl)
+        rest = self._take_comments(prev_end, None)
+        if rest:
+            if self.out and (prev_stage or self._blank_between(prev_end, rest[0].pos.line)):
+                self.out.append("")
+            self.out.extend(c.text for c in rest)
+        return "\n".join(self.out) + "\n" if self.out else ""
+
+    # -- comments and blank lines ---------------------------------------------------
+
+    def _take_comments(self, after: int, before: int | None) -> list[Comment]:
+        taken = [c for c in self.own_line if c.pos.line > after and (before is None or c.pos.line < before)]
+        for c in taken:
+            self.own_line.remove(c)
+        return taken
+
+    def _blank_between(self, after: int, before: int) -> bool:
+        return any(after < n < before for n in self.blank_lines)
+
+    def _statement_end(self, stmt: Statement, next_start: int | None) -> int:
+        return stmt.last_line if not isinstance(stmt, StageDecl) else self._block_end(stmt, next_start)
+
+    def _block_end(self, stage: StageDecl, next_start: int | None) -> int:
+        # Indented comments after the last field still belong to the stage.
+        end = stage.last_line
+        for c in self.own_line:
+            if c.pos.line > end and c.pos.col > 1 and (next_start is None or c.pos.line < next_start):
+                end = c.pos.line
+        return end
+
+    def _with_trailing(self, text: str, line: int) -> str:
+        comment = self.trailing.pop(line, None)
+        return f"{text}  {comment.text}" if comment else text
+
+    # -- statements --------------------------------------------------------------------
+
+    def _statement(self, stmt: Statement, next_start: int | None) -> None:
+        if isinstance(stmt, PipelineStmt):
+            self._words_line("pipeline ", (stmt.name,), stmt.pos.line)
+        elif isinstance(stmt, Assignment):
+            head = f"{stmt.name.raw} ="
+            if stmt.values:
+                self._words_line(head + " ", stmt.values, stmt.pos.line)
+            else:
+                self.out.append(self._with_trailing(head, stmt.pos.line))
+        elif isinstance(stmt, DefaultStmt):
+            self._words_line("default ", stmt.targets, stmt.pos.line)
+        elif isinstance(stmt, IncludeStmt):
+            self._words_line("include ", stmt.paths, stmt.pos.line)
+        else:
+            self._stage(stmt, next_start)
+
+    def _stage(self, stage: StageDecl, next_start: int | None) -> None:
+        self.out.append(self._with_trailing(f"stage {stage.name.raw}:", stage.pos.line))
+        prev_end = stage.pos.line
+        for f in stage.fields:
+            for comment in self._take_comments(prev_end, f.key.pos.line):
+                self.out.append(INDENT + comment.text)
+            self._field(f)
+            prev_end = f.last_line
+        end = self._block_end(stage, next_start)
+        for comment in self._take_comments(prev_end, end + 1):
+            self.out.append(INDENT + comment.text)
+
+    def _field(self, f: Field) -> None:
+        head = f"{INDENT}{f.key.raw}: "
+        if f.script is not None:
+            self._script(f, head)
+        elif f.outs:
+            items = [(o.path.pos.line, _out_text(o.path, o.options)) for o in f.outs]
+            self._lines(head, items, f.key.pos.line)
+        elif f.items:
+            self._lines(head, [(i.key.pos.line, _item_text(i)) for i in f.items], f.key.pos.line)
+        elif f.words:
+            self._lines(head, [(w.pos.line, w.raw) for w in f.words], f.key.pos.line)
+        else:
+            self.out.append(self._with_trailing(head.rstrip(), f.key.pos.line))
+
+    def _script(self, f: Field, head: str) -> None:
+        assert f.script is not None
+        lines = list(f.script.lines)
+        if f.script.inline:
+            first = lines.pop(0)
+            self.out.append(f"{head}{first.text}")
+        else:
+            self.out.append(head.rstrip())
+        for line in lines:
+            self.out.append(f"{INDENT * 2}{line.text}" if line.text else "")
+
+    def _words_line(self, head: str, words: Sequence[Word], line: int) -> None:
+        self._lines(head, [(w.pos.line, w.raw) for w in words], line)
+
+    def _lines(self, head: str, items: Sequence[tuple[int, str]], head_line: int) -> None:
+        """`head` then the items, keeping the source's line breaks between them."""
+        pad = " " * len(head)
+        first = True
+        for line, group in groupby(items, key=lambda it: it[0]):
+            text = " ".join(t for _, t in group)
+            if first and line != head_line:
+                self.out.append(self._with_trailing(head.rstrip(), head_line))
+                first = False
+            self.out.append(self._with_trailing((head if first else pad) + text, line))
+            first = False
+
+
+def _item_text(item: Item) -> str:
+    values = [v.raw for v in item.values]
+    return f"{item.key.raw}={' '.join(values)}"
+
+
+def _out_text(path: Word, options: Sequence[Word]) -> str:
+    return f"{path.raw} ({', '.join(o.raw for o in options)})" if options else path.raw

@@ -1,0 +1,142 @@
+"""Loading a project: find the Pivotfile and the root, parse and compile every
+pipeline it includes (or, with `--all`, every Pivotfile under the root)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pivotbuild import paths
+from pivotbuild.errors import Diagnostic, PivotfileError, ProjectError
+from pivotbuild.model import Pipeline, Stage
+from pivotbuild.pivotfile.compiler import CompileOptions, compile_module
+from pivotbuild.pivotfile.parser import parse
+
+
+@dataclass(frozen=True, slots=True)
+class LoadOptions:
+    cwd: Path
+    file: Path | None = None  # -f; relative paths are relative to cwd
+    overrides: Mapping[str, str] = field(default_factory=dict)
+    all_pipelines: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Project:
+    root: Path
+    cwd: Path
+    main: Pipeline | None  # the pipeline in the current directory (None: --all from elsewhere)
+    pipelines: tuple[Pipeline, ...]
+
+    @property
+    def stages(self) -> tuple[Stage, ...]:
+        return tuple(s for p in self.pipelines for s in p.stages)
+
+    @property
+    def current_dir(self) -> str:
+        """The pipeline whose stages are named without a prefix."""
+        return self.main.dir if self.main else ""
+
+
+def load_project(options: LoadOptions) -> Project:
+    """Parse and compile the project.  Raises PivotfileError (all errors of all
+    files at once) or ProjectError."""
+    cwd = options.cwd.resolve()
+    main_file = _main_file(options)
+    if main_file is None and not options.all_pipelines:
+        raise ProjectError(
+            f"no Pivotfile in {cwd}; write one (see 'pivotbuild --help'), or point at it with -f PATH or -C DIR"
+        )
+    root = paths.find_root(main_file.parent if main_file else cwd)
+    loader = _Loader(root, cwd, options.overrides)
+    queue: list[Path] = [main_file] if main_file else []
+    if options.all_pipelines:
+        queue.extend(_all_pivotfiles(root))
+    main = None
+    for path in queue:
+        pipeline = loader.load(path)
+        if path == main_file:
+            main = pipeline
+    if loader.errors:
+        raise PivotfileError(loader.errors)
+    return Project(root, cwd, main, tuple(loader.pipelines.values()))
+
+
+def _main_file(options: LoadOptions) -> Path | None:
+    if options.file is not None:
+        path = (options.cwd / options.file).resolve()
+        if path.is_dir():
+            path = path / paths.PIVOTFILE
+        if not path.is_file():
+            raise ProjectError(f"{options.file}: no such Pivotfile; check the path given to -f")
+        return path
+    path = options.cwd.resolve() / paths.PIVOTFILE
+    return path if path.is_file() else None
+
+
+def _all_pivotfiles(root: Path) -> Iterator[Path]:
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        if paths.PIVOTFILE in filenames:
+            yield Path(dirpath) / paths.PIVOTFILE
+
+
+class _Loader:
+    def __init__(self, root: Path, cwd: Path, overrides: Mapping[str, str]) -> None:
+        self.root = root
+        self.cwd = cwd
+        self.overrides = overrides
+        self.pipelines: dict[Path, Pipeline] = {}
+        self.errors: list[Diagnostic] = []
+
+    def display(self, path: Path) -> str:
+        rel = os.path.relpath(path, self.cwd)
+        return path.as_posix() if rel.startswith("../../..") else Path(rel).as_posix()
+
+    def load(self, path: Path) -> Pipeline | None:
+        """Compile `path` and, depth first, the pipelines it includes."""
+        path = path.resolve()
+        if path in self.pipelines:
+            return self.pipelines[path]
+        shown = self.display(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise ProjectError(f"{shown}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+        except OSError as exc:
+            raise ProjectError(f"{shown}: cannot read: {exc.strerror}") from exc
+        try:
+            pipeline = compile_module(parse(text, shown), CompileOptions(self.root, path.parent, self.overrides))
+        except PivotfileError as exc:
+            self.errors.extend(exc.diagnostics)
+            return None
+        self.pipelines[path] = pipeline
+        for inc in pipeline.includes:
+            target = self._include_path(path.parent, inc.path)
+            problem = self._include_problem(target)
+            if problem:
+                self.errors.append(Diagnostic(inc.loc, f"include '{inc.path}': {problem}", _line(path, inc.loc.line)))
+                continue
+            self.load(target)
+        return pipeline
+
+    @staticmethod
+    def _include_path(base: Path, written: str) -> Path:
+        target = (base / written).resolve()
+        return target / paths.PIVOTFILE if target.is_dir() else target
+
+    def _include_problem(self, target: Path) -> str:
+        if not target.is_file():
+            return f"{self.display(target)} does not exist; name a directory holding a Pivotfile, or the file"
+        try:
+            target.relative_to(self.root)
+        except ValueError:
+            return f"{self.display(target)} is outside the project root {self.root}"
+        return ""
+
+
+def _line(path: Path, n: int) -> str:
+    lines: Sequence[str] = path.read_text(encoding="utf-8").split("\n")
+    return lines[n - 1] if 0 < n <= len(lines) else ""

@@ -1,0 +1,52 @@
+"""Crash-safe file writes and the `.pivot/` directory."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from pivotbuild.paths import STATE_DIR
+
+GITIGNORE = "# Written by pivotbuild: keep local state out of git, but share the config.\n*\n!.gitignore\n!config.toml\n"
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace `path` with `data` so a crash leaves the old or the new file, never a mix:
+    write a temporary file beside it, fsync, rename over, fsync the directory."""
+    directory = path.parent
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.chmod(tmp, path.stat().st_mode & 0o7777)
+        except FileNotFoundError:
+            os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def ensure_state_dir(directory: Path) -> Path:
+    """`directory/.pivot/` with its `.gitignore`, created if missing."""
+    state = directory / STATE_DIR
+    state.mkdir(exist_ok=True)
+    ignore = state / ".gitignore"
+    if not ignore.exists():
+        write_atomic(ignore, GITIGNORE.encode())
+    return state
