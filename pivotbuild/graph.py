@@ -59,7 +59,11 @@ class BuildGraph:
             for out in stage.outs:
                 other = self._producer.get(out.path)
                 if other is not None:
-                    who = "it twice" if other == stage.id else f"it too ({self._label(other)} and {self._label(stage.id)})"
+                    who = (
+                        "it twice"
+                        if other == stage.id
+                        else f"it too ({self._label(other)} and {self._label(stage.id)})"
+                    )
                     problems.append(f"two stages write '{out.path}': {self._label(other)} writes {who}")
                     continue
                 self._producer[out.path] = stage.id
@@ -127,6 +131,7 @@ class BuildGraph:
         for sid in self.stages:
             for art in self.g.successors(sid):
                 for consumer in self.g.successors(art):
+                    assert isinstance(consumer, StageId)
                     sg.add_edge(sid, consumer)
         return sg
 
@@ -138,7 +143,7 @@ class BuildGraph:
         cycle = [self._label(u) for u, _ in edges] + [self._label(edges[0][0])]
         via = []
         for u, v in edges:
-            shared = sorted(a for a in self.g.successors(u) if self.g.has_edge(a, v))
+            shared = sorted(str(a) for a in self.g.successors(u) if self.g.has_edge(a, v))
             via.append(f"  {self._label(v)} reads {', '.join(shared)} written by {self._label(u)}")
         raise CycleError(cycle, "\n".join(via))
 
@@ -240,7 +245,7 @@ class BuildGraph:
         bases: dict[str, list[StageId]] = {}
         for sid, stage in self.stages.items():
             qualified = f"{sid.pipeline or '.'}:"
-            for prefix in ({"", qualified} if sid.pipeline == self.current else {qualified}):
+            for prefix in {"", qualified} if sid.pipeline == self.current else {qualified}:
                 names[prefix + sid.name] = sid
                 if stage.matrix:
                     bases.setdefault(prefix + stage.base, []).append(sid)
@@ -297,8 +302,8 @@ def _component_regex(part: str) -> str:
             out.append("[^/]*")
         elif c == "?":
             out.append("[^/]")
-        elif c == "[" and "]" in part[i + 2 :] or c == "[" and part[i + 1 : i + 2] == "]":
-            end = part.index("]", i + 2)
+        elif c == "[" and (end := part.find("]", i + 2)) > 0:
+            # As in fnmatch, a `]` right after `[` (or `[!`) is part of the class.
             body = part[i + 1 : end]
             if body.startswith("!"):
                 body = "^" + body[1:]

@@ -8,7 +8,9 @@ from pathlib import Path
 
 from pivotbuild.paths import STATE_DIR
 
-GITIGNORE = "# Written by pivotbuild: keep local state out of git, but share the config.\n*\n!.gitignore\n!config.toml\n"
+GITIGNORE = (
+    "# Written by pivotbuild: keep local state out of git, but share the config.\n*\n!.gitignore\n!config.toml\n"
+)
 
 
 def write_atomic(path: Path, data: bytes) -> None:

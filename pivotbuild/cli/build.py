@@ -29,8 +29,20 @@ def split_args(args: tuple[str, ...]) -> tuple[tuple[str, ...], dict[str, str]]:
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("args", nargs=-1, metavar="[TARGET | NAME=VALUE]...")
-@click.option("-j", "--jobs", type=click.IntRange(min=1), metavar="N", help="Run at most N jobs at once (default: the number of CPUs).")
-@click.option("-l", "--load-average", type=click.FloatRange(min=0, min_open=True), metavar="X", help="Start no new job while the load average is at least X.")
+@click.option(
+    "-j",
+    "--jobs",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Run at most N jobs at once (default: the number of CPUs).",
+)
+@click.option(
+    "-l",
+    "--load-average",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="X",
+    help="Start no new job while the load average is at least X.",
+)
 @click.option("-k", "--keep-going", is_flag=True, help="After a failure, keep building what does not depend on it.")
 @click.option("-n", "--dry-run", is_flag=True, help="Print what would run and why; run nothing.")
 @click.option("-q", "--question", is_flag=True, help="Run nothing; exit 0 if up to date, 1 if not.")
@@ -46,7 +58,7 @@ def split_args(args: tuple[str, ...]) -> tuple[tuple[str, ...], dict[str, str]]:
 @click.option("--no-wait", is_flag=True, help="If another build holds the project, exit 1 instead of waiting.")
 @project_options
 @click.pass_context
-def repro(ctx: click.Context, args: tuple[str, ...], **flags: object) -> int:
+def repro(ctx: click.Context, /, args: tuple[str, ...], **flags: object) -> int:
     """Build targets and what they depend on (what a bare `pivotbuild` does)."""
     options = build_options(ctx, args, flags)
     from pivotbuild.cli.common import load

@@ -13,7 +13,9 @@ from pivotbuild.project import LoadOptions, Project, load_project
 from pivotbuild.selection import open_graph
 
 
-def load(ctx: click.Context, overrides: Mapping[str, str] | None = None, all_pipelines: bool = False) -> tuple[Project, BuildGraph]:
+def load(
+    ctx: click.Context, overrides: Mapping[str, str] | None = None, all_pipelines: bool = False
+) -> tuple[Project, BuildGraph]:
     """The project and its validated graph, from `-C`, `-f` and NAME=VALUE."""
     options = LoadOptions(Path.cwd(), pivotfile_arg(ctx), overrides or {}, all_pipelines)
     project = load_project(options)

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from pivotbuild.cli.app import pivotfile_arg, project_options
-from pivotbuild.errors import PivotfileError, ProjectError
+from pivotbuild.errors import Diagnostic, PivotfileError, ProjectError
 from pivotbuild.paths import PIVOTFILE
 from pivotbuild.pivotfile.fmt import format_module
 from pivotbuild.pivotfile.parser import parse
@@ -27,8 +27,8 @@ def fmt(ctx: click.Context, files: tuple[Path, ...], check: bool) -> int:
     never changes what a Pivotfile means.
     """
     targets = list(files) or [pivotfile_arg(ctx) or Path(PIVOTFILE)]
-    errors = []
-    changed = []
+    errors: list[Diagnostic] = []
+    changed: list[Path] = []
     for path in targets:
         try:
             text = path.read_text(encoding="utf-8")

@@ -21,5 +21,7 @@ def init() -> int:
             click.echo(f"pivotbuild: {parent} is already a project root ({parent / '.pivot'} exists)", err=True)
             return 0
     ensure_state_dir(here)
-    click.echo(f"pivotbuild: created {here / '.pivot'}; commit .pivot/.gitignore (and later .pivot/config.toml)", err=True)
+    click.echo(
+        f"pivotbuild: created {here / '.pivot'}; commit .pivot/.gitignore (and later .pivot/config.toml)", err=True
+    )
     return 0

@@ -130,9 +130,7 @@ class _Compiler:
                 continue
             prior = first_decl.setdefault(decl.name.text, decl)
             if prior is not decl:
-                self._error(
-                    decl.name.pos, f"stage '{decl.name.text}' is already defined on line {prior.name.pos.line}"
-                )
+                self._error(decl.name.pos, f"stage '{decl.name.text}' is already defined on line {prior.name.pos.line}")
                 continue
             stages.extend(self._stage(decl, shell))
         if self.errors:
@@ -416,11 +414,15 @@ class _Compiler:
         if not text:
             raise self._fail(word.pos, "empty path in 'outs:'")
         if any(c in text for c in "*?["):
-            raise self._fail(word.pos, f"output '{text}' is a glob; outputs must be named (list the files, or their directory)")
+            raise self._fail(
+                word.pos, f"output '{text}' is a glob; outputs must be named (list the files, or their directory)"
+            )
         path = paths.make_relative(self.opts.root, paths.join(self.dir_rel, text))
         root = self.opts.root
         if paths.escapes(path):
-            raise self._fail(word.pos, f"output '{text}' is outside the project root {root}; outputs must lie inside it")
+            raise self._fail(
+                word.pos, f"output '{text}' is outside the project root {root}; outputs must lie inside it"
+            )
         if path == "":
             raise self._fail(word.pos, "an output cannot be the project root itself; name a file or subdirectory")
         if path.split("/")[0] == paths.STATE_DIR or f"/{paths.STATE_DIR}/" in f"/{path}/":
@@ -503,7 +505,9 @@ class _Compiler:
         if text is None:
             raise _Failed
         if not _PY_RE.fullmatch(text):
-            raise self._fail(word.pos, f"'py: {text}' must name a function as 'module:function' (e.g. 'src.train:main')")
+            raise self._fail(
+                word.pos, f"'py: {text}' must name a function as 'module:function' (e.g. 'src.train:main')"
+            )
         return text
 
     def _mutex(self, f: Field, scope: _Scope) -> tuple[str, ...]:
@@ -649,7 +653,9 @@ class _Compiler:
                     return [to_text(v) for v in value]
                 return [to_text(value)]
             except ParamError as exc:
-                raise self._fail(pos, f"param '{key}' {exc}" if "not found" not in str(exc) else str(exc), origin) from None
+                raise self._fail(
+                    pos, f"param '{key}' {exc}" if "not found" not in str(exc) else str(exc), origin
+                ) from None
             except ParamsFileError as exc:
                 self.errors.append(exc.diagnostic)
                 raise _Failed from None
@@ -679,4 +685,3 @@ class _Compiler:
 def _display_dir(module_path: str) -> str:
     parent = str(Path(module_path).parent)
     return "" if parent == "." else parent
-

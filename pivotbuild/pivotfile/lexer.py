@@ -9,7 +9,6 @@ still produced let the parser find more.
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass, field
 
@@ -100,7 +99,9 @@ class _Lexer:
                 self._comment_line(self.i)
                 self.i += 1
             elif _indent_of(line):
-                self._error(self.i, len(_indent_of(line)), "unexpected indentation: statements start in the first column")
+                self._error(
+                    self.i, len(_indent_of(line)), "unexpected indentation: statements start in the first column"
+                )
                 self.i += 1
             else:
                 self._statement()
@@ -128,7 +129,6 @@ class _Lexer:
 
     def _stage(self) -> None:
         n = self.i
-        line = self.lines[n]
         header = [Tok("STAGE", "stage", n + 1, 1)]
         rest = self._words(n, len("stage"), FieldKind.LIST, continues_deeper_than=None)
         # `stage NAME:` -- the colon is glued to the name; split it off.
@@ -149,7 +149,6 @@ class _Lexer:
         self._block(stmt)
         stmt.last_line = max(self._last_line(header), *(self._last_line(f) for f in stmt.fields))
         self.statements.append(stmt)
-        del line
 
     def _block(self, stmt: StatementTokens) -> None:
         """The indented fields of a stage, up to the next line in column one."""
@@ -227,7 +226,7 @@ class _Lexer:
         while block and _is_blank(self.lines[block[-1]]):
             block.pop()
         nonblank = [_indent_of(self.lines[b]) for b in block if not _is_blank(self.lines[b])]
-        common = os.path.commonprefix(nonblank) if nonblank else ""
+        common = _common_indent(nonblank)
         for b in block:
             raw = self.lines[b]
             body = "" if _is_blank(raw) else raw[len(common) :]
@@ -393,6 +392,18 @@ class _Lexer:
     @staticmethod
     def _last_line(toks: list[Tok]) -> int:
         return max((t.line for t in toks), default=0)
+
+
+def _common_indent(indents: list[str]) -> str:
+    """The longest whitespace prefix shared by every indent (tabs and spaces compared as written)."""
+    if not indents:
+        return ""
+    first = min(indents)
+    last = max(indents)
+    n = 0
+    while n < len(first) and first[n] == last[n]:
+        n += 1
+    return first[:n]
 
 
 def _unescape(body: str) -> str:

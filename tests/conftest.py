@@ -1,0 +1,82 @@
+"""Shared fixtures: temporary projects and the real `pivotbuild` command."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from pivotbuild.model import Pipeline
+from pivotbuild.pivotfile.compiler import CompileOptions, compile_module
+from pivotbuild.pivotfile.parser import parse
+
+
+def _pivotbuild_command() -> list[str]:
+    """The installed console script beside this Python, else `python -m pivotbuild`."""
+    script = Path(sys.executable).with_name("pivotbuild")
+    if script.exists():
+        return [str(script)]
+    found = shutil.which("pivotbuild")
+    return [found] if found else [sys.executable, "-m", "pivotbuild"]
+
+
+PIVOTBUILD = _pivotbuild_command()
+
+
+@dataclass(frozen=True)
+class Result:
+    code: int
+    out: str
+    err: str
+
+
+@dataclass
+class Project:
+    """A temporary project directory (with `.pivot/`, so it is its own root)."""
+
+    root: Path
+
+    def write(self, rel: str, text: str) -> Path:
+        """Write a file (dedented), creating its directories."""
+        path = self.root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text).lstrip("\n"))
+        return path
+
+    def pivotfile(self, text: str, rel: str = "Pivotfile") -> Path:
+        return self.write(rel, text)
+
+    def run(self, *args: str, cwd: Path | None = None, timeout: float = 60) -> Result:
+        """Run the real `pivotbuild` as a user would, in this project."""
+        env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200"}
+        proc = subprocess.run(
+            [*PIVOTBUILD, *args],
+            cwd=cwd or self.root,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
+            check=False,
+        )
+        return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Project:
+    root = tmp_path / "proj"
+    (root / ".pivot").mkdir(parents=True)
+    return Project(root)
+
+
+def compile_text(text: str, root: Path, subdir: str = "", overrides: dict[str, str] | None = None) -> Pipeline:
+    """Parse and compile Pivotfile text (dedented) as if it lived in root/subdir."""
+    pipeline_dir = root / subdir if subdir else root
+    pipeline_dir.mkdir(parents=True, exist_ok=True)
+    module = parse(textwrap.dedent(text).lstrip("\n"), "Pivotfile")
+    return compile_module(module, CompileOptions(root.resolve(), pipeline_dir.resolve(), overrides or {}))
