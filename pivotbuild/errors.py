@@ -52,7 +52,9 @@ class PivotfileError(PivotError):
     """One or more located problems in Pivotfiles; rendered compiler-style."""
 
     def __init__(self, diagnostics: Iterable[Diagnostic]) -> None:
-        diags = sorted(diagnostics, key=lambda d: (d.loc.path, d.loc.line, d.loc.col))
+        # The same mistake can surface once per matrix variant: report it once.
+        unique = {(d.loc, d.message): d for d in diagnostics}
+        diags = sorted(unique.values(), key=lambda d: (d.loc.path, d.loc.line, d.loc.col))
         self.diagnostics: tuple[Diagnostic, ...] = tuple(diags)
         count = len(self.diagnostics)
         noun = "error" if count == 1 else "errors"

@@ -13,13 +13,13 @@ from __future__ import annotations
 import bisect
 import fnmatch
 import posixpath
-import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import networkx as nx
 
 from pivotbuild.errors import CycleError, GraphError, TargetError
+from pivotbuild.globs import glob_regex, glob_static_prefix
 from pivotbuild.model import Stage, StageId
 from pivotbuild.suggest import close_matches
 
@@ -276,50 +276,3 @@ class BuildGraph:
         near = close_matches(target, [*plain, *plain_bases, *self._producer])
         hint = f"; did you mean {' or '.join(repr(n) for n in near)}?" if near else ""
         return f"unknown target '{target}': no stage or output has that name{hint}"
-
-
-def glob_regex(pattern: str) -> re.Pattern[str]:
-    """A regex for a dep glob: `*`, `?`, `[...]` within a component; `**` any depth."""
-    out: list[str] = []
-    parts = pattern.split("/")
-    for i, part in enumerate(parts):
-        last = i == len(parts) - 1
-        if part == "**":
-            out.append(".*" if last else "(?:[^/]+/)*")
-            continue
-        out.append(_component_regex(part))
-        if not last:
-            out.append("/")
-    return re.compile("".join(out))
-
-
-def _component_regex(part: str) -> str:
-    out: list[str] = []
-    i = 0
-    while i < len(part):
-        c = part[i]
-        if c == "*":
-            out.append("[^/]*")
-        elif c == "?":
-            out.append("[^/]")
-        elif c == "[" and (end := part.find("]", i + 2)) > 0:
-            # As in fnmatch, a `]` right after `[` (or `[!`) is part of the class.
-            body = part[i + 1 : end]
-            if body.startswith("!"):
-                body = "^" + body[1:]
-            out.append("[" + body.replace("\\", "\\\\") + "]")
-            i = end
-        else:
-            out.append(re.escape(c))
-        i += 1
-    return "".join(out)
-
-
-def glob_static_prefix(pattern: str) -> str:
-    """The directories before the first component with a wildcard."""
-    static: list[str] = []
-    for part in pattern.split("/")[:-1]:
-        if any(c in part for c in "*?["):
-            break
-        static.append(part)
-    return "/".join(static)

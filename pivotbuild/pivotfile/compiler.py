@@ -46,6 +46,7 @@ _PY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_
 _BOOLS = {"yes": True, "true": True, "on": True, "1": True, "no": False, "false": False, "off": False, "0": False}
 _OUT_OPTIONS = ("cache", "persist", "incremental")
 _RESERVED_VARS = ("stage", "params")
+_AUTO_MARK = re.compile("\x00([@<^])\x00")
 COMMAND_LINE = "<command line>"
 _T = TypeVar("_T")
 
@@ -84,6 +85,7 @@ class _Origin:
 class _VarDef:
     words: tuple[Word, ...]
     origin: _Origin
+    pos: Pos
 
 
 @dataclass(slots=True)
@@ -103,6 +105,9 @@ class _Compiler:
         self.params = Params(options.pipeline_dir, _display_dir(module.path))
         self.vars: dict[str, _VarDef] = {}
         self._expanding: list[str] = []
+        # While expanding a run: script, `$@ $< $^` met inside variables are
+        # carried through as markers (NUL cannot occur in a Pivotfile).
+        self._in_script = False
 
     # -- diagnostics -----------------------------------------------------------
 
@@ -144,10 +149,13 @@ class _Compiler:
             name = a.name.text
             if not NAME_RE.fullmatch(name):
                 self._error(a.name.pos, f"'{name}' is not a valid variable name (letters, digits, '_', '.', '-')")
-            elif name in _RESERVED_VARS:
-                self._error(a.name.pos, f"'{name}' is reserved (${{{name}...}} is built in); choose another name")
+            elif name in _RESERVED_VARS or name.startswith("params."):
+                self._error(
+                    a.name.pos,
+                    f"'{name}' is reserved: ${{stage}} and ${{params.KEY}} are built in; choose another name",
+                )
             else:
-                self.vars[name] = _VarDef(a.values, self.origin)
+                self.vars[name] = _VarDef(a.values, self.origin, a.name.pos)
         for name, value in self.opts.overrides.items():
             arg = f"{name}={value}"
             origin = _Origin(COMMAND_LINE, arg)
@@ -155,7 +163,7 @@ class _Compiler:
             words: list[Word] = []
             for m in re.finditer(r"\S+", value):
                 words.append(Word(m.group(), m.group(), Pos(1, col + m.start())))
-            self.vars[name] = _VarDef(tuple(words), origin)
+            self.vars[name] = _VarDef(tuple(words), origin, Pos(1, 1))
 
     def _pipeline_name(self, stmts: list[PipelineStmt]) -> str:
         for extra in stmts[1:]:
@@ -172,9 +180,10 @@ class _Compiler:
     def _shell(self) -> tuple[str, ...]:
         if "SHELL" not in self.vars:
             return DEFAULT_SHELL
-        words = self._expand_words(self.vars["SHELL"].words, _Scope({}, None), self.vars["SHELL"].origin)
+        var = self.vars["SHELL"]
+        words = self._expand_words(var.words, _Scope({}, None), var.origin)
         if words is not None and not words:
-            self._error(Pos(1, 1), "SHELL is empty; set it to a command such as '/bin/sh -e'")
+            self._error(var.pos, "SHELL is empty; set it to a command such as '/bin/sh -e'", var.origin)
         return tuple(words) if words else DEFAULT_SHELL
 
     def _default(self, stmts: list[DefaultStmt]) -> tuple[TargetRef, ...]:
@@ -243,7 +252,7 @@ class _Compiler:
                 self._error(item.key.pos, f"matrix axis '{axis}' is given twice")
                 ok = False
                 continue
-            if axis == "stage" or axis.startswith("params"):
+            if axis in _RESERVED_VARS or axis.startswith("params."):
                 self._error(item.key.pos, f"'{axis}' is reserved; choose another axis name")
                 ok = False
                 continue
@@ -341,17 +350,17 @@ class _Compiler:
         for word in f.words:
             for text in self._expand_word(word, scope) or ():
                 try:
-                    deps.append(self._dep(word, text))
+                    deps.append(self._dep(word, text, literal=word.quoted))
                 except _Failed:
                     failed = True
         if failed:
             raise _Failed
         return tuple(dict.fromkeys(deps))
 
-    def _dep(self, word: Word, text: str) -> Dep:
+    def _dep(self, word: Word, text: str, literal: bool) -> Dep:
         if not text:
             raise self._fail(word.pos, "empty path in 'deps:'")
-        is_glob = any(c in text for c in "*?[")
+        is_glob = not literal and any(c in text for c in "*?[")
         if is_glob:
             self._check_glob(word, text)
         path = paths.make_relative(self.opts.root, paths.join(self.dir_rel, text))
@@ -397,11 +406,16 @@ class _Compiler:
 
     def _out_options(self, decl: OutDecl) -> dict[str, bool]:
         opts: dict[str, bool] = {}
+        glued = re.fullmatch(r"[^(]+\(([^)]*)\)", decl.path.text)
+        if glued and not decl.options and glued.group(1).split("=")[0].strip() in _OUT_OPTIONS:
+            raise self._fail(decl.path.pos, f"put a space before '(' to give '{decl.path.text}' options")
         for w in decl.options:
             key, sep, value = w.text.partition("=")
             key = key.strip()
             if key not in _OUT_OPTIONS:
                 raise self._fail(w.pos, f"unknown output option '{key}'{did_you_mean(key, _OUT_OPTIONS)}")
+            if key in opts:
+                raise self._fail(w.pos, f"output option '{key}' is given twice")
             flag = True
             if sep:
                 if value.strip().lower() not in _BOOLS:
@@ -430,6 +444,8 @@ class _Compiler:
         for own in (paths.PIVOTFILE, paths.LOCKFILE):
             if path == paths.join(self.dir_rel, own):
                 raise self._fail(word.pos, f"output '{text}' would overwrite this pipeline's {own}")
+        if self.dir_rel == path or self.dir_rel.startswith(path + "/"):
+            raise self._fail(word.pos, f"output '{text}' is a directory holding this pipeline's Pivotfile")
         if paths.escapes_via_symlink(root, path):
             raise self._fail(word.pos, f"output '{text}' goes through a symlink that leads outside the project root")
         return Out(
@@ -485,10 +501,16 @@ class _Compiler:
                     parts.append(piece.var)
                 else:
                     pos = Pos(line.pos.line, line.pos.col + piece.offset)
+                    self._in_script = True
                     try:
-                        parts.append(" ".join(self._resolve(piece, pos, scope, self.origin, in_script=True)))
+                        text = " ".join(self._resolve(piece, pos, scope, self.origin, in_script=True))
                     except _Failed:
                         failed = True
+                        continue
+                    finally:
+                        self._in_script = False
+                    for i, chunk in enumerate(_AUTO_MARK.split(text)):
+                        parts.append(AutoVar(chunk) if i % 2 else chunk)
         if failed:
             raise _Failed
         merged: list[str | AutoVar] = []
@@ -632,7 +654,9 @@ class _Compiler:
             if isinstance(part, str):
                 pieces.append(part)
             elif isinstance(part, Auto):
-                raise self._fail(at(part.offset), f"'${part.var.value}' is only available in 'run:'", origin)
+                if not self._in_script:
+                    raise self._fail(at(part.offset), f"'${part.var.value}' is only available in 'run:'", origin)
+                pieces.append(f"\x00{part.var.value}\x00")
             else:
                 pieces.append(" ".join(self._resolve(part, at(part.offset), scope, origin)))
         return ["".join(pieces)]

@@ -83,9 +83,13 @@ class _Lexer:
         if text.startswith("\ufeff"):
             text = text[1:]
         self.lines = [line.removesuffix("\r") for line in text.split("\n")]
+        self.errors: list[tuple[Pos, str]] = []
+        for n, line in enumerate(self.lines):
+            if "\x00" in line:
+                self._error(n, line.index("\x00"), "NUL character in a Pivotfile; it must be text")
+                self.lines[n] = line.replace("\x00", " ")
         self.i = 0
         self.comments: list[Comment] = []
-        self.errors: list[tuple[Pos, str]] = []
         self.statements: list[StatementTokens] = []
 
     # -- top level ---------------------------------------------------------
@@ -147,7 +151,7 @@ class _Lexer:
         header.append(nl)
         stmt = StatementTokens(header, is_stage=True)
         self._block(stmt)
-        stmt.last_line = max(self._last_line(header), *(self._last_line(f) for f in stmt.fields))
+        stmt.last_line = max([self._last_line(header), *(self._last_line(f) for f in stmt.fields)])
         self.statements.append(stmt)
 
     def _block(self, stmt: StatementTokens) -> None:

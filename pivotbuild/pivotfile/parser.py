@@ -254,7 +254,7 @@ def _explain(exc: UnexpectedInput, toks: Sequence[Tok]) -> tuple[Pos, str]:
         hint = did_you_mean(tok.value, FIELDS)
         return pos, f"expected a field such as 'deps:' or 'run:', found '{tok.value}'{hint}"
     if first.type == "STAGE":
-        if tok.type == "_NL" and "WORD" in expected:
+        if tok.type in {"_NL", "COLON"} and "WORD" in expected:
             return pos, "expected a stage name after 'stage'"
         if "COLON" in expected:
             if tok.type == "WORD":

@@ -1,0 +1,102 @@
+"""Is a stage up to date, and if not, the one reason why.
+
+One pure function serves the build, `-n`, `-q`, `status` and `--explain`.
+The reasons form a fixed vocabulary, in the order they are checked:
+
+    forced                      -B
+    always                      always: yes
+    never run                   no record in the lockfile
+    command changed             the interpolated command (or the py: function)
+    env changed                 env: or SHELL
+    param K A -> B              a listed param's value (A or B may be "(none)")
+    dep set of glob G changed   files added to or removed from a glob's matches
+    dep X changed               a dep's content (or a dep added to deps:)
+    out X missing               an output is not on disk
+    out X modified              an output's content differs from the record
+    outs changed                outputs or their options were added, removed or changed
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pivotbuild.snapshot import ABSENT, GLOB, Snapshot
+from pivotbuild.state.records import FileRecord, StageRecord
+
+UP_TO_DATE = "up to date"
+FORCED = "forced"
+ALWAYS = "always"
+NEVER_RUN = "never run"
+COMMAND_CHANGED = "command changed"
+ENV_CHANGED = "env changed"
+OUTS_CHANGED = "outs changed"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    run: bool
+    reason: str
+
+
+def decide(record: StageRecord | None, snap: Snapshot, *, forced: bool = False, always: bool = False) -> Decision:
+    """Whether a stage must run, given its last record and what is on disk now."""
+    if forced:
+        return Decision(True, FORCED)
+    if always:
+        return Decision(True, ALWAYS)
+    if record is None:
+        return Decision(True, NEVER_RUN)
+    reason = _why(record, snap)
+    return Decision(reason is not None, reason or UP_TO_DATE)
+
+
+def _why(record: StageRecord, snap: Snapshot) -> str | None:
+    if record.command != snap.command:
+        return COMMAND_CHANGED
+    before = dict(record.facets)
+    now = dict(snap.facets)
+    if before.get("shell") != now.get("shell") or before.get("env") != now.get("env"):
+        return ENV_CHANGED
+    old_params = {(p.file, p.key): p.value_json for p in record.params}
+    for p in snap.params:
+        was = old_params.get((p.file, p.key))
+        if was != p.value_json:
+            return f"param {p.key} {was if was is not None else '(none)'} -> {p.value_json}"
+    if len(old_params) != len(snap.params):
+        gone = sorted(set(old_params) - {(p.file, p.key) for p in snap.params})
+        if gone:
+            return f"param {gone[0][1]} {old_params[gone[0]]} -> (none)"
+    old_deps = {d.path: d for d in record.deps}
+    for dep in snap.deps:
+        old = old_deps.get(dep.path)
+        if dep.kind == GLOB and old is not None and [m.path for m in old.matches] != [m.path for m in dep.matches]:
+            return f"dep set of glob {dep.path} changed"
+    for dep in snap.deps:
+        old = old_deps.get(dep.path)
+        if old is None or old.kind != dep.kind or old.hash != dep.hash:
+            return f"dep {_changed_path(old, dep)} changed"
+    old_outs = {o.path: o for o in record.outs}
+    for out in snap.outs:
+        if out.kind == ABSENT:
+            return f"out {out.path} missing"
+    for out in snap.outs:
+        old = old_outs.get(out.path)
+        if old is not None and (old.kind != out.kind or old.hash != out.hash):
+            return f"out {out.path} modified"
+    if before.get("outs") != now.get("outs") or set(old_outs) != {o.path for o in snap.outs}:
+        return OUTS_CHANGED
+    if len(old_deps) != len(snap.deps):
+        return f"dep {sorted(set(old_deps) - {d.path for d in snap.deps})[0]} changed"
+    if record.fingerprint != snap.fingerprint:
+        return COMMAND_CHANGED
+    return None
+
+
+def _changed_path(old: FileRecord | None, dep: FileRecord) -> str:
+    """For a glob whose matches kept their names, name the first match that changed."""
+    if dep.kind == GLOB and old is not None:
+        before = {m.path: m.hash for m in old.matches}
+        for m in dep.matches:
+            if before.get(m.path) != m.hash:
+                return m.path
+    return dep.path

@@ -1,0 +1,79 @@
+"""Content hashes: XXH3-128 of files, of directory trees, and of glob match sets.
+
+A file is read in fixed-size chunks into one reused buffer, so a large file is
+never held in memory.  A directory's hash is the hash of its manifest: the
+sorted list of (relative path, kind, content hash) of everything under it, so
+renaming, adding, removing or chmod +x of a file all change it.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import xxhash
+
+CHUNK = 1 << 20  # 1 MiB: big enough for xxh3 to run at memory speed
+
+# Manifest entry kinds: a regular file, an executable file, a symlink (hashed
+# by its target text, not followed, so a link cannot smuggle in outside data).
+FILE, EXEC, LINK = "f", "x", "l"
+
+
+def hash_bytes(data: bytes) -> str:
+    return xxhash.xxh3_128_hexdigest(data)
+
+
+def hash_file(path: str | os.PathLike[str]) -> str:
+    """XXH3-128 of a file's contents, streamed."""
+    h = xxhash.xxh3_128()
+    buf = bytearray(CHUNK)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            h.update(view[:n])
+    return h.hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestEntry:
+    path: str  # relative to the directory, POSIX separators
+    kind: str  # FILE, EXEC or LINK
+    hash: str
+
+
+def manifest_bytes(entries: Iterable[ManifestEntry]) -> bytes:
+    """The canonical text of a manifest: one `kind hash path` line per entry, sorted by path."""
+    lines = [f"{e.kind} {e.hash} {e.path}\n" for e in sorted(entries, key=lambda e: e.path)]
+    return "".join(lines).encode("utf-8", "surrogateescape")
+
+
+def walk_dir(root: str | os.PathLike[str]) -> list[tuple[str, str, os.stat_result]]:
+    """(relative path, kind, lstat) of every file and symlink under `root`, sorted.
+
+    Directories are descended (symlinks to directories are not); empty
+    directories contribute nothing, as in git.
+    """
+    found: list[tuple[str, str, os.stat_result]] = []
+    base = os.fspath(root)
+    stack = [""]
+    while stack:
+        rel_dir = stack.pop()
+        with os.scandir(os.path.join(base, rel_dir) if rel_dir else base) as it:
+            for entry in it:
+                rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+                st = entry.stat(follow_symlinks=False)
+                if stat.S_ISLNK(st.st_mode):
+                    found.append((rel, LINK, st))
+                elif stat.S_ISDIR(st.st_mode):
+                    stack.append(rel)
+                elif stat.S_ISREG(st.st_mode):
+                    found.append((rel, EXEC if st.st_mode & 0o111 else FILE, st))
+    found.sort(key=lambda t: t[0])
+    return found
+
+
+def link_hash(path: str | os.PathLike[str]) -> str:
+    return hash_bytes(os.fsencode(os.readlink(path)))

@@ -1,0 +1,87 @@
+"""A stage's inputs and outputs as they are on disk now, hashed through the stat cache."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from pivotbuild import globs
+from pivotbuild.hashing import hash_bytes
+from pivotbuild.model import Stage
+from pivotbuild.state.records import FileRecord, ParamRecord
+from pivotbuild.state.statcache import StatCache
+
+ABSENT, FILE, DIR, GLOB = "absent", "file", "dir", "glob"
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    command: str
+    facets: tuple[tuple[str, str], ...]
+    params: tuple[ParamRecord, ...]
+    deps: tuple[FileRecord, ...]
+    outs: tuple[FileRecord, ...]
+    fingerprint: str
+    expanded_deps: tuple[str, ...]  # deps with globs replaced by their matches
+
+
+def file_record(root: Path, path: str, cache: StatCache) -> FileRecord:
+    """The record of one path: a file's hash, a directory's manifest hash, or absent."""
+    full = path if os.path.isabs(path) else os.path.join(root, path)
+    try:
+        st = os.stat(full)
+    except (FileNotFoundError, NotADirectoryError):
+        return FileRecord(path, ABSENT, "")
+    if stat.S_ISDIR(st.st_mode):
+        return FileRecord(path, DIR, cache.dir_hash(full))
+    return FileRecord(path, FILE, cache.file_hash(full, st))
+
+
+def glob_record(root: Path, pattern: str, cache: StatCache) -> FileRecord:
+    matches = tuple(file_record(root, m, cache) for m in globs.expand(root, pattern))
+    listing = "".join(f"{m.hash} {m.path}\n" for m in matches)
+    return FileRecord(pattern, GLOB, hash_bytes(listing.encode("utf-8", "surrogateescape")), matches)
+
+
+def deps_of(stage: Stage, root: Path, cache: StatCache) -> tuple[FileRecord, ...]:
+    return tuple(
+        glob_record(root, d.path, cache) if d.is_glob else file_record(root, d.path, cache) for d in stage.deps
+    )
+
+
+def outs_of(stage: Stage, root: Path, cache: StatCache) -> tuple[FileRecord, ...]:
+    return tuple(file_record(root, o.path, cache) for o in stage.outs)
+
+
+def take(stage: Stage, root: Path, cache: StatCache) -> Snapshot:
+    """Hash everything a decision about `stage` needs."""
+    deps = deps_of(stage, root, cache)
+    expanded: list[str] = []
+    for dep, rec in zip(stage.deps, deps, strict=True):
+        expanded.extend(m.path for m in rec.matches) if dep.is_glob else expanded.append(dep.path)
+    command = stage.render_command(expanded) if stage.command is not None else f"py:{stage.py}"
+    facets = (
+        ("shell", hash_bytes(json.dumps(stage.shell).encode())),
+        ("env", hash_bytes(json.dumps(stage.env).encode())),
+        (
+            "outs",
+            hash_bytes(
+                json.dumps([(o.path, o.is_dir, o.cache, o.persist, o.incremental) for o in stage.outs]).encode()
+            ),
+        ),
+    )
+    params = tuple(ParamRecord(p.file, p.key, p.value_json) for p in stage.params)
+    glob_sets = [(d.path, [m.path for m in d.matches]) for d in deps if d.kind == GLOB]
+    material = json.dumps([command, facets, [(p.file, p.key, p.value_json) for p in params], glob_sets])
+    return Snapshot(
+        command=command,
+        facets=facets,
+        params=params,
+        deps=deps,
+        outs=outs_of(stage, root, cache),
+        fingerprint=hash_bytes(material.encode("utf-8", "surrogateescape")),
+        expanded_deps=tuple(expanded),
+    )

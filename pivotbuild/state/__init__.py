@@ -1,0 +1,1 @@
+"""What pivotbuild remembers between builds: stat cache, lockfile, journal."""

@@ -1,0 +1,120 @@
+"""The stat cache: path -> (size, mtime_ns, inode, ctime_ns) -> content hash.
+
+A file whose stat matches its entry is not read again; that is what lets a
+no-op build read no file contents.  An entry recorded within the filesystem's
+timestamp granularity of the file's last change is "racy" (the file could
+change again in the same clock tick without its stat changing, the case git
+calls racy-git), so it is kept but not trusted: the next build rehashes it once.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgpack
+
+from pivotbuild.hashing import FILE, LINK, ManifestEntry, hash_bytes, hash_file, link_hash, manifest_bytes, walk_dir
+from pivotbuild.state_files import write_atomic
+
+FORMAT = 1
+# Timestamps with a fractional part come from a nanosecond clock that ticks at
+# most every few milliseconds; whole-second stamps suggest a 1-2 s granularity.
+_FINE_WINDOW_NS = 50_000_000
+_COARSE_WINDOW_NS = 2_000_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class StatEntry:
+    size: int
+    mtime_ns: int
+    ino: int
+    ctime_ns: int
+    hash: str
+    trusted: bool
+
+    def matches(self, st: os.stat_result) -> bool:
+        return (
+            self.trusted
+            and self.size == st.st_size
+            and self.mtime_ns == st.st_mtime_ns
+            and self.ino == st.st_ino
+            and self.ctime_ns == st.st_ctime_ns
+        )
+
+
+def _is_racy(st: os.stat_result, now_ns: int) -> bool:
+    window = _COARSE_WINDOW_NS if st.st_mtime_ns % 1_000_000_000 == 0 else _FINE_WINDOW_NS
+    newest = max(st.st_mtime_ns, st.st_ctime_ns)
+    return now_ns - newest < window
+
+
+class StatCache:
+    """Hashes files through the cache.  `files_read` counts the files whose
+    contents were actually read (a no-op build keeps it at zero)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.entries: dict[str, StatEntry] = {}
+        self.files_read = 0
+        self._dirty = False
+        self._load()
+
+    def _load(self) -> None:
+        try:
+            data = msgpack.unpackb(self.path.read_bytes(), use_list=False)
+            if not isinstance(data, (list, tuple)) or data[0] != FORMAT:
+                return
+            for key, size, mtime_ns, ino, ctime_ns, digest, trusted in data[1]:
+                self.entries[key] = StatEntry(size, mtime_ns, ino, ctime_ns, digest, bool(trusted))
+        except (OSError, ValueError, TypeError, IndexError, msgpack.UnpackException):
+            # A missing or damaged stat cache only costs rehashing.
+            self.entries = {}
+
+    def save(self) -> None:
+        """Write the cache atomically if anything changed."""
+        if not self._dirty:
+            return
+        rows = [(k, e.size, e.mtime_ns, e.ino, e.ctime_ns, e.hash, e.trusted) for k, e in sorted(self.entries.items())]
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(self.path, msgpack.packb([FORMAT, rows]))
+        self._dirty = False
+
+    def file_hash(self, path: str | os.PathLike[str], st: os.stat_result | None = None) -> str:
+        """The content hash of a regular file (or a symlink's target text for LINK)."""
+        key = os.fspath(path)
+        st = st if st is not None else os.stat(key)
+        entry = self.entries.get(key)
+        if entry is not None and entry.matches(st):
+            return entry.hash
+        digest = hash_file(key)
+        self.files_read += 1
+        self._record(key, st, digest)
+        return digest
+
+    def _record(self, key: str, st: os.stat_result, digest: str) -> None:
+        trusted = not _is_racy(st, time.time_ns())
+        self.entries[key] = StatEntry(st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, digest, trusted)
+        self._dirty = True
+
+    def dir_manifest(self, path: str | os.PathLike[str]) -> list[ManifestEntry]:
+        """The manifest of a directory tree, hashing each file through the cache."""
+        base = os.fspath(path)
+        entries = []
+        for rel, kind, st in walk_dir(base):
+            full = os.path.join(base, rel)
+            digest = link_hash(full) if kind == LINK else self.file_hash(full, st)
+            entries.append(ManifestEntry(rel, kind, digest))
+        return entries
+
+    def dir_hash(self, path: str | os.PathLike[str]) -> str:
+        return hash_bytes(manifest_bytes(self.dir_manifest(path)))
+
+    def forget(self, path: str | os.PathLike[str]) -> None:
+        if self.entries.pop(os.fspath(path), None) is not None:
+            self._dirty = True
+
+
+__all__ = ["FILE", "StatCache", "StatEntry"]
