@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
+import signal
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
 
 from pivotbuild.cli.app import pivotfile_arg, project_options
 from pivotbuild.errors import UsageError
+from pivotbuild.events import Reporter
 from pivotbuild.options import BuildOptions
 
 _ASSIGN = re.compile(r"([A-Za-z_][A-Za-z0-9_.-]*)=(.*)", re.S)
@@ -61,15 +66,40 @@ def split_args(args: tuple[str, ...]) -> tuple[tuple[str, ...], dict[str, str]]:
 def repro(ctx: click.Context, /, args: tuple[str, ...], **flags: object) -> int:
     """Build targets and what they depend on (what a bare `pivotbuild` does)."""
     options = build_options(ctx, args, flags)
-    from pivotbuild.cli.common import load
-    from pivotbuild.selection import selected
+    if options.watch:
+        raise UsageError("watch mode (-w) is not available in this version yet; run the build again instead")
+    from pivotbuild.engine import Engine
 
-    project, graph = load(ctx, options.overrides, options.all_pipelines)
-    selected(project, graph, options.targets)
-    raise UsageError(
-        "running stages is not available in this version yet; "
-        "'pivotbuild check', 'list' and 'graph' work on this Pivotfile"
-    )
+    reporter = make_reporter(options)
+    with terminate_as_interrupt():
+        try:
+            return Engine(reporter).build(options)
+        finally:
+            reporter.close()
+
+
+def make_reporter(options: BuildOptions) -> Reporter:
+    if options.json:
+        from pivotbuild.report.jsonl import JsonReporter
+
+        return JsonReporter(sys.stdout, sys.stderr)
+    from pivotbuild.report.plain import PlainReporter
+
+    return PlainReporter(sys.stdout, sys.stderr, quiet=options.quiet, verbose=options.verbose, explain=options.explain)
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM stops a build the way Ctrl-C does: stages killed, results kept, exit 130."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def build_options(ctx: click.Context, args: tuple[str, ...], flags: dict[str, object]) -> BuildOptions:

@@ -1,0 +1,147 @@
+"""Events: every state change of a build, for reporters to render.
+
+The engine emits these and nothing else; the plain, live and JSON outputs are
+views of the same stream.  `to_json()` gives the `--json` schema of CLI.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Protocol
+
+
+class Status(Enum):
+    """How a stage ended (the `status` field of `stage_finished`)."""
+
+    RAN = "ran"
+    SKIPPED = "skipped"  # up to date
+    RESTORED = "restored"
+    FAILED = "failed"
+    BLOCKED = "blocked"  # an upstream stage failed
+    CANCELLED = "cancelled"
+
+
+class State(Enum):
+    PENDING = "pending"
+    BLOCKED = "blocked"
+    READY = "ready"
+    PREPARING = "preparing"
+    RUNNING = "running"
+    DONE = "done"
+
+
+@dataclass(frozen=True, slots=True)
+class BuildStarted:
+    stages: int
+    jobs: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"event": "build_started", "schema": 1, "stages": self.stages, "jobs": self.jobs}
+
+
+@dataclass(frozen=True, slots=True)
+class StageState:
+    stage: str
+    state: State
+    reason: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"event": "stage_state", "stage": self.stage, "state": self.state.value, "reason": self.reason}
+
+
+@dataclass(frozen=True, slots=True)
+class StageStarted:
+    stage: str
+    index: int  # k of [k/N]: the how-many-th stage to start running
+    total: int  # N: stages that will run, as far as known now
+    reason: str
+    attempt: int = 1
+
+    def to_json(self) -> dict[str, Any]:
+        return {"event": "stage_started", "stage": self.stage, "reason": self.reason, "attempt": self.attempt}
+
+
+@dataclass(frozen=True, slots=True)
+class Log:
+    stage: str
+    stream: str  # "stdout" or "stderr"
+    line: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"event": "log", "stage": self.stage, "stream": self.stream, "line": self.line}
+
+
+@dataclass(frozen=True, slots=True)
+class StageFinished:
+    stage: str
+    status: Status
+    reason: str
+    duration_s: float
+    detail: str = ""  # failures: "exit status 2", "killed by SIGKILL", "timed out after 30s"
+    tail: tuple[str, ...] = ()  # failures: the last lines of output
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "event": "stage_finished",
+            "stage": self.stage,
+            "status": self.status.value,
+            "reason": self.reason,
+            "duration_s": round(self.duration_s, 3),
+        }
+        if self.detail:
+            data["detail"] = self.detail
+        return data
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    stage: str
+    will_run: bool
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"event": "plan", "stage": self.stage, "will_run": self.will_run, "reason": self.reason}
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A line for the user that belongs to no stage (waiting for a lock, warnings)."""
+
+    text: str
+    level: str = "info"  # "info" or "warning"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"event": "message", "level": self.level, "text": self.text}
+
+
+@dataclass(frozen=True, slots=True)
+class BuildFinished:
+    ran: int
+    skipped: int
+    restored: int
+    failed: int
+    blocked: int
+    cancelled: int
+    duration_s: float
+    interrupted: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "event": "build_finished",
+            "ran": self.ran,
+            "skipped": self.skipped,
+            "restored": self.restored,
+            "failed": self.failed,
+            "blocked": self.blocked,
+            "cancelled": self.cancelled,
+            "duration_s": round(self.duration_s, 3),
+        }
+
+
+Event = BuildStarted | StageState | StageStarted | Log | StageFinished | Plan | Message | BuildFinished
+
+
+class Reporter(Protocol):
+    def handle(self, event: Event) -> None: ...
+    def close(self) -> None: ...

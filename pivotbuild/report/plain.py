@@ -1,0 +1,94 @@
+"""Plain output for pipes and CI logs: `[k/N] stage` as each starts, its output
+lines prefixed with its name, failures with their last lines, then the summary."""
+
+from __future__ import annotations
+
+from typing import TextIO
+
+from pivotbuild.events import (
+    BuildFinished,
+    Event,
+    Log,
+    Message,
+    Plan,
+    StageFinished,
+    StageStarted,
+    Status,
+)
+
+
+def summary(event: BuildFinished) -> str:
+    parts = [f"{event.ran} ran", f"{event.skipped} up to date", f"{event.restored} restored", f"{event.failed} failed"]
+    if event.blocked:
+        parts.append(f"{event.blocked} blocked")
+    if event.cancelled:
+        parts.append(f"{event.cancelled} not run")
+    head = "interrupted: " if event.interrupted else ""
+    return f"pivotbuild: {head}{', '.join(parts)} in {event.duration_s:.1f}s"
+
+
+def failure_lines(event: StageFinished) -> list[str]:
+    lines = [f"pivotbuild: stage {event.stage} failed ({event.detail})"]
+    if event.tail:
+        lines.append(f"pivotbuild: last lines of {event.stage}:")
+        lines.extend(f"    {line}" for line in event.tail)
+    return lines
+
+
+class PlainReporter:
+    def __init__(
+        self, out: TextIO, err: TextIO, *, quiet: bool = False, verbose: bool = False, explain: bool = False
+    ) -> None:
+        self.out = out
+        self.err = err
+        self.quiet = quiet
+        self.verbose = verbose
+        self.explain = explain
+        self._failures_seen: set[str] = set()
+
+    def _print(self, text: str, err: bool = False) -> None:
+        stream = self.err if err else self.out
+        stream.write(text + "\n")
+        stream.flush()
+
+    def handle(self, event: Event) -> None:
+        if isinstance(event, StageStarted):
+            if event.attempt > 1:
+                self._print(f"pivotbuild: {event.stage}: {event.reason}", err=True)
+            elif not self.quiet:
+                why = f" ({event.reason})" if self.explain or self.verbose else ""
+                self._print(f"[{event.index}/{event.total}] {event.stage}{why}")
+        elif isinstance(event, Log):
+            if not self.quiet:
+                self._print(f"{event.stage} | {event.line}")
+        elif isinstance(event, StageFinished):
+            self._finished(event)
+        elif isinstance(event, Plan):
+            if event.will_run:
+                self._print(f"would run {event.stage}: {event.reason}")
+            elif self.explain or self.verbose:
+                self._print(f"up to date: {event.stage}")
+        elif isinstance(event, Message):
+            prefix = "warning: " if event.level == "warning" else ""
+            self._print(f"pivotbuild: {prefix}{event.text}", err=True)
+        elif isinstance(event, BuildFinished):
+            self._print(summary(event), err=True)
+
+    def _finished(self, event: StageFinished) -> None:
+        if event.status is Status.FAILED:
+            again = event.stage in self._failures_seen
+            self._failures_seen.add(event.stage)
+            lines = failure_lines(event) if not again else [f"pivotbuild: stage {event.stage} failed ({event.detail})"]
+            if again and event.tail:
+                lines += [f"    {line}" for line in event.tail]
+            for line in lines:
+                self._print(line, err=True)
+        elif event.status is Status.BLOCKED and not self.quiet:
+            self._print(f"pivotbuild: {event.stage} not run: {event.reason}", err=True)
+        elif event.status is Status.SKIPPED and (self.explain or self.verbose):
+            self._print(f"up to date: {event.stage}")
+        elif event.status is Status.RAN and self.verbose:
+            self._print(f"pivotbuild: {event.stage} done in {event.duration_s:.1f}s", err=True)
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,110 @@
+"""Admission and order: which ready stage may start now, and which first.
+
+A stage starts when the job server hands it its tokens (`jobs:`, capped at
+`-j`), none of its mutex groups is held (`*` means it runs alone), the memory
+it reserves (`mem:`) is available, and the load average is under `-l`.  With
+nothing running, memory and load never hold a stage back, so a build cannot
+stall.  Among ready stages, the one heading the longest remaining path (by
+past durations where known) goes first.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import psutil
+
+from pivotbuild.model import Stage, StageId
+
+
+class JobServer(Protocol):
+    """Hands out job tokens.  Our own pool today; a GNU make jobserver later."""
+
+    capacity: int
+
+    def try_acquire(self, n: int) -> bool: ...
+    def release(self, n: int) -> None: ...
+
+
+class TokenPool:
+    """A job server of our own with `capacity` tokens (`-j`)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.free = capacity
+
+    def try_acquire(self, n: int) -> bool:
+        if n > self.free:
+            return False
+        self.free -= n
+        return True
+
+    def release(self, n: int) -> None:
+        self.free = min(self.capacity, self.free + n)
+
+
+def _available_memory() -> int:
+    return int(psutil.virtual_memory().available)
+
+
+def _load_average() -> float:
+    return os.getloadavg()[0]
+
+
+@dataclass
+class Admission:
+    jobserver: JobServer
+    load_limit: float | None = None
+    available_memory: Callable[[], int] = _available_memory
+    load_average: Callable[[], float] = _load_average
+    running: dict[StageId, Stage] = field(default_factory=dict)
+
+    def tokens(self, stage: Stage) -> int:
+        return max(1, min(stage.jobs, self.jobserver.capacity))
+
+    def try_start(self, stage: Stage) -> bool:
+        """Reserve what `stage` needs and return True, or change nothing and return False."""
+        busy = bool(self.running)
+        if any("*" in s.mutex for s in self.running.values()):
+            return False
+        if "*" in stage.mutex and busy:
+            return False
+        held = {g for s in self.running.values() for g in s.mutex}
+        if held.intersection(stage.mutex):
+            return False
+        if busy and stage.mem:
+            reserved = sum(s.mem for s in self.running.values())
+            if self.available_memory() - reserved < stage.mem:
+                return False
+        if busy and self.load_limit is not None and self.load_average() >= self.load_limit:
+            return False
+        if not self.jobserver.try_acquire(self.tokens(stage)):
+            return False
+        self.running[stage.id] = stage
+        return True
+
+    def finished(self, stage: Stage) -> None:
+        if self.running.pop(stage.id, None) is not None:
+            self.jobserver.release(self.tokens(stage))
+
+    @property
+    def waits_on_resources(self) -> bool:
+        """True if a start may become possible without any stage finishing (load, memory)."""
+        return self.load_limit is not None or any(s.mem for s in self.running.values())
+
+
+def critical_path(
+    order: list[StageId], downstream: Callable[[StageId], Iterable[StageId]], durations: Mapping[StageId, float]
+) -> dict[StageId, float]:
+    """For each stage, the length of the longest path from it to the end of the
+    build: its own duration (past run time, else 1) plus the longest of its
+    dependents'.  `order` must be topological."""
+    keep = set(order)
+    length: dict[StageId, float] = {}
+    for sid in reversed(order):
+        after = [length[d] for d in downstream(sid) if d in keep]
+        length[sid] = durations.get(sid, 1.0) + max(after, default=0.0)
+    return length

@@ -1,0 +1,64 @@
+"""Build history: one JSON line per build in `<root>/.pivot/history.jsonl`.
+
+Used by `pivotbuild history`, and for past stage durations (the scheduler's
+critical path and the live display's estimate).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+HISTORY = "history.jsonl"
+_KEEP_BYTES = 4 << 20  # trim to the newer half once the file passes this
+
+
+def append(state_dir: Path, entry: Mapping[str, Any]) -> None:
+    path = state_dir / HISTORY
+    state_dir.mkdir(parents=True, exist_ok=True)
+    line = json.dumps(entry, sort_keys=True) + "\n"
+    with path.open("a", encoding="utf-8") as f:
+        f.write(line)
+    if path.stat().st_size > _KEEP_BYTES:
+        _trim(path)
+
+
+def _trim(path: Path) -> None:
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(lines[len(lines) // 2 :]), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def read(state_dir: Path, limit: int | None = None) -> list[dict[str, Any]]:
+    """Past builds, oldest first (the last `limit` of them)."""
+    try:
+        lines = (state_dir / HISTORY).read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return []
+    entries = []
+    for line in lines[-limit:] if limit else lines:
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue  # a line cut short by a crash
+        if isinstance(entry, dict):
+            entries.append(entry)
+    return entries
+
+
+def durations(state_dir: Path, builds: int = 20) -> dict[str, float]:
+    """The most recent run time of each stage that ran in the last `builds` builds."""
+    found: dict[str, float] = {}
+    for entry in read(state_dir, builds):
+        for name, info in (entry.get("stages") or {}).items():
+            if (
+                isinstance(info, dict)
+                and info.get("status") == "ran"
+                and isinstance(info.get("duration_s"), (int, float))
+            ):
+                found[name] = float(info["duration_s"])
+    return found
