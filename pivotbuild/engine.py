@@ -85,7 +85,16 @@ class Engine:
             try:
                 if options.dry_run or options.question:
                     return self._plan(graph, closure, set(targets), store, options)
-                run = _Build(self, project, graph, closure, set(targets), store, options, cancel or threading.Event())
+                run = _Build(
+                    self,
+                    project=project,
+                    graph=graph,
+                    closure=closure,
+                    targets=set(targets),
+                    store=store,
+                    options=options,
+                    cancel=cancel or threading.Event(),
+                )
                 return run.execute()
             finally:
                 store.close()
@@ -140,6 +149,7 @@ class _Build:
     def __init__(
         self,
         engine: Engine,
+        *,
         project: Project,
         graph: BuildGraph,
         closure: list[StageId],

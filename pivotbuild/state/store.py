@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pivotbuild.model import Pipeline, Stage
-from pivotbuild.paths import LOCKFILE, STATE_DIR
+from pivotbuild.paths import LOCKFILE
 from pivotbuild.state import journal, lockfile
 from pivotbuild.state.journal import Journal
 from pivotbuild.state.records import LockData, StageRecord
