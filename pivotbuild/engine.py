@@ -7,6 +7,7 @@ never prints: everything it has to say is an event for its reporter.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import os
 import queue
@@ -16,7 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pivotbuild import runner, snapshot
+from pivotbuild import paths, runner, snapshot
 from pivotbuild.decide import Decision, decide
 from pivotbuild.errors import PivotError
 from pivotbuild.events import (
@@ -45,6 +46,7 @@ from pivotbuild.state.records import StageRecord
 from pivotbuild.state.store import StateStore
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
+_UP = Decision(False, "up to date")
 
 
 class MissingInputs(PivotError):
@@ -79,12 +81,15 @@ class Engine:
         project, graph, targets = self.load(options)
         closure = graph.upstream(targets)
         check_sources(project, graph, closure)
-        warn = self._warn
         with ProjectLock(project.root / STATE_DIR, wait=not options.no_wait, on_wait=self._say):
-            store = StateStore(project.root, project.pipelines, warn)
+            store = StateStore(project.root, project.pipelines, self._warn)
             try:
                 if options.dry_run or options.question:
-                    return self._plan(graph, closure, set(targets), store, options)
+                    plan = self._plan(graph, closure, set(targets), store, options)
+                    if options.dry_run:
+                        for label, decision in plan:
+                            self.emit(Plan(label, decision.run, decision.reason))
+                    return EXIT_FAILED if options.question and any(d.run for _, d in plan) else EXIT_OK
                 run = _Build(
                     self,
                     project=project,
@@ -99,24 +104,62 @@ class Engine:
             finally:
                 store.close()
 
+    def status(self, options: BuildOptions) -> list[tuple[str, Decision]]:
+        """Each selected stage (and what it needs) with its decision; runs nothing."""
+        project, graph, targets = self.load(options)
+        closure = graph.upstream(targets)
+        with ProjectLock(project.root / STATE_DIR, wait=not options.no_wait, on_wait=self._say):
+            store = StateStore(project.root, project.pipelines, self._warn)
+            try:
+                return self._plan(graph, closure, set(targets), store, options)
+            finally:
+                store.close()
+
+    def run_stages(self, options: BuildOptions, fail_fast: bool, cancel: threading.Event | None = None) -> int:
+        """`pivotbuild run`: exactly the named stages, in the order given, without
+        their dependencies; a failure stops the rest only with `fail_fast`."""
+        project, graph, _ = self.load(BuildOptions(cwd=options.cwd, file=options.file, overrides=options.overrides))
+        cwd = paths.rel_dir(project.root, project.cwd) if project.cwd.is_relative_to(project.root) else ""
+        chosen: list[StageId] = []
+        for target in options.targets:
+            for sid in graph.order(graph.select([target], cwd)):
+                if sid not in chosen:
+                    chosen.append(sid)
+        chain = {s: ([chosen[i - 1]] if i else []) for i, s in enumerate(chosen)}
+        run_options = dataclasses.replace(options, keep_going=not fail_fast)
+        with ProjectLock(project.root / STATE_DIR, wait=not options.no_wait, on_wait=self._say):
+            store = StateStore(project.root, project.pipelines, self._warn)
+            try:
+                run = _Build(
+                    self,
+                    project=project,
+                    graph=graph,
+                    closure=chosen,
+                    targets=set(chosen),
+                    store=store,
+                    options=run_options,
+                    cancel=cancel or threading.Event(),
+                    order_after=chain,
+                    block_on_failure=False,
+                )
+                return run.execute()
+            finally:
+                store.close()
+
     def _plan(
         self, graph: BuildGraph, closure: list[StageId], targets: set[StageId], store: StateStore, options: BuildOptions
-    ) -> int:
-        will_run: dict[StageId, bool] = {}
+    ) -> list[tuple[str, Decision]]:
+        decisions: dict[StageId, Decision] = {}
         for sid in closure:
             stage = graph.stages[sid]
-            upstream = [u for u in graph.upstream_stages(sid) if will_run.get(u)]
+            upstream = [u for u in graph.upstream_stages(sid) if decisions.get(u, _UP).run]
             if upstream:
                 decision = Decision(True, f"upstream {graph.label(upstream[0])} will run")
             else:
                 forced = options.always_make and sid in targets
                 decision = decide_stage(stage, store, store.root, forced)[0]
-            will_run[sid] = decision.run
-            if options.dry_run:
-                self.emit(Plan(graph.label(sid), decision.run, decision.reason))
-        if options.question:
-            return EXIT_FAILED if any(will_run.values()) else EXIT_OK
-        return EXIT_OK
+            decisions[sid] = decision
+        return [(graph.label(s), d) for s, d in decisions.items()]
 
     def _warn(self, text: str) -> None:
         self.emit(Message(text, "warning"))
@@ -157,7 +200,11 @@ class _Build:
         store: StateStore,
         options: BuildOptions,
         cancel: threading.Event,
+        order_after: dict[StageId, list[StageId]] | None = None,
+        block_on_failure: bool = True,
     ) -> None:
+        """`order_after` replaces the graph's edges (for `run`, the given order);
+        with `block_on_failure` false, a failure does not block what follows it."""
         self.engine = engine
         self.root = project.root
         self.graph = graph
@@ -170,7 +217,17 @@ class _Build:
         jobs = options.jobs or os.cpu_count() or 1
         self.admission = Admission(TokenPool(jobs), options.load_average)
         in_build = set(closure)
-        self.waiting = {s: sum(1 for u in graph.upstream_stages(s) if u in in_build) for s in closure}
+        self.after: dict[StageId, list[StageId]] = (
+            dict(order_after)
+            if order_after is not None
+            else {s: [u for u in graph.upstream_stages(s) if u in in_build] for s in closure}
+        )
+        self.next: dict[StageId, list[StageId]] = {s: [] for s in closure}
+        for s, ups in self.after.items():
+            for u in ups:
+                self.next[u].append(s)
+        self.block_on_failure = block_on_failure
+        self.waiting = {s: len(self.after[s]) for s in closure}
         self.ready: list[StageId] = [s for s in closure if self.waiting[s] == 0]
         self.to_run: dict[StageId, tuple[Snapshot, str]] = {}
         self.running: dict[StageId, tuple[Snapshot, str, float]] = {}
@@ -181,7 +238,7 @@ class _Build:
         self.stopping = False
         past = history.durations(self.root / STATE_DIR)
         known = {sid: past[graph.label(sid)] for sid in closure if graph.label(sid) in past}
-        self.priority = critical_path(closure, graph.downstream_stages, known)
+        self.priority = critical_path(closure, self.next.__getitem__, known)
 
     # -- the loop -----------------------------------------------------------------
 
@@ -339,10 +396,13 @@ class _Build:
     def _finish(self, sid: StageId, event: StageFinished) -> None:
         self.status[sid] = event.status
         self.engine.emit(event)
-        if event.status not in (Status.RAN, Status.SKIPPED, Status.RESTORED):
-            return
-        for down in self.graph.downstream_stages(sid):
-            if down in self.waiting and down not in self.status:
+        if event.status in (Status.RAN, Status.SKIPPED, Status.RESTORED):
+            self._release(sid)
+
+    def _release(self, sid: StageId) -> None:
+        """`sid` is out of the way: stages waiting only for it become ready."""
+        for down in self.next[sid]:
+            if down not in self.status:
                 self.waiting[down] -= 1
                 if self.waiting[down] == 0:
                     self.ready.append(down)

@@ -135,9 +135,21 @@ def cli(ctx: click.Context) -> None:
 
 
 def _register() -> None:
-    from pivotbuild.cli import build, fmt, init, inspect
+    from pivotbuild.cli import build, fmt, history, init, inspect, lock, run, status
 
-    for command in (build.repro, inspect.check, inspect.list_, inspect.graph, fmt.fmt, init.init):
+    commands = (
+        build.repro,
+        run.run,
+        status.status,
+        inspect.check,
+        inspect.list_,
+        inspect.graph,
+        lock.lock,
+        history.history,
+        fmt.fmt,
+        init.init,
+    )
+    for command in commands:
         cli.add_command(command)
 
 

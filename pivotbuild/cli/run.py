@@ -1,0 +1,48 @@
+"""`pivotbuild run STAGE...`: exactly these stages, in this order, no dependencies."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from pivotbuild.cli.app import pivotfile_arg, project_options
+from pivotbuild.cli.build import make_reporter, split_args, terminate_as_interrupt
+from pivotbuild.options import BuildOptions
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("args", nargs=-1, required=True, metavar="STAGE... [NAME=VALUE]...")
+@click.option("-B", "--always-make", is_flag=True, help="Run them even if up to date.")
+@click.option("--fail-fast", is_flag=True, help="Stop at the first failure (default: go on with the rest).")
+@click.option("--json", "json_", is_flag=True, help="Machine output: one JSON event per line on stdout.")
+@click.option("-s", "--quiet", is_flag=True, help="Less output.")
+@click.option("-v", "--verbose", is_flag=True, help="More output.")
+@click.option("--no-wait", is_flag=True, help="If another build holds the project, exit 1 instead of waiting.")
+@project_options
+@click.pass_context
+def run(ctx: click.Context, /, args: tuple[str, ...], **flags: bool) -> int:
+    """Bring exactly these stages up to date, in the order given, without
+    building their dependencies.  Up-to-date stages are skipped unless -B."""
+    from pivotbuild.engine import Engine
+
+    targets, overrides = split_args(args)
+    if not targets:
+        raise click.UsageError("name at least one stage to run", ctx)
+    options = BuildOptions(
+        cwd=Path.cwd(),
+        file=pivotfile_arg(ctx),
+        targets=targets,
+        overrides=overrides,
+        always_make=flags["always_make"],
+        json=flags["json_"],
+        quiet=flags["quiet"],
+        verbose=flags["verbose"],
+        no_wait=flags["no_wait"],
+    )
+    reporter = make_reporter(options)
+    with terminate_as_interrupt():
+        try:
+            return Engine(reporter).run_stages(options, fail_fast=flags["fail_fast"])
+        finally:
+            reporter.close()
