@@ -159,6 +159,9 @@ class _Compiler:
         for name, value in self.opts.overrides.items():
             arg = f"{name}={value}"
             origin = _Origin(COMMAND_LINE, arg)
+            if name in _RESERVED_VARS or name.startswith("params."):
+                self._error(Pos(1, 1), f"'{name}' is reserved and cannot be set on the command line", origin)
+                continue
             col = len(name) + 2
             words: list[Word] = []
             for m in re.finditer(r"\S+", value):
@@ -256,21 +259,21 @@ class _Compiler:
                 self._error(item.key.pos, f"'{axis}' is reserved; choose another axis name")
                 ok = False
                 continue
-            values = self._expand_words(item.values, _Scope({}, None), self.origin)
-            if values is None:
+            pairs = self._expand_each(item.values, _Scope({}, None))
+            if pairs is None:
                 ok = False
                 continue
-            if not values:
+            if not pairs:
                 self._error(item.key.pos, f"matrix axis '{axis}' has no values")
                 ok = False
-            for v, w in zip(values, itertools.chain(item.values, itertools.repeat(item.values[-1])), strict=False):
+            for w, v in pairs:
                 if not _MATRIX_VALUE_RE.fullmatch(v):
                     self._error(
                         w.pos,
                         f"matrix value '{v}' cannot be part of a stage name; use letters, digits, '_', '.', '+', '-'",
                     )
                     ok = False
-            axes[axis] = values
+            axes[axis] = [v for _, v in pairs]
         if not ok:
             return None
         combos = [dict(zip(axes, values, strict=True)) for values in itertools.product(*axes.values())]
@@ -515,6 +518,8 @@ class _Compiler:
             raise _Failed
         merged: list[str | AutoVar] = []
         for part in parts:
+            if part == "":
+                continue
             if isinstance(part, str) and merged and isinstance(merged[-1], str):
                 merged[-1] += part
             else:
@@ -533,11 +538,13 @@ class _Compiler:
         return text
 
     def _mutex(self, f: Field, scope: _Scope) -> tuple[str, ...]:
-        groups = self._words(f.words, scope)
-        for word, g in zip(f.words, groups, strict=False):
+        pairs = self._expand_each(f.words, scope)
+        if pairs is None:
+            raise _Failed
+        for word, g in pairs:
             if g != "*" and not NAME_RE.fullmatch(g):
                 raise self._fail(word.pos, f"'{g}' is not a valid mutex group name (or '*' to run alone)")
-        return tuple(dict.fromkeys(groups))
+        return tuple(dict.fromkeys(g for _, g in pairs))
 
     def _int(self, f: Field, scope: _Scope, minimum: int, what: str) -> int:
         word = f.words[0]
@@ -623,6 +630,18 @@ class _Compiler:
             except _Failed:
                 ok = False
         return out if ok else None
+
+    def _expand_each(self, words: tuple[Word, ...], scope: _Scope) -> list[tuple[Word, str]] | None:
+        """Each value with the word it came from (a `${LIST}` word gives several)."""
+        pairs: list[tuple[Word, str]] = []
+        ok = True
+        for w in words:
+            values = self._expand_word(w, scope)
+            if values is None:
+                ok = False
+            else:
+                pairs.extend((w, v) for v in values)
+        return pairs if ok else None
 
     def _expand_word(self, word: Word, scope: _Scope) -> list[str] | None:
         try:

@@ -3,6 +3,7 @@ YAML package is installed), looked up by dotted keys."""
 
 from __future__ import annotations
 
+import datetime
 import json
 import re
 import tomllib
@@ -53,6 +54,8 @@ def to_text(value: Any) -> str:
         raise ParamError("is a table; name a key inside it")
     if isinstance(value, list):
         return " ".join(to_text(v) for v in value)
+    if isinstance(value, (datetime.date, datetime.time)):  # TOML dates and times, as written
+        return value.isoformat()
     return json.dumps(value, default=str)
 
 
@@ -121,14 +124,22 @@ class Params:
                 return tomllib.loads(text)
             except tomllib.TOMLDecodeError as exc:
                 m = re.search(r"\(at line (\d+), column (\d+)\)", str(exc))
-                line, col = (int(m.group(1)), int(m.group(2))) if m else (1, 1)
-                message = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(exc)) or "invalid TOML"
-                raise located(line, col, f"invalid TOML: {message}") from exc
+                if m:
+                    line, col = int(m.group(1)), int(m.group(2))
+                else:  # "(at end of document)"
+                    line = len(lines) - (1 if len(lines) > 1 and not lines[-1] else 0)
+                    col = len(lines[line - 1]) + 1 if lines else 1
+                message = re.sub(r"\s*\(at (line \d+, column \d+|end of document)\)", "", str(exc))
+                raise located(line, col, f"invalid TOML: {message or 'syntax error'}") from exc
+            except RecursionError:
+                raise located(1, 1, "invalid TOML: nested too deeply") from None
         if lower.endswith(".json"):
             try:
                 data = json.loads(text)
             except json.JSONDecodeError as exc:
                 raise located(exc.lineno, exc.colno, f"invalid JSON: {exc.msg}") from exc
+            except RecursionError:
+                raise located(1, 1, "invalid JSON: nested too deeply") from None
         else:
             data = self._decode_yaml(name, text)
         if not isinstance(data, dict):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
@@ -28,6 +29,8 @@ def parse_duration(text: str) -> float:
             pos = m.end()
         if pos != len(s) or not s:
             raise ValueError(f"'{text}' is not a duration; write e.g. '90s', '10m', '1h30m'")
+    if not math.isfinite(value):
+        raise ValueError(f"'{text}' is too long a duration")
     if value <= 0:
         raise ValueError(f"'{text}' must be longer than zero")
     return value
@@ -41,7 +44,10 @@ def parse_size(text: str) -> int:
     m = _SIZE.fullmatch(text.strip())
     if not m:
         raise ValueError(f"'{text}' is not a memory size; write e.g. '512M' or '4G'")
-    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).upper()])
+    value = float(m.group(1)) * _SIZE_UNITS[m.group(2).upper()]
+    if not math.isfinite(value):
+        raise ValueError(f"'{text}' is too large a memory size")
+    return int(value)
 
 
 def format_size(n: int) -> str:

@@ -1,0 +1,126 @@
+"""`${...}` splitting: `pivotbuild.pivotfile.interpolate.split` and `whole_ref`."""
+
+from __future__ import annotations
+
+import pytest
+
+from pivotbuild.pivotfile.interpolate import Auto, AutoVar, Part, Ref, TemplateError, split, whole_ref
+
+
+@pytest.mark.parametrize(
+    ("text", "parts"),
+    [
+        ("", [""]),
+        ("plain text", ["plain text"]),
+        ("${X}", [Ref("X", 0)]),
+        ("a ${X} b", ["a ", Ref("X", 2), " b"]),
+        ("${a}${b}", [Ref("a", 0), Ref("b", 4)]),
+        ("pre/${SRC}/x.py", ["pre/", Ref("SRC", 4), "/x.py"]),
+        ("${ name }", [Ref("name", 0)]),
+        ("${params.train.epochs}", [Ref("params.train.epochs", 0)]),
+        ("${params.other.json:a.b}", [Ref("params.other.json:a.b", 0)]),
+        ("${a}}", [Ref("a", 0), "}"]),
+        ("x}{", ["x}{"]),
+    ],
+)
+def test_split_refs(text: str, parts: list[Part]) -> None:
+    assert split(text) == parts
+
+
+@pytest.mark.parametrize(
+    ("text", "parts"),
+    [
+        ("$$", ["$"]),
+        ("a$$b", ["a$b"]),
+        ("$${HOME}", ["${HOME}"]),
+        ("$$$", ["$$"]),
+        ("$$$$", ["$$"]),
+        ("$$@ $$< $$^", ["$@ $< $^"]),
+        ("$$${X}", ["$", Ref("X", 2)]),
+        ("${X}$$", [Ref("X", 0), "$"]),
+        ("a$$b$c", ["a$b$c"]),
+    ],
+)
+def test_split_double_dollar_is_a_literal_dollar(text: str, parts: list[Part]) -> None:
+    assert split(text) == parts
+
+
+@pytest.mark.parametrize("text", ["$HOME", "echo $1 $2", "$", "a$", "$X{Y}", "$HOME/"])
+def test_split_leaves_other_dollars_alone(text: str) -> None:
+    assert split(text) == [text]
+
+
+@pytest.mark.parametrize("text", ["$(pwd)", "$*", "$#", "$-", "a $ b", "$?", "cost: 5$"])
+def test_split_leaves_shell_specials_alone(text: str) -> None:
+    assert split(text) == [text]
+
+
+@pytest.mark.parametrize(
+    ("text", "parts"),
+    [
+        ("$@", [Auto(AutoVar.OUTS, 0)]),
+        ("$<", [Auto(AutoVar.FIRST_DEP, 0)]),
+        ("$^", [Auto(AutoVar.ALL_DEPS, 0)]),
+        (
+            "$@ $< $^",
+            [Auto(AutoVar.OUTS, 0), " ", Auto(AutoVar.FIRST_DEP, 3), " ", Auto(AutoVar.ALL_DEPS, 6)],
+        ),
+        ("cp $<$@", ["cp ", Auto(AutoVar.FIRST_DEP, 3), Auto(AutoVar.OUTS, 5)]),
+        ("--out=$@.tmp", ["--out=", Auto(AutoVar.OUTS, 6), ".tmp"]),
+        ("${X} $@", [Ref("X", 0), " ", Auto(AutoVar.OUTS, 5)]),
+        ("$$$@", ["$", Auto(AutoVar.OUTS, 2)]),
+    ],
+)
+def test_split_autovars(text: str, parts: list[Part]) -> None:
+    assert split(text) == parts
+
+
+def test_autovar_values() -> None:
+    assert AutoVar("@") is AutoVar.OUTS
+    assert AutoVar("<") is AutoVar.FIRST_DEP
+    assert AutoVar("^") is AutoVar.ALL_DEPS
+
+
+@pytest.mark.parametrize(
+    ("text", "offset"),
+    [("${", 0), ("${X", 0), ("ab ${x", 3), ("${A} ${B", 5), ("$$ ${", 3), ("x${y z", 1)],
+)
+def test_split_unclosed_brace(text: str, offset: int) -> None:
+    with pytest.raises(TemplateError) as info:
+        split(text)
+    assert info.value.offset == offset
+    assert "'${' is not closed by '}'" in info.value.message
+    assert "$$" in info.value.message  # tells how to write a literal dollar
+    assert str(info.value) == info.value.message
+
+
+@pytest.mark.parametrize(("text", "offset"), [("${}", 0), ("x${ }", 1), ("${A}${}", 4), ("$$${}", 2)])
+def test_split_empty_reference(text: str, offset: int) -> None:
+    with pytest.raises(TemplateError) as info:
+        split(text)
+    assert info.value.offset == offset
+    assert info.value.message == "empty '${}'"
+
+
+def test_split_reports_the_first_problem() -> None:
+    with pytest.raises(TemplateError) as info:
+        split("a ${} ${")
+    assert info.value.offset == 2
+    assert info.value.message == "empty '${}'"
+
+
+@pytest.mark.parametrize(
+    ("text", "ref"),
+    [("${X}", Ref("X", 0)), ("${ X }", Ref("X", 0)), ("${params.a.b}", Ref("params.a.b", 0))],
+)
+def test_whole_ref(text: str, ref: Ref) -> None:
+    assert whole_ref(split(text)) == ref
+
+
+@pytest.mark.parametrize("text", ["plain", "a${X}", "${X}b", "${X}${Y}", " ${X}", "$@", "$$", "$${X}", ""])
+def test_whole_ref_none(text: str) -> None:
+    assert whole_ref(split(text)) is None
+
+
+def test_whole_ref_of_no_parts() -> None:
+    assert whole_ref([]) is None
