@@ -39,13 +39,33 @@ def _component_regex(part: str) -> str:
             # As in fnmatch, a `]` right after `[` (or `[!`) is part of the class.
             body = part[i + 1 : end]
             if body.startswith("!"):
-                body = "^" + body[1:]
+                body = "^/" + body[1:]  # a negated class still stays inside one component
             out.append("[" + body.replace("\\", "\\\\") + "]")
             i = end
         else:
             out.append(re.escape(c))
         i += 1
     return "".join(out)
+
+
+def may_match_under(pattern: str, directory: str) -> bool:
+    """Could a file somewhere under `directory` match `pattern`?  (The glob's
+    components are matched against the directory's, `**` taking any number.)"""
+    parts = pattern.split("/")
+    dirs = directory.split("/")
+    regexes = [None if p == "**" else re.compile(_component_regex(p)) for p in parts]
+
+    def walk(i: int, j: int) -> bool:
+        if j == len(dirs):
+            return i < len(parts)
+        if i == len(parts):
+            return False
+        rx = regexes[i]
+        if rx is None:
+            return walk(i + 1, j) or walk(i, j + 1)
+        return bool(rx.fullmatch(dirs[j])) and walk(i + 1, j + 1)
+
+    return walk(0, 0)
 
 
 def glob_static_prefix(pattern: str) -> str:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import networkx as nx
 
 from pivotbuild.errors import CycleError, GraphError, TargetError
-from pivotbuild.globs import glob_regex, glob_static_prefix
+from pivotbuild.globs import glob_regex, may_match_under
 from pivotbuild.model import Stage, StageId
 from pivotbuild.suggest import close_matches
 
@@ -45,6 +45,7 @@ class BuildGraph:
         self._index = {s.id: i for i, s in enumerate(stages)}
         self.g: nx.DiGraph[object] = nx.DiGraph()
         self._producer: dict[str, StageId] = {}
+        self._dir_outs: set[str] = set()  # outputs declared as directories (trailing `/`)
         self._outs_sorted: list[str] = []
         self._build()
         self._stage_graph = self._project_stages()
@@ -67,6 +68,8 @@ class BuildGraph:
                     problems.append(f"two stages write '{out.path}': {self._label(other)} writes {who}")
                     continue
                 self._producer[out.path] = stage.id
+                if out.is_dir:
+                    self._dir_outs.add(out.path)
                 self.g.add_node(out.path, bipartite=ARTIFACT)
                 self.g.add_edge(stage.id, out.path, kind="out")
         self._outs_sorted = sorted(self._producer)
@@ -109,13 +112,11 @@ class BuildGraph:
         """Stages writing `path`, a file inside it, or (for a glob) a match of it."""
         if is_glob:
             pattern = glob_regex(path)
-            static = glob_static_prefix(path)
-            found = set()
-            for out, producer in self._producer.items():
-                inside = static and (static == out or static.startswith(out + "/"))
-                if pattern.fullmatch(out) or inside:
-                    found.add(producer)
-            return found
+            return {
+                p
+                for out, p in self._producer.items()
+                if pattern.fullmatch(out) or (out in self._dir_outs and may_match_under(path, out))
+            }
         found = {self._producer[o] for o in self._outs_under(path)}
         exact = self._producer.get(path)
         if exact is not None:
@@ -274,5 +275,7 @@ class BuildGraph:
         plain = [n for n, sid in names.items() if sid.pipeline != self.current or ":" not in n]
         plain_bases = [b for b in bases if ":" not in b or not b.startswith(f"{self.current or '.'}:")]
         near = close_matches(target, [*plain, *plain_bases, *self._producer])
-        hint = f"; did you mean {' or '.join(repr(n) for n in near)}?" if near else ""
+        hint = (
+            f"; did you mean {' or '.join(repr(n) for n in near)}?" if near else "; 'pivotbuild list' shows the stages"
+        )
         return f"unknown target '{target}': no stage or output has that name{hint}"

@@ -7,16 +7,10 @@ stage whose name is also a subcommand's.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable
-from pathlib import Path
-from typing import Any, TypeVar
-
 import click
 
 from pivotbuild import __version__
-
-F = TypeVar("F", bound=Callable[..., Any])
+from pivotbuild.cli.common import project_options
 
 _GLOBAL_WITH_VALUE = ("-C", "--directory", "-f", "--file")
 
@@ -42,6 +36,8 @@ class PivotGroup(click.Group):
         while i < len(args):
             arg = args[i]
             if arg in _GLOBAL_WITH_VALUE:
+                if i + 1 >= len(args):  # no value: let click say so
+                    return super().parse_args(ctx, args)
                 i += 2
             elif arg.startswith(("--directory=", "--file=")) or (arg[:2] in ("-C", "-f") and len(arg) > 2):
                 i += 1
@@ -78,52 +74,6 @@ class PivotGroup(click.Group):
             "Exit status: 0 success; 1 a stage failed (-q: something is out of date); "
             "2 bad usage or a bad Pivotfile; 3 an internal error; 130 interrupted."
         )
-
-
-def _chdir(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    if value is not None:
-        try:
-            os.chdir(value)
-        except OSError as exc:
-            raise click.BadParameter(f"cannot change to '{value}': {exc.strerror}", ctx, param) from None
-    return value
-
-
-def _set_file(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    if value is not None:
-        obj = ctx.ensure_object(dict)
-        obj["file"] = value
-    return value
-
-
-def project_options(f: F) -> F:
-    """`-C DIR` and `-f FILE`, accepted before the command and after it."""
-    f = click.option(
-        "-f",
-        "--file",
-        "file_",
-        metavar="PATH",
-        callback=_set_file,
-        expose_value=False,
-        help="The Pivotfile (default: ./Pivotfile).",
-    )(f)
-    f = click.option(
-        "-C",
-        "--directory",
-        metavar="DIR",
-        callback=_chdir,
-        expose_value=False,
-        is_eager=True,
-        help="Change to DIR first.",
-    )(f)
-    return f
-
-
-def pivotfile_arg(ctx: click.Context) -> Path | None:
-    """The `-f` value given before or after the command, if any."""
-    root = ctx.find_root()
-    value = (root.obj or {}).get("file")
-    return Path(value) if value else None
 
 
 @click.group(cls=PivotGroup, context_settings={"help_option_names": ["-h", "--help"]}, invoke_without_command=True)

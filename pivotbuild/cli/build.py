@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from pivotbuild.cli.app import pivotfile_arg, project_options
+from pivotbuild.cli.common import pivotfile_arg, project_options
 from pivotbuild.errors import UsageError
 from pivotbuild.events import Reporter
 from pivotbuild.options import BuildOptions

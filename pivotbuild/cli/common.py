@@ -2,21 +2,73 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import os
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from pivotbuild.cli.app import pivotfile_arg
-from pivotbuild.graph import BuildGraph
-from pivotbuild.project import LoadOptions, Project, load_project
-from pivotbuild.selection import open_graph
+if TYPE_CHECKING:
+    from pivotbuild.graph import BuildGraph
+    from pivotbuild.project import Project
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _chdir(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is not None:
+        try:
+            os.chdir(value)
+        except OSError as exc:
+            raise click.BadParameter(f"cannot change to '{value}': {exc.strerror}", ctx, param) from None
+    return value
+
+
+def _set_file(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is not None:
+        obj = ctx.ensure_object(dict)
+        obj["file"] = value
+    return value
+
+
+def project_options(f: F) -> F:
+    """`-C DIR` and `-f FILE`, accepted before the command and after it."""
+    f = click.option(
+        "-f",
+        "--file",
+        "file_",
+        metavar="PATH",
+        callback=_set_file,
+        expose_value=False,
+        help="The Pivotfile (default: ./Pivotfile).",
+    )(f)
+    f = click.option(
+        "-C",
+        "--directory",
+        metavar="DIR",
+        callback=_chdir,
+        expose_value=False,
+        is_eager=True,
+        help="Change to DIR first.",
+    )(f)
+    return f
+
+
+def pivotfile_arg(ctx: click.Context) -> Path | None:
+    """The `-f` value given before or after the command, if any."""
+    root = ctx.find_root()
+    value = (root.obj or {}).get("file")
+    return Path(value) if value else None
 
 
 def load(
     ctx: click.Context, overrides: Mapping[str, str] | None = None, all_pipelines: bool = False
 ) -> tuple[Project, BuildGraph]:
     """The project and its validated graph, from `-C`, `-f` and NAME=VALUE."""
+    from pivotbuild.project import LoadOptions, load_project
+    from pivotbuild.selection import open_graph
+
     options = LoadOptions(Path.cwd(), pivotfile_arg(ctx), overrides or {}, all_pipelines)
     project = load_project(options)
     return project, open_graph(project)

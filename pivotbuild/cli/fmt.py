@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from pivotbuild.cli.app import pivotfile_arg, project_options
+from pivotbuild.cli.common import pivotfile_arg, project_options
 from pivotbuild.errors import Diagnostic, PivotfileError, ProjectError
 from pivotbuild.paths import PIVOTFILE
 from pivotbuild.pivotfile.fmt import format_module

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from pivotbuild.cli.app import project_options
+from pivotbuild.cli.common import project_options
 from pivotbuild.paths import STATE_DIR, find_root
 from pivotbuild.state import history as store
 

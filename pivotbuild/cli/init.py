@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from pivotbuild.cli.app import project_options
+from pivotbuild.cli.common import project_options
 from pivotbuild.state_files import ensure_state_dir
 
 

@@ -8,8 +8,7 @@ from typing import Any
 
 import click
 
-from pivotbuild.cli.app import project_options
-from pivotbuild.cli.common import load
+from pivotbuild.cli.common import load, project_options
 from pivotbuild.graph import BuildGraph
 from pivotbuild.graph_formats import FORMATS
 from pivotbuild.model import Stage

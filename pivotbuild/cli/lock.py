@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from pivotbuild.cli.app import pivotfile_arg
+from pivotbuild.cli.common import pivotfile_arg
 from pivotbuild.errors import PivotError
 from pivotbuild.paths import LOCKFILE
 from pivotbuild.state import lockfile

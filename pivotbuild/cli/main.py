@@ -25,7 +25,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except click.exceptions.Exit as exc:
         return int(exc.exit_code)
     except click.ClickException as exc:
-        return _usage_error(exc)
+        return _usage_error(exc, args)
     except (KeyboardInterrupt, click.exceptions.Abort):
         click.echo("pivotbuild: interrupted", err=True)
         return EXIT_INTERRUPTED
@@ -45,11 +45,13 @@ def report_error(exc: PivotError) -> None:
     click.echo(f"pivotbuild: {exc.message}", err=True)
 
 
-def _usage_error(exc: click.ClickException) -> int:
+def _usage_error(exc: click.ClickException, args: list[str]) -> int:
     message = exc.format_message()
     click.echo(f"pivotbuild: {message}", err=True)
     if isinstance(exc, click.UsageError):
         command = exc.ctx.command_path if exc.ctx is not None else "pivotbuild"
+        if command.endswith(" repro") and "repro" not in args:
+            command = "pivotbuild"  # the user typed a bare build, not `repro`
         click.echo(f"Try '{command} --help' for help.", err=True)
     return EXIT_USAGE
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from pivotbuild.cli.app import pivotfile_arg, project_options
 from pivotbuild.cli.build import make_reporter, split_args, terminate_as_interrupt
+from pivotbuild.cli.common import pivotfile_arg, project_options
 from pivotbuild.options import BuildOptions
 
 

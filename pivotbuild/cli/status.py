@@ -7,8 +7,8 @@ import sys
 
 import click
 
-from pivotbuild.cli.app import pivotfile_arg, project_options
 from pivotbuild.cli.build import make_reporter, split_args
+from pivotbuild.cli.common import pivotfile_arg, project_options
 from pivotbuild.options import BuildOptions
 
 _CTX = {"help_option_names": ["-h", "--help"]}

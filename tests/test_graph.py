@@ -1,0 +1,628 @@
+"""BuildGraph: the bipartite stage/artifact graph, its validation and its queries."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from conftest import compile_text
+
+from pivotbuild.errors import CycleError, GraphError
+from pivotbuild.globs import glob_regex
+from pivotbuild.graph import ARTIFACT, STAGE, BuildGraph
+from pivotbuild.model import StageId
+
+
+def build(tmp_path: Path, text: str) -> BuildGraph:
+    return BuildGraph(compile_text(text, tmp_path).stages)
+
+
+def sid(name: str, pipeline: str = "") -> StageId:
+    return StageId(pipeline, name)
+
+
+def names(ids: list[StageId]) -> list[str]:
+    return [s.name for s in ids]
+
+
+CHAIN = """
+stage prepare:
+    deps: data/raw.csv
+    outs: build/clean.csv
+    run: cp $< $@
+
+stage train:
+    deps: build/clean.csv src/train.py
+    outs: models/model.pkl
+    run: python src/train.py
+
+stage report:
+    deps: models/model.pkl build/clean.csv
+    outs: reports/summary.json
+    run: python report.py
+"""
+
+
+# -- structure ---------------------------------------------------------------------
+
+
+def test_nodes_are_stage_ids_and_path_strings_with_bipartite_attribute(tmp_path: Path) -> None:
+    g = build(tmp_path, CHAIN)
+    stage_nodes = {n for n, d in g.g.nodes(data=True) if d["bipartite"] == STAGE}
+    artifact_nodes = {n for n, d in g.g.nodes(data=True) if d["bipartite"] == ARTIFACT}
+    assert stage_nodes == {sid("prepare"), sid("train"), sid("report")}
+    assert all(isinstance(n, StageId) for n in stage_nodes)
+    assert artifact_nodes == {
+        "data/raw.csv",
+        "build/clean.csv",
+        "src/train.py",
+        "models/model.pkl",
+        "reports/summary.json",
+    }
+    assert all(isinstance(n, str) for n in artifact_nodes)
+    assert STAGE == 0
+    assert ARTIFACT == 1
+
+
+def test_edges_run_artifact_to_stage_and_stage_to_artifact(tmp_path: Path) -> None:
+    g = build(tmp_path, CHAIN)
+    for u, v in g.g.edges:
+        assert isinstance(u, StageId) != isinstance(v, StageId), (u, v)
+    # consumed by
+    assert g.g.has_edge("data/raw.csv", sid("prepare"))
+    assert g.g.has_edge("build/clean.csv", sid("train"))
+    assert g.g.has_edge("build/clean.csv", sid("report"))
+    # produced
+    assert g.g.has_edge(sid("prepare"), "build/clean.csv")
+    assert g.g.has_edge(sid("train"), "models/model.pkl")
+    # never the other way round
+    assert not g.g.has_edge(sid("prepare"), "data/raw.csv")
+    assert not g.g.has_edge("build/clean.csv", sid("prepare"))
+
+
+def test_stage_edges_project_the_bipartite_graph(tmp_path: Path) -> None:
+    g = build(tmp_path, CHAIN)
+    edges = {(a.name, b.name) for a, b in g.stage_edges()}
+    assert edges == {("prepare", "train"), ("prepare", "report"), ("train", "report")}
+
+
+def test_stages_without_files_are_still_nodes(tmp_path: Path) -> None:
+    g = build(tmp_path, "stage hello:\n    run: echo hi\n")
+    assert list(g.stages) == [sid("hello")]
+    assert g.order() == [sid("hello")]
+    assert g.upstream_stages(sid("hello")) == []
+
+
+# -- validation ----------------------------------------------------------------------
+
+
+def test_two_stage_cycle_prints_the_cycle_and_the_files(tmp_path: Path) -> None:
+    text = """
+    stage a:
+        deps: y.txt
+        outs: x.txt
+        run: r
+    stage b:
+        deps: x.txt
+        outs: y.txt
+        run: r
+    """
+    with pytest.raises(CycleError) as info:
+        build(tmp_path, text)
+    message = info.value.message
+    assert "a -> b -> a" in message
+    assert "x.txt" in message
+    assert "y.txt" in message
+    assert info.value.cycle == ("a", "b", "a")
+    assert isinstance(info.value, GraphError)
+
+
+def test_three_stage_cycle(tmp_path: Path) -> None:
+    text = """
+    stage a:
+        deps: c.txt
+        outs: a.txt
+        run: r
+    stage b:
+        deps: a.txt
+        outs: b.txt
+        run: r
+    stage c:
+        deps: b.txt
+        outs: c.txt
+        run: r
+    """
+    with pytest.raises(CycleError) as info:
+        build(tmp_path, text)
+    assert "a -> b -> c -> a" in info.value.message
+    for f in ("a.txt", "b.txt", "c.txt"):
+        assert f in info.value.message
+
+
+def test_self_cycle_stage_reads_its_own_output(tmp_path: Path) -> None:
+    text = """
+    stage loop:
+        deps: out.txt
+        outs: out.txt
+        run: r
+    """
+    with pytest.raises(CycleError) as info:
+        build(tmp_path, text)
+    assert "loop -> loop" in info.value.message
+    assert "out.txt" in info.value.message
+
+
+def test_self_cycle_through_a_file_inside_its_output_directory(tmp_path: Path) -> None:
+    text = """
+    stage loop:
+        deps: cache/index.json
+        outs: cache/
+        run: r
+    """
+    with pytest.raises(CycleError) as info:
+        build(tmp_path, text)
+    assert "loop -> loop" in info.value.message
+
+
+def test_cycle_is_not_reported_for_a_diamond(tmp_path: Path) -> None:
+    text = """
+    stage a:
+        outs: a.txt
+        run: r
+    stage b:
+        deps: a.txt
+        outs: b.txt
+        run: r
+    stage c:
+        deps: a.txt
+        outs: c.txt
+        run: r
+    stage d:
+        deps: b.txt c.txt
+        outs: d.txt
+        run: r
+    """
+    g = build(tmp_path, text)
+    assert names(g.order()) == ["a", "b", "c", "d"]
+
+
+def test_two_stages_writing_one_path_is_an_error_naming_both(tmp_path: Path) -> None:
+    text = """
+    stage first:
+        outs: shared/out.txt
+        run: r
+    stage second:
+        outs: shared/out.txt
+        run: r
+    """
+    with pytest.raises(GraphError) as info:
+        build(tmp_path, text)
+    assert not isinstance(info.value, CycleError)
+    message = info.value.message
+    assert "shared/out.txt" in message
+    assert "first" in message
+    assert "second" in message
+
+
+def test_two_matrix_variants_writing_one_path_name_both(tmp_path: Path) -> None:
+    text = """
+    stage a:
+        outs: out.txt
+        run: r
+    stage b:
+        matrix: k=1 2
+        outs: other-${k}.txt
+        run: r
+    stage c:
+        outs: other-2.txt
+        run: r
+    """
+    with pytest.raises(GraphError) as info:
+        build(tmp_path, text)
+    assert "other-2.txt" in info.value.message
+    assert "b@2" in info.value.message
+    assert "c" in info.value.message
+
+
+def test_output_inside_another_stages_output_directory_names_both(tmp_path: Path) -> None:
+    text = """
+    stage plots:
+        outs: reports/plots/
+        run: r
+    stage summary:
+        outs: reports/plots/summary.png
+        run: r
+    """
+    with pytest.raises(GraphError) as info:
+        build(tmp_path, text)
+    message = info.value.message
+    assert "reports/plots/summary.png" in message
+    assert "reports/plots" in message
+    assert "plots" in message
+    assert "summary" in message
+
+
+def test_output_nested_deeply_inside_another_output_directory(tmp_path: Path) -> None:
+    text = """
+    stage outer:
+        outs: out/
+        run: r
+    stage inner:
+        outs: out/a/b/c.txt
+        run: r
+    """
+    with pytest.raises(GraphError) as info:
+        build(tmp_path, text)
+    assert "outer" in info.value.message
+    assert "inner" in info.value.message
+
+
+def test_sibling_output_with_a_common_prefix_is_not_nested(tmp_path: Path) -> None:
+    text = """
+    stage a:
+        outs: out/
+        run: r
+    stage b:
+        outs: out2/x.txt out-x.txt out.txt
+        run: r
+    """
+    g = build(tmp_path, text)
+    assert g.producer("out2/x.txt") == sid("b")
+    assert g.producer("out/x.txt") == sid("a")
+    assert g.producer("out.txt") == sid("b")
+
+
+def test_graph_error_collects_every_problem(tmp_path: Path) -> None:
+    text = """
+    stage a:
+        outs: x.txt d/
+        run: r
+    stage b:
+        outs: x.txt
+        run: r
+    stage c:
+        outs: d/e.txt
+        run: r
+    """
+    with pytest.raises(GraphError) as info:
+        build(tmp_path, text)
+    assert "x.txt" in info.value.message
+    assert "d/e.txt" in info.value.message
+
+
+# -- how deps find their producers -------------------------------------------------------
+
+
+def test_dep_inside_an_output_directory_orders_the_producer_first(tmp_path: Path) -> None:
+    text = """
+    stage use:
+        deps: data/part-0001.csv
+        outs: result.txt
+        run: r
+    stage split:
+        outs: data/
+        run: r
+    """
+    g = build(tmp_path, text)
+    assert names(g.order()) == ["split", "use"]
+    assert g.upstream_stages(sid("use")) == [sid("split")]
+    assert g.producer("data/part-0001.csv") == sid("split")
+    assert g.producer("data/deep/er/file") == sid("split")
+
+
+def test_directory_dep_holding_outputs_orders_the_producers_first(tmp_path: Path) -> None:
+    text = """
+    stage report:
+        deps: models/
+        outs: report.txt
+        run: r
+    stage small:
+        outs: models/small.pkl
+        run: r
+    stage large:
+        outs: models/sub/large.pkl
+        run: r
+    stage unrelated:
+        outs: modelsX/other.pkl model.pkl
+        run: r
+    """
+    g = build(tmp_path, text)
+    assert g.upstream_stages(sid("report")) == [sid("small"), sid("large")]
+    order = names(g.order())
+    assert order.index("small") < order.index("report")
+    assert order.index("large") < order.index("report")
+
+
+def test_directory_dep_without_trailing_slash_holding_outputs(tmp_path: Path) -> None:
+    text = """
+    stage report:
+        deps: models
+        outs: report.txt
+        run: r
+    stage train:
+        outs: models/a.pkl
+        run: r
+    """
+    g = build(tmp_path, text)
+    assert g.upstream_stages(sid("report")) == [sid("train")]
+
+
+def test_dep_that_only_shares_a_name_prefix_is_not_linked(tmp_path: Path) -> None:
+    text = """
+    stage use:
+        deps: model
+        outs: result.txt
+        run: r
+    stage train:
+        outs: models/a.pkl model.pkl
+        run: r
+    """
+    g = build(tmp_path, text)
+    assert g.upstream_stages(sid("use")) == []
+
+
+def test_glob_dep_matching_outputs_orders_the_producers_first(tmp_path: Path) -> None:
+    text = """
+    stage report:
+        deps: models/*.pkl
+        outs: report.txt
+        run: r
+    stage small:
+        outs: models/small.pkl
+        run: r
+    stage large:
+        outs: models/large.pkl
+        run: r
+    stage other:
+        outs: models/notes.txt models/deeper/x.pkl
+        run: r
+    """
+    g = build(tmp_path, text)
+    assert g.upstream_stages(sid("report")) == [sid("small"), sid("large")]
+    assert names(g.order()) == ["small", "large", "report", "other"]
+    assert g.g.nodes["models/*.pkl"]["glob"] is True
+
+
+def test_recursive_glob_dep_matching_outputs_at_any_depth(tmp_path: Path) -> None:
+    text = """
+    stage lint:
+        deps: src/**/*.py
+        run: ruff check src
+    stage top:
+        outs: src/top.py
+        run: r
+    stage deep:
+        outs: src/a/b/deep.py
+        run: r
+    stage not_py:
+        outs: src/a/data.csv
+        run: r
+    stage outside:
+        outs: lib/x.py
+        run: r
+    """
+    g = build(tmp_path, text)
+    assert g.upstream_stages(sid("lint")) == [sid("top"), sid("deep")]
+
+
+def test_glob_dep_inside_an_output_directory_orders_the_producer_first(tmp_path: Path) -> None:
+    text = """
+    stage collect:
+        deps: plots/*.png
+        outs: index.html
+        run: r
+    stage plot:
+        outs: plots/
+        run: r
+    """
+    g = build(tmp_path, text)
+    assert g.upstream_stages(sid("collect")) == [sid("plot")]
+
+
+@pytest.mark.parametrize(
+    ("glob", "out_dir"),
+    [("src/**/*.py", "src/gen/"), ("reports/*/summary.json", "reports/a/"), ("**/*.png", "plots/")],
+)
+def test_glob_dep_that_can_match_files_in_an_output_directory_orders_it_first(
+    tmp_path: Path, glob: str, out_dir: str
+) -> None:
+    # `gen` writes a directory whose files match the glob (e.g. src/gen/x.py
+    # matches src/**/*.py), so the stage reading the glob must run after it.
+    text = f"""
+    stage use:
+        deps: {glob}
+        run: r
+    stage gen:
+        outs: {out_dir}
+        run: r
+    """
+    g = build(tmp_path, text)
+    assert g.upstream_stages(sid("use")) == [sid("gen")]
+    assert names(g.order()) == ["gen", "use"]
+
+
+def test_glob_dep_is_not_linked_to_an_unrelated_output_directory(tmp_path: Path) -> None:
+    text = """
+    stage use:
+        deps: lib/**/*.py models/*.pkl
+        run: r
+    stage gen:
+        outs: src/gen/ data/
+        run: r
+    """
+    g = build(tmp_path, text)
+    assert g.upstream_stages(sid("use")) == []
+
+
+# -- queries ---------------------------------------------------------------------------
+
+
+def test_producer(tmp_path: Path) -> None:
+    g = build(tmp_path, CHAIN)
+    assert g.producer("build/clean.csv") == sid("prepare")
+    assert g.producer("models/model.pkl") == sid("train")
+    assert g.producer("data/raw.csv") is None
+    assert g.producer("nowhere") is None
+
+
+def test_consumers_in_declaration_order(tmp_path: Path) -> None:
+    g = build(tmp_path, CHAIN)
+    assert g.consumers("build/clean.csv") == [sid("train"), sid("report")]
+    assert g.consumers("models/model.pkl") == [sid("report")]
+    assert g.consumers("reports/summary.json") == []
+    assert g.consumers("not/in/graph") == []
+
+
+def test_upstream_and_downstream(tmp_path: Path) -> None:
+    text = (
+        CHAIN
+        + """
+stage side:
+    deps: data/raw.csv
+    outs: side.txt
+    run: r
+"""
+    )
+    g = build(tmp_path, text)
+    assert names(g.upstream([sid("report")])) == ["prepare", "train", "report"]
+    assert names(g.upstream([sid("train")])) == ["prepare", "train"]
+    assert names(g.upstream([sid("prepare")])) == ["prepare"]
+    assert names(g.downstream([sid("prepare")])) == ["prepare", "train", "report"]
+    assert names(g.downstream([sid("train")])) == ["train", "report"]
+    assert names(g.downstream([sid("side")])) == ["side"]
+    assert names(g.upstream([sid("side"), sid("train")])) == ["prepare", "train", "side"]
+
+
+def test_upstream_stages_and_downstream_stages_are_direct_only(tmp_path: Path) -> None:
+    g = build(tmp_path, CHAIN)
+    assert g.upstream_stages(sid("report")) == [sid("prepare"), sid("train")]
+    assert g.upstream_stages(sid("train")) == [sid("prepare")]
+    assert g.upstream_stages(sid("prepare")) == []
+    assert g.downstream_stages(sid("prepare")) == [sid("train"), sid("report")]
+    assert g.downstream_stages(sid("report")) == []
+
+
+def test_order_is_topological_with_ties_in_declaration_order(tmp_path: Path) -> None:
+    text = """
+    stage z_last:
+        deps: b.txt a.txt
+        run: r
+    stage b:
+        outs: b.txt
+        run: r
+    stage c_free:
+        run: r
+    stage a:
+        outs: a.txt
+        run: r
+    """
+    g = build(tmp_path, text)
+    # z_last was declared first but needs b and a; the rest keep declaration order.
+    assert names(g.order()) == ["b", "c_free", "a", "z_last"]
+
+
+def test_order_is_deterministic(tmp_path: Path) -> None:
+    stages = "\n".join(f"stage s{i}:\n    deps: in{i % 3}.txt\n    outs: out{i}.txt\n    run: r\n" for i in range(30))
+    tail = "stage join:\n    deps: " + " ".join(f"out{i}.txt" for i in range(30)) + "\n    run: r\n"
+    orders = {tuple(names(build(tmp_path, stages + tail).order())) for _ in range(5)}
+    assert len(orders) == 1
+    (order,) = orders
+    assert list(order) == [f"s{i}" for i in range(30)] + ["join"]
+
+
+def test_order_of_a_subset_keeps_build_order(tmp_path: Path) -> None:
+    g = build(tmp_path, CHAIN)
+    assert names(g.order([sid("report"), sid("prepare")])) == ["prepare", "report"]
+    assert g.order([]) == []
+
+
+def test_matrix_variants_are_ordered_after_their_input(tmp_path: Path) -> None:
+    text = """
+    stage train:
+        matrix: model=small large
+        deps: clean.csv
+        outs: models/${model}.pkl
+        run: r
+    stage prepare:
+        outs: clean.csv
+        run: r
+    """
+    g = build(tmp_path, text)
+    assert names(g.order()) == ["prepare", "train@small", "train@large"]
+
+
+def test_missing_sources_names_dep_and_the_stages_needing_it(tmp_path: Path) -> None:
+    text = """
+    stage a:
+        deps: data/raw.csv src/**/*.py present.txt
+        outs: out/
+        run: r
+    stage b:
+        deps: data/raw.csv out/part.csv *.cfg out/
+        run: r
+    stage c:
+        deps: config.toml
+        run: r
+    """
+    g = build(tmp_path, text)
+    existing = {"present.txt"}
+    missing = g.missing_sources(lambda p: p in existing)
+    assert [m.path for m in missing] == ["config.toml", "data/raw.csv"]
+    by_path = {m.path: m.needed_by for m in missing}
+    assert by_path["data/raw.csv"] == (sid("a"), sid("b"))
+    assert by_path["config.toml"] == (sid("c"),)
+
+
+def test_missing_sources_asks_about_real_files(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "raw.csv").write_text("x\n")
+    g = build(tmp_path, CHAIN)
+    missing = g.missing_sources(lambda p: os.path.lexists(tmp_path / p))
+    assert [m.path for m in missing] == ["src/train.py"]
+    assert missing[0].needed_by == (sid("train"),)
+
+
+def test_missing_sources_excludes_globs_even_when_nothing_matches(tmp_path: Path) -> None:
+    g = build(tmp_path, "stage lint:\n    deps: src/*.py lib/**/*.py\n    run: r\n")
+    assert g.missing_sources(lambda p: False) == []
+
+
+# -- glob semantics --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("pattern", "matches", "rejects"),
+    [
+        ("*.py", ["a.py", "setup.py"], ["d/a.py", "a.pyc", "a/b.py"]),
+        ("src/*.py", ["src/a.py"], ["src/a/b.py", "src.py", "other/src/a.py"]),
+        ("a?c", ["abc", "a.c"], ["a/c", "ac", "abbc"]),
+        ("data/file-??.csv", ["data/file-01.csv"], ["data/file-1.csv", "data/file-0/.csv"]),
+        ("src/**/*.py", ["src/a.py", "src/x/a.py", "src/x/y/z/a.py"], ["srca.py", "other/src/a.py", "src/a.txt"]),
+        ("**/*.py", ["a.py", "d/a.py", "d/e/f/a.py"], ["a.txt", "d/a.txt"]),
+        ("a/**/b", ["a/b", "a/x/b", "a/x/y/b"], ["a/xb", "ab", "a/b/c"]),
+        ("src/**", ["src/a", "src/a/b/c"], ["srcx", "lib/a"]),
+        ("[ab].txt", ["a.txt", "b.txt"], ["c.txt", "ab.txt", ".txt"]),
+        ("[!ab].txt", ["c.txt", "z.txt"], ["a.txt", "b.txt", "cc.txt"]),
+        ("file[0-9].csv", ["file0.csv", "file9.csv"], ["filea.csv", "file10.csv"]),
+        ("a+b(c).txt", ["a+b(c).txt"], ["aab(c).txt", "a+bc.txt"]),
+        ("x.y", ["x.y"], ["xzy"]),
+    ],
+)
+def test_glob_regex(pattern: str, matches: list[str], rejects: list[str]) -> None:
+    rx = glob_regex(pattern)
+    for path in matches:
+        assert rx.fullmatch(path), f"{pattern!r} should match {path!r}"
+    for path in rejects:
+        assert not rx.fullmatch(path), f"{pattern!r} should not match {path!r}"
+
+
+@pytest.mark.parametrize("pattern", ["x*y", "x?y", "x[!ab]y", "x[!a]y"])
+def test_glob_wildcards_never_cross_a_slash(pattern: str) -> None:
+    assert glob_regex(pattern).fullmatch("x/y") is None
+
+
+def test_glob_double_star_matches_zero_directories_only_as_a_whole_component() -> None:
+    rx = glob_regex("a/**/b.txt")
+    assert rx.fullmatch("a/b.txt")
+    assert not rx.fullmatch("a//b.txt")
