@@ -237,8 +237,8 @@ class _Build:
         self.started = 0
         self.stopping = False
         past = history.durations(self.root / STATE_DIR)
-        known = {sid: past[graph.label(sid)] for sid in closure if graph.label(sid) in past}
-        self.priority = critical_path(closure, self.next.__getitem__, known)
+        self.expected = {sid: past[graph.label(sid)] for sid in closure if graph.label(sid) in past}
+        self.priority = critical_path(closure, self.next.__getitem__, self.expected)
 
     # -- the loop -----------------------------------------------------------------
 
@@ -319,7 +319,7 @@ class _Build:
             self.started += 1
             total = len(self.closure) - sum(1 for v in self.status.values() if v is Status.SKIPPED)
             label = self.graph.label(sid)
-            self.engine.emit(StageStarted(label, self.started, total, reason))
+            self.engine.emit(StageStarted(label, self.started, total, reason, expected_s=self.expected.get(sid)))
             self.running[sid] = (snap, reason, time.monotonic())
             worker = threading.Thread(target=self._work, args=(stage, snap, label), name=f"stage {label}", daemon=True)
             worker.start()

@@ -57,6 +57,7 @@ class StageStarted:
     total: int  # N: stages that will run, as far as known now
     reason: str
     attempt: int = 1
+    expected_s: float | None = None  # its last run time, if known
 
     def to_json(self) -> dict[str, Any]:
         return {"event": "stage_started", "stage": self.stage, "reason": self.reason, "attempt": self.attempt}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import signal
 import sys
@@ -83,6 +84,10 @@ def make_reporter(options: BuildOptions) -> Reporter:
         from pivotbuild.report.jsonl import JsonReporter
 
         return JsonReporter(sys.stdout, sys.stderr)
+    if sys.stdout.isatty() and os.environ.get("TERM", "") != "dumb" and not options.verbose:
+        from pivotbuild.report.live import LiveReporter
+
+        return LiveReporter(sys.stdout, sys.stderr, quiet=options.quiet, explain=options.explain)
     from pivotbuild.report.plain import PlainReporter
 
     return PlainReporter(sys.stdout, sys.stderr, quiet=options.quiet, verbose=options.verbose, explain=options.explain)
