@@ -35,12 +35,15 @@ def _component_regex(part: str) -> str:
             out.append("[^/]*")
         elif c == "?":
             out.append("[^/]")
-        elif c == "[" and (end := part.find("]", i + 2)) > 0:
+        elif c == "[" and (end := part.find("]", i + (3 if part[i + 1 : i + 2] == "!" else 2))) > 0:
             # As in fnmatch, a `]` right after `[` (or `[!`) is part of the class.
             body = part[i + 1 : end]
-            if body.startswith("!"):
-                body = "^/" + body[1:]  # a negated class still stays inside one component
-            out.append("[" + body.replace("\\", "\\\\") + "]")
+            negate = body.startswith("!")
+            members = body[1:] if negate else body
+            for special in "\\[]^":
+                members = members.replace(special, "\\" + special)
+            # A negated class still stays inside one path component.
+            out.append(("[^/" if negate else "[") + members + "]")
             i = end
         else:
             out.append(re.escape(c))
@@ -82,6 +85,8 @@ def expand(root: Path, pattern: str) -> list[str]:
     """Files (and symlinks) under `root` matching the root-relative or absolute
     `pattern`, sorted.  Hidden directories are searched only if the pattern
     names them; `.pivot/` never is."""
+    if ".pivot" in pattern.split("/"):
+        return []  # pivotbuild's own state is never an input
     regex = glob_regex(pattern)
     static = glob_static_prefix(pattern)
     absolute = os.path.isabs(pattern)

@@ -8,6 +8,7 @@ renaming, adding, removing or chmod +x of a file all change it.
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 from collections.abc import Iterable
@@ -45,9 +46,10 @@ class ManifestEntry:
 
 
 def manifest_bytes(entries: Iterable[ManifestEntry]) -> bytes:
-    """The canonical text of a manifest: one `kind hash path` line per entry, sorted by path."""
-    lines = [f"{e.kind} {e.hash} {e.path}\n" for e in sorted(entries, key=lambda e: e.path)]
-    return "".join(lines).encode("utf-8", "surrogateescape")
+    """The canonical text of a manifest: one `kind hash "path"` line per entry,
+    sorted by path; the path is JSON-quoted so no file name can forge a line."""
+    lines = [f"{e.kind} {e.hash} {json.dumps(e.path)}\n" for e in sorted(entries, key=lambda e: e.path)]
+    return "".join(lines).encode("ascii")
 
 
 def walk_dir(root: str | os.PathLike[str]) -> list[tuple[str, str, os.stat_result]]:

@@ -111,19 +111,25 @@ def run(spec: RunSpec, on_line: OnLine, cancel: threading.Event) -> RunResult:
 
     exited_at: float | None = None
     try:
-        while sel.get_map():
+        while True:
             if exited_at is None and proc.poll() is not None:
                 exited_at = time.monotonic()
-            if exited_at is not None and time.monotonic() - exited_at > _PIPE_GRACE_S:
-                # The shell is gone but a background child still holds the pipe:
-                # what it writes from now on is not the stage's output.
+            if exited_at is not None and (not sel.get_map() or time.monotonic() - exited_at > _PIPE_GRACE_S):
+                # Done; or the shell is gone but a background child still holds
+                # the pipe, and what it writes from now on is not the stage's.
                 for fd in list(buffers):
                     emit(fd, final=True)
                 break
             wait = 0.1
             if deadline is not None:
                 wait = min(wait, max(deadline - time.monotonic(), 0))
-            for key, _ in sel.select(wait):
+            if sel.get_map():
+                events = sel.select(wait)
+            else:  # the stage closed its output but is still running
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=wait)
+                events = []
+            for key, _ in events:
                 fd = key.fd
                 try:
                     chunk = os.read(fd, 65536)

@@ -74,7 +74,7 @@ def take(stage: Stage, root: Path, cache: StatCache) -> Snapshot:
         ),
     )
     params = tuple(ParamRecord(p.file, p.key, p.value_json) for p in stage.params)
-    glob_sets = [(d.path, [m.path for m in d.matches]) for d in deps if d.kind == GLOB]
+    glob_sets = sorted((d.path, [m.path for m in d.matches]) for d in deps if d.kind == GLOB)
     material = json.dumps([command, facets, [(p.file, p.key, p.value_json) for p in params], glob_sets])
     return Snapshot(
         command=command,

@@ -133,7 +133,7 @@ class _Formatter:
         elif f.items:
             self._lines(head, [(i.key.pos.line, _item_text(i)) for i in f.items], f.key.pos.line)
         elif f.words:
-            self._lines(head, [(w.pos.line, w.raw) for w in f.words], f.key.pos.line)
+            self._lines(head, [(w.pos.line, _raw(w)) for w in f.words], f.key.pos.line)
         else:
             self.out.append(self._with_trailing(head.rstrip(), f.key.pos.line))
 
@@ -149,25 +149,38 @@ class _Formatter:
             self.out.append(f"{INDENT * 2}{line.text}" if line.text else "")
 
     def _words_line(self, head: str, words: Sequence[Word], line: int) -> None:
-        self._lines(head, [(w.pos.line, w.raw) for w in words], line)
+        self._lines(head, [(w.pos.line, _raw(w)) for w in words], line)
 
     def _lines(self, head: str, items: Sequence[tuple[int, str]], head_line: int) -> None:
         """`head` then the items, keeping the source's line breaks between them."""
         pad = " " * len(head)
         first = True
+        prev = head_line
         for line, group in groupby(items, key=lambda it: it[0]):
             text = " ".join(t for _, t in group)
             if first and line != head_line:
                 self.out.append(self._with_trailing(head.rstrip(), head_line))
                 first = False
+            # Comment lines between continuation lines stay where they were.
+            self.out.extend(pad + c.text for c in self._take_comments(prev, line))
             self.out.append(self._with_trailing((head if first else pad) + text, line))
             first = False
+            prev = line
+
+
+def _raw(word: Word) -> str:
+    """The word as written, unless a trailing backslash would read as a continuation."""
+    if not word.raw.endswith("\\"):
+        return word.raw
+    if "'" not in word.text:
+        return f"'{word.text}'"
+    return '"' + word.text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _item_text(item: Item) -> str:
-    values = [v.raw for v in item.values]
+    values = [_raw(v) for v in item.values]
     return f"{item.key.raw}={' '.join(values)}"
 
 
 def _out_text(path: Word, options: Sequence[Word]) -> str:
-    return f"{path.raw} ({', '.join(o.raw for o in options)})" if options else path.raw
+    return f"{_raw(path)} ({', '.join(_raw(o) for o in options)})" if options else _raw(path)

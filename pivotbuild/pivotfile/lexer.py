@@ -282,7 +282,10 @@ class _Lexer:
                     continue
             break
         self.i = line_no + 1
-        toks.append(Tok("_NL", "", line_no + 1, len(self.lines[line_no]) + 1))
+        # The statement ends on its last line with content (not on a comment
+        # line reached through a trailing backslash).
+        end = toks[-1].line if toks else n + 1
+        toks.append(Tok("_NL", "", end, len(self.lines[end - 1]) + 1))
         return toks
 
     def _scan_line(self, n: int, col: int, kind: FieldKind, toks: list[Tok]) -> bool:
@@ -295,7 +298,8 @@ class _Lexer:
                 p += 1
                 continue
             if c == "#":
-                self.comments.append(Comment(s[p:].rstrip(), Pos(n + 1, p + 1), own_line=False))
+                own = not s[:p].strip()  # e.g. a comment line reached through a `\\` continuation
+                self.comments.append(Comment(s[p:].rstrip(), Pos(n + 1, p + 1), own_line=own))
                 return False
             if c == "\\" and not s[p + 1 :].strip():
                 return True

@@ -157,6 +157,7 @@ class _ToSyntax(Transformer[Token, Any]):
 
 def parse(text: str, path: str = "Pivotfile") -> Module:
     """Parse Pivotfile text.  Raises `PivotfileError` listing every syntax error found."""
+    text = text.removeprefix("\ufeff")
     lexed = lex(text)
     lines = text.split("\n")
 

@@ -123,14 +123,14 @@ class LiveReporter:
         status = f"{self.done}/{self.total}  {ran} ran, {skipped} up to date"
         if failed:
             status += f", {failed} failed"
-        status += f"  {now - self.started_at:.0f}s"
+        status += f"  {_seconds(now - self.started_at)}"
         eta = self._estimate(now)
         if eta is not None:
             status += f"  ~{eta:.0f}s left"
         head.add_row(bar, Text(status))
         rows: list[RenderableType] = [head]
         for stage, (started, expected) in list(self.running.items())[:_SHOWN_RUNNING]:
-            took = f"{now - started:.0f}s" + (f" / ~{expected:.0f}s" if expected else "")
+            took = _seconds(now - started) + (f" / ~{_seconds(expected)}" if expected else "")
             rows.append(Text(f"  {stage}  ", style="bold").append(took, style="dim"))
         if len(self.running) > _SHOWN_RUNNING:
             rows.append(Text(f"  ... and {len(self.running) - _SHOWN_RUNNING} more", style="dim"))
@@ -146,3 +146,7 @@ class LiveReporter:
         running_left = sum(max((e or average) - (now - s), 0.0) for s, e in self.running.values())
         waiting = max(self.total - self.done - len(self.running), 0)
         return (running_left + waiting * average) / self.jobs
+
+
+def _seconds(s: float) -> str:
+    return f"{s:.1f}s" if s < 60 else f"{s // 60:.0f}m{s % 60:02.0f}s"

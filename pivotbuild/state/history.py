@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from pivotbuild.state_files import write_atomic
+
 HISTORY = "history.jsonl"
 _KEEP_BYTES = 4 << 20  # trim to the newer half once the file passes this
 
@@ -20,17 +22,20 @@ def append(state_dir: Path, entry: Mapping[str, Any]) -> None:
     path = state_dir / HISTORY
     state_dir.mkdir(parents=True, exist_ok=True)
     line = json.dumps(entry, sort_keys=True) + "\n"
-    with path.open("a", encoding="utf-8") as f:
-        f.write(line)
+    with path.open("a+b") as f:
+        # A build killed mid-write leaves a torn last line: start on a fresh one.
+        if f.tell() > 0:
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":
+                line = "\n" + line
+        f.write(line.encode("utf-8"))
     if path.stat().st_size > _KEEP_BYTES:
         _trim(path)
 
 
 def _trim(path: Path) -> None:
     lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(lines[len(lines) // 2 :]), encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomic(path, "".join(lines[len(lines) // 2 :]).encode("utf-8"))
 
 
 def read(state_dir: Path, limit: int | None = None) -> list[dict[str, Any]]:

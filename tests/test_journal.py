@@ -1,0 +1,415 @@
+"""The journal (state/journal.py), build history (state/history.py) and the project lock (state/projectlock.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from pivotbuild.state import history, journal, lockfile
+from pivotbuild.state.journal import Journal, fold, frame, read_records
+from pivotbuild.state.projectlock import LOCK_NAME, Busy, ProjectLock
+from pivotbuild.state.records import FileRecord, LockData, ParamRecord, StageRecord
+
+HANG_GUARD_S = 15
+
+
+def record(name: str, salt: str = "") -> StageRecord:
+    return StageRecord(
+        name=name,
+        fingerprint=f"fp-{name}-{salt}",
+        command=f"make {name}",
+        deps=(
+            FileRecord("in.txt", "file", "a" * 32),
+            FileRecord("src/*.c", "glob", "b" * 32, (FileRecord("src/x.c", "file", "c" * 32),)),
+        ),
+        outs=(FileRecord(f"{name}.out", "file", "d" * 31 + (salt[:1] or "0")),),
+        params=(ParamRecord("params.toml", "k", '"v"'),),
+        facets=(("shell", "e" * 32), ("env", "f" * 32), ("outs", "0" * 32)),
+    )
+
+
+# -- append / read ---------------------------------------------------------------------
+
+
+def test_appended_records_are_read_back(tmp_path: Path) -> None:
+    path = tmp_path / ".pivot" / "journal"
+    j = Journal(path)
+    recs = [record("a"), record("b"), record("a", salt="2")]
+    for r in recs:
+        j.append(r)
+    j.close()
+    assert read_records(path) == (recs, False)
+
+
+def test_reading_while_the_journal_is_still_open(tmp_path: Path) -> None:
+    path = tmp_path / "journal"
+    j = Journal(path)
+    j.append(record("a"))
+    assert read_records(path) == ([record("a")], False)
+    j.append(record("b"))
+    assert read_records(path) == ([record("a"), record("b")], False)
+    j.close()
+    j.close()  # closing twice is harmless
+
+
+def test_missing_journal_reads_empty(tmp_path: Path) -> None:
+    assert read_records(tmp_path / "journal") == ([], False)
+
+
+def test_empty_journal_reads_empty(tmp_path: Path) -> None:
+    (tmp_path / "journal").write_bytes(b"")
+    assert read_records(tmp_path / "journal") == ([], False)
+
+
+def test_journal_appends_to_an_existing_file(tmp_path: Path) -> None:
+    path = tmp_path / "journal"
+    first = Journal(path)
+    first.append(record("a"))
+    first.close()
+    second = Journal(path)
+    second.append(record("b"))
+    second.close()
+    assert read_records(path) == ([record("a"), record("b")], False)
+
+
+def test_torn_tail_at_every_offset_of_the_last_frame(tmp_path: Path) -> None:
+    path = tmp_path / "journal"
+    recs = [record("a"), record("b"), record("c")]
+    j = Journal(path)
+    for r in recs:
+        j.append(r)
+    j.close()
+    blob = path.read_bytes()
+    last = len(frame(recs[-1]))
+    start = len(blob) - last
+    assert blob[start:] == frame(recs[-1])
+    for cut in range(start + 1, len(blob)):
+        path.write_bytes(blob[:cut])
+        assert read_records(path) == (recs[:-1], True), cut
+    path.write_bytes(blob[:start])
+    assert read_records(path) == (recs[:-1], False)
+
+
+def test_corrupt_frame_ends_the_journal(tmp_path: Path) -> None:
+    path = tmp_path / "journal"
+    recs = [record("a"), record("b"), record("c")]
+    blob = b"".join(frame(r) for r in recs)
+    second = len(frame(recs[0]))
+    damaged = bytearray(blob)
+    damaged[second + 10] ^= 0xFF  # inside the second frame's payload
+    path.write_bytes(bytes(damaged))
+    assert read_records(path) == ([recs[0]], True)
+
+
+def test_garbage_after_good_frames(tmp_path: Path) -> None:
+    path = tmp_path / "journal"
+    path.write_bytes(frame(record("a")) + b"\xff\xff\xff\xff garbage")
+    assert read_records(path) == ([record("a")], True)
+
+
+def test_frame_with_valid_checksum_but_wrong_structure(tmp_path: Path) -> None:
+    import msgpack
+    import xxhash
+
+    payload = msgpack.packb({"not": "a record"})
+    bad = len(payload).to_bytes(4, "big") + payload + xxhash.xxh3_64_digest(payload)
+    path = tmp_path / "journal"
+    path.write_bytes(frame(record("a")) + bad + frame(record("b")))
+    assert read_records(path) == ([record("a")], True)
+
+
+# -- fold ------------------------------------------------------------------------------
+
+
+def write_journal(path: Path, recs: list[StageRecord]) -> None:
+    j = Journal(path)
+    for r in recs:
+        j.append(r)
+    j.close()
+
+
+def test_fold_merges_over_the_base(tmp_path: Path) -> None:
+    jpath, lpath = tmp_path / ".pivot" / "journal", tmp_path / "Pivotfile.lock"
+    base = LockData.of({"a": record("a"), "b": record("b")})
+    lockfile.write(lpath, base)
+    write_journal(jpath, [record("b", salt="new"), record("c"), record("c", salt="newer")])
+    data, damaged = fold(jpath, lpath, base)
+    expected = LockData.of({"a": record("a"), "b": record("b", salt="new"), "c": record("c", salt="newer")})
+    assert (data, damaged) == (expected, False)
+    assert lockfile.read(lpath) == expected
+    assert not jpath.exists()
+
+
+def test_fold_without_journal_changes_nothing(tmp_path: Path) -> None:
+    lpath = tmp_path / "Pivotfile.lock"
+    base = LockData.of({"a": record("a")})
+    assert fold(tmp_path / "journal", lpath, base) == (base, False)
+    assert not lpath.exists()
+
+
+def test_fold_is_idempotent_after_a_crash_following_the_lockfile_write(tmp_path: Path) -> None:
+    jpath, lpath = tmp_path / "journal", tmp_path / "Pivotfile.lock"
+    base = LockData.of({"a": record("a")})
+    recs = [record("a", salt="x"), record("b")]
+    write_journal(jpath, recs)
+    first, _ = fold(jpath, lpath, base)
+    written = lpath.read_bytes()
+    st = os.stat(lpath)
+
+    # The crash: the lockfile was written but the journal not yet removed.
+    write_journal(jpath, recs)
+    second, damaged = fold(jpath, lpath, lockfile.read(lpath))
+    assert (second, damaged) == (first, False)
+    assert lpath.read_bytes() == written
+    again = os.stat(lpath)
+    assert (again.st_mtime_ns, again.st_ino) == (st.st_mtime_ns, st.st_ino)  # not even rewritten
+    assert not jpath.exists()
+
+    # Folding the same journal over the *old* base (crash before the lockfile
+    # rename) gives the same result too.
+    write_journal(jpath, recs)
+    third, _ = fold(jpath, lpath, base)
+    assert third == first
+    assert lpath.read_bytes() == written
+
+
+def test_fold_of_a_torn_journal_keeps_the_good_records(tmp_path: Path) -> None:
+    jpath, lpath = tmp_path / "journal", tmp_path / "Pivotfile.lock"
+    write_journal(jpath, [record("a"), record("b")])
+    with open(jpath, "r+b") as f:
+        f.truncate(os.path.getsize(jpath) - 1)
+    data, damaged = fold(jpath, lpath, LockData())
+    assert damaged is True
+    assert data == LockData.of({"a": record("a")})
+    assert lockfile.read(lpath) == data
+    assert not jpath.exists()
+
+
+def test_journal_module_uses_the_lockfile_encoding(tmp_path: Path) -> None:
+    jpath, lpath = tmp_path / "journal", tmp_path / "Pivotfile.lock"
+    write_journal(jpath, [record("z"), record("a")])
+    data, _ = journal.fold(jpath, lpath, LockData())
+    assert lpath.read_bytes() == lockfile.encode(LockData.of({"a": record("a"), "z": record("z")}))
+    assert [s.name for s in data.stages] == ["a", "z"]
+
+
+# -- history ---------------------------------------------------------------------------
+
+
+def build(n: int, stages: dict[str, dict[str, object]]) -> dict[str, object]:
+    return {"build": n, "stages": stages}
+
+
+def test_history_append_and_read(tmp_path: Path) -> None:
+    state = tmp_path / ".pivot"
+    assert history.read(state) == []
+    entries = [build(i, {"s": {"status": "ran", "duration_s": i}}) for i in range(5)]
+    for e in entries:
+        history.append(state, e)
+    assert history.read(state) == entries
+    assert history.read(state, limit=2) == entries[-2:]
+    lines = (state / history.HISTORY).read_text().splitlines()
+    assert len(lines) == 5
+    assert json.loads(lines[0]) == entries[0]
+
+
+def test_history_durations(tmp_path: Path) -> None:
+    state = tmp_path / ".pivot"
+    history.append(
+        state, build(1, {"a": {"status": "ran", "duration_s": 1.5}, "b": {"status": "ran", "duration_s": 2}})
+    )
+    history.append(
+        state,
+        build(
+            2,
+            {
+                "a": {"status": "ran", "duration_s": 3.0},
+                "b": {"status": "up to date", "duration_s": 0.0},
+                "c": {"status": "failed", "duration_s": 9.0},
+                "d": {"status": "ran", "duration_s": "slow"},
+                "e": "not a dict",
+            },
+        ),
+    )
+    assert history.durations(state) == {"a": 3.0, "b": 2.0}
+    assert history.durations(state, builds=1) == {"a": 3.0}
+
+
+def test_history_torn_last_line_is_ignored(tmp_path: Path) -> None:
+    state = tmp_path / ".pivot"
+    good = [build(1, {"a": {"status": "ran", "duration_s": 1}}), build(2, {})]
+    for e in good:
+        history.append(state, e)
+    with (state / history.HISTORY).open("a") as f:
+        f.write('{"build": 3, "stages": {"a": {"sta')
+    assert history.read(state) == good
+    assert history.durations(state) == {"a": 1.0}
+
+
+def test_history_append_after_a_torn_line_is_kept(tmp_path: Path) -> None:
+    # A crash mid-append leaves a line without its newline; the next build's
+    # entry must not be glued onto it (and so lost).
+    state = tmp_path / ".pivot"
+    history.append(state, build(1, {}))
+    with (state / history.HISTORY).open("a") as f:
+        f.write('{"build": 2, "sta')
+    history.append(state, build(3, {}))
+    assert history.read(state) == [build(1, {}), build(3, {})]
+
+
+def test_history_skips_non_object_lines(tmp_path: Path) -> None:
+    state = tmp_path / ".pivot"
+    state.mkdir()
+    (state / history.HISTORY).write_text('[1, 2]\n"x"\n{"build": 1}\n\n')
+    assert history.read(state) == [{"build": 1}]
+
+
+def test_history_trims_when_large(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    state = tmp_path / ".pivot"
+    monkeypatch.setattr(history, "_KEEP_BYTES", 2000)
+    for i in range(100):
+        history.append(state, build(i, {}))
+    assert (state / history.HISTORY).stat().st_size <= 2000 + 100
+    kept = history.read(state)
+    assert kept
+    assert kept[-1] == build(99, {})
+    assert [e["build"] for e in kept] == list(range(100 - len(kept), 100))
+
+
+# -- ProjectLock -----------------------------------------------------------------------
+
+HOLDER = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    from pivotbuild.state.projectlock import ProjectLock
+    with ProjectLock(Path(sys.argv[1]), wait=False, on_wait=print):
+        print("locked", flush=True)
+        time.sleep(float(sys.argv[2]))
+    print("released", flush=True)
+    """
+)
+
+
+class Holder:
+    """A separate process holding the project lock for `seconds`."""
+
+    def __init__(self, state_dir: Path, seconds: float) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", HOLDER, str(state_dir), str(seconds)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        assert line == "locked\n", line
+
+    def finish(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=HANG_GUARD_S)
+        assert self.proc.stdout is not None
+        self.proc.stdout.close()
+
+
+def test_lock_is_created_and_records_the_pid(tmp_path: Path) -> None:
+    state = tmp_path / ".pivot"
+    with ProjectLock(state, wait=False, on_wait=print) as lock:
+        assert lock.fd is not None
+        assert (state / LOCK_NAME).read_text() == f"{os.getpid()}\n"
+    assert lock.fd is None
+
+
+def test_lock_can_be_taken_again_after_release(tmp_path: Path) -> None:
+    state = tmp_path / ".pivot"
+    with ProjectLock(state, wait=False, on_wait=print):
+        pass
+    with ProjectLock(state, wait=False, on_wait=print):
+        pass
+
+
+def test_second_lock_in_the_same_process_conflicts(tmp_path: Path) -> None:
+    state = tmp_path / ".pivot"
+    with ProjectLock(state, wait=False, on_wait=print):
+        with pytest.raises(Busy) as info, ProjectLock(state, wait=False, on_wait=print):
+            pass
+        assert info.value.exit_code == 1
+        assert f"pid {os.getpid()}" in str(info.value)
+
+
+def test_no_wait_raises_busy_naming_the_holder(tmp_path: Path) -> None:
+    state = tmp_path / ".pivot"
+    holder = Holder(state, 60)
+    try:
+        messages: list[str] = []
+        with pytest.raises(Busy) as info, ProjectLock(state, wait=False, on_wait=messages.append):
+            pass
+        assert info.value.exit_code == 1
+        assert f"pid {holder.proc.pid}" in str(info.value)
+        assert messages == []
+    finally:
+        holder.finish()
+
+
+def test_wait_waits_for_the_holder_and_says_so(tmp_path: Path) -> None:
+    state = tmp_path / ".pivot"
+    holder = Holder(state, 1.0)
+    try:
+        messages: list[str] = []
+        started = time.monotonic()
+        with ProjectLock(state, wait=True, on_wait=messages.append):
+            # We got in only once the holder let go.
+            assert holder.proc.stdout is not None
+            assert holder.proc.stdout.readline() == "released\n"
+            assert (state / LOCK_NAME).read_text() == f"{os.getpid()}\n"
+        assert time.monotonic() - started < HANG_GUARD_S
+        assert messages
+        assert "waiting" in messages[0]
+        assert f"pid {holder.proc.pid}" in messages[0]
+    finally:
+        holder.finish()
+
+
+def test_wait_in_the_same_process_from_another_thread(tmp_path: Path) -> None:
+    state = tmp_path / ".pivot"
+    first = ProjectLock(state, wait=False, on_wait=print).__enter__()
+    messages: list[str] = []
+    got = threading.Event()
+
+    def second() -> None:
+        with ProjectLock(state, wait=True, on_wait=messages.append):
+            got.set()
+
+    t = threading.Thread(target=second)
+    t.start()
+    deadline = time.monotonic() + HANG_GUARD_S
+    while not messages and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert messages and "waiting" in messages[0]
+    assert not got.is_set()
+    first.__exit__(None, None, None)
+    t.join(HANG_GUARD_S)
+    assert got.is_set()
+
+
+def test_lock_is_released_when_the_holder_is_killed(tmp_path: Path) -> None:
+    state = tmp_path / ".pivot"
+    holder = Holder(state, 60)
+    try:
+        with pytest.raises(Busy), ProjectLock(state, wait=False, on_wait=print):
+            pass
+        holder.proc.send_signal(signal.SIGKILL)
+        holder.proc.wait(timeout=HANG_GUARD_S)
+        with ProjectLock(state, wait=False, on_wait=print):
+            assert (state / LOCK_NAME).read_text() == f"{os.getpid()}\n"
+    finally:
+        holder.finish()

@@ -1,0 +1,452 @@
+"""The binary lockfile (state/lockfile.py) and the state store that reads and writes it (state/store.py)."""
+
+from __future__ import annotations
+
+import os
+import random
+import struct
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import xxhash
+from conftest import compile_text
+
+from pivotbuild.model import Pipeline
+from pivotbuild.state import lockfile
+from pivotbuild.state.journal import Journal
+from pivotbuild.state.lockfile import MAGIC, VERSION, LockfileError, decode, encode
+from pivotbuild.state.records import FileRecord, LockData, ParamRecord, StageRecord
+from pivotbuild.state.store import JOURNAL, StateStore
+
+
+def record(name: str, salt: str = "") -> StageRecord:
+    return StageRecord(
+        name=name,
+        fingerprint=f"fp-{name}{salt}",
+        command=f"python train.py --name {name} > out/{name}.txt",
+        deps=(
+            FileRecord("data/raw.csv", "file", "0" * 32),
+            FileRecord("models/", "dir", "1" * 32),
+            FileRecord(
+                "src/**/*.py",
+                "glob",
+                "2" * 32,
+                (FileRecord("src/a.py", "file", "3" * 32), FileRecord("src/b/c.py", "file", "4" * 32)),
+            ),
+            FileRecord("optional.txt", "absent", ""),
+        ),
+        outs=(FileRecord(f"out/{name}.txt", "file", "5" * 32 + salt),),
+        params=(ParamRecord("params.toml", "train.epochs", "10"), ParamRecord("params.toml", "train", '{"lr":0.1}')),
+        facets=(("shell", "6" * 32), ("env", "7" * 32), ("outs", "8" * 32)),
+    )
+
+
+def sample() -> LockData:
+    return LockData.of({n: record(n) for n in ("prepare", "train@small", "train@large", "report", "ünïcode-stage")})
+
+
+# -- encode / decode -------------------------------------------------------------------
+
+
+def test_round_trip() -> None:
+    data = sample()
+    assert decode(encode(data)) == data
+
+
+def test_round_trip_empty() -> None:
+    assert decode(encode(LockData())) == LockData()
+
+
+def test_header_layout() -> None:
+    blob = encode(sample())
+    assert blob[:8] == MAGIC == b"\x89PIV\r\n\x1a\n"
+    _magic, version, flags, length = struct.unpack_from(">8sHHI", blob)
+    assert (version, flags) == (VERSION, 0) == (1, 0)
+    assert len(blob) == 16 + length + 16
+    assert blob[-16:] == xxhash.xxh3_128_digest(blob[:-16])
+
+
+def test_records_are_sorted_by_name() -> None:
+    data = sample()
+    assert [s.name for s in data.stages] == sorted(s.name for s in data.stages)
+
+
+def test_encoding_is_deterministic() -> None:
+    assert encode(sample()) == encode(sample())
+    names = ["prepare", "train@small", "train@large", "report", "ünïcode-stage"]
+    forward = LockData.of({n: record(n) for n in names})
+    backward = LockData.of({n: record(n) for n in reversed(names)})
+    shuffled_names = names[:]
+    random.Random(3).shuffle(shuffled_names)
+    shuffled = LockData.of({n: record(n) for n in shuffled_names})
+    assert encode(forward) == encode(backward) == encode(shuffled)
+
+
+def test_encoding_is_the_same_in_another_process() -> None:
+    # Nothing depends on the interpreter's hash seed or the process.
+    script = textwrap.dedent(
+        """
+        import sys
+        sys.path.insert(0, sys.argv[1])
+        from test_lockfile import sample
+        from pivotbuild.state.lockfile import encode
+        sys.stdout.buffer.write(encode(sample()))
+        """
+    )
+    tests_dir = str(Path(__file__).parent)
+    outputs = []
+    for seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        proc = subprocess.run(
+            [sys.executable, "-c", script, tests_dir], capture_output=True, env=env, timeout=60, check=True
+        )
+        outputs.append(proc.stdout)
+    assert outputs[0] == outputs[1] == encode(sample())
+
+
+def test_different_facts_give_different_bytes() -> None:
+    a = LockData.of({"s": record("s")})
+    b = LockData.of({"s": record("s", salt="x")})
+    assert encode(a) != encode(b)
+
+
+# -- corruption ------------------------------------------------------------------------
+
+
+def reason(blob: bytes) -> str:
+    with pytest.raises(LockfileError) as info:
+        decode(blob)
+    text = str(info.value)
+    assert text
+    return text
+
+
+def test_empty_file() -> None:
+    assert "too short" in reason(b"")
+
+
+def test_truncated_at_every_length() -> None:
+    blob = encode(sample())
+    for n in range(len(blob)):
+        text = reason(blob[:n])
+        assert "too short" in text or "truncated" in text, (n, text)
+
+
+def test_padded() -> None:
+    assert "truncated or padded" in reason(encode(sample()) + b"\0")
+
+
+def test_bad_magic() -> None:
+    blob = bytearray(encode(sample()))
+    blob[1:4] = b"XYZ"
+    assert "bad magic" in reason(bytes(blob))
+
+
+def test_text_mode_mangling_is_caught() -> None:
+    blob = encode(sample())
+    assert "bad magic" in reason(blob.replace(b"\r\n", b"\n", 1))
+
+
+def test_unknown_version_with_a_valid_checksum() -> None:
+    blob = bytearray(encode(sample()))
+    struct.pack_into(">H", blob, 8, VERSION + 1)
+    body = bytes(blob[:-16])
+    patched = body + xxhash.xxh3_128_digest(body)
+    text = reason(patched)
+    assert f"version {VERSION + 1}" in text
+    assert "checksum" not in text
+
+
+def test_flipped_payload_byte() -> None:
+    blob = encode(sample())
+    for pos in (16, 17, len(blob) // 2, len(blob) - 17):
+        damaged = bytearray(blob)
+        damaged[pos] ^= 0x01
+        assert "checksum" in reason(bytes(damaged)), pos
+
+
+def test_flipped_checksum_byte() -> None:
+    blob = bytearray(encode(sample()))
+    blob[-1] ^= 0x80
+    assert "checksum" in reason(bytes(blob))
+
+
+def test_flipped_length_byte() -> None:
+    blob = bytearray(encode(sample()))
+    blob[15] ^= 0x01
+    assert "truncated or padded" in reason(bytes(blob))
+
+
+def test_valid_frame_with_undecodable_payload() -> None:
+    payload = b"this is not a zstd frame"
+    body = struct.pack(">8sHHI", MAGIC, VERSION, 0, len(payload)) + payload
+    assert "payload does not decode" in reason(body + xxhash.xxh3_128_digest(body))
+
+
+def test_random_garbage() -> None:
+    rng = random.Random(99)
+    for _ in range(200):
+        blob = rng.randbytes(rng.randint(0, 400))
+        reason(blob)
+
+
+def test_garbage_with_the_right_magic() -> None:
+    rng = random.Random(5)
+    for _ in range(100):
+        reason(MAGIC + rng.randbytes(rng.randint(0, 200)))
+
+
+# -- read / write ----------------------------------------------------------------------
+
+
+def test_read_missing_file_is_empty(tmp_path: Path) -> None:
+    assert lockfile.read(tmp_path / "Pivotfile.lock") == LockData()
+
+
+def test_read_unreadable_path_raises(tmp_path: Path) -> None:
+    (tmp_path / "Pivotfile.lock").mkdir()
+    with pytest.raises(LockfileError, match="cannot be read"):
+        lockfile.read(tmp_path / "Pivotfile.lock")
+
+
+def test_read_damaged_file_raises(tmp_path: Path) -> None:
+    path = tmp_path / "Pivotfile.lock"
+    path.write_bytes(b"stage s: not a lockfile\n")
+    with pytest.raises(LockfileError):
+        lockfile.read(path)
+
+
+def test_write_then_read(tmp_path: Path) -> None:
+    path = tmp_path / "Pivotfile.lock"
+    assert lockfile.write(path, sample()) is True
+    assert lockfile.read(path) == sample()
+    assert path.read_bytes() == encode(sample())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["Pivotfile.lock"]  # no temporary left
+
+
+def test_write_does_not_rewrite_identical_content(tmp_path: Path) -> None:
+    path = tmp_path / "Pivotfile.lock"
+    assert lockfile.write(path, sample()) is True
+    before = os.stat(path)
+    assert lockfile.write(path, sample()) is False
+    after = os.stat(path)
+    assert (after.st_mtime_ns, after.st_ino, after.st_ctime_ns) == (
+        before.st_mtime_ns,
+        before.st_ino,
+        before.st_ctime_ns,
+    )
+    changed = LockData.of({**sample().by_name(), "new": record("new")})
+    assert lockfile.write(path, changed) is True
+    assert lockfile.read(path) == changed
+
+
+def test_write_replaces_a_damaged_file(tmp_path: Path) -> None:
+    path = tmp_path / "Pivotfile.lock"
+    path.write_bytes(b"junk")
+    assert lockfile.write(path, sample()) is True
+    assert lockfile.read(path) == sample()
+
+
+def test_new_lockfile_gets_the_usual_mode(tmp_path: Path) -> None:
+    path = tmp_path / "Pivotfile.lock"
+    lockfile.write(path, sample())
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_write_keeps_the_file_mode(tmp_path: Path) -> None:
+    path = tmp_path / "Pivotfile.lock"
+    lockfile.write(path, LockData())
+    path.chmod(0o640)
+    lockfile.write(path, sample())
+    assert path.stat().st_mode & 0o777 == 0o640
+
+
+# -- StateStore ------------------------------------------------------------------------
+
+PIVOTFILE = """
+stage s:
+    deps: in.txt
+    outs: out.txt
+    run: cp in.txt out.txt
+stage t:
+    outs: t.txt
+    run: echo t > t.txt
+"""
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    path = (tmp_path / "proj").resolve()
+    (path / ".pivot").mkdir(parents=True)
+    return path
+
+
+def no_warning(message: str) -> None:
+    raise AssertionError(f"unexpected warning: {message}")
+
+
+def pipeline(root: Path, subdir: str = "") -> Pipeline:
+    return compile_text(PIVOTFILE, root, subdir=subdir)
+
+
+def test_store_without_state_is_empty(root: Path) -> None:
+    warnings: list[str] = []
+    p = pipeline(root)
+    store = StateStore(root, [p], warn=warnings.append)
+    assert all(store.record(s) is None for s in p.stages)
+    store.close()
+    assert warnings == []
+    assert not (root / "Pivotfile.lock").exists()  # nothing ran: nothing written
+    assert (root / ".pivot" / ".gitignore").exists()
+
+
+def test_garbage_lockfile_warns_once_and_is_ignored(root: Path) -> None:
+    (root / "Pivotfile.lock").write_bytes(b"\x00garbage\xff" * 10)
+    warnings: list[str] = []
+    p = pipeline(root)
+    store = StateStore(root, [p], warn=warnings.append)
+    assert len(warnings) == 1, warnings
+    assert "Pivotfile.lock" in warnings[0]
+    assert all(store.record(s) is None for s in p.stages)
+    assert store.pipelines[""].records == {}
+    store.close()
+    assert len(warnings) == 1
+
+
+def test_garbage_lockfile_of_a_sub_pipeline_names_it(root: Path) -> None:
+    p = pipeline(root, "sub")
+    (root / "sub" / "Pivotfile.lock").write_bytes(b"junk")
+    warnings: list[str] = []
+    store = StateStore(root, [p], warn=warnings.append)
+    assert len(warnings) == 1
+    assert "sub/Pivotfile.lock" in warnings[0]
+    assert store.pipelines["sub"].records == {}
+    store.close()
+
+
+def test_commit_then_close_writes_the_lockfile(root: Path) -> None:
+    warnings: list[str] = []
+    p = pipeline(root)
+    s = p.stages[0]
+    store = StateStore(root, [p], warn=warnings.append)
+    rec = record(s.name)
+    store.commit(s, rec)
+    assert store.record(s) == rec
+    assert (root / ".pivot" / JOURNAL).exists()  # durable before close
+    store.close()
+    assert lockfile.read(root / "Pivotfile.lock") == LockData.of({s.name: rec})
+    assert not (root / ".pivot" / JOURNAL).exists()
+    reopened = StateStore(root, [p], warn=warnings.append)
+    assert reopened.record(s) == rec
+    reopened.close()
+    assert warnings == []
+
+
+def test_commit_merges_with_existing_records(root: Path) -> None:
+    p = pipeline(root)
+    s, t = p.stages
+    lockfile.write(root / "Pivotfile.lock", LockData.of({t.name: record(t.name)}))
+    store = StateStore(root, [p], warn=no_warning)
+    store.commit(s, record(s.name))
+    store.close()
+    assert lockfile.read(root / "Pivotfile.lock") == LockData.of({s.name: record(s.name), t.name: record(t.name)})
+
+
+def test_leftover_journal_is_folded_on_open(root: Path) -> None:
+    p = pipeline(root)
+    s, t = p.stages
+    lockfile.write(root / "Pivotfile.lock", LockData.of({t.name: record(t.name)}))
+    # A build killed after committing `s`: its journal is left behind.
+    crashed = StateStore(root, [p], warn=no_warning)
+    crashed.commit(s, record(s.name, salt="new"))
+    crashed.pipelines[""].journal.close()
+    del crashed
+
+    warnings: list[str] = []
+    store = StateStore(root, [p], warn=warnings.append)
+    assert warnings == []
+    assert store.record(s) == record(s.name, salt="new")
+    assert store.record(t) == record(t.name)
+    assert not (root / ".pivot" / JOURNAL).exists()
+    assert lockfile.read(root / "Pivotfile.lock") == LockData.of(
+        {s.name: record(s.name, salt="new"), t.name: record(t.name)}
+    )
+    store.close()
+
+
+def test_leftover_journal_with_torn_tail_warns_and_keeps_good_records(root: Path) -> None:
+    p = pipeline(root)
+    s, t = p.stages
+    journal_path = root / ".pivot" / JOURNAL
+    j = Journal(journal_path)
+    j.append(record(s.name))
+    j.append(record(t.name))
+    j.close()
+    with open(journal_path, "r+b") as f:
+        f.truncate(os.path.getsize(journal_path) - 3)
+    warnings: list[str] = []
+    store = StateStore(root, [p], warn=warnings.append)
+    assert len(warnings) == 1
+    assert "journal" in warnings[0]
+    assert store.record(s) == record(s.name)
+    assert store.record(t) is None
+    store.close()
+
+
+def test_leftover_journal_over_garbage_lockfile(root: Path) -> None:
+    p = pipeline(root)
+    s, t = p.stages
+    (root / "Pivotfile.lock").write_bytes(b"garbage")
+    j = Journal(root / ".pivot" / JOURNAL)
+    j.append(record(s.name))
+    j.close()
+    warnings: list[str] = []
+    store = StateStore(root, [p], warn=warnings.append)
+    assert len(warnings) == 1
+    assert "Pivotfile.lock" in warnings[0]
+    assert store.record(s) == record(s.name)
+    assert store.record(t) is None
+    store.close()
+    assert lockfile.read(root / "Pivotfile.lock") == LockData.of({s.name: record(s.name)})
+
+
+def test_close_without_changes_leaves_the_lockfile_untouched(root: Path) -> None:
+    p = pipeline(root)
+    s = p.stages[0]
+    lockfile.write(root / "Pivotfile.lock", LockData.of({s.name: record(s.name)}))
+    before = os.stat(root / "Pivotfile.lock")
+    store = StateStore(root, [p], warn=no_warning)
+    store.close()
+    after = os.stat(root / "Pivotfile.lock")
+    assert (after.st_mtime_ns, after.st_ino) == (before.st_mtime_ns, before.st_ino)
+
+
+def test_recommitting_identical_record_leaves_the_lockfile_untouched(root: Path) -> None:
+    p = pipeline(root)
+    s = p.stages[0]
+    lockfile.write(root / "Pivotfile.lock", LockData.of({s.name: record(s.name)}))
+    before = os.stat(root / "Pivotfile.lock")
+    store = StateStore(root, [p], warn=no_warning)
+    store.commit(s, record(s.name))
+    store.close()
+    after = os.stat(root / "Pivotfile.lock")
+    assert (after.st_mtime_ns, after.st_ino) == (before.st_mtime_ns, before.st_ino)
+
+
+def test_store_keeps_pipelines_apart(root: Path) -> None:
+    top = pipeline(root)
+    sub = pipeline(root, "sub")
+    store = StateStore(root, [top, sub], warn=no_warning)
+    store.commit(sub.stages[0], record("s", salt="sub"))
+    store.close()
+    assert not (root / "Pivotfile.lock").exists()
+    assert lockfile.read(root / "sub" / "Pivotfile.lock") == LockData.of({"s": record("s", salt="sub")})
+    again = StateStore(root, [top, sub], warn=no_warning)
+    assert again.record(top.stages[0]) is None
+    assert again.record(sub.stages[0]) == record("s", salt="sub")
+    again.close()

@@ -1,0 +1,270 @@
+"""The stat cache: unchanged files are never read again; changed files always are."""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from pathlib import Path
+
+import msgpack
+import pytest
+
+from pivotbuild.hashing import hash_bytes, hash_file
+from pivotbuild.state.statcache import FORMAT, StatCache
+
+# Comfortably longer than the 50 ms racy window of nanosecond timestamps.
+LEAVE_RACY_WINDOW_S = 0.1
+
+
+@pytest.fixture
+def cache_path(tmp_path: Path) -> Path:
+    return tmp_path / ".pivot" / "statcache"
+
+
+def write(path: Path, data: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def test_first_lookup_reads_and_second_uses_the_cache(tmp_path: Path, cache_path: Path) -> None:
+    f = write(tmp_path / "a.txt", b"hello")
+    time.sleep(LEAVE_RACY_WINDOW_S)
+    cache = StatCache(cache_path)
+    assert cache.file_hash(f) == hash_bytes(b"hello")
+    assert cache.files_read == 1
+    assert cache.file_hash(f) == hash_bytes(b"hello")
+    assert cache.files_read == 1
+
+
+def test_reloaded_cache_reads_no_unchanged_file(tmp_path: Path, cache_path: Path) -> None:
+    files = [write(tmp_path / "data" / f"f{i}.bin", random.Random(i).randbytes(1000 + i)) for i in range(10)]
+    time.sleep(LEAVE_RACY_WINDOW_S)
+    first = StatCache(cache_path)
+    hashes = [first.file_hash(f) for f in files]
+    assert first.files_read == len(files)
+    first.save()
+    assert cache_path.exists()
+
+    second = StatCache(cache_path)
+    assert [second.file_hash(f) for f in files] == hashes
+    assert second.files_read == 0
+    assert hashes == [hash_file(f) for f in files]
+
+
+def test_reloaded_cache_reads_no_file_of_an_unchanged_directory(tmp_path: Path, cache_path: Path) -> None:
+    tree = tmp_path / "tree"
+    for name in ("a", "b/c", "b/d/e"):
+        write(tree / name, name.encode())
+    time.sleep(LEAVE_RACY_WINDOW_S)
+    first = StatCache(cache_path)
+    digest = first.dir_hash(tree)
+    assert first.files_read == 3
+    first.save()
+    second = StatCache(cache_path)
+    assert second.dir_hash(tree) == digest
+    assert second.files_read == 0
+
+
+def test_file_written_within_racy_window_is_reread_once_then_trusted(tmp_path: Path, cache_path: Path) -> None:
+    f = write(tmp_path / "fresh.txt", b"just written")
+    first = StatCache(cache_path)
+    digest = first.file_hash(f)  # recorded within the racy window: kept, not trusted
+    assert first.files_read == 1
+    first.save()
+
+    time.sleep(LEAVE_RACY_WINDOW_S)
+    second = StatCache(cache_path)
+    assert second.file_hash(f) == digest
+    assert second.files_read == 1  # re-read once
+    second.save()
+
+    third = StatCache(cache_path)
+    assert third.file_hash(f) == digest
+    assert third.files_read == 0  # now trusted
+
+
+def test_same_size_and_mtime_change_is_detected_through_ctime(tmp_path: Path, cache_path: Path) -> None:
+    f = write(tmp_path / "a.txt", b"version-1")
+    time.sleep(LEAVE_RACY_WINDOW_S)
+    cache = StatCache(cache_path)
+    old = cache.file_hash(f)
+    cache.save()
+    st = os.stat(f)
+    time.sleep(LEAVE_RACY_WINDOW_S)
+
+    f.write_bytes(b"version-2")  # same size
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))  # mtime forced back
+    now = os.stat(f)
+    assert (now.st_size, now.st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+    assert now.st_ctime_ns != st.st_ctime_ns
+
+    assert cache.file_hash(f) == hash_bytes(b"version-2") != old
+    reloaded = StatCache(cache_path)
+    assert reloaded.file_hash(f) == hash_bytes(b"version-2")
+    assert reloaded.files_read == 1
+
+
+def test_replaced_file_is_detected_through_inode(tmp_path: Path, cache_path: Path) -> None:
+    f = write(tmp_path / "a.txt", b"version-1")
+    time.sleep(LEAVE_RACY_WINDOW_S)
+    cache = StatCache(cache_path)
+    cache.file_hash(f)
+    st = os.stat(f)
+    # Replace by rename (a new inode), then force size and mtime to match.
+    tmp = write(tmp_path / "a.tmp", b"version-2")
+    os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
+    os.replace(tmp, f)
+    assert cache.file_hash(f) == hash_bytes(b"version-2")
+
+
+def test_modification_in_the_same_tick_right_after_hashing_is_detected(tmp_path: Path, cache_path: Path) -> None:
+    # The racy case: the file changes again right after it was hashed, within
+    # the timestamp granularity, and its mtime is put back.
+    f = write(tmp_path / "racy.txt", b"AAAA")
+    cache = StatCache(cache_path)
+    assert cache.file_hash(f) == hash_bytes(b"AAAA")
+    st = os.stat(f)
+    with open(f, "r+b") as fh:
+        fh.write(b"BBBB")
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert os.stat(f).st_size == st.st_size
+    assert cache.file_hash(f) == hash_bytes(b"BBBB")
+
+
+def test_racy_modification_is_detected_after_save_and_reload(tmp_path: Path, cache_path: Path) -> None:
+    f = write(tmp_path / "racy.txt", b"AAAA")
+    cache = StatCache(cache_path)
+    cache.file_hash(f)
+    cache.save()
+    st = os.stat(f)
+    with open(f, "r+b") as fh:
+        fh.write(b"BBBB")
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    time.sleep(LEAVE_RACY_WINDOW_S)
+    reloaded = StatCache(cache_path)
+    assert reloaded.file_hash(f) == hash_bytes(b"BBBB")
+
+
+def test_racy_entry_with_an_exact_stat_match_is_still_rehashed(tmp_path: Path, cache_path: Path) -> None:
+    # Even if every stat field is identical (a change within one clock tick),
+    # an entry recorded within the racy window is never trusted.
+    f = write(tmp_path / "racy.txt", b"AAAA")
+    cache = StatCache(cache_path)
+    cache.file_hash(f)
+    entry = cache.entries[os.fspath(f)]
+    assert not entry.trusted
+    assert cache.file_hash(f) == hash_bytes(b"AAAA")
+    assert cache.files_read == 2
+
+
+def test_entry_is_trusted_outside_the_window(tmp_path: Path, cache_path: Path) -> None:
+    f = write(tmp_path / "old.txt", b"old")
+    time.sleep(LEAVE_RACY_WINDOW_S)
+    cache = StatCache(cache_path)
+    cache.file_hash(f)
+    assert cache.entries[os.fspath(f)].trusted
+
+
+def test_coarse_timestamps_use_a_wider_window(tmp_path: Path, cache_path: Path) -> None:
+    # A whole-second mtime suggests a coarse clock: a file stamped in the
+    # current second must not be trusted.
+    f = write(tmp_path / "coarse.txt", b"x")
+    whole = (time.time_ns() // 1_000_000_000) * 1_000_000_000
+    os.utime(f, ns=(whole, whole))
+    cache = StatCache(cache_path)
+    cache.file_hash(f)
+    assert not cache.entries[os.fspath(f)].trusted
+
+
+def _garbage_files() -> list[bytes]:
+    good_row = ["/x", 1, 2, 3, 4, "ab" * 16, True]
+    blobs = [
+        b"",
+        b"\x00",
+        b"not msgpack at all, just text\n",
+        msgpack.packb([]),
+        msgpack.packb({"a": 1}),
+        msgpack.packb(5),
+        msgpack.packb([FORMAT, 5]),
+        msgpack.packb([FORMAT, [["short"]]]),
+        msgpack.packb([FORMAT, [good_row, ["bad row"]]]),
+        msgpack.packb([FORMAT, [good_row, 7]]),
+        msgpack.packb([FORMAT + 1, [good_row]]),
+        msgpack.packb([FORMAT, [good_row]])[:-3],
+        msgpack.packb([FORMAT, [good_row]]) + b"trailing",
+    ]
+    rng = random.Random(1234)
+    blobs.extend(rng.randbytes(rng.randint(1, 300)) for _ in range(50))
+    return blobs
+
+
+@pytest.mark.parametrize("blob", _garbage_files())
+def test_damaged_statcache_is_treated_as_empty(tmp_path: Path, cache_path: Path, blob: bytes) -> None:
+    write(cache_path, blob)
+    cache = StatCache(cache_path)  # no exception
+    assert cache.entries == {}
+    f = write(tmp_path / "a.txt", b"data")
+    assert cache.file_hash(f) == hash_bytes(b"data")
+    assert cache.files_read == 1
+    cache.save()  # and the damaged file is replaced by a good one
+    assert set(StatCache(cache_path).entries) == {os.fspath(f)}
+
+
+def test_missing_statcache_is_empty(cache_path: Path) -> None:
+    assert StatCache(cache_path).entries == {}
+
+
+def test_save_writes_only_when_dirty(tmp_path: Path, cache_path: Path) -> None:
+    cache = StatCache(cache_path)
+    cache.save()
+    assert not cache_path.exists()  # nothing to record, nothing written
+
+    f = write(tmp_path / "a.txt", b"data")
+    time.sleep(LEAVE_RACY_WINDOW_S)
+    cache.file_hash(f)
+    cache.save()
+    st = os.stat(cache_path)
+    cache.save()  # clean again: not rewritten
+    again = os.stat(cache_path)
+    assert (again.st_ino, again.st_mtime_ns) == (st.st_ino, st.st_mtime_ns)
+
+    reloaded = StatCache(cache_path)
+    reloaded.file_hash(f)  # a cache hit changes nothing
+    reloaded.save()
+    again = os.stat(cache_path)
+    assert (again.st_ino, again.st_mtime_ns) == (st.st_ino, st.st_mtime_ns)
+    assert reloaded.files_read == 0
+
+
+def test_forget_marks_dirty_and_drops_the_entry(tmp_path: Path, cache_path: Path) -> None:
+    f = write(tmp_path / "a.txt", b"data")
+    time.sleep(LEAVE_RACY_WINDOW_S)
+    cache = StatCache(cache_path)
+    cache.file_hash(f)
+    cache.save()
+    reloaded = StatCache(cache_path)
+    reloaded.forget(tmp_path / "not-there")
+    reloaded.save()
+    reloaded.forget(f)
+    reloaded.save()
+    assert StatCache(cache_path).entries == {}
+
+
+def test_save_is_atomic_and_leaves_no_temporary_files(tmp_path: Path, cache_path: Path) -> None:
+    f = write(tmp_path / "a.txt", b"data")
+    cache = StatCache(cache_path)
+    cache.file_hash(f)
+    cache.save()
+    assert sorted(p.name for p in cache_path.parent.iterdir()) == ["statcache"]
+
+
+def test_deleted_and_recreated_file_is_rehashed(tmp_path: Path, cache_path: Path) -> None:
+    f = write(tmp_path / "a.txt", b"one")
+    time.sleep(LEAVE_RACY_WINDOW_S)
+    cache = StatCache(cache_path)
+    cache.file_hash(f)
+    f.unlink()
+    write(f, b"two")
+    assert cache.file_hash(f) == hash_bytes(b"two")
