@@ -6,9 +6,10 @@ The reasons form a fixed vocabulary, in the order they are checked:
     forced                      -B
     always                      always: yes
     never run                   no record in the lockfile
+    param K A -> B              a listed param's value (A or B may be "(none)");
+                                before the command, which `${params.K}` also changes
     command changed             the interpolated command (or the py: function)
     env changed                 env: or SHELL
-    param K A -> B              a listed param's value (A or B may be "(none)")
     dep set of glob G changed   files added to or removed from a glob's matches
     dep X changed               a dep's content (or a dep added to deps:)
     out X missing               an output is not on disk
@@ -51,21 +52,20 @@ def decide(record: StageRecord | None, snap: Snapshot, *, forced: bool = False, 
 
 
 def _why(record: StageRecord, snap: Snapshot) -> str | None:
+    old_params = {(p.file, p.key): p.value_json for p in record.params}
+    for p in snap.params:
+        was = old_params.get((p.file, p.key))
+        if was != p.value_json:
+            return f"param {p.key} {was if was is not None else '(none)'} -> {p.value_json}"
+    gone = sorted(set(old_params) - {(p.file, p.key) for p in snap.params})
+    if gone:
+        return f"param {gone[0][1]} {old_params[gone[0]]} -> (none)"
     if record.command != snap.command:
         return COMMAND_CHANGED
     before = dict(record.facets)
     now = dict(snap.facets)
     if before.get("shell") != now.get("shell") or before.get("env") != now.get("env"):
         return ENV_CHANGED
-    old_params = {(p.file, p.key): p.value_json for p in record.params}
-    for p in snap.params:
-        was = old_params.get((p.file, p.key))
-        if was != p.value_json:
-            return f"param {p.key} {was if was is not None else '(none)'} -> {p.value_json}"
-    if len(old_params) != len(snap.params):
-        gone = sorted(set(old_params) - {(p.file, p.key) for p in snap.params})
-        if gone:
-            return f"param {gone[0][1]} {old_params[gone[0]]} -> (none)"
     old_deps = {d.path: d for d in record.deps}
     for dep in snap.deps:
         old = old_deps.get(dep.path)

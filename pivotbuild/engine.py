@@ -386,12 +386,25 @@ class _Build:
         self._finish(sid, event)
         if not self.options.keep_going:
             self.stopping = True
-        for down in self.graph.downstream([sid])[1:]:
-            if down in self.waiting and down not in self.status:
+        if not self.block_on_failure:
+            self._release(sid)
+            return
+        for down in self._descendants(sid):
+            if down not in self.status:
                 self.to_run.pop(down, None)
-                self._finish(
-                    down, StageFinished(self.graph.label(down), Status.BLOCKED, f"upstream {event.stage} failed", 0.0)
-                )
+                reason = f"upstream {event.stage} failed"
+                self._finish(down, StageFinished(self.graph.label(down), Status.BLOCKED, reason, 0.0))
+
+    def _descendants(self, sid: StageId) -> list[StageId]:
+        """Every stage of this build that waits on `sid`, directly or not, in build order."""
+        seen: set[StageId] = set()
+        stack = list(self.next[sid])
+        while stack:
+            d = stack.pop()
+            if d not in seen:
+                seen.add(d)
+                stack.extend(self.next[d])
+        return [s for s in self.closure if s in seen]
 
     def _finish(self, sid: StageId, event: StageFinished) -> None:
         self.status[sid] = event.status
