@@ -30,6 +30,8 @@ from pivotbuild.events import (
     Reporter,
     StageFinished,
     StageStarted,
+    StageState,
+    State,
     Status,
 )
 from pivotbuild.graph import BuildGraph
@@ -81,6 +83,7 @@ class Engine:
         project, graph, targets = self.load(options)
         closure = graph.upstream(targets)
         check_sources(project, graph, closure)
+        check_runnable(graph, closure)
         with ProjectLock(project.root / STATE_DIR, wait=not options.no_wait, on_wait=self._say):
             store = StateStore(project.root, project.pipelines, self._warn)
             try:
@@ -186,6 +189,14 @@ def check_sources(project: Project, graph: BuildGraph, closure: list[StageId]) -
         raise MissingInputs("\n".join([*problems[:-1], problems[-1] + "; create it or fix the deps"]))
 
 
+def check_runnable(graph: BuildGraph, closure: list[StageId]) -> None:
+    py = [graph.label(s) for s in closure if graph.stages[s].command is None]
+    if py:
+        raise PivotError(
+            f"stage {', '.join(py)} uses 'py:', which this version of pivotbuild cannot run yet; use 'run:' for now"
+        )
+
+
 class _Build:
     """The scheduling loop of one build (see Engine.build)."""
 
@@ -246,6 +257,8 @@ class _Build:
         t0 = time.monotonic()
         stamp = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
         self.engine.emit(BuildStarted(len(self.closure), self.admission.jobserver.capacity))
+        for sid in self.closure:
+            self._state(sid, State.READY if self.waiting[sid] == 0 else State.PENDING)
         interrupted = False
         try:
             self._loop()
@@ -263,6 +276,7 @@ class _Build:
             cancelled=counts[Status.CANCELLED],
             duration_s=time.monotonic() - t0,
             interrupted=interrupted,
+            files_read=self.store.files_read(),
         )
         for failure in self.failures:
             self.engine.emit(failure)  # again at the end, where it is seen
@@ -304,9 +318,11 @@ class _Build:
             sid = self.ready.pop(0)
             stage = self.graph.stages[sid]
             forced = self.options.always_make and sid in self.targets
+            self._state(sid, State.PREPARING)
             decision, snap = decide_stage(stage, self.store, self.root, forced)
             if decision.run:
                 self.to_run[sid] = (snap, decision.reason)
+                self._state(sid, State.READY, decision.reason)
             else:
                 self._finish(sid, StageFinished(self.graph.label(sid), Status.SKIPPED, decision.reason, 0.0))
 
@@ -319,6 +335,7 @@ class _Build:
             self.started += 1
             total = len(self.closure) - sum(1 for v in self.status.values() if v is Status.SKIPPED)
             label = self.graph.label(sid)
+            self._state(sid, State.RUNNING, reason)
             self.engine.emit(StageStarted(label, self.started, total, reason, expected_s=self.expected.get(sid)))
             self.running[sid] = (snap, reason, time.monotonic())
             worker = threading.Thread(target=self._work, args=(stage, snap, label), name=f"stage {label}", daemon=True)
@@ -406,8 +423,13 @@ class _Build:
                 stack.extend(self.next[d])
         return [s for s in self.closure if s in seen]
 
+    def _state(self, sid: StageId, state: State, reason: str = "") -> None:
+        self.engine.emit(StageState(self.graph.label(sid), state, reason))
+
     def _finish(self, sid: StageId, event: StageFinished) -> None:
         self.status[sid] = event.status
+        blocked = event.status is Status.BLOCKED
+        self._state(sid, State.BLOCKED if blocked else State.DONE, event.reason if blocked else event.status.value)
         self.engine.emit(event)
         if event.status in (Status.RAN, Status.SKIPPED, Status.RESTORED):
             self._release(sid)

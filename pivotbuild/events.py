@@ -126,10 +126,12 @@ class BuildFinished:
     cancelled: int
     duration_s: float
     interrupted: bool = False
+    files_read: int = 0  # files whose contents were read to hash them (0 on a no-op)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "event": "build_finished",
+            "files_read": self.files_read,
             "ran": self.ran,
             "skipped": self.skipped,
             "restored": self.restored,

@@ -67,22 +67,27 @@ def test_reloaded_cache_reads_no_file_of_an_unchanged_directory(tmp_path: Path, 
     assert second.files_read == 0
 
 
-def test_file_written_within_racy_window_is_reread_once_then_trusted(tmp_path: Path, cache_path: Path) -> None:
+def test_file_written_within_racy_window_is_reread_at_save_then_trusted(tmp_path: Path, cache_path: Path) -> None:
     f = write(tmp_path / "fresh.txt", b"just written")
     first = StatCache(cache_path)
     digest = first.file_hash(f)  # recorded within the racy window: kept, not trusted
+    assert not first.entries[os.fspath(f)].trusted
     assert first.files_read == 1
-    first.save()
+    first.save()  # waits out the window and reads it again, so the next build need not
+    assert first.files_read == 2
 
-    time.sleep(LEAVE_RACY_WINDOW_S)
     second = StatCache(cache_path)
     assert second.file_hash(f) == digest
-    assert second.files_read == 1  # re-read once
-    second.save()
+    assert second.files_read == 0  # trusted: a no-op right after a build reads nothing
 
-    third = StatCache(cache_path)
-    assert third.file_hash(f) == digest
-    assert third.files_read == 0  # now trusted
+
+def test_a_change_within_the_racy_window_is_caught_when_saving(tmp_path: Path, cache_path: Path) -> None:
+    f = write(tmp_path / "fresh.txt", b"AAAA")
+    cache = StatCache(cache_path)
+    assert cache.file_hash(f) == hash_bytes(b"AAAA")
+    f.write_bytes(b"BBBB")  # same size, right after hashing
+    cache.save()
+    assert StatCache(cache_path).file_hash(f) == hash_bytes(b"BBBB")
 
 
 def test_same_size_and_mtime_change_is_detected_through_ctime(tmp_path: Path, cache_path: Path) -> None:

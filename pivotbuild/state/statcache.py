@@ -73,8 +73,33 @@ class StatCache:
             # A missing or damaged stat cache only costs rehashing.
             self.entries = {}
 
+    def settle(self) -> None:
+        """Make racy entries trustworthy now rather than at the next build: wait out
+        the fine-grained racy window (at most 50 ms), then re-read each such file.
+        A change made since it was first hashed shows up as a new hash here, which
+        the next build compares with the lockfile, so nothing is missed; and a
+        no-op build right after this one reads no file contents."""
+        racy = [(k, e) for k, e in self.entries.items() if not e.trusted]
+        fine = [e for _, e in racy if e.mtime_ns % 1_000_000_000]
+        if not fine:
+            return
+        newest = max(max(e.mtime_ns, e.ctime_ns) for e in fine)
+        wait_ns = newest + _FINE_WINDOW_NS - time.time_ns()
+        if 0 < wait_ns <= _FINE_WINDOW_NS:
+            time.sleep(wait_ns / 1e9)
+        for key, _ in racy:
+            try:
+                st = os.stat(key)
+            except OSError:
+                self.forget(key)
+                continue
+            if not _is_racy(st, time.time_ns()):
+                self.entries.pop(key)
+                self.file_hash(key, st)
+
     def save(self) -> None:
-        """Write the cache atomically if anything changed."""
+        """Settle racy entries, then write the cache atomically if anything changed."""
+        self.settle()
         if not self._dirty:
             return
         rows = [(k, e.size, e.mtime_ns, e.ino, e.ctime_ns, e.hash, e.trusted) for k, e in sorted(self.entries.items())]

@@ -82,6 +82,10 @@ class StateStore:
         st.journal.append(record)
         st.records[stage.name] = record
 
+    def files_read(self) -> int:
+        """Files whose contents were read (not answered from the stat cache) so far."""
+        return sum(st.statcache.files_read for st in self.pipelines.values())
+
     def close(self) -> None:
         """Fold journals into lockfiles and save stat caches."""
         for st in self.pipelines.values():
