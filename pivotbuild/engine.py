@@ -7,6 +7,7 @@ never prints: everything it has to say is an event for its reporter.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import os
@@ -14,6 +15,7 @@ import queue
 import shutil
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,39 +86,31 @@ class Engine:
         closure = graph.upstream(targets)
         check_sources(project, graph, closure)
         check_runnable(graph, closure)
-        with ProjectLock(project.root / STATE_DIR, wait=not options.no_wait, on_wait=self._say):
-            store = StateStore(project.root, project.pipelines, self._warn)
-            try:
-                if options.dry_run or options.question:
-                    plan = self._plan(graph, closure, set(targets), store, options)
-                    if options.dry_run:
-                        for label, decision in plan:
-                            self.emit(Plan(label, decision.run, decision.reason))
-                    return EXIT_FAILED if options.question and any(d.run for _, d in plan) else EXIT_OK
-                run = _Build(
-                    self,
-                    project=project,
-                    graph=graph,
-                    closure=closure,
-                    targets=set(targets),
-                    store=store,
-                    options=options,
-                    cancel=cancel or threading.Event(),
-                )
-                return run.execute()
-            finally:
-                store.close()
+        with self._state(project, options) as store:
+            if options.dry_run or options.question:
+                plan = self._plan(graph, closure, set(targets), store, options)
+                if options.dry_run:
+                    for label, decision in plan:
+                        self.emit(Plan(label, decision.run, decision.reason))
+                return EXIT_FAILED if options.question and any(d.run for _, d in plan) else EXIT_OK
+            run = _Build(
+                self,
+                project=project,
+                graph=graph,
+                closure=closure,
+                targets=set(targets),
+                store=store,
+                options=options,
+                cancel=cancel or threading.Event(),
+            )
+            return run.execute()
 
     def status(self, options: BuildOptions) -> list[tuple[str, Decision]]:
         """Each selected stage (and what it needs) with its decision; runs nothing."""
         project, graph, targets = self.load(options)
         closure = graph.upstream(targets)
-        with ProjectLock(project.root / STATE_DIR, wait=not options.no_wait, on_wait=self._say):
-            store = StateStore(project.root, project.pipelines, self._warn)
-            try:
-                return self._plan(graph, closure, set(targets), store, options)
-            finally:
-                store.close()
+        with self._state(project, options) as store:
+            return self._plan(graph, closure, set(targets), store, options)
 
     def run_stages(self, options: BuildOptions, fail_fast: bool, cancel: threading.Event | None = None) -> int:
         """`pivotbuild run`: exactly the named stages, in the order given, without
@@ -130,24 +124,20 @@ class Engine:
                     chosen.append(sid)
         chain = {s: ([chosen[i - 1]] if i else []) for i, s in enumerate(chosen)}
         run_options = dataclasses.replace(options, keep_going=not fail_fast)
-        with ProjectLock(project.root / STATE_DIR, wait=not options.no_wait, on_wait=self._say):
-            store = StateStore(project.root, project.pipelines, self._warn)
-            try:
-                run = _Build(
-                    self,
-                    project=project,
-                    graph=graph,
-                    closure=chosen,
-                    targets=set(chosen),
-                    store=store,
-                    options=run_options,
-                    cancel=cancel or threading.Event(),
-                    order_after=chain,
-                    block_on_failure=False,
-                )
-                return run.execute()
-            finally:
-                store.close()
+        with self._state(project, options) as store:
+            run = _Build(
+                self,
+                project=project,
+                graph=graph,
+                closure=chosen,
+                targets=set(chosen),
+                store=store,
+                options=run_options,
+                cancel=cancel or threading.Event(),
+                order_after=chain,
+                block_on_failure=False,
+            )
+            return run.execute()
 
     def _plan(
         self, graph: BuildGraph, closure: list[StageId], targets: set[StageId], store: StateStore, options: BuildOptions
@@ -163,6 +153,16 @@ class Engine:
                 decision = decide_stage(stage, store, store.root, forced)[0]
             decisions[sid] = decision
         return [(graph.label(s), d) for s, d in decisions.items()]
+
+    @contextlib.contextmanager
+    def _state(self, project: Project, options: BuildOptions) -> Iterator[StateStore]:
+        """The project lock held, and every pipeline's state open, for one build."""
+        with ProjectLock(project.root / STATE_DIR, wait=not options.no_wait, on_wait=self._say):
+            store = StateStore(project.root, project.pipelines, self._warn)
+            try:
+                yield store
+            finally:
+                store.close()
 
     def _warn(self, text: str) -> None:
         self.emit(Message(text, "warning"))
