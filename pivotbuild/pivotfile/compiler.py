@@ -9,8 +9,6 @@ Every problem becomes a located diagnostic; all of them are raised together.
 from __future__ import annotations
 
 import itertools
-import json
-import os
 import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -18,10 +16,10 @@ from pathlib import Path
 from typing import TypeVar
 
 from pivotbuild import paths
-from pivotbuild.errors import Diagnostic, Location, PivotfileError
-from pivotbuild.model import DEFAULT_SHELL, Command, Dep, IncludeRef, Out, Param, Pipeline, Stage, StageId, TargetRef
-from pivotbuild.pivotfile.interpolate import Auto, AutoVar, Ref, TemplateError, split, whole_ref
-from pivotbuild.pivotfile.params import ParamError, Params, ParamsFileError, to_text
+from pivotbuild.errors import Location, PivotfileError
+from pivotbuild.model import DEFAULT_SHELL, Command, Dep, IncludeRef, Out, Pipeline, Stage, StageId, TargetRef
+from pivotbuild.pivotfile.expand import COMMAND_LINE, RESERVED_VARS, Expander, Failed, Origin, Reporter, Scope, VarDef
+from pivotbuild.pivotfile.params import ParamError, Params, ParamsFileError
 from pivotbuild.pivotfile.syntax import (
     FIELDS,
     NAME_RE,
@@ -33,7 +31,6 @@ from pivotbuild.pivotfile.syntax import (
     OutDecl,
     PipelineStmt,
     Pos,
-    Script,
     StageDecl,
     Word,
 )
@@ -45,9 +42,6 @@ _ENV_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _PY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*")
 _BOOLS = {"yes": True, "true": True, "on": True, "1": True, "no": False, "false": False, "off": False, "0": False}
 _OUT_OPTIONS = ("cache", "persist", "incremental")
-_RESERVED_VARS = ("stage", "params")
-_AUTO_MARK = re.compile("\x00([@<^])\x00")
-COMMAND_LINE = "<command line>"
 _T = TypeVar("_T")
 
 
@@ -65,59 +59,17 @@ def compile_module(module: Module, options: CompileOptions) -> Pipeline:
     return _Compiler(module, options).run()
 
 
-class _Failed(Exception):
-    """An error was reported; stop compiling the current field."""
-
-
-@dataclass(frozen=True, slots=True)
-class _Origin:
-    """Where a word came from, for locating errors: a Pivotfile or the command line."""
-
-    path: str
-    source: str  # the source text (a Pivotfile) or the NAME=VALUE argument
-
-    def line(self, n: int) -> str:
-        lines = self.source.split("\n")
-        return lines[n - 1].rstrip("\r") if 0 < n <= len(lines) else ""
-
-
-@dataclass(frozen=True, slots=True)
-class _VarDef:
-    words: tuple[Word, ...]
-    origin: _Origin
-    pos: Pos
-
-
-@dataclass(slots=True)
-class _Scope:
-    axes: Mapping[str, str]
-    stage: str | None
-    params_used: dict[tuple[str, str], Param] = field(default_factory=dict)
-
-
 class _Compiler:
     def __init__(self, module: Module, options: CompileOptions) -> None:
         self.module = module
         self.opts = options
-        self.origin = _Origin(module.path, module.source)
-        self.errors: list[Diagnostic] = []
+        self.origin = Origin(module.path, module.source)
+        self.report = Reporter(self.origin)
+        self._error = self.report.error
+        self._fail = self.report.fail
         self.dir_rel = paths.rel_dir(options.root, options.pipeline_dir)
         self.params = Params(options.pipeline_dir, _display_dir(module.path))
-        self.vars: dict[str, _VarDef] = {}
-        self._expanding: list[str] = []
-        # While expanding a run: script, `$@ $< $^` met inside variables are
-        # carried through as markers (NUL cannot occur in a Pivotfile).
-        self._in_script = False
-
-    # -- diagnostics -----------------------------------------------------------
-
-    def _error(self, pos: Pos, message: str, origin: _Origin | None = None) -> None:
-        o = origin or self.origin
-        self.errors.append(Diagnostic(Location(o.path, pos.line, pos.col), message, o.line(pos.line)))
-
-    def _fail(self, pos: Pos, message: str, origin: _Origin | None = None) -> _Failed:
-        self._error(pos, message, origin)
-        return _Failed()
+        self.x = Expander(self.report, self.params, self.dir_rel)
 
     # -- the whole file ----------------------------------------------------------
 
@@ -138,8 +90,8 @@ class _Compiler:
                 self._error(decl.name.pos, f"stage '{decl.name.text}' is already defined on line {prior.name.pos.line}")
                 continue
             stages.extend(self._stage(decl, shell))
-        if self.errors:
-            raise PivotfileError(self.errors)
+        if self.report.errors:
+            raise PivotfileError(self.report.errors)
         params_files = tuple(sorted(paths.join(self.dir_rel, f) for f in self.params.files_read))
         file_rel = paths.join(self.dir_rel, Path(self.module.path).name)
         return Pipeline(self.dir_rel, file_rel, name, tuple(stages), default, includes, params_files)
@@ -149,24 +101,24 @@ class _Compiler:
             name = a.name.text
             if not NAME_RE.fullmatch(name):
                 self._error(a.name.pos, f"'{name}' is not a valid variable name (letters, digits, '_', '.', '-')")
-            elif name in _RESERVED_VARS or name.startswith("params."):
+            elif name in RESERVED_VARS or name.startswith("params."):
                 self._error(
                     a.name.pos,
                     f"'{name}' is reserved: ${{stage}} and ${{params.KEY}} are built in; choose another name",
                 )
             else:
-                self.vars[name] = _VarDef(a.values, self.origin, a.name.pos)
+                self.x.vars[name] = VarDef(a.values, self.origin, a.name.pos)
         for name, value in self.opts.overrides.items():
             arg = f"{name}={value}"
-            origin = _Origin(COMMAND_LINE, arg)
-            if name in _RESERVED_VARS or name.startswith("params."):
+            origin = Origin(COMMAND_LINE, arg)
+            if name in RESERVED_VARS or name.startswith("params."):
                 self._error(Pos(1, 1), f"'{name}' is reserved and cannot be set on the command line", origin)
                 continue
             col = len(name) + 2
             words: list[Word] = []
             for m in re.finditer(r"\S+", value):
                 words.append(Word(m.group(), m.group(), Pos(1, col + m.start())))
-            self.vars[name] = _VarDef(tuple(words), origin, Pos(1, 1))
+            self.x.vars[name] = VarDef(tuple(words), origin, Pos(1, 1))
 
     def _pipeline_name(self, stmts: list[PipelineStmt]) -> str:
         for extra in stmts[1:]:
@@ -175,16 +127,16 @@ class _Compiler:
             base = self.opts.pipeline_dir.name or "pipeline"
             return base
         name = stmts[0].name
-        text = self._scalar(name, _Scope({}, None))
+        text = self.x.scalar(name, Scope({}, None))
         if text is not None and not NAME_RE.fullmatch(text):
             self._error(name.pos, f"'{text}' is not a valid pipeline name (letters, digits, '_', '.', '-')")
         return text or name.text
 
     def _shell(self) -> tuple[str, ...]:
-        if "SHELL" not in self.vars:
+        if "SHELL" not in self.x.vars:
             return DEFAULT_SHELL
-        var = self.vars["SHELL"]
-        words = self._expand_words(var.words, _Scope({}, None), var.origin)
+        var = self.x.vars["SHELL"]
+        words = self.x.expand_words(var.words, Scope({}, None), var.origin)
         if words is not None and not words:
             self._error(var.pos, "SHELL is empty; set it to a command such as '/bin/sh -e'", var.origin)
         return tuple(words) if words else DEFAULT_SHELL
@@ -196,7 +148,7 @@ class _Compiler:
             return ()
         refs: list[TargetRef] = []
         for word in stmts[0].targets:
-            for text in self._expand_word(word, _Scope({}, None)) or ():
+            for text in self.x.expand_word(word, Scope({}, None)) or ():
                 refs.append(TargetRef(text, self._loc(word.pos)))
         return tuple(refs)
 
@@ -204,7 +156,7 @@ class _Compiler:
         refs: list[IncludeRef] = []
         for stmt in stmts:
             for word in stmt.paths:
-                for text in self._expand_word(word, _Scope({}, None)) or ():
+                for text in self.x.expand_word(word, Scope({}, None)) or ():
                     refs.append(IncludeRef(text, self._loc(word.pos)))
         return tuple(refs)
 
@@ -255,11 +207,11 @@ class _Compiler:
                 self._error(item.key.pos, f"matrix axis '{axis}' is given twice")
                 ok = False
                 continue
-            if axis in _RESERVED_VARS or axis.startswith("params."):
+            if axis in RESERVED_VARS or axis.startswith("params."):
                 self._error(item.key.pos, f"'{axis}' is reserved; choose another axis name")
                 ok = False
                 continue
-            pairs = self._expand_each(item.values, _Scope({}, None))
+            pairs = self.x.expand_each(item.values, Scope({}, None))
             if pairs is None:
                 ok = False
                 continue
@@ -289,7 +241,7 @@ class _Compiler:
     def _variant(
         self, decl: StageDecl, fields: dict[str, Field], combo: dict[str, str], full: str, shell: tuple[str, ...]
     ) -> Stage | None:
-        scope = _Scope(combo, full)
+        scope = Scope(combo, full)
         failed = False
         values: dict[str, object] = {}
         handlers = {
@@ -314,7 +266,7 @@ class _Compiler:
                 continue
             try:
                 values[key] = handler(f, scope)
-            except _Failed:
+            except Failed:
                 failed = True
         if failed or ("run" not in fields and "py" not in fields):
             return None
@@ -344,20 +296,20 @@ class _Compiler:
 
     # -- fields ----------------------------------------------------------------------
 
-    def _desc(self, f: Field, scope: _Scope) -> str:
-        return " ".join(self._words(f.words, scope))
+    def _desc(self, f: Field, scope: Scope) -> str:
+        return " ".join(self.x.words(f.words, scope))
 
-    def _deps(self, f: Field, scope: _Scope) -> tuple[Dep, ...]:
+    def _deps(self, f: Field, scope: Scope) -> tuple[Dep, ...]:
         deps: list[Dep] = []
         failed = False
         for word in f.words:
-            for text in self._expand_word(word, scope) or ():
+            for text in self.x.expand_word(word, scope) or ():
                 try:
                     deps.append(self._dep(word, text, literal=word.quoted))
-                except _Failed:
+                except Failed:
                     failed = True
         if failed:
-            raise _Failed
+            raise Failed
         return tuple(dict.fromkeys(deps))
 
     def _dep(self, word: Word, text: str, literal: bool) -> Dep:
@@ -384,19 +336,19 @@ class _Compiler:
         if depth:
             raise self._fail(word.pos, f"in '{text}', '[' is not closed by ']'")
 
-    def _outs(self, f: Field, scope: _Scope) -> tuple[Out, ...]:
+    def _outs(self, f: Field, scope: Scope) -> tuple[Out, ...]:
         outs: dict[str, Out] = {}
         failed = False
         for decl in f.outs:
             try:
                 opts = self._out_options(decl)
-            except _Failed:
+            except Failed:
                 failed = True
                 continue
-            for text in self._expand_word(decl.path, scope) or ():
+            for text in self.x.expand_word(decl.path, scope) or ():
                 try:
                     out = self._out(decl.path, text, opts)
-                except _Failed:
+                except Failed:
                     failed = True
                     continue
                 if out.path in outs:
@@ -404,7 +356,7 @@ class _Compiler:
                     failed = True
                 outs[out.path] = out
         if failed:
-            raise _Failed
+            raise Failed
         return tuple(outs.values())
 
     def _out_options(self, decl: OutDecl) -> dict[str, bool]:
@@ -459,98 +411,50 @@ class _Compiler:
             incremental=opts.get("incremental", False),
         )
 
-    def _params_field(self, f: Field, scope: _Scope) -> None:
+    def _params_field(self, f: Field, scope: Scope) -> None:
         failed = False
         for word in f.words:
-            for ref in self._expand_word(word, scope) or ():
+            for ref in self.x.expand_word(word, scope) or ():
                 try:
-                    self._lookup_param(ref, scope)
+                    self.x.lookup_param(ref, scope)
                 except ParamError as exc:
                     self._error(word.pos, f"param '{ref}': {exc}" if "not found" not in str(exc) else str(exc))
                     failed = True
                 except ParamsFileError as exc:
-                    self.errors.append(exc.diagnostic)
+                    self.report.errors.append(exc.diagnostic)
                     failed = True
         if failed:
-            raise _Failed
+            raise Failed
 
-    def _lookup_param(self, ref: str, scope: _Scope) -> object:
-        pv = self.params.lookup(ref)
-        file = paths.join(self.dir_rel, pv.file)
-        canon = json.dumps(pv.value, sort_keys=True, separators=(",", ":"), default=str)
-        scope.params_used[(file, pv.key)] = Param(file, pv.key, canon)
-        return pv.value
-
-    def _run(self, f: Field, scope: _Scope) -> Command:
+    def _run(self, f: Field, scope: Scope) -> Command:
         assert f.script is not None
-        return self._script(f.script, scope)
+        return self.x.script(f.script, scope)
 
-    def _script(self, script: Script, scope: _Scope) -> Command:
-        parts: list[str | AutoVar] = []
-        failed = False
-        for index, line in enumerate(script.lines):
-            if index:
-                parts.append("\n")
-            try:
-                pieces = split(line.text)
-            except TemplateError as exc:
-                self._error(Pos(line.pos.line, line.pos.col + exc.offset), exc.message)
-                failed = True
-                continue
-            for piece in pieces:
-                if isinstance(piece, str):
-                    parts.append(piece)
-                elif isinstance(piece, Auto):
-                    parts.append(piece.var)
-                else:
-                    pos = Pos(line.pos.line, line.pos.col + piece.offset)
-                    self._in_script = True
-                    try:
-                        text = " ".join(self._resolve(piece, pos, scope, self.origin, in_script=True))
-                    except _Failed:
-                        failed = True
-                        continue
-                    finally:
-                        self._in_script = False
-                    for i, chunk in enumerate(_AUTO_MARK.split(text)):
-                        parts.append(AutoVar(chunk) if i % 2 else chunk)
-        if failed:
-            raise _Failed
-        merged: list[str | AutoVar] = []
-        for part in parts:
-            if part == "":
-                continue
-            if isinstance(part, str) and merged and isinstance(merged[-1], str):
-                merged[-1] += part
-            else:
-                merged.append(part)
-        return tuple(merged)
-
-    def _py(self, f: Field, scope: _Scope) -> str:
+    def _py(self, f: Field, scope: Scope) -> str:
         word = f.words[0]
-        text = self._scalar(word, scope)
+        text = self.x.scalar(word, scope)
         if text is None:
-            raise _Failed
+            raise Failed
         if not _PY_RE.fullmatch(text):
             raise self._fail(
                 word.pos, f"'py: {text}' must name a function as 'module:function' (e.g. 'src.train:main')"
             )
         return text
 
-    def _mutex(self, f: Field, scope: _Scope) -> tuple[str, ...]:
-        pairs = self._expand_each(f.words, scope)
+    def _mutex(self, f: Field, scope: Scope) -> tuple[str, ...]:
+        pairs = self.x.expand_each(f.words, scope)
         if pairs is None:
-            raise _Failed
+            raise Failed
         for word, g in pairs:
             if g != "*" and not NAME_RE.fullmatch(g):
                 raise self._fail(word.pos, f"'{g}' is not a valid mutex group name (or '*' to run alone)")
         return tuple(dict.fromkeys(g for _, g in pairs))
 
-    def _int(self, f: Field, scope: _Scope, minimum: int, what: str) -> int:
+    def _int(self, f: Field, scope: Scope, minimum: int, what: str) -> int:
         word = f.words[0]
-        text = self._scalar(word, scope)
+        text = self.x.scalar(word, scope)
         if text is None:
-            raise _Failed
+            raise Failed
         try:
             value = int(text)
         except ValueError:
@@ -559,29 +463,29 @@ class _Compiler:
             raise self._fail(word.pos, f"'{f.name}: {text}' must be {what}")
         return value
 
-    def _jobs(self, f: Field, scope: _Scope) -> int:
+    def _jobs(self, f: Field, scope: Scope) -> int:
         return self._int(f, scope, 1, "a whole number of at least 1")
 
-    def _retry(self, f: Field, scope: _Scope) -> int:
+    def _retry(self, f: Field, scope: Scope) -> int:
         return self._int(f, scope, 0, "a whole number of extra attempts (0 or more)")
 
-    def _mem(self, f: Field, scope: _Scope) -> int:
+    def _mem(self, f: Field, scope: Scope) -> int:
         return self._converted(f, scope, parse_size)
 
-    def _timeout(self, f: Field, scope: _Scope) -> float:
+    def _timeout(self, f: Field, scope: Scope) -> float:
         return self._converted(f, scope, parse_duration)
 
-    def _converted(self, f: Field, scope: _Scope, convert: Callable[[str], _T]) -> _T:
+    def _converted(self, f: Field, scope: Scope, convert: Callable[[str], _T]) -> _T:
         word = f.words[0]
-        text = self._scalar(word, scope)
+        text = self.x.scalar(word, scope)
         if text is None:
-            raise _Failed
+            raise Failed
         try:
             return convert(text)
         except ValueError as exc:
             raise self._fail(word.pos, f"{f.name}: {exc}") from None
 
-    def _env(self, f: Field, scope: _Scope) -> tuple[tuple[str, str], ...]:
+    def _env(self, f: Field, scope: Scope) -> tuple[tuple[str, str], ...]:
         env: dict[str, str] = {}
         for item in f.items:
             key = item.key.text
@@ -591,138 +495,27 @@ class _Compiler:
                 raise self._fail(item.key.pos, "PIVOT_STAGE is set by pivotbuild to the stage's name")
             if key in env:
                 raise self._fail(item.key.pos, f"'{key}' is set twice in 'env:'")
-            env[key] = " ".join(self._words(item.values, scope))
+            env[key] = " ".join(self.x.words(item.values, scope))
         return tuple(env.items())
 
-    def _dir(self, f: Field, scope: _Scope) -> str:
+    def _dir(self, f: Field, scope: Scope) -> str:
         word = f.words[0]
-        text = self._scalar(word, scope)
+        text = self.x.scalar(word, scope)
         if text is None:
-            raise _Failed
+            raise Failed
         path = paths.make_relative(self.opts.root, paths.join(self.dir_rel, text))
         if paths.escapes(path):
             raise self._fail(word.pos, f"'dir: {text}' is outside the project root; stages run inside the project")
         return path
 
-    def _always(self, f: Field, scope: _Scope) -> bool:
+    def _always(self, f: Field, scope: Scope) -> bool:
         word = f.words[0]
-        text = self._scalar(word, scope)
+        text = self.x.scalar(word, scope)
         if text is None:
-            raise _Failed
+            raise Failed
         if text.lower() not in _BOOLS:
             raise self._fail(word.pos, f"'always: {text}' must be yes or no")
         return _BOOLS[text.lower()]
-
-    # -- interpolation -------------------------------------------------------------------
-
-    def _words(self, words: tuple[Word, ...], scope: _Scope) -> list[str]:
-        result = self._expand_words(words, scope, self.origin)
-        if result is None:
-            raise _Failed
-        return result
-
-    def _expand_words(self, words: tuple[Word, ...], scope: _Scope, origin: _Origin) -> list[str] | None:
-        out: list[str] = []
-        ok = True
-        for w in words:
-            try:
-                out.extend(self._expand(w, scope, origin))
-            except _Failed:
-                ok = False
-        return out if ok else None
-
-    def _expand_each(self, words: tuple[Word, ...], scope: _Scope) -> list[tuple[Word, str]] | None:
-        """Each value with the word it came from (a `${LIST}` word gives several)."""
-        pairs: list[tuple[Word, str]] = []
-        ok = True
-        for w in words:
-            values = self._expand_word(w, scope)
-            if values is None:
-                ok = False
-            else:
-                pairs.extend((w, v) for v in values)
-        return pairs if ok else None
-
-    def _expand_word(self, word: Word, scope: _Scope) -> list[str] | None:
-        try:
-            return self._expand(word, scope, self.origin)
-        except _Failed:
-            return None
-
-    def _scalar(self, word: Word, scope: _Scope) -> str | None:
-        values = self._expand_word(word, scope)
-        return None if values is None else " ".join(values)
-
-    def _expand(self, word: Word, scope: _Scope, origin: _Origin) -> list[str]:
-        """A word's values: a whole unquoted `${LIST}` gives one value per item;
-        anything else gives one value, with lists joined by single spaces."""
-
-        def at(offset: int) -> Pos:
-            # Offsets into the unquoted text match the source only if nothing was unquoted.
-            return Pos(word.pos.line, word.pos.col + offset) if word.raw == word.text else word.pos
-
-        try:
-            parts = split(word.text)
-        except TemplateError as exc:
-            raise self._fail(at(exc.offset), exc.message, origin) from None
-        ref = whole_ref(parts)
-        if ref is not None and not word.quoted:
-            return self._resolve(ref, at(ref.offset), scope, origin)
-        pieces: list[str] = []
-        for part in parts:
-            if isinstance(part, str):
-                pieces.append(part)
-            elif isinstance(part, Auto):
-                if not self._in_script:
-                    raise self._fail(at(part.offset), f"'${part.var.value}' is only available in 'run:'", origin)
-                pieces.append(f"\x00{part.var.value}\x00")
-            else:
-                pieces.append(" ".join(self._resolve(part, at(part.offset), scope, origin)))
-        return ["".join(pieces)]
-
-    def _resolve(self, ref: Ref, pos: Pos, scope: _Scope, origin: _Origin, in_script: bool = False) -> list[str]:
-        name = ref.name
-        if name in scope.axes:
-            return [scope.axes[name]]
-        if name == "stage":
-            if scope.stage is None:
-                raise self._fail(pos, "'${stage}' is only available inside a stage", origin)
-            return [scope.stage]
-        if name.startswith("params."):
-            key = name[len("params.") :]
-            try:
-                value = self._lookup_param(key, scope)
-                if isinstance(value, list):
-                    return [to_text(v) for v in value]
-                return [to_text(value)]
-            except ParamError as exc:
-                raise self._fail(
-                    pos, f"param '{key}' {exc}" if "not found" not in str(exc) else str(exc), origin
-                ) from None
-            except ParamsFileError as exc:
-                self.errors.append(exc.diagnostic)
-                raise _Failed from None
-        var = self.vars.get(name)
-        if var is None:
-            raise self._fail(pos, self._unknown(name, scope, in_script), origin)
-        if name in self._expanding:
-            chain = " -> ".join([*self._expanding[self._expanding.index(name) :], name])
-            raise self._fail(pos, f"variable '{name}' refers to itself: {chain}", origin)
-        self._expanding.append(name)
-        try:
-            values: list[str] = []
-            for w in var.words:
-                values.extend(self._expand(w, scope, var.origin))
-            return values
-        finally:
-            self._expanding.pop()
-
-    def _unknown(self, name: str, scope: _Scope, in_script: bool) -> str:
-        names = [*self.vars, *scope.axes, *(["stage"] if scope.stage else [])]
-        message = f"unknown variable '{name}'{did_you_mean(name, names)}"
-        if in_script and (name in os.environ or name.isupper()):
-            message += f"; to pass '${{{name}}}' to the shell, write '$${{{name}}}'"
-        return message
 
 
 def _display_dir(module_path: str) -> str:
