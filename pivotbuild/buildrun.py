@@ -1,0 +1,367 @@
+"""The scheduling loop of one build: decide stages as they become ready, start
+what admission allows, run each in a worker thread, record results the moment
+they arrive, and block or stop on failures.
+
+Workers never touch shared state: they put log lines and their result on one
+queue, and the loop (in the caller's thread) does everything else, so
+reporters see events from one thread only.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import queue
+import shutil
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pivotbuild import runner, snapshot
+from pivotbuild.events import (
+    BuildFinished,
+    BuildStarted,
+    Event,
+    Log,
+    Message,
+    StageFinished,
+    StageStarted,
+    StageState,
+    State,
+    Status,
+)
+from pivotbuild.graph import BuildGraph
+from pivotbuild.model import Stage, StageId
+from pivotbuild.options import BuildOptions
+from pivotbuild.paths import STATE_DIR
+from pivotbuild.project import Project
+from pivotbuild.scheduler import Admission, TokenPool, critical_path
+from pivotbuild.snapshot import Snapshot
+from pivotbuild.state import history
+from pivotbuild.state.records import StageRecord
+from pivotbuild.state.store import StateStore
+
+if TYPE_CHECKING:
+    from pivotbuild.engine import Engine
+
+EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
+
+
+class Interrupted(Exception):
+    """Raised into the engine (from a signal handler) to stop a build."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Done:
+    sid: StageId
+    result: runner.RunResult
+
+
+class BuildRun:
+    """The scheduling loop of one build (see Engine.build)."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        project: Project,
+        graph: BuildGraph,
+        closure: list[StageId],
+        targets: set[StageId],
+        store: StateStore,
+        options: BuildOptions,
+        cancel: threading.Event,
+        order_after: dict[StageId, list[StageId]] | None = None,
+        block_on_failure: bool = True,
+    ) -> None:
+        """`order_after` replaces the graph's edges (for `run`, the given order);
+        with `block_on_failure` false, a failure does not block what follows it."""
+        self.engine = engine
+        self.root = project.root
+        self.graph = graph
+        self.closure = closure
+        self.targets = targets
+        self.store = store
+        self.options = options
+        self.cancel = cancel
+        self.events: queue.Queue[Event | _Done] = queue.Queue()
+        jobs = options.jobs or os.cpu_count() or 1
+        self.admission = Admission(TokenPool(jobs), options.load_average)
+        in_build = set(closure)
+        self.after: dict[StageId, list[StageId]] = (
+            dict(order_after)
+            if order_after is not None
+            else {s: [u for u in graph.upstream_stages(s) if u in in_build] for s in closure}
+        )
+        self.next: dict[StageId, list[StageId]] = {s: [] for s in closure}
+        for s, ups in self.after.items():
+            for u in ups:
+                self.next[u].append(s)
+        self.block_on_failure = block_on_failure
+        self.waiting = {s: len(self.after[s]) for s in closure}
+        self.ready: list[StageId] = [s for s in closure if self.waiting[s] == 0]
+        self.to_run: dict[StageId, tuple[Snapshot, str]] = {}
+        self.running: dict[StageId, tuple[Snapshot, str, float]] = {}
+        self.status: dict[StageId, Status] = {}
+        self.durations: dict[StageId, float] = {}
+        self.failures: list[StageFinished] = []
+        self.started = 0
+        self.stopping = False
+        past = history.durations(self.root / STATE_DIR)
+        self.expected = {sid: past[graph.label(sid)] for sid in closure if graph.label(sid) in past}
+        self.priority = critical_path(closure, self.next.__getitem__, self.expected)
+
+    # -- the loop -----------------------------------------------------------------
+
+    def execute(self) -> int:
+        t0 = time.monotonic()
+        stamp = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+        self.engine.emit(BuildStarted(len(self.closure), self.admission.jobserver.capacity))
+        for sid in self.closure:
+            self._state(sid, State.READY if self.waiting[sid] == 0 else State.PENDING)
+        interrupted = False
+        try:
+            self._loop()
+        except (KeyboardInterrupt, Interrupted):
+            interrupted = True
+            self._drain_after_interrupt()
+        self._cancel_unstarted()
+        counts = {s: sum(1 for v in self.status.values() if v is s) for s in Status}
+        finished = BuildFinished(
+            ran=counts[Status.RAN],
+            skipped=counts[Status.SKIPPED],
+            restored=counts[Status.RESTORED],
+            failed=counts[Status.FAILED],
+            blocked=counts[Status.BLOCKED],
+            cancelled=counts[Status.CANCELLED],
+            duration_s=time.monotonic() - t0,
+            interrupted=interrupted,
+            files_read=self.store.files_read(),
+        )
+        for failure in self.failures:
+            self.engine.emit(failure)  # again at the end, where it is seen
+        self.engine.emit(finished)
+        result = "interrupted" if interrupted else "failed" if finished.failed else "ok"
+        self._remember(stamp, finished, result)
+        if interrupted:
+            return EXIT_INTERRUPTED
+        return EXIT_FAILED if finished.failed else EXIT_OK
+
+    def _loop(self) -> None:
+        while True:
+            self._decide_ready()
+            if not self.stopping:
+                self._start_what_fits()
+            if not self.running:
+                if self.to_run and not self.stopping:  # pragma: no cover - admission never refuses an idle build
+                    raise AssertionError("no stage can start although nothing is running")
+                return
+            timeout = 0.2 if self.admission.waits_on_resources else 1.0
+            try:
+                item = self.events.get(timeout=timeout)
+            except queue.Empty:
+                if self.cancel.is_set():
+                    raise Interrupted from None
+                continue
+            self._handle(item)
+            if self.cancel.is_set():
+                raise Interrupted
+
+    def _handle(self, item: Event | _Done) -> None:
+        if isinstance(item, _Done):
+            self._complete(item.sid, item.result)
+        else:
+            self.engine.emit(item)
+
+    def _decide_ready(self) -> None:
+        while self.ready:
+            sid = self.ready.pop(0)
+            stage = self.graph.stages[sid]
+            forced = self.options.always_make and sid in self.targets
+            self._state(sid, State.PREPARING)
+            decision, snap = self.engine.decide(stage, self.store, forced)
+            if decision.run:
+                self.to_run[sid] = (snap, decision.reason)
+                self._state(sid, State.READY, decision.reason)
+            else:
+                self._finish(sid, StageFinished(self.graph.label(sid), Status.SKIPPED, decision.reason, 0.0))
+
+    def _start_what_fits(self) -> None:
+        for sid in sorted(self.to_run, key=lambda s: -self.priority.get(s, 0.0)):
+            stage = self.graph.stages[sid]
+            if not self.admission.try_start(stage):
+                continue
+            snap, reason = self.to_run.pop(sid)
+            self.started += 1
+            total = len(self.closure) - sum(1 for v in self.status.values() if v is Status.SKIPPED)
+            label = self.graph.label(sid)
+            self._state(sid, State.RUNNING, reason)
+            self.engine.emit(StageStarted(label, self.started, total, reason, expected_s=self.expected.get(sid)))
+            self.running[sid] = (snap, reason, time.monotonic())
+            worker = threading.Thread(target=self._work, args=(stage, snap, label), name=f"stage {label}", daemon=True)
+            worker.start()
+
+    # -- one stage, in its worker thread ------------------------------------------------
+
+    def _work(self, stage: Stage, snap: Snapshot, label: str) -> None:
+        result: runner.RunResult | None = None
+        try:
+            spec = runner.RunSpec(
+                argv=runner.stage_argv(stage.shell, snap.command),
+                cwd=self.root / stage.workdir if stage.workdir else self.root,
+                env={**os.environ, **dict(stage.env), "PIVOT_STAGE": stage.id.label("")},
+                timeout=stage.timeout,
+            )
+            for attempt in range(1, stage.retry + 2):
+                if attempt > 1:
+                    self.events.put(
+                        StageStarted(label, self.started, 0, f"retry {attempt - 1} of {stage.retry}", attempt)
+                    )
+                problem = prepare_outputs(self.root, stage) or _missing_dir(spec.cwd)
+                if problem:
+                    self.events.put(Log(label, "stderr", problem))
+                    result = runner.RunResult(1, None, False, False, (problem,), 0.0)
+                    break
+                result = runner.run(spec, lambda stream, line: self.events.put(Log(label, stream, line)), self.cancel)
+                if result.ok or result.cancelled:
+                    break
+        except Exception as exc:  # a bug in our own code: fail the stage, keep the build sane
+            text = f"pivotbuild: internal error running this stage: {exc!r}"
+            result = runner.RunResult(1, None, False, False, (text,), 0.0)
+        assert result is not None
+        self.events.put(_Done(stage.id, result))
+
+    # -- completions ------------------------------------------------------------------
+
+    def _complete(self, sid: StageId, result: runner.RunResult) -> None:
+        stage = self.graph.stages[sid]
+        snap, reason, started = self.running.pop(sid)
+        self.admission.finished(stage)
+        duration = time.monotonic() - started
+        self.durations[sid] = duration
+        label = self.graph.label(sid)
+        if result.cancelled:
+            self._finish(sid, StageFinished(label, Status.CANCELLED, "interrupted", duration))
+            return
+        if not result.ok:
+            detail = result.describe(stage.timeout)
+            self._fail(sid, StageFinished(label, Status.FAILED, reason, duration, detail, result.tail))
+            return
+        cache = self.store.statcache(stage)
+        outs = snapshot.outs_of(stage, self.root, cache)
+        missing = [o.path for o in outs if o.kind == snapshot.ABSENT]
+        if missing:
+            detail = f"declared output {missing[0]} was not created"
+            self._fail(sid, StageFinished(label, Status.FAILED, reason, duration, detail, result.tail))
+            return
+        record = StageRecord(stage.name, snap.fingerprint, snap.command, snap.deps, outs, snap.params, snap.facets)
+        self.store.commit(stage, record)
+        self._finish(sid, StageFinished(label, Status.RAN, reason, duration))
+
+    def _fail(self, sid: StageId, event: StageFinished) -> None:
+        self.failures.append(event)
+        self._finish(sid, event)
+        if not self.options.keep_going:
+            self.stopping = True
+        if not self.block_on_failure:
+            self._release(sid)
+            return
+        for down in self._descendants(sid):
+            if down not in self.status:
+                self.to_run.pop(down, None)
+                reason = f"upstream {event.stage} failed"
+                self._finish(down, StageFinished(self.graph.label(down), Status.BLOCKED, reason, 0.0))
+
+    def _descendants(self, sid: StageId) -> list[StageId]:
+        """Every stage of this build that waits on `sid`, directly or not, in build order."""
+        seen: set[StageId] = set()
+        stack = list(self.next[sid])
+        while stack:
+            d = stack.pop()
+            if d not in seen:
+                seen.add(d)
+                stack.extend(self.next[d])
+        return [s for s in self.closure if s in seen]
+
+    def _state(self, sid: StageId, state: State, reason: str = "") -> None:
+        self.engine.emit(StageState(self.graph.label(sid), state, reason))
+
+    def _finish(self, sid: StageId, event: StageFinished) -> None:
+        self.status[sid] = event.status
+        blocked = event.status is Status.BLOCKED
+        self._state(sid, State.BLOCKED if blocked else State.DONE, event.reason if blocked else event.status.value)
+        self.engine.emit(event)
+        if event.status in (Status.RAN, Status.SKIPPED, Status.RESTORED):
+            self._release(sid)
+
+    def _release(self, sid: StageId) -> None:
+        """`sid` is out of the way: stages waiting only for it become ready."""
+        for down in self.next[sid]:
+            if down not in self.status:
+                self.waiting[down] -= 1
+                if self.waiting[down] == 0:
+                    self.ready.append(down)
+
+    def _drain_after_interrupt(self) -> None:
+        """Stop everything: kill every running stage's tree and wait for the workers."""
+        self.cancel.set()
+        self.stopping = True
+        while self.running:
+            try:
+                item = self.events.get(timeout=5.0)
+            except queue.Empty:
+                continue
+            except KeyboardInterrupt:
+                continue  # a second Ctrl-C: we are already stopping
+            self._handle(item)
+
+    def _cancel_unstarted(self) -> None:
+        for sid in self.closure:
+            if sid not in self.status:
+                self._finish(sid, StageFinished(self.graph.label(sid), Status.CANCELLED, "not started", 0.0))
+
+    def _remember(self, stamp: str, finished: BuildFinished, result: str) -> None:
+        stages = {
+            self.graph.label(sid): {"status": status.value, "duration_s": round(self.durations.get(sid, 0.0), 3)}
+            for sid, status in self.status.items()
+            if status not in (Status.SKIPPED,)
+        }
+        entry = {
+            "started": stamp,
+            "duration_s": round(finished.duration_s, 3),
+            "targets": list(self.options.targets),
+            "result": result,
+            "ran": finished.ran,
+            "skipped": finished.skipped,
+            "failed": finished.failed,
+            "stages": stages,
+        }
+        try:
+            history.append(self.root / STATE_DIR, entry)
+        except OSError as exc:
+            self.engine.emit(Message(f"could not write the build history: {exc.strerror}", "warning"))
+
+
+def _missing_dir(cwd: Path) -> str:
+    return "" if cwd.is_dir() else f"pivotbuild: the stage's directory {cwd} does not exist"
+
+
+def prepare_outputs(root: Path, stage: Stage) -> str:
+    """Remove non-persist outputs (so a stale file cannot pass for a new one) and
+    create their parent directories.  Returns a problem to report, or ""."""
+    for out in stage.outs:
+        path = root / out.path
+        try:
+            if not out.persist and not out.incremental:
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                elif path.exists() or path.is_symlink():
+                    path.unlink()
+            (path if out.is_dir and (out.persist or out.incremental) else path.parent).mkdir(
+                parents=True, exist_ok=True
+            )
+        except OSError as exc:
+            return f"pivotbuild: cannot prepare output {out.path}: {exc.strerror}"
+    return ""
