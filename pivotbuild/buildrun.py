@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pivotbuild import runner, snapshot
+from pivotbuild.cache.outputs import OutputCache
+from pivotbuild.decide import ALWAYS, FORCED
 from pivotbuild.events import (
     BuildFinished,
     BuildStarted,
@@ -89,6 +91,7 @@ class BuildRun:
         self.events: queue.Queue[Event | _Done] = queue.Queue()
         jobs = options.jobs or os.cpu_count() or 1
         self.admission = Admission(TokenPool(jobs), options.load_average)
+        self.outputs = OutputCache(self.root, lambda text: self.engine.emit(Message(text, "warning")))
         in_build = set(closure)
         self.after: dict[StageId, list[StageId]] = (
             dict(order_after)
@@ -182,11 +185,27 @@ class BuildRun:
             forced = self.options.always_make and sid in self.targets
             self._state(sid, State.PREPARING)
             decision, snap = self.engine.decide(stage, self.store, forced)
+            if decision.run and decision.reason not in (FORCED, ALWAYS) and self._restore(stage, snap, decision.reason):
+                continue
             if decision.run:
                 self.to_run[sid] = (snap, decision.reason)
                 self._state(sid, State.READY, decision.reason)
             else:
                 self._finish(sid, StageFinished(self.graph.label(sid), Status.SKIPPED, decision.reason, 0.0))
+
+    def _restore(self, stage: Stage, snap: Snapshot, reason: str) -> bool:
+        """Restore the stage's outputs from the cache instead of running it, if it can."""
+        outs = self.outputs.restore(stage, snap, self.store.record(stage))
+        if outs is None:
+            return False
+        now = snapshot.outs_of(stage, self.root, self.store.statcache(stage))
+        if [(o.path, o.hash) for o in now] != [(o.path, o.hash) for o in outs]:
+            return False  # a checkout that does not hash as recorded: run the stage instead
+        self.store.commit(
+            stage, StageRecord(stage.name, snap.fingerprint, snap.command, snap.deps, outs, snap.params, snap.facets)
+        )
+        self._finish(stage.id, StageFinished(self.graph.label(stage.id), Status.RESTORED, reason, 0.0))
+        return True
 
     def _start_what_fits(self) -> None:
         for sid in sorted(self.to_run, key=lambda s: -self.priority.get(s, 0.0)):
@@ -258,6 +277,8 @@ class BuildRun:
             return
         record = StageRecord(stage.name, snap.fingerprint, snap.command, snap.deps, outs, snap.params, snap.facets)
         self.store.commit(stage, record)
+        if not self.options.no_cache:
+            self.outputs.keep(stage, snap, outs, cache)
         self._finish(sid, StageFinished(label, Status.RAN, reason, duration))
 
     def _fail(self, sid: StageId, event: StageFinished) -> None:

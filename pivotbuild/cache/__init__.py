@@ -1,0 +1,1 @@
+"""The content-addressed cache and the run cache."""

@@ -1,0 +1,223 @@
+"""The content-addressed cache at `<root>/.pivot/cache`: objects named by their XXH3-128.
+
+A file output is stored as one object; a directory output as its files'
+objects plus a manifest object (the directory's hash is the manifest's hash,
+so the manifest names itself).  Objects are written atomically (a temporary
+name, then a rename) and made read-only; every object read back is verified
+against its name, and a corrupt one is removed and reported, never checked out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from enum import Enum
+from pathlib import Path
+
+from pivotbuild.hashing import EXEC, LINK, ManifestEntry, hash_bytes, hash_file, manifest_bytes
+
+OBJECTS = "objects"
+_FICLONE = 0x40049409  # linux/fs.h: _IOW(0x94, 9, int)
+
+
+class Mode(Enum):
+    """How checkout puts an object into the workspace."""
+
+    COPY = "copy"  # reflink where the filesystem shares extents, else a real copy
+    HARDLINK = "hardlink"
+    SYMLINK = "symlink"
+
+
+class CorruptObject(Exception):
+    """An object whose content does not match its name; it has been removed."""
+
+
+class MissingObject(Exception):
+    """An object the cache does not hold."""
+
+
+class Cache:
+    def __init__(self, directory: Path, on_notice: Callable[[str], None] | None = None) -> None:
+        self.dir = directory
+        self.objects = directory / OBJECTS
+        self.notice = on_notice or (lambda _text: None)
+        self._fell_back: set[str] = set()
+
+    def path_of(self, digest: str) -> Path:
+        return self.objects / digest[:2] / digest[2:]
+
+    def has(self, digest: str) -> bool:
+        return self.path_of(digest).is_file()
+
+    # -- storing ------------------------------------------------------------------
+
+    def store_file(self, src: Path, digest: str) -> bool:
+        """Store `src` as object `digest` unless present.  The workspace file is
+        never modified.  Returns False (storing nothing) if `src` no longer
+        hashes to `digest` (it changed since it was hashed)."""
+        if self.has(digest):
+            return True
+        dest = self.path_of(digest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=dest.parent)
+        os.close(fd)
+        try:
+            _clone_or_copy(src, Path(tmp))
+            if hash_file(tmp) != digest:
+                return False
+            os.chmod(tmp, 0o444)
+            os.replace(tmp, dest)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        return True
+
+    def store_bytes(self, data: bytes) -> str:
+        digest = hash_bytes(data)
+        if not self.has(digest):
+            dest = self.path_of(digest)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=dest.parent)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.chmod(tmp, 0o444)
+            os.replace(tmp, dest)
+        return digest
+
+    def store_dir(self, src: Path, entries: list[ManifestEntry], digest: str) -> bool:
+        """Store a directory: an object per file (a symlink's object is its target
+        text, whose hash its manifest entry already is), then the manifest object."""
+        manifest = manifest_bytes(entries)
+        if hash_bytes(manifest) != digest:
+            return False
+        for e in entries:
+            if e.kind == LINK:
+                if self.store_bytes(os.fsencode(os.readlink(src / e.path))) != e.hash:
+                    return False
+            elif not self.store_file(src / e.path, e.hash):
+                return False
+        self.store_bytes(manifest)
+        return True
+
+    # -- reading --------------------------------------------------------------------
+
+    def verify(self, digest: str) -> None:
+        """Raise MissingObject, or CorruptObject (after removing it)."""
+        path = self.path_of(digest)
+        try:
+            actual = hash_file(path)
+        except FileNotFoundError:
+            raise MissingObject(digest) from None
+        if actual != digest:
+            self.remove(digest)
+            raise CorruptObject(digest)
+
+    def read_manifest(self, digest: str) -> list[ManifestEntry]:
+        self.verify(digest)
+        entries = []
+        for line in self.path_of(digest).read_text("ascii").splitlines():
+            kind, h, quoted = line.split(" ", 2)
+            entries.append(ManifestEntry(json.loads(quoted), kind, h))
+        return entries
+
+    def remove(self, digest: str) -> None:
+        path = self.path_of(digest)
+        with contextlib.suppress(FileNotFoundError):
+            path.chmod(0o644)
+            path.unlink()
+
+    # -- checkout -------------------------------------------------------------------
+
+    def checkout_file(self, digest: str, dest: Path, mode: Mode = Mode.COPY, executable: bool = False) -> None:
+        """Put object `digest` at `dest` (replacing what is there), verified first."""
+        self.verify(digest)
+        src = self.path_of(digest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
+        os.close(fd)
+        tmp = Path(tmp_name)
+        try:
+            if mode is Mode.COPY:
+                _clone_or_copy(src, tmp)
+                tmp.chmod(0o755 if executable else 0o644)
+            else:
+                tmp.unlink()
+                try:
+                    if mode is Mode.HARDLINK:
+                        os.link(src, tmp)
+                    else:
+                        os.symlink(src, tmp)
+                except OSError as exc:
+                    if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
+                        raise
+                    self._fall_back(mode)
+                    _clone_or_copy(src, tmp)
+                    tmp.chmod(0o555 if executable else 0o444)  # read-only, like the links
+            if dest.is_dir() and not dest.is_symlink():
+                shutil.rmtree(dest)
+            os.replace(tmp, dest)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+
+    def checkout_dir(self, digest: str, dest: Path, mode: Mode = Mode.COPY) -> None:
+        """Recreate a directory output from its manifest, replacing what is there.
+        Every object is verified before anything in the workspace changes."""
+        entries = self.read_manifest(digest)
+        for e in entries:
+            self.verify(e.hash)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+        try:
+            for e in entries:
+                target = staging / e.path
+                if e.kind == LINK:
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    os.symlink(os.fsdecode(self.path_of(e.hash).read_bytes()), target)
+                else:
+                    self.checkout_file(e.hash, target, mode, executable=e.kind == EXEC)
+            if dest.is_dir() and not dest.is_symlink():
+                shutil.rmtree(dest)
+            elif dest.exists() or dest.is_symlink():
+                dest.unlink()
+            os.replace(staging, dest)
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
+
+    def _fall_back(self, mode: Mode) -> None:
+        if mode.value not in self._fell_back:
+            self._fell_back.add(mode.value)
+            self.notice(f"cannot {mode.value} across filesystems here; copying instead")
+
+
+def _clone_or_copy(src: Path, dest: Path) -> None:
+    """Copy `src` to `dest`, sharing extents (a reflink) where the filesystem can."""
+    with open(src, "rb") as fin, open(dest, "wb") as fout:
+        try:
+            fcntl.ioctl(fout.fileno(), _FICLONE, fin.fileno())
+            return
+        except OSError:
+            pass
+        size = os.fstat(fin.fileno()).st_size
+        copied = 0
+        try:
+            while copied < size:
+                n = os.copy_file_range(fin.fileno(), fout.fileno(), size - copied)
+                if n == 0:
+                    break
+                copied += n
+        except OSError:
+            fin.seek(0)
+            fout.seek(0)
+            fout.truncate()
+            shutil.copyfileobj(fin, fout, 1 << 20)
+            return
+        if copied < size:
+            shutil.copyfileobj(fin, fout, 1 << 20)

@@ -1,0 +1,141 @@
+"""The content-addressed cache and the run cache, through the real command."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from conftest import Project
+
+from pivotbuild.cache.store import Cache, CorruptObject, Mode
+from pivotbuild.hashing import hash_bytes, hash_file
+
+PIPELINE = """
+X = 1
+stage make:
+    deps: in.txt
+    outs: out.txt
+    run: echo "run $(cat in.txt) x=${X}" >> count.log && cat in.txt > $@ && echo ${X} >> $@
+stage tree:
+    deps: out.txt
+    outs: tree/
+    run:
+        mkdir -p $@/sub
+        cp $< $@/copy.txt
+        echo deep > $@/sub/deep.txt
+        ln -s copy.txt $@/link
+"""
+
+
+def statuses(out: str) -> dict[str, tuple[str, str]]:
+    events = [json.loads(line) for line in out.splitlines()]
+    return {e["stage"]: (e["status"], e["reason"]) for e in events if e["event"] == "stage_finished"}
+
+
+def runs(project: Project) -> int:
+    return len((project.root / "count.log").read_text().splitlines())
+
+
+def built(project: Project) -> Project:
+    project.pivotfile(PIPELINE)
+    project.write("in.txt", "hello\n")
+    r = project.run("--json")
+    assert r.code == 0, r.err
+    return project
+
+
+def test_deleted_outputs_are_restored_not_rerun(project: Project) -> None:
+    built(project)
+    (project.root / "out.txt").unlink()
+    os.system(f"rm -rf {project.root / 'tree'}")
+    r = project.run("--json")
+    assert r.code == 0, r.err
+    done = statuses(r.out)
+    assert done["make"] == ("restored", "out out.txt missing")
+    assert done["tree"][0] == "restored"
+    assert runs(project) == 1
+    assert (project.root / "out.txt").read_text() == "hello\n1\n"
+    assert (project.root / "tree/sub/deep.txt").read_text() == "deep\n"
+    assert os.readlink(project.root / "tree/link") == "copy.txt"
+    assert project.run("-q").code == 0  # restored outputs are up to date
+
+
+def test_inputs_seen_before_are_restored_from_the_run_cache(project: Project) -> None:
+    built(project)
+    assert statuses(project.run("X=2", "--json").out)["make"][0] == "ran"
+    back = statuses(project.run("--json").out)  # X back to 1: that run is in the run cache
+    assert back["make"][0] == "restored"
+    assert runs(project) == 2
+    assert (project.root / "out.txt").read_text() == "hello\n1\n"
+
+
+def test_no_cache_stores_nothing(project: Project) -> None:
+    project.pivotfile(PIPELINE)
+    project.write("in.txt", "hello\n")
+    assert project.run("--no-cache").code == 0
+    (project.root / "out.txt").unlink()
+    assert statuses(project.run("--json").out)["make"][0] == "ran"
+
+
+def test_forced_stages_run_even_when_the_cache_could_restore_them(project: Project) -> None:
+    built(project)
+    (project.root / "out.txt").unlink()
+    assert statuses(project.run("-B", "make", "--json").out)["make"] == ("ran", "forced")
+
+
+def test_uncached_outputs_are_never_restored(project: Project) -> None:
+    project.pivotfile(PIPELINE.replace("outs: out.txt", "outs: out.txt (cache=false)"))
+    project.write("in.txt", "hello\n")
+    assert project.run().code == 0
+    (project.root / "out.txt").unlink()
+    assert statuses(project.run("--json").out)["make"][0] == "ran"
+
+
+def test_a_corrupt_cache_object_is_never_checked_out(project: Project) -> None:
+    built(project)
+    obj = Cache(project.root / ".pivot/cache").path_of(hash_file(project.root / "out.txt"))
+    obj.chmod(0o644)
+    obj.write_text("tampered\n")
+    (project.root / "out.txt").unlink()
+    r = project.run("--json")
+    assert r.code == 0
+    assert statuses(r.out)["make"][0] == "ran"  # rebuilt, not restored from the bad object
+    assert "corrupt" in r.err
+    assert (project.root / "out.txt").read_text() == "hello\n1\n"
+    assert hash_file(obj) == hash_file(project.root / "out.txt")  # the rebuild healed the cache
+
+
+def test_storing_never_touches_the_workspace_copy(project: Project) -> None:
+    built(project)
+    out = project.root / "out.txt"
+    obj = Cache(project.root / ".pivot/cache").path_of(hash_file(out))
+    assert obj.stat().st_mode & 0o222 == 0  # cache objects are read-only
+    assert out.stat().st_mode & 0o200  # the workspace file is not
+
+
+def test_checkout_modes_and_verification(tmp_path: Path) -> None:
+    cache = Cache(tmp_path / "cache")
+    src = tmp_path / "a.txt"
+    src.write_text("content\n")
+    digest = hash_file(src)
+    assert cache.store_file(src, digest)
+    for mode in Mode:
+        dest = tmp_path / f"out-{mode.value}.txt"
+        cache.checkout_file(digest, dest, mode)
+        assert dest.read_text() == "content\n"
+    assert (tmp_path / "out-symlink.txt").is_symlink()
+    assert os.stat(tmp_path / "out-hardlink.txt").st_ino == os.stat(cache.path_of(digest)).st_ino
+    assert not (tmp_path / "out-copy.txt").is_symlink()
+    # A store of a file that changed since it was hashed keeps nothing.
+    assert not cache.store_file(src, hash_bytes(b"something else"))
+    bad = cache.path_of(digest)
+    bad.chmod(0o644)
+    bad.write_text("rot\n")
+    try:
+        cache.checkout_file(digest, tmp_path / "never.txt")
+    except CorruptObject:
+        pass
+    else:
+        raise AssertionError("a corrupt object was checked out")
+    assert not bad.exists() and not (tmp_path / "never.txt").exists()
