@@ -60,7 +60,7 @@ class Engine:
         closure = graph.upstream(targets)
         check_sources(project, graph, closure)
         check_runnable(graph, closure)
-        with self._state(project, options) as store:
+        with self.state(project, options) as store:
             if options.dry_run or options.question:
                 plan = self._plan(graph, closure, set(targets), store, options)
                 if options.dry_run:
@@ -83,7 +83,7 @@ class Engine:
         """Each selected stage (and what it needs) with its decision; runs nothing."""
         project, graph, targets = self.load(options)
         closure = graph.upstream(targets)
-        with self._state(project, options) as store:
+        with self.state(project, options) as store:
             return self._plan(graph, closure, set(targets), store, options)
 
     def run_stages(self, options: BuildOptions, fail_fast: bool, cancel: threading.Event | None = None) -> int:
@@ -98,7 +98,7 @@ class Engine:
                     chosen.append(sid)
         chain = {s: ([chosen[i - 1]] if i else []) for i, s in enumerate(chosen)}
         run_options = dataclasses.replace(options, keep_going=not fail_fast)
-        with self._state(project, options) as store:
+        with self.state(project, options) as store:
             run = BuildRun(
                 self,
                 project=project,
@@ -129,10 +129,10 @@ class Engine:
         return [(graph.label(s), d) for s, d in decisions.items()]
 
     @contextlib.contextmanager
-    def _state(self, project: Project, options: BuildOptions) -> Iterator[StateStore]:
+    def state(self, project: Project, options: BuildOptions) -> Iterator[StateStore]:
         """The project lock held, and every pipeline's state open, for one build."""
         with ProjectLock(project.root / STATE_DIR, wait=not options.no_wait, on_wait=self._say):
-            store = StateStore(project.root, project.pipelines, self._warn)
+            store = StateStore(project.root, project.pipelines, self.warn)
             try:
                 yield store
             finally:
@@ -141,7 +141,7 @@ class Engine:
     def decide(self, stage: Stage, store: StateStore, forced: bool) -> tuple[Decision, Snapshot]:
         return decide_stage(stage, store, store.root, forced)
 
-    def _warn(self, text: str) -> None:
+    def warn(self, text: str) -> None:
         self.emit(Message(text, "warning"))
 
     def _say(self, text: str) -> None:

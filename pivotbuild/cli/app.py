@@ -85,7 +85,7 @@ def cli(ctx: click.Context) -> None:
 
 
 def _register() -> None:
-    from pivotbuild.cli import build, fmt, history, init, inspect, lock, run, status
+    from pivotbuild.cli import build, fmt, history, init, inspect, lock, run, status, workspace
 
     commands = (
         build.repro,
@@ -96,6 +96,9 @@ def _register() -> None:
         inspect.graph,
         lock.lock,
         history.history,
+        workspace.checkout,
+        workspace.verify,
+        workspace.clean,
         fmt.fmt,
         init.init,
     )

@@ -1,0 +1,89 @@
+"""`verify`, `checkout` and `clean`: the workspace against the lockfile and the cache."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from pivotbuild.cli.build import make_reporter, split_args
+from pivotbuild.cli.common import pivotfile_arg, project_options
+from pivotbuild.options import BuildOptions
+
+_CTX = {"help_option_names": ["-h", "--help"]}
+
+
+def _options(ctx: click.Context, args: tuple[str, ...]) -> BuildOptions:
+    targets, overrides = split_args(args)
+    return BuildOptions(Path.cwd(), pivotfile_arg(ctx), targets, overrides)
+
+
+@click.command(context_settings=_CTX)
+@click.argument("args", nargs=-1, metavar="[TARGET | NAME=VALUE]...")
+@project_options
+@click.pass_context
+def verify(ctx: click.Context, /, args: tuple[str, ...]) -> int:
+    """Exit 1 if a recorded output on disk differs from the lockfile (for CI),
+    listing each difference; exit 0 if every one matches."""
+    from pivotbuild.engine import Engine
+    from pivotbuild.workspace import verify as run_verify
+
+    options = _options(ctx, args)
+    diffs = run_verify(Engine(make_reporter(options)), options)
+    for d in diffs:
+        click.echo(f"{d.what}: {d.path} (stage {d.label})")
+    if diffs:
+        print(
+            f"pivotbuild: {len(diffs)} output(s) differ from the lockfile; run 'pivotbuild' or 'pivotbuild checkout'",
+            file=sys.stderr,
+        )
+        return 1
+    print("pivotbuild: every recorded output matches the lockfile", file=sys.stderr)
+    return 0
+
+
+@click.command(context_settings=_CTX)
+@click.argument("args", nargs=-1, metavar="[TARGET | NAME=VALUE]...")
+@click.option("--force", is_flag=True, help="Overwrite outputs that were modified in the workspace.")
+@project_options
+@click.pass_context
+def checkout(ctx: click.Context, /, args: tuple[str, ...], force: bool) -> int:
+    """Restore the outputs recorded in the lockfile from the cache; runs nothing.
+
+    An output modified in the workspace is not overwritten without --force
+    (the refusal lists them, exit 1)."""
+    from pivotbuild.engine import Engine
+    from pivotbuild.workspace import checkout as run_checkout
+
+    options = _options(ctx, args)
+    report = run_checkout(Engine(make_reporter(options)), options, force)
+    for path in report.restored:
+        click.echo(f"restored {path}")
+    code = 0
+    if report.refused:
+        for d in report.refused:
+            print(f"pivotbuild: {d.path} was modified in the workspace (stage {d.label})", file=sys.stderr)
+        print("pivotbuild: left them alone; run 'pivotbuild checkout --force' to overwrite them", file=sys.stderr)
+        code = 1
+    if report.unavailable:
+        listed = ", ".join(report.unavailable)
+        print(f"pivotbuild: not in the cache: {listed}; build them with 'pivotbuild'", file=sys.stderr)
+        code = 1
+    return code
+
+
+@click.command(context_settings=_CTX)
+@click.argument("args", nargs=-1, metavar="[TARGET | NAME=VALUE]...")
+@project_options
+@click.pass_context
+def clean(ctx: click.Context, /, args: tuple[str, ...]) -> int:
+    """Delete the outputs of the selected stages (all stages without targets).
+    The cache keeps its copies, so 'pivotbuild checkout' can bring them back."""
+    from pivotbuild.engine import Engine
+    from pivotbuild.workspace import clean as run_clean
+
+    options = _options(ctx, args)
+    for path in run_clean(Engine(make_reporter(options)), options):
+        click.echo(f"removed {path}")
+    return 0

@@ -1,0 +1,116 @@
+"""The workspace against the lockfile: verify it, check outputs out of the cache, clean them.
+
+Each function holds the project lock, like a build, and reports through
+events; none of them runs a stage.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pivotbuild.cache.outputs import OutputCache
+from pivotbuild.cache.store import CorruptObject, MissingObject
+from pivotbuild.engine import Engine
+from pivotbuild.graph import BuildGraph
+from pivotbuild.model import Stage
+from pivotbuild.options import BuildOptions
+from pivotbuild.project import Project
+from pivotbuild.snapshot import ABSENT, DIR, file_record
+from pivotbuild.state.store import StateStore
+
+
+@dataclass
+class Difference:
+    stage: Stage
+    label: str
+    path: str
+    what: str  # "missing", "modified", "not recorded"
+
+
+def _chosen(engine: Engine, options: BuildOptions) -> tuple[Project, BuildGraph, list[Stage]]:
+    """The named stages, or every stage when none is named (not just the `default`)."""
+    project, graph, targets = engine.load(options)
+    ids = graph.order(targets) if options.targets else graph.order()
+    return project, graph, [graph.stages[s] for s in ids]
+
+
+@dataclass
+class CheckoutReport:
+    restored: list[str] = field(default_factory=list)
+    refused: list[Difference] = field(default_factory=list)  # modified: needs --force
+    unavailable: list[str] = field(default_factory=list)  # not in the cache
+
+
+def differences(store: StateStore, root: Path, stages: list[Stage], graph: BuildGraph) -> list[Difference]:
+    """Outputs of `stages` whose content on disk is not what the lockfile records."""
+    found = []
+    for stage in stages:
+        record = store.record(stage)
+        label = graph.label(stage.id)
+        recorded = {o.path: o for o in record.outs} if record else {}
+        for out in stage.outs:
+            want = recorded.get(out.path)
+            have = file_record(root, out.path, store.statcache(stage))
+            if want is None:
+                found.append(Difference(stage, label, out.path, "not recorded"))
+            elif have.kind == ABSENT:
+                found.append(Difference(stage, label, out.path, "missing"))
+            elif (have.kind, have.hash) != (want.kind, want.hash):
+                found.append(Difference(stage, label, out.path, "modified"))
+    return found
+
+
+def verify(engine: Engine, options: BuildOptions) -> list[Difference]:
+    """Recorded outputs of the selected stages that differ on disk from the lockfile."""
+    project, graph, stages = _chosen(engine, options)
+    with engine.state(project, options) as store:
+        return differences(store, project.root, stages, graph)
+
+
+def checkout(engine: Engine, options: BuildOptions, force: bool) -> CheckoutReport:
+    """Restore recorded outputs from the cache.  A modified output is left alone
+    (and listed) unless `force`; a missing or unrecorded one is not touched."""
+    project, graph, stages = _chosen(engine, options)
+    report = CheckoutReport()
+    cache = OutputCache(project.root, engine.warn).cache
+    with engine.state(project, options) as store:
+        for diff in differences(store, project.root, stages, graph):
+            if diff.what == "not recorded":
+                continue
+            if diff.what == "modified" and not force:
+                report.refused.append(diff)
+                continue
+            record = store.record(diff.stage)
+            assert record is not None
+            rec = next(o for o in record.outs if o.path == diff.path)
+            dest = project.root / diff.path
+            try:
+                if rec.kind == DIR:
+                    cache.checkout_dir(rec.hash, dest)
+                else:
+                    cache.checkout_file(rec.hash, dest)
+            except (MissingObject, CorruptObject):
+                report.unavailable.append(diff.path)
+                continue
+            report.restored.append(diff.path)
+    return report
+
+
+def clean(engine: Engine, options: BuildOptions) -> list[str]:
+    """Delete the outputs of the selected stages; returns the paths removed."""
+    project, _, stages = _chosen(engine, options)
+    removed = []
+    with engine.state(project, options):
+        for stage in stages:
+            for out in stage.outs:
+                path = project.root / out.path
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                elif path.exists() or path.is_symlink():
+                    path.unlink()
+                else:
+                    continue
+                removed.append(out.path)
+    return removed
