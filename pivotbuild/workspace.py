@@ -14,10 +14,11 @@ from pivotbuild.cache.outputs import OutputCache
 from pivotbuild.cache.store import CorruptObject, MissingObject
 from pivotbuild.engine import Engine
 from pivotbuild.graph import BuildGraph
-from pivotbuild.model import Stage
+from pivotbuild.model import Stage, StageId
 from pivotbuild.options import BuildOptions
 from pivotbuild.project import Project
 from pivotbuild.snapshot import ABSENT, DIR, file_record
+from pivotbuild.state.records import FileRecord
 from pivotbuild.state.store import StateStore
 
 
@@ -114,3 +115,21 @@ def clean(engine: Engine, options: BuildOptions) -> list[str]:
                     continue
                 removed.append(out.path)
     return removed
+
+
+def transfer_set(engine: Engine, options: BuildOptions) -> tuple[Project, list[FileRecord], list[StageId]]:
+    """The project, the recorded outputs of the chosen stages, and the stages themselves."""
+    project, _, stages = _chosen(engine, options)
+    outs: list[FileRecord] = []
+    with engine.state(project, options) as store:
+        for stage in stages:
+            record = store.record(stage)
+            if record is not None:
+                outs.extend(o for o, decl in zip(record.outs, _cached(stage, record.outs), strict=True) if decl)
+    return project, outs, [s.id for s in stages]
+
+
+def _cached(stage: Stage, outs: tuple[FileRecord, ...]) -> list[bool]:
+    """For each recorded output, whether it is cached (`cache=false` ones never travel)."""
+    flags = {o.path: o.cache for o in stage.outs}
+    return [flags.get(o.path, False) for o in outs]

@@ -85,7 +85,7 @@ def cli(ctx: click.Context) -> None:
 
 
 def _register() -> None:
-    from pivotbuild.cli import build, fmt, history, init, inspect, lock, run, status, workspace
+    from pivotbuild.cli import build, fmt, history, init, inspect, lock, remote, run, status, workspace
 
     commands = (
         build.repro,
@@ -99,6 +99,10 @@ def _register() -> None:
         workspace.checkout,
         workspace.verify,
         workspace.clean,
+        remote.remote,
+        remote.push,
+        remote.fetch,
+        remote.pull,
         fmt.fmt,
         init.init,
     )

@@ -1,0 +1,1 @@
+"""Remotes: where cache objects and run-cache entries go to be shared."""

@@ -1,0 +1,49 @@
+"""A directory remote (a local path or a mounted share) with the cache's layout:
+`objects/ab/cdef...` and `runs/<stage>/<inputs>`.
+
+Every file is written under a temporary name and renamed into place, so an
+interrupted push never leaves a truncated object, and a re-run completes it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+
+class DirectoryRemote:
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+
+    def exists(self, rel: str) -> bool:
+        return (self.dir / rel).is_file()
+
+    def list_dir(self, rel: str) -> list[str]:
+        try:
+            return sorted(p.name for p in (self.dir / rel).iterdir() if not p.name.startswith(".tmp-"))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+
+    def put(self, src: Path, rel: str) -> None:
+        _copy_atomically(src, self.dir / rel)
+
+    def get(self, rel: str, dest: Path) -> None:
+        _copy_atomically(self.dir / rel, dest)
+
+
+def _copy_atomically(src: Path, dest: Path) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=dest.parent)
+    try:
+        with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
+            shutil.copyfileobj(inp, out, 1 << 20)
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(tmp, 0o444)
+        os.replace(tmp, dest)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)

@@ -1,0 +1,129 @@
+"""Remotes and CI restoration, through the real command: push from one clone,
+`pivotbuild pull && pivotbuild` in a fresh one runs nothing."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from conftest import Project
+
+from pivotbuild.hashing import hash_file
+
+PIPELINE = """
+stage a:
+    deps: in.txt
+    outs: a.txt
+    run: cat $< > $@ && echo ran >> runs.log
+stage b:
+    deps: a.txt
+    outs: tree/
+    run: mkdir -p $@/sub && cp $< $@/sub/copy.txt && echo ran >> runs.log
+"""
+
+
+def first_clone(tmp_path: Path) -> tuple[Project, Path]:
+    share = tmp_path / "share"
+    share.mkdir()
+    p = Project(tmp_path / "one")
+    (p.root / ".pivot").mkdir(parents=True)
+    p.pivotfile(PIPELINE)
+    p.write("in.txt", "data\n")
+    assert p.run().code == 0
+    assert p.run("remote", "add", "--default", "team", str(share)).code == 0
+    return p, share
+
+
+def fresh_clone(origin: Project, tmp_path: Path) -> Project:
+    """What `git clone` gives: the committed files, no outputs, no cache."""
+    q = Project(tmp_path / "two")
+    (q.root / ".pivot").mkdir(parents=True)
+    for rel in ("Pivotfile", "Pivotfile.lock", "in.txt", ".pivot/config.toml"):
+        shutil.copy(origin.root / rel, q.root / rel)
+    return q
+
+
+def finished(out: str) -> dict[str, str]:
+    return {e["stage"]: e["status"] for e in map(json.loads, out.splitlines()) if e["event"] == "stage_finished"}
+
+
+def test_pull_then_build_on_a_fresh_clone_runs_nothing(tmp_path: Path) -> None:
+    one, _ = first_clone(tmp_path)
+    pushed = one.run("push")
+    assert pushed.code == 0, pushed.err
+    two = fresh_clone(one, tmp_path)
+    pulled = two.run("pull")
+    assert pulled.code == 0, pulled.err
+    build = two.run("--json")
+    assert build.code == 0
+    assert set(finished(build.out).values()) == {"skipped"}
+    assert not (two.root / "runs.log").exists()  # nothing ran in the fresh clone
+    assert (two.root / "tree/sub/copy.txt").read_text() == "data\n"
+
+
+def test_a_fresh_clone_restores_from_the_cache_after_fetch(tmp_path: Path) -> None:
+    one, _ = first_clone(tmp_path)
+    assert one.run("push").code == 0
+    two = fresh_clone(one, tmp_path)
+    assert two.run("fetch").code == 0
+    assert not (two.root / "a.txt").exists()  # fetch leaves the workspace alone
+    build = two.run("--json")
+    assert set(finished(build.out).values()) == {"restored"}
+    assert not (two.root / "runs.log").exists()
+
+
+def test_push_sends_only_what_the_remote_lacks(tmp_path: Path) -> None:
+    one, share = first_clone(tmp_path)
+    first = one.run("push")
+    assert "0 already there" in first.err
+    again = one.run("push")
+    assert "0 object(s) pushed" in again.err
+    assert not list(share.rglob(".tmp-*"))
+
+
+def test_an_interrupted_push_leaves_no_truncated_object_and_a_rerun_completes_it(tmp_path: Path) -> None:
+    one, share = first_clone(tmp_path)
+    assert one.run("push").code == 0
+    # Simulate a push killed mid-transfer: an object missing, a partial temporary file beside it.
+    digest = hash_file(one.root / "a.txt")
+    obj = share / "objects" / digest[:2] / digest[2:]
+    obj.chmod(0o644)
+    obj.unlink()
+    (obj.parent / ".tmp-partial").write_text("da")
+    assert one.run("push").code == 0
+    assert hash_file(obj) == digest
+    for path in (share / "objects").rglob("*"):
+        if path.is_file() and not path.name.startswith(".tmp-"):
+            assert hash_file(path) == path.parent.name + path.name  # every object whole
+
+
+def test_a_corrupt_object_on_the_remote_is_reported_and_not_kept(tmp_path: Path) -> None:
+    one, share = first_clone(tmp_path)
+    assert one.run("push").code == 0
+    digest = hash_file(one.root / "a.txt")
+    obj = share / "objects" / digest[:2] / digest[2:]
+    obj.chmod(0o644)
+    obj.write_text("rotten\n")
+    two = fresh_clone(one, tmp_path)
+    fetched = two.run("fetch")
+    assert fetched.code == 1
+    assert "corrupt" in fetched.err
+    assert not (two.root / ".pivot/cache/objects" / digest[:2] / digest[2:]).exists()
+    build = two.run("--json")  # the stage whose object was bad is rebuilt
+    assert finished(build.out)["a"] == "ran"
+    assert build.code == 0
+
+
+def test_remote_configuration(tmp_path: Path) -> None:
+    one, share = first_clone(tmp_path)
+    listed = one.run("remote", "list")
+    assert f"team\t{share} (default)" in listed.out
+    assert one.run("remote", "add", "other", "file:///somewhere/else").code == 0
+    assert "other\tfile:///somewhere/else" in one.run("remote", "list").out
+    assert one.run("push", "-r", "nope").code == 2
+    assert one.run("remote", "remove", "team").code == 0
+    unmounted = one.run("push")  # the one remote left is used; its directory does not exist
+    assert unmounted.code == 2
+    assert "/somewhere/else is not a directory" in unmounted.err
+    assert not Path("/somewhere/else").exists()
