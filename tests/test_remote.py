@@ -119,11 +119,12 @@ def test_remote_configuration(tmp_path: Path) -> None:
     one, share = first_clone(tmp_path)
     listed = one.run("remote", "list")
     assert f"team\t{share} (default)" in listed.out
-    assert one.run("remote", "add", "other", "file:///somewhere/else").code == 0
-    assert "other\tfile:///somewhere/else" in one.run("remote", "list").out
+    elsewhere = tmp_path / "not-mounted"
+    assert one.run("remote", "add", "other", f"file://{elsewhere}").code == 0
+    assert f"other\tfile://{elsewhere}" in one.run("remote", "list").out
     assert one.run("push", "-r", "nope").code == 2
     assert one.run("remote", "remove", "team").code == 0
     unmounted = one.run("push")  # the one remote left is used; its directory does not exist
     assert unmounted.code == 2
-    assert "/somewhere/else is not a directory" in unmounted.err
-    assert not Path("/somewhere/else").exists()
+    assert f"{elsewhere} is not a directory" in unmounted.err
+    assert not elsewhere.exists()
