@@ -1,0 +1,225 @@
+"""Interrupted and killed builds end to end: Ctrl-C and SIGTERM stop cleanly with
+exit 130, SIGKILL loses at most the stage that was running (the journal), and a
+damaged journal is survived with a warning."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import PIVOTBUILD, Project, Result
+
+# b hangs (sleep 30, its pid in b.pid) the first time only, so the next build
+# can show what it reruns without waiting.
+PIPELINE = """
+stage a:
+    outs: a.txt
+    run: echo a >> runs.log; echo a > $@
+
+stage b:
+    deps: a.txt
+    outs: b.txt
+    run:
+        echo b >> runs.log
+        if [ ! -e hung.once ]; then
+            touch hung.once
+            sleep 30 &
+            echo $! > b.pid
+            wait
+        fi
+        cp $< $@
+"""
+
+
+def events(r: Result) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in r.out.splitlines()]
+
+
+def finished(r: Result) -> dict[str, tuple[str, str]]:
+    return {e["stage"]: (e["status"], e["reason"]) for e in events(r) if e["event"] == "stage_finished"}
+
+
+def runs(p: Project) -> list[str]:
+    return (p.root / "runs.log").read_text().split()
+
+
+def gone(pid: int) -> bool:
+    """The process no longer exists (or is a zombie waiting to be reaped)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
+
+
+def wait_until(check: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def hung_pid(p: Project) -> int:
+    """Wait for stage b to be hanging; its sleep's pid."""
+    pid_file = p.root / "b.pid"
+    wait_until(lambda: pid_file.exists() and pid_file.read_text().strip(), 20, "stage b to start")
+    return int(pid_file.read_text())
+
+
+@contextlib.contextmanager
+def background_build(p: Project, tmp: Path, *args: str) -> Iterator[subprocess.Popen[bytes]]:
+    """`pivotbuild ARGS` in the background, in its own session like a terminal job.
+    Whatever is left of it or of its stages is killed afterwards."""
+    env = {**os.environ, "NO_COLOR": "1"}
+    with (tmp / "bg.out").open("wb") as out, (tmp / "bg.err").open("wb") as err:
+        proc = subprocess.Popen(
+            [*PIVOTBUILD, *args], cwd=p.root, env=env, stdout=out, stderr=err, start_new_session=True
+        )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        pid_file = p.root / "b.pid"
+        if pid_file.exists() and pid_file.read_text().strip():
+            pid = int(pid_file.read_text())
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(os.getpgid(pid), signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def locked(p: Project) -> set[str]:
+    if not (p.root / "Pivotfile.lock").exists():
+        return set()
+    r = p.run("lock", "show", "--json")
+    assert r.code == 0, r
+    return set(json.loads(r.out)["stages"])
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_interrupt_stops_the_build_with_130_and_keeps_finished_stages(
+    project: Project, tmp_path: Path, sig: signal.Signals
+) -> None:
+    project.pivotfile(PIPELINE)
+    with background_build(project, tmp_path, "-j1") as proc:
+        pid = hung_pid(project)
+        proc.send_signal(sig)
+        try:
+            code = proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"pivotbuild did not stop within 10s of {sig.name}") from None
+        err = (tmp_path / "bg.err").read_text()
+        assert code == 130, err
+        assert "Traceback" not in err
+        assert "interrupted" in err
+        wait_until(lambda: gone(pid), 5, f"the stage's sleep ({pid}) to go away")
+
+    assert (project.root / "a.txt").read_text() == "a\n"
+    assert not (project.root / "b.txt").exists()
+    assert locked(project) == {"a"}  # what finished before the interrupt is recorded
+
+    r = project.run("--json", "-j1")
+    assert r.code == 0, r
+    done = finished(r)
+    assert done["a"] == ("skipped", "up to date")
+    assert done["b"][0] == "ran"
+    assert runs(project) == ["a", "b", "b"]
+
+    r = project.run("history", "--json")
+    assert r.code == 0, r
+    entries = [json.loads(line) for line in r.out.splitlines()]
+    assert [e["result"] for e in entries] == ["interrupted", "ok"]
+
+
+def _kill_mid_build(project: Project, tmp_path: Path) -> None:
+    """Run the pipeline, SIGKILL pivotbuild while b runs, and clean up b ourselves."""
+    project.pivotfile(PIPELINE)
+    with background_build(project, tmp_path, "-j1") as proc:
+        pid = hung_pid(project)
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(timeout=10) == -signal.SIGKILL
+        os.killpg(os.getpgid(pid), signal.SIGKILL)  # nobody else will: pivotbuild is dead
+    assert runs(project) == ["a", "b"]
+
+
+def test_after_sigkill_the_next_build_reruns_only_the_stage_that_was_running(project: Project, tmp_path: Path) -> None:
+    _kill_mid_build(project, tmp_path)
+    r = project.run("-n", "--json")  # the plan already sees what the journal kept
+    assert r.code == 0, r
+    plan = {e["stage"]: e for e in events(r)}
+    assert plan["a"]["will_run"] is False
+    assert plan["b"]["will_run"] is True
+    assert runs(project) == ["a", "b"]
+
+    r = project.run("--json", "-j1")
+    assert r.code == 0, r
+    assert "warning" not in r.err, r.err
+    done = finished(r)
+    assert done["a"] == ("skipped", "up to date")
+    assert done["b"][0] == "ran"
+    assert runs(project) == ["a", "b", "b"]
+    assert locked(project) == {"a", "b"}
+    assert (project.root / "b.txt").read_text() == "a\n"
+
+
+def test_garbage_appended_to_the_journal_is_survived_with_a_warning(project: Project, tmp_path: Path) -> None:
+    _kill_mid_build(project, tmp_path)
+    journal = project.root / ".pivot" / "journal"
+    assert journal.exists(), "a killed build leaves its journal behind"
+    with journal.open("ab") as f:
+        f.write(b"\x00\x00\x10\x00this is not a journal entry")
+    r = project.run("--json", "-j1")
+    assert r.code == 0, r
+    warnings = [line for line in r.err.splitlines() if "journal" in line]
+    assert len(warnings) == 1, r.err
+    assert warnings[0].startswith("pivotbuild: ")
+    assert "Traceback" not in r.err
+    done = finished(r)
+    assert done["a"] == ("skipped", "up to date")  # the good entry before the garbage counts
+    assert done["b"][0] == "ran"
+
+    r = project.run("--json")
+    assert r.code == 0, r
+    assert "warning" not in r.err, r.err
+    assert set(finished(r).values()) == {("skipped", "up to date")}
+
+
+def test_a_journal_cut_short_is_survived_with_a_warning(project: Project, tmp_path: Path) -> None:
+    _kill_mid_build(project, tmp_path)
+    journal = project.root / ".pivot" / "journal"
+    blob = journal.read_bytes()
+    journal.write_bytes(blob[: len(blob) - 5])  # the entry for a loses its end
+    r = project.run("--json", "-j1")
+    assert r.code == 0, r
+    assert sum("journal" in line for line in r.err.splitlines()) == 1, r.err
+    assert "Traceback" not in r.err
+    done = finished(r)
+    # Its journal record was damaged and is not trusted: a is not "up to date",
+    # but the run cache saw these inputs, so its outputs are restored, not rerun.
+    assert done["a"][0] == "restored"
+    assert done["b"][0] == "ran"
+    assert locked(project) == {"a", "b"}
+
+
+def test_a_garbage_journal_after_a_complete_build_keeps_the_lockfile(project: Project) -> None:
+    project.pivotfile(PIPELINE)
+    project.write("hung.once", "")
+    r = project.run("--json")
+    assert r.code == 0, r
+    (project.root / ".pivot" / "journal").write_bytes(b"\xff" * 37)
+    r = project.run("--json")
+    assert r.code == 0, r
+    assert sum("journal" in line for line in r.err.splitlines()) == 1, r.err
+    assert set(finished(r).values()) == {("skipped", "up to date")}
