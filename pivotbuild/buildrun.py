@@ -213,6 +213,7 @@ class BuildRun:
             if not self.admission.try_start(stage):
                 continue
             snap, reason = self.to_run.pop(sid)
+            self.outputs.restore_incremental(stage, self.store.record(stage))
             self.started += 1
             total = len(self.closure) - sum(1 for v in self.status.values() if v is Status.SKIPPED)
             label = self.graph.label(sid)
@@ -262,10 +263,12 @@ class BuildRun:
         self.durations[sid] = duration
         label = self.graph.label(sid)
         if result.cancelled:
+            self._roll_back(stage, label, quiet=True)
             self._finish(sid, StageFinished(label, Status.CANCELLED, "interrupted", duration))
             return
         if not result.ok:
             detail = result.describe(stage.timeout)
+            self._roll_back(stage, label)
             self._fail(sid, StageFinished(label, Status.FAILED, reason, duration, detail, result.tail))
             return
         cache = self.store.statcache(stage)
@@ -273,6 +276,7 @@ class BuildRun:
         missing = [o.path for o in outs if o.kind == snapshot.ABSENT]
         if missing:
             detail = f"declared output {missing[0]} was not created"
+            self._roll_back(stage, label)
             self._fail(sid, StageFinished(label, Status.FAILED, reason, duration, detail, result.tail))
             return
         record = StageRecord(stage.name, snap.fingerprint, snap.command, snap.deps, outs, snap.params, snap.facets)
@@ -280,6 +284,22 @@ class BuildRun:
         if not self.options.no_cache:
             self.outputs.keep(stage, snap, outs, cache)
         self._finish(sid, StageFinished(label, Status.RAN, reason, duration))
+
+    def _roll_back(self, stage: Stage, label: str, quiet: bool = False) -> None:
+        """A failed or interrupted stage's outputs go back to what the lockfile records."""
+        try:
+            restored, removed = self.outputs.roll_back(stage, self.store.record(stage))
+        except OSError as exc:
+            self.engine.emit(Message(f"could not roll back the outputs of {label}: {exc}", "warning"))
+            return
+        if quiet or not (restored or removed):
+            return
+        parts = []
+        if restored:
+            parts.append(f"restored the recorded version of {', '.join(restored)}")
+        if removed:
+            parts.append(f"removed {', '.join(removed)} (no recorded version)")
+        self.engine.emit(Message(f"{label} did not succeed, so its outputs were rolled back: {'; '.join(parts)}"))
 
     def _fail(self, sid: StageId, event: StageFinished) -> None:
         self.failures.append(event)

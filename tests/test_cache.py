@@ -139,3 +139,43 @@ def test_checkout_modes_and_verification(tmp_path: Path) -> None:
     else:
         raise AssertionError("a corrupt object was checked out")
     assert not bad.exists() and not (tmp_path / "never.txt").exists()
+
+
+ROLLBACK = """
+N = 1
+stage s:
+    outs: s.txt
+    run: echo v${N} > $@; test ${N} = 1
+stage fresh:
+    outs: f.txt
+    run: echo new > $@; test ${N} = 1
+"""
+
+
+def test_a_failed_stage_rolls_its_outputs_back_to_the_recorded_version(project: Project) -> None:
+    project.pivotfile(ROLLBACK.replace("stage fresh:", "stage fresh:\n    deps: s.txt"))
+    assert project.run().code == 0
+    failed = project.run("N=2")
+    assert failed.code == 1
+    assert (project.root / "s.txt").read_text() == "v1\n"  # not the half-made v2
+    assert "rolled back" in failed.err
+    assert project.run("verify").code == 0  # the workspace matches the lockfile again
+
+
+def test_a_failed_stage_without_a_recorded_version_has_its_outputs_removed(project: Project) -> None:
+    project.pivotfile(ROLLBACK)
+    failed = project.run("N=2", "-k")
+    assert failed.code == 1
+    assert not (project.root / "f.txt").exists()
+    assert "removed f.txt (no recorded version)" in failed.err
+
+
+def test_an_incremental_output_starts_from_its_recorded_version(project: Project) -> None:
+    project.pivotfile("N = 1\nstage log:\n    outs: log.txt (incremental)\n    run: echo line ${N} >> $@\n")
+    assert project.run().code == 0
+    assert project.run("N=2").code == 0
+    log = project.root / "log.txt"
+    assert log.read_text() == "line 1\nline 2\n"
+    log.write_text(log.read_text() + "junk\n")  # not what the lockfile records
+    assert project.run("N=3").code == 0
+    assert log.read_text() == "line 1\nline 2\nline 3\n"

@@ -9,6 +9,8 @@ matches everything but the outputs (they were deleted or changed by hand).
 
 from __future__ import annotations
 
+import contextlib
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -72,11 +74,58 @@ class OutputCache:
             return None
         return outs
 
+    def roll_back(self, stage: Stage, record: StageRecord | None) -> tuple[list[str], list[str]]:
+        """After a failure: put each output back to its last recorded version from
+        the cache, or remove it if there is none, so the workspace matches the
+        lockfile again.  (A `persist` output that is not cached is left alone.)
+        Returns (restored paths, removed paths)."""
+        recorded = {o.path: o for o in record.outs} if record else {}
+        restored: list[str] = []
+        removed: list[str] = []
+        for out in stage.outs:
+            path = self.root / out.path
+            rec = recorded.get(out.path)
+            if rec is not None and out.cache and rec.kind in (FILE, DIR) and self.cache.has(rec.hash):
+                try:
+                    self._check_out(rec, path)
+                    restored.append(out.path)
+                    continue
+                except (CorruptObject, MissingObject):
+                    pass
+            if out.persist and not out.cache:
+                continue
+            if _remove(path):
+                removed.append(out.path)
+        return restored, removed
+
+    def restore_incremental(self, stage: Stage, record: StageRecord | None) -> None:
+        """Before an `incremental` stage runs, put its outputs back to their last
+        recorded version, so it builds on what the lockfile says it made."""
+        if record is None:
+            return
+        recorded = {o.path: o for o in record.outs}
+        for out in stage.outs:
+            rec = recorded.get(out.path)
+            if not out.incremental or rec is None or rec.kind not in (FILE, DIR) or not self.cache.has(rec.hash):
+                continue
+            with contextlib.suppress(CorruptObject, MissingObject):
+                self._check_out(rec, self.root / out.path)
+
     def _check_out(self, rec: FileRecord, dest: Path) -> None:
         if rec.kind == DIR:
             self.cache.checkout_dir(rec.hash, dest)
         else:
             self.cache.checkout_file(rec.hash, dest)
+
+
+def _remove(path: Path) -> bool:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+        return True
+    if path.exists() or path.is_symlink():
+        path.unlink()
+        return True
+    return False
 
 
 def _same_inputs(record: StageRecord, snap: Snapshot) -> bool:
