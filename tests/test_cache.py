@@ -179,3 +179,27 @@ def test_an_incremental_output_starts_from_its_recorded_version(project: Project
     log.write_text(log.read_text() + "junk\n")  # not what the lockfile records
     assert project.run("N=3").code == 0
     assert log.read_text() == "line 1\nline 2\nline 3\n"
+
+
+def test_gc_deletes_only_what_no_lockfile_needs(project: Project) -> None:
+    built(project)
+    assert project.run("X=2").code == 0  # the X=1 outputs are now referenced only by the run cache
+    objects = project.root / ".pivot/cache/objects"
+    before = sorted(p.name for p in objects.rglob("*") if p.is_file())
+    listed = project.run("gc", "-n")
+    assert listed.code == 0
+    assert "would delete object" in listed.out
+    assert sorted(p.name for p in objects.rglob("*") if p.is_file()) == before  # -n deletes nothing
+
+    kept = project.run("gc", "--keep-run-cache")
+    assert "0 object(s)" in kept.err  # the run cache still needs them
+
+    assert project.run("gc").code == 0
+    assert project.run("verify").code == 0
+    (project.root / "out.txt").unlink()
+    os.system(f"rm -rf {project.root / 'tree'}")
+    assert project.run("checkout").code == 0  # everything the lockfile needs survived
+    assert (project.root / "tree/sub/deep.txt").read_text() == "deep\n"
+    back = statuses(project.run("--json").out)  # the X=1 run-cache entry went with its objects
+    assert back["make"][0] == "skipped"
+    assert statuses(project.run("X=1", "--json").out)["make"][0] == "ran"

@@ -99,6 +99,7 @@ def _register() -> None:
         workspace.checkout,
         workspace.verify,
         workspace.clean,
+        workspace.gc,
         remote.remote,
         remote.push,
         remote.fetch,

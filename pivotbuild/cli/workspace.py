@@ -87,3 +87,34 @@ def clean(ctx: click.Context, /, args: tuple[str, ...]) -> int:
     for path in run_clean(Engine(make_reporter(options)), options):
         click.echo(f"removed {path}")
     return 0
+
+
+@click.command(context_settings=_CTX)
+@click.option("-n", "--dry-run", is_flag=True, help="List what would be deleted; delete nothing.")
+@click.option("--keep-run-cache", is_flag=True, help="Keep run-cache entries, and the objects they need.")
+@project_options
+def gc(dry_run: bool, keep_run_cache: bool) -> int:
+    """Delete cache objects that no lockfile of the project references, and the
+    run-cache entries that pointed at them."""
+    from pivotbuild.cache.gc import collect
+    from pivotbuild.cache.outputs import CACHE_DIR
+    from pivotbuild.cache.store import Cache
+    from pivotbuild.paths import STATE_DIR, find_root
+    from pivotbuild.state.projectlock import ProjectLock
+
+    root = find_root(Path.cwd())
+
+    def say(text: str) -> None:
+        print(f"pivotbuild: {text}", file=sys.stderr)
+
+    with ProjectLock(root / STATE_DIR, wait=True, on_wait=say):
+        report = collect(root, Cache(root / STATE_DIR / CACHE_DIR), keep_run_cache=keep_run_cache, dry_run=dry_run)
+    if dry_run:
+        for digest in report.objects:
+            click.echo(f"would delete object {digest}")
+        for entry in report.run_entries:
+            click.echo(f"would delete run-cache entry {entry}")
+    verb = "would free" if dry_run else "freed"
+    mib = report.freed_bytes / (1 << 20)
+    say(f"{len(report.objects)} object(s), {len(report.run_entries)} run-cache entr(ies); {verb} {mib:.1f} MiB")
+    return 0

@@ -50,7 +50,7 @@ def object_rel(digest: str) -> str:
     return f"{OBJECTS}/{digest[:2]}/{digest[2:]}"
 
 
-def _run_entry_outs(blob: bytes) -> list[FileRecord]:
+def run_entry_outs(blob: bytes) -> list[FileRecord]:
     try:
         data = msgpack.unpackb(blob, raw=False)
         return [_converter.structure(o, FileRecord) for o in data["outs"]]
@@ -90,7 +90,7 @@ def push(
         for entry in sorted(folder.iterdir()) if folder.is_dir() else []:
             rel = f"{RUNS}/{folder.name}/{entry.name}"
             entries.append((rel, entry))
-            for rec in _run_entry_outs(entry.read_bytes()):
+            for rec in run_entry_outs(entry.read_bytes()):
                 wanted |= _local_objects(cache, rec, report)
     to_send = [d for d in sorted(wanted) if not remote.exists(object_rel(d))]
     report.already = len(wanted) - len(to_send)
@@ -136,7 +136,7 @@ def fetch(
                 os.close(fd)
                 remote.get(f"{RUNS}/{key}/{name}", Path(tmp))
                 os.replace(tmp, local)
-            records += _run_entry_outs(local.read_bytes())
+            records += run_entry_outs(local.read_bytes())
     # Directory manifests first: they name the objects the directories need.
     manifests = {r.hash for r in records if r.kind == DIR}
     _parallel(jobs, (_receive(cache, remote, d, report) for d in sorted(manifests) if not cache.has(d)), None)
