@@ -75,7 +75,8 @@ def checkout(engine: Engine, options: BuildOptions, force: bool) -> CheckoutRepo
     (and listed) unless `force`; a missing or unrecorded one is not touched."""
     project, graph, stages = _chosen(engine, options)
     report = CheckoutReport()
-    cache = OutputCache(project.root, engine.warn).cache
+    outputs = OutputCache(project.root, engine.warn)
+    cache = outputs.cache
     with engine.state(project, options) as store:
         for diff in differences(store, project.root, stages, graph):
             if diff.what == "not recorded":
@@ -86,12 +87,13 @@ def checkout(engine: Engine, options: BuildOptions, force: bool) -> CheckoutRepo
             record = store.record(diff.stage)
             assert record is not None
             rec = next(o for o in record.outs if o.path == diff.path)
+            out = next(o for o in diff.stage.outs if o.path == diff.path)
             dest = project.root / diff.path
             try:
                 if rec.kind == DIR:
-                    cache.checkout_dir(rec.hash, dest)
+                    cache.checkout_dir(rec.hash, dest, outputs.mode_for(out))
                 else:
-                    cache.checkout_file(rec.hash, dest)
+                    cache.checkout_file(rec.hash, dest, outputs.mode_for(out))
             except (MissingObject, CorruptObject):
                 report.unavailable.append(diff.path)
                 continue

@@ -203,3 +203,23 @@ def test_gc_deletes_only_what_no_lockfile_needs(project: Project) -> None:
     assert statuses(project.run("X=2", "--json").out)["make"][0] == "skipped"
     # The X=1 run-cache entry went with its objects: going back to X=1 runs again.
     assert statuses(project.run("--json").out)["make"][0] == "ran"
+
+
+def test_checkout_mode_from_the_config(project: Project) -> None:
+    built(project)
+    for mode, check in (
+        ("hardlink", lambda p: p.stat().st_nlink == 2),
+        ("symlink", lambda p: p.is_symlink() and ".pivot/cache/objects" in os.readlink(p)),
+    ):
+        project.write(".pivot/config.toml", f'[core]\ncheckout = "{mode}"\n')
+        (project.root / "out.txt").unlink()
+        assert project.run("checkout").code == 0
+        out = project.root / "out.txt"
+        assert check(out), mode
+        assert out.stat().st_mode & 0o222 == 0  # read-only: an edit cannot reach the cache
+        assert out.read_text() == "hello\n1\n"
+        assert project.run("verify").code == 0
+    project.write(".pivot/config.toml", '[core]\ncheckout = "teleport"\n')
+    bad = project.run("checkout")
+    assert bad.code == 2
+    assert "use one of copy, hardlink, symlink" in bad.err

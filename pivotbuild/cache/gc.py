@@ -3,6 +3,7 @@ and the run-cache entries that point at them (unless they are kept)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -38,10 +39,8 @@ def objects_of(cache: Cache, outs: list[FileRecord]) -> set[str]:
             continue
         found.add(rec.hash)
         if rec.kind == DIR:
-            try:
+            with contextlib.suppress(MissingObject, CorruptObject):
                 found |= {e.hash for e in cache.read_manifest(rec.hash)}
-            except (MissingObject, CorruptObject):
-                pass
     return found
 
 

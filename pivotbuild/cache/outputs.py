@@ -15,8 +15,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pivotbuild.cache.runcache import RunCache
-from pivotbuild.cache.store import Cache, CorruptObject, MissingObject
-from pivotbuild.model import Stage
+from pivotbuild.cache.store import Cache, CorruptObject, MissingObject, Mode
+from pivotbuild.model import Out, Stage
+from pivotbuild.remote import config
 from pivotbuild.paths import STATE_DIR
 from pivotbuild.snapshot import ABSENT, DIR, FILE, Snapshot
 from pivotbuild.state.records import FileRecord, StageRecord
@@ -31,6 +32,7 @@ class OutputCache:
         self.notice = notice
         self.cache = Cache(root / STATE_DIR / CACHE_DIR, notice)
         self.runs = RunCache(self.cache.dir)
+        self.mode = Mode(config.load(root).checkout)
 
     def keep(self, stage: Stage, snap: Snapshot, outs: tuple[FileRecord, ...], statcache: StatCache) -> None:
         """Store `stage`'s cacheable outputs and remember them in the run cache."""
@@ -66,7 +68,7 @@ class OutputCache:
             return None
         try:
             for out, rec in zip(stage.outs, outs, strict=True):
-                self._check_out(rec, self.root / out.path)
+                self._check_out(rec, self.root / out.path, self.mode_for(out))
         except CorruptObject as exc:
             self.notice(f"cache object {exc} was corrupt and has been removed; {stage.id.label()} will run")
             return None
@@ -87,7 +89,7 @@ class OutputCache:
             rec = recorded.get(out.path)
             if rec is not None and out.cache and rec.kind in (FILE, DIR) and self.cache.has(rec.hash):
                 try:
-                    self._check_out(rec, path)
+                    self._check_out(rec, path, self.mode_for(out))
                     restored.append(out.path)
                     continue
                 except (CorruptObject, MissingObject):
@@ -109,13 +111,18 @@ class OutputCache:
             if not out.incremental or rec is None or rec.kind not in (FILE, DIR) or not self.cache.has(rec.hash):
                 continue
             with contextlib.suppress(CorruptObject, MissingObject):
-                self._check_out(rec, self.root / out.path)
+                self._check_out(rec, self.root / out.path, Mode.COPY)
 
-    def _check_out(self, rec: FileRecord, dest: Path) -> None:
+    def mode_for(self, out: Out) -> Mode:
+        """The configured mode, except that outputs a stage writes into again
+        (`persist`, `incremental`) are always real copies."""
+        return Mode.COPY if out.persist or out.incremental else self.mode
+
+    def _check_out(self, rec: FileRecord, dest: Path, mode: Mode) -> None:
         if rec.kind == DIR:
-            self.cache.checkout_dir(rec.hash, dest)
+            self.cache.checkout_dir(rec.hash, dest, mode)
         else:
-            self.cache.checkout_file(rec.hash, dest)
+            self.cache.checkout_file(rec.hash, dest, mode)
 
 
 def _remove(path: Path) -> bool:

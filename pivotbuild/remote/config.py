@@ -26,10 +26,14 @@ class ConfigError(PivotError):
     """A config file that cannot be read, or a remote that is not configured."""
 
 
+CHECKOUT_MODES = ("copy", "hardlink", "symlink")
+
+
 @dataclass
 class Config:
     remotes: dict[str, str] = field(default_factory=dict)  # name -> url
     default: str | None = None
+    checkout: str = "copy"  # how outputs come back from the cache
 
     def remote_url(self, name: str | None) -> tuple[str, str]:
         """(name, url) of the named remote, else the default one."""
@@ -67,13 +71,21 @@ def load(root: Path) -> Config:
         remotes[name] = url
     core = data.get("core") or {}
     default = core.get("remote") if isinstance(core, dict) else None
-    return Config(remotes, default if isinstance(default, str) else None)
+    checkout = core.get("checkout", "copy") if isinstance(core, dict) else "copy"
+    if checkout not in CHECKOUT_MODES:
+        raise ConfigError(f"{path}: [core] checkout = {checkout!r}; use one of {', '.join(CHECKOUT_MODES)}")
+    return Config(remotes, default if isinstance(default, str) else None, checkout)
 
 
 def save(root: Path, config: Config) -> None:
     lines = ["# pivotbuild project settings; commit this file."]
+    core = []
     if config.default:
-        lines += ["", "[core]", f"remote = {json.dumps(config.default)}"]
+        core.append(f"remote = {json.dumps(config.default)}")
+    if config.checkout != "copy":
+        core.append(f"checkout = {json.dumps(config.checkout)}")
+    if core:
+        lines += ["", "[core]", *core]
     for name in sorted(config.remotes):
         lines += ["", f"[remote.{json.dumps(name)}]", f"url = {json.dumps(config.remotes[name])}"]
     ensure_state_dir(root)
