@@ -17,8 +17,8 @@ from pathlib import Path
 from pivotbuild.cache.runcache import RunCache
 from pivotbuild.cache.store import Cache, CorruptObject, MissingObject, Mode
 from pivotbuild.model import Out, Stage
-from pivotbuild.remote import config
 from pivotbuild.paths import STATE_DIR
+from pivotbuild.remote import config
 from pivotbuild.snapshot import ABSENT, DIR, FILE, Snapshot
 from pivotbuild.state.records import FileRecord, StageRecord
 from pivotbuild.state.statcache import StatCache
