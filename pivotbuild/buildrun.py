@@ -202,7 +202,9 @@ class BuildRun:
         if [(o.path, o.hash) for o in now] != [(o.path, o.hash) for o in outs]:
             return False  # a checkout that does not hash as recorded: run the stage instead
         self.store.commit(
-            stage, StageRecord(stage.name, snap.fingerprint, snap.command, snap.deps, outs, snap.params, snap.facets)
+            stage,
+            StageRecord(stage.name, snap.fingerprint, snap.command, snap.deps, outs, snap.params, snap.facets),
+            pending=self.options.no_commit,
         )
         self._finish(stage.id, StageFinished(self.graph.label(stage.id), Status.RESTORED, reason, 0.0))
         return True
@@ -280,9 +282,9 @@ class BuildRun:
             self._fail(sid, StageFinished(label, Status.FAILED, reason, duration, detail, result.tail))
             return
         record = StageRecord(stage.name, snap.fingerprint, snap.command, snap.deps, outs, snap.params, snap.facets)
-        self.store.commit(stage, record)
-        if not self.options.no_cache:
-            self.outputs.keep(stage, snap, outs, cache)
+        self.store.commit(stage, record, pending=self.options.no_commit)
+        if not self.options.no_cache and not self.options.no_commit:
+            self.outputs.keep(stage, record, cache)
         self._finish(sid, StageFinished(label, Status.RAN, reason, duration))
 
     def _roll_back(self, stage: Stage, label: str, quiet: bool = False) -> None:

@@ -135,3 +135,26 @@ def _cached(stage: Stage, outs: tuple[FileRecord, ...]) -> list[bool]:
     """For each recorded output, whether it is cached (`cache=false` ones never travel)."""
     flags = {o.path: o.cache for o in stage.outs}
     return [flags.get(o.path, False) for o in outs]
+
+
+def commit(engine: Engine, options: BuildOptions) -> tuple[list[str], list[str]]:
+    """Promote the pending results of `--no-commit` runs: store their outputs in
+    the cache and record them in the lockfile.  A stage whose outputs changed
+    since it ran is refused.  Returns (committed, refused) stage names."""
+    project, graph, stages = _chosen(engine, options)
+    outputs = OutputCache(project.root, engine.warn)
+    committed: list[str] = []
+    refused: list[str] = []
+    with engine.state(project, options) as store:
+        for stage in stages:
+            record = store.pending(stage)
+            if record is None:
+                continue
+            now = [file_record(project.root, o.path, store.statcache(stage)) for o in record.outs]
+            if [(o.path, o.kind, o.hash) for o in now] != [(o.path, o.kind, o.hash) for o in record.outs]:
+                refused.append(graph.label(stage.id))
+                continue
+            outputs.keep(stage, record, store.statcache(stage))
+            store.promote(stage)
+            committed.append(graph.label(stage.id))
+    return committed, refused

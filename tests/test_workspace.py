@@ -81,3 +81,31 @@ def test_clean_with_a_target_removes_only_its_outputs(project: Project) -> None:
     assert "removed out" in r.out
     assert (project.root / "a.txt").exists()
     assert not (project.root / "out").exists()
+
+
+def test_no_commit_records_pending_results_that_commit_promotes(project: Project) -> None:
+    project.pivotfile(PIPELINE)
+    r = project.run("--no-commit")
+    assert r.code == 0, r.err
+    assert not (project.root / "Pivotfile.lock").exists()  # pending, not in the lockfile
+    assert not (project.root / ".pivot/cache/objects").exists()  # and not cached
+    assert project.run("-q").code == 0  # the pending results still count
+    committed = project.run("commit")
+    assert committed.code == 0
+    assert "committed a" in committed.out and "committed b" in committed.out
+    assert (project.root / "Pivotfile.lock").exists()
+    assert project.run("verify").code == 0
+    (project.root / "a.txt").unlink()
+    assert project.run("checkout").code == 0  # the outputs went into the cache on commit
+    assert runs(project) == 2
+    assert "nothing pending" in project.run("commit").err
+
+
+def test_commit_refuses_outputs_changed_since_the_run(project: Project) -> None:
+    project.pivotfile(PIPELINE)
+    assert project.run("--no-commit").code == 0
+    (project.root / "a.txt").write_text("edited after the run\n")
+    r = project.run("commit")
+    assert r.code == 1
+    assert "a: its outputs changed since it ran" in r.err
+    assert "committed b" in r.out

@@ -34,8 +34,10 @@ class OutputCache:
         self.runs = RunCache(self.cache.dir)
         self.mode = Mode(config.load(root).checkout)
 
-    def keep(self, stage: Stage, snap: Snapshot, outs: tuple[FileRecord, ...], statcache: StatCache) -> None:
-        """Store `stage`'s cacheable outputs and remember them in the run cache."""
+    def keep(self, stage: Stage, inputs: StageRecord, statcache: StatCache) -> None:
+        """Store the cacheable outputs of `stage` (as `inputs.outs` records them) and
+        remember them in the run cache under its fingerprint and dep hashes."""
+        outs = inputs.outs
         stored_all = True
         for out, rec in zip(stage.outs, outs, strict=True):
             if not out.cache:
@@ -52,14 +54,14 @@ class OutputCache:
                 stored_all = False
                 self.notice(f"{rec.path} changed while it was being stored; not cached")
         if stored_all and outs:
-            self.runs.record(stage.id, snap, outs)
+            self.runs.record(stage.id, inputs.fingerprint, inputs.deps, outs)
 
     def restore(self, stage: Stage, snap: Snapshot, record: StageRecord | None) -> tuple[FileRecord, ...] | None:
         """Check out the outputs this stage made from these same inputs before, if
         the cache holds them all; returns their records, or None (the stage runs)."""
         if not stage.outs or not all(o.cache for o in stage.outs):
             return None
-        outs = self.runs.lookup(stage.id, snap)
+        outs = self.runs.lookup(stage.id, snap.fingerprint, snap.deps)
         if outs is None and record is not None and _same_inputs(record, snap):
             outs = record.outs
         if outs is None or [o.path for o in outs] != [o.path for o in stage.outs]:

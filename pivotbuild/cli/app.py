@@ -100,6 +100,7 @@ def _register() -> None:
         workspace.verify,
         workspace.clean,
         workspace.gc,
+        workspace.commit,
         remote.remote,
         remote.push,
         remote.fetch,

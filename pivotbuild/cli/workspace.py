@@ -118,3 +118,25 @@ def gc(dry_run: bool, keep_run_cache: bool) -> int:
     mib = report.freed_bytes / (1 << 20)
     say(f"{len(report.objects)} object(s), {len(report.run_entries)} run-cache entr(ies); {verb} {mib:.1f} MiB")
     return 0
+
+
+@click.command(context_settings=_CTX)
+@click.argument("args", nargs=-1, metavar="[TARGET]...")
+@project_options
+@click.pass_context
+def commit(ctx: click.Context, /, args: tuple[str, ...]) -> int:
+    """Promote results recorded by `pivotbuild --no-commit`: cache their outputs
+    and write them to the lockfile.  A stage whose outputs changed since it ran
+    is refused (exit 1); run it again."""
+    from pivotbuild.engine import Engine
+    from pivotbuild.workspace import commit as run_commit
+
+    options = _options(ctx, args)
+    committed, refused = run_commit(Engine(make_reporter(options)), options)
+    for name in committed:
+        click.echo(f"committed {name}")
+    for name in refused:
+        print(f"pivotbuild: {name}: its outputs changed since it ran; run it again", file=sys.stderr)
+    if not committed and not refused:
+        print("pivotbuild: nothing pending to commit", file=sys.stderr)
+    return 1 if refused else 0

@@ -17,9 +17,10 @@ from pivotbuild.state import journal, lockfile
 from pivotbuild.state.journal import Journal
 from pivotbuild.state.records import LockData, StageRecord
 from pivotbuild.state.statcache import StatCache
-from pivotbuild.state_files import ensure_state_dir
+from pivotbuild.state_files import ensure_state_dir, write_atomic
 
 JOURNAL = "journal"
+PENDING = "pending"
 STATCACHE = "statcache"
 
 
@@ -31,6 +32,8 @@ class PipelineState:
     records: dict[str, StageRecord]
     journal: Journal
     statcache: StatCache
+    pending_path: Path
+    pending: dict[str, StageRecord]  # --no-commit results, newer than `records`
 
 
 class StateStore:
@@ -58,6 +61,10 @@ class StateStore:
             self.warn(
                 f"{journal_path}: its last entry was cut short (a crash?); the stages it was recording will run again"
             )
+        pending_path = state_dir / PENDING
+        pending, torn = journal.read_records(pending_path)
+        if torn:
+            self.warn(f"{pending_path}: its last entry was cut short; those stages will run again")
         return PipelineState(
             pipeline.dir,
             lock_path,
@@ -65,22 +72,42 @@ class StateStore:
             data.by_name(),
             Journal(journal_path),
             StatCache(state_dir / STATCACHE),
+            pending_path,
+            {r.name: r for r in pending},
         )
 
     def state(self, stage: Stage) -> PipelineState:
         return self.pipelines[stage.id.pipeline]
 
     def record(self, stage: Stage) -> StageRecord | None:
-        return self.state(stage).records.get(stage.name)
+        """The stage's latest result: a pending (--no-commit) one, else the lockfile's."""
+        st = self.state(stage)
+        return st.pending.get(stage.name) or st.records.get(stage.name)
+
+    def pending(self, stage: Stage) -> StageRecord | None:
+        return self.state(stage).pending.get(stage.name)
 
     def statcache(self, stage: Stage) -> StatCache:
         return self.state(stage).statcache
 
-    def commit(self, stage: Stage, record: StageRecord) -> None:
-        """Record a stage's good result durably (journal, fsync'ed) and in memory."""
+    def commit(self, stage: Stage, record: StageRecord, *, pending: bool = False) -> None:
+        """Record a stage's good result durably (journal, fsync'ed) and in memory;
+        with `pending`, keep it out of the lockfile until `promote`."""
         st = self.state(stage)
+        if pending:
+            st.pending[stage.name] = record
+            _save_pending(st)
+            return
         st.journal.append(record)
         st.records[stage.name] = record
+        if st.pending.pop(stage.name, None) is not None:
+            _save_pending(st)
+
+    def promote(self, stage: Stage) -> None:
+        """Move a pending result into the lockfile."""
+        record = self.state(stage).pending.get(stage.name)
+        if record is not None:
+            self.commit(stage, record)
 
     def files_read(self) -> int:
         """Files whose contents were read (not answered from the stat cache) so far."""
@@ -93,3 +120,11 @@ class StateStore:
             if st.journal_path.exists():
                 journal.fold(st.journal_path, st.lock_path, LockData.of(st.records))
             st.statcache.save()
+
+
+def _save_pending(st: PipelineState) -> None:
+    """Rewrite the pending records (durably, atomically), or remove the file if none are left."""
+    if st.pending:
+        write_atomic(st.pending_path, b"".join(journal.frame(r) for _, r in sorted(st.pending.items())))
+    else:
+        st.pending_path.unlink(missing_ok=True)
