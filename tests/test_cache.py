@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
+import tempfile
 from pathlib import Path
 
 from conftest import Project
@@ -223,3 +226,51 @@ def test_checkout_mode_from_the_config(project: Project) -> None:
     bad = project.run("checkout")
     assert bad.code == 2
     assert "use one of copy, hardlink, symlink" in bad.err
+
+
+def test_in_hardlink_mode_an_edit_cannot_reach_the_cache(project: Project) -> None:
+    built(project)
+    project.write(".pivot/config.toml", '[core]\ncheckout = "hardlink"\n')
+    (project.root / "out.txt").unlink()
+    assert project.run("checkout").code == 0
+    out = project.root / "out.txt"
+    obj = Cache(project.root / ".pivot/cache").path_of(hash_file(out))
+    assert os.stat(out).st_ino == os.stat(obj).st_ino
+    # A user's edit is refused: the shared file is read-only (setpriv drops to an
+    # ordinary user, since root ignores file permissions).
+    project.root.chmod(0o777)
+    edit = subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "sh", "-c", f"echo edit >> {out}"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert edit.returncode != 0
+    assert hash_file(obj) == obj.parent.name + obj.name  # the cached object is intact
+    # Even root, who can write through the link, cannot get a bad object checked out.
+    with open(out, "a") as f:
+        f.write("root edit\n")
+    out.unlink()
+    r = project.run("checkout")
+    assert r.code == 1
+    assert not out.exists()
+    rebuilt = statuses(project.run("--json").out)
+    assert rebuilt["make"][0] == "ran"  # and the next build heals the cache
+    assert hash_file(obj) == obj.parent.name + obj.name
+
+
+def test_hardlinks_across_filesystems_fall_back_to_copies_and_say_so_once(project: Project) -> None:
+    elsewhere = Path(tempfile.mkdtemp(dir="/dev/shm"))  # a tmpfs: another filesystem
+    try:
+        (project.root / ".pivot/cache").symlink_to(elsewhere)
+        built(project)
+        project.write(".pivot/config.toml", '[core]\ncheckout = "hardlink"\n')
+        (project.root / "out.txt").unlink()
+        os.system(f"rm -rf {project.root / 'tree'}")
+        r = project.run("checkout")
+        assert r.code == 0, r.err
+        assert r.err.count("copying instead") == 1
+        assert (project.root / "tree/sub/deep.txt").read_text() == "deep\n"
+        assert (project.root / "out.txt").stat().st_nlink == 1
+    finally:
+        shutil.rmtree(elsewhere)

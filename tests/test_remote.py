@@ -128,3 +128,16 @@ def test_remote_configuration(tmp_path: Path) -> None:
     assert unmounted.code == 2
     assert f"{elsewhere} is not a directory" in unmounted.err
     assert not elsewhere.exists()
+
+
+def test_a_fresh_clone_without_a_lockfile_restores_through_the_shared_run_cache(tmp_path: Path) -> None:
+    one, _ = first_clone(tmp_path)
+    assert one.run("push").code == 0
+    two = fresh_clone(one, tmp_path)
+    (two.root / "Pivotfile.lock").unlink()  # the teammate's results were never committed
+    assert two.run("fetch").code == 0
+    build = two.run("--json")
+    assert build.code == 0
+    assert set(finished(build.out).values()) == {"restored"}
+    assert not (two.root / "runs.log").exists()
+    assert (two.root / "tree/sub/copy.txt").read_text() == "data\n"

@@ -26,7 +26,7 @@ from pivotbuild.cache.runcache import RUNS, stage_key
 from pivotbuild.cache.store import OBJECTS, Cache, CorruptObject, MissingObject
 from pivotbuild.hashing import hash_file
 from pivotbuild.model import StageId
-from pivotbuild.remote.directory import DirectoryRemote
+from pivotbuild.remote import Remote
 from pivotbuild.snapshot import DIR
 from pivotbuild.state.records import FileRecord
 
@@ -73,7 +73,7 @@ def _parallel(jobs: int, work: Iterable[Callable[[], None]], progress: Progress 
 
 def push(
     cache: Cache,
-    remote: DirectoryRemote,
+    remote: Remote,
     outs: Iterable[FileRecord],
     stages: Iterable[StageId],
     *,
@@ -118,7 +118,7 @@ def push(
 
 def fetch(
     cache: Cache,
-    remote: DirectoryRemote,
+    remote: Remote,
     outs: Iterable[FileRecord],
     stages: Iterable[StageId],
     *,
@@ -153,7 +153,7 @@ def fetch(
     return report
 
 
-def _receive(cache: Cache, remote: DirectoryRemote, digest: str, report: Report) -> Callable[[], None]:
+def _receive(cache: Cache, remote: Remote, digest: str, report: Report) -> Callable[[], None]:
     def task() -> None:
         rel = object_rel(digest)
         if not remote.exists(rel):
