@@ -60,6 +60,7 @@ def test_pull_then_build_on_a_fresh_clone_runs_nothing(tmp_path: Path) -> None:
     assert set(finished(build.out).values()) == {"skipped"}
     assert not (two.root / "runs.log").exists()  # nothing ran in the fresh clone
     assert (two.root / "tree/sub/copy.txt").read_text() == "data\n"
+    assert two.run("verify").code == 0
 
 
 def test_a_fresh_clone_restores_from_the_cache_after_fetch(tmp_path: Path) -> None:
