@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
+import subprocess
+import time
 from pathlib import Path
 
-from conftest import Project
+from conftest import PIVOTBUILD, Project
 
 from pivotbuild.hashing import hash_file
 
@@ -142,3 +145,27 @@ def test_a_fresh_clone_without_a_lockfile_restores_through_the_shared_run_cache(
     assert set(finished(build.out).values()) == {"restored"}
     assert not (two.root / "runs.log").exists()
     assert (two.root / "tree/sub/copy.txt").read_text() == "data\n"
+
+
+def test_a_push_killed_mid_transfer_leaves_no_truncated_object(tmp_path: Path) -> None:
+    share = tmp_path / "share"
+    share.mkdir()
+    p = Project(tmp_path / "big")
+    (p.root / ".pivot").mkdir(parents=True)
+    # A big output, so the push is still copying when it is killed.
+    p.pivotfile("stage big:\n    outs: big.bin\n    run: head -c 400000000 /dev/zero > $@\n")
+    assert p.run("-s").code == 0
+    assert p.run("remote", "add", "--default", "team", str(share)).code == 0
+    proc = subprocess.Popen([*PIVOTBUILD, "push"], cwd=p.root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not any(share.rglob(".tmp-*")):
+        time.sleep(0.001)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL  # killed mid-transfer, not finished
+    digest = hash_file(p.root / "big.bin")
+    obj = share / "objects" / digest[:2] / digest[2:]
+    assert not obj.exists() or hash_file(obj) == digest  # never a truncated object under its name
+    again = p.run("push")
+    assert again.code == 0, again.err
+    assert hash_file(obj) == digest
