@@ -28,8 +28,8 @@ from pivotbuild.graph import BuildGraph
 from pivotbuild.model import Stage, StageId
 from pivotbuild.options import BuildOptions
 from pivotbuild.paths import STATE_DIR
-from pivotbuild.project import LoadOptions, Project, load_project
-from pivotbuild.selection import open_graph, selected
+from pivotbuild.project import LoadOptions, Project, load_compiled
+from pivotbuild.selection import selected
 from pivotbuild.snapshot import Snapshot
 from pivotbuild.state.projectlock import ProjectLock
 from pivotbuild.state.store import StateStore
@@ -49,8 +49,7 @@ class Engine:
         self.reporter.handle(event)
 
     def load(self, options: BuildOptions) -> tuple[Project, BuildGraph, list[StageId]]:
-        project = load_project(LoadOptions(options.cwd, options.file, options.overrides, options.all_pipelines))
-        graph = open_graph(project)
+        project, graph = load_compiled(LoadOptions(options.cwd, options.file, options.overrides, options.all_pipelines))
         targets = selected(project, graph, options.targets)
         return project, graph, targets
 

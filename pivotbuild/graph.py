@@ -6,6 +6,11 @@ named by its pattern); stage nodes are `StageId`s.  Edges run artifact -> stage
 output directory, a directory dep holding outputs, and a glob matching outputs
 all get a produced edge from the stage that writes them, so the stage order
 follows the files.
+
+networkx builds and validates the graph.  The queries a build needs (order,
+closures, producers, targets) run on plain lists computed once, so a graph
+restored from a compiled plan (`BuildGraph.restore`) answers them without
+importing networkx at all.
 """
 
 from __future__ import annotations
@@ -15,13 +20,15 @@ import fnmatch
 import posixpath
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-
-import networkx as nx
+from typing import TYPE_CHECKING
 
 from pivotbuild.errors import CycleError, GraphError, TargetError
 from pivotbuild.globs import glob_regex, may_match_under
 from pivotbuild.model import Stage, StageId
 from pivotbuild.suggest import close_matches
+
+if TYPE_CHECKING:
+    import networkx as nx
 
 STAGE, ARTIFACT = 0, 1
 
@@ -40,23 +47,77 @@ class BuildGraph:
 
         `current` is the pipeline directory whose stages are named without prefix.
         """
+        import networkx as nx
+
+        self._setup(stages, current)
+        self._g: nx.DiGraph[object] | None = nx.DiGraph()
+        self._build()
+        stage_graph = self._project_stages()
+        self._check_cycles(stage_graph)
+        order = list(nx.lexicographical_topological_sort(stage_graph, key=self._index.__getitem__))
+        preds = {s: self._ordered(stage_graph.predecessors(s)) for s in order}
+        self._link(order, preds)
+
+    @classmethod
+    def restore(
+        cls, stages: Sequence[Stage], current: str, order: Sequence[int], preds: Sequence[Sequence[int]]
+    ) -> BuildGraph:
+        """A graph already validated once, from its stages, a topological `order`
+        and each stage's direct upstream stages (indices into `stages`): what a
+        compiled plan stores.  No networkx, no validation."""
+        graph = cls.__new__(cls)
+        graph._setup(stages, current)
+        graph._g = None
+        for stage in stages:
+            for out in stage.outs:
+                graph._producer[out.path] = stage.id
+                if out.is_dir:
+                    graph._dir_outs.add(out.path)
+        graph._outs_sorted = sorted(graph._producer)
+        ids = [s.id for s in stages]
+        graph._link([ids[i] for i in order], {ids[i]: [ids[j] for j in preds[i]] for i in range(len(ids))})
+        return graph
+
+    def _setup(self, stages: Sequence[Stage], current: str) -> None:
         self.current = current
         self.stages: dict[StageId, Stage] = {s.id: s for s in stages}
         self._index = {s.id: i for i, s in enumerate(stages)}
-        self.g: nx.DiGraph[object] = nx.DiGraph()
         self._producer: dict[str, StageId] = {}
         self._dir_outs: set[str] = set()  # outputs declared as directories (trailing `/`)
         self._outs_sorted: list[str] = []
-        self._build()
-        self._stage_graph = self._project_stages()
-        self._check_cycles()
+
+    def _link(self, order: list[StageId], preds: dict[StageId, list[StageId]]) -> None:
+        """The plain structures every query runs on."""
+        self._order = order
+        self._preds = preds
+        self._succs: dict[StageId, list[StageId]] = {s: [] for s in order}
+        for s in order:  # topological, so each successor list comes out in build order
+            for u in preds[s]:
+                self._succs[u].append(s)
+        for succ in self._succs.values():
+            succ.sort(key=self._index.__getitem__)
+
+    @property
+    def g(self) -> nx.DiGraph[object]:
+        """The bipartite networkx graph (built on first use for a restored graph)."""
+        if self._g is None:
+            rebuilt = BuildGraph(list(self.stages.values()), self.current)
+            self._g = rebuilt._g
+        assert self._g is not None
+        return self._g
+
+    def plan_links(self) -> tuple[list[int], list[list[int]]]:
+        """(order, preds) as indices into the stages: what `restore` takes."""
+        return [self._index[s] for s in self._order], [[self._index[u] for u in self._preds[s]] for s in self.stages]
 
     # -- construction ---------------------------------------------------------------
 
     def _build(self) -> None:
+        g = self._g
+        assert g is not None
         problems: list[str] = []
         for stage in self.stages.values():
-            self.g.add_node(stage.id, bipartite=STAGE)
+            g.add_node(stage.id, bipartite=STAGE)
             for out in stage.outs:
                 other = self._producer.get(out.path)
                 if other is not None:
@@ -70,8 +131,8 @@ class BuildGraph:
                 self._producer[out.path] = stage.id
                 if out.is_dir:
                     self._dir_outs.add(out.path)
-                self.g.add_node(out.path, bipartite=ARTIFACT)
-                self.g.add_edge(stage.id, out.path, kind="out")
+                g.add_node(out.path, bipartite=ARTIFACT)
+                g.add_edge(stage.id, out.path, kind="out")
         self._outs_sorted = sorted(self._producer)
         for path in self._outs_sorted:
             parent = self._enclosing_out(path)
@@ -84,11 +145,11 @@ class BuildGraph:
             raise GraphError("\n".join(problems))
         for stage in self.stages.values():
             for dep in stage.deps:
-                self.g.add_node(dep.path, bipartite=ARTIFACT, glob=dep.is_glob)
-                self.g.add_edge(dep.path, stage.id, kind="dep")
+                g.add_node(dep.path, bipartite=ARTIFACT, glob=dep.is_glob)
+                g.add_edge(dep.path, stage.id, kind="dep")
                 for producer in self._producers_of(dep.path, dep.is_glob):
-                    if not self.g.has_edge(producer, dep.path):
-                        self.g.add_edge(producer, dep.path, kind="part")
+                    if not g.has_edge(producer, dep.path):
+                        g.add_edge(producer, dep.path, kind="part")
 
     def _enclosing_out(self, path: str) -> str | None:
         """The output that is a proper ancestor directory of `path`, if any."""
@@ -127,24 +188,32 @@ class BuildGraph:
         return found
 
     def _project_stages(self) -> nx.DiGraph[StageId]:
+        import networkx as nx
+
+        g = self._g
+        assert g is not None
         sg: nx.DiGraph[StageId] = nx.DiGraph()
         sg.add_nodes_from(self.stages)
         for sid in self.stages:
-            for art in self.g.successors(sid):
-                for consumer in self.g.successors(art):
+            for art in g.successors(sid):
+                for consumer in g.successors(art):
                     assert isinstance(consumer, StageId)
                     sg.add_edge(sid, consumer)
         return sg
 
-    def _check_cycles(self) -> None:
+    def _check_cycles(self, stage_graph: nx.DiGraph[StageId]) -> None:
+        import networkx as nx
+
+        g = self._g
+        assert g is not None
         try:
-            edges = nx.find_cycle(self._stage_graph)
+            edges = nx.find_cycle(stage_graph)
         except nx.NetworkXNoCycle:
             return
         cycle = [self._label(u) for u, _ in edges] + [self._label(edges[0][0])]
         via = []
         for u, v in edges:
-            shared = sorted(str(a) for a in self.g.successors(u) if self.g.has_edge(a, v))
+            shared = sorted(str(a) for a in g.successors(u) if g.has_edge(a, v))
             via.append(f"  {self._label(v)} reads {', '.join(shared)} written by {self._label(u)}")
         raise CycleError(cycle, "\n".join(via))
 
@@ -166,57 +235,58 @@ class BuildGraph:
 
     def consumers(self, path: str) -> list[StageId]:
         """Stages that list `path` among their deps."""
-        if path not in self.g:
-            return []
-        return self._ordered(s for s in self.g.successors(path) if isinstance(s, StageId))
+        return [sid for sid, stage in self.stages.items() if any(d.path == path for d in stage.deps)]
 
     def upstream_stages(self, sid: StageId) -> list[StageId]:
         """Stages whose outputs `sid` reads directly."""
-        return self._ordered(self._stage_graph.predecessors(sid))
+        return list(self._preds[sid])
 
     def downstream_stages(self, sid: StageId) -> list[StageId]:
         """Stages that read an output of `sid` directly."""
-        return self._ordered(self._stage_graph.successors(sid))
+        return list(self._succs[sid])
 
     def upstream(self, targets: Iterable[StageId]) -> list[StageId]:
         """`targets` and everything they depend on, in build order."""
-        found: set[StageId] = set()
-        for t in targets:
-            found.add(t)
-            found.update(nx.ancestors(self._stage_graph, t))
-        return self.order(found)
+        return self.order(self._closure(targets, self._preds))
 
     def downstream(self, targets: Iterable[StageId]) -> list[StageId]:
         """`targets` and everything that depends on them, in build order."""
+        return self.order(self._closure(targets, self._succs))
+
+    @staticmethod
+    def _closure(start: Iterable[StageId], links: dict[StageId, list[StageId]]) -> set[StageId]:
         found: set[StageId] = set()
-        for t in targets:
-            found.add(t)
-            found.update(nx.descendants(self._stage_graph, t))
-        return self.order(found)
+        stack = list(start)
+        while stack:
+            s = stack.pop()
+            if s not in found:
+                found.add(s)
+                stack.extend(links[s])
+        return found
 
     def order(self, subset: Iterable[StageId] | None = None) -> list[StageId]:
         """A topological order (ties broken by declaration order), optionally of a subset."""
-        full = list(nx.lexicographical_topological_sort(self._stage_graph, key=self._index.__getitem__))
         if subset is None:
-            return full
+            return list(self._order)
         keep = set(subset)
-        return [s for s in full if s in keep]
+        return [s for s in self._order if s in keep]
 
     def stage_edges(self) -> list[tuple[StageId, StageId]]:
         """(upstream, downstream) pairs, in build order."""
-        pos = {s: i for i, s in enumerate(self.order())}
-        return sorted(self._stage_graph.edges, key=lambda e: (pos[e[0]], pos[e[1]]))
+        return [(u, s) for s in self._order for u in self._preds[s]]
 
     def missing_sources(self, exists: Callable[[str], bool]) -> list[MissingDep]:
         """Deps that no stage produces and that `exists` says are absent (globs excluded)."""
+        needed: dict[str, list[StageId]] = {}
+        for sid, stage in self.stages.items():
+            for dep in stage.deps:
+                if not dep.is_glob:
+                    needed.setdefault(dep.path, []).append(sid)
         missing = []
-        for node, data in self.g.nodes(data=True):
-            if data.get("bipartite") != ARTIFACT or data.get("glob") or isinstance(node, StageId):
+        for path, users in needed.items():
+            if self._producers_of(path, False) or exists(path):
                 continue
-            path = str(node)
-            if any(True for _ in self.g.predecessors(path)) or exists(path):
-                continue
-            missing.append(MissingDep(path, tuple(self.consumers(path))))
+            missing.append(MissingDep(path, tuple(dict.fromkeys(users))))
         return sorted(missing, key=lambda m: m.path)
 
     def _ordered(self, ids: Iterable[object]) -> list[StageId]:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from pivotbuild.errors import Location
 from pivotbuild.pivotfile.interpolate import AutoVar
+from pivotbuild.stamps import Source
 
 DEFAULT_SHELL = ("/bin/sh", "-e")
 
@@ -144,3 +145,4 @@ class Pipeline:
     default: tuple[TargetRef, ...] = ()
     includes: tuple[IncludeRef, ...] = ()
     params_files: tuple[str, ...] = ()  # relative to the root, read or looked for
+    inputs: tuple[Source, ...] = ()  # those params files, as they were when read

@@ -9,17 +9,23 @@ from pathlib import Path
 STATE_DIR = ".pivot"
 PIVOTFILE = "Pivotfile"
 LOCKFILE = "Pivotfile.lock"
+# In the `.pivot/` of an included pipeline that is not the project root: the
+# state directory is that pipeline's, and does not make its directory a root.
+PIPELINE_ONLY = "pipeline-state"
 
 
 def find_root(start: Path) -> Path:
     """The project root for a Pivotfile in `start`: the nearest ancestor holding
-    `.pivot/`, else the nearest holding `.git/`, else `start` itself."""
+    `.pivot/` (not counting an included pipeline's own state directory), else
+    the nearest holding `.git/`, else `start` itself."""
     start = start.resolve()
     chain = [start, *start.parents]
-    for marker in (STATE_DIR, ".git"):
-        for d in chain:
-            if (d / marker).is_dir():
-                return d
+    for d in chain:
+        if (d / STATE_DIR).is_dir() and not (d / STATE_DIR / PIPELINE_ONLY).exists():
+            return d
+    for d in chain:
+        if (d / ".git").is_dir():
+            return d
     return start
 
 

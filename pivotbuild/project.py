@@ -3,16 +3,20 @@ pipeline it includes (or, with `--all`, every Pivotfile under the root)."""
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pivotbuild import paths
 from pivotbuild.errors import Diagnostic, PivotfileError, ProjectError
 from pivotbuild.model import Pipeline, Stage
-from pivotbuild.pivotfile.compiler import CompileOptions, compile_module
-from pivotbuild.pivotfile.parser import parse
+from pivotbuild.stamps import Source, read_source
+
+if TYPE_CHECKING:
+    from pivotbuild.graph import BuildGraph
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +33,9 @@ class Project:
     cwd: Path
     main: Pipeline | None  # the pipeline in the current directory (None: --all from elsewhere)
     pipelines: tuple[Pipeline, ...]
+    # Every file the project was compiled from (Pivotfiles, params files read
+    # or looked for), as it was when read: what a compiled plan is valid for.
+    sources: tuple[Source, ...] = ()
 
     @property
     def stages(self) -> tuple[Stage, ...]:
@@ -61,7 +68,9 @@ def load_project(options: LoadOptions) -> Project:
             main = pipeline
     if loader.errors:
         raise PivotfileError(loader.errors)
-    return Project(root, cwd, main, tuple(loader.pipelines.values()))
+    pipelines = tuple(loader.pipelines.values())
+    sources = (*loader.sources, *(s for p in pipelines for s in p.inputs))
+    return Project(root, cwd, main, pipelines, sources)
 
 
 def _main_file(options: LoadOptions) -> Path | None:
@@ -90,6 +99,7 @@ class _Loader:
         self.overrides = overrides
         self.pipelines: dict[Path, Pipeline] = {}
         self.errors: list[Diagnostic] = []
+        self.sources: list[Source] = []
 
     def display(self, path: Path) -> str:
         rel = os.path.relpath(path, self.cwd)
@@ -102,11 +112,18 @@ class _Loader:
             return self.pipelines[path]
         shown = self.display(path)
         try:
-            text = path.read_text(encoding="utf-8")
+            raw, source = read_source(path)
+            if raw is None:
+                raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(path))
+            text = raw.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")  # as read_text would
         except UnicodeDecodeError as exc:
             raise ProjectError(f"{shown}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
         except OSError as exc:
             raise ProjectError(f"{shown}: cannot read: {exc.strerror}") from exc
+        self.sources.append(source)
+        from pivotbuild.pivotfile.compiler import CompileOptions, compile_module  # lark: only when compiling
+        from pivotbuild.pivotfile.parser import parse
+
         try:
             pipeline = compile_module(parse(text, shown), CompileOptions(self.root, path.parent, self.overrides))
         except PivotfileError as exc:
@@ -140,3 +157,23 @@ class _Loader:
 def _line(path: Path, n: int) -> str:
     lines: Sequence[str] = path.read_text(encoding="utf-8").split("\n")
     return lines[n - 1] if 0 < n <= len(lines) else ""
+
+
+def load_compiled(options: LoadOptions) -> tuple[Project, BuildGraph]:
+    """The project and its validated graph: restored from the compiled plan when
+    that is still fresh, else compiled and validated (and the plan written)."""
+    from pivotbuild import plan
+    from pivotbuild.graph import BuildGraph
+
+    main_file = None if options.all_pipelines else _main_file(options)
+    if main_file is not None:
+        loaded = plan.read(main_file, options.overrides)
+        if loaded is not None and plan.fresh(loaded, main_file):
+            restored = plan.restore(loaded, options.cwd)
+            if restored is not None:
+                return restored
+    project = load_project(options)
+    graph = BuildGraph(project.stages, project.current_dir)
+    if main_file is not None:
+        plan.save(project, graph, main_file, options.overrides)
+    return project, graph

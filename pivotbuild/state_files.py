@@ -6,10 +6,11 @@ import os
 import tempfile
 from pathlib import Path
 
-from pivotbuild.paths import STATE_DIR
+from pivotbuild.paths import PIPELINE_ONLY, STATE_DIR
 
 GITIGNORE = (
-    "# Written by pivotbuild: keep local state out of git, but share the config.\n*\n!.gitignore\n!config.toml\n"
+    "# Written by pivotbuild: keep local state out of git, but share the config.\n"
+    "*\n!.gitignore\n!config.toml\n!pipeline-state\n"
 )
 
 
@@ -44,11 +45,19 @@ def _umask() -> int:
     return mask
 
 
-def ensure_state_dir(directory: Path) -> Path:
-    """`directory/.pivot/` with its `.gitignore`, created if missing."""
+def ensure_state_dir(directory: Path, root: Path | None = None) -> Path:
+    """`directory/.pivot/` with its `.gitignore`, created if missing.  Given the
+    project `root` and a `directory` below it (an included pipeline), the state
+    directory is marked as that pipeline's, so it never makes `directory` look
+    like a project root of its own."""
     state = directory / STATE_DIR
     state.mkdir(exist_ok=True)
     ignore = state / ".gitignore"
     if not ignore.exists():
         write_atomic(ignore, GITIGNORE.encode())
+    if root is not None and directory.resolve() != root.resolve():
+        marker = state / PIPELINE_ONLY
+        if not marker.exists():
+            text = f"The state of the pipeline in this directory; its project root is {root}.\n"
+            write_atomic(marker, text.encode("utf-8", "surrogateescape"))
     return state

@@ -427,7 +427,7 @@ def test_init_creates_the_state_directory_with_its_gitignore(tmp_path: Path, pro
     ignore = fresh / ".pivot" / ".gitignore"
     assert ignore.is_file()
     rules = [line for line in ignore.read_text().splitlines() if line and not line.startswith("#")]
-    assert rules == ["*", "!.gitignore", "!config.toml"]
+    assert rules == ["*", "!.gitignore", "!config.toml", "!pipeline-state"]
 
 
 def test_init_gitignore_makes_git_ignore_all_but_gitignore_and_config(tmp_path: Path, project: Project) -> None:

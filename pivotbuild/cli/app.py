@@ -7,6 +7,8 @@ stage whose name is also a subcommand's.
 
 from __future__ import annotations
 
+import importlib
+
 import click
 
 from pivotbuild import __version__
@@ -31,6 +33,19 @@ Examples:
 class PivotGroup(click.Group):
     """A group whose bare words are build targets unless they name a subcommand."""
 
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(_COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in _COMMANDS:
+            return None
+        if cmd_name not in self.commands:
+            module, attr = _COMMANDS[cmd_name]
+            command = getattr(importlib.import_module(f"pivotbuild.cli.{module}"), attr)
+            assert isinstance(command, click.Command)
+            self.add_command(command, cmd_name)
+        return self.commands[cmd_name]
+
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         i = 0
         while i < len(args):
@@ -44,7 +59,7 @@ class PivotGroup(click.Group):
             else:
                 break
         rest = args[i:]
-        if not rest or (rest[0] not in self.commands and rest[0] not in ("--help", "-h", "--version")):
+        if not rest or (rest[0] not in _COMMANDS and rest[0] not in ("--help", "-h", "--version")):
             args = [*args[:i], "repro", *rest]
         return super().parse_args(ctx, args)
 
@@ -56,7 +71,8 @@ class PivotGroup(click.Group):
             "Build the targets and everything they depend on, running only the stages "
             "whose inputs, command or params changed since the last build."
         )
-        repro = self.commands["repro"]
+        repro = self.get_command(ctx, "repro")
+        assert repro is not None
         sub_ctx = click.Context(repro, info_name="pivotbuild", parent=ctx)
         rows: dict[str, tuple[str, str]] = {}
         for c, params in ((sub_ctx, repro.get_params(sub_ctx)), (ctx, self.get_params(ctx))):
@@ -84,32 +100,26 @@ def cli(ctx: click.Context) -> None:
     ctx.ensure_object(dict)
 
 
-def _register() -> None:
-    from pivotbuild.cli import build, fmt, history, init, inspect, lock, remote, run, status, workspace
-
-    commands = (
-        build.repro,
-        run.run,
-        status.status,
-        inspect.check,
-        inspect.list_,
-        inspect.graph,
-        lock.lock,
-        history.history,
-        workspace.checkout,
-        workspace.verify,
-        workspace.clean,
-        workspace.gc,
-        workspace.commit,
-        remote.remote,
-        remote.push,
-        remote.fetch,
-        remote.pull,
-        fmt.fmt,
-        init.init,
-    )
-    for command in commands:
-        cli.add_command(command)
-
-
-_register()
+# Each command's module is imported only when that command runs (or --help
+# lists them), so a build does not pay for lark, networkx or rich it never uses.
+_COMMANDS: dict[str, tuple[str, str]] = {
+    "repro": ("build", "repro"),
+    "run": ("run", "run"),
+    "status": ("status", "status"),
+    "check": ("inspect", "check"),
+    "list": ("inspect", "list_"),
+    "graph": ("inspect", "graph"),
+    "lock": ("lock", "lock"),
+    "history": ("history", "history"),
+    "checkout": ("workspace", "checkout"),
+    "verify": ("workspace", "verify"),
+    "clean": ("workspace", "clean"),
+    "gc": ("workspace", "gc"),
+    "commit": ("workspace", "commit"),
+    "remote": ("remote", "remote"),
+    "push": ("remote", "push"),
+    "fetch": ("remote", "fetch"),
+    "pull": ("remote", "pull"),
+    "fmt": ("fmt", "fmt"),
+    "init": ("init", "init"),
+}

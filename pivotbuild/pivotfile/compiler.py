@@ -94,7 +94,8 @@ class _Compiler:
             raise PivotfileError(self.report.errors)
         params_files = tuple(sorted(paths.join(self.dir_rel, f) for f in self.params.files_read))
         file_rel = paths.join(self.dir_rel, Path(self.module.path).name)
-        return Pipeline(self.dir_rel, file_rel, name, tuple(stages), default, includes, params_files)
+        inputs = tuple(self.params.sources[f] for f in sorted(self.params.sources))
+        return Pipeline(self.dir_rel, file_rel, name, tuple(stages), default, includes, params_files, inputs)
 
     def _collect_vars(self, assigns: list[Assignment]) -> None:
         for a in assigns:

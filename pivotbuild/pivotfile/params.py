@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from pivotbuild.errors import Diagnostic, Location
+from pivotbuild.stamps import Source, read_source
 from pivotbuild.suggest import did_you_mean
 
 DEFAULT_FILES = ("params.toml", "params.json")
@@ -67,6 +68,7 @@ class Params:
         self.display_dir = display_dir
         self._loaded: dict[str, dict[str, Any] | None] = {}
         self.files_read: set[str] = set()
+        self.sources: dict[str, Source] = {}  # each file read or looked for, as it was
 
     def lookup(self, ref: str) -> ParamValue:
         """The value of `a.b.c` or `FILE:a.b.c`.  Raises ParamError or ParamsFileError."""
@@ -100,10 +102,12 @@ class Params:
         path = self.dir / name
         self.files_read.add(name)
         try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            self._loaded[name] = None
-            return None
+            raw, source = read_source(path)
+            self.sources[name] = source
+            if raw is None:
+                self._loaded[name] = None
+                return None
+            text = raw.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")  # as read_text would
         except (OSError, UnicodeDecodeError) as exc:
             raise ParamsFileError(Diagnostic(Location(self._shown(name), 1, 1), f"cannot read: {exc}")) from exc
         data = self._decode(name, text)

@@ -17,13 +17,11 @@ from pathlib import Path
 import msgpack
 
 from pivotbuild.hashing import FILE, LINK, ManifestEntry, hash_bytes, hash_file, link_hash, manifest_bytes, walk_dir
+from pivotbuild.stamps import FINE_WINDOW_NS as _FINE_WINDOW_NS
+from pivotbuild.stamps import is_racy as _is_racy
 from pivotbuild.state_files import write_atomic
 
 FORMAT = 1
-# Timestamps with a fractional part come from a nanosecond clock that ticks at
-# most every few milliseconds; whole-second stamps suggest a 1-2 s granularity.
-_FINE_WINDOW_NS = 50_000_000
-_COARSE_WINDOW_NS = 2_000_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,12 +41,6 @@ class StatEntry:
             and self.ino == st.st_ino
             and self.ctime_ns == st.st_ctime_ns
         )
-
-
-def _is_racy(st: os.stat_result, now_ns: int) -> bool:
-    window = _COARSE_WINDOW_NS if st.st_mtime_ns % 1_000_000_000 == 0 else _FINE_WINDOW_NS
-    newest = max(st.st_mtime_ns, st.st_ctime_ns)
-    return now_ns - newest < window
 
 
 class StatCache:

@@ -47,7 +47,7 @@ class StateStore:
 
     def _open(self, pipeline: Pipeline) -> PipelineState:
         pdir = self.root / pipeline.dir if pipeline.dir else self.root
-        state_dir = ensure_state_dir(pdir)
+        state_dir = ensure_state_dir(pdir, self.root)
         lock_path = pdir / LOCKFILE
         journal_path = state_dir / JOURNAL
         shown = f"{pipeline.dir}/{LOCKFILE}" if pipeline.dir else LOCKFILE

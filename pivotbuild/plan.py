@@ -1,0 +1,245 @@
+"""The compiled plan: the project as compiled and validated, in one binary file,
+so a build whose Pivotfiles, params files and command-line variables have not
+changed neither parses a Pivotfile nor builds the graph (no lark, no networkx).
+
+It lives in the main pipeline's `.pivot/plan`:
+
+    8 bytes   magic  b"PIVPLAN\\n"
+    rest      msgpack [FORMAT, key, root, sources, index, body]
+
+`key` is what the compile depended on besides files: the main Pivotfile, the
+command-line variables and this pivotbuild's version.  `sources` are the files
+it was compiled from, each with its stamp and hash: the plan is valid while
+each is unchanged by stamp, or failing that by hash (a `touch` does not
+invalidate it).  `index` is the small part the no-op check needs (stage names,
+edges); `body` is a msgpack blob of the full stages, decoded only when a build
+has work to do.  Its hash, the plan id, names the compile result: an edit that
+compiles to the same stages keeps the id, and with it the up-to-date seal.
+
+A missing, damaged or stale plan is simply rebuilt; it is never an error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import msgpack
+
+from pivotbuild import __version__, paths
+from pivotbuild.errors import Location
+from pivotbuild.hashing import hash_bytes
+from pivotbuild.model import Dep, IncludeRef, Out, Param, Pipeline, Stage, StageId, TargetRef
+from pivotbuild.paths import STATE_DIR
+from pivotbuild.pivotfile.interpolate import AutoVar
+from pivotbuild.stamps import Source
+
+if TYPE_CHECKING:  # without importing networkx at run time
+    from pivotbuild.graph import BuildGraph
+    from pivotbuild.project import Project
+
+PLAN = "plan"
+MAGIC = b"PIVPLAN\n"
+FORMAT = 1
+_AUTO = list(AutoVar)
+
+
+def plan_path(main_dir: Path) -> Path:
+    return main_dir / STATE_DIR / PLAN
+
+
+def plan_key(main_file: Path, overrides: Mapping[str, str]) -> list[Any]:
+    return [str(main_file), sorted(overrides.items()), __version__]
+
+
+@dataclass(frozen=True, slots=True)
+class Index:
+    """What the no-op check needs: each stage's (pipeline, name, base, has matrix,
+    always) in declaration order, its direct upstream stages, and the main
+    pipeline's `default` targets as written."""
+
+    plan_id: str
+    root: str
+    current: str
+    default: tuple[str, ...]
+    stages: list[tuple[str, str, str, bool, bool]]
+    preds: list[list[int]]
+    order: list[int]
+
+
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    index: Index
+    sources: tuple[Source, ...]
+    body: bytes
+
+
+# -- writing ------------------------------------------------------------------------
+
+
+def save(project: Project, graph: BuildGraph, main_file: Path, overrides: Mapping[str, str]) -> None:
+    """Write the plan of a freshly compiled, validated project.  Best effort:
+    a plan that cannot be written only costs the next build a compile."""
+    if project.main is None:
+        return
+    stages = list(graph.stages.values())
+    order, preds = graph.plan_links()
+    main = project.main
+    pipelines = [_pipeline(p) for p in project.pipelines]
+    body: bytes = msgpack.packb(
+        [pipelines, [_stage(s) for s in stages], [p.dir for p in project.pipelines].index(main.dir)],
+        use_bin_type=True,
+    )
+    index = [
+        project.current_dir,
+        [t.text for t in main.default],
+        [[s.id.pipeline, s.id.name, s.base, bool(s.matrix), s.always] for s in stages],
+        preds,
+        order,
+    ]
+    key = plan_key(main_file, overrides)
+    sources = [[s.path, list(s.stamp) if s.stamp else None, s.trusted, s.hash] for s in project.sources]
+    blob = MAGIC + msgpack.packb([FORMAT, key, str(project.root), sources, index, body], use_bin_type=True)
+    path = plan_path(project.root / main.dir if main.dir else project.root)
+    with contextlib.suppress(OSError):
+        from pivotbuild.state_files import write_atomic
+
+        try:
+            if path.read_bytes() == blob:
+                return
+        except OSError:
+            pass
+        write_atomic(path, blob)
+
+
+def _loc(loc: Location) -> list[Any]:
+    return [loc.path, loc.line, loc.col]
+
+
+def _pipeline(p: Pipeline) -> list[Any]:
+    return [
+        p.dir,
+        p.file,
+        p.name,
+        len(p.stages),
+        [[t.text, _loc(t.loc)] for t in p.default],
+        [[i.path, _loc(i.loc)] for i in p.includes],
+        list(p.params_files),
+    ]
+
+
+def _stage(s: Stage) -> list[Any]:
+    command = None if s.command is None else [p if isinstance(p, str) else _AUTO.index(p) for p in s.command]
+    return [
+        s.id.pipeline,
+        s.id.name,
+        s.base,
+        _loc(s.loc),
+        command,
+        s.py,
+        [list(m) for m in s.matrix],
+        s.desc,
+        [[d.path, d.is_glob, d.dir_hint] for d in s.deps],
+        [[o.path, o.is_dir, o.cache, o.persist, o.incremental] for o in s.outs],
+        [[p.file, p.key, p.value_json] for p in s.params],
+        list(s.shell),
+        list(s.mutex),
+        s.jobs,
+        s.mem,
+        s.timeout,
+        s.retry,
+        [list(e) for e in s.env],
+        s.workdir,
+        s.always,
+    ]
+
+
+# -- reading ------------------------------------------------------------------------
+
+
+def read(main_file: Path, overrides: Mapping[str, str]) -> Loaded | None:
+    """The plan for this Pivotfile and these variables, if one was written; its
+    sources are not checked yet (see `fresh`).  None if absent, damaged or for
+    another key."""
+    try:
+        blob = plan_path(main_file.parent).read_bytes()
+        if not blob.startswith(MAGIC):
+            return None
+        fmt, key, root, sources, index, body = msgpack.unpackb(memoryview(blob)[len(MAGIC) :], use_list=True)
+        if fmt != FORMAT or key != plan_key(main_file, overrides):
+            return None
+        current, default, stages, preds, order = index
+        return Loaded(
+            Index(hash_bytes(body), root, current, tuple(default), stages, preds, order),
+            tuple(Source(p, tuple(st) if st else None, trusted, h) for p, st, trusted, h in sources),
+            body,
+        )
+    except (OSError, ValueError, TypeError, msgpack.UnpackException):
+        return None
+
+
+def fresh(loaded: Loaded, main_file: Path) -> bool:
+    """Is the plan still what compiling would give: the same root, and every
+    source unchanged?"""
+    return loaded.index.root == str(paths.find_root(main_file.parent)) and all(s.unchanged() for s in loaded.sources)
+
+
+def restore(loaded: Loaded, cwd: Path) -> tuple[Project, BuildGraph] | None:
+    """The project and its graph, from the plan's body (None if it is damaged)."""
+    from pivotbuild.graph import BuildGraph
+    from pivotbuild.project import Project
+
+    try:
+        pipelines_raw, stages_raw, main_at = msgpack.unpackb(loaded.body, use_list=False)
+        stages = [_unstage(s) for s in stages_raw]
+        pipelines: list[Pipeline] = []
+        at = 0
+        for dir_, file, name, n, default, includes, params_files in pipelines_raw:
+            own = tuple(stages[at : at + n])
+            at += n
+            pipelines.append(
+                Pipeline(
+                    dir_,
+                    file,
+                    name,
+                    own,
+                    tuple(TargetRef(t, Location(*loc)) for t, loc in default),
+                    tuple(IncludeRef(p, Location(*loc)) for p, loc in includes),
+                    tuple(params_files),
+                )
+            )
+        index = loaded.index
+        graph = BuildGraph.restore(stages, index.current, index.order, index.preds)
+    except (ValueError, TypeError, IndexError, KeyError, msgpack.UnpackException):
+        return None
+    project = Project(Path(index.root), cwd.resolve(), pipelines[main_at], tuple(pipelines), loaded.sources)
+    return project, graph
+
+
+def _unstage(r: Sequence[Any]) -> Stage:
+    (pipeline, name, base, loc, command, py, matrix, desc, deps, outs, params) = r[:11]
+    (shell, mutex, jobs, mem, timeout, retry, env, workdir, always) = r[11:]
+    return Stage(
+        id=StageId(pipeline, name),
+        base=base,
+        loc=Location(*loc),
+        command=None if command is None else tuple(p if isinstance(p, str) else _AUTO[p] for p in command),
+        py=py,
+        matrix=tuple(tuple(m) for m in matrix),
+        desc=desc,
+        deps=tuple(Dep(*d) for d in deps),
+        outs=tuple(Out(*o) for o in outs),
+        params=tuple(Param(*p) for p in params),
+        shell=tuple(shell),
+        mutex=tuple(mutex),
+        jobs=jobs,
+        mem=mem,
+        timeout=timeout,
+        retry=retry,
+        env=tuple(tuple(e) for e in env),
+        workdir=workdir,
+        always=always,
+    )

@@ -1,0 +1,75 @@
+"""How a file looked, by `stat`: the cheap check behind the stat cache, the
+compiled plan and the up-to-date seal.
+
+A stamp is (size, mtime_ns, inode, ctime_ns).  A stamp taken within the
+filesystem's timestamp granularity of the file's last change is "racy": the
+file could change again in the same clock tick without its stamp changing
+(the case git calls racy-git), so a racy stamp is never trusted on its own.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from pivotbuild.hashing import hash_bytes, hash_file
+
+Stamp = tuple[int, int, int, int]
+
+# Timestamps with a fractional part come from a nanosecond clock that ticks at
+# most every few milliseconds; whole-second stamps suggest a 1-2 s granularity.
+FINE_WINDOW_NS = 50_000_000
+COARSE_WINDOW_NS = 2_000_000_000
+
+
+def stamp(st: os.stat_result) -> Stamp:
+    return (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
+
+
+def is_racy(st: os.stat_result, now_ns: int) -> bool:
+    window = COARSE_WINDOW_NS if st.st_mtime_ns % 1_000_000_000 == 0 else FINE_WINDOW_NS
+    newest = max(st.st_mtime_ns, st.st_ctime_ns)
+    return now_ns - newest < window
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """A file something was computed from (a Pivotfile, a params file, or one
+    that was looked for and is absent): how it looked when it was read."""
+
+    path: str  # absolute
+    stamp: Stamp | None  # None: it did not exist
+    trusted: bool  # the stamp alone proves the file unchanged (it was not racy)
+    hash: str  # XXH3-128 of the bytes read; "" when absent
+
+    def unchanged(self) -> bool:
+        """Does the file still hold what was read?  By stamp, else by hash."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return self.stamp is None
+        except OSError:
+            return False
+        if self.stamp is None:
+            return False
+        if self.trusted and stamp(st) == self.stamp:
+            return True
+        try:
+            return hash_file(self.path) == self.hash
+        except OSError:
+            return False
+
+
+def read_source(path: Path) -> tuple[bytes | None, Source]:
+    """The bytes of `path` (None if it does not exist) and its Source record.
+    The stamp is taken before reading, so a change made while reading shows
+    up as a stamp that no longer matches.  Other OSErrors propagate."""
+    now = time.time_ns()
+    try:
+        st = os.stat(path)
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None, Source(str(path), None, True, "")
+    return data, Source(str(path), stamp(st), not is_racy(st, now), hash_bytes(data))
