@@ -72,14 +72,16 @@ def verify(engine: Engine, options: BuildOptions) -> list[Difference]:
 
 def checkout(engine: Engine, options: BuildOptions, force: bool) -> CheckoutReport:
     """Restore recorded outputs from the cache.  A modified output is left alone
-    (and listed) unless `force`; a missing or unrecorded one is not touched."""
+    (and listed) unless `force`; an unrecorded one, or one declared `cache=false`
+    (it is never in the cache; the next build makes it), is not touched."""
     project, graph, stages = _chosen(engine, options)
     report = CheckoutReport()
     outputs = OutputCache(project.root, engine.warn)
     cache = outputs.cache
     with engine.state(project, options) as store:
         for diff in differences(store, project.root, stages, graph):
-            if diff.what == "not recorded":
+            out = next(o for o in diff.stage.outs if o.path == diff.path)
+            if diff.what == "not recorded" or not out.cache:
                 continue
             if diff.what == "modified" and not force:
                 report.refused.append(diff)
@@ -87,7 +89,6 @@ def checkout(engine: Engine, options: BuildOptions, force: bool) -> CheckoutRepo
             record = store.record(diff.stage)
             assert record is not None
             rec = next(o for o in record.outs if o.path == diff.path)
-            out = next(o for o in diff.stage.outs if o.path == diff.path)
             dest = project.root / diff.path
             try:
                 if rec.kind == DIR:
@@ -137,22 +138,33 @@ def _cached(stage: Stage, outs: tuple[FileRecord, ...]) -> list[bool]:
     return [flags.get(o.path, False) for o in outs]
 
 
-def commit(engine: Engine, options: BuildOptions) -> tuple[list[str], list[str]]:
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    stage: str
+    why: str  # what to tell the user, after the stage's name
+
+
+def commit(engine: Engine, options: BuildOptions) -> tuple[list[str], list[Refusal]]:
     """Promote the pending results of `--no-commit` runs: store their outputs in
-    the cache and record them in the lockfile.  A stage whose outputs changed
-    since it ran is refused.  Returns (committed, refused) stage names."""
+    the cache and record them in the lockfile.  A stage whose outputs (or whose
+    declared outs) changed since it ran is refused.  Returns the committed stage
+    names and the refusals."""
     project, graph, stages = _chosen(engine, options)
     outputs = OutputCache(project.root, engine.warn)
     committed: list[str] = []
-    refused: list[str] = []
+    refused: list[Refusal] = []
     with engine.state(project, options) as store:
         for stage in stages:
             record = store.pending(stage)
             if record is None:
                 continue
+            if [o.path for o in record.outs] != [o.path for o in stage.outs]:
+                why = "its outs changed since it ran (the Pivotfile was edited); rebuild it with 'pivotbuild'"
+                refused.append(Refusal(graph.label(stage.id), why))
+                continue
             now = [file_record(project.root, o.path, store.statcache(stage)) for o in record.outs]
             if [(o.path, o.kind, o.hash) for o in now] != [(o.path, o.kind, o.hash) for o in record.outs]:
-                refused.append(graph.label(stage.id))
+                refused.append(Refusal(graph.label(stage.id), "its outputs changed since it ran; run it again"))
                 continue
             outputs.keep(stage, record, store.statcache(stage))
             store.promote(stage)

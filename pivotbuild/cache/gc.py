@@ -1,9 +1,12 @@
 """`pivotbuild gc`: delete cache objects that no lockfile of the project references,
-and the run-cache entries that point at them (unless they are kept)."""
+and the run-cache entries that point at them (unless they are kept).
+
+What a pipeline records counts wherever it is: its lockfile, the journal a
+killed build left behind, and its pending (`--no-commit`) results.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -11,11 +14,19 @@ from pathlib import Path
 
 from pivotbuild.cache.runcache import RUNS
 from pivotbuild.cache.store import OBJECTS, Cache, CorruptObject, MissingObject
-from pivotbuild.paths import LOCKFILE
+from pivotbuild.errors import PivotError
+from pivotbuild.paths import LOCKFILE, STATE_DIR
 from pivotbuild.remote.transfer import run_entry_outs
 from pivotbuild.snapshot import DIR
-from pivotbuild.state import lockfile
-from pivotbuild.state.records import FileRecord
+from pivotbuild.state import journal, lockfile
+from pivotbuild.state.records import FileRecord, StageRecord
+from pivotbuild.state.store import JOURNAL, PENDING
+
+
+class GcError(PivotError):
+    """gc cannot tell what the project still needs, so it deletes nothing."""
+
+    exit_code = 1
 
 
 @dataclass
@@ -25,35 +36,67 @@ class GcReport:
     freed_bytes: int = 0
 
 
-def lockfiles(root: Path) -> Iterator[Path]:
+def pipelines(root: Path) -> Iterator[Path]:
+    """Every directory under `root` that records stages: a lockfile, or a journal
+    or pending results in its `.pivot/`.  Other dot-directories (`include .tools`)
+    are searched too; only state directories and `.git` are not."""
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        if LOCKFILE in filenames:
-            yield Path(dirpath) / LOCKFILE
+        dirnames[:] = [d for d in dirnames if d not in (STATE_DIR, ".git")]
+        here = Path(dirpath)
+        state = here / STATE_DIR
+        if LOCKFILE in filenames or (state / JOURNAL).is_file() or (state / PENDING).is_file():
+            yield here
 
 
-def objects_of(cache: Cache, outs: list[FileRecord]) -> set[str]:
+def objects_of(cache: Cache, outs: list[FileRecord], needed_by: str = "") -> set[str]:
+    """The objects `outs` need: each one's own and, for a directory, its files'.
+    With `needed_by` (where the outputs are recorded), a directory whose manifest
+    is corrupt stops gc: which objects its files are can no longer be told."""
     found: set[str] = set()
     for rec in outs:
         if not rec.hash:
             continue
         found.add(rec.hash)
-        if rec.kind == DIR:
-            with contextlib.suppress(MissingObject, CorruptObject):
-                found |= {e.hash for e in cache.read_manifest(rec.hash)}
+        if rec.kind != DIR:
+            continue
+        try:
+            found |= {e.hash for e in cache.read_manifest(rec.hash)}
+        except MissingObject:
+            pass  # never stored (cache=false, --no-cache) or not fetched: nothing to keep
+        except CorruptObject:
+            if needed_by:
+                raise GcError(
+                    f"{needed_by}: the manifest of {rec.path} ({rec.hash}) is corrupt in the cache, so gc cannot"
+                    f" tell which objects {rec.path} needs and deleted nothing; delete {rec.path} and run"
+                    " 'pivotbuild' (or 'pivotbuild fetch') to bring it back, then run gc again"
+                ) from None
     return found
+
+
+def _recorded(root: Path, pipeline: Path) -> Iterator[tuple[str, list[StageRecord], bool]]:
+    """(where, records, strict) for the lockfile, journal and pending results of a
+    pipeline.  Pending results were never cached, so a manifest they lack is normal."""
+    lock_path = pipeline / LOCKFILE
+    shown = lock_path.relative_to(root).as_posix()
+    if lock_path.is_file():
+        try:
+            data = lockfile.read(lock_path)
+        except lockfile.LockfileError as exc:
+            # Deleting what an unreadable lockfile may need would lose work: stop.
+            raise GcError(f"{shown}: {exc}; fix it (or rebuild) before running gc") from exc
+        yield shown, list(data.stages), True
+    for name, strict in ((JOURNAL, True), (PENDING, False)):
+        path = pipeline / STATE_DIR / name
+        records, _ = journal.read_records(path)  # a torn tail is rerun, so needs nothing
+        yield path.relative_to(root).as_posix(), records, strict
 
 
 def collect(root: Path, cache: Cache, *, keep_run_cache: bool, dry_run: bool) -> GcReport:
     referenced: set[str] = set()
-    for path in lockfiles(root):
-        try:
-            data = lockfile.read(path)
-        except lockfile.LockfileError as exc:
-            # Deleting what an unreadable lockfile may need would lose work: stop.
-            raise lockfile.LockfileError(f"{path}: {exc}; fix it (or rebuild) before running gc") from exc
-        for record in data.stages:
-            referenced |= objects_of(cache, list(record.outs))
+    for pipeline in pipelines(root):
+        for where, records, strict in _recorded(root, pipeline):
+            for record in records:
+                referenced |= objects_of(cache, list(record.outs), where if strict else "")
     report = GcReport()
     runs_dir = cache.dir / RUNS
     entries = sorted(runs_dir.glob("*/*")) if runs_dir.is_dir() else []

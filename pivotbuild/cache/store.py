@@ -20,7 +20,7 @@ from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
 
-from pivotbuild.hashing import EXEC, LINK, ManifestEntry, hash_bytes, hash_file, manifest_bytes
+from pivotbuild.hashing import EXEC, FILE, LINK, ManifestEntry, hash_bytes, hash_file, manifest_bytes
 
 OBJECTS = "objects"
 _FICLONE = 0x40049409  # linux/fs.h: _IOW(0x94, 9, int)
@@ -35,7 +35,8 @@ class Mode(Enum):
 
 
 class CorruptObject(Exception):
-    """An object whose content does not match its name; it has been removed."""
+    """An object whose content does not match its name (it has been removed), or
+    a manifest that cannot be parsed."""
 
 
 class MissingObject(Exception):
@@ -112,18 +113,26 @@ class Cache:
         path = self.path_of(digest)
         try:
             actual = hash_file(path)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             raise MissingObject(digest) from None
         if actual != digest:
             self.remove(digest)
             raise CorruptObject(digest)
 
     def read_manifest(self, digest: str) -> list[ManifestEntry]:
+        """The entries of a directory's manifest; MissingObject, or CorruptObject
+        if it fails verification or is not a manifest at all."""
         self.verify(digest)
         entries = []
-        for line in self.path_of(digest).read_text("ascii").splitlines():
-            kind, h, quoted = line.split(" ", 2)
-            entries.append(ManifestEntry(json.loads(quoted), kind, h))
+        try:
+            for line in self.path_of(digest).read_text("ascii").splitlines():
+                kind, h, quoted = line.split(" ", 2)
+                path = json.loads(quoted)
+                if kind not in (FILE, EXEC, LINK) or not isinstance(path, str):
+                    raise ValueError(line)
+                entries.append(ManifestEntry(path, kind, h))
+        except ValueError:  # a file object named where a manifest should be
+            raise CorruptObject(digest) from None
         return entries
 
     def remove(self, digest: str) -> None:
@@ -135,7 +144,9 @@ class Cache:
     # -- checkout -------------------------------------------------------------------
 
     def checkout_file(self, digest: str, dest: Path, mode: Mode = Mode.COPY, executable: bool = False) -> None:
-        """Put object `digest` at `dest` (replacing what is there), verified first."""
+        """Put object `digest` at `dest` (replacing what is there), verified first.
+        An executable file in a link mode is a read-only copy: a link would share
+        the object's mode, which has no execute bit."""
         self.verify(digest)
         src = self.path_of(digest)
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -146,6 +157,9 @@ class Cache:
             if mode is Mode.COPY:
                 _clone_or_copy(src, tmp)
                 tmp.chmod(0o755 if executable else 0o644)
+            elif executable:
+                _clone_or_copy(src, tmp)
+                tmp.chmod(0o555)  # read-only, like the links
             else:
                 tmp.unlink()
                 try:
@@ -158,7 +172,7 @@ class Cache:
                         raise
                     self._fall_back(mode)
                     _clone_or_copy(src, tmp)
-                    tmp.chmod(0o555 if executable else 0o444)  # read-only, like the links
+                    tmp.chmod(0o444)  # read-only, like the links
             if dest.is_dir() and not dest.is_symlink():
                 shutil.rmtree(dest)
             os.replace(tmp, dest)
@@ -168,10 +182,16 @@ class Cache:
 
     def checkout_dir(self, digest: str, dest: Path, mode: Mode = Mode.COPY) -> None:
         """Recreate a directory output from its manifest, replacing what is there.
-        Every object is verified before anything in the workspace changes."""
+        Every object is verified before anything in the workspace changes.
+
+        The files inside are never symlinks to the cache (the tree would no longer
+        hash to its manifest): in symlink mode they are hard links, like in
+        hardlink mode, and executable ones are read-only copies."""
         entries = self.read_manifest(digest)
         for e in entries:
             self.verify(e.hash)
+        if mode is Mode.SYMLINK:
+            mode = Mode.HARDLINK
         dest.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
         try:

@@ -52,7 +52,8 @@ def checkout(ctx: click.Context, /, args: tuple[str, ...], force: bool) -> int:
     """Restore the outputs recorded in the lockfile from the cache; runs nothing.
 
     An output modified in the workspace is not overwritten without --force
-    (the refusal lists them, exit 1)."""
+    (the refusal lists them, exit 1).  Outputs declared cache=false are never
+    in the cache and are left to the next build."""
     from pivotbuild.engine import Engine
     from pivotbuild.workspace import checkout as run_checkout
 
@@ -95,7 +96,8 @@ def clean(ctx: click.Context, /, args: tuple[str, ...]) -> int:
 @project_options
 def gc(dry_run: bool, keep_run_cache: bool) -> int:
     """Delete cache objects that no lockfile of the project references, and the
-    run-cache entries that pointed at them."""
+    run-cache entries that pointed at them.  Results a killed build left in a
+    journal, and pending --no-commit results, count as references too."""
     from pivotbuild.cache.gc import collect
     from pivotbuild.cache.outputs import CACHE_DIR
     from pivotbuild.cache.store import Cache
@@ -135,8 +137,8 @@ def commit(ctx: click.Context, /, args: tuple[str, ...]) -> int:
     committed, refused = run_commit(Engine(make_reporter(options)), options)
     for name in committed:
         click.echo(f"committed {name}")
-    for name in refused:
-        print(f"pivotbuild: {name}: its outputs changed since it ran; run it again", file=sys.stderr)
+    for refusal in refused:
+        print(f"pivotbuild: {refusal.stage}: {refusal.why}", file=sys.stderr)
     if not committed and not refused:
         print("pivotbuild: nothing pending to commit", file=sys.stderr)
     return 1 if refused else 0

@@ -9,10 +9,10 @@ url = "/mnt/team/pivot-cache"     # a directory, or file:///...
 
 from __future__ import annotations
 
-import json
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlparse
 
 from pivotbuild.errors import PivotError
@@ -64,32 +64,64 @@ def load(root: Path) -> Config:
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"{path}: cannot be read: {exc}; fix or remove it") from exc
     remotes = {}
-    for name, table in (data.get("remote") or {}).items():
+    for name, table in _table(data, "remote", path).items():
         url = table.get("url") if isinstance(table, dict) else None
         if not isinstance(url, str):
             raise ConfigError(f'{path}: [remote.{name}] needs url = "..."')
         remotes[name] = url
-    core = data.get("core") or {}
-    default = core.get("remote") if isinstance(core, dict) else None
-    checkout = core.get("checkout", "copy") if isinstance(core, dict) else "copy"
+    core = _table(data, "core", path)
+    default = core.get("remote")
+    if default is not None and not isinstance(default, str):
+        raise ConfigError(f'{path}: [core] remote = {default!r}; it must name a remote, like remote = "shared"')
+    checkout = core.get("checkout", "copy")
     if checkout not in CHECKOUT_MODES:
         raise ConfigError(f"{path}: [core] checkout = {checkout!r}; use one of {', '.join(CHECKOUT_MODES)}")
-    return Config(remotes, default if isinstance(default, str) else None, checkout)
+    return Config(remotes, default, checkout)
+
+
+_TABLES = {"core": "[core] with remote = NAME", "remote": '[remote.NAME] with url = "..."'}
+
+
+def _table(data: dict[str, Any], key: str, path: Path) -> dict[str, Any]:
+    value = data.get(key, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"{path}: '{key}' must be a table, not {value!r}; write {_TABLES[key]}")
+    return value
 
 
 def save(root: Path, config: Config) -> None:
     lines = ["# pivotbuild project settings; commit this file."]
     core = []
     if config.default:
-        core.append(f"remote = {json.dumps(config.default)}")
+        core.append(f"remote = {toml_string(config.default)}")
     if config.checkout != "copy":
-        core.append(f"checkout = {json.dumps(config.checkout)}")
+        core.append(f"checkout = {toml_string(config.checkout)}")
     if core:
         lines += ["", "[core]", *core]
     for name in sorted(config.remotes):
-        lines += ["", f"[remote.{json.dumps(name)}]", f"url = {json.dumps(config.remotes[name])}"]
+        lines += ["", f"[remote.{toml_string(name)}]", f"url = {toml_string(config.remotes[name])}"]
     ensure_state_dir(root)
     write_atomic(config_path(root), ("\n".join(lines) + "\n").encode("utf-8"))
+
+
+_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
+
+
+def toml_string(text: str) -> str:
+    """`text` as a TOML basic string: UTF-8 as it is, control characters escaped.
+    Text that is not valid Unicode (undecodable bytes in an argument) is refused."""
+    out = []
+    for ch in text:
+        code = ord(ch)
+        if ch in _ESCAPES:
+            out.append(_ESCAPES[ch])
+        elif 0xD800 <= code <= 0xDFFF:
+            raise ConfigError(f"{text!r} is not valid UTF-8, so it cannot go in {CONFIG}; use another name or path")
+        elif code < 0x20 or code == 0x7F:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
 
 
 def directory_of(url: str, root: Path) -> Path:

@@ -3,11 +3,14 @@
 
 Every file is written under a temporary name and renamed into place, so an
 interrupted push never leaves a truncated object, and a re-run completes it.
+The remote's own directory is never created: if it vanishes (a share
+unmounted mid-push), writing fails instead of filling the mount point.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
@@ -28,6 +31,8 @@ class DirectoryRemote:
             return []
 
     def put(self, src: Path, rel: str) -> None:
+        if not self.dir.is_dir():
+            raise FileNotFoundError(errno.ENOENT, "the remote directory is gone", str(self.dir))
         _copy_atomically(src, self.dir / rel)
 
     def get(self, rel: str, dest: Path) -> None:

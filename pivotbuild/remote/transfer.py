@@ -5,7 +5,9 @@ stages (a directory output is its manifest plus its files' objects), and the
 stages' run-cache entries with the objects they name.  Only what the other
 side lacks is moved, in parallel; every object is verified against its hash
 before it is sent and after it arrives, and a corrupt one is removed and
-reported, never kept.
+reported, never kept.  A run-cache entry is sent only once every object it
+names is on the remote.  An I/O error (the remote vanished, a disk is full)
+stops the transfer with a `TransferError`; what was moved is kept.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import contextlib
 import os
 import tempfile
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +26,7 @@ import msgpack
 
 from pivotbuild.cache.runcache import RUNS, stage_key
 from pivotbuild.cache.store import OBJECTS, Cache, CorruptObject, MissingObject
+from pivotbuild.errors import PivotError
 from pivotbuild.hashing import hash_file
 from pivotbuild.model import StageId
 from pivotbuild.remote import Remote
@@ -34,16 +37,37 @@ Progress = Callable[[int, int], None]  # (done, total)
 _converter = cattrs.Converter()
 
 
+class TransferError(PivotError):
+    """A transfer stopped: the remote or the local cache could not be read or written."""
+
+    exit_code = 1
+
+
 @dataclass
 class Report:
     moved: int = 0
     already: int = 0
     problems: list[str] = field(default_factory=list)
+    moved_objects: set[str] = field(default_factory=set)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def count_moved(self) -> None:
+    def count_moved(self, digest: str) -> None:
         with self._lock:  # workers finish concurrently
             self.moved += 1
+            self.moved_objects.add(digest)
+
+
+@contextlib.contextmanager
+def _io(what: str) -> Iterator[None]:
+    """Turn an OSError into a TransferError saying `what` failed."""
+    try:
+        yield
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise TransferError(
+            f"{what}: {exc.strerror or exc}{where}; check that the remote is mounted and writable and that"
+            " there is space, then run the command again (what was already moved is kept)"
+        ) from exc
 
 
 def object_rel(digest: str) -> str:
@@ -64,11 +88,17 @@ def _parallel(jobs: int, work: Iterable[Callable[[], None]], progress: Progress 
     if progress:
         progress(0, len(tasks))
     with ThreadPoolExecutor(max_workers=max(jobs, 1)) as pool:
-        for future in [pool.submit(t) for t in tasks]:
-            future.result()
-            done += 1
-            if progress:
-                progress(done, len(tasks))
+        futures = [pool.submit(t) for t in tasks]
+        try:
+            for future in futures:
+                future.result()
+                done += 1
+                if progress:
+                    progress(done, len(tasks))
+        except BaseException:
+            for future in futures:  # one failure (a full disk) stops the rest
+                future.cancel()
+            raise
 
 
 def push(
@@ -84,15 +114,20 @@ def push(
     wanted: set[str] = set()
     for rec in outs:
         wanted |= _local_objects(cache, rec, report)
-    entries: list[tuple[str, Path]] = []
+    entries: list[tuple[str, Path, set[str]]] = []  # (remote path, local path, the objects it names)
     for sid in stages:
         folder = cache.dir / RUNS / stage_key(sid)
         for entry in sorted(folder.iterdir()) if folder.is_dir() else []:
             rel = f"{RUNS}/{folder.name}/{entry.name}"
-            entries.append((rel, entry))
+            needs: set[str] = set()
             for rec in run_entry_outs(entry.read_bytes()):
-                wanted |= _local_objects(cache, rec, report)
-    to_send = [d for d in sorted(wanted) if not remote.exists(object_rel(d))]
+                found = _local_objects(cache, rec, report)
+                wanted |= found
+                # A directory whose manifest is not here is not sent: hold its entry back.
+                needs |= found | ({rec.hash} if rec.hash else set())
+            entries.append((rel, entry, needs))
+    with _io("cannot list the remote's objects"):
+        to_send = [d for d in sorted(wanted) if not remote.exists(object_rel(d))]
     report.already = len(wanted) - len(to_send)
 
     def send(digest: str) -> Callable[[], None]:
@@ -103,16 +138,26 @@ def push(
                 state = "corrupt" if isinstance(exc, CorruptObject) else "missing"
                 report.problems.append(f"object {digest} is {state} in the local cache; rebuild to heal it")
                 return
-            remote.put(cache.path_of(digest), object_rel(digest))
-            report.count_moved()
+            with _io(f"cannot send object {digest} to the remote"):
+                remote.put(cache.path_of(digest), object_rel(digest))
+            report.count_moved(digest)
 
         return task
 
     _parallel(jobs, (send(d) for d in to_send), progress)
-    # Run-cache entries last: an entry on the remote always finds its objects there.
-    for rel, path in entries:
-        if not remote.exists(rel):
-            remote.put(path, rel)
+    # Run-cache entries last, and only those whose objects all made it: an entry
+    # on the remote always finds its objects there.
+    on_remote = (wanted - set(to_send)) | report.moved_objects
+    held_back = 0
+    for rel, path, needs in entries:
+        if not needs <= on_remote:
+            held_back += 1
+            continue
+        with _io(f"cannot send run-cache entry {rel} to the remote"):
+            if not remote.exists(rel):
+                remote.put(path, rel)
+    if held_back:
+        report.problems.append(f"{held_back} run-cache entr(ies) not pushed: objects they name could not be sent")
     return report
 
 
@@ -129,22 +174,35 @@ def fetch(
     records = list(outs)
     for sid in stages:
         key = stage_key(sid)
-        for name in remote.list_dir(f"{RUNS}/{key}"):
+        with _io("cannot list the remote's run cache"):
+            names = remote.list_dir(f"{RUNS}/{key}")
+        for name in names:
+            rel = f"{RUNS}/{key}/{name}"
             local = cache.dir / RUNS / key / name
             if not local.exists():
-                fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=_mkdir(local.parent))
-                os.close(fd)
-                remote.get(f"{RUNS}/{key}/{name}", Path(tmp))
-                os.replace(tmp, local)
+                with _io(f"cannot fetch run-cache entry {rel}"):
+                    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=_mkdir(local.parent))
+                    os.close(fd)
+                    try:
+                        remote.get(rel, Path(tmp))
+                        os.replace(tmp, local)
+                    finally:
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(tmp)
             records += run_entry_outs(local.read_bytes())
-    # Directory manifests first: they name the objects the directories need.
+    # Directory manifests first: they name the objects the directories need.  A
+    # corrupt local one is removed by the check, and fetched again.
     manifests = {r.hash for r in records if r.kind == DIR}
-    _parallel(jobs, (_receive(cache, remote, d, report) for d in sorted(manifests) if not cache.has(d)), None)
+    _parallel(jobs, (_receive(cache, remote, d, report) for d in sorted(manifests) if not _intact(cache, d)), None)
     wanted: set[str] = set()
     for rec in records:
         if rec.kind == DIR:
-            if cache.has(rec.hash):
+            try:
                 wanted |= {e.hash for e in cache.read_manifest(rec.hash)}
+            except MissingObject:
+                pass  # not on the remote either: already reported
+            except CorruptObject:
+                report.problems.append(f"{rec.path}: object {rec.hash} is not a directory manifest; rebuild it")
         elif rec.hash:
             wanted.add(rec.hash)
     to_get = [d for d in sorted(wanted) if not cache.has(d)]
@@ -156,25 +214,35 @@ def fetch(
 def _receive(cache: Cache, remote: Remote, digest: str, report: Report) -> Callable[[], None]:
     def task() -> None:
         rel = object_rel(digest)
-        if not remote.exists(rel):
-            report.problems.append(f"object {digest} is not on the remote; push it from a cache that has it")
-            return
-        dest = cache.path_of(digest)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=_mkdir(dest.parent))
-        os.close(fd)
-        try:
-            remote.get(rel, Path(tmp))
-            if hash_file(tmp) != digest:
-                report.problems.append(f"object {digest} on the remote is corrupt; it was not kept")
+        with _io(f"cannot fetch object {digest} from the remote"):
+            if not remote.exists(rel):
+                report.problems.append(f"object {digest} is not on the remote; push it from a cache that has it")
                 return
-            os.chmod(tmp, 0o444)
-            os.replace(tmp, dest)
-            report.count_moved()
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+            dest = cache.path_of(digest)
+            fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=_mkdir(dest.parent))
+            os.close(fd)
+            try:
+                remote.get(rel, Path(tmp))
+                if hash_file(tmp) != digest:
+                    report.problems.append(f"object {digest} on the remote is corrupt; it was not kept")
+                    return
+                os.chmod(tmp, 0o444)
+                os.replace(tmp, dest)
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+        report.count_moved(digest)
 
     return task
+
+
+def _intact(cache: Cache, digest: str) -> bool:
+    """Whether the cache holds `digest` uncorrupted (a corrupt copy is removed)."""
+    try:
+        cache.verify(digest)
+    except (MissingObject, CorruptObject):
+        return False
+    return True
 
 
 def _local_objects(cache: Cache, rec: FileRecord, report: Report) -> set[str]:

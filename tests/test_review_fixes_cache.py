@@ -1,0 +1,248 @@
+"""Review fixes for gc, checkout modes, checkout of uncached outputs and commit,
+through the real command."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+from pathlib import Path
+
+from conftest import Project, Result
+from test_build_crash import background_build, hung_pid
+
+from pivotbuild.cache.store import Cache
+from pivotbuild.hashing import hash_file
+
+
+def statuses(r: Result) -> dict[str, str]:
+    events = [json.loads(line) for line in r.out.splitlines()]
+    return {e["stage"]: e["status"] for e in events if e["event"] == "stage_finished"}
+
+
+def objects(p: Project) -> set[str]:
+    root = p.root / ".pivot/cache/objects"
+    return {f.parent.name + f.name for f in root.rglob("*") if f.is_file()} if root.is_dir() else set()
+
+
+# -- gc --------------------------------------------------------------------------------------------
+
+# b hangs the first time only (its sleep's pid in b.pid, as test_build_crash expects).
+KILLED = """
+stage a:
+    deps: in.txt
+    outs: a.txt
+    run: cp in.txt $@
+stage b:
+    deps: a.txt
+    outs: b.txt
+    run:
+        if [ ! -e hung.once ]; then
+            touch hung.once
+            sleep 30 &
+            echo $! > b.pid
+            wait
+        fi
+        cp $< $@
+"""
+
+
+def test_gc_keeps_what_the_journal_of_a_killed_build_records(project: Project, tmp_path: Path) -> None:
+    project.pivotfile(KILLED)
+    project.write("in.txt", "precious\n")
+    with background_build(project, tmp_path, "-j1") as proc:
+        pid = hung_pid(project)
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(timeout=10) == -signal.SIGKILL
+        os.killpg(os.getpgid(pid), signal.SIGKILL)
+    assert (project.root / ".pivot/journal").exists()  # a's record lives only there
+    assert not (project.root / "Pivotfile.lock").exists()
+    r = project.run("gc")
+    assert r.code == 0, r.err
+    assert hash_file(project.root / "a.txt") in objects(project)
+    (project.root / "a.txt").unlink()
+    r = project.run("checkout", "a")
+    assert r.code == 0, r.err
+    assert (project.root / "a.txt").read_text() == "precious\n"
+
+
+PENDING = """
+X = 1
+stage make:
+    outs: out.txt
+    run: echo ${X} > $@
+"""
+
+
+def test_gc_keeps_what_pending_no_commit_results_record(project: Project) -> None:
+    project.pivotfile(PENDING)
+    assert project.run().code == 0
+    assert project.run("X=2").code == 0  # the lockfile now records X=2
+    r = project.run("--no-commit", "--json")  # X=1 again: restored, pending
+    assert r.code == 0, r.err
+    assert (project.root / ".pivot/pending").exists()
+    assert (project.root / "out.txt").read_text() == "1\n"
+    digest = hash_file(project.root / "out.txt")
+    assert project.run("gc").code == 0
+    assert digest in objects(project)
+    (project.root / "out.txt").unlink()
+    r = project.run("checkout")
+    assert r.code == 0, r.err
+    assert (project.root / "out.txt").read_text() == "1\n"
+
+
+def test_gc_keeps_the_objects_of_an_included_dot_pipeline(project: Project) -> None:
+    project.pivotfile("include .tools\nstage top:\n    outs: top.txt\n    run: echo top > $@\n")
+    project.pivotfile("stage tool:\n    outs: tool.txt\n    run: echo tool > $@\n", ".tools/Pivotfile")
+    assert project.run().code == 0
+    r = project.run("gc")
+    assert r.code == 0, r.err
+    assert "0 object(s)" in r.err
+    (project.root / ".tools/tool.txt").unlink()
+    r = project.run("checkout")
+    assert r.code == 0, r.err
+    assert (project.root / ".tools/tool.txt").read_text() == "tool\n"
+
+
+TREE = """
+stage tree:
+    outs: tree/
+    run: mkdir -p $@/sub && echo one > $@/one.txt && echo two > $@/sub/two.txt
+"""
+
+
+def test_gc_deletes_nothing_when_a_recorded_manifest_is_corrupt(project: Project) -> None:
+    project.pivotfile(TREE)
+    assert project.run().code == 0
+    cache = Cache(project.root / ".pivot/cache")
+    before = objects(project)
+    manifest = next(d for d in before if cache.path_of(d).read_bytes().startswith(b"f "))
+    cache.path_of(manifest).chmod(0o644)
+    cache.path_of(manifest).write_text("rot\n")
+    r = project.run("gc")
+    assert r.code == 1, r.err
+    assert "Traceback" not in r.err
+    assert r.err.startswith("pivotbuild: ")
+    assert "tree" in r.err and "corrupt" in r.err
+    assert objects(project) >= before - {manifest}  # the files' objects survive
+    # What the message says to do brings the manifest back; then gc goes on.
+    shutil.rmtree(project.root / "tree")
+    assert project.run().code == 0
+    assert project.run("gc").code == 0
+    assert objects(project) == before
+    shutil.rmtree(project.root / "tree")
+    assert project.run("checkout").code == 0
+    assert (project.root / "tree/sub/two.txt").read_text() == "two\n"
+
+
+def test_gc_stops_with_a_message_on_an_unreadable_lockfile(project: Project) -> None:
+    project.pivotfile(TREE)
+    assert project.run().code == 0
+    before = objects(project)
+    (project.root / "Pivotfile.lock").write_bytes(b"junk")
+    r = project.run("gc")
+    assert r.code == 1, r.err
+    assert "internal error" not in r.err
+    assert "Pivotfile.lock" in r.err and "before running gc" in r.err
+    assert objects(project) == before
+
+
+# -- checkout modes and directories ----------------------------------------------------------------
+
+DIRS = """
+stage tree:
+    outs: tree/
+    run:
+        mkdir -p $@/sub
+        echo one > $@/one.txt
+        echo one > $@/sub/same.txt
+        printf '#!/bin/sh\\necho hi\\n' > $@/tool.sh
+        chmod +x $@/tool.sh
+        ln -s one.txt $@/link
+stage file:
+    outs: single.txt
+    run: echo single > $@
+"""
+
+
+def _check_out_in(project: Project, mode: str) -> Path:
+    project.pivotfile(DIRS)
+    assert project.run().code == 0
+    project.write(".pivot/config.toml", f'[core]\ncheckout = "{mode}"\n')
+    shutil.rmtree(project.root / "tree")
+    (project.root / "single.txt").unlink()
+    r = project.run("checkout")
+    assert r.code == 0, r.err
+    v = project.run("verify")
+    assert v.code == 0, v.out + v.err
+    r = project.run("--json")
+    assert r.code == 0, r.err
+    assert set(statuses(r).values()) == {"skipped"}
+    tree = project.root / "tree"
+    assert os.access(tree / "tool.sh", os.X_OK)
+    assert os.readlink(tree / "link") == "one.txt"
+    assert (tree / "sub/same.txt").read_text() == "one\n"
+    for f in ("one.txt", "sub/same.txt", "tool.sh"):
+        assert not (tree / f).is_symlink()
+        assert (tree / f).stat().st_mode & 0o222 == 0, f  # read-only: edits cannot reach the cache
+    return tree
+
+
+def test_hardlink_mode_checks_out_directories_that_verify(project: Project) -> None:
+    tree = _check_out_in(project, "hardlink")
+    assert (tree / "one.txt").stat().st_nlink > 1  # still linked to the cache
+    assert (project.root / "single.txt").stat().st_nlink > 1
+
+
+def test_symlink_mode_checks_out_directories_that_verify(project: Project) -> None:
+    _check_out_in(project, "symlink")
+    assert (project.root / "single.txt").is_symlink()
+
+
+def test_a_directory_restored_in_symlink_mode_is_up_to_date(project: Project) -> None:
+    project.pivotfile(DIRS)
+    project.write(".pivot/config.toml", '[core]\ncheckout = "symlink"\n')
+    assert project.run().code == 0
+    shutil.rmtree(project.root / "tree")
+    r = project.run("--json")
+    assert statuses(r)["tree"] == "restored"
+    assert project.run("verify").code == 0
+    assert set(statuses(project.run("--json")).values()) == {"skipped"}
+
+
+# -- checkout and cache=false ----------------------------------------------------------------------
+
+UNCACHED = """
+stage a:
+    outs: a.txt scratch.txt (cache=false)
+    run: echo a > a.txt && echo scratch > scratch.txt
+"""
+
+
+def test_checkout_skips_missing_uncached_outputs(project: Project) -> None:
+    project.pivotfile(UNCACHED)
+    assert project.run().code == 0
+    (project.root / "a.txt").unlink()
+    (project.root / "scratch.txt").unlink()
+    r = project.run("checkout")
+    assert r.code == 0, r.err
+    assert (project.root / "a.txt").read_text() == "a\n"
+    assert "not in the cache" not in r.err
+
+
+# -- commit after the outs changed -----------------------------------------------------------------
+
+
+def test_commit_refuses_a_stage_whose_outs_changed_since_the_no_commit_run(project: Project) -> None:
+    project.pivotfile("stage a:\n    outs: a.txt\n    run: echo a > a.txt && echo b > b.txt\n")
+    assert project.run("--no-commit").code == 0
+    project.pivotfile("stage a:\n    outs: a.txt b.txt\n    run: echo a > a.txt && echo b > b.txt\n")
+    r = project.run("commit")
+    assert r.code == 1
+    assert "internal error" not in r.err
+    assert "a: its outs changed since it ran" in r.err
+    assert "rebuild" in r.err
+    assert not (project.root / "Pivotfile.lock").exists()
+    assert project.run().code == 0
+    assert project.run("verify").code == 0
