@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from pivotbuild import runner, snapshot
 from pivotbuild.cache.outputs import OutputCache
-from pivotbuild.decide import ALWAYS, FORCED
+from pivotbuild.decide import ALWAYS, FORCED, UP_TO_DATE
 from pivotbuild.events import (
     BuildFinished,
     BuildStarted,
@@ -40,6 +40,7 @@ from pivotbuild.options import BuildOptions
 from pivotbuild.paths import STATE_DIR
 from pivotbuild.project import Project
 from pivotbuild.scheduler import Admission, TokenPool, critical_path
+from pivotbuild.seal import Seal
 from pivotbuild.snapshot import Snapshot
 from pivotbuild.state import history
 from pivotbuild.state.records import StageRecord
@@ -77,6 +78,7 @@ class BuildRun:
         cancel: threading.Event,
         order_after: dict[StageId, list[StageId]] | None = None,
         block_on_failure: bool = True,
+        seal: Seal | None = None,
     ) -> None:
         """`order_after` replaces the graph's edges (for `run`, the given order);
         with `block_on_failure` false, a failure does not block what follows it."""
@@ -103,6 +105,8 @@ class BuildRun:
             for u in ups:
                 self.next[u].append(s)
         self.block_on_failure = block_on_failure
+        self.seal = seal
+        self.sealed_skips: set[StageId] = set()  # up to date by the seal, never hashed
         self.waiting = {s: len(self.after[s]) for s in closure}
         self.ready: list[StageId] = [s for s in closure if self.waiting[s] == 0]
         self.to_run: dict[StageId, tuple[Snapshot, str]] = {}
@@ -184,6 +188,10 @@ class BuildRun:
             stage = self.graph.stages[sid]
             forced = self.options.always_make and sid in self.targets
             self._state(sid, State.PREPARING)
+            if not forced and self.seal is not None and self.seal.holds([self.graph.index_of(sid)]):
+                self.sealed_skips.add(sid)
+                self._finish(sid, StageFinished(self.graph.label(sid), Status.SKIPPED, UP_TO_DATE, 0.0))
+                continue
             decision, snap = self.engine.decide(stage, self.store, forced)
             if decision.run and decision.reason not in (FORCED, ALWAYS) and self._restore(stage, snap, decision.reason):
                 continue

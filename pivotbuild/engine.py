@@ -11,10 +11,11 @@ import contextlib
 import dataclasses
 import os
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from pivotbuild import paths, snapshot
+from pivotbuild import paths, seal, snapshot
 from pivotbuild.buildrun import EXIT_FAILED, EXIT_OK, BuildRun, Interrupted
 from pivotbuild.decide import Decision, decide
 from pivotbuild.errors import PivotError
@@ -23,12 +24,15 @@ from pivotbuild.events import (
     Message,
     Plan,
     Reporter,
+    Status,
 )
 from pivotbuild.graph import BuildGraph
+from pivotbuild.hashing import hash_file
 from pivotbuild.model import Stage, StageId
 from pivotbuild.options import BuildOptions
 from pivotbuild.paths import STATE_DIR
 from pivotbuild.project import LoadOptions, Project, load_compiled
+from pivotbuild.seal import Seal
 from pivotbuild.selection import selected
 from pivotbuild.snapshot import Snapshot
 from pivotbuild.state.projectlock import ProjectLock
@@ -60,8 +64,11 @@ class Engine:
         check_sources(project, graph, closure)
         check_runnable(graph, closure)
         with self.state(project, options) as store:
+            sealed = open_seal(project, store)
             if options.dry_run or options.question:
-                plan = self._plan(graph, closure, set(targets), store, options)
+                plan = self._plan(
+                    graph, closure=closure, targets=set(targets), store=store, options=options, sealed=sealed
+                )
                 if options.dry_run:
                     for label, decision in plan:
                         self.emit(Plan(label, decision.run, decision.reason))
@@ -75,15 +82,19 @@ class Engine:
                 store=store,
                 options=options,
                 cancel=cancel or threading.Event(),
+                seal=sealed,
             )
-            return run.execute()
+            code = run.execute()
+            store.close()  # lockfiles written and stat caches settled: now seal what is up to date
+            self._seal(project, graph, store, run, sealed)
+            return code
 
     def status(self, options: BuildOptions) -> list[tuple[str, Decision]]:
         """Each selected stage (and what it needs) with its decision; runs nothing."""
         project, graph, targets = self.load(options)
         closure = graph.upstream(targets)
         with self.state(project, options) as store:
-            return self._plan(graph, closure, set(targets), store, options)
+            return self._plan(graph, closure=closure, targets=set(targets), store=store, options=options)
 
     def run_stages(self, options: BuildOptions, fail_fast: bool, cancel: threading.Event | None = None) -> int:
         """`pivotbuild run`: exactly the named stages, in the order given, without
@@ -113,19 +124,72 @@ class Engine:
             return run.execute()
 
     def _plan(
-        self, graph: BuildGraph, closure: list[StageId], targets: set[StageId], store: StateStore, options: BuildOptions
+        self,
+        graph: BuildGraph,
+        *,
+        closure: list[StageId],
+        targets: set[StageId],
+        store: StateStore,
+        options: BuildOptions,
+        sealed: Seal | None = None,
     ) -> list[tuple[str, Decision]]:
         decisions: dict[StageId, Decision] = {}
         for sid in closure:
             stage = graph.stages[sid]
             upstream = [u for u in graph.upstream_stages(sid) if decisions.get(u, _UP).run]
+            forced = options.always_make and sid in targets
             if upstream:
                 decision = Decision(True, f"upstream {graph.label(upstream[0])} will run")
+            elif not forced and sealed is not None and sealed.holds([graph.index_of(sid)]):
+                decision = _UP
             else:
-                forced = options.always_make and sid in targets
                 decision = decide_stage(stage, store, store.root, forced)[0]
             decisions[sid] = decision
         return [(graph.label(s), d) for s, d in decisions.items()]
+
+    def _seal(self, project: Project, graph: BuildGraph, store: StateStore, run: BuildRun, old: Seal | None) -> None:
+        """Seal every stage that is up to date after this build (see seal.py).
+        Stages this build did not decide keep their old seal, valid because
+        their records did not change; a seal that cannot be written only costs
+        the next no-op its speed."""
+        main = project.main
+        if main is None or not project.plan_id:
+            return
+        main_dir = project.root / main.dir if main.dir else project.root
+        if any(st.pending for st in store.pipelines.values()):
+            seal.remove(main_dir)
+            return
+        locks = []
+        for st in store.pipelines.values():
+            try:
+                digest = hash_file(st.lock_path)
+            except FileNotFoundError:
+                digest = ""
+            except OSError:
+                return
+            locks.append((str(st.lock_path), digest))
+        absent = [str(p) for st in store.pipelines.values() for p in (st.journal_path, st.pending_path)]
+        new = seal.Seal(project.plan_id, locks, absent)
+        now = time.time_ns()
+        for i, (sid, stage) in enumerate(graph.stages.items()):
+            status = run.status.get(sid)
+            if status is None or sid in run.sealed_skips:
+                if old is not None and not stage.always:
+                    new.carry(old, i)
+                continue
+            record = store.record(stage)
+            if stage.always or record is None or status not in (Status.RAN, Status.SKIPPED, Status.RESTORED):
+                continue
+            try:
+                recorded = (*record.deps, *record.outs)
+                files = seal.stage_files(recorded, project.root, store.statcache(stage).entries, now)
+            except seal.Unsealable:
+                continue
+            new.add(i, files)
+        try:
+            new.write(main_dir)
+        except OSError:
+            seal.remove(main_dir)
 
     @contextlib.contextmanager
     def state(self, project: Project, options: BuildOptions) -> Iterator[StateStore]:
@@ -145,6 +209,15 @@ class Engine:
 
     def _say(self, text: str) -> None:
         self.emit(Message(text))
+
+
+def open_seal(project: Project, store: StateStore) -> Seal | None:
+    """The seal of the last build, if it still holds for this plan and these lockfiles."""
+    main = project.main
+    if main is None or not project.plan_id:
+        return None
+    sealed = seal.read(project.root / main.dir if main.dir else project.root, project.plan_id)
+    return sealed if sealed is not None and sealed.state_unchanged() else None
 
 
 def decide_stage(stage: Stage, store: StateStore, root: Path, forced: bool) -> tuple[Decision, Snapshot]:

@@ -81,10 +81,11 @@ def glob_static_prefix(pattern: str) -> str:
     return "/".join(static)
 
 
-def expand(root: Path, pattern: str) -> list[str]:
+def expand(root: Path, pattern: str, listed: list[str] | None = None) -> list[str]:
     """Files (and symlinks) under `root` matching the root-relative or absolute
     `pattern`, sorted.  Hidden directories are searched only if the pattern
-    names them; `.pivot/` never is."""
+    names them; `.pivot/` never is.  The directories whose listings the result
+    depends on (or the absent base directory) are appended to `listed`."""
     if ".pivot" in pattern.split("/"):
         return []  # pivotbuild's own state is never an input
     regex = glob_regex(pattern)
@@ -92,10 +93,14 @@ def expand(root: Path, pattern: str) -> list[str]:
     absolute = os.path.isabs(pattern)
     base = Path(static) if absolute else root / static if static else root
     if not base.is_dir():
+        if listed is not None:
+            listed.append(str(base))
         return []
     hidden = "/." in "/" + pattern  # as in the shell, wildcards skip dotfiles unless asked
     found: list[str] = []
     for dirpath, dirnames, filenames in os.walk(base):
+        if listed is not None:
+            listed.append(dirpath)
         rel_dir = os.path.relpath(dirpath, "/" if absolute else root)
         rel_dir = "" if rel_dir == "." else rel_dir.replace(os.sep, "/")
         if absolute:

@@ -225,6 +225,10 @@ class BuildGraph:
     def label(self, sid: StageId) -> str:
         return self._label(sid)
 
+    def index_of(self, sid: StageId) -> int:
+        """The stage's position in declaration order (as a compiled plan numbers it)."""
+        return self._index[sid]
+
     def producer(self, path: str) -> StageId | None:
         """The stage that writes `path` (or the output directory holding it)."""
         exact = self._producer.get(path)

@@ -8,11 +8,9 @@ renaming, adding, removing or chmod +x of a file all change it.
 
 from __future__ import annotations
 
-import json
 import os
 import stat
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 import xxhash
 
@@ -38,16 +36,36 @@ def hash_file(path: str | os.PathLike[str]) -> str:
     return h.hexdigest()
 
 
-@dataclass(frozen=True, slots=True)
 class ManifestEntry:
-    path: str  # relative to the directory, POSIX separators
-    kind: str  # FILE, EXEC or LINK
-    hash: str
+    """One file of a directory manifest.  (A plain class, not a dataclass or
+    NamedTuple: the no-op fast path imports this module and neither of those.)"""
+
+    __slots__ = ("hash", "kind", "path")
+
+    def __init__(self, path: str, kind: str, hash: str) -> None:
+        self.path = path  # relative to the directory, POSIX separators
+        self.kind = kind  # FILE, EXEC or LINK
+        self.hash = hash
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ManifestEntry) and (self.path, self.kind, self.hash) == (
+            other.path,
+            other.kind,
+            other.hash,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.path, self.kind, self.hash))
+
+    def __repr__(self) -> str:
+        return f"ManifestEntry({self.path!r}, {self.kind!r}, {self.hash!r})"
 
 
 def manifest_bytes(entries: Iterable[ManifestEntry]) -> bytes:
     """The canonical text of a manifest: one `kind hash "path"` line per entry,
     sorted by path; the path is JSON-quoted so no file name can forge a line."""
+    import json
+
     lines = [f"{e.kind} {e.hash} {json.dumps(e.path)}\n" for e in sorted(entries, key=lambda e: e.path)]
     return "".join(lines).encode("ascii")
 

@@ -21,30 +21,28 @@ A missing, damaged or stale plan is simply rebuilt; it is never an error.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 import msgpack
 
 from pivotbuild import __version__, paths
-from pivotbuild.errors import Location
 from pivotbuild.hashing import hash_bytes
-from pivotbuild.model import Dep, IncludeRef, Out, Param, Pipeline, Stage, StageId, TargetRef
 from pivotbuild.paths import STATE_DIR
-from pivotbuild.pivotfile.interpolate import AutoVar
 from pivotbuild.stamps import Source
 
-if TYPE_CHECKING:  # without importing networkx at run time
+TYPE_CHECKING = False  # not typing's: the no-op fast path does not import typing
+if TYPE_CHECKING:  # the no-op check imports none of these
+    from typing import Any
+
+    from pivotbuild.errors import Location
     from pivotbuild.graph import BuildGraph
+    from pivotbuild.model import Pipeline, Stage
     from pivotbuild.project import Project
 
 PLAN = "plan"
 MAGIC = b"PIVPLAN\n"
 FORMAT = 1
-_AUTO = list(AutoVar)
 
 
 def plan_path(main_dir: Path) -> Path:
@@ -55,36 +53,52 @@ def plan_key(main_file: Path, overrides: Mapping[str, str]) -> list[Any]:
     return [str(main_file), sorted(overrides.items()), __version__]
 
 
-@dataclass(frozen=True, slots=True)
 class Index:
     """What the no-op check needs: each stage's (pipeline, name, base, has matrix,
     always) in declaration order, its direct upstream stages, and the main
-    pipeline's `default` targets as written."""
+    pipeline's `default` targets as written.  (Plain classes here: the no-op
+    fast path does not import dataclasses.)"""
 
-    plan_id: str
-    root: str
-    current: str
-    default: tuple[str, ...]
-    stages: list[tuple[str, str, str, bool, bool]]
-    preds: list[list[int]]
-    order: list[int]
+    __slots__ = ("current", "default", "order", "plan_id", "preds", "root", "stages")
+
+    def __init__(
+        self,
+        plan_id: str,
+        root: str,
+        *,
+        current: str,
+        default: tuple[str, ...],
+        stages: list[tuple[str, str, str, bool, bool]],
+        preds: list[list[int]],
+        order: list[int],
+    ) -> None:
+        self.plan_id = plan_id
+        self.root = root
+        self.current = current
+        self.default = default
+        self.stages = stages
+        self.preds = preds
+        self.order = order
 
 
-@dataclass(frozen=True, slots=True)
 class Loaded:
-    index: Index
-    sources: tuple[Source, ...]
-    body: bytes
+    __slots__ = ("body", "index", "sources")
+
+    def __init__(self, index: Index, sources: tuple[Source, ...], body: bytes) -> None:
+        self.index = index
+        self.sources = sources
+        self.body = body
 
 
 # -- writing ------------------------------------------------------------------------
 
 
-def save(project: Project, graph: BuildGraph, main_file: Path, overrides: Mapping[str, str]) -> None:
-    """Write the plan of a freshly compiled, validated project.  Best effort:
-    a plan that cannot be written only costs the next build a compile."""
+def save(project: Project, graph: BuildGraph, main_file: Path, overrides: Mapping[str, str]) -> str:
+    """Write the plan of a freshly compiled, validated project; return its id.
+    Best effort: a plan that cannot be written only costs the next build a
+    compile (and the id is then "")."""
     if project.main is None:
-        return
+        return ""
     stages = list(graph.stages.values())
     order, preds = graph.plan_links()
     main = project.main
@@ -103,16 +117,21 @@ def save(project: Project, graph: BuildGraph, main_file: Path, overrides: Mappin
     key = plan_key(main_file, overrides)
     sources = [[s.path, list(s.stamp) if s.stamp else None, s.trusted, s.hash] for s in project.sources]
     blob = MAGIC + msgpack.packb([FORMAT, key, str(project.root), sources, index, body], use_bin_type=True)
-    path = plan_path(project.root / main.dir if main.dir else project.root)
-    with contextlib.suppress(OSError):
-        from pivotbuild.state_files import write_atomic
+    main_dir = project.root / main.dir if main.dir else project.root
+    path = plan_path(main_dir)
+    from pivotbuild.state_files import ensure_state_dir, write_atomic
 
-        try:
-            if path.read_bytes() == blob:
-                return
-        except OSError:
-            pass
+    try:
+        if path.read_bytes() == blob:
+            return hash_bytes(body)
+    except OSError:
+        pass
+    try:
+        ensure_state_dir(main_dir, project.root)
         write_atomic(path, blob)
+    except OSError:
+        return ""
+    return hash_bytes(body)
 
 
 def _loc(loc: Location) -> list[Any]:
@@ -132,7 +151,10 @@ def _pipeline(p: Pipeline) -> list[Any]:
 
 
 def _stage(s: Stage) -> list[Any]:
-    command = None if s.command is None else [p if isinstance(p, str) else _AUTO.index(p) for p in s.command]
+    from pivotbuild.pivotfile.interpolate import AutoVar
+
+    auto = list(AutoVar)
+    command = None if s.command is None else [p if isinstance(p, str) else auto.index(p) for p in s.command]
     return [
         s.id.pipeline,
         s.id.name,
@@ -173,7 +195,9 @@ def read(main_file: Path, overrides: Mapping[str, str]) -> Loaded | None:
             return None
         current, default, stages, preds, order = index
         return Loaded(
-            Index(hash_bytes(body), root, current, tuple(default), stages, preds, order),
+            Index(
+                hash_bytes(body), root, current=current, default=tuple(default), stages=stages, preds=preds, order=order
+            ),
             tuple(Source(p, tuple(st) if st else None, trusted, h) for p, st, trusted, h in sources),
             body,
         )
@@ -189,7 +213,9 @@ def fresh(loaded: Loaded, main_file: Path) -> bool:
 
 def restore(loaded: Loaded, cwd: Path) -> tuple[Project, BuildGraph] | None:
     """The project and its graph, from the plan's body (None if it is damaged)."""
+    from pivotbuild.errors import Location
     from pivotbuild.graph import BuildGraph
+    from pivotbuild.model import IncludeRef, Pipeline, TargetRef
     from pivotbuild.project import Project
 
     try:
@@ -215,18 +241,25 @@ def restore(loaded: Loaded, cwd: Path) -> tuple[Project, BuildGraph] | None:
         graph = BuildGraph.restore(stages, index.current, index.order, index.preds)
     except (ValueError, TypeError, IndexError, KeyError, msgpack.UnpackException):
         return None
-    project = Project(Path(index.root), cwd.resolve(), pipelines[main_at], tuple(pipelines), loaded.sources)
+    project = Project(
+        Path(index.root), cwd.resolve(), pipelines[main_at], tuple(pipelines), loaded.sources, index.plan_id
+    )
     return project, graph
 
 
 def _unstage(r: Sequence[Any]) -> Stage:
+    from pivotbuild.errors import Location
+    from pivotbuild.model import Dep, Out, Param, Stage, StageId
+    from pivotbuild.pivotfile.interpolate import AutoVar
+
+    auto = list(AutoVar)
     (pipeline, name, base, loc, command, py, matrix, desc, deps, outs, params) = r[:11]
     (shell, mutex, jobs, mem, timeout, retry, env, workdir, always) = r[11:]
     return Stage(
         id=StageId(pipeline, name),
         base=base,
         loc=Location(*loc),
-        command=None if command is None else tuple(p if isinstance(p, str) else _AUTO[p] for p in command),
+        command=None if command is None else tuple(p if isinstance(p, str) else auto[p] for p in command),
         py=py,
         matrix=tuple(tuple(m) for m in matrix),
         desc=desc,

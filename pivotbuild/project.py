@@ -3,6 +3,7 @@ pipeline it includes (or, with `--all`, every Pivotfile under the root)."""
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 from collections.abc import Iterator, Mapping, Sequence
@@ -36,6 +37,7 @@ class Project:
     # Every file the project was compiled from (Pivotfiles, params files read
     # or looked for), as it was when read: what a compiled plan is valid for.
     sources: tuple[Source, ...] = ()
+    plan_id: str = ""  # the compiled plan it came from or was saved as ("" if none)
 
     @property
     def stages(self) -> tuple[Stage, ...]:
@@ -175,5 +177,5 @@ def load_compiled(options: LoadOptions) -> tuple[Project, BuildGraph]:
     project = load_project(options)
     graph = BuildGraph(project.stages, project.current_dir)
     if main_file is not None:
-        plan.save(project, graph, main_file, options.overrides)
+        project = dataclasses.replace(project, plan_id=plan.save(project, graph, main_file, options.overrides))
     return project, graph

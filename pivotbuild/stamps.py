@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from pivotbuild.hashing import hash_bytes, hash_file
@@ -34,15 +33,32 @@ def is_racy(st: os.stat_result, now_ns: int) -> bool:
     return now_ns - newest < window
 
 
-@dataclass(frozen=True, slots=True)
 class Source:
     """A file something was computed from (a Pivotfile, a params file, or one
-    that was looked for and is absent): how it looked when it was read."""
+    that was looked for and is absent): how it looked when it was read.
+    (A plain class: the no-op fast path does not import dataclasses.)"""
 
-    path: str  # absolute
-    stamp: Stamp | None  # None: it did not exist
-    trusted: bool  # the stamp alone proves the file unchanged (it was not racy)
-    hash: str  # XXH3-128 of the bytes read; "" when absent
+    __slots__ = ("hash", "path", "stamp", "trusted")
+
+    def __init__(self, path: str, stamp: Stamp | None, trusted: bool, hash: str) -> None:
+        self.path = path  # absolute
+        self.stamp = stamp  # None: it did not exist
+        self.trusted = trusted  # the stamp alone proves the file unchanged (it was not racy)
+        self.hash = hash  # XXH3-128 of the bytes read; "" when absent
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Source) and (self.path, self.stamp, self.trusted, self.hash) == (
+            other.path,
+            other.stamp,
+            other.trusted,
+            other.hash,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.path, self.stamp, self.trusted, self.hash))
+
+    def __repr__(self) -> str:
+        return f"Source({self.path!r}, {self.stamp!r}, {self.trusted!r}, {self.hash!r})"
 
     def unchanged(self) -> bool:
         """Does the file still hold what was read?  By stamp, else by hash."""

@@ -13,6 +13,7 @@ import click
 
 from pivotbuild import __version__
 from pivotbuild.cli.common import project_options
+from pivotbuild.cli.names import COMMANDS  # each command's module is imported only when it runs
 
 _GLOBAL_WITH_VALUE = ("-C", "--directory", "-f", "--file")
 
@@ -34,13 +35,13 @@ class PivotGroup(click.Group):
     """A group whose bare words are build targets unless they name a subcommand."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return list(_COMMANDS)
+        return list(COMMANDS)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        if cmd_name not in _COMMANDS:
+        if cmd_name not in COMMANDS:
             return None
         if cmd_name not in self.commands:
-            module, attr = _COMMANDS[cmd_name]
+            module, attr = COMMANDS[cmd_name]
             command = getattr(importlib.import_module(f"pivotbuild.cli.{module}"), attr)
             assert isinstance(command, click.Command)
             self.add_command(command, cmd_name)
@@ -59,7 +60,7 @@ class PivotGroup(click.Group):
             else:
                 break
         rest = args[i:]
-        if not rest or (rest[0] not in _COMMANDS and rest[0] not in ("--help", "-h", "--version")):
+        if not rest or (rest[0] not in COMMANDS and rest[0] not in ("--help", "-h", "--version")):
             args = [*args[:i], "repro", *rest]
         return super().parse_args(ctx, args)
 
@@ -98,28 +99,3 @@ class PivotGroup(click.Group):
 @click.pass_context
 def cli(ctx: click.Context) -> None:
     ctx.ensure_object(dict)
-
-
-# Each command's module is imported only when that command runs (or --help
-# lists them), so a build does not pay for lark, networkx or rich it never uses.
-_COMMANDS: dict[str, tuple[str, str]] = {
-    "repro": ("build", "repro"),
-    "run": ("run", "run"),
-    "status": ("status", "status"),
-    "check": ("inspect", "check"),
-    "list": ("inspect", "list_"),
-    "graph": ("inspect", "graph"),
-    "lock": ("lock", "lock"),
-    "history": ("history", "history"),
-    "checkout": ("workspace", "checkout"),
-    "verify": ("workspace", "verify"),
-    "clean": ("workspace", "clean"),
-    "gc": ("workspace", "gc"),
-    "commit": ("workspace", "commit"),
-    "remote": ("remote", "remote"),
-    "push": ("remote", "push"),
-    "fetch": ("remote", "fetch"),
-    "pull": ("remote", "pull"),
-    "fmt": ("fmt", "fmt"),
-    "init": ("init", "init"),
-}

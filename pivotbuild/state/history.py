@@ -10,9 +10,10 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
-from pivotbuild.state_files import write_atomic
+TYPE_CHECKING = False  # not typing's: the no-op fast path does not import typing
+if TYPE_CHECKING:
+    from typing import Any
 
 HISTORY = "history.jsonl"
 _KEEP_BYTES = 4 << 20  # trim to the newer half once the file passes this
@@ -34,6 +35,8 @@ def append(state_dir: Path, entry: Mapping[str, Any]) -> None:
 
 
 def _trim(path: Path) -> None:
+    from pivotbuild.state_files import write_atomic
+
     lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
     write_atomic(path, "".join(lines[len(lines) // 2 :]).encode("utf-8"))
 

@@ -1,0 +1,215 @@
+"""The no-op fast path: `pivotbuild` with nothing to do, answered by `stat` alone.
+
+Before the command line proper (click, the engine, the reporters) is even
+imported, a plain build invocation is checked against the compiled plan and
+the up-to-date seal: if the plan is fresh and every stage the targets need is
+sealed with unchanged stamps, the build would run nothing, so this prints what
+that build would print and exits 0.  Anything else (an option this parser
+does not know, a target that is a pattern or a path, a stale plan, one stamp
+that differs) returns None and the ordinary path runs, deciding for real.
+
+This is an optimisation that must never change an answer: it only ever says
+"up to date" when the seal proves it (see seal.py), and it prints exactly the
+summary the ordinary build prints for a no-op.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+# Flags that do not change what a no-op build prints or does (beyond -q and -s).
+_PLAIN_FLAGS = {"-k", "--keep-going", "--no-cache", "--no-wait"}
+_ASSIGN = re.compile(r"([A-Za-z_][A-Za-z0-9_.-]*)=(.*)", re.S)  # as cli/build.py reads NAME=VALUE
+_VALUE_FLAGS = {"-j", "--jobs", "-l", "--load-average", "-C", "--directory", "-f", "--file"}
+
+
+class _Args:
+    """(Not a dataclass: this path does not import dataclasses.)"""
+
+    def __init__(self) -> None:
+        self.quiet = False
+        self.question = False
+        self.directories: list[str] = []
+        self.file: str | None = None
+        self.targets: list[str] = []
+        self.overrides: dict[str, str] = {}
+
+
+def _parse(argv: list[str]) -> _Args | None:
+    """The build options of `argv`, or None for anything this path does not handle."""
+    from pivotbuild.cli.names import COMMANDS
+
+    args = _Args()
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        name, eq, inline = arg.partition("=") if arg.startswith("--") else (arg, "", "")
+        if not eq and arg[:1] == "-" and arg[:2] != "--" and len(arg) > 2 and arg[:2] in _VALUE_FLAGS:
+            name, inline, eq = arg[:2], arg[2:], "="
+        if name in _VALUE_FLAGS:
+            if not eq:
+                if i + 1 >= len(argv):
+                    return None
+                i += 1
+                inline = argv[i]
+            if not _value_ok(name, inline, args):
+                return None
+        elif arg in _PLAIN_FLAGS:
+            pass
+        elif arg in ("-s", "--quiet"):
+            args.quiet = True
+        elif arg in ("-q", "--question"):
+            args.question = True
+        elif arg.startswith("-") or (not args.targets and not args.overrides and arg in COMMANDS):
+            return None  # anything else: a subcommand, -n, -B, -v, --json, --help, combined flags...
+        elif m := _ASSIGN.fullmatch(arg):
+            args.overrides[m.group(1)] = m.group(2)
+        else:
+            args.targets.append(arg)
+        i += 1
+    return args
+
+
+def _value_ok(name: str, value: str, args: _Args) -> bool:
+    if name in ("-j", "--jobs"):
+        return value.isdigit() and int(value) >= 1
+    if name in ("-l", "--load-average"):
+        try:
+            return float(value) > 0
+        except ValueError:
+            return False
+    if name in ("-C", "--directory"):
+        args.directories.append(value)
+        return True
+    args.file = value
+    return True
+
+
+def try_noop(argv: list[str]) -> int | None:
+    """Exit status of a build that is provably a no-op, having printed what it
+    prints; None if the ordinary path must run."""
+    start = time.monotonic()
+    args = _parse(argv)
+    if args is None:
+        return None
+    try:
+        found = _check(args)
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return None
+    if found is None:
+        return None
+    state_dir, skipped = found
+    if args.question:
+        return 0
+    _print_summary(skipped, time.monotonic() - start)
+    _remember(state_dir, args.targets, skipped, time.monotonic() - start)
+    return 0
+
+
+def _check(args: _Args) -> tuple[Path, int] | None:
+    """(the root's state directory, the number of stages) if the build is a no-op."""
+    from pivotbuild import plan, seal
+
+    cwd = Path.cwd()
+    for d in args.directories:
+        cwd = cwd / d
+    if args.file is not None:
+        main_file = (cwd / args.file).resolve()
+        if main_file.is_dir():
+            main_file = main_file / "Pivotfile"
+    else:
+        main_file = cwd.resolve() / "Pivotfile"
+    if not main_file.is_file():
+        return None
+    loaded = plan.read(main_file, args.overrides)
+    if loaded is None or not plan.fresh(loaded, main_file):
+        return None
+    index = loaded.index
+    chosen = _select(index, args.targets or list(index.default))
+    if chosen is None:
+        return None
+    closure = _closure(index, chosen)
+    if any(index.stages[i][4] for i in closure):  # always: yes
+        return None
+    sealed = seal.read(main_file.parent, index.plan_id)
+    if sealed is None or not sealed.state_unchanged() or not sealed.holds(closure):
+        return None
+    return Path(index.root) / ".pivot", len(closure)
+
+
+def _select(index: object, targets: list[str]) -> list[int] | None:
+    """Stage indices named by `targets` (all stages if none), or None if a
+    target is anything but a stage name or matrix base."""
+    from pivotbuild.plan import Index
+
+    assert isinstance(index, Index)
+    if not targets:
+        return list(range(len(index.stages)))
+    names: dict[str, int] = {}
+    bases: dict[str, list[int]] = {}
+    for i, (pipeline, name, base, has_matrix, _) in enumerate(index.stages):
+        qualified = f"{pipeline or '.'}:"
+        for prefix in ("", qualified) if pipeline == index.current else (qualified,):
+            names[prefix + name] = i
+            if has_matrix:
+                bases.setdefault(prefix + base, []).append(i)
+    chosen: list[int] = []
+    for target in targets:
+        if target in names:
+            chosen.append(names[target])
+        elif target in bases:
+            chosen.extend(bases[target])
+        else:
+            return None
+    return chosen
+
+
+def _closure(index: object, chosen: list[int]) -> list[int]:
+    from pivotbuild.plan import Index
+
+    assert isinstance(index, Index)
+    found: set[int] = set()
+    stack = list(chosen)
+    while stack:
+        i = stack.pop()
+        if i not in found:
+            found.add(i)
+            stack.extend(index.preds[i])
+    return sorted(found)
+
+
+def _print_summary(skipped: int, duration_s: float) -> None:
+    """The summary line the reporters print for a build that ran nothing."""
+    line = f"pivotbuild: 0 ran, {skipped} up to date, 0 restored, 0 failed in {duration_s:.1f}s"
+    live = sys.stdout.isatty() and os.environ.get("TERM", "") != "dumb"
+    if live and sys.stderr.isatty() and "NO_COLOR" not in os.environ:
+        line = f"\x1b[1m{line}\x1b[0m"  # the live display's bold summary
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
+def _remember(state_dir: Path, targets: list[str], skipped: int, duration_s: float) -> None:
+    """The history entry the ordinary build writes for a no-op."""
+    import datetime
+
+    from pivotbuild.state import history
+
+    stamp = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    entry = {
+        "started": stamp,
+        "duration_s": round(duration_s, 3),
+        "targets": targets,
+        "result": "ok",
+        "ran": 0,
+        "skipped": skipped,
+        "failed": 0,
+        "stages": {},
+    }
+    try:
+        history.append(state_dir, entry)
+    except OSError:
+        sys.stderr.write(f"pivotbuild: warning: could not write the build history in {state_dir}\n")

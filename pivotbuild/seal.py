@@ -1,0 +1,264 @@
+"""The up-to-date seal: proof, checked by `stat` alone, that stages are still up to date.
+
+At the end of a build, every stage that is up to date (it ran, was restored,
+or was already up to date) is sealed with the stamps of each file its
+decision read: its deps and outs, every file and directory inside a directory
+dep or out, and every directory a glob dep's expansion listed.  The seal also
+names the compiled plan it holds for (the stages, commands and params as
+compiled) and the hash of every pipeline's lockfile (the records the stages
+were compared with), and it requires that no journal or pending results exist.
+
+While all of that is unchanged, deciding a sealed stage again would read the
+same records and the same hashes and say "up to date" again.  So a no-op
+build checks stamps and nothing else, and a build with work to do skips the
+sealed stages whose stamps still match without hashing anything.
+
+Only stamps that prove something are sealed: a file's stamp when the stat
+cache holds a trusted entry for exactly that stamp whose hash is the one the
+lockfile records, and a directory's stamp when it is not racy.  A stage with
+anything else (a symlink inside a directory output, a racy file) is simply
+left unsealed and decided the ordinary way next time.
+
+File: `<main pipeline>/.pivot/seal`, msgpack `[FORMAT, plan_id, [[lockfile,
+hash]...], [must-be-absent...], [path...], [stamp|None...], [[stage index,
+[path index...]]...]]`.  A damaged seal is ignored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat as statmod
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+import msgpack
+
+from pivotbuild.hashing import LINK, ManifestEntry, hash_bytes, hash_file, manifest_bytes, walk_dir
+from pivotbuild.paths import STATE_DIR
+from pivotbuild.stamps import Stamp, is_racy, stamp
+
+TYPE_CHECKING = False  # not typing's: the no-op fast path does not import typing
+if TYPE_CHECKING:
+    from pivotbuild.state.records import FileRecord
+    from pivotbuild.state.statcache import StatEntry
+
+SEAL = "seal"
+FORMAT = 1
+FILE, DIR, GLOB = "file", "dir", "glob"
+
+
+def seal_path(main_dir: Path) -> Path:
+    return main_dir / STATE_DIR / SEAL
+
+
+class Seal:
+    """(A plain class: the no-op fast path does not import dataclasses.)"""
+
+    def __init__(
+        self,
+        plan_id: str,
+        locks: list[tuple[str, str]],
+        absent: list[str],
+        *,
+        paths: list[str] | None = None,
+        stamps: list[Stamp | None] | None = None,
+        stages: dict[int, list[int]] | None = None,
+    ) -> None:
+        self.plan_id = plan_id
+        self.locks = locks  # (lockfile path, XXH3-128 of its bytes, "" if absent)
+        self.absent = absent  # journals and pending files, which must not exist
+        self.paths = paths if paths is not None else []
+        self.stamps = stamps if stamps is not None else []
+        self.stages = stages if stages is not None else {}  # stage index -> path indices
+        self._at = {p: k for k, p in enumerate(self.paths)}
+
+    # -- checking -----------------------------------------------------------------
+
+    def state_unchanged(self) -> bool:
+        """The lockfiles hash as sealed, and no journal or pending file exists."""
+        for path in self.absent:
+            if os.path.lexists(path):
+                return False
+        for path, digest in self.locks:
+            try:
+                now = hash_file(path)
+            except FileNotFoundError:
+                now = ""
+            except OSError:
+                return False
+            if now != digest:
+                return False
+        return True
+
+    def holds(self, stages: Iterable[int]) -> bool:
+        """Is every one of `stages` sealed, with every stamp unchanged?"""
+        wanted: set[int] = set()
+        for i in stages:
+            own = self.stages.get(i)
+            if own is None:
+                return False
+            wanted.update(own)
+        paths, stamps = self.paths, self.stamps
+        for j in wanted:
+            try:
+                st = os.stat(paths[j])
+            except (FileNotFoundError, NotADirectoryError):
+                if stamps[j] is not None:
+                    return False
+                continue
+            except OSError:
+                return False
+            if stamps[j] != (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns):
+                return False
+        return True
+
+    # -- writing ------------------------------------------------------------------
+
+    def add(self, index: int, files: Sequence[tuple[str, Stamp | None]]) -> None:
+        """Seal stage `index` with these (path, stamp) pairs."""
+        at = self._at
+        own: list[int] = []
+        for path, st in files:
+            k = at.get(path)
+            if k is None:
+                k = at[path] = len(self.paths)
+                self.paths.append(path)
+                self.stamps.append(st)
+            own.append(k)
+        self.stages[index] = own
+
+    def carry(self, old: Seal, index: int) -> None:
+        """Seal stage `index` as `old` sealed it."""
+        own = old.stages.get(index)
+        if own is not None:
+            self.add(index, [(old.paths[j], old.stamps[j]) for j in own])
+
+    def encode(self) -> bytes:
+        """Only the paths some stage still uses are written."""
+        used = sorted({j for own in self.stages.values() for j in own})
+        renumber = {j: k for k, j in enumerate(used)}
+        paths = [self.paths[j] for j in used]
+        stamps = [list(st) if (st := self.stamps[j]) is not None else None for j in used]
+        stages = [[i, [renumber[j] for j in own]] for i, own in sorted(self.stages.items())]
+        body = [FORMAT, self.plan_id, [list(x) for x in self.locks], self.absent, paths, stamps, stages]
+        data: bytes = msgpack.packb(body, use_bin_type=True)
+        return data
+
+    def write(self, main_dir: Path) -> None:
+        from pivotbuild.state_files import write_atomic
+
+        write_atomic(seal_path(main_dir), self.encode())
+
+
+def read(main_dir: Path, plan_id: str) -> Seal | None:
+    """The seal for this plan, if there is one and it is readable."""
+    try:
+        raw = seal_path(main_dir).read_bytes()
+        fmt, pid, locks, absent, paths, stamps, stages = msgpack.unpackb(raw, use_list=True)
+        if fmt != FORMAT or pid != plan_id:
+            return None
+        return Seal(
+            pid,
+            [(p, h) for p, h in locks],
+            list(absent),
+            paths=list(paths),
+            stamps=[tuple(s) if s is not None else None for s in stamps],
+            stages=dict(stages),
+        )
+    except (OSError, ValueError, TypeError, msgpack.UnpackException):
+        return None
+
+
+def remove(main_dir: Path) -> None:
+    with contextlib.suppress(OSError):
+        seal_path(main_dir).unlink()
+
+
+# -- what a stage's decision read ----------------------------------------------------
+
+
+class Unsealable(Exception):
+    """Something about the stage cannot be proven by stamps alone."""
+
+
+def stage_files(
+    recorded: Iterable[FileRecord], root: Path, statcache: Mapping[str, StatEntry], now_ns: int
+) -> list[tuple[str, Stamp | None]]:
+    """The stamps that prove `recorded` (a stage's deps and outs, as its lockfile
+    record has them) still hold, given the stage's stat cache entries (by
+    absolute path).  Raises Unsealable."""
+    found: list[tuple[str, Stamp | None]] = []
+    for rec in recorded:
+        _one(rec, root, statcache, now_ns, found)
+    return found
+
+
+def _one(
+    rec: FileRecord,
+    root: Path,
+    trusted: Mapping[str, StatEntry],
+    now_ns: int,
+    found: list[tuple[str, Stamp | None]],
+) -> None:
+    full = rec.path if os.path.isabs(rec.path) else os.path.join(root, rec.path)
+    if rec.kind == FILE:
+        found.append((full, _file_stamp(full, rec.hash, trusted)))
+    elif rec.kind == DIR:
+        _dir(full, rec.hash, trusted, now_ns, found)
+    elif rec.kind == GLOB:
+        from pivotbuild import globs
+
+        listed: list[str] = []
+        matches = globs.expand(root, rec.path, listed)
+        if matches != [m.path for m in rec.matches]:
+            raise Unsealable(rec.path)
+        for d in listed:
+            found.append((d, _dir_stamp(d, now_ns)))
+        for m in rec.matches:
+            _one(m, root, trusted, now_ns, found)
+    else:
+        raise Unsealable(rec.path)
+
+
+def _file_stamp(full: str, digest: str, trusted: Mapping[str, StatEntry]) -> Stamp:
+    try:
+        st = os.stat(full)
+    except OSError:
+        raise Unsealable(full) from None
+    entry = trusted.get(full)
+    if entry is None or not entry.matches(st) or entry.hash != digest:
+        raise Unsealable(full)
+    return stamp(st)
+
+
+def _dir_stamp(full: str, now_ns: int) -> Stamp | None:
+    try:
+        st = os.stat(full)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError:
+        raise Unsealable(full) from None
+    if is_racy(st, now_ns):
+        raise Unsealable(full)
+    return stamp(st)
+
+
+def _dir(
+    full: str, digest: str, trusted: Mapping[str, StatEntry], now_ns: int, found: list[tuple[str, Stamp | None]]
+) -> None:
+    for dirpath, dirnames, _ in os.walk(full):
+        found.append((dirpath, _dir_stamp(dirpath, now_ns)))
+        dirnames.sort()
+    entries = []
+    for rel, kind, st in walk_dir(full):
+        if kind == LINK or not statmod.S_ISREG(st.st_mode):
+            raise Unsealable(rel)
+        path = os.path.join(full, rel)
+        entry = trusted.get(path)
+        if entry is None or not entry.matches(st):
+            raise Unsealable(path)
+        found.append((path, stamp(st)))
+        entries.append(ManifestEntry(rel, kind, entry.hash))
+    if hash_bytes(manifest_bytes(entries)) != digest:
+        raise Unsealable(full)
