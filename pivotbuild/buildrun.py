@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pivotbuild import runner, snapshot
-from pivotbuild.cache.outputs import OutputCache
+from pivotbuild.cache.outputs import Captured, OutputCache
 from pivotbuild.decide import ALWAYS, FORCED, UP_TO_DATE
 from pivotbuild.events import (
     BuildFinished,
@@ -60,6 +60,7 @@ class Interrupted(Exception):
 class _Done:
     sid: StageId
     result: runner.RunResult
+    captured: Captured | None = None  # the outputs, hashed and stored, after a success
 
 
 class BuildRun:
@@ -106,6 +107,10 @@ class BuildRun:
                 self.next[u].append(s)
         self.block_on_failure = block_on_failure
         self.seal = seal
+        self.skipped = 0
+        self.work: queue.Queue[tuple[Stage, Snapshot, str] | None] = queue.Queue()
+        self.workers: list[None] = []  # one entry per worker thread started
+        self.idle_workers = 0  # workers that finished a stage and wait for the next
         self.sealed_skips: set[StageId] = set()  # up to date by the seal, never hashed
         self.waiting = {s: len(self.after[s]) for s in closure}
         self.ready: list[StageId] = [s for s in closure if self.waiting[s] == 0]
@@ -135,6 +140,8 @@ class BuildRun:
             interrupted = True
             self._drain_after_interrupt()
         self._cancel_unstarted()
+        for _ in self.workers:
+            self.work.put(None)  # every worker is idle now: let it finish
         counts = {s: sum(1 for v in self.status.values() if v is s) for s in Status}
         finished = BuildFinished(
             ran=counts[Status.RAN],
@@ -178,7 +185,8 @@ class BuildRun:
 
     def _handle(self, item: Event | _Done) -> None:
         if isinstance(item, _Done):
-            self._complete(item.sid, item.result)
+            self.idle_workers += 1  # the worker that sent it waits for the next stage
+            self._complete(item.sid, item.result, item.captured)
         else:
             self.engine.emit(item)
 
@@ -225,13 +233,30 @@ class BuildRun:
             snap, reason = self.to_run.pop(sid)
             self.outputs.restore_incremental(stage, self.store.record(stage))
             self.started += 1
-            total = len(self.closure) - sum(1 for v in self.status.values() if v is Status.SKIPPED)
+            total = len(self.closure) - self.skipped
             label = self.graph.label(sid)
             self._state(sid, State.RUNNING, reason)
             self.engine.emit(StageStarted(label, self.started, total, reason, expected_s=self.expected.get(sid)))
             self.running[sid] = (snap, reason, time.monotonic())
-            worker = threading.Thread(target=self._work, args=(stage, snap, label), name=f"stage {label}", daemon=True)
-            worker.start()
+            self._dispatch(stage, snap, label)
+
+    def _dispatch(self, stage: Stage, snap: Snapshot, label: str) -> None:
+        """Hand a stage to an idle worker thread, starting one if all are busy.
+        (Workers are reused: starting a thread per stage costs the scheduler
+        more than a short stage takes.)"""
+        self.work.put((stage, snap, label))
+        if self.idle_workers > 0:
+            self.idle_workers -= 1
+            return
+        threading.Thread(target=self._worker, name=f"worker {len(self.workers)}", daemon=True).start()
+        self.workers.append(None)
+
+    def _worker(self) -> None:
+        while True:
+            item = self.work.get()
+            if item is None:
+                return
+            self._work(*item)
 
     # -- one stage, in its worker thread ------------------------------------------------
 
@@ -257,15 +282,33 @@ class BuildRun:
                 result = runner.run(spec, lambda stream, line: self.events.put(Log(label, stream, line)), self.cancel)
                 if result.ok or result.cancelled:
                     break
+            captured = None
+            if result is not None and result.ok:
+                # Hash (and store) the outputs here, not on the scheduler's thread,
+                # so a large output never holds up starting the next stages.
+                store = not self.options.no_cache and not self.options.no_commit
+                known = self.store.statcache(stage).entries
+                try:
+                    captured = self.outputs.capture(stage, known, store)
+                except OSError as exc:
+                    if not store:
+                        raise
+                    why = exc.strerror or str(exc)
+                    text = f"could not store the outputs of {label} in the cache ({why}); recorded, but not cached"
+                    self.events.put(Message(text, "warning"))
+                    captured = self.outputs.capture(stage, known, False)
+        except OSError as exc:
+            text = f"pivotbuild: could not hash or store the outputs: {exc}"
+            result = runner.RunResult(1, None, False, False, (text,), 0.0)
         except Exception as exc:  # a bug in our own code: fail the stage, keep the build sane
             text = f"pivotbuild: internal error running this stage: {exc!r}"
             result = runner.RunResult(1, None, False, False, (text,), 0.0)
         assert result is not None
-        self.events.put(_Done(stage.id, result))
+        self.events.put(_Done(stage.id, result, captured if result.ok else None))
 
     # -- completions ------------------------------------------------------------------
 
-    def _complete(self, sid: StageId, result: runner.RunResult) -> None:
+    def _complete(self, sid: StageId, result: runner.RunResult, captured: Captured | None) -> None:
         stage = self.graph.stages[sid]
         snap, reason, started = self.running.pop(sid)
         self.admission.finished(stage)
@@ -281,18 +324,20 @@ class BuildRun:
             self._roll_back(stage, label)
             self._fail(sid, StageFinished(label, Status.FAILED, reason, duration, detail, result.tail))
             return
-        cache = self.store.statcache(stage)
-        outs = snapshot.outs_of(stage, self.root, cache)
-        missing = [o.path for o in outs if o.kind == snapshot.ABSENT]
-        if missing:
-            detail = f"declared output {missing[0]} was not created"
+        assert captured is not None
+        if captured.missing:
+            detail = f"declared output {captured.missing[0]} was not created"
             self._roll_back(stage, label)
             self._fail(sid, StageFinished(label, Status.FAILED, reason, duration, detail, result.tail))
             return
+        cache = self.store.statcache(stage)
+        for path, st, digest in captured.seen:
+            cache.note(path, st, digest)
+        outs = captured.outs
         record = StageRecord(stage.name, snap.fingerprint, snap.command, snap.deps, outs, snap.params, snap.facets)
         self.store.commit(stage, record, pending=self.options.no_commit)
-        if not self.options.no_cache and not self.options.no_commit:
-            self.outputs.keep(stage, record, cache)
+        if captured.stored:
+            self.outputs.remember(stage, record)
         self._finish(sid, StageFinished(label, Status.RAN, reason, duration))
 
     def _roll_back(self, stage: Stage, label: str, quiet: bool = False) -> None:
@@ -341,6 +386,8 @@ class BuildRun:
 
     def _finish(self, sid: StageId, event: StageFinished) -> None:
         self.status[sid] = event.status
+        if event.status is Status.SKIPPED:
+            self.skipped += 1
         blocked = event.status is Status.BLOCKED
         self._state(sid, State.BLOCKED if blocked else State.DONE, event.reason if blocked else event.status.value)
         self.engine.emit(event)

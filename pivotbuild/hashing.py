@@ -26,14 +26,33 @@ def hash_bytes(data: bytes) -> str:
 
 
 def hash_file(path: str | os.PathLike[str]) -> str:
-    """XXH3-128 of a file's contents, streamed."""
-    h = xxhash.xxh3_128()
-    buf = bytearray(CHUNK)
-    view = memoryview(buf)
-    with open(path, "rb", buffering=0) as f:
-        while n := f.readinto(buf):
+    """XXH3-128 of a file's contents: read at once if small, else streamed
+    through one buffer (so a large file is never held in memory)."""
+    return read_small(path)[0]
+
+
+def read_small(path: str | os.PathLike[str], limit: int = CHUNK) -> tuple[str, bytes | None]:
+    """The file's XXH3-128 and, if it is at most `limit` bytes, its contents
+    (read once, so a caller that stores the file need not read it again)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        size = os.fstat(fd).st_size
+        if size <= limit:
+            data = os.read(fd, size + 1)
+            if len(data) <= size:  # all of it (a file that grew since fstat is streamed)
+                while len(data) < size and (more := os.read(fd, size - len(data))):
+                    data += more
+                return xxhash.xxh3_128_hexdigest(data), data
+            h = xxhash.xxh3_128(data)
+        else:
+            h = xxhash.xxh3_128()
+        buf = bytearray(CHUNK)
+        view = memoryview(buf)
+        while n := os.readv(fd, [buf]):
             h.update(view[:n])
-    return h.hexdigest()
+        return h.hexdigest(), None
+    finally:
+        os.close(fd)
 
 
 class ManifestEntry:

@@ -14,16 +14,21 @@ GITIGNORE = (
 )
 
 
-def write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes, *, fsync: bool = True) -> None:
     """Replace `path` with `data` so a crash leaves the old or the new file, never a mix:
-    write a temporary file beside it, fsync, rename over, fsync the directory."""
+    write a temporary file beside it, fsync, rename over, fsync the directory.
+
+    `fsync=False` keeps the rename (a killed process leaves no half-written
+    file) but not the flushes, for files that are checked when read, so one a
+    power cut left short is simply ignored (run-cache entries)."""
     directory = path.parent
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
         try:
             os.chmod(tmp, path.stat().st_mode & 0o7777)
         except FileNotFoundError:
@@ -32,6 +37,8 @@ def write_atomic(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    if not fsync:
+        return
     dir_fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(dir_fd)

@@ -10,20 +10,36 @@ matches everything but the outputs (they were deleted or changed by hand).
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
-from collections.abc import Callable
+import stat
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from pivotbuild.cache.runcache import RunCache
 from pivotbuild.cache.store import Cache, CorruptObject, MissingObject, Mode
+from pivotbuild.hashing import LINK, ManifestEntry, hash_bytes, hash_file, link_hash, manifest_bytes, walk_dir
 from pivotbuild.model import Out, Stage
 from pivotbuild.paths import STATE_DIR
 from pivotbuild.remote import config
 from pivotbuild.snapshot import ABSENT, DIR, FILE, Snapshot
 from pivotbuild.state.records import FileRecord, StageRecord
-from pivotbuild.state.statcache import StatCache
+from pivotbuild.state.statcache import StatCache, StatEntry
 
 CACHE_DIR = "cache"
+
+
+@dataclass(frozen=True, slots=True)
+class Captured:
+    """A finished stage's outputs: their records, the (path, stat, hash) of each
+    file read to hash them (for the stat cache), the outputs that are missing,
+    and whether every output was stored (so the run cache may remember them)."""
+
+    outs: tuple[FileRecord, ...]
+    seen: tuple[tuple[str, os.stat_result, str], ...]
+    missing: tuple[str, ...]
+    stored: bool
 
 
 class OutputCache:
@@ -55,6 +71,67 @@ class OutputCache:
                 self.notice(f"{rec.path} changed while it was being stored; not cached")
         if stored_all and outs:
             self.runs.record(stage.id, inputs.fingerprint, inputs.deps, outs)
+
+    def capture(self, stage: Stage, known: Mapping[str, StatEntry], store: bool) -> Captured:
+        """Hash a finished stage's outputs and, with `store`, put the cacheable
+        ones in the cache, reading each file once (hashing as it is copied).
+        A file whose stamp matches a trusted entry of `known` (the stage's stat
+        cache) is not read again.  Safe in a worker thread: it only reads
+        `known`; the stat cache updates come back in `Captured.seen`."""
+        outs: list[FileRecord] = []
+        seen: list[tuple[str, os.stat_result, str]] = []
+        stats: list[os.stat_result | None] = []
+        for out in stage.outs:
+            try:
+                stats.append(os.stat(os.path.join(self.root, out.path)))
+            except (FileNotFoundError, NotADirectoryError):
+                stats.append(None)
+        missing = tuple(o.path for o, st in zip(stage.outs, stats, strict=True) if st is None)
+        if missing:
+            return Captured(tuple(FileRecord(o.path, ABSENT, "") for o in stage.outs), (), missing, stored=False)
+        stored = store and bool(stage.outs)
+        for out, st in zip(stage.outs, stats, strict=True):
+            assert st is not None
+            keep = store and out.cache
+            stored = stored and keep
+            full = os.path.join(self.root, out.path)
+            if stat.S_ISDIR(st.st_mode):
+                entries = []
+                for rel, kind, fst in walk_dir(full):
+                    path = os.path.join(full, rel)
+                    if kind == LINK:
+                        digest = link_hash(path)
+                        if keep:
+                            self.cache.store_bytes(os.fsencode(os.readlink(path)))
+                    else:
+                        digest = self._file(path, fst, known, keep, seen)
+                    entries.append(ManifestEntry(rel, kind, digest))
+                manifest = manifest_bytes(entries)
+                outs.append(FileRecord(out.path, DIR, hash_bytes(manifest)))
+                if keep:
+                    self.cache.store_bytes(manifest)
+            else:
+                outs.append(FileRecord(out.path, FILE, self._file(full, st, known, keep, seen)))
+        return Captured(tuple(outs), tuple(seen), (), stored=stored)
+
+    def _file(
+        self,
+        path: str,
+        st: os.stat_result,
+        known: Mapping[str, StatEntry],
+        keep: bool,
+        seen: list[tuple[str, os.stat_result, str]],
+    ) -> str:
+        entry = known.get(path)
+        if entry is not None and entry.matches(st) and (not keep or self.cache.has(entry.hash)):
+            return entry.hash
+        digest = self.cache.ingest(path) if keep else hash_file(path)
+        seen.append((path, st, digest))
+        return digest
+
+    def remember(self, stage: Stage, record: StageRecord) -> None:
+        """Note in the run cache that `record.outs` came from `record`'s inputs."""
+        self.runs.record(stage.id, record.fingerprint, record.deps, record.outs)
 
     def restore(self, stage: Stage, snap: Snapshot, record: StageRecord | None) -> tuple[FileRecord, ...] | None:
         """Check out the outputs this stage made from these same inputs before, if

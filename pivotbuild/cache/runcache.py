@@ -52,4 +52,4 @@ class RunCache:
         path = self._path(sid, fingerprint, deps)
         path.parent.mkdir(parents=True, exist_ok=True)
         blob: bytes = msgpack.packb({"outs": [_converter.unstructure(o) for o in outs]}, use_bin_type=True)
-        write_atomic(path, blob)
+        write_atomic(path, blob, fsync=False)  # lookup() ignores an entry that does not decode

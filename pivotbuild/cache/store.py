@@ -16,14 +16,28 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
 
-from pivotbuild.hashing import EXEC, FILE, LINK, ManifestEntry, hash_bytes, hash_file, manifest_bytes
+import xxhash
+
+from pivotbuild.hashing import (
+    CHUNK,
+    EXEC,
+    FILE,
+    LINK,
+    ManifestEntry,
+    hash_bytes,
+    hash_file,
+    manifest_bytes,
+    read_small,
+)
 
 OBJECTS = "objects"
 _FICLONE = 0x40049409  # linux/fs.h: _IOW(0x94, 9, int)
+SMALL = 1 << 20  # files up to this size are stored from memory, read once
 
 
 class Mode(Enum):
@@ -49,6 +63,8 @@ class Cache:
         self.objects = directory / OBJECTS
         self.notice = on_notice or (lambda _text: None)
         self._fell_back: set[str] = set()
+        self._dirs: set[Path] = set()  # object directories known to exist
+        self._clones = True  # until a reflink fails: then this filesystem copies
 
     def path_of(self, digest: str) -> Path:
         return self.objects / digest[:2] / digest[2:]
@@ -61,14 +77,27 @@ class Cache:
     def store_file(self, src: Path, digest: str) -> bool:
         """Store `src` as object `digest` unless present.  The workspace file is
         never modified.  Returns False (storing nothing) if `src` no longer
-        hashes to `digest` (it changed since it was hashed)."""
+        hashes to `digest` (it changed since it was hashed).
+
+        A small file is read once, checked and written from memory; a large one
+        is cloned or copied and the copy checked.  Objects are not fsync'ed
+        one by one: every read of an object verifies it against its name, so
+        one a power cut left short is caught and never checked out."""
         if self.has(digest):
             return True
         dest = self.path_of(digest)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=dest.parent)
-        os.close(fd)
+        self._ensure_dir(dest.parent)
+        tmp = self._tmp_name(dest)
         try:
+            if os.stat(src).st_size <= SMALL:
+                actual, data = read_small(src, SMALL)
+                if actual != digest:
+                    return False
+                if data is not None:
+                    _write_new(tmp, data)
+                    os.replace(tmp, dest)
+                    return True
+            open(tmp, "xb").close()  # created empty, then filled by the copy
             _clone_or_copy(src, Path(tmp))
             if hash_file(tmp) != digest:
                 return False
@@ -79,17 +108,77 @@ class Cache:
                 os.unlink(tmp)
         return True
 
+    def ingest(self, src: str) -> str:
+        """Store the file `src` and return its hash, reading it once: its bytes
+        are hashed as they are copied, so the object is exactly what was
+        hashed even if `src` changes meanwhile.  (A large file is cloned where
+        the filesystem shares extents, and the clone hashed.)"""
+        fd = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            size = os.fstat(fd).st_size
+            if size <= SMALL:
+                data = os.read(fd, size + 1)
+                if len(data) <= size:
+                    while len(data) < size and (more := os.read(fd, size - len(data))):
+                        data += more
+                    digest = hash_bytes(data)
+                    if not self.has(digest):
+                        dest = self.path_of(digest)
+                        self._ensure_dir(dest.parent)
+                        tmp = self._tmp_name(dest)
+                        try:
+                            _write_new(tmp, data)
+                            os.replace(tmp, dest)
+                        finally:
+                            with contextlib.suppress(FileNotFoundError):
+                                os.unlink(tmp)
+                    return digest
+                os.lseek(fd, 0, os.SEEK_SET)
+            self._ensure_dir(self.objects)
+            tmp = self._tmp_name(self.objects / "x")
+            try:
+                out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
+                try:
+                    cloned = _clone_and_hash(fd, out, tmp) if self._clones else None
+                    if cloned is None:
+                        self._clones = False
+                        cloned = _copy_and_hash(fd, out)
+                    digest = cloned
+                finally:
+                    os.close(out)
+                if not self.has(digest):
+                    dest = self.path_of(digest)
+                    self._ensure_dir(dest.parent)
+                    os.replace(tmp, dest)
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+            return digest
+        finally:
+            os.close(fd)
+
     def store_bytes(self, data: bytes) -> str:
         digest = hash_bytes(data)
         if not self.has(digest):
             dest = self.path_of(digest)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=dest.parent)
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.chmod(tmp, 0o444)
-            os.replace(tmp, dest)
+            self._ensure_dir(dest.parent)
+            tmp = self._tmp_name(dest)
+            try:
+                _write_new(tmp, data)
+                os.replace(tmp, dest)
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
         return digest
+
+    def _ensure_dir(self, directory: Path) -> None:
+        if directory not in self._dirs:
+            directory.mkdir(parents=True, exist_ok=True)
+            self._dirs.add(directory)
+
+    @staticmethod
+    def _tmp_name(dest: Path) -> str:
+        return str(dest.parent / f".tmp-{os.getpid()}-{threading.get_ident()}-{os.urandom(4).hex()}")
 
     def store_dir(self, src: Path, entries: list[ManifestEntry], digest: str) -> bool:
         """Store a directory: an object per file (a symlink's object is its target
@@ -215,6 +304,43 @@ class Cache:
         if mode.value not in self._fell_back:
             self._fell_back.add(mode.value)
             self.notice(f"cannot {mode.value} across filesystems here; copying instead")
+
+
+def _write_new(path: str, data: bytes) -> None:
+    """Create `path` read-only (it must not exist) holding `data`."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
+
+
+def _clone_and_hash(src_fd: int, dest_fd: int, dest: str) -> str | None:
+    """Reflink `src_fd` into `dest_fd` and hash the clone; None if the
+    filesystem cannot share extents."""
+    try:
+        fcntl.ioctl(dest_fd, _FICLONE, src_fd)
+    except OSError:
+        return None
+    return hash_file(dest)
+
+
+def _copy_and_hash(src_fd: int, dest_fd: int) -> str:
+    """Copy `src_fd` to `dest_fd` (from the start) in one pass, hashing what is copied."""
+    h = xxhash.xxh3_128()
+    buf = bytearray(CHUNK)
+    view = memoryview(buf)
+    os.lseek(src_fd, 0, os.SEEK_SET)
+    os.ftruncate(dest_fd, 0)
+    os.lseek(dest_fd, 0, os.SEEK_SET)
+    while n := os.readv(src_fd, [buf]):
+        chunk = view[:n]
+        h.update(chunk)
+        while chunk:
+            chunk = chunk[os.write(dest_fd, chunk) :]
+    return h.hexdigest()
 
 
 def _clone_or_copy(src: Path, dest: Path) -> None:

@@ -34,9 +34,11 @@ class StatEntry:
     trusted: bool
 
     def matches(self, st: os.stat_result) -> bool:
+        return self.trusted and self.same_stamp(st)
+
+    def same_stamp(self, st: os.stat_result) -> bool:
         return (
-            self.trusted
-            and self.size == st.st_size
+            self.size == st.st_size
             and self.mtime_ns == st.st_mtime_ns
             and self.ino == st.st_ino
             and self.ctime_ns == st.st_ctime_ns
@@ -51,6 +53,10 @@ class StatCache:
         self.path = path
         self.entries: dict[str, StatEntry] = {}
         self.files_read = 0
+        # Paths hashed by this process: their entries are believed even while
+        # racy, since settle() rehashes every racy entry before the build ends,
+        # so a change made in the same clock tick is still seen by the next build.
+        self._this_run: set[str] = set()
         self._dirty = False
         self._load()
 
@@ -104,16 +110,23 @@ class StatCache:
         key = os.fspath(path)
         st = st if st is not None else os.stat(key)
         entry = self.entries.get(key)
-        if entry is not None and entry.matches(st):
+        if entry is not None and (entry.matches(st) or (key in self._this_run and entry.same_stamp(st))):
             return entry.hash
         digest = hash_file(key)
         self.files_read += 1
         self._record(key, st, digest)
         return digest
 
+    def note(self, path: str, st: os.stat_result, digest: str) -> None:
+        """Record a hash computed elsewhere (a worker that read the file to store
+        it) for the stamp `st` taken before reading it."""
+        self.files_read += 1
+        self._record(path, st, digest)
+
     def _record(self, key: str, st: os.stat_result, digest: str) -> None:
         trusted = not _is_racy(st, time.time_ns())
         self.entries[key] = StatEntry(st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, digest, trusted)
+        self._this_run.add(key)
         self._dirty = True
 
     def dir_manifest(self, path: str | os.PathLike[str]) -> list[ManifestEntry]:
