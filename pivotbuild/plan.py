@@ -5,7 +5,8 @@ changed neither parses a Pivotfile nor builds the graph (no lark, no networkx).
 It lives in the main pipeline's `.pivot/plan`:
 
     8 bytes   magic  b"PIVPLAN\\n"
-    rest      msgpack [FORMAT, key, root, sources, index, body]
+    N bytes   msgpack [FORMAT, key, root, sources, index, body]
+    8 bytes   XXH3-64 of those N bytes
 
 `key` is what the compile depended on besides files: the main Pivotfile, the
 command-line variables and this pivotbuild's version.  `sources` are the files
@@ -14,7 +15,8 @@ each is unchanged by stamp, or failing that by hash (a `touch` does not
 invalidate it).  `index` is the small part the no-op check needs (stage names,
 edges); `body` is a msgpack blob of the full stages, decoded only when a build
 has work to do.  Its hash, the plan id, names the compile result: an edit that
-compiles to the same stages keeps the id, and with it the up-to-date seal.
+compiles to the same stages keeps the id, and with it the up-to-date seal
+(the id also covers the project root, so a copied project never shares it).
 
 A missing, damaged or stale plan is simply rebuilt; it is never an error.
 """
@@ -25,6 +27,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import msgpack
+import xxhash
 
 from pivotbuild import __version__, paths
 from pivotbuild.hashing import hash_bytes
@@ -43,6 +46,7 @@ if TYPE_CHECKING:  # the no-op check imports none of these
 PLAN = "plan"
 MAGIC = b"PIVPLAN\n"
 FORMAT = 1
+_SUM = 8  # XXH3-64 of everything between the magic and it
 
 
 def plan_path(main_dir: Path) -> Path:
@@ -50,7 +54,14 @@ def plan_path(main_dir: Path) -> Path:
 
 
 def plan_key(main_file: Path, overrides: Mapping[str, str]) -> list[Any]:
-    return [str(main_file), sorted(overrides.items()), __version__]
+    """Lists only, as msgpack reads them back."""
+    return [str(main_file), [[k, v] for k, v in sorted(overrides.items())], __version__]
+
+
+def plan_id(root: str, body: bytes) -> str:
+    """Names the compile result and where it lives: a copy of the project
+    elsewhere never shares an id (nor a seal, which holds absolute paths)."""
+    return hash_bytes(root.encode("utf-8", "surrogateescape") + b"\0" + body)
 
 
 class Index:
@@ -116,14 +127,16 @@ def save(project: Project, graph: BuildGraph, main_file: Path, overrides: Mappin
     ]
     key = plan_key(main_file, overrides)
     sources = [[s.path, list(s.stamp) if s.stamp else None, s.trusted, s.hash] for s in project.sources]
-    blob = MAGIC + msgpack.packb([FORMAT, key, str(project.root), sources, index, body], use_bin_type=True)
+    data = msgpack.packb([FORMAT, key, str(project.root), sources, index, body], use_bin_type=True)
+    blob = MAGIC + data + xxhash.xxh3_64_digest(data)
+    pid = plan_id(str(project.root), body)
     main_dir = project.root / main.dir if main.dir else project.root
     path = plan_path(main_dir)
     from pivotbuild.state_files import ensure_state_dir, write_atomic
 
     try:
         if path.read_bytes() == blob:
-            return hash_bytes(body)
+            return pid
     except OSError:
         pass
     try:
@@ -131,7 +144,7 @@ def save(project: Project, graph: BuildGraph, main_file: Path, overrides: Mappin
         write_atomic(path, blob)
     except OSError:
         return ""
-    return hash_bytes(body)
+    return pid
 
 
 def _loc(loc: Location) -> list[Any]:
@@ -188,15 +201,22 @@ def read(main_file: Path, overrides: Mapping[str, str]) -> Loaded | None:
     another key."""
     try:
         blob = plan_path(main_file.parent).read_bytes()
-        if not blob.startswith(MAGIC):
+        data = memoryview(blob)[len(MAGIC) : -_SUM]
+        if not blob.startswith(MAGIC) or len(blob) < len(MAGIC) + _SUM or xxhash.xxh3_64_digest(data) != blob[-_SUM:]:
             return None
-        fmt, key, root, sources, index, body = msgpack.unpackb(memoryview(blob)[len(MAGIC) :], use_list=True)
+        fmt, key, root, sources, index, body = msgpack.unpackb(data, use_list=True)
         if fmt != FORMAT or key != plan_key(main_file, overrides):
             return None
         current, default, stages, preds, order = index
         return Loaded(
             Index(
-                hash_bytes(body), root, current=current, default=tuple(default), stages=stages, preds=preds, order=order
+                plan_id(root, body),
+                root,
+                current=current,
+                default=tuple(default),
+                stages=stages,
+                preds=preds,
+                order=order,
             ),
             tuple(Source(p, tuple(st) if st else None, trusted, h) for p, st, trusted, h in sources),
             body,

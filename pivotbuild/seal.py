@@ -19,9 +19,10 @@ lockfile records, and a directory's stamp when it is not racy.  A stage with
 anything else (a symlink inside a directory output, a racy file) is simply
 left unsealed and decided the ordinary way next time.
 
-File: `<main pipeline>/.pivot/seal`, msgpack `[FORMAT, plan_id, [[lockfile,
-hash]...], [must-be-absent...], [path...], [stamp|None...], [[stage index,
-[path index...]]...]]`.  A damaged seal is ignored.
+File: `<main pipeline>/.pivot/seal`: the magic `PIVSEAL\n`, msgpack
+`[FORMAT, plan_id, [[lockfile, hash]...], [must-be-absent...], [path...],
+[stamp|None...], [[stage index, [path index...]]...]]`, and the XXH3-64 of
+that msgpack.  A damaged seal is ignored.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import msgpack
+import xxhash
 
 from pivotbuild.hashing import LINK, ManifestEntry, hash_bytes, hash_file, manifest_bytes, walk_dir
 from pivotbuild.paths import STATE_DIR
@@ -44,7 +46,9 @@ if TYPE_CHECKING:
     from pivotbuild.state.statcache import StatEntry
 
 SEAL = "seal"
+MAGIC = b"PIVSEAL\n"
 FORMAT = 1
+_SUM = 8  # XXH3-64 of the msgpack body, last
 FILE, DIR, GLOB = "file", "dir", "glob"
 
 
@@ -71,7 +75,9 @@ class Seal:
         self.paths = paths if paths is not None else []
         self.stamps = stamps if stamps is not None else []
         self.stages = stages if stages is not None else {}  # stage index -> path indices
-        self._at = {p: k for k, p in enumerate(self.paths)}
+        # A path may be sealed with different stamps by different stages (one
+        # carried from an earlier build, one sealed now): key by both.
+        self._at = {(p, st): k for k, (p, st) in enumerate(zip(self.paths, self.stamps, strict=True))}
 
     # -- checking -----------------------------------------------------------------
 
@@ -120,9 +126,9 @@ class Seal:
         at = self._at
         own: list[int] = []
         for path, st in files:
-            k = at.get(path)
+            k = at.get((path, st))
             if k is None:
-                k = at[path] = len(self.paths)
+                k = at[path, st] = len(self.paths)
                 self.paths.append(path)
                 self.stamps.append(st)
             own.append(k)
@@ -143,7 +149,7 @@ class Seal:
         stages = [[i, [renumber[j] for j in own]] for i, own in sorted(self.stages.items())]
         body = [FORMAT, self.plan_id, [list(x) for x in self.locks], self.absent, paths, stamps, stages]
         data: bytes = msgpack.packb(body, use_bin_type=True)
-        return data
+        return MAGIC + data + xxhash.xxh3_64_digest(data)
 
     def write(self, main_dir: Path) -> None:
         from pivotbuild.state_files import write_atomic
@@ -152,15 +158,26 @@ class Seal:
 
 
 def read(main_dir: Path, plan_id: str) -> Seal | None:
-    """The seal for this plan, if there is one and it is readable."""
+    """The seal for this plan, if there is one and it is intact (checksum and
+    shape); otherwise None, and the build decides the ordinary way."""
     try:
         raw = seal_path(main_dir).read_bytes()
-        fmt, pid, locks, absent, paths, stamps, stages = msgpack.unpackb(raw, use_list=True)
-        if fmt != FORMAT or pid != plan_id:
+        data, digest = raw[len(MAGIC) : -_SUM], raw[-_SUM:]
+        if not raw.startswith(MAGIC) or len(raw) < len(MAGIC) + _SUM or xxhash.xxh3_64_digest(data) != digest:
+            return None
+        fmt, pid, locks, absent, paths, stamps, stages = msgpack.unpackb(data, use_list=True)
+        if fmt != FORMAT or pid != plan_id or len(paths) != len(stamps):
+            return None
+        n = len(paths)
+        if not all(isinstance(p, str) for p in (*paths, *absent)):
+            return None
+        if not all(s is None or (len(s) == 4 and all(type(x) is int for x in s)) for s in stamps):
+            return None
+        if not all(type(i) is int and all(type(j) is int and 0 <= j < n for j in own) for i, own in stages):
             return None
         return Seal(
             pid,
-            [(p, h) for p, h in locks],
+            [(str(p), str(h)) for p, h in locks],
             list(absent),
             paths=list(paths),
             stamps=[tuple(s) if s is not None else None for s in stamps],
