@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import msgpack
-import xxhash
 import pytest
+import xxhash
 from conftest import Project
 
 HEAVY = frozenset({"lark", "networkx", "click", "rich"})

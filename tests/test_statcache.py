@@ -152,9 +152,7 @@ def test_racy_modification_is_detected_after_save_and_reload(tmp_path: Path, cac
     assert reloaded.file_hash(f) == hash_bytes(b"BBBB")
 
 
-def test_racy_entry_is_believed_within_the_run_and_settled_before_the_next(
-    tmp_path: Path, cache_path: Path
-) -> None:
+def test_racy_entry_is_believed_within_the_run_and_settled_before_the_next(tmp_path: Path, cache_path: Path) -> None:
     # Within one run (one StatCache), a file hashed moments ago is not read
     # again: a downstream stage deciding on an output just hashed costs no read.
     # Its entry stays untrusted, so save() rereads it once the racy window has
