@@ -5,9 +5,9 @@ a no-op build, at 1,000 and 10,000 stages, on the layered DAG of
 Stage (l, k) reads its source src/l_k.txt and, below the first layer, the outputs
 of stages (l-1, k) and (l-1, (k+1) % width), exactly as gen.py lays it out.  Its
 command is `echo ${stage} > $@` rather than gen.py's `cat $^ > $@`: gen.py's
-outputs double in size with every layer (about 1.5 GB at depth 20, far more at
-depth 100), while these stay one line each and need no process besides the
-shell, so the clean build every no-op benchmark needs stays as cheap as it can.
+outputs double in size with every layer (1.2 GB in all at width 50 x depth 20,
+far more at depth 100), while these stay one line each and need no process
+besides the shell, so the clean build the no-op benchmarks need stays cheap.
 Parsing and compiling do not care which of the two commands a stage runs.
 """
 

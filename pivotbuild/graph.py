@@ -206,6 +206,8 @@ class BuildGraph:
 
         g = self._g
         assert g is not None
+        if nx.is_directed_acyclic_graph(stage_graph):  # linear; find_cycle is far slower on a big DAG
+            return
         try:
             edges = nx.find_cycle(stage_graph)
         except nx.NetworkXNoCycle:
