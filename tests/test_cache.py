@@ -274,3 +274,29 @@ def test_hardlinks_across_filesystems_fall_back_to_copies_and_say_so_once(projec
         assert (project.root / "out.txt").stat().st_nlink == 1
     finally:
         shutil.rmtree(elsewhere)
+
+
+def test_large_outputs_of_every_alignment_come_back_byte_for_byte(project: Project) -> None:
+    """Large objects are written with direct I/O in whole aligned chunks and the
+    rest buffered: sizes on, just past and well off a chunk boundary, and a file
+    whose last chunk is short, must all restore exactly."""
+    sizes = {"exact": 2 << 20, "one_more": (2 << 20) + 1, "odd": 3 * (1 << 20) + 12345, "pages": 4096 * 300}
+    lines = []
+    for name, size in sizes.items():
+        lines += [
+            f"stage {name}:",
+            f"    outs: {name}.bin",
+            f"    run: head -c {size} /dev/urandom > $@",
+        ]
+    project.pivotfile("\n".join(lines) + "\n")
+    r = project.run()
+    assert r.code == 0, r.err
+    made = {name: (project.root / f"{name}.bin").read_bytes() for name in sizes}
+    assert {name: len(data) for name, data in made.items()} == sizes
+    for name in sizes:
+        (project.root / f"{name}.bin").unlink()
+    r = project.run("--json")
+    assert r.code == 0, r.err
+    assert {s for s, _ in statuses(r.out).values()} == {"restored"}
+    for name, data in made.items():
+        assert (project.root / f"{name}.bin").read_bytes() == data, name

@@ -13,6 +13,7 @@ import contextlib
 import errno
 import fcntl
 import json
+import mmap
 import os
 import shutil
 import tempfile
@@ -137,13 +138,15 @@ class Cache:
             self._ensure_dir(self.objects)
             tmp = self._tmp_name(self.objects / "x")
             try:
-                out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
+                # Writable until filled (the direct-I/O copy opens it again), then read-only.
+                out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
                 try:
                     cloned = _clone_and_hash(fd, out, tmp) if self._clones else None
                     if cloned is None:
                         self._clones = False
-                        cloned = _copy_and_hash(fd, out)
+                        cloned = _copy_and_hash(fd, out, tmp)
                     digest = cloned
+                    os.fchmod(out, 0o444)
                 finally:
                     os.close(out)
                 if not self.has(digest):
@@ -327,20 +330,78 @@ def _clone_and_hash(src_fd: int, dest_fd: int, dest: str) -> str | None:
     return hash_file(dest)
 
 
-def _copy_and_hash(src_fd: int, dest_fd: int) -> str:
-    """Copy `src_fd` to `dest_fd` (from the start) in one pass, hashing what is copied."""
+def _copy_and_hash(src_fd: int, dest_fd: int, dest: str) -> str:
+    """Copy `src_fd` to `dest_fd` (from the start) in one pass, hashing what is copied.
+
+    The copy is written with direct I/O where the filesystem allows it: an
+    object is an archive copy, rarely read back soon, so it need not take page
+    cache.  Besides keeping the workspace's files in memory, that makes a large
+    store cheap: a buffered write of new data costs the CPU a page allocation
+    and a copy per 4 KiB, a direct one is a DMA from our buffer.  Whole aligned
+    chunks go direct; a short last chunk (and everything, where direct I/O is
+    refused) goes through `dest_fd`."""
     h = xxhash.xxh3_128()
-    buf = bytearray(CHUNK)
-    view = memoryview(buf)
+    view = _buffer()
     os.lseek(src_fd, 0, os.SEEK_SET)
     os.ftruncate(dest_fd, 0)
-    os.lseek(dest_fd, 0, os.SEEK_SET)
-    while n := os.readv(src_fd, [buf]):
-        chunk = view[:n]
-        h.update(chunk)
-        while chunk:
-            chunk = chunk[os.write(dest_fd, chunk) :]
-    return h.hexdigest()
+    direct = _open_direct(dest)
+    offset = 0
+    try:
+        while n := os.readv(src_fd, [view]):
+            chunk = view[:n]
+            h.update(chunk)
+            if direct is not None and n % _ALIGN == 0:
+                try:
+                    _write_all(direct, chunk, offset)
+                    offset += n
+                    continue
+                except OSError as exc:
+                    if exc.errno != errno.EINVAL:
+                        raise
+                os.close(direct)
+                direct = None
+            elif direct is not None:
+                os.close(direct)  # unaligned from here on: finish buffered
+                direct = None
+            _write_all(dest_fd, chunk, offset)
+            offset += n
+        return h.hexdigest()
+    finally:
+        if direct is not None:
+            os.close(direct)
+
+
+_buffers = threading.local()
+
+
+def _buffer() -> memoryview:
+    """This thread's copy buffer: page-aligned, as direct I/O requires, and
+    reused, so its pages are faulted in once rather than once per file."""
+    view: memoryview | None = getattr(_buffers, "view", None)
+    if view is None:
+        view = _buffers.view = memoryview(mmap.mmap(-1, CHUNK))
+    return view
+
+
+_ALIGN = 4096  # a multiple of every logical block size direct I/O asks offsets and lengths to align to
+
+
+def _open_direct(path: str) -> int | None:
+    """A second, direct-I/O descriptor on `path`, or None where that is not available."""
+    flag = getattr(os, "O_DIRECT", 0)
+    if not flag:
+        return None
+    try:
+        return os.open(path, os.O_WRONLY | os.O_CLOEXEC | flag)
+    except OSError:
+        return None  # tmpfs and some FUSE filesystems refuse O_DIRECT
+
+
+def _write_all(fd: int, data: memoryview, offset: int) -> None:
+    while data:
+        written = os.pwrite(fd, data, offset)
+        data = data[written:]
+        offset += written
 
 
 def _clone_or_copy(src: Path, dest: Path) -> None:
