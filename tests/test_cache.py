@@ -300,3 +300,50 @@ def test_large_outputs_of_every_alignment_come_back_byte_for_byte(project: Proje
     assert {s for s, _ in statuses(r.out).values()} == {"restored"}
     for name, data in made.items():
         assert (project.root / f"{name}.bin").read_bytes() == data, name
+
+
+def test_in_hardlink_mode_outputs_are_stored_by_link_not_copied(project: Project) -> None:
+    project.write(".pivot/config.toml", '[core]\ncheckout = "hardlink"\n')
+    project.pivotfile(
+        """
+stage make:
+    deps: in.txt
+    outs: out.txt
+    run: cat in.txt > $@
+stage tool:
+    deps: in.txt
+    outs: tool.sh
+    run: printf '#!/bin/sh\\necho hi\\n' > $@ && chmod +x $@
+stage log:
+    deps: in.txt
+    outs: log.txt (persist)
+    run: cat in.txt >> $@
+"""
+    )
+    project.write("in.txt", "one\n")
+    assert project.run().code == 0
+    cache = Cache(project.root / ".pivot/cache")
+    out = project.root / "out.txt"
+    first = cache.path_of(hash_file(out))
+    assert os.stat(out).st_ino == os.stat(first).st_ino  # the object is the output itself
+    assert os.stat(out).st_mode & 0o777 == 0o444  # read-only, as hardlink mode promises
+    # An executable keeps its mode and a persist output stays writable: both are copies.
+    tool = project.root / "tool.sh"
+    assert os.access(tool, os.X_OK) and os.stat(tool).st_nlink == 1
+    log = project.root / "log.txt"
+    assert os.stat(log).st_nlink == 1 and os.stat(log).st_mode & 0o200
+    # Nothing to do next time, without reading a file.
+    r = project.run("--json")
+    finished = next(json.loads(line) for line in r.out.splitlines() if '"build_finished"' in line)
+    assert finished["ran"] == 0 and finished["files_read"] == 0
+    # A new input reruns the stage over the read-only output; the old object survives.
+    project.write("in.txt", "two\n")
+    assert project.run().code == 0
+    assert out.read_text() == "two\n"
+    assert first.read_text() == "one\n" and hash_file(first) == first.parent.name + first.name
+    assert log.read_text() == "one\ntwo\n"
+    # And the old version comes back from the run cache by link.
+    project.write("in.txt", "one\n")
+    r = project.run("--json")
+    assert statuses(r.out)["make"][0] == "restored"
+    assert os.stat(out).st_ino == os.stat(first).st_ino

@@ -94,6 +94,9 @@ class OutputCache:
             assert st is not None
             keep = store and out.cache
             stored = stored and keep
+            # In hardlink mode the workspace copy may become the object itself,
+            # unless the stage writes into it in place next time.
+            link = keep and self.mode is Mode.HARDLINK and not (out.persist or out.incremental)
             full = os.path.join(self.root, out.path)
             if stat.S_ISDIR(st.st_mode):
                 entries = []
@@ -104,14 +107,14 @@ class OutputCache:
                         if keep:
                             self.cache.store_bytes(os.fsencode(os.readlink(path)))
                     else:
-                        digest = self._file(path, fst, known, keep, seen)
+                        digest = self._file(path, fst, known, keep, seen, link=link)
                     entries.append(ManifestEntry(rel, kind, digest))
                 manifest = manifest_bytes(entries)
                 outs.append(FileRecord(out.path, DIR, hash_bytes(manifest)))
                 if keep:
                     self.cache.store_bytes(manifest)
             else:
-                outs.append(FileRecord(out.path, FILE, self._file(full, st, known, keep, seen)))
+                outs.append(FileRecord(out.path, FILE, self._file(full, st, known, keep, seen, link=link)))
         return Captured(tuple(outs), tuple(seen), (), stored=stored)
 
     def _file(
@@ -121,10 +124,16 @@ class OutputCache:
         known: Mapping[str, StatEntry],
         keep: bool,
         seen: list[tuple[str, os.stat_result, str]],
+        *,
+        link: bool = False,
     ) -> str:
         entry = known.get(path)
         if entry is not None and entry.matches(st) and (not keep or self.cache.has(entry.hash)):
             return entry.hash
+        if link and not st.st_mode & 0o111:  # an executable stays a file of its own (see Cache.checkout_file)
+            digest, now = self.cache.ingest_by_link(path)
+            seen.append((path, now, digest))
+            return digest
         digest = self.cache.ingest(path) if keep else hash_file(path)
         seen.append((path, st, digest))
         return digest

@@ -2,30 +2,47 @@
 of fingerprint and dep hashes it has seen.  A stage about to run with inputs
 seen before is restored from the cache instead (status `restored`).
 
-Entries live at `<cache>/runs/<stage key>/<inputs key>` as msgpack, written
-atomically; a damaged entry is ignored.
+Entries live at `<cache>/runs/<ab>/<stage key>-<inputs key>` as msgpack,
+where `ab` begins the stage key, written atomically; a damaged entry is
+ignored.  (Not a folder per stage: creating a directory costs as much as
+creating a file, and a clean build would pay one for every stage.)
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-import cattrs
 import msgpack
 
 from pivotbuild.hashing import hash_bytes
 from pivotbuild.model import StageId
+from pivotbuild.state import codec
 from pivotbuild.state.records import FileRecord
 from pivotbuild.state_files import write_atomic
 
 RUNS = "runs"
-_converter = cattrs.Converter()
 
 
 def stage_key(sid: StageId) -> str:
     return hash_bytes(f"{sid.pipeline}\0{sid.name}".encode())
+
+
+def entry_rel(skey: str, ikey: str) -> str:
+    """The entry for these keys, relative to the cache directory."""
+    return f"{RUNS}/{skey[:2]}/{skey}-{ikey}"
+
+
+def folder_rel(skey: str) -> str:
+    """The folder holding the stage's entries (among others), relative to the cache directory."""
+    return f"{RUNS}/{skey[:2]}"
+
+
+def of_stage(skey: str, names: Iterable[str]) -> list[str]:
+    """Those of `names` (in the stage's folder) that are the stage's entries, sorted."""
+    prefix = f"{skey}-"
+    return sorted(n for n in names if n.startswith(prefix))
 
 
 def inputs_key(fingerprint: str, deps: Sequence[FileRecord]) -> str:
@@ -35,21 +52,24 @@ def inputs_key(fingerprint: str, deps: Sequence[FileRecord]) -> str:
 
 class RunCache:
     def __init__(self, cache_dir: Path) -> None:
-        self.dir = cache_dir / RUNS
+        self.cache_dir = cache_dir
+        self._folders: set[Path] = set()  # folders known to exist
 
     def _path(self, sid: StageId, fingerprint: str, deps: Sequence[FileRecord]) -> Path:
-        return self.dir / stage_key(sid) / inputs_key(fingerprint, deps)
+        return self.cache_dir / entry_rel(stage_key(sid), inputs_key(fingerprint, deps))
 
     def lookup(self, sid: StageId, fingerprint: str, deps: Sequence[FileRecord]) -> tuple[FileRecord, ...] | None:
         """The outputs recorded for exactly these inputs, if any."""
         try:
             data = msgpack.unpackb(self._path(sid, fingerprint, deps).read_bytes(), raw=False)
-            return tuple(_converter.structure(o, FileRecord) for o in data["outs"])
-        except (OSError, ValueError, TypeError, KeyError, msgpack.UnpackException, cattrs.BaseValidationError):
+            return tuple(codec.file_from(o) for o in data["outs"])
+        except (OSError, ValueError, TypeError, KeyError, RecursionError, msgpack.UnpackException):
             return None
 
     def record(self, sid: StageId, fingerprint: str, deps: Sequence[FileRecord], outs: tuple[FileRecord, ...]) -> None:
         path = self._path(sid, fingerprint, deps)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        blob: bytes = msgpack.packb({"outs": [_converter.unstructure(o) for o in outs]}, use_bin_type=True)
+        if path.parent not in self._folders:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._folders.add(path.parent)
+        blob: bytes = msgpack.packb({"outs": [codec.file_obj(o) for o in outs]}, use_bin_type=True)
         write_atomic(path, blob, fsync=False)  # lookup() ignores an entry that does not decode

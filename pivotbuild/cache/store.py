@@ -160,6 +160,34 @@ class Cache:
         finally:
             os.close(fd)
 
+    def ingest_by_link(self, src: str) -> tuple[str, os.stat_result]:
+        """Store the file `src` by hard-linking it into the cache (hardlink mode,
+        where a filesystem without reflinks would otherwise copy every output),
+        and return its hash and its stat after.  The shared file is made
+        read-only, as hardlink mode promises, so an edit cannot reach the cache
+        through it.  If the object is already there, `src` is left as it was;
+        if the link is refused (another filesystem), `src` is stored as a copy."""
+        self._ensure_dir(self.objects)
+        tmp = self._tmp_name(self.objects / "x")
+        try:
+            os.link(src, tmp)
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
+                raise
+            self._fall_back(Mode.HARDLINK)
+            return self.ingest(src), os.stat(src)
+        try:
+            digest = hash_file(tmp)  # the linked inode itself: the object is what was hashed
+            if not self.has(digest):
+                dest = self.path_of(digest)
+                self._ensure_dir(dest.parent)
+                os.chmod(tmp, 0o444)
+                os.replace(tmp, dest)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        return digest, os.stat(src)
+
     def store_bytes(self, data: bytes) -> str:
         digest = hash_bytes(data)
         if not self.has(digest):

@@ -1,7 +1,7 @@
 """Remotes: where cache objects and run-cache entries go to be shared.
 
 A remote is anything with the four operations of `Remote`, addressed by
-paths in the cache's own layout (`objects/ab/cdef...`, `runs/<stage>/<inputs>`).
+paths in the cache's own layout (`objects/ab/cdef...`, `runs/<ab>/<stage>-<inputs>`).
 `DirectoryRemote` is the first; an object-store backend implements the same
 Protocol and nothing that calls it changes.
 """

@@ -1,5 +1,5 @@
 """A directory remote (a local path or a mounted share) with the cache's layout:
-`objects/ab/cdef...` and `runs/<stage>/<inputs>`.
+`objects/ab/cdef...` and `runs/<ab>/<stage>-<inputs>`.
 
 Every file is written under a temporary name and renamed into place, so an
 interrupted push never leaves a truncated object, and a re-run completes it.

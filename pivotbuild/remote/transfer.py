@@ -21,20 +21,19 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cattrs
 import msgpack
 
-from pivotbuild.cache.runcache import RUNS, stage_key
+from pivotbuild.cache.runcache import folder_rel, of_stage, stage_key
 from pivotbuild.cache.store import OBJECTS, Cache, CorruptObject, MissingObject
 from pivotbuild.errors import PivotError
 from pivotbuild.hashing import hash_file
 from pivotbuild.model import StageId
 from pivotbuild.remote import Remote
 from pivotbuild.snapshot import DIR
+from pivotbuild.state import codec
 from pivotbuild.state.records import FileRecord
 
 Progress = Callable[[int, int], None]  # (done, total)
-_converter = cattrs.Converter()
 
 
 class TransferError(PivotError):
@@ -77,8 +76,8 @@ def object_rel(digest: str) -> str:
 def run_entry_outs(blob: bytes) -> list[FileRecord]:
     try:
         data = msgpack.unpackb(blob, raw=False)
-        return [_converter.structure(o, FileRecord) for o in data["outs"]]
-    except (ValueError, TypeError, KeyError, msgpack.UnpackException, cattrs.BaseValidationError):
+        return [codec.file_from(o) for o in data["outs"]]
+    except (ValueError, TypeError, KeyError, RecursionError, msgpack.UnpackException):
         return []
 
 
@@ -116,9 +115,10 @@ def push(
         wanted |= _local_objects(cache, rec, report)
     entries: list[tuple[str, Path, set[str]]] = []  # (remote path, local path, the objects it names)
     for sid in stages:
-        folder = cache.dir / RUNS / stage_key(sid)
-        for entry in sorted(folder.iterdir()) if folder.is_dir() else []:
-            rel = f"{RUNS}/{folder.name}/{entry.name}"
+        skey = stage_key(sid)
+        folder = cache.dir / folder_rel(skey)
+        for name in of_stage(skey, os.listdir(folder)) if folder.is_dir() else []:
+            rel, entry = f"{folder_rel(skey)}/{name}", folder / name
             needs: set[str] = set()
             for rec in run_entry_outs(entry.read_bytes()):
                 found = _local_objects(cache, rec, report)
@@ -173,12 +173,12 @@ def fetch(
     report = Report()
     records = list(outs)
     for sid in stages:
-        key = stage_key(sid)
+        skey = stage_key(sid)
         with _io("cannot list the remote's run cache"):
-            names = remote.list_dir(f"{RUNS}/{key}")
+            names = of_stage(skey, remote.list_dir(folder_rel(skey)))
         for name in names:
-            rel = f"{RUNS}/{key}/{name}"
-            local = cache.dir / RUNS / key / name
+            rel = f"{folder_rel(skey)}/{name}"
+            local = cache.dir / rel
             if not local.exists():
                 with _io(f"cannot fetch run-cache entry {rel}"):
                     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=_mkdir(local.parent))

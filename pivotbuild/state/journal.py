@@ -4,7 +4,7 @@ A build killed at any instant loses at most the stages still running: the next
 build folds what the journal holds into the lockfile before deciding anything.
 
 Each entry is a frame: 4-byte big-endian length N, N bytes of msgpack (a
-cattrs-unstructured StageRecord), then the 8-byte XXH3-64 of those N bytes.
+StageRecord as a map, `state.codec`), then the 8-byte XXH3-64 of those N bytes.
 A frame cut short by a crash, or failing its checksum, ends the journal:
 everything before it is good, nothing after it is trusted.
 """
@@ -16,20 +16,18 @@ import struct
 import threading
 from pathlib import Path
 
-import cattrs
 import msgpack
 import xxhash
 
-from pivotbuild.state import lockfile
+from pivotbuild.state import codec, lockfile
 from pivotbuild.state.records import LockData, StageRecord
 
 _LEN = struct.Struct(">I")
 _SUM = 8
-_converter = cattrs.Converter()
 
 
 def frame(record: StageRecord) -> bytes:
-    payload: bytes = msgpack.packb(_converter.unstructure(record), use_bin_type=True)
+    payload: bytes = msgpack.packb(codec.record_obj(record), use_bin_type=True)
     return _LEN.pack(len(payload)) + payload + xxhash.xxh3_64_digest(payload)
 
 
@@ -106,8 +104,8 @@ def read_records(path: Path) -> tuple[list[StageRecord], bool]:
         if end + _SUM > len(blob) or xxhash.xxh3_64_digest(blob[start:end]) != blob[end : end + _SUM]:
             return records, True
         try:
-            records.append(_converter.structure(msgpack.unpackb(blob[start:end], raw=False), StageRecord))
-        except (ValueError, TypeError, msgpack.UnpackException, cattrs.BaseValidationError):
+            records.append(codec.record_from(msgpack.unpackb(blob[start:end], raw=False)))
+        except (ValueError, TypeError, RecursionError, msgpack.UnpackException):
             return records, True
         pos = end + _SUM
     return records, False

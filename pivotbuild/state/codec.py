@@ -1,0 +1,93 @@
+"""Records to and from the plain values msgpack stores (lockfile, journal, run cache).
+
+A record is a map keyed by its field names, in field order, so the same
+record always packs to the same bytes.  Decoding checks every type and
+raises `ValueError` on anything else: a damaged file is reported, never
+half-believed.
+
+Written out by hand rather than through a generic converter because the
+lockfile is decoded on every build and a record is encoded for every stage
+that runs: for 1,000 stages the generic route cost 46 ms of an incremental
+build, this one a few.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from pivotbuild.state.records import FileRecord, LockData, ParamRecord, StageRecord
+
+
+def file_obj(r: FileRecord) -> dict[str, Any]:
+    return {"path": r.path, "kind": r.kind, "hash": r.hash, "matches": [file_obj(m) for m in r.matches]}
+
+
+def record_obj(r: StageRecord) -> dict[str, Any]:
+    return {
+        "name": r.name,
+        "fingerprint": r.fingerprint,
+        "command": r.command,
+        "deps": [file_obj(d) for d in r.deps],
+        "outs": [file_obj(o) for o in r.outs],
+        "params": [{"file": p.file, "key": p.key, "value_json": p.value_json} for p in r.params],
+        "facets": [[k, v] for k, v in r.facets],
+    }
+
+
+def lock_obj(data: LockData) -> dict[str, Any]:
+    return {"stages": [record_obj(r) for r in data.stages]}
+
+
+def _map(obj: object) -> dict[str, Any]:
+    if not isinstance(obj, dict):
+        raise ValueError(f"expected a map, found {type(obj).__name__}")
+    return obj
+
+
+def _str(obj: dict[str, Any], key: str) -> str:
+    value = obj.get(key)
+    if not isinstance(value, str):
+        raise ValueError(f"{key}: expected a string")
+    return value
+
+
+def _list(obj: dict[str, Any], key: str, default: bool = False) -> Iterable[object]:
+    value = obj.get(key, [] if default else None)
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"{key}: expected a list")
+    return value
+
+
+def file_from(obj: object) -> FileRecord:
+    m = _map(obj)
+    matches = tuple(file_from(x) for x in _list(m, "matches", default=True))
+    return FileRecord(_str(m, "path"), _str(m, "kind"), _str(m, "hash"), matches)
+
+
+def _param_from(obj: object) -> ParamRecord:
+    m = _map(obj)
+    return ParamRecord(_str(m, "file"), _str(m, "key"), _str(m, "value_json"))
+
+
+def _facet_from(obj: object) -> tuple[str, str]:
+    if not isinstance(obj, (list, tuple)) or len(obj) != 2 or not all(isinstance(x, str) for x in obj):
+        raise ValueError("facet: expected a pair of strings")
+    return (obj[0], obj[1])
+
+
+def record_from(obj: object) -> StageRecord:
+    m = _map(obj)
+    return StageRecord(
+        name=_str(m, "name"),
+        fingerprint=_str(m, "fingerprint"),
+        command=_str(m, "command"),
+        deps=tuple(file_from(x) for x in _list(m, "deps")),
+        outs=tuple(file_from(x) for x in _list(m, "outs")),
+        params=tuple(_param_from(x) for x in _list(m, "params")),
+        facets=tuple(_facet_from(x) for x in _list(m, "facets", default=True)),
+    )
+
+
+def lock_from(obj: object) -> LockData:
+    return LockData(tuple(record_from(x) for x in _list(_map(obj), "stages", default=True)))
