@@ -226,7 +226,11 @@ class BuildRun:
         return True
 
     def _start_what_fits(self) -> None:
+        if not self.to_run or self.admission.saturated:
+            return
         for sid in sorted(self.to_run, key=lambda s: -self.priority.get(s, 0.0)):
+            if self.admission.saturated:
+                return
             stage = self.graph.stages[sid]
             if not self.admission.try_start(stage):
                 continue

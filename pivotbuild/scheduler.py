@@ -27,6 +27,9 @@ class JobServer(Protocol):
 
     def try_acquire(self, n: int) -> bool: ...
     def release(self, n: int) -> None: ...
+    def available(self) -> int:
+        """Tokens free now (a lower bound is fine: 0 only when none can be had)."""
+        ...
 
 
 class TokenPool:
@@ -44,6 +47,9 @@ class TokenPool:
 
     def release(self, n: int) -> None:
         self.free = min(self.capacity, self.free + n)
+
+    def available(self) -> int:
+        return self.free
 
 
 def _available_memory() -> int:
@@ -89,6 +95,11 @@ class Admission:
     def finished(self, stage: Stage) -> None:
         if self.running.pop(stage.id, None) is not None:
             self.jobserver.release(self.tokens(stage))
+
+    @property
+    def saturated(self) -> bool:
+        """No stage can start until one finishes: every job token is taken."""
+        return self.jobserver.available() == 0
 
     @property
     def waits_on_resources(self) -> bool:

@@ -79,6 +79,17 @@ def test_token_pool_accounting() -> None:
     assert pool.free == 4
 
 
+def test_admission_is_saturated_exactly_while_every_token_is_taken() -> None:
+    adm = admission(2)
+    assert not adm.saturated
+    assert adm.try_start(stage("a"))
+    assert not adm.saturated
+    assert adm.try_start(stage("b"))
+    assert adm.saturated  # the scheduler stops trying the other ready stages
+    adm.finished(stage("a"))
+    assert not adm.saturated and adm.jobserver.available() == 1
+
+
 def test_token_pool_never_exceeds_capacity() -> None:
     pool = TokenPool(2)
     pool.release(5)
