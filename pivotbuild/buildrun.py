@@ -9,6 +9,7 @@ reporters see events from one thread only.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import queue
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from pivotbuild import runner, snapshot
 from pivotbuild.cache.outputs import Captured, OutputCache
+from pivotbuild.cache.storer import Storer
 from pivotbuild.decide import ALWAYS, FORCED, UP_TO_DATE
 from pivotbuild.events import (
     BuildFinished,
@@ -95,6 +97,7 @@ class BuildRun:
         jobs = options.jobs or os.cpu_count() or 1
         self.admission = Admission(TokenPool(jobs), options.load_average)
         self.outputs = OutputCache(self.root, lambda text: self.engine.emit(Message(text, "warning")))
+        self.storer = Storer(self.outputs, lambda text: self.events.put(Message(text, "warning")))
         in_build = set(closure)
         self.after: dict[StageId, list[StageId]] = (
             dict(order_after)
@@ -139,6 +142,7 @@ class BuildRun:
         except (KeyboardInterrupt, Interrupted):
             interrupted = True
             self._drain_after_interrupt()
+        self._finish_storing()
         self._cancel_unstarted()
         for _ in self.workers:
             self.work.put(None)  # every worker is idle now: let it finish
@@ -182,6 +186,19 @@ class BuildRun:
             self._handle(item)
             if self.cancel.is_set():
                 raise Interrupted
+
+    def _finish_storing(self) -> None:
+        """Wait for the outputs still being copied into the cache, and report
+        what the copying had to say."""
+        with contextlib.suppress(KeyboardInterrupt):  # a second Ctrl-C: leave them uncached
+            self.storer.finish()
+        while True:
+            try:
+                item = self.events.get_nowait()
+            except queue.Empty:
+                return
+            if not isinstance(item, _Done):
+                self.engine.emit(item)
 
     def _handle(self, item: Event | _Done) -> None:
         if isinstance(item, _Done):
@@ -293,7 +310,7 @@ class BuildRun:
                 store = not self.options.no_cache and not self.options.no_commit
                 known = self.store.statcache(stage).entries
                 try:
-                    captured = self.outputs.capture(stage, known, store)
+                    captured = self.outputs.capture(stage, known, store, defer=True)
                 except OSError as exc:
                     if not store:
                         raise
@@ -340,7 +357,9 @@ class BuildRun:
         outs = captured.outs
         record = StageRecord(stage.name, snap.fingerprint, snap.command, snap.deps, outs, snap.params, snap.facets)
         self.store.commit(stage, record, pending=self.options.no_commit)
-        if captured.stored:
+        if captured.deferred:
+            self.storer.put(stage, record if captured.stored else None, captured.deferred, label)
+        elif captured.stored:
             self.outputs.remember(stage, record)
         self._finish(sid, StageFinished(label, Status.RAN, reason, duration))
 

@@ -347,3 +347,16 @@ stage log:
     r = project.run("--json")
     assert statuses(r.out)["make"][0] == "restored"
     assert os.stat(out).st_ino == os.stat(first).st_ino
+
+
+def test_a_cache_that_cannot_be_written_warns_and_the_build_still_succeeds(project: Project) -> None:
+    project.pivotfile("stage make:\n    deps: in.txt\n    outs: out.txt\n    run: cat in.txt > $@\n")
+    project.write("in.txt", "x\n")
+    project.write(".pivot/cache/objects", "a file where the cache's objects directory should be\n")
+    r = project.run()
+    assert r.code == 0, r.err
+    assert "could not store the outputs of make in the cache" in r.err
+    assert "recorded, but not cached" in r.err
+    assert (project.root / "out.txt").read_text() == "x\n"
+    again = project.run("--json")  # the result was recorded all the same
+    assert again.code == 0 and statuses(again.out)["make"] == ("skipped", "up to date")

@@ -13,7 +13,7 @@ import contextlib
 import os
 import shutil
 import stat
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,12 +34,14 @@ CACHE_DIR = "cache"
 class Captured:
     """A finished stage's outputs: their records, the (path, stat, hash) of each
     file read to hash them (for the stat cache), the outputs that are missing,
-    and whether every output was stored (so the run cache may remember them)."""
+    whether every output was stored or is to be (so the run cache may remember
+    them), and the (path, hash) of the files still to store (see `deferred`)."""
 
     outs: tuple[FileRecord, ...]
     seen: tuple[tuple[str, os.stat_result, str], ...]
     missing: tuple[str, ...]
     stored: bool
+    deferred: tuple[tuple[str, str], ...] = ()
 
 
 class OutputCache:
@@ -72,14 +74,18 @@ class OutputCache:
         if stored_all and outs:
             self.runs.record(stage.id, inputs.fingerprint, inputs.deps, outs)
 
-    def capture(self, stage: Stage, known: Mapping[str, StatEntry], store: bool) -> Captured:
+    def capture(self, stage: Stage, known: Mapping[str, StatEntry], store: bool, *, defer: bool = False) -> Captured:
         """Hash a finished stage's outputs and, with `store`, put the cacheable
         ones in the cache, reading each file once (hashing as it is copied).
-        A file whose stamp matches a trusted entry of `known` (the stage's stat
-        cache) is not read again.  Safe in a worker thread: it only reads
-        `known`; the stat cache updates come back in `Captured.seen`."""
+        With `defer`, files that would be copied are only hashed, and listed in
+        `Captured.deferred` for `store_deferred` to copy later, off the path
+        of the stages waiting for this one.  A file whose stamp matches a
+        trusted entry of `known` (the stage's stat cache) is not read again.
+        Safe in a worker thread: it only reads `known`; the stat cache
+        updates come back in `Captured.seen`."""
         outs: list[FileRecord] = []
         seen: list[tuple[str, os.stat_result, str]] = []
+        deferred: list[tuple[str, str]] | None = [] if defer and self.mode is Mode.COPY else None
         stats: list[os.stat_result | None] = []
         for out in stage.outs:
             try:
@@ -107,15 +113,16 @@ class OutputCache:
                         if keep:
                             self.cache.store_bytes(os.fsencode(os.readlink(path)))
                     else:
-                        digest = self._file(path, fst, known, keep, seen, link=link)
+                        digest = self._file(path, fst, known, keep, seen, link=link, deferred=deferred)
                     entries.append(ManifestEntry(rel, kind, digest))
                 manifest = manifest_bytes(entries)
                 outs.append(FileRecord(out.path, DIR, hash_bytes(manifest)))
                 if keep:
                     self.cache.store_bytes(manifest)
             else:
-                outs.append(FileRecord(out.path, FILE, self._file(full, st, known, keep, seen, link=link)))
-        return Captured(tuple(outs), tuple(seen), (), stored=stored)
+                digest = self._file(full, st, known, keep, seen, link=link, deferred=deferred)
+                outs.append(FileRecord(out.path, FILE, digest))
+        return Captured(tuple(outs), tuple(seen), (), stored=stored, deferred=tuple(deferred or ()))
 
     def _file(
         self,
@@ -126,6 +133,7 @@ class OutputCache:
         seen: list[tuple[str, os.stat_result, str]],
         *,
         link: bool = False,
+        deferred: list[tuple[str, str]] | None = None,
     ) -> str:
         entry = known.get(path)
         if entry is not None and entry.matches(st) and (not keep or self.cache.has(entry.hash)):
@@ -134,9 +142,24 @@ class OutputCache:
             digest, now = self.cache.ingest_by_link(path)
             seen.append((path, now, digest))
             return digest
-        digest = self.cache.ingest(path) if keep else hash_file(path)
+        if keep and deferred is not None:
+            digest = hash_file(path)
+            if not self.cache.has(digest):
+                deferred.append((path, digest))
+        else:
+            digest = self.cache.ingest(path) if keep else hash_file(path)
         seen.append((path, st, digest))
         return digest
+
+    def store_deferred(self, files: Iterable[tuple[str, str]]) -> list[str]:
+        """Copy files `capture` deferred into the cache; returns those that no
+        longer hash as they did (changed since: stored as they are now, but
+        the run cache must not name them).  Raises OSError (a full disk)."""
+        changed = []
+        for path, digest in files:
+            if self.cache.ingest(path) != digest:
+                changed.append(path)
+        return changed
 
     def remember(self, stage: Stage, record: StageRecord) -> None:
         """Note in the run cache that `record.outs` came from `record`'s inputs."""
