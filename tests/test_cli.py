@@ -830,3 +830,28 @@ def test_user_errors_in_process_return_their_exit_code(
     assert main(["check"]) == 2
     assert "Pivotfile:2:5: error: " in capsys.readouterr().err
     assert not (project.root / ".pivot" / "crash.log").exists()
+
+
+def test_a_deleted_working_directory_gets_a_message_not_a_traceback(project: Project, tmp_path: Path) -> None:
+    from conftest import PIVOTBUILD
+
+    project.pivotfile("stage make:\n    outs: out.txt\n    run: echo hi > $@\n")
+    gone = tmp_path / "gone"
+    # The shell enters the directory, deletes it, then runs pivotbuild there.
+    script = 'mkdir "$1" && cd "$1" && rmdir "$1" && shift && exec "$@"'
+    r = subprocess.run(
+        ["sh", "-c", script, "sh", str(gone), *PIVOTBUILD], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert r.returncode == 2
+    assert r.stderr.startswith("pivotbuild: the current directory no longer exists")
+    assert "Traceback" not in r.stderr
+    # An absolute -C still works from there.
+    r = subprocess.run(
+        ["sh", "-c", script, "sh", str(gone), *PIVOTBUILD, "-C", str(project.root)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert r.returncode == 0, r.stderr
+    assert (project.root / "out.txt").read_text() == "hi\n"

@@ -7,6 +7,7 @@ imported and run.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 
@@ -14,6 +15,13 @@ from collections.abc import Sequence
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status (never raises)."""
     args = list(sys.argv[1:] if argv is None else argv)
+    if _cwd_is_gone(args):
+        print(
+            "pivotbuild: the current directory no longer exists (was it deleted or replaced?); "
+            "cd into the project again, or pass -C DIR",
+            file=sys.stderr,
+        )
+        return 2
     from pivotbuild.quick import try_noop
 
     code = try_noop(args)
@@ -22,6 +30,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pivotbuild.cli.main import main as full
 
     return full(args)
+
+
+def _cwd_is_gone(args: list[str]) -> bool:
+    """True if the working directory was deleted and no absolute -C says where to go."""
+    try:
+        os.getcwd()
+    except FileNotFoundError:
+        pass
+    else:
+        return False
+    for i, arg in enumerate(args):
+        value = arg[2:] if arg.startswith("-C") and len(arg) > 2 else arg.partition("=")[2]
+        if arg in ("-C", "--directory") and i + 1 < len(args):
+            value = args[i + 1]
+        elif not arg.startswith(("-C", "--directory=")):
+            continue
+        if os.path.isabs(value):
+            return False
+    return True
 
 
 __all__ = ["main"]
