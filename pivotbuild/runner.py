@@ -19,8 +19,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
-
 TAIL_LINES = 20
 _KILL_GRACE_S = 2.0
 _PIPE_GRACE_S = 1.0
@@ -172,6 +170,8 @@ def kill_tree(proc: subprocess.Popen[bytes]) -> None:
     The direct child is waited for only through `proc`: psutil must not reap
     it, or its exit status would be lost.
     """
+    import psutil  # here, not at the top: only a kill needs it, and it costs every build 10 ms to import
+
     try:
         descendants = psutil.Process(proc.pid).children(recursive=True)
     except psutil.Error:

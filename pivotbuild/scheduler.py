@@ -15,8 +15,6 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-import psutil
-
 from pivotbuild.model import Stage, StageId
 
 
@@ -53,6 +51,8 @@ class TokenPool:
 
 
 def _available_memory() -> int:
+    import psutil  # only stages that reserve memory need it: not imported by every build
+
     return int(psutil.virtual_memory().available)
 
 
