@@ -93,7 +93,7 @@ class BuildRun:
         self.store = store
         self.options = options
         self.cancel = cancel
-        self.events: queue.Queue[Event | _Done] = queue.Queue()
+        self.events: queue.SimpleQueue[Event | _Done] = queue.SimpleQueue()
         jobs = options.jobs or os.cpu_count() or 1
         self.admission = Admission(TokenPool(jobs), options.load_average)
         self.outputs = OutputCache(self.root, lambda text: self.engine.emit(Message(text, "warning")))
@@ -111,7 +111,8 @@ class BuildRun:
         self.block_on_failure = block_on_failure
         self.seal = seal
         self.skipped = 0
-        self.work: queue.Queue[tuple[Stage, Snapshot, str] | None] = queue.Queue()
+        self.work: queue.SimpleQueue[tuple[Stage, Snapshot, str] | None] = queue.SimpleQueue()
+        self.environ = dict(os.environ)  # copied once, not per stage
         self.workers: list[None] = []  # one entry per worker thread started
         self.idle_workers = 0  # workers that finished a stage and wait for the next
         self.sealed_skips: set[StageId] = set()  # up to date by the seal, never hashed
@@ -245,7 +246,7 @@ class BuildRun:
     def _start_what_fits(self) -> None:
         if not self.to_run or self.admission.saturated:
             return
-        for sid in sorted(self.to_run, key=lambda s: -self.priority.get(s, 0.0)):
+        for sid in sorted(self.to_run, key=self.priority.__getitem__, reverse=True):  # stable: ties keep their order
             if self.admission.saturated:
                 return
             stage = self.graph.stages[sid]
@@ -287,7 +288,7 @@ class BuildRun:
             spec = runner.RunSpec(
                 argv=runner.stage_argv(stage.shell, snap.command),
                 cwd=self.root / stage.workdir if stage.workdir else self.root,
-                env={**os.environ, **dict(stage.env), "PIVOT_STAGE": stage.id.label("")},
+                env={**self.environ, **dict(stage.env), "PIVOT_STAGE": stage.id.label("")},
                 timeout=stage.timeout,
             )
             for attempt in range(1, stage.retry + 2):

@@ -73,7 +73,7 @@ def run(spec: RunSpec, on_line: OnLine, cancel: threading.Event) -> RunResult:
         proc = subprocess.Popen(
             spec.argv,
             cwd=spec.cwd,
-            env=dict(spec.env),
+            env=spec.env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
