@@ -7,13 +7,30 @@ imported and run.
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 from collections.abc import Sequence
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; return the exit status (never raises)."""
+    """Run the command line; return the exit status (never raises).
+
+    The cyclic garbage collector is off while it runs.  A command is short-lived
+    and makes few reference cycles, but it builds large acyclic structures (a
+    10,000-stage lockfile is some 400,000 objects), and the collector, walking
+    every live object again and again as they accumulate, took three quarters
+    of decoding one (0.53 s of 0.68 s) and nine tenths of encoding one."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _main(argv)
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if _cwd_is_gone(args):
         print(
