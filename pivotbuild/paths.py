@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import posixpath
 from pathlib import Path
@@ -54,9 +55,22 @@ def escapes(path: str) -> bool:
 def escapes_via_symlink(root: Path, path: str) -> bool:
     """True if an existing directory on the way to `path` is a symlink leading
     outside the root (the output would be written outside the project)."""
-    real_root = os.path.realpath(root)
-    real = os.path.realpath(root / path)
+    real_root = _realpath(str(root))
+    full = os.path.join(root, path)
+    parent, name = os.path.split(full)
+    # Directories resolved once per compile (outputs share a few), the last part per path.
+    real = os.path.realpath(full) if os.path.islink(full) else os.path.join(_realpath(parent), name)
     return not (real == real_root or real.startswith(real_root + os.sep))
+
+
+@functools.lru_cache(maxsize=4096)
+def _realpath(path: str) -> str:
+    return os.path.realpath(path)
+
+
+def forget_resolved() -> None:
+    """Drop remembered directory resolutions (before compiling again in this process)."""
+    _realpath.cache_clear()
 
 
 def make_relative(root: Path, path: str) -> str:

@@ -53,6 +53,7 @@ def load_project(options: LoadOptions) -> Project:
     """Parse and compile the project.  Raises PivotfileError (all errors of all
     files at once) or ProjectError."""
     cwd = options.cwd.resolve()
+    paths.forget_resolved()  # symlinks may have changed since the last compile in this process
     main_file = _main_file(options)
     if main_file is None and not options.all_pipelines:
         raise ProjectError(
