@@ -12,20 +12,15 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import PIVOTBUILD, Project
+from tracing import Traced, assert_fast, build, counts, read, runs, traced
 
-HEAVY = frozenset({"lark", "networkx", "click", "rich"})
-SUMMARY = re.compile(
-    r"^pivotbuild: (\d+) ran, (\d+) up to date, (\d+) restored, (\d+) failed(.*) in \d+(\.\d+)?s$", re.M
-)
 DURATION = re.compile(r" in \d+(\.\d+)?s$", re.M)
 
 CHAIN = """
@@ -49,80 +44,9 @@ stage c:
 # -- helpers -----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Traced:
-    """One `python -X importtime -m pivotbuild` run."""
-
-    code: int
-    out: str
-    err: str  # stderr without the import-time lines
-    imported: frozenset[str]  # top-level packages imported
-
-    @property
-    def fast(self) -> bool:
-        return not self.imported & HEAVY
-
-
-def traced(p: Project, *args: str, cwd: Path | None = None) -> Traced:
-    """The real `pivotbuild ARGS`, run by this Python under `-X importtime`."""
-    env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200"}
-    env.pop("PYTHONPROFILEIMPORTTIME", None)
-    proc = subprocess.run(
-        [sys.executable, "-X", "importtime", "-m", "pivotbuild", *args],
-        cwd=cwd or p.root,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-        check=False,
-    )
-    kept: list[str] = []
-    imported: set[str] = set()
-    for line in proc.stderr.splitlines(keepends=True):
-        if line.startswith("import time:"):
-            name = line.rsplit("|", 1)[1].strip()
-            if name != "imported package":
-                imported.add(name.split(".")[0])
-        else:
-            kept.append(line)
-    assert imported, "no -X importtime lines: the test cannot tell which path ran"
-    return Traced(proc.returncode, proc.stdout, "".join(kept), frozenset(imported))
-
-
-def assert_fast(r: Traced) -> None:
-    assert r.code == 0, r
-    assert "Traceback" not in r.err, r.err
-    assert r.fast, f"not the no-op fast path: imported {sorted(r.imported & HEAVY)}; stderr: {r.err}"
-
-
 def assert_ordinary(r: Traced) -> None:
     assert "Traceback" not in r.err, r.err
     assert "click" in r.imported, f"the fast path answered: {r}"
-
-
-def counts(text: str) -> tuple[int, int, int, int]:
-    """(ran, up to date, restored, failed) from the summary line."""
-    found = SUMMARY.findall(text)
-    assert len(found) == 1, text
-    ran, up, restored, failed = (int(x) for x in found[0][:4])
-    return ran, up, restored, failed
-
-
-def runs(p: Project) -> list[str]:
-    log = p.root / "runs.log"
-    return log.read_text().split() if log.exists() else []
-
-
-def read(p: Project, rel: str) -> str:
-    return (p.root / rel).read_text()
-
-
-def build(p: Project, *args: str, cwd: Path | None = None) -> Traced:
-    """An ordinary-looking build (whichever path answers); it must succeed."""
-    r = traced(p, *args, cwd=cwd)
-    assert r.code == 0, r
-    assert "Traceback" not in r.err, r.err
-    return r
 
 
 def history(p: Project) -> list[dict[str, Any]]:

@@ -8,21 +8,14 @@ from __future__ import annotations
 
 import os
 import random
-import re
-import subprocess
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import msgpack
 import pytest
+import tracing
 import xxhash
 from conftest import Project
-
-HEAVY = frozenset({"lark", "networkx", "click", "rich"})
-SUMMARY = re.compile(
-    r"^pivotbuild: (\d+) ran, (\d+) up to date, (\d+) restored, (\d+) failed(.*) in \d+(\.\d+)?s$", re.M
-)
+from tracing import Traced, assert_fast, counts, read, runs, traced
 
 CHAIN = """
 # the chain
@@ -46,79 +39,11 @@ stage c:
 # -- helpers -----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Traced:
-    """One `python -X importtime -m pivotbuild` run."""
-
-    code: int
-    out: str
-    err: str  # stderr without the import-time lines
-    imported: frozenset[str]  # top-level packages imported
-
-    @property
-    def fast(self) -> bool:
-        return not self.imported & HEAVY
-
-    @property
-    def parsed(self) -> bool:
-        return "lark" in self.imported
-
-
-def traced(p: Project, *args: str, cwd: Path | None = None) -> Traced:
-    """The real `pivotbuild ARGS`, run by this Python under `-X importtime`."""
-    env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200"}
-    env.pop("PYTHONPROFILEIMPORTTIME", None)
-    proc = subprocess.run(
-        [sys.executable, "-X", "importtime", "-m", "pivotbuild", *args],
-        cwd=cwd or p.root,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-        check=False,
-    )
-    kept: list[str] = []
-    imported: set[str] = set()
-    for line in proc.stderr.splitlines(keepends=True):
-        if line.startswith("import time:"):
-            name = line.rsplit("|", 1)[1].strip()
-            if name != "imported package":
-                imported.add(name.split(".")[0])
-        else:
-            kept.append(line)
-    assert imported, "no -X importtime lines: the test cannot tell which path ran"
-    return Traced(proc.returncode, proc.stdout, "".join(kept), frozenset(imported))
-
-
 def build(p: Project, *args: str, cwd: Path | None = None) -> Traced:
-    r = traced(p, *args, cwd=cwd)
-    assert r.code == 0, r
-    assert "Traceback" not in r.err, r.err
+    """A build that must succeed without a warning."""
+    r = tracing.build(p, *args, cwd=cwd)
     assert "warning" not in r.err, r.err
     return r
-
-
-def assert_fast(r: Traced) -> None:
-    assert r.code == 0, r
-    assert "Traceback" not in r.err, r.err
-    assert r.fast, f"not the no-op fast path: imported {sorted(r.imported & HEAVY)}; stderr: {r.err}"
-
-
-def counts(text: str) -> tuple[int, int, int, int]:
-    """(ran, up to date, restored, failed) from the summary line."""
-    found = SUMMARY.findall(text)
-    assert len(found) == 1, text
-    ran, up, restored, failed = (int(x) for x in found[0][:4])
-    return ran, up, restored, failed
-
-
-def runs(p: Project, log: str = "runs.log") -> list[str]:
-    path = p.root / log
-    return path.read_text().split() if path.exists() else []
-
-
-def read(p: Project, rel: str) -> str:
-    return (p.root / rel).read_text()
 
 
 def new_runs(p: Project, before: list[str]) -> list[str]:
