@@ -65,6 +65,16 @@ class _Done:
     captured: Captured | None = None  # the outputs, hashed and stored, after a success
 
 
+@dataclass(frozen=True, slots=True)
+class _Confirmed:
+    """A storer thread read `path` again and proved its stat-cache entry (see Storer)."""
+
+    stage: Stage
+    path: str
+    st: os.stat_result
+    digest: str
+
+
 class BuildRun:
     """The scheduling loop of one build (see Engine.build)."""
 
@@ -93,11 +103,15 @@ class BuildRun:
         self.store = store
         self.options = options
         self.cancel = cancel
-        self.events: queue.SimpleQueue[Event | _Done] = queue.SimpleQueue()
+        self.events: queue.SimpleQueue[Event | _Done | _Confirmed] = queue.SimpleQueue()
         jobs = options.jobs or os.cpu_count() or 1
         self.admission = Admission(TokenPool(jobs), options.load_average)
         self.outputs = OutputCache(self.root, lambda text: self.engine.emit(Message(text, "warning")))
-        self.storer = Storer(self.outputs, lambda text: self.events.put(Message(text, "warning")))
+        self.storer = Storer(
+            self.outputs,
+            lambda text: self.events.put(Message(text, "warning")),
+            lambda stage, path, st, digest: self.events.put(_Confirmed(stage, path, st, digest)),
+        )
         in_build = set(closure)
         self.after: dict[StageId, list[StageId]] = (
             dict(order_after)
@@ -199,12 +213,14 @@ class BuildRun:
             except queue.Empty:
                 return
             if not isinstance(item, _Done):
-                self.engine.emit(item)
+                self._handle(item)
 
-    def _handle(self, item: Event | _Done) -> None:
+    def _handle(self, item: Event | _Done | _Confirmed) -> None:
         if isinstance(item, _Done):
             self.idle_workers += 1  # the worker that sent it waits for the next stage
             self._complete(item.sid, item.result, item.captured)
+        elif isinstance(item, _Confirmed):
+            self.store.statcache(item.stage).confirm(item.path, item.st, item.digest)
         else:
             self.engine.emit(item)
 

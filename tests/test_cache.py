@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 from conftest import Project
@@ -360,3 +361,22 @@ def test_a_cache_that_cannot_be_written_warns_and_the_build_still_succeeds(proje
     assert (project.root / "out.txt").read_text() == "x\n"
     again = project.run("--json")  # the result was recorded all the same
     assert again.code == 0 and statuses(again.out)["make"] == ("skipped", "up to date")
+
+
+def test_storing_a_deferred_output_confirms_it_only_outside_its_racy_window(tmp_path: Path) -> None:
+    from pivotbuild.cache.outputs import OutputCache
+
+    old = tmp_path / "old.bin"
+    old.write_bytes(b"written a while ago\n")
+    time.sleep(0.1)  # past its racy window (50 ms: stamps.FINE_WINDOW_NS)
+    new = tmp_path / "new.bin"
+    new.write_bytes(b"written just now\n")
+    outputs = OutputCache(tmp_path, lambda _text: None)
+    confirmed: list[str] = []
+    changed = outputs.store_deferred(
+        [(str(old), hash_file(old)), (str(new), hash_file(new)), (str(new), "0" * 32)],
+        lambda path, _st, _digest: confirmed.append(path),
+    )
+    assert changed == [str(new)]  # the one whose hash is not what was recorded
+    assert confirmed == [str(old)]  # the fresh file may still change in its clock tick
+    assert outputs.cache.has(hash_file(old)) and outputs.cache.has(hash_file(new))

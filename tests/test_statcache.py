@@ -294,3 +294,21 @@ def test_deleted_and_recreated_file_is_rehashed(tmp_path: Path, cache_path: Path
     f.unlink()
     write(f, b"two")
     assert cache.file_hash(f) == hash_bytes(b"two")
+
+
+def test_confirm_trusts_only_an_entry_that_still_matches(tmp_path: Path, cache_path: Path) -> None:
+    f = write(tmp_path / "out.bin", b"fresh output\n")  # just written: its entry is racy
+    cache = StatCache(cache_path)
+    digest = cache.file_hash(f)
+    assert not cache.entries[str(f)].trusted
+    st = os.stat(f)
+    cache.confirm(str(f), st, "0" * 32)  # another hash: no
+    assert not cache.entries[str(f)].trusted
+    moved = os.stat_result((*st[:7], st.st_atime, st.st_mtime + 1, st.st_ctime))
+    cache.confirm(str(f), moved, digest)  # another stamp: no
+    assert not cache.entries[str(f)].trusted
+    cache.confirm(str(f), st, digest)
+    assert cache.entries[str(f)].trusted
+    cache.save()  # nothing racy is left: saving reads nothing again
+    assert cache.files_read == 1
+    assert StatCache(cache_path).entries[str(f)].trusted

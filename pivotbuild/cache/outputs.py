@@ -13,6 +13,7 @@ import contextlib
 import os
 import shutil
 import stat
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from pivotbuild.model import Out, Stage
 from pivotbuild.paths import STATE_DIR
 from pivotbuild.remote import config
 from pivotbuild.snapshot import ABSENT, DIR, FILE, Snapshot
+from pivotbuild.stamps import is_racy, stamp
 from pivotbuild.state.records import FileRecord, StageRecord
 from pivotbuild.state.statcache import StatCache, StatEntry
 
@@ -151,14 +153,24 @@ class OutputCache:
         seen.append((path, st, digest))
         return digest
 
-    def store_deferred(self, files: Iterable[tuple[str, str]]) -> list[str]:
+    def store_deferred(
+        self, files: Iterable[tuple[str, str]], confirmed: Callable[[str, os.stat_result, str], None]
+    ) -> list[str]:
         """Copy files `capture` deferred into the cache; returns those that no
         longer hash as they did (changed since: stored as they are now, but
-        the run cache must not name them).  Raises OSError (a full disk)."""
+        the run cache must not name them).  Raises OSError (a full disk).
+
+        The copy reads each file whole once more: when that read began after
+        the file's racy window and its stamp held throughout, `confirmed` gets
+        (path, stat, hash), for the stat cache to trust its entry now."""
         changed = []
         for path, digest in files:
-            if self.cache.ingest(path) != digest:
+            before, started = os.stat(path), time.time_ns()
+            actual = self.cache.ingest(path)
+            if actual != digest:
                 changed.append(path)
+            elif not is_racy(before, started) and stamp(os.stat(path)) == stamp(before):
+                confirmed(path, before, digest)
         return changed
 
     def remember(self, stage: Stage, record: StageRecord) -> None:

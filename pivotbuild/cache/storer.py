@@ -3,14 +3,22 @@
 A finished stage's outputs are hashed by its worker (the hashes are what the
 stages after it decide with), but copying them into the cache can wait: the
 stages downstream start at once, and one thread copies behind them, in the
-order stages finished.  Only once every file of a stage is stored is its
-run-cache entry written, so an entry always finds its objects.  The build
-waits for the copies before it ends (`finish`); a build killed before that
-loses only cache copies, never a result: the lockfile records stand.
+order stages finished (two threads: the copies are mostly waits on the
+disk, and one thread falls behind a layer of large outputs).  Only once every
+file of a stage is stored is its run-cache entry written, so an entry always
+finds its objects.  The build waits for the copies before it ends (`finish`);
+a build killed before that loses only cache copies, never a result: the
+lockfile records stand.
+
+The copy is a second whole read of each file; where it proves a racy stat-cache
+entry (see `OutputCache.store_deferred`), `confirmed` says so, which spares the
+stat cache reading the file yet again when the build ends.
 """
 
 from __future__ import annotations
 
+import functools
+import os
 import queue
 import threading
 from collections.abc import Callable
@@ -20,37 +28,48 @@ from pivotbuild.model import Stage
 from pivotbuild.state.records import StageRecord
 
 _Job = tuple[Stage, StageRecord | None, tuple[tuple[str, str], ...], str]
+THREADS = 2
 
 
 class Storer:
     """`put` a stage's deferred files; `finish` waits until all are stored.
-    `warn` is called from the storer's thread."""
+    `warn` and `confirmed` (stage, path, stat, hash) are called from the
+    storer's threads."""
 
-    def __init__(self, outputs: OutputCache, warn: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        outputs: OutputCache,
+        warn: Callable[[str], None],
+        confirmed: Callable[[Stage, str, os.stat_result, str], None],
+    ) -> None:
         self.outputs = outputs
         self.warn = warn
+        self.confirmed = confirmed
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
 
     def put(self, stage: Stage, remember: StageRecord | None, files: tuple[tuple[str, str], ...], label: str) -> None:
         """Store `files` ((path, hash) pairs), then, if every one still hashed as
         recorded, remember `remember` in the run cache (None: do not)."""
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="cache storer", daemon=True)
-            self._thread.start()
+        if not self._threads:
+            for i in range(THREADS):
+                thread = threading.Thread(target=self._run, name=f"cache storer {i}", daemon=True)
+                thread.start()
+                self._threads.append(thread)
         self._jobs.put((stage, remember, files, label))
 
     def finish(self) -> None:
-        if self._thread is not None:
+        for _ in self._threads:
             self._jobs.put(None)
-            self._thread.join()
-            self._thread = None
+        for thread in self._threads:
+            thread.join()
+        self._threads = []
 
     def _run(self) -> None:
         while (job := self._jobs.get()) is not None:
             stage, remember, files, label = job
             try:
-                changed = self.outputs.store_deferred(files)
+                changed = self.outputs.store_deferred(files, functools.partial(self.confirmed, stage))
                 if changed:
                     self.warn(
                         f"{', '.join(changed)} changed after {label} finished and before it was stored; "

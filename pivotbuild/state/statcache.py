@@ -123,6 +123,16 @@ class StatCache:
         self.files_read += 1
         self._record(path, st, digest)
 
+    def confirm(self, path: str, st: os.stat_result, digest: str) -> None:
+        """Trust the entry for `path` if it is still (`st`, `digest`): the file was
+        read again, whole, starting after its racy window had passed, and its
+        stamp did not change meanwhile (so a later change would show in the
+        stamp).  Saves `settle` reading it once more at the end of the build."""
+        entry = self.entries.get(path)
+        if entry is not None and not entry.trusted and entry.hash == digest and entry.same_stamp(st):
+            self.entries[path] = StatEntry(entry.size, entry.mtime_ns, entry.ino, entry.ctime_ns, digest, True)
+            self._dirty = True
+
     def _record(self, key: str, st: os.stat_result, digest: str) -> None:
         trusted = not _is_racy(st, time.time_ns())
         self.entries[key] = StatEntry(st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, digest, trusted)
