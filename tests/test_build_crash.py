@@ -143,11 +143,18 @@ def test_interrupt_stops_the_build_with_130_and_keeps_finished_stages(
     assert [e["result"] for e in entries] == ["interrupted", "ok"]
 
 
-def _kill_mid_build(project: Project, tmp_path: Path) -> None:
-    """Run the pipeline, SIGKILL pivotbuild while b runs, and clean up b ourselves."""
+def _kill_mid_build(project: Project, tmp_path: Path, *, after_a_is_cached: bool = False) -> None:
+    """Run the pipeline, SIGKILL pivotbuild while b runs, and clean up b ourselves.
+    With `after_a_is_cached`, first wait until a's outputs are in the cache: they
+    are copied there in the background, so a kill just after a stage finishes
+    may lose its cache copy (never its result)."""
     project.pivotfile(PIPELINE)
     with background_build(project, tmp_path, "-j1") as proc:
         pid = hung_pid(project)
+        deadline = time.monotonic() + 10
+        runs_dir = project.root / ".pivot" / "cache" / "runs"
+        while after_a_is_cached and not list(runs_dir.glob("*/*")) and time.monotonic() < deadline:
+            time.sleep(0.02)
         proc.send_signal(signal.SIGKILL)
         assert proc.wait(timeout=10) == -signal.SIGKILL
         os.killpg(os.getpgid(pid), signal.SIGKILL)  # nobody else will: pivotbuild is dead
@@ -197,7 +204,7 @@ def test_garbage_appended_to_the_journal_is_survived_with_a_warning(project: Pro
 
 
 def test_a_journal_cut_short_is_survived_with_a_warning(project: Project, tmp_path: Path) -> None:
-    _kill_mid_build(project, tmp_path)
+    _kill_mid_build(project, tmp_path, after_a_is_cached=True)
     journal = project.root / ".pivot" / "journal"
     blob = journal.read_bytes()
     journal.write_bytes(blob[: len(blob) - 5])  # the entry for a loses its end

@@ -376,7 +376,14 @@ def test_storing_a_deferred_output_confirms_it_only_outside_its_racy_window(tmp_
     changed = outputs.store_deferred(
         [(str(old), hash_file(old)), (str(new), hash_file(new)), (str(new), "0" * 32)],
         lambda path, _st, _digest: confirmed.append(path),
+        lambda _seconds: None,  # no patience (the build is over): copy at once
     )
     assert changed == [str(new)]  # the one whose hash is not what was recorded
     assert confirmed == [str(old)]  # the fresh file may still change in its clock tick
     assert outputs.cache.has(hash_file(old)) and outputs.cache.has(hash_file(new))
+    # With time to wait (while the build runs), a fresh file is copied once its
+    # window has passed, and that read proves it.
+    newer = tmp_path / "newer.bin"
+    newer.write_bytes(b"written just now, again\n")
+    assert outputs.store_deferred([(str(newer), hash_file(newer))], lambda p, _s, _d: confirmed.append(p)) == []
+    assert confirmed == [str(old), str(newer)]

@@ -25,7 +25,7 @@ from pivotbuild.model import Out, Stage
 from pivotbuild.paths import STATE_DIR
 from pivotbuild.remote import config
 from pivotbuild.snapshot import ABSENT, DIR, FILE, Snapshot
-from pivotbuild.stamps import is_racy, stamp
+from pivotbuild.stamps import FINE_WINDOW_NS, is_racy, stamp
 from pivotbuild.state.records import FileRecord, StageRecord
 from pivotbuild.state.statcache import StatCache, StatEntry
 
@@ -154,7 +154,10 @@ class OutputCache:
         return digest
 
     def store_deferred(
-        self, files: Iterable[tuple[str, str]], confirmed: Callable[[str, os.stat_result, str], None]
+        self,
+        files: Iterable[tuple[str, str]],
+        confirmed: Callable[[str, os.stat_result, str], None],
+        pause: Callable[[float], object] = time.sleep,
     ) -> list[str]:
         """Copy files `capture` deferred into the cache; returns those that no
         longer hash as they did (changed since: stored as they are now, but
@@ -162,9 +165,18 @@ class OutputCache:
 
         The copy reads each file whole once more: when that read began after
         the file's racy window and its stamp held throughout, `confirmed` gets
-        (path, stat, hash), for the stat cache to trust its entry now."""
+        (path, stat, hash), for the stat cache to trust its entry now.  To make
+        that the rule, a file written moments ago is copied once its window
+        (50 ms) has passed, waiting with `pause(seconds)` (the storer's pause
+        ends early when the build is over: then the end of the build settles
+        what is left, in one wait)."""
         changed = []
         for path, digest in files:
+            written = os.stat(path)
+            if written.st_mtime_ns % 1_000_000_000:  # a fine clock; a coarse one's window is too long to wait
+                wait_ns = max(written.st_mtime_ns, written.st_ctime_ns) + FINE_WINDOW_NS - time.time_ns()
+                if 0 < wait_ns <= FINE_WINDOW_NS:
+                    pause(wait_ns / 1e9)
             before, started = os.stat(path), time.time_ns()
             actual = self.cache.ingest(path)
             if actual != digest:

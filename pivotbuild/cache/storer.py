@@ -47,6 +47,7 @@ class Storer:
         self.confirmed = confirmed
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
+        self._finishing = threading.Event()  # set: copy at once, wait for nothing
 
     def put(self, stage: Stage, remember: StageRecord | None, files: tuple[tuple[str, str], ...], label: str) -> None:
         """Store `files` ((path, hash) pairs), then, if every one still hashed as
@@ -59,17 +60,21 @@ class Storer:
         self._jobs.put((stage, remember, files, label))
 
     def finish(self) -> None:
+        self._finishing.set()
         for _ in self._threads:
             self._jobs.put(None)
         for thread in self._threads:
             thread.join()
         self._threads = []
+        self._finishing.clear()
 
     def _run(self) -> None:
         while (job := self._jobs.get()) is not None:
             stage, remember, files, label = job
             try:
-                changed = self.outputs.store_deferred(files, functools.partial(self.confirmed, stage))
+                changed = self.outputs.store_deferred(
+                    files, functools.partial(self.confirmed, stage), self._finishing.wait
+                )
                 if changed:
                     self.warn(
                         f"{', '.join(changed)} changed after {label} finished and before it was stored; "
