@@ -43,7 +43,7 @@ from pivotbuild.paths import STATE_DIR
 from pivotbuild.project import Project
 from pivotbuild.scheduler import Admission, TokenPool, critical_path
 from pivotbuild.seal import Seal
-from pivotbuild.snapshot import Snapshot
+from pivotbuild.snapshot import FILE, Snapshot
 from pivotbuild.state import history
 from pivotbuild.state.records import StageRecord
 from pivotbuild.state.store import StateStore
@@ -241,7 +241,24 @@ class BuildRun:
                 self.to_run[sid] = (snap, decision.reason)
                 self._state(sid, State.READY, decision.reason)
             else:
+                self._heal(stage)
                 self._finish(sid, StageFinished(self.graph.label(sid), Status.SKIPPED, decision.reason, 0.0))
+
+    def _heal(self, stage: Stage) -> None:
+        """An up-to-date stage whose file outputs the cache lacks (a build killed
+        just after it finished, before they were copied) has them stored now,
+        and its run-cache entry written: the cache fills in, with no rerun."""
+        record = self.store.record(stage)
+        if record is None or self.options.no_cache or self.options.no_commit:
+            return
+        missing = []
+        for out, rec in zip(stage.outs, record.outs, strict=False):
+            if not out.cache or rec.kind != FILE:
+                return  # a directory or an uncached output: the run cache cannot name this stage anyway
+            if not self.outputs.cache.has(rec.hash):
+                missing.append((os.path.join(self.root, rec.path), rec.hash))
+        if missing:
+            self.storer.put(stage, record, tuple(missing), self.graph.label(stage.id))
 
     def _restore(self, stage: Stage, snap: Snapshot, reason: str) -> bool:
         """Restore the stage's outputs from the cache instead of running it, if it can."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -16,6 +17,9 @@ from typing import Any
 
 import pytest
 from conftest import PIVOTBUILD, Project, Result
+
+from pivotbuild.cache.store import Cache
+from pivotbuild.hashing import hash_file
 
 # b hangs (sleep 30, its pid in b.pid) the first time only, so the next build
 # can show what it reruns without waiting.
@@ -230,3 +234,20 @@ def test_a_garbage_journal_after_a_complete_build_keeps_the_lockfile(project: Pr
     assert r.code == 0, r
     assert sum("journal" in line for line in r.err.splitlines()) == 1, r.err
     assert set(finished(r).values()) == {("skipped", "up to date")}
+
+
+def test_outputs_a_killed_build_had_not_cached_yet_are_cached_by_the_next(project: Project, tmp_path: Path) -> None:
+    # Outputs reach the cache in the background, moments after their stage ends;
+    # a SIGKILL in that moment keeps the result (the journal) but not the copy.
+    _kill_mid_build(project, tmp_path)
+    shutil.rmtree(project.root / ".pivot" / "cache", ignore_errors=True)  # as if the kill came first
+    r = project.run("--json", "-j1")
+    assert r.code == 0, r
+    assert finished(r)["a"] == ("skipped", "up to date")
+    assert runs(project) == ["a", "b", "b"]  # a did not run again...
+    assert Cache(project.root / ".pivot" / "cache").has(hash_file(project.root / "a.txt"))  # ...but is cached
+    (project.root / "a.txt").unlink()
+    r = project.run("--json", "-j1")
+    assert r.code == 0, r
+    assert finished(r)["a"][0] == "restored"  # and the run cache knows it
+    assert runs(project) == ["a", "b", "b"]

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import signal
+import time
 from pathlib import Path
 
 from conftest import Project, Result
@@ -53,6 +54,10 @@ def test_gc_keeps_what_the_journal_of_a_killed_build_records(project: Project, t
     project.write("in.txt", "precious\n")
     with background_build(project, tmp_path, "-j1") as proc:
         pid = hung_pid(project)
+        # a's outputs are copied into the cache in the background: wait for that.
+        deadline = time.monotonic() + 10
+        while hash_file(project.root / "a.txt") not in objects(project) and time.monotonic() < deadline:
+            time.sleep(0.02)
         proc.send_signal(signal.SIGKILL)
         assert proc.wait(timeout=10) == -signal.SIGKILL
         os.killpg(os.getpgid(pid), signal.SIGKILL)
