@@ -47,9 +47,17 @@ def write_atomic(path: Path, data: bytes, *, fsync: bool = True) -> None:
 
 
 def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    """The process's umask, read without changing it where /proc allows: setting
+    it to read it (the portable way) would, for that instant, give a file that
+    another thread creates, or a stage a worker thread starts, the wrong
+    permissions."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            return next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        mask = os.umask(0)
+        os.umask(mask)
+        return mask
 
 
 def ensure_state_dir(directory: Path, root: Path | None = None) -> Path:
