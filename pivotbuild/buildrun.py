@@ -9,7 +9,6 @@ reporters see events from one thread only.
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import os
 import queue
@@ -43,7 +42,7 @@ from pivotbuild.paths import STATE_DIR
 from pivotbuild.project import Project
 from pivotbuild.scheduler import Admission, TokenPool, critical_path
 from pivotbuild.seal import Seal
-from pivotbuild.snapshot import FILE, Snapshot
+from pivotbuild.snapshot import DIR, FILE, Snapshot
 from pivotbuild.state import history
 from pivotbuild.state.records import StageRecord
 from pivotbuild.state.store import StateStore
@@ -106,7 +105,7 @@ class BuildRun:
         self.events: queue.SimpleQueue[Event | _Done | _Confirmed] = queue.SimpleQueue()
         jobs = options.jobs or os.cpu_count() or 1
         self.admission = Admission(TokenPool(jobs), options.load_average)
-        self.outputs = OutputCache(self.root, lambda text: self.engine.emit(Message(text, "warning")))
+        self.outputs = OutputCache(self.root, self._warn_from_any_thread)
         self.storer = Storer(
             self.outputs,
             lambda text: self.events.put(Message(text, "warning")),
@@ -130,6 +129,9 @@ class BuildRun:
         self.workers: list[None] = []  # one entry per worker thread started
         self.idle_workers = 0  # workers that finished a stage and wait for the next
         self.sealed_skips: set[StageId] = set()  # up to date by the seal, never hashed
+        # Every result a worker sends is also kept here until handled, so one
+        # taken off the queue when an interrupt struck is not lost for good.
+        self.unhandled: dict[StageId, _Done] = {}
         self.waiting = {s: len(self.after[s]) for s in closure}
         self.ready: list[StageId] = [s for s in closure if self.waiting[s] == 0]
         self.to_run: dict[StageId, tuple[Snapshot, str]] = {}
@@ -157,7 +159,8 @@ class BuildRun:
         except (KeyboardInterrupt, Interrupted):
             interrupted = True
             self._drain_after_interrupt()
-        self._finish_storing()
+        if not self._finish_storing():
+            interrupted = True
         self._cancel_unstarted()
         for _ in self.workers:
             self.work.put(None)  # every worker is idle now: let it finish
@@ -202,21 +205,29 @@ class BuildRun:
             if self.cancel.is_set():
                 raise Interrupted
 
-    def _finish_storing(self) -> None:
+    def _finish_storing(self) -> bool:
         """Wait for the outputs still being copied into the cache, and report
-        what the copying had to say."""
-        with contextlib.suppress(KeyboardInterrupt):  # a second Ctrl-C: leave them uncached
+        what the copying had to say.  False if interrupted meanwhile: the copies
+        still under way are abandoned (the next build stores what the cache
+        lacks), and the build ends as interrupted."""
+        finished = True
+        try:
             self.storer.finish()
+        except KeyboardInterrupt:
+            finished = False
+            self.cancel.set()
         while True:
             try:
                 item = self.events.get_nowait()
             except queue.Empty:
-                return
+                return finished
             if not isinstance(item, _Done):
                 self._handle(item)
 
     def _handle(self, item: Event | _Done | _Confirmed) -> None:
         if isinstance(item, _Done):
+            if self.unhandled.pop(item.sid, None) is None:
+                return  # handled already (see _drain_after_interrupt)
             self.idle_workers += 1  # the worker that sent it waits for the next stage
             self._complete(item.sid, item.result, item.captured)
         elif isinstance(item, _Confirmed):
@@ -245,20 +256,29 @@ class BuildRun:
                 self._finish(sid, StageFinished(self.graph.label(sid), Status.SKIPPED, decision.reason, 0.0))
 
     def _heal(self, stage: Stage) -> None:
-        """An up-to-date stage whose file outputs the cache lacks (a build killed
-        just after it finished, before they were copied) has them stored now,
-        and its run-cache entry written: the cache fills in, with no rerun."""
+        """An up-to-date stage whose outputs the cache lacks (a build killed or
+        interrupted just after it finished, before they were copied) has them
+        stored now, and its run-cache entry written: the cache fills in, with
+        no rerun.  (Rare, so done here, in this thread.)"""
         record = self.store.record(stage)
         if record is None or self.options.no_cache or self.options.no_commit:
             return
-        missing = []
-        for out, rec in zip(stage.outs, record.outs, strict=False):
-            if not out.cache or rec.kind != FILE:
-                return  # a directory or an uncached output: the run cache cannot name this stage anyway
-            if not self.outputs.cache.has(rec.hash):
-                missing.append((os.path.join(self.root, rec.path), rec.hash))
-        if missing:
-            self.storer.put(stage, record, tuple(missing), self.graph.label(stage.id))
+        cached = [(out, rec) for out, rec in zip(stage.outs, record.outs, strict=False) if out.cache]
+        if all(rec.kind not in (FILE, DIR) or self.outputs.cache.has(rec.hash) for _, rec in cached):
+            return
+        try:
+            self.outputs.keep(stage, record, self.store.statcache(stage))
+        except OSError as exc:
+            text = f"could not store the outputs of {self.graph.label(stage.id)} in the cache ({exc.strerror})"
+            self.engine.emit(Message(text, "warning"))
+
+    def _warn_from_any_thread(self, text: str) -> None:
+        """A cache warning: emitted here if on the main thread, else queued for
+        it (reporters see events from one thread only)."""
+        if threading.current_thread() is threading.main_thread():
+            self.engine.emit(Message(text, "warning"))
+        else:
+            self.events.put(Message(text, "warning"))
 
     def _restore(self, stage: Stage, snap: Snapshot, reason: str) -> bool:
         """Restore the stage's outputs from the cache instead of running it, if it can."""
@@ -359,7 +379,9 @@ class BuildRun:
             text = f"pivotbuild: internal error running this stage: {exc!r}"
             result = runner.RunResult(1, None, False, False, (text,), 0.0)
         assert result is not None
-        self.events.put(_Done(stage.id, result, captured if result.ok else None))
+        done = _Done(stage.id, result, captured if result.ok else None)
+        self.unhandled[stage.id] = done
+        self.events.put(done)
 
     # -- completions ------------------------------------------------------------------
 
@@ -465,8 +487,12 @@ class BuildRun:
         self.stopping = True
         while self.running:
             try:
-                item = self.events.get(timeout=5.0)
+                item = self.events.get(timeout=0.5)
             except queue.Empty:
+                # A result taken off the queue just as the interrupt struck
+                # would otherwise be waited for forever.
+                for done in [d for sid, d in list(self.unhandled.items()) if sid in self.running]:
+                    self._handle(done)
                 continue
             except KeyboardInterrupt:
                 continue  # a second Ctrl-C: we are already stopping

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from pivotbuild import paths, seal, snapshot
-from pivotbuild.buildrun import EXIT_FAILED, EXIT_OK, BuildRun, Interrupted
+from pivotbuild.buildrun import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, BuildRun, Interrupted
 from pivotbuild.decide import Decision, decide
 from pivotbuild.errors import PivotError
 from pivotbuild.events import (
@@ -86,7 +86,8 @@ class Engine:
             )
             code = run.execute()
             store.close()  # lockfiles written and stat caches settled: now seal what is up to date
-            self._seal(project, graph, store, run, sealed)
+            if code != EXIT_INTERRUPTED:  # (an interrupted build may leave outputs uncached: see BuildRun._heal)
+                self._seal(project, graph, store, run, sealed)
             return code
 
     def status(self, options: BuildOptions) -> list[tuple[str, Decision]]:
@@ -180,6 +181,8 @@ class Engine:
             record = store.record(stage)
             if stage.always or record is None or status not in (Status.RAN, Status.SKIPPED, Status.RESTORED):
                 continue
+            if sid in run.storer.unstored:
+                continue  # the next build must decide it, and store what the cache lacks
             try:
                 recorded = (*record.deps, *record.outs)
                 files = seal.stage_files(recorded, project.root, store.statcache(stage).entries, now)

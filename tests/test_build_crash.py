@@ -251,3 +251,30 @@ def test_outputs_a_killed_build_had_not_cached_yet_are_cached_by_the_next(projec
     assert r.code == 0, r
     assert finished(r)["a"][0] == "restored"  # and the run cache knows it
     assert runs(project) == ["a", "b", "b"]
+
+
+def test_a_directory_output_a_killed_build_had_not_cached_is_cached_by_the_next(project: Project) -> None:
+    project.pivotfile(
+        """
+stage a:
+    outs: d/
+    run: mkdir -p $@/sub && echo one > $@/one.txt && echo two > $@/sub/two.txt && echo a >> runs.log
+stage b:
+    deps: d/
+    outs: b.txt
+    run:
+        echo b >> runs.log
+        if [ ! -e killed.once ]; then touch killed.once; kill -9 $PPID; sleep 5; fi
+        ls $< > $@
+"""
+    )
+    r = project.run("-j1")
+    assert r.code != 0  # pivotbuild itself was killed
+    shutil.rmtree(project.root / ".pivot" / "cache", ignore_errors=True)  # as if before the copy
+    r = project.run("-j1")
+    assert r.code == 0, r.err
+    assert runs(project) == ["a", "b", "b"]  # a was not run again
+    shutil.rmtree(project.root / "d")
+    r = project.run("checkout")
+    assert r.code == 0, r.err
+    assert (project.root / "d/sub/two.txt").read_text() == "two\n"

@@ -387,3 +387,38 @@ def test_storing_a_deferred_output_confirms_it_only_outside_its_racy_window(tmp_
     newer.write_bytes(b"written just now, again\n")
     assert outputs.store_deferred([(str(newer), hash_file(newer))], lambda p, _s, _d: confirmed.append(p)) == []
     assert confirmed == [str(old), str(newer)]
+
+
+def test_hardlink_mode_never_links_a_file_that_is_not_the_stages_own(project: Project, tmp_path: Path) -> None:
+    project.write(".pivot/config.toml", '[core]\ncheckout = "hardlink"\n')
+    outside = tmp_path / "outside.txt"
+    outside.write_text("elsewhere\n")
+    project.pivotfile(
+        f"""
+stage same:
+    deps: in.txt
+    outs: same.txt
+    run: ln in.txt $@
+stage rel:
+    deps: in.txt
+    outs: rel.txt
+    run: ln -s in.txt $@
+stage abs:
+    outs: abs.txt
+    run: ln -s {outside} $@
+"""
+    )
+    project.write("in.txt", "source\n")
+    r = project.run()
+    assert r.code == 0, r.err
+    assert "could not store" not in r.err, r.err
+    src = project.root / "in.txt"
+    cache = Cache(project.root / ".pivot/cache")
+    # The source a stage hard-linked as its output is left as it was: writable, not an object.
+    assert os.stat(src).st_mode & 0o200
+    assert os.stat(src).st_ino != os.stat(cache.path_of(hash_file(src))).st_ino
+    # Symlinked outputs are stored by content; what they point at is not touched.
+    assert cache.path_of(hash_file(project.root / "rel.txt")).read_text() == "source\n"
+    obj = cache.path_of(hash_file(outside))
+    assert not obj.is_symlink() and obj.read_text() == "elsewhere\n"
+    assert os.stat(outside).st_mode & 0o200

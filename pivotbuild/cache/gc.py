@@ -109,6 +109,11 @@ def collect(root: Path, cache: Cache, *, keep_run_cache: bool, dry_run: bool) ->
             if not dry_run:
                 entry.unlink()
     objects_dir = cache.dir / OBJECTS
+    for tmp in sorted([*objects_dir.glob(".tmp-*"), *objects_dir.glob("*/.tmp-*")]) if objects_dir.is_dir() else []:
+        if not _writer_alive(tmp.name):  # left by a build that was killed or interrupted mid-copy
+            report.freed_bytes += tmp.stat().st_size
+            if not dry_run:
+                tmp.unlink(missing_ok=True)
     for obj in sorted(objects_dir.glob("*/*")) if objects_dir.is_dir() else []:
         digest = obj.parent.name + obj.name
         if digest in referenced or obj.name.startswith(".tmp-"):
@@ -118,3 +123,16 @@ def collect(root: Path, cache: Cache, *, keep_run_cache: bool, dry_run: bool) ->
         if not dry_run:
             cache.remove(digest)
     return report
+
+
+def _writer_alive(name: str) -> bool:
+    """Whether the process that is writing temporary object `name`
+    (`.tmp-PID-THREAD-RANDOM`) is still running."""
+    try:
+        pid = int(name.split("-")[1])
+        os.kill(pid, 0)
+    except (IndexError, ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True

@@ -140,7 +140,7 @@ class OutputCache:
         entry = known.get(path)
         if entry is not None and entry.matches(st) and (not keep or self.cache.has(entry.hash)):
             return entry.hash
-        if link and not st.st_mode & 0o111:  # an executable stays a file of its own (see Cache.checkout_file)
+        if link and _linkable(path):
             digest, now = self.cache.ingest_by_link(path)
             seen.append((path, now, digest))
             return digest
@@ -268,6 +268,19 @@ def _remove(path: Path) -> bool:
         path.unlink()
         return True
     return False
+
+
+def _linkable(path: str) -> bool:
+    """Whether hardlink mode may make this output the cache's object itself: a
+    regular file (not a symlink, whose link would be the link), not executable
+    (an object has no execute bit; see Cache.checkout_file), and no other
+    name's (a stage that hard-links a source as its output must not have the
+    source made read-only and turned into an object)."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and not st.st_mode & 0o111
 
 
 def _same_inputs(record: StageRecord, snap: Snapshot) -> bool:

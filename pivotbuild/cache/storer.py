@@ -24,7 +24,7 @@ import threading
 from collections.abc import Callable
 
 from pivotbuild.cache.outputs import OutputCache
-from pivotbuild.model import Stage
+from pivotbuild.model import Stage, StageId
 from pivotbuild.state.records import StageRecord
 
 _Job = tuple[Stage, StageRecord | None, tuple[tuple[str, str], ...], str]
@@ -48,6 +48,8 @@ class Storer:
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._finishing = threading.Event()  # set: copy at once, wait for nothing
+        self._put: set[StageId] = set()
+        self._stored: set[StageId] = set()
 
     def put(self, stage: Stage, remember: StageRecord | None, files: tuple[tuple[str, str], ...], label: str) -> None:
         """Store `files` ((path, hash) pairs), then, if every one still hashed as
@@ -57,7 +59,14 @@ class Storer:
                 thread = threading.Thread(target=self._run, name=f"cache storer {i}", daemon=True)
                 thread.start()
                 self._threads.append(thread)
+        self._put.add(stage.id)
         self._jobs.put((stage, remember, files, label))
+
+    @property
+    def unstored(self) -> set[StageId]:
+        """Stages whose outputs did not all reach the cache (a failure, a file
+        that changed, or copies abandoned by an interrupt)."""
+        return self._put - self._stored
 
     def finish(self) -> None:
         self._finishing.set()
@@ -80,8 +89,10 @@ class Storer:
                         f"{', '.join(changed)} changed after {label} finished and before it was stored; "
                         "the run cache will not restore it"
                     )
-                elif remember is not None:
+                    continue
+                if remember is not None:
                     self.outputs.remember(stage, remember)
+                self._stored.add(stage.id)
             except OSError as exc:
                 why = exc.strerror or str(exc)
                 self.warn(f"could not store the outputs of {label} in the cache ({why}); recorded, but not cached")
