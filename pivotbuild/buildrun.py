@@ -12,11 +12,9 @@ from __future__ import annotations
 import datetime
 import os
 import queue
-import shutil
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pivotbuild import runner, snapshot
@@ -27,7 +25,6 @@ from pivotbuild.events import (
     BuildFinished,
     BuildStarted,
     Event,
-    Log,
     Message,
     StageFinished,
     StageStarted,
@@ -43,6 +40,7 @@ from pivotbuild.project import Project
 from pivotbuild.scheduler import Admission, TokenPool, critical_path
 from pivotbuild.seal import Seal
 from pivotbuild.snapshot import DIR, FILE, Snapshot
+from pivotbuild.stagework import run_stage
 from pivotbuild.state import history
 from pivotbuild.state.records import StageRecord
 from pivotbuild.state.store import StateStore
@@ -336,50 +334,20 @@ class BuildRun:
     # -- one stage, in its worker thread ------------------------------------------------
 
     def _work(self, stage: Stage, snap: Snapshot, label: str) -> None:
-        result: runner.RunResult | None = None
-        try:
-            spec = runner.RunSpec(
-                argv=runner.stage_argv(stage.shell, snap.command),
-                cwd=self.root / stage.workdir if stage.workdir else self.root,
-                env={**self.environ, **dict(stage.env), "PIVOT_STAGE": stage.id.label("")},
-                timeout=stage.timeout,
-            )
-            for attempt in range(1, stage.retry + 2):
-                if attempt > 1:
-                    self.events.put(
-                        StageStarted(label, self.started, 0, f"retry {attempt - 1} of {stage.retry}", attempt)
-                    )
-                problem = prepare_outputs(self.root, stage) or _missing_dir(spec.cwd)
-                if problem:
-                    self.events.put(Log(label, "stderr", problem))
-                    result = runner.RunResult(1, None, False, False, (problem,), 0.0)
-                    break
-                result = runner.run(spec, lambda stream, line: self.events.put(Log(label, stream, line)), self.cancel)
-                if result.ok or result.cancelled:
-                    break
-            captured = None
-            if result is not None and result.ok:
-                # Hash (and store) the outputs here, not on the scheduler's thread,
-                # so a large output never holds up starting the next stages.
-                store = not self.options.no_cache and not self.options.no_commit
-                known = self.store.statcache(stage).entries
-                try:
-                    captured = self.outputs.capture(stage, known, store, defer=True)
-                except OSError as exc:
-                    if not store:
-                        raise
-                    why = exc.strerror or str(exc)
-                    text = f"could not store the outputs of {label} in the cache ({why}); recorded, but not cached"
-                    self.events.put(Message(text, "warning"))
-                    captured = self.outputs.capture(stage, known, False)
-        except OSError as exc:
-            text = f"pivotbuild: could not hash or store the outputs: {exc}"
-            result = runner.RunResult(1, None, False, False, (text,), 0.0)
-        except Exception as exc:  # a bug in our own code: fail the stage, keep the build sane
-            text = f"pivotbuild: internal error running this stage: {exc!r}"
-            result = runner.RunResult(1, None, False, False, (text,), 0.0)
-        assert result is not None
-        done = _Done(stage.id, result, captured if result.ok else None)
+        result, captured = run_stage(
+            stage,
+            snap,
+            label,
+            root=self.root,
+            environ=self.environ,
+            outputs=self.outputs,
+            known=self.store.statcache(stage).entries,
+            store=not self.options.no_cache and not self.options.no_commit,
+            cancel=self.cancel,
+            put=self.events.put,
+            started=lambda: self.started,
+        )
+        done = _Done(stage.id, result, captured)
         self.unhandled[stage.id] = done
         self.events.put(done)
 
@@ -523,26 +491,3 @@ class BuildRun:
             history.append(self.root / STATE_DIR, entry)
         except OSError as exc:
             self.engine.emit(Message(f"could not write the build history: {exc.strerror}", "warning"))
-
-
-def _missing_dir(cwd: Path) -> str:
-    return "" if cwd.is_dir() else f"pivotbuild: the stage's directory {cwd} does not exist"
-
-
-def prepare_outputs(root: Path, stage: Stage) -> str:
-    """Remove non-persist outputs (so a stale file cannot pass for a new one) and
-    create their parent directories.  Returns a problem to report, or ""."""
-    for out in stage.outs:
-        path = root / out.path
-        try:
-            if not out.persist and not out.incremental:
-                if path.is_dir() and not path.is_symlink():
-                    shutil.rmtree(path)
-                elif path.exists() or path.is_symlink():
-                    path.unlink()
-            (path if out.is_dir and (out.persist or out.incremental) else path.parent).mkdir(
-                parents=True, exist_ok=True
-            )
-        except OSError as exc:
-            return f"pivotbuild: cannot prepare output {out.path}: {exc.strerror}"
-    return ""

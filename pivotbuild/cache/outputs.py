@@ -172,12 +172,13 @@ class OutputCache:
         what is left, in one wait)."""
         changed = []
         for path, digest in files:
-            written = os.stat(path)
-            if written.st_mtime_ns % 1_000_000_000:  # a fine clock; a coarse one's window is too long to wait
-                wait_ns = max(written.st_mtime_ns, written.st_ctime_ns) + FINE_WINDOW_NS - time.time_ns()
+            before = os.stat(path)
+            if before.st_mtime_ns % 1_000_000_000:  # a fine clock; a coarse one's window is too long to wait
+                wait_ns = max(before.st_mtime_ns, before.st_ctime_ns) + FINE_WINDOW_NS - time.time_ns()
                 if 0 < wait_ns <= FINE_WINDOW_NS:
                     pause(wait_ns / 1e9)
-            before, started = os.stat(path), time.time_ns()
+                    before = os.stat(path)  # as it is after the wait
+            started = time.time_ns()
             actual = self.cache.ingest(path)
             if actual != digest:
                 changed.append(path)

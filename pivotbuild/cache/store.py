@@ -122,18 +122,7 @@ class Cache:
                 if len(data) <= size:
                     while len(data) < size and (more := os.read(fd, size - len(data))):
                         data += more
-                    digest = hash_bytes(data)
-                    if not self.has(digest):
-                        dest = self.path_of(digest)
-                        self._ensure_dir(dest.parent)
-                        tmp = self._tmp_name(dest)
-                        try:
-                            _write_new(tmp, data)
-                            os.replace(tmp, dest)
-                        finally:
-                            with contextlib.suppress(FileNotFoundError):
-                                os.unlink(tmp)
-                    return digest
+                    return self.store_bytes(data)
                 os.lseek(fd, 0, os.SEEK_SET)
             self._ensure_dir(self.objects)
             tmp = self._tmp_name(self.objects / "x")

@@ -1,0 +1,107 @@
+"""One stage, in a worker thread: prepare its outputs, run its command (with
+retries), then hash its outputs and hand them to the cache.
+
+Nothing here touches the build's shared state: events go out through `put`,
+the stage's stat-cache entries are only read, and the result is returned for
+the scheduling loop (buildrun.py) to record.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from pivotbuild import runner
+from pivotbuild.cache.outputs import Captured, OutputCache
+from pivotbuild.events import Event, Log, Message, StageStarted
+from pivotbuild.model import Stage
+from pivotbuild.snapshot import Snapshot
+from pivotbuild.state.statcache import StatEntry
+
+
+def run_stage(
+    stage: Stage,
+    snap: Snapshot,
+    label: str,
+    *,
+    root: Path,
+    environ: Mapping[str, str],
+    outputs: OutputCache,
+    known: Mapping[str, StatEntry],
+    store: bool,
+    cancel: threading.Event,
+    put: Callable[[Event], None],
+    started: Callable[[], int],
+) -> tuple[runner.RunResult, Captured | None]:
+    """Run `stage` to its result; on success, its outputs hashed (and, with
+    `store`, on their way into the cache).  `started()` numbers a retry's
+    event.  Never raises: an error of ours fails the stage."""
+    result: runner.RunResult | None = None
+    captured = None
+    try:
+        spec = runner.RunSpec(
+            argv=runner.stage_argv(stage.shell, snap.command),
+            cwd=root / stage.workdir if stage.workdir else root,
+            env={**environ, **dict(stage.env), "PIVOT_STAGE": stage.id.label("")},
+            timeout=stage.timeout,
+        )
+        for attempt in range(1, stage.retry + 2):
+            if attempt > 1:
+                put(StageStarted(label, started(), 0, f"retry {attempt - 1} of {stage.retry}", attempt))
+            problem = prepare_outputs(root, stage) or _missing_dir(spec.cwd)
+            if problem:
+                put(Log(label, "stderr", problem))
+                result = runner.RunResult(1, None, False, False, (problem,), 0.0)
+                break
+            result = runner.run(spec, lambda stream, line: put(Log(label, stream, line)), cancel)
+            if result.ok or result.cancelled:
+                break
+        if result is not None and result.ok:
+            # Hash the outputs here, not on the scheduler's thread, so a large
+            # output never holds up starting the next stages.
+            try:
+                captured = outputs.capture(stage, known, store, defer=True)
+            except OSError as exc:
+                if not store:
+                    raise
+                why = exc.strerror or str(exc)
+                put(
+                    Message(
+                        f"could not store the outputs of {label} in the cache ({why}); recorded, but not cached",
+                        "warning",
+                    )
+                )
+                captured = outputs.capture(stage, known, False)
+    except OSError as exc:
+        text = f"pivotbuild: could not hash or store the outputs: {exc}"
+        result = runner.RunResult(1, None, False, False, (text,), 0.0)
+    except Exception as exc:  # a bug in our own code: fail the stage, keep the build sane
+        text = f"pivotbuild: internal error running this stage: {exc!r}"
+        result = runner.RunResult(1, None, False, False, (text,), 0.0)
+    assert result is not None
+    return result, captured if result.ok else None
+
+
+def _missing_dir(cwd: Path) -> str:
+    return "" if cwd.is_dir() else f"pivotbuild: the stage's directory {cwd} does not exist"
+
+
+def prepare_outputs(root: Path, stage: Stage) -> str:
+    """Remove non-persist outputs (so a stale file cannot pass for a new one) and
+    create their parent directories.  Returns a problem to report, or ""."""
+    for out in stage.outs:
+        path = root / out.path
+        try:
+            if not out.persist and not out.incremental:
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                elif path.exists() or path.is_symlink():
+                    path.unlink()
+            (path if out.is_dir and (out.persist or out.incremental) else path.parent).mkdir(
+                parents=True, exist_ok=True
+            )
+        except OSError as exc:
+            return f"pivotbuild: cannot prepare output {out.path}: {exc.strerror}"
+    return ""
