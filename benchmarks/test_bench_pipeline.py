@@ -184,13 +184,13 @@ def test_noop_fast_path(
     capsys: pytest.CaptureFixture[str],
     size: str,
 ) -> None:
-    """The fast path in-process (pivotbuild.quick.try_noop): plan, seal, stat."""
-    from pivotbuild.quick import try_noop
+    """The fast path in-process (pivotbuild.quick.try_fast): plan, seal, stat."""
+    from pivotbuild.quick import try_fast
 
     root = projects(request, "built", size)
     width, depth = SIZES[size]
     monkeypatch.chdir(root)
-    assert benchmark(try_noop, ["-s"]) == 0
+    assert benchmark(try_fast, ["-s"]) == 0
     lines = capsys.readouterr().err.splitlines()
     assert lines and all(
         line.startswith(f"pivotbuild: 0 ran, {width * depth} up to date, 0 restored, 0 failed in ") for line in lines

@@ -239,7 +239,7 @@ class BuildRun:
             stage = self.graph.stages[sid]
             forced = self.options.always_make and sid in self.targets
             self._state(sid, State.PREPARING)
-            if not forced and self.seal is not None and self.seal.holds([self.graph.index_of(sid)]):
+            if not forced and self._sealed(sid):
                 self.sealed_skips.add(sid)
                 self._finish(sid, StageFinished(self.graph.label(sid), Status.SKIPPED, UP_TO_DATE, 0.0))
                 continue
@@ -252,6 +252,16 @@ class BuildRun:
             else:
                 self._heal(stage)
                 self._finish(sid, StageFinished(self.graph.label(sid), Status.SKIPPED, decision.reason, 0.0))
+
+    def _sealed(self, sid: StageId) -> bool:
+        """Up to date by the seal alone.  Not asked once an upstream stage ran or
+        was restored in this build: that rewrote inputs the seal's answer (checked
+        once, possibly before the build began) predates."""
+        if self.seal is None:
+            return False
+        if any(self.status.get(u) in (Status.RAN, Status.RESTORED) for u in self.after[sid]):
+            return False
+        return self.seal.holds([self.graph.index_of(sid)])
 
     def _heal(self, stage: Stage) -> None:
         """An up-to-date stage whose outputs the cache lacks (a build killed or

@@ -45,6 +45,17 @@ class MissingInputs(PivotError):
     """Deps that no stage writes and that do not exist."""
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Preloaded:
+    """What the fast path (quick.py) already read for a build: the project and
+    graph restored from a fresh compiled plan, and the seal it checked stamps
+    against (re-checked against the lockfiles once the project is locked)."""
+
+    project: Project
+    graph: BuildGraph
+    seal: Seal | None
+
+
 class Engine:
     def __init__(self, reporter: Reporter) -> None:
         self.reporter = reporter
@@ -57,14 +68,27 @@ class Engine:
         targets = selected(project, graph, options.targets)
         return project, graph, targets
 
-    def build(self, options: BuildOptions, cancel: threading.Event | None = None) -> int:
+    def build(
+        self, options: BuildOptions, cancel: threading.Event | None = None, preloaded: Preloaded | None = None
+    ) -> int:
         """Bring the targets up to date.  Returns the exit status (0, 1 or 130)."""
-        project, graph, targets = self.load(options)
+        if preloaded is None:
+            project, graph, targets = self.load(options)
+        else:
+            project, graph = preloaded.project, preloaded.graph
+            targets = selected(project, graph, options.targets)
         closure = graph.upstream(targets)
-        check_sources(project, graph, closure)
+        if preloaded is None:
+            check_sources(project, graph, closure)
         check_runnable(graph, closure)
         with self.state(project, options) as store:
-            sealed = open_seal(project, store)
+            if preloaded is None:
+                sealed = open_seal(project, store)
+            else:
+                sealed = preloaded.seal if preloaded.seal is not None and preloaded.seal.state_unchanged() else None
+                # A sealed stage's deps were all there when its stamps were checked.
+                unsealed = [s for s in closure if sealed is None or not sealed.holds([graph.index_of(s)])]
+                check_sources(project, graph, unsealed)
             if options.dry_run or options.question:
                 plan = self._plan(
                     graph, closure=closure, targets=set(targets), store=store, options=options, sealed=sealed
@@ -231,13 +255,11 @@ def decide_stage(stage: Stage, store: StateStore, root: Path, forced: bool) -> t
 
 def check_sources(project: Project, graph: BuildGraph, closure: list[StageId]) -> None:
     """Raise MissingInputs naming every dep of `closure` that nothing writes and that is absent."""
-    wanted = set(closure)
     problems = []
-    for missing in graph.missing_sources(lambda p: os.path.lexists(project.root / p)):
-        users = [s for s in missing.needed_by if s in wanted]
-        if users:
-            names = ", ".join(graph.label(s) for s in users)
-            problems.append(f"'{missing.path}' does not exist and no stage writes it (needed by {names})")
+    root = str(project.root)
+    for missing in graph.missing_sources(lambda p: os.path.lexists(os.path.join(root, p)), among=closure):
+        names = ", ".join(graph.label(s) for s in missing.needed_by)
+        problems.append(f"'{missing.path}' does not exist and no stage writes it (needed by {names})")
     if problems:
         raise MissingInputs("\n".join([*problems[:-1], problems[-1] + "; create it or fix the deps"]))
 
@@ -250,4 +272,4 @@ def check_runnable(graph: BuildGraph, closure: list[StageId]) -> None:
         )
 
 
-__all__ = ["EXIT_FAILED", "EXIT_OK", "Engine", "Interrupted", "MissingInputs"]
+__all__ = ["EXIT_FAILED", "EXIT_OK", "Engine", "Interrupted", "MissingInputs", "Preloaded"]

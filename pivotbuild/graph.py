@@ -281,10 +281,16 @@ class BuildGraph:
         """(upstream, downstream) pairs, in build order."""
         return [(u, s) for s in self._order for u in self._preds[s]]
 
-    def missing_sources(self, exists: Callable[[str], bool]) -> list[MissingDep]:
-        """Deps that no stage produces and that `exists` says are absent (globs excluded)."""
+    def missing_sources(
+        self, exists: Callable[[str], bool], among: Iterable[StageId] | None = None
+    ) -> list[MissingDep]:
+        """Deps (of the stages `among`, default all) that no stage produces and
+        that `exists` says are absent (globs excluded)."""
         needed: dict[str, list[StageId]] = {}
+        wanted = None if among is None else set(among)
         for sid, stage in self.stages.items():
+            if wanted is not None and sid not in wanted:
+                continue
             for dep in stage.deps:
                 if not dep.is_glob:
                     needed.setdefault(dep.path, []).append(sid)

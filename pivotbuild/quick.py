@@ -1,16 +1,19 @@
-"""The no-op fast path: `pivotbuild` with nothing to do, answered by `stat` alone.
+"""The fast path for plain builds: no click, and for a no-op nothing but `stat`.
 
-Before the command line proper (click, the engine, the reporters) is even
-imported, a plain build invocation is checked against the compiled plan and
-the up-to-date seal: if the plan is fresh and every stage the targets need is
-sealed with unchanged stamps, the build would run nothing, so this prints what
-that build would print and exits 0.  Anything else (an option this parser
-does not know, a target that is a pattern or a path, a stale plan, one stamp
-that differs) returns None and the ordinary path runs, deciding for real.
+Before the command line proper (click, the reporters) is even imported, a
+plain build invocation is checked against the compiled plan and the
+up-to-date seal.  If the plan is fresh and every stage the targets need is
+sealed with unchanged stamps, the build would run nothing, so this prints
+what that build would print and exits 0.  If the plan is fresh but some
+stage is not sealed, the build runs from here (cli/direct.py) with the plan
+and the seal already read and checked, without click.  Anything else (an
+option this parser does not know, a target that is a pattern or a path, a
+stale plan) returns None and the ordinary command line runs.
 
 This is an optimisation that must never change an answer: it only ever says
-"up to date" when the seal proves it (see seal.py), and it prints exactly the
-summary the ordinary build prints for a no-op.
+"up to date" when the seal proves it (see seal.py), it prints exactly the
+summary the ordinary build prints for a no-op, and a build it runs is the
+engine's ordinary build with the same options.
 """
 
 from __future__ import annotations
@@ -21,8 +24,22 @@ import sys
 import time
 from pathlib import Path
 
-# Flags that do not change what a no-op build prints or does (beyond -q and -s).
-_PLAIN_FLAGS = {"-k", "--keep-going", "--no-cache", "--no-wait"}
+TYPE_CHECKING = False  # not typing's: this path does not import typing
+if TYPE_CHECKING:
+    from pivotbuild.plan import Loaded
+    from pivotbuild.seal import Seal
+
+# Flags without a value, and the option each sets.
+_FLAGS = {
+    "-k": "keep_going",
+    "--keep-going": "keep_going",
+    "--no-cache": "no_cache",
+    "--no-wait": "no_wait",
+    "-s": "quiet",
+    "--quiet": "quiet",
+    "-q": "question",
+    "--question": "question",
+}
 _ASSIGN = re.compile(r"([A-Za-z_][A-Za-z0-9_.-]*)=(.*)", re.S)  # as cli/build.py reads NAME=VALUE
 _VALUE_FLAGS = {"-j", "--jobs", "-l", "--load-average", "-C", "--directory", "-f", "--file"}
 
@@ -33,6 +50,11 @@ class _Args:
     def __init__(self) -> None:
         self.quiet = False
         self.question = False
+        self.keep_going = False
+        self.no_cache = False
+        self.no_wait = False
+        self.jobs: int | None = None
+        self.load_average: float | None = None
         self.directories: list[str] = []
         self.file: str | None = None
         self.targets: list[str] = []
@@ -58,12 +80,8 @@ def _parse(argv: list[str]) -> _Args | None:
                 inline = argv[i]
             if not _value_ok(name, inline, args):
                 return None
-        elif arg in _PLAIN_FLAGS:
-            pass
-        elif arg in ("-s", "--quiet"):
-            args.quiet = True
-        elif arg in ("-q", "--question"):
-            args.question = True
+        elif arg in _FLAGS:
+            setattr(args, _FLAGS[arg], True)
         elif arg.startswith("-") or (not args.targets and not args.overrides and arg in COMMANDS):
             return None  # anything else: a subcommand, -n, -B, -v, --json, --help, combined flags...
         elif m := _ASSIGN.fullmatch(arg):
@@ -76,12 +94,16 @@ def _parse(argv: list[str]) -> _Args | None:
 
 def _value_ok(name: str, value: str, args: _Args) -> bool:
     if name in ("-j", "--jobs"):
-        return value.isdigit() and int(value) >= 1
+        if not (value.isascii() and value.isdigit() and int(value) >= 1):
+            return False
+        args.jobs = int(value)
+        return True
     if name in ("-l", "--load-average"):
         try:
-            return float(value) > 0
+            args.load_average = float(value)
         except ValueError:
             return False
+        return args.load_average > 0
     if name in ("-C", "--directory"):
         args.directories.append(value)
         return True
@@ -89,29 +111,47 @@ def _value_ok(name: str, value: str, args: _Args) -> bool:
     return True
 
 
-def try_noop(argv: list[str]) -> int | None:
-    """Exit status of a build that is provably a no-op, having printed what it
-    prints; None if the ordinary path must run."""
+def try_fast(argv: list[str]) -> int | None:
+    """Exit status of a plain build run on the fast path, having printed what it
+    prints; None if the ordinary command line must run."""
     start = time.monotonic()
     args = _parse(argv)
     if args is None:
         return None
     try:
-        found = _check(args)
+        checked = _check(args)
     except (OSError, ValueError, KeyError, IndexError, TypeError):
         return None
-    if found is None:
+    if checked is None:
         return None
-    state_dir, skipped = found
+    if not checked.noop:
+        from pivotbuild.cli.direct import build
+
+        return build(argv, args, checked)
     if args.question:
         return 0
+    skipped = len(checked.closure)
     _print_summary(skipped, time.monotonic() - start)
-    _remember(state_dir, args.targets, skipped, time.monotonic() - start)
+    _remember(Path(checked.loaded.index.root) / ".pivot", args.targets, skipped, time.monotonic() - start)
     return 0
 
 
-def _check(args: _Args) -> tuple[Path, int] | None:
-    """(the root's state directory, the number of stages) if the build is a no-op."""
+class Checked:
+    """What `_check` found: the plan (fresh), the stages the targets need, the
+    seal (None if there is none, or it no longer matches the lockfiles), and
+    whether it proves every one of them up to date."""
+
+    def __init__(self, main_file: Path, loaded: Loaded, closure: list[int], sealed: Seal | None, noop: bool) -> None:
+        self.main_file = main_file
+        self.loaded = loaded
+        self.closure = closure
+        self.sealed = sealed
+        self.noop = noop
+
+
+def _check(args: _Args) -> Checked | None:
+    """What the fast path needs to know, if the plan is fresh and the targets
+    are stage names; else None."""
     from pivotbuild import plan, seal
 
     cwd = Path.cwd()
@@ -133,12 +173,12 @@ def _check(args: _Args) -> tuple[Path, int] | None:
     if chosen is None:
         return None
     closure = _closure(index, chosen)
-    if any(index.stages[i][4] for i in closure):  # always: yes
-        return None
     sealed = seal.read(main_file.parent, index.plan_id)
-    if sealed is None or not sealed.state_unchanged() or not sealed.holds(closure):
-        return None
-    return Path(index.root) / ".pivot", len(closure)
+    if sealed is not None and not sealed.state_unchanged():
+        sealed = None
+    always = any(index.stages[i][4] for i in closure)  # an `always` stage is never up to date
+    noop = sealed is not None and not always and sealed.holds(closure)
+    return Checked(main_file, loaded, closure, sealed, noop)
 
 
 def _select(index: object, targets: list[str]) -> list[int] | None:

@@ -78,6 +78,8 @@ class Seal:
         # A path may be sealed with different stamps by different stages (one
         # carried from an earlier build, one sealed now): key by both.
         self._at = {(p, st): k for k, (p, st) in enumerate(zip(self.paths, self.stamps, strict=True))}
+        self._verdicts: dict[int, bool] = {}  # stage index -> holds, as first checked
+        self._matched: dict[int, bool] = {}  # path index -> stamp unchanged, as first statted
 
     # -- checking -----------------------------------------------------------------
 
@@ -98,26 +100,42 @@ class Seal:
         return True
 
     def holds(self, stages: Iterable[int]) -> bool:
-        """Is every one of `stages` sealed, with every stamp unchanged?"""
-        wanted: set[int] = set()
+        """Is every one of `stages` sealed, with every stamp unchanged?
+
+        Each path is statted once per Seal and each stage checked once: a
+        Seal read for one build answers for the moment it was asked, so a
+        stage whose inputs this build rewrites (an upstream stage ran) must
+        not be asked after that (BuildRun decides it the ordinary way)."""
+        verdicts = self._verdicts
         for i in stages:
-            own = self.stages.get(i)
-            if own is None:
-                return False
-            wanted.update(own)
-        paths, stamps = self.paths, self.stamps
-        for j in wanted:
-            try:
-                st = os.stat(paths[j])
-            except (FileNotFoundError, NotADirectoryError):
-                if stamps[j] is not None:
-                    return False
-                continue
-            except OSError:
-                return False
-            if stamps[j] != (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns):
+            held = verdicts.get(i)
+            if held is None:
+                held = verdicts[i] = self._check(i)
+            if not held:
                 return False
         return True
+
+    def _check(self, i: int) -> bool:
+        own = self.stages.get(i)
+        if own is None:
+            return False
+        matched = self._matched
+        for j in own:
+            same = matched.get(j)
+            if same is None:
+                same = matched[j] = self._unchanged(j)
+            if not same:
+                return False
+        return True
+
+    def _unchanged(self, j: int) -> bool:
+        try:
+            st = os.stat(self.paths[j])
+        except (FileNotFoundError, NotADirectoryError):
+            return self.stamps[j] is None
+        except OSError:
+            return False
+        return self.stamps[j] == (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
 
     # -- writing ------------------------------------------------------------------
 

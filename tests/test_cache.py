@@ -310,7 +310,7 @@ def test_in_hardlink_mode_outputs_are_stored_by_link_not_copied(project: Project
 stage make:
     deps: in.txt
     outs: out.txt
-    run: cat in.txt > $@
+    run: cat in.txt in.txt > $@
 stage tool:
     deps: in.txt
     outs: tool.sh
@@ -321,7 +321,7 @@ stage log:
     run: cat in.txt >> $@
 """
     )
-    project.write("in.txt", "one\n")
+    project.write("in.txt", "one\n")  # (out.txt doubles it: log.txt's copy must not be its object first)
     assert project.run().code == 0
     cache = Cache(project.root / ".pivot/cache")
     out = project.root / "out.txt"
@@ -340,8 +340,8 @@ stage log:
     # A new input reruns the stage over the read-only output; the old object survives.
     project.write("in.txt", "two\n")
     assert project.run().code == 0
-    assert out.read_text() == "two\n"
-    assert first.read_text() == "one\n" and hash_file(first) == first.parent.name + first.name
+    assert out.read_text() == "two\ntwo\n"
+    assert first.read_text() == "one\none\n" and hash_file(first) == first.parent.name + first.name
     assert log.read_text() == "one\ntwo\n"
     # And the old version comes back from the run cache by link.
     project.write("in.txt", "one\n")

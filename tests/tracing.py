@@ -1,7 +1,8 @@
-"""Helpers shared by the end-to-end tests of the compiled plan and the no-op
-fast path: run the real `pivotbuild` under `python -X importtime`, which tells,
-without timing anything, whether the fast path answered (it imports none of
-lark, networkx, click or rich) and whether the Pivotfiles were parsed."""
+"""Helpers shared by the end-to-end tests of the compiled plan and the fast
+path: run the real `pivotbuild` under `python -X importtime`, which tells,
+without timing anything, whether the no-op fast path answered (it imports
+neither the engine nor any of lark, networkx, click or rich), whether a build
+ran without click, and whether the Pivotfiles were parsed."""
 
 from __future__ import annotations
 
@@ -28,10 +29,17 @@ class Traced:
     out: str
     err: str  # stderr without the import-time lines
     imported: frozenset[str]  # top-level packages imported
+    modules: frozenset[str] = frozenset()  # every module imported, by its full name
 
     @property
     def fast(self) -> bool:
-        return not self.imported & HEAVY
+        """The no-op fast path answered: nothing was decided by the engine."""
+        return not self.imported & HEAVY and "pivotbuild.engine" not in self.modules
+
+    @property
+    def decided(self) -> bool:
+        """The engine ran (whether or not click parsed the command line)."""
+        return "pivotbuild.engine" in self.modules
 
     @property
     def parsed(self) -> bool:
@@ -52,16 +60,17 @@ def traced(p: Project, *args: str, cwd: Path | None = None) -> Traced:
         check=False,
     )
     kept: list[str] = []
-    imported: set[str] = set()
+    modules: set[str] = set()
     for line in proc.stderr.splitlines(keepends=True):
         if line.startswith("import time:"):
             name = line.rsplit("|", 1)[1].strip()
             if name != "imported package":
-                imported.add(name.split(".")[0])
+                modules.add(name)
         else:
             kept.append(line)
-    assert imported, "no -X importtime lines: the test cannot tell which path ran"
-    return Traced(proc.returncode, proc.stdout, "".join(kept), frozenset(imported))
+    assert modules, "no -X importtime lines: the test cannot tell which path ran"
+    imported = frozenset(m.split(".")[0] for m in modules)
+    return Traced(proc.returncode, proc.stdout, "".join(kept), imported, frozenset(modules))
 
 
 def build(p: Project, *args: str, cwd: Path | None = None) -> Traced:

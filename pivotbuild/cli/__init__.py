@@ -1,8 +1,8 @@
 """The `pivotbuild` command: flags in, calls into the core, exit codes out.
 
-`main` first offers the invocation to the no-op fast path (quick.py), which
-imports almost nothing; only if that cannot answer is the click command line
-imported and run.
+`main` first offers the invocation to the fast path (quick.py), which answers
+a no-op with almost no imports and runs a plain build without click; only if
+that cannot answer is the click command line imported and run.
 """
 
 from __future__ import annotations
@@ -39,9 +39,9 @@ def _main(argv: Sequence[str] | None) -> int:
             file=sys.stderr,
         )
         return 2
-    from pivotbuild.quick import try_noop
+    from pivotbuild.quick import try_fast
 
-    code = try_noop(args)
+    code = try_fast(args)
     if code is not None:
         return code
     from pivotbuild.cli.main import main as full

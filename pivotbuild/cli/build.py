@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
-import signal
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import click
 
 from pivotbuild.cli.common import pivotfile_arg, project_options
+from pivotbuild.cli.running import make_reporter, terminate_as_interrupt
 from pivotbuild.errors import UsageError
-from pivotbuild.events import Reporter
 from pivotbuild.options import BuildOptions
 
 _ASSIGN = re.compile(r"([A-Za-z_][A-Za-z0-9_.-]*)=(.*)", re.S)
@@ -77,34 +72,6 @@ def repro(ctx: click.Context, /, args: tuple[str, ...], **flags: object) -> int:
             return Engine(reporter).build(options)
         finally:
             reporter.close()
-
-
-def make_reporter(options: BuildOptions) -> Reporter:
-    if options.json:
-        from pivotbuild.report.jsonl import JsonReporter
-
-        return JsonReporter(sys.stdout, sys.stderr)
-    if sys.stdout.isatty() and os.environ.get("TERM", "") != "dumb" and not options.verbose:
-        from pivotbuild.report.live import LiveReporter
-
-        return LiveReporter(sys.stdout, sys.stderr, quiet=options.quiet, explain=options.explain)
-    from pivotbuild.report.plain import PlainReporter
-
-    return PlainReporter(sys.stdout, sys.stderr, quiet=options.quiet, verbose=options.verbose, explain=options.explain)
-
-
-@contextlib.contextmanager
-def terminate_as_interrupt() -> Iterator[None]:
-    """SIGTERM stops a build the way Ctrl-C does: stages killed, results kept, exit 130."""
-
-    def handler(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def build_options(ctx: click.Context, args: tuple[str, ...], flags: dict[str, object]) -> BuildOptions:

@@ -22,21 +22,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         result = cli.main(args=args, prog_name="pivotbuild", standalone_mode=False)
-    except click.exceptions.Exit as exc:
+    except (Exception, KeyboardInterrupt) as exc:
+        return exit_status(exc, args)
+    return int(result or 0)
+
+
+def exit_status(exc: Exception | KeyboardInterrupt, args: list[str]) -> int:
+    """Say what an exception out of a command means, and return its exit status.
+    (Also used by the click-free build path, cli/direct.py.)"""
+    if isinstance(exc, click.exceptions.Exit):
         return int(exc.exit_code)
-    except click.ClickException as exc:
+    if isinstance(exc, click.ClickException):
         return _usage_error(exc, args)
-    except (KeyboardInterrupt, click.exceptions.Abort):
+    if isinstance(exc, (KeyboardInterrupt, click.exceptions.Abort)):
         click.echo("pivotbuild: interrupted", err=True)
         return EXIT_INTERRUPTED
-    except PivotError as exc:
+    if isinstance(exc, PivotError):
         report_error(exc)
         return exc.exit_code
-    except BrokenPipeError:
+    if isinstance(exc, BrokenPipeError):
         return EXIT_FAILED
-    except Exception:  # a bug: say so, keep the traceback for the report
-        return _crash(args)
-    return int(result or 0)
+    return _crash(args, exc)  # a bug: say so, keep the traceback for the report
 
 
 def report_error(exc: PivotError) -> None:
@@ -56,8 +62,8 @@ def _usage_error(exc: click.ClickException, args: list[str]) -> int:
     return EXIT_USAGE
 
 
-def _crash(args: list[str]) -> int:
-    text = traceback.format_exc()
+def _crash(args: list[str], exc: BaseException) -> int:
+    text = "".join(traceback.format_exception(exc))
     log = _crash_log_path()
     stamp = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     try:

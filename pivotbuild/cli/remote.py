@@ -9,8 +9,9 @@ from pathlib import Path
 
 import click
 
-from pivotbuild.cli.build import make_reporter, split_args
+from pivotbuild.cli.build import split_args
 from pivotbuild.cli.common import pivotfile_arg, project_options
+from pivotbuild.cli.running import make_reporter
 from pivotbuild.options import BuildOptions
 from pivotbuild.paths import find_root
 

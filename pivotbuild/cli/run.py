@@ -6,8 +6,9 @@ from pathlib import Path
 
 import click
 
-from pivotbuild.cli.build import make_reporter, split_args, terminate_as_interrupt
+from pivotbuild.cli.build import split_args
 from pivotbuild.cli.common import pivotfile_arg, project_options
+from pivotbuild.cli.running import make_reporter, terminate_as_interrupt
 from pivotbuild.options import BuildOptions
 
 

@@ -7,8 +7,9 @@ import sys
 
 import click
 
-from pivotbuild.cli.build import make_reporter, split_args
+from pivotbuild.cli.build import split_args
 from pivotbuild.cli.common import pivotfile_arg, project_options
+from pivotbuild.cli.running import make_reporter
 from pivotbuild.options import BuildOptions
 
 _CTX = {"help_option_names": ["-h", "--help"]}

@@ -1,0 +1,42 @@
+"""What running a build needs from the command line besides click: the
+reporter its options ask for, and SIGTERM treated as Ctrl-C.  (No click here:
+quick.py runs plain builds without importing it.)"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+from collections.abc import Iterator
+
+from pivotbuild.events import Reporter
+from pivotbuild.options import BuildOptions
+
+
+def make_reporter(options: BuildOptions) -> Reporter:
+    if options.json:
+        from pivotbuild.report.jsonl import JsonReporter
+
+        return JsonReporter(sys.stdout, sys.stderr)
+    if sys.stdout.isatty() and os.environ.get("TERM", "") != "dumb" and not options.verbose:
+        from pivotbuild.report.live import LiveReporter
+
+        return LiveReporter(sys.stdout, sys.stderr, quiet=options.quiet, explain=options.explain)
+    from pivotbuild.report.plain import PlainReporter
+
+    return PlainReporter(sys.stdout, sys.stderr, quiet=options.quiet, verbose=options.verbose, explain=options.explain)
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM stops a build the way Ctrl-C does: stages killed, results kept, exit 130."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -1,0 +1,210 @@
+"""Plain builds with work to do, run from the fast path without click
+(quick.py -> cli/direct.py), end to end: the real `pivotbuild` in temporary
+projects.  Which path ran is seen without timing, under `python -X importtime`:
+the direct path imports the engine but not click.  Each behaviour is compared
+with the same build through click (`pivotbuild repro ...`, which the fast path
+never takes), so the two paths cannot drift apart."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import Project
+from test_build_crash import background_build, hung_pid
+from tracing import Traced, assert_fast, build, counts, read, runs, traced
+
+DURATION = re.compile(r" in \d+(\.\d+)?s$", re.M)
+
+CHAIN = """
+stage a:
+    deps: in.txt
+    outs: build/a.txt
+    run: cp $< $@; echo a >> runs.log
+
+stage b:
+    deps: build/a.txt
+    outs: b.txt
+    run: tr a-z A-Z < $< > $@; echo b >> runs.log
+
+stage c:
+    deps: other.txt
+    outs: c.txt
+    run: grep -q good $< && cp $< $@; echo c >> runs.log
+"""
+
+
+def assert_direct(r: Traced, *, error: bool = False) -> None:
+    """The build ran from the fast path: the engine decided, click's command tree
+    was never built, and (unless there was an error to report) click was not imported."""
+    assert "Traceback" not in r.err, r.err
+    assert r.decided and "pivotbuild.cli.direct" in r.modules, r
+    assert "pivotbuild.cli.app" not in r.modules, f"the command line went through click: {r}"
+    if not error:
+        assert "click" not in r.imported, r
+
+
+def assert_click(r: Traced) -> None:
+    assert "Traceback" not in r.err, r.err
+    assert "click" in r.imported, r
+
+
+def same_output(a: Traced, b: Traced) -> None:
+    assert a.code == b.code, (a, b)
+    assert a.out == b.out
+    assert DURATION.sub(" in Ns", a.err) == DURATION.sub(" in Ns", b.err)
+
+
+@pytest.fixture
+def chain(project: Project) -> Project:
+    project.pivotfile(CHAIN)
+    project.write("in.txt", "hello\n")
+    project.write("other.txt", "good\n")
+    build(project)  # compiles the plan and seals every stage
+    (project.root / "runs.log").unlink()
+    return project
+
+
+def test_an_edit_reruns_the_stage_and_its_dependents_without_click(chain: Project) -> None:
+    chain.write("in.txt", "changed\n")
+    r = traced(chain, "-s")
+    assert_direct(r)
+    assert counts(r.err) == (2, 1, 0, 0)
+    # b was sealed before the build began; its input changed under it, so it ran.
+    assert runs(chain) == ["a", "b"]
+    assert read(chain, "b.txt") == "CHANGED\n"
+    assert_fast(traced(chain))  # and the build sealed the result
+
+
+def test_a_sealed_stage_declared_before_its_upstream_still_sees_the_upstream_rerun(project: Project) -> None:
+    """The fast path checks the seal in declaration order before the build, so
+    `down` is found sealed before `up` is found stale; once `up` has run, that
+    answer is out of date and `down` must be decided again."""
+    project.pivotfile(
+        """
+        stage down:
+            deps: mid.txt
+            outs: down.txt
+            run: tr a-z A-Z < $< > $@
+
+        stage up:
+            deps: in.txt
+            outs: mid.txt
+            run: cp $< $@
+        """
+    )
+    project.write("in.txt", "one\n")
+    build(project)
+    assert_fast(traced(project))
+    project.write("in.txt", "two\n")
+    r = traced(project, "-s")
+    assert_direct(r)
+    assert counts(r.err) == (2, 0, 0, 0)
+    assert read(project, "down.txt") == "TWO\n"
+
+
+def test_the_direct_path_prints_what_the_click_path_prints(chain: Project) -> None:
+    for args in [(), ("-s",), ("b",), ("-j1", "-k")]:
+        chain.write("in.txt", f"through click {args}\n")
+        through_click = traced(chain, "repro", *args)
+        assert_click(through_click)
+        chain.write("in.txt", f"direct {args}\n")
+        direct = traced(chain, *args)
+        assert_direct(direct)
+        same_output(direct, through_click)
+
+
+def test_a_failing_stage_exits_1_with_the_same_report(chain: Project) -> None:
+    chain.write("other.txt", "bad\n")
+    through_click = traced(chain, "repro", "c")
+    assert through_click.code == 1
+    chain.write("other.txt", "worse\n")
+    direct = traced(chain, "c")
+    assert_direct(direct)
+    same_output(direct, through_click)
+    assert "c" in direct.err and "failed" in direct.err
+
+
+def test_a_missing_source_is_the_same_clear_error(chain: Project) -> None:
+    (chain.root / "in.txt").unlink()
+    through_click = traced(chain, "repro")
+    direct = traced(chain)
+    assert_direct(direct, error=True)
+    same_output(direct, through_click)
+    assert direct.code == 2
+    assert "'in.txt' does not exist and no stage writes it (needed by a)" in direct.err
+    assert runs(chain) == []
+
+
+def test_question_mode_exits_1_and_runs_nothing(chain: Project) -> None:
+    chain.write("in.txt", "changed\n")
+    r = traced(chain, "-q")
+    assert_direct(r)
+    assert r.code == 1
+    assert runs(chain) == []
+    assert build(chain).code == 0
+    assert_fast(q := traced(chain, "-q"))
+    assert q.code == 0
+
+
+def test_directory_and_file_options(chain: Project, tmp_path: Path) -> None:
+    chain.write("in.txt", "from outside\n")
+    r = traced(chain, "-C", str(chain.root), "-s", cwd=tmp_path)
+    assert_direct(r)
+    assert counts(r.err) == (2, 1, 0, 0)
+    assert read(chain, "b.txt") == "FROM OUTSIDE\n"
+    chain.write("in.txt", "by file\n")
+    r = traced(chain, "-f", str(chain.root / "Pivotfile"), "b", cwd=tmp_path)
+    assert_direct(r)
+    assert read(chain, "b.txt") == "BY FILE\n"
+
+
+def test_no_cache_stores_nothing(chain: Project) -> None:
+    objects = chain.root / ".pivot" / "cache" / "objects"
+    before = {p for p in objects.rglob("*") if p.is_file()}
+    chain.write("in.txt", "not to be cached\n")
+    r = traced(chain, "--no-cache", "-s")
+    assert_direct(r)
+    assert counts(r.err) == (2, 1, 0, 0)
+    assert {p for p in objects.rglob("*") if p.is_file()} == before
+    chain.write("in.txt", "cached\n")
+    assert_direct(traced(chain, "-s"))
+    assert {p for p in objects.rglob("*") if p.is_file()} > before
+
+
+def test_sigterm_stops_a_direct_build_with_130(project: Project, tmp_path: Path) -> None:
+    project.pivotfile(
+        """
+        stage a:
+            deps: in.txt
+            outs: a.txt
+            run: cp $< $@
+
+        stage b:
+            deps: a.txt
+            outs: b.txt
+            run: if grep -q hang a.txt; then sleep 60 & echo $! > b.pid; wait; fi; cp $< $@
+        """
+    )
+    project.write("in.txt", "fine\n")
+    assert build(project).code == 0
+    project.write("in.txt", "hang\n")
+    with background_build(project, tmp_path, "-j1") as proc:
+        hung_pid(project)
+        proc.send_signal(signal.SIGTERM)
+        try:
+            code = proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            raise AssertionError("pivotbuild did not stop within 10s of SIGTERM") from None
+    err = (tmp_path / "bg.err").read_text()
+    assert code == 130, err
+    assert "Traceback" not in err
+    assert read(project, "a.txt") == "hang\n"  # a finished and was recorded
+    project.write("in.txt", "fine\n")
+    after = traced(project, "-s")
+    assert_direct(after)
+    assert counts(after.err)[3] == 0
+    assert read(project, "b.txt") == "fine\n"
