@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from pivotbuild.state import history, journal, lockfile
+from pivotbuild.state import history, lockfile
 from pivotbuild.state.journal import Journal, fold, frame, read_records
 from pivotbuild.state.projectlock import LOCK_NAME, Busy, ProjectLock
 from pivotbuild.state.records import FileRecord, LockData, ParamRecord, StageRecord
@@ -137,12 +137,18 @@ def write_journal(path: Path, recs: list[StageRecord]) -> None:
     j.close()
 
 
+def fold_data(jpath: Path, lpath: Path, base: LockData) -> tuple[LockData, bool]:
+    """`fold` over `base`, the result decoded."""
+    records, damaged = fold(jpath, lpath, lockfile.Records.of(base))
+    return records.data(), damaged
+
+
 def test_fold_merges_over_the_base(tmp_path: Path) -> None:
     jpath, lpath = tmp_path / ".pivot" / "journal", tmp_path / "Pivotfile.lock"
     base = LockData.of({"a": record("a"), "b": record("b")})
     lockfile.write(lpath, base)
     write_journal(jpath, [record("b", salt="new"), record("c"), record("c", salt="newer")])
-    data, damaged = fold(jpath, lpath, base)
+    data, damaged = fold_data(jpath, lpath, base)
     expected = LockData.of({"a": record("a"), "b": record("b", salt="new"), "c": record("c", salt="newer")})
     assert (data, damaged) == (expected, False)
     assert lockfile.read(lpath) == expected
@@ -152,7 +158,7 @@ def test_fold_merges_over_the_base(tmp_path: Path) -> None:
 def test_fold_without_journal_changes_nothing(tmp_path: Path) -> None:
     lpath = tmp_path / "Pivotfile.lock"
     base = LockData.of({"a": record("a")})
-    assert fold(tmp_path / "journal", lpath, base) == (base, False)
+    assert fold_data(tmp_path / "journal", lpath, base) == (base, False)
     assert not lpath.exists()
 
 
@@ -161,13 +167,13 @@ def test_fold_is_idempotent_after_a_crash_following_the_lockfile_write(tmp_path:
     base = LockData.of({"a": record("a")})
     recs = [record("a", salt="x"), record("b")]
     write_journal(jpath, recs)
-    first, _ = fold(jpath, lpath, base)
+    first, _ = fold_data(jpath, lpath, base)
     written = lpath.read_bytes()
     st = os.stat(lpath)
 
     # The crash: the lockfile was written but the journal not yet removed.
     write_journal(jpath, recs)
-    second, damaged = fold(jpath, lpath, lockfile.read(lpath))
+    second, damaged = fold_data(jpath, lpath, lockfile.read(lpath))
     assert (second, damaged) == (first, False)
     assert lpath.read_bytes() == written
     again = os.stat(lpath)
@@ -177,7 +183,7 @@ def test_fold_is_idempotent_after_a_crash_following_the_lockfile_write(tmp_path:
     # Folding the same journal over the *old* base (crash before the lockfile
     # rename) gives the same result too.
     write_journal(jpath, recs)
-    third, _ = fold(jpath, lpath, base)
+    third, _ = fold_data(jpath, lpath, base)
     assert third == first
     assert lpath.read_bytes() == written
 
@@ -187,7 +193,7 @@ def test_fold_of_a_torn_journal_keeps_the_good_records(tmp_path: Path) -> None:
     write_journal(jpath, [record("a"), record("b")])
     with open(jpath, "r+b") as f:
         f.truncate(os.path.getsize(jpath) - 1)
-    data, damaged = fold(jpath, lpath, LockData())
+    data, damaged = fold_data(jpath, lpath, LockData())
     assert damaged is True
     assert data == LockData.of({"a": record("a")})
     assert lockfile.read(lpath) == data
@@ -197,7 +203,7 @@ def test_fold_of_a_torn_journal_keeps_the_good_records(tmp_path: Path) -> None:
 def test_journal_module_uses_the_lockfile_encoding(tmp_path: Path) -> None:
     jpath, lpath = tmp_path / "journal", tmp_path / "Pivotfile.lock"
     write_journal(jpath, [record("z"), record("a")])
-    data, _ = journal.fold(jpath, lpath, LockData())
+    data, _ = fold_data(jpath, lpath, LockData())
     assert lpath.read_bytes() == lockfile.encode(LockData.of({"a": record("a"), "z": record("z")}))
     assert [s.name for s in data.stages] == ["a", "z"]
 

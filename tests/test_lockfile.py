@@ -313,7 +313,7 @@ def test_garbage_lockfile_warns_once_and_is_ignored(root: Path) -> None:
     assert len(warnings) == 1, warnings
     assert "Pivotfile.lock" in warnings[0]
     assert all(store.record(s) is None for s in p.stages)
-    assert store.pipelines[""].records == {}
+    assert len(store.pipelines[""].records) == 0
     store.close()
     assert len(warnings) == 1
 
@@ -325,7 +325,7 @@ def test_garbage_lockfile_of_a_sub_pipeline_names_it(root: Path) -> None:
     store = StateStore(root, [p], warn=warnings.append)
     assert len(warnings) == 1
     assert "sub/Pivotfile.lock" in warnings[0]
-    assert store.pipelines["sub"].records == {}
+    assert len(store.pipelines["sub"].records) == 0
     store.close()
 
 
@@ -450,3 +450,64 @@ def test_store_keeps_pipelines_apart(root: Path) -> None:
     assert again.record(top.stages[0]) is None
     assert again.record(sub.stages[0]) == record("s", salt="sub")
     again.close()
+
+
+# -- records decoded as asked for ------------------------------------------------------------
+
+
+def test_records_untouched_are_written_back_byte_for_byte() -> None:
+    records = lockfile.decode_records(encode(sample()))
+    records["report"] = record("report", salt="new")
+    assert records.get("prepare") == record("prepare")
+    replaced = LockData.of({**sample().by_name(), "report": record("report", salt="new")})
+    assert encode(records) == encode(replaced)
+    assert lockfile.decode_records(encode(replaced)).data() == replaced
+
+
+def one_bad_record() -> bytes:
+    """A well-formed lockfile (checksum and all) holding one record that does not decode."""
+    good = lockfile.decode_records(encode(sample())).plain()
+    for obj in good["stages"]:
+        if obj["name"] == "train@small":
+            obj["deps"] = "not a list"
+    return lockfile.encode(lockfile.Records({r["name"]: r for r in good["stages"]}))
+
+
+def test_a_record_that_does_not_decode_is_refused_when_asked_for_and_dropped() -> None:
+    records = lockfile.decode_records(one_bad_record())
+    assert records.get("prepare") == record("prepare")
+    with pytest.raises(LockfileError, match=r"the record of stage train@small does not decode"):
+        records.get("train@small")
+    assert records.get("train@small") is None  # dropped: the stage runs again
+    assert "train@small" not in records
+    assert [r.name for r in records.data().stages] == sorted(n for n in sample().by_name() if n != "train@small")
+    with pytest.raises(LockfileError):
+        decode(one_bad_record())  # decoding the whole file still refuses it
+
+
+def test_a_damaged_record_reruns_only_its_stage_with_a_warning(tmp_path: Path) -> None:
+    """End to end: the real pivotbuild, a lockfile one of whose records was damaged."""
+    root = tmp_path / "proj"
+    (root / ".pivot").mkdir(parents=True)
+    (root / "Pivotfile").write_text(
+        "stage a:\n    deps: in.txt\n    outs: a.txt\n    run: cp $< $@; echo a >> runs.log\n\n"
+        "stage b:\n    deps: in.txt\n    outs: b.txt\n    run: cp $< $@; echo b >> runs.log\n"
+    )
+    (root / "in.txt").write_text("x\n")
+    env = {**os.environ, "NO_COLOR": "1"}
+    run = [sys.executable, "-m", "pivotbuild", "-s"]
+    assert subprocess.run(run, cwd=root, env=env, check=False).returncode == 0
+    plain = lockfile.decode_records((root / "Pivotfile.lock").read_bytes()).plain()
+    for obj in plain["stages"]:
+        if obj["name"] == "b":
+            obj["outs"] = 7
+    (root / "Pivotfile.lock").write_bytes(lockfile.encode(lockfile.Records({r["name"]: r for r in plain["stages"]})))
+    (root / ".pivot" / "seal").unlink()
+    (root / "runs.log").unlink()
+    r = subprocess.run(run, cwd=root, env=env, capture_output=True, text=True, check=False)
+    assert r.returncode == 0, r.stderr
+    assert "Pivotfile.lock: the record of stage b does not decode" in r.stderr
+    assert "so the stage will run again" in r.stderr
+    assert "0 ran, 1 up to date, 1 restored" in r.stderr  # b from the run cache; a untouched
+    assert not (root / "runs.log").exists()
+    assert lockfile.read(root / "Pivotfile.lock").by_name()["b"].outs[0].path == "b.txt"  # repaired

@@ -20,7 +20,7 @@ import msgpack
 import xxhash
 
 from pivotbuild.state import codec, lockfile
-from pivotbuild.state.records import LockData, StageRecord
+from pivotbuild.state.records import StageRecord
 
 _LEN = struct.Struct(">I")
 _SUM = 8
@@ -111,17 +111,15 @@ def read_records(path: Path) -> tuple[list[StageRecord], bool]:
     return records, False
 
 
-def fold(journal_path: Path, lock_path: Path, base: LockData) -> tuple[LockData, bool]:
-    """Apply the journal's records over `base`, write the lockfile if that changes
-    it, then remove the journal.  Returns the new data and whether a damaged
-    journal tail was dropped.  Safe to repeat after a crash at any point."""
+def fold(journal_path: Path, lock_path: Path, base: lockfile.Records) -> tuple[lockfile.Records, bool]:
+    """Apply the journal's records over `base` (in place), write the lockfile if
+    that changes it, then remove the journal.  Returns the records and whether
+    a damaged journal tail was dropped.  Safe to repeat after a crash at any point."""
     records, damaged = read_records(journal_path)
     if not records and not damaged and not journal_path.exists():
         return base, False
-    merged = base.by_name()
     for record in records:
-        merged[record.name] = record
-    data = LockData.of(merged)
-    lockfile.write(lock_path, data)
+        base[record.name] = record
+    lockfile.write(lock_path, base)
     journal_path.unlink(missing_ok=True)
-    return data, damaged
+    return base, damaged

@@ -12,19 +12,26 @@ Layout (all integers big-endian):
 
 A file that fails any check is reported (`LockfileError`) and the caller treats
 it as absent: the stages it described simply run again.
+
+A build reads the lockfile as `Records`: the payload is unpacked into plain
+values, and a stage's record is decoded (and type-checked) only when the build
+asks for it, since a build with a few stages to run never looks at the records
+of the stages it finds sealed.  Untouched records are written back from the
+same plain values, which pack to the same bytes.
 """
 
 from __future__ import annotations
 
 import struct
 from pathlib import Path
+from typing import Any
 
 import msgpack
 import xxhash
 import zstandard
 
 from pivotbuild.state import codec
-from pivotbuild.state.records import LockData
+from pivotbuild.state.records import LockData, StageRecord
 from pivotbuild.state_files import write_atomic
 
 MAGIC = b"\x89PIV\r\n\x1a\n"
@@ -40,9 +47,58 @@ class LockfileError(Exception):
     """A lockfile that cannot be trusted; `str()` says why, for a one-line warning."""
 
 
-def encode(data: LockData) -> bytes:
+class Records:
+    """A lockfile's stage records by name, each decoded from its plain values
+    the first time it is asked for."""
+
+    def __init__(self, plain: dict[str, dict[str, Any]] | None = None) -> None:
+        self._plain = plain if plain is not None else {}  # name -> the record as msgpack gave it
+        self._decoded: dict[str, StageRecord] = {}  # name -> record, decoded or set
+
+    @staticmethod
+    def of(data: LockData) -> Records:
+        records = Records()
+        for record in data.stages:
+            records[record.name] = record
+        return records
+
+    def get(self, name: str) -> StageRecord | None:
+        """The record of stage `name`, if there is one.  Raises LockfileError if
+        it does not decode (it is dropped: the stage simply runs again)."""
+        record = self._decoded.get(name)
+        if record is None and name in self._plain:
+            try:
+                record = self._decoded[name] = codec.record_from(self._plain[name])
+            except (ValueError, TypeError, RecursionError) as exc:
+                del self._plain[name]
+                raise LockfileError(f"the record of stage {name} does not decode ({exc})") from exc
+        return record
+
+    def __setitem__(self, name: str, record: StageRecord) -> None:
+        self._decoded[name] = record
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._decoded or name in self._plain
+
+    def __len__(self) -> int:
+        return len(self._plain.keys() | self._decoded.keys())
+
+    def data(self) -> LockData:
+        """Every record, decoded.  Raises LockfileError if one does not decode."""
+        names = sorted(self._plain.keys() | self._decoded.keys())
+        return LockData(tuple(r for name in names if (r := self.get(name)) is not None))
+
+    def plain(self) -> dict[str, Any]:
+        """The lockfile's content as msgpack packs it: records sorted by name."""
+        names = sorted(self._plain.keys() | self._decoded.keys())
+        decoded, plain = self._decoded, self._plain
+        return {"stages": [codec.record_obj(decoded[name]) if name in decoded else plain[name] for name in names]}
+
+
+def encode(data: LockData | Records) -> bytes:
     """Deterministic bytes for `data`."""
-    raw = msgpack.packb(codec.lock_obj(data), use_bin_type=True)
+    obj = data.plain() if isinstance(data, Records) else codec.lock_obj(data)
+    raw = msgpack.packb(obj, use_bin_type=True)
     payload = zstandard.ZstdCompressor(level=_LEVEL, write_checksum=False, write_content_size=True).compress(raw)
     head = _HEADER.pack(MAGIC, VERSION, 0, len(payload))
     body = head + payload
@@ -51,6 +107,12 @@ def encode(data: LockData) -> bytes:
 
 def decode(blob: bytes) -> LockData:
     """Parse lockfile bytes.  Raises LockfileError saying what is wrong."""
+    return decode_records(blob).data()
+
+
+def decode_records(blob: bytes) -> Records:
+    """Parse lockfile bytes, checking every record's shape but decoding none
+    yet.  Raises LockfileError saying what is wrong."""
     if len(blob) < _HEADER.size + _CHECKSUM:
         raise LockfileError("too short to be a pivotbuild lockfile")
     magic, version, _flags, length = _HEADER.unpack_from(blob)
@@ -66,23 +128,32 @@ def decode(blob: bytes) -> LockData:
     try:
         raw = zstandard.ZstdDecompressor().decompress(blob[_HEADER.size : end])
         obj = msgpack.unpackb(raw, raw=False)
-        return codec.lock_from(obj)
     except (zstandard.ZstdError, ValueError, TypeError, RecursionError, msgpack.UnpackException) as exc:
         raise LockfileError(f"payload does not decode ({type(exc).__name__})") from exc
+    stages = obj.get("stages", []) if isinstance(obj, dict) else None
+    if not isinstance(stages, list) or not all(isinstance(r, dict) and isinstance(r.get("name"), str) for r in stages):
+        raise LockfileError("payload does not decode (not a list of named stage records)")
+    return Records({r["name"]: r for r in stages})
 
 
 def read(path: Path) -> LockData:
     """The lockfile at `path`; an empty LockData if there is none.  Raises LockfileError."""
+    return read_records(path).data()
+
+
+def read_records(path: Path) -> Records:
+    """The lockfile at `path`, records decoded as asked for; empty if there is
+    none.  Raises LockfileError."""
     try:
         blob = path.read_bytes()
     except FileNotFoundError:
-        return LockData()
+        return Records()
     except OSError as exc:
         raise LockfileError(f"cannot be read: {exc.strerror}") from exc
-    return decode(blob)
+    return decode_records(blob)
 
 
-def write(path: Path, data: LockData) -> bool:
+def write(path: Path, data: LockData | Records) -> bool:
     """Write `data` atomically unless the file already holds exactly these bytes.
     Returns True if the file was written."""
     blob = encode(data)

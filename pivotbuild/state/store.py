@@ -15,7 +15,7 @@ from pivotbuild.model import Pipeline, Stage
 from pivotbuild.paths import LOCKFILE
 from pivotbuild.state import journal, lockfile
 from pivotbuild.state.journal import Journal
-from pivotbuild.state.records import LockData, StageRecord
+from pivotbuild.state.records import StageRecord
 from pivotbuild.state.statcache import StatCache
 from pivotbuild.state_files import ensure_state_dir, write_atomic
 
@@ -29,7 +29,7 @@ class PipelineState:
     dir: str
     lock_path: Path
     journal_path: Path
-    records: dict[str, StageRecord]
+    records: lockfile.Records
     journal: Journal
     statcache: StatCache
     pending_path: Path
@@ -52,11 +52,11 @@ class StateStore:
         journal_path = state_dir / JOURNAL
         shown = f"{pipeline.dir}/{LOCKFILE}" if pipeline.dir else LOCKFILE
         try:
-            data = lockfile.read(lock_path)
+            data = lockfile.read_records(lock_path)
         except lockfile.LockfileError as exc:
             self.warn(f"{shown}: {exc}; ignoring it, so its stages will run again")
-            data = LockData()
-        data, damaged = journal.fold(journal_path, lock_path, data) if journal_path.exists() else (data, False)
+            data = lockfile.Records()
+        damaged = journal.fold(journal_path, lock_path, data)[1] if journal_path.exists() else False
         if damaged:
             self.warn(
                 f"{journal_path}: its last entry was cut short (a crash?); the stages it was recording will run again"
@@ -69,7 +69,7 @@ class StateStore:
             pipeline.dir,
             lock_path,
             journal_path,
-            data.by_name(),
+            data,
             Journal(journal_path),
             StatCache(state_dir / STATCACHE),
             pending_path,
@@ -82,7 +82,15 @@ class StateStore:
     def record(self, stage: Stage) -> StageRecord | None:
         """The stage's latest result: a pending (--no-commit) one, else the lockfile's."""
         st = self.state(stage)
-        return st.pending.get(stage.name) or st.records.get(stage.name)
+        pending = st.pending.get(stage.name)
+        if pending is not None:
+            return pending
+        try:
+            return st.records.get(stage.name)
+        except lockfile.LockfileError as exc:
+            shown = f"{st.dir}/{LOCKFILE}" if st.dir else LOCKFILE
+            self.warn(f"{shown}: {exc}; ignoring it, so the stage will run again")
+            return None
 
     def pending(self, stage: Stage) -> StageRecord | None:
         return self.state(stage).pending.get(stage.name)
@@ -118,7 +126,7 @@ class StateStore:
         for st in self.pipelines.values():
             st.journal.close()
             if st.journal_path.exists():
-                journal.fold(st.journal_path, st.lock_path, LockData.of(st.records))
+                journal.fold(st.journal_path, st.lock_path, st.records)
             st.statcache.save()
 
 
