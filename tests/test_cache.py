@@ -422,3 +422,44 @@ stage abs:
     obj = cache.path_of(hash_file(outside))
     assert not obj.is_symlink() and obj.read_text() == "elsewhere\n"
     assert os.stat(outside).st_mode & 0o200
+
+
+def test_a_torn_run_cache_entry_is_ignored_then_replaced(project: Project) -> None:
+    """Entries are created in place (no rename), so a build killed mid-write can
+    leave one cut short: it must never be believed, and the next record of
+    those inputs must replace it."""
+    built(project)
+    assert statuses(project.run("X=2", "--json").out)["make"][0] == "ran"
+    entries = [p for p in (project.root / ".pivot/cache/runs").rglob("*") if p.is_file()]
+    for entry in entries:
+        entry.write_bytes(entry.read_bytes()[:5])  # every entry torn
+    back = statuses(project.run("--json").out)  # X back to 1: the entry does not decode
+    assert back["make"][0] == "ran"
+    assert runs(project) == 3
+    assert project.run("X=2").code == 0  # its entry is torn too: runs, and records it anew
+    assert runs(project) == 4
+    assert statuses(project.run("--json").out)["make"][0] == "restored"  # X=1's entry was rewritten whole
+    assert runs(project) == 4
+    assert (project.root / "out.txt").read_text() == "hello\n1\n"
+
+
+def test_recording_a_run_twice_keeps_one_whole_entry(tmp_path: Path) -> None:
+    from pivotbuild.cache.runcache import RunCache
+    from pivotbuild.model import StageId
+    from pivotbuild.state.records import FileRecord
+    from pivotbuild.state_files import _umask
+
+    runs_ = RunCache(tmp_path)
+    sid, deps = StageId("", "s"), (FileRecord("in.txt", "file", "a" * 32),)
+    one, two = (FileRecord("out.txt", "file", "b" * 32),), (FileRecord("out.txt", "file", "c" * 32),)
+    runs_.record(sid, "fp", deps, one)
+    runs_.record(sid, "fp", deps, one)  # already there: left as it is
+    assert runs_.lookup(sid, "fp", deps) == one
+    runs_.record(sid, "fp", deps, two)  # the same inputs gave other outputs: the newest wins
+    assert runs_.lookup(sid, "fp", deps) == two
+    (entry,) = [p for p in tmp_path.rglob("*") if p.is_file()]
+    entry.write_bytes(b"\x81")  # torn
+    assert runs_.lookup(sid, "fp", deps) is None
+    runs_.record(sid, "fp", deps, one)
+    assert runs_.lookup(sid, "fp", deps) == one
+    assert oct(entry.stat().st_mode & 0o777) == oct(0o666 & ~_umask())
