@@ -64,3 +64,13 @@ def test_lockfile_load_10k(benchmark: BenchmarkFixture, data: LockData, tmp_path
     assert loaded == data
     assert loaded.by_name()["s99_99"].deps[2].path == "out/98_0.txt"
     assert lockfile.encode(loaded) == path.read_bytes()
+
+
+def test_lockfile_open_10k(benchmark: BenchmarkFixture, data: LockData, tmp_path: Path) -> None:
+    """What a build pays: `lockfile.read_records`, records decoded only as asked for."""
+    path = tmp_path / "Pivotfile.lock"
+    assert lockfile.write(path, data)
+    records = benchmark(lockfile.read_records, path)
+    assert len(records) == WIDTH * DEPTH
+    assert records.get("s99_99") == data.by_name()["s99_99"]
+    assert lockfile.encode(records) == path.read_bytes()  # untouched records write back byte for byte

@@ -176,6 +176,33 @@ def test_noop_cli(benchmark: BenchmarkFixture, request: pytest.FixtureRequest, s
     assert proc.stderr.startswith(f"pivotbuild: 0 ran, {width * depth} up to date, 0 restored, 0 failed in ")
 
 
+def test_one_stage_cli_1k(benchmark: BenchmarkFixture, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """`pivotbuild -s` in a built 1,000-stage project after one source of the last
+    layer changed: one stage runs.  What a build with work costs besides its
+    stages (start-up, the plan, the lockfile, the seal, settling, saving); a
+    plain build like this one runs without click (cli/direct.py)."""
+    width, depth = SIZES["1k"]
+
+    def make(root: Path) -> None:
+        write_project(root, width, depth)
+        build(root, width, depth)
+
+    root = shared(tmp_path_factory, "one1k", make)  # its own copy: the no-op benchmarks need theirs untouched
+    command = [*pivotbuild_command(), "-s"]
+    edits = iter(range(1_000_000))
+
+    def edit() -> tuple[tuple[()], dict[str, object]]:
+        (root / f"src/{depth - 1}_0.txt").write_text(f"edit {next(edits)}\n")
+        return (), {}
+
+    def one() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=60, check=False)
+
+    proc = benchmark.pedantic(one, setup=edit, rounds=10)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stderr.startswith(f"pivotbuild: 1 ran, {width * depth - 1} up to date, 0 restored, 0 failed in ")
+
+
 @pytest.mark.parametrize("size", ["1k", "10k"])
 def test_noop_fast_path(
     benchmark: BenchmarkFixture,

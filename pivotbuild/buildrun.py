@@ -391,10 +391,10 @@ class BuildRun:
         outs = captured.outs
         record = StageRecord(stage.name, snap.fingerprint, snap.command, snap.deps, outs, snap.params, snap.facets)
         self.store.commit(stage, record, pending=self.options.no_commit)
-        if captured.deferred or captured.stored:
-            # The run-cache entry (and any deferred copies) off this thread: creating
-            # a file can wait on the file system's journal while stages write.
-            self.storer.put(stage, record if captured.stored else None, captured.deferred, label)
+        if captured.deferred or captured.confirm or captured.stored:
+            # The copies, the reads that prove stat-cache entries, and the run-cache
+            # entry, all off this thread.
+            self.storer.put(stage, record if captured.stored else None, captured.deferred, label, captured.confirm)
         self._finish(sid, StageFinished(label, Status.RAN, reason, duration))
 
     def _roll_back(self, stage: Stage, label: str, quiet: bool = False) -> None:

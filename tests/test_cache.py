@@ -10,6 +10,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import pytest
 from conftest import Project
 
 from pivotbuild.cache.store import Cache, CorruptObject, Mode
@@ -387,6 +388,73 @@ def test_storing_a_deferred_output_confirms_it_only_outside_its_racy_window(tmp_
     newer.write_bytes(b"written just now, again\n")
     assert outputs.store_deferred([(str(newer), hash_file(newer))], lambda p, _s, _d: confirmed.append(p)) == []
     assert confirmed == [str(old), str(newer)]
+
+
+def test_rereading_to_confirm_copies_nothing_and_a_changed_linked_object_goes(tmp_path: Path) -> None:
+    from pivotbuild.cache.outputs import OutputCache
+
+    outputs = OutputCache(tmp_path, lambda _text: None)
+    old = tmp_path / "old.bin"
+    old.write_bytes(b"written a while ago\n")
+    linked = tmp_path / "linked.bin"
+    linked.write_bytes(b"stored by hard link\n")
+    digest, _ = outputs.cache.ingest_by_link(str(linked))
+    with open(linked, "r+b") as f:  # something still writing the output after the stage ended
+        f.write(b"STORED")
+    time.sleep(0.1)  # past the racy window
+    new = tmp_path / "new.bin"
+    new.write_bytes(b"written just now\n")
+    confirmed: list[str] = []
+    changed = outputs.store_deferred(
+        [(str(old), hash_file(old)), (str(new), hash_file(new)), (str(linked), digest), (str(tmp_path / "gone"), "0")],
+        lambda path, _st, _digest: confirmed.append(path),
+        lambda _seconds: None,  # the build is over: what is still racy is left to its settling
+        copy=False,
+    )
+    assert confirmed == [str(old)]
+    assert changed == [str(linked)]
+    assert not outputs.cache.has(hash_file(old))  # read, not copied
+    assert not outputs.cache.has(digest)  # the object was the changed file itself
+
+
+@pytest.mark.parametrize("mode", ["copy", "hardlink", "no-cache"])
+def test_outputs_are_proven_while_the_build_runs_not_reread_at_its_end(
+    project: Project, mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stage a's output is read again behind the build once its racy window has
+    passed (b is still running), so the stat cache's settling at the end of the
+    build rereads only b's.  (The build runs in-process, to see what settling reads.)"""
+    from pivotbuild.cli import main
+    from pivotbuild.state import statcache
+
+    if mode == "hardlink":
+        project.write(".pivot/config.toml", '[core]\ncheckout = "hardlink"\n')
+    project.pivotfile(
+        """
+stage a:
+    deps: in.txt
+    outs: a.txt
+    run: cp $< $@
+stage b:
+    deps: a.txt
+    outs: b.txt
+    run: sleep 0.5; cp $< $@
+"""
+    )
+    project.write("in.txt", "x\n")
+    settled: list[str] = []
+    real = statcache.hash_file
+
+    def spy(path: str | os.PathLike[str]) -> str:
+        settled.append(os.path.basename(path))
+        return real(path)
+
+    monkeypatch.setattr(statcache, "hash_file", spy)
+    monkeypatch.chdir(project.root)
+    assert main(["-s", *(["--no-cache"] if mode == "no-cache" else [])]) == 0
+    assert (project.root / "b.txt").read_text() == "x\n"
+    assert "a.txt" not in settled, settled
+    assert project.run("-q").code == 0
 
 
 def test_hardlink_mode_never_links_a_file_that_is_not_the_stages_own(project: Project, tmp_path: Path) -> None:

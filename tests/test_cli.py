@@ -1,5 +1,5 @@
 """The `pivotbuild` command end to end: the real installed command in a subprocess
-(and, for internal errors and interrupts, `pivotbuild.cli.main` in-process)."""
+(and, for internal errors and interrupts, `pivotbuild.cli.main` (the function) in-process)."""
 
 from __future__ import annotations
 

@@ -37,13 +37,16 @@ class Captured:
     """A finished stage's outputs: their records, the (path, stat, hash) of each
     file read to hash them (for the stat cache), the outputs that are missing,
     whether every output was stored or is to be (so the run cache may remember
-    them), and the (path, hash) of the files still to store (see `deferred`)."""
+    them), the (path, hash) of the files still to copy into the cache, and of
+    those only to read again, to prove their stat-cache entries (see
+    `store_deferred`)."""
 
     outs: tuple[FileRecord, ...]
     seen: tuple[tuple[str, os.stat_result, str], ...]
     missing: tuple[str, ...]
     stored: bool
     deferred: tuple[tuple[str, str], ...] = ()
+    confirm: tuple[tuple[str, str], ...] = ()
 
 
 class OutputCache:
@@ -81,13 +84,16 @@ class OutputCache:
         ones in the cache, reading each file once (hashing as it is copied).
         With `defer`, files that would be copied are only hashed, and listed in
         `Captured.deferred` for `store_deferred` to copy later, off the path
-        of the stages waiting for this one.  A file whose stamp matches a
+        of the stages waiting for this one; every other file read here is
+        listed in `Captured.confirm`, for that later read to prove its
+        stat-cache entry (a just-written file's is racy until then).  A file whose stamp matches a
         trusted entry of `known` (the stage's stat cache) is not read again.
         Safe in a worker thread: it only reads `known`; the stat cache
         updates come back in `Captured.seen`."""
         outs: list[FileRecord] = []
         seen: list[tuple[str, os.stat_result, str]] = []
         deferred: list[tuple[str, str]] | None = [] if defer and self.mode is Mode.COPY else None
+        confirm: list[tuple[str, str]] | None = [] if defer else None
         stats: list[os.stat_result | None] = []
         for out in stage.outs:
             try:
@@ -115,16 +121,18 @@ class OutputCache:
                         if keep:
                             self.cache.store_bytes(os.fsencode(os.readlink(path)))
                     else:
-                        digest = self._file(path, fst, known, keep, seen, link=link, deferred=deferred)
+                        digest = self._file(path, fst, known, keep, seen, link=link, deferred=deferred, confirm=confirm)
                     entries.append(ManifestEntry(rel, kind, digest))
                 manifest = manifest_bytes(entries)
                 outs.append(FileRecord(out.path, DIR, hash_bytes(manifest)))
                 if keep:
                     self.cache.store_bytes(manifest)
             else:
-                digest = self._file(full, st, known, keep, seen, link=link, deferred=deferred)
+                digest = self._file(full, st, known, keep, seen, link=link, deferred=deferred, confirm=confirm)
                 outs.append(FileRecord(out.path, FILE, digest))
-        return Captured(tuple(outs), tuple(seen), (), stored=stored, deferred=tuple(deferred or ()))
+        return Captured(
+            tuple(outs), tuple(seen), (), stored=stored, deferred=tuple(deferred or ()), confirm=tuple(confirm or ())
+        )
 
     def _file(
         self,
@@ -136,21 +144,24 @@ class OutputCache:
         *,
         link: bool = False,
         deferred: list[tuple[str, str]] | None = None,
+        confirm: list[tuple[str, str]] | None = None,
     ) -> str:
         entry = known.get(path)
         if entry is not None and entry.matches(st) and (not keep or self.cache.has(entry.hash)):
             return entry.hash
         if link and _linkable(path):
-            digest, now = self.cache.ingest_by_link(path)
-            seen.append((path, now, digest))
-            return digest
-        if keep and deferred is not None:
+            digest, st = self.cache.ingest_by_link(path)
+        elif keep and deferred is not None:
             digest = hash_file(path)
             if not self.cache.has(digest):
                 deferred.append((path, digest))
+                seen.append((path, st, digest))
+                return digest
         else:
             digest = self.cache.ingest(path) if keep else hash_file(path)
         seen.append((path, st, digest))
+        if confirm is not None:
+            confirm.append((path, digest))
         return digest
 
     def store_deferred(
@@ -158,10 +169,13 @@ class OutputCache:
         files: Iterable[tuple[str, str]],
         confirmed: Callable[[str, os.stat_result, str], None],
         pause: Callable[[float], object] = time.sleep,
+        *,
+        copy: bool = True,
     ) -> list[str]:
-        """Copy files `capture` deferred into the cache; returns those that no
-        longer hash as they did (changed since: stored as they are now, but
-        the run cache must not name them).  Raises OSError (a full disk).
+        """Copy files `capture` deferred into the cache (with `copy` false, only
+        read them again: `Captured.confirm`); returns those that no longer hash
+        as they did (changed since: stored as they are now, but the run cache
+        must not name them).  Raises OSError (a full disk).
 
         The copy reads each file whole once more: when that read began after
         the file's racy window and its stamp held throughout, `confirmed` gets
@@ -172,17 +186,31 @@ class OutputCache:
         what is left, in one wait)."""
         changed = []
         for path, digest in files:
-            before = os.stat(path)
+            try:
+                before = os.stat(path)
+            except FileNotFoundError:
+                if copy:
+                    raise
+                continue  # gone (a later stage removed it): the end of the build forgets it
             if before.st_mtime_ns % 1_000_000_000:  # a fine clock; a coarse one's window is too long to wait
                 wait_ns = max(before.st_mtime_ns, before.st_ctime_ns) + FINE_WINDOW_NS - time.time_ns()
                 if 0 < wait_ns <= FINE_WINDOW_NS:
                     pause(wait_ns / 1e9)
                     before = os.stat(path)  # as it is after the wait
             started = time.time_ns()
-            actual = self.cache.ingest(path)
+            if not copy and is_racy(before, started):
+                continue  # the build is ending: its settling reads it, once
+            try:
+                actual = self.cache.ingest(path) if copy else hash_file(path)
+            except FileNotFoundError:
+                if copy:
+                    raise
+                continue
             if actual != digest:
                 changed.append(path)
-            elif not is_racy(before, started) and stamp(os.stat(path)) == stamp(before):
+                if not copy:
+                    self.cache.forget_link(path, digest)
+            elif not is_racy(before, started) and _same_stamp(path, before):
                 confirmed(path, before, digest)
         return changed
 
@@ -269,6 +297,13 @@ def _remove(path: Path) -> bool:
         path.unlink()
         return True
     return False
+
+
+def _same_stamp(path: str, before: os.stat_result) -> bool:
+    try:
+        return stamp(os.stat(path)) == stamp(before)
+    except OSError:
+        return False
 
 
 def _linkable(path: str) -> bool:

@@ -177,6 +177,16 @@ class Cache:
                 os.unlink(tmp)
         return digest, os.stat(src)
 
+    def forget_link(self, path: str, digest: str) -> None:
+        """`path` no longer holds `digest`: if it is object `digest` itself (hard
+        linked in hardlink mode), that object changed with it, so it goes."""
+        obj = self.path_of(digest)
+        try:
+            if os.path.samefile(obj, path):
+                os.unlink(obj)
+        except OSError:
+            pass
+
     def store_bytes(self, data: bytes) -> str:
         digest = hash_bytes(data)
         if not self.has(digest):

@@ -27,7 +27,8 @@ from pivotbuild.cache.outputs import OutputCache
 from pivotbuild.model import Stage, StageId
 from pivotbuild.state.records import StageRecord
 
-_Job = tuple[Stage, StageRecord | None, tuple[tuple[str, str], ...], str]
+_Files = tuple[tuple[str, str], ...]
+_Job = tuple[Stage, StageRecord | None, _Files, _Files, str]
 THREADS = 2
 
 
@@ -51,8 +52,9 @@ class Storer:
         self._put: set[StageId] = set()
         self._stored: set[StageId] = set()
 
-    def put(self, stage: Stage, remember: StageRecord | None, files: tuple[tuple[str, str], ...], label: str) -> None:
-        """Store `files` ((path, hash) pairs), then, if every one still hashed as
+    def put(self, stage: Stage, remember: StageRecord | None, files: _Files, label: str, confirm: _Files = ()) -> None:
+        """Store `files` ((path, hash) pairs) and read `confirm` again (see
+        `OutputCache.store_deferred`), then, if every one still hashed as
         recorded, remember `remember` in the run cache (None: do not)."""
         if not self._threads:
             for i in range(THREADS):
@@ -60,7 +62,7 @@ class Storer:
                 thread.start()
                 self._threads.append(thread)
         self._put.add(stage.id)
-        self._jobs.put((stage, remember, files, label))
+        self._jobs.put((stage, remember, files, confirm, label))
 
     @property
     def unstored(self) -> set[StageId]:
@@ -79,16 +81,14 @@ class Storer:
 
     def _run(self) -> None:
         while (job := self._jobs.get()) is not None:
-            stage, remember, files, label = job
+            stage, remember, files, confirm, label = job
             try:
-                changed = self.outputs.store_deferred(
-                    files, functools.partial(self.confirmed, stage), self._finishing.wait
-                )
+                confirmed = functools.partial(self.confirmed, stage)
+                changed = self.outputs.store_deferred(files, confirmed, self._finishing.wait)
+                changed += self.outputs.store_deferred(confirm, confirmed, self._finishing.wait, copy=False)
                 if changed:
-                    self.warn(
-                        f"{', '.join(changed)} changed after {label} finished and before it was stored; "
-                        "the run cache will not restore it"
-                    )
+                    then = "the run cache will not restore it" if remember is not None else "the next build will see it"
+                    self.warn(f"{', '.join(changed)} changed after {label} finished; {then}")
                     continue
                 if remember is not None:
                     self.outputs.remember(stage, remember)

@@ -44,7 +44,7 @@ def _main(argv: Sequence[str] | None) -> int:
     code = try_fast(args)
     if code is not None:
         return code
-    from pivotbuild.cli.main import main as full
+    from pivotbuild.cli.command import main as full
 
     return full(args)
 

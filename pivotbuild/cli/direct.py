@@ -6,7 +6,7 @@ Parsing with click, reading the plan again and stat-checking the seal again
 cost an incremental build some 50 ms before its first stage, so this runs
 the engine directly with what was already read.  It must behave exactly as
 `pivotbuild` through click: the same options, reporter, SIGTERM handling,
-messages and exit statuses (errors go through cli/main.py's `exit_status`).
+messages and exit statuses (errors go through cli/command.py's `exit_status`).
 """
 
 from __future__ import annotations
@@ -60,6 +60,6 @@ def build(argv: list[str], args: _Args, checked: Checked) -> int | None:
             finally:
                 reporter.close()
     except (Exception, KeyboardInterrupt) as exc:
-        from pivotbuild.cli.main import exit_status
+        from pivotbuild.cli.command import exit_status
 
         return exit_status(exc, argv)

@@ -1,4 +1,7 @@
-"""Entry point and the one place errors become messages and exit codes."""
+"""The click command line, run; and the one place errors become messages and exit codes.
+
+(Not `cli/main.py`: importing a submodule named `main` would replace the
+package's own `main`, the entry point, with the module.)"""
 
 from __future__ import annotations
 
