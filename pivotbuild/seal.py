@@ -106,12 +106,41 @@ class Seal:
         Seal read for one build answers for the moment it was asked, so a
         stage whose inputs this build rewrites (an upstream stage ran) must
         not be asked after that (BuildRun decides it the ordinary way)."""
+        stages = list(stages)
         verdicts = self._verdicts
+        if len(stages) > 1 and not verdicts and self._all_unchanged(stages):
+            verdicts.update(dict.fromkeys(stages, True))  # the no-op: every stamp in one pass
+            return True
         for i in stages:
             held = verdicts.get(i)
             if held is None:
                 held = verdicts[i] = self._check(i)
             if not held:
+                return False
+        return True
+
+    def _all_unchanged(self, stages: list[int]) -> bool:
+        """Every path of `stages` statted once, until one differs; True if none did."""
+        wanted: set[int] = set()
+        for i in stages:
+            own = self.stages.get(i)
+            if own is None:
+                return False
+            wanted.update(own)
+        paths, stamps, matched = self.paths, self.stamps, self._matched
+        for j in wanted:
+            same = matched.get(j)
+            if same is None:
+                try:
+                    st = os.stat(paths[j])
+                except (FileNotFoundError, NotADirectoryError):
+                    same = stamps[j] is None
+                except OSError:
+                    same = False
+                else:
+                    same = stamps[j] == (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
+                matched[j] = same
+            if not same:
                 return False
         return True
 
