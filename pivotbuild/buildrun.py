@@ -254,9 +254,9 @@ class BuildRun:
                 self._finish(sid, StageFinished(self.graph.label(sid), Status.SKIPPED, decision.reason, 0.0))
 
     def _sealed(self, sid: StageId) -> bool:
-        """Up to date by the seal alone.  Not asked once an upstream stage ran or
-        was restored in this build: that rewrote inputs the seal's answer (checked
-        once, possibly before the build began) predates."""
+        """Up to date by the seal alone, its stamps checked now.  Not asked once an
+        upstream stage ran or was restored in this build: that rewrote some of
+        them, so the answer is known (and the stats spared)."""
         if self.seal is None:
             return False
         if any(self.status.get(u) in (Status.RAN, Status.RESTORED) for u in self.after[sid]):

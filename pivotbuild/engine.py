@@ -48,12 +48,15 @@ class MissingInputs(PivotError):
 @dataclasses.dataclass(frozen=True, slots=True)
 class Preloaded:
     """What the fast path (quick.py) already read for a build: the project and
-    graph restored from a fresh compiled plan, and the seal it checked stamps
-    against (re-checked against the lockfiles once the project is locked)."""
+    graph restored from a fresh compiled plan, the seal (re-checked against the
+    lockfiles once the project is locked; each stage's stamps are checked
+    again when it is decided), and the stage indices it found sealed when it
+    looked, before the lock, which spares checking their deps exist."""
 
     project: Project
     graph: BuildGraph
     seal: Seal | None
+    held: frozenset[int] = frozenset()
 
 
 class Engine:
@@ -78,17 +81,16 @@ class Engine:
             project, graph = preloaded.project, preloaded.graph
             targets = selected(project, graph, options.targets)
         closure = graph.upstream(targets)
-        if preloaded is None:
-            check_sources(project, graph, closure)
+        # Before the lock, as the ordinary path does; a stage found sealed had
+        # every dep in place when its stamps were checked, moments ago.
+        held = preloaded.held if preloaded is not None else frozenset()
+        check_sources(project, graph, [s for s in closure if graph.index_of(s) not in held] if held else closure)
         check_runnable(graph, closure)
         with self.state(project, options) as store:
             if preloaded is None:
                 sealed = open_seal(project, store)
             else:
                 sealed = preloaded.seal if preloaded.seal is not None and preloaded.seal.state_unchanged() else None
-                # A sealed stage's deps were all there when its stamps were checked.
-                unsealed = [s for s in closure if sealed is None or not sealed.holds([graph.index_of(s)])]
-                check_sources(project, graph, unsealed)
             if options.dry_run or options.question:
                 plan = self._plan(
                     graph, closure=closure, targets=set(targets), store=store, options=options, sealed=sealed

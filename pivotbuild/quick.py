@@ -138,15 +138,19 @@ def try_fast(argv: list[str]) -> int | None:
 
 class Checked:
     """What `_check` found: the plan (fresh), the stages the targets need, the
-    seal (None if there is none, or it no longer matches the lockfiles), and
-    whether it proves every one of them up to date."""
+    seal (None if there is none, or it no longer matches the lockfiles),
+    whether it proves every one of them up to date, and if not, which of them
+    it proved (`held`: stage indices, as of this check)."""
 
-    def __init__(self, main_file: Path, loaded: Loaded, closure: list[int], sealed: Seal | None, noop: bool) -> None:
+    def __init__(
+        self, main_file: Path, loaded: Loaded, closure: list[int], sealed: Seal | None, noop: bool, *, held: set[int]
+    ) -> None:
         self.main_file = main_file
         self.loaded = loaded
         self.closure = closure
         self.sealed = sealed
         self.noop = noop
+        self.held = held
 
 
 def _check(args: _Args) -> Checked | None:
@@ -178,7 +182,8 @@ def _check(args: _Args) -> Checked | None:
         sealed = None
     always = any(index.stages[i][4] for i in closure)  # an `always` stage is never up to date
     noop = sealed is not None and not always and sealed.holds(closure)
-    return Checked(main_file, loaded, closure, sealed, noop)
+    held = set() if noop or sealed is None else sealed.holding(closure)
+    return Checked(main_file, loaded, closure, sealed, noop, held=held)
 
 
 def _select(index: object, targets: list[str]) -> list[int] | None:

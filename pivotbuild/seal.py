@@ -78,8 +78,6 @@ class Seal:
         # A path may be sealed with different stamps by different stages (one
         # carried from an earlier build, one sealed now): key by both.
         self._at = {(p, st): k for k, (p, st) in enumerate(zip(self.paths, self.stamps, strict=True))}
-        self._verdicts: dict[int, bool] = {}  # stage index -> holds, as first checked
-        self._matched: dict[int, bool] = {}  # path index -> stamp unchanged, as first statted
 
     # -- checking -----------------------------------------------------------------
 
@@ -100,62 +98,35 @@ class Seal:
         return True
 
     def holds(self, stages: Iterable[int]) -> bool:
-        """Is every one of `stages` sealed, with every stamp unchanged?
-
-        Each path is statted once per Seal and each stage checked once: a
-        Seal read for one build answers for the moment it was asked, so a
-        stage whose inputs this build rewrites (an upstream stage ran) must
-        not be asked after that (BuildRun decides it the ordinary way)."""
-        stages = list(stages)
-        verdicts = self._verdicts
-        if len(stages) > 1 and not verdicts and self._all_unchanged(stages):
-            verdicts.update(dict.fromkeys(stages, True))  # the no-op: every stamp in one pass
-            return True
-        for i in stages:
-            held = verdicts.get(i)
-            if held is None:
-                held = verdicts[i] = self._check(i)
-            if not held:
-                return False
-        return True
-
-    def _all_unchanged(self, stages: list[int]) -> bool:
-        """Every path of `stages` statted once, until one differs; True if none did."""
+        """Is every one of `stages` sealed, with every stamp unchanged now?
+        (Statted afresh on every call: an answer is only as good as the moment
+        it was given, and a build decides each stage when it becomes ready.)"""
         wanted: set[int] = set()
         for i in stages:
             own = self.stages.get(i)
             if own is None:
                 return False
             wanted.update(own)
-        paths, stamps, matched = self.paths, self.stamps, self._matched
-        for j in wanted:
-            same = matched.get(j)
-            if same is None:
-                try:
-                    st = os.stat(paths[j])
-                except (FileNotFoundError, NotADirectoryError):
-                    same = stamps[j] is None
-                except OSError:
-                    same = False
-                else:
-                    same = stamps[j] == (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
-                matched[j] = same
-            if not same:
-                return False
-        return True
+        return all(self._unchanged(j) for j in wanted)
 
-    def _check(self, i: int) -> bool:
-        own = self.stages.get(i)
-        if own is None:
-            return False
-        matched = self._matched
-        for j in own:
-            same = matched.get(j)
-            if same is None:
-                same = matched[j] = self._unchanged(j)
-            if not same:
-                return False
-        return True
+    def holding(self, stages: Iterable[int]) -> set[int]:
+        """Those of `stages` that are sealed with every stamp unchanged now,
+        each path statted once."""
+        unchanged: dict[int, bool] = {}
+        held = set()
+        for i in stages:
+            own = self.stages.get(i)
+            if own is None:
+                continue
+            for j in own:
+                same = unchanged.get(j)
+                if same is None:
+                    same = unchanged[j] = self._unchanged(j)
+                if not same:
+                    break
+            else:
+                held.add(i)
+        return held
 
     def _unchanged(self, j: int) -> bool:
         try:

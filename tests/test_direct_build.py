@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -208,3 +210,96 @@ def test_sigterm_stops_a_direct_build_with_130(project: Project, tmp_path: Path)
     assert_direct(after)
     assert counts(after.err)[3] == 0
     assert read(project, "b.txt") == "fine\n"
+
+
+def test_an_edit_made_while_the_build_runs_is_seen_when_its_stage_is_decided(project: Project) -> None:
+    """The fast path checks the seal before the build; a stage decided later must
+    see a file changed in between (here while `a` runs), as the click path does."""
+    project.pivotfile(
+        """
+        stage a:
+            deps: s.txt
+            outs: a.txt
+            run: sleep 2; echo same > $@
+
+        stage b:
+            deps: a.txt
+            outs: b.txt
+            run: cp $< $@
+
+        stage c:
+            deps: b.txt notes.txt
+            outs: c.txt
+            run: cat $^ > $@
+        """
+    )
+    project.write("s.txt", "1\n")
+    project.write("notes.txt", "n1\n")
+    build(project)
+    project.write("s.txt", "2\n")
+    proc = subprocess.Popen(
+        [sys.executable, "-X", "importtime", "-m", "pivotbuild", "-s"],
+        cwd=project.root,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(1)  # a is running; b and c are not decided yet
+    project.write("notes.txt", "n2\n")
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "pivotbuild.cli.direct" in err  # the path under test
+    assert read(project, "c.txt") == "same\nn2\n"
+
+
+def test_an_edit_made_while_waiting_for_the_lock_is_seen(project: Project, tmp_path: Path) -> None:
+    project.pivotfile(
+        """
+        stage s2:
+            deps: src2.txt
+            outs: s2.txt
+            run: cp $< $@
+
+        stage x:
+            deps: srcx.txt
+            outs: x.txt
+            run: cp $< $@
+
+        stage slow:
+            deps: slow.txt
+            outs: slow.out
+            run: sleep 3; exit 1
+        """
+    )
+    for name in ("src2.txt", "srcx.txt", "slow.txt"):
+        project.write(name, "a\n")
+    build(project, "s2", "x")
+    project.write("srcx.txt", "b\n")  # x must run: not a no-op, so the direct path builds
+    # The holder fails, so it leaves the lockfile as it was (and the seal valid).
+    with background_build(project, tmp_path, "slow") as holder:
+        time.sleep(0.7)  # slow holds the project
+        waiter = subprocess.Popen(
+            [sys.executable, "-m", "pivotbuild", "-s", "s2", "x"], cwd=project.root, stderr=subprocess.PIPE, text=True
+        )
+        time.sleep(0.7)  # it checked the seal and waits for the lock
+        project.write("src2.txt", "CHANGED\n")
+        _, err = waiter.communicate(timeout=60)
+        assert holder.wait(timeout=60) == 1
+    assert waiter.returncode == 0, err
+    assert read(project, "s2.txt") == "CHANGED\n"
+    assert read(project, "x.txt") == "b\n"
+
+
+def test_repeated_directory_options_add_up_as_in_make(project: Project, tmp_path: Path) -> None:
+    for where in ("a/b", "b"):
+        project.pivotfile(f"stage o:\n    outs: o.txt\n    run: echo {where} > $@\n", rel=f"{where}/Pivotfile")
+        (project.root / where / ".pivot").mkdir()
+    through_click = traced(project, "-C", "a", "-C", "b", "repro", "-s", cwd=project.root)
+    assert through_click.code == 0, through_click
+    assert read(project, "a/b/o.txt") == "a/b\n"
+    assert not (project.root / "b/o.txt").exists()
+    (project.root / "a/b/o.txt").unlink()
+    (project.root / "a/b/.pivot/seal").unlink()
+    direct = traced(project, "-C", "a", "-C", "b", "-s", cwd=project.root)
+    assert_direct(direct)
+    assert read(project, "a/b/o.txt") == "a/b\n"
+    assert not (project.root / "b/o.txt").exists()

@@ -16,12 +16,14 @@ if TYPE_CHECKING:
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _chdir(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    if value is not None:
+def _chdir(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> tuple[str, ...]:
+    """Each `-C DIR` in turn, each relative to the one before, as make does
+    (`-C a -C b` is `-C a/b`)."""
+    for directory in value:
         try:
-            os.chdir(value)
+            os.chdir(directory)
         except OSError as exc:
-            raise click.BadParameter(f"cannot change to '{value}': {exc.strerror}", ctx, param) from None
+            raise click.BadParameter(f"cannot change to '{directory}': {exc.strerror}", ctx, param) from None
     return value
 
 
@@ -47,10 +49,11 @@ def project_options(f: F) -> F:
         "-C",
         "--directory",
         metavar="DIR",
+        multiple=True,
         callback=_chdir,
         expose_value=False,
         is_eager=True,
-        help="Change to DIR first.",
+        help="Change to DIR first (each -C relative to the one before, as in make).",
     )(f)
     return f
 

@@ -56,7 +56,9 @@ def build(argv: list[str], args: _Args, checked: Checked) -> int | None:
         reporter = make_reporter(options)
         with terminate_as_interrupt():
             try:
-                return Engine(reporter).build(options, preloaded=Preloaded(project, graph, checked.sealed))
+                return Engine(reporter).build(
+                    options, preloaded=Preloaded(project, graph, checked.sealed, frozenset(checked.held))
+                )
             finally:
                 reporter.close()
     except (Exception, KeyboardInterrupt) as exc:

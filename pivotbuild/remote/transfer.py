@@ -74,11 +74,17 @@ def object_rel(digest: str) -> str:
 
 
 def run_entry_outs(blob: bytes) -> list[FileRecord]:
+    return decode_run_entry(blob) or []
+
+
+def decode_run_entry(blob: bytes) -> list[FileRecord] | None:
+    """The outputs a run-cache entry names; None if it does not decode (cut
+    short by a killed build, or being written right now)."""
     try:
         data = msgpack.unpackb(blob, raw=False)
         return [codec.file_from(o) for o in data["outs"]]
     except (ValueError, TypeError, KeyError, RecursionError, msgpack.UnpackException):
-        return []
+        return None
 
 
 def _parallel(jobs: int, work: Iterable[Callable[[], None]], progress: Progress | None) -> None:
@@ -113,19 +119,26 @@ def push(
     wanted: set[str] = set()
     for rec in outs:
         wanted |= _local_objects(cache, rec, report)
-    entries: list[tuple[str, Path, set[str]]] = []  # (remote path, local path, the objects it names)
+    entries: list[tuple[str, bytes, set[str]]] = []  # (remote path, its bytes, the objects it names)
     for sid in stages:
         skey = stage_key(sid)
         folder = cache.dir / folder_rel(skey)
         for name in of_stage(skey, os.listdir(folder)) if folder.is_dir() else []:
-            rel, entry = f"{folder_rel(skey)}/{name}", folder / name
+            rel = f"{folder_rel(skey)}/{name}"
+            try:
+                blob = (folder / name).read_bytes()
+            except FileNotFoundError:
+                continue  # replaced by a build meanwhile
+            named = decode_run_entry(blob)
+            if named is None:
+                continue  # torn (a killed build) or still being written: never sent
             needs: set[str] = set()
-            for rec in run_entry_outs(entry.read_bytes()):
+            for rec in named:
                 found = _local_objects(cache, rec, report)
                 wanted |= found
                 # A directory whose manifest is not here is not sent: hold its entry back.
                 needs |= found | ({rec.hash} if rec.hash else set())
-            entries.append((rel, entry, needs))
+            entries.append((rel, blob, needs))
     with _io("cannot list the remote's objects"):
         to_send = [d for d in sorted(wanted) if not remote.exists(object_rel(d))]
     report.already = len(wanted) - len(to_send)
@@ -149,13 +162,16 @@ def push(
     # on the remote always finds its objects there.
     on_remote = (wanted - set(to_send)) | report.moved_objects
     held_back = 0
-    for rel, path, needs in entries:
-        if not needs <= on_remote:
-            held_back += 1
-            continue
-        with _io(f"cannot send run-cache entry {rel} to the remote"):
-            if not remote.exists(rel):
-                remote.put(path, rel)
+    with tempfile.TemporaryDirectory(prefix="pivot-push-") as tmp:
+        for rel, blob, needs in entries:
+            if not needs <= on_remote:
+                held_back += 1
+                continue
+            with _io(f"cannot send run-cache entry {rel} to the remote"):
+                if not remote.exists(rel):
+                    sent = Path(tmp) / "entry"
+                    sent.write_bytes(blob)  # the bytes checked above, whatever the file holds now
+                    remote.put(sent, rel)
     if held_back:
         report.problems.append(f"{held_back} run-cache entr(ies) not pushed: objects they name could not be sent")
     return report
