@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from conftest import Project
-from test_build_crash import background_build, hung_pid
+from test_build_crash import background_build, hung_pid, wait_until
 from tracing import Traced, assert_fast, build, counts, read, runs, traced
 
 DURATION = re.compile(r" in \d+(\.\d+)?s$", re.M)
@@ -267,7 +267,7 @@ def test_an_edit_made_while_waiting_for_the_lock_is_seen(project: Project, tmp_p
         stage slow:
             deps: slow.txt
             outs: slow.out
-            run: sleep 3; exit 1
+            run: touch slow.started; sleep 4; exit 1
         """
     )
     for name in ("src2.txt", "srcx.txt", "slow.txt"):
@@ -276,15 +276,17 @@ def test_an_edit_made_while_waiting_for_the_lock_is_seen(project: Project, tmp_p
     project.write("srcx.txt", "b\n")  # x must run: not a no-op, so the direct path builds
     # The holder fails, so it leaves the lockfile as it was (and the seal valid).
     with background_build(project, tmp_path, "slow") as holder:
-        time.sleep(0.7)  # slow holds the project
+        wait_until((project.root / "slow.started").exists, 20, "the holder's stage to start")
         waiter = subprocess.Popen(
-            [sys.executable, "-m", "pivotbuild", "-s", "s2", "x"], cwd=project.root, stderr=subprocess.PIPE, text=True
+            [sys.executable, "-m", "pivotbuild", "s2", "x"], cwd=project.root, stderr=subprocess.PIPE, text=True
         )
-        time.sleep(0.7)  # it checked the seal and waits for the lock
+        assert waiter.stderr is not None
+        first = waiter.stderr.readline()  # it checked the seal, and now waits for the lock
+        assert "waiting for another pivotbuild" in first, first
         project.write("src2.txt", "CHANGED\n")
-        _, err = waiter.communicate(timeout=60)
+        _, rest = waiter.communicate(timeout=60)
         assert holder.wait(timeout=60) == 1
-    assert waiter.returncode == 0, err
+    assert waiter.returncode == 0, first + rest
     assert read(project, "s2.txt") == "CHANGED\n"
     assert read(project, "x.txt") == "b\n"
 
