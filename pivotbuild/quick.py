@@ -142,10 +142,7 @@ class Checked:
     whether it proves every one of them up to date, and if not, which of them
     it proved (`held`: stage indices, as of this check)."""
 
-    def __init__(
-        self, main_file: Path, loaded: Loaded, closure: list[int], sealed: Seal | None, noop: bool, *, held: set[int]
-    ) -> None:
-        self.main_file = main_file
+    def __init__(self, loaded: Loaded, closure: list[int], sealed: Seal | None, noop: bool, *, held: set[int]) -> None:
         self.loaded = loaded
         self.closure = closure
         self.sealed = sealed
@@ -182,8 +179,10 @@ def _check(args: _Args) -> Checked | None:
         sealed = None
     always = any(index.stages[i][4] for i in closure)  # an `always` stage is never up to date
     noop = sealed is not None and not always and sealed.holds(closure)
+    # (holds() is the no-op's one pass over every stamp; only a build with work
+    # needs to know which stages held, to skip checking their deps exist.)
     held = set() if noop or sealed is None else sealed.holding(closure)
-    return Checked(main_file, loaded, closure, sealed, noop, held=held)
+    return Checked(loaded, closure, sealed, noop, held=held)
 
 
 def _select(index: object, targets: list[str]) -> list[int] | None:

@@ -86,8 +86,9 @@ class OutputCache:
         `Captured.deferred` for `store_deferred` to copy later, off the path
         of the stages waiting for this one; every other file read here is
         listed in `Captured.confirm`, for that later read to prove its
-        stat-cache entry (a just-written file's is racy until then).  A file whose stamp matches a
-        trusted entry of `known` (the stage's stat cache) is not read again.
+        stat-cache entry (a just-written file's is racy until then).  A file
+        whose stamp matches a trusted entry of `known` (the stage's stat
+        cache) is not read again.
         Safe in a worker thread: it only reads `known`; the stat cache
         updates come back in `Captured.seen`."""
         outs: list[FileRecord] = []

@@ -5,12 +5,10 @@ seen before is restored from the cache instead (status `restored`).
 Entries live at `<cache>/runs/<ab>/<stage key>-<inputs key>` as msgpack,
 where `ab` begins the stage key.  (Not a folder per stage: creating a
 directory costs as much as creating a file, and a clean build would pay one
-for every stage.)  An entry is created in place, not written beside and
-renamed: a clean build writes one per stage, and while stages are writing
-their outputs each file-system metadata change waits on the journal (about
-2 ms each on these machines), so one creation instead of a create, a chmod
-and a rename matters.  A reader never trusts a torn entry: one that does not
-decode is ignored (the stage runs), and replaced when the stage is recorded.
+for every stage.)  An entry is created in place (an open and a write), not
+written beside, chmod'ed and renamed: a clean build writes one per stage.  A
+reader never trusts a torn entry: one that does not decode is ignored (the
+stage runs, or push skips it), and replaced when the stage is recorded.
 """
 
 from __future__ import annotations

@@ -2,9 +2,9 @@
 
 quick.py has parsed the options (only the plain ones it knows), found the
 compiled plan fresh and read the seal; what is left is the build itself.
-Parsing with click, reading the plan again and stat-checking the seal again
-cost an incremental build some 50 ms before its first stage, so this runs
-the engine directly with what was already read.  It must behave exactly as
+Importing and running click and reading the plan again cost a build with work
+some 30 to 50 ms before its first stage, so this runs the engine directly with
+what was already read.  It must behave exactly as
 `pivotbuild` through click: the same options, reporter, SIGTERM handling,
 messages and exit statuses (errors go through cli/command.py's `exit_status`).
 """
