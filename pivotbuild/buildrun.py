@@ -82,7 +82,6 @@ class BuildRun:
         project: Project,
         graph: BuildGraph,
         closure: list[StageId],
-        targets: set[StageId],
         store: StateStore,
         options: BuildOptions,
         cancel: threading.Event,
@@ -90,13 +89,13 @@ class BuildRun:
         block_on_failure: bool = True,
         seal: Seal | None = None,
     ) -> None:
-        """`order_after` replaces the graph's edges (for `run`, the given order);
+        """`closure` is every stage of the build, which `-B` forces whole;
+        `order_after` replaces the graph's edges (for `run`, the given order);
         with `block_on_failure` false, a failure does not block what follows it."""
         self.engine = engine
         self.root = project.root
         self.graph = graph
         self.closure = closure
-        self.targets = targets
         self.store = store
         self.options = options
         self.cancel = cancel
@@ -237,7 +236,7 @@ class BuildRun:
         while self.ready:
             sid = self.ready.pop(0)
             stage = self.graph.stages[sid]
-            forced = self.options.always_make and sid in self.targets
+            forced = self.options.always_make  # -B: every stage of the closure, as make does
             self._state(sid, State.PREPARING)
             if not forced and self._sealed(sid):
                 self.sealed_skips.add(sid)

@@ -422,12 +422,22 @@ def test_question_mode(chain: Project) -> None:
     assert read(chain, "c.txt") == "other\n"
 
 
-def test_always_make_reruns_the_selected_stages(chain: Project) -> None:
+def test_always_make_reruns_the_selected_stages_and_what_they_depend_on(chain: Project) -> None:
     build(chain)
     done = build(chain, "-B", "b")
-    assert done == {"a": ("skipped", "up to date"), "b": ("ran", "forced")}
-    done = build(chain, "-B")
+    assert done == {"a": ("ran", "forced"), "b": ("ran", "forced")}  # as make -B does
+    assert runs(chain)[3:] == ["a", "b"]
+    done = build(chain, "-B")  # no targets: the default targets and all they need
     assert done == dict.fromkeys(("a", "b", "c"), ("ran", "forced"))
+
+
+def test_always_make_dry_run_lists_what_depends_on_nothing_changed(chain: Project) -> None:
+    build(chain)
+    r = chain.run("-n", "-B", "b")
+    assert r.code == 0, r
+    assert re.findall(r"^would run (\S+): (.*)$", r.out, re.M) == [("a", "forced"), ("b", "forced")], r.out
+    assert chain.run("-q", "-B", "b").code == 1
+    assert len(runs(chain)) == 3  # neither ran anything
 
 
 def test_explain_prints_why_each_stage_runs_or_is_skipped(chain: Project) -> None:
@@ -682,6 +692,13 @@ def test_retry(project: Project, retries: int, code: int, attempts: str) -> None
 
 
 # -- pivotbuild run ----------------------------------------------------------------------------
+
+
+def test_run_always_make_forces_only_the_given_stages(chain: Project) -> None:
+    build(chain)
+    r = chain.run("run", "-B", "b", "--json")
+    assert r.code == 0, r
+    assert finished(r) == {"b": ("ran", "forced")}  # unlike `pivotbuild -B b`, not a
 
 
 def test_run_runs_exactly_the_given_stages_in_order(chain: Project) -> None:
