@@ -245,7 +245,9 @@ class BuildRun:
             decision, snap = self.engine.decide(stage, self.store, forced)
             if decision.run and decision.reason not in (FORCED, ALWAYS) and self._restore(stage, snap, decision.reason):
                 continue
-            if decision.run:
+            if decision.run and (unfit := self.admission.unfit(stage)):
+                self._fail(sid, StageFinished(self.graph.label(sid), Status.FAILED, decision.reason, 0.0, unfit))
+            elif decision.run:
                 self.to_run[sid] = (snap, decision.reason)
                 self._state(sid, State.READY, decision.reason)
             else:

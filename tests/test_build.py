@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 from conftest import PIVOTBUILD, Project, Result
 
+from pivotbuild.pivotfile.units import approx_size
+
 SUMMARY = re.compile(r"^pivotbuild: (\d+) ran, (\d+) up to date, (\d+) restored, (\d+) failed.* in \d+(\.\d+)?s$", re.M)
 
 CHAIN = """
@@ -689,6 +691,35 @@ def test_retry(project: Project, retries: int, code: int, attempts: str) -> None
     assert done["flaky"][0] == ("ran" if code == 0 else "failed")
     assert read(project, "count.txt").strip() == attempts
     assert (project.root / "flaky.txt").exists() == (code == 0)
+
+
+def test_a_stage_reserving_more_memory_than_the_machine_has_fails_at_once(project: Project) -> None:
+    import psutil
+
+    project.pivotfile(
+        """
+        stage huge:
+            mem: 1000T
+            outs: huge.txt
+            run: echo huge >> runs.log; echo ok > $@
+
+        stage after:
+            deps: huge.txt
+            outs: after.txt
+            run: echo after >> runs.log; cp $< $@
+
+        stage fits:
+            mem: 1M
+            outs: fits.txt
+            run: echo fits >> runs.log; echo ok > $@
+        """
+    )
+    r = project.run("-k")
+    assert r.code == 1, r
+    total = approx_size(psutil.virtual_memory().total)
+    assert f"pivotbuild: stage huge failed (mem: 1000T exceeds this machine's total memory of {total};" in r.err, r.err
+    assert runs(project) == ["fits"]  # a reservation that fits still runs; the one that cannot never starts
+    assert build(project, "--json", "-k", code=1)["after"] == ("blocked", "upstream huge failed")
 
 
 # -- pivotbuild run ----------------------------------------------------------------------------
