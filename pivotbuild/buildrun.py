@@ -33,6 +33,7 @@ from pivotbuild.events import (
     Status,
 )
 from pivotbuild.graph import BuildGraph
+from pivotbuild.lifeline import Lifeline
 from pivotbuild.model import Stage, StageId
 from pivotbuild.options import BuildOptions
 from pivotbuild.paths import STATE_DIR
@@ -123,6 +124,7 @@ class BuildRun:
         self.skipped = 0
         self.work: queue.SimpleQueue[tuple[Stage, Snapshot, str] | None] = queue.SimpleQueue()
         self.environ = dict(os.environ)  # copied once, not per stage
+        self.lifeline = Lifeline()  # kills the running stages if pivotbuild is killed
         self.workers: list[None] = []  # one entry per worker thread started
         self.idle_workers = 0  # workers that finished a stage and wait for the next
         self.sealed_skips: set[StageId] = set()  # up to date by the seal, never hashed
@@ -161,6 +163,7 @@ class BuildRun:
         self._cancel_unstarted()
         for _ in self.workers:
             self.work.put(None)  # every worker is idle now: let it finish
+        self.lifeline.close()  # (not on an exception above: stages may still run, and die with us)
         counts = {s: sum(1 for v in self.status.values() if v is s) for s in Status}
         finished = BuildFinished(
             ran=counts[Status.RAN],
@@ -357,6 +360,7 @@ class BuildRun:
             cancel=self.cancel,
             put=self.events.put,
             started=lambda: self.started,
+            lifeline=self.lifeline,
         )
         done = _Done(stage.id, result, captured)
         self.unhandled[stage.id] = done
