@@ -429,8 +429,11 @@ def test_always_make_reruns_the_selected_stages_and_what_they_depend_on(chain: P
     done = build(chain, "-B", "b")
     assert done == {"a": ("ran", "forced"), "b": ("ran", "forced")}  # as make -B does
     assert runs(chain)[3:] == ["a", "b"]
-    done = build(chain, "-B")  # no targets: the default targets and all they need
+    done = build(chain, "-B")  # no targets and no `default`: every stage
     assert done == dict.fromkeys(("a", "b", "c"), ("ran", "forced"))
+    chain.pivotfile("default b\n" + CHAIN)
+    done = build(chain, "-B")  # no targets: the default targets and all they need
+    assert done == {"a": ("ran", "forced"), "b": ("ran", "forced")}
 
 
 def test_always_make_dry_run_lists_what_depends_on_nothing_changed(chain: Project) -> None:
