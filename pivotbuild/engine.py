@@ -159,7 +159,7 @@ class Engine:
         for sid in closure:
             stage = graph.stages[sid]
             upstream = [u for u in graph.upstream_stages(sid) if decisions.get(u, _UP).run]
-            if options.always_make:  # -B: the whole closure, as make does (and as the build says why)
+            if options.always_make:  # -B: the whole closure, as make does, and for the reason the build gives
                 decision = Decision(True, FORCED)
             elif upstream:
                 decision = Decision(True, f"upstream {graph.label(upstream[0])} will run")

@@ -1,5 +1,6 @@
 """Running one stage's command: its own process group, its output line by line,
-its timeout, and killing its whole process tree on timeout or cancel.
+its timeout, and killing its whole process tree on timeout or cancel (and, if
+pivotbuild is killed, the build's lifeline killing its group).
 
 `run()` blocks; the engine calls it from a worker thread.  It never decides
 what runs and never prints: output lines go to a callback.
