@@ -33,6 +33,7 @@ from pivotbuild.events import (
     Status,
 )
 from pivotbuild.graph import BuildGraph
+from pivotbuild.lifeline import Lifeline
 from pivotbuild.model import Stage, StageId
 from pivotbuild.options import BuildOptions
 from pivotbuild.paths import STATE_DIR
@@ -82,7 +83,6 @@ class BuildRun:
         project: Project,
         graph: BuildGraph,
         closure: list[StageId],
-        targets: set[StageId],
         store: StateStore,
         options: BuildOptions,
         cancel: threading.Event,
@@ -90,13 +90,13 @@ class BuildRun:
         block_on_failure: bool = True,
         seal: Seal | None = None,
     ) -> None:
-        """`order_after` replaces the graph's edges (for `run`, the given order);
+        """`closure` is every stage of the build, which `-B` forces whole;
+        `order_after` replaces the graph's edges (for `run`, the given order);
         with `block_on_failure` false, a failure does not block what follows it."""
         self.engine = engine
         self.root = project.root
         self.graph = graph
         self.closure = closure
-        self.targets = targets
         self.store = store
         self.options = options
         self.cancel = cancel
@@ -124,6 +124,7 @@ class BuildRun:
         self.skipped = 0
         self.work: queue.SimpleQueue[tuple[Stage, Snapshot, str] | None] = queue.SimpleQueue()
         self.environ = dict(os.environ)  # copied once, not per stage
+        self.lifeline = Lifeline()  # kills the running stages if pivotbuild is killed
         self.workers: list[None] = []  # one entry per worker thread started
         self.idle_workers = 0  # workers that finished a stage and wait for the next
         self.sealed_skips: set[StageId] = set()  # up to date by the seal, never hashed
@@ -162,6 +163,7 @@ class BuildRun:
         self._cancel_unstarted()
         for _ in self.workers:
             self.work.put(None)  # every worker is idle now: let it finish
+        self.lifeline.close()  # (not on an exception above: stages may still run, and die with us)
         counts = {s: sum(1 for v in self.status.values() if v is s) for s in Status}
         finished = BuildFinished(
             ran=counts[Status.RAN],
@@ -237,7 +239,7 @@ class BuildRun:
         while self.ready:
             sid = self.ready.pop(0)
             stage = self.graph.stages[sid]
-            forced = self.options.always_make and sid in self.targets
+            forced = self.options.always_make  # -B: every stage of the closure, as make does
             self._state(sid, State.PREPARING)
             if not forced and self._sealed(sid):
                 self.sealed_skips.add(sid)
@@ -246,7 +248,9 @@ class BuildRun:
             decision, snap = self.engine.decide(stage, self.store, forced)
             if decision.run and decision.reason not in (FORCED, ALWAYS) and self._restore(stage, snap, decision.reason):
                 continue
-            if decision.run:
+            if decision.run and (unfit := self.admission.unfit(stage)):
+                self._fail(sid, StageFinished(self.graph.label(sid), Status.FAILED, decision.reason, 0.0, unfit))
+            elif decision.run:
                 self.to_run[sid] = (snap, decision.reason)
                 self._state(sid, State.READY, decision.reason)
             else:
@@ -356,6 +360,7 @@ class BuildRun:
             cancel=self.cancel,
             put=self.events.put,
             started=lambda: self.started,
+            lifeline=self.lifeline,
         )
         done = _Done(stage.id, result, captured)
         self.unhandled[stage.id] = done

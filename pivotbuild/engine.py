@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pivotbuild import paths, seal, snapshot
 from pivotbuild.buildrun import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, BuildRun, Interrupted
-from pivotbuild.decide import Decision, decide
+from pivotbuild.decide import FORCED, Decision, decide
 from pivotbuild.errors import PivotError
 from pivotbuild.events import (
     Event,
@@ -92,9 +92,7 @@ class Engine:
             else:
                 sealed = preloaded.seal if preloaded.seal is not None and preloaded.seal.state_unchanged() else None
             if options.dry_run or options.question:
-                plan = self._plan(
-                    graph, closure=closure, targets=set(targets), store=store, options=options, sealed=sealed
-                )
+                plan = self._plan(graph, closure=closure, store=store, options=options, sealed=sealed)
                 if options.dry_run:
                     for label, decision in plan:
                         self.emit(Plan(label, decision.run, decision.reason))
@@ -104,7 +102,6 @@ class Engine:
                 project=project,
                 graph=graph,
                 closure=closure,
-                targets=set(targets),
                 store=store,
                 options=options,
                 cancel=cancel or threading.Event(),
@@ -121,7 +118,7 @@ class Engine:
         project, graph, targets = self.load(options)
         closure = graph.upstream(targets)
         with self.state(project, options) as store:
-            return self._plan(graph, closure=closure, targets=set(targets), store=store, options=options)
+            return self._plan(graph, closure=closure, store=store, options=options)
 
     def run_stages(self, options: BuildOptions, fail_fast: bool, cancel: threading.Event | None = None) -> int:
         """`pivotbuild run`: exactly the named stages, in the order given, without
@@ -141,7 +138,6 @@ class Engine:
                 project=project,
                 graph=graph,
                 closure=chosen,
-                targets=set(chosen),
                 store=store,
                 options=run_options,
                 cancel=cancel or threading.Event(),
@@ -155,7 +151,6 @@ class Engine:
         graph: BuildGraph,
         *,
         closure: list[StageId],
-        targets: set[StageId],
         store: StateStore,
         options: BuildOptions,
         sealed: Seal | None = None,
@@ -164,13 +159,14 @@ class Engine:
         for sid in closure:
             stage = graph.stages[sid]
             upstream = [u for u in graph.upstream_stages(sid) if decisions.get(u, _UP).run]
-            forced = options.always_make and sid in targets
-            if upstream:
+            if options.always_make:  # -B: the whole closure, as make does, and for the reason the build gives
+                decision = Decision(True, FORCED)
+            elif upstream:
                 decision = Decision(True, f"upstream {graph.label(upstream[0])} will run")
-            elif not forced and sealed is not None and sealed.holds([graph.index_of(sid)]):
+            elif sealed is not None and sealed.holds([graph.index_of(sid)]):
                 decision = _UP
             else:
-                decision = decide_stage(stage, store, store.root, forced)[0]
+                decision = decide_stage(stage, store, store.root, False)[0]
             decisions[sid] = decision
         return [(graph.label(s), d) for s, d in decisions.items()]
 

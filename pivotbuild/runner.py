@@ -1,5 +1,6 @@
 """Running one stage's command: its own process group, its output line by line,
-its timeout, and killing its whole process tree on timeout or cancel.
+its timeout, and killing its whole process tree on timeout or cancel (and, if
+pivotbuild is killed, the build's lifeline killing its group).
 
 `run()` blocks; the engine calls it from a worker thread.  It never decides
 what runs and never prints: output lines go to a callback.
@@ -18,6 +19,8 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from pivotbuild.lifeline import Lifeline
 
 TAIL_LINES = 20
 _KILL_GRACE_S = 2.0
@@ -65,10 +68,10 @@ def _signal_name(sig: int) -> str:
 OnLine = Callable[[str, str], None]  # (stream, line)
 
 
-def run(spec: RunSpec, on_line: OnLine, cancel: threading.Event) -> RunResult:
-    """Run `spec` to completion (or timeout, or until `cancel` is set)."""
+def run(spec: RunSpec, on_line: OnLine, cancel: threading.Event, lifeline: Lifeline | None = None) -> RunResult:
+    """Run `spec` to completion (or timeout, or until `cancel` is set); its
+    process group is held on `lifeline` while it runs."""
     start = time.monotonic()
-    tail: deque[str] = deque(maxlen=TAIL_LINES)
     try:
         proc = subprocess.Popen(
             spec.argv,
@@ -83,7 +86,22 @@ def run(spec: RunSpec, on_line: OnLine, cancel: threading.Event) -> RunResult:
         line = f"pivotbuild: cannot start {spec.argv[0]}: {exc.strerror}"
         on_line("stderr", line)
         return RunResult(127, None, False, False, (line,), time.monotonic() - start)
-    deadline = start + spec.timeout if spec.timeout else None
+    if lifeline is None:
+        return _follow(proc, spec.timeout, on_line, cancel, start)
+    lifeline.hold(proc.pid)
+    try:
+        return _follow(proc, spec.timeout, on_line, cancel, start)
+    finally:
+        lifeline.release(proc.pid)
+
+
+def _follow(
+    proc: subprocess.Popen[bytes], timeout: float | None, on_line: OnLine, cancel: threading.Event, start: float
+) -> RunResult:
+    """Pass on the output of the started stage `proc` until it ends; kill it on
+    timeout or cancel."""
+    tail: deque[str] = deque(maxlen=TAIL_LINES)
+    deadline = start + timeout if timeout else None
     timed_out = cancelled = False
     assert proc.stdout is not None and proc.stderr is not None
     buffers = {proc.stdout.fileno(): bytearray(), proc.stderr.fileno(): bytearray()}

@@ -4,8 +4,9 @@ A stage starts when the job server hands it its tokens (`jobs:`, capped at
 `-j`), none of its mutex groups is held (`*` means it runs alone), the memory
 it reserves (`mem:`) is available, and the load average is under `-l`.  With
 nothing running, memory and load never hold a stage back, so a build cannot
-stall.  Among ready stages, the one heading the longest remaining path (by
-past durations where known) goes first.
+stall; but a stage that reserves more memory than the machine has fails
+instead of starting (see `unfit`).  Among ready stages, the one heading the
+longest remaining path (by past durations where known) goes first.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from pivotbuild.model import Stage, StageId
+from pivotbuild.pivotfile.units import approx_size, format_size
 
 
 class JobServer(Protocol):
@@ -56,6 +58,12 @@ def _available_memory() -> int:
     return int(psutil.virtual_memory().available)
 
 
+def _total_memory() -> int:
+    import psutil
+
+    return int(psutil.virtual_memory().total)
+
+
 def _load_average() -> float:
     return os.getloadavg()[0]
 
@@ -66,10 +74,20 @@ class Admission:
     load_limit: float | None = None
     available_memory: Callable[[], int] = _available_memory
     load_average: Callable[[], float] = _load_average
+    total_memory: Callable[[], int] = _total_memory
     running: dict[StageId, Stage] = field(default_factory=dict)
 
     def tokens(self, stage: Stage) -> int:
         return max(1, min(stage.jobs, self.jobserver.capacity))
+
+    def unfit(self, stage: Stage) -> str:
+        """Why `stage` can never run on this machine, or "" if it can."""
+        if stage.mem and stage.mem > (total := self.total_memory()):
+            machine = approx_size(total)
+            return (
+                f"mem: {format_size(stage.mem)} exceeds this machine's total memory of {machine}; reserve at most that"
+            )
+        return ""
 
     def try_start(self, stage: Stage) -> bool:
         """Reserve what `stage` needs and return True, or change nothing and return False."""

@@ -16,6 +16,7 @@ from pathlib import Path
 from pivotbuild import runner
 from pivotbuild.cache.outputs import Captured, OutputCache
 from pivotbuild.events import Event, Log, Message, StageStarted
+from pivotbuild.lifeline import Lifeline
 from pivotbuild.model import Stage
 from pivotbuild.snapshot import Snapshot
 from pivotbuild.state.statcache import StatEntry
@@ -34,10 +35,12 @@ def run_stage(
     cancel: threading.Event,
     put: Callable[[Event], None],
     started: Callable[[], int],
+    lifeline: Lifeline,
 ) -> tuple[runner.RunResult, Captured | None]:
     """Run `stage` to its result; on success, its outputs hashed (and, with
     `store`, on their way into the cache).  `started()` numbers a retry's
-    event.  Never raises: an error of ours fails the stage."""
+    event; `lifeline` kills the stage if pivotbuild dies.  Never raises: an
+    error of ours fails the stage."""
     result: runner.RunResult | None = None
     captured = None
     try:
@@ -55,7 +58,7 @@ def run_stage(
                 put(Log(label, "stderr", problem))
                 result = runner.RunResult(1, None, False, False, (problem,), 0.0)
                 break
-            result = runner.run(spec, lambda stream, line: put(Log(label, stream, line)), cancel)
+            result = runner.run(spec, lambda stream, line: put(Log(label, stream, line)), cancel, lifeline)
             if result.ok or result.cancelled:
                 break
         if result is not None and result.ok:

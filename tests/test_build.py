@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 from conftest import PIVOTBUILD, Project, Result
 
+from pivotbuild.pivotfile.units import approx_size
+
 SUMMARY = re.compile(r"^pivotbuild: (\d+) ran, (\d+) up to date, (\d+) restored, (\d+) failed.* in \d+(\.\d+)?s$", re.M)
 
 CHAIN = """
@@ -422,12 +424,25 @@ def test_question_mode(chain: Project) -> None:
     assert read(chain, "c.txt") == "other\n"
 
 
-def test_always_make_reruns_the_selected_stages(chain: Project) -> None:
+def test_always_make_reruns_the_selected_stages_and_what_they_depend_on(chain: Project) -> None:
     build(chain)
     done = build(chain, "-B", "b")
-    assert done == {"a": ("skipped", "up to date"), "b": ("ran", "forced")}
-    done = build(chain, "-B")
+    assert done == {"a": ("ran", "forced"), "b": ("ran", "forced")}  # as make -B does
+    assert runs(chain)[3:] == ["a", "b"]
+    done = build(chain, "-B")  # no targets and no `default`: every stage
     assert done == dict.fromkeys(("a", "b", "c"), ("ran", "forced"))
+    chain.pivotfile("default b\n" + CHAIN)
+    done = build(chain, "-B")  # no targets: the default targets and all they need
+    assert done == {"a": ("ran", "forced"), "b": ("ran", "forced")}
+
+
+def test_always_make_dry_run_lists_what_depends_on_nothing_changed(chain: Project) -> None:
+    build(chain)
+    r = chain.run("-n", "-B", "b")
+    assert r.code == 0, r
+    assert re.findall(r"^would run (\S+): (.*)$", r.out, re.M) == [("a", "forced"), ("b", "forced")], r.out
+    assert chain.run("-q", "-B", "b").code == 1
+    assert len(runs(chain)) == 3  # neither ran anything
 
 
 def test_explain_prints_why_each_stage_runs_or_is_skipped(chain: Project) -> None:
@@ -681,7 +696,43 @@ def test_retry(project: Project, retries: int, code: int, attempts: str) -> None
     assert (project.root / "flaky.txt").exists() == (code == 0)
 
 
+def test_a_stage_reserving_more_memory_than_the_machine_has_fails_at_once(project: Project) -> None:
+    import psutil
+
+    project.pivotfile(
+        """
+        stage huge:
+            mem: 1000T
+            outs: huge.txt
+            run: echo huge >> runs.log; echo ok > $@
+
+        stage after:
+            deps: huge.txt
+            outs: after.txt
+            run: echo after >> runs.log; cp $< $@
+
+        stage fits:
+            mem: 1M
+            outs: fits.txt
+            run: echo fits >> runs.log; echo ok > $@
+        """
+    )
+    r = project.run("-k")
+    assert r.code == 1, r
+    total = approx_size(psutil.virtual_memory().total)
+    assert f"pivotbuild: stage huge failed (mem: 1000T exceeds this machine's total memory of {total};" in r.err, r.err
+    assert runs(project) == ["fits"]  # a reservation that fits still runs; the one that cannot never starts
+    assert build(project, "--json", "-k", code=1)["after"] == ("blocked", "upstream huge failed")
+
+
 # -- pivotbuild run ----------------------------------------------------------------------------
+
+
+def test_run_always_make_forces_only_the_given_stages(chain: Project) -> None:
+    build(chain)
+    r = chain.run("run", "-B", "b", "--json")
+    assert r.code == 0, r
+    assert finished(r) == {"b": ("ran", "forced")}  # unlike `pivotbuild -B b`, not a
 
 
 def test_run_runs_exactly_the_given_stages_in_order(chain: Project) -> None:

@@ -161,8 +161,40 @@ def _kill_mid_build(project: Project, tmp_path: Path, *, after_a_is_cached: bool
             time.sleep(0.02)
         proc.send_signal(signal.SIGKILL)
         assert proc.wait(timeout=10) == -signal.SIGKILL
-        os.killpg(os.getpgid(pid), signal.SIGKILL)  # nobody else will: pivotbuild is dead
+        wait_until(lambda: gone(pid), 15, f"the stage's sleep ({pid}) to die with pivotbuild")
     assert runs(project) == ["a", "b"]
+
+
+ORPHANS = """
+stage s:
+    outs: s.txt
+    run:
+        echo $$$$ > shell.pid
+        sleep 300 &
+        echo $! > child.pid
+        (trap '' TERM; sleep 300) &
+        echo $! > stubborn.pid
+        wait
+        echo done > $@
+"""
+
+
+def test_a_stage_and_its_children_die_when_pivotbuild_is_killed(project: Project, tmp_path: Path) -> None:
+    project.pivotfile(ORPHANS)
+    with background_build(project, tmp_path) as proc:
+        pid_files = [project.root / f"{name}.pid" for name in ("shell", "child", "stubborn")]
+        wait_until(lambda: all(f.exists() and f.read_text().strip() for f in pid_files), 20, "the stage to start")
+        pids = [int(f.read_text()) for f in pid_files]
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(timeout=10) == -signal.SIGKILL
+        try:
+            # One that ignores SIGTERM too: it gets SIGKILL a moment later.
+            wait_until(lambda: all(gone(p) for p in pids), 15, "the stage's processes to die with pivotbuild")
+        finally:
+            for p in pids:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(p, signal.SIGKILL)
+    assert not (project.root / "s.txt").exists()
 
 
 def test_after_sigkill_the_next_build_reruns_only_the_stage_that_was_running(project: Project, tmp_path: Path) -> None:

@@ -267,6 +267,15 @@ def test_memory_never_holds_back_an_idle_build() -> None:
     assert not adm.try_start(stage("other", mem=1))
 
 
+def test_a_stage_reserving_more_than_the_machine_has_is_unfit() -> None:
+    adm = Admission(TokenPool(2), total_memory=lambda: 16 * GiB)
+    assert adm.unfit(stage("huge", mem=64 * GiB)) == (
+        "mem: 64G exceeds this machine's total memory of 16G; reserve at most that"
+    )
+    assert adm.unfit(stage("fits", mem=16 * GiB)) == ""
+    assert adm.unfit(stage("none")) == ""
+
+
 # -- load ------------------------------------------------------------------------------
 
 

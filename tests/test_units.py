@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from pivotbuild.pivotfile.units import format_size, parse_duration, parse_size
+from pivotbuild.pivotfile.units import approx_size, format_size, parse_duration, parse_size
 
 K = 1024
 M = 1024**2
@@ -139,3 +139,11 @@ def test_format_size_round_trips_through_parse_size(size: int) -> None:
 )
 def test_parse_then_format_gives_the_shortest_spelling(text: str, canonical: str) -> None:
     assert format_size(parse_size(text)) == canonical
+
+
+@pytest.mark.parametrize(
+    ("size", "text"),
+    [(0, "0"), (1023, "1023"), (1024, "1K"), (1536, "1.5K"), (int(23.44 * G), "23.4G"), (4 * G, "4G"), (3 * T, "3T")],
+)
+def test_approx_size(size: int, text: str) -> None:
+    assert approx_size(size) == text

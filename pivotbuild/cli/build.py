@@ -47,7 +47,9 @@ def split_args(args: tuple[str, ...]) -> tuple[tuple[str, ...], dict[str, str]]:
 @click.option("-k", "--keep-going", is_flag=True, help="After a failure, keep building what does not depend on it.")
 @click.option("-n", "--dry-run", is_flag=True, help="Print what would run and why; run nothing.")
 @click.option("-q", "--question", is_flag=True, help="Run nothing; exit 0 if up to date, 1 if not.")
-@click.option("-B", "--always-make", is_flag=True, help="Rerun the selected stages even if up to date.")
+@click.option(
+    "-B", "--always-make", is_flag=True, help="Rerun the selected stages and all they depend on, even if up to date."
+)
 @click.option("-w", "--watch", is_flag=True, help="Build, then rebuild whenever an input changes, until Ctrl-C.")
 @click.option("--all", "all_pipelines", is_flag=True, help="Build every pipeline under the project root.")
 @click.option("--explain", is_flag=True, help="Print for each stage why it runs or is skipped.")

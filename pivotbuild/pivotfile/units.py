@@ -56,3 +56,11 @@ def format_size(n: int) -> str:
         if n and n % _SIZE_UNITS[unit] == 0:
             return f"{n // _SIZE_UNITS[unit]}{unit}"
     return str(n)
+
+
+def approx_size(n: int) -> str:
+    """`n` bytes to a tenth of the largest unit it reaches (`23.4G`), for messages."""
+    for unit in ("T", "G", "M", "K"):
+        if n >= _SIZE_UNITS[unit]:
+            return f"{n / _SIZE_UNITS[unit]:.1f}".removesuffix(".0") + unit
+    return str(n)

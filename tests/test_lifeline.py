@@ -1,0 +1,122 @@
+"""lifeline: the watchdog kills the process groups still held when the build's
+end of the pipe closes (as it does when pivotbuild is killed), and no other."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from pivotbuild.lifeline import Lifeline
+
+
+def alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def wait_gone(pid: int, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not alive(pid)
+
+
+def read_pid(path: Path) -> int:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        text = path.read_text() if path.exists() else ""
+        if text.endswith("\n"):
+            return int(text)
+        time.sleep(0.02)
+    raise AssertionError(f"no pid written to {path}")
+
+
+class Groups:
+    """Shells in process groups of their own, as runner.py starts stages, each
+    running `sleep` in the background (its pid in NAME.pid) and waiting for it.
+    Whatever is left of them is killed afterwards."""
+
+    def __init__(self, where: Path) -> None:
+        self.where = where
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, name: str, prefix: str = "") -> tuple[subprocess.Popen[bytes], int]:
+        """The shell, and the pid of its child."""
+        script = f"{prefix}sleep 300 & echo $! > {name}.pid; wait"
+        proc = subprocess.Popen(["/bin/sh", "-c", script], cwd=self.where, start_new_session=True)
+        self.procs.append(proc)
+        return proc, read_pid(self.where / f"{name}.pid")
+
+    def clean_up(self) -> None:
+        for proc in self.procs:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.fixture
+def groups(tmp_path: Path) -> Iterator[Groups]:
+    g = Groups(tmp_path)
+    yield g
+    g.clean_up()
+
+
+def close_while_reaping(lifeline: Lifeline, proc: subprocess.Popen[bytes]) -> None:
+    """Close the lifeline (as pivotbuild's death does) while reaping the stage's
+    shell, as init would once pivotbuild is gone."""
+    closing = threading.Thread(target=lifeline.close)
+    closing.start()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=15)
+    closing.join()
+
+
+def test_a_held_group_dies_when_the_lifeline_closes(groups: Groups) -> None:
+    shell, child = groups.start("stage")
+    lifeline = Lifeline()
+    lifeline.hold(shell.pid)
+    close_while_reaping(lifeline, shell)
+    assert wait_gone(shell.pid), "the stage's shell survived"
+    assert wait_gone(child), "the stage's child survived"
+    assert shell.returncode == -signal.SIGTERM  # asked first
+
+
+def test_a_group_ignoring_sigterm_is_killed(groups: Groups) -> None:
+    shell, child = groups.start("stubborn", prefix="trap '' TERM; ")
+    lifeline = Lifeline()
+    lifeline.hold(shell.pid)
+    close_while_reaping(lifeline, shell)
+    assert wait_gone(shell.pid), "the stage's shell survived"
+    assert wait_gone(child), "the stage's child survived"
+    assert shell.returncode == -signal.SIGKILL
+
+
+def test_a_released_group_is_left_alone(groups: Groups) -> None:
+    kept, kept_child = groups.start("kept")
+    other, _ = groups.start("other")
+    lifeline = Lifeline()
+    lifeline.hold(kept.pid)
+    lifeline.hold(other.pid)
+    lifeline.release(kept.pid)
+    close_while_reaping(lifeline, other)
+    assert wait_gone(other.pid)
+    assert kept.poll() is None and alive(kept.pid) and alive(kept_child)
+
+
+def test_a_lifeline_never_held_starts_no_watchdog() -> None:
+    before = {p.pid for p in psutil.Process().children()}
+    lifeline = Lifeline()
+    lifeline.release(12345)
+    assert {p.pid for p in psutil.Process().children()} == before
+    lifeline.close()
