@@ -72,7 +72,7 @@ def candidates(p: Project, *words: str, cwd: Path | None = None) -> list[tuple[s
     """(type, value) of each bash candidate; the request must succeed silently."""
     r = ask(p, *words, cwd=cwd)
     assert (r.code, r.err) == (0, ""), r
-    return [tuple(line.split(",", 1)) for line in r.out.splitlines() if line]  # type: ignore[misc]
+    return [(kind, value) for kind, _, value in (line.partition(",") for line in r.out.splitlines() if line)]
 
 
 def names(p: Project, *words: str, cwd: Path | None = None) -> list[str]:
@@ -231,7 +231,7 @@ def test_the_bash_script_completes_in_a_real_bash(pipelines: Project) -> None:
 
     def complete(words: str, cword: int) -> list[str]:
         script = (
-            'source <(pivotbuild completion bash) && complete -p pivotbuild >/dev/null && '
+            "source <(pivotbuild completion bash) && complete -p pivotbuild >/dev/null && "
             f"COMP_WORDS=({words}); COMP_CWORD={cword}; _pivotbuild_completion pivotbuild; "
             'printf "%s\\n" "${COMPREPLY[@]}"'
         )
