@@ -17,6 +17,7 @@ from pivotbuild.model import Pipeline, Stage
 from pivotbuild.stamps import Source, read_source
 
 if TYPE_CHECKING:
+    from pivotbuild import plan
     from pivotbuild.graph import BuildGraph
 
 
@@ -169,14 +170,37 @@ def load_compiled(options: LoadOptions) -> tuple[Project, BuildGraph]:
     from pivotbuild.graph import BuildGraph
 
     main_file = None if options.all_pipelines else _main_file(options)
-    if main_file is not None:
-        loaded = plan.read(main_file, options.overrides)
-        if loaded is not None and plan.fresh(loaded, main_file):
-            restored = plan.restore(loaded, options.cwd)
-            if restored is not None:
-                return restored
+    loaded = _fresh_plan(main_file, options.overrides)
+    if loaded is not None:
+        restored = plan.restore(loaded, options.cwd)
+        if restored is not None:
+            return restored
     project = load_project(options)
     graph = BuildGraph(project.stages, project.current_dir)
     if main_file is not None:
         project = dataclasses.replace(project, plan_id=plan.save(project, graph, main_file, options.overrides))
     return project, graph
+
+
+def stage_names(options: LoadOptions) -> tuple[str, list[tuple[str, str, str, bool]]]:
+    """The pipeline whose stages are named without a prefix, and each stage's
+    (pipeline, name, base, has a matrix): what a command line can name them by
+    (for shell completion).  Read from the compiled plan when it is fresh (no
+    parsing), else compiled; unlike load_compiled this writes nothing, not even
+    the plan.  Raises as load_project does."""
+    main_file = None if options.all_pipelines else _main_file(options)
+    loaded = _fresh_plan(main_file, options.overrides)
+    if loaded is not None:
+        return loaded.index.current, [(p, name, base, matrix) for p, name, base, matrix, _ in loaded.index.stages]
+    project = load_project(options)
+    return project.current_dir, [(s.id.pipeline, s.id.name, s.base, bool(s.matrix)) for s in project.stages]
+
+
+def _fresh_plan(main_file: Path | None, overrides: Mapping[str, str]) -> plan.Loaded | None:
+    """The compiled plan of `main_file` with these variables, if it is still fresh."""
+    from pivotbuild import plan
+
+    if main_file is None:
+        return None
+    loaded = plan.read(main_file, overrides)
+    return loaded if loaded is not None and plan.fresh(loaded, main_file) else None

@@ -32,6 +32,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(argv: Sequence[str] | None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    # completion.COMPLETE_VAR, spelled out: this path stays import-free until it knows.
+    instruction = os.environ.get("_PIVOTBUILD_COMPLETE")
+    if instruction:  # the shell asks for completions (click's protocol): never the fast path, never a build
+        from pivotbuild.cli.completion import answer
+
+        return answer(instruction)
     if _cwd_is_gone(args):
         print(
             "pivotbuild: the current directory no longer exists (was it deleted or replaced?); "

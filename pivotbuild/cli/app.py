@@ -13,6 +13,7 @@ import click
 
 from pivotbuild import __version__
 from pivotbuild.cli.common import project_options
+from pivotbuild.cli.completion import COMMAND_SLOT
 from pivotbuild.cli.names import COMMANDS  # each command's module is imported only when it runs
 
 _GLOBAL_WITH_VALUE = ("-C", "--directory", "-f", "--file")
@@ -48,6 +49,9 @@ class PivotGroup(click.Group):
         return self.commands[cmd_name]
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        # The dict `-f` is kept in, made here so that during shell completion
+        # (which parses without invoking `cli`) a subcommand's `-f` lands there too.
+        ctx.ensure_object(dict)
         i = 0
         while i < len(args):
             arg = args[i]
@@ -60,6 +64,8 @@ class PivotGroup(click.Group):
             else:
                 break
         rest = args[i:]
+        if ctx.resilient_parsing:  # completing: is the word being completed where a subcommand goes?
+            ctx.meta[COMMAND_SLOT] = not rest
         if not rest or (rest[0] not in COMMANDS and rest[0] not in ("--help", "-h", "--version")):
             args = [*args[:i], "repro", *rest]
         return super().parse_args(ctx, args)

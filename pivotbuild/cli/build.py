@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from pivotbuild.cli.common import pivotfile_arg, project_options
+from pivotbuild.cli.completion import complete_targets
 from pivotbuild.cli.running import make_reporter, terminate_as_interrupt
 from pivotbuild.errors import UsageError
 from pivotbuild.options import BuildOptions
@@ -29,7 +30,7 @@ def split_args(args: tuple[str, ...]) -> tuple[tuple[str, ...], dict[str, str]]:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("args", nargs=-1, metavar="[TARGET | NAME=VALUE]...")
+@click.argument("args", nargs=-1, metavar="[TARGET | NAME=VALUE]...", shell_complete=complete_targets)
 @click.option(
     "-j",
     "--jobs",

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from pivotbuild.cli.completion import complete_directory, complete_file
+
 if TYPE_CHECKING:
     from pivotbuild.graph import BuildGraph
     from pivotbuild.project import Project
@@ -42,6 +44,7 @@ def project_options(f: F) -> F:
         "file_",
         metavar="PATH",
         callback=_set_file,
+        shell_complete=complete_file,
         expose_value=False,
         help="The Pivotfile (default: ./Pivotfile).",
     )(f)
@@ -51,6 +54,7 @@ def project_options(f: F) -> F:
         metavar="DIR",
         multiple=True,
         callback=_chdir,
+        shell_complete=complete_directory,
         expose_value=False,
         is_eager=True,
         help="Change to DIR first (each -C relative to the one before, as in make).",

@@ -26,4 +26,5 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pull": ("remote", "pull"),
     "fmt": ("fmt", "fmt"),
     "init": ("init", "init"),
+    "completion": ("completion", "completion"),
 }

@@ -11,6 +11,7 @@ import click
 
 from pivotbuild.cli.build import split_args
 from pivotbuild.cli.common import pivotfile_arg, project_options
+from pivotbuild.cli.completion import complete_targets
 from pivotbuild.cli.running import make_reporter
 from pivotbuild.options import BuildOptions
 from pivotbuild.paths import find_root
@@ -79,7 +80,7 @@ def _transfer_options(f: Callable[..., int]) -> Callable[..., int]:
         "-j", "--jobs", type=click.IntRange(min=1), default=4, show_default=True, help="Parallel transfers."
     )(f)
     f = click.option("-r", "--remote", "remote_name", metavar="NAME", help="The remote (default: core.remote).")(f)
-    f = click.argument("args", nargs=-1, metavar="[TARGET]...")(f)
+    f = click.argument("args", nargs=-1, metavar="[TARGET]...", shell_complete=complete_targets)(f)
     return f
 
 

@@ -8,12 +8,13 @@ import click
 
 from pivotbuild.cli.build import split_args
 from pivotbuild.cli.common import pivotfile_arg, project_options
+from pivotbuild.cli.completion import complete_targets
 from pivotbuild.cli.running import make_reporter, terminate_as_interrupt
 from pivotbuild.options import BuildOptions
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("args", nargs=-1, required=True, metavar="STAGE... [NAME=VALUE]...")
+@click.argument("args", nargs=-1, required=True, metavar="STAGE... [NAME=VALUE]...", shell_complete=complete_targets)
 @click.option("-B", "--always-make", is_flag=True, help="Run them even if up to date.")
 @click.option("--fail-fast", is_flag=True, help="Stop at the first failure (default: go on with the rest).")
 @click.option("--json", "json_", is_flag=True, help="Machine output: one JSON event per line on stdout.")

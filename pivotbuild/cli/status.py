@@ -9,6 +9,7 @@ import click
 
 from pivotbuild.cli.build import split_args
 from pivotbuild.cli.common import pivotfile_arg, project_options
+from pivotbuild.cli.completion import complete_targets
 from pivotbuild.cli.running import make_reporter
 from pivotbuild.options import BuildOptions
 
@@ -16,7 +17,7 @@ _CTX = {"help_option_names": ["-h", "--help"]}
 
 
 @click.command(context_settings=_CTX)
-@click.argument("args", nargs=-1, metavar="[TARGET | NAME=VALUE]...")
+@click.argument("args", nargs=-1, metavar="[TARGET | NAME=VALUE]...", shell_complete=complete_targets)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array of {stage, up_to_date, reason}.")
 @click.option("--all", "all_pipelines", is_flag=True, help="Every pipeline under the project root.")
 @project_options

@@ -9,6 +9,7 @@ import click
 
 from pivotbuild.cli.build import split_args
 from pivotbuild.cli.common import pivotfile_arg, project_options
+from pivotbuild.cli.completion import complete_targets
 from pivotbuild.cli.running import make_reporter
 from pivotbuild.options import BuildOptions
 
@@ -21,7 +22,7 @@ def _options(ctx: click.Context, args: tuple[str, ...]) -> BuildOptions:
 
 
 @click.command(context_settings=_CTX)
-@click.argument("args", nargs=-1, metavar="[TARGET | NAME=VALUE]...")
+@click.argument("args", nargs=-1, metavar="[TARGET | NAME=VALUE]...", shell_complete=complete_targets)
 @project_options
 @click.pass_context
 def verify(ctx: click.Context, /, args: tuple[str, ...]) -> int:
@@ -45,7 +46,7 @@ def verify(ctx: click.Context, /, args: tuple[str, ...]) -> int:
 
 
 @click.command(context_settings=_CTX)
-@click.argument("args", nargs=-1, metavar="[TARGET | NAME=VALUE]...")
+@click.argument("args", nargs=-1, metavar="[TARGET | NAME=VALUE]...", shell_complete=complete_targets)
 @click.option("--force", is_flag=True, help="Overwrite outputs that were modified in the workspace.")
 @project_options
 @click.pass_context
@@ -76,7 +77,7 @@ def checkout(ctx: click.Context, /, args: tuple[str, ...], force: bool) -> int:
 
 
 @click.command(context_settings=_CTX)
-@click.argument("args", nargs=-1, metavar="[TARGET | NAME=VALUE]...")
+@click.argument("args", nargs=-1, metavar="[TARGET | NAME=VALUE]...", shell_complete=complete_targets)
 @project_options
 @click.pass_context
 def clean(ctx: click.Context, /, args: tuple[str, ...]) -> int:
@@ -124,7 +125,7 @@ def gc(dry_run: bool, keep_run_cache: bool) -> int:
 
 
 @click.command(context_settings=_CTX)
-@click.argument("args", nargs=-1, metavar="[TARGET]...")
+@click.argument("args", nargs=-1, metavar="[TARGET]...", shell_complete=complete_targets)
 @project_options
 @click.pass_context
 def commit(ctx: click.Context, /, args: tuple[str, ...]) -> int:
