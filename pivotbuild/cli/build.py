@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from pivotbuild.cli.common import pivotfile_arg, project_options
+from pivotbuild.cli.common import all_option, pivotfile_arg, project_options
 from pivotbuild.cli.running import make_reporter, terminate_as_interrupt
 from pivotbuild.errors import UsageError
 from pivotbuild.options import BuildOptions
@@ -49,7 +49,7 @@ def split_args(args: tuple[str, ...]) -> tuple[tuple[str, ...], dict[str, str]]:
 @click.option("-q", "--question", is_flag=True, help="Run nothing; exit 0 if up to date, 1 if not.")
 @click.option("-B", "--always-make", is_flag=True, help="Rerun the selected stages even if up to date.")
 @click.option("-w", "--watch", is_flag=True, help="Build, then rebuild whenever an input changes, until Ctrl-C.")
-@click.option("--all", "all_pipelines", is_flag=True, help="Build every pipeline under the project root.")
+@all_option
 @click.option("--explain", is_flag=True, help="Print for each stage why it runs or is skipped.")
 @click.option("--json", "json_", is_flag=True, help="Machine output: one JSON event per line on stdout.")
 @click.option("-s", "--quiet", is_flag=True, help="Less output.")
