@@ -47,8 +47,9 @@ def _unmark(here: Path) -> int:
     users = including(root, here) if root != here else []
     if users:
         listed = ", ".join(str(root / u) for u in users)
+        verb = "includes" if len(users) == 1 else "include"
         raise ProjectError(
-            f"{here} is an included pipeline of the project rooted at {root} ({listed} {'includes' if len(users) == 1 else 'include'} it), so builds"
+            f"{here} is an included pipeline of the project rooted at {root} ({listed} {verb} it), so builds"
             f" here use that root and keep their state there; to make it a project of its own, remove the"
             f" include from {listed}, then run 'pivotbuild init' here again"
         )

@@ -11,6 +11,7 @@ import click
 
 from pivotbuild.cli.common import all_option, project_options, stage_options
 from pivotbuild.cli.running import make_reporter
+from pivotbuild.options import BuildOptions
 from pivotbuild.paths import find_root
 
 _CTX = {"help_option_names": ["-h", "--help"]}
@@ -98,16 +99,13 @@ def _progress(label: str) -> Iterator[Callable[[int, int], None] | None]:
         yield update
 
 
-def _move(
-    ctx: click.Context, args: tuple[str, ...], all_pipelines: bool, remote_name: str | None, jobs: int, direction: str
-) -> int:
+def _move(options: BuildOptions, remote_name: str | None, jobs: int, direction: str) -> int:
     from pivotbuild.cache.outputs import OutputCache
     from pivotbuild.engine import Engine
     from pivotbuild.remote import config, transfer
     from pivotbuild.remote.directory import DirectoryRemote
     from pivotbuild.workspace import transfer_set
 
-    options = stage_options(ctx, args, all_pipelines)
     engine = Engine(make_reporter(options))
     project, outs, stages = transfer_set(engine, options)
     name, url = config.load(project.root).remote_url(remote_name)
@@ -132,25 +130,21 @@ def _move(
 @_transfer_options
 @project_options
 @click.pass_context
-def push(
-    ctx: click.Context, /, args: tuple[str, ...], all_pipelines: bool, remote_name: str | None, jobs: int
-) -> int:
+def push(ctx: click.Context, /, args: tuple[str, ...], all_pipelines: bool, remote_name: str | None, jobs: int) -> int:
     """Send the cached outputs of the stages (TARGETS, else what a plain
     `pivotbuild` builds) and their run-cache entries to a remote; only what it
     lacks, each object written atomically."""
-    return _move(ctx, args, all_pipelines, remote_name, jobs, "push")
+    return _move(stage_options(ctx, args, all_pipelines), remote_name, jobs, "push")
 
 
 @click.command(context_settings=_CTX)
 @_transfer_options
 @project_options
 @click.pass_context
-def fetch(
-    ctx: click.Context, /, args: tuple[str, ...], all_pipelines: bool, remote_name: str | None, jobs: int
-) -> int:
+def fetch(ctx: click.Context, /, args: tuple[str, ...], all_pipelines: bool, remote_name: str | None, jobs: int) -> int:
     """Bring the objects the lockfile names (and the run-cache entries) from a
     remote into the cache, verifying each; the workspace is not touched."""
-    return _move(ctx, args, all_pipelines, remote_name, jobs, "fetch")
+    return _move(stage_options(ctx, args, all_pipelines), remote_name, jobs, "fetch")
 
 
 @click.command(context_settings=_CTX)
@@ -162,6 +156,6 @@ def pull(ctx: click.Context, /, args: tuple[str, ...], all_pipelines: bool, remo
     runs nothing that was built before."""
     from pivotbuild.cli.workspace import checkout
 
-    code = _move(ctx, args, all_pipelines, remote_name, jobs, "fetch")
+    code = _move(stage_options(ctx, args, all_pipelines), remote_name, jobs, "fetch")
     restored = ctx.invoke(checkout, args=args, force=False, all_pipelines=all_pipelines)
     return max(code, int(restored or 0))

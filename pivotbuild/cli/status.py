@@ -48,6 +48,7 @@ def status(ctx: click.Context, /, args: tuple[str, ...], as_json: bool, all_pipe
     if pending:
         # `commit TARGETS` takes the named stages only; these may be what they need.
         named = (*pending, *(f"{k}={v}" for k, v in options.overrides.items())) if options.targets else args
-        summary += f"; {len(pending)} stage(s) pending commit: '{again(ctx, 'commit', named, all_pipelines)}' records them"
+        fix = again(ctx, "commit", named, all_pipelines)
+        summary += f"; {len(pending)} stage(s) pending commit: '{fix}' records them"
     print(f"pivotbuild: {summary}", file=sys.stderr)
     return 0

@@ -17,8 +17,7 @@ from pivotbuild.cli.running import make_reporter
 
 _CTX = {"help_option_names": ["-h", "--help"]}
 _SCOPE = (
-    "Without TARGETS: what a plain `pivotbuild` builds (the `default` targets and what they need, "
-    "else every stage)."
+    "Without TARGETS: what a plain `pivotbuild` builds (the `default` targets and what they need, else every stage)."
 )
 
 
