@@ -161,7 +161,7 @@ def commit(ctx: click.Context, /, args: tuple[str, ...], all_pipelines: bool) ->
     overrides = tuple(f"{k}={v}" for k, v in options.overrides.items())
     for refusal in refused:
         rerun = again(ctx, "", (refusal.stage, *overrides), all_pipelines)
-        _say(f"{refusal.stage}: {refusal.why}; '{rerun}' runs it again and records the result")
+        _say(f"{refusal.stage}: {refusal.why}; rebuild it with '{rerun}', which records the result")
     if not committed and not refused:
         _say("nothing pending to commit")
     return 1 if refused else 0
