@@ -62,6 +62,13 @@ def project_options(f: F) -> F:
     return f
 
 
+# The epilog of the commands that take TARGETS and act on the named stages.
+SCOPE_HELP = (
+    "Without TARGETS: the stages a plain `pivotbuild` builds (the `default` targets and what they need, "
+    "else every stage; with --all, of every pipeline)."
+)
+
+
 def all_option(f: F) -> F:
     """`--all`, with one meaning for every command that works on pipelines."""
     return click.option(

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from pivotbuild.cli.common import all_option, project_options, stage_options
+from pivotbuild.cli.common import SCOPE_HELP, all_option, project_options, stage_options
 from pivotbuild.cli.running import make_reporter
 from pivotbuild.options import BuildOptions
 from pivotbuild.paths import find_root
@@ -126,18 +126,18 @@ def _move(options: BuildOptions, remote_name: str | None, jobs: int, direction: 
     return 1 if report.problems else 0
 
 
-@click.command(context_settings=_CTX)
+@click.command(context_settings=_CTX, epilog=SCOPE_HELP)
 @_transfer_options
 @project_options
 @click.pass_context
 def push(ctx: click.Context, /, args: tuple[str, ...], all_pipelines: bool, remote_name: str | None, jobs: int) -> int:
-    """Send the cached outputs of the stages (TARGETS, else what a plain
-    `pivotbuild` builds) and their run-cache entries to a remote; only what it
-    lacks, each object written atomically."""
+    """Send the cached outputs the lockfile records for the stages, and their
+    run-cache entries, to a remote; only what it lacks, each object written
+    atomically."""
     return _move(stage_options(ctx, args, all_pipelines), remote_name, jobs, "push")
 
 
-@click.command(context_settings=_CTX)
+@click.command(context_settings=_CTX, epilog=SCOPE_HELP)
 @_transfer_options
 @project_options
 @click.pass_context
@@ -147,7 +147,7 @@ def fetch(ctx: click.Context, /, args: tuple[str, ...], all_pipelines: bool, rem
     return _move(stage_options(ctx, args, all_pipelines), remote_name, jobs, "fetch")
 
 
-@click.command(context_settings=_CTX)
+@click.command(context_settings=_CTX, epilog=SCOPE_HELP)
 @_transfer_options
 @project_options
 @click.pass_context

@@ -12,20 +12,17 @@ from pathlib import Path
 
 import click
 
-from pivotbuild.cli.common import again, all_option, project_options, stage_options
+from pivotbuild.cli.common import SCOPE_HELP, again, all_option, project_options, stage_options
 from pivotbuild.cli.running import make_reporter
 
 _CTX = {"help_option_names": ["-h", "--help"]}
-_SCOPE = (
-    "Without TARGETS: what a plain `pivotbuild` builds (the `default` targets and what they need, else every stage)."
-)
 
 
 def _say(text: str) -> None:
     print(f"pivotbuild: {text}", file=sys.stderr)
 
 
-@click.command(context_settings=_CTX, epilog=_SCOPE)
+@click.command(context_settings=_CTX, epilog=SCOPE_HELP)
 @click.argument("args", nargs=-1, metavar="[TARGET | NAME=VALUE]...")
 @all_option
 @project_options
@@ -62,7 +59,7 @@ def verify(ctx: click.Context, /, args: tuple[str, ...], all_pipelines: bool) ->
     return 1
 
 
-@click.command(context_settings=_CTX, epilog=_SCOPE)
+@click.command(context_settings=_CTX, epilog=SCOPE_HELP)
 @click.argument("args", nargs=-1, metavar="[TARGET | NAME=VALUE]...")
 @click.option("--force", is_flag=True, help="Overwrite outputs that were modified in the workspace.")
 @all_option
@@ -95,7 +92,7 @@ def checkout(ctx: click.Context, /, args: tuple[str, ...], force: bool, all_pipe
     return code
 
 
-@click.command(context_settings=_CTX, epilog=_SCOPE)
+@click.command(context_settings=_CTX, epilog=SCOPE_HELP)
 @click.argument("args", nargs=-1, metavar="[TARGET | NAME=VALUE]...")
 @all_option
 @project_options
@@ -142,7 +139,7 @@ def gc(dry_run: bool, keep_run_cache: bool, all_pipelines: bool) -> int:
     return 0
 
 
-@click.command(context_settings=_CTX, epilog=_SCOPE)
+@click.command(context_settings=_CTX, epilog=SCOPE_HELP)
 @click.argument("args", nargs=-1, metavar="[TARGET | NAME=VALUE]...")
 @all_option
 @project_options
