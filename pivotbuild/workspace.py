@@ -29,6 +29,9 @@ class Difference:
     label: str
     path: str
     what: str  # "missing", "modified", "not recorded", PENDING_COMMIT
+    # Whether `checkout` can put the recorded version back: not for a
+    # `cache=false` output, nor for a pending result (not cached until commit).
+    restorable: bool = True
 
 
 def _chosen(engine: Engine, options: BuildOptions) -> tuple[Project, BuildGraph, list[Stage]]:
@@ -60,14 +63,15 @@ def differences(store: StateStore, root: Path, stages: list[Stage], graph: Build
         for out in stage.outs:
             want = recorded.get(out.path)
             have = file_record(root, out.path, store.statcache(stage))
+            restorable = out.cache and not pending
             if want is None:
-                found.append(Difference(stage, label, out.path, "not recorded"))
+                found.append(Difference(stage, label, out.path, "not recorded", False))
             elif have.kind == ABSENT:
-                found.append(Difference(stage, label, out.path, "missing"))
+                found.append(Difference(stage, label, out.path, "missing", restorable))
             elif (have.kind, have.hash) != (want.kind, want.hash):
-                found.append(Difference(stage, label, out.path, "modified"))
+                found.append(Difference(stage, label, out.path, "modified", restorable))
             elif pending:
-                found.append(Difference(stage, label, out.path, PENDING_COMMIT))
+                found.append(Difference(stage, label, out.path, PENDING_COMMIT, False))
     return found
 
 

@@ -156,6 +156,18 @@ def test_no_commit_results_are_pending_for_verify_and_status_until_commit(projec
     assert project.run("status").out.split() == ["a", "up", "to", "date", "b", "up", "to", "date"]
 
 
+def test_verify_offers_checkout_only_for_what_the_cache_can_restore(project: Project) -> None:
+    project.pivotfile(PIPELINE)
+    assert project.run("--no-commit").code == 0  # pending: nothing is in the cache yet
+    (project.root / "a.txt").write_text("edited\n")
+    bad = project.run("verify")
+    assert bad.code == 1
+    assert hints(bad.err) == ["pivotbuild commit", "pivotbuild"]  # b is pending, a must be rebuilt
+    assert run_hint(project, "pivotbuild").code == 0
+    assert run_hint(project, "pivotbuild commit").code == 0
+    assert project.run("verify").code == 0
+
+
 DEFAULTED = """
 default b
 stage a:

@@ -44,18 +44,18 @@ def verify(ctx: click.Context, /, args: tuple[str, ...], all_pipelines: bool) ->
         return 0
     _say(f"{len(diffs)} output(s) differ from the lockfile")
     build = again(ctx, "", args, all_pipelines)
-    fixes = {
-        PENDING_COMMIT: f"built with --no-commit: '{again(ctx, 'commit', args, all_pipelines)}' records them",
-        "not recorded": f"'{build}' builds them",
-        "missing": f"'{again(ctx, 'checkout', args, all_pipelines)}' restores them from the cache,"
-        f" or '{build}' rebuilds them",
-        "modified": f"'{build}' rebuilds them, or '{again(ctx, 'checkout --force', args, all_pipelines)}'"
-        " restores the recorded versions (discarding the edits)",
-    }
-    for what, fix in fixes.items():
-        n = sum(1 for d in diffs if d.what == what)
-        if n:
-            _say(f"{n} {what}: {fix}")
+    for what in (PENDING_COMMIT, "not recorded", "missing", "modified"):
+        found = [d for d in diffs if d.what == what]
+        if not found:
+            continue
+        if what == PENDING_COMMIT:
+            fix = f"built with --no-commit: '{again(ctx, 'commit', args, all_pipelines)}' records them"
+        else:
+            fix = f"'{build}' {'builds' if what == 'not recorded' else 'rebuilds'} them"
+        if what in ("missing", "modified") and all(d.restorable for d in found):
+            force = "checkout" if what == "missing" else "checkout --force"
+            fix += f", or '{again(ctx, force, args, all_pipelines)}' restores them from the cache"
+        _say(f"{len(found)} {what}: {fix}")
     return 1
 
 
