@@ -15,6 +15,11 @@ The reasons form a fixed vocabulary, in the order they are checked:
     out X missing               an output is not on disk
     out X modified              an output's content differs from the record
     outs changed                outputs or their options were added, removed or changed
+
+and, from `status` only, for a stage that is up to date:
+
+    pending commit              up to date with its --no-commit result, which
+                                the lockfile does not have until `commit`
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ NEVER_RUN = "never run"
 COMMAND_CHANGED = "command changed"
 ENV_CHANGED = "env changed"
 OUTS_CHANGED = "outs changed"
+PENDING_COMMIT = "pending commit"
 
 
 @dataclass(frozen=True, slots=True)

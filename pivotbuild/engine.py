@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pivotbuild import paths, seal, snapshot
 from pivotbuild.buildrun import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, BuildRun, Interrupted
-from pivotbuild.decide import FORCED, Decision, decide
+from pivotbuild.decide import FORCED, PENDING_COMMIT, Decision, decide
 from pivotbuild.errors import PivotError
 from pivotbuild.events import (
     Event,
@@ -114,11 +114,15 @@ class Engine:
             return code
 
     def status(self, options: BuildOptions) -> list[tuple[str, Decision]]:
-        """Each selected stage (and what it needs) with its decision; runs nothing."""
+        """Each selected stage (and what it needs) with its decision; runs nothing.
+        A stage up to date with a --no-commit result is "pending commit": the
+        build leaves it alone, but the lockfile does not have it yet."""
         project, graph, targets = self.load(options)
         closure = graph.upstream(targets)
         with self.state(project, options) as store:
-            return self._plan(graph, closure=closure, store=store, options=options)
+            plan = self._plan(graph, closure=closure, store=store, options=options)
+            pending = {graph.label(s) for s in closure if store.pending(graph.stages[s]) is not None}
+        return [(label, Decision(False, PENDING_COMMIT) if label in pending and not d.run else d) for label, d in plan]
 
     def run_stages(self, options: BuildOptions, fail_fast: bool, cancel: threading.Event | None = None) -> int:
         """`pivotbuild run`: exactly the named stages, in the order given, without

@@ -22,12 +22,18 @@ def find_root(start: Path) -> Path:
     start = start.resolve()
     chain = [start, *start.parents]
     for d in chain:
-        if (d / STATE_DIR).is_dir() and not (d / STATE_DIR / PIPELINE_ONLY).exists():
+        if is_root_state(d):
             return d
     for d in chain:
         if (d / ".git").is_dir():
             return d
     return start
+
+
+def is_root_state(directory: Path) -> bool:
+    """True if `directory` holds a project root's `.pivot/` (one not marked as
+    an included pipeline's own)."""
+    return (directory / STATE_DIR).is_dir() and not (directory / STATE_DIR / PIPELINE_ONLY).exists()
 
 
 def rel_dir(root: Path, directory: Path) -> str:

@@ -90,10 +90,32 @@ def _main_file(options: LoadOptions) -> Path | None:
 
 
 def _all_pivotfiles(root: Path) -> Iterator[Path]:
+    """Every Pivotfile under `root`, but not in hidden directories, nor in a
+    project of its own below it (a directory holding a root's `.pivot/`)."""
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        here = Path(dirpath)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and not paths.is_root_state(here / d))
         if paths.PIVOTFILE in filenames:
-            yield Path(dirpath) / paths.PIVOTFILE
+            yield here / paths.PIVOTFILE
+
+
+def including(root: Path, directory: Path) -> list[str]:
+    """The Pivotfiles of the project at `root` (root-relative) whose `include`
+    names the pipeline in `directory`: what makes it part of that project.  A
+    Pivotfile that does not compile is passed over (it builds nothing until
+    it is fixed)."""
+    loader = _Loader(root, root, {})
+    for path in _all_pivotfiles(root):
+        try:
+            loader.load(path)
+        except ProjectError:
+            continue
+    target = (directory / paths.PIVOTFILE).resolve()
+    found = []
+    for path, pipeline in loader.pipelines.items():
+        if path != target and any(loader.include_path(path.parent, inc.path) == target for inc in pipeline.includes):
+            found.append(pipeline.file)
+    return sorted(found)
 
 
 class _Loader:
@@ -135,7 +157,7 @@ class _Loader:
             return None
         self.pipelines[path] = pipeline
         for inc in pipeline.includes:
-            target = self._include_path(path.parent, inc.path)
+            target = self.include_path(path.parent, inc.path)
             problem = self._include_problem(target)
             if problem:
                 self.errors.append(Diagnostic(inc.loc, f"include '{inc.path}': {problem}", _line(path, inc.loc.line)))
@@ -144,7 +166,7 @@ class _Loader:
         return pipeline
 
     @staticmethod
-    def _include_path(base: Path, written: str) -> Path:
+    def include_path(base: Path, written: str) -> Path:
         target = (base / written).resolve()
         return target / paths.PIVOTFILE if target.is_dir() else target
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from pivotbuild.cache.outputs import OutputCache
 from pivotbuild.cache.store import CorruptObject, MissingObject
+from pivotbuild.decide import PENDING_COMMIT
 from pivotbuild.engine import Engine
 from pivotbuild.graph import BuildGraph
 from pivotbuild.model import Stage, StageId
@@ -27,13 +28,18 @@ class Difference:
     stage: Stage
     label: str
     path: str
-    what: str  # "missing", "modified", "not recorded"
+    what: str  # "missing", "modified", "not recorded", PENDING_COMMIT
+    # Whether `checkout` can put the recorded version back: not for a
+    # `cache=false` output, nor for a pending result (not cached until commit).
+    restorable: bool = True
 
 
 def _chosen(engine: Engine, options: BuildOptions) -> tuple[Project, BuildGraph, list[Stage]]:
-    """The named stages, or every stage when none is named (not just the `default`)."""
+    """The stages a command acts on: the named ones; without targets, what a
+    plain build covers (the `default` targets and every stage they need, else
+    every stage), so `pivotbuild && pivotbuild verify` checks what was built."""
     project, graph, targets = engine.load(options)
-    ids = graph.order(targets) if options.targets else graph.order()
+    ids = targets if options.targets else graph.upstream(targets)
     return project, graph, [graph.stages[s] for s in ids]
 
 
@@ -45,21 +51,27 @@ class CheckoutReport:
 
 
 def differences(store: StateStore, root: Path, stages: list[Stage], graph: BuildGraph) -> list[Difference]:
-    """Outputs of `stages` whose content on disk is not what the lockfile records."""
+    """Outputs of `stages` whose content on disk is not what the lockfile records.
+    A stage with a pending (--no-commit) result is compared with that result:
+    an output that matches it is PENDING_COMMIT (the lockfile does not have it yet)."""
     found = []
     for stage in stages:
         record = store.record(stage)
+        pending = store.pending(stage) is not None
         label = graph.label(stage.id)
         recorded = {o.path: o for o in record.outs} if record else {}
         for out in stage.outs:
             want = recorded.get(out.path)
             have = file_record(root, out.path, store.statcache(stage))
+            restorable = out.cache and not pending
             if want is None:
-                found.append(Difference(stage, label, out.path, "not recorded"))
+                found.append(Difference(stage, label, out.path, "not recorded", False))
             elif have.kind == ABSENT:
-                found.append(Difference(stage, label, out.path, "missing"))
+                found.append(Difference(stage, label, out.path, "missing", restorable))
             elif (have.kind, have.hash) != (want.kind, want.hash):
-                found.append(Difference(stage, label, out.path, "modified"))
+                found.append(Difference(stage, label, out.path, "modified", restorable))
+            elif pending:
+                found.append(Difference(stage, label, out.path, PENDING_COMMIT, False))
     return found
 
 
@@ -81,8 +93,8 @@ def checkout(engine: Engine, options: BuildOptions, force: bool) -> CheckoutRepo
     with engine.state(project, options) as store:
         for diff in differences(store, project.root, stages, graph):
             out = next(o for o in diff.stage.outs if o.path == diff.path)
-            if diff.what == "not recorded" or not out.cache:
-                continue
+            if diff.what in ("not recorded", PENDING_COMMIT) or not out.cache:
+                continue  # (a pending output is the newest result: it is not in the cache yet)
             if diff.what == "modified" and not force:
                 report.refused.append(diff)
                 continue
@@ -141,7 +153,7 @@ def _cached(stage: Stage, outs: tuple[FileRecord, ...]) -> list[bool]:
 @dataclass(frozen=True, slots=True)
 class Refusal:
     stage: str
-    why: str  # what to tell the user, after the stage's name
+    why: str  # what to tell the user, after the stage's name (the CLI adds how to fix it)
 
 
 def commit(engine: Engine, options: BuildOptions) -> tuple[list[str], list[Refusal]]:
@@ -159,12 +171,12 @@ def commit(engine: Engine, options: BuildOptions) -> tuple[list[str], list[Refus
             if record is None:
                 continue
             if [o.path for o in record.outs] != [o.path for o in stage.outs]:
-                why = "its outs changed since it ran (the Pivotfile was edited); rebuild it with 'pivotbuild'"
+                why = "its outs changed since it ran (the Pivotfile was edited)"
                 refused.append(Refusal(graph.label(stage.id), why))
                 continue
             now = [file_record(project.root, o.path, store.statcache(stage)) for o in record.outs]
             if [(o.path, o.kind, o.hash) for o in now] != [(o.path, o.kind, o.hash) for o in record.outs]:
-                refused.append(Refusal(graph.label(stage.id), "its outputs changed since it ran; run it again"))
+                refused.append(Refusal(graph.label(stage.id), "its outputs changed since it ran"))
                 continue
             outputs.keep(stage, record, store.statcache(stage))
             store.promote(stage)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -473,6 +474,26 @@ def test_init_inside_an_existing_project_does_not_nest(project: Project) -> None
     assert not (sub / ".pivot").exists()
 
 
+def test_init_in_a_once_included_pipeline_makes_it_a_root(project: Project) -> None:
+    project.pivotfile("include sub/\nstage top:\n    deps: sub/s.txt\n    outs: t.txt\n    run: cp $< $@\n")
+    project.write("sub/Pivotfile", "stage s:\n    outs: s.txt\n    run: echo s > $@\n")
+    sub = project.root / "sub"
+    assert project.run().code == 0  # sub/.pivot/ now holds the state of sub as a pipeline
+    refused = project.run("init", cwd=sub)  # while the Pivotfile above includes it, it cannot be a root
+    assert refused.code == 2
+    assert f"{project.root / 'Pivotfile'} includes it" in refused.err
+    assert "remove the include" in refused.err
+    project.pivotfile("stage top:\n    deps: sub/s.txt\n    outs: t.txt\n    run: cp $< $@\n")
+    made = project.run("init", cwd=sub)
+    assert made.code == 0, made.err
+    assert "is now a project root" in made.err
+    assert project.run(cwd=sub).code == 0
+    assert (sub / ".pivot/history.jsonl").exists()  # the build used sub as its root
+    assert "already a project root" in project.run("init", cwd=sub).err
+    listed = project.run("list", "--all")  # from the old root: sub is a project of its own now
+    assert listed.out.split()[0] == "top" and "sub:s" not in listed.out
+
+
 def test_init_with_directory_option(tmp_path: Path, project: Project) -> None:
     fresh = tmp_path / "fresh"
     fresh.mkdir()
@@ -855,3 +876,44 @@ def test_a_deleted_working_directory_gets_a_message_not_a_traceback(project: Pro
     )
     assert r.returncode == 0, r.stderr
     assert (project.root / "out.txt").read_text() == "hi\n"
+
+
+# -- --all -------------------------------------------------------------------------------------
+
+PIPELINE_COMMANDS = ["repro", "status", "list", "check", "graph", "commit", "push", "pull", "fetch", "checkout"]
+PIPELINE_COMMANDS += ["verify", "gc", "clean"]
+
+
+@pytest.mark.parametrize("command", PIPELINE_COMMANDS)
+def test_every_command_that_works_on_pipelines_takes_all(project: Project, command: str) -> None:
+    r = project.run(command, "--help")
+    assert r.code == 0, r.err
+    assert "--all Every pipeline: every Pivotfile under the project root" in " ".join(r.out.split())
+
+
+def test_a_no_commit_build_of_every_pipeline_is_committed_verified_and_moved_with_all(
+    tmp_path: Path, project: Project
+) -> None:
+    project.pivotfile("stage top:\n    outs: t.txt\n    run: echo t > $@\n")
+    project.write("sub/Pivotfile", "stage s:\n    outs: s.txt\n    run: echo s > $@\n")
+    assert project.run("--all", "--no-commit").code == 0
+    assert project.run("verify", "--all").code == 1  # pending
+    committed = project.run("commit", "--all")
+    assert committed.code == 0, committed.err
+    assert committed.out.split() == ["committed", "top", "committed", "sub:s"]
+    assert (project.root / "sub/Pivotfile.lock").exists()
+    assert project.run("verify", "--all").code == 0
+    share = tmp_path / "share"
+    share.mkdir()
+    assert project.run("remote", "add", "--default", "team", str(share)).code == 0
+    assert project.run("push", "--all").code == 0
+    assert project.run("clean", "--all").out.split() == ["removed", "t.txt", "removed", "sub/s.txt"]
+    shutil.rmtree(project.root / ".pivot/cache")
+    assert project.run("fetch", "--all").code == 0
+    pulled = project.run("pull", "--all")
+    assert pulled.code == 0, pulled.err
+    assert (project.root / "sub/s.txt").read_text() == "s\n"
+    assert project.run("clean", "--all").code == 0
+    assert project.run("checkout", "--all").out.split() == ["restored", "t.txt", "restored", "sub/s.txt"]
+    assert project.run("gc", "--all").code == 0
+    assert project.run("verify", "--all").code == 0

@@ -322,6 +322,17 @@ def test_all_finds_every_pivotfile_under_the_root_skipping_hidden_dirs(root: Pat
     assert project.main.dir == ""
 
 
+def test_all_leaves_out_a_project_of_its_own_below_the_root(root: Path) -> None:
+    write(root, "Pivotfile", SIMPLE)
+    write(root, "own/Pivotfile", "stage so:\n    run: echo\n")
+    write(root, "own/deeper/Pivotfile", "stage sd:\n    run: echo\n")
+    write(root, "part/Pivotfile", "stage sp:\n    run: echo\n")
+    (root / "own/.pivot").mkdir()  # `pivotbuild init` made it a root
+    (root / "part/.pivot").mkdir()
+    (root / "part/.pivot/pipeline-state").write_text("")  # an included pipeline's own state
+    assert sorted(p.dir for p in load(root, all_pipelines=True).pipelines) == ["", "part"]
+
+
 def test_all_without_all_only_loads_the_main_pipeline(root: Path) -> None:
     write(root, "Pivotfile", SIMPLE)
     write(root, "a/Pivotfile", "stage sa:\n    run: echo\n")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from pivotbuild.cli.common import pivotfile_arg, project_options
+from pivotbuild.cli.common import all_option, pivotfile_arg, project_options
 from pivotbuild.cli.completion import complete_targets
 from pivotbuild.cli.running import make_reporter, terminate_as_interrupt
 from pivotbuild.errors import UsageError
@@ -52,7 +52,7 @@ def split_args(args: tuple[str, ...]) -> tuple[tuple[str, ...], dict[str, str]]:
     "-B", "--always-make", is_flag=True, help="Rerun the selected stages and all they depend on, even if up to date."
 )
 @click.option("-w", "--watch", is_flag=True, help="Build, then rebuild whenever an input changes, until Ctrl-C.")
-@click.option("--all", "all_pipelines", is_flag=True, help="Build every pipeline under the project root.")
+@all_option
 @click.option("--explain", is_flag=True, help="Print for each stage why it runs or is skipped.")
 @click.option("--json", "json_", is_flag=True, help="Machine output: one JSON event per line on stdout.")
 @click.option("-s", "--quiet", is_flag=True, help="Less output.")

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+import shlex
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -13,6 +14,7 @@ from pivotbuild.cli.completion import complete_directory, complete_file
 
 if TYPE_CHECKING:
     from pivotbuild.graph import BuildGraph
+    from pivotbuild.options import BuildOptions
     from pivotbuild.project import Project
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -21,6 +23,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 def _chdir(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> tuple[str, ...]:
     """Each `-C DIR` in turn, each relative to the one before, as make does
     (`-C a -C b` is `-C a/b`)."""
+    if value:  # remembered, so a hint can name a command that runs in the same place
+        ctx.ensure_object(dict).setdefault("dirs", []).extend(value)
     for directory in value:
         try:
             os.chdir(directory)
@@ -62,6 +66,23 @@ def project_options(f: F) -> F:
     return f
 
 
+# The epilog of the commands that take TARGETS and act on the named stages.
+SCOPE_HELP = (
+    "Without TARGETS: the stages a plain `pivotbuild` builds (the `default` targets and what they need, "
+    "else every stage; with --all, of every pipeline)."
+)
+
+
+def all_option(f: F) -> F:
+    """`--all`, with one meaning for every command that works on pipelines."""
+    return click.option(
+        "--all",
+        "all_pipelines",
+        is_flag=True,
+        help="Every pipeline: every Pivotfile under the project root, not only this one and what it includes.",
+    )(f)
+
+
 def pivotfile_arg(ctx: click.Context) -> Path | None:
     """The `-f` value given before or after the command, if any."""
     root = ctx.find_root()
@@ -79,3 +100,36 @@ def load(
     options = LoadOptions(Path.cwd(), pivotfile_arg(ctx), overrides or {}, all_pipelines)
     project = load_project(options)
     return project, open_graph(project)
+
+
+def stage_options(ctx: click.Context, args: Sequence[str], all_pipelines: bool) -> BuildOptions:
+    """What a command acting on stages was given: targets and NAME=VALUE from
+    `args`, `-f`, `--all`.  Without targets every such command covers what a
+    plain build covers (see workspace._chosen)."""
+    from pivotbuild.cli.build import split_args
+    from pivotbuild.options import BuildOptions
+
+    targets, overrides = split_args(tuple(args))
+    return BuildOptions(Path.cwd(), pivotfile_arg(ctx), targets, overrides, all_pipelines=all_pipelines)
+
+
+def again(ctx: click.Context, command: str = "", args: Sequence[str] = (), all_pipelines: bool = False) -> str:
+    """The `pivotbuild` command line, as it would be typed where the user is,
+    that runs `command` (the build if empty) on the same project and stages as
+    this invocation: its -C and -f, `--all`, then `args`.  For hints."""
+    from pivotbuild.cli.names import COMMANDS
+
+    obj = ctx.find_root().obj or {}
+    words = ["pivotbuild"]
+    for directory in obj.get("dirs", ()):
+        words += ["-C", directory]
+    if obj.get("file"):
+        words += ["-f", obj["file"]]
+    if command:
+        words += command.split()
+    elif args and args[0] in COMMANDS:
+        words.append("repro")  # a target named like a subcommand
+    if all_pipelines:
+        words.append("--all")
+    words += args
+    return shlex.join(words)

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from pivotbuild.cli.common import load, project_options
+from pivotbuild.cli.common import all_option, load, project_options
 from pivotbuild.cli.completion import complete_targets
 from pivotbuild.graph import BuildGraph
 from pivotbuild.graph_formats import FORMATS
@@ -20,7 +20,7 @@ _CTX = {"help_option_names": ["-h", "--help"]}
 
 
 @click.command(context_settings=_CTX)
-@click.option("--all", "all_pipelines", is_flag=True, help="Check every pipeline under the project root.")
+@all_option
 @project_options
 @click.pass_context
 def check(ctx: click.Context, all_pipelines: bool) -> int:
@@ -45,7 +45,7 @@ def check(ctx: click.Context, all_pipelines: bool) -> int:
 @click.command("list", context_settings=_CTX)
 @click.argument("targets", nargs=-1, shell_complete=complete_targets)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array of stages.")
-@click.option("--all", "all_pipelines", is_flag=True, help="List every pipeline under the project root.")
+@all_option
 @project_options
 @click.pass_context
 def list_(ctx: click.Context, targets: tuple[str, ...], as_json: bool, all_pipelines: bool) -> int:
@@ -68,7 +68,7 @@ def list_(ctx: click.Context, targets: tuple[str, ...], as_json: bool, all_pipel
 @click.command(context_settings=_CTX)
 @click.argument("targets", nargs=-1, shell_complete=complete_targets)
 @click.option("--format", "fmt", type=click.Choice(sorted(FORMATS)), default="text", show_default=True)
-@click.option("--all", "all_pipelines", is_flag=True, help="Include every pipeline under the project root.")
+@all_option
 @project_options
 @click.pass_context
 def graph(ctx: click.Context, targets: tuple[str, ...], fmt: str, all_pipelines: bool) -> int:

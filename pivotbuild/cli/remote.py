@@ -9,8 +9,7 @@ from pathlib import Path
 
 import click
 
-from pivotbuild.cli.build import split_args
-from pivotbuild.cli.common import pivotfile_arg, project_options
+from pivotbuild.cli.common import SCOPE_HELP, all_option, project_options, stage_options
 from pivotbuild.cli.completion import complete_targets
 from pivotbuild.cli.running import make_reporter
 from pivotbuild.options import BuildOptions
@@ -80,7 +79,8 @@ def _transfer_options(f: Callable[..., int]) -> Callable[..., int]:
         "-j", "--jobs", type=click.IntRange(min=1), default=4, show_default=True, help="Parallel transfers."
     )(f)
     f = click.option("-r", "--remote", "remote_name", metavar="NAME", help="The remote (default: core.remote).")(f)
-    f = click.argument("args", nargs=-1, metavar="[TARGET]...", shell_complete=complete_targets)(f)
+    f = all_option(f)
+    f = click.argument("args", nargs=-1, metavar="[TARGET | NAME=VALUE]...", shell_complete=complete_targets)(f)
     return f
 
 
@@ -100,15 +100,13 @@ def _progress(label: str) -> Iterator[Callable[[int, int], None] | None]:
         yield update
 
 
-def _move(ctx: click.Context, args: tuple[str, ...], remote_name: str | None, jobs: int, direction: str) -> int:
+def _move(options: BuildOptions, remote_name: str | None, jobs: int, direction: str) -> int:
     from pivotbuild.cache.outputs import OutputCache
     from pivotbuild.engine import Engine
     from pivotbuild.remote import config, transfer
     from pivotbuild.remote.directory import DirectoryRemote
     from pivotbuild.workspace import transfer_set
 
-    targets, overrides = split_args(args)
-    options = BuildOptions(Path.cwd(), pivotfile_arg(ctx), targets, overrides)
     engine = Engine(make_reporter(options))
     project, outs, stages = transfer_set(engine, options)
     name, url = config.load(project.root).remote_url(remote_name)
@@ -129,35 +127,36 @@ def _move(ctx: click.Context, args: tuple[str, ...], remote_name: str | None, jo
     return 1 if report.problems else 0
 
 
-@click.command(context_settings=_CTX)
+@click.command(context_settings=_CTX, epilog=SCOPE_HELP)
 @_transfer_options
 @project_options
 @click.pass_context
-def push(ctx: click.Context, /, args: tuple[str, ...], remote_name: str | None, jobs: int) -> int:
-    """Send the cached outputs of the stages (all, or TARGETS) and their run-cache
-    entries to a remote; only what it lacks, each object written atomically."""
-    return _move(ctx, args, remote_name, jobs, "push")
+def push(ctx: click.Context, /, args: tuple[str, ...], all_pipelines: bool, remote_name: str | None, jobs: int) -> int:
+    """Send the cached outputs the lockfile records for the stages, and their
+    run-cache entries, to a remote; only what it lacks, each object written
+    atomically."""
+    return _move(stage_options(ctx, args, all_pipelines), remote_name, jobs, "push")
 
 
-@click.command(context_settings=_CTX)
+@click.command(context_settings=_CTX, epilog=SCOPE_HELP)
 @_transfer_options
 @project_options
 @click.pass_context
-def fetch(ctx: click.Context, /, args: tuple[str, ...], remote_name: str | None, jobs: int) -> int:
+def fetch(ctx: click.Context, /, args: tuple[str, ...], all_pipelines: bool, remote_name: str | None, jobs: int) -> int:
     """Bring the objects the lockfile names (and the run-cache entries) from a
     remote into the cache, verifying each; the workspace is not touched."""
-    return _move(ctx, args, remote_name, jobs, "fetch")
+    return _move(stage_options(ctx, args, all_pipelines), remote_name, jobs, "fetch")
 
 
-@click.command(context_settings=_CTX)
+@click.command(context_settings=_CTX, epilog=SCOPE_HELP)
 @_transfer_options
 @project_options
 @click.pass_context
-def pull(ctx: click.Context, /, args: tuple[str, ...], remote_name: str | None, jobs: int) -> int:
+def pull(ctx: click.Context, /, args: tuple[str, ...], all_pipelines: bool, remote_name: str | None, jobs: int) -> int:
     """fetch, then checkout: on a fresh clone, `pivotbuild pull && pivotbuild`
     runs nothing that was built before."""
     from pivotbuild.cli.workspace import checkout
 
-    code = _move(ctx, args, remote_name, jobs, "fetch")
-    restored = ctx.invoke(checkout, args=args, force=False)
+    code = _move(stage_options(ctx, args, all_pipelines), remote_name, jobs, "fetch")
+    restored = ctx.invoke(checkout, args=args, force=False, all_pipelines=all_pipelines)
     return max(code, int(restored or 0))
