@@ -94,7 +94,7 @@ def checkout(engine: Engine, options: BuildOptions, force: bool) -> CheckoutRepo
                 if rec.kind == DIR:
                     cache.checkout_dir(rec.hash, dest, outputs.mode_for(out))
                 else:
-                    cache.checkout_file(rec.hash, dest, outputs.mode_for(out))
+                    cache.checkout_file(rec.hash, dest, outputs.mode_for(out), rec.executable)
             except (MissingObject, CorruptObject):
                 report.unavailable.append(diff.path)
                 continue

@@ -227,7 +227,7 @@ def test_checkout_mode_from_the_config(project: Project) -> None:
     project.write(".pivot/config.toml", '[core]\ncheckout = "teleport"\n')
     bad = project.run("checkout")
     assert bad.code == 2
-    assert "use one of copy, hardlink, symlink" in bad.err
+    assert "use one of copy, reflink, hardlink, symlink" in bad.err
 
 
 def test_in_hardlink_mode_an_edit_cannot_reach_the_cache(project: Project) -> None:
