@@ -76,6 +76,9 @@ def test_checkout_and_restores_give_outputs_the_modes_of_a_fresh_run(project: Pr
     fresh = modes(project.root)
     assert fresh["tree"] == oct(0o777 & ~umask)  # what the stage's mkdir made
     assert fresh["tool.sh"] == oct(0o777 & ~umask)  # chmod +x honours the umask
+    shown = run(project, umask, "lock", "show").out
+    assert " exec" in next(line for line in shown.splitlines() if "out tool.sh" in line)  # the record says so
+    assert " exec" not in next(line for line in shown.splitlines() if "out notes.txt" in line)
 
     remove_outputs(project.root)
     run(project, umask, "checkout")
