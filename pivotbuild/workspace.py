@@ -106,8 +106,12 @@ def checkout(engine: Engine, options: BuildOptions, force: bool) -> CheckoutRepo
                 if rec.kind == DIR:
                     cache.checkout_dir(rec.hash, dest, outputs.mode_for(out))
                 else:
-                    cache.checkout_file(rec.hash, dest, outputs.mode_for(out))
-            except (MissingObject, CorruptObject):
+                    cache.checkout_file(rec.hash, dest, outputs.mode_for(out), rec.executable)
+            except CorruptObject as exc:
+                engine.warn(f"{diff.path}: cache object {exc} was corrupt and has been removed; it was not checked out")
+                report.unavailable.append(diff.path)
+                continue
+            except MissingObject:
                 report.unavailable.append(diff.path)
                 continue
             report.restored.append(diff.path)
@@ -132,16 +136,29 @@ def clean(engine: Engine, options: BuildOptions) -> list[str]:
     return removed
 
 
-def transfer_set(engine: Engine, options: BuildOptions) -> tuple[Project, list[FileRecord], list[StageId]]:
-    """The project, the recorded outputs of the chosen stages, and the stages themselves."""
-    project, _, stages = _chosen(engine, options)
+@dataclass
+class TransferSet:
+    project: Project
+    outs: list[FileRecord]  # the recorded (cached) outputs of the chosen stages
+    stages: list[StageId]
+    # Those of `outs` the workspace lacks or differs from: checkout would read
+    # their objects next, so fetch verifies their local copies, not trusts them.
+    stale: list[FileRecord]
+
+
+def transfer_set(engine: Engine, options: BuildOptions, *, stale: bool = False) -> TransferSet:
+    """What push and fetch move for the chosen stages; with `stale`, which
+    outputs the workspace lacks (else `stale` is empty)."""
+    project, graph, stages = _chosen(engine, options)
     outs: list[FileRecord] = []
     with engine.state(project, options) as store:
         for stage in stages:
             record = store.record(stage)
             if record is not None:
                 outs.extend(o for o, decl in zip(record.outs, _cached(stage, record.outs), strict=True) if decl)
-    return project, outs, [s.id for s in stages]
+        diffs = differences(store, project.root, stages, graph) if stale else []
+        differ = {d.path for d in diffs if d.what != "not recorded"}
+    return TransferSet(project, outs, [s.id for s in stages], [o for o in outs if o.path in differ])
 
 
 def _cached(stage: Stage, outs: tuple[FileRecord, ...]) -> list[bool]:

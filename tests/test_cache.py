@@ -227,7 +227,7 @@ def test_checkout_mode_from_the_config(project: Project) -> None:
     project.write(".pivot/config.toml", '[core]\ncheckout = "teleport"\n')
     bad = project.run("checkout")
     assert bad.code == 2
-    assert "use one of copy, hardlink, symlink" in bad.err
+    assert "use one of copy, reflink, hardlink, symlink" in bad.err
 
 
 def test_in_hardlink_mode_an_edit_cannot_reach_the_cache(project: Project) -> None:
@@ -531,3 +531,57 @@ def test_recording_a_run_twice_keeps_one_whole_entry(tmp_path: Path) -> None:
     runs_.record(sid, "fp", deps, one)
     assert runs_.lookup(sid, "fp", deps) == one
     assert oct(entry.stat().st_mode & 0o777) == oct(0o666 & ~_umask())
+
+
+def test_reflink_mode_copies_where_the_filesystem_cannot_and_says_so_once(project: Project) -> None:
+    built(project)  # three files in the cache (out.txt, tree/copy.txt, tree/sub/deep.txt)
+    project.write(".pivot/config.toml", '[core]\ncheckout = "reflink"\n')
+    (project.root / "out.txt").unlink()
+    shutil.rmtree(project.root / "tree")
+    r = project.run("checkout")  # this ext4 has no reflinks: every file is copied
+    assert r.code == 0, r.err
+    assert r.err.count("cannot reflink") == 1
+    assert (project.root / "tree/sub/deep.txt").read_text() == "deep\n"
+    assert (project.root / "out.txt").stat().st_mode & 0o200  # a copy of its own, writable
+    assert project.run("verify").code == 0
+    (project.root / "out.txt").unlink()
+    shutil.rmtree(project.root / "tree")
+    b = project.run("--json")  # a build that restores says it once too
+    assert b.code == 0, b.err
+    assert set(statuses(b.out).values()) == {("restored", "out out.txt missing"), ("restored", "out tree missing")}
+    assert b.err.count("cannot reflink") == 1
+
+
+def test_reflink_mode_is_silent_where_the_filesystem_shares_extents(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pivotbuild.cache import store
+
+    notices: list[str] = []
+    cache = Cache(tmp_path / "cache", notices.append)
+    digests = []
+    for i in range(3):
+        src = tmp_path / f"{i}.txt"
+        src.write_text(f"content {i}\n")
+        digests.append(hash_file(src))
+        assert cache.store_file(src, digests[-1])
+
+    clones: list[int] = []
+
+    def shared(src_fd: int, dest_fd: int) -> bool:  # a filesystem with reflinks, as far as checkout can tell
+        clones.append(dest_fd)
+        os.sendfile(dest_fd, src_fd, 0, os.fstat(src_fd).st_size)
+        return True
+
+    monkeypatch.setattr(store, "reflink", shared)
+    for i, digest in enumerate(digests):
+        cache.checkout_file(digest, tmp_path / f"reflinked-{i}.txt", Mode.REFLINK)
+        assert (tmp_path / f"reflinked-{i}.txt").read_text() == f"content {i}\n"
+    assert len(clones) == 3 and notices == []
+
+    monkeypatch.setattr(store, "reflink", lambda src_fd, dest_fd: False)
+    for i, digest in enumerate(digests):
+        cache.checkout_file(digest, tmp_path / f"copied-{i}.txt", Mode.REFLINK)
+        cache.checkout_file(digest, tmp_path / f"plain-{i}.txt", Mode.COPY)  # copy mode never says it
+        assert (tmp_path / f"copied-{i}.txt").read_text() == f"content {i}\n"
+    assert len(notices) == 1 and "cannot reflink" in notices[0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import struct
@@ -15,7 +16,7 @@ import xxhash
 from conftest import compile_text
 
 from pivotbuild.model import Pipeline
-from pivotbuild.state import lockfile
+from pivotbuild.state import codec, lockfile
 from pivotbuild.state.journal import Journal
 from pivotbuild.state.lockfile import MAGIC, VERSION, LockfileError, decode, encode
 from pivotbuild.state.records import FileRecord, LockData, ParamRecord, StageRecord
@@ -58,6 +59,14 @@ def test_round_trip() -> None:
 
 def test_round_trip_empty() -> None:
     assert decode(encode(LockData())) == LockData()
+
+
+def test_an_executable_output_round_trips_and_a_plain_one_keeps_its_bytes() -> None:
+    tool = dataclasses.replace(record("s"), outs=(FileRecord("bin/t", "file", "5" * 32, executable=True),))
+    back = decode(encode(LockData.of({"s": tool})))
+    assert back == LockData.of({"s": tool}) and back.stages[0].outs[0].executable
+    # No new key where there is no execute bit: records written before keep their bytes.
+    assert codec.file_obj(record("s").outs[0]) == {"path": "out/s.txt", "kind": "file", "hash": "5" * 32, "matches": []}
 
 
 def test_header_layout() -> None:

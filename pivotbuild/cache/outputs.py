@@ -56,6 +56,7 @@ class OutputCache:
         self.cache = Cache(root / STATE_DIR / CACHE_DIR, notice)
         self.runs = RunCache(self.cache.dir)
         self.mode = Mode(config.load(root).checkout)
+        self.cache.wants_reflinks = self.mode is Mode.REFLINK
 
     def keep(self, stage: Stage, inputs: StageRecord, statcache: StatCache) -> None:
         """Store the cacheable outputs of `stage` (as `inputs.outs` records them) and
@@ -93,7 +94,7 @@ class OutputCache:
         updates come back in `Captured.seen`."""
         outs: list[FileRecord] = []
         seen: list[tuple[str, os.stat_result, str]] = []
-        deferred: list[tuple[str, str]] | None = [] if defer and self.mode is Mode.COPY else None
+        deferred: list[tuple[str, str]] | None = [] if defer and self.mode.copies else None
         confirm: list[tuple[str, str]] | None = [] if defer else None
         stats: list[os.stat_result | None] = []
         for out in stage.outs:
@@ -130,7 +131,7 @@ class OutputCache:
                     self.cache.store_bytes(manifest)
             else:
                 digest = self._file(full, st, known, keep, seen, link=link, deferred=deferred, confirm=confirm)
-                outs.append(FileRecord(out.path, FILE, digest))
+                outs.append(FileRecord(out.path, FILE, digest, executable=bool(st.st_mode & 0o111)))
         return Captured(
             tuple(outs), tuple(seen), (), stored=stored, deferred=tuple(deferred or ()), confirm=tuple(confirm or ())
         )
@@ -281,13 +282,13 @@ class OutputCache:
     def mode_for(self, out: Out) -> Mode:
         """The configured mode, except that outputs a stage writes into again
         (`persist`, `incremental`) are always real copies."""
-        return Mode.COPY if out.persist or out.incremental else self.mode
+        return Mode.COPY if (out.persist or out.incremental) and not self.mode.copies else self.mode
 
     def _check_out(self, rec: FileRecord, dest: Path, mode: Mode) -> None:
         if rec.kind == DIR:
             self.cache.checkout_dir(rec.hash, dest, mode)
         else:
-            self.cache.checkout_file(rec.hash, dest, mode)
+            self.cache.checkout_file(rec.hash, dest, mode, rec.executable)
 
 
 def _remove(path: Path) -> bool:

@@ -16,7 +16,7 @@ import json
 import mmap
 import os
 import shutil
-import tempfile
+import stat
 import threading
 from collections.abc import Callable
 from enum import Enum
@@ -45,8 +45,14 @@ class Mode(Enum):
     """How checkout puts an object into the workspace."""
 
     COPY = "copy"  # reflink where the filesystem shares extents, else a real copy
+    REFLINK = "reflink"  # the same, but a filesystem that cannot share extents is reported (once)
     HARDLINK = "hardlink"
     SYMLINK = "symlink"
+
+    @property
+    def copies(self) -> bool:
+        """Whether the workspace gets its own writable copy (not the cache's object)."""
+        return self is Mode.COPY or self is Mode.REFLINK
 
 
 class CorruptObject(Exception):
@@ -63,9 +69,12 @@ class Cache:
         self.dir = directory
         self.objects = directory / OBJECTS
         self.notice = on_notice or (lambda _text: None)
-        self._fell_back: set[str] = set()
+        self._fell_back: set[Mode] = set()
+        self._fell_back_lock = threading.Lock()
         self._dirs: set[Path] = set()  # object directories known to exist
         self._clones = True  # until a reflink fails: then this filesystem copies
+        # Set in reflink mode: a copy that could not be a reflink is reported, once.
+        self.wants_reflinks = False
 
     def path_of(self, digest: str) -> Path:
         return self.objects / digest[:2] / digest[2:]
@@ -98,8 +107,7 @@ class Cache:
                     _write_new(tmp, data)
                     os.replace(tmp, dest)
                     return True
-            open(tmp, "xb").close()  # created empty, then filled by the copy
-            _clone_or_copy(src, Path(tmp))
+            self._copy_into(src, tmp, 0o444)
             if hash_file(tmp) != digest:
                 return False
             os.chmod(tmp, 0o444)
@@ -133,6 +141,7 @@ class Cache:
                     cloned = _clone_and_hash(fd, out, tmp) if self._clones else None
                     if cloned is None:
                         self._clones = False
+                        self._copied(cloned=False)
                         cloned = _copy_and_hash(fd, out, tmp)
                     digest = cloned
                     os.fchmod(out, 0o444)
@@ -264,23 +273,21 @@ class Cache:
 
     def checkout_file(self, digest: str, dest: Path, mode: Mode = Mode.COPY, executable: bool = False) -> None:
         """Put object `digest` at `dest` (replacing what is there), verified first.
-        An executable file in a link mode is a read-only copy: a link would share
-        the object's mode, which has no execute bit."""
+
+        A copy is created as a stage creates a file: mode 0666, or 0777 if
+        `executable`, less the umask.  In a link mode the file is the object
+        itself (read-only), except an executable one: that is a read-only copy,
+        because a link would share the object's mode, which has no execute bit."""
         self.verify(digest)
         src = self.path_of(digest)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
-        os.close(fd)
-        tmp = Path(tmp_name)
+        tmp = str(dest.parent / f".{dest.name}.{os.urandom(4).hex()}")
         try:
-            if mode is Mode.COPY:
-                _clone_or_copy(src, tmp)
-                tmp.chmod(0o755 if executable else 0o644)
-            elif executable:
-                _clone_or_copy(src, tmp)
-                tmp.chmod(0o555)  # read-only, like the links
+            if mode.copies or executable:
+                self._copy_into(src, tmp, 0o777 if executable else 0o666, mode)
+                if not mode.copies:
+                    _make_read_only(tmp)
             else:
-                tmp.unlink()
                 try:
                     if mode is Mode.HARDLINK:
                         os.link(src, tmp)
@@ -290,18 +297,19 @@ class Cache:
                     if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
                         raise
                     self._fall_back(mode)
-                    _clone_or_copy(src, tmp)
-                    tmp.chmod(0o444)  # read-only, like the links
+                    self._copy_into(src, tmp, 0o666)
+                    _make_read_only(tmp)  # read-only, like the links
             if dest.is_dir() and not dest.is_symlink():
                 shutil.rmtree(dest)
             os.replace(tmp, dest)
         finally:
             with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
+                os.unlink(tmp)
 
     def checkout_dir(self, digest: str, dest: Path, mode: Mode = Mode.COPY) -> None:
         """Recreate a directory output from its manifest, replacing what is there.
         Every object is verified before anything in the workspace changes.
+        Directories are created as a stage creates them: 0777 less the umask.
 
         The files inside are never symlinks to the cache (the tree would no longer
         hash to its manifest): in symlink mode they are hard links, like in
@@ -312,7 +320,9 @@ class Cache:
         if mode is Mode.SYMLINK:
             mode = Mode.HARDLINK
         dest.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+        # Not tempfile.mkdtemp: it makes 0700, and this directory becomes the output.
+        staging = dest.parent / f".{dest.name}.{os.urandom(4).hex()}"
+        os.mkdir(staging, 0o777)
         try:
             for e in entries:
                 target = staging / e.path
@@ -330,10 +340,38 @@ class Cache:
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
 
+    def _copy_into(self, src: Path, tmp: str, perms: int, mode: Mode = Mode.COPY) -> None:
+        """Create `tmp` (the umask applies to `perms`) holding a copy of `src`,
+        a reflink where the filesystem can."""
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, perms)
+        try:
+            cloned = _clone_or_copy(src, fd)
+        finally:
+            os.close(fd)
+        self._copied(cloned, mode)
+
+    def _copied(self, cloned: bool, mode: Mode = Mode.COPY) -> None:
+        """A copy was made, as a reflink or not: in reflink mode, a real copy is
+        reported (once: the filesystem is the same for the next file)."""
+        if not cloned and (mode is Mode.REFLINK or self.wants_reflinks):
+            self._fall_back(Mode.REFLINK)
+
     def _fall_back(self, mode: Mode) -> None:
-        if mode.value not in self._fell_back:
-            self._fell_back.add(mode.value)
+        with self._fell_back_lock:  # checkouts and the storer's threads share this cache
+            if mode in self._fell_back:
+                return
+            self._fell_back.add(mode)
+        if mode is Mode.REFLINK:
+            self.notice(
+                "this filesystem cannot reflink (share extents) between the cache and the workspace; copying instead"
+            )
+        else:
             self.notice(f"cannot {mode.value} across filesystems here; copying instead")
+
+
+def _make_read_only(path: str) -> None:
+    """Take the write bits off `path`, keeping the rest (what the umask left)."""
+    os.chmod(path, stat.S_IMODE(os.stat(path).st_mode) & 0o555)
 
 
 def _write_new(path: str, data: bytes) -> None:
@@ -350,11 +388,7 @@ def _write_new(path: str, data: bytes) -> None:
 def _clone_and_hash(src_fd: int, dest_fd: int, dest: str) -> str | None:
     """Reflink `src_fd` into `dest_fd` and hash the clone; None if the
     filesystem cannot share extents."""
-    try:
-        fcntl.ioctl(dest_fd, _FICLONE, src_fd)
-    except OSError:
-        return None
-    return hash_file(dest)
+    return hash_file(dest) if reflink(src_fd, dest_fd) else None
 
 
 def _copy_and_hash(src_fd: int, dest_fd: int, dest: str) -> str:
@@ -431,27 +465,39 @@ def _write_all(fd: int, data: memoryview, offset: int) -> None:
         offset += written
 
 
-def _clone_or_copy(src: Path, dest: Path) -> None:
-    """Copy `src` to `dest`, sharing extents (a reflink) where the filesystem can."""
-    with open(src, "rb") as fin, open(dest, "wb") as fout:
-        try:
-            fcntl.ioctl(fout.fileno(), _FICLONE, fin.fileno())
-            return
-        except OSError:
-            pass
+def reflink(src_fd: int, dest_fd: int) -> bool:
+    """Make `dest_fd` share `src_fd`'s extents (FICLONE); False where the
+    filesystem (or the pair of them) cannot."""
+    try:
+        fcntl.ioctl(dest_fd, _FICLONE, src_fd)
+    except OSError:
+        return False
+    return True
+
+
+def _clone_or_copy(src: Path, dest_fd: int) -> bool:
+    """Fill the empty file `dest_fd` with `src`'s bytes: a reflink where the
+    filesystem can (returns True), else a copy."""
+    with open(src, "rb") as fin:
+        if reflink(fin.fileno(), dest_fd):
+            return True
         size = os.fstat(fin.fileno()).st_size
         copied = 0
         try:
             while copied < size:
-                n = os.copy_file_range(fin.fileno(), fout.fileno(), size - copied)
+                n = os.copy_file_range(fin.fileno(), dest_fd, size - copied)
                 if n == 0:
                     break
                 copied += n
         except OSError:
             fin.seek(0)
-            fout.seek(0)
-            fout.truncate()
-            shutil.copyfileobj(fin, fout, 1 << 20)
-            return
-        if copied < size:
-            shutil.copyfileobj(fin, fout, 1 << 20)
+            os.lseek(dest_fd, 0, os.SEEK_SET)
+            os.ftruncate(dest_fd, 0)
+            copied = 0
+        fin.seek(copied)
+        os.lseek(dest_fd, copied, os.SEEK_SET)
+        while chunk := fin.read(1 << 20):
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(dest_fd, view) :]
+    return False

@@ -59,6 +59,8 @@ def to_json(data: LockData) -> dict[str, Any]:
         out: dict[str, Any] = {"path": r.path, "kind": r.kind, "hash": r.hash}
         if r.matches:
             out["matches"] = [rec(m) for m in r.matches]
+        if r.executable:
+            out["exec"] = True
         return out
 
     return {
@@ -91,5 +93,5 @@ def to_text(data: LockData) -> str:
             lines.append(f"  dep {d.path} {d.kind} {d.hash}")
             lines.extend(f"    match {m.path} {m.hash}" for m in d.matches)
         for o in sorted(s.outs, key=lambda o: o.path):
-            lines.append(f"  out {o.path} {o.kind} {o.hash}")
+            lines.append(f"  out {o.path} {o.kind} {o.hash}" + (" exec" if o.executable else ""))
     return "\n".join(lines)

@@ -108,7 +108,8 @@ def _move(options: BuildOptions, remote_name: str | None, jobs: int, direction: 
     from pivotbuild.workspace import transfer_set
 
     engine = Engine(make_reporter(options))
-    project, outs, stages = transfer_set(engine, options)
+    chosen = transfer_set(engine, options, stale=direction == "fetch")
+    project, outs, stages = chosen.project, chosen.outs, chosen.stages
     name, url = config.load(project.root).remote_url(remote_name)
     where = config.directory_of(url, project.root)
     if not where.is_dir():
@@ -119,7 +120,9 @@ def _move(options: BuildOptions, remote_name: str | None, jobs: int, direction: 
         if direction == "push":
             report = transfer.push(cache, moved, outs, stages, jobs=jobs, progress=progress)
         else:
-            report = transfer.fetch(cache, moved, outs, stages, jobs=jobs, progress=progress)
+            report = transfer.fetch(cache, moved, outs, stages, jobs=jobs, progress=progress, check=chosen.stale)
+    for note in report.notes:
+        click.echo(f"pivotbuild: {note}", err=True)
     for problem in report.problems:
         click.echo(f"pivotbuild: {problem}", err=True)
     verb = "pushed to" if direction == "push" else "fetched from"

@@ -28,3 +28,8 @@ class Remote(Protocol):
     def get(self, rel: str, dest: Path) -> None:
         """Download `rel` to the local path `dest`."""
         ...
+
+    def remove(self, rel: str) -> None:
+        """Delete the file `rel` (a corrupt object, so that a push replaces it);
+        nothing if it is not there."""
+        ...

@@ -26,7 +26,7 @@ class ConfigError(PivotError):
     """A config file that cannot be read, or a remote that is not configured."""
 
 
-CHECKOUT_MODES = ("copy", "hardlink", "symlink")
+CHECKOUT_MODES = ("copy", "reflink", "hardlink", "symlink")
 
 
 @dataclass

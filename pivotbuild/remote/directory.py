@@ -38,6 +38,10 @@ class DirectoryRemote:
     def get(self, rel: str, dest: Path) -> None:
         _copy_atomically(self.dir / rel, dest)
 
+    def remove(self, rel: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            (self.dir / rel).unlink()
+
 
 def _copy_atomically(src: Path, dest: Path) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)

@@ -46,7 +46,8 @@ class TransferError(PivotError):
 class Report:
     moved: int = 0
     already: int = 0
-    problems: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # the transfer is incomplete (exit 1)
+    notes: list[str] = field(default_factory=list)  # damage found and repaired
     moved_objects: set[str] = field(default_factory=set)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -185,9 +186,15 @@ def fetch(
     *,
     jobs: int = 4,
     progress: Progress | None = None,
+    check: Iterable[FileRecord] = (),
 ) -> Report:
+    """Bring the objects of `outs` and of the stages' run-cache entries into the
+    cache.  An object the cache already holds is not fetched again, unless it
+    belongs to one of `check` (the outputs checkout will restore next): those
+    local copies are verified, and a corrupt one is replaced."""
     report = Report()
     records = list(outs)
+    checked = list(check)
     for sid in stages:
         skey = stage_key(sid)
         with _io("cannot list the remote's run cache"):
@@ -209,7 +216,14 @@ def fetch(
     # Directory manifests first: they name the objects the directories need.  A
     # corrupt local one is removed by the check, and fetched again.
     manifests = {r.hash for r in records if r.kind == DIR}
-    _parallel(jobs, (_receive(cache, remote, d, report) for d in sorted(manifests) if not _intact(cache, d)), None)
+    _parallel(
+        jobs, (_receive(cache, remote, d, report) for d in sorted(manifests) if not _intact(cache, d, report)), None
+    )
+    suspect = {r.hash for r in checked if r.kind != DIR}
+    for rec in checked:
+        if rec.kind == DIR:
+            with contextlib.suppress(MissingObject, CorruptObject):  # reported below
+                suspect |= {e.hash for e in cache.read_manifest(rec.hash)}
     wanted: set[str] = set()
     for rec in records:
         if rec.kind == DIR:
@@ -221,7 +235,7 @@ def fetch(
                 report.problems.append(f"{rec.path}: object {rec.hash} is not a directory manifest; rebuild it")
         elif rec.hash:
             wanted.add(rec.hash)
-    to_get = [d for d in sorted(wanted) if not cache.has(d)]
+    to_get = [d for d in sorted(wanted) if not cache.has(d) or (d in suspect and not _intact(cache, d, report))]
     report.already = len(wanted) - len(to_get)
     _parallel(jobs, (_receive(cache, remote, d, report) for d in to_get), progress)
     return report
@@ -240,7 +254,7 @@ def _receive(cache: Cache, remote: Remote, digest: str, report: Report) -> Calla
             try:
                 remote.get(rel, Path(tmp))
                 if hash_file(tmp) != digest:
-                    report.problems.append(f"object {digest} on the remote is corrupt; it was not kept")
+                    report.problems.append(f"object {digest} on the remote is corrupt; {_drop(remote, rel)}")
                     return
                 os.chmod(tmp, 0o444)
                 os.replace(tmp, dest)
@@ -252,11 +266,25 @@ def _receive(cache: Cache, remote: Remote, digest: str, report: Report) -> Calla
     return task
 
 
-def _intact(cache: Cache, digest: str) -> bool:
-    """Whether the cache holds `digest` uncorrupted (a corrupt copy is removed)."""
+def _drop(remote: Remote, rel: str) -> str:
+    """Remove a corrupt object from the remote, so that a push from a cache
+    holding the right content replaces it (push sends only what the remote
+    lacks); says what happened."""
+    try:
+        remote.remove(rel)
+    except OSError as exc:
+        return f"it was not kept, and could not be removed from the remote ({exc.strerror or exc})"
+    return "it was not kept, and was removed from the remote, so that the next push replaces it"
+
+
+def _intact(cache: Cache, digest: str, report: Report) -> bool:
+    """Whether the cache holds `digest` uncorrupted (a corrupt copy is removed, and noted)."""
     try:
         cache.verify(digest)
-    except (MissingObject, CorruptObject):
+    except MissingObject:
+        return False
+    except CorruptObject:
+        report.notes.append(f"object {digest} in the local cache was corrupt; removed, fetching it again")
         return False
     return True
 

@@ -20,7 +20,10 @@ from pivotbuild.state.records import FileRecord, LockData, ParamRecord, StageRec
 
 
 def file_obj(r: FileRecord) -> dict[str, Any]:
-    return {"path": r.path, "kind": r.kind, "hash": r.hash, "matches": [file_obj(m) for m in r.matches]}
+    obj: dict[str, Any] = {"path": r.path, "kind": r.kind, "hash": r.hash, "matches": [file_obj(m) for m in r.matches]}
+    if r.executable:  # only then: records written before the field existed keep their bytes
+        obj["exec"] = True
+    return obj
 
 
 def record_obj(r: StageRecord) -> dict[str, Any]:
@@ -62,7 +65,10 @@ def _list(obj: dict[str, Any], key: str, default: bool = False) -> Iterable[obje
 def file_from(obj: object) -> FileRecord:
     m = _map(obj)
     matches = tuple(file_from(x) for x in _list(m, "matches", default=True))
-    return FileRecord(_str(m, "path"), _str(m, "kind"), _str(m, "hash"), matches)
+    executable = m.get("exec", False)
+    if not isinstance(executable, bool):
+        raise ValueError("exec: expected a boolean")
+    return FileRecord(_str(m, "path"), _str(m, "kind"), _str(m, "hash"), matches, executable)
 
 
 def _param_from(obj: object) -> ParamRecord:

@@ -13,12 +13,15 @@ from dataclasses import dataclass
 class FileRecord:
     """A dep or out and its content hash.  `kind` is "file", "dir" (the hash of
     the tree's manifest), "glob" (the hash of the sorted match list, with
-    `matches` holding each match's record), or "absent"."""
+    `matches` holding each match's record), or "absent".  `executable`: an
+    output file that had an execute bit, so checkout gives it one again (a
+    directory's manifest says so per file)."""
 
     path: str
     kind: str
     hash: str
     matches: tuple[FileRecord, ...] = ()
+    executable: bool = False
 
 
 @dataclass(frozen=True, slots=True)
