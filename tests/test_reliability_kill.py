@@ -83,11 +83,12 @@ def count_finished(path: Path) -> int:
     return text.count('"event": "stage_finished"')
 
 
-def reap_orphans(log_path: Path, timeout: float = 10) -> None:
+def reap_orphans(log_path: Path, timeout: float = 10) -> int:
     """Kill what is left of the stages the dead build started (each runs as the
-    leader of its own session), and wait until they are gone."""
+    leader of its own session), wait until they are gone, and return how many
+    were still alive."""
     log = Log.read(log_path)
-    left = [pid for name, pid in log.started.items() if name not in log.ended]
+    left = [pid for name, pid in log.started.items() if name not in log.ended and _alive(pid)]
     for pid in left:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGKILL)
@@ -96,6 +97,7 @@ def reap_orphans(log_path: Path, timeout: float = 10) -> None:
         while _alive(pid):
             assert time.monotonic() < deadline, f"stage process {pid} outlived SIGKILL"
             time.sleep(0.01)
+    return len(left)
 
 
 def _alive(pid: int) -> bool:
@@ -106,10 +108,10 @@ def _alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
 
 
-def killed_build(project: Project, tmp: Path, jobs: int, after: int, delay: float) -> tuple[Log, set[str]]:
+def killed_build(project: Project, tmp: Path, jobs: int, after: int, delay: float) -> tuple[Log, set[str], int]:
     """Start a build, SIGKILL it once `after` stages finished and `delay` more
-    seconds passed; return the stages' log of that build and what it reported
-    finished (ran or up to date)."""
+    seconds passed; return the stages' log of that build, what it reported
+    finished (ran or up to date), and how many stage processes outlived it."""
     log_path = tmp / "stages.log"
     log_path.unlink(missing_ok=True)
     ev_path = tmp / "killed.jsonl"
@@ -138,8 +140,8 @@ def killed_build(project: Project, tmp: Path, jobs: int, after: int, delay: floa
             proc.wait()
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)  # its own process group, should anything be left in it
-        reap_orphans(log_path)
-    return Log.read(log_path), finished(events(ev_path), "ran", "skipped", "restored")
+        orphans = reap_orphans(log_path)
+    return Log.read(log_path), finished(events(ev_path), "ran", "skipped", "restored"), orphans
 
 
 def test_builds_killed_at_random_moments_lose_only_the_running_stages(project: Project, tmp_path: Path) -> None:
@@ -147,7 +149,7 @@ def test_builds_killed_at_random_moments_lose_only_the_running_stages(project: P
     log_path = tmp_path / "stages.log"
     write_lattice(project, WIDTH, DEPTH, log_path, rng)
     total = WIDTH * DEPTH
-    stats = {"kills": 0, "running": 0, "rerun": 0, "finished_before_kill": 0}
+    stats = {"kills": 0, "running": 0, "rerun": 0, "finished_before_kill": 0, "orphans": 0}
 
     for round_ in range(ROUNDS):
         if round_:
@@ -161,9 +163,10 @@ def test_builds_killed_at_random_moments_lose_only_the_running_stages(project: P
         after = up_to_date + rng.randrange(max(1, to_run - 4))
         delay = rng.choice([0.0, 0.002, 0.01, 0.02, 0.04])
         jobs = rng.choice([1, 2, 2, 3])
-        log, done = killed_build(project, tmp_path, jobs, after, delay)
+        log, done, orphans = killed_build(project, tmp_path, jobs, after, delay)
         running = set(log.started) - done  # started, and no result recorded
         stats["kills"] += 1
+        stats["orphans"] += orphans
         stats["running"] += len(running)
         stats["finished_before_kill"] += len(done)
 
@@ -194,7 +197,7 @@ def test_a_build_killed_before_any_stage_finished_recovers(project: Project, tmp
     rng = random.Random(SEED + jobs)
     log_path = tmp_path / "stages.log"
     write_lattice(project, WIDTH, DEPTH, log_path, rng)
-    log, done = killed_build(project, tmp_path, jobs, 0, rng.choice([0.0, 0.05, 0.15]))
+    log, done, _ = killed_build(project, tmp_path, jobs, 0, rng.choice([0.0, 0.05, 0.15]))
     running = set(log.started) - done
     r = project.run("--json", "-j2")
     assert r.code == 0, r
