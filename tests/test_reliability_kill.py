@@ -153,15 +153,19 @@ def test_builds_killed_at_random_moments_lose_only_the_running_stages(project: P
 
     for round_ in range(ROUNDS):
         if round_:
+            # A first-layer source too, so at least 15 stages (its cone) are to run.
+            first = project.root / f"src/0_{rng.randrange(WIDTH)}.txt"
+            first.write_text(first.read_text() + f"edit {round_}\n")
             edit_sources(project.root, WIDTH, DEPTH, rng, str(round_))
         # Up to date stages finish at once, so count from the first stage that must run.
         plan = project.run("-n", "--json")
         assert plan.code == 0, plan
         to_run = sum(1 for line in plan.out.splitlines() if json.loads(line).get("will_run"))
         up_to_date = total - to_run
-        # Leave at least 4 stages to run after the kill, so it lands mid-build.
-        after = up_to_date + rng.randrange(max(1, to_run - 4))
-        delay = rng.choice([0.0, 0.002, 0.01, 0.02, 0.04])
+        # Leave at least 8 stages (two waves of 20 ms naps or more, at -j3) to run
+        # after the kill's countdown starts, so it lands mid-build.
+        after = up_to_date + rng.randrange(to_run - 8)
+        delay = rng.choice([0.0, 0.002, 0.01, 0.02, 0.03])
         jobs = rng.choice([1, 2, 2, 3])
         log, done, orphans = killed_build(project, tmp_path, jobs, after, delay)
         running = set(log.started) - done  # started, and no result recorded
@@ -197,7 +201,7 @@ def test_a_build_killed_before_any_stage_finished_recovers(project: Project, tmp
     rng = random.Random(SEED + jobs)
     log_path = tmp_path / "stages.log"
     write_lattice(project, WIDTH, DEPTH, log_path, rng)
-    log, done, _ = killed_build(project, tmp_path, jobs, 0, rng.choice([0.0, 0.05, 0.15]))
+    log, done, _ = killed_build(project, tmp_path, jobs, 0, rng.choice([0.0, 0.05, 0.1]))
     running = set(log.started) - done
     r = project.run("--json", "-j2")
     assert r.code == 0, r
