@@ -1,7 +1,7 @@
 """Mutated Pivotfiles (hypothesis): `pivotbuild check` never crashes.
 
-Valid Pivotfiles (the examples, the spec's complete example, and the Pivotfile
-texts of this test suite) are mutated: lines deleted, duplicated, swapped,
+Valid Pivotfiles (the examples, the spec's complete example, the examples of
+docs/language.md, and the Pivotfile texts of this test suite) are mutated: lines deleted, duplicated, swapped,
 indented, cut short; keywords, `${`, quotes, tabs, unicode, NUL, invalid
 UTF-8 and random text inserted. `pivotbuild check`, run in-process through
 `pivotbuild.cli.main`, must then exit 0 (with `pivotbuild: ok`) or 2 (with a
@@ -35,7 +35,6 @@ from hypothesis import strategies as st
 from pivotbuild.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
-SPEC = Path("/work/shared/spec/PIVOTFILE.md")
 EXAMPLES = int(os.environ.get("PIVOT_FUZZ_EXAMPLES", "300"))
 SEED = int(os.environ.get("PIVOT_FUZZ_SEED", "20261203"))
 FUZZ_SETTINGS = settings(
@@ -63,6 +62,51 @@ TOKENS = [
 ]  # fmt: skip
 
 
+# The complete example of the language's specification (PIVOTFILE.md, v1).
+SPEC_EXAMPLE = r"""# Pivotfile
+pipeline demo                       # optional; default: the directory's name
+SHELL = bash -eu -o pipefail        # optional; default: /bin/sh -e
+SRC = src
+MODELS = small large
+
+default report                      # optional; default: every stage
+
+stage prepare:
+    desc: Clean the raw data
+    deps: data/raw.csv ${SRC}/prepare.py
+    outs: build/clean.csv
+    run: python ${SRC}/prepare.py $< $@
+
+stage train:
+    matrix: model=${MODELS} lr=0.1 0.01
+    deps: build/clean.csv ${SRC}/train.py
+    outs: models/${model}-${lr}.pkl
+    params: train.epochs            # read from params.toml beside the Pivotfile
+    mutex: gpu
+    jobs: 2                         # job-server tokens this stage holds
+    mem: 4G                         # memory the scheduler reserves for it
+    timeout: 30m
+    retry: 1
+    env: OMP_NUM_THREADS=2
+    run:
+        python ${SRC}/train.py --model ${model} --lr ${lr} \
+            --epochs ${params.train.epochs} --out $@
+        echo trained ${model}
+
+stage report:
+    deps: models/                   # a directory: its whole tree is hashed
+          build/clean.csv
+    outs: reports/summary.json
+          reports/plots/ (cache=false)
+    run: python ${SRC}/report.py
+
+stage lint:
+    always: yes                     # runs on every build, like a phony target
+    deps: src/**/*.py               # globs are expanded, sorted, and the set itself is tracked
+    run: ruff check ${SRC}
+"""
+
+
 def _fixture_texts() -> list[str]:
     """Module-level string constants of the test suite that look like Pivotfiles."""
     found = []
@@ -77,10 +121,9 @@ def _fixture_texts() -> list[str]:
 
 def _seeds() -> list[str]:
     seeds = [(REPO / "examples" / name / "Pivotfile").read_text() for name in ("c-project", "data-pipeline")]
-    if SPEC.exists():
-        block = re.search(r"^```\n(.*?)^```", SPEC.read_text(), re.S | re.M)
-        if block:
-            seeds.append(block.group(1))
+    seeds.append(SPEC_EXAMPLE)
+    language = (REPO / "docs" / "language.md").read_text()
+    seeds += re.findall(r"^```pivotfile\n(.*?)^```", language, re.S | re.M)
     return seeds + _fixture_texts()
 
 
@@ -187,9 +230,11 @@ def test_every_seed_checks_without_crashing(index: int) -> None:
     assert_checked(SEEDS[index].encode())
 
 
-def test_the_seeds_include_the_examples_the_spec_and_the_fixtures() -> None:
+def test_the_seeds_include_the_examples_the_spec_the_docs_and_the_fixtures() -> None:
     assert len(SEEDS) > 20
     assert any("pipeline c-project" in s for s in SEEDS)
+    assert any("pipeline demo" in s and "mutex: gpu" in s for s in SEEDS)
+    assert sum("SRC = src" in s for s in SEEDS) >= 2  # the spec's and language.md's first example
 
 
 @FUZZ_SETTINGS
