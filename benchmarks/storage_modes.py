@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
 """compare.py's protocol for pivotbuild's storage modes beside ninja, in one run.
 
-    PATH=$PWD/.bench-venv/bin:$PATH python3 benchmarks/storage_modes.py [reverse]
+    .venv/bin/python benchmarks/storage_modes.py [reverse]
 
 For each of pivotbuild's default (copy into the cache), `checkout = "hardlink"`
-and `--no-cache`, and for ninja: the generated build of ../shared/bench/gen.py
-(50 x 20 stages), a clean build, the median of 5 no-ops, and the median of 5
+and `--no-cache`, and for ninja: the lattice of compare.py (50 x 20 stages, big
+outputs), a clean build, the median of 5 no-ops, and the median of 5
 incremental builds after compare.py's edit.  `reverse` runs the tools in the
 opposite order: on these machines the order matters (see docs/performance.md).
 Prints seconds and each variant's ratio to ninja.
@@ -18,10 +18,7 @@ import statistics
 import sys
 import tempfile
 
-BENCH = pathlib.Path(__file__).resolve().parents[2] / "shared" / "bench"
-sys.path.insert(0, str(BENCH))
-import compare  # noqa: E402
-import gen  # noqa: E402
+import compare  # benchmarks/compare.py, beside this script
 
 WIDTH, DEPTH, RUNS = 50, 20, 5
 VARIANTS: dict[str, tuple[list[str], str | None]] = {
@@ -37,15 +34,19 @@ def main() -> None:
     if sys.argv[1:] == ["reverse"]:
         items.reverse()
     results: dict[str, tuple[float, float, float]] = {}
+    stages = compare.lattice(WIDTH, DEPTH)
     with tempfile.TemporaryDirectory(prefix="pvmodes-") as tmp:
-        for i, (name, (command, config)) in enumerate(items):
+        for i, (name, (words, config)) in enumerate(items):
             root = pathlib.Path(tmp) / str(i)
-            gen.write_sources(root, WIDTH, DEPTH)
-            gen.WRITERS[command[0]](root, gen.stages(WIDTH, DEPTH))
+            compare.generate(root, stages, words[0], "big")
             if config:
                 (root / ".pivot" / "config.toml").write_text(config)
+            program = compare.find(words[0])
+            if program is None:
+                raise SystemExit(f"storage_modes.py: {words[0]} is not on PATH")
+            command = [program, *words[1:]]
             full = compare.timed(command, root)
-            compare.check_outputs(root, compare.expected_outputs(WIDTH, DEPTH), name)
+            compare.check_outputs(root, stages, "big", name)
             noop = [compare.timed(command, root) for _ in range(RUNS)]
             incr = []
             for run in range(RUNS):

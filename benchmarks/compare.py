@@ -1,0 +1,295 @@
+#!/usr/bin/env python3
+"""Time pivotbuild beside make and ninja (and doit, snakemake) on one generated build.
+
+The build is a lattice of WIDTH x DEPTH stages: stage (l, k) reads its source
+src/l_k.txt and, below the first layer, the outputs of stages (l-1, k) and
+(l-1, (k+1) % WIDTH), and writes out/l_k.txt. Every tool gets the same sources
+and its own build file for the same stages, in a directory of its own.
+
+    python3 benchmarks/compare.py                          # 1,000 stages (50 x 20), big outputs, -j2
+    python3 benchmarks/compare.py --shape small --tools pivotbuild,make,ninja,doit,snakemake
+    python3 benchmarks/compare.py --width 1000 --depth 10 --shape small    # 10,000 stages
+
+--shape big (the default): each stage `cat`s its deps, so outputs double with
+every layer (about 1.2 GB per tool at 50 x 20: never raise --depth much) and
+reading, hashing and storing data shows. --shape small: each stage runs
+`md5sum` on its deps, so every output is at most three short lines and the
+tool's own cost per stage shows.
+
+For each tool, one after the other in this process (so the machine's drift hits
+all alike): `clean`, a build of every stage; `noop`, the same command again
+(median of --runs); `incr`, one source of the middle layer edited, then the
+build (median of --runs): the edit ripples down through part of the lattice.
+Every output of every tool is then checked against what its deps say it must
+hold, and the tools against each other. It prints seconds, and each time
+divided by make's and by ninja's (a ratio below 1: faster than that tool).
+
+Tools are looked up beside this Python, then on PATH (so `.venv/bin/python3
+benchmarks/compare.py` finds the venv's pivotbuild and ninja: `pip install
+ninja`, or `pip install '.[test]'`). doit and snakemake are not installed by
+pivotbuild's extras: `pip install doit snakemake` in a venv of their own and
+put it on PATH. The machines are shared and noisy: quote ratios from one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+CHUNK = 1 << 20
+COMMANDS = {"big": "cat", "small": "md5sum"}
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    deps: tuple[str, ...]
+    out: str
+
+
+def lattice(width: int, depth: int) -> list[Stage]:
+    stages = []
+    for layer in range(depth):
+        for k in range(width):
+            deps = [f"src/{layer}_{k}.txt"]
+            if layer:
+                deps += [f"out/{layer - 1}_{k}.txt", f"out/{layer - 1}_{(k + 1) % width}.txt"]
+            stages.append(Stage(f"s{layer}_{k}", tuple(deps), f"out/{layer}_{k}.txt"))
+    return stages
+
+
+# -- build files, one writer per tool -----------------------------------------------------
+
+
+def write_pivotbuild(root: Path, stages: list[Stage], cmd: str) -> None:
+    blocks = [
+        f"stage {s.name}:\n    deps: {' '.join(s.deps)}\n    outs: {s.out}\n    run: {cmd} $^ > $@\n" for s in stages
+    ]
+    (root / "Pivotfile").write_text("\n".join(blocks))
+    (root / ".pivot").mkdir()
+
+
+def write_make(root: Path, stages: list[Stage], cmd: str) -> None:
+    rules = [f"all: {' '.join(s.out for s in stages)}\n"]
+    rules += [f"{s.out}: {' '.join(s.deps)}\n\t{cmd} $^ > $@\n" for s in stages]
+    (root / "Makefile").write_text("\n".join(rules))
+
+
+def write_ninja(root: Path, stages: list[Stage], cmd: str) -> None:
+    lines = ["rule stage", f"  command = {cmd} $in > $out", ""]
+    lines += [f"build {s.out}: stage {' '.join(s.deps)}" for s in stages]
+    (root / "build.ninja").write_text("\n".join(lines) + "\n")
+
+
+def write_doit(root: Path, stages: list[Stage], cmd: str) -> None:
+    graph = [(s.name, list(s.deps), s.out) for s in stages]
+    (root / "dodo.py").write_text(
+        f"GRAPH = {graph!r}\n"
+        "DOIT_CONFIG = {'verbosity': 0}\n\n"
+        "def task_stage():\n"
+        "    for name, deps, out in GRAPH:\n"
+        "        yield {'name': name, 'file_dep': deps, 'targets': [out],\n"
+        f"               'actions': ['{cmd} ' + ' '.join(deps) + ' > ' + out]}}\n"
+    )
+
+
+def write_snakemake(root: Path, stages: list[Stage], cmd: str) -> None:
+    deps = {s.out: list(s.deps) for s in stages}
+    (root / "Snakefile").write_text(
+        f"DEPS = {deps!r}\n\n"
+        "rule all:\n"
+        f"    input: {[s.out for s in stages]!r}\n\n"
+        "rule stage:\n"
+        "    input: lambda wc: DEPS['out/' + wc.name + '.txt']\n"
+        "    output: 'out/{name}.txt'\n"
+        f"    shell: '{cmd} {{input}} > {{output}}'\n"
+    )
+
+
+@dataclass(frozen=True)
+class Tool:
+    program: str
+    write: Callable[[Path, list[Stage], str], None]
+    args: Callable[[int], list[str]]
+
+
+TOOLS = {
+    "pivotbuild": Tool("pivotbuild", write_pivotbuild, lambda j: ["-j", str(j), "-s"]),
+    "make": Tool("make", write_make, lambda j: ["-j", str(j), "-s"]),
+    "ninja": Tool("ninja", write_ninja, lambda j: ["-j", str(j)]),
+    "doit": Tool("doit", write_doit, lambda j: ["-n", str(j)]),
+    "snakemake": Tool("snakemake", write_snakemake, lambda j: ["--cores", str(j), "--quiet", "all", "--nolock"]),
+}
+
+
+def find(program: str) -> str | None:
+    """Beside this Python (a venv's, even if not activated), else on PATH."""
+    return shutil.which(program, path=str(Path(sys.executable).parent)) or shutil.which(program)
+
+
+def generate(root: Path, stages: list[Stage], tool: str, shape: str) -> None:
+    """The sources and `tool`'s build file in root (made afresh)."""
+    shutil.rmtree(root, ignore_errors=True)
+    (root / "src").mkdir(parents=True)
+    (root / "out").mkdir()
+    for s in stages:
+        layer, k = s.name[1:].split("_")
+        (root / s.deps[0]).write_text(f"source {layer} {k}\n")
+    TOOLS[tool].write(root, stages, COMMANDS[shape])
+
+
+# -- timing and checking ------------------------------------------------------------------
+
+
+def timed(cmd: list[str], cwd: Path) -> float:
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=False)
+    elapsed = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(
+            f"compare.py: {' '.join(cmd)} failed in {cwd} (exit {proc.returncode}):\n{proc.stderr[-2000:]}"
+        )
+    return elapsed
+
+
+def edit(root: Path, width: int, depth: int, i: int) -> None:
+    """Append a line to one source of the middle layer (another each time)."""
+    path = root / f"src/{depth // 2}_{(i * 7) % width}.txt"
+    with path.open("a") as f:
+        f.write(f"edit {i}\n")
+
+
+def _chunks(path: Path) -> Iterator[bytes]:
+    with path.open("rb") as f:
+        while chunk := f.read(CHUNK):
+            yield chunk
+
+
+def digest(path: Path, parts: Iterable[bytes] | None = None) -> str:
+    """The file's digest, or (with parts) the digest it must have."""
+    h = hashlib.blake2b(digest_size=16)
+    for chunk in parts if parts is not None else _chunks(path):
+        h.update(chunk)
+    return h.hexdigest()
+
+
+def check_outputs(root: Path, stages: list[Stage], shape: str, tool: str) -> dict[str, str]:
+    """Each output holds what its deps (as they are on disk) say it must; return
+    every output's digest, to compare the tools with each other."""
+    digests = {}
+    for s in stages:
+        out = root / s.out
+        if not out.is_file():
+            raise SystemExit(f"compare.py: {tool} did not write {s.out}")
+        if shape == "small":
+            lines = [f"{hashlib.md5(b''.join(_chunks(root / d))).hexdigest()}  {d}\n" for d in s.deps]
+            want = digest(out, ["".join(lines).encode()])
+        else:
+            want = digest(out, (c for d in s.deps for c in _chunks(root / d)))
+        got = digest(out)
+        if got != want:
+            raise SystemExit(f"compare.py: {tool} wrote a wrong {s.out}")
+        digests[s.out] = got
+    return digests
+
+
+@dataclass
+class Result:
+    clean: float
+    noop: float
+    incr: float
+
+
+def measure(
+    tools: list[str], *, width: int, depth: int, shape: str, jobs: int, runs: int, workdir: Path
+) -> tuple[dict[str, Result], dict[str, dict[str, str]]]:
+    """Build, time and check each tool's copy of the lattice under workdir; return
+    the times and each tool's output digests."""
+    stages = lattice(width, depth)
+    results, digests = {}, {}
+    for tool in tools:
+        program = find(TOOLS[tool].program)
+        if program is None:
+            raise SystemExit(f"compare.py: {TOOLS[tool].program} is not on PATH (see --help for how to install it)")
+        cmd = [program, *TOOLS[tool].args(jobs)]
+        root = workdir / tool
+        generate(root, stages, tool, shape)
+        clean = timed(cmd, root)
+        noop = [timed(cmd, root) for _ in range(runs)]
+        incr = []
+        for i in range(runs):
+            edit(root, width, depth, i)
+            incr.append(timed(cmd, root))
+        results[tool] = Result(clean, statistics.median(noop), statistics.median(incr))
+        digests[tool] = check_outputs(root, stages, shape, tool)
+    first = next(iter(digests.values()))
+    for tool, d in digests.items():
+        if d != first:
+            wrong = sorted(k for k in d if d[k] != first.get(k))
+            raise SystemExit(f"compare.py: {tool} and {tools[0]} wrote different outputs: {wrong[:5]}")
+    return results, digests
+
+
+def table(results: dict[str, Result], width: int, depth: int, shape: str, jobs: int) -> str:
+    refs = [r for r in ("make", "ninja") if r in results]
+    head = f"{'tool':<12}{'clean':>9}{'noop':>9}{'incr':>9}"
+    head += "".join(f"   {'/ ' + r + ' (clean noop incr)':<28}" for r in refs)
+    lines = [
+        f"{width * depth} stages ({width} x {depth}, {shape} outputs), -j{jobs}; seconds (no-op and incremental:"
+        " medians); ratio = time / the other tool's",
+        head.rstrip(),
+    ]
+    for tool, r in results.items():
+        line = f"{tool:<12}{r.clean:>9.3f}{r.noop:>9.3f}{r.incr:>9.3f}"
+        for ref in refs:
+            base = results[ref]
+            ratios = f"{r.clean / base.clean:.2f} {r.noop / base.noop:.2f} {r.incr / base.incr:.2f}"
+            line += f"   {ratios:<28}"
+        lines.append(line.rstrip())
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tools", default="pivotbuild,make,ninja", help=f"comma-separated, of {', '.join(TOOLS)}")
+    ap.add_argument(
+        "--shape", choices=COMMANDS, default="big", help="big: cat (outputs double per layer); small: md5sum"
+    )
+    ap.add_argument("--width", type=int, default=50, help="stages per layer (at least 2)")
+    ap.add_argument("--depth", type=int, default=20, help="layers")
+    ap.add_argument("-j", "--jobs", type=int, default=2)
+    ap.add_argument("--runs", type=int, default=5, help="no-op and incremental builds per tool (medians)")
+    ap.add_argument("--dir", type=Path, help="build here and keep the projects (default: a temporary directory)")
+    ap.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    args = ap.parse_args(argv)
+    tools = args.tools.split(",")
+    unknown = [t for t in tools if t not in TOOLS]
+    if unknown:
+        ap.error(f"unknown tool {unknown[0]!r}; choose from {', '.join(TOOLS)}")
+    if args.width < 2 or args.depth < 1 or args.runs < 1:
+        ap.error("--width must be at least 2, --depth and --runs at least 1")
+    with tempfile.TemporaryDirectory(prefix="pvcompare-") as tmp:
+        workdir = args.dir.resolve() if args.dir else Path(tmp)
+        results, _ = measure(
+            tools, width=args.width, depth=args.depth, shape=args.shape, jobs=args.jobs, runs=args.runs, workdir=workdir
+        )
+    if args.json:
+        data = {k: getattr(args, k) for k in ("width", "depth", "shape", "jobs", "runs")}
+        print(json.dumps({**data, "results": {t: vars(r) for t, r in results.items()}}))
+    else:
+        print(table(results, args.width, args.depth, args.shape, args.jobs))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,40 @@
+"""compare.py, run small: pivotbuild, make and ninja build the same 3 x 2 lattice
+and write the same bytes (no timings are asserted)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import compare
+import pytest
+
+TOOLS = ["pivotbuild", "make", "ninja"]
+
+
+@pytest.mark.parametrize("shape", ["big", "small"])
+def test_the_tools_write_identical_outputs(tmp_path: Path, shape: str, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["--tools", ",".join(TOOLS), "--width", "3", "--depth", "2", "--runs", "1", "--shape", shape]
+    assert compare.main([*args, "--dir", str(tmp_path)]) == 0
+    table = capsys.readouterr().out
+    assert table.startswith(f"6 stages (3 x 2, {shape} outputs), -j2")
+    assert [line.split()[0] for line in table.splitlines()[2:]] == TOOLS
+
+    outs = sorted(p.relative_to(tmp_path / "make") for p in (tmp_path / "make" / "out").iterdir())
+    assert len(outs) == 6
+    for rel in outs:
+        assert len({(tmp_path / tool / rel).read_bytes() for tool in TOOLS}) == 1, rel
+    # The edits of the incremental build reached the outputs below the edited source.
+    first = (tmp_path / "pivotbuild" / "out" / "1_0.txt").read_bytes()
+    if shape == "big":
+        assert first.startswith(b"source 1 0\nedit 0\n")
+    else:
+        assert first.count(b"\n") == 3
+
+
+def test_a_tool_that_writes_a_wrong_output_is_caught(tmp_path: Path) -> None:
+    stages = compare.lattice(2, 2)
+    compare.generate(tmp_path, stages, "make", "big")
+    compare.timed(["make", "-s"], tmp_path)
+    (tmp_path / "out" / "1_1.txt").write_text("wrong\n")
+    with pytest.raises(SystemExit, match=r"make wrote a wrong out/1_1.txt"):
+        compare.check_outputs(tmp_path, stages, "big", "make")
