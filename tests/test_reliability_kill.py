@@ -14,8 +14,9 @@ stages finished plus a seeded delay, and checks the build after it:
 
 Stages log `start NAME PID` and `end NAME` to a file outside the project, so the
 test knows which stages were running at the kill. Stages run in sessions of
-their own, and a SIGKILLed pivotbuild cannot stop them: the test kills what is
-left of them itself, so an orphan cannot write into the next build.
+their own; the build's lifeline (lifeline.py) kills those still running when
+pivotbuild dies, and the test waits for that before the next build, failing if
+a stage outlives the build.
 
 `PIVOT_KILL_ROUNDS` (default 12) and `PIVOT_KILL_SEED` (default 20261203)
 change the campaign; docs/reliability.md has the figures of a run.
@@ -83,19 +84,19 @@ def count_finished(path: Path) -> int:
     return text.count('"event": "stage_finished"')
 
 
-def reap_orphans(log_path: Path, timeout: float = 10) -> int:
-    """Kill what is left of the stages the dead build started (each runs as the
-    leader of its own session), wait until they are gone, and return how many
-    were still alive."""
+def await_orphans(log_path: Path, timeout: float = 10) -> int:
+    """Wait until the stages the dead build left running are gone, killed by
+    its lifeline (the watchdog that outlives pivotbuild), without the test
+    killing any; return how many were still alive when the wait began."""
     log = Log.read(log_path)
     left = [pid for name, pid in log.started.items() if name not in log.ended and _alive(pid)]
-    for pid in left:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, signal.SIGKILL)
     deadline = time.monotonic() + timeout
     for pid in left:
         while _alive(pid):
-            assert time.monotonic() < deadline, f"stage process {pid} outlived SIGKILL"
+            if time.monotonic() > deadline:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(pid, signal.SIGKILL)  # not to leave it behind the failed test
+                raise AssertionError(f"stage process {pid} outlived the killed build")
             time.sleep(0.01)
     return len(left)
 
@@ -111,7 +112,8 @@ def _alive(pid: int) -> bool:
 def killed_build(project: Project, tmp: Path, jobs: int, after: int, delay: float) -> tuple[Log, set[str], int]:
     """Start a build, SIGKILL it once `after` stages finished and `delay` more
     seconds passed; return the stages' log of that build, what it reported
-    finished (ran or up to date), and how many stage processes outlived it."""
+    finished (ran or up to date), and how many stage processes were still
+    alive after its death (its lifeline then killed them)."""
     log_path = tmp / "stages.log"
     log_path.unlink(missing_ok=True)
     ev_path = tmp / "killed.jsonl"
@@ -140,7 +142,7 @@ def killed_build(project: Project, tmp: Path, jobs: int, after: int, delay: floa
             proc.wait()
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)  # its own process group, should anything be left in it
-        orphans = reap_orphans(log_path)
+        orphans = await_orphans(log_path)
     return Log.read(log_path), finished(events(ev_path), "ran", "skipped", "restored"), orphans
 
 
