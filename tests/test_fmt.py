@@ -274,19 +274,133 @@ def test_byte_order_mark_is_dropped() -> None:
     ("text", "expected"),
     [
         ("X = 1 # c\n", "X = 1  # c\n"),
-        ("X = 1            # c\n", "X = 1  # c\n"),
-        ("X = 1\t# c\n", "X = 1  # c\n"),
+        ("X=1 # c\n", "X = 1  # c\n"),
         ("X = a#b\n", "X = a  #b\n"),
-        ("X =   # nothing\n", "X =  # nothing\n"),
+        ("X = # nothing\n", "X =  # nothing\n"),
         ("pipeline p # name\n", "pipeline p  # name\n"),
         ("stage a: # hdr\n    run: x\n", "stage a:  # hdr\n    run: x\n"),
         ("stage a:\n    deps: x #c\n    run: y\n", "stage a:\n    deps: x  #c\n    run: y\n"),
-        ("stage a:\n    deps:   # none\n    run: y\n", "stage a:\n    deps:  # none\n    run: y\n"),
-        ("stage a:\n    outs: x (persist)   # o\n    run: y\n", "stage a:\n    outs: x (persist)  # o\n    run: y\n"),
+        ("stage a:\n    deps: # none\n    run: y\n", "stage a:\n    deps:  # none\n    run: y\n"),
+        ("stage a:\n    outs: x (persist) # o\n    run: y\n", "stage a:\n    outs: x (persist)  # o\n    run: y\n"),
+        ("stage a:\n  deps: x  # c\n  run: y\n", "stage a:\n    deps: x  # c\n    run: y\n"),
+        ("stage a:\n    run: # c\n        y\n", "stage a:\n    run:  # c\n        y\n"),
     ],
 )
-def test_two_spaces_before_a_trailing_comment(text: str, expected: str) -> None:
+def test_a_trailing_comment_too_close_to_the_code_gets_two_spaces(text: str, expected: str) -> None:
     assert fmt(text) == expected
+    assert fmt(expected) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("X = 1            # c\n", "X = 1            # c\n"),
+        ("X=1              # c\n", "X = 1            # c\n"),
+        ("X   =   1        # c\n", "X = 1            # c\n"),
+        ("X = 1\t# c\n", "X = 1   # c\n"),
+        ("X = 1\t\t# c\n", "X = 1           # c\n"),
+        ("X =   # nothing\n", "X =   # nothing\n"),
+        ("stage a:     # hdr\n    run: x\n", "stage a:     # hdr\n    run: x\n"),
+        ("stage a:\n    deps:   # none\n    run: y\n", "stage a:\n    deps:   # none\n    run: y\n"),
+        ("stage a:\n  deps: x      # c\n  run: y\n", "stage a:\n    deps: x    # c\n    run: y\n"),
+        ("stage a:\n    run:        # c\n        y\n", "stage a:\n    run:        # c\n        y\n"),
+    ],
+)
+def test_a_trailing_comment_keeps_its_column_when_the_code_leaves_room(text: str, expected: str) -> None:
+    assert fmt(text) == expected
+    assert fmt(expected) == expected
+
+
+def test_aligned_trailing_comments_stay_aligned() -> None:
+    # The layout of docs/language.md and PIVOTFILE.md: comments aligned across a
+    # block, some on continuation lines, with blank lines and other lines between.
+    text = src(
+        """
+        pipeline demo                       # optional; default: the directory's name
+        SRC=src                             # shrinks: the comment stays put
+        MODELS   =   small large
+
+        default report                      # optional; default: every stage
+
+        stage report:
+          deps: models/                     # a directory: its whole tree is hashed
+                build/clean.csv             # the input
+          outs: reports/summary.json
+                reports/plots/ (cache=false)   # not cached
+          jobs: 2                           # job-server tokens
+          run: python ${SRC}/report.py      # inside run:, this belongs to the shell
+        """
+    )
+    assert fmt(text) == src(
+        """
+        pipeline demo                       # optional; default: the directory's name
+        SRC = src                           # shrinks: the comment stays put
+        MODELS = small large
+
+        default report                      # optional; default: every stage
+
+        stage report:
+            deps: models/                   # a directory: its whole tree is hashed
+                  build/clean.csv           # the input
+            outs: reports/summary.json
+                  reports/plots/ (cache=false)  # not cached
+            jobs: 2                         # job-server tokens
+            run: python ${SRC}/report.py      # inside run:, this belongs to the shell
+        """
+    )
+
+
+def test_a_tab_aligned_block_of_comments_stays_aligned() -> None:
+    # A tab reaches the next multiple of eight columns, as a terminal shows it.
+    text = "stage a:\n\tdeps: x\t\t# one\n\touts: yyyyyyy\t# two\n\trun: r\n"
+    out = fmt(text)
+    assert out == "stage a:\n    deps: x             # one\n    outs: yyyyyyy       # two\n    run: r\n"
+    assert fmt(out) == out
+
+
+def test_comments_on_continued_entries_are_kept() -> None:
+    # An entry whose values, or whose options, continue on the next line keeps
+    # that line, its comments, and its meaning.
+    text = src(
+        """
+        stage a:
+            matrix: m=a b  # one
+                    c      # two
+                    n=     # three
+                    x
+            env: A=1 \\
+            # four
+                 B=2       # five
+            outs: o \\
+                  (persist)  # six
+            run: r
+        """
+    )
+    out = fmt(text)
+    assert comment_texts(parse(out)) == ["# one", "# two", "# three", "# four", "# five", "# six"]
+    assert fmt(out) == out
+    assert out == src(
+        """
+        stage a:
+            matrix: m=a b  # one
+                    c      # two
+                    n=     # three
+                    x
+            env: A=1
+                 # four
+                 B=2       # five
+            outs: o
+                  (persist)  # six
+            run: r
+        """
+    )
+
+
+def test_comments_on_a_continued_stage_header_are_kept() -> None:
+    text = "stage \\\n  a \\\n  :  # one\n    run: r  # two\n"
+    out = fmt(text)
+    assert out == "stage a:  # one\n    run: r  # two\n"
+    assert comment_texts(parse(out)) == comment_texts(parse(text))
 
 
 def test_comments_keep_their_place() -> None:
@@ -320,10 +434,10 @@ def test_comments_keep_their_place() -> None:
         # Pivotfile for the demo
 
         # variables
-        X = 1  # one
+        X = 1   # one
 
         # about stage a
-        stage a:  # header
+        stage a:   # header
             # misplaced, but inside the block
             # first field next
             deps: x  # first dep
