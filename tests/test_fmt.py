@@ -9,7 +9,6 @@ stages.  The last tests run the real `pivotbuild fmt` command.
 from __future__ import annotations
 
 import dataclasses
-import re
 import textwrap
 from pathlib import Path
 
@@ -18,11 +17,12 @@ from conftest import Project, compile_text
 
 from pivotbuild.errors import Location
 from pivotbuild.model import Pipeline, Stage
-from pivotbuild.pivotfile.fmt import format_module
+from pivotbuild.pivotfile.fmt import FormatterBug, _Formatter, format_module
 from pivotbuild.pivotfile.parser import parse
 from pivotbuild.pivotfile.syntax import Assignment, Module, StageDecl
 
-SPEC = Path("/work/shared/spec/PIVOTFILE.md")
+# The complete example of the language spec (PIVOTFILE.md), copied.
+SPEC_EXAMPLE = Path(__file__).parent / "fixtures" / "spec-example.Pivotfile"
 PARAMS_TOML = '[train]\nepochs = 3\nlr = 0.1\n\n[model]\ndepth = 4\nname = "deep"\n'
 
 
@@ -70,8 +70,7 @@ def meaning(pipeline: Pipeline) -> tuple[object, ...]:
 
 
 def spec_example() -> str:
-    blocks = re.findall(r"^```[^\n]*\n(.*?)^```", SPEC.read_text(encoding="utf-8"), flags=re.S | re.M)
-    return next(b for b in blocks if b.startswith("# Pivotfile"))
+    return SPEC_EXAMPLE.read_text(encoding="utf-8")
 
 
 # -- canonical layout: exact outputs ------------------------------------------------------------
@@ -495,6 +494,27 @@ def test_hash_in_scripts_and_quotes_is_not_moved() -> None:
     assert fmt(text) == 'X = "a # b"\n\nstage a:\n    run: echo 1   # shell\n'
 
 
+def test_the_spec_example_is_already_formatted() -> None:
+    assert fmt(spec_example()) == spec_example()
+
+
+@pytest.mark.parametrize(
+    "wrong",
+    [
+        "X = 1\n",  # the comment dropped
+        "X = 2  # c\n",  # a value changed
+        "X = 1  # c\nstage a:\n",  # a stage added
+        "X = 1  # c\n  bad\n",  # does not parse
+    ],
+)
+def test_a_formatting_that_reads_differently_is_refused(wrong: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The guard behind "fmt never loses a comment": were the layout code wrong,
+    # fmt would stop (an internal error, exit 3) rather than write the file.
+    monkeypatch.setattr(_Formatter, "run", lambda self: wrong)
+    with pytest.raises(FormatterBug, match="Pivotfile"):
+        format_module(parse("X = 1  # c\n"))
+
+
 # -- run scripts ----------------------------------------------------------------------------------
 
 
@@ -732,6 +752,15 @@ def test_meaning_preserving_examples_with_continuations(tmp_path: Path) -> None:
     (stage,) = after.stages
     assert [d.path for d in stage.deps] == ["a.csv", "b.csv", "extra.csv"]
     assert stage.render_command() == "cc -O2 -Wall a.csv b.csv extra.csv -o out.txt"
+
+
+def test_an_entry_continued_after_its_key_keeps_its_values(tmp_path: Path) -> None:
+    text = "stage s:\n    matrix: m=\\\n        0 1\n    env: A=\\\n      x\n    outs: ${m}\n    run: r >$@\n"
+    out = fmt(text)
+    assert out == "stage s:\n    matrix: m=\n            0 1\n    env: A=\n         x\n    outs: ${m}\n    run: r >$@\n"
+    after = _compile(out, tmp_path / "after" / "proj")
+    assert meaning(after) == meaning(_compile(text, tmp_path / "before" / "proj"))
+    assert [s.name for s in after.stages] == ["s@0", "s@1"]
 
 
 # -- the real command ----------------------------------------------------------------------------------

@@ -3,16 +3,21 @@
 Canonical means: statements in their order, one blank line around stage
 blocks and at most one elsewhere, fields indented by four spaces, values
 continued on lines aligned under the first value, single spaces between
-words, two spaces before a trailing comment.  Words are printed as written
+words, and an end-of-line comment at the column it was written at, or two
+spaces after the code if that column leaves less room.  Comment lines keep
+their place, indented like what they sit in.  Words are printed as written
 (quotes included) and run scripts keep their text exactly, so formatting never
 changes what a Pivotfile means, and formatting a formatted file changes nothing.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from itertools import groupby
 
+from pivotbuild.errors import PivotfileError
+from pivotbuild.pivotfile.parser import parse
 from pivotbuild.pivotfile.syntax import (
     Assignment,
     Comment,
@@ -24,6 +29,7 @@ from pivotbuild.pivotfile.syntax import (
     OutDecl,
     PipelineStmt,
     Pos,
+    ScriptLine,
     StageDecl,
     Statement,
     Word,
@@ -34,9 +40,44 @@ GAP = 2  # the fewest spaces before an end-of-line comment
 TAB_WIDTH = 8
 
 
+class FormatterBug(RuntimeError):
+    """The formatted text would read differently from the original (a bug in
+    this module); nothing should be written."""
+
+
 def format_module(module: Module) -> str:
-    """The canonical text of a parsed Pivotfile."""
-    return _Formatter(module).run()
+    """The canonical text of a parsed Pivotfile.
+
+    The text is parsed again and compared with `module` (as black compares
+    syntax trees), so a layout this module gets wrong raises `FormatterBug`
+    instead of dropping a comment or changing a value.
+    """
+    text = _Formatter(module).run()
+    try:
+        again = parse(text, module.path)
+    except PivotfileError as exc:
+        raise FormatterBug(f"formatting {module.path} gives text that does not parse; it was left unchanged") from exc
+    if _essence(again) != _essence(module):
+        raise FormatterBug(f"formatting {module.path} would change a value or a comment; it was left unchanged")
+    return text
+
+
+def _essence(value: object) -> object:
+    """What a syntax tree says, without where it says it: words and comments
+    as text, statements and fields in order."""
+    if isinstance(value, Word | Comment | ScriptLine):
+        return value.text
+    if isinstance(value, tuple):
+        return tuple(_essence(v) for v in value)
+    if isinstance(value, Module):
+        return _essence(value.statements), _essence(value.comments)
+    if dataclasses.is_dataclass(value):
+        parts = (_essence(getattr(value, f.name)) for f in dataclasses.fields(value) if f.name not in _WHERE)
+        return type(value).__name__, *parts
+    return value
+
+
+_WHERE = frozenset({"pos", "last_line"})
 
 
 class _Formatter:
