@@ -170,7 +170,7 @@ class _Formatter:
             self._stage(stmt, next_start)
 
     def _stage(self, stage: StageDecl, next_start: int | None) -> None:
-        # A header continued with `\\` prints as one line; the comments of its
+        # A header continued with `\` prints as one line; the comments of its
         # other lines go on their own lines below it.
         header_end = stage.fields[0].key.pos.line if stage.fields else stage.last_line + 1
         comments = [self.trailing.pop(n) for n in sorted(self.trailing) if stage.pos.line <= n < header_end]
