@@ -9,7 +9,6 @@ stages.  The last tests run the real `pivotbuild fmt` command.
 from __future__ import annotations
 
 import dataclasses
-import re
 import textwrap
 from pathlib import Path
 
@@ -18,11 +17,12 @@ from conftest import Project, compile_text
 
 from pivotbuild.errors import Location
 from pivotbuild.model import Pipeline, Stage
-from pivotbuild.pivotfile.fmt import format_module
+from pivotbuild.pivotfile.fmt import FormatterBug, _Formatter, format_module
 from pivotbuild.pivotfile.parser import parse
 from pivotbuild.pivotfile.syntax import Assignment, Module, StageDecl
 
-SPEC = Path("/work/shared/spec/PIVOTFILE.md")
+# The complete example of the language spec (PIVOTFILE.md), copied.
+SPEC_EXAMPLE = Path(__file__).parent / "fixtures" / "spec-example.Pivotfile"
 PARAMS_TOML = '[train]\nepochs = 3\nlr = 0.1\n\n[model]\ndepth = 4\nname = "deep"\n'
 
 
@@ -70,8 +70,7 @@ def meaning(pipeline: Pipeline) -> tuple[object, ...]:
 
 
 def spec_example() -> str:
-    blocks = re.findall(r"^```[^\n]*\n(.*?)^```", SPEC.read_text(encoding="utf-8"), flags=re.S | re.M)
-    return next(b for b in blocks if b.startswith("# Pivotfile"))
+    return SPEC_EXAMPLE.read_text(encoding="utf-8")
 
 
 # -- canonical layout: exact outputs ------------------------------------------------------------
@@ -274,19 +273,133 @@ def test_byte_order_mark_is_dropped() -> None:
     ("text", "expected"),
     [
         ("X = 1 # c\n", "X = 1  # c\n"),
-        ("X = 1            # c\n", "X = 1  # c\n"),
-        ("X = 1\t# c\n", "X = 1  # c\n"),
+        ("X=1 # c\n", "X = 1  # c\n"),
         ("X = a#b\n", "X = a  #b\n"),
-        ("X =   # nothing\n", "X =  # nothing\n"),
+        ("X = # nothing\n", "X =  # nothing\n"),
         ("pipeline p # name\n", "pipeline p  # name\n"),
         ("stage a: # hdr\n    run: x\n", "stage a:  # hdr\n    run: x\n"),
         ("stage a:\n    deps: x #c\n    run: y\n", "stage a:\n    deps: x  #c\n    run: y\n"),
-        ("stage a:\n    deps:   # none\n    run: y\n", "stage a:\n    deps:  # none\n    run: y\n"),
-        ("stage a:\n    outs: x (persist)   # o\n    run: y\n", "stage a:\n    outs: x (persist)  # o\n    run: y\n"),
+        ("stage a:\n    deps: # none\n    run: y\n", "stage a:\n    deps:  # none\n    run: y\n"),
+        ("stage a:\n    outs: x (persist) # o\n    run: y\n", "stage a:\n    outs: x (persist)  # o\n    run: y\n"),
+        ("stage a:\n  deps: x  # c\n  run: y\n", "stage a:\n    deps: x  # c\n    run: y\n"),
+        ("stage a:\n    run: # c\n        y\n", "stage a:\n    run:  # c\n        y\n"),
     ],
 )
-def test_two_spaces_before_a_trailing_comment(text: str, expected: str) -> None:
+def test_a_trailing_comment_too_close_to_the_code_gets_two_spaces(text: str, expected: str) -> None:
     assert fmt(text) == expected
+    assert fmt(expected) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("X = 1            # c\n", "X = 1            # c\n"),
+        ("X=1              # c\n", "X = 1            # c\n"),
+        ("X   =   1        # c\n", "X = 1            # c\n"),
+        ("X = 1\t# c\n", "X = 1   # c\n"),
+        ("X = 1\t\t# c\n", "X = 1           # c\n"),
+        ("X =   # nothing\n", "X =   # nothing\n"),
+        ("stage a:     # hdr\n    run: x\n", "stage a:     # hdr\n    run: x\n"),
+        ("stage a:\n    deps:   # none\n    run: y\n", "stage a:\n    deps:   # none\n    run: y\n"),
+        ("stage a:\n  deps: x      # c\n  run: y\n", "stage a:\n    deps: x    # c\n    run: y\n"),
+        ("stage a:\n    run:        # c\n        y\n", "stage a:\n    run:        # c\n        y\n"),
+    ],
+)
+def test_a_trailing_comment_keeps_its_column_when_the_code_leaves_room(text: str, expected: str) -> None:
+    assert fmt(text) == expected
+    assert fmt(expected) == expected
+
+
+def test_aligned_trailing_comments_stay_aligned() -> None:
+    # The layout of docs/language.md and PIVOTFILE.md: comments aligned across a
+    # block, some on continuation lines, with blank lines and other lines between.
+    text = src(
+        """
+        pipeline demo                       # optional; default: the directory's name
+        SRC=src                             # shrinks: the comment stays put
+        MODELS   =   small large
+
+        default report                      # optional; default: every stage
+
+        stage report:
+          deps: models/                     # a directory: its whole tree is hashed
+                build/clean.csv             # the input
+          outs: reports/summary.json
+                reports/plots/ (cache=false)   # not cached
+          jobs: 2                           # job-server tokens
+          run: python ${SRC}/report.py      # inside run:, this belongs to the shell
+        """
+    )
+    assert fmt(text) == src(
+        """
+        pipeline demo                       # optional; default: the directory's name
+        SRC = src                           # shrinks: the comment stays put
+        MODELS = small large
+
+        default report                      # optional; default: every stage
+
+        stage report:
+            deps: models/                   # a directory: its whole tree is hashed
+                  build/clean.csv           # the input
+            outs: reports/summary.json
+                  reports/plots/ (cache=false)  # not cached
+            jobs: 2                         # job-server tokens
+            run: python ${SRC}/report.py      # inside run:, this belongs to the shell
+        """
+    )
+
+
+def test_a_tab_aligned_block_of_comments_stays_aligned() -> None:
+    # A tab reaches the next multiple of eight columns, as a terminal shows it.
+    text = "stage a:\n\tdeps: x\t\t# one\n\touts: yyyyyyy\t# two\n\trun: r\n"
+    out = fmt(text)
+    assert out == "stage a:\n    deps: x             # one\n    outs: yyyyyyy       # two\n    run: r\n"
+    assert fmt(out) == out
+
+
+def test_comments_on_continued_entries_are_kept() -> None:
+    # An entry whose values, or whose options, continue on the next line keeps
+    # that line, its comments, and its meaning.
+    text = src(
+        """
+        stage a:
+            matrix: m=a b  # one
+                    c      # two
+                    n=     # three
+                    x
+            env: A=1 \\
+            # four
+                 B=2       # five
+            outs: o \\
+                  (persist)  # six
+            run: r
+        """
+    )
+    out = fmt(text)
+    assert comment_texts(parse(out)) == ["# one", "# two", "# three", "# four", "# five", "# six"]
+    assert fmt(out) == out
+    assert out == src(
+        """
+        stage a:
+            matrix: m=a b  # one
+                    c      # two
+                    n=     # three
+                    x
+            env: A=1
+                 # four
+                 B=2       # five
+            outs: o
+                  (persist)  # six
+            run: r
+        """
+    )
+
+
+def test_comments_on_a_continued_stage_header_are_kept() -> None:
+    text = "stage \\\n  a \\\n  :  # one\n    run: r  # two\n"
+    out = fmt(text)
+    assert out == "stage a:  # one\n    run: r  # two\n"
+    assert comment_texts(parse(out)) == comment_texts(parse(text))
 
 
 def test_comments_keep_their_place() -> None:
@@ -320,10 +433,10 @@ def test_comments_keep_their_place() -> None:
         # Pivotfile for the demo
 
         # variables
-        X = 1  # one
+        X = 1   # one
 
         # about stage a
-        stage a:  # header
+        stage a:   # header
             # misplaced, but inside the block
             # first field next
             deps: x  # first dep
@@ -379,6 +492,27 @@ def test_a_word_ending_in_a_literal_backslash_keeps_its_meaning() -> None:
 def test_hash_in_scripts_and_quotes_is_not_moved() -> None:
     text = 'X = "a # b"\nstage a:\n    run: echo 1   # shell\n'
     assert fmt(text) == 'X = "a # b"\n\nstage a:\n    run: echo 1   # shell\n'
+
+
+def test_the_spec_example_is_already_formatted() -> None:
+    assert fmt(spec_example()) == spec_example()
+
+
+@pytest.mark.parametrize(
+    "wrong",
+    [
+        "X = 1\n",  # the comment dropped
+        "X = 2  # c\n",  # a value changed
+        "X = 1  # c\nstage a:\n",  # a stage added
+        "X = 1  # c\n  bad\n",  # does not parse
+    ],
+)
+def test_a_formatting_that_reads_differently_is_refused(wrong: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The guard behind "fmt never loses a comment": were the layout code wrong,
+    # fmt would stop (an internal error, exit 3) rather than write the file.
+    monkeypatch.setattr(_Formatter, "run", lambda self: wrong)
+    with pytest.raises(FormatterBug, match="Pivotfile"):
+        format_module(parse("X = 1  # c\n"))
 
 
 # -- run scripts ----------------------------------------------------------------------------------
@@ -618,6 +752,15 @@ def test_meaning_preserving_examples_with_continuations(tmp_path: Path) -> None:
     (stage,) = after.stages
     assert [d.path for d in stage.deps] == ["a.csv", "b.csv", "extra.csv"]
     assert stage.render_command() == "cc -O2 -Wall a.csv b.csv extra.csv -o out.txt"
+
+
+def test_an_entry_continued_after_its_key_keeps_its_values(tmp_path: Path) -> None:
+    text = "stage s:\n    matrix: m=\\\n        0 1\n    env: A=\\\n      x\n    outs: ${m}\n    run: r >$@\n"
+    out = fmt(text)
+    assert out == "stage s:\n    matrix: m=\n            0 1\n    env: A=\n         x\n    outs: ${m}\n    run: r >$@\n"
+    after = _compile(out, tmp_path / "after" / "proj")
+    assert meaning(after) == meaning(_compile(text, tmp_path / "before" / "proj"))
+    assert [s.name for s in after.stages] == ["s@0", "s@1"]
 
 
 # -- the real command ----------------------------------------------------------------------------------

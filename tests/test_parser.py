@@ -753,6 +753,13 @@ def test_matrix_items_across_continuation_lines() -> None:
     assert f.last_line == 3
 
 
+@pytest.mark.parametrize("field", ["matrix", "env"])
+def test_key_equals_then_a_backslash_continues_the_entry(field: str) -> None:
+    # `KEY=\` is not an empty value followed by a continuation: the values follow.
+    f = stage_field(f"stage s:\n    {field}: A=\\\n        1\n    run: r\n", field)
+    assert [(i.key.text, texts(i.values)) for i in f.items] == [("A", ["1"])]
+
+
 def test_env_items() -> None:
     f = stage_field('stage s:\n    env: OMP_NUM_THREADS=2 EMPTY= MSG="x y" PATH=a:b\n    run: r\n', "env")
     assert [(i.key.text, texts(i.values)) for i in f.items] == [
@@ -882,6 +889,13 @@ ERRORS: list[tuple[str, str, tuple[int, int], list[str]]] = [
         "unclosed output options",
         "stage s:\n    outs: x (cache=false\n    run: y\n",
         (2, 25),
+        ["missing ')' to close the output's options"],
+    ),
+    (
+        # A `\` cannot continue options (the lexer once looped forever on it).
+        "output options continued with a backslash",
+        "stage s:\n    outs: x (persist, \\\n    run: y\n",
+        (2, 23),
         ["missing ')' to close the output's options"],
     ),
     ("options without a path", "stage s:\n    outs: (x)\n    run: y\n", (2, 11), ["output options"]),

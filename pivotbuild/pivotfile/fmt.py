@@ -3,16 +3,21 @@
 Canonical means: statements in their order, one blank line around stage
 blocks and at most one elsewhere, fields indented by four spaces, values
 continued on lines aligned under the first value, single spaces between
-words, two spaces before a trailing comment.  Words are printed as written
+words, and an end-of-line comment at the column it was written at, or two
+spaces after the code if that column leaves less room.  Comment lines keep
+their place, indented like what they sit in.  Words are printed as written
 (quotes included) and run scripts keep their text exactly, so formatting never
 changes what a Pivotfile means, and formatting a formatted file changes nothing.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from itertools import groupby
 
+from pivotbuild.errors import PivotfileError
+from pivotbuild.pivotfile.parser import parse
 from pivotbuild.pivotfile.syntax import (
     Assignment,
     Comment,
@@ -21,18 +26,58 @@ from pivotbuild.pivotfile.syntax import (
     IncludeStmt,
     Item,
     Module,
+    OutDecl,
     PipelineStmt,
+    Pos,
+    ScriptLine,
     StageDecl,
     Statement,
     Word,
 )
 
 INDENT = "    "
+GAP = 2  # the fewest spaces before an end-of-line comment
+TAB_WIDTH = 8
+
+
+class FormatterBug(RuntimeError):
+    """The formatted text would read differently from the original (a bug in
+    this module); nothing should be written."""
 
 
 def format_module(module: Module) -> str:
-    """The canonical text of a parsed Pivotfile."""
-    return _Formatter(module).run()
+    """The canonical text of a parsed Pivotfile.
+
+    The text is parsed again and compared with `module` (as black compares
+    syntax trees), so a layout this module gets wrong raises `FormatterBug`
+    instead of dropping a comment or changing a value.
+    """
+    text = _Formatter(module).run()
+    try:
+        again = parse(text, module.path)
+    except PivotfileError as exc:
+        raise FormatterBug(f"formatting {module.path} gives text that does not parse; it was left unchanged") from exc
+    if _essence(again) != _essence(module):
+        raise FormatterBug(f"formatting {module.path} would change a value or a comment; it was left unchanged")
+    return text
+
+
+def _essence(value: object) -> object:
+    """What a syntax tree says, without where it says it: words and comments
+    as text, statements and fields in order."""
+    if isinstance(value, Word | Comment | ScriptLine):
+        return value.text
+    if isinstance(value, tuple):
+        return tuple(_essence(v) for v in value)
+    if isinstance(value, Module):
+        return _essence(value.statements), _essence(value.comments)
+    if dataclasses.is_dataclass(value):
+        parts = (_essence(getattr(value, f.name)) for f in dataclasses.fields(value) if f.name not in _WHERE)
+        return type(value).__name__, *parts
+    return value
+
+
+_WHERE = frozenset({"pos", "last_line"})
 
 
 class _Formatter:
@@ -91,7 +136,20 @@ class _Formatter:
 
     def _with_trailing(self, text: str, line: int) -> str:
         comment = self.trailing.pop(line, None)
-        return f"{text}  {comment.text}" if comment else text
+        return self._aligned(text, comment.text, comment.pos) if comment else text
+
+    def _aligned(self, text: str, comment: str, pos: Pos) -> str:
+        """`text`, then `comment` at the column it had in the source if that
+        leaves at least two spaces after `text`, else two spaces after it.
+
+        Keeping the column keeps comments aligned in a block as their author
+        aligned them; formatting the output again finds every comment at a
+        column it may keep, so the rule is idempotent.  Columns count a tab
+        as reaching the next multiple of eight, as a terminal shows it.
+        """
+        column = len(self.module.source_line(pos.line)[: pos.col - 1].expandtabs(TAB_WIDTH))
+        width = len(text.expandtabs(TAB_WIDTH))
+        return text + " " * max(column - width, GAP) + comment
 
     # -- statements --------------------------------------------------------------------
 
@@ -112,7 +170,13 @@ class _Formatter:
             self._stage(stmt, next_start)
 
     def _stage(self, stage: StageDecl, next_start: int | None) -> None:
-        self.out.append(self._with_trailing(f"stage {stage.name.raw}:", stage.pos.line))
+        # A header continued with `\` prints as one line; the comments of its
+        # other lines go on their own lines below it.
+        header_end = stage.fields[0].key.pos.line if stage.fields else stage.last_line + 1
+        comments = [self.trailing.pop(n) for n in sorted(self.trailing) if stage.pos.line <= n < header_end]
+        header = f"stage {stage.name.raw}:"
+        self.out.append(self._aligned(header, comments[0].text, comments[0].pos) if comments else header)
+        self.out.extend(INDENT + c.text for c in comments[1:])
         prev_end = stage.pos.line
         for f in stage.fields:
             for comment in self._take_comments(prev_end, f.key.pos.line):
@@ -128,10 +192,9 @@ class _Formatter:
         if f.script is not None:
             self._script(f, head)
         elif f.outs:
-            items = [(o.path.pos.line, _out_text(o.path, o.options)) for o in f.outs]
-            self._lines(head, items, f.key.pos.line)
+            self._lines(head, [t for o in f.outs for t in _out_tokens(o)], f.key.pos.line)
         elif f.items:
-            self._lines(head, [(i.key.pos.line, _item_text(i)) for i in f.items], f.key.pos.line)
+            self._lines(head, [t for i in f.items for t in _item_tokens(i)], f.key.pos.line)
         elif f.words:
             self._lines(head, [(w.pos.line, _raw(w)) for w in f.words], f.key.pos.line)
         else:
@@ -142,7 +205,10 @@ class _Formatter:
         lines = list(f.script.lines)
         if f.script.inline:
             first = lines.pop(0)
-            self.out.append(f"{head}{first.text}")
+            if first.text.startswith("#"):  # `run:   # ...` reads as an end-of-line comment: align it like one
+                self.out.append(self._aligned(head.rstrip(), first.text, first.pos))
+            else:
+                self.out.append(f"{head}{first.text}")
         else:
             self.out.append(head.rstrip())
         for line in lines:
@@ -177,10 +243,21 @@ def _raw(word: Word) -> str:
     return '"' + word.text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def _item_text(item: Item) -> str:
-    values = [_raw(v) for v in item.values]
-    return f"{item.key.raw}={' '.join(values)}"
+# A value's pieces as (source line, text): `_lines` keeps them on their lines,
+# so a value continued mid-entry keeps its line breaks and its comments.
 
 
-def _out_text(path: Word, options: Sequence[Word]) -> str:
-    return f"{_raw(path)} ({', '.join(_raw(o) for o in options)})" if options else _raw(path)
+def _item_tokens(item: Item) -> list[tuple[int, str]]:
+    line = item.key.pos.line
+    values = list(item.values)
+    key = f"{item.key.raw}="
+    if values and values[0].pos.line == line:
+        key += _raw(values.pop(0))
+    return [(line, key), *((v.pos.line, _raw(v)) for v in values)]
+
+
+def _out_tokens(out: OutDecl) -> list[tuple[int, str]]:
+    tokens = [(out.path.pos.line, _raw(out.path))]
+    if out.options:
+        tokens.append((out.options[0].pos.line, f"({', '.join(_raw(o) for o in out.options)})"))
+    return tokens

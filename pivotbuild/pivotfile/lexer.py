@@ -311,7 +311,8 @@ class _Lexer:
                 if m:
                     toks.append(Tok("KEY_EQ", m.group()[:-1], n + 1, p + 1))
                     p = m.end()
-                    if p >= len(s) or s[p] in " \t#":
+                    # `KEY=\` continues the line: the values follow, not an empty word.
+                    if p >= len(s) or s[p] in " \t#" or (s[p] == "\\" and not s[p + 1 :].strip()):
                         continue
             p, backslash = self._scan_word(n, p, "", toks)
             if backslash:
@@ -332,8 +333,8 @@ class _Lexer:
             elif c == ",":
                 toks.append(Tok("COMMA", ",", n + 1, p + 1))
                 p += 1
-            elif c == "#":
-                break
+            elif c == "#" or (c == "\\" and not s[p + 1 :].strip()):
+                break  # options close on their own line: a `\\` cannot continue them
             else:
                 p, _ = self._scan_word(n, p, ",)", toks)
         self._error(n, p, "missing ')' to close the output's options")
