@@ -54,8 +54,8 @@ class OutputCache:
         self.root = root
         self.notice = notice
         self.cache = Cache(root / STATE_DIR / CACHE_DIR, notice)
-        self.runs = RunCache(self.cache.dir)
-        self.mode = Mode(config.load(root).checkout)
+        self.runs = RunCache(self.cache.dir, notice)
+        self.mode = Mode(config.load_or_default(root, notice).checkout)
 
     def keep(self, stage: Stage, inputs: StageRecord, statcache: StatCache) -> None:
         """Store the cacheable outputs of `stage` (as `inputs.outs` records them) and
