@@ -103,7 +103,7 @@ class BuildRun:
         self.events: queue.SimpleQueue[Event | _Done | _Confirmed] = queue.SimpleQueue()
         jobs = options.jobs or os.cpu_count() or 1
         self.admission = Admission(TokenPool(jobs), options.load_average)
-        self.outputs = OutputCache(self.root, self._warn_from_any_thread)
+        self.outputs = OutputCache(self.root, self._warn_from_any_thread, building=True)
         self.storer = Storer(
             self.outputs,
             lambda text: self.events.put(Message(text, "warning")),
