@@ -531,3 +531,26 @@ def test_recording_a_run_twice_keeps_one_whole_entry(tmp_path: Path) -> None:
     runs_.record(sid, "fp", deps, one)
     assert runs_.lookup(sid, "fp", deps) == one
     assert oct(entry.stat().st_mode & 0o777) == oct(0o666 & ~_umask())
+
+
+def test_a_damaged_run_cache_entry_is_reported_once_and_removed(tmp_path: Path) -> None:
+    from pivotbuild.cache.runcache import RunCache
+    from pivotbuild.model import StageId
+    from pivotbuild.state.records import FileRecord
+
+    said: list[str] = []
+    runs_ = RunCache(tmp_path / ".pivot" / "cache", said.append)
+    sid, deps = StageId("", "s"), (FileRecord("in.txt", "file", "a" * 32),)
+    outs = (FileRecord("out.txt", "file", "b" * 32),)
+    runs_.record(sid, "fp", deps, outs)
+    (entry,) = [p for p in tmp_path.rglob("*") if p.is_file()]
+    blob = bytearray(entry.read_bytes())
+    blob[blob.index(b"b" * 32)] ^= 0x01  # a hash digit: still valid msgpack, but not what was written
+    entry.write_bytes(bytes(blob))
+    assert runs_.lookup(sid, "fp", deps) is None
+    assert len(said) == 1 and said[0].startswith(".pivot/cache/runs/") and "checksum mismatch" in said[0], said
+    assert not entry.exists()
+    assert runs_.lookup(sid, "fp", deps) is None
+    assert len(said) == 1
+    runs_.record(sid, "fp", deps, outs)
+    assert runs_.lookup(sid, "fp", deps) == outs
