@@ -103,7 +103,7 @@ class BuildRun:
         self.events: queue.SimpleQueue[Event | _Done | _Confirmed] = queue.SimpleQueue()
         jobs = options.jobs or os.cpu_count() or 1
         self.admission = Admission(TokenPool(jobs), options.load_average)
-        self.outputs = OutputCache(self.root, self._warn_from_any_thread)
+        self.outputs = OutputCache(self.root, self._warn_from_any_thread, building=True)
         self.storer = Storer(
             self.outputs,
             lambda text: self.events.put(Message(text, "warning")),
@@ -140,7 +140,11 @@ class BuildRun:
         self.failures: list[StageFinished] = []
         self.started = 0
         self.stopping = False
-        past = history.durations(self.root / STATE_DIR)
+        recent = history.load(self.root / STATE_DIR, history.RECENT)
+        if recent.skipped:
+            engine.emit(Message(history.damage_warning(recent.skipped), "warning"))
+        self.history_damaged = recent.skipped > 0  # mended when this build appends
+        past = history.durations_in(recent)
         self.expected = {sid: past[graph.label(sid)] for sid in closure if graph.label(sid) in past}
         self.priority = critical_path(closure, self.next.__getitem__, self.expected)
 
@@ -503,6 +507,6 @@ class BuildRun:
             "stages": stages,
         }
         try:
-            history.append(self.root / STATE_DIR, entry)
+            history.append(self.root / STATE_DIR, entry, repair=self.history_damaged)
         except OSError as exc:
             self.engine.emit(Message(f"could not write the build history: {exc.strerror}", "warning"))

@@ -12,7 +12,7 @@ import dataclasses
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from pivotbuild import paths, seal, snapshot
@@ -67,7 +67,9 @@ class Engine:
         self.reporter.handle(event)
 
     def load(self, options: BuildOptions) -> tuple[Project, BuildGraph, list[StageId]]:
-        project, graph = load_compiled(LoadOptions(options.cwd, options.file, options.overrides, options.all_pipelines))
+        project, graph = load_compiled(
+            LoadOptions(options.cwd, options.file, options.overrides, options.all_pipelines), self.warn
+        )
         targets = selected(project, graph, options.targets)
         return project, graph, targets
 
@@ -88,7 +90,7 @@ class Engine:
         check_runnable(graph, closure)
         with self.state(project, options) as store:
             if preloaded is None:
-                sealed = open_seal(project, store)
+                sealed = open_seal(project, store, self.warn)
             else:
                 sealed = preloaded.seal if preloaded.seal is not None and preloaded.seal.state_unchanged() else None
             if options.dry_run or options.question:
@@ -240,12 +242,20 @@ class Engine:
         self.emit(Message(text))
 
 
-def open_seal(project: Project, store: StateStore) -> Seal | None:
-    """The seal of the last build, if it still holds for this plan and these lockfiles."""
+def open_seal(project: Project, store: StateStore, warn: Callable[[str], None]) -> Seal | None:
+    """The seal of the last build, if it still holds for this plan and these
+    lockfiles.  A damaged seal is reported through `warn` and removed."""
     main = project.main
     if main is None or not project.plan_id:
         return None
-    sealed = seal.read(project.root / main.dir if main.dir else project.root, project.plan_id)
+    main_dir = project.root / main.dir if main.dir else project.root
+    try:
+        sealed = seal.read(main_dir, project.plan_id)
+    except seal.Damaged as exc:
+        shown = seal.seal_path(main_dir).relative_to(project.root).as_posix()
+        warn(f"{shown}: {exc}; ignoring it, so the stages are checked by their contents")
+        seal.remove(main_dir)
+        return None
     return sealed if sealed is not None and sealed.state_unchanged() else None
 
 

@@ -18,7 +18,8 @@ has work to do.  Its hash, the plan id, names the compile result: an edit that
 compiles to the same stages keeps the id, and with it the up-to-date seal
 (the id also covers the project root, so a copied project never shares it).
 
-A missing, damaged or stale plan is simply rebuilt; it is never an error.
+A missing or stale plan is simply rebuilt; a damaged one (`Damaged`) is
+rebuilt too, and the build says so once.  It is never an error.
 """
 
 from __future__ import annotations
@@ -47,6 +48,10 @@ PLAN = "plan"
 MAGIC = b"PIVPLAN\n"
 FORMAT = 1
 _SUM = 8  # XXH3-64 of everything between the magic and it
+
+
+class Damaged(ValueError):
+    """A plan file that fails its checksum or does not decode; `str()` says why."""
 
 
 def plan_path(main_dir: Path) -> Path:
@@ -197,13 +202,16 @@ def _stage(s: Stage) -> list[Any]:
 
 def read(main_file: Path, overrides: Mapping[str, str]) -> Loaded | None:
     """The plan for this Pivotfile and these variables, if one was written; its
-    sources are not checked yet (see `fresh`).  None if absent, damaged or for
-    another key."""
+    sources are not checked yet (see `fresh`).  None if absent or for another
+    key; raises `Damaged` if it fails its checksum or does not decode."""
     try:
         blob = plan_path(main_file.parent).read_bytes()
-        data = memoryview(blob)[len(MAGIC) : -_SUM]
-        if not blob.startswith(MAGIC) or len(blob) < len(MAGIC) + _SUM or xxhash.xxh3_64_digest(data) != blob[-_SUM:]:
-            return None
+    except OSError:
+        return None
+    data = memoryview(blob)[len(MAGIC) : -_SUM]
+    if not blob.startswith(MAGIC) or len(blob) < len(MAGIC) + _SUM or xxhash.xxh3_64_digest(data) != blob[-_SUM:]:
+        raise Damaged("checksum mismatch (the file is damaged)")
+    try:
         fmt, key, root, sources, index, body = msgpack.unpackb(data, use_list=True)
         if fmt != FORMAT or key != plan_key(main_file, overrides):
             return None
@@ -221,8 +229,8 @@ def read(main_file: Path, overrides: Mapping[str, str]) -> Loaded | None:
             tuple(Source(p, tuple(st) if st else None, trusted, h) for p, st, trusted, h in sources),
             body,
         )
-    except (OSError, ValueError, TypeError, msgpack.UnpackException):
-        return None
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        raise Damaged(f"does not decode ({type(exc).__name__})") from exc
 
 
 def fresh(loaded: Loaded, main_file: Path) -> bool:

@@ -3,10 +3,11 @@ pipeline it includes (or, with `--all`, every Pivotfile under the root)."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -185,14 +186,15 @@ def _line(path: Path, n: int) -> str:
     return lines[n - 1] if 0 < n <= len(lines) else ""
 
 
-def load_compiled(options: LoadOptions) -> tuple[Project, BuildGraph]:
+def load_compiled(options: LoadOptions, warn: Callable[[str], None]) -> tuple[Project, BuildGraph]:
     """The project and its validated graph: restored from the compiled plan when
-    that is still fresh, else compiled and validated (and the plan written)."""
+    that is still fresh, else compiled and validated (and the plan written).
+    A damaged plan is reported through `warn` and replaced."""
     from pivotbuild import plan
     from pivotbuild.graph import BuildGraph
 
     main_file = None if options.all_pipelines else _main_file(options)
-    loaded = _fresh_plan(main_file, options.overrides)
+    loaded = _fresh_plan(main_file, options.overrides, warn)
     if loaded is not None:
         restored = plan.restore(loaded, options.cwd)
         if restored is not None:
@@ -218,11 +220,22 @@ def stage_names(options: LoadOptions) -> tuple[str, list[tuple[str, str, str, bo
     return project.current_dir, [(s.id.pipeline, s.id.name, s.base, bool(s.matrix)) for s in project.stages]
 
 
-def _fresh_plan(main_file: Path | None, overrides: Mapping[str, str]) -> plan.Loaded | None:
-    """The compiled plan of `main_file` with these variables, if it is still fresh."""
+def _fresh_plan(
+    main_file: Path | None, overrides: Mapping[str, str], warn: Callable[[str], None] | None = None
+) -> plan.Loaded | None:
+    """The compiled plan of `main_file` with these variables, if it is still
+    fresh.  A damaged plan is reported through `warn` (if given) and ignored."""
     from pivotbuild import plan
 
     if main_file is None:
         return None
-    loaded = plan.read(main_file, overrides)
+    try:
+        loaded = plan.read(main_file, overrides)
+    except plan.Damaged as exc:
+        if warn is not None:
+            shown = plan.plan_path(main_file.parent)
+            with contextlib.suppress(ValueError):
+                shown = shown.relative_to(paths.find_root(main_file.parent))
+            warn(f"{shown.as_posix()}: {exc}; compiling the Pivotfiles again")
+        return None
     return loaded if loaded is not None and plan.fresh(loaded, main_file) else None

@@ -22,7 +22,8 @@ left unsealed and decided the ordinary way next time.
 File: `<main pipeline>/.pivot/seal`: the magic `PIVSEAL\n`, msgpack
 `[FORMAT, plan_id, [[lockfile, hash]...], [must-be-absent...], [path...],
 [stamp|None...], [[stage index, [path index...]]...]]`, and the XXH3-64 of
-that msgpack.  A damaged seal is ignored.
+that msgpack.  A damaged seal (`Damaged`) is reported once, removed and
+ignored: the stages are decided the ordinary way.
 """
 
 from __future__ import annotations
@@ -50,6 +51,10 @@ MAGIC = b"PIVSEAL\n"
 FORMAT = 1
 _SUM = 8  # XXH3-64 of the msgpack body, last
 FILE, DIR, GLOB = "file", "dir", "glob"
+
+
+class Damaged(ValueError):
+    """A seal that fails its checksum or does not decode; `str()` says why."""
 
 
 def seal_path(main_dir: Path) -> Path:
@@ -176,23 +181,27 @@ class Seal:
 
 
 def read(main_dir: Path, plan_id: str) -> Seal | None:
-    """The seal for this plan, if there is one and it is intact (checksum and
-    shape); otherwise None, and the build decides the ordinary way."""
+    """The seal for this plan, if there is one; None if there is none or it is
+    another plan's (the build decides the ordinary way).  Raises `Damaged` if
+    it fails its checksum or its shape."""
     try:
         raw = seal_path(main_dir).read_bytes()
-        data, digest = raw[len(MAGIC) : -_SUM], raw[-_SUM:]
-        if not raw.startswith(MAGIC) or len(raw) < len(MAGIC) + _SUM or xxhash.xxh3_64_digest(data) != digest:
-            return None
+    except OSError:
+        return None
+    data, digest = raw[len(MAGIC) : -_SUM], raw[-_SUM:]
+    if not raw.startswith(MAGIC) or len(raw) < len(MAGIC) + _SUM or xxhash.xxh3_64_digest(data) != digest:
+        raise Damaged("checksum mismatch (the file is damaged)")
+    try:
         fmt, pid, locks, absent, paths, stamps, stages = msgpack.unpackb(data, use_list=True)
-        if fmt != FORMAT or pid != plan_id or len(paths) != len(stamps):
+        if fmt != FORMAT or pid != plan_id:
             return None
         n = len(paths)
-        if not all(isinstance(p, str) for p in (*paths, *absent)):
-            return None
+        if len(stamps) != n or not all(isinstance(p, str) for p in (*paths, *absent)):
+            raise ValueError("paths")
         if not all(s is None or (len(s) == 4 and all(type(x) is int for x in s)) for s in stamps):
-            return None
+            raise ValueError("stamps")
         if not all(type(i) is int and all(type(j) is int and 0 <= j < n for j in own) for i, own in stages):
-            return None
+            raise ValueError("stages")
         return Seal(
             pid,
             [(str(p), str(h)) for p, h in locks],
@@ -201,8 +210,8 @@ def read(main_dir: Path, plan_id: str) -> Seal | None:
             stamps=[tuple(s) if s is not None else None for s in stamps],
             stages=dict(stages),
         )
-    except (OSError, ValueError, TypeError, msgpack.UnpackException):
-        return None
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        raise Damaged(f"does not decode ({type(exc).__name__})") from exc
 
 
 def remove(main_dir: Path) -> None:

@@ -585,3 +585,26 @@ def test_reflink_mode_is_silent_where_the_filesystem_shares_extents(
         cache.checkout_file(digest, tmp_path / f"plain-{i}.txt", Mode.COPY)  # copy mode never says it
         assert (tmp_path / f"copied-{i}.txt").read_text() == f"content {i}\n"
     assert len(notices) == 1 and "cannot reflink" in notices[0]
+
+
+def test_a_damaged_run_cache_entry_is_reported_once_and_removed(tmp_path: Path) -> None:
+    from pivotbuild.cache.runcache import RunCache
+    from pivotbuild.model import StageId
+    from pivotbuild.state.records import FileRecord
+
+    said: list[str] = []
+    runs_ = RunCache(tmp_path / ".pivot" / "cache", said.append)
+    sid, deps = StageId("", "s"), (FileRecord("in.txt", "file", "a" * 32),)
+    outs = (FileRecord("out.txt", "file", "b" * 32),)
+    runs_.record(sid, "fp", deps, outs)
+    (entry,) = [p for p in tmp_path.rglob("*") if p.is_file()]
+    blob = bytearray(entry.read_bytes())
+    blob[blob.index(b"b" * 32)] ^= 0x01  # a hash digit: still valid msgpack, but not what was written
+    entry.write_bytes(bytes(blob))
+    assert runs_.lookup(sid, "fp", deps) is None
+    assert len(said) == 1 and said[0].startswith(".pivot/cache/runs/") and "checksum mismatch" in said[0], said
+    assert not entry.exists()
+    assert runs_.lookup(sid, "fp", deps) is None
+    assert len(said) == 1
+    runs_.record(sid, "fp", deps, outs)
+    assert runs_.lookup(sid, "fp", deps) == outs

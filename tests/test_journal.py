@@ -279,6 +279,62 @@ def test_history_skips_non_object_lines(tmp_path: Path) -> None:
     assert history.read(state) == [{"build": 1}]
 
 
+def test_history_lines_that_are_not_utf8_json_entries_are_skipped_and_counted(tmp_path: Path) -> None:
+    state = tmp_path / ".pivot"
+    state.mkdir()
+    good = [build(1, {}), build(2, {})]
+    lines = [
+        json.dumps(good[0]).encode(),
+        b'{"ran": 1, "st\xffarted": "x"}',
+        b'{"ran": "3"}',
+        json.dumps(good[1]).encode(),
+    ]
+    (state / history.HISTORY).write_bytes(b"\n".join(lines) + b"\n")
+    past = history.load(state)
+    assert past.entries == good
+    assert past.skipped == 2
+    assert history.load(state, limit=1).skipped == 0  # only the lines read count
+
+
+def test_history_append_with_repair_drops_every_damaged_line(tmp_path: Path) -> None:
+    state = tmp_path / ".pivot"
+    history.append(state, build(1, {}))
+    with (state / history.HISTORY).open("ab") as f:
+        f.write(b"\xff\xfe\n[1]\n")
+    history.append(state, build(2, {}), repair=True)
+    assert (state / history.HISTORY).read_bytes().splitlines() == [
+        json.dumps(build(n, {}), sort_keys=True).encode() for n in (1, 2)
+    ]
+
+
+def test_a_build_warns_once_about_a_damaged_history_and_mends_it(tmp_path: Path) -> None:
+    root = tmp_path / "proj"
+    (root / ".pivot").mkdir(parents=True)
+    (root / "Pivotfile").write_text("stage a:\n    deps: in.txt\n    outs: a.txt\n    run: cp $< $@\n")
+    (root / "in.txt").write_text("x\n")
+    env = {**os.environ, "NO_COLOR": "1"}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "pivotbuild", *args]
+        return subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, check=False)
+
+    assert run().returncode == 0
+    with (root / ".pivot" / history.HISTORY).open("ab") as f:
+        f.write(b'{"result": "ok", "ran": \xff}\n')  # a flipped bit: not UTF-8
+    shown = run("history")
+    assert shown.returncode == 0
+    assert "pivotbuild: warning: .pivot/history.jsonl: skipped 1 damaged line" in shown.stderr
+    (root / "in.txt").write_text("y\n")
+    r = run()
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count("warning") == 1 and ".pivot/history.jsonl: skipped 1 damaged line" in r.stderr
+    assert (root / "a.txt").read_text() == "y\n"
+    assert b"\xff" not in (root / ".pivot" / history.HISTORY).read_bytes()
+    shown = run("history")
+    assert shown.returncode == 0 and "warning" not in shown.stderr
+    assert len(shown.stdout.splitlines()) == 2
+
+
 def test_history_trims_when_large(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     state = tmp_path / ".pivot"
     monkeypatch.setattr(history, "_KEEP_BYTES", 2000)
@@ -419,3 +475,13 @@ def test_lock_is_released_when_the_holder_is_killed(tmp_path: Path) -> None:
             assert (state / LOCK_NAME).read_text() == f"{os.getpid()}\n"
     finally:
         holder.finish()
+
+
+def test_the_pid_in_a_damaged_lock_file_is_not_shown(tmp_path: Path) -> None:
+    path = tmp_path / LOCK_NAME
+    path.write_bytes(b"\xff\xfe12\n")
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert ProjectLock._holder(fd) == ""
+    finally:
+        os.close(fd)

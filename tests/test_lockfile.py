@@ -20,7 +20,7 @@ from pivotbuild.state import codec, lockfile
 from pivotbuild.state.journal import Journal
 from pivotbuild.state.lockfile import MAGIC, VERSION, LockfileError, decode, encode
 from pivotbuild.state.records import FileRecord, LockData, ParamRecord, StageRecord
-from pivotbuild.state.store import JOURNAL, StateStore
+from pivotbuild.state.store import JOURNAL, PENDING, StateStore
 
 
 def record(name: str, salt: str = "") -> StageRecord:
@@ -520,3 +520,52 @@ def test_a_damaged_record_reruns_only_its_stage_with_a_warning(tmp_path: Path) -
     assert "0 ran, 1 up to date, 1 restored" in r.stderr  # b from the run cache; a untouched
     assert not (root / "runs.log").exists()
     assert lockfile.read(root / "Pivotfile.lock").by_name()["b"].outs[0].path == "b.txt"  # repaired
+
+
+def test_a_lockfile_with_several_bad_records_is_reported_once(root: Path) -> None:
+    """One warning per damaged file, however many of its stages are decided."""
+    p = pipeline(root)
+    plain = {s.name: codec.record_obj(record(s.name)) for s in p.stages}
+    for obj in plain.values():
+        obj["outs"] = 7  # each record is damaged; the file's checksum still holds
+    (root / "Pivotfile.lock").write_bytes(lockfile.encode(lockfile.Records(plain)))
+    warnings: list[str] = []
+    store = StateStore(root, [p], warn=warnings.append)
+    assert all(store.record(s) is None for s in p.stages)  # every stage runs again
+    store.close()
+    assert len(warnings) == 1, warnings
+    assert warnings[0].startswith("Pivotfile.lock: the record of stage")
+
+
+def test_damaged_pending_results_are_kept_up_to_the_damage_and_mended_at_once(root: Path) -> None:
+    p = pipeline(root)
+    s, t = p.stages
+    store = StateStore(root, [p], warn=no_warning)
+    store.commit(s, record(s.name), pending=True)
+    store.commit(t, record(t.name), pending=True)
+    store.close()
+    path = root / ".pivot" / PENDING
+    blob = path.read_bytes()
+    path.write_bytes(blob[:-3])  # the second entry cut short
+    warnings: list[str] = []
+    reopened = StateStore(root, [p], warn=warnings.append)
+    assert len(warnings) == 1 and warnings[0].startswith(".pivot/pending: damaged or cut short"), warnings
+    assert reopened.pending(s) == record(s.name)
+    assert reopened.pending(t) is None  # runs again
+    reopened.close()
+    again = StateStore(root, [p], warn=no_warning)  # rewritten: nothing to say now
+    assert again.pending(s) == record(s.name)
+    again.close()
+
+
+def test_a_damaged_stat_cache_is_reported_by_the_store_once(root: Path) -> None:
+    p = pipeline(root)
+    (root / ".pivot").mkdir(exist_ok=True)
+    (root / ".pivot" / "statcache").write_bytes(b"PIVSTAT\n" + b"\x00" * 20)
+    warnings: list[str] = []
+    store = StateStore(root, [p], warn=warnings.append)
+    store.close()
+    assert warnings == [
+        ".pivot/statcache: checksum mismatch (the file is damaged); ignoring it, so files are hashed again"
+    ]
+    StateStore(root, [p], warn=no_warning).close()  # replaced by a good one

@@ -186,3 +186,24 @@ def test_a_torn_run_cache_entry_is_never_pushed_and_its_rebuilt_one_is(tmp_path:
     entries[0].write_bytes(whole)  # as the next record of those inputs writes it
     assert one.run("push").code == 0
     assert (share / entries[0].relative_to(one.root / ".pivot/cache")).read_bytes() == whole
+
+
+def test_a_build_carries_on_past_a_broken_config_but_push_stops_naming_where(tmp_path: Path) -> None:
+    one, _ = first_clone(tmp_path)
+    config = one.root / ".pivot/config.toml"
+    config.write_text(config.read_text().replace('url = "', "url = "))  # a value no longer quoted
+    one.write("in.txt", "changed\n")
+    built = one.run()
+    assert built.code == 0, built.err
+    assert (one.root / "a.txt").read_text() == "changed\n"
+    (warning,) = [line for line in built.err.splitlines() if "warning" in line]
+    assert "config.toml: not valid TOML" in warning and "(at line " in warning
+    assert "builds use the default settings" in warning
+    pushed = one.run("push")
+    assert pushed.code == 2
+    (line,) = pushed.err.splitlines()
+    assert line.startswith("pivotbuild: ") and str(config) in line and "(at line " in line
+    config.write_bytes(b'[core]\nremote = "t\xffam"\n')
+    listed = one.run("remote", "list")
+    assert listed.code == 2
+    assert listed.err == f"pivotbuild: {config}: not UTF-8 (at line 2, column 12); fix or remove it\n"

@@ -312,3 +312,27 @@ def test_confirm_trusts_only_an_entry_that_still_matches(tmp_path: Path, cache_p
     cache.save()  # nothing racy is left: saving reads nothing again
     assert cache.files_read == 1
     assert StatCache(cache_path).entries[str(f)].trusted
+
+
+def test_a_damaged_statcache_says_why_and_is_replaced_whole(tmp_path: Path, cache_path: Path) -> None:
+    """Every flipped bit and every cut is caught, even one that leaves valid
+    msgpack (a wrong hash for an unchanged stamp would be believed)."""
+    f = write(tmp_path / "a.txt", b"data")
+    first = StatCache(cache_path)
+    first.file_hash(f)
+    first.save()
+    good = cache_path.read_bytes()
+    rng = random.Random(7)
+    for at in [*rng.sample(range(len(good)), 20), len(good) - 1]:
+        for damaged in (good[:at] + bytes([good[at] ^ 0x04]) + good[at + 1 :], good[:at]):
+            write(cache_path, damaged)
+            cache = StatCache(cache_path)
+            assert cache.damaged and cache.entries == {}, at
+            cache.save()  # nothing changed, but the damaged file is replaced
+            assert StatCache(cache_path).damaged == ""
+
+
+def test_a_statcache_from_before_the_checksum_is_dropped_quietly(cache_path: Path) -> None:
+    write(cache_path, msgpack.packb([1, [["/x", 1, 2, 3, 4, "ab" * 16, True]]]))
+    cache = StatCache(cache_path)
+    assert cache.entries == {} and cache.damaged == ""

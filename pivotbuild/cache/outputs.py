@@ -50,12 +50,15 @@ class Captured:
 
 
 class OutputCache:
-    def __init__(self, root: Path, notice: Callable[[str], None]) -> None:
+    def __init__(self, root: Path, notice: Callable[[str], None], *, building: bool = False) -> None:
+        """`building`: a config.toml that cannot be used is a warning (the
+        build checks out in the default mode), not an error."""
         self.root = root
         self.notice = notice
         self.cache = Cache(root / STATE_DIR / CACHE_DIR, notice)
-        self.runs = RunCache(self.cache.dir)
-        self.mode = Mode(config.load(root).checkout)
+        self.runs = RunCache(self.cache.dir, notice)
+        settings = config.load_or_default(root, notice) if building else config.load(root)
+        self.mode = Mode(settings.checkout)
         self.cache.wants_reflinks = self.mode is Mode.REFLINK
 
     def keep(self, stage: Stage, inputs: StageRecord, statcache: StatCache) -> None:

@@ -7,18 +7,22 @@ where `ab` begins the stage key.  (Not a folder per stage: creating a
 directory costs as much as creating a file, and a clean build would pay one
 for every stage.)  An entry is created in place (an open and a write), not
 written beside, chmod'ed and renamed: a clean build writes one per stage.  A
-reader never trusts a torn entry: one that does not decode is ignored (the
-stage runs, or push skips it), and replaced when the stage is recorded.
+reader never trusts a torn or damaged entry: each is the magic `PIVRUN1\n`,
+msgpack `{"outs": [...]}` and the XXH3-64 of that msgpack, and one that fails
+the check is ignored (the stage runs, or push skips it).  A build says so once
+and removes it; it is written anew when the stage is recorded.  (An entry
+without the magic, from before the checksum, is read as plain msgpack.)
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import msgpack
+import xxhash
 
 from pivotbuild.hashing import hash_bytes
 from pivotbuild.model import StageId
@@ -26,6 +30,26 @@ from pivotbuild.state import codec
 from pivotbuild.state.records import FileRecord
 
 RUNS = "runs"
+MAGIC = b"PIVRUN1\n"
+_SUM = 8
+
+
+def encode_entry(outs: Sequence[FileRecord]) -> bytes:
+    data: bytes = msgpack.packb({"outs": [codec.file_obj(o) for o in outs]}, use_bin_type=True)
+    return MAGIC + data + xxhash.xxh3_64_digest(data)
+
+
+def decode_entry(blob: bytes) -> tuple[FileRecord, ...]:
+    """The outputs an entry names.  Raises ValueError (saying why) if it is torn or damaged."""
+    data: bytes | memoryview = blob
+    if blob.startswith(MAGIC):
+        data = memoryview(blob)[len(MAGIC) : -_SUM]
+        if len(blob) < len(MAGIC) + _SUM or xxhash.xxh3_64_digest(data) != blob[-_SUM:]:
+            raise ValueError("checksum mismatch (torn or damaged)")
+    try:
+        return tuple(codec.file_from(o) for o in msgpack.unpackb(data, raw=False)["outs"])
+    except (ValueError, TypeError, KeyError, RecursionError, msgpack.UnpackException) as exc:
+        raise ValueError(f"does not decode ({type(exc).__name__})") from exc
 
 
 def stage_key(sid: StageId) -> str:
@@ -54,19 +78,27 @@ def inputs_key(fingerprint: str, deps: Sequence[FileRecord]) -> str:
 
 
 class RunCache:
-    def __init__(self, cache_dir: Path) -> None:
+    def __init__(self, cache_dir: Path, notice: Callable[[str], None] | None = None) -> None:
         self.cache_dir = cache_dir
+        self.notice = notice  # told once about each damaged entry
         self._folders: set[Path] = set()  # folders known to exist
 
     def _path(self, sid: StageId, fingerprint: str, deps: Sequence[FileRecord]) -> Path:
         return self.cache_dir / entry_rel(stage_key(sid), inputs_key(fingerprint, deps))
 
     def lookup(self, sid: StageId, fingerprint: str, deps: Sequence[FileRecord]) -> tuple[FileRecord, ...] | None:
-        """The outputs recorded for exactly these inputs, if any."""
+        """The outputs recorded for exactly these inputs, if any.  A damaged
+        entry is reported and removed (so it is reported once)."""
+        path = self._path(sid, fingerprint, deps)
         try:
-            data = msgpack.unpackb(self._path(sid, fingerprint, deps).read_bytes(), raw=False)
-            return tuple(codec.file_from(o) for o in data["outs"])
-        except (OSError, ValueError, TypeError, KeyError, RecursionError, msgpack.UnpackException):
+            return decode_entry(path.read_bytes())
+        except OSError:
+            return None
+        except ValueError as exc:
+            path.unlink(missing_ok=True)
+            if self.notice is not None:
+                shown = path.relative_to(self.cache_dir.parent.parent).as_posix()
+                self.notice(f"{shown} (a run-cache entry of {sid.label()}): {exc}; removed it")
             return None
 
     def record(self, sid: StageId, fingerprint: str, deps: Sequence[FileRecord], outs: tuple[FileRecord, ...]) -> None:
@@ -74,7 +106,7 @@ class RunCache:
         if path.parent not in self._folders:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._folders.add(path.parent)
-        blob: bytes = msgpack.packb({"outs": [codec.file_obj(o) for o in outs]}, use_bin_type=True)
+        blob = encode_entry(outs)
         for _ in range(2):
             try:
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)

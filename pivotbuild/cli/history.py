@@ -19,7 +19,14 @@ from pivotbuild.state import history as store
 @project_options
 def history(limit: int, as_json: bool, verbose: bool) -> int:
     """Recent builds: when, what ran, how long, and the result (newest last)."""
-    entries = store.read(find_root(Path.cwd()) / STATE_DIR, limit)
+    past = store.load(find_root(Path.cwd()) / STATE_DIR, limit)
+    entries = past.entries
+    if past.skipped:
+        lines = "line" if past.skipped == 1 else "lines"
+        click.echo(
+            f"pivotbuild: warning: {STATE_DIR}/{store.HISTORY}: skipped {past.skipped} damaged {lines}",
+            err=True,
+        )
     if as_json:
         for entry in entries:
             click.echo(json.dumps(entry, sort_keys=True))
@@ -34,5 +41,8 @@ def history(limit: int, as_json: bool, verbose: bool) -> int:
         click.echo(f"{e.get('started', '?')}  {e.get('result', '?'):<11}  {counts}  {took}  {targets}")
         if verbose:
             for name, info in sorted((e.get("stages") or {}).items()):
-                click.echo(f"    {name}  {info.get('status')}  {info.get('duration_s', 0):.1f}s")
+                if isinstance(info, dict):
+                    ran = info.get("duration_s")
+                    shown = f"{ran:.1f}s" if isinstance(ran, (int, float)) else "?"
+                    click.echo(f"    {name}  {info.get('status')}  {shown}")
     return 0

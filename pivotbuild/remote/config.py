@@ -10,6 +10,7 @@ url = "/mnt/team/pivot-cache"     # a directory, or file:///...
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,14 +56,36 @@ def config_path(root: Path) -> Path:
     return root / STATE_DIR / CONFIG
 
 
+def load_or_default(root: Path, warn: Callable[[str], None]) -> Config:
+    """The config for a build: one that cannot be read or makes no sense is
+    reported through `warn` and the defaults are used, since a build needs
+    nothing from it that the defaults cannot give (checkout = copy is always
+    right).  Commands that act on what it says (remotes) call `load`."""
+    try:
+        return load(root)
+    except ConfigError as exc:
+        warn(f"{exc} (until then, builds use the default settings)")
+        return Config()
+
+
 def load(root: Path) -> Config:
+    """The config; raises ConfigError, one line naming the file and, for a
+    syntax error, the line and column, if it cannot be read or makes no sense."""
     path = config_path(root)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        raw = path.read_bytes()
     except FileNotFoundError:
         return Config()
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot be read: {exc}; fix or remove it") from exc
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read: {exc.strerror}; fix or remove it") from exc
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        column = exc.start - raw.rfind(b"\n", 0, exc.start)
+        raise ConfigError(f"{path}: not UTF-8 (at line {line}, column {column}); fix or remove it") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}; fix or remove it") from exc
     remotes = {}
     for name, table in _table(data, "remote", path).items():
         url = table.get("url") if isinstance(table, dict) else None

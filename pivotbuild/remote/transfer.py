@@ -21,16 +21,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import msgpack
-
-from pivotbuild.cache.runcache import folder_rel, of_stage, stage_key
+from pivotbuild.cache.runcache import decode_entry, folder_rel, of_stage, stage_key
 from pivotbuild.cache.store import OBJECTS, Cache, CorruptObject, MissingObject
 from pivotbuild.errors import PivotError
 from pivotbuild.hashing import hash_file
 from pivotbuild.model import StageId
 from pivotbuild.remote import Remote
 from pivotbuild.snapshot import DIR
-from pivotbuild.state import codec
 from pivotbuild.state.records import FileRecord
 
 Progress = Callable[[int, int], None]  # (done, total)
@@ -82,9 +79,8 @@ def decode_run_entry(blob: bytes) -> list[FileRecord] | None:
     """The outputs a run-cache entry names; None if it does not decode (cut
     short by a killed build, or being written right now)."""
     try:
-        data = msgpack.unpackb(blob, raw=False)
-        return [codec.file_from(o) for o in data["outs"]]
-    except (ValueError, TypeError, KeyError, RecursionError, msgpack.UnpackException):
+        return list(decode_entry(blob))
+    except ValueError:
         return None
 
 

@@ -1,7 +1,9 @@
 """Build history: one JSON line per build in `<root>/.pivot/history.jsonl`.
 
 Used by `pivotbuild history`, and for past stage durations (the scheduler's
-critical path and the live display's estimate).
+critical path and the live display's estimate).  The history is advisory: a
+damaged line (a crash cut it short, a bit flipped) is skipped, counted so
+the reader can say so once, and dropped when a build that saw it appends.
 """
 
 from __future__ import annotations
@@ -17,12 +19,18 @@ if TYPE_CHECKING:
 
 HISTORY = "history.jsonl"
 _KEEP_BYTES = 4 << 20  # trim to the newer half once the file passes this
+RECENT = 20  # builds whose stage durations the scheduler uses
 
 
-def append(state_dir: Path, entry: Mapping[str, Any]) -> None:
+def append(state_dir: Path, entry: Mapping[str, Any], *, repair: bool = False) -> None:
+    """Add `entry`; with `repair`, first drop every damaged line (a reader saw
+    some), so a damaged file is mended by the next build that writes."""
     path = state_dir / HISTORY
     state_dir.mkdir(parents=True, exist_ok=True)
     line = json.dumps(entry, sort_keys=True) + "\n"
+    if repair:
+        _rewrite(path, _good_lines(path), line)
+        return
     with path.open("a+b") as f:
         # A build killed mid-write leaves a torn last line: start on a fresh one.
         if f.tell() > 0:
@@ -31,37 +39,104 @@ def append(state_dir: Path, entry: Mapping[str, Any]) -> None:
                 line = "\n" + line
         f.write(line.encode("utf-8"))
     if path.stat().st_size > _KEEP_BYTES:
-        _trim(path)
+        lines = _good_lines(path)
+        _rewrite(path, lines[len(lines) // 2 :])
 
 
-def _trim(path: Path) -> None:
+def _good_lines(path: Path) -> list[bytes]:
+    try:
+        blob = path.read_bytes()
+    except FileNotFoundError:
+        return []
+    return [line + b"\n" for line in blob.splitlines() if _entry(line) is not None]
+
+
+def _rewrite(path: Path, lines: list[bytes], extra: str = "") -> None:
     from pivotbuild.state_files import write_atomic
 
-    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
-    write_atomic(path, "".join(lines[len(lines) // 2 :]).encode("utf-8"))
+    write_atomic(path, b"".join(lines) + extra.encode("utf-8"))
+
+
+class Read:
+    """Past builds, oldest first, and how many damaged lines were skipped among
+    the lines read.  (A plain class: the no-op fast path does not import dataclasses.)"""
+
+    __slots__ = ("entries", "skipped")
+
+    def __init__(self, entries: list[dict[str, Any]], skipped: int) -> None:
+        self.entries = entries
+        self.skipped = skipped
+
+
+def damage_warning(skipped: int) -> str:
+    """The one warning about `skipped` damaged lines, for a build (which mends the file)."""
+    lines = "line" if skipped == 1 else "lines"
+    return f".pivot/{HISTORY}: skipped {skipped} damaged {lines}; this build's entry replaces the file without them"
 
 
 def read(state_dir: Path, limit: int | None = None) -> list[dict[str, Any]]:
     """Past builds, oldest first (the last `limit` of them)."""
+    return load(state_dir, limit).entries
+
+
+def load(state_dir: Path, limit: int | None = None) -> Read:
+    """The last `limit` lines (all by default): their entries, and how many of
+    them were damaged (not UTF-8 JSON, or not an entry) and skipped."""
     try:
-        lines = (state_dir / HISTORY).read_text(encoding="utf-8").splitlines()
+        lines = (state_dir / HISTORY).read_bytes().splitlines()
     except OSError:
-        return []
+        return Read([], 0)
     entries = []
+    skipped = 0
     for line in lines[-limit:] if limit else lines:
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue  # a line cut short by a crash
-        if isinstance(entry, dict):
+        entry = _entry(line)
+        if entry is not None:
             entries.append(entry)
-    return entries
+        elif line.strip():
+            skipped += 1
+    return Read(entries, skipped)
 
 
-def durations(state_dir: Path, builds: int = 20) -> dict[str, float]:
+# The fields a build writes, and the types that make an entry usable; an entry
+# may lack any of them.
+_FIELDS: dict[str, tuple[type, ...]] = {
+    "started": (str,),
+    "duration_s": (int, float),
+    "targets": (list,),
+    "result": (str,),
+    "ran": (int,),
+    "skipped": (int,),
+    "failed": (int,),
+    "stages": (dict,),
+}
+
+
+def _entry(line: bytes) -> dict[str, Any] | None:
+    """The entry on one line; None for a damaged line (a bit flipped, a line cut short by a crash)."""
+    try:
+        entry = json.loads(line.decode("utf-8"))
+    except ValueError:  # UnicodeDecodeError too
+        return None
+    if not isinstance(entry, dict):
+        return None
+    for key, types in _FIELDS.items():
+        value = entry.get(key)
+        if value is not None and (not isinstance(value, types) or isinstance(value, bool)):
+            return None
+    if not all(isinstance(t, str) for t in entry.get("targets") or ()):
+        return None
+    return entry
+
+
+def durations(state_dir: Path, builds: int = RECENT) -> dict[str, float]:
     """The most recent run time of each stage that ran in the last `builds` builds."""
+    return durations_in(load(state_dir, builds))
+
+
+def durations_in(past: Read) -> dict[str, float]:
+    """The most recent run time of each stage that ran in the `past` builds."""
     found: dict[str, float] = {}
-    for entry in read(state_dir, builds):
+    for entry in past.entries:
         for name, info in (entry.get("stages") or {}).items():
             if (
                 isinstance(info, dict)

@@ -55,7 +55,7 @@ class ProjectLock:
     @staticmethod
     def _holder(fd: int) -> str:
         try:
-            pid = os.pread(fd, 32, 0).decode().strip()
+            pid = os.pread(fd, 32, 0).decode("ascii", "replace").strip()  # only shown, and rewritten by each build
         except OSError:
             return ""
         return f" (pid {pid})" if pid.isdigit() else ""

@@ -5,6 +5,12 @@ no-op build read no file contents.  An entry recorded within the filesystem's
 timestamp granularity of the file's last change is "racy" (the file could
 change again in the same clock tick without its stat changing, the case git
 calls racy-git), so it is kept but not trusted: the next build rehashes it once.
+
+File: the magic `PIVSTAT\n`, msgpack `[FORMAT, [[path, size, mtime_ns, ino,
+ctime_ns, hash, trusted]...]]`, then the XXH3-64 of that msgpack: a flipped
+bit would otherwise be believed (a wrong hash for an unchanged stamp).  A
+damaged file is reported (`damaged`) and the cache starts empty, which costs
+only rehashing.
 """
 
 from __future__ import annotations
@@ -15,13 +21,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import msgpack
+import xxhash
 
 from pivotbuild.hashing import FILE, LINK, ManifestEntry, hash_bytes, hash_file, link_hash, manifest_bytes, walk_dir
 from pivotbuild.stamps import FINE_WINDOW_NS as _FINE_WINDOW_NS
 from pivotbuild.stamps import is_racy as _is_racy
 from pivotbuild.state_files import write_atomic
 
-FORMAT = 1
+MAGIC = b"PIVSTAT\n"
+FORMAT = 2
+_SUM = 8
+_FORMAT_1 = b"\x92\x01"  # msgpack [1, ...]: written before the checksum, dropped without a warning
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,18 +68,36 @@ class StatCache:
         # so a change made in the same clock tick is still seen by the next build.
         self._this_run: set[str] = set()
         self._dirty = False
+        self.damaged = ""  # why the file was ignored, for one warning
         self._load()
 
     def _load(self) -> None:
+        """A missing or damaged stat cache only costs rehashing; a damaged one is
+        replaced when the build saves."""
         try:
-            data = msgpack.unpackb(self.path.read_bytes(), use_list=False)
-            if not isinstance(data, (list, tuple)) or data[0] != FORMAT:
-                return
-            for key, size, mtime_ns, ino, ctime_ns, digest, trusted in data[1]:
+            blob = self.path.read_bytes()
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            self.damaged = f"cannot be read ({exc.strerror})"
+            return
+        if blob.startswith(_FORMAT_1):
+            return
+        data = memoryview(blob)[len(MAGIC) : -_SUM]
+        if not blob.startswith(MAGIC) or len(blob) < len(MAGIC) + _SUM or xxhash.xxh3_64_digest(data) != blob[-_SUM:]:
+            self.damaged = "checksum mismatch (the file is damaged)"
+            self._dirty = True
+            return
+        try:
+            fmt, rows = msgpack.unpackb(data, use_list=False)
+            if fmt != FORMAT:
+                return  # another pivotbuild's format
+            for key, size, mtime_ns, ino, ctime_ns, digest, trusted in rows:
                 self.entries[key] = StatEntry(size, mtime_ns, ino, ctime_ns, digest, bool(trusted))
-        except (OSError, ValueError, TypeError, IndexError, msgpack.UnpackException):
-            # A missing or damaged stat cache only costs rehashing.
+        except (ValueError, TypeError, msgpack.UnpackException) as exc:
+            self.damaged = f"does not decode ({type(exc).__name__})"
             self.entries = {}
+            self._dirty = True
 
     def settle(self) -> None:
         """Make racy entries trustworthy now rather than at the next build: wait out
@@ -102,7 +130,8 @@ class StatCache:
             return
         rows = [(k, e.size, e.mtime_ns, e.ino, e.ctime_ns, e.hash, e.trusted) for k, e in sorted(self.entries.items())]
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(self.path, msgpack.packb([FORMAT, rows]))
+        data = msgpack.packb([FORMAT, rows])
+        write_atomic(self.path, MAGIC + data + xxhash.xxh3_64_digest(data))
         self._dirty = False
 
     def file_hash(self, path: str | os.PathLike[str], st: os.stat_result | None = None) -> str:

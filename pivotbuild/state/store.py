@@ -2,7 +2,9 @@
 
 Opening folds any journal a crashed build left behind into the lockfile;
 closing folds this build's journal and saves the stat caches.  A damaged
-lockfile or journal is reported once through `warn` and treated as absent.
+lockfile, journal, pending file or stat cache is reported once through
+`warn` (one warning per file) and treated as absent, or as holding only
+what came before the damage; each is rewritten whole by this build.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ class StateStore:
         self.root = root
         self.warn = warn
         self.pipelines: dict[str, PipelineState] = {}
+        self._warned: set[Path] = set()  # files already reported as damaged
         ensure_state_dir(root)
         for p in pipelines:
             self.pipelines[p.dir] = self._open(p)
@@ -50,31 +53,54 @@ class StateStore:
         state_dir = ensure_state_dir(pdir, self.root)
         lock_path = pdir / LOCKFILE
         journal_path = state_dir / JOURNAL
-        shown = f"{pipeline.dir}/{LOCKFILE}" if pipeline.dir else LOCKFILE
         try:
             data = lockfile.read_records(lock_path)
         except lockfile.LockfileError as exc:
-            self.warn(f"{shown}: {exc}; ignoring it, so its stages will run again")
+            self._damaged(lock_path, f"{exc}; ignoring it, so its stages will run again")
             data = lockfile.Records()
         damaged = journal.fold(journal_path, lock_path, data)[1] if journal_path.exists() else False
         if damaged:
-            self.warn(
-                f"{journal_path}: its last entry was cut short (a crash?); the stages it was recording will run again"
+            self._damaged(
+                journal_path,
+                "damaged or cut short (a crash?); its entries up to there are kept,"
+                " and the stages recorded after them will run again",
             )
         pending_path = state_dir / PENDING
         pending, torn = journal.read_records(pending_path)
-        if torn:
-            self.warn(f"{pending_path}: its last entry was cut short; those stages will run again")
-        return PipelineState(
+        statcache = StatCache(state_dir / STATCACHE)
+        if statcache.damaged:
+            self._damaged(statcache.path, f"{statcache.damaged}; ignoring it, so files are hashed again")
+        st = PipelineState(
             pipeline.dir,
             lock_path,
             journal_path,
             data,
             Journal(journal_path),
-            StatCache(state_dir / STATCACHE),
+            statcache,
             pending_path,
             {r.name: r for r in pending},
         )
+        if torn:
+            self._damaged(
+                pending_path,
+                "damaged or cut short; the --no-commit results before the damage are kept,"
+                " and the stages recorded after it will run again",
+            )
+            _save_pending(st)  # mended now, so the next build does not warn again
+        return st
+
+    def _damaged(self, path: Path, text: str) -> None:
+        """Warn once per file that `path` is damaged (`text` says what follows)."""
+        if path not in self._warned:
+            self._warned.add(path)
+            self.warn(f"{self._shown(path)}: {text}")
+
+    def _shown(self, path: Path) -> str:
+        """`path` as the user knows it: relative to the project root."""
+        try:
+            return path.relative_to(self.root).as_posix()
+        except ValueError:
+            return str(path)
 
     def state(self, stage: Stage) -> PipelineState:
         return self.pipelines[stage.id.pipeline]
@@ -88,8 +114,7 @@ class StateStore:
         try:
             return st.records.get(stage.name)
         except lockfile.LockfileError as exc:
-            shown = f"{st.dir}/{LOCKFILE}" if st.dir else LOCKFILE
-            self.warn(f"{shown}: {exc}; ignoring it, so the stage will run again")
+            self._damaged(st.lock_path, f"{exc}; ignoring it, so the stage will run again")
             return None
 
     def pending(self, stage: Stage) -> StageRecord | None:
