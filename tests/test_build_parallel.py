@@ -212,29 +212,32 @@ def test_parallel_json_log_events_carry_their_stage(project: Project) -> None:
 LOCKED = """
 stage slow:
     outs: slow.txt
-    run: echo slow >> runs.log; sleep 1; echo ok > $@
+    run: echo slow >> runs.log; while [ ! -e "$GATE" ]; do sleep 0.01; done; echo ok > $@
 
 stage fast:
     deps: slow.txt
     outs: fast.txt
     run: echo fast >> runs.log; echo ok > $@
 """
+# The slow stage holds the first build (and so the project) until the test
+# opens the gate: however slow the machine, the second build meets it running.
 
 
-def start(p: Project, tmp: Path, *args: str) -> subprocess.Popen[bytes]:
+def start(p: Project, tmp: Path, *args: str, name: str = "first") -> subprocess.Popen[bytes]:
     """Start a build in the background, its output going to files in `tmp`."""
-    env = {**os.environ, "NO_COLOR": "1"}
-    with (tmp / "first.out").open("wb") as out, (tmp / "first.err").open("wb") as err:
+    env = {**os.environ, "NO_COLOR": "1", "GATE": str(tmp / "gate")}
+    with (tmp / f"{name}.out").open("wb") as out, (tmp / f"{name}.err").open("wb") as err:
         return subprocess.Popen([*PIVOTBUILD, *args], cwd=p.root, env=env, stdout=out, stderr=err)
 
 
-def wait_for(path: Path, timeout: float = 20.0) -> None:
+def wait_for(path: Path, text: str = "", timeout: float = 60.0) -> None:
+    """Wait until `path` exists with content (holding `text`, if given)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if path.exists() and path.stat().st_size:
+        if path.exists() and path.stat().st_size and text in path.read_text():
             return
         time.sleep(0.02)
-    raise AssertionError(f"{path} never appeared")
+    raise AssertionError(f"{path} never held {text!r}")
 
 
 def runs(p: Project) -> list[str]:
@@ -244,17 +247,23 @@ def runs(p: Project) -> list[str]:
 def test_a_second_build_waits_for_the_first(project: Project, tmp_path: Path) -> None:
     project.pivotfile(LOCKED)
     first = start(project, tmp_path, "--json")
+    second = None
     try:
         wait_for(project.root / "runs.log")  # the first build holds the project now
-        second = project.run("--json")
-        assert first.wait(timeout=30) == 0, (tmp_path / "first.err").read_text()
+        second = start(project, tmp_path, "--json", name="second")
+        wait_for(tmp_path / "second.err", "waiting for another pivotbuild")
+        (tmp_path / "gate").touch()
+        assert first.wait(timeout=60) == 0, (tmp_path / "first.err").read_text()
+        assert second.wait(timeout=60) == 0, (tmp_path / "second.err").read_text()
     finally:
-        first.kill()
-        first.wait()
-    assert second.code == 0, second
-    assert "waiting for another pivotbuild" in second.err, second.err
-    assert second.err.startswith("pivotbuild: ")
-    assert statuses(second) == {"slow": "skipped", "fast": "skipped"}
+        for proc in (first, second):
+            if proc is not None:
+                proc.kill()
+                proc.wait()
+    err = (tmp_path / "second.err").read_text()
+    assert err.startswith("pivotbuild: "), err
+    out = (tmp_path / "second.out").read_text()
+    assert statuses(Result(0, out, err)) == {"slow": "skipped", "fast": "skipped"}
     assert runs(project) == ["slow", "fast"]
     assert (project.root / "fast.txt").read_text() == "ok\n"
 
@@ -264,8 +273,9 @@ def test_no_wait_exits_1_while_another_build_runs(project: Project, tmp_path: Pa
     first = start(project, tmp_path)
     try:
         wait_for(project.root / "runs.log")
-        second = project.run("--no-wait")
-        assert first.wait(timeout=30) == 0, (tmp_path / "first.err").read_text()
+        second = project.run("--no-wait")  # the first is held at the gate meanwhile
+        (tmp_path / "gate").touch()
+        assert first.wait(timeout=60) == 0, (tmp_path / "first.err").read_text()
     finally:
         first.kill()
         first.wait()
