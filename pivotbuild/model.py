@@ -10,7 +10,7 @@ from __future__ import annotations
 import posixpath
 import shlex
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from pivotbuild.errors import Location
@@ -38,11 +38,16 @@ class StageId(NamedTuple):
         return self.label()
 
 
+# A dep's or out's `loc` is the word that named it, for locating graph errors;
+# it is not part of what the path means, so equal paths compare equal.
+
+
 @dataclass(frozen=True, slots=True)
 class Dep:
     path: str
     is_glob: bool = False
     dir_hint: bool = False  # written with a trailing slash
+    loc: Location | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +57,7 @@ class Out:
     cache: bool = True
     persist: bool = False
     incremental: bool = False
+    loc: Location | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,9 +74,10 @@ Command = tuple[str | AutoVar, ...]
 class Stage:
     id: StageId
     base: str  # the name before `@` (the matrix base), or the name itself
-    loc: Location
+    loc: Location  # the stage's name in `stage NAME:`
     command: Command | None  # the run: script with `$@ $< $^` still to fill in
     py: str | None = None  # module:function
+    py_loc: Location | None = None  # where `py:` names it
     matrix: tuple[tuple[str, str], ...] = ()
     desc: str = ""
     deps: tuple[Dep, ...] = ()
