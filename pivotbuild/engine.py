@@ -129,6 +129,7 @@ class Engine:
             for sid in graph.order(graph.select([target], cwd)):
                 if sid not in chosen:
                     chosen.append(sid)
+        check_runnable(graph, chosen)
         chain = {s: ([chosen[i - 1]] if i else []) for i, s in enumerate(chosen)}
         run_options = dataclasses.replace(options, keep_going=not fail_fast)
         with self.state(project, options) as store:

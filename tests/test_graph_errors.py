@@ -219,5 +219,7 @@ def test_check_refuses_py_stages_as_the_build_does(project: Project) -> None:
     assert not (project.root / "data.txt").exists()  # refused before anything ran
     again = project.run("train")  # from the compiled plan
     assert again.err == build.err
+    alone = project.run("run", "train@small")  # without its dependencies: refused all the same
+    assert alone.err == build.err
     # a `run:` stage of the same project can still be built
     assert project.run("prepare").code == 0
