@@ -175,7 +175,8 @@ class BuildGraph:
             if _where(s, o.loc) != where
         ]
         if len({(s.id.pipeline, s.base) for s, _ in writers}) == 1:  # variants of one matrix stage
-            hint = "put the matrix values in the path, as in 'out-${AXIS}.txt'"
+            axes = " and ".join(f"${{{axis}}}" for axis, _ in stage.matrix)
+            hint = f"put {axes} in the path"
         else:
             hint = "give each stage its own outputs"
         return self._located(where, f"two stages write '{path}': {listed}; {hint}", notes)
@@ -270,10 +271,13 @@ class BuildGraph:
             loop = _loop(stage_graph.subgraph(component), first, self._index)
             names = [self._label(s) for s in [*loop, first]]
             notes = [self._link_note(u, v) for u, v in zip(loop, [*loop[1:], first], strict=True)]
-            message = (
-                f"dependency cycle: {' -> '.join(names)} (each stage writes a file the next one reads); "
-                "drop one of the deps noted below to break it"
-            )
+            if len(loop) == 1:
+                message = f"dependency cycle: {' -> '.join(names)}: it reads a file it writes; drop that dep"
+            else:
+                message = (
+                    f"dependency cycle: {' -> '.join(names)} (each stage writes a file the next one reads); "
+                    "drop one of the deps noted below to break it"
+                )
             cycles.append(names)
             problems.append(self._located(self.stages[first].loc, message, notes))
         return cycles, problems

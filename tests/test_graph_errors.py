@@ -123,7 +123,7 @@ stage e:
         (12, ["two", "stages", "write"]),
         (18, ["output", "'out/e.txt'", "of"]),
     ]
-    assert "c@1 and c@2; put the matrix values in the path" in found[3][4]
+    assert "c@1 and c@2; put ${k} in the path" in found[3][4]
     assert project.run().err.splitlines()[-1].startswith("pivotbuild: 3 errors in Pivotfile;")
 
 
