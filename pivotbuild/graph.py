@@ -51,8 +51,9 @@ class BuildGraph:
     """Validated graph of stages and the files between them."""
 
     def __init__(self, stages: Sequence[Stage], current: str = "", lines: SourceLines = no_lines) -> None:
-        """Build and validate.  Raises GraphError listing every problem, located
-        at the stages and words involved (CycleError when all are cycles).
+        """Build and validate.  Raises GraphError listing every problem with the
+        outputs, located at the stages and words involved, else CycleError
+        listing every cycle.
 
         `current` is the pipeline directory whose stages are named without
         prefix; `lines` reads the source lines the errors quote.
@@ -62,12 +63,12 @@ class BuildGraph:
         self._setup(stages, current, lines)
         self._g: nx.DiGraph[object] | None = nx.DiGraph()
         problems = self._build()
+        if problems:  # not the cycles too: an output in two places makes loops of its own
+            raise GraphError(problems)
         stage_graph = self._project_stages()
         cycles, loops = self._cycles(stage_graph)
-        if loops and not problems:
+        if loops:
             raise CycleError(cycles[0], loops)
-        if problems or loops:
-            raise GraphError([*problems, *loops])
         order = list(nx.lexicographical_topological_sort(stage_graph, key=self._index.__getitem__))
         preds = {s: self._ordered(stage_graph.predecessors(s)) for s in order}
         self._link(order, preds)
