@@ -169,11 +169,11 @@ class BuildGraph:
         names = [self._label(stage.id) for stage, _ in writers]
         listed = " and ".join(names) if len(names) == 2 else ", ".join(names)
         stage, out = writers[1]
-        where = _where(stage, out.loc)
+        where = stage.at(out.pos)
         notes = [
-            self._located(_where(s, o.loc), f"{self._label(s.id)} writes '{path}' here", severity="note")
+            self._located(s.at(o.pos), f"{self._label(s.id)} writes '{path}' here", severity="note")
             for s, o in (writers[0], *writers[2:])
-            if _where(s, o.loc) != where
+            if s.at(o.pos) != where
         ]
         if len({(s.id.pipeline, s.base) for s, _ in writers}) == 1:  # variants of one matrix stage
             axes = " and ".join(f"${{{axis}}}" for axis, _ in stage.matrix)
@@ -194,10 +194,8 @@ class BuildGraph:
                 f"output '{out.path}' of {b} is inside output directory {directory} of {a}, "
                 f"which {a} writes whole; write it elsewhere, or let {a} write it"
             )
-        note = self._located(
-            _where(dir_stage, dir_out.loc), f"{a} writes the directory {directory} here", severity="note"
-        )
-        return self._located(_where(stage, out.loc), message, [note])
+        note = self._located(dir_stage.at(dir_out.pos), f"{a} writes the directory {directory} here", severity="note")
+        return self._located(stage.at(out.pos), message, [note])
 
     def _located(
         self, loc: Location, message: str, notes: Sequence[Diagnostic] = (), severity: str = "error"
@@ -292,7 +290,7 @@ class BuildGraph:
         dep = next((d for d in stage.deps if d.path in shared), None)
         files = ", ".join(f"'{f}'" for f in shared)
         return self._located(
-            _where(stage, dep.loc if dep else None),
+            stage.at(dep.pos if dep else None),
             f"{self._label(v)} reads {files}, written by {self._label(u)}",
             severity="note",
         )
@@ -371,7 +369,7 @@ class BuildGraph:
                 continue
             for dep in stage.deps:
                 if not dep.is_glob:
-                    needed.setdefault(dep.path, {}).setdefault(sid, _where(stage, dep.loc))
+                    needed.setdefault(dep.path, {}).setdefault(sid, stage.at(dep.pos))
         missing = []
         for path, users in needed.items():
             if self._producers_of(path, False) or exists(path):
@@ -463,12 +461,6 @@ class BuildGraph:
             f"; did you mean {' or '.join(repr(n) for n in near)}?" if near else "; 'pivotbuild list' shows the stages"
         )
         return f"unknown target '{target}': no stage or output has that name{hint}"
-
-
-def _where(stage: Stage, loc: Location | None) -> Location:
-    """Where a stage names a path: the word itself, else (a graph made from
-    hand-built stages) the stage's name."""
-    return loc if loc is not None else stage.loc
 
 
 def _loop(component: nx.DiGraph[StageId], first: StageId, index: dict[StageId, int]) -> list[StageId]:

@@ -38,8 +38,11 @@ class StageId(NamedTuple):
         return self.label()
 
 
-# A dep's or out's `loc` is the word that named it, for locating graph errors;
-# it is not part of what the path means, so equal paths compare equal.
+# A dep's or out's `pos` is the (line, column) of the word that named it in its
+# stage's Pivotfile (`Stage.at` makes it a Location), for locating graph errors.
+# It is not part of what the path means (equal paths compare equal), and a
+# plain tuple: a compiled plan restores thousands without building an object each.
+Pos = tuple[int, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +50,7 @@ class Dep:
     path: str
     is_glob: bool = False
     dir_hint: bool = False  # written with a trailing slash
-    loc: Location | None = field(default=None, compare=False)
+    pos: Pos | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +60,7 @@ class Out:
     cache: bool = True
     persist: bool = False
     incremental: bool = False
-    loc: Location | None = field(default=None, compare=False)
+    pos: Pos | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +126,10 @@ class Stage:
 
     def _quoted(self, paths: Sequence[str]) -> str:
         return " ".join(shlex.quote(self.relative(p)) for p in paths)
+
+    def at(self, pos: Pos | None) -> Location:
+        """Where `pos` (a dep's or out's) is in this stage's Pivotfile; the stage's name if not known."""
+        return self.loc if pos is None else Location(self.loc.path, *pos)
 
     def relative(self, path: str) -> str:
         """`path` (root-relative or absolute) as seen from the stage's working directory."""

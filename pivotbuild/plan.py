@@ -45,7 +45,7 @@ if TYPE_CHECKING:  # the no-op check imports none of these
 
 PLAN = "plan"
 MAGIC = b"PIVPLAN\n"
-FORMAT = 2  # 2: locations as [line, col] (deps', outs' and `py:`'s too), the file being their pipeline's
+FORMAT = 2  # 2: locations as [line, col] in their pipeline's file; deps', outs' and `py:`'s too
 _SUM = 8  # XXH3-64 of everything between the magic and it
 
 
@@ -180,8 +180,8 @@ def _stage(s: Stage) -> list[Any]:
         _loc(s.py_loc),
         [list(m) for m in s.matrix],
         s.desc,
-        [[d.path, d.is_glob, d.dir_hint, _loc(d.loc)] for d in s.deps],
-        [[o.path, o.is_dir, o.cache, o.persist, o.incremental, _loc(o.loc)] for o in s.outs],
+        [[d.path, d.is_glob, d.dir_hint, d.pos] for d in s.deps],
+        [[o.path, o.is_dir, o.cache, o.persist, o.incremental, o.pos] for o in s.outs],
         [[p.file, p.key, p.value_json] for p in s.params],
         list(s.shell),
         list(s.mutex),
@@ -274,9 +274,6 @@ def _unstage(r: Sequence[Any], file: str) -> Stage:
     from pivotbuild.model import Dep, Out, Param, Stage, StageId
     from pivotbuild.pivotfile.interpolate import AutoVar
 
-    def at(loc: Sequence[int] | None) -> Location | None:
-        return None if loc is None else Location(file, *loc)
-
     auto = list(AutoVar)
     (pipeline, name, base, loc, command, py, py_loc, matrix, desc, deps, outs, params) = r[:12]
     (shell, mutex, jobs, mem, timeout, retry, env, workdir, always) = r[12:]
@@ -286,11 +283,11 @@ def _unstage(r: Sequence[Any], file: str) -> Stage:
         loc=Location(file, *loc),
         command=None if command is None else tuple(p if isinstance(p, str) else auto[p] for p in command),
         py=py,
-        py_loc=at(py_loc),
+        py_loc=None if py_loc is None else Location(file, *py_loc),
         matrix=tuple(tuple(m) for m in matrix),
         desc=desc,
-        deps=tuple(Dep(d[0], d[1], d[2], at(d[3])) for d in deps),
-        outs=tuple(Out(o[0], o[1], o[2], o[3], o[4], at(o[5])) for o in outs),
+        deps=tuple(Dep(*d) for d in deps),  # positions as decoded: (line, col) tuples
+        outs=tuple(Out(*o) for o in outs),
         params=tuple(Param(*p) for p in params),
         shell=tuple(shell),
         mutex=tuple(mutex),

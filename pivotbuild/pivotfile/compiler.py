@@ -323,7 +323,7 @@ class _Compiler:
         path = paths.make_relative(self.opts.root, paths.join(self.dir_rel, text))
         if path == "":
             raise self._fail(word.pos, "a dep cannot be the whole project root; name the files or directories read")
-        return Dep(path, is_glob=is_glob, dir_hint=text.endswith("/"), loc=self._loc(word.pos))
+        return Dep(path, is_glob=is_glob, dir_hint=text.endswith("/"), pos=(word.pos.line, word.pos.col))
 
     def _check_glob(self, word: Word, text: str) -> None:
         for part in text.split("/"):
@@ -411,7 +411,7 @@ class _Compiler:
             cache=opts.get("cache", True),
             persist=opts.get("persist", False),
             incremental=opts.get("incremental", False),
-            loc=self._loc(word.pos),
+            pos=(word.pos.line, word.pos.col),
         )
 
     def _params_field(self, f: Field, scope: Scope) -> None:
