@@ -36,7 +36,7 @@ SourceLines = Callable[[Location], str]
 """The text of the line a location points at ("" if it cannot be read)."""
 
 
-def no_lines(loc: Location) -> str:
+def _no_lines(loc: Location) -> str:
     return ""
 
 
@@ -50,7 +50,7 @@ class MissingDep:
 class BuildGraph:
     """Validated graph of stages and the files between them."""
 
-    def __init__(self, stages: Sequence[Stage], current: str = "", lines: SourceLines = no_lines) -> None:
+    def __init__(self, stages: Sequence[Stage], current: str = "", lines: SourceLines = _no_lines) -> None:
         """Build and validate.  Raises GraphError listing every problem with the
         outputs, located at the stages and words involved, else CycleError
         listing every cycle.
@@ -80,7 +80,7 @@ class BuildGraph:
         current: str,
         order: Sequence[int],
         preds: Sequence[Sequence[int]],
-        lines: SourceLines = no_lines,
+        lines: SourceLines = _no_lines,
     ) -> BuildGraph:
         """A graph already validated once, from its stages, a topological `order`
         and each stage's direct upstream stages (indices into `stages`): what a
@@ -176,8 +176,9 @@ class BuildGraph:
             if s.at(o.pos) != where
         ]
         if len({(s.id.pipeline, s.base) for s, _ in writers}) == 1:  # variants of one matrix stage
-            axes = " and ".join(f"${{{axis}}}" for axis, _ in stage.matrix)
-            hint = f"put {axes} in the path"
+            values = [dict(s.matrix) for s, _ in writers]
+            differ = [axis for axis, _ in stage.matrix if len({v[axis] for v in values}) > 1]
+            hint = f"put {' and '.join(f'${{{axis}}}' for axis in differ)} in the path"
         else:
             hint = "give each stage its own outputs"
         return self._located(where, f"two stages write '{path}': {listed}; {hint}", notes)

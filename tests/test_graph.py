@@ -307,6 +307,21 @@ def test_matrix_variants_writing_one_path_are_one_error_at_the_outs_word(tmp_pat
     assert d.notes == ()
 
 
+def test_matrix_variants_writing_one_path_are_told_the_axes_that_tell_them_apart(tmp_path: Path) -> None:
+    text = """
+    stage train:
+        matrix: model=a b lr=1 2
+        outs: model-${model}.pkl
+        run: r
+    """
+    with pytest.raises(GraphError) as info:
+        build(tmp_path, text)
+    assert [d.message for d in info.value.diagnostics] == [
+        "two stages write 'model-a.pkl': train@a-1 and train@a-2; put ${lr} in the path",
+        "two stages write 'model-b.pkl': train@b-1 and train@b-2; put ${lr} in the path",
+    ]
+
+
 def test_output_inside_another_stages_output_directory_is_located_at_it(tmp_path: Path) -> None:
     text = """
     stage plots:
