@@ -18,7 +18,7 @@ from pathlib import Path
 from pivotbuild import paths, seal, snapshot
 from pivotbuild.buildrun import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, BuildRun, Interrupted
 from pivotbuild.decide import FORCED, PENDING_COMMIT, Decision, decide
-from pivotbuild.errors import PivotError
+from pivotbuild.errors import MissingInputs, PivotfileError
 from pivotbuild.events import (
     Event,
     Message,
@@ -39,10 +39,6 @@ from pivotbuild.state.projectlock import ProjectLock
 from pivotbuild.state.store import StateStore
 
 _UP = Decision(False, "up to date")
-
-
-class MissingInputs(PivotError):
-    """Deps that no stage writes and that do not exist."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -136,6 +132,7 @@ class Engine:
             for sid in graph.order(graph.select([target], cwd)):
                 if sid not in chosen:
                     chosen.append(sid)
+        check_runnable(graph, chosen)
         chain = {s: ([chosen[i - 1]] if i else []) for i, s in enumerate(chosen)}
         run_options = dataclasses.replace(options, keep_going=not fail_fast)
         with self.state(project, options) as store:
@@ -266,22 +263,24 @@ def decide_stage(stage: Stage, store: StateStore, root: Path, forced: bool) -> t
 
 
 def check_sources(project: Project, graph: BuildGraph, closure: list[StageId]) -> None:
-    """Raise MissingInputs naming every dep of `closure` that nothing writes and that is absent."""
-    problems = []
+    """Raise MissingInputs locating every dep of `closure` that nothing writes and that is absent."""
     root = str(project.root)
-    for missing in graph.missing_sources(lambda p: os.path.lexists(os.path.join(root, p)), among=closure):
-        names = ", ".join(graph.label(s) for s in missing.needed_by)
-        problems.append(f"'{missing.path}' does not exist and no stage writes it (needed by {names})")
+    problems = graph.missing_inputs(lambda p: os.path.lexists(os.path.join(root, p)), among=closure)
     if problems:
-        raise MissingInputs("\n".join([*problems[:-1], problems[-1] + "; create it or fix the deps"]))
+        raise MissingInputs(problems)
 
 
 def check_runnable(graph: BuildGraph, closure: list[StageId]) -> None:
-    py = [graph.label(s) for s in closure if graph.stages[s].command is None]
-    if py:
-        raise PivotError(
-            f"stage {', '.join(py)} uses 'py:', which this version of pivotbuild cannot run yet; use 'run:' for now"
-        )
+    """Raise PivotfileError locating each `py:` of `closure`: this version runs only `run:` scripts."""
+    problems = []
+    for sid in closure:
+        stage = graph.stages[sid]
+        if stage.command is None:
+            name = graph.label(StageId(sid.pipeline, stage.base))  # once for all the variants of a matrix
+            message = f"stage '{name}' uses 'py:', which this version of pivotbuild cannot run yet; use 'run:' for now"
+            problems.append(graph.located(stage.py_loc or stage.loc, message))
+    if problems:
+        raise PivotfileError(problems)
 
 
 __all__ = ["EXIT_FAILED", "EXIT_OK", "Engine", "Interrupted", "MissingInputs", "Preloaded"]

@@ -21,21 +21,26 @@ class Location:
 
 @dataclass(frozen=True, slots=True)
 class Diagnostic:
-    """One located problem in a Pivotfile (or a params file it reads)."""
+    """One located problem in a Pivotfile (or a params file it reads).
+
+    `severity` is "error", "warning" or "note"; `notes` point at the other
+    places involved (the first stage writing a path two stages write)."""
 
     loc: Location
     message: str
     source_line: str = ""
+    severity: str = "error"
+    notes: tuple[Diagnostic, ...] = ()
 
     def render(self) -> str:
-        """`PATH:LINE:COL: error: MESSAGE`, then the source line and a caret."""
-        head = f"{self.loc.path}:{self.loc.line}:{self.loc.col}: error: {self.message}"
-        if not self.source_line:
-            return head
-        line = self.source_line.rstrip("\r\n")
-        # Keep tabs before the caret so it lines up under the same character.
-        prefix = "".join(c if c == "\t" else " " for c in line[: max(self.loc.col - 1, 0)])
-        return f"{head}\n    {line}\n    {prefix}^"
+        """`PATH:LINE:COL: error: MESSAGE`, then the source line and a caret; then each note, alike."""
+        head = f"{self.loc.path}:{self.loc.line}:{self.loc.col}: {self.severity}: {self.message}"
+        if self.source_line:
+            line = self.source_line.rstrip("\r\n")
+            # Keep tabs before the caret so it lines up under the same character.
+            prefix = "".join(c if c == "\t" else " " for c in line[: max(self.loc.col - 1, 0)])
+            head = f"{head}\n    {line}\n    {prefix}^"
+        return "\n".join([head, *(n.render() for n in self.notes)])
 
 
 class PivotError(Exception):
@@ -51,6 +56,8 @@ class PivotError(Exception):
 class PivotfileError(PivotError):
     """One or more located problems in Pivotfiles; rendered compiler-style."""
 
+    advice = "fix the Pivotfile and run again"
+
     def __init__(self, diagnostics: Iterable[Diagnostic]) -> None:
         # The same mistake can surface once per matrix variant: report it once.
         unique = {(d.loc, d.message): d for d in diagnostics}
@@ -59,23 +66,31 @@ class PivotfileError(PivotError):
         count = len(self.diagnostics)
         noun = "error" if count == 1 else "errors"
         files = sorted({d.loc.path for d in self.diagnostics})
-        super().__init__(f"{count} {noun} in {', '.join(files)}; fix the Pivotfile and run again")
+        super().__init__(f"{count} {noun} in {', '.join(files)}; {self.advice}")
 
     def render(self) -> str:
         return "\n".join(d.render() for d in self.diagnostics)
 
 
-class GraphError(PivotError):
-    """The stages do not form a valid build graph (duplicate or nested outputs)."""
+class GraphError(PivotfileError):
+    """The stages do not form a valid build graph (two stages writing one path,
+    an output inside another's output directory, a cycle), located at the
+    stages and the words involved."""
 
 
 class CycleError(GraphError):
-    """Stages depend on each other in a loop; `cycle` lists them, first repeated last."""
+    """Stages depend on each other in a loop (and nothing else is wrong);
+    `cycle` lists the first loop's stages, the first repeated last."""
 
-    def __init__(self, cycle: Sequence[str], detail: str = "") -> None:
+    def __init__(self, cycle: Sequence[str], diagnostics: Iterable[Diagnostic]) -> None:
         self.cycle = tuple(cycle)
-        text = " -> ".join(self.cycle)
-        super().__init__(f"dependency cycle: {text}" + (f"\n{detail}" if detail else ""))
+        super().__init__(diagnostics)
+
+
+class MissingInputs(PivotfileError):
+    """Deps that no stage writes and that do not exist, located where they are listed."""
+
+    advice = "create the missing files or fix the deps"
 
 
 class TargetError(PivotError):

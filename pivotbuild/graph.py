@@ -22,9 +22,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from pivotbuild.errors import CycleError, GraphError, TargetError
+from pivotbuild.errors import CycleError, Diagnostic, GraphError, Location, TargetError
 from pivotbuild.globs import glob_regex, may_match_under
-from pivotbuild.model import Stage, StageId
+from pivotbuild.model import Out, Stage, StageId
 from pivotbuild.suggest import close_matches
 
 if TYPE_CHECKING:
@@ -32,41 +32,61 @@ if TYPE_CHECKING:
 
 STAGE, ARTIFACT = 0, 1
 
+SourceLines = Callable[[Location], str]
+"""The text of the line a location points at ("" if it cannot be read)."""
+
+
+def _no_lines(loc: Location) -> str:
+    return ""
+
 
 @dataclass(frozen=True, slots=True)
 class MissingDep:
     path: str
     needed_by: tuple[StageId, ...]
+    where: tuple[Location, ...]  # where each of those stages lists it
 
 
 class BuildGraph:
     """Validated graph of stages and the files between them."""
 
-    def __init__(self, stages: Sequence[Stage], current: str = "") -> None:
-        """Build and validate.  Raises GraphError (naming the stages) or CycleError.
+    def __init__(self, stages: Sequence[Stage], current: str = "", lines: SourceLines = _no_lines) -> None:
+        """Build and validate.  Raises GraphError listing every problem with the
+        outputs, located at the stages and words involved, else CycleError
+        listing every cycle.
 
-        `current` is the pipeline directory whose stages are named without prefix.
+        `current` is the pipeline directory whose stages are named without
+        prefix; `lines` reads the source lines the errors quote.
         """
         import networkx as nx
 
-        self._setup(stages, current)
+        self._setup(stages, current, lines)
         self._g: nx.DiGraph[object] | None = nx.DiGraph()
-        self._build()
+        problems = self._build()
+        if problems:  # not the cycles too: an output in two places makes loops of its own
+            raise GraphError(problems)
         stage_graph = self._project_stages()
-        self._check_cycles(stage_graph)
+        cycles, loops = self._cycles(stage_graph)
+        if loops:
+            raise CycleError(cycles[0], loops)
         order = list(nx.lexicographical_topological_sort(stage_graph, key=self._index.__getitem__))
         preds = {s: self._ordered(stage_graph.predecessors(s)) for s in order}
         self._link(order, preds)
 
     @classmethod
     def restore(
-        cls, stages: Sequence[Stage], current: str, order: Sequence[int], preds: Sequence[Sequence[int]]
+        cls,
+        stages: Sequence[Stage],
+        current: str,
+        order: Sequence[int],
+        preds: Sequence[Sequence[int]],
+        lines: SourceLines = _no_lines,
     ) -> BuildGraph:
         """A graph already validated once, from its stages, a topological `order`
         and each stage's direct upstream stages (indices into `stages`): what a
         compiled plan stores.  No networkx, no validation."""
         graph = cls.__new__(cls)
-        graph._setup(stages, current)
+        graph._setup(stages, current, lines)
         graph._g = None
         for stage in stages:
             for out in stage.outs:
@@ -78,8 +98,9 @@ class BuildGraph:
         graph._link([ids[i] for i in order], {ids[i]: [ids[j] for j in preds[i]] for i in range(len(ids))})
         return graph
 
-    def _setup(self, stages: Sequence[Stage], current: str) -> None:
+    def _setup(self, stages: Sequence[Stage], current: str, lines: SourceLines) -> None:
         self.current = current
+        self._lines = lines
         self.stages: dict[StageId, Stage] = {s.id: s for s in stages}
         self._index = {s.id: i for i, s in enumerate(stages)}
         self._producer: dict[str, StageId] = {}
@@ -101,7 +122,7 @@ class BuildGraph:
     def g(self) -> nx.DiGraph[object]:
         """The bipartite networkx graph (built on first use for a restored graph)."""
         if self._g is None:
-            rebuilt = BuildGraph(list(self.stages.values()), self.current)
+            rebuilt = BuildGraph(list(self.stages.values()), self.current, self._lines)
             self._g = rebuilt._g
         assert self._g is not None
         return self._g
@@ -112,37 +133,28 @@ class BuildGraph:
 
     # -- construction ---------------------------------------------------------------
 
-    def _build(self) -> None:
+    def _build(self) -> list[Diagnostic]:
+        """Add every stage and file; the problems found with the outputs."""
         g = self._g
         assert g is not None
-        problems: list[str] = []
+        writers: dict[str, list[tuple[Stage, Out]]] = {}
         for stage in self.stages.values():
             g.add_node(stage.id, bipartite=STAGE)
             for out in stage.outs:
-                other = self._producer.get(out.path)
-                if other is not None:
-                    who = (
-                        "it twice"
-                        if other == stage.id
-                        else f"it too ({self._label(other)} and {self._label(stage.id)})"
-                    )
-                    problems.append(f"two stages write '{out.path}': {self._label(other)} writes {who}")
+                writers.setdefault(out.path, []).append((stage, out))
+                if out.path in self._producer:
                     continue
                 self._producer[out.path] = stage.id
                 if out.is_dir:
                     self._dir_outs.add(out.path)
                 g.add_node(out.path, bipartite=ARTIFACT)
                 g.add_edge(stage.id, out.path, kind="out")
+        problems = [self._shared_output(path, w) for path, w in writers.items() if len(w) > 1]
         self._outs_sorted = sorted(self._producer)
         for path in self._outs_sorted:
             parent = self._enclosing_out(path)
             if parent is not None:
-                a, b = self._producer[parent], self._producer[path]
-                problems.append(
-                    f"output '{path}' of {self._label(b)} is inside output directory '{parent}' of {self._label(a)}"
-                )
-        if problems:
-            raise GraphError("\n".join(problems))
+                problems.append(self._nested_output(writers[path][0], writers[parent][0]))
         for stage in self.stages.values():
             for dep in stage.deps:
                 g.add_node(dep.path, bipartite=ARTIFACT, glob=dep.is_glob)
@@ -150,6 +162,46 @@ class BuildGraph:
                 for producer in self._producers_of(dep.path, dep.is_glob):
                     if not g.has_edge(producer, dep.path):
                         g.add_edge(producer, dep.path, kind="part")
+        return problems
+
+    def _shared_output(self, path: str, writers: list[tuple[Stage, Out]]) -> Diagnostic:
+        """Located at the second stage writing `path`, with a note at each other one."""
+        names = [self._label(stage.id) for stage, _ in writers]
+        listed = " and ".join(names) if len(names) == 2 else ", ".join(names)
+        stage, out = writers[1]
+        where = stage.at(out.pos)
+        notes = [
+            self._located(s.at(o.pos), f"{self._label(s.id)} writes '{path}' here", severity="note")
+            for s, o in (writers[0], *writers[2:])
+            if s.at(o.pos) != where
+        ]
+        if len({(s.id.pipeline, s.base) for s, _ in writers}) == 1:  # variants of one matrix stage
+            values = [dict(s.matrix) for s, _ in writers]
+            differ = [axis for axis, _ in stage.matrix if len({v[axis] for v in values}) > 1]
+            hint = f"put {' and '.join(f'${{{axis}}}' for axis in differ)} in the path"
+        else:
+            hint = "give each stage its own outputs"
+        return self._located(where, f"two stages write '{path}': {listed}; {hint}", notes)
+
+    def _nested_output(self, inner: tuple[Stage, Out], outer: tuple[Stage, Out]) -> Diagnostic:
+        """Located at the output inside the directory, with a note at the directory."""
+        (stage, out), (dir_stage, dir_out) = inner, outer
+        a, b = self._label(dir_stage.id), self._label(stage.id)
+        directory = f"'{dir_out.path}/'"
+        if stage.id == dir_stage.id:
+            message = f"output '{out.path}' of {b} is inside its output directory {directory}; list only the directory"
+        else:
+            message = (
+                f"output '{out.path}' of {b} is inside output directory {directory} of {a}, "
+                f"which {a} writes whole; write it elsewhere, or let {a} write it"
+            )
+        note = self._located(dir_stage.at(dir_out.pos), f"{a} writes the directory {directory} here", severity="note")
+        return self._located(stage.at(out.pos), message, [note])
+
+    def _located(
+        self, loc: Location, message: str, notes: Sequence[Diagnostic] = (), severity: str = "error"
+    ) -> Diagnostic:
+        return Diagnostic(loc, message, self._lines(loc), severity, tuple(notes))
 
     def _enclosing_out(self, path: str) -> str | None:
         """The output that is a proper ancestor directory of `path`, if any."""
@@ -201,23 +253,48 @@ class BuildGraph:
                     sg.add_edge(sid, consumer)
         return sg
 
-    def _check_cycles(self, stage_graph: nx.DiGraph[StageId]) -> None:
+    def _cycles(self, stage_graph: nx.DiGraph[StageId]) -> tuple[list[list[str]], list[Diagnostic]]:
+        """One loop in each set of stages that need each other: its stages'
+        names (the first repeated last), and the error, located at the stage
+        declared first, with a note at each dep that closes a link."""
         import networkx as nx
 
+        if nx.is_directed_acyclic_graph(stage_graph):  # linear; the search below is far slower on a big DAG
+            return [], []
+        firsts = []
+        for component in nx.strongly_connected_components(stage_graph):
+            first = min(component, key=self._index.__getitem__)
+            if len(component) > 1 or stage_graph.has_edge(first, first):
+                firsts.append((first, component))
+        cycles, problems = [], []
+        for first, component in sorted(firsts, key=lambda f: self._index[f[0]]):
+            loop = _loop(stage_graph.subgraph(component), first, self._index)
+            names = [self._label(s) for s in [*loop, first]]
+            notes = [self._link_note(u, v) for u, v in zip(loop, [*loop[1:], first], strict=True)]
+            if len(loop) == 1:
+                message = f"dependency cycle: {' -> '.join(names)}: it reads a file it writes; drop that dep"
+            else:
+                message = (
+                    f"dependency cycle: {' -> '.join(names)} (each stage writes a file the next one reads); "
+                    "drop one of the deps noted below to break it"
+                )
+            cycles.append(names)
+            problems.append(self._located(self.stages[first].loc, message, notes))
+        return cycles, problems
+
+    def _link_note(self, u: StageId, v: StageId) -> Diagnostic:
+        """Where `v` lists the file(s) of `u` it reads."""
         g = self._g
         assert g is not None
-        if nx.is_directed_acyclic_graph(stage_graph):  # linear; find_cycle is far slower on a big DAG
-            return
-        try:
-            edges = nx.find_cycle(stage_graph)
-        except nx.NetworkXNoCycle:
-            return
-        cycle = [self._label(u) for u, _ in edges] + [self._label(edges[0][0])]
-        via = []
-        for u, v in edges:
-            shared = sorted(str(a) for a in g.successors(u) if g.has_edge(a, v))
-            via.append(f"  {self._label(v)} reads {', '.join(shared)} written by {self._label(u)}")
-        raise CycleError(cycle, "\n".join(via))
+        shared = sorted(str(a) for a in g.successors(u) if g.has_edge(a, v))
+        stage = self.stages[v]
+        dep = next((d for d in stage.deps if d.path in shared), None)
+        files = ", ".join(f"'{f}'" for f in shared)
+        return self._located(
+            stage.at(dep.pos if dep else None),
+            f"{self._label(v)} reads {files}, written by {self._label(u)}",
+            severity="note",
+        )
 
     def _label(self, sid: StageId) -> str:
         return sid.label(self.current)
@@ -286,20 +363,44 @@ class BuildGraph:
     ) -> list[MissingDep]:
         """Deps (of the stages `among`, default all) that no stage produces and
         that `exists` says are absent (globs excluded)."""
-        needed: dict[str, list[StageId]] = {}
+        needed: dict[str, dict[StageId, Location]] = {}
         wanted = None if among is None else set(among)
         for sid, stage in self.stages.items():
             if wanted is not None and sid not in wanted:
                 continue
             for dep in stage.deps:
                 if not dep.is_glob:
-                    needed.setdefault(dep.path, []).append(sid)
+                    needed.setdefault(dep.path, {}).setdefault(sid, stage.at(dep.pos))
         missing = []
         for path, users in needed.items():
             if self._producers_of(path, False) or exists(path):
                 continue
-            missing.append(MissingDep(path, tuple(dict.fromkeys(users))))
+            missing.append(MissingDep(path, tuple(users), tuple(users.values())))
         return sorted(missing, key=lambda m: m.path)
+
+    def missing_inputs(
+        self, exists: Callable[[str], bool], among: Iterable[StageId] | None = None, severity: str = "error"
+    ) -> list[Diagnostic]:
+        """`missing_sources` as located problems: each at the first dep naming
+        the path, with a note at each other place that lists it."""
+        found = []
+        for missing in self.missing_sources(exists, among):
+            users = ", ".join(self._label(s) for s in missing.needed_by)
+            others: dict[Location, list[str]] = {}  # matrix variants list it at one place
+            for sid, loc in zip(missing.needed_by, missing.where, strict=True):
+                if loc != missing.where[0]:
+                    others.setdefault(loc, []).append(self._label(sid))
+            notes = [
+                self._located(loc, f"{', '.join(who)} need{'s' * (len(who) == 1)} it too", severity="note")
+                for loc, who in others.items()
+            ]
+            message = f"'{missing.path}' does not exist and no stage writes it (needed by {users})"
+            found.append(self._located(missing.where[0], message, notes, severity))
+        return found
+
+    def located(self, loc: Location, message: str) -> Diagnostic:
+        """An error at `loc`, quoting its source line."""
+        return self._located(loc, message)
 
     def _ordered(self, ids: Iterable[object]) -> list[StageId]:
         return sorted((i for i in ids if isinstance(i, StageId)), key=self._index.__getitem__)
@@ -361,3 +462,15 @@ class BuildGraph:
             f"; did you mean {' or '.join(repr(n) for n in near)}?" if near else "; 'pivotbuild list' shows the stages"
         )
         return f"unknown target '{target}': no stage or output has that name{hint}"
+
+
+def _loop(component: nx.DiGraph[StageId], first: StageId, index: dict[StageId, int]) -> list[StageId]:
+    """A shortest loop through `first` in a set of stages that all reach each
+    other, from `first` up to the stage that leads back to it."""
+    import networkx as nx
+
+    if component.has_edge(first, first):
+        return [first]
+    paths: dict[StageId, list[StageId]] = nx.single_source_shortest_path(component, first)
+    back = min(component.predecessors(first), key=lambda u: (len(paths[u]), index[u]))
+    return paths[back]

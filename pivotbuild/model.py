@@ -10,7 +10,7 @@ from __future__ import annotations
 import posixpath
 import shlex
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from pivotbuild.errors import Location
@@ -38,11 +38,19 @@ class StageId(NamedTuple):
         return self.label()
 
 
+# A dep's or out's `pos` is the (line, column) of the word that named it in its
+# stage's Pivotfile (`Stage.at` makes it a Location), for locating graph errors.
+# It is not part of what the path means (equal paths compare equal), and a
+# plain tuple: a compiled plan restores thousands without building an object each.
+Pos = tuple[int, int]
+
+
 @dataclass(frozen=True, slots=True)
 class Dep:
     path: str
     is_glob: bool = False
     dir_hint: bool = False  # written with a trailing slash
+    pos: Pos | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +60,7 @@ class Out:
     cache: bool = True
     persist: bool = False
     incremental: bool = False
+    pos: Pos | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,9 +77,10 @@ Command = tuple[str | AutoVar, ...]
 class Stage:
     id: StageId
     base: str  # the name before `@` (the matrix base), or the name itself
-    loc: Location
+    loc: Location  # the stage's name in `stage NAME:`
     command: Command | None  # the run: script with `$@ $< $^` still to fill in
     py: str | None = None  # module:function
+    py_loc: Location | None = field(default=None, compare=False)  # where `py:` names it (as `pos`)
     matrix: tuple[tuple[str, str], ...] = ()
     desc: str = ""
     deps: tuple[Dep, ...] = ()
@@ -116,6 +126,10 @@ class Stage:
 
     def _quoted(self, paths: Sequence[str]) -> str:
         return " ".join(shlex.quote(self.relative(p)) for p in paths)
+
+    def at(self, pos: Pos | None) -> Location:
+        """Where `pos` (a dep's or out's) is in this stage's Pivotfile; the stage's name if not known."""
+        return self.loc if pos is None else Location(self.loc.path, *pos)
 
     def relative(self, path: str) -> str:
         """`path` (root-relative or absolute) as seen from the stage's working directory."""

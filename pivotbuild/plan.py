@@ -46,7 +46,7 @@ if TYPE_CHECKING:  # the no-op check imports none of these
 
 PLAN = "plan"
 MAGIC = b"PIVPLAN\n"
-FORMAT = 1
+FORMAT = 2  # 2: locations as [line, col] in their pipeline's file; deps', outs' and `py:`'s too
 _SUM = 8  # XXH3-64 of everything between the magic and it
 
 
@@ -152,8 +152,10 @@ def save(project: Project, graph: BuildGraph, main_file: Path, overrides: Mappin
     return pid
 
 
-def _loc(loc: Location) -> list[Any]:
-    return [loc.path, loc.line, loc.col]
+def _loc(loc: Location | None) -> list[Any] | None:
+    """[line, col]: a location is always in its pipeline's Pivotfile, whose
+    path is shown relative to the directory of each run (see `restore`)."""
+    return None if loc is None else [loc.line, loc.col]
 
 
 def _pipeline(p: Pipeline) -> list[Any]:
@@ -180,10 +182,11 @@ def _stage(s: Stage) -> list[Any]:
         _loc(s.loc),
         command,
         s.py,
+        _loc(s.py_loc),
         [list(m) for m in s.matrix],
         s.desc,
-        [[d.path, d.is_glob, d.dir_hint] for d in s.deps],
-        [[o.path, o.is_dir, o.cache, o.persist, o.incremental] for o in s.outs],
+        [[d.path, d.is_glob, d.dir_hint, d.pos] for d in s.deps],
+        [[o.path, o.is_dir, o.cache, o.persist, o.incremental, o.pos] for o in s.outs],
         [[p.file, p.key, p.value_json] for p in s.params],
         list(s.shell),
         list(s.mutex),
@@ -244,54 +247,54 @@ def restore(loaded: Loaded, cwd: Path) -> tuple[Project, BuildGraph] | None:
     from pivotbuild.errors import Location
     from pivotbuild.graph import BuildGraph
     from pivotbuild.model import IncludeRef, Pipeline, TargetRef
-    from pivotbuild.project import Project
+    from pivotbuild.project import Project, display_path
 
+    index = loaded.index
+    here = cwd.resolve()
     try:
         pipelines_raw, stages_raw, main_at = msgpack.unpackb(loaded.body, use_list=False)
-        stages = [_unstage(s) for s in stages_raw]
+        stages: list[Stage] = []
         pipelines: list[Pipeline] = []
-        at = 0
         for dir_, file, name, n, default, includes, params_files in pipelines_raw:
-            own = tuple(stages[at : at + n])
-            at += n
+            shown = display_path(Path(index.root, file), here)  # where this run names the file
+            own = tuple(_unstage(r, shown) for r in stages_raw[len(stages) : len(stages) + n])
+            stages.extend(own)
             pipelines.append(
                 Pipeline(
                     dir_,
                     file,
                     name,
                     own,
-                    tuple(TargetRef(t, Location(*loc)) for t, loc in default),
-                    tuple(IncludeRef(p, Location(*loc)) for p, loc in includes),
+                    tuple(TargetRef(t, Location(shown, *loc)) for t, loc in default),
+                    tuple(IncludeRef(p, Location(shown, *loc)) for p, loc in includes),
                     tuple(params_files),
                 )
             )
-        index = loaded.index
-        graph = BuildGraph.restore(stages, index.current, index.order, index.preds)
+        project = Project(Path(index.root), here, pipelines[main_at], tuple(pipelines), loaded.sources, index.plan_id)
+        graph = BuildGraph.restore(stages, index.current, index.order, index.preds, project.line)
     except (ValueError, TypeError, IndexError, KeyError, msgpack.UnpackException):
         return None
-    project = Project(
-        Path(index.root), cwd.resolve(), pipelines[main_at], tuple(pipelines), loaded.sources, index.plan_id
-    )
     return project, graph
 
 
-def _unstage(r: Sequence[Any]) -> Stage:
+def _unstage(r: Sequence[Any], file: str) -> Stage:
     from pivotbuild.errors import Location
     from pivotbuild.model import Dep, Out, Param, Stage, StageId
     from pivotbuild.pivotfile.interpolate import AutoVar
 
     auto = list(AutoVar)
-    (pipeline, name, base, loc, command, py, matrix, desc, deps, outs, params) = r[:11]
-    (shell, mutex, jobs, mem, timeout, retry, env, workdir, always) = r[11:]
+    (pipeline, name, base, loc, command, py, py_loc, matrix, desc, deps, outs, params) = r[:12]
+    (shell, mutex, jobs, mem, timeout, retry, env, workdir, always) = r[12:]
     return Stage(
         id=StageId(pipeline, name),
         base=base,
-        loc=Location(*loc),
+        loc=Location(file, *loc),
         command=None if command is None else tuple(p if isinstance(p, str) else auto[p] for p in command),
         py=py,
+        py_loc=None if py_loc is None else Location(file, *py_loc),
         matrix=tuple(tuple(m) for m in matrix),
         desc=desc,
-        deps=tuple(Dep(*d) for d in deps),
+        deps=tuple(Dep(*d) for d in deps),  # positions as decoded: (line, col) tuples
         outs=tuple(Out(*o) for o in outs),
         params=tuple(Param(*p) for p in params),
         shell=tuple(shell),

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pivotbuild import paths
-from pivotbuild.errors import Diagnostic, PivotfileError, ProjectError
+from pivotbuild.errors import Diagnostic, Location, PivotfileError, ProjectError
 from pivotbuild.model import Pipeline, Stage
 from pivotbuild.stamps import Source, read_source
 
@@ -49,6 +49,10 @@ class Project:
     def current_dir(self) -> str:
         """The pipeline whose stages are named without a prefix."""
         return self.main.dir if self.main else ""
+
+    def line(self, loc: Location) -> str:
+        """The source line `loc` points at (its path is shown relative to `cwd`), for quoting in an error."""
+        return source_line(self.cwd / loc.path, loc.line)
 
 
 def load_project(options: LoadOptions) -> Project:
@@ -129,8 +133,7 @@ class _Loader:
         self.sources: list[Source] = []
 
     def display(self, path: Path) -> str:
-        rel = os.path.relpath(path, self.cwd)
-        return path.as_posix() if rel.startswith("../../..") else Path(rel).as_posix()
+        return display_path(path, self.cwd)
 
     def load(self, path: Path) -> Pipeline | None:
         """Compile `path` and, depth first, the pipelines it includes."""
@@ -161,7 +164,8 @@ class _Loader:
             target = self.include_path(path.parent, inc.path)
             problem = self._include_problem(target)
             if problem:
-                self.errors.append(Diagnostic(inc.loc, f"include '{inc.path}': {problem}", _line(path, inc.loc.line)))
+                line = source_line(path, inc.loc.line)
+                self.errors.append(Diagnostic(inc.loc, f"include '{inc.path}': {problem}", line))
                 continue
             self.load(target)
         return pipeline
@@ -181,9 +185,19 @@ class _Loader:
         return ""
 
 
-def _line(path: Path, n: int) -> str:
-    lines: Sequence[str] = path.read_text(encoding="utf-8").split("\n")
-    return lines[n - 1] if 0 < n <= len(lines) else ""
+def display_path(path: Path, cwd: Path) -> str:
+    """How errors name a Pivotfile: relative to the (resolved) `cwd`, unless that is far up."""
+    rel = os.path.relpath(path, cwd)
+    return path.as_posix() if rel.startswith("../../..") else Path(rel).as_posix()
+
+
+def source_line(path: Path, n: int) -> str:
+    """Line `n` of a text file ("" if it is not there, or cannot be read now)."""
+    try:
+        lines: Sequence[str] = path.read_text(encoding="utf-8").split("\n")
+    except (OSError, UnicodeDecodeError):
+        return ""
+    return lines[n - 1].rstrip("\r") if 0 < n <= len(lines) else ""
 
 
 def load_compiled(options: LoadOptions, warn: Callable[[str], None]) -> tuple[Project, BuildGraph]:
@@ -200,7 +214,7 @@ def load_compiled(options: LoadOptions, warn: Callable[[str], None]) -> tuple[Pr
         if restored is not None:
             return restored
     project = load_project(options)
-    graph = BuildGraph(project.stages, project.current_dir)
+    graph = BuildGraph(project.stages, project.current_dir, project.line)
     if main_file is not None:
         project = dataclasses.replace(project, plan_id=plan.save(project, graph, main_file, options.overrides))
     return project, graph

@@ -13,7 +13,7 @@ from pivotbuild.project import Project
 
 def open_graph(project: Project) -> BuildGraph:
     """The validated graph of every stage of the project."""
-    return BuildGraph(project.stages, project.current_dir)
+    return BuildGraph(project.stages, project.current_dir, project.line)
 
 
 def selected(project: Project, graph: BuildGraph, targets: Sequence[str]) -> list[StageId]:
@@ -34,13 +34,8 @@ def selected(project: Project, graph: BuildGraph, targets: Sequence[str]) -> lis
             try:
                 chosen.extend(graph.select([ref.text], main.dir))
             except TargetError as exc:
-                problems.append(Diagnostic(ref.loc, f"default: {exc.message}", _line(project, ref.loc.line, main.file)))
+                problems.append(Diagnostic(ref.loc, f"default: {exc.message}", project.line(ref.loc)))
         if problems:
             raise PivotfileError(problems)
         return graph.order(chosen)
     return graph.order()
-
-
-def _line(project: Project, n: int, file: str) -> str:
-    lines = (project.root / file).read_text(encoding="utf-8").split("\n")
-    return lines[n - 1] if 0 < n <= len(lines) else ""

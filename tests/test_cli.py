@@ -80,11 +80,12 @@ def test_check_warns_about_a_missing_source_file(pipe: Project) -> None:
     (pipe.root / "data" / "raw.csv").unlink()
     r = pipe.run("check")
     assert r.code == 0, r
-    warning = next(line for line in r.err.splitlines() if "warning" in line)
-    assert warning.startswith("pivotbuild: warning: ")
-    assert "'data/raw.csv'" in warning
-    assert "prepare" in warning
-    assert "ok" in r.err
+    assert r.err.splitlines()[:3] == [
+        "Pivotfile:5:11: warning: 'data/raw.csv' does not exist and no stage writes it (needed by prepare)",
+        "        deps: data/raw.csv",
+        "              ^",
+    ]
+    assert "pivotbuild: ok" in r.err
 
 
 def test_check_does_not_warn_about_produced_files_or_globs(project: Project) -> None:
@@ -157,10 +158,15 @@ def test_check_on_a_graph_error_names_both_stages(project: Project) -> None:
     r = project.run("check")
     assert r.code == 2, r
     no_traceback(r)
-    assert r.err.startswith("pivotbuild: ")
-    assert "x.txt" in r.err
-    assert "one" in r.err
-    assert "two" in r.err
+    assert r.err.splitlines() == [
+        "Pivotfile:5:11: error: two stages write 'x.txt': one and two; give each stage its own outputs",
+        "        outs: x.txt",
+        "              ^",
+        "Pivotfile:2:11: note: one writes 'x.txt' here",
+        "        outs: x.txt",
+        "              ^",
+        "pivotbuild: 1 error in Pivotfile; fix the Pivotfile and run again",
+    ]
 
 
 def test_check_on_a_cycle_prints_the_cycle(project: Project) -> None:
@@ -179,8 +185,10 @@ def test_check_on_a_cycle_prints_the_cycle(project: Project) -> None:
     r = project.run("check")
     assert r.code == 2, r
     no_traceback(r)
-    assert r.err.startswith("pivotbuild: ")
-    assert "a -> b -> a" in r.err
+    lines = r.err.splitlines()
+    assert lines[0].startswith("Pivotfile:1:7: error: dependency cycle: a -> b -> a")
+    assert lines[1:3] == ["    stage a:", "          ^"]
+    assert lines[-1] == "pivotbuild: 1 error in Pivotfile; fix the Pivotfile and run again"
 
 
 def test_check_validates_the_default_targets(project: Project) -> None:

@@ -264,6 +264,29 @@ def test_py_stage(root: Path) -> None:
     assert s.py == "pkg.mod_1:main_fn"
     assert s.command is None
     assert s.render_command() == ""
+    assert s.py_loc == Location("Pivotfile", 2, 9)
+
+
+def test_deps_and_outs_carry_the_position_of_the_word_naming_them(root: Path) -> None:
+    text = """
+    FILES = a.txt b.txt
+    stage s:
+        matrix: k=1 2
+        deps:  in.txt   ${FILES}
+        outs: out-${k}.txt (cache=false)  log/
+        run: echo
+    """
+    first, second = compile_text(text, root, subdir="sub").stages
+    assert [(d.path, first.at(d.pos)) for d in first.deps] == [
+        ("sub/in.txt", Location("Pivotfile", 4, 12)),
+        ("sub/a.txt", Location("Pivotfile", 4, 21)),
+        ("sub/b.txt", Location("Pivotfile", 4, 21)),
+    ]
+    assert [(o.path, o.pos) for o in second.outs] == [("sub/out-2.txt", (5, 11)), ("sub/log", (5, 39))]
+    # where a path is written is not what it means
+    assert first.deps[0] == Dep("sub/in.txt")
+    assert second.outs[1] == Out("sub/log", is_dir=True)
+    assert first.py_loc is None
 
 
 def test_mutex(root: Path) -> None:

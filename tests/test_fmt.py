@@ -53,7 +53,7 @@ def comment_texts(module: Module) -> list[str]:
 
 
 def without_locations(stage: Stage) -> Stage:
-    return dataclasses.replace(stage, loc=Location(stage.loc.path, 0, 0))
+    return dataclasses.replace(stage, loc=Location(stage.loc.path, 0, 0), py_loc=None)
 
 
 def meaning(pipeline: Pipeline) -> tuple[object, ...]:

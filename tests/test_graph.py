@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import textwrap
 from pathlib import Path
 
 import pytest
 from conftest import compile_text
 
-from pivotbuild.errors import CycleError, GraphError
+from pivotbuild.errors import CycleError, Diagnostic, GraphError
 from pivotbuild.globs import glob_regex
 from pivotbuild.graph import ARTIFACT, STAGE, BuildGraph
 from pivotbuild.model import StageId
@@ -97,7 +98,17 @@ def test_stages_without_files_are_still_nodes(tmp_path: Path) -> None:
 # -- validation ----------------------------------------------------------------------
 
 
-def test_two_stage_cycle_prints_the_cycle_and_the_files(tmp_path: Path) -> None:
+def located(tmp_path: Path, text: str) -> BuildGraph:
+    """Like `build`, the errors quoting their source lines from `text`."""
+    source = textwrap.dedent(text).lstrip("\n").split("\n")
+    return BuildGraph(compile_text(text, tmp_path).stages, "", lambda loc: source[loc.line - 1])
+
+
+def where(d: Diagnostic) -> tuple[int, int]:
+    return d.loc.line, d.loc.col
+
+
+def test_two_stage_cycle_is_located_at_the_first_stage_with_a_note_at_each_link(tmp_path: Path) -> None:
     text = """
     stage a:
         deps: y.txt
@@ -109,16 +120,22 @@ def test_two_stage_cycle_prints_the_cycle_and_the_files(tmp_path: Path) -> None:
         run: r
     """
     with pytest.raises(CycleError) as info:
-        build(tmp_path, text)
-    message = info.value.message
-    assert "a -> b -> a" in message
-    assert "x.txt" in message
-    assert "y.txt" in message
+        located(tmp_path, text)
     assert info.value.cycle == ("a", "b", "a")
     assert isinstance(info.value, GraphError)
+    (d,) = info.value.diagnostics
+    assert (d.loc.path, *where(d)) == ("Pivotfile", 1, 7)
+    assert d.severity == "error"
+    assert "dependency cycle: a -> b -> a" in d.message
+    assert d.source_line == "stage a:"
+    assert [(where(n), n.severity, n.message) for n in d.notes] == [
+        ((6, 11), "note", "b reads 'x.txt', written by a"),
+        ((2, 11), "note", "a reads 'y.txt', written by b"),
+    ]
+    assert [n.source_line for n in d.notes] == ["    deps: x.txt", "    deps: y.txt"]
 
 
-def test_three_stage_cycle(tmp_path: Path) -> None:
+def test_three_stage_cycle_notes_every_link(tmp_path: Path) -> None:
     text = """
     stage a:
         deps: c.txt
@@ -135,9 +152,12 @@ def test_three_stage_cycle(tmp_path: Path) -> None:
     """
     with pytest.raises(CycleError) as info:
         build(tmp_path, text)
-    assert "a -> b -> c -> a" in info.value.message
-    for f in ("a.txt", "b.txt", "c.txt"):
-        assert f in info.value.message
+    (d,) = info.value.diagnostics
+    assert "a -> b -> c -> a" in d.message
+    assert [where(n) for n in d.notes] == [(6, 11), (10, 11), (2, 11)]
+    assert ["'a.txt'" in d.notes[0].message, "'b.txt'" in d.notes[1].message, "'c.txt'" in d.notes[2].message] == [
+        True
+    ] * 3
 
 
 def test_self_cycle_stage_reads_its_own_output(tmp_path: Path) -> None:
@@ -149,8 +169,9 @@ def test_self_cycle_stage_reads_its_own_output(tmp_path: Path) -> None:
     """
     with pytest.raises(CycleError) as info:
         build(tmp_path, text)
-    assert "loop -> loop" in info.value.message
-    assert "out.txt" in info.value.message
+    (d,) = info.value.diagnostics
+    assert "loop -> loop" in d.message
+    assert [(where(n), n.message) for n in d.notes] == [((2, 11), "loop reads 'out.txt', written by loop")]
 
 
 def test_self_cycle_through_a_file_inside_its_output_directory(tmp_path: Path) -> None:
@@ -162,7 +183,40 @@ def test_self_cycle_through_a_file_inside_its_output_directory(tmp_path: Path) -
     """
     with pytest.raises(CycleError) as info:
         build(tmp_path, text)
-    assert "loop -> loop" in info.value.message
+    (d,) = info.value.diagnostics
+    assert "loop -> loop" in d.message
+    assert [where(n) for n in d.notes] == [(2, 11)]
+
+
+def test_every_separate_cycle_is_reported_shortest_loop_first_stage_first(tmp_path: Path) -> None:
+    text = """
+    stage free:
+        outs: f.txt
+        run: r
+    stage p:
+        deps: q.txt f.txt
+        outs: p.txt
+        run: r
+    stage q:
+        deps: p.txt
+        outs: q.txt
+        run: r
+    stage s:
+        deps: s.txt
+        outs: s.txt
+        run: r
+    """
+    with pytest.raises(CycleError) as info:
+        build(tmp_path, text)
+    assert info.value.cycle == ("p", "q", "p")
+    assert [(where(d), d.message) for d in info.value.diagnostics] == [
+        (
+            (4, 7),
+            "dependency cycle: p -> q -> p (each stage writes a file the next one reads); "
+            "drop one of the deps noted below to break it",
+        ),
+        ((12, 7), "dependency cycle: s -> s: it reads a file it writes; drop that dep"),
+    ]
 
 
 def test_cycle_is_not_reported_for_a_diamond(tmp_path: Path) -> None:
@@ -187,25 +241,36 @@ def test_cycle_is_not_reported_for_a_diamond(tmp_path: Path) -> None:
     assert names(g.order()) == ["a", "b", "c", "d"]
 
 
-def test_two_stages_writing_one_path_is_an_error_naming_both(tmp_path: Path) -> None:
+def test_two_stages_writing_one_path_is_located_at_the_second_with_a_note_at_the_first(tmp_path: Path) -> None:
     text = """
     stage first:
         outs: shared/out.txt
         run: r
     stage second:
-        outs: shared/out.txt
+        outs: other.txt shared/out.txt
         run: r
     """
     with pytest.raises(GraphError) as info:
-        build(tmp_path, text)
+        located(tmp_path, text)
     assert not isinstance(info.value, CycleError)
-    message = info.value.message
-    assert "shared/out.txt" in message
-    assert "first" in message
-    assert "second" in message
+    (d,) = info.value.diagnostics
+    assert where(d) == (5, 21)
+    assert d.message == "two stages write 'shared/out.txt': first and second; give each stage its own outputs"
+    assert d.source_line == "    outs: other.txt shared/out.txt"
+    assert [(where(n), n.severity, n.message) for n in d.notes] == [
+        ((2, 11), "note", "first writes 'shared/out.txt' here")
+    ]
+    assert d.render().splitlines() == [
+        "Pivotfile:5:21: error: two stages write 'shared/out.txt': first and second; give each stage its own outputs",
+        "        outs: other.txt shared/out.txt",
+        "                        ^",
+        "Pivotfile:2:11: note: first writes 'shared/out.txt' here",
+        "        outs: shared/out.txt",
+        "              ^",
+    ]
 
 
-def test_two_matrix_variants_writing_one_path_name_both(tmp_path: Path) -> None:
+def test_a_matrix_variant_and_a_stage_writing_one_path_name_both(tmp_path: Path) -> None:
     text = """
     stage a:
         outs: out.txt
@@ -220,12 +285,44 @@ def test_two_matrix_variants_writing_one_path_name_both(tmp_path: Path) -> None:
     """
     with pytest.raises(GraphError) as info:
         build(tmp_path, text)
-    assert "other-2.txt" in info.value.message
-    assert "b@2" in info.value.message
-    assert "c" in info.value.message
+    (d,) = info.value.diagnostics
+    assert where(d) == (9, 11)
+    assert "two stages write 'other-2.txt': b@2 and c" in d.message
+    assert [(where(n), n.message) for n in d.notes] == [((6, 11), "b@2 writes 'other-2.txt' here")]
 
 
-def test_output_inside_another_stages_output_directory_names_both(tmp_path: Path) -> None:
+def test_matrix_variants_writing_one_path_are_one_error_at_the_outs_word(tmp_path: Path) -> None:
+    text = """
+    stage train:
+        matrix: model=a b c
+        outs: model.pkl
+        run: r
+    """
+    with pytest.raises(GraphError) as info:
+        build(tmp_path, text)
+    (d,) = info.value.diagnostics
+    assert where(d) == (3, 11)
+    assert "two stages write 'model.pkl': train@a, train@b, train@c" in d.message
+    assert d.message.endswith("; put ${model} in the path")
+    assert d.notes == ()
+
+
+def test_matrix_variants_writing_one_path_are_told_the_axes_that_tell_them_apart(tmp_path: Path) -> None:
+    text = """
+    stage train:
+        matrix: model=a b lr=1 2
+        outs: model-${model}.pkl
+        run: r
+    """
+    with pytest.raises(GraphError) as info:
+        build(tmp_path, text)
+    assert [d.message for d in info.value.diagnostics] == [
+        "two stages write 'model-a.pkl': train@a-1 and train@a-2; put ${lr} in the path",
+        "two stages write 'model-b.pkl': train@b-1 and train@b-2; put ${lr} in the path",
+    ]
+
+
+def test_output_inside_another_stages_output_directory_is_located_at_it(tmp_path: Path) -> None:
     text = """
     stage plots:
         outs: reports/plots/
@@ -235,12 +332,15 @@ def test_output_inside_another_stages_output_directory_names_both(tmp_path: Path
         run: r
     """
     with pytest.raises(GraphError) as info:
-        build(tmp_path, text)
-    message = info.value.message
-    assert "reports/plots/summary.png" in message
-    assert "reports/plots" in message
-    assert "plots" in message
-    assert "summary" in message
+        located(tmp_path, text)
+    (d,) = info.value.diagnostics
+    assert where(d) == (5, 11)
+    assert d.message.startswith(
+        "output 'reports/plots/summary.png' of summary is inside output directory 'reports/plots/' of plots"
+    )
+    assert [(where(n), n.message, n.source_line) for n in d.notes] == [
+        ((2, 11), "plots writes the directory 'reports/plots/' here", "    outs: reports/plots/")
+    ]
 
 
 def test_output_nested_deeply_inside_another_output_directory(tmp_path: Path) -> None:
@@ -254,8 +354,16 @@ def test_output_nested_deeply_inside_another_output_directory(tmp_path: Path) ->
     """
     with pytest.raises(GraphError) as info:
         build(tmp_path, text)
-    assert "outer" in info.value.message
-    assert "inner" in info.value.message
+    (d,) = info.value.diagnostics
+    assert "of inner is inside output directory 'out/' of outer" in d.message
+
+
+def test_output_inside_the_stages_own_output_directory(tmp_path: Path) -> None:
+    with pytest.raises(GraphError) as info:
+        build(tmp_path, "stage a:\n    outs: d/ d/e.txt\n    run: r\n")
+    (d,) = info.value.diagnostics
+    assert where(d) == (2, 14)
+    assert d.message == "output 'd/e.txt' of a is inside its output directory 'd/'; list only the directory"
 
 
 def test_sibling_output_with_a_common_prefix_is_not_nested(tmp_path: Path) -> None:
@@ -273,7 +381,7 @@ def test_sibling_output_with_a_common_prefix_is_not_nested(tmp_path: Path) -> No
     assert g.producer("out.txt") == sid("b")
 
 
-def test_graph_error_collects_every_problem(tmp_path: Path) -> None:
+def test_graph_error_collects_every_problem_with_the_outputs_before_looking_for_cycles(tmp_path: Path) -> None:
     text = """
     stage a:
         outs: x.txt d/
@@ -282,13 +390,30 @@ def test_graph_error_collects_every_problem(tmp_path: Path) -> None:
         outs: x.txt
         run: r
     stage c:
+        deps: d/e.txt
         outs: d/e.txt
+        run: r
+    stage loop:
+        deps: l.txt
+        outs: l.txt
         run: r
     """
     with pytest.raises(GraphError) as info:
         build(tmp_path, text)
-    assert "x.txt" in info.value.message
-    assert "d/e.txt" in info.value.message
+    assert not isinstance(info.value, CycleError)
+    # c's output inside a's directory would also make c read a file a writes
+    # into a loop of its own; that is not reported, nor are cycles until the outputs are right
+    assert [(where(d), d.message.split(":")[0].split(",")[0]) for d in info.value.diagnostics] == [
+        ((5, 11), "two stages write 'x.txt'"),
+        ((9, 11), "output 'd/e.txt' of c is inside output directory 'd/' of a"),
+    ]
+    assert info.value.message == "2 errors in Pivotfile; fix the Pivotfile and run again"
+    fixed = text.replace("outs: x.txt d/", "outs: x.txt").replace(
+        "stage b:\n        outs: x.txt", "stage b:\n        outs: y.txt"
+    )
+    with pytest.raises(CycleError) as cycle:
+        build(tmp_path, fixed)
+    assert [where(d) for d in cycle.value.diagnostics] == [(7, 7), (11, 7)]
 
 
 # -- how deps find their producers -------------------------------------------------------
@@ -572,6 +697,35 @@ def test_missing_sources_names_dep_and_the_stages_needing_it(tmp_path: Path) -> 
     by_path = {m.path: m.needed_by for m in missing}
     assert by_path["data/raw.csv"] == (sid("a"), sid("b"))
     assert by_path["config.toml"] == (sid("c"),)
+
+
+def test_missing_inputs_are_located_at_the_first_dep_naming_them_with_a_note_at_the_others(tmp_path: Path) -> None:
+    text = """
+    stage a:
+        deps: present.txt data/raw.csv
+        run: r
+    stage b:
+        matrix: k=1 2
+        deps: data/raw.csv
+        run: r
+    stage c:
+        deps: config.toml
+        run: r
+    """
+    g = located(tmp_path, text)
+    found = g.missing_inputs(lambda p: p == "present.txt")
+    assert [(where(d), d.severity, d.message) for d in found] == [
+        ((9, 11), "error", "'config.toml' does not exist and no stage writes it (needed by c)"),
+        ((2, 23), "error", "'data/raw.csv' does not exist and no stage writes it (needed by a, b@1, b@2)"),
+    ]
+    assert found[1].source_line == "    deps: present.txt data/raw.csv"
+    # b's two variants list it at one place: one note
+    assert [(where(n), n.message) for n in found[1].notes] == [((6, 11), "b@1, b@2 need it too")]
+    assert g.missing_inputs(lambda p: True) == []
+    warnings = g.missing_inputs(lambda p: False, among=[sid("c")], severity="warning")
+    assert [d.render().splitlines()[0] for d in warnings] == [
+        "Pivotfile:9:11: warning: 'config.toml' does not exist and no stage writes it (needed by c)"
+    ]
 
 
 def test_missing_sources_asks_about_real_files(tmp_path: Path) -> None:

@@ -435,6 +435,38 @@ def test_a_plan_changed_on_disk_is_not_trusted(chain: Project) -> None:
     assert "echo X" not in show.out
 
 
+def test_errors_found_on_a_plan_are_located_in_the_file_named_from_the_directory_of_the_run(
+    chain: Project,
+) -> None:
+    # The plan keeps where each dep and `py:` is written: a build that does
+    # not parse the Pivotfile still points at the line, and names the file
+    # from where it runs, not from where the plan was compiled.
+    chain.write("sub/readme", "")
+    (chain.root / "in.txt").unlink()
+    first = traced(chain, "a")
+    assert first.parsed
+    assert first.code == 2
+    head = "Pivotfile:3:11: error: 'in.txt' does not exist and no stage writes it (needed by a)"
+    assert first.err.splitlines()[:3] == [head, "        deps: in.txt", "              ^"]
+    again = traced(chain, "a")
+    assert not again.parsed
+    assert again.err == first.err
+    elsewhere = traced(chain, "-f", "../Pivotfile", "a", cwd=chain.root / "sub")
+    assert not elsewhere.parsed
+    assert elsewhere.err.splitlines()[:3] == ["../" + head, "        deps: in.txt", "              ^"]
+    chain.pivotfile(CHAIN + "\nstage d:\n    py: tasks:main\n")
+    assert traced(chain, "d").parsed
+    refused = traced(chain, "d")
+    cannot_run = "which this version of pivotbuild cannot run yet; use 'run:' for now"
+    assert not refused.parsed
+    assert refused.code == 2
+    assert refused.err.splitlines()[:3] == [
+        f"Pivotfile:18:9: error: stage 'd' uses 'py:', {cannot_run}",
+        "        py: tasks:main",
+        "            ^",
+    ]
+
+
 def test_plan_and_seal_in_an_unwritable_state_directory_do_not_fail_the_build(chain: Project) -> None:
     built(chain)
     for name in ("plan", "seal"):

@@ -299,8 +299,13 @@ def test_duplicate_outputs_across_pipelines_name_both_stages(root: Path) -> None
     project = load(root)
     with pytest.raises(GraphError) as info:
         open_graph(project)
-    assert "sub/x.txt" in info.value.message
-    assert "sub:b" in info.value.message
+    (d,) = info.value.diagnostics
+    assert (d.loc.path, d.loc.line, d.loc.col) == ("sub/Pivotfile", 2, 11)
+    assert d.message.startswith("two stages write 'sub/x.txt': a and sub:b;")
+    assert d.source_line == "    outs: x.txt"
+    assert [(n.loc.path, n.loc.line, n.loc.col, n.source_line) for n in d.notes] == [
+        ("Pivotfile", 3, 11, "    outs: sub/x.txt")
+    ]
 
 
 # -- --all ----------------------------------------------------------------------------------------

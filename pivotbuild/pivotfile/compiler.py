@@ -279,6 +279,7 @@ class _Compiler:
             loc=self._loc(decl.name.pos),
             command=values.get("run"),  # type: ignore[arg-type]
             py=values.get("py"),  # type: ignore[arg-type]
+            py_loc=self._loc(fields["py"].words[0].pos) if "py" in fields else None,
             matrix=tuple(combo.items()),
             desc=values.get("desc", ""),  # type: ignore[arg-type]
             deps=values.get("deps", ()),  # type: ignore[arg-type]
@@ -322,7 +323,7 @@ class _Compiler:
         path = paths.make_relative(self.opts.root, paths.join(self.dir_rel, text))
         if path == "":
             raise self._fail(word.pos, "a dep cannot be the whole project root; name the files or directories read")
-        return Dep(path, is_glob=is_glob, dir_hint=text.endswith("/"))
+        return Dep(path, is_glob=is_glob, dir_hint=text.endswith("/"), pos=(word.pos.line, word.pos.col))
 
     def _check_glob(self, word: Word, text: str) -> None:
         for part in text.split("/"):
@@ -410,6 +411,7 @@ class _Compiler:
             cache=opts.get("cache", True),
             persist=opts.get("persist", False),
             incremental=opts.get("incremental", False),
+            pos=(word.pos.line, word.pos.col),
         )
 
     def _params_field(self, f: Field, scope: Scope) -> None:
