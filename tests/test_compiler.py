@@ -54,49 +54,7 @@ def one(text: str, root: Path, **kwargs: object) -> Stage:
 
 # -- the complete example of PIVOTFILE.md ----------------------------------------------
 
-EXAMPLE = r"""
-# Pivotfile
-pipeline demo                       # optional; default: the directory's name
-SHELL = bash -eu -o pipefail        # optional; default: /bin/sh -e
-SRC = src
-MODELS = small large
-
-default report                      # optional; default: every stage
-
-stage prepare:
-    desc: Clean the raw data
-    deps: data/raw.csv ${SRC}/prepare.py
-    outs: build/clean.csv
-    run: python ${SRC}/prepare.py $< $@
-
-stage train:
-    matrix: model=${MODELS} lr=0.1 0.01
-    deps: build/clean.csv ${SRC}/train.py
-    outs: models/${model}-${lr}.pkl
-    params: train.epochs            # read from params.toml beside the Pivotfile
-    mutex: gpu
-    jobs: 2                         # job-server tokens this stage holds
-    mem: 4G                         # memory the scheduler reserves for it
-    timeout: 30m
-    retry: 1
-    env: OMP_NUM_THREADS=2
-    run:
-        python ${SRC}/train.py --model ${model} --lr ${lr} \
-            --epochs ${params.train.epochs} --out $@
-        echo trained ${model}
-
-stage report:
-    deps: models/                   # a directory: its whole tree is hashed
-          build/clean.csv
-    outs: reports/summary.json
-          reports/plots/ (cache=false)
-    run: python ${SRC}/report.py
-
-stage lint:
-    always: yes                     # runs on every build, like a phony target
-    deps: src/**/*.py               # globs are expanded, sorted, and the set itself is tracked
-    run: ruff check ${SRC}
-"""
+EXAMPLE = (Path(__file__).parent / "fixtures" / "spec-example.Pivotfile").read_text(encoding="utf-8")
 
 EXAMPLE_SHELL = ("bash", "-eu", "-o", "pipefail")
 
