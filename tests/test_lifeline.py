@@ -14,6 +14,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from test_runner import read_pid
 
 from pivotbuild.lifeline import Lifeline
 
@@ -30,16 +31,6 @@ def wait_gone(pid: int, timeout: float = 10.0) -> bool:
     while alive(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
     return not alive(pid)
-
-
-def read_pid(path: Path) -> int:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        text = path.read_text() if path.exists() else ""
-        if text.endswith("\n"):
-            return int(text)
-        time.sleep(0.02)
-    raise AssertionError(f"no pid written to {path}")
 
 
 class Groups:
