@@ -1,4 +1,4 @@
-"""Benchmark of hashing file data (XXH3-128 via pivotbuild.hashing.hash_file) that is
+"""Benchmark of hashing file data (XXH3-128 via pivotbuild.state.hashing.hash_file) that is
 already in the page cache: 1 GiB when timing, 8 MiB when benchmarks are disabled (CI).
 
 The issue's target is at least 2 GB/s; the measured throughput (bytes / median
@@ -15,7 +15,7 @@ import pytest
 import xxhash
 from pytest_benchmark.fixture import BenchmarkFixture
 
-from pivotbuild.hashing import hash_file
+from pivotbuild.state.hashing import hash_file
 
 GIB = 1 << 30
 SMALL = 8 << 20
@@ -28,7 +28,7 @@ def data_file(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[in
     once per size per session and deleted at its end (pytest keeps old temporary
     directories, and 1 GiB each is too much to keep).  The digest is computed while
     writing, block by block with xxhash's own streaming hasher, independently of
-    pivotbuild.hashing."""
+    pivotbuild.state.hashing."""
     made: dict[int, tuple[Path, str]] = {}
 
     def make(size: int) -> tuple[Path, str]:

@@ -24,8 +24,8 @@ from pathlib import Path
 import pytest
 from pytest_benchmark.fixture import BenchmarkFixture
 
+from pivotbuild.build.options import BuildOptions
 from pivotbuild.graph import BuildGraph
-from pivotbuild.options import BuildOptions
 from pivotbuild.pivotfile.compiler import CompileOptions, compile_module
 from pivotbuild.pivotfile.parser import parse
 from pivotbuild.project import LoadOptions, load_project
@@ -226,7 +226,7 @@ def test_noop_fast_path(
 
 def test_noop_decide_1k(benchmark: BenchmarkFixture, built_1k: Path) -> None:
     """The engine's full decision (`Engine.status`: load, graph, decide every stage)."""
-    from pivotbuild.engine import Engine
+    from pivotbuild.build.engine import Engine
     from pivotbuild.events import Event
 
     class Quiet:

@@ -9,6 +9,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+# The exit statuses (CLI.md): the build's own three, then usage and internal errors.
+EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
+EXIT_USAGE, EXIT_BUG = 2, 3
+
 
 @dataclass(frozen=True, slots=True)
 class Location:

@@ -96,7 +96,10 @@ class StageFinished:
 
 
 @dataclass(frozen=True, slots=True)
-class Plan:
+class Decided:
+    """A dry run's verdict on one stage (`-n`): would it run, and why.  (Its
+    JSON name, "plan", is the contract's; the compiled plan is state/plan.py.)"""
+
     stage: str
     will_run: bool
     reason: str
@@ -142,7 +145,7 @@ class BuildFinished:
         }
 
 
-Event = BuildStarted | StageState | StageStarted | Log | StageFinished | Plan | Message | BuildFinished
+Event = BuildStarted | StageState | StageStarted | Log | StageFinished | Decided | Message | BuildFinished
 
 
 class Reporter(Protocol):

@@ -11,11 +11,11 @@ import posixpath
 import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import NamedTuple
 
 from pivotbuild.errors import Location
-from pivotbuild.pivotfile.interpolate import AutoVar
-from pivotbuild.stamps import Source
+from pivotbuild.state.stamps import Source
 
 DEFAULT_SHELL = ("/bin/sh", "-e")
 
@@ -68,6 +68,14 @@ class Param:
     file: str  # relative to the project root
     key: str
     value_json: str  # canonical JSON: sorted keys, no spaces
+
+
+class AutoVar(Enum):
+    """The automatic variables of `run:` scripts."""
+
+    OUTS = "@"
+    FIRST_DEP = "<"
+    ALL_DEPS = "^"
 
 
 Command = tuple[str | AutoVar, ...]

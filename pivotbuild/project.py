@@ -3,23 +3,16 @@ pipeline it includes (or, with `--all`, every Pivotfile under the root)."""
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import errno
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from pivotbuild import paths
 from pivotbuild.errors import Diagnostic, Location, PivotfileError, ProjectError
 from pivotbuild.model import Pipeline, Stage
-from pivotbuild.stamps import Source, read_source
-
-if TYPE_CHECKING:
-    from pivotbuild import plan
-    from pivotbuild.graph import BuildGraph
+from pivotbuild.state.stamps import Source, read_source
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +53,7 @@ def load_project(options: LoadOptions) -> Project:
     files at once) or ProjectError."""
     cwd = options.cwd.resolve()
     paths.forget_resolved()  # symlinks may have changed since the last compile in this process
-    main_file = _main_file(options)
+    main_file = main_file_of(options)
     if main_file is None and not options.all_pipelines:
         raise ProjectError(
             f"no Pivotfile in {cwd}; write one (see 'pivotbuild --help'), or point at it with -f PATH or -C DIR"
@@ -82,7 +75,7 @@ def load_project(options: LoadOptions) -> Project:
     return Project(root, cwd, main, pipelines, sources)
 
 
-def _main_file(options: LoadOptions) -> Path | None:
+def main_file_of(options: LoadOptions) -> Path | None:
     if options.file is not None:
         path = (options.cwd / options.file).resolve()
         if path.is_dir():
@@ -198,58 +191,3 @@ def source_line(path: Path, n: int) -> str:
     except (OSError, UnicodeDecodeError):
         return ""
     return lines[n - 1].rstrip("\r") if 0 < n <= len(lines) else ""
-
-
-def load_compiled(options: LoadOptions, warn: Callable[[str], None]) -> tuple[Project, BuildGraph]:
-    """The project and its validated graph: restored from the compiled plan when
-    that is still fresh, else compiled and validated (and the plan written).
-    A damaged plan is reported through `warn` and replaced."""
-    from pivotbuild import plan
-    from pivotbuild.graph import BuildGraph
-
-    main_file = None if options.all_pipelines else _main_file(options)
-    loaded = _fresh_plan(main_file, options.overrides, warn)
-    if loaded is not None:
-        restored = plan.restore(loaded, options.cwd)
-        if restored is not None:
-            return restored
-    project = load_project(options)
-    graph = BuildGraph(project.stages, project.current_dir, project.line)
-    if main_file is not None:
-        project = dataclasses.replace(project, plan_id=plan.save(project, graph, main_file, options.overrides))
-    return project, graph
-
-
-def stage_names(options: LoadOptions) -> tuple[str, list[tuple[str, str, str, bool]]]:
-    """The pipeline whose stages are named without a prefix, and each stage's
-    (pipeline, name, base, has a matrix): what a command line can name them by
-    (for shell completion).  Read from the compiled plan when it is fresh (no
-    parsing), else compiled; unlike load_compiled this writes nothing, not even
-    the plan.  Raises as load_project does."""
-    main_file = None if options.all_pipelines else _main_file(options)
-    loaded = _fresh_plan(main_file, options.overrides)
-    if loaded is not None:
-        return loaded.index.current, [(p, name, base, matrix) for p, name, base, matrix, _ in loaded.index.stages]
-    project = load_project(options)
-    return project.current_dir, [(s.id.pipeline, s.id.name, s.base, bool(s.matrix)) for s in project.stages]
-
-
-def _fresh_plan(
-    main_file: Path | None, overrides: Mapping[str, str], warn: Callable[[str], None] | None = None
-) -> plan.Loaded | None:
-    """The compiled plan of `main_file` with these variables, if it is still
-    fresh.  A damaged plan is reported through `warn` (if given) and ignored."""
-    from pivotbuild import plan
-
-    if main_file is None:
-        return None
-    try:
-        loaded = plan.read(main_file, overrides)
-    except plan.Damaged as exc:
-        if warn is not None:
-            shown = plan.plan_path(main_file.parent)
-            with contextlib.suppress(ValueError):
-                shown = shown.relative_to(paths.find_root(main_file.parent))
-            warn(f"{shown.as_posix()}: {exc}; compiling the Pivotfiles again")
-        return None
-    return loaded if loaded is not None and plan.fresh(loaded, main_file) else None

@@ -26,8 +26,8 @@ from pathlib import Path
 
 TYPE_CHECKING = False  # not typing's: this path does not import typing
 if TYPE_CHECKING:
-    from pivotbuild.plan import Loaded
-    from pivotbuild.seal import Seal
+    from pivotbuild.state.plan import Loaded
+    from pivotbuild.state.seal import Seal
 
 # Flags without a value, and the option each sets.
 _FLAGS = {
@@ -153,7 +153,7 @@ class Checked:
 def _check(args: _Args) -> Checked | None:
     """What the fast path needs to know, if the plan is fresh and the targets
     are stage names; else None."""
-    from pivotbuild import plan, seal
+    from pivotbuild.state import plan, seal
 
     cwd = Path.cwd()
     for d in args.directories:
@@ -188,7 +188,7 @@ def _check(args: _Args) -> Checked | None:
 def _select(index: object, targets: list[str]) -> list[int] | None:
     """Stage indices named by `targets` (all stages if none), or None if a
     target is anything but a stage name or matrix base."""
-    from pivotbuild.plan import Index
+    from pivotbuild.state.plan import Index
 
     assert isinstance(index, Index)
     if not targets:
@@ -213,7 +213,7 @@ def _select(index: object, targets: list[str]) -> list[int] | None:
 
 
 def _closure(index: object, chosen: list[int]) -> list[int]:
-    from pivotbuild.plan import Index
+    from pivotbuild.state.plan import Index
 
     assert isinstance(index, Index)
     found: set[int] = set()

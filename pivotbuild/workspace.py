@@ -10,16 +10,17 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pivotbuild.build.decider import PENDING_COMMIT
+from pivotbuild.build.engine import Engine
+from pivotbuild.build.options import BuildOptions
 from pivotbuild.cache.outputs import OutputCache
 from pivotbuild.cache.store import CorruptObject, MissingObject
-from pivotbuild.decide import PENDING_COMMIT
-from pivotbuild.engine import Engine
 from pivotbuild.graph import BuildGraph
 from pivotbuild.model import Stage, StageId
-from pivotbuild.options import BuildOptions
 from pivotbuild.project import Project
-from pivotbuild.snapshot import ABSENT, DIR, file_record
+from pivotbuild.state.kinds import ABSENT, DIR
 from pivotbuild.state.records import FileRecord
+from pivotbuild.state.snapshot import file_record
 from pivotbuild.state.store import StateStore
 
 

@@ -19,7 +19,7 @@ import pytest
 from conftest import PIVOTBUILD, Project, Result
 
 from pivotbuild.cache.store import Cache
-from pivotbuild.hashing import hash_file
+from pivotbuild.state.hashing import hash_file
 
 # b hangs (sleep 30, its pid in b.pid) the first time only, so the next build
 # can show what it reruns without waiting.

@@ -14,7 +14,7 @@ import pytest
 from conftest import Project
 
 from pivotbuild.cache.store import Cache, CorruptObject, Mode
-from pivotbuild.hashing import hash_bytes, hash_file
+from pivotbuild.state.hashing import hash_bytes, hash_file
 
 PIPELINE = """
 X = 1
@@ -514,8 +514,8 @@ def test_a_torn_run_cache_entry_is_ignored_then_replaced(project: Project) -> No
 def test_recording_a_run_twice_keeps_one_whole_entry(tmp_path: Path) -> None:
     from pivotbuild.cache.runcache import RunCache
     from pivotbuild.model import StageId
+    from pivotbuild.state.files import _umask
     from pivotbuild.state.records import FileRecord
-    from pivotbuild.state_files import _umask
 
     runs_ = RunCache(tmp_path)
     sid, deps = StageId("", "s"), (FileRecord("in.txt", "file", "a" * 32),)

@@ -9,8 +9,7 @@ import pytest
 from conftest import compile_text
 
 from pivotbuild.errors import Diagnostic, Location, PivotfileError
-from pivotbuild.model import DEFAULT_SHELL, Dep, IncludeRef, Out, Param, Pipeline, Stage, StageId, TargetRef
-from pivotbuild.pivotfile.interpolate import AutoVar
+from pivotbuild.model import DEFAULT_SHELL, AutoVar, Dep, IncludeRef, Out, Param, Pipeline, Stage, StageId, TargetRef
 
 GiB = 1024**3
 

@@ -21,10 +21,10 @@ import pytest
 from conftest import Project
 
 from pivotbuild.cache.store import Cache, CorruptObject, MissingObject, Mode
-from pivotbuild.hashing import ManifestEntry, hash_file, manifest_bytes, walk_dir
 from pivotbuild.remote import transfer
 from pivotbuild.remote.directory import DirectoryRemote
-from pivotbuild.snapshot import DIR, FILE
+from pivotbuild.state.hashing import ManifestEntry, hash_file, manifest_bytes, walk_dir
+from pivotbuild.state.kinds import DIR, FILE
 from pivotbuild.state.records import FileRecord
 
 PIPELINE = """

@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import compile_text
 
-from pivotbuild import snapshot
-from pivotbuild.decide import (
+from pivotbuild.build.decider import (
     ALWAYS,
     COMMAND_CHANGED,
     ENV_CHANGED,
@@ -23,8 +22,9 @@ from pivotbuild.decide import (
     decide,
 )
 from pivotbuild.model import Stage
-from pivotbuild.snapshot import Snapshot
+from pivotbuild.state import snapshot
 from pivotbuild.state.records import StageRecord
+from pivotbuild.state.snapshot import Snapshot
 from pivotbuild.state.statcache import StatCache
 
 

@@ -10,11 +10,11 @@ import pytest
 import xxhash
 
 from pivotbuild import globs
-from pivotbuild.hashing import (
+from pivotbuild.state.hashing import (
     CHUNK,
-    EXEC,
-    FILE,
-    LINK,
+    ENTRY_EXEC,
+    ENTRY_FILE,
+    ENTRY_LINK,
     ManifestEntry,
     hash_bytes,
     hash_file,
@@ -70,7 +70,7 @@ def tree_hash(root: Path) -> str:
     entries = []
     for rel, kind, _st in walk_dir(root):
         full = root / rel
-        digest = link_hash(full) if kind == LINK else hash_file(full)
+        digest = link_hash(full) if kind == ENTRY_LINK else hash_file(full)
         entries.append(ManifestEntry(rel, kind, digest))
     return hash_bytes(manifest_bytes(entries))
 
@@ -89,16 +89,20 @@ def test_walk_dir_lists_files_sorted_with_kinds(tmp_path: Path) -> None:
     os.symlink("a.txt", tmp_path / "link")
     found = [(rel, kind) for rel, kind, _ in walk_dir(tmp_path)]
     assert found == [
-        ("a.txt", FILE),
-        ("link", LINK),
-        ("run.sh", EXEC),
-        ("sub/b.txt", FILE),
-        ("sub/deep/c.txt", FILE),
+        ("a.txt", ENTRY_FILE),
+        ("link", ENTRY_LINK),
+        ("run.sh", ENTRY_EXEC),
+        ("sub/b.txt", ENTRY_FILE),
+        ("sub/deep/c.txt", ENTRY_FILE),
     ]
 
 
 def test_manifest_bytes_text_and_order() -> None:
-    entries = [ManifestEntry("b", FILE, "22"), ManifestEntry("a/x", EXEC, "11"), ManifestEntry("a/l", LINK, "33")]
+    entries = [
+        ManifestEntry("b", ENTRY_FILE, "22"),
+        ManifestEntry("a/x", ENTRY_EXEC, "11"),
+        ManifestEntry("a/l", ENTRY_LINK, "33"),
+    ]
     assert manifest_bytes(entries) == b'l 33 "a/l"\nx 11 "a/x"\nf 22 "b"\n'
     assert manifest_bytes(reversed(entries)) == manifest_bytes(entries)
     assert manifest_bytes([]) == b""
@@ -148,7 +152,7 @@ def test_dir_hash_changes_on_chmod_exec(tmp_path: Path) -> None:
     make_tree(tmp_path)
     before = tree_hash(tmp_path)
     (tmp_path / "a.txt").chmod(0o755)
-    assert {rel: kind for rel, kind, _ in walk_dir(tmp_path)}["a.txt"] == EXEC
+    assert {rel: kind for rel, kind, _ in walk_dir(tmp_path)}["a.txt"] == ENTRY_EXEC
     assert tree_hash(tmp_path) != before
     (tmp_path / "a.txt").chmod(0o644)
     assert tree_hash(tmp_path) == before
@@ -169,7 +173,7 @@ def test_symlink_is_hashed_by_target_text_not_followed(tmp_path: Path) -> None:
     os.symlink(outside, tree / "link")
     (tree / "plain.txt").write_text("x\n")
     kinds = {rel: kind for rel, kind, _ in walk_dir(tree)}
-    assert kinds == {"link": LINK, "plain.txt": FILE}
+    assert kinds == {"link": ENTRY_LINK, "plain.txt": ENTRY_FILE}
     assert link_hash(tree / "link") == hash_bytes(os.fsencode(str(outside)))
     before = tree_hash(tree)
     # The target's content is not part of the hash: the link is not followed.
@@ -188,7 +192,7 @@ def test_symlink_to_directory_is_not_descended(tmp_path: Path) -> None:
     target.mkdir()
     (target / "inner.txt").write_text("x")
     os.symlink(target, tree / "dlink")
-    assert [(rel, kind) for rel, kind, _ in walk_dir(tree)] == [("dlink", LINK)]
+    assert [(rel, kind) for rel, kind, _ in walk_dir(tree)] == [("dlink", ENTRY_LINK)]
     before = tree_hash(tree)
     (target / "more.txt").write_text("y")
     assert tree_hash(tree) == before
@@ -196,9 +200,9 @@ def test_symlink_to_directory_is_not_descended(tmp_path: Path) -> None:
 
 def test_dangling_symlink_is_hashed(tmp_path: Path) -> None:
     os.symlink("no-such-target", tmp_path / "dangling")
-    assert [(rel, kind) for rel, kind, _ in walk_dir(tmp_path)] == [("dangling", LINK)]
+    assert [(rel, kind) for rel, kind, _ in walk_dir(tmp_path)] == [("dangling", ENTRY_LINK)]
     assert tree_hash(tmp_path) == hash_bytes(
-        manifest_bytes([ManifestEntry("dangling", LINK, hash_bytes(b"no-such-target"))])
+        manifest_bytes([ManifestEntry("dangling", ENTRY_LINK, hash_bytes(b"no-such-target"))])
     )
 
 

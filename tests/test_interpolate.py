@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pivotbuild.pivotfile.interpolate import Auto, AutoVar, Part, Ref, TemplateError, split, whole_ref
+from pivotbuild.model import AutoVar
+from pivotbuild.pivotfile.interpolate import Auto, Part, Ref, TemplateError, split, whole_ref
 
 
 @pytest.mark.parametrize(

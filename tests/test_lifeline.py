@@ -16,7 +16,7 @@ import psutil
 import pytest
 from test_runner import read_pid
 
-from pivotbuild.lifeline import Lifeline
+from pivotbuild.build.executors.lifeline import Lifeline
 
 
 def alive(pid: int) -> bool:

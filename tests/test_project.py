@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from pivotbuild.build.selection import open_graph
 from pivotbuild.errors import GraphError, PivotfileError, ProjectError
 from pivotbuild.model import StageId
 from pivotbuild.project import LoadOptions, Project, load_project
-from pivotbuild.selection import open_graph
 
 SIMPLE = "stage hello:\n    outs: hello.txt\n    run: echo hi > $@\n"
 

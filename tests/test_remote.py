@@ -12,7 +12,7 @@ from pathlib import Path
 
 from conftest import PIVOTBUILD, Project
 
-from pivotbuild.hashing import hash_file
+from pivotbuild.state.hashing import hash_file
 
 PIPELINE = """
 stage a:

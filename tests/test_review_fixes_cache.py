@@ -14,7 +14,7 @@ from conftest import Project, Result
 from test_build_crash import background_build, hung_pid
 
 from pivotbuild.cache.store import Cache
-from pivotbuild.hashing import hash_file
+from pivotbuild.state.hashing import hash_file
 
 
 def statuses(r: Result) -> dict[str, str]:

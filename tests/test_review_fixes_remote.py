@@ -11,8 +11,8 @@ from conftest import Project
 from test_remote import finished, first_clone, fresh_clone
 
 from pivotbuild.cache.store import Cache
-from pivotbuild.hashing import hash_file
 from pivotbuild.remote.config import ConfigError, toml_string
+from pivotbuild.state.hashing import hash_file
 
 
 def run_entries(share: Path) -> list[Path]:

@@ -14,7 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from pivotbuild.runner import TAIL_LINES, RunResult, RunSpec, run, stage_argv
+from pivotbuild.build.executors.runner import TAIL_LINES, RunResult, RunSpec, run, stage_argv
 
 HANG_GUARD_S = 15
 SH = ("/bin/sh", "-e")

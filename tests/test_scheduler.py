@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from conftest import compile_text
 
+from pivotbuild.build.admission import Admission, TokenPool, critical_path
 from pivotbuild.errors import Location
 from pivotbuild.model import Stage, StageId
-from pivotbuild.scheduler import Admission, TokenPool, critical_path
 
 GiB = 1024**3
 

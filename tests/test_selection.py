@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from conftest import compile_text
 
+from pivotbuild.build.selection import open_graph, selected
 from pivotbuild.errors import PivotfileError, TargetError
 from pivotbuild.graph import BuildGraph
 from pivotbuild.model import StageId
 from pivotbuild.project import LoadOptions, Project, load_project
-from pivotbuild.selection import open_graph, selected
 
 PIPELINE = """
 stage prepare:

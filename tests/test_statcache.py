@@ -10,7 +10,7 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from pivotbuild.hashing import hash_bytes, hash_file
+from pivotbuild.state.hashing import hash_bytes, hash_file
 from pivotbuild.state.statcache import FORMAT, StatCache
 
 # Comfortably longer than the 50 ms racy window of nanosecond timestamps.

@@ -34,12 +34,12 @@ class Traced:
     @property
     def fast(self) -> bool:
         """The no-op fast path answered: nothing was decided by the engine."""
-        return not self.imported & HEAVY and "pivotbuild.engine" not in self.modules
+        return not self.imported & HEAVY and "pivotbuild.build.engine" not in self.modules
 
     @property
     def decided(self) -> bool:
         """The engine ran (whether or not click parsed the command line)."""
-        return "pivotbuild.engine" in self.modules
+        return "pivotbuild.build.engine" in self.modules
 
     @property
     def parsed(self) -> bool:

@@ -17,8 +17,8 @@ from pivotbuild.cache.store import OBJECTS, Cache, CorruptObject, MissingObject
 from pivotbuild.errors import PivotError
 from pivotbuild.paths import LOCKFILE, STATE_DIR
 from pivotbuild.remote.transfer import run_entry_outs
-from pivotbuild.snapshot import DIR
 from pivotbuild.state import journal, lockfile
+from pivotbuild.state.kinds import DIR
 from pivotbuild.state.records import FileRecord, StageRecord
 from pivotbuild.state.store import JOURNAL, PENDING
 

@@ -20,13 +20,22 @@ from pathlib import Path
 
 from pivotbuild.cache.runcache import RunCache
 from pivotbuild.cache.store import Cache, CorruptObject, MissingObject, Mode
-from pivotbuild.hashing import LINK, ManifestEntry, hash_bytes, hash_file, link_hash, manifest_bytes, walk_dir
 from pivotbuild.model import Out, Stage
 from pivotbuild.paths import STATE_DIR
 from pivotbuild.remote import config
-from pivotbuild.snapshot import ABSENT, DIR, FILE, Snapshot
-from pivotbuild.stamps import FINE_WINDOW_NS, is_racy, stamp
+from pivotbuild.state.hashing import (
+    ENTRY_LINK,
+    ManifestEntry,
+    hash_bytes,
+    hash_file,
+    link_hash,
+    manifest_bytes,
+    walk_dir,
+)
+from pivotbuild.state.kinds import ABSENT, DIR, FILE
 from pivotbuild.state.records import FileRecord, StageRecord
+from pivotbuild.state.snapshot import Snapshot
+from pivotbuild.state.stamps import FINE_WINDOW_NS, is_racy, stamp
 from pivotbuild.state.statcache import StatCache, StatEntry
 
 CACHE_DIR = "cache"
@@ -121,7 +130,7 @@ class OutputCache:
                 entries = []
                 for rel, kind, fst in walk_dir(full):
                     path = os.path.join(full, rel)
-                    if kind == LINK:
+                    if kind == ENTRY_LINK:
                         digest = link_hash(path)
                         if keep:
                             self.cache.store_bytes(os.fsencode(os.readlink(path)))

@@ -24,9 +24,9 @@ from pathlib import Path
 import msgpack
 import xxhash
 
-from pivotbuild.hashing import hash_bytes
 from pivotbuild.model import StageId
 from pivotbuild.state import codec
+from pivotbuild.state.hashing import hash_bytes
 from pivotbuild.state.records import FileRecord
 
 RUNS = "runs"

@@ -24,11 +24,11 @@ from pathlib import Path
 
 import xxhash
 
-from pivotbuild.hashing import (
+from pivotbuild.state.hashing import (
     CHUNK,
-    EXEC,
-    FILE,
-    LINK,
+    ENTRY_EXEC,
+    ENTRY_FILE,
+    ENTRY_LINK,
     ManifestEntry,
     hash_bytes,
     hash_file,
@@ -226,7 +226,7 @@ class Cache:
         if hash_bytes(manifest) != digest:
             return False
         for e in entries:
-            if e.kind == LINK:
+            if e.kind == ENTRY_LINK:
                 if self.store_bytes(os.fsencode(os.readlink(src / e.path))) != e.hash:
                     return False
             elif not self.store_file(src / e.path, e.hash):
@@ -256,7 +256,7 @@ class Cache:
             for line in self.path_of(digest).read_text("ascii").splitlines():
                 kind, h, quoted = line.split(" ", 2)
                 path = json.loads(quoted)
-                if kind not in (FILE, EXEC, LINK) or not isinstance(path, str):
+                if kind not in (ENTRY_FILE, ENTRY_EXEC, ENTRY_LINK) or not isinstance(path, str):
                     raise ValueError(line)
                 entries.append(ManifestEntry(path, kind, h))
         except ValueError:  # a file object named where a manifest should be
@@ -326,11 +326,11 @@ class Cache:
         try:
             for e in entries:
                 target = staging / e.path
-                if e.kind == LINK:
+                if e.kind == ENTRY_LINK:
                     target.parent.mkdir(parents=True, exist_ok=True)
                     os.symlink(os.fsdecode(self.path_of(e.hash).read_bytes()), target)
                 else:
-                    self.checkout_file(e.hash, target, mode, executable=e.kind == EXEC)
+                    self.checkout_file(e.hash, target, mode, executable=e.kind == ENTRY_EXEC)
             if dest.is_dir() and not dest.is_symlink():
                 shutil.rmtree(dest)
             elif dest.exists() or dest.is_symlink():

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import click
 
+from pivotbuild.build.options import BuildOptions
 from pivotbuild.cli.common import all_option, pivotfile_arg, project_options
 from pivotbuild.cli.completion import complete_targets
 from pivotbuild.cli.running import make_reporter, terminate_as_interrupt
 from pivotbuild.errors import UsageError
-from pivotbuild.options import BuildOptions
 
 _ASSIGN = re.compile(r"([A-Za-z_][A-Za-z0-9_.-]*)=(.*)", re.S)
 
@@ -67,7 +67,7 @@ def repro(ctx: click.Context, /, args: tuple[str, ...], **flags: object) -> int:
     options = build_options(ctx, args, flags)
     if options.watch:
         raise UsageError("watch mode (-w) is not available in this version yet; run the build again instead")
-    from pivotbuild.engine import Engine
+    from pivotbuild.build.engine import Engine
 
     reporter = make_reporter(options)
     with terminate_as_interrupt():

@@ -13,9 +13,7 @@ from pathlib import Path
 
 import click
 
-from pivotbuild.errors import PivotError, PivotfileError
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BUG, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+from pivotbuild.errors import EXIT_BUG, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, PivotError, PivotfileError
 
 
 def main(argv: Sequence[str] | None = None) -> int:

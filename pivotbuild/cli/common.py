@@ -13,8 +13,8 @@ import click
 from pivotbuild.cli.completion import complete_directory, complete_file
 
 if TYPE_CHECKING:
+    from pivotbuild.build.options import BuildOptions
     from pivotbuild.graph import BuildGraph
-    from pivotbuild.options import BuildOptions
     from pivotbuild.project import Project
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -94,8 +94,8 @@ def load(
     ctx: click.Context, overrides: Mapping[str, str] | None = None, all_pipelines: bool = False
 ) -> tuple[Project, BuildGraph]:
     """The project and its validated graph, from `-C`, `-f` and NAME=VALUE."""
+    from pivotbuild.build.selection import open_graph
     from pivotbuild.project import LoadOptions, load_project
-    from pivotbuild.selection import open_graph
 
     options = LoadOptions(Path.cwd(), pivotfile_arg(ctx), overrides or {}, all_pipelines)
     project = load_project(options)
@@ -106,8 +106,8 @@ def stage_options(ctx: click.Context, args: Sequence[str], all_pipelines: bool) 
     """What a command acting on stages was given: targets and NAME=VALUE from
     `args`, `-f`, `--all`.  Without targets every such command covers what a
     plain build covers (see workspace._chosen)."""
+    from pivotbuild.build.options import BuildOptions
     from pivotbuild.cli.build import split_args
-    from pivotbuild.options import BuildOptions
 
     targets, overrides = split_args(tuple(args))
     return BuildOptions(Path.cwd(), pivotfile_arg(ctx), targets, overrides, all_pipelines=all_pipelines)

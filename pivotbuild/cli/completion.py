@@ -123,9 +123,10 @@ def _commands(incomplete: str) -> list[CompletionItem]:
 def _target_names(ctx: click.Context, words: tuple[str, ...]) -> list[str]:
     """Every name a target can be, sorted: in the current pipeline bare, in
     the others `dir:name` (`.:name` for the root's), bases of matrices too."""
+    from pivotbuild.build.load import stage_names
     from pivotbuild.cli.build import split_args
     from pivotbuild.cli.common import pivotfile_arg
-    from pivotbuild.project import LoadOptions, stage_names
+    from pivotbuild.project import LoadOptions
 
     _, overrides = split_args(words)
     options = LoadOptions(Path.cwd(), pivotfile_arg(ctx), overrides, bool(ctx.params.get("all_pipelines")))

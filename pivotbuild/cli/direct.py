@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pivotbuild.options import BuildOptions
+from pivotbuild.build.options import BuildOptions
 
 if TYPE_CHECKING:
     from pivotbuild.quick import Checked, _Args
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 def build(argv: list[str], args: _Args, checked: Checked) -> int | None:
     """The build's exit status; None (having done nothing) if the ordinary
     command line must run after all."""
-    from pivotbuild import plan
+    from pivotbuild.state import plan
 
     where = Path.cwd().joinpath(*args.directories)
     restored = plan.restore(checked.loaded, where)
@@ -50,8 +50,8 @@ def build(argv: list[str], args: _Args, checked: Checked) -> int | None:
     )
     project, graph = restored
     try:
+        from pivotbuild.build.engine import Engine, Preloaded
         from pivotbuild.cli.running import make_reporter, terminate_as_interrupt
-        from pivotbuild.engine import Engine, Preloaded
 
         reporter = make_reporter(options)
         with terminate_as_interrupt():

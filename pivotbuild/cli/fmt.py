@@ -12,7 +12,7 @@ from pivotbuild.errors import Diagnostic, PivotfileError, ProjectError
 from pivotbuild.paths import PIVOTFILE
 from pivotbuild.pivotfile.fmt import format_module
 from pivotbuild.pivotfile.parser import parse
-from pivotbuild.state_files import write_atomic
+from pivotbuild.state.files import write_atomic
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})

@@ -9,7 +9,7 @@ import click
 from pivotbuild.cli.common import project_options
 from pivotbuild.errors import ProjectError
 from pivotbuild.paths import PIPELINE_ONLY, STATE_DIR, find_root, is_root_state
-from pivotbuild.state_files import ensure_state_dir
+from pivotbuild.state.files import ensure_state_dir
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})

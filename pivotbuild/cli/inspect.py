@@ -8,13 +8,13 @@ from typing import Any
 
 import click
 
+from pivotbuild.build.selection import selected
 from pivotbuild.cli.common import all_option, load, project_options
 from pivotbuild.cli.completion import complete_targets
 from pivotbuild.graph import BuildGraph
-from pivotbuild.graph_formats import FORMATS
 from pivotbuild.model import Stage
 from pivotbuild.pivotfile.units import format_size
-from pivotbuild.selection import selected
+from pivotbuild.report.graph import FORMATS
 
 _CTX = {"help_option_names": ["-h", "--help"]}
 
@@ -30,7 +30,7 @@ def check(ctx: click.Context, all_pipelines: bool) -> int:
     one: this version cannot run it).  A dep that no stage writes and that
     does not exist yet is a warning here (an error when building).
     """
-    from pivotbuild.engine import check_runnable
+    from pivotbuild.build.engine import check_runnable
 
     project, graph = load(ctx, all_pipelines=all_pipelines)
     selected(project, graph, ())  # validates the `default` targets

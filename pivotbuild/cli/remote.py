@@ -9,10 +9,10 @@ from pathlib import Path
 
 import click
 
+from pivotbuild.build.options import BuildOptions
 from pivotbuild.cli.common import SCOPE_HELP, all_option, project_options, stage_options
 from pivotbuild.cli.completion import complete_targets
 from pivotbuild.cli.running import make_reporter
-from pivotbuild.options import BuildOptions
 from pivotbuild.paths import find_root
 
 _CTX = {"help_option_names": ["-h", "--help"]}
@@ -101,8 +101,8 @@ def _progress(label: str) -> Iterator[Callable[[int, int], None] | None]:
 
 
 def _move(options: BuildOptions, remote_name: str | None, jobs: int, direction: str) -> int:
+    from pivotbuild.build.engine import Engine
     from pivotbuild.cache.outputs import OutputCache
-    from pivotbuild.engine import Engine
     from pivotbuild.remote import config, transfer
     from pivotbuild.remote.directory import DirectoryRemote
     from pivotbuild.workspace import transfer_set

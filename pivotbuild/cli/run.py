@@ -6,11 +6,11 @@ from pathlib import Path
 
 import click
 
+from pivotbuild.build.options import BuildOptions
 from pivotbuild.cli.build import split_args
 from pivotbuild.cli.common import pivotfile_arg, project_options
 from pivotbuild.cli.completion import complete_targets
 from pivotbuild.cli.running import make_reporter, terminate_as_interrupt
-from pivotbuild.options import BuildOptions
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -26,7 +26,7 @@ from pivotbuild.options import BuildOptions
 def run(ctx: click.Context, /, args: tuple[str, ...], **flags: bool) -> int:
     """Bring exactly these stages up to date, in the order given, without
     building their dependencies.  Up-to-date stages are skipped unless -B."""
-    from pivotbuild.engine import Engine
+    from pivotbuild.build.engine import Engine
 
     targets, overrides = split_args(args)
     if not targets:

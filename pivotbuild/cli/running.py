@@ -10,8 +10,8 @@ import signal
 import sys
 from collections.abc import Iterator
 
+from pivotbuild.build.options import BuildOptions
 from pivotbuild.events import Reporter
-from pivotbuild.options import BuildOptions
 
 
 def make_reporter(options: BuildOptions) -> Reporter:

@@ -27,8 +27,8 @@ def status(ctx: click.Context, /, args: tuple[str, ...], as_json: bool, all_pipe
     A stage built with --no-commit is "pending commit" until `pivotbuild
     commit`; the build does not run it again (up_to_date is true).  Runs
     nothing; exit status 0."""
-    from pivotbuild.decide import PENDING_COMMIT
-    from pivotbuild.engine import Engine
+    from pivotbuild.build.decider import PENDING_COMMIT
+    from pivotbuild.build.engine import Engine
 
     options = stage_options(ctx, args, all_pipelines)
     reporter = make_reporter(options)

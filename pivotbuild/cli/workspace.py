@@ -32,8 +32,8 @@ def verify(ctx: click.Context, /, args: tuple[str, ...], all_pipelines: bool) ->
     """Exit 1 if an output on disk is not what the lockfile records (for CI),
     listing each difference; exit 0 if every one matches.  Results of a
     --no-commit build count as differences until `pivotbuild commit`."""
-    from pivotbuild.decide import PENDING_COMMIT
-    from pivotbuild.engine import Engine
+    from pivotbuild.build.decider import PENDING_COMMIT
+    from pivotbuild.build.engine import Engine
     from pivotbuild.workspace import verify as run_verify
 
     options = stage_options(ctx, args, all_pipelines)
@@ -73,7 +73,7 @@ def checkout(ctx: click.Context, /, args: tuple[str, ...], force: bool, all_pipe
     (the refusal lists them, exit 1).  Outputs declared cache=false are never
     in the cache and are left to the next build, as are pending --no-commit
     results (the newest, not cached until `pivotbuild commit`)."""
-    from pivotbuild.engine import Engine
+    from pivotbuild.build.engine import Engine
     from pivotbuild.workspace import checkout as run_checkout
 
     options = stage_options(ctx, args, all_pipelines)
@@ -101,7 +101,7 @@ def checkout(ctx: click.Context, /, args: tuple[str, ...], force: bool, all_pipe
 def clean(ctx: click.Context, /, args: tuple[str, ...], all_pipelines: bool) -> int:
     """Delete the outputs of the selected stages.  The cache keeps its copies,
     so 'pivotbuild checkout' can bring them back."""
-    from pivotbuild.engine import Engine
+    from pivotbuild.build.engine import Engine
     from pivotbuild.workspace import clean as run_clean
 
     options = stage_options(ctx, args, all_pipelines)
@@ -149,7 +149,7 @@ def commit(ctx: click.Context, /, args: tuple[str, ...], all_pipelines: bool) ->
     """Promote results recorded by `pivotbuild --no-commit`: cache their outputs
     and write them to the lockfile.  A stage whose outputs changed since it ran
     is refused (exit 1); run it again."""
-    from pivotbuild.engine import Engine
+    from pivotbuild.build.engine import Engine
     from pivotbuild.workspace import commit as run_commit
 
     options = stage_options(ctx, args, all_pipelines)

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 
 from pivotbuild import paths
 from pivotbuild.errors import Diagnostic, Location
-from pivotbuild.model import Command, Param
-from pivotbuild.pivotfile.interpolate import Auto, AutoVar, Ref, TemplateError, split, whole_ref
+from pivotbuild.model import AutoVar, Command, Param
+from pivotbuild.pivotfile.interpolate import Auto, Ref, TemplateError, split, whole_ref
 from pivotbuild.pivotfile.params import ParamError, Params, ParamsFileError, to_text
 from pivotbuild.pivotfile.syntax import Pos, Script, Word
 from pivotbuild.suggest import did_you_mean

@@ -8,15 +8,8 @@ and all deps.  Any other `$` is left alone for the shell.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
 
-
-class AutoVar(Enum):
-    """The automatic variables of `run:` scripts."""
-
-    OUTS = "@"
-    FIRST_DEP = "<"
-    ALL_DEPS = "^"
+from pivotbuild.model import AutoVar
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from pivotbuild.errors import Diagnostic, Location
-from pivotbuild.stamps import Source, read_source
+from pivotbuild.state.stamps import Source, read_source
 from pivotbuild.suggest import did_you_mean
 
 DEFAULT_FILES = ("params.toml", "params.json")

@@ -18,7 +18,7 @@ from urllib.parse import unquote, urlparse
 
 from pivotbuild.errors import PivotError
 from pivotbuild.paths import STATE_DIR
-from pivotbuild.state_files import ensure_state_dir, write_atomic
+from pivotbuild.state.files import ensure_state_dir, write_atomic
 
 CONFIG = "config.toml"
 

@@ -24,10 +24,10 @@ from pathlib import Path
 from pivotbuild.cache.runcache import decode_entry, folder_rel, of_stage, stage_key
 from pivotbuild.cache.store import OBJECTS, Cache, CorruptObject, MissingObject
 from pivotbuild.errors import PivotError
-from pivotbuild.hashing import hash_file
 from pivotbuild.model import StageId
 from pivotbuild.remote import Remote
-from pivotbuild.snapshot import DIR
+from pivotbuild.state.hashing import hash_file
+from pivotbuild.state.kinds import DIR
 from pivotbuild.state.records import FileRecord
 
 Progress = Callable[[int, int], None]  # (done, total)

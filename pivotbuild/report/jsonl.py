@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 from typing import TextIO
 
-from pivotbuild.events import BuildFinished, BuildStarted, Event, Log, Message, Plan, StageFinished, StageStarted
+from pivotbuild.events import BuildFinished, BuildStarted, Decided, Event, Log, Message, StageFinished, StageStarted
 
 # The events CLI.md promises; the others (stage states, retries) are internal.
-_PUBLIC = (BuildStarted, StageStarted, Log, StageFinished, Plan, BuildFinished)
+_PUBLIC = (BuildStarted, StageStarted, Log, StageFinished, Decided, BuildFinished)
 
 
 class JsonReporter:

@@ -17,10 +17,10 @@ from rich.text import Text
 from pivotbuild.events import (
     BuildFinished,
     BuildStarted,
+    Decided,
     Event,
     Log,
     Message,
-    Plan,
     StageFinished,
     StageStarted,
     Status,
@@ -69,7 +69,7 @@ class LiveReporter:
                 self.console.print(line)
         elif isinstance(event, StageFinished):
             self._finished(event)
-        elif isinstance(event, Plan):
+        elif isinstance(event, Decided):
             text = f"would run {event.stage}: {event.reason}" if event.will_run else f"up to date: {event.stage}"
             self.console.print(text)
         elif isinstance(event, Message):

@@ -7,10 +7,10 @@ from typing import TextIO
 
 from pivotbuild.events import (
     BuildFinished,
+    Decided,
     Event,
     Log,
     Message,
-    Plan,
     StageFinished,
     StageStarted,
     Status,
@@ -63,7 +63,7 @@ class PlainReporter:
                 self._print(f"{event.stage} | {event.line}")
         elif isinstance(event, StageFinished):
             self._finished(event)
-        elif isinstance(event, Plan):
+        elif isinstance(event, Decided):
             if event.will_run:
                 self._print(f"would run {event.stage}: {event.reason}")
             elif self.explain or self.verbose:

@@ -52,7 +52,7 @@ def _good_lines(path: Path) -> list[bytes]:
 
 
 def _rewrite(path: Path, lines: list[bytes], extra: str = "") -> None:
-    from pivotbuild.state_files import write_atomic
+    from pivotbuild.state.files import write_atomic
 
     write_atomic(path, b"".join(lines) + extra.encode("utf-8"))
 

@@ -31,8 +31,8 @@ import xxhash
 import zstandard
 
 from pivotbuild.state import codec
+from pivotbuild.state.files import write_atomic
 from pivotbuild.state.records import LockData, StageRecord
-from pivotbuild.state_files import write_atomic
 
 MAGIC = b"\x89PIV\r\n\x1a\n"
 VERSION = 1

@@ -23,10 +23,18 @@ from pathlib import Path
 import msgpack
 import xxhash
 
-from pivotbuild.hashing import FILE, LINK, ManifestEntry, hash_bytes, hash_file, link_hash, manifest_bytes, walk_dir
-from pivotbuild.stamps import FINE_WINDOW_NS as _FINE_WINDOW_NS
-from pivotbuild.stamps import is_racy as _is_racy
-from pivotbuild.state_files import write_atomic
+from pivotbuild.state.files import write_atomic
+from pivotbuild.state.hashing import (
+    ENTRY_LINK,
+    ManifestEntry,
+    hash_bytes,
+    hash_file,
+    link_hash,
+    manifest_bytes,
+    walk_dir,
+)
+from pivotbuild.state.stamps import FINE_WINDOW_NS as _FINE_WINDOW_NS
+from pivotbuild.state.stamps import is_racy as _is_racy
 
 MAGIC = b"PIVSTAT\n"
 FORMAT = 2
@@ -135,7 +143,7 @@ class StatCache:
         self._dirty = False
 
     def file_hash(self, path: str | os.PathLike[str], st: os.stat_result | None = None) -> str:
-        """The content hash of a regular file (or a symlink's target text for LINK)."""
+        """The content hash of a regular file (or a symlink's target text for ENTRY_LINK)."""
         key = os.fspath(path)
         st = st if st is not None else os.stat(key)
         entry = self.entries.get(key)
@@ -174,7 +182,7 @@ class StatCache:
         entries = []
         for rel, kind, st in walk_dir(base):
             full = os.path.join(base, rel)
-            digest = link_hash(full) if kind == LINK else self.file_hash(full, st)
+            digest = link_hash(full) if kind == ENTRY_LINK else self.file_hash(full, st)
             entries.append(ManifestEntry(rel, kind, digest))
         return entries
 
@@ -186,4 +194,4 @@ class StatCache:
             self._dirty = True
 
 
-__all__ = ["FILE", "StatCache", "StatEntry"]
+__all__ = ["StatCache", "StatEntry"]

@@ -16,10 +16,10 @@ from pathlib import Path
 from pivotbuild.model import Pipeline, Stage
 from pivotbuild.paths import LOCKFILE
 from pivotbuild.state import journal, lockfile
+from pivotbuild.state.files import ensure_state_dir, write_atomic
 from pivotbuild.state.journal import Journal
 from pivotbuild.state.records import StageRecord
 from pivotbuild.state.statcache import StatCache
-from pivotbuild.state_files import ensure_state_dir, write_atomic
 
 JOURNAL = "journal"
 PENDING = "pending"

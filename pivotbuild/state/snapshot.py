@@ -9,12 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pivotbuild import globs
-from pivotbuild.hashing import hash_bytes
 from pivotbuild.model import Stage
+from pivotbuild.state.hashing import hash_bytes
+from pivotbuild.state.kinds import ABSENT, DIR, FILE, GLOB
 from pivotbuild.state.records import FileRecord, ParamRecord
 from pivotbuild.state.statcache import StatCache
-
-ABSENT, FILE, DIR, GLOB = "absent", "file", "dir", "glob"
 
 
 @dataclass(frozen=True, slots=True)

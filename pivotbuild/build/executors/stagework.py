@@ -3,7 +3,7 @@ retries), then hash its outputs and hand them to the cache.
 
 Nothing here touches the build's shared state: events go out through `put`,
 the stage's stat-cache entries are only read, and the result is returned for
-the scheduling loop (buildrun.py) to record.
+the scheduling loop (build/run.py) to record.
 """
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from pivotbuild import runner
+from pivotbuild.build.executors import runner
+from pivotbuild.build.executors.lifeline import Lifeline
 from pivotbuild.cache.outputs import Captured, OutputCache
 from pivotbuild.events import Event, Log, Message, StageStarted
-from pivotbuild.lifeline import Lifeline
 from pivotbuild.model import Stage
-from pivotbuild.snapshot import Snapshot
+from pivotbuild.state.snapshot import Snapshot
 from pivotbuild.state.statcache import StatEntry
 
 

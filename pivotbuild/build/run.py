@@ -17,10 +17,15 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from pivotbuild import runner, snapshot
+from pivotbuild.build.admission import Admission, TokenPool, critical_path
+from pivotbuild.build.decider import ALWAYS, FORCED, UP_TO_DATE
+from pivotbuild.build.executors import runner
+from pivotbuild.build.executors.lifeline import Lifeline
+from pivotbuild.build.executors.stagework import run_stage
+from pivotbuild.build.options import BuildOptions
 from pivotbuild.cache.outputs import Captured, OutputCache
 from pivotbuild.cache.storer import Storer
-from pivotbuild.decide import ALWAYS, FORCED, UP_TO_DATE
+from pivotbuild.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 from pivotbuild.events import (
     BuildFinished,
     BuildStarted,
@@ -33,23 +38,18 @@ from pivotbuild.events import (
     Status,
 )
 from pivotbuild.graph import BuildGraph
-from pivotbuild.lifeline import Lifeline
 from pivotbuild.model import Stage, StageId
-from pivotbuild.options import BuildOptions
 from pivotbuild.paths import STATE_DIR
 from pivotbuild.project import Project
-from pivotbuild.scheduler import Admission, TokenPool, critical_path
-from pivotbuild.seal import Seal
-from pivotbuild.snapshot import DIR, FILE, Snapshot
-from pivotbuild.stagework import run_stage
-from pivotbuild.state import history
+from pivotbuild.state import history, snapshot
+from pivotbuild.state.kinds import DIR, FILE
 from pivotbuild.state.records import StageRecord
+from pivotbuild.state.seal import Seal
+from pivotbuild.state.snapshot import Snapshot
 from pivotbuild.state.store import StateStore
 
 if TYPE_CHECKING:
-    from pivotbuild.engine import Engine
-
-EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
+    from pivotbuild.build.engine import Engine
 
 
 class Interrupted(Exception):

@@ -13,7 +13,7 @@ import os
 import time
 from pathlib import Path
 
-from pivotbuild.hashing import hash_bytes, hash_file
+from pivotbuild.state.hashing import hash_bytes, hash_file
 
 Stamp = tuple[int, int, int, int]
 

@@ -18,7 +18,7 @@ CHUNK = 1 << 20  # 1 MiB: big enough for xxh3 to run at memory speed
 
 # Manifest entry kinds: a regular file, an executable file, a symlink (hashed
 # by its target text, not followed, so a link cannot smuggle in outside data).
-FILE, EXEC, LINK = "f", "x", "l"
+ENTRY_FILE, ENTRY_EXEC, ENTRY_LINK = "f", "x", "l"
 
 
 def hash_bytes(data: bytes) -> str:
@@ -63,7 +63,7 @@ class ManifestEntry:
 
     def __init__(self, path: str, kind: str, hash: str) -> None:
         self.path = path  # relative to the directory, POSIX separators
-        self.kind = kind  # FILE, EXEC or LINK
+        self.kind = kind  # ENTRY_FILE, ENTRY_EXEC or ENTRY_LINK
         self.hash = hash
 
     def __eq__(self, other: object) -> bool:
@@ -105,11 +105,11 @@ def walk_dir(root: str | os.PathLike[str]) -> list[tuple[str, str, os.stat_resul
                 rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
                 st = entry.stat(follow_symlinks=False)
                 if stat.S_ISLNK(st.st_mode):
-                    found.append((rel, LINK, st))
+                    found.append((rel, ENTRY_LINK, st))
                 elif stat.S_ISDIR(st.st_mode):
                     stack.append(rel)
                 elif stat.S_ISREG(st.st_mode):
-                    found.append((rel, EXEC if st.st_mode & 0o111 else FILE, st))
+                    found.append((rel, ENTRY_EXEC if st.st_mode & 0o111 else ENTRY_FILE, st))
     found.sort(key=lambda t: t[0])
     return found
 

@@ -15,27 +15,29 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from pivotbuild import paths, seal, snapshot
-from pivotbuild.buildrun import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, BuildRun, Interrupted
-from pivotbuild.decide import FORCED, PENDING_COMMIT, Decision, decide
-from pivotbuild.errors import MissingInputs, PivotfileError
+from pivotbuild import paths
+from pivotbuild.build.decider import FORCED, PENDING_COMMIT, Decision, decide
+from pivotbuild.build.load import load_compiled
+from pivotbuild.build.options import BuildOptions
+from pivotbuild.build.run import BuildRun, Interrupted
+from pivotbuild.build.selection import selected
+from pivotbuild.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, MissingInputs, PivotfileError
 from pivotbuild.events import (
+    Decided,
     Event,
     Message,
-    Plan,
     Reporter,
     Status,
 )
 from pivotbuild.graph import BuildGraph
-from pivotbuild.hashing import hash_file
 from pivotbuild.model import Stage, StageId
-from pivotbuild.options import BuildOptions
 from pivotbuild.paths import STATE_DIR
-from pivotbuild.project import LoadOptions, Project, load_compiled
-from pivotbuild.seal import Seal
-from pivotbuild.selection import selected
-from pivotbuild.snapshot import Snapshot
+from pivotbuild.project import LoadOptions, Project
+from pivotbuild.state import seal, snapshot
+from pivotbuild.state.hashing import hash_file
 from pivotbuild.state.projectlock import ProjectLock
+from pivotbuild.state.seal import Seal
+from pivotbuild.state.snapshot import Snapshot
 from pivotbuild.state.store import StateStore
 
 _UP = Decision(False, "up to date")
@@ -90,11 +92,11 @@ class Engine:
             else:
                 sealed = preloaded.seal if preloaded.seal is not None and preloaded.seal.state_unchanged() else None
             if options.dry_run or options.question:
-                plan = self._plan(graph, closure=closure, store=store, options=options, sealed=sealed)
+                decisions = self._decisions(graph, closure=closure, store=store, options=options, sealed=sealed)
                 if options.dry_run:
-                    for label, decision in plan:
-                        self.emit(Plan(label, decision.run, decision.reason))
-                return EXIT_FAILED if options.question and any(d.run for _, d in plan) else EXIT_OK
+                    for label, decision in decisions:
+                        self.emit(Decided(label, decision.run, decision.reason))
+                return EXIT_FAILED if options.question and any(d.run for _, d in decisions) else EXIT_OK
             run = BuildRun(
                 self,
                 project=project,
@@ -118,9 +120,11 @@ class Engine:
         project, graph, targets = self.load(options)
         closure = graph.upstream(targets)
         with self.state(project, options) as store:
-            plan = self._plan(graph, closure=closure, store=store, options=options)
+            decisions = self._decisions(graph, closure=closure, store=store, options=options)
             pending = {graph.label(s) for s in closure if store.pending(graph.stages[s]) is not None}
-        return [(label, Decision(False, PENDING_COMMIT) if label in pending and not d.run else d) for label, d in plan]
+        return [
+            (label, Decision(False, PENDING_COMMIT) if label in pending and not d.run else d) for label, d in decisions
+        ]
 
     def run_stages(self, options: BuildOptions, fail_fast: bool, cancel: threading.Event | None = None) -> int:
         """`pivotbuild run`: exactly the named stages, in the order given, without
@@ -149,7 +153,7 @@ class Engine:
             )
             return run.execute()
 
-    def _plan(
+    def _decisions(
         self,
         graph: BuildGraph,
         *,
@@ -283,4 +287,4 @@ def check_runnable(graph: BuildGraph, closure: list[StageId]) -> None:
         raise PivotfileError(problems)
 
 
-__all__ = ["EXIT_FAILED", "EXIT_OK", "Engine", "Interrupted", "MissingInputs", "Preloaded"]
+__all__ = ["Engine", "Interrupted", "MissingInputs", "Preloaded"]

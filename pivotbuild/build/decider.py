@@ -26,8 +26,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pivotbuild.snapshot import ABSENT, GLOB, Snapshot
+from pivotbuild.state.kinds import ABSENT, GLOB
 from pivotbuild.state.records import FileRecord, StageRecord
+from pivotbuild.state.snapshot import Snapshot
 
 UP_TO_DATE = "up to date"
 FORCED = "forced"

@@ -31,9 +31,9 @@ import msgpack
 import xxhash
 
 from pivotbuild import __version__, paths
-from pivotbuild.hashing import hash_bytes
 from pivotbuild.paths import STATE_DIR
-from pivotbuild.stamps import Source
+from pivotbuild.state.hashing import hash_bytes
+from pivotbuild.state.stamps import Source
 
 TYPE_CHECKING = False  # not typing's: the no-op fast path does not import typing
 if TYPE_CHECKING:  # the no-op check imports none of these
@@ -137,7 +137,7 @@ def save(project: Project, graph: BuildGraph, main_file: Path, overrides: Mappin
     pid = plan_id(str(project.root), body)
     main_dir = project.root / main.dir if main.dir else project.root
     path = plan_path(main_dir)
-    from pivotbuild.state_files import ensure_state_dir, write_atomic
+    from pivotbuild.state.files import ensure_state_dir, write_atomic
 
     try:
         if path.read_bytes() == blob:
@@ -171,7 +171,7 @@ def _pipeline(p: Pipeline) -> list[Any]:
 
 
 def _stage(s: Stage) -> list[Any]:
-    from pivotbuild.pivotfile.interpolate import AutoVar
+    from pivotbuild.model import AutoVar
 
     auto = list(AutoVar)
     command = None if s.command is None else [p if isinstance(p, str) else auto.index(p) for p in s.command]
@@ -279,8 +279,7 @@ def restore(loaded: Loaded, cwd: Path) -> tuple[Project, BuildGraph] | None:
 
 def _unstage(r: Sequence[Any], file: str) -> Stage:
     from pivotbuild.errors import Location
-    from pivotbuild.model import Dep, Out, Param, Stage, StageId
-    from pivotbuild.pivotfile.interpolate import AutoVar
+    from pivotbuild.model import AutoVar, Dep, Out, Param, Stage, StageId
 
     auto = list(AutoVar)
     (pipeline, name, base, loc, command, py, py_loc, matrix, desc, deps, outs, params) = r[:12]

@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pivotbuild.lifeline import Lifeline
+from pivotbuild.build.executors.lifeline import Lifeline
 
 TAIL_LINES = 20
 _KILL_GRACE_S = 2.0

@@ -37,9 +37,10 @@ from pathlib import Path
 import msgpack
 import xxhash
 
-from pivotbuild.hashing import LINK, ManifestEntry, hash_bytes, hash_file, manifest_bytes, walk_dir
 from pivotbuild.paths import STATE_DIR
-from pivotbuild.stamps import Stamp, is_racy, stamp
+from pivotbuild.state.hashing import ENTRY_LINK, ManifestEntry, hash_bytes, hash_file, manifest_bytes, walk_dir
+from pivotbuild.state.kinds import DIR, FILE, GLOB
+from pivotbuild.state.stamps import Stamp, is_racy, stamp
 
 TYPE_CHECKING = False  # not typing's: the no-op fast path does not import typing
 if TYPE_CHECKING:
@@ -50,7 +51,6 @@ SEAL = "seal"
 MAGIC = b"PIVSEAL\n"
 FORMAT = 1
 _SUM = 8  # XXH3-64 of the msgpack body, last
-FILE, DIR, GLOB = "file", "dir", "glob"
 
 
 class Damaged(ValueError):
@@ -175,7 +175,7 @@ class Seal:
         return MAGIC + data + xxhash.xxh3_64_digest(data)
 
     def write(self, main_dir: Path) -> None:
-        from pivotbuild.state_files import write_atomic
+        from pivotbuild.state.files import write_atomic
 
         write_atomic(seal_path(main_dir), self.encode())
 
@@ -296,7 +296,7 @@ def _dir(
         dirnames.sort()
     entries = []
     for rel, kind, st in walk_dir(full):
-        if kind == LINK or not statmod.S_ISREG(st.st_mode):
+        if kind == ENTRY_LINK or not statmod.S_ISREG(st.st_mode):
             raise Unsealable(rel)
         path = os.path.join(full, rel)
         entry = trusted.get(path)

@@ -1,0 +1,1 @@
+"""The build: the engine, the decider, scheduling, admission and the job server, the executors, the recorder."""

@@ -1,0 +1,1 @@
+"""Executors: how an admitted stage is run and its result reported."""
