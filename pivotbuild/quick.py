@@ -238,22 +238,18 @@ def _print_summary(skipped: int, duration_s: float) -> None:
 
 def _remember(state_dir: Path, targets: list[str], skipped: int, duration_s: float) -> None:
     """The history entry the ordinary build writes for a no-op."""
-    import datetime
-
     from pivotbuild.state import history
 
-    stamp = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-    entry = {
-        "started": stamp,
-        "duration_s": round(duration_s, 3),
-        "targets": targets,
-        "result": "ok",
-        "ran": 0,
-        "skipped": skipped,
-        "failed": 0,
-        "stages": {},
-    }
+    started = history.now_stamp()
     try:
-        history.append(state_dir, entry)
+        history.record_build(
+            state_dir,
+            started=started,
+            duration_s=duration_s,
+            targets=targets,
+            result="ok",
+            counts=(0, skipped, 0),
+            stages={},
+        )
     except OSError:
         sys.stderr.write(f"pivotbuild: warning: could not write the build history in {state_dir}\n")

@@ -9,7 +9,6 @@ reporters see events from one thread only.
 
 from __future__ import annotations
 
-import datetime
 import os
 import queue
 import threading
@@ -152,7 +151,7 @@ class BuildRun:
 
     def execute(self) -> int:
         t0 = time.monotonic()
-        stamp = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+        stamp = history.now_stamp()
         self.engine.emit(BuildStarted(len(self.closure), self.admission.jobserver.capacity))
         for sid in self.closure:
             self._state(sid, State.READY if self.waiting[sid] == 0 else State.PENDING)
@@ -496,17 +495,16 @@ class BuildRun:
             for sid, status in self.status.items()
             if status not in (Status.SKIPPED,)
         }
-        entry = {
-            "started": stamp,
-            "duration_s": round(finished.duration_s, 3),
-            "targets": list(self.options.targets),
-            "result": result,
-            "ran": finished.ran,
-            "skipped": finished.skipped,
-            "failed": finished.failed,
-            "stages": stages,
-        }
         try:
-            history.append(self.root / STATE_DIR, entry, repair=self.history_damaged)
+            history.record_build(
+                self.root / STATE_DIR,
+                started=stamp,
+                duration_s=finished.duration_s,
+                targets=list(self.options.targets),
+                result=result,
+                counts=(finished.ran, finished.skipped, finished.failed),
+                stages=stages,
+                repair=self.history_damaged,
+            )
         except OSError as exc:
             self.engine.emit(Message(f"could not write the build history: {exc.strerror}", "warning"))

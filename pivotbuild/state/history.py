@@ -22,6 +22,42 @@ _KEEP_BYTES = 4 << 20  # trim to the newer half once the file passes this
 RECENT = 20  # builds whose stage durations the scheduler uses
 
 
+def record_build(
+    state_dir: Path,
+    *,
+    started: str,
+    duration_s: float,
+    targets: list[str],
+    result: str,
+    counts: tuple[int, int, int],
+    stages: Mapping[str, Mapping[str, Any]],
+    repair: bool = False,
+) -> None:
+    """Append one build's entry: when it started (ISO 8601, UTC), how long it
+    took, its targets, its result ("ok", "failed" or "interrupted"), how many
+    stages (ran, were up to date, failed), and each stage that did not skip.
+    The one writer of build entries, for the no-op fast path and the build alike."""
+    ran, skipped, failed = counts
+    entry = {
+        "started": started,
+        "duration_s": round(duration_s, 3),
+        "targets": targets,
+        "result": result,
+        "ran": ran,
+        "skipped": skipped,
+        "failed": failed,
+        "stages": stages,
+    }
+    append(state_dir, entry, repair=repair)
+
+
+def now_stamp() -> str:
+    """The current time as build entries record it (ISO 8601, UTC, seconds)."""
+    import datetime
+
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+
+
 def append(state_dir: Path, entry: Mapping[str, Any], *, repair: bool = False) -> None:
     """Add `entry`; with `repair`, first drop every damaged line (a reader saw
     some), so a damaged file is mended by the next build that writes."""
