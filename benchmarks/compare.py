@@ -9,6 +9,7 @@ and its own build file for the same stages, in a directory of its own.
     python3 benchmarks/compare.py                          # 1,000 stages (50 x 20), big outputs, -j2
     python3 benchmarks/compare.py --shape small --tools pivotbuild,make,ninja,doit,snakemake
     python3 benchmarks/compare.py --width 1000 --depth 10 --shape small    # 10,000 stages
+    python3 benchmarks/compare.py --baseline ../old/.venv/bin/pivotbuild   # before/after a change, in one run
 
 --shape big (the default): each stage `cat`s its deps, so outputs double with
 every layer (about 1.2 GB per tool at 50 x 20: never raise --depth much) and
@@ -271,8 +272,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=5, help="no-op and incremental builds per tool (medians)")
     ap.add_argument("--dir", type=Path, help="build here and keep the projects (default: a temporary directory)")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    ap.add_argument(
+        "--baseline",
+        metavar="PROGRAM",
+        help="also time this pivotbuild executable (another checkout's, e.g. .venv/bin/pivotbuild), as 'baseline'",
+    )
     args = ap.parse_args(argv)
     tools = args.tools.split(",")
+    if args.baseline:
+        TOOLS["baseline"] = Tool(str(Path(args.baseline).resolve()), write_pivotbuild, TOOLS["pivotbuild"].args)
+        at = tools.index("pivotbuild") + 1 if "pivotbuild" in tools else len(tools)
+        tools.insert(at, "baseline")
     unknown = [t for t in tools if t not in TOOLS]
     if unknown:
         ap.error(f"unknown tool {unknown[0]!r}; choose from {', '.join(TOOLS)}")
