@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
 
 from pivotbuild import paths
 from pivotbuild.errors import Location, PivotfileError
 from pivotbuild.model import DEFAULT_SHELL, Command, Dep, IncludeRef, Out, Pipeline, Stage, StageId, TargetRef
 from pivotbuild.pivotfile.expand import COMMAND_LINE, RESERVED_VARS, Expander, Failed, Origin, Reporter, Scope, VarDef
+from pivotbuild.pivotfile.fields import BOOLS, ScalarFields
 from pivotbuild.pivotfile.params import ParamError, Params, ParamsFileError
 from pivotbuild.pivotfile.syntax import (
     FIELDS,
@@ -34,15 +34,10 @@ from pivotbuild.pivotfile.syntax import (
     StageDecl,
     Word,
 )
-from pivotbuild.pivotfile.units import parse_duration, parse_size
 from pivotbuild.suggest import did_you_mean
 
 _MATRIX_VALUE_RE = re.compile(r"[A-Za-z0-9_.+-]+")
-_ENV_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_PY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*")
-_BOOLS = {"yes": True, "true": True, "on": True, "1": True, "no": False, "false": False, "off": False, "0": False}
 _OUT_OPTIONS = ("cache", "persist", "incremental")
-_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +54,7 @@ def compile_module(module: Module, options: CompileOptions) -> Pipeline:
     return _Compiler(module, options).run()
 
 
-class _Compiler:
+class _Compiler(ScalarFields):
     def __init__(self, module: Module, options: CompileOptions) -> None:
         self.module = module
         self.opts = options
@@ -375,9 +370,9 @@ class _Compiler:
                 raise self._fail(w.pos, f"output option '{key}' is given twice")
             flag = True
             if sep:
-                if value.strip().lower() not in _BOOLS:
+                if value.strip().lower() not in BOOLS:
                     raise self._fail(w.pos, f"'{w.text}': the value must be true or false")
-                flag = _BOOLS[value.strip().lower()]
+                flag = BOOLS[value.strip().lower()]
             opts[key] = flag
         return opts
 
@@ -432,93 +427,6 @@ class _Compiler:
     def _run(self, f: Field, scope: Scope) -> Command:
         assert f.script is not None
         return self.x.script(f.script, scope)
-
-    def _py(self, f: Field, scope: Scope) -> str:
-        word = f.words[0]
-        text = self.x.scalar(word, scope)
-        if text is None:
-            raise Failed
-        if not _PY_RE.fullmatch(text):
-            raise self._fail(
-                word.pos, f"'py: {text}' must name a function as 'module:function' (e.g. 'src.train:main')"
-            )
-        return text
-
-    def _mutex(self, f: Field, scope: Scope) -> tuple[str, ...]:
-        pairs = self.x.expand_each(f.words, scope)
-        if pairs is None:
-            raise Failed
-        for word, g in pairs:
-            if g != "*" and not NAME_RE.fullmatch(g):
-                raise self._fail(word.pos, f"'{g}' is not a valid mutex group name (or '*' to run alone)")
-        return tuple(dict.fromkeys(g for _, g in pairs))
-
-    def _int(self, f: Field, scope: Scope, minimum: int, what: str) -> int:
-        word = f.words[0]
-        text = self.x.scalar(word, scope)
-        if text is None:
-            raise Failed
-        try:
-            value = int(text)
-        except ValueError:
-            value = minimum - 1
-        if value < minimum:
-            raise self._fail(word.pos, f"'{f.name}: {text}' must be {what}")
-        return value
-
-    def _jobs(self, f: Field, scope: Scope) -> int:
-        return self._int(f, scope, 1, "a whole number of at least 1")
-
-    def _retry(self, f: Field, scope: Scope) -> int:
-        return self._int(f, scope, 0, "a whole number of extra attempts (0 or more)")
-
-    def _mem(self, f: Field, scope: Scope) -> int:
-        return self._converted(f, scope, parse_size)
-
-    def _timeout(self, f: Field, scope: Scope) -> float:
-        return self._converted(f, scope, parse_duration)
-
-    def _converted(self, f: Field, scope: Scope, convert: Callable[[str], _T]) -> _T:
-        word = f.words[0]
-        text = self.x.scalar(word, scope)
-        if text is None:
-            raise Failed
-        try:
-            return convert(text)
-        except ValueError as exc:
-            raise self._fail(word.pos, f"{f.name}: {exc}") from None
-
-    def _env(self, f: Field, scope: Scope) -> tuple[tuple[str, str], ...]:
-        env: dict[str, str] = {}
-        for item in f.items:
-            key = item.key.text
-            if not _ENV_KEY_RE.fullmatch(key):
-                raise self._fail(item.key.pos, f"'{key}' is not a valid environment variable name")
-            if key == "PIVOT_STAGE":
-                raise self._fail(item.key.pos, "PIVOT_STAGE is set by pivotbuild to the stage's name")
-            if key in env:
-                raise self._fail(item.key.pos, f"'{key}' is set twice in 'env:'")
-            env[key] = " ".join(self.x.words(item.values, scope))
-        return tuple(env.items())
-
-    def _dir(self, f: Field, scope: Scope) -> str:
-        word = f.words[0]
-        text = self.x.scalar(word, scope)
-        if text is None:
-            raise Failed
-        path = paths.make_relative(self.opts.root, paths.join(self.dir_rel, text))
-        if paths.escapes(path):
-            raise self._fail(word.pos, f"'dir: {text}' is outside the project root; stages run inside the project")
-        return path
-
-    def _always(self, f: Field, scope: Scope) -> bool:
-        word = f.words[0]
-        text = self.x.scalar(word, scope)
-        if text is None:
-            raise Failed
-        if text.lower() not in _BOOLS:
-            raise self._fail(word.pos, f"'always: {text}' must be yes or no")
-        return _BOOLS[text.lower()]
 
 
 def _display_dir(module_path: str) -> str:
