@@ -555,7 +555,7 @@ def test_reflink_mode_copies_where_the_filesystem_cannot_and_says_so_once(projec
 def test_reflink_mode_is_silent_where_the_filesystem_shares_extents(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from pivotbuild.cache import store
+    from pivotbuild.cache import copying
 
     notices: list[str] = []
     cache = Cache(tmp_path / "cache", notices.append)
@@ -573,13 +573,13 @@ def test_reflink_mode_is_silent_where_the_filesystem_shares_extents(
         os.sendfile(dest_fd, src_fd, 0, os.fstat(src_fd).st_size)
         return True
 
-    monkeypatch.setattr(store, "reflink", shared)
+    monkeypatch.setattr(copying, "reflink", shared)
     for i, digest in enumerate(digests):
         cache.checkout_file(digest, tmp_path / f"reflinked-{i}.txt", Mode.REFLINK)
         assert (tmp_path / f"reflinked-{i}.txt").read_text() == f"content {i}\n"
     assert len(clones) == 3 and notices == []
 
-    monkeypatch.setattr(store, "reflink", lambda src_fd, dest_fd: False)
+    monkeypatch.setattr(copying, "reflink", lambda src_fd, dest_fd: False)
     for i, digest in enumerate(digests):
         cache.checkout_file(digest, tmp_path / f"copied-{i}.txt", Mode.REFLINK)
         cache.checkout_file(digest, tmp_path / f"plain-{i}.txt", Mode.COPY)  # copy mode never says it

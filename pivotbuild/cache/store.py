@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import json
-import mmap
 import os
 import shutil
 import stat
@@ -22,10 +20,8 @@ from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
 
-import xxhash
-
+from pivotbuild.cache.copying import clone_and_hash, clone_or_copy, copy_and_hash, write_new
 from pivotbuild.state.hashing import (
-    CHUNK,
     ENTRY_EXEC,
     ENTRY_FILE,
     ENTRY_LINK,
@@ -37,7 +33,6 @@ from pivotbuild.state.hashing import (
 )
 
 OBJECTS = "objects"
-_FICLONE = 0x40049409  # linux/fs.h: _IOW(0x94, 9, int)
 SMALL = 1 << 20  # files up to this size are stored from memory, read once
 
 
@@ -104,7 +99,7 @@ class Cache:
                 if actual != digest:
                     return False
                 if data is not None:
-                    _write_new(tmp, data)
+                    write_new(tmp, data)
                     os.replace(tmp, dest)
                     return True
             self._copy_into(src, tmp, 0o444)
@@ -138,11 +133,11 @@ class Cache:
                 # Writable until filled (the direct-I/O copy opens it again), then read-only.
                 out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
                 try:
-                    cloned = _clone_and_hash(fd, out, tmp) if self._clones else None
+                    cloned = clone_and_hash(fd, out, tmp) if self._clones else None
                     if cloned is None:
                         self._clones = False
                         self._copied(cloned=False)
-                        cloned = _copy_and_hash(fd, out, tmp)
+                        cloned = copy_and_hash(fd, out, tmp)
                     digest = cloned
                     os.fchmod(out, 0o444)
                 finally:
@@ -203,7 +198,7 @@ class Cache:
             self._ensure_dir(dest.parent)
             tmp = self._tmp_name(dest)
             try:
-                _write_new(tmp, data)
+                write_new(tmp, data)
                 os.replace(tmp, dest)
             finally:
                 with contextlib.suppress(FileNotFoundError):
@@ -345,7 +340,7 @@ class Cache:
         a reflink where the filesystem can."""
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, perms)
         try:
-            cloned = _clone_or_copy(src, fd)
+            cloned = clone_or_copy(src, fd)
         finally:
             os.close(fd)
         self._copied(cloned, mode)
@@ -372,132 +367,3 @@ class Cache:
 def _make_read_only(path: str) -> None:
     """Take the write bits off `path`, keeping the rest (what the umask left)."""
     os.chmod(path, stat.S_IMODE(os.stat(path).st_mode) & 0o555)
-
-
-def _write_new(path: str, data: bytes) -> None:
-    """Create `path` read-only (it must not exist) holding `data`."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-    finally:
-        os.close(fd)
-
-
-def _clone_and_hash(src_fd: int, dest_fd: int, dest: str) -> str | None:
-    """Reflink `src_fd` into `dest_fd` and hash the clone; None if the
-    filesystem cannot share extents."""
-    return hash_file(dest) if reflink(src_fd, dest_fd) else None
-
-
-def _copy_and_hash(src_fd: int, dest_fd: int, dest: str) -> str:
-    """Copy `src_fd` to `dest_fd` (from the start) in one pass, hashing what is copied.
-
-    The copy is written with direct I/O where the filesystem allows it: an
-    object is an archive copy, rarely read back soon, so it need not take page
-    cache.  Besides keeping the workspace's files in memory, that makes a large
-    store cheap: a buffered write of new data costs the CPU a page allocation
-    and a copy per 4 KiB, a direct one is a DMA from our buffer.  Whole aligned
-    chunks go direct; a short last chunk (and everything, where direct I/O is
-    refused) goes through `dest_fd`."""
-    h = xxhash.xxh3_128()
-    view = _buffer()
-    os.lseek(src_fd, 0, os.SEEK_SET)
-    os.ftruncate(dest_fd, 0)
-    direct = _open_direct(dest)
-    offset = 0
-    try:
-        while n := os.readv(src_fd, [view]):
-            chunk = view[:n]
-            h.update(chunk)
-            if direct is not None and n % _ALIGN == 0:
-                try:
-                    _write_all(direct, chunk, offset)
-                    offset += n
-                    continue
-                except OSError as exc:
-                    if exc.errno != errno.EINVAL:
-                        raise
-                os.close(direct)
-                direct = None
-            elif direct is not None:
-                os.close(direct)  # unaligned from here on: finish buffered
-                direct = None
-            _write_all(dest_fd, chunk, offset)
-            offset += n
-        return h.hexdigest()
-    finally:
-        if direct is not None:
-            os.close(direct)
-
-
-_buffers = threading.local()
-
-
-def _buffer() -> memoryview:
-    """This thread's copy buffer: page-aligned, as direct I/O requires, and
-    reused, so its pages are faulted in once rather than once per file."""
-    view: memoryview | None = getattr(_buffers, "view", None)
-    if view is None:
-        view = _buffers.view = memoryview(mmap.mmap(-1, CHUNK))
-    return view
-
-
-_ALIGN = 4096  # a multiple of every logical block size direct I/O asks offsets and lengths to align to
-
-
-def _open_direct(path: str) -> int | None:
-    """A second, direct-I/O descriptor on `path`, or None where that is not available."""
-    flag = getattr(os, "O_DIRECT", 0)
-    if not flag:
-        return None
-    try:
-        return os.open(path, os.O_WRONLY | os.O_CLOEXEC | flag)
-    except OSError:
-        return None  # tmpfs and some FUSE filesystems refuse O_DIRECT
-
-
-def _write_all(fd: int, data: memoryview, offset: int) -> None:
-    while data:
-        written = os.pwrite(fd, data, offset)
-        data = data[written:]
-        offset += written
-
-
-def reflink(src_fd: int, dest_fd: int) -> bool:
-    """Make `dest_fd` share `src_fd`'s extents (FICLONE); False where the
-    filesystem (or the pair of them) cannot."""
-    try:
-        fcntl.ioctl(dest_fd, _FICLONE, src_fd)
-    except OSError:
-        return False
-    return True
-
-
-def _clone_or_copy(src: Path, dest_fd: int) -> bool:
-    """Fill the empty file `dest_fd` with `src`'s bytes: a reflink where the
-    filesystem can (returns True), else a copy."""
-    with open(src, "rb") as fin:
-        if reflink(fin.fileno(), dest_fd):
-            return True
-        size = os.fstat(fin.fileno()).st_size
-        copied = 0
-        try:
-            while copied < size:
-                n = os.copy_file_range(fin.fileno(), dest_fd, size - copied)
-                if n == 0:
-                    break
-                copied += n
-        except OSError:
-            fin.seek(0)
-            os.lseek(dest_fd, 0, os.SEEK_SET)
-            os.ftruncate(dest_fd, 0)
-            copied = 0
-        fin.seek(copied)
-        os.lseek(dest_fd, copied, os.SEEK_SET)
-        while chunk := fin.read(1 << 20):
-            view = memoryview(chunk)
-            while view:
-                view = view[os.write(dest_fd, view) :]
-    return False
