@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import Project
 
+import pivotbuild.project
 from pivotbuild.build import load
 from pivotbuild.build.session import LoadedProject
 from pivotbuild.errors import CycleError, PivotfileError, ProjectError
@@ -32,11 +33,10 @@ stage b:
 def compiles(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     """The directory of each compile of the Pivotfiles (not counting plans restored)."""
     seen: list[Path] = []
-    real = load.load_project
 
-    def counted(options: LoadOptions) -> load.Project:
+    def counted(options: LoadOptions) -> pivotbuild.project.Project:
         seen.append(options.cwd)
-        return real(options)
+        return pivotbuild.project.load_project(options)
 
     monkeypatch.setattr(load, "load_project", counted)
     return seen
@@ -85,7 +85,8 @@ def test_preloaded_project_is_served_without_loading(project: Project, compiles:
 def test_an_edited_pivotfile_is_reloaded(project: Project) -> None:
     project.pivotfile(CHAIN)
     loaded = holder(project)
-    project.pivotfile(CHAIN.replace("cp $< $@\n", "cat $< > $@\n", 1) + "\nstage c:\n    outs: c.txt\n    run: touch $@\n")
+    edited = CHAIN.replace("cp $< $@\n", "cat $< > $@\n", 1)
+    project.pivotfile(edited + "\nstage c:\n    outs: c.txt\n    run: touch $@\n")
     assert loaded.changed()
     reloaded = loaded.reload()
     assert (reloaded.loaded, reloaded.error) == (True, None)
@@ -97,7 +98,7 @@ def test_an_edited_pivotfile_is_reloaded(project: Project) -> None:
 def test_a_removed_stage_is_reported(project: Project) -> None:
     project.pivotfile(CHAIN)
     loaded = holder(project)
-    project.pivotfile(CHAIN.split("stage b:")[0])
+    project.pivotfile(CHAIN.partition("stage b:")[0])
     reloaded = loaded.reload()
     assert (names(reloaded.added), names(reloaded.removed), names(reloaded.redefined)) == ([], ["b"], [])
 

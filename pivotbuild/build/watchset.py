@@ -31,8 +31,9 @@ class GlobWatch:
 
     def matches(self, path: str, root: str) -> bool:
         """Could a change at `path` change what the glob expands to: a match, or
-        a directory that could hold matches (a moved directory is one event)?
-        Hidden files only if the pattern names them, as `globs.expand` does."""
+        a directory that could hold matches (a moved directory is one event;
+        a path that is not a file now may have been one)?  Hidden files only
+        if the pattern names them, as `globs.expand` does."""
         if os.path.isabs(self.pattern):
             rel = path
         elif _under(path, root):
@@ -43,7 +44,9 @@ class GlobWatch:
             return False
         if "/." in "/" + rel and "/." not in "/" + self.pattern:
             return False
-        return bool(self.regex.fullmatch(rel)) or may_match_under(self.pattern, rel)
+        if self.regex.fullmatch(rel):
+            return True
+        return may_match_under(self.pattern, rel) and not os.path.isfile(path)
 
 
 @dataclass(frozen=True, slots=True)
