@@ -132,3 +132,19 @@ def test_with_all_a_new_pivotfile_anywhere_is_a_source(project: Project) -> None
 def test_without_all_a_new_pivotfile_is_not_a_source(project: Project) -> None:
     project.pivotfile(CHAIN)
     assert not reads(project, "c").is_source(str(project.root / "new/Pivotfile"))
+
+
+def test_a_project_restored_from_its_compiled_plan_reads_the_same(project: Project) -> None:
+    project.write("params.toml", "[train]\nepochs = 3\n")
+    project.pivotfile(CHAIN + "\nstage train:\n    params: train.epochs\n    deps: data/*.csv\n    run: true\n")
+    compiled = reads(project, "b", "train")
+    restored = reads(project, "b", "train")  # the plan written by the first load is fresh
+    assert restored == compiled
+
+
+def test_state_under_a_directory_dep_is_never_a_change(project: Project) -> None:
+    project.write("sub/in.txt", "x\n")
+    project.pivotfile("stage d:\n    deps: sub/\n    outs: d.txt\n    run: ls $< > $@\n")
+    watched = reads(project, "d")
+    assert watched.matches(str(project.root / "sub/in.txt"))
+    assert not watched.matches(str(project.root / "sub/.pivot/Pivotfile.lock"))
