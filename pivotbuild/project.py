@@ -62,7 +62,7 @@ def load_project(options: LoadOptions) -> Project:
     loader = _Loader(root, cwd, options.overrides)
     queue: list[Path] = [main_file] if main_file else []
     if options.all_pipelines:
-        queue.extend(_all_pivotfiles(root))
+        queue.extend(all_pivotfiles(root))
     main = None
     for path in queue:
         pipeline = loader.load(path)
@@ -87,7 +87,7 @@ def main_file_of(options: LoadOptions) -> Path | None:
     return path if path.is_file() else None
 
 
-def _all_pivotfiles(root: Path) -> Iterator[Path]:
+def all_pivotfiles(root: Path) -> Iterator[Path]:
     """Every Pivotfile under `root`, but not in hidden directories, nor in a
     project of its own below it (a directory holding a root's `.pivot/`)."""
     for dirpath, dirnames, filenames in os.walk(root):
@@ -103,7 +103,7 @@ def including(root: Path, directory: Path) -> list[str]:
     Pivotfile that does not compile is passed over (it builds nothing until
     it is fixed)."""
     loader = _Loader(root, root, {})
-    for path in _all_pivotfiles(root):
+    for path in all_pivotfiles(root):
         try:
             loader.load(path)
         except ProjectError:
