@@ -67,9 +67,9 @@ SPEC_EXAMPLE = (Path(__file__).parent / "fixtures" / "spec-example.Pivotfile").r
 
 
 def _fixture_texts() -> list[str]:
-    """Module-level string constants of the test suite that look like Pivotfiles."""
+    """String constants of the test suite (test files and their helpers) that look like Pivotfiles."""
     found = []
-    for path in sorted((REPO / "tests").glob("test_*.py")):
+    for path in [*sorted((REPO / "tests").glob("test_*.py")), REPO / "tests" / "helpers.py"]:
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Constant) and isinstance(node.value, str):
                 text = node.value
