@@ -16,13 +16,24 @@ import textwrap
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from conftest import PIVOTBUILD, Project, Result, compile_text
+from hypothesis import strategies as st
 
 from pivotbuild.errors import Diagnostic, PivotfileError
-from pivotbuild.model import Pipeline, Stage
+from pivotbuild.model import Pipeline, Stage, StageId
+from pivotbuild.pivotfile.syntax import Module, StageDecl
+
+REPO = Path(__file__).resolve().parent.parent
+# The complete example of PIVOTFILE.md, and the params file it reads.
+SPEC_EXAMPLE = REPO / "tests" / "fixtures" / "spec-example.Pivotfile"
+PARAMS_TOML = '[train]\nepochs = 3\nlr = 0.1\n\n[model]\ndepth = 4\nname = "deep"\n'
+
+# A hypothesis `draw` function, for @st.composite strategies.
+T = TypeVar("T")
+Draw = Callable[[st.SearchStrategy[T]], T]
 
 # How long a test waits for a process it started before calling it hung.
 HANG_GUARD_S = 15
@@ -94,6 +105,13 @@ def counts(text: str) -> tuple[int, int, int, int]:
     return ran, up, restored, failed
 
 
+def history(p: Project) -> list[dict[str, Any]]:
+    """`pivotbuild history --json`: one entry a build, oldest first."""
+    r = p.run("history", "--json")
+    assert r.code == 0, r
+    return [json.loads(line) for line in r.out.splitlines()]
+
+
 def lock_json(p: Project) -> dict[str, Any]:
     """`pivotbuild lock show --json`."""
     r = p.run("lock", "show", "--json")
@@ -122,11 +140,16 @@ def read(p: Project, rel: str) -> str:
     return (p.root / rel).read_text()
 
 
+def src(text: str) -> str:
+    """Dedent a triple-quoted text and drop its first newline."""
+    return textwrap.dedent(text).lstrip("\n")
+
+
 def write(root: Path, rel: str, text: str) -> Path:
     """Write a file below root (dedented), creating its directories."""
     path = root / rel
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(textwrap.dedent(text).lstrip("\n"))
+    path.write_text(src(text))
     return path
 
 
@@ -203,6 +226,28 @@ def background_build(p: Project, tmp: Path, *args: str) -> Iterator[subprocess.P
                 os.killpg(os.getpgid(pid), signal.SIGKILL)
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
+
+
+# -- the Pivotfile language -------------------------------------------------------------
+
+
+def sid(name: str, pipeline: str = "") -> StageId:
+    return StageId(pipeline, name)
+
+
+def scripts(module: Module) -> list[tuple[str, str, bool]]:
+    """(stage, script text, inline) for every run: field."""
+    return [
+        (s.name.text, f.script.text, f.script.inline)
+        for s in module.statements
+        if isinstance(s, StageDecl)
+        for f in s.fields
+        if f.script is not None
+    ]
+
+
+def where(d: Diagnostic) -> tuple[int, int]:
+    return d.loc.line, d.loc.col
 
 
 # -- the compiler's diagnostics ----------------------------------------------------------

@@ -5,7 +5,6 @@ damaged journal is survived with a warning."""
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import signal
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from conftest import Project
-from helpers import background_build, events, finished, gone, hung_pid, locked, runs, wait_until
+from helpers import background_build, events, finished, gone, history, hung_pid, locked, runs, wait_until
 
 from pivotbuild.cache.store import Cache
 from pivotbuild.state.hashing import hash_file
@@ -71,10 +70,7 @@ def test_interrupt_stops_the_build_with_130_and_keeps_finished_stages(
     assert done["b"][0] == "ran"
     assert runs(project) == ["a", "b", "b"]
 
-    r = project.run("history", "--json")
-    assert r.code == 0, r
-    entries = [json.loads(line) for line in r.out.splitlines()]
-    assert [e["result"] for e in entries] == ["interrupted", "ok"]
+    assert [e["result"] for e in history(project)] == ["interrupted", "ok"]
 
 
 def _kill_mid_build(project: Project, tmp_path: Path, *, after_a_is_cached: bool = False) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from conftest import compile_text
-from helpers import assert_at, diagnostics, only_error, the_stage
+from helpers import SPEC_EXAMPLE, assert_at, diagnostics, only_error, the_stage
 
 from pivotbuild.errors import Location, PivotfileError
 from pivotbuild.model import DEFAULT_SHELL, AutoVar, Dep, IncludeRef, Out, Param, Pipeline, Stage, StageId, TargetRef
@@ -31,7 +31,7 @@ def one(text: str, root: Path, **kwargs: object) -> Stage:
 
 # -- the complete example of PIVOTFILE.md ----------------------------------------------
 
-EXAMPLE = (Path(__file__).parent / "fixtures" / "spec-example.Pivotfile").read_text(encoding="utf-8")
+EXAMPLE = SPEC_EXAMPLE.read_text(encoding="utf-8")
 
 EXAMPLE_SHELL = ("bash", "-eu", "-o", "pipefail")
 

@@ -5,7 +5,6 @@ networkx, click or rich.  Which stages ran is seen in the log they append to."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -15,7 +14,7 @@ from typing import Any
 
 import pytest
 from conftest import Project
-from helpers import CHAIN, DURATION, background_build, counts, read, runs, wait_until
+from helpers import CHAIN, DURATION, background_build, counts, history, read, runs, wait_until
 from tracing import Traced, assert_fast, build, traced
 
 # -- helpers -----------------------------------------------------------------------------
@@ -25,12 +24,6 @@ def assert_ordinary(r: Traced) -> None:
     """The engine decided (the no-op fast path did not answer)."""
     assert "Traceback" not in r.err, r.err
     assert r.decided, f"the no-op fast path answered: {r}"
-
-
-def history(p: Project) -> list[dict[str, Any]]:
-    r = p.run("history", "--json")
-    assert r.code == 0, r
-    return [json.loads(line) for line in r.out.splitlines()]
 
 
 def rewrite_in_place(path: Path, text: str, *, keep_mtime: bool) -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 from conftest import compile_text
-from helpers import write
+from helpers import sid, write
 
 from pivotbuild.build.selection import open_graph, selected
 from pivotbuild.errors import PivotfileError, TargetError
@@ -37,10 +37,6 @@ stage trainer:
 """
 
 VARIANTS = ["train@small-0.1", "train@small-0.01", "train@large-0.1", "train@large-0.01"]
-
-
-def sid(name: str, pipeline: str = "") -> StageId:
-    return StageId(pipeline, name)
 
 
 def names(ids: list[StageId]) -> list[str]:
