@@ -1,8 +1,9 @@
-"""Plain helpers shared by the test files: reading what a `--json` build
-reports, the stages' own run logs, the CHAIN pipeline, processes that must go
-away, a build run in the background and killed, and the compiler's
-diagnostics.  Fixtures live in conftest.py; runs traced by import time
-(which path answered) in tracing.py."""
+"""Plain helpers shared by the test files: where the repository and the spec's
+example are, the CHAIN pipeline, what a `--json` build reports, the stages' own
+run logs, processes that must go away, a build run in the background to be
+killed, and the Pivotfile language's helpers (stage ids, scripts, the
+compiler's diagnostics).  Fixtures live in conftest.py; runs traced by import
+time (which path answered) in tracing.py."""
 
 from __future__ import annotations
 
