@@ -332,8 +332,8 @@ stage log:
     assert os.stat(log).st_nlink == 1 and os.stat(log).st_mode & 0o200
     # Nothing to do next time, without reading a file.
     r = project.run("--json")
-    finished = next(json.loads(line) for line in r.out.splitlines() if '"build_finished"' in line)
-    assert finished["ran"] == 0 and finished["files_read"] == 0
+    summary = next(json.loads(line) for line in r.out.splitlines() if '"build_finished"' in line)
+    assert summary["ran"] == 0 and summary["files_read"] == 0
     # A new input reruns the stage over the read-only output; the old object survives.
     project.write("in.txt", "two\n")
     assert project.run().code == 0
