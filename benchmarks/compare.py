@@ -138,6 +138,12 @@ def find(program: str) -> str | None:
     return shutil.which(program, path=str(Path(sys.executable).parent)) or shutil.which(program)
 
 
+def pivotbuild_command() -> list[str]:
+    """The installed `pivotbuild` script (what a user runs), else `python -m pivotbuild`."""
+    found = find("pivotbuild")
+    return [found] if found else [sys.executable, "-m", "pivotbuild"]
+
+
 def generate(root: Path, stages: list[Stage], tool: str, shape: str) -> None:
     """The sources and `tool`'s build file in root (made afresh)."""
     shutil.rmtree(root, ignore_errors=True)

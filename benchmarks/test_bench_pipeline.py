@@ -17,11 +17,11 @@ import fcntl
 import os
 import shutil
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from compare import pivotbuild_command
 from pytest_benchmark.fixture import BenchmarkFixture
 
 from pivotbuild.build.options import BuildOptions
@@ -31,15 +31,6 @@ from pivotbuild.pivotfile.parser import parse
 from pivotbuild.project import LoadOptions, load_project
 
 SIZES = {"1k": (50, 20), "10k": (100, 100)}  # width, depth
-
-
-def pivotbuild_command() -> list[str]:
-    """The installed `pivotbuild` script (what a user runs), else `python -m pivotbuild`."""
-    script = Path(sys.executable).with_name("pivotbuild")
-    if script.is_file():
-        return [str(script)]
-    found = shutil.which("pivotbuild")
-    return [found] if found else [sys.executable, "-m", "pivotbuild"]
 
 
 def write_project(root: Path, width: int, depth: int) -> Path:

@@ -4,24 +4,14 @@ is pivotbuild's own: deciding, starting a shell per stage, recording results."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from compare import pivotbuild_command
 from pytest_benchmark.fixture import BenchmarkFixture
 
 STAGES = 1000
-
-
-def pivotbuild_command() -> list[str]:
-    """The installed `pivotbuild` script (what a user runs), else `python -m pivotbuild`."""
-    script = Path(sys.executable).with_name("pivotbuild")
-    if script.is_file():
-        return [str(script)]
-    found = shutil.which("pivotbuild")
-    return [found] if found else [sys.executable, "-m", "pivotbuild"]
 
 
 @pytest.fixture(scope="module")

@@ -74,6 +74,17 @@ def project(tmp_path: Path) -> Project:
     return Project(root)
 
 
+@pytest.fixture
+def chain(project: Project) -> Project:
+    """A project with the CHAIN pipeline (helpers.py) and its sources, not built yet."""
+    from helpers import CHAIN  # helpers imports this module: import it once both exist
+
+    project.pivotfile(CHAIN)
+    project.write("in.txt", "hello\n")
+    project.write("other.txt", "other\n")
+    return project
+
+
 def compile_text(text: str, root: Path, subdir: str = "", overrides: dict[str, str] | None = None) -> Pipeline:
     """Parse and compile Pivotfile text (dedented) as if it lived in root/subdir."""
     pipeline_dir = root / subdir if subdir else root

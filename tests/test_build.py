@@ -11,57 +11,14 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 from conftest import PIVOTBUILD, Project, Result
+from helpers import CHAIN, SUMMARY, build, events, finished, gone, lock_json, locked, read, runs, wait_gone
 
 from pivotbuild.pivotfile.units import approx_size
 
-SUMMARY = re.compile(r"^pivotbuild: (\d+) ran, (\d+) up to date, (\d+) restored, (\d+) failed.* in \d+(\.\d+)?s$", re.M)
-
-CHAIN = """
-stage a:
-    deps: in.txt
-    outs: build/a.txt
-    run: cp $< $@; echo a >> runs.log
-
-stage b:
-    deps: build/a.txt
-    outs: b.txt
-    run: tr a-z A-Z < $< > $@; echo b >> runs.log
-
-stage c:
-    deps: other.txt
-    outs: c.txt
-    run: cp $< $@; echo c >> runs.log
-"""
-
-
 # -- helpers -----------------------------------------------------------------------------
-
-
-def events(r: Result) -> list[dict[str, Any]]:
-    """Every stdout line of a `--json` run, parsed (a line that is not JSON fails the test)."""
-    return [json.loads(line) for line in r.out.splitlines()]
-
-
-def finished(r: Result) -> dict[str, tuple[str, str]]:
-    """stage -> (status, reason) from the `stage_finished` events."""
-    done: dict[str, tuple[str, str]] = {}
-    for e in events(r):
-        if e["event"] == "stage_finished":
-            assert e["stage"] not in done, f"{e['stage']} finished twice: {r.out}"
-            done[e["stage"]] = (e["status"], e["reason"])
-    return done
-
-
-def build(p: Project, *args: str, code: int = 0) -> dict[str, tuple[str, str]]:
-    """`pivotbuild --json ARGS`, expecting exit status `code`; stage -> (status, reason)."""
-    r = p.run("--json", *args)
-    assert r.code == code, r
-    assert "Traceback" not in r.err, r.err
-    return finished(r)
 
 
 def ran(done: dict[str, tuple[str, str]]) -> set[str]:
@@ -72,62 +29,12 @@ def skipped(done: dict[str, tuple[str, str]]) -> set[str]:
     return {s for s, (status, _) in done.items() if status == "skipped"}
 
 
-def runs(p: Project) -> list[str]:
-    """The stages that ran, in order, as the stages themselves logged it."""
-    log = p.root / "runs.log"
-    return log.read_text().split() if log.exists() else []
-
-
-def read(p: Project, rel: str) -> str:
-    return (p.root / rel).read_text()
-
-
 def run_with_env(p: Project, *args: str, **extra: str) -> Result:
     env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200", **extra}
     proc = subprocess.run(
         [*PIVOTBUILD, *args], cwd=p.root, capture_output=True, text=True, timeout=60, env=env, check=False
     )
     return Result(proc.returncode, proc.stdout, proc.stderr)
-
-
-def gone(pid: int) -> bool:
-    """The process no longer exists (or is a zombie waiting to be reaped)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
-
-
-def wait_gone(pid: int, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if gone(pid):
-            return True
-        time.sleep(0.05)
-    return gone(pid)
-
-
-def locked(p: Project) -> set[str]:
-    """The stages the lockfile records (none without a lockfile)."""
-    if not (p.root / "Pivotfile.lock").exists():
-        return set()
-    return set(lock_json(p)["stages"])
-
-
-def lock_json(p: Project) -> dict[str, Any]:
-    r = p.run("lock", "show", "--json")
-    assert r.code == 0, r
-    data: dict[str, Any] = json.loads(r.out)
-    return data
-
-
-@pytest.fixture
-def chain(project: Project) -> Project:
-    project.pivotfile(CHAIN)
-    project.write("in.txt", "hello\n")
-    project.write("other.txt", "other\n")
-    return project
 
 
 # -- first build, second build -----------------------------------------------------------

@@ -5,18 +5,16 @@ damaged journal is survived with a warning."""
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from conftest import PIVOTBUILD, Project, Result
+from conftest import Project
+from helpers import background_build, events, finished, gone, history, hung_pid, locked, runs, wait_until
 
 from pivotbuild.cache.store import Cache
 from pivotbuild.state.hashing import hash_file
@@ -41,75 +39,6 @@ stage b:
         fi
         cp $< $@
 """
-
-
-def events(r: Result) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in r.out.splitlines()]
-
-
-def finished(r: Result) -> dict[str, tuple[str, str]]:
-    return {e["stage"]: (e["status"], e["reason"]) for e in events(r) if e["event"] == "stage_finished"}
-
-
-def runs(p: Project) -> list[str]:
-    return (p.root / "runs.log").read_text().split()
-
-
-def gone(pid: int) -> bool:
-    """The process no longer exists (or is a zombie waiting to be reaped)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
-
-
-def wait_until(check: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def hung_pid(p: Project) -> int:
-    """Wait for stage b to be hanging; its sleep's pid."""
-    pid_file = p.root / "b.pid"
-    wait_until(lambda: pid_file.exists() and pid_file.read_text().strip(), 20, "stage b to start")
-    return int(pid_file.read_text())
-
-
-@contextlib.contextmanager
-def background_build(p: Project, tmp: Path, *args: str) -> Iterator[subprocess.Popen[bytes]]:
-    """`pivotbuild ARGS` in the background, in its own session like a terminal job.
-    Whatever is left of it or of its stages is killed afterwards."""
-    env = {**os.environ, "NO_COLOR": "1"}
-    with (tmp / "bg.out").open("wb") as out, (tmp / "bg.err").open("wb") as err:
-        proc = subprocess.Popen(
-            [*PIVOTBUILD, *args], cwd=p.root, env=env, stdout=out, stderr=err, start_new_session=True
-        )
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-        pid_file = p.root / "b.pid"
-        if pid_file.exists() and pid_file.read_text().strip():
-            pid = int(pid_file.read_text())
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(os.getpgid(pid), signal.SIGKILL)
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
-
-
-def locked(p: Project) -> set[str]:
-    if not (p.root / "Pivotfile.lock").exists():
-        return set()
-    r = p.run("lock", "show", "--json")
-    assert r.code == 0, r
-    return set(json.loads(r.out)["stages"])
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
@@ -141,10 +70,7 @@ def test_interrupt_stops_the_build_with_130_and_keeps_finished_stages(
     assert done["b"][0] == "ran"
     assert runs(project) == ["a", "b", "b"]
 
-    r = project.run("history", "--json")
-    assert r.code == 0, r
-    entries = [json.loads(line) for line in r.out.splitlines()]
-    assert [e["result"] for e in entries] == ["interrupted", "ok"]
+    assert [e["result"] for e in history(project)] == ["interrupted", "ok"]
 
 
 def _kill_mid_build(project: Project, tmp_path: Path, *, after_a_is_cached: bool = False) -> None:

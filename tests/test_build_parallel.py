@@ -4,15 +4,14 @@ write themselves, never from how long pivotbuild takes."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
 
 from conftest import PIVOTBUILD, Project, Result
+from helpers import events, runs, statuses
 
 Interval = tuple[float, float]
 
@@ -53,14 +52,6 @@ def intervals(p: Project) -> dict[str, Interval]:
 
 def overlap(a: Interval, b: Interval) -> bool:
     return a[0] < b[1] and b[0] < a[1]
-
-
-def events(r: Result) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in r.out.splitlines()]
-
-
-def statuses(r: Result) -> dict[str, str]:
-    return {e["stage"]: e["status"] for e in events(r) if e["event"] == "stage_finished"}
 
 
 def build(p: Project, *args: str) -> Result:
@@ -238,10 +229,6 @@ def wait_for(path: Path, text: str = "", timeout: float = 60.0) -> None:
             return
         time.sleep(0.02)
     raise AssertionError(f"{path} never held {text!r}")
-
-
-def runs(p: Project) -> list[str]:
-    return (p.root / "runs.log").read_text().split()
 
 
 def test_a_second_build_waits_for_the_first(project: Project, tmp_path: Path) -> None:

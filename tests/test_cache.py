@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from conftest import Project
+from helpers import finished, statuses
 
 from pivotbuild.cache.store import Cache, CorruptObject, Mode
 from pivotbuild.state.hashing import hash_bytes, hash_file
@@ -33,11 +34,6 @@ stage tree:
 """
 
 
-def statuses(out: str) -> dict[str, tuple[str, str]]:
-    events = [json.loads(line) for line in out.splitlines()]
-    return {e["stage"]: (e["status"], e["reason"]) for e in events if e["event"] == "stage_finished"}
-
-
 def runs(project: Project) -> int:
     return len((project.root / "count.log").read_text().splitlines())
 
@@ -56,7 +52,7 @@ def test_deleted_outputs_are_restored_not_rerun(project: Project) -> None:
     os.system(f"rm -rf {project.root / 'tree'}")
     r = project.run("--json")
     assert r.code == 0, r.err
-    done = statuses(r.out)
+    done = finished(r.out)
     assert done["make"] == ("restored", "out out.txt missing")
     assert done["tree"][0] == "restored"
     assert runs(project) == 1
@@ -68,8 +64,8 @@ def test_deleted_outputs_are_restored_not_rerun(project: Project) -> None:
 
 def test_inputs_seen_before_are_restored_from_the_run_cache(project: Project) -> None:
     built(project)
-    assert statuses(project.run("X=2", "--json").out)["make"][0] == "ran"
-    back = statuses(project.run("--json").out)  # X back to 1: that run is in the run cache
+    assert finished(project.run("X=2", "--json").out)["make"][0] == "ran"
+    back = finished(project.run("--json").out)  # X back to 1: that run is in the run cache
     assert back["make"][0] == "restored"
     assert runs(project) == 2
     assert (project.root / "out.txt").read_text() == "hello\n1\n"
@@ -80,13 +76,13 @@ def test_no_cache_stores_nothing(project: Project) -> None:
     project.write("in.txt", "hello\n")
     assert project.run("--no-cache").code == 0
     (project.root / "out.txt").unlink()
-    assert statuses(project.run("--json").out)["make"][0] == "ran"
+    assert finished(project.run("--json").out)["make"][0] == "ran"
 
 
 def test_forced_stages_run_even_when_the_cache_could_restore_them(project: Project) -> None:
     built(project)
     (project.root / "out.txt").unlink()
-    assert statuses(project.run("-B", "make", "--json").out)["make"] == ("ran", "forced")
+    assert finished(project.run("-B", "make", "--json").out)["make"] == ("ran", "forced")
 
 
 def test_uncached_outputs_are_never_restored(project: Project) -> None:
@@ -94,7 +90,7 @@ def test_uncached_outputs_are_never_restored(project: Project) -> None:
     project.write("in.txt", "hello\n")
     assert project.run().code == 0
     (project.root / "out.txt").unlink()
-    assert statuses(project.run("--json").out)["make"][0] == "ran"
+    assert finished(project.run("--json").out)["make"][0] == "ran"
 
 
 def test_a_corrupt_cache_object_is_never_checked_out(project: Project) -> None:
@@ -105,7 +101,7 @@ def test_a_corrupt_cache_object_is_never_checked_out(project: Project) -> None:
     (project.root / "out.txt").unlink()
     r = project.run("--json")
     assert r.code == 0
-    assert statuses(r.out)["make"][0] == "ran"  # rebuilt, not restored from the bad object
+    assert finished(r.out)["make"][0] == "ran"  # rebuilt, not restored from the bad object
     assert "corrupt" in r.err
     assert (project.root / "out.txt").read_text() == "hello\n1\n"
     assert hash_file(obj) == hash_file(project.root / "out.txt")  # the rebuild healed the cache
@@ -205,9 +201,9 @@ def test_gc_deletes_only_what_no_lockfile_needs(project: Project) -> None:
     os.system(f"rm -rf {project.root / 'tree'}")
     assert project.run("checkout").code == 0  # everything the lockfile (X=2) needs survived
     assert (project.root / "tree/sub/deep.txt").read_text() == "deep\n"
-    assert statuses(project.run("X=2", "--json").out)["make"][0] == "skipped"
+    assert finished(project.run("X=2", "--json").out)["make"][0] == "skipped"
     # The X=1 run-cache entry went with its objects: going back to X=1 runs again.
-    assert statuses(project.run("--json").out)["make"][0] == "ran"
+    assert finished(project.run("--json").out)["make"][0] == "ran"
 
 
 def test_checkout_mode_from_the_config(project: Project) -> None:
@@ -256,7 +252,7 @@ def test_in_hardlink_mode_an_edit_cannot_reach_the_cache(project: Project) -> No
     r = project.run("checkout")
     assert r.code == 1
     assert not out.exists()
-    rebuilt = statuses(project.run("--json").out)
+    rebuilt = finished(project.run("--json").out)
     assert rebuilt["make"][0] == "ran"  # and the next build heals the cache
     assert hash_file(obj) == obj.parent.name + obj.name
 
@@ -299,7 +295,7 @@ def test_large_outputs_of_every_alignment_come_back_byte_for_byte(project: Proje
         (project.root / f"{name}.bin").unlink()
     r = project.run("--json")
     assert r.code == 0, r.err
-    assert {s for s, _ in statuses(r.out).values()} == {"restored"}
+    assert {s for s, _ in finished(r.out).values()} == {"restored"}
     for name, data in made.items():
         assert (project.root / f"{name}.bin").read_bytes() == data, name
 
@@ -336,8 +332,8 @@ stage log:
     assert os.stat(log).st_nlink == 1 and os.stat(log).st_mode & 0o200
     # Nothing to do next time, without reading a file.
     r = project.run("--json")
-    finished = next(json.loads(line) for line in r.out.splitlines() if '"build_finished"' in line)
-    assert finished["ran"] == 0 and finished["files_read"] == 0
+    summary = next(json.loads(line) for line in r.out.splitlines() if '"build_finished"' in line)
+    assert summary["ran"] == 0 and summary["files_read"] == 0
     # A new input reruns the stage over the read-only output; the old object survives.
     project.write("in.txt", "two\n")
     assert project.run().code == 0
@@ -347,7 +343,7 @@ stage log:
     # And the old version comes back from the run cache by link.
     project.write("in.txt", "one\n")
     r = project.run("--json")
-    assert statuses(r.out)["make"][0] == "restored"
+    assert finished(r.out)["make"][0] == "restored"
     assert os.stat(out).st_ino == os.stat(first).st_ino
 
 
@@ -361,7 +357,7 @@ def test_a_cache_that_cannot_be_written_warns_and_the_build_still_succeeds(proje
     assert "recorded, but not cached" in r.err
     assert (project.root / "out.txt").read_text() == "x\n"
     again = project.run("--json")  # the result was recorded all the same
-    assert again.code == 0 and statuses(again.out)["make"] == ("skipped", "up to date")
+    assert again.code == 0 and finished(again.out)["make"] == ("skipped", "up to date")
 
 
 def test_storing_a_deferred_output_confirms_it_only_outside_its_racy_window(tmp_path: Path) -> None:
@@ -497,16 +493,16 @@ def test_a_torn_run_cache_entry_is_ignored_then_replaced(project: Project) -> No
     leave one cut short: it must never be believed, and the next record of
     those inputs must replace it."""
     built(project)
-    assert statuses(project.run("X=2", "--json").out)["make"][0] == "ran"
+    assert finished(project.run("X=2", "--json").out)["make"][0] == "ran"
     entries = [p for p in (project.root / ".pivot/cache/runs").rglob("*") if p.is_file()]
     for entry in entries:
         entry.write_bytes(entry.read_bytes()[:5])  # every entry torn
-    back = statuses(project.run("--json").out)  # X back to 1: the entry does not decode
+    back = finished(project.run("--json").out)  # X back to 1: the entry does not decode
     assert back["make"][0] == "ran"
     assert runs(project) == 3
     assert project.run("X=2").code == 0  # its entry is torn too: runs, and records it anew
     assert runs(project) == 4
-    assert statuses(project.run("--json").out)["make"][0] == "restored"  # X=1's entry was rewritten whole
+    assert finished(project.run("--json").out)["make"][0] == "restored"  # X=1's entry was rewritten whole
     assert runs(project) == 4
     assert (project.root / "out.txt").read_text() == "hello\n1\n"
 
@@ -548,7 +544,7 @@ def test_reflink_mode_copies_where_the_filesystem_cannot_and_says_so_once(projec
     shutil.rmtree(project.root / "tree")
     b = project.run("--json")  # a build that restores says it once too
     assert b.code == 0, b.err
-    assert set(statuses(b.out).values()) == {("restored", "out out.txt missing"), ("restored", "out tree missing")}
+    assert set(finished(b.out).values()) == {("restored", "out out.txt missing"), ("restored", "out tree missing")}
     assert b.err.count("cannot reflink") == 1
 
 
@@ -608,3 +604,66 @@ def test_a_damaged_run_cache_entry_is_reported_once_and_removed(tmp_path: Path) 
     assert len(said) == 1
     runs_.record(sid, "fp", deps, outs)
     assert runs_.lookup(sid, "fp", deps) == outs
+
+
+# -- checkout modes and directories ----------------------------------------------------------------
+
+DIRS = """
+stage tree:
+    outs: tree/
+    run:
+        mkdir -p $@/sub
+        echo one > $@/one.txt
+        echo one > $@/sub/same.txt
+        printf '#!/bin/sh\\necho hi\\n' > $@/tool.sh
+        chmod +x $@/tool.sh
+        ln -s one.txt $@/link
+stage file:
+    outs: single.txt
+    run: echo single > $@
+"""
+
+
+def _check_out_in(project: Project, mode: str) -> Path:
+    project.pivotfile(DIRS)
+    assert project.run().code == 0
+    project.write(".pivot/config.toml", f'[core]\ncheckout = "{mode}"\n')
+    shutil.rmtree(project.root / "tree")
+    (project.root / "single.txt").unlink()
+    r = project.run("checkout")
+    assert r.code == 0, r.err
+    v = project.run("verify")
+    assert v.code == 0, v.out + v.err
+    r = project.run("--json")
+    assert r.code == 0, r.err
+    assert set(statuses(r).values()) == {"skipped"}
+    tree = project.root / "tree"
+    assert os.access(tree / "tool.sh", os.X_OK)
+    assert os.readlink(tree / "link") == "one.txt"
+    assert (tree / "sub/same.txt").read_text() == "one\n"
+    for f in ("one.txt", "sub/same.txt", "tool.sh"):
+        assert not (tree / f).is_symlink()
+        assert (tree / f).stat().st_mode & 0o222 == 0, f  # read-only: edits cannot reach the cache
+    return tree
+
+
+def test_hardlink_mode_checks_out_directories_that_verify(project: Project) -> None:
+    tree = _check_out_in(project, "hardlink")
+    assert (tree / "one.txt").stat().st_nlink > 1  # still linked to the cache
+    assert (project.root / "single.txt").stat().st_nlink > 1
+
+
+def test_symlink_mode_checks_out_directories_that_verify(project: Project) -> None:
+    _check_out_in(project, "symlink")
+    assert (project.root / "single.txt").is_symlink()
+
+
+def test_a_directory_restored_in_symlink_mode_is_up_to_date(project: Project) -> None:
+    project.pivotfile(DIRS)
+    project.write(".pivot/config.toml", '[core]\ncheckout = "symlink"\n')
+    assert project.run().code == 0
+    shutil.rmtree(project.root / "tree")
+    r = project.run("--json")
+    assert statuses(r)["tree"] == "restored"
+    assert project.run("verify").code == 0
+    assert set(statuses(project.run("--json")).values()) == {"skipped"}

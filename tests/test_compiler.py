@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 from conftest import compile_text
+from helpers import SPEC_EXAMPLE, assert_at, diagnostics, only_error, the_stage
 
-from pivotbuild.errors import Diagnostic, Location, PivotfileError
+from pivotbuild.errors import Location, PivotfileError
 from pivotbuild.model import DEFAULT_SHELL, AutoVar, Dep, IncludeRef, Out, Param, Pipeline, Stage, StageId, TargetRef
 
 GiB = 1024**3
@@ -21,29 +22,6 @@ def root(tmp_path: Path) -> Path:
     return path
 
 
-def diagnostics(text: str, root: Path, subdir: str = "", overrides: dict[str, str] | None = None) -> list[Diagnostic]:
-    with pytest.raises(PivotfileError) as info:
-        compile_text(text, root, subdir=subdir, overrides=overrides)
-    return list(info.value.diagnostics)
-
-
-def only_error(text: str, root: Path, subdir: str = "", overrides: dict[str, str] | None = None) -> Diagnostic:
-    diags = diagnostics(text, root, subdir, overrides)
-    assert len(diags) == 1, "\n".join(d.render() for d in diags)
-    return diags[0]
-
-
-def assert_at(diag: Diagnostic, line: int, col: int, fragment: str, path: str = "Pivotfile") -> None:
-    assert (diag.loc.path, diag.loc.line, diag.loc.col) == (path, line, col), diag.render()
-    assert fragment in diag.message, diag.message
-
-
-def the_stage(pipeline: Pipeline, name: str = "s") -> Stage:
-    found = [s for s in pipeline.stages if s.name == name]
-    assert len(found) == 1, [s.name for s in pipeline.stages]
-    return found[0]
-
-
 def one(text: str, root: Path, **kwargs: object) -> Stage:
     """Compile text holding exactly one stage and return it."""
     pipeline = compile_text(text, root, **kwargs)  # type: ignore[arg-type]
@@ -53,7 +31,7 @@ def one(text: str, root: Path, **kwargs: object) -> Stage:
 
 # -- the complete example of PIVOTFILE.md ----------------------------------------------
 
-EXAMPLE = (Path(__file__).parent / "fixtures" / "spec-example.Pivotfile").read_text(encoding="utf-8")
+EXAMPLE = SPEC_EXAMPLE.read_text(encoding="utf-8")
 
 EXAMPLE_SHELL = ("bash", "-eu", "-o", "pipefail")
 

@@ -12,13 +12,13 @@ docs/reliability.md ("Damaged cache objects") gives the figures.
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from conftest import Project
+from helpers import statuses
 
 from pivotbuild.cache.store import Cache, CorruptObject, MissingObject, Mode
 from pivotbuild.remote import transfer
@@ -94,10 +94,6 @@ def damage(objs: dict[str, Path], target: str, how: str) -> Path:
     path.chmod(0o644)
     DAMAGE[how](path, other)
     return path
-
-
-def statuses(out: str) -> dict[str, str]:
-    return {e["stage"]: e["status"] for e in map(json.loads, out.splitlines()) if e["event"] == "stage_finished"}
 
 
 def assert_good(root: Path) -> None:

@@ -7,7 +7,6 @@ never takes), so the two paths cannot drift apart."""
 
 from __future__ import annotations
 
-import re
 import signal
 import subprocess
 import sys
@@ -16,27 +15,11 @@ from pathlib import Path
 
 import pytest
 from conftest import Project
-from test_build_crash import background_build, hung_pid, wait_until
-from tracing import Traced, assert_fast, build, counts, read, runs, traced
+from helpers import CHAIN, DURATION, background_build, counts, hung_pid, read, runs, wait_until
+from tracing import Traced, assert_fast, build, traced
 
-DURATION = re.compile(r" in \d+(\.\d+)?s$", re.M)
-
-CHAIN = """
-stage a:
-    deps: in.txt
-    outs: build/a.txt
-    run: cp $< $@; echo a >> runs.log
-
-stage b:
-    deps: build/a.txt
-    outs: b.txt
-    run: tr a-z A-Z < $< > $@; echo b >> runs.log
-
-stage c:
-    deps: other.txt
-    outs: c.txt
-    run: grep -q good $< && cp $< $@; echo c >> runs.log
-"""
+# The chain, but c fails unless other.txt says "good".
+CHECKED_CHAIN = CHAIN.replace("cp $< $@; echo c", "grep -q good $< && cp $< $@; echo c")
 
 
 def assert_direct(r: Traced, *, error: bool = False) -> None:
@@ -61,13 +44,13 @@ def same_output(a: Traced, b: Traced) -> None:
 
 
 @pytest.fixture
-def chain(project: Project) -> Project:
-    project.pivotfile(CHAIN)
-    project.write("in.txt", "hello\n")
-    project.write("other.txt", "good\n")
-    build(project)  # compiles the plan and seals every stage
-    (project.root / "runs.log").unlink()
-    return project
+def chain(chain: Project) -> Project:
+    """The chain (conftest's), with CHECKED_CHAIN, built."""
+    chain.pivotfile(CHECKED_CHAIN)
+    chain.write("other.txt", "good\n")
+    build(chain)  # compiles the plan and seals every stage
+    (chain.root / "runs.log").unlink()
+    return chain
 
 
 def test_an_edit_reruns_the_stage_and_its_dependents_without_click(chain: Project) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from conftest import Project
+from helpers import statuses
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -18,11 +19,6 @@ def copy_example(name: str, tmp_path: Path) -> Project:
     shutil.copytree(EXAMPLES / name, root, ignore=shutil.ignore_patterns(".pivot", "Pivotfile.lock", "build", "data"))
     (root / ".pivot").mkdir(exist_ok=True)
     return Project(root)
-
-
-def statuses(result_out: str) -> dict[str, str]:
-    events = [json.loads(line) for line in result_out.splitlines()]
-    return {e["stage"]: e["status"] for e in events if e["event"] == "stage_finished"}
 
 
 @pytest.mark.parametrize("name", ["data-pipeline", "c-project"])

@@ -9,43 +9,26 @@ stages.  The last tests run the real `pivotbuild fmt` command.
 from __future__ import annotations
 
 import dataclasses
-import textwrap
 from pathlib import Path
 
 import pytest
 from conftest import Project, compile_text
+from helpers import PARAMS_TOML, SPEC_EXAMPLE, scripts, src
 
 from pivotbuild.errors import Location
 from pivotbuild.model import Pipeline, Stage
 from pivotbuild.pivotfile.fmt import FormatterBug, _Formatter, format_module
 from pivotbuild.pivotfile.parser import parse
-from pivotbuild.pivotfile.syntax import Assignment, Module, StageDecl
+from pivotbuild.pivotfile.syntax import Assignment, Module
 
 # The complete example of the language spec (PIVOTFILE.md), copied.
-SPEC_EXAMPLE = Path(__file__).parent / "fixtures" / "spec-example.Pivotfile"
-PARAMS_TOML = '[train]\nepochs = 3\nlr = 0.1\n\n[model]\ndepth = 4\nname = "deep"\n'
 
 
 # -- helpers ---------------------------------------------------------------------------
 
 
-def src(text: str) -> str:
-    return textwrap.dedent(text).lstrip("\n")
-
-
 def fmt(text: str) -> str:
     return format_module(parse(text))
-
-
-def scripts(module: Module) -> list[tuple[str, str, bool]]:
-    """(stage, script text, inline) for every run: field."""
-    found: list[tuple[str, str, bool]] = []
-    for stmt in module.statements:
-        if isinstance(stmt, StageDecl):
-            for f in stmt.fields:
-                if f.script is not None:
-                    found.append((stmt.name.text, f.script.text, f.script.inline))
-    return found
 
 
 def comment_texts(module: Module) -> list[str]:

@@ -14,12 +14,12 @@ import dataclasses
 import difflib
 import re
 import shutil
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from conftest import Project, compile_text
+from helpers import PARAMS_TOML, REPO, SPEC_EXAMPLE, Draw
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -29,16 +29,10 @@ from pivotbuild.pivotfile.fmt import TAB_WIDTH, format_module
 from pivotbuild.pivotfile.parser import parse
 from pivotbuild.pivotfile.syntax import Module, StageDecl
 
-ROOT = Path(__file__).resolve().parent.parent
-DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-EXAMPLES = sorted((ROOT / "examples").rglob("Pivotfile"))
-SPEC_EXAMPLE = Path(__file__).parent / "fixtures" / "spec-example.Pivotfile"
-PARAMS_TOML = '[train]\nepochs = 3\nlr = 0.1\n\n[model]\ndepth = 4\nname = "deep"\n'
+DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+EXAMPLES = sorted((REPO / "examples").rglob("Pivotfile"))
 # A doc block marked so shows a layout on purpose (`a#b`, a `\` continuation).
 UNFORMATTED = "unformatted"
-
-T = TypeVar("T")
-Draw = Callable[[st.SearchStrategy[T]], T]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,7 +48,7 @@ class Block:
 
     @property
     def name(self) -> str:
-        return f"{self.doc.relative_to(ROOT)}:{self.line}"
+        return f"{self.doc.relative_to(REPO)}:{self.line}"
 
 
 def blocks(doc: Path) -> list[Block]:
@@ -123,7 +117,7 @@ def test_the_spec_example_is_formatted() -> None:
 def test_fmt_check_passes_on_the_examples_and_the_doc_pivotfiles(project: Project) -> None:
     paths: list[str] = []
     for example in EXAMPLES:
-        dest = project.root / example.relative_to(ROOT)
+        dest = project.root / example.relative_to(REPO)
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(example, dest)
         paths.append(str(dest.relative_to(project.root)))
@@ -148,7 +142,7 @@ def _parses(text: str) -> bool:
 
 def _fixtures() -> dict[str, tuple[str, str]]:
     """name -> (Pivotfile text, params.toml text), for files that compile."""
-    found = {str(p.relative_to(ROOT)): (p.read_text(encoding="utf-8"), _params(p.parent)) for p in EXAMPLES}
+    found = {str(p.relative_to(REPO)): (p.read_text(encoding="utf-8"), _params(p.parent)) for p in EXAMPLES}
     found["spec example"] = (SPEC_EXAMPLE.read_text(encoding="utf-8"), PARAMS_TOML)
     readme = next(b for b in DOC_PIVOTFILES if b.doc.name == "README.md")
     found[readme.name] = (readme.text, PARAMS_TOML)

@@ -29,12 +29,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from helpers import REPO, SPEC_EXAMPLE
 from hypothesis import HealthCheck, assume, given, seed, settings
 from hypothesis import strategies as st
 
 from pivotbuild.cli import main
 
-REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = int(os.environ.get("PIVOT_FUZZ_EXAMPLES", "300"))
 SEED = int(os.environ.get("PIVOT_FUZZ_SEED", "20261203"))
 FUZZ_SETTINGS = settings(
@@ -63,13 +63,12 @@ TOKENS = [
 
 
 # The complete example of the language's specification (PIVOTFILE.md, v1), as test_fmt keeps it.
-SPEC_EXAMPLE = (Path(__file__).parent / "fixtures" / "spec-example.Pivotfile").read_text(encoding="utf-8")
 
 
 def _fixture_texts() -> list[str]:
-    """Module-level string constants of the test suite that look like Pivotfiles."""
+    """String constants of the test suite (test files and their helpers) that look like Pivotfiles."""
     found = []
-    for path in sorted((REPO / "tests").glob("test_*.py")):
+    for path in [*sorted((REPO / "tests").glob("test_*.py")), REPO / "tests" / "helpers.py"]:
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Constant) and isinstance(node.value, str):
                 text = node.value
@@ -80,7 +79,7 @@ def _fixture_texts() -> list[str]:
 
 def _seeds() -> list[str]:
     seeds = [(REPO / "examples" / name / "Pivotfile").read_text() for name in ("c-project", "data-pipeline")]
-    seeds.append(SPEC_EXAMPLE)
+    seeds.append(SPEC_EXAMPLE.read_text(encoding="utf-8"))
     language = (REPO / "docs" / "language.md").read_text()
     seeds += re.findall(r"^```pivotfile\n(.*?)^```", language, re.S | re.M)
     return seeds + _fixture_texts()

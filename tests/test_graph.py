@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 from conftest import compile_text
+from helpers import sid, where
 
-from pivotbuild.errors import CycleError, Diagnostic, GraphError
+from pivotbuild.errors import CycleError, GraphError
 from pivotbuild.globs import glob_regex
 from pivotbuild.graph import ARTIFACT, STAGE, BuildGraph
 from pivotbuild.model import StageId
@@ -17,10 +18,6 @@ from pivotbuild.model import StageId
 
 def build(tmp_path: Path, text: str) -> BuildGraph:
     return BuildGraph(compile_text(text, tmp_path).stages)
-
-
-def sid(name: str, pipeline: str = "") -> StageId:
-    return StageId(pipeline, name)
 
 
 def names(ids: list[StageId]) -> list[str]:
@@ -102,10 +99,6 @@ def located(tmp_path: Path, text: str) -> BuildGraph:
     """Like `build`, the errors quoting their source lines from `text`."""
     source = textwrap.dedent(text).lstrip("\n").split("\n")
     return BuildGraph(compile_text(text, tmp_path).stages, "", lambda loc: source[loc.line - 1])
-
-
-def where(d: Diagnostic) -> tuple[int, int]:
-    return d.loc.line, d.loc.col
 
 
 def test_two_stage_cycle_is_located_at_the_first_stage_with_a_note_at_each_link(tmp_path: Path) -> None:

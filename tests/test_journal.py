@@ -13,13 +13,12 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import HANG_GUARD_S
 
 from pivotbuild.state import history, lockfile
 from pivotbuild.state.journal import Journal, fold, frame, read_records
 from pivotbuild.state.projectlock import LOCK_NAME, Busy, ProjectLock
 from pivotbuild.state.records import FileRecord, LockData, ParamRecord, StageRecord
-
-HANG_GUARD_S = 15
 
 
 def record(name: str, salt: str = "") -> StageRecord:

@@ -5,41 +5,17 @@ networkx, click or rich.  Which stages ran is seen in the log they append to."""
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
-import re
 import shutil
 import signal
 import subprocess
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import PIVOTBUILD, Project
-from tracing import Traced, assert_fast, build, counts, read, runs, traced
-
-DURATION = re.compile(r" in \d+(\.\d+)?s$", re.M)
-
-CHAIN = """
-stage a:
-    deps: in.txt
-    outs: build/a.txt
-    run: cp $< $@; echo a >> runs.log
-
-stage b:
-    deps: build/a.txt
-    outs: b.txt
-    run: tr a-z A-Z < $< > $@; echo b >> runs.log
-
-stage c:
-    deps: other.txt
-    outs: c.txt
-    run: cp $< $@; echo c >> runs.log
-"""
-
+from conftest import Project
+from helpers import CHAIN, DURATION, background_build, counts, history, read, runs, wait_until
+from tracing import Traced, assert_fast, build, traced
 
 # -- helpers -----------------------------------------------------------------------------
 
@@ -48,12 +24,6 @@ def assert_ordinary(r: Traced) -> None:
     """The engine decided (the no-op fast path did not answer)."""
     assert "Traceback" not in r.err, r.err
     assert r.decided, f"the no-op fast path answered: {r}"
-
-
-def history(p: Project) -> list[dict[str, Any]]:
-    r = p.run("history", "--json")
-    assert r.code == 0, r
-    return [json.loads(line) for line in r.out.splitlines()]
 
 
 def rewrite_in_place(path: Path, text: str, *, keep_mtime: bool) -> None:
@@ -65,14 +35,6 @@ def rewrite_in_place(path: Path, text: str, *, keep_mtime: bool) -> None:
         f.truncate()
     if keep_mtime:
         os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
-
-
-@pytest.fixture
-def chain(project: Project) -> Project:
-    project.pivotfile(CHAIN)
-    project.write("in.txt", "hello\n")
-    project.write("other.txt", "other\n")
-    return project
 
 
 # -- 1. the no-op --------------------------------------------------------------------------
@@ -535,39 +497,11 @@ stage b:
 """
 
 
-def wait_until(check: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-@contextlib.contextmanager
-def background_build(p: Project, tmp: Path) -> Iterator[subprocess.Popen[bytes]]:
-    env = {**os.environ, "NO_COLOR": "1"}
-    with (tmp / "bg.out").open("wb") as out, (tmp / "bg.err").open("wb") as err:
-        proc = subprocess.Popen(
-            [*PIVOTBUILD, "-j1"], cwd=p.root, env=env, stdout=out, stderr=err, start_new_session=True
-        )
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-        pid_file = p.root / "b.pid"
-        if pid_file.exists() and pid_file.read_text().strip():
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(os.getpgid(int(pid_file.read_text())), signal.SIGKILL)
-
-
 def kill_mid_build(p: Project, tmp: Path) -> bytes:
     """Run the build, SIGKILL pivotbuild while b hangs; the journal it left."""
     (p.root / "hung.once").unlink(missing_ok=True)
     (p.root / "b.pid").unlink(missing_ok=True)
-    with background_build(p, tmp) as proc:
+    with background_build(p, tmp, "-j1") as proc:
         pid_file = p.root / "b.pid"
         wait_until(lambda: pid_file.exists() and pid_file.read_text().strip(), 20, "stage b to start")
         proc.send_signal(signal.SIGKILL)

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 from conftest import compile_text
+from helpers import assert_at, diagnostics, only_error, the_stage
 
-from pivotbuild.errors import Diagnostic, PivotfileError
-from pivotbuild.model import Param, Pipeline, Stage
+from pivotbuild.model import Param
 from pivotbuild.pivotfile.params import ParamError, Params, ParamsFileError, split_ref, to_text
 
 HAVE_YAML = importlib.util.find_spec("yaml") is not None
@@ -29,29 +29,6 @@ def write(root: Path, rel: str, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")
     return path
-
-
-def diagnostics(text: str, root: Path, subdir: str = "") -> tuple[Diagnostic, ...]:
-    with pytest.raises(PivotfileError) as info:
-        compile_text(text, root, subdir=subdir)
-    return info.value.diagnostics
-
-
-def only_error(text: str, root: Path, subdir: str = "") -> Diagnostic:
-    diags = diagnostics(text, root, subdir)
-    assert len(diags) == 1, "\n".join(d.render() for d in diags)
-    return diags[0]
-
-
-def assert_at(diag: Diagnostic, path: str, line: int, col: int, *fragments: str) -> None:
-    assert (diag.loc.path, diag.loc.line, diag.loc.col) == (path, line, col), diag.render()
-    for fragment in fragments:
-        assert fragment in diag.message, diag.message
-
-
-def the_stage(pipeline: Pipeline, name: str = "s") -> Stage:
-    [stage] = [s for s in pipeline.stages if s.name == name]
-    return stage
 
 
 # -- the module on its own ---------------------------------------------------------
@@ -156,7 +133,7 @@ def test_lookup_invalid_file_is_located_in_it(root: Path) -> None:
     with pytest.raises(ParamsFileError) as info:
         Params(root, "").lookup("a")
     diag = info.value.diagnostic
-    assert_at(diag, "params.toml", 2, 5, "invalid TOML", "Invalid value")
+    assert_at(diag, 2, 5, "invalid TOML", "Invalid value", path="params.toml")
     assert diag.source_line == "b = = 2"
 
 
@@ -352,7 +329,7 @@ def test_param_not_used_by_a_stage_is_not_tracked(root: Path) -> None:
 def test_a_variable_cannot_be_named_like_a_param(root: Path) -> None:
     write(root, "params.toml", "x = 'param'\n")
     diag = only_error("params.x = variable\nstage s:\n    run: echo ${params.x}\n", root)
-    assert_at(diag, "Pivotfile", 1, 1, "'params.x' is reserved")
+    assert_at(diag, 1, 1, "'params.x' is reserved")
 
 
 def test_param_date_renders_as_written(root: Path) -> None:
@@ -369,54 +346,54 @@ def test_param_date_renders_as_written(root: Path) -> None:
 def test_missing_key_in_params_field_suggests(root: Path) -> None:
     write(root, "params.toml", "[train]\nepochs = 10\n")
     diag = only_error("stage s:\n    params: train.epoch\n    run: echo\n", root)
-    assert_at(diag, "Pivotfile", 2, 13, "param 'train.epoch' not found in params.toml", "did you mean 'train.epochs'")
+    assert_at(diag, 2, 13, "param 'train.epoch' not found in params.toml", "did you mean 'train.epochs'")
 
 
 def test_missing_key_in_reference_suggests(root: Path) -> None:
     write(root, "params.toml", "[train]\nepochs = 10\n")
     diag = only_error("stage s:\n    run: train --epochs ${params.train.epoch}\n", root)
-    assert_at(diag, "Pivotfile", 2, 25, "param 'train.epoch' not found", "did you mean 'train.epochs'")
+    assert_at(diag, 2, 25, "param 'train.epoch' not found", "did you mean 'train.epochs'")
 
 
 def test_missing_key_inside_a_word_is_located_at_the_reference(root: Path) -> None:
     write(root, "params.toml", "a = 1\n")
     diag = only_error("stage s:\n    outs: out/${params.b}.txt\n    run: echo\n", root)
-    assert_at(diag, "Pivotfile", 2, 15, "param 'b' not found in params.toml")
+    assert_at(diag, 2, 15, "param 'b' not found in params.toml")
 
 
 def test_missing_named_file(root: Path) -> None:
     diag = only_error("stage s:\n    params: other.toml:a\n    run: echo\n", root)
-    assert_at(diag, "Pivotfile", 2, 13, "params file 'other.toml' does not exist")
+    assert_at(diag, 2, 13, "params file 'other.toml' does not exist")
 
 
 def test_missing_named_file_in_reference(root: Path) -> None:
     diag = only_error("stage s:\n    run: echo ${params.other.json:a}\n", root)
-    assert_at(diag, "Pivotfile", 2, 15, "params file 'other.json' does not exist")
+    assert_at(diag, 2, 15, "params file 'other.json' does not exist")
 
 
 def test_no_params_file_at_all(root: Path) -> None:
     diag = only_error("stage s:\n    params: a.b\n    run: echo\n", root)
-    assert_at(diag, "Pivotfile", 2, 13, "no params file", "params.toml", "'a.b'")
+    assert_at(diag, 2, 13, "no params file", "params.toml", "'a.b'")
 
 
 def test_table_valued_reference_is_an_error(root: Path) -> None:
     write(root, "params.toml", "[train]\nepochs = 10\n")
     diag = only_error("stage s:\n    run: echo ${params.train}\n", root)
-    assert_at(diag, "Pivotfile", 2, 15, "param 'train'", "is a table; name a key inside it")
+    assert_at(diag, 2, 15, "param 'train'", "is a table; name a key inside it")
 
 
 def test_table_valued_reference_in_outs_is_an_error(root: Path) -> None:
     write(root, "params.toml", "dirs = {a = 1}\n")
     diag = only_error("stage s:\n    outs: ${params.dirs}\n    run: echo\n", root)
-    assert_at(diag, "Pivotfile", 2, 11, "is a table")
+    assert_at(diag, 2, 11, "is a table")
 
 
 def test_malformed_param_keys(root: Path) -> None:
     write(root, "params.toml", "a = 1\n")
     diags = diagnostics("stage s:\n    params: a..b\n    run: echo ${params.}\n", root)
     assert len(diags) == 2
-    assert_at(diags[0], "Pivotfile", 2, 13, "'a..b' is not a param key")
-    assert_at(diags[1], "Pivotfile", 3, 15, "is not a param key")
+    assert_at(diags[0], 2, 13, "'a..b' is not a param key")
+    assert_at(diags[1], 3, 15, "is not a param key")
 
 
 def test_several_param_errors_are_reported_together(root: Path) -> None:
@@ -439,7 +416,7 @@ def test_several_param_errors_are_reported_together(root: Path) -> None:
 def test_invalid_toml_is_located_in_the_params_file(root: Path) -> None:
     write(root, "params.toml", "a = 1\nb = = 2\n")
     diag = only_error("stage s:\n    params: a\n    run: echo\n", root)
-    assert_at(diag, "params.toml", 2, 5, "invalid TOML", "Invalid value")
+    assert_at(diag, 2, 5, "invalid TOML", "Invalid value", path="params.toml")
     assert "(at line" not in diag.message  # the location is in the diagnostic, not repeated
     assert diag.source_line == "b = = 2"
     assert diag.render().startswith("params.toml:2:5: error: invalid TOML")
@@ -448,33 +425,33 @@ def test_invalid_toml_is_located_in_the_params_file(root: Path) -> None:
 def test_invalid_toml_found_through_a_reference(root: Path) -> None:
     write(root, "params.toml", "[a]\nx = 1\n[a]\n")
     diag = only_error("stage s:\n    run: echo ${params.a.x}\n", root)
-    assert_at(diag, "params.toml", 3, 3, "invalid TOML", "twice")
+    assert_at(diag, 3, 3, "invalid TOML", "twice", path="params.toml")
 
 
 def test_invalid_json_is_located_in_the_params_file(root: Path) -> None:
     write(root, "params.json", '{"a": 1,\n "b": }')
     diag = only_error("stage s:\n    params: a\n    run: echo\n", root)
-    assert_at(diag, "params.json", 2, 7, "invalid JSON", "Expecting value")
+    assert_at(diag, 2, 7, "invalid JSON", "Expecting value", path="params.json")
     assert diag.source_line == ' "b": }'
 
 
 def test_params_file_must_hold_a_table(root: Path) -> None:
     write(root, "params.json", "[1, 2]")
     diag = only_error("stage s:\n    params: a\n    run: echo\n", root)
-    assert_at(diag, "params.json", 1, 1, "must hold a table")
+    assert_at(diag, 1, 1, "must hold a table", path="params.json")
 
 
 def test_params_file_that_is_a_directory(root: Path) -> None:
     (root / "x.toml").mkdir()
     diag = only_error("stage s:\n    params: x.toml:a\n    run: echo\n", root)
-    assert_at(diag, "x.toml", 1, 1, "cannot read")
+    assert_at(diag, 1, 1, "cannot read", path="x.toml")
 
 
 def test_params_file_in_a_subdirectory_is_shown_with_its_directory(root: Path) -> None:
     write(root, "sub/params.toml", "a = = 1\n")
     diag = only_error("stage s:\n    params: a\n    run: echo\n", root, subdir="sub")
     # compile_text names the Pivotfile "Pivotfile", so params files are shown beside it.
-    assert_at(diag, "params.toml", 1, 5, "invalid TOML")
+    assert_at(diag, 1, 5, "invalid TOML", path="params.toml")
 
 
 def test_broken_params_file_is_reported_once(root: Path) -> None:
@@ -492,7 +469,7 @@ def test_broken_params_file_is_reported_once(root: Path) -> None:
         root,
     )
     assert len(diags) == 1, "\n".join(d.render() for d in diags)
-    assert_at(diags[0], "params.toml", 2, 5, "invalid TOML")
+    assert_at(diags[0], 2, 5, "invalid TOML", path="params.toml")
 
 
 def test_deeply_nested_json_is_a_located_error(root: Path) -> None:
@@ -510,10 +487,10 @@ def test_yaml_params(root: Path) -> None:
         assert the_stage(p).params == (Param("p.yaml", "a.b", "3"),)
     else:
         diag = only_error(text, root)
-        assert_at(diag, "p.yaml", 1, 1, "needs PyYAML", "pip install pyyaml")
+        assert_at(diag, 1, 1, "needs PyYAML", "pip install pyyaml", path="p.yaml")
 
 
 def test_yaml_is_not_a_default_params_file(root: Path) -> None:
     write(root, "params.yaml", "a: 1\n")
     diag = only_error("stage s:\n    params: a\n    run: echo\n", root)
-    assert_at(diag, "Pivotfile", 2, 13, "no params file")
+    assert_at(diag, 2, 13, "no params file")

@@ -8,10 +8,10 @@ where each record says it came from, and how each syntax error is reported.
 from __future__ import annotations
 
 import re
-import textwrap
 from pathlib import Path
 
 import pytest
+from helpers import REPO, src, where
 
 from pivotbuild.errors import Diagnostic, Location, PivotfileError
 from pivotbuild.pivotfile import syntax
@@ -32,15 +32,9 @@ from pivotbuild.pivotfile.syntax import (
 )
 
 SPEC = Path("/work/shared/spec/PIVOTFILE.md")
-REPO = Path(__file__).resolve().parents[1]
 
 
 # -- helpers -----------------------------------------------------------------------
-
-
-def src(text: str) -> str:
-    """Dedent a triple-quoted Pivotfile and drop the first newline."""
-    return textwrap.dedent(text).lstrip("\n")
 
 
 def parse_ok(text: str, path: str = "Pivotfile") -> Module:
@@ -88,10 +82,6 @@ def raws(words: tuple[Word, ...]) -> list[str]:
 
 def places(words: tuple[Word, ...]) -> list[tuple[int, int]]:
     return [(w.pos.line, w.pos.col) for w in words]
-
-
-def where(d: Diagnostic) -> tuple[int, int]:
-    return (d.loc.line, d.loc.col)
 
 
 def script_of(text: str) -> Script:

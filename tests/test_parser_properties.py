@@ -9,12 +9,12 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from conftest import compile_text
+from helpers import PARAMS_TOML, Draw, scripts
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
@@ -32,9 +32,6 @@ from pivotbuild.pivotfile.syntax import (
     Word,
 )
 
-T = TypeVar("T")
-Draw = Callable[[st.SearchStrategy[T]], T]
-
 PROPERTY_SETTINGS = settings(
     max_examples=200,
     database=None,
@@ -42,7 +39,6 @@ PROPERTY_SETTINGS = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 
-PARAMS_TOML = '[train]\nepochs = 3\nlr = 0.1\n\n[model]\ndepth = 4\nname = "deep"\n'
 PARAM_KEYS = ["train.epochs", "train.lr", "model.depth", "model.name", "train"]
 
 
@@ -412,16 +408,6 @@ def pivotfiles(draw: Draw[Any], comments: bool = True) -> Generated:
     if draw(st.integers(0, 9)) == 0:
         text = "\ufeff" + text
     return Generated(text, names)
-
-
-def scripts(module: Module) -> list[tuple[str, str, bool]]:
-    return [
-        (s.name.text, f.script.text, f.script.inline)
-        for s in module.statements
-        if isinstance(s, StageDecl)
-        for f in s.fields
-        if f.script is not None
-    ]
 
 
 def shapes(module: Module) -> list[tuple[str, ...]]:

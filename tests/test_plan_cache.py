@@ -15,26 +15,8 @@ import pytest
 import tracing
 import xxhash
 from conftest import Project
-from tracing import Traced, assert_fast, counts, read, runs, traced
-
-CHAIN = """
-# the chain
-stage a:
-    deps: in.txt
-    outs: build/a.txt
-    run: cp $< $@; echo a >> runs.log
-
-stage b:
-    deps: build/a.txt
-    outs: b.txt
-    run: tr a-z A-Z < $< > $@; echo b >> runs.log
-
-stage c:
-    deps: other.txt
-    outs: c.txt
-    run: cp $< $@; echo c >> runs.log
-"""
-
+from helpers import CHAIN, counts, read, runs
+from tracing import Traced, assert_fast, traced
 
 # -- helpers -----------------------------------------------------------------------------
 
@@ -58,14 +40,6 @@ def new_runs(p: Project, before: list[str]) -> list[str]:
     now = runs(p)
     assert now[: len(before)] == before
     return sorted(now[len(before) :])
-
-
-@pytest.fixture
-def chain(project: Project) -> Project:
-    project.pivotfile(CHAIN)
-    project.write("in.txt", "hello\n")
-    project.write("other.txt", "other\n")
-    return project
 
 
 def built(chain: Project) -> list[str]:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 
 import pytest
+from helpers import write
 
 from pivotbuild.build.selection import open_graph
 from pivotbuild.errors import GraphError, PivotfileError, ProjectError
@@ -13,13 +13,6 @@ from pivotbuild.model import StageId
 from pivotbuild.project import LoadOptions, Project, load_project
 
 SIMPLE = "stage hello:\n    outs: hello.txt\n    run: echo hi > $@\n"
-
-
-def write(root: Path, rel: str, text: str) -> Path:
-    path = root / rel
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(textwrap.dedent(text).lstrip("\n"))
-    return path
 
 
 def load(

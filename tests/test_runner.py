@@ -11,12 +11,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import psutil
 import pytest
+from helpers import HANG_GUARD_S, read_pid, wait_gone
 
 from pivotbuild.build.executors.runner import TAIL_LINES, RunResult, RunSpec, run, stage_argv
 
-HANG_GUARD_S = 15
 SH = ("/bin/sh", "-e")
 
 
@@ -50,29 +49,6 @@ def sh(
     elapsed = time.monotonic() - started
     assert elapsed < HANG_GUARD_S, f"run() took {elapsed:.1f}s"
     return result, lines, elapsed
-
-
-def gone(pid: int) -> bool:
-    """True once `pid` has exited (a zombie waiting for its reaper counts as gone)."""
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        try:
-            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
-                return True
-        except psutil.NoSuchProcess:
-            return True
-        time.sleep(0.05)
-    return False
-
-
-def read_pid(path: Path) -> int:
-    deadline = time.monotonic() + HANG_GUARD_S
-    while time.monotonic() < deadline:
-        text = path.read_text() if path.exists() else ""
-        if text.endswith("\n"):
-            return int(text)
-        time.sleep(0.02)
-    raise AssertionError(f"no pid written to {path}")
 
 
 @pytest.fixture
@@ -215,7 +191,7 @@ def test_timeout_kills_the_whole_tree(tmp_path: Path) -> None:
     assert not result.cancelled
     assert result.describe(1) == "timed out after 1s"
     assert lines.of("stdout") == ["started"]
-    assert gone(read_pid(pidfile))
+    assert wait_gone(read_pid(pidfile), 5)
 
 
 def test_timeout_kills_a_grandchild_that_left_the_process_group(tmp_path: Path) -> None:
@@ -223,7 +199,7 @@ def test_timeout_kills_a_grandchild_that_left_the_process_group(tmp_path: Path) 
     script = f"setsid sh -c 'echo $$ > {pidfile}; exec sleep 60' & sleep 60"
     result, _, _ = sh(script, tmp_path, timeout=1)
     assert result.timed_out
-    assert gone(read_pid(pidfile))
+    assert wait_gone(read_pid(pidfile), 5)
 
 
 def test_timeout_escalates_to_sigkill(tmp_path: Path) -> None:
@@ -233,7 +209,7 @@ def test_timeout_escalates_to_sigkill(tmp_path: Path) -> None:
     result, _, _ = sh(script, tmp_path, timeout=0.5)
     assert result.timed_out
     assert result.signal == signal.SIGKILL
-    assert gone(read_pid(pidfile))
+    assert wait_gone(read_pid(pidfile), 5)
 
 
 def test_timeout_not_reached(tmp_path: Path) -> None:
@@ -265,7 +241,7 @@ def test_cancel_kills_the_tree(tmp_path: Path) -> None:
     assert not result.timed_out
     assert not result.ok
     assert result.describe(None) == "cancelled"
-    assert gone(read_pid(pidfile))
+    assert wait_gone(read_pid(pidfile), 5)
 
 
 def test_cancel_before_start(tmp_path: Path) -> None:

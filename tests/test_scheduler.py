@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from conftest import compile_text
+from helpers import sid
 
 from pivotbuild.build.admission import Admission, TokenPool, critical_path
 from pivotbuild.errors import Location
@@ -383,10 +384,6 @@ def test_admission_of_compiled_stages(tmp_path: Path) -> None:
 
 
 # -- critical path ---------------------------------------------------------------------
-
-
-def sid(name: str) -> StageId:
-    return StageId("", name)
 
 
 def test_critical_path_chain() -> None:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 
 import pytest
 from conftest import compile_text
+from helpers import sid, write
 
 from pivotbuild.build.selection import open_graph, selected
 from pivotbuild.errors import PivotfileError, TargetError
@@ -39,10 +39,6 @@ stage trainer:
 VARIANTS = ["train@small-0.1", "train@small-0.01", "train@large-0.1", "train@large-0.01"]
 
 
-def sid(name: str, pipeline: str = "") -> StageId:
-    return StageId(pipeline, name)
-
-
 def names(ids: list[StageId]) -> list[str]:
     return [s.label() for s in ids]
 
@@ -50,13 +46,6 @@ def names(ids: list[StageId]) -> list[str]:
 @pytest.fixture
 def graph(tmp_path: Path) -> BuildGraph:
     return BuildGraph(compile_text(PIPELINE, tmp_path).stages)
-
-
-def write(root: Path, rel: str, text: str) -> Path:
-    path = root / rel
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(textwrap.dedent(text).lstrip("\n"))
-    return path
 
 
 def make_root(tmp_path: Path) -> Path:

@@ -239,3 +239,40 @@ def test_a_refused_commit_names_the_build_that_records_the_stage(project: Projec
     assert hints(refused.err) == ["pivotbuild a"]
     assert run_hint(project, "pivotbuild a").code == 0
     assert project.run("verify").code == 0
+
+
+# -- checkout of uncached outputs --------------------------------------------------------------------
+
+UNCACHED = """
+stage a:
+    outs: a.txt scratch.txt (cache=false)
+    run: echo a > a.txt && echo scratch > scratch.txt
+"""
+
+
+def test_checkout_skips_missing_uncached_outputs(project: Project) -> None:
+    project.pivotfile(UNCACHED)
+    assert project.run().code == 0
+    (project.root / "a.txt").unlink()
+    (project.root / "scratch.txt").unlink()
+    r = project.run("checkout")
+    assert r.code == 0, r.err
+    assert (project.root / "a.txt").read_text() == "a\n"
+    assert "not in the cache" not in r.err
+
+
+# -- commit after the outs changed -----------------------------------------------------------------
+
+
+def test_commit_refuses_a_stage_whose_outs_changed_since_the_no_commit_run(project: Project) -> None:
+    project.pivotfile("stage a:\n    outs: a.txt\n    run: echo a > a.txt && echo b > b.txt\n")
+    assert project.run("--no-commit").code == 0
+    project.pivotfile("stage a:\n    outs: a.txt b.txt\n    run: echo a > a.txt && echo b > b.txt\n")
+    r = project.run("commit")
+    assert r.code == 1
+    assert "internal error" not in r.err
+    assert "a: its outs changed since it ran" in r.err
+    assert "rebuild" in r.err
+    assert not (project.root / "Pivotfile.lock").exists()
+    assert project.run().code == 0
+    assert project.run("verify").code == 0

@@ -7,7 +7,6 @@ ran without click, and whether the Pivotfiles were parsed."""
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -16,9 +15,6 @@ from pathlib import Path
 from conftest import Project
 
 HEAVY = frozenset({"lark", "networkx", "click", "rich"})
-SUMMARY = re.compile(
-    r"^pivotbuild: (\d+) ran, (\d+) up to date, (\d+) restored, (\d+) failed(.*) in \d+(\.\d+)?s$", re.M
-)
 
 
 @dataclass(frozen=True)
@@ -85,21 +81,3 @@ def assert_fast(r: Traced) -> None:
     assert r.code == 0, r
     assert "Traceback" not in r.err, r.err
     assert r.fast, f"not the no-op fast path: imported {sorted(r.imported & HEAVY)}; stderr: {r.err}"
-
-
-def counts(text: str) -> tuple[int, int, int, int]:
-    """(ran, up to date, restored, failed) from the summary line."""
-    found = SUMMARY.findall(text)
-    assert len(found) == 1, text
-    ran, up, restored, failed = (int(x) for x in found[0][:4])
-    return ran, up, restored, failed
-
-
-def runs(p: Project, log: str = "runs.log") -> list[str]:
-    """What the stages appended to `log`, in order."""
-    path = p.root / log
-    return path.read_text().split() if path.exists() else []
-
-
-def read(p: Project, rel: str) -> str:
-    return (p.root / rel).read_text()

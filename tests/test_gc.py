@@ -1,35 +1,30 @@
-"""Review fixes for gc, checkout modes, checkout of uncached outputs and commit,
-through the real command."""
+"""`pivotbuild gc` (cache/gc.py), through the real command: it deletes only the
+objects nothing records, wherever the record is (a lockfile, the journal of a
+killed build, pending `--no-commit` results, an included pipeline), and
+deletes nothing when a record cannot be read."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
 import time
 from pathlib import Path
 
-from conftest import Project, Result
-from test_build_crash import background_build, hung_pid
+from conftest import Project
+from helpers import background_build, hung_pid
 
 from pivotbuild.cache.store import Cache
 from pivotbuild.state.hashing import hash_file
 
 
-def statuses(r: Result) -> dict[str, str]:
-    events = [json.loads(line) for line in r.out.splitlines()]
-    return {e["stage"]: e["status"] for e in events if e["event"] == "stage_finished"}
-
-
 def objects(p: Project) -> set[str]:
+    """The digests of the objects in the project's cache."""
     root = p.root / ".pivot/cache/objects"
     return {f.parent.name + f.name for f in root.rglob("*") if f.is_file()} if root.is_dir() else set()
 
 
-# -- gc --------------------------------------------------------------------------------------------
-
-# b hangs the first time only (its sleep's pid in b.pid, as test_build_crash expects).
+# b hangs the first time only (its sleep's pid in b.pid, as hung_pid expects).
 KILLED = """
 stage a:
     deps: in.txt
@@ -151,103 +146,3 @@ def test_gc_stops_with_a_message_on_an_unreadable_lockfile(project: Project) -> 
     assert "internal error" not in r.err
     assert "Pivotfile.lock" in r.err and "before running gc" in r.err
     assert objects(project) == before
-
-
-# -- checkout modes and directories ----------------------------------------------------------------
-
-DIRS = """
-stage tree:
-    outs: tree/
-    run:
-        mkdir -p $@/sub
-        echo one > $@/one.txt
-        echo one > $@/sub/same.txt
-        printf '#!/bin/sh\\necho hi\\n' > $@/tool.sh
-        chmod +x $@/tool.sh
-        ln -s one.txt $@/link
-stage file:
-    outs: single.txt
-    run: echo single > $@
-"""
-
-
-def _check_out_in(project: Project, mode: str) -> Path:
-    project.pivotfile(DIRS)
-    assert project.run().code == 0
-    project.write(".pivot/config.toml", f'[core]\ncheckout = "{mode}"\n')
-    shutil.rmtree(project.root / "tree")
-    (project.root / "single.txt").unlink()
-    r = project.run("checkout")
-    assert r.code == 0, r.err
-    v = project.run("verify")
-    assert v.code == 0, v.out + v.err
-    r = project.run("--json")
-    assert r.code == 0, r.err
-    assert set(statuses(r).values()) == {"skipped"}
-    tree = project.root / "tree"
-    assert os.access(tree / "tool.sh", os.X_OK)
-    assert os.readlink(tree / "link") == "one.txt"
-    assert (tree / "sub/same.txt").read_text() == "one\n"
-    for f in ("one.txt", "sub/same.txt", "tool.sh"):
-        assert not (tree / f).is_symlink()
-        assert (tree / f).stat().st_mode & 0o222 == 0, f  # read-only: edits cannot reach the cache
-    return tree
-
-
-def test_hardlink_mode_checks_out_directories_that_verify(project: Project) -> None:
-    tree = _check_out_in(project, "hardlink")
-    assert (tree / "one.txt").stat().st_nlink > 1  # still linked to the cache
-    assert (project.root / "single.txt").stat().st_nlink > 1
-
-
-def test_symlink_mode_checks_out_directories_that_verify(project: Project) -> None:
-    _check_out_in(project, "symlink")
-    assert (project.root / "single.txt").is_symlink()
-
-
-def test_a_directory_restored_in_symlink_mode_is_up_to_date(project: Project) -> None:
-    project.pivotfile(DIRS)
-    project.write(".pivot/config.toml", '[core]\ncheckout = "symlink"\n')
-    assert project.run().code == 0
-    shutil.rmtree(project.root / "tree")
-    r = project.run("--json")
-    assert statuses(r)["tree"] == "restored"
-    assert project.run("verify").code == 0
-    assert set(statuses(project.run("--json")).values()) == {"skipped"}
-
-
-# -- checkout and cache=false ----------------------------------------------------------------------
-
-UNCACHED = """
-stage a:
-    outs: a.txt scratch.txt (cache=false)
-    run: echo a > a.txt && echo scratch > scratch.txt
-"""
-
-
-def test_checkout_skips_missing_uncached_outputs(project: Project) -> None:
-    project.pivotfile(UNCACHED)
-    assert project.run().code == 0
-    (project.root / "a.txt").unlink()
-    (project.root / "scratch.txt").unlink()
-    r = project.run("checkout")
-    assert r.code == 0, r.err
-    assert (project.root / "a.txt").read_text() == "a\n"
-    assert "not in the cache" not in r.err
-
-
-# -- commit after the outs changed -----------------------------------------------------------------
-
-
-def test_commit_refuses_a_stage_whose_outs_changed_since_the_no_commit_run(project: Project) -> None:
-    project.pivotfile("stage a:\n    outs: a.txt\n    run: echo a > a.txt && echo b > b.txt\n")
-    assert project.run("--no-commit").code == 0
-    project.pivotfile("stage a:\n    outs: a.txt b.txt\n    run: echo a > a.txt && echo b > b.txt\n")
-    r = project.run("commit")
-    assert r.code == 1
-    assert "internal error" not in r.err
-    assert "a: its outs changed since it ran" in r.err
-    assert "rebuild" in r.err
-    assert not (project.root / "Pivotfile.lock").exists()
-    assert project.run().code == 0
-    assert project.run("verify").code == 0
