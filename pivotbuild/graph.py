@@ -26,6 +26,7 @@ from pivotbuild.errors import CycleError, Diagnostic, GraphError, Location, Targ
 from pivotbuild.globs import glob_regex, may_match_under
 from pivotbuild.model import Out, Stage, StageId
 from pivotbuild.suggest import close_matches
+from pivotbuild.targets import name_table, named
 
 if TYPE_CHECKING:
     import networkx as nx
@@ -425,23 +426,15 @@ class BuildGraph:
         return list(chosen)
 
     def _name_index(self) -> tuple[dict[str, StageId], dict[str, list[StageId]]]:
-        names: dict[str, StageId] = {}
-        bases: dict[str, list[StageId]] = {}
-        for sid, stage in self.stages.items():
-            qualified = f"{sid.pipeline or '.'}:"
-            for prefix in {"", qualified} if sid.pipeline == self.current else {qualified}:
-                names[prefix + sid.name] = sid
-                if stage.matrix:
-                    bases.setdefault(prefix + stage.base, []).append(sid)
-        return names, bases
+        rows = ((sid, sid.pipeline, sid.name, stage.base, bool(stage.matrix)) for sid, stage in self.stages.items())
+        return name_table(rows, self.current)
 
     def _select_one(
         self, target: str, cwd: str, names: dict[str, StageId], bases: dict[str, list[StageId]]
     ) -> list[StageId]:
-        if target in names:
-            return [names[target]]
-        if target in bases:
-            return bases[target]
+        found = named(target, names, bases)
+        if found is not None:
+            return found
         if any(c in target for c in "*?["):
             return self._ordered({sid for name, sid in names.items() if fnmatch.fnmatchcase(name, target)})
         path = posixpath.normpath(posixpath.join(cwd or ".", target))
