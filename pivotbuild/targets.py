@@ -1,7 +1,8 @@
-"""The names a command-line target can give a stage, in one place: the graph
+"""The stages command-line targets select, in one place: the names a target
+can give a stage, and the closure of what stages need.  The graph
 (`BuildGraph.select`, which also takes patterns and output paths) and the
 compiled plan's index (`plan.Index.select`, the fast path's selection, which
-takes names only) both resolve names through these.
+takes names only) both select through these.
 
 A stage of the current pipeline is named `name` and `DIR:name` (`.:name` at the
 root); a stage of another pipeline only `DIR:name`.  A matrix stage's base
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 TYPE_CHECKING = False  # not typing's: the no-op fast path does not import typing
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Callable, Iterable
     from typing import TypeVar
 
     K = TypeVar("K")
@@ -44,3 +45,16 @@ def named(target: str, names: dict[str, K], bases: dict[str, list[K]]) -> list[K
     if target in bases:
         return bases[target]
     return None
+
+
+def closure(start: Iterable[K], links: Callable[[K], Iterable[K]]) -> set[K]:
+    """`start` and every stage reached from it through `links` (each stage's
+    upstream stages, or its downstream ones)."""
+    found: set[K] = set()
+    stack = list(start)
+    while stack:
+        key = stack.pop()
+        if key not in found:
+            found.add(key)
+            stack.extend(links(key))
+    return found

@@ -34,7 +34,7 @@ from pivotbuild import __version__, paths
 from pivotbuild.paths import STATE_DIR
 from pivotbuild.state.hashing import hash_bytes
 from pivotbuild.state.stamps import Source
-from pivotbuild.targets import name_table, named
+from pivotbuild.targets import closure, name_table, named
 
 TYPE_CHECKING = False  # not typing's: the no-op fast path does not import typing
 if TYPE_CHECKING:  # the no-op check imports none of these
@@ -114,14 +114,7 @@ class Index:
 
     def upstream(self, chosen: list[int]) -> list[int]:
         """`chosen` and every stage they depend on, in declaration order."""
-        found: set[int] = set()
-        stack = list(chosen)
-        while stack:
-            i = stack.pop()
-            if i not in found:
-                found.add(i)
-                stack.extend(self.preds[i])
-        return sorted(found)
+        return sorted(closure(chosen, self.preds.__getitem__))
 
 
 class Loaded:
