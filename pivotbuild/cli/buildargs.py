@@ -40,19 +40,21 @@ class Option:
     __slots__ = ("dest", "fast", "flags", "help", "kind", "metavar")
 
     def __init__(
-        self, dest: str, flags: tuple[str, ...], help: str, *, kind: str = FLAG, metavar: str | None = None
+        self,
+        dest: str,
+        flags: tuple[str, ...],
+        help: str,
+        *,
+        kind: str = FLAG,
+        metavar: str | None = None,
+        fast: bool = False,
     ) -> None:
         self.dest = dest
         self.flags = flags
         self.help = help
         self.kind = kind
         self.metavar = metavar
-        self.fast = False
-
-
-def _fast(option: Option) -> Option:
-    option.fast = True
-    return option
+        self.fast = fast
 
 
 # `--all`, with one meaning for every command that works on pipelines.
@@ -63,41 +65,40 @@ ALL = Option(
 )
 
 # `-f` and `-C`, which every command takes, before its name and after it.
-FILE = _fast(Option("file", ("-f", "--file"), "The Pivotfile (default: ./Pivotfile).", kind=TEXT, metavar="PATH"))
-DIRECTORY = _fast(
-    Option(
-        "directories",
-        ("-C", "--directory"),
-        "Change to DIR first (each -C relative to the one before, as in make).",
-        kind=TEXT,
-        metavar="DIR",
-    )
+FILE = Option("file", ("-f", "--file"), "The Pivotfile (default: ./Pivotfile).", kind=TEXT, metavar="PATH", fast=True)
+DIRECTORY = Option(
+    "directories",
+    ("-C", "--directory"),
+    "Change to DIR first (each -C relative to the one before, as in make).",
+    kind=TEXT,
+    metavar="DIR",
+    fast=True,
 )
 
 # The build's own options, in the order `--help` lists them.  Those the fast
 # path does not take change what a build that runs nothing prints or does.
 BUILD_OPTIONS = (
-    _fast(
-        Option(
-            "jobs",
-            ("-j", "--jobs"),
-            "Run at most N jobs at once (default: the number of CPUs).",
-            kind=JOBS,
-            metavar="N",
-        )
+    Option(
+        "jobs",
+        ("-j", "--jobs"),
+        "Run at most N jobs at once (default: the number of CPUs).",
+        kind=JOBS,
+        metavar="N",
+        fast=True,
     ),
-    _fast(
-        Option(
-            "load_average",
-            ("-l", "--load-average"),
-            "Start no new job while the load average is at least X.",
-            kind=LOAD,
-            metavar="X",
-        )
+    Option(
+        "load_average",
+        ("-l", "--load-average"),
+        "Start no new job while the load average is at least X.",
+        kind=LOAD,
+        metavar="X",
+        fast=True,
     ),
-    _fast(Option("keep_going", ("-k", "--keep-going"), "After a failure, keep building what does not depend on it.")),
+    Option(
+        "keep_going", ("-k", "--keep-going"), "After a failure, keep building what does not depend on it.", fast=True
+    ),
     Option("dry_run", ("-n", "--dry-run"), "Print what would run and why; run nothing."),
-    _fast(Option("question", ("-q", "--question"), "Run nothing; exit 0 if up to date, 1 if not.")),
+    Option("question", ("-q", "--question"), "Run nothing; exit 0 if up to date, 1 if not.", fast=True),
     Option(
         "always_make", ("-B", "--always-make"), "Rerun the selected stages and all they depend on, even if up to date."
     ),
@@ -105,11 +106,11 @@ BUILD_OPTIONS = (
     ALL,
     Option("explain", ("--explain",), "Print for each stage why it runs or is skipped."),
     Option("json", ("--json",), "Machine output: one JSON event per line on stdout."),
-    _fast(Option("quiet", ("-s", "--quiet"), "Less output.")),
+    Option("quiet", ("-s", "--quiet"), "Less output.", fast=True),
     Option("verbose", ("-v", "--verbose"), "More output."),
-    _fast(Option("no_cache", ("--no-cache",), "Do not store outputs in the cache.")),
+    Option("no_cache", ("--no-cache",), "Do not store outputs in the cache.", fast=True),
     Option("no_commit", ("--no-commit",), "Run, but record results as pending ('pivotbuild commit')."),
-    _fast(Option("no_wait", ("--no-wait",), "If another build holds the project, exit 1 instead of waiting.")),
+    Option("no_wait", ("--no-wait",), "If another build holds the project, exit 1 instead of waiting.", fast=True),
 )
 
 # Options that cannot be given together.
