@@ -202,8 +202,8 @@ def test_noop_fast_path(
     capsys: pytest.CaptureFixture[str],
     size: str,
 ) -> None:
-    """The fast path in-process (pivotbuild.quick.try_fast): plan, seal, stat."""
-    from pivotbuild.quick import try_fast
+    """The fast path in-process (pivotbuild.cli.fast.try_fast): plan, seal, stat."""
+    from pivotbuild.cli.fast import try_fast
 
     root = projects(request, "built", size)
     width, depth = SIZES[size]

@@ -26,6 +26,7 @@ from pivotbuild.errors import CycleError, Diagnostic, GraphError, Location, Targ
 from pivotbuild.globs import glob_regex, may_match_under
 from pivotbuild.model import Out, Stage, StageId
 from pivotbuild.suggest import close_matches
+from pivotbuild.targets import closure, name_table, named
 
 if TYPE_CHECKING:
     import networkx as nx
@@ -330,22 +331,11 @@ class BuildGraph:
 
     def upstream(self, targets: Iterable[StageId]) -> list[StageId]:
         """`targets` and everything they depend on, in build order."""
-        return self.order(self._closure(targets, self._preds))
+        return self.order(closure(targets, self._preds.__getitem__))
 
     def downstream(self, targets: Iterable[StageId]) -> list[StageId]:
         """`targets` and everything that depends on them, in build order."""
-        return self.order(self._closure(targets, self._succs))
-
-    @staticmethod
-    def _closure(start: Iterable[StageId], links: dict[StageId, list[StageId]]) -> set[StageId]:
-        found: set[StageId] = set()
-        stack = list(start)
-        while stack:
-            s = stack.pop()
-            if s not in found:
-                found.add(s)
-                stack.extend(links[s])
-        return found
+        return self.order(closure(targets, self._succs.__getitem__))
 
     def order(self, subset: Iterable[StageId] | None = None) -> list[StageId]:
         """A topological order (ties broken by declaration order), optionally of a subset."""
@@ -413,6 +403,7 @@ class BuildGraph:
         A target is a stage name or matrix variant, a matrix base (all variants),
         `dir:name` for another pipeline, a shell-style pattern over names, or an
         output path (relative to `cwd`, root-relative).  Raises TargetError.
+        Names resolve as the compiled plan's index resolves them (targets.py).
         """
         names, bases = self._name_index()
         chosen: dict[StageId, None] = {}
@@ -425,23 +416,15 @@ class BuildGraph:
         return list(chosen)
 
     def _name_index(self) -> tuple[dict[str, StageId], dict[str, list[StageId]]]:
-        names: dict[str, StageId] = {}
-        bases: dict[str, list[StageId]] = {}
-        for sid, stage in self.stages.items():
-            qualified = f"{sid.pipeline or '.'}:"
-            for prefix in {"", qualified} if sid.pipeline == self.current else {qualified}:
-                names[prefix + sid.name] = sid
-                if stage.matrix:
-                    bases.setdefault(prefix + stage.base, []).append(sid)
-        return names, bases
+        rows = ((sid, sid.pipeline, sid.name, stage.base, bool(stage.matrix)) for sid, stage in self.stages.items())
+        return name_table(rows, self.current)
 
     def _select_one(
         self, target: str, cwd: str, names: dict[str, StageId], bases: dict[str, list[StageId]]
     ) -> list[StageId]:
-        if target in names:
-            return [names[target]]
-        if target in bases:
-            return bases[target]
+        found = named(target, names, bases)
+        if found is not None:
+            return found
         if any(c in target for c in "*?["):
             return self._ordered({sid for name, sid in names.items() if fnmatch.fnmatchcase(name, target)})
         path = posixpath.normpath(posixpath.join(cwd or ".", target))

@@ -1,5 +1,5 @@
 """Plain builds with work to do, run from the fast path without click
-(quick.py -> cli/direct.py), end to end: the real `pivotbuild` in temporary
+(cli/fast.py -> cli/direct.py), end to end: the real `pivotbuild` in temporary
 projects.  Which path ran is seen without timing, under `python -X importtime`:
 the direct path imports the engine but not click.  Each behaviour is compared
 with the same build through click (`pivotbuild repro ...`, which the fast path
@@ -288,3 +288,20 @@ def test_repeated_directory_options_add_up_as_in_make(project: Project, tmp_path
     assert_direct(direct)
     assert read(project, "a/b/o.txt") == "a/b\n"
     assert not (project.root / "b/o.txt").exists()
+
+
+def test_a_target_the_fast_path_leaves_to_click_is_built_in_the_directory_minus_C_names(
+    project: Project, tmp_path: Path
+) -> None:
+    """The fast path enters the -C directories to read the plan there; when it
+    then leaves the build to click (a pattern is the graph's to resolve),
+    click must enter them from where the user was, not from inside them."""
+    project.pivotfile("stage o:\n    outs: o.txt\n    run: echo sub > $@\n", rel="sub/Pivotfile")
+    (project.root / "sub/.pivot").mkdir()
+    assert build(project, "-C", "sub", "-s").code == 0  # compiles the plan in sub/
+    (project.root / "sub/o.txt").unlink()
+    r = traced(project, "-C", "sub", "o*", "-s")
+    assert r.code == 0, r
+    assert_click(r)
+    assert counts(r.err) == (0, 0, 1, 0)  # from the cache of sub/
+    assert read(project, "sub/o.txt") == "sub\n"

@@ -13,6 +13,7 @@ from pivotbuild.errors import PivotfileError, TargetError
 from pivotbuild.graph import BuildGraph
 from pivotbuild.model import StageId
 from pivotbuild.project import LoadOptions, Project, load_project
+from pivotbuild.state import plan
 
 PIPELINE = """
 stage prepare:
@@ -376,3 +377,30 @@ def test_bad_default_is_not_checked_when_targets_are_given(tmp_path: Path) -> No
     project = load(root)
     g = open_graph(project)
     assert selected(project, g, ["a"]) == [sid("a")]
+
+
+@pytest.mark.parametrize("where", ["", "sub"])
+def test_the_compiled_plans_index_selects_names_as_the_graph_does(tmp_path: Path, where: str) -> None:
+    """The fast path selects over the plan's index; a name must mean there
+    what it means to the graph, and what only the graph resolves (patterns,
+    paths, unknown names) the index leaves to it."""
+    root = multi_pipeline(tmp_path)
+    project = load(root, cwd=root / where, all_pipelines=True)
+    g = open_graph(project)
+    main_file = root / where / "Pivotfile"
+    assert plan.save(project, g, main_file, {})
+    loaded = plan.read(main_file, {})
+    assert loaded is not None
+    ids = list(g.stages)
+    qualified = [f"{s.pipeline or '.'}:{s.name}" for s in ids] + ["sub:train", ".:prepare"]
+    plain = [s.name for s in ids if s.pipeline == project.current_dir] + ["train"]
+    for target in qualified + plain:
+        try:
+            expected = g.select([target])
+        except TargetError:
+            expected = None
+        chosen = loaded.index.select([target])
+        assert (chosen if chosen is None else [ids[i] for i in chosen]) == expected, target
+    assert loaded.index.select(["sub:train", "prepare"] if not where else ["train", ".:prepare"]) is not None
+    for target in ("sub:train@*", "sub/model.pkl", "nonesuch"):
+        assert loaded.index.select([target]) is None

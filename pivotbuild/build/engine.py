@@ -45,7 +45,7 @@ _UP = Decision(False, "up to date")
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Preloaded:
-    """What the fast path (quick.py) already read for a build: the project and
+    """What the fast path (build/fastpath.py) already read for a build: the project and
     graph restored from a fresh compiled plan, the seal (re-checked against the
     lockfiles once the project is locked; each stage's stamps are checked
     again when it is decided), and the stage indices it found sealed when it

@@ -1,8 +1,10 @@
 """The `pivotbuild` command: flags in, calls into the core, exit codes out.
 
-`main` first offers the invocation to the fast path (quick.py), which answers
-a no-op with almost no imports and runs a plain build without click; only if
-that cannot answer is the click command line imported and run.
+`main` first offers the invocation to the front door of a plain build
+(fast.py), which answers a no-op with almost no imports and runs a plain
+build without click; only if that cannot answer is the click command line
+imported and run.  Both read the build's options as buildargs.py declares
+them.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ def _main(argv: Sequence[str] | None) -> int:
             file=sys.stderr,
         )
         return 2
-    from pivotbuild.quick import try_fast
+    from pivotbuild.cli.fast import try_fast
 
     code = try_fast(args)
     if code is not None:
@@ -63,15 +65,9 @@ def _cwd_is_gone(args: list[str]) -> bool:
         pass
     else:
         return False
-    for i, arg in enumerate(args):
-        value = arg[2:] if arg.startswith("-C") and len(arg) > 2 else arg.partition("=")[2]
-        if arg in ("-C", "--directory") and i + 1 < len(args):
-            value = args[i + 1]
-        elif not arg.startswith(("-C", "--directory=")):
-            continue
-        if os.path.isabs(value):
-            return False
-    return True
+    from pivotbuild.cli.buildargs import directory_values
+
+    return not any(os.path.isabs(d) for d in directory_values(args))
 
 
 __all__ = ["main"]

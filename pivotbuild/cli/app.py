@@ -12,11 +12,12 @@ import importlib
 import click
 
 from pivotbuild import __version__
+from pivotbuild.cli.buildargs import DIRECTORY, FILE
 from pivotbuild.cli.common import project_options
 from pivotbuild.cli.completion import COMMAND_SLOT
 from pivotbuild.cli.names import COMMANDS  # each command's module is imported only when it runs
 
-_GLOBAL_WITH_VALUE = ("-C", "--directory", "-f", "--file")
+_GLOBAL_WITH_VALUE = (*DIRECTORY.flags, *FILE.flags)
 
 EXAMPLES = """\
 Examples:

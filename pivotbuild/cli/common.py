@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shlex
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -10,6 +9,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from pivotbuild.cli.buildargs import ALL, DIRECTORY, FILE, FLAG, JOBS, LOAD, TEXT, Option, enter, split_args
 from pivotbuild.cli.completion import complete_directory, complete_file
 
 if TYPE_CHECKING:
@@ -20,16 +20,26 @@ if TYPE_CHECKING:
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def click_option(option: Option, **attrs: Any) -> Callable[[F], F]:
+    """The click option an option of buildargs.py declares (with `attrs`)."""
+    kinds: dict[str, dict[str, Any]] = {
+        FLAG: {"is_flag": True},
+        JOBS: {"type": click.IntRange(min=1)},
+        LOAD: {"type": click.FloatRange(min=0, min_open=True)},
+        TEXT: {},
+    }
+    return click.option(
+        *option.flags, option.dest, metavar=option.metavar, help=option.help, **kinds[option.kind], **attrs
+    )
+
+
 def _chdir(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> tuple[str, ...]:
-    """Each `-C DIR` in turn, each relative to the one before, as make does
-    (`-C a -C b` is `-C a/b`)."""
     if value:  # remembered, so a hint can name a command that runs in the same place
         ctx.ensure_object(dict).setdefault("dirs", []).extend(value)
-    for directory in value:
-        try:
-            os.chdir(directory)
-        except OSError as exc:
-            raise click.BadParameter(f"cannot change to '{directory}': {exc.strerror}", ctx, param) from None
+    try:
+        enter(value)
+    except OSError as exc:
+        raise click.BadParameter(f"cannot change to '{exc.filename}': {exc.strerror}", ctx, param) from None
     return value
 
 
@@ -42,28 +52,15 @@ def _set_file(ctx: click.Context, param: click.Parameter, value: str | None) -> 
 
 def project_options(f: F) -> F:
     """`-C DIR` and `-f FILE`, accepted before the command and after it."""
-    f = click.option(
-        "-f",
-        "--file",
-        "file_",
-        metavar="PATH",
-        callback=_set_file,
-        shell_complete=complete_file,
-        expose_value=False,
-        help="The Pivotfile (default: ./Pivotfile).",
-    )(f)
-    f = click.option(
-        "-C",
-        "--directory",
-        metavar="DIR",
+    f = click_option(FILE, callback=_set_file, shell_complete=complete_file, expose_value=False)(f)
+    return click_option(
+        DIRECTORY,
         multiple=True,
         callback=_chdir,
         shell_complete=complete_directory,
         expose_value=False,
         is_eager=True,
-        help="Change to DIR first (each -C relative to the one before, as in make).",
     )(f)
-    return f
 
 
 # The epilog of the commands that take TARGETS and act on the named stages.
@@ -75,12 +72,7 @@ SCOPE_HELP = (
 
 def all_option(f: F) -> F:
     """`--all`, with one meaning for every command that works on pipelines."""
-    return click.option(
-        "--all",
-        "all_pipelines",
-        is_flag=True,
-        help="Every pipeline: every Pivotfile under the project root, not only this one and what it includes.",
-    )(f)
+    return click_option(ALL)(f)
 
 
 def pivotfile_arg(ctx: click.Context) -> Path | None:
@@ -107,7 +99,6 @@ def stage_options(ctx: click.Context, args: Sequence[str], all_pipelines: bool) 
     `args`, `-f`, `--all`.  Without targets every such command covers what a
     plain build covers (see workspace._chosen)."""
     from pivotbuild.build.options import BuildOptions
-    from pivotbuild.cli.build import split_args
 
     targets, overrides = split_args(tuple(args))
     return BuildOptions(Path.cwd(), pivotfile_arg(ctx), targets, overrides, all_pipelines=all_pipelines)

@@ -124,7 +124,7 @@ def _target_names(ctx: click.Context, words: tuple[str, ...]) -> list[str]:
     """Every name a target can be, sorted: in the current pipeline bare, in
     the others `dir:name` (`.:name` for the root's), bases of matrices too."""
     from pivotbuild.build.load import stage_names
-    from pivotbuild.cli.build import split_args
+    from pivotbuild.cli.buildargs import split_args
     from pivotbuild.cli.common import pivotfile_arg
     from pivotbuild.project import LoadOptions
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from pivotbuild.build.options import BuildOptions
-from pivotbuild.cli.build import split_args
+from pivotbuild.cli.buildargs import split_args
 from pivotbuild.cli.common import pivotfile_arg, project_options
 from pivotbuild.cli.completion import complete_targets
 from pivotbuild.cli.running import make_reporter, terminate_as_interrupt

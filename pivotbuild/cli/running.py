@@ -1,17 +1,17 @@
 """What running a build needs from the command line besides click: the
 reporter its options ask for, and SIGTERM treated as Ctrl-C.  (No click here:
-quick.py runs plain builds without importing it.)"""
+cli/direct.py runs plain builds without importing it.)"""
 
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import sys
 from collections.abc import Iterator
 
 from pivotbuild.build.options import BuildOptions
 from pivotbuild.events import Reporter
+from pivotbuild.report.summary import live_display
 
 
 def make_reporter(options: BuildOptions) -> Reporter:
@@ -19,7 +19,7 @@ def make_reporter(options: BuildOptions) -> Reporter:
         from pivotbuild.report.jsonl import JsonReporter
 
         return JsonReporter(sys.stdout, sys.stderr)
-    if sys.stdout.isatty() and os.environ.get("TERM", "") != "dumb" and not options.verbose:
+    if live_display() and not options.verbose:
         from pivotbuild.report.live import LiveReporter
 
         return LiveReporter(sys.stdout, sys.stderr, quiet=options.quiet, explain=options.explain)

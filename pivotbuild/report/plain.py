@@ -15,16 +15,20 @@ from pivotbuild.events import (
     StageStarted,
     Status,
 )
+from pivotbuild.report.summary import summary_line
 
 
 def summary(event: BuildFinished) -> str:
-    parts = [f"{event.ran} ran", f"{event.skipped} up to date", f"{event.restored} restored", f"{event.failed} failed"]
-    if event.blocked:
-        parts.append(f"{event.blocked} blocked")
-    if event.cancelled:
-        parts.append(f"{event.cancelled} not run")
-    head = "interrupted: " if event.interrupted else ""
-    return f"pivotbuild: {head}{', '.join(parts)} in {event.duration_s:.1f}s"
+    return summary_line(
+        event.ran,
+        event.skipped,
+        event.restored,
+        event.failed,
+        event.duration_s,
+        blocked=event.blocked,
+        cancelled=event.cancelled,
+        interrupted=event.interrupted,
+    )
 
 
 def failure_lines(event: StageFinished) -> list[str]:

@@ -34,6 +34,7 @@ from pivotbuild import __version__, paths
 from pivotbuild.paths import STATE_DIR
 from pivotbuild.state.hashing import hash_bytes
 from pivotbuild.state.stamps import Source
+from pivotbuild.targets import closure, name_table, named
 
 TYPE_CHECKING = False  # not typing's: the no-op fast path does not import typing
 if TYPE_CHECKING:  # the no-op check imports none of these
@@ -95,6 +96,25 @@ class Index:
         self.stages = stages
         self.preds = preds
         self.order = order
+
+    def select(self, targets: list[str]) -> list[int] | None:
+        """The stages `targets` name (all stages if none), as indices; None if a
+        target is not a stage name or matrix base (a pattern or a path: only
+        the graph resolves those).  The names are the graph's (targets.py)."""
+        if not targets:
+            return list(range(len(self.stages)))
+        names, bases = name_table(((i, *s[:4]) for i, s in enumerate(self.stages)), self.current)
+        chosen: list[int] = []
+        for target in targets:
+            found = named(target, names, bases)
+            if found is None:
+                return None
+            chosen.extend(found)
+        return chosen
+
+    def upstream(self, chosen: list[int]) -> list[int]:
+        """`chosen` and every stage they depend on, in declaration order."""
+        return sorted(closure(chosen, self.preds.__getitem__))
 
 
 class Loaded:
