@@ -16,7 +16,7 @@ import xxhash
 from conftest import compile_text
 
 from pivotbuild.model import Pipeline
-from pivotbuild.state import codec, lockfile
+from pivotbuild.state import codec, lockfile, statcache
 from pivotbuild.state.journal import Journal
 from pivotbuild.state.lockfile import MAGIC, VERSION, LockfileError, decode, encode
 from pivotbuild.state.records import FileRecord, LockData, ParamRecord, StageRecord
@@ -561,7 +561,9 @@ def test_damaged_pending_results_are_kept_up_to_the_damage_and_mended_at_once(ro
 def test_a_damaged_stat_cache_is_reported_by_the_store_once(root: Path) -> None:
     p = pipeline(root)
     (root / ".pivot").mkdir(exist_ok=True)
-    (root / ".pivot" / "statcache").write_bytes(b"PIVSTAT\n" + b"\x00" * 20)
+    blob = bytearray(statcache.FRAME.dump([]))
+    blob[-1] ^= 1
+    (root / ".pivot" / "statcache").write_bytes(bytes(blob))
     warnings: list[str] = []
     store = StateStore(root, [p], warn=warnings.append)
     store.close()

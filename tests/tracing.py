@@ -15,7 +15,7 @@ from pathlib import Path
 
 from conftest import Project
 
-HEAVY = frozenset({"lark", "networkx", "click", "rich"})
+HEAVY = frozenset({"lark", "networkx", "click", "rich", "attr", "attrs", "cattrs"})
 SUMMARY = re.compile(
     r"^pivotbuild: (\d+) ran, (\d+) up to date, (\d+) restored, (\d+) failed(.*) in \d+(\.\d+)?s$", re.M
 )
