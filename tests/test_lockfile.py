@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import xxhash
+import zstandard
 from conftest import compile_text
 
 from pivotbuild.model import Pipeline
@@ -76,6 +77,16 @@ def test_header_layout() -> None:
     assert (version, flags) == (VERSION, 0) == (1, 0)
     assert len(blob) == 16 + length + 16
     assert blob[-16:] == xxhash.xxh3_128_digest(blob[:-16])
+
+
+def test_format_1_keeps_its_bytes() -> None:
+    """The lockfile is committed to git: the same records give the same payload
+    as every pivotbuild that wrote format 1 (the zstd bytes around it are the
+    zstd library's), so upgrading pivotbuild rewrites no lockfile."""
+    blob = encode(sample())
+    assert blob[:12] == MAGIC + b"\0\x01\0\0"
+    payload = zstandard.ZstdDecompressor().decompress(blob[16:-16])
+    assert xxhash.xxh3_128_hexdigest(payload) == "16c6da44f7746cb8c56dbad18b212e3c"
 
 
 def test_records_are_sorted_by_name() -> None:
