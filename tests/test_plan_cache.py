@@ -384,7 +384,7 @@ def test_a_damaged_plan_or_seal_never_changes_the_answer(chain: Project, name: s
 
 def unframe(blob: bytes, magic: bytes) -> bytes:
     """The msgpack body of a plan or seal file (see `state.framing`)."""
-    return framing.Format(magic, framing.HEADER.unpack_from(blob)[1], "file").unpack(blob)
+    return bytes(framing.Format(magic, framing.HEADER.unpack_from(blob)[1], "file").unpack(blob))
 
 
 def frame(body: bytes, magic: bytes) -> bytes:

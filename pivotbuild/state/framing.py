@@ -109,8 +109,9 @@ class Format:
         if whole and len(blob) > 16 and xxhash.xxh3_64_digest(memoryview(blob)[8:-8]) == blob[-8:]:
             raise OtherVersion("written by an earlier pivotbuild")
 
-    def unpack(self, blob: bytes) -> bytes:
-        """The payload of a file that is one frame.  Raises Damaged."""
+    def unpack(self, blob: bytes) -> bytes | memoryview:
+        """The payload of a file that is one frame (a view of `blob` when it is
+        not compressed).  Raises Damaged."""
         end = self._check(blob, 0, whole=True)
         return self._payload(blob, HEADER.size, end)
 
@@ -128,8 +129,8 @@ class Format:
             yield self.loads(self._payload(blob, pos + HEADER.size, end))
             pos = end + CHECKSUM
 
-    def _payload(self, blob: bytes, start: int, end: int) -> bytes:
-        payload = blob[start:end]
+    def _payload(self, blob: bytes, start: int, end: int) -> bytes | memoryview:
+        payload = memoryview(blob)[start:end]
         if self.level is None:
             return payload
         import zstandard
@@ -139,7 +140,7 @@ class Format:
         except zstandard.ZstdError as exc:
             raise Damaged(f"payload does not decode ({type(exc).__name__})") from exc
 
-    def loads(self, payload: bytes, *, use_list: bool = True) -> Any:
+    def loads(self, payload: bytes | memoryview, *, use_list: bool = True) -> Any:
         try:
             return msgpack.unpackb(payload, use_list=use_list)
         except (ValueError, TypeError, RecursionError, msgpack.UnpackException) as exc:

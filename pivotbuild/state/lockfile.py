@@ -27,7 +27,7 @@ MAGIC = b"\x89PIV\r\n\x1a\n"
 VERSION = 1
 # Level 1: a lockfile is mostly hashes, which do not compress; on a 1,000-stage
 # lockfile level 1 gave 92 KB in 1.5 ms and level 9 101 KB in 14 ms.
-FORMAT = framing.Format(MAGIC, VERSION, "lockfile", zstd_level=1)
+FRAME = framing.Format(MAGIC, VERSION, "lockfile", zstd_level=1)
 
 # A lockfile that cannot be trusted; `str()` says why, for a one-line warning.
 LockfileError = framing.Damaged
@@ -83,7 +83,7 @@ class Records:
 
 def encode(data: LockData | Records) -> bytes:
     """Deterministic bytes for `data`."""
-    return FORMAT.dump(data.plain() if isinstance(data, Records) else codec.lock_obj(data))
+    return FRAME.dump(data.plain() if isinstance(data, Records) else codec.lock_obj(data))
 
 
 def decode(blob: bytes) -> LockData:
@@ -94,7 +94,7 @@ def decode(blob: bytes) -> LockData:
 def decode_records(blob: bytes) -> Records:
     """Parse lockfile bytes, checking every record's shape but decoding none
     yet.  Raises LockfileError saying what is wrong."""
-    obj = FORMAT.load(blob)
+    obj = FRAME.load(blob)
     stages = obj.get("stages", []) if isinstance(obj, dict) else None
     if not isinstance(stages, list) or not all(isinstance(r, dict) and isinstance(r.get("name"), str) for r in stages):
         raise LockfileError("payload does not decode (not a list of named stage records)")
