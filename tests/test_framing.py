@@ -87,12 +87,14 @@ def test_another_version_with_a_valid_checksum() -> None:
 def test_a_file_of_the_layout_before_the_framing_is_another_version() -> None:
     """Magic, msgpack, XXH3-64 of the msgpack: what the plan, seal, stat cache
     and run-cache entries were before; ignored as another pivotbuild's file."""
-    data = msgpack.packb([2, VALUE])
-    with pytest.raises(OtherVersion):
-        PLAIN.load(b"PIVTEST\n" + data + xxhash.xxh3_64_digest(data))
-    damaged = bytearray(b"PIVTEST\n" + data + xxhash.xxh3_64_digest(data))
-    damaged[20] ^= 1  # and damaged: no longer recognised, so reported
-    assert not isinstance(_raised(PLAIN, bytes(damaged)), OtherVersion)
+    for value in (VALUE, []):  # short ones too
+        data = msgpack.packb([2, value])
+        old = b"PIVTEST\n" + data + xxhash.xxh3_64_digest(data)
+        with pytest.raises(OtherVersion):
+            PLAIN.load(old)
+        damaged = bytearray(old)
+        damaged[9] ^= 1  # and damaged: no longer recognised, so reported
+        assert not isinstance(_raised(PLAIN, bytes(damaged)), OtherVersion)
 
 
 def _raised(fmt: Format, blob: bytes) -> Damaged:

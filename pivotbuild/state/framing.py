@@ -46,9 +46,9 @@ class Damaged(ValueError):
 
 
 class OtherVersion(Damaged):
-    """The right magic with another format version: a file written by another
-    pivotbuild (the files before this framing read so too: their msgpack
-    begins where the version now is)."""
+    """A valid frame of another format version, or a whole file in the layout
+    the plan, seal, stat cache and run-cache entries had before this framing:
+    written by another pivotbuild, not damaged."""
 
 
 class Format:
@@ -88,6 +88,7 @@ class Format:
         follows).  The version is looked at last, once the checksum holds: a
         flipped bit is damage, a valid frame of another version is not."""
         if len(blob) - pos < HEADER.size + CHECKSUM:
+            self._earlier(blob, whole)
             raise Damaged(f"too short to be a pivotbuild {self.what}")
         magic, version, _flags, length = HEADER.unpack_from(blob, pos)
         if magic != self.magic:
@@ -106,7 +107,7 @@ class Format:
     def _earlier(self, blob: bytes, whole: bool) -> None:
         """Raise OtherVersion if `blob` is a whole file in the layout before this
         framing: the magic, msgpack, and the XXH3-64 of that msgpack."""
-        if whole and len(blob) > 16 and xxhash.xxh3_64_digest(memoryview(blob)[8:-8]) == blob[-8:]:
+        if whole and len(blob) > 16 and blob.startswith(self.magic) and xxhash.xxh3_64_digest(blob[8:-8]) == blob[-8:]:
             raise OtherVersion("written by an earlier pivotbuild")
 
     def unpack(self, blob: bytes) -> bytes | memoryview:
