@@ -19,7 +19,6 @@ from __future__ import annotations
 import os
 import random
 import shutil
-import struct
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from conftest import Project
 
 from pivotbuild.cache.runcache import decode_entry, folder_rel, stage_key
 from pivotbuild.model import StageId
-from pivotbuild.state import journal, lockfile
+from pivotbuild.state import framing, journal, lockfile
 
 MAIN = """\
 include sub/
@@ -140,9 +139,9 @@ def _frame_ends(blob: bytes) -> set[int]:
     """Where the frames of a journal (or pending file) end: cutting it there loses
     whole entries, which no reader can tell from a shorter file."""
     ends, pos = {0}, 0
-    while pos + 4 <= len(blob):
-        (n,) = struct.unpack_from(">I", blob, pos)
-        pos += 4 + n + 8
+    while pos + framing.HEADER.size <= len(blob):
+        n = framing.HEADER.unpack_from(blob, pos)[3]
+        pos += framing.HEADER.size + n + framing.CHECKSUM
         ends.add(pos)
     return ends
 

@@ -116,11 +116,9 @@ def test_garbage_after_good_frames(tmp_path: Path) -> None:
 
 
 def test_frame_with_valid_checksum_but_wrong_structure(tmp_path: Path) -> None:
-    import msgpack
-    import xxhash
+    from pivotbuild.state.journal import FRAME
 
-    payload = msgpack.packb({"not": "a record"})
-    bad = len(payload).to_bytes(4, "big") + payload + xxhash.xxh3_64_digest(payload)
+    bad = FRAME.dump({"not": "a record"})
     path = tmp_path / "journal"
     path.write_bytes(frame(record("a")) + bad + frame(record("b")))
     assert read_records(path) == ([record("a")], True)

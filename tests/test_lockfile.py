@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 import xxhash
+import zstandard
 from conftest import compile_text
 
 from pivotbuild.model import Pipeline
-from pivotbuild.state import codec, lockfile
+from pivotbuild.state import codec, lockfile, statcache
 from pivotbuild.state.journal import Journal
 from pivotbuild.state.lockfile import MAGIC, VERSION, LockfileError, decode, encode
 from pivotbuild.state.records import FileRecord, LockData, ParamRecord, StageRecord
@@ -76,6 +77,16 @@ def test_header_layout() -> None:
     assert (version, flags) == (VERSION, 0) == (1, 0)
     assert len(blob) == 16 + length + 16
     assert blob[-16:] == xxhash.xxh3_128_digest(blob[:-16])
+
+
+def test_format_1_keeps_its_bytes() -> None:
+    """The lockfile is committed to git: the same records give the same payload
+    as every pivotbuild that wrote format 1 (the zstd bytes around it are the
+    zstd library's), so upgrading pivotbuild rewrites no lockfile."""
+    blob = encode(sample())
+    assert blob[:12] == MAGIC + b"\0\x01\0\0"
+    payload = zstandard.ZstdDecompressor().decompress(blob[16:-16])
+    assert xxhash.xxh3_128_hexdigest(payload) == "16c6da44f7746cb8c56dbad18b212e3c"
 
 
 def test_records_are_sorted_by_name() -> None:
@@ -561,7 +572,9 @@ def test_damaged_pending_results_are_kept_up_to_the_damage_and_mended_at_once(ro
 def test_a_damaged_stat_cache_is_reported_by_the_store_once(root: Path) -> None:
     p = pipeline(root)
     (root / ".pivot").mkdir(exist_ok=True)
-    (root / ".pivot" / "statcache").write_bytes(b"PIVSTAT\n" + b"\x00" * 20)
+    blob = bytearray(statcache.FRAME.dump([]))
+    blob[-1] ^= 1
+    (root / ".pivot" / "statcache").write_bytes(bytes(blob))
     warnings: list[str] = []
     store = StateStore(root, [p], warn=warnings.append)
     store.close()

@@ -13,10 +13,11 @@ from pathlib import Path
 import msgpack
 import pytest
 import tracing
-import xxhash
 from conftest import Project
 from helpers import CHAIN, counts, read, runs
 from tracing import Traced, assert_fast, traced
+
+from pivotbuild.state import framing, plan, seal
 
 # -- helpers -----------------------------------------------------------------------------
 
@@ -355,20 +356,20 @@ def test_a_damaged_plan_or_seal_never_changes_the_answer(chain: Project, name: s
 
 
 def unframe(blob: bytes, magic: bytes) -> bytes:
-    """The msgpack body of a plan or seal file: after the magic, before the XXH3-64."""
-    assert blob.startswith(magic)
-    return blob[len(magic) : -8]
+    """The msgpack body of a plan or seal file (see `state.framing`)."""
+    return bytes(framing.Format(magic, framing.HEADER.unpack_from(blob)[1], "file").unpack(blob))
 
 
 def frame(body: bytes, magic: bytes) -> bytes:
-    return magic + body + xxhash.xxh3_64_digest(body)
+    version = {b"PIVSEAL\n": seal.FORMAT, b"PIVPLAN\n": plan.FORMAT}[magic]
+    return framing.Format(magic, version, "file").pack(body)
 
 
 def test_a_seal_with_indices_out_of_range_never_crashes(chain: Project) -> None:
     built(chain)
     path = chain.root / ".pivot" / "seal"
     fields = msgpack.unpackb(unframe(path.read_bytes(), b"PIVSEAL\n"))
-    fields[6] = [[0, [0, 99]], [1, [77]], [2, [5]]]  # stages pointing at paths that are not there
+    fields[5] = [[0, [0, 99]], [1, [77]], [2, [5]]]  # stages pointing at paths that are not there
     path.write_bytes(frame(msgpack.packb(fields), b"PIVSEAL\n"))  # a valid checksum: only the shape is wrong
     chain.write("other.txt", "new\n")
     r = build_warned(chain, "seal")
@@ -381,7 +382,7 @@ def test_a_plan_with_indices_out_of_range_never_crashes(chain: Project) -> None:
     built(chain)
     path = chain.root / ".pivot" / "plan"
     fields = msgpack.unpackb(unframe(path.read_bytes(), b"PIVPLAN\n"))
-    fields[4][3] = [[7], [0, 42], []]  # the upstream links of the stages
+    fields[3][3] = [[7], [0, 42], []]  # the upstream links of the stages
     path.write_bytes(frame(msgpack.packb(fields), b"PIVPLAN\n"))  # a valid checksum: only the shape is wrong
     chain.write("in.txt", "new\n")
     r = build(chain)

@@ -1,7 +1,8 @@
 """Helpers shared by the end-to-end tests of the compiled plan and the fast
 path: run the real `pivotbuild` under `python -X importtime`, which tells,
 without timing anything, whether the no-op fast path answered (it imports
-neither the engine nor any of lark, networkx, click or rich), whether a build
+neither the engine nor anything in HEAVY: lark, networkx, click, rich, and
+the typing machinery), whether a build
 ran without click, and whether the Pivotfiles were parsed."""
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from pathlib import Path
 
 from conftest import Project
 
-HEAVY = frozenset({"lark", "networkx", "click", "rich"})
+# What the no-op fast path never imports: the command line and the compiler, and
+# the typing machinery (cattrs and attrs, typing, dataclasses) the state's readers there avoid.
+HEAVY = frozenset({"lark", "networkx", "click", "rich", "attr", "attrs", "cattrs", "typing", "dataclasses"})
 
 
 @dataclass(frozen=True)

@@ -2,16 +2,17 @@
 of fingerprint and dep hashes it has seen.  A stage about to run with inputs
 seen before is restored from the cache instead (status `restored`).
 
-Entries live at `<cache>/runs/<ab>/<stage key>-<inputs key>` as msgpack,
+Entries live at `<cache>/runs/<ab>/<stage key>-<inputs key>`,
 where `ab` begins the stage key.  (Not a folder per stage: creating a
 directory costs as much as creating a file, and a clean build would pay one
 for every stage.)  An entry is created in place (an open and a write), not
 written beside, chmod'ed and renamed: a clean build writes one per stage.  A
-reader never trusts a torn or damaged entry: each is the magic `PIVRUN1\n`,
-msgpack `{"outs": [...]}` and the XXH3-64 of that msgpack, and one that fails
-the check is ignored (the stage runs, or push skips it).  A build says so once
-and removes it; it is written anew when the stage is recorded.  (An entry
-without the magic, from before the checksum, is read as plain msgpack.)
+reader never trusts a torn or damaged entry: each is one frame
+(`state.framing`: magic `PIVRUN1\n`, version FORMAT, checksum) of msgpack
+`{"outs": [...]}`, and one that fails the check is ignored (the stage runs,
+or push skips it).  A build says so once and removes it; it is written anew
+when the stage is recorded.  An entry of another format version is a miss,
+without a word, and is replaced when the stage is recorded.
 """
 
 from __future__ import annotations
@@ -21,35 +22,30 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-import msgpack
-import xxhash
-
 from pivotbuild.model import StageId
-from pivotbuild.state import codec
+from pivotbuild.state import codec, framing
 from pivotbuild.state.hashing import hash_bytes
 from pivotbuild.state.records import FileRecord
 
 RUNS = "runs"
 MAGIC = b"PIVRUN1\n"
-_SUM = 8
+FORMAT = 2  # 2: in a `state.framing` frame
+FRAME = framing.Format(MAGIC, FORMAT, "run-cache entry")
 
 
 def encode_entry(outs: Sequence[FileRecord]) -> bytes:
-    data: bytes = msgpack.packb({"outs": [codec.file_obj(o) for o in outs]}, use_bin_type=True)
-    return MAGIC + data + xxhash.xxh3_64_digest(data)
+    return FRAME.dump({"outs": [codec.file_obj(o) for o in outs]})
 
 
 def decode_entry(blob: bytes) -> tuple[FileRecord, ...]:
-    """The outputs an entry names.  Raises ValueError (saying why) if it is torn or damaged."""
-    data: bytes | memoryview = blob
-    if blob.startswith(MAGIC):
-        data = memoryview(blob)[len(MAGIC) : -_SUM]
-        if len(blob) < len(MAGIC) + _SUM or xxhash.xxh3_64_digest(data) != blob[-_SUM:]:
-            raise ValueError("checksum mismatch (torn or damaged)")
+    """The outputs an entry names.  Raises `framing.Damaged` (a ValueError,
+    saying why) if it is torn or damaged, `framing.OtherVersion` if another
+    pivotbuild wrote it."""
+    obj = FRAME.load(blob)
     try:
-        return tuple(codec.file_from(o) for o in msgpack.unpackb(data, raw=False)["outs"])
-    except (ValueError, TypeError, KeyError, RecursionError, msgpack.UnpackException) as exc:
-        raise ValueError(f"does not decode ({type(exc).__name__})") from exc
+        return tuple(codec.file_from(o) for o in obj["outs"])
+    except (ValueError, TypeError, KeyError, RecursionError) as exc:
+        raise framing.Damaged(f"does not decode ({type(exc).__name__})") from exc
 
 
 def stage_key(sid: StageId) -> str:
@@ -92,8 +88,8 @@ class RunCache:
         path = self._path(sid, fingerprint, deps)
         try:
             return decode_entry(path.read_bytes())
-        except OSError:
-            return None
+        except (OSError, framing.OtherVersion):
+            return None  # an entry of another version is replaced when the stage is recorded
         except ValueError as exc:
             path.unlink(missing_ok=True)
             if self.notice is not None:

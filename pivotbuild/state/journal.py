@@ -3,32 +3,27 @@
 A build killed at any instant loses at most the stages still running: the next
 build folds what the journal holds into the lockfile before deciding anything.
 
-Each entry is a frame: 4-byte big-endian length N, N bytes of msgpack (a
-StageRecord as a map, `state.codec`), then the 8-byte XXH3-64 of those N bytes.
-A frame cut short by a crash, or failing its checksum, ends the journal:
-everything before it is good, nothing after it is trusted.
+Each entry is one frame (`state.framing`: magic `PIVJRNL\n`, version FORMAT,
+length, checksum) of msgpack of a StageRecord as a map (`state.codec`).  A
+frame cut short by a crash, failing its checksum or of another version ends
+the journal: everything before it is good, nothing after it is trusted.
 """
 
 from __future__ import annotations
 
 import os
-import struct
 import threading
 from pathlib import Path
 
-import msgpack
-import xxhash
-
-from pivotbuild.state import codec, lockfile
+from pivotbuild.state import codec, framing, lockfile
 from pivotbuild.state.records import StageRecord
 
-_LEN = struct.Struct(">I")
-_SUM = 8
+FORMAT = 2  # 2: `state.framing` frames
+FRAME = framing.Format(b"PIVJRNL\n", FORMAT, "journal entry")
 
 
 def frame(record: StageRecord) -> bytes:
-    payload: bytes = msgpack.packb(codec.record_obj(record), use_bin_type=True)
-    return _LEN.pack(len(payload)) + payload + xxhash.xxh3_64_digest(payload)
+    return FRAME.dump(codec.record_obj(record))
 
 
 class Journal:
@@ -95,19 +90,11 @@ def read_records(path: Path) -> tuple[list[StageRecord], bool]:
     except FileNotFoundError:
         return [], False
     records: list[StageRecord] = []
-    pos = 0
-    while pos < len(blob):
-        if pos + _LEN.size > len(blob):
-            return records, True
-        (n,) = _LEN.unpack_from(blob, pos)
-        start, end = pos + _LEN.size, pos + _LEN.size + n
-        if end + _SUM > len(blob) or xxhash.xxh3_64_digest(blob[start:end]) != blob[end : end + _SUM]:
-            return records, True
-        try:
-            records.append(codec.record_from(msgpack.unpackb(blob[start:end], raw=False)))
-        except (ValueError, TypeError, RecursionError, msgpack.UnpackException):
-            return records, True
-        pos = end + _SUM
+    try:
+        for obj in FRAME.frames(blob):
+            records.append(codec.record_from(obj))
+    except (ValueError, TypeError, RecursionError):  # framing.Damaged is a ValueError
+        return records, True
     return records, False
 
 

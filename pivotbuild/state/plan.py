@@ -2,11 +2,9 @@
 so a build whose Pivotfiles, params files and command-line variables have not
 changed neither parses a Pivotfile nor builds the graph (no lark, no networkx).
 
-It lives in the main pipeline's `.pivot/plan`:
-
-    8 bytes   magic  b"PIVPLAN\\n"
-    N bytes   msgpack [FORMAT, key, root, sources, index, body]
-    8 bytes   XXH3-64 of those N bytes
+It lives in the main pipeline's `.pivot/plan`: one frame (`state.framing`:
+magic `PIVPLAN\\n`, version FORMAT, checksum) of msgpack
+`[key, root, sources, index, body]`.
 
 `key` is what the compile depended on besides files: the main Pivotfile, the
 command-line variables and this pivotbuild's version.  `sources` are the files
@@ -18,8 +16,9 @@ has work to do.  Its hash, the plan id, names the compile result: an edit that
 compiles to the same stages keeps the id, and with it the up-to-date seal
 (the id also covers the project root, so a copied project never shares it).
 
-A missing or stale plan is simply rebuilt; a damaged one (`Damaged`) is
-rebuilt too, and the build says so once.  It is never an error.
+A missing or stale plan, or one of another format version, is simply
+rebuilt; a damaged one (`Damaged`) is rebuilt too, and the build says so
+once.  It is never an error.
 """
 
 from __future__ import annotations
@@ -28,10 +27,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import msgpack
-import xxhash
 
 from pivotbuild import __version__, paths
 from pivotbuild.paths import STATE_DIR
+from pivotbuild.state import framing
 from pivotbuild.state.hashing import hash_bytes
 from pivotbuild.state.stamps import Source
 from pivotbuild.targets import closure, name_table, named
@@ -47,12 +46,13 @@ if TYPE_CHECKING:  # the no-op check imports none of these
 
 PLAN = "plan"
 MAGIC = b"PIVPLAN\n"
-FORMAT = 2  # 2: locations as [line, col] in their pipeline's file; deps', outs' and `py:`'s too
-_SUM = 8  # XXH3-64 of everything between the magic and it
+# 2: locations as [line, col] in their pipeline's file; deps', outs' and `py:`'s too.
+# 3: in a `state.framing` frame.
+FORMAT = 3
+FRAME = framing.Format(MAGIC, FORMAT, "plan")
 
-
-class Damaged(ValueError):
-    """A plan file that fails its checksum or does not decode; `str()` says why."""
+# A plan file that fails its checksum or does not decode; `str()` says why.
+Damaged = framing.Damaged
 
 
 def plan_path(main_dir: Path) -> Path:
@@ -152,8 +152,7 @@ def save(project: Project, graph: BuildGraph, main_file: Path, overrides: Mappin
     ]
     key = plan_key(main_file, overrides)
     sources = [[s.path, list(s.stamp) if s.stamp else None, s.trusted, s.hash] for s in project.sources]
-    data = msgpack.packb([FORMAT, key, str(project.root), sources, index, body], use_bin_type=True)
-    blob = MAGIC + data + xxhash.xxh3_64_digest(data)
+    blob = FRAME.dump([key, str(project.root), sources, index, body])
     pid = plan_id(str(project.root), body)
     main_dir = project.root / main.dir if main.dir else project.root
     path = plan_path(main_dir)
@@ -231,12 +230,13 @@ def read(main_file: Path, overrides: Mapping[str, str]) -> Loaded | None:
         blob = plan_path(main_file.parent).read_bytes()
     except OSError:
         return None
-    data = memoryview(blob)[len(MAGIC) : -_SUM]
-    if not blob.startswith(MAGIC) or len(blob) < len(MAGIC) + _SUM or xxhash.xxh3_64_digest(data) != blob[-_SUM:]:
-        raise Damaged("checksum mismatch (the file is damaged)")
     try:
-        fmt, key, root, sources, index, body = msgpack.unpackb(data, use_list=True)
-        if fmt != FORMAT or key != plan_key(main_file, overrides):
+        fields = FRAME.load(blob)
+    except framing.OtherVersion:
+        return None
+    try:
+        key, root, sources, index, body = fields
+        if key != plan_key(main_file, overrides):
             return None
         current, default, stages, preds, order = index
         return Loaded(
@@ -252,7 +252,7 @@ def read(main_file: Path, overrides: Mapping[str, str]) -> Loaded | None:
             tuple(Source(p, tuple(st) if st else None, trusted, h) for p, st, trusted, h in sources),
             body,
         )
-    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+    except (ValueError, TypeError) as exc:
         raise Damaged(f"does not decode ({type(exc).__name__})") from exc
 
 

@@ -19,11 +19,12 @@ lockfile records, and a directory's stamp when it is not racy.  A stage with
 anything else (a symlink inside a directory output, a racy file) is simply
 left unsealed and decided the ordinary way next time.
 
-File: `<main pipeline>/.pivot/seal`: the magic `PIVSEAL\n`, msgpack
-`[FORMAT, plan_id, [[lockfile, hash]...], [must-be-absent...], [path...],
-[stamp|None...], [[stage index, [path index...]]...]]`, and the XXH3-64 of
-that msgpack.  A damaged seal (`Damaged`) is reported once, removed and
-ignored: the stages are decided the ordinary way.
+File: `<main pipeline>/.pivot/seal`: one frame (`state.framing`: magic
+`PIVSEAL\n`, version FORMAT, checksum) of msgpack `[plan_id, [[lockfile,
+hash]...], [must-be-absent...], [path...], [stamp|None...], [[stage index,
+[path index...]]...]]`.  A damaged seal (`Damaged`) is reported once, removed
+and ignored: the stages are decided the ordinary way; one of another format
+version is ignored without a word.
 """
 
 from __future__ import annotations
@@ -34,10 +35,8 @@ import stat as statmod
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
-import msgpack
-import xxhash
-
 from pivotbuild.paths import STATE_DIR
+from pivotbuild.state import framing
 from pivotbuild.state.hashing import ENTRY_LINK, ManifestEntry, hash_bytes, hash_file, manifest_bytes, walk_dir
 from pivotbuild.state.kinds import DIR, FILE, GLOB
 from pivotbuild.state.stamps import Stamp, is_racy, stamp
@@ -49,12 +48,11 @@ if TYPE_CHECKING:
 
 SEAL = "seal"
 MAGIC = b"PIVSEAL\n"
-FORMAT = 1
-_SUM = 8  # XXH3-64 of the msgpack body, last
+FORMAT = 2  # 2: in a `state.framing` frame
+FRAME = framing.Format(MAGIC, FORMAT, "seal")
 
-
-class Damaged(ValueError):
-    """A seal that fails its checksum or does not decode; `str()` says why."""
+# A seal that fails its checksum or does not decode; `str()` says why.
+Damaged = framing.Damaged
 
 
 def seal_path(main_dir: Path) -> Path:
@@ -170,9 +168,7 @@ class Seal:
         paths = [self.paths[j] for j in used]
         stamps = [list(st) if (st := self.stamps[j]) is not None else None for j in used]
         stages = [[i, [renumber[j] for j in own]] for i, own in sorted(self.stages.items())]
-        body = [FORMAT, self.plan_id, [list(x) for x in self.locks], self.absent, paths, stamps, stages]
-        data: bytes = msgpack.packb(body, use_bin_type=True)
-        return MAGIC + data + xxhash.xxh3_64_digest(data)
+        return FRAME.dump([self.plan_id, [list(x) for x in self.locks], self.absent, paths, stamps, stages])
 
     def write(self, main_dir: Path) -> None:
         from pivotbuild.state.files import write_atomic
@@ -188,12 +184,13 @@ def read(main_dir: Path, plan_id: str) -> Seal | None:
         raw = seal_path(main_dir).read_bytes()
     except OSError:
         return None
-    data, digest = raw[len(MAGIC) : -_SUM], raw[-_SUM:]
-    if not raw.startswith(MAGIC) or len(raw) < len(MAGIC) + _SUM or xxhash.xxh3_64_digest(data) != digest:
-        raise Damaged("checksum mismatch (the file is damaged)")
     try:
-        fmt, pid, locks, absent, paths, stamps, stages = msgpack.unpackb(data, use_list=True)
-        if fmt != FORMAT or pid != plan_id:
+        fields = FRAME.load(raw)
+    except framing.OtherVersion:
+        return None
+    try:
+        pid, locks, absent, paths, stamps, stages = fields
+        if pid != plan_id:
             return None
         n = len(paths)
         if len(stamps) != n or not all(isinstance(p, str) for p in (*paths, *absent)):
@@ -210,7 +207,7 @@ def read(main_dir: Path, plan_id: str) -> Seal | None:
             stamps=[tuple(s) if s is not None else None for s in stamps],
             stages=dict(stages),
         )
-    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+    except (ValueError, TypeError) as exc:
         raise Damaged(f"does not decode ({type(exc).__name__})") from exc
 
 

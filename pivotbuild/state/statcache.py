@@ -6,11 +6,12 @@ timestamp granularity of the file's last change is "racy" (the file could
 change again in the same clock tick without its stat changing, the case git
 calls racy-git), so it is kept but not trusted: the next build rehashes it once.
 
-File: the magic `PIVSTAT\n`, msgpack `[FORMAT, [[path, size, mtime_ns, ino,
-ctime_ns, hash, trusted]...]]`, then the XXH3-64 of that msgpack: a flipped
-bit would otherwise be believed (a wrong hash for an unchanged stamp).  A
-damaged file is reported (`damaged`) and the cache starts empty, which costs
-only rehashing.
+File: one frame (`state.framing`: magic `PIVSTAT\n`, version FORMAT,
+checksum) of msgpack `[[path, size, mtime_ns, ino, ctime_ns, hash,
+trusted]...]`: without the checksum a flipped bit would be believed (a wrong
+hash for an unchanged stamp).  A damaged file is reported (`damaged`) and the
+cache starts empty, which costs only rehashing; one of another format version
+is dropped without a word.
 """
 
 from __future__ import annotations
@@ -20,9 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import msgpack
-import xxhash
-
+from pivotbuild.state import framing
 from pivotbuild.state.files import write_atomic
 from pivotbuild.state.hashing import (
     ENTRY_LINK,
@@ -37,8 +36,8 @@ from pivotbuild.state.stamps import FINE_WINDOW_NS as _FINE_WINDOW_NS
 from pivotbuild.state.stamps import is_racy as _is_racy
 
 MAGIC = b"PIVSTAT\n"
-FORMAT = 2
-_SUM = 8
+FORMAT = 3  # 2: with a checksum; 3: in a `state.framing` frame
+FRAME = framing.Format(MAGIC, FORMAT, "stat cache")
 _FORMAT_1 = b"\x92\x01"  # msgpack [1, ...]: written before the checksum, dropped without a warning
 
 
@@ -91,18 +90,16 @@ class StatCache:
             return
         if blob.startswith(_FORMAT_1):
             return
-        data = memoryview(blob)[len(MAGIC) : -_SUM]
-        if not blob.startswith(MAGIC) or len(blob) < len(MAGIC) + _SUM or xxhash.xxh3_64_digest(data) != blob[-_SUM:]:
-            self.damaged = "checksum mismatch (the file is damaged)"
-            self._dirty = True
-            return
         try:
-            fmt, rows = msgpack.unpackb(data, use_list=False)
-            if fmt != FORMAT:
-                return  # another pivotbuild's format
+            rows = FRAME.load(blob, use_list=False)
             for key, size, mtime_ns, ino, ctime_ns, digest, trusted in rows:
                 self.entries[key] = StatEntry(size, mtime_ns, ino, ctime_ns, digest, bool(trusted))
-        except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        except framing.OtherVersion:
+            return  # another pivotbuild's format
+        except framing.Damaged as exc:
+            self.damaged = str(exc)
+            self._dirty = True
+        except (ValueError, TypeError) as exc:
             self.damaged = f"does not decode ({type(exc).__name__})"
             self.entries = {}
             self._dirty = True
@@ -138,8 +135,7 @@ class StatCache:
             return
         rows = [(k, e.size, e.mtime_ns, e.ino, e.ctime_ns, e.hash, e.trusted) for k, e in sorted(self.entries.items())]
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        data = msgpack.packb([FORMAT, rows])
-        write_atomic(self.path, MAGIC + data + xxhash.xxh3_64_digest(data))
+        write_atomic(self.path, FRAME.dump(rows))
         self._dirty = False
 
     def file_hash(self, path: str | os.PathLike[str], st: os.stat_result | None = None) -> str:

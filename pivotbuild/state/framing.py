@@ -1,0 +1,148 @@
+"""One frame for every binary state file: the lockfile, the compiled plan, the
+seal, the stat cache, run-cache entries and each journal entry.
+
+Layout (integers big-endian), the lockfile's since format 1:
+
+    offset  size  what
+    0       8     magic, one per kind of file (the lockfile's catches text-mode mangling, like PNG's)
+    8       2     format version
+    10      2     flags (0; ignored when read)
+    12      4     length N of the payload
+    16      N     payload: msgpack, or a zstd frame of msgpack for a format that compresses
+    16+N    16    XXH3-128 of bytes 0 .. 16+N
+
+Whether the payload is compressed belongs to the format (its magic and
+version), not to a flag, so the lockfile keeps the bytes it always had.  A
+journal is frames one after the other, so an entry cut short by a crash ends
+it.  Reading checks the magic, the length, the checksum and then the version,
+then decodes, and raises `Damaged` saying which failed, for the caller's
+one-line warning: a damaged file is reported, never half-believed.  A valid
+frame of another version, or a file of the layout before this framing, raises
+its subclass `OtherVersion`, which most callers ignore without a word.
+
+Cheap to import: the no-op fast path reads the plan and the seal through it
+(zstandard is imported only by a format that compresses).
+"""
+
+from __future__ import annotations
+
+import struct
+
+import msgpack
+import xxhash
+
+TYPE_CHECKING = False  # not typing's: the no-op fast path does not import typing
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from typing import Any
+
+HEADER = struct.Struct(">8sHHI")
+CHECKSUM = 16  # XXH3-128
+_checksum = xxhash.xxh3_128_digest
+
+
+class Damaged(ValueError):
+    """A frame that fails a check or does not decode; `str()` says why."""
+
+
+class OtherVersion(Damaged):
+    """A valid frame of another format version, or a whole file in the layout
+    the plan, seal, stat cache and run-cache entries had before this framing:
+    written by another pivotbuild, not damaged."""
+
+
+class Format:
+    """One kind of state file: its magic, its version, and its zstd level (None:
+    not compressed).  `what` names it in messages ("lockfile")."""
+
+    __slots__ = ("level", "magic", "version", "what")
+
+    def __init__(self, magic: bytes, version: int, what: str, *, zstd_level: int | None = None) -> None:
+        if len(magic) != 8:
+            raise ValueError("a magic is 8 bytes")
+        self.magic = magic
+        self.version = version
+        self.what = what
+        self.level = zstd_level
+
+    # -- writing ------------------------------------------------------------------
+
+    def pack(self, payload: bytes) -> bytes:
+        """`payload` in a frame: deterministic bytes for the same payload."""
+        if self.level is not None:
+            import zstandard
+
+            compressor = zstandard.ZstdCompressor(level=self.level, write_checksum=False, write_content_size=True)
+            payload = compressor.compress(payload)
+        body = HEADER.pack(self.magic, self.version, 0, len(payload)) + payload
+        return body + _checksum(body)
+
+    def dump(self, obj: object) -> bytes:
+        """`obj` as msgpack, in a frame."""
+        return self.pack(msgpack.packb(obj, use_bin_type=True))
+
+    # -- reading ------------------------------------------------------------------
+
+    def _check(self, blob: bytes, pos: int, whole: bool) -> int:
+        """Check the frame at `pos`; return where its payload ends (the checksum
+        follows).  The version is looked at last, once the checksum holds: a
+        flipped bit is damage, a valid frame of another version is not."""
+        if len(blob) - pos < HEADER.size + CHECKSUM:
+            self._earlier(blob, whole)
+            raise Damaged(f"too short to be a pivotbuild {self.what}")
+        magic, version, _flags, length = HEADER.unpack_from(blob, pos)
+        if magic != self.magic:
+            raise Damaged(f"not a pivotbuild {self.what} (bad magic)")
+        end: int = pos + HEADER.size + length
+        if end + CHECKSUM > len(blob) or (whole and end + CHECKSUM != len(blob)):
+            self._earlier(blob, whole)
+            raise Damaged("truncated or padded (length does not match)")
+        if _checksum(memoryview(blob)[pos:end]) != blob[end : end + CHECKSUM]:
+            self._earlier(blob, whole)
+            raise Damaged("checksum mismatch (the file is damaged)")
+        if version != self.version:
+            raise OtherVersion(f"format version {version} is not one this pivotbuild reads ({self.version})")
+        return end
+
+    def _earlier(self, blob: bytes, whole: bool) -> None:
+        """Raise OtherVersion if `blob` is a whole file in the layout before this
+        framing: the magic, msgpack, and the XXH3-64 of that msgpack."""
+        if whole and len(blob) > 16 and blob.startswith(self.magic) and xxhash.xxh3_64_digest(blob[8:-8]) == blob[-8:]:
+            raise OtherVersion("written by an earlier pivotbuild")
+
+    def unpack(self, blob: bytes) -> bytes | memoryview:
+        """The payload of a file that is one frame (a view of `blob` when it is
+        not compressed).  Raises Damaged."""
+        end = self._check(blob, 0, whole=True)
+        return self._payload(blob, HEADER.size, end)
+
+    def load(self, blob: bytes, *, use_list: bool = True) -> Any:
+        """The msgpack value of a file that is one frame.  Raises Damaged."""
+        return self.loads(self.unpack(blob), use_list=use_list)
+
+    def frames(self, blob: bytes) -> Iterator[Any]:
+        """The msgpack value of each frame of a file that is frames one after the
+        other (a journal); raises Damaged at the first that fails, having
+        yielded those before it."""
+        pos = 0
+        while pos < len(blob):
+            end = self._check(blob, pos, whole=False)
+            yield self.loads(self._payload(blob, pos + HEADER.size, end))
+            pos = end + CHECKSUM
+
+    def _payload(self, blob: bytes, start: int, end: int) -> bytes | memoryview:
+        payload = memoryview(blob)[start:end]
+        if self.level is None:
+            return payload
+        import zstandard
+
+        try:
+            return zstandard.ZstdDecompressor().decompress(payload)
+        except zstandard.ZstdError as exc:
+            raise Damaged(f"payload does not decode ({type(exc).__name__})") from exc
+
+    def loads(self, payload: bytes | memoryview, *, use_list: bool = True) -> Any:
+        try:
+            return msgpack.unpackb(payload, use_list=use_list)
+        except (ValueError, TypeError, RecursionError, msgpack.UnpackException) as exc:
+            raise Damaged(f"payload does not decode ({type(exc).__name__})") from exc
