@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 from conftest import compile_text
 
-from pivotbuild.build.admission import Admission, TokenPool, critical_path
+from pivotbuild.build.admission import Admission, TokenPool
+from pivotbuild.build.scheduler import critical_path
 from pivotbuild.errors import Location
 from pivotbuild.model import Stage, StageId
 

@@ -1,18 +1,21 @@
-"""Admission and order: which ready stage may start now, and which first.
+"""Admission and the job server: which ready stage may start now.
 
 A stage starts when the job server hands it its tokens (`jobs:`, capped at
 `-j`), none of its mutex groups is held (`*` means it runs alone), the memory
 it reserves (`mem:`) is available, and the load average is under `-l`.  With
 nothing running, memory and load never hold a stage back, so a build cannot
 stall; but a stage that reserves more memory than the machine has fails
-instead of starting (see `unfit`).  Among ready stages, the one heading the
-longest remaining path (by past durations where known) goes first.
+instead of starting (see `unfit`).  Which ready stage is offered first is
+the scheduler's (scheduler.py: the longest remaining path).
+
+The engine hands the job server in: our own `TokenPool` today, a GNU make
+jobserver behind the same `JobServer` protocol later.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -123,17 +126,3 @@ class Admission:
     def waits_on_resources(self) -> bool:
         """True if a start may become possible without any stage finishing (load, memory)."""
         return self.load_limit is not None or any(s.mem for s in self.running.values())
-
-
-def critical_path(
-    order: list[StageId], downstream: Callable[[StageId], Iterable[StageId]], durations: Mapping[StageId, float]
-) -> dict[StageId, float]:
-    """For each stage, the length of the longest path from it to the end of the
-    build: its own duration (past run time, else 1) plus the longest of its
-    dependents'.  `order` must be topological."""
-    keep = set(order)
-    length: dict[StageId, float] = {}
-    for sid in reversed(order):
-        after = [length[d] for d in downstream(sid) if d in keep]
-        length[sid] = durations.get(sid, 1.0) + max(after, default=0.0)
-    return length
