@@ -108,7 +108,7 @@ class Recorder:
             self.emit(Message(f"could not store the outputs of {label} in the cache ({exc.strerror})", "warning"))
 
     def job(self, stage: Stage, snap: Snapshot | None, label: str, reason: str) -> Job:
-        """The job that runs `stage`, its incremental outputs put back first."""
+        """The job that runs `stage`, which starts now: its incremental outputs are put back first."""
         self.outputs.restore_incremental(stage, self.store.record(stage))
         return Job(stage, snap, label, reason, self.store.statcache(stage).entries)
 

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 
 from pivotbuild.build.admission import Admission
-from pivotbuild.build.decider import ALWAYS, FORCED, Decider
+from pivotbuild.build.decider import ALWAYS, FORCED, Decider, Verdict
 from pivotbuild.build.executors.base import Confirmed, Done, Executor, Inbox, Item, Job
 from pivotbuild.build.recorder import DryRecorder, Outcome, Recorder
 from pivotbuild.build.scheduler import Scheduler
@@ -26,7 +26,7 @@ from pivotbuild.events import BuildFinished, BuildStarted, Event, StageFinished,
 from pivotbuild.graph import BuildGraph
 from pivotbuild.model import StageId
 
-_NOT_RESTORED = (FORCED, ALWAYS)  # reasons to run a stage that its run-cache entry cannot answer
+_UNCACHEABLE = (FORCED, ALWAYS)  # reasons to run that a run-cache entry cannot answer
 
 
 class Interrupted(Exception):
@@ -66,7 +66,7 @@ class BuildRun:
         self.keep_going = keep_going
         self.expected = expected or {}
         self.closure = scheduler.closure
-        self.to_run: dict[StageId, Job] = {}  # decided to run, waiting to be admitted
+        self.to_run: dict[StageId, Verdict] = {}  # decided to run, waiting to be admitted
         self.running: dict[StageId, Job] = {}
         self.reasons: dict[StageId, str] = {}
         self.durations: dict[StageId, float] = {}
@@ -169,25 +169,19 @@ class BuildRun:
             self._state(sid, State.PREPARING)
             v = self.decider.stage(sid, scheduler.upstream_wrote(sid))
             self.reasons[sid] = v.reason
-            if v.sealed:
-                self.sealed.add(sid)
-            elif (
-                v.run
-                and v.snap is not None
-                and v.reason not in (FORCED, ALWAYS)
-                and self.recorder.restore(stage, v.snap)
-            ):
-                self._finish(sid, StageFinished(label, Status.RESTORED, v.reason, 0.0))
-                continue
-            if v.run and not self.decider.plan and (unfit := self.admission.unfit(stage)):
-                self._fail(sid, StageFinished(label, Status.FAILED, v.reason, 0.0, unfit))
-            elif v.run:
-                self.to_run[sid] = self.recorder.job(stage, v.snap, label, v.reason)
-                self._state(sid, State.READY, v.reason)
-            else:
-                if not v.sealed:
+            if not v.run:
+                if v.sealed:
+                    self.sealed.add(sid)
+                else:
                     self.recorder.heal(stage, label)
                 self._finish(sid, StageFinished(label, Status.SKIPPED, v.reason, 0.0))
+            elif v.snap is not None and v.reason not in _UNCACHEABLE and self.recorder.restore(stage, v.snap):
+                self._finish(sid, StageFinished(label, Status.RESTORED, v.reason, 0.0))
+            elif not self.decider.plan and (unfit := self.admission.unfit(stage)):
+                self._fail(sid, StageFinished(label, Status.FAILED, v.reason, 0.0, unfit))
+            else:
+                self.to_run[sid] = v
+                self._state(sid, State.READY, v.reason)
 
     def _start_what_fits(self) -> None:
         if not self.to_run or self.admission.saturated:
@@ -195,14 +189,16 @@ class BuildRun:
         for sid in self.scheduler.by_priority(self.to_run):
             if self.admission.saturated:
                 return
-            job = self.to_run[sid]
-            if not self.admission.try_start(job.stage):
+            stage = self.graph.stages[sid]
+            if not self.admission.try_start(stage):
                 continue
-            del self.to_run[sid]
+            v = self.to_run.pop(sid)
+            label = self.graph.label(sid)
+            job = self.recorder.job(stage, v.snap, label, v.reason)
             self.started += 1
             total = len(self.closure) - self.skipped
-            self._state(sid, State.RUNNING, job.reason)
-            self.emit(StageStarted(job.label, self.started, total, job.reason, expected_s=self.expected.get(sid)))
+            self._state(sid, State.RUNNING, v.reason)
+            self.emit(StageStarted(label, self.started, total, v.reason, expected_s=self.expected.get(sid)))
             job.started = time.monotonic()
             self.running[sid] = job
             self.executor.start(job)
