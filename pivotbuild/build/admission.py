@@ -79,6 +79,9 @@ class Admission:
     load_average: Callable[[], float] = _load_average
     total_memory: Callable[[], int] = _total_memory
     running: dict[StageId, Stage] = field(default_factory=dict)
+    _held: dict[str, int] = field(default_factory=dict, repr=False)  # mutex group -> running stages holding it
+    _alone: int = field(default=0, repr=False)  # running stages with mutex `*`
+    _reserved: int = field(default=0, repr=False)  # memory the running stages reserve
 
     def tokens(self, stage: Stage) -> int:
         return max(1, min(stage.jobs, self.jobserver.capacity))
@@ -95,27 +98,35 @@ class Admission:
     def try_start(self, stage: Stage) -> bool:
         """Reserve what `stage` needs and return True, or change nothing and return False."""
         busy = bool(self.running)
-        if any("*" in s.mutex for s in self.running.values()):
+        if self._alone:
             return False
-        if "*" in stage.mutex and busy:
+        mutex = stage.mutex
+        if mutex and (("*" in mutex and busy) or any(self._held.get(g) for g in mutex)):
             return False
-        held = {g for s in self.running.values() for g in s.mutex}
-        if held.intersection(stage.mutex):
+        if busy and stage.mem and self.available_memory() - self._reserved < stage.mem:
             return False
-        if busy and stage.mem:
-            reserved = sum(s.mem for s in self.running.values())
-            if self.available_memory() - reserved < stage.mem:
-                return False
         if busy and self.load_limit is not None and self.load_average() >= self.load_limit:
             return False
         if not self.jobserver.try_acquire(self.tokens(stage)):
             return False
         self.running[stage.id] = stage
+        self._hold(stage, 1)
         return True
 
     def finished(self, stage: Stage) -> None:
         if self.running.pop(stage.id, None) is not None:
             self.jobserver.release(self.tokens(stage))
+            self._hold(stage, -1)
+
+    def _hold(self, stage: Stage, n: int) -> None:
+        """Count `stage`'s mutex groups and memory in (n=1) or out (n=-1): kept
+        as running totals, so that admitting a stage costs the same however
+        many run (a plan admits every stage at once)."""
+        for g in stage.mutex:
+            self._held[g] = self._held.get(g, 0) + n
+        if "*" in stage.mutex:
+            self._alone += n
+        self._reserved += n * stage.mem
 
     @property
     def saturated(self) -> bool:
@@ -125,4 +136,4 @@ class Admission:
     @property
     def waits_on_resources(self) -> bool:
         """True if a start may become possible without any stage finishing (load, memory)."""
-        return self.load_limit is not None or any(s.mem for s in self.running.values())
+        return self.load_limit is not None or self._reserved > 0

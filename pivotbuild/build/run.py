@@ -82,7 +82,7 @@ class BuildRun:
         self.emit(BuildStarted(len(self.closure), self.admission.jobserver.capacity))
         waiting = self.scheduler.waiting
         for sid in self.closure:
-            self._state(sid, State.READY if waiting[sid] == 0 else State.PENDING)
+            self._state(self.graph.label(sid), State.READY if waiting[sid] == 0 else State.PENDING)
         interrupted = False
         try:
             self._loop()
@@ -166,7 +166,7 @@ class BuildRun:
         while (sid := scheduler.pop_ready()) is not None:
             stage = graph.stages[sid]
             label = graph.label(sid)
-            self._state(sid, State.PREPARING)
+            self._state(label, State.PREPARING)
             v = self.decider.stage(sid, scheduler.upstream_wrote(sid))
             self.reasons[sid] = v.reason
             if not v.run:
@@ -181,7 +181,7 @@ class BuildRun:
                 self._fail(sid, StageFinished(label, Status.FAILED, v.reason, 0.0, unfit))
             else:
                 self.to_run[sid] = v
-                self._state(sid, State.READY, v.reason)
+                self._state(label, State.READY, v.reason)
 
     def _start_what_fits(self) -> None:
         if not self.to_run or self.admission.saturated:
@@ -197,7 +197,7 @@ class BuildRun:
             job = self.recorder.job(stage, v.snap, label, v.reason)
             self.started += 1
             total = len(self.closure) - self.skipped
-            self._state(sid, State.RUNNING, v.reason)
+            self._state(label, State.RUNNING, v.reason)
             self.emit(StageStarted(label, self.started, total, v.reason, expected_s=self.expected.get(sid)))
             job.started = time.monotonic()
             self.running[sid] = job
@@ -232,15 +232,15 @@ class BuildRun:
             reason = f"upstream {event.stage} failed"
             self._finish(down, StageFinished(self.graph.label(down), Status.BLOCKED, reason, 0.0))
 
-    def _state(self, sid: StageId, state: State, reason: str = "") -> None:
-        self.emit(StageState(self.graph.label(sid), state, reason))
+    def _state(self, label: str, state: State, reason: str = "") -> None:
+        self.emit(StageState(label, state, reason))
 
     def _finish(self, sid: StageId, event: StageFinished) -> None:
         status = event.status
         if status is Status.SKIPPED:
             self.skipped += 1
         blocked = status is Status.BLOCKED
-        self._state(sid, State.BLOCKED if blocked else State.DONE, event.reason if blocked else status.value)
+        self._state(event.stage, State.BLOCKED if blocked else State.DONE, event.reason if blocked else status.value)
         self.emit(event)
         if status is not Status.FAILED:  # (a failure's status is the scheduler's to set: see _fail)
             self.scheduler.finish(sid, status)
