@@ -8,7 +8,8 @@ import pytest
 from conftest import compile_text
 from helpers import sid
 
-from pivotbuild.build.admission import Admission, TokenPool, critical_path
+from pivotbuild.build.admission import Admission, TokenPool
+from pivotbuild.build.scheduler import critical_path
 from pivotbuild.errors import Location
 from pivotbuild.model import Stage, StageId
 

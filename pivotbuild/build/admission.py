@@ -1,18 +1,21 @@
-"""Admission and order: which ready stage may start now, and which first.
+"""Admission and the job server: which ready stage may start now.
 
 A stage starts when the job server hands it its tokens (`jobs:`, capped at
 `-j`), none of its mutex groups is held (`*` means it runs alone), the memory
 it reserves (`mem:`) is available, and the load average is under `-l`.  With
 nothing running, memory and load never hold a stage back, so a build cannot
 stall; but a stage that reserves more memory than the machine has fails
-instead of starting (see `unfit`).  Among ready stages, the one heading the
-longest remaining path (by past durations where known) goes first.
+instead of starting (see `unfit`).  Which ready stage is offered first is
+the scheduler's (scheduler.py: the longest remaining path).
+
+The engine hands the job server in: our own `TokenPool` today, a GNU make
+jobserver behind the same `JobServer` protocol later.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -76,6 +79,9 @@ class Admission:
     load_average: Callable[[], float] = _load_average
     total_memory: Callable[[], int] = _total_memory
     running: dict[StageId, Stage] = field(default_factory=dict)
+    _held: dict[str, int] = field(default_factory=dict, repr=False)  # mutex group -> running stages holding it
+    _alone: int = field(default=0, repr=False)  # running stages with mutex `*`
+    _reserved: int = field(default=0, repr=False)  # memory the running stages reserve
 
     def tokens(self, stage: Stage) -> int:
         return max(1, min(stage.jobs, self.jobserver.capacity))
@@ -92,27 +98,35 @@ class Admission:
     def try_start(self, stage: Stage) -> bool:
         """Reserve what `stage` needs and return True, or change nothing and return False."""
         busy = bool(self.running)
-        if any("*" in s.mutex for s in self.running.values()):
+        if self._alone:
             return False
-        if "*" in stage.mutex and busy:
+        mutex = stage.mutex
+        if mutex and (("*" in mutex and busy) or any(self._held.get(g) for g in mutex)):
             return False
-        held = {g for s in self.running.values() for g in s.mutex}
-        if held.intersection(stage.mutex):
+        if busy and stage.mem and self.available_memory() - self._reserved < stage.mem:
             return False
-        if busy and stage.mem:
-            reserved = sum(s.mem for s in self.running.values())
-            if self.available_memory() - reserved < stage.mem:
-                return False
         if busy and self.load_limit is not None and self.load_average() >= self.load_limit:
             return False
         if not self.jobserver.try_acquire(self.tokens(stage)):
             return False
         self.running[stage.id] = stage
+        self._hold(stage, 1)
         return True
 
     def finished(self, stage: Stage) -> None:
         if self.running.pop(stage.id, None) is not None:
             self.jobserver.release(self.tokens(stage))
+            self._hold(stage, -1)
+
+    def _hold(self, stage: Stage, n: int) -> None:
+        """Count `stage`'s mutex groups and memory in (n=1) or out (n=-1): kept
+        as running totals, so that admitting a stage costs the same however
+        many run (a plan admits every stage at once)."""
+        for g in stage.mutex:
+            self._held[g] = self._held.get(g, 0) + n
+        if "*" in stage.mutex:
+            self._alone += n
+        self._reserved += n * stage.mem
 
     @property
     def saturated(self) -> bool:
@@ -122,18 +136,4 @@ class Admission:
     @property
     def waits_on_resources(self) -> bool:
         """True if a start may become possible without any stage finishing (load, memory)."""
-        return self.load_limit is not None or any(s.mem for s in self.running.values())
-
-
-def critical_path(
-    order: list[StageId], downstream: Callable[[StageId], Iterable[StageId]], durations: Mapping[StageId, float]
-) -> dict[StageId, float]:
-    """For each stage, the length of the longest path from it to the end of the
-    build: its own duration (past run time, else 1) plus the longest of its
-    dependents'.  `order` must be topological."""
-    keep = set(order)
-    length: dict[StageId, float] = {}
-    for sid in reversed(order):
-        after = [length[d] for d in downstream(sid) if d in keep]
-        length[sid] = durations.get(sid, 1.0) + max(after, default=0.0)
-    return length
+        return self.load_limit is not None or self._reserved > 0

@@ -1,9 +1,13 @@
 """Is a stage up to date, and if not, the one reason why.
 
-One pure function serves the build, `-n`, `-q`, `status` and `--explain`.
+`Decider` is the one place that answers it, for the build, `-n`, `-q`,
+`status` and `--explain`: it applies `-B`, "upstream X will run" (a plan),
+the seal (state/seal.py, which the no-op fast path in quick.py also reads)
+and, for everything else, the pure `decide` over a fresh snapshot.
 The reasons form a fixed vocabulary, in the order they are checked:
 
     forced                      -B
+    upstream X will run         (a plan only) a stage it reads will run first
     always                      always: yes
     never run                   no record in the lockfile
     param K A -> B              a listed param's value (A or B may be "(none)");
@@ -25,10 +29,18 @@ and, from `status` only, for a stage that is up to date:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from pivotbuild.state import snapshot
 from pivotbuild.state.kinds import ABSENT, GLOB
 from pivotbuild.state.records import FileRecord, StageRecord
 from pivotbuild.state.snapshot import Snapshot
+
+if TYPE_CHECKING:
+    from pivotbuild.graph import BuildGraph
+    from pivotbuild.model import StageId
+    from pivotbuild.state.seal import Seal
+    from pivotbuild.state.store import StateStore
 
 UP_TO_DATE = "up to date"
 FORCED = "forced"
@@ -44,6 +56,81 @@ PENDING_COMMIT = "pending commit"
 class Decision:
     run: bool
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """A decision in a build, and what it was made on: the snapshot taken of
+    the stage (None when the answer needed none), and whether the seal alone
+    proved it up to date (its stamps, not its contents, were checked)."""
+
+    run: bool
+    reason: str
+    snap: Snapshot | None = None
+    sealed: bool = False
+
+    @property
+    def decision(self) -> Decision:
+        return Decision(self.run, self.reason)
+
+
+SEALED = Verdict(False, UP_TO_DATE, None, True)
+
+
+class Decider:
+    """Up to date or run, and why, for the stages of one build over `store`.
+
+    `seal`: the last build's seal, checked again per stage (stamps only);
+    `forced`: -B, every stage runs; `plan`: nothing runs (-n, -q, status),
+    so a stage whose upstream "ran" in the plan is not hashed: it "will run".
+    """
+
+    def __init__(
+        self,
+        graph: BuildGraph,
+        store: StateStore,
+        *,
+        seal: Seal | None = None,
+        forced: bool = False,
+        plan: bool = False,
+    ) -> None:
+        self.graph = graph
+        self.store = store
+        self.seal = seal
+        self.forced = forced
+        self.plan = plan
+
+    def stage(self, sid: StageId, ran: StageId | None = None) -> Verdict:
+        """The verdict on `sid`, given `ran`: the first of its upstream stages
+        (in the graph's order) that ran or was restored in this build (or, in
+        a plan, will run), if any.  Such a stage is never skipped by the
+        seal: the upstream rewrote some of its stamps."""
+        if self.plan:
+            if self.forced:
+                return Verdict(True, FORCED)
+            if ran is not None:
+                return Verdict(True, f"upstream {self.graph.label(ran)} will run")
+        if ran is None and not self.forced and self.seal is not None and self.sealed(sid):
+            return SEALED
+        stage = self.graph.stages[sid]
+        snap = snapshot.take(stage, self.store.root, self.store.statcache(stage))
+        d = decide(self.store.record(stage), snap, forced=self.forced, always=stage.always)
+        return Verdict(d.run, d.reason, snap)
+
+    def sealed(self, sid: StageId) -> bool:
+        """Up to date by the seal alone, its stamps checked now."""
+        return self.seal is not None and self.seal.holds([self.graph.index_of(sid)])
+
+    def files_read(self) -> int:
+        """Files whose contents were read (not answered from the stat cache) so far."""
+        return self.store.files_read()
+
+    def shown(self, sid: StageId, decision: Decision) -> Decision:
+        """The decision as `status` shows it: a stage up to date with a
+        --no-commit result the lockfile does not have yet is "pending commit"."""
+        if decision.run or self.store.pending(self.graph.stages[sid]) is None:
+            return decision
+        return Decision(False, PENDING_COMMIT)
 
 
 def decide(record: StageRecord | None, snap: Snapshot, *, forced: bool = False, always: bool = False) -> Decision:

@@ -11,17 +11,22 @@ import contextlib
 import dataclasses
 import os
 import threading
-import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 from pivotbuild import paths
-from pivotbuild.build.decider import FORCED, PENDING_COMMIT, Decision, decide
+from pivotbuild.build.admission import Admission, TokenPool
+from pivotbuild.build.decider import Decider, Decision
+from pivotbuild.build.executors.base import Inbox
+from pivotbuild.build.executors.dry import DryExecutor
+from pivotbuild.build.executors.local import LocalExecutor
 from pivotbuild.build.load import load_compiled
 from pivotbuild.build.options import BuildOptions
+from pivotbuild.build.recorder import DryRecorder, Outcome, Recorder
 from pivotbuild.build.run import BuildRun, Interrupted
+from pivotbuild.build.scheduler import Scheduler
 from pivotbuild.build.selection import selected
-from pivotbuild.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, MissingInputs, PivotfileError
+from pivotbuild.cache.outputs import OutputCache
+from pivotbuild.errors import EXIT_FAILED, EXIT_OK, MissingInputs, PivotfileError
 from pivotbuild.events import (
     Decided,
     Event,
@@ -30,17 +35,13 @@ from pivotbuild.events import (
     Status,
 )
 from pivotbuild.graph import BuildGraph
-from pivotbuild.model import Stage, StageId
+from pivotbuild.model import StageId
 from pivotbuild.paths import STATE_DIR
 from pivotbuild.project import LoadOptions, Project
-from pivotbuild.state import seal, snapshot
-from pivotbuild.state.hashing import hash_file
+from pivotbuild.state import seal
 from pivotbuild.state.projectlock import ProjectLock
 from pivotbuild.state.seal import Seal
-from pivotbuild.state.snapshot import Snapshot
 from pivotbuild.state.store import StateStore
-
-_UP = Decision(False, "up to date")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -92,39 +93,27 @@ class Engine:
             else:
                 sealed = preloaded.seal if preloaded.seal is not None and preloaded.seal.state_unchanged() else None
             if options.dry_run or options.question:
-                decisions = self._decisions(graph, closure=closure, store=store, options=options, sealed=sealed)
+                plan = self._plan(
+                    graph, closure, Decider(graph, store, seal=sealed, forced=options.always_make, plan=True)
+                )
                 if options.dry_run:
-                    for label, decision in decisions:
-                        self.emit(Decided(label, decision.run, decision.reason))
-                return EXIT_FAILED if options.question and any(d.run for _, d in decisions) else EXIT_OK
-            run = BuildRun(
-                self,
-                project=project,
-                graph=graph,
-                closure=closure,
-                store=store,
-                options=options,
-                cancel=cancel or threading.Event(),
-                seal=sealed,
-            )
-            code = run.execute()
+                    for sid, decision in plan:
+                        self.emit(Decided(graph.label(sid), decision.run, decision.reason))
+                return EXIT_FAILED if options.question and any(d.run for _, d in plan) else EXIT_OK
+            outcome, recorder = self._run(project, graph, closure, store, options=options, cancel=cancel, seal=sealed)
             store.close()  # lockfiles written and stat caches settled: now seal what is up to date
-            if code != EXIT_INTERRUPTED:  # (an interrupted build may leave outputs uncached: see BuildRun._heal)
-                self._seal(project, graph, store, run, sealed)
-            return code
+            if not outcome.interrupted:  # (an interrupted build may leave outputs uncached: see Recorder.heal)
+                recorder.seal(project, graph, outcome, sealed)
+            return outcome.code
 
     def status(self, options: BuildOptions) -> list[tuple[str, Decision]]:
-        """Each selected stage (and what it needs) with its decision; runs nothing.
-        A stage up to date with a --no-commit result is "pending commit": the
-        build leaves it alone, but the lockfile does not have it yet."""
+        """Each selected stage (and what it needs) with its decision, as `status`
+        shows it (see Decider.shown); runs nothing."""
         project, graph, targets = self.load(options)
         closure = graph.upstream(targets)
         with self.state(project, options) as store:
-            decisions = self._decisions(graph, closure=closure, store=store, options=options)
-            pending = {graph.label(s) for s in closure if store.pending(graph.stages[s]) is not None}
-        return [
-            (label, Decision(False, PENDING_COMMIT) if label in pending and not d.run else d) for label, d in decisions
-        ]
+            decider = Decider(graph, store, plan=True)
+            return [(graph.label(sid), decider.shown(sid, d)) for sid, d in self._plan(graph, closure, decider)]
 
     def run_stages(self, options: BuildOptions, fail_fast: bool, cancel: threading.Event | None = None) -> int:
         """`pivotbuild run`: exactly the named stages, in the order given, without
@@ -140,88 +129,73 @@ class Engine:
         chain = {s: ([chosen[i - 1]] if i else []) for i, s in enumerate(chosen)}
         run_options = dataclasses.replace(options, keep_going=not fail_fast)
         with self.state(project, options) as store:
-            run = BuildRun(
-                self,
-                project=project,
-                graph=graph,
-                closure=chosen,
-                store=store,
-                options=run_options,
-                cancel=cancel or threading.Event(),
-                order_after=chain,
-                block_on_failure=False,
+            outcome, _ = self._run(
+                project, graph, chosen, store, options=run_options, cancel=cancel, after=chain, block_on_failure=False
             )
-            return run.execute()
+            return outcome.code
 
-    def _decisions(
+    def _run(
         self,
+        project: Project,
         graph: BuildGraph,
-        *,
         closure: list[StageId],
         store: StateStore,
+        *,
         options: BuildOptions,
-        sealed: Seal | None = None,
-    ) -> list[tuple[str, Decision]]:
-        decisions: dict[StageId, Decision] = {}
-        for sid in closure:
-            stage = graph.stages[sid]
-            upstream = [u for u in graph.upstream_stages(sid) if decisions.get(u, _UP).run]
-            if options.always_make:  # -B: the whole closure, as make does, and for the reason the build gives
-                decision = Decision(True, FORCED)
-            elif upstream:
-                decision = Decision(True, f"upstream {graph.label(upstream[0])} will run")
-            elif sealed is not None and sealed.holds([graph.index_of(sid)]):
-                decision = _UP
-            else:
-                decision = decide_stage(stage, store, store.root, False)[0]
-            decisions[sid] = decision
-        return [(graph.label(s), d) for s, d in decisions.items()]
+        cancel: threading.Event | None,
+        seal: Seal | None = None,
+        after: dict[StageId, list[StageId]] | None = None,
+        block_on_failure: bool = True,
+    ) -> tuple[Outcome, Recorder]:
+        """Build `closure` (every stage of the build, which `-B` forces whole):
+        the loop, and the parts it ties together.  `after` replaces the graph's
+        edges (for `run`, the given order)."""
+        cancel = cancel or threading.Event()
+        inbox = Inbox(self.emit)
+        outputs = OutputCache(project.root, inbox.warn, building=True)
+        recorder = Recorder(project, store, outputs, inbox, emit=self.emit, options=options)
+        expected = recorder.expected(graph, closure)
+        edges = after if after is not None else _edges(graph, closure)
+        run = BuildRun(
+            self.emit,
+            graph=graph,
+            scheduler=Scheduler(closure, edges, expected, block_on_failure=block_on_failure),
+            decider=Decider(graph, store, seal=seal, forced=options.always_make),
+            admission=Admission(TokenPool(options.jobs or os.cpu_count() or 1), options.load_average),
+            executor=LocalExecutor(project.root, outputs, inbox, cancel, store=recorder.caching),
+            recorder=recorder,
+            inbox=inbox,
+            cancel=cancel,
+            keep_going=options.keep_going,
+            expected=expected,
+        )
+        return run.execute(), recorder
 
-    def _seal(self, project: Project, graph: BuildGraph, store: StateStore, run: BuildRun, old: Seal | None) -> None:
-        """Seal every stage that is up to date after this build (see seal.py).
-        Stages this build did not decide keep their old seal, valid because
-        their records did not change; a seal that cannot be written only costs
-        the next no-op its speed."""
-        main = project.main
-        if main is None or not project.plan_id:
-            return
-        main_dir = project.root / main.dir if main.dir else project.root
-        if any(st.pending for st in store.pipelines.values()):
-            seal.remove(main_dir)
-            return
-        locks = []
-        for st in store.pipelines.values():
-            try:
-                digest = hash_file(st.lock_path)
-            except FileNotFoundError:
-                digest = ""
-            except OSError:
-                return
-            locks.append((str(st.lock_path), digest))
-        absent = [str(p) for st in store.pipelines.values() for p in (st.journal_path, st.pending_path)]
-        new = seal.Seal(project.plan_id, locks, absent)
-        now = time.time_ns()
-        for i, (sid, stage) in enumerate(graph.stages.items()):
-            status = run.status.get(sid)
-            if status is None or sid in run.sealed_skips:
-                if old is not None and not stage.always:
-                    new.carry(old, i)
-                continue
-            record = store.record(stage)
-            if stage.always or record is None or status not in (Status.RAN, Status.SKIPPED, Status.RESTORED):
-                continue
-            if sid in run.storer.unstored:
-                continue  # the next build must decide it, and store what the cache lacks
-            try:
-                recorded = (*record.deps, *record.outs)
-                files = seal.stage_files(recorded, project.root, store.statcache(stage).entries, now)
-            except seal.Unsealable:
-                continue
-            new.add(i, files)
-        try:
-            new.write(main_dir)
-        except OSError:
-            seal.remove(main_dir)
+    def _plan(self, graph: BuildGraph, closure: list[StageId], decider: Decider) -> list[tuple[StageId, Decision]]:
+        """Each stage of `closure` with its decision: the build loop with the dry
+        executor and recorder, so nothing runs and nothing is written.  Of its
+        events, only messages are shown (a plan shows `Decided` events)."""
+        inbox = Inbox(self._messages)
+        run = BuildRun(
+            self._messages,
+            graph=graph,
+            scheduler=Scheduler(closure, _edges(graph, closure), {}),
+            decider=decider,
+            admission=Admission(TokenPool(max(1, len(closure))), available_memory=_unlimited),
+            executor=DryExecutor(inbox),
+            recorder=DryRecorder(),
+            inbox=inbox,
+            cancel=threading.Event(),
+            keep_going=True,
+        )
+        outcome = run.execute()
+        if outcome.interrupted:
+            raise KeyboardInterrupt
+        return [(sid, Decision(outcome.status[sid] is Status.RAN, outcome.reasons[sid])) for sid in closure]
+
+    def _messages(self, event: Event) -> None:
+        if isinstance(event, Message):
+            self.emit(event)
 
     @contextlib.contextmanager
     def state(self, project: Project, options: BuildOptions) -> Iterator[StateStore]:
@@ -232,9 +206,6 @@ class Engine:
                 yield store
             finally:
                 store.close()
-
-    def decide(self, stage: Stage, store: StateStore, forced: bool) -> tuple[Decision, Snapshot]:
-        return decide_stage(stage, store, store.root, forced)
 
     def warn(self, text: str) -> None:
         self.emit(Message(text, "warning"))
@@ -260,10 +231,15 @@ def open_seal(project: Project, store: StateStore, warn: Callable[[str], None]) 
     return sealed if sealed is not None and sealed.state_unchanged() else None
 
 
-def decide_stage(stage: Stage, store: StateStore, root: Path, forced: bool) -> tuple[Decision, Snapshot]:
-    """Hash what `stage` needs now and decide whether it must run."""
-    snap = snapshot.take(stage, root, store.statcache(stage))
-    return decide(store.record(stage), snap, forced=forced, always=stage.always), snap
+def _edges(graph: BuildGraph, closure: list[StageId]) -> dict[StageId, list[StageId]]:
+    """For each stage of `closure`, the stages of `closure` it reads from."""
+    in_build = set(closure)
+    return {s: [u for u in graph.upstream_stages(s) if u in in_build] for s in closure}
+
+
+def _unlimited() -> int:
+    """The memory a plan admits stages against: no end of it (nothing runs)."""
+    return 1 << 62
 
 
 def check_sources(project: Project, graph: BuildGraph, closure: list[StageId]) -> None:

@@ -1,0 +1,109 @@
+"""The executor seam: what the build loop hands an executor, and how the
+result comes back.
+
+An executor starts an admitted stage (`start`) and, from any thread, reports
+what it has to say (log lines, a retry, a warning) and then exactly one
+`Done` through the build's `Inbox`.  It neither decides nor records: the
+loop (run.py) does both, in its own thread, so reporters see events from one
+thread only.  `local.py` runs commands in worker threads; `dry.py` runs
+nothing (-n, -q, status).
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from pivotbuild.build.executors.runner import RunResult
+from pivotbuild.cache.outputs import Captured
+from pivotbuild.events import Event, Message
+from pivotbuild.model import Stage, StageId
+from pivotbuild.state.snapshot import Snapshot
+from pivotbuild.state.statcache import StatEntry
+
+
+@dataclass(slots=True)
+class Job:
+    """One admitted stage: what to run (`snap`, None in a plan), why, and the
+    stat-cache entries its outputs may be hashed against.  `started` is the
+    loop's clock when it started."""
+
+    stage: Stage
+    snap: Snapshot | None
+    label: str
+    reason: str
+    known: Mapping[str, StatEntry]
+    started: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    """A job's result; on success, its outputs hashed (and on their way to the cache)."""
+
+    job: Job
+    result: RunResult
+    captured: Captured | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Confirmed:
+    """A cache storer thread read `path` again and proved its stat-cache entry (see Storer)."""
+
+    stage: Stage
+    path: str
+    st: os.stat_result
+    digest: str
+
+
+Item = Event | Done | Confirmed
+
+
+class Inbox:
+    """The one queue the build loop reads: events, results and confirmations,
+    put from any thread.  Every `Done` is also kept until the loop handles it
+    (`handled`), so one taken off the queue just as an interrupt struck is not
+    lost for good (see BuildRun)."""
+
+    def __init__(self, emit: Callable[[Event], None]) -> None:
+        self.emit = emit
+        self.queue: queue.SimpleQueue[Item] = queue.SimpleQueue()
+        self.put = self.queue.put
+        self.unhandled: dict[StageId, Done] = {}
+
+    def done(self, done: Done) -> None:
+        self.unhandled[done.job.stage.id] = done
+        self.queue.put(done)
+
+    def handled(self, done: Done) -> bool:
+        """True the first time `done` is handled, False after."""
+        return self.unhandled.pop(done.job.stage.id, None) is not None
+
+    def warn(self, text: str) -> None:
+        """A warning, emitted now if on the main thread, else queued for it."""
+        if threading.current_thread() is threading.main_thread():
+            self.emit(Message(text, "warning"))
+        else:
+            self.queue.put(Message(text, "warning"))
+
+    def confirmed(self, stage: Stage, path: str, st: os.stat_result, digest: str) -> None:
+        self.queue.put(Confirmed(stage, path, st, digest))
+
+
+class Executor(Protocol):
+    """Runs admitted stages; see the module's docstring."""
+
+    def start(self, job: Job) -> None:
+        """Begin `job`; its `Done` follows through the inbox (perhaps before this returns)."""
+        ...
+
+    def cancel(self) -> None:
+        """Stop every running job: each still reports its `Done`, cancelled."""
+        ...
+
+    def close(self) -> None:
+        """The build is over (every job reported): let go of threads and processes."""
+        ...

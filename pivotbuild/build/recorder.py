@@ -1,0 +1,266 @@
+"""What a build leaves behind: each stage's record (journal, then lockfile),
+its outputs in the cache (stored in the background, healed when missing),
+the run cache (restoring outputs instead of running), rollback of a failed
+stage's outputs, the build history, and the seal of what is up to date.
+
+The build loop (run.py) calls it in its own thread as stages are decided and
+finish; `DryRecorder` is its stand-in for a plan, which writes nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from pivotbuild.build.executors.base import Confirmed, Inbox, Job
+from pivotbuild.build.options import BuildOptions
+from pivotbuild.cache.outputs import Captured, OutputCache
+from pivotbuild.cache.storer import Storer
+from pivotbuild.events import BuildFinished, Event, Message, Status
+from pivotbuild.graph import BuildGraph
+from pivotbuild.model import Stage, StageId
+from pivotbuild.paths import STATE_DIR
+from pivotbuild.project import Project
+from pivotbuild.state import history, seal, snapshot
+from pivotbuild.state.hashing import hash_file
+from pivotbuild.state.kinds import DIR, FILE
+from pivotbuild.state.records import StageRecord
+from pivotbuild.state.snapshot import Snapshot
+from pivotbuild.state.store import StateStore
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one build did, stage by stage (see BuildRun.execute)."""
+
+    code: int
+    interrupted: bool
+    status: Mapping[StageId, Status]
+    reasons: Mapping[StageId, str]  # why each decided stage ran or was skipped
+    durations: Mapping[StageId, float]  # of the stages that ran
+    sealed: frozenset[StageId]  # up to date by the seal alone, never hashed
+
+
+class Recorder:
+    """Records one build over `store`; `outputs` is the build's output cache,
+    whose background storer reports through `inbox`."""
+
+    def __init__(
+        self,
+        project: Project,
+        store: StateStore,
+        outputs: OutputCache,
+        inbox: Inbox,
+        *,
+        emit: Callable[[Event], None],
+        options: BuildOptions,
+    ) -> None:
+        self.root = project.root
+        self.store = store
+        self.outputs = outputs
+        self.emit = emit
+        self.options = options
+        self.caching = not options.no_cache and not options.no_commit
+        self.storer = Storer(outputs, inbox.warn, inbox.confirmed)
+        self.history_damaged = False  # mended when this build appends
+        self.started_at = ""
+
+    def begin(self) -> None:
+        """The build starts now (as its history entry says)."""
+        self.started_at = history.now_stamp()
+
+    def expected(self, graph: BuildGraph, closure: list[StageId]) -> dict[StageId, float]:
+        """Each stage's duration in recent builds, where known."""
+        recent = history.load(self.root / STATE_DIR, history.RECENT)
+        if recent.skipped:
+            self.emit(Message(history.damage_warning(recent.skipped), "warning"))
+        self.history_damaged = recent.skipped > 0
+        past = history.durations_in(recent)
+        return {sid: past[graph.label(sid)] for sid in closure if graph.label(sid) in past}
+
+    def restore(self, stage: Stage, snap: Snapshot) -> bool:
+        """Restore the stage's outputs from the run cache instead of running it, if it can."""
+        outs = self.outputs.restore(stage, snap, self.store.record(stage))
+        if outs is None:
+            return False
+        now = snapshot.outs_of(stage, self.root, self.store.statcache(stage))
+        if [(o.path, o.hash) for o in now] != [(o.path, o.hash) for o in outs]:
+            return False  # a checkout that does not hash as recorded: run the stage instead
+        record = StageRecord(stage.name, snap.fingerprint, snap.command, snap.deps, outs, snap.params, snap.facets)
+        self.store.commit(stage, record, pending=self.options.no_commit)
+        return True
+
+    def heal(self, stage: Stage, label: str) -> None:
+        """An up-to-date stage whose outputs the cache lacks (a build killed or
+        interrupted just after it finished, before they were copied) has them
+        stored now, and its run-cache entry written: the cache fills in, with
+        no rerun.  (Rare, so done here, in the loop's thread.)"""
+        record = self.store.record(stage)
+        if record is None or not self.caching:
+            return
+        cached = [(out, rec) for out, rec in zip(stage.outs, record.outs, strict=False) if out.cache]
+        if all(rec.kind not in (FILE, DIR) or self.outputs.cache.has(rec.hash) for _, rec in cached):
+            return
+        try:
+            self.outputs.keep(stage, record, self.store.statcache(stage))
+        except OSError as exc:
+            self.emit(Message(f"could not store the outputs of {label} in the cache ({exc.strerror})", "warning"))
+
+    def job(self, stage: Stage, snap: Snapshot | None, label: str, reason: str) -> Job:
+        """The job that runs `stage`, which starts now: its incremental outputs are put back first."""
+        self.outputs.restore_incremental(stage, self.store.record(stage))
+        return Job(stage, snap, label, reason, self.store.statcache(stage).entries)
+
+    def ran(self, job: Job, captured: Captured | None) -> str:
+        """Record a stage that succeeded; or, if a declared output is missing,
+        record nothing and return why it failed."""
+        stage = job.stage
+        assert captured is not None and job.snap is not None
+        if captured.missing:
+            return f"declared output {captured.missing[0]} was not created"
+        cache = self.store.statcache(stage)
+        for path, st, digest in captured.seen:
+            cache.note(path, st, digest)
+        snap = job.snap
+        record = StageRecord(
+            stage.name, snap.fingerprint, snap.command, snap.deps, captured.outs, snap.params, snap.facets
+        )
+        self.store.commit(stage, record, pending=self.options.no_commit)
+        if captured.deferred or captured.confirm or captured.stored:
+            # The copies, the reads that prove stat-cache entries, and the run-cache
+            # entry, all off this thread.
+            self.storer.put(stage, record if captured.stored else None, captured.deferred, job.label, captured.confirm)
+        return ""
+
+    def confirm(self, item: Confirmed) -> None:
+        self.store.statcache(item.stage).confirm(item.path, item.st, item.digest)
+
+    def roll_back(self, stage: Stage, label: str, quiet: bool = False) -> None:
+        """A failed or interrupted stage's outputs go back to what the lockfile records."""
+        try:
+            restored, removed = self.outputs.roll_back(stage, self.store.record(stage))
+        except OSError as exc:
+            self.emit(Message(f"could not roll back the outputs of {label}: {exc}", "warning"))
+            return
+        if quiet or not (restored or removed):
+            return
+        parts = []
+        if restored:
+            parts.append(f"restored the recorded version of {', '.join(restored)}")
+        if removed:
+            parts.append(f"removed {', '.join(removed)} (no recorded version)")
+        self.emit(Message(f"{label} did not succeed, so its outputs were rolled back: {'; '.join(parts)}"))
+
+    def finish(self) -> bool:
+        """Wait for the outputs still being copied into the cache.  False if
+        interrupted meanwhile: the copies under way are abandoned (the next
+        build stores what the cache lacks)."""
+        try:
+            self.storer.finish()
+        except KeyboardInterrupt:
+            return False
+        return True
+
+    def remember(self, outcome: Outcome, graph: BuildGraph, finished: BuildFinished) -> None:
+        """The build's entry in the history."""
+        stages = {
+            graph.label(sid): {"status": status.value, "duration_s": round(outcome.durations.get(sid, 0.0), 3)}
+            for sid, status in outcome.status.items()
+            if status is not Status.SKIPPED
+        }
+        result = "interrupted" if outcome.interrupted else "failed" if finished.failed else "ok"
+        try:
+            history.record_build(
+                self.root / STATE_DIR,
+                started=self.started_at,
+                duration_s=finished.duration_s,
+                targets=list(self.options.targets),
+                result=result,
+                counts=(finished.ran, finished.skipped, finished.failed),
+                stages=stages,
+                repair=self.history_damaged,
+            )
+        except OSError as exc:
+            self.emit(Message(f"could not write the build history: {exc.strerror}", "warning"))
+
+    def seal(self, project: Project, graph: BuildGraph, outcome: Outcome, old: seal.Seal | None) -> None:
+        """Seal every stage that is up to date after this build (see seal.py),
+        once the lockfiles are written.  Stages this build did not decide keep
+        their old seal, valid because their records did not change; a seal
+        that cannot be written only costs the next no-op its speed."""
+        main = project.main
+        if main is None or not project.plan_id:
+            return
+        main_dir = self.root / main.dir if main.dir else self.root
+        store = self.store
+        if any(st.pending for st in store.pipelines.values()):
+            seal.remove(main_dir)
+            return
+        locks = []
+        for st in store.pipelines.values():
+            try:
+                digest = hash_file(st.lock_path)
+            except FileNotFoundError:
+                digest = ""
+            except OSError:
+                return
+            locks.append((str(st.lock_path), digest))
+        absent = [str(p) for st in store.pipelines.values() for p in (st.journal_path, st.pending_path)]
+        new = seal.Seal(project.plan_id, locks, absent)
+        now = time.time_ns()
+        unstored = self.storer.unstored  # the next build must decide these, and store what the cache lacks
+        for i, (sid, stage) in enumerate(graph.stages.items()):
+            status = outcome.status.get(sid)
+            if status is None or sid in outcome.sealed:
+                if old is not None and not stage.always:
+                    new.carry(old, i)
+                continue
+            record = store.record(stage)
+            if stage.always or record is None or status not in (Status.RAN, Status.SKIPPED, Status.RESTORED):
+                continue
+            if sid in unstored:
+                continue
+            try:
+                files = seal.stage_files((*record.deps, *record.outs), self.root, store.statcache(stage).entries, now)
+            except seal.Unsealable:
+                continue
+            new.add(i, files)
+        try:
+            new.write(main_dir)
+        except OSError:
+            seal.remove(main_dir)
+
+
+class DryRecorder:
+    """The recorder of a plan: it reads no history and writes nothing."""
+
+    def begin(self) -> None:
+        pass
+
+    def expected(self, graph: BuildGraph, closure: list[StageId]) -> dict[StageId, float]:
+        return {}
+
+    def restore(self, stage: Stage, snap: Snapshot) -> bool:
+        return False
+
+    def heal(self, stage: Stage, label: str) -> None:
+        pass
+
+    def job(self, stage: Stage, snap: Snapshot | None, label: str, reason: str) -> Job:
+        return Job(stage, snap, label, reason, {})
+
+    def ran(self, job: Job, captured: Captured | None) -> str:
+        return ""
+
+    def confirm(self, item: Confirmed) -> None:
+        pass
+
+    def roll_back(self, stage: Stage, label: str, quiet: bool = False) -> None:
+        pass
+
+    def finish(self) -> bool:
+        return True
+
+    def remember(self, outcome: Outcome, graph: BuildGraph, finished: BuildFinished) -> None:
+        pass

@@ -1,0 +1,217 @@
+"""The build loop (run.BuildRun) with its parts handed in: a scripted executor
+that finishes stages in a chosen order (or fails them), a recorder that only
+notes what it is asked, and the dry executor of a plan."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+from conftest import compile_text
+
+from pivotbuild.build.admission import Admission, TokenPool
+from pivotbuild.build.decider import NEVER_RUN, Decider
+from pivotbuild.build.executors.base import Done, Inbox, Job
+from pivotbuild.build.executors.dry import DryExecutor
+from pivotbuild.build.executors.runner import RunResult
+from pivotbuild.build.recorder import DryRecorder, Outcome
+from pivotbuild.build.run import BuildRun
+from pivotbuild.build.scheduler import Scheduler
+from pivotbuild.cache.outputs import Captured
+from pivotbuild.errors import EXIT_FAILED, EXIT_OK
+from pivotbuild.events import BuildFinished, Event, StageFinished, StageStarted, Status
+from pivotbuild.graph import BuildGraph
+from pivotbuild.model import Stage, StageId
+from pivotbuild.state.store import StateStore
+
+# a -> c, b -> d: two independent chains.
+TEXT = """
+stage a:
+    outs: a.txt
+    run: touch a.txt
+
+stage b:
+    outs: b.txt
+    run: touch b.txt
+
+stage c:
+    deps: a.txt
+    run: true
+
+stage d:
+    deps: b.txt
+    run: true
+"""
+
+OK = RunResult(0, None, False, False, (), 0.0)
+FAILED = RunResult(1, None, False, False, ("boom",), 0.0)
+
+
+class ScriptedExecutor:
+    """Finishes started stages in the order of `script` ((label, result) pairs):
+    each as soon as it and every stage scripted before it have started."""
+
+    def __init__(self, inbox: Inbox, script: list[tuple[str, RunResult]]) -> None:
+        self.inbox = inbox
+        self.script = list(script)
+        self.pending: dict[str, Job] = {}
+        self.started: list[str] = []
+        self.closed = False
+
+    def start(self, job: Job) -> None:
+        self.started.append(job.label)
+        self.pending[job.label] = job
+        while self.script and self.script[0][0] in self.pending:
+            label, result = self.script.pop(0)
+            self.inbox.done(Done(self.pending.pop(label), result))
+
+    def cancel(self) -> None:
+        raise AssertionError("nothing interrupts these builds")
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class NotingRecorder(DryRecorder):
+    """Records nothing; notes which stages it recorded and rolled back.  A stage
+    in `missing` "did not create its declared output"."""
+
+    def __init__(self, missing: str = "") -> None:
+        self.missing = missing
+        self.recorded: list[str] = []
+        self.rolled_back: list[str] = []
+
+    def ran(self, job: Job, captured: Captured | None) -> str:
+        if job.label == self.missing:
+            return f"declared output {job.label}.txt was not created"
+        self.recorded.append(job.label)
+        return ""
+
+    def roll_back(self, stage: Stage, label: str, quiet: bool = False) -> None:
+        self.rolled_back.append(label)
+
+
+class Loop:
+    """A BuildRun over TEXT, with every part handed in."""
+
+    def __init__(self, root: Path, *, jobs: int = 2, keep_going: bool = False, plan: bool = False) -> None:
+        pipeline = compile_text(TEXT, root)
+        self.graph = BuildGraph(pipeline.stages)
+        self.store = StateStore(root, [pipeline], lambda text: None)
+        self.events: list[Event] = []
+        self.inbox = Inbox(self.events.append)
+        self.jobs = jobs
+        self.keep_going = keep_going
+        self.plan = plan
+
+    def run(self, executor: object, recorder: DryRecorder) -> Outcome:
+        closure = self.graph.order()
+        after = {s: self.graph.upstream_stages(s) for s in closure}
+        run = BuildRun(
+            self.events.append,
+            graph=self.graph,
+            scheduler=Scheduler(closure, after, {}),
+            decider=Decider(self.graph, self.store, plan=self.plan),
+            admission=Admission(TokenPool(self.jobs)),
+            executor=executor,  # type: ignore[arg-type]
+            recorder=recorder,
+            inbox=self.inbox,
+            cancel=threading.Event(),
+            keep_going=self.keep_going,
+        )
+        return run.execute()
+
+    def started(self) -> list[str]:
+        return [e.stage for e in self.events if isinstance(e, StageStarted)]
+
+    def finished(self) -> list[tuple[str, Status, str]]:
+        return [(e.stage, e.status, e.reason) for e in self.events if isinstance(e, StageFinished)]
+
+    def statuses(self, outcome: Outcome) -> dict[str, Status]:
+        return {self.graph.label(sid): status for sid, status in outcome.status.items()}
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    r = (tmp_path / "proj").resolve()
+    (r / ".pivot").mkdir(parents=True)
+    return r
+
+
+def test_results_are_recorded_in_the_order_they_arrive(root: Path) -> None:
+    loop = Loop(root)
+    recorder = NotingRecorder()
+    # b, started second, finishes first: d (after b) starts before c (after a).
+    executor = ScriptedExecutor(loop.inbox, [("b", OK), ("a", OK), ("d", OK), ("c", OK)])
+    outcome = loop.run(executor, recorder)
+    assert outcome.code == EXIT_OK
+    assert executor.started == loop.started() == ["a", "b", "d", "c"]
+    assert loop.finished() == [(s, Status.RAN, NEVER_RUN) for s in ("b", "a", "d", "c")]
+    assert recorder.recorded == ["b", "a", "d", "c"]
+    assert executor.closed
+    assert isinstance(loop.events[-1], BuildFinished)
+    assert loop.events[-1].ran == 4
+
+
+def test_one_job_at_a_time_starts_the_next_only_after_a_result(root: Path) -> None:
+    loop = Loop(root, jobs=1)
+    executor = ScriptedExecutor(loop.inbox, [("a", OK), ("b", OK), ("c", OK), ("d", OK)])
+    loop.run(executor, NotingRecorder())
+    # After a, both b and c are ready; with equal paths, the first ready goes first.
+    assert executor.started == ["a", "b", "c", "d"]
+
+
+def test_a_failure_blocks_what_follows_and_stops_the_build(root: Path) -> None:
+    loop = Loop(root)
+    recorder = NotingRecorder()
+    executor = ScriptedExecutor(loop.inbox, [("a", FAILED), ("b", OK)])
+    outcome = loop.run(executor, recorder)
+    assert outcome.code == EXIT_FAILED
+    assert loop.statuses(outcome) == {"a": Status.FAILED, "b": Status.RAN, "c": Status.BLOCKED, "d": Status.CANCELLED}
+    assert ("c", Status.BLOCKED, "upstream a failed") in loop.finished()
+    assert ("d", Status.CANCELLED, "not started") in loop.finished()
+    assert executor.started == ["a", "b"]  # d was ready once b ran, but the build was stopping
+    assert recorder.rolled_back == ["a"]
+    assert recorder.recorded == ["b"]
+    failures = [e for e in loop.events if isinstance(e, StageFinished) and e.status is Status.FAILED]
+    assert len(failures) == 2  # once when it failed, again at the end
+    assert failures[0].detail == "exit status 1"
+    assert failures[0].tail == ("boom",)
+
+
+def test_keep_going_finishes_the_other_branch(root: Path) -> None:
+    loop = Loop(root, keep_going=True)
+    executor = ScriptedExecutor(loop.inbox, [("a", FAILED), ("b", OK), ("d", OK)])
+    outcome = loop.run(executor, NotingRecorder())
+    assert outcome.code == EXIT_FAILED
+    assert loop.statuses(outcome) == {"a": Status.FAILED, "b": Status.RAN, "c": Status.BLOCKED, "d": Status.RAN}
+
+
+def test_a_stage_whose_declared_output_is_missing_fails_and_is_rolled_back(root: Path) -> None:
+    loop = Loop(root, keep_going=True)
+    recorder = NotingRecorder(missing="b")
+    executor = ScriptedExecutor(loop.inbox, [("a", OK), ("b", OK), ("c", OK)])
+    outcome = loop.run(executor, recorder)
+    assert loop.statuses(outcome) == {"a": Status.RAN, "b": Status.FAILED, "c": Status.RAN, "d": Status.BLOCKED}
+    failed = next(e for e in loop.events if isinstance(e, StageFinished) and e.status is Status.FAILED)
+    assert failed.detail == "declared output b.txt was not created"
+    assert recorder.rolled_back == ["b"]
+
+
+def test_a_plan_is_the_same_loop_with_the_dry_executor(root: Path) -> None:
+    loop = Loop(root, plan=True)
+    before = sorted((root / ".pivot").rglob("*"))
+    outcome = loop.run(DryExecutor(loop.inbox), DryRecorder())
+    assert outcome.code == EXIT_OK
+    reasons = {loop.graph.label(sid): reason for sid, reason in outcome.reasons.items()}
+    assert reasons == {"a": NEVER_RUN, "b": NEVER_RUN, "c": "upstream a will run", "d": "upstream b will run"}
+    assert set(outcome.status.values()) == {Status.RAN}  # "ran": nothing did
+    assert not (root / "a.txt").exists()
+    assert sorted((root / ".pivot").rglob("*")) == before  # no journal, lockfile, history or cache
+
+
+def test_stage_ids_in_the_outcome_are_the_graphs(root: Path) -> None:
+    loop = Loop(root, plan=True)
+    outcome = loop.run(DryExecutor(loop.inbox), DryRecorder())
+    assert list(outcome.status) == [StageId("", "a"), StageId("", "b"), StageId("", "c"), StageId("", "d")]
