@@ -1,8 +1,13 @@
 """One build, end to end: load, select, lock, decide, schedule, run, record.
 
-`Engine` outlives a build: watch mode and the RPC server submit builds to the
-same engine, and a build can be cancelled from another thread.  The engine
-never prints: everything it has to say is an event for its reporter.
+`Engine` outlives a build.  It loads the project once (a `LoadedProject`) and
+serves it to every build until `reload` finds a Pivotfile or params file
+changed; the CLI uses it for one build, watch mode, the agent server and the
+Python API for many.  `cancel` stops the running build from any thread (or a
+signal handler); `reads` says which paths a build of some targets reads (for a
+watcher).  The job server and the executor are handed in (by default: our own
+token pool sized by `-j`, and local processes).  The engine never prints:
+everything it has to say is an event for its reporter.
 """
 
 from __future__ import annotations
@@ -11,20 +16,24 @@ import contextlib
 import dataclasses
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Protocol
 
 from pivotbuild import paths
-from pivotbuild.build.admission import Admission, TokenPool
+from pivotbuild.build.admission import Admission, JobServer, TokenPool
+from pivotbuild.build.cancel import CancelToken
 from pivotbuild.build.decider import Decider, Decision
-from pivotbuild.build.executors.base import Inbox
+from pivotbuild.build.executors.base import Executor, Inbox
 from pivotbuild.build.executors.dry import DryExecutor
 from pivotbuild.build.executors.local import LocalExecutor
-from pivotbuild.build.load import load_compiled
 from pivotbuild.build.options import BuildOptions
 from pivotbuild.build.recorder import DryRecorder, Outcome, Recorder
 from pivotbuild.build.run import BuildRun, Interrupted
 from pivotbuild.build.scheduler import Scheduler
 from pivotbuild.build.selection import selected
+from pivotbuild.build.session import LoadedProject, Reloaded
+from pivotbuild.build.watchset import WatchSet
 from pivotbuild.cache.outputs import OutputCache
 from pivotbuild.errors import EXIT_FAILED, EXIT_OK, MissingInputs, PivotfileError
 from pivotbuild.events import (
@@ -58,29 +67,93 @@ class Preloaded:
     held: frozenset[int] = frozenset()
 
 
+class ExecutorFactory(Protocol):
+    """Makes the executor of one build: the project root, the build's output
+    cache, the inbox results go to, the build's cancel switch, and whether
+    outputs are stored in the cache."""
+
+    def __call__(
+        self, root: Path, outputs: OutputCache, inbox: Inbox, cancel: threading.Event, *, store: bool
+    ) -> Executor: ...
+
+
 class Engine:
-    def __init__(self, reporter: Reporter) -> None:
+    def __init__(
+        self,
+        reporter: Reporter,
+        *,
+        jobserver: JobServer | None = None,
+        executor: ExecutorFactory = LocalExecutor,
+    ) -> None:
+        """`jobserver` hands out the job tokens of every build (default: a pool
+        of `-j` tokens, made per build); `executor` makes each build's executor."""
         self.reporter = reporter
+        self.jobserver = jobserver
+        self.executor = executor
+        self.session: LoadedProject | None = None
+        self._cancel: threading.Event | None = None  # the running build's
 
     def emit(self, event: Event) -> None:
         self.reporter.handle(event)
 
     def load(self, options: BuildOptions) -> tuple[Project, BuildGraph, list[StageId]]:
-        project, graph = load_compiled(
-            LoadOptions(options.cwd, options.file, options.overrides, options.all_pipelines), self.warn
-        )
+        """The project (loaded once, then served until `reload`), its graph, and the selected stages."""
+        project, graph = self._session(options).current()
         targets = selected(project, graph, options.targets)
         return project, graph, targets
+
+    def reload(self) -> Reloaded:
+        """Load the project again if a Pivotfile, included pipeline or params file
+        changed.  If the new files do not load, the result carries the error and
+        the last good project keeps serving."""
+        if self.session is None:
+            return Reloaded()
+        return self.session.reload()
+
+    def reads(self, targets: Sequence[str] = ()) -> WatchSet:
+        """The paths a build of `targets` reads (deps, glob directories,
+        Pivotfiles, params files), for a watcher; the project must be loaded."""
+        if self.session is None:
+            raise RuntimeError("Engine.reads: no project loaded yet (build or load first)")
+        return self.session.reads(targets)
+
+    def cancel(self) -> None:
+        """Stop the running build, if any: its stages are killed and recorded as
+        cancelled, and `build` returns 130.  Safe from any thread and from a
+        signal handler."""
+        token = self._cancel
+        if isinstance(token, CancelToken):
+            token.cancel()
+        elif token is not None:
+            token.set()
+
+    def _session(self, options: BuildOptions, preloaded: Preloaded | None = None) -> LoadedProject:
+        wanted = LoadOptions(options.cwd, options.file, options.overrides, options.all_pipelines)
+        if self.session is None or self.session.options != wanted:
+            pair = (preloaded.project, preloaded.graph) if preloaded is not None else None
+            self.session = LoadedProject(wanted, self.warn, preloaded=pair)
+        return self.session
 
     def build(
         self, options: BuildOptions, cancel: threading.Event | None = None, preloaded: Preloaded | None = None
     ) -> int:
-        """Bring the targets up to date.  Returns the exit status (0, 1 or 130)."""
-        if preloaded is None:
-            project, graph, targets = self.load(options)
-        else:
-            project, graph = preloaded.project, preloaded.graph
-            targets = selected(project, graph, options.targets)
+        """Bring the targets up to date.  Returns the exit status (0, 1 or 130).
+        `cancel` (else a token of the engine's own, see `cancel`) stops it."""
+        self._session(options, preloaded)
+        with self._running(cancel) as token:
+            return self._build(options, token, preloaded)
+
+    @contextlib.contextmanager
+    def _running(self, cancel: threading.Event | None) -> Iterator[threading.Event]:
+        """The cancel switch of the build now starting, for `cancel` to reach."""
+        token = self._cancel = cancel if cancel is not None else CancelToken()
+        try:
+            yield token
+        finally:
+            self._cancel = None
+
+    def _build(self, options: BuildOptions, cancel: threading.Event, preloaded: Preloaded | None) -> int:
+        project, graph, targets = self.load(options)
         closure = graph.upstream(targets)
         # Before the lock, as the ordinary path does; a stage found sealed had
         # every dep in place when its stamps were checked, moments ago.
@@ -128,9 +201,9 @@ class Engine:
         check_runnable(graph, chosen)
         chain = {s: ([chosen[i - 1]] if i else []) for i, s in enumerate(chosen)}
         run_options = dataclasses.replace(options, keep_going=not fail_fast)
-        with self.state(project, options) as store:
+        with self._running(cancel) as token, self.state(project, options) as store:
             outcome, _ = self._run(
-                project, graph, chosen, store, options=run_options, cancel=cancel, after=chain, block_on_failure=False
+                project, graph, chosen, store, options=run_options, cancel=token, after=chain, block_on_failure=False
             )
             return outcome.code
 
@@ -161,8 +234,8 @@ class Engine:
             graph=graph,
             scheduler=Scheduler(closure, edges, expected, block_on_failure=block_on_failure),
             decider=Decider(graph, store, seal=seal, forced=options.always_make),
-            admission=Admission(TokenPool(options.jobs or os.cpu_count() or 1), options.load_average),
-            executor=LocalExecutor(project.root, outputs, inbox, cancel, store=recorder.caching),
+            admission=Admission(self._jobserver(options), options.load_average),
+            executor=self.executor(project.root, outputs, inbox, cancel, store=recorder.caching),
             recorder=recorder,
             inbox=inbox,
             cancel=cancel,
@@ -192,6 +265,12 @@ class Engine:
         if outcome.interrupted:
             raise KeyboardInterrupt
         return [(sid, Decision(outcome.status[sid] is Status.RAN, outcome.reasons[sid])) for sid in closure]
+
+    def _jobserver(self, options: BuildOptions) -> JobServer:
+        """The engine's job server if it was given one, else a pool of `-j` tokens."""
+        if self.jobserver is not None:
+            return self.jobserver
+        return TokenPool(options.jobs or os.cpu_count() or 1)
 
     def _messages(self, event: Event) -> None:
         if isinstance(event, Message):

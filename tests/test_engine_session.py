@@ -1,0 +1,205 @@
+"""The long-lived engine: one `Engine` loads a project once and builds it many
+times, reloads it when a Pivotfile changes (keeping the last good graph while
+the new one does not load), is cancelled from another thread, says which paths
+a build reads, and builds with the job server and executor it is handed.
+Real projects on disk, real processes."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from pivotbuild.build import session
+from pivotbuild.build.admission import TokenPool
+from pivotbuild.build.engine import Engine
+from pivotbuild.build.executors.base import Executor, Inbox, Job
+from pivotbuild.build.executors.local import LocalExecutor
+from pivotbuild.build.options import BuildOptions
+from pivotbuild.cache.outputs import OutputCache
+from pivotbuild.errors import EXIT_INTERRUPTED, EXIT_OK, PivotfileError
+from pivotbuild.events import BuildFinished, Event, StageFinished, StageStarted, Status
+
+PIPELINE = """
+stage a:
+    deps: in.txt
+    outs: a.txt
+    run: cp in.txt a.txt
+
+stage b:
+    deps: a.txt
+    outs: b.txt
+    run: cp a.txt b.txt
+"""
+
+WITH_C = (
+    PIPELINE
+    + """
+stage c:
+    deps: b.txt
+    outs: c.txt
+    run: cp b.txt c.txt
+"""
+)
+
+
+class Collect:
+    """A reporter that keeps every event; `on_start` is called for each stage started."""
+
+    def __init__(self, on_start: object = None) -> None:
+        self.events: list[Event] = []
+        self.on_start = on_start
+
+    def handle(self, event: Event) -> None:
+        self.events.append(event)
+        if isinstance(event, StageStarted) and callable(self.on_start):
+            self.on_start(event)
+
+    def close(self) -> None:
+        pass
+
+    def finished(self) -> dict[str, Status]:
+        return {e.stage: e.status for e in self.events if isinstance(e, StageFinished)}
+
+    def summary(self) -> BuildFinished:
+        return [e for e in self.events if isinstance(e, BuildFinished)][-1]
+
+    def clear(self) -> None:
+        self.events.clear()
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    (tmp_path / "Pivotfile").write_text(PIPELINE)
+    (tmp_path / "in.txt").write_text("one\n")
+    return tmp_path
+
+
+def options(root: Path, *targets: str, jobs: int = 2) -> BuildOptions:
+    return BuildOptions(cwd=root, targets=targets, jobs=jobs)
+
+
+def test_one_engine_loads_once_and_builds_many_times(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    loads: list[object] = []
+    real = session.load_compiled
+    monkeypatch.setattr(session, "load_compiled", lambda *a: loads.append(a) or real(*a))
+    seen = Collect()
+    engine = Engine(seen)
+    assert engine.build(options(root)) == EXIT_OK
+    assert seen.finished() == {"a": Status.RAN, "b": Status.RAN}
+    seen.clear()
+    assert engine.build(options(root)) == EXIT_OK
+    assert seen.finished() == {"a": Status.SKIPPED, "b": Status.SKIPPED}
+    (root / "in.txt").write_text("two\n")
+    seen.clear()
+    assert engine.build(options(root)) == EXIT_OK
+    assert seen.finished() == {"a": Status.RAN, "b": Status.RAN}
+    assert (root / "b.txt").read_text() == "two\n"
+    assert len(loads) == 1  # three builds, one load
+
+
+def test_reload_serves_the_edited_pivotfile_and_keeps_the_last_good_one_while_broken(root: Path) -> None:
+    seen = Collect()
+    engine = Engine(seen)
+    assert engine.build(options(root)) == EXIT_OK
+    (root / "Pivotfile").write_text(WITH_C)
+    reloaded = engine.reload()
+    assert reloaded.loaded and [s.name for s in reloaded.added] == ["c"]
+    seen.clear()
+    assert engine.build(options(root, "c")) == EXIT_OK
+    assert seen.finished() == {"a": Status.SKIPPED, "b": Status.SKIPPED, "c": Status.RAN}
+
+    (root / "Pivotfile").write_text(WITH_C + "\nstage broken\n    run: true\n")
+    broken = engine.reload()
+    assert broken.error is not None and not broken.loaded
+    assert isinstance(broken.error, PivotfileError)
+    assert broken.error.render().startswith("Pivotfile:17:13: error: expected ':'")  # located, as `check` shows it
+    seen.clear()
+    assert engine.build(options(root, "c")) == EXIT_OK  # the last good graph still builds
+    assert seen.finished() == {"a": Status.SKIPPED, "b": Status.SKIPPED, "c": Status.SKIPPED}
+    assert not engine.reload().loaded  # unchanged since it failed: not compiled again
+
+    (root / "Pivotfile").write_text(PIPELINE)
+    fixed = engine.reload()
+    assert fixed.loaded and [s.name for s in fixed.removed] == ["c"]
+
+
+def test_cancel_from_another_thread_stops_the_running_build(root: Path) -> None:
+    (root / "Pivotfile").write_text("stage slow:\n    run: sleep 30\n")
+    engine: Engine
+
+    def cancel_soon(_: StageStarted) -> None:
+        threading.Timer(0.2, engine.cancel).start()
+
+    seen = Collect(cancel_soon)
+    engine = Engine(seen)
+    t0 = time.monotonic()
+    assert engine.build(options(root)) == EXIT_INTERRUPTED
+    assert time.monotonic() - t0 < 20  # the sleep was killed, not waited for
+    assert seen.finished() == {"slow": Status.CANCELLED}
+    assert seen.summary().interrupted
+    engine.cancel()  # no build running: nothing to do
+
+
+def test_reads_names_what_a_build_reads(root: Path) -> None:
+    engine = Engine(Collect())
+    engine.load(options(root))
+    watched = engine.reads(["b"])
+    assert str(root / "in.txt") in watched.deps
+    assert str(root / "a.txt") in watched.deps  # b reads a's output: a hand edit must retrigger
+    assert str(root / "Pivotfile") in watched.sources
+    assert str(root / "b.txt") not in watched.deps
+
+
+class CountingPool(TokenPool):
+    """Our own token pool, noting the most tokens out at once."""
+
+    def __init__(self, capacity: int) -> None:
+        super().__init__(capacity)
+        self.acquired = 0
+        self.most = 0
+
+    def try_acquire(self, n: int) -> bool:
+        ok = super().try_acquire(n)
+        if ok:
+            self.acquired += n
+            self.most = max(self.most, self.capacity - self.free)
+        return ok
+
+
+def test_the_job_server_handed_in_gives_the_tokens(root: Path) -> None:
+    (root / "Pivotfile").write_text(
+        "".join(f"stage s{i}:\n    outs: s{i}.txt\n    run: touch $@\n\n" for i in range(4))
+    )
+    pool = CountingPool(1)
+    seen = Collect()
+    # -j4 on the options, but the engine's job server has one token: it wins.
+    assert Engine(seen, jobserver=pool).build(options(root, jobs=4)) == EXIT_OK
+    assert pool.acquired == 4 and pool.most == 1 and pool.free == 1
+    assert set(seen.finished().values()) == {Status.RAN}
+
+
+def test_the_executor_handed_in_runs_the_stages(root: Path) -> None:
+    started: list[str] = []
+
+    def noting(root: Path, outputs: OutputCache, inbox: Inbox, cancel: threading.Event, *, store: bool) -> Executor:
+        local = LocalExecutor(root, outputs, inbox, cancel, store=store)
+
+        class Noting:
+            def start(self, job: Job) -> None:
+                started.append(job.label)
+                local.start(job)
+
+            def cancel(self) -> None:
+                local.cancel()
+
+            def close(self) -> None:
+                local.close()
+
+        return Noting()
+
+    assert Engine(Collect(), executor=noting).build(options(root)) == EXIT_OK
+    assert started == ["a", "b"]
+    assert (root / "b.txt").read_text() == "one\n"
