@@ -2,8 +2,12 @@
 
 `Decider` is the one place that answers it, for the build, `-n`, `-q`,
 `status` and `--explain`: it applies `-B`, "upstream X will run" (a plan),
-the seal (state/seal.py, which the no-op fast path in quick.py also reads)
-and, for everything else, the pure `decide` over a fresh snapshot.
+the seal (state/seal.py) and, for everything else, the pure `decide` over a
+fresh snapshot.  The no-op fast path (build/fastpath.py) is this decider's
+first step alone, taken before anything heavier is imported: nothing is
+forced there (`-B` goes the full way), nothing ran before, and a seal never
+covers an `always` stage, so "the seal holds for every stage" is exactly
+this decider's answer "all up to date".
 The reasons form a fixed vocabulary, in the order they are checked:
 
     forced                      -B
