@@ -1,4 +1,5 @@
-"""decide.decide: every reason of its vocabulary, from real snapshots of real files."""
+"""decider.decide, the pure rule: every reason of its vocabulary, from real
+snapshots of real files.  (The Decider around it: test_decider.py.)"""
 
 from __future__ import annotations
 
