@@ -27,15 +27,29 @@ def remote() -> None:
 @click.argument("name")
 @click.argument("url")
 @click.option("-d", "--default", "make_default", is_flag=True, help="Make it the default remote.")
+@click.option("--endpoint-url", metavar="URL", help="An S3-compatible server (MinIO, SeaweedFS, R2...).")
+@click.option("--region", metavar="REGION", help="The bucket's region.")
+@click.option("--profile", metavar="NAME", help="The AWS profile to read credentials from.")
 @project_options
-def remote_add(name: str, url: str, make_default: bool) -> int:
-    """Add remote NAME at URL: a directory (a path or file://), e.g. a mounted share."""
+def remote_add(
+    *, name: str, url: str, make_default: bool, endpoint_url: str | None, region: str | None, profile: str | None
+) -> int:
+    """Add remote NAME at URL: a directory (a path or file://), e.g. a mounted
+    share, or an object store (s3://BUCKET/PREFIX, gs://..., az://...).
+    Credentials come from the environment or a profile, never the config."""
     from pivotbuild.remote import config
 
     root = find_root(Path.cwd())
     cfg = config.load(root)
-    config.directory_of(url, root)  # validates the scheme
+    config.check_url(url, root)
+    given = {"endpoint_url": endpoint_url, "region": region, "profile": profile}
+    settings = {key: value for key, value in given.items() if value}
+    if settings and not config.is_object_store(url):
+        raise click.UsageError(f"{', '.join('--' + k.replace('_', '-') for k in settings)}: only for object stores")
     cfg.remotes[name] = url
+    cfg.settings.pop(name, None)
+    if settings:
+        cfg.settings[name] = settings
     if make_default or cfg.default is None:
         cfg.default = name
     config.save(root, cfg)
@@ -68,6 +82,7 @@ def remote_remove(name: str) -> int:
     if name not in cfg.remotes:
         raise click.UsageError(f"no remote named '{name}'")
     del cfg.remotes[name]
+    cfg.settings.pop(name, None)
     if cfg.default == name:
         cfg.default = None
     config.save(root, cfg)
@@ -103,19 +118,16 @@ def _progress(label: str) -> Iterator[Callable[[int, int], None] | None]:
 def _move(options: BuildOptions, remote_name: str | None, jobs: int, direction: str) -> int:
     from pivotbuild.build.engine import Engine
     from pivotbuild.cache.outputs import OutputCache
-    from pivotbuild.remote import config, transfer
-    from pivotbuild.remote.directory import DirectoryRemote
+    from pivotbuild.remote import config, open_remote, transfer
     from pivotbuild.workspace import transfer_set
 
     engine = Engine(make_reporter(options))
     chosen = transfer_set(engine, options, stale=direction == "fetch")
     project, outs, stages = chosen.project, chosen.outs, chosen.stages
-    name, url = config.load(project.root).remote_url(remote_name)
-    where = config.directory_of(url, project.root)
-    if not where.is_dir():
-        raise config.ConfigError(f"remote {name}: {where} is not a directory; create it, or mount the share")
+    cfg = config.load(project.root)
+    name, url = cfg.remote_url(remote_name)
+    moved = open_remote(project.root, name, url, cfg.settings.get(name, {}))
     cache = OutputCache(project.root, engine.warn).cache
-    moved = DirectoryRemote(where)
     with _progress(f"{direction} {name}") as progress:
         if direction == "push":
             report = transfer.push(cache, moved, outs, stages, jobs=jobs, progress=progress)

@@ -33,3 +33,24 @@ class Remote(Protocol):
         """Delete the file `rel` (a corrupt object, so that a push replaces it);
         nothing if it is not there."""
         ...
+
+
+def open_remote(root: Path, name: str, url: str, settings: dict[str, str]) -> Remote:
+    """The remote `url` names, checked usable (ConfigError or RemoteError, one
+    line, if not): a directory that exists, or an object store that answers."""
+    from pivotbuild.remote import config
+
+    if config.is_object_store(url):
+        from pivotbuild.remote.objectstore import ObjectStoreRemote
+
+        store = ObjectStoreRemote(name, url, settings)
+        store.check()
+        return store
+    from pivotbuild.remote.directory import DirectoryRemote
+
+    where = config.directory_of(url, root)
+    if not where.is_dir():
+        raise config.ConfigError(f"remote {name}: {where} is not a directory; create it, or mount the share")
+    if settings:
+        raise config.ConfigError(f"remote {name}: {', '.join(sorted(settings))} apply only to object stores")
+    return DirectoryRemote(where)

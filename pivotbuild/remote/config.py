@@ -5,6 +5,15 @@ remote = "shared"
 
 [remote.shared]
 url = "/mnt/team/pivot-cache"     # a directory, or file:///...
+
+[remote.bucket]
+url = "s3://team-bucket/pivot"    # an object store: s3://, gs://, az://
+endpoint_url = "http://minio:9000"  # an S3-compatible server (optional)
+region = "eu-west-1"              # optional
+profile = "team"                  # an AWS profile to read credentials from (optional)
+
+Credentials never go here: they come from the environment (AWS_*, GOOGLE_*,
+AZURE_*) or the named profile; a config that holds one is refused.
 """
 
 from __future__ import annotations
@@ -35,6 +44,7 @@ class Config:
     remotes: dict[str, str] = field(default_factory=dict)  # name -> url
     default: str | None = None
     checkout: str = "copy"  # how outputs come back from the cache
+    settings: dict[str, dict[str, str]] = field(default_factory=dict)  # name -> SETTINGS (object stores)
 
     def remote_url(self, name: str | None) -> tuple[str, str]:
         """(name, url) of the named remote, else the default one."""
@@ -87,11 +97,15 @@ def load(root: Path) -> Config:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}; fix or remove it") from exc
     remotes = {}
+    settings: dict[str, dict[str, str]] = {}
     for name, table in _table(data, "remote", path).items():
         url = table.get("url") if isinstance(table, dict) else None
         if not isinstance(url, str):
             raise ConfigError(f'{path}: [remote.{name}] needs url = "..."')
         remotes[name] = url
+        extra = {k: v for k, v in table.items() if k != "url"}
+        if extra:
+            settings[name] = _settings(extra, f"{path}: [remote.{name}]")
     core = _table(data, "core", path)
     default = core.get("remote")
     if default is not None and not isinstance(default, str):
@@ -99,7 +113,25 @@ def load(root: Path) -> Config:
     checkout = core.get("checkout", "copy")
     if checkout not in CHECKOUT_MODES:
         raise ConfigError(f"{path}: [core] checkout = {checkout!r}; use one of {', '.join(CHECKOUT_MODES)}")
-    return Config(remotes, default, checkout)
+    return Config(remotes, default, checkout, settings)
+
+
+SETTINGS = ("endpoint_url", "region", "profile")  # an object-store remote's keys besides url
+_SECRETS = ("key", "secret", "token", "password", "credential")
+
+
+def _settings(table: dict[str, Any], where: str) -> dict[str, str]:
+    for key, value in table.items():
+        if any(word in key.lower() for word in _SECRETS):
+            raise ConfigError(
+                f"{where}: {key} is a credential, and credentials never go in the config (it is committed);"
+                " remove it and set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or a profile) in the environment"
+            )
+        if key not in SETTINGS:
+            raise ConfigError(f"{where}: unknown key {key}; a remote takes url and {', '.join(SETTINGS)}")
+        if not isinstance(value, str):
+            raise ConfigError(f'{where}: {key} = {value!r}; it must be a string, like {key} = "..."')
+    return dict(table)
 
 
 _TABLES = {"core": "[core] with remote = NAME", "remote": '[remote.NAME] with url = "..."'}
@@ -123,6 +155,7 @@ def save(root: Path, config: Config) -> None:
         lines += ["", "[core]", *core]
     for name in sorted(config.remotes):
         lines += ["", f"[remote.{toml_string(name)}]", f"url = {toml_string(config.remotes[name])}"]
+        lines += [f"{key} = {toml_string(value)}" for key, value in sorted(config.settings.get(name, {}).items())]
     ensure_state_dir(root)
     write_atomic(config_path(root), ("\n".join(lines) + "\n").encode("utf-8"))
 
@@ -147,12 +180,30 @@ def toml_string(text: str) -> str:
     return '"' + "".join(out) + '"'
 
 
+OBJECT_STORES = ("s3", "gs", "az")  # schemes remote/objectstore.py serves
+
+
+def is_object_store(url: str) -> bool:
+    return urlparse(url).scheme in OBJECT_STORES
+
+
+def check_url(url: str, root: Path) -> None:
+    """Refuse a URL no remote serves (ConfigError); an object store also needs a bucket."""
+    parsed = urlparse(url)
+    if parsed.scheme in OBJECT_STORES:
+        if not parsed.netloc:
+            raise ConfigError(f"remote url '{url}': name the bucket, like {parsed.scheme}://BUCKET/PREFIX")
+        return
+    directory_of(url, root)
+
+
 def directory_of(url: str, root: Path) -> Path:
     """The directory a remote URL names: a path (relative to the project root) or file://."""
     parsed = urlparse(url)
     if parsed.scheme == "file":
         return Path(unquote(parsed.path))
     if parsed.scheme and len(parsed.scheme) > 1:
-        raise ConfigError(f"remote url '{url}': only directories (a path or file://) are supported so far")
+        stores = ", ".join(f"{scheme}://" for scheme in OBJECT_STORES)
+        raise ConfigError(f"remote url '{url}': use a directory (a path or file://) or an object store ({stores})")
     path = Path(url).expanduser()
     return path if path.is_absolute() else root / path
