@@ -231,3 +231,27 @@ def test_credentials_in_the_config_are_refused(project: Project) -> None:
     pushed = project.run("push")
     assert pushed.code == 2
     assert "secret_access_key is a credential" in pushed.err
+
+
+def test_credentials_come_from_the_named_profile(
+    tmp_path: Path, s3: s3server.S3Server, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_REGION"):
+        monkeypatch.delenv(name, raising=False)
+    shared = tmp_path / "aws-credentials"
+    shared.write_text(
+        f"[default]\naws_access_key_id = nobody\naws_secret_access_key = nothing\n\n"
+        f"[team]\naws_access_key_id = {s3server.ACCESS_KEY}\naws_secret_access_key = {s3server.SECRET_KEY}\n"
+    )
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(shared))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    one = built(tmp_path, s3, prefix)
+    refused = one.run("push")  # the default profile's keys are wrong
+    assert refused.code == 2 and "refused the credentials" in refused.err
+    url = f"s3://{s3.bucket}/{prefix}"
+    added = one.run("remote", "add", "team", url, "--endpoint-url", s3.endpoint, "--profile", "team")
+    assert added.code == 0, added.err
+    assert 'profile = "team"' in (one.root / ".pivot/config.toml").read_text()
+    pushed = one.run("push")
+    assert pushed.code == 0, pushed.err
+    assert remote_objects(s3, prefix)
