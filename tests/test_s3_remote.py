@@ -255,3 +255,19 @@ def test_credentials_come_from_the_named_profile(
     pushed = one.run("push")
     assert pushed.code == 0, pushed.err
     assert remote_objects(s3, prefix)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("s3:///prefix",), "name the bucket, like s3://BUCKET/PREFIX"),
+        (("share", "--region", "eu-west-1"), "region apply to s3:// remotes only"),
+        (("gs://bucket/p", "--endpoint-url", "http://127.0.0.1:9"), "endpoint_url apply to s3:// remotes only"),
+        (("ftp://host/p",), "use a directory (a path or file://) or an object store (s3://, gs://, az://)"),
+    ],
+)
+def test_remote_add_refuses_what_no_remote_takes(project: Project, args: tuple[str, ...], message: str) -> None:
+    added = project.run("remote", "add", "team", *args)
+    assert added.code == 2
+    assert message in added.err
+    assert not (project.root / ".pivot/config.toml").exists()

@@ -41,11 +41,9 @@ def remote_add(
 
     root = find_root(Path.cwd())
     cfg = config.load(root)
-    config.check_url(url, root)
     given = {"endpoint_url": endpoint_url, "region": region, "profile": profile}
     settings = {key: value for key, value in given.items() if value}
-    if settings and not config.is_object_store(url):
-        raise click.UsageError(f"{', '.join('--' + k.replace('_', '-') for k in settings)}: only for object stores")
+    config.check_url(url, root, settings)
     cfg.remotes[name] = url
     cfg.settings.pop(name, None)
     if settings:

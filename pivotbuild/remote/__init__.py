@@ -40,6 +40,7 @@ def open_remote(root: Path, name: str, url: str, settings: dict[str, str]) -> Re
     line, if not): a directory that exists, or an object store that answers."""
     from pivotbuild.remote import config
 
+    config.check_url(url, root, settings)
     if config.is_object_store(url):
         from pivotbuild.remote.objectstore import ObjectStoreRemote
 
@@ -51,6 +52,4 @@ def open_remote(root: Path, name: str, url: str, settings: dict[str, str]) -> Re
     where = config.directory_of(url, root)
     if not where.is_dir():
         raise config.ConfigError(f"remote {name}: {where} is not a directory; create it, or mount the share")
-    if settings:
-        raise config.ConfigError(f"remote {name}: {', '.join(sorted(settings))} apply only to object stores")
     return DirectoryRemote(where)

@@ -187,14 +187,17 @@ def is_object_store(url: str) -> bool:
     return urlparse(url).scheme in OBJECT_STORES
 
 
-def check_url(url: str, root: Path) -> None:
-    """Refuse a URL no remote serves (ConfigError); an object store also needs a bucket."""
+def check_url(url: str, root: Path, settings: dict[str, str]) -> None:
+    """Refuse a URL no remote serves, or settings it does not take (ConfigError);
+    an object store also needs a bucket.  The settings are S3's alone (GCS and
+    Azure read everything from their environment variables)."""
     parsed = urlparse(url)
-    if parsed.scheme in OBJECT_STORES:
-        if not parsed.netloc:
-            raise ConfigError(f"remote url '{url}': name the bucket, like {parsed.scheme}://BUCKET/PREFIX")
-        return
-    directory_of(url, root)
+    if parsed.scheme in OBJECT_STORES and not parsed.netloc:
+        raise ConfigError(f"remote url '{url}': name the bucket, like {parsed.scheme}://BUCKET/PREFIX")
+    if parsed.scheme not in OBJECT_STORES:
+        directory_of(url, root)
+    if settings and parsed.scheme != "s3":
+        raise ConfigError(f"remote url '{url}': {', '.join(sorted(settings))} apply to s3:// remotes only")
 
 
 def directory_of(url: str, root: Path) -> Path:
