@@ -30,7 +30,7 @@ class UnreadableLockfile(PivotError):
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def lock() -> None:
-    """Inspect lockfiles."""
+    """Inspect and merge lockfiles."""
 
 
 @lock.command(context_settings={"help_option_names": ["-h", "--help"]})
