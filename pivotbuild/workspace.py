@@ -14,7 +14,7 @@ from pivotbuild.build.decider import PENDING_COMMIT
 from pivotbuild.build.engine import Engine
 from pivotbuild.build.options import BuildOptions
 from pivotbuild.cache.outputs import OutputCache
-from pivotbuild.cache.store import CorruptObject, MissingObject
+from pivotbuild.cache.store import Cache, CorruptObject, MissingObject
 from pivotbuild.graph import BuildGraph
 from pivotbuild.model import Stage, StageId
 from pivotbuild.project import Project
@@ -33,6 +33,7 @@ class Difference:
     # Whether `checkout` can put the recorded version back: not for a
     # `cache=false` output, nor for a pending result (not cached until commit).
     restorable: bool = True
+    current: FileRecord | None = None  # what is on disk now (for "modified")
 
 
 def _chosen(engine: Engine, options: BuildOptions) -> tuple[Project, BuildGraph, list[Stage]]:
@@ -70,7 +71,7 @@ def differences(store: StateStore, root: Path, stages: list[Stage], graph: Build
             elif have.kind == ABSENT:
                 found.append(Difference(stage, label, out.path, "missing", restorable))
             elif (have.kind, have.hash) != (want.kind, want.hash):
-                found.append(Difference(stage, label, out.path, "modified", restorable))
+                found.append(Difference(stage, label, out.path, "modified", restorable, have))
             elif pending:
                 found.append(Difference(stage, label, out.path, PENDING_COMMIT, False))
     return found
@@ -84,9 +85,13 @@ def verify(engine: Engine, options: BuildOptions) -> list[Difference]:
 
 
 def checkout(engine: Engine, options: BuildOptions, force: bool) -> CheckoutReport:
-    """Restore recorded outputs from the cache.  A modified output is left alone
-    (and listed) unless `force`; an unrecorded one, or one declared `cache=false`
-    (it is never in the cache; the next build makes it), is not touched."""
+    """Restore recorded outputs from the cache.  A modified output whose content
+    is in the cache too (another branch's result, after `git checkout`) is
+    replaced; one whose content exists nowhere else is left alone (and listed)
+    unless `force`.  Only the local cache is asked, not a remote: asking costs
+    a round trip per output.  An unrecorded output, or one declared
+    `cache=false` (it is never in the cache; the next build makes it), is not
+    touched."""
     project, graph, stages = _chosen(engine, options)
     report = CheckoutReport()
     outputs = OutputCache(project.root, engine.warn)
@@ -96,7 +101,7 @@ def checkout(engine: Engine, options: BuildOptions, force: bool) -> CheckoutRepo
             out = next(o for o in diff.stage.outs if o.path == diff.path)
             if diff.what in ("not recorded", PENDING_COMMIT) or not out.cache:
                 continue  # (a pending output is the newest result: it is not in the cache yet)
-            if diff.what == "modified" and not force:
+            if diff.what == "modified" and not force and not _kept(cache, diff.current):
                 report.refused.append(diff)
                 continue
             record = store.record(diff.stage)
@@ -117,6 +122,20 @@ def checkout(engine: Engine, options: BuildOptions, force: bool) -> CheckoutRepo
                 continue
             report.restored.append(diff.path)
     return report
+
+
+def _kept(cache: Cache, have: FileRecord | None) -> bool:
+    """Whether the content `have` describes is all in the cache, so replacing it
+    loses nothing."""
+    if have is None or not cache.has(have.hash):
+        return False
+    if have.kind != DIR:
+        return True
+    try:
+        entries = cache.read_manifest(have.hash)
+    except (CorruptObject, MissingObject):
+        return False
+    return all(cache.has(e.hash) for e in entries)
 
 
 def clean(engine: Engine, options: BuildOptions) -> list[str]:

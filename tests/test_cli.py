@@ -457,7 +457,7 @@ def test_init_gitignore_makes_git_ignore_all_but_gitignore_and_config(tmp_path: 
         check=True,
     )
     listed = sorted(line[3:] for line in proc.stdout.splitlines())
-    assert listed == [".pivot/.gitignore", ".pivot/config.toml"]
+    assert listed == [".gitattributes", ".pivot/.gitignore", ".pivot/config.toml"]
 
 
 def test_init_twice_says_already_initialised(tmp_path: Path, project: Project) -> None:

@@ -276,3 +276,21 @@ def test_commit_refuses_a_stage_whose_outs_changed_since_the_no_commit_run(proje
     assert not (project.root / "Pivotfile.lock").exists()
     assert project.run().code == 0
     assert project.run("verify").code == 0
+
+
+def test_checkout_replaces_a_modified_output_whose_content_is_in_the_cache(project: Project) -> None:
+    # As after `git checkout` of another branch: the workspace holds a newer
+    # build's outputs (cached by that build), the lockfile an older one's.
+    built(project)
+    old_pivotfile, old_lock = (project.root / "Pivotfile").read_text(), (project.root / "Pivotfile.lock").read_bytes()
+    project.pivotfile(PIPELINE.replace("echo a >", "echo changed >"))
+    assert project.run().code == 0
+    assert (project.root / "out/copy.txt").read_text() == "changed\n"
+    (project.root / "Pivotfile").write_text(old_pivotfile)
+    (project.root / "Pivotfile.lock").write_bytes(old_lock)
+    r = project.run("checkout")
+    assert r.code == 0, r.err
+    assert sorted(r.out.split()) == ["a.txt", "out", "restored", "restored"]
+    assert (project.root / "a.txt").read_text() == "a\n"
+    assert (project.root / "out/copy.txt").read_text() == "a\n"
+    assert project.run("-q").code == 0

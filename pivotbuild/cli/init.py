@@ -7,22 +7,31 @@ from pathlib import Path
 import click
 
 from pivotbuild.cli.common import project_options
-from pivotbuild.errors import ProjectError
+from pivotbuild.errors import PivotError, ProjectError
 from pivotbuild.paths import PIPELINE_ONLY, STATE_DIR, find_root, is_root_state
 from pivotbuild.state.files import ensure_state_dir
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @project_options
-def init() -> int:
+@click.option("--no-git", is_flag=True, help="Do not set up git's lockfile diff and merge drivers.")
+def init(no_git: bool) -> int:
     """Make the current directory a project root: create `.pivot/` with its own
     `.gitignore` (everything in it is ignored except config.toml).
+
+    In a git repository it also makes git diff lockfiles as `lock show` text
+    and merge them with `lock merge`: a line in `.gitattributes` (commit it)
+    and the two drivers in the repository's git config (each clone runs
+    `pivotbuild init` once).  --no-git skips that.  Running it again changes
+    nothing.
 
     Inside an existing project it creates nothing: that project's root is the
     root here too.  A directory built as an included pipeline of a project
     (its `.pivot/` marked by `pipeline-state`) becomes a root of its own once
     no Pivotfile of that project includes it."""
     here = Path.cwd().resolve()
+    if not no_git:
+        _set_up_git(here)
     if (here / STATE_DIR / PIPELINE_ONLY).exists():
         return _unmark(here)
     root = find_root(here)
@@ -35,6 +44,23 @@ def init() -> int:
         f"pivotbuild: created {here / STATE_DIR}; commit .pivot/.gitignore (and later .pivot/config.toml)", err=True
     )
     return 0
+
+
+def _set_up_git(here: Path) -> None:
+    """The lockfile drivers, if `here` is in a git work tree (else nothing)."""
+    from pivotbuild.cli import gitsetup
+
+    top = gitsetup.work_tree(here)
+    if top is None:
+        return
+    try:
+        done = gitsetup.set_up(top)
+    except OSError as exc:
+        raise PivotError(
+            f"setting up git's lockfile drivers in {top}: {exc}; fix it, or run 'pivotbuild init --no-git'"
+        ) from exc
+    for what in done:
+        click.echo(f"pivotbuild: git: {what}", err=True)
 
 
 def _unmark(here: Path) -> int:

@@ -1,8 +1,8 @@
-"""`pivotbuild lock show [PATH]`: a lockfile as stable, sorted text (or JSON).
+"""`pivotbuild lock show [PATH]`: a lockfile as stable, sorted text (or JSON);
+`pivotbuild lock merge BASE OURS THEIRS`: git's merge driver for lockfiles.
 
-Git can diff lockfiles through it: in `.gitattributes` put
-`Pivotfile.lock diff=pivotlock`, then run
-`git config diff.pivotlock.textconv "pivotbuild lock show"`.
+`pivotbuild init` in a git repository sets both up (cli/gitsetup.py): git
+diffs lockfiles through `lock show` and merges them through `lock merge`.
 """
 
 from __future__ import annotations
@@ -24,9 +24,13 @@ class BadLockfile(PivotError):
     exit_code = 1
 
 
+class UnreadableLockfile(PivotError):
+    """A lockfile the merge driver cannot read: git keeps the conflict."""
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def lock() -> None:
-    """Inspect lockfiles."""
+    """Inspect and merge lockfiles."""
 
 
 @lock.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -52,6 +56,56 @@ def show(ctx: click.Context, path: Path | None, as_json: bool) -> int:
         raise BadLockfile(f"{path}: {exc}") from exc
     click.echo(json.dumps(to_json(data), indent=2, sort_keys=True) if as_json else to_text(data))
     return 0
+
+
+@lock.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("base", type=click.Path(path_type=Path))
+@click.argument("ours", type=click.Path(path_type=Path))
+@click.argument("theirs", type=click.Path(path_type=Path))
+def merge(base: Path, ours: Path, theirs: Path) -> int:
+    """Merge lockfiles THEIRS and BASE into OURS (git's merge driver).
+
+    A stage's record changed on one side only is taken from that side; a
+    stage changed differently on both sides is dropped, so it runs again
+    on the next build (each is named on stderr).  Exit 0, or 2 (git then
+    reports a conflict) if a file cannot be read as a lockfile.
+
+    \b
+    `pivotbuild init` sets it up; by hand:
+        echo 'Pivotfile.lock merge=pivotlock' >> .gitattributes
+        git config merge.pivotlock.driver "pivotbuild lock merge %O %A %B"
+    """
+    from pivotbuild.state.lockmerge import merge as merge_locks
+
+    merged = merge_locks(_read_for_merge(base), _read_for_merge(ours), _read_for_merge(theirs))
+    lockfile.write(ours, merged.data)
+    for name in merged.dropped:
+        click.echo(
+            f"pivotbuild: lock merge: stage {name} changed on both sides; its record is dropped, so it runs"
+            " again on the next build",
+            err=True,
+        )
+    return 0
+
+
+def _read_for_merge(path: Path) -> LockData:
+    """A lockfile git hands the driver; an empty file is an empty lockfile (git
+    gives one for a side where the file does not exist)."""
+    try:
+        blob = path.read_bytes()
+    except OSError as exc:
+        raise UnreadableLockfile(
+            f"lock merge: {path}: cannot be read ({exc.strerror}); resolve the merge by hand"
+        ) from exc
+    if not blob:
+        return LockData()
+    try:
+        return lockfile.decode(blob)
+    except lockfile.LockfileError as exc:
+        raise UnreadableLockfile(
+            f"lock merge: {path}: not a readable lockfile ({exc}); resolve the merge by hand, e.g."
+            " 'git checkout --ours Pivotfile.lock' (stages whose records are missing run again)"
+        ) from exc
 
 
 def to_json(data: LockData) -> dict[str, Any]:

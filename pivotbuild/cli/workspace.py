@@ -62,15 +62,17 @@ def verify(ctx: click.Context, /, args: tuple[str, ...], all_pipelines: bool) ->
 
 @click.command(context_settings=_CTX, epilog=SCOPE_HELP)
 @click.argument("args", nargs=-1, metavar="[TARGET | NAME=VALUE]...", shell_complete=complete_targets)
-@click.option("--force", is_flag=True, help="Overwrite outputs that were modified in the workspace.")
+@click.option("--force", is_flag=True, help="Overwrite modified outputs even when their content is not in the cache.")
 @all_option
 @project_options
 @click.pass_context
 def checkout(ctx: click.Context, /, args: tuple[str, ...], force: bool, all_pipelines: bool) -> int:
     """Restore the outputs recorded in the lockfile from the cache; runs nothing.
 
-    An output modified in the workspace is not overwritten without --force
-    (the refusal lists them, exit 1).  Outputs declared cache=false are never
+    An output modified in the workspace is replaced when its content is in
+    the local cache too (as after `git checkout` of another branch's
+    lockfile); one whose content exists nowhere else is not overwritten
+    without --force (the refusal lists them, exit 1).  Outputs declared cache=false are never
     in the cache and are left to the next build, as are pending --no-commit
     results (the newest, not cached until `pivotbuild commit`)."""
     from pivotbuild.build.engine import Engine
@@ -83,7 +85,7 @@ def checkout(ctx: click.Context, /, args: tuple[str, ...], force: bool, all_pipe
     code = 0
     if report.refused:
         for d in report.refused:
-            _say(f"{d.path} was modified in the workspace (stage {d.label})")
+            _say(f"{d.path} was modified in the workspace (stage {d.label}) and that content is not in the cache")
         _say(f"left them alone; run '{again(ctx, 'checkout --force', args, all_pipelines)}' to overwrite them")
         code = 1
     if report.unavailable:
