@@ -278,3 +278,16 @@ def the_stage(pipeline: Pipeline, name: str = "s") -> Stage:
     found = [s for s in pipeline.stages if s.name == name]
     assert len(found) == 1, [s.name for s in pipeline.stages]
     return found[0]
+
+
+# A file output and a directory output: what the remote tests push and pull.
+REMOTE_PIPELINE = """
+stage a:
+    deps: in.txt
+    outs: a.txt
+    run: cat $< > $@ && echo ran >> runs.log
+stage b:
+    deps: a.txt
+    outs: tree/
+    run: mkdir -p $@/sub && cp $< $@/sub/copy.txt && echo ran >> runs.log
+"""

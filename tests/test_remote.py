@@ -12,22 +12,13 @@ from pathlib import Path
 
 import pytest
 from conftest import PIVOTBUILD, Project
-from helpers import statuses
+from helpers import REMOTE_PIPELINE, statuses
 
 from pivotbuild.cache.store import Cache
 from pivotbuild.remote.config import ConfigError, toml_string
 from pivotbuild.state.hashing import hash_file
 
-PIPELINE = """
-stage a:
-    deps: in.txt
-    outs: a.txt
-    run: cat $< > $@ && echo ran >> runs.log
-stage b:
-    deps: a.txt
-    outs: tree/
-    run: mkdir -p $@/sub && cp $< $@/sub/copy.txt && echo ran >> runs.log
-"""
+PIPELINE = REMOTE_PIPELINE
 
 
 def first_clone(tmp_path: Path, pipeline: str = PIPELINE) -> tuple[Project, Path]:

@@ -15,19 +15,10 @@ import obstore
 import pytest
 import s3server
 from conftest import PIVOTBUILD, Project
-from helpers import statuses
+from helpers import REMOTE_PIPELINE, statuses
 from obstore.store import S3Store
 
-PIPELINE = """
-stage a:
-    deps: in.txt
-    outs: a.txt
-    run: cat $< > $@ && echo ran >> runs.log
-stage b:
-    deps: a.txt
-    outs: tree/
-    run: mkdir -p $@/sub && cp $< $@/sub/copy.txt && echo ran >> runs.log
-"""
+PIPELINE = REMOTE_PIPELINE
 
 
 @pytest.fixture(scope="session")
