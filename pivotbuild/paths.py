@@ -15,6 +15,15 @@ LOCKFILE = "Pivotfile.lock"
 PIPELINE_ONLY = "pipeline-state"
 
 
+def pivotfile_path(cwd: Path, file: str | Path | None) -> Path:
+    """The main Pivotfile a command names: `-f FILE` (a directory stands for
+    its Pivotfile), else the Pivotfile in `cwd`.  It may not exist."""
+    if file is not None:
+        path = (cwd / file).resolve()
+        return path / PIVOTFILE if path.is_dir() else path
+    return cwd.resolve() / PIVOTFILE
+
+
 def find_root(start: Path) -> Path:
     """The project root for a Pivotfile in `start`: the nearest ancestor holding
     `.pivot/` (not counting an included pipeline's own state directory), else

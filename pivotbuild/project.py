@@ -76,14 +76,9 @@ def load_project(options: LoadOptions) -> Project:
 
 
 def main_file_of(options: LoadOptions) -> Path | None:
-    if options.file is not None:
-        path = (options.cwd / options.file).resolve()
-        if path.is_dir():
-            path = path / paths.PIVOTFILE
-        if not path.is_file():
-            raise ProjectError(f"{options.file}: no such Pivotfile; check the path given to -f")
-        return path
-    path = options.cwd.resolve() / paths.PIVOTFILE
+    path = paths.pivotfile_path(options.cwd, options.file)
+    if options.file is not None and not path.is_file():
+        raise ProjectError(f"{options.file}: no such Pivotfile; check the path given to -f")
     return path if path.is_file() else None
 
 

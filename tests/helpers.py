@@ -291,3 +291,17 @@ stage b:
     outs: tree/
     run: mkdir -p $@/sub && cp $< $@/sub/copy.txt && echo ran >> runs.log
 """
+
+
+# Two stages, a -> b: the smallest build with an upstream.
+PAIR = """
+stage a:
+    deps: in.txt
+    outs: a.txt
+    run: cp in.txt a.txt
+
+stage b:
+    deps: a.txt
+    outs: b.txt
+    run: cp a.txt b.txt
+"""

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from conftest import compile_text
+from helpers import PAIR
 
 from pivotbuild.build.decider import (
     ALWAYS,
@@ -24,21 +25,14 @@ from pivotbuild.state import snapshot
 from pivotbuild.state.records import StageRecord
 from pivotbuild.state.store import StateStore
 
-TEXT = """
-stage a:
-    deps: in.txt
-    outs: a.txt
-    run: cp in.txt a.txt
-
-stage b:
-    deps: a.txt
-    outs: b.txt
-    run: cp a.txt b.txt
-
+TEXT = (
+    PAIR
+    + """
 stage c:
     always: yes
     run: true
 """
+)
 
 A, B, C = StageId("", "a"), StageId("", "b"), StageId("", "c")
 

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import PAIR
 
 from pivotbuild.build import session
 from pivotbuild.build.admission import TokenPool
@@ -22,17 +23,7 @@ from pivotbuild.cache.outputs import OutputCache
 from pivotbuild.errors import EXIT_INTERRUPTED, EXIT_OK, PivotfileError
 from pivotbuild.events import BuildFinished, Event, StageFinished, StageStarted, Status
 
-PIPELINE = """
-stage a:
-    deps: in.txt
-    outs: a.txt
-    run: cp in.txt a.txt
-
-stage b:
-    deps: a.txt
-    outs: b.txt
-    run: cp a.txt b.txt
-"""
+PIPELINE = PAIR
 
 WITH_C = (
     PIPELINE

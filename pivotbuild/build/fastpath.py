@@ -64,14 +64,10 @@ def check(cwd: Path, file: str | None, overrides: Mapping[str, str], targets: Se
 
 
 def _check(cwd: Path, file: str | None, overrides: Mapping[str, str], targets: Sequence[str]) -> Checked | None:
+    from pivotbuild.paths import pivotfile_path
     from pivotbuild.state import plan, seal
 
-    if file:
-        main_file = (cwd / file).resolve()
-        if main_file.is_dir():
-            main_file = main_file / "Pivotfile"
-    else:
-        main_file = cwd.resolve() / "Pivotfile"
+    main_file = pivotfile_path(cwd, file or None)
     if not main_file.is_file():
         return None
     loaded = plan.read(main_file, overrides)
