@@ -43,6 +43,16 @@ class Project:
         """The pipeline whose stages are named without a prefix."""
         return self.main.dir if self.main else ""
 
+    @property
+    def main_dir(self) -> Path | None:
+        """The main pipeline's directory, where its state (plan, seal) lives; None with --all from elsewhere."""
+        return None if self.main is None else self.root / self.main.dir
+
+    @property
+    def cwd_dir(self) -> str:
+        """Where the command runs, relative to the root ("" if outside it): where targets are named from."""
+        return paths.rel_dir(self.root, self.cwd) if self.cwd.is_relative_to(self.root) else ""
+
     def line(self, loc: Location) -> str:
         """The source line `loc` points at (its path is shown relative to `cwd`), for quoting in an error."""
         return source_line(self.cwd / loc.path, loc.line)
@@ -77,9 +87,11 @@ def load_project(options: LoadOptions) -> Project:
 
 def main_file_of(options: LoadOptions) -> Path | None:
     path = paths.pivotfile_path(options.cwd, options.file)
-    if options.file is not None and not path.is_file():
+    if path.is_file():
+        return path
+    if options.file is not None:
         raise ProjectError(f"{options.file}: no such Pivotfile; check the path given to -f")
-    return path if path.is_file() else None
+    return None
 
 
 def all_pivotfiles(root: Path) -> Iterator[Path]:

@@ -20,7 +20,6 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
 
-from pivotbuild import paths
 from pivotbuild.build.admission import Admission, JobServer, TokenPool
 from pivotbuild.build.cancel import CancelToken
 from pivotbuild.build.decider import Decider, Decision
@@ -162,9 +161,9 @@ class Engine:
         check_runnable(graph, closure)
         with self.state(project, options) as store:
             if preloaded is None:
-                sealed = open_seal(project, store, self.warn)
+                sealed = open_seal(project, self.warn)
             else:
-                sealed = preloaded.seal if preloaded.seal is not None and preloaded.seal.state_unchanged() else None
+                sealed = _still_valid(preloaded.seal)
             if options.dry_run or options.question:
                 plan = self._plan(
                     graph, closure, Decider(graph, store, seal=sealed, forced=options.always_make, plan=True)
@@ -192,7 +191,7 @@ class Engine:
         """`pivotbuild run`: exactly the named stages, in the order given, without
         their dependencies; a failure stops the rest only with `fail_fast`."""
         project, graph, _ = self.load(BuildOptions(cwd=options.cwd, file=options.file, overrides=options.overrides))
-        cwd = paths.rel_dir(project.root, project.cwd) if project.cwd.is_relative_to(project.root) else ""
+        cwd = project.cwd_dir
         chosen: list[StageId] = []
         for target in options.targets:
             for sid in graph.order(graph.select([target], cwd)):
@@ -293,13 +292,12 @@ class Engine:
         self.emit(Message(text))
 
 
-def open_seal(project: Project, store: StateStore, warn: Callable[[str], None]) -> Seal | None:
+def open_seal(project: Project, warn: Callable[[str], None]) -> Seal | None:
     """The seal of the last build, if it still holds for this plan and these
     lockfiles.  A damaged seal is reported through `warn` and removed."""
-    main = project.main
-    if main is None or not project.plan_id:
+    main_dir = project.main_dir
+    if main_dir is None or not project.plan_id:
         return None
-    main_dir = project.root / main.dir if main.dir else project.root
     try:
         sealed = seal.read(main_dir, project.plan_id)
     except seal.Damaged as exc:
@@ -307,6 +305,11 @@ def open_seal(project: Project, store: StateStore, warn: Callable[[str], None]) 
         warn(f"{shown}: {exc}; ignoring it, so the stages are checked by their contents")
         seal.remove(main_dir)
         return None
+    return _still_valid(sealed)
+
+
+def _still_valid(sealed: Seal | None) -> Seal | None:
+    """`sealed` if the lockfiles are still as it recorded them, else None."""
     return sealed if sealed is not None and sealed.state_unchanged() else None
 
 

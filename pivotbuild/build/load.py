@@ -24,7 +24,7 @@ def load_compiled(options: LoadOptions, warn: Callable[[str], None]) -> tuple[Pr
     """The project and its validated graph: restored from the compiled plan when
     that is still fresh, else compiled and validated (and the plan written).
     A damaged plan is reported through `warn` and replaced."""
-    from pivotbuild.graph import BuildGraph
+    from pivotbuild.build.selection import open_graph
     from pivotbuild.state import plan
 
     main_file = None if options.all_pipelines else main_file_of(options)
@@ -34,7 +34,7 @@ def load_compiled(options: LoadOptions, warn: Callable[[str], None]) -> tuple[Pr
         if restored is not None:
             return restored
     project = load_project(options)
-    graph = BuildGraph(project.stages, project.current_dir, project.line)
+    graph = open_graph(project)
     if main_file is not None:
         project = dataclasses.replace(project, plan_id=plan.save(project, graph, main_file, options.overrides))
     return project, graph

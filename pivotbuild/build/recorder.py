@@ -192,7 +192,7 @@ class Recorder:
         main = project.main
         if main is None or not project.plan_id:
             return
-        main_dir = self.root / main.dir if main.dir else self.root
+        main_dir = self.root / main.dir
         store = self.store
         if any(st.pending for st in store.pipelines.values()):
             seal.remove(main_dir)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from pivotbuild import paths
 from pivotbuild.errors import Diagnostic, PivotfileError, TargetError
 from pivotbuild.graph import BuildGraph
 from pivotbuild.model import StageId
@@ -23,7 +22,7 @@ def selected(project: Project, graph: BuildGraph, targets: Sequence[str]) -> lis
     of the build (included pipelines and, with `--all`, every pipeline).  Raises
     TargetError, or PivotfileError for a bad `default`.
     """
-    cwd = paths.rel_dir(project.root, project.cwd) if project.cwd.is_relative_to(project.root) else ""
+    cwd = project.cwd_dir
     if targets:
         return graph.order(graph.select(targets, cwd))
     main = project.main

@@ -127,10 +127,9 @@ class LoadedProject:
         if not all(s.unchanged() for s in self._seen):
             return True
         project = self._current[0]
-        if project.main is not None:  # a new `.pivot/` above makes another root (as plan.fresh checks)
-            main_dir = project.root / project.main.dir if project.main.dir else project.root
-            if paths.find_root(main_dir) != project.root:
-                return True
+        main_dir = project.main_dir  # a new `.pivot/` above makes another root (as plan.fresh checks)
+        if main_dir is not None and paths.find_root(main_dir) != project.root:
+            return True
         return self.options.all_pipelines and any(str(p) not in self._pivotfiles for p in all_pivotfiles(project.root))
 
     def _look(self) -> tuple[tuple[Source, ...], frozenset[str]]:

@@ -51,7 +51,7 @@ def check(ctx: click.Context, all_pipelines: bool) -> int:
 def list_(ctx: click.Context, targets: tuple[str, ...], as_json: bool, all_pipelines: bool) -> int:
     """The stages, in build order, with their description, deps and outs."""
     project, graph = load(ctx, all_pipelines=all_pipelines)
-    ids = graph.order(graph.select(targets, _cwd_rel(project))) if targets else graph.order()
+    ids = graph.order(graph.select(targets, project.cwd_dir)) if targets else graph.order()
     stages = [graph.stages[s] for s in ids]
     if as_json:
         click.echo(json.dumps([describe(s, graph) for s in stages], indent=2))
@@ -78,15 +78,9 @@ def graph(ctx: click.Context, targets: tuple[str, ...], fmt: str, all_pipelines:
     Graphviz; `mermaid` pastes into Markdown.
     """
     project, g = load(ctx, all_pipelines=all_pipelines)
-    ids = g.upstream(g.select(targets, _cwd_rel(project))) if targets else g.order()
+    ids = g.upstream(g.select(targets, project.cwd_dir)) if targets else g.order()
     click.echo(FORMATS[fmt](g, ids))
     return 0
-
-
-def _cwd_rel(project: Any) -> str:
-    from pivotbuild.paths import rel_dir
-
-    return rel_dir(project.root, project.cwd) if project.cwd.is_relative_to(project.root) else ""
 
 
 def describe(stage: Stage, graph: BuildGraph) -> dict[str, Any]:

@@ -154,7 +154,7 @@ def save(project: Project, graph: BuildGraph, main_file: Path, overrides: Mappin
     sources = [[s.path, list(s.stamp) if s.stamp else None, s.trusted, s.hash] for s in project.sources]
     blob = FRAME.dump([key, str(project.root), sources, index, body])
     pid = plan_id(str(project.root), body)
-    main_dir = project.root / main.dir if main.dir else project.root
+    main_dir = project.root / main.dir
     path = plan_path(main_dir)
     from pivotbuild.state.files import ensure_state_dir, write_atomic
 
