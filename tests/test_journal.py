@@ -243,8 +243,8 @@ def test_history_durations(tmp_path: Path) -> None:
             },
         ),
     )
-    assert history.durations(state) == {"a": 3.0, "b": 2.0}
-    assert history.durations(state, builds=1) == {"a": 3.0}
+    assert history.durations_in(history.load(state, history.RECENT)) == {"a": 3.0, "b": 2.0}
+    assert history.durations_in(history.load(state, 1)) == {"a": 3.0}
 
 
 def test_history_torn_last_line_is_ignored(tmp_path: Path) -> None:
@@ -255,7 +255,7 @@ def test_history_torn_last_line_is_ignored(tmp_path: Path) -> None:
     with (state / history.HISTORY).open("a") as f:
         f.write('{"build": 3, "stages": {"a": {"sta')
     assert history.read(state) == good
-    assert history.durations(state) == {"a": 1.0}
+    assert history.durations_in(history.load(state, history.RECENT)) == {"a": 1.0}
 
 
 def test_history_append_after_a_torn_line_is_kept(tmp_path: Path) -> None:

@@ -22,11 +22,16 @@ def write_new(path: str, data: bytes) -> None:
     """Create `path` read-only (it must not exist) holding `data`."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
+        _write_out(fd, data)
     finally:
         os.close(fd)
+
+
+def _write_out(fd: int, data: bytes) -> None:
+    """All of `data` at `fd`'s position (a write may take only part)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def clone_and_hash(src_fd: int, dest_fd: int, dest: str) -> str | None:
@@ -141,7 +146,5 @@ def clone_or_copy(src: Path, dest_fd: int) -> bool:
         fin.seek(copied)
         os.lseek(dest_fd, copied, os.SEEK_SET)
         while chunk := fin.read(1 << 20):
-            view = memoryview(chunk)
-            while view:
-                view = view[os.write(dest_fd, view) :]
+            _write_out(dest_fd, chunk)
     return False

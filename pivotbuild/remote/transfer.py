@@ -136,11 +136,20 @@ def push(
                 # A directory whose manifest is not here is not sent: hold its entry back.
                 needs |= found | ({rec.hash} if rec.hash else set())
             entries.append((rel, blob, needs))
-    with _io("cannot list the remote's objects"), ThreadPoolExecutor(max_workers=max(jobs, 1)) as pool:
-        # In parallel: on an object store each look-up is a request.
-        ordered = sorted(wanted)
-        there = list(pool.map(lambda d: remote.exists(object_rel(d)), ordered))
-        to_send = [d for d, present in zip(ordered, there, strict=True) if not present]
+    ordered = sorted(wanted)
+    missing: set[str] = set()
+
+    def look(digest: str) -> Callable[[], None]:
+        def task() -> None:
+            if not remote.exists(object_rel(digest)):
+                missing.add(digest)
+
+        return task
+
+    with _io("cannot list the remote's objects"):
+        # In parallel: on an object store each look-up is a request; the first failure stops the rest.
+        _parallel(jobs, (look(d) for d in ordered), None)
+    to_send = [d for d in ordered if d in missing]
     report.already = len(wanted) - len(to_send)
 
     def send(digest: str) -> Callable[[], None]:

@@ -164,11 +164,6 @@ def _entry(line: bytes) -> dict[str, Any] | None:
     return entry
 
 
-def durations(state_dir: Path, builds: int = RECENT) -> dict[str, float]:
-    """The most recent run time of each stage that ran in the last `builds` builds."""
-    return durations_in(load(state_dir, builds))
-
-
 def durations_in(past: Read) -> dict[str, float]:
     """The most recent run time of each stage that ran in the `past` builds."""
     found: dict[str, float] = {}
