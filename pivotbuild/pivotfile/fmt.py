@@ -86,7 +86,8 @@ class _Formatter:
         self.trailing: dict[int, Comment] = {c.pos.line: c for c in module.comments if not c.own_line}
         self.own_line: list[Comment] = sorted((c for c in module.comments if c.own_line), key=lambda c: c.pos.line)
         self.out: list[str] = []
-        self.blank_lines = {i + 1 for i, line in enumerate(module.source.split("\n")) if not line.strip()}
+        self.lines = module.source.split("\n")  # split once: every aligned comment looks at its line
+        self.blank_lines = {i + 1 for i, line in enumerate(self.lines) if not line.strip()}
 
     def run(self) -> str:
         stmts = self.module.statements
@@ -147,7 +148,7 @@ class _Formatter:
         column it may keep, so the rule is idempotent.  Columns count a tab
         as reaching the next multiple of eight, as a terminal shows it.
         """
-        column = len(self.module.source_line(pos.line)[: pos.col - 1].expandtabs(TAB_WIDTH))
+        column = len(self.lines[pos.line - 1].rstrip("\r")[: pos.col - 1].expandtabs(TAB_WIDTH))
         width = len(text.expandtabs(TAB_WIDTH))
         return text + " " * max(column - width, GAP) + comment
 
