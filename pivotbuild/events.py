@@ -149,5 +149,8 @@ Event = BuildStarted | StageState | StageStarted | Log | StageFinished | Decided
 
 
 class Reporter(Protocol):
+    """Takes a build's events.  A reporter that sets `wants_states = True` is
+    also sent every StageState change; the others are spared building them."""
+
     def handle(self, event: Event) -> None: ...
     def close(self) -> None: ...

@@ -20,7 +20,7 @@ from pivotbuild.build.run import BuildRun
 from pivotbuild.build.scheduler import Scheduler
 from pivotbuild.cache.outputs import Captured
 from pivotbuild.errors import EXIT_FAILED, EXIT_OK
-from pivotbuild.events import BuildFinished, Event, StageFinished, StageStarted, Status
+from pivotbuild.events import BuildFinished, Event, StageFinished, StageStarted, StageState, State, Status
 from pivotbuild.graph import BuildGraph
 from pivotbuild.model import Stage, StageId
 from pivotbuild.state.store import StateStore
@@ -95,7 +95,9 @@ class NotingRecorder(DryRecorder):
 class Loop:
     """A BuildRun over TEXT, with every part handed in."""
 
-    def __init__(self, root: Path, *, jobs: int = 2, keep_going: bool = False, plan: bool = False) -> None:
+    def __init__(
+        self, root: Path, *, jobs: int = 2, keep_going: bool = False, plan: bool = False, states: bool = False
+    ) -> None:
         pipeline = compile_text(TEXT, root)
         self.graph = BuildGraph(pipeline.stages)
         self.store = StateStore(root, [pipeline], lambda text: None)
@@ -104,6 +106,7 @@ class Loop:
         self.jobs = jobs
         self.keep_going = keep_going
         self.plan = plan
+        self.states = states
 
     def run(self, executor: object, recorder: DryRecorder) -> Outcome:
         closure = self.graph.order()
@@ -119,6 +122,7 @@ class Loop:
             inbox=self.inbox,
             cancel=threading.Event(),
             keep_going=self.keep_going,
+            states=self.states,
         )
         return run.execute()
 
@@ -152,6 +156,24 @@ def test_results_are_recorded_in_the_order_they_arrive(root: Path) -> None:
     assert executor.closed
     assert isinstance(loop.events[-1], BuildFinished)
     assert loop.events[-1].ran == 4
+
+
+def test_stage_states_are_sent_only_to_a_reporter_that_wants_them(root: Path) -> None:
+    script = [("a", OK), ("b", OK), ("c", OK), ("d", OK)]
+    quiet = Loop(root)
+    quiet.run(ScriptedExecutor(quiet.inbox, script), NotingRecorder())
+    assert not [e for e in quiet.events if isinstance(e, StageState)]
+    loop = Loop(root, states=True)
+    loop.run(ScriptedExecutor(loop.inbox, script), NotingRecorder())
+    states = [(e.stage, e.state) for e in loop.events if isinstance(e, StageState)]
+    assert [st for stage, st in states if stage == "c"] == [
+        State.PENDING,
+        State.PREPARING,
+        State.READY,
+        State.RUNNING,
+        State.DONE,
+    ]
+    assert [type(e) for e in loop.events if not isinstance(e, StageState)] == [type(e) for e in quiet.events]
 
 
 def test_one_job_at_a_time_starts_the_next_only_after_a_result(root: Path) -> None:

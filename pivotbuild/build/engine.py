@@ -240,6 +240,7 @@ class Engine:
             cancel=cancel,
             keep_going=options.keep_going,
             expected=expected,
+            states=getattr(self.reporter, "wants_states", False),
         )
         return run.execute(), recorder
 

@@ -52,9 +52,13 @@ class BuildRun:
         cancel: threading.Event,
         keep_going: bool,
         expected: dict[StageId, float] | None = None,
+        states: bool = False,
     ) -> None:
-        """`expected`: past durations, shown as each stage starts."""
+        """`expected`: past durations, shown as each stage starts.  `states`:
+        emit each stage's StageState changes too (five per stage: built only
+        for a reporter that wants them; see events.Reporter)."""
         self.emit = emit
+        self.states = states
         self.graph = graph
         self.scheduler = scheduler
         self.decider = decider
@@ -80,9 +84,10 @@ class BuildRun:
         t0 = time.monotonic()
         self.recorder.begin()
         self.emit(BuildStarted(len(self.closure), self.admission.jobserver.capacity))
-        waiting = self.scheduler.waiting
-        for sid in self.closure:
-            self._state(self.graph.label(sid), State.READY if waiting[sid] == 0 else State.PENDING)
+        if self.states:
+            waiting = self.scheduler.waiting
+            for sid in self.closure:
+                self._state(self.graph.label(sid), State.READY if waiting[sid] == 0 else State.PENDING)
         interrupted = False
         try:
             self._loop()
@@ -233,7 +238,8 @@ class BuildRun:
             self._finish(down, StageFinished(self.graph.label(down), Status.BLOCKED, reason, 0.0))
 
     def _state(self, label: str, state: State, reason: str = "") -> None:
-        self.emit(StageState(label, state, reason))
+        if self.states:
+            self.emit(StageState(label, state, reason))
 
     def _finish(self, sid: StageId, event: StageFinished) -> None:
         status = event.status
