@@ -44,6 +44,7 @@ class Journal:
         self._fd: int | None = None
         self._pending = threading.Event()
         self._wake = threading.Event()  # set by close: stop waiting for more frames
+        self.appended = 0  # frames this process wrote
         self._closing = False
         self._syncer: threading.Thread | None = None
 
@@ -57,6 +58,7 @@ class Journal:
         written = os.write(self._fd, data)
         if written != len(data):
             raise OSError(f"short write to {self.path}")
+        self.appended += 1
         self._pending.set()
 
     def _sync_loop(self, fd: int) -> None:

@@ -150,8 +150,13 @@ class StateStore:
         """Fold journals into lockfiles and save stat caches."""
         for st in self.pipelines.values():
             st.journal.close()
-            if st.journal_path.exists():
-                journal.fold(st.journal_path, st.lock_path, st.records)
+            if st.journal.appended:
+                # Opening folded (and removed) any older journal, and the build
+                # lock kept every other pivotbuild out since: the journal holds
+                # exactly what this build appended, all of it in `records`
+                # already, so it need not be read back and decoded.
+                lockfile.write(st.lock_path, st.records)
+                st.journal_path.unlink(missing_ok=True)
             st.statcache.save()
 
 
