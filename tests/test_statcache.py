@@ -10,6 +10,7 @@ from pathlib import Path
 import msgpack
 import pytest
 
+from pivotbuild.state import stamps
 from pivotbuild.state.hashing import hash_bytes, hash_file
 from pivotbuild.state.statcache import FORMAT, StatCache
 
@@ -202,6 +203,50 @@ def test_coarse_timestamps_use_a_wider_window(tmp_path: Path, cache_path: Path) 
     cache = StatCache(cache_path)
     cache.file_hash(f)
     assert not cache.entries[os.fspath(f)].trusted
+
+
+MOUNTINFO = [
+    "27 1 254:0 / / rw,relatime - ext4 /dev/vda rw,discard",
+    "25 24 0:23 / /dev/shm rw,relatime - tmpfs tmpfs rw,size=24683568k",
+    "60 27 0:52 / /mnt/data rw,relatime - nfs4 server:/export rw,vers=4.2",
+    "22 27 0:21 / /proc rw,relatime - proc proc rw",
+    "garbage without the separator",
+]
+
+
+def test_local_file_systems_get_the_narrow_window_and_network_ones_do_not() -> None:
+    windows = stamps.local_devices(MOUNTINFO, 12_000_000)
+    assert windows == {os.makedev(254, 0): 12_000_000, os.makedev(0, 23): 12_000_000}
+
+
+def test_a_racy_stamp_is_trusted_once_its_file_systems_window_has_passed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    f = write(tmp_path / "f.txt", b"x")
+    st = os.stat(f)
+    changed = max(st.st_mtime_ns, st.st_ctime_ns)
+    monkeypatch.setattr(stamps, "_windows", {st.st_dev: 10_000_000})  # a local file system
+    assert stamps.is_racy(st, changed + 9_000_000)
+    assert not stamps.is_racy(st, changed + 10_000_000)
+    monkeypatch.setattr(stamps, "_windows", {})  # not known to be local: 50 ms
+    assert stamps.is_racy(st, changed + 10_000_000)
+    assert stamps.is_racy(st, changed + 49_000_000)
+    assert not stamps.is_racy(st, changed + 50_000_000)
+
+
+def test_settling_waits_only_for_the_local_window(
+    tmp_path: Path, cache_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    f = write(tmp_path / "new.txt", b"new")
+    monkeypatch.setattr(stamps, "_windows", {os.stat(f).st_dev: 5_000_000})
+    slept: list[float] = []
+    real_sleep = time.sleep
+    monkeypatch.setattr(time, "sleep", lambda s: (slept.append(s), real_sleep(s)))
+    cache = StatCache(cache_path)
+    cache.file_hash(f)
+    cache.save()
+    assert StatCache(cache_path).entries[os.fspath(f)].trusted
+    assert all(s <= 0.005 for s in slept)
 
 
 def _garbage_files() -> list[bytes]:

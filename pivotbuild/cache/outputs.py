@@ -35,7 +35,7 @@ from pivotbuild.state.hashing import (
 from pivotbuild.state.kinds import ABSENT, DIR, FILE
 from pivotbuild.state.records import FileRecord, StageRecord
 from pivotbuild.state.snapshot import Snapshot
-from pivotbuild.state.stamps import FINE_WINDOW_NS, is_racy, stamp
+from pivotbuild.state.stamps import FINE_WINDOW_NS, is_racy, stamp, window_ns
 from pivotbuild.state.statcache import StatCache, StatEntry
 
 CACHE_DIR = "cache"
@@ -195,7 +195,7 @@ class OutputCache:
         the file's racy window and its stamp held throughout, `confirmed` gets
         (path, stat, hash), for the stat cache to trust its entry now.  To make
         that the rule, a file written moments ago is copied once its window
-        (50 ms) has passed, waiting with `pause(seconds)` (the storer's pause
+        (`stamps.window_ns`: at most 50 ms) has passed, waiting with `pause(seconds)` (the storer's pause
         ends early when the build is over: then the end of the build settles
         what is left, in one wait)."""
         changed = []
@@ -207,7 +207,7 @@ class OutputCache:
                     raise
                 continue  # gone (a later stage removed it): the end of the build forgets it
             if before.st_mtime_ns % 1_000_000_000:  # a fine clock; a coarse one's window is too long to wait
-                wait_ns = max(before.st_mtime_ns, before.st_ctime_ns) + FINE_WINDOW_NS - time.time_ns()
+                wait_ns = max(before.st_mtime_ns, before.st_ctime_ns) + window_ns(before) - time.time_ns()
                 if 0 < wait_ns <= FINE_WINDOW_NS:
                     pause(wait_ns / 1e9)
                     before = os.stat(path)  # as it is after the wait

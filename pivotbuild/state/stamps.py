@@ -10,6 +10,7 @@ file could change again in the same clock tick without its stamp changing
 from __future__ import annotations
 
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -19,18 +20,72 @@ Stamp = tuple[int, int, int, int]
 
 # Timestamps with a fractional part come from a nanosecond clock that ticks at
 # most every few milliseconds; whole-second stamps suggest a 1-2 s granularity.
+# 50 ms covers a network file system's clock; a local one is narrower (below).
 FINE_WINDOW_NS = 50_000_000
 COARSE_WINDOW_NS = 2_000_000_000
+
+# Linux file systems that stamp files with this kernel's coarse clock.
+_LOCAL = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "tmpfs", "f2fs", "zfs", "overlay", "ramfs", "bcachefs"})
+_CLOCK_REALTIME_COARSE = 5  # <linux/time.h>; the time module names it from Python 3.13
+_windows: dict[int, int] | None = None  # st_dev -> window, for the local file systems mounted
 
 
 def stamp(st: os.stat_result) -> Stamp:
     return (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
 
 
+def window_ns(st: os.stat_result) -> int:
+    """How long after its last change a file's stamp stays racy.
+
+    On a local Linux file system a file is stamped from the kernel's coarse
+    clock (`CLOCK_REALTIME_COARSE`, which ticks every 1-10 ms), so once
+    `time.time_ns()` is two of its ticks past a stamp, any later change gets a
+    later stamp; three ticks are used.  Elsewhere (a network file system, a
+    device not found in /proc/self/mountinfo, no /proc) 50 ms as before."""
+    if st.st_mtime_ns % 1_000_000_000 == 0:
+        return COARSE_WINDOW_NS
+    global _windows
+    if _windows is None:
+        _windows = _local_windows()
+    return _windows.get(st.st_dev, FINE_WINDOW_NS)
+
+
+def _local_windows() -> dict[int, int]:
+    if sys.platform != "linux":
+        return {}
+    try:
+        res_ns = int(time.clock_getres(_CLOCK_REALTIME_COARSE) * 1e9)
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+            lines = f.read().splitlines()
+    except (OSError, ValueError):
+        return {}
+    if not 0 < res_ns <= 10_000_000:
+        return {}
+    return local_devices(lines, max(3 * res_ns, 1_000_000))
+
+
+def local_devices(mountinfo: list[str], window: int) -> dict[int, int]:
+    """st_dev -> `window` for each local file system in /proc/self/mountinfo's lines."""
+    found = {}
+    for line in mountinfo:
+        # "36 35 98:0 /mnt1 /mnt/parent rw,noatime master:1 - ext3 /dev/root rw"
+        fields, sep, rest = line.partition(" - ")
+        parts = fields.split()
+        if not sep or len(parts) < 3 or rest.split(" ", 1)[0] not in _LOCAL:
+            continue
+        major, _, minor = parts[2].partition(":")
+        try:
+            found[os.makedev(int(major), int(minor))] = window
+        except ValueError:
+            continue
+    return found
+
+
 def is_racy(st: os.stat_result, now_ns: int) -> bool:
-    window = COARSE_WINDOW_NS if st.st_mtime_ns % 1_000_000_000 == 0 else FINE_WINDOW_NS
-    newest = max(st.st_mtime_ns, st.st_ctime_ns)
-    return now_ns - newest < window
+    age = now_ns - max(st.st_mtime_ns, st.st_ctime_ns)
+    if age >= FINE_WINDOW_NS and st.st_mtime_ns % 1_000_000_000:
+        return False  # past every fine window: /proc need not be read
+    return age < window_ns(st)
 
 
 class Source:

@@ -34,6 +34,7 @@ from pivotbuild.state.hashing import (
 )
 from pivotbuild.state.stamps import FINE_WINDOW_NS as _FINE_WINDOW_NS
 from pivotbuild.state.stamps import is_racy as _is_racy
+from pivotbuild.state.stamps import window_ns as _window_ns
 
 MAGIC = b"PIVSTAT\n"
 FORMAT = 3  # 2: with a checksum; 3: in a `state.framing` frame
@@ -106,19 +107,26 @@ class StatCache:
 
     def settle(self) -> None:
         """Make racy entries trustworthy now rather than at the next build: wait out
-        the fine-grained racy window (at most 50 ms), then re-read each such file.
-        A change made since it was first hashed shows up as a new hash here, which
-        the next build compares with the lockfile, so nothing is missed; and a
-        no-op build right after this one reads no file contents."""
-        racy = [(k, e) for k, e in self.entries.items() if not e.trusted]
-        fine = [e for _, e in racy if e.mtime_ns % 1_000_000_000]
-        if not fine:
+        the racy window of the newest (`stamps.window_ns`: at most 50 ms), then
+        re-read each such file.  A change made since it was first hashed shows
+        up as a new hash here, which the next build compares with the
+        lockfile, so nothing is missed; and a no-op build right after this one
+        reads no file contents."""
+        racy = [k for k, e in self.entries.items() if not e.trusted]
+        if not racy:
             return
-        newest = max(max(e.mtime_ns, e.ctime_ns) for e in fine)
-        wait_ns = newest + _FINE_WINDOW_NS - time.time_ns()
+        now = time.time_ns()
+        wait_ns = 0
+        for key in racy:
+            try:
+                st = os.stat(key)
+            except OSError:
+                continue
+            if st.st_mtime_ns % 1_000_000_000:  # a coarse clock's window is too long to wait
+                wait_ns = max(wait_ns, max(st.st_mtime_ns, st.st_ctime_ns) + _window_ns(st) - now)
         if 0 < wait_ns <= _FINE_WINDOW_NS:
             time.sleep(wait_ns / 1e9)
-        for key, _ in racy:
+        for key in racy:
             try:
                 st = os.stat(key)
             except OSError:
