@@ -225,10 +225,10 @@ def test_a_racy_stamp_is_trusted_once_its_file_systems_window_has_passed(
     f = write(tmp_path / "f.txt", b"x")
     st = os.stat(f)
     changed = max(st.st_mtime_ns, st.st_ctime_ns)
-    monkeypatch.setattr(stamps, "_windows", {st.st_dev: 10_000_000})  # a local file system
+    monkeypatch.setattr(stamps, "_windows", [{st.st_dev: 10_000_000}])  # a local file system
     assert stamps.is_racy(st, changed + 9_000_000)
     assert not stamps.is_racy(st, changed + 10_000_000)
-    monkeypatch.setattr(stamps, "_windows", {})  # not known to be local: 50 ms
+    monkeypatch.setattr(stamps, "_windows", [{}])  # not known to be local: 50 ms
     assert stamps.is_racy(st, changed + 10_000_000)
     assert stamps.is_racy(st, changed + 49_000_000)
     assert not stamps.is_racy(st, changed + 50_000_000)
@@ -238,7 +238,7 @@ def test_settling_waits_only_for_the_local_window(
     tmp_path: Path, cache_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     f = write(tmp_path / "new.txt", b"new")
-    monkeypatch.setattr(stamps, "_windows", {os.stat(f).st_dev: 5_000_000})
+    monkeypatch.setattr(stamps, "_windows", [{os.stat(f).st_dev: 5_000_000}])
     slept: list[float] = []
     real_sleep = time.sleep
     monkeypatch.setattr(time, "sleep", lambda s: (slept.append(s), real_sleep(s)))

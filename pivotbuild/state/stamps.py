@@ -27,7 +27,7 @@ COARSE_WINDOW_NS = 2_000_000_000
 # Linux file systems that stamp files with this kernel's coarse clock.
 _LOCAL = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "tmpfs", "f2fs", "zfs", "overlay", "ramfs", "bcachefs"})
 _CLOCK_REALTIME_COARSE = 5  # <linux/time.h>; the time module names it from Python 3.13
-_windows: dict[int, int] | None = None  # st_dev -> window, for the local file systems mounted
+_windows: list[dict[int, int]] = []  # once read: st_dev -> window, for the local file systems mounted
 
 
 def stamp(st: os.stat_result) -> Stamp:
@@ -44,10 +44,9 @@ def window_ns(st: os.stat_result) -> int:
     device not found in /proc/self/mountinfo, no /proc) 50 ms as before."""
     if st.st_mtime_ns % 1_000_000_000 == 0:
         return COARSE_WINDOW_NS
-    global _windows
-    if _windows is None:
-        _windows = _local_windows()
-    return _windows.get(st.st_dev, FINE_WINDOW_NS)
+    if not _windows:
+        _windows.append(_local_windows())
+    return _windows[0].get(st.st_dev, FINE_WINDOW_NS)
 
 
 def _local_windows() -> dict[int, int]:
