@@ -507,6 +507,28 @@ def test_a_torn_run_cache_entry_is_ignored_then_replaced(project: Project) -> No
     assert (project.root / "out.txt").read_text() == "hello\n1\n"
 
 
+def test_run_cache_misses_open_no_entry_and_hits_see_this_builds_records(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pivotbuild.cache.runcache import RunCache
+    from pivotbuild.model import StageId
+    from pivotbuild.state.records import FileRecord
+
+    earlier = RunCache(tmp_path)
+    deps = (FileRecord("in.txt", "file", "a" * 32),)
+    outs = (FileRecord("out.txt", "file", "b" * 32),)
+    earlier.record(StageId("", "s0"), "fp", deps, outs)
+    opened: list[str] = []
+    real = Path.read_bytes
+    monkeypatch.setattr(Path, "read_bytes", lambda self: (opened.append(self.name), real(self))[1])
+    runs_ = RunCache(tmp_path)
+    assert all(runs_.lookup(StageId("", f"s{i}"), "fp", deps) is None for i in range(1, 200))
+    assert opened == []  # each folder listed once; a miss reads nothing
+    assert runs_.lookup(StageId("", "s0"), "fp", deps) == outs  # an earlier build's entry
+    runs_.record(StageId("", "s7"), "fp", deps, outs)
+    assert runs_.lookup(StageId("", "s7"), "fp", deps) == outs  # and one this build recorded
+
+
 def test_recording_a_run_twice_keeps_one_whole_entry(tmp_path: Path) -> None:
     from pivotbuild.cache.runcache import RunCache
     from pivotbuild.model import StageId

@@ -74,24 +74,45 @@ def inputs_key(fingerprint: str, deps: Sequence[FileRecord]) -> str:
 
 
 class RunCache:
+    """One build's (or command's) view of the run cache.  Each folder is
+    listed once, on its first lookup, and misses are answered from that
+    listing (plus what this object records): a clean build would otherwise
+    try to open a missing entry for every stage.  An entry another process
+    adds meanwhile may be missed: the stage then runs, as it would have a
+    moment earlier."""
+
     def __init__(self, cache_dir: Path, notice: Callable[[str], None] | None = None) -> None:
         self.cache_dir = cache_dir
         self.notice = notice  # told once about each damaged entry
         self._folders: set[Path] = set()  # folders known to exist
+        self._listed: dict[Path, set[str]] = {}  # folder -> the entries in it, once listed
 
     def _path(self, sid: StageId, fingerprint: str, deps: Sequence[FileRecord]) -> Path:
         return self.cache_dir / entry_rel(stage_key(sid), inputs_key(fingerprint, deps))
+
+    def _listing(self, folder: Path) -> set[str]:
+        names = self._listed.get(folder)
+        if names is None:
+            try:
+                names = set(os.listdir(folder))
+            except OSError:  # no such folder yet (or unreadable: then every lookup misses, as before)
+                names = set()
+            self._listed[folder] = names
+        return names
 
     def lookup(self, sid: StageId, fingerprint: str, deps: Sequence[FileRecord]) -> tuple[FileRecord, ...] | None:
         """The outputs recorded for exactly these inputs, if any.  A damaged
         entry is reported and removed (so it is reported once)."""
         path = self._path(sid, fingerprint, deps)
+        if path.name not in self._listing(path.parent):
+            return None
         try:
             return decode_entry(path.read_bytes())
         except (OSError, framing.OtherVersion):
             return None  # an entry of another version is replaced when the stage is recorded
         except ValueError as exc:
             path.unlink(missing_ok=True)
+            self._listing(path.parent).discard(path.name)
             if self.notice is not None:
                 shown = path.relative_to(self.cache_dir.parent.parent).as_posix()
                 self.notice(f"{shown} (a run-cache entry of {sid.label()}): {exc}; removed it")
@@ -103,6 +124,9 @@ class RunCache:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._folders.add(path.parent)
         blob = encode_entry(outs)
+        listed = self._listed.get(path.parent)
+        if listed is not None:
+            listed.add(path.name)  # (set.add: safe from the storer threads)
         for _ in range(2):
             try:
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
