@@ -27,6 +27,7 @@ from pivotbuild.state.hashing import hash_file
 from pivotbuild.state.kinds import DIR, FILE
 from pivotbuild.state.records import StageRecord
 from pivotbuild.state.snapshot import Snapshot
+from pivotbuild.state.stamps import Stamp
 from pivotbuild.state.store import StateStore
 
 
@@ -209,6 +210,7 @@ class Recorder:
         absent = [str(p) for st in store.pipelines.values() for p in (st.journal_path, st.pending_path)]
         new = seal.Seal(project.plan_id, locks, absent)
         now = time.time_ns()
+        seen: dict[tuple[str, str], Stamp | None] = {}
         unstored = self.storer.unstored  # the next build must decide these, and store what the cache lacks
         for i, (sid, stage) in enumerate(graph.stages.items()):
             status = outcome.status.get(sid)
@@ -222,7 +224,9 @@ class Recorder:
             if sid in unstored:
                 continue
             try:
-                files = seal.stage_files((*record.deps, *record.outs), self.root, store.statcache(stage).entries, now)
+                files = seal.stage_files(
+                    (*record.deps, *record.outs), self.root, store.statcache(stage).entries, now, seen
+                )
             except seal.Unsealable:
                 continue
             new.add(i, files)

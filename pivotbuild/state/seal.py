@@ -224,14 +224,21 @@ class Unsealable(Exception):
 
 
 def stage_files(
-    recorded: Iterable[FileRecord], root: Path, statcache: Mapping[str, StatEntry], now_ns: int
+    recorded: Iterable[FileRecord],
+    root: Path,
+    statcache: Mapping[str, StatEntry],
+    now_ns: int,
+    seen: dict[tuple[str, str], Stamp | None] | None = None,
 ) -> list[tuple[str, Stamp | None]]:
     """The stamps that prove `recorded` (a stage's deps and outs, as its lockfile
     record has them) still hold, given the stage's stat cache entries (by
-    absolute path).  Raises Unsealable."""
+    absolute path).  Raises Unsealable.  `seen` carries each file's answer
+    from one stage to the next of one sealing (an output is its consumers'
+    dep: statted once, not once per stage)."""
     found: list[tuple[str, Stamp | None]] = []
+    memo = seen if seen is not None else {}
     for rec in recorded:
-        _one(rec, root, statcache, now_ns, found)
+        _one(rec, root, statcache, now_ns, found, memo=memo)
     return found
 
 
@@ -241,10 +248,24 @@ def _one(
     trusted: Mapping[str, StatEntry],
     now_ns: int,
     found: list[tuple[str, Stamp | None]],
+    *,
+    memo: dict[tuple[str, str], Stamp | None],
 ) -> None:
     full = rec.path if os.path.isabs(rec.path) else os.path.join(root, rec.path)
     if rec.kind == FILE:
-        found.append((full, _file_stamp(full, rec.hash, trusted)))
+        key = (full, rec.hash)
+        if key in memo:
+            known = memo[key]
+            if known is None:
+                raise Unsealable(full)
+            found.append((full, known))
+            return
+        try:
+            memo[key] = _file_stamp(full, rec.hash, trusted)
+        except Unsealable:
+            memo[key] = None
+            raise
+        found.append((full, memo[key]))
     elif rec.kind == DIR:
         _dir(full, rec.hash, trusted, now_ns, found)
     elif rec.kind == GLOB:
@@ -257,7 +278,7 @@ def _one(
         for d in listed:
             found.append((d, _dir_stamp(d, now_ns)))
         for m in rec.matches:
-            _one(m, root, trusted, now_ns, found)
+            _one(m, root, trusted, now_ns, found, memo=memo)
     else:
         raise Unsealable(rec.path)
 
