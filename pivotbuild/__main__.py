@@ -1,5 +1,5 @@
 from __future__ import annotations
 
-from pivotbuild.cli import main
+from pivotbuild.cli import run
 
-raise SystemExit(main())
+run()

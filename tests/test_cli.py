@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import Project, Result
+from conftest import PIVOTBUILD, Project, Result
 
 import pivotbuild
 import pivotbuild.cli.app  # before the command modules: importing one of them first fails (a bug)
@@ -925,3 +925,27 @@ def test_a_no_commit_build_of_every_pipeline_is_committed_verified_and_moved_wit
     assert project.run("checkout", "--all").out.split() == ["restored", "t.txt", "restored", "sub/s.txt"]
     assert project.run("gc", "--all").code == 0
     assert project.run("verify", "--all").code == 0
+
+
+def test_everything_printed_reaches_a_pipe_before_the_program_exits(project: Project) -> None:
+    # `pivotbuild` leaves with os._exit (no interpreter teardown): its buffered
+    # output must have been flushed first.
+    project.pivotfile("stage s:\n    run: seq 1 20000\n")
+    r = project.run("-v")
+    assert r.code == 0, r.err
+    lines = [line for line in r.out.splitlines() if line.startswith("s | ")]
+    assert lines[0] == "s | 1" and lines[-1] == "s | 20000" and len(lines) == 20000
+
+
+def test_a_reader_that_stops_early_gets_no_traceback(project: Project) -> None:
+    project.pivotfile("stage s:\n    run: seq 1 20000\n")
+    shell = subprocess.run(
+        f"{' '.join(PIVOTBUILD)} -v | head -n 1",
+        shell=True,
+        cwd=project.root,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert shell.stdout.startswith("[1/1] s"), shell.stdout
+    assert "Traceback" not in shell.stderr

@@ -14,6 +14,28 @@ import os
 import sys
 from collections.abc import Sequence
 
+TYPE_CHECKING = False  # not typing's: the no-op fast path does not import typing
+if TYPE_CHECKING:
+    from typing import NoReturn
+
+
+def run() -> NoReturn:
+    """The `pivotbuild` program (and `python -m pivotbuild`): `main`, then out.
+
+    When `main` returns, everything pivotbuild writes is written, and fsync'ed
+    where it must be; the workers are idle and the reporter closed.  What an
+    ordinary interpreter exit would add is freeing every object one by one and
+    a last full garbage collection: 0.1 to 0.3 s after a 1,000-stage build,
+    for nothing.  So this flushes the standard streams and leaves with
+    `os._exit`."""
+    code = main()
+    for stream in (sys.stdout, sys.stderr):
+        try:  # noqa: SIM105 (contextlib.suppress: an import the no-op spares)
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe (`pivotbuild | head`), a closed stream
+            pass
+    os._exit(code)
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status (never raises).
