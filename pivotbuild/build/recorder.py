@@ -9,11 +9,12 @@ finish; `DryRecorder` is its stand-in for a plan, which writes nothing.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from pivotbuild.build.executors.base import Confirmed, Inbox, Job
+from pivotbuild.build.executors.base import Inbox, Job
 from pivotbuild.build.options import BuildOptions
 from pivotbuild.cache.outputs import Captured, OutputCache
 from pivotbuild.cache.storer import Storer
@@ -63,7 +64,10 @@ class Recorder:
         self.emit = emit
         self.options = options
         self.caching = not options.no_cache and not options.no_commit
-        self.storer = Storer(outputs, inbox.warn, inbox.confirmed)
+        # Proven stat-cache entries, applied once the copies are done (`finish`):
+        # passing each to this thread as it came woke the build loop per output.
+        self._confirmed: list[tuple[Stage, str, os.stat_result, str]] = []
+        self.storer = Storer(outputs, inbox.warn, lambda *proof: self._confirmed.append(proof))
         self.history_damaged = False  # mended when this build appends
         self.started_at = ""
 
@@ -134,9 +138,6 @@ class Recorder:
             self.storer.put(stage, record if captured.stored else None, captured.deferred, job.label, captured.confirm)
         return ""
 
-    def confirm(self, item: Confirmed) -> None:
-        self.store.statcache(item.stage).confirm(item.path, item.st, item.digest)
-
     def roll_back(self, stage: Stage, label: str, quiet: bool = False) -> None:
         """A failed or interrupted stage's outputs go back to what the lockfile records."""
         try:
@@ -161,6 +162,9 @@ class Recorder:
             self.storer.finish()
         except KeyboardInterrupt:
             return False
+        for stage, path, st, digest in self._confirmed:
+            self.store.statcache(stage).confirm(path, st, digest)
+        self._confirmed.clear()
         return True
 
     def remember(self, outcome: Outcome, graph: BuildGraph, finished: BuildFinished) -> None:
@@ -256,9 +260,6 @@ class DryRecorder:
 
     def ran(self, job: Job, captured: Captured | None) -> str:
         return ""
-
-    def confirm(self, item: Confirmed) -> None:
-        pass
 
     def roll_back(self, stage: Stage, label: str, quiet: bool = False) -> None:
         pass

@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 from pivotbuild.build.admission import Admission
 from pivotbuild.build.decider import ALWAYS, FORCED, Decider, Verdict
-from pivotbuild.build.executors.base import Confirmed, Done, Executor, Inbox, Item, Job
+from pivotbuild.build.executors.base import Done, Executor, Inbox, Item, Job
 from pivotbuild.build.recorder import DryRecorder, Outcome, Recorder
 from pivotbuild.build.scheduler import Scheduler
 from pivotbuild.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
@@ -160,8 +160,6 @@ class BuildRun:
         if isinstance(item, Done):
             if self.inbox.handled(item):  # else handled already (see _drain_after_interrupt)
                 self._complete(item)
-        elif isinstance(item, Confirmed):
-            self.recorder.confirm(item)
         else:
             self.emit(item)
 

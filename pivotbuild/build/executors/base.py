@@ -11,7 +11,6 @@ nothing (-n, -q, status).
 
 from __future__ import annotations
 
-import os
 import queue
 import threading
 from collections.abc import Callable, Mapping
@@ -49,22 +48,12 @@ class Done:
     captured: Captured | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Confirmed:
-    """A cache storer thread read `path` again and proved its stat-cache entry (see Storer)."""
-
-    stage: Stage
-    path: str
-    st: os.stat_result
-    digest: str
-
-
-Item = Event | Done | Confirmed
+Item = Event | Done
 
 
 class Inbox:
-    """The one queue the build loop reads: events, results and confirmations,
-    put from any thread.  Every `Done` is also kept until the loop handles it
+    """The one queue the build loop reads: events and results, put from any
+    thread.  Every `Done` is also kept until the loop handles it
     (`handled`), so one taken off the queue just as an interrupt struck is not
     lost for good (see BuildRun)."""
 
@@ -88,9 +77,6 @@ class Inbox:
             self.emit(Message(text, "warning"))
         else:
             self.queue.put(Message(text, "warning"))
-
-    def confirmed(self, stage: Stage, path: str, st: os.stat_result, digest: str) -> None:
-        self.queue.put(Confirmed(stage, path, st, digest))
 
 
 class Executor(Protocol):
