@@ -157,6 +157,7 @@ class StateStore:
                 # already, so it need not be read back and decoded.
                 lockfile.write(st.lock_path, st.records)
                 st.journal_path.unlink(missing_ok=True)
+                st.journal.appended = 0  # folded: closing again (the build's, then its lock's) writes nothing
             st.statcache.save()
 
 
