@@ -8,6 +8,9 @@ import posixpath
 from pathlib import Path
 
 STATE_DIR = ".pivot"
+# A copy of each pipeline's last lockfile, kept by the cache (see state/store.py):
+# what the run cache restores from when a lockfile is damaged or lost.
+LOCK_COPIES = f"{STATE_DIR}/cache/runs/lockfiles"
 PIVOTFILE = "Pivotfile"
 LOCKFILE = "Pivotfile.lock"
 # In the `.pivot/` of an included pipeline that is not the project root: the

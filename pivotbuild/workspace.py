@@ -19,7 +19,7 @@ from pivotbuild.graph import BuildGraph
 from pivotbuild.model import Stage, StageId
 from pivotbuild.project import Project
 from pivotbuild.state.kinds import ABSENT, DIR
-from pivotbuild.state.records import FileRecord
+from pivotbuild.state.records import FileRecord, StageRecord
 from pivotbuild.state.snapshot import file_record
 from pivotbuild.state.store import StateStore
 
@@ -166,19 +166,31 @@ class TransferSet:
     stale: list[FileRecord]
 
 
-def transfer_set(engine: Engine, options: BuildOptions, *, stale: bool = False) -> TransferSet:
+def transfer_set(engine: Engine, options: BuildOptions, *, stale: bool = False, entries: bool = False) -> TransferSet:
     """What push and fetch move for the chosen stages; with `stale`, which
-    outputs the workspace lacks (else `stale` is empty)."""
+    outputs the workspace lacks (else `stale` is empty).  With `entries` (a
+    push), the run cache gets an entry for each stage's current record, as for
+    the records it holds already: builds write entries only for the records
+    they replace (see Recorder), and the remote serves clones that have no
+    lockfile."""
     project, graph, stages = _chosen(engine, options)
     outs: list[FileRecord] = []
+    runs = OutputCache(project.root, engine.warn).runs if entries else None
     with engine.state(project, options) as store:
         for stage in stages:
             record = store.record(stage)
             if record is not None:
                 outs.extend(o for o, decl in zip(record.outs, _cached(stage, record.outs), strict=True) if decl)
+                if runs is not None and _restorable(stage, record):
+                    runs.record(stage.id, record.fingerprint, record.deps, record.outs)
         diffs = differences(store, project.root, stages, graph) if stale else []
         differ = {d.path for d in diffs if d.what != "not recorded"}
     return TransferSet(project, outs, [s.id for s in stages], [o for o in outs if o.path in differ])
+
+
+def _restorable(stage: Stage, record: StageRecord) -> bool:
+    """Whether the run cache could restore this record: outputs all cached and present."""
+    return bool(record.outs) and all(o.cache for o in stage.outs) and all(o.kind != ABSENT for o in record.outs)
 
 
 def _cached(stage: Stage, outs: tuple[FileRecord, ...]) -> list[bool]:

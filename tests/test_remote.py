@@ -168,13 +168,17 @@ def test_a_torn_run_cache_entry_is_never_pushed_and_its_rebuilt_one_is(tmp_path:
     leave one cut short.  push must not send it: the remote would then hold it
     for good (push skips what the remote has) instead of the whole one."""
     one, share = first_clone(tmp_path)
-    entries = sorted(p for p in (one.root / ".pivot/cache/runs").rglob("*") if p.is_file())
+    one.write("in.txt", "changed\n")
+    assert one.run().code == 0  # the first records, pushed out of the lockfile, are run-cache entries now
+    entries = sorted(p for p in (one.root / ".pivot/cache/runs").glob("??/*") if p.is_file())
     assert len(entries) == 2
     whole = entries[0].read_bytes()
     entries[0].write_bytes(whole[:3])  # torn
     assert one.run("push").code == 0
     remote_entries = {p.relative_to(share) for p in (share / "runs").rglob("*") if p.is_file()}
-    assert remote_entries == {entries[1].relative_to(one.root / ".pivot/cache")}
+    assert entries[0].relative_to(one.root / ".pivot/cache") not in remote_entries
+    assert entries[1].relative_to(one.root / ".pivot/cache") in remote_entries
+    assert len(remote_entries) == 3  # the other, and those of the two current records, which push wrote
     entries[0].write_bytes(whole)  # as the next record of those inputs writes it
     assert one.run("push").code == 0
     assert (share / entries[0].relative_to(one.root / ".pivot/cache")).read_bytes() == whole

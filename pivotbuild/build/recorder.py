@@ -93,7 +93,10 @@ class Recorder:
         if [(o.path, o.hash) for o in now] != [(o.path, o.hash) for o in outs]:
             return False  # a checkout that does not hash as recorded: run the stage instead
         record = StageRecord(stage.name, snap.fingerprint, snap.command, snap.deps, outs, snap.params, snap.facets)
+        replaced = self._replaced(stage, record)
         self.store.commit(stage, record, pending=self.options.no_commit)
+        if replaced is not None:
+            self.storer.put(stage, replaced, (), stage.id.label())
         return True
 
     def heal(self, stage: Stage, label: str) -> None:
@@ -131,12 +134,31 @@ class Recorder:
         record = StageRecord(
             stage.name, snap.fingerprint, snap.command, snap.deps, captured.outs, snap.params, snap.facets
         )
+        replaced = self._replaced(stage, record)
         self.store.commit(stage, record, pending=self.options.no_commit)
-        if captured.deferred or captured.confirm or captured.stored:
+        if captured.deferred or captured.confirm or captured.stored or replaced is not None:
             # The copies, the reads that prove stat-cache entries, and the run-cache
             # entry, all off this thread.
-            self.storer.put(stage, record if captured.stored else None, captured.deferred, job.label, captured.confirm)
+            self.storer.put(stage, replaced, captured.deferred, job.label, captured.confirm)
         return ""
+
+    def _replaced(self, stage: Stage, record: StageRecord) -> StageRecord | None:
+        """The stage's record that `record` replaces, if the run cache should
+        keep it: other inputs, outputs all cacheable and present.
+
+        The run cache holds only what the lockfile no longer does: the current
+        record answers for the current inputs (OutputCache.restore reads it),
+        so a stage's entry is written when a new result pushes it out, and
+        `push` writes those of the records it sends.  A clean build so creates
+        no entry, where it used to create a file per stage."""
+        old = self.store.record(stage)
+        if old is None or not self.caching or not old.outs or not all(o.cache for o in stage.outs):
+            return None
+        if any(o.kind not in (FILE, DIR) for o in old.outs):
+            return None
+        if old.fingerprint == record.fingerprint and old.deps == record.deps:
+            return None
+        return old
 
     def roll_back(self, stage: Stage, label: str, quiet: bool = False) -> None:
         """A failed or interrupted stage's outputs go back to what the lockfile records."""

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pivotbuild.cache.runcache import RUNS
+from pivotbuild.paths import LOCK_COPIES
 from pivotbuild.cache.store import OBJECTS, Cache, CorruptObject, MissingObject
 from pivotbuild.errors import PivotError
 from pivotbuild.paths import LOCKFILE, STATE_DIR
@@ -99,7 +100,9 @@ def collect(root: Path, cache: Cache, *, keep_run_cache: bool, dry_run: bool) ->
                 referenced |= objects_of(cache, list(record.outs), where if strict else "")
     report = GcReport()
     runs_dir = cache.dir / RUNS
-    entries = sorted(runs_dir.glob("*/*")) if runs_dir.is_dir() else []
+    # (Not the lockfiles' copies beside them: they name only what the lockfiles do.)
+    copies = root / LOCK_COPIES
+    entries = sorted(e for e in runs_dir.glob("*/*") if e.parent != copies) if runs_dir.is_dir() else []
     for entry in entries:
         needs = objects_of(cache, run_entry_outs(entry.read_bytes()))
         if keep_run_cache:

@@ -23,6 +23,7 @@ from pivotbuild.cache.store import Cache, CorruptObject, MissingObject, Mode
 from pivotbuild.model import Out, Stage
 from pivotbuild.paths import STATE_DIR
 from pivotbuild.remote import config
+from pivotbuild.state import lockfile
 from pivotbuild.state.hashing import (
     ENTRY_LINK,
     ManifestEntry,
@@ -66,6 +67,7 @@ class OutputCache:
         self.notice = notice
         self.cache = Cache(root / STATE_DIR / CACHE_DIR, notice)
         self.runs = RunCache(self.cache.dir, notice)
+        self._lock_copies: dict[str, lockfile.Records] = {}  # pipeline dir -> its lockfile's copy, once read
         settings = config.load_or_default(root, notice) if building else config.load(root)
         self.mode = Mode(settings.checkout)
         self.cache.wants_reflinks = self.mode is Mode.REFLINK
@@ -238,6 +240,8 @@ class OutputCache:
         if not stage.outs or not all(o.cache for o in stage.outs):
             return None
         outs = self.runs.lookup(stage.id, snap.fingerprint, snap.deps)
+        if outs is None and record is None:  # a damaged or lost lockfile: the cache's copy of it
+            record = self._copied_record(stage)
         if outs is None and record is not None and _same_inputs(record, snap):
             outs = record.outs
         if outs is None or [o.path for o in outs] != [o.path for o in stage.outs]:
@@ -253,6 +257,20 @@ class OutputCache:
         except MissingObject:
             return None
         return outs
+
+    def _copied_record(self, stage: Stage) -> StageRecord | None:
+        """The stage's record in the cache's copy of its pipeline's last lockfile
+        (state/store.py keeps it), if there is one and it decodes."""
+        pipeline = stage.id.pipeline
+        if pipeline not in self._lock_copies:
+            try:
+                self._lock_copies[pipeline] = lockfile.read_records(lockfile.copy_path(self.root, pipeline))
+            except lockfile.LockfileError:
+                self._lock_copies[pipeline] = lockfile.Records()
+        try:
+            return self._lock_copies[pipeline].get(stage.name)
+        except lockfile.LockfileError:
+            return None
 
     def roll_back(self, stage: Stage, record: StageRecord | None) -> tuple[list[str], list[str]]:
         """After a failure: put each output back to its last recorded version from

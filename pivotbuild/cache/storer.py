@@ -4,11 +4,11 @@ A finished stage's outputs are hashed by its worker (the hashes are what the
 stages after it decide with), but copying them into the cache can wait: the
 stages downstream start at once, and one thread copies behind them, in the
 order stages finished (two threads: the copies are mostly waits on the
-disk, and one thread falls behind a layer of large outputs).  Only once every
-file of a stage is stored is its run-cache entry written, so an entry always
-finds its objects.  The build waits for the copies before it ends (`finish`);
-a build killed before that loses only cache copies, never a result: the
-lockfile records stand.
+disk, and one thread falls behind a layer of large outputs).  The run-cache
+entry of the record a stage's new result replaced (see Recorder) is written
+here too, off the build loop's thread.  The build waits for the copies before
+it ends (`finish`); a build killed before that loses only cache copies, never
+a result: the lockfile records stand.
 
 The copy is a second whole read of each file; where it proves a racy stat-cache
 entry (see `OutputCache.store_deferred`), `confirmed` says so, which spares the
@@ -54,8 +54,8 @@ class Storer:
 
     def put(self, stage: Stage, remember: StageRecord | None, files: _Files, label: str, confirm: _Files = ()) -> None:
         """Store `files` ((path, hash) pairs) and read `confirm` again (see
-        `OutputCache.store_deferred`), then, if every one still hashed as
-        recorded, remember `remember` in the run cache (None: do not)."""
+        `OutputCache.store_deferred`), and remember `remember` (an earlier
+        record of the stage, None for none) in the run cache."""
         if not self._threads:
             for i in range(THREADS):
                 thread = threading.Thread(target=self._run, name=f"cache storer {i}", daemon=True)
@@ -83,15 +83,14 @@ class Storer:
         while (job := self._jobs.get()) is not None:
             stage, remember, files, confirm, label = job
             try:
+                if remember is not None:
+                    self.outputs.remember(stage, remember)
                 confirmed = functools.partial(self.confirmed, stage)
                 changed = self.outputs.store_deferred(files, confirmed, self._finishing.wait)
                 changed += self.outputs.store_deferred(confirm, confirmed, self._finishing.wait, copy=False)
                 if changed:
-                    then = "the run cache will not restore it" if remember is not None else "the next build will see it"
-                    self.warn(f"{', '.join(changed)} changed after {label} finished; {then}")
+                    self.warn(f"{', '.join(changed)} changed after {label} finished; the next build will see it")
                     continue
-                if remember is not None:
-                    self.outputs.remember(stage, remember)
                 self._stored.add(stage.id)
             except OSError as exc:
                 why = exc.strerror or str(exc)

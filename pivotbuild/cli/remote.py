@@ -120,7 +120,7 @@ def _move(options: BuildOptions, remote_name: str | None, jobs: int, direction: 
     from pivotbuild.workspace import transfer_set
 
     engine = Engine(make_reporter(options))
-    chosen = transfer_set(engine, options, stale=direction == "fetch")
+    chosen = transfer_set(engine, options, stale=direction == "fetch", entries=direction == "push")
     project, outs, stages = chosen.project, chosen.outs, chosen.stages
     cfg = config.load(project.root)
     name, url = cfg.remote_url(remote_name)

@@ -19,8 +19,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from pivotbuild.paths import LOCK_COPIES
 from pivotbuild.state import codec, framing
 from pivotbuild.state.files import write_atomic
+from pivotbuild.state.hashing import hash_bytes
 from pivotbuild.state.records import LockData, StageRecord
 
 MAGIC = b"\x89PIV\r\n\x1a\n"
@@ -129,3 +131,9 @@ def write(path: Path, data: LockData | Records) -> bool:
         pass
     write_atomic(path, blob)
     return True
+
+
+def copy_path(root: Path, pipeline_dir: str) -> Path:
+    """Where the cache keeps its copy of pipeline `pipeline_dir`'s last lockfile
+    (see StateStore.close and OutputCache.restore)."""
+    return root / LOCK_COPIES / (hash_bytes(pipeline_dir.encode("utf-8", "surrogateescape"))[:16] + ".lock")

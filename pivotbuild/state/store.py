@@ -158,7 +158,21 @@ class StateStore:
                 lockfile.write(st.lock_path, st.records)
                 st.journal_path.unlink(missing_ok=True)
                 st.journal.appended = 0  # folded: closing again (the build's, then its lock's) writes nothing
+                self._copy_lockfile(st)
             st.statcache.save()
+
+    def _copy_lockfile(self, st: PipelineState) -> None:
+        """Keep a copy of the lockfile just written in the cache (best effort:
+        it is checked when read).  The run cache writes no entry for a
+        stage's current record, which the lockfile holds; this copy is what
+        restores those outputs if the lockfile is damaged or lost."""
+        try:
+            blob = st.lock_path.read_bytes()
+            target = lockfile.copy_path(self.root, st.dir)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(target, blob, fsync=False)
+        except OSError:
+            pass
 
 
 def _save_pending(st: PipelineState) -> None:
