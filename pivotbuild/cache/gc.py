@@ -13,10 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pivotbuild.cache.runcache import RUNS
-from pivotbuild.paths import LOCK_COPIES
 from pivotbuild.cache.store import OBJECTS, Cache, CorruptObject, MissingObject
 from pivotbuild.errors import PivotError
-from pivotbuild.paths import LOCKFILE, STATE_DIR
+from pivotbuild.paths import LOCK_COPIES, LOCKFILE, STATE_DIR
 from pivotbuild.remote.transfer import run_entry_outs
 from pivotbuild.state import journal, lockfile
 from pivotbuild.state.kinds import DIR
