@@ -1140,14 +1140,15 @@ def test_an_edited_grammar_is_parsed_with_a_table_built_from_it(monkeypatch: pyt
     expected = parse_ok(text)
     edited = grammar_text().replace("out: WORD [out_options]", "out: WORD [out_options]\n// an edit")
     monkeypatch.setattr(parser, "grammar_text", lambda: edited)
-    parser._table.cache_clear()
-    parser.lark_parser.cache_clear()
+    caches = (parser._table, parser.lark_parser, parser._shape)
+    for cache in caches:
+        cache.cache_clear()
     try:
         assert parser._table() is not TABLE
         assert parse_ok(text) == expected
     finally:
-        parser._table.cache_clear()
-        parser.lark_parser.cache_clear()
+        for cache in caches:
+            cache.cache_clear()
 
 
 def test_a_pivotfile_that_parses_does_not_import_lark_and_one_that_does_not_is_explained_by_it() -> None:

@@ -17,6 +17,7 @@ from pivotbuild.pivotfile.syntax import FIELDS, KEYWORDS, Comment, FieldKind, Po
 _ASSIGN_RE = re.compile(r"([^\s=#\"']+)[ \t]*=")
 _KEY_RE = re.compile(r"([A-Za-z_][A-Za-z0-9_-]*)[ \t]*:(?=\s|$)")
 _KEY_EQ_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*=")
+_KEY_TYPES = {key: f"{key.upper()}_KEY" for key in FIELDS}  # the grammar's terminal for each field's key
 # A word with no quote and no backslash, up to what ends it (in output options, also `,` and `)`).
 _PLAIN_WORD = re.compile(r"[^ \t#\"'\\]+")
 _PLAIN_OPTION = re.compile(r"[^ \t#\"'\\,)]+")
@@ -190,7 +191,7 @@ class _Lexer:
             return self._words(n, col, FieldKind.LIST, continues_deeper_than=indent)
         key = m.group(1)
         kind = FIELDS.get(key)
-        ttype = f"{key.upper()}_KEY" if kind is not None else "UNKNOWN_KEY"
+        ttype = _KEY_TYPES.get(key, "UNKNOWN_KEY")
         key_tok = Tok(ttype, key, n + 1, col + 1, word=Word(key, key, Pos(n + 1, col + 1)))
         if kind is FieldKind.SCRIPT:
             return [key_tok, *self._script(n, m.end(), indent)]
@@ -336,12 +337,13 @@ class _Lexer:
         the line ended with a continuation backslash glued to the word."""
         s = self.lines[n]
         plain = (_PLAIN_OPTION if stops else _PLAIN_WORD).match(s, p)
-        if plain is not None and (plain.end() == len(s) or s[plain.end()] in " \t#" or s[plain.end()] in stops):
-            # Nothing to unquote or unescape (most words): the word is the text as written.
+        if plain is not None:
             end = plain.end()
-            word = Word(s[p:end], s[p:end], Pos(n + 1, p + 1))
-            toks.append(Tok("WORD", word.text, n + 1, p + 1, word=word))
-            return end, False
+            if end == len(s) or s[end] in " \t#" or s[end] in stops:
+                # Nothing to unquote or unescape (most words): the word is the text as written.
+                written = s[p:end]
+                toks.append(Tok("WORD", written, n + 1, p + 1, word=Word(written, written, Pos(n + 1, p + 1))))
+                return end, False
         start = p
         text: list[str] = []
         backslash = False

@@ -85,6 +85,14 @@ def _table() -> lalr.Table:
     return TABLE if TABLE.checksum == lalr.checksum(grammar) else lalr.from_lark(lark_parser(), grammar)
 
 
+@functools.lru_cache(maxsize=1024)
+def _shape(start: str, types: tuple[str, ...]) -> Any:
+    """What the grammar's `start` rule makes of terminals of these types: each
+    record as (rule, children), a terminal as its index.  Statements of one
+    shape (most stages of a Pivotfile) are parsed once.  Raises lalr.Refused."""
+    return lalr.parse(_table(), types, start, lambda rule, children: (rule, children))
+
+
 class _Refused(Exception):
     """A statement (or stage header, or field) that does not parse, with Lark's account of why."""
 
@@ -96,9 +104,11 @@ class _Refused(Exception):
 def _syntax(toks: Sequence[Tok], start: str) -> Any:
     """The syntax record the grammar's `start` rule makes of `toks`.  Raises _Refused."""
     try:
-        return lalr.parse(_table(), [t.type for t in toks], start, _ToSyntax(toks).build)
+        shape = _shape(start, tuple([t.type for t in toks]))
     except lalr.Refused:
         pass
+    else:
+        return _ToSyntax(toks).make(shape)
     from lark import UnexpectedInput
 
     try:
@@ -115,8 +125,12 @@ class _ToSyntax:
     def __init__(self, toks: Sequence[Tok]) -> None:
         self.toks = toks
 
-    def build(self, rule: str, children: list[Any]) -> Any:
-        return _RULES[rule](self, children)
+    def make(self, shape: Any) -> Any:
+        """The record `shape` (from `_shape`) stands for, with these terminals."""
+        if shape is None or isinstance(shape, int):
+            return shape
+        rule, children = shape
+        return _RULES[rule](self, [self.make(c) for c in children])
 
     def _word(self, index: int) -> Word:
         word = self.toks[index].word
