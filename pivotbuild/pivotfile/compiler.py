@@ -37,6 +37,7 @@ from pivotbuild.pivotfile.syntax import (
 from pivotbuild.suggest import did_you_mean
 
 _MATRIX_VALUE_RE = re.compile(r"[A-Za-z0-9_.+-]+")
+_GLOB_CHAR_RE = re.compile(r"[*?[]")
 _GLUED_OPTIONS_RE = re.compile(r"[^(]+\(([^)]*)\)")  # `out.txt(persist)`: options without the space
 _OUT_OPTIONS = ("cache", "persist", "incremental")
 
@@ -297,7 +298,7 @@ class _Compiler(ScalarFields):
     def _dep(self, word: Word, text: str, literal: bool) -> Dep:
         if not text:
             raise self._fail(word.pos, "empty path in 'deps:'")
-        is_glob = not literal and any(c in text for c in "*?[")
+        is_glob = not literal and _GLOB_CHAR_RE.search(text) is not None
         if is_glob:
             self._check_glob(word, text)
         path = paths.make_relative(self.opts.root, paths.join(self.dir_rel, text))
@@ -364,7 +365,7 @@ class _Compiler(ScalarFields):
     def _out(self, word: Word, text: str, opts: dict[str, bool]) -> Out:
         if not text:
             raise self._fail(word.pos, "empty path in 'outs:'")
-        if any(c in text for c in "*?["):
+        if _GLOB_CHAR_RE.search(text):
             raise self._fail(
                 word.pos, f"output '{text}' is a glob; outputs must be named (list the files, or their directory)"
             )

@@ -127,10 +127,8 @@ class _ToSyntax:
 
     def make(self, shape: Any) -> Any:
         """The record `shape` (from `_shape`) stands for, with these terminals."""
-        if shape is None or isinstance(shape, int):
-            return shape
         rule, children = shape
-        return _RULES[rule](self, [self.make(c) for c in children])
+        return _RULES[rule](self, [c if c is None or c.__class__ is int else self.make(c) for c in children])
 
     def _word(self, index: int) -> Word:
         word = self.toks[index].word
