@@ -17,6 +17,9 @@ from pivotbuild.pivotfile.syntax import FIELDS, KEYWORDS, Comment, FieldKind, Po
 _ASSIGN_RE = re.compile(r"([^\s=#\"']+)[ \t]*=")
 _KEY_RE = re.compile(r"([A-Za-z_][A-Za-z0-9_-]*)[ \t]*:(?=\s|$)")
 _KEY_EQ_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*=")
+# The rest of a line holds plain words only (for `outs:`, no options either).
+_PLAIN_LINE_RE = (re.compile(r"[^\"'\\#]*$"), re.compile(r"[^\"'\\#(]*$"))
+_BLANK_SEPARATED_RE = re.compile(r"[^ \t]+")
 _KEY_TYPES = {key: f"{key.upper()}_KEY" for key in FIELDS}  # the grammar's terminal for each field's key
 # A word with no quote and no backslash, up to what ends it (in output options, also `,` and `)`).
 _PLAIN_WORD = re.compile(r"[^ \t#\"'\\]+")
@@ -283,6 +286,12 @@ class _Lexer:
     def _scan_line(self, n: int, col: int, kind: FieldKind, toks: list[Tok]) -> bool:
         """Append the words of one physical line; True if it ends with `\\`."""
         s = self.lines[n]
+        if kind is not FieldKind.ITEMS and _PLAIN_LINE_RE[kind is FieldKind.OUTS].match(s, col):
+            # No quote, comment, backslash (nor output options): the words are what spaces separate.
+            for found in _BLANK_SEPARATED_RE.finditer(s, col):
+                word, at = found.group(), found.start() + 1
+                toks.append(Tok("WORD", word, n + 1, at, word=Word(word, word, Pos(n + 1, at))))
+            return False
         p = col
         while p < len(s):
             c = s[p]
