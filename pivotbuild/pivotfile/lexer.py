@@ -409,7 +409,7 @@ class _Lexer:
 
     @staticmethod
     def _last_line(toks: list[Tok]) -> int:
-        return max((t.line for t in toks), default=0)
+        return max([t.line for t in toks], default=0)
 
 
 def _common_indent(indents: list[str]) -> str:

@@ -140,7 +140,7 @@ class _ToSyntax:
         return Pos(tok.line, tok.col)
 
     def _last_line(self) -> int:
-        return max(t.line for t in self.toks)
+        return max([t.line for t in self.toks])
 
     def pipeline(self, c: list[int]) -> PipelineStmt:
         return PipelineStmt(self._pos(c[0]), self._last_line(), self._word(c[1]))
