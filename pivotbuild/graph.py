@@ -7,16 +7,18 @@ output directory, a directory dep holding outputs, and a glob matching outputs
 all get a produced edge from the stage that writes them, so the stage order
 follows the files.
 
-networkx builds and validates the graph.  The queries a build needs (order,
-closures, producers, targets) run on plain lists computed once, so a graph
-restored from a compiled plan (`BuildGraph.restore`) answers them without
-importing networkx at all.
+A valid graph is checked (outputs) and ordered (Kahn) on plain dicts, and the
+queries a build needs (order, closures, producers, targets) run on plain lists
+computed once, so neither compiling a valid graph nor restoring one from a
+compiled plan (`BuildGraph.restore`) imports networkx.  networkx builds the
+bipartite graph only to report a cycle, and for `BuildGraph.g`.
 """
 
 from __future__ import annotations
 
 import bisect
 import fnmatch
+import heapq
 import posixpath
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -57,22 +59,21 @@ class BuildGraph:
         listing every cycle.
 
         `current` is the pipeline directory whose stages are named without
-        prefix; `lines` reads the source lines the errors quote.
+        prefix; `lines` reads the source lines the errors quote.  A valid graph
+        is checked and ordered on plain dicts; networkx is imported only to
+        report a cycle (or when `g` is asked for).
         """
-        import networkx as nx
-
         self._setup(stages, current, lines)
-        self._g: nx.DiGraph[object] | None = nx.DiGraph()
-        problems = self._build()
+        self._g: nx.DiGraph[object] | None = None
+        problems = self._scan()
         if problems:  # not the cycles too: an output in two places makes loops of its own
             raise GraphError(problems)
-        stage_graph = self._project_stages()
-        cycles, loops = self._cycles(stage_graph)
-        if loops:
+        preds = self._stage_preds()
+        order = self._topological(preds)
+        if len(order) < len(self.stages):
+            cycles, loops = self._cycles(self._project_stages())
             raise CycleError(cycles[0], loops)
-        order = list(nx.lexicographical_topological_sort(stage_graph, key=self._index.__getitem__))
-        preds = {s: self._ordered(stage_graph.predecessors(s)) for s in order}
-        self._link(order, preds)
+        self._link(order, {s: self._ordered(preds[s]) for s in order})
 
     @classmethod
     def restore(
@@ -121,11 +122,9 @@ class BuildGraph:
 
     @property
     def g(self) -> nx.DiGraph[object]:
-        """The bipartite networkx graph (built on first use for a restored graph)."""
+        """The bipartite networkx graph (built on first use: a build needs only the plain lists)."""
         if self._g is None:
-            rebuilt = BuildGraph(list(self.stages.values()), self.current, self._lines)
-            self._g = rebuilt._g
-        assert self._g is not None
+            self._g = self._bipartite()
         return self._g
 
     def plan_links(self) -> tuple[list[int], list[list[int]]]:
@@ -134,13 +133,10 @@ class BuildGraph:
 
     # -- construction ---------------------------------------------------------------
 
-    def _build(self) -> list[Diagnostic]:
-        """Add every stage and file; the problems found with the outputs."""
-        g = self._g
-        assert g is not None
+    def _scan(self) -> list[Diagnostic]:
+        """Record every stage's outputs; the problems found with them."""
         writers: dict[str, list[tuple[Stage, Out]]] = {}
         for stage in self.stages.values():
-            g.add_node(stage.id, bipartite=STAGE)
             for out in stage.outs:
                 writers.setdefault(out.path, []).append((stage, out))
                 if out.path in self._producer:
@@ -148,14 +144,72 @@ class BuildGraph:
                 self._producer[out.path] = stage.id
                 if out.is_dir:
                     self._dir_outs.add(out.path)
-                g.add_node(out.path, bipartite=ARTIFACT)
-                g.add_edge(stage.id, out.path, kind="out")
         problems = [self._shared_output(path, w) for path, w in writers.items() if len(w) > 1]
         self._outs_sorted = sorted(self._producer)
         for path in self._outs_sorted:
             parent = self._enclosing_out(path)
             if parent is not None:
                 problems.append(self._nested_output(writers[path][0], writers[parent][0]))
+        return problems
+
+    def _dep_nodes(self) -> dict[str, tuple[set[StageId], list[StageId]]]:
+        """Each dep's artifact node (its path): the stages writing it (or a file
+        inside it, or a match) and the stages reading it."""
+        nodes: dict[str, tuple[set[StageId], list[StageId]]] = {}
+        seen: set[tuple[str, bool]] = set()
+        for stage in self.stages.values():
+            for dep in stage.deps:
+                node = nodes.get(dep.path)
+                if node is None:
+                    node = nodes[dep.path] = (set(), [])
+                node[1].append(stage.id)
+                if (dep.path, dep.is_glob) not in seen:
+                    seen.add((dep.path, dep.is_glob))
+                    node[0].update(self._producers_of(dep.path, dep.is_glob))
+        return nodes
+
+    def _stage_preds(self) -> dict[StageId, set[StageId]]:
+        """Each stage's direct upstream stages (itself, if it reads what it writes)."""
+        preds: dict[StageId, set[StageId]] = {s: set() for s in self.stages}
+        for producers, consumers in self._dep_nodes().values():
+            if producers:
+                for consumer in consumers:
+                    preds[consumer].update(producers)
+        return preds
+
+    def _topological(self, preds: dict[StageId, set[StageId]]) -> list[StageId]:
+        """Kahn's order, the stage declared first whenever several are ready (as
+        networkx's lexicographical_topological_sort keyed by declaration order);
+        short of every stage when there is a cycle."""
+        index = self._index
+        ids = list(self.stages)
+        waiting = [len(preds[s]) for s in ids]
+        succs: list[list[int]] = [[] for _ in ids]
+        for s in ids:
+            for u in preds[s]:
+                succs[index[u]].append(index[s])
+        ready = [i for i, n in enumerate(waiting) if n == 0]  # ascending: already a heap
+        order: list[StageId] = []
+        while ready:
+            i = heapq.heappop(ready)
+            order.append(ids[i])
+            for j in succs[i]:
+                waiting[j] -= 1
+                if waiting[j] == 0:
+                    heapq.heappush(ready, j)
+        return order
+
+    def _bipartite(self) -> nx.DiGraph[object]:
+        """The artifacts and stages as one networkx graph."""
+        import networkx as nx
+
+        g: nx.DiGraph[object] = nx.DiGraph()
+        for stage in self.stages.values():
+            g.add_node(stage.id, bipartite=STAGE)
+            for out in stage.outs:
+                if self._producer[out.path] == stage.id:  # a valid graph: its only writer
+                    g.add_node(out.path, bipartite=ARTIFACT)
+                    g.add_edge(stage.id, out.path, kind="out")
         for stage in self.stages.values():
             for dep in stage.deps:
                 g.add_node(dep.path, bipartite=ARTIFACT, glob=dep.is_glob)
@@ -163,7 +217,7 @@ class BuildGraph:
                 for producer in self._producers_of(dep.path, dep.is_glob):
                     if not g.has_edge(producer, dep.path):
                         g.add_edge(producer, dep.path, kind="part")
-        return problems
+        return g
 
     def _shared_output(self, path: str, writers: list[tuple[Stage, Out]]) -> Diagnostic:
         """Located at the second stage writing `path`, with a note at each other one."""
@@ -243,8 +297,7 @@ class BuildGraph:
     def _project_stages(self) -> nx.DiGraph[StageId]:
         import networkx as nx
 
-        g = self._g
-        assert g is not None
+        g = self.g
         sg: nx.DiGraph[StageId] = nx.DiGraph()
         sg.add_nodes_from(self.stages)
         for sid in self.stages:
@@ -260,8 +313,6 @@ class BuildGraph:
         declared first, with a note at each dep that closes a link."""
         import networkx as nx
 
-        if nx.is_directed_acyclic_graph(stage_graph):  # linear; the search below is far slower on a big DAG
-            return [], []
         firsts = []
         for component in nx.strongly_connected_components(stage_graph):
             first = min(component, key=self._index.__getitem__)
@@ -285,8 +336,7 @@ class BuildGraph:
 
     def _link_note(self, u: StageId, v: StageId) -> Diagnostic:
         """Where `v` lists the file(s) of `u` it reads."""
-        g = self._g
-        assert g is not None
+        g = self.g
         shared = sorted(str(a) for a in g.successors(u) if g.has_edge(a, v))
         stage = self.stages[v]
         dep = next((d for d in stage.deps if d.path in shared), None)

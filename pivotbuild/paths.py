@@ -59,7 +59,8 @@ def join(base: str, path: str) -> str:
 
     Absolute paths stay absolute; a result of "." becomes "".
     """
-    joined = posixpath.normpath(path if posixpath.isabs(path) else posixpath.join(base or ".", path))
+    # As normpath(join(base or ".", path)), spelled out: compiling calls this for every dep and output.
+    joined = posixpath.normpath(path if path.startswith("/") or not base else f"{base}/{path}")
     if joined.startswith("//"):
         joined = joined[1:]
     return "" if joined == "." else joined

@@ -7,8 +7,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import compile_text
-from helpers import sid, where
+import tracing
+from conftest import Project, compile_text
+from helpers import runs, sid, where
 
 from pivotbuild.errors import CycleError, GraphError
 from pivotbuild.globs import glob_regex
@@ -773,3 +774,19 @@ def test_glob_double_star_matches_zero_directories_only_as_a_whole_component() -
     rx = glob_regex("a/**/b.txt")
     assert rx.fullmatch("a/b.txt")
     assert not rx.fullmatch("a//b.txt")
+
+
+# -- networkx only for cycles -----------------------------------------------------------
+
+
+def test_a_first_build_orders_a_valid_graph_without_networkx_and_a_cycle_is_still_located(chain: Project) -> None:
+    r = tracing.build(chain)  # no compiled plan yet: the Pivotfile is compiled and the graph validated
+    assert r.parsed
+    assert "networkx" not in r.imported
+    assert sorted(runs(chain)) == ["a", "b", "c"]
+    text = (chain.root / "Pivotfile").read_text()
+    chain.pivotfile(text.replace("deps: in.txt", "deps: c.txt").replace("deps: other.txt", "deps: b.txt"))
+    r = tracing.traced(chain)
+    assert r.code == 2
+    assert "Pivotfile:2:7: error: dependency cycle: a -> b -> c -> a (each stage writes" in r.err, r.err
+    assert "Pivotfile:3:11: note: a reads 'c.txt', written by c" in r.err, r.err

@@ -8,13 +8,16 @@ where each record says it came from, and how each syntax error is reported.
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from helpers import REPO, src, where
 
 from pivotbuild.errors import Diagnostic, Location, PivotfileError
-from pivotbuild.pivotfile import syntax
+from pivotbuild.pivotfile import lalr, parser, syntax
+from pivotbuild.pivotfile.lalr_table import TABLE
 from pivotbuild.pivotfile.parser import grammar_text, parse
 from pivotbuild.pivotfile.syntax import (
     Assignment,
@@ -1122,3 +1125,43 @@ def test_grammar_uses_every_field_key_in_a_rule() -> None:
 
 def test_the_checkout_grammar_is_the_one_parsed() -> None:
     assert grammar_text() == (REPO / "grammar" / "pivotfile.lark").read_text(encoding="utf-8")
+
+
+# -- the LALR table ------------------------------------------------------------------
+
+
+def test_the_generated_lalr_table_is_the_one_lark_builds_from_the_grammar() -> None:
+    # If this fails after editing the grammar: python -m pivotbuild.pivotfile.lalr
+    assert lalr.from_lark(parser.lark_parser(), grammar_text()) == TABLE
+
+
+def test_an_edited_grammar_is_parsed_with_a_table_built_from_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    text = "x = 1\nstage a:\n    deps: in.txt\n    outs: o.txt (persist) log.txt (cache=false)\n    run: cp $< $@\n"
+    expected = parse_ok(text)
+    edited = grammar_text().replace("out: WORD [out_options]", "out: WORD [out_options]\n// an edit")
+    monkeypatch.setattr(parser, "grammar_text", lambda: edited)
+    caches = (parser._table, parser.lark_parser, parser._shape)
+    for cache in caches:
+        cache.cache_clear()
+    try:
+        assert parser._table() is not TABLE
+        assert parse_ok(text) == expected
+    finally:
+        for cache in caches:
+            cache.cache_clear()
+
+
+def test_a_pivotfile_that_parses_does_not_import_lark_and_one_that_does_not_is_explained_by_it() -> None:
+    code = """
+import sys
+from pivotbuild.errors import PivotfileError
+from pivotbuild.pivotfile.parser import parse
+parse("x = a b\\ndefault a\\nstage a:\\n    outs: o (persist)\\n    matrix: k=1 2\\n    run: echo $@\\n")
+print("lark" in sys.modules)
+try:
+    parse("stage a:\\n    deps\\n    run: x\\n")
+except PivotfileError as exc:
+    print("lark" in sys.modules, exc.diagnostics[0].message)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out == "False\nTrue missing ':' after 'deps'\n"

@@ -42,7 +42,7 @@ class Traced:
 
     @property
     def parsed(self) -> bool:
-        return "lark" in self.imported
+        return "pivotbuild.pivotfile.parser" in self.modules
 
 
 def traced(p: Project, *args: str, cwd: Path | None = None) -> Traced:

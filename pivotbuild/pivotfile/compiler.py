@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +37,8 @@ from pivotbuild.pivotfile.syntax import (
 from pivotbuild.suggest import did_you_mean
 
 _MATRIX_VALUE_RE = re.compile(r"[A-Za-z0-9_.+-]+")
+_GLOB_CHAR_RE = re.compile(r"[*?[]")
+_GLUED_OPTIONS_RE = re.compile(r"[^(]+\(([^)]*)\)")  # `out.txt(persist)`: options without the space
 _OUT_OPTIONS = ("cache", "persist", "incremental")
 
 
@@ -240,28 +242,12 @@ class _Compiler(ScalarFields):
         scope = Scope(combo, full)
         failed = False
         values: dict[str, object] = {}
-        handlers = {
-            "desc": self._desc,
-            "deps": self._deps,
-            "outs": self._outs,
-            "params": self._params_field,
-            "run": self._run,
-            "py": self._py,
-            "mutex": self._mutex,
-            "jobs": self._jobs,
-            "mem": self._mem,
-            "timeout": self._timeout,
-            "retry": self._retry,
-            "env": self._env,
-            "dir": self._dir,
-            "always": self._always,
-        }
         for key, f in fields.items():
-            handler = handlers.get(key)
+            handler = _HANDLERS.get(key)
             if handler is None:
                 continue
             try:
-                values[key] = handler(f, scope)
+                values[key] = handler(self, f, scope)
             except Failed:
                 failed = True
         if failed or ("run" not in fields and "py" not in fields):
@@ -312,7 +298,7 @@ class _Compiler(ScalarFields):
     def _dep(self, word: Word, text: str, literal: bool) -> Dep:
         if not text:
             raise self._fail(word.pos, "empty path in 'deps:'")
-        is_glob = not literal and any(c in text for c in "*?[")
+        is_glob = not literal and _GLOB_CHAR_RE.search(text) is not None
         if is_glob:
             self._check_glob(word, text)
         path = paths.make_relative(self.opts.root, paths.join(self.dir_rel, text))
@@ -358,7 +344,7 @@ class _Compiler(ScalarFields):
 
     def _out_options(self, decl: OutDecl) -> dict[str, bool]:
         opts: dict[str, bool] = {}
-        glued = re.fullmatch(r"[^(]+\(([^)]*)\)", decl.path.text)
+        glued = _GLUED_OPTIONS_RE.fullmatch(decl.path.text)
         if glued and not decl.options and glued.group(1).split("=")[0].strip() in _OUT_OPTIONS:
             raise self._fail(decl.path.pos, f"put a space before '(' to give '{decl.path.text}' options")
         for w in decl.options:
@@ -379,7 +365,7 @@ class _Compiler(ScalarFields):
     def _out(self, word: Word, text: str, opts: dict[str, bool]) -> Out:
         if not text:
             raise self._fail(word.pos, "empty path in 'outs:'")
-        if any(c in text for c in "*?["):
+        if _GLOB_CHAR_RE.search(text):
             raise self._fail(
                 word.pos, f"output '{text}' is a glob; outputs must be named (list the files, or their directory)"
             )
@@ -427,6 +413,25 @@ class _Compiler(ScalarFields):
     def _run(self, f: Field, scope: Scope) -> Command:
         assert f.script is not None
         return self.x.script(f.script, scope)
+
+
+# Each field's converter (matrix is expanded before, per stage).
+_HANDLERS: dict[str, Callable[[_Compiler, Field, Scope], object]] = {
+    "desc": _Compiler._desc,
+    "deps": _Compiler._deps,
+    "outs": _Compiler._outs,
+    "params": _Compiler._params_field,
+    "run": _Compiler._run,
+    "py": _Compiler._py,
+    "mutex": _Compiler._mutex,
+    "jobs": _Compiler._jobs,
+    "mem": _Compiler._mem,
+    "timeout": _Compiler._timeout,
+    "retry": _Compiler._retry,
+    "env": _Compiler._env,
+    "dir": _Compiler._dir,
+    "always": _Compiler._always,
+}
 
 
 def _display_dir(module_path: str) -> str:

@@ -127,6 +127,8 @@ class Expander:
     def expand(self, word: Word, scope: Scope, origin: Origin) -> list[str]:
         """A word's values: a whole unquoted `${LIST}` gives one value per item;
         anything else gives one value, with lists joined by single spaces."""
+        if "$" not in word.text:  # most words: nothing to expand
+            return [word.text]
 
         def at(offset: int) -> Pos:
             # Offsets into the unquoted text match the source only if nothing was unquoted.

@@ -17,6 +17,13 @@ from pivotbuild.pivotfile.syntax import FIELDS, KEYWORDS, Comment, FieldKind, Po
 _ASSIGN_RE = re.compile(r"([^\s=#\"']+)[ \t]*=")
 _KEY_RE = re.compile(r"([A-Za-z_][A-Za-z0-9_-]*)[ \t]*:(?=\s|$)")
 _KEY_EQ_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*=")
+# The rest of a line holds plain words only (for `outs:`, no options either).
+_PLAIN_LINE_RE = (re.compile(r"[^\"'\\#]*$"), re.compile(r"[^\"'\\#(]*$"))
+_BLANK_SEPARATED_RE = re.compile(r"[^ \t]+")
+_KEY_TYPES = {key: f"{key.upper()}_KEY" for key in FIELDS}  # the grammar's terminal for each field's key
+# A word with no quote and no backslash, up to what ends it (in output options, also `,` and `)`).
+_PLAIN_WORD = re.compile(r"[^ \t#\"'\\]+")
+_PLAIN_OPTION = re.compile(r"[^ \t#\"'\\,)]+")
 
 
 @dataclass(slots=True)
@@ -66,18 +73,6 @@ def lex(text: str) -> LexResult:
     return _Lexer(text).run()
 
 
-def _indent_of(line: str) -> str:
-    return line[: len(line) - len(line.lstrip(" \t"))]
-
-
-def _is_blank(line: str) -> bool:
-    return not line.strip()
-
-
-def _is_comment(line: str) -> bool:
-    return line.lstrip(" \t").startswith("#")
-
-
 class _Lexer:
     def __init__(self, text: str) -> None:
         if text.startswith("\ufeff"):
@@ -88,6 +83,10 @@ class _Lexer:
             if "\x00" in line:
                 self._error(n, line.index("\x00"), "NUL character in a Pivotfile; it must be text")
                 self.lines[n] = line.replace("\x00", " ")
+        # Each line's layout, worked out once: most lines are looked at more than once.
+        self.indent = [line[: len(line) - len(line.lstrip(" \t"))] for line in self.lines]
+        self.blank = [not line.strip() for line in self.lines]
+        self.comment = [line.startswith("#", len(indent)) for line, indent in zip(self.lines, self.indent, strict=True)]
         self.i = 0
         self.comments: list[Comment] = []
         self.statements: list[StatementTokens] = []
@@ -96,15 +95,14 @@ class _Lexer:
 
     def run(self) -> LexResult:
         while self.i < len(self.lines):
-            line = self.lines[self.i]
-            if _is_blank(line):
+            if self.blank[self.i]:
                 self.i += 1
-            elif _is_comment(line):
+            elif self.comment[self.i]:
                 self._comment_line(self.i)
                 self.i += 1
-            elif _indent_of(line):
+            elif self.indent[self.i]:
                 self._error(
-                    self.i, len(_indent_of(line)), "unexpected indentation: statements start in the first column"
+                    self.i, len(self.indent[self.i]), "unexpected indentation: statements start in the first column"
                 )
                 self.i += 1
             else:
@@ -158,12 +156,11 @@ class _Lexer:
         """The indented fields of a stage, up to the next line in column one."""
         field_indent: str | None = None
         while self.i < len(self.lines):
-            line = self.lines[self.i]
-            if _is_blank(line):
+            if self.blank[self.i]:
                 self.i += 1
                 continue
-            indent = _indent_of(line)
-            if _is_comment(line):
+            indent = self.indent[self.i]
+            if self.comment[self.i]:
                 self._comment_line(self.i)
                 self.i += 1
                 continue
@@ -197,7 +194,7 @@ class _Lexer:
             return self._words(n, col, FieldKind.LIST, continues_deeper_than=indent)
         key = m.group(1)
         kind = FIELDS.get(key)
-        ttype = f"{key.upper()}_KEY" if kind is not None else "UNKNOWN_KEY"
+        ttype = _KEY_TYPES.get(key, "UNKNOWN_KEY")
         key_tok = Tok(ttype, key, n + 1, col + 1, word=Word(key, key, Pos(n + 1, col + 1)))
         if kind is FieldKind.SCRIPT:
             return [key_tok, *self._script(n, m.end(), indent)]
@@ -215,25 +212,23 @@ class _Lexer:
         self.i = n + 1
         block: list[int] = []
         while self.i < len(self.lines):
-            line = self.lines[self.i]
-            if _is_blank(line):
+            if self.blank[self.i]:
                 block.append(self.i)
                 self.i += 1
                 continue
-            line_indent = _indent_of(line)
+            line_indent = self.indent[self.i]
             if len(line_indent) <= len(indent):
                 break
             if not line_indent.startswith(indent):
                 self._error(self.i, 0, "indentation mixes tabs and spaces; use one or the other in a block")
             block.append(self.i)
             self.i += 1
-        while block and _is_blank(self.lines[block[-1]]):
+        while block and self.blank[block[-1]]:
             block.pop()
-        nonblank = [_indent_of(self.lines[b]) for b in block if not _is_blank(self.lines[b])]
+        nonblank = [self.indent[b] for b in block if not self.blank[b]]
         common = _common_indent(nonblank)
         for b in block:
-            raw = self.lines[b]
-            body = "" if _is_blank(raw) else raw[len(common) :]
+            body = "" if self.blank[b] else self.lines[b][len(common) :]
             lines.append(ScriptLine(body, Pos(b + 1, len(common) + 1)))
         end_line = (block[-1] + 1) if block else n + 1
         if not lines:
@@ -268,15 +263,15 @@ class _Lexer:
                 break
             # Look past blank and comment lines for a deeper continuation line.
             j = nxt
-            while j < len(self.lines) and (_is_blank(self.lines[j]) or _is_comment(self.lines[j])):
+            while j < len(self.lines) and (self.blank[j] or self.comment[j]):
                 j += 1
             if j < len(self.lines):
-                cand = _indent_of(self.lines[j])
+                cand = self.indent[j]
                 if len(cand) > len(continues_deeper_than):
                     if not cand.startswith(continues_deeper_than):
                         self._error(j, 0, "indentation mixes tabs and spaces; use one or the other in a block")
                     for k in range(nxt, j):
-                        if _is_comment(self.lines[k]):
+                        if self.comment[k]:
                             self._comment_line(k)
                     line_no, col = j, len(cand)
                     continue
@@ -291,6 +286,12 @@ class _Lexer:
     def _scan_line(self, n: int, col: int, kind: FieldKind, toks: list[Tok]) -> bool:
         """Append the words of one physical line; True if it ends with `\\`."""
         s = self.lines[n]
+        if kind is not FieldKind.ITEMS and _PLAIN_LINE_RE[kind is FieldKind.OUTS].match(s, col):
+            # No quote, comment, backslash (nor output options): the words are what spaces separate.
+            for found in _BLANK_SEPARATED_RE.finditer(s, col):
+                word, at = found.group(), found.start() + 1
+                toks.append(Tok("WORD", word, n + 1, at, word=Word(word, word, Pos(n + 1, at))))
+            return False
         p = col
         while p < len(s):
             c = s[p]
@@ -344,6 +345,14 @@ class _Lexer:
         """One word starting at `p`; returns the position after it and whether
         the line ended with a continuation backslash glued to the word."""
         s = self.lines[n]
+        plain = (_PLAIN_OPTION if stops else _PLAIN_WORD).match(s, p)
+        if plain is not None:
+            end = plain.end()
+            if end == len(s) or s[end] in " \t#" or s[end] in stops:
+                # Nothing to unquote or unescape (most words): the word is the text as written.
+                written = s[p:end]
+                toks.append(Tok("WORD", written, n + 1, p + 1, word=Word(written, written, Pos(n + 1, p + 1))))
+                return end, False
         start = p
         text: list[str] = []
         backslash = False
@@ -392,7 +401,7 @@ class _Lexer:
 
     def _comment_line(self, n: int) -> None:
         line = self.lines[n]
-        col = len(_indent_of(line))
+        col = len(self.indent[n])
         self.comments.append(Comment(line[col:].rstrip(), Pos(n + 1, col + 1), own_line=True))
 
     def _error(self, n: int, col: int, message: str) -> None:
@@ -400,7 +409,7 @@ class _Lexer:
 
     @staticmethod
     def _last_line(toks: list[Tok]) -> int:
-        return max((t.line for t in toks), default=0)
+        return max([t.line for t in toks], default=0)
 
 
 def _common_indent(indents: list[str]) -> str:

@@ -1,7 +1,8 @@
 """Pivotfile text -> syntax tree, with every syntax error located.
 
-The lexer produces terminals one statement at a time; the Lark grammar checks
-each statement's shape.  A statement (or stage field) that does not parse
+The lexer produces terminals one statement at a time; the grammar checks each
+statement's shape (its LALR table, built by Lark: lalr.py), and Lark words the
+error of a statement that does not parse.  A statement (or stage field) that does not parse
 becomes one error and parsing goes on with the next, so a file with several
 mistakes reports them all at once.
 """
@@ -9,15 +10,13 @@ mistakes reports them all at once.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Any
-
-from lark import Lark, Token, Transformer, UnexpectedInput, UnexpectedToken
-from lark.lexer import Lexer
+from typing import TYPE_CHECKING, Any
 
 from pivotbuild.errors import Diagnostic, Location, PivotfileError
+from pivotbuild.pivotfile import lalr
 from pivotbuild.pivotfile.lexer import StatementTokens, Tok, lex
 from pivotbuild.pivotfile.syntax import (
     FIELDS,
@@ -37,6 +36,9 @@ from pivotbuild.pivotfile.syntax import (
 )
 from pivotbuild.suggest import did_you_mean
 
+if TYPE_CHECKING:
+    from lark import Lark, UnexpectedInput
+
 GRAMMAR_NAME = "pivotfile.lark"
 
 
@@ -49,84 +51,126 @@ def grammar_text() -> str:
     return checkout.read_text(encoding="utf-8")
 
 
-class _TokenListLexer(Lexer):
-    """Hands Lark the terminals our own lexer already made."""
-
-    def __init__(self, lexer_conf: Any) -> None:
-        pass
-
-    def lex(self, data: Sequence[Tok]) -> Iterator[Token]:  # type: ignore[override]
-        for index, tok in enumerate(data):
-            yield Token(tok.type, tok.value, start_pos=index, line=tok.line, column=tok.col)
-
-
 @functools.cache
-def _lark() -> Lark:
+def lark_parser() -> Lark:
+    """The grammar built by Lark: what the LALR table comes from, and what words a syntax error."""
+    from lark import Lark, Token
+    from lark.lexer import Lexer
+
+    class TokenListLexer(Lexer):
+        """Hands Lark the terminals our own lexer already made."""
+
+        def __init__(self, lexer_conf: Any) -> None:
+            pass
+
+        def lex(self, data: Sequence[Tok]) -> Iterator[Token]:  # type: ignore[override]
+            for index, tok in enumerate(data):
+                yield Token(tok.type, tok.value, start_pos=index, line=tok.line, column=tok.col)
+
     return Lark(
         grammar_text(),
         parser="lalr",
-        lexer=_TokenListLexer,
+        lexer=TokenListLexer,
         start=["statement", "stage_header", "field"],
         maybe_placeholders=True,
     )
 
 
-class _ToSyntax(Transformer[Token, Any]):
-    """Lark tree -> syntax records, looking words and scripts up in `toks`."""
+@functools.cache
+def _table() -> lalr.Table:
+    """The generated table, unless the grammar changed since it was generated."""
+    from pivotbuild.pivotfile.lalr_table import TABLE
+
+    grammar = grammar_text()
+    return TABLE if TABLE.checksum == lalr.checksum(grammar) else lalr.from_lark(lark_parser(), grammar)
+
+
+@functools.lru_cache(maxsize=1024)
+def _shape(start: str, types: tuple[str, ...]) -> Any:
+    """What the grammar's `start` rule makes of terminals of these types: each
+    record as (rule, children), a terminal as its index.  Statements of one
+    shape (most stages of a Pivotfile) are parsed once.  Raises lalr.Refused."""
+    return lalr.parse(_table(), types, start, lambda rule, children: (rule, children))
+
+
+class _Refused(Exception):
+    """A statement (or stage header, or field) that does not parse, with Lark's account of why."""
+
+    def __init__(self, error: UnexpectedInput) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _syntax(toks: Sequence[Tok], start: str) -> Any:
+    """The syntax record the grammar's `start` rule makes of `toks`.  Raises _Refused."""
+    try:
+        shape = _shape(start, tuple([t.type for t in toks]))
+    except lalr.Refused:
+        pass
+    else:
+        return _ToSyntax(toks).make(shape)
+    from lark import UnexpectedInput
+
+    try:
+        lark_parser().parse(toks, start=start)
+    except UnexpectedInput as exc:
+        raise _Refused(exc) from None
+    raise AssertionError("Lark parsed what its own LALR table refused")
+
+
+class _ToSyntax:
+    """Grammar rules -> syntax records, looking words and scripts up in `toks`
+    (a terminal comes as its index there)."""
 
     def __init__(self, toks: Sequence[Tok]) -> None:
-        super().__init__()
         self.toks = toks
 
-    def _tok(self, token: Token) -> Tok:
-        assert token.start_pos is not None
-        return self.toks[token.start_pos]
+    def make(self, shape: Any) -> Any:
+        """The record `shape` (from `_shape`) stands for, with these terminals."""
+        rule, children = shape
+        return _RULES[rule](self, [c if c is None or c.__class__ is int else self.make(c) for c in children])
 
-    def _word(self, token: Token) -> Word:
-        word = self._tok(token).word
+    def _word(self, index: int) -> Word:
+        word = self.toks[index].word
         assert word is not None
         return word
 
-    def _pos(self, token: Token) -> Pos:
-        tok = self._tok(token)
+    def _pos(self, index: int) -> Pos:
+        tok = self.toks[index]
         return Pos(tok.line, tok.col)
 
     def _last_line(self) -> int:
-        return max(t.line for t in self.toks)
+        return max([t.line for t in self.toks])
 
-    def pipeline(self, c: list[Token]) -> PipelineStmt:
+    def pipeline(self, c: list[int]) -> PipelineStmt:
         return PipelineStmt(self._pos(c[0]), self._last_line(), self._word(c[1]))
 
-    def assignment(self, c: list[Token]) -> Assignment:
+    def assignment(self, c: list[int]) -> Assignment:
         values = tuple(self._word(t) for t in c[2:])
         return Assignment(self._pos(c[0]), self._last_line(), self._word(c[0]), values)
 
-    def default(self, c: list[Token]) -> DefaultStmt:
+    def default(self, c: list[int]) -> DefaultStmt:
         return DefaultStmt(self._pos(c[0]), self._last_line(), tuple(self._word(t) for t in c[1:]))
 
-    def include(self, c: list[Token]) -> IncludeStmt:
+    def include(self, c: list[int]) -> IncludeStmt:
         return IncludeStmt(self._pos(c[0]), self._last_line(), tuple(self._word(t) for t in c[1:]))
 
-    def stage_header(self, c: list[Token]) -> tuple[Pos, Word]:
+    def stage_header(self, c: list[int]) -> tuple[Pos, Word]:
         return self._pos(c[0]), self._word(c[1])
 
     def stage(self, c: list[Any]) -> StageDecl:
         (pos, name), *fields = (x for x in c if x is not None)
         return StageDecl(pos, self._last_line(), name, tuple(fields))
 
-    def _field_last_line(self, key: Token) -> int:
+    def _field_last_line(self, key: int) -> int:
         # The field ends at its _NL: the first _NL token after the key.
-        assert key.start_pos is not None
-        for tok in self.toks[key.start_pos :]:
+        for tok in self.toks[key:]:
             if tok.type == "_NL":
                 return tok.line
-        return self._tok(key).line
+        return self.toks[key].line
 
-    def list_field(self, c: list[Token]) -> Field:
+    def list_field(self, c: list[int]) -> Field:
         return Field(self._word(c[0]), self._field_last_line(c[0]), words=tuple(self._word(t) for t in c[1:]))
-
-    scalar_field = list_field
-    unknown_field = list_field
 
     def outs_field(self, c: list[Any]) -> Field:
         return Field(self._word(c[0]), self._field_last_line(c[0]), outs=tuple(c[1:]))
@@ -134,25 +178,43 @@ class _ToSyntax(Transformer[Token, Any]):
     def out(self, c: list[Any]) -> OutDecl:
         return OutDecl(self._word(c[0]), c[1] if c[1] is not None else ())
 
-    def out_options(self, c: list[Token | None]) -> tuple[Word, ...]:
-        return tuple(self._word(t) for t in c if t is not None and t.type == "WORD")
+    def out_options(self, c: list[int | None]) -> tuple[Word, ...]:
+        return tuple(self._word(t) for t in c if t is not None and self.toks[t].type == "WORD")
 
-    def run_field(self, c: list[Token]) -> Field:
-        script = self._tok(c[1]).script
+    def run_field(self, c: list[int]) -> Field:
+        script = self.toks[c[1]].script
         return Field(self._word(c[0]), self._field_last_line(c[0]), script=script)
 
     def items_field(self, c: list[Any]) -> Field:
         return Field(self._word(c[0]), self._field_last_line(c[0]), items=tuple(c[1:]))
 
-    def _item(self, c: list[Token | None]) -> Item:
+    def item(self, c: list[int | None]) -> Item:
         key = c[0]
         assert key is not None
-        tok = self._tok(key)
+        tok = self.toks[key]
         values = tuple(self._word(t) for t in c[1:] if t is not None)
         return Item(Word(tok.value, tok.value, Pos(tok.line, tok.col)), values)
 
-    axis = _item
-    env_entry = _item
+
+# Each rule of the grammar that makes a record (the others are inlined or `?rule`s).
+_RULES: dict[str, Callable[[_ToSyntax, list[Any]], Any]] = {
+    "pipeline": _ToSyntax.pipeline,
+    "assignment": _ToSyntax.assignment,
+    "default": _ToSyntax.default,
+    "include": _ToSyntax.include,
+    "stage_header": _ToSyntax.stage_header,
+    "stage": _ToSyntax.stage,
+    "list_field": _ToSyntax.list_field,
+    "scalar_field": _ToSyntax.list_field,
+    "unknown_field": _ToSyntax.list_field,
+    "outs_field": _ToSyntax.outs_field,
+    "out": _ToSyntax.out,
+    "out_options": _ToSyntax.out_options,
+    "run_field": _ToSyntax.run_field,
+    "items_field": _ToSyntax.items_field,
+    "axis": _ToSyntax.item,
+    "env_entry": _ToSyntax.item,
+}
 
 
 def parse(text: str, path: str = "Pivotfile") -> Module:
@@ -188,30 +250,28 @@ def _dedupe(errors: list[Diagnostic]) -> list[Diagnostic]:
 def _parse_statement(stmt: StatementTokens, report: Any) -> list[Statement]:
     toks = stmt.all_tokens()
     try:
-        tree = _lark().parse(toks, start="statement")
-    except UnexpectedInput as exc:
+        result: Statement = _syntax(toks, "statement")
+    except _Refused as refused:
         if not stmt.is_stage:
-            report(*_explain(exc, toks))
+            report(*_explain(refused.error, toks))
             return []
     else:
-        result: Statement = _ToSyntax(toks).transform(tree)
         return [result]
     # A stage that does not parse: parse its header and each field alone.
     ok = True
     name: Word | None = None
     pos = Pos(stmt.header[0].line, stmt.header[0].col)
     try:
-        tree = _lark().parse(stmt.header, start="stage_header")
-        pos, name = _ToSyntax(stmt.header).transform(tree)
-    except UnexpectedInput as exc:
-        report(*_explain(exc, stmt.header))
+        pos, name = _syntax(stmt.header, "stage_header")
+    except _Refused as refused:
+        report(*_explain(refused.error, stmt.header))
         ok = False
     fields: list[Field] = []
     for ftoks in stmt.fields:
         try:
-            fields.append(_ToSyntax(ftoks).transform(_lark().parse(ftoks, start="field")))
-        except UnexpectedInput as exc:
-            report(*_explain(exc, ftoks))
+            fields.append(_syntax(ftoks, "field"))
+        except _Refused as refused:
+            report(*_explain(refused.error, ftoks))
             ok = False
     if ok and name is not None:  # every part parsed alone: keep the stage
         return [StageDecl(pos, stmt.last_line, name, tuple(fields))]
@@ -233,6 +293,8 @@ _TERMINAL_NAMES = {
 
 def _explain(exc: UnexpectedInput, toks: Sequence[Tok]) -> tuple[Pos, str]:
     """A message a user can act on for a Lark parse error in `toks`."""
+    from lark import UnexpectedToken
+
     if not isinstance(exc, UnexpectedToken) or exc.token.type == "$END" or exc.token.start_pos is None:
         last = toks[-1]
         return Pos(last.line, last.col), "unexpected end of statement"

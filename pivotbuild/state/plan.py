@@ -41,7 +41,7 @@ if TYPE_CHECKING:  # the no-op check imports none of these
 
     from pivotbuild.errors import Location
     from pivotbuild.graph import BuildGraph
-    from pivotbuild.model import Pipeline, Stage
+    from pivotbuild.model import AutoVar, Pipeline, Stage
     from pivotbuild.project import Project
 
 PLAN = "plan"
@@ -139,8 +139,11 @@ def save(project: Project, graph: BuildGraph, main_file: Path, overrides: Mappin
     order, preds = graph.plan_links()
     main = project.main
     pipelines = [_pipeline(p) for p in project.pipelines]
+    from pivotbuild.model import AutoVar
+
+    auto = {v: i for i, v in enumerate(AutoVar)}
     body: bytes = msgpack.packb(
-        [pipelines, [_stage(s) for s in stages], [p.dir for p in project.pipelines].index(main.dir)],
+        [pipelines, [_stage(s, auto) for s in stages], [p.dir for p in project.pipelines].index(main.dir)],
         use_bin_type=True,
     )
     index = [
@@ -189,11 +192,10 @@ def _pipeline(p: Pipeline) -> list[Any]:
     ]
 
 
-def _stage(s: Stage) -> list[Any]:
-    from pivotbuild.model import AutoVar
-
-    auto = list(AutoVar)
-    command = None if s.command is None else [p if isinstance(p, str) else auto.index(p) for p in s.command]
+def _stage(s: Stage, auto: dict[AutoVar, int]) -> list[Any]:
+    """A stage as stored; `auto` numbers the automatic variables.  (msgpack
+    writes tuples as it writes lists: the record's own tuples go as they are.)"""
+    command = None if s.command is None else [p if isinstance(p, str) else auto[p] for p in s.command]
     return [
         s.id.pipeline,
         s.id.name,
@@ -202,18 +204,18 @@ def _stage(s: Stage) -> list[Any]:
         command,
         s.py,
         _loc(s.py_loc),
-        [list(m) for m in s.matrix],
+        s.matrix,
         s.desc,
-        [[d.path, d.is_glob, d.dir_hint, d.pos] for d in s.deps],
-        [[o.path, o.is_dir, o.cache, o.persist, o.incremental, o.pos] for o in s.outs],
-        [[p.file, p.key, p.value_json] for p in s.params],
-        list(s.shell),
-        list(s.mutex),
+        [(d.path, d.is_glob, d.dir_hint, d.pos) for d in s.deps],
+        [(o.path, o.is_dir, o.cache, o.persist, o.incremental, o.pos) for o in s.outs],
+        [(p.file, p.key, p.value_json) for p in s.params],
+        s.shell,
+        s.mutex,
         s.jobs,
         s.mem,
         s.timeout,
         s.retry,
-        [list(e) for e in s.env],
+        s.env,
         s.workdir,
         s.always,
     ]
