@@ -268,9 +268,10 @@ def restore(loaded: Loaded, cwd: Path) -> tuple[Project, BuildGraph] | None:
     """The project and its graph, from the plan's body (None if it is damaged)."""
     from pivotbuild.errors import Location
     from pivotbuild.graph import BuildGraph
-    from pivotbuild.model import IncludeRef, Pipeline, TargetRef
+    from pivotbuild.model import AutoVar, IncludeRef, Pipeline, TargetRef
     from pivotbuild.project import Project, display_path
 
+    auto = list(AutoVar)
     index = loaded.index
     here = cwd.resolve()
     try:
@@ -279,7 +280,7 @@ def restore(loaded: Loaded, cwd: Path) -> tuple[Project, BuildGraph] | None:
         pipelines: list[Pipeline] = []
         for dir_, file, name, n, default, includes, params_files in pipelines_raw:
             shown = display_path(Path(index.root, file), here)  # where this run names the file
-            own = tuple(_unstage(r, shown) for r in stages_raw[len(stages) : len(stages) + n])
+            own = tuple(_unstage(r, shown, auto) for r in stages_raw[len(stages) : len(stages) + n])
             stages.extend(own)
             pipelines.append(
                 Pipeline(
@@ -299,11 +300,10 @@ def restore(loaded: Loaded, cwd: Path) -> tuple[Project, BuildGraph] | None:
     return project, graph
 
 
-def _unstage(r: Sequence[Any], file: str) -> Stage:
-    from pivotbuild.errors import Location
-    from pivotbuild.model import AutoVar, Dep, Out, Param, Stage, StageId
+def _unstage(r: Sequence[Any], file: str, auto: list[AutoVar]) -> Stage:
+    from pivotbuild.errors import Location  # (already imported: a dict lookup)
+    from pivotbuild.model import Dep, Out, Param, Stage, StageId
 
-    auto = list(AutoVar)
     (pipeline, name, base, loc, command, py, py_loc, matrix, desc, deps, outs, params) = r[:12]
     (shell, mutex, jobs, mem, timeout, retry, env, workdir, always) = r[12:]
     return Stage(
