@@ -55,6 +55,16 @@ def outs_of(stage: Stage, root: Path, cache: StatCache) -> tuple[FileRecord, ...
     return tuple(file_record(root, o.path, cache) for o in stage.outs)
 
 
+_facets: dict[object, str] = {}  # shell or env -> its hash: most stages share both
+
+
+def _facet(value: tuple[str, ...] | tuple[tuple[str, str], ...]) -> str:
+    digest = _facets.get(value)
+    if digest is None:
+        digest = _facets[value] = hash_bytes(json.dumps(value).encode())
+    return digest
+
+
 def take(stage: Stage, root: Path, cache: StatCache) -> Snapshot:
     """Hash everything a decision about `stage` needs."""
     deps = deps_of(stage, root, cache)
@@ -63,8 +73,8 @@ def take(stage: Stage, root: Path, cache: StatCache) -> Snapshot:
         expanded.extend(m.path for m in rec.matches) if dep.is_glob else expanded.append(dep.path)
     command = stage.render_command(expanded) if stage.command is not None else f"py:{stage.py}"
     facets = (
-        ("shell", hash_bytes(json.dumps(stage.shell).encode())),
-        ("env", hash_bytes(json.dumps(stage.env).encode())),
+        ("shell", _facet(stage.shell)),
+        ("env", _facet(stage.env)),
         (
             "outs",
             hash_bytes(
