@@ -33,6 +33,8 @@ class State(Enum):
 
 @dataclass(frozen=True, slots=True)
 class BuildStarted:
+    """The build begins: `stages` to consider, run `jobs` at a time."""
+
     stages: int
     jobs: int
 
@@ -42,6 +44,8 @@ class BuildStarted:
 
 @dataclass(frozen=True, slots=True)
 class StageState:
+    """A stage moved to another scheduling state (pending, ready, running...)."""
+
     stage: str
     state: State
     reason: str = ""
@@ -52,6 +56,8 @@ class StageState:
 
 @dataclass(frozen=True, slots=True)
 class StageStarted:
+    """A stage's command started (again, with `attempt` > 1, on a retry)."""
+
     stage: str
     index: int  # k of [k/N]: the how-many-th stage to start running
     total: int  # N: stages that will run, as far as known now
@@ -65,6 +71,8 @@ class StageStarted:
 
 @dataclass(frozen=True, slots=True)
 class Log:
+    """One line a running stage wrote."""
+
     stage: str
     stream: str  # "stdout" or "stderr"
     line: str
@@ -75,6 +83,8 @@ class Log:
 
 @dataclass(frozen=True, slots=True)
 class StageFinished:
+    """A stage is done with, however it ended."""
+
     stage: str
     status: Status
     reason: str
@@ -121,6 +131,8 @@ class Message:
 
 @dataclass(frozen=True, slots=True)
 class BuildFinished:
+    """The build is over: how many stages ended which way."""
+
     ran: int
     skipped: int
     restored: int

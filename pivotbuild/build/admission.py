@@ -73,6 +73,8 @@ def _load_average() -> float:
 
 @dataclass
 class Admission:
+    """Whether a stage may start now: job-server tokens, its `mutex` groups, its `mem`, the load limit."""
+
     jobserver: JobServer
     load_limit: float | None = None
     available_memory: Callable[[], int] = _available_memory
