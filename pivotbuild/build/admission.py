@@ -70,7 +70,7 @@ def _load_average() -> float:
     return os.getloadavg()[0]
 
 
-@dataclass
+@dataclass(eq=False)  # a stateful gate, never compared (and __eq__ would be compiled at every start-up)
 class Admission:
     """Whether a stage may start now: job-server tokens, its `mutex` groups, its `mem`, the load limit."""
 

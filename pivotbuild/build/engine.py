@@ -53,7 +53,7 @@ if TYPE_CHECKING:
     from pivotbuild.build.watchset import WatchSet
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True, eq=False)  # handed over, never compared (see events.py)
 class Preloaded:
     """What the fast path (build/fastpath.py) already read for a build: the project and
     graph restored from a fresh compiled plan, the seal (re-checked against the
