@@ -2,6 +2,10 @@
 
 The engine emits these and nothing else; the plain, live and JSON outputs are
 views of the same stream.  `to_json()` gives the `--json` schema of CLI.md.
+
+Events are messages, never compared (`eq=False`: equal only to themselves):
+every method a dataclass generates is compiled when this module is imported,
+and on a build with work that start-up is a large part of the whole.
 """
 
 from __future__ import annotations
@@ -31,8 +35,10 @@ class State(Enum):
     DONE = "done"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class BuildStarted:
+    """The build begins: `stages` to consider, run `jobs` at a time."""
+
     stages: int
     jobs: int
 
@@ -40,8 +46,10 @@ class BuildStarted:
         return {"event": "build_started", "schema": 1, "stages": self.stages, "jobs": self.jobs}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class StageState:
+    """A stage moved to another scheduling state (pending, ready, running...)."""
+
     stage: str
     state: State
     reason: str = ""
@@ -50,8 +58,10 @@ class StageState:
         return {"event": "stage_state", "stage": self.stage, "state": self.state.value, "reason": self.reason}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class StageStarted:
+    """A stage's command started (again, with `attempt` > 1, on a retry)."""
+
     stage: str
     index: int  # k of [k/N]: the how-many-th stage to start running
     total: int  # N: stages that will run, as far as known now
@@ -63,8 +73,10 @@ class StageStarted:
         return {"event": "stage_started", "stage": self.stage, "reason": self.reason, "attempt": self.attempt}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class Log:
+    """One line a running stage wrote."""
+
     stage: str
     stream: str  # "stdout" or "stderr"
     line: str
@@ -73,8 +85,10 @@ class Log:
         return {"event": "log", "stage": self.stage, "stream": self.stream, "line": self.line}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class StageFinished:
+    """A stage is done with, however it ended."""
+
     stage: str
     status: Status
     reason: str
@@ -95,7 +109,7 @@ class StageFinished:
         return data
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class Decided:
     """A dry run's verdict on one stage (`-n`): would it run, and why.  (Its
     JSON name, "plan", is the contract's; the compiled plan is state/plan.py.)"""
@@ -108,7 +122,7 @@ class Decided:
         return {"event": "plan", "stage": self.stage, "will_run": self.will_run, "reason": self.reason}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class Message:
     """A line for the user that belongs to no stage (waiting for a lock, warnings)."""
 
@@ -119,8 +133,10 @@ class Message:
         return {"event": "message", "level": self.level, "text": self.text}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class BuildFinished:
+    """The build is over: how many stages ended which way."""
+
     ran: int
     skipped: int
     restored: int

@@ -47,6 +47,8 @@ Pos = tuple[int, int]
 
 @dataclass(frozen=True, slots=True)
 class Dep:
+    """A path a stage reads (`deps:`): a file, a directory (its whole tree), or a glob."""
+
     path: str
     is_glob: bool = False
     dir_hint: bool = False  # written with a trailing slash
@@ -55,6 +57,8 @@ class Dep:
 
 @dataclass(frozen=True, slots=True)
 class Out:
+    """A path a stage writes (`outs:`), with its options."""
+
     path: str
     is_dir: bool = False  # written with a trailing slash
     cache: bool = True
@@ -65,6 +69,8 @@ class Out:
 
 @dataclass(frozen=True, slots=True)
 class Param:
+    """A params-file value a stage reads (`params:`)."""
+
     file: str  # relative to the project root
     key: str
     value_json: str  # canonical JSON: sorted keys, no spaces
@@ -83,6 +89,8 @@ Command = tuple[str | AutoVar, ...]
 
 @dataclass(frozen=True, slots=True)
 class Stage:
+    """One stage of a pipeline, as compiled: what it reads, writes and runs."""
+
     id: StageId
     base: str  # the name before `@` (the matrix base), or the name itself
     loc: Location  # the stage's name in `stage NAME:`
@@ -156,6 +164,8 @@ class TargetRef:
 
 @dataclass(frozen=True, slots=True)
 class IncludeRef:
+    """An `include` in a Pivotfile, kept with its location."""
+
     path: str  # as written, relative to the pipeline directory
     loc: Location
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable
 
 
 def close_matches(word: str, candidates: Iterable[str], limit: int = 3) -> list[str]:
     """Candidates that look like `word`, best first (case-insensitive)."""
+    import difflib  # only when a name is misspelt: every build imports this module
+
     by_lower: dict[str, str] = {}
     for candidate in candidates:
         by_lower.setdefault(candidate.lower(), candidate)

@@ -64,6 +64,44 @@ def test_an_edit_reruns_the_stage_and_its_dependents_without_click(chain: Projec
     assert_fast(traced(chain))  # and the build sealed the result
 
 
+# What a build with work from a fresh plan never imports: the command line and the
+# compiler (as the no-op), what serves only a watcher, a dry run, a config.toml, a
+# misspelt name or a stage too big for the machine, and tempfile (state/files.py).
+NOT_FOR_A_BUILD = frozenset(
+    {
+        "click",
+        "rich",
+        "lark",
+        "networkx",
+        "pivotbuild.pivotfile",
+        "tomllib",
+        "difflib",
+        "tempfile",
+        "pivotbuild.build.watchset",
+        "pivotbuild.build.executors.dry",
+    }
+)
+
+
+def test_a_build_with_work_imports_only_what_it_runs(chain: Project) -> None:
+    chain.write("in.txt", "changed\n")
+    r = traced(chain)
+    assert_direct(r)
+    assert counts(r.err) == (2, 1, 0, 0)
+    assert sorted((r.imported | r.modules) & NOT_FOR_A_BUILD) == []
+
+
+def test_a_build_reads_a_config_toml_when_there_is_one(chain: Project) -> None:
+    # tomllib is imported only when there is a config; one that cannot be used is still seen.
+    chain.write(".pivot/config.toml", "[core\n")
+    chain.write("in.txt", "changed\n")
+    r = traced(chain)
+    assert_direct(r)
+    assert "tomllib" in r.imported
+    assert "pivotbuild: warning: " in r.err and "config.toml: not valid TOML" in r.err, r.err
+    assert counts(r.err) == (2, 1, 0, 0)
+
+
 def test_a_sealed_stage_declared_before_its_upstream_still_sees_the_upstream_rerun(project: Project) -> None:
     """The fast path checks the seal in declaration order before the build, so
     `down` is found sealed before `up` is found stale; once `up` has run, that

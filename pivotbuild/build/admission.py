@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from pivotbuild.model import Stage, StageId
-from pivotbuild.pivotfile.units import approx_size, format_size
 
 
 class JobServer(Protocol):
@@ -71,8 +70,10 @@ def _load_average() -> float:
     return os.getloadavg()[0]
 
 
-@dataclass
+@dataclass(eq=False)  # a stateful gate, never compared (and __eq__ would be compiled at every start-up)
 class Admission:
+    """Whether a stage may start now: job-server tokens, its `mutex` groups, its `mem`, the load limit."""
+
     jobserver: JobServer
     load_limit: float | None = None
     available_memory: Callable[[], int] = _available_memory
@@ -89,6 +90,8 @@ class Admission:
     def unfit(self, stage: Stage) -> str:
         """Why `stage` can never run on this machine, or "" if it can."""
         if stage.mem and stage.mem > (total := self.total_memory()):
+            from pivotbuild.pivotfile.units import approx_size, format_size  # its regexes: only for this message
+
             machine = approx_size(total)
             return (
                 f"mem: {format_size(stage.mem)} exceeds this machine's total memory of {machine}; reserve at most that"

@@ -18,13 +18,12 @@ import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from pivotbuild.build.admission import Admission, JobServer, TokenPool
 from pivotbuild.build.cancel import CancelToken
 from pivotbuild.build.decider import Decider, Decision
 from pivotbuild.build.executors.base import Executor, Inbox
-from pivotbuild.build.executors.dry import DryExecutor
 from pivotbuild.build.executors.local import LocalExecutor
 from pivotbuild.build.options import BuildOptions
 from pivotbuild.build.recorder import DryRecorder, Outcome, Recorder
@@ -32,7 +31,6 @@ from pivotbuild.build.run import BuildRun, Interrupted
 from pivotbuild.build.scheduler import Scheduler
 from pivotbuild.build.selection import selected
 from pivotbuild.build.session import LoadedProject, Reloaded
-from pivotbuild.build.watchset import WatchSet
 from pivotbuild.cache.outputs import OutputCache
 from pivotbuild.errors import EXIT_FAILED, EXIT_OK, MissingInputs, PivotfileError
 from pivotbuild.events import (
@@ -51,8 +49,11 @@ from pivotbuild.state.projectlock import ProjectLock
 from pivotbuild.state.seal import Seal
 from pivotbuild.state.store import StateStore
 
+if TYPE_CHECKING:
+    from pivotbuild.build.watchset import WatchSet
 
-@dataclasses.dataclass(frozen=True, slots=True)
+
+@dataclasses.dataclass(frozen=True, slots=True, eq=False)  # handed over, never compared (see events.py)
 class Preloaded:
     """What the fast path (build/fastpath.py) already read for a build: the project and
     graph restored from a fresh compiled plan, the seal (re-checked against the
@@ -248,6 +249,8 @@ class Engine:
         """Each stage of `closure` with its decision: the build loop with the dry
         executor and recorder, so nothing runs and nothing is written.  Of its
         events, only messages are shown (a plan shows `Decided` events)."""
+        from pivotbuild.build.executors.dry import DryExecutor  # here: a build imports only what it runs
+
         inbox = Inbox(self._messages)
         run = BuildRun(
             self._messages,

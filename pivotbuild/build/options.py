@@ -9,6 +9,8 @@ from pathlib import Path
 
 @dataclass(frozen=True, slots=True)
 class BuildOptions:
+    """How to build: the command line's flags (CLI.md), `cwd` the directory targets are named from."""
+
     cwd: Path
     file: Path | None = None
     targets: tuple[str, ...] = ()

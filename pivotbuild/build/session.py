@@ -9,16 +9,19 @@ import dataclasses
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pivotbuild import paths
 from pivotbuild.build.load import load_compiled
 from pivotbuild.build.selection import selected
-from pivotbuild.build.watchset import WatchSet, watch_set
 from pivotbuild.errors import Location, PivotfileError, ProjectError
 from pivotbuild.graph import BuildGraph
 from pivotbuild.model import Stage, StageId
 from pivotbuild.project import LoadOptions, Project, all_pivotfiles
 from pivotbuild.state.stamps import Source, read_source
+
+if TYPE_CHECKING:
+    from pivotbuild.build.watchset import WatchSet
 
 _NOWHERE = Location("", 0, 0)
 
@@ -109,6 +112,8 @@ class LoadedProject:
         """The paths a build of `targets` (as on the command line; none: the
         default targets) reads, in the project now served: see `WatchSet`.
         Raises TargetError (or PivotfileError for a bad `default`)."""
+        from pivotbuild.build.watchset import watch_set  # here: only a watcher asks, not a build
+
         project, graph = self.current()
         closure = graph.upstream(selected(project, graph, targets))
         return watch_set(project, graph, closure, self.options.all_pipelines)

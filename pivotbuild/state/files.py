@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 from pivotbuild.paths import PIPELINE_ONLY, STATE_DIR
@@ -22,7 +21,7 @@ def write_atomic(path: Path, data: bytes, *, fsync: bool = True) -> None:
     file) but not the flushes, for files that are checked when read, so one a
     power cut left short is simply ignored (run-cache entries)."""
     directory = path.parent
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    fd, tmp = _create_beside(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -44,6 +43,18 @@ def write_atomic(path: Path, data: bytes, *, fsync: bool = True) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def _create_beside(path: Path) -> tuple[int, str]:
+    """A new file `.NAME.PID-RANDOM.tmp` beside `path`, open for writing, mode 0600:
+    what `tempfile.mkstemp` makes, without importing tempfile (and random with
+    it), which cost every build with work some 2 ms of its start-up."""
+    while True:
+        tmp = f"{path.parent}/.{path.name}.{os.getpid()}-{os.urandom(4).hex()}.tmp"
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600), tmp
+        except FileExistsError:  # another writer's name: draw again
+            continue
 
 
 def _umask() -> int:

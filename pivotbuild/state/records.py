@@ -26,6 +26,8 @@ class FileRecord:
 
 @dataclass(frozen=True, slots=True)
 class ParamRecord:
+    """A param a stage read and its canonical JSON value."""
+
     file: str
     key: str
     value_json: str

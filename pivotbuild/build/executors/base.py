@@ -25,7 +25,7 @@ from pivotbuild.state.snapshot import Snapshot
 from pivotbuild.state.statcache import StatEntry
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)  # eq=False: see Done
 class Job:
     """One admitted stage: what to run (`snap`, None in a plan), why, and the
     stat-cache entries its outputs may be hashed against.  `started` is the
@@ -39,9 +39,11 @@ class Job:
     started: float = 0.0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class Done:
-    """A job's result; on success, its outputs hashed (and on their way to the cache)."""
+    """A job's result; on success, its outputs hashed (and on their way to the cache).
+    (eq=False, as Job and Confirmed: messages, never compared; each method a
+    dataclass generates costs the start-up of every build.)"""
 
     job: Job
     result: RunResult
