@@ -45,6 +45,8 @@ def _no_lines(loc: Location) -> str:
 
 @dataclass(frozen=True, slots=True)
 class MissingDep:
+    """A dep that is neither a file nor any stage's output, and who needs it."""
+
     path: str
     needed_by: tuple[StageId, ...]
     where: tuple[Location, ...]  # where each of those stages lists it

@@ -17,6 +17,8 @@ from pivotbuild.state.stamps import Source, read_source
 
 @dataclass(frozen=True, slots=True)
 class LoadOptions:
+    """Where and how to load a project: the command line's -C, -f, NAME=VALUE and --all."""
+
     cwd: Path
     file: Path | None = None  # -f; relative paths are relative to cwd
     overrides: Mapping[str, str] = field(default_factory=dict)
@@ -25,6 +27,8 @@ class LoadOptions:
 
 @dataclass(frozen=True, slots=True)
 class Project:
+    """A loaded project: its root, every pipeline, the files it was compiled from."""
+
     root: Path
     cwd: Path
     main: Pipeline | None  # the pipeline in the current directory (None: --all from elsewhere)

@@ -58,6 +58,8 @@ PENDING_COMMIT = "pending commit"
 
 @dataclass(frozen=True, slots=True)
 class Decision:
+    """Whether a stage must run, and why (the reason `--explain` shows)."""
+
     run: bool
     reason: str
 

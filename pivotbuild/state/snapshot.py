@@ -18,6 +18,8 @@ from pivotbuild.state.statcache import StatCache
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
+    """What a stage's decision is made on: its command, facets, params, deps and outs, hashed now."""
+
     command: str
     facets: tuple[tuple[str, str], ...]
     params: tuple[ParamRecord, ...]

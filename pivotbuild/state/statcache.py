@@ -44,6 +44,8 @@ _FORMAT_1 = b"\x92\x01"  # msgpack [1, ...]: written before the checksum, droppe
 
 @dataclass(frozen=True, slots=True)
 class StatEntry:
+    """A file's stamp when it was hashed, its hash, and whether the stamp alone proves it (not racy)."""
+
     size: int
     mtime_ns: int
     ino: int

@@ -28,6 +28,8 @@ STATCACHE = "statcache"
 
 @dataclass
 class PipelineState:
+    """One pipeline's state files, open for a build."""
+
     dir: str
     lock_path: Path
     journal_path: Path
