@@ -12,11 +12,10 @@ however pivotbuild ends, the watchdog reads the table, SIGTERMs every group
 still listed, gives them two seconds (as a timeout does), and SIGKILLs what is
 left.  After a normal build it finds no group and exits.
 
-The watchdog sleeps in one read() for the whole build: a stage costs it
-nothing, and the build one pwrite() as the stage starts and one as it ends.
-(It used to be told each start and end on the pipe, one line at a time:
-`read` reads a pipe byte by byte, so that woke it twice per stage and cost it
-40 microseconds of CPU per stage, taken from the stages' cores.)
+The watchdog sleeps in one read() for the whole build, so a stage costs it
+nothing (telling it each start and end on the pipe woke it twice per stage,
+and its `read` builtin reads a pipe a byte at a time), and costs the build one
+pwrite() as it starts and one as it ends.
 
 Why not Linux's `prctl(PR_SET_PDEATHSIG)`: it reaches only the stage's shell,
 not the processes the shell starts; it fires when the *thread* that forked the
@@ -59,6 +58,19 @@ for g do kill -s KILL -- "-$g" 2>/dev/null; done
 """
 _WIDTH = 12  # one line of the table: a group number, right-aligned, or blanks
 _FREE = b" " * (_WIDTH - 1) + b"\n"
+
+
+def _table() -> int:
+    """An unnamed file, gone with its last descriptor however we end: in memory
+    on Linux (a file on disk would have each pwrite journal its mtime, and may
+    wait behind the storers' fsyncs), else in the temporary directory."""
+    if hasattr(os, "memfd_create"):
+        return os.memfd_create("pivotbuild-lifeline")
+    import tempfile  # here: only a build that runs a stage needs it
+
+    table, name = tempfile.mkstemp(prefix="pivotbuild-lifeline-")
+    os.unlink(name)
+    return table
 
 
 class Lifeline:
@@ -119,11 +131,8 @@ class Lifeline:
             self._table = None
 
     def _start(self) -> None:
-        import tempfile  # here: only a build that runs a stage needs it
-
         try:
-            table, name = tempfile.mkstemp(prefix="pivotbuild-lifeline-")
-            os.unlink(name)  # gone with its last descriptor, however we end
+            table = _table()
         except OSError:
             return
         read_end, write_end = os.pipe()  # not inherited by stages: only we keep it open
