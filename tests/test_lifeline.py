@@ -97,6 +97,38 @@ def test_a_released_group_is_left_alone(groups: Groups) -> None:
     assert kept.poll() is None and alive(kept.pid) and alive(kept_child)
 
 
+def test_a_group_held_after_another_was_released_dies_and_the_released_one_is_left(groups: Groups) -> None:
+    # The second hold takes the place the first group left in the watchdog's table.
+    first, first_child = groups.start("first")
+    second, second_child = groups.start("second")
+    lifeline = Lifeline()
+    lifeline.hold(first.pid)
+    lifeline.release(first.pid)
+    lifeline.hold(second.pid)
+    close_while_reaping(lifeline, second)
+    assert wait_gone(second.pid), "the stage's shell survived"
+    assert wait_gone(second_child), "the stage's child survived"
+    assert first.poll() is None and alive(first.pid) and alive(first_child)
+
+
+def test_every_group_held_dies(groups: Groups) -> None:
+    started = [groups.start(f"stage{i}") for i in range(5)]
+    lifeline = Lifeline()
+    for shell, _ in started:
+        lifeline.hold(shell.pid)
+    lifeline.release(started[2][0].pid)
+    lifeline.hold(started[2][0].pid)
+    closing = threading.Thread(target=lifeline.close)
+    closing.start()
+    for shell, _ in started:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            shell.wait(timeout=15)
+    closing.join()
+    for shell, child in started:
+        assert wait_gone(shell.pid), "a stage's shell survived"
+        assert wait_gone(child), "a stage's child survived"
+
+
 def test_a_lifeline_never_held_starts_no_watchdog() -> None:
     before = {p.pid for p in psutil.Process().children()}
     lifeline = Lifeline()

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from helpers import HANG_GUARD_S, read_pid, wait_gone
 
+from pivotbuild.build.executors import runner
 from pivotbuild.build.executors.runner import TAIL_LINES, RunResult, RunSpec, run, stage_argv
 
 SH = ("/bin/sh", "-e")
@@ -281,6 +282,41 @@ def test_background_child_holding_the_pipe_with_a_failing_stage(tmp_path: Path, 
     assert elapsed < 10
     assert result.returncode == 4
     assert result.tail == ("partial",)
+
+
+@pytest.fixture(params=["pidfd", "no pidfd"])
+def exit_watch(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """run() both where a stage's exit can be polled (Linux's pidfd) and where
+    it cannot (other systems, old kernels)."""
+    if request.param == "no pidfd":
+        monkeypatch.setattr(runner, "_pidfd", lambda pid: None)
+
+
+@pytest.mark.usefixtures("exit_watch")
+def test_a_stage_running_on_after_closing_its_output(tmp_path: Path) -> None:
+    result, lines, _ = sh("echo before; exec >/dev/null 2>&1; sleep 0.3; exit 3", tmp_path)
+    assert result.returncode == 3
+    assert lines.of("stdout") == ["before"]
+
+
+@pytest.mark.usefixtures("exit_watch")
+def test_timeout_of_a_stage_running_on_after_closing_its_output(tmp_path: Path) -> None:
+    result, _, elapsed = sh("exec >/dev/null 2>&1; sleep 20", tmp_path, timeout=0.5)
+    assert elapsed < HANG_GUARD_S
+    assert result.timed_out
+
+
+@pytest.mark.usefixtures("exit_watch")
+def test_a_stage_whose_background_child_keeps_writing_ends_with_the_stage(tmp_path: Path, strays: list[int]) -> None:
+    # The pipes never fall quiet, let alone close: the stage's end must still be
+    # noticed, and what the child writes after the grace is not the stage's.
+    pidfile = tmp_path / "bg.pid"
+    script = f"(while :; do echo bg; sleep 0.01; done) & echo $! > {pidfile}; echo done; exit 5"
+    result, lines, elapsed = sh(script, tmp_path)
+    strays.append(read_pid(pidfile))
+    assert elapsed < 10
+    assert result.returncode == 5
+    assert "done" in lines.of("stdout")
 
 
 # -- starting --------------------------------------------------------------------------

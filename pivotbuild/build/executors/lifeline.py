@@ -4,11 +4,18 @@ Each stage runs in a process group of its own (runner.py), which the build
 kills on timeout, failure to finish or Ctrl-C.  A pivotbuild that is itself
 killed (SIGKILL, the OOM killer) can kill nothing, so a watchdog does it: one
 small `sh` per build, started with the first stage, reading a pipe that only
-pivotbuild holds open.  The build tells it each stage's group as the stage
-starts (`+ PGID`) and ends (`- PGID`).  When the pipe reaches end of file,
-which the kernel brings about however pivotbuild ends, the watchdog SIGTERMs
-every group still listed, gives them two seconds (as a timeout does), and
-SIGKILLs what is left.  After a normal build it finds no group and exits.
+pivotbuild holds open.  The build keeps the running stages' process groups in
+a table the watchdog shares: an unnamed temporary file, one fixed-width line
+per running stage, written in place as a stage starts (its group) and ends
+(blanks).  When the pipe reaches end of file, which the kernel brings about
+however pivotbuild ends, the watchdog reads the table, SIGTERMs every group
+still listed, gives them two seconds (as a timeout does), and SIGKILLs what is
+left.  After a normal build it finds no group and exits.
+
+The watchdog sleeps in one read() for the whole build, so a stage costs it
+nothing (telling it each start and end on the pipe woke it twice per stage,
+and its `read` builtin reads a pipe a byte at a time), and costs the build one
+pwrite() as it starts and one as it ends.
 
 Why not Linux's `prctl(PR_SET_PDEATHSIG)`: it reaches only the stage's shell,
 not the processes the shell starts; it fires when the *thread* that forked the
@@ -26,17 +33,15 @@ import os
 import subprocess
 import threading
 
-# The groups are kept as " 12 34 " so that one is removed with two expansions.
-# `kill -0` finds a group gone once it is empty (a zombie its new parent has
-# not reaped yet still counts: then the SIGKILL simply finds nothing to do).
+# stdin: the pipe, never written to; stdout: the table, opened read-write and
+# read from its start (the build only writes it with pwrite, which leaves the
+# shared offset at 0).  `kill -0` finds a group gone once it is empty (a zombie
+# its new parent has not reaped yet still counts: then the SIGKILL simply finds
+# nothing to do).
 _WATCHDOG = """
-groups=' '
-while read -r op g; do
-    case $op in
-        +) groups="$groups$g " ;;
-        -) groups="${groups%% $g *} ${groups#* $g }" ;;
-    esac
-done
+while read -r _; do :; done
+groups=
+while read -r g; do groups="$groups $g"; done <&1
 set -- $groups
 [ $# -eq 0 ] && exit 0
 for g do kill -s TERM -- "-$g" 2>/dev/null; done
@@ -51,6 +56,21 @@ while [ $i -lt 20 ]; do
 done
 for g do kill -s KILL -- "-$g" 2>/dev/null; done
 """
+_WIDTH = 12  # one line of the table: a group number, right-aligned, or blanks
+_FREE = b" " * (_WIDTH - 1) + b"\n"
+
+
+def _table() -> int:
+    """An unnamed file, gone with its last descriptor however we end: in memory
+    on Linux (a file on disk would have each pwrite journal its mtime, and may
+    wait behind the storers' fsyncs), else in the temporary directory."""
+    if hasattr(os, "memfd_create"):
+        return os.memfd_create("pivotbuild-lifeline")
+    import tempfile  # here: only a build that runs a stage needs it
+
+    table, name = tempfile.mkstemp(prefix="pivotbuild-lifeline-")
+    os.unlink(name)
+    return table
 
 
 class Lifeline:
@@ -61,17 +81,33 @@ class Lifeline:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._proc: subprocess.Popen[bytes] | None = None
-        self._fd: int | None = None
+        self._fd: int | None = None  # our end of the pipe
+        self._table: int | None = None
+        self._lines: dict[int, int] = {}  # held group -> its line in the table
+        self._free: list[int] = []  # lines of released groups, to reuse
         self._started = False
 
     def hold(self, pgid: int) -> None:
         """Kill process group `pgid` if this process dies before `release(pgid)`."""
-        self._send(f"+ {pgid}\n", start=True)
+        with self._lock:
+            if not self._started:
+                self._started = True
+                self._start()
+            if self._table is None:
+                return
+            at = self._free.pop() if self._free else len(self._lines)
+            self._lines[pgid] = at
+            self._write(at, b"%*d\n" % (_WIDTH - 1, pgid))
 
     def release(self, pgid: int) -> None:
         """The stage of group `pgid` has ended: its group is no longer ours to kill
         (its number may soon be another's)."""
-        self._send(f"- {pgid}\n", start=False)
+        with self._lock:
+            at = self._lines.pop(pgid, None)
+            if at is None or self._table is None:
+                return
+            self._free.append(at)
+            self._write(at, _FREE)
 
     def close(self) -> None:
         """Once no stage runs: let the watchdog exit (it finds no group to kill)."""
@@ -82,33 +118,37 @@ class Lifeline:
             if self._proc is not None:
                 self._proc.wait()
                 self._proc = None
+            if self._table is not None:
+                os.close(self._table)
+                self._table = None
 
-    def _send(self, line: str, start: bool) -> None:
-        with self._lock:
-            if start and not self._started:
-                self._started = True
-                self._start()
-            if self._fd is None:
-                return
-            try:
-                os.write(self._fd, line.encode())  # shorter than PIPE_BUF: written whole
-            except OSError:  # the watchdog is gone: the stages only lose this protection
-                os.close(self._fd)
-                self._fd = None
+    def _write(self, at: int, line: bytes) -> None:
+        assert self._table is not None
+        try:
+            os.pwrite(self._table, line, at * _WIDTH)
+        except OSError:  # e.g. a full disk: the stages only lose this protection
+            os.close(self._table)
+            self._table = None
 
     def _start(self) -> None:
+        try:
+            table = _table()
+        except OSError:
+            return
         read_end, write_end = os.pipe()  # not inherited by stages: only we keep it open
         try:
             self._proc = subprocess.Popen(
                 ["/bin/sh", "-c", _WATCHDOG],
                 stdin=read_end,
-                stdout=subprocess.DEVNULL,
+                stdout=table,
                 stderr=subprocess.DEVNULL,
                 start_new_session=True,  # not stopped by the Ctrl-C or kill meant for the build's own group
             )
         except OSError:
             os.close(write_end)
+            os.close(table)
             return
         finally:
             os.close(read_end)
         self._fd = write_end
+        self._table = table

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import selectors
+import select
 import signal
 import subprocess
 import threading
@@ -25,6 +25,7 @@ from pivotbuild.build.executors.lifeline import Lifeline
 TAIL_LINES = 20
 _KILL_GRACE_S = 2.0
 _PIPE_GRACE_S = 1.0
+_TICK_S = 0.1  # how soon a running stage notices `cancel`
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,102 +73,173 @@ def run(spec: RunSpec, on_line: OnLine, cancel: threading.Event, lifeline: Lifel
     """Run `spec` to completion (or timeout, or until `cancel` is set); its
     process group is held on `lifeline` while it runs."""
     start = time.monotonic()
+    # Our own pipes, passed as plain descriptors: Popen then wraps nothing in
+    # file objects (three system calls each) and we read them with os.read.
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
     try:
+        # No preexec_fn (nor user, group or umask): CPython then starts the
+        # child with vfork, not a copy of this interpreter's memory
+        # (`strace -f -e trace=vfork,clone,clone3 pivotbuild` shows one vfork()
+        # per stage; see docs/performance.md).
         proc = subprocess.Popen(
             spec.argv,
             cwd=spec.cwd,
             env=spec.env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stdin=_DEVNULL.fd(),
+            stdout=out_w,
+            stderr=err_w,
             start_new_session=True,  # its own process group: we can kill the whole tree
         )
-    except OSError as exc:
-        line = f"pivotbuild: cannot start {spec.argv[0]}: {exc.strerror}"
-        on_line("stderr", line)
-        return RunResult(127, None, False, False, (line,), time.monotonic() - start)
+    except BaseException as exc:
+        os.close(out_r)
+        os.close(err_r)
+        if isinstance(exc, OSError):
+            line = f"pivotbuild: cannot start {spec.argv[0]}: {exc.strerror}"
+            on_line("stderr", line)
+            return RunResult(127, None, False, False, (line,), time.monotonic() - start)
+        raise
+    finally:
+        os.close(out_w)  # the child has its copies: end of file comes when it (and its children) close them
+        os.close(err_w)
+    pipes = {out_r: "stdout", err_r: "stderr"}
     if lifeline is None:
-        return _follow(proc, spec.timeout, on_line, cancel, start)
+        return _follow(proc, pipes, timeout=spec.timeout, on_line=on_line, cancel=cancel, start=start)
     lifeline.hold(proc.pid)
     try:
-        return _follow(proc, spec.timeout, on_line, cancel, start)
+        return _follow(proc, pipes, timeout=spec.timeout, on_line=on_line, cancel=cancel, start=start)
     finally:
         lifeline.release(proc.pid)
 
 
+class _DevNull:
+    """/dev/null, opened once for every stage's stdin (subprocess.DEVNULL opens
+    it for each)."""
+
+    def __init__(self) -> None:
+        self._fd: int | None = None
+        self._lock = threading.Lock()
+
+    def fd(self) -> int:
+        if self._fd is None:
+            with self._lock:
+                if self._fd is None:
+                    self._fd = os.open(os.devnull, os.O_RDWR)
+        return self._fd
+
+
+_DEVNULL = _DevNull()
+
+
+def _pidfd(pid: int) -> int | None:
+    """A descriptor that polls readable once `pid` has exited (Linux 5.3+);
+    None where there is none."""
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):  # not Linux, an old kernel, or no descriptor left
+        return None
+
+
 def _follow(
-    proc: subprocess.Popen[bytes], timeout: float | None, on_line: OnLine, cancel: threading.Event, start: float
+    proc: subprocess.Popen[bytes],
+    pipes: dict[int, str],
+    *,
+    timeout: float | None,
+    on_line: OnLine,
+    cancel: threading.Event,
+    start: float,
 ) -> RunResult:
-    """Pass on the output of the started stage `proc` until it ends; kill it on
-    timeout or cancel."""
+    """Pass on the output of the started stage `proc` (its pipes: read end ->
+    stream name) until it ends; kill it on timeout or cancel.
+
+    A stage's output closes as it exits, so one poll() of its pipes, one read
+    of each and one waitpid usually see it through.  Only a stage still
+    running with its output closed is waited for through a pidfd (Linux),
+    polled with the timeout; without one, as before, by CPython's waitpid
+    loop.  While the pipes are open the exit is asked once a tick (a
+    background child may hold them open after the stage ends), and every
+    poll wakes at least once a tick to notice `cancel`, an Event, which cannot
+    be polled.  The pipes stay blocking: each read follows a poll that found
+    data or end of file."""
     tail: deque[str] = deque(maxlen=TAIL_LINES)
     deadline = start + timeout if timeout else None
     timed_out = cancelled = False
-    assert proc.stdout is not None and proc.stderr is not None
-    buffers = {proc.stdout.fileno(): bytearray(), proc.stderr.fileno(): bytearray()}
-    names = {proc.stdout.fileno(): "stdout", proc.stderr.fileno(): "stderr"}
-    sel = selectors.DefaultSelector()
-    for stream in (proc.stdout, proc.stderr):
-        os.set_blocking(stream.fileno(), False)
-        sel.register(stream, selectors.EVENT_READ)
+    partial: dict[int, list[bytes]] = {fd: [] for fd in pipes}  # each pipe's unfinished line
 
-    def emit(fd: int, final: bool) -> None:
-        buf = buffers[fd]
-        while (nl := buf.find(b"\n")) >= 0:
-            _line(names[fd], bytes(buf[:nl]))
-            del buf[: nl + 1]
-        if final and buf:
-            _line(names[fd], bytes(buf))
-            buf.clear()
-
-    def _line(stream: str, raw: bytes) -> None:
+    def line(stream: str, raw: bytes) -> None:
         text = raw.decode("utf-8", "replace").rstrip("\r")
         tail.append(text)
         on_line(stream, text)
 
+    def flush(fd: int) -> None:
+        if partial[fd]:
+            line(pipes[fd], b"".join(partial[fd]))
+            partial[fd] = []
+
+    poller = select.poll()
+    for fd in pipes:
+        poller.register(fd, select.POLLIN)
+    open_pipes = len(pipes)
+    pidfd: int | None = None
+    asked = start  # when we last asked whether the stage had exited
     exited_at: float | None = None
     try:
         while True:
-            if exited_at is None and proc.poll() is not None:
-                exited_at = time.monotonic()
-            if exited_at is not None and (not sel.get_map() or time.monotonic() - exited_at > _PIPE_GRACE_S):
+            now = time.monotonic()
+            if exited_at is None and (not open_pipes or now - asked >= _TICK_S):
+                asked = now
+                if proc.poll() is not None:
+                    exited_at = now
+                elif not open_pipes and pidfd is None and (pidfd := _pidfd(proc.pid)) is not None:
+                    poller.register(pidfd, select.POLLIN)
+            if exited_at is not None and (not open_pipes or now - exited_at > _PIPE_GRACE_S):
                 # Done; or the shell is gone but a background child still holds
                 # the pipe, and what it writes from now on is not the stage's.
-                for fd in list(buffers):
-                    emit(fd, final=True)
                 break
-            wait = 0.1
+            wait = _TICK_S
             if deadline is not None:
-                wait = min(wait, max(deadline - time.monotonic(), 0))
-            if sel.get_map():
-                events = sel.select(wait)
-            else:  # the stage closed its output but is still running
+                wait = min(wait, max(deadline - now, 0))
+            if exited_at is not None:
+                wait = min(wait, exited_at + _PIPE_GRACE_S - now + 0.001)
+            if open_pipes or pidfd is not None:
+                events = poller.poll(wait * 1000)
+            else:  # no pidfd, and the stage closed its output but is still running
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     proc.wait(timeout=wait)
                 events = []
-            for key, _ in events:
-                fd = key.fd
-                try:
-                    chunk = os.read(fd, 65536)
-                except BlockingIOError:
+            for fd, _ in events:
+                if fd == pidfd:  # it has exited: the next turn asks
+                    poller.unregister(fd)
                     continue
-                if chunk:
-                    buffers[fd] += chunk
-                    emit(fd, final=False)
-                else:
-                    emit(fd, final=True)
-                    sel.unregister(key.fileobj)
+                chunk = os.read(fd, 65536)
+                if not chunk:  # end of file
+                    flush(fd)
+                    poller.unregister(fd)
+                    open_pipes -= 1
+                    continue
+                first, *rest = chunk.split(b"\n")
+                partial[fd].append(first)
+                if rest:
+                    flush(fd)
+                    *whole, last = rest
+                    for raw in whole:
+                        line(pipes[fd], raw)
+                    if last:
+                        partial[fd].append(last)
             if cancel.is_set() and not cancelled:
                 cancelled = True
                 kill_tree(proc)
             if deadline is not None and time.monotonic() >= deadline and not timed_out:
                 timed_out = True
                 kill_tree(proc)
+        for fd in pipes:
+            flush(fd)
         proc.wait()
     finally:
-        sel.close()
-        proc.stdout.close()
-        proc.stderr.close()
+        for fd in pipes:
+            os.close(fd)
+        if pidfd is not None:
+            os.close(pidfd)
         if proc.poll() is None:  # an exception above: never leave the stage running
             kill_tree(proc)
             proc.wait()
