@@ -30,6 +30,8 @@ _TICK_S = 0.1  # how soon a running stage notices `cancel`
 
 @dataclass(frozen=True, slots=True)
 class RunSpec:
+    """What to run: the command, where, with what environment, for how long at most."""
+
     argv: tuple[str, ...]
     cwd: Path
     env: Mapping[str, str]
@@ -38,6 +40,8 @@ class RunSpec:
 
 @dataclass(frozen=True, slots=True)
 class RunResult:
+    """How a stage's command ended, and the last lines it printed."""
+
     returncode: int | None  # None when killed by a signal
     signal: int | None
     timed_out: bool
