@@ -228,6 +228,9 @@ def commit(engine: Engine, options: BuildOptions) -> tuple[list[str], list[Refus
                 refused.append(Refusal(graph.label(stage.id), "its outputs changed since it ran"))
                 continue
             outputs.keep(stage, record, store.statcache(stage))
+            replaced = outputs.displaced(stage, store.committed(stage), record)
+            if replaced is not None:
+                outputs.remember(stage, replaced)
             store.promote(stage)
             committed.append(graph.label(stage.id))
     return committed, refused

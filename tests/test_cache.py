@@ -89,6 +89,48 @@ def test_a_lost_lockfile_is_answered_by_the_caches_copy(project: Project) -> Non
     assert project.run("-q").code == 0
 
 
+def test_a_rerun_on_the_same_inputs_wins_over_an_older_entry_for_them(project: Project) -> None:
+    # make also reads extra.txt, which it does not declare: a -B rerun of the
+    # same inputs gives other outputs, and a restore must bring back those.
+    project.pivotfile(PIPELINE.replace("echo ${X} >> $@", "echo ${X} >> $@ && cat extra.txt >> $@"))
+    project.write("in.txt", "hello\n")
+    project.write("extra.txt", "old\n")
+    assert project.run().code == 0
+    assert project.run("X=2").code == 0  # X=1's record becomes a run-cache entry
+    assert finished(project.run("--json").out)["make"][0] == "restored"
+    project.write("extra.txt", "new\n")
+    assert project.run("-B").code == 0
+    (project.root / "out.txt").unlink()
+    assert finished(project.run("--json").out)["make"][0] == "restored"
+    assert (project.root / "out.txt").read_text() == "hello\n1\nnew\n"
+
+
+def test_a_record_replaced_by_a_committed_no_commit_result_is_kept(project: Project) -> None:
+    built(project)
+    assert project.run("X=2", "--no-commit").code == 0
+    assert project.run("commit", "X=2").code == 0
+    assert finished(project.run("--json").out)["make"][0] == "restored"  # X back to 1
+    assert runs(project) == 2
+
+
+def test_a_record_replaced_by_a_no_cache_build_is_kept(project: Project) -> None:
+    built(project)
+    assert project.run("X=2", "--no-cache").code == 0
+    assert finished(project.run("--json").out)["make"][0] == "restored"  # X back to 1: its objects are cached
+    assert runs(project) == 2
+
+
+def test_a_lockfile_put_back_by_git_still_restores_the_last_build(project: Project) -> None:
+    built(project)
+    first = (project.root / "Pivotfile.lock").read_bytes()
+    assert project.run("X=2").code == 0
+    (project.root / "Pivotfile.lock").write_bytes(first)  # `git checkout -- Pivotfile.lock`
+    (project.root / "out.txt").unlink()
+    assert finished(project.run("X=2", "--json").out)["make"][0] == "restored"  # from the cache's copy
+    assert runs(project) == 2
+    assert (project.root / "out.txt").read_text() == "hello\n2\n"
+
+
 def test_no_cache_stores_nothing(project: Project) -> None:
     project.pivotfile(PIPELINE)
     project.write("in.txt", "hello\n")

@@ -143,22 +143,12 @@ class Recorder:
         return ""
 
     def _replaced(self, stage: Stage, record: StageRecord) -> StageRecord | None:
-        """The stage's record that `record` replaces, if the run cache should
-        keep it: other inputs, outputs all cacheable and present.
-
-        The run cache holds only what the lockfile no longer does: the current
-        record answers for the current inputs (OutputCache.restore reads it),
-        so a stage's entry is written when a new result pushes it out, and
-        `push` writes those of the records it sends.  A clean build so creates
-        no entry, where it used to create a file per stage."""
-        old = self.store.record(stage)
-        if old is None or not self.caching or not old.outs or not all(o.cache for o in stage.outs):
+        """The lockfile record that `record` replaces, if the run cache should
+        keep it (see OutputCache.displaced).  A --no-commit result replaces
+        nothing yet: `pivotbuild commit` does, and keeps it then."""
+        if self.options.no_commit:
             return None
-        if any(o.kind not in (FILE, DIR) for o in old.outs):
-            return None
-        if old.fingerprint == record.fingerprint and old.deps == record.deps:
-            return None
-        return old
+        return self.outputs.displaced(stage, self.store.committed(stage), record)
 
     def roll_back(self, stage: Stage, label: str, quiet: bool = False) -> None:
         """A failed or interrupted stage's outputs go back to what the lockfile records."""

@@ -21,7 +21,7 @@ from pathlib import Path
 from pivotbuild.cache.runcache import RunCache
 from pivotbuild.cache.store import Cache, CorruptObject, MissingObject, Mode
 from pivotbuild.model import Out, Stage
-from pivotbuild.paths import STATE_DIR
+from pivotbuild.paths import LOCKFILE, STATE_DIR
 from pivotbuild.remote import config
 from pivotbuild.state import lockfile
 from pivotbuild.state.hashing import (
@@ -239,14 +239,19 @@ class OutputCache:
         the cache holds them all; returns their records, or None (the stage runs)."""
         if not stage.outs or not all(o.cache for o in stage.outs):
             return None
-        outs = self.runs.lookup(stage.id, snap.fingerprint, snap.deps)
-        if outs is None and record is None:  # a damaged or lost lockfile: the cache's copy of it
-            record = self._copied_record(stage)
-        if outs is None and record is not None and _same_inputs(record, snap):
-            outs = record.outs
-        if outs is None or [o.path for o in outs] != [o.path for o in stage.outs]:
-            return None
-        if any(o.kind not in (FILE, DIR) or not self.cache.has(o.hash) for o in outs):
+        # The newest result for these inputs first: the lockfile's record, then
+        # the cache's copy of the last lockfile (this one may be damaged, lost,
+        # or put back by git), then the run cache's older records.
+        outs = None
+        for r in (record, self._copied_record(stage)):
+            if r is not None and _same_inputs(r, snap) and self._restorable(stage, r.outs):
+                outs = r.outs
+                break
+        else:
+            found = self.runs.lookup(stage.id, snap.fingerprint, snap.deps)
+            if found is not None and self._restorable(stage, found):
+                outs = found
+        if outs is None:
             return None
         try:
             for out, rec in zip(stage.outs, outs, strict=True):
@@ -258,19 +263,53 @@ class OutputCache:
             return None
         return outs
 
+    def _restorable(self, stage: Stage, outs: tuple[FileRecord, ...]) -> bool:
+        return [o.path for o in outs] == [o.path for o in stage.outs] and all(
+            o.kind in (FILE, DIR) and self.cache.has(o.hash) for o in outs
+        )
+
+    def displaced(self, stage: Stage, old: StageRecord | None, new: StageRecord) -> StageRecord | None:
+        """`old`, the lockfile record `new` replaces, if the run cache should
+        keep it: other inputs, and outputs all cacheable and in the cache.
+
+        The run cache holds what the lockfile no longer does: the lockfile's
+        record answers for the current inputs (see `restore`), so an entry is
+        written when a new result pushes a record out (and `push` writes those
+        of the records it sends).  A clean build so creates no entry, where it
+        used to create a file per stage."""
+        if old is None or not old.outs or not all(o.cache for o in stage.outs):
+            return None
+        if old.fingerprint == new.fingerprint and old.deps == new.deps:
+            return None
+        return old if self._restorable(stage, old.outs) else None
+
     def _copied_record(self, stage: Stage) -> StageRecord | None:
         """The stage's record in the cache's copy of its pipeline's last lockfile
-        (state/store.py keeps it), if there is one and it decodes."""
+        (StateStore keeps it), where that copy differs from the lockfile now
+        (else it has nothing to add: it is not even decoded)."""
         pipeline = stage.id.pipeline
-        if pipeline not in self._lock_copies:
-            try:
-                self._lock_copies[pipeline] = lockfile.read_records(lockfile.copy_path(self.root, pipeline))
-            except lockfile.LockfileError:
-                self._lock_copies[pipeline] = lockfile.Records()
+        copy = self._lock_copies.get(pipeline)
+        if copy is None:
+            copy = self._lock_copies[pipeline] = self._read_copy(pipeline)
         try:
-            return self._lock_copies[pipeline].get(stage.name)
+            return copy.get(stage.name)
         except lockfile.LockfileError:
             return None
+
+    def _read_copy(self, pipeline: str) -> lockfile.Records:
+        try:
+            blob = lockfile.copy_path(self.root, pipeline).read_bytes()
+        except OSError:
+            return lockfile.Records()
+        try:
+            if (self.root / pipeline / LOCKFILE).read_bytes() == blob:
+                return lockfile.Records()
+        except OSError:
+            pass
+        try:
+            return lockfile.decode_records(blob)
+        except lockfile.LockfileError:
+            return lockfile.Records()
 
     def roll_back(self, stage: Stage, record: StageRecord | None) -> tuple[list[str], list[str]]:
         """After a failure: put each output back to its last recorded version from

@@ -119,6 +119,14 @@ class StateStore:
             self._damaged(st.lock_path, f"{exc}; ignoring it, so the stage will run again")
             return None
 
+    def committed(self, stage: Stage) -> StageRecord | None:
+        """The stage's record in the lockfile (not a pending --no-commit one)."""
+        st = self.state(stage)
+        try:
+            return st.records.get(stage.name)
+        except lockfile.LockfileError:
+            return None
+
     def pending(self, stage: Stage) -> StageRecord | None:
         return self.state(stage).pending.get(stage.name)
 
