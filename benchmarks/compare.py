@@ -10,12 +10,17 @@ and its own build file for the same stages, in a directory of its own.
     python3 benchmarks/compare.py --shape small --tools pivotbuild,make,ninja,doit,snakemake
     python3 benchmarks/compare.py --width 1000 --depth 10 --shape small    # 10,000 stages
     python3 benchmarks/compare.py --baseline ../old/.venv/bin/pivotbuild   # before/after a change, in one run
+    python3 benchmarks/compare.py --tools pivotbuild,pivotbuild:hardlink,ninja,ninja+cp   # the storage floors
 
 --shape big (the default): each stage `cat`s its deps, so outputs double with
 every layer (about 1.2 GB per tool at 50 x 20: never raise --depth much) and
 reading, hashing and storing data shows. --shape small: each stage runs
 `md5sum` on its deps, so every output is at most three short lines and the
 tool's own cost per stage shows.
+
+Two references: `ninja+cp` (ninja, then one `cp --reflink=auto` of the files
+it wrote: the least a build that keeps a cached copy must do) and
+`pivotbuild:hardlink` (pivotbuild with `checkout = "hardlink"`).
 
 For each tool, one after the other in this process (so the machine's drift hits
 all alike): `clean`, a build of every stage; `noop`, the same command again
@@ -117,17 +122,39 @@ def write_snakemake(root: Path, stages: list[Stage], cmd: str) -> None:
     )
 
 
+def write_pivotbuild_hardlink(root: Path, stages: list[Stage], cmd: str) -> None:
+    write_pivotbuild(root, stages, cmd)
+    (root / ".pivot" / "config.toml").write_text('[core]\ncheckout = "hardlink"\n')
+
+
 @dataclass(frozen=True)
 class Tool:
     program: str
     write: Callable[[Path, list[Stage], str], None]
     args: Callable[[int], list[str]]
+    # The command, given the program found and -j (default: the program and `args`).
+    command: Callable[[str, int], list[str]] | None = None
+
+
+def _ninja_then_cp(ninja: str, jobs: int) -> list[str]:
+    """ninja, then one copy of the files it wrote into ../cpcache (a reflink
+    where the file system has them): the least a build that keeps a cached
+    copy of its outputs must do, the floor for pivotbuild's default mode."""
+    return [
+        "sh",
+        "-c",
+        f"touch .mark && '{ninja}' -j {jobs} >/dev/null && mkdir -p ../cpcache && "
+        "find out -type f -newer .mark -print0 | xargs -0 -r cp --reflink=auto --parents -t ../cpcache",
+    ]
 
 
 TOOLS = {
     "pivotbuild": Tool("pivotbuild", write_pivotbuild, lambda j: ["-j", str(j), "-s"]),
+    # pivotbuild with `checkout = "hardlink"`: outputs stored by link, no byte copied.
+    "pivotbuild:hardlink": Tool("pivotbuild", write_pivotbuild_hardlink, lambda j: ["-j", str(j), "-s"]),
     "make": Tool("make", write_make, lambda j: ["-j", str(j), "-s"]),
     "ninja": Tool("ninja", write_ninja, lambda j: ["-j", str(j)]),
+    "ninja+cp": Tool("ninja", write_ninja, lambda j: ["-j", str(j)], _ninja_then_cp),
     "doit": Tool("doit", write_doit, lambda j: ["-n", str(j)]),
     "snakemake": Tool("snakemake", write_snakemake, lambda j: ["--cores", str(j), "--quiet", "all", "--nolock"]),
 }
@@ -228,8 +255,9 @@ def measure(
         program = find(TOOLS[tool].program)
         if program is None:
             raise SystemExit(f"compare.py: {TOOLS[tool].program} is not on PATH (see --help for how to install it)")
-        cmd = [program, *TOOLS[tool].args(jobs)]
-        root = workdir / tool
+        spec = TOOLS[tool]
+        cmd = spec.command(program, jobs) if spec.command else [program, *spec.args(jobs)]
+        root = workdir / tool.replace(":", "-")
         generate(root, stages, tool, shape)
         clean = timed(cmd, root)
         noop = [timed(cmd, root) for _ in range(runs)]

@@ -38,3 +38,13 @@ def test_a_tool_that_writes_a_wrong_output_is_caught(tmp_path: Path) -> None:
     (tmp_path / "out" / "1_1.txt").write_text("wrong\n")
     with pytest.raises(SystemExit, match=r"make wrote a wrong out/1_1.txt"):
         compare.check_outputs(tmp_path, stages, "big", "make")
+
+
+def test_the_storage_references_build_the_same_bytes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tools = ["pivotbuild:hardlink", "ninja+cp"]
+    args = ["--tools", ",".join(tools), "--width", "3", "--depth", "2", "--runs", "1", "--dir", str(tmp_path)]
+    assert compare.main(args) == 0
+    assert [line.split()[0] for line in capsys.readouterr().out.splitlines()[2:]] == tools
+    assert '"hardlink"' in (tmp_path / "pivotbuild-hardlink" / ".pivot" / "config.toml").read_text()
+    copied = tmp_path / "cpcache" / "out" / "1_0.txt"  # ninja+cp's copy of what ninja wrote
+    assert copied.read_bytes() == (tmp_path / "ninja+cp" / "out" / "1_0.txt").read_bytes()
