@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from pivotbuild.errors import CycleError, Diagnostic, GraphError, Location, TargetError
+from pivotbuild.errors import Diagnostic, GraphError, Location, TargetError
 from pivotbuild.globs import glob_regex, may_match_under
 from pivotbuild.model import Out, Stage, StageId
 from pivotbuild.suggest import close_matches
@@ -73,8 +73,9 @@ class BuildGraph:
         preds = self._stage_preds()
         order = self._topological(preds)
         if len(order) < len(self.stages):
-            cycles, loops = self._cycles(self._project_stages())
-            raise CycleError(cycles[0], loops)
+            from pivotbuild.cycles import cycle_error  # networkx: only for a graph that has a cycle
+
+            raise cycle_error(self)
         self._link(order, {s: self._ordered(preds[s]) for s in order})
 
     @classmethod
@@ -228,7 +229,7 @@ class BuildGraph:
         stage, out = writers[1]
         where = stage.at(out.pos)
         notes = [
-            self._located(s.at(o.pos), f"{self._label(s.id)} writes '{path}' here", severity="note")
+            self.located(s.at(o.pos), f"{self._label(s.id)} writes '{path}' here", severity="note")
             for s, o in (writers[0], *writers[2:])
             if s.at(o.pos) != where
         ]
@@ -238,7 +239,7 @@ class BuildGraph:
             hint = f"put {' and '.join(f'${{{axis}}}' for axis in differ)} in the path"
         else:
             hint = "give each stage its own outputs"
-        return self._located(where, f"two stages write '{path}': {listed}; {hint}", notes)
+        return self.located(where, f"two stages write '{path}': {listed}; {hint}", notes)
 
     def _nested_output(self, inner: tuple[Stage, Out], outer: tuple[Stage, Out]) -> Diagnostic:
         """Located at the output inside the directory, with a note at the directory."""
@@ -252,13 +253,8 @@ class BuildGraph:
                 f"output '{out.path}' of {b} is inside output directory {directory} of {a}, "
                 f"which {a} writes whole; write it elsewhere, or let {a} write it"
             )
-        note = self._located(dir_stage.at(dir_out.pos), f"{a} writes the directory {directory} here", severity="note")
-        return self._located(stage.at(out.pos), message, [note])
-
-    def _located(
-        self, loc: Location, message: str, notes: Sequence[Diagnostic] = (), severity: str = "error"
-    ) -> Diagnostic:
-        return Diagnostic(loc, message, self._lines(loc), severity, tuple(notes))
+        note = self.located(dir_stage.at(dir_out.pos), f"{a} writes the directory {directory} here", severity="note")
+        return self.located(stage.at(out.pos), message, [note])
 
     def _enclosing_out(self, path: str) -> str | None:
         """The output that is a proper ancestor directory of `path`, if any."""
@@ -295,59 +291,6 @@ class BuildGraph:
         if enclosing is not None:
             found.add(self._producer[enclosing])
         return found
-
-    def _project_stages(self) -> nx.DiGraph[StageId]:
-        import networkx as nx
-
-        g = self.g
-        sg: nx.DiGraph[StageId] = nx.DiGraph()
-        sg.add_nodes_from(self.stages)
-        for sid in self.stages:
-            for art in g.successors(sid):
-                for consumer in g.successors(art):
-                    assert isinstance(consumer, StageId)
-                    sg.add_edge(sid, consumer)
-        return sg
-
-    def _cycles(self, stage_graph: nx.DiGraph[StageId]) -> tuple[list[list[str]], list[Diagnostic]]:
-        """One loop in each set of stages that need each other: its stages'
-        names (the first repeated last), and the error, located at the stage
-        declared first, with a note at each dep that closes a link."""
-        import networkx as nx
-
-        firsts = []
-        for component in nx.strongly_connected_components(stage_graph):
-            first = min(component, key=self._index.__getitem__)
-            if len(component) > 1 or stage_graph.has_edge(first, first):
-                firsts.append((first, component))
-        cycles, problems = [], []
-        for first, component in sorted(firsts, key=lambda f: self._index[f[0]]):
-            loop = _loop(stage_graph.subgraph(component), first, self._index)
-            names = [self._label(s) for s in [*loop, first]]
-            notes = [self._link_note(u, v) for u, v in zip(loop, [*loop[1:], first], strict=True)]
-            if len(loop) == 1:
-                message = f"dependency cycle: {' -> '.join(names)}: it reads a file it writes; drop that dep"
-            else:
-                message = (
-                    f"dependency cycle: {' -> '.join(names)} (each stage writes a file the next one reads); "
-                    "drop one of the deps noted below to break it"
-                )
-            cycles.append(names)
-            problems.append(self._located(self.stages[first].loc, message, notes))
-        return cycles, problems
-
-    def _link_note(self, u: StageId, v: StageId) -> Diagnostic:
-        """Where `v` lists the file(s) of `u` it reads."""
-        g = self.g
-        shared = sorted(str(a) for a in g.successors(u) if g.has_edge(a, v))
-        stage = self.stages[v]
-        dep = next((d for d in stage.deps if d.path in shared), None)
-        files = ", ".join(f"'{f}'" for f in shared)
-        return self._located(
-            stage.at(dep.pos if dep else None),
-            f"{self._label(v)} reads {files}, written by {self._label(u)}",
-            severity="note",
-        )
 
     def _label(self, sid: StageId) -> str:
         return sid.label(self.current)
@@ -433,16 +376,18 @@ class BuildGraph:
                 if loc != missing.where[0]:
                     others.setdefault(loc, []).append(self._label(sid))
             notes = [
-                self._located(loc, f"{', '.join(who)} need{'s' * (len(who) == 1)} it too", severity="note")
+                self.located(loc, f"{', '.join(who)} need{'s' * (len(who) == 1)} it too", severity="note")
                 for loc, who in others.items()
             ]
             message = f"'{missing.path}' does not exist and no stage writes it (needed by {users})"
-            found.append(self._located(missing.where[0], message, notes, severity))
+            found.append(self.located(missing.where[0], message, notes, severity))
         return found
 
-    def located(self, loc: Location, message: str) -> Diagnostic:
-        """An error at `loc`, quoting its source line."""
-        return self._located(loc, message)
+    def located(
+        self, loc: Location, message: str, notes: Sequence[Diagnostic] = (), severity: str = "error"
+    ) -> Diagnostic:
+        """An error (or note) at `loc`, quoting its source line."""
+        return Diagnostic(loc, message, self._lines(loc), severity, tuple(notes))
 
     def _ordered(self, ids: Iterable[object]) -> list[StageId]:
         return sorted((i for i in ids if isinstance(i, StageId)), key=self._index.__getitem__)
@@ -497,15 +442,3 @@ class BuildGraph:
             f"; did you mean {' or '.join(repr(n) for n in near)}?" if near else "; 'pivotbuild list' shows the stages"
         )
         return f"unknown target '{target}': no stage or output has that name{hint}"
-
-
-def _loop(component: nx.DiGraph[StageId], first: StageId, index: dict[StageId, int]) -> list[StageId]:
-    """A shortest loop through `first` in a set of stages that all reach each
-    other, from `first` up to the stage that leads back to it."""
-    import networkx as nx
-
-    if component.has_edge(first, first):
-        return [first]
-    paths: dict[StageId, list[StageId]] = nx.single_source_shortest_path(component, first)
-    back = min(component.predecessors(first), key=lambda u: (len(paths[u]), index[u]))
-    return paths[back]
