@@ -19,7 +19,7 @@ from pivotbuild.graph import BuildGraph
 from pivotbuild.model import Stage, StageId
 from pivotbuild.project import Project
 from pivotbuild.state.kinds import ABSENT, DIR
-from pivotbuild.state.records import FileRecord, StageRecord
+from pivotbuild.state.records import FileRecord
 from pivotbuild.state.snapshot import file_record
 from pivotbuild.state.store import StateStore
 
@@ -175,22 +175,17 @@ def transfer_set(engine: Engine, options: BuildOptions, *, stale: bool = False, 
     lockfile."""
     project, graph, stages = _chosen(engine, options)
     outs: list[FileRecord] = []
-    runs = OutputCache(project.root, engine.warn).runs if entries else None
+    outputs = OutputCache(project.root, engine.warn) if entries else None
     with engine.state(project, options) as store:
         for stage in stages:
             record = store.record(stage)
             if record is not None:
                 outs.extend(o for o, decl in zip(record.outs, _cached(stage, record.outs), strict=True) if decl)
-                if runs is not None and _restorable(stage, record):
-                    runs.record(stage.id, record.fingerprint, record.deps, record.outs)
+                if outputs is not None and outputs.restorable(stage, record.outs):
+                    outputs.remember(stage, record)
         diffs = differences(store, project.root, stages, graph) if stale else []
         differ = {d.path for d in diffs if d.what != "not recorded"}
     return TransferSet(project, outs, [s.id for s in stages], [o for o in outs if o.path in differ])
-
-
-def _restorable(stage: Stage, record: StageRecord) -> bool:
-    """Whether the run cache could restore this record: outputs all cached and present."""
-    return bool(record.outs) and all(o.cache for o in stage.outs) and all(o.kind != ABSENT for o in record.outs)
 
 
 def _cached(stage: Stage, outs: tuple[FileRecord, ...]) -> list[bool]:

@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import textwrap
@@ -305,3 +306,12 @@ stage b:
     outs: b.txt
     run: cp a.txt b.txt
 """
+
+
+def fresh_clone(origin: Project, tmp_path: Path) -> Project:
+    """What `git clone` gives: the committed files, no outputs, no cache."""
+    q = Project(tmp_path / "two")
+    (q.root / ".pivot").mkdir(parents=True)
+    for rel in ("Pivotfile", "Pivotfile.lock", "in.txt", ".pivot/config.toml"):
+        shutil.copy(origin.root / rel, q.root / rel)
+    return q

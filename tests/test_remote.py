@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from conftest import PIVOTBUILD, Project
-from helpers import REMOTE_PIPELINE, statuses
+from helpers import REMOTE_PIPELINE, fresh_clone, statuses
 
 from pivotbuild.cache.store import Cache
 from pivotbuild.remote.config import ConfigError, toml_string
@@ -32,15 +32,6 @@ def first_clone(tmp_path: Path, pipeline: str = PIPELINE) -> tuple[Project, Path
     assert p.run().code == 0
     assert p.run("remote", "add", "--default", "team", str(share)).code == 0
     return p, share
-
-
-def fresh_clone(origin: Project, tmp_path: Path) -> Project:
-    """What `git clone` gives: the committed files, no outputs, no cache."""
-    q = Project(tmp_path / "two")
-    (q.root / ".pivot").mkdir(parents=True)
-    for rel in ("Pivotfile", "Pivotfile.lock", "in.txt", ".pivot/config.toml"):
-        shutil.copy(origin.root / rel, q.root / rel)
-    return q
 
 
 def test_pull_then_build_on_a_fresh_clone_runs_nothing(tmp_path: Path) -> None:

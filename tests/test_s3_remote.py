@@ -15,7 +15,7 @@ import obstore
 import pytest
 import s3server
 from conftest import PIVOTBUILD, Project
-from helpers import REMOTE_PIPELINE, statuses
+from helpers import REMOTE_PIPELINE, fresh_clone, statuses
 from obstore.store import S3Store
 
 PIPELINE = REMOTE_PIPELINE
@@ -68,15 +68,6 @@ def built(tmp_path: Path, s3: s3server.S3Server, prefix: str, pipeline: str = PI
     added = p.run("remote", "add", "--default", "team", f"s3://{s3.bucket}/{prefix}", "--endpoint-url", s3.endpoint)
     assert added.code == 0, added.err
     return p
-
-
-def fresh_clone(origin: Project, tmp_path: Path) -> Project:
-    """What `git clone` gives: the committed files, no outputs, no cache."""
-    q = Project(tmp_path / "two")
-    (q.root / ".pivot").mkdir(parents=True)
-    for rel in ("Pivotfile", "Pivotfile.lock", "in.txt", ".pivot/config.toml"):
-        shutil.copy(origin.root / rel, q.root / rel)
-    return q
 
 
 @pytest.mark.usefixtures("credentials")

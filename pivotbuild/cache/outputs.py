@@ -239,18 +239,7 @@ class OutputCache:
         the cache holds them all; returns their records, or None (the stage runs)."""
         if not stage.outs or not all(o.cache for o in stage.outs):
             return None
-        # The newest result for these inputs first: the lockfile's record, then
-        # the cache's copy of the last lockfile (this one may be damaged, lost,
-        # or put back by git), then the run cache's older records.
-        outs = None
-        for r in (record, self._copied_record(stage)):
-            if r is not None and _same_inputs(r, snap) and self._restorable(stage, r.outs):
-                outs = r.outs
-                break
-        else:
-            found = self.runs.lookup(stage.id, snap.fingerprint, snap.deps)
-            if found is not None and self._restorable(stage, found):
-                outs = found
+        outs = self._newest(stage, snap, record)
         if outs is None:
             return None
         try:
@@ -263,9 +252,30 @@ class OutputCache:
             return None
         return outs
 
-    def _restorable(self, stage: Stage, outs: tuple[FileRecord, ...]) -> bool:
-        return [o.path for o in outs] == [o.path for o in stage.outs] and all(
-            o.kind in (FILE, DIR) and self.cache.has(o.hash) for o in outs
+    def _newest(self, stage: Stage, snap: Snapshot, record: StageRecord | None) -> tuple[FileRecord, ...] | None:
+        """The newest outputs recorded for exactly these inputs that the cache can
+        check out: the lockfile's record, then the cache's copy of the last
+        lockfile (this one may be damaged, lost, or put back by git), then the
+        run cache's older records."""
+
+        def usable(r: StageRecord | None) -> tuple[FileRecord, ...] | None:
+            return r.outs if r is not None and _same_inputs(r, snap) and self.restorable(stage, r.outs) else None
+
+        found = usable(record) or usable(self._copied_record(stage))
+        if found is None:
+            found = self.runs.lookup(stage.id, snap.fingerprint, snap.deps)
+            if found is not None and not self.restorable(stage, found):
+                found = None
+        return found
+
+    def restorable(self, stage: Stage, outs: tuple[FileRecord, ...]) -> bool:
+        """Could these recorded outputs of `stage` be checked out: every declared
+        output cached, and each of these a file or directory the cache holds."""
+        return (
+            bool(outs)
+            and all(o.cache for o in stage.outs)
+            and [o.path for o in outs] == [o.path for o in stage.outs]
+            and all(o.kind in (FILE, DIR) and self.cache.has(o.hash) for o in outs)
         )
 
     def displaced(self, stage: Stage, old: StageRecord | None, new: StageRecord) -> StageRecord | None:
@@ -277,11 +287,9 @@ class OutputCache:
         written when a new result pushes a record out (and `push` writes those
         of the records it sends).  A clean build so creates no entry, where it
         used to create a file per stage."""
-        if old is None or not old.outs or not all(o.cache for o in stage.outs):
+        if old is None or (old.fingerprint == new.fingerprint and old.deps == new.deps):
             return None
-        if old.fingerprint == new.fingerprint and old.deps == new.deps:
-            return None
-        return old if self._restorable(stage, old.outs) else None
+        return old if self.restorable(stage, old.outs) else None
 
     def _copied_record(self, stage: Stage) -> StageRecord | None:
         """The stage's record in the cache's copy of its pipeline's last lockfile

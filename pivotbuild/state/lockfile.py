@@ -120,9 +120,10 @@ def read_records(path: Path) -> Records:
     return decode_records(blob)
 
 
-def write(path: Path, data: LockData | Records) -> bool:
+def write(path: Path, data: LockData | Records, *, copy_to: Path | None = None) -> bool:
     """Write `data` atomically unless the file already holds exactly these bytes.
-    Returns True if the file was written."""
+    Returns True if the file was written.  `copy_to` gets the same bytes too
+    (best effort, no fsync: the cache's copy, checked when read; see `copy_path`)."""
     blob = encode(data)
     try:
         if path.read_bytes() == blob:
@@ -130,6 +131,12 @@ def write(path: Path, data: LockData | Records) -> bool:
     except OSError:
         pass
     write_atomic(path, blob)
+    if copy_to is not None:
+        try:
+            copy_to.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(copy_to, blob, fsync=False)
+        except OSError:
+            pass
     return True
 
 

@@ -32,7 +32,7 @@ from __future__ import annotations
 import contextlib
 import os
 import stat as statmod
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 from pivotbuild.paths import STATE_DIR
@@ -111,48 +111,30 @@ class Seal:
             if own is None:
                 return False
             wanted.update(own)
-        # `_unchanged`, inlined: at 10,000 stages this loop is the no-op (20,000 stats).
-        paths, stamps, stat = self.paths, self.stamps, os.stat
-        for j in wanted:
-            try:
-                st = stat(paths[j])
-            except (FileNotFoundError, NotADirectoryError):
-                if stamps[j] is not None:
-                    return False
-                continue
-            except OSError:
-                return False
-            if stamps[j] != (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns):
-                return False
-        return True
+        return all(same for _, same in self._unchanged(wanted))
 
     def holding(self, stages: Iterable[int]) -> set[int]:
         """Those of `stages` that are sealed with every stamp unchanged now,
         each path statted once."""
-        unchanged: dict[int, bool] = {}
-        held = set()
-        for i in stages:
-            own = self.stages.get(i)
-            if own is None:
-                continue
-            for j in own:
-                same = unchanged.get(j)
-                if same is None:
-                    same = unchanged[j] = self._unchanged(j)
-                if not same:
-                    break
-            else:
-                held.add(i)
-        return held
+        own = {i: self.stages[i] for i in stages if i in self.stages}
+        unchanged = dict(self._unchanged({j for js in own.values() for j in js}))
+        return {i for i, js in own.items() if all(unchanged[j] for j in js)}
 
-    def _unchanged(self, j: int) -> bool:
-        try:
-            st = os.stat(self.paths[j])
-        except (FileNotFoundError, NotADirectoryError):
-            return self.stamps[j] is None
-        except OSError:
-            return False
-        return self.stamps[j] == (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
+    def _unchanged(self, indices: Iterable[int]) -> Iterator[tuple[int, bool]]:
+        """(path index, whether its stamp is as sealed) for each of `indices`,
+        statted now, one by one (a caller may stop at the first change).  At
+        10,000 stages this loop is the whole no-op: 20,000 stats."""
+        paths, stamps, stat = self.paths, self.stamps, os.stat
+        for j in indices:
+            try:
+                st = stat(paths[j])
+            except (FileNotFoundError, NotADirectoryError):
+                yield j, stamps[j] is None
+                continue
+            except OSError:
+                yield j, False
+                continue
+            yield j, stamps[j] == (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
 
     # -- writing ------------------------------------------------------------------
 

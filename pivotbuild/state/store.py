@@ -165,24 +165,13 @@ class StateStore:
                 # lock kept every other pivotbuild out since: the journal holds
                 # exactly what this build appended, all of it in `records`
                 # already, so it need not be read back and decoded.
-                lockfile.write(st.lock_path, st.records)
+                # The cache keeps a copy: the run cache writes no entry for a
+                # stage's current record, and the copy restores those outputs if
+                # the lockfile is damaged or lost (OutputCache.restore).
+                lockfile.write(st.lock_path, st.records, copy_to=lockfile.copy_path(self.root, st.dir))
                 st.journal_path.unlink(missing_ok=True)
                 st.journal.appended = 0  # folded: closing again (the build's, then its lock's) writes nothing
-                self._copy_lockfile(st)
             st.statcache.save()
-
-    def _copy_lockfile(self, st: PipelineState) -> None:
-        """Keep a copy of the lockfile just written in the cache (best effort:
-        it is checked when read).  The run cache writes no entry for a
-        stage's current record, which the lockfile holds; this copy is what
-        restores those outputs if the lockfile is damaged or lost."""
-        try:
-            blob = st.lock_path.read_bytes()
-            target = lockfile.copy_path(self.root, st.dir)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            write_atomic(target, blob, fsync=False)
-        except OSError:
-            pass
 
 
 def _save_pending(st: PipelineState) -> None:
