@@ -1,11 +1,17 @@
-"""Project roots and path normalisation."""
+"""Project roots and path normalisation.
+
+(pathlib only where a Path is returned: importing it costs a no-op some
+10 ms, `re` and `urllib` with it, and the no-op fast path works in strings.)
+"""
 
 from __future__ import annotations
 
-import functools
 import os
 import posixpath
-from pathlib import Path
+
+TYPE_CHECKING = False  # not typing's: the no-op fast path does not import typing
+if TYPE_CHECKING:
+    from pathlib import Path
 
 STATE_DIR = ".pivot"
 # A copy of each pipeline's last lockfile, kept by the cache (see state/store.py):
@@ -21,31 +27,48 @@ PIPELINE_ONLY = "pipeline-state"
 def pivotfile_path(cwd: Path, file: str | Path | None) -> Path:
     """The main Pivotfile a command names: `-f FILE` (a directory stands for
     its Pivotfile), else the Pivotfile in `cwd`.  It may not exist."""
+    from pathlib import Path
+
+    return Path(main_file(os.fspath(cwd), None if file is None else os.fspath(file)))
+
+
+def main_file(cwd: str, file: str | None) -> str:
+    """`pivotfile_path`, in strings."""
     if file is not None:
-        path = (cwd / file).resolve()
-        return path / PIVOTFILE if path.is_dir() else path
-    return cwd.resolve() / PIVOTFILE
+        path = os.path.realpath(os.path.join(cwd, file))
+        return os.path.join(path, PIVOTFILE) if os.path.isdir(path) else path
+    return os.path.join(os.path.realpath(cwd), PIVOTFILE)
 
 
 def find_root(start: Path) -> Path:
     """The project root for a Pivotfile in `start`: the nearest ancestor holding
     `.pivot/` (not counting an included pipeline's own state directory), else
     the nearest holding `.git/`, else `start` itself."""
-    start = start.resolve()
-    chain = [start, *start.parents]
+    from pathlib import Path
+
+    return Path(root_of(os.fspath(start)))
+
+
+def root_of(start: str) -> str:
+    """`find_root`, in strings."""
+    start = os.path.realpath(start)
+    chain = [start]
+    while (up := os.path.dirname(chain[-1])) != chain[-1]:
+        chain.append(up)
     for d in chain:
         if is_root_state(d):
             return d
     for d in chain:
-        if (d / ".git").is_dir():
+        if os.path.isdir(os.path.join(d, ".git")):
             return d
     return start
 
 
-def is_root_state(directory: Path) -> bool:
+def is_root_state(directory: str | Path) -> bool:
     """True if `directory` holds a project root's `.pivot/` (one not marked as
     an included pipeline's own)."""
-    return (directory / STATE_DIR).is_dir() and not (directory / STATE_DIR / PIPELINE_ONLY).exists()
+    state = os.path.join(directory, STATE_DIR)
+    return os.path.isdir(state) and not os.path.exists(os.path.join(state, PIPELINE_ONLY))
 
 
 def rel_dir(root: Path, directory: Path) -> str:
@@ -82,14 +105,21 @@ def escapes_via_symlink(root: Path, path: str) -> bool:
     return not (real == real_root or real.startswith(real_root + os.sep))
 
 
-@functools.lru_cache(maxsize=4096)
+_resolved: dict[str, str] = {}  # (a dict, not functools.lru_cache: the no-op imports this module)
+
+
 def _realpath(path: str) -> str:
-    return os.path.realpath(path)
+    real = _resolved.get(path)
+    if real is None:
+        if len(_resolved) >= 4096:
+            _resolved.clear()
+        real = _resolved[path] = os.path.realpath(path)
+    return real
 
 
 def forget_resolved() -> None:
     """Drop remembered directory resolutions (before compiling again in this process)."""
-    _realpath.cache_clear()
+    _resolved.clear()
 
 
 def make_relative(root: Path, path: str) -> str:
@@ -97,6 +127,8 @@ def make_relative(root: Path, path: str) -> str:
     if not posixpath.isabs(path):
         return path
     try:
+        from pathlib import Path
+
         rel = Path(path).relative_to(root).as_posix()
     except ValueError:
         return path

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import random
+import struct
 from pathlib import Path
 
 import msgpack
@@ -365,11 +366,16 @@ def frame(body: bytes, magic: bytes) -> bytes:
     return framing.Format(magic, version, "file").pack(body)
 
 
+def _u32(values: list[int]) -> bytes:
+    return struct.pack(f"<{len(values)}I", *values)
+
+
 def test_a_seal_with_indices_out_of_range_never_crashes(chain: Project) -> None:
     built(chain)
     path = chain.root / ".pivot" / "seal"
     fields = msgpack.unpackb(unframe(path.read_bytes(), b"PIVSEAL\n"))
-    fields[5] = [[0, [0, 99]], [1, [77]], [2, [5]]]  # stages pointing at paths that are not there
+    # stages 0, 1, 2 pointing at paths that are not there (little-endian uint32 arrays)
+    fields[3][3:6] = [_u32([0, 1, 2]), _u32([0, 2, 3, 4]), _u32([0, 99, 77, 5])]
     path.write_bytes(frame(msgpack.packb(fields), b"PIVSEAL\n"))  # a valid checksum: only the shape is wrong
     chain.write("other.txt", "new\n")
     r = build_warned(chain, "seal")
@@ -382,7 +388,9 @@ def test_a_plan_with_indices_out_of_range_never_crashes(chain: Project) -> None:
     built(chain)
     path = chain.root / ".pivot" / "plan"
     fields = msgpack.unpackb(unframe(path.read_bytes(), b"PIVPLAN\n"))
-    fields[3][3] = [[7], [0, 42], []]  # the upstream links of the stages
+    lists = msgpack.unpackb(fields[3][4])  # the index's packed [stages, preds, order]
+    lists[1] = [[7], [0, 42], []]  # the upstream links of the stages
+    fields[3][4] = msgpack.packb(lists)
     path.write_bytes(frame(msgpack.packb(fields), b"PIVPLAN\n"))  # a valid checksum: only the shape is wrong
     chain.write("in.txt", "new\n")
     r = build(chain)

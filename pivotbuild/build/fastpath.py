@@ -14,16 +14,17 @@ ordinary build runs.
 
 This is an optimisation that must never change an answer: it only ever says
 "up to date" when the seal proves it (see seal.py).  It never prints.
-(No typing, no dataclasses: the no-op imports this.)
+(No typing, no dataclasses, no pathlib: the no-op imports this.)
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
 
 TYPE_CHECKING = False  # not typing's: the no-op fast path does not import typing
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
+    from pathlib import Path
 
     from pivotbuild.state.plan import Loaded
     from pivotbuild.state.seal import Seal
@@ -46,14 +47,14 @@ class Checked:
         self.held = held
 
     @property
-    def state_dir(self) -> Path:
+    def state_dir(self) -> str:
         """The project's state directory (where the history goes)."""
         from pivotbuild.paths import STATE_DIR
 
-        return Path(self.loaded.index.root) / STATE_DIR
+        return os.path.join(self.loaded.index.root, STATE_DIR)
 
 
-def check(cwd: Path, file: str | None, overrides: Mapping[str, str], targets: Sequence[str]) -> Checked | None:
+def check(cwd: str | Path, file: str | None, overrides: Mapping[str, str], targets: Sequence[str]) -> Checked | None:
     """What the fast path knows of this build, if the plan is fresh and the
     targets are stage names; else None (also when a file cannot be read or
     does not decode: the ordinary build says what is wrong)."""
@@ -63,12 +64,12 @@ def check(cwd: Path, file: str | None, overrides: Mapping[str, str], targets: Se
         return None
 
 
-def _check(cwd: Path, file: str | None, overrides: Mapping[str, str], targets: Sequence[str]) -> Checked | None:
-    from pivotbuild.paths import pivotfile_path
+def _check(cwd: str | Path, file: str | None, overrides: Mapping[str, str], targets: Sequence[str]) -> Checked | None:
+    from pivotbuild.paths import main_file as pivotfile
     from pivotbuild.state import plan, seal
 
-    main_file = pivotfile_path(cwd, file or None)
-    if not main_file.is_file():
+    main_file = pivotfile(os.fspath(cwd), file or None)
+    if not os.path.isfile(main_file):
         return None
     loaded = plan.read(main_file, overrides)
     if loaded is None or not plan.fresh(loaded, main_file):
@@ -78,10 +79,10 @@ def _check(cwd: Path, file: str | None, overrides: Mapping[str, str], targets: S
     if chosen is None:
         return None
     closure = index.upstream(chosen)
-    sealed = seal.read(main_file.parent, index.plan_id)
+    sealed = seal.read(os.path.dirname(main_file), index.plan_id)
     if sealed is not None and not sealed.state_unchanged():
         sealed = None
-    always = any(index.stages[i][4] for i in closure)  # an `always` stage is never up to date
+    always = index.any_always(closure)  # an `always` stage is never up to date
     noop = sealed is not None and not always and sealed.holds(closure)
     # (holds() is the no-op's one pass over every stamp; only a build with work
     # needs to know which stages held, to skip checking their deps exist.)

@@ -12,10 +12,10 @@ from __future__ import annotations
 import gc
 import os
 import sys
-from collections.abc import Sequence
 
 TYPE_CHECKING = False  # not typing's: the no-op fast path does not import typing
 if TYPE_CHECKING:
+    from collections.abc import Sequence
     from typing import NoReturn
 
 

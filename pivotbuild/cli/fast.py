@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import sys
 import time
-from pathlib import Path
 
 from pivotbuild.build import fastpath
 from pivotbuild.cli import buildargs
@@ -53,7 +52,7 @@ def try_fast(argv: Sequence[str]) -> int | None:
 
 
 def _answer(argv: list[str], args: buildargs.BuildArgs, start: float) -> int | None:
-    checked = fastpath.check(Path.cwd(), args.file, args.overrides, args.targets)
+    checked = fastpath.check(os.getcwd(), args.file, args.overrides, args.targets)
     if checked is None:
         return None
     if not checked.noop:

@@ -8,13 +8,12 @@ the reader can say so once, and dropped when a build that saw it appends.
 
 from __future__ import annotations
 
-import json
 import os
-from collections.abc import Mapping
-from pathlib import Path
 
 TYPE_CHECKING = False  # not typing's: the no-op fast path does not import typing
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from pathlib import Path
     from typing import Any
 
 HISTORY = "history.jsonl"
@@ -23,7 +22,7 @@ RECENT = 20  # builds whose stage durations the scheduler uses
 
 
 def record_build(
-    state_dir: Path,
+    state_dir: str | Path,
     *,
     started: str,
     duration_s: float,
@@ -58,39 +57,74 @@ def now_stamp() -> str:
     return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
-def append(state_dir: Path, entry: Mapping[str, Any], *, repair: bool = False) -> None:
+def append(state_dir: str | Path, entry: Mapping[str, Any], *, repair: bool = False) -> None:
     """Add `entry`; with `repair`, first drop every damaged line (a reader saw
     some), so a damaged file is mended by the next build that writes."""
-    path = state_dir / HISTORY
-    state_dir.mkdir(parents=True, exist_ok=True)
-    line = json.dumps(entry, sort_keys=True) + "\n"
+    path = os.path.join(state_dir, HISTORY)
+    os.makedirs(state_dir, exist_ok=True)
+    line = _dumps(entry) + "\n"
     if repair:
         _rewrite(path, _good_lines(path), line)
         return
-    with path.open("a+b") as f:
+    with open(path, "a+b") as f:
         # A build killed mid-write leaves a torn last line: start on a fresh one.
         if f.tell() > 0:
             f.seek(-1, os.SEEK_END)
             if f.read(1) != b"\n":
                 line = "\n" + line
         f.write(line.encode("utf-8"))
-    if path.stat().st_size > _KEEP_BYTES:
+    if os.stat(path).st_size > _KEEP_BYTES:
         lines = _good_lines(path)
         _rewrite(path, lines[len(lines) // 2 :])
 
 
-def _good_lines(path: Path) -> list[bytes]:
+def _dumps(entry: Mapping[str, Any]) -> str:
+    """`json.dumps(entry, sort_keys=True)`, spelled here with json's own C
+    string encoder: importing json imports `re`, which the no-op fast path
+    otherwise never needs."""
     try:
-        blob = path.read_bytes()
+        return _plain(entry)
+    except TypeError:
+        import json
+
+        return json.dumps(entry, sort_keys=True)
+
+
+def _plain(v: Any) -> str:
+    """json's spelling of `v` (keys sorted), if it is made of str, finite int
+    or float, bool, None, and lists and str-keyed dicts of those; else TypeError."""
+    from _json import encode_basestring_ascii as text
+
+    if isinstance(v, str):
+        return str(text(v))
+    if v is None or isinstance(v, bool):
+        return "null" if v is None else "true" if v else "false"
+    if isinstance(v, int):
+        return int.__repr__(v)
+    if isinstance(v, float) and v - v == 0:  # finite
+        return float.__repr__(v)
+    if isinstance(v, list):
+        return "[" + ", ".join(map(_plain, v)) + "]"
+    if isinstance(v, dict) and (not v or all(isinstance(k, str) for k in v)):
+        return "{" + ", ".join(f"{text(k)}: {_plain(x)}" for k, x in sorted(v.items())) + "}"
+    raise TypeError(type(v).__name__)
+
+
+def _good_lines(path: str) -> list[bytes]:
+    try:
+        with open(path, "rb") as f:
+            blob = f.read()
     except FileNotFoundError:
         return []
     return [line + b"\n" for line in blob.splitlines() if _entry(line) is not None]
 
 
-def _rewrite(path: Path, lines: list[bytes], extra: str = "") -> None:
+def _rewrite(path: str, lines: list[bytes], extra: str = "") -> None:
+    from pathlib import Path
+
     from pivotbuild.state.files import write_atomic
 
-    write_atomic(path, b"".join(lines) + extra.encode("utf-8"))
+    write_atomic(Path(path), b"".join(lines) + extra.encode("utf-8"))
 
 
 class Read:
@@ -149,6 +183,8 @@ _FIELDS: dict[str, tuple[type, ...]] = {
 
 def _entry(line: bytes) -> dict[str, Any] | None:
     """The entry on one line; None for a damaged line (a bit flipped, a line cut short by a crash)."""
+    import json
+
     try:
         entry = json.loads(line.decode("utf-8"))
     except ValueError:  # UnicodeDecodeError too

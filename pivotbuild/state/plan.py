@@ -23,8 +23,8 @@ once.  It is never an error.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import msgpack
 
@@ -36,7 +36,8 @@ from pivotbuild.state.stamps import Source
 from pivotbuild.targets import closure, name_table, named
 
 TYPE_CHECKING = False  # not typing's: the no-op fast path does not import typing
-if TYPE_CHECKING:  # the no-op check imports none of these
+if TYPE_CHECKING:  # the no-op check imports none of these (nor pathlib)
+    from pathlib import Path
     from typing import Any
 
     from pivotbuild.errors import Location
@@ -47,8 +48,8 @@ if TYPE_CHECKING:  # the no-op check imports none of these
 PLAN = "plan"
 MAGIC = b"PIVPLAN\n"
 # 2: locations as [line, col] in their pipeline's file; deps', outs' and `py:`'s too.
-# 3: in a `state.framing` frame.
-FORMAT = 3
+# 3: in a `state.framing` frame.  4: the index's per-stage lists packed (read when used).
+FORMAT = 4
 FRAME = framing.Format(MAGIC, FORMAT, "plan")
 
 # A plan file that fails its checksum or does not decode; `str()` says why.
@@ -59,7 +60,7 @@ def plan_path(main_dir: Path) -> Path:
     return main_dir / STATE_DIR / PLAN
 
 
-def plan_key(main_file: Path, overrides: Mapping[str, str]) -> list[Any]:
+def plan_key(main_file: str | Path, overrides: Mapping[str, str]) -> list[Any]:
     """Lists only, as msgpack reads them back."""
     return [str(main_file), [[k, v] for k, v in sorted(overrides.items())], __version__]
 
@@ -73,10 +74,12 @@ def plan_id(root: str, body: bytes) -> str:
 class Index:
     """What the no-op check needs: each stage's (pipeline, name, base, has matrix,
     always) in declaration order, its direct upstream stages, and the main
-    pipeline's `default` targets as written.  (Plain classes here: the no-op
-    fast path does not import dataclasses.)"""
+    pipeline's `default` targets as written.  The per-stage lists stay packed
+    until used: the no-op of every stage needs only their number and which
+    stages are `always`.  (Plain classes here: the no-op fast path does not
+    import dataclasses.)"""
 
-    __slots__ = ("current", "default", "order", "plan_id", "preds", "root", "stages")
+    __slots__ = ("_lists", "_packed", "always", "current", "default", "n", "plan_id", "root")
 
     def __init__(
         self,
@@ -85,24 +88,45 @@ class Index:
         *,
         current: str,
         default: tuple[str, ...],
-        stages: list[tuple[str, str, str, bool, bool]],
-        preds: list[list[int]],
-        order: list[int],
+        n: int,
+        always: list[int],
+        packed: bytes,
     ) -> None:
         self.plan_id = plan_id
         self.root = root
         self.current = current
         self.default = default
-        self.stages = stages
-        self.preds = preds
-        self.order = order
+        self.n = n  # the number of stages
+        self.always = always  # the `always` stages' indices
+        self._packed = packed  # msgpack [stages, preds, order]
+        self._lists: tuple[list[tuple[str, str, str, bool, bool]], list[list[int]], list[int]] | None = None
+
+    def _unpacked(self) -> tuple[list[tuple[str, str, str, bool, bool]], list[list[int]], list[int]]:
+        if self._lists is None:
+            stages, preds, order = msgpack.unpackb(self._packed)
+            if len(stages) != self.n or len(preds) != self.n:
+                raise ValueError("index")
+            self._lists = stages, preds, order
+        return self._lists
+
+    @property
+    def stages(self) -> list[tuple[str, str, str, bool, bool]]:
+        return self._unpacked()[0]
+
+    @property
+    def preds(self) -> list[list[int]]:
+        return self._unpacked()[1]
+
+    @property
+    def order(self) -> list[int]:
+        return self._unpacked()[2]
 
     def select(self, targets: list[str]) -> list[int] | None:
         """The stages `targets` name (all stages if none), as indices; None if a
         target is not a stage name or matrix base (a pattern or a path: only
         the graph resolves those).  The names are the graph's (targets.py)."""
         if not targets:
-            return list(range(len(self.stages)))
+            return list(range(self.n))
         names, bases = name_table(((i, *s[:4]) for i, s in enumerate(self.stages)), self.current)
         chosen: list[int] = []
         for target in targets:
@@ -114,7 +138,13 @@ class Index:
 
     def upstream(self, chosen: list[int]) -> list[int]:
         """`chosen` and every stage they depend on, in declaration order."""
+        if len(chosen) == self.n and len(set(chosen)) == self.n:
+            return list(range(self.n))  # every stage (no edge to follow)
         return sorted(closure(chosen, self.preds.__getitem__))
+
+    def any_always(self, stages: list[int]) -> bool:
+        """Is any of `stages` an `always` stage?"""
+        return bool(self.always) and not set(self.always).isdisjoint(stages)
 
 
 class Loaded:
@@ -146,12 +176,13 @@ def save(project: Project, graph: BuildGraph, main_file: Path, overrides: Mappin
         [pipelines, [_stage(s, auto) for s in stages], [p.dir for p in project.pipelines].index(main.dir)],
         use_bin_type=True,
     )
+    lists = [[[s.id.pipeline, s.id.name, s.base, bool(s.matrix), s.always] for s in stages], preds, order]
     index = [
         project.current_dir,
         [t.text for t in main.default],
-        [[s.id.pipeline, s.id.name, s.base, bool(s.matrix), s.always] for s in stages],
-        preds,
-        order,
+        len(stages),
+        [i for i, s in enumerate(stages) if s.always],
+        msgpack.packb(lists, use_bin_type=True),
     ]
     key = plan_key(main_file, overrides)
     sources = [[s.path, list(s.stamp) if s.stamp else None, s.trusted, s.hash] for s in project.sources]
@@ -224,12 +255,13 @@ def _stage(s: Stage, auto: dict[AutoVar, int]) -> list[Any]:
 # -- reading ------------------------------------------------------------------------
 
 
-def read(main_file: Path, overrides: Mapping[str, str]) -> Loaded | None:
+def read(main_file: str | Path, overrides: Mapping[str, str]) -> Loaded | None:
     """The plan for this Pivotfile and these variables, if one was written; its
     sources are not checked yet (see `fresh`).  None if absent or for another
     key; raises `Damaged` if it fails its checksum or does not decode."""
     try:
-        blob = plan_path(main_file.parent).read_bytes()
+        with open(os.path.join(os.path.dirname(main_file), STATE_DIR, PLAN), "rb") as f:
+            blob = f.read()
     except OSError:
         return None
     try:
@@ -240,16 +272,18 @@ def read(main_file: Path, overrides: Mapping[str, str]) -> Loaded | None:
         key, root, sources, index, body = fields
         if key != plan_key(main_file, overrides):
             return None
-        current, default, stages, preds, order = index
+        current, default, n, always, packed = index
+        if not isinstance(packed, bytes) or not isinstance(n, int):
+            raise ValueError("index")
         return Loaded(
             Index(
                 plan_id(root, body),
                 root,
                 current=current,
                 default=tuple(default),
-                stages=stages,
-                preds=preds,
-                order=order,
+                n=n,
+                always=list(always),
+                packed=packed,
             ),
             tuple(Source(p, tuple(st) if st else None, trusted, h) for p, st, trusted, h in sources),
             body,
@@ -258,14 +292,16 @@ def read(main_file: Path, overrides: Mapping[str, str]) -> Loaded | None:
         raise Damaged(f"does not decode ({type(exc).__name__})") from exc
 
 
-def fresh(loaded: Loaded, main_file: Path) -> bool:
+def fresh(loaded: Loaded, main_file: str | Path) -> bool:
     """Is the plan still what compiling would give: the same root, and every
     source unchanged?"""
-    return loaded.index.root == str(paths.find_root(main_file.parent)) and all(s.unchanged() for s in loaded.sources)
+    return loaded.index.root == paths.root_of(os.path.dirname(main_file)) and all(s.unchanged() for s in loaded.sources)
 
 
 def restore(loaded: Loaded, cwd: Path) -> tuple[Project, BuildGraph] | None:
     """The project and its graph, from the plan's body (None if it is damaged)."""
+    from pathlib import Path
+
     from pivotbuild.errors import Location
     from pivotbuild.graph import BuildGraph
     from pivotbuild.model import AutoVar, IncludeRef, Pipeline, TargetRef

@@ -12,9 +12,12 @@ from __future__ import annotations
 import os
 import sys
 import time
-from pathlib import Path
 
 from pivotbuild.state.hashing import hash_bytes, hash_file
+
+TYPE_CHECKING = False  # not typing's: the no-op fast path does not import typing
+if TYPE_CHECKING:
+    from pathlib import Path
 
 Stamp = tuple[int, int, int, int]
 
