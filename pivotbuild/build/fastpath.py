@@ -83,8 +83,8 @@ def _check(cwd: str | Path, file: str | None, overrides: Mapping[str, str], targ
     if sealed is not None and not sealed.state_unchanged():
         sealed = None
     always = index.any_always(closure)  # an `always` stage is never up to date
-    noop = sealed is not None and not always and sealed.holds(closure)
-    # (holds() is the no-op's one pass over every stamp; only a build with work
-    # needs to know which stages held, to skip checking their deps exist.)
-    held = set() if noop or sealed is None else sealed.holding(closure)
+    # One pass over every sealed stamp: the no-op's whole check, and for a build
+    # with work the stages it need not check the deps of.
+    held = set() if sealed is None else sealed.holding(closure)
+    noop = sealed is not None and not always and len(held) == len(closure)
     return Checked(loaded, closure, sealed, noop, held=held)

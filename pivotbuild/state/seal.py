@@ -142,12 +142,12 @@ class Seal:
         (Statted afresh on every call: an answer is only as good as the moment
         it was given, and a build decides each stage when it becomes ready.)"""
         packed = self._packed
-        if packed is not None and self._stages is None and not packed.missing:
+        if packed is not None and self._stages is None:
             wanted_all = set(stages)
             if wanted_all == packed.sealed_ids():
                 # Every sealed stage, so every path the seal holds (it keeps
                 # only paths some stage uses): one pass, compared all at once.
-                return packed.all_unchanged()
+                return not packed.changed()
             if not wanted_all <= packed.sealed_ids():
                 return False
             stages = wanted_all
@@ -162,7 +162,16 @@ class Seal:
 
     def holding(self, stages: Iterable[int]) -> set[int]:
         """Those of `stages` that are sealed with every stamp unchanged now,
-        each path statted once."""
+        each path statted once.  (A seal as read checks every path it holds
+        in one pass: the fast path's one look at them, no-op or not.)"""
+        packed = self._packed
+        if packed is not None and self._stages is None:
+            changed = packed.changed()
+            sealed = packed.sealed_ids()
+            if not changed:
+                return {i for i in stages if i in sealed}
+            own_of = self.stages
+            return {i for i in stages if (mine := own_of.get(i)) is not None and changed.isdisjoint(mine)}
         own = {i: self.stages[i] for i in stages if i in self.stages}
         unchanged = dict(self._unchanged({j for js in own.values() for j in js}))
         return {i for i, js in own.items() if all(unchanged[j] for j in js)}
@@ -279,42 +288,78 @@ class _Packed:
         offsets, members = self.offsets, self.members
         return {i: list(members[offsets[k] : offsets[k + 1]]) for k, i in enumerate(self.ids)}
 
-    def all_unchanged(self) -> bool:
-        """Every path's stamp as sealed, statted now (no path sealed as absent).
+    def changed(self) -> set[int]:
+        """The paths whose stamp is not as sealed, statted now.
 
         The stats are the whole cost (3 us each here: 60 ms at 10,000 stages)
         and threads cannot share them (each stat retakes the GIL), so a large
         seal is checked half here and half in a forked child, as git
         preloads its index on several threads.  Only where this process has
         no other thread (the fast path; a fork copies just the caller)."""
-        names, flat = self.names, self.flat
-        if len(names) < _FORK_ABOVE or not _forkable():
-            return _same(names, flat)
-        half = len(names) // 2
+        n = len(self.names)
+        if n < _FORK_ABOVE or not _forkable():
+            return set(self._changed(0, n))
+        half = n // 2
+        try:
+            r, w = os.pipe()
+        except OSError:
+            return set(self._changed(0, n))
         try:
             pid = os.fork()
         except OSError:
-            return _same(names, flat)
-        if pid == 0:  # the child: its half, its answer as exit status, and nothing else
+            os.close(r)
+            os.close(w)
+            return set(self._changed(0, n))
+        if pid == 0:  # the child: its half's changes down the pipe, and nothing else
             code = 2
             try:
-                code = 0 if _same(names[half:], flat[4 * half :]) else 1
+                os.close(r)
+                data = _pack_u32(self._changed(half, n))
+                while data:
+                    data = data[os.write(w, data) :]
+                code = 0
             finally:
                 os._exit(code)
-        mine = _same(names[:half], flat[: 4 * half])
+        os.close(w)
         try:
+            found = self._changed(0, half)
+            with open(r, "rb") as pipe:
+                theirs = pipe.read()
             _, status = os.waitpid(pid, 0)
-        except ChildProcessError:
-            return False
-        return mine and os.waitstatus_to_exitcode(status) == 0
+        except OSError:
+            status = -1
+        if status != 0:
+            return set(self._changed(0, n))
+        found.extend(_unpack_u32(theirs))
+        return set(found)
 
-
-def _same(names: list[bytes], flat: list[int]) -> bool:
-    try:
-        now = list(_chain(map(_STAMP_OF, map(os.stat, names))))
-    except OSError:
-        return False  # a sealed file is gone or unreadable
-    return now == flat
+    def _changed(self, lo: int, hi: int) -> list[int]:
+        """`changed` among paths lo..hi: one C-level pass of stats compared at
+        once, path by path only where a path is gone or something changed."""
+        names, flat = self.names, self.flat
+        try:
+            now = list(_chain(map(_STAMP_OF, map(os.stat, names[lo:hi]))))
+        except OSError:
+            pass  # a path is gone (sealed as gone, or not) or unreadable
+        else:
+            if now == flat[4 * lo : 4 * hi]:
+                return []
+            return [lo + k for k in range(hi - lo) if now[4 * k : 4 * k + 4] != flat[4 * (lo + k) : 4 * (lo + k) + 4]]
+        gone = set(self.missing)
+        found = []
+        for j in range(lo, hi):
+            try:
+                st = os.stat(names[j])
+            except (FileNotFoundError, NotADirectoryError):
+                if j not in gone:
+                    found.append(j)
+                continue
+            except OSError:
+                found.append(j)
+                continue
+            if j in gone or list(_STAMP_OF(st)) != flat[4 * j : 4 * j + 4]:
+                found.append(j)
+        return found
 
 
 def _forkable() -> bool:

@@ -1,0 +1,98 @@
+"""The up-to-date seal as read back from disk: one pass of stats says which
+sealed paths changed, in this process or (a large seal) half in a forked
+child, and which stages still hold."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from pivotbuild.state import seal
+from pivotbuild.state.stamps import Stamp, stamp
+
+
+def _stamp(path: Path) -> Stamp:
+    return stamp(os.stat(path))
+
+
+def _written(tmp_path: Path, names: list[str]) -> dict[str, Path]:
+    files = {}
+    for name in names:
+        files[name] = tmp_path / name
+        files[name].write_text(name)
+    return files
+
+
+def _sealed(tmp_path: Path, stages: dict[int, list[tuple[str, Stamp | None]]]) -> seal.Seal:
+    """A seal of `stages` written to `tmp_path/.pivot/seal` and read back."""
+    (tmp_path / ".pivot").mkdir(exist_ok=True)
+    new = seal.Seal("plan", [], [])
+    for i, files in stages.items():
+        new.add(i, files)
+    new.write(tmp_path)
+    back = seal.read(tmp_path, "plan")
+    assert back is not None
+    return back
+
+
+@pytest.fixture(params=["here", "forked"])
+def where(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    if request.param == "forked":  # a seal this small is split only when told to
+        monkeypatch.setattr(seal, "_FORK_ABOVE", 2)
+        monkeypatch.setattr(seal, "_forkable", lambda: True)
+    return str(request.param)
+
+
+def test_a_seal_read_back_finds_exactly_the_paths_that_changed(tmp_path: Path, where: str) -> None:
+    files = _written(tmp_path, ["a", "b", "c", "d", "e", "f"])
+    gone = str(tmp_path / "never")  # sealed as absent (a glob's directory that was not there)
+    stages = {
+        0: [(str(files["a"]), _stamp(files["a"])), (str(files["b"]), _stamp(files["b"]))],
+        1: [(str(files["c"]), _stamp(files["c"])), (gone, None)],
+        2: [(str(files["d"]), _stamp(files["d"])), (str(files["e"]), _stamp(files["e"]))],
+        3: [(str(files["f"]), _stamp(files["f"]))],
+    }
+    assert _sealed(tmp_path, stages).holding([0, 1, 2, 3]) == {0, 1, 2, 3}
+    assert _sealed(tmp_path, stages).holds([0, 1, 2, 3])
+
+    files["b"].write_text("b, edited")  # changed
+    files["e"].unlink()  # gone
+    read = _sealed(tmp_path, stages)
+    assert read.holding([0, 1, 2, 3]) == {1, 3}
+    assert not read.holds([0, 1, 2, 3])
+    assert read.holding([1]) == {1}
+
+    Path(gone).write_text("now it is there")
+    assert _sealed(tmp_path, stages).holding([0, 1, 2, 3]) == {3}
+
+
+def test_a_stage_not_sealed_never_holds(tmp_path: Path, where: str) -> None:
+    files = _written(tmp_path, ["a", "b", "c"])
+    read = _sealed(tmp_path, {0: [(str(files["a"]), _stamp(files["a"]))], 2: [(str(files["c"]), _stamp(files["c"]))]})
+    assert read.holding([0, 1, 2]) == {0, 2}
+    assert not read.holds([0, 1, 2])
+    assert read.holds([0, 2])
+
+
+def test_a_seal_read_back_carries_into_the_next(tmp_path: Path) -> None:
+    files = _written(tmp_path, ["a", "b"])
+    old = _sealed(tmp_path, {0: [(str(files["a"]), _stamp(files["a"]))], 1: [(str(files["b"]), _stamp(files["b"]))]})
+    new = seal.Seal("plan", [], [])
+    new.carry(old, 1)
+    new.add(5, [(str(files["a"]), _stamp(files["a"]))])
+    new.write(tmp_path)
+    read = seal.read(tmp_path, "plan")
+    assert read is not None
+    assert {i: [read.paths[j] for j in own] for i, own in read.stages.items()} == {
+        1: [str(files["b"])],
+        5: [str(files["a"])],
+    }
+    assert read.holding([1, 5]) == {1, 5}
+
+
+def test_the_seal_of_another_plan_is_not_read(tmp_path: Path) -> None:
+    files = _written(tmp_path, ["a"])
+    _sealed(tmp_path, {0: [(str(files["a"]), _stamp(files["a"]))]})
+    assert seal.read(tmp_path, "another plan") is None
