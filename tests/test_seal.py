@@ -96,3 +96,30 @@ def test_the_seal_of_another_plan_is_not_read(tmp_path: Path) -> None:
     files = _written(tmp_path, ["a"])
     _sealed(tmp_path, {0: [(str(files["a"]), _stamp(files["a"]))]})
     assert seal.read(tmp_path, "another plan") is None
+
+
+def test_a_renewed_seal_keeps_what_it_did_not_drop_and_only_the_paths_still_used(tmp_path: Path) -> None:
+    files = _written(tmp_path, ["a", "b", "c"])
+    old = _sealed(
+        tmp_path,
+        {
+            0: [(str(files["a"]), _stamp(files["a"]))],
+            1: [(str(files["b"]), _stamp(files["b"]))],
+            2: [(str(files["b"]), _stamp(files["b"])), (str(files["c"]), _stamp(files["c"]))],
+        },
+    )
+    files["c"].write_text("c, rebuilt")
+    new = old.renewed("plan", [("lock", "hash")], [])
+    new.drop(1)
+    new.drop(2)
+    new.add(2, [(str(files["c"]), _stamp(files["c"]))])  # sealed afresh
+    new.write(tmp_path)
+    read = seal.read(tmp_path, "plan")
+    assert read is not None
+    assert read.locks == [("lock", "hash")]
+    assert {i: [read.paths[j] for j in own] for i, own in read.stages.items()} == {
+        0: [str(files["a"])],
+        2: [str(files["c"])],
+    }
+    assert sorted(read.paths) == [str(files["a"]), str(files["c"])]  # b's path went with stage 1
+    assert read.holding([0, 1, 2]) == {0, 2}

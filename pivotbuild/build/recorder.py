@@ -224,16 +224,22 @@ class Recorder:
                 return
             locks.append((str(st.lock_path), digest))
         absent = [str(p) for st in store.pipelines.values() for p in (st.journal_path, st.pending_path)]
-        new = seal.Seal(project.plan_id, locks, absent)
+        # Every stage the old seal holds stays sealed as it was unless this
+        # build decided it afresh (a stage it did not decide, or found sealed,
+        # kept its records and stamps).
+        new = (
+            old.renewed(project.plan_id, locks, absent)
+            if old is not None
+            else seal.Seal(project.plan_id, locks, absent)
+        )
         now = time.time_ns()
         seen: dict[tuple[str, str], Stamp | None] = {}
         unstored = self.storer.unstored  # the next build must decide these, and store what the cache lacks
         for i, (sid, stage) in enumerate(graph.stages.items()):
             status = outcome.status.get(sid)
-            if status is None or sid in outcome.sealed:
-                if old is not None and not stage.always:
-                    new.carry(old, i)
+            if (status is None or sid in outcome.sealed) and not stage.always:
                 continue
+            new.drop(i)
             record = store.record(stage)
             if stage.always or record is None or status not in (Status.RAN, Status.SKIPPED, Status.RESTORED):
                 continue

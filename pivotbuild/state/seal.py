@@ -215,6 +215,21 @@ class Seal:
         if own is not None:
             self.add(index, [(old.paths[j], old.stamps[j]) for j in own])
 
+    def renewed(self, plan_id: str, locks: list[tuple[str, str]], absent: list[str]) -> Seal:
+        """A new seal for these lockfiles, holding every stage this one seals
+        (each as this one sealed it) until `drop`ped or `add`ed again: what a
+        build that decided a few stages of many writes, without carrying the
+        others one by one."""
+        new = Seal(plan_id, locks, absent)
+        new._paths = list(self.paths)
+        new._stamps = list(self.stamps)
+        new._stages = dict(self.stages)
+        return new
+
+    def drop(self, index: int) -> None:
+        """Stage `index` is no longer sealed."""
+        self.stages.pop(index, None)
+
     def encode(self) -> bytes:
         """Only the paths some stage still uses are written, packed (see `_Packed`)."""
         used = sorted({j for own in self.stages.values() for j in own})
