@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 
+from pivotbuild.structs import field, struct
 
-@dataclass(frozen=True, slots=True)
+
+@struct(frozen=True, slots=True)
 class BuildOptions:
     """How to build: the command line's flags (CLI.md), `cwd` the directory targets are named from."""
 
