@@ -8,7 +8,8 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from typing import cast
+from types import SimpleNamespace
+from typing import Any, cast
 
 import pytest
 
@@ -16,156 +17,184 @@ from pivotbuild import structs
 from pivotbuild.structs import FrozenInstanceError, field, replace, struct
 
 
-@struct(frozen=True, slots=True)
-class Point:
-    """doc"""
+def _classes() -> SimpleNamespace:
+    """Struct classes made afresh: a class's methods are generic until it is hot (structs.HOT calls)."""
 
+    @struct(frozen=True, slots=True)
+    class Point:
+        """doc"""
+
+        x: int
+        y: int = 0
+        tags: tuple[str, ...] = ()
+        where: str | None = field(default=None, compare=False)
+
+    @struct(frozen=True, slots=True)
+    class Other:
+        x: int
+        y: int = 0
+        tags: tuple[str, ...] = ()
+        where: str | None = None
+
+    @struct
+    class Bag:
+        name: str
+        items: list[int] = field(default_factory=list)
+        secret: str = field(default="", repr=False)
+
+    @struct(frozen=True, slots=True, eq=False)
+    class Message:
+        text: str
+
+    @struct(frozen=True)
+    class Base:
+        a: int
+
+    @struct(frozen=True)
+    class Derived(Base):
+        b: str = "b"
+
+    @struct
+    class Checked:
+        n: int
+        doubled: int = 0
+
+        def __post_init__(self) -> None:
+            self.doubled = 2 * self.n
+
+    return SimpleNamespace(**{k: v for k, v in locals().items() if isinstance(v, type)})
+
+
+@pytest.fixture(params=["generic", "compiled"])
+def k(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The classes in either form of their methods: generic (a cold class) or compiled (a hot one)."""
+    monkeypatch.setattr(structs, "HOT", 10**9 if request.param == "generic" else 1)
+    return _classes()
+
+
+@struct(frozen=True, slots=True)
+class Pickled:
     x: int
-    y: int = 0
-    tags: tuple[str, ...] = ()
     where: str | None = field(default=None, compare=False)
 
 
-@struct(frozen=True, slots=True)
-class Other:
-    x: int
-    y: int = 0
-    tags: tuple[str, ...] = ()
-    where: str | None = None
-
-
-@struct
-class Bag:
-    name: str
-    items: list[int] = field(default_factory=list)
-    secret: str = field(default="", repr=False)
-
-
-@struct(frozen=True, slots=True, eq=False)
-class Message:
-    text: str
-
-
-@struct(frozen=True)
-class Base:
-    a: int
-
-
-@struct(frozen=True)
-class Derived(Base):
-    b: str = "b"
-
-
-@struct
-class Checked:
-    n: int
-    doubled: int = 0
-
-    def __post_init__(self) -> None:
-        self.doubled = 2 * self.n
-
-
-def test_positional_keyword_and_default_arguments() -> None:
-    assert Point(1) == Point(x=1) == Point(1, 0, (), None)
-    p = Point(1, tags=("a",), y=2)
+def test_positional_keyword_and_default_arguments(k: Any) -> None:
+    assert k.Point(1) == k.Point(x=1) == k.Point(1, 0, (), None)
+    p = k.Point(1, tags=("a",), y=2)
     assert (p.x, p.y, p.tags, p.where) == (1, 2, ("a",), None)
+    for wrong in ((), (1, 2, (), None, 5)):
+        with pytest.raises(TypeError):
+            k.Point(*wrong)
+    for wrong_kw in ({"z": 2}, {"x": 2}):  # unknown, or given twice
+        with pytest.raises(TypeError):
+            k.Point(1, **wrong_kw)
+
+
+def test_equality_compares_the_compared_fields_of_the_same_class(k: Any) -> None:
+    assert k.Point(1, 2, where="here") == k.Point(1, 2, where="there")
+    assert k.Point(1, 2) != k.Point(1, 3)
+    other: object = k.Other(1)  # same fields, another class
+    assert k.Point(1) != other
+    assert k.Point(1) != cast(object, (1, 0, (), None))
+    assert k.Bag("a", [1]) == k.Bag("a", [1]) != k.Bag("a", [2])
+    nan = float("nan")  # the same object is equal to itself inside a tuple, as in a dataclass
+    assert k.Base(nan) == k.Base(nan)
+
+
+def test_eq_false_is_identity(k: Any) -> None:
+    m = k.Message("hi")
+    assert m.__eq__(m) is True
+    assert m != k.Message("hi")
+    assert len({m, k.Message("hi")}) == 2
+
+
+def test_frozen_instances_hash_by_their_compared_fields(k: Any) -> None:
+    assert hash(k.Point(1, 2, where="a")) == hash(k.Point(1, 2, where="b"))
+    seen = {k.Point(1, 2): "first"}
+    seen[k.Point(1, 2, where="elsewhere")] = "again"
+    assert seen == {k.Point(1, 2): "again"}
+    assert len({k.Point(1), k.Point(1), k.Point(2)}) == 2
+
+
+def test_a_mutable_struct_with_eq_is_unhashable(k: Any) -> None:
     with pytest.raises(TypeError):
-        Point()  # type: ignore[call-arg]
-    with pytest.raises(TypeError):
-        Point(1, z=2)  # type: ignore[call-arg]
+        hash(k.Bag("a"))
 
 
-def test_equality_compares_the_compared_fields_of_the_same_class() -> None:
-    assert Point(1, 2, where="here") == Point(1, 2, where="there")
-    assert Point(1, 2) != Point(1, 3)
-    other: object = Other(1)  # same fields, another class
-    assert Point(1) != other
-    assert Point(1) != cast(object, (1, 0, (), None))
-    assert Bag("a", [1]) == Bag("a", [1]) != Bag("a", [2])
-    nan = float("nan")  # the same object compares equal inside a tuple, as in a dataclass
-    assert Point(1, tags=(str(nan),)) == Point(1, tags=(str(nan),))
-
-
-def test_eq_false_is_identity() -> None:
-    m = Message("hi")
-    assert m == copy.copy([m])[0]
-    assert m != Message("hi")
-    assert len({m, Message("hi")}) == 2
-
-
-def test_frozen_instances_hash_by_their_compared_fields() -> None:
-    assert hash(Point(1, 2, where="a")) == hash(Point(1, 2, where="b"))
-    seen = {Point(1, 2): "first"}
-    seen[Point(1, 2, where="elsewhere")] = "again"
-    assert seen == {Point(1, 2): "again"}
-    assert len({Point(1), Point(1), Point(2)}) == 2
-
-
-def test_a_mutable_struct_with_eq_is_unhashable() -> None:
-    with pytest.raises(TypeError):
-        hash(Bag("a"))
-
-
-def test_assigning_or_deleting_a_field_of_a_frozen_struct_raises() -> None:
-    p = Point(1)
+def test_assigning_or_deleting_a_field_of_a_frozen_struct_raises(k: Any) -> None:
+    p = k.Point(1)
     with pytest.raises(FrozenInstanceError):
-        p.x = 2  # type: ignore[misc]
+        p.x = 2
     with pytest.raises(AttributeError):  # what callers catching dataclasses' error catch
-        p.x = 2  # type: ignore[misc]
+        p.x = 2
     with pytest.raises(FrozenInstanceError):
         del p.x
     with pytest.raises(FrozenInstanceError):
-        Derived(1).a = 3  # type: ignore[misc]
+        k.Derived(1).a = 3
     assert p.x == 1
 
 
-def test_slots_leave_no_instance_dict() -> None:
-    assert not hasattr(Point(1), "__dict__")
-    assert set(Point.__slots__) == {"x", "y", "tags", "where"}
-    b = Bag("a")
+def test_slots_leave_no_instance_dict(k: Any) -> None:
+    assert not hasattr(k.Point(1), "__dict__")
+    assert set(k.Point.__slots__) == {"x", "y", "tags", "where"}
+    b = k.Bag("a")
     b.name = "b"  # a mutable struct assigns
     assert b.name == "b"
 
 
-def test_default_factories_and_defaults_are_not_shared() -> None:
-    one, two = Bag("one"), Bag("two")
+def test_default_factories_and_defaults_are_not_shared(k: Any) -> None:
+    one, two = k.Bag("one"), k.Bag("two")
     one.items.append(1)
-    assert two.items == [] and Bag("three").items == []
+    assert two.items == [] and k.Bag("three").items == []
     given = [5]
-    assert Bag("x", given).items is given
+    assert k.Bag("x", given).items is given
 
 
-def test_repr_shows_the_fields_in_order_but_those_left_out() -> None:
-    assert repr(Point(1, 2, ("a",))) == "Point(x=1, y=2, tags=('a',), where=None)"
-    assert repr(Bag("a", [1], secret="s")) == "Bag(name='a', items=[1])"
+def test_repr_shows_the_fields_in_order_but_those_left_out(k: Any) -> None:
+    assert repr(k.Point(1, 2, ("a",))) == f"{k.Point.__qualname__}(x=1, y=2, tags=('a',), where=None)"
+    assert repr(k.Bag("a", [1], secret="s")) == f"{k.Bag.__qualname__}(name='a', items=[1])"
 
 
-def test_replace_copies_with_changes() -> None:
-    p = Point(1, 2, ("a",), where="here")
+def test_replace_copies_with_changes(k: Any) -> None:
+    p = k.Point(1, 2, ("a",), where="here")
     q = replace(p, y=5)
     assert (q.x, q.y, q.tags, q.where) == (1, 5, ("a",), "here")
     assert p.y == 2
-    assert replace(Derived(1), a=2) == Derived(2, "b")
+    assert replace(k.Derived(1), a=2) == k.Derived(2, "b")
     with pytest.raises(TypeError):
         replace(p, z=1)
 
 
-def test_fields_in_declaration_order_base_class_first() -> None:
-    assert [f.name for f in structs.fields(Point)] == ["x", "y", "tags", "where"]
-    assert [f.name for f in structs.fields(Derived(1))] == ["a", "b"]
-    assert Derived(1) == Derived(1, "b") != Derived(1, "c")
-    assert structs.is_struct(Point(1)) and structs.is_struct(Point)
+def test_fields_in_declaration_order_base_class_first(k: Any) -> None:
+    assert [f.name for f in structs.fields(k.Point)] == ["x", "y", "tags", "where"]
+    assert [f.name for f in structs.fields(k.Derived(1))] == ["a", "b"]
+    assert k.Derived(1) == k.Derived(1, "b") != k.Derived(1, "c")
+    assert structs.is_struct(k.Point(1)) and structs.is_struct(k.Point)
     assert not structs.is_struct(object())
 
 
-def test_post_init_runs_after_the_fields_are_set() -> None:
-    assert Checked(3).doubled == 6
+def test_post_init_runs_after_the_fields_are_set(k: Any) -> None:
+    assert k.Checked(3).doubled == 6
 
 
 def test_frozen_slotted_instances_copy_and_pickle() -> None:
-    p = Point(1, 2, ("a",), "here")
+    p = Pickled(1, "here")
     for again in (copy.copy(p), copy.deepcopy(p), pickle.loads(pickle.dumps(p))):
         assert again == p and again.where == "here"
+
+
+def test_a_class_turning_hot_behaves_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(structs, "HOT", 3)
+    k = _classes()
+    made = []
+    for i in range(6):  # generic for the first two calls of each method, compiled from the third
+        bag, point = k.Bag(str(i)), k.Point(i, where="w")
+        bag.items.append(i)
+        made.append(bag)
+        assert point == k.Point(i) and hash(point) == hash(k.Point(i)) and point != k.Point(i + 1)
+    assert [b.items for b in made] == [[i] for i in range(6)]
+    for cls, method in ((k.Bag, "__init__"), (k.Point, "__eq__"), (k.Point, "__hash__")):
+        assert cls.__dict__[method].__qualname__ == f"{cls.__qualname__}.{method}"  # its own compiled method
 
 
 def test_a_field_without_a_default_after_one_with_is_refused_at_once() -> None:
