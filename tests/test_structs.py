@@ -197,6 +197,30 @@ def test_a_class_turning_hot_behaves_the_same(monkeypatch: pytest.MonkeyPatch) -
         assert cls.__dict__[method].__qualname__ == f"{cls.__qualname__}.{method}"  # its own compiled method
 
 
+def test_methods_the_class_defines_stay() -> None:
+    @struct(frozen=True)
+    class Own:
+        a: int
+
+        def __eq__(self, other: object) -> bool:
+            return isinstance(other, Own) and other.a % 2 == self.a % 2
+
+        def __hash__(self) -> int:
+            return self.a % 2
+
+        def __repr__(self) -> str:
+            return "own"
+
+    assert Own(1) == Own(3) and hash(Own(1)) == hash(Own(3)) and repr(Own(1)) == "own"
+    with pytest.raises(TypeError):
+
+        @struct(frozen=True)
+        class Settable:
+            a: int
+
+            def __setattr__(self, name: str, value: object) -> None: ...
+
+
 def test_a_field_without_a_default_after_one_with_is_refused_at_once() -> None:
     with pytest.raises(TypeError, match="'b' follows"):
 
