@@ -7,14 +7,15 @@ exits with its `exit_code`.  Anything else that escapes is a bug.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+
+from pivotbuild.structs import struct
 
 # The exit statuses (CLI.md): the build's own three, then usage and internal errors.
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
 EXIT_USAGE, EXIT_BUG = 2, 3
 
 
-@dataclass(frozen=True, slots=True)
+@struct(frozen=True, slots=True)
 class Location:
     """A position in a source file: 1-based line and column."""
 
@@ -23,7 +24,7 @@ class Location:
     col: int
 
 
-@dataclass(frozen=True, slots=True)
+@struct(frozen=True, slots=True)
 class Diagnostic:
     """One located problem in a Pivotfile (or a params file it reads).
 

@@ -3,16 +3,15 @@
 The engine emits these and nothing else; the plain, live and JSON outputs are
 views of the same stream.  `to_json()` gives the `--json` schema of CLI.md.
 
-Events are messages, never compared (`eq=False`: equal only to themselves):
-every method a dataclass generates is compiled when this module is imported,
-and on a build with work that start-up is a large part of the whole.
+Events are messages, never compared (`eq=False`: equal only to themselves).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Protocol
+
+from pivotbuild.structs import struct
 
 
 class Status(Enum):
@@ -35,7 +34,7 @@ class State(Enum):
     DONE = "done"
 
 
-@dataclass(frozen=True, slots=True, eq=False)
+@struct(frozen=True, slots=True, eq=False)
 class BuildStarted:
     """The build begins: `stages` to consider, run `jobs` at a time."""
 
@@ -46,7 +45,7 @@ class BuildStarted:
         return {"event": "build_started", "schema": 1, "stages": self.stages, "jobs": self.jobs}
 
 
-@dataclass(frozen=True, slots=True, eq=False)
+@struct(frozen=True, slots=True, eq=False)
 class StageState:
     """A stage moved to another scheduling state (pending, ready, running...)."""
 
@@ -58,7 +57,7 @@ class StageState:
         return {"event": "stage_state", "stage": self.stage, "state": self.state.value, "reason": self.reason}
 
 
-@dataclass(frozen=True, slots=True, eq=False)
+@struct(frozen=True, slots=True, eq=False)
 class StageStarted:
     """A stage's command started (again, with `attempt` > 1, on a retry)."""
 
@@ -73,7 +72,7 @@ class StageStarted:
         return {"event": "stage_started", "stage": self.stage, "reason": self.reason, "attempt": self.attempt}
 
 
-@dataclass(frozen=True, slots=True, eq=False)
+@struct(frozen=True, slots=True, eq=False)
 class Log:
     """One line a running stage wrote."""
 
@@ -85,7 +84,7 @@ class Log:
         return {"event": "log", "stage": self.stage, "stream": self.stream, "line": self.line}
 
 
-@dataclass(frozen=True, slots=True, eq=False)
+@struct(frozen=True, slots=True, eq=False)
 class StageFinished:
     """A stage is done with, however it ended."""
 
@@ -109,7 +108,7 @@ class StageFinished:
         return data
 
 
-@dataclass(frozen=True, slots=True, eq=False)
+@struct(frozen=True, slots=True, eq=False)
 class Decided:
     """A dry run's verdict on one stage (`-n`): would it run, and why.  (Its
     JSON name, "plan", is the contract's; the compiled plan is state/plan.py.)"""
@@ -122,7 +121,7 @@ class Decided:
         return {"event": "plan", "stage": self.stage, "will_run": self.will_run, "reason": self.reason}
 
 
-@dataclass(frozen=True, slots=True, eq=False)
+@struct(frozen=True, slots=True, eq=False)
 class Message:
     """A line for the user that belongs to no stage (waiting for a lock, warnings)."""
 
@@ -133,7 +132,7 @@ class Message:
         return {"event": "message", "level": self.level, "text": self.text}
 
 
-@dataclass(frozen=True, slots=True, eq=False)
+@struct(frozen=True, slots=True, eq=False)
 class BuildFinished:
     """The build is over: how many stages ended which way."""
 

@@ -21,12 +21,12 @@ import fnmatch
 import heapq
 import posixpath
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from pivotbuild.errors import Diagnostic, GraphError, Location, TargetError
 from pivotbuild.globs import glob_regex, may_match_under
 from pivotbuild.model import Out, Stage, StageId
+from pivotbuild.structs import struct
 from pivotbuild.suggest import close_matches
 from pivotbuild.targets import closure, name_table, named
 
@@ -43,7 +43,7 @@ def _no_lines(loc: Location) -> str:
     return ""
 
 
-@dataclass(frozen=True, slots=True)
+@struct(frozen=True, slots=True)
 class MissingDep:
     """A dep that is neither a file nor any stage's output, and who needs it."""
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 import posixpath
 import shlex
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from enum import Enum
 from typing import NamedTuple
 
 from pivotbuild.errors import Location
 from pivotbuild.state.stamps import Source
+from pivotbuild.structs import field, struct
 
 DEFAULT_SHELL = ("/bin/sh", "-e")
 
@@ -45,7 +45,7 @@ class StageId(NamedTuple):
 Pos = tuple[int, int]
 
 
-@dataclass(frozen=True, slots=True)
+@struct(frozen=True, slots=True)
 class Dep:
     """A path a stage reads (`deps:`): a file, a directory (its whole tree), or a glob."""
 
@@ -55,7 +55,7 @@ class Dep:
     pos: Pos | None = field(default=None, compare=False)
 
 
-@dataclass(frozen=True, slots=True)
+@struct(frozen=True, slots=True)
 class Out:
     """A path a stage writes (`outs:`), with its options."""
 
@@ -67,7 +67,7 @@ class Out:
     pos: Pos | None = field(default=None, compare=False)
 
 
-@dataclass(frozen=True, slots=True)
+@struct(frozen=True, slots=True)
 class Param:
     """A params-file value a stage reads (`params:`)."""
 
@@ -87,7 +87,7 @@ class AutoVar(Enum):
 Command = tuple[str | AutoVar, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@struct(frozen=True, slots=True)
 class Stage:
     """One stage of a pipeline, as compiled: what it reads, writes and runs."""
 
@@ -154,7 +154,7 @@ class Stage:
         return posixpath.relpath(path, self.workdir)
 
 
-@dataclass(frozen=True, slots=True)
+@struct(frozen=True, slots=True)
 class TargetRef:
     """A target written in a Pivotfile (`default`), kept with its location."""
 
@@ -162,7 +162,7 @@ class TargetRef:
     loc: Location
 
 
-@dataclass(frozen=True, slots=True)
+@struct(frozen=True, slots=True)
 class IncludeRef:
     """An `include` in a Pivotfile, kept with its location."""
 
@@ -170,7 +170,7 @@ class IncludeRef:
     loc: Location
 
 
-@dataclass(frozen=True, slots=True)
+@struct(frozen=True, slots=True)
 class Pipeline:
     """One compiled Pivotfile."""
 

@@ -6,16 +6,16 @@ from __future__ import annotations
 import errno
 import os
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from pivotbuild import paths
 from pivotbuild.errors import Diagnostic, Location, PivotfileError, ProjectError
 from pivotbuild.model import Pipeline, Stage
 from pivotbuild.state.stamps import Source, read_source
+from pivotbuild.structs import field, struct
 
 
-@dataclass(frozen=True, slots=True)
+@struct(frozen=True, slots=True)
 class LoadOptions:
     """Where and how to load a project: the command line's -C, -f, NAME=VALUE and --all."""
 
@@ -25,7 +25,7 @@ class LoadOptions:
     all_pipelines: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@struct(frozen=True, slots=True)
 class Project:
     """A loaded project: its root, every pipeline, the files it was compiled from."""
 

@@ -7,7 +7,6 @@ events; none of them runs a stage.
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from pivotbuild.build.decider import PENDING_COMMIT
@@ -22,9 +21,10 @@ from pivotbuild.state.kinds import ABSENT, DIR
 from pivotbuild.state.records import FileRecord
 from pivotbuild.state.snapshot import file_record
 from pivotbuild.state.store import StateStore
+from pivotbuild.structs import field, struct
 
 
-@dataclass
+@struct
 class Difference:
     stage: Stage
     label: str
@@ -45,7 +45,7 @@ def _chosen(engine: Engine, options: BuildOptions) -> tuple[Project, BuildGraph,
     return project, graph, [graph.stages[s] for s in ids]
 
 
-@dataclass
+@struct
 class CheckoutReport:
     restored: list[str] = field(default_factory=list)
     refused: list[Difference] = field(default_factory=list)  # modified: needs --force
@@ -156,7 +156,7 @@ def clean(engine: Engine, options: BuildOptions) -> list[str]:
     return removed
 
 
-@dataclass
+@struct
 class TransferSet:
     project: Project
     outs: list[FileRecord]  # the recorded (cached) outputs of the chosen stages
@@ -194,7 +194,7 @@ def _cached(stage: Stage, outs: tuple[FileRecord, ...]) -> list[bool]:
     return [flags.get(o.path, False) for o in outs]
 
 
-@dataclass(frozen=True, slots=True)
+@struct(frozen=True, slots=True)
 class Refusal:
     stage: str
     why: str  # what to tell the user, after the stage's name (the CLI adds how to fix it)

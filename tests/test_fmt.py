@@ -8,13 +8,13 @@ stages.  The last tests run the real `pivotbuild fmt` command.
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import pytest
 from conftest import Project, compile_text
 from helpers import PARAMS_TOML, SPEC_EXAMPLE, scripts, src
 
+from pivotbuild import structs
 from pivotbuild.errors import Location
 from pivotbuild.model import Pipeline, Stage
 from pivotbuild.pivotfile.fmt import FormatterBug, _Formatter, format_module
@@ -36,7 +36,7 @@ def comment_texts(module: Module) -> list[str]:
 
 
 def without_locations(stage: Stage) -> Stage:
-    return dataclasses.replace(stage, loc=Location(stage.loc.path, 0, 0), py_loc=None)
+    return structs.replace(stage, loc=Location(stage.loc.path, 0, 0), py_loc=None)
 
 
 def meaning(pipeline: Pipeline) -> tuple[object, ...]:

@@ -23,6 +23,7 @@ from helpers import PARAMS_TOML, REPO, SPEC_EXAMPLE, Draw
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pivotbuild import structs
 from pivotbuild.errors import Location, PivotError, PivotfileError
 from pivotbuild.model import Pipeline
 from pivotbuild.pivotfile.fmt import TAB_WIDTH, format_module
@@ -218,7 +219,7 @@ def meaning(text: str, root: Path) -> tuple[object, ...]:
         return ("error", *sorted(messages))
     return (
         pipeline.name,
-        tuple(dataclasses.replace(s, loc=Location(s.loc.path, 0, 0)) for s in pipeline.stages),
+        tuple(structs.replace(s, loc=Location(s.loc.path, 0, 0)) for s in pipeline.stages),
         tuple(t.text for t in pipeline.default),
         tuple(i.path for i in pipeline.includes),
         pipeline.params_files,

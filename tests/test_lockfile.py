@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import random
 import struct
@@ -16,6 +15,7 @@ import xxhash
 import zstandard
 from conftest import compile_text
 
+from pivotbuild import structs
 from pivotbuild.model import Pipeline
 from pivotbuild.state import codec, lockfile, statcache
 from pivotbuild.state.journal import Journal
@@ -63,7 +63,7 @@ def test_round_trip_empty() -> None:
 
 
 def test_an_executable_output_round_trips_and_a_plain_one_keeps_its_bytes() -> None:
-    tool = dataclasses.replace(record("s"), outs=(FileRecord("bin/t", "file", "5" * 32, executable=True),))
+    tool = structs.replace(record("s"), outs=(FileRecord("bin/t", "file", "5" * 32, executable=True),))
     back = decode(encode(LockData.of({"s": tool})))
     assert back == LockData.of({"s": tool}) and back.stages[0].outs[0].executable
     # No new key where there is no execute bit: records written before keep their bytes.

@@ -18,6 +18,7 @@ from helpers import PARAMS_TOML, Draw, scripts
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from pivotbuild import structs
 from pivotbuild.errors import Location, PivotfileError
 from pivotbuild.model import Pipeline
 from pivotbuild.pivotfile.fmt import format_module
@@ -422,7 +423,7 @@ def shapes(module: Module) -> list[tuple[str, ...]]:
 
 
 def meaning(pipeline: Pipeline) -> tuple[object, ...]:
-    stages = tuple(dataclasses.replace(s, loc=Location(s.loc.path, 0, 0)) for s in pipeline.stages)
+    stages = tuple(structs.replace(s, loc=Location(s.loc.path, 0, 0)) for s in pipeline.stages)
     return (
         pipeline.name,
         stages,

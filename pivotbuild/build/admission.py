@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Protocol
 
 from pivotbuild.model import Stage, StageId
+from pivotbuild.structs import field, struct
 
 
 class JobServer(Protocol):
@@ -70,7 +70,7 @@ def _load_average() -> float:
     return os.getloadavg()[0]
 
 
-@dataclass(eq=False)  # a stateful gate, never compared (and __eq__ would be compiled at every start-up)
+@struct(eq=False)  # a stateful gate, never compared
 class Admission:
     """Whether a stage may start now: job-server tokens, its `mutex` groups, its `mem`, the load limit."""
 

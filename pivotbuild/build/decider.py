@@ -32,13 +32,13 @@ and, from `status` only, for a stage that is up to date:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from pivotbuild.state import snapshot
 from pivotbuild.state.kinds import ABSENT, GLOB
 from pivotbuild.state.records import FileRecord, StageRecord
 from pivotbuild.state.snapshot import Snapshot
+from pivotbuild.structs import struct
 
 if TYPE_CHECKING:
     from pivotbuild.graph import BuildGraph
@@ -56,7 +56,7 @@ OUTS_CHANGED = "outs changed"
 PENDING_COMMIT = "pending commit"
 
 
-@dataclass(frozen=True, slots=True)
+@struct(frozen=True, slots=True)
 class Decision:
     """Whether a stage must run, and why (the reason `--explain` shows)."""
 
@@ -64,7 +64,7 @@ class Decision:
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
+@struct(frozen=True, slots=True)
 class Verdict:
     """A decision in a build, and what it was made on: the snapshot taken of
     the stage (None when the answer needed none), and whether the seal alone

@@ -7,13 +7,13 @@ other.)"""
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pivotbuild import paths
 from pivotbuild.project import LoadOptions, Project, load_project, main_file_of
+from pivotbuild.structs import replace
 
 if TYPE_CHECKING:
     from pivotbuild.graph import BuildGraph
@@ -36,7 +36,7 @@ def load_compiled(options: LoadOptions, warn: Callable[[str], None]) -> tuple[Pr
     project = load_project(options)
     graph = open_graph(project)
     if main_file is not None:
-        project = dataclasses.replace(project, plan_id=plan.save(project, graph, main_file, options.overrides))
+        project = replace(project, plan_id=plan.save(project, graph, main_file, options.overrides))
     return project, graph
 
 

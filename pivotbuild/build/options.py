@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
+# Still a dataclass: engine.py (the executor rewrite's) calls dataclasses.replace on it;
+# it becomes a struct with engine.py's own records (pivotbuild/structs.py).
 @dataclass(frozen=True, slots=True)
 class BuildOptions:
     """How to build: the command line's flags (CLI.md), `cwd` the directory targets are named from."""

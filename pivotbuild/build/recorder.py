@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 
 from pivotbuild.build.executors.base import Inbox, Job
 from pivotbuild.build.options import BuildOptions
@@ -30,9 +29,10 @@ from pivotbuild.state.records import StageRecord
 from pivotbuild.state.snapshot import Snapshot
 from pivotbuild.state.stamps import Stamp
 from pivotbuild.state.store import StateStore
+from pivotbuild.structs import struct
 
 
-@dataclass(frozen=True, slots=True)
+@struct(frozen=True, slots=True)
 class Outcome:
     """What one build did, stage by stage (see BuildRun.execute)."""
 

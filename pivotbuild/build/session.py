@@ -5,7 +5,6 @@ keep building with the last good graph until the Pivotfiles are fixed."""
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -19,6 +18,7 @@ from pivotbuild.graph import BuildGraph
 from pivotbuild.model import Stage, StageId
 from pivotbuild.project import LoadOptions, Project, all_pivotfiles
 from pivotbuild.state.stamps import Source, read_source
+from pivotbuild.structs import replace, struct
 
 if TYPE_CHECKING:
     from pivotbuild.build.watchset import WatchSet
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 _NOWHERE = Location("", 0, 0)
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@struct(frozen=True, slots=True)
 class Reloaded:
     """What `LoadedProject.reload` did.  With `error` set the new files did not
     load (the located errors, for the caller to report as `check` does) and the
@@ -157,7 +157,7 @@ def _look_at(path: str) -> Source:
 
 def _difference(old: dict[StageId, Stage], new: dict[StageId, Stage]) -> Reloaded:
     def definition(stage: Stage) -> Stage:
-        return dataclasses.replace(stage, loc=_NOWHERE)
+        return replace(stage, loc=_NOWHERE)
 
     redefined = tuple(sid for sid, s in new.items() if sid in old and definition(old[sid]) != definition(s))
     return Reloaded(

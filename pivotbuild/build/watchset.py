@@ -12,16 +12,16 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 
 from pivotbuild.globs import glob_regex, glob_static_prefix, may_match_under
 from pivotbuild.graph import BuildGraph
 from pivotbuild.model import StageId
 from pivotbuild.paths import PIVOTFILE, STATE_DIR
 from pivotbuild.project import Project
+from pivotbuild.structs import field, struct
 
 
-@dataclass(frozen=True, slots=True)
+@struct(frozen=True, slots=True)
 class GlobWatch:
     """A glob dep: the directory it searches and the pattern as the stage wrote it."""
 
@@ -49,7 +49,7 @@ class GlobWatch:
         return may_match_under(self.pattern, rel) and not os.path.isfile(path)
 
 
-@dataclass(frozen=True, slots=True)
+@struct(frozen=True, slots=True)
 class WatchSet:
     """The files a build of some targets reads, and what a change to each means."""
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from pivotbuild.cache.runcache import RUNS
@@ -21,6 +20,7 @@ from pivotbuild.state import journal, lockfile
 from pivotbuild.state.kinds import DIR
 from pivotbuild.state.records import FileRecord, StageRecord
 from pivotbuild.state.store import JOURNAL, PENDING
+from pivotbuild.structs import field, struct
 
 
 class GcError(PivotError):
@@ -29,7 +29,7 @@ class GcError(PivotError):
     exit_code = 1
 
 
-@dataclass
+@struct
 class GcReport:
     objects: list[str] = field(default_factory=list)  # removed (or, with -n, would be)
     run_entries: list[str] = field(default_factory=list)

@@ -15,7 +15,6 @@ import shutil
 import stat
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 from pivotbuild.cache.runcache import RunCache
@@ -38,11 +37,12 @@ from pivotbuild.state.records import FileRecord, StageRecord
 from pivotbuild.state.snapshot import Snapshot
 from pivotbuild.state.stamps import FINE_WINDOW_NS, is_racy, stamp, window_ns
 from pivotbuild.state.statcache import StatCache, StatEntry
+from pivotbuild.structs import struct
 
 CACHE_DIR = "cache"
 
 
-@dataclass(frozen=True, slots=True)
+@struct(frozen=True, slots=True)
 class Captured:
     """A finished stage's outputs: their records, the (path, stat, hash) of each
     file read to hash them (for the stat cache), the outputs that are missing,

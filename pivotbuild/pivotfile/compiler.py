@@ -11,7 +11,6 @@ from __future__ import annotations
 import itertools
 import re
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from pivotbuild import paths
@@ -34,6 +33,7 @@ from pivotbuild.pivotfile.syntax import (
     StageDecl,
     Word,
 )
+from pivotbuild.structs import field, struct
 from pivotbuild.suggest import did_you_mean
 
 _MATRIX_VALUE_RE = re.compile(r"[A-Za-z0-9_.+-]+")
@@ -42,7 +42,7 @@ _GLUED_OPTIONS_RE = re.compile(r"[^(]+\(([^)]*)\)")  # `out.txt(persist)`: optio
 _OUT_OPTIONS = ("cache", "persist", "incremental")
 
 
-@dataclass(frozen=True, slots=True)
+@struct(frozen=True, slots=True)
 class CompileOptions:
     """Where the Pivotfile sits and what the command line says about variables."""
 

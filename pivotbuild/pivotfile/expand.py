@@ -12,7 +12,6 @@ import json
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 
 from pivotbuild import paths
 from pivotbuild.errors import Diagnostic, Location
@@ -20,6 +19,7 @@ from pivotbuild.model import AutoVar, Command, Param
 from pivotbuild.pivotfile.interpolate import Auto, Ref, TemplateError, split, whole_ref
 from pivotbuild.pivotfile.params import ParamError, Params, ParamsFileError, to_text
 from pivotbuild.pivotfile.syntax import Pos, Script, Word
+from pivotbuild.structs import field, struct
 from pivotbuild.suggest import did_you_mean
 
 COMMAND_LINE = "<command line>"
@@ -33,7 +33,7 @@ class Failed(Exception):
     """An error was reported; stop compiling the current field."""
 
 
-@dataclass(frozen=True, slots=True)
+@struct(frozen=True, slots=True)
 class Origin:
     """Where a word came from, for locating errors: a Pivotfile or the command line."""
 
@@ -45,14 +45,14 @@ class Origin:
         return lines[n - 1].rstrip("\r") if 0 < n <= len(lines) else ""
 
 
-@dataclass(frozen=True, slots=True)
+@struct(frozen=True, slots=True)
 class VarDef:
     words: tuple[Word, ...]
     origin: Origin
     pos: Pos
 
 
-@dataclass(slots=True)
+@struct(slots=True)
 class Scope:
     axes: Mapping[str, str]
     stage: str | None

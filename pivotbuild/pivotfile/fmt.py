@@ -12,10 +12,10 @@ changes what a Pivotfile means, and formatting a formatted file changes nothing.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from itertools import groupby
 
+from pivotbuild import structs
 from pivotbuild.errors import PivotfileError
 from pivotbuild.pivotfile.parser import parse
 from pivotbuild.pivotfile.syntax import (
@@ -71,8 +71,8 @@ def _essence(value: object) -> object:
         return tuple(_essence(v) for v in value)
     if isinstance(value, Module):
         return _essence(value.statements), _essence(value.comments)
-    if dataclasses.is_dataclass(value):
-        parts = (_essence(getattr(value, f.name)) for f in dataclasses.fields(value) if f.name not in _WHERE)
+    if structs.is_struct(value):
+        parts = (_essence(getattr(value, f.name)) for f in structs.fields(value) if f.name not in _WHERE)
         return type(value).__name__, *parts
     return value
 

@@ -7,12 +7,11 @@ and all deps.  Any other `$` is left alone for the shell.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from pivotbuild.model import AutoVar
+from pivotbuild.structs import struct
 
 
-@dataclass(frozen=True, slots=True)
+@struct(frozen=True, slots=True)
 class Ref:
     """`${name}` at character `offset` of the text it came from."""
 
@@ -20,7 +19,7 @@ class Ref:
     offset: int
 
 
-@dataclass(frozen=True, slots=True)
+@struct(frozen=True, slots=True)
 class Auto:
     var: AutoVar
     offset: int

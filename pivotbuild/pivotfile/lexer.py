@@ -10,9 +10,9 @@ still produced let the parser find more.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 
 from pivotbuild.pivotfile.syntax import FIELDS, KEYWORDS, Comment, FieldKind, Pos, Script, ScriptLine, Word
+from pivotbuild.structs import field, struct
 
 _ASSIGN_RE = re.compile(r"([^\s=#\"']+)[ \t]*=")
 _KEY_RE = re.compile(r"([A-Za-z_][A-Za-z0-9_-]*)[ \t]*:(?=\s|$)")
@@ -26,7 +26,7 @@ _PLAIN_WORD = re.compile(r"[^ \t#\"'\\]+")
 _PLAIN_OPTION = re.compile(r"[^ \t#\"'\\,)]+")
 
 
-@dataclass(slots=True)
+@struct(slots=True)
 class Tok:
     """A terminal for the grammar.  Words and scripts carry their syntax node."""
 
@@ -38,7 +38,7 @@ class Tok:
     script: Script | None = None
 
 
-@dataclass(slots=True)
+@struct(slots=True)
 class StatementTokens:
     """The terminals of one top-level statement.  For a stage, `header` holds
     `stage NAME:` and `fields` one list per field, so a stage that does not
@@ -61,7 +61,7 @@ class StatementTokens:
         return toks
 
 
-@dataclass(slots=True)
+@struct(slots=True)
 class LexResult:
     statements: list[StatementTokens]
     comments: list[Comment]

@@ -7,12 +7,12 @@ import datetime
 import json
 import re
 import tomllib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pivotbuild.errors import Diagnostic, Location
 from pivotbuild.state.stamps import Source, read_source
+from pivotbuild.structs import struct
 from pivotbuild.suggest import did_you_mean
 
 DEFAULT_FILES = ("params.toml", "params.json")
@@ -31,7 +31,7 @@ class ParamsFileError(Exception):
         self.diagnostic = diagnostic
 
 
-@dataclass(frozen=True, slots=True)
+@struct(frozen=True, slots=True)
 class ParamValue:
     file: str  # the file's name relative to the pipeline directory
     key: str

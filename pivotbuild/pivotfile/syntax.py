@@ -7,8 +7,9 @@ and paths are not normalised.  `compiler.py` gives it meaning.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from enum import Enum
+
+from pivotbuild.structs import struct
 
 NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
 
@@ -46,7 +47,7 @@ FIELDS: dict[str, FieldKind] = {
 KEYWORDS = ("pipeline", "default", "include", "stage")
 
 
-@dataclass(frozen=True, slots=True)
+@struct(frozen=True, slots=True)
 class Pos:
     """1-based line and column in the Pivotfile."""
 
@@ -54,7 +55,7 @@ class Pos:
     col: int
 
 
-@dataclass(frozen=True, slots=True)
+@struct(frozen=True, slots=True)
 class Word:
     """One word: `text` with quotes removed, `raw` as written."""
 
@@ -67,7 +68,7 @@ class Word:
         return self.raw != self.text or self.raw[:1] in {'"', "'"}
 
 
-@dataclass(frozen=True, slots=True)
+@struct(frozen=True, slots=True)
 class Comment:
     """A `#` comment outside run scripts; `text` starts with `#`."""
 
@@ -76,7 +77,7 @@ class Comment:
     own_line: bool  # nothing but whitespace before it on its line
 
 
-@dataclass(frozen=True, slots=True)
+@struct(frozen=True, slots=True)
 class ScriptLine:
     """One line of a run script, after the block's common indentation is removed."""
 
@@ -84,7 +85,7 @@ class ScriptLine:
     pos: Pos  # where `text` starts in the Pivotfile
 
 
-@dataclass(frozen=True, slots=True)
+@struct(frozen=True, slots=True)
 class Script:
     """A run: script.  `inline` when its first line sits on the `run:` line."""
 
@@ -96,7 +97,7 @@ class Script:
         return "\n".join(line.text for line in self.lines)
 
 
-@dataclass(frozen=True, slots=True)
+@struct(frozen=True, slots=True)
 class OutDecl:
     """An entry of `outs:`: a path and its `(option, ...)` words."""
 
@@ -104,7 +105,7 @@ class OutDecl:
     options: tuple[Word, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@struct(frozen=True, slots=True)
 class Item:
     """`KEY=VALUE ...` in `matrix:` or `env:`."""
 
@@ -112,7 +113,7 @@ class Item:
     values: tuple[Word, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@struct(frozen=True, slots=True)
 class Field:
     """A stage field.  Which of `words`, `outs`, `items`, `script` is filled
     depends on the field's kind; an unknown field keeps its words."""
@@ -133,14 +134,14 @@ class Field:
         return self.key.text in FIELDS
 
 
-@dataclass(frozen=True, slots=True)
+@struct(frozen=True, slots=True)
 class PipelineStmt:
     pos: Pos
     last_line: int
     name: Word
 
 
-@dataclass(frozen=True, slots=True)
+@struct(frozen=True, slots=True)
 class Assignment:
     pos: Pos
     last_line: int
@@ -148,21 +149,21 @@ class Assignment:
     values: tuple[Word, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@struct(frozen=True, slots=True)
 class DefaultStmt:
     pos: Pos
     last_line: int
     targets: tuple[Word, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@struct(frozen=True, slots=True)
 class IncludeStmt:
     pos: Pos
     last_line: int
     paths: tuple[Word, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@struct(frozen=True, slots=True)
 class StageDecl:
     pos: Pos
     last_line: int
@@ -173,7 +174,7 @@ class StageDecl:
 Statement = PipelineStmt | Assignment | DefaultStmt | IncludeStmt | StageDecl
 
 
-@dataclass(frozen=True, slots=True)
+@struct(frozen=True, slots=True)
 class Module:
     """A whole parsed Pivotfile."""
 

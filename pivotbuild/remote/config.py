@@ -19,13 +19,13 @@ AZURE_*) or the named profile; a config that holds one is refused.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from pivotbuild.errors import PivotError
 from pivotbuild.paths import STATE_DIR
 from pivotbuild.state.files import ensure_state_dir, write_atomic
+from pivotbuild.structs import field, struct
 
 TYPE_CHECKING = False  # not typing's: every build reads the config (typing costs it ~3 ms)
 if TYPE_CHECKING:
@@ -41,7 +41,7 @@ class ConfigError(PivotError):
 CHECKOUT_MODES = ("copy", "reflink", "hardlink", "symlink")
 
 
-@dataclass
+@struct
 class Config:
     """What `config.toml` says (the defaults where it says nothing, or is missing)."""
 

@@ -18,7 +18,6 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from pivotbuild.cache.runcache import decode_entry, folder_rel, of_stage, stage_key
@@ -29,6 +28,7 @@ from pivotbuild.remote import Remote
 from pivotbuild.state.hashing import hash_file
 from pivotbuild.state.kinds import DIR
 from pivotbuild.state.records import FileRecord
+from pivotbuild.structs import field, struct
 
 Progress = Callable[[int, int], None]  # (done, total)
 
@@ -39,7 +39,7 @@ class TransferError(PivotError):
     exit_code = 1
 
 
-@dataclass
+@struct
 class Report:
     moved: int = 0
     already: int = 0

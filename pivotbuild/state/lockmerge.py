@@ -10,12 +10,11 @@ stage simply runs again on the next build.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from pivotbuild.state.records import LockData, StageRecord
+from pivotbuild.structs import struct
 
 
-@dataclass(frozen=True, slots=True)
+@struct(frozen=True, slots=True)
 class Merged:
     data: LockData
     dropped: tuple[str, ...]  # stages changed differently on both sides, sorted

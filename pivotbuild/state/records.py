@@ -6,10 +6,10 @@ this machine), so the same facts always encode to the same bytes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from pivotbuild.structs import struct
 
 
-@dataclass(frozen=True, slots=True)
+@struct(frozen=True, slots=True)
 class FileRecord:
     """A dep or out and its content hash.  `kind` is "file", "dir" (the hash of
     the tree's manifest), "glob" (the hash of the sorted match list, with
@@ -24,7 +24,7 @@ class FileRecord:
     executable: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@struct(frozen=True, slots=True)
 class ParamRecord:
     """A param a stage read and its canonical JSON value."""
 
@@ -33,7 +33,7 @@ class ParamRecord:
     value_json: str
 
 
-@dataclass(frozen=True, slots=True)
+@struct(frozen=True, slots=True)
 class StageRecord:
     """One stage's last good run."""
 
@@ -48,7 +48,7 @@ class StageRecord:
     facets: tuple[tuple[str, str], ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
+@struct(frozen=True, slots=True)
 class LockData:
     """A whole lockfile: records sorted by stage name."""
 

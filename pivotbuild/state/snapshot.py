@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import stat
-from dataclasses import dataclass
 from pathlib import Path
 
 from pivotbuild import globs
@@ -14,9 +13,10 @@ from pivotbuild.state.hashing import hash_bytes
 from pivotbuild.state.kinds import ABSENT, DIR, FILE, GLOB
 from pivotbuild.state.records import FileRecord, ParamRecord
 from pivotbuild.state.statcache import StatCache
+from pivotbuild.structs import struct
 
 
-@dataclass(frozen=True, slots=True)
+@struct(frozen=True, slots=True)
 class Snapshot:
     """What a stage's decision is made on: its command, facets, params, deps and outs, hashed now."""
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from pivotbuild.state import framing
@@ -35,6 +34,7 @@ from pivotbuild.state.hashing import (
 from pivotbuild.state.stamps import FINE_WINDOW_NS as _FINE_WINDOW_NS
 from pivotbuild.state.stamps import is_racy as _is_racy
 from pivotbuild.state.stamps import window_ns as _window_ns
+from pivotbuild.structs import struct
 
 MAGIC = b"PIVSTAT\n"
 FORMAT = 3  # 2: with a checksum; 3: in a `state.framing` frame
@@ -42,7 +42,7 @@ FRAME = framing.Format(MAGIC, FORMAT, "stat cache")
 _FORMAT_1 = b"\x92\x01"  # msgpack [1, ...]: written before the checksum, dropped without a warning
 
 
-@dataclass(frozen=True, slots=True)
+@struct(frozen=True, slots=True)
 class StatEntry:
     """A file's stamp when it was hashed, its hash, and whether the stamp alone proves it (not racy)."""
 

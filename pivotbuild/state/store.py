@@ -10,7 +10,6 @@ what came before the damage; each is rewritten whole by this build.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
 from pivotbuild.model import Pipeline, Stage
@@ -20,13 +19,14 @@ from pivotbuild.state.files import ensure_state_dir, write_atomic
 from pivotbuild.state.journal import Journal
 from pivotbuild.state.records import StageRecord
 from pivotbuild.state.statcache import StatCache
+from pivotbuild.structs import struct
 
 JOURNAL = "journal"
 PENDING = "pending"
 STATCACHE = "statcache"
 
 
-@dataclass
+@struct
 class PipelineState:
     """One pipeline's state files, open for a build."""
 
