@@ -1,0 +1,92 @@
+"""The build loop's one wait: a selector (epoll on Linux) over the descriptors
+of everything running (each stage's pipes, a pidfd while its exit is
+awaited), a wakeup pipe other threads and signal handlers write to, and the
+clocks of what must happen at a given time (a stage's timeout, the end of a
+kill's grace).
+
+Everything watched is handled in the thread that waits, so the local
+executor needs no thread of its own: a stage costs the build a few system
+calls, not a handoff between threads per event (see docs/performance.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import selectors
+from collections.abc import Callable
+
+Clock = Callable[[float], float | None]  # given the time, acts on what is due; says when it is next due
+
+
+class Poller:
+    """`watch` a descriptor with a callback run (in the waiting thread) when it
+    is readable; `clocks` are run before each wait; `wake` ends a wait from any
+    thread or a signal handler.  The selector and the pipe are made on first use."""
+
+    def __init__(self) -> None:
+        self._selector: selectors.BaseSelector | None = None
+        self._wake_r = self._wake_w = -1
+        self.clocks: list[Clock] = []
+
+    def _open(self) -> selectors.BaseSelector:
+        if self._selector is None:
+            self._selector = selectors.DefaultSelector()
+            self._wake_r, self._wake_w = os.pipe()
+            os.set_blocking(self._wake_r, False)
+            os.set_blocking(self._wake_w, False)  # a full pipe already wakes: never block a writer
+            self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        return self._selector
+
+    @property
+    def wake_fd(self) -> int:
+        """The write end of the wakeup pipe (for signal.set_wakeup_fd)."""
+        self._open()
+        return self._wake_w
+
+    def watch(self, fd: int, callback: Callable[[], None]) -> None:
+        self._open().register(fd, selectors.EVENT_READ, callback)
+
+    def unwatch(self, fd: int) -> None:
+        assert self._selector is not None
+        self._selector.unregister(fd)
+
+    def wake(self) -> None:
+        """End the current (or next) wait: safe from any thread and from a signal handler."""
+        with contextlib.suppress(BlockingIOError):  # full: a wake is pending anyway
+            os.write(self._wake_w if self._selector is not None else self.wake_fd, b"\0")
+
+    def due(self, now: float) -> float | None:
+        """Run the clocks; the earliest time one is next due (None: none is)."""
+        soonest: float | None = None
+        for clock in self.clocks:
+            at = clock(now)
+            if at is not None and (soonest is None or at < soonest):
+                soonest = at
+        return soonest
+
+    def wait(self, timeout: float) -> bool:
+        """Wait at most `timeout` seconds for a watched descriptor (and run its
+        callback) or a wake; True if woken."""
+        woken = False
+        selector = self._open()
+        ready = selector.select(max(timeout, 0.0))
+        watched = selector.get_map()
+        for key, _ in ready:
+            if watched.get(key.fd) is not key:
+                continue  # unwatched by a callback run just before (its stage ended)
+            if key.data is None:
+                with contextlib.suppress(BlockingIOError):
+                    while os.read(self._wake_r, 512):
+                        pass
+                woken = True
+            else:
+                key.data()
+        return woken
+
+    def close(self) -> None:
+        if self._selector is not None:
+            self._selector.close()
+            self._selector = None
+            os.close(self._wake_r)
+            os.close(self._wake_w)
