@@ -101,6 +101,7 @@ class BuildRun:
         for sid in self.scheduler.unfinished():
             self._finish(sid, StageFinished(self.graph.label(sid), Status.CANCELLED, "not started", 0.0))
         self.executor.close()
+        self.inbox.poller.close()
         counts = self.scheduler.counts()
         finished = BuildFinished(
             ran=counts[Status.RAN],

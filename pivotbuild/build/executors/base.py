@@ -104,6 +104,7 @@ class Inbox:
         own = self._own
         others = self.queue
         poller = self.poller
+        poller.open()  # (before looking at the queue: a put from now on wakes the wait)
         until = time.monotonic() + timeout
         while True:
             if own:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import selectors
+import threading
 from collections.abc import Callable
 
 Clock = Callable[[float], float | None]  # given the time, acts on what is due; says when it is next due
@@ -27,34 +28,40 @@ class Poller:
     def __init__(self) -> None:
         self._selector: selectors.BaseSelector | None = None
         self._wake_r = self._wake_w = -1
+        self._wake_lock = threading.Lock()  # a wake never writes to a descriptor `close` let go
         self.clocks: list[Clock] = []
 
-    def _open(self) -> selectors.BaseSelector:
+    def open(self) -> selectors.BaseSelector:
+        """The selector, made (with the pipe) on first use: before anything can wake a wait."""
         if self._selector is None:
-            self._selector = selectors.DefaultSelector()
-            self._wake_r, self._wake_w = os.pipe()
-            os.set_blocking(self._wake_r, False)
-            os.set_blocking(self._wake_w, False)  # a full pipe already wakes: never block a writer
-            self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+            selector = selectors.DefaultSelector()
+            wake_r, wake_w = os.pipe()
+            os.set_blocking(wake_r, False)
+            os.set_blocking(wake_w, False)  # a full pipe already wakes: never block a writer
+            selector.register(wake_r, selectors.EVENT_READ, None)
+            with self._wake_lock:
+                self._selector, self._wake_r, self._wake_w = selector, wake_r, wake_w
         return self._selector
 
     @property
     def wake_fd(self) -> int:
         """The write end of the wakeup pipe (for signal.set_wakeup_fd)."""
-        self._open()
+        self.open()
         return self._wake_w
 
     def watch(self, fd: int, callback: Callable[[], None]) -> None:
-        self._open().register(fd, selectors.EVENT_READ, callback)
+        self.open().register(fd, selectors.EVENT_READ, callback)
 
     def unwatch(self, fd: int) -> None:
         assert self._selector is not None
         self._selector.unregister(fd)
 
     def wake(self) -> None:
-        """End the current (or next) wait: safe from any thread and from a signal handler."""
-        with contextlib.suppress(BlockingIOError):  # full: a wake is pending anyway
-            os.write(self._wake_w if self._selector is not None else self.wake_fd, b"\0")
+        """End the current (or next) wait, from another thread.  (Before the
+        first wait, or after `close`, nobody waits: nothing to do.)"""
+        with self._wake_lock, contextlib.suppress(BlockingIOError):  # full: a wake is pending anyway
+            if self._wake_w >= 0:
+                os.write(self._wake_w, b"\0")
 
     def due(self, now: float) -> float | None:
         """Run the clocks; the earliest time one is next due (None: none is)."""
@@ -69,7 +76,7 @@ class Poller:
         """Wait at most `timeout` seconds for a watched descriptor (and run its
         callback) or a wake; True if woken."""
         woken = False
-        selector = self._open()
+        selector = self.open()
         ready = selector.select(max(timeout, 0.0))
         watched = selector.get_map()
         for key, _ in ready:
@@ -85,8 +92,11 @@ class Poller:
         return woken
 
     def close(self) -> None:
+        """Let go of the selector and the pipe (a later wait makes new ones)."""
         if self._selector is not None:
-            self._selector.close()
-            self._selector = None
-            os.close(self._wake_r)
-            os.close(self._wake_w)
+            with self._wake_lock:
+                self._selector.close()
+                os.close(self._wake_r)
+                os.close(self._wake_w)
+                self._selector = None
+                self._wake_r = self._wake_w = -1
