@@ -99,8 +99,7 @@ class Inbox:
 
     def next(self, timeout: float) -> Item | None:
         """The next item, waiting at most `timeout` seconds for one; None if
-        none came, or if the wait was woken with nothing to hand (a signal:
-        the loop looks at its flags)."""
+        none came, or if a signal woke the wait (the loop looks at its flags)."""
         own = self._own
         others = self.queue
         poller = self.poller
@@ -117,8 +116,8 @@ class Inbox:
                 continue
             if now >= until:
                 return None
-            woken = poller.wait((until if due is None else min(until, due)) - now)
-            if woken and not own and others.empty():
+            signalled = poller.wait((until if due is None else min(until, due)) - now)
+            if signalled and not own and others.empty():
                 return None
 
     def take_nowait(self) -> Item | None:

@@ -4,11 +4,11 @@ pipes, its exit, its timeout: runner.Process); a stage that succeeded has its
 outputs hashed and handed to the cache (stagework.capture), and its result
 goes to the inbox.
 
-No thread per stage, nor a pool of workers: handing each stage's start, lines
-and end between threads cost the build more (the GIL, futexes, context
-switches) than a short stage takes (docs/performance.md).  Only outputs too
-large to hash in a moment are hashed in a thread (`_Hashers`), so a 100 MB
-output does not hold up the other stages' ends.
+No thread per stage, nor a pool of workers: handing each stage's start,
+lines and end between threads cost the build context switches and GIL
+traffic (docs/performance.md).  Only outputs too large to hash in a moment
+are hashed in a thread (`_Threads`), so a 100 MB output does not hold up
+the other stages' ends.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pathlib import Path
 from pivotbuild.build.executors import stagework
 from pivotbuild.build.executors.base import Done, Inbox, Job
 from pivotbuild.build.executors.lifeline import Lifeline
-from pivotbuild.build.executors.runner import _TICK_S, Process, RunResult, RunSpec
+from pivotbuild.build.executors.runner import _TICK_S, Process, RunResult, RunSpec, failed, internal_error
 from pivotbuild.cache.outputs import Captured, OutputCache
 from pivotbuild.events import Log
 from pivotbuild.model import Stage
@@ -53,7 +53,7 @@ class LocalExecutor:
         self.running: dict[Job, Process] = {}  # each running stage's current attempt
         self._killing = False
         self._next = math.inf  # when a running process is next due (see _on_time)
-        self._hashers = _Hashers()
+        self._hashers = _Threads("hasher")
         inbox.poller.clocks.append(self._on_time)
 
     def start(self, job: Job) -> None:
@@ -62,7 +62,7 @@ class LocalExecutor:
         try:
             spec = stagework.stage_spec(job.stage, job.snap, self.root, self.environ)
         except Exception as exc:  # a bug in our own code: fail the stage, keep the build sane
-            self._done(job, stagework.failed(f"pivotbuild: internal error running this stage: {exc!r}"))
+            self._done(job, internal_error(exc))
             return
         self._attempt(job, spec, 1)
 
@@ -88,7 +88,7 @@ class LocalExecutor:
             problem = stagework.prepare(self.root, stage, spec)
             if problem:
                 put(Log(label, "stderr", problem))
-                self._done(job, stagework.failed(problem))
+                self._done(job, failed(problem))
                 return
 
             def line(stream: str, text: str) -> None:
@@ -98,11 +98,11 @@ class LocalExecutor:
                 self._ended(job, spec, attempt, result)
 
             process = Process(spec, line, ended, self.inbox.poller, self.lifeline)
-        except Exception as exc:  # a bug in our own code (or a spec Popen refuses): fail the stage
-            self._done(job, stagework.failed(f"pivotbuild: internal error running this stage: {exc!r}"))
+        except Exception as exc:  # a bug in our own code: fail the stage
+            self._done(job, internal_error(exc))
             return
         if process.ended:
-            return  # it could not start: `ended` has seen to it (and perhaps to its retry)
+            return  # (ended at once: `ended` has seen to it, and perhaps to its retry)
         self.running[job] = process
         self._next = min(self._next, process.start + _TICK_S, process.deadline or math.inf)
         if self._killing:
@@ -171,11 +171,12 @@ class LocalExecutor:
         return soonest if self.running else None
 
 
-class _Hashers:
-    """Threads that hash large outputs off the loop's thread, reused from
+class _Threads:
+    """Threads for work the loop's thread should not wait on, reused from
     stage to stage (started as needed: a thread waiting means none is started)."""
 
-    def __init__(self) -> None:
+    def __init__(self, name: str) -> None:
+        self.name = name
         self._work: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._idle = 0
@@ -189,7 +190,7 @@ class _Hashers:
         self._work.put(work)
         if spawn:
             self._threads += 1
-            threading.Thread(target=self._worker, name=f"hasher {self._threads}", daemon=True).start()
+            threading.Thread(target=self._worker, name=f"{self.name} {self._threads}", daemon=True).start()
 
     def close(self) -> None:
         for _ in range(self._threads):

@@ -74,8 +74,10 @@ class Poller:
 
     def wait(self, timeout: float) -> bool:
         """Wait at most `timeout` seconds for a watched descriptor (and run its
-        callback) or a wake; True if woken."""
-        woken = False
+        callback) or a wake; True if a signal woke it (its handler has
+        something to say: `signal.set_wakeup_fd` writes the signal's number,
+        `wake` a zero)."""
+        signalled = False
         selector = self.open()
         ready = selector.select(max(timeout, 0.0))
         watched = selector.get_map()
@@ -84,12 +86,11 @@ class Poller:
                 continue  # unwatched by a callback run just before (its stage ended)
             if key.data is None:
                 with contextlib.suppress(BlockingIOError):
-                    while os.read(self._wake_r, 512):
-                        pass
-                woken = True
+                    while data := os.read(self._wake_r, 512):
+                        signalled = signalled or any(data)
             else:
                 key.data()
-        return woken
+        return signalled
 
     def close(self) -> None:
         """Let go of the selector and the pipe (a later wait makes new ones)."""

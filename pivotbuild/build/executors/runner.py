@@ -190,13 +190,13 @@ class Process:
         except BaseException as exc:
             os.close(out_r)
             os.close(err_r)
-            if isinstance(exc, OSError):
-                self.ended = True
-                line = f"pivotbuild: cannot start {spec.argv[0]}: {exc.strerror}"
-                on_line("stderr", line)
-                on_end(RunResult(127, None, False, False, (line,), time.monotonic() - self.start))
-                return
-            raise
+            if not isinstance(exc, OSError):
+                raise
+            self.ended = True
+            line = f"pivotbuild: cannot start {spec.argv[0]}: {exc.strerror}"
+            on_line("stderr", line)
+            on_end(RunResult(127, None, False, False, (line,), time.monotonic() - self.start))
+            return
         finally:
             os.close(out_w)  # the child has its copies: end of file comes when it (and its children) close them
             os.close(err_w)
@@ -392,6 +392,16 @@ class Process:
             self.poller.unwatch(self.pidfd)
             os.close(self.pidfd)
             self.pidfd = None
+
+
+def failed(text: str) -> RunResult:
+    """A stage failed by us, not by its command: `text` says why."""
+    return RunResult(1, None, False, False, (text,), 0.0)
+
+
+def internal_error(exc: Exception) -> RunResult:
+    """The result of a stage that a bug of ours failed (the build goes on)."""
+    return failed(f"pivotbuild: internal error running this stage: {exc!r}")
 
 
 def stage_argv(shell: Sequence[str], script: str) -> tuple[str, ...]:

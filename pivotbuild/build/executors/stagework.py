@@ -57,12 +57,12 @@ def run_stage(
             problem = prepare(root, stage, spec)
             if problem:
                 put(Log(label, "stderr", problem))
-                return failed(problem), None
+                return runner.failed(problem), None
             result = runner.run(spec, lambda stream, line: put(Log(label, stream, line)), cancel, lifeline)
             if result.ok or result.cancelled:
                 break
     except Exception as exc:  # a bug in our own code: fail the stage, keep the build sane
-        return failed(f"pivotbuild: internal error running this stage: {exc!r}"), None
+        return runner.internal_error(exc), None
     assert result is not None
     if not result.ok:
         return result, None
@@ -90,11 +90,6 @@ def prepare(root: Path, stage: Stage, spec: runner.RunSpec) -> str:
     return prepare_outputs(root, stage) or _missing_dir(spec.cwd)
 
 
-def failed(text: str) -> runner.RunResult:
-    """A stage failed by us, not by its command: `text` says why."""
-    return runner.RunResult(1, None, False, False, (text,), 0.0)
-
-
 def capture(
     stage: Stage,
     result: runner.RunResult,
@@ -120,9 +115,9 @@ def capture(
             put(Message(text, "warning"))
             return result, outputs.capture(stage, known, False)
     except OSError as exc:
-        return failed(f"pivotbuild: could not hash or store the outputs: {exc}"), None
+        return runner.failed(f"pivotbuild: could not hash or store the outputs: {exc}"), None
     except Exception as exc:  # a bug in our own code: fail the stage, keep the build sane
-        return failed(f"pivotbuild: internal error running this stage: {exc!r}"), None
+        return runner.internal_error(exc), None
 
 
 # What pathlib's exists() takes for absent (an output under a file, or a symlink loop).
