@@ -79,7 +79,7 @@ class Storer:
         job = (stage, remember, files, confirm, label)
         if remember is None and not files and not confirm:
             self._stored.add(stage.id)  # nothing to do
-        elif self.poller is None:
+        elif self.poller is None or not _small(files, confirm):
             self._to_threads(job)
         else:
             if not self._clocked:
@@ -99,7 +99,7 @@ class Storer:
             self._clocked = False
             self.poller.clocks.remove(self._on_time)
         while self._due:
-            self._store_or_hand_over(self._due.popleft()[1], self._finishing.wait)
+            self._store(self._due.popleft()[1], self._finishing.wait)
         for _ in self._threads:
             self._jobs.put(None)
         for thread in self._threads:
@@ -111,21 +111,10 @@ class Storer:
         """The loop's clock: store the jobs whose files have settled."""
         due = self._due
         while due and due[0][0] <= now:
-            self._store_or_hand_over(due.popleft()[1], _no_pause)
+            # (A file still racy, which the pause would wait for, is stored
+            # unconfirmed: the loop never waits.)
+            self._store(due.popleft()[1], _no_pause)
         return due[0][0] if due else None
-
-    def _store_or_hand_over(self, job: _Job, pause: Callable[[float], object]) -> None:
-        """Store a job's small files here (a file still racy, which `pause`
-        would wait for, is stored unconfirmed: the loop does not wait); hand
-        larger ones to the threads."""
-        for path, _ in (*job[2], *job[3]):
-            try:
-                if os.stat(path).st_size > SMALL:
-                    self._to_threads(job)
-                    return
-            except OSError:
-                pass  # (the store says what became of it)
-        self._store(job, pause)
 
     def _to_threads(self, job: _Job) -> None:
         if not self._threads:
@@ -160,3 +149,16 @@ class Storer:
 
 def _no_pause(seconds: float) -> None:
     pass
+
+
+def _small(*lists: _Files) -> bool:
+    """Whether every file named is at most SMALL bytes (a missing one counts:
+    storing it says what became of it)."""
+    for files in lists:
+        for path, _ in files:
+            try:
+                if os.stat(path).st_size > SMALL:
+                    return False
+            except OSError:
+                pass
+    return True
