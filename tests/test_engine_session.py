@@ -6,6 +6,7 @@ Real projects on disk, real processes."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -194,3 +195,56 @@ def test_the_executor_handed_in_runs_the_stages(root: Path) -> None:
     assert Engine(Collect(), executor=noting).build(options(root)) == EXIT_OK
     assert started == ["a", "b"]
     assert (root / "b.txt").read_text() == "one\n"
+
+
+def test_an_executor_reporting_from_threads_of_its_own_runs_the_stages(root: Path) -> None:
+    # As a Dask executor would: each job runs in a thread (stagework.run_stage,
+    # blocking), and its lines and result reach the loop from that thread.
+    from pivotbuild.build.executors.base import Done
+    from pivotbuild.build.executors.lifeline import Lifeline
+    from pivotbuild.build.executors.stagework import run_stage
+
+    threads: set[str] = set()
+
+    def threaded(root: Path, outputs: OutputCache, inbox: Inbox, cancel: threading.Event, *, store: bool) -> Executor:
+        lifeline = Lifeline()
+
+        def work(job: Job) -> None:
+            threads.add(threading.current_thread().name)
+            assert job.snap is not None
+            result, captured = run_stage(
+                job.stage,
+                job.snap,
+                job.label,
+                root=root,
+                environ=os.environ,
+                outputs=outputs,
+                known=job.known,
+                store=store,
+                cancel=cancel,
+                put=inbox.put,
+                started=lambda: 0,
+                lifeline=lifeline,
+            )
+            inbox.done(Done(job, result, captured))
+
+        class Threaded:
+            def start(self, job: Job) -> None:
+                threading.Thread(target=work, args=(job,), name=f"job {job.label}").start()
+
+            def cancel(self) -> None:
+                cancel.set()
+
+            def close(self) -> None:
+                lifeline.close()
+
+        return Threaded()
+
+    (root / "Pivotfile").write_text(WITH_C.replace("run: cp b.txt c.txt", "run: echo copying >&2; cp b.txt c.txt"))
+    seen = Collect()
+    assert Engine(seen, executor=threaded).build(options(root)) == EXIT_OK
+    assert threads == {"job a", "job b", "job c"}
+    assert seen.finished() == {"a": Status.RAN, "b": Status.RAN, "c": Status.RAN}
+    assert (root / "c.txt").read_text() == "one\n"
+    shown = [(type(e).__name__, getattr(e, "line", "")) for e in seen.events if getattr(e, "stage", "") == "c"]
+    assert shown == [("StageStarted", ""), ("Log", "copying"), ("StageFinished", "")]

@@ -67,7 +67,7 @@ class Recorder:
         # Proven stat-cache entries, applied once the copies are done (`finish`):
         # passing each to this thread as it came woke the build loop per output.
         self._confirmed: list[tuple[Stage, str, os.stat_result, str]] = []
-        self.storer = Storer(outputs, inbox.warn, lambda *proof: self._confirmed.append(proof))
+        self.storer = Storer(outputs, inbox.warn, lambda *proof: self._confirmed.append(proof), inbox.poller)
         self.history_damaged = False  # mended when this build appends
         self.started_at = ""
 

@@ -11,7 +11,6 @@ recorder: nothing runs and nothing is written.
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from collections.abc import Callable
 from pivotbuild.build.admission import Admission
 from pivotbuild.build.decider import ALWAYS, FORCED, Decider, Verdict
 from pivotbuild.build.executors.base import Done, Executor, Inbox, Item, Job
+from pivotbuild.build.interrupts import Signals
 from pivotbuild.build.recorder import DryRecorder, Outcome, Recorder
 from pivotbuild.build.scheduler import Scheduler
 from pivotbuild.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
@@ -79,6 +79,7 @@ class BuildRun:
         self.skipped = 0
         self.started = 0
         self.stopping = False
+        self.signals = Signals()
 
     def execute(self) -> Outcome:
         t0 = time.monotonic()
@@ -89,16 +90,18 @@ class BuildRun:
             for sid in self.closure:
                 self._state(self.graph.label(sid), State.READY if waiting[sid] == 0 else State.PENDING)
         interrupted = False
-        try:
-            self._loop()
-        except (KeyboardInterrupt, Interrupted):
-            interrupted = True
-            self._drain_after_interrupt()
+        with self.signals.caught_in(self.inbox.poller):
+            try:
+                self._loop()
+            except (KeyboardInterrupt, Interrupted):
+                interrupted = True
+                self._drain_after_interrupt()
         if not self._finish_storing():
             interrupted = True
         for sid in self.scheduler.unfinished():
             self._finish(sid, StageFinished(self.graph.label(sid), Status.CANCELLED, "not started", 0.0))
         self.executor.close()
+        self.inbox.poller.close()
         counts = self.scheduler.counts()
         finished = BuildFinished(
             ran=counts[Status.RAN],
@@ -122,23 +125,24 @@ class BuildRun:
         return outcome
 
     def _loop(self) -> None:
-        get = self.inbox.queue.get
+        take = self.inbox.next
+        signals = self.signals
         while True:
             self._decide_ready()
             if not self.stopping:
                 self._start_what_fits()
+            if signals.caught:
+                raise Interrupted
             if not self.running:
                 if self.to_run and not self.stopping:  # pragma: no cover - admission never refuses an idle build
                     raise AssertionError("no stage can start although nothing is running")
                 return
-            try:
-                item = get(timeout=0.2 if self.admission.waits_on_resources else 1.0)
-            except queue.Empty:
-                if self.cancel.is_set():
-                    raise Interrupted from None
-                continue
-            self._handle(item)
-            if self.cancel.is_set():
+            signals.deferring = True  # (the executor runs in here: see Signals)
+            item = take(0.2 if self.admission.waits_on_resources else 1.0)
+            signals.deferring = False
+            if item is not None:
+                self._handle(item)
+            if self.cancel.is_set() or signals.caught:
                 raise Interrupted
 
     def _finish_storing(self) -> bool:
@@ -147,14 +151,10 @@ class BuildRun:
         finished = self.recorder.finish()
         if not finished:
             self.cancel.set()
-        get = self.inbox.queue.get_nowait
-        while True:
-            try:
-                item = get()
-            except queue.Empty:
-                return finished
+        while (item := self.inbox.take_nowait()) is not None:
             if not isinstance(item, Done):
                 self._handle(item)
+        return finished
 
     def _handle(self, item: Item) -> None:
         if isinstance(item, Done):
@@ -204,7 +204,11 @@ class BuildRun:
             self.emit(StageStarted(label, self.started, total, v.reason, expected_s=self.expected.get(sid)))
             job.started = time.monotonic()
             self.running[sid] = job
+            self.signals.deferring = True
             self.executor.start(job)
+            self.signals.deferring = False
+            if self.signals.caught:
+                return
 
     def _complete(self, done: Done) -> None:
         job, result = done.job, done.result
@@ -251,18 +255,19 @@ class BuildRun:
 
     def _drain_after_interrupt(self) -> None:
         """Stop everything: cancel every running stage and wait for their results."""
+        self.signals.deferring = True  # a second Ctrl-C: we are already stopping
         self.cancel.set()
         self.executor.cancel()
         self.stopping = True
         while self.running:
             try:
-                item = self.inbox.queue.get(timeout=0.5)
-            except queue.Empty:
+                item = self.inbox.next(0.5)
+            except KeyboardInterrupt:
+                continue  # (from a handler not ours)
+            if item is None:
                 # A result taken off the queue just as the interrupt struck
                 # would otherwise be waited for forever.
                 for done in [d for sid, d in list(self.inbox.unhandled.items()) if sid in self.running]:
                     self._handle(done)
                 continue
-            except KeyboardInterrupt:
-                continue  # a second Ctrl-C: we are already stopping
             self._handle(item)

@@ -1,14 +1,22 @@
 """Storing outputs in the cache in the background, off the critical path.
 
-A finished stage's outputs are hashed by its worker (the hashes are what the
+A finished stage's outputs are hashed as it ends (the hashes are what the
 stages after it decide with), but copying them into the cache can wait: the
-stages downstream start at once, and one thread copies behind them, in the
-order stages finished (two threads: the copies are mostly waits on the
-disk, and one thread falls behind a layer of large outputs).  The run-cache
-entry of the record a stage's new result replaced (see Recorder) is written
-here too, off the build loop's thread.  The build waits for the copies before
-it ends (`finish`); a build killed before that loses only cache copies, never
-a result: the lockfile records stand.
+stages downstream start at once, and the copies follow behind them, in the
+order stages finished.  Each copy waits until its files' racy window has
+passed (see below), so it comes 50 ms after its stage at the earliest.
+
+Small files (all of a stage's at most `SMALL` bytes each) are copied by the
+build loop's own thread, as a clock of its poller (`poller`): when one is
+due, the loop has started what it could, and a copy of a few small files
+costs it less than waking a thread to do it (each handoff cost a thread
+about 0.7 ms of CPU in GIL and futex traffic; docs/performance.md).  Larger
+ones go to two threads (the copies are mostly waits on the disk, and one
+thread falls behind a layer of large outputs).  The run-cache entry of the
+record a stage's new result replaced (see Recorder) is written there too.
+The build waits for the copies before it ends (`finish`); a build killed
+before that loses only cache copies, never a result: the lockfile records
+stand.
 
 The copy is a second whole read of each file; where it proves a racy stat-cache
 entry (see `OutputCache.store_deferred`), `confirmed` says so, which spares the
@@ -21,31 +29,42 @@ import functools
 import os
 import queue
 import threading
+import time
+from collections import deque
 from collections.abc import Callable
 
+from pivotbuild.build.executors.poller import Poller
 from pivotbuild.cache.outputs import OutputCache
+from pivotbuild.cache.store import SMALL
 from pivotbuild.model import Stage, StageId
 from pivotbuild.state.records import StageRecord
+from pivotbuild.state.stamps import FINE_WINDOW_NS
 
 _Files = tuple[tuple[str, str], ...]
 _Job = tuple[Stage, StageRecord | None, _Files, _Files, str]
 THREADS = 2
+_SETTLED_S = FINE_WINDOW_NS / 1e9  # after this, a file written before `put` is past its racy window
 
 
 class Storer:
     """`put` a stage's deferred files; `finish` waits until all are stored.
     `warn` and `confirmed` (stage, path, stat, hash) are called from the
-    storer's threads."""
+    storer's threads, or the loop's.  Without a `poller`, every copy goes
+    to the threads."""
 
     def __init__(
         self,
         outputs: OutputCache,
         warn: Callable[[str], None],
         confirmed: Callable[[Stage, str, os.stat_result, str], None],
+        poller: Poller | None = None,
     ) -> None:
         self.outputs = outputs
         self.warn = warn
         self.confirmed = confirmed
+        self.poller = poller
+        self._due: deque[tuple[float, _Job]] = deque()  # for the loop's thread: (when, job), in order
+        self._clocked = False
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._finishing = threading.Event()  # set: copy at once, wait for nothing
@@ -56,13 +75,17 @@ class Storer:
         """Store `files` ((path, hash) pairs) and read `confirm` again (see
         `OutputCache.store_deferred`), and remember `remember` (an earlier
         record of the stage, None for none) in the run cache."""
-        if not self._threads:
-            for i in range(THREADS):
-                thread = threading.Thread(target=self._run, name=f"cache storer {i}", daemon=True)
-                thread.start()
-                self._threads.append(thread)
         self._put.add(stage.id)
-        self._jobs.put((stage, remember, files, confirm, label))
+        job = (stage, remember, files, confirm, label)
+        if remember is None and not files and not confirm:
+            self._stored.add(stage.id)  # nothing to do
+        elif self.poller is None or not _small(files, confirm):
+            self._to_threads(job)
+        else:
+            if not self._clocked:
+                self._clocked = True
+                self.poller.clocks.append(self._on_time)
+            self._due.append((time.monotonic() + _SETTLED_S, job))
 
     @property
     def unstored(self) -> set[StageId]:
@@ -72,6 +95,11 @@ class Storer:
 
     def finish(self) -> None:
         self._finishing.set()
+        if self._clocked and self.poller is not None:
+            self._clocked = False
+            self.poller.clocks.remove(self._on_time)
+        while self._due:
+            self._store(self._due.popleft()[1], self._finishing.wait)
         for _ in self._threads:
             self._jobs.put(None)
         for thread in self._threads:
@@ -79,21 +107,58 @@ class Storer:
         self._threads = []
         self._finishing.clear()
 
+    def _on_time(self, now: float) -> float | None:
+        """The loop's clock: store the jobs whose files have settled."""
+        due = self._due
+        while due and due[0][0] <= now:
+            # (A file still racy, which the pause would wait for, is stored
+            # unconfirmed: the loop never waits.)
+            self._store(due.popleft()[1], _no_pause)
+        return due[0][0] if due else None
+
+    def _to_threads(self, job: _Job) -> None:
+        if not self._threads:
+            for i in range(THREADS):
+                thread = threading.Thread(target=self._run, name=f"cache storer {i}", daemon=True)
+                thread.start()
+                self._threads.append(thread)
+        self._jobs.put(job)
+
     def _run(self) -> None:
         while (job := self._jobs.get()) is not None:
-            stage, remember, files, confirm, label = job
+            self._store(job, self._finishing.wait)
+
+    def _store(self, job: _Job, pause: Callable[[float], object]) -> None:
+        stage, remember, files, confirm, label = job
+        try:
+            if remember is not None:
+                self.outputs.remember(stage, remember)
+            confirmed = functools.partial(self.confirmed, stage)
+            changed = self.outputs.store_deferred(files, confirmed, pause)
+            changed += self.outputs.store_deferred(confirm, confirmed, pause, copy=False)
+            if changed:
+                self.warn(f"{', '.join(changed)} changed after {label} finished; the next build will see it")
+                return
+            self._stored.add(stage.id)
+        except OSError as exc:
+            why = exc.strerror or str(exc)
+            self.warn(f"could not store the outputs of {label} in the cache ({why}); recorded, but not cached")
+        except Exception as exc:  # a bug of ours must not stop the other stores
+            self.warn(f"internal error storing the outputs of {label} in the cache: {exc!r}; not cached")
+
+
+def _no_pause(seconds: float) -> None:
+    pass
+
+
+def _small(*lists: _Files) -> bool:
+    """Whether every file named is at most SMALL bytes (a missing one counts:
+    storing it says what became of it)."""
+    for files in lists:
+        for path, _ in files:
             try:
-                if remember is not None:
-                    self.outputs.remember(stage, remember)
-                confirmed = functools.partial(self.confirmed, stage)
-                changed = self.outputs.store_deferred(files, confirmed, self._finishing.wait)
-                changed += self.outputs.store_deferred(confirm, confirmed, self._finishing.wait, copy=False)
-                if changed:
-                    self.warn(f"{', '.join(changed)} changed after {label} finished; the next build will see it")
-                    continue
-                self._stored.add(stage.id)
-            except OSError as exc:
-                why = exc.strerror or str(exc)
-                self.warn(f"could not store the outputs of {label} in the cache ({why}); recorded, but not cached")
-            except Exception as exc:  # a bug of ours must not stop the other stores
-                self.warn(f"internal error storing the outputs of {label} in the cache: {exc!r}; not cached")
+                if os.stat(path).st_size > SMALL:
+                    return False
+            except OSError:
+                pass
+    return True

@@ -32,10 +32,9 @@ def make_reporter(options: BuildOptions) -> Reporter:
 def terminate_as_interrupt() -> Iterator[None]:
     """SIGTERM stops a build the way Ctrl-C does: stages killed, results kept, exit 130."""
 
-    def handler(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, handler)
+    # Python's own SIGINT handler (it raises KeyboardInterrupt): the build loop
+    # knows it, and defers it while it starts or ends a stage (build/interrupts.py).
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         yield
     finally:

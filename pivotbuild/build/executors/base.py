@@ -5,18 +5,22 @@ An executor starts an admitted stage (`start`) and, from any thread, reports
 what it has to say (log lines, a retry, a warning) and then exactly one
 `Done` through the build's `Inbox`.  It neither decides nor records: the
 loop (run.py) does both, in its own thread, so reporters see events from one
-thread only.  `local.py` runs commands in worker threads; `dry.py` runs
-nothing (-n, -q, status).
+thread only.  `local.py` follows its processes from the loop's own thread,
+through the inbox's poller; `dry.py` runs nothing (-n, -q, status); an
+executor with threads of its own (Dask) just puts from them.
 """
 
 from __future__ import annotations
 
 import queue
 import threading
+import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
+from pivotbuild.build.executors.poller import Poller
 from pivotbuild.build.executors.runner import RunResult
 from pivotbuild.cache.outputs import Captured
 from pivotbuild.events import Event, Message
@@ -54,20 +58,33 @@ Item = Event | Done
 
 
 class Inbox:
-    """The one queue the build loop reads: events and results, put from any
-    thread.  Every `Done` is also kept until the loop handles it
-    (`handled`), so one taken off the queue just as an interrupt struck is not
-    lost for good (see BuildRun)."""
+    """The one inbox the build loop reads: events and results, put from any
+    thread, and (`poller`) the descriptors and clocks of the stages running
+    in the loop's own thread.  `next` hands the loop one item at a time,
+    waiting on the poller when there is none: items the loop's thread put
+    itself (a stage's lines, then its result) come in the order put; one put
+    from another thread wakes the wait.  Every `Done` is also kept until the
+    loop handles it (`handled`), so one taken off just as an interrupt struck
+    is not lost for good (see BuildRun)."""
 
     def __init__(self, emit: Callable[[Event], None]) -> None:
         self.emit = emit
-        self.queue: queue.SimpleQueue[Item] = queue.SimpleQueue()
-        self.put = self.queue.put
+        self.poller = Poller()
+        self.queue: queue.SimpleQueue[Item] = queue.SimpleQueue()  # from other threads
+        self._own: deque[Item] = deque()  # from the loop's thread (the one that made the inbox)
+        self._loop_thread = threading.get_ident()
         self.unhandled: dict[StageId, Done] = {}
+
+    def put(self, item: Item) -> None:
+        if threading.get_ident() == self._loop_thread:
+            self._own.append(item)
+        else:
+            self.queue.put(item)
+            self.poller.wake()
 
     def done(self, done: Done) -> None:
         self.unhandled[done.job.stage.id] = done
-        self.queue.put(done)
+        self.put(done)
 
     def handled(self, done: Done) -> bool:
         """True the first time `done` is handled, False after."""
@@ -78,7 +95,36 @@ class Inbox:
         if threading.current_thread() is threading.main_thread():
             self.emit(Message(text, "warning"))
         else:
-            self.queue.put(Message(text, "warning"))
+            self.put(Message(text, "warning"))
+
+    def next(self, timeout: float) -> Item | None:
+        """The next item, waiting at most `timeout` seconds for one; None if
+        none came, or if a signal woke the wait (the loop looks at its flags)."""
+        own = self._own
+        others = self.queue
+        poller = self.poller
+        poller.open()  # (before looking at the queue: a put from now on wakes the wait)
+        until = time.monotonic() + timeout
+        while True:
+            if own:
+                return own.popleft()
+            if not others.empty():
+                return others.get_nowait()
+            now = time.monotonic()
+            due = poller.due(now)  # (may end a stage: then its items come first)
+            if own:
+                continue
+            if now >= until:
+                return None
+            signalled = poller.wait((until if due is None else min(until, due)) - now)
+            if signalled and not own and others.empty():
+                return None
+
+    def take_nowait(self) -> Item | None:
+        """An item already waiting, else None."""
+        if self._own:
+            return self._own.popleft()
+        return None if self.queue.empty() else self.queue.get_nowait()
 
 
 class Executor(Protocol):

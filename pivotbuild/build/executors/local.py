@@ -1,30 +1,45 @@
-"""The local executor: each admitted stage runs in a worker thread of this
-process (stagework.run_stage: its command in a process group of its own, its
-outputs hashed and handed to the cache), and its result goes to the inbox.
+"""The local executor: each admitted stage runs as a process group of its own,
+followed from the build loop's own thread through the inbox's poller (its
+pipes, its exit, its timeout: runner.Process); a stage that succeeded has its
+outputs hashed and handed to the cache (stagework.capture), and its result
+goes to the inbox.
 
-Workers are reused: starting a thread per stage costs the scheduler more than
-a short stage takes.  A worker counts itself idle before it reports its
-result, so the stage started in answer to that result finds it waiting.
+No thread per stage, nor a pool of workers: handing each stage's start,
+lines and end between threads cost the build context switches and GIL
+traffic (docs/performance.md).  Only outputs too large to hash in a moment
+are hashed in a thread (`_Threads`), so a 100 MB output does not hold up
+the other stages' ends.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import queue
+import stat
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
+from pivotbuild.build.executors import stagework
 from pivotbuild.build.executors.base import Done, Inbox, Job
 from pivotbuild.build.executors.lifeline import Lifeline
-from pivotbuild.build.executors.stagework import run_stage
-from pivotbuild.cache.outputs import OutputCache
+from pivotbuild.build.executors.runner import _TICK_S, Process, RunResult, RunSpec, failed, internal_error
+from pivotbuild.cache.outputs import Captured, OutputCache
+from pivotbuild.events import Log
+from pivotbuild.model import Stage
+
+# Outputs up to this size in all are hashed in the loop's thread as their stage
+# ends (about 0.3 ms for 1 MiB from the page cache, one read_small call each);
+# larger ones, or directories, in a thread.
+INLINE_BYTES = 1 << 20
 
 
 class LocalExecutor:
     """Runs stages under `root` with this process's environment.  `outputs`
     hashes (and, with `store`, caches) a finished stage's outputs; `cancel`,
-    once set, kills every running stage (shared with the build, which sets it
-    on an interrupt)."""
+    once set (by the build on an interrupt, or by another thread), kills
+    every running stage."""
 
     def __init__(self, root: Path, outputs: OutputCache, inbox: Inbox, cancel: threading.Event, *, store: bool) -> None:
         self.root = root
@@ -35,53 +50,155 @@ class LocalExecutor:
         self.environ = dict(os.environ)  # copied once, not per stage
         self.lifeline = Lifeline()  # kills the running stages if pivotbuild is killed
         self.started = 0  # numbers a retry's event, as the build numbers starts
-        self._work: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
-        self._lock = threading.Lock()
-        self._idle = 0  # workers that finished a stage and wait for the next
-        self._workers = 0
+        self.running: dict[Job, Process] = {}  # each running stage's current attempt
+        self._killing = False
+        self._next = math.inf  # when a running process is next due (see _on_time)
+        self._hashers = _Threads("hasher")
+        inbox.poller.clocks.append(self._on_time)
 
     def start(self, job: Job) -> None:
         self.started += 1
+        assert job.snap is not None
+        try:
+            spec = stagework.stage_spec(job.stage, job.snap, self.root, self.environ)
+        except Exception as exc:  # a bug in our own code: fail the stage, keep the build sane
+            self._done(job, internal_error(exc))
+            return
+        self._attempt(job, spec, 1)
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+        self._killing = True
+        for process in list(self.running.values()):
+            process.kill()
+
+    def close(self) -> None:
+        """Every job has reported: let the hashing threads go; then close the
+        lifeline (not after an interrupt that left stages running: they die with us)."""
+        self._hashers.close()
+        self.lifeline.close()
+        if self._on_time in self.inbox.poller.clocks:
+            self.inbox.poller.clocks.remove(self._on_time)
+
+    def _attempt(self, job: Job, spec: RunSpec, attempt: int) -> None:
+        stage, label, put = job.stage, job.label, self.inbox.put
+        try:
+            if attempt > 1:
+                put(stagework.retried(label, self.started, attempt, stage.retry))
+            problem = stagework.prepare(self.root, stage, spec)
+            if problem:
+                put(Log(label, "stderr", problem))
+                self._done(job, failed(problem))
+                return
+
+            def line(stream: str, text: str) -> None:
+                put(Log(label, stream, text))
+
+            def ended(result: RunResult) -> None:
+                self._ended(job, spec, attempt, result)
+
+            process = Process(spec, line, ended, self.inbox.poller, self.lifeline)
+        except Exception as exc:  # a bug in our own code: fail the stage
+            self._done(job, internal_error(exc))
+            return
+        if process.ended:
+            return  # (ended at once: `ended` has seen to it, and perhaps to its retry)
+        self.running[job] = process
+        self._next = min(self._next, process.start + _TICK_S, process.deadline or math.inf)
+        if self._killing:
+            process.kill()
+
+    def _ended(self, job: Job, spec: RunSpec, attempt: int, result: RunResult) -> None:
+        self.running.pop(job, None)
+        if not result.ok and not result.cancelled and attempt <= job.stage.retry:
+            self._attempt(job, spec, attempt + 1)
+        elif not result.ok:
+            self._done(job, result)
+        elif self._small(job.stage):
+            self._capture(job, result)
+        else:
+            self._hashers.run(lambda: self._capture(job, result))
+
+    def _capture(self, job: Job, result: RunResult) -> None:
+        """Hash the outputs of `job`, which succeeded, and report it (in any thread)."""
+        result, captured = stagework.capture(
+            job.stage,
+            result,
+            outputs=self.outputs,
+            known=job.known,
+            store=self.store,
+            label=job.label,
+            put=self.inbox.put,
+        )
+        self._done(job, result, captured)
+
+    def _done(self, job: Job, result: RunResult, captured: Captured | None = None) -> None:
+        self.inbox.done(Done(job, result, captured if result.ok else None))
+
+    def _small(self, stage: Stage) -> bool:
+        """Whether the stage's outputs are files of at most INLINE_BYTES in all
+        (a missing one counts as small: capturing finds it missing)."""
+        total = 0
+        for out in stage.outs:
+            try:
+                st = os.stat(os.path.join(self.root, out.path))
+            except OSError:
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                return False
+            total += st.st_size
+            if total > INLINE_BYTES:
+                return False
+        return True
+
+    def _on_time(self, now: float) -> float | None:
+        """The poller's clock: notice a cancel set by another thread, and let
+        each running process act on what is due (each is due at least a tick
+        after it was last asked, so this scans them all at most once a tick
+        unless a timeout falls sooner)."""
+        if not self.running:
+            return None
+        if not self._killing and self.cancelled.is_set():
+            self.cancel()
+        if now < self._next:
+            return self._next
+        soonest = now + _TICK_S
+        for process in list(self.running.values()):
+            due = process.on_time(now)  # (may end it: then `running` no longer holds it)
+            if due is not None and due < soonest:
+                soonest = due
+        self._next = soonest
+        return soonest if self.running else None
+
+
+class _Threads:
+    """Threads for work the loop's thread should not wait on, reused from
+    stage to stage (started as needed: a thread waiting means none is started)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._work: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._idle = 0
+        self._threads = 0
+
+    def run(self, work: Callable[[], None]) -> None:
         with self._lock:
             spawn = self._idle == 0
             if not spawn:
                 self._idle -= 1
-        self._work.put(job)
+        self._work.put(work)
         if spawn:
-            self._workers += 1
-            threading.Thread(target=self._worker, name=f"worker {self._workers}", daemon=True).start()
-
-    def cancel(self) -> None:
-        self.cancelled.set()
+            self._threads += 1
+            threading.Thread(target=self._worker, name=f"{self.name} {self._threads}", daemon=True).start()
 
     def close(self) -> None:
-        """Every worker is idle now: let each finish; then close the lifeline
-        (not after an interrupt that left stages running: they die with us)."""
-        for _ in range(self._workers):
+        for _ in range(self._threads):
             self._work.put(None)
-        self.lifeline.close()
+        self._threads = 0
 
     def _worker(self) -> None:
-        while (job := self._work.get()) is not None:
-            self._run(job)
-
-    def _run(self, job: Job) -> None:
-        stage = job.stage
-        assert job.snap is not None
-        result, captured = run_stage(
-            stage,
-            job.snap,
-            job.label,
-            root=self.root,
-            environ=self.environ,
-            outputs=self.outputs,
-            known=job.known,
-            store=self.store,
-            cancel=self.cancelled,
-            put=self.inbox.put,
-            started=lambda: self.started,
-            lifeline=self.lifeline,
-        )
-        with self._lock:
-            self._idle += 1
-        self.inbox.done(Done(job, result, captured))
+        while (work := self._work.get()) is not None:
+            work()
+            with self._lock:
+                self._idle += 1

@@ -2,15 +2,17 @@
 its timeout, and killing its whole process tree on timeout or cancel (and, if
 pivotbuild is killed, the build's lifeline killing its group).
 
-`run()` blocks; the engine calls it from a worker thread.  It never decides
-what runs and never prints: output lines go to a callback.
+`Process` never blocks: the build loop follows every running stage through
+one poller (poller.py, local.py).  `run()` follows one to its end, blocking
+(for a caller with a thread to spare).  Neither decides what runs nor
+prints: output lines go to a callback.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
-import select
 import signal
 import subprocess
 import threading
@@ -19,13 +21,15 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pivotbuild.build.executors.lifeline import Lifeline
+from pivotbuild.build.executors.poller import Poller
 
 TAIL_LINES = 20
 _KILL_GRACE_S = 2.0
 _PIPE_GRACE_S = 1.0
-_TICK_S = 0.1  # how soon a running stage notices `cancel`
+_TICK_S = 0.1  # how soon a running stage notices `cancel`, or its exit while a child holds its pipes
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,46 +78,27 @@ OnLine = Callable[[str, str], None]  # (stream, line)
 
 
 def run(spec: RunSpec, on_line: OnLine, cancel: threading.Event, lifeline: Lifeline | None = None) -> RunResult:
-    """Run `spec` to completion (or timeout, or until `cancel` is set); its
-    process group is held on `lifeline` while it runs."""
-    start = time.monotonic()
-    # Our own pipes, passed as plain descriptors: Popen then wraps nothing in
-    # file objects (three system calls each) and we read them with os.read.
-    out_r, out_w = os.pipe()
-    err_r, err_w = os.pipe()
+    """Run `spec` to completion (or timeout, or until `cancel` is set), blocking:
+    one `Process` followed by a poller of its own.  (The build follows all its
+    stages in one poller instead: see local.py.)"""
+    poller = Poller()
+    ended: list[RunResult] = []
     try:
-        # No preexec_fn (nor user, group or umask): CPython then starts the
-        # child with vfork, not a copy of this interpreter's memory
-        # (`strace -f -e trace=vfork,clone,clone3 pivotbuild` shows one vfork()
-        # per stage; see docs/performance.md).
-        proc = subprocess.Popen(
-            spec.argv,
-            cwd=spec.cwd,
-            env=spec.env,
-            stdin=_DEVNULL.fd(),
-            stdout=out_w,
-            stderr=err_w,
-            start_new_session=True,  # its own process group: we can kill the whole tree
-        )
-    except BaseException as exc:
-        os.close(out_r)
-        os.close(err_r)
-        if isinstance(exc, OSError):
-            line = f"pivotbuild: cannot start {spec.argv[0]}: {exc.strerror}"
-            on_line("stderr", line)
-            return RunResult(127, None, False, False, (line,), time.monotonic() - start)
-        raise
+        proc = Process(spec, on_line, ended.append, poller, lifeline)
+        try:
+            while not ended:
+                now = time.monotonic()
+                if cancel.is_set():
+                    proc.kill()
+                due = proc.on_time(now)
+                if not ended:
+                    poller.wait(_TICK_S if due is None else min(_TICK_S, due - now))
+        finally:
+            if not ended:  # an exception above: never leave the stage running
+                proc.abandon()
     finally:
-        os.close(out_w)  # the child has its copies: end of file comes when it (and its children) close them
-        os.close(err_w)
-    pipes = {out_r: "stdout", err_r: "stderr"}
-    if lifeline is None:
-        return _follow(proc, pipes, timeout=spec.timeout, on_line=on_line, cancel=cancel, start=start)
-    lifeline.hold(proc.pid)
-    try:
-        return _follow(proc, pipes, timeout=spec.timeout, on_line=on_line, cancel=cancel, start=start)
-    finally:
-        lifeline.release(proc.pid)
+        poller.close()
+    return ended[0]
 
 
 class _DevNull:
@@ -144,146 +129,279 @@ def _pidfd(pid: int) -> int | None:
         return None
 
 
-def _follow(
-    proc: subprocess.Popen[bytes],
-    pipes: dict[int, str],
-    *,
-    timeout: float | None,
-    on_line: OnLine,
-    cancel: threading.Event,
-    start: float,
-) -> RunResult:
-    """Pass on the output of the started stage `proc` (its pipes: read end ->
-    stream name) until it ends; kill it on timeout or cancel.
+class Process:
+    """A stage's command, started at once and then followed without blocking
+    by whoever waits on `poller`: its output lines go to `on_line` as they
+    come, and `on_end` gets its result, once (at once if it cannot start).
+    `on_time(now)` must be called at least at the time it returns (and a
+    tick after each call while it runs), `kill()` to cancel it; its process
+    group is held on `lifeline` while it runs.
 
-    A stage's output closes as it exits, so one poll() of its pipes, one read
-    of each and one waitpid usually see it through.  Only a stage still
-    running with its output closed is waited for through a pidfd (Linux),
-    polled with the timeout; without one, as before, by CPython's waitpid
-    loop.  While the pipes are open the exit is asked once a tick (a
-    background child may hold them open after the stage ends), and every
-    poll wakes at least once a tick to notice `cancel`, an Event, which cannot
-    be polled.  The pipes stay blocking: each read follows a poll that found
-    data or end of file."""
-    tail: deque[str] = deque(maxlen=TAIL_LINES)
-    deadline = start + timeout if timeout else None
-    timed_out = cancelled = False
-    partial: dict[int, list[bytes]] = {fd: [] for fd in pipes}  # each pipe's unfinished line
+    A stage's output closes as it exits, so one read of each pipe at its end
+    of file and one waitpid usually see it through.  Only a stage still
+    running with its output closed is awaited through a pidfd (Linux),
+    opened then; without one, its exit is asked each tick.  While the pipes
+    are open its exit is asked each tick too: a background child may hold
+    them open after the stage ends, and what it writes after a grace is not
+    the stage's.  The pipes stay blocking: each read follows a poll that
+    found data or end of file."""
 
-    def line(stream: str, raw: bytes) -> None:
-        text = raw.decode("utf-8", "replace").rstrip("\r")
-        tail.append(text)
-        on_line(stream, text)
+    def __init__(
+        self,
+        spec: RunSpec,
+        on_line: OnLine,
+        on_end: Callable[[RunResult], None],
+        poller: Poller,
+        lifeline: Lifeline | None = None,
+    ) -> None:
+        self.start = time.monotonic()
+        self.deadline = self.start + spec.timeout if spec.timeout else None
+        self.on_line = on_line
+        self.on_end = on_end
+        self.poller = poller
+        self.lifeline = lifeline
+        self.tail: deque[str] = deque(maxlen=TAIL_LINES)
+        self.timed_out = self.cancelled = self.ended = False
+        self.exited_at: float | None = None
+        self.asked = self.start  # when we last asked whether it had exited
+        self.pidfd: int | None = None
+        self.kill_at: float | None = None  # set while killing: when SIGKILL follows SIGTERM
+        self.descendants: list[Any] = []  # (psutil processes) those SIGTERMed
+        self.pipes: dict[int, str] = {}  # read end -> stream, while open
+        self.partial: dict[int, list[bytes]] = {}  # each pipe's unfinished line
+        # Our own pipes, passed as plain descriptors: Popen then wraps nothing in
+        # file objects (three system calls each) and we read them with os.read.
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        try:
+            # No preexec_fn (nor user, group or umask): CPython then starts the
+            # child with vfork, not a copy of this interpreter's memory
+            # (`strace -f -e trace=vfork,clone,clone3 pivotbuild` shows one vfork()
+            # per stage; see docs/performance.md).
+            self.proc = subprocess.Popen(
+                spec.argv,
+                cwd=spec.cwd,
+                env=spec.env,
+                stdin=_DEVNULL.fd(),
+                stdout=out_w,
+                stderr=err_w,
+                start_new_session=True,  # its own process group: we can kill the whole tree
+            )
+        except BaseException as exc:
+            os.close(out_r)
+            os.close(err_r)
+            if not isinstance(exc, OSError):
+                raise
+            self.ended = True
+            line = f"pivotbuild: cannot start {spec.argv[0]}: {exc.strerror}"
+            on_line("stderr", line)
+            on_end(RunResult(127, None, False, False, (line,), time.monotonic() - self.start))
+            return
+        finally:
+            os.close(out_w)  # the child has its copies: end of file comes when it (and its children) close them
+            os.close(err_w)
+        if lifeline is not None:
+            lifeline.hold(self.proc.pid)
+        for fd, stream in ((out_r, "stdout"), (err_r, "stderr")):
+            self.pipes[fd] = stream
+            self.partial[fd] = []
+            poller.watch(fd, functools.partial(self._readable, fd))
 
-    def flush(fd: int) -> None:
-        if partial[fd]:
-            line(pipes[fd], b"".join(partial[fd]))
-            partial[fd] = []
+    # -- events --------------------------------------------------------------------------
 
-    poller = select.poll()
-    for fd in pipes:
-        poller.register(fd, select.POLLIN)
-    open_pipes = len(pipes)
-    pidfd: int | None = None
-    asked = start  # when we last asked whether the stage had exited
-    exited_at: float | None = None
-    try:
-        while True:
+    def _readable(self, fd: int) -> None:
+        chunk = os.read(fd, 65536)
+        if not chunk:  # end of file
+            self._close_pipe(fd)
+            if not self.pipes:
+                self._output_closed()
+            return
+        first, *rest = chunk.split(b"\n")
+        partial = self.partial[fd]
+        partial.append(first)
+        if rest:
+            stream = self.pipes[fd]
+            self._flush(fd)
+            *whole, last = rest
+            for raw in whole:
+                self._line(stream, raw)
+            if last:
+                partial.append(last)
+
+    def _output_closed(self) -> None:
+        if self.exited_at is None:
             now = time.monotonic()
-            if exited_at is None and (not open_pipes or now - asked >= _TICK_S):
-                asked = now
-                if proc.poll() is not None:
-                    exited_at = now
-                elif not open_pipes and pidfd is None and (pidfd := _pidfd(proc.pid)) is not None:
-                    poller.register(pidfd, select.POLLIN)
-            if exited_at is not None and (not open_pipes or now - exited_at > _PIPE_GRACE_S):
-                # Done; or the shell is gone but a background child still holds
-                # the pipe, and what it writes from now on is not the stage's.
-                break
-            wait = _TICK_S
-            if deadline is not None:
-                wait = min(wait, max(deadline - now, 0))
-            if exited_at is not None:
-                wait = min(wait, exited_at + _PIPE_GRACE_S - now + 0.001)
-            if open_pipes or pidfd is not None:
-                events = poller.poll(wait * 1000)
-            else:  # no pidfd, and the stage closed its output but is still running
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(timeout=wait)
-                events = []
-            for fd, _ in events:
-                if fd == pidfd:  # it has exited: the next turn asks
-                    poller.unregister(fd)
-                    continue
-                chunk = os.read(fd, 65536)
-                if not chunk:  # end of file
-                    flush(fd)
-                    poller.unregister(fd)
-                    open_pipes -= 1
-                    continue
-                first, *rest = chunk.split(b"\n")
-                partial[fd].append(first)
-                if rest:
-                    flush(fd)
-                    *whole, last = rest
-                    for raw in whole:
-                        line(pipes[fd], raw)
-                    if last:
-                        partial[fd].append(last)
-            if cancel.is_set() and not cancelled:
-                cancelled = True
-                kill_tree(proc)
-            if deadline is not None and time.monotonic() >= deadline and not timed_out:
-                timed_out = True
-                kill_tree(proc)
-        for fd in pipes:
-            flush(fd)
-        proc.wait()
-    finally:
-        for fd in pipes:
-            os.close(fd)
-        if pidfd is not None:
-            os.close(pidfd)
-        if proc.poll() is None:  # an exception above: never leave the stage running
-            kill_tree(proc)
-            proc.wait()
-    if timed_out or cancelled:
-        # Whatever is left in the stage's process group goes too.  (By pid only
-        # through the group: after wait() the pid itself may be reused.)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-    code = proc.returncode
-    sig = -code if code is not None and code < 0 else None
-    return RunResult(code if sig is None else None, sig, timed_out, cancelled, tuple(tail), time.monotonic() - start)
+            self.asked = now
+            if self.proc.poll() is not None:
+                self.exited_at = now
+            elif (pidfd := _pidfd(self.proc.pid)) is not None:
+                self.pidfd = pidfd
+                self.poller.watch(pidfd, self._exited)
+        self._maybe_end()
 
+    def _exited(self) -> None:
+        self._close_pidfd()
+        self.proc.poll()
+        self.exited_at = time.monotonic()
+        self._maybe_end()
 
-def kill_tree(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the stage's process group and every descendant (even those that
-    left the group), give them a moment, then SIGKILL what is left.
+    def on_time(self, now: float) -> float | None:
+        """Act on what is due at `now` (a timeout, an exit asked each tick, the
+        end of a grace); returns when this process is next due, None once ended."""
+        if self.ended:
+            return None
+        if self.exited_at is None and self.pidfd is None and now - self.asked >= _TICK_S:
+            self.asked = now
+            if self.proc.poll() is not None:
+                self.exited_at = now
+        if self.deadline is not None and now >= self.deadline and not self.timed_out:
+            self.timed_out = True
+            self._terminate(now)
+        if self.kill_at is not None and now >= self.kill_at:
+            self._kill_now()
+        self._maybe_end()
+        if self.ended:
+            return None
+        due = [self.asked + _TICK_S] if self.exited_at is None and self.pidfd is None else []
+        if self.deadline is not None and not self.timed_out:
+            due.append(self.deadline)
+        if self.kill_at is not None:
+            due.append(min(self.kill_at, now + _TICK_S / 2))  # (killed descendants are polled)
+        if self.exited_at is not None and self.pipes:
+            due.append(self.exited_at + _PIPE_GRACE_S + 0.001)
+        return min(due, default=None)
 
-    The direct child is waited for only through `proc`: psutil must not reap
-    it, or its exit status would be lost.
-    """
-    import psutil  # here, not at the top: only a kill needs it, and it costs every build 10 ms to import
+    def kill(self) -> None:
+        """Cancel it: its tree is killed, and its result says cancelled."""
+        if self.ended or self.cancelled:
+            return
+        self.cancelled = True
+        if not self.timed_out:
+            self._terminate(time.monotonic())
 
-    try:
-        descendants = psutil.Process(proc.pid).children(recursive=True)
-    except psutil.Error:
+    # -- ending ----------------------------------------------------------------------------
+
+    def _maybe_end(self) -> None:
+        if self.ended or self.exited_at is None:
+            return
+        if self.pipes and time.monotonic() - self.exited_at <= _PIPE_GRACE_S:
+            return  # its output may still come; else a background child holds the pipe, and what it writes is not ours
+        if self.kill_at is not None and self._descendants_alive():
+            return  # until they are gone, or their grace is over and they are killed
+        self._end()
+
+    def _end(self) -> None:
+        self.ended = True
+        for fd in list(self.pipes):
+            self._close_pipe(fd)
+        self._close_pidfd()
+        proc = self.proc
+        proc.wait()  # (already reaped: it exited)
+        if self.timed_out or self.cancelled:
+            # Whatever is left in the stage's process group goes too.  (By pid only
+            # through the group: after wait() the pid itself may be reused.)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        if self.lifeline is not None:
+            self.lifeline.release(proc.pid)
+        code = proc.returncode
+        sig = -code if code is not None and code < 0 else None
+        tail = tuple(self.tail)
+        duration = time.monotonic() - self.start
+        self.on_end(RunResult(code if sig is None else None, sig, self.timed_out, self.cancelled, tail, duration))
+
+    def abandon(self) -> None:
+        """Stop following it (an exception in whoever follows it): kill its group at once, reap it."""
+        if self.ended:
+            return
+        self.ended = True
+        for fd in list(self.pipes):
+            self._close_pipe(fd)
+        self._close_pidfd()
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        if self.lifeline is not None:
+            self.lifeline.release(self.proc.pid)
+
+    # -- killing: SIGTERM to the tree, SIGKILL after a grace -------------------------------
+
+    def _terminate(self, now: float) -> None:
+        """SIGTERM the stage's process group and every descendant (even those that
+        left the group); what is left at `kill_at` is SIGKILLed.  The direct
+        child is reaped only through `proc`: psutil must not reap it, or its
+        exit status would be lost."""
+        import psutil  # here, not at the top: only a kill needs it, and it costs every build 10 ms to import
+
         descendants = []
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    for p in descendants:
-        with contextlib.suppress(psutil.Error):
-            p.terminate()
-    deadline = time.monotonic() + _KILL_GRACE_S
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=_KILL_GRACE_S)
-    _, alive = psutil.wait_procs(descendants, timeout=max(deadline - time.monotonic(), 0))
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    for p in alive:
-        with contextlib.suppress(psutil.Error):
-            p.kill()
+        if self.exited_at is None:  # (once reaped, its pid may be another's)
+            with contextlib.suppress(psutil.Error):
+                descendants = psutil.Process(self.proc.pid).children(recursive=True)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        for p in descendants:
+            with contextlib.suppress(psutil.Error):
+                p.terminate()
+        self.descendants = descendants
+        self.kill_at = now + _KILL_GRACE_S
+
+    def _kill_now(self) -> None:
+        import psutil
+
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        for p in self.descendants:
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+        self.descendants = []
+        self.kill_at = None
+
+    def _descendants_alive(self) -> bool:
+        import psutil
+
+        alive = []
+        for p in self.descendants:
+            with contextlib.suppress(psutil.Error):
+                if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                    alive.append(p)
+        self.descendants = alive
+        return bool(alive)
+
+    # -- output ------------------------------------------------------------------------------
+
+    def _line(self, stream: str, raw: bytes) -> None:
+        text = raw.decode("utf-8", "replace").rstrip("\r")
+        self.tail.append(text)
+        self.on_line(stream, text)
+
+    def _flush(self, fd: int) -> None:
+        partial = self.partial[fd]
+        if partial:
+            self._line(self.pipes[fd], b"".join(partial))
+            partial.clear()
+
+    def _close_pipe(self, fd: int) -> None:
+        self._flush(fd)
+        self.poller.unwatch(fd)
+        os.close(fd)
+        del self.pipes[fd]
+
+    def _close_pidfd(self) -> None:
+        if self.pidfd is not None:
+            self.poller.unwatch(self.pidfd)
+            os.close(self.pidfd)
+            self.pidfd = None
+
+
+def failed(text: str) -> RunResult:
+    """A stage failed by us, not by its command: `text` says why."""
+    return RunResult(1, None, False, False, (text,), 0.0)
+
+
+def internal_error(exc: Exception) -> RunResult:
+    """The result of a stage that a bug of ours failed (the build goes on)."""
+    return failed(f"pivotbuild: internal error running this stage: {exc!r}")
 
 
 def stage_argv(shell: Sequence[str], script: str) -> tuple[str, ...]:

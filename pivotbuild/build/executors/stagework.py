@@ -1,5 +1,8 @@
-"""One stage, in a worker thread: prepare its outputs, run its command (with
-retries), then hash its outputs and hand them to the cache.
+"""The steps of one stage: its command's spec, its outputs prepared before
+each attempt (retries), then, once it succeeded, its outputs hashed and
+handed to the cache.  The local executor takes them one at a time, as its
+stages' events come (local.py); `run_stage` takes them all in one blocking
+call, for an executor with threads of its own.
 
 Nothing here touches the build's shared state: events go out through `put`,
 the stage's stat-cache entries are only read, and the result is returned for
@@ -40,54 +43,81 @@ def run_stage(
     started: Callable[[], int],
     lifeline: Lifeline,
 ) -> tuple[runner.RunResult, Captured | None]:
-    """Run `stage` to its result; on success, its outputs hashed (and, with
-    `store`, on their way into the cache).  `started()` numbers a retry's
-    event; `lifeline` kills the stage if pivotbuild dies.  Never raises: an
-    error of ours fails the stage."""
+    """Run `stage` to its result, blocking (for an executor with threads of its
+    own; the local executor follows its stages without: local.py); on
+    success, its outputs hashed (and, with `store`, on their way into the
+    cache).  `started()` numbers a retry's event; `lifeline` kills the stage
+    if pivotbuild dies.  Never raises: an error of ours fails the stage."""
     result: runner.RunResult | None = None
-    captured = None
     try:
-        spec = runner.RunSpec(
-            argv=runner.stage_argv(stage.shell, snap.command),
-            cwd=root / stage.workdir if stage.workdir else root,
-            env={**environ, **dict(stage.env), "PIVOT_STAGE": stage.id.label("")},
-            timeout=stage.timeout,
-        )
+        spec = stage_spec(stage, snap, root, environ)
         for attempt in range(1, stage.retry + 2):
             if attempt > 1:
-                put(StageStarted(label, started(), 0, f"retry {attempt - 1} of {stage.retry}", attempt))
-            problem = prepare_outputs(root, stage) or _missing_dir(spec.cwd)
+                put(retried(label, started(), attempt, stage.retry))
+            problem = prepare(root, stage, spec)
             if problem:
                 put(Log(label, "stderr", problem))
-                result = runner.RunResult(1, None, False, False, (problem,), 0.0)
-                break
+                return runner.failed(problem), None
             result = runner.run(spec, lambda stream, line: put(Log(label, stream, line)), cancel, lifeline)
             if result.ok or result.cancelled:
                 break
-        if result is not None and result.ok:
-            # Hash the outputs here, not on the scheduler's thread, so a large
-            # output never holds up starting the next stages.
-            try:
-                captured = outputs.capture(stage, known, store, defer=True)
-            except OSError as exc:
-                if not store:
-                    raise
-                why = exc.strerror or str(exc)
-                put(
-                    Message(
-                        f"could not store the outputs of {label} in the cache ({why}); recorded, but not cached",
-                        "warning",
-                    )
-                )
-                captured = outputs.capture(stage, known, False)
-    except OSError as exc:
-        text = f"pivotbuild: could not hash or store the outputs: {exc}"
-        result = runner.RunResult(1, None, False, False, (text,), 0.0)
     except Exception as exc:  # a bug in our own code: fail the stage, keep the build sane
-        text = f"pivotbuild: internal error running this stage: {exc!r}"
-        result = runner.RunResult(1, None, False, False, (text,), 0.0)
+        return runner.internal_error(exc), None
     assert result is not None
-    return result, captured if result.ok else None
+    if not result.ok:
+        return result, None
+    return capture(stage, result, outputs=outputs, known=known, store=store, label=label, put=put)
+
+
+def stage_spec(stage: Stage, snap: Snapshot, root: Path, environ: Mapping[str, str]) -> runner.RunSpec:
+    """What running `stage` runs: its command, in its directory, with its environment and timeout."""
+    return runner.RunSpec(
+        argv=runner.stage_argv(stage.shell, snap.command),
+        cwd=root / stage.workdir if stage.workdir else root,
+        env={**environ, **dict(stage.env), "PIVOT_STAGE": stage.id.label("")},
+        timeout=stage.timeout,
+    )
+
+
+def retried(label: str, number: int, attempt: int, retries: int) -> StageStarted:
+    """The event of a stage's `attempt` (2 and on) starting."""
+    return StageStarted(label, number, 0, f"retry {attempt - 1} of {retries}", attempt)
+
+
+def prepare(root: Path, stage: Stage, spec: runner.RunSpec) -> str:
+    """Before each attempt: the outputs prepared (see `prepare_outputs`) and
+    the stage's directory there.  Returns a problem to report, or ""."""
+    return prepare_outputs(root, stage) or _missing_dir(spec.cwd)
+
+
+def capture(
+    stage: Stage,
+    result: runner.RunResult,
+    *,
+    outputs: OutputCache,
+    known: Mapping[str, StatEntry],
+    store: bool,
+    label: str,
+    put: Callable[[Event], None],
+) -> tuple[runner.RunResult, Captured | None]:
+    """After the stage succeeded (`result`): its outputs hashed and, with
+    `store`, on their way into the cache (copied later, by the storer, off
+    the path of the stages waiting for this one).  Safe in any thread; never
+    raises: an error of ours fails the stage."""
+    try:
+        try:
+            return result, outputs.capture(stage, known, store, defer=True)
+        except OSError as exc:
+            if not store:
+                raise
+            why = exc.strerror or str(exc)
+            text = f"could not store the outputs of {label} in the cache ({why}); recorded, but not cached"
+            put(Message(text, "warning"))
+            return result, outputs.capture(stage, known, False)
+    except OSError as exc:
+        return runner.failed(f"pivotbuild: could not hash or store the outputs: {exc}"), None
+    except Exception as exc:  # a bug in our own code: fail the stage, keep the build sane
+        return runner.internal_error(exc), None
 
 
 # What pathlib's exists() takes for absent (an output under a file, or a symlink loop).

@@ -1,0 +1,80 @@
+"""cache/storer.py: a stage's outputs copied into the cache behind the build,
+small ones by the build loop's own thread once they have settled, large ones
+by threads; `finish` stores whatever is left."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+from pivotbuild.build.executors.poller import Poller
+from pivotbuild.cache.outputs import OutputCache
+from pivotbuild.cache.store import SMALL
+from pivotbuild.cache.storer import Storer
+from pivotbuild.errors import Location
+from pivotbuild.model import Stage, StageId
+from pivotbuild.state.hashing import hash_file
+
+
+def stage(name: str) -> Stage:
+    return Stage(id=StageId("", name), base=name, loc=Location("Pivotfile", 1, 1), command=("true",))
+
+
+def storer_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("cache storer")]
+
+
+def setup(tmp_path: Path, size: int) -> tuple[Storer, Poller, OutputCache, str, str, list[str]]:
+    (tmp_path / ".pivot").mkdir()
+    warnings: list[str] = []
+    outputs = OutputCache(tmp_path, warnings.append)
+    poller = Poller()
+    storer = Storer(outputs, warnings.append, lambda *proof: None, poller)
+    path = str(tmp_path / "out.bin")
+    with open(path, "wb") as f:
+        f.write(b"x" * size)
+    return storer, poller, outputs, path, hash_file(path), warnings
+
+
+def test_a_small_file_is_stored_by_the_loops_clock_once_settled_without_a_thread(tmp_path: Path) -> None:
+    storer, poller, outputs, path, digest, warnings = setup(tmp_path, 100)
+    storer.put(stage("s"), None, ((path, digest),), "s")
+    now = time.monotonic()
+    due = poller.due(now)
+    assert due is not None and due > now  # not yet: its racy window may not have passed
+    assert not outputs.cache.has(digest)
+    assert poller.due(due) is None  # then the clock stores it, and has nothing more to do
+    assert outputs.cache.has(digest)
+    assert storer_threads() == []
+    storer.finish()
+    assert storer.unstored == set()
+    assert warnings == []
+
+
+def test_a_large_file_is_handed_to_the_threads(tmp_path: Path) -> None:
+    storer, poller, outputs, path, digest, warnings = setup(tmp_path, SMALL + 1)
+    storer.put(stage("big"), None, ((path, digest),), "big")
+    assert len(storer_threads()) == 2
+    assert poller.due(time.monotonic()) is None  # nothing for the loop
+    storer.finish()
+    assert outputs.cache.has(digest)
+    assert storer.unstored == set()
+    assert storer_threads() == []
+    assert warnings == []
+
+
+def test_finish_stores_what_was_not_due_yet_and_reports_a_changed_file(tmp_path: Path) -> None:
+    storer, poller, outputs, path, digest, warnings = setup(tmp_path, 10)
+    other = str(tmp_path / "other.txt")
+    Path(other).write_text("before\n")
+    storer.put(stage("a"), None, ((path, digest),), "a")
+    storer.put(stage("b"), None, ((other, hash_file(other)),), "b")
+    Path(other).write_text("changed after b finished\n")
+    os.utime(other)
+    storer.finish()  # at once, not waiting for their windows
+    assert outputs.cache.has(digest)
+    assert storer.unstored == {StageId("", "b")}
+    assert warnings == [f"{other} changed after b finished; the next build will see it"]
+    assert poller.clocks == []
