@@ -13,7 +13,6 @@ everything it has to say is an event for its reporter.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -48,12 +47,13 @@ from pivotbuild.state import seal
 from pivotbuild.state.projectlock import ProjectLock
 from pivotbuild.state.seal import Seal
 from pivotbuild.state.store import StateStore
+from pivotbuild.structs import replace, struct
 
 if TYPE_CHECKING:
     from pivotbuild.build.watchset import WatchSet
 
 
-@dataclasses.dataclass(frozen=True, slots=True, eq=False)  # handed over, never compared (see events.py)
+@struct(frozen=True, slots=True, eq=False)  # handed over, never compared (see events.py)
 class Preloaded:
     """What the fast path (build/fastpath.py) already read for a build: the project and
     graph restored from a fresh compiled plan, the seal (re-checked against the
@@ -200,7 +200,7 @@ class Engine:
                     chosen.append(sid)
         check_runnable(graph, chosen)
         chain = {s: ([chosen[i - 1]] if i else []) for i, s in enumerate(chosen)}
-        run_options = dataclasses.replace(options, keep_going=not fail_fast)
+        run_options = replace(options, keep_going=not fail_fast)
         with self._running(cancel) as token, self.state(project, options) as store:
             outcome, _ = self._run(
                 project, graph, chosen, store, options=run_options, cancel=token, after=chain, block_on_failure=False

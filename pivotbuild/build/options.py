@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 
+from pivotbuild.structs import field, struct
 
-# Still a dataclass: engine.py (the executor rewrite's) calls dataclasses.replace on it;
-# it becomes a struct with engine.py's own records (pivotbuild/structs.py).
-@dataclass(frozen=True, slots=True)
+
+@struct(frozen=True, slots=True)
 class BuildOptions:
     """How to build: the command line's flags (CLI.md), `cwd` the directory targets are named from."""
 

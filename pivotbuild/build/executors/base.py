@@ -17,7 +17,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Protocol
 
 from pivotbuild.build.executors.poller import Poller
@@ -27,9 +26,10 @@ from pivotbuild.events import Event, Message
 from pivotbuild.model import Stage, StageId
 from pivotbuild.state.snapshot import Snapshot
 from pivotbuild.state.statcache import StatEntry
+from pivotbuild.structs import struct
 
 
-@dataclass(slots=True, eq=False)  # eq=False: see Done
+@struct(slots=True, eq=False)  # eq=False: see Done
 class Job:
     """One admitted stage: what to run (`snap`, None in a plan), why, and the
     stat-cache entries its outputs may be hashed against.  `started` is the
@@ -43,11 +43,10 @@ class Job:
     started: float = 0.0
 
 
-@dataclass(frozen=True, slots=True, eq=False)
+@struct(frozen=True, slots=True, eq=False)
 class Done:
     """A job's result; on success, its outputs hashed (and on their way to the cache).
-    (eq=False, as Job and Confirmed: messages, never compared; each method a
-    dataclass generates costs the start-up of every build.)"""
+    (eq=False, as Job: messages, never compared.)"""
 
     job: Job
     result: RunResult

@@ -19,12 +19,12 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pivotbuild.build.executors.lifeline import Lifeline
 from pivotbuild.build.executors.poller import Poller
+from pivotbuild.structs import struct
 
 TAIL_LINES = 20
 _KILL_GRACE_S = 2.0
@@ -32,7 +32,7 @@ _PIPE_GRACE_S = 1.0
 _TICK_S = 0.1  # how soon a running stage notices `cancel`, or its exit while a child holds its pipes
 
 
-@dataclass(frozen=True, slots=True)
+@struct(frozen=True, slots=True)
 class RunSpec:
     """What to run: the command, where, with what environment, for how long at most."""
 
@@ -42,7 +42,7 @@ class RunSpec:
     timeout: float | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@struct(frozen=True, slots=True)
 class RunResult:
     """How a stage's command ended, and the last lines it printed."""
 
