@@ -141,6 +141,18 @@ def test_the_seal_skips_a_stage_without_hashing_it(build: Build) -> None:
     assert seal.asked == [[build.graph.index_of(A)]]
 
 
+def test_a_stage_the_fast_path_found_sealed_is_not_statted_again_until_a_stage_starts(build: Build) -> None:
+    a, b = build.graph.index_of(A), build.graph.index_of(B)
+    seal = FakeSeal([])  # what the seal would say now: nothing holds (an edit since the fast path looked)
+    decider = build.decider(seal=seal, trusted=frozenset({a}))
+    assert decider.stage(A).decision == Decision(False, UP_TO_DATE)  # nothing has run: the fast path's look stands
+    assert seal.asked == []
+    decider.distrust()  # a stage started: stamps may change under the build from now on
+    assert decider.stage(A).decision == Decision(True, NEVER_RUN)
+    assert decider.stage(B).run
+    assert seal.asked == [[a], [b]]
+
+
 def test_a_stage_the_seal_does_not_hold_is_hashed(build: Build) -> None:
     seal = FakeSeal([])
     v = build.decider(seal=seal).stage(A)

@@ -99,12 +99,17 @@ class Decider:
         seal: Seal | None = None,
         forced: bool = False,
         plan: bool = False,
+        trusted: frozenset[int] = frozenset(),
     ) -> None:
         self.graph = graph
         self.store = store
         self.seal = seal
         self.forced = forced
         self.plan = plan
+        # Stages (plan indices) the fast path found sealed moments before the
+        # build: while nothing has run yet, a second look at the same stamps
+        # could only tell the same (see `distrust`).
+        self.trusted = trusted
 
     def stage(self, sid: StageId, ran: StageId | None = None) -> Verdict:
         """The verdict on `sid`, given `ran`: the first of its upstream stages
@@ -124,8 +129,18 @@ class Decider:
         return Verdict(d.run, d.reason, snap)
 
     def sealed(self, sid: StageId) -> bool:
-        """Up to date by the seal alone, its stamps checked now."""
-        return self.seal is not None and self.seal.holds([self.graph.index_of(sid)])
+        """Up to date by the seal alone, its stamps checked now (or, before
+        any stage runs, by the fast path's look at them)."""
+        if self.seal is None:
+            return False
+        i = self.graph.index_of(sid)
+        return i in self.trusted or self.seal.holds([i])
+
+    def distrust(self) -> None:
+        """A stage starts: from now on a stamp may change under the build (a
+        stage's outputs, an edit made while it runs), so each is checked when
+        its stage is decided."""
+        self.trusted = frozenset()
 
     def files_read(self) -> int:
         """Files whose contents were read (not answered from the stat cache) so far."""

@@ -92,6 +92,7 @@ class Engine:
         self.executor = executor
         self.session: LoadedProject | None = None
         self._cancel: threading.Event | None = None  # the running build's
+        self.waited = False  # the last build waited for another's project lock
 
     def emit(self, event: Event) -> None:
         self.reporter.handle(event)
@@ -165,6 +166,9 @@ class Engine:
                 sealed = open_seal(project, self.warn)
             else:
                 sealed = _still_valid(preloaded.seal)
+            # The fast path's look at the seal stands for the stages it found
+            # sealed until a stage runs, unless the build waited for another.
+            trusted = held if sealed is not None and not self.waited else frozenset()
             if options.dry_run or options.question:
                 plan = self._plan(
                     graph, closure, Decider(graph, store, seal=sealed, forced=options.always_make, plan=True)
@@ -173,7 +177,9 @@ class Engine:
                     for sid, decision in plan:
                         self.emit(Decided(graph.label(sid), decision.run, decision.reason))
                 return EXIT_FAILED if options.question and any(d.run for _, d in plan) else EXIT_OK
-            outcome, recorder = self._run(project, graph, closure, store, options=options, cancel=cancel, seal=sealed)
+            outcome, recorder = self._run(
+                project, graph, closure, store, options=options, cancel=cancel, seal=sealed, trusted=trusted
+            )
             store.close()  # lockfiles written and stat caches settled: now seal what is up to date
             if not outcome.interrupted:  # (an interrupted build may leave outputs uncached: see Recorder.heal)
                 recorder.seal(project, graph, outcome, sealed)
@@ -217,6 +223,7 @@ class Engine:
         options: BuildOptions,
         cancel: threading.Event | None,
         seal: Seal | None = None,
+        trusted: frozenset[int] = frozenset(),
         after: dict[StageId, list[StageId]] | None = None,
         block_on_failure: bool = True,
     ) -> tuple[Outcome, Recorder]:
@@ -233,7 +240,7 @@ class Engine:
             self.emit,
             graph=graph,
             scheduler=Scheduler(closure, edges, expected, block_on_failure=block_on_failure),
-            decider=Decider(graph, store, seal=seal, forced=options.always_make),
+            decider=Decider(graph, store, seal=seal, forced=options.always_make, trusted=trusted),
             admission=Admission(self._jobserver(options), options.load_average),
             executor=self.executor(project.root, outputs, inbox, cancel, store=recorder.caching),
             recorder=recorder,
@@ -281,8 +288,10 @@ class Engine:
 
     @contextlib.contextmanager
     def state(self, project: Project, options: BuildOptions) -> Iterator[StateStore]:
-        """The project lock held, and every pipeline's state open, for one build."""
-        with ProjectLock(project.root / STATE_DIR, wait=not options.no_wait, on_wait=self._say):
+        """The project lock held, and every pipeline's state open, for one build.
+        (`waited`: whether it had to wait for another build's lock.)"""
+        self.waited = False
+        with ProjectLock(project.root / STATE_DIR, wait=not options.no_wait, on_wait=self._waiting):
             store = StateStore(project.root, project.pipelines, self.warn)
             try:
                 yield store
@@ -294,6 +303,10 @@ class Engine:
 
     def _say(self, text: str) -> None:
         self.emit(Message(text))
+
+    def _waiting(self, text: str) -> None:
+        self.waited = True
+        self._say(text)
 
 
 def open_seal(project: Project, warn: Callable[[str], None]) -> Seal | None:

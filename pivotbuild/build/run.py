@@ -204,6 +204,8 @@ class BuildRun:
             self.emit(StageStarted(label, self.started, total, v.reason, expected_s=self.expected.get(sid)))
             job.started = time.monotonic()
             self.running[sid] = job
+            if self.decider.trusted:
+                self.decider.distrust()
             self.signals.deferring = True
             self.executor.start(job)
             self.signals.deferring = False
