@@ -24,7 +24,7 @@ from pathlib import Path
 from pivotbuild.build.executors import stagework
 from pivotbuild.build.executors.base import Done, Inbox, Job
 from pivotbuild.build.executors.lifeline import Lifeline
-from pivotbuild.build.executors.runner import _TICK_S, Process, RunResult, RunSpec, failed, internal_error
+from pivotbuild.build.executors.runner import TICK_S, Process, RunResult, RunSpec, failed, internal_error
 from pivotbuild.cache.outputs import Captured, OutputCache
 from pivotbuild.events import Log
 from pivotbuild.model import Stage
@@ -104,7 +104,7 @@ class LocalExecutor:
         if process.ended:
             return  # (ended at once: `ended` has seen to it, and perhaps to its retry)
         self.running[job] = process
-        self._next = min(self._next, process.start + _TICK_S, process.deadline or math.inf)
+        self._next = min(self._next, process.start + TICK_S, process.deadline or math.inf)
         if self._killing:
             process.kill()
 
@@ -162,7 +162,7 @@ class LocalExecutor:
             self.cancel()
         if now < self._next:
             return self._next
-        soonest = now + _TICK_S
+        soonest = now + TICK_S
         for process in list(self.running.values()):
             due = process.on_time(now)  # (may end it: then `running` no longer holds it)
             if due is not None and due < soonest:

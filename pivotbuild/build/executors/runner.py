@@ -29,7 +29,7 @@ from pivotbuild.structs import struct
 TAIL_LINES = 20
 _KILL_GRACE_S = 2.0
 _PIPE_GRACE_S = 1.0
-_TICK_S = 0.1  # how soon a running stage notices `cancel`, or its exit while a child holds its pipes
+TICK_S = 0.1  # how soon a running stage notices `cancel`, or its exit while a child holds its pipes
 
 
 @struct(frozen=True, slots=True)
@@ -92,7 +92,7 @@ def run(spec: RunSpec, on_line: OnLine, cancel: threading.Event, lifeline: Lifel
                     proc.kill()
                 due = proc.on_time(now)
                 if not ended:
-                    poller.wait(_TICK_S if due is None else min(_TICK_S, due - now))
+                    poller.wait(TICK_S if due is None else min(TICK_S, due - now))
         finally:
             if not ended:  # an exception above: never leave the stage running
                 proc.abandon()
@@ -250,7 +250,7 @@ class Process:
         end of a grace); returns when this process is next due, None once ended."""
         if self.ended:
             return None
-        if self.exited_at is None and self.pidfd is None and now - self.asked >= _TICK_S:
+        if self.exited_at is None and self.pidfd is None and now - self.asked >= TICK_S:
             self.asked = now
             if self.proc.poll() is not None:
                 self.exited_at = now
@@ -262,11 +262,11 @@ class Process:
         self._maybe_end()
         if self.ended:
             return None
-        due = [self.asked + _TICK_S] if self.exited_at is None and self.pidfd is None else []
+        due = [self.asked + TICK_S] if self.exited_at is None and self.pidfd is None else []
         if self.deadline is not None and not self.timed_out:
             due.append(self.deadline)
         if self.kill_at is not None:
-            due.append(min(self.kill_at, now + _TICK_S / 2))  # (killed descendants are polled)
+            due.append(min(self.kill_at, now + TICK_S / 2))  # (killed descendants are polled)
         if self.exited_at is not None and self.pipes:
             due.append(self.exited_at + _PIPE_GRACE_S + 0.001)
         return min(due, default=None)
