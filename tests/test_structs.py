@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import pickle
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -253,10 +254,15 @@ def test_mypy_checks_a_structs_constructor_and_its_frozen_fields(tmp_path: Path)
             """
         )
     )
-    checkout = Path(structs.__file__).parents[1]  # mypy reads pivotbuild from here (it has no py.typed)
+    # pivotbuild has no py.typed: mypy reads structs.py as a local module, copied
+    # beside use.py (an installed, not editable, pivotbuild sits in site-packages,
+    # where mypy would take every other module for the project's own).
+    (tmp_path / "pivotbuild").mkdir()
+    (tmp_path / "pivotbuild" / "__init__.py").write_text("")
+    shutil.copy(structs.__file__, tmp_path / "pivotbuild" / "structs.py")
     use, cache = str(tmp_path / "use.py"), str(tmp_path / "cache")
     cmd = [sys.executable, "-m", "mypy", "--strict", "--cache-dir", cache, use]
-    proc = subprocess.run(cmd, cwd=checkout, capture_output=True, text=True, check=False, timeout=300)
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, check=False, timeout=300)
     errors = [line.split(": error: ")[1] for line in proc.stdout.splitlines() if ": error: " in line]
     lines = [int(line.split(":")[1]) for line in proc.stdout.splitlines() if ": error: " in line]
     assert lines == [12, 13, 14, 15, 16], proc.stdout
