@@ -530,3 +530,12 @@ def test_an_included_pipeline_built_first_from_its_own_directory(nested: Project
     history = nested.run("history", "--json")
     assert history.code == 0, history
     assert len(history.out.splitlines()) == 4  # every build, wherever it ran from, in the root's history
+
+
+def test_a_plan_index_that_does_not_decode_is_damaged_when_used() -> None:
+    index = plan.Index("id", "/", current="", default=(), n=2, always=[], packed=msgpack.packb([[], [], []]))
+    assert index.select([]) == [0, 1]  # what the no-op of every stage needs: no decoding
+    with pytest.raises(plan.Damaged):
+        _ = index.stages
+    with pytest.raises(plan.Damaged):
+        plan.Index("id", "/", current="", default=(), n=1, always=[], packed=b"\xc1").upstream([0, 0])

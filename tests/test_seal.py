@@ -123,3 +123,43 @@ def test_a_renewed_seal_keeps_what_it_did_not_drop_and_only_the_paths_still_used
     }
     assert sorted(read.paths) == [str(files["a"]), str(files["c"])]  # b's path went with stage 1
     assert read.holding([0, 1, 2]) == {0, 2}
+
+
+def test_a_stage_looked_at_alone_is_statted_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    files = _written(tmp_path, ["a", "b", "c", "d"])
+    read = _sealed(tmp_path, {i: [(str(files[n]), _stamp(files[n]))] for i, n in enumerate("abcd")})
+    files["d"].unlink()  # another stage's file: not this stage's business
+    statted: list[object] = []
+    real = os.stat
+    monkeypatch.setattr(os, "stat", lambda p, *a, **k: statted.append(p) or real(p, *a, **k))
+    assert read.holding([0]) == {0}
+    assert [os.fsdecode(p) for p in statted] == [str(files["a"])]  # type: ignore[arg-type]
+
+
+def _frame(fields: list[object]) -> bytes:
+    return seal.FRAME.dump(fields)
+
+
+@pytest.mark.parametrize(
+    "packed",
+    [
+        [7, [], [], b"", b"\0\0\0\0", b""],  # the paths not a byte string
+        [b"/x", [[1], 2, 3, 4], [], b"", b"\0\0\0\0", b""],  # a stamp's field not an int
+        [b"/x", [1, 2, 3, 4], [5], b"", b"\0\0\0\0", b""],  # an absent path out of range
+        [
+            b"/x\0/y",
+            [1] * 8,
+            [],
+            b"\0\0\0\0" * 2,
+            b"\0\0\0\0\2\0\0\0\1\0\0\0",
+            b"\0\0\0\0\1\0\0\0",
+        ],  # offsets backwards
+        [b"/x", [1, 2, 3, 4], [], b"\0\0\0\0", b"\0\0\0\0\1\0\0\0", b"\7\0\0\0"],  # a member out of range
+    ],
+    ids=["names", "stamp", "absent", "offsets", "member"],
+)
+def test_a_seal_of_another_shape_is_damaged_when_read_not_later(tmp_path: Path, packed: list[object]) -> None:
+    (tmp_path / ".pivot").mkdir()
+    seal.seal_path(tmp_path).write_bytes(_frame(["plan", [], [], packed]))
+    with pytest.raises(seal.Damaged):
+        seal.read(tmp_path, "plan")

@@ -46,10 +46,17 @@ def stage_names(options: LoadOptions) -> tuple[str, list[tuple[str, str, str, bo
     (for shell completion).  Read from the compiled plan when it is fresh (no
     parsing), else compiled; unlike load_compiled this writes nothing, not even
     the plan.  Raises as load_project does."""
+    from pivotbuild.state import plan
+
     main_file = None if options.all_pipelines else main_file_of(options)
     loaded = _fresh_plan(main_file, options.overrides)
     if loaded is not None:
-        return loaded.index.current, [(p, name, base, matrix) for p, name, base, matrix, _ in loaded.index.stages]
+        try:
+            listed = [(p, name, base, matrix) for p, name, base, matrix, _ in loaded.index.stages]
+        except plan.Damaged:
+            pass  # compiled again below
+        else:
+            return loaded.index.current, listed
     project = load_project(options)
     return project.current_dir, [(s.id.pipeline, s.id.name, s.base, bool(s.matrix)) for s in project.stages]
 

@@ -102,10 +102,14 @@ class Index:
         self._lists: tuple[list[tuple[str, str, str, bool, bool]], list[list[int]], list[int]] | None = None
 
     def _unpacked(self) -> tuple[list[tuple[str, str, str, bool, bool]], list[list[int]], list[int]]:
+        """Raises `Damaged` if the packed lists do not decode to this index's shape."""
         if self._lists is None:
-            stages, preds, order = msgpack.unpackb(self._packed)
-            if len(stages) != self.n or len(preds) != self.n:
-                raise ValueError("index")
+            try:
+                stages, preds, order = msgpack.unpackb(self._packed)
+                if len(stages) != self.n or len(preds) != self.n or not all(len(s) == 5 for s in stages):
+                    raise ValueError("index")
+            except (ValueError, TypeError, msgpack.UnpackException) as exc:
+                raise Damaged(f"does not decode ({type(exc).__name__})") from exc
             self._lists = stages, preds, order
         return self._lists
 

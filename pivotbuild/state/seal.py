@@ -165,11 +165,14 @@ class Seal:
         each path statted once.  (A seal as read checks every path it holds
         in one pass: the fast path's one look at them, no-op or not.)"""
         packed = self._packed
-        if packed is not None and self._stages is None:
-            changed = packed.changed()
+        stages = set(stages)
+        if packed is not None and self._stages is None and stages >= packed.sealed_ids():
+            # Every sealed stage, so every path the seal holds (it keeps only
+            # paths some stage uses): one pass (and a forked helper when large).
+            changed = packed.changed(fork=True)
             sealed = packed.sealed_ids()
             if not changed:
-                return {i for i in stages if i in sealed}
+                return stages & sealed
             own_of = self.stages
             return {i for i in stages if (mine := own_of.get(i)) is not None and changed.isdisjoint(mine)}
         own = {i: self.stages[i] for i in stages if i in self.stages}
@@ -303,16 +306,17 @@ class _Packed:
         offsets, members = self.offsets, self.members
         return {i: list(members[offsets[k] : offsets[k + 1]]) for k, i in enumerate(self.ids)}
 
-    def changed(self) -> set[int]:
+    def changed(self, *, fork: bool = False) -> set[int]:
         """The paths whose stamp is not as sealed, statted now.
 
         The stats are the whole cost (3 us each here: 60 ms at 10,000 stages)
-        and threads cannot share them (each stat retakes the GIL), so a large
-        seal is checked half here and half in a forked child, as git
-        preloads its index on several threads.  Only where this process has
-        no other thread (the fast path; a fork copies just the caller)."""
+        and threads cannot share them (each stat retakes the GIL), so with
+        `fork` a large seal is checked half here and half in a forked child,
+        as git preloads its index on several threads: only for the fast
+        path's look (`holding`), before the engine starts, and only where
+        this process has no other thread (a fork copies just the caller)."""
         n = len(self.names)
-        if n < _FORK_ABOVE or not _forkable():
+        if not fork or n < _FORK_ABOVE or not _forkable():
             return set(self._changed(0, n))
         half = n // 2
         try:
@@ -336,13 +340,18 @@ class _Packed:
             finally:
                 os._exit(code)
         os.close(w)
+        status = -1
         try:
-            found = self._changed(0, half)
             with open(r, "rb") as pipe:
+                found = self._changed(0, half)
                 theirs = pipe.read()
-            _, status = os.waitpid(pid, 0)
         except OSError:
-            status = -1
+            pass
+        finally:
+            try:  # reaped whatever happened here (an interrupt included)
+                _, status = os.waitpid(pid, 0)
+            except OSError:
+                status = -1
         if status != 0:
             return set(self._changed(0, n))
         found.extend(_unpack_u32(theirs))
@@ -352,15 +361,23 @@ class _Packed:
         """`changed` among paths lo..hi: one C-level pass of stats compared at
         once, path by path only where a path is gone or something changed."""
         names, flat = self.names, self.flat
+        gone = {j for j in self.missing if lo <= j < hi}
+        at: Sequence[int] = range(lo, hi)
+        mine, sealed = names[lo:hi], flat[4 * lo : 4 * hi]
+        found: list[int] = []
+        if gone:  # sealed as absent: each on its own, the others in one pass
+            found = [j for j in gone if _there(names[j])]
+            at = [j for j in at if j not in gone]
+            mine = [names[j] for j in at]
+            sealed = list(_chain(flat[4 * j : 4 * j + 4] for j in at))
         try:
-            now = list(_chain(map(_STAMP_OF, map(os.stat, names[lo:hi]))))
+            now = list(_chain(map(_STAMP_OF, map(os.stat, mine))))
         except OSError:
-            pass  # a path is gone (sealed as gone, or not) or unreadable
+            pass  # a path is gone or unreadable: path by path below
         else:
-            if now == flat[4 * lo : 4 * hi]:
-                return []
-            return [lo + k for k in range(hi - lo) if now[4 * k : 4 * k + 4] != flat[4 * (lo + k) : 4 * (lo + k) + 4]]
-        gone = set(self.missing)
+            if now == sealed:
+                return found
+            return found + [at[k] for k in range(len(at)) if now[4 * k : 4 * k + 4] != sealed[4 * k : 4 * k + 4]]
         found = []
         for j in range(lo, hi):
             try:
@@ -375,6 +392,17 @@ class _Packed:
             if j in gone or list(_STAMP_OF(st)) != flat[4 * j : 4 * j + 4]:
                 found.append(j)
         return found
+
+
+def _there(path: bytes) -> bool:
+    """Does `path` exist now, as a stamp sees it (a sealed absence holds while `stat` finds nothing)?"""
+    try:
+        os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError:
+        return True  # unreadable: not the absence that was sealed
+    return True
 
 
 def _forkable() -> bool:
@@ -422,20 +450,23 @@ def read(main_dir: str | Path, plan_id: str) -> Seal | None:
         pid, locks, absent, (names_raw, flat, missing, ids_raw, offsets_raw, members_raw) = fields
         if pid != plan_id:
             return None
+        # The frame's checksum vouches for the bytes; these checks catch a seal
+        # of another shape, so nothing fails later (each in one C-level pass).
+        if not isinstance(names_raw, bytes) or not isinstance(flat, list) or not isinstance(missing, list):
+            raise ValueError("shape")
         names = names_raw.split(b"\0") if names_raw else []
         n = len(names)
-        if not isinstance(names_raw, bytes) or len(flat) != 4 * n or not all(isinstance(p, str) for p in absent):
+        if len(flat) != 4 * n or {*map(type, flat)} - {int} or not all(isinstance(p, str) for p in absent):
             raise ValueError("paths")
-        # The frame's checksum vouches for the bytes; these checks catch a seal
-        # of another shape.  (A stamp's fields are not type-checked one by one:
-        # one that is not an int never equals a stat, so it only unseals.)
         ids, offsets, members = _unpack_u32(ids_raw), _unpack_u32(offsets_raw), _unpack_u32(members_raw)
         if (
             len(offsets) != len(ids) + 1
             or offsets[0] != 0
             or offsets[-1] != len(members)
+            or list(offsets) != sorted(offsets)
             or (members and max(members) >= n)
-            or any(not isinstance(j, int) or not 0 <= j < n for j in missing)
+            or {*map(type, missing)} - {int}
+            or (missing and (min(missing) < 0 or max(missing) >= n))
         ):
             raise ValueError("stages")
         return Seal(
@@ -444,7 +475,7 @@ def read(main_dir: str | Path, plan_id: str) -> Seal | None:
             list(absent),
             packed=_Packed(names, flat, missing, ids=ids, offsets=offsets, members=members),
         )
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, AttributeError) as exc:
         raise Damaged(f"does not decode ({type(exc).__name__})") from exc
 
 
