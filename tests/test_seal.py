@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pivotbuild.state import seal
+from pivotbuild.state import seal, stamptable
 from pivotbuild.state.stamps import Stamp, stamp
 
 
@@ -40,8 +40,8 @@ def _sealed(tmp_path: Path, stages: dict[int, list[tuple[str, Stamp | None]]]) -
 @pytest.fixture(params=["here", "forked"])
 def where(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     if request.param == "forked":  # a seal this small is split only when told to
-        monkeypatch.setattr(seal, "_FORK_ABOVE", 2)
-        monkeypatch.setattr(seal, "_forkable", lambda: True)
+        monkeypatch.setattr(stamptable, "FORK_ABOVE", 2)
+        monkeypatch.setattr(stamptable, "_forkable", lambda: True)
     return str(request.param)
 
 
@@ -54,24 +54,24 @@ def test_a_seal_read_back_finds_exactly_the_paths_that_changed(tmp_path: Path, w
         2: [(str(files["d"]), _stamp(files["d"])), (str(files["e"]), _stamp(files["e"]))],
         3: [(str(files["f"]), _stamp(files["f"]))],
     }
-    assert _sealed(tmp_path, stages).holding([0, 1, 2, 3]) == {0, 1, 2, 3}
+    assert _sealed(tmp_path, stages).holding([0, 1, 2, 3], fork=True) == {0, 1, 2, 3}
     assert _sealed(tmp_path, stages).holds([0, 1, 2, 3])
 
     files["b"].write_text("b, edited")  # changed
     files["e"].unlink()  # gone
     read = _sealed(tmp_path, stages)
-    assert read.holding([0, 1, 2, 3]) == {1, 3}
+    assert read.holding([0, 1, 2, 3], fork=True) == {1, 3}
     assert not read.holds([0, 1, 2, 3])
-    assert read.holding([1]) == {1}
+    assert read.holding([1], fork=True) == {1}
 
     Path(gone).write_text("now it is there")
-    assert _sealed(tmp_path, stages).holding([0, 1, 2, 3]) == {3}
+    assert _sealed(tmp_path, stages).holding([0, 1, 2, 3], fork=True) == {3}
 
 
 def test_a_stage_not_sealed_never_holds(tmp_path: Path, where: str) -> None:
     files = _written(tmp_path, ["a", "b", "c"])
     read = _sealed(tmp_path, {0: [(str(files["a"]), _stamp(files["a"]))], 2: [(str(files["c"]), _stamp(files["c"]))]})
-    assert read.holding([0, 1, 2]) == {0, 2}
+    assert read.holding([0, 1, 2], fork=True) == {0, 2}
     assert not read.holds([0, 1, 2])
     assert read.holds([0, 2])
 
@@ -89,7 +89,7 @@ def test_a_seal_read_back_carries_into_the_next(tmp_path: Path) -> None:
         1: [str(files["b"])],
         5: [str(files["a"])],
     }
-    assert read.holding([1, 5]) == {1, 5}
+    assert read.holding([1, 5], fork=True) == {1, 5}
 
 
 def test_the_seal_of_another_plan_is_not_read(tmp_path: Path) -> None:
@@ -122,7 +122,7 @@ def test_a_renewed_seal_keeps_what_it_did_not_drop_and_only_the_paths_still_used
         2: [str(files["c"])],
     }
     assert sorted(read.paths) == [str(files["a"]), str(files["c"])]  # b's path went with stage 1
-    assert read.holding([0, 1, 2]) == {0, 2}
+    assert read.holding([0, 1, 2], fork=True) == {0, 2}
 
 
 def test_a_stage_looked_at_alone_is_statted_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -132,7 +132,7 @@ def test_a_stage_looked_at_alone_is_statted_alone(tmp_path: Path, monkeypatch: p
     statted: list[object] = []
     real = os.stat
     monkeypatch.setattr(os, "stat", lambda p, *a, **k: statted.append(p) or real(p, *a, **k))
-    assert read.holding([0]) == {0}
+    assert read.holding([0], fork=True) == {0}
     assert [os.fsdecode(p) for p in statted] == [str(files["a"])]  # type: ignore[arg-type]
 
 

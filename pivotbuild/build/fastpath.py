@@ -85,6 +85,6 @@ def _check(cwd: str | Path, file: str | None, overrides: Mapping[str, str], targ
     always = index.any_always(closure)  # an `always` stage is never up to date
     # One pass over every sealed stamp: the no-op's whole check, and for a build
     # with work the stages it need not check the deps of.
-    held = set() if sealed is None else sealed.holding(closure)
+    held = set() if sealed is None else sealed.holding(closure, fork=True)
     noop = sealed is not None and not always and len(held) == len(closure)
     return Checked(loaded, closure, sealed, noop, held=held)

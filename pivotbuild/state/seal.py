@@ -21,8 +21,8 @@ left unsealed and decided the ordinary way next time.
 
 File: `<main pipeline>/.pivot/seal`: one frame (`state.framing`: magic
 `PIVSEAL\n`, version FORMAT, checksum) of msgpack `[plan_id, [[lockfile,
-hash]...], [must-be-absent...], [paths, stamps, absent paths, stage indices,
-offsets, members]]`, the last packed for speed (see `_Packed`).  A damaged seal (`Damaged`) is reported once, removed
+hash]...], [must-be-absent...], table]`, the table of stamps packed for speed
+(state/stamptable.py).  A damaged seal (`Damaged`) is reported once, removed
 and ignored: the stages are decided the ordinary way; one of another format
 version is ignored without a word.
 """
@@ -31,17 +31,14 @@ from __future__ import annotations
 
 import os
 import stat as statmod
-import sys
-from array import array
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from itertools import chain
-from operator import attrgetter
 
 from pivotbuild.paths import STATE_DIR
 from pivotbuild.state import framing
 from pivotbuild.state.hashing import ENTRY_LINK, ManifestEntry, hash_bytes, hash_file, manifest_bytes, walk_dir
 from pivotbuild.state.kinds import DIR, FILE, GLOB
 from pivotbuild.state.stamps import Stamp, is_racy, stamp
+from pivotbuild.state.stamptable import StampTable, pack
 
 TYPE_CHECKING = False  # not typing's: the no-op fast path does not import typing
 if TYPE_CHECKING:
@@ -71,8 +68,8 @@ class Seal:
     """(A plain class: the no-op fast path does not import dataclasses.)
 
     A seal read from disk keeps its paths, stamps and stages packed as they
-    were read (`_Packed`) until something needs them one by one: the no-op
-    of a whole project compares every stamp at once and never unpacks them."""
+    were read (a `StampTable`) until something needs them one by one: the
+    no-op of a whole project compares every stamp at once and never unpacks them."""
 
     def __init__(
         self,
@@ -80,7 +77,7 @@ class Seal:
         locks: list[tuple[str, str]],
         absent: list[str],
         *,
-        packed: _Packed | None = None,
+        packed: StampTable | None = None,
     ) -> None:
         self.plan_id = plan_id
         self.locks = locks  # (lockfile path, XXH3-128 of its bytes, "" if absent)
@@ -98,18 +95,14 @@ class Seal:
     def paths(self) -> list[str]:
         if self._paths is None:
             assert self._packed is not None
-            self._paths = [os.fsdecode(p) for p in self._packed.names]
+            self._paths = self._packed.paths()
         return self._paths
 
     @property
     def stamps(self) -> list[Stamp | None]:
         if self._stamps is None:
             assert self._packed is not None
-            flat, gone = self._packed.flat, set(self._packed.missing)
-            self._stamps = [
-                None if j in gone else (flat[4 * j], flat[4 * j + 1], flat[4 * j + 2], flat[4 * j + 3])
-                for j in range(len(self._packed.names))
-            ]
+            self._stamps = self._packed.stamps()
         return self._stamps
 
     @property
@@ -141,35 +134,21 @@ class Seal:
         """Is every one of `stages` sealed, with every stamp unchanged now?
         (Statted afresh on every call: an answer is only as good as the moment
         it was given, and a build decides each stage when it becomes ready.)"""
-        packed = self._packed
-        if packed is not None and self._stages is None:
-            wanted_all = set(stages)
-            if wanted_all == packed.sealed_ids():
-                # Every sealed stage, so every path the seal holds (it keeps
-                # only paths some stage uses): one pass, compared all at once.
-                return not packed.changed()
-            if not wanted_all <= packed.sealed_ids():
-                return False
-            stages = wanted_all
-        wanted: set[int] = set()
-        own_of = self.stages
-        for i in stages:
-            own = own_of.get(i)
-            if own is None:
-                return False
-            wanted.update(own)
-        return all(same for _, same in self._unchanged(wanted))
+        wanted = set(stages)
+        return self.holding(wanted) == wanted
 
-    def holding(self, stages: Iterable[int]) -> set[int]:
+    def holding(self, stages: Iterable[int], *, fork: bool = False) -> set[int]:
         """Those of `stages` that are sealed with every stamp unchanged now,
-        each path statted once.  (A seal as read checks every path it holds
-        in one pass: the fast path's one look at them, no-op or not.)"""
+        each path statted once.  A seal as read, asked about every stage it
+        seals, checks every path it holds in one pass (the fast path's one
+        look at them, no-op or not: with `fork`, half in a forked child when
+        large, see StampTable.changed)."""
         packed = self._packed
         stages = set(stages)
         if packed is not None and self._stages is None and stages >= packed.sealed_ids():
             # Every sealed stage, so every path the seal holds (it keeps only
-            # paths some stage uses): one pass (and a forked helper when large).
-            changed = packed.changed(fork=True)
+            # paths some stage uses).
+            changed = packed.changed(fork=fork)
             sealed = packed.sealed_ids()
             if not changed:
                 return stages & sealed
@@ -181,18 +160,18 @@ class Seal:
 
     def _unchanged(self, indices: Iterable[int]) -> Iterator[tuple[int, bool]]:
         """(path index, whether its stamp is as sealed) for each of `indices`,
-        statted now, one by one (a caller may stop at the first change)."""
-        paths, stamps, stat = self.paths, self.stamps, os.stat
+        statted now, one by one."""
+        paths, stamps = self.paths, self.stamps
         for j in indices:
             try:
-                st = stat(paths[j])
+                st = os.stat(paths[j])
             except (FileNotFoundError, NotADirectoryError):
                 yield j, stamps[j] is None
                 continue
             except OSError:
                 yield j, False
                 continue
-            yield j, stamps[j] == (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
+            yield j, stamps[j] == stamp(st)
 
     # -- writing ------------------------------------------------------------------
 
@@ -234,203 +213,14 @@ class Seal:
         self.stages.pop(index, None)
 
     def encode(self) -> bytes:
-        """Only the paths some stage still uses are written, packed (see `_Packed`)."""
-        used = sorted({j for own in self.stages.values() for j in own})
-        renumber = {j: k for k, j in enumerate(used)}
-        names = b"\0".join(os.fsencode(self.paths[j]) for j in used)
-        flat: list[int] = []
-        missing: list[int] = []
-        for k, j in enumerate(used):
-            st = self.stamps[j]
-            if st is None:
-                missing.append(k)
-                flat.extend((0, 0, 0, 0))
-            else:
-                flat.extend(st)
-        ids = sorted(self.stages)
-        offsets = [0]
-        members: list[int] = []
-        for i in ids:
-            members.extend(renumber[j] for j in self.stages[i])
-            offsets.append(len(members))
-        return FRAME.dump(
-            [
-                self.plan_id,
-                [list(x) for x in self.locks],
-                self.absent,
-                [names, flat, missing, _pack_u32(ids), _pack_u32(offsets), _pack_u32(members)],
-            ]
-        )
+        """Only the paths some stage still uses are written (see `pack`)."""
+        table = pack(self.paths, self.stamps, self.stages)
+        return FRAME.dump([self.plan_id, [list(x) for x in self.locks], self.absent, table])
 
     def write(self, main_dir: Path) -> None:
         from pivotbuild.state.files import write_atomic
 
         write_atomic(seal_path(main_dir), self.encode())
-
-
-class _Packed:
-    """A seal's paths, stamps and stages as stored: the paths as one
-    NUL-separated byte string (`names`, split once), the stamps as one flat
-    list of ints (four per path; zeros for a path sealed as absent, listed in
-    `missing`), and the sealed stages as three little-endian uint32 arrays:
-    their indices, offsets into `members`, and members (path indices).  At
-    10,000 stages this reads in a few milliseconds where a list of tuples
-    per path took fifteen."""
-
-    __slots__ = ("_ids", "flat", "ids", "members", "missing", "names", "offsets")
-
-    def __init__(
-        self,
-        names: list[bytes],
-        flat: list[int],
-        missing: list[int],
-        *,
-        ids: array[int],
-        offsets: array[int],
-        members: array[int],
-    ) -> None:
-        self.names = names
-        self.flat = flat
-        self.missing = missing
-        self.ids = ids
-        self.offsets = offsets
-        self.members = members
-        self._ids: set[int] | None = None
-
-    def sealed_ids(self) -> set[int]:
-        if self._ids is None:
-            self._ids = set(self.ids)
-        return self._ids
-
-    def stage_map(self) -> dict[int, list[int]]:
-        offsets, members = self.offsets, self.members
-        return {i: list(members[offsets[k] : offsets[k + 1]]) for k, i in enumerate(self.ids)}
-
-    def changed(self, *, fork: bool = False) -> set[int]:
-        """The paths whose stamp is not as sealed, statted now.
-
-        The stats are the whole cost (3 us each here: 60 ms at 10,000 stages)
-        and threads cannot share them (each stat retakes the GIL), so with
-        `fork` a large seal is checked half here and half in a forked child,
-        as git preloads its index on several threads: only for the fast
-        path's look (`holding`), before the engine starts, and only where
-        this process has no other thread (a fork copies just the caller)."""
-        n = len(self.names)
-        if not fork or n < _FORK_ABOVE or not _forkable():
-            return set(self._changed(0, n))
-        half = n // 2
-        try:
-            r, w = os.pipe()
-        except OSError:
-            return set(self._changed(0, n))
-        try:
-            pid = os.fork()
-        except OSError:
-            os.close(r)
-            os.close(w)
-            return set(self._changed(0, n))
-        if pid == 0:  # the child: its half's changes down the pipe, and nothing else
-            code = 2
-            try:
-                os.close(r)
-                data = _pack_u32(self._changed(half, n))
-                while data:
-                    data = data[os.write(w, data) :]
-                code = 0
-            finally:
-                os._exit(code)
-        os.close(w)
-        status = -1
-        try:
-            with open(r, "rb") as pipe:
-                found = self._changed(0, half)
-                theirs = pipe.read()
-        except OSError:
-            pass
-        finally:
-            try:  # reaped whatever happened here (an interrupt included)
-                _, status = os.waitpid(pid, 0)
-            except OSError:
-                status = -1
-        if status != 0:
-            return set(self._changed(0, n))
-        found.extend(_unpack_u32(theirs))
-        return set(found)
-
-    def _changed(self, lo: int, hi: int) -> list[int]:
-        """`changed` among paths lo..hi: one C-level pass of stats compared at
-        once, path by path only where a path is gone or something changed."""
-        names, flat = self.names, self.flat
-        gone = {j for j in self.missing if lo <= j < hi}
-        at: Sequence[int] = range(lo, hi)
-        mine, sealed = names[lo:hi], flat[4 * lo : 4 * hi]
-        found: list[int] = []
-        if gone:  # sealed as absent: each on its own, the others in one pass
-            found = [j for j in gone if _there(names[j])]
-            at = [j for j in at if j not in gone]
-            mine = [names[j] for j in at]
-            sealed = list(_chain(flat[4 * j : 4 * j + 4] for j in at))
-        try:
-            now = list(_chain(map(_STAMP_OF, map(os.stat, mine))))
-        except OSError:
-            pass  # a path is gone or unreadable: path by path below
-        else:
-            if now == sealed:
-                return found
-            return found + [at[k] for k in range(len(at)) if now[4 * k : 4 * k + 4] != sealed[4 * k : 4 * k + 4]]
-        found = []
-        for j in range(lo, hi):
-            try:
-                st = os.stat(names[j])
-            except (FileNotFoundError, NotADirectoryError):
-                if j not in gone:
-                    found.append(j)
-                continue
-            except OSError:
-                found.append(j)
-                continue
-            if j in gone or list(_STAMP_OF(st)) != flat[4 * j : 4 * j + 4]:
-                found.append(j)
-        return found
-
-
-def _there(path: bytes) -> bool:
-    """Does `path` exist now, as a stamp sees it (a sealed absence holds while `stat` finds nothing)?"""
-    try:
-        os.stat(path)
-    except (FileNotFoundError, NotADirectoryError):
-        return False
-    except OSError:
-        return True  # unreadable: not the absence that was sealed
-    return True
-
-
-def _forkable() -> bool:
-    threading = sys.modules.get("threading")
-    return hasattr(os, "fork") and (threading is None or threading.active_count() == 1)
-
-
-_FORK_ABOVE = 4096  # paths; below this one process stats them sooner than two start
-
-_STAMP_OF = attrgetter("st_size", "st_mtime_ns", "st_ino", "st_ctime_ns")  # = stamps.stamp(), in C
-_chain = chain.from_iterable
-
-
-def _pack_u32(values: list[int]) -> bytes:
-    a = array("I", values)
-    if a.itemsize != 4:
-        a = array("L", values)
-    if sys.byteorder == "big":
-        a.byteswap()
-    return a.tobytes()
-
-
-def _unpack_u32(raw: bytes) -> array[int]:
-    a = array("I" if array("I").itemsize == 4 else "L")
-    a.frombytes(raw)
-    if sys.byteorder == "big":
-        a.byteswap()
-    return a
 
 
 def read(main_dir: str | Path, plan_id: str) -> Seal | None:
@@ -447,34 +237,12 @@ def read(main_dir: str | Path, plan_id: str) -> Seal | None:
     except framing.OtherVersion:
         return None
     try:
-        pid, locks, absent, (names_raw, flat, missing, ids_raw, offsets_raw, members_raw) = fields
+        pid, locks, absent, table = fields
         if pid != plan_id:
             return None
-        # The frame's checksum vouches for the bytes; these checks catch a seal
-        # of another shape, so nothing fails later (each in one C-level pass).
-        if not isinstance(names_raw, bytes) or not isinstance(flat, list) or not isinstance(missing, list):
-            raise ValueError("shape")
-        names = names_raw.split(b"\0") if names_raw else []
-        n = len(names)
-        if len(flat) != 4 * n or {*map(type, flat)} - {int} or not all(isinstance(p, str) for p in absent):
-            raise ValueError("paths")
-        ids, offsets, members = _unpack_u32(ids_raw), _unpack_u32(offsets_raw), _unpack_u32(members_raw)
-        if (
-            len(offsets) != len(ids) + 1
-            or offsets[0] != 0
-            or offsets[-1] != len(members)
-            or list(offsets) != sorted(offsets)
-            or (members and max(members) >= n)
-            or {*map(type, missing)} - {int}
-            or (missing and (min(missing) < 0 or max(missing) >= n))
-        ):
-            raise ValueError("stages")
-        return Seal(
-            pid,
-            [(str(p), str(h)) for p, h in locks],
-            list(absent),
-            packed=_Packed(names, flat, missing, ids=ids, offsets=offsets, members=members),
-        )
+        if not all(isinstance(p, str) for p in absent):
+            raise ValueError("absent")
+        return Seal(pid, [(str(p), str(h)) for p, h in locks], list(absent), packed=StampTable.unpack(table))
     except (ValueError, TypeError, AttributeError) as exc:
         raise Damaged(f"does not decode ({type(exc).__name__})") from exc
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from operator import attrgetter
 
 from pivotbuild.state.hashing import hash_bytes, hash_file
 
@@ -35,6 +36,10 @@ _windows: list[dict[int, int]] = []  # once read: st_dev -> window, for the loca
 
 def stamp(st: os.stat_result) -> Stamp:
     return (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
+
+
+# `stamp`, in C: for one pass over many stat results (`map`), as the seal checks them.
+stamp_fields = attrgetter("st_size", "st_mtime_ns", "st_ino", "st_ctime_ns")
 
 
 def window_ns(st: os.stat_result) -> int:
