@@ -79,8 +79,8 @@ def test_a_stage_not_sealed_never_holds(tmp_path: Path, where: str) -> None:
 def test_a_seal_read_back_carries_into_the_next(tmp_path: Path) -> None:
     files = _written(tmp_path, ["a", "b"])
     old = _sealed(tmp_path, {0: [(str(files["a"]), _stamp(files["a"]))], 1: [(str(files["b"]), _stamp(files["b"]))]})
-    new = seal.Seal("plan", [], [])
-    new.carry(old, 1)
+    new = old.renewed("plan", [], [])
+    new.drop(0)
     new.add(5, [(str(files["a"]), _stamp(files["a"]))])
     new.write(tmp_path)
     read = seal.read(tmp_path, "plan")

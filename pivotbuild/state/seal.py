@@ -191,12 +191,6 @@ class Seal:
             own.append(k)
         self.stages[index] = own
 
-    def carry(self, old: Seal, index: int) -> None:
-        """Seal stage `index` as `old` sealed it."""
-        own = old.stages.get(index)
-        if own is not None:
-            self.add(index, [(old.paths[j], old.stamps[j]) for j in own])
-
     def renewed(self, plan_id: str, locks: list[tuple[str, str]], absent: list[str]) -> Seal:
         """A new seal for these lockfiles, holding every stage this one seals
         (each as this one sealed it) until `drop`ped or `add`ed again: what a
