@@ -226,6 +226,21 @@ def build(n: int, stages: dict[str, dict[str, object]]) -> dict[str, object]:
     return {"build": n, "stages": stages}
 
 
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {"started": "2026-12-03T08:00:00+00:00", "duration_s": 0.012, "targets": [], "result": "ok", "stages": {}},
+        {"targets": ["a b", "\u00e9t\u00e9", "\u2603", 'q"\\\n\t\x01'], "ran": 0, "skipped": 10**20, "x": None},
+        {"stages": {"b": {"s": 1.5, "why": ["dep a changed", True]}, "a": {}}, "duration_s": 1e-7, "z": -0.0},
+        {"duration_s": float("nan"), "stages": {}},  # json's own spelling (NaN): the fallback
+    ],
+)
+def test_a_history_line_is_spelled_as_json_dumps_spells_it(tmp_path: Path, entry: dict[str, object]) -> None:
+    # (history writes its lines without importing json, which imports re: the no-op path's)
+    history.append(tmp_path, entry)
+    assert (tmp_path / "history.jsonl").read_text("utf-8") == json.dumps(entry, sort_keys=True) + "\n"
+
+
 def test_history_append_and_read(tmp_path: Path) -> None:
     state = tmp_path / ".pivot"
     assert history.read(state) == []
