@@ -35,7 +35,7 @@ from pivotbuild.state.hashing import (
 from pivotbuild.state.kinds import ABSENT, DIR, FILE
 from pivotbuild.state.records import FileRecord, StageRecord
 from pivotbuild.state.snapshot import Snapshot
-from pivotbuild.state.stamps import FINE_WINDOW_NS, is_racy, stamp, window_ns
+from pivotbuild.state.stamps import is_racy, racy_wait_ns, stamp
 from pivotbuild.state.statcache import StatCache, StatEntry
 from pivotbuild.structs import struct
 
@@ -208,11 +208,10 @@ class OutputCache:
                 if copy:
                     raise
                 continue  # gone (a later stage removed it): the end of the build forgets it
-            if before.st_mtime_ns % 1_000_000_000:  # a fine clock; a coarse one's window is too long to wait
-                wait_ns = max(before.st_mtime_ns, before.st_ctime_ns) + window_ns(before) - time.time_ns()
-                if 0 < wait_ns <= FINE_WINDOW_NS:
-                    pause(wait_ns / 1e9)
-                    before = os.stat(path)  # as it is after the wait
+            wait_ns = racy_wait_ns(before, time.time_ns())
+            if wait_ns:
+                pause(wait_ns / 1e9)
+                before = os.stat(path)  # as it is after the wait
             started = time.time_ns()
             if not copy and is_racy(before, started):
                 continue  # the build is ending: its settling reads it, once

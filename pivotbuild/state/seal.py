@@ -37,7 +37,7 @@ from pivotbuild.paths import STATE_DIR
 from pivotbuild.state import framing
 from pivotbuild.state.hashing import ENTRY_LINK, ManifestEntry, hash_bytes, hash_file, manifest_bytes, walk_dir
 from pivotbuild.state.kinds import DIR, FILE, GLOB
-from pivotbuild.state.stamps import Stamp, is_racy, stamp
+from pivotbuild.state.stamps import Stamp, is_racy, stamp, stamp_now
 from pivotbuild.state.stamptable import StampTable, pack
 
 TYPE_CHECKING = False  # not typing's: the no-op fast path does not import typing
@@ -163,15 +163,7 @@ class Seal:
         statted now, one by one."""
         paths, stamps = self.paths, self.stamps
         for j in indices:
-            try:
-                st = os.stat(paths[j])
-            except (FileNotFoundError, NotADirectoryError):
-                yield j, stamps[j] is None
-                continue
-            except OSError:
-                yield j, False
-                continue
-            yield j, stamps[j] == stamp(st)
+            yield j, stamps[j] == stamp_now(paths[j])
 
     # -- writing ------------------------------------------------------------------
 

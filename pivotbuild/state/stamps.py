@@ -18,6 +18,7 @@ from pivotbuild.state.hashing import hash_bytes, hash_file
 
 TYPE_CHECKING = False  # not typing's: the no-op fast path does not import typing
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from pathlib import Path
 
 Stamp = tuple[int, int, int, int]
@@ -34,12 +35,32 @@ _CLOCK_REALTIME_COARSE = 5  # <linux/time.h>; the time module names it from Pyth
 _windows: list[dict[int, int]] = []  # once read: st_dev -> window, for the local file systems mounted
 
 
-def stamp(st: os.stat_result) -> Stamp:
-    return (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
+# A stat result's stamp (in C: the seal maps it over many stat results at once).
+stamp: Callable[[os.stat_result], Stamp] = attrgetter("st_size", "st_mtime_ns", "st_ino", "st_ctime_ns")
+
+# What `stamp_now` gives for a path that cannot be statted (not a missing one):
+# no file's stamp, so it never equals one that was recorded.
+UNREADABLE: Stamp = (-1, -1, -1, -1)
 
 
-# `stamp`, in C: for one pass over many stat results (`map`), as the seal checks them.
-stamp_fields = attrgetter("st_size", "st_mtime_ns", "st_ino", "st_ctime_ns")
+def stamp_now(path: str | bytes) -> Stamp | None:
+    """`path`'s stamp now; None if there is nothing there; UNREADABLE if it cannot be statted."""
+    try:
+        return stamp(os.stat(path))
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError:
+        return UNREADABLE
+
+
+def racy_wait_ns(st: os.stat_result, now_ns: int) -> int:
+    """How long after `now_ns` the stamp `st` stops being racy, when that is
+    worth waiting for: a fine clock's window (at most FINE_WINDOW_NS); else 0
+    (a coarse clock's is too long to wait, and what is past needs none)."""
+    if st.st_mtime_ns % 1_000_000_000 == 0:
+        return 0
+    wait = max(st.st_mtime_ns, st.st_ctime_ns) + window_ns(st) - now_ns
+    return wait if 0 < wait <= FINE_WINDOW_NS else 0
 
 
 def window_ns(st: os.stat_result) -> int:

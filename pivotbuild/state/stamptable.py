@@ -19,7 +19,7 @@ from array import array
 from collections.abc import Mapping, Sequence
 from itertools import chain
 
-from pivotbuild.state.stamps import Stamp, stamp_fields
+from pivotbuild.state.stamps import Stamp, stamp, stamp_now
 
 TYPE_CHECKING = False  # not typing's: the no-op fast path does not import typing
 if TYPE_CHECKING:
@@ -181,43 +181,21 @@ class StampTable:
         mine, sealed = names[lo:hi], flat[4 * lo : 4 * hi]
         found: list[int] = []
         if gone:  # sealed as absent: each on its own, the others in one pass
-            found = [j for j in gone if _there(names[j])]
+            found = [j for j in gone if stamp_now(names[j]) is not None]
             at = [j for j in at if j not in gone]
             mine = [names[j] for j in at]
             sealed = list(_chain(flat[4 * j : 4 * j + 4] for j in at))
         try:
-            now = list(_chain(map(stamp_fields, map(os.stat, mine))))
+            now = list(_chain(map(stamp, map(os.stat, mine))))
         except OSError:
             pass  # a path is gone or unreadable: path by path below
         else:
             if now == sealed:
                 return found
             return found + [at[k] for k in range(len(at)) if now[4 * k : 4 * k + 4] != sealed[4 * k : 4 * k + 4]]
-        found = []
-        for j in range(lo, hi):
-            try:
-                st = os.stat(names[j])
-            except (FileNotFoundError, NotADirectoryError):
-                if j not in gone:
-                    found.append(j)
-                continue
-            except OSError:
-                found.append(j)
-                continue
-            if j in gone or list(stamp_fields(st)) != flat[4 * j : 4 * j + 4]:
-                found.append(j)
-        return found
-
-
-def _there(path: bytes) -> bool:
-    """Does `path` exist now, as a stamp sees it (a sealed absence holds while `stat` finds nothing)?"""
-    try:
-        os.stat(path)
-    except (FileNotFoundError, NotADirectoryError):
-        return False
-    except OSError:
-        return True  # unreadable: not the absence that was sealed
-    return True
+        return [
+            j for j in range(lo, hi) if stamp_now(names[j]) != (None if j in gone else tuple(flat[4 * j : 4 * j + 4]))
+        ]
 
 
 def _forkable() -> bool:

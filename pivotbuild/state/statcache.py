@@ -31,9 +31,8 @@ from pivotbuild.state.hashing import (
     manifest_bytes,
     walk_dir,
 )
-from pivotbuild.state.stamps import FINE_WINDOW_NS as _FINE_WINDOW_NS
 from pivotbuild.state.stamps import is_racy as _is_racy
-from pivotbuild.state.stamps import window_ns as _window_ns
+from pivotbuild.state.stamps import racy_wait_ns
 from pivotbuild.structs import struct
 
 MAGIC = b"PIVSTAT\n"
@@ -118,22 +117,22 @@ class StatCache:
         if not racy:
             return
         now = time.time_ns()
-        wait_ns = 0
+        stats: dict[str, os.stat_result] = {}
         for key in racy:
             try:
-                st = os.stat(key)
-            except OSError:
-                continue
-            if st.st_mtime_ns % 1_000_000_000:  # a coarse clock's window is too long to wait
-                wait_ns = max(wait_ns, max(st.st_mtime_ns, st.st_ctime_ns) + _window_ns(st) - now)
-        if 0 < wait_ns <= _FINE_WINDOW_NS:
-            time.sleep(wait_ns / 1e9)
-        for key in racy:
-            try:
-                st = os.stat(key)
+                stats[key] = os.stat(key)
             except OSError:
                 self.forget(key)
-                continue
+        wait_ns = max((racy_wait_ns(st, now) for st in stats.values()), default=0)
+        if wait_ns:
+            time.sleep(wait_ns / 1e9)
+            for key in list(stats):  # as they are after the wait
+                try:
+                    stats[key] = os.stat(key)
+                except OSError:
+                    del stats[key]
+                    self.forget(key)
+        for key, st in stats.items():
             if not _is_racy(st, time.time_ns()):
                 self.entries.pop(key)
                 self.file_hash(key, st)

@@ -290,11 +290,14 @@ class Process:
             return  # until they are gone, or their grace is over and they are killed
         self._end()
 
-    def _end(self) -> None:
+    def _stop_following(self) -> None:
         self.ended = True
         for fd in list(self.pipes):
             self._close_pipe(fd)
         self._close_pidfd()
+
+    def _end(self) -> None:
+        self._stop_following()
         proc = self.proc
         proc.wait()  # (already reaped: it exited)
         if self.timed_out or self.cancelled:
@@ -314,10 +317,7 @@ class Process:
         """Stop following it (an exception in whoever follows it): kill its group at once, reap it."""
         if self.ended:
             return
-        self.ended = True
-        for fd in list(self.pipes):
-            self._close_pipe(fd)
-        self._close_pidfd()
+        self._stop_following()
         if self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
