@@ -250,7 +250,10 @@ class Engine:
             expected=expected,
             states=getattr(self.reporter, "wants_states", False),
         )
-        return run.execute(), recorder
+        try:
+            return run.execute(), recorder
+        finally:
+            outputs.close()  # the build's pack of small objects indexed
 
     def _plan(self, graph: BuildGraph, closure: list[StageId], decider: Decider) -> list[tuple[StageId, Decision]]:
         """Each stage of `closure` with its decision: the build loop with the dry

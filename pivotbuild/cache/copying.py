@@ -18,16 +18,17 @@ from pivotbuild.state.hashing import CHUNK, hash_file
 _FICLONE = 0x40049409  # linux/fs.h: _IOW(0x94, 9, int)
 
 
-def write_new(path: str, data: bytes) -> None:
-    """Create `path` read-only (it must not exist) holding `data`."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
+def write_new(path: str, data: bytes, perms: int = 0o444) -> None:
+    """Create `path` (it must not exist) holding `data`: read-only unless
+    `perms` says otherwise (the umask applies)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, perms)
     try:
-        _write_out(fd, data)
+        write_all(fd, data)
     finally:
         os.close(fd)
 
 
-def _write_out(fd: int, data: bytes) -> None:
+def write_all(fd: int, data: bytes) -> None:
     """All of `data` at `fd`'s position (a write may take only part)."""
     view = memoryview(data)
     while view:
@@ -146,5 +147,5 @@ def clone_or_copy(src: Path, dest_fd: int) -> bool:
         fin.seek(copied)
         os.lseek(dest_fd, copied, os.SEEK_SET)
         while chunk := fin.read(1 << 20):
-            _write_out(dest_fd, chunk)
+            write_all(dest_fd, chunk)
     return False

@@ -124,6 +124,12 @@ def collect(root: Path, cache: Cache, *, keep_run_cache: bool, dry_run: bool) ->
         report.freed_bytes += obj.stat().st_size
         if not dry_run:
             cache.remove(digest)
+    packed = cache.packs.sizes()
+    unreferenced = sorted(d for d in packed if d not in referenced)
+    report.objects += unreferenced
+    report.freed_bytes += sum(packed[d] for d in unreferenced)
+    if unreferenced and not dry_run:
+        cache.packs.drop(unreferenced)  # the packs holding them written again without them
     return report
 
 

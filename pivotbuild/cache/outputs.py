@@ -72,6 +72,15 @@ class OutputCache:
         self.mode = Mode(settings.checkout)
         self.cache.wants_reflinks = self.mode is Mode.REFLINK
 
+    def close(self) -> None:
+        """The build is over: what it stored is indexed (Cache.close).  An index
+        that cannot be written costs nothing but time: the next build reads
+        the pack itself (see pack.py)."""
+        try:
+            self.cache.close()
+        except OSError as exc:
+            self.notice(f"could not index the objects this build cached ({exc.strerror or exc}); the next build will")
+
     def keep(self, stage: Stage, inputs: StageRecord, statcache: StatCache) -> None:
         """Store the cacheable outputs of `stage` (as `inputs.outs` records them) and
         remember them in the run cache under its fingerprint and dep hashes."""

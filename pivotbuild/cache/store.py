@@ -2,9 +2,12 @@
 
 A file output is stored as one object; a directory output as its files'
 objects plus a manifest object (the directory's hash is the manifest's hash,
-so the manifest names itself).  Objects are written atomically (a temporary
-name, then a rename) and made read-only; every object read back is verified
-against its name, and a corrupt one is removed and reported, never checked out.
+so the manifest names itself).  A large object is a file of its own,
+`objects/ab/cdef...`, written atomically (a temporary name, then a rename) and
+made read-only; a small one (up to `pack.PACK_MAX`) is a record in a pack
+(pack.py: a file per object is what a small object would cost).  Every object
+read back is verified against its name, and a corrupt one is removed and
+reported, never checked out.
 """
 
 from __future__ import annotations
@@ -16,11 +19,12 @@ import os
 import shutil
 import stat
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from enum import Enum
 from pathlib import Path
 
 from pivotbuild.cache.copying import clone_and_hash, clone_or_copy, copy_and_hash, write_new
+from pivotbuild.cache.pack import PACK_MAX, PACKS, Packs
 from pivotbuild.state.hashing import (
     ENTRY_EXEC,
     ENTRY_FILE,
@@ -63,6 +67,7 @@ class Cache:
     def __init__(self, directory: Path, on_notice: Callable[[str], None] | None = None) -> None:
         self.dir = directory
         self.objects = directory / OBJECTS
+        self.packs = Packs(directory / PACKS)
         self.notice = on_notice or (lambda _text: None)
         self._fell_back: set[Mode] = set()
         self._fell_back_lock = threading.Lock()
@@ -75,7 +80,11 @@ class Cache:
         return self.objects / digest[:2] / digest[2:]
 
     def has(self, digest: str) -> bool:
-        return self.path_of(digest).is_file()
+        return digest in self.packs or os.path.isfile(self.path_of(digest))
+
+    def close(self) -> None:
+        """Index the pack this process wrote (see pack.py); a build ends with this."""
+        self.packs.close()
 
     # -- storing ------------------------------------------------------------------
 
@@ -90,6 +99,13 @@ class Cache:
         one a power cut left short is caught and never checked out."""
         if self.has(digest):
             return True
+        if os.stat(src).st_size <= PACK_MAX:
+            actual, data = read_small(src, PACK_MAX)
+            if actual != digest:
+                return False
+            if data is not None:
+                self.packs.add(digest, data)
+                return True
         dest = self.path_of(digest)
         self._ensure_dir(dest.parent)
         tmp = self._tmp_name(dest)
@@ -193,7 +209,10 @@ class Cache:
 
     def store_bytes(self, data: bytes) -> str:
         digest = hash_bytes(data)
-        if not self.has(digest):
+        if len(data) <= PACK_MAX:
+            if not self.has(digest):
+                self.packs.add(digest, data)
+        elif not self.has(digest):
             dest = self.path_of(digest)
             self._ensure_dir(dest.parent)
             tmp = self._tmp_name(dest)
@@ -233,22 +252,65 @@ class Cache:
 
     def verify(self, digest: str) -> None:
         """Raise MissingObject, or CorruptObject (after removing it)."""
-        path = self.path_of(digest)
+        if self._packed(digest) is not None:
+            return
         try:
-            actual = hash_file(path)
+            actual = hash_file(self.path_of(digest))
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             raise MissingObject(digest) from None
         if actual != digest:
             self.remove(digest)
             raise CorruptObject(digest)
 
+    def read(self, digest: str) -> bytes:
+        """The bytes of a small object (a manifest, a symlink's target), verified:
+        MissingObject, or CorruptObject (after removing it)."""
+        data = self._packed(digest)
+        if data is not None:
+            return data
+        try:
+            data = self.path_of(digest).read_bytes()
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            raise MissingObject(digest) from None
+        if hash_bytes(data) != digest:
+            self.remove(digest)
+            raise CorruptObject(digest)
+        return data
+
+    def _packed(self, digest: str) -> bytes | None:
+        """The object's bytes if a pack holds it, verified (CorruptObject after
+        removing it, if they are not what they are named); None if no pack does."""
+        data = self.packs.read(digest)
+        if data is not None and hash_bytes(data) != digest:
+            self.remove(digest)
+            raise CorruptObject(digest)
+        return data
+
+    @contextlib.contextmanager
+    def as_file(self, digest: str) -> Iterator[Path]:
+        """A file holding object `digest` (verified), for as long as the `with`
+        lasts: the object's own, or a temporary copy of a packed one."""
+        data = self._packed(digest)
+        if data is None:
+            self.verify(digest)
+            yield self.path_of(digest)
+            return
+        self._ensure_dir(self.objects)
+        tmp = self._tmp_name(self.objects / "x")
+        try:
+            write_new(tmp, data)
+            yield Path(tmp)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+
     def read_manifest(self, digest: str) -> list[ManifestEntry]:
         """The entries of a directory's manifest; MissingObject, or CorruptObject
         if it fails verification or is not a manifest at all."""
-        self.verify(digest)
+        blob = self.read(digest)
         entries = []
         try:
-            for line in self.path_of(digest).read_text("ascii").splitlines():
+            for line in blob.decode("ascii").splitlines():
                 kind, h, quoted = line.split(" ", 2)
                 path = json.loads(quoted)
                 if kind not in (ENTRY_FILE, ENTRY_EXEC, ENTRY_LINK) or not isinstance(path, str):
@@ -263,6 +325,8 @@ class Cache:
         with contextlib.suppress(FileNotFoundError):
             path.chmod(0o644)
             path.unlink()
+        if digest in self.packs:
+            self.packs.drop([digest])
 
     # -- checkout -------------------------------------------------------------------
 
@@ -273,16 +337,23 @@ class Cache:
         `executable`, less the umask.  In a link mode the file is the object
         itself (read-only), except an executable one: that is a read-only copy,
         because a link would share the object's mode, which has no execute bit."""
-        self.verify(digest)
+        data = self._packed(digest)
+        if data is None:
+            self.verify(digest)
         src = self.path_of(digest)
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = str(dest.parent / f".{dest.name}.{os.urandom(4).hex()}")
         try:
             if mode.copies or executable:
-                self._copy_into(src, tmp, 0o777 if executable else 0o666, mode)
+                if data is not None:
+                    write_new(tmp, data, 0o777 if executable else 0o666)
+                else:
+                    self._copy_into(src, tmp, 0o777 if executable else 0o666, mode)
                 if not mode.copies:
                     _make_read_only(tmp)
             else:
+                if data is not None:  # a link needs the object as a file of its own
+                    self._loosen(digest, data)
                 try:
                     if mode is Mode.HARDLINK:
                         os.link(src, tmp)
@@ -323,7 +394,7 @@ class Cache:
                 target = staging / e.path
                 if e.kind == ENTRY_LINK:
                     target.parent.mkdir(parents=True, exist_ok=True)
-                    os.symlink(os.fsdecode(self.path_of(e.hash).read_bytes()), target)
+                    os.symlink(os.fsdecode(self.read(e.hash)), target)
                 else:
                     self.checkout_file(e.hash, target, mode, executable=e.kind == ENTRY_EXEC)
             if dest.is_dir() and not dest.is_symlink():
@@ -334,6 +405,20 @@ class Cache:
         finally:
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
+
+    def _loosen(self, digest: str, data: bytes) -> None:
+        """Make packed object `digest` a file of its own too (for links to it)."""
+        dest = self.path_of(digest)
+        if os.path.isfile(dest):
+            return
+        self._ensure_dir(dest.parent)
+        tmp = self._tmp_name(dest)
+        try:
+            write_new(tmp, data)
+            os.replace(tmp, dest)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
 
     def _copy_into(self, src: Path, tmp: str, perms: int, mode: Mode = Mode.COPY) -> None:
         """Create `tmp` (the umask applies to `perms`) holding a copy of `src`,

@@ -155,13 +155,12 @@ def push(
     def send(digest: str) -> Callable[[], None]:
         def task() -> None:
             try:
-                cache.verify(digest)
+                with _io(f"cannot send object {digest} to the remote"), cache.as_file(digest) as path:
+                    remote.put(path, object_rel(digest))  # (as_file verified it)
             except (MissingObject, CorruptObject) as exc:
                 state = "corrupt" if isinstance(exc, CorruptObject) else "missing"
                 report.problems.append(f"object {digest} is {state} in the local cache; rebuild to heal it")
                 return
-            with _io(f"cannot send object {digest} to the remote"):
-                remote.put(cache.path_of(digest), object_rel(digest))
             report.count_moved(digest)
 
         return task
