@@ -194,6 +194,7 @@ class Packs:
         starts another.  Called holding the lock."""
         try:
             os.ftruncate(self._own_fd, self._own_size)
+            os.lseek(self._own_fd, self._own_size, os.SEEK_SET)
         except OSError:
             os.close(self._own_fd)
             self._own, self._own_fd, self._own_entries = None, -1, {}

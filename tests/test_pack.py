@@ -1,0 +1,251 @@
+"""Packs (cache/pack.py): the cache's small objects, many to a file.
+
+Whatever happens to a pack (its writer killed before indexing it, a torn
+record, a damaged index, a full disk mid-record, another process merging it
+away), every object that was written whole stays readable, and nothing a
+reader gets is taken on trust: the cache verifies it (test_damaged_cache.py).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+from conftest import Project
+from helpers import finished
+
+from pivotbuild.cache import pack
+from pivotbuild.cache.pack import MAX_PACKS, PACK_MAX, Packs
+from pivotbuild.cache.store import Cache
+from pivotbuild.state.hashing import hash_bytes
+
+
+def blobs(n: int, tag: str = "") -> dict[str, bytes]:
+    data = [f"object {tag}{i}\n".encode() * (i % 7 + 1) for i in range(n)]
+    return {hash_bytes(d): d for d in data}
+
+
+def files(directory: Path, suffix: str) -> list[Path]:
+    return sorted(directory.glob(f"*{suffix}"))
+
+
+def test_objects_are_readable_while_written_and_after_from_the_index(tmp_path: Path) -> None:
+    objs = blobs(50)
+    writer = Packs(tmp_path)
+    for digest, data in objs.items():
+        writer.add(digest, data)
+        assert writer.read(digest) == data  # at once, before any index
+    assert files(tmp_path, ".idx") == []
+    writer.close()
+    assert len(files(tmp_path, ".pack")) == 1 and len(files(tmp_path, ".idx")) == 1
+    assert os.stat(files(tmp_path, ".pack")[0]).st_mode & 0o222 == 0  # read-only, as objects are
+    reader = Packs(tmp_path)
+    assert {d: reader.read(d) for d in objs} == objs
+    assert reader.sizes() == {d: len(b) for d, b in objs.items()}
+    assert reader.read("0" * 32) is None and "0" * 32 not in reader
+
+
+def test_an_object_already_packed_is_not_written_again(tmp_path: Path) -> None:
+    objs = blobs(3)
+    for _ in range(2):
+        p = Packs(tmp_path)
+        for digest, data in objs.items():
+            p.add(digest, data)
+        p.close()
+    assert len(files(tmp_path, ".pack")) == 1  # the second build found them all: no pack at all
+
+
+def test_the_pack_of_a_killed_writer_is_read_and_then_indexed(tmp_path: Path) -> None:
+    objs = blobs(20)
+    script = (
+        "import os, sys, pathlib; from pivotbuild.cache.pack import Packs\n"
+        f"p = Packs(pathlib.Path(sys.argv[1])); objs = {objs!r}\n"
+        "for d, b in objs.items(): p.add(d, b)\n"
+        "os._exit(0)  # killed: no index\n"
+    )
+    subprocess.run([sys.executable, "-c", script, str(tmp_path)], check=True)
+    assert files(tmp_path, ".idx") == []
+    reader = Packs(tmp_path)
+    assert {d: reader.read(d) for d in objs} == objs
+    assert len(files(tmp_path, ".idx")) == 1  # its writer is gone: indexed by the reader
+    assert {d: Packs(tmp_path).read(d) for d in objs} == objs
+
+
+def test_a_torn_last_record_loses_only_that_object(tmp_path: Path) -> None:
+    objs = blobs(10)
+    p = Packs(tmp_path)
+    for digest, data in objs.items():
+        p.add(digest, data)
+    p.close()
+    for idx in files(tmp_path, ".idx"):
+        idx.unlink()
+    path = files(tmp_path, ".pack")[0]
+    path.chmod(0o644)
+    os.truncate(path, path.stat().st_size - 3)  # the last record cut short
+    reader = Packs(tmp_path)
+    last = list(objs)[-1]
+    assert last not in reader
+    assert {d: reader.read(d) for d in objs if d != last} == {d: b for d, b in objs.items() if d != last}
+
+
+@pytest.mark.parametrize("damage", ["garbage", "cut short", "a bit flipped"])
+def test_a_damaged_index_is_ignored_and_the_pack_read_instead(tmp_path: Path, damage: str) -> None:
+    objs = blobs(10)
+    p = Packs(tmp_path)
+    for digest, data in objs.items():
+        p.add(digest, data)
+    p.close()
+    idx = files(tmp_path, ".idx")[0]
+    blob = bytearray(idx.read_bytes())
+    if damage == "garbage":
+        blob = bytearray(b"not an index at all")
+    elif damage == "cut short":
+        blob = blob[: len(blob) // 2]
+    else:
+        blob[20] ^= 0x01  # inside an entry: an offset or digest that would mislead
+    idx.write_bytes(bytes(blob))
+    reader = Packs(tmp_path)
+    assert {d: reader.read(d) for d in objs} == objs
+
+
+def test_a_full_disk_mid_record_leaves_the_pack_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    first, second, third = (blobs(1, tag) for tag in "abc")
+    p = Packs(tmp_path)
+    p.add(*next(iter(first.items())))
+    real = pack.write_all
+
+    def half_then_full(fd: int, data: bytes) -> None:
+        real(fd, data[: len(data) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pack, "write_all", half_then_full)
+    with pytest.raises(OSError):
+        p.add(*next(iter(second.items())))
+    monkeypatch.setattr(pack, "write_all", real)
+    p.add(*next(iter(third.items())))
+    p.close()
+    for idx in files(tmp_path, ".idx"):
+        idx.unlink()  # read the pack itself: its records must still run end to end
+    reader = Packs(tmp_path)
+    for objs in (first, third):
+        (digest, data), *_ = objs.items()
+        assert reader.read(digest) == data
+    assert next(iter(second)) not in reader
+
+
+def test_too_many_packs_are_merged_into_one_beside_the_largest(tmp_path: Path) -> None:
+    big = blobs(200, "big")
+    p = Packs(tmp_path)
+    for digest, data in big.items():
+        p.add(digest, data)
+    p.close()
+    small: dict[str, bytes] = {}
+    for build in range(MAX_PACKS):  # the last of them makes one more than MAX_PACKS
+        objs = blobs(2, f"build{build}-")
+        small |= objs
+        p = Packs(tmp_path)
+        for digest, data in objs.items():
+            p.add(digest, data)
+        p.close()
+    assert len(files(tmp_path, ".pack")) == 2  # the clean build's pack, and every later one merged
+    assert len(files(tmp_path, ".idx")) == 2
+    reader = Packs(tmp_path)
+    assert {d: reader.read(d) for d in big | small} == big | small
+
+
+def test_dropping_objects_keeps_the_others(tmp_path: Path) -> None:
+    objs = blobs(30)
+    p = Packs(tmp_path)
+    for digest, data in objs.items():
+        p.add(digest, data)
+    p.close()
+    gone = list(objs)[::3]
+    freed = Packs(tmp_path).drop(gone)
+    assert freed == sum(len(objs[d]) for d in gone)
+    reader = Packs(tmp_path)
+    assert not any(d in reader for d in gone)
+    assert {d: reader.read(d) for d in objs if d not in gone} == {d: b for d, b in objs.items() if d not in gone}
+    Packs(tmp_path).drop(list(objs))
+    assert files(tmp_path, ".pack") == [] and files(tmp_path, ".idx") == []  # nothing left: no pack
+
+
+def test_a_reader_finds_objects_after_another_process_merged_their_pack(tmp_path: Path) -> None:
+    objs = blobs(10)
+    p = Packs(tmp_path)
+    for digest, data in objs.items():
+        p.add(digest, data)
+    p.close()
+    reader = Packs(tmp_path)
+    assert next(iter(objs)) in reader  # it has read the directory
+    other = Packs(tmp_path)
+    other.rewrite([f.name for f in files(tmp_path, ".pack")], drop=frozenset())  # a new pack, the old one gone
+    assert {d: reader.read(d) for d in objs} == objs
+
+
+def test_threads_may_store_at_once(tmp_path: Path) -> None:
+    objs = blobs(400)
+    items = list(objs.items())
+    p = Packs(tmp_path)
+    halves = (items[::2], items[1::2])
+    threads = [threading.Thread(target=lambda part=part: [p.add(d, b) for d, b in part]) for part in halves]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    p.close()
+    reader = Packs(tmp_path)
+    assert {d: reader.read(d) for d in objs} == objs
+
+
+def test_the_cache_packs_small_objects_and_keeps_large_ones_as_files(tmp_path: Path) -> None:
+    cache = Cache(tmp_path / "cache")
+    small = cache.store_bytes(b"three short lines\n" * 3)
+    large_data = os.urandom(PACK_MAX + 1)
+    large = cache.store_bytes(large_data)
+    cache.close()
+    assert not cache.path_of(small).exists() and small in Packs(tmp_path / "cache" / pack.PACKS)
+    assert cache.path_of(large).read_bytes() == large_data
+    with cache.as_file(small) as path:  # what push sends
+        assert path.read_bytes() == b"three short lines\n" * 3
+    assert not path.exists()  # a temporary copy, gone after
+    dest = tmp_path / "ws" / "out.txt"
+    cache.checkout_file(small, dest)
+    assert dest.read_bytes() == b"three short lines\n" * 3 and dest.stat().st_mode & 0o200
+
+
+def test_a_build_killed_after_packing_restores_from_the_pack_it_never_indexed(project: Project) -> None:
+    project.pivotfile(
+        """
+stage a:
+    outs: a.txt
+    run: echo made by a > $@
+stage b:
+    deps: a.txt
+    outs: b.txt
+    run:
+        if [ ! -e killed.once ]; then
+            touch killed.once
+            for i in $(seq 500); do [ -z "$(ls .pivot/cache/packs/ 2>/dev/null)" ] || break; sleep 0.02; done
+            sleep 0.1
+            kill -9 $PPID; sleep 5
+        fi
+        cat $< > $@
+"""
+    )
+    r = project.run("-j1")
+    assert r.code != 0  # pivotbuild itself was killed
+    packs = project.root / ".pivot/cache/packs"
+    assert files(packs, ".pack") and not files(packs, ".idx")  # a's output packed, never indexed
+    (project.root / "a.txt").unlink()
+    r = project.run("--json", "-j1")
+    assert r.code == 0, r.err
+    done = finished(r)
+    assert done["a"][0] == "restored" and done["b"][0] == "ran"
+    assert (project.root / "a.txt").read_text() == "made by a\n"
+    assert (project.root / "b.txt").read_text() == "made by a\n"
+    assert len(files(packs, ".idx")) == len(files(packs, ".pack"))  # and now indexed
