@@ -86,6 +86,7 @@ class RunCache:
         self.notice = notice  # told once about each damaged entry
         self._folders: set[Path] = set()  # folders known to exist
         self._listed: dict[Path, set[str]] = {}  # folder -> the entries in it, once listed
+        self._keyed: dict[Path, set[str]] = {}  # folder -> the stage keys its entries begin with
 
     def _path(self, sid: StageId, fingerprint: str, deps: Sequence[FileRecord]) -> Path:
         return self.cache_dir / entry_rel(stage_key(sid), inputs_key(fingerprint, deps))
@@ -97,14 +98,22 @@ class RunCache:
                 names = set(os.listdir(folder))
             except OSError:  # no such folder yet (or unreadable: then every lookup misses, as before)
                 names = set()
-            self._listed[folder] = names
+            self._keyed[folder] = {n.partition("-")[0] for n in names}
+            self._listed[folder] = names  # (after: `record` adds to both once this is set)
         return names
 
     def lookup(self, sid: StageId, fingerprint: str, deps: Sequence[FileRecord]) -> tuple[FileRecord, ...] | None:
         """The outputs recorded for exactly these inputs, if any.  A damaged
-        entry is reported and removed (so it is reported once)."""
-        path = self._path(sid, fingerprint, deps)
-        if path.name not in self._listing(path.parent):
+        entry is reported and removed (so it is reported once).  A stage
+        with no entry at all (every stage of a first build) costs a hash of
+        its name, not of its inputs."""
+        skey = stage_key(sid)
+        folder = self.cache_dir / folder_rel(skey)
+        self._listing(folder)
+        if skey not in self._keyed[folder]:
+            return None
+        path = folder / f"{skey}-{inputs_key(fingerprint, deps)}"
+        if path.name not in self._listing(folder):
             return None
         try:
             return decode_entry(path.read_bytes())
@@ -127,6 +136,7 @@ class RunCache:
         listed = self._listed.get(path.parent)
         if listed is not None:
             listed.add(path.name)  # (set.add: safe from the storer threads)
+            self._keyed[path.parent].add(path.name.partition("-")[0])
         for _ in range(2):
             try:
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)

@@ -67,6 +67,7 @@ class Cache:
     def __init__(self, directory: Path, on_notice: Callable[[str], None] | None = None) -> None:
         self.dir = directory
         self.objects = directory / OBJECTS
+        self._objects = str(self.objects)  # (a string: `has` is asked for every output a build stores)
         self.packs = Packs(directory / PACKS)
         self.notice = on_notice or (lambda _text: None)
         self._fell_back: set[Mode] = set()
@@ -80,7 +81,7 @@ class Cache:
         return self.objects / digest[:2] / digest[2:]
 
     def has(self, digest: str) -> bool:
-        return digest in self.packs or os.path.isfile(self.path_of(digest))
+        return digest in self.packs or os.path.isfile(f"{self._objects}/{digest[:2]}/{digest[2:]}")
 
     def close(self) -> None:
         """Index the pack this process wrote (see pack.py); a build ends with this."""
@@ -210,8 +211,9 @@ class Cache:
     def store_bytes(self, data: bytes) -> str:
         digest = hash_bytes(data)
         if len(data) <= PACK_MAX:
-            if not self.has(digest):
-                self.packs.add(digest, data)
+            # (Not `has`: a small object is a file of its own only if it was
+            # fetched or hard-linked; packing it too costs a few bytes, once.)
+            self.packs.add(digest, data)
         elif not self.has(digest):
             dest = self.path_of(digest)
             self._ensure_dir(dest.parent)
