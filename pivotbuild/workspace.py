@@ -6,6 +6,7 @@ events; none of them runs a stage.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from pathlib import Path
 
@@ -209,7 +210,7 @@ def commit(engine: Engine, options: BuildOptions) -> tuple[list[str], list[Refus
     outputs = OutputCache(project.root, engine.warn)
     committed: list[str] = []
     refused: list[Refusal] = []
-    with engine.state(project, options) as store:
+    with engine.state(project, options) as store, contextlib.closing(outputs):
         for stage in stages:
             record = store.pending(stage)
             if record is None:

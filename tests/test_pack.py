@@ -249,3 +249,16 @@ stage b:
     assert (project.root / "a.txt").read_text() == "made by a\n"
     assert (project.root / "b.txt").read_text() == "made by a\n"
     assert len(files(packs, ".idx")) == len(files(packs, ".pack"))  # and now indexed
+
+
+def test_commit_indexes_the_pack_it_stores_into(project: Project) -> None:
+    project.pivotfile("X = 1\nstage make:\n    outs: out.txt\n    run: echo made ${X} > $@\n")
+    assert project.run("--no-commit").code == 0
+    packs = project.root / ".pivot/cache/packs"
+    assert files(packs, ".pack") == []  # a --no-commit result is not cached...
+    r = project.run("commit")
+    assert r.code == 0, r.err
+    assert len(files(packs, ".pack")) == 1 and len(files(packs, ".idx")) == 1  # ...until committed
+    (project.root / "out.txt").unlink()
+    assert project.run("checkout").code == 0
+    assert (project.root / "out.txt").read_text() == "made 1\n"

@@ -234,46 +234,56 @@ class Packs:
 
     def rewrite(self, names: list[str], *, drop: frozenset[str]) -> None:
         """Replace packs `names` by one holding their objects less `drop`
-        (none at all if nothing stays).  The new pack and its index exist
-        before the old ones go, so a crash leaves duplicates, never a loss."""
+        (none at all if nothing stays), copied record by record (a pack may
+        be large).  The new pack and its index exist before the old ones go,
+        so a crash leaves duplicates, never a loss."""
         if self._own in names:  # this process's open pack: index it first
             self.close()
-        kept: list[tuple[str, bytes]] = []
-        for name in names:
-            for digest, offset, length in self._entries(name):
-                if digest in drop:
-                    continue
-                try:
-                    kept.append((digest, self._pread(name, offset, length)))
-                except FileNotFoundError:
-                    break  # rewritten by another process meanwhile: its successor holds these
         with self._lock:
             self._close_readers()
-        if kept:
-            self._write_whole(kept)
-        for name in names:
-            for path in (self.dir / (name[: -len(".pack")] + ".idx"), self.dir / name):
+        name = f"{os.getpid()}-{os.urandom(6).hex()}.pack"
+        tmp = self.dir / f".{name}.tmp"
+        out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
+        entries: dict[str, tuple[int, int]] = {}
+        try:
+            write_all(out, _PACK_MAGIC)
+            offset = len(_PACK_MAGIC)
+            for old in names:
+                try:
+                    src = os.open(self.dir / old, os.O_RDONLY | os.O_CLOEXEC)
+                except FileNotFoundError:
+                    continue  # rewritten by another process meanwhile: its successor holds these
+                try:
+                    for digest, start, length in self._entries(old):
+                        if digest in drop or digest in entries:
+                            continue
+                        data = os.pread(src, length, start)
+                        if len(data) != length:
+                            break  # cut short: what follows is lost to every reader alike
+                        write_all(out, _RECORD.pack(bytes.fromhex(digest), length) + data)
+                        entries[digest] = (offset + _RECORD.size, length)
+                        offset += _RECORD.size + length
+                finally:
+                    os.close(src)
+            os.close(out)
+            out = -1
+            if entries:
+                os.replace(tmp, self.dir / name)
+                write_atomic(
+                    self.dir / (name[: -len(".pack")] + ".idx"),
+                    _index_bytes([(d, o, n) for d, (o, n) in entries.items()]),
+                    fsync=False,
+                )
+        finally:
+            if out >= 0:
+                os.close(out)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        for old in names:
+            for path in (self.dir / (old[: -len(".pack")] + ".idx"), self.dir / old):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path)
         self.reload()
-
-    def _write_whole(self, objects: list[tuple[str, bytes]]) -> None:
-        name = f"{os.getpid()}-{os.urandom(6).hex()}.pack"
-        entries: list[tuple[str, int, int]] = []
-        parts = [_PACK_MAGIC]
-        offset = len(_PACK_MAGIC)
-        seen: set[str] = set()
-        for digest, data in objects:
-            if digest in seen:
-                continue
-            seen.add(digest)
-            parts.append(_RECORD.pack(bytes.fromhex(digest), len(data)))
-            parts.append(data)
-            entries.append((digest, offset + _RECORD.size, len(data)))
-            offset += _RECORD.size + len(data)
-        write_atomic(self.dir / name, b"".join(parts), fsync=False)
-        os.chmod(self.dir / name, 0o444)
-        write_atomic(self.dir / (name[: -len(".pack")] + ".idx"), _index_bytes(entries), fsync=False)
 
 
 def _pack_names(directory: Path) -> Iterator[str]:
