@@ -1,8 +1,9 @@
 """Plain helpers shared by the test files: where the repository and the spec's
 example are, the CHAIN pipeline, what a `--json` build reports, the stages' own
-run logs, processes that must go away, a build run in the background to be
-killed, and the Pivotfile language's helpers (stage ids, scripts, the
-compiler's diagnostics).  Fixtures live in conftest.py; runs traced by import
+run logs, the objects of a cache or of a directory remote wherever they live,
+processes that must go away, a build run in the background to be killed, and
+the Pivotfile language's helpers (stage ids, scripts, the compiler's
+diagnostics).  Fixtures live in conftest.py; runs traced by import
 time (which path answered) in tracing.py."""
 
 from __future__ import annotations
@@ -24,9 +25,12 @@ import pytest
 from conftest import PIVOTBUILD, Project, Result, compile_text
 from hypothesis import strategies as st
 
+from pivotbuild.cache.pack import PACKS, Packs
+from pivotbuild.cache.store import OBJECTS
 from pivotbuild.errors import Diagnostic, PivotfileError
 from pivotbuild.model import Pipeline, Stage, StageId
 from pivotbuild.pivotfile.syntax import Module, StageDecl
+from pivotbuild.state.hashing import hash_bytes
 
 REPO = Path(__file__).resolve().parent.parent
 # The complete example of PIVOTFILE.md, and the params file it reads.
@@ -153,6 +157,82 @@ def write(root: Path, rel: str, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(src(text))
     return path
+
+
+# -- cache objects -------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _packs(store: Path) -> Iterator[Packs]:
+    """The packs of `store` as they are now (read afresh: a build may have
+    changed them), their descriptors closed after."""
+    packs = Packs(store / PACKS)
+    try:
+        yield packs
+    finally:
+        packs.close()
+
+
+class StoredObject:
+    """Object `digest` of a cache (or of a directory remote), wherever it lives: a
+    file of its own, `objects/ab/cdef...` (a large object, one a link mode
+    links to, one fetched; every object of a remote), and/or a record in a
+    pack (a small object a build stored).  Tests find and damage objects
+    through this, not by their path, so they meet the layout the product uses."""
+
+    def __init__(self, store: Path, digest: str) -> None:
+        self.store = store
+        self.digest = digest
+        self.path = store / OBJECTS / digest[:2] / digest[2:]  # its file, if it is one
+
+    def __repr__(self) -> str:
+        return f"StoredObject({self.store}, {self.digest})"
+
+    def packed(self) -> bool:
+        with _packs(self.store) as packs:
+            return self.digest in packs
+
+    def exists(self) -> bool:
+        return self.packed() or self.path.is_file()
+
+    def read_bytes(self) -> bytes:
+        """What a reader meets: the packed copy (the cache reads packs first), else the file."""
+        with _packs(self.store) as packs:
+            data = packs.read(self.digest)
+        return data if data is not None else self.path.read_bytes()
+
+    def intact(self) -> bool:
+        """There, and every copy of it holds what its name says."""
+        with _packs(self.store) as packs:
+            copies = [data] if (data := packs.read(self.digest)) is not None else []
+        if self.path.is_file():
+            copies.append(self.path.read_bytes())
+        return bool(copies) and all(hash_bytes(c) == self.digest for c in copies)
+
+    def write_bytes(self, data: bytes) -> None:
+        """Make every copy hold `data`, checked by nothing (damage): a file is made
+        writable and rewritten, a packed copy replaced through the packs' own
+        API.  An object that is nowhere becomes a file (a remote's layout)."""
+        packed = self.packed()
+        if packed:
+            with _packs(self.store) as packs:
+                packs.drop([self.digest])
+                packs.add(self.digest, data)  # (add takes the name on trust)
+        if self.path.is_file():
+            self.path.chmod(0o644)
+        elif packed:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_bytes(data)
+
+
+def cache_digests(store: Path) -> set[str]:
+    """The digests of every object of a cache (or of a directory remote): its
+    files under objects/ and its packed records."""
+    objects = store / OBJECTS
+    files = {f.parent.name + f.name for f in objects.glob("??/*") if f.is_file() and not f.name.startswith(".")}
+    with _packs(store) as packs:
+        return files | set(packs.sizes())
 
 
 # -- processes ---------------------------------------------------------------------------

@@ -14,7 +14,18 @@ from pathlib import Path
 
 import pytest
 from conftest import Project
-from helpers import background_build, events, finished, gone, history, hung_pid, locked, runs, wait_until
+from helpers import (
+    background_build,
+    cache_digests,
+    events,
+    finished,
+    gone,
+    history,
+    hung_pid,
+    locked,
+    runs,
+    wait_until,
+)
 
 from pivotbuild.cache.store import Cache
 from pivotbuild.state.hashing import hash_file
@@ -82,10 +93,10 @@ def _kill_mid_build(project: Project, tmp_path: Path, *, after_a_is_cached: bool
     with background_build(project, tmp_path, "-j1") as proc:
         pid = hung_pid(project)
         deadline = time.monotonic() + 10
-        objects = project.root / ".pivot" / "cache" / "objects"
-        while after_a_is_cached and not list(objects.glob("*/[0-9a-f]*")) and time.monotonic() < deadline:
+        cache = project.root / ".pivot" / "cache"
+        while after_a_is_cached and not cache_digests(cache) and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert not after_a_is_cached or list(objects.glob("*/[0-9a-f]*")), "a's output never reached the cache"
+        assert not after_a_is_cached or cache_digests(cache), "a's output never reached the cache"
         proc.send_signal(signal.SIGKILL)
         assert proc.wait(timeout=10) == -signal.SIGKILL
         wait_until(lambda: gone(pid), 15, f"the stage's sleep ({pid}) to die with pivotbuild")

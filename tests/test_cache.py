@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 from conftest import Project
-from helpers import finished, statuses
+from helpers import StoredObject, cache_digests, finished, statuses
 
+from pivotbuild.cache.pack import PACK_MAX
 from pivotbuild.cache.store import Cache, CorruptObject, Mode
 from pivotbuild.state.hashing import hash_bytes, hash_file
 
@@ -34,13 +35,18 @@ stage tree:
 """
 
 
+# An input that makes out.txt (and tree/copy.txt) too large for a pack: a file
+# of its own under objects/, as tests of what happens to such files need.
+LARGE = "x" * PACK_MAX + "\n"
+
+
 def runs(project: Project) -> int:
     return len((project.root / "count.log").read_text().splitlines())
 
 
-def built(project: Project) -> Project:
+def built(project: Project, text: str = "hello\n") -> Project:
     project.pivotfile(PIPELINE)
-    project.write("in.txt", "hello\n")
+    project.write("in.txt", text)
     r = project.run("--json")
     assert r.code == 0, r.err
     return project
@@ -155,23 +161,26 @@ def test_uncached_outputs_are_never_restored(project: Project) -> None:
 
 def test_a_corrupt_cache_object_is_never_checked_out(project: Project) -> None:
     built(project)
-    obj = Cache(project.root / ".pivot/cache").path_of(hash_file(project.root / "out.txt"))
-    obj.chmod(0o644)
-    obj.write_text("tampered\n")
+    obj = StoredObject(project.root / ".pivot/cache", hash_file(project.root / "out.txt"))
+    obj.write_bytes(b"tampered\n")
     (project.root / "out.txt").unlink()
     r = project.run("--json")
     assert r.code == 0
     assert finished(r.out)["make"][0] == "ran"  # rebuilt, not restored from the bad object
     assert "corrupt" in r.err
     assert (project.root / "out.txt").read_text() == "hello\n1\n"
-    assert hash_file(obj) == hash_file(project.root / "out.txt")  # the rebuild healed the cache
+    assert obj.intact() and obj.digest == hash_file(project.root / "out.txt")  # the rebuild healed the cache
 
 
-def test_storing_never_touches_the_workspace_copy(project: Project) -> None:
-    built(project)
+@pytest.mark.parametrize("text", ["hello\n", LARGE], ids=["packed", "file"])
+def test_storing_never_touches_the_workspace_copy(project: Project, text: str) -> None:
+    built(project, text)
     out = project.root / "out.txt"
-    obj = Cache(project.root / ".pivot/cache").path_of(hash_file(out))
-    assert obj.stat().st_mode & 0o222 == 0  # cache objects are read-only
+    obj = StoredObject(project.root / ".pivot/cache", hash_file(out))
+    small = out.stat().st_size <= PACK_MAX
+    assert obj.packed() == small  # a record in a pack, or (large) a file of its own
+    holders = list((project.root / ".pivot/cache/packs").glob("*.pack")) if small else [obj.path]
+    assert holders and all(h.stat().st_mode & 0o222 == 0 for h in holders)  # cache objects are read-only
     assert out.stat().st_mode & 0o200  # the workspace file is not
 
 
@@ -190,16 +199,17 @@ def test_checkout_modes_and_verification(tmp_path: Path) -> None:
     assert not (tmp_path / "out-copy.txt").is_symlink()
     # A store of a file that changed since it was hashed keeps nothing.
     assert not cache.store_file(src, hash_bytes(b"something else"))
-    bad = cache.path_of(digest)
-    bad.chmod(0o644)
-    bad.write_text("rot\n")
+    cache.close()  # as a build ends
+    bad = StoredObject(cache.dir, digest)  # packed, and a file too since it was linked
+    assert bad.packed() and bad.path.is_file()
+    bad.write_bytes(b"rot\n")
     try:
         cache.checkout_file(digest, tmp_path / "never.txt")
     except CorruptObject:
         pass
     else:
         raise AssertionError("a corrupt object was checked out")
-    assert not bad.exists() and not (tmp_path / "never.txt").exists()
+    assert not bad.exists() and not (tmp_path / "never.txt").exists()  # every copy removed
 
 
 ROLLBACK = """
@@ -245,17 +255,18 @@ def test_an_incremental_output_starts_from_its_recorded_version(project: Project
 def test_gc_deletes_only_what_no_lockfile_needs(project: Project) -> None:
     built(project)
     assert project.run("X=2").code == 0  # the X=1 outputs are now referenced only by the run cache
-    objects = project.root / ".pivot/cache/objects"
-    before = sorted(p.name for p in objects.rglob("*") if p.is_file())
+    cache_dir = project.root / ".pivot/cache"
+    before = cache_digests(cache_dir)
     listed = project.run("gc", "-n")
     assert listed.code == 0
     assert "would delete object" in listed.out
-    assert sorted(p.name for p in objects.rglob("*") if p.is_file()) == before  # -n deletes nothing
+    assert cache_digests(cache_dir) == before  # -n deletes nothing
 
     kept = project.run("gc", "--keep-run-cache")
     assert "0 object(s)" in kept.err  # the run cache still needs them
 
     assert project.run("gc").code == 0
+    assert cache_digests(cache_dir) < before
     assert project.run("verify").code == 0
     (project.root / "out.txt").unlink()
     os.system(f"rm -rf {project.root / 'tree'}")
@@ -286,14 +297,16 @@ def test_checkout_mode_from_the_config(project: Project) -> None:
     assert "use one of copy, reflink, hardlink, symlink" in bad.err
 
 
-def test_in_hardlink_mode_an_edit_cannot_reach_the_cache(project: Project) -> None:
-    built(project)
+@pytest.mark.parametrize("text", ["hello\n", LARGE], ids=["packed", "file"])
+def test_in_hardlink_mode_an_edit_cannot_reach_the_cache(project: Project, text: str) -> None:
+    built(project, text)
     project.write(".pivot/config.toml", '[core]\ncheckout = "hardlink"\n')
-    (project.root / "out.txt").unlink()
-    assert project.run("checkout").code == 0
     out = project.root / "out.txt"
-    obj = Cache(project.root / ".pivot/cache").path_of(hash_file(out))
-    assert os.stat(out).st_ino == os.stat(obj).st_ino
+    want = out.read_text()
+    out.unlink()
+    assert project.run("checkout").code == 0
+    obj = StoredObject(project.root / ".pivot/cache", hash_file(out))
+    assert os.stat(out).st_ino == os.stat(obj.path).st_ino  # (a packed object too gets a file to link)
     # A user's edit is refused: the shared file is read-only (setpriv drops to an
     # ordinary user, since root ignores file permissions).
     project.root.chmod(0o777)
@@ -304,17 +317,27 @@ def test_in_hardlink_mode_an_edit_cannot_reach_the_cache(project: Project) -> No
         check=False,
     )
     assert edit.returncode != 0
-    assert hash_file(obj) == obj.parent.name + obj.name  # the cached object is intact
-    # Even root, who can write through the link, cannot get a bad object checked out.
+    assert obj.intact()  # the cached object is intact
+    # Even root, who can write through the link, cannot get a bad object checked out
+    # (a small object's packed copy stays intact: restoring that is as good as refusing).
+    two_copies = obj.packed()
+    assert two_copies == (len(want) <= PACK_MAX)
     with open(out, "a") as f:
         f.write("root edit\n")
     out.unlink()
     r = project.run("checkout")
-    assert r.code == 1
-    assert not out.exists()
+    assert "Traceback" not in r.err
+    if two_copies:
+        restored = out.exists()
+        assert (r.code, out.read_text() if restored else None) in ((0, want), (1, None)), r
+    else:
+        restored = False
+        assert r.code == 1
+        assert not out.exists()
     rebuilt = finished(project.run("--json").out)
-    assert rebuilt["make"][0] == "ran"  # and the next build heals the cache
-    assert hash_file(obj) == obj.parent.name + obj.name
+    assert rebuilt["make"][0] == ("skipped" if restored else "ran")  # and the next build heals the cache
+    assert out.read_text() == want
+    assert obj.intact()
 
 
 def test_hardlinks_across_filesystems_fall_back_to_copies_and_say_so_once(project: Project) -> None:
@@ -407,17 +430,26 @@ stage log:
     assert os.stat(out).st_ino == os.stat(first).st_ino
 
 
-def test_a_cache_that_cannot_be_written_warns_and_the_build_still_succeeds(project: Project) -> None:
+# A large output goes to objects/, a small one to packs/: each blocked by a file.
+@pytest.mark.parametrize(("blocked", "text"), [("objects", LARGE), ("packs", "x\n")], ids=["objects", "packs"])
+def test_a_cache_that_cannot_be_written_warns_and_the_build_still_succeeds(
+    project: Project, blocked: str, text: str
+) -> None:
     project.pivotfile("stage make:\n    deps: in.txt\n    outs: out.txt\n    run: cat in.txt > $@\n")
-    project.write("in.txt", "x\n")
-    project.write(".pivot/cache/objects", "a file where the cache's objects directory should be\n")
+    project.write("in.txt", text)
+    project.write(f".pivot/cache/{blocked}", "a file where a directory of the cache should be\n")
     r = project.run()
     assert r.code == 0, r.err
     assert "could not store the outputs of make in the cache" in r.err
     assert "recorded, but not cached" in r.err
-    assert (project.root / "out.txt").read_text() == "x\n"
+    assert (project.root / "out.txt").read_text() == text
     again = project.run("--json")  # the result was recorded all the same
     assert again.code == 0 and finished(again.out)["make"] == ("skipped", "up to date")
+    (project.root / "out.txt").unlink()
+    lost = project.run("--json")  # nothing in the cache to restore it from: it runs again
+    assert lost.code == 0, lost.err
+    assert finished(lost.out)["make"][0] == "ran"
+    assert (project.root / "out.txt").read_text() == text
 
 
 def test_storing_a_deferred_output_confirms_it_only_outside_its_racy_window(tmp_path: Path) -> None:
@@ -537,14 +569,16 @@ stage abs:
     assert r.code == 0, r.err
     assert "could not store" not in r.err, r.err
     src = project.root / "in.txt"
-    cache = Cache(project.root / ".pivot/cache")
+    cache_dir = project.root / ".pivot/cache"
     # The source a stage hard-linked as its output is left as it was: writable, not an object.
     assert os.stat(src).st_mode & 0o200
-    assert os.stat(src).st_ino != os.stat(cache.path_of(hash_file(src))).st_ino
+    same = StoredObject(cache_dir, hash_file(src))
+    assert same.intact()
+    assert not same.path.exists() or os.stat(src).st_ino != os.stat(same.path).st_ino
     # Symlinked outputs are stored by content; what they point at is not touched.
-    assert cache.path_of(hash_file(project.root / "rel.txt")).read_text() == "source\n"
-    obj = cache.path_of(hash_file(outside))
-    assert not obj.is_symlink() and obj.read_text() == "elsewhere\n"
+    assert StoredObject(cache_dir, hash_file(project.root / "rel.txt")).read_bytes() == b"source\n"
+    obj = StoredObject(cache_dir, hash_file(outside))
+    assert not obj.path.is_symlink() and obj.read_bytes() == b"elsewhere\n"
     assert os.stat(outside).st_mode & 0o200
 
 
@@ -612,7 +646,10 @@ def test_recording_a_run_twice_keeps_one_whole_entry(tmp_path: Path) -> None:
 
 
 def test_reflink_mode_copies_where_the_filesystem_cannot_and_says_so_once(project: Project) -> None:
-    built(project)  # three files in the cache (out.txt, tree/copy.txt, tree/sub/deep.txt)
+    # Three files in the cache: out.txt and tree/copy.txt (one object, large: a
+    # file of its own, which a checkout would reflink) and tree/sub/deep.txt (a
+    # small one: packed, written from memory, never a reflink).
+    built(project, LARGE)
     project.write(".pivot/config.toml", '[core]\ncheckout = "reflink"\n')
     (project.root / "out.txt").unlink()
     shutil.rmtree(project.root / "tree")
@@ -640,7 +677,7 @@ def test_reflink_mode_is_silent_where_the_filesystem_shares_extents(
     digests = []
     for i in range(3):
         src = tmp_path / f"{i}.txt"
-        src.write_text(f"content {i}\n")
+        src.write_text(f"content {i}\n" * (PACK_MAX // 8))  # too large for a pack: a file to reflink
         digests.append(hash_file(src))
         assert cache.store_file(src, digests[-1])
 
@@ -654,14 +691,14 @@ def test_reflink_mode_is_silent_where_the_filesystem_shares_extents(
     monkeypatch.setattr(copying, "reflink", shared)
     for i, digest in enumerate(digests):
         cache.checkout_file(digest, tmp_path / f"reflinked-{i}.txt", Mode.REFLINK)
-        assert (tmp_path / f"reflinked-{i}.txt").read_text() == f"content {i}\n"
+        assert (tmp_path / f"reflinked-{i}.txt").read_text() == f"content {i}\n" * (PACK_MAX // 8)
     assert len(clones) == 3 and notices == []
 
     monkeypatch.setattr(copying, "reflink", lambda src_fd, dest_fd: False)
     for i, digest in enumerate(digests):
         cache.checkout_file(digest, tmp_path / f"copied-{i}.txt", Mode.REFLINK)
         cache.checkout_file(digest, tmp_path / f"plain-{i}.txt", Mode.COPY)  # copy mode never says it
-        assert (tmp_path / f"copied-{i}.txt").read_text() == f"content {i}\n"
+        assert (tmp_path / f"copied-{i}.txt").read_text() == f"content {i}\n" * (PACK_MAX // 8)
     assert len(notices) == 1 and "cannot reflink" in notices[0]
 
 

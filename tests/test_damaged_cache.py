@@ -7,6 +7,9 @@ build that would restore it (from the lockfile's record or the run cache), and
 by `pull` from a directory remote holding the damaged copy (or into a cache
 holding one).  Every time the damage is reported, the damaged copy removed,
 and the output refetched or rebuilt, never checked out with wrong content.
+The objects damaged are those a build makes: small ones, so records in a
+pack in the cache; a remote holds them as files, and `pull` fetches them as
+files (tests/helpers.py's StoredObject finds them either way).
 docs/reliability.md ("Damaged cache objects") gives the figures.
 """
 
@@ -18,7 +21,7 @@ from pathlib import Path
 
 import pytest
 from conftest import Project
-from helpers import statuses
+from helpers import StoredObject, cache_digests, statuses
 
 from pivotbuild.cache.store import Cache, CorruptObject, MissingObject, Mode
 from pivotbuild.remote import transfer
@@ -47,25 +50,26 @@ WANT = {
 }
 
 
-def _flip(path: Path, other: Path) -> None:
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0x10
-    path.write_bytes(bytes(data))
+def _flip(data: bytes, other: bytes) -> bytes:
+    flipped = bytearray(data)
+    flipped[len(data) // 2] ^= 0x10
+    return bytes(flipped)
 
 
-def _truncate(path: Path, other: Path) -> None:
-    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+def _truncate(data: bytes, other: bytes) -> bytes:
+    return data[: len(data) // 2]
 
 
-def _empty(path: Path, other: Path) -> None:
-    path.write_bytes(b"")
+def _empty(data: bytes, other: bytes) -> bytes:
+    return b""
 
 
-def _swap(path: Path, other: Path) -> None:
-    path.write_bytes(other.read_bytes())
+def _swap(data: bytes, other: bytes) -> bytes:
+    return other
 
 
-DAMAGE: dict[str, Callable[[Path, Path], None]] = {
+# What each kind of damage makes of an object's bytes (and another object's).
+DAMAGE: dict[str, Callable[[bytes, bytes], bytes]] = {
     "bit flip": _flip,
     "truncated": _truncate,
     "emptied": _empty,
@@ -75,25 +79,26 @@ DAMAGE: dict[str, Callable[[Path, Path], None]] = {
 TARGETS = ("file output", "file in a directory", "directory manifest")
 
 
-def objects(cache_dir: Path, root: Path) -> dict[str, Path]:
-    """The objects of the workspace's outputs, by TARGETS name."""
-    cache = Cache(cache_dir)
-    manifest = next(
-        p for p in cache.objects.rglob("*") if p.is_file() and p.read_bytes().startswith((b"f ", b"x ", b"l "))
+def objects(store: Path, root: Path) -> dict[str, StoredObject]:
+    """The objects of the workspace's outputs in a cache or a remote, by TARGETS name."""
+    (manifest,) = (
+        d for d in cache_digests(store) if StoredObject(store, d).read_bytes().startswith((b"f ", b"x ", b"l "))
     )
-    return {
-        "file output": cache.path_of(hash_file(root / "out.txt")),
-        "file in a directory": cache.path_of(hash_file(root / "tree/sub/deep.txt")),
-        "directory manifest": manifest,
+    objs = {
+        "file output": StoredObject(store, hash_file(root / "out.txt")),
+        "file in a directory": StoredObject(store, hash_file(root / "tree/sub/deep.txt")),
+        "directory manifest": StoredObject(store, manifest),
     }
+    assert all(obj.exists() for obj in objs.values()), objs
+    return objs
 
 
-def damage(objs: dict[str, Path], target: str, how: str) -> Path:
-    path = objs[target]
+def damage(objs: dict[str, StoredObject], target: str, how: str) -> StoredObject:
+    obj = objs[target]
     other = objs["file in a directory" if target == "file output" else "file output"]
-    path.chmod(0o644)
-    DAMAGE[how](path, other)
-    return path
+    obj.write_bytes(DAMAGE[how](obj.read_bytes(), other.read_bytes()))
+    assert not obj.intact()
+    return obj
 
 
 def assert_good(root: Path) -> None:
@@ -113,8 +118,8 @@ def remove_outputs(root: Path) -> None:
     shutil.rmtree(root / "tree", ignore_errors=True)
 
 
-def healed(objs: dict[str, Path]) -> bool:
-    return all(p.is_file() and hash_file(p) == p.parent.name + p.name for p in objs.values())
+def healed(objs: dict[str, StoredObject]) -> bool:
+    return all(obj.intact() for obj in objs.values())
 
 
 # Through the real command, each operation meets each target once, the kinds of
@@ -129,6 +134,7 @@ def built(project: Project) -> Project:
     project.pivotfile(PIPELINE)
     assert project.run().code == 0
     assert_good(project.root)
+    assert all(obj.packed() for obj in objects(project.root / ".pivot/cache", project.root).values())
     return project
 
 
@@ -139,7 +145,7 @@ def test_checkout_never_checks_out_a_damaged_object(built: Project, target: str,
     remove_outputs(built.root)
     r = built.run("checkout")
     assert r.code == 1
-    assert "corrupt" in r.err and bad.parent.name + bad.name in r.err  # reported, naming the object
+    assert "corrupt" in r.err and bad.digest in r.err  # reported, naming the object
     assert not bad.exists()  # removed
     assert_never_wrong(built.root)
     b = built.run("--json")  # the next build rebuilds what checkout could not restore, and heals the cache
@@ -196,10 +202,11 @@ def two_clones(tmp_path: Path) -> tuple[Project, Project, Path]:
 def test_pull_never_checks_out_an_object_damaged_on_the_remote(tmp_path: Path, target: str, how: str) -> None:
     one, two, share = two_clones(tmp_path)
     remote_objs = objects(share, one.root)
+    assert all(obj.path.is_file() and not obj.packed() for obj in remote_objs.values())  # a remote holds files
     bad = damage(remote_objs, target, how)
     r = two.run("pull")
     assert r.code == 1
-    assert "corrupt" in r.err and bad.parent.name + bad.name in r.err
+    assert "corrupt" in r.err and bad.digest in r.err
     assert not bad.exists()  # removed from the remote, so that a push can replace it
     assert_never_wrong(two.root)
     b = two.run("--json")  # rebuilt where it could not be fetched
@@ -218,7 +225,7 @@ def test_pull_refetches_an_object_damaged_in_the_local_cache(tmp_path: Path, tar
     remove_outputs(two.root)
     r = two.run("pull")
     assert r.code == 0, r.err
-    assert "corrupt" in r.err and bad.parent.name + bad.name in r.err
+    assert "corrupt" in r.err and bad.digest in r.err
     assert_good(two.root)  # fetched again, then checked out
     assert healed(local_objs)
 
@@ -237,7 +244,17 @@ def stored(tmp_path: Path) -> tuple[Cache, FileRecord, FileRecord, Path]:
     cache = Cache(tmp_path / "cache")
     entries = [ManifestEntry(rel, kind, cache.ingest(str(ws / "tree" / rel))) for rel, kind, _ in walk_dir(ws / "tree")]
     tree = FileRecord("tree", DIR, cache.store_bytes(manifest_bytes(entries)))
-    return cache, FileRecord("out.txt", FILE, cache.ingest(str(ws / "out.txt"))), tree, ws
+    out = FileRecord("out.txt", FILE, cache.ingest(str(ws / "out.txt")))
+    cache.close()  # as a build ends: what it stored is indexed
+    assert all(obj.packed() for obj in objects(cache.dir, ws).values())
+    return cache, out, tree, ws
+
+
+def share_of(cache: Cache, share: Path) -> None:
+    """Make `share` a directory remote holding every object of `cache` (as files:
+    a remote's layout)."""
+    for digest in cache_digests(cache.dir):
+        StoredObject(share, digest).write_bytes(StoredObject(cache.dir, digest).read_bytes())
 
 
 @pytest.mark.parametrize("mode", list(Mode))
@@ -258,7 +275,7 @@ def test_no_checkout_mode_checks_out_a_damaged_object(tmp_path: Path, target: st
             failed.append(str(exc))
         except MissingObject:  # removed by the first checkout that found it corrupt (both outputs hold it)
             pass
-    assert failed and set(failed) <= {bad.parent.name + bad.name}  # reported, naming the object
+    assert failed and set(failed) <= {bad.digest}  # reported, naming the object
     assert not bad.exists()  # removed
     assert_never_wrong(dest)
 
@@ -268,15 +285,14 @@ def test_no_checkout_mode_checks_out_a_damaged_object(tmp_path: Path, target: st
 def test_fetch_keeps_no_damaged_object_and_drops_it_from_the_remote(tmp_path: Path, target: str, how: str) -> None:
     cache, out, tree, ws = stored(tmp_path)
     share = tmp_path / "share"
-    shutil.copytree(cache.objects, share / "objects")
+    share_of(cache, share)
     bad = damage(objects(share, ws), target, how)
     local = Cache(tmp_path / "clone-cache")
     report = transfer.fetch(local, DirectoryRemote(share), [out, tree], [])
-    digest = bad.parent.name + bad.name
-    assert any(digest in p and "corrupt" in p for p in report.problems)
-    assert not local.has(digest) and not bad.exists()  # not kept, and removed from the remote
-    for obj in filter(Path.is_file, local.objects.rglob("*")):
-        assert hash_file(obj) == obj.parent.name + obj.name  # what was kept is intact
+    assert any(bad.digest in p and "corrupt" in p for p in report.problems)
+    assert not local.has(bad.digest) and not bad.exists()  # not kept, and removed from the remote
+    kept = cache_digests(local.dir)
+    assert kept and all(StoredObject(local.dir, d).intact() for d in kept)  # what was kept is intact
 
 
 @pytest.mark.parametrize("how", KINDS)
@@ -284,9 +300,9 @@ def test_fetch_keeps_no_damaged_object_and_drops_it_from_the_remote(tmp_path: Pa
 def test_fetch_replaces_a_damaged_local_copy_of_what_checkout_needs(tmp_path: Path, target: str, how: str) -> None:
     cache, out, tree, ws = stored(tmp_path)
     share = tmp_path / "share"
-    shutil.copytree(cache.objects, share / "objects")
+    share_of(cache, share)
     bad = damage(objects(cache.dir, ws), target, how)
     report = transfer.fetch(cache, DirectoryRemote(share), [out, tree], [], check=[out, tree])
-    assert any(bad.parent.name + bad.name in n and "corrupt" in n for n in report.notes)
+    assert any(bad.digest in n and "corrupt" in n for n in report.notes)
     assert report.problems == []
     assert healed(objects(cache.dir, ws))

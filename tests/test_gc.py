@@ -12,16 +12,14 @@ import time
 from pathlib import Path
 
 from conftest import Project
-from helpers import background_build, hung_pid
+from helpers import StoredObject, background_build, cache_digests, hung_pid
 
-from pivotbuild.cache.store import Cache
 from pivotbuild.state.hashing import hash_file
 
 
 def objects(p: Project) -> set[str]:
-    """The digests of the objects in the project's cache."""
-    root = p.root / ".pivot/cache/objects"
-    return {f.parent.name + f.name for f in root.rglob("*") if f.is_file()} if root.is_dir() else set()
+    """The digests of the objects in the project's cache (files and packed)."""
+    return cache_digests(p.root / ".pivot/cache")
 
 
 # b hangs the first time only (its sleep's pid in b.pid, as hung_pid expects).
@@ -115,11 +113,10 @@ stage tree:
 def test_gc_deletes_nothing_when_a_recorded_manifest_is_corrupt(project: Project) -> None:
     project.pivotfile(TREE)
     assert project.run().code == 0
-    cache = Cache(project.root / ".pivot/cache")
+    cache_dir = project.root / ".pivot/cache"
     before = objects(project)
-    manifest = next(d for d in before if cache.path_of(d).read_bytes().startswith(b"f "))
-    cache.path_of(manifest).chmod(0o644)
-    cache.path_of(manifest).write_text("rot\n")
+    (manifest,) = (d for d in before if StoredObject(cache_dir, d).read_bytes().startswith(b"f "))
+    StoredObject(cache_dir, manifest).write_bytes(b"rot\n")
     r = project.run("gc")
     assert r.code == 1, r.err
     assert "Traceback" not in r.err

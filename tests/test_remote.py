@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from conftest import PIVOTBUILD, Project
-from helpers import REMOTE_PIPELINE, fresh_clone, statuses
+from helpers import REMOTE_PIPELINE, StoredObject, cache_digests, fresh_clone, statuses
 
 from pivotbuild.cache.store import Cache
 from pivotbuild.remote.config import ConfigError, toml_string
@@ -96,7 +96,7 @@ def test_a_corrupt_object_on_the_remote_is_reported_and_not_kept(tmp_path: Path)
     fetched = two.run("fetch")
     assert fetched.code == 1
     assert "corrupt" in fetched.err
-    assert not (two.root / ".pivot/cache/objects" / digest[:2] / digest[2:]).exists()
+    assert not StoredObject(two.root / ".pivot/cache", digest).exists()
     build = two.run("--json")  # the stage whose object was bad is rebuilt
     assert statuses(build.out)["a"] == "ran"
     assert build.code == 0
@@ -259,15 +259,13 @@ def test_fetch_refetches_a_corrupt_local_directory_manifest(tmp_path: Path) -> N
     two = fresh_clone(one, tmp_path)
     assert two.run("fetch").code == 0
     cache = Cache(two.root / ".pivot/cache")
-    manifest = next(
-        p for p in (two.root / ".pivot/cache/objects").rglob("*") if p.is_file() and p.read_bytes().startswith(b"f ")
-    )
-    manifest.chmod(0o644)
-    manifest.write_text("rot\n")
+    objs = [StoredObject(cache.dir, d) for d in cache_digests(cache.dir)]
+    (manifest,) = (obj for obj in objs if obj.read_bytes().startswith(b"f "))
+    manifest.write_bytes(b"rot\n")
     r = two.run("fetch")
     assert r.code == 0, r.err
-    assert hash_file(manifest) == manifest.parent.name + manifest.name  # healed from the remote
-    assert cache.read_manifest(manifest.parent.name + manifest.name)
+    assert manifest.intact()  # healed from the remote
+    assert cache.read_manifest(manifest.digest)
     assert two.run("checkout").code == 0
     assert (two.root / "tree/sub/copy.txt").read_text() == "data\n"
 
@@ -294,9 +292,7 @@ def test_pull_then_build_with_an_uncached_output(tmp_path: Path) -> None:
 
 def test_push_holds_back_run_cache_entries_whose_objects_failed_to_send(tmp_path: Path) -> None:
     one, share = first_clone(tmp_path)
-    obj = Cache(one.root / ".pivot/cache").path_of(hash_file(one.root / "a.txt"))
-    obj.chmod(0o644)
-    obj.write_text("rot\n")
+    StoredObject(one.root / ".pivot/cache", hash_file(one.root / "a.txt")).write_bytes(b"rot\n")
     r = one.run("push")
     assert r.code == 1
     assert "corrupt" in r.err
