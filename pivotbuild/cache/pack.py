@@ -289,7 +289,7 @@ class Packs:
 def _pack_names(directory: Path) -> Iterator[str]:
     try:
         names = os.listdir(directory)
-    except FileNotFoundError:
+    except OSError:  # none yet; or something else where the directory should be (storing then warns)
         return
     for name in names:
         if name.endswith(".pack") and not name.startswith("."):

@@ -409,10 +409,12 @@ class Cache:
                 shutil.rmtree(staging, ignore_errors=True)
 
     def _loosen(self, digest: str, data: bytes) -> None:
-        """Make packed object `digest` a file of its own too (for links to it)."""
+        """Make packed object `digest` a file of its own too (for links to it),
+        unless it is one already and intact: a link lets an edit reach it."""
         dest = self.path_of(digest)
-        if os.path.isfile(dest):
-            return
+        with contextlib.suppress(OSError):
+            if hash_file(dest) == digest:
+                return
         self._ensure_dir(dest.parent)
         tmp = self._tmp_name(dest)
         try:
