@@ -262,3 +262,35 @@ def test_commit_indexes_the_pack_it_stores_into(project: Project) -> None:
     (project.root / "out.txt").unlink()
     assert project.run("checkout").code == 0
     assert (project.root / "out.txt").read_text() == "made 1\n"
+
+
+def test_pull_packs_small_objects_and_keeps_large_ones_as_files(tmp_path: Path) -> None:
+    share = tmp_path / "share"
+    share.mkdir()
+    one = Project(tmp_path / "one")
+    (one.root / ".pivot").mkdir(parents=True)
+    one.pivotfile(
+        """
+stage small:
+    outs: s.txt
+    run: echo small > $@
+stage large:
+    outs: l.bin
+    run: head -c 70000 /dev/zero > $@
+"""
+    )
+    assert one.run().code == 0
+    assert one.run("remote", "add", "--default", "team", str(share)).code == 0
+    assert one.run("push").code == 0
+    assert len(list((share / "objects").glob("*/*"))) == 2  # a remote keeps a file per object
+    two = Project(tmp_path / "two")
+    (two.root / ".pivot").mkdir(parents=True)
+    for rel in ("Pivotfile", "Pivotfile.lock", ".pivot/config.toml"):
+        (two.root / rel).write_bytes((one.root / rel).read_bytes())
+    r = two.run("pull")
+    assert r.code == 0, r.err
+    assert (two.root / "s.txt").read_text() == "small\n" and (two.root / "l.bin").stat().st_size == 70000
+    cache = two.root / ".pivot/cache"
+    assert [p.name for p in (cache / "objects").glob("*/*")] == [hash_bytes(bytes(70000))[2:]]  # only the large one
+    assert len(files(cache / "packs", ".pack")) == 1 and len(files(cache / "packs", ".idx")) == 1  # the small, indexed
+    assert set(finished(two.run("--json").out).values()) == {("skipped", "up to date")}

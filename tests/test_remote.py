@@ -329,13 +329,15 @@ def test_an_unwritable_cache_stops_fetch_with_a_message(tmp_path: Path) -> None:
     assert one.run("push").code == 0
     two = fresh_clone(one, tmp_path)
     (two.root / ".pivot/cache").mkdir()
-    (two.root / ".pivot/cache/objects").write_text("not a directory\n")
+    for where in ("objects", "packs"):  # (small objects are packed: both must be blocked)
+        (two.root / ".pivot/cache" / where).write_text("not a directory\n")
     for command in ("fetch", "pull"):
         r = two.run(command)
         assert r.code == 1, r.err
         assert "internal error" not in r.err
         assert "pivotbuild: cannot fetch object" in r.err
-    (two.root / ".pivot/cache/objects").unlink()
+    for where in ("objects", "packs"):
+        (two.root / ".pivot/cache" / where).unlink()
     assert two.run("pull").code == 0
     build = two.run("--json")
     assert set(statuses(build.out).values()) == {"skipped"}

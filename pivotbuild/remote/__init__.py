@@ -1,6 +1,6 @@
 """Remotes: where cache objects and run-cache entries go to be shared.
 
-A remote is anything with the four operations of `Remote`, addressed by
+A remote is anything with the operations of `Remote`, addressed by
 paths in the cache's own layout (`objects/ab/cdef...`, `runs/<ab>/<stage>-<inputs>`).
 `DirectoryRemote` is the first; an object-store backend implements the same
 Protocol and nothing that calls it changes.
@@ -17,6 +17,10 @@ class Remote(Protocol):
         """Whether the remote holds the file `rel`."""
         ...
 
+    def size(self, rel: str) -> int | None:
+        """The size of the file `rel`, or None if the remote does not hold it."""
+        ...
+
     def list_dir(self, rel: str) -> list[str]:
         """Names in the remote directory `rel` (empty if there is none)."""
         ...
@@ -27,6 +31,10 @@ class Remote(Protocol):
 
     def get(self, rel: str, dest: Path) -> None:
         """Download `rel` to the local path `dest`."""
+        ...
+
+    def read(self, rel: str) -> bytes:
+        """The whole of the file `rel` (a small one: see `size`)."""
         ...
 
     def remove(self, rel: str) -> None:

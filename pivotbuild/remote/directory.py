@@ -13,6 +13,7 @@ import contextlib
 import errno
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 
@@ -23,6 +24,13 @@ class DirectoryRemote:
 
     def exists(self, rel: str) -> bool:
         return (self.dir / rel).is_file()
+
+    def size(self, rel: str) -> int | None:
+        try:
+            st = os.stat(self.dir / rel)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return st.st_size if stat.S_ISREG(st.st_mode) else None
 
     def list_dir(self, rel: str) -> list[str]:
         try:
@@ -37,6 +45,9 @@ class DirectoryRemote:
 
     def get(self, rel: str, dest: Path) -> None:
         _copy_atomically(self.dir / rel, dest)
+
+    def read(self, rel: str) -> bytes:
+        return (self.dir / rel).read_bytes()
 
     def remove(self, rel: str) -> None:
         with contextlib.suppress(FileNotFoundError):

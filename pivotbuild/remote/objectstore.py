@@ -74,6 +74,15 @@ class ObjectStoreRemote:
                 return False
         return True
 
+    def size(self, rel: str) -> int | None:
+        import obstore
+
+        with self._errors(f"look up {rel}"):
+            try:
+                return int(obstore.head(self.store, rel)["size"])
+            except FileNotFoundError:
+                return None
+
     def list_dir(self, rel: str) -> list[str]:
         import obstore
 
@@ -93,6 +102,12 @@ class ObjectStoreRemote:
         with self._errors(f"download {rel}"), open(dest, "wb") as out:
             for chunk in obstore.get(self.store, rel):
                 out.write(chunk)
+
+    def read(self, rel: str) -> bytes:
+        import obstore
+
+        with self._errors(f"download {rel}"):
+            return bytes(obstore.get(self.store, rel).bytes())
 
     def remove(self, rel: str) -> None:
         import obstore

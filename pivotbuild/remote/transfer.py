@@ -20,12 +20,13 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from pivotbuild.cache.pack import PACK_MAX
 from pivotbuild.cache.runcache import decode_entry, folder_rel, of_stage, stage_key
 from pivotbuild.cache.store import OBJECTS, Cache, CorruptObject, MissingObject
 from pivotbuild.errors import PivotError
 from pivotbuild.model import StageId
 from pivotbuild.remote import Remote
-from pivotbuild.state.hashing import hash_file
+from pivotbuild.state.hashing import hash_bytes, hash_file
 from pivotbuild.state.kinds import DIR
 from pivotbuild.state.records import FileRecord
 from pivotbuild.structs import field, struct
@@ -244,7 +245,11 @@ def fetch(
             wanted.add(rec.hash)
     to_get = [d for d in sorted(wanted) if not cache.has(d) or (d in suspect and not _intact(cache, d, report))]
     report.already = len(wanted) - len(to_get)
-    _parallel(jobs, (_receive(cache, remote, d, report) for d in to_get), progress)
+    try:
+        _parallel(jobs, (_receive(cache, remote, d, report) for d in to_get), progress)
+    finally:
+        with _io("cannot index the objects fetched into the cache"):
+            cache.close()
     return report
 
 
@@ -252,8 +257,17 @@ def _receive(cache: Cache, remote: Remote, digest: str, report: Report) -> Calla
     def task() -> None:
         rel = object_rel(digest)
         with _io(f"cannot fetch object {digest} from the remote"):
-            if not remote.exists(rel):
+            size = remote.size(rel)
+            if size is None:
                 report.problems.append(f"object {digest} is not on the remote; push it from a cache that has it")
+                return
+            if size <= PACK_MAX:  # packed, as a build packs it: no file of its own to create
+                data = remote.read(rel)
+                if hash_bytes(data) != digest:
+                    report.problems.append(f"object {digest} on the remote is corrupt; {_drop(remote, rel)}")
+                    return
+                cache.store_bytes(data)
+                report.count_moved(digest)
                 return
             dest = cache.path_of(digest)
             fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=_mkdir(dest.parent))
