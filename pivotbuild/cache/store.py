@@ -19,7 +19,7 @@ import os
 import shutil
 import stat
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
 
@@ -254,7 +254,7 @@ class Cache:
 
     def verify(self, digest: str) -> None:
         """Raise MissingObject, or CorruptObject (after removing it)."""
-        if self._packed(digest) is not None:
+        if self.packed(digest) is not None:
             return
         try:
             actual = hash_file(self.path_of(digest))
@@ -267,7 +267,7 @@ class Cache:
     def read(self, digest: str) -> bytes:
         """The bytes of a small object (a manifest, a symlink's target), verified:
         MissingObject, or CorruptObject (after removing it)."""
-        data = self._packed(digest)
+        data = self.packed(digest)
         if data is not None:
             return data
         try:
@@ -279,7 +279,7 @@ class Cache:
             raise CorruptObject(digest)
         return data
 
-    def _packed(self, digest: str) -> bytes | None:
+    def packed(self, digest: str) -> bytes | None:
         """The object's bytes if a pack holds it, verified (CorruptObject after
         removing it, if they are not what they are named); None if no pack does."""
         data = self.packs.read(digest)
@@ -287,24 +287,6 @@ class Cache:
             self.remove(digest)
             raise CorruptObject(digest)
         return data
-
-    @contextlib.contextmanager
-    def as_file(self, digest: str) -> Iterator[Path]:
-        """A file holding object `digest` (verified), for as long as the `with`
-        lasts: the object's own, or a temporary copy of a packed one."""
-        data = self._packed(digest)
-        if data is None:
-            self.verify(digest)
-            yield self.path_of(digest)
-            return
-        self._ensure_dir(self.objects)
-        tmp = self._tmp_name(self.objects / "x")
-        try:
-            write_new(tmp, data)
-            yield Path(tmp)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
 
     def read_manifest(self, digest: str) -> list[ManifestEntry]:
         """The entries of a directory's manifest; MissingObject, or CorruptObject
@@ -339,7 +321,7 @@ class Cache:
         `executable`, less the umask.  In a link mode the file is the object
         itself (read-only), except an executable one: that is a read-only copy,
         because a link would share the object's mode, which has no execute bit."""
-        data = self._packed(digest)
+        data = self.packed(digest)
         if data is None:
             self.verify(digest)
         src = self.path_of(digest)

@@ -29,6 +29,10 @@ class Remote(Protocol):
         """Upload `src` as `rel`, atomically: never a partial `rel`."""
         ...
 
+    def write(self, rel: str, data: bytes) -> None:
+        """Upload `data` as `rel`, atomically (a small object: see `put`)."""
+        ...
+
     def get(self, rel: str, dest: Path) -> None:
         """Download `rel` to the local path `dest`."""
         ...

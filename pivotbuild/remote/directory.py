@@ -15,7 +15,9 @@ import os
 import shutil
 import stat
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 
 class DirectoryRemote:
@@ -43,6 +45,11 @@ class DirectoryRemote:
             raise FileNotFoundError(errno.ENOENT, "the remote directory is gone", str(self.dir))
         _copy_atomically(src, self.dir / rel)
 
+    def write(self, rel: str, data: bytes) -> None:
+        if not self.dir.is_dir():
+            raise FileNotFoundError(errno.ENOENT, "the remote directory is gone", str(self.dir))
+        _write_atomically(self.dir / rel, lambda out: out.write(data))
+
     def get(self, rel: str, dest: Path) -> None:
         _copy_atomically(self.dir / rel, dest)
 
@@ -55,11 +62,18 @@ class DirectoryRemote:
 
 
 def _copy_atomically(src: Path, dest: Path) -> None:
+    with open(src, "rb") as inp:
+        _write_atomically(dest, lambda out: shutil.copyfileobj(inp, out, 1 << 20))
+
+
+def _write_atomically(dest: Path, fill: Callable[[BinaryIO], object]) -> None:
+    """Create `dest` whole or not at all: `fill` writes a temporary file
+    beside it, which is flushed to disk, made read-only and renamed."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=dest.parent)
     try:
-        with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
-            shutil.copyfileobj(inp, out, 1 << 20)
+        with os.fdopen(fd, "wb") as out:
+            fill(out)
             out.flush()
             os.fsync(out.fileno())
         os.chmod(tmp, 0o444)

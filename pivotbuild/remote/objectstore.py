@@ -96,6 +96,12 @@ class ObjectStoreRemote:
         with self._errors(f"upload {rel}"):
             obstore.put(self.store, rel, src)
 
+    def write(self, rel: str, data: bytes) -> None:
+        import obstore
+
+        with self._errors(f"upload {rel}"):
+            obstore.put(self.store, rel, data)
+
     def get(self, rel: str, dest: Path) -> None:
         import obstore
 

@@ -156,8 +156,14 @@ def push(
     def send(digest: str) -> Callable[[], None]:
         def task() -> None:
             try:
-                with _io(f"cannot send object {digest} to the remote"), cache.as_file(digest) as path:
-                    remote.put(path, object_rel(digest))  # (as_file verified it)
+                data = cache.packed(digest)
+                if data is None:
+                    cache.verify(digest)
+                with _io(f"cannot send object {digest} to the remote"):
+                    if data is not None:
+                        remote.write(object_rel(digest), data)
+                    else:
+                        remote.put(cache.path_of(digest), object_rel(digest))
             except (MissingObject, CorruptObject) as exc:
                 state = "corrupt" if isinstance(exc, CorruptObject) else "missing"
                 report.problems.append(f"object {digest} is {state} in the local cache; rebuild to heal it")
