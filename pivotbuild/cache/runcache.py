@@ -17,6 +17,7 @@ without a word, and is replaced when the stage is recorded.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Callable, Iterable, Sequence
@@ -85,21 +86,31 @@ class RunCache:
         self.cache_dir = cache_dir
         self.notice = notice  # told once about each damaged entry
         self._folders: set[Path] = set()  # folders known to exist
-        self._listed: dict[Path, set[str]] = {}  # folder -> the entries in it, once listed
-        self._keyed: dict[Path, set[str]] = {}  # folder -> the stage keys its entries begin with
+        self._runs = f"{cache_dir}/{RUNS}"
+        self._shards: set[str] | None = None  # the folders under runs/, once listed
+        self._listed: dict[str, set[str]] = {}  # folder name -> the entries in it, once listed
+        self._keyed: dict[str, set[str]] = {}  # folder name -> the stage keys its entries begin with
 
     def _path(self, sid: StageId, fingerprint: str, deps: Sequence[FileRecord]) -> Path:
         return self.cache_dir / entry_rel(stage_key(sid), inputs_key(fingerprint, deps))
 
-    def _listing(self, folder: Path) -> set[str]:
-        names = self._listed.get(folder)
+    def _listing(self, shard: str) -> set[str]:
+        """The entries in folder `shard` (`runs/<shard>`), listed once; runs/
+        itself is listed once too, so a folder that does not exist (most of
+        them, in a first build) costs no system call."""
+        names = self._listed.get(shard)
         if names is None:
-            try:
-                names = set(os.listdir(folder))
-            except OSError:  # no such folder yet (or unreadable: then every lookup misses, as before)
-                names = set()
-            self._keyed[folder] = {n.partition("-")[0] for n in names}
-            self._listed[folder] = names  # (after: `record` adds to both once this is set)
+            if self._shards is None:
+                try:
+                    self._shards = set(os.listdir(self._runs))
+                except OSError:  # none yet (or unreadable: then every lookup misses, as before)
+                    self._shards = set()
+            names = set()
+            if shard in self._shards:
+                with contextlib.suppress(OSError):
+                    names = set(os.listdir(f"{self._runs}/{shard}"))
+            self._keyed[shard] = {n.partition("-")[0] for n in names}
+            self._listed[shard] = names  # (after: `record` adds to both once this is set)
         return names
 
     def lookup(self, sid: StageId, fingerprint: str, deps: Sequence[FileRecord]) -> tuple[FileRecord, ...] | None:
@@ -108,20 +119,21 @@ class RunCache:
         with no entry at all (every stage of a first build) costs a hash of
         its name, not of its inputs."""
         skey = stage_key(sid)
-        folder = self.cache_dir / folder_rel(skey)
-        self._listing(folder)
-        if skey not in self._keyed[folder]:
+        shard = skey[:2]
+        self._listing(shard)
+        if skey not in self._keyed[shard]:
             return None
-        path = folder / f"{skey}-{inputs_key(fingerprint, deps)}"
-        if path.name not in self._listing(folder):
+        name = f"{skey}-{inputs_key(fingerprint, deps)}"
+        if name not in self._listing(shard):
             return None
+        path = self.cache_dir / folder_rel(skey) / name
         try:
             return decode_entry(path.read_bytes())
         except (OSError, framing.OtherVersion):
             return None  # an entry of another version is replaced when the stage is recorded
         except ValueError as exc:
             path.unlink(missing_ok=True)
-            self._listing(path.parent).discard(path.name)
+            self._listing(shard).discard(name)
             if self.notice is not None:
                 shown = path.relative_to(self.cache_dir.parent.parent).as_posix()
                 self.notice(f"{shown} (a run-cache entry of {sid.label()}): {exc}; removed it")
@@ -133,10 +145,10 @@ class RunCache:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._folders.add(path.parent)
         blob = encode_entry(outs)
-        listed = self._listed.get(path.parent)
+        listed = self._listed.get(path.parent.name)
         if listed is not None:
             listed.add(path.name)  # (set.add: safe from the storer threads)
-            self._keyed[path.parent].add(path.name.partition("-")[0])
+            self._keyed[path.parent.name].add(path.name.partition("-")[0])
         for _ in range(2):
             try:
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
