@@ -49,8 +49,8 @@ class LocalExecutor:
         self.cancelled = cancel
         self.store = store
         self.environ = dict(os.environ)  # copied once, not per stage
-        self.lifeline = Lifeline()  # kills the running stages if pivotbuild is killed
         self.starter = Starter()  # posix_spawn where it starts what Popen would (spawn.py)
+        self.lifeline = Lifeline(self.starter)  # kills the running stages if pivotbuild is killed
         self.started = 0  # numbers a retry's event, as the build numbers starts
         self.running: dict[Job, Process] = {}  # each running stage's current attempt
         self._killing = False

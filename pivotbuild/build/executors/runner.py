@@ -23,7 +23,7 @@ from typing import Any
 
 from pivotbuild.build.executors.lifeline import Lifeline
 from pivotbuild.build.executors.poller import Poller
-from pivotbuild.build.executors.spawn import Starter
+from pivotbuild.build.executors.spawn import Starter, devnull
 from pivotbuild.structs import struct
 
 TAIL_LINES = 20
@@ -101,23 +101,6 @@ def run(spec: RunSpec, on_line: OnLine, cancel: threading.Event, lifeline: Lifel
     return ended[0]
 
 
-class _DevNull:
-    """/dev/null, opened once for every stage's stdin (subprocess.DEVNULL opens
-    it for each)."""
-
-    def __init__(self) -> None:
-        self._fd: int | None = None
-        self._lock = threading.Lock()
-
-    def fd(self) -> int:
-        if self._fd is None:
-            with self._lock:
-                if self._fd is None:
-                    self._fd = os.open(os.devnull, os.O_RDWR)
-        return self._fd
-
-
-_DEVNULL = _DevNull()
 _POPEN = Starter(spawn=False)
 
 
@@ -179,7 +162,7 @@ class Process:
         err_r, err_w = os.pipe()
         try:
             self.proc = (starter or _POPEN).start(
-                spec.argv, spec.cwd, spec.env, stdin=_DEVNULL.fd(), stdout=out_w, stderr=err_w
+                spec.argv, spec.cwd, spec.env, stdin=devnull(), stdout=out_w, stderr=err_w
             )
         except BaseException as exc:
             os.close(out_r)

@@ -37,11 +37,34 @@ from __future__ import annotations
 import errno
 import os
 import signal
-import subprocess
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import subprocess
+
 _DEFAULTS = tuple(getattr(signal, name) for name in ("SIGPIPE", "SIGXFSZ") if hasattr(signal, name))
+
+
+class _DevNull:
+    """/dev/null, opened once for every stage's stdin (subprocess.DEVNULL opens
+    it for each)."""
+
+    def __init__(self) -> None:
+        self._fd: int | None = None
+        self._lock = threading.Lock()
+
+    def fd(self) -> int:
+        if self._fd is None:
+            with self._lock:
+                if self._fd is None:
+                    self._fd = os.open(os.devnull, os.O_RDWR)
+        return self._fd
+
+
+devnull = _DevNull().fd
 
 
 class Child:
@@ -93,7 +116,7 @@ class Starter:
                 self.closes = [(os.POSIX_SPAWN_CLOSE, fd) for fd in inherited]
 
     def start(
-        self, argv: tuple[str, ...], cwd: Path, env: Mapping[str, str], *, stdin: int, stdout: int, stderr: int
+        self, argv: tuple[str, ...], cwd: str | Path, env: Mapping[str, str], *, stdin: int, stdout: int, stderr: int
     ) -> Child | subprocess.Popen[bytes]:
         """`argv` started in `cwd` with `env`, its standard streams these
         descriptors, in a session of its own.  Raises OSError if it cannot
@@ -106,6 +129,8 @@ class Starter:
                 *self.closes,
             ]
             return Child(os.posix_spawn(argv[0], argv, env, file_actions=actions, setsid=True, setsigdef=_DEFAULTS))
+        import subprocess  # here: where every start spawns, a build does not import it
+
         # No preexec_fn (nor user, group or umask): CPython then starts the
         # child with vfork, not a copy of this interpreter's memory
         # (`strace -f -e trace=vfork,clone,clone3 pivotbuild` shows one vfork()
