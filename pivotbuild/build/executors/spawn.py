@@ -1,9 +1,9 @@
-"""Starting a stage's process: with `os.posix_spawn` where that starts exactly
-the process `subprocess.Popen` would, else with Popen.
+"""Starting a stage's process: with `os.posix_spawn` where that starts the
+process `subprocess.Popen` would (but for one detail, below), else with Popen.
 
 Popen costs the build loop about 60 us of Python per stage beyond the
 system calls (its arguments checked and encoded, an error pipe, a lock, an
-`ExitStack`: 160 against 100 us of CPU per start here, docs/performance.md),
+`ExitStack`: 160 against 100 us of CPU per start, measured on the benchmark's machine),
 1,000 times in a clean build of the benchmark.  `posix_spawn` (glibc: a
 `vfork`-like clone, exec errors reported to the caller, as Popen's are)
 takes the same arguments in C.  It is used only where the two agree:
