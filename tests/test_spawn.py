@@ -127,3 +127,14 @@ def test_poll_says_none_until_the_child_exits(tmp_path: Path, monkeypatch: pytes
         os.close(w)
         os.close(r)
     assert child.wait() == 0
+
+
+def test_a_stage_starts_where_our_own_directory_was_removed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()
+    child, seen = _run(Starter(), tmp_path)  # (Popen's chdir takes it there)
+    assert isinstance(child, subprocess.Popen)
+    assert child.returncode == 0
+    assert f"{tmp_path}\na value\n" in seen

@@ -145,7 +145,7 @@ class Lifeline:
         try:
             # In a session of its own: not stopped by the Ctrl-C or kill meant for the build's own group.
             self._proc = self._starter.start(
-                ("/bin/sh", "-c", _WATCHDOG), os.getcwd(), os.environ, stdin=read_end, stdout=table, stderr=devnull()
+                ("/bin/sh", "-c", _WATCHDOG), None, os.environ, stdin=read_end, stdout=table, stderr=devnull()
             )
         except OSError:
             os.close(write_end)

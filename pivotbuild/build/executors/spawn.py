@@ -116,12 +116,19 @@ class Starter:
                 self.closes = [(os.POSIX_SPAWN_CLOSE, fd) for fd in inherited]
 
     def start(
-        self, argv: tuple[str, ...], cwd: str | Path, env: Mapping[str, str], *, stdin: int, stdout: int, stderr: int
+        self,
+        argv: tuple[str, ...],
+        cwd: Path | None,
+        env: Mapping[str, str],
+        *,
+        stdin: int,
+        stdout: int,
+        stderr: int,
     ) -> Child | subprocess.Popen[bytes]:
-        """`argv` started in `cwd` with `env`, its standard streams these
-        descriptors, in a session of its own.  Raises OSError if it cannot
-        start (as Popen: the program missing, not executable...)."""
-        if self.spawns and "/" in argv[0] and min(stdin, stdout, stderr) > 2 and str(cwd) == os.getcwd():
+        """`argv` started in `cwd` (None: ours) with `env`, its standard
+        streams these descriptors, in a session of its own.  Raises OSError
+        if it cannot start (as Popen: the program missing, not executable...)."""
+        if self.spawns and "/" in argv[0] and min(stdin, stdout, stderr) > 2 and (cwd is None or _is_ours(cwd)):
             actions = [
                 (os.POSIX_SPAWN_DUP2, stdin, 0),
                 (os.POSIX_SPAWN_DUP2, stdout, 1),
@@ -144,6 +151,14 @@ class Starter:
             stderr=stderr,
             start_new_session=True,  # its own process group: we can kill the whole tree
         )
+
+
+def _is_ours(cwd: Path) -> bool:
+    """Is `cwd` this process's working directory (by name)?"""
+    try:
+        return str(cwd) == os.getcwd()
+    except OSError:  # ours was removed: only Popen's chdir reaches `cwd`
+        return False
 
 
 def _inheritable_above_2() -> list[int] | None:
