@@ -235,8 +235,14 @@ def build(n: int, stages: dict[str, dict[str, object]]) -> dict[str, object]:
         {"duration_s": float("nan"), "stages": {}},  # json's own spelling (NaN): the fallback
     ],
 )
-def test_a_history_line_is_spelled_as_json_dumps_spells_it(tmp_path: Path, entry: dict[str, object]) -> None:
-    # (history writes its lines without importing json, which imports re: the no-op path's)
+@pytest.mark.parametrize("json_imported", [False, True], ids=["own encoder", "json's"])
+def test_a_history_line_is_spelled_as_json_dumps_spells_it(
+    tmp_path: Path, entry: dict[str, object], json_imported: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # (history writes its lines without importing json, which imports re, until
+    # json is imported: the no-op path's; a build's has imported it)
+    if not json_imported:
+        monkeypatch.delitem(sys.modules, "json")
     history.append(tmp_path, entry)
     assert (tmp_path / "history.jsonl").read_text("utf-8") == json.dumps(entry, sort_keys=True) + "\n"
 

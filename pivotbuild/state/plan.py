@@ -24,7 +24,7 @@ once.  It is never an error.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import msgpack
 
@@ -311,7 +311,7 @@ def restore(loaded: Loaded, cwd: Path) -> tuple[Project, BuildGraph] | None:
     from pivotbuild.model import AutoVar, IncludeRef, Pipeline, TargetRef
     from pivotbuild.project import Project, display_path
 
-    auto = list(AutoVar)
+    unstage = _unstager(list(AutoVar))
     index = loaded.index
     here = cwd.resolve()
     try:
@@ -320,7 +320,7 @@ def restore(loaded: Loaded, cwd: Path) -> tuple[Project, BuildGraph] | None:
         pipelines: list[Pipeline] = []
         for dir_, file, name, n, default, includes, params_files in pipelines_raw:
             shown = display_path(Path(index.root, file), here)  # where this run names the file
-            own = tuple(_unstage(r, shown, auto) for r in stages_raw[len(stages) : len(stages) + n])
+            own = tuple([unstage(r, shown) for r in stages_raw[len(stages) : len(stages) + n]])
             stages.extend(own)
             pipelines.append(
                 Pipeline(
@@ -340,33 +340,39 @@ def restore(loaded: Loaded, cwd: Path) -> tuple[Project, BuildGraph] | None:
     return project, graph
 
 
-def _unstage(r: Sequence[Any], file: str, auto: list[AutoVar]) -> Stage:
-    from pivotbuild.errors import Location  # (already imported: a dict lookup)
+def _unstager(auto: list[AutoVar]) -> Callable[[Sequence[Any], str], Stage]:
+    """`unstage(record, file)`: a stage as stored, made a `Stage` again.  (This
+    runs for every stage of a build with work, 1,000 times in the benchmark:
+    the record types are bound once, each list made in one comprehension,
+    nothing built for what is empty, and the stage made from positional
+    arguments, in its fields' order.)"""
+    from pivotbuild.errors import Location
     from pivotbuild.model import Dep, Out, Param, Stage, StageId
 
-    (pipeline, name, base, loc, command, py, py_loc, matrix, desc, deps, outs, params) = r[:12]
-    (shell, mutex, jobs, mem, timeout, retry, env, workdir, always) = r[12:]
-    # (List comprehensions, and nothing built for what is empty: this runs for
-    # every stage of a build with work, 1,000 times in the benchmark.)
-    return Stage(
-        id=StageId(pipeline, name),
-        base=base,
-        loc=Location(file, *loc),
-        command=None if command is None else tuple([p if isinstance(p, str) else auto[p] for p in command]),
-        py=py,
-        py_loc=None if py_loc is None else Location(file, *py_loc),
-        matrix=tuple([tuple(m) for m in matrix]) if matrix else (),
-        desc=desc,
-        deps=tuple([Dep(*d) for d in deps]),  # positions as decoded: (line, col) tuples
-        outs=tuple([Out(*o) for o in outs]),
-        params=tuple([Param(*p) for p in params]) if params else (),
-        shell=tuple(shell),
-        mutex=tuple(mutex) if mutex else (),
-        jobs=jobs,
-        mem=mem,
-        timeout=timeout,
-        retry=retry,
-        env=tuple([tuple(e) for e in env]) if env else (),
-        workdir=workdir,
-        always=always,
-    )
+    def unstage(r: Sequence[Any], file: str) -> Stage:
+        (pipeline, name, base, loc, command, py, py_loc, matrix, desc, deps, outs, params) = r[:12]
+        (shell, mutex, jobs, mem, timeout, retry, env, workdir, always) = r[12:]
+        return Stage(
+            StageId(pipeline, name),
+            base,
+            Location(file, *loc),
+            None if command is None else tuple([p if p.__class__ is str else auto[p] for p in command]),
+            py,
+            None if py_loc is None else Location(file, *py_loc),
+            tuple([tuple(m) for m in matrix]) if matrix else (),
+            desc,
+            tuple([Dep(*d) for d in deps]),  # positions as decoded: (line, col) tuples
+            tuple([Out(*o) for o in outs]),
+            tuple([Param(*p) for p in params]) if params else (),
+            tuple(shell),
+            tuple(mutex) if mutex else (),
+            jobs,
+            mem,
+            timeout,
+            retry,
+            tuple([tuple(e) for e in env]) if env else (),
+            workdir,
+            always,
+        )
+
+    return unstage

@@ -30,8 +30,13 @@ What it cannot reach is in docs/architecture.md ("When pivotbuild is killed").
 from __future__ import annotations
 
 import os
-import subprocess
 import threading
+
+from pivotbuild.build.executors.spawn import Child, Starter, devnull
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import subprocess
 
 # stdin: the pipe, never written to; stdout: the table, opened read-write and
 # read from its start (the build only writes it with pwrite, which leaves the
@@ -78,9 +83,10 @@ class Lifeline:
     from any thread.  Best effort: if the watchdog cannot be started, or dies,
     stages run as before, without this protection."""
 
-    def __init__(self) -> None:
+    def __init__(self, starter: Starter | None = None) -> None:
+        self._starter = starter or Starter(spawn=False)
         self._lock = threading.Lock()
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._proc: Child | subprocess.Popen[bytes] | None = None
         self._fd: int | None = None  # our end of the pipe
         self._table: int | None = None
         self._lines: dict[int, int] = {}  # held group -> its line in the table
@@ -137,12 +143,9 @@ class Lifeline:
             return
         read_end, write_end = os.pipe()  # not inherited by stages: only we keep it open
         try:
-            self._proc = subprocess.Popen(
-                ["/bin/sh", "-c", _WATCHDOG],
-                stdin=read_end,
-                stdout=table,
-                stderr=subprocess.DEVNULL,
-                start_new_session=True,  # not stopped by the Ctrl-C or kill meant for the build's own group
+            # In a session of its own: not stopped by the Ctrl-C or kill meant for the build's own group.
+            self._proc = self._starter.start(
+                ("/bin/sh", "-c", _WATCHDOG), None, os.environ, stdin=read_end, stdout=table, stderr=devnull()
             )
         except OSError:
             os.close(write_end)

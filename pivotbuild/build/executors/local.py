@@ -25,6 +25,7 @@ from pivotbuild.build.executors import stagework
 from pivotbuild.build.executors.base import Done, Inbox, Job
 from pivotbuild.build.executors.lifeline import Lifeline
 from pivotbuild.build.executors.runner import TICK_S, Process, RunResult, RunSpec, failed, internal_error
+from pivotbuild.build.executors.spawn import Starter
 from pivotbuild.cache.outputs import Captured, OutputCache
 from pivotbuild.events import Log
 from pivotbuild.model import Stage
@@ -48,7 +49,8 @@ class LocalExecutor:
         self.cancelled = cancel
         self.store = store
         self.environ = dict(os.environ)  # copied once, not per stage
-        self.lifeline = Lifeline()  # kills the running stages if pivotbuild is killed
+        self.starter = Starter()  # posix_spawn where it starts what Popen would (spawn.py)
+        self.lifeline = Lifeline(self.starter)  # kills the running stages if pivotbuild is killed
         self.started = 0  # numbers a retry's event, as the build numbers starts
         self.running: dict[Job, Process] = {}  # each running stage's current attempt
         self._killing = False
@@ -97,7 +99,7 @@ class LocalExecutor:
             def ended(result: RunResult) -> None:
                 self._ended(job, spec, attempt, result)
 
-            process = Process(spec, line, ended, self.inbox.poller, self.lifeline)
+            process = Process(spec, line, ended, self.inbox.poller, self.lifeline, starter=self.starter)
         except Exception as exc:  # a bug in our own code: fail the stage
             self._done(job, internal_error(exc))
             return

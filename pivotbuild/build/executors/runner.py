@@ -14,7 +14,6 @@ import contextlib
 import functools
 import os
 import signal
-import subprocess
 import threading
 import time
 from collections import deque
@@ -24,6 +23,7 @@ from typing import Any
 
 from pivotbuild.build.executors.lifeline import Lifeline
 from pivotbuild.build.executors.poller import Poller
+from pivotbuild.build.executors.spawn import Starter, devnull
 from pivotbuild.structs import struct
 
 TAIL_LINES = 20
@@ -101,23 +101,7 @@ def run(spec: RunSpec, on_line: OnLine, cancel: threading.Event, lifeline: Lifel
     return ended[0]
 
 
-class _DevNull:
-    """/dev/null, opened once for every stage's stdin (subprocess.DEVNULL opens
-    it for each)."""
-
-    def __init__(self) -> None:
-        self._fd: int | None = None
-        self._lock = threading.Lock()
-
-    def fd(self) -> int:
-        if self._fd is None:
-            with self._lock:
-                if self._fd is None:
-                    self._fd = os.open(os.devnull, os.O_RDWR)
-        return self._fd
-
-
-_DEVNULL = _DevNull()
+_POPEN = Starter(spawn=False)
 
 
 def _pidfd(pid: int) -> int | None:
@@ -135,7 +119,8 @@ class Process:
     come, and `on_end` gets its result, once (at once if it cannot start).
     `on_time(now)` must be called at least at the time it returns (and a
     tick after each call while it runs), `kill()` to cancel it; its process
-    group is held on `lifeline` while it runs.
+    group is held on `lifeline` while it runs; `starter` starts it (by
+    default, through Popen).
 
     A stage's output closes as it exits, so one read of each pipe at its end
     of file and one waitpid usually see it through.  Only a stage still
@@ -153,6 +138,8 @@ class Process:
         on_end: Callable[[RunResult], None],
         poller: Poller,
         lifeline: Lifeline | None = None,
+        *,
+        starter: Starter | None = None,
     ) -> None:
         self.start = time.monotonic()
         self.deadline = self.start + spec.timeout if spec.timeout else None
@@ -174,18 +161,8 @@ class Process:
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         try:
-            # No preexec_fn (nor user, group or umask): CPython then starts the
-            # child with vfork, not a copy of this interpreter's memory
-            # (`strace -f -e trace=vfork,clone,clone3 pivotbuild` shows one vfork()
-            # per stage; see docs/performance.md).
-            self.proc = subprocess.Popen(
-                spec.argv,
-                cwd=spec.cwd,
-                env=spec.env,
-                stdin=_DEVNULL.fd(),
-                stdout=out_w,
-                stderr=err_w,
-                start_new_session=True,  # its own process group: we can kill the whole tree
+            self.proc = (starter or _POPEN).start(
+                spec.argv, spec.cwd, spec.env, stdin=devnull(), stdout=out_w, stderr=err_w
             )
         except BaseException as exc:
             os.close(out_r)

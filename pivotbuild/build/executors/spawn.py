@@ -1,0 +1,189 @@
+"""Starting a stage's process: with `os.posix_spawn` where that starts the
+process `subprocess.Popen` would (but for one detail, below), else with Popen.
+
+Popen costs the build loop about 60 us of Python per stage beyond the
+system calls (its arguments checked and encoded, an error pipe, a lock, an
+`ExitStack`: 160 against 100 us of CPU per start, measured on the benchmark's machine),
+1,000 times in a clean build of the benchmark.  `posix_spawn` (glibc: a
+`vfork`-like clone, exec errors reported to the caller, as Popen's are)
+takes the same arguments in C.  It is used only where the two agree:
+
+- the command names its program by a path (Popen searches the stage's
+  `PATH`, `posix_spawnp` would search ours);
+- the stage runs in our own working directory (posix_spawn cannot change
+  it before Python 3.13: elsewhere Popen's `chdir`);
+- stdin, stdout and stderr come from descriptors above 2 (Popen handles
+  the others specially);
+- the C library is glibc 2.29 or later (exec errors reported, `setsid`,
+  a close of a descriptor that is not open ignored).
+
+Popen closes every descriptor above 2 in the child (`close_fds`); a spawned
+child would inherit those that are inheritable (say, a make jobserver's pipe
+pivotbuild itself inherited).  Python opens none inheritable, so those are
+the ones pivotbuild started with: `Starter` lists them once, when the build
+starts, and closes them in each child.  (A descriptor some other code makes
+inheritable during the build would reach the stages started after it.)
+
+As Popen (`restore_signals`), SIGPIPE and SIGXFSZ, which Python ignores,
+are reset to their defaults in the child; `setsid` gives it a session (and
+process group) of its own, as `start_new_session`.  One difference remains:
+glibc's posix_spawn leaves its two internal signals (32 and 33) ignored in
+the child, and an exec keeps them so; glibc programs take them back when
+they start (CPython's own subprocess starts children this way where it can).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import subprocess
+
+_DEFAULTS = tuple(getattr(signal, name) for name in ("SIGPIPE", "SIGXFSZ") if hasattr(signal, name))
+
+
+class _DevNull:
+    """/dev/null, opened once for every stage's stdin (subprocess.DEVNULL opens
+    it for each)."""
+
+    def __init__(self) -> None:
+        self._fd: int | None = None
+        self._lock = threading.Lock()
+
+    def fd(self) -> int:
+        if self._fd is None:
+            with self._lock:
+                if self._fd is None:
+                    self._fd = os.open(os.devnull, os.O_RDWR)
+        return self._fd
+
+
+devnull = _DevNull().fd
+
+
+class Child:
+    """A spawned process, as much of a Popen as runner.Process uses: `pid`,
+    `returncode` once reaped (negative: killed by that signal), `poll`, `wait`."""
+
+    __slots__ = ("pid", "returncode")
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        """The exit code if it has exited (reaping it), else None."""
+        if self.returncode is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:  # reaped elsewhere (SIGCHLD ignored): as Popen, 0
+                self.returncode = 0
+            else:
+                if pid == self.pid:
+                    self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self) -> int:
+        """Wait for it to exit (reaping it); its exit code."""
+        if self.returncode is None:
+            try:
+                _, status = os.waitpid(self.pid, 0)
+            except ChildProcessError:
+                self.returncode = 0
+            else:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+
+class Starter:
+    """Starts the processes of one build (see the module's docstring for when
+    it can spawn them); with `spawn=False`, always through Popen."""
+
+    def __init__(self, *, spawn: bool = True) -> None:
+        self.spawns = spawn and _glibc_at_least(2, 29) and hasattr(os, "posix_spawn")
+        self.closes: list[tuple[int, int]] = []
+        if self.spawns:
+            inherited = _inheritable_above_2()
+            if inherited is None:
+                self.spawns = False
+            else:
+                self.closes = [(os.POSIX_SPAWN_CLOSE, fd) for fd in inherited]
+
+    def start(
+        self,
+        argv: tuple[str, ...],
+        cwd: Path | None,
+        env: Mapping[str, str],
+        *,
+        stdin: int,
+        stdout: int,
+        stderr: int,
+    ) -> Child | subprocess.Popen[bytes]:
+        """`argv` started in `cwd` (None: ours) with `env`, its standard
+        streams these descriptors, in a session of its own.  Raises OSError
+        if it cannot start (as Popen: the program missing, not executable...)."""
+        if self.spawns and "/" in argv[0] and min(stdin, stdout, stderr) > 2 and (cwd is None or _is_ours(cwd)):
+            actions = [
+                (os.POSIX_SPAWN_DUP2, stdin, 0),
+                (os.POSIX_SPAWN_DUP2, stdout, 1),
+                (os.POSIX_SPAWN_DUP2, stderr, 2),
+                *self.closes,
+            ]
+            return Child(os.posix_spawn(argv[0], argv, env, file_actions=actions, setsid=True, setsigdef=_DEFAULTS))
+        import subprocess  # here: where every start spawns, a build does not import it
+
+        # No preexec_fn (nor user, group or umask): CPython then starts the
+        # child with vfork, not a copy of this interpreter's memory
+        # (`strace -f -e trace=vfork,clone,clone3 pivotbuild` shows one vfork()
+        # per stage; see docs/performance.md).
+        return subprocess.Popen(
+            argv,
+            cwd=cwd,
+            env=env,
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr,
+            start_new_session=True,  # its own process group: we can kill the whole tree
+        )
+
+
+def _is_ours(cwd: Path) -> bool:
+    """Is `cwd` this process's working directory (by name)?"""
+    try:
+        return str(cwd) == os.getcwd()
+    except OSError:  # ours was removed: only Popen's chdir reaches `cwd`
+        return False
+
+
+def _inheritable_above_2() -> list[int] | None:
+    """The inheritable descriptors above 2 (None if that cannot be told)."""
+    try:
+        fds = [int(name) for name in os.listdir("/proc/self/fd")]
+    except (OSError, ValueError):
+        return None
+    found = []
+    for fd in fds:
+        if fd > 2:
+            try:
+                if os.get_inheritable(fd):
+                    found.append(fd)
+            except OSError as exc:  # (the listing's own descriptor, closed since)
+                if exc.errno != errno.EBADF:
+                    return None
+    return found
+
+
+def _glibc_at_least(major: int, minor: int) -> bool:
+    """Whether this process runs on glibc `major.minor` or later."""
+    try:
+        name, version = (os.confstr("CS_GNU_LIBC_VERSION") or "").split()
+        found = tuple(int(x) for x in version.split(".")[:2])
+    except (AttributeError, ValueError, OSError):
+        return False
+    return name == "glibc" and found >= (major, minor)
