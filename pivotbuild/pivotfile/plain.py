@@ -78,7 +78,7 @@ def plain_stage(
                 return None  # an error of the general path's
             field_indent, width = ind, len(ind)
         elif ind != field_indent:
-            return None
+            return None  # an error, or a deeper line continuing the field above
         key = KEY_RE.match(line, width)
         if key is None:
             return None
@@ -90,7 +90,7 @@ def plain_stage(
         if kind is _SCRIPT:
             rest = line[start:]
             text = rest.strip(" \t")
-            # A deeper line below (past blank ones) makes a block of the script.
+            # A deeper line below (past blank ones) makes a block of the script, even a comment.
             j = i
             while j < count and blank[j]:
                 j += 1
@@ -100,12 +100,6 @@ def plain_stage(
             fields.append(Field(Word(name, name, Pos(line_no, width + 1)), line_no, script=script))
             continue
         if kind is FieldKind.ITEMS or not PLAIN_LINE_RE[kind is _OUTS].match(line, start):
-            return None
-        # The next line that is neither blank nor a comment continues the value if it is deeper.
-        j = i
-        while j < count and (blank[j] or comment[j]):
-            j += 1
-        if j < count and len(indent[j]) > width:
             return None
         words = [Word(m[0], m[0], Pos(line_no, m.start() + 1)) for m in BLANK_SEPARATED_RE.finditer(line, start)]
         key_word = Word(name, name, Pos(line_no, width + 1))
