@@ -194,13 +194,14 @@ class _Compiler(ScalarFields):
     def _fields(self, decl: StageDecl) -> dict[str, Field]:
         seen: dict[str, Field] = {}
         for f in decl.fields:
-            if not f.known:
-                hint = did_you_mean(f.name, FIELDS)
-                self._error(f.key.pos, f"unknown field '{f.name}:'{hint}")
-            elif f.name in seen:
-                self._error(f.key.pos, f"field '{f.name}:' is given twice (first on line {seen[f.name].key.pos.line})")
+            name = f.key.text  # (f.name, once)
+            if name not in FIELDS:
+                hint = did_you_mean(name, FIELDS)
+                self._error(f.key.pos, f"unknown field '{name}:'{hint}")
+            elif name in seen:
+                self._error(f.key.pos, f"field '{name}:' is given twice (first on line {seen[name].key.pos.line})")
             else:
-                seen[f.name] = f
+                seen[name] = f
         return seen
 
     def _matrix(self, f: Field | None, name: str) -> list[dict[str, str]] | None:
@@ -298,23 +299,25 @@ class _Compiler(ScalarFields):
             # (a word with no `$` is its text, without asking the expander: most deps)
             for text in (word.text,) if "$" not in word.text else self.x.expand_word(word, scope) or ():
                 try:
-                    deps.append(self._dep(word, text, literal=word.quoted))
+                    deps.append(self._dep(word, text))
                 except Failed:
                     failed = True
         if failed:
             raise Failed
         return tuple(dict.fromkeys(deps))
 
-    def _dep(self, word: Word, text: str, literal: bool) -> Dep:
+    def _dep(self, word: Word, text: str) -> Dep:
+        """The dep `text`, one of the values of `word` (quoted: a literal path, never a glob)."""
         if not text:
             raise self._fail(word.pos, "empty path in 'deps:'")
-        is_glob = not literal and _GLOB_CHAR_RE.search(text) is not None
+        is_glob = _GLOB_CHAR_RE.search(text) is not None and not word.quoted
         if is_glob:
             self._check_glob(word, text)
         path = self._rooted(text)
         if path == "":
             raise self._fail(word.pos, "a dep cannot be the whole project root; name the files or directories read")
-        return Dep(path, is_glob=is_glob, dir_hint=text.endswith("/"), pos=(word.pos.line, word.pos.col))
+        pos = word.pos
+        return Dep(path, is_glob, text.endswith("/"), (pos.line, pos.col))  # (is_glob, dir_hint, pos)
 
     def _check_glob(self, word: Word, text: str) -> None:
         for part in text.split("/"):

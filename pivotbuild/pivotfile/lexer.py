@@ -86,9 +86,11 @@ class _Lexer:
     def __init__(self, text: str) -> None:
         if text.startswith("\ufeff"):
             text = text[1:]
-        self.lines = [line.removesuffix("\r") for line in text.split("\n")]
+        self.lines = text.split("\n")
+        if "\r" in text:
+            self.lines = [line.removesuffix("\r") for line in self.lines]
         self.errors: list[tuple[Pos, str]] = []
-        for n, line in enumerate(self.lines):
+        for n, line in enumerate(self.lines) if "\x00" in text else ():
             if "\x00" in line:
                 self._error(n, line.index("\x00"), "NUL character in a Pivotfile; it must be text")
                 self.lines[n] = line.replace("\x00", " ")

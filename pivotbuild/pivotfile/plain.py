@@ -68,7 +68,7 @@ def plain_stage(
         ind = indent[i]
         if comment[i]:
             col = len(ind)
-            comments.append(Comment(line[col:].rstrip(), Pos(i + 1, col + 1), own_line=True))
+            comments.append(Comment(line[col:].rstrip(), Pos(i + 1, col + 1), True))
             i += 1
             continue
         if not ind:
@@ -97,18 +97,18 @@ def plain_stage(
             if not text or (j < count and len(indent[j]) > width):
                 return None
             script = Script((ScriptLine(text, Pos(line_no, start + len(rest) - len(rest.lstrip(" \t")) + 1)),), True)
-            fields.append(Field(Word(name, name, Pos(line_no, width + 1)), line_no, script=script))
+            fields.append(Field(Word(name, name, Pos(line_no, width + 1)), line_no, (), (), (), script))
             continue
         if kind is FieldKind.ITEMS or not PLAIN_LINE_RE[kind is _OUTS].match(line, start):
             return None
         words = [Word(m[0], m[0], Pos(line_no, m.start() + 1)) for m in BLANK_SEPARATED_RE.finditer(line, start)]
         key_word = Word(name, name, Pos(line_no, width + 1))
         if kind is _OUTS:
-            fields.append(Field(key_word, line_no, outs=tuple([OutDecl(w, ()) for w in words])))
+            fields.append(Field(key_word, line_no, (), tuple([OutDecl(w, ()) for w in words])))
         elif kind is _SCALAR and len(words) != 1:
             return None  # a grammar error
         else:
-            fields.append(Field(key_word, line_no, words=tuple(words)))
+            fields.append(Field(key_word, line_no, tuple(words)))
     if not fields:
         return None
     name = header.group(1)
