@@ -126,7 +126,7 @@ TRICKY = {
         ["a", "c"],
     ),
     "a NUL, a form feed, a BOM, unicode": (
-        "\ufeffstage a:\n    deps: x\x00y \x0cz é\n    run: échο → $@\n",
+        "\ufeffstage a:\n    deps: x\x00y \x0cz é\n    run: écho → $@\n",
         ["a"],
     ),
     "duplicate stages and fields (compiler errors, not syntax errors)": (
