@@ -101,7 +101,16 @@ def plain_stage(
             continue
         if kind is FieldKind.ITEMS or not PLAIN_LINE_RE[kind is _OUTS].match(line, start):
             return None
-        words = [Word(m[0], m[0], Pos(line_no, m.start() + 1)) for m in BLANK_SEPARATED_RE.finditer(line, start)]
+        rest = line[start:]
+        if rest[:1] == " " and rest[-1:] != " " and "  " not in rest and "\t" not in rest:
+            # One space before each word (most lines): the words are what split(" ") gives.
+            words = []
+            col = start + 2
+            for w in rest[1:].split(" "):
+                words.append(Word(w, w, Pos(line_no, col)))
+                col += len(w) + 1
+        else:
+            words = [Word(m[0], m[0], Pos(line_no, m.start() + 1)) for m in BLANK_SEPARATED_RE.finditer(line, start)]
         key_word = Word(name, name, Pos(line_no, width + 1))
         if kind is _OUTS:
             fields.append(Field(key_word, line_no, (), tuple([OutDecl(w, ()) for w in words])))
