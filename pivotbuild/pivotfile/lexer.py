@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-from pivotbuild.pivotfile.plain import BLANK_SEPARATED_RE, KEY_RE, PLAIN_LINE_RE, plain_stage
+from pivotbuild.pivotfile.plainstage import BLANK_SEPARATED_RE, KEY_RE, PLAIN_LINE_RE, plain_stage
 from pivotbuild.pivotfile.syntax import (
     FIELDS,
     KEYWORDS,
@@ -49,7 +49,7 @@ class Tok:
 class StatementTokens:
     """The terminals of one top-level statement.  For a stage, `header` holds
     `stage NAME:` and `fields` one list per field, so a stage that does not
-    parse as a whole can be parsed field by field.  A plain stage (plain.py)
+    parse as a whole can be parsed field by field.  A plain stage (plainstage.py)
     comes as its `syntax` record instead, with no terminals."""
 
     header: list[Tok]

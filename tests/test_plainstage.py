@@ -1,4 +1,4 @@
-"""The plain stage (pivotbuild/pivotfile/plain.py): a fast path of the lexer and parser.
+"""The plain stage (pivotbuild/pivotfile/plainstage.py): a fast path of the lexer and parser.
 
 A stage in the plain form is made into its syntax record straight from its
 lines; any other stage goes through terminals and the grammar.  Whichever way
@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from test_fuzz_pivotfile import SEEDS, Mutation, mutation
 
 from pivotbuild.errors import PivotfileError
-from pivotbuild.pivotfile import lexer, plain
+from pivotbuild.pivotfile import lexer, plainstage
 from pivotbuild.pivotfile.parser import parse
 from pivotbuild.pivotfile.syntax import StageDecl
 
@@ -35,7 +35,7 @@ def fast_path(enabled: bool) -> Iterator[list[StageDecl]]:
     made: list[StageDecl] = []
 
     def recorded(*args: Any) -> Any:
-        result = plain.plain_stage(*args) if enabled else None
+        result = plainstage.plain_stage(*args) if enabled else None
         if result is not None:
             made.append(result[0])
         return result
