@@ -4,7 +4,7 @@ Most stages of a large Pivotfile are written in one form: a `stage NAME:`
 header, then one line per field in the same indentation, each a known key and
 plain words (no quote, backslash, comment or output options) or a one-line
 `run:` command.  The lexer would make terminals of such a stage, the LALR
-table would accept them and the parser would build the record from them: ten
+table would accept them and the parser would build the record from them: four
 times the work of building the record straight from the lines.  `plain_stage`
 does that for a stage in this form and gives up (None) on anything else,
 before changing anything, so that the general path sees the stage as if it
