@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import pytest
 from conftest import compile_text
 from helpers import SPEC_EXAMPLE, assert_at, diagnostics, only_error, the_stage
 
+from pivotbuild import paths
 from pivotbuild.errors import Location, PivotfileError
 from pivotbuild.model import DEFAULT_SHELL, AutoVar, Dep, IncludeRef, Out, Param, Pipeline, Stage, StageId, TargetRef
 
@@ -751,6 +753,56 @@ def test_trailing_slash_marks_directories(root: Path) -> None:
 def test_outs_are_normalised(root: Path) -> None:
     s = one(f"stage s:\n    outs: ./a/../b//c {root}/abs/y sub/../z/\n    run: echo\n", root)
     assert s.outs == (Out("b/c"), Out("abs/y"), Out("z", is_dir=True))
+
+
+# Paths of up to three components, each plain, `.`, `..`, dotted or empty, relative or absolute:
+# most need no normalising, and the compiler does not normalise those (see _Compiler._rooted).
+WRITTEN_PATHS = sorted(
+    {
+        lead + "/".join(parts) + tail
+        for n in (1, 2, 3)
+        for parts in itertools.product(["a", ".", "..", ".b", "...", "", "c.d"], repeat=n)
+        for lead in ("", "/")
+        for tail in ("", "/")
+        if "".join(parts)
+    }
+)
+
+
+@pytest.mark.parametrize("subdir", ["", "sub/dir"])
+def test_paths_are_made_root_relative_as_paths_join_makes_them(root: Path, subdir: str) -> None:
+    pipeline_dir = (root / subdir).resolve()
+    dir_rel = paths.rel_dir(root, pipeline_dir)
+    expected = {text: paths.make_relative(root, paths.join(dir_rel, text)) for text in WRITTEN_PATHS}
+    deps = [text for text in WRITTEN_PATHS if expected[text]]  # (the root itself is refused)
+    outs = [text for text in deps if not paths.escapes(expected[text]) and not dir_rel.startswith(expected[text])]
+    stages = "".join(f"stage d{i}:\n    deps: {text}\n    run: x\n" for i, text in enumerate(deps)) + "".join(
+        f"stage o{i}:\n    outs: {text}\n    run: x\n" for i, text in enumerate(outs)
+    )
+    compiled = {s.name: s for s in compile_text(stages, root, subdir).stages}
+    assert [compiled[f"d{i}"].deps[0].path for i in range(len(deps))] == [expected[t] for t in deps]
+    assert [compiled[f"o{i}"].outs[0].path for i in range(len(outs))] == [expected[t] for t in outs]
+    assert len(outs) > 100
+
+
+def test_stages_running_the_same_command_share_its_compiled_form(root: Path) -> None:
+    text = "".join(f"stage s{i}:\n    deps: in{i}\n    outs: out{i}\n    run: cat $^ > $@ # $$HOME\n" for i in range(3))
+    text += "X = x\nstage t:\n    run: echo ${X} ${stage} $<\nstage u:\n    run: echo ${X} ${stage} $<\n"
+    stages = {s.name: s for s in compile_text(text, root).stages}
+    expected = ("cat ", AutoVar.ALL_DEPS, " > ", AutoVar.OUTS, " # $HOME")
+    assert [stages[f"s{i}"].command for i in range(3)] == [expected] * 3
+    assert stages["t"].command == ("echo x t ", AutoVar.FIRST_DEP)
+    assert stages["u"].command == ("echo x u ", AutoVar.FIRST_DEP)
+
+
+def test_the_same_broken_command_in_two_stages_is_reported_in_each(root: Path) -> None:
+    text = "".join(
+        f"stage {name}:\n    run: echo {ref}\n" for name, ref in zip("abcd", ["${", "${", "${y}", "${y}"], strict=True)
+    )
+    found = [(d.loc.line, d.loc.col, d.message) for d in diagnostics(text, root)]
+    unclosed = "'${' is not closed by '}' (write '$$' for a literal '$')"
+    unknown = "unknown variable 'y'"
+    assert found == [(2, 15, unclosed), (4, 15, unclosed), (6, 15, unknown), (8, 15, unknown)]
 
 
 def test_outs_through_a_symlink_inside_the_root(root: Path) -> None:

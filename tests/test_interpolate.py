@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pivotbuild.model import AutoVar
 from pivotbuild.pivotfile.interpolate import Auto, Part, Ref, TemplateError, split, whole_ref
@@ -125,3 +127,67 @@ def test_whole_ref_none(text: str) -> None:
 
 def test_whole_ref_of_no_parts() -> None:
     assert whole_ref([]) is None
+
+
+def _split_char_by_char(text: str) -> list[Part]:
+    """`split` as first written, a character at a time: what the faster one must agree with."""
+    if "$" not in text:
+        return [text]
+    parts: list[Part] = []
+    buf: list[str] = []
+    i = 0
+    while i < len(text):
+        c = text[i]
+        if c != "$" or i + 1 >= len(text):
+            buf.append(c)
+            i += 1
+            continue
+        nxt = text[i + 1]
+        if nxt == "$":
+            buf.append("$")
+            i += 2
+        elif nxt == "{":
+            end = text.find("}", i + 2)
+            if end < 0:
+                raise TemplateError("'${' is not closed by '}' (write '$$' for a literal '$')", i)
+            name = text[i + 2 : end].strip()
+            if not name:
+                raise TemplateError("empty '${}'", i)
+            if buf:
+                parts.append("".join(buf))
+                buf = []
+            parts.append(Ref(name, i))
+            i = end + 1
+        elif nxt in "@<^":
+            if buf:
+                parts.append("".join(buf))
+                buf = []
+            parts.append(Auto(AutoVar(nxt), i))
+            i += 2
+        else:
+            buf.append(c)
+            i += 1
+    if buf:
+        parts.append("".join(buf))
+    return parts
+
+
+def _outcome(text: str) -> object:
+    try:
+        return split(text)
+    except TemplateError as exc:
+        return (exc.message, exc.offset)
+
+
+def _reference_outcome(text: str) -> object:
+    try:
+        parts = _split_char_by_char(text)
+    except TemplateError as exc:
+        return (exc.message, exc.offset)
+    return parts
+
+
+@settings(max_examples=500, database=None, deadline=None)
+@given(st.text(alphabet=st.sampled_from([*"$${}@<^ ax.\t", "é", "\x00"]), max_size=24))
+def test_split_agrees_with_reading_a_character_at_a_time(text: str) -> None:
+    assert _outcome(text) == _reference_outcome(text)

@@ -67,6 +67,8 @@ class _Compiler(ScalarFields):
         self.dir_rel = paths.rel_dir(options.root, options.pipeline_dir)
         self.params = Params(options.pipeline_dir, _display_dir(module.path))
         self.x = Expander(self.report, self.params, self.dir_rel)
+        # This pipeline's own files, by root-relative path: no output may be one.
+        self.own_files = {paths.join(self.dir_rel, own): own for own in (paths.PIVOTFILE, paths.LOCKFILE)}
 
     # -- the whole file ----------------------------------------------------------
 
@@ -161,6 +163,13 @@ class _Compiler(ScalarFields):
     def _loc(self, pos: Pos) -> Location:
         return Location(self.module.path, pos.line, pos.col)
 
+    def _rooted(self, text: str) -> str:
+        """`text`, a non-empty path written in this Pivotfile, relative to the project root (normalised)."""
+        if text[0] not in "/." and text[-1] != "/" and "//" not in text and "/." not in text:
+            # No component is empty, `.` or `..` (most paths): nothing to normalise.
+            return f"{self.dir_rel}/{text}" if self.dir_rel else text
+        return paths.make_relative(self.opts.root, paths.join(self.dir_rel, text))
+
     # -- stages --------------------------------------------------------------------
 
     def _stage(self, decl: StageDecl, shell: tuple[str, ...]) -> Iterator[Stage]:
@@ -185,13 +194,14 @@ class _Compiler(ScalarFields):
     def _fields(self, decl: StageDecl) -> dict[str, Field]:
         seen: dict[str, Field] = {}
         for f in decl.fields:
-            if not f.known:
-                hint = did_you_mean(f.name, FIELDS)
-                self._error(f.key.pos, f"unknown field '{f.name}:'{hint}")
-            elif f.name in seen:
-                self._error(f.key.pos, f"field '{f.name}:' is given twice (first on line {seen[f.name].key.pos.line})")
+            name = f.key.text  # (f.name, once)
+            if name not in FIELDS:
+                hint = did_you_mean(name, FIELDS)
+                self._error(f.key.pos, f"unknown field '{name}:'{hint}")
+            elif name in seen:
+                self._error(f.key.pos, f"field '{name}:' is given twice (first on line {seen[name].key.pos.line})")
             else:
-                seen[f.name] = f
+                seen[name] = f
         return seen
 
     def _matrix(self, f: Field | None, name: str) -> list[dict[str, str]] | None:
@@ -286,25 +296,28 @@ class _Compiler(ScalarFields):
         deps: list[Dep] = []
         failed = False
         for word in f.words:
-            for text in self.x.expand_word(word, scope) or ():
+            # (a word with no `$` is its text, without asking the expander: most deps)
+            for text in (word.text,) if "$" not in word.text else self.x.expand_word(word, scope) or ():
                 try:
-                    deps.append(self._dep(word, text, literal=word.quoted))
+                    deps.append(self._dep(word, text))
                 except Failed:
                     failed = True
         if failed:
             raise Failed
         return tuple(dict.fromkeys(deps))
 
-    def _dep(self, word: Word, text: str, literal: bool) -> Dep:
+    def _dep(self, word: Word, text: str) -> Dep:
+        """The dep `text`, one of the values of `word` (quoted: a literal path, never a glob)."""
         if not text:
             raise self._fail(word.pos, "empty path in 'deps:'")
-        is_glob = not literal and _GLOB_CHAR_RE.search(text) is not None
+        is_glob = _GLOB_CHAR_RE.search(text) is not None and not word.quoted
         if is_glob:
             self._check_glob(word, text)
-        path = paths.make_relative(self.opts.root, paths.join(self.dir_rel, text))
+        path = self._rooted(text)
         if path == "":
             raise self._fail(word.pos, "a dep cannot be the whole project root; name the files or directories read")
-        return Dep(path, is_glob=is_glob, dir_hint=text.endswith("/"), pos=(word.pos.line, word.pos.col))
+        pos = word.pos
+        return Dep(path, is_glob, text.endswith("/"), (pos.line, pos.col))  # (is_glob, dir_hint, pos)
 
     def _check_glob(self, word: Word, text: str) -> None:
         for part in text.split("/"):
@@ -328,7 +341,8 @@ class _Compiler(ScalarFields):
             except Failed:
                 failed = True
                 continue
-            for text in self.x.expand_word(decl.path, scope) or ():
+            word = decl.path
+            for text in (word.text,) if "$" not in word.text else self.x.expand_word(word, scope) or ():
                 try:
                     out = self._out(decl.path, text, opts)
                 except Failed:
@@ -344,6 +358,8 @@ class _Compiler(ScalarFields):
 
     def _out_options(self, decl: OutDecl) -> dict[str, bool]:
         opts: dict[str, bool] = {}
+        if not decl.options and "(" not in decl.path.text:
+            return opts  # no options, nor any glued to the path (most outputs)
         glued = _GLUED_OPTIONS_RE.fullmatch(decl.path.text)
         if glued and not decl.options and glued.group(1).split("=")[0].strip() in _OUT_OPTIONS:
             raise self._fail(decl.path.pos, f"put a space before '(' to give '{decl.path.text}' options")
@@ -369,7 +385,7 @@ class _Compiler(ScalarFields):
             raise self._fail(
                 word.pos, f"output '{text}' is a glob; outputs must be named (list the files, or their directory)"
             )
-        path = paths.make_relative(self.opts.root, paths.join(self.dir_rel, text))
+        path = self._rooted(text)
         root = self.opts.root
         if paths.escapes(path):
             raise self._fail(
@@ -379,9 +395,9 @@ class _Compiler(ScalarFields):
             raise self._fail(word.pos, "an output cannot be the project root itself; name a file or subdirectory")
         if path.split("/")[0] == paths.STATE_DIR or f"/{paths.STATE_DIR}/" in f"/{path}/":
             raise self._fail(word.pos, f"output '{text}' is inside {paths.STATE_DIR}/, which pivotbuild owns")
-        for own in (paths.PIVOTFILE, paths.LOCKFILE):
-            if path == paths.join(self.dir_rel, own):
-                raise self._fail(word.pos, f"output '{text}' would overwrite this pipeline's {own}")
+        own = self.own_files.get(path)
+        if own is not None:
+            raise self._fail(word.pos, f"output '{text}' would overwrite this pipeline's {own}")
         if self.dir_rel == path or self.dir_rel.startswith(path + "/"):
             raise self._fail(word.pos, f"output '{text}' is a directory holding this pipeline's Pivotfile")
         if paths.escapes_via_symlink(root, path):

@@ -85,6 +85,9 @@ class Expander:
         self.vars: dict[str, VarDef] = {}
         self._expanding: list[str] = []
         self._in_script = False
+        # Each run: script that refers to no variable, by its text, as compiled: it means
+        # the same in every stage (many stages run the same command on their own `$^`, `$@`).
+        self._constant_scripts: dict[str, Command] = {}
 
     def words(self, words: tuple[Word, ...], scope: Scope) -> list[str]:
         result = self.expand_words(words, scope, self.report.origin)
@@ -205,8 +208,13 @@ class Expander:
         return pv.value
 
     def script(self, script: Script, scope: Scope) -> Command:
+        source = script.text
+        known = self._constant_scripts.get(source)
+        if known is not None:
+            return known
         parts: list[str | AutoVar] = []
         failed = False
+        constant = True
         for index, line in enumerate(script.lines):
             if index:
                 parts.append("\n")
@@ -222,6 +230,7 @@ class Expander:
                 elif isinstance(piece, Auto):
                     parts.append(piece.var)
                 else:
+                    constant = False
                     pos = Pos(line.pos.line, line.pos.col + piece.offset)
                     self._in_script = True
                     try:
@@ -243,4 +252,7 @@ class Expander:
                 merged[-1] += part
             else:
                 merged.append(part)
-        return tuple(merged)
+        command = tuple(merged)
+        if constant:
+            self._constant_scripts[source] = command
+        return command

@@ -26,6 +26,7 @@ class Auto:
 
 
 Part = str | Ref | Auto
+_AUTO_VARS = {var.value: var for var in AutoVar}  # `@` -> AutoVar.OUTS, without calling the enum
 
 
 class TemplateError(Exception):
@@ -42,43 +43,46 @@ def split(text: str) -> list[Part]:
     if "$" not in text:
         return [text]
     parts: list[Part] = []
-    buf: list[str] = []
+    buf: list[str] = []  # the literal text since the last reference
     i = 0
     n = len(text)
-    while i < n:
-        c = text[i]
-        if c != "$" or i + 1 >= n:
-            buf.append(c)
-            i += 1
-            continue
-        nxt = text[i + 1]
+    while True:
+        dollar = text.find("$", i)
+        if dollar < 0 or dollar + 1 >= n:
+            buf.append(text[i:])
+            break
+        buf.append(text[i:dollar])
+        nxt = text[dollar + 1]
         if nxt == "$":
             buf.append("$")
-            i += 2
+            i = dollar + 2
         elif nxt == "{":
-            end = text.find("}", i + 2)
+            end = text.find("}", dollar + 2)
             if end < 0:
-                raise TemplateError("'${' is not closed by '}' (write '$$' for a literal '$')", i)
-            name = text[i + 2 : end].strip()
+                raise TemplateError("'${' is not closed by '}' (write '$$' for a literal '$')", dollar)
+            name = text[dollar + 2 : end].strip()
             if not name:
-                raise TemplateError("empty '${}'", i)
-            if buf:
-                parts.append("".join(buf))
-                buf = []
-            parts.append(Ref(name, i))
+                raise TemplateError("empty '${}'", dollar)
+            _flush(buf, parts)
+            parts.append(Ref(name, dollar))
             i = end + 1
         elif nxt in "@<^":
-            if buf:
-                parts.append("".join(buf))
-                buf = []
-            parts.append(Auto(AutoVar(nxt), i))
-            i += 2
+            _flush(buf, parts)
+            parts.append(Auto(_AUTO_VARS[nxt], dollar))
+            i = dollar + 2
         else:
-            buf.append(c)
-            i += 1
-    if buf:
-        parts.append("".join(buf))
+            buf.append("$")
+            i = dollar + 1
+    _flush(buf, parts)
     return parts
+
+
+def _flush(buf: list[str], parts: list[Part]) -> None:
+    """Move the literal text gathered in `buf`, if any, to `parts`."""
+    literal = "".join(buf)
+    if literal:
+        parts.append(literal)
+    buf.clear()
 
 
 def whole_ref(parts: list[Part]) -> Ref | None:

@@ -11,15 +11,22 @@ from __future__ import annotations
 
 import re
 
-from pivotbuild.pivotfile.syntax import FIELDS, KEYWORDS, Comment, FieldKind, Pos, Script, ScriptLine, Word
+from pivotbuild.pivotfile.plainstage import BLANK_SEPARATED_RE, KEY_RE, PLAIN_LINE_RE, plain_stage
+from pivotbuild.pivotfile.syntax import (
+    FIELDS,
+    KEYWORDS,
+    Comment,
+    FieldKind,
+    Pos,
+    Script,
+    ScriptLine,
+    StageDecl,
+    Word,
+)
 from pivotbuild.structs import field, struct
 
 _ASSIGN_RE = re.compile(r"([^\s=#\"']+)[ \t]*=")
-_KEY_RE = re.compile(r"([A-Za-z_][A-Za-z0-9_-]*)[ \t]*:(?=\s|$)")
 _KEY_EQ_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*=")
-# The rest of a line holds plain words only (for `outs:`, no options either).
-_PLAIN_LINE_RE = (re.compile(r"[^\"'\\#]*$"), re.compile(r"[^\"'\\#(]*$"))
-_BLANK_SEPARATED_RE = re.compile(r"[^ \t]+")
 _KEY_TYPES = {key: f"{key.upper()}_KEY" for key in FIELDS}  # the grammar's terminal for each field's key
 # A word with no quote and no backslash, up to what ends it (in output options, also `,` and `)`).
 _PLAIN_WORD = re.compile(r"[^ \t#\"'\\]+")
@@ -42,12 +49,14 @@ class Tok:
 class StatementTokens:
     """The terminals of one top-level statement.  For a stage, `header` holds
     `stage NAME:` and `fields` one list per field, so a stage that does not
-    parse as a whole can be parsed field by field."""
+    parse as a whole can be parsed field by field.  A plain stage (plainstage.py)
+    comes as its `syntax` record instead, with no terminals."""
 
     header: list[Tok]
     fields: list[list[Tok]] = field(default_factory=list)
     is_stage: bool = False
     last_line: int = 0
+    syntax: StageDecl | None = None
 
     def all_tokens(self) -> list[Tok]:
         if not self.is_stage or not self.fields:
@@ -77,9 +86,11 @@ class _Lexer:
     def __init__(self, text: str) -> None:
         if text.startswith("\ufeff"):
             text = text[1:]
-        self.lines = [line.removesuffix("\r") for line in text.split("\n")]
+        self.lines = text.split("\n")
+        if "\r" in text:
+            self.lines = [line.removesuffix("\r") for line in self.lines]
         self.errors: list[tuple[Pos, str]] = []
-        for n, line in enumerate(self.lines):
+        for n, line in enumerate(self.lines) if "\x00" in text else ():
             if "\x00" in line:
                 self._error(n, line.index("\x00"), "NUL character in a Pivotfile; it must be text")
                 self.lines[n] = line.replace("\x00", " ")
@@ -112,6 +123,13 @@ class _Lexer:
     def _statement(self) -> None:
         n = self.i
         line = self.lines[n]
+        if line.startswith("stage"):
+            plain = plain_stage(self.lines, self.indent, self.blank, self.comment, n)
+            if plain is not None:
+                decl, comments, self.i = plain
+                self.comments += comments
+                self.statements.append(StatementTokens([], is_stage=True, last_line=decl.last_line, syntax=decl))
+                return
         assign = _ASSIGN_RE.match(line)
         first = line.split(None, 1)[0]
         if assign:
@@ -189,7 +207,7 @@ class _Lexer:
         n = self.i
         line = self.lines[n]
         col = len(indent)
-        m = _KEY_RE.match(line, col)
+        m = KEY_RE.match(line, col)
         if not m:
             return self._words(n, col, FieldKind.LIST, continues_deeper_than=indent)
         key = m.group(1)
@@ -286,9 +304,9 @@ class _Lexer:
     def _scan_line(self, n: int, col: int, kind: FieldKind, toks: list[Tok]) -> bool:
         """Append the words of one physical line; True if it ends with `\\`."""
         s = self.lines[n]
-        if kind is not FieldKind.ITEMS and _PLAIN_LINE_RE[kind is FieldKind.OUTS].match(s, col):
+        if kind is not FieldKind.ITEMS and PLAIN_LINE_RE[kind is FieldKind.OUTS].match(s, col):
             # No quote, comment, backslash (nor output options): the words are what spaces separate.
-            for found in _BLANK_SEPARATED_RE.finditer(s, col):
+            for found in BLANK_SEPARATED_RE.finditer(s, col):
                 word, at = found.group(), found.start() + 1
                 toks.append(Tok("WORD", word, n + 1, at, word=Word(word, word, Pos(n + 1, at))))
             return False
