@@ -12,6 +12,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 from conftest import Project
 from helpers import (
@@ -117,12 +118,25 @@ stage s:
 """
 
 
+def held(build: int, group: int) -> bool:
+    """Whether the watchdog of the build `build` lists process group `group`
+    in its table (its standard output: see build/executors/lifeline.py)."""
+    for child in psutil.Process(build).children():
+        with contextlib.suppress(psutil.Error, OSError):
+            if "while read -r _" in " ".join(child.cmdline()):
+                return str(group) in Path(f"/proc/{child.pid}/fd/1").read_text().split()
+    return False
+
+
 def test_a_stage_and_its_children_die_when_pivotbuild_is_killed(project: Project, tmp_path: Path) -> None:
     project.pivotfile(ORPHANS)
     with background_build(project, tmp_path) as proc:
         pid_files = [project.root / f"{name}.pid" for name in ("shell", "child", "stubborn")]
         wait_until(lambda: all(f.exists() and f.read_text().strip() for f in pid_files), 20, "the stage to start")
         pids = [int(f.read_text()) for f in pid_files]
+        # The stage's group (its shell's pid) is held once the build has written
+        # it into its watchdog's table, a moment after the stage starts.
+        wait_until(lambda: held(proc.pid, pids[0]), 20, "the watchdog to hold the stage's group")
         proc.send_signal(signal.SIGKILL)
         assert proc.wait(timeout=10) == -signal.SIGKILL
         try:

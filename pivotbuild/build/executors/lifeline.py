@@ -93,12 +93,19 @@ class Lifeline:
         self._free: list[int] = []  # lines of released groups, to reuse
         self._started = False
 
-    def hold(self, pgid: int) -> None:
-        """Kill process group `pgid` if this process dies before `release(pgid)`."""
+    def ready(self) -> None:
+        """Start the watchdog, if it is not running yet: called before a stage
+        starts, so that `hold` after it is one `pwrite` (a stage killed with
+        the build between its start and its `hold` is the one it misses)."""
         with self._lock:
             if not self._started:
                 self._started = True
                 self._start()
+
+    def hold(self, pgid: int) -> None:
+        """Kill process group `pgid` if this process dies before `release(pgid)`."""
+        self.ready()
+        with self._lock:
             if self._table is None:
                 return
             at = self._free.pop() if self._free else len(self._lines)

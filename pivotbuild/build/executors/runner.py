@@ -158,6 +158,8 @@ class Process:
         self.partial: dict[int, list[bytes]] = {}  # each pipe's unfinished line
         # Our own pipes, passed as plain descriptors: Popen then wraps nothing in
         # file objects (three system calls each) and we read them with os.read.
+        if lifeline is not None:
+            lifeline.ready()
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         try:
