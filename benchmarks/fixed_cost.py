@@ -52,7 +52,8 @@ def _project(root: Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=21)
-    ap.add_argument("--pivotbuild", default=shutil.which("pivotbuild") or "pivotbuild")
+    beside = Path(sys.executable).with_name("pivotbuild")  # this venv's, else the one on PATH
+    ap.add_argument("--pivotbuild", default=str(beside) if beside.exists() else shutil.which("pivotbuild"))
     ap.add_argument("--baseline", help="another pivotbuild executable, timed in the same runs")
     args = ap.parse_args(argv)
     programs = {"pivotbuild": str(Path(args.pivotbuild).resolve())}
@@ -69,7 +70,10 @@ def main(argv: list[str] | None = None) -> int:
         python = _interpreter(programs["pivotbuild"])
         for i in range(args.runs):
             rows.setdefault("python -c pass", []).append(_timed([python, "-c", "pass"], Path(tmp)))
-            for name, prog in programs.items():
+            # Each run alternates which program goes first: the first is slower (it pays
+            # for the page cache and CPU caches the second then finds warm).
+            order = list(programs.items())
+            for name, prog in order if i % 2 == 0 else order[::-1]:
                 root = roots[name]
                 rows.setdefault(f"{name} no-op", []).append(_timed([prog, "-s"], root))
                 (root / "in.txt").write_text(f"{i + 1}\n")
