@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 from conftest import Project
-from helpers import finished
+from helpers import cache_digests, finished
 
-from pivotbuild.cache import pack
+from pivotbuild.cache import gc, pack
 from pivotbuild.cache.pack import MAX_PACKS, PACK_MAX, Packs
-from pivotbuild.cache.store import Cache
+from pivotbuild.cache.store import Cache, Mode
 from pivotbuild.state.hashing import hash_bytes
 
 
@@ -292,3 +292,76 @@ stage large:
     assert [p.name for p in (cache / "objects").glob("*/*")] == [hash_bytes(bytes(70000))[2:]]  # only the large one
     assert len(files(cache / "packs", ".pack")) == 1 and len(files(cache / "packs", ".idx")) == 1  # the small, indexed
     assert set(finished(two.run("--json").out).values()) == {("skipped", "up to date")}
+
+
+def test_a_pack_still_being_written_is_never_merged_away(tmp_path: Path) -> None:
+    for build in range(MAX_PACKS):  # as many packs as may be left
+        p = Packs(tmp_path)
+        for digest, data in blobs(1, f"old{build}-").items():
+            p.add(digest, data)
+        p.close()
+    building = Packs(tmp_path)  # a build, still storing...
+    (x, xdata), (y, ydata) = blobs(2, "build-").items()
+    building.add(x, xdata)
+    fetching = Packs(tmp_path)  # ...while a fetch ends and merges
+    for digest, data in blobs(1, "fetched-").items():
+        fetching.add(digest, data)
+    fetching.close()
+    building.add(y, ydata)
+    building.close()
+    reader = Packs(tmp_path)
+    assert reader.read(x) == xdata and reader.read(y) == ydata
+    assert len(files(tmp_path, ".idx")) == len(files(tmp_path, ".pack"))
+
+
+def test_a_damaged_record_leaves_a_good_file_copy_of_the_object(tmp_path: Path) -> None:
+    cache = Cache(tmp_path / "cache")
+    data = b"small and linked\n"
+    digest = cache.store_bytes(data)
+    cache.close()
+    cache.checkout_file(digest, tmp_path / "ws" / "linked.txt", Mode.HARDLINK)  # makes it a file too
+    packs = Packs(tmp_path / "cache" / pack.PACKS)
+    packs.drop([digest])
+    packs.add(digest, b"rotten\n")  # the record damaged (add does not check)
+    packs.close()
+    cache = Cache(tmp_path / "cache")
+    assert cache.packed(digest) is None  # the bad record dropped; the file copy answers
+    assert digest not in Packs(tmp_path / "cache" / pack.PACKS)
+    cache.verify(digest)
+    dest = tmp_path / "ws" / "copy.txt"
+    cache.checkout_file(digest, dest)
+    assert dest.read_bytes() == data
+
+
+def test_gc_counts_an_object_once_and_cleans_what_killed_writers_left(tmp_path: Path) -> None:
+    cache = Cache(tmp_path / ".pivot" / "cache")
+    digests = [cache.store_bytes(f"garbage {i}\n".encode()) for i in range(3)]
+    cache.close()
+    for i, digest in enumerate(digests):  # each also a file (a hardlink checkout made it one)
+        cache.checkout_file(digest, tmp_path / "ws" / f"{i}.txt", Mode.HARDLINK)
+    packs_dir = tmp_path / ".pivot" / "cache" / pack.PACKS
+    gone_pid = subprocess.Popen(["true"])  # (a pid that is gone: a child, reaped)
+    gone_pid.wait()
+    left = packs_dir / f".1-abc.pack.{gone_pid.pid}-0123.tmp"
+    left.write_bytes(b"half a pack")
+    orphan = packs_dir / "999999-0abc.idx"
+    orphan.write_bytes(b"an index whose pack was merged away")
+    dry = gc.collect(tmp_path, cache, keep_run_cache=False, dry_run=True)
+    assert sorted(dry.objects) == sorted(digests)  # once each, though each is a file and a record
+    report = gc.collect(tmp_path, Cache(tmp_path / ".pivot" / "cache"), keep_run_cache=False, dry_run=False)
+    assert sorted(report.objects) == sorted(digests)
+    assert not left.exists() and not orphan.exists()
+    assert files(packs_dir, ".pack") == [] and cache_digests(tmp_path / ".pivot" / "cache") == set()
+
+
+def test_gc_that_cannot_rewrite_a_pack_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cache = Cache(tmp_path / ".pivot" / "cache")
+    cache.store_bytes(b"garbage\n")
+    cache.close()
+
+    def full(self: Packs, digests: object) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Packs, "drop", full)
+    with pytest.raises(gc.GcError, match="free some space and run gc again"):
+        gc.collect(tmp_path, Cache(tmp_path / ".pivot" / "cache"), keep_run_cache=False, dry_run=False)

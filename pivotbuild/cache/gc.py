@@ -7,10 +7,12 @@ killed build left behind, and its pending (`--no-commit`) results.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from pivotbuild.cache.pack import PACKS
 from pivotbuild.cache.runcache import RUNS
 from pivotbuild.cache.store import OBJECTS, Cache, CorruptObject, MissingObject
 from pivotbuild.errors import PivotError
@@ -116,20 +118,41 @@ def collect(root: Path, cache: Cache, *, keep_run_cache: bool, dry_run: bool) ->
             report.freed_bytes += tmp.stat().st_size
             if not dry_run:
                 tmp.unlink(missing_ok=True)
+    gone: set[str] = set()
     for obj in sorted(objects_dir.glob("*/*")) if objects_dir.is_dir() else []:
         digest = obj.parent.name + obj.name
         if digest in referenced or obj.name.startswith(".tmp-"):
             continue
-        report.objects.append(digest)
+        gone.add(digest)
         report.freed_bytes += obj.stat().st_size
         if not dry_run:
-            cache.remove(digest)
+            with contextlib.suppress(FileNotFoundError):
+                obj.chmod(0o644)
+                obj.unlink()
     packed = cache.packs.sizes()
-    unreferenced = sorted(d for d in packed if d not in referenced)
-    report.objects += unreferenced
+    unreferenced = [d for d in packed if d not in referenced]
+    gone.update(unreferenced)
+    report.objects = sorted(gone)  # (an object both a file and packed counts once; its bytes twice)
     report.freed_bytes += sum(packed[d] for d in unreferenced)
-    if unreferenced and not dry_run:
-        cache.packs.drop(unreferenced)  # the packs holding them written again without them
+    packs_dir = cache.dir / PACKS
+    for left in sorted(packs_dir.glob(".*.tmp")) if packs_dir.is_dir() else []:
+        # A pack or index being written when its writer was killed: `.NAME.PID-RANDOM.tmp`.
+        if not _writer_alive("-" + left.name.rsplit(".", 2)[-2]):
+            report.freed_bytes += left.stat().st_size
+            if not dry_run:
+                left.unlink(missing_ok=True)
+    if not dry_run:
+        for idx in packs_dir.glob("*.idx") if packs_dir.is_dir() else []:
+            if not idx.with_suffix(".pack").exists():  # its pack merged away as it was indexed
+                idx.unlink(missing_ok=True)
+        if unreferenced:
+            try:  # the packs holding them written again without them
+                cache.packs.drop(unreferenced)
+            except OSError as exc:
+                raise GcError(
+                    f"deleted the unused object files, but could not rewrite the cache's packs without their"
+                    f" unused objects ({exc.strerror or exc}); free some space and run gc again"
+                ) from exc
     return report
 
 

@@ -27,6 +27,7 @@ directory again, once.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import struct
 import threading
@@ -90,10 +91,11 @@ class Packs:
         return {digest: length for digest, (_, _, length) in self._index().items()}
 
     def reload(self) -> None:
-        """Forget what was read of the directory (another process changed it)."""
+        """Forget what was read of the directory (another process changed it).
+        The packs already open stay open: a name is never reused, so what a
+        descriptor reads stays right, and another thread may be reading."""
         with self._lock:
             self._where = None
-            self._close_readers()
 
     def _index(self) -> dict[str, tuple[str, int, int]]:
         where = self._where
@@ -129,7 +131,7 @@ class Packs:
             entries = _scan(self.dir / name)
         except OSError:
             return []
-        if not _writer_alive(name):
+        if not _being_written(self.dir / name):
             with contextlib.suppress(OSError):
                 write_atomic(idx, _index_bytes(entries), fsync=False)
         return entries
@@ -146,11 +148,6 @@ class Packs:
                     self._fds[name] = fd
         data = os.pread(fd, length, offset)
         return data if len(data) == length else b""  # short: the cache's check reports it corrupt
-
-    def _close_readers(self) -> None:
-        for fd in self._fds.values():
-            os.close(fd)
-        self._fds.clear()
 
     # -- writing --------------------------------------------------------------------------
 
@@ -183,6 +180,9 @@ class Packs:
                 break
             except FileExistsError:
                 continue
+        # Locked for as long as it is written: no other process indexes it, or
+        # merges or rewrites it away, meanwhile (see `_being_written`).
+        fcntl.flock(fd, fcntl.LOCK_EX)
         write_all(fd, _PACK_MAGIC)
         self._own, self._own_fd, self._own_size = name, fd, len(_PACK_MAGIC)
         self._own_entries = {}
@@ -200,26 +200,39 @@ class Packs:
             self._own, self._own_fd, self._own_entries = None, -1, {}
 
     def close(self) -> None:
-        """Index this process's pack (the next build can read it without a scan),
-        then merge the packs if there are more than MAX_PACKS.  Idempotent;
-        the next `add` starts a new pack."""
+        """The end of a build or fetch: index this process's pack (the next
+        build can read it without a scan), merge the packs if there are more
+        than MAX_PACKS, and close what was opened to read.  Idempotent; the
+        next `add` starts a new pack."""
+        wrote = self._index_own()
         with self._lock:
-            name, fd, entries = self._own, self._own_fd, self._own_entries
-            self._own, self._own_fd, self._own_entries = None, -1, {}
-            self._close_readers()
-        if name is None:
+            for fd in self._fds.values():
+                os.close(fd)
+            self._fds.clear()
+        if not wrote:
             return
-        os.close(fd)
-        write_atomic(
-            self.dir / (name[: -len(".pack")] + ".idx"),
-            _index_bytes([(d, o, n) for d, (o, n) in entries.items()]),
-            fsync=False,
-        )
         names = list(_pack_names(self.dir))
         if len(names) > MAX_PACKS:
             sizes = {n: _size(self.dir / n) for n in names}
             largest = max(names, key=lambda n: (sizes[n], n))
             self.rewrite([n for n in names if n != largest], drop=frozenset())
+
+    def _index_own(self) -> bool:
+        """Index this process's pack, and stop writing it; whether there was one."""
+        with self._lock:
+            name, fd, entries = self._own, self._own_fd, self._own_entries
+            self._own, self._own_fd, self._own_entries = None, -1, {}
+        if name is None:
+            return False
+        try:
+            write_atomic(
+                self.dir / (name[: -len(".pack")] + ".idx"),
+                _index_bytes([(d, o, n) for d, (o, n) in entries.items()]),
+                fsync=False,
+            )
+        finally:
+            os.close(fd)  # (and with it the lock: the pack is whole)
+        return True
 
     def drop(self, digests: Iterable[str]) -> int:
         """Remove these objects from the packs that hold them (written again
@@ -235,16 +248,17 @@ class Packs:
     def rewrite(self, names: list[str], *, drop: frozenset[str]) -> None:
         """Replace packs `names` by one holding their objects less `drop`
         (none at all if nothing stays), copied record by record (a pack may
-        be large).  The new pack and its index exist before the old ones go,
-        so a crash leaves duplicates, never a loss."""
+        be large).  A pack another process is writing (or rewriting) is left
+        alone: each is locked while it is.  The new pack, its index and the
+        directory are on disk before the old ones go, so a crash, even a
+        power cut, leaves duplicates, never a loss."""
         if self._own in names:  # this process's open pack: index it first
-            self.close()
-        with self._lock:
-            self._close_readers()
+            self._index_own()
         name = f"{os.getpid()}-{os.urandom(6).hex()}.pack"
-        tmp = self.dir / f".{name}.tmp"
+        tmp = self.dir / f".{name}.{os.getpid()}-{os.urandom(4).hex()}.tmp"
         out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
         entries: dict[str, tuple[int, int]] = {}
+        locked: list[tuple[str, int]] = []  # the old packs taken, locked until they are gone
         try:
             write_all(out, _PACK_MAGIC)
             offset = len(_PACK_MAGIC)
@@ -254,17 +268,23 @@ class Packs:
                 except FileNotFoundError:
                     continue  # rewritten by another process meanwhile: its successor holds these
                 try:
-                    for digest, start, length in self._entries(old):
-                        if digest in drop or digest in entries:
-                            continue
-                        data = os.pread(src, length, start)
-                        if len(data) != length:
-                            break  # cut short: what follows is lost to every reader alike
-                        write_all(out, _RECORD.pack(bytes.fromhex(digest), length) + data)
-                        entries[digest] = (offset + _RECORD.size, length)
-                        offset += _RECORD.size + length
-                finally:
+                    fcntl.flock(src, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
                     os.close(src)
+                    continue  # being written, or rewritten by another: left as it is
+                locked.append((old, src))
+                if os.fstat(src).st_nlink == 0:
+                    continue  # rewritten by another just before: it unlinks before it unlocks
+                for digest, start, length in self._entries(old):
+                    if digest in drop or digest in entries:
+                        continue
+                    data = os.pread(src, length, start)
+                    if len(data) != length:
+                        break  # cut short: what follows is lost to every reader alike
+                    write_all(out, _RECORD.pack(bytes.fromhex(digest), length) + data)
+                    entries[digest] = (offset + _RECORD.size, length)
+                    offset += _RECORD.size + length
+            os.fsync(out)
             os.close(out)
             out = -1
             if entries:
@@ -272,17 +292,18 @@ class Packs:
                 write_atomic(
                     self.dir / (name[: -len(".pack")] + ".idx"),
                     _index_bytes([(d, o, n) for d, (o, n) in entries.items()]),
-                    fsync=False,
-                )
+                )  # (fsync'ed, with the directory: the rename above too)
+            for old, _ in locked:
+                for path in (self.dir / (old[: -len(".pack")] + ".idx"), self.dir / old):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(path)
         finally:
             if out >= 0:
                 os.close(out)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
-        for old in names:
-            for path in (self.dir / (old[: -len(".pack")] + ".idx"), self.dir / old):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(path)
+            for _, fd in locked:
+                os.close(fd)
         self.reload()
 
 
@@ -303,16 +324,21 @@ def _size(path: Path) -> int:
         return 0
 
 
-def _writer_alive(name: str) -> bool:
-    """Whether the process that named pack `name` (`PID-RANDOM.pack`) still runs."""
+def _being_written(path: Path) -> bool:
+    """Whether a process is writing (or rewriting) pack `path`: its writer
+    holds an exclusive lock on it until it is whole (the kernel lets go of a
+    killed one's)."""
     try:
-        pid = int(name.split("-", 1)[0])
-        os.kill(pid, 0)
-    except (ValueError, ProcessLookupError):
-        return False
-    except PermissionError:
-        return True  # another user's process
-    return True
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return True  # gone, or unreadable: not ours to index
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+    return False
 
 
 def _index_bytes(entries: list[tuple[str, int, int]]) -> bytes:

@@ -280,13 +280,18 @@ class Cache:
         return data
 
     def packed(self, digest: str) -> bytes | None:
-        """The object's bytes if a pack holds it, verified (CorruptObject after
-        removing it, if they are not what they are named); None if no pack does."""
+        """The object's bytes if a pack holds it, verified; None if no pack
+        does.  A record that is not what it is named is removed, and then
+        CorruptObject, unless the object is a file too (for a link): then
+        None, and that file is checked by whoever reads it."""
         data = self.packs.read(digest)
-        if data is not None and hash_bytes(data) != digest:
-            self.remove(digest)
-            raise CorruptObject(digest)
-        return data
+        if data is None or hash_bytes(data) == digest:
+            return data
+        with contextlib.suppress(OSError):  # (a full disk: it stays, and is found corrupt again)
+            self.packs.drop([digest])
+        if os.path.isfile(self.path_of(digest)):
+            return None
+        raise CorruptObject(digest)
 
     def read_manifest(self, digest: str) -> list[ManifestEntry]:
         """The entries of a directory's manifest; MissingObject, or CorruptObject
@@ -310,7 +315,8 @@ class Cache:
             path.chmod(0o644)
             path.unlink()
         if digest in self.packs:
-            self.packs.drop([digest])
+            with contextlib.suppress(OSError):  # (a full disk: it stays, and is found corrupt again)
+                self.packs.drop([digest])
 
     # -- checkout -------------------------------------------------------------------
 
