@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import Project
 
 from pivotbuild.build.executors.spawn import Child, Starter
 
@@ -138,3 +139,131 @@ def test_a_stage_starts_where_our_own_directory_was_removed(tmp_path: Path, monk
     assert isinstance(child, subprocess.Popen)
     assert child.returncode == 0
     assert f"{tmp_path}\na value\n" in seen
+
+
+# -- a simple script started without the shell -----------------------------------------------
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PWD": os.getcwd()}
+
+
+@pytest.mark.parametrize(
+    ("script", "args", "redirect"),
+    [
+        ("md5sum a.txt b.txt > out.txt", ["md5sum", "a.txt", "b.txt"], ("out.txt", os.O_TRUNC)),
+        ("cat\ta.txt   b.txt", ["cat", "a.txt", "b.txt"], None),
+        ("sort --key=2,3 -o x a.txt >> log.txt", ["sort", "--key=2,3", "-o", "x", "a.txt"], ("log.txt", os.O_APPEND)),
+        ("/usr/bin/env a@b%c:d+e", ["/usr/bin/env", "a@b%c:d+e"], None),
+    ],
+)
+def test_a_plain_command_is_started_without_the_shell(
+    script: str, args: list[str], redirect: tuple[str, int] | None
+) -> None:
+    found = Starter()._direct(("/bin/sh", "-e", "-c", script), _env())
+    assert found is not None
+    program, got, to = found
+    assert got == args and os.path.basename(program) == os.path.basename(args[0])
+    if redirect is None:
+        assert to is None
+    else:
+        assert to is not None and to[0] == redirect[0] and to[1] & redirect[1] and to[2] == 0o666
+
+
+@pytest.mark.parametrize(
+    "script",
+    [
+        "echo hi > out.txt",  # a builtin: the shell's echo, not /bin/echo
+        "cd sub",
+        "X=1 cat a.txt",  # an assignment
+        "cat $X",
+        "cat 'a b'",
+        'cat "a"',
+        "cat a\\ b",
+        "cat *.txt",
+        "cat a?.txt",
+        "cat ~/a",
+        "cat a.txt 2> err",  # 2> is stderr's: the shell's
+        "cat a.txt 2>err",
+        "cat a.txt >out",  # a redirect not standing alone: left to the shell
+        "cat a > b > c",
+        "cat a.txt | sort",
+        "cat a.txt; true",
+        "cat a.txt && true",
+        "(cat a.txt)",
+        "cat a.txt # comment",
+        "cat a.txt\ncat b.txt",
+        "cat a.txt < in",
+        "no-such-program-anywhere a.txt",  # not found: the shell says so, as always
+        "",
+        "> out",
+    ],
+)
+def test_anything_else_is_left_to_the_shell(script: str) -> None:
+    assert Starter()._direct(("/bin/sh", "-e", "-c", script), _env()) is None
+
+
+def test_only_the_default_shell_is_skipped() -> None:
+    starter = Starter()
+    assert starter._direct(("/bin/bash", "-e", "-c", "cat a"), _env()) is None
+    assert starter._direct(("/bin/sh", "-c", "cat a"), _env()) is None  # SHELL set otherwise
+    assert starter._direct(("/bin/sh", "-e", "-c", "cat a"), {k: v for k, v in _env().items() if k != "PATH"}) is None
+
+
+def test_a_stage_with_a_plain_command_runs_without_a_shell_and_as_with_one(project: Project) -> None:
+    project.write("parent.sh", '#!/bin/sh\nps -o comm= -p "$PPID"\n')
+    os.chmod(project.root / "parent.sh", 0o755)
+    project.write("in.txt", "one\n")
+    project.pivotfile(
+        """
+stage direct:
+    deps: in.txt parent.sh
+    outs: parent.txt copy.txt
+    run:
+        ./parent.sh > parent.txt
+        cat in.txt in.txt >> copy.txt
+stage plain:
+    deps: in.txt parent.sh
+    outs: plain.txt
+    run: ./parent.sh > plain.txt
+stage appended:
+    deps: in.txt
+    outs: twice.txt
+    run: cat in.txt >> twice.txt
+"""
+    )
+    r = project.run()
+    assert r.code == 0, r.err
+    assert (project.root / "parent.txt").read_text().strip() == "sh"  # two lines: the shell's
+    assert (project.root / "plain.txt").read_text().strip() != "sh"  # one plain line: started directly
+    assert (project.root / "twice.txt").read_text() == "one\n"
+    assert (project.root / "copy.txt").read_text() == "one\none\n"
+
+
+def test_a_plain_command_that_cannot_start_fails_as_the_shell_says(project: Project) -> None:
+    project.pivotfile("stage s:\n    outs: out.txt\n    run: no-such-program-anywhere x > out.txt\n")
+    r = project.run()
+    assert r.code == 1
+    assert "not found" in r.err  # the shell's own words
+    project.pivotfile("stage s:\n    outs: out.txt\n    run: cat /dev/null > nowhere/out.txt\n")
+    r = project.run()
+    assert r.code == 1
+    assert "nowhere/out.txt" in r.err and "nonexistent" in r.err.lower()
+
+
+@pytest.mark.parametrize("pwd", [None, "/", "same", "link"])
+def test_a_program_started_without_the_shell_gets_the_pwd_the_shell_would_give(pwd: str | None, tmp_path: Path) -> None:
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    here = os.getcwd()
+    os.chdir(tmp_path / "real")
+    try:
+        env = {k: v for k, v in os.environ.items() if k != "PWD"}
+        if pwd is not None:
+            env["PWD"] = {"same": str(tmp_path / "real"), "link": str(tmp_path / "link")}.get(pwd, pwd)
+        shell = subprocess.run(["/bin/sh", "-e", "-c", "env"], env=env, capture_output=True, text=True, check=True)
+        want = [line for line in shell.stdout.splitlines() if line.startswith("PWD=")]
+        got = Starter()._with_pwd(env)
+        assert [f"PWD={got['PWD']}"] == want
+    finally:
+        os.chdir(here)

@@ -108,6 +108,8 @@ class Starter:
     def __init__(self, *, spawn: bool = True) -> None:
         self.spawns = spawn and _glibc_at_least(2, 29) and hasattr(os, "posix_spawn")
         self.closes: list[tuple[int, int]] = []
+        self._found: dict[tuple[str, str | None], str | None] = {}
+        self._pwds: dict[str | None, str] = {}  # a stage's PWD -> the PWD the shell would pass on
         if self.spawns:
             inherited = _inheritable_above_2()
             if inherited is None:
@@ -129,6 +131,18 @@ class Starter:
         streams these descriptors, in a session of its own.  Raises OSError
         if it cannot start (as Popen: the program missing, not executable...)."""
         if self.spawns and "/" in argv[0] and min(stdin, stdout, stderr) > 2 and (cwd is None or _is_ours(cwd)):
+            direct = self._direct(argv, env)
+            if direct is not None:
+                program, args, redirect = direct
+                env = self._with_pwd(env)
+                out = (os.POSIX_SPAWN_DUP2, stdout, 1) if redirect is None else (os.POSIX_SPAWN_OPEN, 1, *redirect)
+                actions = [(os.POSIX_SPAWN_DUP2, stdin, 0), out, (os.POSIX_SPAWN_DUP2, stderr, 2), *self.closes]
+                try:
+                    return Child(
+                        os.posix_spawn(program, args, env, file_actions=actions, setsid=True, setsigdef=_DEFAULTS)
+                    )
+                except OSError:
+                    pass  # the shell then starts it, and says what is wrong as it always has
             actions = [
                 (os.POSIX_SPAWN_DUP2, stdin, 0),
                 (os.POSIX_SPAWN_DUP2, stdout, 1),
@@ -151,6 +165,85 @@ class Starter:
             stderr=stderr,
             start_new_session=True,  # its own process group: we can kill the whole tree
         )
+
+    def _direct(
+        self, argv: tuple[str, ...], env: Mapping[str, str]
+    ) -> tuple[str, list[str], tuple[str, int, int] | None] | None:
+        """A stage script so simple that `/bin/sh -e -c` would only split it
+        into words and start one program, maybe with its output sent to a
+        file: (the program's path, its arguments, (file, open flags, mode) or
+        None).  None for anything else, which the shell runs.
+
+        As make does for a command without shell syntax: it saves starting
+        the shell, half the CPU a short stage costs (2.45 against 1.21 ms
+        measured here for `md5sum A B > OUT`).  Only the default shell, only
+        words of plain characters (no quote, `$`, glob, `~`, `#`, `;`, `&`,
+        `|`, `<`, parenthesis, brace or backslash), no assignment, no builtin
+        or reserved word first, a program found on the stage's PATH as the
+        shell would find it, and at most one `>` or `>>` standing alone
+        before the last word.  The program gets the environment the shell
+        would give it (`_with_pwd`)."""
+        if len(argv) != 4 or argv[:3] != ("/bin/sh", "-e", "-c") or not _PLAIN.issuperset(argv[3]):
+            return None
+        words = argv[3].split()
+        redirect = None
+        if ">" in argv[3]:
+            if len(words) < 3 or words[-2] not in (">", ">>") or ">" in words[-1] or any(">" in w for w in words[:-2]):
+                return None
+            flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if words[-2] == ">>" else os.O_TRUNC)
+            redirect = (words[-1], flags, 0o666)
+            words = words[:-2]
+        if not words or "=" in words[0] or words[0] in _SHELL_WORDS or words[0].startswith("-"):
+            return None
+        program = self._which(words[0], env.get("PATH"))
+        return None if program is None else (program, words, redirect)
+
+    def _with_pwd(self, env: Mapping[str, str]) -> Mapping[str, str]:
+        """`env` as the shell passes it on: `PWD` kept if it names our directory
+        (maybe through a symlink), else set to our directory's real path, as
+        dash sets it when it starts."""
+        pwd = env.get("PWD")
+        if pwd not in self._pwds:
+            right = False
+            if pwd:
+                try:
+                    st, dot = os.stat(pwd), os.stat(".")
+                    right = (st.st_dev, st.st_ino) == (dot.st_dev, dot.st_ino)
+                except OSError:
+                    pass
+            self._pwds[pwd] = pwd if right and pwd else os.getcwd()
+        fixed = self._pwds[pwd]
+        return env if fixed == pwd else {**env, "PWD": fixed}
+
+    def _which(self, name: str, path: str | None) -> str | None:
+        """Where the shell finds program `name` on `path` (cached for the build);
+        None where only the shell should say (not found, no PATH, an empty entry)."""
+        if "/" in name:
+            return name
+        key = (name, path)
+        if key not in self._found:
+            found = None
+            for directory in (path or "").split(":") if path else ():
+                if not directory:
+                    break  # the current directory, as the shell reads it: left to the shell
+                candidate = f"{directory}/{name}"
+                if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+                    found = candidate
+                    break
+            self._found[key] = found
+        return self._found[key]
+
+
+# Characters a word may hold for `Starter._direct`; and what a stage's script
+# may hold at all then (the words, blanks between them, `>`).
+_WORD = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_./,:=+@%-")
+_PLAIN = _WORD | frozenset(" \t>")
+# dash's builtins and reserved words: the shell's own, not a program on PATH.
+_SHELL_WORDS = frozenset(
+    ". : [ alias bg break cd command continue echo eval exec exit export false fc fg getopts hash jobs kill"  # noqa: SIM905
+    " local printf pwd read readonly return set shift test times trap true type ulimit umask unalias unset"
+    " wait ! case do done elif else esac fi for if in then until while { } [[ ]] function select time".split()
+)
 
 
 def _is_ours(cwd: Path) -> bool:
