@@ -162,7 +162,7 @@ def test_a_plain_command_is_started_without_the_shell(
 ) -> None:
     found = Starter()._direct(("/bin/sh", "-e", "-c", script), _env())
     assert found is not None
-    program, got, to = found
+    program, got, to, _ = found
     assert got == args and os.path.basename(program) == os.path.basename(args[0])
     if redirect is None:
         assert to is None
@@ -194,12 +194,19 @@ def test_a_plain_command_is_started_without_the_shell(
         "cat a.txt # comment",
         "cat a.txt\ncat b.txt",
         "cat a.txt < in",
+        "chdir /",  # dash's too
+        "cat in.txt > /dev/stderr",  # (could name one of pivotbuild's own descriptors)
+        "cat in.txt > /dev/fd/3",
+        "cat in.txt > /proc/self/fd/2",
+        "cat in.txt > link-to-stderr",
         "no-such-program-anywhere a.txt",  # not found: the shell says so, as always
         "",
         "> out",
     ],
 )
-def test_anything_else_is_left_to_the_shell(script: str) -> None:
+def test_anything_else_is_left_to_the_shell(script: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "link-to-stderr").symlink_to("/dev/stderr")
     assert Starter()._direct(("/bin/sh", "-e", "-c", script), _env()) is None
 
 
@@ -251,7 +258,7 @@ def test_a_plain_command_that_cannot_start_fails_as_the_shell_says(project: Proj
     assert "nowhere/out.txt" in r.err and "nonexistent" in r.err.lower()
 
 
-@pytest.mark.parametrize("pwd", [None, "/", "same", "link"])
+@pytest.mark.parametrize("pwd", [None, "/", "same", "link", ".", "./"])
 def test_a_program_started_without_the_shell_gets_the_pwd_the_shell_would_give(pwd: str | None, tmp_path: Path) -> None:
     (tmp_path / "real").mkdir()
     (tmp_path / "link").symlink_to(tmp_path / "real")
@@ -267,3 +274,48 @@ def test_a_program_started_without_the_shell_gets_the_pwd_the_shell_would_give(p
         assert [f"PWD={got['PWD']}"] == want
     finally:
         os.chdir(here)
+
+
+@pytest.mark.parametrize("name", ["A-B", "1X", "A.B", "IFS", "OPTIND", "PPID"])
+def test_an_environment_the_shell_would_change_is_left_to_the_shell(name: str) -> None:
+    assert Starter()._direct(("/bin/sh", "-e", "-c", "cat a"), {**_env(), name: "x"}) is None
+
+
+def test_a_program_started_without_the_shell_ends_as_the_shell_would(tmp_path: Path) -> None:
+    """Killed by a signal: the shell's status for it (128 + N); its signals unblocked."""
+    script = tmp_path / "killme"
+    script.write_text("#!/bin/sh\ngrep ^SigBlk /proc/self/status\nkill -TERM $$\n")
+    script.chmod(0o755)
+    here = os.getcwd()
+    os.chdir(tmp_path)
+    out_r, out_w = os.pipe()
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+    try:
+        starter = Starter()
+        assert starter._direct(("/bin/sh", "-e", "-c", "./killme"), _env()) is not None
+        child = starter.start(
+            ("/bin/sh", "-e", "-c", "./killme"), None, _env(), stdin=out_r, stdout=out_w, stderr=out_w
+        )
+        os.close(out_w)
+        assert child.wait() == 128 + signal.SIGTERM
+        with os.fdopen(out_r) as out:
+            assert int(out.read().split()[1], 16) == 0  # no signal blocked
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        os.chdir(here)
+
+
+def test_a_program_installed_during_the_build_is_found(tmp_path: Path) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+    for where in (first, second):
+        (where / "tool").write_text("#!/bin/sh\n")
+    (second / "tool").chmod(0o755)
+    starter = Starter()
+    env = {**_env(), "PATH": f"{first}:{second}"}
+    found = starter._direct(("/bin/sh", "-e", "-c", "tool"), env)
+    assert found is not None and found[0] == f"{second}/tool"
+    (first / "tool").chmod(0o755)  # as a stage might install it
+    found = starter._direct(("/bin/sh", "-e", "-c", "tool"), env)
+    assert found is not None and found[0] == f"{first}/tool"
