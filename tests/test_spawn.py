@@ -18,7 +18,9 @@ PROBE = (
     "grep '^SigIgn' /proc/self/status; "
     'test "$(ps -o sid= -p $$)" -eq $$ && echo own session; '
     'test "$(ps -o pgid= -p $$)" -eq $$ && echo own group; '
-    'pwd; echo "$PROBE_VALUE"; ls /proc/$$/fd | sort -n | tr "\\n" " "'
+    # (The shell's own descriptors, by its own glob: `ls` in a pipeline raced
+    # the shell setting up the pipeline's pipes.)
+    'pwd; echo "$PROBE_VALUE"; cd /proc/$$/fd && echo *'
 )
 
 
