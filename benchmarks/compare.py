@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -201,6 +202,11 @@ def edit(root: Path, width: int, depth: int, i: int) -> None:
     path = root / f"src/{depth // 2}_{(i * 7) % width}.txt"
     with path.open("a") as f:
         f.write(f"edit {i}\n")
+    # Stamped with the fine clock: the file system's coarse one can give the
+    # edit the very mtime of an output written moments ago, and make, which
+    # compares mtimes, would then miss it (only a tiny run, as the smoke test's, is that fast).
+    now = time.time_ns()
+    os.utime(path, ns=(now, now))
 
 
 def _chunks(path: Path) -> Iterator[bytes]:
