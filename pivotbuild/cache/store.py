@@ -215,16 +215,20 @@ class Cache:
             # fetched or hard-linked; packing it too costs a few bytes, once.)
             self.packs.add(digest, data)
         elif not self.has(digest):
-            dest = self.path_of(digest)
-            self._ensure_dir(dest.parent)
-            tmp = self._tmp_name(dest)
-            try:
-                write_new(tmp, data)
-                os.replace(tmp, dest)
-            finally:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(tmp)
+            self._write_file(digest, data)
         return digest
+
+    def _write_file(self, digest: str, data: bytes) -> None:
+        """Object `digest` as a file of its own, holding `data`, written atomically."""
+        dest = self.path_of(digest)
+        self._ensure_dir(dest.parent)
+        tmp = self._tmp_name(dest)
+        try:
+            write_new(tmp, data)
+            os.replace(tmp, dest)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
 
     def _ensure_dir(self, directory: Path) -> None:
         if directory not in self._dirs:
@@ -399,18 +403,10 @@ class Cache:
     def _loosen(self, digest: str, data: bytes) -> None:
         """Make packed object `digest` a file of its own too (for links to it),
         unless it is one already and intact: a link lets an edit reach it."""
-        dest = self.path_of(digest)
         with contextlib.suppress(OSError):
-            if hash_file(dest) == digest:
+            if hash_file(self.path_of(digest)) == digest:
                 return
-        self._ensure_dir(dest.parent)
-        tmp = self._tmp_name(dest)
-        try:
-            write_new(tmp, data)
-            os.replace(tmp, dest)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+        self._write_file(digest, data)
 
     def _copy_into(self, src: Path, tmp: str, perms: int, mode: Mode = Mode.COPY) -> None:
         """Create `tmp` (the umask applies to `perms`) holding a copy of `src`,
