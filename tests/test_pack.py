@@ -30,6 +30,14 @@ def blobs(n: int, tag: str = "") -> dict[str, bytes]:
     return {hash_bytes(d): d for d in data}
 
 
+def write_pack(directory: Path, objs: dict[str, bytes]) -> None:
+    """What a build storing `objs` leaves: a pack, indexed."""
+    p = Packs(directory)
+    for digest, data in objs.items():
+        p.add(digest, data)
+    p.close()
+
+
 def files(directory: Path, suffix: str) -> list[Path]:
     return sorted(directory.glob(f"*{suffix}"))
 
@@ -53,10 +61,7 @@ def test_objects_are_readable_while_written_and_after_from_the_index(tmp_path: P
 def test_an_object_already_packed_is_not_written_again(tmp_path: Path) -> None:
     objs = blobs(3)
     for _ in range(2):
-        p = Packs(tmp_path)
-        for digest, data in objs.items():
-            p.add(digest, data)
-        p.close()
+        write_pack(tmp_path, objs)
     assert len(files(tmp_path, ".pack")) == 1  # the second build found them all: no pack at all
 
 
@@ -78,10 +83,7 @@ def test_the_pack_of_a_killed_writer_is_read_and_then_indexed(tmp_path: Path) ->
 
 def test_a_torn_last_record_loses_only_that_object(tmp_path: Path) -> None:
     objs = blobs(10)
-    p = Packs(tmp_path)
-    for digest, data in objs.items():
-        p.add(digest, data)
-    p.close()
+    write_pack(tmp_path, objs)
     for idx in files(tmp_path, ".idx"):
         idx.unlink()
     path = files(tmp_path, ".pack")[0]
@@ -96,10 +98,7 @@ def test_a_torn_last_record_loses_only_that_object(tmp_path: Path) -> None:
 @pytest.mark.parametrize("damage", ["garbage", "cut short", "a bit flipped"])
 def test_a_damaged_index_is_ignored_and_the_pack_read_instead(tmp_path: Path, damage: str) -> None:
     objs = blobs(10)
-    p = Packs(tmp_path)
-    for digest, data in objs.items():
-        p.add(digest, data)
-    p.close()
+    write_pack(tmp_path, objs)
     idx = files(tmp_path, ".idx")[0]
     blob = bytearray(idx.read_bytes())
     if damage == "garbage":
@@ -140,18 +139,12 @@ def test_a_full_disk_mid_record_leaves_the_pack_whole(tmp_path: Path, monkeypatc
 
 def test_too_many_packs_are_merged_into_one_beside_the_largest(tmp_path: Path) -> None:
     big = blobs(200, "big")
-    p = Packs(tmp_path)
-    for digest, data in big.items():
-        p.add(digest, data)
-    p.close()
+    write_pack(tmp_path, big)
     small: dict[str, bytes] = {}
     for build in range(MAX_PACKS):  # the last of them makes one more than MAX_PACKS
         objs = blobs(2, f"build{build}-")
         small |= objs
-        p = Packs(tmp_path)
-        for digest, data in objs.items():
-            p.add(digest, data)
-        p.close()
+        write_pack(tmp_path, objs)
     assert len(files(tmp_path, ".pack")) == 2  # the clean build's pack, and every later one merged
     assert len(files(tmp_path, ".idx")) == 2
     reader = Packs(tmp_path)
@@ -160,10 +153,7 @@ def test_too_many_packs_are_merged_into_one_beside_the_largest(tmp_path: Path) -
 
 def test_dropping_objects_keeps_the_others(tmp_path: Path) -> None:
     objs = blobs(30)
-    p = Packs(tmp_path)
-    for digest, data in objs.items():
-        p.add(digest, data)
-    p.close()
+    write_pack(tmp_path, objs)
     gone = list(objs)[::3]
     freed = Packs(tmp_path).drop(gone)
     assert freed == sum(len(objs[d]) for d in gone)
@@ -176,10 +166,7 @@ def test_dropping_objects_keeps_the_others(tmp_path: Path) -> None:
 
 def test_a_reader_finds_objects_after_another_process_merged_their_pack(tmp_path: Path) -> None:
     objs = blobs(10)
-    p = Packs(tmp_path)
-    for digest, data in objs.items():
-        p.add(digest, data)
-    p.close()
+    write_pack(tmp_path, objs)
     reader = Packs(tmp_path)
     assert next(iter(objs)) in reader  # it has read the directory
     other = Packs(tmp_path)
@@ -296,17 +283,11 @@ stage large:
 
 def test_a_pack_still_being_written_is_never_merged_away(tmp_path: Path) -> None:
     for build in range(MAX_PACKS):  # as many packs as may be left
-        p = Packs(tmp_path)
-        for digest, data in blobs(1, f"old{build}-").items():
-            p.add(digest, data)
-        p.close()
+        write_pack(tmp_path, blobs(1, f"old{build}-"))
     building = Packs(tmp_path)  # a build, still storing...
     (x, xdata), (y, ydata) = blobs(2, "build-").items()
     building.add(x, xdata)
-    fetching = Packs(tmp_path)  # ...while a fetch ends and merges
-    for digest, data in blobs(1, "fetched-").items():
-        fetching.add(digest, data)
-    fetching.close()
+    write_pack(tmp_path, blobs(1, "fetched-"))  # ...while a fetch ends and merges
     building.add(y, ydata)
     building.close()
     reader = Packs(tmp_path)

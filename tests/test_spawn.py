@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import Project
 
+from pivotbuild.build.executors.plaincommand import PlainCommands
 from pivotbuild.build.executors.spawn import Child, Starter
 
 # What a stage could notice of how it was started: its signals ignored, its
@@ -162,7 +163,7 @@ def _env() -> dict[str, str]:
 def test_a_plain_command_is_started_without_the_shell(
     script: str, args: list[str], redirect: tuple[str, int] | None
 ) -> None:
-    found = Starter()._direct(("/bin/sh", "-e", "-c", script), _env())
+    found = PlainCommands().direct(("/bin/sh", "-e", "-c", script), _env())
     assert found is not None
     program, got, to, _ = found
     assert got == args and os.path.basename(program) == os.path.basename(args[0])
@@ -209,14 +210,14 @@ def test_a_plain_command_is_started_without_the_shell(
 def test_anything_else_is_left_to_the_shell(script: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     (tmp_path / "link-to-stderr").symlink_to("/dev/stderr")
-    assert Starter()._direct(("/bin/sh", "-e", "-c", script), _env()) is None
+    assert PlainCommands().direct(("/bin/sh", "-e", "-c", script), _env()) is None
 
 
 def test_only_the_default_shell_is_skipped() -> None:
-    starter = Starter()
-    assert starter._direct(("/bin/bash", "-e", "-c", "cat a"), _env()) is None
-    assert starter._direct(("/bin/sh", "-c", "cat a"), _env()) is None  # SHELL set otherwise
-    assert starter._direct(("/bin/sh", "-e", "-c", "cat a"), {k: v for k, v in _env().items() if k != "PATH"}) is None
+    plain = PlainCommands()
+    assert plain.direct(("/bin/bash", "-e", "-c", "cat a"), _env()) is None
+    assert plain.direct(("/bin/sh", "-c", "cat a"), _env()) is None  # SHELL set otherwise
+    assert plain.direct(("/bin/sh", "-e", "-c", "cat a"), {k: v for k, v in _env().items() if k != "PATH"}) is None
 
 
 def test_a_stage_with_a_plain_command_runs_without_a_shell_and_as_with_one(project: Project) -> None:
@@ -272,7 +273,7 @@ def test_a_program_started_without_the_shell_gets_the_pwd_the_shell_would_give(p
             env["PWD"] = {"same": str(tmp_path / "real"), "link": str(tmp_path / "link")}.get(pwd, pwd)
         shell = subprocess.run(["/bin/sh", "-e", "-c", "env"], env=env, capture_output=True, text=True, check=True)
         want = [line for line in shell.stdout.splitlines() if line.startswith("PWD=")]
-        got = Starter()._with_pwd(env)
+        got = PlainCommands()._with_pwd(env)
         assert [f"PWD={got['PWD']}"] == want
     finally:
         os.chdir(here)
@@ -280,7 +281,7 @@ def test_a_program_started_without_the_shell_gets_the_pwd_the_shell_would_give(p
 
 @pytest.mark.parametrize("name", ["A-B", "1X", "A.B", "IFS", "OPTIND", "PPID"])
 def test_an_environment_the_shell_would_change_is_left_to_the_shell(name: str) -> None:
-    assert Starter()._direct(("/bin/sh", "-e", "-c", "cat a"), {**_env(), name: "x"}) is None
+    assert PlainCommands().direct(("/bin/sh", "-e", "-c", "cat a"), {**_env(), name: "x"}) is None
 
 
 def test_a_program_started_without_the_shell_ends_as_the_shell_would(tmp_path: Path) -> None:
@@ -294,7 +295,7 @@ def test_a_program_started_without_the_shell_ends_as_the_shell_would(tmp_path: P
     old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
     try:
         starter = Starter()
-        assert starter._direct(("/bin/sh", "-e", "-c", "./killme"), _env()) is not None
+        assert PlainCommands().direct(("/bin/sh", "-e", "-c", "./killme"), _env()) is not None
         child = starter.start(
             ("/bin/sh", "-e", "-c", "./killme"), None, _env(), stdin=out_r, stdout=out_w, stderr=out_w
         )
@@ -314,10 +315,10 @@ def test_a_program_installed_during_the_build_is_found(tmp_path: Path) -> None:
     for where in (first, second):
         (where / "tool").write_text("#!/bin/sh\n")
     (second / "tool").chmod(0o755)
-    starter = Starter()
+    plain = PlainCommands()
     env = {**_env(), "PATH": f"{first}:{second}"}
-    found = starter._direct(("/bin/sh", "-e", "-c", "tool"), env)
+    found = plain.direct(("/bin/sh", "-e", "-c", "tool"), env)
     assert found is not None and found[0] == f"{second}/tool"
     (first / "tool").chmod(0o755)  # as a stage might install it
-    found = starter._direct(("/bin/sh", "-e", "-c", "tool"), env)
+    found = plain.direct(("/bin/sh", "-e", "-c", "tool"), env)
     assert found is not None and found[0] == f"{first}/tool"

@@ -113,8 +113,14 @@ def collect(root: Path, cache: Cache, *, keep_run_cache: bool, dry_run: bool) ->
             if not dry_run:
                 entry.unlink()
     objects_dir = cache.dir / OBJECTS
-    for tmp in sorted([*objects_dir.glob(".tmp-*"), *objects_dir.glob("*/.tmp-*")]) if objects_dir.is_dir() else []:
-        if not _writer_alive(tmp.name):  # left by a build that was killed or interrupted mid-copy
+    packs_dir = cache.dir / PACKS
+    # What a killed or interrupted writer left, each name with its writer's pid:
+    # an object being copied, `.tmp-PID-THREAD-RANDOM`; a pack or index being
+    # written, `.NAME.PID-RANDOM.tmp`.
+    left = [(tmp, tmp.name.split("-")[1]) for tmp in [*objects_dir.glob(".tmp-*"), *objects_dir.glob("*/.tmp-*")]]
+    left += [(tmp, tmp.name.rsplit(".", 2)[-2].partition("-")[0]) for tmp in packs_dir.glob(".*.tmp")]
+    for tmp, pid in sorted(left):
+        if not _writer_alive(pid):
             report.freed_bytes += tmp.stat().st_size
             if not dry_run:
                 tmp.unlink(missing_ok=True)
@@ -134,13 +140,6 @@ def collect(root: Path, cache: Cache, *, keep_run_cache: bool, dry_run: bool) ->
     gone.update(unreferenced)
     report.objects = sorted(gone)  # (an object both a file and packed counts once; its bytes twice)
     report.freed_bytes += sum(packed[d] for d in unreferenced)
-    packs_dir = cache.dir / PACKS
-    for left in sorted(packs_dir.glob(".*.tmp")) if packs_dir.is_dir() else []:
-        # A pack or index being written when its writer was killed: `.NAME.PID-RANDOM.tmp`.
-        if not _writer_alive("-" + left.name.rsplit(".", 2)[-2]):
-            report.freed_bytes += left.stat().st_size
-            if not dry_run:
-                left.unlink(missing_ok=True)
     if not dry_run:
         for idx in packs_dir.glob("*.idx") if packs_dir.is_dir() else []:
             if not idx.with_suffix(".pack").exists():  # its pack merged away as it was indexed
@@ -156,13 +155,11 @@ def collect(root: Path, cache: Cache, *, keep_run_cache: bool, dry_run: bool) ->
     return report
 
 
-def _writer_alive(name: str) -> bool:
-    """Whether the process that is writing temporary object `name`
-    (`.tmp-PID-THREAD-RANDOM`) is still running."""
+def _writer_alive(pid: str) -> bool:
+    """Whether process `pid` (as a temporary file's name spells it) still runs."""
     try:
-        pid = int(name.split("-")[1])
-        os.kill(pid, 0)
-    except (IndexError, ValueError, ProcessLookupError):
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
         return False
     except PermissionError:
         return True  # another user's process

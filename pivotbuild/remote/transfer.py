@@ -267,30 +267,42 @@ def _receive(cache: Cache, remote: Remote, digest: str, report: Report) -> Calla
             if size is None:
                 report.problems.append(f"object {digest} is not on the remote; push it from a cache that has it")
                 return
-            if size <= PACK_MAX:  # packed, as a build packs it: no file of its own to create
-                data = remote.read(rel)
-                if hash_bytes(data) != digest:
-                    report.problems.append(f"object {digest} on the remote is corrupt; {_drop(remote, rel)}")
-                    return
-                cache.store_bytes(data)
-                report.count_moved(digest)
-                return
-            dest = cache.path_of(digest)
-            fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=_mkdir(dest.parent))
-            os.close(fd)
-            try:
-                remote.get(rel, Path(tmp))
-                if hash_file(tmp) != digest:
-                    report.problems.append(f"object {digest} on the remote is corrupt; {_drop(remote, rel)}")
-                    return
-                os.chmod(tmp, 0o444)
-                os.replace(tmp, dest)
-            finally:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(tmp)
+            fetch = _fetch_small if size <= PACK_MAX else _fetch
+            intact = fetch(cache, remote, rel, digest)
+        if not intact:
+            report.problems.append(f"object {digest} on the remote is corrupt; {_drop(remote, rel)}")
+            return
         report.count_moved(digest)
 
     return task
+
+
+def _fetch_small(cache: Cache, remote: Remote, rel: str, digest: str) -> bool:
+    """Fetch a small object whole and pack it, as a build packs it (no file of
+    its own to create); False (keeping nothing) if it is not what it is named."""
+    data = remote.read(rel)
+    if hash_bytes(data) != digest:
+        return False
+    cache.store_bytes(data)
+    return True
+
+
+def _fetch(cache: Cache, remote: Remote, rel: str, digest: str) -> bool:
+    """Fetch an object into a file of its own; False (keeping nothing) if it
+    is not what it is named."""
+    dest = cache.path_of(digest)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=_mkdir(dest.parent))
+    os.close(fd)
+    try:
+        remote.get(rel, Path(tmp))
+        if hash_file(tmp) != digest:
+            return False
+        os.chmod(tmp, 0o444)
+        os.replace(tmp, dest)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    return True
 
 
 def _drop(remote: Remote, rel: str) -> str:

@@ -1,0 +1,135 @@
+"""A stage script the shell would only split into words and start one
+program with: started without the shell, as GNU make starts a command with
+no shell syntax (`PlainCommands.direct`; spawn.Starter starts it).  The
+rules are dash's, the default shell's: what it treats as plain, where it
+finds a program, what environment it passes on.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Mapping
+
+# (the program's path, its arguments, the file its output goes to (path, open
+# flags, mode) or None, the environment the shell would give it)
+Direct = tuple[str, list[str], tuple[str, int, int] | None, Mapping[str, str]]
+
+
+class PlainCommands:
+    """The plain-command rules for one build, with what they look up once
+    (which variable names the shell passes on, the PWD it would give)."""
+
+    def __init__(self) -> None:
+        self._names: dict[str, bool] = {}  # a variable's name -> whether the shell passes it on as it is
+        self._pwds: dict[str | None, str] = {}  # a stage's PWD -> the PWD the shell would pass on
+
+    def direct(self, argv: tuple[str, ...], env: Mapping[str, str]) -> Direct | None:
+        """A stage script so simple that `/bin/sh -e -c` would only split it
+        into words and start one program, maybe with its output sent to a
+        file: (the program's path, its arguments, (file, open flags, mode) or
+        None, the environment the shell would give it).  None for anything
+        else, which the shell runs.
+
+        As make does for a command without shell syntax: it saves starting
+        the shell, half the CPU a short stage costs (2.45 against 1.21 ms
+        measured here for `md5sum A B > OUT`).  Only the default shell, only
+        words of plain characters (no quote, `$`, glob, `~`, `#`, `;`, `&`,
+        `|`, `<`, parenthesis, brace or backslash), no assignment, no builtin
+        or reserved word first, a program found on the stage's PATH as the
+        shell would find it, and at most one `>` or `>>` standing alone
+        before the last word, to a file outside /dev and /proc (where it
+        could name one of our own descriptors); an environment the shell
+        would pass on as it is but for `PWD` (`_with_pwd`).  A program killed
+        by a signal ends as the shell's would (spawn.Child: 128 + the signal)."""
+        if len(argv) != 4 or argv[:3] != ("/bin/sh", "-e", "-c") or not _PLAIN.issuperset(argv[3]):
+            return None
+        words = argv[3].split()
+        redirect = None
+        if ">" in argv[3]:
+            if len(words) < 3 or words[-2] not in (">", ">>") or ">" in words[-1] or any(">" in w for w in words[:-2]):
+                return None
+            if not _plain_target(words[-1]):
+                return None
+            flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if words[-2] == ">>" else os.O_TRUNC)
+            redirect = (words[-1], flags, 0o666)
+            words = words[:-2]
+        if not words or "=" in words[0] or words[0] in _SHELL_WORDS or words[0].startswith("-"):
+            return None
+        if not all(map(self._passed_on, env)):
+            return None
+        program = _which(words[0], env.get("PATH"))
+        return None if program is None else (program, words, redirect, self._with_pwd(env))
+
+    def _passed_on(self, name: str) -> bool:
+        """Whether the shell passes variable `name` on as it is: a shell name
+        (dash drops others), and not one it sets itself (`PWD` aside)."""
+        known = self._names.get(name)
+        if known is None:
+            known = self._names[name] = (
+                name.isascii()
+                and name.replace("_", "a").isalnum()
+                and not name[0].isdigit()
+                and name not in ("IFS", "OPTIND", "PPID", "PS1", "PS2", "PS4")
+            )
+        return known
+
+    def _with_pwd(self, env: Mapping[str, str]) -> Mapping[str, str]:
+        """`env` as the shell passes it on: `PWD` kept if it names our directory
+        (maybe through a symlink), else set to our directory's real path, as
+        dash sets it when it starts."""
+        pwd = env.get("PWD")
+        if pwd not in self._pwds:
+            right = False
+            if pwd and pwd.startswith("/"):
+                try:
+                    st, dot = os.stat(pwd), os.stat(".")
+                    right = (st.st_dev, st.st_ino) == (dot.st_dev, dot.st_ino)
+                except OSError:
+                    pass
+            self._pwds[pwd] = pwd if right and pwd else os.getcwd()
+        fixed = self._pwds[pwd]
+        return env if fixed == pwd else {**env, "PWD": fixed}
+
+
+def _plain_target(path: str) -> bool:
+    """Whether `path` is a file a redirect may open in our stead: missing or
+    a regular file (not a link, which could lead to /proc/self/fd: our own
+    descriptors are still open where the child opens it), in a directory
+    outside /dev and /proc."""
+    try:
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            return False
+    except FileNotFoundError:
+        pass
+    except OSError:
+        return False
+    where = os.path.realpath(os.path.dirname(path) or ".")
+    return not (where + "/").startswith(("/dev/", "/proc/"))
+
+
+def _which(name: str, path: str | None) -> str | None:
+    """Where the shell finds program `name` on `path` (looked up each time: a
+    stage may install one); None where only the shell should say (not found,
+    no PATH, an empty or relative entry)."""
+    if "/" in name:
+        return name
+    for directory in path.split(":") if path else ():
+        if not directory.startswith("/"):
+            return None  # the current directory, or relative to it: left to the shell
+        candidate = f"{directory}/{name}"
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+# Characters a word may hold for `PlainCommands.direct`; and what a stage's script
+# may hold at all then (the words, blanks between them, `>`).
+_WORD = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_./,:=+@%-")
+_PLAIN = _WORD | frozenset(" \t>")
+# dash's builtins and reserved words: the shell's own, not a program on PATH.
+_SHELL_WORDS = frozenset(
+    ". : [ alias bg break cd chdir command continue echo eval exec exit export false fc fg getopts hash jobs kill"  # noqa: SIM905
+    " local printf pwd read readonly return set shift test times trap true type ulimit umask unalias unset"
+    " wait ! case do done elif else esac fi for if in then until while { } [[ ]] function select time".split()
+)
