@@ -126,7 +126,7 @@ class Message:
     """A line for the user that belongs to no stage (waiting for a lock, warnings)."""
 
     text: str
-    level: str = "info"  # "info" or "warning"
+    level: str = "info"  # "info", "warning", "error", or "located" (a Pivotfile's located errors, shown as they are)
 
     def to_json(self) -> dict[str, Any]:
         return {"event": "message", "level": self.level, "text": self.text}
@@ -160,7 +160,21 @@ class BuildFinished:
         }
 
 
-Event = BuildStarted | StageState | StageStarted | Log | StageFinished | Decided | Message | BuildFinished
+@struct(frozen=True, slots=True, eq=False)
+class Watching:
+    """Watch mode waits for changes: `files` paths watched (deps, glob
+    directories, Pivotfiles, params files), after the build `last` (None if
+    it did not get to run: a Pivotfile error, a missing input)."""
+
+    files: int
+    last: BuildFinished | None = None
+    at: float = 0.0  # when the last build ended (time.time())
+
+    def to_json(self) -> dict[str, Any]:
+        return {"event": "watching", "files": self.files}
+
+
+Event = BuildStarted | StageState | StageStarted | Log | StageFinished | Decided | Message | BuildFinished | Watching
 
 
 class Reporter(Protocol):

@@ -15,14 +15,14 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from pivotbuild.build.admission import Admission, JobServer, TokenPool
 from pivotbuild.build.cancel import CancelToken
 from pivotbuild.build.decider import Decider, Decision
-from pivotbuild.build.executors.base import Executor, Inbox
+from pivotbuild.build.executors.base import Changed, Executor, Inbox
 from pivotbuild.build.executors.local import LocalExecutor
 from pivotbuild.build.options import BuildOptions
 from pivotbuild.build.recorder import DryRecorder, Outcome, Recorder
@@ -92,6 +92,7 @@ class Engine:
         self.executor = executor
         self.session: LoadedProject | None = None
         self._cancel: threading.Event | None = None  # the running build's
+        self._running_build: tuple[Inbox, str] | None = None  # its inbox, and the project root
         self.waited = False  # the last build waited for another's project lock
 
     def emit(self, event: Event) -> None:
@@ -102,6 +103,12 @@ class Engine:
         project, graph = self._session(options).current()
         targets = selected(project, graph, options.targets)
         return project, graph, targets
+
+    def current(self) -> tuple[Project, BuildGraph]:
+        """The project and graph served now (loaded by the last `load`, `build` or `reload`)."""
+        if self.session is None:
+            raise RuntimeError("Engine.current: no project loaded yet (build or load first)")
+        return self.session.current()
 
     def reload(self) -> Reloaded:
         """Load the project again if a Pivotfile, included pipeline or params file
@@ -127,6 +134,19 @@ class Engine:
             token.cancel()
         elif token is not None:
             token.set()
+
+    def changed(self, paths: Collection[str], *, restart: bool = False) -> bool:
+        """Files the running build reads changed (`paths`, absolute): it starts
+        no new stage and ends once the running ones have (the watcher then
+        builds again); with `restart`, a running stage whose inputs now hold
+        other contents is killed at once.  False if no build is running.
+        Safe from any thread."""
+        running = self._running_build
+        if running is None:
+            return False
+        inbox, root = running
+        inbox.put(Changed(frozenset(paths), root, restart))
+        return True
 
     def _session(self, options: BuildOptions, preloaded: Preloaded | None = None) -> LoadedProject:
         wanted = LoadOptions(options.cwd, options.file, options.overrides, options.all_pipelines)
@@ -250,9 +270,11 @@ class Engine:
             expected=expected,
             states=getattr(self.reporter, "wants_states", False),
         )
+        self._running_build = (inbox, str(project.root))
         try:
             return run.execute(), recorder
         finally:
+            self._running_build = None
             outputs.close()  # the build's pack of small objects indexed
 
     def _plan(self, graph: BuildGraph, closure: list[StageId], decider: Decider) -> list[tuple[StageId, Decision]]:

@@ -23,6 +23,9 @@ class BuildOptions:
     question: bool = False
     always_make: bool = False
     watch: bool = False
+    serve: bool = False  # with watch: the agent server
+    restart: bool = False  # with watch: a change kills the running stages it affects
+    debounce: int | None = None  # with watch: ms of quiet before a batch of changes counts (None: 50)
     all_pipelines: bool = False
     explain: bool = False
     json: bool = False

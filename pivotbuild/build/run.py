@@ -11,13 +11,14 @@ recorder: nothing runs and nothing is written.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
 
 from pivotbuild.build.admission import Admission
 from pivotbuild.build.decider import ALWAYS, FORCED, Decider, Verdict
-from pivotbuild.build.executors.base import Done, Executor, Inbox, Item, Job
+from pivotbuild.build.executors.base import Changed, Done, Executor, Inbox, Item, Job
 from pivotbuild.build.interrupts import Signals
 from pivotbuild.build.recorder import DryRecorder, Outcome, Recorder
 from pivotbuild.build.scheduler import Scheduler
@@ -152,7 +153,7 @@ class BuildRun:
         if not finished:
             self.cancel.set()
         while (item := self.inbox.take_nowait()) is not None:
-            if not isinstance(item, Done):
+            if not isinstance(item, (Done, Changed)):
                 self._handle(item)
         return finished
 
@@ -160,8 +161,19 @@ class BuildRun:
         if isinstance(item, Done):
             if self.inbox.handled(item):  # else handled already (see _drain_after_interrupt)
                 self._complete(item)
+        elif isinstance(item, Changed):
+            self._changed(item)
         else:
             self.emit(item)
+
+    def _changed(self, item: Changed) -> None:
+        """Inputs changed under the build (watch mode): start nothing more; with
+        `restart`, kill the running stages whose inputs now differ."""
+        self.stopping = True
+        if item.restart:
+            for job in list(self.running.values()):
+                if inputs_changed(job, item.paths, item.root):
+                    self.executor.cancel_job(job)
 
     def _decide_ready(self) -> None:
         scheduler = self.scheduler
@@ -273,3 +285,30 @@ class BuildRun:
                     self._handle(done)
                 continue
             self._handle(item)
+
+
+def inputs_changed(job: Job, paths: frozenset[str], root: str) -> bool:
+    """Does a file among `paths` that `job` reads hold other contents than
+    when it started?  (A directory or glob dep with a change under it counts:
+    its listing is not hashed again here.)"""
+    from pivotbuild.state.hashing import hash_file
+    from pivotbuild.state.kinds import FILE
+
+    if job.snap is None:
+        return False
+    for dep in job.snap.deps:
+        path = os.path.normpath(os.path.join(root, dep.path))
+        if dep.kind == FILE:
+            if path in paths:
+                try:
+                    if hash_file(path) != dep.hash:
+                        return True
+                except OSError:
+                    return True  # gone, or unreadable
+        elif (
+            path in paths
+            or any(p.startswith(path + os.sep) for p in paths)
+            or any(os.path.normpath(os.path.join(root, m.path)) in paths for m in dep.matches)
+        ):
+            return True
+    return False

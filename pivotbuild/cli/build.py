@@ -15,7 +15,6 @@ from pivotbuild.cli.buildargs import BUILD_OPTIONS, BuildArgs, conflict, to_opti
 from pivotbuild.cli.common import F, click_option, project_options
 from pivotbuild.cli.completion import complete_targets
 from pivotbuild.cli.running import make_reporter, terminate_as_interrupt
-from pivotbuild.errors import UsageError
 
 
 def build_command_options(f: F) -> F:
@@ -34,7 +33,9 @@ def repro(ctx: click.Context, /, args: tuple[str, ...], **flags: object) -> int:
     """Build targets and what they depend on (what a bare `pivotbuild` does)."""
     options = build_options(ctx, args, flags)
     if options.watch:
-        raise UsageError("watch mode (-w) is not available in this version yet; run the build again instead")
+        from pivotbuild.cli.watch import watch
+
+        return watch(options)
     from pivotbuild.build.engine import Engine
 
     reporter = make_reporter(options)

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from pivotbuild.build.options import BuildOptions
 
 # What an option's value is (FLAG: it takes none).
-FLAG, JOBS, LOAD, TEXT = "flag", "jobs", "load", "text"
+FLAG, JOBS, LOAD, TEXT, MS = "flag", "jobs", "load", "text", "ms"
 
 
 class Option:
@@ -102,6 +102,15 @@ BUILD_OPTIONS = (
         "always_make", ("-B", "--always-make"), "Rerun the selected stages and all they depend on, even if up to date."
     ),
     Option("watch", ("-w", "--watch"), "Build, then rebuild whenever an input changes, until Ctrl-C."),
+    Option("serve", ("--serve",), "With -w: also answer JSON-RPC on .pivot/agent.sock ('pivotbuild rpc')."),
+    Option("restart", ("--restart",), "With -w: a change kills the running stages whose inputs it changed."),
+    Option(
+        "debounce",
+        ("--debounce",),
+        "With -w: wait until no file changed for MS milliseconds before building (default 50).",
+        kind=MS,
+        metavar="MS",
+    ),
     ALL,
     Option("explain", ("--explain",), "Print for each stage why it runs or is skipped."),
     Option("json", ("--json",), "Machine output: one JSON event per line on stdout."),
@@ -114,6 +123,8 @@ BUILD_OPTIONS = (
 
 # Options that cannot be given together.
 _EXCLUSIVE = (("dry_run", "question"), ("quiet", "verbose"), ("watch", "dry_run"), ("watch", "question"))
+# Options that mean something only beside another.
+_NEEDS = (("serve", "watch"), ("restart", "watch"), ("debounce", "watch"))
 
 _BY_FLAG = {flag: option for option in (*BUILD_OPTIONS, FILE, DIRECTORY) for flag in option.flags}
 _BY_DEST = {option.dest: option for option in BUILD_OPTIONS}
@@ -163,6 +174,10 @@ def conflict(values: Mapping[str, object]) -> str | None:
     for a, b in _EXCLUSIVE:
         if values.get(a) and values.get(b):
             return f"{_BY_DEST[a].flags[0]} and {_BY_DEST[b].flags[0]} cannot be used together"
+    for option, needed in _NEEDS:
+        given = values.get(option)
+        if given is not None and given is not False and not values.get(needed):
+            return f"{_BY_DEST[option].flags[0]} needs {_BY_DEST[needed].flags[0]}"
     return None
 
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from pivotbuild.cli.buildargs import ALL, DIRECTORY, FILE, FLAG, JOBS, LOAD, TEXT, Option, enter, split_args
+from pivotbuild.cli.buildargs import ALL, DIRECTORY, FILE, FLAG, JOBS, LOAD, MS, TEXT, Option, enter, split_args
 from pivotbuild.cli.completion import complete_directory, complete_file
 
 if TYPE_CHECKING:
@@ -26,6 +26,7 @@ def click_option(option: Option, **attrs: Any) -> Callable[[F], F]:
         FLAG: {"is_flag": True},
         JOBS: {"type": click.IntRange(min=1)},
         LOAD: {"type": click.FloatRange(min=0, min_open=True)},
+        MS: {"type": click.IntRange(min=0)},
         TEXT: {},
     }
     return click.option(

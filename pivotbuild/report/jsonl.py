@@ -5,10 +5,29 @@ from __future__ import annotations
 import json
 from typing import TextIO
 
-from pivotbuild.events import BuildFinished, BuildStarted, Decided, Event, Log, Message, StageFinished, StageStarted
+from pivotbuild.events import (
+    BuildFinished,
+    BuildStarted,
+    Decided,
+    Event,
+    Log,
+    Message,
+    StageFinished,
+    StageStarted,
+    Watching,
+)
+from pivotbuild.report.plain import message_text
 
-# The events CLI.md promises; the others (stage states, retries) are internal.
-_PUBLIC = (BuildStarted, StageStarted, Log, StageFinished, Decided, BuildFinished)
+# The events CLI.md promises (and watch mode's `watching`); the others (stage
+# states, retries) are internal.
+PUBLIC = (BuildStarted, StageStarted, Log, StageFinished, Decided, BuildFinished, Watching)
+
+
+def public(event: Event) -> bool:
+    """Is `event` one of `--json`'s (CLI.md, Events)?  Not a retry's start."""
+    if isinstance(event, StageStarted):
+        return event.attempt == 1
+    return isinstance(event, PUBLIC)
 
 
 class JsonReporter:
@@ -19,15 +38,15 @@ class JsonReporter:
 
     def handle(self, event: Event) -> None:
         if isinstance(event, Message):
-            self.err.write(f"pivotbuild: {event.text}\n")
+            self.err.write(message_text(event) + "\n")
             return
-        if isinstance(event, StageStarted) and event.attempt > 1:
-            return
+        if isinstance(event, BuildStarted):
+            self._finished.clear()  # (watch mode: one build after another)
         if isinstance(event, StageFinished):
             if event.stage in self._finished:
                 return  # the end-of-build repeat of a failure is for humans
             self._finished.add(event.stage)
-        if isinstance(event, _PUBLIC):
+        if public(event):
             self.out.write(json.dumps(event.to_json(), ensure_ascii=False) + "\n")
             self.out.flush()
 

@@ -24,8 +24,9 @@ from pivotbuild.events import (
     StageFinished,
     StageStarted,
     Status,
+    Watching,
 )
-from pivotbuild.report.plain import failure_lines, summary
+from pivotbuild.report.plain import failure_lines, message_text, summary, watching_line
 
 _SHOWN_RUNNING = 8
 
@@ -50,10 +51,20 @@ class LiveReporter:
 
     def handle(self, event: Event) -> None:
         if isinstance(event, BuildStarted):
+            self._stop()  # (watch mode: the line shown between builds)
             self.total = event.stages
+            self.done = 0
+            self.counts = {}
+            self.running = {}
+            self.ran_durations = []
+            self._failed_once = set()
             self.jobs = max(event.jobs, 1)
             self.started_at = time.monotonic()
             self.live = Live(self, console=self.console, refresh_per_second=8, transient=True)
+            self.live.start()
+        elif isinstance(event, Watching):
+            self._stop()
+            self.live = Live(_waiting(event), console=self.console, refresh_per_second=1, transient=True)
             self.live.start()
         elif isinstance(event, StageStarted):
             if event.attempt == 1:
@@ -73,8 +84,7 @@ class LiveReporter:
             text = f"would run {event.stage}: {event.reason}" if event.will_run else f"up to date: {event.stage}"
             self.console.print(text)
         elif isinstance(event, Message):
-            prefix = "warning: " if event.level == "warning" else ""
-            self._print_err(f"pivotbuild: {prefix}{event.text}")
+            self._print_err(message_text(event))
         elif isinstance(event, BuildFinished):
             self._stop()
             self._print_err(summary(event), style="bold red" if event.failed else "bold")
@@ -146,6 +156,18 @@ class LiveReporter:
         running_left = sum(max((e or average) - (now - s), 0.0) for s, e in self.running.values())
         waiting = max(self.total - self.done - len(self.running), 0)
         return (running_left + waiting * average) / self.jobs
+
+
+def _waiting(event: Watching) -> Text:
+    """The line watch mode shows between builds."""
+    text = Text(watching_line(event.files), style="bold")
+    last = event.last
+    if last is not None:
+        when = time.strftime("%H:%M:%S", time.localtime(event.at))
+        text.append(f"; last build {when}, {last.ran} ran", style="dim")
+        if last.failed:
+            text.append(f", {last.failed} failed", style="red")
+    return text
 
 
 def _seconds(s: float) -> str:

@@ -7,6 +7,7 @@ from typing import TextIO
 
 from pivotbuild.events import (
     BuildFinished,
+    BuildStarted,
     Decided,
     Event,
     Log,
@@ -14,8 +15,13 @@ from pivotbuild.events import (
     StageFinished,
     StageStarted,
     Status,
+    Watching,
 )
 from pivotbuild.report.summary import summary_line
+
+
+def watching_line(files: int) -> str:
+    return f"watching {files} file{'' if files == 1 else 's'} for changes (Ctrl-C to stop)"
 
 
 def summary(event: BuildFinished) -> str:
@@ -29,6 +35,15 @@ def summary(event: BuildFinished) -> str:
         cancelled=event.cancelled,
         interrupted=event.interrupted,
     )
+
+
+def message_text(event: Message) -> str:
+    """A message as every view prints it (to stderr): `pivotbuild: ...`, but
+    a Pivotfile's located errors (level "located") as they are."""
+    if event.level == "located":
+        return event.text
+    prefix = "warning: " if event.level == "warning" else ""
+    return f"pivotbuild: {prefix}{event.text}"
 
 
 def failure_lines(event: StageFinished) -> list[str]:
@@ -49,6 +64,7 @@ class PlainReporter:
         self.verbose = verbose
         self.explain = explain
         self._failures_seen: set[str] = set()
+        self._watching: int | None = None  # the count last announced (watch mode)
 
     def _print(self, text: str, err: bool = False) -> None:
         stream = self.err if err else self.out
@@ -73,10 +89,14 @@ class PlainReporter:
             elif self.explain or self.verbose:
                 self._print(f"up to date: {event.stage}")
         elif isinstance(event, Message):
-            prefix = "warning: " if event.level == "warning" else ""
-            self._print(f"pivotbuild: {prefix}{event.text}", err=True)
+            self._print(message_text(event), err=True)
+        elif isinstance(event, BuildStarted):
+            self._failures_seen.clear()  # (watch mode: one build after another)
         elif isinstance(event, BuildFinished):
             self._print(summary(event), err=True)
+        elif isinstance(event, Watching) and event.files != self._watching and not self.quiet:
+            self._watching = event.files
+            self._print(f"pivotbuild: {watching_line(event.files)}", err=True)
 
     def _finished(self, event: StageFinished) -> None:
         if event.status is Status.FAILED:

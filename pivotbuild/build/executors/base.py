@@ -53,7 +53,19 @@ class Done:
     captured: Captured | None = None
 
 
-Item = Event | Done
+@struct(frozen=True, slots=True, eq=False)
+class Changed:
+    """Files the build reads changed while it runs (watch mode): no new stage
+    starts, the running ones finish, and the watcher builds again; with
+    `restart`, a running stage whose inputs are among `paths` (absolute),
+    with other contents than it started with, is killed now."""
+
+    paths: frozenset[str]
+    root: str  # the project's: what the stages' paths are relative to
+    restart: bool = False
+
+
+Item = Event | Done | Changed
 
 
 class Inbox:
@@ -131,6 +143,10 @@ class Executor(Protocol):
 
     def start(self, job: Job) -> None:
         """Begin `job`; its `Done` follows through the inbox (perhaps before this returns)."""
+        ...
+
+    def cancel_job(self, job: Job) -> None:
+        """Kill `job` if it is running: its `Done` says cancelled."""
         ...
 
     def cancel(self) -> None:

@@ -22,5 +22,8 @@ class DryExecutor:
     def cancel(self) -> None:
         pass  # nothing runs, so nothing to stop
 
+    def cancel_job(self, job: Job) -> None:
+        pass
+
     def close(self) -> None:
         pass

@@ -74,6 +74,11 @@ class LocalExecutor:
         for process in list(self.running.values()):
             process.kill()
 
+    def cancel_job(self, job: Job) -> None:
+        process = self.running.get(job)
+        if process is not None:
+            process.kill()
+
     def close(self) -> None:
         """Every job has reported: let the hashing threads go; then close the
         lifeline (not after an interrupt that left stages running: they die with us)."""

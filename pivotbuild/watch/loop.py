@@ -1,0 +1,295 @@
+"""Watch mode: build, then rebuild what each change affects, from one
+long-lived engine, until Ctrl-C (CLI.md, "Watch mode"; docs/watch.md).
+
+One thread, the caller's (the main thread: Ctrl-C reaches the build there),
+runs every build and everything else the loop does, one at a time.  Other
+threads only put work on its queue: the change source each batch of changed
+paths (after `WatchSet.matches` kept those a build reads), the agent server
+a build it was asked for or a question to answer between builds.  A change
+that comes while a build runs also tells the engine at once (`Engine.changed`):
+no new stage starts, the running ones finish (with `restart`, those whose
+inputs changed are killed), and the loop builds again.
+
+The project stays loaded between builds (the engine's `LoadedProject`): a
+change to a Pivotfile or params file reloads it, and one that does not load
+is reported while the last good graph keeps serving.  Which builds are shown
+is watch/reporting.py's business: a change that changes nothing is not.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future
+from typing import Any
+
+from pivotbuild.build.engine import Engine
+from pivotbuild.build.options import BuildOptions
+from pivotbuild.build.selection import selected
+from pivotbuild.build.watchset import WatchSet
+from pivotbuild.errors import EXIT_INTERRUPTED, PivotError, PivotfileError
+from pivotbuild.events import BuildFinished, Event, Message, Reporter, Watching
+from pivotbuild.graph import BuildGraph
+from pivotbuild.structs import replace, struct
+from pivotbuild.watch.changes import ChangeSource
+from pivotbuild.watch.reporting import QuietBuilds, Tee
+
+
+class WatchError(PivotError):
+    """What must be watched cannot be."""
+
+
+# How long the loop's thread waits on its queue at a time: Ctrl-C is seen
+# between waits at the latest.
+_WAIT_S = 0.5
+
+
+@struct(frozen=True, slots=True, eq=False)
+class _Changes:
+    paths: frozenset[str]
+
+
+@struct(frozen=True, slots=True, eq=False)
+class _BuildRequest:
+    targets: tuple[str, ...] | None  # None: the watched targets
+    force: bool
+
+
+@struct(frozen=True, slots=True, eq=False)
+class _Call:
+    fn: Callable[[], Any]
+    result: Future[Any]
+
+
+class WatchLoop:
+    """Watch mode for the build `options` asks for, its events to `reporter`
+    (and to each of `also`: the agent server's event log); changes from
+    `source`.  With `restart`, a change kills the running stages whose
+    inputs it changed."""
+
+    def __init__(
+        self,
+        reporter: Reporter,
+        options: BuildOptions,
+        source: ChangeSource,
+        *,
+        restart: bool = False,
+        also: Sequence[Reporter] = (),
+        engine: Callable[[Reporter], Engine] = Engine,
+    ) -> None:
+        self.options = options
+        self.source = source
+        self.restart = restart
+        self.quiet = QuietBuilds(Tee(reporter, *also, _LastBuild(self)))
+        self.engine = engine(self.quiet)
+        self.building = False
+        self.last: BuildFinished | None = None  # the last build shown
+        self.last_at = 0.0
+        self.watchset: WatchSet | None = None
+        self._queue: queue.SimpleQueue[_Changes | _BuildRequest | _Call] = queue.SimpleQueue()
+        self._outputs: frozenset[str] = frozenset()  # the watched build's outputs (absolute)
+        self._cancelled = False  # the running build was cancelled by an agent, not Ctrl-C
+        self._stopped_early = False  # the last build was stopped by a change
+        self._announced: int | None = None
+
+    # -- the loop ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Load the project and start watching (`run` does, if not done yet).
+        A project that does not load raises, as a build's would."""
+        self.engine.load(self.options)
+        self._aim(strict=True)
+
+    def run(self) -> int:
+        """Build, then watch and rebuild until interrupted: returns 130."""
+        try:
+            if self.watchset is None:
+                self.start()
+            self._build(self.options)
+            while True:
+                self._announce()
+                self._serve(self._next())
+        except KeyboardInterrupt:
+            return EXIT_INTERRUPTED
+        finally:
+            self.source.close()
+
+    def _next(self) -> list[_Changes | _BuildRequest | _Call]:
+        """What came in: waits for the first item, then takes all that wait."""
+        while True:
+            try:
+                first = self._queue.get(timeout=_WAIT_S)
+                break
+            except queue.Empty:
+                continue
+        items = [first]
+        while True:
+            try:
+                items.append(self._queue.get_nowait())
+            except queue.Empty:
+                return items
+
+    def _serve(self, items: list[_Changes | _BuildRequest | _Call]) -> None:
+        paths: set[str] = set()
+        requests: list[_BuildRequest] = []
+        for item in items:
+            if isinstance(item, _Changes):
+                paths |= item.paths
+            elif isinstance(item, _BuildRequest):
+                requests.append(item)
+            else:
+                _answer(item)
+        if paths and self._affects(paths):
+            self._build(self.options)
+        for request in requests:
+            self.quiet.show_next()
+            chosen = self.options if request.targets is None else replace(self.options, targets=request.targets)
+            self._build(replace(chosen, always_make=request.force) if request.force else chosen)
+
+    def _affects(self, paths: set[str]) -> bool:
+        """Should `paths` changing start a build?  A Pivotfile or params file
+        among them reloads the project first (one that does not load is
+        reported, and only the other files' changes count)."""
+        watchset = self.watchset
+        assert watchset is not None
+        sources = {p for p in paths if watchset.is_source(p)}
+        if sources:
+            reloaded = self.engine.reload()
+            if reloaded.error is not None:
+                self._report(reloaded.error, "building with the last good Pivotfiles until this is fixed")
+            elif reloaded.loaded:
+                self._aim()
+                return True
+        return bool(paths - sources) or self._stopped_early
+
+    def _build(self, options: BuildOptions) -> None:
+        self.building = True
+        self._cancelled = False
+        self._stopped_early = False
+        try:
+            code = self.engine.build(options)
+        except PivotError as exc:  # a missing input, a target gone after a reload...
+            self._report(exc, "waiting for a change")
+            return
+        finally:
+            self.building = False
+        if code == EXIT_INTERRUPTED and not self._cancelled:
+            raise KeyboardInterrupt  # Ctrl-C or SIGTERM: the build has recorded its results
+
+    # -- watching ------------------------------------------------------------------------
+
+    def _aim(self, strict: bool = False) -> None:
+        """Watch what a build of the targets reads, in the project as loaded
+        now.  A problem (a target the reloaded project no longer has, a
+        directory that cannot be watched) raises if `strict`, else is
+        reported, and what was watched stays watched."""
+        try:
+            watchset = self.engine.reads(self.options.targets)
+            project, graph = self.engine.current()
+            closure = graph.upstream(selected(project, graph, self.options.targets))
+            root = str(project.root)
+            self._outputs = frozenset(os.path.join(root, o.path) for sid in closure for o in graph.stages[sid].outs)
+            self.watchset = watchset
+            try:
+                self.source.watch(watchset.roots(), self._changed)
+            except OSError as exc:
+                raise WatchError(
+                    f"{exc}; if the system's limit on watches was reached, raise it"
+                    " (fs.inotify.max_user_watches on Linux)"
+                ) from exc
+        except PivotError as exc:
+            if strict:
+                raise
+            self._report(exc, "waiting for a change")
+
+    def _changed(self, paths: frozenset[str]) -> None:
+        """A batch of changed paths, from the change source's thread."""
+        watchset = self.watchset
+        if watchset is None:
+            return
+        relevant = frozenset(p for p in paths if watchset.matches(p))
+        if not relevant:
+            return
+        if self.building:
+            outside = [p for p in relevant if not self._is_output(p)]
+            if outside and self.engine.changed(outside, restart=self.restart):
+                self._stopped_early = True
+        self._queue.put(_Changes(relevant))
+
+    def _is_output(self, path: str) -> bool:
+        """Is `path` an output of the watched build, or under one?"""
+        outputs = self._outputs
+        while True:
+            if path in outputs:
+                return True
+            parent = os.path.dirname(path)
+            if parent == path:
+                return False
+            path = parent
+
+    def _announce(self) -> None:
+        """Say what is watched, after a build that was shown (or when that changed)."""
+        watchset = self.watchset
+        files = 0 if watchset is None else len(watchset.sources) + len(watchset.deps) + len(watchset.globs)
+        if self.quiet.shown or files != self._announced:
+            self._announced = files
+            self.quiet.shown = False
+            self.quiet.handle(Watching(files, self.last, self.last_at))
+
+    def _report(self, exc: PivotError, then: str) -> None:
+        """Show `exc` as the command line would, but say what watch mode does
+        next (`then`) instead of the advice to run again."""
+        text = exc.message
+        if isinstance(exc, PivotfileError):
+            self.quiet.handle(Message(exc.render(), "located"))
+            text = text.removesuffix(f"; {exc.advice}")
+        self.quiet.handle(Message(f"{text}; {then}", "error"))
+        self.quiet.shown = True  # (the watching line again, below what was said)
+
+    # -- for the agent server (from its threads) ----------------------------------------
+
+    def request_build(self, targets: Iterable[str] | None, force: bool) -> None:
+        """Build `targets` (None: the watched ones) after the current build."""
+        self._queue.put(_BuildRequest(None if targets is None else tuple(targets), force))
+
+    def cancel(self) -> bool:
+        """Kill the running build's stages, as Ctrl-C would, but keep watching."""
+        if not self.building:
+            return False
+        self._cancelled = True
+        self.engine.cancel()
+        return True
+
+    def between_builds(self, fn: Callable[[], Any], timeout: float) -> Any:
+        """`fn()` run by the loop's thread once no build runs (it may use the
+        engine), and its result; raises TimeoutError."""
+        call = _Call(fn, Future())
+        self._queue.put(call)
+        return call.result.result(timeout)
+
+    def graph(self) -> BuildGraph:
+        return self.engine.current()[1]
+
+
+def _answer(call: _Call) -> None:
+    try:
+        call.result.set_result(call.fn())
+    except Exception as exc:  # for the caller to report
+        call.result.set_exception(exc)
+
+
+class _LastBuild:
+    """Keeps the loop's `last`: the summary of the last build shown."""
+
+    def __init__(self, loop: WatchLoop) -> None:
+        self.loop = loop
+
+    def handle(self, event: Event) -> None:
+        if isinstance(event, BuildFinished):
+            self.loop.last = event
+            self.loop.last_at = time.time()
+
+    def close(self) -> None:
+        pass
