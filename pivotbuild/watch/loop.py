@@ -29,7 +29,7 @@ from pivotbuild.build.engine import Engine
 from pivotbuild.build.options import BuildOptions
 from pivotbuild.build.selection import selected
 from pivotbuild.build.watchset import WatchSet
-from pivotbuild.errors import EXIT_INTERRUPTED, PivotError, PivotfileError
+from pivotbuild.errors import EXIT_INTERRUPTED, EXIT_OK, PivotError, PivotfileError
 from pivotbuild.events import BuildFinished, Event, Message, Reporter, Watching
 from pivotbuild.graph import BuildGraph
 from pivotbuild.structs import replace, struct
@@ -55,6 +55,10 @@ class _Changes:
 class _BuildRequest:
     targets: tuple[str, ...] | None  # None: the watched targets
     force: bool
+
+
+class _Stop(Exception):
+    """`stop` was called: the loop returns."""
 
 
 @struct(frozen=True, slots=True, eq=False)
@@ -103,7 +107,7 @@ class WatchLoop:
         self._aim(strict=True)
 
     def run(self) -> int:
-        """Build, then watch and rebuild until interrupted: returns 130."""
+        """Build, then watch and rebuild until interrupted (130) or stopped (0)."""
         try:
             if self.watchset is None:
                 self.start()
@@ -113,8 +117,14 @@ class WatchLoop:
                 self._serve(self._next())
         except KeyboardInterrupt:
             return EXIT_INTERRUPTED
+        except _Stop:
+            return EXIT_OK
         finally:
             self.source.close()
+
+    def stop(self) -> None:
+        """End `run` once the current build (if any) is over; from any thread."""
+        self._queue.put(_Call(_stop, Future()))
 
     def _next(self) -> list[_Changes | _BuildRequest | _Call]:
         """What came in: waits for the first item, then takes all that wait."""
@@ -276,8 +286,14 @@ class WatchLoop:
 def _answer(call: _Call) -> None:
     try:
         call.result.set_result(call.fn())
+    except _Stop:
+        raise
     except Exception as exc:  # for the caller to report
         call.result.set_exception(exc)
+
+
+def _stop() -> None:
+    raise _Stop
 
 
 class _LastBuild:
