@@ -7,13 +7,16 @@ Real projects on disk, real processes."""
 from __future__ import annotations
 
 import os
+import subprocess
 import threading
 import time
 from pathlib import Path
 
 import pytest
+from conftest import PIVOTBUILD
 from helpers import PAIR
 
+from pivotbuild.build import engine as engine_module
 from pivotbuild.build import session
 from pivotbuild.build.admission import TokenPool
 from pivotbuild.build.engine import Engine
@@ -90,6 +93,33 @@ def test_one_engine_loads_once_and_builds_many_times(root: Path, monkeypatch: py
     assert seen.finished() == {"a": Status.RAN, "b": Status.RAN}
     assert (root / "b.txt").read_text() == "two\n"
     assert len(loads) == 1  # three builds, one load
+
+
+def test_a_resident_engine_keeps_its_state_and_sees_another_builds_writes(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    opened: list[object] = []
+    real = engine_module.StateStore
+    monkeypatch.setattr(engine_module, "StateStore", lambda *a: opened.append(a) or real(*a))
+    seen = Collect()
+    engine = Engine(seen, resident=True)
+    assert engine.build(options(root)) == EXIT_OK
+    (root / "in.txt").write_text("two\n")
+    seen.clear()
+    assert engine.build(options(root)) == EXIT_OK
+    assert seen.finished() == {"a": Status.RAN, "b": Status.RAN}
+    assert len(opened) == 1  # the second build's state was the first's, kept in memory
+
+    # Another pivotbuild (the command line, beside watch mode) builds meanwhile:
+    # the engine reads the state it wrote instead of trusting its own.
+    (root / "in.txt").write_text("three\n")
+    r = subprocess.run([*PIVOTBUILD, "-s"], cwd=root, capture_output=True, text=True, check=False)
+    assert r.returncode == 0, r.stderr
+    seen.clear()
+    assert engine.build(options(root)) == EXIT_OK
+    assert seen.finished() == {"a": Status.SKIPPED, "b": Status.SKIPPED}
+    assert len(opened) == 2
+    assert (root / "b.txt").read_text() == "three\n"
 
 
 def test_reload_serves_the_edited_pivotfile_and_keeps_the_last_good_one_while_broken(root: Path) -> None:

@@ -84,10 +84,16 @@ class Engine:
         *,
         jobserver: JobServer | None = None,
         executor: ExecutorFactory = LocalExecutor,
+        resident: bool = False,
     ) -> None:
         """`jobserver` hands out the job tokens of every build (default: a pool
-        of `-j` tokens, made per build); `executor` makes each build's executor."""
+        of `-j` tokens, made per build); `executor` makes each build's executor.
+        `resident`: many builds will follow (watch mode): the lockfiles and
+        stat caches stay in memory between them, read again only if another
+        process wrote them meanwhile."""
         self.reporter = reporter
+        self.resident = resident
+        self._warm: tuple[StateStore, Path, tuple[str, ...], tuple[object, ...]] | None = None
         self.jobserver = jobserver
         self.executor = executor
         self.session: LoadedProject | None = None
@@ -317,11 +323,26 @@ class Engine:
         (`waited`: whether it had to wait for another build's lock.)"""
         self.waited = False
         with ProjectLock(project.root / STATE_DIR, wait=not options.no_wait, on_wait=self._waiting):
-            store = StateStore(project.root, project.pipelines, self.warn)
+            store = self._warm_store(project) or StateStore(project.root, project.pipelines, self.warn)
+            self._warm = None
             try:
                 yield store
             finally:
                 store.close()
+            if self.resident:
+                self._warm = (store, project.root, tuple(p.dir for p in project.pipelines), store.stamps())
+
+    def _warm_store(self, project: Project) -> StateStore | None:
+        """The state kept from the last build, if it is this project's and no
+        other process has written its files since (under the lock: none can now)."""
+        warm = self._warm
+        if warm is None:
+            return None
+        store, root, dirs, stamps = warm
+        if root != project.root or dirs != tuple(p.dir for p in project.pipelines) or store.stamps() != stamps:
+            return None
+        store.reopen()
+        return store
 
     def warn(self, text: str) -> None:
         self.emit(Message(text, "warning"))

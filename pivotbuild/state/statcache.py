@@ -137,6 +137,12 @@ class StatCache:
                 self.entries.pop(key)
                 self.file_hash(key, st)
 
+    def begin(self) -> None:
+        """Another build with this cache, after `save`: its count of files read
+        starts again, and entries it hashed while racy were settled by `save`."""
+        self.files_read = 0
+        self._this_run.clear()
+
     def save(self) -> None:
         """Settle racy entries, then write the cache atomically if anything changed."""
         self.settle()

@@ -9,6 +9,7 @@ what came before the damage; each is rewritten whole by this build.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -155,6 +156,27 @@ class StateStore:
     def files_read(self) -> int:
         """Files whose contents were read (not answered from the stat cache) so far."""
         return sum(st.statcache.files_read for st in self.pipelines.values())
+
+    def stamps(self) -> tuple[tuple[int, ...] | None, ...]:
+        """The stamp of each state file as it is now: equal later if, and only
+        if, no other process has written one since (see `Engine`, resident)."""
+        found: list[tuple[int, ...] | None] = []
+        for _, st in sorted(self.pipelines.items()):
+            for path in (st.lock_path, st.pending_path, st.statcache.path, st.journal_path):
+                try:
+                    s = os.stat(path)
+                except FileNotFoundError:
+                    found.append(None)
+                else:
+                    found.append((s.st_mtime_ns, s.st_size, s.st_ino, s.st_ctime_ns))
+        return tuple(found)
+
+    def reopen(self) -> None:
+        """Ready for another build after `close`, its records and stat cache
+        still in memory (the files as `close` left them: see `stamps`)."""
+        for st in self.pipelines.values():
+            st.journal = Journal(st.journal_path)
+            st.statcache.begin()
 
     def close(self) -> None:
         """Fold journals into lockfiles and save stat caches."""

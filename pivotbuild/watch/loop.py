@@ -81,13 +81,13 @@ class WatchLoop:
         *,
         restart: bool = False,
         also: Sequence[Reporter] = (),
-        engine: Callable[[Reporter], Engine] = Engine,
+        engine: Callable[..., Engine] = Engine,
     ) -> None:
         self.options = options
         self.source = source
         self.restart = restart
         self.quiet = QuietBuilds(Tee(reporter, *also, _LastBuild(self)))
-        self.engine = engine(self.quiet)
+        self.engine = engine(self.quiet, resident=True)
         self.building = False
         self.last: BuildFinished | None = None  # the last build shown
         self.last_at = 0.0
