@@ -278,3 +278,17 @@ def test_an_executor_reporting_from_threads_of_its_own_runs_the_stages(root: Pat
     assert (root / "c.txt").read_text() == "one\n"
     shown = [(type(e).__name__, getattr(e, "line", "")) for e in seen.events if getattr(e, "stage", "") == "c"]
     assert shown == [("StageStarted", ""), ("Log", "copying"), ("StageFinished", "")]
+
+
+def test_watch_mode_builds_in_which_nothing_happened_leave_no_history(root: Path) -> None:
+    engine = Engine(Collect(), resident=True)
+    watching = BuildOptions(cwd=root, jobs=2, watch=True)
+    history = root / ".pivot" / "history.jsonl"
+    assert engine.build(watching) == EXIT_OK
+    lines = history.read_text().splitlines()
+    assert len(lines) == 1  # the build that ran a and b
+    assert engine.build(watching) == EXIT_OK  # (as after a change that changed nothing)
+    assert history.read_text().splitlines() == lines
+    (root / "in.txt").write_text("two\n")
+    assert engine.build(watching) == EXIT_OK
+    assert len(history.read_text().splitlines()) == 2

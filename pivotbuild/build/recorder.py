@@ -180,7 +180,12 @@ class Recorder:
         return True
 
     def remember(self, outcome: Outcome, graph: BuildGraph, finished: BuildFinished) -> None:
-        """The build's entry in the history."""
+        """The build's entry in the history (in watch mode, only if something
+        happened in it: see watch/reporting.py)."""
+        if self.options.watch and not (
+            finished.ran or finished.restored or finished.failed or finished.cancelled or finished.interrupted
+        ):
+            return
         stages = {
             graph.label(sid): {"status": status.value, "duration_s": round(outcome.durations.get(sid, 0.0), 3)}
             for sid, status in outcome.status.items()
