@@ -148,6 +148,11 @@ def _dispatch(agent: Agent, name: str, params: Any) -> Any:
     return method.call(agent, params)
 
 
+def error_line(code: int, message: str) -> bytes:
+    """A reply line with this error, to no request in particular (id null)."""
+    return _error(None, code, message).encode("utf-8") + b"\n"
+
+
 def _error(rid: Any, code: int, message: str, data: Any = None) -> str:
     error: dict[str, Any] = {"code": code, "message": message}
     if data is not None:
