@@ -79,6 +79,9 @@ class AgentServer:
             fcntl.flock(guard, fcntl.LOCK_EX)
             self._clear_stale()
             self._listener = self._bind()
+        except BaseException:
+            self.close()
+            raise
         finally:
             os.close(guard)
         self._acceptor.start()
