@@ -33,9 +33,9 @@ _NOTHING: Any = object()  # a request without "id": a notification, never answer
 
 # What each parameter accepts, by the word its -32602 message uses.
 _Check = tuple[str, Callable[[Any], bool]]
-_STAGE: _Check = ("a stage name (a string)", lambda v: isinstance(v, str))
+_STAGE: _Check = ("a string", lambda v: isinstance(v, str))
 _STAGES: _Check = (
-    "a list of stage names (strings) or null",
+    "a list of strings or null",
     lambda v: v is None or (isinstance(v, list) and all(isinstance(s, str) for s in v)),
 )
 _BOOL: _Check = ("true or false", lambda v: isinstance(v, bool))
