@@ -17,6 +17,7 @@ import pytest
 from conftest import Project
 from helpers import HANG_GUARD_S, wait_until
 
+from pivotbuild.paths import AGENT_SOCKET
 from pivotbuild.rpc.address import at_path
 from pivotbuild.rpc.agent import INVALID_PARAMS, RpcError
 from pivotbuild.rpc.server import MAX_LINE, AgentServer, AgentServerError
@@ -442,7 +443,7 @@ def test_a_socket_path_longer_than_sun_path_works(tmp_path: Path, agent: FakeAge
 def served(project: Project, agent: FakeAgent) -> Iterator[Project]:
     """A project whose agent server (the fake agent) runs in this process."""
     project.pivotfile("stage prepare:\n    run: true\n")
-    with AgentServer(project.root / ".pivot" / "agent.sock", agent):
+    with AgentServer(project.root / AGENT_SOCKET, agent):
         yield project
 
 
@@ -477,7 +478,7 @@ def test_rpc_without_a_server_is_exit_2(project: Project) -> None:
     r = project.run("rpc", "status")
     assert (r.code, r.out, r.err) == (2, "", message)
     dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    at_path(project.root / ".pivot" / "agent.sock", dead.bind)  # a killed server's socket file
+    at_path(project.root / AGENT_SOCKET, dead.bind)  # a killed server's socket file
     dead.close()
     assert project.run("rpc", "status").err == message
 

@@ -8,10 +8,8 @@ from pathlib import Path
 import click
 
 from pivotbuild.cli.common import pivotfile_arg, project_options
-from pivotbuild.paths import STATE_DIR, find_root, pivotfile_path
+from pivotbuild.paths import AGENT_SOCKET, find_root, pivotfile_path
 from pivotbuild.rpc.client import call
-
-SOCKET = "agent.sock"  # in the project's .pivot/ (CLI.md, "The agent server")
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -44,6 +42,6 @@ def rpc(ctx: click.Context, /, method: str, params: str | None, timeout: float) 
             raise click.UsageError(f"the params are not a JSON object: {params}; {example}", ctx)
     # The root a build of this Pivotfile uses (project.load_project), so -C and -f reach its server.
     root = find_root(pivotfile_path(Path.cwd(), pivotfile_arg(ctx)).parent)
-    result = call(root / STATE_DIR / SOCKET, method, arguments, timeout)
+    result = call(root / AGENT_SOCKET, method, arguments, timeout)
     click.echo(json.dumps(result))
     return 0
