@@ -408,6 +408,12 @@ def test_a_file_that_is_not_a_socket_is_left_alone(sock_path: Path, agent: FakeA
     assert sock_path.read_text() == "mine\n"
 
 
+def test_a_missing_state_directory_is_an_error_naming_the_socket(tmp_path: Path, agent: FakeAgent) -> None:
+    path = tmp_path / ".pivot" / "agent.sock"
+    with pytest.raises(AgentServerError, match=r"cannot listen on .*agent\.sock: No such file"):
+        AgentServer(path, agent).start()
+
+
 def test_close_removes_the_socket_file_only_if_it_is_still_its_own(sock_path: Path, agent: FakeAgent) -> None:
     with AgentServer(sock_path, agent):
         assert sock_path.exists()

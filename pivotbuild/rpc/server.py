@@ -71,19 +71,10 @@ class AgentServer:
         if self._listener is not None or self._stop.is_set():
             raise RuntimeError("an AgentServer starts once")
         try:
-            guard = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except OSError as exc:
-            raise AgentServerError(f"cannot listen on {self.path}: {exc.strerror}") from None
-        try:
-            # Servers starting at once in this directory take turns: the check, then the bind.
-            fcntl.flock(guard, fcntl.LOCK_EX)
-            self._clear_stale()
-            self._listener = self._bind()
+            self._listener = self._listen()
         except BaseException:
             self.close()
             raise
-        finally:
-            os.close(guard)
         self._acceptor.start()
 
     def close(self) -> None:
@@ -112,6 +103,19 @@ class AgentServer:
                 thread.join(max(0.0, deadline - time.monotonic()))
 
     # -- listening ---------------------------------------------------------------------------
+
+    def _listen(self) -> socket.socket:
+        try:
+            guard = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise AgentServerError(f"cannot listen on {self.path}: {exc.strerror}") from None
+        try:
+            # Servers starting at once in this directory take turns: the check, then the bind.
+            fcntl.flock(guard, fcntl.LOCK_EX)
+            self._clear_stale()
+            return self._bind()
+        finally:
+            os.close(guard)
 
     def _clear_stale(self) -> None:
         """Remove a socket file nobody listens on; raise if somebody does."""
