@@ -498,3 +498,10 @@ def test_rpc_params_that_are_no_json_object_are_exit_2(
     assert r.code == 2, r
     assert r.err.startswith(f"pivotbuild: the params are {named}")
     assert agent.calls == []
+
+
+def test_rpc_gives_up_after_its_timeout(served: Project, agent: FakeAgent) -> None:
+    r = served.run("rpc", "--timeout", "0.5", "explain", '{"stage": "slow"}')  # never answered until released
+    agent.release.set()
+    assert (r.code, r.out) == (1, "")
+    assert r.err == "pivotbuild: the agent server did not answer within 0.5s; try again, or a longer --timeout\n"
