@@ -17,6 +17,8 @@ STATE_DIR = ".pivot"
 # A copy of each pipeline's last lockfile, kept by the cache (see state/store.py):
 # what the run cache restores from when a lockfile is damaged or lost.
 LOCK_COPIES = f"{STATE_DIR}/cache/runs/lockfiles"
+# The agent server's Unix socket (`pivotbuild -w --serve`, docs/rpc.md), under the root.
+AGENT_SOCKET = f"{STATE_DIR}/agent.sock"
 PIVOTFILE = "Pivotfile"
 LOCKFILE = "Pivotfile.lock"
 # In the `.pivot/` of an included pipeline that is not the project root: the

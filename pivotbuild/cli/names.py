@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "graph": ("inspect", "graph"),
     "lock": ("lock", "lock"),
     "history": ("history", "history"),
+    "rpc": ("rpc", "rpc"),
     "checkout": ("workspace", "checkout"),
     "verify": ("workspace", "verify"),
     "clean": ("workspace", "clean"),
