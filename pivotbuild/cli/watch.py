@@ -11,11 +11,10 @@ from pivotbuild.cli.running import make_reporter, terminate_as_interrupt
 from pivotbuild.events import Reporter
 
 DEBOUNCE_MS = 50
-AGENT_SOCKET = "agent.sock"  # in the project root's .pivot/
 
 
 def watch(options: BuildOptions) -> int:
-    from pivotbuild.paths import STATE_DIR
+    from pivotbuild.paths import AGENT_SOCKET
     from pivotbuild.watch.changes import Watchfiles
     from pivotbuild.watch.eventlog import EventLog
     from pivotbuild.watch.loop import WatchLoop
@@ -33,5 +32,5 @@ def watch(options: BuildOptions) -> int:
             from pivotbuild.watch.agent import WatchAgent
 
             project, _ = loop.engine.current()
-            stack.enter_context(AgentServer(project.root / STATE_DIR / AGENT_SOCKET, WatchAgent(loop, log)))
+            stack.enter_context(AgentServer(project.root / AGENT_SOCKET, WatchAgent(loop, log)))
         return loop.run()
