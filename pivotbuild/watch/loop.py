@@ -94,6 +94,7 @@ class WatchLoop:
         self.watchset: WatchSet | None = None
         self._queue: queue.SimpleQueue[_Changes | _BuildRequest | _Call] = queue.SimpleQueue()
         self._outputs: frozenset[str] = frozenset()  # the watched build's outputs (absolute)
+        self._output_dirs: frozenset[str] = frozenset()  # the directories below the root holding them
         self._cancelled = False  # the running build was cancelled by an agent, not Ctrl-C
         self._stopped_early = False  # the last build was stopped by a change
         self._announced: int | None = None
@@ -201,6 +202,7 @@ class WatchLoop:
             closure = graph.upstream(selected(project, graph, self.options.targets))
             root = str(project.root)
             self._outputs = frozenset(os.path.join(root, o.path) for sid in closure for o in graph.stages[sid].outs)
+            self._output_dirs = _holders(self._outputs, root)
             self.watchset = watchset
             try:
                 self.source.watch(watchset.roots(), self._changed)
@@ -223,13 +225,17 @@ class WatchLoop:
         if not relevant:
             return
         if self.building:
-            outside = [p for p in relevant if not self._is_output(p)]
+            outside = [p for p in relevant if not self._written_by_build(p)]
             if outside and self.engine.changed(outside, restart=self.restart):
                 self._stopped_early = True
         self._queue.put(_Changes(relevant))
 
-    def _is_output(self, path: str) -> bool:
-        """Is `path` an output of the watched build, or under one?"""
+    def _written_by_build(self, path: str) -> bool:
+        """Is `path` an output of the watched build, or under one, or a
+        directory holding one that exists (created for the outputs: a dep's
+        directory too, but a change to the dep is an event of its own)?"""
+        if path in self._output_dirs and os.path.isdir(path):
+            return True
         outputs = self._outputs
         while True:
             if path in outputs:
@@ -255,8 +261,7 @@ class WatchLoop:
         if isinstance(exc, PivotfileError):
             self.quiet.handle(Message(exc.render(), "located"))
             text = text.removesuffix(f"; {exc.advice}")
-        self.quiet.handle(Message(f"{text}; {then}", "error"))
-        self.quiet.shown = True  # (the watching line again, below what was said)
+        self.quiet.handle(Message(f"{text}; {then}", "error"))  # (shown: the watching line follows)
 
     # -- for the agent server (from its threads) ----------------------------------------
 
@@ -281,6 +286,17 @@ class WatchLoop:
 
     def graph(self) -> BuildGraph:
         return self.engine.current()[1]
+
+
+def _holders(paths: Iterable[str], root: str) -> frozenset[str]:
+    """The directories below `root` that hold any of `paths` (absolute)."""
+    found: set[str] = set()
+    for path in paths:
+        parent = os.path.dirname(path)
+        while parent.startswith(root + os.sep) and parent not in found:
+            found.add(parent)
+            parent = os.path.dirname(parent)
+    return frozenset(found)
 
 
 def _answer(call: _Call) -> None:
