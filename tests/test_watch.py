@@ -390,3 +390,55 @@ def test_plain_output_is_a_summary_a_build_and_the_watching_line(
     assert [tuple(int(n) for n in s[:4]) for s in SUMMARY.findall(w.err())] == [(3, 0, 0, 0), (2, 1, 0, 0)]
     assert w.err_lines.count(watching) == 1
     assert len(w.err_lines) == 3, w.err()
+
+
+# -- more ways files change ------------------------------------------------------------------
+
+
+def test_only_what_the_targets_read_is_watched(chain: Project, watch: Callable[..., Watcher]) -> None:
+    w = watch("--json", "b")
+    assert w.next_build() == {"a": "ran", "b": "ran"}
+    chain.write("other.txt", "c's, not b's\n")
+    w.quiet()
+    chain.write("in.txt", "changed\n")
+    assert w.next_build() == {"a": "ran", "b": "ran"}
+    assert sorted(runs(chain)) == ["a", "a", "b", "b"]
+
+
+def test_an_editors_atomic_save_rebuilds(chain: Project, chain_watch: Watcher) -> None:
+    chain.write(".in.txt.swp", "saved\n")
+    os.replace(chain.root / ".in.txt.swp", chain.root / "in.txt")
+    assert chain_watch.next_build() == {"a": "ran", "b": "ran", "c": "skipped"}
+    assert read(chain, "b.txt") == "SAVED\n"
+
+
+def test_a_missing_dep_at_the_start_is_reported_and_creating_it_builds(
+    chain: Project, watch: Callable[..., Watcher]
+) -> None:
+    (chain.root / "in.txt").unlink()
+    w = watch("--json")
+    seen = w.until("watching")
+    assert [e["event"] for e in seen] == ["watching"], seen
+    assert "in.txt" in w.err() and "waiting for a change" in w.err(), w.err()
+    chain.write("in.txt", "now\n")
+    assert w.next_build() == {"a": "ran", "b": "ran", "c": "ran"}
+
+
+def test_a_changed_params_file_reruns_the_stage_reading_it(project: Project, watch: Callable[..., Watcher]) -> None:
+    project.pivotfile("""
+        stage train:
+            params: train.epochs
+            outs: model.txt
+            run: echo ${params.train.epochs} > $@
+
+        stage other:
+            params: model.depth
+            outs: other.txt
+            run: echo ${params.model.depth} > $@
+        """)
+    project.write("params.toml", "[train]\nepochs = 3\n\n[model]\ndepth = 4\n")
+    w = watch("--json")
+    assert w.next_build() == {"train": "ran", "other": "ran"}
+    project.write("params.toml", "[train]\nepochs = 5\n\n[model]\ndepth = 4\n")
+    assert w.next_build() == {"train": "ran", "other": "skipped"}
+    assert read(project, "model.txt") == "5\n"

@@ -119,11 +119,13 @@ class CountingEngine(Engine):
 class Watched:
     """A WatchLoop on a project, its `run` in a thread."""
 
-    def __init__(self, p: Project, restart: bool = False, also: Sequence[Reporter] = ()) -> None:
+    def __init__(
+        self, p: Project, targets: tuple[str, ...] = (), restart: bool = False, also: Sequence[Reporter] = ()
+    ) -> None:
         self.p = p
         self.reporter = Recording()
         self.source = FakeSource()
-        options = BuildOptions(cwd=p.root, watch=True, jobs=2)
+        options = BuildOptions(cwd=p.root, targets=targets, watch=True, jobs=2)
         self.loop = WatchLoop(self.reporter, options, self.source, restart=restart, also=also, engine=CountingEngine)
         self.codes: list[int] = []
         self.thread = threading.Thread(target=lambda: self.codes.append(self.loop.run()), daemon=True)
@@ -267,6 +269,23 @@ def test_a_broken_pivotfile_is_reported_and_the_last_good_graph_kept(chain: Proj
         "d": Status.RAN,
     }
     assert "d" in [chain_loop.loop.graph().label(s) for s in chain_loop.loop.graph().order()]
+
+
+def test_a_target_gone_from_the_pivotfile_is_reported_once(chain: Project, watched: Callable[..., Watched]) -> None:
+    w = watched(targets=("c",))
+    assert w.reporter.next_build() == {"c": Status.RAN}
+    builds = w.builds
+    chain.pivotfile(CHAIN.replace("stage c:", "stage d:"))
+    w.source.change(chain.root / "Pivotfile")
+    seen = w.reporter.take(Watching)
+    assert [type(e) for e in seen] == [Message, Watching], seen
+    assert isinstance(seen[0], Message) and "unknown target 'c'" in seen[0].text
+    assert seen[0].text.endswith("; waiting for a change")
+    assert w.builds == builds
+    chain.pivotfile(CHAIN.replace("echo c >>", "echo c2 >>"))  # back, with another command
+    w.source.change(chain.root / "Pivotfile")
+    assert w.reporter.next_build() == {"c": Status.RAN}
+    assert runs(chain)[-1] == "c2"
 
 
 # -- the agent's side: builds asked for, cancelling ------------------------------------------

@@ -171,8 +171,7 @@ class WatchLoop:
             if reloaded.error is not None:
                 self._report(reloaded.error, "building with the last good Pivotfiles until this is fixed")
             elif reloaded.loaded:
-                self._aim()
-                return True
+                return self._aim()
         return bool(paths - sources) or self._stopped_early
 
     def _build(self, options: BuildOptions) -> None:
@@ -191,30 +190,35 @@ class WatchLoop:
 
     # -- watching ------------------------------------------------------------------------
 
-    def _aim(self, strict: bool = False) -> None:
+    def _aim(self, strict: bool = False) -> bool:
         """Watch what a build of the targets reads, in the project as loaded
         now.  A problem (a target the reloaded project no longer has, a
         directory that cannot be watched) raises if `strict`, else is
-        reported, and what was watched stays watched."""
+        reported, and what was watched stays watched.  False if the targets
+        are not in the project (a build of them would only say so again)."""
         try:
             watchset = self.engine.reads(self.options.targets)
             project, graph = self.engine.current()
             closure = graph.upstream(selected(project, graph, self.options.targets))
-            root = str(project.root)
-            self._outputs = frozenset(os.path.join(root, o.path) for sid in closure for o in graph.stages[sid].outs)
-            self._output_dirs = _holders(self._outputs, root)
-            self.watchset = watchset
-            try:
-                self.source.watch(watchset.roots(), self._changed)
-            except OSError as exc:
-                raise WatchError(
-                    f"{exc}; if the system's limit on watches was reached, raise it"
-                    " (fs.inotify.max_user_watches on Linux)"
-                ) from exc
         except PivotError as exc:
             if strict:
                 raise
             self._report(exc, "waiting for a change")
+            return False
+        root = str(project.root)
+        self._outputs = frozenset(os.path.join(root, o.path) for sid in closure for o in graph.stages[sid].outs)
+        self._output_dirs = _holders(self._outputs, root)
+        self.watchset = watchset
+        try:
+            self.source.watch(watchset.roots(), self._changed)
+        except OSError as exc:
+            error = WatchError(
+                f"{exc}; if the system's limit on watches was reached, raise it (fs.inotify.max_user_watches on Linux)"
+            )
+            if strict:
+                raise error from exc
+            self._report(error, "waiting for a change")
+        return True
 
     def _changed(self, paths: frozenset[str]) -> None:
         """A batch of changed paths, from the change source's thread."""
