@@ -20,7 +20,6 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import IO, Any
 
 import pytest
@@ -376,9 +375,7 @@ def test_a_failing_stage_does_not_end_watch_mode(project: Project, watch: Callab
     assert read(project, "ok.txt") == "good\n"
 
 
-def test_plain_output_is_a_summary_a_build_and_the_watching_line(
-    chain: Project, watch: Callable[..., Watcher]
-) -> None:
+def test_plain_output_is_a_summary_a_build_and_the_watching_line(chain: Project, watch: Callable[..., Watcher]) -> None:
     w = watch()
     watching = "pivotbuild: watching 4 files for changes (Ctrl-C to stop)"
     w.wait_err(watching)

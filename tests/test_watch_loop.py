@@ -299,7 +299,9 @@ def test_a_requested_build_is_shown_and_force_runs_the_stages(chain: Project, ch
     assert runs(chain)[3:] == ["c"]
 
 
-def test_cancel_kills_the_running_stages_and_watching_goes_on(project: Project, watched: Callable[..., Watched]) -> None:
+def test_cancel_kills_the_running_stages_and_watching_goes_on(
+    project: Project, watched: Callable[..., Watched]
+) -> None:
     project.pivotfile(HELD)
     project.write("in.txt", "one\n")
     project.write("hold", "")
