@@ -20,6 +20,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import IO, Any
 
 import pytest
@@ -260,6 +261,25 @@ def test_with_all_a_new_pivotfile_in_a_subdirectory_joins(project: Project, watc
     )
     assert w.next_build() == {"c": "skipped", "sub:s": "ran"}
     assert read(project, "sub/s.txt") == "x\n"
+
+
+def test_with_all_a_directory_moved_in_with_a_pivotfile_joins(
+    project: Project, watch: Callable[..., Watcher], tmp_path: Path
+) -> None:
+    project.pivotfile("""
+        stage c:
+            deps: other.txt
+            outs: c.txt
+            run: cp $< $@
+        """)
+    project.write("other.txt", "other\n")
+    w = watch("--json", "--all")
+    assert w.next_build() == {"c": "ran"}
+    incoming = tmp_path / "incoming"  # beside the project: moving it in is one event, for the directory
+    (incoming / "deeper").mkdir(parents=True)
+    (incoming / "deeper" / "Pivotfile").write_text("stage s:\n    outs: s.txt\n    run: echo s > $@\n")
+    os.rename(incoming, project.root / "sub")
+    assert w.next_build() == {"c": "skipped", "sub/deeper:s": "ran"}
 
 
 # -- Pivotfiles --------------------------------------------------------------------------

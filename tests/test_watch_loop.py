@@ -120,12 +120,17 @@ class Watched:
     """A WatchLoop on a project, its `run` in a thread."""
 
     def __init__(
-        self, p: Project, targets: tuple[str, ...] = (), restart: bool = False, also: Sequence[Reporter] = ()
+        self,
+        p: Project,
+        targets: tuple[str, ...] = (),
+        restart: bool = False,
+        also: Sequence[Reporter] = (),
+        all_pipelines: bool = False,
     ) -> None:
         self.p = p
         self.reporter = Recording()
         self.source = FakeSource()
-        options = BuildOptions(cwd=p.root, targets=targets, watch=True, jobs=2)
+        options = BuildOptions(cwd=p.root, targets=targets, watch=True, jobs=2, all_pipelines=all_pipelines)
         self.loop = WatchLoop(self.reporter, options, self.source, restart=restart, also=also, engine=CountingEngine)
         self.codes: list[int] = []
         self.thread = threading.Thread(target=lambda: self.codes.append(self.loop.run()), daemon=True)
@@ -286,6 +291,27 @@ def test_a_target_gone_from_the_pivotfile_is_reported_once(chain: Project, watch
     w.source.change(chain.root / "Pivotfile")
     assert w.reporter.next_build() == {"c": Status.RAN}
     assert runs(chain)[-1] == "c2"
+
+
+def test_with_all_a_new_directory_is_looked_into_for_pivotfiles(
+    chain: Project, watched: Callable[..., Watched]
+) -> None:
+    w = watched(all_pipelines=True)
+    assert w.reporter.next_build() == {"a": Status.RAN, "b": Status.RAN, "c": Status.RAN}
+    builds = w.builds
+    chain.write("plain/notes.txt", "no Pivotfile here\n")
+    chain.write(".hidden/Pivotfile", "stage h:\n    run: true\n")  # --all passes hidden directories over
+    w.source.change(chain.root / "plain", chain.root / ".hidden")
+    w.settled()
+    assert w.builds == builds
+    chain.write("sub/Pivotfile", "stage s:\n    outs: s.txt\n    run: echo s > $@\n")
+    w.source.change(chain.root / "sub")  # all the notifier said: it saw the directory before watching it
+    assert w.reporter.next_build() == {
+        "a": Status.SKIPPED,
+        "b": Status.SKIPPED,
+        "c": Status.SKIPPED,
+        "sub:s": Status.RAN,
+    }
 
 
 # -- the agent's side: builds asked for, cancelling ------------------------------------------

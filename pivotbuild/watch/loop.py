@@ -23,6 +23,7 @@ import queue
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
+from pathlib import Path
 from typing import Any
 
 from pivotbuild.build.engine import Engine
@@ -32,6 +33,8 @@ from pivotbuild.build.watchset import WatchSet
 from pivotbuild.errors import EXIT_INTERRUPTED, EXIT_OK, PivotError, PivotfileError
 from pivotbuild.events import BuildFinished, Event, Message, Reporter, Watching
 from pivotbuild.graph import BuildGraph
+from pivotbuild.paths import PIVOTFILE
+from pivotbuild.project import all_pivotfiles
 from pivotbuild.structs import replace, struct
 from pivotbuild.watch.changes import ChangeSource
 from pivotbuild.watch.reporting import QuietBuilds, Tee
@@ -226,6 +229,8 @@ class WatchLoop:
         if watchset is None:
             return
         relevant = frozenset(p for p in paths if watchset.matches(p))
+        if watchset.pivotfile_trees:
+            relevant |= _pivotfiles_in_new_directories(watchset, paths - relevant)
         if not relevant:
             return
         if self.building:
@@ -290,6 +295,21 @@ class WatchLoop:
 
     def graph(self) -> BuildGraph:
         return self.engine.current()[1]
+
+
+def _pivotfiles_in_new_directories(watchset: WatchSet, paths: Iterable[str]) -> frozenset[str]:
+    """With --all: the Pivotfiles in those of `paths` that are directories
+    where a new Pivotfile joins the build.  The notifier reports a directory
+    moved in, or made and filled before it watched it, but not what is in it."""
+    found: set[str] = set()
+    for path in paths:
+        if (
+            path not in watchset.pivotfile_trees  # (the root itself: its Pivotfile's own events say)
+            and watchset.is_source(os.path.join(path, PIVOTFILE))
+            and os.path.isdir(path)
+        ):
+            found.update(str(f) for f in all_pivotfiles(Path(path)))
+    return frozenset(found)
 
 
 def _holders(paths: Iterable[str], root: str) -> frozenset[str]:
