@@ -111,7 +111,12 @@ class Watcher:
             raise AssertionError(f"the watcher said {line!r}, expected nothing")
 
     def wait_err(self, text: str) -> None:
-        wait_until(lambda: text in self.err(), EVENT_TIMEOUT_S, f"{text!r} on stderr; stderr:\n{self.err()}")
+        """Wait for `text` on stderr (read by a thread of its own: it may come
+        after what was said on stdout later)."""
+        try:
+            wait_until(lambda: text in self.err(), EVENT_TIMEOUT_S, f"{text!r} on stderr")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; stderr:\n{self.err()}") from None
 
     def stop(self, sig: int = signal.SIGINT) -> int:
         """Send `sig` (Ctrl-C by default) and return the exit status."""
@@ -232,6 +237,7 @@ def test_a_deleted_dep_is_reported_and_recreating_it_rebuilds(chain: Project, ch
     (chain.root / "in.txt").unlink()
     seen = chain_watch.until("watching")
     assert [e["event"] for e in seen] == ["watching"], seen  # no build: an input is missing
+    chain_watch.wait_err("; waiting for a change")
     assert "in.txt" in chain_watch.err()
     assert "Traceback" not in chain_watch.err()
     chain.write("in.txt", "back\n")
@@ -291,8 +297,8 @@ def test_a_broken_pivotfile_keeps_the_last_good_graph_until_fixed(chain: Project
     seen = chain_watch.until("watching")
     assert [e["event"] for e in seen] == ["watching"], seen  # reported, nothing built
     line = len(broken.splitlines()) - 1  # `stage d` lacks its colon
+    chain_watch.wait_err("; building with the last good Pivotfiles until this is fixed")
     assert re.search(rf"^Pivotfile:{line}:\d+: error: ", chain_watch.err(), re.M), chain_watch.err()
-    assert "building with the last good Pivotfiles until this is fixed" in chain_watch.err()
     assert "Traceback" not in chain_watch.err()
 
     chain.write("in.txt", "changed\n")  # still built, by the graph that loaded
@@ -436,7 +442,8 @@ def test_a_missing_dep_at_the_start_is_reported_and_creating_it_builds(
     w = watch("--json")
     seen = w.until("watching")
     assert [e["event"] for e in seen] == ["watching"], seen
-    assert "in.txt" in w.err() and "waiting for a change" in w.err(), w.err()
+    w.wait_err("; waiting for a change")
+    assert "in.txt" in w.err()
     chain.write("in.txt", "now\n")
     assert w.next_build() == {"a": "ran", "b": "ran", "c": "ran"}
 
