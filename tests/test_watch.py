@@ -466,3 +466,15 @@ def test_a_changed_params_file_reruns_the_stage_reading_it(project: Project, wat
     project.write("params.toml", "[train]\nepochs = 5\n\n[model]\ndepth = 4\n")
     assert w.next_build() == {"train": "ran", "other": "skipped"}
     assert read(project, "model.txt") == "5\n"
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [(("nosuch",), "unknown target 'nosuch'"), (("-f", "Broken"), "Broken:1:8: error: ")],
+)
+def test_what_cannot_be_built_at_the_start_exits_2(chain: Project, args: tuple[str, ...], says: str) -> None:
+    chain.write("Broken", "stage x\n")
+    r = chain.run("-w", *DEBOUNCE, *args, timeout=EVENT_TIMEOUT_S)
+    assert r.code == 2, r
+    assert says in r.err
+    assert "Traceback" not in r.err
