@@ -159,9 +159,12 @@ def watch(project: Project) -> Iterator[Callable[..., Watcher]]:
 
 @pytest.fixture
 def chain_watch(chain: Project, watch: Callable[..., Watcher]) -> Watcher:
-    """CHAIN (a -> b, c) watched with --json, its first build done."""
+    """CHAIN (a -> b, c) watched with --json, its first build done and the
+    build that follows it (for build/a.txt, which it wrote) over too: a change
+    seen during that one would stop it, splitting the next build in two."""
     w = watch("--json")
     assert w.next_build() == {"a": "ran", "b": "ran", "c": "ran"}
+    w.quiet()
     return w
 
 
@@ -201,8 +204,8 @@ def test_an_edit_rebuilds_exactly_the_stages_it_affects(chain: Project, chain_wa
 
 
 def test_the_builds_own_outputs_do_not_start_a_build(chain: Project, chain_watch: Watcher) -> None:
-    # build/a.txt, written by a, is b's dep: seeing it written starts no build shown.
-    chain_watch.quiet()
+    # build/a.txt, written by a, is b's dep: seeing it written started no build
+    # shown (chain_watch waited for that).
     chain.write("other.txt", "unrelated\n")
     assert chain_watch.next_build() == {"a": "skipped", "b": "skipped", "c": "ran"}
     chain_watch.quiet()
@@ -405,6 +408,7 @@ def test_plain_output_is_a_summary_a_build_and_the_watching_line(chain: Project,
     w = watch()
     watching = "pivotbuild: watching 4 files for changes (Ctrl-C to stop)"
     w.wait_err(watching)
+    time.sleep(QUIET_S)  # for the build after it to pass (see chain_watch)
     chain.write("in.txt", "changed\n")
     wait_until(lambda: len(SUMMARY.findall(w.err())) == 2, EVENT_TIMEOUT_S, f"a second summary; stderr:\n{w.err()}")
     lines = [w.line() for _ in range(5)]  # a `[k/N] stage` line as each stage starts
