@@ -23,6 +23,7 @@ import queue
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
+from pathlib import Path
 from typing import Any
 
 from pivotbuild.build.engine import Engine
@@ -32,6 +33,8 @@ from pivotbuild.build.watchset import WatchSet
 from pivotbuild.errors import EXIT_INTERRUPTED, EXIT_OK, PivotError, PivotfileError
 from pivotbuild.events import BuildFinished, Event, Message, Reporter, Watching
 from pivotbuild.graph import BuildGraph
+from pivotbuild.paths import PIVOTFILE
+from pivotbuild.project import all_pivotfiles
 from pivotbuild.structs import replace, struct
 from pivotbuild.watch.changes import ChangeSource
 from pivotbuild.watch.reporting import QuietBuilds, Tee
@@ -94,6 +97,7 @@ class WatchLoop:
         self.watchset: WatchSet | None = None
         self._queue: queue.SimpleQueue[_Changes | _BuildRequest | _Call] = queue.SimpleQueue()
         self._outputs: frozenset[str] = frozenset()  # the watched build's outputs (absolute)
+        self._output_dirs: frozenset[str] = frozenset()  # the directories below the root holding them
         self._cancelled = False  # the running build was cancelled by an agent, not Ctrl-C
         self._stopped_early = False  # the last build was stopped by a change
         self._announced: int | None = None
@@ -170,8 +174,7 @@ class WatchLoop:
             if reloaded.error is not None:
                 self._report(reloaded.error, "building with the last good Pivotfiles until this is fixed")
             elif reloaded.loaded:
-                self._aim()
-                return True
+                return self._aim()
         return bool(paths - sources) or self._stopped_early
 
     def _build(self, options: BuildOptions) -> None:
@@ -190,29 +193,35 @@ class WatchLoop:
 
     # -- watching ------------------------------------------------------------------------
 
-    def _aim(self, strict: bool = False) -> None:
+    def _aim(self, strict: bool = False) -> bool:
         """Watch what a build of the targets reads, in the project as loaded
         now.  A problem (a target the reloaded project no longer has, a
         directory that cannot be watched) raises if `strict`, else is
-        reported, and what was watched stays watched."""
+        reported, and what was watched stays watched.  False if the targets
+        are not in the project (a build of them would only say so again)."""
         try:
             watchset = self.engine.reads(self.options.targets)
             project, graph = self.engine.current()
             closure = graph.upstream(selected(project, graph, self.options.targets))
-            root = str(project.root)
-            self._outputs = frozenset(os.path.join(root, o.path) for sid in closure for o in graph.stages[sid].outs)
-            self.watchset = watchset
-            try:
-                self.source.watch(watchset.roots(), self._changed)
-            except OSError as exc:
-                raise WatchError(
-                    f"{exc}; if the system's limit on watches was reached, raise it"
-                    " (fs.inotify.max_user_watches on Linux)"
-                ) from exc
         except PivotError as exc:
             if strict:
                 raise
             self._report(exc, "waiting for a change")
+            return False
+        root = str(project.root)
+        self._outputs = frozenset(os.path.join(root, o.path) for sid in closure for o in graph.stages[sid].outs)
+        self._output_dirs = _holders(self._outputs, root)
+        self.watchset = watchset
+        try:
+            self.source.watch(watchset.roots(), self._changed)
+        except OSError as exc:
+            error = WatchError(
+                f"{exc}; if the system's limit on watches was reached, raise it (fs.inotify.max_user_watches on Linux)"
+            )
+            if strict:
+                raise error from exc
+            self._report(error, "waiting for a change")
+        return True
 
     def _changed(self, paths: frozenset[str]) -> None:
         """A batch of changed paths, from the change source's thread."""
@@ -220,16 +229,22 @@ class WatchLoop:
         if watchset is None:
             return
         relevant = frozenset(p for p in paths if watchset.matches(p))
+        if watchset.pivotfile_trees:
+            relevant |= _pivotfiles_in_new_directories(watchset, paths - relevant)
         if not relevant:
             return
         if self.building:
-            outside = [p for p in relevant if not self._is_output(p)]
+            outside = [p for p in relevant if not self._written_by_build(p)]
             if outside and self.engine.changed(outside, restart=self.restart):
                 self._stopped_early = True
         self._queue.put(_Changes(relevant))
 
-    def _is_output(self, path: str) -> bool:
-        """Is `path` an output of the watched build, or under one?"""
+    def _written_by_build(self, path: str) -> bool:
+        """Is `path` an output of the watched build, or under one, or a
+        directory holding one that exists (created for the outputs: a dep's
+        directory too, but a change to the dep is an event of its own)?"""
+        if path in self._output_dirs and os.path.isdir(path):
+            return True
         outputs = self._outputs
         while True:
             if path in outputs:
@@ -255,8 +270,7 @@ class WatchLoop:
         if isinstance(exc, PivotfileError):
             self.quiet.handle(Message(exc.render(), "located"))
             text = text.removesuffix(f"; {exc.advice}")
-        self.quiet.handle(Message(f"{text}; {then}", "error"))
-        self.quiet.shown = True  # (the watching line again, below what was said)
+        self.quiet.handle(Message(f"{text}; {then}", "error"))  # (shown: the watching line follows)
 
     # -- for the agent server (from its threads) ----------------------------------------
 
@@ -281,6 +295,32 @@ class WatchLoop:
 
     def graph(self) -> BuildGraph:
         return self.engine.current()[1]
+
+
+def _pivotfiles_in_new_directories(watchset: WatchSet, paths: Iterable[str]) -> frozenset[str]:
+    """With --all: the Pivotfiles in those of `paths` that are directories
+    where a new Pivotfile joins the build.  The notifier reports a directory
+    moved in, or made and filled before it watched it, but not what is in it."""
+    found: set[str] = set()
+    for path in paths:
+        if (
+            path not in watchset.pivotfile_trees  # (the root itself: its Pivotfile's own events say)
+            and watchset.is_source(os.path.join(path, PIVOTFILE))
+            and os.path.isdir(path)
+        ):
+            found.update(str(f) for f in all_pivotfiles(Path(path)))
+    return frozenset(found)
+
+
+def _holders(paths: Iterable[str], root: str) -> frozenset[str]:
+    """The directories below `root` that hold any of `paths` (absolute)."""
+    found: set[str] = set()
+    for path in paths:
+        parent = os.path.dirname(path)
+        while parent.startswith(root + os.sep) and parent not in found:
+            found.add(parent)
+            parent = os.path.dirname(parent)
+    return frozenset(found)
 
 
 def _answer(call: _Call) -> None:

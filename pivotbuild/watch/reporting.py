@@ -22,6 +22,7 @@ from pivotbuild.events import (
     StageFinished,
     StageStarted,
     Status,
+    Watching,
 )
 
 
@@ -51,7 +52,10 @@ class QuietBuilds:
     def __init__(self, inner: Reporter) -> None:
         self.inner = inner
         self.wants_states = getattr(inner, "wants_states", False)
-        self.shown = False  # was the last build (or is the current one) shown?
+        # Was anything shown (a build, a message) since the loop last said it
+        # was watching?  The loop resets it when it says so again; a build not
+        # shown leaves it as it was.
+        self.shown = False
         self._show_next = True
         self._held: list[Event] | None = None
 
@@ -60,8 +64,8 @@ class QuietBuilds:
 
     def handle(self, event: Event) -> None:
         if isinstance(event, BuildStarted):
-            self.shown, self._show_next = self._show_next, False
-            if not self.shown:
+            show, self._show_next = self._show_next, False
+            if not show:
                 self._held = [event]
                 return
         held = self._held
@@ -73,9 +77,10 @@ class QuietBuilds:
                     held.append(event)
                 return
             self._held = None
-            self.shown = True
             for earlier in held:
                 self.inner.handle(earlier)
+        if not isinstance(event, Watching):
+            self.shown = True
         self.inner.handle(event)
 
     def close(self) -> None:
