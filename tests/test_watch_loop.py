@@ -105,8 +105,8 @@ class Recording:
 class CountingEngine(Engine):
     """The real engine, counting the builds it runs (shown or not)."""
 
-    def __init__(self, reporter: Reporter) -> None:
-        super().__init__(reporter)
+    def __init__(self, reporter: Reporter, *, resident: bool = False) -> None:
+        super().__init__(reporter, resident=resident)
         self.builds = 0
 
     def build(
@@ -365,6 +365,22 @@ def test_a_dep_changed_during_a_build_stops_new_starts_then_builds_again(
     assert (project.root / "after.txt").read_text() == "two\n"
 
 
+def test_a_dep_saved_unchanged_during_a_build_does_not_stop_it(
+    project: Project, watched: Callable[..., Watched]
+) -> None:
+    project.pivotfile(HELD)
+    project.write("in.txt", "one\n")
+    project.write("hold", "")
+    w = watched()
+    held(w)
+    project.write("in.txt", "one\n")  # an editor's save of what was there
+    w.source.change(w.path("in.txt"))
+    (project.root / "hold").unlink()
+    assert w.reporter.next_build() == {"slow": Status.RAN, "after": Status.RAN}
+    w.settled()
+    assert w.reporter.rest() == []
+
+
 def test_the_builds_own_outputs_and_their_directories_do_not_stop_it(
     project: Project, watched: Callable[..., Watched]
 ) -> None:
@@ -513,3 +529,21 @@ def test_the_event_log_counts_and_states_a_failure_repeated_once() -> None:
     assert log.state("b") == ("blocked", "upstream a failed")
     events = log.since(0)["events"]
     assert [e["event"] for e in events].count("stage_finished") == 3
+
+
+def test_a_bug_in_the_change_sources_thread_is_raised_in_the_loops(
+    chain: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = FakeSource()
+    options = BuildOptions(cwd=chain.root, watch=True, jobs=2)
+    loop = WatchLoop(Recording(), options, source)
+    loop.start()
+
+    def broken(path: str) -> bool:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(type(loop.watchset), "matches", lambda self, path: broken(path))
+    source.change(chain.root / "in.txt")  # (as from the notifier's thread: it must not die silently)
+    with pytest.raises(Exception, match=r"in the change source's thread: RuntimeError\('a bug'\)"):
+        loop.run()
+    assert source.closed

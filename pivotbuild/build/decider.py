@@ -142,6 +142,10 @@ class Decider:
         its stage is decided."""
         self.trusted = frozenset()
 
+    def known_hash(self, path: str) -> str | None:
+        """The hash a stat cache holds for the file at `path` (absolute), if any."""
+        return self.store.known_hash(path)
+
     def files_read(self) -> int:
         """Files whose contents were read (not answered from the stat cache) so far."""
         return self.store.files_read()

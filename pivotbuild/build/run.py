@@ -12,6 +12,7 @@ recorder: nothing runs and nothing is written.
 from __future__ import annotations
 
 import os
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -168,7 +169,11 @@ class BuildRun:
 
     def _changed(self, item: Changed) -> None:
         """Inputs changed under the build (watch mode): start nothing more; with
-        `restart`, kill the running stages whose inputs now differ."""
+        `restart`, kill the running stages whose inputs now differ.  Files
+        whose contents are what this build knew (a `touch`, a save with no
+        change) change nothing."""
+        if not any(self._differs(path) for path in item.paths):
+            return
         self.stopping = True
         if item.restart:
             for job in list(self.running.values()):
@@ -253,6 +258,11 @@ class BuildRun:
             reason = f"upstream {event.stage} failed"
             self._finish(down, StageFinished(self.graph.label(down), Status.BLOCKED, reason, 0.0))
 
+    def _differs(self, path: str) -> bool:
+        """Does the file at `path` hold other contents than this build's stat
+        caches last hashed for it (as a dep decided, or an output written)?"""
+        return content_differs(path, self.decider.known_hash(path))
+
     def _state(self, label: str, state: State, reason: str = "") -> None:
         if self.states:
             self.emit(StageState(label, state, reason))
@@ -287,11 +297,29 @@ class BuildRun:
             self._handle(item)
 
 
+# A changed file larger than this is taken as changed without hashing it in
+# the build loop (the next build hashes it anyway).
+_HASHED_IN_LOOP = 16 << 20
+
+
+def content_differs(path: str, known: str | None) -> bool:
+    """Does the file at `path` hold other contents than those hashed `known`
+    (None: never hashed)?  True for anything not a regular file now."""
+    from pivotbuild.state.hashing import hash_file
+
+    try:
+        st = os.stat(path)
+        if known is None or not stat.S_ISREG(st.st_mode) or st.st_size > _HASHED_IN_LOOP:
+            return True
+        return hash_file(path) != known
+    except OSError:
+        return True  # gone, or unreadable
+
+
 def inputs_changed(job: Job, paths: frozenset[str], root: str) -> bool:
     """Does a file among `paths` that `job` reads hold other contents than
     when it started?  (A directory or glob dep with a change under it counts:
     its listing is not hashed again here.)"""
-    from pivotbuild.state.hashing import hash_file
     from pivotbuild.state.kinds import FILE
 
     if job.snap is None:
@@ -299,12 +327,8 @@ def inputs_changed(job: Job, paths: frozenset[str], root: str) -> bool:
     for dep in job.snap.deps:
         path = os.path.normpath(os.path.join(root, dep.path))
         if dep.kind == FILE:
-            if path in paths:
-                try:
-                    if hash_file(path) != dep.hash:
-                        return True
-                except OSError:
-                    return True  # gone, or unreadable
+            if path in paths and content_differs(path, dep.hash):
+                return True
         elif (
             path in paths
             or any(p.startswith(path + os.sep) for p in paths)

@@ -153,6 +153,14 @@ class StateStore:
         if record is not None:
             self.commit(stage, record)
 
+    def known_hash(self, path: str) -> str | None:
+        """The hash a pipeline's stat cache holds for the file at `path` (absolute), if any."""
+        for st in self.pipelines.values():
+            entry = st.statcache.entries.get(path)
+            if entry is not None:
+                return entry.hash
+        return None
+
     def files_read(self) -> int:
         """Files whose contents were read (not answered from the stat cache) so far."""
         return sum(st.statcache.files_read for st in self.pipelines.values())

@@ -18,6 +18,7 @@ is watch/reporting.py's business: a change that changes nothing is not.
 
 from __future__ import annotations
 
+import functools
 import os
 import queue
 import time
@@ -26,6 +27,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
+from pivotbuild.build.cancel import CancelToken
 from pivotbuild.build.engine import Engine
 from pivotbuild.build.options import BuildOptions
 from pivotbuild.build.selection import selected
@@ -98,6 +100,7 @@ class WatchLoop:
         self._queue: queue.SimpleQueue[_Changes | _BuildRequest | _Call] = queue.SimpleQueue()
         self._outputs: frozenset[str] = frozenset()  # the watched build's outputs (absolute)
         self._output_dirs: frozenset[str] = frozenset()  # the directories below the root holding them
+        self._token = CancelToken()  # the running build's cancel switch
         self._cancelled = False  # the running build was cancelled by an agent, not Ctrl-C
         self._stopped_early = False  # the last build was stopped by a change
         self._announced: int | None = None
@@ -178,11 +181,12 @@ class WatchLoop:
         return bool(paths - sources) or self._stopped_early
 
     def _build(self, options: BuildOptions) -> None:
+        self._token = CancelToken()  # the loop's own: `cancel` reaches the build from its first moment
         self.building = True
         self._cancelled = False
         self._stopped_early = False
         try:
-            code = self.engine.build(options)
+            code = self.engine.build(options, self._token)
         except PivotError as exc:  # a missing input, a target gone after a reload...
             self._report(exc, "waiting for a change")
             return
@@ -224,7 +228,15 @@ class WatchLoop:
         return True
 
     def _changed(self, paths: frozenset[str]) -> None:
-        """A batch of changed paths, from the change source's thread."""
+        """A batch of changed paths, from the change source's thread (a bug
+        here is raised in the loop's thread, which reports it, rather than
+        leave watch mode deaf)."""
+        try:
+            self._take(paths)
+        except Exception as exc:
+            self._queue.put(_Call(functools.partial(_raise, exc), Future()))
+
+    def _take(self, paths: frozenset[str]) -> None:
         watchset = self.watchset
         if watchset is None:
             return
@@ -283,7 +295,7 @@ class WatchLoop:
         if not self.building:
             return False
         self._cancelled = True
-        self.engine.cancel()
+        self._token.cancel()
         return True
 
     def between_builds(self, fn: Callable[[], Any], timeout: float) -> Any:
@@ -326,7 +338,7 @@ def _holders(paths: Iterable[str], root: str) -> frozenset[str]:
 def _answer(call: _Call) -> None:
     try:
         call.result.set_result(call.fn())
-    except _Stop:
+    except (_Stop, _Crash):
         raise
     except Exception as exc:  # for the caller to report
         call.result.set_exception(exc)
@@ -334,6 +346,14 @@ def _answer(call: _Call) -> None:
 
 def _stop() -> None:
     raise _Stop
+
+
+class _Crash(Exception):
+    """A bug in another thread, carried to the loop's."""
+
+
+def _raise(exc: Exception) -> None:
+    raise _Crash(f"in the change source's thread: {exc!r}") from exc
 
 
 class _LastBuild:
