@@ -482,3 +482,84 @@ def test_what_cannot_be_built_at_the_start_exits_2(chain: Project, args: tuple[s
     assert r.code == 2, r
     assert says in r.err
     assert "Traceback" not in r.err
+
+
+# -- the agent server (--serve) ---------------------------------------------------------------
+
+
+def rpc(p: Project, method: str, params: dict[str, Any] | None = None) -> subprocess.CompletedProcess[str]:
+    args = [method] if params is None else [method, json.dumps(params)]
+    return subprocess.run(
+        [*PIVOTBUILD, "rpc", *args], cwd=p.root, capture_output=True, text=True, timeout=EVENT_TIMEOUT_S, check=False
+    )
+
+
+def answer(p: Project, method: str, params: dict[str, Any] | None = None) -> Any:
+    r = rpc(p, method, params)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def test_the_agent_server_answers_each_method_about_the_real_builds(
+    project: Project, watch: Callable[..., Watcher]
+) -> None:
+    project.pivotfile(SLOW)
+    project.write("in.txt", "one\n")
+    w = watch("--json", "--serve")
+    assert w.next_build() == {"slow": "ran", "after": "ran"}
+    sock = project.root / ".pivot" / "agent.sock"
+    assert (sock.stat().st_mode & 0o777) == 0o600
+
+    assert answer(project, "stages") == {
+        "stages": [
+            {"name": "slow", "state": "ran", "reason": "never run"},
+            {"name": "after", "state": "ran", "reason": "never run"},
+        ]
+    }
+    status = answer(project, "status")
+    assert status["state"] == "idle" and status["build"]["ran"] == 2
+    assert answer(project, "explain", {"stage": "after"}) == {"will_run": False, "reason": None}
+    since = answer(project, "events_since", {"cursor": 0})
+    assert [e["event"] for e in since["events"]][:1] == ["build_started"]
+    assert answer(project, "events_since", {"cursor": since["cursor"]}) == {"events": [], "cursor": since["cursor"]}
+
+    unknown = rpc(project, "run", {"stages": ["nope"]})
+    assert unknown.returncode == 1
+    assert "agent error -32602: unknown target 'nope'" in unknown.stderr
+
+    # A build asked for, then cancelled while its stage runs: watch mode goes on.
+    (project.root / "started").unlink()
+    project.write("hold", "")
+    assert answer(project, "run", {"stages": ["slow"], "force": True}) == {"accepted": True}
+    wait_until((project.root / "started").exists, EVENT_TIMEOUT_S, "stage slow to start")
+    assert answer(project, "status")["state"] == "building"
+    assert answer(project, "explain", {"stage": "slow"}) == {"will_run": True, "reason": "forced"}
+    both = [
+        subprocess.Popen([*PIVOTBUILD, "rpc", "stages"], cwd=project.root, stdout=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]  # two clients at once
+    for client in both:
+        out, _ = client.communicate(timeout=EVENT_TIMEOUT_S)
+        assert client.returncode == 0 and json.loads(out)["stages"][0]["state"] == "running"
+    assert answer(project, "cancel") == {"cancelled": True}
+    [finished] = [e for e in w.until("watching") if e["event"] == "build_finished"]
+    assert finished["cancelled"] == 1
+    assert answer(project, "cancel") == {"cancelled": False}
+    assert answer(project, "stages")["stages"][0]["state"] == "cancelled"
+
+    (project.root / "hold").unlink()
+    project.write("in.txt", "three\n")  # still watching
+    assert w.next_build() == {"slow": "ran", "after": "ran"}
+    assert w.stop() == 130
+    assert not sock.exists()
+
+
+def test_a_second_agent_server_is_refused_naming_the_first(project: Project, watch: Callable[..., Watcher]) -> None:
+    project.pivotfile(SLOW)
+    project.write("in.txt", "one\n")
+    first = watch("--json", "--serve")
+    first.until("watching")
+    second = watch("--json", "--serve")
+    assert second.proc.wait(timeout=EVENT_TIMEOUT_S) == 2
+    second.wait_err(f"an agent server is already running for this project (pid {first.proc.pid}")
+    assert answer(project, "status")["state"] == "idle"  # the first still serves
