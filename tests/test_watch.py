@@ -248,7 +248,8 @@ def test_a_deleted_dep_is_reported_and_recreating_it_rebuilds(chain: Project, ch
     assert read(chain, "b.txt") == "BACK\n"
 
 
-def test_with_all_a_new_pivotfile_in_a_subdirectory_joins(project: Project, watch: Callable[..., Watcher]) -> None:
+def watching_all(project: Project, watch: Callable[..., Watcher]) -> Watcher:
+    """A project of one stage, c, watched with --all, its first build done."""
     project.pivotfile("""
         stage c:
             deps: other.txt
@@ -258,6 +259,11 @@ def test_with_all_a_new_pivotfile_in_a_subdirectory_joins(project: Project, watc
     project.write("other.txt", "other\n")
     w = watch("--json", "--all")
     assert w.next_build() == {"c": "ran"}
+    return w
+
+
+def test_with_all_a_new_pivotfile_in_a_subdirectory_joins(project: Project, watch: Callable[..., Watcher]) -> None:
+    w = watching_all(project, watch)
     project.write("sub/x.txt", "x\n")
     project.pivotfile(
         """
@@ -275,15 +281,7 @@ def test_with_all_a_new_pivotfile_in_a_subdirectory_joins(project: Project, watc
 def test_with_all_a_directory_moved_in_with_a_pivotfile_joins(
     project: Project, watch: Callable[..., Watcher], tmp_path: Path
 ) -> None:
-    project.pivotfile("""
-        stage c:
-            deps: other.txt
-            outs: c.txt
-            run: cp $< $@
-        """)
-    project.write("other.txt", "other\n")
-    w = watch("--json", "--all")
-    assert w.next_build() == {"c": "ran"}
+    w = watching_all(project, watch)
     incoming = tmp_path / "incoming"  # beside the project: moving it in is one event, for the directory
     (incoming / "deeper").mkdir(parents=True)
     (incoming / "deeper" / "Pivotfile").write_text("stage s:\n    outs: s.txt\n    run: echo s > $@\n")
@@ -507,6 +505,7 @@ def test_the_agent_server_answers_each_method_about_the_real_builds(
     project.write("in.txt", "one\n")
     w = watch("--json", "--serve")
     assert w.next_build() == {"slow": "ran", "after": "ran"}
+    w.quiet()  # (and the build not shown that follows, for slow.txt, which after reads, is over)
     sock = project.root / ".pivot" / "agent.sock"
     assert (sock.stat().st_mode & 0o777) == 0o600
 

@@ -207,6 +207,16 @@ def held(w: Watched) -> None:
     wait_until(w.path("started").exists, TIMEOUT_S, "stage slow to start")
 
 
+def held_loop(project: Project, watched: Callable[..., Watched]) -> Watched:
+    """HELD watched in-process, its first build running `slow`, held."""
+    project.pivotfile(HELD)
+    project.write("in.txt", "one\n")
+    project.write("hold", "")
+    w = watched()
+    held(w)
+    return w
+
+
 # -- what the loop watches and builds ------------------------------------------------------
 
 
@@ -328,11 +338,7 @@ def test_a_requested_build_is_shown_and_force_runs_the_stages(chain: Project, ch
 def test_cancel_kills_the_running_stages_and_watching_goes_on(
     project: Project, watched: Callable[..., Watched]
 ) -> None:
-    project.pivotfile(HELD)
-    project.write("in.txt", "one\n")
-    project.write("hold", "")
-    w = watched()
-    held(w)
+    w = held_loop(project, watched)
     assert w.loop.building
     assert w.loop.cancel() is True
     seen = w.reporter.take(Watching)
@@ -352,11 +358,7 @@ def test_cancel_kills_the_running_stages_and_watching_goes_on(
 def test_a_dep_changed_during_a_build_stops_new_starts_then_builds_again(
     project: Project, watched: Callable[..., Watched]
 ) -> None:
-    project.pivotfile(HELD)
-    project.write("in.txt", "one\n")
-    project.write("hold", "")
-    w = watched()
-    held(w)
+    w = held_loop(project, watched)
     project.write("in.txt", "two\n")
     w.source.change(w.path("in.txt"))  # told to the running build before this returns
     (project.root / "hold").unlink()
@@ -368,11 +370,7 @@ def test_a_dep_changed_during_a_build_stops_new_starts_then_builds_again(
 def test_a_dep_saved_unchanged_during_a_build_does_not_stop_it(
     project: Project, watched: Callable[..., Watched]
 ) -> None:
-    project.pivotfile(HELD)
-    project.write("in.txt", "one\n")
-    project.write("hold", "")
-    w = watched()
-    held(w)
+    w = held_loop(project, watched)
     project.write("in.txt", "one\n")  # an editor's save of what was there
     w.source.change(w.path("in.txt"))
     (project.root / "hold").unlink()
@@ -384,11 +382,7 @@ def test_a_dep_saved_unchanged_during_a_build_does_not_stop_it(
 def test_the_builds_own_outputs_and_their_directories_do_not_stop_it(
     project: Project, watched: Callable[..., Watched]
 ) -> None:
-    project.pivotfile(HELD)
-    project.write("in.txt", "one\n")
-    project.write("hold", "")
-    w = watched()
-    held(w)
+    w = held_loop(project, watched)
     w.source.change(w.path("out"), w.path("out/slow.txt"))  # the directory made for slow's output
     (project.root / "hold").unlink()
     assert w.reporter.next_build() == {"slow": Status.RAN, "after": Status.RAN}
