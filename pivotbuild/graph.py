@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 from pivotbuild.errors import Diagnostic, GraphError, Location, TargetError
 from pivotbuild.globs import glob_regex, may_match_under
-from pivotbuild.model import Out, Stage, StageId
+from pivotbuild.model import Out, Pos, Stage, StageId
 from pivotbuild.structs import struct
 from pivotbuild.suggest import close_matches
 from pivotbuild.targets import closure, name_table, named
@@ -111,6 +111,7 @@ class BuildGraph:
         self._producer: dict[str, StageId] = {}
         self._dir_outs: set[str] = set()  # outputs declared as directories (trailing `/`)
         self._outs_sorted: list[str] = []
+        self._sources: dict[StageId, tuple[tuple[str, Pos | None], ...]] = {}  # each stage's deps no stage writes
 
     def _link(self, order: list[StageId], preds: dict[StageId, list[StageId]]) -> None:
         """The plain structures every query runs on."""
@@ -348,19 +349,25 @@ class BuildGraph:
     ) -> list[MissingDep]:
         """Deps (of the stages `among`, default all) that no stage produces and
         that `exists` says are absent (globs excluded)."""
-        needed: dict[str, dict[StageId, Location]] = {}
         wanted = None if among is None else set(among)
+        sources = self._sources  # (a long-lived engine asks before every build: what no stage writes, once)
+        present: dict[str, bool] = {}
+        needed: dict[str, dict[StageId, Location]] = {}
         for sid, stage in self.stages.items():
             if wanted is not None and sid not in wanted:
                 continue
-            for dep in stage.deps:
-                if not dep.is_glob:
-                    needed.setdefault(dep.path, {}).setdefault(sid, stage.at(dep.pos))
-        missing = []
-        for path, users in needed.items():
-            if self._producers_of(path, False) or exists(path):
-                continue
-            missing.append(MissingDep(path, tuple(users), tuple(users.values())))
+            deps = sources.get(sid)
+            if deps is None:
+                deps = sources[sid] = tuple(
+                    (d.path, d.pos) for d in stage.deps if not d.is_glob and not self._producers_of(d.path, False)
+                )
+            for path, pos in deps:
+                there = present.get(path)
+                if there is None:
+                    there = present[path] = exists(path)
+                if not there:
+                    needed.setdefault(path, {}).setdefault(sid, stage.at(pos))
+        missing = [MissingDep(path, tuple(users), tuple(users.values())) for path, users in needed.items()]
         return sorted(missing, key=lambda m: m.path)
 
     def missing_inputs(

@@ -247,6 +247,39 @@ def test_a_history_line_is_spelled_as_json_dumps_spells_it(
     assert (tmp_path / "history.jsonl").read_text("utf-8") == json.dumps(entry, sort_keys=True) + "\n"
 
 
+def test_recent_builds_read_as_the_history_grows_match_a_whole_read(tmp_path: Path) -> None:
+    state = tmp_path
+    recent = history.Recent(state)
+
+    def same() -> None:
+        whole = history.load(state, history.RECENT)
+        kept = recent.load()
+        assert (kept.entries, kept.skipped) == (whole.entries, whole.skipped)
+
+    same()  # no history yet
+    for i in range(25):
+        history.append(state, {"ran": i, "stages": {}})
+        if i % 7 == 0:
+            same()
+    with (state / "history.jsonl").open("ab") as f:
+        f.write(b"{damaged\n")
+        f.write(b'{"ran": 99')  # a line still being written: not read yet
+    assert recent.load().skipped == 1
+    with (state / "history.jsonl").open("ab") as f:
+        f.write(b"}\n")
+    assert recent.load().entries[-1] == {"ran": 99}
+    same()
+    lines = (state / "history.jsonl").read_bytes().splitlines(keepends=True)
+    (state / "history.jsonl").write_bytes(b"".join(lines[:3]))  # cut short, in place
+    same()
+    replaced = state / "new.jsonl"
+    replaced.write_bytes(b"".join(lines[5:9]))
+    os.replace(replaced, state / "history.jsonl")  # replaced whole
+    same()
+    (state / "history.jsonl").unlink()
+    same()
+
+
 def test_history_append_and_read(tmp_path: Path) -> None:
     state = tmp_path / ".pivot"
     assert history.read(state) == []

@@ -43,7 +43,7 @@ from pivotbuild.graph import BuildGraph
 from pivotbuild.model import StageId
 from pivotbuild.paths import STATE_DIR
 from pivotbuild.project import LoadOptions, Project
-from pivotbuild.state import seal
+from pivotbuild.state import history, seal
 from pivotbuild.state.projectlock import ProjectLock
 from pivotbuild.state.seal import Seal
 from pivotbuild.state.store import StateStore
@@ -94,6 +94,7 @@ class Engine:
         self.reporter = reporter
         self.resident = resident
         self._warm: tuple[StateStore, Path, tuple[str, ...], tuple[object, ...]] | None = None
+        self._recent: history.Recent | None = None
         self.jobserver = jobserver
         self.executor = executor
         self.session: LoadedProject | None = None
@@ -260,7 +261,7 @@ class Engine:
         inbox = Inbox(self.emit)
         outputs = OutputCache(project.root, inbox.warn, building=True)
         recorder = Recorder(project, store, outputs, inbox, emit=self.emit, options=options)
-        expected = recorder.expected(graph, closure)
+        expected = recorder.expected(graph, closure, self._recent_builds(project))
         edges = after if after is not None else _edges(graph, closure)
         run = BuildRun(
             self.emit,
@@ -331,6 +332,14 @@ class Engine:
                 store.close()
             if self.resident:
                 self._warm = (store, project.root, tuple(p.dir for p in project.pipelines), store.stamps())
+
+    def _recent_builds(self, project: Project) -> history.Recent | None:
+        """A resident engine's view of the history (read once, then as it grows)."""
+        if not self.resident:
+            return None
+        if self._recent is None or self._recent.path.parent != project.root / STATE_DIR:
+            self._recent = history.Recent(project.root / STATE_DIR)
+        return self._recent
 
     def _warm_store(self, project: Project) -> StateStore | None:
         """The state kept from the last build, if it is this project's and no

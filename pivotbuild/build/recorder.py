@@ -75,9 +75,12 @@ class Recorder:
         """The build starts now (as its history entry says)."""
         self.started_at = history.now_stamp()
 
-    def expected(self, graph: BuildGraph, closure: list[StageId]) -> dict[StageId, float]:
-        """Each stage's duration in recent builds, where known."""
-        recent = history.load(self.root / STATE_DIR, history.RECENT)
+    def expected(
+        self, graph: BuildGraph, closure: list[StageId], kept: history.Recent | None = None
+    ) -> dict[StageId, float]:
+        """Each stage's duration in recent builds, where known (from `kept`,
+        a long-lived engine's, if given)."""
+        recent = kept.load() if kept is not None else history.load(self.root / STATE_DIR, history.RECENT)
         if recent.skipped:
             self.emit(Message(history.damage_warning(recent.skipped), "warning"))
         self.history_damaged = recent.skipped > 0
@@ -269,7 +272,9 @@ class DryRecorder:
     def begin(self) -> None:
         pass
 
-    def expected(self, graph: BuildGraph, closure: list[StageId]) -> dict[StageId, float]:
+    def expected(
+        self, graph: BuildGraph, closure: list[StageId], kept: history.Recent | None = None
+    ) -> dict[StageId, float]:
         return {}
 
     def restore(self, stage: Stage, snap: Snapshot) -> bool:

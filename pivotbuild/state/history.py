@@ -148,6 +148,36 @@ def damage_warning(skipped: int) -> str:
     return f".pivot/{HISTORY}: skipped {skipped} damaged {lines}; this build's entry replaces the file without them"
 
 
+class Recent:
+    """What `load(state_dir, RECENT)` reads, for a long-lived engine that asks
+    before every build (watch mode): the history is read whole once, then only
+    the lines appended since (by this process's builds or another's); whole
+    again if the file was replaced or cut short."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / HISTORY
+        self._at: tuple[int, int] | None = None  # (inode, bytes read so far)
+        self._last: list[dict[str, Any] | None] = []  # the last RECENT lines' entries (None: damaged)
+
+    def load(self) -> Read:
+        try:
+            with open(self.path, "rb") as f:
+                st = os.fstat(f.fileno())
+                resume = self._at is not None and self._at[0] == st.st_ino and self._at[1] <= st.st_size
+                offset = self._at[1] if resume and self._at is not None else 0
+                f.seek(offset)
+                data = f.read()
+        except OSError:
+            self._at, self._last = None, []
+            return Read([], 0)
+        whole = data.rfind(b"\n") + 1  # (a line still being written is read next time)
+        last = self._last if resume else []
+        last.extend(_entry(line) for line in data[:whole].splitlines() if line.strip())
+        self._last = last[-RECENT:]
+        self._at = (st.st_ino, offset + whole)
+        return Read([e for e in self._last if e is not None], sum(e is None for e in self._last))
+
+
 def read(state_dir: Path, limit: int | None = None) -> list[dict[str, Any]]:
     """Past builds, oldest first (the last `limit` of them)."""
     return load(state_dir, limit).entries
