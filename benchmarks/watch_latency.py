@@ -9,10 +9,10 @@ The project is compare.py's lattice (`--shape small`: `md5sum` stages).  One
 of the middle layer (as compare.py's incremental build does) and measures,
 from the moment the edit is written:
 
-  begin   until the rebuild's `build_started` event (the change seen,
-          debounced, and handed to the engine)
   start   until the edited source's own stage starts (its `stage_started`
-          event read from the watcher's stdout): the edit-to-stage time
+          event read from the watcher's stdout): the edit-to-stage time.
+          (Watch mode shows a build's `build_started` only once something
+          happens in it, so that event cannot time the build's start.)
   build   until that build's `build_finished` event: the whole rebuild
   engine  the rebuild's own `duration_s`, as the engine timed it
 
@@ -77,12 +77,11 @@ def measure(root: Path, width: int, depth: int, edits: int, debounce: int) -> di
     watcher = Watcher(root, debounce)
     try:
         watcher.until({"event": "watching"})
-        times: dict[str, list[float]] = {"begin": [], "start": [], "build": [], "engine": []}
+        times: dict[str, list[float]] = {"start": [], "build": [], "engine": []}
         for i in range(edits):
             k = (i * 7) % width
             compare.edit(root, width, depth, i)
             t0 = time.perf_counter()
-            times["begin"].append(watcher.until({"event": "build_started"}) - t0)
             times["start"].append(watcher.until({"event": "stage_started", "stage": f"s{layer}_{k}"}) - t0)
             at, finished = watcher.event({"event": "build_finished"})
             times["build"].append(at - t0)
@@ -115,7 +114,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(stages)} stages ({args.width} x {args.depth}, small outputs), -j2, --debounce {args.debounce}")
     print(f"{'seconds':<44}{'median':>10}{'p90':>10}")
     labels = {
-        "begin": "watch: edit -> the rebuild begins",
         "start": "watch: edit -> its stage starts",
         "build": "watch: edit -> rebuild finished",
         "engine": "watch: the rebuild itself (engine's time)",
