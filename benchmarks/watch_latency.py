@@ -45,12 +45,19 @@ class Watcher:
         cmd = [*compare.pivotbuild_command(), "-w", "--json", "-j2", "--debounce", str(debounce)]
         self.proc = subprocess.Popen(cmd, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.events: queue.Queue[tuple[float, dict[str, object]]] = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
+        self.errors: list[str] = []
+        self.readers = [threading.Thread(target=self._read, daemon=True), threading.Thread(target=self._errors)]
+        for reader in self.readers:
+            reader.start()
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
             self.events.put((time.perf_counter(), json.loads(line)))
+
+    def _errors(self) -> None:
+        assert self.proc.stderr is not None
+        self.errors.extend(self.proc.stderr)
 
     def until(self, match: dict[str, object], timeout: float = 120.0) -> float:
         """When the first event holding `match` was read (waiting for it)."""
@@ -63,13 +70,19 @@ class Watcher:
             try:
                 at, event = self.events.get(timeout=max(deadline - time.monotonic(), 0.01))
             except queue.Empty:
-                raise SystemExit(f"watch_latency.py: no {match} within {timeout}s") from None
+                said = "".join(self.errors[-20:])
+                raise SystemExit(f"watch_latency.py: no {match} within {timeout}s; pivotbuild said:\n{said}") from None
             if all(event.get(k) == v for k, v in match.items()):
                 return at, event
 
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(timeout=30)
+        for reader in self.readers:
+            reader.join(timeout=30)
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
 
 
 def measure(root: Path, width: int, depth: int, edits: int, debounce: int) -> dict[str, list[float]]:
