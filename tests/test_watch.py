@@ -402,6 +402,44 @@ def test_a_failing_stage_does_not_end_watch_mode(project: Project, watch: Callab
     assert read(project, "ok.txt") == "good\n"
 
 
+def test_a_failing_stage_whose_output_another_reads_is_not_rebuilt_over_and_over(
+    project: Project, watch: Callable[..., Watcher]
+) -> None:
+    # Its output, written and then rolled back by the build, is a dep of `after`:
+    # the watcher sees those writes after the build, and they are the build's own.
+    project.pivotfile("""
+        stage bad:
+            deps: in.txt
+            outs: bad.txt
+            run: cat $< > $@; grep good $<
+        stage after:
+            deps: bad.txt
+            outs: after.txt
+            run: cp $< $@
+        """)
+    project.write("in.txt", "bad\n")
+    w = watch("--json")
+    assert w.next_build() == {"bad": "failed", "after": "blocked"}
+    w.quiet()
+    project.write("in.txt", "good\n")
+    assert w.next_build() == {"bad": "ran", "after": "ran"}
+    project.write("in.txt", "bad again\n")  # a failure that restores the recorded version of bad.txt
+    assert w.next_build() == {"bad": "failed", "after": "blocked"}
+    w.quiet()
+    assert read(project, "bad.txt") == "good\n"
+
+
+def test_creating_a_missing_included_pipeline_fixes_the_pivotfile(chain: Project, chain_watch: Watcher) -> None:
+    chain.write("Pivotfile", read(chain, "Pivotfile") + "\ninclude sub/Pivotfile\n")
+    chain_watch.wait_err("building with the last good Pivotfiles until this is fixed")
+    chain_watch.until("watching")  # (said again, below the error)
+    chain.write("sub/x.txt", "x\n")
+    chain.write("sub/Pivotfile", "stage s:\n    deps: x.txt\n    outs: s.txt\n    run: cp $< $@\n")
+    built = chain_watch.next_build()
+    assert built["sub:s"] == "ran"
+    assert read(chain, "sub/s.txt") == "x\n"
+
+
 def test_plain_output_is_a_summary_a_build_and_the_watching_line(chain: Project, watch: Callable[..., Watcher]) -> None:
     w = watch()
     watching = "pivotbuild: watching 4 files for changes (Ctrl-C to stop)"
@@ -545,6 +583,7 @@ def test_the_agent_server_answers_each_method_about_the_real_builds(
     assert finished["cancelled"] == 1
     assert answer(project, "cancel") == {"cancelled": False}
     assert answer(project, "stages")["stages"][0]["state"] == "cancelled"
+    w.quiet()  # the cancelled stages' rolled-back outputs start no build
 
     (project.root / "hold").unlink()
     project.write("in.txt", "three\n")  # still watching

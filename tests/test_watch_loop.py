@@ -32,6 +32,9 @@ from pivotbuild.events import (
     Status,
     Watching,
 )
+from pivotbuild.rpc.agent import BUSY, RpcError
+from pivotbuild.watch import agent as agent_module
+from pivotbuild.watch.agent import WatchAgent
 from pivotbuild.watch.changes import Sink
 from pivotbuild.watch.eventlog import EventLog
 from pivotbuild.watch.loop import WatchLoop
@@ -122,16 +125,20 @@ class Watched:
     def __init__(
         self,
         p: Project,
+        *,
         targets: tuple[str, ...] = (),
         restart: bool = False,
         also: Sequence[Reporter] = (),
+        every: Sequence[Reporter] = (),
         all_pipelines: bool = False,
     ) -> None:
         self.p = p
         self.reporter = Recording()
         self.source = FakeSource()
         options = BuildOptions(cwd=p.root, targets=targets, watch=True, jobs=2, all_pipelines=all_pipelines)
-        self.loop = WatchLoop(self.reporter, options, self.source, restart=restart, also=also, engine=CountingEngine)
+        self.loop = WatchLoop(
+            self.reporter, options, self.source, restart=restart, also=also, every=every, engine=CountingEngine
+        )
         self.codes: list[int] = []
         self.thread = threading.Thread(target=lambda: self.codes.append(self.loop.run()), daemon=True)
 
@@ -541,3 +548,100 @@ def test_a_bug_in_the_change_sources_thread_is_raised_in_the_loops(
     with pytest.raises(Exception, match=r"in the change source's thread: RuntimeError\('a bug'\)"):
         loop.run()
     assert source.closed
+
+
+# -- what the agent asks during a build ------------------------------------------------------
+
+# HELD, and a stage the agent's builds do not read.
+HELD_AND_C = (
+    HELD
+    + """
+stage c:
+    deps: other.txt
+    outs: c.txt
+    run: cp $< $@
+"""
+)
+
+
+def test_an_agents_build_is_not_stopped_by_a_change_it_does_not_read(
+    project: Project, watched: Callable[..., Watched]
+) -> None:
+    project.pivotfile(HELD_AND_C)
+    project.write("in.txt", "one\n")
+    project.write("other.txt", "one\n")
+    w = watched()
+    assert w.reporter.next_build() == {"slow": Status.RAN, "after": Status.RAN, "c": Status.RAN}
+    w.settled()
+    (project.root / "started").unlink()
+    project.write("hold", "")
+    w.loop.request_build(["after"], True)
+    held(w)
+    project.write("other.txt", "two\n")
+    w.source.change(w.path("other.txt"))
+    (project.root / "hold").unlink()
+    assert w.reporter.next_build() == {"slow": Status.RAN, "after": Status.RAN}  # not stopped halfway
+    assert w.reporter.next_build() == {"slow": Status.SKIPPED, "after": Status.SKIPPED, "c": Status.RAN}
+
+
+def test_an_agents_build_stopped_by_a_change_it_reads_is_built_again(
+    project: Project, watched: Callable[..., Watched]
+) -> None:
+    project.pivotfile(HELD_AND_C)
+    project.write("in.txt", "one\n")
+    project.write("other.txt", "one\n")
+    w = watched()
+    assert w.reporter.next_build() == {"slow": Status.RAN, "after": Status.RAN, "c": Status.RAN}
+    w.settled()
+    (project.root / "started").unlink()
+    project.write("hold", "")
+    w.loop.request_build(["after"], True)
+    held(w)
+    project.write("in.txt", "two\n")
+    w.source.change(w.path("in.txt"))
+    (project.root / "hold").unlink()
+    assert w.reporter.next_build() == {"slow": Status.RAN, "after": Status.CANCELLED}
+    seen = w.reporter.take(Watching)  # the change's build, then the one asked for, again
+    starts = [i for i, e in enumerate(seen) if isinstance(e, BuildStarted)]
+    assert len(starts) == 2, seen
+    builds = [seen[starts[0] : starts[1]], seen[starts[1] :]]
+    finished = [{e.stage: e.status for e in b if isinstance(e, StageFinished)} for b in builds]
+    assert finished == [
+        {"slow": Status.RAN, "after": Status.RAN, "c": Status.SKIPPED},
+        {"slow": Status.RAN, "after": Status.RAN},
+    ]
+    assert (project.root / "after.txt").read_text() == "two\n"
+
+
+def agent_of(w: Watched, log: EventLog) -> WatchAgent:
+    return WatchAgent(w.loop, log)
+
+
+def test_explain_during_a_build_answers_for_that_build_or_waits_for_its_end(
+    project: Project, watched: Callable[..., Watched], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project.pivotfile(HELD_AND_C)
+    project.write("in.txt", "one\n")
+    project.write("other.txt", "one\n")
+    log = EventLog()
+    w = watched(targets=("c",), also=[log], every=[log.every])
+    assert w.reporter.next_build() == {"c": Status.RAN}
+    agent = agent_of(w, log)
+    w.loop.request_build(["after"], False)  # slow and after run: the log has them as ran
+    assert w.reporter.next_build() == {"slow": Status.RAN, "after": Status.RAN}
+    (project.root / "started").unlink()
+    project.write("hold", "")
+    w.loop.request_build(["slow"], True)
+    held(w)
+    assert agent.explain("slow") == {"will_run": True, "reason": "forced"}  # this build's decision
+    monkeypatch.setattr(agent_module, "_ANSWER_S", 0.3)
+    with pytest.raises(RpcError) as busy:  # after: not in this build; asked between builds, after it
+        agent.explain("after")
+    assert busy.value.code == BUSY
+    monkeypatch.setattr(agent_module, "_ANSWER_S", TIMEOUT_S)
+    answered: list[object] = []
+    asking = threading.Thread(target=lambda: answered.append(agent.explain("after")))
+    asking.start()
+    (project.root / "hold").unlink()
+    asking.join(TIMEOUT_S)
+    assert answered == [{"will_run": False, "reason": None}]  # not the earlier build's "ran"

@@ -117,13 +117,14 @@ class Engine:
             raise RuntimeError("Engine.current: no project loaded yet (build or load first)")
         return self.session.current()
 
-    def reload(self) -> Reloaded:
+    def reload(self, force: bool = False) -> Reloaded:
         """Load the project again if a Pivotfile, included pipeline or params file
-        changed.  If the new files do not load, the result carries the error and
-        the last good project keeps serving."""
+        changed (with `force`, whether or not one seems to have).  If the new
+        files do not load, the result carries the error and the last good
+        project keeps serving."""
         if self.session is None:
             return Reloaded()
-        return self.session.reload()
+        return self.session.reload(force)
 
     def reads(self, targets: Sequence[str] = ()) -> WatchSet:
         """The paths a build of `targets` reads (deps, glob directories,

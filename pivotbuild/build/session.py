@@ -88,15 +88,17 @@ class LoadedProject:
         with self._lock:
             return self._changed()
 
-    def reload(self) -> Reloaded:
-        """If anything `changed`, load the project again and serve the new one;
-        if it does not load, keep serving the last good one and return the error.
-        Before the first load, this is the first load (an error raises)."""
+    def reload(self, force: bool = False) -> Reloaded:
+        """If anything `changed` (or with `force`: a file it does not know of,
+        such as an included pipeline that was missing, may have appeared), load
+        the project again and serve the new one; if it does not load, keep
+        serving the last good one and return the error.  Before the first
+        load, this is the first load (an error raises)."""
         with self._lock:
             if self._current is None:
                 self._serve(load_compiled(self.options, self._warn))
                 return Reloaded(loaded=True)
-            if not self._changed():
+            if not force and not self._changed():
                 return Reloaded()
             seen, pivotfiles = self._look()  # before compiling: a change made while compiling is seen next time
             try:

@@ -22,8 +22,9 @@ def watch(options: BuildOptions) -> int:
     reporter = make_reporter(options)
     log = EventLog() if options.serve else None
     also: list[Reporter] = [log] if log is not None else []
+    every: list[Reporter] = [log.every] if log is not None else []
     debounce = DEBOUNCE_MS if options.debounce is None else options.debounce
-    loop = WatchLoop(reporter, options, Watchfiles(debounce), restart=options.restart, also=also)
+    loop = WatchLoop(reporter, options, Watchfiles(debounce), restart=options.restart, also=also, every=every)
     with terminate_as_interrupt(), contextlib.ExitStack() as stack:
         stack.callback(reporter.close)
         loop.start()

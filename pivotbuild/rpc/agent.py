@@ -20,6 +20,9 @@ INVALID_REQUEST = -32600
 METHOD_NOT_FOUND = -32601
 INVALID_PARAMS = -32602
 INTERNAL_ERROR = -32603
+# A server error (JSON-RPC leaves -32000 to -32099 to servers): the answer
+# must wait for the running build; ask again.
+BUSY = -32000
 
 
 class RpcError(Exception):

@@ -10,7 +10,7 @@ from typing import Any
 
 from pivotbuild.build.selection import selected
 from pivotbuild.errors import PivotError
-from pivotbuild.rpc.agent import INVALID_PARAMS, RpcError
+from pivotbuild.rpc.agent import BUSY, INVALID_PARAMS, RpcError
 from pivotbuild.structs import replace
 from pivotbuild.watch.eventlog import EventLog
 from pivotbuild.watch.loop import WatchLoop
@@ -58,8 +58,9 @@ class WatchAgent:
             raise RpcError(INVALID_PARAMS, f"'{stage}' names {len(labels)} stages; explain takes one")
         label = labels[0]
         if self.loop.building:
-            state, reason = self.log.state(label)
-            if state not in ("unknown", "pending"):
+            now = self.log.decided_now(label)
+            if now is not None and now[0] not in ("pending", "blocked"):
+                state, reason = now
                 return {"will_run": state in _WILL_RUN, "reason": reason if state in _WILL_RUN else None}
         options = replace(self.loop.options, targets=(label,))
 
@@ -69,7 +70,12 @@ class WatchAgent:
                     return {"will_run": decision.run, "reason": decision.reason if decision.run else None}
             raise RpcError(INVALID_PARAMS, f"unknown stage '{stage}'")  # pragma: no cover - status lists it
 
-        result: dict[str, Any] = self.loop.between_builds(decide, _ANSWER_S)
+        try:
+            result: dict[str, Any] = self.loop.between_builds(decide, _ANSWER_S)
+        except TimeoutError:
+            raise RpcError(
+                BUSY, f"a build is running and has not decided '{label}' yet; ask again when it ends"
+            ) from None
         return result
 
     def _check(self, names: list[str]) -> list[str]:

@@ -31,7 +31,9 @@ class EventLog:
         self._states: dict[str, tuple[str, str | None]] = {}  # stage -> (state, reason)
         self._counts: dict[str, int] = {}
         self._finished: set[str] = set()  # the stages of this build that have finished
+        self._now: dict[str, tuple[str, str | None]] = {}  # the running build's decisions, shown or not
         self.building = False
+        self.every = _EveryBuild(self)  # the reporter to hand every build's events (see WatchLoop's `every`)
 
     # -- the reporter ----------------------------------------------------------------------
 
@@ -75,7 +77,39 @@ class EventLog:
         with self._lock:
             return self._states.get(stage, ("unknown", None))
 
+    def decided_now(self, stage: str) -> tuple[str, str | None] | None:
+        """What the running (or last) build, shown or not, has decided of a
+        stage so far: its state and reason; None if it has not reached it."""
+        with self._lock:
+            return self._now.get(stage)
+
     def counts(self) -> dict[str, int]:
         """How many stages of the running (or last) build ended each way."""
         with self._lock:
             return dict(self._counts)
+
+
+class _EveryBuild:
+    """The event log's view of every build, shown or not (watch/reporting.py
+    holds back the events of builds in which nothing happens): what the
+    running build has decided, for `explain`."""
+
+    wants_states = True
+
+    def __init__(self, log: EventLog) -> None:
+        self.log = log
+
+    def handle(self, event: Event) -> None:
+        log = self.log
+        with log._lock:
+            if isinstance(event, BuildStarted):
+                log._now = {}
+            elif isinstance(event, StageState):
+                log._now[event.stage] = (event.state.value, event.reason or None)
+            elif isinstance(event, StageStarted):
+                log._now[event.stage] = ("running", event.reason or None)
+            elif isinstance(event, StageFinished):
+                log._now[event.stage] = (event.status.value, event.reason or None)
+
+    def close(self) -> None:
+        pass

@@ -35,7 +35,7 @@ from pivotbuild.build.watchset import WatchSet
 from pivotbuild.errors import EXIT_INTERRUPTED, EXIT_OK, PivotError, PivotfileError
 from pivotbuild.events import BuildFinished, Event, Message, Reporter, Watching
 from pivotbuild.graph import BuildGraph
-from pivotbuild.paths import PIVOTFILE
+from pivotbuild.paths import PIVOTFILE, STATE_DIR
 from pivotbuild.project import all_pivotfiles
 from pivotbuild.structs import replace, struct
 from pivotbuild.watch.changes import ChangeSource
@@ -86,13 +86,16 @@ class WatchLoop:
         *,
         restart: bool = False,
         also: Sequence[Reporter] = (),
+        every: Sequence[Reporter] = (),
         engine: Callable[..., Engine] = Engine,
     ) -> None:
+        """`also` see the builds shown, as `reporter` does; `every` see every
+        build's events, shown or not (the agent's view of stage states)."""
         self.options = options
         self.source = source
         self.restart = restart
         self.quiet = QuietBuilds(Tee(reporter, *also, _LastBuild(self)))
-        self.engine = engine(self.quiet, resident=True)
+        self.engine = engine(Tee(self.quiet, *every) if every else self.quiet, resident=True)
         self.building = False
         self.last: BuildFinished | None = None  # the last build shown
         self.last_at = 0.0
@@ -100,9 +103,13 @@ class WatchLoop:
         self._queue: queue.SimpleQueue[_Changes | _BuildRequest | _Call] = queue.SimpleQueue()
         self._outputs: frozenset[str] = frozenset()  # the watched build's outputs (absolute)
         self._output_dirs: frozenset[str] = frozenset()  # the directories below the root holding them
-        self._token = CancelToken()  # the running build's cancel switch
-        self._cancelled = False  # the running build was cancelled by an agent, not Ctrl-C
+        self._token = _BuildToken()  # the running build's cancel switch
         self._stopped_early = False  # the last build was stopped by a change
+        self._reads: WatchSet | None = None  # what the running build reads (an agent's may read other files)
+        self._watched_outputs: frozenset[str] = frozenset()  # outputs of the build that the watch set holds
+        self._after_build: dict[str, tuple[int, ...] | None] = {}  # their stamps as the last build left them
+        self._built_at_ns = 0  # when the last build ended
+        self._broken = False  # the Pivotfiles did not load at the last try
         self._announced: int | None = None
 
     # -- the loop ------------------------------------------------------------------------
@@ -158,12 +165,15 @@ class WatchLoop:
                 requests.append(item)
             else:
                 _answer(item)
+        paths = {p for p in paths if not self._own_write(p)}
         if paths and self._affects(paths):
             self._build(self.options)
         for request in requests:
             self.quiet.show_next()
             chosen = self.options if request.targets is None else replace(self.options, targets=request.targets)
             self._build(replace(chosen, always_make=request.force) if request.force else chosen)
+            if self._stopped_early:  # a change stopped it: build it again, after what the change builds
+                self._queue.put(request)
 
     def _affects(self, paths: set[str]) -> bool:
         """Should `paths` changing start a build?  A Pivotfile or params file
@@ -172,28 +182,57 @@ class WatchLoop:
         watchset = self.watchset
         assert watchset is not None
         sources = {p for p in paths if watchset.is_source(p)}
-        if sources:
-            reloaded = self.engine.reload()
+        if sources or self._broken:
+            # (While broken, any change may be the fix: an included pipeline or
+            # params file created, which the last good project did not read.)
+            reloaded = self.engine.reload(force=self._broken)
             if reloaded.error is not None:
-                self._report(reloaded.error, "building with the last good Pivotfiles until this is fixed")
-            elif reloaded.loaded:
-                return self._aim()
+                if not self._broken or sources:
+                    self._report(reloaded.error, "building with the last good Pivotfiles until this is fixed")
+                self._broken = True
+                sources = {p for p in paths if watchset.is_source(p) or not watchset.matches(p)}
+            else:
+                self._broken = False
+                if reloaded.loaded:
+                    return self._aim()
         return bool(paths - sources) or self._stopped_early
 
     def _build(self, options: BuildOptions) -> None:
-        self._token = CancelToken()  # the loop's own: `cancel` reaches the build from its first moment
+        token = self._token = _BuildToken()  # the loop's own: `cancel` reaches the build from its first moment
+        self._reads = self.watchset if options.targets == self.options.targets else self._reads_of(options)
         self.building = True
-        self._cancelled = False
         self._stopped_early = False
         try:
-            code = self.engine.build(options, self._token)
+            code = self.engine.build(options, token)
         except PivotError as exc:  # a missing input, a target gone after a reload...
             self._report(exc, "waiting for a change")
             return
         finally:
             self.building = False
-        if code == EXIT_INTERRUPTED and not self._cancelled:
+            self._note_own_writes()
+        if code == EXIT_INTERRUPTED and not token.by_agent:
             raise KeyboardInterrupt  # Ctrl-C or SIGTERM: the build has recorded its results
+
+    def _reads_of(self, options: BuildOptions) -> WatchSet | None:
+        try:
+            return self.engine.reads(options.targets)
+        except PivotError:
+            return None  # (the build says why)
+
+    def _note_own_writes(self) -> None:
+        """The stamps of the watched outputs as the build leaves them: an event
+        on one that still has them is the build's own write (a stage's output,
+        a failed stage's rollback), seen late, not an edit."""
+        self._built_at_ns = time.time_ns()
+        self._after_build = {p: _stamp(p) for p in self._watched_outputs}
+
+    def _own_write(self, path: str) -> bool:
+        if path in self._after_build:
+            return _stamp(path) == self._after_build[path]
+        if not self._written_by_build(path):
+            return False
+        stamp = _stamp(path)  # (under an output directory, or a directory holding outputs)
+        return stamp is None or stamp[0] <= self._built_at_ns
 
     # -- watching ------------------------------------------------------------------------
 
@@ -215,6 +254,7 @@ class WatchLoop:
         root = str(project.root)
         self._outputs = frozenset(os.path.join(root, o.path) for sid in closure for o in graph.stages[sid].outs)
         self._output_dirs = _holders(self._outputs, root)
+        self._watched_outputs = frozenset(p for p in self._outputs if watchset.matches(p))
         self.watchset = watchset
         try:
             self.source.watch(watchset.roots(), self._changed)
@@ -243,10 +283,13 @@ class WatchLoop:
         relevant = frozenset(p for p in paths if watchset.matches(p))
         if watchset.pivotfile_trees:
             relevant |= _pivotfiles_in_new_directories(watchset, paths - relevant)
+        if self._broken:  # any file may be the fix (see _affects)
+            relevant |= {p for p in paths if _under(p, watchset.root) and STATE_DIR not in p.split(os.sep)}
         if not relevant:
             return
-        if self.building:
-            outside = [p for p in relevant if not self._written_by_build(p)]
+        reads = self._reads
+        if self.building and reads is not None:
+            outside = [p for p in relevant if reads.matches(p) and not self._written_by_build(p)]
             if outside and self.engine.changed(outside, restart=self.restart):
                 self._stopped_early = True
         self._queue.put(_Changes(relevant))
@@ -292,10 +335,11 @@ class WatchLoop:
 
     def cancel(self) -> bool:
         """Kill the running build's stages, as Ctrl-C would, but keep watching."""
+        token = self._token
         if not self.building:
             return False
-        self._cancelled = True
-        self._token.cancel()
+        token.by_agent = True  # (on the token: a build that starts meanwhile has its own)
+        token.cancel()
         return True
 
     def between_builds(self, fn: Callable[[], Any], timeout: float) -> Any:
@@ -303,7 +347,11 @@ class WatchLoop:
         engine), and its result; raises TimeoutError."""
         call = _Call(fn, Future())
         self._queue.put(call)
-        return call.result.result(timeout)
+        try:
+            return call.result.result(timeout)
+        except TimeoutError:
+            call.result.cancel()  # (the loop skips it, if it has not begun it)
+            raise
 
     def graph(self) -> BuildGraph:
         return self.engine.current()[1]
@@ -336,6 +384,8 @@ def _holders(paths: Iterable[str], root: str) -> frozenset[str]:
 
 
 def _answer(call: _Call) -> None:
+    if not call.result.set_running_or_notify_cancel():
+        return  # given up on by its caller
     try:
         call.result.set_result(call.fn())
     except (_Stop, _Crash):
@@ -346,6 +396,26 @@ def _answer(call: _Call) -> None:
 
 def _stop() -> None:
     raise _Stop
+
+
+class _BuildToken(CancelToken):
+    """A build's cancel switch; `by_agent` once an agent cancelled it (not Ctrl-C)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.by_agent = False
+
+
+def _stamp(path: str) -> tuple[int, ...] | None:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns)
+
+
+def _under(path: str, directory: str) -> bool:
+    return path.startswith(directory.rstrip(os.sep) + os.sep)
 
 
 class _Crash(Exception):
