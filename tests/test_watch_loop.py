@@ -564,9 +564,9 @@ stage c:
 )
 
 
-def test_an_agents_build_is_not_stopped_by_a_change_it_does_not_read(
-    project: Project, watched: Callable[..., Watched]
-) -> None:
+def agent_build_held(project: Project, watched: Callable[..., Watched]) -> Watched:
+    """HELD_AND_C watched and built, then a forced build of `after` asked for
+    (as an agent asks), its stage `slow` running, held."""
     project.pivotfile(HELD_AND_C)
     project.write("in.txt", "one\n")
     project.write("other.txt", "one\n")
@@ -577,6 +577,13 @@ def test_an_agents_build_is_not_stopped_by_a_change_it_does_not_read(
     project.write("hold", "")
     w.loop.request_build(["after"], True)
     held(w)
+    return w
+
+
+def test_an_agents_build_is_not_stopped_by_a_change_it_does_not_read(
+    project: Project, watched: Callable[..., Watched]
+) -> None:
+    w = agent_build_held(project, watched)
     project.write("other.txt", "two\n")
     w.source.change(w.path("other.txt"))
     (project.root / "hold").unlink()
@@ -587,16 +594,7 @@ def test_an_agents_build_is_not_stopped_by_a_change_it_does_not_read(
 def test_an_agents_build_stopped_by_a_change_it_reads_is_built_again(
     project: Project, watched: Callable[..., Watched]
 ) -> None:
-    project.pivotfile(HELD_AND_C)
-    project.write("in.txt", "one\n")
-    project.write("other.txt", "one\n")
-    w = watched()
-    assert w.reporter.next_build() == {"slow": Status.RAN, "after": Status.RAN, "c": Status.RAN}
-    w.settled()
-    (project.root / "started").unlink()
-    project.write("hold", "")
-    w.loop.request_build(["after"], True)
-    held(w)
+    w = agent_build_held(project, watched)
     project.write("in.txt", "two\n")
     w.source.change(w.path("in.txt"))
     (project.root / "hold").unlink()
