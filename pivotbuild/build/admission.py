@@ -138,5 +138,11 @@ class Admission:
 
     @property
     def waits_on_resources(self) -> bool:
-        """True if a start may become possible without any stage finishing (load, memory)."""
-        return self.load_limit is not None or self._reserved > 0
+        """True if a start may become possible without any stage finishing
+        (load, memory, or tokens coming back to make's pool from its other jobs)."""
+        return self.load_limit is not None or self._reserved > 0 or self.external
+
+    @property
+    def external(self) -> bool:
+        """The tokens come from make's jobserver (build/makejobs.py)."""
+        return getattr(self.jobserver, "external", False)

@@ -140,7 +140,10 @@ class BuildRun:
                     raise AssertionError("no stage can start although nothing is running")
                 return
             signals.deferring = True  # (the executor runs in here: see Signals)
-            item = take(0.2 if self.admission.waits_on_resources else 1.0)
+            # (make's pool gets tokens back from its other jobs: looked at often
+            # while a stage waits for one)
+            wait = 0.02 if self.to_run and self.admission.external else 0.2
+            item = take(wait if self.admission.waits_on_resources else 1.0)
             signals.deferring = False
             if item is not None:
                 self._handle(item)

@@ -34,12 +34,12 @@ def build(argv: list[str], args: BuildArgs, checked: Checked) -> int | None:
     project, graph = restored
     try:
         from pivotbuild.build.engine import Engine, Preloaded
-        from pivotbuild.cli.running import make_reporter, terminate_as_interrupt
+        from pivotbuild.cli.running import make_reporter, makes_pool, terminate_as_interrupt
 
         reporter = make_reporter(options)
-        with terminate_as_interrupt():
+        with terminate_as_interrupt(), makes_pool(options) as jobserver:
             try:
-                return Engine(reporter).build(
+                return Engine(reporter, jobserver=jobserver).build(
                     options, preloaded=Preloaded(project, graph, checked.sealed, frozenset(checked.held))
                 )
             finally:

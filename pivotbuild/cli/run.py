@@ -10,7 +10,7 @@ from pivotbuild.build.options import BuildOptions
 from pivotbuild.cli.buildargs import split_args
 from pivotbuild.cli.common import pivotfile_arg, project_options
 from pivotbuild.cli.completion import complete_targets
-from pivotbuild.cli.running import make_reporter, terminate_as_interrupt
+from pivotbuild.cli.running import make_reporter, makes_pool, terminate_as_interrupt
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -43,8 +43,8 @@ def run(ctx: click.Context, /, args: tuple[str, ...], **flags: bool) -> int:
         no_wait=flags["no_wait"],
     )
     reporter = make_reporter(options)
-    with terminate_as_interrupt():
+    with terminate_as_interrupt(), makes_pool(options) as jobserver:
         try:
-            return Engine(reporter).run_stages(options, fail_fast=flags["fail_fast"])
+            return Engine(reporter, jobserver=jobserver).run_stages(options, fail_fast=flags["fail_fast"])
         finally:
             reporter.close()

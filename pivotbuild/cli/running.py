@@ -13,6 +13,10 @@ from pivotbuild.build.options import BuildOptions
 from pivotbuild.events import Reporter
 from pivotbuild.report.summary import live_display
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from pivotbuild.build.makejobs import MakeJobServer
+
 
 def make_reporter(options: BuildOptions) -> Reporter:
     if options.json:
@@ -39,3 +43,40 @@ def terminate_as_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def makes_pool(options: BuildOptions) -> Iterator[MakeJobServer | None]:
+    """`make_jobserver`, and every token read given back to make once the
+    build is over, however it ended."""
+    client = make_jobserver(options)
+    try:
+        yield client
+    finally:
+        if client is not None:
+            client.close()
+
+
+def make_jobserver(options: BuildOptions) -> MakeJobServer | None:
+    """Make's jobserver, if pivotbuild runs under one (MAKEFLAGS) and has no
+    `-j` of its own; else None (our own pool).  One that cannot be used is
+    said once, and the build runs with its own `-j`."""
+    import os
+
+    flags_text = os.environ.get("MAKEFLAGS", "")
+    if options.jobs is not None or "jobserver-" not in flags_text:
+        return None
+    from pivotbuild.build.makejobs import connect, parse_makeflags
+
+    flags = parse_makeflags(flags_text)
+    if flags.fds is None and flags.fifo is None:
+        return None
+    client = connect(flags)
+    if isinstance(client, str):
+        sys.stderr.write(
+            f"pivotbuild: warning: make's jobserver (--jobserver-auth={flags.auth} in MAKEFLAGS) cannot be used"
+            f" ({client}): mark the recipe with '+' (or use $(MAKE)-style recipes) so make passes it;"
+            " running with pivotbuild's own -j meanwhile\n"
+        )
+        return None
+    return client

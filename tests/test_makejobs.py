@@ -1,0 +1,190 @@
+"""pivotbuild as a client of GNU make's jobserver (build/makejobs.py): under
+`make -jN` it runs as many stages as make's pool allows, shares the pool with
+make's other jobs, gives every token back however the build ends, and falls
+back to its own -j when the pool cannot be used.  Real make 4.3, real pipes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import PIVOTBUILD, Project
+from helpers import HANG_GUARD_S, wait_until
+
+from pivotbuild.build.makejobs import MakeFlags, parse_makeflags
+
+# Each stage logs its start and end (with the fine clock) to LOG, an absolute path.
+TIMED = "echo start $(date +%s.%N) >> {log}; sleep {s}; echo end $(date +%s.%N) >> {log}; touch $@"
+
+
+def timed_stages(n: int, log: Path, seconds: float = 0.3) -> str:
+    run = TIMED.format(log=log, s=seconds)
+    return "\n".join(f"stage s{i}:\n    outs: o{i}.txt\n    run: {run}\n" for i in range(n))
+
+
+def most_at_once(log: Path) -> int:
+    events = sorted(
+        (float(t), 1 if kind == "start" else -1) for kind, t in (line.split() for line in log.read_text().splitlines())
+    )
+    running = most = 0
+    for _, step in events:
+        running += step
+        most = max(most, running)
+    return most
+
+
+def test_under_make_j4_four_stages_run_at_once(project: Project, tmp_path: Path) -> None:
+    log = tmp_path / "log.txt"
+    project.pivotfile(timed_stages(8, log))
+    project.write("Makefile", f"all:\n\t+{' '.join(PIVOTBUILD)} -s\n")
+    r = subprocess.run(["make", "-j4", "-s"], cwd=project.root, capture_output=True, text=True, check=False)
+    assert r.returncode == 0, r.stderr
+    assert most_at_once(log) == 4  # make's pool, not this machine's CPU count
+
+
+def test_two_pivotbuilds_under_make_j3_share_its_pool(tmp_path: Path) -> None:
+    log = tmp_path / "log.txt"
+    for name in ("one", "two"):
+        (tmp_path / name / ".pivot").mkdir(parents=True)
+        (tmp_path / name / "Pivotfile").write_text(timed_stages(4, log))
+    cmd = " ".join(PIVOTBUILD)
+    (tmp_path / "Makefile").write_text(f"all: one two\none two:\n\t+{cmd} -C $@ -s\n.PHONY: all one two\n")
+    r = subprocess.run(["make", "-j3", "-s"], cwd=tmp_path, capture_output=True, text=True, check=False)
+    assert r.returncode == 0, r.stderr
+    assert most_at_once(log) == 3
+
+
+def pool(tokens: int) -> tuple[int, int]:
+    """A jobserver pipe of our own holding `tokens` tokens, as make makes one."""
+    r, w = os.pipe()
+    os.write(w, b"+" * tokens)
+    return r, w
+
+
+def tokens_left(r: int) -> int:
+    os.set_blocking(r, False)
+    count = 0
+    try:
+        while chunk := os.read(r, 64):
+            count += len(chunk)
+    except BlockingIOError:
+        pass
+    return count
+
+
+def under_pool(r: int, w: int, jobs: int = 4) -> dict[str, str]:
+    return {**os.environ, "MAKEFLAGS": f" -j{jobs} --jobserver-auth={r},{w}"}
+
+
+FAILING = """
+stage ok1:
+    outs: a.txt
+    run: sleep 0.3; touch $@
+stage ok2:
+    outs: b.txt
+    run: sleep 0.3; touch $@
+stage bad:
+    outs: c.txt
+    run: sleep 0.1; exit 3
+"""
+
+
+def test_every_token_goes_back_after_a_failure(project: Project) -> None:
+    project.pivotfile(FAILING)
+    r, w = pool(3)
+    proc = subprocess.run(
+        [*PIVOTBUILD, "-k", "-s"],
+        cwd=project.root,
+        env=under_pool(r, w),
+        pass_fds=(r, w),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert tokens_left(r) == 3
+
+
+HELD = """
+stage hold{i}:
+    outs: h{i}.txt
+    run: echo $$$$ > hold{i}.pid; exec sleep 30
+"""
+
+
+@pytest.mark.parametrize("how", ["ctrl-c", "stage-killed"])
+def test_every_token_goes_back_when_interrupted_or_a_stage_is_killed(project: Project, how: str) -> None:
+    project.pivotfile("\n".join(HELD.format(i=i) for i in range(3)))
+    r, w = pool(3)
+    proc = subprocess.Popen(
+        [*PIVOTBUILD, "-s"],
+        cwd=project.root,
+        env=under_pool(r, w),
+        pass_fds=(r, w),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        pids = [project.root / f"hold{i}.pid" for i in range(3)]
+        wait_until(lambda: all(p.exists() and p.read_text().strip() for p in pids), HANG_GUARD_S, "three stages")
+        if how == "ctrl-c":
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(timeout=HANG_GUARD_S) == 130
+        else:
+            for p in pids:
+                os.kill(int(p.read_text()), signal.SIGKILL)
+            assert proc.wait(timeout=HANG_GUARD_S) == 1
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        assert proc.stderr is not None
+        proc.stderr.close()
+    assert tokens_left(r) == 3  # the two its stages read besides its implicit one, given back
+
+
+def test_a_pool_that_is_not_open_warns_once_and_builds_with_its_own_j(project: Project, tmp_path: Path) -> None:
+    log = tmp_path / "log.txt"
+    project.pivotfile(timed_stages(2, log, 0.1))
+    env = {**os.environ, "MAKEFLAGS": " -j4 --jobserver-auth=97,98"}
+    r = subprocess.run([*PIVOTBUILD, "-s"], cwd=project.root, env=env, capture_output=True, text=True, check=False)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count("warning: make's jobserver (--jobserver-auth=97,98 in MAKEFLAGS) cannot be used") == 1
+    assert "mark the recipe with '+'" in r.stderr
+
+
+def test_a_j_of_its_own_wins_over_makes_pool(project: Project, tmp_path: Path) -> None:
+    log = tmp_path / "log.txt"
+    project.pivotfile(timed_stages(3, log, 0.2))
+    r, w = pool(3)
+    proc = subprocess.run(
+        [*PIVOTBUILD, "-j1", "-s"],
+        cwd=project.root,
+        env=under_pool(r, w),
+        pass_fds=(r, w),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert most_at_once(log) == 1
+    assert tokens_left(r) == 3  # none taken
+
+
+@pytest.mark.parametrize(
+    ("flags", "parsed"),
+    [
+        (" -j4 --jobserver-auth=3,4", MakeFlags(4, (3, 4), None, False, "3,4")),
+        ("ks -j8 --jobserver-fds=5,6 --jobserver-auth=7,8", MakeFlags(8, (7, 8), None, False, "7,8")),
+        ("n -j2 --jobserver-auth=fifo:/tmp/GMfifo1", MakeFlags(2, None, "/tmp/GMfifo1", True, "fifo:/tmp/GMfifo1")),
+        ("-- X=--jobserver-auth=1,2", MakeFlags()),
+        ("", MakeFlags()),
+    ],
+)
+def test_makeflags_say_where_makes_pool_is(flags: str, parsed: MakeFlags) -> None:
+    assert parse_makeflags(flags) == parsed
