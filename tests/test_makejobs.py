@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -57,11 +58,21 @@ def test_two_pivotbuilds_under_make_j3_share_its_pool(tmp_path: Path) -> None:
     assert most_at_once(log) == 3
 
 
-def pool(tokens: int) -> tuple[int, int]:
-    """A jobserver pipe of our own holding `tokens` tokens, as make makes one."""
-    r, w = os.pipe()
-    os.write(w, b"+" * tokens)
-    return r, w
+@pytest.fixture
+def pool() -> Iterator[Callable[[int], tuple[int, int]]]:
+    """Makes jobserver pipes of our own holding some tokens, as make makes one
+    (closed afterwards)."""
+    made: list[int] = []
+
+    def make(tokens: int) -> tuple[int, int]:
+        r, w = os.pipe()
+        os.write(w, b"+" * tokens)
+        made.extend((r, w))
+        return r, w
+
+    yield make
+    for fd in made:
+        os.close(fd)
 
 
 def tokens_left(r: int) -> int:
@@ -92,7 +103,7 @@ stage bad:
 """
 
 
-def test_every_token_goes_back_after_a_failure(project: Project) -> None:
+def test_every_token_goes_back_after_a_failure(project: Project, pool: Callable[[int], tuple[int, int]]) -> None:
     project.pivotfile(FAILING)
     r, w = pool(3)
     proc = subprocess.run(
@@ -116,7 +127,9 @@ stage hold{i}:
 
 
 @pytest.mark.parametrize("how", ["ctrl-c", "stage-killed"])
-def test_every_token_goes_back_when_interrupted_or_a_stage_is_killed(project: Project, how: str) -> None:
+def test_every_token_goes_back_when_interrupted_or_a_stage_is_killed(
+    project: Project, how: str, pool: Callable[[int], tuple[int, int]]
+) -> None:
     project.pivotfile("\n".join(HELD.format(i=i) for i in range(3)))
     r, w = pool(3)
     proc = subprocess.Popen(
@@ -158,7 +171,9 @@ def test_a_pool_that_is_not_open_warns_once_and_builds_with_its_own_j(project: P
     assert "mark the recipe with '+'" in r.stderr
 
 
-def test_a_j_of_its_own_wins_over_makes_pool(project: Project, tmp_path: Path) -> None:
+def test_a_j_of_its_own_wins_over_makes_pool(
+    project: Project, tmp_path: Path, pool: Callable[[int], tuple[int, int]]
+) -> None:
     log = tmp_path / "log.txt"
     project.pivotfile(timed_stages(3, log, 0.2))
     r, w = pool(3)
@@ -188,3 +203,20 @@ def test_a_j_of_its_own_wins_over_makes_pool(project: Project, tmp_path: Path) -
 )
 def test_makeflags_say_where_makes_pool_is(flags: str, parsed: MakeFlags) -> None:
     assert parse_makeflags(flags) == parsed
+
+
+def test_a_make_4_4_fifo_pool_is_used_and_given_back(project: Project, tmp_path: Path) -> None:
+    log = tmp_path / "log.txt"
+    project.pivotfile(timed_stages(6, log))
+    fifo = tmp_path / "GMfifo"
+    os.mkfifo(fifo)
+    keep = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)  # (make holds its fifo open so)
+    try:
+        os.write(keep, b"+++")
+        env = {**os.environ, "MAKEFLAGS": f" -j4 --jobserver-auth=fifo:{fifo}"}
+        r = subprocess.run([*PIVOTBUILD, "-s"], cwd=project.root, env=env, capture_output=True, text=True, check=False)
+        assert r.returncode == 0, r.stderr
+        assert most_at_once(log) == 4
+        assert tokens_left(keep) == 3
+    finally:
+        os.close(keep)
