@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import pytest
 from conftest import PIVOTBUILD, Project
 from helpers import HANG_GUARD_S, wait_until
 
-from pivotbuild.build.makejobs import MakeFlags, parse_makeflags
+from pivotbuild.build.makejobs import MakeFlags, MakeJobServer, connect, parse_makeflags
 
 # Each stage logs its start and end (with the fine clock) to LOG, an absolute path.
 TIMED = "echo start $(date +%s.%N) >> {log}; sleep {s}; echo end $(date +%s.%N) >> {log}; touch $@"
@@ -220,3 +221,56 @@ def test_a_make_4_4_fifo_pool_is_used_and_given_back(project: Project, tmp_path:
         assert tokens_left(keep) == 3
     finally:
         os.close(keep)
+
+
+def test_a_stage_wanting_more_tokens_than_the_pool_holds_starts_when_nothing_else_of_ours_runs(
+    project: Project, pool: Callable[[int], tuple[int, int]]
+) -> None:
+    # make's other jobs hold the rest: waiting for 3 tokens could wait for ever.
+    project.pivotfile("stage big:\n    jobs: 3\n    outs: big.txt\n    run: sleep 0.2; touch $@\n")
+    r, w = pool(1)
+    proc = subprocess.run(
+        [*PIVOTBUILD, "-s"],
+        cwd=project.root,
+        env=under_pool(r, w),
+        pass_fds=(r, w),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=HANG_GUARD_S,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert tokens_left(r) == 1
+
+
+def test_two_pivotbuilds_of_big_stages_under_make_j3_both_finish(tmp_path: Path) -> None:
+    for name in ("one", "two"):
+        (tmp_path / name / ".pivot").mkdir(parents=True)
+        (tmp_path / name / "Pivotfile").write_text(
+            "stage big:\n    jobs: 3\n    outs: b.txt\n    run: sleep 0.5; touch $@\n"
+        )
+    cmd = " ".join(PIVOTBUILD)
+    (tmp_path / "Makefile").write_text(f"all: one two\none two:\n\t+{cmd} -C $@ -s\n.PHONY: all one two\n")
+    r = subprocess.run(
+        ["make", "-j3", "-s"], cwd=tmp_path, capture_output=True, text=True, check=False, timeout=HANG_GUARD_S
+    )
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "one" / "b.txt").exists() and (tmp_path / "two" / "b.txt").exists()
+
+
+def test_tokens_owed_are_paid_first_and_every_token_comes_back(pool: Callable[[int], tuple[int, int]]) -> None:
+    r, w = pool(1)
+    server = connect(MakeFlags(4, (r, w)))
+    assert isinstance(server, MakeJobServer)
+    assert server.try_acquire(3)  # nothing else of ours runs: the implicit token, the one read, one owed
+    assert not server.try_acquire(1)  # the pool is empty now
+    os.write(w, b"+")  # make's other job ends
+    time.sleep(0.02)  # (past the moment the empty pool stands for)
+    assert server.try_acquire(1)
+    server.release(3)  # the big stage ends: its debt, then two tokens read
+    assert tokens_left(r) == 2
+    os.write(w, b"++")
+    server.release(1)  # the small one ends on the implicit token
+    assert server.try_acquire(1)  # (the implicit token again: nothing read)
+    server.close()
+    assert tokens_left(r) == 2

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
+import time
 
 from pivotbuild.structs import struct
 
@@ -66,7 +67,17 @@ def parse_makeflags(flags: str) -> MakeFlags:
 class MakeJobServer:
     """Make's pool as a `JobServer` (build/admission.py): `capacity` is make's
     `-jN`; `try_acquire` takes the implicit token, then reads the rest
-    without blocking (giving back what it read if it cannot get them all)."""
+    without blocking, giving back what it read if it cannot get them all.
+
+    Except when nothing of ours runs: then a stage asking for several tokens
+    (`jobs:`) starts on the implicit one and whatever it could read, and owes
+    the rest (`_short`), since waiting for them all could wait for ever (make's
+    other jobs, or another pivotbuild under the same make, may hold the
+    tokens while waiting for us).  Tokens are fungible: a release pays the
+    debt first, then gives back tokens read, then the implicit one.
+
+    A token is in `_held` from the moment it is read until it is written back,
+    so an interrupt at any point loses none (`close` gives back what is held)."""
 
     external = True  # (admission: tokens may come back without a stage of ours ending)
 
@@ -76,48 +87,60 @@ class MakeJobServer:
         self.capacity = max(capacity, 1)
         self._implicit_free = True
         self._held: list[bytes] = []  # the tokens read, to write back
+        self._short = 0  # tokens the running stages started without
+        self._dry_at = -1.0  # when a read last found the pool empty
 
     def try_acquire(self, n: int) -> bool:
-        taken: list[bytes] = []
-        implicit = self._implicit_free
-        need = n - 1 if implicit else n
-        while len(taken) < need:
+        idle = self._implicit_free and not self._held and not self._short
+        need = n - 1 if self._implicit_free else n
+        start = len(self._held)
+        while len(self._held) - start < need:
             try:
                 token = os.read(self._read, 1)
             except BlockingIOError:
+                self._dry_at = time.monotonic()
                 break
             except InterruptedError:
                 continue
             if not token:
                 break  # (make has gone)
-            taken.append(token)
-        if len(taken) < need:
-            self._give_back(taken)
+            self._held.append(token)
+        got = len(self._held) - start
+        if got < need and not idle:
+            self._give_back(got)
             return False
-        self._implicit_free = False if implicit else self._implicit_free
-        self._held.extend(taken)
+        self._implicit_free = False
+        self._short += need - got
         return True
 
     def release(self, n: int) -> None:
-        back = [self._held.pop() for _ in range(min(n, len(self._held)))]
+        paid = min(n, self._short)
+        self._short -= paid
+        back = min(n - paid, len(self._held))
         self._give_back(back)
-        if len(back) < n:
+        if n - paid - back > 0:
             self._implicit_free = True
+        self._dry_at = -1.0
 
     def available(self) -> int:
-        return 1  # (unknown until a read is tried: try_acquire finds out)
+        """0 just after a read found the pool empty (the loop looks again at its
+        next wait, not once per stage waiting), else 1: unknown until read."""
+        return 0 if time.monotonic() - self._dry_at < _DRY_S else 1
 
     def close(self) -> None:
         """Every token read goes back to make (the build is over, however it ended)."""
-        self._give_back(self._held)
-        self._held = []
+        self._give_back(len(self._held))
         self._implicit_free = True
+        self._short = 0
         for fd in {self._read, self._write}:
             with contextlib.suppress(OSError):
                 os.close(fd)
 
-    def _give_back(self, tokens: list[bytes]) -> None:
-        for token in tokens:
+    def _give_back(self, count: int) -> None:
+        """Write the last `count` tokens held back to make, each dropped from
+        `_held` only once written."""
+        for _ in range(count):
+            token = self._held[-1]
             while True:
                 try:
                     os.write(self._write, token)
@@ -125,7 +148,14 @@ class MakeJobServer:
                 except InterruptedError:
                     continue
                 except OSError:
-                    return  # make has gone: nobody is left to give it to
+                    self._held.clear()  # make has gone: nobody is left to give them to
+                    return
+            self._held.pop()
+
+
+# How long a read that found make's pool empty stands for the pool (s): about
+# the build loop's wait while a stage waits for a token (run.py).
+_DRY_S = 0.015
 
 
 def connect(flags: MakeFlags) -> MakeJobServer | str:
@@ -134,6 +164,8 @@ def connect(flags: MakeFlags) -> MakeJobServer | str:
     capacity = flags.jobs or 1
     try:
         if flags.fifo is not None:
+            if not stat.S_ISFIFO(os.stat(flags.fifo).st_mode):
+                return f"{flags.fifo} is not a fifo"
             read_fd = os.open(flags.fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
             write_fd = os.open(flags.fifo, os.O_WRONLY | os.O_CLOEXEC)
             return MakeJobServer(read_fd, write_fd, capacity)

@@ -213,7 +213,10 @@ class BuildRun:
             if self.admission.saturated:
                 return
             stage = self.graph.stages[sid]
-            if not self.admission.try_start(stage):
+            was, self.signals.deferring = self.signals.deferring, True  # (make's tokens: none lost to an interrupt)
+            admitted = self.admission.try_start(stage)
+            self.signals.deferring = was
+            if not admitted:
                 continue
             v = self.to_run.pop(sid)
             label = self.graph.label(sid)
@@ -237,7 +240,9 @@ class BuildRun:
         stage, label, reason = job.stage, job.label, job.reason
         sid = stage.id
         del self.running[sid]
+        was, self.signals.deferring = self.signals.deferring, True  # (tokens on their way back to make)
         self.admission.finished(stage)
+        self.signals.deferring = was
         duration = time.monotonic() - job.started
         self.durations[sid] = duration
         if result.cancelled:

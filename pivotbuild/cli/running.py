@@ -73,10 +73,10 @@ def make_jobserver(options: BuildOptions) -> MakeJobServer | None:
         return None
     client = connect(flags)
     if isinstance(client, str):
+        advice = "" if flags.fifo else ": mark the recipe with '+' (or use $(MAKE)-style recipes) so make passes it"
         sys.stderr.write(
             f"pivotbuild: warning: make's jobserver (--jobserver-auth={flags.auth} in MAKEFLAGS) cannot be used"
-            f" ({client}): mark the recipe with '+' (or use $(MAKE)-style recipes) so make passes it;"
-            " running with pivotbuild's own -j meanwhile\n"
+            f" ({client}){advice}; running with pivotbuild's own -j meanwhile\n"
         )
         return None
     return client
