@@ -91,6 +91,20 @@ def under_pool(r: int, w: int, jobs: int = 4) -> dict[str, str]:
     return {**os.environ, "MAKEFLAGS": f" -j{jobs} --jobserver-auth={r},{w}"}
 
 
+def build_in_pool(p: Project, r: int, w: int, *args: str) -> subprocess.CompletedProcess[str]:
+    """`pivotbuild ARGS` as a `+` recipe of `make -j4` would run it, its pool the pipe (r, w)."""
+    return subprocess.run(
+        [*PIVOTBUILD, *args],
+        cwd=p.root,
+        env=under_pool(r, w),
+        pass_fds=(r, w),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=HANG_GUARD_S,
+    )
+
+
 FAILING = """
 stage ok1:
     outs: a.txt
@@ -107,15 +121,7 @@ stage bad:
 def test_every_token_goes_back_after_a_failure(project: Project, pool: Callable[[int], tuple[int, int]]) -> None:
     project.pivotfile(FAILING)
     r, w = pool(3)
-    proc = subprocess.run(
-        [*PIVOTBUILD, "-k", "-s"],
-        cwd=project.root,
-        env=under_pool(r, w),
-        pass_fds=(r, w),
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    proc = build_in_pool(project, r, w, "-k", "-s")
     assert proc.returncode == 1, proc.stderr
     assert tokens_left(r) == 3
 
@@ -178,15 +184,7 @@ def test_a_j_of_its_own_wins_over_makes_pool(
     log = tmp_path / "log.txt"
     project.pivotfile(timed_stages(3, log, 0.2))
     r, w = pool(3)
-    proc = subprocess.run(
-        [*PIVOTBUILD, "-j1", "-s"],
-        cwd=project.root,
-        env=under_pool(r, w),
-        pass_fds=(r, w),
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    proc = build_in_pool(project, r, w, "-j1", "-s")
     assert proc.returncode == 0, proc.stderr
     assert most_at_once(log) == 1
     assert tokens_left(r) == 3  # none taken
@@ -229,16 +227,7 @@ def test_a_stage_wanting_more_tokens_than_the_pool_holds_starts_when_nothing_els
     # make's other jobs hold the rest: waiting for 3 tokens could wait for ever.
     project.pivotfile("stage big:\n    jobs: 3\n    outs: big.txt\n    run: sleep 0.2; touch $@\n")
     r, w = pool(1)
-    proc = subprocess.run(
-        [*PIVOTBUILD, "-s"],
-        cwd=project.root,
-        env=under_pool(r, w),
-        pass_fds=(r, w),
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=HANG_GUARD_S,
-    )
+    proc = build_in_pool(project, r, w, "-s")
     assert proc.returncode == 0, proc.stderr
     assert tokens_left(r) == 1
 
