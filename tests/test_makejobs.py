@@ -263,3 +263,15 @@ def test_tokens_owed_are_paid_first_and_every_token_comes_back(pool: Callable[[i
     assert server.try_acquire(1)  # (the implicit token again: nothing read)
     server.close()
     assert tokens_left(r) == 2
+
+
+def test_under_make_n_a_build_is_a_dry_run(project: Project) -> None:
+    project.pivotfile("stage a:\n    outs: a.txt\n    run: echo built > $@\n")
+    project.write("Makefile", f"all:\n\t+{' '.join(PIVOTBUILD)}\n")
+    r = subprocess.run(["make", "-n", "-s"], cwd=project.root, capture_output=True, text=True, check=False)
+    assert r.returncode == 0, r.stderr
+    assert "would run a: never run" in r.stdout
+    assert not (project.root / "a.txt").exists()
+    r = subprocess.run(["make", "-s"], cwd=project.root, capture_output=True, text=True, check=False)
+    assert r.returncode == 0, r.stderr
+    assert (project.root / "a.txt").read_text() == "built\n"

@@ -188,12 +188,15 @@ def to_options(args: BuildArgs, cwd: Path) -> BuildOptions:
 
     from pivotbuild.build.options import BuildOptions
 
+    values = dict(args.values)
+    if make_says_dry_run() and not (values["question"] or values["watch"]):
+        values["dry_run"] = True  # run by `make -n`: print what would run, run nothing (as make's own -n)
     return BuildOptions(
         cwd=cwd,
         file=Path(args.file) if args.file else None,
         targets=tuple(args.targets),
         overrides=dict(args.overrides),
-        **args.values,
+        **values,
     )
 
 
@@ -208,9 +211,20 @@ def enter(directories: Sequence[str]) -> None:
 # -- the fast parser ---------------------------------------------------------------------
 
 
+def make_says_dry_run() -> bool:
+    """Is pivotbuild run by `make -n` (a `+` recipe: `n` among MAKEFLAGS'
+    single-letter flags, its first word)?  Then a build is a dry run."""
+    flags = os.environ.get("MAKEFLAGS", "")
+    first = flags.split(maxsplit=1)[0] if flags.strip() else ""
+    return bool(first) and not first.startswith("-") and "=" not in first and "n" in first
+
+
 def parse(argv: Sequence[str]) -> BuildArgs | None:
     """The build `argv` asks for, or None for anything to leave to click."""
     from pivotbuild.cli.names import COMMANDS
+
+    if make_says_dry_run():
+        return None  # (click's path makes it a dry run: see to_options)
 
     args = BuildArgs()
     words: list[str] = []
