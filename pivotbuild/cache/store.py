@@ -107,19 +107,24 @@ class Cache:
             if data is not None:
                 self.packs.add(digest, data)
                 return True
+        if os.stat(src).st_size <= SMALL:
+            actual, data = read_small(src, SMALL)
+            if actual != digest:
+                return False
+            if data is not None:
+                self._write_file(digest, data)
+                return True
+        return self.admit(digest, lambda tmp: self._copy_into(src, tmp, 0o444))
+
+    def admit(self, digest: str, fill: Callable[[str], object]) -> bool:
+        """Object `digest` as a file of its own, written by `fill(tmp)` into a
+        temporary file of the cache's naming (gc knows whose it is) and kept
+        only if it hashes to `digest`; False (keeping nothing) if not."""
         dest = self.path_of(digest)
         self._ensure_dir(dest.parent)
         tmp = self._tmp_name(dest)
         try:
-            if os.stat(src).st_size <= SMALL:
-                actual, data = read_small(src, SMALL)
-                if actual != digest:
-                    return False
-                if data is not None:
-                    write_new(tmp, data)
-                    os.replace(tmp, dest)
-                    return True
-            self._copy_into(src, tmp, 0o444)
+            fill(tmp)
             if hash_file(tmp) != digest:
                 return False
             os.chmod(tmp, 0o444)

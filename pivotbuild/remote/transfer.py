@@ -26,7 +26,7 @@ from pivotbuild.cache.store import OBJECTS, Cache, CorruptObject, MissingObject
 from pivotbuild.errors import PivotError
 from pivotbuild.model import StageId
 from pivotbuild.remote import Remote
-from pivotbuild.state.hashing import hash_bytes, hash_file
+from pivotbuild.state.hashing import hash_bytes
 from pivotbuild.state.kinds import DIR
 from pivotbuild.state.records import FileRecord
 from pivotbuild.structs import field, struct
@@ -290,19 +290,7 @@ def _fetch_small(cache: Cache, remote: Remote, rel: str, digest: str) -> bool:
 def _fetch(cache: Cache, remote: Remote, rel: str, digest: str) -> bool:
     """Fetch an object into a file of its own; False (keeping nothing) if it
     is not what it is named."""
-    dest = cache.path_of(digest)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=_mkdir(dest.parent))
-    os.close(fd)
-    try:
-        remote.get(rel, Path(tmp))
-        if hash_file(tmp) != digest:
-            return False
-        os.chmod(tmp, 0o444)
-        os.replace(tmp, dest)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-    return True
+    return cache.admit(digest, lambda tmp: remote.get(rel, Path(tmp)))
 
 
 def _drop(remote: Remote, rel: str) -> str:
