@@ -266,6 +266,24 @@ def test_memory_never_holds_back_an_idle_build() -> None:
     assert not adm.try_start(stage("other", mem=1))
 
 
+def test_mem_limit_caps_what_the_running_stages_reserve_in_all() -> None:
+    res = Resources(memory=64 * GiB)
+    adm = Admission(TokenPool(8), mem_limit=6 * GiB, available_memory=res.available_memory)
+    a, b = stage("a", mem=4 * GiB), stage("b", mem=2 * GiB)
+    assert adm.try_start(a)
+    assert not adm.try_start(stage("c", mem=3 * GiB))  # 4 + 3 > 6, though the machine has 60 free
+    assert adm.try_start(b)  # 4 + 2 fits exactly
+    assert adm.try_start(stage("no-mem"))  # a stage that reserves nothing is not held back
+    adm.finished(a)
+    assert adm.try_start(stage("c", mem=3 * GiB))
+
+
+def test_a_stage_reserving_more_than_mem_limit_is_unfit() -> None:
+    adm = Admission(TokenPool(2), mem_limit=1 * GiB, total_memory=lambda: 16 * GiB)
+    assert adm.unfit(stage("big", mem=2 * GiB)) == "mem: 2G exceeds --mem-limit 1G; raise the limit or reserve less"
+    assert adm.unfit(stage("fits", mem=1 * GiB)) == ""
+
+
 def test_a_stage_reserving_more_than_the_machine_has_is_unfit() -> None:
     adm = Admission(TokenPool(2), total_memory=lambda: 16 * GiB)
     assert adm.unfit(stage("huge", mem=64 * GiB)) == (

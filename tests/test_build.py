@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import PIVOTBUILD, Project, Result
 from helpers import CHAIN, SUMMARY, build, events, finished, gone, lock_json, locked, read, runs, wait_gone
+from test_makejobs import most_at_once
 
 from pivotbuild.pivotfile.units import approx_size
 
@@ -601,6 +602,38 @@ def test_retry(project: Project, retries: int, code: int, attempts: str) -> None
     assert done["flaky"][0] == ("ran" if code == 0 else "failed")
     assert read(project, "count.txt").strip() == attempts
     assert (project.root / "flaky.txt").exists() == (code == 0)
+
+
+MEMORY_STAGES = """
+stage a:
+    mem: 600M
+    outs: a.txt
+    run: echo start $(date +%s.%N) >> times.log; sleep 0.4; echo end $(date +%s.%N) >> times.log; touch $@
+
+stage b:
+    mem: 600M
+    outs: b.txt
+    run: echo start $(date +%s.%N) >> times.log; sleep 0.4; echo end $(date +%s.%N) >> times.log; touch $@
+"""
+
+
+@pytest.mark.parametrize(("limit", "together"), [("1G", 1), ("2G", 2)])
+def test_mem_limit_caps_what_the_stages_reserve_at_once(project: Project, limit: str, together: int) -> None:
+    project.pivotfile(MEMORY_STAGES)
+    r = project.run("-j2", "--mem-limit", limit)
+    assert r.code == 0, r
+    assert most_at_once(project.root / "times.log") == together  # 2 x 600M fit under 2G, not under 1G
+
+
+def test_a_stage_reserving_more_than_mem_limit_fails_at_once_and_a_bad_limit_is_refused(project: Project) -> None:
+    project.pivotfile(MEMORY_STAGES)
+    r = project.run("-k", "--mem-limit", "512M")
+    assert r.code == 1, r
+    assert "pivotbuild: stage a failed (mem: 600M exceeds --mem-limit 512M; raise the limit or reserve less)" in r.err
+    assert not (project.root / "times.log").exists()  # neither ran
+    r = project.run("--mem-limit", "lots")
+    assert r.code == 2, r
+    assert "'lots' is not a memory size; write e.g. '512M' or '4G'" in r.err, r.err
 
 
 def test_a_stage_reserving_more_memory_than_the_machine_has_fails_at_once(project: Project) -> None:

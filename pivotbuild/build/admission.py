@@ -2,14 +2,16 @@
 
 A stage starts when the job server hands it its tokens (`jobs:`, capped at
 `-j`), none of its mutex groups is held (`*` means it runs alone), the memory
-it reserves (`mem:`) is available, and the load average is under `-l`.  With
+it reserves (`mem:`) is available and, with `--mem-limit`, within what all
+the running stages may reserve, and the load average is under `-l`.  With
 nothing running, memory and load never hold a stage back, so a build cannot
-stall; but a stage that reserves more memory than the machine has fails
-instead of starting (see `unfit`).  Which ready stage is offered first is
-the scheduler's (scheduler.py: the longest remaining path).
+stall; but a stage that reserves more memory than the machine has, or than
+`--mem-limit`, fails instead of starting (see `unfit`).  Which ready stage
+is offered first is the scheduler's (scheduler.py: the longest remaining path).
 
-The engine hands the job server in: our own `TokenPool` today, a GNU make
-jobserver behind the same `JobServer` protocol later.
+The job server is the engine's: a pool of `-j` tokens the stages share
+(sharedpool.py), or make's when pivotbuild runs under make (makejobs.py), or
+a plain count (`TokenPool`: a plan, which runs nothing).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from pivotbuild.structs import field, struct
 
 
 class JobServer(Protocol):
-    """Hands out job tokens.  Our own pool today; a GNU make jobserver later."""
+    """Hands out job tokens (see the module's docstring for which)."""
 
     capacity: int
 
@@ -31,6 +33,10 @@ class JobServer(Protocol):
     def release(self, n: int) -> None: ...
     def available(self) -> int:
         """Tokens free now (a lower bound is fine: 0 only when none can be had)."""
+        ...
+
+    def close(self) -> None:
+        """The build is over: every token read is given back."""
         ...
 
 
@@ -52,6 +58,9 @@ class TokenPool:
 
     def available(self) -> int:
         return self.free
+
+    def close(self) -> None:
+        pass
 
 
 def _available_memory() -> int:
@@ -76,6 +85,7 @@ class Admission:
 
     jobserver: JobServer
     load_limit: float | None = None
+    mem_limit: int | None = None  # --mem-limit: what the running stages may reserve in all
     available_memory: Callable[[], int] = _available_memory
     load_average: Callable[[], float] = _load_average
     total_memory: Callable[[], int] = _total_memory
@@ -89,14 +99,21 @@ class Admission:
 
     def unfit(self, stage: Stage) -> str:
         """Why `stage` can never run on this machine, or "" if it can."""
-        if stage.mem and stage.mem > (total := self.total_memory()):
-            from pivotbuild.pivotfile.units import approx_size, format_size  # its regexes: only for this message
+        if not stage.mem:
+            return ""
+        limit = self.mem_limit is not None and stage.mem > self.mem_limit
+        if not limit and stage.mem <= (total := self.total_memory()):
+            return ""
+        from pivotbuild.pivotfile.units import approx_size, format_size  # its regexes: only for this message
 
-            machine = approx_size(total)
+        if limit:
+            assert self.mem_limit is not None
             return (
-                f"mem: {format_size(stage.mem)} exceeds this machine's total memory of {machine}; reserve at most that"
+                f"mem: {format_size(stage.mem)} exceeds --mem-limit {format_size(self.mem_limit)};"
+                " raise the limit or reserve less"
             )
-        return ""
+        machine = approx_size(total)
+        return f"mem: {format_size(stage.mem)} exceeds this machine's total memory of {machine}; reserve at most that"
 
     def try_start(self, stage: Stage) -> bool:
         """Reserve what `stage` needs and return True, or change nothing and return False."""
@@ -106,8 +123,11 @@ class Admission:
         mutex = stage.mutex
         if mutex and (("*" in mutex and busy) or any(self._held.get(g) for g in mutex)):
             return False
-        if busy and stage.mem and self.available_memory() - self._reserved < stage.mem:
-            return False
+        if busy and stage.mem:
+            if self.mem_limit is not None and self._reserved + stage.mem > self.mem_limit:
+                return False
+            if self.available_memory() - self._reserved < stage.mem:
+                return False
         if busy and self.load_limit is not None and self.load_average() >= self.load_limit:
             return False
         if not self.jobserver.try_acquire(self.tokens(stage)):

@@ -264,12 +264,13 @@ class Engine:
         recorder = Recorder(project, store, outputs, inbox, emit=self.emit, options=options)
         expected = recorder.expected(graph, closure, self._recent_builds(project))
         edges = after if after is not None else _edges(graph, closure)
+        jobserver = self._jobserver(options)
         run = BuildRun(
             self.emit,
             graph=graph,
             scheduler=Scheduler(closure, edges, expected, block_on_failure=block_on_failure),
             decider=Decider(graph, store, seal=seal, forced=options.always_make, trusted=trusted),
-            admission=Admission(self._jobserver(options), options.load_average),
+            admission=Admission(jobserver, options.load_average, mem_limit=options.mem_limit),
             executor=self.executor(project.root, outputs, inbox, cancel, store=recorder.caching),
             recorder=recorder,
             inbox=inbox,
@@ -284,6 +285,8 @@ class Engine:
         finally:
             self._running_build = None
             outputs.close()  # the build's pack of small objects indexed
+            if jobserver is not self.jobserver:
+                jobserver.close()  # (ours: its fifo removed)
 
     def _plan(self, graph: BuildGraph, closure: list[StageId], decider: Decider) -> list[tuple[StageId, Decision]]:
         """Each stage of `closure` with its decision: the build loop with the dry
@@ -310,10 +313,14 @@ class Engine:
         return [(sid, Decision(outcome.status[sid] is Status.RAN, outcome.reasons[sid])) for sid in closure]
 
     def _jobserver(self, options: BuildOptions) -> JobServer:
-        """The engine's job server if it was given one, else a pool of `-j` tokens."""
+        """The engine's job server if it was given one (make's, when pivotbuild
+        runs under make), else a pool of `-j` tokens the stages share
+        (build/sharedpool.py)."""
         if self.jobserver is not None:
             return self.jobserver
-        return TokenPool(options.jobs or os.cpu_count() or 1)
+        from pivotbuild.build.sharedpool import SharedPool  # (a build that runs a stage makes its pipe)
+
+        return SharedPool(options.jobs or os.cpu_count() or 1)
 
     def _messages(self, event: Event) -> None:
         if isinstance(event, Message):

@@ -77,33 +77,47 @@ class MakeJobServer:
     debt first, then gives back tokens read, then the implicit one.
 
     A token is in `_held` from the moment it is read until it is written back,
-    so an interrupt at any point loses none (`close` gives back what is held)."""
+    so an interrupt at any point loses none (`close` gives back what is held).
+
+    After a read found the pool empty it is `dry`: the build loop then waits
+    for `fd` to become readable (a token came back) and calls `woken`.
+
+    Each stage borrows from the same pool (`for_stage`): its `make`, `ninja` or
+    `cargo` reads tokens beyond the one the stage holds.  `reopen` names the
+    pool for that (a fifo's path, or `/proc/self/fd/R` for make's pipe), and
+    `fifo` is announced to fifo clients when there is one."""
 
     external = True  # (admission: tokens may come back without a stage of ours ending)
 
-    def __init__(self, read_fd: int, write_fd: int, capacity: int) -> None:
-        self._read = read_fd
+    def __init__(
+        self, read_fd: int, write_fd: int, capacity: int, *, reopen: tuple[str, str], fifo: str | None = None
+    ) -> None:
+        self.fd = read_fd  # ours: non-blocking, and never handed to a stage
         self._write = write_fd
         self.capacity = max(capacity, 1)
+        self.reopen = reopen
+        self.fifo = fifo
         self._implicit_free = True
         self._held: list[bytes] = []  # the tokens read, to write back
         self._short = 0  # tokens the running stages started without
-        self._dry_at = -1.0  # when a read last found the pool empty
+        self._dry_at: float | None = None  # when a read last found the pool empty
+        self._gone = False  # every writer has closed the pool: make is gone
 
     def try_acquire(self, n: int) -> bool:
         idle = self._implicit_free and not self._held and not self._short
         need = n - 1 if self._implicit_free else n
         start = len(self._held)
-        while len(self._held) - start < need:
+        while len(self._held) - start < need and not self._gone:
             try:
-                token = os.read(self._read, 1)
+                token = os.read(self.fd, 1)
             except BlockingIOError:
                 self._dry_at = time.monotonic()
                 break
             except InterruptedError:
                 continue
             if not token:
-                break  # (make has gone)
+                self._gone = True  # (nobody is left to give tokens back: only the implicit one remains)
+                break
             self._held.append(token)
         got = len(self._held) - start
         if got < need and not idle:
@@ -120,19 +134,53 @@ class MakeJobServer:
         self._give_back(back)
         if n - paid - back > 0:
             self._implicit_free = True
-        self._dry_at = -1.0
+        self._dry_at = None
+
+    @property
+    def idle(self) -> bool:
+        """No stage of ours holds a token."""
+        return self._implicit_free and not self._held and not self._short
+
+    @property
+    def dry(self) -> bool:
+        """The last read found the pool empty and no token has come back since
+        (as far as we know: `woken` says one may have).  A safety net lets it
+        lapse after `_DRY_S`, should nobody watch `fd`."""
+        return self._dry_at is not None and time.monotonic() - self._dry_at < _DRY_S and not self._gone
+
+    def woken(self) -> None:
+        """`fd` became readable: a token may be had again."""
+        self._dry_at = None
 
     def available(self) -> int:
-        """0 just after a read found the pool empty (the loop looks again at its
-        next wait, not once per stage waiting), else 1: unknown until read."""
-        return 0 if time.monotonic() - self._dry_at < _DRY_S else 1
+        """0 while the pool is `dry`, else 1: how many is unknown until read."""
+        return 0 if self.dry else 1
+
+    def for_stage(self, outer: str) -> tuple[str, tuple[int, int]] | None:
+        """The pool for one stage to borrow from: its MAKEFLAGS (`outer`, the
+        stage's own, with our pool in place of any it names) and the two
+        descriptors it is to inherit, opened for it alone (the caller closes
+        them once the stage has started).  Raises OSError if the pool cannot
+        be opened again.
+
+        Fresh descriptions, not ours: ninja sets O_NONBLOCK on the read end it
+        is given, which would make a `make` in another stage (or make itself)
+        fail with "read jobs pipe: Resource temporarily unavailable"."""
+        r = os.open(self.reopen[0], os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # (a fifo's open never waits so)
+        try:
+            os.set_blocking(r, True)  # as make hands its pipe to its children
+            w = os.open(self.reopen[1], os.O_WRONLY | os.O_CLOEXEC)
+        except OSError:
+            os.close(r)
+            raise
+        return stage_makeflags(outer, self.capacity, r, w, self.fifo), (r, w)
 
     def close(self) -> None:
         """Every token read goes back to make (the build is over, however it ended)."""
         self._give_back(len(self._held))
         self._implicit_free = True
         self._short = 0
-        for fd in {self._read, self._write}:
+        for fd in {self.fd, self._write}:
             with contextlib.suppress(OSError):
                 os.close(fd)
 
@@ -153,9 +201,38 @@ class MakeJobServer:
             self._held.pop()
 
 
-# How long a read that found make's pool empty stands for the pool (s): about
-# the build loop's wait while a stage waits for a token (run.py).
-_DRY_S = 0.015
+# How long a read that found the pool empty stands for it if the loop does
+# not watch the pool (s): about the loop's longest wait while a stage waits
+# for a token (run.py).
+_DRY_S = 0.2
+
+
+def stage_makeflags(outer: str, jobs: int, r: int, w: int, fifo: str | None) -> str:
+    """MAKEFLAGS for a stage: `outer` (what it would get otherwise) without
+    any `-j` or pool it names, and ours added, in the one form both make 4.3
+    and fifo clients read: ` -jN --jobserver-auth=fifo:PATH --jobserver-fds=R,W`.
+    Make 4.3 and 4.4 take the last of the two (the descriptors, which the
+    stage inherits); ninja 1.13 and cargo also read them (PyPI's ninja says it
+    would prefer a fifo; without `fifo`, `--jobserver-auth=R,W` alone)."""
+    words = outer.split()
+    head: list[str] = []
+    if words and not words[0].startswith("-"):
+        head.append(words.pop(0))  # make's single-letter flags (`ks`): they stay first
+    rest: list[str] = []
+    for i, word in enumerate(words):
+        if word == "--":
+            rest = words[i:]  # command-line variables
+            break
+        if not (word.startswith(("--jobserver-auth=", "--jobserver-fds=")) or _is_jobs(word)):
+            head.append(word)
+    pool = [f"--jobserver-auth=fifo:{fifo}", f"--jobserver-fds={r},{w}"] if fifo else [f"--jobserver-auth={r},{w}"]
+    text = " ".join([*head, f"-j{jobs}", *pool, *rest])
+    return text if head and not head[0].startswith("-") else " " + text
+
+
+def _is_jobs(word: str) -> bool:
+    """`-j` or `-jN` (a word of MAKEFLAGS)."""
+    return (word.startswith("-j") and word[2:].isdigit()) or word == "-j"
 
 
 def connect(flags: MakeFlags) -> MakeJobServer | str:
@@ -168,14 +245,15 @@ def connect(flags: MakeFlags) -> MakeJobServer | str:
                 return f"{flags.fifo} is not a fifo"
             read_fd = os.open(flags.fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
             write_fd = os.open(flags.fifo, os.O_WRONLY | os.O_CLOEXEC)
-            return MakeJobServer(read_fd, write_fd, capacity)
+            return MakeJobServer(read_fd, write_fd, capacity, reopen=(flags.fifo, flags.fifo), fifo=flags.fifo)
         assert flags.fds is not None
         r, w = flags.fds
         for fd in (r, w):
             if not stat.S_ISFIFO(os.fstat(fd).st_mode):
                 return f"descriptor {fd} is not a pipe"
-        read_fd = os.open(f"/proc/self/fd/{r}", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        write_fd = os.open(f"/proc/self/fd/{w}", os.O_WRONLY | os.O_CLOEXEC)
-        return MakeJobServer(read_fd, write_fd, capacity)
+        reopen = (f"/proc/self/fd/{r}", f"/proc/self/fd/{w}")
+        read_fd = os.open(reopen[0], os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        write_fd = os.open(reopen[1], os.O_WRONLY | os.O_CLOEXEC)
+        return MakeJobServer(read_fd, write_fd, capacity, reopen=reopen)
     except OSError as exc:
         return exc.strerror or str(exc)

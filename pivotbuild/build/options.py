@@ -18,6 +18,7 @@ class BuildOptions:
     overrides: Mapping[str, str] = field(default_factory=dict)
     jobs: int | None = None  # None: the number of CPUs
     load_average: float | None = None
+    mem_limit: int | None = None  # bytes the running stages may reserve (mem:) in all; None: no limit of ours
     keep_going: bool = False
     dry_run: bool = False
     question: bool = False

@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 from pivotbuild.build.admission import Admission
 from pivotbuild.build.decider import ALWAYS, FORCED, Decider, Verdict
-from pivotbuild.build.executors.base import Changed, Done, Executor, Inbox, Item, Job
+from pivotbuild.build.executors.base import Changed, Done, Executor, Inbox, Item, Job, PoolForStage
 from pivotbuild.build.interrupts import Signals
 from pivotbuild.build.recorder import DryRecorder, Outcome, Recorder
 from pivotbuild.build.scheduler import Scheduler
@@ -82,6 +82,8 @@ class BuildRun:
         self.started = 0
         self.stopping = False
         self.signals = Signals()
+        self.pool: PoolForStage | None = getattr(admission.jobserver, "for_stage", None)  # (our stages borrow from it)
+        self._watching_pool = False  # the job pool's descriptor is watched for a token coming back
 
     def execute(self) -> Outcome:
         t0 = time.monotonic()
@@ -104,6 +106,7 @@ class BuildRun:
             self._finish(sid, StageFinished(self.graph.label(sid), Status.CANCELLED, "not started", 0.0))
         self.executor.close()
         self.inbox.poller.close()
+        self._watching_pool = False
         counts = self.scheduler.counts()
         finished = BuildFinished(
             ran=counts[Status.RAN],
@@ -139,16 +142,33 @@ class BuildRun:
                 if self.to_run and not self.stopping:  # pragma: no cover - admission never refuses an idle build
                     raise AssertionError("no stage can start although nothing is running")
                 return
+            if self.to_run and self.admission.external and not self._watching_pool:
+                self._watch_pool()
             signals.deferring = True  # (the executor runs in here: see Signals)
-            # (make's pool gets tokens back from its other jobs: looked at often
-            # while a stage waits for one)
-            wait = 0.02 if self.to_run and self.admission.external else 0.2
-            item = take(wait if self.admission.waits_on_resources else 1.0)
+            item = take(0.2 if self.admission.waits_on_resources else 1.0)
             signals.deferring = False
             if item is not None:
                 self._handle(item)
             if self.cancel.is_set() or signals.caught:
                 raise Interrupted
+
+    def _watch_pool(self) -> None:
+        """While a stage waits for a token a read found missing, wait for the
+        pool (make's, or ours that the stages share) to become readable: a
+        token given back by make's other jobs or a stage's children."""
+        jobserver = self.admission.jobserver
+        fd = getattr(jobserver, "fd", -1)
+        if fd < 0 or not getattr(jobserver, "dry", False):
+            return
+        poller = self.inbox.poller
+
+        def readable() -> None:
+            poller.unwatch(fd)
+            self._watching_pool = False
+            jobserver.woken()  # type: ignore[attr-defined]
+
+        poller.watch(fd, readable)
+        self._watching_pool = True
 
     def _finish_storing(self) -> bool:
         """Wait for the outputs still being copied into the cache, and report
@@ -221,6 +241,7 @@ class BuildRun:
             v = self.to_run.pop(sid)
             label = self.graph.label(sid)
             job = self.recorder.job(stage, v.snap, label, v.reason)
+            job.pool = self.pool
             self.started += 1
             total = len(self.closure) - self.skipped
             self._state(label, State.RUNNING, v.reason)

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from pivotbuild.build.options import BuildOptions
 
 # What an option's value is (FLAG: it takes none).
-FLAG, JOBS, LOAD, TEXT, MS = "flag", "jobs", "load", "text", "ms"
+FLAG, JOBS, LOAD, TEXT, MS, SIZE = "flag", "jobs", "load", "text", "ms", "size"
 
 
 class Option:
@@ -92,6 +92,13 @@ BUILD_OPTIONS = (
         kind=LOAD,
         metavar="X",
         fast=True,
+    ),
+    Option(
+        "mem_limit",
+        ("--mem-limit",),
+        "Let the stages running at once reserve at most SIZE of memory in all (their mem:; e.g. 8G).",
+        kind=SIZE,
+        metavar="SIZE",
     ),
     Option(
         "keep_going", ("-k", "--keep-going"), "After a failure, keep building what does not depend on it.", fast=True

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from pivotbuild.cli.buildargs import ALL, DIRECTORY, FILE, FLAG, JOBS, LOAD, MS, TEXT, Option, enter, split_args
+from pivotbuild.cli.buildargs import ALL, DIRECTORY, FILE, FLAG, JOBS, LOAD, MS, SIZE, TEXT, Option, enter, split_args
 from pivotbuild.cli.completion import complete_directory, complete_file
 
 if TYPE_CHECKING:
@@ -27,11 +27,31 @@ def click_option(option: Option, **attrs: Any) -> Callable[[F], F]:
         JOBS: {"type": click.IntRange(min=1)},
         LOAD: {"type": click.FloatRange(min=0, min_open=True)},
         MS: {"type": click.IntRange(min=0)},
+        SIZE: {"type": MemorySize()},
         TEXT: {},
     }
     return click.option(
         *option.flags, option.dest, metavar=option.metavar, help=option.help, **kinds[option.kind], **attrs
     )
+
+
+class MemorySize(click.ParamType):  # type: ignore[type-arg]
+    """A memory size as `mem:` takes it (`512M`, `8G`): its bytes."""
+
+    name = "size"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        from pivotbuild.pivotfile.units import parse_size
+
+        try:
+            size = parse_size(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+        if size <= 0:
+            self.fail(f"'{value}' is not a memory size above 0", param, ctx)
+        return size
 
 
 def _chdir(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> tuple[str, ...]:

@@ -28,12 +28,18 @@ from pivotbuild.state.snapshot import Snapshot
 from pivotbuild.state.statcache import StatEntry
 from pivotbuild.structs import struct
 
+# A job pool a stage's children borrow from (build/makejobs.py `for_stage`):
+# given the stage's MAKEFLAGS, the MAKEFLAGS naming the pool and the two
+# descriptors the stage inherits (the caller closes them once it has started).
+PoolForStage = Callable[[str], tuple[str, tuple[int, int]] | None]
+
 
 @struct(slots=True, eq=False)  # eq=False: see Done
 class Job:
     """One admitted stage: what to run (`snap`, None in a plan), why, and the
     stat-cache entries its outputs may be hashed against.  `started` is the
-    loop's clock when it started."""
+    loop's clock when it started; `pool`, the build's job pool, for a local
+    process to share (None: the stage gets none)."""
 
     stage: Stage
     snap: Snapshot | None
@@ -41,6 +47,7 @@ class Job:
     reason: str
     known: Mapping[str, StatEntry]
     started: float = 0.0
+    pool: PoolForStage | None = None
 
 
 @struct(frozen=True, slots=True, eq=False)

@@ -29,6 +29,7 @@ from pivotbuild.build.executors.spawn import Starter
 from pivotbuild.cache.outputs import Captured, OutputCache
 from pivotbuild.events import Log
 from pivotbuild.model import Stage
+from pivotbuild.structs import replace
 
 # Outputs up to this size in all are hashed in the loop's thread as their stage
 # ends (about 0.3 ms for 1 MiB from the page cache, one read_small call each);
@@ -54,6 +55,7 @@ class LocalExecutor:
         self.started = 0  # numbers a retry's event, as the build numbers starts
         self.running: dict[Job, Process] = {}  # each running stage's current attempt
         self._killing = False
+        self._pool_lost = False  # the job pool could not be opened for a stage (said once)
         self._next = math.inf  # when a running process is next due (see _on_time)
         self._hashers = _Threads("hasher")
         inbox.poller.clocks.append(self._on_time)
@@ -104,7 +106,12 @@ class LocalExecutor:
             def ended(result: RunResult) -> None:
                 self._ended(job, spec, attempt, result)
 
-            process = Process(spec, line, ended, self.inbox.poller, self.lifeline, starter=self.starter)
+            pooled = self._pooled(job, spec)
+            try:
+                process = Process(pooled, line, ended, self.inbox.poller, self.lifeline, starter=self.starter)
+            finally:
+                for fd in pooled.pass_fds:
+                    os.close(fd)  # (the stage has its own)
         except Exception as exc:  # a bug in our own code: fail the stage
             self._done(job, internal_error(exc))
             return
@@ -114,6 +121,27 @@ class LocalExecutor:
         self._next = min(self._next, process.start + TICK_S, process.deadline or math.inf)
         if self._killing:
             process.kill()
+
+    def _pooled(self, job: Job, spec: RunSpec) -> RunSpec:
+        """`spec` with the build's job pool in it (MAKEFLAGS, and the pool's
+        descriptors to inherit), if there is one; without it, and one warning,
+        if the pool cannot be opened (the stage's make or ninja then run as
+        they would on their own)."""
+        if job.pool is None or self._pool_lost:
+            return spec
+        try:
+            shared = job.pool(spec.env.get("MAKEFLAGS", ""))
+        except OSError as exc:
+            self._pool_lost = True
+            self.inbox.warn(
+                f"the job pool cannot be opened for the stages ({exc.strerror or exc}): a make or ninja"
+                " in a stage from now on runs without pivotbuild's jobserver"
+            )
+            return spec
+        if shared is None:
+            return spec
+        makeflags, fds = shared
+        return replace(spec, env={**spec.env, "MAKEFLAGS": makeflags}, pass_fds=fds)
 
     def _ended(self, job: Job, spec: RunSpec, attempt: int, result: RunResult) -> None:
         self.running.pop(job, None)

@@ -40,6 +40,7 @@ class RunSpec:
     cwd: Path
     env: Mapping[str, str]
     timeout: float | None = None
+    pass_fds: tuple[int, ...] = ()  # descriptors the command inherits (a job pool's: see makejobs.py)
 
 
 @struct(frozen=True, slots=True)
@@ -164,7 +165,7 @@ class Process:
         err_r, err_w = os.pipe()
         try:
             self.proc = (starter or _POPEN).start(
-                spec.argv, spec.cwd, spec.env, stdin=devnull(), stdout=out_w, stderr=err_w
+                spec.argv, spec.cwd, spec.env, stdin=devnull(), stdout=out_w, stderr=err_w, pass_fds=spec.pass_fds
             )
         except BaseException as exc:
             os.close(out_r)

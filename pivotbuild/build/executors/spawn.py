@@ -22,7 +22,9 @@ child would inherit those that are inheritable (say, a make jobserver's pipe
 pivotbuild itself inherited).  Python opens none inheritable, so those are
 the ones pivotbuild started with: `Starter` lists them once, when the build
 starts, and closes them in each child.  (A descriptor some other code makes
-inheritable during the build would reach the stages started after it.)
+inheritable during the build would reach the stages started after it.)  The
+descriptors a stage is to inherit (`pass_fds`: its job pool's, see
+build/makejobs.py) are made inheritable for its spawn alone.
 
 As Popen (`restore_signals`), SIGPIPE and SIGXFSZ, which Python ignores,
 are reset to their defaults in the child; `setsid` gives it a session (and
@@ -37,11 +39,12 @@ A script that is one plain command is started without the shell at all
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import signal
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from pivotbuild.build.executors.plaincommand import PlainCommands
@@ -138,22 +141,18 @@ class Starter:
         stdin: int,
         stdout: int,
         stderr: int,
+        pass_fds: tuple[int, ...] = (),
     ) -> Child | subprocess.Popen[bytes]:
         """`argv` started in `cwd` (None: ours) with `env`, its standard
-        streams these descriptors, in a session of its own.  Raises OSError
-        if it cannot start (as Popen: the program missing, not executable...)."""
+        streams these descriptors, in a session of its own; `pass_fds` it
+        inherits too (as Popen's: made inheritable in the child alone).
+        Raises OSError if it cannot start (as Popen: the program missing, not
+        executable...)."""
         if self.spawns and "/" in argv[0] and min(stdin, stdout, stderr) > 2 and (cwd is None or _is_ours(cwd)):
-            plain = self.plain.direct(argv, env)
-            if plain is not None:
-                program, args, redirect, env_as_shell = plain
-                out = (os.POSIX_SPAWN_DUP2, stdout, 1) if redirect is None else (os.POSIX_SPAWN_OPEN, 1, *redirect)
-                try:  # (mask: the shell unblocks every signal)
-                    pid = self._spawn(program, args, env_as_shell, stdin=stdin, out=out, stderr=stderr, mask=())
-                    return Child(pid, as_shell=True)
-                except OSError:
-                    pass  # the shell then starts it, and says what is wrong as it always has
-            out = (os.POSIX_SPAWN_DUP2, stdout, 1)
-            return Child(self._spawn(argv[0], list(argv), env, stdin=stdin, out=out, stderr=stderr))
+            if not pass_fds:
+                return self._spawn_stage(argv, env, stdin=stdin, stdout=stdout, stderr=stderr)
+            with _inheritable(pass_fds):  # (every start is on the build loop's thread: no other child sees them)
+                return self._spawn_stage(argv, env, stdin=stdin, stdout=stdout, stderr=stderr)
         import subprocess  # here: where every start spawns, a build does not import it
 
         # No preexec_fn (nor user, group or umask): CPython then starts the
@@ -168,7 +167,24 @@ class Starter:
             stdout=stdout,
             stderr=stderr,
             start_new_session=True,  # its own process group: we can kill the whole tree
+            pass_fds=pass_fds,
         )
+
+    def _spawn_stage(
+        self, argv: tuple[str, ...], env: Mapping[str, str], *, stdin: int, stdout: int, stderr: int
+    ) -> Child:
+        """`start` by posix_spawn: the command itself where the shell would only start it (plaincommand.py)."""
+        plain = self.plain.direct(argv, env)
+        if plain is not None:
+            program, args, redirect, env_as_shell = plain
+            out = (os.POSIX_SPAWN_DUP2, stdout, 1) if redirect is None else (os.POSIX_SPAWN_OPEN, 1, *redirect)
+            try:  # (mask: the shell unblocks every signal)
+                pid = self._spawn(program, args, env_as_shell, stdin=stdin, out=out, stderr=stderr, mask=())
+                return Child(pid, as_shell=True)
+            except OSError:
+                pass  # the shell then starts it, and says what is wrong as it always has
+        out = (os.POSIX_SPAWN_DUP2, stdout, 1)
+        return Child(self._spawn(argv[0], list(argv), env, stdin=stdin, out=out, stderr=stderr))
 
     def _spawn(
         self,
@@ -189,6 +205,21 @@ class Starter:
         return os.posix_spawn(
             program, args, env, file_actions=actions, setsid=True, setsigdef=_DEFAULTS, setsigmask=mask
         )
+
+
+@contextlib.contextmanager
+def _inheritable(fds: tuple[int, ...]) -> Iterator[None]:
+    """`fds` inheritable for a spawn (posix_spawn passes on what is; those
+    inherited at start are closed in the child by `closes`, and these are
+    not among them)."""
+    for fd in fds:
+        os.set_inheritable(fd, True)
+    try:
+        yield
+    finally:
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                os.set_inheritable(fd, False)
 
 
 def _is_ours(cwd: Path) -> bool:

@@ -1,0 +1,213 @@
+"""pivotbuild as a jobserver for its stages (build/sharedpool.py, makejobs.py
+`for_stage`): a `make` or `ninja` inside a stage shares pivotbuild's `-j`
+budget (or make's, when pivotbuild runs under make) instead of multiplying
+it.  Real make 4.3, real ninja (PyPI's 1.13), real fifos and pipes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import PIVOTBUILD, Project
+from helpers import HANG_GUARD_S, wait_until
+from test_makejobs import TIMED, most_at_once, timed_stages, tokens_left
+
+from pivotbuild.build.makejobs import stage_makeflags
+from pivotbuild.build.sharedpool import SharedPool
+
+NINJA = str(Path(sys.executable).with_name("ninja"))
+
+
+def sub_make(project: Project, log: Path, jobs: int = 8) -> None:
+    """sub.mk: `jobs` timed jobs, none depending on another (`make -f sub.mk` runs them)."""
+    names = " ".join(f"t{i}" for i in range(jobs))
+    run = TIMED.format(log=log, s=0.3).replace("$", "$$").replace("touch $$@", "true")
+    project.write("sub.mk", f"all: {names}\n{names}:\n\t@{run}\n.PHONY: all {names}\n")
+
+
+def sub_ninja(project: Project, log: Path, jobs: int = 8) -> None:
+    """build.ninja: `jobs` timed edges, none depending on another."""
+    run = TIMED.format(log=log, s=0.3).replace("$", "$$").replace("touch $$@", "touch $out")
+    edges = "".join(f"build n{i}: timed\n" for i in range(jobs))
+    project.write("build.ninja", f"rule timed\n  command = {run}\n{edges}")
+
+
+CHILDREN = {
+    "make": ("sub.mk", "make -s -f sub.mk", sub_make),
+    "ninja": ("build.ninja", f"{NINJA} > ninja.log", sub_ninja),
+}
+
+
+def build(project: Project, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*PIVOTBUILD, "-s", *args],
+        cwd=project.root,
+        env=env or {k: v for k, v in os.environ.items() if k != "MAKEFLAGS"},
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=HANG_GUARD_S * 2,
+    )
+
+
+@pytest.mark.parametrize("child", ["make", "ninja"])
+def test_a_make_or_ninja_in_a_stage_runs_as_many_jobs_as_pivotbuilds_j(
+    project: Project, tmp_path: Path, child: str
+) -> None:
+    log = tmp_path / "log.txt"
+    _, command, write = CHILDREN[child]
+    write(project, log)
+    project.pivotfile(f"stage sub:\n    outs: done.txt\n    run: {command} && touch done.txt\n")
+    r = build(project, "-j4")  # (ninja's own default is never 4: 3 on 2 CPUs, CPUs + 2 on more)
+    assert r.returncode == 0, r.stderr
+    assert most_at_once(log) == 4  # its one token, and the three it borrowed from pivotbuild's pool
+
+
+@pytest.mark.parametrize("child", ["make", "ninja"])
+def test_beside_other_stages_a_child_build_never_takes_more_than_the_budget(
+    project: Project, tmp_path: Path, child: str
+) -> None:
+    log = tmp_path / "log.txt"
+    _, command, write = CHILDREN[child]
+    write(project, log)
+    project.pivotfile(
+        f"stage sub:\n    outs: done.txt\n    run: {command} && touch done.txt\n\n" + timed_stages(4, log, 0.5)
+    )
+    r = build(project, "-j3")
+    assert r.returncode == 0, r.stderr
+    assert most_at_once(log) == 3  # the other stages' and the sub-build's jobs, all under one -j3
+    assert len(log.read_text().splitlines()) == 2 * (8 + 4)  # every job ran, start and end
+
+
+def test_under_make_a_stages_make_borrows_from_makes_pool(project: Project, tmp_path: Path) -> None:
+    log = tmp_path / "log.txt"
+    sub_make(project, log)
+    project.pivotfile(
+        "stage sub:\n    outs: done.txt\n    run: make -s -f sub.mk && touch done.txt\n\n" + timed_stages(2, log)
+    )
+    project.write("Makefile", f"all:\n\t+{' '.join(PIVOTBUILD)} -s\n")
+    r = subprocess.run(
+        ["make", "-j4", "-s"], cwd=project.root, capture_output=True, text=True, check=False, timeout=HANG_GUARD_S * 2
+    )
+    assert r.returncode == 0, r.stderr
+    assert most_at_once(log) == 4  # make's -j4 in all, not pivotbuild's stages plus a pool of their own
+
+
+def test_with_a_j_of_its_own_under_make_its_stages_share_that(project: Project, tmp_path: Path) -> None:
+    log = tmp_path / "log.txt"
+    sub_make(project, log)
+    project.pivotfile("stage sub:\n    outs: done.txt\n    run: make -s -f sub.mk && touch done.txt\n")
+    project.write("Makefile", f"all:\n\t+{' '.join(PIVOTBUILD)} -s -j2\n")
+    r = subprocess.run(
+        ["make", "-j8", "-s"], cwd=project.root, capture_output=True, text=True, check=False, timeout=HANG_GUARD_S * 2
+    )
+    assert r.returncode == 0, r.stderr
+    assert most_at_once(log) == 2
+
+
+def test_each_stage_has_descriptors_of_its_own(project: Project) -> None:
+    # ninja sets O_NONBLOCK on the read end it is given: that must not reach
+    # the make of another stage (nor make's own pipe).
+    nonblock = (
+        "import os,re;"
+        "r=int(re.search(r'jobserver-fds=(\\d+),',os.environ['MAKEFLAGS']).group(1));"
+        "os.set_blocking(r,False);open('one.txt','w').write('set')"
+    )
+    check = (
+        "import os,re;"
+        "r=int(re.search(r'jobserver-fds=(\\d+),',os.environ['MAKEFLAGS']).group(1));"
+        "open('two.txt','w').write(str(os.get_blocking(r)))"
+    )
+    project.pivotfile(
+        f'stage one:\n    outs: one.txt\n    run: {sys.executable} -c "{nonblock}"\n\n'
+        f'stage two:\n    deps: one.txt\n    outs: two.txt\n    run: {sys.executable} -c "{check}"\n'
+    )
+    r = build(project, "-j2")
+    assert r.returncode == 0, r.stderr
+    assert (project.root / "two.txt").read_text() == "True"
+
+
+def test_the_makeflags_a_stage_gets(project: Project) -> None:
+    project.pivotfile('stage s:\n    outs: flags.txt\n    run: echo "$MAKEFLAGS" > flags.txt\n')
+    env = {**os.environ, "MAKEFLAGS": "k -j9 --jobserver-auth=97,98 --no-print-directory -- CC=gcc"}
+    r = build(project, "-j3", env=env)
+    assert r.returncode == 0, r.stderr
+    words = (project.root / "flags.txt").read_text().split()
+    assert words[:3] == ["k", "--no-print-directory", "-j3"]  # make's other flags kept; our -j
+    assert words[3].startswith("--jobserver-auth=fifo:") and words[4].startswith("--jobserver-fds=")
+    assert words[5:] == ["--", "CC=gcc"]
+    assert not Path(words[3].removeprefix("--jobserver-auth=fifo:")).exists()  # removed with the build
+
+
+@pytest.mark.parametrize(
+    ("outer", "expected"),
+    [
+        ("", " -j4 --jobserver-auth=fifo:/t/f --jobserver-fds=5,6"),
+        (" -j8 --jobserver-auth=3,4", " -j4 --jobserver-auth=fifo:/t/f --jobserver-fds=5,6"),
+        ("ks -j --jobserver-fds=3,4", "ks -j4 --jobserver-auth=fifo:/t/f --jobserver-fds=5,6"),
+        (" --trace -- X=1 -j2", " --trace -j4 --jobserver-auth=fifo:/t/f --jobserver-fds=5,6 -- X=1 -j2"),
+    ],
+)
+def test_stage_makeflags_put_our_pool_in_place_of_any_other(outer: str, expected: str) -> None:
+    assert stage_makeflags(outer, 4, 5, 6, "/t/f") == expected
+    assert stage_makeflags(outer, 4, 5, 6, None) == expected.replace("fifo:/t/f --jobserver-fds=5,6", "5,6")
+
+
+def test_the_pool_holds_j_minus_one_tokens_and_is_topped_up_when_nothing_runs(tmp_path: Path) -> None:
+    pool = SharedPool(4)
+    try:
+        assert pool.try_acquire(1)  # (the implicit token: nothing read)
+        _, (r, w) = pool.for_stage("") or ("", (-1, -1))
+        try:
+            assert os.read(r, 2) == b"++"  # a stage's make takes two of the three...
+        finally:
+            os.close(r)
+            os.close(w)  # ...and is killed with them
+        assert pool.try_acquire(1)  # the third
+        assert not pool.try_acquire(1)  # the pool is dry: 4 jobs out
+        pool.release(1)
+        pool.release(1)  # nothing of ours runs: the pool is back to 3
+        fifo = pool.fifo
+        assert fifo is not None and Path(fifo).exists()
+        reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            assert tokens_left(reader) == 3
+        finally:
+            os.close(reader)
+    finally:
+        pool.close()
+    assert not Path(fifo).exists()
+
+
+def test_the_fifo_is_made_in_tmpdir_and_removed_however_the_build_ends(project: Project, tmp_path: Path) -> None:
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = {**os.environ, "TMPDIR": str(tmp)}
+    env.pop("MAKEFLAGS", None)
+    project.pivotfile(
+        "stage ok:\n    outs: a.txt\n    run: ls $TMPDIR > a.txt\n\n"
+        "stage bad:\n    deps: a.txt\n    outs: b.txt\n    run: exit 3\n\n"
+        "stage hang:\n    deps: b.txt\n    outs: c.txt\n    run: exec sleep 30\n"
+    )
+    assert build(project, "ok", env=env).returncode == 0
+    assert (project.root / "a.txt").read_text().startswith("pivotbuild-jobs-")  # the pool, while it ran
+    assert os.listdir(tmp) == []
+    assert build(project, "bad", env=env).returncode == 1
+    assert os.listdir(tmp) == []
+    project.pivotfile("stage hang:\n    outs: c.txt\n    run: touch started; exec sleep 30\n")
+    proc = subprocess.Popen(
+        [*PIVOTBUILD, "-s"], cwd=project.root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        wait_until((project.root / "started").exists, HANG_GUARD_S, "the stage to start")
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=HANG_GUARD_S) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert os.listdir(tmp) == []
