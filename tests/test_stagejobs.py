@@ -83,6 +83,24 @@ def test_beside_other_stages_a_child_build_never_takes_more_than_the_budget(
     assert len(log.read_text().splitlines()) == 2 * (8 + 4)  # every job ran, start and end
 
 
+def test_a_python_stage_passes_the_pool_to_the_make_it_starts(project: Project, tmp_path: Path) -> None:
+    log = tmp_path / "log.txt"
+    sub_make(project, log)
+    project.write(
+        "mk.py",
+        """
+        import subprocess
+        def run(ctx):
+            subprocess.run(["make", "-s", "-f", "sub.mk"], check=True, close_fds=False)  # (as make's recipes must)
+            open(ctx.outs[0], "w").write("ok")
+        """,
+    )
+    project.pivotfile("stage sub:\n    outs: done.txt\n    py: mk:run\n")
+    r = build(project, "-j4")
+    assert r.returncode == 0, r.stderr
+    assert most_at_once(log) == 4  # the descriptors its MAKEFLAGS names are open in the function's process
+
+
 def test_under_make_a_stages_make_borrows_from_makes_pool(project: Project, tmp_path: Path) -> None:
     log = tmp_path / "log.txt"
     sub_make(project, log)

@@ -31,7 +31,7 @@ from pivotbuild.build.scheduler import Scheduler
 from pivotbuild.build.selection import selected
 from pivotbuild.build.session import LoadedProject, Reloaded
 from pivotbuild.cache.outputs import OutputCache
-from pivotbuild.errors import EXIT_FAILED, EXIT_OK, MissingInputs, PivotfileError
+from pivotbuild.errors import EXIT_FAILED, EXIT_OK, MissingInputs
 from pivotbuild.events import (
     Decided,
     Event,
@@ -413,16 +413,7 @@ def check_sources(project: Project, graph: BuildGraph, closure: list[StageId]) -
 
 
 def check_runnable(graph: BuildGraph, closure: list[StageId]) -> None:
-    """Raise PivotfileError locating each `py:` of `closure`: this version runs only `run:` scripts."""
-    problems = []
-    for sid in closure:
-        stage = graph.stages[sid]
-        if stage.command is None:
-            name = graph.label(StageId(sid.pipeline, stage.base))  # once for all the variants of a matrix
-            message = f"stage '{name}' uses 'py:', which this version of pivotbuild cannot run yet; use 'run:' for now"
-            problems.append(graph.located(stage.py_loc or stage.loc, message))
-    if problems:
-        raise PivotfileError(problems)
+    """Raise PivotfileError locating each `py:` of `closure` that names no function."""
 
 
 __all__ = ["Engine", "Interrupted", "MissingInputs", "Preloaded"]

@@ -31,6 +31,10 @@ from pivotbuild.events import Log
 from pivotbuild.model import Stage
 from pivotbuild.structs import replace
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from pivotbuild.build.executors.pystages import PyWorker
+
 # Outputs up to this size in all are hashed in the loop's thread as their stage
 # ends (about 0.3 ms for 1 MiB from the page cache, one read_small call each);
 # larger ones, or directories, in a thread.
@@ -56,6 +60,7 @@ class LocalExecutor:
         self.running: dict[Job, Process] = {}  # each running stage's current attempt
         self._killing = False
         self._pool_lost = False  # the job pool could not be opened for a stage (said once)
+        self._py: dict[str, PyWorker] = {}  # per pipeline directory: forks its `py:` stages (made with the first)
         self._next = math.inf  # when a running process is next due (see _on_time)
         self._hashers = _Threads("hasher")
         inbox.poller.clocks.append(self._on_time)
@@ -85,6 +90,8 @@ class LocalExecutor:
         """Every job has reported: let the hashing threads go; then close the
         lifeline (not after an interrupt that left stages running: they die with us)."""
         self._hashers.close()
+        for worker in self._py.values():
+            worker.close()
         self.lifeline.close()
         if self._on_time in self.inbox.poller.clocks:
             self.inbox.poller.clocks.remove(self._on_time)
@@ -107,8 +114,9 @@ class LocalExecutor:
                 self._ended(job, spec, attempt, result)
 
             pooled = self._pooled(job, spec)
+            starter = self.starter if spec.py is None else self._python(spec.py.pipeline_dir).starter(spec.py)
             try:
-                process = Process(pooled, line, ended, self.inbox.poller, self.lifeline, starter=self.starter)
+                process = Process(pooled, line, ended, self.inbox.poller, self.lifeline, starter=starter)
             finally:
                 for fd in pooled.pass_fds:
                     os.close(fd)  # (the stage has its own)
@@ -121,6 +129,16 @@ class LocalExecutor:
         self._next = min(self._next, process.start + TICK_S, process.deadline or math.inf)
         if self._killing:
             process.kill()
+
+    def _python(self, pipeline_dir: str) -> PyWorker:
+        """The worker of the `py:` stages of one pipeline (one per pipeline: two
+        pipelines may each have a `steps.py`, and a worker keeps what it imported)."""
+        worker = self._py.get(pipeline_dir)
+        if worker is None:
+            from pivotbuild.build.executors.pystages import PyWorker
+
+            worker = self._py[pipeline_dir] = PyWorker()
+        return worker
 
     def _pooled(self, job: Job, spec: RunSpec) -> RunSpec:
         """`spec` with the build's job pool in it (MAKEFLAGS, and the pool's

@@ -23,8 +23,12 @@ from typing import Any
 
 from pivotbuild.build.executors.lifeline import Lifeline
 from pivotbuild.build.executors.poller import Poller
-from pivotbuild.build.executors.spawn import Starter, devnull
+from pivotbuild.build.executors.spawn import Starter, Starts, devnull
 from pivotbuild.structs import struct
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from pivotbuild.build.executors.pystages import PyCall
 
 TAIL_LINES = 20
 _KILL_GRACE_S = 2.0
@@ -41,6 +45,7 @@ class RunSpec:
     env: Mapping[str, str]
     timeout: float | None = None
     pass_fds: tuple[int, ...] = ()  # descriptors the command inherits (a job pool's: see makejobs.py)
+    py: PyCall | None = None  # a `py:` stage's call (then `argv` only names it, for messages)
 
 
 @struct(frozen=True, slots=True)
@@ -107,9 +112,12 @@ _POPEN = Starter(spawn=False)
 
 def _pidfd(pid: int) -> int | None:
     """A descriptor that polls readable once `pid` has exited (Linux 5.3+);
-    None where there is none."""
+    None where there is none.  Raises ProcessLookupError if `pid` is gone
+    already (a `py:` stage's child, reaped by the worker: pystages.py)."""
     try:
         return os.pidfd_open(pid)
+    except ProcessLookupError:
+        raise
     except (AttributeError, OSError):  # not Linux, an old kernel, or no descriptor left
         return None
 
@@ -140,7 +148,7 @@ class Process:
         poller: Poller,
         lifeline: Lifeline | None = None,
         *,
-        starter: Starter | None = None,
+        starter: Starts | None = None,
     ) -> None:
         self.start = time.monotonic()
         self.deadline = self.start + spec.timeout if spec.timeout else None
@@ -214,9 +222,15 @@ class Process:
             self.asked = now
             if self.proc.poll() is not None:
                 self.exited_at = now
-            elif (pidfd := _pidfd(self.proc.pid)) is not None:
-                self.pidfd = pidfd
-                self.poller.watch(pidfd, self._exited)
+            else:
+                try:
+                    pidfd = _pidfd(self.proc.pid)
+                except ProcessLookupError:
+                    self.exited_at = now  # (reaped by its parent, the worker: `wait` reads its code)
+                else:
+                    if pidfd is not None:
+                        self.pidfd = pidfd
+                        self.poller.watch(pidfd, self._exited)
         self._maybe_end()
 
     def _exited(self) -> None:

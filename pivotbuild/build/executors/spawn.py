@@ -46,6 +46,7 @@ import signal
 import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Protocol
 
 from pivotbuild.build.executors.plaincommand import PlainCommands
 
@@ -115,6 +116,32 @@ class Child:
             else:
                 self.returncode = self._code(status)
         return self.returncode
+
+
+class Started(Protocol):
+    """A started process, as runner.Process follows it (Popen, `Child`, pystages.PyChild)."""
+
+    pid: int
+    returncode: int | None
+
+    def poll(self) -> int | None: ...
+    def wait(self) -> int: ...
+
+
+class Starts(Protocol):
+    """What starts a stage's process: `Starter`, or a `py:` stage's worker (pystages.py)."""
+
+    def start(
+        self,
+        argv: tuple[str, ...],
+        cwd: Path | None,
+        env: Mapping[str, str],
+        *,
+        stdin: int,
+        stdout: int,
+        stderr: int,
+        pass_fds: tuple[int, ...] = (),
+    ) -> Started: ...
 
 
 class Starter:

@@ -70,13 +70,16 @@ def run_stage(
 
 
 def stage_spec(stage: Stage, snap: Snapshot, root: Path, environ: Mapping[str, str]) -> runner.RunSpec:
-    """What running `stage` runs: its command, in its directory, with its environment and timeout."""
-    return runner.RunSpec(
-        argv=runner.stage_argv(stage.shell, snap.command),
-        cwd=root / stage.workdir if stage.workdir else root,
-        env={**environ, **dict(stage.env), "PIVOT_STAGE": stage.id.label("")},
-        timeout=stage.timeout,
-    )
+    """What running `stage` runs: its command (or, for a `py:` stage, its
+    call), in its directory, with its environment and timeout."""
+    env = {**environ, **dict(stage.env), "PIVOT_STAGE": stage.id.label("")}
+    cwd = root / stage.workdir if stage.workdir else root
+    if stage.py is not None:
+        from pivotbuild.build.executors.pystages import py_call  # (a build of shell stages does without)
+
+        call = py_call(stage, root, snap.expanded_deps)
+        return runner.RunSpec(argv=(f"py:{stage.py}",), cwd=cwd, env=env, timeout=stage.timeout, py=call)
+    return runner.RunSpec(argv=runner.stage_argv(stage.shell, snap.command), cwd=cwd, env=env, timeout=stage.timeout)
 
 
 def retried(label: str, number: int, attempt: int, retries: int) -> StageStarted:

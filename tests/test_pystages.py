@@ -1,0 +1,194 @@
+"""`py: module:function` stages end to end: the real pivotbuild, real worker
+processes forked per stage (build/executors/pyworker.py), real files."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+from conftest import PIVOTBUILD, Project
+from helpers import HANG_GUARD_S, wait_until
+
+STEPS = """
+import os, sys
+
+def square(ctx):
+    n = int(open(ctx.deps[0]).read())
+    print("squaring", n)
+    print("a warning", file=sys.stderr)
+    open(ctx.outs[0], "w").write(f"{n * n}\\n")
+
+def show(ctx):
+    lines = [
+        f"name={ctx.name}",
+        f"deps={list(ctx.deps)}",
+        f"outs={list(ctx.outs)}",
+        f"params={ctx.params['train']['lr']} {ctx.params['seed']}",
+        f"matrix={dict(ctx.matrix)}",
+        f"cwd={os.getcwd()}",
+        f"stage={os.environ['PIVOT_STAGE']} greeting={os.environ['GREETING']}",
+    ]
+    open(ctx.outs[0], "w").write("\\n".join(lines) + "\\n")
+
+def boom(ctx):
+    helper()
+
+def helper():
+    raise ValueError("no good")
+
+def leave(ctx):
+    sys.exit(3)
+
+def change(ctx):
+    ctx.name = "other"
+
+def hang(ctx):
+    open("started.pid", "w").write(str(os.getpid()))
+    import time
+    time.sleep(60)
+"""
+
+
+def test_a_py_stage_builds_and_is_up_to_date_the_second_time(project: Project) -> None:
+    project.write("steps.py", STEPS)
+    project.write("in.txt", "7\n")
+    project.pivotfile("stage sq:\n    deps: in.txt\n    outs: out.txt\n    py: steps:square\n")
+    r = project.run("-v")
+    assert r.code == 0, r
+    assert (project.root / "out.txt").read_text() == "49\n"
+    assert "sq | squaring 7" in r.out + r.err and "sq | a warning" in r.out + r.err  # captured, line by line
+    r = project.run()
+    assert r.code == 0, r
+    assert "0 ran, 1 up to date" in r.err, r
+    project.write("in.txt", "8\n")
+    assert project.run().code == 0
+    assert (project.root / "out.txt").read_text() == "64\n"
+
+
+def test_the_function_gets_its_stages_context_directory_and_environment(project: Project) -> None:
+    project.write("lib/steps.py", STEPS)
+    project.write("lib/in.txt", "x\n")
+    project.write("params.toml", "seed = 4\n[train]\nlr = 0.5\n")
+    project.pivotfile(
+        """
+        stage show:
+            matrix: size=small
+            dir: lib
+            deps: lib/in.txt
+            outs: lib/out-${size}.txt
+            params: train.lr seed
+            env: GREETING=hello
+            py: steps:show
+        """
+    )
+    project.write("steps.py", "def show(ctx):\n    raise SystemExit('the pipeline directory comes first')\n")
+    r = project.run()
+    assert r.code == 1, r  # `steps` is imported from the pipeline directory, not from dir:
+    project.write("steps.py", STEPS)
+    r = project.run()
+    assert r.code == 0, r
+    assert (project.root / "lib" / "out-small.txt").read_text().splitlines() == [
+        "name=show@small",
+        "deps=['in.txt']",  # relative to the working directory, as $^ in a run: script
+        "outs=['out-small.txt']",
+        "params=0.5 4",
+        "matrix={'size': 'small'}",
+        f"cwd={project.root / 'lib'}",
+        "stage=show@small greeting=hello",
+    ]
+
+
+def test_an_exception_fails_the_build_with_its_traceback(project: Project) -> None:
+    project.write("steps.py", STEPS)
+    project.pivotfile(
+        "stage bad:\n    outs: a.txt\n    py: steps:boom\n\n"
+        "stage after:\n    deps: a.txt\n    outs: b.txt\n    run: touch $@\n\n"
+        "stage leaves:\n    outs: c.txt\n    py: steps:leave\n\n"
+        "stage changes:\n    outs: d.txt\n    py: steps:change\n"
+    )
+    r = project.run("-k")
+    assert r.code == 1, r
+    assert "pivotbuild: stage bad failed (exit status 1)" in r.err, r.err
+    line = (project.root / "steps.py").read_text().splitlines().index("    helper()") + 1
+    tail = r.err.split("pivotbuild: last lines of bad:\n")[1].split("pivotbuild:")[0]
+    assert tail.split("\n")[:3] == [
+        "    Traceback (most recent call last):",  # the stage's own frames, not the worker's that called it
+        f'      File "{project.root / "steps.py"}", line {line}, in boom',
+        "        helper()",
+    ], tail
+    assert "ValueError: no good" in tail
+    assert "pivotbuild: stage leaves failed (exit status 3)" in r.err  # sys.exit keeps its code
+    assert "the stage's context is read-only (ctx.name)" in r.err
+    assert not (project.root / "b.txt").exists()
+
+
+def test_a_timeout_kills_a_python_stage(project: Project) -> None:
+    project.write("steps.py", STEPS)
+    project.pivotfile("stage h:\n    outs: h.txt\n    timeout: 1s\n    py: steps:hang\n")
+    t0 = time.monotonic()
+    r = project.run()
+    assert r.code == 1, r
+    assert "pivotbuild: stage h failed (timed out after 1s)" in r.err, r.err
+    assert time.monotonic() - t0 < HANG_GUARD_S
+    _gone(int((project.root / "started.pid").read_text()))
+
+
+def test_ctrl_c_kills_a_running_python_stage(project: Project) -> None:
+    project.write("steps.py", STEPS)
+    project.pivotfile("stage h:\n    outs: h.txt\n    py: steps:hang\n")
+    proc = subprocess.Popen([*PIVOTBUILD, "-s"], cwd=project.root, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_until((project.root / "started.pid").exists, HANG_GUARD_S, "the stage to start")
+        wait_until(lambda: (project.root / "started.pid").read_text(), HANG_GUARD_S, "its pid")
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=HANG_GUARD_S) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        assert proc.stderr is not None
+        proc.stderr.close()
+    _gone(int((project.root / "started.pid").read_text()))
+
+
+def test_retry_runs_a_python_stage_again(project: Project) -> None:
+    project.write(
+        "flaky.py",
+        """
+        import os
+        def run(ctx):
+            n = int(open("count").read()) if os.path.exists("count") else 0
+            open("count", "w").write(str(n + 1))
+            if n == 0:
+                raise RuntimeError("first time")
+            open(ctx.outs[0], "w").write("ok")
+        """,
+    )
+    project.pivotfile("stage f:\n    outs: f.txt\n    retry: 1\n    py: flaky:run\n")
+    r = project.run()
+    assert r.code == 0, r
+    assert (project.root / "count").read_text() == "2"
+
+
+def test_two_pipelines_each_run_their_own_module_of_the_same_name(project: Project) -> None:
+    for name in ("one", "two"):
+        project.write(f"{name}/steps.py", f"def run(ctx):\n    open(ctx.outs[0], 'w').write('{name}')\n")
+        project.write(f"{name}/Pivotfile", "stage s:\n    outs: out.txt\n    py: steps:run\n")
+    project.pivotfile("include one/\ninclude two/\n")
+    r = project.run("-j1", "one:s", "two:s")
+    assert r.code == 0, r
+    assert (project.root / "one" / "out.txt").read_text() == "one"
+    assert (project.root / "two" / "out.txt").read_text() == "two"
+
+
+def _gone(pid: int) -> None:
+    def dead() -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        return False
+
+    wait_until(dead, HANG_GUARD_S, f"process {pid} to be gone")
