@@ -21,26 +21,23 @@ Where the code cannot be read exactly the walk over-approximates (a local
 variable named like a top-level function reaches that function): a part too
 many costs one rerun, a part too few would leave a stage stale.
 
-Normalised means: docstrings dropped, then `ast.dump` without positions, so
-comments, docstrings and formatting change no part.  The dump is the running
-Python's, so another Python version may change every part.
+Each file is read into its units once (pyunits.py: normalised, so comments,
+docstrings and formatting change no part); a `SourceCache` keeps them by stat
+stamp, and each fingerprint by the stamps of what it read.
 """
 
 from __future__ import annotations
 
-import ast
 import os
 import stat
 import sys
 import time
 
 from pivotbuild.errors import PivotError
+from pivotbuild.pyunits import Import, Parsed, Unit, parse
 from pivotbuild.state.hashing import hash_bytes
 from pivotbuild.state.stamps import Stamp, is_racy, stamp
 from pivotbuild.structs import struct
-
-# A name a unit uses and the attributes read off it: `helpers.fmt(x)` uses ("helpers", ("fmt",)).
-Use = tuple[str, tuple[str, ...]]
 
 
 @struct(frozen=True, slots=True)
@@ -72,35 +69,6 @@ class SourceError(PivotError):
 
 
 @struct(frozen=True, slots=True)
-class _Import:
-    """What an import binds a name to: module `module` (`import a.b as m`:
-    name None), or its attribute or submodule `name` (`from a.b import name`);
-    `level` counts the leading dots of a relative import."""
-
-    level: int
-    module: str
-    name: str | None
-
-
-@struct(frozen=True, slots=True)
-class _Unit:
-    digest: str
-    uses: tuple[Use, ...]  # sorted, so that the walk (and which error it meets first) is reproducible
-    imports: dict[str, tuple[_Import, ...]]  # names bound by imports inside a function or class
-
-
-@struct(frozen=True, slots=True)
-class _Parsed:
-    """One source file, as the walk needs it (independent of the name it is imported by)."""
-
-    units: dict[str, _Unit]  # top-level name -> the def, class or assignments binding it
-    body: _Unit  # the rest of the top-level code
-    imports: dict[str, tuple[_Import, ...]]  # names bound by top-level imports (not under TYPE_CHECKING)
-    stars: tuple[_Import, ...]  # `from x import *`
-    bound: frozenset[str]  # every name the module may bind at top level
-
-
-@struct(frozen=True, slots=True)
 class _Mod:
     """A module found: its file (None: a namespace package), where its
     submodules are (empty: not a package), and whether it is the project's."""
@@ -114,7 +82,7 @@ class _Mod:
 class _Memo:
     __slots__ = ("digest", "parsed", "stamp", "trusted")
 
-    def __init__(self, stamp: Stamp, trusted: bool, digest: str, parsed: _Parsed) -> None:
+    def __init__(self, stamp: Stamp, trusted: bool, digest: str, parsed: Parsed) -> None:
         self.stamp = stamp
         self.trusted = trusted  # the stamp was not racy when the file was read: it alone proves the contents
         self.digest = digest
@@ -149,7 +117,7 @@ class SourceCache:
             self._results.pop(key, None)
         return result
 
-    def parsed(self, path: str, name: str) -> tuple[_Parsed, Stamp, bool]:
+    def parsed(self, path: str, name: str) -> tuple[Parsed, Stamp, bool]:
         """The file at `path` (module `name`, for messages) parsed, its stamp, and whether that is trusted."""
         now = time.time_ns()
         try:
@@ -203,12 +171,12 @@ class _Walk:
         self.files: set[str] = set()
         self.trusted = True
         self.mods: dict[str, _Mod | None] = {}  # dotted name -> where it was found (None: not at all)
-        self.entered: dict[str, _Parsed | None] = {}
+        self.entered: dict[str, Parsed | None] = {}
         self.digests: dict[str, set[str]] = {}  # part name -> digests (more than one: two units share a name)
         self.seen: set[tuple[str, str]] = set()
         self.resolved: set[tuple[str, str, tuple[str, ...]]] = set()
         self.whole: set[str] = set()
-        self.todo: list[tuple[_Mod, _Unit]] = []
+        self.todo: list[tuple[_Mod, Unit]] = []
 
     def run(self, ref: str) -> SourceFingerprint:
         module, sep, function = ref.partition(":")
@@ -295,7 +263,7 @@ class _Walk:
 
     # -- reaching units
 
-    def enter(self, mod: _Mod) -> _Parsed | None:
+    def enter(self, mod: _Mod) -> Parsed | None:
         """Reach module `mod` as importing it would: its packages' top-level code, then its own."""
         if mod.name in self.entered:
             return self.entered[mod.name]
@@ -319,21 +287,20 @@ class _Walk:
                     self.reach(star, ())
         return parsed
 
-    def add(self, mod: _Mod, name: str, unit: _Unit) -> None:
+    def add(self, mod: _Mod, name: str, unit: Unit) -> None:
         if (mod.name, name) in self.seen:
             return
         self.seen.add((mod.name, name))
         self.digests.setdefault(f"{mod.name}.{name}" if name else mod.name, set()).add(unit.digest)
         self.todo.append((mod, unit))
 
-    def use(self, mod: _Mod, unit: _Unit, name: str, chain: tuple[str, ...]) -> None:
-        """Follow a name `unit` (of `mod`) uses: its own imports first, then the module's names."""
-        local = unit.imports.get(name)
-        if local:
-            for imp in local:
-                self.follow(mod, imp, chain)
-        else:
-            self.resolve(mod, name, chain)
+    def use(self, mod: _Mod, unit: Unit, name: str, chain: tuple[str, ...]) -> None:
+        """Follow a name `unit` (of `mod`) uses: to what its own imports bind
+        and to the module's name (both: an import in a nested function need
+        not shadow the name everywhere in the unit)."""
+        for imp in unit.imports.get(name, ()):
+            self.follow(mod, imp, chain)
+        self.resolve(mod, name, chain)
 
     def resolve(self, mod: _Mod, name: str, chain: tuple[str, ...]) -> None:
         """Reach what top-level `name` of `mod` is: a unit, what an import bound, or a submodule."""
@@ -355,7 +322,7 @@ class _Walk:
             if sub is not None:
                 self.reach(sub, chain)
 
-    def follow(self, mod: _Mod, imp: _Import, chain: tuple[str, ...]) -> None:
+    def follow(self, mod: _Mod, imp: Import, chain: tuple[str, ...]) -> None:
         target = self.absolute(mod, imp)
         found = self.find(target) if target else None
         if found is None or not found.project:
@@ -380,7 +347,7 @@ class _Walk:
                 self.resolve(mod, name, ())
 
     @staticmethod
-    def absolute(mod: _Mod, imp: _Import) -> str | None:
+    def absolute(mod: _Mod, imp: Import) -> str | None:
         """The absolute module name an import in `mod` names (None: a relative import past the top)."""
         if imp.level == 0:
             return imp.module
@@ -407,12 +374,9 @@ def _importable(top: str) -> bool:
     return top in sys.builtin_module_names or PathFinder.find_spec(top, [p for p in sys.path if p]) is not None
 
 
-# -- reading one file
-
-
-def _parse(data: bytes, path: str, name: str) -> _Parsed:
+def _parse(data: bytes, path: str, name: str) -> Parsed:
     try:
-        tree = ast.parse(data, filename=path)
+        return parse(data, path)
     except SyntaxError as exc:
         line, col = exc.lineno or 1, exc.offset or 1
         raise SourceError(
@@ -420,144 +384,3 @@ def _parse(data: bytes, path: str, name: str) -> _Parsed:
         ) from exc
     except ValueError as exc:  # source code cannot contain null bytes
         raise SourceError(f"{path}: {exc} in module '{name}', which a py: stage reaches; fix it", path) from exc
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef) and _docstring(node):
-            del node.body[0]
-    grouped: dict[str, list[ast.stmt]] = {}
-    rest: list[ast.stmt] = []
-    for st in tree.body:
-        names = _binds(st)
-        for n in names:
-            grouped.setdefault(n, []).append(st)
-        if not names:
-            rest.append(st)
-    imports: dict[str, list[_Import]] = {}
-    stars: list[_Import] = []
-    _top_imports(rest, imports, stars)
-    declared: set[str] = set()  # names a `global` statement binds
-    body = _unit(rest, declared)
-    units = {n: _unit(stmts, declared) for n, stmts in grouped.items()}
-    bound = frozenset(grouped.keys() | imports.keys() | _stores(rest) | declared)
-    return _Parsed(units, body, {n: tuple(i) for n, i in imports.items()}, tuple(stars), bound)
-
-
-def _docstring(node: ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
-    first = node.body[0] if node.body else None
-    return isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str)
-
-
-def _binds(st: ast.stmt) -> list[str]:
-    """The top-level names a statement is the unit of: a def's or class's,
-    or those a plain assignment to names binds; [] for anything else."""
-    if isinstance(st, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
-        return [st.name]
-    if isinstance(st, ast.Assign):
-        names = [n for t in st.targets for n in _target_names(t)]
-        return names if all(names) else []
-    if isinstance(st, ast.AnnAssign | ast.AugAssign) and isinstance(st.target, ast.Name):
-        return [st.target.id] if not isinstance(st, ast.AnnAssign) or st.value is not None else []
-    return []
-
-
-def _target_names(t: ast.expr) -> list[str]:
-    """The names an assignment target binds; "" for a target that is not a name (`a.b = `, `a[0] = `)."""
-    if isinstance(t, ast.Name):
-        return [t.id]
-    if isinstance(t, ast.Starred):
-        return _target_names(t.value)
-    if isinstance(t, ast.Tuple | ast.List):
-        return [n for e in t.elts for n in _target_names(e)]
-    return [""]
-
-
-def _unit(stmts: list[ast.stmt], declared: set[str]) -> _Unit:
-    text = "\n".join(ast.dump(st, annotate_fields=False, include_attributes=False) for st in stmts)
-    uses: set[Use] = set()
-    imports: dict[str, list[_Import]] = {}
-    for st in stmts:
-        _uses(st, uses, imports, declared)
-    return _Unit(hash_bytes(text.encode()), tuple(sorted(uses)), {n: tuple(i) for n, i in imports.items()})
-
-
-def _uses(root: ast.AST, uses: set[Use], imports: dict[str, list[_Import]], declared: set[str]) -> None:
-    """Collect the names `root` reads (with the attributes read off each),
-    the names its imports bind and those its `global` statements declare;
-    not in `if TYPE_CHECKING:` bodies, which do not run."""
-    stack = [root]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, ast.Attribute):
-            chain = []
-            value: ast.expr = node
-            while isinstance(value, ast.Attribute):
-                chain.append(value.attr)
-                value = value.value
-            if isinstance(value, ast.Name):
-                uses.add((value.id, tuple(reversed(chain))))
-            else:
-                stack.append(value)
-        elif isinstance(node, ast.Name):
-            if isinstance(node.ctx, ast.Load):
-                uses.add((node.id, ()))
-        elif isinstance(node, ast.Import | ast.ImportFrom):
-            _bind_import(node, imports, [])
-        elif isinstance(node, ast.If) and _is_type_checking(node.test):
-            stack.extend(node.orelse)
-        else:
-            if isinstance(node, ast.Global):
-                declared.update(node.names)
-            stack.extend(ast.iter_child_nodes(node))
-
-
-def _top_imports(stmts: list[ast.stmt], imports: dict[str, list[_Import]], stars: list[_Import]) -> None:
-    """The imports run at top level: in compound statements too, not in
-    defs, classes or `if TYPE_CHECKING:` bodies."""
-    for st in stmts:
-        if isinstance(st, ast.Import | ast.ImportFrom):
-            _bind_import(st, imports, stars)
-        elif isinstance(st, ast.If) and _is_type_checking(st.test):
-            _top_imports(st.orelse, imports, stars)
-        elif not isinstance(st, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
-            for field in ("body", "orelse", "finalbody"):
-                _top_imports(getattr(st, field, []), imports, stars)
-            for clause in getattr(st, "handlers", []) + getattr(st, "cases", []):  # except, match
-                _top_imports(clause.body, imports, stars)
-
-
-def _is_type_checking(test: ast.expr) -> bool:
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
-    )
-
-
-def _bind_import(node: ast.Import | ast.ImportFrom, imports: dict[str, list[_Import]], stars: list[_Import]) -> None:
-    if isinstance(node, ast.Import):
-        for alias in node.names:
-            if alias.asname:
-                imports.setdefault(alias.asname, []).append(_Import(0, alias.name, None))
-            else:  # `import a.b` binds `a`
-                top = alias.name.partition(".")[0]
-                imports.setdefault(top, []).append(_Import(0, top, None))
-        return
-    for alias in node.names:
-        imp = _Import(node.level, node.module or "", None if alias.name == "*" else alias.name)
-        if imp.name is None:
-            stars.append(imp)
-        else:
-            imports.setdefault(alias.asname or alias.name, []).append(imp)
-
-
-def _stores(stmts: list[ast.stmt]) -> set[str]:
-    """Names top-level code binds outside plain assignments (in `if`, `try`, `for`, `with`,
-    a `global` declaration...), generously: only for the 'has no function' check."""
-    found: set[str] = set()
-    for node in (n for st in stmts for n in ast.walk(st)):
-        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
-            found.add(node.id)
-        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
-            found.add(node.name)
-        elif isinstance(node, ast.Global):
-            found.update(node.names)
-        elif isinstance(node, ast.alias):
-            found.add((node.asname or node.name).partition(".")[0])
-    return found

@@ -184,6 +184,13 @@ def test_a_package_module_and_its_package_are_parts(tree: Tree) -> None:
     assert tree.changed("lib/__init__.py", "import os\nVERSION = 1\n") == {"lib"}
 
 
+def test_a_name_a_package_reexports_is_named_by_its_module(tree: Tree) -> None:
+    tree.write("steps.py", "from lib import fmt\ndef square(ctx):\n    return fmt(ctx)\n")
+    tree.write("lib/__init__.py", "from .text import fmt\n")
+    tree.write("lib/text.py", "def fmt(x):\n    return str(x)\n")
+    assert sorted(tree.parts()) == ["lib", "lib.text", "lib.text.fmt", "steps", "steps.square"]
+
+
 def test_dotted_imports_aliases_and_relative_imports(tree: Tree) -> None:
     tree.write("steps.py", "import lib.text as t\nimport lib.num\ndef square(ctx):\n    return t.fmt(lib.num.f())\n")
     tree.write("lib/__init__.py", "")
@@ -241,10 +248,14 @@ def test_type_checking_imports_reach_nothing(tree: Tree) -> None:
     tree.write(
         "steps.py",
         """
+        from __future__ import annotations
         from typing import TYPE_CHECKING
         if TYPE_CHECKING:
             from helpers import Ctx
+        current: Ctx
         def square(ctx: Ctx) -> None:
+            if TYPE_CHECKING:
+                from helpers import Ctx
             return None
         """,
     )
