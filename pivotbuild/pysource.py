@@ -174,7 +174,7 @@ class _Walk:
         self.entered: dict[str, Parsed | None] = {}
         self.digests: dict[str, set[str]] = {}  # part name -> digests (more than one: two units share a name)
         self.seen: set[tuple[str, str]] = set()
-        self.resolved: set[tuple[str, str, tuple[str, ...]]] = set()
+        self.resolved: set[tuple[str, str, tuple[str, ...], bool]] = set()
         self.whole: set[str] = set()
         self.todo: list[tuple[_Mod, Unit]] = []
 
@@ -300,13 +300,16 @@ class _Walk:
         not shadow the name everywhere in the unit)."""
         for imp in unit.imports.get(name, ()):
             self.follow(mod, imp, chain)
-        self.resolve(mod, name, chain)
+        self.resolve(mod, name, chain, inside=True)
 
-    def resolve(self, mod: _Mod, name: str, chain: tuple[str, ...]) -> None:
-        """Reach what top-level `name` of `mod` is: a unit, what an import bound, or a submodule."""
-        if (mod.name, name, chain) in self.resolved:
+    def resolve(self, mod: _Mod, name: str, chain: tuple[str, ...], inside: bool = False) -> None:
+        """Reach what top-level `name` of `mod` is: a unit, what an import
+        bound, or else a submodule (not for a name `mod`'s own code uses,
+        most of which are local variables and builtins: that would cost a
+        lookup each, and a package's code sees its submodules by importing them)."""
+        if (mod.name, name, chain, inside) in self.resolved:
             return
-        self.resolved.add((mod.name, name, chain))
+        self.resolved.add((mod.name, name, chain, inside))
         parsed = self.enter(mod)
         found = False
         if parsed is not None:
@@ -317,7 +320,7 @@ class _Walk:
             for imp in parsed.imports.get(name, ()):
                 self.follow(mod, imp, chain)
                 found = True
-        if not found and mod.dirs:
+        if not found and mod.dirs and not inside:
             sub = self.find(f"{mod.name}.{name}")
             if sub is not None:
                 self.reach(sub, chain)

@@ -184,6 +184,38 @@ def test_a_package_module_and_its_package_are_parts(tree: Tree) -> None:
     assert tree.changed("lib/__init__.py", "import os\nVERSION = 1\n") == {"lib"}
 
 
+def test_a_namespace_package_has_no_part_of_its_own(tree: Tree) -> None:
+    tree.write("steps.py", "from lib.text import fmt\ndef square(ctx):\n    return fmt(ctx)\n")
+    tree.write("lib/text.py", "def fmt(x):\n    return str(x)\n")
+    assert sorted(tree.parts()) == ["lib.text", "lib.text.fmt", "steps", "steps.square"]
+
+
+def test_imports_in_top_level_blocks_are_followed(tree: Tree) -> None:
+    tree.write(
+        "steps.py",
+        """
+        try:
+            import fast as impl
+        except ImportError:
+            import slow as impl
+        def square(ctx):
+            return impl.run(ctx)
+        """,
+    )
+    tree.write("fast.py", "def run(x):\n    return 1\n")
+    tree.write("slow.py", "def run(x):\n    return 2\n")
+    assert sorted(tree.parts()) == ["fast", "fast.run", "slow", "slow.run", "steps", "steps.square"]
+
+
+def test_code_nested_deeper_than_the_recursion_limit_is_read(tree: Tree) -> None:
+    # Python compiles it (up to about 3,000 levels); ast.dump would hit the recursion limit.
+    tree.write("steps.py", "def square(ctx):\n    return " + " + ".join(["ctx"] * 2000) + "\n")
+    assert sorted(tree.parts()) == ["steps", "steps.square"]
+    assert tree.changed("steps.py", "def square(ctx):\n    return " + " - ".join(["ctx"] * 2000) + "\n") == {
+        "steps.square"
+    }
+
+
 def test_a_name_a_package_reexports_is_named_by_its_module(tree: Tree) -> None:
     tree.write("steps.py", "from lib import fmt\ndef square(ctx):\n    return fmt(ctx)\n")
     tree.write("lib/__init__.py", "from .text import fmt\n")
@@ -292,12 +324,15 @@ def test_the_pipeline_directory_comes_before_the_project_root(tmp_path: Path) ->
     (pipeline / "steps.py").parent.mkdir()
     (pipeline / "steps.py").write_text("import helpers\ndef square(ctx):\n    return helpers.fmt(ctx)\n")
     (tmp_path / "helpers.py").write_text("def fmt(x):\n    return 1\n")
-    fp = fingerprint("steps:square", pipeline, tmp_path, cache=SourceCache())
+    cache = SourceCache()
+    time.sleep(LEAVE_RACY_WINDOW_S)  # so that the whole fingerprint is kept by its stamps
+    fp = fingerprint("steps:square", pipeline, tmp_path, cache=cache)
     assert fp.files == (str(tmp_path / "helpers.py"), str(pipeline / "steps.py"))
     assert fp.dirs == (str(tmp_path), str(pipeline))  # a helpers.py created in sub/ would shadow the root's
     (pipeline / "helpers.py").write_text("def fmt(x):\n    return 2\n")
-    fp = fingerprint("steps:square", pipeline, tmp_path, cache=SourceCache())
-    assert fp.files == (str(pipeline / "helpers.py"), str(pipeline / "steps.py"))
+    new = fingerprint("steps:square", pipeline, tmp_path, cache=cache)
+    assert new.files == (str(pipeline / "helpers.py"), str(pipeline / "steps.py"))
+    assert dict(new.parts)["helpers.fmt"] != dict(fp.parts)["helpers.fmt"]
 
 
 def test_a_module_outside_the_project_root_is_not_fingerprinted(tmp_path: Path) -> None:
@@ -332,6 +367,14 @@ def test_files_lists_exactly_the_project_files_read(tree: Tree) -> None:
     tree.write("lib/unused.py", "def fmt(x):\n    return x\n")
     tree.write("other.py", "def fmt(x):\n    return x\n")
     assert tree.fp().files == tuple(str(tree.root / p) for p in ("lib/__init__.py", "lib/text.py", "steps.py"))
+
+
+def test_a_local_variable_of_a_package_is_not_taken_for_its_submodule(tree: Tree) -> None:
+    tree.write("lib/__init__.py", "def square(ctx):\n    text = str(ctx)\n    return text\n")
+    tree.write("lib/text.py", "def fmt(x):\n    return x\n")
+    fp = tree.fp("lib:square")
+    assert sorted(dict(fp.parts)) == ["lib", "lib.square"]
+    assert fp.files == (str(tree.root / "lib/__init__.py"),)
 
 
 def test_a_missing_module_is_an_error_saying_where_it_was_looked_for(tree: Tree) -> None:
