@@ -440,11 +440,11 @@ def test_errors_found_on_a_plan_are_located_in_the_file_named_from_the_directory
     chain.pivotfile(CHAIN + "\nstage d:\n    py: tasks:main\n")
     assert traced(chain, "d").parsed
     refused = traced(chain, "d")
-    cannot_run = "which this version of pivotbuild cannot run yet; use 'run:' for now"
+    missing = f"module 'tasks' not found under {chain.root} (looked for tasks.py and tasks/__init__.py)"
     assert not refused.parsed
     assert refused.code == 2
     assert refused.err.splitlines()[:3] == [
-        f"Pivotfile:18:9: error: stage 'd' uses 'py:', {cannot_run}",
+        f"Pivotfile:18:9: error: {missing}; create it or fix 'py: tasks:main'",
         "        py: tasks:main",
         "            ^",
     ]

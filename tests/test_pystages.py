@@ -192,3 +192,110 @@ def _gone(pid: int) -> None:
         return False
 
     wait_until(dead, HANG_GUARD_S, f"process {pid} to be gone")
+
+
+FINGERPRINTED = """
+stage sq:
+    deps: in.txt
+    outs: out.txt
+    params: scale
+    py: steps:square
+"""
+
+SQUARE = """
+from helpers import fmt
+
+def square(ctx):
+    n = int(open(ctx.deps[0]).read())
+    open(ctx.outs[0], "w").write(fmt(n * n * ctx.params["scale"]))
+
+def unrelated(ctx):
+    return 1
+"""
+
+HELPERS = """
+def fmt(value):
+    return f"{value}\\n"
+"""
+
+
+def explained(project: Project) -> dict[str, str]:
+    """What `pivotbuild --explain --json` says of each stage: its status and reason."""
+    r = project.run("--json", "--explain")
+    assert r.code == 0, r
+    import json
+
+    events = [json.loads(line) for line in r.out.splitlines()]
+    return {e["stage"]: e["reason"] for e in events if e.get("event") == "stage_finished" and e["status"] == "ran"}
+
+
+def test_a_py_stage_reruns_when_its_code_changes_not_its_comments(project: Project) -> None:
+    project.write("steps.py", SQUARE)
+    project.write("helpers.py", HELPERS)
+    project.write("in.txt", "3\n")
+    project.write("params.toml", "scale = 2\nother = 1\n")
+    project.pivotfile(FINGERPRINTED)
+    assert explained(project) == {"sq": "never run"}
+    assert (project.root / "out.txt").read_text() == "18\n"
+    assert explained(project) == {}
+
+    # Comments, docstrings, blank lines, formatting, an unrelated function: nothing runs.
+    project.write("steps.py", '"""Steps."""\n' + SQUARE.replace("def square(ctx):", "def square(ctx):  # the square\n    'Square it.'\n"))
+    project.write("steps.py", (project.root / "steps.py").read_text().replace("return 1", "return 2"))
+    project.write("helpers.py", "# helpers\n" + HELPERS + "\n\n")
+    project.write("params.toml", "scale = 2\nother = 5\n")
+    assert explained(project) == {}
+
+    # The function's code, a helper it calls, a param it reads: each reruns it, named.
+    project.write("steps.py", (project.root / "steps.py").read_text().replace("n * n *", "n * n * 1 *"))
+    assert explained(project) == {"sq": "py steps.square changed"}
+    project.write("helpers.py", HELPERS.replace("{value}", "{value}!"))
+    assert explained(project) == {"sq": "py helpers.fmt changed"}
+    assert (project.root / "out.txt").read_text() == "18!\n"
+    project.write("params.toml", "scale = 3\nother = 5\n")
+    assert explained(project) == {"sq": "param scale 2 -> 3"}
+
+
+def test_a_no_op_of_py_stages_reads_no_file_and_still_sees_an_edit(project: Project) -> None:
+    project.write("steps.py", SQUARE)
+    project.write("helpers.py", HELPERS)
+    project.write("in.txt", "3\n")
+    project.write("params.toml", "scale = 2\n")
+    project.pivotfile(FINGERPRINTED)
+    assert project.run().code == 0
+    time.sleep(0.05)  # (past the clock tick the build's own writes fell in: stamps that prove something)
+    assert project.run().code == 0  # seals the stage with its sources' stamps
+    r = project.run("--json")
+    import json
+
+    assert json.loads(r.out.splitlines()[-1])["files_read"] == 0
+    project.write("helpers.py", HELPERS.replace("{value}", "<{value}>"))
+    assert explained(project) == {"sq": "py helpers.fmt changed"}
+
+
+def test_a_missing_module_or_function_is_a_located_error_of_check_and_build(project: Project) -> None:
+    project.write("steps.py", SQUARE)
+    project.write("helpers.py", HELPERS)
+    project.pivotfile("stage a:\n    outs: a.txt\n    py: steps:sqaure\n\nstage b:\n    outs: b.txt\n    py: nosuch:run\n")
+    check = project.run("check")
+    assert check.code == 2, check
+    build = project.run()
+    assert build.err == check.err
+    lines = check.err.splitlines()
+    assert lines[0] == (
+        "Pivotfile:3:9: error: module 'steps' has no function 'sqaure'; did you mean 'square'?;"
+        " define it or fix 'py: steps:sqaure'"
+    ), check.err
+    assert lines[1:3] == ["        py: steps:sqaure", "            ^"]
+    assert any(line.startswith("Pivotfile:7:9: error: module 'nosuch' not found under ") for line in lines), check.err
+    assert not (project.root / "a.txt").exists()
+
+
+def test_a_syntax_error_in_reached_code_is_located_in_the_python_file(project: Project) -> None:
+    project.write("steps.py", SQUARE)
+    project.write("helpers.py", "def fmt(value):\n    return (\n")
+    project.pivotfile("stage a:\n    outs: a.txt\n    py: steps:square\n")
+    r = project.run("check")
+    assert r.code == 2, r
+    assert r.err.startswith("helpers.py:"), r.err
+    assert "in module 'helpers', which a py: stage reaches; fix it" in r.err

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING
 from pivotbuild.state import snapshot
 from pivotbuild.state.kinds import ABSENT, GLOB
 from pivotbuild.state.records import FileRecord, StageRecord
-from pivotbuild.state.snapshot import Snapshot
+from pivotbuild.state.snapshot import PY, Snapshot
 from pivotbuild.structs import struct
 
 if TYPE_CHECKING:
@@ -183,6 +183,8 @@ def _why(record: StageRecord, snap: Snapshot) -> str | None:
         return COMMAND_CHANGED
     before = dict(record.facets)
     now = dict(snap.facets)
+    if snap.command.startswith("py:") and (code := _code_changed(before, now)):
+        return code
     if before.get("shell") != now.get("shell") or before.get("env") != now.get("env"):
         return ENV_CHANGED
     old_deps = {d.path: d for d in record.deps}
@@ -208,6 +210,16 @@ def _why(record: StageRecord, snap: Snapshot) -> str | None:
         return f"dep {sorted(set(old_deps) - {d.path for d in snap.deps})[0]} changed"
     if record.fingerprint != snap.fingerprint:
         return COMMAND_CHANGED
+    return None
+
+
+def _code_changed(before: dict[str, str], now: dict[str, str]) -> str | None:
+    """A `py:` stage's reason to run for its code: the first unit of it
+    (pysource.py) that changed, appeared or went ("py helpers.fmt changed")."""
+    units = {k for k in (*before, *now) if k == PY or k.startswith(PY + " ")}
+    for unit in sorted(units):
+        if before.get(unit) != now.get(unit):
+            return f"{unit} changed" if unit != PY else "py code cannot be read"
     return None
 
 

@@ -31,7 +31,7 @@ from pivotbuild.build.scheduler import Scheduler
 from pivotbuild.build.selection import selected
 from pivotbuild.build.session import LoadedProject, Reloaded
 from pivotbuild.cache.outputs import OutputCache
-from pivotbuild.errors import EXIT_FAILED, EXIT_OK, MissingInputs
+from pivotbuild.errors import EXIT_FAILED, EXIT_OK, Location, MissingInputs, PivotfileError
 from pivotbuild.events import (
     Decided,
     Event,
@@ -188,7 +188,7 @@ class Engine:
         # every dep in place when its stamps were checked, moments ago.
         held = preloaded.held if preloaded is not None else frozenset()
         check_sources(project, graph, [s for s in closure if graph.index_of(s) not in held] if held else closure)
-        check_runnable(graph, closure)
+        check_runnable(project.root, graph, closure)
         with self.state(project, options) as store:
             if preloaded is None:
                 sealed = open_seal(project, self.warn)
@@ -232,7 +232,7 @@ class Engine:
             for sid in graph.order(graph.select([target], cwd)):
                 if sid not in chosen:
                     chosen.append(sid)
-        check_runnable(graph, chosen)
+        check_runnable(project.root, graph, chosen)
         chain = {s: ([chosen[i - 1]] if i else []) for i, s in enumerate(chosen)}
         run_options = replace(options, keep_going=not fail_fast)
         with self._running(cancel) as token, self.state(project, options) as store:
@@ -412,8 +412,29 @@ def check_sources(project: Project, graph: BuildGraph, closure: list[StageId]) -
         raise MissingInputs(problems)
 
 
-def check_runnable(graph: BuildGraph, closure: list[StageId]) -> None:
-    """Raise PivotfileError locating each `py:` of `closure` that names no function."""
+def check_runnable(root: Path, graph: BuildGraph, closure: list[StageId]) -> None:
+    """Raise PivotfileError locating each `py:` of `closure` whose function
+    cannot be found (at its `module:function`), or whose code does not parse
+    (at the error, in the Python file): the code is read, never imported."""
+    problems = []
+    seen: set[tuple[str, str]] = set()
+    for sid in closure:
+        stage = graph.stages[sid]
+        if stage.py is None or (sid.pipeline, stage.py) in seen:
+            continue
+        seen.add((sid.pipeline, stage.py))  # (once for all the variants of a matrix)
+        from pivotbuild.pysource import SourceError, fingerprint  # (`ast`: only for a project with py: stages)
+
+        try:
+            fingerprint(stage.py, root / sid.pipeline, root)
+        except SourceError as exc:
+            if exc.path is not None and exc.line is not None:
+                at = Location(os.path.relpath(exc.path), exc.line, exc.col or 1)
+            else:
+                at = stage.py_loc or stage.loc
+            problems.append(graph.located(at, str(exc)))
+    if problems:
+        raise PivotfileError(problems)
 
 
 __all__ = ["Engine", "Interrupted", "MissingInputs", "Preloaded"]

@@ -26,7 +26,7 @@ from pivotbuild.state import history, seal, snapshot
 from pivotbuild.state.hashing import hash_file
 from pivotbuild.state.kinds import DIR, FILE
 from pivotbuild.state.records import StageRecord
-from pivotbuild.state.snapshot import Snapshot
+from pivotbuild.state.snapshot import PY, Snapshot
 from pivotbuild.state.stamps import Stamp
 from pivotbuild.state.store import StateStore
 from pivotbuild.structs import struct
@@ -257,6 +257,8 @@ class Recorder:
                 files = seal.stage_files(
                     (*record.deps, *record.outs), self.root, store.statcache(stage).entries, now, seen
                 )
+                if stage.py is not None:
+                    files.extend(self._source_stamps(stage, record, now))
             except seal.Unsealable:
                 continue
             new.add(i, files)
@@ -264,6 +266,22 @@ class Recorder:
             new.write(main_dir)
         except OSError:
             seal.remove(main_dir)
+
+    def _source_stamps(self, stage: Stage, record: StageRecord, now_ns: int) -> list[tuple[str, Stamp | None]]:
+        """The stamps that prove a `py:` stage's code is what its record says:
+        every project file and directory its fingerprint read (pysource.py),
+        if the fingerprint is still the recorded one.  Raises Unsealable."""
+        from pivotbuild.pysource import SourceError, fingerprint
+
+        assert stage.py is not None
+        try:
+            found = fingerprint(stage.py, self.root / stage.id.pipeline, self.root)
+        except SourceError:
+            raise seal.Unsealable(stage.py) from None
+        recorded = {(k, v) for k, v in record.facets if k == PY or k.startswith(PY + " ")}
+        if recorded != {(f"{PY} {unit}", digest) for unit, digest in found.parts}:
+            raise seal.Unsealable(stage.py)  # (changed since it was decided: the next build decides it again)
+        return [(path, seal.settled_stamp(path, now_ns)) for path in (*found.files, *found.dirs)]
 
 
 class DryRecorder:

@@ -26,9 +26,9 @@ _CTX = {"help_option_names": ["-h", "--help"]}
 def check(ctx: click.Context, all_pipelines: bool) -> int:
     """Parse and validate the Pivotfiles and the graph; run nothing.
 
-    Prints every error found and exits 2 if there is any (a `py:` stage is
-    one: this version cannot run it).  A dep that no stage writes and that
-    does not exist yet is a warning here (an error when building).
+    Prints every error found and exits 2 if there is any (a `py:` stage
+    whose module or function cannot be found is one).  A dep that no stage
+    writes and that does not exist yet is a warning here (an error when building).
     """
     from pivotbuild.build.engine import check_runnable
 
@@ -36,7 +36,7 @@ def check(ctx: click.Context, all_pipelines: bool) -> int:
     selected(project, graph, ())  # validates the `default` targets
     for warning in graph.missing_inputs(lambda p: os.path.lexists(project.root / p), severity="warning"):
         click.echo(warning.render(), err=True)
-    check_runnable(graph, graph.order())
+    check_runnable(project.root, graph, graph.order())
     n, m = len(graph.stages), len(project.pipelines)
     click.echo(f"pivotbuild: ok: {n} stage{'s' * (n != 1)} in {m} pipeline{'s' * (m != 1)}", err=True)
     return 0

@@ -300,7 +300,7 @@ def _one(
         if matches != [m.path for m in rec.matches]:
             raise Unsealable(rec.path)
         for d in listed:
-            found.append((d, _dir_stamp(d, now_ns)))
+            found.append((d, settled_stamp(d, now_ns)))
         for m in rec.matches:
             _one(m, root, trusted, now_ns, found, memo=memo)
     else:
@@ -318,7 +318,10 @@ def _file_stamp(full: str, digest: str, trusted: Mapping[str, StatEntry]) -> Sta
     return stamp(st)
 
 
-def _dir_stamp(full: str, now_ns: int) -> Stamp | None:
+def settled_stamp(full: str, now_ns: int) -> Stamp | None:
+    """The stamp of `full` (a directory, or a file whose contents the stamp
+    alone vouches for: a py: stage's source), None if it does not exist;
+    Unsealable if it changed too recently for its stamp to prove anything."""
     try:
         st = os.stat(full)
     except (FileNotFoundError, NotADirectoryError):
@@ -334,7 +337,7 @@ def _dir(
     full: str, digest: str, trusted: Mapping[str, StatEntry], now_ns: int, found: list[tuple[str, Stamp | None]]
 ) -> None:
     for dirpath, dirnames, _ in os.walk(full):
-        found.append((dirpath, _dir_stamp(dirpath, now_ns)))
+        found.append((dirpath, settled_stamp(dirpath, now_ns)))
         dirnames.sort()
     entries = []
     for rel, kind, st in walk_dir(full):

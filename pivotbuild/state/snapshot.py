@@ -67,6 +67,23 @@ def _facet(value: tuple[str, ...] | tuple[tuple[str, str], ...]) -> str:
     return digest
 
 
+PY = "py"  # a `py:` stage's facets: "py UNIT" for each unit of code it reaches (pysource.py)
+
+
+def py_facets(stage: Stage, root: Path) -> tuple[tuple[str, str], ...]:
+    """The source fingerprint of a `py:` stage, a facet per unit of code
+    ("py steps.square"); a stage whose code cannot be read (check says why)
+    gets one facet saying so, and runs, to fail as the import does."""
+    from pivotbuild.pysource import SourceError, fingerprint  # (`ast`: only where a py: stage is decided)
+
+    assert stage.py is not None
+    try:
+        found = fingerprint(stage.py, root / stage.id.pipeline, root)
+    except SourceError as exc:
+        return ((PY, hash_bytes(str(exc).encode())),)
+    return tuple((f"{PY} {unit}", digest) for unit, digest in found.parts)
+
+
 def take(stage: Stage, root: Path, cache: StatCache) -> Snapshot:
     """Hash everything a decision about `stage` needs."""
     deps = deps_of(stage, root, cache)
@@ -74,7 +91,7 @@ def take(stage: Stage, root: Path, cache: StatCache) -> Snapshot:
     for dep, rec in zip(stage.deps, deps, strict=True):
         expanded.extend(m.path for m in rec.matches) if dep.is_glob else expanded.append(dep.path)
     command = stage.render_command(expanded) if stage.command is not None else f"py:{stage.py}"
-    facets = (
+    facets: tuple[tuple[str, str], ...] = (
         ("shell", _facet(stage.shell)),
         ("env", _facet(stage.env)),
         (
@@ -84,6 +101,8 @@ def take(stage: Stage, root: Path, cache: StatCache) -> Snapshot:
             ),
         ),
     )
+    if stage.py is not None:
+        facets = (*facets, *py_facets(stage, root))
     params = tuple(ParamRecord(p.file, p.key, p.value_json) for p in stage.params)
     glob_sets = sorted((d.path, [m.path for m in d.matches]) for d in deps if d.kind == GLOB)
     material = json.dumps([command, facets, [(p.file, p.key, p.value_json) for p in params], glob_sets])

@@ -30,11 +30,13 @@ if TYPE_CHECKING:
 @struct(frozen=True, slots=True)
 class PyCall:
     """What a `py:` stage calls: `module:function`, importable from
-    `pipeline_dir`, with the context pyworker.Context makes of `ctx`."""
+    `pipeline_dir` (else from the project root, as pysource.py looks for
+    it), with the context pyworker.Context makes of `ctx`."""
 
     module: str
     function: str
     pipeline_dir: str
+    root: str
     ctx: Mapping[str, Any]
 
 
@@ -56,7 +58,7 @@ def py_call(stage: Stage, root: Path, expanded_deps: tuple[str, ...]) -> PyCall:
         "params": params,
         "matrix": dict(stage.matrix),
     }
-    return PyCall(module, function, str(root / stage.id.pipeline), ctx)
+    return PyCall(module, function, str(root / stage.id.pipeline), str(root), ctx)
 
 
 class PyChild:
@@ -108,7 +110,7 @@ class PyWorker:
         request = {
             "module": call.module,
             "function": call.function,
-            "pipeline_dir": call.pipeline_dir,
+            "path": list(dict.fromkeys([call.pipeline_dir, call.root])),
             "cwd": str(cwd or os.getcwd()),
             "env": dict(env),
             "ctx": call.ctx,

@@ -11,7 +11,7 @@ terminal reaches the build, which kills the stages, not the worker).
 
 It talks to the build (pystages.py) over a SOCK_SEQPACKET socket, one JSON
 object per message.  A request to run a stage carries its call (module,
-function, pipeline directory, working directory, environment, context) and,
+function, where to import it from, working directory, environment, context) and,
 as SCM_RIGHTS, the descriptors of its stdin, stdout and stderr; the answer is
 `{"started": PID}` as soon as the child is forked, and `{"exited": PID,
 "code": N}` once it is reaped (as Popen's returncode: -N if signal N killed it).
@@ -20,7 +20,7 @@ worker; the children are the build's to kill (it holds their process groups).
 
 The child: a session of its own (the build kills its whole group), the
 stage's directory, environment and standard streams, its pipeline directory
-first on `sys.path`; then it imports the module, calls the function with the
+(then the project root) first on `sys.path`; then it imports the module, calls the function with the
 context, and exits 0 when it returns, 1 with the traceback on stderr when it
 raises (SystemExit keeps its code).
 """
@@ -135,7 +135,7 @@ def _preload(request: Mapping[str, Any]) -> None:
     try:
         os.dup2(null, 1)
         os.dup2(null, 2)
-        _on_path(request["pipeline_dir"])
+        _on_path(request["path"])
         importlib.import_module(name)
     except BaseException:
         sys.modules.pop(name, None)
@@ -146,11 +146,10 @@ def _preload(request: Mapping[str, Any]) -> None:
             os.close(f)
 
 
-def _on_path(directory: str) -> None:
-    if not sys.path or sys.path[0] != directory:
-        if directory in sys.path:
-            sys.path.remove(directory)
-        sys.path.insert(0, directory)
+def _on_path(directories: list[str]) -> None:
+    """`directories` first on sys.path, in order (the pipeline's, then the project root)."""
+    if sys.path[: len(directories)] != directories:
+        sys.path[:] = [*directories, *(d for d in sys.path if d not in directories)]
 
 
 def _child(request: Mapping[str, Any], fds: list[int]) -> None:
@@ -166,7 +165,7 @@ def _child(request: Mapping[str, Any], fds: list[int]) -> None:
         _environ(request["env"])
         for stream in (sys.stdout, sys.stderr):
             stream.reconfigure(line_buffering=True)  # type: ignore[union-attr]
-        _on_path(request["pipeline_dir"])
+        _on_path(request["path"])
         function = _function(request["module"], request["function"])
         ctx = request["ctx"]
         function(Context(ctx["name"], ctx["deps"], ctx["outs"], ctx["params"], ctx["matrix"]))
