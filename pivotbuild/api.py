@@ -102,6 +102,7 @@ class Project:
         with _cli_text():
             relay.target = kept = _Collector(None)
             engine.load(options)
+        relay.target = None
         project = cls(engine, relay, options)
         project.messages.extend(kept.messages)
         return project

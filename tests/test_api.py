@@ -258,13 +258,21 @@ def test_a_stage_may_read_the_project_but_not_build_it(project: Project) -> None
         stage look:
             deps: a.txt
             outs: look.json
-            run: {PYTHON} -c "import json, pivotbuild; p = pivotbuild.Project.load(); json.dump([p.status(), p.explain('a'), len(p.stages())], open('look.json', 'w'))"
+            run: {PYTHON} look.py
 
         stage nested:
             deps: look.json
             outs: n.txt
             run: {PYTHON} -c "import pivotbuild; pivotbuild.Project.load().build()"
         """
+    )
+    project.write(
+        "look.py",
+        """
+        import json, pivotbuild
+        p = pivotbuild.Project.load()
+        json.dump([p.status(), p.explain("a"), len(p.stages())], open("look.json", "w"))
+        """,
     )
     project.write("in.txt", "hi\n")
     r = project.run("-j1", timeout=2 * HANG_GUARD_S)  # (a status waiting for the build's lock would hang)
