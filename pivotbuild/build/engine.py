@@ -213,12 +213,14 @@ class Engine:
                 recorder.seal(project, graph, outcome, sealed)
             return outcome.code
 
-    def status(self, options: BuildOptions) -> list[tuple[str, Decision]]:
+    def status(self, options: BuildOptions, *, read_only: bool = False) -> list[tuple[str, Decision]]:
         """Each selected stage (and what it needs) with its decision, as `status`
-        shows it (see Decider.shown); runs nothing."""
+        shows it (see Decider.shown); runs nothing.  `read_only`: without the
+        project lock, writing nothing (from a stage: its build holds the lock)."""
         project, graph, targets = self.load(options)
         closure = graph.upstream(targets)
-        with self.state(project, options) as store:
+        state = self.state(project, options) if not read_only else _read_only(project, self.warn)
+        with state as store:
             decider = Decider(graph, store, plan=True)
             return [(graph.label(sid), decider.shown(sid, d)) for sid, d in self._plan(graph, closure, decider)]
 
@@ -370,6 +372,12 @@ class Engine:
     def _waiting(self, text: str) -> None:
         self.waited = True
         self._say(text)
+
+
+@contextlib.contextmanager
+def _read_only(project: Project, warn: Callable[[str], None]) -> Iterator[StateStore]:
+    """The project's state as it is now, read without the project lock (see StateStore, `read_only`)."""
+    yield StateStore(project.root, project.pipelines, warn, read_only=True)
 
 
 def open_seal(project: Project, warn: Callable[[str], None]) -> Seal | None:

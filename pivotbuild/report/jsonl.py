@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import TextIO
+from typing import Any, TextIO
 
 from pivotbuild.events import (
     BuildFinished,
@@ -30,24 +30,38 @@ def public(event: Event) -> bool:
     return isinstance(event, PUBLIC)
 
 
+class JsonEvents:
+    """The `--json` view of a stream of events, event by event: each one's
+    JSON object, or None for one it does not show (an internal event, the
+    end-of-build repeat of a failure, which is for humans).  The Python API's
+    `on_event` receives the same objects."""
+
+    def __init__(self) -> None:
+        self._finished: set[str] = set()
+
+    def convert(self, event: Event) -> dict[str, Any] | None:
+        if isinstance(event, BuildStarted):
+            self._finished.clear()  # (watch mode: one build after another)
+        if isinstance(event, StageFinished):
+            if event.stage in self._finished:
+                return None
+            self._finished.add(event.stage)
+        return event.to_json() if public(event) else None
+
+
 class JsonReporter:
     def __init__(self, out: TextIO, err: TextIO) -> None:
         self.out = out
         self.err = err
-        self._finished: set[str] = set()
+        self._events = JsonEvents()
 
     def handle(self, event: Event) -> None:
         if isinstance(event, Message):
             self.err.write(message_text(event) + "\n")
             return
-        if isinstance(event, BuildStarted):
-            self._finished.clear()  # (watch mode: one build after another)
-        if isinstance(event, StageFinished):
-            if event.stage in self._finished:
-                return  # the end-of-build repeat of a failure is for humans
-            self._finished.add(event.stage)
-        if public(event):
-            self.out.write(json.dumps(event.to_json(), ensure_ascii=False) + "\n")
+        data = self._events.convert(event)
+        if data is not None:
+            self.out.write(json.dumps(data, ensure_ascii=False) + "\n")
             self.out.flush()
 
     def close(self) -> None:

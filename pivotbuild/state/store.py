@@ -5,6 +5,8 @@ closing folds this build's journal and saves the stat caches.  A damaged
 lockfile, journal, pending file or stat cache is reported once through
 `warn` (one warning per file) and treated as absent, or as holding only
 what came before the damage; each is rewritten whole by this build.
+A read-only store (`status` from inside a stage, while the stage's build
+holds the project lock) writes nothing, not even a journal's fold.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from pivotbuild.model import Pipeline, Stage
-from pivotbuild.paths import LOCKFILE
+from pivotbuild.paths import LOCKFILE, STATE_DIR
 from pivotbuild.state import journal, lockfile
 from pivotbuild.state.files import ensure_state_dir, write_atomic
 from pivotbuild.state.journal import Journal
@@ -42,18 +44,25 @@ class PipelineState:
 
 
 class StateStore:
-    def __init__(self, root: Path, pipelines: Iterable[Pipeline], warn: Callable[[str], None]) -> None:
+    def __init__(
+        self, root: Path, pipelines: Iterable[Pipeline], warn: Callable[[str], None], *, read_only: bool = False
+    ) -> None:
+        """`read_only`: the state as the files hold it now, journals applied in
+        memory; nothing is created, folded or saved (without the project lock:
+        a running build may be appending to a journal)."""
         self.root = root
         self.warn = warn
+        self.read_only = read_only
         self.pipelines: dict[str, PipelineState] = {}
         self._warned: set[Path] = set()  # files already reported as damaged
-        ensure_state_dir(root)
+        if not read_only:
+            ensure_state_dir(root)
         for p in pipelines:
             self.pipelines[p.dir] = self._open(p)
 
     def _open(self, pipeline: Pipeline) -> PipelineState:
         pdir = self.root / pipeline.dir if pipeline.dir else self.root
-        state_dir = ensure_state_dir(pdir, self.root)
+        state_dir = pdir / STATE_DIR if self.read_only else ensure_state_dir(pdir, self.root)
         lock_path = pdir / LOCKFILE
         journal_path = state_dir / JOURNAL
         try:
@@ -61,7 +70,13 @@ class StateStore:
         except lockfile.LockfileError as exc:
             self._damaged(lock_path, f"{exc}; ignoring it, so its stages will run again")
             data = lockfile.Records()
-        damaged = journal.fold(journal_path, lock_path, data)[1] if journal_path.exists() else False
+        if self.read_only:
+            # (A tail cut short is the running build's next frame, half written: no damage.)
+            for record in journal.read_records(journal_path)[0]:
+                data[record.name] = record
+            damaged = False
+        else:
+            damaged = journal.fold(journal_path, lock_path, data)[1] if journal_path.exists() else False
         if damaged:
             self._damaged(
                 journal_path,
@@ -89,7 +104,8 @@ class StateStore:
                 "damaged or cut short; the --no-commit results before the damage are kept,"
                 " and the stages recorded after it will run again",
             )
-            _save_pending(st)  # mended now, so the next build does not warn again
+            if not self.read_only:
+                _save_pending(st)  # mended now, so the next build does not warn again
         return st
 
     def _damaged(self, path: Path, text: str) -> None:
@@ -187,7 +203,9 @@ class StateStore:
             st.statcache.begin()
 
     def close(self) -> None:
-        """Fold journals into lockfiles and save stat caches."""
+        """Fold journals into lockfiles and save stat caches (read-only: nothing)."""
+        if self.read_only:
+            return
         for st in self.pipelines.values():
             st.journal.close()
             if st.journal.appended:
