@@ -141,7 +141,7 @@ def test_ctrl_c_kills_a_running_python_stage(project: Project) -> None:
     proc = subprocess.Popen([*PIVOTBUILD, "-s"], cwd=project.root, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         wait_until((project.root / "started.pid").exists, HANG_GUARD_S, "the stage to start")
-        wait_until(lambda: (project.root / "started.pid").read_text(), HANG_GUARD_S, "its pid")
+        wait_until((project.root / "started.pid").read_text, HANG_GUARD_S, "its pid")
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=HANG_GUARD_S) == 130
     finally:
@@ -240,7 +240,8 @@ def test_a_py_stage_reruns_when_its_code_changes_not_its_comments(project: Proje
     assert explained(project) == {}
 
     # Comments, docstrings, blank lines, formatting, an unrelated function: nothing runs.
-    project.write("steps.py", '"""Steps."""\n' + SQUARE.replace("def square(ctx):", "def square(ctx):  # the square\n    'Square it.'\n"))
+    commented = SQUARE.replace("def square(ctx):", "def square(ctx):  # the square\n    'Square it.'\n")
+    project.write("steps.py", '"""Steps."""\n' + commented)
     project.write("steps.py", (project.root / "steps.py").read_text().replace("return 1", "return 2"))
     project.write("helpers.py", "# helpers\n" + HELPERS + "\n\n")
     project.write("params.toml", "scale = 2\nother = 5\n")
@@ -276,7 +277,9 @@ def test_a_no_op_of_py_stages_reads_no_file_and_still_sees_an_edit(project: Proj
 def test_a_missing_module_or_function_is_a_located_error_of_check_and_build(project: Project) -> None:
     project.write("steps.py", SQUARE)
     project.write("helpers.py", HELPERS)
-    project.pivotfile("stage a:\n    outs: a.txt\n    py: steps:sqaure\n\nstage b:\n    outs: b.txt\n    py: nosuch:run\n")
+    project.pivotfile(
+        "stage a:\n    outs: a.txt\n    py: steps:sqaure\n\nstage b:\n    outs: b.txt\n    py: nosuch:run\n"
+    )
     check = project.run("check")
     assert check.code == 2, check
     build = project.run()
@@ -299,3 +302,27 @@ def test_a_syntax_error_in_reached_code_is_located_in_the_python_file(project: P
     assert r.code == 2, r
     assert r.err.startswith("helpers.py:"), r.err
     assert "in module 'helpers', which a py: stage reaches; fix it" in r.err
+
+
+def test_a_py_stage_may_read_the_project_through_the_api_but_not_build_it(project: Project) -> None:
+    project.write(
+        "look.py",
+        """
+        import pivotbuild
+
+        def look(ctx):
+            project = pivotbuild.Project.load()
+            open(ctx.outs[0], "w").write(repr(sorted(project.status().items())))
+
+        def nested(ctx):
+            pivotbuild.Project.load().build()
+        """,
+    )
+    project.pivotfile(
+        "stage look:\n    outs: look.txt\n    py: look:look\n\n"
+        "stage nested:\n    deps: look.txt\n    outs: n.txt\n    py: look:nested\n"
+    )
+    r = project.run("-j1", timeout=2 * HANG_GUARD_S)
+    assert r.code == 1, r
+    assert (project.root / "look.txt").read_text() == "[('look', 'never run'), ('nested', 'upstream look will run')]"
+    assert "Project.build() cannot run inside stage 'nested'" in r.err, r.err
