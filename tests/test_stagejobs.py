@@ -168,6 +168,10 @@ def test_the_makeflags_a_stage_gets(project: Project) -> None:
         (" -j8 --jobserver-auth=3,4", " -j4 --jobserver-auth=fifo:/t/f --jobserver-fds=5,6"),
         ("ks -j --jobserver-fds=3,4", "ks -j4 --jobserver-auth=fifo:/t/f --jobserver-fds=5,6"),
         (" --trace -- X=1 -j2", " --trace -j4 --jobserver-auth=fifo:/t/f --jobserver-fds=5,6 -- X=1 -j2"),
+        (
+            "-j 8 -k --jobs=3",
+            " -k -j4 --jobserver-auth=fifo:/t/f --jobserver-fds=5,6",
+        ),  # (a stage's own env: MAKEFLAGS)
     ],
 )
 def test_stage_makeflags_put_our_pool_in_place_of_any_other(outer: str, expected: str) -> None:
@@ -229,3 +233,40 @@ def test_the_fifo_is_made_in_tmpdir_and_removed_however_the_build_ends(project: 
             proc.kill()
             proc.wait()
     assert os.listdir(tmp) == []
+
+
+def test_a_j_larger_than_a_pipe_holds_builds(project: Project) -> None:
+    project.pivotfile(timed_stages(2, project.root / "log.txt", 0.1))
+    r = build(project, "-j100000")
+    assert r.returncode == 0, r.stderr
+    pool = SharedPool(100000)
+    try:
+        assert pool.try_acquire(1)
+        assert pool.capacity <= (1 << 16) + 1  # what the pipe holds, plus the implicit token
+        assert pool.try_acquire(1)
+    finally:
+        pool.close()
+
+
+def test_sighup_ends_the_build_as_ctrl_c_does_and_stale_fifos_are_swept(project: Project, tmp_path: Path) -> None:
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    stale = tmp / "pivotbuild-jobs-999999999-00000000"  # (above any pid_max: no such process)
+    os.mkfifo(stale)
+    live = tmp / f"pivotbuild-jobs-{os.getpid()}-00000000"  # (a running process's: kept)
+    os.mkfifo(live)
+    env = {**os.environ, "TMPDIR": str(tmp)}
+    env.pop("MAKEFLAGS", None)
+    project.pivotfile("stage hang:\n    outs: c.txt\n    run: touch started; exec sleep 30\n")
+    proc = subprocess.Popen(
+        [*PIVOTBUILD, "-s"], cwd=project.root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        wait_until((project.root / "started").exists, HANG_GUARD_S, "the stage to start")
+        proc.send_signal(signal.SIGHUP)
+        assert proc.wait(timeout=HANG_GUARD_S) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert sorted(os.listdir(tmp)) == [live.name]  # the build's own fifo removed, the stale one swept

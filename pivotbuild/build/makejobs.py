@@ -219,11 +219,18 @@ def stage_makeflags(outer: str, jobs: int, r: int, w: int, fifo: str | None) -> 
     if words and not words[0].startswith("-"):
         head.append(words.pop(0))  # make's single-letter flags (`ks`): they stay first
     rest: list[str] = []
+    skip = False
     for i, word in enumerate(words):
         if word == "--":
             rest = words[i:]  # command-line variables
             break
-        if not (word.startswith(("--jobserver-auth=", "--jobserver-fds=")) or _is_jobs(word)):
+        if skip:
+            skip = False
+            if word.isdigit():
+                continue  # (`-j 8`, as a stage's own `env: MAKEFLAGS` may write it)
+        if word in ("-j", "--jobs"):
+            skip = True
+        elif not (word.startswith(("--jobserver-auth=", "--jobserver-fds=", "--jobs=")) or _is_jobs(word)):
             head.append(word)
     pool = [f"--jobserver-auth=fifo:{fifo}", f"--jobserver-fds={r},{w}"] if fifo else [f"--jobserver-auth={r},{w}"]
     text = " ".join([*head, f"-j{jobs}", *pool, *rest])

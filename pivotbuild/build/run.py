@@ -166,6 +166,7 @@ class BuildRun:
             poller.unwatch(fd)
             self._watching_pool = False
             jobserver.woken()  # type: ignore[attr-defined]
+            poller.interrupt()  # (the loop tries again now, not at the end of its wait)
 
         poller.watch(fd, readable)
         self._watching_pool = True

@@ -27,12 +27,14 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import stat
 import termios
 
 from pivotbuild.build.admission import TokenPool
 from pivotbuild.build.makejobs import MakeJobServer
 
 TOKEN = b"+"  # (make's own token byte)
+_PREFIX = "pivotbuild-jobs-"  # a fifo's name: this, the pid of the pivotbuild that made it, a random part
 
 
 class SharedPool(MakeJobServer):
@@ -88,19 +90,24 @@ class SharedPool(MakeJobServer):
                 return
             os.set_blocking(read_fd, False)
             self.fifo = None
+        os.set_blocking(write_fd, False)  # (a pipe holds 64 KiB at most, 4 KiB when the user's pipes are many)
         self.fd, self._write = read_fd, write_fd
         self.reopen = (self.fifo, self.fifo) if self.fifo else (f"/proc/self/fd/{read_fd}", f"/proc/self/fd/{write_fd}")
         self._top_up()
 
     def _top_up(self) -> None:
-        """The pool back to `capacity - 1` tokens (none of ours is out: see the module's docstring)."""
+        """The pool back to `capacity - 1` tokens (none of ours is out: see the
+        module's docstring).  A pipe that cannot hold them all (`-j 100000`)
+        makes the pool, and so `-j`, what it holds."""
         want = self.capacity - 1
         with contextlib.suppress(OSError):
             count = bytearray(4)
             fcntl.ioctl(self.fd, termios.FIONREAD, count)
             there = int.from_bytes(count, "little")
             if there < want:
-                os.write(self._write, TOKEN * (want - there))
+                with contextlib.suppress(BlockingIOError):
+                    there += os.write(self._write, TOKEN * (want - there))
+                self.capacity = there + 1
             elif there > want:
                 with contextlib.suppress(BlockingIOError):
                     os.read(self.fd, there - want)
@@ -109,9 +116,10 @@ class SharedPool(MakeJobServer):
 def _fifo() -> tuple[str, int, int]:
     """A new fifo in $TMPDIR (or /tmp), opened: its path, a non-blocking read
     end and a write end (ours: the stages get descriptions of their own)."""
-    directory = os.environ.get("TMPDIR") or "/tmp"
+    directory = os.path.abspath(os.environ.get("TMPDIR") or "/tmp")  # (stages run in other directories)
+    _sweep(directory)
     for _ in range(10):
-        path = os.path.join(directory, f"pivotbuild-jobs-{os.getpid()}-{os.urandom(4).hex()}")
+        path = os.path.join(directory, f"{_PREFIX}{os.getpid()}-{os.urandom(4).hex()}")
         try:
             os.mkfifo(path, 0o600)
         except FileExistsError:
@@ -128,3 +136,42 @@ def _fifo() -> tuple[str, int, int]:
             raise
         return path, read_fd, write_fd
     raise FileExistsError(f"no free name for a fifo in {directory}")
+
+
+_swept: set[str] = set()  # the directories swept by this process
+
+
+def _sweep(directory: str) -> None:
+    """Remove the fifos of pivotbuilds that were killed (SIGKILL, the OOM
+    killer: nothing could remove them), once per directory and process: our
+    user's, named for a pid that no longer runs."""
+    if directory in _swept:
+        return
+    _swept.add(directory)
+    uid = os.getuid()
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return
+    for entry in entries:
+        name = entry.name
+        if not name.startswith(_PREFIX):
+            continue
+        pid = name[len(_PREFIX) :].partition("-")[0]
+        try:
+            st = entry.stat(follow_symlinks=False)
+            if not (pid.isdigit() and stat.S_ISFIFO(st.st_mode) and st.st_uid == uid) or _alive(int(pid)):
+                continue
+            os.unlink(entry.path)
+        except OSError:
+            continue
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # (someone else's: alive)
+    return True

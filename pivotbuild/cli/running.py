@@ -34,15 +34,20 @@ def make_reporter(options: BuildOptions) -> Reporter:
 
 @contextlib.contextmanager
 def terminate_as_interrupt() -> Iterator[None]:
-    """SIGTERM stops a build the way Ctrl-C does: stages killed, results kept, exit 130."""
+    """SIGTERM, and SIGHUP (the terminal closed) unless it is ignored (`nohup`),
+    stop a build the way Ctrl-C does: stages killed, results kept, the job
+    pool's fifo removed, exit 130."""
 
     # Python's own SIGINT handler (it raises KeyboardInterrupt): the build loop
     # knows it, and defers it while it starts or ends a stage (build/interrupts.py).
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, signal.default_int_handler)}
+    if signal.getsignal(signal.SIGHUP) is signal.SIG_DFL:
+        previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, signal.default_int_handler)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 @contextlib.contextmanager

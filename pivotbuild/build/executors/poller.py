@@ -29,6 +29,7 @@ class Poller:
         self._selector: selectors.BaseSelector | None = None
         self._wake_r = self._wake_w = -1
         self._wake_lock = threading.Lock()  # a wake never writes to a descriptor `close` let go
+        self._interrupted = False  # a callback asked the wait to end (`interrupt`)
         self.clocks: list[Clock] = []
 
     def open(self) -> selectors.BaseSelector:
@@ -63,6 +64,11 @@ class Poller:
             if self._wake_w >= 0:
                 os.write(self._wake_w, b"\0")
 
+    def interrupt(self) -> None:
+        """From a callback: end the wait it runs in as a signal would (the
+        waiter has something to look at: a token back in a job pool)."""
+        self._interrupted = True
+
     def due(self, now: float) -> float | None:
         """Run the clocks; the earliest time one is next due (None: none is)."""
         soonest: float | None = None
@@ -76,7 +82,7 @@ class Poller:
         """Wait at most `timeout` seconds for a watched descriptor (and run its
         callback) or a wake; True if a signal woke it (its handler has
         something to say: `signal.set_wakeup_fd` writes the signal's number,
-        `wake` a zero)."""
+        `wake` a zero), or a callback called `interrupt`."""
         signalled = False
         selector = self.open()
         ready = selector.select(max(timeout, 0.0))
@@ -90,6 +96,9 @@ class Poller:
                         signalled = signalled or any(data)
             else:
                 key.data()
+        if self._interrupted:
+            self._interrupted = False
+            return True
         return signalled
 
     def close(self) -> None:
