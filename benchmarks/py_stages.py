@@ -3,10 +3,10 @@
 
     python3 benchmarks/py_stages.py [--stages 1000] [--runs 5] [-j 2] [--pivotbuild PATH]
 
-Two projects of `--stages` independent trivial stages: one of `py:
-steps:touch` stages (the function writes its one output), one of `run:`
-stages doing the same in the shell (`echo x > $@`), and, for the floor, one
-of `run: true` stages (nothing written).  Each is built clean, interleaved,
+Projects of `--stages` independent trivial stages: `py: steps:noop` (the
+function does nothing) beside `run: true` (the issue's comparison: each
+stage's cost is pivotbuild's and its process's), and `py: steps:touch` (the
+function writes its one output) beside `run: echo x > $@` (the shell does).  Each is built clean, interleaved,
 `--runs` times; medians of the wall time and of the CPU pivotbuild and its
 children used, in all and per stage.  Quote ratios, not times: the machines
 are shared.
@@ -25,11 +25,12 @@ import time
 from pathlib import Path
 
 KINDS = {
+    "py: steps:noop": "    always: yes\n    py: steps:noop\n",
+    "run: true": "    always: yes\n    run: true\n",
     "py: steps:touch": "    outs: o/{i}.txt\n    py: steps:touch\n",
     "run: echo x > $@": "    outs: o/{i}.txt\n    run: echo x > $@\n",
-    "run: true": "    always: yes\n    run: true\n",
 }
-STEPS = "def touch(ctx):\n    with open(ctx.outs[0], 'w') as f:\n        f.write('x\\n')\n"
+STEPS = "def noop(ctx):\n    pass\n\ndef touch(ctx):\n    with open(ctx.outs[0], 'w') as f:\n        f.write('x\\n')\n"
 
 
 def _project(root: Path, kind: str, stages: int) -> Path:
