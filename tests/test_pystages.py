@@ -153,6 +153,22 @@ def test_ctrl_c_kills_a_running_python_stage(project: Project) -> None:
     _gone(int((project.root / "started.pid").read_text()))
 
 
+def test_a_python_stage_dies_with_a_pivotbuild_that_is_killed(project: Project) -> None:
+    project.write("steps.py", STEPS)
+    project.pivotfile("stage h:\n    outs: h.txt\n    py: steps:hang\n")
+    proc = subprocess.Popen([*PIVOTBUILD, "-s"], cwd=project.root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until((project.root / "started.pid").exists, HANG_GUARD_S, "the stage to start")
+        wait_until((project.root / "started.pid").read_text, HANG_GUARD_S, "its pid")
+        proc.kill()  # SIGKILL: pivotbuild can do nothing; its worker sees it gone and kills the stage
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    _gone(int((project.root / "started.pid").read_text()))
+
+
 def test_retry_runs_a_python_stage_again(project: Project) -> None:
     project.write(
         "flaky.py",
@@ -326,3 +342,110 @@ def test_a_py_stage_may_read_the_project_through_the_api_but_not_build_it(projec
     assert r.code == 1, r
     assert (project.root / "look.txt").read_text() == "[('look', 'never run'), ('nested', 'upstream look will run')]"
     assert "Project.build() cannot run inside stage 'nested'" in r.err, r.err
+
+
+def test_each_stage_imports_its_module_in_its_own_directory_and_environment(project: Project) -> None:
+    project.write(
+        "mod.py",
+        """
+        import os
+        print("importing mod")
+        SEEN = f"{os.environ.get('MODE')} {os.path.basename(os.getcwd())} {os.environ.get('PIVOT_STAGE')}"
+
+        def run(ctx):
+            open(ctx.outs[0], "w").write(SEEN)
+        """,
+    )
+    project.write("sub/.keep", "")
+    project.pivotfile(
+        "stage a:\n    outs: a.txt\n    env: MODE=fast\n    py: mod:run\n\n"
+        "stage b:\n    outs: sub/b.txt\n    dir: sub\n    env: MODE=slow\n    py: mod:run\n"
+    )
+    r = project.run("-j1", "-v")
+    assert r.code == 0, r
+    assert (project.root / "a.txt").read_text() == f"fast {project.root.name} a"
+    assert (project.root / "sub" / "b.txt").read_text() == "slow sub b"  # as if built alone
+    lines = (r.out + r.err).splitlines()
+    assert lines.count("a | importing mod") == 1 and lines.count("b | importing mod") == 1, lines
+    assert "importing mod" not in [line.strip() for line in lines]  # only ever a stage's output
+
+
+def test_a_stage_runs_its_code_as_it_is_when_it_starts(project: Project) -> None:
+    project.write(
+        "steps.py",
+        """
+        import os, time
+        def a(ctx):
+            open("a.started", "w").write("")
+            while not os.path.exists("go"):
+                time.sleep(0.02)
+            open(ctx.outs[0], "w").write("a")
+
+        def b(ctx):
+            open(ctx.outs[0], "w").write("OLD")
+        """,
+    )
+    project.pivotfile(
+        "stage a:\n    outs: a.txt\n    py: steps:a\n\nstage b:\n    deps: a.txt\n    outs: b.txt\n    py: steps:b\n"
+    )
+    proc = subprocess.Popen([*PIVOTBUILD, "-s"], cwd=project.root, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_until((project.root / "a.started").exists, HANG_GUARD_S, "a to start")
+        steps = project.root / "steps.py"
+        steps.write_text(steps.read_text().replace('"OLD"', '"NEW"'))  # while a runs
+        (project.root / "go").write_text("")
+        assert proc.wait(timeout=HANG_GUARD_S) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        assert proc.stderr is not None
+        proc.stderr.close()
+    assert (project.root / "b.txt").read_text() == "NEW"
+    assert "0 ran, 2 up to date" in project.run().err
+
+
+def test_a_project_module_named_like_a_standard_one_is_the_one_imported(project: Project) -> None:
+    project.write("json.py", "MINE = 'the project json'\n")
+    project.write("steps.py", "import json\n\ndef run(ctx):\n    open(ctx.outs[0], 'w').write(json.MINE)\n")
+    project.pivotfile("stage s:\n    outs: s.txt\n    py: steps:run\n")
+    r = project.run()
+    assert r.code == 0, r
+    assert (project.root / "s.txt").read_text() == "the project json"
+
+
+def test_a_stage_has_its_streams_and_job_pool_and_ends_as_python_would(project: Project) -> None:
+    project.write(
+        "steps.py",
+        """
+        import atexit, os, re, threading, time
+
+        def fds(ctx):
+            pool = {int(f) for f in re.search(r"jobserver-fds=(\\d+),(\\d+)", os.environ["MAKEFLAGS"]).groups()}
+            seen = {int(f) for f in os.listdir("/proc/self/fd")}
+            only = {f for f in seen if is_open(f)} - {0, 1, 2} == pool
+            open(ctx.outs[0], "w").write(repr(only))
+
+        def is_open(fd):
+            try:
+                os.fstat(fd)  # (not the listing's own descriptor, closed by now)
+            except OSError:
+                return False
+            return True
+
+        def later(ctx):
+            atexit.register(lambda: open("atexit.txt", "w").write("ran"))
+            def write():
+                time.sleep(0.2)
+                open(ctx.outs[0], "w").write("from a thread")
+            threading.Thread(target=write).start()
+        """,
+    )
+    project.pivotfile(
+        "stage f:\n    outs: f.txt\n    py: steps:fds\n\nstage t:\n    outs: t.txt\n    py: steps:later\n"
+    )
+    r = project.run("-j2")
+    assert r.code == 0, r
+    assert (project.root / "f.txt").read_text() == "True"  # 0, 1, 2 and the job pool its MAKEFLAGS names: no more
+    assert (project.root / "t.txt").read_text() == "from a thread"  # the function's thread joined first
+    assert (project.root / "atexit.txt").read_text() == "ran"

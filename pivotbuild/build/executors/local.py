@@ -115,8 +115,9 @@ class LocalExecutor:
 
             pooled = self._pooled(job, spec)
             starter = self.starter if spec.py is None else self._python(spec.py.pipeline_dir).starter(spec.py)
+            lifeline = self.lifeline if spec.py is None else None  # (a py: stage's worker is its lifeline)
             try:
-                process = Process(pooled, line, ended, self.inbox.poller, self.lifeline, starter=starter)
+                process = Process(pooled, line, ended, self.inbox.poller, lifeline, starter=starter)
             finally:
                 for fd in pooled.pass_fds:
                     os.close(fd)  # (the stage has its own)

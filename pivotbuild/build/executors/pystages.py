@@ -5,17 +5,23 @@ To the local executor a Python stage is a process like any other: it has a
 pid and a process group of its own (the build kills the group on timeout or
 Ctrl-C, and the lifeline does if pivotbuild dies), its stdout and stderr are
 pipes the build reads line by line, and a pidfd says when it has exited.
-Only its exit status comes another way: the child is the worker's, so the
-worker reaps it and sends its code, which `PyChild.poll` and `wait` read.
+Only its pid and exit status come another way: the child is the worker's,
+which sends its pid once forked (the build does not wait for it: the pid is
+read when first needed) and its code once reaped (`PyChild.poll`, `wait`).
+The worker also stands in for the lifeline (lifeline.py): when the build's
+end of the socket closes with children still running (pivotbuild killed),
+it kills their process groups.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import marshal
 import os
 import socket
 import sys
+from collections import deque
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -62,14 +68,22 @@ def py_call(stage: Stage, root: Path, expanded_deps: tuple[str, ...]) -> PyCall:
 
 
 class PyChild:
-    """A stage's child of the worker, as much of a Popen as runner.Process uses."""
+    """A stage's child of the worker, as much of a Popen as runner.Process
+    uses.  Its pid comes with the worker's answer, read when first asked
+    for: the build goes on while the worker forks."""
 
-    __slots__ = ("pid", "returncode", "worker")
+    __slots__ = ("_pid", "returncode", "worker")
 
-    def __init__(self, pid: int, worker: PyWorker) -> None:
-        self.pid = pid
+    def __init__(self, worker: PyWorker) -> None:
+        self._pid: int | None = None
         self.worker = worker
         self.returncode: int | None = None
+
+    @property
+    def pid(self) -> int:
+        while self._pid is None:
+            self.worker.pump(block=True)
+        return self._pid
 
     def poll(self) -> int | None:
         if self.returncode is None:
@@ -82,6 +96,11 @@ class PyChild:
         return self.returncode
 
 
+# The pid of a child whose worker died before it was forked: above any pid_max
+# (2**22 on Linux), so that it names no process (a kill finds none).
+_NO_PID = 1 << 30
+
+
 class PyWorker:
     """The build's worker (pyworker.py), started with its first `py:` stage."""
 
@@ -89,6 +108,7 @@ class PyWorker:
         self._sock: socket.socket | None = None
         self._process: Any = None
         self._children: dict[int, PyChild] = {}
+        self._forking: deque[PyChild] = deque()  # asked for, pid not yet heard (in the order asked)
 
     def starter(self, call: PyCall) -> _Bound:
         """A starter (spawn.Starter's `start`) that runs `call`."""
@@ -105,7 +125,8 @@ class PyWorker:
         stderr: int,
         pass_fds: tuple[int, ...] = (),
     ) -> PyChild:
-        """Fork the child that runs `call`; raises OSError if the worker is gone."""
+        """Ask the worker to fork the child that runs `call` (its pid follows);
+        raises OSError if the worker is gone."""
         sock = self._open()
         request = {
             "module": call.module,
@@ -117,16 +138,12 @@ class PyWorker:
             "fds": [0, 1, 2, *pass_fds],
         }
         try:
-            socket.send_fds(sock, [json.dumps(request).encode()], [stdin, stdout, stderr, *pass_fds])
+            socket.send_fds(sock, [marshal.dumps(request)], [stdin, stdout, stderr, *pass_fds])
         except OSError as exc:
             raise OSError(exc.errno, f"the Python stage worker is gone ({exc.strerror})") from None
-        while True:
-            message = self._receive(block=True)
-            if message is None:
-                raise OSError(0, "the Python stage worker is gone")
-            if "started" in message:
-                child = self._children[message["started"]] = PyChild(message["started"], self)
-                return child
+        child = PyChild(self)
+        self._forking.append(child)
+        return child
 
     def pump(self, *, block: bool) -> None:
         """Read what the worker has said (at least one message with `block`)."""
@@ -154,7 +171,8 @@ class PyWorker:
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             try:
                 self._process = subprocess.Popen(
-                    [sys.executable, "-m", "pivotbuild.build.executors.pyworker", str(theirs.fileno())],
+                    # -P: not the directory it starts in first on sys.path (a project's json.py is not its json)
+                    [sys.executable, "-P", "-m", "pivotbuild.build.executors.pyworker", str(theirs.fileno())],
                     pass_fds=(theirs.fileno(),),
                     stdin=subprocess.DEVNULL,
                     start_new_session=True,  # (Ctrl-C at the terminal is the build's to handle)
@@ -165,8 +183,8 @@ class PyWorker:
         return self._sock
 
     def _receive(self, *, block: bool) -> dict[str, Any] | None:
-        """One message from the worker (None: none yet, or the worker is gone);
-        an exit is noted on its child."""
+        """One message from the worker (None: none yet, or the worker is gone),
+        noted on its child: its pid, or its exit code."""
         if self._sock is None:
             return None
         try:
@@ -176,18 +194,29 @@ class PyWorker:
         if not data:
             self._orphan()
             return None
-        message: dict[str, Any] = json.loads(data)
-        if "exited" in message:
-            child = self._children.pop(message["exited"], None)
-            if child is not None:
-                child.returncode = message["code"]
+        message: dict[str, Any] = marshal.loads(data)
+        if "started" in message:
+            child = self._forking.popleft()
+            child._pid = message["started"]
+            self._children[child._pid] = child
+        elif "exited" in message:
+            gone = self._children.pop(message["exited"], None)
+            if gone is not None:
+                gone.returncode = message["code"]
         return message
 
     def _orphan(self) -> None:
-        """The worker died: its children's codes will never come (they were killed with it, or will be)."""
-        for child in self._children.values():
+        """The worker died: its children's codes will never come (it killed
+        them as it went, or the build kills their groups)."""
+        for child in (*self._children.values(), *self._forking):
+            if child._pid is None:
+                child._pid = _NO_PID
             child.returncode = -9
         self._children.clear()
+        self._forking.clear()
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
 
 
 class _Bound:

@@ -121,9 +121,10 @@ class Child:
 class Started(Protocol):
     """A started process, as runner.Process follows it (Popen, `Child`, pystages.PyChild)."""
 
-    pid: int
     returncode: int | None
 
+    @property
+    def pid(self) -> int: ...
     def poll(self) -> int | None: ...
     def wait(self) -> int: ...
 
