@@ -92,6 +92,13 @@ class CycleError(GraphError):
         super().__init__(diagnostics)
 
 
+class PyStageError(PivotfileError):
+    """`py:` stages whose module or function is missing, or whose code does
+    not parse, located at the `py:` field or in the Python file."""
+
+    advice = "fix the Python code or the py: fields and run again"
+
+
 class MissingInputs(PivotfileError):
     """Deps that no stage writes and that do not exist, located where they are listed."""
 

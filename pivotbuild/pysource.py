@@ -332,8 +332,12 @@ class _Walk:
             return
         if imp.name is None:
             self.reach(found, chain)
-        else:
-            self.resolve(found, imp.name, chain)
+            return
+        self.resolve(found, imp.name, chain)
+        if found.dirs:  # `from pkg import sub`: an attribute of pkg, or else its submodule (both count)
+            sub = self.find(f"{target}.{imp.name}")
+            if sub is not None:
+                self.reach(sub, chain)
 
     def reach(self, mod: _Mod, chain: tuple[str, ...]) -> None:
         """Reach module `mod` used as an object, then `chain` off it; with no chain, all of it."""

@@ -438,3 +438,16 @@ def test_a_file_read_within_its_clock_tick_is_read_again(stage: Tree) -> None:
     first = stage.fp()
     assert stage.fp() == first
     assert (stage.cache.files_read, stage.cache.files_parsed) == (3, 2)  # helpers.py read twice, parsed once
+
+
+def test_a_submodule_a_package_imports_from_itself_counts(tmp_path: Path) -> None:
+    # p1/__init__.py: `from . import sub`; the stage uses p1.sub.W (or imports sub from p1).
+    (tmp_path / "p1").mkdir()
+    (tmp_path / "p1" / "__init__.py").write_text("from . import sub\n")
+    (tmp_path / "p1" / "sub.py").write_text('W = "1"\n')
+    (tmp_path / "steps.py").write_text(
+        "import p1\nfrom p1 import sub as p1sub\n\ndef a(ctx):\n    return p1.sub.W\n\ndef b(ctx):\n    return p1sub.W\n"
+    )
+    for ref in ("steps:a", "steps:b"):
+        before = dict(fingerprint(ref, tmp_path, tmp_path, SourceCache()).parts)
+        assert "p1.sub.W" in before, (ref, before)

@@ -236,6 +236,27 @@ def test_a_new_file_matching_a_glob_dep_rebuilds_its_stage(project: Project, wat
     assert read(project, "all.txt") == "one\ntwo\n"
 
 
+def test_an_edit_to_a_py_stages_code_rebuilds_it_and_a_comment_does_not(
+    project: Project, watch: Callable[..., Watcher]
+) -> None:
+    project.pivotfile("stage s:\n    outs: s.txt\n    py: steps:run\n")
+    project.write("steps.py", "from helper import word\n\ndef run(ctx):\n    open(ctx.outs[0], 'w').write(word())\n")
+    project.write("helper.py", "def word():\n    return 'one'\n")
+    w = watch("--json")
+    assert w.next_build() == {"s": "ran"}
+    project.write("helper.py", "def word():\n    return 'two'\n")
+    assert w.next_build() == {"s": "ran"}
+    assert read(project, "s.txt") == "two"
+    project.write("helper.py", "def word():  # a comment\n    return 'two'\n")
+    w.quiet()  # (the build it starts runs nothing, and shows nothing)
+    project.write("other.py", "def word():\n    return 'three'\n")
+    project.write("steps.py", "from other import word\n\ndef run(ctx):\n    open(ctx.outs[0], 'w').write(word())\n")
+    assert w.next_build() == {"s": "ran"}
+    project.write("other.py", "def word():\n    return 'four'\n")  # (reached since the last build: watched now)
+    assert w.next_build() == {"s": "ran"}
+    assert read(project, "s.txt") == "four"
+
+
 def test_a_deleted_dep_is_reported_and_recreating_it_rebuilds(chain: Project, chain_watch: Watcher) -> None:
     (chain.root / "in.txt").unlink()
     seen = chain_watch.until("watching")

@@ -31,7 +31,7 @@ from pivotbuild.build.scheduler import Scheduler
 from pivotbuild.build.selection import selected
 from pivotbuild.build.session import LoadedProject, Reloaded
 from pivotbuild.cache.outputs import OutputCache
-from pivotbuild.errors import EXIT_FAILED, EXIT_OK, Location, MissingInputs, PivotfileError
+from pivotbuild.errors import EXIT_FAILED, EXIT_OK, Location, MissingInputs, PyStageError
 from pivotbuild.events import (
     Decided,
     Event,
@@ -436,13 +436,15 @@ def check_runnable(root: Path, graph: BuildGraph, closure: list[StageId]) -> Non
         try:
             fingerprint(stage.py, root / sid.pipeline, root)
         except SourceError as exc:
+            message = str(exc)
             if exc.path is not None and exc.line is not None:
                 at = Location(os.path.relpath(exc.path), exc.line, exc.col or 1)
+                message = message.removeprefix(f"{exc.path}:{exc.line}:{exc.col}: ")  # (the location says it)
             else:
                 at = stage.py_loc or stage.loc
-            problems.append(graph.located(at, str(exc)))
+            problems.append(graph.located(at, message))
     if problems:
-        raise PivotfileError(problems)
+        raise PyStageError(problems)
 
 
 __all__ = ["Engine", "Interrupted", "MissingInputs", "Preloaded"]

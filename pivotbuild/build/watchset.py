@@ -63,6 +63,9 @@ class WatchSet:
     # directory (a change anywhere under it counts).
     deps: frozenset[str]
     globs: tuple[GlobWatch, ...]
+    # The project's Python files the `py:` stages' code reaches (pysource.py):
+    # a change there is a change to what they run, like a dep's.
+    code: frozenset[str] = frozenset()
     # With --all: the directories under which a new Pivotfile joins the build
     # (hidden directories excluded, as --all skips them).
     pivotfile_trees: tuple[str, ...] = ()
@@ -74,7 +77,7 @@ class WatchSet:
         """The fewest existing directories to watch recursively to see every
         change that `matches`: each path's directory (or, if that is absent, its
         nearest existing ancestor, where it would be created)."""
-        wanted = [os.path.dirname(p) for p in (*self.sources, *self.deps)]
+        wanted = [os.path.dirname(p) for p in (*self.sources, *self.deps, *self.code)]
         wanted += [g.base for g in self.globs]
         wanted += self.pivotfile_trees
         found: list[str] = []
@@ -90,6 +93,8 @@ class WatchSet:
         if STATE_DIR in path.split(os.sep):
             return False
         if self.is_source(path) or path in self.containing:
+            return True
+        if path in self.code:
             return True
         probe = path
         while True:  # the dep itself, or a dep directory holding it
@@ -130,11 +135,34 @@ def watch_set(project: Project, graph: BuildGraph, closure: Iterable[StageId], a
                 found_globs[dep.path] = GlobWatch(base, dep.path, glob_regex(dep.path))
     sources = frozenset(os.path.normpath(s.path) for s in project.sources)
     globs = tuple(found_globs[p] for p in sorted(found_globs))
+    code = _code(project, graph, closure)
     containing = {
-        parent for p in (*sources, *deps, *(g.base for g in globs)) for parent in _parents(p, root) if parent != root
+        parent
+        for p in (*sources, *deps, *code, *(g.base for g in globs))
+        for parent in _parents(p, root)
+        if parent != root
     }
     trees = (root,) if all_pipelines else ()
-    return WatchSet(root, sources, frozenset(deps), globs, trees, frozenset(containing))
+    return WatchSet(
+        root, sources, frozenset(deps), globs, code=code, pivotfile_trees=trees, containing=frozenset(containing)
+    )
+
+
+def _code(project: Project, graph: BuildGraph, closure: Iterable[StageId]) -> frozenset[str]:
+    """The project files the `py:` stages of `closure` read their code from
+    (none for one whose code cannot be read: the build says why)."""
+    files: set[str] = set()
+    for sid in closure:
+        stage = graph.stages[sid]
+        if stage.py is None:
+            continue
+        from pivotbuild.pysource import SourceError, fingerprint  # (`ast`: only for a project with py: stages)
+
+        try:
+            files.update(fingerprint(stage.py, project.root / sid.pipeline, project.root).files)
+        except SourceError:
+            continue
+    return frozenset(os.path.normpath(f) for f in files)
 
 
 def _under(path: str, directory: str) -> bool:

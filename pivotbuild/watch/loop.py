@@ -212,6 +212,8 @@ class WatchLoop:
             self._note_own_writes()
         if code == EXIT_INTERRUPTED and not token.by_agent:
             raise KeyboardInterrupt  # Ctrl-C or SIGTERM: the build has recorded its results
+        if self.watchset is not None and self.watchset.code:
+            self._aim()  # (a py: stage's code may reach other modules now: the set follows it)
 
     def _reads_of(self, options: BuildOptions) -> WatchSet | None:
         try:
