@@ -44,6 +44,7 @@ class PyCall:
     pipeline_dir: str
     root: str
     ctx: Mapping[str, Any]
+    code: tuple[str, ...] = ()  # the project's Python files its code reaches (pysource.py), for the worker to compile
 
 
 def py_call(stage: Stage, root: Path, expanded_deps: tuple[str, ...]) -> PyCall:
@@ -64,7 +65,13 @@ def py_call(stage: Stage, root: Path, expanded_deps: tuple[str, ...]) -> PyCall:
         "params": params,
         "matrix": dict(stage.matrix),
     }
-    return PyCall(module, function, str(root / stage.id.pipeline), str(root), ctx)
+    from pivotbuild.pysource import SourceError, fingerprint  # (its answer is kept: the decision asked already)
+
+    try:
+        code = fingerprint(stage.py, root / stage.id.pipeline, root).files
+    except SourceError:
+        code = ()  # (the child's import says what is wrong)
+    return PyCall(module, function, str(root / stage.id.pipeline), str(root), ctx, code)
 
 
 class PyChild:
@@ -136,6 +143,7 @@ class PyWorker:
             "env": dict(env),
             "ctx": call.ctx,
             "fds": [0, 1, 2, *pass_fds],
+            "code": list(call.code),
         }
         try:
             socket.send_fds(sock, [marshal.dumps(request)], [stdin, stdout, stderr, *pass_fds])

@@ -9,7 +9,13 @@ has already started and imported pivotbuild, without the hazards of forking
 the build itself (its threads, its open descriptors).  The stage's own
 module is imported by each child afresh, so that its top-level code runs in
 the stage's directory and environment, and is the code as it is when the
-stage starts (its fingerprint, pysource.py, was taken just before).
+stage starts (its fingerprint, pysource.py, was taken just before).  What the
+worker keeps for its children is the project's modules compiled (`_CODE`:
+the files the stage's code reaches, compiled after its first stage, each
+used only while its file is unchanged), which spares each stage reading and
+compiling them.  (Importing them in the worker, as it first did, ran their
+top-level code in the worker's directory and environment, once, and let a
+stage run code older than its fingerprint: review of issue 16.)
 The worker is single-threaded and in a session of its own (Ctrl-C at the
 terminal reaches the build, which kills the stages, not the worker).
 
@@ -43,6 +49,7 @@ from __future__ import annotations
 
 import fcntl
 import importlib
+import importlib.machinery
 import marshal
 import os
 import select
@@ -83,6 +90,7 @@ def main(fd: int) -> None:
     for stream in (sys.stdout, sys.stderr):  # (set once here: each child's streams are the stage's pipes)
         stream.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     sock = socket.socket(fileno=fd)
+    _cached_imports()
     children: dict[int, int] = {}  # pidfd (or -pid without one) -> pid
     try:  # noqa: SIM105 - (contextlib: one import fewer for the worker)
         _serve_all(sock, children)
@@ -136,7 +144,63 @@ def _serve(sock: socket.socket, poller: select.poll, children: dict[int, int]) -
     else:
         children[pidfd] = pid
         poller.register(pidfd, select.POLLIN)
+    for path in request["code"]:
+        _compiled(path)  # (for the next children: this one compiles what it imports itself)
     return True
+
+
+# Compiled project modules, by (path, mtime_ns, size, inode): what the worker
+# compiled for its children, and each child for itself.  A module is still
+# imported, its top-level code run, by each stage afresh; only reading and
+# compiling its source is spared (most of an import's cost: without a
+# writable __pycache__, all of it).
+_CODE: dict[tuple[str, int, int, int], Any] = {}
+
+
+def _compiled(path: str) -> None:
+    """Compile the Python file `path` as it is now, once per version (in the worker)."""
+    try:
+        st = os.stat(path)
+        key = (path, st.st_mtime_ns, st.st_size, st.st_ino)
+        if key in _CODE:
+            return
+        with open(path, "rb") as f:
+            source = f.read()
+        if os.stat(path).st_mtime_ns == st.st_mtime_ns:  # (else changed as it was read: left to the child)
+            _CODE[key] = compile(source, path, "exec", dont_inherit=True)
+    except (OSError, SyntaxError, ValueError):
+        pass  # (the child's own import says what is wrong)
+
+
+def _cached(path: str) -> Any:
+    """The code the worker compiled of `path`, if the file is still that version."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return _CODE.get((path, st.st_mtime_ns, st.st_size, st.st_ino))
+
+
+class _CachedSourceLoader(importlib.machinery.SourceFileLoader):
+    """Python's loader of .py files, with a project file's code compiled
+    already when the file is as the worker compiled it (any other file:
+    Python's own way, its __pycache__ included)."""
+
+    def get_code(self, fullname: str) -> Any:
+        code = _cached(self.get_filename(fullname)) if _CODE else None
+        return code if code is not None else super().get_code(fullname)
+
+
+def _cached_imports() -> None:
+    """.py files found on sys.path load through `_CachedSourceLoader`."""
+    machinery = importlib.machinery
+    details = (
+        (machinery.ExtensionFileLoader, machinery.EXTENSION_SUFFIXES),
+        (_CachedSourceLoader, machinery.SOURCE_SUFFIXES),
+        (machinery.SourcelessFileLoader, machinery.BYTECODE_SUFFIXES),
+    )
+    sys.path_hooks.insert(0, machinery.FileFinder.path_hook(*details))
+    sys.path_importer_cache.clear()
 
 
 def _reaped(sock: socket.socket, pid: int, status: int) -> None:
