@@ -446,7 +446,8 @@ def test_a_submodule_a_package_imports_from_itself_counts(tmp_path: Path) -> Non
     (tmp_path / "p1" / "__init__.py").write_text("from . import sub\n")
     (tmp_path / "p1" / "sub.py").write_text('W = "1"\n')
     (tmp_path / "steps.py").write_text(
-        "import p1\nfrom p1 import sub as p1sub\n\ndef a(ctx):\n    return p1.sub.W\n\ndef b(ctx):\n    return p1sub.W\n"
+        "import p1\nfrom p1 import sub as p1sub\n\n"
+        "def a(ctx):\n    return p1.sub.W\n\ndef b(ctx):\n    return p1sub.W\n"
     )
     for ref in ("steps:a", "steps:b"):
         before = dict(fingerprint(ref, tmp_path, tmp_path, SourceCache()).parts)

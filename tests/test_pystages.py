@@ -8,6 +8,7 @@ import signal
 import subprocess
 import time
 
+import pytest
 from conftest import PIVOTBUILD, Project
 from helpers import HANG_GUARD_S, wait_until
 
@@ -135,33 +136,18 @@ def test_a_timeout_kills_a_python_stage(project: Project) -> None:
     _gone(int((project.root / "started.pid").read_text()))
 
 
-def test_ctrl_c_kills_a_running_python_stage(project: Project) -> None:
-    project.write("steps.py", STEPS)
-    project.pivotfile("stage h:\n    outs: h.txt\n    py: steps:hang\n")
-    proc = subprocess.Popen([*PIVOTBUILD, "-s"], cwd=project.root, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        wait_until((project.root / "started.pid").exists, HANG_GUARD_S, "the stage to start")
-        wait_until((project.root / "started.pid").read_text, HANG_GUARD_S, "its pid")
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=HANG_GUARD_S) == 130
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        assert proc.stderr is not None
-        proc.stderr.close()
-    _gone(int((project.root / "started.pid").read_text()))
-
-
-def test_a_python_stage_dies_with_a_pivotbuild_that_is_killed(project: Project) -> None:
+@pytest.mark.parametrize("how", ["ctrl-c", "sigkill"])
+def test_a_running_python_stage_dies_with_its_build(project: Project, how: str) -> None:
+    # Ctrl-C: the build kills it; SIGKILL: pivotbuild can do nothing, and its
+    # worker, seeing it gone, kills the stage.
     project.write("steps.py", STEPS)
     project.pivotfile("stage h:\n    outs: h.txt\n    py: steps:hang\n")
     proc = subprocess.Popen([*PIVOTBUILD, "-s"], cwd=project.root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_until((project.root / "started.pid").exists, HANG_GUARD_S, "the stage to start")
         wait_until((project.root / "started.pid").read_text, HANG_GUARD_S, "its pid")
-        proc.kill()  # SIGKILL: pivotbuild can do nothing; its worker sees it gone and kills the stage
-        proc.wait()
+        proc.send_signal(signal.SIGINT if how == "ctrl-c" else signal.SIGKILL)
+        assert proc.wait(timeout=HANG_GUARD_S) == (130 if how == "ctrl-c" else -signal.SIGKILL)
     finally:
         if proc.poll() is None:
             proc.kill()
