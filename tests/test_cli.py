@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -952,3 +953,24 @@ def test_a_reader_that_stops_early_gets_no_traceback(project: Project) -> None:
     )
     assert shell.stdout.startswith("[1/1] s"), shell.stdout
     assert "Traceback" not in shell.stderr
+
+
+def test_status_from_inside_a_stage_reads_the_state_without_waiting_for_the_build(project: Project) -> None:
+    # The build holds the project lock while its stages run: status reads the state without it.
+    command = " ".join(shlex.quote(word) for word in PIVOTBUILD)
+    project.pivotfile(
+        f"""
+        stage a:
+            outs: a.txt
+            run: echo a > $@
+
+        stage look:
+            deps: a.txt
+            outs: look.json
+            run: {command} status --json > $@
+        """
+    )
+    r = project.run("-j1", timeout=60)
+    assert r.code == 0, r
+    rows = {row["stage"]: row["up_to_date"] for row in json.loads((project.root / "look.json").read_text())}
+    assert rows == {"a": True, "look": False}

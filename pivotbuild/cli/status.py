@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import click
@@ -32,7 +33,8 @@ def status(ctx: click.Context, /, args: tuple[str, ...], as_json: bool, all_pipe
 
     options = stage_options(ctx, args, all_pipelines)
     reporter = make_reporter(options)
-    rows = Engine(reporter).status(options)
+    # From inside a stage, the running build holds the project lock: read the state without it.
+    rows = Engine(reporter).status(options, read_only="PIVOT_STAGE" in os.environ)
     if as_json:
         data = [{"stage": label, "up_to_date": not d.run, "reason": d.reason} for label, d in rows]
         click.echo(json.dumps(data, indent=2))
