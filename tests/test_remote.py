@@ -216,6 +216,14 @@ def test_remote_add_writes_valid_toml_for_any_unicode(project: Project, tmp_path
     assert f"équipe🚀\t{share} (default)" in listed.out
 
 
+def test_remote_add_keeps_the_executor_setting(project: Project, tmp_path: Path) -> None:
+    project.write(".pivot/config.toml", '[executor]\nkind = "dask"\naddress = "tcp://scheduler:8786"\n')
+    assert project.run("remote", "add", "shared", str(tmp_path)).code == 0
+    data = tomllib.loads((project.root / ".pivot/config.toml").read_text("utf-8"))
+    assert data["executor"] == {"kind": "dask", "address": "tcp://scheduler:8786"}
+    assert data["remote"]["shared"]["url"] == str(tmp_path)
+
+
 @pytest.mark.parametrize(
     "text",
     ["plain", 'quote " and \\ backslash', "tab\tnewline\nbell\x07 del\x7f", "astral 🚀 \U0010ffff", ""],
@@ -237,6 +245,9 @@ def test_text_that_is_not_unicode_cannot_go_in_the_config() -> None:
         ("[core]\nremote = 3\n", "[core] remote = 3"),
         ('[remote]\nshared = "/mnt"\n', "[remote.shared] needs url"),
         ("[core]\ncheckout = 3\n", "[core] checkout = 3"),
+        ('[executor]\nkind = "ssh"\n', "[executor] kind = 'ssh'; use one of local, dask"),
+        ('[executor]\nkind = "dask"\n', '[executor] kind = "dask" needs address'),
+        ('[executor]\nkind = "dask"\nadress = "tcp://h:1"\n', "[executor] has unknown key adress"),
     ],
 )
 def test_a_malformed_config_is_a_clear_error(project: Project, text: str, key: str) -> None:

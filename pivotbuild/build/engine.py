@@ -23,7 +23,7 @@ from pivotbuild.build.admission import Admission, JobServer, TokenPool
 from pivotbuild.build.cancel import CancelToken
 from pivotbuild.build.decider import Decider, Decision
 from pivotbuild.build.executors.base import Changed, Executor, Inbox
-from pivotbuild.build.executors.local import LocalExecutor
+from pivotbuild.build.executors.choice import choose
 from pivotbuild.build.options import BuildOptions
 from pivotbuild.build.recorder import DryRecorder, Outcome, Recorder
 from pivotbuild.build.run import BuildRun, Interrupted
@@ -83,11 +83,13 @@ class Engine:
         reporter: Reporter,
         *,
         jobserver: JobServer | None = None,
-        executor: ExecutorFactory = LocalExecutor,
+        executor: ExecutorFactory | None = None,
         resident: bool = False,
     ) -> None:
         """`jobserver` hands out the job tokens of every build (default: a pool
-        of `-j` tokens, made per build); `executor` makes each build's executor.
+        of `-j` tokens, made per build); `executor` makes each build's executor
+        (default: the one `--executor` or the project's config chooses, per
+        build: build/executors/choice.py).
         `resident`: many builds will follow (watch mode): the lockfiles and
         stat caches stay in memory between them, read again only if another
         process wrote them meanwhile."""
@@ -266,6 +268,8 @@ class Engine:
         recorder = Recorder(project, store, outputs, inbox, emit=self.emit, options=options)
         expected = recorder.expected(graph, closure, self._recent_builds(project))
         edges = after if after is not None else _edges(graph, closure)
+        make_executor = self.executor or choose(options.executor, outputs.settings, project.root)
+        executor = make_executor(project.root, outputs, inbox, cancel, store=recorder.caching)
         jobserver = self._jobserver(options)
         run = BuildRun(
             self.emit,
@@ -273,7 +277,7 @@ class Engine:
             scheduler=Scheduler(closure, edges, expected, block_on_failure=block_on_failure),
             decider=Decider(graph, store, seal=seal, forced=options.always_make, trusted=trusted),
             admission=Admission(jobserver, options.load_average, mem_limit=options.mem_limit),
-            executor=self.executor(project.root, outputs, inbox, cancel, store=recorder.caching),
+            executor=executor,
             recorder=recorder,
             inbox=inbox,
             cancel=cancel,

@@ -35,3 +35,4 @@ class BuildOptions:
     no_cache: bool = False
     no_commit: bool = False
     no_wait: bool = False
+    executor: str | None = None  # `--executor`: local or dask://HOST:PORT (None: the project's config says)

@@ -68,7 +68,7 @@ class OutputCache:
         self.cache = Cache(root / STATE_DIR / CACHE_DIR, notice)
         self.runs = RunCache(self.cache.dir, notice)
         self._lock_copies: dict[str, lockfile.Records] = {}  # pipeline dir -> its lockfile's copy, once read
-        settings = config.load_or_default(root, notice) if building else config.load(root)
+        self.settings = settings = config.load_or_default(root, notice) if building else config.load(root)
         self.mode = Mode(settings.checkout)
         self.cache.wants_reflinks = self.mode is Mode.REFLINK
 

@@ -126,6 +126,13 @@ BUILD_OPTIONS = (
     Option("no_cache", ("--no-cache",), "Do not store outputs in the cache.", fast=True),
     Option("no_commit", ("--no-commit",), "Run, but record results as pending ('pivotbuild commit')."),
     Option("no_wait", ("--no-wait",), "If another build holds the project, exit 1 instead of waiting.", fast=True),
+    Option(
+        "executor",
+        ("--executor",),
+        "Where stages run: local, or dask://HOST:PORT (a Dask cluster; default: .pivot/config.toml's [executor]).",
+        kind=TEXT,
+        metavar="URL",
+    ),
 )
 
 # Options that cannot be given together.

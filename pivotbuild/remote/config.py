@@ -12,6 +12,10 @@ endpoint_url = "http://minio:9000"  # an S3-compatible server (optional)
 region = "eu-west-1"              # optional
 profile = "team"                  # an AWS profile to read credentials from (optional)
 
+[executor]
+kind = "dask"                     # where stages run: "local" (the default) or "dask"
+address = "tcp://scheduler:8786"  # the Dask scheduler (kind = "dask")
+
 Credentials never go here: they come from the environment (AWS_*, GOOGLE_*,
 AZURE_*) or the named profile; a config that holds one is refused.
 """
@@ -49,6 +53,8 @@ class Config:
     default: str | None = None
     checkout: str = "copy"  # how outputs come back from the cache
     settings: dict[str, dict[str, str]] = field(default_factory=dict)  # name -> SETTINGS (object stores)
+    executor: str = "local"  # where stages run: one of EXECUTORS
+    address: str = ""  # the executor's scheduler (dask: tcp://HOST:PORT)
 
     def remote_url(self, name: str | None) -> tuple[str, str]:
         """(name, url) of the named remote, else the default one."""
@@ -119,7 +125,27 @@ def load(root: Path) -> Config:
     checkout = core.get("checkout", "copy")
     if checkout not in CHECKOUT_MODES:
         raise ConfigError(f"{path}: [core] checkout = {checkout!r}; use one of {', '.join(CHECKOUT_MODES)}")
-    return Config(remotes, default, checkout, settings)
+    executor, address = _executor(_table(data, "executor", path), path)
+    return Config(remotes, default, checkout, settings, executor, address)
+
+
+EXECUTORS = ("local", "dask")
+
+
+def _executor(table: dict[str, Any], path: Path) -> tuple[str, str]:
+    """[executor]'s kind and address, checked."""
+    unknown = sorted(set(table) - {"kind", "address"})
+    if unknown:
+        raise ConfigError(f"{path}: [executor] has unknown key {unknown[0]}; it takes kind and address")
+    kind = table.get("kind", "local")
+    if kind not in EXECUTORS:
+        raise ConfigError(f"{path}: [executor] kind = {kind!r}; use one of {', '.join(EXECUTORS)}")
+    address = table.get("address", "")
+    if not isinstance(address, str):
+        raise ConfigError(f'{path}: [executor] address = {address!r}; write address = "tcp://HOST:PORT"')
+    if kind == "dask" and not address:
+        raise ConfigError(f'{path}: [executor] kind = "dask" needs address = "tcp://HOST:PORT" (the scheduler)')
+    return kind, address
 
 
 SETTINGS = ("endpoint_url", "region", "profile")  # an object-store remote's keys besides url
@@ -140,7 +166,11 @@ def _settings(table: dict[str, Any], where: str) -> dict[str, str]:
     return dict(table)
 
 
-_TABLES = {"core": "[core] with remote = NAME", "remote": '[remote.NAME] with url = "..."'}
+_TABLES = {
+    "core": "[core] with remote = NAME",
+    "remote": '[remote.NAME] with url = "..."',
+    "executor": '[executor] with kind = "dask" and address = "tcp://HOST:PORT"',
+}
 
 
 def _table(data: dict[str, Any], key: str, path: Path) -> dict[str, Any]:
@@ -162,6 +192,9 @@ def save(root: Path, config: Config) -> None:
     for name in sorted(config.remotes):
         lines += ["", f"[remote.{toml_string(name)}]", f"url = {toml_string(config.remotes[name])}"]
         lines += [f"{key} = {toml_string(value)}" for key, value in sorted(config.settings.get(name, {}).items())]
+    if config.executor != "local" or config.address:
+        lines += ["", "[executor]", f"kind = {toml_string(config.executor)}"]
+        lines += [f"address = {toml_string(config.address)}"] if config.address else []
     ensure_state_dir(root)
     write_atomic(config_path(root), ("\n".join(lines) + "\n").encode("utf-8"))
 

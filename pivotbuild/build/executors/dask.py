@@ -1,0 +1,299 @@
+"""The Dask executor: each admitted stage runs as a task on a Dask distributed
+cluster (STATE.md, Executors; docs/dask.md).
+
+pivotbuild keeps deciding, scheduling, recording and reporting: the build
+loop admits a stage (`-j` bounds the tasks in flight) and this executor, in
+a thread of its own per stage, sends the stage's input files to the
+project's remote as content-addressed objects (through the cache and
+transfer.push, as `pivotbuild push` sends them), submits `dasktask.run_task`,
+and waits for its answer.  A worker runs the stage in a scratch directory of
+its own and stores its outputs to the remote; here they are fetched into the
+cache (transfer.fetch), checked out into the project, and captured as the
+local executor captures what its stages wrote (stagework.capture), so the
+recorder sees a finished stage either way.  A failed attempt is retried as
+`retry:` says, by submitting it again.
+
+The transfers go through a cache of the executor's own over the build's
+cache directory, one at a time (a fetch ends by indexing its pack, which
+must not race another transfer); the build's cache is told to read the
+packs again after each fetch, so it finds the objects fetched.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+import uuid
+from concurrent.futures import CancelledError
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from pivotbuild.build.executors import stagework
+from pivotbuild.build.executors.base import Done, Inbox, Job
+from pivotbuild.build.executors.choice import ExecutorError
+from pivotbuild.build.executors.dasktask import Task, TaskResult, Where, run_task
+from pivotbuild.build.executors.runner import RunResult, failed, internal_error
+from pivotbuild.cache.outputs import Captured, OutputCache
+from pivotbuild.cache.store import Cache, Mode
+from pivotbuild.events import Log
+from pivotbuild.model import Stage
+from pivotbuild.remote import Remote, config, open_remote, transfer
+from pivotbuild.state.hashing import ENTRY_LINK, ManifestEntry, hash_file, link_hash, walk_dir
+from pivotbuild.state.kinds import DIR, FILE, GLOB
+from pivotbuild.state.records import FileRecord
+from pivotbuild.state.snapshot import Snapshot
+from pivotbuild.structs import replace
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from pivotbuild.build.engine import ExecutorFactory
+
+CONNECT_TIMEOUT_S = 5.0  # a scheduler that does not answer by then is unreachable
+INSTALL = 'the dask executor needs Dask: pip install "pivotbuild[dask]"'
+NEEDS_REMOTE = (
+    "the dask executor needs a remote, for the stages' files to travel through:"
+    " pivotbuild remote add --default NAME URL (a directory or object store the workers reach too)"
+)
+
+
+def dask_factory(address: str, settings: config.Config, root: Path) -> ExecutorFactory:
+    """The factory of executors running stages on the scheduler at `address`
+    (tcp://HOST:PORT), through the project's default remote; the remote is
+    opened and the scheduler connected to now (ExecutorError if either
+    cannot be, or Dask is not installed)."""
+    remote, where = _remote(settings, root)
+    client = connect(address)
+
+    def make(root: Path, outputs: OutputCache, inbox: Inbox, cancel: threading.Event, *, store: bool) -> DaskExecutor:
+        return DaskExecutor(root, outputs, inbox, cancel, store=store, client=client, remote=remote, where=where)
+
+    return make
+
+
+def connect(address: str) -> Any:
+    """A Dask client of the scheduler at `address` (`Any`: distributed's
+    types are partial).  A port nobody listens on is said at once (Dask
+    itself would try again until its timeout)."""
+    try:
+        import distributed
+    except ImportError:
+        raise ExecutorError(INSTALL) from None
+    parsed = urlsplit(address)
+    client: Any = distributed.Client  # (untyped)
+    try:
+        socket.create_connection((parsed.hostname or "", parsed.port or 0), timeout=CONNECT_TIMEOUT_S).close()
+        return client(address, timeout=CONNECT_TIMEOUT_S, set_as_default=False)
+    except (OSError, TimeoutError) as exc:
+        why = getattr(exc, "strerror", None) or (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise ExecutorError(
+            f"cannot reach the Dask scheduler at {address} ({why}); start it, or fix --executor"
+            " or [executor] address in .pivot/config.toml"
+        ) from None
+
+
+def _remote(settings: config.Config, root: Path) -> tuple[Remote, Where]:
+    """The project's default remote, opened, and as a worker opens it."""
+    if not settings.remotes or (settings.default is None and len(settings.remotes) > 1):
+        raise ExecutorError(NEEDS_REMOTE)
+    name, url = settings.remote_url(None)
+    extra = settings.settings.get(name, {})
+    remote = open_remote(root, name, url, extra)
+    if not config.is_object_store(url):
+        url = str(config.directory_of(url, root).resolve())  # (the workers' directory is not the project)
+    return remote, Where(name, url, tuple(sorted(extra.items())))
+
+
+def refused(stage: Stage) -> str:
+    """Why `stage` cannot run on Dask yet, or ""."""
+    if stage.py is not None:
+        return "pivotbuild: py: stages cannot run on the dask executor yet; build this one with --executor local"
+    for out in stage.outs:
+        if out.persist or out.incremental:
+            return (
+                f"pivotbuild: {out.path} is a persist or incremental output, which the dask executor"
+                " does not carry yet; build this stage with --executor local"
+            )
+    for dep in stage.deps:
+        if os.path.isabs(dep.path):
+            return (
+                f"pivotbuild: {dep.path} is outside the project, and the dask executor sends only files"
+                " under the project root; build this stage with --executor local"
+            )
+    return ""
+
+
+class DaskExecutor:
+    """Runs stages as tasks of `client`'s cluster, their files travelling
+    through `remote` (which the workers open as `where` says)."""
+
+    def __init__(
+        self,
+        root: Path,
+        outputs: OutputCache,
+        inbox: Inbox,
+        cancel: threading.Event,
+        *,
+        store: bool,
+        client: Any,
+        remote: Remote,
+        where: Where,
+    ) -> None:
+        self.root = root
+        self.outputs = outputs
+        self.inbox = inbox
+        self.cancelled = cancel
+        self.store = store
+        self.client = client
+        self.remote = remote
+        self.where = where
+        self.cache = Cache(outputs.cache.dir, inbox.warn)  # the transfers' (see the module's docstring)
+        self.on_remote: set[str] = set()  # objects known to be on the remote already
+        self._transfers = threading.Lock()
+        self._lock = threading.Lock()  # guards `running` and `started`
+        self.running: dict[Job, Any] = {}  # each running stage's future
+        self.started = 0  # numbers a retry's event, as the build numbers starts
+
+    def start(self, job: Job) -> None:
+        with self._lock:
+            self.started += 1
+        threading.Thread(target=self._job, args=(job,), name=f"dask {job.label}", daemon=True).start()
+
+    def cancel_job(self, job: Job) -> None:
+        with self._lock:
+            future = self.running.get(job)
+        if future is not None:
+            future.cancel()
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+        with self._lock:
+            futures = list(self.running.values())
+        for future in futures:
+            future.cancel()
+
+    def close(self) -> None:
+        """Every job has reported: let go of the cluster and index what was fetched."""
+        self.client.close()
+        with self._transfers:
+            self.cache.close()
+
+    def _job(self, job: Job) -> None:
+        """Run `job` to its result and report it (in the job's own thread)."""
+        try:
+            result, captured = self._run(job)
+        except Exception as exc:  # a bug in our own code: fail the stage, keep the build sane
+            result, captured = internal_error(exc), None
+        self.inbox.done(Done(job, result, captured if result.ok else None))
+
+    def _run(self, job: Job) -> tuple[RunResult, Captured | None]:
+        stage, label, put = job.stage, job.label, self.inbox.put
+        assert job.snap is not None
+        t0 = time.monotonic()
+        problem = refused(stage) or stagework.prepare_outputs(self.root, stage)
+        if problem:
+            put(Log(label, "stderr", problem))
+            return failed(problem), None
+        try:
+            task = Task(stage, job.snap.command, self._send_inputs(job.snap), self.where)
+        except transfer.TransferError as exc:
+            return failed(f"pivotbuild: the stage's inputs could not be sent to the remote: {exc}"), None
+        answer: TaskResult | None = None
+        for attempt in range(1, stage.retry + 2):
+            if attempt > 1:
+                with self._lock:
+                    self.started += 1
+                    number = self.started
+                put(stagework.retried(label, number, attempt, stage.retry))
+            answer = self._submit(job, task)
+            if answer is None:
+                return RunResult(None, None, False, True, (), time.monotonic() - t0), None
+            for stream, line in answer.lines:
+                put(Log(label, stream, line))
+            if answer.result.ok:
+                break
+        assert answer is not None
+        if not answer.result.ok:
+            return answer.result, None
+        if answer.outs:  # (none if the stage did not write them all: capturing finds which are missing)
+            try:
+                self._check_out(stage, answer.outs)
+            except (transfer.TransferError, OSError) as exc:
+                return failed(f"pivotbuild: the stage's outputs could not be fetched from the remote: {exc}"), None
+        return stagework.capture(
+            stage, answer.result, outputs=self.outputs, known=job.known, store=self.store, label=label, put=put
+        )
+
+    def _submit(self, job: Job, task: Task) -> TaskResult | None:
+        """One attempt of `task` on the cluster; None if it was cancelled."""
+        with self._lock:
+            if self.cancelled.is_set():
+                return None
+            key = f"pivot-{job.label}-{uuid.uuid4().hex}"
+            future = self.running[job] = self.client.submit(run_task, task, key=key, pure=False)
+        try:
+            answer: TaskResult = future.result()
+            return answer
+        except CancelledError:
+            return None
+        except Exception as exc:  # the cluster gave up on it (a task that killed its workers), or went away
+            text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            return TaskResult(failed(f"pivotbuild: the Dask cluster could not run the stage: {text}"))
+        finally:
+            with self._lock:
+                self.running.pop(job, None)
+
+    def _send_inputs(self, snap: Snapshot) -> tuple[FileRecord, ...]:
+        """The stage's input files and directories, each made sure to be on the
+        remote: stored in the cache, then pushed (unless sent before)."""
+        inputs: list[FileRecord] = []
+        for rec in snap.deps:
+            for one in rec.matches if rec.kind == GLOB else (rec,):
+                if one.kind == FILE:
+                    mode = os.stat(self.root / one.path).st_mode
+                    inputs.append(replace(one, executable=bool(mode & 0o111)))
+                elif one.kind == DIR:
+                    inputs.append(one)
+        with self._transfers:
+            fresh = [rec for rec in inputs if rec.hash not in self.on_remote]
+            for rec in fresh:
+                path = self.root / rec.path
+                ok = (
+                    self.cache.store_dir(path, _manifest(path), rec.hash)
+                    if rec.kind == DIR
+                    else self.cache.store_file(path, rec.hash)
+                )
+                if not ok:
+                    raise transfer.TransferError(f"{rec.path} changed while the build ran; build again")
+            report = transfer.push(self.cache, self.remote, fresh, ())
+            if report.problems:
+                raise transfer.TransferError(report.problems[0])
+            self.on_remote.update(rec.hash for rec in fresh)
+        return tuple(inputs)
+
+    def _check_out(self, stage: Stage, outs: tuple[FileRecord, ...]) -> None:
+        """Fetch the outputs a worker stored into the cache, and check them out
+        into the project (copies: capturing then stores them as it would a
+        stage's own files)."""
+        with self._transfers:
+            report = transfer.fetch(self.cache, self.remote, outs, ())
+            if report.problems:
+                raise transfer.TransferError(report.problems[0])
+            for rec in outs:
+                dest = self.root / rec.path
+                if rec.kind == DIR:
+                    self.cache.checkout_dir(rec.hash, dest, Mode.COPY)
+                else:
+                    self.cache.checkout_file(rec.hash, dest, Mode.COPY, rec.executable)
+            self.on_remote.update(rec.hash for rec in outs)
+        self.outputs.cache.packs.reload()  # (the fetch indexed a pack of ours: the build's cache finds it)
+
+
+def _manifest(path: Path) -> list[ManifestEntry]:
+    """The manifest of the directory `path`, as the build hashes one."""
+    return [
+        ManifestEntry(rel, kind, link_hash(path / rel) if kind == ENTRY_LINK else hash_file(path / rel))
+        for rel, kind, _ in walk_dir(path)
+    ]

@@ -1,0 +1,128 @@
+"""What a Dask worker runs for one stage: `run_task`, a plain function of a
+`Task`, shipped by reference (the worker imports this module: it needs
+pivotbuild installed, not the project's directory, and never the CLI).
+
+The task makes a scratch directory of its own under the worker's temporary
+directory, fetches the stage's inputs from the project's remote by hash
+(transfer.fetch into a cache in the scratch directory, then checked out to
+their paths relative to the project root), runs the command there with the
+worker's environment plus the stage's `env:` and `PIVOT_STAGE`, under the
+stage's timeout, then hashes its outputs, stores them to the remote
+(transfer.push) and returns their records with the exit status and the last
+lines printed.  The scratch directory is removed whatever happens.  It never
+raises for a failure of the stage or of its transfers: those are results
+(an exception would be retried by Dask like a lost worker).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import threading
+from collections import deque
+from pathlib import Path
+
+from pivotbuild.build.executors import runner, stagework
+from pivotbuild.cache.outputs import OutputCache
+from pivotbuild.cache.store import Mode
+from pivotbuild.model import Stage
+from pivotbuild.remote import open_remote, transfer
+from pivotbuild.state.kinds import DIR
+from pivotbuild.state.records import FileRecord
+from pivotbuild.structs import replace, struct
+
+# The lines of a stage's output sent back with its result (a stage printing
+# more shows its last ones: streaming them as they come is for later).
+TAIL = 1000
+
+
+@struct(frozen=True, slots=True)
+class Where:
+    """The remote the task reads its inputs from and stores its outputs to:
+    as `open_remote` takes it, with a directory as an absolute path."""
+
+    name: str
+    url: str
+    settings: tuple[tuple[str, str], ...] = ()
+
+
+@struct(frozen=True, slots=True)
+class Task:
+    """One stage to run on a worker: the stage (its shell, `env:`, outputs,
+    directory and timeout), its command with `$@ $< $^` filled in, its
+    inputs (files and directories, relative to the project root, each on the
+    remote) and the remote."""
+
+    stage: Stage
+    command: str
+    inputs: tuple[FileRecord, ...]
+    remote: Where
+
+
+@struct(frozen=True, slots=True)
+class TaskResult:
+    """How the stage ended, the (stream, line) it printed last, and, if it
+    succeeded, its outputs' records (each on the remote) or the outputs it
+    did not create; `host` names the worker's machine, for messages."""
+
+    result: runner.RunResult
+    lines: tuple[tuple[str, str], ...] = ()
+    outs: tuple[FileRecord, ...] = ()
+    missing: tuple[str, ...] = ()
+    host: str = ""
+
+
+def run_task(task: Task) -> TaskResult:
+    """Run `task` on this worker (see the module's docstring)."""
+    host = os.uname().nodename
+    scratch = Path(tempfile.mkdtemp(prefix="pivot-stage-"))
+    lines: deque[tuple[str, str]] = deque(maxlen=TAIL)
+    try:
+        result, outs, missing = _run(task, scratch / "work", lines)
+    except transfer.TransferError as exc:
+        result, outs, missing = runner.failed(f"pivotbuild: on the worker {host}: {exc}"), (), ()
+    except Exception as exc:  # a bug of ours, or a worker that cannot do it: the stage fails, with why
+        result, outs, missing = runner.failed(f"pivotbuild: on the worker {host}: {exc!r}"), (), ()
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return TaskResult(result, tuple(lines), outs, missing, host)
+
+
+def _run(
+    task: Task, work: Path, lines: deque[tuple[str, str]]
+) -> tuple[runner.RunResult, tuple[FileRecord, ...], tuple[str, ...]]:
+    stage = task.stage
+    work.mkdir()
+    remote = open_remote(work, task.remote.name, task.remote.url, dict(task.remote.settings))
+    outputs = OutputCache(work, lambda _text: None)  # its cache: in the scratch directory, gone with it
+    cache = outputs.cache
+    report = transfer.fetch(cache, remote, task.inputs, ())
+    if report.problems:
+        return runner.failed(f"pivotbuild: the stage's inputs are not all on the remote: {report.problems[0]}"), (), ()
+    for rec in task.inputs:
+        dest = work / rec.path
+        if rec.kind == DIR:
+            cache.checkout_dir(rec.hash, dest, Mode.COPY)
+        else:
+            cache.checkout_file(rec.hash, dest, Mode.COPY, rec.executable)
+    cwd = work / stage.workdir if stage.workdir else work
+    cwd.mkdir(parents=True, exist_ok=True)  # (a directory with no inputs in it exists in the project only)
+    problem = stagework.prepare_outputs(work, stage)
+    if problem:
+        lines.append(("stderr", problem))
+        return runner.failed(problem), (), ()
+    env = {**os.environ, **dict(stage.env), "PIVOT_STAGE": stage.id.label("")}
+    spec = runner.RunSpec(argv=runner.stage_argv(stage.shell, task.command), cwd=cwd, env=env, timeout=stage.timeout)
+    result = runner.run(spec, lambda stream, line: lines.append((stream, line)), threading.Event())
+    if not result.ok:
+        return result, (), ()
+    # Every output travels through the remote, `cache: no` ones too.
+    stored = replace(stage, outs=tuple(replace(out, cache=True) for out in stage.outs))
+    captured = outputs.capture(stored, {}, True)
+    if captured.missing:
+        return result, (), captured.missing  # (pivotbuild fails it, as a stage of its own that did not write them)
+    report = transfer.push(cache, remote, captured.outs, ())
+    if report.problems:
+        return runner.failed(f"pivotbuild: the stage's outputs could not be stored: {report.problems[0]}"), (), ()
+    return result, captured.outs, ()

@@ -1,0 +1,231 @@
+"""The Dask executor (build/executors/dask.py, dasktask.py, choice.py) against
+a real local cluster: one scheduler and two workers on loopback, started once
+for the module, each worker in a directory of its own (its TMPDIR too, so a
+stage that prints `pwd` shows where it ran)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from conftest import Project
+
+# A matrix fan-out, a directory output and a join.  Each generated file says
+# where its stage ran, what the stage's `env:` and PIVOT_STAGE were, and
+# whether a variable of pivotbuild's own environment reached it (it must not).
+PIPELINE = """
+stage gen:
+    matrix: n=1 2 3
+    deps: src/${n}.txt tool.sh
+    outs: out/${n}.txt
+    env: GREETING=hello
+    run: { ./tool.sh $<; pwd; echo "$PIVOT_STAGE $GREETING $${PIVOT_LEAK:-unset}"; } > $@
+
+stage tree:
+    deps: src/
+    outs: tree/
+    run: mkdir -p tree/sub && cp src/1.txt tree/one.txt && cp src/2.txt tree/sub/two.txt
+
+stage join:
+    deps: out/1.txt out/2.txt out/3.txt tree/
+    outs: all.txt
+    run: cat out/1.txt out/2.txt out/3.txt tree/one.txt tree/sub/two.txt > $@
+"""
+
+
+@dataclass
+class Cluster:
+    address: str  # dask://127.0.0.1:PORT, as --executor takes it
+    workers: tuple[Path, ...]  # each worker's directory (and TMPDIR)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    """Stop the processes, last started first (the workers before their scheduler)."""
+    procs = procs[::-1]
+    for proc in procs:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    from distributed import Client
+
+    base = tmp_path_factory.mktemp("dask")
+    dask = str(Path(sys.executable).with_name("dask"))
+    address = f"tcp://127.0.0.1:{_free_port()}"
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(name: str, argv: list[str], **env: str) -> Path:
+        home = base / name
+        (home / "tmp").mkdir(parents=True)
+        with open(home / "log.txt", "wb") as log:  # (the process has its own descriptor)
+            procs.append(
+                subprocess.Popen(
+                    [dask, *argv, "--host", "127.0.0.1", "--no-dashboard"],
+                    cwd=home,
+                    env={**os.environ, **env, "TMPDIR": str(home / "tmp")},
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            )
+        return home
+
+    t0 = time.monotonic()
+    try:
+        start("scheduler", ["scheduler", "--port", address.rpartition(":")[2]])
+        workers = tuple(
+            start(f"worker{n}", ["worker", address, "--nthreads", "1", "--no-nanny", "--name", f"w{n}"]) for n in (1, 2)
+        )
+        with Client(address, timeout=60, set_as_default=False) as client:
+            client.wait_for_workers(2, timeout=60)
+        (base / "started-in.txt").write_text(f"{time.monotonic() - t0:.2f}s\n")  # (for whoever wonders)
+        yield Cluster(address.replace("tcp://", "dask://"), workers)
+    finally:
+        _stop(procs)
+
+
+def _dask_project(project: Project, remote: Path) -> Project:
+    project.pivotfile(PIPELINE)
+    for n in (1, 2, 3):
+        project.write(f"src/{n}.txt", f"source {n}\n")
+    tool = project.write("tool.sh", '#!/bin/sh\necho "tool read $(cat "$1")"\n')
+    tool.chmod(0o755)
+    remote.mkdir()
+    ran = project.run("remote", "add", "--default", "shared", str(remote))
+    assert ran.code == 0, ran.err
+    return project
+
+
+def test_a_fan_out_and_a_join_build_on_the_cluster_and_are_then_up_to_date_locally(
+    project: Project, cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _dask_project(project, tmp_path / "remote")
+    monkeypatch.setenv("PIVOT_LEAK", "leaked")  # pivotbuild's own environment: it must not reach the stages
+    ran = project.run("-j", "4", "--executor", cluster.address)
+    assert ran.code == 0, ran.out + ran.err
+    for n in (1, 2, 3):
+        said, ran_in, env = (project.root / f"out/{n}.txt").read_text().splitlines()
+        assert said == f"tool read source {n}"
+        assert any(Path(ran_in).is_relative_to(w / "tmp") for w in cluster.workers), ran_in
+        assert env == f"gen@{n} hello unset"
+        assert not Path(ran_in).exists()  # (its scratch directory is removed)
+    assert (project.root / "tree/sub/two.txt").read_text() == "source 2\n"
+    joined = (project.root / "all.txt").read_text()
+    assert joined.startswith("tool read source 1\n") and joined.endswith("source 1\nsource 2\n")
+    assert any((tmp_path / "remote" / "objects").iterdir())  # the files travelled through the remote
+    ran = project.run("-q")  # up to date, without the executor
+    assert ran.code == 0, ran.out + ran.err
+
+
+def test_a_stage_whose_inputs_came_back_is_restored_from_the_run_cache_not_run_again(
+    project: Project, cluster: Cluster, tmp_path: Path
+) -> None:
+    # The executor chosen in the config this time.
+    _dask_project(project, tmp_path / "remote")
+    address = cluster.address.replace("dask://", "tcp://")
+    with open(project.root / ".pivot/config.toml", "a") as config:
+        config.write(f'\n[executor]\nkind = "dask"\naddress = "{address}"\n')
+    assert project.run("gen@1").code == 0
+    first = (project.root / "out/1.txt").read_text()
+    assert any(Path(first.splitlines()[1]).is_relative_to(w) for w in cluster.workers), first  # (ran on the cluster)
+    project.write("src/1.txt", "changed\n")
+    assert project.run("gen@1").code == 0
+    second = (project.root / "out/1.txt").read_text()
+    assert second.startswith("tool read changed\n") and second.splitlines()[1] != first.splitlines()[1]
+    project.write("src/1.txt", "source 1\n")
+    ran = project.run("-v", "gen@1")
+    assert ran.code == 0, ran.out + ran.err
+    assert (project.root / "out/1.txt").read_text() == first  # the same scratch directory: not run again
+    assert "restored" in ran.out + ran.err
+
+
+def test_a_stage_failing_on_a_worker_fails_the_build_with_its_output_and_exit_status(
+    project: Project, cluster: Cluster, tmp_path: Path
+) -> None:
+    _dask_project(project, tmp_path / "remote")
+    project.pivotfile(
+        """
+        stage bad:
+            deps: src/1.txt
+            outs: never.txt
+            run: echo "reading $<"; echo "it went wrong" >&2; exit 3
+        """
+    )
+    ran = project.run("--executor", cluster.address)
+    assert ran.code == 1
+    assert "exit status 3" in ran.out + ran.err
+    assert "it went wrong" in ran.out + ran.err and "reading src/1.txt" in ran.out + ran.err
+    assert not (project.root / "never.txt").exists()
+
+
+def test_a_py_stage_is_refused_on_the_cluster_for_now(project: Project, cluster: Cluster, tmp_path: Path) -> None:
+    _dask_project(project, tmp_path / "remote")
+    project.write("steps.py", "def make(ctx):\n    open('made.txt', 'w').write('x')\n")
+    project.pivotfile("stage made:\n    outs: made.txt\n    py: steps:make\n")
+    ran = project.run("--executor", cluster.address)
+    assert ran.code == 1
+    assert "py: stages cannot run on the dask executor yet" in ran.out + ran.err
+
+
+def test_an_unreachable_scheduler_is_a_one_line_error(project: Project, tmp_path: Path) -> None:
+    _dask_project(project, tmp_path / "remote")
+    ran = project.run("--executor", f"dask://127.0.0.1:{_free_port()}")
+    assert ran.code == 2
+    assert ran.err.startswith("pivotbuild: cannot reach the Dask scheduler at tcp://127.0.0.1:")
+    assert len(ran.err.strip().splitlines()) == 1, ran.err
+    assert not (project.root / "out").exists()
+
+
+def test_the_dask_executor_needs_a_remote(project: Project) -> None:
+    project.pivotfile("stage a:\n    outs: a.txt\n    run: echo a > $@\n")
+    ran = project.run("--executor", "dask://127.0.0.1:8786")
+    assert ran.code == 2
+    assert ran.err.strip() == (
+        "pivotbuild: the dask executor needs a remote, for the stages' files to travel through:"
+        " pivotbuild remote add --default NAME URL (a directory or object store the workers reach too)"
+    )
+
+
+def test_without_dask_installed_the_error_says_what_to_install(
+    project: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _dask_project(project, tmp_path / "remote")
+    hidden = tmp_path / "nodask"
+    hidden.mkdir()
+    (hidden / "distributed.py").write_text("raise ImportError('No module named distributed')\n")
+    monkeypatch.setenv("PYTHONPATH", str(hidden))
+    ran = project.run("--executor", "dask://127.0.0.1:8786")
+    assert ran.code == 2
+    assert ran.err.strip() == 'pivotbuild: the dask executor needs Dask: pip install "pivotbuild[dask]"'
+
+
+def test_an_executor_that_is_neither_local_nor_dask_is_a_usage_error(project: Project) -> None:
+    project.pivotfile("stage a:\n    outs: a.txt\n    run: echo a > $@\n")
+    ran = project.run("--executor", "ssh://somewhere")
+    assert ran.code == 2
+    assert "use local, or dask://HOST:PORT" in ran.err
+    assert project.run("--executor", "local").code == 0
+    assert (project.root / "a.txt").read_text() == "a\n"
