@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import Project
+from conftest import PIVOTBUILD, Project
 
 # A matrix fan-out, a directory output and a join.  Each generated file says
 # where its stage ran, what the stage's `env:` and PIVOT_STAGE were, and
@@ -179,6 +179,71 @@ def test_a_stage_failing_on_a_worker_fails_the_build_with_its_output_and_exit_st
     assert "exit status 3" in ran.out + ran.err
     assert "it went wrong" in ran.out + ran.err and "reading src/1.txt" in ran.out + ran.err
     assert not (project.root / "never.txt").exists()
+
+
+def test_a_stage_is_retried_on_the_cluster_and_timed_out_there(
+    project: Project, cluster: Cluster, tmp_path: Path
+) -> None:
+    _dask_project(project, tmp_path / "remote")
+    mark = tmp_path / "tried"  # (outside any scratch directory, so the second attempt sees the first's)
+    project.pivotfile(
+        f"""
+        stage flaky:
+            outs: flaky.txt
+            retry: 1
+            env: MARK={mark}
+            run: if [ -e "$MARK" ]; then echo second > $@; else touch "$MARK"; echo "first fails" >&2; exit 1; fi
+
+        stage slow:
+            outs: slow.txt
+            timeout: 1s
+            run: sleep 30; echo late > $@
+        """
+    )
+    ran = project.run("-k", "--executor", cluster.address)
+    assert ran.code == 1
+    assert (project.root / "flaky.txt").read_text() == "second\n"
+    assert "retry 1 of 1" in ran.out + ran.err
+    assert "timed out after 1s" in ran.out + ran.err
+    assert not (project.root / "slow.txt").exists()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"  # (a zombie has ended)
+
+
+def test_ctrl_c_cancels_the_stages_running_on_the_cluster_and_exits_130(
+    project: Project, cluster: Cluster, tmp_path: Path
+) -> None:
+    _dask_project(project, tmp_path / "remote")
+    mark = tmp_path / "pid"
+    project.pivotfile(
+        f"""
+        stage slow:
+            outs: slow.txt
+            env: MARK={mark}
+            run: sleep 60 & echo $$! > "$MARK.tmp"; mv "$MARK.tmp" "$MARK"; wait; echo late > $@
+        """
+    )
+    build = subprocess.Popen(
+        [*PIVOTBUILD, "--executor", cluster.address], cwd=project.root, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    deadline = time.monotonic() + 30
+    while not mark.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    pid = int(mark.read_text())
+    assert _alive(pid)
+    build.send_signal(signal.SIGINT)
+    _, err = build.communicate(timeout=30)
+    assert build.returncode == 130, err
+    while _alive(pid) and time.monotonic() < deadline:  # killed on its worker, not left to run its minute
+        time.sleep(0.05)
+    assert not _alive(pid)
+    assert not (project.root / "slow.txt").exists()
 
 
 def test_a_py_stage_is_refused_on_the_cluster_for_now(project: Project, cluster: Cluster, tmp_path: Path) -> None:

@@ -198,7 +198,7 @@ class DaskExecutor:
             return failed(problem), None
         try:
             task = Task(stage, job.snap.command, self._send_inputs(job.snap), self.where)
-        except transfer.TransferError as exc:
+        except (transfer.TransferError, OSError) as exc:
             return failed(f"pivotbuild: the stage's inputs could not be sent to the remote: {exc}"), None
         answer: TaskResult | None = None
         for attempt in range(1, stage.retry + 2):

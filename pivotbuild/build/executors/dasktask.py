@@ -9,9 +9,11 @@ their paths relative to the project root), runs the command there with the
 worker's environment plus the stage's `env:` and `PIVOT_STAGE`, under the
 stage's timeout, then hashes its outputs, stores them to the remote
 (transfer.push) and returns their records with the exit status and the last
-lines printed.  The scratch directory is removed whatever happens.  It never
-raises for a failure of the stage or of its transfers: those are results
-(an exception would be retried by Dask like a lost worker).
+lines printed.  If Dask cancels the task meanwhile (the build was
+interrupted), the command is killed.  The scratch directory is removed
+whatever happens.  A failure of the stage or of its transfers is a result,
+never an exception, so that it comes back with the lines printed and says
+what went wrong on which worker.
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ import shutil
 import tempfile
 import threading
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from pivotbuild.build.executors import runner, stagework
 from pivotbuild.cache.outputs import OutputCache
@@ -114,7 +118,14 @@ def _run(
         return runner.failed(problem), (), ()
     env = {**os.environ, **dict(stage.env), "PIVOT_STAGE": stage.id.label("")}
     spec = runner.RunSpec(argv=runner.stage_argv(stage.shell, task.command), cwd=cwd, env=env, timeout=stage.timeout)
-    result = runner.run(spec, lambda stream, line: lines.append((stream, line)), threading.Event())
+    cancel, finished = threading.Event(), threading.Event()
+    cancelled = _cancelled_check()
+    if cancelled is not None:
+        threading.Thread(target=_watch, args=(cancelled, cancel, finished), daemon=True).start()
+    try:
+        result = runner.run(spec, lambda stream, line: lines.append((stream, line)), cancel)
+    finally:
+        finished.set()
     if not result.ok:
         return result, (), ()
     # Every output travels through the remote, `cache: no` ones too.
@@ -126,3 +137,31 @@ def _run(
     if report.problems:
         return runner.failed(f"pivotbuild: the stage's outputs could not be stored: {report.problems[0]}"), (), ()
     return result, captured.outs, ()
+
+
+def _cancelled_check() -> Callable[[], bool] | None:
+    """Whether Dask has cancelled the task running this (its future was
+    cancelled: the build was interrupted or stopped it), as the worker knows
+    it; None outside a Dask worker.  (Dask cannot stop a running task: the
+    task stops its command itself.)"""
+    try:
+        from distributed import get_worker
+
+        worker: Any = get_worker()
+        key = worker.get_current_task()
+    except (ImportError, ValueError):
+        return None
+
+    def cancelled() -> bool:
+        state = worker.state.tasks.get(key)
+        return state is None or state.state == "cancelled"
+
+    return cancelled
+
+
+def _watch(cancelled: Callable[[], bool], cancel: threading.Event, finished: threading.Event) -> None:
+    """Set `cancel` (the command is then killed) once Dask cancels the task."""
+    while not finished.wait(runner.TICK_S):
+        if cancelled():
+            cancel.set()
+            return
