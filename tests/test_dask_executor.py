@@ -12,7 +12,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -41,12 +40,6 @@ stage join:
 """
 
 
-@dataclass
-class Cluster:
-    address: str  # dask://127.0.0.1:PORT, as --executor takes it
-    workers: tuple[Path, ...]  # each worker's directory (and TMPDIR)
-
-
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -54,57 +47,74 @@ def _free_port() -> int:
         return port
 
 
-def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
-    """Stop the processes, last started first (the workers before their scheduler)."""
-    procs = procs[::-1]
-    for proc in procs:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-    for proc in procs:
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+class Cluster:
+    """A scheduler and its workers on loopback, each process in a directory
+    of its own under `base` (its TMPDIR too) and a process group of its own."""
 
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.tcp = f"tcp://127.0.0.1:{_free_port()}"
+        self.address = self.tcp.replace("tcp://", "dask://")  # as --executor takes it
+        self.workers: list[Path] = []  # each worker's directory
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.homes: dict[int, Path] = {}  # each process's directory, by its pid
+        self._start("scheduler", ["scheduler", "--port", self.tcp.rpartition(":")[2]])
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    from distributed import Client
+    def add_worker(self) -> Path:
+        name = f"worker{len(self.workers) + 1}"
+        home = self._start(name, ["worker", self.tcp, "--nthreads", "1", "--no-nanny", "--name", name])
+        self.workers.append(home)
+        return home
 
-    base = tmp_path_factory.mktemp("dask")
-    dask = str(Path(sys.executable).with_name("dask"))
-    address = f"tcp://127.0.0.1:{_free_port()}"
-    procs: list[subprocess.Popen[bytes]] = []
+    def wait_for_workers(self, count: int) -> None:
+        from distributed import Client
 
-    def start(name: str, argv: list[str], **env: str) -> Path:
-        home = base / name
+        with Client(self.tcp, timeout=60, set_as_default=False) as client:
+            client.wait_for_workers(count, timeout=60)
+
+    def stop(self) -> None:
+        """Stop the processes, last started first (the workers before their scheduler)."""
+        procs = self.procs[::-1]
+        for proc in procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+    def _start(self, name: str, argv: list[str]) -> Path:
+        home = self.base / name
         (home / "tmp").mkdir(parents=True)
         with open(home / "log.txt", "wb") as log:  # (the process has its own descriptor)
-            procs.append(
+            self.procs.append(
                 subprocess.Popen(
-                    [dask, *argv, "--host", "127.0.0.1", "--no-dashboard"],
+                    [str(Path(sys.executable).with_name("dask")), *argv, "--host", "127.0.0.1", "--no-dashboard"],
                     cwd=home,
-                    env={**os.environ, **env, "TMPDIR": str(home / "tmp")},
+                    env={**os.environ, "TMPDIR": str(home / "tmp")},
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     start_new_session=True,
                 )
             )
+        self.homes[self.procs[-1].pid] = home
         return home
 
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     t0 = time.monotonic()
+    running = Cluster(tmp_path_factory.mktemp("dask"))
     try:
-        start("scheduler", ["scheduler", "--port", address.rpartition(":")[2]])
-        workers = tuple(
-            start(f"worker{n}", ["worker", address, "--nthreads", "1", "--no-nanny", "--name", f"w{n}"]) for n in (1, 2)
-        )
-        with Client(address, timeout=60, set_as_default=False) as client:
-            client.wait_for_workers(2, timeout=60)
-        (base / "started-in.txt").write_text(f"{time.monotonic() - t0:.2f}s\n")  # (for whoever wonders)
-        yield Cluster(address.replace("tcp://", "dask://"), workers)
+        running.add_worker()
+        running.add_worker()
+        running.wait_for_workers(2)
+        (running.base / "started-in.txt").write_text(f"{time.monotonic() - t0:.2f}s\n")  # (for whoever wonders)
+        yield running
     finally:
-        _stop(procs)
+        running.stop()
 
 
 def _dask_project(project: Project, remote: Path) -> Project:
@@ -244,6 +254,45 @@ def test_ctrl_c_cancels_the_stages_running_on_the_cluster_and_exits_130(
         time.sleep(0.05)
     assert not _alive(pid)
     assert not (project.root / "slow.txt").exists()
+
+
+def test_a_stage_whose_worker_is_killed_runs_again_on_another(
+    project: Project, cluster: Cluster, tmp_path: Path
+) -> None:
+    _dask_project(project, tmp_path / "remote")
+    mark = tmp_path / "first"  # the first attempt's worker (the stage's parent) and its sleep
+    project.pivotfile(
+        f"""
+        stage survivor:
+            deps: src/1.txt
+            outs: survivor.txt
+            env: MARK={mark}
+            run:
+                if [ -e "$MARK" ]; then cat $< > $@; pwd >> $@; exit; fi
+                sleep 60 & echo "$PPID $$!" > "$MARK.tmp"; mv "$MARK.tmp" "$MARK"; wait
+        """
+    )
+    build = subprocess.Popen(
+        [*PIVOTBUILD, "--executor", cluster.address], cwd=project.root, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not mark.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        worker, sleep = (int(pid) for pid in mark.read_text().split())
+        os.kill(worker, signal.SIGKILL)
+        os.kill(sleep, signal.SIGKILL)  # (its shell, orphaned, then ends)
+        out, err = build.communicate(timeout=60)
+        assert build.returncode == 0, out + err
+        said, ran_in = (project.root / "survivor.txt").read_text().splitlines()
+        assert said == "source 1"
+        killed = cluster.homes[worker]
+        assert Path(ran_in).is_relative_to(cluster.base) and not Path(ran_in).is_relative_to(killed)
+    finally:
+        build.kill()
+        build.wait()
+        cluster.add_worker()  # (two again, for the other tests)
+        cluster.wait_for_workers(2)
 
 
 def test_a_py_stage_is_refused_on_the_cluster_for_now(project: Project, cluster: Cluster, tmp_path: Path) -> None:
