@@ -270,7 +270,11 @@ def test_ctrl_c_cancels_the_stages_running_on_the_cluster_and_exits_130(
         """
     )
     build = subprocess.Popen(
-        [*PIVOTBUILD, "--executor", cluster.address], cwd=project.root, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        [*PIVOTBUILD, "--executor", cluster.address],
+        cwd=project.root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     deadline = time.monotonic() + 30
     while not mark.exists() and time.monotonic() < deadline:
@@ -303,7 +307,11 @@ def test_a_stage_whose_worker_is_killed_runs_again_on_another(
         """
     )
     build = subprocess.Popen(
-        [*PIVOTBUILD, "--executor", cluster.address], cwd=project.root, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        [*PIVOTBUILD, "--executor", cluster.address],
+        cwd=project.root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         deadline = time.monotonic() + 30
@@ -323,6 +331,33 @@ def test_a_stage_whose_worker_is_killed_runs_again_on_another(
         build.wait()
         cluster.add_worker()  # (two again, for the other tests)
         cluster.wait_for_workers(2)
+
+
+def test_a_scheduler_lost_mid_build_fails_its_stage_saying_so(project: Project, tmp_path: Path) -> None:
+    own = Cluster(tmp_path / "cluster")  # (one of its own: this test kills its scheduler)
+    try:
+        own.add_worker()
+        own.wait_for_workers(1)
+        _dask_project(project, tmp_path / "remote")
+        mark = tmp_path / "started"
+        project.pivotfile(f"stage slow:\n    outs: slow.txt\n    run: touch {mark}; sleep 30; echo > $@\n")
+        build = subprocess.Popen(
+            [*PIVOTBUILD, "--executor", own.address],
+            cwd=project.root,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + 30
+        while not mark.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.killpg(own.procs[0].pid, signal.SIGKILL)  # the scheduler
+        out, err = build.communicate(timeout=60)
+        assert build.returncode == 1, out + err
+        assert "the Dask cluster dropped the stage (its scheduler went away?)" in err
+        assert "Traceback" not in err and "distributed" not in err  # (Dask's own logging kept quiet)
+    finally:
+        own.stop()
 
 
 def test_a_py_stage_is_refused_on_the_cluster_for_now(project: Project, cluster: Cluster, tmp_path: Path) -> None:

@@ -21,6 +21,8 @@ packs again after each fetch, so it finds the objects fetched.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import socket
 import threading
@@ -81,6 +83,11 @@ def connect(address: str) -> Any:
         import distributed
     except ImportError:
         raise ExecutorError(INSTALL) from None
+    # Dask logs to stderr (its loggers have levels and handlers of their own);
+    # what goes wrong reaches the user as pivotbuild's own one-line messages.
+    for name in list(logging.root.manager.loggerDict):
+        if name == "distributed" or name.startswith("distributed."):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
     parsed = urlsplit(address)
     client: Any = distributed.Client  # (untyped)
     try:
@@ -154,6 +161,7 @@ class DaskExecutor:
         self._transfers = threading.Lock()
         self._lock = threading.Lock()  # guards `running` and `started`
         self.running: dict[Job, Any] = {}  # each running stage's future
+        self._stopped: set[Job] = set()  # jobs cancel_job stopped (their futures' cancelling is ours)
         self.started = 0  # numbers a retry's event, as the build numbers starts
 
     def start(self, job: Job) -> None:
@@ -163,6 +171,7 @@ class DaskExecutor:
 
     def cancel_job(self, job: Job) -> None:
         with self._lock:
+            self._stopped.add(job)
             future = self.running.get(job)
         if future is not None:
             future.cancel()
@@ -176,7 +185,8 @@ class DaskExecutor:
 
     def close(self) -> None:
         """Every job has reported: let go of the cluster and index what was fetched."""
-        self.client.close()
+        with contextlib.suppress(OSError, TimeoutError):  # (a scheduler gone: nothing to let go of)
+            self.client.close()
         with self._transfers:
             self.cache.close()
 
@@ -212,7 +222,7 @@ class DaskExecutor:
                 return RunResult(None, None, False, True, (), time.monotonic() - t0), None
             for stream, line in answer.lines:
                 put(Log(label, stream, line))
-            if answer.result.ok:
+            if answer.result.ok or answer.result.cancelled:
                 break
         assert answer is not None
         if not answer.result.ok:
@@ -229,7 +239,7 @@ class DaskExecutor:
     def _submit(self, job: Job, task: Task) -> TaskResult | None:
         """One attempt of `task` on the cluster; None if it was cancelled."""
         with self._lock:
-            if self.cancelled.is_set():
+            if self.cancelled.is_set() or job in self._stopped:
                 return None
             key = f"pivot-{job.label}-{uuid.uuid4().hex}"
             future = self.running[job] = self.client.submit(run_task, task, key=key, pure=False)
@@ -237,7 +247,9 @@ class DaskExecutor:
             answer: TaskResult = future.result()
             return answer
         except CancelledError:
-            return None
+            if self.cancelled.is_set() or job in self._stopped:
+                return None
+            return TaskResult(failed("pivotbuild: the Dask cluster dropped the stage (its scheduler went away?)"))
         except Exception as exc:  # the cluster gave up on it (a task that killed its workers), or went away
             text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             return TaskResult(failed(f"pivotbuild: the Dask cluster could not run the stage: {text}"))
