@@ -360,6 +360,46 @@ def test_a_scheduler_lost_mid_build_fails_its_stage_saying_so(project: Project, 
         own.stop()
 
 
+def test_a_cluster_without_workers_fails_the_stage_saying_so(project: Project, tmp_path: Path) -> None:
+    own = Cluster(tmp_path / "cluster")  # (a scheduler alone: a task would wait for a worker for ever)
+    try:
+        _dask_project(project, tmp_path / "remote")
+        project.pivotfile("stage s:\n    outs: s.txt\n    run: echo > $@\n")
+        env = {**os.environ, "PIVOT_DASK_WAIT_S": "3"}
+        build = subprocess.run(
+            [*PIVOTBUILD, "--executor", own.address],
+            check=False,
+            cwd=project.root,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=90,
+        )
+        assert build.returncode == 1, build.stdout + build.stderr
+        assert "pivotbuild: the Dask cluster has had no worker for 3s; the stage did not run" in build.stderr
+    finally:
+        own.stop()
+
+
+def test_a_stage_reaching_outside_the_project_is_refused(project: Project, cluster: Cluster, tmp_path: Path) -> None:
+    _dask_project(project, tmp_path / "remote")
+    (project.root.parent / "outside.txt").write_text("out there\n")
+    project.pivotfile("stage s:\n    deps: ../outside.txt\n    outs: s.txt\n    run: cat $< > $@\n")
+    ran = project.run("--executor", cluster.address)
+    assert ran.code == 1, ran
+    assert "../outside.txt is outside the project, and the dask executor carries only files" in ran.err, ran.err
+
+
+def test_a_missing_output_is_named_as_the_local_executor_names_it(
+    project: Project, cluster: Cluster, tmp_path: Path
+) -> None:
+    _dask_project(project, tmp_path / "remote")
+    project.pivotfile("stage s:\n    outs: a.txt b.txt\n    run: echo a > a.txt\n")
+    ran = project.run("--executor", cluster.address)
+    assert ran.code == 1, ran
+    assert "declared output b.txt was not created" in ran.err, ran.err
+
+
 def test_a_py_stage_is_refused_on_the_cluster_for_now(project: Project, cluster: Cluster, tmp_path: Path) -> None:
     _dask_project(project, tmp_path / "remote")
     project.write("steps.py", "def make(ctx):\n    open('made.txt', 'w').write('x')\n")

@@ -61,6 +61,26 @@ NEEDS_REMOTE = (
 )
 
 
+def _patience() -> float:
+    """How long a stage waits for the cluster to have a worker, or its
+    scheduler to answer: PIVOT_DASK_WAIT_S seconds, else `_STRANDED_S`."""
+    try:
+        return max(float(os.environ["PIVOT_DASK_WAIT_S"]), 0.0)
+    except (KeyError, ValueError):
+        return _STRANDED_S
+
+
+def _workers(dask_scheduler: Any) -> int:
+    """(On the scheduler.) How many workers it has."""
+    return len(dask_scheduler.workers)
+
+
+_workers.__module__ = "__main__"  # (so cloudpickle sends it by value: the scheduler need not have pivotbuild)
+
+_POLL_S = 2.0  # how often a waiting stage asks whether the cluster can still run it
+_STRANDED_S = 60.0  # how long a stage waits for a worker, or for the scheduler to answer (PIVOT_DASK_WAIT_S)
+
+
 def dask_factory(address: str, settings: config.Config, root: Path) -> ExecutorFactory:
     """The factory of executors running stages on the scheduler at `address`
     (tcp://HOST:PORT), through the project's default remote; the remote is
@@ -123,13 +143,19 @@ def refused(stage: Stage) -> str:
                 f"pivotbuild: {out.path} is a persist or incremental output, which the dask executor"
                 " does not carry yet; build this stage with --executor local"
             )
-    for dep in stage.deps:
-        if os.path.isabs(dep.path):
+    for path in (*(d.path for d in stage.deps), *(o.path for o in stage.outs), stage.workdir or "."):
+        if _outside(path):
             return (
-                f"pivotbuild: {dep.path} is outside the project, and the dask executor sends only files"
+                f"pivotbuild: {path} is outside the project, and the dask executor carries only files"
                 " under the project root; build this stage with --executor local"
             )
     return ""
+
+
+def _outside(path: str) -> bool:
+    """Is `path` (root-relative, or absolute) outside the project root (`/x`, `../x`, `a/../../x`)?"""
+    normal = os.path.normpath(path)
+    return os.path.isabs(normal) or normal == ".." or normal.startswith("../")
 
 
 class DaskExecutor:
@@ -227,6 +253,8 @@ class DaskExecutor:
         assert answer is not None
         if not answer.result.ok:
             return answer.result, None
+        if answer.missing:  # (as the local executor says it: the first declared output not written)
+            return failed(f"declared output {answer.missing[0]} was not created"), None
         if answer.outs:  # (none if the stage did not write them all: capturing finds which are missing)
             try:
                 self._check_out(stage, answer.outs)
@@ -244,7 +272,7 @@ class DaskExecutor:
             key = f"pivot-{job.label}-{uuid.uuid4().hex}"
             future = self.running[job] = self.client.submit(run_task, task, key=key, pure=False)
         try:
-            answer: TaskResult = future.result()
+            answer: TaskResult = self._wait(future)
             return answer
         except CancelledError:
             if self.cancelled.is_set() or job in self._stopped:
@@ -256,6 +284,41 @@ class DaskExecutor:
         finally:
             with self._lock:
                 self.running.pop(job, None)
+
+    def _wait(self, future: Any) -> TaskResult:
+        """The task's result; if the cluster has had no worker, or its scheduler
+        has not answered, for `_STRANDED_S`, a failure saying so (Dask itself
+        would wait for ever: a task waits for a worker to come)."""
+        stranded_since: float | None = None
+        patience = _patience()
+        while True:
+            try:
+                answer: TaskResult = future.result(timeout=_POLL_S)
+                return answer
+            except TimeoutError:
+                pass
+            if self.cancelled.is_set():
+                future.cancel()
+            problem = self._cluster_problem()
+            if problem is None:
+                stranded_since = None
+                continue
+            now = time.monotonic()
+            stranded_since = stranded_since or now
+            if now - stranded_since >= patience:
+                future.cancel()
+                return TaskResult(failed(f"pivotbuild: {problem} for {patience:g}s; the stage did not run"))
+
+    def _cluster_problem(self) -> str | None:
+        """Why the cluster cannot run a task now, or None."""
+        try:
+            # (sent by value: the scheduler need not have pivotbuild; an answer proves it lives)
+            info = self.client.run_on_scheduler(
+                lambda dask_scheduler: len(dask_scheduler.workers), callback_timeout=_POLL_S
+            )
+        except Exception:  # (a timeout, a closed connection: it does not answer)
+            return "the Dask scheduler has not answered"
+        return None if info else "the Dask cluster has had no worker"
 
     def _send_inputs(self, snap: Snapshot) -> tuple[FileRecord, ...]:
         """The stage's input files and directories, each made sure to be on the

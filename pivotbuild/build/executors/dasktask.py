@@ -106,6 +106,8 @@ def _run(
         return runner.failed(f"pivotbuild: the stage's inputs are not all on the remote: {report.problems[0]}"), (), ()
     for rec in task.inputs:
         dest = work / rec.path
+        if not dest.resolve().is_relative_to(work.resolve()):  # (the build refuses such paths: never write outside)
+            return runner.failed(f"pivotbuild: {rec.path} is outside the project"), (), ()
         if rec.kind == DIR:
             cache.checkout_dir(rec.hash, dest, Mode.COPY)
         else:
