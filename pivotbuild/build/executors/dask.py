@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import socket
 import threading
@@ -69,13 +70,6 @@ def _patience() -> float:
     except (KeyError, ValueError):
         return _STRANDED_S
 
-
-def _workers(dask_scheduler: Any) -> int:
-    """(On the scheduler.) How many workers it has."""
-    return len(dask_scheduler.workers)
-
-
-_workers.__module__ = "__main__"  # (so cloudpickle sends it by value: the scheduler need not have pivotbuild)
 
 _POLL_S = 2.0  # how often a waiting stage asks whether the cluster can still run it
 _STRANDED_S = 60.0  # how long a stage waits for a worker, or for the scheduler to answer (PIVOT_DASK_WAIT_S)
@@ -185,7 +179,8 @@ class DaskExecutor:
         self.cache = Cache(outputs.cache.dir, inbox.warn)  # the transfers' (see the module's docstring)
         self.on_remote: set[str] = set()  # objects known to be on the remote already
         self._transfers = threading.Lock()
-        self._lock = threading.Lock()  # guards `running` and `started`
+        self._lock = threading.Lock()  # guards `running`, `started` and `_cluster_seen`
+        self._cluster_seen: tuple[float, str | None] = (-math.inf, None)  # when the cluster was last asked, its answer
         self.running: dict[Job, Any] = {}  # each running stage's future
         self._stopped: set[Job] = set()  # jobs cancel_job stopped (their futures' cancelling is ours)
         self.started = 0  # numbers a retry's event, as the build numbers starts
@@ -310,15 +305,25 @@ class DaskExecutor:
                 return TaskResult(failed(f"pivotbuild: {problem} for {patience:g}s; the stage did not run"))
 
     def _cluster_problem(self) -> str | None:
-        """Why the cluster cannot run a task now, or None."""
+        """Why the cluster cannot run a task now, or None: asked of the
+        scheduler at most once per `_POLL_S` for all the stages waiting (each
+        waits in a thread of its own: `-j 400` must not mean 200 questions a second)."""
+        with self._lock:
+            asked_at, problem = self._cluster_seen
+            if time.monotonic() - asked_at < _POLL_S:
+                return problem
         try:
             # (sent by value: the scheduler need not have pivotbuild; an answer proves it lives)
             info = self.client.run_on_scheduler(
                 lambda dask_scheduler: len(dask_scheduler.workers), callback_timeout=_POLL_S
             )
         except Exception:  # (a timeout, a closed connection: it does not answer)
-            return "the Dask scheduler has not answered"
-        return None if info else "the Dask cluster has had no worker"
+            problem = "the Dask scheduler has not answered"
+        else:
+            problem = None if info else "the Dask cluster has had no worker"
+        with self._lock:
+            self._cluster_seen = (time.monotonic(), problem)
+        return problem
 
     def _send_inputs(self, snap: Snapshot) -> tuple[FileRecord, ...]:
         """The stage's input files and directories, each made sure to be on the
