@@ -7,9 +7,12 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import daskcluster
 import pytest
 
 from pivotbuild.model import Pipeline
@@ -83,6 +86,22 @@ def chain(project: Project) -> Project:
     project.write("in.txt", "hello\n")
     project.write("other.txt", "other\n")
     return project
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[daskcluster.Cluster]:
+    """A local Dask cluster, a scheduler and two workers on loopback, for the
+    test module that asks for it (daskcluster.py)."""
+    t0 = time.monotonic()
+    running = daskcluster.Cluster(tmp_path_factory.mktemp("dask"))
+    try:
+        running.add_worker()
+        running.add_worker()
+        running.wait_for_workers(2)
+        (running.base / "started-in.txt").write_text(f"{time.monotonic() - t0:.2f}s\n")  # (for whoever wonders)
+        yield running
+    finally:
+        running.stop()
 
 
 def compile_text(text: str, root: Path, subdir: str = "", overrides: dict[str, str] | None = None) -> Pipeline:

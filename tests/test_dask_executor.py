@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +15,7 @@ from pathlib import Path
 import pytest
 import s3server
 from conftest import PIVOTBUILD, Project
+from daskcluster import Cluster, free_port
 
 # A matrix fan-out, a directory output and a join.  Each generated file says
 # where its stage ran, what the stage's `env:` and PIVOT_STAGE were, and
@@ -39,83 +38,6 @@ stage join:
     outs: all.txt
     run: cat out/1.txt out/2.txt out/3.txt tree/one.txt tree/sub/two.txt > $@
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-# Every worker can read and write the test S3 server's bucket, as a worker of
-# a real cluster would have its keys in its environment.
-_S3_KEYS = {"AWS_ACCESS_KEY_ID": s3server.ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": s3server.SECRET_KEY}
-
-
-class Cluster:
-    """A scheduler and its workers on loopback, each process in a directory
-    of its own under `base` (its TMPDIR too) and a process group of its own."""
-
-    def __init__(self, base: Path) -> None:
-        self.base = base
-        self.tcp = f"tcp://127.0.0.1:{_free_port()}"
-        self.address = self.tcp.replace("tcp://", "dask://")  # as --executor takes it
-        self.workers: list[Path] = []  # each worker's directory
-        self.procs: list[subprocess.Popen[bytes]] = []
-        self.homes: dict[int, Path] = {}  # each process's directory, by its pid
-        self._start("scheduler", ["scheduler", "--port", self.tcp.rpartition(":")[2]])
-
-    def add_worker(self) -> Path:
-        name = f"worker{len(self.workers) + 1}"
-        home = self._start(name, ["worker", self.tcp, "--nthreads", "1", "--no-nanny", "--name", name])
-        self.workers.append(home)
-        return home
-
-    def wait_for_workers(self, count: int) -> None:
-        from distributed import Client
-
-        with Client(self.tcp, timeout=60, set_as_default=False) as client:
-            client.wait_for_workers(count, timeout=60)
-
-    def stop(self) -> None:
-        """Kill the processes' groups (a clean shutdown keeps nothing worth the
-        seconds a worker may take to close beside its closing scheduler)."""
-        for proc in self.procs:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-    def _start(self, name: str, argv: list[str]) -> Path:
-        home = self.base / name
-        (home / "tmp").mkdir(parents=True)
-        with open(home / "log.txt", "wb") as log:  # (the process has its own descriptor)
-            self.procs.append(
-                subprocess.Popen(
-                    [str(Path(sys.executable).with_name("dask")), *argv, "--host", "127.0.0.1", "--no-dashboard"],
-                    cwd=home,
-                    env={**os.environ, **_S3_KEYS, "TMPDIR": str(home / "tmp")},
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
-            )
-        self.homes[self.procs[-1].pid] = home
-        return home
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    t0 = time.monotonic()
-    running = Cluster(tmp_path_factory.mktemp("dask"))
-    try:
-        running.add_worker()
-        running.add_worker()
-        running.wait_for_workers(2)
-        (running.base / "started-in.txt").write_text(f"{time.monotonic() - t0:.2f}s\n")  # (for whoever wonders)
-        yield running
-    finally:
-        running.stop()
 
 
 def _dask_project(project: Project, remote: Path | None, *remote_add: str) -> Project:
@@ -411,7 +333,7 @@ def test_a_py_stage_is_refused_on_the_cluster_for_now(project: Project, cluster:
 
 def test_an_unreachable_scheduler_is_a_one_line_error(project: Project, tmp_path: Path) -> None:
     _dask_project(project, tmp_path / "remote")
-    ran = project.run("--executor", f"dask://127.0.0.1:{_free_port()}")
+    ran = project.run("--executor", f"dask://127.0.0.1:{free_port()}")
     assert ran.code == 2
     assert ran.err.startswith("pivotbuild: cannot reach the Dask scheduler at tcp://127.0.0.1:")
     assert len(ran.err.strip().splitlines()) == 1, ran.err
