@@ -5,11 +5,14 @@ child, and which stages still hold."""
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
 
 from pivotbuild.state import seal, stamptable
+from pivotbuild.state.kinds import DIR
+from pivotbuild.state.records import FileRecord
 from pivotbuild.state.stamps import Stamp, stamp
 
 
@@ -163,3 +166,13 @@ def test_a_seal_of_another_shape_is_damaged_when_read_not_later(tmp_path: Path, 
     seal.seal_path(tmp_path).write_bytes(_frame(["plan", [], [], packed]))
     with pytest.raises(seal.Damaged):
         seal.read(tmp_path, "plan")
+
+
+@pytest.mark.parametrize("instead", ["nothing", "a file"])
+def test_a_recorded_directory_gone_since_is_left_unsealed(tmp_path: Path, instead: str) -> None:
+    # (a stage removed another's directory output, or --no-checkout left it on the remote)
+    if instead == "a file":
+        (tmp_path / "tree").write_text("not a directory\n")
+    record = FileRecord("tree", DIR, "0" * 16)
+    with pytest.raises(seal.Unsealable):
+        seal.stage_files([record], tmp_path, {}, time.time_ns(), {})

@@ -41,6 +41,8 @@ from pivotbuild.state.snapshot import PY, Snapshot
 from pivotbuild.structs import struct
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from pivotbuild.graph import BuildGraph
     from pivotbuild.model import StageId
     from pivotbuild.state.seal import Seal
@@ -100,8 +102,10 @@ class Decider:
         forced: bool = False,
         plan: bool = False,
         trusted: frozenset[int] = frozenset(),
+        elsewhere: Mapping[str, FileRecord] | None = None,
     ) -> None:
         self.graph = graph
+        self.elsewhere = elsewhere  # outputs this build left on the remote, by path (build/elsewhere.py)
         self.store = store
         self.seal = seal
         self.forced = forced
@@ -124,7 +128,7 @@ class Decider:
         if ran is None and not self.forced and self.seal is not None and self.sealed(sid):
             return SEALED
         stage = self.graph.stages[sid]
-        snap = snapshot.take(stage, self.store.root, self.store.statcache(stage))
+        snap = snapshot.take(stage, self.store.root, self.store.statcache(stage), self.elsewhere)
         d = decide(self.store.record(stage), snap, forced=self.forced, always=stage.always)
         return Verdict(d.run, d.reason, snap)
 

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Protocol
 from pivotbuild.build.admission import Admission, JobServer, TokenPool
 from pivotbuild.build.cancel import CancelToken
 from pivotbuild.build.decider import Decider, Decision
+from pivotbuild.build.elsewhere import left_message, left_on_remote
 from pivotbuild.build.executors.base import Changed, Executor, Inbox
 from pivotbuild.build.executors.choice import choose
 from pivotbuild.build.options import BuildOptions
@@ -211,6 +212,8 @@ class Engine:
                 project, graph, closure, store, options=options, cancel=cancel, seal=sealed, trusted=trusted
             )
             store.close()  # lockfiles written and stat caches settled: now seal what is up to date
+            if recorder.elsewhere:
+                self.emit(Message(left_message(len(recorder.elsewhere))))
             if not outcome.interrupted:  # (an interrupted build may leave outputs uncached: see Recorder.heal)
                 recorder.seal(project, graph, outcome, sealed)
             return outcome.code
@@ -265,17 +268,22 @@ class Engine:
         cancel = cancel or threading.Event()
         inbox = Inbox(self.emit)
         outputs = OutputCache(project.root, inbox.warn, building=True)
-        recorder = Recorder(project, store, outputs, inbox, emit=self.emit, options=options)
+        make_executor = self.executor or choose(
+            options.executor, outputs.settings, project.root, no_checkout=options.no_checkout
+        )
+        remote_only = left_on_remote(graph, closure) if options.no_checkout else frozenset()
+        recorder = Recorder(project, store, outputs, inbox, emit=self.emit, options=options, remote_only=remote_only)
         expected = recorder.expected(graph, closure, self._recent_builds(project))
         edges = after if after is not None else _edges(graph, closure)
-        make_executor = self.executor or choose(options.executor, outputs.settings, project.root)
         executor = make_executor(project.root, outputs, inbox, cancel, store=recorder.caching)
         jobserver = self._jobserver(options)
         run = BuildRun(
             self.emit,
             graph=graph,
             scheduler=Scheduler(closure, edges, expected, block_on_failure=block_on_failure),
-            decider=Decider(graph, store, seal=seal, forced=options.always_make, trusted=trusted),
+            decider=Decider(
+                graph, store, seal=seal, forced=options.always_make, trusted=trusted, elsewhere=recorder.elsewhere
+            ),
             admission=Admission(jobserver, options.load_average, mem_limit=options.mem_limit),
             executor=executor,
             recorder=recorder,

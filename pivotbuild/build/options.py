@@ -34,5 +34,6 @@ class BuildOptions:
     verbose: bool = False
     no_cache: bool = False
     no_commit: bool = False
+    no_checkout: bool = False  # with the dask executor: outputs left on the remote (docs/dask.md)
     no_wait: bool = False
     executor: str | None = None  # `--executor`: local or dask://HOST:PORT (None: the project's config says)

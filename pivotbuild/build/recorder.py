@@ -25,7 +25,7 @@ from pivotbuild.project import Project
 from pivotbuild.state import history, seal, snapshot
 from pivotbuild.state.hashing import hash_file
 from pivotbuild.state.kinds import DIR, FILE
-from pivotbuild.state.records import StageRecord
+from pivotbuild.state.records import FileRecord, StageRecord
 from pivotbuild.state.snapshot import PY, Snapshot
 from pivotbuild.state.stamps import Stamp
 from pivotbuild.state.store import StateStore
@@ -57,7 +57,11 @@ class Recorder:
         *,
         emit: Callable[[Event], None],
         options: BuildOptions,
+        remote_only: frozenset[StageId] = frozenset(),
     ) -> None:
+        """`remote_only`: the stages whose outputs stay where the executor
+        made them (--no-checkout: build/elsewhere.py), which `elsewhere` then
+        holds the records of, by path, for the stages reading them."""
         self.root = project.root
         self.store = store
         self.outputs = outputs
@@ -69,6 +73,8 @@ class Recorder:
         self._confirmed: list[tuple[Stage, str, os.stat_result, str]] = []
         self.storer = Storer(outputs, inbox.warn, lambda *proof: self._confirmed.append(proof), inbox.poller)
         self.history_damaged = False  # mended when this build appends
+        self.remote_only = remote_only
+        self.elsewhere: dict[str, FileRecord] = {}
         self.started_at = ""
 
     def begin(self) -> None:
@@ -121,7 +127,8 @@ class Recorder:
     def job(self, stage: Stage, snap: Snapshot | None, label: str, reason: str) -> Job:
         """The job that runs `stage`, which starts now: its incremental outputs are put back first."""
         self.outputs.restore_incremental(stage, self.store.record(stage))
-        return Job(stage, snap, label, reason, self.store.statcache(stage).entries)
+        checkout = stage.id not in self.remote_only
+        return Job(stage, snap, label, reason, self.store.statcache(stage).entries, checkout=checkout)
 
     def ran(self, job: Job, captured: Captured | None) -> str:
         """Record a stage that succeeded; or, if a declared output is missing,
@@ -137,6 +144,8 @@ class Recorder:
         record = StageRecord(
             stage.name, snap.fingerprint, snap.command, snap.deps, captured.outs, snap.params, snap.facets
         )
+        if not job.checkout:  # (as a stage reading them would have hashed them: snapshot.file_record)
+            self.elsewhere.update((out.path, FileRecord(out.path, out.kind, out.hash)) for out in captured.outs)
         replaced = self._replaced(stage, record)
         self.store.commit(stage, record, pending=self.options.no_commit)
         if captured.deferred or captured.confirm or captured.stored or replaced is not None:
@@ -251,7 +260,7 @@ class Recorder:
             record = store.record(stage)
             if stage.always or record is None or status not in (Status.RAN, Status.SKIPPED, Status.RESTORED):
                 continue
-            if sid in unstored:
+            if sid in unstored or self._left_elsewhere(record):
                 continue
             try:
                 files = seal.stage_files(
@@ -266,6 +275,10 @@ class Recorder:
             new.write(main_dir)
         except OSError:
             seal.remove(main_dir)
+
+    def _left_elsewhere(self, record: StageRecord) -> bool:
+        """Does the stage's record name an output left on the remote (not here to stamp)?"""
+        return bool(self.elsewhere) and any(rec.path in self.elsewhere for rec in (*record.deps, *record.outs))
 
     def _source_stamps(self, stage: Stage, record: StageRecord, now_ns: int) -> list[tuple[str, Stamp | None]]:
         """The stamps that prove a `py:` stage's code is what its record says:

@@ -125,6 +125,11 @@ BUILD_OPTIONS = (
     Option("verbose", ("-v", "--verbose"), "More output."),
     Option("no_cache", ("--no-cache",), "Do not store outputs in the cache.", fast=True),
     Option("no_commit", ("--no-commit",), "Run, but record results as pending ('pivotbuild commit')."),
+    Option(
+        "no_checkout",
+        ("--no-checkout",),
+        "With --executor dask: record results and fill the remote, but leave the outputs there ('pivotbuild pull').",
+    ),
     Option("no_wait", ("--no-wait",), "If another build holds the project, exit 1 instead of waiting.", fast=True),
     Option(
         "executor",
@@ -136,7 +141,13 @@ BUILD_OPTIONS = (
 )
 
 # Options that cannot be given together.
-_EXCLUSIVE = (("dry_run", "question"), ("quiet", "verbose"), ("watch", "dry_run"), ("watch", "question"))
+_EXCLUSIVE = (
+    ("dry_run", "question"),
+    ("quiet", "verbose"),
+    ("watch", "dry_run"),
+    ("watch", "question"),
+    ("watch", "no_checkout"),
+)
 # Options that mean something only beside another.
 _NEEDS = (("serve", "watch"), ("restart", "watch"), ("debounce", "watch"))
 

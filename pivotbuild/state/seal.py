@@ -340,7 +340,11 @@ def _dir(
         found.append((dirpath, settled_stamp(dirpath, now_ns)))
         dirnames.sort()
     entries = []
-    for rel, kind, st in walk_dir(full):
+    try:
+        listed = list(walk_dir(full))
+    except OSError:  # (gone, or replaced by a file, since it was recorded: proves nothing)
+        raise Unsealable(full) from None
+    for rel, kind, st in listed:
         if kind == ENTRY_LINK or not statmod.S_ISREG(st.st_mode):
             raise Unsealable(rel)
         path = os.path.join(full, rel)

@@ -15,6 +15,10 @@ from pivotbuild.state.records import FileRecord, ParamRecord
 from pivotbuild.state.statcache import StatCache
 from pivotbuild.structs import struct
 
+TYPE_CHECKING = False  # (not typing's: kept off the no-op fast path's imports)
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
 
 @struct(frozen=True, slots=True)
 class Snapshot:
@@ -47,7 +51,16 @@ def glob_record(root: Path, pattern: str, cache: StatCache) -> FileRecord:
     return FileRecord(pattern, GLOB, hash_bytes(listing.encode("utf-8", "surrogateescape")), matches)
 
 
-def deps_of(stage: Stage, root: Path, cache: StatCache) -> tuple[FileRecord, ...]:
+def deps_of(
+    stage: Stage, root: Path, cache: StatCache, elsewhere: Mapping[str, FileRecord] | None = None
+) -> tuple[FileRecord, ...]:
+    """The records of the stage's deps; one in `elsewhere` (an output this
+    build left on the remote: build/elsewhere.py) is taken from there."""
+    if elsewhere:
+        return tuple(
+            glob_record(root, d.path, cache) if d.is_glob else elsewhere.get(d.path) or file_record(root, d.path, cache)
+            for d in stage.deps
+        )
     return tuple(
         glob_record(root, d.path, cache) if d.is_glob else file_record(root, d.path, cache) for d in stage.deps
     )
@@ -84,9 +97,9 @@ def py_facets(stage: Stage, root: Path) -> tuple[tuple[str, str], ...]:
     return tuple((f"{PY} {unit}", digest) for unit, digest in found.parts)
 
 
-def take(stage: Stage, root: Path, cache: StatCache) -> Snapshot:
-    """Hash everything a decision about `stage` needs."""
-    deps = deps_of(stage, root, cache)
+def take(stage: Stage, root: Path, cache: StatCache, elsewhere: Mapping[str, FileRecord] | None = None) -> Snapshot:
+    """Hash everything a decision about `stage` needs (see `deps_of` for `elsewhere`)."""
+    deps = deps_of(stage, root, cache, elsewhere)
     expanded: list[str] = []
     for dep, rec in zip(stage.deps, deps, strict=True):
         expanded.extend(m.path for m in rec.matches) if dep.is_glob else expanded.append(dep.path)

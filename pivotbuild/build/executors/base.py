@@ -48,6 +48,7 @@ class Job:
     known: Mapping[str, StatEntry]
     started: float = 0.0
     pool: PoolForStage | None = None
+    checkout: bool = True  # False: its outputs stay where the executor made them (--no-checkout)
 
 
 @struct(frozen=True, slots=True, eq=False)

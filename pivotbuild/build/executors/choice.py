@@ -26,14 +26,23 @@ class ExecutorError(PivotError):
     installed, no remote for it, or a scheduler that does not answer."""
 
 
-def choose(flag: str | None, settings: Config, root: Path) -> ExecutorFactory:
+NO_CHECKOUT_HERE = (
+    "--no-checkout leaves the outputs on the remote, which only the dask executor fills;"
+    " add --executor dask://HOST:PORT (or set [executor] in .pivot/config.toml), or drop --no-checkout"
+)
+
+
+def choose(flag: str | None, settings: Config, root: Path, *, no_checkout: bool = False) -> ExecutorFactory:
     """The factory of the executor `flag` (`--executor`) or else `settings`
     names, ready to make the build's executor (a Dask scheduler is connected
-    to now: ExecutorError, one line, if it does not answer)."""
+    to now: ExecutorError, one line, if it does not answer).  `no_checkout`
+    (--no-checkout) needs an executor whose outputs are elsewhere."""
     if flag is not None:
         kind, address = _parse(flag)
     else:
         kind, address = settings.executor, settings.address
+    if kind == "local" and no_checkout:
+        raise ExecutorError(NO_CHECKOUT_HERE)
     if kind == "local":
         from pivotbuild.build.executors.local import LocalExecutor
 

@@ -178,6 +178,7 @@ class DaskExecutor:
         self.where = where
         self.cache = Cache(outputs.cache.dir, inbox.warn)  # the transfers' (see the module's docstring)
         self.on_remote: set[str] = set()  # objects known to be on the remote already
+        self.elsewhere: dict[str, FileRecord] = {}  # outputs left on the remote (--no-checkout), by path
         self._transfers = threading.Lock()
         self._lock = threading.Lock()  # guards `running`, `started` and `_cluster_seen`
         self._cluster_seen: tuple[float, str | None] = (-math.inf, None)  # when the cluster was last asked, its answer
@@ -250,6 +251,12 @@ class DaskExecutor:
             return answer.result, None
         if answer.missing:  # (as the local executor says it: the first declared output not written)
             return failed(f"declared output {answer.missing[0]} was not created"), None
+        if not job.checkout:  # --no-checkout: recorded as the worker stored them, left on the remote
+            with self._lock:
+                self.elsewhere.update((rec.path, rec) for rec in answer.outs)
+            with self._transfers:
+                self.on_remote.update(rec.hash for rec in answer.outs)
+            return answer.result, Captured(answer.outs, (), (), stored=False)
         if answer.outs:  # (none if the stage did not write them all: capturing finds which are missing)
             try:
                 self._check_out(stage, answer.outs)
@@ -331,7 +338,11 @@ class DaskExecutor:
         inputs: list[FileRecord] = []
         for rec in snap.deps:
             for one in rec.matches if rec.kind == GLOB else (rec,):
-                if one.kind == FILE:
+                with self._lock:
+                    left = self.elsewhere.get(one.path)
+                if left is not None and left.hash == one.hash:  # (not here: on the remote, as its worker stored it)
+                    inputs.append(left)
+                elif one.kind == FILE:
                     mode = os.stat(self.root / one.path).st_mode
                     inputs.append(replace(one, executable=bool(mode & 0o111)))
                 elif one.kind == DIR:
