@@ -5,6 +5,8 @@ local cluster (the `cluster` fixture, daskcluster.py)."""
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 from conftest import Project
@@ -84,3 +86,26 @@ def test_no_checkout_needs_the_dask_executor(project: Project) -> None:
     assert not (project.root / "s.txt").exists()
     watched = project.run("-w", "--no-checkout")
     assert watched.code == 2 and "--no-checkout" in watched.err
+
+
+def test_a_later_no_checkout_build_finds_the_outputs_on_the_remote_instead_of_running_them(
+    project: Project, cluster: Cluster, tmp_path: Path
+) -> None:
+    _dask_project(project, tmp_path / "remote")
+    first = project.run("-j", "4", "--executor", cluster.address, "--no-checkout")
+    assert first.code == 0, first.out + first.err
+    shutil.rmtree(project.root / ".pivot/cache")  # (as a fresh CI clone has none)
+    again = project.run("-j", "4", "--executor", cluster.address, "--no-checkout")
+    assert again.code == 0, again.out + again.err
+    assert "0 ran, 0 up to date, 5 restored, 0 failed" in again.err
+    project.write("src/1.txt", "source one, edited\n")
+    edited = project.run("-j", "4", "--executor", cluster.address, "--no-checkout", "--json")
+    assert edited.code == 0, edited.err
+    done = {e["stage"]: e["status"] for e in map(json.loads, edited.out.splitlines()) if e["event"] == "stage_finished"}
+    assert done == {"gen@1": "ran", "gen@2": "restored", "gen@3": "restored", "tree": "ran", "join": "ran"}
+    assert not (project.root / "out/2.txt").exists()  # (restored there, not here)
+    assert project.run("pull").code == 0
+    assert (project.root / "out/1.txt").read_text().startswith("tool read source one, edited\n")
+    joined = (project.root / "all.txt").read_text()
+    assert joined.startswith("tool read source one, edited\n") and "tool read source 2\n" in joined
+    assert project.run("-q").code == 0

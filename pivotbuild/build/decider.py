@@ -51,6 +51,7 @@ if TYPE_CHECKING:
 UP_TO_DATE = "up to date"
 FORCED = "forced"
 ALWAYS = "always"
+UNCACHEABLE = (FORCED, ALWAYS)  # reasons to run that recorded outputs cannot answer (no restoring)
 NEVER_RUN = "never run"
 COMMAND_CHANGED = "command changed"
 ENV_CHANGED = "env changed"

@@ -21,6 +21,11 @@ from collections.abc import Iterable
 from pivotbuild.globs import glob_regex, may_match_under
 from pivotbuild.graph import BuildGraph
 from pivotbuild.model import StageId
+from pivotbuild.state.records import FileRecord
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from pivotbuild.remote import Remote
 
 
 def left_on_remote(graph: BuildGraph, closure: Iterable[StageId]) -> frozenset[StageId]:
@@ -61,3 +66,36 @@ def left_message(count: int) -> str:
     """What a --no-checkout build says at its end."""
     outputs = "output was" if count == 1 else "outputs were"
     return f"{count} {outputs} left on the remote (--no-checkout): 'pivotbuild pull' brings them here"
+
+
+def on_remote(remote: Remote, outs: Iterable[FileRecord]) -> bool:
+    """Does `remote` hold every object of `outs`: each file's, each directory's
+    manifest and every file it names?  (Asked before running a stage whose
+    recorded outputs an earlier --no-checkout build may have left there.)
+    OSError or TransferError if the remote cannot be asked."""
+    # (here, not at the top: every build imports this module, only the dask executor calls this)
+    from pivotbuild.cache.store import CorruptObject, parse_manifest
+    from pivotbuild.remote.transfer import object_rel
+    from pivotbuild.state.hashing import hash_bytes
+    from pivotbuild.state.kinds import DIR, FILE
+
+    for rec in outs:
+        rel = object_rel(rec.hash)
+        if rec.kind == FILE:
+            if not remote.exists(rel):
+                return False
+        elif rec.kind == DIR:
+            if not remote.exists(rel):
+                return False
+            blob = remote.read(rel)
+            try:
+                if hash_bytes(blob) != rec.hash:
+                    return False
+                entries = parse_manifest(blob, rec.hash)
+            except CorruptObject:
+                return False
+            if not all(remote.exists(object_rel(entry.hash)) for entry in entries):
+                return False
+        else:
+            return False
+    return True

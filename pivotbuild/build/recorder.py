@@ -13,6 +13,7 @@ import os
 import time
 from collections.abc import Callable, Mapping
 
+from pivotbuild.build.decider import UNCACHEABLE
 from pivotbuild.build.executors.base import Inbox, Job
 from pivotbuild.build.options import BuildOptions
 from pivotbuild.cache.outputs import Captured, OutputCache
@@ -128,7 +129,11 @@ class Recorder:
         """The job that runs `stage`, which starts now: its incremental outputs are put back first."""
         self.outputs.restore_incremental(stage, self.store.record(stage))
         checkout = stage.id not in self.remote_only
-        return Job(stage, snap, label, reason, self.store.statcache(stage).entries, checkout=checkout)
+        recorded = None
+        if not checkout and snap is not None and reason not in UNCACHEABLE:
+            recorded = self.outputs.recorded(stage, snap, self.store.record(stage))
+        entries = self.store.statcache(stage).entries
+        return Job(stage, snap, label, reason, entries, checkout=checkout, recorded=recorded)
 
     def ran(self, job: Job, captured: Captured | None) -> str:
         """Record a stage that succeeded; or, if a declared output is missing,

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 
 from pivotbuild.build.admission import Admission
-from pivotbuild.build.decider import ALWAYS, FORCED, Decider, Verdict
+from pivotbuild.build.decider import UNCACHEABLE, Decider, Verdict
 from pivotbuild.build.executors.base import Changed, Done, Executor, Inbox, Item, Job, PoolForStage
 from pivotbuild.build.interrupts import Signals
 from pivotbuild.build.recorder import DryRecorder, Outcome, Recorder
@@ -27,8 +27,6 @@ from pivotbuild.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 from pivotbuild.events import BuildFinished, BuildStarted, Event, StageFinished, StageStarted, StageState, State, Status
 from pivotbuild.graph import BuildGraph
 from pivotbuild.model import StageId
-
-_UNCACHEABLE = (FORCED, ALWAYS)  # reasons to run that a run-cache entry cannot answer
 
 
 class Interrupted(Exception):
@@ -219,7 +217,7 @@ class BuildRun:
                 else:
                     self.recorder.heal(stage, label)
                 self._finish(sid, StageFinished(label, Status.SKIPPED, v.reason, 0.0))
-            elif v.snap is not None and v.reason not in _UNCACHEABLE and self.recorder.restore(stage, v.snap):
+            elif v.snap is not None and v.reason not in UNCACHEABLE and self.recorder.restore(stage, v.snap):
                 self._finish(sid, StageFinished(label, Status.RESTORED, v.reason, 0.0))
             elif not self.decider.plan and (unfit := self.admission.unfit(stage)):
                 self._fail(sid, StageFinished(label, Status.FAILED, v.reason, 0.0, unfit))
@@ -276,7 +274,7 @@ class BuildRun:
             self.recorder.roll_back(stage, label)
             self._fail(sid, StageFinished(label, Status.FAILED, reason, duration, detail, result.tail))
             return
-        self._finish(sid, StageFinished(label, Status.RAN, reason, duration))
+        self._finish(sid, StageFinished(label, Status.RESTORED if done.restored else Status.RAN, reason, duration))
 
     def _fail(self, sid: StageId, event: StageFinished) -> None:
         self.failures.append(event)

@@ -276,6 +276,16 @@ class OutputCache:
                 found = None
         return found
 
+    def recorded(self, stage: Stage, snap: Snapshot, record: StageRecord | None) -> tuple[FileRecord, ...] | None:
+        """The outputs `record` (the lockfile's) holds for exactly these inputs,
+        wherever their objects are now (--no-checkout looks for them on the
+        remote: build/elsewhere.py); None if it holds none."""
+        if record is None or not stage.outs or not _same_inputs(record, snap):
+            return None
+        if [o.path for o in record.outs] != [o.path for o in stage.outs] or not all(o.cache for o in stage.outs):
+            return None
+        return record.outs if all(o.kind in (FILE, DIR) for o in record.outs) else None
+
     def restorable(self, stage: Stage, outs: tuple[FileRecord, ...]) -> bool:
         """Could these recorded outputs of `stage` be checked out: every declared
         output cached, and each of these a file or directory the cache holds."""

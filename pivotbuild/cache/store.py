@@ -63,6 +63,22 @@ class MissingObject(Exception):
     """An object the cache does not hold."""
 
 
+def parse_manifest(blob: bytes, digest: str) -> list[ManifestEntry]:
+    """The entries of the directory manifest `blob` (object `digest`, verified
+    by the caller); CorruptObject if it is not a manifest at all."""
+    entries = []
+    try:
+        for line in blob.decode("ascii").splitlines():
+            kind, h, quoted = line.split(" ", 2)
+            path = json.loads(quoted)
+            if kind not in (ENTRY_FILE, ENTRY_EXEC, ENTRY_LINK) or not isinstance(path, str):
+                raise ValueError(line)
+            entries.append(ManifestEntry(path, kind, h))
+    except ValueError:  # a file object named where a manifest should be
+        raise CorruptObject(digest) from None
+    return entries
+
+
 class Cache:
     def __init__(self, directory: Path, on_notice: Callable[[str], None] | None = None) -> None:
         self.dir = directory
@@ -305,18 +321,7 @@ class Cache:
     def read_manifest(self, digest: str) -> list[ManifestEntry]:
         """The entries of a directory's manifest; MissingObject, or CorruptObject
         if it fails verification or is not a manifest at all."""
-        blob = self.read(digest)
-        entries = []
-        try:
-            for line in blob.decode("ascii").splitlines():
-                kind, h, quoted = line.split(" ", 2)
-                path = json.loads(quoted)
-                if kind not in (ENTRY_FILE, ENTRY_EXEC, ENTRY_LINK) or not isinstance(path, str):
-                    raise ValueError(line)
-                entries.append(ManifestEntry(path, kind, h))
-        except ValueError:  # a file object named where a manifest should be
-            raise CorruptObject(digest) from None
-        return entries
+        return parse_manifest(self.read(digest), digest)
 
     def remove(self, digest: str) -> None:
         path = self.path_of(digest)

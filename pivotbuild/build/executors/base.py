@@ -24,6 +24,7 @@ from pivotbuild.build.executors.runner import RunResult
 from pivotbuild.cache.outputs import Captured
 from pivotbuild.events import Event, Message
 from pivotbuild.model import Stage, StageId
+from pivotbuild.state.records import FileRecord
 from pivotbuild.state.snapshot import Snapshot
 from pivotbuild.state.statcache import StatEntry
 from pivotbuild.structs import struct
@@ -49,6 +50,9 @@ class Job:
     started: float = 0.0
     pool: PoolForStage | None = None
     checkout: bool = True  # False: its outputs stay where the executor made them (--no-checkout)
+    # With `checkout` False: the outputs recorded for exactly these inputs,
+    # which the executor may find where it keeps outputs instead of running.
+    recorded: tuple[FileRecord, ...] | None = None
 
 
 @struct(frozen=True, slots=True, eq=False)
@@ -59,6 +63,7 @@ class Done:
     job: Job
     result: RunResult
     captured: Captured | None = None
+    restored: bool = False  # the outputs were found (Job.recorded), the stage not run
 
 
 @struct(frozen=True, slots=True, eq=False)

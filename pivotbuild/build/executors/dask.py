@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from pivotbuild.build.elsewhere import on_remote
 from pivotbuild.build.executors import stagework
 from pivotbuild.build.executors.base import Done, Inbox, Job
 from pivotbuild.build.executors.choice import ExecutorError
@@ -215,6 +216,8 @@ class DaskExecutor:
     def _job(self, job: Job) -> None:
         """Run `job` to its result and report it (in the job's own thread)."""
         try:
+            if job.recorded is not None and self._left_on_remote(job):
+                return
             result, captured = self._run(job)
         except Exception as exc:  # a bug in our own code: fail the stage, keep the build sane
             result, captured = internal_error(exc), None
@@ -265,6 +268,26 @@ class DaskExecutor:
         return stagework.capture(
             stage, answer.result, outputs=self.outputs, known=job.known, store=self.store, label=label, put=put
         )
+
+    def _left_on_remote(self, job: Job) -> bool:
+        """--no-checkout: if the outputs recorded for exactly the job's inputs
+        are all on the remote (an earlier --no-checkout build left them there),
+        report the stage restored with them instead of running it (its stale
+        outputs here removed, as a run removes them)."""
+        assert job.recorded is not None
+        try:
+            found = on_remote(self.remote, job.recorded)
+        except (transfer.TransferError, OSError):  # (cannot ask: run it, which says what is wrong)
+            return False
+        if not found or stagework.prepare_outputs(self.root, job.stage):
+            return False
+        with self._lock:
+            self.elsewhere.update((rec.path, rec) for rec in job.recorded)
+        with self._transfers:
+            self.on_remote.update(rec.hash for rec in job.recorded)
+        captured = Captured(job.recorded, (), (), stored=False)
+        self.inbox.done(Done(job, RunResult(0, None, False, False, (), 0.0), captured, restored=True))
+        return True
 
     def _submit(self, job: Job, task: Task) -> TaskResult | None:
         """One attempt of `task` on the cluster; None if it was cancelled."""
