@@ -313,6 +313,11 @@ class BuildGraph:
         enclosing = self._enclosing_out(path)
         return self._producer[enclosing] if enclosing is not None else None
 
+    def writers(self, path: str, is_glob: bool = False) -> set[StageId]:
+        """The stages writing the dep `path`: it, a file inside it, the
+        directory holding it, or (a glob) a match of it."""
+        return self._producers_of(path, is_glob)
+
     def consumers(self, path: str) -> list[StageId]:
         """Stages that list `path` among their deps."""
         return [sid for sid, stage in self.stages.items() if any(d.path == path for d in stage.deps)]

@@ -12,13 +12,16 @@ inside a directory output, or a glob, is found by looking at the disk; so a
 stage read that way has its outputs checked out as usual (`left_on_remote`).
 So is a stage with a `cache: false` output: `pivotbuild pull` does not bring
 those, so they would be nowhere here.
+
+A later --no-checkout build finds such outputs on the remote (`on_remote`)
+instead of running their stages again: the Dask executor reports the stage
+restored with the outputs its lockfile record holds for the same inputs.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
-from pivotbuild.globs import glob_regex, may_match_under
 from pivotbuild.graph import BuildGraph
 from pivotbuild.model import StageId
 from pivotbuild.state.records import FileRecord
@@ -30,42 +33,31 @@ if TYPE_CHECKING:
 
 def left_on_remote(graph: BuildGraph, closure: Iterable[StageId]) -> frozenset[StageId]:
     """The stages of `closure` whose outputs may stay on the remote: every
-    output cached, and every stage reading one names it exactly."""
-    kept: set[StageId] = set()
-    for sid in closure:
-        stage = graph.stages[sid]
-        outs = {out.path for out in stage.outs}
-        if all(out.cache for out in stage.outs) and all(
-            _names_exactly(graph, reader, sid, outs) for reader in graph.downstream_stages(sid)
-        ):
-            kept.add(sid)
-    return frozenset(kept)
+    output cached, and every stage of `closure` reading one names it exactly
+    (one pass over the deps: a fan-in of thousands must not cost its square)."""
+    stages = list(closure)
+    named: dict[StageId, frozenset[str]] = {}
+    looked: set[tuple[str, bool]] = set()
+    here: set[StageId] = set()  # read some other way: checked out
+    for sid in stages:
+        for dep in graph.stages[sid].deps:
+            if (dep.path, dep.is_glob) in looked:
+                continue
+            looked.add((dep.path, dep.is_glob))
+            for writer in graph.writers(dep.path, dep.is_glob):
+                outs = named.get(writer)
+                if outs is None:
+                    outs = named[writer] = frozenset(out.path for out in graph.stages[writer].outs)
+                if dep.is_glob or dep.path not in outs:
+                    here.add(writer)
+    return frozenset(sid for sid in stages if sid not in here and all(out.cache for out in graph.stages[sid].outs))
 
 
-def _names_exactly(graph: BuildGraph, reader: StageId, writer: StageId, outs: set[str]) -> bool:
-    """Does every dep of `reader` on an output of `writer` name that output itself?"""
-    for dep in graph.stages[reader].deps:
-        if dep.path in outs:
-            continue
-        if dep.is_glob:
-            pattern = glob_regex(dep.path)
-            if any(pattern.fullmatch(out) or may_match_under(dep.path, out) for out in outs):
-                return False
-        elif graph.producer(dep.path) == writer or _holds(dep.path, outs):
-            return False
-    return True
-
-
-def _holds(directory: str, outs: set[str]) -> bool:
-    """Is one of `outs` inside `directory` (a dep on a directory holding outputs)?"""
-    prefix = directory.rstrip("/") + "/"
-    return any(out.startswith(prefix) for out in outs)
-
-
-def left_message(count: int) -> str:
+def left_message(count: int, all_pipelines: bool) -> str:
     """What a --no-checkout build says at its end."""
     outputs = "output was" if count == 1 else "outputs were"
-    return f"{count} {outputs} left on the remote (--no-checkout): 'pivotbuild pull' brings them here"
+    pull = "pivotbuild pull --all" if all_pipelines else "pivotbuild pull"
+    return f"{count} {outputs} left on the remote (--no-checkout): '{pull}' brings them here"
 
 
 def on_remote(remote: Remote, outs: Iterable[FileRecord]) -> bool:

@@ -213,7 +213,7 @@ class Engine:
             )
             store.close()  # lockfiles written and stat caches settled: now seal what is up to date
             if recorder.elsewhere:
-                self.emit(Message(left_message(len(recorder.elsewhere))))
+                self.emit(Message(left_message(len(recorder.elsewhere), options.all_pipelines)))
             if not outcome.interrupted:  # (an interrupted build may leave outputs uncached: see Recorder.heal)
                 recorder.seal(project, graph, outcome, sealed)
             return outcome.code
