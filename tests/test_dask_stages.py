@@ -14,7 +14,7 @@ from conftest import Project
 from daskcluster import Cluster
 
 STEPS = """
-import os
+import os, sys
 from helper import fmt
 
 def show(ctx):
@@ -25,7 +25,9 @@ def show(ctx):
         fmt("params", ctx.params),
         fmt("matrix", dict(ctx.matrix)),
         fmt("read", open(ctx.deps[0]).read().strip()),
-        fmt("env", os.environ["PIVOT_STAGE"] + " " + os.environ["GREETING"] + " " + os.environ.get("PIVOT_LEAK", "unset")),
+        fmt("env", " ".join(
+            [os.environ["PIVOT_STAGE"], os.environ["GREETING"], os.environ.get("PIVOT_LEAK", "unset")]
+        )),
         fmt("cwd", os.getcwd()),
     ]
     print("showing", ctx.name)
@@ -36,6 +38,9 @@ def boom(ctx):
 
 def helper():
     raise ValueError("no good on the cluster")
+
+def leave(ctx):
+    sys.exit(3)
 
 def extra(ctx):
     import pivot_extra_pkg
@@ -107,17 +112,20 @@ def test_a_py_stage_runs_on_a_worker_with_its_helper_module_and_context_and_is_t
     assert project.run("-q", "sub:show@1").code == 0
 
 
-def test_an_exception_on_a_worker_fails_the_build_with_the_stages_traceback(
+def test_an_exception_on_a_worker_fails_the_build_with_the_stages_traceback_and_sys_exit_keeps_its_code(
     project: Project, cluster: Cluster, tmp_path: Path
 ) -> None:
     _with_remote(project, tmp_path)
     project.write("steps.py", STEPS)
     project.write("helper.py", "def fmt(key, value):\n    return ''\n")
-    project.pivotfile("stage bad:\n    outs: a.txt\n    py: steps:boom\n")
-    ran = project.run("--executor", cluster.address)
+    project.pivotfile(
+        "stage bad:\n    outs: a.txt\n    py: steps:boom\n\nstage leaves:\n    outs: c.txt\n    py: steps:leave\n"
+    )
+    ran = project.run("-k", "--executor", cluster.address)
     assert ran.code == 1, ran.out + ran.err
     assert "pivotbuild: stage bad failed (exit status 1)" in ran.err, ran.err
-    tail = ran.err.split("pivotbuild: last lines of bad:\n")[1]
+    assert "pivotbuild: stage leaves failed (exit status 3)" in ran.err  # sys.exit keeps its code, as locally
+    tail = ran.err.split("pivotbuild: last lines of bad:\n")[1].split("pivotbuild:")[0]
     lines = tail.splitlines()
     assert lines[0] == "    Traceback (most recent call last):", tail  # the stage's own frames only
     line = STEPS.lstrip("\n").splitlines().index("    helper()") + 1
