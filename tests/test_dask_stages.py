@@ -150,6 +150,9 @@ def test_a_package_missing_on_the_workers_fails_the_stage_naming_the_worker(
     monkeypatch.setenv("PYTHONPATH", str(installed))
     ran = project.run("--executor", cluster.address)
     assert ran.code == 1, ran.out + ran.err
+    tail = ran.err.split("pivotbuild: last lines of extra:\n")[1].splitlines()
+    assert tail[:3] == ["    Traceback (most recent call last):", tail[1], "        import pivot_extra_pkg"], tail
+    assert tail[1].endswith(f'/steps.py", line {STEPS.lstrip().splitlines().index("def extra(ctx):") + 2}, in extra')
     assert "ModuleNotFoundError: No module named 'pivot_extra_pkg'" in ran.err, ran.err
     host = os.uname().nodename
     assert f"pivotbuild: on the Dask worker {host}: install the packages the stage imports there" in ran.err

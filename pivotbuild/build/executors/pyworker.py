@@ -336,8 +336,9 @@ def _traceback(exc: BaseException) -> None:
     import traceback
 
     tb = exc.__traceback__
+    ours = (__file__, importlib.__file__)  # (import_module is importlib/__init__.py's)
     while tb is not None and (
-        tb.tb_frame.f_code.co_filename == __file__ or tb.tb_frame.f_code.co_filename.startswith("<frozen importlib")
+        tb.tb_frame.f_code.co_filename in ours or tb.tb_frame.f_code.co_filename.startswith("<frozen importlib")
     ):
         tb = tb.tb_next
     traceback.print_exception(type(exc), exc, tb)
