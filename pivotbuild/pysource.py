@@ -153,6 +153,34 @@ def fingerprint(
     return (cache or _CACHE).fingerprint(ref, pipeline_dir, project_root)
 
 
+def imported_files(
+    ref: str, pipeline_dir: str | os.PathLike[str], project_root: str | os.PathLike[str]
+) -> tuple[str, ...]:
+    """The project's source files running the stage `py: ref` may import,
+    absolute and sorted: its fingerprint's, and those of the project modules
+    each of them imports at top level, used or not, transitively (importing a
+    module runs its imports: code run elsewhere, on a Dask worker, needs them
+    all).  Raises SourceError."""
+    walk = _Walk(_CACHE, os.path.abspath(pipeline_dir), os.path.abspath(project_root))
+    walk.run(ref)
+    done: set[str] = set()
+    while todo := [name for name, parsed in walk.entered.items() if parsed is not None and name not in done]:
+        for name in todo:
+            done.add(name)
+            mod, parsed = walk.mods[name], walk.entered[name]
+            assert mod is not None and parsed is not None
+            for imp in (*(i for found in parsed.imports.values() for i in found), *parsed.stars):
+                target = walk.absolute(mod, imp)
+                found = walk.find(target) if target else None
+                if found is None or not found.project:
+                    continue
+                walk.enter(found)
+                sub = walk.find(f"{target}.{imp.name}") if imp.name and found.dirs else None
+                if sub is not None and sub.project:  # (`from pkg import sub`)
+                    walk.enter(sub)
+    return tuple(sorted(walk.files))
+
+
 def _stamp_or_none(path: str) -> Stamp | None:
     try:
         return stamp(os.stat(path))

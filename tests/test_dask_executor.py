@@ -322,15 +322,6 @@ def test_a_missing_output_is_named_as_the_local_executor_names_it(
     assert "declared output b.txt was not created" in ran.err, ran.err
 
 
-def test_a_py_stage_is_refused_on_the_cluster_for_now(project: Project, cluster: Cluster, tmp_path: Path) -> None:
-    _dask_project(project, tmp_path / "remote")
-    project.write("steps.py", "def make(ctx):\n    open('made.txt', 'w').write('x')\n")
-    project.pivotfile("stage made:\n    outs: made.txt\n    py: steps:make\n")
-    ran = project.run("--executor", cluster.address)
-    assert ran.code == 1
-    assert "py: stages cannot run on the dask executor yet" in ran.out + ran.err
-
-
 def test_an_unreachable_scheduler_is_a_one_line_error(project: Project, tmp_path: Path) -> None:
     _dask_project(project, tmp_path / "remote")
     ran = project.run("--executor", f"dask://127.0.0.1:{free_port()}")

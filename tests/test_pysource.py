@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pivotbuild.pysource import SourceCache, SourceError, SourceFingerprint, fingerprint
+from pivotbuild.pysource import SourceCache, SourceError, SourceFingerprint, fingerprint, imported_files
 
 # Comfortably longer than the racy window of nanosecond timestamps (tests/test_statcache.py).
 LEAVE_RACY_WINDOW_S = 0.1
@@ -452,3 +452,16 @@ def test_a_submodule_a_package_imports_from_itself_counts(tmp_path: Path) -> Non
     for ref in ("steps:a", "steps:b"):
         before = dict(fingerprint(ref, tmp_path, tmp_path, SourceCache()).parts)
         assert "p1.sub.W" in before, (ref, before)
+
+
+def test_imported_files_add_what_reached_modules_import_at_top_level_used_or_not(tree: Tree) -> None:
+    tree.write("steps.py", "import json\nimport setup_log\n\ndef square(ctx):\n    return 1\n")
+    tree.write("setup_log.py", "from pkg import sub\n")  # (run by importing steps)
+    tree.write("pkg/__init__.py", "")
+    tree.write("pkg/sub.py", "import deeper\n")
+    tree.write("deeper.py", "X = 1\n")
+    tree.write("never.py", "X = 2\n")  # imported by nothing
+    assert tree.fp().files == (str(tree.root / "steps.py"),)  # (setup_log's code is no part of the stage's)
+    assert imported_files("steps:square", tree.root, tree.root) == tuple(
+        str(tree.root / rel) for rel in ("deeper.py", "pkg/__init__.py", "pkg/sub.py", "setup_log.py", "steps.py")
+    )

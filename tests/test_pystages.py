@@ -125,6 +125,20 @@ def test_an_exception_fails_the_build_with_its_traceback(project: Project) -> No
     assert not (project.root / "b.txt").exists()
 
 
+def test_a_module_failing_to_import_shows_its_own_frames_not_importlibs(project: Project) -> None:
+    project.write("steps.py", "import no_such_package_here\n\ndef run(ctx):\n    pass\n")
+    project.pivotfile("stage s:\n    outs: s.txt\n    py: steps:run\n")
+    r = project.run()
+    assert r.code == 1, r
+    tail = r.err.split("pivotbuild: last lines of s:\n")[1].split("pivotbuild:")[0]
+    assert tail.splitlines() == [
+        "    Traceback (most recent call last):",
+        f'      File "{project.root / "steps.py"}", line 1, in <module>',
+        "        import no_such_package_here",
+        "    ModuleNotFoundError: No module named 'no_such_package_here'",
+    ], tail
+
+
 def test_a_timeout_kills_a_python_stage(project: Project) -> None:
     project.write("steps.py", STEPS)
     project.pivotfile("stage h:\n    outs: h.txt\n    timeout: 1s\n    py: steps:hang\n")

@@ -39,13 +39,23 @@ from pivotbuild.build.executors import stagework
 from pivotbuild.build.executors.base import Done, Inbox, Job
 from pivotbuild.build.executors.choice import ExecutorError
 from pivotbuild.build.executors.dasktask import Task, TaskResult, Where, run_task
+from pivotbuild.build.executors.pystages import PyCall, py_call
 from pivotbuild.build.executors.runner import RunResult, failed, internal_error
 from pivotbuild.cache.outputs import Captured, OutputCache
 from pivotbuild.cache.store import Cache, Mode
 from pivotbuild.events import Log
 from pivotbuild.model import Stage
+from pivotbuild.pysource import SourceError, imported_files
 from pivotbuild.remote import Remote, config, open_remote, transfer
-from pivotbuild.state.hashing import ENTRY_LINK, ManifestEntry, hash_file, link_hash, walk_dir
+from pivotbuild.state.hashing import (
+    ENTRY_LINK,
+    ManifestEntry,
+    hash_bytes,
+    hash_file,
+    link_hash,
+    manifest_bytes,
+    walk_dir,
+)
 from pivotbuild.state.kinds import DIR, FILE, GLOB
 from pivotbuild.state.records import FileRecord
 from pivotbuild.state.snapshot import Snapshot
@@ -129,15 +139,7 @@ def _remote(settings: config.Config, root: Path) -> tuple[Remote, Where]:
 
 
 def refused(stage: Stage) -> str:
-    """Why `stage` cannot run on Dask yet, or ""."""
-    if stage.py is not None:
-        return "pivotbuild: py: stages cannot run on the dask executor yet; build this one with --executor local"
-    for out in stage.outs:
-        if out.persist or out.incremental:
-            return (
-                f"pivotbuild: {out.path} is a persist or incremental output, which the dask executor"
-                " does not carry yet; build this stage with --executor local"
-            )
+    """Why `stage` cannot run on Dask, or ""."""
     for path in (*(d.path for d in stage.deps), *(o.path for o in stage.outs), stage.workdir or "."):
         if _outside(path):
             return (
@@ -232,7 +234,8 @@ class DaskExecutor:
             put(Log(label, "stderr", problem))
             return failed(problem), None
         try:
-            task = Task(stage, job.snap.command, self._send_inputs(job.snap), self.where)
+            call, extra = _carried(self.root, stage, job.snap)
+            task = Task(stage, job.snap.command, self._send_inputs(job.snap, extra=extra), self.where, call)
         except (transfer.TransferError, OSError) as exc:
             return failed(f"pivotbuild: the stage's inputs could not be sent to the remote: {exc}"), None
         answer: TaskResult | None = None
@@ -355,9 +358,9 @@ class DaskExecutor:
             self._cluster_seen = (time.monotonic(), problem)
         return problem
 
-    def _send_inputs(self, snap: Snapshot) -> tuple[FileRecord, ...]:
-        """The stage's input files and directories, each made sure to be on the
-        remote: stored in the cache, then pushed (unless sent before)."""
+    def _send_inputs(self, snap: Snapshot, *, extra: tuple[FileRecord, ...] = ()) -> tuple[FileRecord, ...]:
+        """The stage's input files and directories, and `extra` ones, each made
+        sure to be on the remote: stored in the cache, then pushed (unless sent before)."""
         inputs: list[FileRecord] = []
         for rec in snap.deps:
             for one in rec.matches if rec.kind == GLOB else (rec,):
@@ -370,6 +373,7 @@ class DaskExecutor:
                     inputs.append(replace(one, executable=bool(mode & 0o111)))
                 elif one.kind == DIR:
                     inputs.append(one)
+        inputs.extend(extra)
         with self._transfers:
             fresh = [rec for rec in inputs if rec.hash not in self.on_remote]
             for rec in fresh:
@@ -403,6 +407,29 @@ class DaskExecutor:
                     self.cache.checkout_file(rec.hash, dest, Mode.COPY, rec.executable)
             self.on_remote.update(rec.hash for rec in outs)
         self.outputs.cache.packs.reload()  # (the fetch indexed a pack of ours: the build's cache finds it)
+
+
+def _carried(root: Path, stage: Stage, snap: Snapshot) -> tuple[PyCall | None, tuple[FileRecord, ...]]:
+    """What `stage` needs on a worker beside its deps: a `py:` stage's call,
+    and the project's Python files its code may import (pysource.imported_files);
+    the `persist` and `incremental` outputs as the project has them now (an
+    incremental one restored to its recorded version: Recorder.job), for the
+    stage to find in place.  Each as an input's record, hashed now."""
+    call, paths = None, [out.path for out in stage.outs if out.persist or out.incremental]
+    if stage.py is not None:
+        call = py_call(stage, root, snap.expanded_deps)
+        with contextlib.suppress(SourceError):  # (then the worker's import says what is wrong)
+            paths += [os.path.relpath(path, root) for path in imported_files(stage.py, call.pipeline_dir, root)]
+    extra: list[FileRecord] = []
+    for rel in dict.fromkeys(paths):
+        path = root / rel
+        if _outside(rel) or not path.exists():  # (an output not made yet: nothing to carry)
+            continue
+        if path.is_dir():
+            extra.append(FileRecord(rel, DIR, hash_bytes(manifest_bytes(_manifest(path)))))
+        else:
+            extra.append(FileRecord(rel, FILE, hash_file(path), executable=bool(path.stat().st_mode & 0o111)))
+    return call, tuple(extra)
 
 
 def _manifest(path: Path) -> list[ManifestEntry]:

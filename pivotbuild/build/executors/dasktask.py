@@ -14,12 +14,22 @@ interrupted), the command is killed.  The scratch directory is removed
 whatever happens.  A failure of the stage or of its transfers is a result,
 never an exception, so that it comes back with the lines printed and says
 what went wrong on which worker.
+
+A `py:` stage's inputs include the project's Python files its code reaches,
+and its function runs in a fresh interpreter of the worker's (`python -P -m
+pivotbuild.build.executors.pyworker --once`, as a forked child runs it
+locally), importing from the scratch directory: the pipeline's directory
+there, then its root, first on `sys.path`.  The inputs of a stage with
+`persist` or `incremental` outputs include those outputs as the project had
+them, so the stage finds them in place, writable, as it would locally.
 """
 
 from __future__ import annotations
 
+import marshal
 import os
 import shutil
+import sys
 import tempfile
 import threading
 from collections import deque
@@ -28,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from pivotbuild.build.executors import runner, stagework
+from pivotbuild.build.executors.pystages import PyCall
 from pivotbuild.cache.outputs import OutputCache
 from pivotbuild.cache.store import Mode
 from pivotbuild.model import Stage
@@ -56,12 +67,15 @@ class Task:
     """One stage to run on a worker: the stage (its shell, `env:`, outputs,
     directory and timeout), its command with `$@ $< $^` filled in, its
     inputs (files and directories, relative to the project root, each on the
-    remote) and the remote."""
+    remote), the remote, and a `py:` stage's call (its module, function and
+    context: its directories are the project's, which the worker's scratch
+    directory stands for)."""
 
     stage: Stage
     command: str
     inputs: tuple[FileRecord, ...]
     remote: Where
+    py: PyCall | None = None
 
 
 @struct(frozen=True, slots=True)
@@ -119,7 +133,8 @@ def _run(
         lines.append(("stderr", problem))
         return runner.failed(problem), (), ()
     env = {**os.environ, **dict(stage.env), "PIVOT_STAGE": stage.id.label("")}
-    spec = runner.RunSpec(argv=runner.stage_argv(stage.shell, task.command), cwd=cwd, env=env, timeout=stage.timeout)
+    argv = runner.stage_argv(stage.shell, task.command) if task.py is None else _py_argv(task.py, stage, work)
+    spec = runner.RunSpec(argv=argv, cwd=cwd, env=env, timeout=stage.timeout)
     cancel, finished = threading.Event(), threading.Event()
     cancelled = _cancelled_check()
     if cancelled is not None:
@@ -139,6 +154,24 @@ def _run(
     if report.problems:
         return runner.failed(f"pivotbuild: the stage's outputs could not be stored: {report.problems[0]}"), (), ()
     return result, captured.outs, ()
+
+
+def _py_argv(call: PyCall, stage: Stage, work: Path) -> tuple[str, ...]:
+    """The command that runs a `py:` stage's call in a fresh interpreter of
+    the worker's (pyworker.py, `--once`: the request beside `work`), its
+    module imported from `work`'s copy of the pipeline's directory, then of
+    the project root; an ImportError's traceback names this worker."""
+    request = {
+        "module": call.module,
+        "function": call.function,
+        "path": list(dict.fromkeys([str(work / stage.id.pipeline), str(work)])),
+        "ctx": dict(call.ctx),
+        "host": os.uname().nodename,
+    }
+    path = work.parent / "py-call"
+    path.write_bytes(marshal.dumps(request))
+    # -P: not the directory it starts in first on sys.path (a project's json.py is not its json)
+    return (sys.executable, "-P", "-m", "pivotbuild.build.executors.pyworker", "--once", str(path))
 
 
 def _cancelled_check() -> Callable[[], bool] | None:

@@ -33,6 +33,10 @@ or pivotbuild died) ends the worker, which first kills the process groups of
 any children still running (the build's lifeline does this for shell
 stages: lifeline.py).
 
+`python -P -m pivotbuild.build.executors.pyworker --once FILE` runs one call
+in that process instead, unforked (`once`: a Dask worker's way, dasktask.py),
+through the same code as a forked child (`_call`).
+
 The child does as little as it can, since every object it touches costs a
 page copied (measured: about 300 pages, 1 ms of CPU, for a trivial stage; the
 fork itself, 0.6 ms): a session of its own (the build kills its whole
@@ -251,24 +255,60 @@ def _child(request: Mapping[str, Any], fds: list[int]) -> None:
         _place(fds, request["fds"])
         os.chdir(request["cwd"])
         _environ(request["env"])
+        code = _call(request)
+    except BaseException as exc:
+        _traceback(exc)
+    finally:
+        _exit(code)
+
+
+def once(path: str) -> None:
+    """`--once FILE`: run the one call the marshalled request in FILE asks for
+    (its module, function, path and context; no descriptors: this process's
+    are the stage's, its directory and environment too) and exit as a forked
+    child would.  A Dask worker runs `py:` stages so (dasktask.py)."""
+    for stream in (sys.stdout, sys.stderr):
+        stream.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    code = 1
+    try:
+        with open(path, "rb") as f:
+            request = marshal.load(f)
+        code = _call(request)
+    except BaseException as exc:
+        _traceback(exc)
+    finally:
+        _exit(code)
+
+
+def _call(request: Mapping[str, Any]) -> int:
+    """Import the stage's module from its path, call its function with its
+    context, and finish as Python would: the exit code (0 when it returns,
+    1 with the traceback on stderr when it raises, SystemExit's own)."""
+    try:
         _on_path(request["path"])
         ctx = request["ctx"]
         context = Context(ctx["name"], ctx["deps"], ctx["outs"], ctx["params"], ctx["matrix"])
         _function(request["module"], request["function"])(context)
-        code = 0
         _finish()
+        return 0
     except SystemExit as exc:
-        code = _exit_code(exc)
+        return _exit_code(exc)
     except BaseException as exc:
+        if isinstance(exc, ImportError) and "host" in request:  # (on a Dask worker: say which, and what to do)
+            host = request["host"]
+            exc.add_note(f"pivotbuild: on the Dask worker {host}: install the packages the stage imports there")
         _traceback(exc)
-        code = 1
-    finally:
-        for stream in (sys.stdout, sys.stderr):
-            try:  # noqa: SIM105 - (contextlib: one import fewer for the worker)
-                stream.flush()
-            except BaseException:
-                pass  # (a stream the stage closed: nothing to flush)
-        os._exit(code)
+        return 1
+
+
+def _exit(code: int) -> None:
+    """Flush the stage's streams and exit with `code`, at once."""
+    for stream in (sys.stdout, sys.stderr):
+        try:  # noqa: SIM105 - (contextlib: one import fewer for the worker)
+            stream.flush()
+        except BaseException:
+            pass  # (a stream the stage closed: nothing to flush)
+    os._exit(code)
 
 
 def _finish() -> None:
@@ -296,8 +336,9 @@ def _traceback(exc: BaseException) -> None:
     import traceback
 
     tb = exc.__traceback__
+    ours = (__file__, importlib.__file__)  # (import_module is importlib/__init__.py's)
     while tb is not None and (
-        tb.tb_frame.f_code.co_filename == __file__ or tb.tb_frame.f_code.co_filename.startswith("<frozen importlib")
+        tb.tb_frame.f_code.co_filename in ours or tb.tb_frame.f_code.co_filename.startswith("<frozen importlib")
     ):
         tb = tb.tb_next
     traceback.print_exception(type(exc), exc, tb)
@@ -349,4 +390,7 @@ def _function(module: str, name: str) -> Any:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]))
+    if sys.argv[1] == "--once":
+        once(sys.argv[2])
+    else:
+        main(int(sys.argv[1]))
