@@ -30,6 +30,9 @@ stage plain:
 stage uncached:
     outs: u.txt (cache=false)
     run: x
+stage grows:
+    outs: log.txt (incremental)
+    run: x
 stage one:
     deps: tree/one.txt plain.txt
     outs: one.txt
@@ -44,7 +47,7 @@ stage all:
 def test_only_outputs_every_reader_names_exactly_and_cached_ones_are_left(tmp_path: Path) -> None:
     graph = BuildGraph(compile_text(PIPELINE, tmp_path).stages)
     left = {graph.label(sid) for sid in left_on_remote(graph, graph.order())}
-    # tree is read inside, parts through a glob, u.txt is not cached
+    # tree is read inside, parts through a glob, u.txt is not cached, log.txt is built on
     assert left == {"plain", "one", "all"}
 
 

@@ -10,8 +10,9 @@ would be sent a file on disk.
 That works only for a stage that names the output exactly.  A dep on a file
 inside a directory output, or a glob, is found by looking at the disk; so a
 stage read that way has its outputs checked out as usual (`left_on_remote`).
-So is a stage with a `cache: false` output: `pivotbuild pull` does not bring
-those, so they would be nowhere here.
+So is a stage with a `cache: false` output (`pivotbuild pull` does not bring
+those, so they would be nowhere here), or a `persist` or `incremental` one
+(its stage builds on it next time, and finds it here).
 
 A later --no-checkout build finds such outputs on the remote (`on_remote`)
 instead of running their stages again: the Dask executor reports the stage
@@ -23,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from pivotbuild.graph import BuildGraph
-from pivotbuild.model import StageId
+from pivotbuild.model import Out, StageId
 from pivotbuild.state.records import FileRecord
 
 TYPE_CHECKING = False
@@ -50,7 +51,13 @@ def left_on_remote(graph: BuildGraph, closure: Iterable[StageId]) -> frozenset[S
                     outs = named[writer] = frozenset(out.path for out in graph.stages[writer].outs)
                 if dep.is_glob or dep.path not in outs:
                     here.add(writer)
-    return frozenset(sid for sid in stages if sid not in here and all(out.cache for out in graph.stages[sid].outs))
+    return frozenset(sid for sid in stages if sid not in here and all(_leavable(out) for out in graph.stages[sid].outs))
+
+
+def _leavable(out: Out) -> bool:
+    """May this output be left on the remote?  Not one `pull` would not bring
+    (cache: false), nor one its stage builds on next time (persist, incremental)."""
+    return out.cache and not out.persist and not out.incremental
 
 
 def left_message(count: int, all_pipelines: bool) -> str:
