@@ -1,4 +1,5 @@
-"""Stages beyond a shell command on the Dask executor, against a real local
+"""Stages beyond a shell command on the Dask executor, and their output
+shown as they print it (daskstream.py), against a real local
 cluster (the `cluster` fixture, daskcluster.py): `py:` stages, whose
 project code travels with their inputs (build/executors/dask.py `_carried`,
 dasktask.py, pyworker.py `--once`), and `persist` and `incremental` outputs,
@@ -7,10 +8,11 @@ which the stage finds in its scratch directory as it would in the project."""
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import Project
+from conftest import PIVOTBUILD, Project
 from daskcluster import Cluster
 
 STEPS = """
@@ -208,3 +210,45 @@ def test_a_persist_output_is_kept_for_the_stage_on_the_cluster(
     assert (seen / "0.txt").read_text() == "first\n" and (seen / "1.txt").read_text() == "second\n"
     assert _ran_on_a_worker(cluster, (project.root / "where.txt").read_text().strip())
     assert project.run("-q").code == 0
+
+
+def test_a_stage_on_a_worker_shows_its_lines_as_it_prints_them_and_each_once(
+    project: Project, cluster: Cluster, tmp_path: Path
+) -> None:
+    _with_remote(project, tmp_path)
+    go = tmp_path / "go"  # (the test makes it once it has seen the first line: the stage waits for it)
+    talk = project.write(
+        "talk.sh",
+        'echo first\nfor i in $(seq 100); do [ -e "$GO" ] && break; sleep 0.1; done\n'
+        '[ -e "$GO" ] && echo "went on"\nseq 3000 | sed "s/^/n /"\n',
+    )
+    talk.chmod(0o755)
+    project.pivotfile(
+        f"""
+        stage talk:
+            deps: talk.sh
+            outs: talk.txt
+            env: GO={go}
+            run: ./talk.sh && echo > $@
+        """
+    )
+    build = subprocess.Popen(
+        [*PIVOTBUILD, "--executor", cluster.address],
+        cwd=project.root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert build.stdout is not None
+    seen = []
+    for line in build.stdout:
+        seen.append(line)
+        if "first" in line:
+            go.touch()  # the line came while the stage was still running
+            break
+    rest, err = build.communicate(timeout=120)
+    out = "".join(seen) + rest
+    assert build.returncode == 0, out + err
+    assert "went on" in out
+    numbered = [line for line in out.splitlines() if " n " in f" {line}"]
+    assert len(numbered) == 3000  # every line once: those the events brought and none again from the result

@@ -38,6 +38,7 @@ from pivotbuild.build.elsewhere import on_remote
 from pivotbuild.build.executors import stagework
 from pivotbuild.build.executors.base import Done, Inbox, Job
 from pivotbuild.build.executors.choice import ExecutorError
+from pivotbuild.build.executors.daskstream import Streams
 from pivotbuild.build.executors.dasktask import Task, TaskResult, Where, run_task
 from pivotbuild.build.executors.pystages import PyCall, py_call
 from pivotbuild.build.executors.runner import RunResult, failed, internal_error
@@ -188,6 +189,14 @@ class DaskExecutor:
         self.running: dict[Job, Any] = {}  # each running stage's future
         self._stopped: set[Job] = set()  # jobs cancel_job stopped (their futures' cancelling is ours)
         self.started = 0  # numbers a retry's event, as the build numbers starts
+        # The stages' lines, as the workers print them (daskstream.py); without
+        # the subscription they still come, with each result.
+        self.streams = Streams(inbox.put)
+        self.topic = f"pivot-lines-{client.id}"
+        try:
+            client.subscribe_topic(self.topic, self.streams.heard)
+        except Exception:  # (a client that cannot: the tails will do)
+            self.topic = ""
 
     def start(self, job: Job) -> None:
         with self._lock:
@@ -210,7 +219,10 @@ class DaskExecutor:
 
     def close(self) -> None:
         """Every job has reported: let go of the cluster and index what was fetched."""
-        with contextlib.suppress(OSError, TimeoutError):  # (a scheduler gone: nothing to let go of)
+        with contextlib.suppress(Exception):  # (a scheduler gone: nothing to let go of)
+            if self.topic:
+                self.client.unsubscribe_topic(self.topic)
+        with contextlib.suppress(OSError, TimeoutError):
             self.client.close()
         with self._transfers:
             self.cache.close()
@@ -235,7 +247,8 @@ class DaskExecutor:
             return failed(problem), None
         try:
             call, extra = _carried(self.root, stage, job.snap)
-            task = Task(stage, job.snap.command, self._send_inputs(job.snap, extra=extra), self.where, call)
+            inputs = self._send_inputs(job.snap, extra=extra)
+            task = Task(stage, job.snap.command, inputs, self.where, call, self.topic)
         except (transfer.TransferError, OSError) as exc:
             return failed(f"pivotbuild: the stage's inputs could not be sent to the remote: {exc}"), None
         answer: TaskResult | None = None
@@ -248,8 +261,6 @@ class DaskExecutor:
             answer = self._submit(job, task)
             if answer is None:
                 return RunResult(None, None, False, True, (), time.monotonic() - t0), None
-            for stream, line in answer.lines:
-                put(Log(label, stream, line))
             if answer.result.ok or answer.result.cancelled:
                 break
         assert answer is not None
@@ -298,9 +309,11 @@ class DaskExecutor:
             if self.cancelled.is_set() or job in self._stopped:
                 return None
             key = f"pivot-{job.label}-{uuid.uuid4().hex}"
+            self.streams.expect(key, job.label)
             future = self.running[job] = self.client.submit(run_task, task, key=key, pure=False)
         try:
             answer: TaskResult = self._wait(future)
+            self.streams.done(key, answer.lines, answer.printed)  # (the lines its events did not bring)
             return answer
         except CancelledError:
             if self.cancelled.is_set() or job in self._stopped:
@@ -310,6 +323,7 @@ class DaskExecutor:
             text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             return TaskResult(failed(f"pivotbuild: the Dask cluster could not run the stage: {text}"))
         finally:
+            self.streams.forget(key)
             with self._lock:
                 self.running.pop(job, None)
 

@@ -32,12 +32,12 @@ import shutil
 import sys
 import tempfile
 import threading
-from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from pivotbuild.build.executors import runner, stagework
+from pivotbuild.build.executors.daskstream import Lines
 from pivotbuild.build.executors.pystages import PyCall
 from pivotbuild.cache.outputs import OutputCache
 from pivotbuild.cache.store import Mode
@@ -46,10 +46,6 @@ from pivotbuild.remote import open_remote, transfer
 from pivotbuild.state.kinds import DIR
 from pivotbuild.state.records import FileRecord
 from pivotbuild.structs import replace, struct
-
-# The lines of a stage's output sent back with its result (a stage printing
-# more shows its last ones: streaming them as they come is for later).
-TAIL = 1000
 
 
 @struct(frozen=True, slots=True)
@@ -76,6 +72,7 @@ class Task:
     inputs: tuple[FileRecord, ...]
     remote: Where
     py: PyCall | None = None
+    topic: str = ""  # the Dask event topic its lines are published on as printed (daskstream.py)
 
 
 @struct(frozen=True, slots=True)
@@ -89,13 +86,14 @@ class TaskResult:
     outs: tuple[FileRecord, ...] = ()
     missing: tuple[str, ...] = ()
     host: str = ""
+    printed: int = 0  # lines in all: `lines` holds the last of them (daskstream.TAIL)
 
 
 def run_task(task: Task) -> TaskResult:
     """Run `task` on this worker (see the module's docstring)."""
     host = os.uname().nodename
     scratch = Path(tempfile.mkdtemp(prefix="pivot-stage-"))
-    lines: deque[tuple[str, str]] = deque(maxlen=TAIL)
+    lines = Lines(task.topic)
     try:
         result, outs, missing = _run(task, scratch / "work", lines)
     except transfer.TransferError as exc:
@@ -104,12 +102,11 @@ def run_task(task: Task) -> TaskResult:
         result, outs, missing = runner.failed(f"pivotbuild: on the worker {host}: {exc!r}"), (), ()
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    return TaskResult(result, tuple(lines), outs, missing, host)
+        lines.close()
+    return TaskResult(result, tuple(lines.tail), outs, missing, host, lines.total)
 
 
-def _run(
-    task: Task, work: Path, lines: deque[tuple[str, str]]
-) -> tuple[runner.RunResult, tuple[FileRecord, ...], tuple[str, ...]]:
+def _run(task: Task, work: Path, lines: Lines) -> tuple[runner.RunResult, tuple[FileRecord, ...], tuple[str, ...]]:
     stage = task.stage
     work.mkdir()
     remote = open_remote(work, task.remote.name, task.remote.url, dict(task.remote.settings))
@@ -130,7 +127,7 @@ def _run(
     cwd.mkdir(parents=True, exist_ok=True)  # (a directory with no inputs in it exists in the project only)
     problem = stagework.prepare_outputs(work, stage)
     if problem:
-        lines.append(("stderr", problem))
+        lines.add("stderr", problem)
         return runner.failed(problem), (), ()
     env = {**os.environ, **dict(stage.env), "PIVOT_STAGE": stage.id.label("")}
     argv = runner.stage_argv(stage.shell, task.command) if task.py is None else _py_argv(task.py, stage, work)
@@ -140,7 +137,7 @@ def _run(
     if cancelled is not None:
         threading.Thread(target=_watch, args=(cancelled, cancel, finished), daemon=True).start()
     try:
-        result = runner.run(spec, lambda stream, line: lines.append((stream, line)), cancel)
+        result = runner.run(spec, lines.add, cancel)
     finally:
         finished.set()
     if not result.ok:

@@ -1,0 +1,138 @@
+"""A Dask stage's output, line by line as it prints it (docs/dask.md).
+
+On the worker, `Lines` collects what the stage prints: the last `TAIL`
+lines go back with the task's result, and every line is also published, in
+batches at most `FLUSH_S` apart, as a Dask event (`Worker.log_event`) on the
+build's topic: `[task key, [[stream, line], ...]]`.  The build's client
+subscribes to the topic (`Streams`), and each line reaches the terminal as
+a shell stage's does locally, while the stage runs.
+
+Events and results travel by different paths, so when the result comes the
+build takes from its tail only the lines its events did not bring (it
+counts them; the result says how many were printed), and drops the events
+that come later.  The topic is named after the build's client: the
+scheduler forgets such a topic's events after the client has gone
+(`distributed.scheduler.events-cleanup-delay`), so builds do not pile up
+lines in a long-lived scheduler.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from pivotbuild.events import Event, Log
+
+TAIL = 1000  # lines sent back with the result: a stage's last, whatever the events did
+FLUSH_S = 0.1  # the most a printed line waits on the worker before it is sent
+BATCH = 200  # lines in one event at most (a stage printing fast sends more events, not bigger ones)
+
+
+class Lines:
+    """The lines of one task on a worker: kept (the tail) and, when the task
+    runs on a Dask worker with a topic to publish on, sent as they come."""
+
+    def __init__(self, topic: str) -> None:
+        self.tail: deque[tuple[str, str]] = deque(maxlen=TAIL)
+        self.total = 0  # lines printed in all (the tail holds the last of them)
+        self._lock = threading.Lock()
+        self._batch: list[list[str]] = []
+        self._publish = _publisher(topic) if topic else None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if self._publish is not None:
+            self._thread = threading.Thread(target=self._flusher, name="pivot-lines", daemon=True)
+            self._thread.start()
+
+    def add(self, stream: str, line: str) -> None:
+        with self._lock:
+            self.tail.append((stream, line))
+            self.total += 1
+            if self._publish is not None:
+                self._batch.append([stream, line])
+                full = len(self._batch) >= BATCH
+            else:
+                full = False
+        if full:
+            self._flush()
+
+    def close(self) -> None:
+        """Send what is left (before the result goes: it says how many were printed)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self._flush()
+
+    def _flusher(self) -> None:
+        while not self._stop.wait(FLUSH_S):
+            self._flush()
+
+    def _flush(self) -> None:
+        with self._lock:
+            batch, self._batch = self._batch, []
+        if batch and self._publish is not None:
+            with contextlib.suppress(Exception):  # (the lines still go back in the result's tail)
+                self._publish(batch)
+
+
+def _publisher(topic: str) -> Callable[[list[list[str]]], None] | None:
+    """How this task publishes a batch of lines; None outside a Dask worker."""
+    try:
+        from distributed import get_worker
+
+        worker: Any = get_worker()
+        key = worker.get_current_task()
+    except (ImportError, ValueError):
+        return None
+    return lambda batch: worker.log_event(topic, [key, batch])
+
+
+class Streams:
+    """The build's side: the lines of each running task, by key, put to the
+    build as `Log` events of its stage as they arrive."""
+
+    def __init__(self, put: Callable[[Event], None]) -> None:
+        self.put = put
+        self._lock = threading.Lock()
+        self._open: dict[str, list[Any]] = {}  # key -> [stage label, lines heard]
+
+    def expect(self, key: str, label: str) -> None:
+        """A task of `label`'s is submitted under `key`: its lines are to come."""
+        with self._lock:
+            self._open[key] = [label, 0]
+
+    def heard(self, event: Any) -> None:
+        """A Dask event of the topic: `(time, [key, [[stream, line], ...]])`
+        (on the client's thread)."""
+        try:
+            _, (key, batch) = event
+        except (TypeError, ValueError):
+            return  # (not ours)
+        with self._lock:
+            known = self._open.get(key) if isinstance(key, str) else None
+            if known is None:
+                return  # (a task of another build, or come after its result)
+            known[1] += len(batch)
+            label = known[0]
+            for stream, line in batch:
+                self.put(Log(label, stream, line))
+
+    def done(self, key: str, tail: tuple[tuple[str, str], ...], total: int) -> None:
+        """The task's result came, with its last lines (`tail`) of `total`:
+        put those its events did not bring, and hear no more of it."""
+        with self._lock:
+            known = self._open.pop(key, None)
+        if known is None:
+            return
+        label, heard = known
+        first = total - len(tail)  # the number of the tail's first line
+        for stream, line in tail[max(heard - first, 0) :]:
+            self.put(Log(label, stream, line))
+
+    def forget(self, key: str) -> None:
+        """The task ended without a result (cancelled, lost): hear no more of it."""
+        with self._lock:
+            self._open.pop(key, None)
