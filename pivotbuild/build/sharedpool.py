@@ -160,14 +160,15 @@ def _sweep(directory: str) -> None:
         pid = name[len(_PREFIX) :].partition("-")[0]
         try:
             st = entry.stat(follow_symlinks=False)
-            if not (pid.isdigit() and stat.S_ISFIFO(st.st_mode) and st.st_uid == uid) or _alive(int(pid)):
+            if not (pid.isdigit() and stat.S_ISFIFO(st.st_mode) and st.st_uid == uid) or alive(int(pid)):
                 continue
             os.unlink(entry.path)
         except OSError:
             continue
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Does process `pid` run (ours or not)?"""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

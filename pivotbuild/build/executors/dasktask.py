@@ -28,16 +28,15 @@ from __future__ import annotations
 
 import marshal
 import os
-import shutil
 import sys
-import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pivotbuild.build.executors import runner, stagework
+from pivotbuild.build.executors import runner, scratch, stagework
 from pivotbuild.build.executors.daskstream import Lines
+from pivotbuild.build.executors.lifeline import Lifeline
 from pivotbuild.build.executors.pystages import PyCall
 from pivotbuild.cache.outputs import OutputCache
 from pivotbuild.cache.store import Mode
@@ -92,16 +91,16 @@ class TaskResult:
 def run_task(task: Task) -> TaskResult:
     """Run `task` on this worker (see the module's docstring)."""
     host = os.uname().nodename
-    scratch = Path(tempfile.mkdtemp(prefix="pivot-stage-"))
+    place = scratch.make()
     lines = Lines(task.topic)
     try:
-        result, outs, missing = _run(task, scratch / "work", lines)
+        result, outs, missing = _run(task, place / "work", lines)
     except transfer.TransferError as exc:
         result, outs, missing = runner.failed(f"pivotbuild: on the worker {host}: {exc}"), (), ()
     except Exception as exc:  # a bug of ours, or a worker that cannot do it: the stage fails, with why
         result, outs, missing = runner.failed(f"pivotbuild: on the worker {host}: {exc!r}"), (), ()
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        scratch.remove(place)
         lines.close()
     return TaskResult(result, tuple(lines.tail), outs, missing, host, lines.total)
 
@@ -137,7 +136,7 @@ def _run(task: Task, work: Path, lines: Lines) -> tuple[runner.RunResult, tuple[
     if cancelled is not None:
         threading.Thread(target=_watch, args=(cancelled, cancel, finished), daemon=True).start()
     try:
-        result = runner.run(spec, lines.add, cancel)
+        result = runner.run(spec, lines.add, cancel, _lifeline())
     finally:
         finished.set()
     if not result.ok:
@@ -169,6 +168,20 @@ def _py_argv(call: PyCall, stage: Stage, work: Path) -> tuple[str, ...]:
     path.write_bytes(marshal.dumps(request))
     # -P: not the directory it starts in first on sys.path (a project's json.py is not its json)
     return (sys.executable, "-P", "-m", "pivotbuild.build.executors.pyworker", "--once", str(path))
+
+
+_LIFELINE: list[Lifeline] = []  # this worker process's (one, made with its first stage)
+_LIFELINE_LOCK = threading.Lock()
+
+
+def _lifeline() -> Lifeline:
+    """The watchdog that kills this worker's running stages if the worker is
+    killed (lifeline.py: as pivotbuild's own kills its local stages), so a
+    stage Dask runs again elsewhere does not also go on running here."""
+    with _LIFELINE_LOCK:
+        if not _LIFELINE:
+            _LIFELINE.append(Lifeline())
+        return _LIFELINE[0]
 
 
 def _cancelled_check() -> Callable[[], bool] | None:
