@@ -13,10 +13,13 @@ local executor captures what its stages wrote (stagework.capture), so the
 recorder sees a finished stage either way.  A failed attempt is retried as
 `retry:` says, by submitting it again.
 
-The transfers go through a cache of the executor's own over the build's
-cache directory, one at a time (a fetch ends by indexing its pack, which
-must not race another transfer); the build's cache is told to read the
-packs again after each fetch, so it finds the objects fetched.
+The transfers go through the build's own cache, each in its stage's thread,
+several at once: the cache stores and reads from many threads (its pack of
+small objects is thread-safe), and the fetches leave that pack unindexed
+(transfer.fetch `index=False`): the build indexes it when it ends, once
+every job has reported, so no index is written while a transfer runs.  The
+objects fetched are then already in the cache when capturing stores the
+outputs checked out.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from pivotbuild.build.executors.choice import ExecutorError
 from pivotbuild.build.executors.dasktask import Task, TaskResult, Where, run_task
 from pivotbuild.build.executors.runner import RunResult, failed, internal_error
 from pivotbuild.cache.outputs import Captured, OutputCache
-from pivotbuild.cache.store import Cache, Mode
+from pivotbuild.cache.store import Mode
 from pivotbuild.events import Log
 from pivotbuild.model import Stage
 from pivotbuild.remote import Remote, config, open_remote, transfer
@@ -176,10 +179,9 @@ class DaskExecutor:
         self.client = client
         self.remote = remote
         self.where = where
-        self.cache = Cache(outputs.cache.dir, inbox.warn)  # the transfers' (see the module's docstring)
+        self.cache = outputs.cache  # the transfers' (see the module's docstring)
         self.on_remote: set[str] = set()  # objects known to be on the remote already
-        self._transfers = threading.Lock()
-        self._lock = threading.Lock()  # guards `running`, `started` and `_cluster_seen`
+        self._lock = threading.Lock()  # guards `running`, `started`, `on_remote` and `_cluster_seen`
         self._cluster_seen: tuple[float, str | None] = (-math.inf, None)  # when the cluster was last asked, its answer
         self.running: dict[Job, Any] = {}  # each running stage's future
         self._stopped: set[Job] = set()  # jobs cancel_job stopped (their futures' cancelling is ours)
@@ -205,11 +207,9 @@ class DaskExecutor:
             future.cancel()
 
     def close(self) -> None:
-        """Every job has reported: let go of the cluster and index what was fetched."""
+        """Every job has reported: let go of the cluster (the build indexes what was fetched)."""
         with contextlib.suppress(OSError, TimeoutError):  # (a scheduler gone: nothing to let go of)
             self.client.close()
-        with self._transfers:
-            self.cache.close()
 
     def _job(self, job: Job) -> None:
         """Run `job` to its result and report it (in the job's own thread)."""
@@ -336,20 +336,23 @@ class DaskExecutor:
                     inputs.append(replace(one, executable=bool(mode & 0o111)))
                 elif one.kind == DIR:
                     inputs.append(one)
-        with self._transfers:
+        with self._lock:
             fresh = [rec for rec in inputs if rec.hash not in self.on_remote]
-            for rec in fresh:
-                path = self.root / rec.path
-                ok = (
-                    self.cache.store_dir(path, _manifest(path), rec.hash)
-                    if rec.kind == DIR
-                    else self.cache.store_file(path, rec.hash)
-                )
-                if not ok:
-                    raise transfer.TransferError(f"{rec.path} changed while the build ran; build again")
-            report = transfer.push(self.cache, self.remote, fresh, ())
-            if report.problems:
-                raise transfer.TransferError(report.problems[0])
+        # (Another stage may be sending the same object meanwhile: each sends it
+        # unless the remote has it, and each is submitted once its own send is done.)
+        for rec in fresh:
+            path = self.root / rec.path
+            ok = (
+                self.cache.store_dir(path, _manifest(path), rec.hash)
+                if rec.kind == DIR
+                else self.cache.store_file(path, rec.hash)
+            )
+            if not ok:
+                raise transfer.TransferError(f"{rec.path} changed while the build ran; build again")
+        report = transfer.push(self.cache, self.remote, fresh, ())
+        if report.problems:
+            raise transfer.TransferError(report.problems[0])
+        with self._lock:
             self.on_remote.update(rec.hash for rec in fresh)
         return tuple(inputs)
 
@@ -357,18 +360,17 @@ class DaskExecutor:
         """Fetch the outputs a worker stored into the cache, and check them out
         into the project (copies: capturing then stores them as it would a
         stage's own files)."""
-        with self._transfers:
-            report = transfer.fetch(self.cache, self.remote, outs, ())
-            if report.problems:
-                raise transfer.TransferError(report.problems[0])
-            for rec in outs:
-                dest = self.root / rec.path
-                if rec.kind == DIR:
-                    self.cache.checkout_dir(rec.hash, dest, Mode.COPY)
-                else:
-                    self.cache.checkout_file(rec.hash, dest, Mode.COPY, rec.executable)
+        report = transfer.fetch(self.cache, self.remote, outs, (), index=False)
+        if report.problems:
+            raise transfer.TransferError(report.problems[0])
+        for rec in outs:
+            dest = self.root / rec.path
+            if rec.kind == DIR:
+                self.cache.checkout_dir(rec.hash, dest, Mode.COPY)
+            else:
+                self.cache.checkout_file(rec.hash, dest, Mode.COPY, rec.executable)
+        with self._lock:
             self.on_remote.update(rec.hash for rec in outs)
-        self.outputs.cache.packs.reload()  # (the fetch indexed a pack of ours: the build's cache finds it)
 
 
 def _manifest(path: Path) -> list[ManifestEntry]:
