@@ -30,10 +30,13 @@ _S3_KEYS = {"AWS_ACCESS_KEY_ID": s3server.ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": s
 
 class Cluster:
     """A scheduler and its workers on loopback, each process in a directory
-    of its own under `base` (its TMPDIR too) and a process group of its own."""
+    of its own under `base` (its TMPDIR too) and a process group of its own;
+    `env` is added to their environment (benchmarks/dask_stages.py gives a
+    baseline's cluster its own PYTHONPATH)."""
 
-    def __init__(self, base: Path) -> None:
+    def __init__(self, base: Path, env: dict[str, str] | None = None) -> None:
         self.base = base
+        self.env = env or {}
         self.tcp = f"tcp://127.0.0.1:{free_port()}"
         self.address = self.tcp.replace("tcp://", "dask://")  # as --executor takes it
         self.workers: list[Path] = []  # each worker's directory
@@ -85,7 +88,7 @@ class Cluster:
                 subprocess.Popen(
                     [str(Path(sys.executable).with_name("dask")), *argv, "--host", "127.0.0.1", "--no-dashboard"],
                     cwd=home,
-                    env={**os.environ, **_S3_KEYS, "TMPDIR": str(home / "tmp")},
+                    env={**os.environ, **_S3_KEYS, **self.env, "TMPDIR": str(home / "tmp")},
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     start_new_session=True,

@@ -460,6 +460,8 @@ def test_storing_a_deferred_output_confirms_it_only_outside_its_racy_window(tmp_
     time.sleep(0.1)  # past its racy window (50 ms: stamps.FINE_WINDOW_NS)
     new = tmp_path / "new.bin"
     new.write_bytes(b"written just now\n")
+    soon = time.time_ns() + 60_000_000_000  # (its window not passed, however slow this machine is now)
+    os.utime(new, ns=(soon, soon))
     outputs = OutputCache(tmp_path, lambda _text: None)
     confirmed: list[str] = []
     changed = outputs.store_deferred(

@@ -295,6 +295,27 @@ def test_a_pack_still_being_written_is_never_merged_away(tmp_path: Path) -> None
     assert len(files(tmp_path, ".idx")) == len(files(tmp_path, ".pack"))
 
 
+def test_a_reader_that_scanned_a_pack_before_its_writer_finished_never_indexes_it_stale(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (x, xdata), (y, ydata) = blobs(2, "race-").items()
+    writer = Packs(tmp_path)  # a build (or the Dask executor's fetches), storing...
+    writer.add(x, xdata)
+    scan = pack._scan
+
+    def scan_then_the_writer_finishes(path: Path) -> list[tuple[str, int, int]]:
+        seen = scan(path)  # ...while another reads its pack (only x in it so far)...
+        writer.add(y, ydata)
+        writer.close()  # ...and it ends: y stored, the pack indexed, unlocked
+        return seen
+
+    monkeypatch.setattr(pack, "_scan", scan_then_the_writer_finishes)
+    assert Packs(tmp_path).read(x) == xdata
+    monkeypatch.undo()
+    reader = Packs(tmp_path)  # the index the writer wrote stands: y is found
+    assert reader.read(x) == xdata and reader.read(y) == ydata
+
+
 def test_a_damaged_record_leaves_a_good_file_copy_of_the_object(tmp_path: Path) -> None:
     cache = Cache(tmp_path / "cache")
     data = b"small and linked\n"

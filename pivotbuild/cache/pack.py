@@ -128,12 +128,24 @@ class Packs:
         if entries is not None:
             return entries
         try:
-            entries = _scan(self.dir / name)
+            fd = os.open(self.dir / name, os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
             return []
-        if not _being_written(self.dir / name):
-            with contextlib.suppress(OSError):
-                write_atomic(idx, _index_bytes(entries), fsync=False)
+        try:
+            # Whole if no writer holds its lock; and this shared lock, held until
+            # the index is written, keeps any writer from finishing meanwhile
+            # (a scan taken before a writer's last record, written after its own
+            # index, would hide that record from every reader).
+            whole = _try_lock(fd, fcntl.LOCK_SH)
+            try:
+                entries = _scan(self.dir / name)
+            except OSError:
+                return []
+            if whole:
+                with contextlib.suppress(OSError):
+                    write_atomic(idx, _index_bytes(entries), fsync=False)
+        finally:
+            os.close(fd)
         return entries
 
     def _pread(self, name: str, offset: int, length: int) -> bytes:
@@ -181,7 +193,7 @@ class Packs:
             except FileExistsError:
                 continue
         # Locked for as long as it is written: no other process indexes it, or
-        # merges or rewrites it away, meanwhile (see `_being_written`).
+        # merges or rewrites it away, meanwhile (see `_try_lock`).
         fcntl.flock(fd, fcntl.LOCK_EX)
         write_all(fd, _PACK_MAGIC)
         self._own, self._own_fd, self._own_size = name, fd, len(_PACK_MAGIC)
@@ -324,21 +336,15 @@ def _size(path: Path) -> int:
         return 0
 
 
-def _being_written(path: Path) -> bool:
-    """Whether a process is writing (or rewriting) pack `path`: its writer
-    holds an exclusive lock on it until it is whole (the kernel lets go of a
-    killed one's)."""
+def _try_lock(fd: int, kind: int) -> bool:
+    """Lock the pack open as `fd` without waiting; False if a process is
+    writing (or rewriting) it: its writer holds an exclusive lock on it until
+    it is whole (the kernel lets go of a killed one's)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fcntl.flock(fd, kind | fcntl.LOCK_NB)
     except OSError:
-        return True  # gone, or unreadable: not ours to index
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError:
-        return True
-    finally:
-        os.close(fd)
-    return False
+        return False
+    return True
 
 
 def _index_bytes(entries: list[tuple[str, int, int]]) -> bytes:

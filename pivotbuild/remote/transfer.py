@@ -90,6 +90,12 @@ def _parallel(jobs: int, work: Iterable[Callable[[], None]], progress: Progress 
     done = 0
     if progress:
         progress(0, len(tasks))
+    if len(tasks) <= 1:  # (no pool for one object: a Dask stage moves one or two, and threads cost more)
+        for task in tasks:
+            task()
+            if progress:
+                progress(1, 1)
+        return
     with ThreadPoolExecutor(max_workers=max(jobs, 1)) as pool:
         futures = [pool.submit(t) for t in tasks]
         try:
@@ -177,13 +183,15 @@ def push(
     # on the remote always finds its objects there.
     on_remote = (wanted - set(to_send)) | report.moved_objects
     held_back = 0
-    with tempfile.TemporaryDirectory(prefix="pivot-push-") as tmp:
+    tmp: str | None = None  # made for the first entry sent (most pushes send none)
+    with contextlib.ExitStack() as stack:
         for rel, blob, needs in entries:
             if not needs <= on_remote:
                 held_back += 1
                 continue
             with _io(f"cannot send run-cache entry {rel} to the remote"):
                 if not remote.exists(rel):
+                    tmp = tmp or stack.enter_context(tempfile.TemporaryDirectory(prefix="pivot-push-"))
                     sent = Path(tmp) / "entry"
                     sent.write_bytes(blob)  # the bytes checked above, whatever the file holds now
                     remote.put(sent, rel)
@@ -201,11 +209,18 @@ def fetch(
     jobs: int = 4,
     progress: Progress | None = None,
     check: Iterable[FileRecord] = (),
+    index: bool = True,
 ) -> Report:
     """Bring the objects of `outs` and of the stages' run-cache entries into the
     cache.  An object the cache already holds is not fetched again, unless it
     belongs to one of `check` (the outputs checkout will restore next): those
-    local copies are verified, and a corrupt one is replaced."""
+    local copies are verified, and a corrupt one is replaced.
+
+    The small objects fetched go to the cache's pack, indexed at the end
+    (Cache.close); with `index=False` the caller indexes it when it is done
+    (the Dask executor fetches from many threads at once into the build's
+    cache, which the build indexes when it ends: an index written meanwhile
+    would race them)."""
     report = Report()
     records = list(outs)
     checked = list(check)
@@ -254,8 +269,9 @@ def fetch(
     try:
         _parallel(jobs, (_receive(cache, remote, d, report) for d in to_get), progress)
     finally:
-        with _io("cannot index the objects fetched into the cache"):
-            cache.close()
+        if index:
+            with _io("cannot index the objects fetched into the cache"):
+                cache.close()
     return report
 
 

@@ -13,10 +13,13 @@ local executor captures what its stages wrote (stagework.capture), so the
 recorder sees a finished stage either way.  A failed attempt is retried as
 `retry:` says, by submitting it again.
 
-The transfers go through a cache of the executor's own over the build's
-cache directory, one at a time (a fetch ends by indexing its pack, which
-must not race another transfer); the build's cache is told to read the
-packs again after each fetch, so it finds the objects fetched.
+The transfers go through the build's own cache, each in its stage's thread,
+several at once: the cache stores and reads from many threads (its pack of
+small objects is thread-safe), and the fetches leave that pack unindexed
+(transfer.fetch `index=False`): the build indexes it when it ends, once
+every job has reported, so no index is written while a transfer runs.  The
+objects fetched are then already in the cache when capturing stores the
+outputs checked out.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ from pivotbuild.build.executors.dasktask import Task, TaskResult, Where, run_tas
 from pivotbuild.build.executors.pystages import PyCall, py_call
 from pivotbuild.build.executors.runner import RunResult, failed, internal_error
 from pivotbuild.cache.outputs import Captured, OutputCache
-from pivotbuild.cache.store import Cache, Mode
+from pivotbuild.cache.store import Mode
 from pivotbuild.events import Log
 from pivotbuild.model import Stage
 from pivotbuild.pysource import SourceError, imported_files
@@ -180,11 +183,11 @@ class DaskExecutor:
         self.client = client
         self.remote = remote
         self.where = where
-        self.cache = Cache(outputs.cache.dir, inbox.warn)  # the transfers' (see the module's docstring)
+        self.cache = outputs.cache  # the transfers' (see the module's docstring)
         self.on_remote: set[str] = set()  # objects known to be on the remote already
         self.elsewhere: dict[str, FileRecord] = {}  # outputs left on the remote (--no-checkout), by path
-        self._transfers = threading.Lock()
-        self._lock = threading.Lock()  # guards `running`, `started` and `_cluster_seen`
+        # guards `running`, `started`, `on_remote`, `elsewhere` and `_cluster_seen`
+        self._lock = threading.Lock()
         self._cluster_seen: tuple[float, str | None] = (-math.inf, None)  # when the cluster was last asked, its answer
         self.running: dict[Job, Any] = {}  # each running stage's future
         self._stopped: set[Job] = set()  # jobs cancel_job stopped (their futures' cancelling is ours)
@@ -218,14 +221,12 @@ class DaskExecutor:
             future.cancel()
 
     def close(self) -> None:
-        """Every job has reported: let go of the cluster and index what was fetched."""
+        """Every job has reported: let go of the cluster (the build indexes what was fetched)."""
         with contextlib.suppress(Exception):  # (a scheduler gone: nothing to let go of)
             if self.topic:
                 self.client.unsubscribe_topic(self.topic)
         with contextlib.suppress(OSError, TimeoutError):
             self.client.close()
-        with self._transfers:
-            self.cache.close()
 
     def _job(self, job: Job) -> None:
         """Run `job` to its result and report it (in the job's own thread)."""
@@ -271,7 +272,6 @@ class DaskExecutor:
         if not job.checkout:  # --no-checkout: recorded as the worker stored them, left on the remote
             with self._lock:
                 self.elsewhere.update((rec.path, rec) for rec in answer.outs)
-            with self._transfers:
                 self.on_remote.update(rec.hash for rec in answer.outs)
             return answer.result, Captured(answer.outs, (), (), stored=False)
         if answer.outs:  # (none if the stage did not write them all: capturing finds which are missing)
@@ -297,7 +297,6 @@ class DaskExecutor:
             return False
         with self._lock:
             self.elsewhere.update((rec.path, rec) for rec in job.recorded)
-        with self._transfers:
             self.on_remote.update(rec.hash for rec in job.recorded)
         captured = Captured(job.recorded, (), (), stored=False)
         self.inbox.done(Done(job, RunResult(0, None, False, False, (), 0.0), captured, restored=True))
@@ -388,20 +387,23 @@ class DaskExecutor:
                 elif one.kind == DIR:
                     inputs.append(one)
         inputs.extend(extra)
-        with self._transfers:
+        with self._lock:
             fresh = [rec for rec in inputs if rec.hash not in self.on_remote]
-            for rec in fresh:
-                path = self.root / rec.path
-                ok = (
-                    self.cache.store_dir(path, _manifest(path), rec.hash)
-                    if rec.kind == DIR
-                    else self.cache.store_file(path, rec.hash)
-                )
-                if not ok:
-                    raise transfer.TransferError(f"{rec.path} changed while the build ran; build again")
-            report = transfer.push(self.cache, self.remote, fresh, ())
-            if report.problems:
-                raise transfer.TransferError(report.problems[0])
+        # (Another stage may be sending the same object meanwhile: each sends it
+        # unless the remote has it, and each is submitted once its own send is done.)
+        for rec in fresh:
+            path = self.root / rec.path
+            ok = (
+                self.cache.store_dir(path, _manifest(path), rec.hash)
+                if rec.kind == DIR
+                else self.cache.store_file(path, rec.hash)
+            )
+            if not ok:
+                raise transfer.TransferError(f"{rec.path} changed while the build ran; build again")
+        report = transfer.push(self.cache, self.remote, fresh, ())
+        if report.problems:
+            raise transfer.TransferError(report.problems[0])
+        with self._lock:
             self.on_remote.update(rec.hash for rec in fresh)
         return tuple(inputs)
 
@@ -409,18 +411,17 @@ class DaskExecutor:
         """Fetch the outputs a worker stored into the cache, and check them out
         into the project (copies: capturing then stores them as it would a
         stage's own files)."""
-        with self._transfers:
-            report = transfer.fetch(self.cache, self.remote, outs, ())
-            if report.problems:
-                raise transfer.TransferError(report.problems[0])
-            for rec in outs:
-                dest = self.root / rec.path
-                if rec.kind == DIR:
-                    self.cache.checkout_dir(rec.hash, dest, Mode.COPY)
-                else:
-                    self.cache.checkout_file(rec.hash, dest, Mode.COPY, rec.executable)
+        report = transfer.fetch(self.cache, self.remote, outs, (), index=False)
+        if report.problems:
+            raise transfer.TransferError(report.problems[0])
+        for rec in outs:
+            dest = self.root / rec.path
+            if rec.kind == DIR:
+                self.cache.checkout_dir(rec.hash, dest, Mode.COPY)
+            else:
+                self.cache.checkout_file(rec.hash, dest, Mode.COPY, rec.executable)
+        with self._lock:
             self.on_remote.update(rec.hash for rec in outs)
-        self.outputs.cache.packs.reload()  # (the fetch indexed a pack of ours: the build's cache finds it)
 
 
 def _carried(root: Path, stage: Stage, snap: Snapshot) -> tuple[PyCall | None, tuple[FileRecord, ...]]:
