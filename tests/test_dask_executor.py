@@ -6,6 +6,7 @@ stage that prints `pwd` shows where it ran)."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -343,6 +344,24 @@ def test_the_dask_executor_needs_a_remote(project: Project) -> None:
         "pivotbuild: the dask executor needs a remote, for the stages' files to travel through:"
         " pivotbuild remote add --default NAME URL (a directory or object store the workers reach too)"
     )
+
+
+def test_a_build_that_runs_nothing_on_the_cluster_needs_no_cluster(project: Project, tmp_path: Path) -> None:
+    _dask_project(project, tmp_path / "remote")
+    assert project.run("--executor", "local").code == 0
+    for path in ("out", "tree", "all.txt"):
+        shutil.rmtree(project.root / path) if (project.root / path).is_dir() else (project.root / path).unlink()
+    nobody = f"dask://127.0.0.1:{free_port()}"  # (nothing listens there)
+    restored = project.run("--executor", nobody)  # every stage restored from the cache: no stage starts
+    assert restored.code == 0, restored.err
+    assert "0 ran, 0 up to date, 5 restored" in restored.err
+    again = project.run("--executor", nobody)
+    assert again.code == 0 and "5 up to date" in again.err, again.err
+    project.write("src/1.txt", "changed\n")  # now gen@1 must run: the cluster is needed, and not there
+    needed = project.run("--executor", nobody)
+    assert needed.code == 2
+    assert needed.err.splitlines()[-1].startswith("pivotbuild: cannot reach the Dask scheduler at tcp://127.0.0.1:")
+    assert "Traceback" not in needed.err
 
 
 def test_without_dask_installed_the_error_says_what_to_install(

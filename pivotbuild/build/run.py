@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pivotbuild.build.admission import Admission
 from pivotbuild.build.decider import UNCACHEABLE, Decider, Verdict
 from pivotbuild.build.executors.base import Changed, Done, Executor, Inbox, Item, Job, PoolForStage
+from pivotbuild.build.executors.choice import ExecutorError
 from pivotbuild.build.interrupts import Signals
 from pivotbuild.build.recorder import DryRecorder, Outcome, Recorder
 from pivotbuild.build.scheduler import Scheduler
@@ -79,6 +80,7 @@ class BuildRun:
         self.skipped = 0
         self.started = 0
         self.stopping = False
+        self.unusable: ExecutorError | None = None  # why the executor could start no stage, if it could not
         self.signals = Signals()
         self.pool: PoolForStage | None = getattr(admission.jobserver, "for_stage", None)  # (our stages borrow from it)
         self._watching_pool = False  # the job pool's descriptor is watched for a token coming back
@@ -105,6 +107,8 @@ class BuildRun:
         self.executor.close()
         self.inbox.poller.close()
         self._watching_pool = False
+        if self.unusable is not None:
+            raise self.unusable
         counts = self.scheduler.counts()
         finished = BuildFinished(
             ran=counts[Status.RAN],
@@ -250,10 +254,25 @@ class BuildRun:
             if self.decider.trusted:
                 self.decider.distrust()
             self.signals.deferring = True
-            self.executor.start(job)
+            try:
+                self.executor.start(job)
+            except ExecutorError as exc:  # it can run nothing (its cluster does not answer): stop, then say so
+                self.signals.deferring = False
+                self._unstarted(sid, exc)
+                return
             self.signals.deferring = False
             if self.signals.caught:
                 return
+
+    def _unstarted(self, sid: StageId, problem: ExecutorError) -> None:
+        """The executor could not start the stage (nor, then, any other): the
+        build starts nothing more, and raises `problem` once it has ended."""
+        stage = self.graph.stages[sid]
+        del self.running[sid]
+        self.admission.finished(stage)
+        self._finish(sid, StageFinished(self.graph.label(sid), Status.CANCELLED, "not started", 0.0))
+        self.unusable = problem
+        self.stopping = True
 
     def _complete(self, done: Done) -> None:
         job, result = done.job, done.result

@@ -93,13 +93,13 @@ _STRANDED_S = 60.0  # how long a stage waits for a worker, or for the scheduler 
 def dask_factory(address: str, settings: config.Config, root: Path) -> ExecutorFactory:
     """The factory of executors running stages on the scheduler at `address`
     (tcp://HOST:PORT), through the project's default remote; the remote is
-    opened and the scheduler connected to now (ExecutorError if either
-    cannot be, or Dask is not installed)."""
+    opened now (ExecutorError if it cannot be), the scheduler connected to
+    when the first stage starts (a build that runs nothing on the cluster
+    neither imports Dask nor needs the cluster up)."""
     remote, where = _remote(settings, root)
-    client = connect(address)
 
     def make(root: Path, outputs: OutputCache, inbox: Inbox, cancel: threading.Event, *, store: bool) -> DaskExecutor:
-        return DaskExecutor(root, outputs, inbox, cancel, store=store, client=client, remote=remote, where=where)
+        return DaskExecutor(root, outputs, inbox, cancel, store=store, address=address, remote=remote, where=where)
 
     return make
 
@@ -171,7 +171,7 @@ class DaskExecutor:
         cancel: threading.Event,
         *,
         store: bool,
-        client: Any,
+        address: str,
         remote: Remote,
         where: Where,
     ) -> None:
@@ -180,7 +180,8 @@ class DaskExecutor:
         self.inbox = inbox
         self.cancelled = cancel
         self.store = store
-        self.client = client
+        self.address = address
+        self.client: Any = None  # connected as the first stage starts (`start`)
         self.remote = remote
         self.where = where
         self.cache = outputs.cache  # the transfers' (see the module's docstring)
@@ -192,16 +193,12 @@ class DaskExecutor:
         self.running: dict[Job, Any] = {}  # each running stage's future
         self._stopped: set[Job] = set()  # jobs cancel_job stopped (their futures' cancelling is ours)
         self.started = 0  # numbers a retry's event, as the build numbers starts
-        # The stages' lines, as the workers print them (daskstream.py); without
-        # the subscription they still come, with each result.
         self.streams = Streams(inbox.put)
-        self.topic = f"pivot-lines-{client.id}"
-        try:
-            client.subscribe_topic(self.topic, self.streams.heard)
-        except Exception:  # (a client that cannot: the tails will do)
-            self.topic = ""
+        self.topic = ""
 
     def start(self, job: Job) -> None:
+        if self.client is None:  # (only the loop's thread starts jobs)
+            self._connect()
         with self._lock:
             self.started += 1
         threading.Thread(target=self._job, args=(job,), name=f"dask {job.label}", daemon=True).start()
@@ -220,8 +217,23 @@ class DaskExecutor:
         for future in futures:
             future.cancel()
 
+    def _connect(self) -> None:
+        """Connect to the scheduler (ExecutorError, one line, if it does not
+        answer or Dask is not installed: the build stops, exit 2), and hear
+        the stages' lines as the workers print them (daskstream.py; without
+        the subscription they still come, with each result)."""
+        self.client = connect(self.address)
+        topic = f"pivot-lines-{self.client.id}"
+        try:
+            self.client.subscribe_topic(topic, self.streams.heard)
+        except Exception:  # (a client that cannot: the tails will do)
+            return
+        self.topic = topic
+
     def close(self) -> None:
         """Every job has reported: let go of the cluster (the build indexes what was fetched)."""
+        if self.client is None:
+            return
         with contextlib.suppress(Exception):  # (a scheduler gone: nothing to let go of)
             if self.topic:
                 self.client.unsubscribe_topic(self.topic)
