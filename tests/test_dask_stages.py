@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -252,3 +253,35 @@ def test_a_stage_on_a_worker_shows_its_lines_as_it_prints_them_and_each_once(
     assert "went on" in out
     numbered = [line for line in out.splitlines() if " n " in f" {line}"]
     assert len(numbered) == 3000  # every line once: those the events brought and none again from the result
+
+
+def test_the_scheduler_forgets_a_builds_lines_once_its_client_has_gone(project: Project, tmp_path: Path) -> None:
+    from distributed import Client
+
+    # (Dask's delay cut from an hour to a second, for the test)
+    own = Cluster(tmp_path / "cluster", env={"DASK_DISTRIBUTED__SCHEDULER__EVENTS_CLEANUP_DELAY": "1s"})
+    try:
+        own.add_worker()
+        own.wait_for_workers(1)
+        _with_remote(project, tmp_path)
+        project.pivotfile("stage talk:\n    outs: talk.txt\n    run: seq 50; echo > $@\n")
+        ran = project.run("--executor", own.address)
+        assert ran.code == 0, ran.err
+        assert "talk | 50" in ran.out
+
+        def lines_kept() -> int:
+            with Client(own.tcp, timeout=30, set_as_default=False) as client:
+                events = client.get_events()
+            return sum(
+                1
+                for kept in events.values()
+                for _, msg in kept
+                if isinstance(msg, (list, tuple)) and msg and str(msg[0]).startswith("pivot-talk")
+            )
+
+        deadline = time.monotonic() + 30
+        while lines_kept() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert lines_kept() == 0
+    finally:
+        own.stop()

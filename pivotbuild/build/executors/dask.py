@@ -223,7 +223,7 @@ class DaskExecutor:
         the stages' lines as the workers print them (daskstream.py; without
         the subscription they still come, with each result)."""
         self.client = connect(self.address)
-        topic = f"pivot-lines-{self.client.id}"
+        topic = str(self.client.id)  # (its events forgotten after the client: daskstream.py)
         try:
             self.client.subscribe_topic(topic, self.streams.heard)
         except Exception:  # (a client that cannot: the tails will do)
@@ -324,7 +324,7 @@ class DaskExecutor:
             future = self.running[job] = self.client.submit(run_task, task, key=key, pure=False)
         try:
             answer: TaskResult = self._wait(future)
-            self.streams.done(key, answer.lines, answer.printed)  # (the lines its events did not bring)
+            self.streams.done(key, answer.run, answer.lines, answer.printed)  # (the lines its events did not bring)
             return answer
         except CancelledError:
             if self.cancelled.is_set() or job in self._stopped:

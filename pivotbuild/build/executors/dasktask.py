@@ -86,6 +86,7 @@ class TaskResult:
     missing: tuple[str, ...] = ()
     host: str = ""
     printed: int = 0  # lines in all: `lines` holds the last of them (daskstream.TAIL)
+    run: str = ""  # which run of the task this is (daskstream.Lines.run)
 
 
 def run_task(task: Task) -> TaskResult:
@@ -102,7 +103,7 @@ def run_task(task: Task) -> TaskResult:
     finally:
         scratch.remove(place)
         lines.close()
-    return TaskResult(result, tuple(lines.tail), outs, missing, host, lines.total)
+    return TaskResult(result, tuple(lines.tail), outs, missing, host, lines.total, lines.run)
 
 
 def _run(task: Task, work: Path, lines: Lines) -> tuple[runner.RunResult, tuple[FileRecord, ...], tuple[str, ...]]:
