@@ -384,3 +384,19 @@ def test_an_executor_that_is_neither_local_nor_dask_is_a_usage_error(project: Pr
     assert "use local, or dask://HOST:PORT" in ran.err
     assert project.run("--executor", "local").code == 0
     assert (project.root / "a.txt").read_text() == "a\n"
+
+
+def test_a_worker_keeps_no_descriptor_of_the_stages_it_ran(project: Project, cluster: Cluster, tmp_path: Path) -> None:
+    _dask_project(project, tmp_path / "remote")
+    workers = [proc.pid for proc in cluster.procs if cluster.homes[proc.pid] in cluster.workers and proc.poll() is None]
+
+    def open_fds() -> int:
+        return sum(len(os.listdir(f"/proc/{pid}/fd")) for pid in workers)
+
+    project.pivotfile(
+        "stage s:\n    matrix: n=" + " ".join(map(str, range(40))) + "\n    outs: s/${n}.txt\n    run: echo ${n} > $@\n"
+    )
+    before = open_fds()
+    ran = project.run("-j", "4", "--executor", cluster.address)
+    assert ran.code == 0, ran.err
+    assert open_fds() - before < 20  # (each task's scratch cache left two: 80 here)

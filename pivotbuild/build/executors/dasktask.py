@@ -41,7 +41,7 @@ from pivotbuild.build.executors.pystages import PyCall
 from pivotbuild.cache.outputs import OutputCache
 from pivotbuild.cache.store import Mode
 from pivotbuild.model import Stage
-from pivotbuild.remote import open_remote, transfer
+from pivotbuild.remote import Remote, open_remote, transfer
 from pivotbuild.state.kinds import DIR
 from pivotbuild.state.records import FileRecord
 from pivotbuild.structs import replace, struct
@@ -107,10 +107,20 @@ def run_task(task: Task) -> TaskResult:
 
 
 def _run(task: Task, work: Path, lines: Lines) -> tuple[runner.RunResult, tuple[FileRecord, ...], tuple[str, ...]]:
-    stage = task.stage
     work.mkdir()
     remote = open_remote(work, task.remote.name, task.remote.url, dict(task.remote.settings))
     outputs = OutputCache(work, lambda _text: None)  # its cache: in the scratch directory, gone with it
+    try:
+        return _stage(task, work, lines, remote, outputs)
+    finally:
+        outputs.close()  # (its pack's descriptors: a worker runs many tasks)
+
+
+def _stage(
+    task: Task, work: Path, lines: Lines, remote: Remote, outputs: OutputCache
+) -> tuple[runner.RunResult, tuple[FileRecord, ...], tuple[str, ...]]:
+    """The stage of `task`, in `work`: its inputs fetched, run, its outputs stored."""
+    stage = task.stage
     cache = outputs.cache
     report = transfer.fetch(cache, remote, task.inputs, ())
     if report.problems:
