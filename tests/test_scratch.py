@@ -67,16 +67,18 @@ def test_a_scratch_directory_is_removed_with_the_read_only_trees_in_it(
     assert not any(tmp_path.iterdir())
 
 
-def test_the_sweep_removes_the_directories_of_dead_workers_only(tmp_path: Path) -> None:
+def test_the_sweep_removes_the_directories_of_dead_workers_of_this_place_only(tmp_path: Path) -> None:
     gone = subprocess.Popen(["true"])  # (a pid that no longer runs)
     gone.wait()
-    stale = tmp_path / f"pivot-stage-{gone.pid}-abc"
+    here = scratch._place()
+    stale = tmp_path / f"pivot-stage-{gone.pid}-{here}-abc"
     stale.mkdir()
     _read_only_tree(stale)
-    live = tmp_path / f"pivot-stage-{os.getpid()}-def"
-    live.mkdir()
+    live = tmp_path / f"pivot-stage-{os.getpid()}-{here}-def"
+    elsewhere = tmp_path / f"pivot-stage-{gone.pid}-0123abcd-ghi"  # (another machine's: its pids are not ours)
     other = tmp_path / "not-ours"
-    other.mkdir()
+    for kept in (live, elsewhere, other):
+        kept.mkdir()
     scratch.sweep(tmp_path)
     assert not stale.exists()
-    assert live.exists() and other.exists()
+    assert live.exists() and elsewhere.exists() and other.exists()

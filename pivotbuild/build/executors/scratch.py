@@ -1,12 +1,14 @@
 """The scratch directories of stages on a Dask worker (dasktask.py).
 
 Each task works in a directory of its own under the worker's temporary
-directory, named for the worker's process: `pivot-stage-PID-RANDOM`.  It is
-removed when the task ends, whatever the stage left in it (a read-only
-directory too, as a stage protecting its outputs makes).  A worker that is
-killed (SIGKILL, the OOM killer, its machine) can remove nothing: the first
-task of the next worker process on the machine sweeps the directories of
-processes that no longer run.
+directory, named for the worker's process: `pivot-stage-PID-PLACE-RANDOM`,
+PLACE naming the machine and its process-id namespace (a temporary
+directory may be shared by machines, or by containers each numbering its
+own processes).  It is removed when the task ends, whatever the stage left
+in it (a read-only directory too, as a stage protecting its outputs makes).
+A worker that is killed (SIGKILL, the OOM killer) can remove nothing: the
+first task of the next worker process in the same place sweeps the
+directories of that place's processes that no longer run.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from pivotbuild.build.sharedpool import alive
+from pivotbuild.state.hashing import hash_bytes
 
 PREFIX = "pivot-stage-"
 
@@ -33,7 +36,7 @@ def make() -> Path:
     if where not in _swept:
         _swept.add(where)
         sweep(Path(where))
-    return Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-"))
+    return Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-{_place()}-"))
 
 
 def remove(path: Path) -> None:
@@ -42,10 +45,21 @@ def remove(path: Path) -> None:
     shutil.rmtree(path, onerror=_writable_and_again)
 
 
+def _place() -> str:
+    """This machine and process-id namespace, as a short name: only a
+    process of the same place can tell whether a pid still runs."""
+    try:
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        namespace = 0
+    return hash_bytes(f"{os.uname().nodename}:{namespace}".encode())[:8]
+
+
 def sweep(directory: Path) -> None:
     """Remove the scratch directories in `directory` of our user's worker
-    processes that no longer run."""
+    processes, in this place, that no longer run."""
     uid = os.getuid()
+    here = _place()
     try:
         entries = list(os.scandir(directory))
     except OSError:
@@ -53,7 +67,9 @@ def sweep(directory: Path) -> None:
     for entry in entries:
         if not entry.name.startswith(PREFIX):
             continue
-        pid = entry.name[len(PREFIX) :].partition("-")[0]
+        pid, _, rest = entry.name[len(PREFIX) :].partition("-")
+        if not rest.startswith(here + "-"):
+            continue  # (another machine's or container's, or of an older pivotbuild)
         try:
             st = entry.stat(follow_symlinks=False)
         except OSError:
