@@ -109,3 +109,15 @@ def test_a_later_no_checkout_build_finds_the_outputs_on_the_remote_instead_of_ru
     joined = (project.root / "all.txt").read_text()
     assert joined.startswith("tool read source one, edited\n") and "tool read source 2\n" in joined
     assert project.run("-q").code == 0
+
+
+def test_push_after_no_checkout_finds_what_the_workers_stored(
+    project: Project, cluster: Cluster, tmp_path: Path
+) -> None:
+    _dask_project(project, tmp_path / "remote")
+    ran = project.run("-j", "4", "--executor", cluster.address, "--no-checkout")
+    assert ran.code == 0, ran.out + ran.err
+    assert not (project.root / "tree").exists()  # (a directory output, left on the remote)
+    pushed = project.run("push")  # (a CI job's next step: nothing to send, nothing missing)
+    assert pushed.code == 0, pushed.out + pushed.err
+    assert "not in the local cache" not in pushed.out + pushed.err

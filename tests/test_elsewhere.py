@@ -8,10 +8,10 @@ from pathlib import Path
 
 from conftest import compile_text
 
-from pivotbuild.build.elsewhere import left_on_remote, on_remote
+from pivotbuild.build.elsewhere import left_on_remote
 from pivotbuild.graph import BuildGraph
 from pivotbuild.remote import open_remote
-from pivotbuild.remote.transfer import object_rel
+from pivotbuild.remote.transfer import holds, object_rel
 from pivotbuild.state.hashing import ENTRY_FILE, ManifestEntry, hash_bytes, manifest_bytes
 from pivotbuild.state.kinds import DIR, FILE
 from pivotbuild.state.records import FileRecord
@@ -60,12 +60,12 @@ def test_the_remote_holds_outputs_only_with_every_object_of_a_directory(tmp_path
     )
     tree = FileRecord("tree", DIR, hash_bytes(manifest))
     plain = FileRecord("plain.txt", FILE, hash_bytes(one))
-    assert not on_remote(remote, [plain])
+    assert not holds(remote, [plain])
     remote.write(object_rel(hash_bytes(one)), one)
-    assert on_remote(remote, [plain])
+    assert holds(remote, [plain])
     remote.write(object_rel(tree.hash), manifest)
-    assert not on_remote(remote, [plain, tree])  # b.txt's object is missing
+    assert not holds(remote, [plain, tree])  # b.txt's object is missing
     remote.write(object_rel(hash_bytes(two)), two)
-    assert on_remote(remote, [plain, tree])
+    assert holds(remote, [plain, tree])
     remote.write(object_rel(tree.hash), b"not the manifest\n")  # (corrupt on the remote)
-    assert not on_remote(remote, [tree])
+    assert not holds(remote, [tree])

@@ -14,7 +14,7 @@ So is a stage with a `cache: false` output (`pivotbuild pull` does not bring
 those, so they would be nowhere here), or a `persist` or `incremental` one
 (its stage builds on it next time, and finds it here).
 
-A later --no-checkout build finds such outputs on the remote (`on_remote`)
+A later --no-checkout build finds such outputs on the remote (transfer.holds)
 instead of running their stages again: the Dask executor reports the stage
 restored with the outputs its lockfile record holds for the same inputs.
 """
@@ -25,11 +25,6 @@ from collections.abc import Iterable
 
 from pivotbuild.graph import BuildGraph
 from pivotbuild.model import Out, StageId
-from pivotbuild.state.records import FileRecord
-
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from pivotbuild.remote import Remote
 
 
 def left_on_remote(graph: BuildGraph, closure: Iterable[StageId]) -> frozenset[StageId]:
@@ -65,36 +60,3 @@ def left_message(count: int, all_pipelines: bool) -> str:
     outputs = "output was" if count == 1 else "outputs were"
     pull = "pivotbuild pull --all" if all_pipelines else "pivotbuild pull"
     return f"{count} {outputs} left on the remote (--no-checkout): '{pull}' brings them here"
-
-
-def on_remote(remote: Remote, outs: Iterable[FileRecord]) -> bool:
-    """Does `remote` hold every object of `outs`: each file's, each directory's
-    manifest and every file it names?  (Asked before running a stage whose
-    recorded outputs an earlier --no-checkout build may have left there.)
-    OSError or TransferError if the remote cannot be asked."""
-    # (here, not at the top: every build imports this module, only the dask executor calls this)
-    from pivotbuild.cache.store import CorruptObject, parse_manifest
-    from pivotbuild.remote.transfer import object_rel
-    from pivotbuild.state.hashing import hash_bytes
-    from pivotbuild.state.kinds import DIR, FILE
-
-    for rec in outs:
-        rel = object_rel(rec.hash)
-        if rec.kind == FILE:
-            if not remote.exists(rel):
-                return False
-        elif rec.kind == DIR:
-            if not remote.exists(rel):
-                return False
-            blob = remote.read(rel)
-            try:
-                if hash_bytes(blob) != rec.hash:
-                    return False
-                entries = parse_manifest(blob, rec.hash)
-            except CorruptObject:
-                return False
-            if not all(remote.exists(object_rel(entry.hash)) for entry in entries):
-                return False
-        else:
-            return False
-    return True

@@ -22,12 +22,12 @@ from pathlib import Path
 
 from pivotbuild.cache.pack import PACK_MAX
 from pivotbuild.cache.runcache import decode_entry, folder_rel, of_stage, stage_key
-from pivotbuild.cache.store import OBJECTS, Cache, CorruptObject, MissingObject
+from pivotbuild.cache.store import OBJECTS, Cache, CorruptObject, MissingObject, parse_manifest
 from pivotbuild.errors import PivotError
 from pivotbuild.model import StageId
 from pivotbuild.remote import Remote
 from pivotbuild.state.hashing import hash_bytes
-from pivotbuild.state.kinds import DIR
+from pivotbuild.state.kinds import DIR, FILE
 from pivotbuild.state.records import FileRecord
 from pivotbuild.structs import field, struct
 
@@ -122,6 +122,10 @@ def push(
     report = Report()
     wanted: set[str] = set()
     for rec in outs:
+        if rec.kind == DIR and not cache.has(rec.hash):
+            with _io("cannot list the remote's objects"):
+                if holds(remote, [rec]):  # (a --no-checkout build left it there: docs/dask.md)
+                    continue
         wanted |= _local_objects(cache, rec, report)
     entries: list[tuple[str, bytes, set[str]]] = []  # (remote path, its bytes, the objects it names)
     for sid in stages:
@@ -345,3 +349,31 @@ def _local_objects(cache: Cache, rec: FileRecord, report: Report) -> set[str]:
 def _mkdir(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def holds(remote: Remote, outs: Iterable[FileRecord]) -> bool:
+    """Does `remote` hold every object of `outs`: each file's, each directory's
+    manifest and every file it names?  (Asked before running a stage whose
+    recorded outputs an earlier --no-checkout build may have left there:
+    build/elsewhere.py, and by `push` of such an output.)  OSError if the
+    remote cannot be asked."""
+    for rec in outs:
+        rel = object_rel(rec.hash)
+        if rec.kind == FILE:
+            if not remote.exists(rel):
+                return False
+        elif rec.kind == DIR:
+            if not remote.exists(rel):
+                return False
+            blob = remote.read(rel)
+            try:
+                if hash_bytes(blob) != rec.hash:
+                    return False
+                entries = parse_manifest(blob, rec.hash)
+            except CorruptObject:
+                return False
+            if not all(remote.exists(object_rel(entry.hash)) for entry in entries):
+                return False
+        else:
+            return False
+    return True

@@ -37,7 +37,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from pivotbuild.build.elsewhere import on_remote
 from pivotbuild.build.executors import stagework
 from pivotbuild.build.executors.base import Done, Inbox, Job
 from pivotbuild.build.executors.choice import ExecutorError
@@ -302,7 +301,7 @@ class DaskExecutor:
         outputs here removed, as a run removes them)."""
         assert job.recorded is not None
         try:
-            found = on_remote(self.remote, job.recorded)
+            found = transfer.holds(self.remote, job.recorded)
         except (transfer.TransferError, OSError):  # (cannot ask: run it, which says what is wrong)
             return False
         if not found or stagework.prepare_outputs(self.root, job.stage):
