@@ -90,7 +90,7 @@ def _parallel(jobs: int, work: Iterable[Callable[[], None]], progress: Progress 
     done = 0
     if progress:
         progress(0, len(tasks))
-    if len(tasks) <= 1:  # (no pool for one object: a Dask stage moves one or two, and threads cost more)
+    if len(tasks) <= 1 or jobs <= 1:  # (no pool for one object, or for one at a time: threads cost more)
         for task in tasks:
             task()
             if progress:

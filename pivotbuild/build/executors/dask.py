@@ -411,7 +411,8 @@ class DaskExecutor:
             )
             if not ok:
                 raise transfer.TransferError(f"{rec.path} changed while the build ran; build again")
-        report = transfer.push(self.cache, self.remote, fresh, ())
+        # jobs=1: the stages in flight are the parallelism (a pool each: 4 threads per stage at -j 400)
+        report = transfer.push(self.cache, self.remote, fresh, (), jobs=1)
         if report.problems:
             raise transfer.TransferError(report.problems[0])
         with self._lock:
@@ -422,7 +423,7 @@ class DaskExecutor:
         """Fetch the outputs a worker stored into the cache, and check them out
         into the project (copies: capturing then stores them as it would a
         stage's own files)."""
-        report = transfer.fetch(self.cache, self.remote, outs, (), index=False)
+        report = transfer.fetch(self.cache, self.remote, outs, (), index=False, jobs=1)  # (as push, above)
         if report.problems:
             raise transfer.TransferError(report.problems[0])
         for rec in outs:
