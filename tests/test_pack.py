@@ -9,6 +9,7 @@ reader gets is taken on trust: the cache verifies it (test_damaged_cache.py).
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import subprocess
 import sys
@@ -314,6 +315,86 @@ def test_a_reader_that_scanned_a_pack_before_its_writer_finished_never_indexes_i
     monkeypatch.undo()
     reader = Packs(tmp_path)  # the index the writer wrote stands: y is found
     assert reader.read(x) == xdata and reader.read(y) == ydata
+
+
+@pytest.mark.parametrize("competitor", ["a merge", "a reader"])
+def test_a_new_pack_is_locked_before_another_process_can_find_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, competitor: str
+) -> None:
+    old = blobs(2, "old-")
+    write_pack(tmp_path, old)
+    real = fcntl.flock
+
+    def the_competitor_first(fd: int, op: int) -> None:
+        if op == fcntl.LOCK_EX:  # the writer's, its pack just created
+            monkeypatch.setattr(fcntl, "flock", real)
+            if competitor == "a merge":  # a pull, a commit, another build's close
+                Packs(tmp_path).rewrite([f.name for f in files(tmp_path, ".pack")], drop=frozenset())
+            else:  # a pull beside the build, reading the packs
+                assert Packs(tmp_path).read(next(iter(old))) is not None
+        real(fd, op)
+
+    monkeypatch.setattr(fcntl, "flock", the_competitor_first)
+    writer = Packs(tmp_path)
+    objs = blobs(3, "new-")
+    for digest, data in objs.items():
+        writer.add(digest, data)
+    assert fcntl.flock is real  # (the competitor did run)
+    reader = Packs(tmp_path)  # while the build still stores
+    assert {d: reader.read(d) for d in old | objs} == old | objs
+    writer.close()
+    reader = Packs(tmp_path)
+    assert {d: reader.read(d) for d in old | objs} == old | objs
+    assert len(files(tmp_path, ".idx")) == len(files(tmp_path, ".pack"))
+
+
+def test_a_merge_while_a_build_reads_the_packs_hides_none_of_their_objects(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    packs_dir = tmp_path / "cache" / pack.PACKS
+    objs: dict[str, bytes] = {}
+    for build in range(5):
+        built = blobs(1, f"build{build}-")
+        objs |= built
+        write_pack(packs_dir, built)
+    cache = Cache(tmp_path / "cache")
+    entries = Packs._entries
+    merged = []
+
+    def merge_first(self: Packs, name: str) -> list[tuple[str, int, int]]:
+        if not merged:  # another process merges the packs this one has just listed
+            merged.append(name)
+            Packs(packs_dir).rewrite([f.name for f in files(packs_dir, ".pack")], drop=frozenset())
+        return entries(self, name)
+
+    monkeypatch.setattr(Packs, "_entries", merge_first)
+    for i, (digest, data) in enumerate(objs.items()):
+        dest = tmp_path / "ws" / f"{i}.txt"
+        cache.checkout_file(digest, dest)
+        assert dest.read_bytes() == data
+    assert merged
+
+
+def test_an_object_stored_while_another_thread_reloads_the_packs_is_found(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (x, xdata), (y, ydata) = blobs(2, "thread-").items()
+    p = Packs(tmp_path)  # a build's cache; the Dask executor's threads fetch into it at once
+    p.add(x, xdata)
+    index = Packs._index
+
+    def then_another_thread_reloads(self: Packs) -> dict[str, tuple[str, int, int]]:
+        seen = index(self)
+        self.reload()  # another thread: a read that found its pack merged away
+        index(self)  # and another thread reads the directory again
+        return seen
+
+    monkeypatch.setattr(Packs, "_index", then_another_thread_reloads)
+    p.add(y, ydata)
+    monkeypatch.undo()
+    assert p.read(x) == xdata and p.read(y) == ydata
+    p.close()
+    assert Packs(tmp_path).read(y) == ydata
 
 
 def test_a_damaged_record_leaves_a_good_file_copy_of_the_object(tmp_path: Path) -> None:

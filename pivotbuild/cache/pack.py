@@ -20,8 +20,11 @@ An index is a header, the number of entries, the entries sorted by digest
 is ignored and the pack scanned again.  Packs are only ever written whole
 under a new name: merging (when a build leaves more than `MAX_PACKS`) and
 dropping objects (gc; a corrupt object) write a new pack with what stays,
-then remove the old ones.  A reader that finds a pack gone reads the
-directory again, once.
+then remove the old ones.  A reader lists the directory again after reading
+the packs, until nothing changed meanwhile (a merge renames its pack in, then
+removes the old ones); one that finds a pack gone later reads the directory
+again, once.  A build's own pack is created under a temporary name and
+renamed into place once locked, so no other process ever finds it unlocked.
 """
 
 from __future__ import annotations
@@ -107,13 +110,25 @@ class Packs:
         return where
 
     def _load(self) -> dict[str, tuple[str, int, int]]:
+        """What the packs hold.  The directory is listed again after the packs
+        are read, until it did not change meanwhile: a merge by another process
+        can rename its new pack in after one listing and remove an old one
+        before it is read, and what they hold would be missing until a reload."""
+        loaded: dict[str, Iterable[tuple[str, int, int]]] = {}
+        names = set(_pack_names(self.dir))
+        while True:
+            for name in sorted(names - loaded.keys()):
+                if name == self._own:
+                    loaded[name] = [(d, o, n) for d, (o, n) in self._own_entries.items()]
+                else:
+                    loaded[name] = self._entries(name)
+            again = set(_pack_names(self.dir))
+            if again == names:
+                break
+            names = again
         where: dict[str, tuple[str, int, int]] = {}
-        for name in sorted(_pack_names(self.dir)):
-            if name == self._own:
-                entries: Iterable[tuple[str, int, int]] = ((d, o, n) for d, (o, n) in self._own_entries.items())
-            else:
-                entries = self._entries(name)
-            for digest, offset, length in entries:
+        for name in sorted(names):
+            for digest, offset, length in loaded[name]:
                 where[digest] = (name, offset, length)
         return where
 
@@ -166,9 +181,13 @@ class Packs:
     def add(self, digest: str, data: bytes) -> None:
         """Append object `digest` (`data`, at most PACK_MAX bytes) to this
         process's pack, unless a pack holds it already."""
-        where = self._index()
+        self._index()  # (read outside the lock: `_index` takes it)
         with self._lock:
-            if digest in where:
+            # The current dict, not the one `_index` returned: another thread
+            # may have reloaded it since.  None (reloaded, not read again yet):
+            # the next `_load` takes this pack's entries from `_own_entries`.
+            where = self._where
+            if where is not None and digest in where:
                 return
             if self._own is None:
                 self._start()
@@ -180,22 +199,30 @@ class Packs:
                 raise
             self._own_size = offset + len(data)
             self._own_entries[digest] = (offset, len(data))
-            assert self._own is not None
-            where[digest] = (self._own, offset, len(data))
+            if where is not None:
+                assert self._own is not None
+                where[digest] = (self._own, offset, len(data))
 
     def _start(self) -> None:
+        """Open a new pack to append to, locked before it has its name: under
+        its name unlocked, a merge in another process would take it (empty),
+        and remove it, and a reader could index it empty."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        while True:
-            name = f"{os.getpid()}-{os.urandom(6).hex()}.pack"
-            try:
-                fd = os.open(self.dir / name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
-                break
-            except FileExistsError:
-                continue
-        # Locked for as long as it is written: no other process indexes it, or
-        # merges or rewrites it away, meanwhile (see `_try_lock`).
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        write_all(fd, _PACK_MAGIC)
+        name = f"{os.getpid()}-{os.urandom(6).hex()}.pack"
+        tmp = self.dir / f".{name}.{os.getpid()}-{os.urandom(4).hex()}.tmp"  # (`_pack_names` skips it)
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
+        try:
+            # Locked for as long as it is written: no other process indexes it,
+            # or merges or rewrites it away, meanwhile (see `_try_lock`).  The
+            # lock is the open file's: it stays through the rename.
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            write_all(fd, _PACK_MAGIC)
+            os.replace(tmp, self.dir / name)  # (a name is never reused: pid and 48 random bits)
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
         self._own, self._own_fd, self._own_size = name, fd, len(_PACK_MAGIC)
         self._own_entries = {}
 
