@@ -400,3 +400,21 @@ def test_a_worker_keeps_no_descriptor_of_the_stages_it_ran(project: Project, clu
     ran = project.run("-j", "4", "--executor", cluster.address)
     assert ran.code == 0, ran.err
     assert open_fds() - before < 20  # (each task's scratch cache left two: 80 here)
+
+
+def test_a_stage_reading_its_params_file_itself_finds_it_on_the_worker(
+    project: Project, cluster: Cluster, tmp_path: Path
+) -> None:
+    _dask_project(project, tmp_path / "remote")
+    project.write("params.toml", "[train]\nrate = 3\n")
+    project.pivotfile(
+        """
+        stage fit:
+            params: train.rate
+            outs: fit.txt
+            run: grep rate params.toml > $@
+        """
+    )
+    ran = project.run("--executor", cluster.address)
+    assert ran.code == 0, ran.out + ran.err
+    assert (project.root / "fit.txt").read_text() == "rate = 3\n"

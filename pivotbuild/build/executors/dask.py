@@ -441,8 +441,11 @@ def _carried(root: Path, stage: Stage, snap: Snapshot) -> tuple[PyCall | None, t
     and the project's Python files its code may import (pysource.imported_files);
     the `persist` and `incremental` outputs as the project has them now (an
     incremental one restored to its recorded version: Recorder.job), for the
-    stage to find in place.  Each as an input's record, hashed now."""
+    stage to find in place; the files its `params:` come from (a stage may
+    read its params file itself, as `py:` stages and scripts do).  Each as an
+    input's record, hashed now."""
     call, paths = None, [out.path for out in stage.outs if out.persist or out.incremental]
+    paths += [param.file for param in stage.params]
     if stage.py is not None:
         call = py_call(stage, root, snap.expanded_deps)
         with contextlib.suppress(SourceError):  # (then the worker's import says what is wrong)
