@@ -418,3 +418,12 @@ def test_a_stage_reading_its_params_file_itself_finds_it_on_the_worker(
     ran = project.run("--executor", cluster.address)
     assert ran.code == 0, ran.out + ran.err
     assert (project.root / "fit.txt").read_text() == "rate = 3\n"
+
+
+def test_pivotbuild_run_takes_the_executor_too(project: Project, cluster: Cluster, tmp_path: Path) -> None:
+    _dask_project(project, tmp_path / "remote")
+    ran = project.run("run", "gen@2", "--executor", cluster.address)
+    assert ran.code == 0, ran.out + ran.err
+    ran_in = (project.root / "out/2.txt").read_text().splitlines()[1]
+    assert any(Path(ran_in).is_relative_to(w / "tmp") for w in cluster.workers), ran_in
+    assert not (project.root / "out/1.txt").exists()  # (exactly the stage named)

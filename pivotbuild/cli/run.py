@@ -21,9 +21,14 @@ from pivotbuild.cli.running import make_reporter, makes_pool, terminate_as_inter
 @click.option("-s", "--quiet", is_flag=True, help="Less output.")
 @click.option("-v", "--verbose", is_flag=True, help="More output.")
 @click.option("--no-wait", is_flag=True, help="If another build holds the project, exit 1 instead of waiting.")
+@click.option(
+    "--executor",
+    metavar="URL",
+    help="Where they run: local, or dask://HOST:PORT (default: .pivot/config.toml's [executor]).",
+)
 @project_options
 @click.pass_context
-def run(ctx: click.Context, /, args: tuple[str, ...], **flags: bool) -> int:
+def run(ctx: click.Context, /, args: tuple[str, ...], executor: str | None, **flags: bool) -> int:
     """Bring exactly these stages up to date, in the order given, without
     building their dependencies.  Up-to-date stages are skipped unless -B."""
     from pivotbuild.build.engine import Engine
@@ -41,6 +46,7 @@ def run(ctx: click.Context, /, args: tuple[str, ...], **flags: bool) -> int:
         quiet=flags["quiet"],
         verbose=flags["verbose"],
         no_wait=flags["no_wait"],
+        executor=executor,
     )
     reporter = make_reporter(options)
     with terminate_as_interrupt(), makes_pool(options) as jobserver:
