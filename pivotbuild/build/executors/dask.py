@@ -253,7 +253,7 @@ class DaskExecutor:
         stage, label, put = job.stage, job.label, self.inbox.put
         assert job.snap is not None
         t0 = time.monotonic()
-        problem = refused(stage) or stagework.prepare_outputs(self.root, stage)
+        problem = refused(stage) or stagework.prepare_outputs(self.root, stage, dirs=False)
         if problem:
             put(Log(label, "stderr", problem))
             return failed(problem), None
@@ -304,7 +304,7 @@ class DaskExecutor:
             found = transfer.holds(self.remote, job.recorded)
         except (transfer.TransferError, OSError):  # (cannot ask: run it, which says what is wrong)
             return False
-        if not found or stagework.prepare_outputs(self.root, job.stage):
+        if not found or stagework.prepare_outputs(self.root, job.stage, dirs=False):
             return False
         with self._lock:
             self.elsewhere.update((rec.path, rec) for rec in job.recorded)

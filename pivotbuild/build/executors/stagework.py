@@ -131,9 +131,11 @@ def _missing_dir(cwd: Path) -> str:
     return "" if os.path.isdir(cwd) else f"pivotbuild: the stage's directory {cwd} does not exist"
 
 
-def prepare_outputs(root: Path, stage: Stage) -> str:
-    """Remove non-persist outputs (so a stale file cannot pass for a new one) and
-    create their parent directories.  Returns a problem to report, or "".
+def prepare_outputs(root: Path, stage: Stage, *, dirs: bool = True) -> str:
+    """Remove non-persist outputs (so a stale file cannot pass for a new one) and,
+    with `dirs`, create their parent directories (for a stage that writes
+    them here: the Dask executor checks them out, directories and all, or
+    leaves them on the remote).  Returns a problem to report, or "".
 
     Runs before every stage, so it asks the file system as little as it can:
     one lstat per output, then one unlink (or rmtree) if it exists; and its
@@ -157,7 +159,7 @@ def prepare_outputs(root: Path, stage: Stage) -> str:
                 need = os.path.dirname(path)
             else:
                 need = path if out.is_dir else os.path.dirname(path)
-            if not os.path.isdir(need):
+            if dirs and not os.path.isdir(need):
                 Path(need).mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             return f"pivotbuild: cannot prepare output {out.path}: {exc.strerror}"
