@@ -245,10 +245,6 @@ class BuildRun:
             label = self.graph.label(sid)
             job = self.recorder.job(stage, v.snap, label, v.reason)
             job.pool = self.pool
-            self.started += 1
-            total = len(self.closure) - self.skipped
-            self._state(label, State.RUNNING, v.reason)
-            self.emit(StageStarted(label, self.started, total, v.reason, expected_s=self.expected.get(sid)))
             job.started = time.monotonic()
             self.running[sid] = job
             if self.decider.trusted:
@@ -261,6 +257,12 @@ class BuildRun:
                 self._unstarted(sid, exc)
                 return
             self.signals.deferring = False
+            # Announced once started (what it prints comes later, through the
+            # inbox): a stage that could not start is never said to have.
+            self.started += 1
+            total = len(self.closure) - self.skipped
+            self._state(label, State.RUNNING, v.reason)
+            self.emit(StageStarted(label, self.started, total, v.reason, expected_s=self.expected.get(sid)))
             if self.signals.caught:
                 return
 
