@@ -57,6 +57,17 @@ def _dask_project(project: Project, remote: Path | None, *remote_add: str) -> Pr
     return project
 
 
+def _on_cluster(project: Project, cluster: Cluster) -> subprocess.Popen[str]:
+    """`pivotbuild --executor` on `cluster`, in the background, its output on pipes."""
+    return subprocess.Popen(
+        [*PIVOTBUILD, "--executor", cluster.address],
+        cwd=project.root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def _check_built(project: Project, cluster: Cluster) -> None:
     """PIPELINE's outputs are right, and its `gen` stages ran on the workers."""
     for n in (1, 2, 3):
@@ -192,13 +203,7 @@ def test_ctrl_c_cancels_the_stages_running_on_the_cluster_and_exits_130(
             run: sleep 60 & echo $$! > "$MARK.tmp"; mv "$MARK.tmp" "$MARK"; wait; echo late > $@
         """
     )
-    build = subprocess.Popen(
-        [*PIVOTBUILD, "--executor", cluster.address],
-        cwd=project.root,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    build = _on_cluster(project, cluster)
     deadline = time.monotonic() + 30
     while not mark.exists() and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -229,13 +234,7 @@ def test_a_stage_whose_worker_is_killed_runs_again_on_another(
                 sleep 60 & echo "$PPID $$!" > "$MARK.tmp"; mv "$MARK.tmp" "$MARK"; wait
         """
     )
-    build = subprocess.Popen(
-        [*PIVOTBUILD, "--executor", cluster.address],
-        cwd=project.root,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    build = _on_cluster(project, cluster)
     try:
         deadline = time.monotonic() + 30
         while not mark.exists() and time.monotonic() < deadline:
@@ -268,13 +267,7 @@ def test_a_scheduler_lost_mid_build_fails_its_stage_saying_so(project: Project, 
         _dask_project(project, tmp_path / "remote")
         mark = tmp_path / "started"
         project.pivotfile(f"stage slow:\n    outs: slow.txt\n    run: touch {mark}; sleep 30; echo > $@\n")
-        build = subprocess.Popen(
-            [*PIVOTBUILD, "--executor", own.address],
-            cwd=project.root,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        build = _on_cluster(project, own)
         deadline = time.monotonic() + 30
         while not mark.exists() and time.monotonic() < deadline:
             time.sleep(0.05)

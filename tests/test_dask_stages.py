@@ -8,13 +8,13 @@ which the stage finds in its scratch directory as it would in the project."""
 from __future__ import annotations
 
 import os
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
-from conftest import PIVOTBUILD, Project
+from conftest import Project
 from daskcluster import Cluster
+from test_dask_executor import _on_cluster
 
 STEPS = """
 import os, sys
@@ -233,13 +233,7 @@ def test_a_stage_on_a_worker_shows_its_lines_as_it_prints_them_and_each_once(
             run: ./talk.sh && echo > $@
         """
     )
-    build = subprocess.Popen(
-        [*PIVOTBUILD, "--executor", cluster.address],
-        cwd=project.root,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    build = _on_cluster(project, cluster)
     assert build.stdout is not None
     seen = []
     for line in build.stdout:

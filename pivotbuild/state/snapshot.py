@@ -56,13 +56,11 @@ def deps_of(
 ) -> tuple[FileRecord, ...]:
     """The records of the stage's deps; one in `elsewhere` (an output this
     build left on the remote: build/elsewhere.py) is taken from there."""
-    if elsewhere:
-        return tuple(
-            glob_record(root, d.path, cache) if d.is_glob else elsewhere.get(d.path) or file_record(root, d.path, cache)
-            for d in stage.deps
-        )
     return tuple(
-        glob_record(root, d.path, cache) if d.is_glob else file_record(root, d.path, cache) for d in stage.deps
+        glob_record(root, d.path, cache)
+        if d.is_glob
+        else (elsewhere and elsewhere.get(d.path)) or file_record(root, d.path, cache)
+        for d in stage.deps
     )
 
 

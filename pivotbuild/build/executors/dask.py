@@ -242,7 +242,9 @@ class DaskExecutor:
     def _job(self, job: Job) -> None:
         """Run `job` to its result and report it (in the job's own thread)."""
         try:
-            if job.recorded is not None and self._left_on_remote(job):
+            found = self._found_on_remote(job) if job.recorded is not None else None
+            if found is not None:
+                self.inbox.done(Done(job, RunResult(0, None, False, False, (), 0.0), found, restored=True))
                 return
             result, captured = self._run(job)
         except Exception as exc:  # a bug in our own code: fail the stage, keep the build sane
@@ -281,10 +283,7 @@ class DaskExecutor:
         if answer.missing:  # (as the local executor says it: the first declared output not written)
             return failed(f"declared output {answer.missing[0]} was not created"), None
         if not job.checkout:  # --no-checkout: recorded as the worker stored them, left on the remote
-            with self._lock:
-                self.elsewhere.update((rec.path, rec) for rec in answer.outs)
-                self.on_remote.update(rec.hash for rec in answer.outs)
-            return answer.result, Captured(answer.outs, (), (), stored=False)
+            return answer.result, self._leave(answer.outs)
         if answer.outs:  # (none if the stage did not write them all: capturing finds which are missing)
             try:
                 self._check_out(stage, answer.outs)
@@ -294,24 +293,27 @@ class DaskExecutor:
             stage, answer.result, outputs=self.outputs, known=job.known, store=self.store, label=label, put=put
         )
 
-    def _left_on_remote(self, job: Job) -> bool:
-        """--no-checkout: if the outputs recorded for exactly the job's inputs
-        are all on the remote (an earlier --no-checkout build left them there),
-        report the stage restored with them instead of running it (its stale
-        outputs here removed, as a run removes them)."""
+    def _found_on_remote(self, job: Job) -> Captured | None:
+        """--no-checkout: the outputs recorded for exactly the job's inputs, if
+        all are on the remote (an earlier --no-checkout build left them
+        there), for the stage to be restored with instead of run (its stale
+        outputs here removed, as a run removes them); else None."""
         assert job.recorded is not None
         try:
             found = transfer.holds(self.remote, job.recorded)
         except (transfer.TransferError, OSError):  # (cannot ask: run it, which says what is wrong)
-            return False
+            return None
         if not found or stagework.prepare_outputs(self.root, job.stage, dirs=False):
-            return False
+            return None
+        return self._leave(job.recorded)
+
+    def _leave(self, outs: tuple[FileRecord, ...]) -> Captured:
+        """Outputs left on the remote (--no-checkout), as captured: known by
+        their records to the stages reading them, sent as they are."""
         with self._lock:
-            self.elsewhere.update((rec.path, rec) for rec in job.recorded)
-            self.on_remote.update(rec.hash for rec in job.recorded)
-        captured = Captured(job.recorded, (), (), stored=False)
-        self.inbox.done(Done(job, RunResult(0, None, False, False, (), 0.0), captured, restored=True))
-        return True
+            self.elsewhere.update((rec.path, rec) for rec in outs)
+            self.on_remote.update(rec.hash for rec in outs)
+        return Captured(outs, (), (), stored=False)
 
     def _submit(self, job: Job, task: Task) -> TaskResult | None:
         """One attempt of `task` on the cluster; None if it was cancelled."""

@@ -86,15 +86,24 @@ class Lines:
                     self._publish(batch)
 
 
-def _publisher(topic: str, run: str) -> Callable[[list[list[str]]], None] | None:
-    """How this run of the task publishes a batch of lines; None outside a Dask worker."""
+def this_task() -> tuple[Any, str] | None:
+    """The Dask worker running the calling task, and the task's key; None
+    outside a Dask worker (`Any`: distributed's types are partial)."""
     try:
         from distributed import get_worker
 
         worker: Any = get_worker()
-        key = worker.get_current_task()
+        return worker, worker.get_current_task()
     except (ImportError, ValueError):
         return None
+
+
+def _publisher(topic: str, run: str) -> Callable[[list[list[str]]], None] | None:
+    """How this run of the task publishes a batch of lines; None outside a Dask worker."""
+    task = this_task()
+    if task is None:
+        return None
+    worker, key = task
     return lambda batch: worker.log_event(topic, [key, run, batch])
 
 

@@ -32,10 +32,9 @@ import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from pivotbuild.build.executors import runner, scratch, stagework
-from pivotbuild.build.executors.daskstream import Lines
+from pivotbuild.build.executors.daskstream import Lines, this_task
 from pivotbuild.build.executors.lifeline import Lifeline
 from pivotbuild.build.executors.pystages import PyCall
 from pivotbuild.cache.outputs import OutputCache
@@ -200,13 +199,10 @@ def _cancelled_check() -> Callable[[], bool] | None:
     cancelled: the build was interrupted or stopped it), as the worker knows
     it; None outside a Dask worker.  (Dask cannot stop a running task: the
     task stops its command itself.)"""
-    try:
-        from distributed import get_worker
-
-        worker: Any = get_worker()
-        key = worker.get_current_task()
-    except (ImportError, ValueError):
+    task = this_task()
+    if task is None:
         return None
+    worker, key = task
 
     def cancelled() -> bool:
         state = worker.state.tasks.get(key)
