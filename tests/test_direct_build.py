@@ -15,7 +15,19 @@ from pathlib import Path
 
 import pytest
 from conftest import Project
-from helpers import CHAIN, DURATION, background_build, cache_digests, counts, hung_pid, read, runs, wait_until
+from helpers import (
+    CHAIN,
+    DURATION,
+    background_build,
+    cache_digests,
+    counts,
+    events,
+    finished,
+    hung_pid,
+    read,
+    runs,
+    wait_until,
+)
 from tracing import Traced, assert_fast, build, traced
 
 from pivotbuild.build.executors.spawn import Starter
@@ -134,6 +146,71 @@ def test_a_sealed_stage_declared_before_its_upstream_still_sees_the_upstream_rer
     assert_direct(r)
     assert counts(r.err) == (2, 0, 0, 0)
     assert read(project, "down.txt") == "TWO\n"
+
+
+def test_stages_sealed_with_nothing_to_run_upstream_are_reported_and_stay_sealed(project: Project) -> None:
+    """Of two branches, one edited: the other branch's stages are up to date
+    before the build begins and nothing upstream of them runs, so the build
+    only counts them; they are still reported (every stage once, in `--json`,
+    which goes through click), a stage reading both branches still reruns,
+    and the next build is a no-op the seal answers alone."""
+    project.pivotfile(
+        """
+        stage a1:
+            deps: a.txt
+            outs: a1.txt
+            run: cp $< $@; echo a1 >> runs.log
+
+        stage a2:
+            deps: a1.txt
+            outs: a2.txt
+            run: cp $< $@; echo a2 >> runs.log
+
+        stage b1:
+            deps: b.txt
+            outs: b1.txt
+            run: cp $< $@; echo b1 >> runs.log
+
+        stage b2:
+            deps: b1.txt
+            outs: b2.txt
+            run: cp $< $@; echo b2 >> runs.log
+
+        stage both:
+            deps: a2.txt b2.txt
+            outs: both.txt
+            run: cat $^ > $@; echo both >> runs.log
+        """
+    )
+    project.write("a.txt", "a\n")
+    project.write("b.txt", "b\n")
+    build(project)
+    (project.root / "runs.log").unlink()
+    project.write("b.txt", "B\n")
+    r = traced(project, "--json")
+    assert_click(r)
+    assert finished(r.out) == {
+        "a1": ("skipped", "up to date"),
+        "a2": ("skipped", "up to date"),
+        "b1": ("ran", "dep b.txt changed"),
+        "b2": ("ran", "dep b1.txt changed"),
+        "both": ("ran", "dep b2.txt changed"),
+    }
+    started = [e for e in events(r.out) if e["event"] == "build_started"]
+    assert [e["stages"] for e in started] == [5]
+    done = [e for e in events(r.out) if e["event"] == "build_finished"]
+    assert [(e["ran"], e["skipped"]) for e in done] == [(3, 2)]
+    assert runs(project) == ["b1", "b2", "both"]
+    assert read(project, "both.txt") == "a\nB\n"
+    assert_fast(traced(project))
+    # The settled branch kept its seal: an edit there is seen, and only there.
+    (project.root / "runs.log").unlink()
+    project.write("a.txt", "A\n")
+    r = traced(project, "-s")
+    assert_direct(r)
+    assert counts(r.err) == (3, 2, 0, 0)
+    assert runs(project) == ["a1", "a2", "both"]
+    assert read(project, "both.txt") == "A\nB\n"
 
 
 def test_the_direct_path_prints_what_the_click_path_prints(chain: Project) -> None:

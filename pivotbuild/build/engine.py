@@ -193,13 +193,19 @@ class Engine:
         check_sources(project, graph, [s for s in closure if graph.index_of(s) not in held] if held else closure)
         check_runnable(project.root, graph, closure)
         with self.state(project, options) as store:
+            plain = not (options.dry_run or options.question or options.always_make)
             if preloaded is None:
                 sealed = open_seal(project, self.warn)
+                # One look at every stamp the seal holds, now the lock is ours.
+                if sealed is not None and plain:
+                    held = frozenset(sealed.holding([graph.index_of(s) for s in closure]))
             else:
                 sealed = _still_valid(preloaded.seal)
-            # The fast path's look at the seal stands for the stages it found
-            # sealed until a stage runs, unless the build waited for another.
-            trusted = held if sealed is not None and not self.waited else frozenset()
+                if self.waited:  # (the fast path looked before another build went)
+                    held = frozenset()
+            # That look at the seal stands for the stages it found sealed until
+            # a stage runs.
+            trusted = held if sealed is not None else frozenset()
             if options.dry_run or options.question:
                 plan = self._plan(
                     graph, closure, Decider(graph, store, seal=sealed, forced=options.always_make, plan=True)
@@ -208,8 +214,21 @@ class Engine:
                     for sid, decision in plan:
                         self.emit(Decided(graph.label(sid), decision.run, decision.reason))
                 return EXIT_FAILED if options.question and any(d.run for _, d in plan) else EXIT_OK
+            # Stages the fast path found sealed with nothing unsealed upstream
+            # cannot change in this build: they are counted, not scheduled.
+            settled: list[StageId] = []
+            if trusted and plain:
+                closure, settled = _unsettled(graph, closure, trusted)
             outcome, recorder = self._run(
-                project, graph, closure, store, options=options, cancel=cancel, seal=sealed, trusted=trusted
+                project,
+                graph,
+                closure,
+                store,
+                options=options,
+                cancel=cancel,
+                seal=sealed,
+                trusted=trusted,
+                settled=settled,
             )
             store.close()  # lockfiles written and stat caches settled: now seal what is up to date
             if recorder.elsewhere:
@@ -261,10 +280,12 @@ class Engine:
         trusted: frozenset[int] = frozenset(),
         after: dict[StageId, list[StageId]] | None = None,
         block_on_failure: bool = True,
+        settled: list[StageId] | None = None,
     ) -> tuple[Outcome, Recorder]:
         """Build `closure` (every stage of the build, which `-B` forces whole):
         the loop, and the parts it ties together.  `after` replaces the graph's
-        edges (for `run`, the given order)."""
+        edges (for `run`, the given order); `settled` are the build's other
+        stages, up to date by the seal before it began (see `_unsettled`)."""
         cancel = cancel or threading.Event()
         inbox = Inbox(self.emit)
         outputs = OutputCache(project.root, inbox.warn, building=True)
@@ -292,6 +313,7 @@ class Engine:
             keep_going=options.keep_going,
             expected=expected,
             states=getattr(self.reporter, "wants_states", False),
+            settled=settled or [],
         )
         self._running_build = (inbox, str(project.root))
         try:
@@ -411,6 +433,30 @@ def open_seal(project: Project, warn: Callable[[str], None]) -> Seal | None:
 def _still_valid(sealed: Seal | None) -> Seal | None:
     """`sealed` if the lockfiles are still as it recorded them, else None."""
     return sealed if sealed is not None and sealed.state_unchanged() else None
+
+
+def _unsettled(
+    graph: BuildGraph, closure: list[StageId], sealed: frozenset[int]
+) -> tuple[list[StageId], list[StageId]]:
+    """`closure` (in build order) split in two: the stages this build must
+    decide, and the settled rest, each found `sealed` (plan indices) a moment
+    ago with every stage upstream of it settled too.  No
+    stage of this build writes what a settled stage reads, so it is up to
+    date throughout; it keeps its seal, its record and its stat cache entries
+    as they are, and costs the build nothing but its count.  (A file changed
+    by hand while the build runs is the next build's to find, as it is for
+    a stage decided before the change.)"""
+    index_of = graph.index_of
+    moving: set[StageId] = set()
+    undecided: list[StageId] = []
+    settled: list[StageId] = []
+    for sid in closure:
+        if index_of(sid) not in sealed or not moving.isdisjoint(graph.upstream_stages(sid)):
+            moving.add(sid)
+            undecided.append(sid)
+        else:
+            settled.append(sid)
+    return undecided, settled
 
 
 def _edges(graph: BuildGraph, closure: list[StageId]) -> dict[StageId, list[StageId]]:

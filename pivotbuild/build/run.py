@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 
 from pivotbuild.build.admission import Admission
-from pivotbuild.build.decider import UNCACHEABLE, Decider, Verdict
+from pivotbuild.build.decider import UNCACHEABLE, UP_TO_DATE, Decider, Verdict
 from pivotbuild.build.executors.base import Changed, Done, Executor, Inbox, Item, Job, PoolForStage
 from pivotbuild.build.executors.choice import ExecutorError
 from pivotbuild.build.interrupts import Signals
@@ -54,10 +54,14 @@ class BuildRun:
         keep_going: bool,
         expected: dict[StageId, float] | None = None,
         states: bool = False,
+        settled: list[StageId] | None = None,
     ) -> None:
         """`expected`: past durations, shown as each stage starts.  `states`:
         emit each stage's StageState changes too (five per stage: built only
-        for a reporter that wants them; see events.Reporter)."""
+        for a reporter that wants them; see events.Reporter).  `settled`:
+        stages of the build besides the scheduler's, known up to date by the
+        seal before it began (engine.py, `_unsettled`): each is reported
+        skipped, and nothing else is done for it."""
         self.emit = emit
         self.states = states
         self.graph = graph
@@ -71,6 +75,7 @@ class BuildRun:
         self.keep_going = keep_going
         self.expected = expected or {}
         self.closure = scheduler.closure
+        self.settled = settled or []
         self.to_run: dict[StageId, Verdict] = {}  # decided to run, waiting to be admitted
         self.running: dict[StageId, Job] = {}
         self.reasons: dict[StageId, str] = {}
@@ -88,11 +93,12 @@ class BuildRun:
     def execute(self) -> Outcome:
         t0 = time.monotonic()
         self.recorder.begin()
-        self.emit(BuildStarted(len(self.closure), self.admission.jobserver.capacity))
+        self.emit(BuildStarted(len(self.closure) + len(self.settled), self.admission.jobserver.capacity))
         if self.states:
             waiting = self.scheduler.waiting
             for sid in self.closure:
                 self._state(self.graph.label(sid), State.READY if waiting[sid] == 0 else State.PENDING)
+        self._settle()
         interrupted = False
         with self.signals.caught_in(self.inbox.poller):
             try:
@@ -153,6 +159,17 @@ class BuildRun:
                 self._handle(item)
             if self.cancel.is_set() or signals.caught:
                 raise Interrupted
+
+    def _settle(self) -> None:
+        """Report the settled stages up to date (by the seal: they keep it)."""
+        label = self.graph.label
+        for sid in self.settled:
+            self.reasons[sid] = UP_TO_DATE
+            self._state(label(sid), State.DONE, Status.SKIPPED.value)
+            self.emit(StageFinished(label(sid), Status.SKIPPED, UP_TO_DATE, 0.0))
+        self.sealed.update(self.settled)
+        self.skipped += len(self.settled)
+        self.scheduler.settled(self.settled)
 
     def _watch_pool(self) -> None:
         """While a stage waits for a token a read found missing, wait for the
@@ -260,7 +277,7 @@ class BuildRun:
             # Announced once started (what it prints comes later, through the
             # inbox): a stage that could not start is never said to have.
             self.started += 1
-            total = len(self.closure) - self.skipped
+            total = len(self.closure) + len(self.settled) - self.skipped
             self._state(label, State.RUNNING, v.reason)
             self.emit(StageStarted(label, self.started, total, v.reason, expected_s=self.expected.get(sid)))
             if self.signals.caught:

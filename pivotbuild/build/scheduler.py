@@ -70,6 +70,11 @@ class Scheduler:
         if status in _RELEASING:
             self.release(sid)
 
+    def settled(self, sids: Iterable[StageId]) -> None:
+        """Stages of the build besides this scheduler's, up to date before it
+        began (see BuildRun): counted skipped, waited on by none of its stages."""
+        self.status.update(dict.fromkeys(sids, Status.SKIPPED))
+
     def fail(self, sid: StageId) -> list[StageId]:
         """`sid` failed: the stages it blocks (not yet finished, in build order),
         which the caller finishes as blocked; none without `block_on_failure`,
