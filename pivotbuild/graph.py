@@ -332,7 +332,10 @@ class BuildGraph:
 
     def upstream(self, targets: Iterable[StageId]) -> list[StageId]:
         """`targets` and everything they depend on, in build order."""
-        return self.order(closure(targets, self._preds.__getitem__))
+        chosen = set(targets)
+        if len(chosen) == len(self._order):  # every stage: no edge to follow
+            return list(self._order)
+        return self.order(closure(chosen, self._preds.__getitem__))
 
     def downstream(self, targets: Iterable[StageId]) -> list[StageId]:
         """`targets` and everything that depends on them, in build order."""

@@ -67,8 +67,12 @@ def test_a_seal_read_back_finds_exactly_the_paths_that_changed(tmp_path: Path, w
     assert not read.holds([0, 1, 2, 3])
     assert read.holding([1], fork=True) == {1}
 
+    assert [read.holds([i]) for i in range(4)] == [False, True, False, True]
+
     Path(gone).write_text("now it is there")
     assert _sealed(tmp_path, stages).holding([0, 1, 2, 3], fork=True) == {3}
+    read = _sealed(tmp_path, stages)
+    assert [read.holds([i]) for i in range(5)] == [False, False, False, True, False]
 
 
 def test_a_stage_not_sealed_never_holds(tmp_path: Path, where: str) -> None:
@@ -137,6 +141,9 @@ def test_a_stage_looked_at_alone_is_statted_alone(tmp_path: Path, monkeypatch: p
     monkeypatch.setattr(os, "stat", lambda p, *a, **k: statted.append(p) or real(p, *a, **k))
     assert read.holding([0], fork=True) == {0}
     assert [os.fsdecode(p) for p in statted] == [str(files["a"])]  # type: ignore[arg-type]
+    statted.clear()
+    assert read.holds([1]) and not read.holds([3])  # (as a build asks of the stage it decides)
+    assert [os.fsdecode(p) for p in statted] == [str(files["b"]), str(files["d"])]  # type: ignore[arg-type]
 
 
 def _frame(fields: list[object]) -> bytes:

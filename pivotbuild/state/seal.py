@@ -51,6 +51,7 @@ SEAL = "seal"
 MAGIC = b"PIVSEAL\n"
 FORMAT = 3  # 2: in a `state.framing` frame; 3: paths, stamps and stages packed
 FRAME = framing.Format(MAGIC, FORMAT, "seal")
+_FEW = 64  # stages: `holds` looks these up one by one in the packed table
 
 # A seal that fails its checksum or does not decode; `str()` says why.
 Damaged = framing.Damaged
@@ -135,6 +136,9 @@ class Seal:
         (Statted afresh on every call: an answer is only as good as the moment
         it was given, and a build decides each stage when it becomes ready.)"""
         wanted = set(stages)
+        packed = self._packed
+        if packed is not None and self._stages is None and len(wanted) <= _FEW:
+            return all(packed.holds(i) for i in wanted)  # (without unpacking the table)
         return self.holding(wanted) == wanted
 
     def holding(self, stages: Iterable[int], *, fork: bool = False) -> set[int]:

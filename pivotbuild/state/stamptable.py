@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import sys
 from array import array
+from bisect import bisect_left
 from collections.abc import Mapping, Sequence
 from itertools import chain
 
@@ -56,7 +57,7 @@ def pack(paths: Sequence[str], stamps: Sequence[Stamp | None], stages: Mapping[i
 class StampTable:
     """The stored values, checked (`unpack`); see the module's docstring."""
 
-    __slots__ = ("_ids", "flat", "ids", "members", "missing", "names", "offsets")
+    __slots__ = ("_gone", "_ids", "flat", "ids", "members", "missing", "names", "offsets")
 
     def __init__(
         self,
@@ -75,6 +76,7 @@ class StampTable:
         self.offsets = offsets
         self.members = members
         self._ids: set[int] | None = None
+        self._gone: set[int] | None = None
 
     @classmethod
     def unpack(cls, fields: Any) -> StampTable:
@@ -120,6 +122,22 @@ class StampTable:
     def stage_map(self) -> dict[int, list[int]]:
         offsets, members = self.offsets, self.members
         return {i: list(members[offsets[k] : offsets[k + 1]]) for k, i in enumerate(self.ids)}
+
+    def holds(self, stage: int) -> bool:
+        """Is `stage` sealed, each of its paths' stamps as sealed now?  (One
+        stage looked up in the packed arrays: a build asks this of the few
+        stages it decides, and unpacks nothing.)"""
+        ids = self.ids
+        k = bisect_left(ids, stage)
+        if k == len(ids) or ids[k] != stage:
+            return False
+        if self._gone is None:
+            self._gone = set(self.missing)
+        names, flat, gone = self.names, self.flat, self._gone
+        for j in self.members[self.offsets[k] : self.offsets[k + 1]]:
+            if stamp_now(names[j]) != (None if j in gone else tuple(flat[4 * j : 4 * j + 4])):
+                return False
+        return True
 
     def changed(self, *, fork: bool = False) -> set[int]:
         """The paths whose stamp is not as sealed, statted now.
