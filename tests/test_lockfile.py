@@ -484,6 +484,45 @@ def test_records_untouched_are_written_back_byte_for_byte() -> None:
     assert lockfile.decode_records(encode(replaced)).data() == replaced
 
 
+@pytest.mark.parametrize("name", ["s", "n" * 31, "m" * 32, "long@" + "x" * 300, "ünïcode", "a-b@c=d"])
+def test_records_read_and_written_untouched_keep_the_bytes_packing_them_gives(name: str) -> None:
+    """Every length of name msgpack has a form for (fixstr, str8, str16), and
+    one set among them: the bytes are those of the whole file packed afresh."""
+    data = LockData.of({**sample().by_name(), name: record(name)})
+    blob = encode(data)
+    records = lockfile.decode_records(blob)
+    assert encode(records) == blob
+    assert records.get(name) == record(name)
+    assert encode(records) == blob  # read, not set: still its own bytes
+    records[name] = record(name, salt="new")
+    changed = LockData.of({**data.by_name(), name: record(name, salt="new")})
+    assert encode(records) == encode(changed)
+    assert lockfile.decode_records(encode(records)).data() == changed
+
+
+def test_a_record_written_with_its_name_elsewhere_is_still_found() -> None:
+    """Another writer's key order: the name is looked up by unpacking the record."""
+    plain = {r.name: dict(reversed(list(codec.record_obj(r).items()))) for r in sample().stages}
+    records = lockfile.decode_records(lockfile.encode(lockfile.Records(plain)))
+    assert records.data() == sample()
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        [1, 2, 3],  # not a map
+        {"stages": 7},  # not a list
+        {"stages": [7]},  # a record not a map
+        {"stages": [{"fingerprint": "x"}]},  # no name
+        {"stages": [{"name": 3}]},  # a name not a string
+    ],
+    ids=["list", "stages", "record", "unnamed", "name"],
+)
+def test_a_payload_not_of_named_records_is_refused_whole(payload: object) -> None:
+    with pytest.raises(LockfileError, match="payload does not decode"):
+        lockfile.decode_records(lockfile.FRAME.dump(payload))
+
+
 def one_bad_record() -> bytes:
     """A well-formed lockfile (checksum and all) holding one record that does not decode."""
     good = lockfile.decode_records(encode(sample())).plain()

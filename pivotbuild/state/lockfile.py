@@ -7,17 +7,21 @@ of the LockData as maps (`state.codec`), checked by its XXH3-128.
 A file that fails any check is reported (`LockfileError`) and the caller treats
 it as absent: the stages it described simply run again.
 
-A build reads the lockfile as `Records`: the payload is unpacked into plain
-values, and a stage's record is decoded (and type-checked) only when the build
-asks for it, since a build with a few stages to run never looks at the records
-of the stages it finds sealed.  Untouched records are written back from the
-same plain values, which pack to the same bytes.
+A build reads the lockfile as `Records`: the payload is split into each
+record's packed bytes without unpacking them, and a stage's record is
+decoded (and type-checked) only when the build asks for it, since a build
+with a few stages to run never looks at the records of the stages it finds
+sealed.  Untouched records are written back as the bytes they were read
+from: msgpack packs `{"stages": [...]}` as its header followed by each
+record's own bytes, so the file is what packing every record would give.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+
+import msgpack
 
 from pivotbuild.paths import LOCK_COPIES
 from pivotbuild.state import codec, framing
@@ -37,11 +41,13 @@ LockfileError = framing.Damaged
 
 class Records:
     """A lockfile's stage records by name, each decoded from its plain values
-    the first time it is asked for."""
+    (or its packed bytes, as read) the first time it is asked for."""
 
-    def __init__(self, plain: dict[str, dict[str, Any]] | None = None) -> None:
+    def __init__(self, plain: dict[str, dict[str, Any]] | None = None, *, raw: dict[str, bytes] | None = None) -> None:
         self._plain = plain if plain is not None else {}  # name -> the record as msgpack gave it
+        self._raw = raw if raw is not None else {}  # name -> the record's msgpack bytes, as read
         self._decoded: dict[str, StageRecord] = {}  # name -> record, decoded or set
+        self._set: set[str] = set()  # names given a new record (written packed afresh)
 
     @staticmethod
     def of(data: LockData) -> Records:
@@ -54,38 +60,61 @@ class Records:
         """The record of stage `name`, if there is one.  Raises LockfileError if
         it does not decode (it is dropped: the stage simply runs again)."""
         record = self._decoded.get(name)
-        if record is None and name in self._plain:
+        if record is None and (name in self._raw or name in self._plain):
             try:
-                record = self._decoded[name] = codec.record_from(self._plain[name])
-            except (ValueError, TypeError, RecursionError) as exc:
-                del self._plain[name]
+                plain = self._plain[name] if name in self._plain else msgpack.unpackb(self._raw[name])
+                record = self._decoded[name] = codec.record_from(plain)
+            except (ValueError, TypeError, RecursionError, msgpack.UnpackException) as exc:
+                self._plain.pop(name, None)
+                self._raw.pop(name, None)
                 raise LockfileError(f"the record of stage {name} does not decode ({exc})") from exc
         return record
 
     def __setitem__(self, name: str, record: StageRecord) -> None:
         self._decoded[name] = record
+        self._set.add(name)
 
     def __contains__(self, name: str) -> bool:
-        return name in self._decoded or name in self._plain
+        return name in self._decoded or name in self._raw or name in self._plain
+
+    def _names(self) -> list[str]:
+        return sorted(self._raw.keys() | self._plain.keys() | self._decoded.keys())
 
     def __len__(self) -> int:
-        return len(self._plain.keys() | self._decoded.keys())
+        return len(self._names())
 
     def data(self) -> LockData:
         """Every record, decoded.  Raises LockfileError if one does not decode."""
-        names = sorted(self._plain.keys() | self._decoded.keys())
-        return LockData(tuple(r for name in names if (r := self.get(name)) is not None))
+        return LockData(tuple(r for name in self._names() if (r := self.get(name)) is not None))
 
     def plain(self) -> dict[str, Any]:
-        """The lockfile's content as msgpack packs it: records sorted by name."""
-        names = sorted(self._plain.keys() | self._decoded.keys())
-        decoded, plain = self._decoded, self._plain
-        return {"stages": [codec.record_obj(decoded[name]) if name in decoded else plain[name] for name in names]}
+        """The lockfile's content as msgpack reads it: records sorted by name."""
+        return msgpack.unpackb(self.payload())  # type: ignore[no-any-return]
+
+    def payload(self) -> bytes:
+        """The lockfile's content packed, records sorted by name: the bytes
+        msgpack makes of `{"stages": [...]}`.  A record not set since it was
+        read is written as the bytes it was read from, unpacked and packed by
+        nobody (at 10,000 stages that was most of a small build's cost)."""
+        names = self._names()
+        raw, plain, decoded, changed = self._raw, self._plain, self._decoded, self._set
+        packer = msgpack.Packer(use_bin_type=True)
+        parts = [packer.pack_map_header(1), packer.pack("stages"), packer.pack_array_header(len(names))]
+        for name in names:
+            if name in raw and name not in changed:
+                parts.append(raw[name])
+            elif name in decoded:
+                parts.append(packer.pack(codec.record_obj(decoded[name])))
+            else:
+                parts.append(packer.pack(plain[name]))
+        return b"".join(parts)
 
 
 def encode(data: LockData | Records) -> bytes:
     """Deterministic bytes for `data`."""
-    return FRAME.dump(data.plain() if isinstance(data, Records) else codec.lock_obj(data))
+    if isinstance(data, Records):
+        return FRAME.pack(data.payload())
+    return FRAME.dump(codec.lock_obj(data))
 
 
 def decode(blob: bytes) -> LockData:
@@ -93,14 +122,76 @@ def decode(blob: bytes) -> LockData:
     return decode_records(blob).data()
 
 
+_NOT_RECORDS = "payload does not decode (not a list of named stage records)"
+
+
 def decode_records(blob: bytes) -> Records:
-    """Parse lockfile bytes, checking every record's shape but decoding none
-    yet.  Raises LockfileError saying what is wrong."""
-    obj = FRAME.load(blob)
-    stages = obj.get("stages", []) if isinstance(obj, dict) else None
-    if not isinstance(stages, list) or not all(isinstance(r, dict) and isinstance(r.get("name"), str) for r in stages):
-        raise LockfileError("payload does not decode (not a list of named stage records)")
-    return Records({r["name"]: r for r in stages})
+    """Parse lockfile bytes, checking every record is a map with a name but
+    decoding none yet: each is kept as its packed bytes.  Raises LockfileError
+    saying what is wrong."""
+    payload = FRAME.unpack(blob)
+    try:
+        return Records(raw=_split(payload))
+    except (ValueError, TypeError, RecursionError, msgpack.UnpackException) as exc:
+        if isinstance(exc, LockfileError):
+            raise
+        raise LockfileError(f"payload does not decode ({type(exc).__name__})") from exc
+
+
+def _split(payload: bytes | memoryview) -> dict[str, bytes]:
+    """Each record's msgpack bytes by its name: the records skipped over, not
+    unpacked, and only each name read (the first key, as `codec.record_obj`
+    writes it; a record written otherwise is unpacked for its name)."""
+    data = bytes(payload)
+    unpacker = msgpack.Unpacker(max_buffer_size=max(len(data), 1))
+    unpacker.feed(data)
+    try:
+        keys = unpacker.read_map_header()
+    except msgpack.UnpackValueError:
+        raise LockfileError(_NOT_RECORDS) from None
+    found: dict[str, bytes] = {}
+    for _ in range(keys):
+        if unpacker.unpack() != "stages":
+            unpacker.skip()
+            continue
+        try:
+            n = unpacker.read_array_header()
+        except msgpack.UnpackValueError:
+            raise LockfileError(_NOT_RECORDS) from None
+        for _ in range(n):
+            start = unpacker.tell()
+            unpacker.skip()
+            one = data[start : unpacker.tell()]
+            name = _name(one)
+            if name is None:
+                raise LockfileError(_NOT_RECORDS)
+            found[name] = one
+    if unpacker.tell() != len(data):
+        raise LockfileError("payload does not decode (ExtraData)")
+    return found
+
+
+def _name(record: bytes) -> str | None:
+    """The name of a packed record: a map whose first key is "name" and value
+    a short string read straight from the bytes, else the record unpacked."""
+    head = record[0] if record else 0
+    at = 1 if 0x80 <= head <= 0x8F else 3 if head == 0xDE else 5 if head == 0xDF else 0
+    if at and record[at : at + 5] == b"\xa4name":
+        kind, at = record[at + 5], at + 6
+        if 0xA0 <= kind <= 0xBF:
+            size = kind - 0xA0
+        elif kind == 0xD9:
+            size, at = record[at], at + 1
+        else:
+            size = -1
+        if size >= 0:
+            try:
+                return record[at : at + size].decode("utf-8")
+            except UnicodeDecodeError:
+                return None
+    obj = msgpack.unpackb(record)
+    name = obj.get("name") if isinstance(obj, dict) else None
+    return name if isinstance(name, str) else None
 
 
 def read(path: Path) -> LockData:
