@@ -179,7 +179,11 @@ Event = BuildStarted | StageState | StageStarted | Log | StageFinished | Decided
 
 class Reporter(Protocol):
     """Takes a build's events.  A reporter that sets `wants_states = True` is
-    also sent every StageState change; the others are spared building them."""
+    also sent every StageState change; the others are spared building them.
+    One that sets `wants_skipped = False` may not be sent the StageFinished
+    of stages up to date before the build began (a build of 10,000 stages
+    that reruns 15 need not build 9,985 events nobody shows): the
+    BuildFinished still counts them."""
 
     def handle(self, event: Event) -> None: ...
     def close(self) -> None: ...

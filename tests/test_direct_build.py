@@ -211,6 +211,14 @@ def test_stages_sealed_with_nothing_to_run_upstream_are_reported_and_stay_sealed
     assert counts(r.err) == (3, 2, 0, 0)
     assert runs(project) == ["a1", "a2", "both"]
     assert read(project, "both.txt") == "A\nB\n"
+    # -v names each stage up to date, the settled ones too.
+    project.write("b.txt", "b again\n")
+    r = traced(project, "-v")
+    assert_click(r)
+    assert [line for line in r.out.splitlines() if line.startswith("up to date")] == [
+        "up to date: a1",
+        "up to date: a2",
+    ]
 
 
 def test_the_direct_path_prints_what_the_click_path_prints(chain: Project) -> None:

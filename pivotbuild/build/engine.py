@@ -314,6 +314,7 @@ class Engine:
             expected=expected,
             states=getattr(self.reporter, "wants_states", False),
             settled=settled or [],
+            settled_events=getattr(self.reporter, "wants_skipped", True),
         )
         self._running_build = (inbox, str(project.root))
         try:

@@ -55,13 +55,16 @@ class BuildRun:
         expected: dict[StageId, float] | None = None,
         states: bool = False,
         settled: list[StageId] | None = None,
+        settled_events: bool = True,
     ) -> None:
         """`expected`: past durations, shown as each stage starts.  `states`:
         emit each stage's StageState changes too (five per stage: built only
         for a reporter that wants them; see events.Reporter).  `settled`:
         stages of the build besides the scheduler's, known up to date by the
         seal before it began (engine.py, `_unsettled`): each is reported
-        skipped, and nothing else is done for it."""
+        skipped (unless `settled_events` is false: the reporter shows no
+        skipped stage, and the build's summary counts them), and nothing
+        else is done for it."""
         self.emit = emit
         self.states = states
         self.graph = graph
@@ -76,6 +79,7 @@ class BuildRun:
         self.expected = expected or {}
         self.closure = scheduler.closure
         self.settled = settled or []
+        self.settled_events = settled_events or states
         self.to_run: dict[StageId, Verdict] = {}  # decided to run, waiting to be admitted
         self.running: dict[StageId, Job] = {}
         self.reasons: dict[StageId, str] = {}
@@ -163,10 +167,11 @@ class BuildRun:
     def _settle(self) -> None:
         """Report the settled stages up to date (by the seal: they keep it)."""
         label = self.graph.label
-        for sid in self.settled:
-            self.reasons[sid] = UP_TO_DATE
-            self._state(label(sid), State.DONE, Status.SKIPPED.value)
-            self.emit(StageFinished(label(sid), Status.SKIPPED, UP_TO_DATE, 0.0))
+        self.reasons.update(dict.fromkeys(self.settled, UP_TO_DATE))
+        if self.settled_events:
+            for sid in self.settled:
+                self._state(label(sid), State.DONE, Status.SKIPPED.value)
+                self.emit(StageFinished(label(sid), Status.SKIPPED, UP_TO_DATE, 0.0))
         self.sealed.update(self.settled)
         self.skipped += len(self.settled)
         self.scheduler.settled(self.settled)

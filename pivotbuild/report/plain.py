@@ -63,6 +63,9 @@ class PlainReporter:
         self.quiet = quiet
         self.verbose = verbose
         self.explain = explain
+        # Shown only with --explain or -v: otherwise the engine need not
+        # report each stage a build counted up to date (events.Reporter).
+        self.wants_skipped = explain or verbose
         self._failures_seen: set[str] = set()
         self._watching: int | None = None  # the count last announced (watch mode)
 
