@@ -11,7 +11,7 @@ import pytest
 from conftest import compile_text
 
 from pivotbuild.build.admission import Admission, TokenPool
-from pivotbuild.build.decider import NEVER_RUN, Decider
+from pivotbuild.build.decider import NEVER_RUN, UP_TO_DATE, Decider
 from pivotbuild.build.executors.base import Done, Inbox, Job
 from pivotbuild.build.executors.dry import DryExecutor
 from pivotbuild.build.executors.runner import RunResult
@@ -19,7 +19,7 @@ from pivotbuild.build.recorder import DryRecorder, Outcome
 from pivotbuild.build.run import BuildRun
 from pivotbuild.build.scheduler import Scheduler
 from pivotbuild.cache.outputs import Captured
-from pivotbuild.errors import EXIT_FAILED, EXIT_OK
+from pivotbuild.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 from pivotbuild.events import BuildFinished, Event, StageFinished, StageStarted, StageState, State, Status
 from pivotbuild.graph import BuildGraph
 from pivotbuild.model import Stage, StageId
@@ -103,16 +103,25 @@ class Loop:
         self.store = StateStore(root, [pipeline], lambda text: None)
         self.events: list[Event] = []
         self.inbox = Inbox(self.events.append)
+        self.interrupt_at = ""  # the stage whose StageFinished raises KeyboardInterrupt, once
         self.jobs = jobs
         self.keep_going = keep_going
         self.plan = plan
         self.states = states
 
-    def run(self, executor: object, recorder: DryRecorder) -> Outcome:
-        closure = self.graph.order()
-        after = {s: self.graph.upstream_stages(s) for s in closure}
+    def emit(self, event: Event) -> None:
+        self.events.append(event)
+        if isinstance(event, StageFinished) and event.stage == self.interrupt_at:
+            self.interrupt_at = ""
+            raise KeyboardInterrupt
+
+    def run(self, executor: object, recorder: DryRecorder, settled: tuple[str, ...] = ()) -> Outcome:
+        """`settled`: labels of stages up to date before the build (see BuildRun)."""
+        aside = [s for s in self.graph.order() if self.graph.label(s) in settled]
+        closure = [s for s in self.graph.order() if s not in aside]
+        after = {s: [u for u in self.graph.upstream_stages(s) if u not in aside] for s in closure}
         run = BuildRun(
-            self.events.append,
+            self.emit,
             graph=self.graph,
             scheduler=Scheduler(closure, after, {}),
             decider=Decider(self.graph, self.store, plan=self.plan),
@@ -123,6 +132,7 @@ class Loop:
             cancel=threading.Event(),
             keep_going=self.keep_going,
             states=self.states,
+            settled=aside,
         )
         return run.execute()
 
@@ -174,6 +184,44 @@ def test_stage_states_are_sent_only_to_a_reporter_that_wants_them(root: Path) ->
         State.DONE,
     ]
     assert [type(e) for e in loop.events if not isinstance(e, StageState)] == [type(e) for e in quiet.events]
+
+
+class CancellableExecutor(ScriptedExecutor):
+    def cancel(self) -> None:
+        pass
+
+
+def test_settled_stages_are_counted_and_reported_up_to_date_and_never_decided(root: Path) -> None:
+    loop = Loop(root)
+    executor = ScriptedExecutor(loop.inbox, [("b", OK), ("d", OK)])
+    outcome = loop.run(executor, NotingRecorder(), settled=("a", "c"))
+    assert outcome.code == EXIT_OK
+    assert executor.started == ["b", "d"]
+    assert loop.finished() == [
+        ("a", Status.SKIPPED, UP_TO_DATE),
+        ("c", Status.SKIPPED, UP_TO_DATE),
+        ("b", Status.RAN, NEVER_RUN),
+        ("d", Status.RAN, NEVER_RUN),
+    ]
+    assert {loop.graph.label(sid) for sid in outcome.sealed} == {"a", "c"}  # (their seal is kept)
+    done = loop.events[-1]
+    assert isinstance(done, BuildFinished) and (done.ran, done.skipped) == (2, 2)
+    started = [e for e in loop.events if isinstance(e, StageStarted)]
+    assert [(e.index, e.total) for e in started] == [(1, 2), (2, 2)]
+
+
+def test_an_interrupt_while_settled_stages_are_reported_ends_the_build_as_one(root: Path) -> None:
+    """Ctrl-C as the first settled stage is reported: the build ends as any
+    interrupted build does, its summary (and history) included."""
+    loop = Loop(root)
+    loop.interrupt_at = "a"
+    executor = CancellableExecutor(loop.inbox, [])
+    outcome = loop.run(executor, NotingRecorder(), settled=("a", "c"))
+    assert outcome.interrupted and outcome.code == EXIT_INTERRUPTED
+    assert executor.started == [] and executor.closed
+    done = loop.events[-1]
+    assert isinstance(done, BuildFinished) and done.interrupted
+    assert (done.skipped, done.cancelled) == (2, 2)
 
 
 def test_one_job_at_a_time_starts_the_next_only_after_a_result(root: Path) -> None:

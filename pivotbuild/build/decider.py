@@ -142,9 +142,9 @@ class Decider:
         return i in self.trusted or self.seal.holds([i])
 
     def distrust(self) -> None:
-        """A stage starts: from now on a stamp may change under the build (a
-        stage's outputs, an edit made while it runs), so each is checked when
-        its stage is decided."""
+        """A stage starts, or is restored: from now on a stamp may change under
+        the build (a stage's outputs, an edit made while it runs), so each is
+        checked when its stage is decided."""
         self.trusted = frozenset()
 
     def known_hash(self, path: str) -> str | None:

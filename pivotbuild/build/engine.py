@@ -446,13 +446,19 @@ def _unsettled(
     date throughout; it keeps its seal, its record and its stat cache entries
     as they are, and costs the build nothing but its count.  (A file changed
     by hand while the build runs is the next build's to find, as it is for
-    a stage decided before the change.)"""
-    index_of = graph.index_of
+    a stage decided before the change.)  A `py:` stage is never settled:
+    its seal holds the project modules its code reads, which another stage
+    of the build may write without an edge between them."""
+    index_of, stages = graph.index_of, graph.stages
     moving: set[StageId] = set()
     undecided: list[StageId] = []
     settled: list[StageId] = []
     for sid in closure:
-        if index_of(sid) not in sealed or not moving.isdisjoint(graph.upstream_stages(sid)):
+        if (
+            index_of(sid) not in sealed
+            or stages[sid].py is not None  # (its code may import what a stage writes: no edge says so)
+            or not moving.isdisjoint(graph.upstream_stages(sid))
+        ):
             moving.add(sid)
             undecided.append(sid)
         else:

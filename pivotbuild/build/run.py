@@ -102,10 +102,10 @@ class BuildRun:
             waiting = self.scheduler.waiting
             for sid in self.closure:
                 self._state(self.graph.label(sid), State.READY if waiting[sid] == 0 else State.PENDING)
-        self._settle()
         interrupted = False
         with self.signals.caught_in(self.inbox.poller):
             try:
+                self._settle()
                 self._loop()
             except (KeyboardInterrupt, Interrupted):
                 interrupted = True
@@ -168,13 +168,13 @@ class BuildRun:
         """Report the settled stages up to date (by the seal: they keep it)."""
         label = self.graph.label
         self.reasons.update(dict.fromkeys(self.settled, UP_TO_DATE))
+        self.sealed.update(self.settled)
+        self.skipped += len(self.settled)
+        self.scheduler.settled(self.settled)  # (counted before any is reported: an interrupt may come)
         if self.settled_events:
             for sid in self.settled:
                 self._state(label(sid), State.DONE, Status.SKIPPED.value)
                 self.emit(StageFinished(label(sid), Status.SKIPPED, UP_TO_DATE, 0.0))
-        self.sealed.update(self.settled)
-        self.skipped += len(self.settled)
-        self.scheduler.settled(self.settled)
 
     def _watch_pool(self) -> None:
         """While a stage waits for a token a read found missing, wait for the
@@ -244,6 +244,8 @@ class BuildRun:
                     self.recorder.heal(stage, label)
                 self._finish(sid, StageFinished(label, Status.SKIPPED, v.reason, 0.0))
             elif v.snap is not None and v.reason not in UNCACHEABLE and self.recorder.restore(stage, v.snap):
+                if self.decider.trusted:  # (files were written: see Decider.distrust)
+                    self.decider.distrust()
                 self._finish(sid, StageFinished(label, Status.RESTORED, v.reason, 0.0))
             elif not self.decider.plan and (unfit := self.admission.unfit(stage)):
                 self._fail(sid, StageFinished(label, Status.FAILED, v.reason, 0.0, unfit))
