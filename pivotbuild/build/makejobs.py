@@ -23,6 +23,7 @@ however it ends (`close`).
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import stat
 import time
@@ -207,6 +208,7 @@ class MakeJobServer:
 _DRY_S = 0.2
 
 
+@functools.lru_cache(maxsize=64)  # (a build asks it the same for each stage it starts)
 def stage_makeflags(outer: str, jobs: int, r: int, w: int, fifo: str | None) -> str:
     """MAKEFLAGS for a stage: `outer` (what it would get otherwise) without
     any `-j` or pool it names, and ours added, in the one form both make 4.3

@@ -97,10 +97,12 @@ class Lifeline:
         """Start the watchdog, if it is not running yet: called before a stage
         starts, so that `hold` after it is one `pwrite` (a stage killed with
         the build between its start and its `hold` is the one it misses)."""
+        if self._started:  # (set once `_start` has returned: no lock to take again)
+            return
         with self._lock:
             if not self._started:
-                self._started = True
                 self._start()
+                self._started = True
 
     def hold(self, pgid: int) -> None:
         """Kill process group `pgid` if this process dies before `release(pgid)`."""

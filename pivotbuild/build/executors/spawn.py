@@ -39,12 +39,11 @@ A script that is one plain command is started without the shell at all
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import signal
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Protocol
 
@@ -177,10 +176,7 @@ class Starter:
         Raises OSError if it cannot start (as Popen: the program missing, not
         executable...)."""
         if self.spawns and "/" in argv[0] and min(stdin, stdout, stderr) > 2 and (cwd is None or _is_ours(cwd)):
-            if not pass_fds:
-                return self._spawn_stage(argv, env, stdin=stdin, stdout=stdout, stderr=stderr)
-            with _inheritable(pass_fds):  # (every start is on the build loop's thread: no other child sees them)
-                return self._spawn_stage(argv, env, stdin=stdin, stdout=stdout, stderr=stderr)
+            return self._spawn_stage(argv, env, stdin=stdin, stdout=stdout, stderr=stderr, keep=pass_fds)
         import subprocess  # here: where every start spawns, a build does not import it
 
         # No preexec_fn (nor user, group or umask): CPython then starts the
@@ -199,7 +195,14 @@ class Starter:
         )
 
     def _spawn_stage(
-        self, argv: tuple[str, ...], env: Mapping[str, str], *, stdin: int, stdout: int, stderr: int
+        self,
+        argv: tuple[str, ...],
+        env: Mapping[str, str],
+        *,
+        stdin: int,
+        stdout: int,
+        stderr: int,
+        keep: tuple[int, ...],
     ) -> Child:
         """`start` by posix_spawn: the command itself where the shell would only start it (plaincommand.py)."""
         plain = self.plain.direct(argv, env)
@@ -207,12 +210,12 @@ class Starter:
             program, args, redirect, env_as_shell = plain
             out = (os.POSIX_SPAWN_DUP2, stdout, 1) if redirect is None else (os.POSIX_SPAWN_OPEN, 1, *redirect)
             try:  # (mask: the shell unblocks every signal)
-                pid = self._spawn(program, args, env_as_shell, stdin=stdin, out=out, stderr=stderr, mask=())
+                pid = self._spawn(program, args, env_as_shell, stdin=stdin, out=out, stderr=stderr, keep=keep, mask=())
                 return Child(pid, as_shell=True)
             except OSError:
                 pass  # the shell then starts it, and says what is wrong as it always has
         out = (os.POSIX_SPAWN_DUP2, stdout, 1)
-        return Child(self._spawn(argv[0], list(argv), env, stdin=stdin, out=out, stderr=stderr))
+        return Child(self._spawn(argv[0], list(argv), env, stdin=stdin, out=out, stderr=stderr, keep=keep))
 
     def _spawn(
         self,
@@ -223,31 +226,20 @@ class Starter:
         stdin: int,
         out: tuple[object, ...],
         stderr: int,
+        keep: tuple[int, ...] = (),
         mask: tuple[int, ...] | None = None,
     ) -> int:
         """posix_spawn `program` in a session of its own, its stdout set up by
-        `out` (a file action) last, after what the build inherited is closed."""
-        actions = [(os.POSIX_SPAWN_DUP2, stdin, 0), (os.POSIX_SPAWN_DUP2, stderr, 2), *self.closes, out]
+        `out` (a file action) last, after what the build inherited is closed;
+        `keep` it inherits as they are (a descriptor duplicated onto itself
+        loses its close-on-exec flag in the child alone: glibc 2.29, POSIX 2024)."""
+        kept = [(os.POSIX_SPAWN_DUP2, fd, fd) for fd in keep]
+        actions = [(os.POSIX_SPAWN_DUP2, stdin, 0), (os.POSIX_SPAWN_DUP2, stderr, 2), *self.closes, *kept, out]
         if mask is None:
             return os.posix_spawn(program, args, env, file_actions=actions, setsid=True, setsigdef=_DEFAULTS)
         return os.posix_spawn(
             program, args, env, file_actions=actions, setsid=True, setsigdef=_DEFAULTS, setsigmask=mask
         )
-
-
-@contextlib.contextmanager
-def _inheritable(fds: tuple[int, ...]) -> Iterator[None]:
-    """`fds` inheritable for a spawn (posix_spawn passes on what is; those
-    inherited at start are closed in the child by `closes`, and these are
-    not among them)."""
-    for fd in fds:
-        os.set_inheritable(fd, True)
-    try:
-        yield
-    finally:
-        for fd in fds:
-            with contextlib.suppress(OSError):
-                os.set_inheritable(fd, False)
 
 
 def _is_ours(cwd: Path) -> bool:
