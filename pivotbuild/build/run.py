@@ -310,6 +310,11 @@ class BuildRun:
         self.signals.deferring = was
         duration = time.monotonic() - job.started
         self.durations[sid] = duration
+        if result.ok and not result.cancelled and not self.stopping:
+            # The slot it freed goes to a stage decided already, before this
+            # result is recorded (hashed, journaled, stored): the recording
+            # then overlaps that stage instead of leaving the slot idle.
+            self._start_what_fits()
         if result.cancelled:
             self.recorder.roll_back(stage, label, quiet=True)
             self._finish(sid, StageFinished(label, Status.CANCELLED, "interrupted", duration))
