@@ -1,0 +1,23 @@
+"""phases.py, run small: the wrapper still finds every function it times
+(a renamed one fails here), and it prints a row per phase and the totals
+(no timings are asserted)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import phases
+import pytest
+
+
+@pytest.mark.parametrize("kind", [[], ["--clean"]], ids=["incremental", "clean"])
+def test_it_times_every_phase_of_a_build(tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: list[str]) -> None:
+    assert phases.main(["--width", "3", "--depth", "4", "--runs", "1", "--dir", str(tmp_path), *kind]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("12 stages, -j2, ")
+    names = [line.split()[0] for line in lines[1:]]
+    assert names[: len(phases.PHASES) + 2] == [p.split()[0] for p in phases.PHASES] + ["total", "forked"]
+    stages = next(line for line in lines if line.split()[0] == "stages")
+    assert float(stages.split()[-1]) > 0  # the stages ran under the wrapper
+    out = tmp_path / "pivotbuild" / "out"
+    assert len(list(out.iterdir())) == 12  # and built what they should
