@@ -214,7 +214,7 @@ class Engine:
                     for sid, decision in plan:
                         self.emit(Decided(graph.label(sid), decision.run, decision.reason))
                 return EXIT_FAILED if options.question and any(d.run for _, d in plan) else EXIT_OK
-            # Stages the fast path found sealed with nothing unsealed upstream
+            # Stages that look found sealed, with nothing unsealed upstream,
             # cannot change in this build: they are counted, not scheduled.
             settled: list[StageId] = []
             if trusted and plain:
@@ -440,15 +440,15 @@ def _unsettled(
     graph: BuildGraph, closure: list[StageId], sealed: frozenset[int]
 ) -> tuple[list[StageId], list[StageId]]:
     """`closure` (in build order) split in two: the stages this build must
-    decide, and the settled rest, each found `sealed` (plan indices) a moment
-    ago with every stage upstream of it settled too.  No
-    stage of this build writes what a settled stage reads, so it is up to
-    date throughout; it keeps its seal, its record and its stat cache entries
-    as they are, and costs the build nothing but its count.  (A file changed
-    by hand while the build runs is the next build's to find, as it is for
-    a stage decided before the change.)  A `py:` stage is never settled:
-    its seal holds the project modules its code reads, which another stage
-    of the build may write without an edge between them."""
+    decide, and the settled rest, each found `sealed` (plan indices) a
+    moment ago with every stage upstream of it settled too.  No stage of
+    this build writes what a settled stage reads, so it is up to date
+    throughout; it keeps its seal, its record and its stat cache entries as
+    they are, and costs the build nothing but its count.  (A file changed by
+    hand while the build runs is the next build's to find, as it is for a
+    stage decided before the change.)  A `py:` stage is never settled: its
+    seal holds the project modules its code reads, which another stage of
+    the build may write without an edge between them."""
     index_of, stages = graph.index_of, graph.stages
     moving: set[StageId] = set()
     undecided: list[StageId] = []
