@@ -59,6 +59,7 @@ WRAPPER = r"""
 import json, os, sys, time
 t0 = time.perf_counter()
 out = int(os.environ.pop("PIVOT_PHASES_FD"))
+me = os.getpid()  # (the fast check may fork a child to stat half the stamps: it leaves with os._exit too)
 marks = {}
 def mark(name):
     marks.setdefault(name, (time.perf_counter() - t0) * 1e3)
@@ -84,8 +85,9 @@ begins("pivotbuild.build.run", "BuildRun", "execute", "stages")
 begins("pivotbuild.build.recorder", "Recorder", "finish", "storing", after="records")
 real_exit = os._exit
 def leave(code):
-    marks["end"] = (time.perf_counter() - t0) * 1e3
-    os.write(out, json.dumps(marks).encode())
+    if os.getpid() == me:
+        marks["end"] = (time.perf_counter() - t0) * 1e3
+        os.write(out, json.dumps(marks).encode())
     real_exit(code)
 os._exit = leave
 sys.argv = ["pivotbuild", *sys.argv[1:]]
