@@ -8,6 +8,7 @@ The scheduler knows nothing of processes, events or files: the build loop
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 
 from pivotbuild.events import Status
@@ -109,10 +110,7 @@ class Scheduler:
         return [s for s in self.closure if s not in self.status]
 
     def counts(self) -> dict[Status, int]:
-        counts = dict.fromkeys(Status, 0)
-        for status in self.status.values():
-            counts[status] += 1
-        return counts
+        return dict.fromkeys(Status, 0) | Counter(self.status.values())
 
 
 def critical_path(
