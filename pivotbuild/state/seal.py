@@ -84,20 +84,26 @@ class Seal:
         self.locks = locks  # (lockfile path, XXH3-128 of its bytes, "" if absent)
         self.absent = absent  # journals and pending files, which must not exist
         self._packed = packed
-        self._paths: list[str] | None = None if packed else []
+        self._names: list[bytes] | None = None if packed else []  # the paths, as the file holds them
         self._stamps: list[Stamp | None] | None = None if packed else []
         self._stages: dict[int, list[int]] | None = None if packed else {}  # stage index -> path indices
         # A path may be sealed with different stamps by different stages (one
         # carried from an earlier build, one sealed now): key by both.  Built
         # by the first `add`: a seal that is only checked (the no-op) never needs it.
-        self._at: dict[tuple[str, Stamp | None], int] | None = None
+        self._at: dict[tuple[bytes, Stamp | None], int] | None = None
+
+    @property
+    def names(self) -> list[bytes]:
+        """The paths as bytes (`os.fsencode`): as they are read and written,
+        none decoded or encoded again but those a build adds."""
+        if self._names is None:
+            assert self._packed is not None
+            self._names = list(self._packed.names)
+        return self._names
 
     @property
     def paths(self) -> list[str]:
-        if self._paths is None:
-            assert self._packed is not None
-            self._paths = self._packed.paths()
-        return self._paths
+        return [os.fsdecode(name) for name in self.names]
 
     @property
     def stamps(self) -> list[Stamp | None]:
@@ -165,24 +171,25 @@ class Seal:
     def _unchanged(self, indices: Iterable[int]) -> Iterator[tuple[int, bool]]:
         """(path index, whether its stamp is as sealed) for each of `indices`,
         statted now, one by one."""
-        paths, stamps = self.paths, self.stamps
+        names, stamps = self.names, self.stamps
         for j in indices:
-            yield j, stamps[j] == stamp_now(paths[j])
+            yield j, stamps[j] == stamp_now(names[j])
 
     # -- writing ------------------------------------------------------------------
 
     def add(self, index: int, files: Sequence[tuple[str, Stamp | None]]) -> None:
         """Seal stage `index` with these (path, stamp) pairs."""
         at = self._at
-        paths, stamps = self.paths, self.stamps
+        names, stamps = self.names, self.stamps
         if at is None:
-            at = self._at = {(p, st): k for k, (p, st) in enumerate(zip(paths, stamps, strict=True))}
+            at = self._at = {(p, st): k for k, (p, st) in enumerate(zip(names, stamps, strict=True))}
         own: list[int] = []
         for path, st in files:
-            k = at.get((path, st))
+            name = os.fsencode(path)
+            k = at.get((name, st))
             if k is None:
-                k = at[path, st] = len(paths)
-                paths.append(path)
+                k = at[name, st] = len(names)
+                names.append(name)
                 stamps.append(st)
             own.append(k)
         self.stages[index] = own
@@ -193,7 +200,7 @@ class Seal:
         build that decided a few stages of many writes, without carrying the
         others one by one."""
         new = Seal(plan_id, locks, absent)
-        new._paths = list(self.paths)
+        new._names = list(self.names)
         new._stamps = list(self.stamps)
         new._stages = dict(self.stages)
         return new
@@ -204,7 +211,7 @@ class Seal:
 
     def encode(self) -> bytes:
         """Only the paths some stage still uses are written (see `pack`)."""
-        table = pack(self.paths, self.stamps, self.stages)
+        table = pack(self.names, self.stamps, self.stages)
         return FRAME.dump([self.plan_id, [list(x) for x in self.locks], self.absent, table])
 
     def write(self, main_dir: Path) -> None:

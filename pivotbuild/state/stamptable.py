@@ -30,12 +30,13 @@ FORK_ABOVE = 4096  # paths; below this one process stats them sooner than two st
 _chain = chain.from_iterable
 
 
-def pack(paths: Sequence[str], stamps: Sequence[Stamp | None], stages: Mapping[int, Sequence[int]]) -> list[Any]:
-    """The six stored values for these paths and stamps and the stages' path
-    indices; only the paths some stage uses are kept (and renumbered)."""
+def pack(names: Sequence[bytes], stamps: Sequence[Stamp | None], stages: Mapping[int, Sequence[int]]) -> list[Any]:
+    """The six stored values for these paths (`os.fsencode`d) and stamps and
+    the stages' path indices; only the paths some stage uses are kept (and
+    renumbered)."""
     used = sorted({j for own in stages.values() for j in own})
     renumber = {j: k for k, j in enumerate(used)}
-    names = b"\0".join(os.fsencode(paths[j]) for j in used)
+    joined = b"\0".join([names[j] for j in used])
     flat: list[int] = []
     missing: list[int] = []
     for k, j in enumerate(used):
@@ -51,7 +52,7 @@ def pack(paths: Sequence[str], stamps: Sequence[Stamp | None], stages: Mapping[i
     for i in ids:
         members.extend(renumber[j] for j in stages[i])
         offsets.append(len(members))
-    return [names, flat, missing, _pack_u32(ids), _pack_u32(offsets), _pack_u32(members)]
+    return [joined, flat, missing, _pack_u32(ids), _pack_u32(offsets), _pack_u32(members)]
 
 
 class StampTable:
@@ -103,9 +104,6 @@ class StampTable:
         ):
             raise ValueError("stages")
         return cls(names, flat, missing, ids=ids, offsets=offsets, members=members)
-
-    def paths(self) -> list[str]:
-        return [os.fsdecode(p) for p in self.names]
 
     def stamps(self) -> list[Stamp | None]:
         flat, gone = self.flat, set(self.missing)
