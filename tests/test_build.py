@@ -494,6 +494,20 @@ def test_without_keep_going_nothing_new_starts_after_a_failure(project: Project)
     assert not (project.root / "good.txt").exists()
 
 
+def test_without_keep_going_nothing_new_starts_after_a_stage_left_out_an_output(project: Project) -> None:
+    """The failure is found as the stage ends (its exit status was 0): still
+    no stage starts after it, even in the slot it freed."""
+    project.pivotfile(
+        "stage a:\n    outs: a.txt\n    run: echo a >> runs.log\n\n"
+        "stage b:\n    outs: b.txt\n    run: echo b >> runs.log; echo b > b.txt\n\n"
+        "stage c:\n    outs: c.txt\n    run: echo c >> runs.log; echo c > c.txt\n"
+    )
+    done = build(project, "-j1", code=1)
+    assert done["a"] == ("failed", "never run")
+    assert runs(project) == ["a"]
+    assert {done["b"][0], done["c"][0]} == {"cancelled"}
+
+
 def test_an_output_that_was_not_created_fails_the_stage(project: Project) -> None:
     project.pivotfile("stage s:\n    outs: made.txt forgotten.txt\n    run: echo hi > made.txt\n")
     r = project.run()

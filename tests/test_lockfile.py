@@ -10,6 +10,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import msgpack
 import pytest
 import xxhash
 import zstandard
@@ -521,6 +522,24 @@ def test_a_record_written_with_its_name_elsewhere_is_still_found() -> None:
 def test_a_payload_not_of_named_records_is_refused_whole(payload: object) -> None:
     with pytest.raises(LockfileError, match="payload does not decode"):
         lockfile.decode_records(lockfile.FRAME.dump(payload))
+
+
+def test_a_payload_naming_stages_twice_is_read_as_msgpack_reads_it_the_last() -> None:
+    first, last = (codec.record_obj(record("a", salt=salt)) for salt in ("first", "last"))
+    twice = lockfile.FRAME.pack(b"\x82\xa6stages\x91" + msgpack.packb(first) + b"\xa6stages\x91" + msgpack.packb(last))
+    assert msgpack.unpackb(lockfile.FRAME.unpack(twice))["stages"] == [last]
+    assert lockfile.decode_records(twice).data() == LockData((record("a", salt="last"),))
+
+
+def test_a_record_naming_itself_twice_is_a_damaged_record() -> None:
+    obj = codec.record_obj(record("a"))
+    body = msgpack.packb(obj)
+    twice = body[:1].replace(b"\x87", b"\x88") + body[1:] + msgpack.packb("name") + msgpack.packb("b")
+    blob = lockfile.FRAME.pack(b"\x81\xa6stages\x91" + twice)
+    records = lockfile.decode_records(blob)
+    with pytest.raises(LockfileError, match="the record of stage a does not decode"):
+        records.get("a")
+    assert records.data() == LockData(())
 
 
 def one_bad_record() -> bytes:

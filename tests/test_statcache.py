@@ -12,7 +12,7 @@ import pytest
 
 from pivotbuild.state import stamps
 from pivotbuild.state.hashing import hash_bytes, hash_file
-from pivotbuild.state.statcache import FORMAT, StatCache
+from pivotbuild.state.statcache import FORMAT, FRAME, StatCache
 
 # Comfortably longer than the 50 ms racy window of nanosecond timestamps.
 LEAVE_RACY_WINDOW_S = 0.1
@@ -281,6 +281,23 @@ def test_damaged_statcache_is_treated_as_empty(tmp_path: Path, cache_path: Path,
     assert cache.files_read == 1
     cache.save()  # and the damaged file is replaced by a good one
     assert set(StatCache(cache_path).entries) == {os.fspath(f)}
+
+
+@pytest.mark.parametrize(
+    "rows",
+    [
+        [dict.fromkeys("abcdefg", 0)],  # a map of seven keys
+        ["abcdefg"],  # a string of seven characters
+        [["/p", 1, 2, 3, 4, "h"]],  # six fields
+        [["/p", 1, 2, 3, 4, "h", True, "more"]],  # eight
+        {"/p": 1},  # not a list of rows
+    ],
+    ids=["map", "string", "six", "eight", "not-rows"],
+)
+def test_a_checksummed_statcache_of_another_shape_is_damaged_not_an_error(cache_path: Path, rows: object) -> None:
+    write(cache_path, FRAME.dump(rows))
+    cache = StatCache(cache_path)  # no exception
+    assert cache.entries == {} and cache.damaged
 
 
 def test_missing_statcache_is_empty(cache_path: Path) -> None:

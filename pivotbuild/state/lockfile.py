@@ -13,7 +13,9 @@ decoded (and type-checked) only when the build asks for it, since a build
 with a few stages to run never looks at the records of the stages it finds
 sealed.  Untouched records are written back as the bytes they were read
 from: msgpack packs `{"stages": [...]}` as its header followed by each
-record's own bytes, so the file is what packing every record would give.
+record's own bytes, so a file pivotbuild wrote is what packing every record
+afresh gives.  (A record another writer packed otherwise, a short string in
+a longer form, say, keeps its bytes until its stage is recorded again.)
 """
 
 from __future__ import annotations
@@ -63,7 +65,10 @@ class Records:
         if record is None and (name in self._raw or name in self._plain):
             try:
                 plain = self._plain[name] if name in self._plain else msgpack.unpackb(self._raw[name])
-                record = self._decoded[name] = codec.record_from(plain)
+                record = codec.record_from(plain)
+                if record.name != name:  # (a record naming itself twice, read by its first name)
+                    raise ValueError(f"named both {name} and {record.name}")
+                self._decoded[name] = record
             except (ValueError, TypeError, RecursionError, msgpack.UnpackException) as exc:
                 self._plain.pop(name, None)
                 self._raw.pop(name, None)
@@ -158,6 +163,7 @@ def _split(payload: bytes | memoryview) -> dict[str, bytes]:
             n = unpacker.read_array_header()
         except msgpack.UnpackValueError:
             raise LockfileError(_NOT_RECORDS) from None
+        found = {}  # (a map naming "stages" twice: the last, as msgpack reads it)
         for _ in range(n):
             start = unpacker.tell()
             unpacker.skip()

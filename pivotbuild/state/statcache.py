@@ -97,7 +97,7 @@ class StatCache:
             return
         try:
             rows = FRAME.load(blob, use_list=False)
-            if not isinstance(rows, tuple) or not all(map(_ROW.__eq__, map(len, rows))):
+            if not isinstance(rows, tuple) or not all(type(row) is tuple and len(row) == _ROW for row in rows):
                 raise ValueError("rows")
             self.entries = dict(zip(map(_key, rows), map(_entry, map(_fields, rows)), strict=True))
         except framing.OtherVersion:
