@@ -310,13 +310,6 @@ class BuildRun:
         self.signals.deferring = was
         duration = time.monotonic() - job.started
         self.durations[sid] = duration
-        if result.ok and done.captured is not None and not done.captured.missing and not self._stopping():
-            # It succeeded (what recording it could still find wrong was found
-            # as it ended: a declared output missing), so the slot it freed
-            # goes to a stage decided already, before its result is recorded
-            # (hashed, journaled, stored): the recording then overlaps that
-            # stage instead of leaving the slot idle.
-            self._start_what_fits()
         if result.cancelled:
             self.recorder.roll_back(stage, label, quiet=True)
             self._finish(sid, StageFinished(label, Status.CANCELLED, "interrupted", duration))
@@ -327,10 +320,6 @@ class BuildRun:
             self._fail(sid, StageFinished(label, Status.FAILED, reason, duration, detail, result.tail))
             return
         self._finish(sid, StageFinished(label, Status.RESTORED if done.restored else Status.RAN, reason, duration))
-
-    def _stopping(self) -> bool:
-        """Is the build starting nothing more (a failure, a change, an interrupt)?"""
-        return self.stopping or self.signals.caught or self.cancel.is_set()
 
     def _fail(self, sid: StageId, event: StageFinished) -> None:
         self.failures.append(event)
