@@ -31,6 +31,7 @@ from pivotbuild.build.run import BuildRun, Interrupted
 from pivotbuild.build.scheduler import Scheduler
 from pivotbuild.build.selection import selected
 from pivotbuild.build.session import LoadedProject, Reloaded
+from pivotbuild.build.settled import unsettled
 from pivotbuild.cache.outputs import OutputCache
 from pivotbuild.errors import EXIT_FAILED, EXIT_OK, Location, MissingInputs, PyStageError
 from pivotbuild.events import (
@@ -218,7 +219,7 @@ class Engine:
             # cannot change in this build: they are counted, not scheduled.
             settled: list[StageId] = []
             if trusted and plain:
-                closure, settled = _unsettled(graph, closure, trusted)
+                closure, settled = unsettled(graph, closure, trusted)
             outcome, recorder = self._run(
                 project,
                 graph,
@@ -285,7 +286,7 @@ class Engine:
         """Build `closure` (every stage of the build, which `-B` forces whole):
         the loop, and the parts it ties together.  `after` replaces the graph's
         edges (for `run`, the given order); `settled` are the build's other
-        stages, up to date by the seal before it began (see `_unsettled`)."""
+        stages, up to date by the seal before it began (see build/settled.py)."""
         cancel = cancel or threading.Event()
         inbox = Inbox(self.emit)
         outputs = OutputCache(project.root, inbox.warn, building=True)
@@ -434,36 +435,6 @@ def open_seal(project: Project, warn: Callable[[str], None]) -> Seal | None:
 def _still_valid(sealed: Seal | None) -> Seal | None:
     """`sealed` if the lockfiles are still as it recorded them, else None."""
     return sealed if sealed is not None and sealed.state_unchanged() else None
-
-
-def _unsettled(
-    graph: BuildGraph, closure: list[StageId], sealed: frozenset[int]
-) -> tuple[list[StageId], list[StageId]]:
-    """`closure` (in build order) split in two: the stages this build must
-    decide, and the settled rest, each found `sealed` (plan indices) a
-    moment ago with every stage upstream of it settled too.  No stage of
-    this build writes what a settled stage reads, so it is up to date
-    throughout; it keeps its seal, its record and its stat cache entries as
-    they are, and costs the build nothing but its count.  (A file changed by
-    hand while the build runs is the next build's to find, as it is for a
-    stage decided before the change.)  A `py:` stage is never settled: its
-    seal holds the project modules its code reads, which another stage of
-    the build may write without an edge between them."""
-    index_of, stages = graph.index_of, graph.stages
-    moving: set[StageId] = set()
-    undecided: list[StageId] = []
-    settled: list[StageId] = []
-    for sid in closure:
-        if (
-            index_of(sid) not in sealed
-            or stages[sid].py is not None  # (its code may import what a stage writes: no edge says so)
-            or not moving.isdisjoint(graph.upstream_stages(sid))
-        ):
-            moving.add(sid)
-            undecided.append(sid)
-        else:
-            settled.append(sid)
-    return undecided, settled
 
 
 def _edges(graph: BuildGraph, closure: list[StageId]) -> dict[StageId, list[StageId]]:

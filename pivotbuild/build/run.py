@@ -61,7 +61,7 @@ class BuildRun:
         emit each stage's StageState changes too (five per stage: built only
         for a reporter that wants them; see events.Reporter).  `settled`:
         stages of the build besides the scheduler's, known up to date by the
-        seal before it began (engine.py, `_unsettled`): each is reported
+        seal before it began (build/settled.py): each is reported
         skipped (unless `settled_events` is false: the reporter shows no
         skipped stage, and the build's summary counts them), and nothing
         else is done for it."""
