@@ -61,9 +61,11 @@ class Scheduler:
                 return u
         return None
 
-    def by_priority(self, sids: Iterable[StageId]) -> list[StageId]:
-        """`sids` heading the longest remaining path first (ties keep their order)."""
-        return sorted(sids, key=self.priority.__getitem__, reverse=True)
+    def key(self, sid: StageId) -> float:
+        """Where `sid` goes among the stages ready to start: the one heading
+        the longest remaining path first (ties keep the order they were
+        decided in, by the caller's count)."""
+        return -self.priority[sid]
 
     def finish(self, sid: StageId, status: Status) -> None:
         """`sid` is done; if it succeeded, the stages waiting only for it become ready."""
