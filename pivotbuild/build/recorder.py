@@ -87,12 +87,16 @@ class Recorder:
     ) -> dict[StageId, float]:
         """Each stage's duration in recent builds, where known (from `kept`,
         a long-lived engine's, if given)."""
-        recent = kept.load() if kept is not None else history.load(self.root / STATE_DIR, history.RECENT)
-        if recent.skipped:
-            self.emit(Message(history.damage_warning(recent.skipped), "warning"))
-        self.history_damaged = recent.skipped > 0
-        past = history.durations_in(recent)
-        return {sid: past[graph.label(sid)] for sid in closure if graph.label(sid) in past}
+        labels = {graph.label(sid): sid for sid in closure}
+        if kept is not None:
+            recent = kept.load()
+            past, skipped = history.durations_in(recent), recent.skipped
+        else:
+            past, skipped = history.durations(self.root / STATE_DIR, labels)
+        if skipped:
+            self.emit(Message(history.damage_warning(skipped), "warning"))
+        self.history_damaged = skipped > 0
+        return {sid: past[label] for label, sid in labels.items() if label in past}
 
     def restore(self, stage: Stage, snap: Snapshot) -> bool:
         """Restore the stage's outputs from the run cache instead of running it, if it can."""

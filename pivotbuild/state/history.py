@@ -13,7 +13,7 @@ import sys
 
 TYPE_CHECKING = False  # not typing's: the no-op fast path does not import typing
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Collection, Mapping
     from pathlib import Path
     from typing import Any
 
@@ -232,6 +232,59 @@ def _entry(line: bytes) -> dict[str, Any] | None:
     if not all(isinstance(t, str) for t in entry.get("targets") or ()):
         return None
     return entry
+
+
+def durations(state_dir: Path, wanted: Collection[str], limit: int = RECENT) -> tuple[dict[str, float], int]:
+    """The most recent run time of each of `wanted` that ran in the last
+    `limit` builds, and how many damaged lines were skipped on the way.  Read
+    from the end of the file, newest first, stopping once every one is
+    found: an incremental build parses its last build or two, not twenty
+    (each of which may list every stage of the project), and the history's
+    older lines are never read at all."""
+    found: dict[str, float] = {}
+    skipped = 0
+    left = set(wanted)
+    for line in reversed(_tail(state_dir / HISTORY, limit)):
+        if not left:
+            break
+        entry = _entry(line)
+        if entry is None:
+            skipped += bool(line.strip())
+            continue
+        for name, info in (entry.get("stages") or {}).items():
+            if (
+                name in left
+                and isinstance(info, dict)
+                and info.get("status") == "ran"
+                and isinstance(info.get("duration_s"), (int, float))
+            ):
+                found[name] = float(info["duration_s"])
+                left.discard(name)
+    return found, skipped
+
+
+_CHUNK = 1 << 16
+
+
+def _tail(path: Path, limit: int) -> list[bytes]:
+    """The last `limit` lines of the file at `path` (as `splitlines` gives
+    them, a last line without its newline included), read from its end."""
+    try:
+        with open(path, "rb") as f:
+            end = f.seek(0, os.SEEK_END)
+            data = b""
+            at = end
+            while at > 0 and data.count(b"\n") <= limit:
+                step = min(_CHUNK, at)
+                at -= step
+                f.seek(at)
+                data = f.read(step) + data
+    except OSError:
+        return []
+    lines = data.splitlines()
+    if at > 0:
+        lines = lines[1:]  # (the first is cut: it began before what was read)
+    return lines[-limit:]
 
 
 def durations_in(past: Read) -> dict[str, float]:
