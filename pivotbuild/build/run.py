@@ -270,7 +270,12 @@ class BuildRun:
                 entry = heapq.heappop(queue)
                 if entry[2] not in self.to_run:
                     continue  # (blocked since it was decided: see _fail)
-                if not self._start(entry[2]):
+                try:
+                    started = self._start(entry[2])
+                except BaseException:
+                    passed.append(entry)  # (still waiting, if it did not start: see the check above)
+                    raise
+                if not started:
                     passed.append(entry)  # (its turn again next time)
                 elif self.signals.caught or self.unusable is not None:
                     return
