@@ -31,10 +31,13 @@ def test_the_newest_run_of_each_stage_counts(state: Path) -> None:
     assert history.durations(state, {"a", "b", "c", "d"}) == ({"a": 3.0, "b": 2.0, "c": 4.0}, 0)
 
 
-def test_it_stops_once_every_stage_is_found_and_reads_no_older_line(state: Path) -> None:
-    write(state, b"{damaged\n", line(a=1.0), line(a=2.0))
-    assert history.durations(state, {"a"}) == ({"a": 2.0}, 0)  # (the damaged line is never reached)
+def test_it_parses_lines_until_every_stage_is_found_and_still_sees_one_cut_short(state: Path) -> None:
+    write(state, b'{"result": "ok", "stag\n', line(a=1.0), line(a=2.0))
+    assert history.durations(state, {"a"}) == ({"a": 2.0}, 1)  # (the torn line, looked at, not parsed)
     assert history.durations(state, {"a", "b"}) == ({"a": 2.0}, 1)  # (b is looked for to the start)
+    write(state, b'{"result": [1}\n', line(a=2.0))
+    assert history.durations(state, {"a"}) == ({"a": 2.0}, 0)  # (whole in shape: found only when parsed)
+    assert history.durations(state, {"b"}) == ({}, 1)
 
 
 def test_only_the_last_builds_count(state: Path) -> None:

@@ -236,16 +236,19 @@ def _entry(line: bytes) -> dict[str, Any] | None:
 
 def durations(state_dir: Path, wanted: Collection[str], limit: int = RECENT) -> tuple[dict[str, float], int]:
     """The most recent run time of each of `wanted` that ran in the last
-    `limit` builds, and how many damaged lines were skipped on the way.  Read
-    from the end of the file, newest first, stopping once every one is
+    `limit` builds, and how many of those lines are damaged.  Read from the
+    end of the file, newest first, parsing lines only until every one is
     found: an incremental build parses its last build or two, not twenty
-    (each of which may list every stage of the project), and the history's
-    older lines are never read at all."""
+    (each of which may list every stage of the project); the rest of the
+    last `limit` lines are only looked at (`_torn`), and the history's older
+    lines are never read at all."""
     found: dict[str, float] = {}
     skipped = 0
     left = set(wanted)
-    for line in reversed(_tail(state_dir / HISTORY, limit)):
-        if not left:
+    lines = _tail(state_dir / HISTORY, limit)
+    for n, line in enumerate(reversed(lines)):
+        if not left:  # the older lines are only looked at: one cut short (a crash) or not a JSON object is damaged
+            skipped += sum(map(_torn, lines[: len(lines) - n]))
             break
         entry = _entry(line)
         if entry is None:
@@ -264,6 +267,12 @@ def durations(state_dir: Path, wanted: Collection[str], limit: int = RECENT) -> 
 
 
 _CHUNK = 1 << 16
+
+
+def _torn(line: bytes) -> bool:
+    """Is `line`, unparsed, plainly not an entry (cut short, or not a JSON object)?"""
+    text = line.strip()
+    return bool(text) and not (text.startswith(b"{") and text.endswith(b"}"))
 
 
 def _tail(path: Path, limit: int) -> list[bytes]:
