@@ -255,13 +255,8 @@ def durations(state_dir: Path, wanted: Collection[str], limit: int = RECENT) -> 
             skipped += bool(line.strip())
             continue
         for name, info in (entry.get("stages") or {}).items():
-            if (
-                name in left
-                and isinstance(info, dict)
-                and info.get("status") == "ran"
-                and isinstance(info.get("duration_s"), (int, float))
-            ):
-                found[name] = float(info["duration_s"])
+            if name in left and (took := _ran_for(info)) is not None:
+                found[name] = took
                 left.discard(name)
     return found, skipped
 
@@ -280,9 +275,8 @@ def _tail(path: Path, limit: int) -> list[bytes]:
     them, a last line without its newline included), read from its end."""
     try:
         with open(path, "rb") as f:
-            end = f.seek(0, os.SEEK_END)
+            at = f.seek(0, os.SEEK_END)
             data = b""
-            at = end
             while at > 0 and data.count(b"\n") <= limit:
                 step = min(_CHUNK, at)
                 at -= step
@@ -301,10 +295,13 @@ def durations_in(past: Read) -> dict[str, float]:
     found: dict[str, float] = {}
     for entry in past.entries:
         for name, info in (entry.get("stages") or {}).items():
-            if (
-                isinstance(info, dict)
-                and info.get("status") == "ran"
-                and isinstance(info.get("duration_s"), (int, float))
-            ):
-                found[name] = float(info["duration_s"])
+            if (took := _ran_for(info)) is not None:
+                found[name] = took
     return found
+
+
+def _ran_for(info: object) -> float | None:
+    """How long a stage ran, as an entry's `stages` has it; None if it did not run there."""
+    if isinstance(info, dict) and info.get("status") == "ran" and isinstance(info.get("duration_s"), (int, float)):
+        return float(info["duration_s"])
+    return None

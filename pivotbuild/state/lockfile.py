@@ -137,9 +137,9 @@ def decode_records(blob: bytes) -> Records:
     payload = FRAME.unpack(blob)
     try:
         return Records(raw=_split(payload))
+    except LockfileError:
+        raise
     except (ValueError, TypeError, RecursionError, msgpack.UnpackException) as exc:
-        if isinstance(exc, LockfileError):
-            raise
         raise LockfileError(f"payload does not decode ({type(exc).__name__})") from exc
 
 

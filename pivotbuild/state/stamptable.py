@@ -132,11 +132,12 @@ class StampTable:
             return False
         if self._gone is None:
             self._gone = set(self.missing)
-        names, flat, gone = self.names, self.flat, self._gone
-        for j in self.members[self.offsets[k] : self.offsets[k + 1]]:
-            if stamp_now(names[j]) != (None if j in gone else tuple(flat[4 * j : 4 * j + 4])):
-                return False
-        return True
+        gone = self._gone
+        return not any(self._moved(j, gone) for j in self.members[self.offsets[k] : self.offsets[k + 1]])
+
+    def _moved(self, j: int, gone: set[int]) -> bool:
+        """Is path `j`'s stamp now other than sealed (`gone`: the paths sealed as absent)?"""
+        return stamp_now(self.names[j]) != (None if j in gone else tuple(self.flat[4 * j : 4 * j + 4]))
 
     def changed(self, *, fork: bool = False) -> set[int]:
         """The paths whose stamp is not as sealed, statted now.
@@ -210,9 +211,7 @@ class StampTable:
             if now == sealed:
                 return found
             return found + [at[k] for k in range(len(at)) if now[4 * k : 4 * k + 4] != sealed[4 * k : 4 * k + 4]]
-        return [
-            j for j in range(lo, hi) if stamp_now(names[j]) != (None if j in gone else tuple(flat[4 * j : 4 * j + 4]))
-        ]
+        return [j for j in range(lo, hi) if self._moved(j, gone)]
 
 
 def _forkable() -> bool:
