@@ -423,8 +423,9 @@ def test_a_stage_has_its_streams_and_job_pool_and_ends_as_python_would(project: 
         def fds(ctx):
             pool = {int(f) for f in re.search(r"jobserver-fds=(\\d+),(\\d+)", os.environ["MAKEFLAGS"]).groups()}
             seen = {int(f) for f in os.listdir("/proc/self/fd")}
-            only = {f for f in seen if is_open(f)} - {0, 1, 2} == pool
-            open(ctx.outs[0], "w").write(repr(only))
+            inherited = {f for f in seen if is_open(f) and os.get_inheritable(f)} - {0, 1, 2} == pool
+            own = [f for f in seen if is_open(f) and not os.get_inheritable(f)]  # (its runner's channel)
+            open(ctx.outs[0], "w").write(repr((inherited, len(own))))
 
         def is_open(fd):
             try:
@@ -446,6 +447,7 @@ def test_a_stage_has_its_streams_and_job_pool_and_ends_as_python_would(project: 
     )
     r = project.run("-j2")
     assert r.code == 0, r
-    assert (project.root / "f.txt").read_text() == "True"  # 0, 1, 2 and the job pool its MAKEFLAGS names: no more
+    # What it passes on: 0, 1, 2 and the job pool its MAKEFLAGS names, no more; beside them only its runner's channel
+    assert (project.root / "f.txt").read_text() == "(True, 1)"
     assert (project.root / "t.txt").read_text() == "from a thread"  # the function's thread joined first
     assert (project.root / "atexit.txt").read_text() == "ran"

@@ -79,10 +79,11 @@ class PyChild:
     uses.  Its pid comes with the worker's answer, read when first asked
     for: the build goes on while the worker forks."""
 
-    __slots__ = ("_pid", "returncode", "worker")
+    __slots__ = ("_done", "_pid", "returncode", "worker")
 
-    def __init__(self, worker: PyWorker) -> None:
+    def __init__(self, worker: PyWorker, done: int) -> None:
         self._pid: int | None = None
+        self._done: int | None = done  # readable (end of file) once the worker has told its exit code
         self.worker = worker
         self.returncode: int | None = None
 
@@ -101,6 +102,19 @@ class PyChild:
         while self.returncode is None:
             self.worker.pump(block=True)
         return self.returncode
+
+    def exit_fd(self) -> int:
+        """A descriptor, now the caller's to close, that polls readable once
+        its exit code can be read: its pid is a runner's, which goes on to
+        the next stage and never exits for this one (a pidfd would not do)."""
+        done, self._done = self._done, None
+        return done if done is not None else os.open(os.devnull, os.O_RDONLY)
+
+    def _told(self, code: int) -> None:
+        self.returncode = code
+        if self._done is not None:
+            os.close(self._done)
+            self._done = None
 
 
 # The pid of a child whose worker died before it was forked: above any pid_max
@@ -135,6 +149,7 @@ class PyWorker:
         """Ask the worker to fork the child that runs `call` (its pid follows);
         raises OSError if the worker is gone."""
         sock = self._open()
+        self.pump(block=False)  # (the exits it has told: their runners may take this stage)
         request = {
             "module": call.module,
             "function": call.function,
@@ -144,12 +159,19 @@ class PyWorker:
             "ctx": call.ctx,
             "fds": [0, 1, 2, *pass_fds],
             "code": list(call.code),
+            # Runners whose stage's end the build has not yet read: not for this stage, as the
+            # build may still signal their group for that one (runner.Process._group_is_its_own)
+            "busy": list(self._children),
         }
+        done, told = os.pipe()  # (the worker closes `told` once it has sent the stage's exit code)
         try:
-            socket.send_fds(sock, [marshal.dumps(request)], [stdin, stdout, stderr, *pass_fds])
+            socket.send_fds(sock, [marshal.dumps(request)], [stdin, stdout, stderr, *pass_fds, told])
         except OSError as exc:
+            os.close(done)
             raise OSError(exc.errno, f"the Python stage worker is gone ({exc.strerror})") from None
-        child = PyChild(self)
+        finally:
+            os.close(told)
+        child = PyChild(self, done)
         self._forking.append(child)
         return child
 
@@ -210,7 +232,7 @@ class PyWorker:
         elif "exited" in message:
             gone = self._children.pop(message["exited"], None)
             if gone is not None:
-                gone.returncode = message["code"]
+                gone._told(message["code"])
         return message
 
     def _orphan(self) -> None:
@@ -219,7 +241,7 @@ class PyWorker:
         for child in (*self._children.values(), *self._forking):
             if child._pid is None:
                 child._pid = _NO_PID
-            child.returncode = -9
+            child._told(-9)
         self._children.clear()
         self._forking.clear()
         if self._sock is not None:

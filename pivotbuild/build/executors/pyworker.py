@@ -59,6 +59,7 @@ import os
 import select
 import signal
 import socket
+import stat
 import sys
 
 TYPE_CHECKING = False
@@ -91,66 +92,168 @@ class Context:
 
 
 def main(fd: int) -> None:
-    for stream in (sys.stdout, sys.stderr):  # (set once here: each child's streams are the stage's pipes)
+    for stream in (sys.stdout, sys.stderr):  # (set once here: each runner's streams are its stage's pipes)
         stream.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     sock = socket.socket(fileno=fd)
     _cached_imports()
-    children: dict[int, int] = {}  # pidfd (or -pid without one) -> pid
+    pool = _Pool(sock)
     try:  # noqa: SIM105 - (contextlib: one import fewer for the worker)
-        _serve_all(sock, children)
+        pool.serve()
     except OSError:
         pass  # (the build's end reset: pivotbuild died with messages unread)
-    _bury(children)  # the build is over (or pivotbuild died: then stages may still run)
+    for runner in pool.idle:  # (no stage of theirs runs: their groups are not theirs to kill)
+        _kill(runner.pid)
+    _bury([pid for pid, r in pool.runners.items() if r.done is not None])  # (pivotbuild died: stages may still run)
 
 
-def _serve_all(sock: socket.socket, children: dict[int, int]) -> None:
-    """Fork what the build asks for and tell it of exits, until it goes."""
-    poller = select.poll()
-    poller.register(sock, select.POLLIN)
-    while True:
-        waiting = any(k < 0 for k in children)  # (a child with no pidfd: its exit is asked for each tick)
-        for key, _ in poller.poll(20 if waiting else None):
-            if key == sock.fileno():
-                if not _serve(sock, poller, children):
-                    return
-            elif (pid := children.get(key)) is not None:
-                _reaped(sock, pid, os.waitpid(pid, 0)[1])
-                poller.unregister(key)
-                os.close(key)
-                del children[key]
-        for key in [k for k in children if k < 0]:
-            pid = children[key]
-            done, status = os.waitpid(pid, os.WNOHANG)
-            if done:
-                _reaped(sock, pid, status)
-                del children[key]
+class _Runner:
+    """A child of the worker that runs stages, one at a time (busy while
+    `done`, the build's descriptor for the stage it runs, is held)."""
+
+    __slots__ = ("done", "key", "pid", "pidfd", "sock")
+
+    def __init__(self, pid: int, sock: socket.socket, key: tuple[Any, ...], done: int) -> None:
+        self.pid = pid
+        self.sock = sock
+        self.key = key
+        self.done: int | None = done
+        self.pidfd: int | None = None
 
 
-def _serve(sock: socket.socket, poller: select.poll, children: dict[int, int]) -> bool:
-    """Fork the child a request asks for; False once the build has gone."""
-    try:
-        data, fds, _, _ = socket.recv_fds(sock, MAX_MESSAGE, 8)
-    except InterruptedError:
+MAX_IDLE = 8  # runners kept waiting for a stage like their last; the least recently used goes first
+
+
+class _Pool:
+    """The worker's runners: a request goes to an idle runner that ran a
+    stage of the same module, directory, environment and code, else to a new
+    one forked for it; the build hears `started` as soon as it is handed
+    over and `exited` once the runner has said so (or died)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.poller = select.poll()
+        self.poller.register(sock, select.POLLIN)
+        self.runners: dict[int, _Runner] = {}  # pid -> runner
+        self.watched: dict[int, _Runner] = {}  # its socket's and its pidfd's descriptors -> runner
+        self.idle: list[_Runner] = []  # the least recently used first
+
+    def serve(self) -> None:
+        """Hand out what the build asks for and tell it of ends, until it goes."""
+        while True:
+            waiting = any(r.pidfd is None for r in self.runners.values())  # (no pidfd: its exit is asked each tick)
+            for fd, _ in self.poller.poll(20 if waiting else None):
+                if fd == self.sock.fileno():
+                    if not self._request():
+                        return
+                elif (runner := self.watched.get(fd)) is not None:
+                    if fd == runner.pidfd:
+                        self._gone(runner, os.waitpid(runner.pid, 0)[1])
+                    else:
+                        self._heard(runner)
+            for runner in [r for r in self.runners.values() if r.pidfd is None]:
+                done, status = os.waitpid(runner.pid, os.WNOHANG)
+                if done:
+                    self._gone(runner, status)
+
+    def _request(self) -> bool:
+        """Run the stage a request asks for; False once the build has gone."""
+        try:
+            data, fds, _, _ = socket.recv_fds(self.sock, MAX_MESSAGE, 9)
+        except InterruptedError:
+            return True
+        if not data:
+            return False
+        request = marshal.loads(data)
+        done = fds.pop()  # (the build's: closed once the stage's end is told)
+        key = _key(request)
+        runner = self._take(key, request["busy"])
+        if runner is not None:
+            try:
+                socket.send_fds(runner.sock, [data], fds)
+            except OSError:  # (it died idle: its pidfd says so next)
+                runner = None
+        if runner is None:
+            runner = self._fork(request, fds, key)
+        for f in fds:
+            os.close(f)
+        runner.done = done
+        self.sock.send(marshal.dumps({"started": runner.pid}))
+        for path in request["code"]:
+            _compiled(path)  # (for the next runners: this one compiles what it imports itself)
         return True
-    if not data:
-        return False
-    request = marshal.loads(data)
-    pid = os.fork()
-    if pid == 0:
-        _child(request, fds)  # never returns
-    for f in fds:
-        os.close(f)
-    sock.send(marshal.dumps({"started": pid}))
-    try:
-        pidfd = os.pidfd_open(pid)
-    except OSError:  # (no pidfd here: its exit is asked for)
-        children[-pid] = pid
-    else:
-        children[pidfd] = pid
-        poller.register(pidfd, select.POLLIN)
-    for path in request["code"]:
-        _compiled(path)  # (for the next children: this one compiles what it imports itself)
-    return True
+
+    def _take(self, key: tuple[Any, ...], busy: list[int]) -> _Runner | None:
+        """The idle runner that last ran a stage like this, if any (not one
+        whose last stage's end the build has yet to read: it may signal that
+        runner's group for that stage still)."""
+        for i in range(len(self.idle) - 1, -1, -1):
+            if self.idle[i].key == key and self.idle[i].pid not in busy:
+                return self.idle.pop(i)
+        return None
+
+    def _fork(self, request: dict[str, Any], fds: list[int], key: tuple[Any, ...]) -> _Runner:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        pid = os.fork()
+        if pid == 0:
+            ours.close()
+            _runner(request, fds, theirs)  # never returns
+        theirs.close()
+        runner = _Runner(pid, ours, key, -1)
+        self.runners[pid] = runner
+        self.watched[ours.fileno()] = runner
+        self.poller.register(ours, select.POLLIN)
+        try:
+            runner.pidfd = os.pidfd_open(pid)
+        except OSError:  # (no pidfd here: its exit is asked for)
+            pass
+        else:
+            self.watched[runner.pidfd] = runner
+            self.poller.register(runner.pidfd, select.POLLIN)
+        return runner
+
+    def _heard(self, runner: _Runner) -> None:
+        """The runner's stage returned and left it as it found it: tell the
+        build, and keep the runner for the next stage like it."""
+        try:
+            said = runner.sock.recv(64)
+        except OSError:
+            said = b""
+        if not said or runner.done is None:
+            return  # (it is going: its pidfd says when)
+        self._told(runner, 0)
+        self.idle.append(runner)
+        if len(self.idle) > MAX_IDLE:
+            self._retire(self.idle.pop(0))
+
+    def _told(self, runner: _Runner, code: int) -> None:
+        self.sock.send(marshal.dumps({"exited": runner.pid, "code": code}))
+        if runner.done is not None:
+            os.close(runner.done)  # (after the message: the build reads its code when this closes)
+            runner.done = None
+
+    def _gone(self, runner: _Runner, status: int) -> None:
+        """A runner has exited (and is reaped): its stage's end, if it was running one."""
+        if runner.done is not None:
+            try:  # (what it said before it went counts first)
+                said = runner.sock.recv(64, socket.MSG_DONTWAIT)
+            except OSError:
+                said = b""
+            self._told(runner, 0 if said else os.waitstatus_to_exitcode(status))
+        self._retire(runner)
+        if runner.pidfd is not None:
+            self.watched.pop(runner.pidfd, None)
+            self.poller.unregister(runner.pidfd)
+            os.close(runner.pidfd)
+        del self.runners[runner.pid]
+
+    def _retire(self, runner: _Runner) -> None:
+        """No more stages for `runner` (an idle one ends at its socket's end of file)."""
+        if runner in self.idle:
+            self.idle.remove(runner)
+        if runner.sock.fileno() >= 0:
+            self.watched.pop(runner.sock.fileno(), None)
+            self.poller.unregister(runner.sock)
+            runner.sock.close()
 
 
 # Compiled project modules, by (path, mtime_ns, size, inode): what the worker
@@ -174,6 +277,28 @@ def _compiled(path: str) -> None:
             _CODE[key] = compile(source, path, "exec", dont_inherit=True)
     except (OSError, SyntaxError, ValueError):
         pass  # (the child's own import says what is wrong)
+
+
+_OWN = frozenset({"PIVOT_STAGE", "MAKEFLAGS"})
+
+
+def _key(request: Mapping[str, Any]) -> tuple[Any, ...]:
+    """What a runner's next stage must share with the stages it ran: the
+    module, where it is imported from, the directory and environment its
+    top-level code ran in (but what is each stage's own: `PIVOT_STAGE`, and
+    `MAKEFLAGS`, which names its job pool's descriptors), and the version of every
+    project file its code reaches (pysource.py: an edited one is imported
+    afresh, by a new runner)."""
+    versions: list[tuple[Any, ...]] = []
+    for path in request["code"]:
+        try:
+            st = os.stat(path)
+        except OSError:
+            versions.append((path,))
+        else:
+            versions.append((path, st.st_mtime_ns, st.st_size, st.st_ino))
+    env = tuple(item for item in request["env"].items() if item[0] not in _OWN)
+    return (request["module"], tuple(request["path"]), request["cwd"], env, tuple(versions))
 
 
 def _cached(path: str) -> Any:
@@ -207,16 +332,21 @@ def _cached_imports() -> None:
     sys.path_importer_cache.clear()
 
 
-def _reaped(sock: socket.socket, pid: int, status: int) -> None:
-    sock.send(marshal.dumps({"exited": pid, "code": os.waitstatus_to_exitcode(status)}))
+def _kill(pid: int) -> None:
+    """An idle runner ended, and reaped."""
+    try:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    except OSError:
+        pass  # (gone already)
 
 
-def _bury(children: dict[int, int]) -> None:
-    """Kill the process groups of the children still running, as the build's
-    lifeline would (lifeline.py): SIGTERM, two seconds' grace, SIGKILL."""
+def _bury(busy: list[int]) -> None:
+    """Kill the process groups of the runners still running a stage, as the
+    build's lifeline would (lifeline.py): SIGTERM, two seconds' grace, SIGKILL."""
     import time
 
-    running = set(children.values())
+    running = set(busy)
     for pid in running:
         _killpg(pid, signal.SIGTERM)
     deadline = time.monotonic() + 2.0
@@ -246,20 +376,103 @@ def _on_path(directories: list[str]) -> None:
         sys.path[:] = [*directories, *(d for d in sys.path if d not in directories)]
 
 
-def _child(request: Mapping[str, Any], fds: list[int]) -> None:
-    """In the forked child: become the stage, run it, exit as Python would
-    (its other threads joined, its atexit functions run, its streams flushed)."""
-    code = 1
+def _runner(request: Mapping[str, Any], fds: list[int], sock: socket.socket) -> None:
+    """In a forked runner: run the stage of `request` (its descriptors `fds`),
+    then, for as long as each stage leaves the process as it found it, the
+    next ones the worker hands over on `sock`; else end as Python would (its
+    other threads joined, its atexit functions run, its streams flushed)."""
+    me = os.getpid()
+    code: int | None = 1
     try:
         os.setsid()
-        _place(fds, request["fds"])
-        os.chdir(request["cwd"])
-        _environ(request["env"])
-        code = _call(request)
+        baseline = (list(sys.path), sys.stdin, sys.stdout, sys.stderr, _settings())
+        channel = os.fstat(sock.fileno()).st_ino
+        while True:
+            sock = _place(fds, request["fds"], sock)
+            code = _stage(request, baseline[0])
+            if code is not None or os.getpid() != me or not _unchanged(baseline) or not _ours(sock, channel):
+                break  # (`me`: a stage's fork returning through here)
+            _release(request["fds"])
+            try:
+                sock.send(b"ok")
+                data, fds, _, _ = socket.recv_fds(sock, MAX_MESSAGE, 8)
+            except OSError:
+                data = b""
+            if not data:
+                _exit(0)  # (not wanted any more, or the build is over: its code is the worker's to tell)
+            request = marshal.loads(data)
+        if code is None:
+            _finish()
+            code = 0
     except BaseException as exc:
         _traceback(exc)
     finally:
-        _exit(code)
+        _exit(code if code is not None else 1)
+
+
+def _stage(request: Mapping[str, Any], path: list[str]) -> int | None:
+    """Run one stage in this process: None when its function returned, else
+    its exit code (SystemExit's, or 1 with the traceback on stderr)."""
+    try:
+        os.chdir(request["cwd"])
+        _environ(request["env"])
+        sys.path[:] = path
+        return _call(request, finish=False)
+    except BaseException as exc:
+        _traceback(exc)
+        return 1
+
+
+def _settings() -> tuple[Any, ...]:
+    """The process-wide settings a stage may change: signal handlers, umask."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return (mask, *(signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)))
+
+
+def _unchanged(baseline: tuple[Any, ...]) -> bool:
+    """Whether the stage left nothing behind that would reach the next: no
+    thread still running, no atexit function, no child process, its standard
+    streams, signal handlers and umask as they were."""
+    import atexit
+
+    threading = sys.modules.get("threading")
+    if threading is not None and threading.active_count() > 1:
+        return False
+    if atexit._ncallbacks() or (sys.stdin, sys.stdout, sys.stderr) != baseline[1:4] or _settings() != baseline[4]:
+        return False
+    if any(stream.closed for stream in baseline[1:4]):
+        return False
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return True
+        if pid == 0:
+            return False  # (a child still running)
+
+
+def _ours(sock: socket.socket, channel: int) -> bool:
+    """Whether the runner's socket is still its own (a stage may close every
+    descriptor, and its next file may take the number)."""
+    try:
+        st = os.fstat(sock.fileno())
+    except OSError:
+        return False
+    return st.st_ino == channel and stat.S_ISSOCK(st.st_mode)
+
+
+def _release(targets: list[int]) -> None:
+    """The stage's descriptors closed (its standard streams made /dev/null):
+    the build sees end of file on its output."""
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    os.close(null)
+    for fd in targets[3:]:
+        os.close(fd)
 
 
 def once(path: str) -> None:
@@ -269,7 +482,7 @@ def once(path: str) -> None:
     child would.  A Dask worker runs `py:` stages so (dasktask.py)."""
     for stream in (sys.stdout, sys.stderr):
         stream.reconfigure(line_buffering=True)  # type: ignore[union-attr]
-    code = 1
+    code: int | None = 1
     try:
         with open(path, "rb") as f:
             request = marshal.load(f)
@@ -277,18 +490,21 @@ def once(path: str) -> None:
     except BaseException as exc:
         _traceback(exc)
     finally:
-        _exit(code)
+        _exit(code or 0)  # (None only from a call not finished)
 
 
-def _call(request: Mapping[str, Any]) -> int:
+def _call(request: Mapping[str, Any], *, finish: bool = True) -> int | None:
     """Import the stage's module from its path, call its function with its
-    context, and finish as Python would: the exit code (0 when it returns,
-    1 with the traceback on stderr when it raises, SystemExit's own)."""
+    context, and (with `finish`) finish as Python would: the exit code (0
+    when it returns (None without `finish`), 1 with the traceback on stderr
+    when it raises, SystemExit's own)."""
     try:
         _on_path(request["path"])
         ctx = request["ctx"]
         context = Context(ctx["name"], ctx["deps"], ctx["outs"], ctx["params"], ctx["matrix"])
         _function(request["module"], request["function"])(context)
+        if not finish:
+            return None
         _finish()
         return 0
     except SystemExit as exc:
@@ -356,10 +572,16 @@ def _environ(env: Mapping[str, str]) -> None:
             environ[key] = value
 
 
-def _place(received: list[int], targets: list[int]) -> None:
+def _place(received: list[int], targets: list[int], sock: socket.socket) -> socket.socket:
     """Each received descriptor at the number the stage expects (0, 1, 2, then
     its job pool's, as its MAKEFLAGS names them), by way of numbers above
-    them all, so that none is overwritten before it is placed."""
+    them all, so that none is overwritten before it is placed; every other
+    descriptor closed but the runner's socket to the worker (returned: moved
+    first if its number is one the stage expects)."""
+    if sock.fileno() in targets:
+        moved_sock = socket.socket(fileno=fcntl.fcntl(sock.fileno(), fcntl.F_DUPFD_CLOEXEC, max(targets) + 1))
+        sock.detach()  # (its number is about to be the stage's)
+        sock = moved_sock
     if len(received) == 3 and min(received) > 2:  # (no job pool: the three standard streams, each free to take)
         for target, f in enumerate(received):
             os.dup2(f, target)
@@ -372,10 +594,11 @@ def _place(received: list[int], targets: list[int]) -> None:
             os.dup2(f, target)  # (inheritable: the stage's own children get them, as a shell stage's do)
             os.close(f)
     low = 3  # the worker's own descriptors (its socket, its other children's pidfds) go: close_range(2)
-    for keep in sorted(t for t in targets if t > 2):
+    for keep in sorted({*(t for t in targets if t > 2), sock.fileno()}):
         os.closerange(low, keep)
         low = keep + 1
     os.closerange(low, _MAX_FD)
+    return sock
 
 
 _MAX_FD = 1 << 20  # (above any RLIMIT_NOFILE's default; closerange is one close_range call on Linux 5.9+)

@@ -161,6 +161,7 @@ class Process:
         self.exited_at: float | None = None
         self.asked = self.start  # when we last asked whether it had exited
         self.pidfd: int | None = None
+        self.signalled = False  # whether the build has signalled its group (a timeout, a cancel)
         self.kill_at: float | None = None  # set while killing: when SIGKILL follows SIGTERM
         self.descendants: list[Any] = []  # (psutil processes) those SIGTERMed
         self.pipes: dict[int, str] = {}  # read end -> stream, while open
@@ -224,7 +225,8 @@ class Process:
                 self.exited_at = now
             else:
                 try:
-                    pidfd = _pidfd(self.proc.pid)
+                    exit_fd = getattr(self.proc, "exit_fd", None)  # (a py: stage's: pystages.PyChild)
+                    pidfd = exit_fd() if exit_fd is not None else _pidfd(self.proc.pid)
                 except ProcessLookupError:
                     self.exited_at = now  # (reaped by its parent, the worker: `wait` reads its code)
                 else:
@@ -294,7 +296,7 @@ class Process:
         self._stop_following()
         proc = self.proc
         proc.wait()  # (already reaped: it exited)
-        if self.timed_out or self.cancelled:
+        if (self.timed_out or self.cancelled) and self._group_is_its_own():
             # Whatever is left in the stage's process group goes too.  (By pid only
             # through the group: after wait() the pid itself may be reused.)
             with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -328,6 +330,9 @@ class Process:
         exit status would be lost."""
         import psutil  # here, not at the top: only a kill needs it, and it costs every build 10 ms to import
 
+        if not self._group_is_its_own():
+            return
+        self.signalled = True
         descendants = []
         if self.exited_at is None:  # (once reaped, its pid may be another's)
             with contextlib.suppress(psutil.Error):
@@ -339,6 +344,12 @@ class Process:
                 p.terminate()
         self.descendants = descendants
         self.kill_at = now + _KILL_GRACE_S
+
+    def _group_is_its_own(self) -> bool:
+        """Whether the stage's process group may be signalled for it: not a
+        `py:` stage's once its end is known (pystages.PyChild), unless the
+        build signalled it already, as its runner goes on to the next stage."""
+        return self.signalled or getattr(self.proc, "exit_fd", None) is None or self.proc.poll() is None
 
     def _kill_now(self) -> None:
         import psutil

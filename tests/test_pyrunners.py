@@ -1,0 +1,153 @@
+"""`py:` stages run one after another in a runner (build/executors/pyworker.py),
+end to end: the real pivotbuild, real processes, real files.  A stage of the
+same module, directory and environment as the last one a runner ran reuses
+that process (its module loaded), each with its own directory, environment,
+context and streams; a stage that leaves anything behind that the next would
+see ends its runner instead, as a process of its own would end."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from conftest import Project
+from helpers import HANG_GUARD_S
+
+STEPS = """
+import os, sys, threading, time
+print("importing steps")
+
+def record(ctx):
+    print("running", ctx.name)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    with open(ctx.outs[0], "w") as f:
+        f.write(repr({
+            "pid": os.getpid(),
+            "stage": os.environ["PIVOT_STAGE"],
+            "leak": os.environ.get("LEAK"),
+            "cwd": os.path.basename(os.getcwd()),
+            "path0": sys.path[0],
+            "deps": list(ctx.deps),
+            "umask": oct(mask),
+        }))
+
+def meddle(ctx):
+    record(ctx)
+    os.environ["LEAK"] = "yes"
+    os.chdir("/")
+    sys.path.insert(0, "/nowhere")
+
+def thread(ctx):
+    record(ctx)
+    threading.Thread(target=time.sleep, args=(0.5,), daemon=True).start()
+
+def umask(ctx):
+    record(ctx)
+    os.umask(0o077)
+
+def boom(ctx):
+    record(ctx)
+    raise ValueError("no good")
+
+def child(ctx):
+    import subprocess
+    record(ctx)
+    subprocess.Popen(["sleep", "0.3"], stdout=subprocess.DEVNULL)
+
+def hang(ctx):
+    open("hung.pid", "w").write(str(os.getpid()))
+    time.sleep(60)
+
+def closes_all(ctx):
+    record(ctx)
+    os.closerange(0, 4096)  # its streams, and its runner's channel
+    time.sleep(0.3)
+"""
+
+
+def _chain(project: Project, functions: list[str], *extra: str) -> None:
+    """Stages s0, s1, ... each depending on the last's output, calling `functions` in turn."""
+    project.write("steps.py", STEPS)
+    stages = []
+    for i, fn in enumerate(functions):
+        deps = f"    deps: o{i - 1}.txt\n" if i else ""
+        stages.append(f"stage s{i}:\n{deps}    outs: o{i}.txt\n{''.join(extra)}    py: steps:{fn}\n")
+    project.pivotfile("\n".join(stages))
+
+
+def _seen(project: Project, i: int) -> dict[str, object]:
+    seen: dict[str, object] = eval((project.root / f"o{i}.txt").read_text())
+    return seen
+
+
+def test_stages_of_one_module_share_a_process_each_with_its_own_setting(project: Project) -> None:
+    _chain(project, ["meddle", "record", "record"])
+    r = project.run("-v")
+    assert r.code == 0, r
+    seen = [_seen(project, i) for i in range(3)]
+    assert seen[0]["pid"] == seen[1]["pid"] == seen[2]["pid"]  # one process, its module imported once
+    assert [s["stage"] for s in seen] == ["s0", "s1", "s2"]
+    assert seen[1]["deps"] == ["o0.txt"] and seen[2]["deps"] == ["o1.txt"]
+    # what s0 changed of its process reaches no later stage
+    assert seen[1]["leak"] is None and seen[1]["cwd"] == project.root.name and seen[1]["path0"] == str(project.root)
+    lines = (r.out + r.err).splitlines()
+    assert sum("importing steps" in line for line in lines) == 1, lines
+    assert "s0 | importing steps" in lines and "s2 | running s2" in lines, lines
+
+
+def test_a_stage_that_leaves_something_behind_ends_its_process(project: Project) -> None:
+    # each of these leaves what the next stage would see: the next gets a new process
+    _chain(project, ["thread", "umask", "child", "record", "record"])
+    r = project.run()
+    assert r.code == 0, r
+    seen = [_seen(project, i) for i in range(5)]
+    pids = [s["pid"] for s in seen]
+    assert len(set(pids[:4])) == 4, pids  # a running thread, a umask, a child process: each ended its process
+    assert pids[3] == pids[4], pids  # a stage that left nothing: the next shares its process
+    assert seen[2]["umask"] == seen[0]["umask"] != "0o77", seen  # not the umask s1 set
+
+
+def test_a_stage_that_fails_ends_its_process_and_the_next_runs_afresh(project: Project) -> None:
+    project.write("steps.py", STEPS)
+    project.pivotfile(
+        "stage a:\n    outs: o0.txt\n    py: steps:record\n\n"
+        "stage b:\n    deps: o0.txt\n    outs: o1.txt\n    py: steps:boom\n\n"
+        "stage c:\n    deps: o0.txt\n    outs: o2.txt\n    py: steps:record\n"
+    )
+    r = project.run("-j1", "-k")
+    assert r.code == 1, r
+    assert "ValueError: no good" in r.err, r.err
+    assert "1 failed" in r.err, r.err
+    pids = {(project.root / f"o{i}.txt").exists() and _seen(project, i)["pid"] for i in (0, 2)}
+    assert len(pids) == 2, pids  # b took a's process down with it; c has one of its own
+
+
+def test_a_stage_that_closes_every_descriptor_still_ends_and_is_followed(project: Project) -> None:
+    _chain(project, ["closes_all", "record"])
+    t0 = time.monotonic()
+    r = project.run(timeout=HANG_GUARD_S)
+    assert r.code == 0, r
+    assert time.monotonic() - t0 < HANG_GUARD_S
+    assert _seen(project, 0)["pid"] != _seen(project, 1)["pid"]  # its channel gone, its process ended
+
+
+def test_a_timeout_in_a_shared_process_kills_that_stage_only(project: Project) -> None:
+    project.write("steps.py", STEPS)
+    project.pivotfile(
+        "stage a:\n    outs: o0.txt\n    py: steps:record\n\n"
+        "stage b:\n    deps: o0.txt\n    outs: o1.txt\n    timeout: 1s\n    py: steps:hang\n\n"
+        "stage c:\n    deps: o0.txt\n    outs: o2.txt\n    py: steps:record\n"
+    )
+    r = project.run("-j2", "-k", timeout=HANG_GUARD_S)
+    assert r.code == 1, r
+    assert "pivotbuild: stage b failed (timed out after 1s)" in r.err, r.err
+    assert "1 failed" in r.err and (project.root / "o2.txt").exists(), r.err
+    hung = int((project.root / "hung.pid").read_text())
+    assert hung == _seen(project, 0)["pid"]  # (b ran in a's process: the timeout took that down, not c's)
+    try:
+        os.kill(hung, 0)
+    except ProcessLookupError:
+        pass
+    else:
+        raise AssertionError(f"the timed-out stage's process {hung} is still alive")
