@@ -1,5 +1,6 @@
-"""`py: module:function` stages end to end: the real pivotbuild, real worker
-processes forked per stage (build/executors/pyworker.py), real files."""
+"""`py: module:function` stages end to end: the real pivotbuild, its real
+worker and runners (build/executors/pyworker.py), real files.  How runners
+take stage after stage: test_pyrunners.py."""
 
 from __future__ import annotations
 

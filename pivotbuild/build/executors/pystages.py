@@ -1,16 +1,18 @@
 """The build's side of `py:` stages: the call a stage makes (`PyCall`, part of
-its RunSpec), and the worker that forks a child per stage (pyworker.py).
+its RunSpec), and the worker whose runners run them (pyworker.py).
 
 To the local executor a Python stage is a process like any other: it has a
-pid and a process group of its own (the build kills the group on timeout or
-Ctrl-C, and the lifeline does if pivotbuild dies), its stdout and stderr are
-pipes the build reads line by line, and a pidfd says when it has exited.
-Only its pid and exit status come another way: the child is the worker's,
-which sends its pid once forked (the build does not wait for it: the pid is
-read when first needed) and its code once reaped (`PyChild.poll`, `wait`).
-The worker also stands in for the lifeline (lifeline.py): when the build's
-end of the socket closes with children still running (pivotbuild killed),
-it kills their process groups.
+pid and a process group (its runner's: the build kills the group on timeout
+or Ctrl-C, and the worker does if pivotbuild dies), and its stdout and
+stderr are pipes the build reads line by line.  Its pid and exit status come
+another way: the worker sends the runner's pid once the stage is handed
+over (the build does not wait for it: the pid is read when first needed) and
+its code once the stage has ended (`PyChild.poll`, `wait`); a descriptor the
+worker closes after that (`PyChild.exit_fd`) stands for a pidfd, since a
+runner goes on to its next stage without exiting.  For the same reason the
+build never signals a runner's group for a stage whose end it has read
+(runner.Process), and tells the worker, with each request, which runners'
+ends it has not read yet: those take no new stage.
 """
 
 from __future__ import annotations

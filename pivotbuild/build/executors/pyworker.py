@@ -1,52 +1,58 @@
 """The worker that runs `py:` stages: one process per build and pipeline,
 started with its first Python stage (`python -P -m
 pivotbuild.build.executors.pyworker FD`: -P, so that the directory it starts
-in is not first on `sys.path`), that forks a child for each stage
-(PIVOTFILE.md, "Python stages").
+in is not first on `sys.path`), that forks *runners*, processes that run
+stages one at a time (PIVOTFILE.md, "Python stages").
 
-Forking from it, not from pivotbuild, gives each stage an interpreter that
+Forking from it, not from pivotbuild, gives each runner an interpreter that
 has already started and imported pivotbuild, without the hazards of forking
-the build itself (its threads, its open descriptors).  The stage's own
-module is imported by each child afresh, so that its top-level code runs in
-the stage's directory and environment, and is the code as it is when the
-stage starts (its fingerprint, pysource.py, was taken just before).  What the
-worker keeps for its children is the project's modules compiled (`_CODE`:
-the files the stage's code reaches, compiled after its first stage, each
-used only while its file is unchanged), which spares each stage reading and
-compiling them.  (Importing them in the worker, as it first did, ran their
-top-level code in the worker's directory and environment, once, and let a
-stage run code older than its fingerprint: review of issue 16.)
-The worker is single-threaded and in a session of its own (Ctrl-C at the
-terminal reaches the build, which kills the stages, not the worker).
+the build itself (its threads, its open descriptors).  A runner imports its
+first stage's module itself, so that its top-level code runs in the stage's
+directory and environment, and is the code as it is when the stage starts
+(its fingerprint, pysource.py, was taken just before).  It then takes the
+next stages whose `_key` is its own (the same module, path, directory,
+environment but each stage's own variables, and version of every project
+file the code reaches), the module loaded: a stage then costs a call, where
+a fork cost about 2 ms of CPU (the fork, the pages its writes copied, the
+import).  Each stage gets its own directory, environment, `sys.path`,
+descriptors and context; a stage that leaves anything behind the next would
+see (`_unchanged`: a thread, a child, an atexit function, its standard
+streams replaced, a signal handler or the umask changed), or fails, or
+exits, ends its runner as Python ends (threads joined, atexit functions
+run), and the next stage like it gets a new one.  What the worker keeps for
+new runners is the project's modules compiled (`_CODE`: the files the
+stage's code reaches, compiled after its first stage, each used only while
+its file is unchanged), which spares each reading and compiling them.
+(Importing them in the worker itself, as it first did, ran their top-level
+code in the worker's directory and environment, once for all, and let a
+stage run code older than its fingerprint: review of issue 16.)  The worker
+is single-threaded and in a session of its own, each runner in its own
+(Ctrl-C at the terminal reaches the build, which kills the runners of the
+stages it stops, not the worker).
 
 It talks to the build (pystages.py) over a SOCK_SEQPACKET socket, one
 `marshal`led dict per message (marshal is built in: the worker imports as
 little as it can, since a module it has imported is the one its stages
 get).  A request to run a stage carries its call (module, function, where
-to import it from, working directory, environment, context) and, as SCM_RIGHTS, the descriptors of its stdin, stdout and
-stderr (and its job pool's: make.md); the answer is `{"started": PID}` as
-soon as the child is forked, and `{"exited": PID, "code": N}` once it is
-reaped (as Popen's returncode: -N if signal N killed it).  The worker hears
-of an exit through a pidfd per child, so that it needs no SIGCHLD handler
-its children would inherit.  End of file on the socket (the build is over,
-or pivotbuild died) ends the worker, which first kills the process groups of
-any children still running (the build's lifeline does this for shell
-stages: lifeline.py).
+to import it from, working directory, environment, context, the project
+files its code reaches, the runners whose last stage's end the build has
+not yet read) and, as SCM_RIGHTS, the descriptors of its stdin, stdout and
+stderr (and its job pool's: make.md), then one the worker closes once it
+has told the stage's end.  The answer is `{"started": PID}` (the runner's)
+as soon as the stage is handed over, and `{"exited": PID, "code": N}` once
+the runner says it is done (0), or has exited (as Popen's returncode: -N if
+signal N killed it).  A runner is handed its next stage the same way, over
+a socket of its own, and says `ok` there when a stage has returned and left
+it reusable.  The worker hears of a runner's exit through a pidfd, so that it
+needs no SIGCHLD handler its runners would inherit.  End of file on the
+build's socket (the build is over, or pivotbuild died) ends the worker,
+which first kills the process groups of the runners still running a stage
+(the build's lifeline does this for shell stages: lifeline.py) and the idle
+ones.
 
 `python -P -m pivotbuild.build.executors.pyworker --once FILE` runs one call
 in that process instead, unforked (`once`: a Dask worker's way, dasktask.py),
-through the same code as a forked child (`_call`).
-
-The child does as little as it can, since every object it touches costs a
-page copied (measured: about 300 pages, 1 ms of CPU, for a trivial stage; the
-fork itself, 0.6 ms): a session of its own (the build kills its whole
-group), the stage's standard streams and job pool (every other descriptor
-closed), directory and environment (only what differs from the worker's),
-its pipeline directory then the project root first on `sys.path`; then it
-imports the module, calls the function with the context, and exits as
-Python would (its threads joined, its atexit functions run): 0 when it
-returns, 1 with the traceback on stderr when it raises (SystemExit keeps its
-code).
+through the same code as a runner's (`_call`).
 """
 
 from __future__ import annotations
