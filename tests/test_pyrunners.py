@@ -14,11 +14,14 @@ from conftest import Project
 from helpers import HANG_GUARD_S
 
 STEPS = """
-import os, sys, threading, time
+import logging, os, sys, threading, time  # (logging registers an atexit function as it is imported)
 print("importing steps")
+LOG = open("log.txt", "a")  # held by the module from one stage to the next
 
 def record(ctx):
     print("running", ctx.name)
+    LOG.write(ctx.name + "\\n")
+    LOG.flush()
     mask = os.umask(0o022)
     os.umask(mask)
     with open(ctx.outs[0], "w") as f:
@@ -30,6 +33,7 @@ def record(ctx):
             "path0": sys.path[0],
             "deps": list(ctx.deps),
             "umask": oct(mask),
+            "argv": list(sys.argv),
         }))
 
 def meddle(ctx):
@@ -54,6 +58,25 @@ def child(ctx):
     import subprocess
     record(ctx)
     subprocess.Popen(["sleep", "0.3"], stdout=subprocess.DEVNULL)
+
+def sigchld(ctx):
+    import signal
+    record(ctx)
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+
+def alarm(ctx):
+    import signal
+    record(ctx)
+    signal.alarm(60)
+
+def warn(ctx):
+    import warnings
+    record(ctx)
+    warnings.simplefilter("ignore")
+
+def argv(ctx):
+    record(ctx)
+    sys.argv.append("more")
 
 def hang(ctx):
     open("hung.pid", "w").write(str(os.getpid()))
@@ -86,11 +109,13 @@ def test_stages_of_one_module_share_a_process_each_with_its_own_setting(project:
     r = project.run("-v")
     assert r.code == 0, r
     seen = [_seen(project, i) for i in range(3)]
-    assert seen[0]["pid"] == seen[1]["pid"] == seen[2]["pid"]  # one process, its module imported once
+    assert seen[0]["pid"] == seen[1]["pid"] == seen[2]["pid"], seen  # one process, its module imported once
     assert [s["stage"] for s in seen] == ["s0", "s1", "s2"]
     assert seen[1]["deps"] == ["o0.txt"] and seen[2]["deps"] == ["o1.txt"]
     # what s0 changed of its process reaches no later stage
     assert seen[1]["leak"] is None and seen[1]["cwd"] == project.root.name and seen[1]["path0"] == str(project.root)
+    # what its module holds stays its own: the module's log got every stage's line
+    assert (project.root / "log.txt").read_text().split() == ["s0", "s1", "s2"]
     lines = (r.out + r.err).splitlines()
     assert sum("importing steps" in line for line in lines) == 1, lines
     assert "s0 | importing steps" in lines and "s2 | running s2" in lines, lines
@@ -106,6 +131,18 @@ def test_a_stage_that_leaves_something_behind_ends_its_process(project: Project)
     assert len(set(pids[:4])) == 4, pids  # a running thread, a umask, a child process: each ended its process
     assert pids[3] == pids[4], pids  # a stage that left nothing: the next shares its process
     assert seen[2]["umask"] == seen[0]["umask"] != "0o77", seen  # not the umask s1 set
+
+
+def test_a_stage_that_changes_a_process_wide_setting_ends_its_process(project: Project) -> None:
+    # a signal's handler, an alarm, warnings' filters: each would reach the next stage
+    _chain(project, ["sigchld", "alarm", "warn", "argv", "record"])
+    r = project.run()
+    assert r.code == 0, r
+    seen = [_seen(project, i) for i in range(5)]
+    pids = [s["pid"] for s in seen]
+    assert len(set(pids[:4])) == 4, pids
+    assert pids[3] == pids[4], pids  # sys.argv is each stage's again: no need for a new process
+    assert seen[4]["argv"] == seen[3]["argv"], seen
 
 
 def test_a_stage_that_fails_ends_its_process_and_the_next_runs_afresh(project: Project) -> None:

@@ -12,7 +12,8 @@ worker closes after that (`PyChild.exit_fd`) stands for a pidfd, since a
 runner goes on to its next stage without exiting.  For the same reason the
 build never signals a runner's group for a stage whose end it has read
 (runner.Process), and tells the worker, with each request, which runners'
-ends it has not read yet: those take no new stage.
+ends it has not read yet (as the number of its messages it has read): those
+take no new stage, nor does one the build has signalled (`retire`).
 """
 
 from __future__ import annotations
@@ -77,9 +78,9 @@ def py_call(stage: Stage, root: Path, expanded_deps: tuple[str, ...]) -> PyCall:
 
 
 class PyChild:
-    """A stage's child of the worker, as much of a Popen as runner.Process
-    uses.  Its pid comes with the worker's answer, read when first asked
-    for: the build goes on while the worker forks."""
+    """A stage handed to a runner of the worker, as much of a Popen as
+    runner.Process uses.  Its pid (the runner's) comes with the worker's
+    answer, read when first asked for: the build goes on meanwhile."""
 
     __slots__ = ("_done", "_pid", "returncode", "worker")
 
@@ -112,6 +113,10 @@ class PyChild:
         done, self._done = self._done, None
         return done if done is not None else os.open(os.devnull, os.O_RDONLY)
 
+    def retire(self) -> None:
+        """See PyWorker.retire: called before its group is signalled."""
+        self.worker.retire(self.pid)
+
     def _told(self, code: int) -> None:
         self.returncode = code
         if self._done is not None:
@@ -132,6 +137,7 @@ class PyWorker:
         self._process: Any = None
         self._children: dict[int, PyChild] = {}
         self._forking: deque[PyChild] = deque()  # asked for, pid not yet heard (in the order asked)
+        self._read = 0  # messages read from the worker
 
     def starter(self, call: PyCall) -> _Bound:
         """A starter (spawn.Starter's `start`) that runs `call`."""
@@ -161,9 +167,10 @@ class PyWorker:
             "ctx": call.ctx,
             "fds": [0, 1, 2, *pass_fds],
             "code": list(call.code),
-            # Runners whose stage's end the build has not yet read: not for this stage, as the
-            # build may still signal their group for that one (runner.Process._group_is_its_own)
-            "busy": list(self._children),
+            # How many of the worker's messages the build has read: a runner whose last stage's
+            # end was not among them is not for this stage, as the build may still signal its
+            # group for that one (runner.Process._group_is_its_own)
+            "seen": self._read,
         }
         done, told = os.pipe()  # (the worker closes `told` once it has sent the stage's exit code)
         try:
@@ -176,6 +183,14 @@ class PyWorker:
         child = PyChild(self, done)
         self._forking.append(child)
         return child
+
+    def retire(self, pid: int) -> None:
+        """The build is about to signal runner `pid`'s group for its stage: it
+        takes no other (it may outlive the signal, and the build may signal
+        that group again)."""
+        if self._sock is not None:
+            with contextlib.suppress(OSError):  # (the worker is gone: so is the runner)
+                self._sock.send(marshal.dumps({"retire": pid}))
 
     def pump(self, *, block: bool) -> None:
         """Read what the worker has said (at least one message with `block`)."""
@@ -226,6 +241,7 @@ class PyWorker:
         if not data:
             self._orphan()
             return None
+        self._read += 1
         message: dict[str, Any] = marshal.loads(data)
         if "started" in message:
             child = self._forking.popleft()

@@ -15,11 +15,15 @@ environment but each stage's own variables, and version of every project
 file the code reaches), the module loaded: a stage then costs a call, where
 a fork cost about 2 ms of CPU (the fork, the pages its writes copied, the
 import).  Each stage gets its own directory, environment, `sys.path`,
-descriptors and context; a stage that leaves anything behind the next would
-see (`_unchanged`: a thread, a child, an atexit function, its standard
-streams replaced, a signal handler or the umask changed), or fails, or
-exits, ends its runner as Python ends (threads joined, atexit functions
-run), and the next stage like it gets a new one.  What the worker keeps for
+descriptors and context; a stage that changes what the next would see
+(`_kept`: a thread, a child, an atexit function, its standard streams, a
+signal's disposition, an alarm, the umask...: `_state`, compared with what
+it was when the function was called), or fails, or exits, ends its runner
+as Python ends (threads joined, atexit functions run), and the next stage
+like it gets a new one.  What the module holds (its files, its state) stays
+from one stage to the next: a reused runner closes no descriptor but the
+stage's own, and says which it holds, so that no stage whose job pool goes
+there is handed to it.  What the worker keeps for
 new runners is the project's modules compiled (`_CODE`: the files the
 stage's code reaches, compiled after its first stage, each used only while
 its file is unchanged), which spares each reading and compiling them.
@@ -42,8 +46,11 @@ has told the stage's end.  The answer is `{"started": PID}` (the runner's)
 as soon as the stage is handed over, and `{"exited": PID, "code": N}` once
 the runner says it is done (0), or has exited (as Popen's returncode: -N if
 signal N killed it).  A runner is handed its next stage the same way, over
-a socket of its own, and says `ok` there when a stage has returned and left
-it reusable.  The worker hears of a runner's exit through a pidfd, so that it
+a socket of its own, and says there which descriptors it holds when a stage
+has returned and left it reusable.  Each request also says how many of the
+worker's messages the build had read: a runner whose last stage's end was
+not among them takes no stage (the build may still signal its group for
+that one), nor does one the build says it has signalled (`retire`).  The worker hears of a runner's exit through a pidfd, so that it
 needs no SIGCHLD handler its runners would inherit.  End of file on the
 build's socket (the build is over, or pivotbuild died) ends the worker,
 which first kills the process groups of the runners still running a stage
@@ -116,7 +123,7 @@ class _Runner:
     """A child of the worker that runs stages, one at a time (busy while
     `done`, the build's descriptor for the stage it runs, is held)."""
 
-    __slots__ = ("done", "key", "pid", "pidfd", "sock")
+    __slots__ = ("done", "holds", "key", "pid", "pidfd", "retiring", "sock", "told_at")
 
     def __init__(self, pid: int, sock: socket.socket, key: tuple[Any, ...], done: int) -> None:
         self.pid = pid
@@ -124,6 +131,9 @@ class _Runner:
         self.key = key
         self.done: int | None = done
         self.pidfd: int | None = None
+        self.told_at = 0  # the number of the message that told the build its last stage's end
+        self.holds: frozenset[int] | None = frozenset()  # the descriptors open in it, when idle (None: unknown)
+        self.retiring = False  # the build signalled it for its stage: it takes no other
 
 
 MAX_IDLE = 8  # runners kept waiting for a stage like their last; the least recently used goes first
@@ -142,6 +152,7 @@ class _Pool:
         self.runners: dict[int, _Runner] = {}  # pid -> runner
         self.watched: dict[int, _Runner] = {}  # its socket's and its pidfd's descriptors -> runner
         self.idle: list[_Runner] = []  # the least recently used first
+        self.sent = 0  # messages sent to the build (each request says how many it had read)
 
     def serve(self) -> None:
         """Hand out what the build asks for and tell it of ends, until it goes."""
@@ -162,7 +173,8 @@ class _Pool:
                     self._gone(runner, status)
 
     def _request(self) -> bool:
-        """Run the stage a request asks for; False once the build has gone."""
+        """Act on what the build sends: a stage to run, or a runner it has
+        signalled (which takes no other stage); False once the build has gone."""
         try:
             data, fds, _, _ = socket.recv_fds(self.sock, MAX_MESSAGE, 9)
         except InterruptedError:
@@ -170,9 +182,12 @@ class _Pool:
         if not data:
             return False
         request = marshal.loads(data)
+        if "retire" in request:
+            self._no_more(request["retire"])
+            return True
         done = fds.pop()  # (the build's: closed once the stage's end is told)
         key = _key(request)
-        runner = self._take(key, request["busy"])
+        runner = self._take(key, request["seen"], request["fds"][3:])
         if runner is not None:
             try:
                 socket.send_fds(runner.sock, [data], fds)
@@ -183,19 +198,36 @@ class _Pool:
         for f in fds:
             os.close(f)
         runner.done = done
-        self.sock.send(marshal.dumps({"started": runner.pid}))
+        self._send({"started": runner.pid})
         for path in request["code"]:
             _compiled(path)  # (for the next runners: this one compiles what it imports itself)
         return True
 
-    def _take(self, key: tuple[Any, ...], busy: list[int]) -> _Runner | None:
-        """The idle runner that last ran a stage like this, if any (not one
-        whose last stage's end the build has yet to read: it may signal that
-        runner's group for that stage still)."""
+    def _send(self, message: dict[str, Any]) -> None:
+        self.sock.send(marshal.dumps(message))
+        self.sent += 1
+
+    def _take(self, key: tuple[Any, ...], seen: int, pool: list[int]) -> _Runner | None:
+        """The idle runner that last ran a stage like this, if any: not one
+        whose last stage's end the build had yet to read when it asked (it
+        may still signal that runner's group for that stage), nor one holding
+        a descriptor where this stage's job pool goes."""
         for i in range(len(self.idle) - 1, -1, -1):
-            if self.idle[i].key == key and self.idle[i].pid not in busy:
+            runner = self.idle[i]
+            if runner.key == key and runner.told_at <= seen:
+                if pool and (runner.holds is None or not runner.holds.isdisjoint(pool)):
+                    continue
                 return self.idle.pop(i)
         return None
+
+    def _no_more(self, pid: int) -> None:
+        """The build has signalled `pid`'s group for its stage: no other stage
+        goes to that runner (it may have outlived the signal)."""
+        runner = self.runners.get(pid)
+        if runner is not None:
+            runner.retiring = True
+            if runner in self.idle:
+                self._retire(runner)
 
     def _fork(self, request: dict[str, Any], fds: list[int], key: tuple[Any, ...]) -> _Runner:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -218,21 +250,28 @@ class _Pool:
         return runner
 
     def _heard(self, runner: _Runner) -> None:
-        """The runner's stage returned and left it as it found it: tell the
-        build, and keep the runner for the next stage like it."""
+        """The runner's stage returned and left it as it found it (it says
+        which descriptors it holds): tell the build, and keep the runner for
+        the next stage like it."""
         try:
-            said = runner.sock.recv(64)
+            said = runner.sock.recv(MAX_MESSAGE)
         except OSError:
             said = b""
         if not said or runner.done is None:
             return  # (it is going: its pidfd says when)
         self._told(runner, 0)
+        holds = marshal.loads(said)
+        runner.holds = None if holds is None else frozenset(holds)
+        if runner.retiring:
+            self._retire(runner)
+            return
         self.idle.append(runner)
         if len(self.idle) > MAX_IDLE:
-            self._retire(self.idle.pop(0))
+            self._retire(self.idle[0])
 
     def _told(self, runner: _Runner, code: int) -> None:
-        self.sock.send(marshal.dumps({"exited": runner.pid, "code": code}))
+        self._send({"exited": runner.pid, "code": code})
+        runner.told_at = self.sent
         if runner.done is not None:
             os.close(runner.done)  # (after the message: the build reads its code when this closes)
             runner.done = None
@@ -384,29 +423,30 @@ def _on_path(directories: list[str]) -> None:
 
 def _runner(request: Mapping[str, Any], fds: list[int], sock: socket.socket) -> None:
     """In a forked runner: run the stage of `request` (its descriptors `fds`),
-    then, for as long as each stage leaves the process as it found it, the
+    then, for as long as each stage returns and leaves nothing behind, the
     next ones the worker hands over on `sock`; else end as Python would (its
     other threads joined, its atexit functions run, its streams flushed)."""
     me = os.getpid()
     code: int | None = 1
     try:
         os.setsid()
-        baseline = (list(sys.path), sys.stdin, sys.stdout, sys.stderr, _settings())
+        start = (list(sys.path), list(sys.argv))
         channel = os.fstat(sock.fileno()).st_ino
+        sock = _place(fds, request["fds"], sock, fresh=True)
         while True:
-            sock = _place(fds, request["fds"], sock)
-            code = _stage(request, baseline[0])
-            if code is not None or os.getpid() != me or not _unchanged(baseline) or not _ours(sock, channel):
+            code = _stage(request, start)
+            if code is not None or os.getpid() != me or not _ours(sock, channel):
                 break  # (`me`: a stage's fork returning through here)
             _release(request["fds"])
             try:
-                sock.send(b"ok")
+                sock.send(marshal.dumps(_holds(sock)))
                 data, fds, _, _ = socket.recv_fds(sock, MAX_MESSAGE, 8)
             except OSError:
                 data = b""
             if not data:
                 _exit(0)  # (not wanted any more, or the build is over: its code is the worker's to tell)
             request = marshal.loads(data)
+            sock = _place(fds, request["fds"], sock, fresh=False)
         if code is None:
             _finish()
             code = 0
@@ -416,46 +456,108 @@ def _runner(request: Mapping[str, Any], fds: list[int], sock: socket.socket) -> 
         _exit(code if code is not None else 1)
 
 
-def _stage(request: Mapping[str, Any], path: list[str]) -> int | None:
-    """Run one stage in this process: None when its function returned, else
-    its exit code (SystemExit's, or 1 with the traceback on stderr)."""
+def _stage(request: Mapping[str, Any], start: tuple[list[str], list[str]]) -> int | None:
+    """Run one stage in this runner, in its directory and environment, with
+    `sys.path` and `sys.argv` as the runner started: None when its function
+    returned and left nothing behind, else its exit code (see `_call`)."""
     try:
         os.chdir(request["cwd"])
         _environ(request["env"])
-        sys.path[:] = path
-        return _call(request, finish=False)
+        sys.path[:], sys.argv[:] = start
+        return _call(request, reuse=True)
     except BaseException as exc:
         _traceback(exc)
         return 1
 
 
-def _settings() -> tuple[Any, ...]:
-    """The process-wide settings a stage may change: signal handlers, umask."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return (mask, *(signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)))
-
-
-def _unchanged(baseline: tuple[Any, ...]) -> bool:
-    """Whether the stage left nothing behind that would reach the next: no
-    thread still running, no atexit function, no child process, its standard
-    streams, signal handlers and umask as they were."""
+def _state() -> tuple[Any, ...]:
+    """What of its process a stage could leave behind for the next one:
+    threads, atexit functions, the standard streams, signal dispositions
+    (the kernel's, and Python's handlers of those caught), the signal mask,
+    interval timers (`signal.alarm`), the umask, the recursion limit,
+    warnings' filters."""
     import atexit
 
     threading = sys.modules.get("threading")
-    if threading is not None and threading.active_count() > 1:
-        return False
-    if atexit._ncallbacks() or (sys.stdin, sys.stdout, sys.stderr) != baseline[1:4] or _settings() != baseline[4]:
-        return False
-    if any(stream.closed for stream in baseline[1:4]):
+    mask = os.umask(0o022)
+    os.umask(mask)
+    warnings = sys.modules.get("warnings")
+    masks = _signal_masks()
+    if masks is None:  # (no /proc: every signal asked)
+        handlers = tuple(map(signal.getsignal, signal.valid_signals()))
+    else:
+        caught = int(masks[2], 16)
+        handlers = tuple(signal.getsignal(sig) for sig in range(1, caught.bit_length() + 1) if caught >> (sig - 1) & 1)
+    return (
+        1 if threading is None else threading.active_count(),
+        atexit._ncallbacks(),
+        sys.stdin,
+        sys.stdout,
+        sys.stderr,
+        masks,
+        handlers,
+        tuple(map(signal.getitimer, _TIMERS)),
+        mask,
+        sys.getrecursionlimit(),
+        None if warnings is None else tuple(warnings.filters),
+    )
+
+
+_TIMERS = (signal.ITIMER_REAL, signal.ITIMER_VIRTUAL, signal.ITIMER_PROF)
+
+
+def _signal_masks() -> tuple[bytes, ...] | None:
+    """The process's blocked, ignored and caught signals, as the kernel has
+    them (one read: asking Python for each signal's handler costs more)."""
+    try:
+        fd = os.open("/proc/self/status", os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        status = os.read(fd, 8192)
+    finally:
+        os.close(fd)
+    at = status.find(b"SigBlk:")
+    if at < 0:
+        return None
+    lines = status[at:].split(b"\n", 3)[:3]  # SigBlk, SigIgn, SigCgt
+    return tuple(line.partition(b"\t")[2] for line in lines)
+
+
+# The state of the runner when its last stage returned having left nothing
+# behind: the next stage's, unless that one's import runs more top-level code.
+_LAST: list[tuple[Any, ...]] = []
+
+
+def _kept(before: tuple[Any, ...]) -> bool:
+    """Whether the stage left its process as `before` (then noted as `_LAST`):
+    also none of its standard streams closed, no child of its left running."""
+    now = _state()
+    if now != before or any(stream.closed for stream in now[2:5]):
         return False
     while True:
         try:
             pid, _ = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
-            return True
+            break
         if pid == 0:
             return False  # (a child still running)
+    _LAST[:] = [now]
+    return True
+
+
+def _holds(sock: socket.socket) -> list[int] | None:
+    """The descriptors open in this runner (its module's own files and
+    sockets among them) but its socket to the worker (which `_place` moves
+    out of a stage's way): no stage whose job pool goes there is handed to it."""
+    try:
+        listing = os.open("/proc/self/fd", os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return None
+    try:
+        return [fd for fd in map(int, os.listdir(listing)) if fd not in (listing, sock.fileno())]
+    finally:
+        os.close(listing)
 
 
 def _ours(sock: socket.socket, channel: int) -> bool:
@@ -499,17 +601,21 @@ def once(path: str) -> None:
         _exit(code or 0)  # (None only from a call not finished)
 
 
-def _call(request: Mapping[str, Any], *, finish: bool = True) -> int | None:
+def _call(request: Mapping[str, Any], *, reuse: bool = False) -> int | None:
     """Import the stage's module from its path, call its function with its
-    context, and (with `finish`) finish as Python would: the exit code (0
-    when it returns (None without `finish`), 1 with the traceback on stderr
-    when it raises, SystemExit's own)."""
+    context, and finish as Python would: the exit code (0 when it returns,
+    1 with the traceback on stderr when it raises, SystemExit's own).  With
+    `reuse` (a runner's), a function that returned and left nothing behind
+    (`_kept`) gives None, unfinished: the runner takes the next stage."""
     try:
         _on_path(request["path"])
         ctx = request["ctx"]
         context = Context(ctx["name"], ctx["deps"], ctx["outs"], ctx["params"], ctx["matrix"])
-        _function(request["module"], request["function"])(context)
-        if not finish:
+        imports = request["module"] not in sys.modules
+        function = _function(request["module"], request["function"])
+        before = None if not reuse else _LAST[0] if _LAST and not imports else _state()
+        function(context)
+        if before is not None and _kept(before):
             return None
         _finish()
         return 0
@@ -578,12 +684,13 @@ def _environ(env: Mapping[str, str]) -> None:
             environ[key] = value
 
 
-def _place(received: list[int], targets: list[int], sock: socket.socket) -> socket.socket:
+def _place(received: list[int], targets: list[int], sock: socket.socket, *, fresh: bool) -> socket.socket:
     """Each received descriptor at the number the stage expects (0, 1, 2, then
     its job pool's, as its MAKEFLAGS names them), by way of numbers above
-    them all, so that none is overwritten before it is placed; every other
-    descriptor closed but the runner's socket to the worker (returned: moved
-    first if its number is one the stage expects)."""
+    them all, so that none is overwritten before it is placed.  In a `fresh`
+    runner every other descriptor is closed (the worker's), but its socket to
+    the worker (returned: moved first if its number is one the stage
+    expects); in one reused, the others are its module's own."""
     if sock.fileno() in targets:
         moved_sock = socket.socket(fileno=fcntl.fcntl(sock.fileno(), fcntl.F_DUPFD_CLOEXEC, max(targets) + 1))
         sock.detach()  # (its number is about to be the stage's)
@@ -591,6 +698,7 @@ def _place(received: list[int], targets: list[int], sock: socket.socket) -> sock
     if len(received) == 3 and min(received) > 2:  # (no job pool: the three standard streams, each free to take)
         for target, f in enumerate(received):
             os.dup2(f, target)
+            os.close(f)
     else:
         high = max([*received, *targets]) + 1
         moved = [fcntl.fcntl(f, fcntl.F_DUPFD, high) for f in received]
@@ -599,11 +707,12 @@ def _place(received: list[int], targets: list[int], sock: socket.socket) -> sock
         for f, target in zip(moved, targets, strict=True):
             os.dup2(f, target)  # (inheritable: the stage's own children get them, as a shell stage's do)
             os.close(f)
-    low = 3  # the worker's own descriptors (its socket, its other children's pidfds) go: close_range(2)
-    for keep in sorted({*(t for t in targets if t > 2), sock.fileno()}):
-        os.closerange(low, keep)
-        low = keep + 1
-    os.closerange(low, _MAX_FD)
+    if fresh:
+        low = 3  # the worker's own descriptors (its socket, its other children's pidfds) go: close_range(2)
+        for keep in sorted({*(t for t in targets if t > 2), sock.fileno()}):
+            os.closerange(low, keep)
+            low = keep + 1
+        os.closerange(low, _MAX_FD)
     return sock
 
 

@@ -332,6 +332,8 @@ class Process:
 
         if not self._group_is_its_own():
             return
+        if not self.signalled and (retire := getattr(self.proc, "retire", None)) is not None:
+            retire()  # (a py: stage's runner: it takes no other stage now)
         self.signalled = True
         descendants = []
         if self.exited_at is None:  # (once reaped, its pid may be another's)
