@@ -50,8 +50,9 @@ a socket of its own, and says there which descriptors it holds when a stage
 has returned and left it reusable.  Each request also says how many of the
 worker's messages the build had read: a runner whose last stage's end was
 not among them takes no stage (the build may still signal its group for
-that one), nor does one the build says it has signalled (`retire`).  The worker hears of a runner's exit through a pidfd, so that it
-needs no SIGCHLD handler its runners would inherit.  End of file on the
+that one), nor does one the build says it has signalled (`retire`).  The
+worker hears of a runner's exit through a pidfd, so that it needs no
+SIGCHLD handler its runners would inherit.  End of file on the
 build's socket (the build is over, or pivotbuild died) ends the worker,
 which first kills the process groups of the runners still running a stage
 (the build's lifeline does this for shell stages: lifeline.py) and the idle
