@@ -78,6 +78,23 @@ def argv(ctx):
     record(ctx)
     sys.argv.append("more")
 
+def joined(ctx):
+    worker = threading.Thread(target=print, args=("from a thread",))
+    worker.start()
+    worker.join()
+    record(ctx)
+
+def closes_pool(ctx):
+    import re
+    record(ctx)
+    for fd in re.search(r"--jobserver-fds=(\\d+),(\\d+)", os.environ["MAKEFLAGS"]).groups():
+        os.close(int(fd))
+
+def kills_worker(ctx):
+    import signal
+    os.kill(os.getppid(), signal.SIGKILL)  # (a runner's parent is the worker)
+    time.sleep(0.5)
+
 def hang(ctx):
     open("hung.pid", "w").write(str(os.getpid()))
     time.sleep(60)
@@ -143,6 +160,34 @@ def test_a_stage_that_changes_a_process_wide_setting_ends_its_process(project: P
     assert len(set(pids[:4])) == 4, pids
     assert pids[3] == pids[4], pids  # sys.argv is each stage's again: no need for a new process
     assert seen[4]["argv"] == seen[3]["argv"], seen
+
+
+def test_a_stage_whose_thread_has_ended_keeps_its_process(project: Project) -> None:
+    _chain(project, ["joined", "joined", "record"])
+    r = project.run("-j1")
+    assert r.code == 0, r
+    assert len({_seen(project, i)["pid"] for i in range(3)}) == 1
+
+
+def test_a_stage_that_closes_its_job_pool_succeeds_and_ends_its_process(project: Project) -> None:
+    _chain(project, ["closes_pool", "record"])
+    r = project.run("-j2")
+    assert r.code == 0, r
+    assert _seen(project, 0)["pid"] != _seen(project, 1)["pid"]
+
+
+def test_stages_after_one_that_killed_the_worker_run_in_a_new_one(project: Project) -> None:
+    project.write("steps.py", STEPS)
+    project.pivotfile(
+        "stage a:\n    outs: o0.txt\n    py: steps:kills_worker\n\n"
+        + "".join(f"stage s{i}:\n    deps: o9.txt\n    outs: o{i}.txt\n    py: steps:record\n\n" for i in (1, 2, 3))
+        + "stage first:\n    outs: o9.txt\n    py: steps:record\n"
+    )
+    r = project.run("-j1", "-k")
+    assert r.code == 1, r
+    assert "pivotbuild: stage a failed" in r.err, r.err
+    assert "4 ran" in r.err and "1 failed" in r.err, r.err
+    assert len({_seen(project, i)["pid"] for i in (1, 2, 3)}) == 1  # one runner again, in the new worker
 
 
 def test_a_stage_that_fails_ends_its_process_and_the_next_runs_afresh(project: Project) -> None:

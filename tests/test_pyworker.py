@@ -9,12 +9,14 @@ import os
 import select
 import socket
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 
 import pytest
 
-from pivotbuild.build.executors import pyworker
+from pivotbuild.build.executors import pystages, pyworker
 
 KEY = ("steps", ("/p",), "/p", (), ())
+CTX = {"name": "s", "deps": [], "outs": [], "params": {}, "matrix": {}}
 
 
 class Pool:
@@ -97,3 +99,37 @@ def test_a_busy_runner_the_build_signalled_ends_once_its_stage_has_returned(pool
     assert os.read(done_r, 1) == b""  # closed once told
     os.close(done_r)
     assert pool.pool.idle == [] and end.recv(64) == b""  # not kept: it exits
+
+
+def test_a_new_worker_is_told_the_build_has_read_none_of_its_messages(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # (else a runner of the new worker whose stage's end the build has not read
+    # could take a stage: the count is what keeps it from doing so)
+    (tmp_path / "steps.py").write_text(
+        "import os, signal\n\ndef ok(ctx):\n    pass\n\ndef die(ctx):\n    os.kill(os.getppid(), signal.SIGKILL)\n"
+    )
+    sent: list[int] = []
+    real = socket.send_fds
+
+    def spy(sock: socket.socket, buffers: list[bytes], fds: list[int], *args: object) -> int:
+        sent.append(marshal.loads(buffers[0])["seen"])
+        return real(sock, buffers, fds, *args)
+
+    monkeypatch.setattr(socket, "send_fds", spy)
+    worker = pystages.PyWorker()
+    try:
+        codes = []
+        for function in ("ok", "ok", "die", "ok"):
+            call = pystages.PyCall("steps", function, str(tmp_path), str(tmp_path), CTX)
+            out_r, out_w = os.pipe()
+            with open(os.devnull) as null:
+                child = worker.start(call, tmp_path, dict(os.environ), stdin=null.fileno(), stdout=out_w, stderr=out_w)
+            os.close(out_w)
+            codes.append(child.wait())
+            os.close(out_r)
+            os.close(child.exit_fd())
+    finally:
+        worker.close()
+    assert codes == [0, 0, -9, 0]
+    assert sent == [0, 2, 4, 0], sent  # started and exited of each stage read; the last goes to a new worker

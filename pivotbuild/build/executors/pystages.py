@@ -254,17 +254,23 @@ class PyWorker:
         return message
 
     def _orphan(self) -> None:
-        """The worker died: its children's codes will never come (it killed
-        them as it went, or the build kills their groups)."""
+        """The worker died: its runners' codes will never come (it killed
+        them as it went, or the build kills their groups).  The next stage
+        starts another, whose messages are counted afresh."""
         for child in (*self._children.values(), *self._forking):
             if child._pid is None:
                 child._pid = _NO_PID
             child._told(-9)
         self._children.clear()
         self._forking.clear()
+        self._read = 0
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+        if self._process is not None:
+            with contextlib.suppress(Exception):  # (reaped now, not at the build's end)
+                self._process.wait(timeout=5)
+            self._process = None
 
 
 class _Bound:

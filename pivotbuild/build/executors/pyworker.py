@@ -435,10 +435,11 @@ def _runner(request: Mapping[str, Any], fds: list[int], sock: socket.socket) -> 
         channel = os.fstat(sock.fileno()).st_ino
         sock = _place(fds, request["fds"], sock, fresh=True)
         while True:
+            pool = _identities(request["fds"][3:])
             code = _stage(request, start)
-            if code is not None or os.getpid() != me or not _ours(sock, channel):
+            if code is not None or os.getpid() != me or not _ours(sock, channel) or _identities(pool) != pool:
                 break  # (`me`: a stage's fork returning through here)
-            _release(request["fds"])
+            _release(pool)
             try:
                 sock.send(marshal.dumps(_holds(sock)))
                 data, fds, _, _ = socket.recv_fds(sock, MAX_MESSAGE, 8)
@@ -485,9 +486,9 @@ def _state() -> tuple[Any, ...]:
     warnings = sys.modules.get("warnings")
     masks = _signal_masks()
     if masks is None:  # (no /proc: every signal asked)
-        handlers = tuple(map(signal.getsignal, signal.valid_signals()))
+        handlers = tuple(map(signal.getsignal, _VALID))
     else:
-        caught = int(masks[2], 16)
+        caught = masks[2]
         handlers = tuple(signal.getsignal(sig) for sig in range(1, caught.bit_length() + 1) if caught >> (sig - 1) & 1)
     return (
         1 if threading is None else threading.active_count(),
@@ -505,11 +506,14 @@ def _state() -> tuple[Any, ...]:
 
 
 _TIMERS = (signal.ITIMER_REAL, signal.ITIMER_VIRTUAL, signal.ITIMER_PROF)
+_VALID = tuple(signal.valid_signals())  # (not the C library's own: glibc catches 33 once a thread has started)
+_VALID_MASK = sum(1 << (sig - 1) for sig in _VALID)
 
 
-def _signal_masks() -> tuple[bytes, ...] | None:
+def _signal_masks() -> tuple[int, ...] | None:
     """The process's blocked, ignored and caught signals, as the kernel has
-    them (one read: asking Python for each signal's handler costs more)."""
+    them, of those a program may use (one read: asking Python for each
+    signal's handler costs more)."""
     try:
         fd = os.open("/proc/self/status", os.O_RDONLY)
     except OSError:
@@ -522,7 +526,7 @@ def _signal_masks() -> tuple[bytes, ...] | None:
     if at < 0:
         return None
     lines = status[at:].split(b"\n", 3)[:3]  # SigBlk, SigIgn, SigCgt
-    return tuple(line.partition(b"\t")[2] for line in lines)
+    return tuple(int(line.partition(b"\t")[2], 16) & _VALID_MASK for line in lines)
 
 
 # The state of the runner when its last stage returned having left nothing
@@ -571,16 +575,31 @@ def _ours(sock: socket.socket, channel: int) -> bool:
     return st.st_ino == channel and stat.S_ISSOCK(st.st_mode)
 
 
-def _release(targets: list[int]) -> None:
-    """The stage's descriptors closed (its standard streams made /dev/null):
-    the build sees end of file on its output."""
+def _identities(fds: list[int] | list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
+    """Each descriptor with what it is open on (device, inode), or -1s if closed."""
+    found = []
+    for entry in fds:
+        fd = entry if isinstance(entry, int) else entry[0]
+        try:
+            st = os.fstat(fd)
+        except OSError:
+            found.append((fd, -1, -1))
+        else:
+            found.append((fd, st.st_dev, st.st_ino))
+    return found
+
+
+def _release(pool: list[tuple[int, int, int]]) -> None:
+    """The stage's descriptors closed (its standard streams made /dev/null, its
+    job pool's closed, still as placed: `_runner` checked): the build sees end
+    of file on its output."""
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
     null = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(null, fd)
     os.close(null)
-    for fd in targets[3:]:
+    for fd, _, _ in pool:
         os.close(fd)
 
 
