@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 class PyCall:
     """What a `py:` stage calls: `module:function`, importable from
     `pipeline_dir` (else from the project root, as pysource.py looks for
-    it), with the context pyworker.Context makes of `ctx`."""
+    it), with the context pyrunner.Context makes of `ctx`."""
 
     module: str
     function: str
