@@ -169,6 +169,28 @@ def test_a_stage_whose_thread_has_ended_keeps_its_process(project: Project) -> N
     assert len({_seen(project, i)["pid"] for i in range(3)}) == 1
 
 
+def test_a_module_a_function_imports_may_register_an_atexit_function(project: Project) -> None:
+    # (as logging, asyncio or concurrent.futures do as they are first imported:
+    # once per process anyway; one the function registers itself ends its runner)
+    project.write("registers.py", "import atexit\n\natexit.register(print, 'registers: at exit')\n")
+    project.write(
+        "steps.py",
+        STEPS + "\ndef lazy(ctx):\n    import registers\n    record(ctx)\n\n"
+        "def own(ctx):\n    import atexit\n    record(ctx)\n    atexit.register(print, 'own: at exit')\n",
+    )
+    project.pivotfile(
+        "".join(
+            f"stage s{i}:\n{f'    deps: o{i - 1}.txt' if i else ''}\n    outs: o{i}.txt\n    py: steps:{fn}\n\n"
+            for i, fn in enumerate(["lazy", "lazy", "own", "record"])
+        )
+    )
+    r = project.run("-j1", "-v")
+    assert r.code == 0, r
+    pids = [_seen(project, i)["pid"] for i in range(4)]
+    assert pids[0] == pids[1] == pids[2] != pids[3], pids
+    assert "s2 | own: at exit" in r.out.splitlines(), r.out  # run as its process ended, in its output
+
+
 def test_a_stage_that_closes_its_job_pool_succeeds_and_ends_its_process(project: Project) -> None:
     _chain(project, ["closes_pool", "record"])
     r = project.run("-j2")
