@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 
-from conftest import Project
+from conftest import Project, Result
 from helpers import HANG_GUARD_S
 
 STEPS = """
@@ -116,16 +116,31 @@ def _chain(project: Project, functions: list[str], *extra: str) -> None:
     project.pivotfile("\n".join(stages))
 
 
+def _a_then_b_and_c(project: Project, b: str) -> None:
+    """Stage a, then b (its fields `b`) and c, both after a; a and c record."""
+    project.write("steps.py", STEPS)
+    project.pivotfile(
+        "stage a:\n    outs: o0.txt\n    py: steps:record\n\n"
+        f"stage b:\n    deps: o0.txt\n    outs: o1.txt\n{b}\n"
+        "stage c:\n    deps: o0.txt\n    outs: o2.txt\n    py: steps:record\n"
+    )
+
+
+def _built(project: Project, functions: list[str], *args: str) -> tuple[Result, list[dict[str, object]]]:
+    """The chain of `functions` built: the result, and what each stage saw."""
+    _chain(project, functions)
+    r = project.run(*args)
+    assert r.code == 0, r
+    return r, [_seen(project, i) for i in range(len(functions))]
+
+
 def _seen(project: Project, i: int) -> dict[str, object]:
     seen: dict[str, object] = eval((project.root / f"o{i}.txt").read_text())
     return seen
 
 
 def test_stages_of_one_module_share_a_process_each_with_its_own_setting(project: Project) -> None:
-    _chain(project, ["meddle", "record", "record"])
-    r = project.run("-v")
-    assert r.code == 0, r
-    seen = [_seen(project, i) for i in range(3)]
+    r, seen = _built(project, ["meddle", "record", "record"], "-v")
     assert seen[0]["pid"] == seen[1]["pid"] == seen[2]["pid"], seen  # one process, its module imported once
     assert [s["stage"] for s in seen] == ["s0", "s1", "s2"]
     assert seen[1]["deps"] == ["o0.txt"] and seen[2]["deps"] == ["o1.txt"]
@@ -140,10 +155,7 @@ def test_stages_of_one_module_share_a_process_each_with_its_own_setting(project:
 
 def test_a_stage_that_leaves_something_behind_ends_its_process(project: Project) -> None:
     # each of these leaves what the next stage would see: the next gets a new process
-    _chain(project, ["thread", "umask", "child", "record", "record"])
-    r = project.run()
-    assert r.code == 0, r
-    seen = [_seen(project, i) for i in range(5)]
+    _, seen = _built(project, ["thread", "umask", "child", "record", "record"])
     pids = [s["pid"] for s in seen]
     assert len(set(pids[:4])) == 4, pids  # a running thread, a umask, a child process: each ended its process
     assert pids[3] == pids[4], pids  # a stage that left nothing: the next shares its process
@@ -152,10 +164,7 @@ def test_a_stage_that_leaves_something_behind_ends_its_process(project: Project)
 
 def test_a_stage_that_changes_a_process_wide_setting_ends_its_process(project: Project) -> None:
     # a signal's handler, an alarm, warnings' filters: each would reach the next stage
-    _chain(project, ["sigchld", "alarm", "warn", "argv", "record"])
-    r = project.run()
-    assert r.code == 0, r
-    seen = [_seen(project, i) for i in range(5)]
+    _, seen = _built(project, ["sigchld", "alarm", "warn", "argv", "record"])
     pids = [s["pid"] for s in seen]
     assert len(set(pids[:4])) == 4, pids
     assert pids[3] == pids[4], pids  # sys.argv is each stage's again: no need for a new process
@@ -163,10 +172,8 @@ def test_a_stage_that_changes_a_process_wide_setting_ends_its_process(project: P
 
 
 def test_a_stage_whose_thread_has_ended_keeps_its_process(project: Project) -> None:
-    _chain(project, ["joined", "joined", "record"])
-    r = project.run("-j1")
-    assert r.code == 0, r
-    assert len({_seen(project, i)["pid"] for i in range(3)}) == 1
+    _, seen = _built(project, ["joined", "joined", "record"], "-j1")
+    assert len({s["pid"] for s in seen}) == 1
 
 
 def test_a_module_a_function_imports_may_register_an_atexit_function(project: Project) -> None:
@@ -192,10 +199,8 @@ def test_a_module_a_function_imports_may_register_an_atexit_function(project: Pr
 
 
 def test_a_stage_that_closes_its_job_pool_succeeds_and_ends_its_process(project: Project) -> None:
-    _chain(project, ["closes_pool", "record"])
-    r = project.run("-j2")
-    assert r.code == 0, r
-    assert _seen(project, 0)["pid"] != _seen(project, 1)["pid"]
+    _, seen = _built(project, ["closes_pool", "record"], "-j2")
+    assert seen[0]["pid"] != seen[1]["pid"]
 
 
 def test_stages_after_one_that_killed_the_worker_run_in_a_new_one(project: Project) -> None:
@@ -213,12 +218,7 @@ def test_stages_after_one_that_killed_the_worker_run_in_a_new_one(project: Proje
 
 
 def test_a_stage_that_fails_ends_its_process_and_the_next_runs_afresh(project: Project) -> None:
-    project.write("steps.py", STEPS)
-    project.pivotfile(
-        "stage a:\n    outs: o0.txt\n    py: steps:record\n\n"
-        "stage b:\n    deps: o0.txt\n    outs: o1.txt\n    py: steps:boom\n\n"
-        "stage c:\n    deps: o0.txt\n    outs: o2.txt\n    py: steps:record\n"
-    )
+    _a_then_b_and_c(project, "    py: steps:boom\n")
     r = project.run("-j1", "-k")
     assert r.code == 1, r
     assert "ValueError: no good" in r.err, r.err
@@ -237,12 +237,7 @@ def test_a_stage_that_closes_every_descriptor_still_ends_and_is_followed(project
 
 
 def test_a_timeout_in_a_shared_process_kills_that_stage_only(project: Project) -> None:
-    project.write("steps.py", STEPS)
-    project.pivotfile(
-        "stage a:\n    outs: o0.txt\n    py: steps:record\n\n"
-        "stage b:\n    deps: o0.txt\n    outs: o1.txt\n    timeout: 1s\n    py: steps:hang\n\n"
-        "stage c:\n    deps: o0.txt\n    outs: o2.txt\n    py: steps:record\n"
-    )
+    _a_then_b_and_c(project, "    timeout: 1s\n    py: steps:hang\n")
     r = project.run("-j2", "-k", timeout=HANG_GUARD_S)
     assert r.code == 1, r
     assert "pivotbuild: stage b failed (timed out after 1s)" in r.err, r.err
