@@ -106,13 +106,13 @@ def closes_all(ctx):
 """
 
 
-def _chain(project: Project, functions: list[str], *extra: str) -> None:
+def _chain(project: Project, functions: list[str], *, steps: str = STEPS) -> None:
     """Stages s0, s1, ... each depending on the last's output, calling `functions` in turn."""
-    project.write("steps.py", STEPS)
+    project.write("steps.py", steps)
     stages = []
     for i, fn in enumerate(functions):
         deps = f"    deps: o{i - 1}.txt\n" if i else ""
-        stages.append(f"stage s{i}:\n{deps}    outs: o{i}.txt\n{''.join(extra)}    py: steps:{fn}\n")
+        stages.append(f"stage s{i}:\n{deps}    outs: o{i}.txt\n    py: steps:{fn}\n")
     project.pivotfile("\n".join(stages))
 
 
@@ -126,9 +126,11 @@ def _a_then_b_and_c(project: Project, b: str) -> None:
     )
 
 
-def _built(project: Project, functions: list[str], *args: str) -> tuple[Result, list[dict[str, object]]]:
+def _built(
+    project: Project, functions: list[str], *args: str, steps: str = STEPS
+) -> tuple[Result, list[dict[str, object]]]:
     """The chain of `functions` built: the result, and what each stage saw."""
-    _chain(project, functions)
+    _chain(project, functions, steps=steps)
     r = project.run(*args)
     assert r.code == 0, r
     return r, [_seen(project, i) for i in range(len(functions))]
@@ -176,26 +178,15 @@ def test_a_stage_whose_thread_has_ended_keeps_its_process(project: Project) -> N
     assert len({s["pid"] for s in seen}) == 1
 
 
-def test_a_module_a_function_imports_may_register_an_atexit_function(project: Project) -> None:
-    # (as logging, asyncio or concurrent.futures do as they are first imported:
-    # once per process anyway; one the function registers itself ends its runner)
+def test_an_atexit_function_a_stage_brings_in_runs_as_it_ends(project: Project) -> None:
+    # a module the function imports registers one (as logging does when first
+    # imported): it runs as the stage ends, in its output, as in a process of its own
     project.write("registers.py", "import atexit\n\natexit.register(print, 'registers: at exit')\n")
-    project.write(
-        "steps.py",
-        STEPS + "\ndef lazy(ctx):\n    import registers\n    record(ctx)\n\n"
-        "def own(ctx):\n    import atexit\n    record(ctx)\n    atexit.register(print, 'own: at exit')\n",
-    )
-    project.pivotfile(
-        "".join(
-            f"stage s{i}:\n{f'    deps: o{i - 1}.txt' if i else ''}\n    outs: o{i}.txt\n    py: steps:{fn}\n\n"
-            for i, fn in enumerate(["lazy", "lazy", "own", "record"])
-        )
-    )
-    r = project.run("-j1", "-v")
-    assert r.code == 0, r
-    pids = [_seen(project, i)["pid"] for i in range(4)]
-    assert pids[0] == pids[1] == pids[2] != pids[3], pids
-    assert "s2 | own: at exit" in r.out.splitlines(), r.out  # run as its process ended, in its output
+    steps = STEPS + "\ndef lazy(ctx):\n    import registers\n    record(ctx)\n"
+    r, seen = _built(project, ["lazy", "record", "record"], "-j1", "-v", steps=steps)
+    pids = [s["pid"] for s in seen]
+    assert pids[0] != pids[1] == pids[2], pids
+    assert "s0 | registers: at exit" in r.out.splitlines(), r.out
 
 
 def test_a_stage_that_closes_its_job_pool_succeeds_and_ends_its_process(project: Project) -> None:

@@ -4,8 +4,7 @@ the check that a stage left nothing behind that the next would see.
 
 `run` runs the runner's first stage, then, for as long as each stage
 returns and leaves its process as it was when its function was called
-(`_kept`, `_state`: threads, atexit functions (but those a module's
-top-level code registers: `_AT_IMPORT`), the standard streams, signal
+(`_kept`, `_state`: threads, atexit functions, the standard streams, signal
 dispositions, timers, the umask...), the next ones the worker hands over on
 its socket; else it ends as Python ends (its other threads joined, its
 atexit functions run, its streams flushed).  A runner's first stage closes
@@ -75,7 +74,6 @@ def run(request: Mapping[str, Any], fds: list[int], sock: socket.socket) -> None
     code: int | None = 1
     try:
         os.setsid()
-        _count_imports_atexit()
         start = (list(sys.path), list(sys.argv))
         channel = os.fstat(sock.fileno()).st_ino
         sock = _place(fds, request["fds"], sock, fresh=True)
@@ -137,7 +135,7 @@ def _state() -> tuple[Any, ...]:
         handlers = tuple(signal.getsignal(sig) for sig in range(1, caught.bit_length() + 1) if caught >> (sig - 1) & 1)
     return (
         1 if threading is None else threading.active_count(),
-        atexit._ncallbacks() - _AT_IMPORT[0],
+        atexit._ncallbacks(),
         sys.stdin,
         sys.stdout,
         sys.stderr,
@@ -153,29 +151,6 @@ def _state() -> tuple[Any, ...]:
 _TIMERS = (signal.ITIMER_REAL, signal.ITIMER_VIRTUAL, signal.ITIMER_PROF)
 _VALID = tuple(signal.valid_signals())  # (not the C library's own: glibc catches 33 once a thread has started)
 _VALID_MASK = sum(1 << (sig - 1) for sig in _VALID)
-
-
-# The atexit functions registered by a module's top-level code (logging's,
-# as it is first imported, by a function's own `import` as much as by its
-# module's): they run once per process anyway, and are no stage's own.
-_AT_IMPORT = [0]
-
-
-def _count_imports_atexit() -> None:
-    """Count in `_AT_IMPORT` what `atexit.register` registers from a module's
-    top level (a function that registers one itself still ends its runner,
-    which runs it then, as the stage's own process would have)."""
-    import atexit
-
-    register = atexit.register
-
-    def counted(func: Any, /, *args: Any, **kwargs: Any) -> Any:
-        if sys._getframe(1).f_code.co_name == "<module>":
-            _AT_IMPORT[0] += 1
-        return register(func, *args, **kwargs)
-
-    counted.__doc__ = register.__doc__
-    atexit.register = counted
 
 
 def _signal_masks() -> tuple[int, ...] | None:
@@ -259,7 +234,7 @@ def _identities(fds: list[int] | list[tuple[int, int, int]]) -> list[tuple[int, 
 
 def _release(pool: list[tuple[int, int, int]]) -> None:
     """The stage's descriptors closed (its standard streams made /dev/null, its
-    job pool's closed, still as placed: `_runner` checked): the build sees end
+    job pool's closed, still as placed: `run` checked): the build sees end
     of file on its output."""
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
