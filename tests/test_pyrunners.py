@@ -189,6 +189,14 @@ def test_an_atexit_function_a_stage_brings_in_runs_as_it_ends(project: Project) 
     assert "s0 | registers: at exit" in r.out.splitlines(), r.out
 
 
+def test_a_runner_let_go_runs_its_modules_atexit_functions(project: Project) -> None:
+    # (as the module's process would as it ended: once per runner, at the build's end here)
+    steps = STEPS + "\nimport atexit\natexit.register(lambda: open('atexit.log', 'a').write('ran\\n'))\n"
+    _, seen = _built(project, ["record", "record", "record"], "-j1", steps=steps)
+    assert len({s["pid"] for s in seen}) == 1
+    assert (project.root / "atexit.log").read_text() == "ran\n"
+
+
 def test_a_stage_that_closes_its_job_pool_succeeds_and_ends_its_process(project: Project) -> None:
     _, seen = _built(project, ["closes_pool", "record"], "-j2")
     assert seen[0]["pid"] != seen[1]["pid"]

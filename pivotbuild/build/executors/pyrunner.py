@@ -88,8 +88,9 @@ def run(request: Mapping[str, Any], fds: list[int], sock: socket.socket) -> None
                 data, fds, _, _ = socket.recv_fds(sock, MAX_MESSAGE, 8)
             except OSError:
                 data = b""
-            if not data:
-                _exit(0)  # (not wanted any more, or the build is over: its code is the worker's to tell)
+            if not data:  # (not wanted any more, or the build is over)
+                _finish()  # (as a process ends: the atexit functions its module registered run)
+                _exit(0)
             request = marshal.loads(data)
             sock = _place(fds, request["fds"], sock, fresh=False)
         if code is None:

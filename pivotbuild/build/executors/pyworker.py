@@ -51,8 +51,8 @@ worker hears of a runner's exit through a pidfd, so that it needs no
 SIGCHLD handler its runners would inherit.  End of file on the
 build's socket (the build is over, or pivotbuild died) ends the worker,
 which first kills the process groups of the runners still running a stage
-(the build's lifeline does this for shell stages: lifeline.py) and the idle
-ones.
+(the build's lifeline does this for shell stages: lifeline.py) and lets the
+others go: each ends as a process ends, its atexit functions run.
 
 `python -P -m pivotbuild.build.executors.pyworker --once FILE` runs one call
 in that process instead, unforked (`pyrunner.once`: a Dask worker's way,
@@ -88,9 +88,12 @@ def main(fd: int) -> None:
         pool.serve()
     except OSError:
         pass  # (the build's end reset: pivotbuild died with messages unread)
-    for runner in pool.idle:  # (no stage of theirs runs: their groups are not theirs to kill)
-        _kill(runner.pid)
+    idle = [r for r in pool.runners.values() if r.done is None]
+    for runner in idle:
+        if runner.sock.fileno() >= 0:
+            runner.sock.close()  # (its end of file: it ends as a process ends)
     _bury([pid for pid, r in pool.runners.items() if r.done is not None])  # (pivotbuild died: stages may still run)
+    _let_go(idle)
 
 
 class _Runner:
@@ -351,13 +354,27 @@ def _cached_imports() -> None:
     sys.path_importer_cache.clear()
 
 
-def _kill(pid: int) -> None:
-    """An idle runner ended, and reaped."""
-    try:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-    except OSError:
-        pass  # (gone already)
+def _let_go(runners: list[_Runner]) -> None:
+    """Reap the runners running no stage, told to end: each runs its atexit
+    functions (its module's among them) as a process ends; one still there
+    after two seconds is killed (it, not its group: no stage of its runs)."""
+    import time
+
+    deadline = time.monotonic() + 2.0
+    for runner in runners:
+        try:
+            while os.waitpid(runner.pid, os.WNOHANG)[0] == 0:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    os.kill(runner.pid, signal.SIGKILL)
+                    os.waitpid(runner.pid, 0)
+                    break
+                if runner.pidfd is not None:
+                    select.select([runner.pidfd], [], [], left)
+                else:
+                    time.sleep(min(left, 0.005))
+        except ChildProcessError:
+            pass  # (reaped already)
 
 
 def _bury(busy: list[int]) -> None:
