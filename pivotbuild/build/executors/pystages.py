@@ -154,10 +154,10 @@ class PyWorker:
         stderr: int,
         pass_fds: tuple[int, ...] = (),
     ) -> PyChild:
-        """Ask the worker to fork the child that runs `call` (its pid follows);
-        raises OSError if the worker is gone."""
+        """Ask the worker to run `call` in a runner (its pid follows); raises
+        OSError if the worker is gone."""
+        self.pump(block=False)  # (the ends it has told: their runners may take this stage; or it died)
         sock = self._open()
-        self.pump(block=False)  # (the exits it has told: their runners may take this stage)
         request = {
             "module": call.module,
             "function": call.function,
