@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 from conftest import Project, Result
 from helpers import HANG_GUARD_S
@@ -94,6 +95,20 @@ def kills_worker(ctx):
     import signal
     os.kill(os.getppid(), signal.SIGKILL)  # (a runner's parent is the worker)
     time.sleep(0.5)
+
+def tempdir(ctx):
+    import tempfile
+    with tempfile.TemporaryDirectory() as scratch:
+        open(os.path.join(scratch, "x"), "w").write("x")
+    record(ctx)
+
+KEPT = []
+
+def tempdir_kept(ctx):
+    import tempfile
+    KEPT.append(tempfile.TemporaryDirectory())
+    open("kept.txt", "w").write(KEPT[-1].name)
+    record(ctx)
 
 def hang(ctx):
     open("hung.pid", "w").write(str(os.getpid()))
@@ -195,6 +210,14 @@ def test_a_runner_let_go_runs_its_modules_atexit_functions(project: Project) -> 
     _, seen = _built(project, ["record", "record", "record"], "-j1", steps=steps)
     assert len({s["pid"] for s in seen}) == 1
     assert (project.root / "atexit.log").read_text() == "ran\n"
+
+
+def test_a_temporary_directory_cleaned_up_keeps_the_process_one_left_ends_it(project: Project) -> None:
+    # (the first weakref.finalize of a process registers an atexit function: the worker made it)
+    _, seen = _built(project, ["tempdir", "tempdir", "tempdir_kept", "record"], "-j1")
+    pids = [s["pid"] for s in seen]
+    assert pids[0] == pids[1] == pids[2] != pids[3], pids
+    assert not Path((project.root / "kept.txt").read_text()).exists()  # removed as its stage's process ended
 
 
 def test_a_stage_that_closes_its_job_pool_succeeds_and_ends_its_process(project: Project) -> None:

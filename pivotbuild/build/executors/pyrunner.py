@@ -118,13 +118,15 @@ def _stage(request: Mapping[str, Any], start: tuple[list[str], list[str]]) -> in
 
 def _state() -> tuple[Any, ...]:
     """What of its process a stage could leave behind for the next one:
-    threads, atexit functions, the standard streams, signal dispositions
+    threads, atexit functions, weakref finalizers pending (a temporary
+    directory not cleaned up), the standard streams, signal dispositions
     (the kernel's, and Python's handlers of those caught), the signal mask,
     interval timers (`signal.alarm`), the umask, the recursion limit,
     warnings' filters."""
     import atexit
 
     threading = sys.modules.get("threading")
+    weakref = sys.modules.get("weakref")
     mask = os.umask(0o022)
     os.umask(mask)
     warnings = sys.modules.get("warnings")
@@ -137,6 +139,7 @@ def _state() -> tuple[Any, ...]:
     return (
         1 if threading is None else threading.active_count(),
         atexit._ncallbacks(),
+        0 if weakref is None else len(weakref.finalize._registry),
         sys.stdin,
         sys.stdout,
         sys.stderr,
@@ -182,7 +185,7 @@ def _kept(before: tuple[Any, ...]) -> bool:
     """Whether the stage left its process as `before` (then noted as `_LAST`):
     also none of its standard streams closed, no child of its left running."""
     now = _state()
-    if now != before or any(stream.closed for stream in now[2:5]):
+    if now != before or any(stream.closed for stream in now[3:6]):
         return False
     while True:
         try:

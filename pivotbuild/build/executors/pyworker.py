@@ -69,6 +69,7 @@ import select
 import signal
 import socket
 import sys
+import weakref
 
 from pivotbuild.build.executors.pyrunner import MAX_MESSAGE, once, run
 
@@ -83,6 +84,10 @@ def main(fd: int) -> None:
         stream.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     sock = socket.socket(fileno=fd)
     _cached_imports()
+    # A process's first weakref.finalize registers an atexit function (a
+    # tempfile.TemporaryDirectory makes one): made here, a stage's is no change
+    # of its runner (pyrunner._state counts the finalizers a stage leaves pending).
+    weakref.finalize(_Pool, _nothing)
     pool = _Pool(sock)
     try:  # noqa: SIM105 - (contextlib: one import fewer for the worker)
         pool.serve()
@@ -94,6 +99,10 @@ def main(fd: int) -> None:
             runner.sock.close()  # (its end of file: it ends as a process ends)
     _bury([pid for pid, r in pool.runners.items() if r.done is not None])  # (pivotbuild died: stages may still run)
     _let_go(idle)
+
+
+def _nothing() -> None:
+    pass
 
 
 class _Runner:
