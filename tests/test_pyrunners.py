@@ -220,6 +220,27 @@ def test_a_temporary_directory_cleaned_up_keeps_the_process_one_left_ends_it(pro
     assert not Path((project.root / "kept.txt").read_text()).exists()  # removed as its stage's process ended
 
 
+def test_a_runner_let_go_does_not_wait_for_its_modules_thread(project: Project) -> None:
+    # (a thread the module started at import, not a daemon: the runner ends all the same,
+    # its module's atexit function run; a process of its own would wait for the thread forever)
+    steps = STEPS + (
+        "\nimport atexit\natexit.register(lambda: open('atexit.log', 'a').write('ran\\n'))\n"
+        "threading.Thread(target=time.sleep, args=(3600,)).start()\n"
+    )
+    _, seen = _built(project, ["record", "record"], "-j1", steps=steps)
+    assert seen[0]["pid"] == seen[1]["pid"]
+    assert (project.root / "atexit.log").read_text() == "ran\n"
+
+
+def test_a_temporary_directory_made_at_import_may_be_cleaned_up_by_a_stage(project: Project) -> None:
+    steps = STEPS + (
+        "\nimport tempfile\nSCRATCH = tempfile.TemporaryDirectory()\n\n"
+        "def clean(ctx):\n    SCRATCH.cleanup()\n    record(ctx)\n"
+    )
+    _, seen = _built(project, ["clean", "record"], "-j1", steps=steps)
+    assert seen[0]["pid"] == seen[1]["pid"]
+
+
 def test_a_stage_that_closes_its_job_pool_succeeds_and_ends_its_process(project: Project) -> None:
     _, seen = _built(project, ["closes_pool", "record"], "-j2")
     assert seen[0]["pid"] != seen[1]["pid"]

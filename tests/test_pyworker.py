@@ -133,3 +133,24 @@ def test_a_new_worker_is_told_the_build_has_read_none_of_its_messages(
         worker.close()
     assert codes == [0, 0, -9, 0]
     assert sent == [0, 2, 4, 0], sent  # started and exited of each stage read; the last goes to a new worker
+
+
+def test_a_stage_after_the_worker_died_idle_gets_a_new_worker(tmp_path: Path) -> None:
+    (tmp_path / "steps.py").write_text("def ok(ctx):\n    pass\n")
+    worker = pystages.PyWorker()
+    try:
+        codes = []
+        for _ in range(2):
+            call = pystages.PyCall("steps", "ok", str(tmp_path), str(tmp_path), CTX)
+            out_r, out_w = os.pipe()
+            with open(os.devnull) as null:
+                child = worker.start(call, tmp_path, dict(os.environ), stdin=null.fileno(), stdout=out_w, stderr=out_w)
+            os.close(out_w)
+            codes.append(child.wait())
+            os.close(out_r)
+            os.close(child.exit_fd())
+            worker._process.kill()  # (between stages: the build has not heard of it yet)
+            worker._process.wait()
+    finally:
+        worker.close()
+    assert codes == [0, 0]

@@ -91,6 +91,8 @@ class LocalExecutor:
         lifeline (not after an interrupt that left stages running: they die with us)."""
         self._hashers.close()
         for worker in self._py.values():
+            worker.let_go()  # (all at once: each ends its runners, which may take a moment)
+        for worker in self._py.values():
             worker.close()
         self.lifeline.close()
         if self._on_time in self.inbox.poller.clocks:

@@ -89,7 +89,7 @@ def run(request: Mapping[str, Any], fds: list[int], sock: socket.socket) -> None
             except OSError:
                 data = b""
             if not data:  # (not wanted any more, or the build is over)
-                _finish()  # (as a process ends: the atexit functions its module registered run)
+                _let_go()
                 _exit(0)
             request = marshal.loads(data)
             sock = _place(fds, request["fds"], sock, fresh=False)
@@ -139,7 +139,7 @@ def _state() -> tuple[Any, ...]:
     return (
         1 if threading is None else threading.active_count(),
         atexit._ncallbacks(),
-        0 if weakref is None else len(weakref.finalize._registry),
+        _finalizers(weakref),
         sys.stdin,
         sys.stdout,
         sys.stderr,
@@ -150,6 +150,14 @@ def _state() -> tuple[Any, ...]:
         sys.getrecursionlimit(),
         None if warnings is None else tuple(warnings.filters),
     )
+
+
+def _finalizers(weakref: Any) -> frozenset[Any]:
+    """The weakref finalizers pending that would run at exit (a temporary
+    directory not yet cleaned up)."""
+    if weakref is None:
+        return frozenset()
+    return frozenset(f for f, info in weakref.finalize._registry.items() if info.atexit)
 
 
 _TIMERS = (signal.ITIMER_REAL, signal.ITIMER_VIRTUAL, signal.ITIMER_PROF)
@@ -185,7 +193,10 @@ def _kept(before: tuple[Any, ...]) -> bool:
     """Whether the stage left its process as `before` (then noted as `_LAST`):
     also none of its standard streams closed, no child of its left running."""
     now = _state()
-    if now != before or any(stream.closed for stream in now[3:6]):
+    # (finalizers: none added; one the stage ran or let go of, as a temporary directory made at import, is fine)
+    if now[:2] + now[3:] != before[:2] + before[3:] or not now[2] <= before[2]:
+        return False
+    if any(stream.closed for stream in now[3:6]):
         return False
     while True:
         try:
@@ -304,6 +315,16 @@ def _exit(code: int) -> None:
         except BaseException:
             pass  # (a stream the stage closed: nothing to flush)
     os._exit(code)
+
+
+def _let_go() -> None:
+    """A runner not wanted any more ends: the atexit functions its module
+    registered run, as they would at a process's end; the threads its module
+    started are not waited for (a process whose thread never ends would not
+    end, and no stage waits for this one)."""
+    import atexit
+
+    atexit._run_exitfuncs()
 
 
 def _finish() -> None:

@@ -197,11 +197,15 @@ class PyWorker:
         while self._receive(block=block) is not None:
             block = False
 
-    def close(self) -> None:
-        """Let the worker go (end of file: it exits) and reap it."""
+    def let_go(self) -> None:
+        """Tell the worker the build is over (end of file: it ends)."""
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+
+    def close(self) -> None:
+        """Let the worker go and reap it."""
+        self.let_go()
         if self._process is not None:
             try:
                 self._process.wait(timeout=5)

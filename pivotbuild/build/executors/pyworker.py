@@ -365,8 +365,8 @@ def _cached_imports() -> None:
 
 def _let_go(runners: list[_Runner]) -> None:
     """Reap the runners running no stage, told to end: each runs its atexit
-    functions (its module's among them) as a process ends; one still there
-    after two seconds is killed (it, not its group: no stage of its runs)."""
+    functions (its module's) as a process ends; one still there after two
+    seconds in all is killed (it, not its group: no stage of its runs)."""
     import time
 
     deadline = time.monotonic() + 2.0
@@ -379,7 +379,9 @@ def _let_go(runners: list[_Runner]) -> None:
                     os.waitpid(runner.pid, 0)
                     break
                 if runner.pidfd is not None:
-                    select.select([runner.pidfd], [], [], left)
+                    waiting = select.poll()
+                    waiting.register(runner.pidfd, select.POLLIN)
+                    waiting.poll(left * 1000)
                 else:
                     time.sleep(min(left, 0.005))
         except ChildProcessError:
