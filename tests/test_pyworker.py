@@ -101,6 +101,19 @@ def test_a_busy_runner_the_build_signalled_ends_once_its_stage_has_returned(pool
     assert pool.pool.idle == [] and end.recv(64) == b""  # not kept: it exits
 
 
+def _run(worker: pystages.PyWorker, root: Path, function: str) -> int:
+    """The exit code of `steps:function` run by `worker` (its output not read)."""
+    call = pystages.PyCall("steps", function, str(root), str(root), CTX)
+    out_r, out_w = os.pipe()
+    with open(os.devnull) as null:
+        child = worker.start(call, root, dict(os.environ), stdin=null.fileno(), stdout=out_w, stderr=out_w)
+    os.close(out_w)
+    code = child.wait()
+    os.close(out_r)
+    os.close(child.exit_fd())
+    return code
+
+
 def test_a_new_worker_is_told_the_build_has_read_none_of_its_messages(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -119,16 +132,7 @@ def test_a_new_worker_is_told_the_build_has_read_none_of_its_messages(
     monkeypatch.setattr(socket, "send_fds", spy)
     worker = pystages.PyWorker()
     try:
-        codes = []
-        for function in ("ok", "ok", "die", "ok"):
-            call = pystages.PyCall("steps", function, str(tmp_path), str(tmp_path), CTX)
-            out_r, out_w = os.pipe()
-            with open(os.devnull) as null:
-                child = worker.start(call, tmp_path, dict(os.environ), stdin=null.fileno(), stdout=out_w, stderr=out_w)
-            os.close(out_w)
-            codes.append(child.wait())
-            os.close(out_r)
-            os.close(child.exit_fd())
+        codes = [_run(worker, tmp_path, function) for function in ("ok", "ok", "die", "ok")]
     finally:
         worker.close()
     assert codes == [0, 0, -9, 0]
@@ -141,14 +145,7 @@ def test_a_stage_after_the_worker_died_idle_gets_a_new_worker(tmp_path: Path) ->
     try:
         codes = []
         for _ in range(2):
-            call = pystages.PyCall("steps", "ok", str(tmp_path), str(tmp_path), CTX)
-            out_r, out_w = os.pipe()
-            with open(os.devnull) as null:
-                child = worker.start(call, tmp_path, dict(os.environ), stdin=null.fileno(), stdout=out_w, stderr=out_w)
-            os.close(out_w)
-            codes.append(child.wait())
-            os.close(out_r)
-            os.close(child.exit_fd())
+            codes.append(_run(worker, tmp_path, "ok"))
             worker._process.kill()  # (between stages: the build has not heard of it yet)
             worker._process.wait()
     finally:
