@@ -241,6 +241,37 @@ def test_a_temporary_directory_made_at_import_may_be_cleaned_up_by_a_stage(proje
     assert seen[0]["pid"] == seen[1]["pid"]
 
 
+POOL = """
+def pool(ctx):
+    import re, subprocess
+    named = {int(f) for f in re.search(r"--jobserver-fds=(\\d+),(\\d+)", os.environ["MAKEFLAGS"]).groups()}
+    passed = {f for f in map(int, os.listdir("/proc/self/fd")) if is_open(f) and os.get_inheritable(f)} - {0, 1, 2}
+    with open("pool.mk", "w") as mk:
+        mk.write("all: a b\\na b:\\n\\t@echo $@\\n")
+    made = subprocess.run(["make", "-f", "pool.mk"], capture_output=True, text=True, close_fds=False)
+    record(ctx)
+    with open(ctx.outs[0] + ".pool", "w") as f:
+        f.write(repr((passed == named, made.returncode, made.stderr)))
+
+def is_open(fd):
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
+
+HELD = [open(os.devnull) for _ in range(16)]  # (descriptors the module holds: 3 and up)
+"""
+
+
+def test_a_module_holding_descriptors_shares_its_runner_and_its_stages_get_the_job_pool(project: Project) -> None:
+    # (where the build's job pool goes in the stage is no matter: MAKEFLAGS names where it is)
+    _, seen = _built(project, ["record", "pool", "pool"], "-j2", steps=STEPS + POOL)
+    assert len({s["pid"] for s in seen}) == 1
+    for i in (1, 2):
+        assert (project.root / f"o{i}.txt.pool").read_text() == repr((True, 0, ""))  # make used the pool, quietly
+
+
 def test_a_stage_that_closes_its_job_pool_succeeds_and_ends_its_process(project: Project) -> None:
     _, seen = _built(project, ["closes_pool", "record"], "-j2")
     assert seen[0]["pid"] != seen[1]["pid"]

@@ -8,7 +8,7 @@ import marshal
 import os
 import select
 import socket
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,15 +27,12 @@ class Pool:
         self.pool = pyworker._Pool(ours)
         self.ends: list[socket.socket] = []
 
-    def runner(
-        self, pid: int, *, key: tuple[object, ...] = KEY, told_at: int = 0, holds: Iterable[int] | None = ()
-    ) -> socket.socket:
+    def runner(self, pid: int, *, key: tuple[object, ...] = KEY, told_at: int = 0) -> socket.socket:
         """An idle runner `pid`; returns its own end of its socket."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         runner = pyworker._Runner(pid, ours, key, -1)
         runner.done = None
         runner.told_at = told_at
-        runner.holds = None if holds is None else frozenset(holds)
         self.pool.runners[pid] = runner
         self.pool.watched[ours.fileno()] = runner
         self.pool.poller.register(ours, select.POLLIN)
@@ -60,40 +57,31 @@ def test_the_runner_last_idle_of_the_same_key_takes_the_stage(pool: Pool) -> Non
     pool.runner(11)
     pool.runner(12)
     pool.runner(13, key=("other",))
-    assert _pid(pool.pool._take(KEY, 0, [])) == 12
-    assert _pid(pool.pool._take(KEY, 0, [])) == 11
-    assert pool.pool._take(KEY, 0, []) is None  # (13 runs another module)
+    assert _pid(pool.pool._take(KEY, 0)) == 12
+    assert _pid(pool.pool._take(KEY, 0)) == 11
+    assert pool.pool._take(KEY, 0) is None  # (13 runs another module)
 
 
 def test_a_runner_whose_stage_end_the_build_had_not_read_takes_nothing(pool: Pool) -> None:
     pool.runner(11, told_at=5)
-    assert pool.pool._take(KEY, 4, []) is None  # the build may still signal its group for that stage
-    assert _pid(pool.pool._take(KEY, 5, [])) == 11
-
-
-def test_a_runner_holding_a_descriptor_where_the_job_pool_goes_takes_nothing(pool: Pool) -> None:
-    pool.runner(11, holds={0, 1, 2, 9})
-    assert pool.pool._take(KEY, 0, [9, 10]) is None  # its module's file is at 9
-    assert _pid(pool.pool._take(KEY, 0, [10, 11])) == 11
-    pool.runner(12, holds=None)  # (unknown)
-    assert pool.pool._take(KEY, 0, [10, 11]) is None
-    assert _pid(pool.pool._take(KEY, 0, [])) == 12
+    assert pool.pool._take(KEY, 4) is None  # the build may still signal its group for that stage
+    assert _pid(pool.pool._take(KEY, 5)) == 11
 
 
 def test_an_idle_runner_the_build_signalled_ends(pool: Pool) -> None:
     end = pool.runner(11)
     pool.pool._no_more(11)
-    assert pool.pool._take(KEY, 0, []) is None
+    assert pool.pool._take(KEY, 0) is None
     assert end.recv(64) == b""  # its socket's end of file: it exits
 
 
 def test_a_busy_runner_the_build_signalled_ends_once_its_stage_has_returned(pool: Pool) -> None:
     end = pool.runner(11)
-    runner = pool.pool._take(KEY, 0, [])
+    runner = pool.pool._take(KEY, 0)
     assert runner is not None
     done_r, runner.done = os.pipe()
     pool.pool._no_more(11)  # while it runs its stage
-    end.send(marshal.dumps([0, 1, 2]))  # it returned, and left nothing behind
+    end.send(b"ok")  # it returned, and left nothing behind
     pool.pool._heard(runner)
     assert marshal.loads(pool.build.recv(1024)) == {"exited": 11, "code": 0}
     assert os.read(done_r, 1) == b""  # closed once told

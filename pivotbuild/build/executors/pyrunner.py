@@ -65,7 +65,7 @@ def _on_path(directories: list[str]) -> None:
         sys.path[:] = [*directories, *(d for d in sys.path if d not in directories)]
 
 
-def run(request: Mapping[str, Any], fds: list[int], sock: socket.socket) -> None:
+def run(request: dict[str, Any], fds: list[int], sock: socket.socket) -> None:
     """In a forked runner: run the stage of `request` (its descriptors `fds`),
     then, for as long as each stage returns and leaves nothing behind, the
     next ones the worker hands over on `sock`; else end as Python would (its
@@ -76,7 +76,7 @@ def run(request: Mapping[str, Any], fds: list[int], sock: socket.socket) -> None
         os.setsid()
         start = (list(sys.path), list(sys.argv))
         channel = os.fstat(sock.fileno()).st_ino
-        sock = _place(fds, request["fds"], sock, fresh=True)
+        sock = _place(fds, request["fds"], sock)
         while True:
             pool = _identities(request["fds"][3:])
             code = _stage(request, start)
@@ -84,7 +84,7 @@ def run(request: Mapping[str, Any], fds: list[int], sock: socket.socket) -> None
                 break  # (`me`: a stage's fork returning through here)
             _release(pool)
             try:
-                sock.send(marshal.dumps(_holds(sock)))
+                sock.send(b"ok")
                 data, fds, _, _ = socket.recv_fds(sock, MAX_MESSAGE, 8)
             except OSError:
                 data = b""
@@ -92,7 +92,7 @@ def run(request: Mapping[str, Any], fds: list[int], sock: socket.socket) -> None
                 _let_go()
                 _exit(0)
             request = marshal.loads(data)
-            sock = _place(fds, request["fds"], sock, fresh=False)
+            _placed_again(request, fds)
         if code is None:
             _finish()
             code = 0
@@ -207,20 +207,6 @@ def _kept(before: tuple[Any, ...]) -> bool:
             return False  # (a child still running)
     _LAST[:] = [now]
     return True
-
-
-def _holds(sock: socket.socket) -> list[int] | None:
-    """The descriptors open in this runner (its module's own files and
-    sockets among them) but its socket to the worker (which `_place` moves
-    out of a stage's way): no stage whose job pool goes there is handed to it."""
-    try:
-        listing = os.open("/proc/self/fd", os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return None
-    try:
-        return [fd for fd in map(int, os.listdir(listing)) if fd not in (listing, sock.fileno())]
-    finally:
-        os.close(listing)
 
 
 def _ours(sock: socket.socket, channel: int) -> bool:
@@ -375,13 +361,13 @@ def _environ(env: Mapping[str, str]) -> None:
             environ[key] = value
 
 
-def _place(received: list[int], targets: list[int], sock: socket.socket, *, fresh: bool) -> socket.socket:
-    """Each received descriptor at the number the stage expects (0, 1, 2, then
-    its job pool's, as its MAKEFLAGS names them), by way of numbers above
-    them all, so that none is overwritten before it is placed.  In a `fresh`
-    runner every other descriptor is closed (the worker's), but its socket to
-    the worker (returned: moved first if its number is one the stage
-    expects); in one reused, the others are its module's own."""
+def _place(received: list[int], targets: list[int], sock: socket.socket) -> socket.socket:
+    """A new runner's first stage: each received descriptor at the number the
+    stage expects (0, 1, 2, then its job pool's, as its MAKEFLAGS names
+    them), by way of numbers above them all, so that none is overwritten
+    before it is placed; every other descriptor closed (the worker's), but
+    the runner's socket to the worker (returned: moved first if its number
+    is one the stage expects)."""
     if sock.fileno() in targets:
         moved_sock = socket.socket(fileno=fcntl.fcntl(sock.fileno(), fcntl.F_DUPFD_CLOEXEC, max(targets) + 1))
         sock.detach()  # (its number is about to be the stage's)
@@ -398,13 +384,39 @@ def _place(received: list[int], targets: list[int], sock: socket.socket, *, fres
         for f, target in zip(moved, targets, strict=True):
             os.dup2(f, target)  # (inheritable: the stage's own children get them, as a shell stage's do)
             os.close(f)
-    if fresh:
-        low = 3  # the worker's own descriptors (its socket, its other children's pidfds) go: close_range(2)
-        for keep in sorted({*(t for t in targets if t > 2), sock.fileno()}):
-            os.closerange(low, keep)
-            low = keep + 1
-        os.closerange(low, _MAX_FD)
+    low = 3  # the worker's own descriptors (its socket, its other children's pidfds) go: close_range(2)
+    for keep in sorted({*(t for t in targets if t > 2), sock.fileno()}):
+        os.closerange(low, keep)
+        low = keep + 1
+    os.closerange(low, _MAX_FD)
     return sock
+
+
+def _placed_again(request: dict[str, Any], received: list[int]) -> None:
+    """A reused runner's next stage: its standard streams at 0, 1 and 2, and
+    its job pool where it was received, at numbers free in this runner
+    (whatever its module holds: no other descriptor is closed), its
+    MAKEFLAGS made to name them."""
+    for target, f in enumerate(received[:3]):
+        os.dup2(f, target)
+        os.close(f)
+    pool, named = received[3:], request["fds"][3:]
+    for f in pool:
+        os.set_inheritable(f, True)  # (the stage's own children get them, as a shell stage's do)
+    request["fds"] = [0, 1, 2, *pool]
+    env = request["env"]
+    if len(pool) == 2 and "MAKEFLAGS" in env:  # (a pool is its read end and its write end)
+        env["MAKEFLAGS"] = _renamed(env["MAKEFLAGS"], named, pool)
+
+
+def _renamed(makeflags: str, old: list[int], new: list[int]) -> str:
+    """`makeflags` naming the job pool's descriptors `new` where it named `old`."""
+    was, now = f"{old[0]},{old[1]}", f"{new[0]},{new[1]}"
+    words = makeflags.split(" ")
+    for i, word in enumerate(words):
+        if word in (f"--jobserver-fds={was}", f"--jobserver-auth={was}"):
+            words[i] = word.replace(was, now)
+    return " ".join(words)
 
 
 _MAX_FD = 1 << 20  # (above any RLIMIT_NOFILE's default; closerange is one close_range call on Linux 5.9+)

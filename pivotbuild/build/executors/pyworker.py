@@ -17,9 +17,10 @@ a fork cost about 2 ms of CPU (the fork, the pages its writes copied, the
 import).  Each stage gets its own directory, environment, `sys.path`,
 descriptors and context; one that changes what the next would see, or
 fails, or exits, ends its runner (pyrunner.py says how).  What the module
-holds (its files, its state) stays from one stage to the next: a runner
-says which descriptors it holds, so that no stage whose job pool goes
-there is handed to it.  What the worker keeps for new runners is the
+holds (its files, its state) stays from one stage to the next: a reused
+runner closes no descriptor but the stage's own, and gives the stage its
+job pool at numbers free in it, its MAKEFLAGS made to name them.  What the
+worker keeps for new runners is the
 project's modules compiled (`_CODE`: the files the stage's code reaches,
 compiled after its first stage, each used only while its file is
 unchanged), which spares each reading and compiling them.
@@ -42,8 +43,8 @@ has told the stage's end.  The answer is `{"started": PID}` (the runner's)
 as soon as the stage is handed over, and `{"exited": PID, "code": N}` once
 the runner says it is done (0), or has exited (as Popen's returncode: -N if
 signal N killed it).  A runner is handed its next stage the same way, over
-a socket of its own, and says there which descriptors it holds when a stage
-has returned and left it reusable.  Each request also says how many of the
+a socket of its own, and says `ok` there when a stage has returned and left
+it reusable.  Each request also says how many of the
 worker's messages the build had read: a runner whose last stage's end was
 not among them takes no stage (the build may still signal its group for
 that one), nor does one the build says it has signalled (`retire`).  The
@@ -109,7 +110,7 @@ class _Runner:
     """A child of the worker that runs stages, one at a time (busy while
     `done`, the build's descriptor for the stage it runs, is held)."""
 
-    __slots__ = ("done", "holds", "key", "pid", "pidfd", "retiring", "sock", "told_at")
+    __slots__ = ("done", "key", "pid", "pidfd", "retiring", "sock", "told_at")
 
     def __init__(self, pid: int, sock: socket.socket, key: tuple[Any, ...], done: int) -> None:
         self.pid = pid
@@ -118,7 +119,6 @@ class _Runner:
         self.done: int | None = done
         self.pidfd: int | None = None
         self.told_at = 0  # the number of the message that told the build its last stage's end
-        self.holds: frozenset[int] | None = frozenset()  # the descriptors open in it, when idle (None: unknown)
         self.retiring = False  # the build signalled it for its stage: it takes no other
 
 
@@ -173,7 +173,7 @@ class _Pool:
             return True
         done = fds.pop()  # (the build's: closed once the stage's end is told)
         key = _key(request)
-        runner = self._take(key, request["seen"], request["fds"][3:])
+        runner = self._take(key, request["seen"])
         if runner is not None:
             try:
                 socket.send_fds(runner.sock, [data], fds)
@@ -193,16 +193,13 @@ class _Pool:
         self.sock.send(marshal.dumps(message))
         self.sent += 1
 
-    def _take(self, key: tuple[Any, ...], seen: int, pool: list[int]) -> _Runner | None:
+    def _take(self, key: tuple[Any, ...], seen: int) -> _Runner | None:
         """The idle runner that last ran a stage like this, if any: not one
         whose last stage's end the build had yet to read when it asked (it
-        may still signal that runner's group for that stage), nor one holding
-        a descriptor where this stage's job pool goes."""
+        may still signal that runner's group for that stage)."""
         for i in range(len(self.idle) - 1, -1, -1):
             runner = self.idle[i]
             if runner.key == key and runner.told_at <= seen:
-                if pool and (runner.holds is None or not runner.holds.isdisjoint(pool)):
-                    continue
                 return self.idle.pop(i)
         return None
 
@@ -236,9 +233,8 @@ class _Pool:
         return runner
 
     def _heard(self, runner: _Runner) -> None:
-        """The runner's stage returned and left it as it found it (it says
-        which descriptors it holds): tell the build, and keep the runner for
-        the next stage like it."""
+        """The runner's stage returned and left it as it found it: tell the
+        build, and keep the runner for the next stage like it."""
         try:
             said = runner.sock.recv(MAX_MESSAGE)
         except OSError:
@@ -246,8 +242,6 @@ class _Pool:
         if not said or runner.done is None:
             return  # (it is going: its pidfd says when)
         self._told(runner, 0)
-        holds = marshal.loads(said)
-        runner.holds = None if holds is None else frozenset(holds)
         if runner.retiring:
             self._retire(runner)
             return
