@@ -272,6 +272,23 @@ def test_a_module_holding_descriptors_shares_its_runner_and_its_stages_get_the_j
         assert (project.root / f"o{i}.txt.pool").read_text() == repr((True, 0, ""))  # make used the pool, quietly
 
 
+def test_a_runner_too_full_to_take_a_stages_descriptors_fails_it_saying_why(project: Project) -> None:
+    # (its module holds every descriptor number but one below its limit)
+    full = """
+import resource
+HELD, TOP = [], max(map(int, os.listdir("/proc/self/fd")))
+while (f := os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)) <= TOP:
+    HELD.append(f)
+os.close(f)
+resource.setrlimit(resource.RLIMIT_NOFILE, (TOP + 2, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+"""
+    _chain(project, ["record", "record"], steps=STEPS + full)
+    r = project.run("-j2")
+    assert r.code == 1, r
+    assert "pivotbuild: stage s1 failed" in r.err, r.err
+    assert "could not take its descriptors" in r.err, r.err
+
+
 def test_a_stage_that_closes_its_job_pool_succeeds_and_ends_its_process(project: Project) -> None:
     _, seen = _built(project, ["closes_pool", "record"], "-j2")
     assert seen[0]["pid"] != seen[1]["pid"]

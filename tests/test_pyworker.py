@@ -1,6 +1,7 @@
 """The worker's choice of a runner for a `py:` stage (pyworker._Pool), with
 runners that are sockets only: which idle runner a request may go to, and
-one the build has signalled going to none.  End to end: test_pyrunners.py."""
+one the build has signalled going to none; a new worker's count; and the
+MAKEFLAGS a reused runner gives its stage.  End to end: test_pyrunners.py."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from pivotbuild.build.executors import pystages, pyworker
+from pivotbuild.build.executors import pyrunner, pystages, pyworker
 
 KEY = ("steps", ("/p",), "/p", (), ())
 CTX = {"name": "s", "deps": [], "outs": [], "params": {}, "matrix": {}}
@@ -139,3 +140,16 @@ def test_a_stage_after_the_worker_died_idle_gets_a_new_worker(tmp_path: Path) ->
     finally:
         worker.close()
     assert codes == [0, 0]
+
+
+@pytest.mark.parametrize(
+    ("makeflags", "renamed"),
+    [
+        (" -j2 --jobserver-auth=fifo:/p --jobserver-fds=9,11", " -j2 --jobserver-auth=fifo:/p --jobserver-fds=23,24"),
+        ("k -j3 --jobserver-auth=9,11", "k -j3 --jobserver-auth=23,24"),
+        ("k --jobserver-auth=9,11 -- V=--jobserver-fds=9,11", "k --jobserver-auth=23,24 -- V=--jobserver-fds=9,11"),
+        (" -j2 --jobserver-fds=9,110", " -j2 --jobserver-fds=9,110"),  # (another pool)
+    ],
+)
+def test_a_reused_runners_makeflags_name_its_job_pool_where_it_is(makeflags: str, renamed: str) -> None:
+    assert pyrunner._renamed(makeflags, [9, 11], [23, 24]) == renamed

@@ -85,13 +85,15 @@ def run(request: dict[str, Any], fds: list[int], sock: socket.socket) -> None:
             _release(pool)
             try:
                 sock.send(b"ok")
-                data, fds, _, _ = socket.recv_fds(sock, MAX_MESSAGE, 8)
+                data, fds, flags, _ = socket.recv_fds(sock, MAX_MESSAGE, 8)
             except OSError:
                 data = b""
             if not data:  # (not wanted any more, or the build is over)
                 _let_go()
                 _exit(0)
             request = marshal.loads(data)
+            if flags & socket.MSG_CTRUNC or len(fds) != len(request["fds"]):
+                _short(fds)
             _placed_again(request, fds)
         if code is None:
             _finish()
@@ -410,13 +412,31 @@ def _placed_again(request: dict[str, Any], received: list[int]) -> None:
 
 
 def _renamed(makeflags: str, old: list[int], new: list[int]) -> str:
-    """`makeflags` naming the job pool's descriptors `new` where it named `old`."""
+    """`makeflags` naming the job pool's descriptors `new` where it named `old`
+    (in its flags: after `--` come make's variables, left as they are)."""
     was, now = f"{old[0]},{old[1]}", f"{new[0]},{new[1]}"
     words = makeflags.split(" ")
     for i, word in enumerate(words):
+        if word == "--":
+            break
         if word in (f"--jobserver-fds={was}", f"--jobserver-auth={was}"):
             words[i] = word.replace(was, now)
     return " ".join(words)
+
+
+def _short(received: list[int]) -> None:
+    """Not every descriptor of the stage reached this runner (it holds as many
+    as its limit allows): the stage fails, saying why on its stderr if that
+    came, and the runner ends."""
+    if len(received) >= 3:
+        os.write(
+            received[2],
+            b"pivotbuild: this py: stage's process could not take its descriptors (its module holds"
+            b" nearly as many as RLIMIT_NOFILE allows): raise the limit, or hold fewer\n",
+        )
+    for f in received:
+        os.close(f)
+    _exit(1)
 
 
 _MAX_FD = 1 << 20  # (above any RLIMIT_NOFILE's default; closerange is one close_range call on Linux 5.9+)
