@@ -78,9 +78,10 @@ def run(request: dict[str, Any], fds: list[int], sock: socket.socket) -> None:
         channel = os.fstat(sock.fileno()).st_ino
         sock = _place(fds, request["fds"], sock)
         while True:
-            pool = _identities(request["fds"][3:])
+            pool = request["fds"][3:]
+            placed = _identities(pool)
             code = _stage(request, start)
-            if code is not None or os.getpid() != me or not _ours(sock, channel) or _identities(pool) != pool:
+            if code is not None or os.getpid() != me or not _ours(sock, channel) or _identities(pool) != placed:
                 break  # (`me`: a stage's fork returning through here)
             _release(pool)
             try:
@@ -221,11 +222,10 @@ def _ours(sock: socket.socket, channel: int) -> bool:
     return st.st_ino == channel and stat.S_ISSOCK(st.st_mode)
 
 
-def _identities(fds: list[int] | list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
+def _identities(fds: list[int]) -> list[tuple[int, int, int]]:
     """Each descriptor with what it is open on (device, inode), or -1s if closed."""
     found = []
-    for entry in fds:
-        fd = entry if isinstance(entry, int) else entry[0]
+    for fd in fds:
         try:
             st = os.fstat(fd)
         except OSError:
@@ -235,7 +235,7 @@ def _identities(fds: list[int] | list[tuple[int, int, int]]) -> list[tuple[int, 
     return found
 
 
-def _release(pool: list[tuple[int, int, int]]) -> None:
+def _release(pool: list[int]) -> None:
     """The stage's descriptors closed (its standard streams made /dev/null, its
     job pool's closed, still as placed: `run` checked): the build sees end
     of file on its output."""
@@ -245,7 +245,7 @@ def _release(pool: list[tuple[int, int, int]]) -> None:
     for fd in (0, 1, 2):
         os.dup2(null, fd)
     os.close(null)
-    for fd, _, _ in pool:
+    for fd in pool:
         os.close(fd)
 
 

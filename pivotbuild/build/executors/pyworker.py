@@ -99,7 +99,7 @@ def main(fd: int) -> None:
         if runner.sock.fileno() >= 0:
             runner.sock.close()  # (its end of file: it ends as a process ends)
     _bury([pid for pid, r in pool.runners.items() if r.done is not None])  # (pivotbuild died: stages may still run)
-    _let_go(idle)
+    _reap_idle(idle)
 
 
 def _nothing() -> None:
@@ -179,14 +179,16 @@ class _Pool:
                 socket.send_fds(runner.sock, [data], fds)
             except OSError:  # (it died idle: its pidfd says so next)
                 runner = None
+        forked = runner is None
         if runner is None:
             runner = self._fork(request, fds, key)
         for f in fds:
             os.close(f)
         runner.done = done
         self._send({"started": runner.pid})
-        for path in request["code"]:
-            _compiled(path)  # (for the next runners: this one compiles what it imports itself)
+        if forked:  # (a reused runner's code is as it was when that runner was forked, and compiled then)
+            for path in request["code"]:
+                _compiled(path)  # (for the next runners: this one compiles what it imports itself)
         return True
 
     def _send(self, message: dict[str, Any]) -> None:
@@ -357,7 +359,7 @@ def _cached_imports() -> None:
     sys.path_importer_cache.clear()
 
 
-def _let_go(runners: list[_Runner]) -> None:
+def _reap_idle(runners: list[_Runner]) -> None:
     """Reap the runners running no stage, told to end: each runs its atexit
     functions (its module's) as a process ends; one still there after two
     seconds in all is killed (it, not its group: no stage of its runs)."""
