@@ -20,7 +20,9 @@ tool's own cost per stage shows.
 
 Two references: `ninja+cp` (ninja, then one `cp --reflink=auto` of the files
 it wrote: the least a build that keeps a cached copy must do) and
-`pivotbuild:hardlink` (pivotbuild with `checkout = "hardlink"`).
+`pivotbuild:hardlink` (pivotbuild with `checkout = "hardlink"`); and
+`pivotbuild:server`, pivotbuild with PIVOT_SERVER=1 (its clean build starts
+a build server, which runs the no-op and incremental builds after it).
 
 For each tool, one after the other in this process (so the machine's drift hits
 all alike): `clean`, a build of every stage; `noop`, the same command again
@@ -40,10 +42,12 @@ put it on PATH. The machines are shared and noisy: quote ratios from one run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -135,6 +139,8 @@ class Tool:
     args: Callable[[int], list[str]]
     # The command, given the program found and -j (default: the program and `args`).
     command: Callable[[str, int], list[str]] | None = None
+    # Runs through a build server (PIVOT_SERVER=1), started by its clean build.
+    server: bool = False
 
 
 def _ninja_then_cp(ninja: str, jobs: int) -> list[str]:
@@ -153,6 +159,8 @@ TOOLS = {
     "pivotbuild": Tool("pivotbuild", write_pivotbuild, lambda j: ["-j", str(j), "-s"]),
     # pivotbuild with `checkout = "hardlink"`: outputs stored by link, no byte copied.
     "pivotbuild:hardlink": Tool("pivotbuild", write_pivotbuild_hardlink, lambda j: ["-j", str(j), "-s"]),
+    # pivotbuild with PIVOT_SERVER=1: the builds after the clean one run in the server it starts.
+    "pivotbuild:server": Tool("pivotbuild", write_pivotbuild, lambda j: ["-j", str(j), "-s"], server=True),
     "make": Tool("make", write_make, lambda j: ["-j", str(j), "-s"]),
     "ninja": Tool("ninja", write_ninja, lambda j: ["-j", str(j)]),
     "ninja+cp": Tool("ninja", write_ninja, lambda j: ["-j", str(j)], _ninja_then_cp),
@@ -186,15 +194,33 @@ def generate(root: Path, stages: list[Stage], tool: str, shape: str) -> None:
 # -- timing and checking ------------------------------------------------------------------
 
 
-def timed(cmd: list[str], cwd: Path) -> float:
+def timed(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> float:
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=False)
+    proc = subprocess.run(
+        cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=False
+    )
     elapsed = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(
             f"compare.py: {' '.join(cmd)} failed in {cwd} (exit {proc.returncode}):\n{proc.stderr[-2000:]}"
         )
     return elapsed
+
+
+def _await_server(where: Path) -> None:
+    """Until the server the clean build started listens (at most 20 s)."""
+    deadline = time.monotonic() + 20
+    while not list(where.glob("*.sock")):
+        if time.monotonic() > deadline:
+            raise SystemExit(f"compare.py: no build server started in {where}")
+        time.sleep(0.05)
+
+
+def _stop_servers(where: Path) -> None:
+    """Stop the servers listening in `where` (their lock files name them)."""
+    for lock in where.glob("*.lock") if where.exists() else ():
+        with contextlib.suppress(ValueError, OSError):
+            os.kill(int(lock.read_text()), signal.SIGTERM)
 
 
 def edit(root: Path, width: int, depth: int, i: int) -> None:
@@ -265,12 +291,20 @@ def measure(
         cmd = spec.command(program, jobs) if spec.command else [program, *spec.args(jobs)]
         root = workdir / tool.replace(":", "-")
         generate(root, stages, tool, shape)
-        clean = timed(cmd, root)
-        noop = [timed(cmd, root) for _ in range(runs)]
-        incr = []
-        for i in range(runs):
-            edit(root, width, depth, i)
-            incr.append(timed(cmd, root))
+        servers = workdir / "servers"
+        env = {**os.environ, "PIVOT_SERVER": "1", "PIVOT_SERVER_DIR": str(servers)} if spec.server else None
+        try:
+            clean = timed(cmd, root, env)
+            if spec.server:
+                _await_server(servers)
+            noop = [timed(cmd, root, env) for _ in range(runs)]
+            incr = []
+            for i in range(runs):
+                edit(root, width, depth, i)
+                incr.append(timed(cmd, root, env))
+        finally:
+            if spec.server:
+                _stop_servers(servers)
         results[tool] = Result(clean, statistics.median(noop), statistics.median(incr))
         digests[tool] = check_outputs(root, stages, shape, tool)
     first = next(iter(digests.values()))

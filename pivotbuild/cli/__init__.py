@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
     from typing import NoReturn
 
+    from pivotbuild.cli.server import Residents
+
 
 def run() -> NoReturn:
     """The `pivotbuild` program (and `python -m pivotbuild`): `main`, then out.
@@ -31,16 +33,21 @@ def run() -> NoReturn:
     back on for a caller that goes on: here the first allocation after that
     would walk every live object, 5 to 10 ms after a 1,000-stage build)."""
     gc.disable()
-    code = main()
+    from pivotbuild.cli import client
+
+    offered = client.offer(sys.argv[1:])  # a build server's, if one runs (cli/client.py)
+    code = offered if isinstance(offered, int) else main()
     for stream in (sys.stdout, sys.stderr):
         try:  # noqa: SIM105 (contextlib.suppress: an import the no-op spares)
             stream.flush()
         except (OSError, ValueError):  # a closed pipe (`pivotbuild | head`), a closed stream
             pass
+    if not isinstance(offered, int) and offered.start:
+        client.start_server()  # for the next build
     os._exit(code)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, residents: Residents | None = None) -> int:
     """Run the command line; return the exit status (never raises).
 
     The cyclic garbage collector is off while it runs.  A command is short-lived
@@ -51,13 +58,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     was_enabled = gc.isenabled()
     gc.disable()
     try:
-        return _main(argv)
+        return _main(argv, residents)
     finally:
         if was_enabled:
             gc.enable()
 
 
-def _main(argv: Sequence[str] | None) -> int:
+def _main(argv: Sequence[str] | None, residents: Residents | None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     # completion.COMPLETE_VAR, spelled out: this path stays import-free until it knows.
     instruction = os.environ.get("_PIVOTBUILD_COMPLETE")
@@ -74,7 +81,7 @@ def _main(argv: Sequence[str] | None) -> int:
         return 2
     from pivotbuild.cli.fast import try_fast
 
-    code = try_fast(args)
+    code = try_fast(args, residents)
     if code is not None:
         return code
     from pivotbuild.cli.command import main as full

@@ -18,32 +18,49 @@ from typing import TYPE_CHECKING
 from pivotbuild.cli.buildargs import to_options
 
 if TYPE_CHECKING:
+    from pivotbuild.build.engine import Engine
     from pivotbuild.build.fastpath import Checked
     from pivotbuild.cli.buildargs import BuildArgs
+    from pivotbuild.cli.server import Residents
 
 
-def build(argv: list[str], args: BuildArgs, checked: Checked) -> int | None:
+def build(argv: list[str], args: BuildArgs, checked: Checked, residents: Residents | None = None) -> int | None:
     """The build's exit status; None (having done nothing) if the ordinary
-    command line must run after all."""
-    from pivotbuild.state import plan
+    command line must run after all.  `residents`: a build server's engines,
+    one of which builds (its project, lockfiles and stat caches kept since
+    its last build)."""
+    engine: Engine | None = None
+    if residents is None:
+        from pivotbuild.state import plan
 
-    restored = plan.restore(checked.loaded, Path.cwd())
-    if restored is None:
-        return None
-    options = to_options(args, Path.cwd())
-    project, graph = restored
+        restored = plan.restore(checked.loaded, Path.cwd())
+        if restored is None:
+            return None
+        project, graph = restored
+        options = to_options(args, Path.cwd())
+    else:
+        options = to_options(args, Path.cwd())
+        found = residents.engine(checked, options)
+        if found is None:
+            return None
+        engine, project, graph = found
     try:
         from pivotbuild.build.engine import Engine, Preloaded
         from pivotbuild.cli.running import make_reporter, makes_pool, terminate_as_interrupt
 
         reporter = make_reporter(options)
         with terminate_as_interrupt(), makes_pool(options) as jobserver:
+            if engine is None:
+                engine = Engine(reporter, jobserver=jobserver)
+            else:
+                engine.reporter, engine.jobserver = reporter, jobserver
             try:
-                return Engine(reporter, jobserver=jobserver).build(
-                    options, preloaded=Preloaded(project, graph, checked.sealed, frozenset(checked.held))
-                )
+                preloaded = Preloaded(project, graph, checked.sealed, frozenset(checked.held))
+                return engine.build(options, preloaded=preloaded)
             finally:
                 reporter.close()
+                if residents is not None:
+                    residents.idle(engine)
     except (Exception, KeyboardInterrupt) as exc:
         from pivotbuild.cli.command import exit_status
 

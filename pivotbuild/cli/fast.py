@@ -23,16 +23,19 @@ TYPE_CHECKING = False  # not typing's: the no-op fast path does not import typin
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from pivotbuild.cli.server import Residents
 
-def try_fast(argv: Sequence[str]) -> int | None:
+
+def try_fast(argv: Sequence[str], residents: Residents | None = None) -> int | None:
     """Exit status of a plain build run on the fast path, having printed what it
-    prints; None (in the directory it started in) if click must run."""
+    prints; None (in the directory it started in) if click must run.
+    `residents`: a build server's engines, kept between builds."""
     start = time.monotonic()
     args = buildargs.parse(argv)
     if args is None:
         return None
     if not args.directories:
-        return _answer(list(argv), args, start)
+        return _answer(list(argv), args, start, residents)
     try:
         home = os.open(".", os.O_RDONLY)  # to come back to for click, whose `-C` is relative to it
     except OSError:
@@ -43,7 +46,7 @@ def try_fast(argv: Sequence[str]) -> int | None:
         except OSError:
             code = None  # click says why
         else:
-            code = _answer(list(argv), args, start)
+            code = _answer(list(argv), args, start, residents)
         if code is None:
             os.fchdir(home)
         return code
@@ -51,14 +54,14 @@ def try_fast(argv: Sequence[str]) -> int | None:
         os.close(home)
 
 
-def _answer(argv: list[str], args: buildargs.BuildArgs, start: float) -> int | None:
+def _answer(argv: list[str], args: buildargs.BuildArgs, start: float, residents: Residents | None) -> int | None:
     checked = fastpath.check(os.getcwd(), args.file, args.overrides, args.targets)
     if checked is None:
         return None
     if not checked.noop:
         from pivotbuild.cli.direct import build
 
-        return build(argv, args, checked)
+        return build(argv, args, checked, residents)
     if args.values["question"]:
         return 0
     from pivotbuild.report.summary import as_displayed, summary_line

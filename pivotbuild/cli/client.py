@@ -1,0 +1,366 @@
+"""The build server's client: a plain build handed to a resident pivotbuild.
+
+`pivotbuild` starts a Python interpreter, imports the engine and reads the
+compiled plan, the lockfiles and the stat caches before its first stage: most
+of an incremental build's time (docs/performance.md).  A build server
+(cli/server.py) has done all of that once, and keeps the project loaded
+between builds.  `offer` hands it this build: the command line, the working
+directory, the environment, the umask and the standard streams (the
+descriptors themselves, SCM_RIGHTS), so the server builds exactly where and as
+this process would have, writing to the same terminal or pipes; Ctrl-C,
+SIGTERM and SIGHUP are passed on; the exit status comes back.
+
+It declines (None: the build runs in this process, as without a server) when
+the server is turned off (PIVOT_SERVER=0), when none is running (one is
+started for next time: `start_server`), when it is busy with another build,
+or when it was started in another context: another environment, limits,
+cgroup, user, Python or pivotbuild (the server's name is a hash of all that,
+and it compares the whole of it).  It also declines under make's jobserver
+in its descriptor form, whose descriptors are this process's own.
+
+Imports only what Python's start-up has already loaded, and `_socket` (not
+`socket`, whose import costs more than the whole request).
+"""
+
+from __future__ import annotations
+
+import marshal
+import os
+import sys
+
+TYPE_CHECKING = False  # not typing's: a build through the server imports no typing
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+PROTOCOL = 1
+MOST = 8  # servers of one user at once (each distinct context has its own)
+# Variables that differ between calls in one session and that nothing reads
+# before a build starts: the same server takes them (each request carries
+# the whole environment, and the build runs with exactly it).
+VOLATILE = frozenset(
+    {
+        "_",
+        "PWD",
+        "OLDPWD",
+        "SHLVL",
+        "COLUMNS",
+        "LINES",
+        "MAKEFLAGS",
+        "MFLAGS",
+        "MAKELEVEL",
+        "MAKE_TERMOUT",
+        "MAKE_TERMERR",
+        "PIVOT_STAGE",
+    }
+)
+_HEADER = 4  # each message: its length (4 bytes, big-endian), then marshal's bytes
+_STDIO = (0, 1, 2)
+_FORWARDED = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT")
+
+
+def enabled() -> bool:
+    """Whether builds go through a server (PIVOT_SERVER=1, on, yes or true)."""
+    return os.environ.get("PIVOT_SERVER", "").strip().lower() in ("1", "on", "yes", "true")
+
+
+def context() -> bytes:
+    """What a server must share with this process to build as it would: the
+    Python and pivotbuild it runs, the user, the limits, the cgroup and
+    namespaces, the CPUs and priority, and the environment (less VOLATILE)."""
+    import _signal  # type: ignore[import-not-found]  # (not `signal`, whose enums cost 5 ms: loaded at start-up)
+
+    from pivotbuild import __file__ as package
+
+    spaces = []
+    for space in ("mnt", "pid", "net", "user", "uts", "ipc", "cgroup"):
+        try:
+            spaces.append(os.readlink(f"/proc/self/ns/{space}"))
+        except OSError:
+            spaces.append("")
+    ignored = tuple(n for n in range(1, _signal.NSIG) if _ignored(_signal, n))
+    blocked = tuple(sorted(_signal.pthread_sigmask(_signal.SIG_BLOCK, ())))
+    env = sorted((k, v) for k, v in os.environ.items() if k not in VOLATILE)
+    facts = (
+        PROTOCOL,
+        sys.executable,
+        sys.version,
+        os.path.dirname(package),
+        os.getuid(),
+        os.geteuid(),
+        os.getgid(),
+        os.getegid(),
+        tuple(sorted(os.getgroups())),
+        _read("/proc/self/limits") or _limits(),
+        tuple(sorted(os.sched_getaffinity(0))),
+        os.getpriority(os.PRIO_PROCESS, 0),
+        ignored,
+        blocked,
+        tuple(spaces),
+        _read("/proc/self/cgroup"),
+        tuple(env),
+    )
+    return marshal.dumps(facts, 0)  # (version 0: no interning nor references, so equal facts are equal bytes)
+
+
+def _ignored(signals: object, signum: int) -> bool:
+    """Whether `signum` is ignored here (as the stages would inherit it)."""
+    try:
+        return signals.getsignal(signum) == signals.SIG_IGN  # type: ignore[attr-defined,no-any-return]
+    except (ValueError, OSError):
+        return False
+
+
+def _read(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
+
+
+def _limits() -> tuple[tuple[int, int], ...]:
+    """The resource limits, where /proc does not list them."""
+    import resource
+
+    return tuple(resource.getrlimit(getattr(resource, n)) for n in sorted(dir(resource)) if n.startswith("RLIMIT_"))
+
+
+def name(facts: bytes) -> str:
+    """The server's socket name for these facts (two CRCs: the server compares
+    the facts themselves, so a collision only costs a refusal)."""
+    import zlib
+
+    return f"{zlib.crc32(facts):08x}{zlib.crc32(facts[::-1]):08x}"
+
+
+def directory() -> str | None:
+    """Where this user's servers listen (PIVOT_SERVER_DIR, else
+    $XDG_RUNTIME_DIR/pivotbuild, else /tmp/pivotbuild-server-UID), made
+    private if new; None if it is not a private directory of this user's."""
+    base = os.environ.get("PIVOT_SERVER_DIR")
+    if not base:
+        runtime = os.environ.get("XDG_RUNTIME_DIR")
+        base = os.path.join(runtime, "pivotbuild") if runtime else f"/tmp/pivotbuild-server-{os.getuid()}"
+    try:
+        os.mkdir(base, 0o700)
+    except FileExistsError:
+        pass
+    except OSError:
+        return None
+    try:
+        st = os.lstat(base)
+    except OSError:
+        return None
+    import stat
+
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+        return None  # another user's, or open to others: a server there could not be trusted
+    return base
+
+
+class Declined:
+    """Why `offer` did not hand the build over; `start` if a server should be
+    started for the next build (none was listening)."""
+
+    __slots__ = ("start",)
+
+    def __init__(self, start: bool = False) -> None:
+        self.start = start
+
+
+def offer(argv: Sequence[str]) -> int | Declined:
+    """Hand this build to the server: its exit status once it is built, or
+    Declined (nothing was done) if it must run in this process."""
+    if not enabled() or _make_descriptors() or os.environ.get("_PIVOTBUILD_COMPLETE"):
+        return Declined()
+    where = directory()
+    if where is None:
+        return Declined()
+    facts = context()
+    import _socket
+
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    try:
+        try:
+            sock.connect(os.path.join(where, name(facts) + ".sock"))
+        except OSError:
+            from pivotbuild.cli import buildargs
+
+            return Declined(start=buildargs.parse(list(argv)) is not None)  # (a server only serves plain builds)
+        return _request(sock, list(argv), facts)
+    finally:
+        sock.close()
+
+
+def _make_descriptors() -> bool:
+    """Whether MAKEFLAGS hands this process make's job pool as descriptors
+    (make 4.3's pipe), which are this process's own: such a build runs here."""
+    flags = os.environ.get("MAKEFLAGS", "")
+    for word in flags.split():
+        for prefix in ("--jobserver-auth=", "--jobserver-fds="):
+            if word.startswith(prefix) and not word[len(prefix) :].startswith("fifo:"):
+                return True
+    return False
+
+
+def _request(sock: object, argv: list[str], facts: bytes) -> int | Declined:
+    import _socket
+
+    assert isinstance(sock, _socket.socket)
+    try:
+        here = os.open(".", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return Declined()  # (the build says why the directory cannot be used)
+    try:
+        request = {"argv": argv, "env": dict(os.environ), "umask": _umask(), "facts": facts, "pid": os.getpid()}
+        body = marshal.dumps(request)
+        rights = [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, _fds(here, *_STDIO))]
+        message = len(body).to_bytes(_HEADER, "big") + body
+        try:
+            sent = sock.sendmsg([message], rights)
+            if sent < len(message):
+                sock.sendall(message[sent:])
+            answer = _receive(sock)
+        except OSError:  # a standard stream closed (EBADF), a server gone meanwhile
+            return Declined()
+    finally:
+        os.close(here)
+    if answer is None or answer.get("ok") is not True:
+        return Declined()
+    return _await_exit(sock)
+
+
+def _await_exit(sock: object) -> int:
+    """Pass signals on until the server says how the build ended."""
+    import _signal
+    import _socket
+
+    assert isinstance(sock, _socket.socket)
+
+    def forward(signum: int, frame: object) -> None:
+        message = marshal.dumps({"signal": signum})
+        try:  # noqa: SIM105 (contextlib.suppress: an import a build through the server spares)
+            sock.sendall(len(message).to_bytes(_HEADER, "big") + message)
+        except OSError:
+            pass
+
+    for sig_name in _FORWARDED:
+        signum = getattr(_signal, sig_name)
+        if _signal.getsignal(signum) != _signal.SIG_IGN:  # (`nohup`: a hangup stays ignored)
+            _signal.signal(signum, forward)
+    try:
+        answer = _receive(sock)
+    except OSError:
+        answer = None
+    if answer is None or not isinstance(answer.get("exit"), int):
+        sys.stderr.write(
+            "pivotbuild: the build server stopped before the build ended; what finished is recorded:"
+            " run the build again (PIVOT_SERVER=0 builds without a server)\n"
+        )
+        return 2
+    code = answer["exit"]
+    assert isinstance(code, int)
+    return code
+
+
+def _receive(sock: object) -> dict[str, object] | None:
+    """One message, or None if the other end closed first."""
+    import _socket
+
+    assert isinstance(sock, _socket.socket)
+    head = _exactly(sock, _HEADER)
+    if head is None:
+        return None
+    body = _exactly(sock, int.from_bytes(head, "big"))
+    if body is None:
+        return None
+    value = marshal.loads(body)
+    return value if isinstance(value, dict) else None
+
+
+def _exactly(sock: object, n: int) -> bytes | None:
+    import _socket
+
+    assert isinstance(sock, _socket.socket)
+    parts = []
+    while n:
+        part = sock.recv(n)
+        if not part:
+            return None
+        parts.append(part)
+        n -= len(part)
+    return b"".join(parts)
+
+
+def _fds(*fds: int) -> bytes:
+    import array
+
+    return array.array("i", fds).tobytes()
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def start_server() -> None:
+    """Start a server for the next build, detached (its own session, no
+    descriptor of ours: a pipe reading our output ends when we do), unless
+    MOST servers of this user's run already.  Best effort: a server that
+    cannot start only leaves builds as they were."""
+    import contextlib
+    import subprocess
+
+    where = directory()
+    if where is None or not _room(where):
+        return
+    with contextlib.suppress(OSError):
+        subprocess.Popen(
+            [sys.executable, "-P", "-m", "pivotbuild.cli.server"],  # (-P: not `/` first on its path)
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            close_fds=True,
+            start_new_session=True,
+            cwd="/",
+        )
+
+
+def _room(where: str) -> bool:
+    """Whether fewer than MOST servers run in `where` (each holds its lock
+    file locked); the socket and lock of one that died (SIGKILL) go."""
+    import fcntl
+    import time
+
+    running = 0
+    try:
+        names = os.listdir(where)
+    except OSError:
+        return False
+    for entry in names:
+        if not entry.endswith(".lock"):
+            continue
+        lock = os.path.join(where, entry)
+        try:
+            fd = os.open(lock, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            if time.time() - os.fstat(fd).st_mtime < 10:
+                running += 1  # (new: maybe a server that has yet to lock it)
+                continue
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            running += 1
+            continue
+        except OSError:
+            continue
+        finally:
+            os.close(fd)
+        for stale in (lock[: -len(".lock")] + ".sock", lock):
+            try:  # noqa: SIM105 (contextlib: an import this module spares)
+                os.unlink(stale)
+            except OSError:
+                pass
+    return running < MOST

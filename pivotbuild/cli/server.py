@@ -1,0 +1,505 @@
+"""The build server: a resident pivotbuild that runs plain builds for the
+`pivotbuild` command (cli/client.py), so that a build does not pay for
+Python's start, the imports and reading the project's state again.
+
+    python -m pivotbuild.cli.server     # what `pivotbuild` starts, detached
+
+One server serves one user in one context (client.context: the Python,
+pivotbuild, limits, cgroup, environment...), which names its socket; it
+listens in the client's private directory, takes one build at a time (a
+client that finds it busy builds in its own process), and ends after
+PIVOT_SERVER_IDLE seconds without a build (default 600), when its socket is
+removed or replaced, when pivotbuild's own files change (it declines that
+build first), or when a build leaves a thread or a child process behind.
+
+A request brings the command line, the environment, the umask, and as
+descriptors the working directory and the three standard streams: for the
+build, the server takes all of them as its own (fchdir, os.environ,
+umask, dup2 onto 0, 1 and 2), runs the command line's front door exactly as
+`pivotbuild` would (cli/__init__.py), with engines kept between builds
+(`Residents`), says the exit status and goes back to /dev/null and `/`.
+A signal the client receives becomes SIGINT here, as Ctrl-C would be; a
+client that goes away (killed) is an interrupt too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import gc
+import io
+import marshal
+import os
+import queue
+import signal
+import socket
+import struct
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+from pivotbuild.cli import client
+
+if TYPE_CHECKING:
+    from pivotbuild.build.engine import Engine
+    from pivotbuild.build.fastpath import Checked
+    from pivotbuild.build.options import BuildOptions
+    from pivotbuild.graph import BuildGraph
+    from pivotbuild.project import Project
+
+IDLE_S = 600.0
+KEPT = 4  # engines kept (projects, or one project from several directories)
+_CHECK_S = 30.0  # how often an idle server looks at its socket and its files
+_FD_FLOOR = 100  # the server's own descriptors live above the low numbers a build uses
+
+
+class Residents:
+    """The engines kept between builds: one per (directory, -f, overrides,
+    --all), with the compiled plan its project was restored from; a plan
+    that changed gets a new engine.  The most recent KEPT are kept."""
+
+    def __init__(self) -> None:
+        self._engines: dict[tuple[object, ...], tuple[str, Engine, Project, BuildGraph]] = {}
+
+    def engine(self, checked: Checked, options: BuildOptions) -> tuple[Engine, Project, BuildGraph] | None:
+        """The engine for this build, and its project and graph (None if the
+        plan does not restore: the ordinary path compiles)."""
+        from pivotbuild.build.engine import Engine
+        from pivotbuild.events import Reporter
+        from pivotbuild.state import plan
+
+        key = (str(options.cwd), options.file, tuple(sorted(options.overrides.items())), options.all_pipelines)
+        plan_id = checked.loaded.index.plan_id
+        held = self._engines.pop(key, None)
+        if held is None or held[0] != plan_id:
+            restored = plan.restore(checked.loaded, options.cwd)
+            if restored is None:
+                return None
+            reporter: Reporter = _Nobody()
+            held = (plan_id, Engine(reporter, resident=True), *restored)
+        self._engines[key] = held
+        while len(self._engines) > KEPT:
+            del self._engines[next(iter(self._engines))]
+        return held[1], held[2], held[3]
+
+    @staticmethod
+    def idle(engine: Engine) -> None:
+        """Between builds an engine keeps no reporter and no job server (each build brings its own)."""
+        engine.reporter, engine.jobserver = _Nobody(), None
+
+
+class _Nobody:
+    """The reporter of an engine between builds (each build sets its own)."""
+
+    def handle(self, event: object) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class Server:
+    def __init__(self, where: str) -> None:
+        self.facts = client.context()  # before anything here changes what it reads
+        self.where = where
+        self.path = os.path.join(where, client.name(self.facts) + ".sock")
+        self.residents = Residents()
+        self.requests: queue.Queue[socket.socket] = queue.Queue()
+        self.lock = threading.Lock()
+        self.busy = False
+        self.stopping = False
+        self.building: socket.socket | None = None  # the client whose build runs now, and may be interrupted
+        self.guard = threading.Lock()  # (a client's watcher signals only the build of its own client)
+        self.files: dict[str, tuple[int, int]] = {}
+        self.listener: socket.socket | None = None
+        self.inode = 0
+
+    # -- starting ----------------------------------------------------------------------
+
+    def start(self) -> bool:
+        """Listen (False if another server of this context already does)."""
+        lock_fd = _high(os.open(self.path[: -len(".sock")] + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False  # (held for this process's life: the lock ends with it)
+        os.ftruncate(lock_fd, 0)
+        os.pwrite(lock_fd, b"%d\n" % os.getpid(), 0)  # (which process serves: for whoever looks)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        temporary = f"{self.path}.{os.getpid()}"
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        listener.bind(temporary)
+        os.chmod(temporary, 0o600)
+        listener.listen(16)
+        os.replace(temporary, self.path)
+        self.inode = os.stat(self.path).st_ino
+        self.listener = _moved_high(listener)
+        return True
+
+    def warm(self) -> None:
+        """Import what a build with work imports, and note pivotbuild's files."""
+        import pivotbuild.build.engine
+        import pivotbuild.cli.direct
+        import pivotbuild.cli.fast
+        import pivotbuild.cli.running
+        import pivotbuild.report.plain
+        import pivotbuild.state.plan  # noqa: F401
+
+        _changed(self.files)  # (noted: what is loaded now)
+
+    # -- serving -----------------------------------------------------------------------
+
+    def serve(self) -> None:
+        assert self.listener is not None
+        threading.Thread(target=self._accept, name="accept", daemon=True).start()
+        idle_s = _idle_seconds()
+        last = time.monotonic()
+        while not self.stopping:
+            try:
+                conn = self.requests.get(timeout=min(_CHECK_S, idle_s))
+            except queue.Empty:
+                with self.lock:
+                    if self.busy:
+                        continue
+                    if time.monotonic() - last >= idle_s or not self._mine() or _changed(self.files):
+                        self.stopping = True
+                continue
+            try:
+                self._handle(conn)
+            except KeyboardInterrupt:
+                pass  # a signal that came as the build ended: nothing of it is left to stop
+            except Exception:  # (ours, not the build's: main() says those) this server may not be sound
+                self.stopping = True
+            finally:
+                with contextlib.suppress(OSError):
+                    conn.shutdown(socket.SHUT_RDWR)  # (its watcher, waiting on it, returns)
+                conn.close()
+                last = time.monotonic()
+                with self.lock:
+                    self.busy = False
+            gc.collect()  # (the build ran without the collector: its cycles go now, while nobody waits)
+        with contextlib.suppress(OSError):
+            if self._mine():
+                os.unlink(self.path)
+
+    def _mine(self) -> bool:
+        try:
+            return os.stat(self.path).st_ino == self.inode
+        except OSError:
+            return False
+
+    def _accept(self) -> None:
+        assert self.listener is not None
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            conn = _moved_high(conn)
+            with self.lock:
+                take = not self.busy and not self.stopping
+                if take:
+                    self.busy = True
+            if take:
+                self.requests.put(conn)
+            else:
+                with contextlib.suppress(OSError):
+                    _send(conn, {"refused": "busy"})
+                conn.close()
+
+    def _handle(self, conn: socket.socket) -> None:
+        received = _receive_request(conn)
+        if received is None:
+            return
+        request, fds = received
+        try:
+            why = self._refusal(conn, request)
+            try:
+                _send(conn, {"refused": why} if why is not None else {"ok": True})
+            except OSError:
+                return  # (the client went away: nothing to build for)
+            if why is not None:
+                return
+            argv = [str(a) for a in request["argv"]]  # type: ignore[attr-defined]
+            watcher = threading.Thread(target=self._watch, args=(conn,), name="client", daemon=True)
+
+            def begin() -> None:
+                self.building = conn
+                watcher.start()
+
+            with self._as_client(request, fds):
+                try:
+                    code = _run(argv, self.residents, begin, self._end)
+                finally:
+                    self._end()
+            with contextlib.suppress(OSError):  # (a client killed meanwhile: its build was interrupted)
+                _send(conn, {"exit": code})
+        finally:
+            for fd in fds:
+                os.close(fd)
+        if _left_behind():
+            self.stopping = True  # (a thread or a child of that build's: a new server starts clean)
+
+    def _refusal(self, conn: socket.socket, request: dict[str, object]) -> str | None:
+        """Why this server must not run the build (None: it may)."""
+        creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        _pid, uid, _gid = struct.unpack("3i", creds)
+        if uid != os.getuid():
+            return "another user"
+        if request.get("facts") != self.facts:
+            return "another context"
+        if _changed(self.files):
+            self.stopping = True
+            return "pivotbuild changed"
+        from pivotbuild.cli import buildargs
+
+        env, mask, argv = request.get("env"), request.get("umask"), request.get("argv")
+        if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
+            return "no environment"
+        if not isinstance(mask, int) or not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
+            return "not a request"
+        if buildargs.parse(argv) is None:
+            return "not a plain build"  # (watch mode, a subcommand, --help: the client runs them)
+        return None
+
+    def _watch(self, conn: socket.socket) -> None:
+        """Turn the client's signals, or its going away, into Ctrl-C here,
+        while its build runs (never another client's build)."""
+        while True:
+            try:
+                message = _receive(conn)
+            except OSError:
+                message = None
+            with self.guard:
+                if self.building is not conn:
+                    return
+                os.kill(os.getpid(), signal.SIGINT)
+            if message is None:
+                return
+
+    def _end(self) -> None:
+        """The build has ended: its client's signals no longer reach anything."""
+        with self.guard:
+            self.building = None
+
+    @contextlib.contextmanager
+    def _as_client(self, request: dict[str, object], fds: list[int]) -> Iterator[None]:
+        """This process as the client is, for one build; the client's
+        descriptors `fds` are closed (and the list emptied) as it ends."""
+        from pivotbuild import paths
+
+        here, stdin, stdout, stderr = fds
+        env = request["env"]
+        assert isinstance(env, dict)
+        os.fchdir(here)
+        os.environ.clear()
+        os.environ.update(env)
+        mask = request["umask"]
+        os.umask(mask if isinstance(mask, int) else 0o022)
+        paths.forget_resolved()  # (symlinks may have changed since the last build)
+        sys.argv = ["pivotbuild", *map(str, request["argv"])]  # type: ignore[call-overload]
+        _flush()
+        for fd, target in ((stdin, 0), (stdout, 1), (stderr, 2)):
+            os.dup2(fd, target)
+        _standard_streams()
+        try:
+            yield
+        finally:
+            _flush()
+            null = os.open(os.devnull, os.O_RDWR)
+            for target in (0, 1, 2):
+                os.dup2(null, target)
+            os.close(null)
+            for fd in fds:  # the client's: a pipe reading its output ends when it does
+                os.close(fd)
+            fds.clear()
+            _standard_streams()
+            os.chdir("/")
+
+
+def _run(argv: list[str], residents: Residents, begin: Callable[[], None], end: Callable[[], None]) -> int:
+    """The command line's front door, as `pivotbuild` runs it, with engines
+    kept.  Ctrl-C (the client's signals, from `begin` to `end`) raises
+    KeyboardInterrupt only while it runs: once it has returned, one that
+    comes late changes nothing."""
+    from pivotbuild.cli import main
+
+    try:
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # (before `begin`: no signal of the client's is lost)
+        try:
+            begin()
+            return main(argv, residents=residents)
+        finally:
+            end()
+            signal.signal(signal.SIGINT, _absorb)
+    except KeyboardInterrupt:  # (before the build had its handlers, or as it returned)
+        sys.stderr.write("pivotbuild: interrupted\n")
+        return 130
+
+
+def _absorb(signum: int, frame: object) -> None:
+    """SIGINT outside a build: nothing to interrupt."""
+
+
+def _changed(files: dict[str, tuple[int, int]]) -> bool:
+    """Whether a pivotbuild module this process imported has changed on disk
+    since (by its file's stamp, noted in `files` when first seen: a module a
+    build imported later is noted then, as the version it loaded)."""
+    for module_name, module in list(sys.modules.items()):
+        path = getattr(module, "__file__", None)
+        if not path or not (module_name == "pivotbuild" or module_name.startswith("pivotbuild.")):
+            continue
+        try:
+            st = os.stat(path)
+            now = (st.st_mtime_ns, st.st_size)
+        except OSError:
+            now = (-1, -1)
+        if files.setdefault(path, now) != now:
+            return True
+    return False
+
+
+def _left_behind() -> bool:
+    """Whether a build left a thread of its own running, or a child process."""
+    ours = {"accept", "client"}
+    for thread in threading.enumerate():
+        if thread is not threading.main_thread() and thread.name not in ours and thread.is_alive():
+            return True
+    try:
+        pid, _ = os.waitpid(-1, os.WNOHANG)
+    except ChildProcessError:
+        return False
+    return True if pid == 0 else _left_behind()
+
+
+def _flush() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+
+
+def _standard_streams() -> None:
+    """sys.stdin, stdout and stderr for what 0, 1 and 2 are now, as Python's
+    start would make them (a terminal line-buffered, stderr always)."""
+    encoding = sys.__stdout__.encoding if sys.__stdout__ is not None else "utf-8"
+    errors = sys.__stdout__.errors if sys.__stdout__ is not None else "strict"
+    through = bool(getattr(sys.__stdout__, "write_through", False))  # (-u, PYTHONUNBUFFERED)
+    sys.stdin = io.TextIOWrapper(io.BufferedReader(io.FileIO(0, "r", closefd=False)), encoding=encoding, errors=errors)
+    out = io.FileIO(1, "w", closefd=False)
+    sys.stdout = io.TextIOWrapper(
+        io.BufferedWriter(out), encoding=encoding, errors=errors, line_buffering=out.isatty(), write_through=through
+    )
+    sys.stderr = io.TextIOWrapper(
+        io.BufferedWriter(io.FileIO(2, "w", closefd=False)),
+        encoding=encoding,
+        errors="backslashreplace",
+        line_buffering=True,
+        write_through=through,
+    )
+
+
+def _high(fd: int) -> int:
+    """`fd` moved above the numbers a build's own descriptors take (close-on-exec)."""
+    moved = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, _FD_FLOOR)
+    os.close(fd)
+    return moved
+
+
+def _moved_high(sock: socket.socket) -> socket.socket:
+    fd = fcntl.fcntl(sock.fileno(), fcntl.F_DUPFD_CLOEXEC, _FD_FLOOR)
+    sock.close()
+    return socket.socket(fileno=fd)
+
+
+def _send(conn: socket.socket, message: dict[str, object]) -> None:
+    body = marshal.dumps(message)
+    conn.sendall(len(body).to_bytes(4, "big") + body)
+
+
+def _receive(conn: socket.socket) -> dict[str, object] | None:
+    head = _exactly(conn, 4)
+    if head is None:
+        return None
+    body = _exactly(conn, int.from_bytes(head, "big"))
+    if body is None:
+        return None
+    try:
+        value = marshal.loads(body)
+    except (EOFError, ValueError, TypeError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _exactly(conn: socket.socket, n: int) -> bytes | None:
+    parts = []
+    while n:
+        part = conn.recv(min(n, 1 << 20))
+        if not part:
+            return None
+        parts.append(part)
+        n -= len(part)
+    return b"".join(parts)
+
+
+def _receive_request(conn: socket.socket) -> tuple[dict[str, object], list[int]] | None:
+    """The request and its four descriptors (None: not a request)."""
+    conn.settimeout(10.0)
+    try:
+        data, ancillary, _flags, _addr = conn.recvmsg(1 << 16, socket.CMSG_SPACE(4 * 4))
+        fds: list[int] = []
+        for level, kind, payload in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                count = len(payload) // 4
+                fds.extend(struct.unpack(f"{count}i", payload[: count * 4]))
+        fds = [_high(fd) for fd in fds]
+        if len(data) < 4:
+            raise OSError("short")
+        size = int.from_bytes(data[:4], "big")
+        rest = _exactly(conn, size - (len(data) - 4)) if size > len(data) - 4 else b""
+        if rest is None:
+            raise OSError("short")
+        request = marshal.loads(data[4:] + rest)
+    except (OSError, EOFError, ValueError, TypeError):
+        for fd in locals().get("fds", []):
+            os.close(fd)
+        return None
+    finally:
+        conn.settimeout(None)
+    if not isinstance(request, dict) or len(fds) != 4:
+        for fd in fds:
+            os.close(fd)
+        return None
+    return request, fds
+
+
+def _idle_seconds() -> float:
+    try:
+        return max(1.0, float(os.environ.get("PIVOT_SERVER_IDLE", IDLE_S)))
+    except ValueError:
+        return IDLE_S
+
+
+def main() -> None:
+    where = client.directory()
+    if where is None:
+        return
+    server = Server(where)
+    if not server.start():
+        return
+    os.chdir("/")
+    null = os.open(os.devnull, os.O_RDWR)
+    for target in (0, 1, 2):
+        os.dup2(null, target)
+    os.close(null)
+    signal.signal(signal.SIGINT, _absorb)  # (between builds: a client's late Ctrl-C has nothing to stop)
+    gc.disable()  # as `pivotbuild` runs (see cli.run); collected between builds
+    server.warm()
+    server.serve()
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,389 @@
+"""The build server (cli/server.py, cli/client.py), end to end: the real
+`pivotbuild` with PIVOT_SERVER=1 starts a resident server after its build,
+and the builds after it run there, with the client's directory, umask,
+environment and standard streams, its exit status and its signals.
+
+A stage whose command goes through the shell writes `$PPID`, its parent:
+the server's pid (its lock file names it) when the server ran the build,
+another when the client built in its own process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import stat
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import PIVOTBUILD, Project
+
+PPID_STAGE = """
+stage who:
+    deps: in.txt
+    outs: ppid.txt
+    run: cat in.txt > /dev/null; echo $PPID > ppid.txt
+"""
+
+
+@pytest.fixture
+def servers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Builds go through servers that listen in a directory of this test's;
+    every server started is stopped after it."""
+    where = tmp_path / "servers"
+    monkeypatch.setenv("PIVOT_SERVER", "1")
+    monkeypatch.setenv("PIVOT_SERVER_DIR", str(where))
+    monkeypatch.setenv("PIVOT_SERVER_IDLE", "600")
+    try:
+        yield where
+    finally:
+        for pid in server_pids(where):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+            _wait_gone(pid, 10)
+
+
+def server_pids(where: Path) -> list[int]:
+    pids = []
+    for lock in where.glob("*.lock") if where.exists() else ():
+        with contextlib.suppress(ValueError, OSError):
+            pids.append(int(lock.read_text()))
+    return pids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie (the test's own child) counts as gone
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _wait_gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def await_server(where: Path, count: int = 1, timeout: float = 20) -> int:
+    """The pid of the newest server listening in `where` once `count` listen."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        socks = list(where.glob("*.sock")) if where.exists() else []
+        if len(socks) >= count:
+            pids = [p for p in server_pids(where) if _alive(p)]
+            if len(pids) >= count:
+                newest = max(socks, key=lambda s: s.stat().st_mtime_ns)
+                return int(newest.with_suffix(".lock").read_text())
+        time.sleep(0.05)
+    raise AssertionError(f"no server started in {where}: {sorted(os.listdir(where)) if where.exists() else '-'}")
+
+
+def parent(p: Project) -> int:
+    return int((p.root / "ppid.txt").read_text())
+
+
+def served(p: Project, where: Path) -> int:
+    """A first build (in the client: it starts the server), then the server's pid."""
+    p.pivotfile(PPID_STAGE)
+    p.write("in.txt", "one\n")
+    first = p.run()
+    assert first.code == 0, first.err
+    return await_server(where)
+
+
+def test_a_build_after_the_first_runs_in_the_server_and_says_what_a_build_says(project: Project, servers: Path) -> None:
+    pid = served(project, servers)
+    assert parent(project) != pid  # the first build ran in its own process
+    project.write("in.txt", "two\n")
+    r = project.run()
+    assert r.code == 0, r.err
+    assert parent(project) == pid
+    assert "1 ran, 0 up to date" in r.out + r.err
+    again = project.run()  # nothing changed: the no-op, through the server too
+    assert again.code == 0 and "0 ran, 1 up to date" in again.out + again.err
+    assert _alive(pid)
+
+
+def test_exit_statuses_and_failures_come_back_from_the_server(project: Project, servers: Path) -> None:
+    pid = served(project, servers)
+    project.write("in.txt", "two\n")
+    q = project.run("-q")
+    assert q.code == 1  # out of date: -q says so and runs nothing
+    assert parent(project) != pid
+    project.pivotfile(PPID_STAGE + "\nstage bad:\n    run: echo broken >&2; exit 3\n")
+    r = project.run("-k")
+    assert r.code == 1
+    assert "broken" in r.err and "bad" in r.err
+    assert parent(project) == pid  # -k went on with `who`, in the server
+
+
+def test_the_client_directory_umask_and_environment_are_the_builds(project: Project, servers: Path) -> None:
+    project.pivotfile("stage env:\n    deps: n.txt\n    outs: env.txt\n    run: echo $GREETING $PPID > env.txt\n")
+    seen: dict[str, set[str]] = {}
+    for n, greeting in enumerate(("hello", "bonjour", "hello")):  # another environment: another server
+        env = {**os.environ, "GREETING": greeting, "NO_COLOR": "1"}
+        for i in range(2):
+            project.write("n.txt", f"{n} {i}\n")  # (the environment is not an input: a new one reruns nothing)
+            subprocess.run(
+                ["sh", "-c", f"umask 077; exec {' '.join(PIVOTBUILD)} -C {project.root.name}"],
+                cwd=project.root.parent,
+                env=env,
+                capture_output=True,
+                check=True,
+                timeout=60,
+            )
+            said, ppid = (project.root / "env.txt").read_text().split()
+            assert said == greeting
+            assert stat.S_IMODE((project.root / "env.txt").stat().st_mode) == 0o600
+            seen.setdefault(greeting, set()).add(ppid)
+            await_server(servers, count=len(seen))
+    pids = {str(pid) for pid in server_pids(servers)}
+    assert len(pids) == 2
+    assert len(pids & seen["hello"]) == 1 and len(pids & seen["bonjour"]) == 1
+    assert pids & seen["hello"] != pids & seen["bonjour"]
+
+
+def test_a_pipe_reading_the_build_ends_with_the_client(project: Project, servers: Path) -> None:
+    served(project, servers)
+    project.write("in.txt", "two\n")
+    t0 = time.monotonic()
+    r = project.run(timeout=30)  # (the server, resident, must not hold the pipe open)
+    assert r.code == 0
+    assert time.monotonic() - t0 < 20
+
+
+def _start_slow(project: Project) -> subprocess.Popen[str]:
+    """A build whose stage runs for 30 s, once its stage has started (it
+    writes its pid, then its parent's, to slow.pid)."""
+    slow = "stage slow:\n    outs: slow.txt\n    run: echo $$$$ $PPID > slow.pid; sleep 30; echo done > slow.txt\n"
+    project.pivotfile(PPID_STAGE + "\n" + slow)
+    env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200"}  # (as Project.run: the same server)
+    proc = subprocess.Popen(
+        [*PIVOTBUILD], cwd=project.root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+    deadline = time.monotonic() + 20
+    while len((project.root / "slow.pid").read_text().split()) != 2 if (project.root / "slow.pid").exists() else True:
+        assert time.monotonic() < deadline, "the slow stage never started"
+        time.sleep(0.05)
+    return proc
+
+
+@pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGKILL])
+def test_a_client_interrupted_or_killed_stops_its_build_in_the_server(
+    project: Project, servers: Path, how: signal.Signals
+) -> None:
+    pid = served(project, servers)
+    proc = _start_slow(project)
+    stage, stage_parent = map(int, (project.root / "slow.pid").read_text().split())
+    assert stage_parent == pid  # the server runs it
+    proc.send_signal(how)
+    _out, err = proc.communicate(timeout=30)
+    if how == signal.SIGINT:
+        assert proc.returncode == 130
+        assert "interrupted" in err.lower()
+    assert _wait_gone(stage, 15), "the stage outlived its interrupted build"
+    assert not (project.root / "slow.txt").exists()
+    assert _alive(pid)  # the server goes on, and builds again (once it has put the build away: busy until then)
+    project.pivotfile(PPID_STAGE)
+    for attempt in range(50):
+        project.write("in.txt", f"three {attempt}\n")
+        r = project.run()
+        assert r.code == 0, r.err
+        if parent(project) == pid:
+            break
+        time.sleep(0.1)
+    assert parent(project) == pid
+
+
+def test_a_busy_server_leaves_the_next_build_to_its_own_process(
+    project: Project, servers: Path, tmp_path: Path
+) -> None:
+    pid = served(project, servers)
+    proc = _start_slow(project)
+    try:
+        other = Project(tmp_path / "other")
+        (other.root / ".pivot").mkdir(parents=True)
+        other.pivotfile(PPID_STAGE)
+        other.write("in.txt", "x\n")
+        r = other.run()
+        assert r.code == 0, r.err
+        assert parent(other) != pid
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=30)
+
+
+def test_under_make_s_descriptor_jobserver_the_build_stays_in_make_s_child(project: Project, servers: Path) -> None:
+    pid = served(project, servers)
+    project.write("in.txt", "two\n")
+    project.write("Makefile", f"all:\n\t+{' '.join(PIVOTBUILD)}\n")
+    r = subprocess.run(["make", "-j2", "-s"], cwd=project.root, capture_output=True, text=True, timeout=60, check=False)
+    assert r.returncode == 0, r.stderr
+    assert (project.root / "ppid.txt").read_text().strip() != str(pid)
+
+
+def test_an_idle_server_exits_and_removes_its_socket(
+    project: Project, servers: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PIVOT_SERVER_IDLE", "1")
+    pid = served(project, servers)
+    assert _wait_gone(pid, 20)
+    assert not list(servers.glob("*.sock"))
+
+
+def test_a_server_notes_a_changed_pivotbuild_file() -> None:
+    from pivotbuild.cli import server
+
+    files: dict[str, tuple[int, int]] = {}
+    assert not server._changed(files)
+    assert files and not server._changed(files)  # the same files, unchanged
+    path = next(iter(files))
+    files[path] = (files[path][0] - 1, files[path][1])  # as if it had been loaded before an edit
+    assert server._changed(files)
+
+
+PY_STEPS = """
+import os
+
+def square(ctx):
+    n = int(open(ctx.deps[0]).read())
+    print("squaring", n)
+    open(ctx.outs[0], "w").write(f"{n * n} {os.getppid()}\\n")
+"""
+
+
+def test_py_stages_run_through_the_server_with_their_code_as_it_is_now(project: Project, servers: Path) -> None:
+    pid = served(project, servers)
+    project.write("steps.py", PY_STEPS)
+    project.write("n.txt", "7\n")
+    project.pivotfile(PPID_STAGE + "\nstage sq:\n    deps: n.txt\n    outs: sq.txt\n    py: steps:square\n")
+    project.write("in.txt", "two\n")
+    r = project.run()
+    assert r.code == 0, r.err
+    assert parent(project) == pid
+    assert (project.root / "sq.txt").read_text().split()[0] == "49"
+    project.write("steps.py", PY_STEPS.replace("n * n", "n * n + 1"))  # the step's code changed: it reruns
+    r = project.run()
+    assert r.code == 0, r.err
+    assert (project.root / "sq.txt").read_text().split()[0] == "50"
+    assert _alive(pid)
+
+
+def test_at_most_eight_servers_run_and_a_dead_one_makes_room(project: Project, servers: Path) -> None:
+    from pivotbuild.cli.client import MOST
+
+    project.pivotfile(PPID_STAGE)
+    project.write("in.txt", "one\n")
+
+    def build_in_context(n: int) -> None:
+        env = {**os.environ, "CONTEXT": str(n)}  # (each environment has its own server)
+        subprocess.run([*PIVOTBUILD], cwd=project.root, env=env, capture_output=True, check=True, timeout=60)
+
+    for n in range(MOST):
+        build_in_context(n)
+        await_server(servers, count=n + 1)
+    build_in_context(MOST)
+    time.sleep(1)  # (a server it had started would listen by now)
+    running = [pid for pid in server_pids(servers) if _alive(pid)]
+    assert len(running) == MOST and len(list(servers.glob("*.sock"))) == MOST
+    os.kill(running[0], signal.SIGKILL)
+    assert _wait_gone(running[0], 10)
+    for lock in servers.glob("*.lock"):  # (a lock newer than 10 s may be a server's about to take it: aged)
+        if lock.read_text().strip() == str(running[0]):
+            os.utime(lock, (time.time() - 60, time.time() - 60))
+    build_in_context(MOST + 1)
+    await_server(servers, count=MOST)  # the dead one's socket and lock went; the new one listens
+    assert len([pid for pid in server_pids(servers) if _alive(pid)]) == MOST
+    assert running[0] not in server_pids(servers)
+
+
+def _interpreter() -> str:
+    """The Python that `pivotbuild` runs in (its script's #! line), so that a
+    client written here has its context."""
+    first = Path(PIVOTBUILD[0]).read_text().splitlines()[0] if len(PIVOTBUILD) == 1 else ""
+    return first[2:].strip() if first.startswith("#!") else PIVOTBUILD[0]
+
+
+# A client of the server's protocol that misbehaves: "linger S ARGS" builds,
+# then keeps its connection open for S seconds; "quit ARGS" leaves as soon as
+# the server has accepted its build.
+RAW_CLIENT = """
+import marshal, os, sys, time, _socket
+from pivotbuild.cli import client
+facts = client.context()
+sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+sock.connect(os.path.join(client.directory(), client.name(facts) + ".sock"))
+if sys.argv[1] == "linger":
+    print(client._request(sock, sys.argv[3:], facts), flush=True)
+    time.sleep(float(sys.argv[2]))
+else:
+    here = os.open(".", os.O_RDONLY)
+    body = marshal.dumps({"argv": sys.argv[2:], "env": dict(os.environ), "umask": 0o022, "facts": facts, "pid": 0})
+    rights = [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, client._fds(here, 0, 1, 2))]
+    sock.sendmsg([len(body).to_bytes(4, "big") + body], rights)
+    print(client._receive(sock), flush=True)
+sock.close()
+"""
+
+
+def _raw(project: Project, *args: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200"}  # (as Project.run: the same server)
+    return subprocess.Popen(
+        [_interpreter(), "-c", RAW_CLIENT, *args], cwd=project.root, env=env, stdout=subprocess.PIPE, text=True
+    )
+
+
+def test_a_client_that_lingers_after_its_build_does_not_interrupt_the_next(project: Project, servers: Path) -> None:
+    pid = served(project, servers)
+    lingering = _raw(project, "linger", "1.5", "-q")
+    assert lingering.stdout is not None and lingering.stdout.readline().strip() == "0"
+    project.pivotfile(PPID_STAGE + "\nstage slow:\n    outs: slow.txt\n    run: sleep 3; echo $PPID > slow.txt\n")
+    r = project.run()  # its stage still runs when the lingering client goes
+    lingering.communicate(timeout=30)
+    assert r.code == 0, r.err
+    assert (project.root / "slow.txt").read_text().strip() == str(pid)
+
+
+def test_a_client_gone_as_soon_as_its_build_starts_interrupts_it(project: Project, servers: Path) -> None:
+    pid = served(project, servers)
+    project.pivotfile(
+        PPID_STAGE + "\nstage slow:\n    outs: slow.txt\n    run: echo $$$$ > slow.pid; sleep 2; echo done > slow.txt\n"
+    )
+    for attempt in range(2):  # (the client leaves at once: the build is interrupted wherever it is)
+        quitting = _raw(project, "quit")
+        out, _ = quitting.communicate(timeout=30)
+        assert "'ok': True" in out, out
+        time.sleep(2.5)  # longer than the stage
+        assert not (project.root / "slow.txt").exists(), f"attempt {attempt}: the build ran on without its client"
+        if (project.root / "slow.pid").exists():
+            assert _wait_gone(int((project.root / "slow.pid").read_text()), 10)
+    assert _alive(pid)
+
+
+def test_python_dash_m_pivotbuild_reaches_the_same_server(project: Project, servers: Path) -> None:
+    pid = served(project, servers)
+    for n in range(2):
+        project.write("in.txt", f"again {n}\n")
+        env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200"}
+        r = subprocess.run(
+            [_interpreter(), "-m", "pivotbuild"],
+            cwd=project.root,
+            env=env,
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        assert r.returncode == 0, r.stderr
+        assert parent(project) == pid
