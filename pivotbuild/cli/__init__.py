@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
     from typing import NoReturn
 
-    from pivotbuild.cli.server import Residents
+    from pivotbuild.cli.residents import Residents
 
 
 def run() -> NoReturn:

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from pivotbuild.build.engine import Engine
     from pivotbuild.build.fastpath import Checked
     from pivotbuild.cli.buildargs import BuildArgs
-    from pivotbuild.cli.server import Residents
+    from pivotbuild.cli.residents import Residents
 
 
 def build(argv: list[str], args: BuildArgs, checked: Checked, residents: Residents | None = None) -> int | None:

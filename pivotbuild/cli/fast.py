@@ -23,7 +23,7 @@ TYPE_CHECKING = False  # not typing's: the no-op fast path does not import typin
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from pivotbuild.cli.server import Residents
+    from pivotbuild.cli.residents import Residents
 
 
 def try_fast(argv: Sequence[str], residents: Residents | None = None) -> int | None:

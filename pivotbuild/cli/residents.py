@@ -1,0 +1,63 @@
+"""The engines a build server keeps between builds (cli/server.py): one per
+(directory, -f, overrides, --all), each with the project and graph its
+compiled plan was restored from, so that a build with work reads neither
+the plan nor the project's lockfiles and stat caches again (the engine, being
+resident, checks those against the files: build/engine.py)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pivotbuild.build.engine import Engine
+    from pivotbuild.build.fastpath import Checked
+    from pivotbuild.build.options import BuildOptions
+    from pivotbuild.graph import BuildGraph
+    from pivotbuild.project import Project
+
+KEPT = 4  # engines kept (projects, or one project from several directories)
+
+
+class Residents:
+    """The engines kept between builds: one per (directory, -f, overrides,
+    --all), with the compiled plan its project was restored from; a plan
+    that changed gets a new engine.  The most recent KEPT are kept."""
+
+    def __init__(self) -> None:
+        self._engines: dict[tuple[object, ...], tuple[str, Engine, Project, BuildGraph]] = {}
+
+    def engine(self, checked: Checked, options: BuildOptions) -> tuple[Engine, Project, BuildGraph] | None:
+        """The engine for this build, and its project and graph (None if the
+        plan does not restore: the ordinary path compiles)."""
+        from pivotbuild.build.engine import Engine
+        from pivotbuild.events import Reporter
+        from pivotbuild.state import plan
+
+        key = (str(options.cwd), options.file, tuple(sorted(options.overrides.items())), options.all_pipelines)
+        plan_id = checked.loaded.index.plan_id
+        held = self._engines.pop(key, None)
+        if held is None or held[0] != plan_id:
+            restored = plan.restore(checked.loaded, options.cwd)
+            if restored is None:
+                return None
+            reporter: Reporter = _Nobody()
+            held = (plan_id, Engine(reporter, resident=True), *restored)
+        self._engines[key] = held
+        while len(self._engines) > KEPT:
+            del self._engines[next(iter(self._engines))]
+        return held[1], held[2], held[3]
+
+    @staticmethod
+    def idle(engine: Engine) -> None:
+        """Between builds an engine keeps no reporter and no job server (each build brings its own)."""
+        engine.reporter, engine.jobserver = _Nobody(), None
+
+
+class _Nobody:
+    """The reporter of an engine between builds (each build sets its own)."""
+
+    def handle(self, event: object) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
