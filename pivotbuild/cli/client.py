@@ -8,15 +8,16 @@ between builds.  `offer` hands it this build: the command line, the working
 directory, the environment, the umask and the standard streams (the
 descriptors themselves, SCM_RIGHTS), so the server builds exactly where and as
 this process would have, writing to the same terminal or pipes; Ctrl-C,
-SIGTERM and SIGHUP are passed on; the exit status comes back.
+SIGTERM, SIGHUP and SIGQUIT are passed on; the exit status comes back.
 
-It declines (None: the build runs in this process, as without a server) when
-the server is turned off (PIVOT_SERVER=0), when none is running (one is
-started for next time: `start_server`), when it is busy with another build,
-or when it was started in another context: another environment, limits,
-cgroup, user, Python or pivotbuild (the server's name is a hash of all that,
-and it compares the whole of it).  It also declines under make's jobserver
-in its descriptor form, whose descriptors are this process's own.
+It declines (`Declined`: the build runs in this process, as without a
+server) unless PIVOT_SERVER=1, when no server is running (one is started for
+next time: `start_server`), when it is busy with another build, when the
+command is not a plain build, or when the server was started in another
+context: another environment, limits, cgroup, user, Python or pivotbuild
+(the server's name is a hash of all that, and it compares the whole of it).
+It also declines under make's jobserver in its descriptor form, whose
+descriptors are this process's own.  docs/server.md says it all for users.
 
 Imports only what Python's start-up has already loaded, and `_socket` (not
 `socket`, whose import costs more than the whole request).
