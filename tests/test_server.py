@@ -158,10 +158,10 @@ def test_the_client_directory_umask_and_environment_are_the_builds(project: Proj
 def test_a_pipe_reading_the_build_ends_with_the_client(project: Project, servers: Path) -> None:
     served(project, servers)
     project.write("in.txt", "two\n")
-    t0 = time.monotonic()
-    r = project.run(timeout=30)  # (the server, resident, must not hold the pipe open)
+    # Project.run reads the output through pipes until they close: were the
+    # server (idle for 600 s) to hold them open, this would time out.
+    r = project.run(timeout=60)
     assert r.code == 0
-    assert time.monotonic() - t0 < 20
 
 
 def _start_slow(project: Project) -> subprocess.Popen[str]:
