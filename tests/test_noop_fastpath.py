@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Project
+from conftest import PIVOTBUILD, Project
 from helpers import CHAIN, DURATION, background_build, counts, history, read, runs, wait_until
 from tracing import Traced, assert_fast, build, traced
 
@@ -90,6 +90,20 @@ def test_fast_noop_appends_the_history_entry_the_ordinary_path_appends(chain: Pr
     lines = text.out.splitlines()
     assert len(lines) == 4
     assert "0 ran, 3 up to date, 0 failed" in lines[2]
+
+
+def test_the_installed_command_imports_nothing_heavy_on_a_noop(chain: Project) -> None:
+    """The `pivotbuild` script itself, not `python -m pivotbuild`: a
+    console-script entry point's wrapper would import `re` first (bin/pivotbuild)."""
+    build(chain)
+    assert len(PIVOTBUILD) == 1 and Path(PIVOTBUILD[0]).name == "pivotbuild", PIVOTBUILD
+    env = {**os.environ, "PYTHONPROFILEIMPORTTIME": "1"}
+    r = subprocess.run(PIVOTBUILD, cwd=chain.root, env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert r.returncode == 0, r.stderr
+    lines = [line for line in r.stderr.splitlines() if line.startswith("import time:")]
+    imported = {line.split("|")[-1].strip().split(".")[0] for line in lines[1:]}
+    assert "pivotbuild" in imported  # (the trace is there)
+    assert not imported & {"re", "lark", "click", "typing", "pathlib", "json"}, sorted(imported)
 
 
 def test_question_mode_is_silent_on_a_noop_and_fails_after_a_dep_edit(chain: Project) -> None:
