@@ -80,8 +80,9 @@ def test_an_edit_reruns_the_stage_and_its_dependents_without_click(chain: Projec
 
 # What a build with work from a fresh plan never imports: the command line and the
 # compiler (as the no-op), what serves only a watcher, a dry run, a config.toml, a
-# misspelt name or a stage too big for the machine, tempfile (state/files.py), and
-# dataclasses and the inspect it pulls (the records are structs: pivotbuild/structs.py);
+# misspelt name or a stage too big for the machine, tempfile (state/files.py), shutil
+# and the bz2 and lzma it pulls (only a directory's removal needs it: files.remove_tree),
+# and dataclasses and the inspect it pulls (the records are structs: pivotbuild/structs.py);
 # where stages are spawned (build/executors/spawn.py), subprocess too.
 NOT_FOR_A_BUILD = frozenset(
     ({"subprocess"} if Starter().spawns else set())
@@ -94,6 +95,9 @@ NOT_FOR_A_BUILD = frozenset(
         "tomllib",
         "difflib",
         "tempfile",
+        "shutil",
+        "bz2",
+        "lzma",
         "pivotbuild.build.watchset",
         "pivotbuild.build.executors.dry",
         "dataclasses",

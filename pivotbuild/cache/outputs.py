@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import stat
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -23,6 +22,7 @@ from pivotbuild.model import Out, Stage
 from pivotbuild.paths import LOCKFILE, STATE_DIR
 from pivotbuild.remote import config
 from pivotbuild.state import lockfile
+from pivotbuild.state.files import remove_tree
 from pivotbuild.state.hashing import (
     ENTRY_LINK,
     ManifestEntry,
@@ -388,7 +388,7 @@ class OutputCache:
 
 def _remove(path: Path) -> bool:
     if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
+        remove_tree(path)
         return True
     if path.exists() or path.is_symlink():
         path.unlink()

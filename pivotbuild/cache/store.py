@@ -16,7 +16,6 @@ import contextlib
 import errno
 import json
 import os
-import shutil
 import stat
 import threading
 from collections.abc import Callable
@@ -25,6 +24,7 @@ from pathlib import Path
 
 from pivotbuild.cache.copying import clone_and_hash, clone_or_copy, copy_and_hash, write_new
 from pivotbuild.cache.pack import PACK_MAX, PACKS, Packs
+from pivotbuild.state.files import remove_tree
 from pivotbuild.state.hashing import (
     ENTRY_EXEC,
     ENTRY_FILE,
@@ -370,7 +370,7 @@ class Cache:
                     self._copy_into(src, tmp, 0o666)
                     _make_read_only(tmp)  # read-only, like the links
             if dest.is_dir() and not dest.is_symlink():
-                shutil.rmtree(dest)
+                remove_tree(dest)
             os.replace(tmp, dest)
         finally:
             with contextlib.suppress(FileNotFoundError):
@@ -402,13 +402,13 @@ class Cache:
                 else:
                     self.checkout_file(e.hash, target, mode, executable=e.kind == ENTRY_EXEC)
             if dest.is_dir() and not dest.is_symlink():
-                shutil.rmtree(dest)
+                remove_tree(dest)
             elif dest.exists() or dest.is_symlink():
                 dest.unlink()
             os.replace(staging, dest)
         finally:
             if staging.exists():
-                shutil.rmtree(staging, ignore_errors=True)
+                remove_tree(staging, ignore_errors=True)
 
     def _loosen(self, digest: str, data: bytes) -> None:
         """Make packed object `digest` a file of its own too (for links to it),

@@ -87,3 +87,11 @@ def ensure_state_dir(directory: Path, root: Path | None = None) -> Path:
             text = f"The state of the pipeline in this directory; its project root is {root}.\n"
             write_atomic(marker, text.encode("utf-8", "surrogateescape"))
     return state
+
+
+def remove_tree(path: str | os.PathLike[str], *, ignore_errors: bool = False) -> None:
+    """`shutil.rmtree`, with shutil imported only when a directory must go:
+    shutil imports bz2 and lzma, 2 ms of a build that removes none."""
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=ignore_errors)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import stat
 import threading
 from collections.abc import Callable, Mapping
@@ -24,6 +23,7 @@ from pivotbuild.build.executors.lifeline import Lifeline
 from pivotbuild.cache.outputs import Captured, OutputCache
 from pivotbuild.events import Event, Log, Message, StageStarted
 from pivotbuild.model import Stage
+from pivotbuild.state.files import remove_tree
 from pivotbuild.state.snapshot import Snapshot
 from pivotbuild.state.statcache import StatEntry
 
@@ -152,7 +152,7 @@ def prepare_outputs(root: Path, stage: Stage, *, dirs: bool = True) -> str:
                         raise
                 else:  # it exists, and so does its directory
                     if stat.S_ISDIR(st.st_mode):
-                        shutil.rmtree(path)
+                        remove_tree(path)
                     else:  # a file, or a symlink (to a directory too: the link goes, not what it points to)
                         os.unlink(path)
                     continue
