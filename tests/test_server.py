@@ -333,7 +333,7 @@ else:
     body = marshal.dumps({"argv": sys.argv[2:], "env": dict(os.environ), "umask": 0o022, "facts": facts, "pid": 0})
     rights = [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, client._fds(here, 0, 1, 2))]
     sock.sendmsg([len(body).to_bytes(4, "big") + body], rights)
-    print(client._receive(sock), flush=True)
+    print(client.receive(sock), flush=True)
 sock.close()
 """
 

@@ -214,14 +214,13 @@ def _request(sock: object, argv: list[str], facts: bytes) -> int | Declined:
         return Declined()  # (the build says why the directory cannot be used)
     try:
         request = {"argv": argv, "env": dict(os.environ), "umask": _umask(), "facts": facts, "pid": os.getpid()}
-        body = marshal.dumps(request)
         rights = [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, _fds(here, *_STDIO))]
-        message = len(body).to_bytes(_HEADER, "big") + body
+        message = frame(request)
         try:
             sent = sock.sendmsg([message], rights)
             if sent < len(message):
                 sock.sendall(message[sent:])
-            answer = _receive(sock)
+            answer = receive(sock)
         except OSError:  # a standard stream closed (EBADF), a server gone meanwhile
             return Declined()
     finally:
@@ -238,10 +237,9 @@ def _await_exit(sock: object) -> int:
 
     assert isinstance(sock, _socket.socket)
 
-    def forward(signum: int, frame: object) -> None:
-        message = marshal.dumps({"signal": signum})
+    def forward(signum: int, _frame: object) -> None:
         try:  # noqa: SIM105 (contextlib.suppress: an import a build through the server spares)
-            sock.sendall(len(message).to_bytes(_HEADER, "big") + message)
+            sock.sendall(frame({"signal": signum}))
         except OSError:
             pass
 
@@ -250,7 +248,7 @@ def _await_exit(sock: object) -> int:
         if _signal.getsignal(signum) != _signal.SIG_IGN:  # (`nohup`: a hangup stays ignored)
             _signal.signal(signum, forward)
     try:
-        answer = _receive(sock)
+        answer = receive(sock)
     except OSError:
         answer = None
     if answer is None or not isinstance(answer.get("exit"), int):
@@ -264,28 +262,40 @@ def _await_exit(sock: object) -> int:
     return code
 
 
-def _receive(sock: object) -> dict[str, object] | None:
-    """One message, or None if the other end closed first."""
-    import _socket
+def frame(message: dict[str, object]) -> bytes:
+    """One message as it goes on the socket, either way."""
+    body = marshal.dumps(message)
+    return len(body).to_bytes(_HEADER, "big") + body
 
-    assert isinstance(sock, _socket.socket)
-    head = _exactly(sock, _HEADER)
+
+def receive(sock: object) -> dict[str, object] | None:
+    """One message (a dict), or None if the other end closed first or sent
+    something else.  Raises OSError as the socket does."""
+    head = exactly(sock, _HEADER)
     if head is None:
         return None
-    body = _exactly(sock, int.from_bytes(head, "big"))
+    return decode(exactly(sock, int.from_bytes(head, "big")))
+
+
+def decode(body: bytes | None) -> dict[str, object] | None:
+    """A message's body as the dict it must be (None: it is not one)."""
     if body is None:
         return None
-    value = marshal.loads(body)
+    try:
+        value = marshal.loads(body)
+    except (EOFError, ValueError, TypeError):
+        return None
     return value if isinstance(value, dict) else None
 
 
-def _exactly(sock: object, n: int) -> bytes | None:
+def exactly(sock: object, n: int) -> bytes | None:
+    """`n` bytes from `sock` (None if it closed first)."""
     import _socket
 
     assert isinstance(sock, _socket.socket)
     parts = []
     while n:
-        part = sock.recv(n)
+        part = sock.recv(min(n, 1 << 20))
         if not part:
             return None
         parts.append(part)

@@ -30,16 +30,15 @@ def build(argv: list[str], args: BuildArgs, checked: Checked, residents: Residen
     one of which builds (its project, lockfiles and stat caches kept since
     its last build)."""
     engine: Engine | None = None
+    options = to_options(args, Path.cwd())
     if residents is None:
         from pivotbuild.state import plan
 
-        restored = plan.restore(checked.loaded, Path.cwd())
+        restored = plan.restore(checked.loaded, options.cwd)
         if restored is None:
             return None
         project, graph = restored
-        options = to_options(args, Path.cwd())
     else:
-        options = to_options(args, Path.cwd())
         found = residents.engine(checked, options)
         if found is None:
             return None

@@ -28,7 +28,6 @@ import contextlib
 import fcntl
 import gc
 import io
-import marshal
 import os
 import queue
 import signal
@@ -154,7 +153,7 @@ class Server:
                 self.requests.put(conn)
             else:
                 with contextlib.suppress(OSError):
-                    _send(conn, {"refused": "busy"})
+                    conn.sendall(client.frame({"refused": "busy"}))
                 conn.close()
 
     def _handle(self, conn: socket.socket) -> None:
@@ -165,12 +164,12 @@ class Server:
         try:
             why = self._refusal(conn, request)
             try:
-                _send(conn, {"refused": why} if why is not None else {"ok": True})
+                conn.sendall(client.frame({"refused": why} if why is not None else {"ok": True}))
             except OSError:
                 return  # (the client went away: nothing to build for)
             if why is not None:
                 return
-            argv = [str(a) for a in request["argv"]]  # type: ignore[attr-defined]
+            argv: list[str] = request["argv"]  # type: ignore[assignment]  # (checked by _refusal)
             watcher = threading.Thread(target=self._watch, args=(conn,), name="client", daemon=True)
 
             def begin() -> None:
@@ -181,9 +180,9 @@ class Server:
                 try:
                     code = _run(argv, self.residents, begin, self._end)
                 finally:
-                    self._end()
+                    self._end()  # (again: a Ctrl-C may have cut _run's call short)
             with contextlib.suppress(OSError):  # (a client killed meanwhile: its build was interrupted)
-                _send(conn, {"exit": code})
+                conn.sendall(client.frame({"exit": code}))
         finally:
             for fd in fds:
                 os.close(fd)
@@ -217,7 +216,7 @@ class Server:
         while its build runs (never another client's build)."""
         while True:
             try:
-                message = _receive(conn)
+                message = client.receive(conn)
             except OSError:
                 message = None
             with self.guard:
@@ -245,9 +244,10 @@ class Server:
         os.environ.clear()
         os.environ.update(env)
         mask = request["umask"]
-        os.umask(mask if isinstance(mask, int) else 0o022)
+        assert isinstance(mask, int)
+        os.umask(mask)
         paths.forget_resolved()  # (symlinks may have changed since the last build)
-        sys.argv = ["pivotbuild", *map(str, request["argv"])]  # type: ignore[call-overload]
+        sys.argv = ["pivotbuild", *request["argv"]]  # type: ignore[misc]  # (a list of str: checked by _refusal)
         _flush()
         for fd, target in ((stdin, 0), (stdout, 1), (stderr, 2)):
             os.dup2(fd, target)
@@ -256,10 +256,7 @@ class Server:
             yield
         finally:
             _flush()
-            null = os.open(os.devnull, os.O_RDWR)
-            for target in (0, 1, 2):
-                os.dup2(null, target)
-            os.close(null)
+            _standard_to_null()
             for fd in fds:  # the client's: a pipe reading its output ends when it does
                 os.close(fd)
             fds.clear()
@@ -322,6 +319,14 @@ def _left_behind() -> bool:
     return True if pid == 0 else _left_behind()
 
 
+def _standard_to_null() -> None:
+    """0, 1 and 2 on /dev/null (between builds: no client's stream is held)."""
+    null = os.open(os.devnull, os.O_RDWR)
+    for target in (0, 1, 2):
+        os.dup2(null, target)
+    os.close(null)
+
+
 def _flush() -> None:
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(OSError, ValueError):
@@ -361,61 +366,26 @@ def _moved_high(sock: socket.socket) -> socket.socket:
     return socket.socket(fileno=fd)
 
 
-def _send(conn: socket.socket, message: dict[str, object]) -> None:
-    body = marshal.dumps(message)
-    conn.sendall(len(body).to_bytes(4, "big") + body)
-
-
-def _receive(conn: socket.socket) -> dict[str, object] | None:
-    head = _exactly(conn, 4)
-    if head is None:
-        return None
-    body = _exactly(conn, int.from_bytes(head, "big"))
-    if body is None:
-        return None
-    try:
-        value = marshal.loads(body)
-    except (EOFError, ValueError, TypeError):
-        return None
-    return value if isinstance(value, dict) else None
-
-
-def _exactly(conn: socket.socket, n: int) -> bytes | None:
-    parts = []
-    while n:
-        part = conn.recv(min(n, 1 << 20))
-        if not part:
-            return None
-        parts.append(part)
-        n -= len(part)
-    return b"".join(parts)
-
-
 def _receive_request(conn: socket.socket) -> tuple[dict[str, object], list[int]] | None:
     """The request and its four descriptors (None: not a request)."""
+    fds: list[int] = []
+    request = None
     conn.settimeout(10.0)
     try:
         data, ancillary, _flags, _addr = conn.recvmsg(1 << 16, socket.CMSG_SPACE(4 * 4))
-        fds: list[int] = []
         for level, kind, payload in ancillary:
             if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
                 count = len(payload) // 4
-                fds.extend(struct.unpack(f"{count}i", payload[: count * 4]))
-        fds = [_high(fd) for fd in fds]
-        if len(data) < 4:
-            raise OSError("short")
-        size = int.from_bytes(data[:4], "big")
-        rest = _exactly(conn, size - (len(data) - 4)) if size > len(data) - 4 else b""
-        if rest is None:
-            raise OSError("short")
-        request = marshal.loads(data[4:] + rest)
-    except (OSError, EOFError, ValueError, TypeError):
-        for fd in locals().get("fds", []):
-            os.close(fd)
-        return None
+                fds.extend(_high(fd) for fd in struct.unpack(f"{count}i", payload[: count * 4]))
+        if len(data) >= 4:
+            size = int.from_bytes(data[:4], "big")
+            rest = client.exactly(conn, size - (len(data) - 4)) if size > len(data) - 4 else b""
+            request = client.decode(None if rest is None else data[4:] + rest)
+    except OSError:
+        request = None
     finally:
         conn.settimeout(None)
-    if not isinstance(request, dict) or len(fds) != 4:
+    if request is None or len(fds) != 4:
         for fd in fds:
             os.close(fd)
         return None
@@ -437,10 +407,7 @@ def main() -> None:
     if not server.start():
         return
     os.chdir("/")
-    null = os.open(os.devnull, os.O_RDWR)
-    for target in (0, 1, 2):
-        os.dup2(null, target)
-    os.close(null)
+    _standard_to_null()
     signal.signal(signal.SIGINT, _absorb)  # (between builds: a client's late Ctrl-C has nothing to stop)
     gc.disable()  # as `pivotbuild` runs (see cli.run); collected between builds
     server.warm()
