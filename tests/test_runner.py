@@ -15,7 +15,9 @@ import pytest
 from helpers import HANG_GUARD_S, read_pid, wait_gone
 
 from pivotbuild.build.executors import runner
+from pivotbuild.build.executors.poller import Poller
 from pivotbuild.build.executors.runner import TAIL_LINES, RunResult, RunSpec, run, stage_argv
+from pivotbuild.build.executors.spawn import Starter
 
 SH = ("/bin/sh", "-e")
 
@@ -227,6 +229,40 @@ def test_timeout_of_a_stage_that_redirects_its_output(tmp_path: Path) -> None:
     assert elapsed < HANG_GUARD_S
     assert result.timed_out
     assert (tmp_path / "log.txt").read_text() == "hidden\n"
+
+
+@pytest.mark.parametrize("script", ["ls -d . no-such-entry > out.txt", "no-such-program-anywhere > out.txt"])
+def test_a_plain_command_sending_its_output_to_a_file_is_given_no_stdout_pipe(
+    script: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Nothing can reach its stdout (the command's goes to the file, and the
+    # shell, where it runs it, writes none of its own): it gets /dev/null,
+    # and only stderr is followed; what it says there, and its status, still come.
+    monkeypatch.chdir(tmp_path)
+    lines = Lines()
+    ended: list[RunResult] = []
+    poller = Poller()
+    spec = RunSpec(stage_argv(SH, script), tmp_path, dict(os.environ))
+    try:
+        proc = runner.Process(spec, lines, ended.append, poller, starter=Starter())
+        assert sorted(proc.pipes.values()) == ["stderr"]
+        deadline = time.monotonic() + HANG_GUARD_S
+        while not ended and time.monotonic() < deadline:
+            proc.on_time(time.monotonic())
+            poller.wait(0.05)
+    finally:
+        poller.close()
+    assert ended and ended[0].returncode in (2, 127)
+    assert (tmp_path / "out.txt").exists()
+    assert lines.of("stdout") == []
+    assert any("no-such" in line for line in lines.of("stderr"))
+
+
+def test_a_command_writing_to_stdout_still_gets_its_pipe(tmp_path: Path) -> None:
+    result, lines, _ = sh("ls -d .", tmp_path)
+    assert result.returncode == 0 and lines.of("stdout") == ["."]
+    result, lines, _ = sh("ls -d . > out.txt 2> err.txt", tmp_path)  # (not one plain command: the shell's)
+    assert result.returncode == 0 and (tmp_path / "out.txt").read_text() == ".\n"
 
 
 def test_cancel_kills_the_tree(tmp_path: Path) -> None:

@@ -213,6 +213,43 @@ def test_anything_else_is_left_to_the_shell(script: str, tmp_path: Path, monkeyp
     assert PlainCommands().direct(("/bin/sh", "-e", "-c", script), _env()) is None
 
 
+@pytest.mark.parametrize(
+    ("script", "unused"),
+    [
+        ("md5sum a b > out", True),
+        ("cat a >> log", True),
+        ("no-such-program-anywhere > out", True),  # the shell says so on stderr
+        ("echo hi > out", True),  # the shell's echo, to the file all the same
+        ("cat a", False),
+        ("cat a 2> err", False),
+        ("cat a >out", False),
+        ("cat a > b > c", False),
+        ("cat a > out; cat b", False),
+        ("cat a > out\ncat b", False),
+        ("cat 'a' > out", False),
+        ("cat a > /dev/stdout", False),  # our stdout, for the shell to open
+        ("cat a > link-to-stdout", False),
+        ("cat a > /proc/self/fd/1", False),
+    ],
+)
+def test_stdout_is_unused_only_by_one_plain_command_sending_it_to_a_file(
+    script: str, unused: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "link-to-stdout").symlink_to("/dev/stdout")
+    starter = Starter()
+    assert starter.stdout_unused(("/bin/sh", "-e", "-c", script), tmp_path) is unused
+    assert starter.stdout_unused(("/bin/bash", "-e", "-c", script), tmp_path) is False
+    assert starter.stdout_unused(("/bin/sh", "-e", "-c", script), tmp_path / "elsewhere") is False
+
+
+def test_a_stage_sending_its_output_to_our_stdout_still_shows_it(project: Project) -> None:
+    project.pivotfile("stage s:\n    always: yes\n    run: ls -d . > /dev/stdout\n")
+    r = project.run("-v")
+    assert r.code == 0, r.err
+    assert "." in (r.out + r.err).split()
+
+
 def test_only_the_default_shell_is_skipped() -> None:
     plain = PlainCommands()
     assert plain.direct(("/bin/bash", "-e", "-c", "cat a"), _env()) is None
@@ -306,6 +343,18 @@ def test_a_program_started_without_the_shell_ends_as_the_shell_would(tmp_path: P
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
         os.chdir(here)
+
+
+def test_a_directory_or_a_file_that_cannot_run_on_path_is_passed_over(tmp_path: Path) -> None:
+    first, second, third = tmp_path / "first", tmp_path / "second", tmp_path / "third"
+    (first / "tool").mkdir(parents=True)  # a directory may be "executable": not a program
+    second.mkdir()
+    (second / "tool").write_text("#!/bin/sh\n")  # not executable
+    third.mkdir()
+    (third / "tool").write_text("#!/bin/sh\n")
+    (third / "tool").chmod(0o755)
+    found = PlainCommands().direct(("/bin/sh", "-e", "-c", "tool"), {**_env(), "PATH": f"{first}:{second}:{third}"})
+    assert found is not None and found[0] == f"{third}/tool"
 
 
 def test_a_program_installed_during_the_build_is_found(tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ class PlainCommands:
     def __init__(self) -> None:
         self._names: dict[str, bool] = {}  # a variable's name -> whether the shell passes it on as it is
         self._pwds: dict[str | None, str] = {}  # a stage's PWD -> the PWD the shell would pass on
+        self._checked: tuple[str, bool] | None = None  # (file, `_plain_target`'s answer) for the next `direct`
 
     def direct(self, argv: tuple[str, ...], env: Mapping[str, str]) -> Direct | None:
         """A stage script so simple that `/bin/sh -e -c` would only split it
@@ -42,17 +43,16 @@ class PlainCommands:
         could name one of our own descriptors); an environment the shell
         would pass on as it is but for `PWD` (`_with_pwd`).  A program killed
         by a signal ends as the shell's would (spawn.Child: 128 + the signal)."""
-        if len(argv) != 4 or argv[:3] != ("/bin/sh", "-e", "-c") or not _PLAIN.issuperset(argv[3]):
+        words = plain_words(argv)
+        if words is None:
             return None
-        words = argv[3].split()
         redirect = None
         if ">" in argv[3]:
-            if len(words) < 3 or words[-2] not in (">", ">>") or ">" in words[-1] or any(">" in w for w in words[:-2]):
+            sent = sent_to(words)
+            if sent is None or not self._plain_target(sent[0]):
                 return None
-            if not _plain_target(words[-1]):
-                return None
-            flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if words[-2] == ">>" else os.O_TRUNC)
-            redirect = (words[-1], flags, 0o666)
+            flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if sent[1] else os.O_TRUNC)
+            redirect = (sent[0], flags, 0o666)
             words = words[:-2]
         if not words or "=" in words[0] or words[0] in _SHELL_WORDS or words[0].startswith("-"):
             return None
@@ -60,6 +60,30 @@ class PlainCommands:
             return None
         program = _which(words[0], env.get("PATH"))
         return None if program is None else (program, words, redirect, self._with_pwd(env))
+
+    def sends_to_file(self, argv: tuple[str, ...]) -> bool:
+        """Whether nothing a stage script runs can write to the stage's
+        stdout: one plain command sending its output to a file (`md5sum $^
+        > $@`), a file `direct` would open (not one that could be a stream
+        of ours, /dev/stdout say), whether we start the command or the shell
+        does (which writes nothing there of its own).  The stage then needs
+        no pipe for its stdout.  (Its answer about the file stands for the
+        `direct` that follows, for the same script.)"""
+        words = plain_words(argv)
+        if words is None or ">" not in argv[3]:
+            return False
+        sent = sent_to(words)
+        if sent is None:
+            return False
+        plain = _plain_target(sent[0])
+        self._checked = (sent[0], plain)
+        return plain
+
+    def _plain_target(self, path: str) -> bool:
+        checked, self._checked = self._checked, None
+        if checked is not None and checked[0] == path:
+            return checked[1]
+        return _plain_target(path)
 
     def _passed_on(self, name: str) -> bool:
         """Whether the shell passes variable `name` on as it is: a shell name
@@ -92,6 +116,24 @@ class PlainCommands:
         return env if fixed == pwd else {**env, "PWD": fixed}
 
 
+def plain_words(argv: tuple[str, ...]) -> list[str] | None:
+    """The words of a stage script of plain characters only (see
+    `PlainCommands.direct`), as `/bin/sh -e -c` would split them; None for
+    any other script or shell."""
+    if len(argv) != 4 or argv[:3] != ("/bin/sh", "-e", "-c") or not _PLAIN.issuperset(argv[3]):
+        return None
+    return argv[3].split()
+
+
+def sent_to(words: list[str]) -> tuple[str, bool] | None:
+    """Where a plain script's `words` send its standard output: (the file,
+    whether appended) for one `>` or `>>` standing alone before the last
+    word, and no other `>`; None for anything else."""
+    if len(words) < 3 or words[-2] not in (">", ">>") or ">" in words[-1] or any(">" in w for w in words[:-2]):
+        return None
+    return words[-1], words[-2] == ">>"
+
+
 def _plain_target(path: str) -> bool:
     """Whether `path` is a file a redirect may open in our stead: missing or
     a regular file (not a link, which could lead to /proc/self/fd: our own
@@ -118,7 +160,9 @@ def _which(name: str, path: str | None) -> str | None:
         if not directory.startswith("/"):
             return None  # the current directory, or relative to it: left to the shell
         candidate = f"{directory}/{name}"
-        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+        # (access first: most entries lack the program, and it says so
+        # without the exception a failed stat raises in Python)
+        if os.access(candidate, os.X_OK) and os.path.isfile(candidate):
             return candidate
     return None
 

@@ -170,14 +170,18 @@ class Process:
         # file objects (three system calls each) and we read them with os.read.
         if lifeline is not None:
             lifeline.ready()
-        out_r, out_w = os.pipe()
+        # A stage whose stdout goes to a file gets /dev/null: no pipe to watch close.
+        starter = starter or _POPEN
+        unused = isinstance(starter, Starter) and starter.stdout_unused(spec.argv, spec.cwd)
+        out_r, out_w = (-1, devnull()) if unused else os.pipe()
         err_r, err_w = os.pipe()
         try:
-            self.proc = (starter or _POPEN).start(
+            self.proc = starter.start(
                 spec.argv, spec.cwd, spec.env, stdin=devnull(), stdout=out_w, stderr=err_w, pass_fds=spec.pass_fds
             )
         except BaseException as exc:
-            os.close(out_r)
+            if out_r >= 0:
+                os.close(out_r)
             os.close(err_r)
             if not isinstance(exc, OSError):
                 raise
@@ -187,11 +191,14 @@ class Process:
             on_end(RunResult(127, None, False, False, (line,), time.monotonic() - self.start))
             return
         finally:
-            os.close(out_w)  # the child has its copies: end of file comes when it (and its children) close them
+            if out_r >= 0:
+                os.close(out_w)  # the child has its copies: end of file comes when it (and its children) close them
             os.close(err_w)
         if lifeline is not None:
             lifeline.hold(self.proc.pid)
         for fd, stream in ((out_r, "stdout"), (err_r, "stderr")):
+            if fd < 0:
+                continue
             self.pipes[fd] = stream
             self.partial[fd] = []
             poller.watch(fd, functools.partial(self._readable, fd))

@@ -194,6 +194,12 @@ class Starter:
             pass_fds=pass_fds,
         )
 
+    def stdout_unused(self, argv: tuple[str, ...], cwd: Path | None) -> bool:
+        """Whether nothing the stage runs can write to its stdout (see
+        PlainCommands.sends_to_file; in our own directory, where the file is
+        checked): it needs no pipe for it."""
+        return (cwd is None or _is_ours(cwd)) and self.plain.sends_to_file(argv)
+
     def _spawn_stage(
         self,
         argv: tuple[str, ...],
