@@ -65,6 +65,25 @@ def test_a_large_file_is_handed_to_the_threads(tmp_path: Path) -> None:
     assert warnings == []
 
 
+def test_the_sizes_the_caller_knows_route_the_copy_without_a_stat(tmp_path: Path) -> None:
+    # The recorder knows each file's size from the stat it hashed it by: a
+    # file that has grown since is still taken as it was then.
+    storer, poller, outputs, path, digest, warnings = setup(tmp_path, 100)
+    storer.put(stage("s"), None, ((path, digest),), "s", small=False)
+    assert len(storer_threads()) == 2
+    storer.finish()
+    assert outputs.cache.has(digest)
+    (tmp_path / "big").mkdir()
+    storer, poller, outputs, path, digest, warnings = setup(tmp_path / "big", SMALL + 1)
+    storer.put(stage("big"), None, ((path, digest),), "big", small=True)
+    assert storer_threads() == []
+    due = poller.due(time.monotonic())
+    assert due is not None and poller.due(due) is None  # the loop's clock copied it
+    assert outputs.cache.has(digest)
+    storer.finish()
+    assert warnings == []
+
+
 def test_finish_stores_what_was_not_due_yet_and_reports_a_changed_file(tmp_path: Path) -> None:
     storer, poller, outputs, path, digest, warnings = setup(tmp_path, 10)
     other = str(tmp_path / "other.txt")

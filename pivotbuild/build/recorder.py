@@ -17,6 +17,7 @@ from pivotbuild.build.decider import UNCACHEABLE
 from pivotbuild.build.executors.base import Inbox, Job
 from pivotbuild.build.options import BuildOptions
 from pivotbuild.cache.outputs import Captured, OutputCache
+from pivotbuild.cache.store import SMALL
 from pivotbuild.cache.storer import Storer
 from pivotbuild.events import BuildFinished, Event, Message, Status
 from pivotbuild.graph import BuildGraph
@@ -160,7 +161,9 @@ class Recorder:
         if captured.deferred or captured.confirm or captured.stored or replaced is not None:
             # The copies, the reads that prove stat-cache entries, and the run-cache
             # entry, all off this thread.
-            self.storer.put(stage, replaced, captured.deferred, job.label, captured.confirm)
+            # (Every file to store or read again was statted as it was hashed.)
+            small = all(st.st_size <= SMALL for _, st, _ in captured.seen)
+            self.storer.put(stage, replaced, captured.deferred, job.label, captured.confirm, small=small)
         return ""
 
     def _replaced(self, stage: Stage, record: StageRecord) -> StageRecord | None:

@@ -103,7 +103,15 @@ class OutputCache:
         if stored_all and outs:
             self.runs.record(stage.id, inputs.fingerprint, inputs.deps, outs)
 
-    def capture(self, stage: Stage, known: Mapping[str, StatEntry], store: bool, *, defer: bool = False) -> Captured:
+    def capture(
+        self,
+        stage: Stage,
+        known: Mapping[str, StatEntry],
+        store: bool,
+        *,
+        defer: bool = False,
+        stats: list[os.stat_result | None] | None = None,
+    ) -> Captured:
         """Hash a finished stage's outputs and, with `store`, put the cacheable
         ones in the cache, reading each file once (hashing as it is copied).
         With `defer`, files that would be copied are only hashed, and listed in
@@ -112,19 +120,21 @@ class OutputCache:
         listed in `Captured.confirm`, for that later read to prove its
         stat-cache entry (a just-written file's is racy until then).  A file
         whose stamp matches a trusted entry of `known` (the stage's stat
-        cache) is not read again.
+        cache) is not read again.  `stats`: each output's stat (None:
+        missing), if the caller took them as the stage ended.
         Safe in a worker thread: it only reads `known`; the stat cache
         updates come back in `Captured.seen`."""
         outs: list[FileRecord] = []
         seen: list[tuple[str, os.stat_result, str]] = []
         deferred: list[tuple[str, str]] | None = [] if defer and self.mode.copies else None
         confirm: list[tuple[str, str]] | None = [] if defer else None
-        stats: list[os.stat_result | None] = []
-        for out in stage.outs:
-            try:
-                stats.append(os.stat(os.path.join(self.root, out.path)))
-            except (FileNotFoundError, NotADirectoryError):
-                stats.append(None)
+        if stats is None:
+            stats = []
+            for out in stage.outs:
+                try:
+                    stats.append(os.stat(os.path.join(self.root, out.path)))
+                except (FileNotFoundError, NotADirectoryError):
+                    stats.append(None)
         missing = tuple(o.path for o, st in zip(stage.outs, stats, strict=True) if st is None)
         if missing:
             return Captured(tuple(FileRecord(o.path, ABSENT, "") for o in stage.outs), (), missing, stored=False)

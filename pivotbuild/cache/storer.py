@@ -71,15 +71,26 @@ class Storer:
         self._put: set[StageId] = set()
         self._stored: set[StageId] = set()
 
-    def put(self, stage: Stage, remember: StageRecord | None, files: _Files, label: str, confirm: _Files = ()) -> None:
+    def put(
+        self,
+        stage: Stage,
+        remember: StageRecord | None,
+        files: _Files,
+        label: str,
+        confirm: _Files = (),
+        *,
+        small: bool | None = None,
+    ) -> None:
         """Store `files` ((path, hash) pairs) and read `confirm` again (see
         `OutputCache.store_deferred`), and remember `remember` (an earlier
-        record of the stage, None for none) in the run cache."""
+        record of the stage, None for none) in the run cache.  `small`:
+        whether every file is at most SMALL bytes, if the caller knows it
+        (from the stats it hashed them by), else they are statted here."""
         self._put.add(stage.id)
         job = (stage, remember, files, confirm, label)
         if remember is None and not files and not confirm:
             self._stored.add(stage.id)  # nothing to do
-        elif self.poller is None or not _small(files, confirm):
+        elif self.poller is None or not (_small(files, confirm) if small is None else small):
             self._to_threads(job)
         else:
             if not self._clocked:

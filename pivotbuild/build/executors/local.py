@@ -170,13 +170,16 @@ class LocalExecutor:
             self._attempt(job, spec, attempt + 1)
         elif not result.ok:
             self._done(job, result)
-        elif self._small(job.stage):
-            self._capture(job, result)
         else:
-            self._hashers.run(lambda: self._capture(job, result))
+            stats = self._stats(job.stage)
+            if _small(stats):
+                self._capture(job, result, stats)
+            else:
+                self._hashers.run(lambda: self._capture(job, result, stats))
 
-    def _capture(self, job: Job, result: RunResult) -> None:
-        """Hash the outputs of `job`, which succeeded, and report it (in any thread)."""
+    def _capture(self, job: Job, result: RunResult, stats: list[os.stat_result | None] | None) -> None:
+        """Hash the outputs of `job`, which succeeded (`stats`: theirs, taken
+        as it ended), and report it (in any thread)."""
         result, captured = stagework.capture(
             job.stage,
             result,
@@ -185,27 +188,25 @@ class LocalExecutor:
             store=self.store,
             label=job.label,
             put=self.inbox.put,
+            stats=stats,
         )
         self._done(job, result, captured)
 
     def _done(self, job: Job, result: RunResult, captured: Captured | None = None) -> None:
         self.inbox.done(Done(job, result, captured if result.ok else None))
 
-    def _small(self, stage: Stage) -> bool:
-        """Whether the stage's outputs are files of at most INLINE_BYTES in all
-        (a missing one counts as small: capturing finds it missing)."""
-        total = 0
+    def _stats(self, stage: Stage) -> list[os.stat_result | None] | None:
+        """Each output's stat (None: missing), as capturing takes them; None
+        if one cannot be had (capturing then says why)."""
+        found: list[os.stat_result | None] = []
         for out in stage.outs:
             try:
-                st = os.stat(os.path.join(self.root, out.path))
+                found.append(os.stat(os.path.join(self.root, out.path)))
+            except (FileNotFoundError, NotADirectoryError):
+                found.append(None)
             except OSError:
-                continue
-            if not stat.S_ISREG(st.st_mode):
-                return False
-            total += st.st_size
-            if total > INLINE_BYTES:
-                return False
-        return True
+                return None
+        return found
 
     def _on_time(self, now: float) -> float | None:
         """The poller's clock: notice a cancel set by another thread, and let
@@ -225,6 +226,24 @@ class LocalExecutor:
                 soonest = due
         self._next = soonest
         return soonest if self.running else None
+
+
+def _small(stats: list[os.stat_result | None] | None) -> bool:
+    """Whether outputs of these stats are files of at most INLINE_BYTES in
+    all (a missing one counts as small: capturing finds it missing, as it
+    says why none could be had)."""
+    if stats is None:
+        return True
+    total = 0
+    for st in stats:
+        if st is None:
+            continue
+        if not stat.S_ISREG(st.st_mode):
+            return False
+        total += st.st_size
+        if total > INLINE_BYTES:
+            return False
+    return True
 
 
 class _Threads:

@@ -102,14 +102,16 @@ def capture(
     store: bool,
     label: str,
     put: Callable[[Event], None],
+    stats: list[os.stat_result | None] | None = None,
 ) -> tuple[runner.RunResult, Captured | None]:
     """After the stage succeeded (`result`): its outputs hashed and, with
     `store`, on their way into the cache (copied later, by the storer, off
-    the path of the stages waiting for this one).  Safe in any thread; never
+    the path of the stages waiting for this one); `stats`, the outputs',
+    if the caller took them as the stage ended.  Safe in any thread; never
     raises: an error of ours fails the stage."""
     try:
         try:
-            return result, outputs.capture(stage, known, store, defer=True)
+            return result, outputs.capture(stage, known, store, defer=True, stats=stats)
         except OSError as exc:
             if not store:
                 raise
