@@ -84,6 +84,20 @@ def test_the_sizes_the_caller_knows_route_the_copy_without_a_stat(tmp_path: Path
     assert warnings == []
 
 
+def test_a_copy_is_due_when_the_caller_says_its_files_settle(tmp_path: Path) -> None:
+    # (The recorder knows from the files' stamps: about 12 ms after they were
+    # written on a local file system, not the 50 ms a network one may need.)
+    storer, poller, outputs, path, digest, warnings = setup(tmp_path, 100)
+    before = time.monotonic()
+    storer.put(stage("s"), None, ((path, digest),), "s", small=True, settled_in=0.005)
+    due = poller.due(time.monotonic())
+    assert due is not None and before + 0.005 <= due < before + 0.05
+    assert poller.due(due) is None
+    assert outputs.cache.has(digest)
+    storer.finish()
+    assert warnings == []
+
+
 def test_finish_stores_what_was_not_due_yet_and_reports_a_changed_file(tmp_path: Path) -> None:
     storer, poller, outputs, path, digest, warnings = setup(tmp_path, 10)
     other = str(tmp_path / "other.txt")

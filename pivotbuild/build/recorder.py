@@ -29,7 +29,7 @@ from pivotbuild.state.hashing import hash_file
 from pivotbuild.state.kinds import DIR, FILE
 from pivotbuild.state.records import FileRecord, StageRecord
 from pivotbuild.state.snapshot import PY, Snapshot
-from pivotbuild.state.stamps import Stamp
+from pivotbuild.state.stamps import Stamp, racy_wait_ns
 from pivotbuild.state.store import StateStore
 from pivotbuild.structs import struct
 
@@ -163,7 +163,11 @@ class Recorder:
             # entry, all off this thread.
             # (Every file to store or read again was statted as it was hashed.)
             small = all(st.st_size <= SMALL for _, st, _ in captured.seen)
-            self.storer.put(stage, replaced, captured.deferred, job.label, captured.confirm, small=small)
+            now = time.time_ns()
+            settled_in = max((racy_wait_ns(st, now) for _, st, _ in captured.seen), default=0) / 1e9
+            self.storer.put(
+                stage, replaced, captured.deferred, job.label, captured.confirm, small=small, settled_in=settled_in
+            )
         return ""
 
     def _replaced(self, stage: Stage, record: StageRecord) -> StageRecord | None:

@@ -80,12 +80,17 @@ class Storer:
         confirm: _Files = (),
         *,
         small: bool | None = None,
+        settled_in: float | None = None,
     ) -> None:
         """Store `files` ((path, hash) pairs) and read `confirm` again (see
         `OutputCache.store_deferred`), and remember `remember` (an earlier
-        record of the stage, None for none) in the run cache.  `small`:
-        whether every file is at most SMALL bytes, if the caller knows it
-        (from the stats it hashed them by), else they are statted here."""
+        record of the stage, None for none) in the run cache.  What the
+        caller knows from the stats it hashed the files by: `small`, whether
+        every one is at most SMALL bytes (else they are statted here), and
+        `settled_in`, the seconds until all are past their racy window
+        (stamps.racy_wait_ns: about 12 ms on a local file system; else the
+        longest fine window is waited).  (Jobs are copied in the order put:
+        one due sooner than the one before it waits for that one.)"""
         self._put.add(stage.id)
         job = (stage, remember, files, confirm, label)
         if remember is None and not files and not confirm:
@@ -96,7 +101,7 @@ class Storer:
             if not self._clocked:
                 self._clocked = True
                 self.poller.clocks.append(self._on_time)
-            self._due.append((time.monotonic() + _SETTLED_S, job))
+            self._due.append((time.monotonic() + (_SETTLED_S if settled_in is None else settled_in), job))
 
     @property
     def unstored(self) -> set[StageId]:
