@@ -23,7 +23,7 @@ class PlainCommands:
     def __init__(self) -> None:
         self._names: dict[str, bool] = {}  # a variable's name -> whether the shell passes it on as it is
         self._pwds: dict[str | None, str] = {}  # a stage's PWD -> the PWD the shell would pass on
-        self._checked: tuple[str, bool] | None = None  # (file, `_plain_target`'s answer) for the next `direct`
+        self._checked: tuple[str, bool] | None = None  # (script, `_plain_target`'s answer) for the next `direct`
 
     def direct(self, argv: tuple[str, ...], env: Mapping[str, str]) -> Direct | None:
         """A stage script so simple that `/bin/sh -e -c` would only split it
@@ -49,7 +49,7 @@ class PlainCommands:
         redirect = None
         if ">" in argv[3]:
             sent = sent_to(words)
-            if sent is None or not self._plain_target(sent[0]):
+            if sent is None or not self._plain_target(argv[3], sent[0]):
                 return None
             flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if sent[1] else os.O_TRUNC)
             redirect = (sent[0], flags, 0o666)
@@ -76,12 +76,13 @@ class PlainCommands:
         if sent is None:
             return False
         plain = _plain_target(sent[0])
-        self._checked = (sent[0], plain)
+        self._checked = (argv[3], plain)
         return plain
 
-    def _plain_target(self, path: str) -> bool:
+    def _plain_target(self, script: str, path: str) -> bool:
+        """`_plain_target(path)`, as `sends_to_file` just found it for this script."""
         checked, self._checked = self._checked, None
-        if checked is not None and checked[0] == path:
+        if checked is not None and checked[0] is script:
             return checked[1]
         return _plain_target(path)
 
