@@ -219,7 +219,10 @@ def test_anything_else_is_left_to_the_shell(script: str, tmp_path: Path, monkeyp
         ("md5sum a b > out", True),
         ("cat a >> log", True),
         ("no-such-program-anywhere > out", True),  # the shell says so on stderr
-        ("echo hi > out", True),  # the shell's echo, to the file all the same
+        ("echo hi > out", False),  # a builtin: the shell's own
+        (". ./lib.sh > log", False),  # (what it sources may set a trap that prints later)
+        ("trap date EXIT > out", False),
+        ("X=1 > out", False),
         ("cat a", False),
         ("cat a 2> err", False),
         ("cat a >out", False),
@@ -241,6 +244,30 @@ def test_stdout_is_unused_only_by_one_plain_command_sending_it_to_a_file(
     assert starter.stdout_unused(("/bin/sh", "-e", "-c", script), tmp_path) is unused
     assert starter.stdout_unused(("/bin/bash", "-e", "-c", script), tmp_path) is False
     assert starter.stdout_unused(("/bin/sh", "-e", "-c", script), tmp_path / "elsewhere") is False
+
+
+def test_a_sourced_script_that_prints_at_exit_is_still_heard(project: Project) -> None:
+    # `. ./lib.sh > log` only sends the sourcing's output to the log: a trap
+    # it sets prints on the stage's own stdout when the shell exits.
+    project.write("lib.sh", "trap 'echo summary: 3 warnings' EXIT\n")
+    project.pivotfile("stage s:\n    deps: lib.sh\n    outs: setup.log\n    run: . ./lib.sh > setup.log\n")
+    r = project.run("-v")
+    assert r.code == 0, r.err
+    assert "summary: 3 warnings" in r.out + r.err
+
+
+def test_the_redirect_checked_for_stdout_is_checked_again_for_another_script(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The answer `sends_to_file` leaves for `direct` is bound to its script:
+    # another script naming the same file is checked afresh.
+    monkeypatch.chdir(tmp_path)
+    plain = PlainCommands()
+    script = "cat in.txt > out.txt"
+    assert plain.sends_to_file(("/bin/sh", "-e", "-c", script))
+    (tmp_path / "out.txt").symlink_to("/dev/stdout")  # (as a stage might make it, in between)
+    other = "".join(list(script))  # equal, not the same object
+    assert plain.direct(("/bin/sh", "-e", "-c", other), _env()) is None
 
 
 def test_a_stage_sending_its_output_to_our_stdout_still_shows_it(project: Project) -> None:

@@ -10,11 +10,13 @@ import time
 from pathlib import Path
 
 from pivotbuild.build.executors.poller import Poller
+from pivotbuild.build.recorder import store_hints
 from pivotbuild.cache.outputs import OutputCache
 from pivotbuild.cache.store import SMALL
 from pivotbuild.cache.storer import Storer
 from pivotbuild.errors import Location
-from pivotbuild.model import Stage, StageId
+from pivotbuild.model import Out, Stage, StageId
+from pivotbuild.state import stamps
 from pivotbuild.state.hashing import hash_file
 
 
@@ -96,6 +98,31 @@ def test_a_copy_is_due_when_the_caller_says_its_files_settle(tmp_path: Path) -> 
     assert outputs.cache.has(digest)
     storer.finish()
     assert warnings == []
+
+
+def test_the_recorder_tells_the_storer_sizes_and_when_the_files_settle(tmp_path: Path) -> None:
+    small, big = tmp_path / "small.txt", tmp_path / "big.bin"
+    small.write_bytes(b"x" * 100)
+    big.write_bytes(b"x" * (SMALL + 1))
+    st_small, st_big = os.stat(small), os.stat(big)
+    written = max(st_small.st_mtime_ns, st_small.st_ctime_ns)
+    window = stamps.window_ns(st_small)
+    assert store_hints([(str(small), st_small, "h")], written) == (True, window / 1e9)
+    newest = max(written, st_big.st_mtime_ns, st_big.st_ctime_ns)  # (the later file decides)
+    fits, wait = store_hints([(str(small), st_small, "h"), (str(big), st_big, "h")], newest + window // 2)
+    assert not fits and wait == (window - window // 2) / 1e9
+    assert store_hints([(str(small), st_small, "h")], written + window + 1) == (True, 0.0)  # settled already
+    assert store_hints([], written) == (True, 0.0)
+
+
+def test_capture_takes_the_stats_the_executor_took(tmp_path: Path) -> None:
+    # (Taken as the stage ended: an output missing then is missing, whatever comes later.)
+    (tmp_path / ".pivot").mkdir()
+    (tmp_path / "out.txt").write_text("late\n")
+    outputs = OutputCache(tmp_path, [].append)
+    s = Stage(id=StageId("", "s"), base="s", loc=Location("Pivotfile", 1, 1), command=("true",), outs=(Out("out.txt"),))
+    assert outputs.capture(s, {}, False, stats=[None]).missing == ("out.txt",)
+    assert outputs.capture(s, {}, False).missing == ()
 
 
 def test_finish_stores_what_was_not_due_yet_and_reports_a_changed_file(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 from pivotbuild.build.decider import UNCACHEABLE
 from pivotbuild.build.executors.base import Inbox, Job
@@ -44,6 +44,15 @@ class Outcome:
     reasons: Mapping[StageId, str]  # why each decided stage ran or was skipped
     durations: Mapping[StageId, float]  # of the stages that ran
     sealed: frozenset[StageId]  # up to date by the seal alone, never hashed
+
+
+def store_hints(seen: Sequence[tuple[str, os.stat_result, str]], now_ns: int) -> tuple[bool, float]:
+    """What the storer needs to know of the files a capture read (each with
+    the stat it hashed it by; every file to store or read again is among
+    them): whether all are at most SMALL bytes, and the seconds from `now_ns`
+    until all are past their racy window (0: already, or too long to wait)."""
+    small = all(st.st_size <= SMALL for _, st, _ in seen)
+    return small, max((racy_wait_ns(st, now_ns) for _, st, _ in seen), default=0) / 1e9
 
 
 class Recorder:
@@ -161,10 +170,7 @@ class Recorder:
         if captured.deferred or captured.confirm or captured.stored or replaced is not None:
             # The copies, the reads that prove stat-cache entries, and the run-cache
             # entry, all off this thread.
-            # (Every file to store or read again was statted as it was hashed.)
-            small = all(st.st_size <= SMALL for _, st, _ in captured.seen)
-            now = time.time_ns()
-            settled_in = max((racy_wait_ns(st, now) for _, st, _ in captured.seen), default=0) / 1e9
+            small, settled_in = store_hints(captured.seen, time.time_ns())
             self.storer.put(
                 stage, replaced, captured.deferred, job.label, captured.confirm, small=small, settled_in=settled_in
             )

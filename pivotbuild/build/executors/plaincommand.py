@@ -54,7 +54,7 @@ class PlainCommands:
             flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if sent[1] else os.O_TRUNC)
             redirect = (sent[0], flags, 0o666)
             words = words[:-2]
-        if not words or "=" in words[0] or words[0] in _SHELL_WORDS or words[0].startswith("-"):
+        if not _a_program(words):
             return None
         if not all(map(self._passed_on, env)):
             return None
@@ -63,18 +63,19 @@ class PlainCommands:
 
     def sends_to_file(self, argv: tuple[str, ...]) -> bool:
         """Whether nothing a stage script runs can write to the stage's
-        stdout: one plain command sending its output to a file (`md5sum $^
-        > $@`), a file `direct` would open (not one that could be a stream
-        of ours, /dev/stdout say), whether we start the command or the shell
-        does (which writes nothing there of its own).  The stage then needs
+        stdout: one plain command starting a program (not a builtin) that
+        sends its output to a file (`md5sum $^ > $@`), a file `direct` would
+        open (not one that could be a stream of ours, /dev/stdout say),
+        whether we start the program or the shell does (which then writes
+        nothing there of its own).  The stage then needs
         no pipe for its stdout.  (Its answer about the file stands for the
         `direct` that follows, for the same script.)"""
         words = plain_words(argv)
         if words is None or ">" not in argv[3]:
             return False
         sent = sent_to(words)
-        if sent is None:
-            return False
+        if sent is None or not _a_program(words[:-2]):
+            return False  # (a builtin's effect may outlast its redirect: `. ./lib.sh > log` setting a trap)
         plain = _plain_target(sent[0])
         self._checked = (argv[3], plain)
         return plain
@@ -124,6 +125,12 @@ def plain_words(argv: tuple[str, ...]) -> list[str] | None:
     if len(argv) != 4 or argv[:3] != ("/bin/sh", "-e", "-c") or not _PLAIN.issuperset(argv[3]):
         return None
     return argv[3].split()
+
+
+def _a_program(words: list[str]) -> bool:
+    """Whether a plain script's `words` (its redirect aside) start a program:
+    no assignment, builtin or reserved word first (the shell's own)."""
+    return bool(words) and "=" not in words[0] and words[0] not in _SHELL_WORDS and not words[0].startswith("-")
 
 
 def sent_to(words: list[str]) -> tuple[str, bool] | None:
