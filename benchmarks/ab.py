@@ -1,0 +1,157 @@
+#!/usr/bin/env python3
+"""Two versions of pivotbuild's code, timed against each other, interleaved.
+
+    python3 benchmarks/ab.py --base f78c5e6                  # a git revision (a worktree, removed after)
+    python3 benchmarks/ab.py --base ../old --rounds 20 --what incr
+    python3 benchmarks/ab.py --base HEAD~1 --shape big --mode hardlink --rounds 4
+
+On compare.py's lattice (WIDTH x DEPTH stages, -j2), each round runs every
+version once, in a random order: `clean`, a build of a fresh copy of the
+project; `incr`, one source of the middle layer edited in each version's own
+project, then its build (55 stages at 50 x 20).  Each build is `python -m
+pivotbuild -jJ -s` with the version's tree first on PYTHONPATH (its
+pivotbuild, this interpreter and its libraries); it prints the median wall
+time, the median CPU of the build's process tree (the stages included: what
+`wait4` reports), their quartiles, and new / base.
+
+A small change moves a build by a few percent, less than the machine's
+drift between two runs: only interleaved rounds like these tell it apart,
+and then only as a median over many (docs/performance.md quotes them).
+`--base` is a directory holding a `pivotbuild` package, or a git revision
+of this checkout; `--new` defaults to this checkout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import compare  # noqa: E402
+
+CHECKOUT = HERE.parent
+
+
+@contextlib.contextmanager
+def tree(spec: str, scratch: Path) -> Iterator[Path]:
+    """The source tree `spec` names: a directory with a pivotbuild package, or
+    a git revision of this checkout, checked out in a worktree for the run."""
+    path = Path(spec)
+    if (path / "pivotbuild" / "__init__.py").exists():
+        yield path.resolve()
+        return
+    where = scratch / f"tree-{len(list(scratch.iterdir()))}"
+    git = ["git", "-C", str(CHECKOUT)]
+    subprocess.run([*git, "worktree", "add", "--detach", "-q", str(where), spec], check=True)
+    try:
+        yield where
+    finally:
+        subprocess.run([*git, "worktree", "remove", "--force", str(where)], check=False)
+
+
+def build(code: Path, project: Path, jobs: int) -> tuple[float, float]:
+    """One build of `project` by the pivotbuild in `code`: (wall, CPU) seconds."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(code), os.environ.get("PYTHONPATH")]))}
+    env.pop("PIVOT_SERVER", None)
+    cmd = [sys.executable, "-m", "pivotbuild", "-j", str(jobs), "-s"]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=project, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    assert proc.stderr is not None
+    with proc.stderr:
+        err = proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"ab.py: the build by {code} failed in {project}:\n{err.decode(errors='replace')[-2000:]}")
+    return wall, usage.ru_utime + usage.ru_stime
+
+
+def _row(name: str, runs: list[tuple[float, float]], base: list[tuple[float, float]] | None) -> str:
+    wall = sorted(r[0] for r in runs)
+    cpu = sorted(r[1] for r in runs)
+    q = len(wall) // 4
+    line = f"  {name:<6}{statistics.median(wall) * 1e3:9.1f} ms  ({wall[q] * 1e3:.1f} to {wall[-1 - q] * 1e3:.1f})"
+    line += f"{statistics.median(cpu) * 1e3:10.1f} ms"
+    if base is not None:
+        line += f"   new/base {statistics.median(wall) / statistics.median(r[0] for r in base):.3f}"
+        line += f" wall, {statistics.median(cpu) / statistics.median(r[1] for r in base):.3f} CPU"
+    return line
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--base", required=True, help="a directory with a pivotbuild package, or a git revision")
+    ap.add_argument("--new", default=str(CHECKOUT), help="the same (default: this checkout)")
+    ap.add_argument("--shape", choices=sorted(compare.COMMANDS), default="small")
+    ap.add_argument("--mode", choices=("copy", "hardlink"), default="copy")
+    ap.add_argument("--what", default="clean,incr", help="comma-separated, of clean and incr")
+    ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--width", type=int, default=50)
+    ap.add_argument("--depth", type=int, default=20)
+    ap.add_argument("-j", "--jobs", type=int, default=2)
+    ap.add_argument("--dir", help="work here (default: a temporary directory)")
+    args = ap.parse_args(argv)
+    what = args.what.split(",")
+    if not set(what) <= {"clean", "incr"}:
+        ap.error("--what takes clean and incr")
+    stages = compare.lattice(args.width, args.depth)
+    with contextlib.ExitStack() as stack:
+        work = Path(args.dir) if args.dir else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="pvab-")))
+        work.mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(prefix="trees-", dir=work))
+        specs = {"base": args.base, "new": args.new}
+        versions = {name: stack.enter_context(tree(spec, scratch)) for name, spec in specs.items()}
+        for code in versions.values():  # (stale or missing bytecode would be timed too)
+            subprocess.run([sys.executable, "-m", "compileall", "-q", str(code / "pivotbuild")], check=True)
+        template = work / "template"
+        tool = "pivotbuild:hardlink" if args.mode == "hardlink" else "pivotbuild"
+        compare.generate(template, stages, tool, args.shape)
+        projects = {}
+        if "incr" in what:
+            for name, code in versions.items():
+                projects[name] = work / f"incr-{name}"
+                shutil.rmtree(projects[name], ignore_errors=True)
+                shutil.copytree(template, projects[name], symlinks=True)
+                build(code, projects[name], args.jobs)  # (its clean build, not timed)
+        times: dict[tuple[str, str], list[tuple[float, float]]] = {(k, n): [] for k in what for n in versions}
+        edits = 0
+        for _ in range(args.rounds):
+            for kind in what:
+                for name in random.sample(list(versions), len(versions)):
+                    if kind == "clean":
+                        fresh = work / "clean"
+                        shutil.rmtree(fresh, ignore_errors=True)
+                        shutil.copytree(template, fresh, symlinks=True)
+                        time.sleep(0.5)  # (let the copy's writes settle a moment)
+                        times[kind, name].append(build(versions[name], fresh, args.jobs))
+                    else:
+                        compare.edit(projects[name], args.width, args.depth, edits)
+                        edits += 1
+                        times[kind, name].append(build(versions[name], projects[name], args.jobs))
+        shutil.rmtree(work / "clean", ignore_errors=True)
+    print(
+        f"{args.width * args.depth} stages ({args.shape}, {args.mode}), -j{args.jobs},"
+        f" {args.rounds} interleaved rounds; base {args.base}, new {args.new}"
+    )
+    print(f"  {'':<6}{'wall (median, quartiles)':>36}{'CPU':>13}")
+    for kind in what:
+        print(kind)
+        print(_row("base", times[kind, "base"], None))
+        print(_row("new", times[kind, "new"], times[kind, "base"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

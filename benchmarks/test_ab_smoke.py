@@ -1,0 +1,23 @@
+"""ab.py, run small: two versions (here both this checkout, named as a
+directory) built clean and incrementally in interleaved rounds; it prints a
+row per version and kind (no timings are asserted)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import ab
+import pytest
+
+
+def test_it_times_two_versions_in_interleaved_rounds(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    here = str(Path(ab.__file__).resolve().parent.parent)
+    argv = ["--base", here, "--new", here, "--width", "3", "--depth", "4", "--rounds", "2", "--dir", str(tmp_path)]
+    assert ab.main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("12 stages (small, copy), -j2, 2 interleaved rounds")
+    assert [line.split()[0] for line in lines[2:]] == ["clean", "base", "new", "incr", "base", "new"]
+    assert "new/base" in lines[4] and "new/base" in lines[7]
+    edited = [p for p in (tmp_path / "incr-new" / "src").iterdir() if "edit" in p.read_text()]
+    assert len(edited) == 2  # an edit a round, built by the version
+    assert (tmp_path / "incr-new" / "out" / "3_0.txt").exists()
