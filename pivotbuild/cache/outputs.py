@@ -59,6 +59,18 @@ class Captured:
     confirm: tuple[tuple[str, str], ...] = ()
 
 
+def output_stats(root: Path, stage: Stage) -> list[os.stat_result | None]:
+    """Each of the stage's outputs' stat, None for a missing one (raises
+    OSError for one that cannot be statted)."""
+    found: list[os.stat_result | None] = []
+    for out in stage.outs:
+        try:
+            found.append(os.stat(os.path.join(root, out.path)))
+        except (FileNotFoundError, NotADirectoryError):
+            found.append(None)
+    return found
+
+
 class OutputCache:
     def __init__(self, root: Path, notice: Callable[[str], None], *, building: bool = False) -> None:
         """`building`: a config.toml that cannot be used is a warning (the
@@ -129,12 +141,7 @@ class OutputCache:
         deferred: list[tuple[str, str]] | None = [] if defer and self.mode.copies else None
         confirm: list[tuple[str, str]] | None = [] if defer else None
         if stats is None:
-            stats = []
-            for out in stage.outs:
-                try:
-                    stats.append(os.stat(os.path.join(self.root, out.path)))
-                except (FileNotFoundError, NotADirectoryError):
-                    stats.append(None)
+            stats = output_stats(self.root, stage)
         missing = tuple(o.path for o, st in zip(stage.outs, stats, strict=True) if st is None)
         if missing:
             return Captured(tuple(FileRecord(o.path, ABSENT, "") for o in stage.outs), (), missing, stored=False)

@@ -26,7 +26,7 @@ from pivotbuild.build.executors.base import Done, Inbox, Job
 from pivotbuild.build.executors.lifeline import Lifeline
 from pivotbuild.build.executors.runner import TICK_S, Process, RunResult, RunSpec, failed, internal_error
 from pivotbuild.build.executors.spawn import Starter
-from pivotbuild.cache.outputs import Captured, OutputCache
+from pivotbuild.cache.outputs import Captured, OutputCache, output_stats
 from pivotbuild.events import Log
 from pivotbuild.model import Stage
 from pivotbuild.structs import replace
@@ -198,15 +198,10 @@ class LocalExecutor:
     def _stats(self, stage: Stage) -> list[os.stat_result | None] | None:
         """Each output's stat (None: missing), as capturing takes them; None
         if one cannot be had (capturing then says why)."""
-        found: list[os.stat_result | None] = []
-        for out in stage.outs:
-            try:
-                found.append(os.stat(os.path.join(self.root, out.path)))
-            except (FileNotFoundError, NotADirectoryError):
-                found.append(None)
-            except OSError:
-                return None
-        return found
+        try:
+            return output_stats(self.root, stage)
+        except OSError:
+            return None
 
     def _on_time(self, now: float) -> float | None:
         """The poller's clock: notice a cancel set by another thread, and let

@@ -43,12 +43,12 @@ class PlainCommands:
         could name one of our own descriptors); an environment the shell
         would pass on as it is but for `PWD` (`_with_pwd`).  A program killed
         by a signal ends as the shell's would (spawn.Child: 128 + the signal)."""
-        words = plain_words(argv)
+        words = _plain_words(argv)
         if words is None:
             return None
         redirect = None
         if ">" in argv[3]:
-            sent = sent_to(words)
+            sent = _sent_to(words)
             if sent is None or not self._plain_target(argv[3], sent[0]):
                 return None
             flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if sent[1] else os.O_TRUNC)
@@ -67,13 +67,13 @@ class PlainCommands:
         sends its output to a file (`md5sum $^ > $@`), a file `direct` would
         open (not one that could be a stream of ours, /dev/stdout say),
         whether we start the program or the shell does (which then writes
-        nothing there of its own).  The stage then needs
-        no pipe for its stdout.  (Its answer about the file stands for the
+        nothing there of its own).  The stage then needs no pipe for its
+        stdout.  (Its answer about the file stands for the
         `direct` that follows, for the same script.)"""
-        words = plain_words(argv)
+        words = _plain_words(argv)
         if words is None or ">" not in argv[3]:
             return False
-        sent = sent_to(words)
+        sent = _sent_to(words)
         if sent is None or not _a_program(words[:-2]):
             return False  # (a builtin's effect may outlast its redirect: `. ./lib.sh > log` setting a trap)
         plain = _plain_target(sent[0])
@@ -118,7 +118,7 @@ class PlainCommands:
         return env if fixed == pwd else {**env, "PWD": fixed}
 
 
-def plain_words(argv: tuple[str, ...]) -> list[str] | None:
+def _plain_words(argv: tuple[str, ...]) -> list[str] | None:
     """The words of a stage script of plain characters only (see
     `PlainCommands.direct`), as `/bin/sh -e -c` would split them; None for
     any other script or shell."""
@@ -133,7 +133,7 @@ def _a_program(words: list[str]) -> bool:
     return bool(words) and "=" not in words[0] and words[0] not in _SHELL_WORDS and not words[0].startswith("-")
 
 
-def sent_to(words: list[str]) -> tuple[str, bool] | None:
+def _sent_to(words: list[str]) -> tuple[str, bool] | None:
     """Where a plain script's `words` send its standard output: (the file,
     whether appended) for one `>` or `>>` standing alone before the last
     word, and no other `>`; None for anything else."""
