@@ -5,9 +5,11 @@ back to its own -j when the pool cannot be used.  Real make 4.3, real pipes."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import subprocess
+import termios
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -257,12 +259,40 @@ def test_tokens_owed_are_paid_first_and_every_token_comes_back(pool: Callable[[i
     time.sleep(0.02)  # (past the moment the empty pool stands for)
     assert server.try_acquire(1)
     server.release(3)  # the big stage ends: its debt, then two tokens read
-    assert tokens_left(r) == 2
+    assert tokens_left(r) == 0  # (kept for the build loop's next start...)
+    server.settle()
+    assert tokens_left(r) == 2  # (...and given back before it waits)
     os.write(w, b"++")
     server.release(1)  # the small one ends on the implicit token
     assert server.try_acquire(1)  # (the implicit token again: nothing read)
     server.close()
     assert tokens_left(r) == 2
+
+
+def test_a_token_a_stage_ends_with_goes_to_the_next_start_or_back_to_make(
+    pool: Callable[[int], tuple[int, int]],
+) -> None:
+    r, w = pool(2)
+    server = connect(MakeFlags(3, (r, w)))
+    assert isinstance(server, MakeJobServer)
+
+    def queued() -> int:  # tokens in make's pipe (counted, not read)
+        count = bytearray(4)
+        fcntl.ioctl(r, termios.FIONREAD, count)
+        return int.from_bytes(count, "little")
+
+    assert server.try_acquire(1) and server.try_acquire(1)  # the implicit token, then one read
+    assert queued() == 1
+    server.release(1)  # a stage ends...
+    assert server.try_acquire(1)  # ...and the next starts on its token: the pipe is not touched
+    assert queued() == 1
+    server.release(1)
+    server.settle()  # nothing else could start: the token goes back to make
+    assert queued() == 2
+    assert server.try_acquire(1)  # (read again)
+    assert queued() == 1
+    server.close()
+    assert queued() == 2
 
 
 def test_under_make_n_a_build_is_a_dry_run(project: Project) -> None:

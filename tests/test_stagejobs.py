@@ -192,7 +192,8 @@ def test_the_pool_holds_j_minus_one_tokens_and_is_topped_up_when_nothing_runs(tm
         assert pool.try_acquire(1)  # the third
         assert not pool.try_acquire(1)  # the pool is dry: 4 jobs out
         pool.release(1)
-        pool.release(1)  # nothing of ours runs: the pool is back to 3
+        pool.release(1)
+        pool.settle()  # nothing of ours runs and the build loop waits: the pool is back to 3
         fifo = pool.fifo
         assert fifo is not None and Path(fifo).exists()
         reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)

@@ -35,6 +35,11 @@ class JobServer(Protocol):
         """Tokens free now (a lower bound is fine: 0 only when none can be had)."""
         ...
 
+    def settle(self) -> None:
+        """The build loop is about to wait: tokens its ended stages left it for
+        the next start (none was startable) go back to the pool."""
+        ...
+
     def close(self) -> None:
         """The build is over: every token read is given back."""
         ...
@@ -58,6 +63,9 @@ class TokenPool:
 
     def available(self) -> int:
         return self.free
+
+    def settle(self) -> None:
+        pass
 
     def close(self) -> None:
         pass

@@ -79,6 +79,12 @@ class MakeJobServer:
 
     A token is in `_held` from the moment it is read until it is written back,
     so an interrupt at any point loses none (`close` gives back what is held).
+    A token a stage of ours ends with is not written back at once but kept
+    (`_spare`) for the stage the build loop starts next: in a busy build
+    each start would otherwise read back the byte the last end wrote.  The
+    loop calls `settle` before it waits, which writes back what no start
+    took, so make's other jobs and our stages' children wait no longer for
+    a token than the loop takes to look at its ready stages.
 
     After a read found the pool empty it is `dry`: the build loop then waits
     for `fd` to become readable (a token came back) and calls `woken`.
@@ -100,13 +106,17 @@ class MakeJobServer:
         self.fifo = fifo
         self._implicit_free = True
         self._held: list[bytes] = []  # the tokens read, to write back
+        self._spare = 0  # of those, how many no stage of ours holds (kept for the next start: `settle`)
         self._short = 0  # tokens the running stages started without
         self._dry_at: float | None = None  # when a read last found the pool empty
         self._gone = False  # every writer has closed the pool: make is gone
 
     def try_acquire(self, n: int) -> bool:
-        idle = self._implicit_free and not self._held and not self._short
+        idle = self._implicit_free and len(self._held) == self._spare and not self._short
         need = n - 1 if self._implicit_free else n
+        spare = min(need, self._spare)
+        self._spare -= spare
+        need -= spare
         start = len(self._held)
         while len(self._held) - start < need and not self._gone:
             try:
@@ -123,6 +133,7 @@ class MakeJobServer:
         got = len(self._held) - start
         if got < need and not idle:
             self._give_back(got)
+            self._spare += spare
             return False
         self._implicit_free = False
         self._short += need - got
@@ -131,11 +142,16 @@ class MakeJobServer:
     def release(self, n: int) -> None:
         paid = min(n, self._short)
         self._short -= paid
-        back = min(n - paid, len(self._held))
-        self._give_back(back)
+        back = min(n - paid, len(self._held) - self._spare)
+        self._spare += back  # (written back by `settle`, unless the next start takes them)
         if n - paid - back > 0:
             self._implicit_free = True
         self._dry_at = None
+
+    def settle(self) -> None:
+        if self._spare:
+            spare, self._spare = self._spare, 0
+            self._give_back(spare)
 
     @property
     def idle(self) -> bool:
@@ -180,7 +196,7 @@ class MakeJobServer:
         """Every token read goes back to make (the build is over, however it ended)."""
         self._give_back(len(self._held))
         self._implicit_free = True
-        self._short = 0
+        self._short = self._spare = 0
         for fd in {self.fd, self._write}:
             with contextlib.suppress(OSError):
                 os.close(fd)

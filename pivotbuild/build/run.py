@@ -150,6 +150,7 @@ class BuildRun:
     def _loop(self) -> None:
         take = self.inbox.next
         signals = self.signals
+        jobserver = self.admission.jobserver
         while True:
             self._decide_ready()
             if not self.stopping:
@@ -163,6 +164,7 @@ class BuildRun:
             if self.to_run and self.admission.external and not self._watching_pool:
                 self._watch_pool()
             signals.deferring = True  # (the executor runs in here: see Signals)
+            jobserver.settle()  # (tokens no start took go back before the wait)
             item = take(0.2 if self.admission.waits_on_resources else 1.0)
             signals.deferring = False
             if item is not None:

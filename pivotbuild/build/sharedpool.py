@@ -60,6 +60,12 @@ class SharedPool(MakeJobServer):
         if self.idle and self._opened:
             self._top_up()
 
+    def settle(self) -> None:
+        if self._alone is None:
+            super().settle()
+            if self.idle and self._opened:
+                self._top_up()
+
     def available(self) -> int:
         return self._alone.available() if self._alone is not None else super().available()
 
