@@ -202,7 +202,6 @@ def test_a_plain_command_is_started_without_the_shell(
         "cat in.txt > /dev/fd/3",
         "cat in.txt > /proc/self/fd/2",
         "cat in.txt > link-to-stderr",
-        "no-such-program-anywhere a.txt",  # not found: the shell says so, as always
         "",
         "> out",
     ],
@@ -382,6 +381,48 @@ def test_a_directory_or_a_file_that_cannot_run_on_path_is_passed_over(tmp_path: 
     (third / "tool").chmod(0o755)
     found = PlainCommands().direct(("/bin/sh", "-e", "-c", "tool"), {**_env(), "PATH": f"{first}:{second}:{third}"})
     assert found is not None and found[0] == f"{third}/tool"
+
+
+def test_on_our_own_path_the_program_is_looked_up_by_the_child(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the stage's PATH is ours (all absolute), the child's posix_spawnp
+    searches it: past a directory and a file that cannot run, to a program
+    installed since the last stage; not found, the shell says so."""
+    first, second, third = tmp_path / "first", tmp_path / "second", tmp_path / "third"
+    (first / "tool").mkdir(parents=True)
+    second.mkdir()
+    (second / "tool").write_text("#!/bin/sh\necho second\n")  # not executable, yet
+    third.mkdir()
+    (third / "tool").write_text("#!/bin/sh\necho third\n")
+    (third / "tool").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{first}:{second}:{third}:/usr/bin:/bin")
+    monkeypatch.chdir(tmp_path)
+    plain = PlainCommands()
+    found = plain.direct(("/bin/sh", "-e", "-c", "tool > out.txt"), _env())
+    assert found is not None and found[0] == "tool"  # (a bare name: searched in the child)
+    elsewhere = plain.direct(("/bin/sh", "-e", "-c", "tool"), {**_env(), "PATH": f"{first}:{third}:/usr/bin:/bin"})
+    assert elsewhere is not None and elsewhere[0] == f"{third}/tool"  # (not our PATH: looked up here)
+
+    def run(script: str) -> tuple[int, str]:
+        err_r, err_w = os.pipe()
+        null = os.open(os.devnull, os.O_RDWR)
+        try:
+            child = Starter().start(
+                ("/bin/sh", "-e", "-c", script), tmp_path, _env(), stdin=null, stdout=null, stderr=err_w
+            )
+        finally:
+            os.close(err_w)
+            os.close(null)
+        with os.fdopen(err_r) as f:
+            err = f.read()
+        return child.wait(), err
+
+    assert run("tool > out.txt") == (0, "")
+    assert (tmp_path / "out.txt").read_text() == "third\n"
+    (second / "tool").chmod(0o755)  # as a stage might install it
+    assert run("tool > out.txt") == (0, "")
+    assert (tmp_path / "out.txt").read_text() == "second\n"
+    code, err = run("no-such-program-anywhere x > out.txt")
+    assert code == 127 and "not found" in err  # the shell's own words
 
 
 def test_a_program_installed_during_the_build_is_found(tmp_path: Path) -> None:

@@ -14,8 +14,9 @@ left.  After a normal build it finds no group and exits.
 
 The watchdog sleeps in one read() for the whole build, so a stage costs it
 nothing (telling it each start and end on the pipe woke it twice per stage,
-and its `read` builtin reads a pipe a byte at a time), and costs the build one
-pwrite() as it starts and one as it ends.
+and its `read` builtin reads a pipe a byte at a time), and costs the build a
+store into the table's shared mapping as it starts and one as it ends (a
+`pwrite` only when the table grows a line: at most once per job slot).
 
 Why not Linux's `prctl(PR_SET_PDEATHSIG)`: it reaches only the stage's shell,
 not the processes the shell starts; it fires when the *thread* that forked the
@@ -29,6 +30,7 @@ What it cannot reach is in docs/architecture.md ("When pivotbuild is killed").
 
 from __future__ import annotations
 
+import mmap
 import os
 import threading
 
@@ -89,6 +91,7 @@ class Lifeline:
         self._proc: Child | subprocess.Popen[bytes] | None = None
         self._fd: int | None = None  # our end of the pipe
         self._table: int | None = None
+        self._map: mmap.mmap | None = None  # the table's lines so far, mapped: written in place
         self._lines: dict[int, int] = {}  # held group -> its line in the table
         self._free: list[int] = []  # lines of released groups, to reuse
         self._started = False
@@ -133,15 +136,28 @@ class Lifeline:
             if self._proc is not None:
                 self._proc.wait()
                 self._proc = None
-            if self._table is not None:
-                os.close(self._table)
-                self._table = None
+            self._drop_table()
 
     def _write(self, at: int, line: bytes) -> None:
         assert self._table is not None
-        try:
+        mapped = self._map
+        if mapped is not None and (at + 1) * _WIDTH <= len(mapped):
+            mapped[at * _WIDTH : (at + 1) * _WIDTH] = line
+            return
+        try:  # a new line: the file grows, and is mapped again
             os.pwrite(self._table, line, at * _WIDTH)
-        except OSError:  # e.g. a full disk: the stages only lose this protection
+            self._map = mmap.mmap(self._table, (at + 1) * _WIDTH)
+        except (OSError, ValueError):  # e.g. a full disk: the stages only lose this protection
+            self._drop_table()
+            return
+        if mapped is not None:
+            mapped.close()
+
+    def _drop_table(self) -> None:
+        if self._map is not None:
+            self._map.close()
+            self._map = None
+        if self._table is not None:
             os.close(self._table)
             self._table = None
 

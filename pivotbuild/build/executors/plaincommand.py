@@ -24,6 +24,8 @@ class PlainCommands:
         self._names: dict[str, bool] = {}  # a variable's name -> whether the shell passes it on as it is
         self._pwds: dict[str | None, str] = {}  # a stage's PWD -> the PWD the shell would pass on
         self._checked: tuple[str, bool] | None = None  # (script, `_plain_target`'s answer) for the next `direct`
+        self._dirs: dict[tuple[int, int], bool] = {}  # a directory (device, inode) -> outside /dev and /proc
+        self._searched: dict[str, bool] = {}  # a PATH -> whether the child may search it (`_searchable`)
 
     def direct(self, argv: tuple[str, ...], env: Mapping[str, str]) -> Direct | None:
         """A stage script so simple that `/bin/sh -e -c` would only split it
@@ -58,7 +60,8 @@ class PlainCommands:
             return None
         if not all(map(self._passed_on, env)):
             return None
-        program = _which(words[0], env.get("PATH"))
+        path = env.get("PATH")
+        program = words[0] if "/" not in words[0] and self._searchable(path) else _which(words[0], path)
         return None if program is None else (program, words, redirect, self._with_pwd(env))
 
     def sends_to_file(self, argv: tuple[str, ...]) -> bool:
@@ -76,7 +79,7 @@ class PlainCommands:
         sent = _sent_to(words)
         if sent is None or not _a_program(words[:-2]):
             return False  # (a builtin's effect may outlast its redirect: `. ./lib.sh > log` setting a trap)
-        plain = _plain_target(sent[0])
+        plain = _plain_target(sent[0], self._dirs)
         self._checked = (argv[3], plain)
         return plain
 
@@ -85,7 +88,23 @@ class PlainCommands:
         checked, self._checked = self._checked, None
         if checked is not None and checked[0] is script:
             return checked[1]
-        return _plain_target(path)
+        return _plain_target(path, self._dirs)
+
+    def _searchable(self, path: str | None) -> bool:
+        """Whether the stage's program may be looked up on `path` by the child
+        (`posix_spawnp`: glibc's search, in C, while we wait for the exec
+        anyway) rather than by `_which` here: `path` is this process's own
+        PATH (the one glibc searches) and every entry in it is absolute (an
+        empty or relative one is the shell's to interpret).  A program not
+        found, not executable or not a binary then fails the spawn, and the
+        shell runs the script, as where `_which` finds nothing."""
+        if path is None:
+            return False
+        known = self._searched.get(path)
+        if known is None:
+            entries = path.split(":")
+            known = self._searched[path] = all(e.startswith("/") for e in entries)
+        return known and path == os.environ.get("PATH")
 
     def _passed_on(self, name: str) -> bool:
         """Whether the shell passes variable `name` on as it is: a shell name
@@ -142,11 +161,13 @@ def _sent_to(words: list[str]) -> tuple[str, bool] | None:
     return words[-1], words[-2] == ">>"
 
 
-def _plain_target(path: str) -> bool:
+def _plain_target(path: str, dirs: dict[tuple[int, int], bool]) -> bool:
     """Whether `path` is a file a redirect may open in our stead: missing or
     a regular file (not a link, which could lead to /proc/self/fd: our own
     descriptors are still open where the child opens it), in a directory
-    outside /dev and /proc."""
+    outside /dev and /proc.  `dirs` remembers the answer for a directory by
+    its device and inode (a directory has one path: one `stat`, not a
+    `realpath` walk of every component, for each stage)."""
     try:
         if not stat.S_ISREG(os.lstat(path).st_mode):
             return False
@@ -154,7 +175,20 @@ def _plain_target(path: str) -> bool:
         pass
     except OSError:
         return False
-    where = os.path.realpath(os.path.dirname(path) or ".")
+    directory = os.path.dirname(path) or "."
+    try:
+        st = os.stat(directory)
+    except OSError:
+        return _outside_dev_and_proc(directory)
+    key = (st.st_dev, st.st_ino)
+    outside = dirs.get(key)
+    if outside is None:
+        outside = dirs[key] = _outside_dev_and_proc(directory)
+    return outside
+
+
+def _outside_dev_and_proc(directory: str) -> bool:
+    where = os.path.realpath(directory)
     return not (where + "/").startswith(("/dev/", "/proc/"))
 
 

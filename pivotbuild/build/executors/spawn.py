@@ -152,6 +152,7 @@ class Starter:
         self.spawns = spawn and _glibc_at_least(2, 29) and hasattr(os, "posix_spawn")
         self.closes: list[tuple[int, int]] = []
         self.plain = PlainCommands()
+        self._asked: tuple[Path | None, bool] | None = None  # (cwd, ours?) as stdout_unused found it
         if self.spawns:
             inherited = _inheritable_above_2()
             if inherited is None:
@@ -175,7 +176,7 @@ class Starter:
         inherits too (as Popen's: made inheritable in the child alone).
         Raises OSError if it cannot start (as Popen: the program missing, not
         executable...)."""
-        if self.spawns and "/" in argv[0] and min(stdin, stdout, stderr) > 2 and (cwd is None or _is_ours(cwd)):
+        if self.spawns and "/" in argv[0] and min(stdin, stdout, stderr) > 2 and self._here(cwd):
             return self._spawn_stage(argv, env, stdin=stdin, stdout=stdout, stderr=stderr, keep=pass_fds)
         import subprocess  # here: where every start spawns, a build does not import it
 
@@ -198,7 +199,18 @@ class Starter:
         """Whether nothing the stage runs can write to its stdout (see
         PlainCommands.sends_to_file; in our own directory, where the file is
         checked): it needs no pipe for it."""
-        return (cwd is None or _is_ours(cwd)) and self.plain.sends_to_file(argv)
+        here = cwd is None or _is_ours(cwd)
+        self._asked = (cwd, here)
+        return here and self.plain.sends_to_file(argv)
+
+    def _here(self, cwd: Path | None) -> bool:
+        """Whether `cwd` is our directory, as `stdout_unused` may just have found."""
+        asked, self._asked = self._asked, None
+        if cwd is None:
+            return True
+        if asked is not None and asked[0] is cwd:
+            return asked[1]
+        return _is_ours(cwd)
 
     def _spawn_stage(
         self,
@@ -241,11 +253,11 @@ class Starter:
         loses its close-on-exec flag in the child alone: glibc 2.29, POSIX 2024)."""
         kept = [(os.POSIX_SPAWN_DUP2, fd, fd) for fd in keep]
         actions = [(os.POSIX_SPAWN_DUP2, stdin, 0), (os.POSIX_SPAWN_DUP2, stderr, 2), *self.closes, *kept, out]
+        # (a bare name is looked up on our PATH by the child: see PlainCommands._searchable)
+        spawn = os.posix_spawn if "/" in program else os.posix_spawnp
         if mask is None:
-            return os.posix_spawn(program, args, env, file_actions=actions, setsid=True, setsigdef=_DEFAULTS)
-        return os.posix_spawn(
-            program, args, env, file_actions=actions, setsid=True, setsigdef=_DEFAULTS, setsigmask=mask
-        )
+            return spawn(program, args, env, file_actions=actions, setsid=True, setsigdef=_DEFAULTS)
+        return spawn(program, args, env, file_actions=actions, setsid=True, setsigdef=_DEFAULTS, setsigmask=mask)
 
 
 def _is_ours(cwd: Path) -> bool:
