@@ -206,6 +206,19 @@ def test_the_pool_holds_j_minus_one_tokens_and_is_topped_up_when_nothing_runs(tm
     assert not Path(fifo).exists()
 
 
+def test_with_every_token_out_with_our_stages_the_pool_is_full_without_a_read() -> None:
+    pool = SharedPool(2)
+    try:
+        assert pool.try_acquire(1) and pool.try_acquire(1)  # the implicit token, then the pool's one
+        assert pool.available() == 0  # (known, not found by a read that fails)
+        pool.release(1)
+        assert pool.available() == 1
+        assert pool.try_acquire(1)
+        assert pool.available() == 0
+    finally:
+        pool.close()
+
+
 def test_the_fifo_is_made_in_tmpdir_and_removed_however_the_build_ends(project: Project, tmp_path: Path) -> None:
     tmp = tmp_path / "tmp"
     tmp.mkdir()

@@ -67,7 +67,11 @@ class SharedPool(MakeJobServer):
                 self._top_up()
 
     def available(self) -> int:
-        return self._alone.available() if self._alone is not None else super().available()
+        if self._alone is not None:
+            return self._alone.available()
+        if not self._implicit_free and not self._spare and len(self._held) + self._short >= self.capacity - 1:
+            return 0  # every token is out with our own stages: the pool is empty, no read need say so
+        return super().available()
 
     def for_stage(self, outer: str) -> tuple[str, tuple[int, int]] | None:
         if not self._opened:

@@ -97,7 +97,8 @@ class Cache:
         return self.objects / digest[:2] / digest[2:]
 
     def has(self, digest: str) -> bool:
-        return digest in self.packs or os.path.isfile(f"{self._objects}/{digest[:2]}/{digest[2:]}")
+        # (access, not isfile: a missing object, the common answer, raises no exception)
+        return digest in self.packs or os.access(f"{self._objects}/{digest[:2]}/{digest[2:]}", os.F_OK)
 
     def close(self) -> None:
         """Index the pack this process wrote (see pack.py); a build ends with this."""
