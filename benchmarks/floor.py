@@ -1,0 +1,203 @@
+#!/usr/bin/env python3
+"""How fast can any build loop written in Python run compare.py's lattice?
+
+pivotbuild's build loop is Python. This measures the floor under that: the
+same lattice (compare.py's, `md5sum` or `cat` stages), run by loops that do
+only what is named, each a fresh `python3` process started as pivotbuild's
+is, beside ninja on the same tree, in interleaved rounds:
+
+  spawn   decide by mtime as make does (a stat of every dep and output), start
+          each stage with os.posix_spawn (its output file opened in the
+          child, as a shell's `>` is; stdin /dev/null; stderr inherited),
+          wait with os.waitpid: nothing a real build tool could leave out
+          but following a stage's stderr
+  +pipe   each stage's stderr through a pipe, followed with epoll, as a tool
+          must to show it (pivotbuild, ninja and make all do)
+  +hash   each output read and hashed (XXH3-128) when its stage ends: the
+          least a build that decides by content does
+  +record each stage's record (its deps' and outputs' hashes, msgpack)
+          appended to a journal, and its small output appended to a pack:
+          the least a build that keeps a record and a cached copy does
+
+Each row is a clean build of a fresh copy and an incremental build (one
+middle-layer source edited, as compare.py edits) of the loop's own copy;
+seconds, medians, and the ratio to ninja's median in the same rounds.
+
+    .venv/bin/python benchmarks/floor.py --shape small --rounds 5
+
+(ninja from the venv: `pip install '.[test]'`.) Nothing here is pivotbuild:
+it is the reference for docs/performance.md's "What remains".
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import compare
+
+LEVELS = ("spawn", "+pipe", "+hash", "+record")
+
+# The loop, run as its own process: argv = [level, jobs, command, stages file].
+LOOP = textwrap.dedent(
+    """
+    import os, sys, select
+    level, jobs, cmd, listing = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+    PIPE, HASH, RECORD = level != "spawn", level in ("+hash", "+record"), level == "+record"
+    if HASH:
+        import xxhash
+    if RECORD:
+        import msgpack
+        journal = open(".floor-journal", "ab", buffering=0)
+        pack = open(".floor-pack", "ab", buffering=0)
+    stages = [line.split() for line in open(listing).read().splitlines()]  # out dep...
+    program = next(os.path.join(d, cmd) for d in os.environ["PATH"].split(":")
+                   if os.access(os.path.join(d, cmd), os.X_OK))
+    made = {s[0]: i for i, s in enumerate(stages)}
+    users = [[] for _ in stages]
+    waiting = [0] * len(stages)
+    for i, s in enumerate(stages):
+        for d in s[1:]:
+            j = made.get(d)
+            if j is not None:
+                users[j].append(i)
+                waiting[i] += 1
+    # Decide as make does: a stage runs if its output is missing or older than a dep,
+    # or a stage it depends on runs.
+    mtime = {}
+    def mt(p):
+        t = mtime.get(p)
+        if t is None:
+            try:
+                t = os.stat(p).st_mtime_ns
+            except FileNotFoundError:
+                t = -1
+            mtime[p] = t
+        return t
+    dirty = [False] * len(stages)
+    for i, s in enumerate(stages):  # (listed in layer order: deps first)
+        out = mt(s[0])
+        dirty[i] = out < 0 or any(mt(d) > out or (d in made and dirty[made[d]]) for d in s[1:])
+    run = [i for i, s in enumerate(stages) if dirty[i]]
+    left = {i for i in run}
+    for i in run:
+        waiting[i] = sum(1 for d in stages[i][1:] if d in made and made[d] in left)
+    ready = [i for i in run if not waiting[i]]
+    null = os.open("/dev/null", os.O_RDONLY)
+    ep = select.epoll() if PIPE else None
+    running = {}  # pid -> stage;
+    pipes = {}  # read end -> pid
+    def start(i):
+        s = stages[i]
+        actions = [(os.POSIX_SPAWN_DUP2, null, 0),
+                   (os.POSIX_SPAWN_OPEN, 1, s[0], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)]
+        if PIPE:
+            r, w = os.pipe()
+            actions.append((os.POSIX_SPAWN_DUP2, w, 2))
+        pid = os.posix_spawn(program, [cmd, *s[1:]], os.environ, file_actions=actions)
+        if PIPE:
+            os.close(w)
+            pipes[r] = pid
+            ep.register(r, select.EPOLLIN)
+        running[pid] = i
+    def ended(i):
+        s = stages[i]
+        if HASH:
+            with open(s[0], "rb") as f:
+                data = f.read()
+            digest = xxhash.xxh3_128_hexdigest(data)
+        if RECORD:
+            deps = [(d, os.stat(d).st_mtime_ns) for d in s[1:]]
+            journal.write(msgpack.packb([s[0], digest, deps]))
+            pack.write(data)
+        for u in users[i]:
+            if u in left:
+                waiting[u] -= 1
+                if not waiting[u]:
+                    ready.append(u)
+    todo = len(run)
+    while todo:
+        while ready and len(running) < jobs:
+            start(ready.pop())
+        if PIPE:
+            for fd, _ in ep.poll():
+                if os.read(fd, 65536):
+                    continue
+                ep.unregister(fd)
+                os.close(fd)
+                pid = pipes.pop(fd)
+                _, status = os.waitpid(pid, 0)
+                assert status == 0, status
+                i = running.pop(pid)
+                ended(i)
+                todo -= 1
+        else:
+            pid, status = os.waitpid(-1, 0)
+            assert status == 0, status
+            ended(running.pop(pid))
+            todo -= 1
+    """
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shape", choices=compare.COMMANDS, default="small")
+    ap.add_argument("--width", type=int, default=50)
+    ap.add_argument("--depth", type=int, default=20)
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--levels", default=",".join(LEVELS))
+    args = ap.parse_args(argv)
+    levels = args.levels.split(",")
+    ninja = compare.find("ninja")
+    if ninja is None:
+        raise SystemExit("floor.py: ninja is not installed (pip install ninja)")
+    stages = compare.lattice(args.width, args.depth)
+    cmd = compare.COMMANDS[args.shape]
+    with tempfile.TemporaryDirectory(prefix="pvfloor-") as tmp:
+        scratch = Path(tmp)
+        (scratch / "loop.py").write_text(LOOP)
+        (scratch / "stages").write_text("".join(f"{s.out} {' '.join(s.deps)}\n" for s in stages))
+        seed = scratch / "seed"
+        compare.generate(seed, stages, "ninja", args.shape)
+        commands = {"ninja": [ninja, "-j", str(args.jobs)]}
+        for level in levels:
+            loop = [str(scratch / "loop.py"), level, str(args.jobs), cmd, str(scratch / "stages")]
+            commands[level] = [sys.executable, *loop]
+        times: dict[str, dict[str, list[float]]] = {name: {"clean": [], "incr": []} for name in commands}
+        for r in range(args.rounds):
+            for name, command in commands.items():
+                tree = scratch / f"t-{name}"
+                shutil.rmtree(tree, ignore_errors=True)
+                shutil.copytree(seed, tree, symlinks=True)
+                times[name]["clean"].append(_timed(command, tree))
+                compare.check_outputs(tree, stages, args.shape, name)
+                compare.edit(tree, args.width, args.depth, r)
+                times[name]["incr"].append(_timed(command, tree))
+                compare.check_outputs(tree, stages, args.shape, name)
+        base = {k: statistics.median(v) for k, v in times["ninja"].items()}
+        print(f"{len(stages)} stages ({args.shape}), -j{args.jobs}, {args.rounds} rounds: medians, seconds (x ninja)")
+        print(f"{'loop':<10}{'clean':>16}{'incremental':>18}")
+        for name, t in times.items():
+            c, i = statistics.median(t["clean"]), statistics.median(t["incr"])
+            print(f"{name:<10}{c:>9.3f} ({c / base['clean']:.2f}x){i:>11.3f} ({i / base['incr']:.2f}x)")
+    return 0
+
+
+def _timed(command: list[str], cwd: Path) -> float:
+    t0 = time.perf_counter()
+    subprocess.run(command, cwd=cwd, check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - t0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,16 @@
+"""floor.py, run small: ninja and each minimal Python loop build the lattice
+clean and incrementally (each build's outputs checked against what its deps
+say); it prints a row per loop (no timings are asserted)."""
+
+from __future__ import annotations
+
+import floor
+import pytest
+
+
+def test_each_loop_builds_the_lattice_beside_ninja(capsys: pytest.CaptureFixture[str]) -> None:
+    assert floor.main(["--width", "3", "--depth", "4", "--rounds", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("12 stages (small), -j2, 1 rounds")
+    assert [line.split()[0] for line in lines[2:]] == ["ninja", *floor.LEVELS]
+    assert all(line.count("x)") == 2 for line in lines[2:])
