@@ -70,7 +70,10 @@ def test_deleted_outputs_are_restored_not_rerun(project: Project) -> None:
 
 def run_entries(project: Project) -> int:
     """The run-cache entries (not the cache's copy of the lockfile beside them)."""
-    return sum(1 for p in (project.root / ".pivot/cache/runs").glob("??/*") if p.is_file())
+    from pivotbuild.cache.runcache import RunCache
+
+    runs_ = RunCache(project.root / ".pivot/cache")
+    return sum(len(runs_.entries(shard)) for shard in runs_.shards())
 
 
 def test_inputs_seen_before_are_restored_from_the_run_cache(project: Project) -> None:
@@ -585,16 +588,19 @@ stage abs:
 
 
 def test_a_torn_run_cache_entry_is_ignored_then_replaced(project: Project) -> None:
-    """Entries are created in place (no rename), so a build killed mid-write can
-    leave one cut short: it must never be believed, and the next record of
-    those inputs must replace it."""
+    """Entries are appended to a log in place, so a build killed mid-write can
+    leave one cut short: it must never be believed (it is said, once), and the
+    next record of those inputs must replace it."""
     built(project)
     assert finished(project.run("X=2", "--json").out)["make"][0] == "ran"
-    entries = [p for p in (project.root / ".pivot/cache/runs").glob("??/*") if p.is_file()]
-    for entry in entries:
-        entry.write_bytes(entry.read_bytes()[:5])  # every entry torn
-    back = finished(project.run("--json").out)  # X back to 1: the entry does not decode
+    logs = sorted((project.root / ".pivot/cache/runs").glob("??.log"))
+    assert logs and not list((project.root / ".pivot/cache/runs").glob("??/*"))  # (no file per entry)
+    for log in logs:
+        log.write_bytes(log.read_bytes()[:-5])  # every log's last entry torn
+    r = project.run("--json")  # X back to 1: the entry does not decode
+    back = finished(r.out)
     assert back["make"][0] == "ran"
+    assert "damaged or torn entr" in r.err and r.err.count(".pivot/cache/runs/") == len(logs), r.err
     assert runs(project) == 3
     # X=2's record, replaced just now, is an entry of its own (whole): restored.
     assert finished(project.run("X=2", "--json").out)["make"][0] == "restored"
@@ -626,7 +632,7 @@ def test_run_cache_misses_open_no_entry_and_hits_see_this_builds_records(
 
 
 def test_recording_a_run_twice_keeps_one_whole_entry(tmp_path: Path) -> None:
-    from pivotbuild.cache.runcache import RunCache
+    from pivotbuild.cache.runcache import RunCache, read_log
     from pivotbuild.model import StageId
     from pivotbuild.state.files import _umask
     from pivotbuild.state.records import FileRecord
@@ -636,15 +642,43 @@ def test_recording_a_run_twice_keeps_one_whole_entry(tmp_path: Path) -> None:
     one, two = (FileRecord("out.txt", "file", "b" * 32),), (FileRecord("out.txt", "file", "c" * 32),)
     runs_.record(sid, "fp", deps, one)
     runs_.record(sid, "fp", deps, one)  # already there: left as it is
+    (log,) = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert len(read_log(log.read_bytes())[0]) == 1 and log.name.endswith(".log")
+    written = log.read_bytes()
+    assert RunCache(tmp_path).lookup(sid, "fp", deps) == one  # (another build: read from the log)
     assert runs_.lookup(sid, "fp", deps) == one
+    RunCache(tmp_path).record(sid, "fp", deps, one)  # another build, the same result: nothing appended
+    assert log.read_bytes() == written
     runs_.record(sid, "fp", deps, two)  # the same inputs gave other outputs: the newest wins
     assert runs_.lookup(sid, "fp", deps) == two
-    (entry,) = [p for p in tmp_path.rglob("*") if p.is_file()]
-    entry.write_bytes(b"\x81")  # torn
-    assert runs_.lookup(sid, "fp", deps) is None
-    runs_.record(sid, "fp", deps, one)
-    assert runs_.lookup(sid, "fp", deps) == one
-    assert oct(entry.stat().st_mode & 0o777) == oct(0o666 & ~_umask())
+    assert RunCache(tmp_path).lookup(sid, "fp", deps) == two
+    log.write_bytes(b"\x81")  # torn
+    torn = RunCache(tmp_path)
+    assert torn.lookup(sid, "fp", deps) is None
+    torn.record(sid, "fp", deps, one)
+    assert RunCache(tmp_path).lookup(sid, "fp", deps) == one
+    assert oct(log.stat().st_mode & 0o777) == oct(0o666 & ~_umask())
+
+
+def test_entries_of_many_stages_share_a_log_per_folder(tmp_path: Path) -> None:
+    """A build appends to a log per folder (creating a file costs what a
+    small stage does): 300 entries, at most 256 files; each read back whole."""
+    from pivotbuild.cache.runcache import RunCache
+    from pivotbuild.model import StageId
+    from pivotbuild.state.records import FileRecord
+
+    runs_ = RunCache(tmp_path)
+    deps = (FileRecord("in.txt", "file", "a" * 32),)
+    for i in range(300):
+        runs_.record(StageId("", f"s{i}"), "fp", deps, (FileRecord("out.txt", "file", f"{i:032x}"),))
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert len(files) <= 256 and all(p.suffix == ".log" for p in files)
+    again = RunCache(tmp_path)
+    assert all(
+        again.lookup(StageId("", f"s{i}"), "fp", deps) == (FileRecord("out.txt", "file", f"{i:032x}"),)
+        for i in range(300)
+    )
+    assert sum(len(again.entries(shard)) for shard in again.shards()) == 300
 
 
 def test_reflink_mode_copies_where_the_filesystem_cannot_and_says_so_once(project: Project) -> None:
@@ -705,26 +739,40 @@ def test_reflink_mode_is_silent_where_the_filesystem_shares_extents(
 
 
 def test_a_damaged_run_cache_entry_is_reported_once_and_removed(tmp_path: Path) -> None:
-    from pivotbuild.cache.runcache import RunCache
+    from pivotbuild.cache.runcache import RunCache, encode_entry, entry_rel, inputs_key, stage_key
     from pivotbuild.model import StageId
     from pivotbuild.state.records import FileRecord
 
     said: list[str] = []
-    runs_ = RunCache(tmp_path / ".pivot" / "cache", said.append)
+    cache_dir = tmp_path / ".pivot" / "cache"
     sid, deps = StageId("", "s"), (FileRecord("in.txt", "file", "a" * 32),)
     outs = (FileRecord("out.txt", "file", "b" * 32),)
-    runs_.record(sid, "fp", deps, outs)
-    (entry,) = [p for p in tmp_path.rglob("*") if p.is_file()]
-    blob = bytearray(entry.read_bytes())
+    RunCache(cache_dir).record(sid, "fp", deps, outs)
+    (log,) = [p for p in tmp_path.rglob("*") if p.is_file()]
+    blob = bytearray(log.read_bytes())
     blob[blob.index(b"b" * 32)] ^= 0x01  # a hash digit: still valid msgpack, but not what was written
-    entry.write_bytes(bytes(blob))
+    log.write_bytes(bytes(blob))
+    runs_ = RunCache(cache_dir, said.append)
     assert runs_.lookup(sid, "fp", deps) is None
-    assert len(said) == 1 and said[0].startswith(".pivot/cache/runs/") and "checksum mismatch" in said[0], said
-    assert not entry.exists()
-    assert runs_.lookup(sid, "fp", deps) is None
+    assert len(said) == 1 and said[0].startswith(f".pivot/cache/runs/{log.name}: a damaged"), said
+    assert not log.exists()  # (it held nothing else)
+    assert RunCache(cache_dir, said.append).lookup(sid, "fp", deps) is None
     assert len(said) == 1
     runs_.record(sid, "fp", deps, outs)
-    assert runs_.lookup(sid, "fp", deps) == outs
+    assert RunCache(cache_dir).lookup(sid, "fp", deps) == outs
+
+    # An entry that is a file of its own (as pull writes them): its own checksum.
+    other = StageId("", "t")
+    entry = cache_dir / entry_rel(stage_key(other), inputs_key("fp", deps))
+    entry.parent.mkdir(parents=True)
+    damaged = bytearray(encode_entry(outs))
+    damaged[damaged.index(b"b" * 32)] ^= 0x01
+    entry.write_bytes(bytes(damaged))
+    assert RunCache(cache_dir, said.append).lookup(other, "fp", deps) is None
+    assert len(said) == 2 and said[1].startswith(".pivot/cache/runs/") and "checksum mismatch" in said[1], said
+    assert not entry.exists()
+    entry.write_bytes(encode_entry(outs))
+    assert RunCache(cache_dir).lookup(other, "fp", deps) == outs  # (read from its file)
 
 
 # -- checkout modes and directories ----------------------------------------------------------------

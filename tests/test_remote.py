@@ -155,24 +155,34 @@ def test_a_push_killed_mid_transfer_leaves_no_truncated_object(tmp_path: Path) -
 
 
 def test_a_torn_run_cache_entry_is_never_pushed_and_its_rebuilt_one_is(tmp_path: Path) -> None:
-    """Run-cache entries are created in place, so a build killed mid-write can
-    leave one cut short.  push must not send it: the remote would then hold it
-    for good (push skips what the remote has) instead of the whole one."""
+    """Run-cache entries are appended to a log in place, so a build killed
+    mid-write can leave one cut short.  push must not send it: the remote
+    would then hold it for good (push skips what the remote has) instead of
+    the whole one.  The remote keeps a file per entry."""
+    from pivotbuild.cache.runcache import LOG, RunCache, read_log
+
     one, share = first_clone(tmp_path)
     one.write("in.txt", "changed\n")
     assert one.run().code == 0  # the first records, pushed out of the lockfile, are run-cache entries now
-    entries = sorted(p for p in (one.root / ".pivot/cache/runs").glob("??/*") if p.is_file())
+    runs_dir = one.root / ".pivot/cache/runs"
+    runs_ = RunCache(one.root / ".pivot/cache")
+    entries = sorted((shard, name, blob) for shard in runs_.shards() for name, blob in runs_.entries(shard))
     assert len(entries) == 2
-    whole = entries[0].read_bytes()
-    entries[0].write_bytes(whole[:3])  # torn
+    shard, name, whole = entries[0]
+    log = runs_dir / f"{shard}.log"
+    frames = log.read_bytes()
+    at = frames.index(whole)
+    log.write_bytes(frames[:at] + whole[:3] + frames[at + len(whole) :])  # torn (in place: its frame no longer checks)
     assert one.run("push").code == 0
     remote_entries = {p.relative_to(share) for p in (share / "runs").rglob("*") if p.is_file()}
-    assert entries[0].relative_to(one.root / ".pivot/cache") not in remote_entries
-    assert entries[1].relative_to(one.root / ".pivot/cache") in remote_entries
+    assert Path(f"runs/{shard}/{name}") not in remote_entries
+    assert Path(f"runs/{entries[1][0]}/{entries[1][1]}") in remote_entries
     assert len(remote_entries) == 3  # the other, and those of the two current records, which push wrote
-    entries[0].write_bytes(whole)  # as the next record of those inputs writes it
+    with open(log, "ab") as f:
+        f.write(LOG.dump([name, whole]))  # as the next record of those inputs writes it
+    assert read_log(log.read_bytes())[0][name] == whole
     assert one.run("push").code == 0
-    assert (share / entries[0].relative_to(one.root / ".pivot/cache")).read_bytes() == whole
+    assert (share / f"runs/{shard}/{name}").read_bytes() == whole
 
 
 def test_a_build_carries_on_past_a_broken_config_but_push_stops_naming_where(tmp_path: Path) -> None:

@@ -13,10 +13,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from pivotbuild.cache.pack import PACKS
-from pivotbuild.cache.runcache import RUNS
+from pivotbuild.cache.runcache import RUNS, RunCache
 from pivotbuild.cache.store import OBJECTS, Cache, CorruptObject, MissingObject
 from pivotbuild.errors import PivotError
-from pivotbuild.paths import LOCK_COPIES, LOCKFILE, STATE_DIR
+from pivotbuild.paths import LOCKFILE, STATE_DIR
 from pivotbuild.remote.transfer import run_entry_outs
 from pivotbuild.state import journal, lockfile
 from pivotbuild.state.kinds import DIR
@@ -100,18 +100,20 @@ def collect(root: Path, cache: Cache, *, keep_run_cache: bool, dry_run: bool) ->
             for record in records:
                 referenced |= objects_of(cache, list(record.outs), where if strict else "")
     report = GcReport()
-    runs_dir = cache.dir / RUNS
-    # (Not the lockfiles' copies beside them: they name only what the lockfiles do.)
-    copies = root / LOCK_COPIES
-    entries = sorted(e for e in runs_dir.glob("*/*") if e.parent != copies) if runs_dir.is_dir() else []
-    for entry in entries:
-        needs = objects_of(cache, run_entry_outs(entry.read_bytes()))
-        if keep_run_cache:
-            referenced |= needs
-        elif needs - referenced:
-            report.run_entries.append(str(entry.relative_to(cache.dir)))
-            if not dry_run:
-                entry.unlink()
+    # (Each two-letter folder's entries, its log's and its files: not the
+    # lockfiles' copies beside them, which name only what the lockfiles do.)
+    runs = RunCache(cache.dir)
+    for shard in runs.shards():
+        dropped = set()
+        for name, blob in runs.entries(shard):
+            needs = objects_of(cache, run_entry_outs(blob))
+            if keep_run_cache:
+                referenced |= needs
+            elif needs - referenced:
+                report.run_entries.append(f"{RUNS}/{shard}/{name}")
+                dropped.add(name)
+        if dropped and not dry_run:
+            runs.remove(shard, dropped)
     objects_dir = cache.dir / OBJECTS
     packs_dir = cache.dir / PACKS
     # What a killed or interrupted writer left, each name with its writer's pid:

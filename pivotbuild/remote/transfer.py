@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from pivotbuild.cache.pack import PACK_MAX
-from pivotbuild.cache.runcache import decode_entry, folder_rel, of_stage, stage_key
+from pivotbuild.cache.runcache import RunCache, decode_entry, folder_rel, of_stage, stage_key
 from pivotbuild.cache.store import OBJECTS, Cache, CorruptObject, MissingObject, parse_manifest
 from pivotbuild.errors import PivotError
 from pivotbuild.model import StageId
@@ -128,15 +128,11 @@ def push(
                     continue
         wanted |= _local_objects(cache, rec, report)
     entries: list[tuple[str, bytes, set[str]]] = []  # (remote path, its bytes, the objects it names)
+    runs = RunCache(cache.dir)
     for sid in stages:
         skey = stage_key(sid)
-        folder = cache.dir / folder_rel(skey)
-        for name in of_stage(skey, os.listdir(folder)) if folder.is_dir() else []:
+        for name, blob in runs.entries(skey):  # (a log's or a file's: a remote keeps a file per entry)
             rel = f"{folder_rel(skey)}/{name}"
-            try:
-                blob = (folder / name).read_bytes()
-            except FileNotFoundError:
-                continue  # replaced by a build meanwhile
             named = decode_run_entry(blob)
             if named is None:
                 continue  # torn (a killed build) or still being written: never sent
@@ -228,13 +224,18 @@ def fetch(
     report = Report()
     records = list(outs)
     checked = list(check)
+    runs = RunCache(cache.dir)
     for sid in stages:
         skey = stage_key(sid)
         with _io("cannot list the remote's run cache"):
             names = of_stage(skey, remote.list_dir(folder_rel(skey)))
+        here = dict(runs.entries(skey)) if names else {}
         for name in names:
             rel = f"{folder_rel(skey)}/{name}"
             local = cache.dir / rel
+            if name in here:
+                records += run_entry_outs(here[name])
+                continue
             if not local.exists():
                 with _io(f"cannot fetch run-cache entry {rel}"):
                     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=_mkdir(local.parent))

@@ -83,6 +83,11 @@ class Format:
 
     # -- reading ------------------------------------------------------------------
 
+    def check(self, blob: bytes, pos: int) -> int:
+        """Check the frame at `pos` of a file of frames; where its payload ends
+        (its checksum follows).  Raises Damaged."""
+        return self._check(blob, pos, whole=False)
+
     def _check(self, blob: bytes, pos: int, whole: bool) -> int:
         """Check the frame at `pos`; return where its payload ends (the checksum
         follows).  The version is looked at last, once the checksum holds: a
