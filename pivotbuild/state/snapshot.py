@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
 from pathlib import Path
 
 from pivotbuild import globs
@@ -17,7 +18,7 @@ from pivotbuild.structs import struct
 
 TYPE_CHECKING = False  # (not typing's: kept off the no-op fast path's imports)
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Iterable, Mapping
 
 
 @struct(frozen=True, slots=True)
@@ -33,9 +34,46 @@ class Snapshot:
     expanded_deps: tuple[str, ...]  # deps with globs replaced by their matches
 
 
+_prefixes: dict[Path, str] = {}  # a root -> itself with one `/` after: joined to a relative path by `+`
+
+
+def _full(root: Path, path: str) -> str:
+    """`os.path.join(root, path)`, the same string, without its calls (a decision makes one per dep)."""
+    if path[:1] == "/":
+        return path
+    prefix = _prefixes.get(root)
+    if prefix is None:
+        text = os.fspath(root)
+        prefix = _prefixes[root] = text if text.endswith("/") else text + "/"
+    return prefix + path
+
+
+def _dumps_with(encoder: Callable[[object, int], Iterable[str]] | None) -> Callable[[object], str]:
+    """`json.dumps` with its defaults, through one C encoder made once (the
+    same text: fingerprints hash it) instead of an encoder made per call."""
+    if encoder is None:  # (a Python without the C accelerator)
+        return json.dumps
+
+    def dumps(obj: object) -> str:
+        return "".join(encoder(obj, 0))
+
+    return dumps
+
+
+def _not_json(obj: object) -> object:
+    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
+
+
+_dumps = _dumps_with(
+    c_make_encoder(None, _not_json, encode_basestring_ascii, None, ": ", ", ", False, False, True)
+    if c_make_encoder is not None
+    else None
+)
+
+
 def file_record(root: Path, path: str, cache: StatCache) -> FileRecord:
     """The record of one path: a file's hash, a directory's manifest hash, or absent."""
-    full = path if os.path.isabs(path) else os.path.join(root, path)
+    full = _full(root, path)
     try:
         st = os.stat(full)
     except (FileNotFoundError, NotADirectoryError):
@@ -74,7 +112,7 @@ _facets: dict[object, str] = {}  # shell or env -> its hash: most stages share b
 def _facet(value: tuple[str, ...] | tuple[tuple[str, str], ...]) -> str:
     digest = _facets.get(value)
     if digest is None:
-        digest = _facets[value] = hash_bytes(json.dumps(value).encode())
+        digest = _facets[value] = hash_bytes(_dumps(value).encode())
     return digest
 
 
@@ -107,16 +145,14 @@ def take(stage: Stage, root: Path, cache: StatCache, elsewhere: Mapping[str, Fil
         ("env", _facet(stage.env)),
         (
             "outs",
-            hash_bytes(
-                json.dumps([(o.path, o.is_dir, o.cache, o.persist, o.incremental) for o in stage.outs]).encode()
-            ),
+            hash_bytes(_dumps([(o.path, o.is_dir, o.cache, o.persist, o.incremental) for o in stage.outs]).encode()),
         ),
     )
     if stage.py is not None:
         facets = (*facets, *py_facets(stage, root))
     params = tuple(ParamRecord(p.file, p.key, p.value_json) for p in stage.params)
     glob_sets = sorted((d.path, [m.path for m in d.matches]) for d in deps if d.kind == GLOB)
-    material = json.dumps([command, facets, [(p.file, p.key, p.value_json) for p in params], glob_sets])
+    material = _dumps([command, facets, [(p.file, p.key, p.value_json) for p in params], glob_sets])
     return Snapshot(
         command=command,
         facets=facets,
