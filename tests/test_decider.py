@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -175,3 +177,24 @@ def test_shown_marks_an_up_to_date_stage_with_a_pending_result(build: Build) -> 
     assert decider.shown(A, a) == Decision(False, PENDING_COMMIT)
     assert decider.shown(B, decider.stage(B).decision) == Decision(False, UP_TO_DATE)
     assert decider.shown(A, Decision(True, FORCED)) == Decision(True, FORCED)  # a stage to run stays so
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        [("out/1_2.txt", False, True, False, False)],
+        ["md5sum a.txt > b.txt", (("shell", "ab"), ("env", "cd")), [("params.yaml", "lr", "0.5")], []],
+        [1.5, float("nan"), None, True, "é\u2028\"'\\", {"k": [1, 2]}, ()],
+        ("/bin/sh", "-e"),
+    ],
+)
+def test_fingerprints_hash_the_json_text_they_always_did(value: object) -> None:
+    """Decisions encode through one C encoder made once: its text must be
+    json.dumps's, byte for byte, or every record would look changed."""
+    assert snapshot._dumps(value) == json.dumps(value)
+
+
+@pytest.mark.parametrize("root", ["/w/project", "/w/project/", "/"])
+@pytest.mark.parametrize("path", ["a.txt", "out/1_2.txt", "/abs/x", "", "./x"])
+def test_a_deps_full_path_is_what_os_path_join_makes(root: str, path: str) -> None:
+    assert snapshot._full(Path(root), path) == os.path.join(root, path)
