@@ -17,6 +17,9 @@ from pivotbuild.errors import Location
 from pivotbuild.state.stamps import Source
 from pivotbuild.structs import field, struct
 
+# What shlex.quote leaves unquoted (its `[^\w@%+=:,./-]`, ASCII).
+_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_@%+=:,./-")
+
 DEFAULT_SHELL = ("/bin/sh", "-e")
 
 
@@ -141,6 +144,8 @@ class Stage:
         return "".join(pieces)
 
     def _quoted(self, paths: Sequence[str]) -> str:
+        if not self.workdir:  # (paths as they are: the common case, without a call per path)
+            return " ".join([p if p and _SAFE.issuperset(p) else shlex.quote(p) for p in paths])
         return " ".join(shlex.quote(self.relative(p)) for p in paths)
 
     def at(self, pos: Pos | None) -> Location:

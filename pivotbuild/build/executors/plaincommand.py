@@ -22,6 +22,7 @@ class PlainCommands:
 
     def __init__(self) -> None:
         self._names: dict[str, bool] = {}  # a variable's name -> whether the shell passes it on as it is
+        self._passing: set[str] = set()  # the names of those it does (checked at once: C, not a call per name)
         self._pwds: dict[str | None, str] = {}  # a stage's PWD -> the PWD the shell would pass on
         self._checked: tuple[str, bool] | None = None  # (script, `_plain_target`'s answer) for the next `direct`
         self._dirs: dict[tuple[int, int], bool] = {}  # a directory (device, inode) -> outside /dev and /proc
@@ -58,7 +59,7 @@ class PlainCommands:
             words = words[:-2]
         if not _a_program(words):
             return None
-        if not all(map(self._passed_on, env)):
+        if not self._passing.issuperset(env) and not all(map(self._passed_on, env)):
             return None
         path = env.get("PATH")
         program = words[0] if "/" not in words[0] and self._searchable(path) else _which(words[0], path)
@@ -117,6 +118,8 @@ class PlainCommands:
                 and not name[0].isdigit()
                 and name not in ("IFS", "OPTIND", "PPID", "PS1", "PS2", "PS4")
             )
+            if known:
+                self._passing.add(name)
         return known
 
     def _with_pwd(self, env: Mapping[str, str]) -> Mapping[str, str]:
