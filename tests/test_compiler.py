@@ -1120,3 +1120,15 @@ def test_several_errors_are_reported_together(root: Path) -> None:
         "        jobs: 0",
         "              ^",
     ]
+
+
+@pytest.mark.parametrize("workdir", ["", "sub"])
+def test_auto_variables_are_quoted_as_shlex_quotes_them(workdir: str) -> None:
+    """$@ and $^ render each path shell-quoted (a fast path skips the call for
+    a path of safe characters: its answer must be shlex.quote's)."""
+    import shlex
+
+    paths = ["a.txt", "with space.txt", "it's.txt", "é.txt", "a$b", "-x", "@%+=:,./-_", "a\nb", "~home", "x*"]
+    outs = tuple(Out(f"{workdir}/{p}" if workdir else p) for p in paths)
+    stage = Stage(StageId("", "s"), "s", Location("Pivotfile", 1, 1), (AutoVar.OUTS,), outs=outs, workdir=workdir)
+    assert stage.render_command() == " ".join(shlex.quote(p) for p in paths)
