@@ -836,3 +836,12 @@ def test_a_directory_restored_in_symlink_mode_is_up_to_date(project: Project) ->
     assert statuses(r)["tree"] == "restored"
     assert project.run("verify").code == 0
     assert set(statuses(project.run("--json")).values()) == {"skipped"}
+
+
+def test_a_digest_too_short_to_name_an_object_is_never_held(tmp_path: Path) -> None:
+    cache = Cache(tmp_path / "cache")
+    src = tmp_path / "big.txt"
+    src.write_text("x" * (PACK_MAX + 1))  # (a file of its own: its shard directory exists)
+    digest = hash_file(src)
+    assert cache.store_file(src, digest) and cache.has(digest)
+    assert not cache.has("") and not cache.has(digest[:2]) and not cache.has(digest[:1])

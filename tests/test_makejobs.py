@@ -305,3 +305,80 @@ def test_under_make_n_a_build_is_a_dry_run(project: Project) -> None:
     r = subprocess.run(["make", "-s"], cwd=project.root, capture_output=True, text=True, check=False)
     assert r.returncode == 0, r.stderr
     assert (project.root / "a.txt").read_text() == "built\n"
+
+
+def test_the_last_stages_tokens_go_back_before_the_build_stores_and_seals(
+    project: Project, pool: Callable[[int], tuple[int, int]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tokens kept for a next start (makejobs: `_spare`) go back to make as the
+    build loop ends, not after the storing, the lockfile and the seal.  (In
+    process, to look at make's pipe as the build stores.)"""
+    from pivotbuild.build import recorder
+    from pivotbuild.cli import main
+
+    r, w = pool(3)
+    project.pivotfile("stage big:\n    outs: a.txt\n    jobs: 3\n    run: echo a > a.txt\n")
+
+    def queued() -> int:
+        count = bytearray(4)
+        fcntl.ioctl(r, termios.FIONREAD, count)
+        return int.from_bytes(count, "little")
+
+    seen: list[int] = []
+    real = recorder.Recorder.finish
+
+    def finish(self: recorder.Recorder) -> bool:
+        seen.append(queued())  # (the loop has returned: what follows is storing and sealing)
+        return real(self)
+
+    monkeypatch.setattr(recorder.Recorder, "finish", finish)
+    monkeypatch.setenv("MAKEFLAGS", f" -j4 --jobserver-auth={r},{w}")
+    monkeypatch.chdir(project.root)
+    assert main(["-s"]) == 0
+    assert seen == [3]
+    assert queued() == 3
+
+
+def test_a_job_server_without_settle_still_runs_a_build(project: Project) -> None:
+    """`settle` is optional: a job server written to the older interface
+    (docs/architecture.md) is still used."""
+    from pivotbuild.build.engine import Engine
+    from pivotbuild.build.options import BuildOptions
+
+    class Pool:
+        capacity = 2
+
+        def __init__(self) -> None:
+            self.free = 2
+            self.used = 0
+
+        def try_acquire(self, n: int) -> bool:
+            if n > self.free:
+                return False
+            self.free -= n
+            self.used += n
+            return True
+
+        def release(self, n: int) -> None:
+            self.free += n
+
+        def available(self) -> int:
+            return self.free
+
+        def close(self) -> None:
+            pass
+
+    class Quiet:
+        def handle(self, event: object) -> None:
+            pass
+
+        def close(self) -> None:
+            pass
+
+    project.pivotfile(
+        "stage a:\n    outs: a.txt\n    run: echo a > a.txt\nstage b:\n    outs: b.txt\n    run: echo b > b.txt\n"
+    )
+    jobs = Pool()
+    engine = Engine(Quiet(), jobserver=jobs)
+    assert engine.build(BuildOptions(cwd=project.root, jobs=2)) == 0
+    assert (project.root / "a.txt").read_text() == "a\n" and jobs.used == 2 and jobs.free == 2

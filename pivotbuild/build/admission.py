@@ -35,14 +35,13 @@ class JobServer(Protocol):
         """Tokens free now (a lower bound is fine: 0 only when none can be had)."""
         ...
 
-    def settle(self) -> None:
-        """The build loop is about to wait: tokens its ended stages left it for
-        the next start (none was startable) go back to the pool."""
-        ...
-
     def close(self) -> None:
         """The build is over: every token read is given back."""
         ...
+
+    # Optional: `settle()`, called as the build loop is about to wait and as
+    # it ends: tokens its ended stages left for a next start that did not
+    # come go back to the pool (makejobs.py keeps them between stages).
 
 
 class TokenPool:

@@ -116,6 +116,7 @@ class BuildRun:
             except (KeyboardInterrupt, Interrupted):
                 interrupted = True
                 self._drain_after_interrupt()
+                self._settle_tokens()
         if not self._finish_storing():
             interrupted = True
         for sid in self.scheduler.unfinished():
@@ -150,7 +151,8 @@ class BuildRun:
     def _loop(self) -> None:
         take = self.inbox.next
         signals = self.signals
-        jobserver = self.admission.jobserver
+        # (a job server's `settle` is optional: one written to the older interface has none)
+        settle = getattr(self.admission.jobserver, "settle", None) or _nothing
         while True:
             self._decide_ready()
             if not self.stopping:
@@ -160,17 +162,28 @@ class BuildRun:
             if not self.running:
                 if self.to_run and not self.stopping:  # pragma: no cover - admission never refuses an idle build
                     raise AssertionError("no stage can start although nothing is running")
+                self._settle_tokens()  # (the last stage's tokens go back now, not after the storing and sealing)
                 return
             if self.to_run and self.admission.external and not self._watching_pool:
                 self._watch_pool()
             signals.deferring = True  # (the executor runs in here: see Signals)
-            jobserver.settle()  # (tokens no start took go back before the wait)
+            settle()  # (tokens no start took go back before the wait)
             item = take(0.2 if self.admission.waits_on_resources else 1.0)
             signals.deferring = False
             if item is not None:
                 self._handle(item)
             if self.cancel.is_set() or signals.caught:
                 raise Interrupted
+
+    def _settle_tokens(self) -> None:
+        """Give back the job tokens ended stages left for starts that will not come."""
+        was, self.signals.deferring = self.signals.deferring, True  # (make's tokens: none lost to an interrupt)
+        try:
+            settle = getattr(self.admission.jobserver, "settle", None)
+            if settle is not None:
+                settle()
+        finally:
+            self.signals.deferring = was
 
     def _settle(self) -> None:
         """Report the settled stages up to date (by the seal: they keep it)."""
@@ -436,3 +449,7 @@ def inputs_changed(job: Job, paths: frozenset[str], root: str) -> bool:
         ):
             return True
     return False
+
+
+def _nothing() -> None:
+    pass

@@ -98,7 +98,10 @@ class Cache:
 
     def has(self, digest: str) -> bool:
         # (access, not isfile: a missing object, the common answer, raises no exception)
-        return digest in self.packs or os.access(f"{self._objects}/{digest[:2]}/{digest[2:]}", os.F_OK)
+        # (and not a digest too short to name a file: the shard directory itself exists)
+        return digest in self.packs or (
+            len(digest) > 2 and os.access(f"{self._objects}/{digest[:2]}/{digest[2:]}", os.F_OK)
+        )
 
     def close(self) -> None:
         """Index the pack this process wrote (see pack.py); a build ends with this."""
