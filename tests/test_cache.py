@@ -632,7 +632,8 @@ def test_run_cache_misses_open_no_entry_and_hits_see_this_builds_records(
 
 
 def test_recording_a_run_twice_keeps_one_whole_entry(tmp_path: Path) -> None:
-    from pivotbuild.cache.runcache import RunCache, read_log
+    from pivotbuild.cache.runcache import RunCache
+    from pivotbuild.cache.runlog import read_log
     from pivotbuild.model import StageId
     from pivotbuild.state.files import _umask
     from pivotbuild.state.records import FileRecord

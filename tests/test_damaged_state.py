@@ -27,7 +27,8 @@ from pathlib import Path
 import pytest
 from conftest import Project
 
-from pivotbuild.cache.runcache import decode_entry, log_rel, read_log, stage_key
+from pivotbuild.cache.runcache import decode_entry, log_rel, stage_key
+from pivotbuild.cache.runlog import read_log
 from pivotbuild.model import StageId
 from pivotbuild.state import framing, journal, lockfile
 

@@ -159,7 +159,8 @@ def test_a_torn_run_cache_entry_is_never_pushed_and_its_rebuilt_one_is(tmp_path:
     mid-write can leave one cut short.  push must not send it: the remote
     would then hold it for good (push skips what the remote has) instead of
     the whole one.  The remote keeps a file per entry."""
-    from pivotbuild.cache.runcache import LOG, RunCache, read_log
+    from pivotbuild.cache.runcache import RunCache
+    from pivotbuild.cache.runlog import LOG, read_log
 
     one, share = first_clone(tmp_path)
     one.write("in.txt", "changed\n")

@@ -102,14 +102,14 @@ def collect(root: Path, cache: Cache, *, keep_run_cache: bool, dry_run: bool) ->
     report = GcReport()
     # (Each two-letter folder's entries, its log's and its files: not the
     # lockfiles' copies beside them, which name only what the lockfiles do.)
-    runs = RunCache(cache.dir)
+    runs = RunCache(cache.dir, repair=not dry_run)
     for shard in runs.shards():
         dropped = set()
-        for name, blob in runs.entries(shard):
+        for name, blob in runs.entries(shard, shadowed=True):
             needs = objects_of(cache, run_entry_outs(blob))
             if keep_run_cache:
                 referenced |= needs
-            elif needs - referenced:
+            elif needs - referenced and name not in dropped:  # (a name may be in the log and a file)
                 report.run_entries.append(f"{RUNS}/{shard}/{name}")
                 dropped.add(name)
         if dropped and not dry_run:

@@ -17,22 +17,23 @@ frame of a name wins (the newest result).
 
 A reader never trusts a torn or damaged entry: one that fails its check is
 ignored (the stage runs, or push skips it), said once, and removed (a log
-is written again without it); an entry of another format version is a
-miss, without a word, and is replaced when the stage is recorded.
+is written again without it, under its lock: runlog.py); an entry of
+another format version is a miss, without a word, and is replaced when the
+stage is recorded.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import os
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
+from pivotbuild.cache import runlog
 from pivotbuild.model import StageId
 from pivotbuild.state import codec, framing
-from pivotbuild.state.files import write_atomic
 from pivotbuild.state.hashing import hash_bytes
 from pivotbuild.state.records import FileRecord
 
@@ -40,8 +41,6 @@ RUNS = "runs"
 MAGIC = b"PIVRUN1\n"
 FORMAT = 2  # 2: in a `state.framing` frame
 FRAME = framing.Format(MAGIC, FORMAT, "run-cache entry")
-LOG_MAGIC = b"PIVRUNL\n"
-LOG = framing.Format(LOG_MAGIC, 1, "run-cache log entry")
 
 
 def encode_entry(outs: Sequence[FileRecord]) -> bytes:
@@ -78,32 +77,6 @@ def log_rel(shard: str) -> str:
     return f"{RUNS}/{shard}.log"
 
 
-def read_log(blob: bytes) -> tuple[dict[str, bytes], int]:
-    """A log's entries, name -> entry (the last frame of a name wins), and how
-    many frames were torn or damaged (each skipped: reading goes on at the
-    next frame's magic)."""
-    entries: dict[str, bytes] = {}
-    damaged = pos = 0
-    while pos < len(blob):
-        try:
-            end = LOG.check(blob, pos)
-            name, entry = LOG.loads(blob[pos + framing.HEADER.size : end])
-            if not isinstance(name, str) or not isinstance(entry, bytes):
-                raise framing.Damaged("not a name and an entry")
-        except (framing.Damaged, ValueError, TypeError):
-            damaged += 1
-            found = blob.find(LOG_MAGIC, pos + 1)
-            pos = len(blob) if found < 0 else found
-            continue
-        entries[name] = entry
-        pos = end + framing.CHECKSUM
-    return entries, damaged
-
-
-def log_bytes(entries: dict[str, bytes]) -> bytes:
-    return b"".join(LOG.dump([name, entry]) for name, entry in entries.items())
-
-
 def of_stage(skey: str, names: Iterable[str]) -> list[str]:
     """Those of `names` (in the stage's folder) that are the stage's entries, sorted."""
     prefix = f"{skey}-"
@@ -121,12 +94,15 @@ class RunCache:
     that (plus what this object records): a clean build would otherwise
     try to open a missing entry for every stage.  An entry another process
     adds meanwhile may be missed: the stage then runs, as it would have a
-    moment earlier."""
+    moment earlier.  Thread-safe: a build's storer threads record while its
+    loop looks up.  `repair=False` (gc -n) reads without writing anything."""
 
-    def __init__(self, cache_dir: Path, notice: Callable[[str], None] | None = None) -> None:
+    def __init__(self, cache_dir: Path, notice: Callable[[str], None] | None = None, *, repair: bool = True) -> None:
         self.cache_dir = cache_dir
         self.notice = notice  # told once about each damaged entry
+        self.repair = repair
         self._runs = f"{cache_dir}/{RUNS}"
+        self._lock = threading.RLock()
         self._made = False  # runs/ made by this object
         self._shards: set[str] | None = None  # the names under runs/, once listed
         self._listed: dict[str, set[str]] = {}  # folder name -> the entries in it (files), once listed
@@ -139,7 +115,12 @@ class RunCache:
         that does not exist (most of them, in a first build) costs no
         system call."""
         names = self._listed.get(shard)
-        if names is None:
+        if names is not None:
+            return names
+        with self._lock:
+            names = self._listed.get(shard)
+            if names is not None:
+                return names
             if self._shards is None:
                 try:
                     self._shards = set(os.listdir(self._runs))
@@ -154,8 +135,8 @@ class RunCache:
                 logged = self._read_log(shard)
             self._keyed[shard] = {n.partition("-")[0] for n in (*names, *logged)}
             self._logged[shard] = logged
-            self._listed[shard] = names  # (last: `record` adds to these once this is set)
-        return names
+            self._listed[shard] = names  # (last: the check above reads it without the lock)
+            return names
 
     def _read_log(self, shard: str) -> dict[str, bytes]:
         path = f"{self._runs}/{shard}.log"
@@ -164,30 +145,34 @@ class RunCache:
                 blob = f.read()
         except OSError:
             return {}
-        logged, damaged = read_log(blob)
-        if damaged:
-            what = "a damaged or torn entry" if damaged == 1 else f"{damaged} damaged or torn entries"
-            self._say(f"{RUNS}/{shard}.log", f": {what} (cut short by a killed build, or damaged on disk); removed")
-            self._rewrite(shard, logged)
+        logged, damaged, _ = runlog.read_log(blob)
+        if damaged:  # (or a frame still being appended: read again under the log's lock, to tell)
+            logged, damaged = runlog.rewrite(path, write=self.repair)
+            if damaged:
+                what = "a damaged or torn entry" if damaged == 1 else f"{damaged} damaged or torn entries"
+                done = "removed" if self.repair else "skipped"
+                self._say(f"{RUNS}/{shard}.log", f": {what} (cut short by a killed build, or damaged on disk); {done}")
         return logged
 
-    def entries(self, skey: str) -> list[tuple[str, bytes]]:
+    def entries(self, skey: str, *, shadowed: bool = False) -> list[tuple[str, bytes]]:
         """The entries (name, bytes) of the stage of key `skey`, or with a
         folder's name, all of that folder's, sorted by name; an entry file
-        that cannot be read is left out."""
+        that cannot be read is left out.  With `shadowed`, also the file of
+        a name the log holds too (gc: both name objects)."""
         shard = skey[:2]
         names = self._listing(shard)
-        logged = self._logged[shard]
-        every = {*names, *logged}
+        with self._lock:
+            logged = dict(self._logged[shard])
         found = []
-        for name in sorted(every) if skey == shard else of_stage(skey, every):
+        for name in sorted({*names, *logged}) if skey == shard else of_stage(skey, {*names, *logged}):
             blob = logged.get(name)
-            if blob is None:
+            if blob is not None:
+                found.append((name, blob))
+            if blob is None or (shadowed and name in names):
                 try:
-                    blob = Path(f"{self._runs}/{shard}/{name}").read_bytes()
+                    found.append((name, Path(f"{self._runs}/{shard}/{name}").read_bytes()))
                 except OSError:
                     continue  # replaced by a build meanwhile
-            found.append((name, blob))
         return found
 
     def lookup(self, sid: StageId, fingerprint: str, deps: Sequence[FileRecord]) -> tuple[FileRecord, ...] | None:
@@ -201,8 +186,7 @@ class RunCache:
         if skey not in self._keyed[shard]:
             return None
         name = f"{skey}-{inputs_key(fingerprint, deps)}"
-        logged = self._logged[shard]
-        found = logged.get(name)
+        found = self._logged[shard].get(name)
         in_file = found is None
         if found is None:
             if name not in names:
@@ -219,11 +203,12 @@ class RunCache:
         except ValueError as exc:
             self._say(f"{RUNS}/{shard}/{name}", f" (a run-cache entry of {sid.label()}): {exc}; removed it")
             if in_file:
-                Path(f"{self._runs}/{shard}/{name}").unlink(missing_ok=True)
-                names.discard(name)
+                if self.repair:
+                    Path(f"{self._runs}/{shard}/{name}").unlink(missing_ok=True)
+                with self._lock:
+                    names.discard(name)
             else:
-                del logged[name]
-                self._rewrite(shard, logged)
+                self._drop_logged(shard, {name}, blob)
             return None
 
     def record(self, sid: StageId, fingerprint: str, deps: Sequence[FileRecord], outs: tuple[FileRecord, ...]) -> None:
@@ -233,29 +218,21 @@ class RunCache:
         name = f"{skey}-{inputs_key(fingerprint, deps)}"
         blob = encode_entry(outs)
         self._listing(shard)
-        logged = self._logged[shard]
-        if logged.get(name) == blob:
-            return  # recorded already (by an earlier build)
-        if not self._made:
-            os.makedirs(self._runs, exist_ok=True)
-            self._made = True
-        frame = LOG.dump([name, blob])
-        fd = os.open(f"{self._runs}/{shard}.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666)
-        try:
-            if os.write(fd, frame) != len(frame):  # (a full disk: a torn frame, which readers skip)
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        finally:
-            os.close(fd)
-        logged[name] = blob  # (dict and set updates: safe from the storer threads)
-        self._keyed[shard].add(skey)
+        with self._lock:
+            if self._logged[shard].get(name) == blob:
+                return  # recorded already (by an earlier build)
+            if not self._made:
+                os.makedirs(self._runs, exist_ok=True)
+                self._made = True
+            runlog.append(f"{self._runs}/{shard}.log", name, blob)
+            self._logged[shard][name] = blob
+            self._keyed[shard].add(skey)
 
     def remove(self, shard: str, names: set[str]) -> None:
-        """Remove these entries of folder `shard` (gc)."""
+        """Remove these entries of folder `shard`, from its log and as files (gc)."""
         self._listing(shard)
-        logged = self._logged[shard]
-        if names & logged.keys():
-            self._rewrite(shard, {n: b for n, b in logged.items() if n not in names})
-        for name in names - logged.keys():
+        self._drop_logged(shard, names)
+        for name in names:
             Path(f"{self._runs}/{shard}/{name}").unlink(missing_ok=True)
 
     def shards(self) -> list[str]:
@@ -266,16 +243,21 @@ class RunCache:
             return []
         return sorted({n.removesuffix(".log") for n in names if len(n.removesuffix(".log")) == 2})
 
-    def _rewrite(self, shard: str, logged: dict[str, bytes]) -> None:
-        """The log of `shard` holding `logged` alone (an append made meanwhile
-        by another process is lost: a miss later, never a wrong result)."""
-        self._logged[shard] = logged
-        path = Path(f"{self._runs}/{shard}.log")
-        with contextlib.suppress(OSError):
-            if logged:
-                write_atomic(path, log_bytes(logged), fsync=False)
-            else:
-                path.unlink(missing_ok=True)
+    def _drop_logged(self, shard: str, names: set[str], only: bytes | None = None) -> None:
+        """Drop `names` from the folder's log (with `only`, a name only while it
+        still holds those bytes: a newer frame of it stays)."""
+
+        def drop(entries: dict[str, bytes]) -> bool:
+            gone = [n for n in names if n in entries and (only is None or entries[n] == only)]
+            for n in gone:
+                del entries[n]
+            return bool(gone)
+
+        with self._lock:
+            logged, _ = runlog.rewrite(f"{self._runs}/{shard}.log", drop, write=self.repair)
+            if not self.repair:
+                logged = {n: b for n, b in self._logged.get(shard, {}).items() if n not in names}
+            self._logged[shard] = logged
 
     def _say(self, rel: str, what: str) -> None:
         if self.notice is not None:

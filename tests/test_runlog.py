@@ -1,0 +1,157 @@
+"""The run cache's logs (cache/runlog.py): appends and rewrites of one log by
+several processes or threads, frames being written, frames of another
+version, and gc's view of a name that is both in a log and a file."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import threading
+import time
+from pathlib import Path
+
+from pivotbuild.cache import runlog
+from pivotbuild.cache.runcache import RunCache, encode_entry, entry_rel, inputs_key, log_rel, stage_key
+from pivotbuild.model import StageId
+from pivotbuild.state import framing
+from pivotbuild.state.files import write_atomic
+from pivotbuild.state.records import FileRecord
+
+DEPS = (FileRecord("in.txt", "file", "a" * 32),)
+
+
+def outs(n: int) -> tuple[FileRecord, ...]:
+    return (FileRecord("out.txt", "file", f"{n:032x}"),)
+
+
+def log_of(cache_dir: Path, sid: StageId) -> Path:
+    return cache_dir / log_rel(stage_key(sid)[:2])
+
+
+def test_a_frame_still_being_appended_is_not_taken_for_damage(tmp_path: Path) -> None:
+    """A reader that finds a frame cut short waits for the log's lock before
+    it calls it damage: an appender holds it while it writes."""
+    one, two = StageId("", "s"), StageId("", "s")
+    RunCache(tmp_path).record(one, "fp1", DEPS, outs(1))
+    log = log_of(tmp_path, one)
+    name = f"{stage_key(two)}-{inputs_key('fp2', DEPS)}"
+    frame = runlog.LOG.dump([name, encode_entry(outs(2))])
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND)
+    said: list[str] = []
+    found: list[object] = []
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        os.write(fd, frame[:20])  # an appender, half way through its frame
+        reader = threading.Thread(target=lambda: found.append(RunCache(tmp_path, said.append).lookup(two, "fp2", DEPS)))
+        reader.start()
+        time.sleep(0.3)
+        assert reader.is_alive()  # (waiting for the lock, not calling the half frame damage)
+        os.write(fd, frame[20:])
+    finally:
+        os.close(fd)
+    reader.join(10)
+    assert said == [] and found == [outs(2)]
+    entries, damaged, _ = runlog.read_log(log.read_bytes())
+    assert damaged == 0 and len(entries) == 2
+
+
+def test_a_torn_frame_is_said_once_and_the_log_kept_whole_around_it(tmp_path: Path) -> None:
+    sid = StageId("", "s")
+    runs = RunCache(tmp_path)
+    runs.record(sid, "fp1", DEPS, outs(1))
+    log = log_of(tmp_path, sid)
+    good = log.read_bytes()
+    name = f"{stage_key(sid)}-{inputs_key('fp2', DEPS)}"
+    log.write_bytes(good + runlog.LOG.dump([name, encode_entry(outs(2))])[:30])  # a killed build's frame
+    name3 = f"{stage_key(sid)}-{inputs_key('fp3', DEPS)}"
+    runlog.append(str(log), name3, encode_entry(outs(3)))  # another build's, after the torn one
+    said: list[str] = []
+    again = RunCache(tmp_path, said.append)
+    assert again.lookup(sid, "fp1", DEPS) == outs(1) and again.lookup(sid, "fp3", DEPS) == outs(3)
+    assert len(said) == 1 and "a damaged or torn entry" in said[0]
+    assert RunCache(tmp_path, said.append).lookup(sid, "fp2", DEPS) is None and len(said) == 1  # (rewritten)
+
+
+def test_a_frame_of_another_version_is_kept_and_not_said(tmp_path: Path) -> None:
+    """A newer pivotbuild's frames, in a cache both use, are a miss to this
+    one, never damage, and a rewrite keeps them byte for byte."""
+    sid = StageId("", "s")
+    RunCache(tmp_path).record(sid, "fp1", DEPS, outs(1))
+    log = log_of(tmp_path, sid)
+    newer = framing.Format(runlog.LOG_MAGIC, runlog.LOG.version + 1, "x").dump(["anything", b"else"])
+    with open(log, "ab") as f:
+        f.write(newer + b"PIVRUNL\nbroken")  # then a damaged frame, so that the log is written again
+    said: list[str] = []
+    assert RunCache(tmp_path, said.append).lookup(sid, "fp1", DEPS) == outs(1)
+    assert len(said) == 1 and "a damaged or torn entry" in said[0]
+    assert newer in log.read_bytes()
+    entries, damaged, foreign = runlog.read_log(log.read_bytes())
+    assert damaged == 0 and foreign == [newer] and len(entries) == 1
+
+
+def test_an_append_waiting_for_a_rewrite_goes_to_the_new_log(tmp_path: Path) -> None:
+    sid = StageId("", "s")
+    RunCache(tmp_path).record(sid, "fp1", DEPS, outs(1))
+    log = log_of(tmp_path, sid)
+    fd = os.open(log, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # a rewrite in progress
+        writer = threading.Thread(target=lambda: RunCache(tmp_path).record(sid, "fp2", DEPS, outs(2)))
+        writer.start()
+        time.sleep(0.3)
+        write_atomic(log, log.read_bytes(), fsync=False)  # the rewrite's new log, renamed in
+    finally:
+        os.close(fd)
+    writer.join(10)
+    fresh = RunCache(tmp_path)
+    assert fresh.lookup(sid, "fp1", DEPS) == outs(1) and fresh.lookup(sid, "fp2", DEPS) == outs(2)
+
+
+def test_removing_a_name_removes_its_log_entry_and_its_file(tmp_path: Path) -> None:
+    """gc drops a name from the log and as a file (pull's, an older
+    pivotbuild's), so the older one does not come back."""
+    sid = StageId("", "s")
+    RunCache(tmp_path).record(sid, "fp", DEPS, outs(2))
+    entry = tmp_path / entry_rel(stage_key(sid), inputs_key("fp", DEPS))
+    entry.parent.mkdir(parents=True)
+    entry.write_bytes(encode_entry(outs(1)))
+    runs = RunCache(tmp_path)
+    assert sorted(b for _, b in runs.entries(stage_key(sid), shadowed=True)) == sorted(
+        [encode_entry(outs(1)), encode_entry(outs(2))]
+    )
+    runs.remove(stage_key(sid)[:2], {entry.name})
+    assert not entry.exists() and RunCache(tmp_path).lookup(sid, "fp", DEPS) is None
+
+
+def test_gc_dry_run_writes_nothing(tmp_path: Path) -> None:
+    sid = StageId("", "s")
+    RunCache(tmp_path).record(sid, "fp", DEPS, outs(1))
+    log = log_of(tmp_path, sid)
+    damaged = log.read_bytes() + b"PIVRUNL\ncut"
+    log.write_bytes(damaged)
+    looking = RunCache(tmp_path, repair=False)
+    looking.remove(stage_key(sid)[:2], {f"{stage_key(sid)}-{inputs_key('fp', DEPS)}"})
+    assert log.read_bytes() == damaged
+
+
+def test_threads_recording_while_the_loop_looks_up(tmp_path: Path) -> None:
+    runs = RunCache(tmp_path)
+    errors: list[BaseException] = []
+
+    def record(first: int) -> None:
+        try:
+            for i in range(first, first + 200):
+                runs.record(StageId("", f"s{i}"), "fp", DEPS, outs(i))
+        except BaseException as exc:  # (reported below)
+            errors.append(exc)
+
+    threads = [threading.Thread(target=record, args=(k * 200,)) for k in range(3)]
+    for t in threads:
+        t.start()
+    for i in range(600):
+        runs.lookup(StageId("", f"s{i}"), "fp", DEPS)
+    for t in threads:
+        t.join()
+    assert errors == []
+    fresh = RunCache(tmp_path)
+    assert all(fresh.lookup(StageId("", f"s{i}"), "fp", DEPS) == outs(i) for i in range(600))
