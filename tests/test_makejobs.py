@@ -382,3 +382,39 @@ def test_a_job_server_without_settle_still_runs_a_build(project: Project) -> Non
     engine = Engine(Quiet(), jobserver=jobs)
     assert engine.build(BuildOptions(cwd=project.root, jobs=2)) == 0
     assert (project.root / "a.txt").read_text() == "a\n" and jobs.used == 2 and jobs.free == 2
+
+
+def test_makes_tokens_go_back_before_the_next_stage_is_decided(
+    project: Project, pool: Callable[[int], tuple[int, int]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under make's pool, a token an ended stage leaves goes back to make
+    before the build decides what to start next (a decision may hash large
+    files, and make's other jobs may be waiting); only pivotbuild's own pool
+    hands it straight to the next start.  (In process, to look at make's
+    pipe as each stage is decided.)"""
+    from pivotbuild.build import decider
+    from pivotbuild.cli import main
+
+    r, w = pool(3)
+    project.pivotfile(
+        "stage big:\n    outs: a.txt\n    jobs: 3\n    run: echo a > a.txt\n"
+        "stage next:\n    deps: a.txt\n    outs: b.txt\n    run: cp a.txt b.txt\n"
+    )
+
+    def queued() -> int:
+        count = bytearray(4)
+        fcntl.ioctl(r, termios.FIONREAD, count)
+        return int.from_bytes(count, "little")
+
+    seen: dict[str, int] = {}
+    real = decider.Decider.stage
+
+    def stage(self: decider.Decider, sid: object, *args: object, **kwargs: object) -> object:
+        seen[sid.name] = queued()  # type: ignore[attr-defined]
+        return real(self, sid, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(decider.Decider, "stage", stage)
+    monkeypatch.setenv("MAKEFLAGS", f" -j4 --jobserver-auth={r},{w}")
+    monkeypatch.chdir(project.root)
+    assert main(["-s"]) == 0
+    assert seen == {"big": 3, "next": 3}

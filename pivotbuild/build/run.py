@@ -153,7 +153,12 @@ class BuildRun:
         signals = self.signals
         # (a job server's `settle` is optional: one written to the older interface has none)
         settle = getattr(self.admission.jobserver, "settle", None) or _nothing
+        # Tokens an ended stage left go straight to the next start only in our
+        # own pool; make's goes back before deciding (which may hash large
+        # files), as make's other jobs may be waiting for them.
+        early = _nothing if getattr(self.admission.jobserver, "owned", False) else self._settle_tokens
         while True:
+            early()
             self._decide_ready()
             if not self.stopping:
                 self._start_what_fits()

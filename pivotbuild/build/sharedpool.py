@@ -40,6 +40,8 @@ _PREFIX = "pivotbuild-jobs-"  # a fifo's name: this, the pid of the pivotbuild t
 class SharedPool(MakeJobServer):
     """A pool of `capacity` tokens that the stages share (see the module's docstring)."""
 
+    owned = True  # (ours: a token an ended stage leaves may wait for the next start while it is decided)
+
     def __init__(self, capacity: int) -> None:
         super().__init__(-1, -1, capacity, reopen=("", ""))
         self._opened = False
