@@ -63,9 +63,6 @@ class TokenPool:
     def available(self) -> int:
         return self.free
 
-    def settle(self) -> None:
-        pass
-
     def close(self) -> None:
         pass
 

@@ -151,14 +151,13 @@ class BuildRun:
     def _loop(self) -> None:
         take = self.inbox.next
         signals = self.signals
-        # (a job server's `settle` is optional: one written to the older interface has none)
-        settle = getattr(self.admission.jobserver, "settle", None) or _nothing
         # Tokens an ended stage left go straight to the next start only in our
-        # own pool; make's goes back before deciding (which may hash large
+        # own pool; make's go back before deciding (which may hash large
         # files), as make's other jobs may be waiting for them.
-        early = _nothing if getattr(self.admission.jobserver, "owned", False) else self._settle_tokens
+        owned = getattr(self.admission.jobserver, "owned", False)
         while True:
-            early()
+            if not owned:
+                self._settle_tokens()
             self._decide_ready()
             if not self.stopping:
                 self._start_what_fits()
@@ -171,8 +170,8 @@ class BuildRun:
                 return
             if self.to_run and self.admission.external and not self._watching_pool:
                 self._watch_pool()
+            self._settle_tokens()  # (tokens no start took go back before the wait)
             signals.deferring = True  # (the executor runs in here: see Signals)
-            settle()  # (tokens no start took go back before the wait)
             item = take(0.2 if self.admission.waits_on_resources else 1.0)
             signals.deferring = False
             if item is not None:
@@ -181,7 +180,9 @@ class BuildRun:
                 raise Interrupted
 
     def _settle_tokens(self) -> None:
-        """Give back the job tokens ended stages left for starts that will not come."""
+        """Give back the job tokens ended stages left for starts that will not
+        come.  (`settle` is optional: a job server written to the older
+        interface has none.)"""
         was, self.signals.deferring = self.signals.deferring, True  # (make's tokens: none lost to an interrupt)
         try:
             settle = getattr(self.admission.jobserver, "settle", None)
@@ -454,7 +455,3 @@ def inputs_changed(job: Job, paths: frozenset[str], root: str) -> bool:
         ):
             return True
     return False
-
-
-def _nothing() -> None:
-    pass

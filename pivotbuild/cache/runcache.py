@@ -139,7 +139,7 @@ class RunCache:
             return names
 
     def _read_log(self, shard: str) -> dict[str, bytes]:
-        path = f"{self._runs}/{shard}.log"
+        path = self._log(shard)
         try:
             with open(path, "rb") as f:
                 blob = f.read()
@@ -151,7 +151,7 @@ class RunCache:
             if damaged:
                 what = "a damaged or torn entry" if damaged == 1 else f"{damaged} damaged or torn entries"
                 done = "removed" if self.repair else "skipped"
-                self._say(f"{RUNS}/{shard}.log", f": {what} (cut short by a killed build, or damaged on disk); {done}")
+                self._say(log_rel(shard), f": {what} (cut short by a killed build, or damaged on disk); {done}")
         return logged
 
     def entries(self, skey: str, *, shadowed: bool = False) -> list[tuple[str, bytes]]:
@@ -224,7 +224,7 @@ class RunCache:
             if not self._made:
                 os.makedirs(self._runs, exist_ok=True)
                 self._made = True
-            runlog.append(f"{self._runs}/{shard}.log", name, blob)
+            runlog.append(self._log(shard), name, blob)
             self._logged[shard][name] = blob
             self._keyed[shard].add(skey)
 
@@ -254,10 +254,13 @@ class RunCache:
             return bool(gone)
 
         with self._lock:
-            logged, _ = runlog.rewrite(f"{self._runs}/{shard}.log", drop, write=self.repair)
+            logged, _ = runlog.rewrite(self._log(shard), drop, write=self.repair)
             if not self.repair:
                 logged = {n: b for n, b in self._logged.get(shard, {}).items() if n not in names}
             self._logged[shard] = logged
+
+    def _log(self, shard: str) -> str:
+        return f"{self.cache_dir}/{log_rel(shard)}"
 
     def _say(self, rel: str, what: str) -> None:
         if self.notice is not None:

@@ -18,7 +18,7 @@ from pivotbuild.structs import struct
 
 TYPE_CHECKING = False  # (not typing's: kept off the no-op fast path's imports)
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Mapping
+    from collections.abc import Mapping
 
 
 @struct(frozen=True, slots=True)
@@ -48,27 +48,23 @@ def _full(root: Path, path: str) -> str:
     return prefix + path
 
 
-def _dumps_with(encoder: Callable[[object, int], Iterable[str]] | None) -> Callable[[object], str]:
-    """`json.dumps` with its defaults, through one C encoder made once (the
-    same text: fingerprints hash it) instead of an encoder made per call."""
-    if encoder is None:  # (a Python without the C accelerator)
-        return json.dumps
-
-    def dumps(obj: object) -> str:
-        return "".join(encoder(obj, 0))
-
-    return dumps
-
-
 def _not_json(obj: object) -> object:
     raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
 
 
-_dumps = _dumps_with(
+# One C encoder made once, with json.dumps's defaults (the same text:
+# fingerprints hash it), instead of an encoder made per call; None on a
+# Python without the C accelerator.
+_ENCODER = (
     c_make_encoder(None, _not_json, encode_basestring_ascii, None, ": ", ", ", False, False, True)
     if c_make_encoder is not None
     else None
 )
+
+
+def _dumps(obj: object) -> str:
+    """`json.dumps(obj)`, the same text."""
+    return json.dumps(obj) if _ENCODER is None else "".join(_ENCODER(obj, 0))
 
 
 def file_record(root: Path, path: str, cache: StatCache) -> FileRecord:
