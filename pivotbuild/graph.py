@@ -39,6 +39,10 @@ SourceLines = Callable[[Location], str]
 """The text of the line a location points at ("" if it cannot be read)."""
 
 
+# Not yet asked (see BuildGraph._enclosing_out): no path holds a NUL.
+_UNASKED = "\0"
+
+
 def _no_lines(loc: Location) -> str:
     return ""
 
@@ -111,6 +115,7 @@ class BuildGraph:
         self._producer: dict[str, StageId] = {}
         self._dir_outs: set[str] = set()  # outputs declared as directories (trailing `/`)
         self._outs_sorted: list[str] = []
+        self._enclosing: dict[str, str | None] = {}  # a directory -> the output enclosing it (see _enclosing_out)
         self._sources: dict[StageId, tuple[tuple[str, Pos | None], ...]] = {}  # each stage's deps no stage writes
 
     def _link(self, order: list[StageId], preds: dict[StageId, list[StageId]]) -> None:
@@ -258,13 +263,22 @@ class BuildGraph:
         return self.located(stage.at(out.pos), message, [note])
 
     def _enclosing_out(self, path: str) -> str | None:
-        """The output that is a proper ancestor directory of `path`, if any."""
-        parent = posixpath.dirname(path)
-        while parent and parent != "/":
-            if parent in self._producer:
-                return parent
-            parent = posixpath.dirname(parent)
-        return None
+        """The output that is a proper ancestor directory of `path`, if any.
+        (Asked for every dep and output, thousands of times in a large
+        project's few directories: the answer is kept per directory, once the
+        outputs are all known.)"""
+        directory = posixpath.dirname(path)
+        found = self._enclosing.get(directory, _UNASKED)
+        if found == _UNASKED:
+            found = None
+            parent = directory
+            while parent and parent != "/":
+                if parent in self._producer:
+                    found = parent
+                    break
+                parent = posixpath.dirname(parent)
+            self._enclosing[directory] = found
+        return found
 
     def _outs_under(self, directory: str) -> list[str]:
         prefix = directory.rstrip("/") + "/"

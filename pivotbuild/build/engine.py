@@ -191,8 +191,11 @@ class Engine:
         # Before the lock, as the ordinary path does; a stage found sealed had
         # every dep in place when its stamps were checked, moments ago.
         held = preloaded.held if preloaded is not None else frozenset()
-        check_sources(project, graph, [s for s in closure if graph.index_of(s) not in held] if held else closure)
-        check_runnable(project.root, graph, closure)
+        # (A stage found sealed had its sources and its code unchanged since it
+        # ran: they were found then.)
+        unheld = [s for s in closure if graph.index_of(s) not in held] if held else closure
+        check_sources(project, graph, unheld)
+        check_runnable(project.root, graph, unheld)
         with self.state(project, options) as store:
             plain = not (options.dry_run or options.question or options.always_make)
             if preloaded is None:
