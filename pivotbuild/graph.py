@@ -104,7 +104,8 @@ class BuildGraph:
                     graph._dir_outs.add(out.path)
         graph._outs_sorted = sorted(graph._producer)
         ids = [s.id for s in stages]
-        graph._link([ids[i] for i in order], {ids[i]: [ids[j] for j in preds[i]] for i in range(len(ids))})
+        of = ids.__getitem__  # (the lists by map: no Python frame per stage)
+        graph._link(list(map(of, order)), dict(zip(ids, [list(map(of, p)) for p in preds], strict=True)))
         return graph
 
     def _setup(self, stages: Sequence[Stage], current: str, lines: SourceLines) -> None:
@@ -126,8 +127,10 @@ class BuildGraph:
         for s in order:  # topological, so each successor list comes out in build order
             for u in preds[s]:
                 self._succs[u].append(s)
+        index = self._index.__getitem__
         for succ in self._succs.values():
-            succ.sort(key=self._index.__getitem__)
+            if len(succ) > 1:
+                succ.sort(key=index)
 
     @property
     def g(self) -> nx.DiGraph[object]:

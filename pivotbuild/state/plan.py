@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping, Sequence
+from itertools import starmap
 
 import msgpack
 
@@ -359,18 +360,18 @@ def _unstager(auto: list[AutoVar]) -> Callable[[Sequence[Any], str], Stage]:
             None if command is None else tuple([p if p.__class__ is str else auto[p] for p in command]),
             py,
             None if py_loc is None else Location(file, *py_loc),
-            tuple([tuple(m) for m in matrix]) if matrix else (),
+            matrix,  # (tuples as decoded)
             desc,
-            tuple([Dep(*d) for d in deps]),  # positions as decoded: (line, col) tuples
-            tuple([Out(*o) for o in outs]),
-            tuple([Param(*p) for p in params]) if params else (),
-            tuple(shell),
-            tuple(mutex) if mutex else (),
+            tuple(starmap(Dep, deps)),  # positions as decoded: (line, col) tuples
+            tuple(starmap(Out, outs)),
+            tuple(starmap(Param, params)) if params else (),
+            shell,
+            mutex,
             jobs,
             mem,
             timeout,
             retry,
-            tuple([tuple(e) for e in env]) if env else (),
+            env,
             workdir,
             always,
         )
