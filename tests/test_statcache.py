@@ -398,3 +398,132 @@ def test_a_statcache_from_before_the_checksum_is_dropped_quietly(cache_path: Pat
     write(cache_path, msgpack.packb([1, [["/x", 1, 2, 3, 4, "ab" * 16, True]]]))
     cache = StatCache(cache_path)
     assert cache.entries == {} and cache.damaged == ""
+
+
+# -- a save appends what changed ---------------------------------------------------
+
+
+def _frames(path: Path) -> int:
+    return sum(1 for _ in FRAME.frames(path.read_bytes()))
+
+
+def test_a_save_appends_only_what_changed_and_a_reload_sees_it_all(tmp_path: Path, cache_path: Path) -> None:
+    files = [write(tmp_path / f"f{i}.txt", f"{i}\n".encode()) for i in range(50)]
+    time.sleep(LEAVE_RACY_WINDOW_S)
+    cache = StatCache(cache_path)
+    for f in files:
+        cache.file_hash(f)
+    cache.save()
+    whole = cache_path.stat()
+    assert _frames(cache_path) == 1
+
+    again = StatCache(cache_path)
+    write(files[3], b"changed\n")
+    time.sleep(LEAVE_RACY_WINDOW_S)
+    assert again.file_hash(files[3]) == hash_bytes(b"changed\n")
+    again.forget(files[7])
+    again.save()
+    grown = cache_path.stat()
+    assert grown.st_ino == whole.st_ino  # appended, not replaced
+    assert 0 < grown.st_size - whole.st_size < whole.st_size // 4  # two paths' worth, not fifty
+    assert _frames(cache_path) == 2
+
+    reloaded = StatCache(cache_path)
+    assert reloaded.entries == again.entries
+    assert str(files[7]) not in reloaded.entries
+    assert [reloaded.file_hash(f) for f in files if f != files[7]] == [hash_file(f) for f in files if f != files[7]]
+    assert reloaded.files_read == 0
+
+
+def test_appended_frames_are_folded_into_one_once_they_outgrow_the_cache(tmp_path: Path, cache_path: Path) -> None:
+    f = write(tmp_path / "busy.txt", b"0")
+    cache = StatCache(cache_path)
+    cache.file_hash(f)
+    cache.save()
+    frames = [_frames(cache_path)]
+    for _ in range(1, 300):  # one entry changed per save: appended until 256 rows, then one frame again
+        cache.forget(f)
+        cache.file_hash(f)
+        cache.save()
+        frames.append(_frames(cache_path))
+    assert max(frames) == 257 and frames[-1] < 50
+    assert frames.count(1) == 2  # the first save, and the fold
+    assert StatCache(cache_path).entries == cache.entries
+
+
+def test_any_sequence_of_saves_reloads_as_the_cache_that_saved(tmp_path: Path, cache_path: Path) -> None:
+    rng = random.Random(13)
+    files = [tmp_path / f"f{i}.txt" for i in range(12)]
+    for f in files:
+        write(f, b"start")
+    cache = StatCache(cache_path)
+    for step in range(120):
+        f = rng.choice(files)
+        what = rng.random()
+        if what < 0.5:
+            write(f, f"{step}".encode())
+            cache.file_hash(f)
+        elif what < 0.7:
+            cache.forget(f)
+        else:
+            cache.file_hash(f)
+        if rng.random() < 0.3:
+            cache.save()
+            assert StatCache(cache_path).entries == cache.entries, step
+
+
+def test_a_damaged_appended_frame_keeps_the_frames_before_it(tmp_path: Path, cache_path: Path) -> None:
+    a, b = write(tmp_path / "a.txt", b"a"), write(tmp_path / "b.txt", b"b")
+    time.sleep(LEAVE_RACY_WINDOW_S)
+    cache = StatCache(cache_path)
+    cache.file_hash(a)
+    cache.save()
+    base = cache_path.stat().st_size
+    cache.file_hash(b)
+    cache.save()
+    blob = bytearray(cache_path.read_bytes())
+    blob[base + 20] ^= 0x10  # in the appended frame
+    cache_path.write_bytes(bytes(blob))
+
+    damaged = StatCache(cache_path)
+    assert "checksum" in damaged.damaged
+    assert set(damaged.entries) == {str(a)}  # b's entry is lost: b is hashed again
+    damaged.save()  # nothing changed, but the damaged file is written whole
+    assert _frames(cache_path) == 1
+    assert StatCache(cache_path).damaged == ""
+
+
+def test_a_cache_removed_during_the_build_is_written_whole(tmp_path: Path, cache_path: Path) -> None:
+    a = write(tmp_path / "a.txt", b"a")
+    cache = StatCache(cache_path)
+    cache.file_hash(a)
+    cache.save()
+    cache_path.unlink()
+    b = write(tmp_path / "b.txt", b"b")
+    cache.file_hash(b)
+    cache.save()
+    assert set(StatCache(cache_path).entries) == {str(a), str(b)}
+
+
+def test_an_append_that_fails_leaves_the_file_as_it_was(
+    tmp_path: Path, cache_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a = write(tmp_path / "a.txt", b"a")
+    cache = StatCache(cache_path)
+    cache.file_hash(a)
+    cache.save()
+    before = cache_path.read_bytes()
+    real_write = os.write
+
+    def half_then_full(fd: int, data: bytes | memoryview) -> int:
+        if len(data) > 1:
+            real_write(fd, bytes(data[: len(data) // 2]))
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "write", half_then_full)
+    cache.file_hash(write(tmp_path / "b.txt", b"b"))
+    with pytest.raises(OSError):
+        cache.save()
+    monkeypatch.undo()
+    assert cache_path.read_bytes() == before
+    assert StatCache(cache_path).damaged == ""

@@ -125,14 +125,14 @@ class Format:
         """The msgpack value of a file that is one frame.  Raises Damaged."""
         return self.loads(self.unpack(blob), use_list=use_list)
 
-    def frames(self, blob: bytes) -> Iterator[Any]:
+    def frames(self, blob: bytes, *, use_list: bool = True) -> Iterator[Any]:
         """The msgpack value of each frame of a file that is frames one after the
-        other (a journal); raises Damaged at the first that fails, having
-        yielded those before it."""
+        other (a journal, the stat cache); raises Damaged at the first that
+        fails, having yielded those before it."""
         pos = 0
         while pos < len(blob):
             end = self._check(blob, pos, whole=False)
-            yield self.loads(self._payload(blob, pos + HEADER.size, end))
+            yield self.loads(self._payload(blob, pos + HEADER.size, end), use_list=use_list)
             pos = end + CHECKSUM
 
     def _payload(self, blob: bytes, start: int, end: int) -> bytes | memoryview:

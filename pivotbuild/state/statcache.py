@@ -6,12 +6,20 @@ timestamp granularity of the file's last change is "racy" (the file could
 change again in the same clock tick without its stat changing, the case git
 calls racy-git), so it is kept but not trusted: the next build rehashes it once.
 
-File: one frame (`state.framing`: magic `PIVSTAT\n`, version FORMAT,
-checksum) of msgpack `[[path, size, mtime_ns, ino, ctime_ns, hash,
-trusted]...]`: without the checksum a flipped bit would be believed (a wrong
-hash for an unchanged stamp).  A damaged file is reported (`damaged`) and the
-cache starts empty, which costs only rehashing; one of another format version
-is dropped without a word.
+File: frames one after the other (`state.framing`: magic `PIVSTAT\n`,
+version FORMAT, checksum), each msgpack `[rows, dropped]`: rows `[path,
+size, mtime_ns, ino, ctime_ns, hash, trusted]`, and the paths whose entries
+went.  The first frame is the whole cache; each later one is what a build
+changed, appended as it saves (one `write` and an fsync), so a build that
+hashed a few files writes a few rows, not the project's thousands.  Once
+the appended rows outnumber half the entries, the save writes the whole
+cache again, atomically, as one frame.  Without the checksum a flipped bit
+would be believed (a wrong hash for an unchanged stamp).  A damaged frame is
+reported (`damaged`): what the frames before it say is kept (each is whole
+and checked, and a stamp it records is still compared with the file), the
+rest is dropped, which costs only rehashing, and the next save writes the
+whole cache.  A first frame of another format version drops the file
+without a word.
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from pivotbuild.state import framing
-from pivotbuild.state.files import write_atomic
+from pivotbuild.state.files import append_durably, write_atomic
 from pivotbuild.state.hashing import (
     ENTRY_LINK,
     ManifestEntry,
@@ -38,7 +46,7 @@ from pivotbuild.state.stamps import is_racy as _is_racy
 from pivotbuild.state.stamps import racy_wait_ns
 
 MAGIC = b"PIVSTAT\n"
-FORMAT = 3  # 2: with a checksum; 3: in a `state.framing` frame
+FORMAT = 4  # 2: with a checksum; 3: in a `state.framing` frame; 4: frames of [rows, dropped]
 FRAME = framing.Format(MAGIC, FORMAT, "stat cache")
 _FORMAT_1 = b"\x92\x01"  # msgpack [1, ...]: written before the checksum, dropped without a warning
 
@@ -80,6 +88,9 @@ class StatCache:
         # so a change made in the same clock tick is still seen by the next build.
         self._this_run: set[str] = set()
         self._dirty = False
+        self._changed: set[str] = set()  # paths whose entry was set or dropped since the file was read or written
+        self._appended = 0  # rows and dropped paths in the file's frames after its first
+        self._whole = True  # the next save writes the whole cache (no usable file to append to)
         self.damaged = ""  # why the file was ignored, for one warning
         self._load()
 
@@ -95,20 +106,30 @@ class StatCache:
             return
         if blob.startswith(_FORMAT_1):
             return
+        entries: dict[str, StatEntry] = {}
+        frames = appended = 0
         try:
-            rows = FRAME.load(blob, use_list=False)
-            if not isinstance(rows, tuple) or not all(type(row) is tuple and len(row) == _ROW for row in rows):
-                raise ValueError("rows")
-            self.entries = dict(zip(map(_key, rows), map(_entry, map(_fields, rows)), strict=True))
+            for payload in FRAME.frames(blob, use_list=False):
+                rows, dropped = _parts(payload)
+                entries.update(zip(map(_key, rows), map(_entry, map(_fields, rows)), strict=True))
+                for path in dropped:
+                    entries.pop(path, None)
+                if frames:
+                    appended += len(rows) + len(dropped)
+                frames += 1
         except framing.OtherVersion:
-            return  # another pivotbuild's format
+            if not frames:
+                return  # another pivotbuild's format
+            self._dirty = True  # (a frame another pivotbuild appended: what came before it stands)
         except framing.Damaged as exc:
             self.damaged = str(exc)
             self._dirty = True
         except (ValueError, TypeError) as exc:
             self.damaged = f"does not decode ({type(exc).__name__})"
-            self.entries = {}
             self._dirty = True
+        self.entries = entries
+        self._appended = appended
+        self._whole = self._dirty
 
     def settle(self) -> None:
         """Make racy entries trustworthy now rather than at the next build: wait out
@@ -148,14 +169,30 @@ class StatCache:
         self._this_run.clear()
 
     def save(self) -> None:
-        """Settle racy entries, then write the cache atomically if anything changed."""
+        """Settle racy entries, then, if anything changed, append what did to
+        the file (or write the whole cache again, atomically: see the module)."""
         self.settle()
         if not self._dirty:
             return
-        rows = [(k, *e) for k, e in sorted(self.entries.items())]
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(self.path, FRAME.dump(rows))
+        entries, changed = self.entries, sorted(self._changed)
+        if self._whole or self._appended + len(changed) > max(len(entries) // 2, _APPEND_AT_LEAST):
+            self._write_whole()
+        else:
+            rows = [(k, *entries[k]) for k in changed if k in entries]
+            try:
+                append_durably(self.path, FRAME.dump([rows, [k for k in changed if k not in entries]]))
+            except FileNotFoundError:  # (removed since it was read)
+                self._write_whole()
+            else:
+                self._appended += len(changed)
+        self._changed.clear()
         self._dirty = False
+
+    def _write_whole(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(self.path, FRAME.dump([[(k, *e) for k, e in sorted(self.entries.items())], []]))
+        self._appended = 0
+        self._whole = False
 
     def file_hash(self, path: str | os.PathLike[str], st: os.stat_result | None = None) -> str:
         """The content hash of a regular file (or a symlink's target text for ENTRY_LINK)."""
@@ -183,12 +220,14 @@ class StatCache:
         entry = self.entries.get(path)
         if entry is not None and not entry.trusted and entry.hash == digest and entry.same_stamp(st):
             self.entries[path] = StatEntry(entry.size, entry.mtime_ns, entry.ino, entry.ctime_ns, digest, True)
+            self._changed.add(path)
             self._dirty = True
 
     def _record(self, key: str, st: os.stat_result, digest: str) -> None:
         trusted = not _is_racy(st, time.time_ns())
         self.entries[key] = StatEntry(st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, digest, trusted)
         self._this_run.add(key)
+        self._changed.add(key)
         self._dirty = True
 
     def dir_manifest(self, path: str | os.PathLike[str]) -> list[ManifestEntry]:
@@ -205,7 +244,9 @@ class StatCache:
         return hash_bytes(manifest_bytes(self.dir_manifest(path)))
 
     def forget(self, path: str | os.PathLike[str]) -> None:
-        if self.entries.pop(os.fspath(path), None) is not None:
+        key = os.fspath(path)
+        if self.entries.pop(key, None) is not None:
+            self._changed.add(key)
             self._dirty = True
 
 
@@ -214,5 +255,20 @@ _ROW = 7
 _key = itemgetter(0)
 _fields = itemgetter(slice(1, None))
 _entry = partial(tuple.__new__, StatEntry)
+# A save appends unless that would leave more appended rows than this or half the entries.
+_APPEND_AT_LEAST = 256
+
+
+def _parts(payload: object) -> tuple[tuple[tuple[object, ...], ...], tuple[str, ...]]:
+    """A frame's (rows, dropped paths), checked (ValueError if not that)."""
+    if not isinstance(payload, tuple) or len(payload) != 2:
+        raise ValueError("frame")
+    rows, dropped = payload
+    if not isinstance(rows, tuple) or not all(type(row) is tuple and len(row) == _ROW for row in rows):
+        raise ValueError("rows")
+    if not isinstance(dropped, tuple) or not all(type(path) is str for path in dropped):
+        raise ValueError("dropped")
+    return rows, dropped
+
 
 __all__ = ["StatCache", "StatEntry"]
