@@ -20,8 +20,9 @@ import bisect
 import fnmatch
 import heapq
 import posixpath
-from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING
+import threading
+from collections.abc import Callable, ItemsView, Iterable, Iterator, KeysView, Sequence, ValuesView
+from typing import TYPE_CHECKING, overload
 
 from pivotbuild.errors import Diagnostic, GraphError, Location, TargetError
 from pivotbuild.globs import glob_regex, may_match_under
@@ -56,6 +57,153 @@ class MissingDep:
     where: tuple[Location, ...]  # where each of those stages lists it
 
 
+class Restored:
+    """What `BuildGraph.restore` needs of a compiled plan's stages without
+    making them: each stage's id, its outputs' (path, is a directory) pairs,
+    the ids of its `py:` and `always` stages, and `make(i)`, the i-th stage
+    as a Stage."""
+
+    __slots__ = ("always", "ids", "make", "outs", "python")
+
+    def __init__(
+        self,
+        ids: list[StageId],
+        outs: Sequence[Iterable[tuple[str, bool]]],
+        make: Callable[[int], Stage],
+        python: set[StageId],
+        always: set[StageId],
+    ) -> None:
+        self.ids = ids
+        self.outs = outs
+        self.make = make
+        self.python = python
+        self.always = always
+
+
+class LazyStages(dict[StageId, Stage]):
+    """A restored graph's stages by id, each made from its plan record the
+    first time it is looked up: a build with a few stages to decide makes
+    those (a 10,000-stage plan's Stage objects took about as long to make as
+    the rest of such a build).  Whatever looks at them all (iteration, the
+    views, equality) makes them all first, in declaration order, so it sees
+    a whole dict; `len`, `in` and `get` need none made."""
+
+    __slots__ = ("_ids", "_index", "_lock", "_make", "_whole")
+
+    def __init__(self, ids: list[StageId], index: dict[StageId, int], make: Callable[[int], Stage]) -> None:
+        super().__init__()
+        self._ids = ids
+        self._index = index
+        self._make = make
+        self._whole = False
+        self._lock = threading.Lock()  # (storer and executor threads look stages up too: one Stage per id)
+
+    def __missing__(self, sid: StageId) -> Stage:
+        i = self._index[sid]  # (KeyError for a stage it does not have, as a dict)
+        with self._lock:
+            stage = super().get(sid)
+            if stage is None:
+                stage = self._make(i)
+                super().__setitem__(sid, stage)
+            return stage
+
+    def whole(self) -> None:
+        """Make every stage not made yet (in declaration order)."""
+        if not self._whole:
+            with self._lock:
+                if not self._whole:
+                    get, make = super().get, self._make
+                    made = [get(sid) or make(i) for i, sid in enumerate(self._ids)]
+                    super().clear()
+                    super().update(zip(self._ids, made, strict=True))
+                    self._whole = True
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __contains__(self, sid: object) -> bool:
+        return sid in self._index
+
+    def get(self, sid: StageId, default: Stage | None = None) -> Stage | None:  # type: ignore[override]
+        return self[sid] if sid in self._index else default
+
+    def __iter__(self) -> Iterator[StageId]:
+        self.whole()
+        return super().__iter__()
+
+    def __reversed__(self) -> Iterator[StageId]:
+        self.whole()
+        return super().__reversed__()
+
+    def keys(self) -> KeysView[StageId]:  # type: ignore[override]
+        self.whole()
+        return super().keys()
+
+    def values(self) -> ValuesView[Stage]:  # type: ignore[override]
+        self.whole()
+        return super().values()
+
+    def items(self) -> ItemsView[StageId, Stage]:  # type: ignore[override]
+        self.whole()
+        return super().items()
+
+    def __eq__(self, other: object) -> bool:
+        self.whole()
+        return super().__eq__(other)
+
+    __hash__ = None
+
+    def __repr__(self) -> str:
+        self.whole()
+        return super().__repr__()
+
+    def copy(self) -> dict[StageId, Stage]:
+        self.whole()
+        return dict(super().items())
+
+    def __reduce__(self) -> tuple[type[dict[StageId, Stage]], tuple[dict[StageId, Stage]]]:
+        return (dict, (self.copy(),))
+
+
+class StagesOf(Sequence[Stage]):
+    """One pipeline's stages (`Pipeline.stages`) in a restored project: a view
+    of the graph's LazyStages, each made when first asked for.  Equal to the
+    tuple of the same stages."""
+
+    __slots__ = ("_ids", "_stages")
+
+    def __init__(self, stages: LazyStages, ids: list[StageId]) -> None:
+        self._stages = stages
+        self._ids = ids
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    @overload
+    def __getitem__(self, i: int) -> Stage: ...
+    @overload
+    def __getitem__(self, i: slice) -> tuple[Stage, ...]: ...
+    def __getitem__(self, i: int | slice) -> Stage | tuple[Stage, ...]:
+        if isinstance(i, slice):
+            return tuple([self._stages[sid] for sid in self._ids[i]])
+        return self._stages[self._ids[i]]
+
+    def __iter__(self) -> Iterator[Stage]:
+        stages = self._stages
+        return (stages[sid] for sid in self._ids)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, StagesOf):
+            other = tuple(other)
+        return tuple(self) == other
+
+    def __hash__(self) -> int:
+        return hash(tuple(self))
+
+    def __repr__(self) -> str:
+        return repr(tuple(self))
+
+
 class BuildGraph:
     """Validated graph of stages and the files between them."""
 
@@ -85,34 +233,50 @@ class BuildGraph:
     @classmethod
     def restore(
         cls,
-        stages: Sequence[Stage],
+        stages: Sequence[Stage] | Restored,
         current: str,
         order: Sequence[int],
         preds: Sequence[Sequence[int]],
         lines: SourceLines = _no_lines,
     ) -> BuildGraph:
-        """A graph already validated once, from its stages, a topological `order`
-        and each stage's direct upstream stages (indices into `stages`): what a
-        compiled plan stores.  No networkx, no validation."""
+        """A graph already validated once, from its stages (or what a compiled
+        plan keeps of them, each made a Stage when first asked for: see
+        `Restored`), a topological `order` and each stage's direct upstream
+        stages (indices into the stages): what a compiled plan stores.  No
+        networkx, no validation."""
         graph = cls.__new__(cls)
-        graph._setup(stages, current, lines)
         graph._g = None
-        for stage in stages:
-            for out in stage.outs:
-                graph._producer[out.path] = stage.id
-                if out.is_dir:
-                    graph._dir_outs.add(out.path)
-        graph._outs_sorted = sorted(graph._producer)
-        ids = [s.id for s in stages]
+        if isinstance(stages, Restored):
+            ids = stages.ids
+            graph._setup_ids(ids, current, lines)
+            graph.stages = LazyStages(ids, graph._index, stages.make)
+            graph._python, graph._always = stages.python, stages.always
+            outs: Iterable[tuple[StageId, Iterable[tuple[str, bool]]]] = zip(ids, stages.outs, strict=True)
+        else:
+            graph._setup(stages, current, lines)
+            ids = [s.id for s in stages]
+            outs = ((s.id, ((o.path, o.is_dir) for o in s.outs)) for s in stages)
+        producer, dir_outs = graph._producer, graph._dir_outs
+        for sid, its in outs:
+            for path, is_dir in its:
+                producer[path] = sid
+                if is_dir:
+                    dir_outs.add(path)
+        graph._outs_sorted = sorted(producer)
         of = ids.__getitem__  # (the lists by map: no Python frame per stage)
         graph._link(list(map(of, order)), dict(zip(ids, [list(map(of, p)) for p in preds], strict=True)))
         return graph
 
     def _setup(self, stages: Sequence[Stage], current: str, lines: SourceLines) -> None:
+        self._setup_ids([s.id for s in stages], current, lines)
+        self.stages: dict[StageId, Stage] = {s.id: s for s in stages}
+        self._python = {s.id for s in stages if s.py is not None}
+        self._always = {s.id for s in stages if s.always}
+
+    def _setup_ids(self, ids: list[StageId], current: str, lines: SourceLines) -> None:
         self.current = current
         self._lines = lines
-        self.stages: dict[StageId, Stage] = {s.id: s for s in stages}
-        self._index = {s.id: i for i, s in enumerate(stages)}
+        self._index = {sid: i for i, sid in enumerate(ids)}
         self._producer: dict[str, StageId] = {}
         self._dir_outs: set[str] = set()  # outputs declared as directories (trailing `/`)
         self._outs_sorted: list[str] = []
@@ -318,6 +482,19 @@ class BuildGraph:
     def label(self, sid: StageId) -> str:
         return self._label(sid)
 
+    def runs_python(self, sid: StageId) -> bool:
+        """Whether stage `sid` is a `py:` stage (asked without making its Stage)."""
+        return sid in self._python
+
+    def always_runs(self, sid: StageId) -> bool:
+        """Whether stage `sid` is `always: true` (asked without making its Stage)."""
+        return sid in self._always
+
+    @property
+    def ids(self) -> list[StageId]:
+        """Every stage's id, in declaration order (as a compiled plan numbers them)."""
+        return list(self._index)
+
     def index_of(self, sid: StageId) -> int:
         """The stage's position in declaration order (as a compiled plan numbers it)."""
         return self._index[sid]
@@ -374,13 +551,13 @@ class BuildGraph:
     ) -> list[MissingDep]:
         """Deps (of the stages `among`, default all) that no stage produces and
         that `exists` says are absent (globs excluded)."""
-        wanted = None if among is None else set(among)
+        # (in declaration order; the stages of `among` alone, each made only then: see LazyStages)
+        ids = list(self._index) if among is None else sorted(set(among), key=self._index.__getitem__)
         sources = self._sources  # (a long-lived engine asks before every build: what no stage writes, once)
         present: dict[str, bool] = {}
         needed: dict[str, dict[StageId, Location]] = {}
-        for sid, stage in self.stages.items():
-            if wanted is not None and sid not in wanted:
-                continue
+        for sid in ids:
+            stage = self.stages[sid]
             deps = sources.get(sid)
             if deps is None:
                 deps = sources[sid] = tuple(

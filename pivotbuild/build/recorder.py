@@ -274,11 +274,13 @@ class Recorder:
         now = time.time_ns()
         seen: dict[tuple[str, str], Stamp | None] = {}
         unstored = self.storer.unstored  # the next build must decide these, and store what the cache lacks
-        for i, (sid, stage) in enumerate(graph.stages.items()):
+        always = graph.always_runs
+        for i, sid in enumerate(graph.ids):  # (a stage's Stage is made only for those this build decided)
             status = outcome.status.get(sid)
-            if (status is None or sid in outcome.sealed) and not stage.always:
+            if (status is None or sid in outcome.sealed) and not always(sid):
                 continue
             new.drop(i)
+            stage = graph.stages[sid]
             record = store.record(stage)
             if stage.always or record is None or status not in (Status.RAN, Status.SKIPPED, Status.RESTORED):
                 continue

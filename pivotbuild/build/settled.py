@@ -20,14 +20,14 @@ def unsettled(graph: BuildGraph, closure: list[StageId], sealed: frozenset[int])
     stage decided before the change.)  A `py:` stage is never settled: its
     seal holds the project modules its code reads, which another stage of
     the build may write without an edge between them."""
-    index_of, stages = graph.index_of, graph.stages
+    index_of, python = graph.index_of, graph.runs_python
     moving: set[StageId] = set()
     undecided: list[StageId] = []
     settled: list[StageId] = []
     for sid in closure:
         if (
             index_of(sid) not in sealed
-            or stages[sid].py is not None  # (its code may import what a stage writes: no edge says so)
+            or python(sid)  # (its code may import what a stage writes: no edge says so)
             or not moving.isdisjoint(graph.upstream_stages(sid))
         ):
             moving.add(sid)

@@ -304,12 +304,14 @@ def fresh(loaded: Loaded, main_file: str | Path) -> bool:
 
 
 def restore(loaded: Loaded, cwd: Path) -> tuple[Project, BuildGraph] | None:
-    """The project and its graph, from the plan's body (None if it is damaged)."""
+    """The project and its graph, from the plan's body (None if it is damaged).
+    A stage is made a Stage when the build first asks for it (graph.LazyStages):
+    a build that decides a few stages of many makes those."""
     from pathlib import Path
 
     from pivotbuild.errors import Location
-    from pivotbuild.graph import BuildGraph
-    from pivotbuild.model import AutoVar, IncludeRef, Pipeline, TargetRef
+    from pivotbuild.graph import BuildGraph, LazyStages, Restored, StagesOf
+    from pivotbuild.model import AutoVar, IncludeRef, Pipeline, StageId, TargetRef
     from pivotbuild.project import Project, display_path
 
     unstage = _unstager(list(AutoVar))
@@ -317,28 +319,57 @@ def restore(loaded: Loaded, cwd: Path) -> tuple[Project, BuildGraph] | None:
     here = cwd.resolve()
     try:
         pipelines_raw, stages_raw, main_at = msgpack.unpackb(loaded.body, use_list=False)
-        stages: list[Stage] = []
+        if not all(len(r) == _RECORD for r in stages_raw):
+            return None
+        ids = [StageId(r[0], r[1]) for r in stages_raw]
+        files: list[str] = []  # each stage's Pivotfile, as this run names it
+        spans: list[tuple[int, int]] = []
+        for _dir, file, _name, n, *_ in pipelines_raw:
+            files.extend([display_path(Path(index.root, file), here)] * n)
+            spans.append((len(files) - n, len(files)))
+        if len(files) != len(stages_raw):
+            return None
+
+        def make(i: int) -> Stage:
+            return unstage(stages_raw[i], files[i])
+
+        restored = Restored(
+            ids,
+            [[(o[0], o[1]) for o in r[_OUTS]] for r in stages_raw],
+            make,
+            {sid for sid, r in zip(ids, stages_raw, strict=True) if r[_PY] is not None},
+            {sid for sid, r in zip(ids, stages_raw, strict=True) if r[_ALWAYS]},
+        )
+        graph = BuildGraph.restore(restored, index.current, index.order, index.preds)
+        assert isinstance(graph.stages, LazyStages)
         pipelines: list[Pipeline] = []
-        for dir_, file, name, n, default, includes, params_files in pipelines_raw:
-            shown = display_path(Path(index.root, file), here)  # where this run names the file
-            own = tuple([unstage(r, shown) for r in stages_raw[len(stages) : len(stages) + n]])
-            stages.extend(own)
+        for (dir_, file, name, _n, default, includes, params_files), (start, end) in zip(
+            pipelines_raw, spans, strict=True
+        ):
+            shown = files[start] if end > start else display_path(Path(index.root, file), here)
             pipelines.append(
                 Pipeline(
                     dir_,
                     file,
                     name,
-                    own,
+                    StagesOf(graph.stages, ids[start:end]),
                     tuple(TargetRef(t, Location(shown, *loc)) for t, loc in default),
                     tuple(IncludeRef(p, Location(shown, *loc)) for p, loc in includes),
                     tuple(params_files),
                 )
             )
         project = Project(Path(index.root), here, pipelines[main_at], tuple(pipelines), loaded.sources, index.plan_id)
-        graph = BuildGraph.restore(stages, index.current, index.order, index.preds, project.line)
+        graph._lines = project.line
     except (ValueError, TypeError, IndexError, KeyError, msgpack.UnpackException):
         return None
     return project, graph
+
+
+# A stored stage record (see _unstager): its length, and where its py:, outs and always are.
+_RECORD = 21
+_PY = 5
+_OUTS = 10
+_ALWAYS = 20
 
 
 def _unstager(auto: list[AutoVar]) -> Callable[[Sequence[Any], str], Stage]:
