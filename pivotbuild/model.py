@@ -182,7 +182,7 @@ class Pipeline:
     dir: str  # relative to the root, "" for the root
     file: str  # the Pivotfile, relative to the root
     name: str
-    stages: Sequence[Stage]  # a tuple, or (a restored plan's) a graph.StagesOf, equal to the tuple
+    stages: Sequence[Stage]  # a tuple, or (a restored plan's) a restored.StagesOf, equal to the tuple
     default: tuple[TargetRef, ...] = ()
     includes: tuple[IncludeRef, ...] = ()
     params_files: tuple[str, ...] = ()  # relative to the root, read or looked for

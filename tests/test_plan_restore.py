@@ -1,5 +1,5 @@
 """A project restored from its compiled plan is the project compiled, and its
-stages are made only as the build asks for them (graph.LazyStages): a build
+stages are made only as the build asks for them (restored.LazyStages): a build
 that decides a few stages of many makes those."""
 
 from __future__ import annotations
@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 
 from pivotbuild.build.load import load_compiled
-from pivotbuild.graph import BuildGraph, LazyStages, StagesOf
+from pivotbuild.graph import BuildGraph
 from pivotbuild.model import Pipeline, Stage, StageId
 from pivotbuild.project import LoadOptions, Project
+from pivotbuild.restored import LazyStages, StagesOf
 from pivotbuild.structs import replace
 
 ROOT = """\

@@ -305,14 +305,15 @@ def fresh(loaded: Loaded, main_file: str | Path) -> bool:
 
 def restore(loaded: Loaded, cwd: Path) -> tuple[Project, BuildGraph] | None:
     """The project and its graph, from the plan's body (None if it is damaged).
-    A stage is made a Stage when the build first asks for it (graph.LazyStages):
+    A stage is made a Stage when the build first asks for it (restored.LazyStages):
     a build that decides a few stages of many makes those."""
     from pathlib import Path
 
     from pivotbuild.errors import Location
-    from pivotbuild.graph import BuildGraph, LazyStages, Restored, StagesOf
+    from pivotbuild.graph import BuildGraph
     from pivotbuild.model import AutoVar, IncludeRef, Pipeline, StageId, TargetRef
     from pivotbuild.project import Project, display_path
+    from pivotbuild.restored import LazyStages, Restored, StagesOf
 
     unstage = _unstager(list(AutoVar))
     index = loaded.index
