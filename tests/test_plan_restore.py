@@ -8,13 +8,16 @@ import threading
 import time
 from pathlib import Path
 
+import msgpack
 import pytest
+from conftest import Project as Scratch
 
 from pivotbuild.build.load import load_compiled
 from pivotbuild.graph import BuildGraph
 from pivotbuild.model import Pipeline, Stage, StageId
 from pivotbuild.project import LoadOptions, Project
 from pivotbuild.restored import LazyStages, StagesOf
+from pivotbuild.state import plan
 from pivotbuild.structs import replace
 
 ROOT = """\
@@ -138,3 +141,31 @@ def test_threads_asking_for_one_stage_get_one_stage() -> None:
     for t in threads:
         t.join()
     assert calls == [1] and got[0] is got[1]
+
+
+def test_a_plan_record_that_does_not_decode_stops_the_build_once_with_what_to_do(project: Scratch) -> None:
+    """The plan is checked by its checksum when read, so only a pivotbuild bug
+    writes such a record: the build that meets it says so, without a
+    traceback, and removes the plan; the next build compiles afresh."""
+    project.pivotfile(
+        "stage a:\n    deps: in.txt\n    outs: a.txt\n    run: cp $< $@\n\n"
+        "stage b:\n    deps: a.txt\n    outs: b.txt\n    run: cp $< $@\n"
+    )
+    project.write("in.txt", "x\n")
+    assert project.run().code == 0
+    project.write("in.txt", "y\n")
+    path = project.root / ".pivot/plan"
+    key, root, sources, index, body = plan.FRAME.load(path.read_bytes())
+    pipelines, records, main_at = msgpack.unpackb(body)
+    records[1][4] = ["cp ", 99]  # b's command: an automatic variable that does not exist
+    body = msgpack.packb([pipelines, records, main_at], use_bin_type=True)
+    path.write_bytes(plan.FRAME.dump([key, root, sources, index, body]))
+
+    first = project.run()
+    assert first.code == 2 and "Traceback" not in first.err, first.err
+    assert "the compiled plan's record of stage b does not decode" in first.err
+    assert "run pivotbuild again" in first.err
+    assert not path.exists() and not (project.root / ".pivot/crash.log").exists()
+    again = project.run()
+    assert again.code == 0, again.err
+    assert (project.root / "b.txt").read_text() == "y\n"

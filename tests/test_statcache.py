@@ -9,8 +9,9 @@ from pathlib import Path
 
 import msgpack
 import pytest
+import xxhash
 
-from pivotbuild.state import stamps
+from pivotbuild.state import stamps, statcache
 from pivotbuild.state.hashing import hash_bytes, hash_file
 from pivotbuild.state.statcache import FORMAT, FRAME, StatCache
 
@@ -527,3 +528,37 @@ def test_an_append_that_fails_leaves_the_file_as_it_was(
     monkeypatch.undo()
     assert cache_path.read_bytes() == before
     assert StatCache(cache_path).damaged == ""
+
+
+def test_a_statcache_of_the_layout_before_the_framing_is_dropped_quietly(cache_path: Path) -> None:
+    data = msgpack.packb([2, [["/x", 1, 2, 3, 4, "ab" * 16, True]]])
+    write(cache_path, statcache.MAGIC + data + xxhash.xxh3_64_digest(data))
+    cache = StatCache(cache_path)
+    assert cache.entries == {} and cache.damaged == ""
+
+
+def _two_frames(tmp_path: Path, cache_path: Path) -> tuple[str, int]:
+    a, b = write(tmp_path / "a.txt", b"a"), write(tmp_path / "b.txt", b"b")
+    cache = StatCache(cache_path)
+    cache.file_hash(a)
+    cache.save()
+    first = cache_path.stat().st_size
+    cache.file_hash(b)
+    cache.save()
+    return str(a), first
+
+
+def test_a_reader_without_the_lock_takes_a_last_frame_cut_short_for_an_append_in_progress(
+    tmp_path: Path, cache_path: Path
+) -> None:
+    a, first = _two_frames(tmp_path, cache_path)
+    whole = cache_path.read_bytes()
+    for cut in (first + 3, first + 20, len(whole) - 1):  # in the header, in the payload, in the checksum
+        write(cache_path, whole[:cut])
+        reading = StatCache(cache_path, torn_is_partial=True)
+        assert reading.damaged == "" and set(reading.entries) == {a}, cut
+        assert StatCache(cache_path).damaged, cut  # (a build, which holds the lock, reports it)
+    flipped = bytearray(whole)
+    flipped[-3] ^= 1  # a whole frame that fails its checksum is damage to any reader
+    write(cache_path, bytes(flipped))
+    assert "checksum" in StatCache(cache_path, torn_is_partial=True).damaged

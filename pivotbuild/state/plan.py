@@ -23,6 +23,7 @@ once.  It is never an error.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Mapping, Sequence
 from itertools import starmap
@@ -41,9 +42,9 @@ if TYPE_CHECKING:  # the no-op check imports none of these (nor pathlib)
     from pathlib import Path
     from typing import Any
 
-    from pivotbuild.errors import Location
+    from pivotbuild.errors import Location, ProjectError
     from pivotbuild.graph import BuildGraph
-    from pivotbuild.model import AutoVar, Pipeline, Stage
+    from pivotbuild.model import AutoVar, Pipeline, Stage, StageId
     from pivotbuild.project import Project
 
 PLAN = "plan"
@@ -331,8 +332,13 @@ def restore(loaded: Loaded, cwd: Path) -> tuple[Project, BuildGraph] | None:
         if len(files) != len(stages_raw):
             return None
 
+        main_dir = Path(index.root, pipelines_raw[main_at][0])
+
         def make(i: int) -> Stage:
-            return unstage(stages_raw[i], files[i])
+            try:
+                return unstage(stages_raw[i], files[i])
+            except (ValueError, TypeError, IndexError, KeyError) as exc:
+                raise _undecodable(main_dir, ids[i], exc) from exc
 
         restored = Restored(
             ids,
@@ -364,6 +370,23 @@ def restore(loaded: Loaded, cwd: Path) -> tuple[Project, BuildGraph] | None:
     except (ValueError, TypeError, IndexError, KeyError, msgpack.UnpackException):
         return None
     return project, graph
+
+
+def _undecodable(main_dir: Path, sid: StageId, exc: Exception) -> ProjectError:
+    """A stage record of the plan (checked by its checksum, so written this way
+    by a pivotbuild of this version) that does not make a Stage: the plan is
+    removed, so that the next run compiles the Pivotfiles (this one is past
+    the point where it could)."""
+    from pivotbuild.errors import ProjectError
+
+    path = plan_path(main_dir)
+    with contextlib.suppress(OSError):
+        path.unlink()
+    return ProjectError(
+        f"{path}: the compiled plan's record of stage {sid.label('')} does not decode"
+        f" ({type(exc).__name__}: {exc}); the plan was removed: run pivotbuild again"
+        " (it compiles the Pivotfiles afresh)"
+    )
 
 
 # A stored stage record (see _unstager): its length, and where its py:, outs and always are.

@@ -79,8 +79,12 @@ class StatCache:
     """Hashes files through the cache.  `files_read` counts the files whose
     contents were actually read (a no-op build keeps it at zero)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, torn_is_partial: bool = False) -> None:
+        """`torn_is_partial`: read without the project lock, so that a last
+        frame cut short is another build's append in progress, not damage
+        (the frames before it are read; nothing is saved)."""
         self.path = path
+        self._torn_is_partial = torn_is_partial
         self.entries: dict[str, StatEntry] = {}
         self.files_read = 0
         # Paths hashed by this process: their entries are believed even while
@@ -122,7 +126,10 @@ class StatCache:
                 return  # another pivotbuild's format
             self._dirty = True  # (a frame another pivotbuild appended: what came before it stands)
         except framing.Damaged as exc:
-            self.damaged = str(exc)
+            if not frames and _earlier_layout(blob):
+                return  # a whole file of the layout before the framing: dropped without a word
+            if not (frames and self._torn_is_partial and _cut_short(blob)):
+                self.damaged = str(exc)
             self._dirty = True
         except (ValueError, TypeError) as exc:
             self.damaged = f"does not decode ({type(exc).__name__})"
@@ -257,6 +264,29 @@ _fields = itemgetter(slice(1, None))
 _entry = partial(tuple.__new__, StatEntry)
 # A save appends unless that would leave more appended rows than this or half the entries.
 _APPEND_AT_LEAST = 256
+
+
+def _earlier_layout(blob: bytes) -> bool:
+    """Whether `blob` is a whole stat cache in the layout before the framing."""
+    try:
+        FRAME.load(blob)
+    except framing.OtherVersion:
+        return True
+    except framing.Damaged:
+        pass
+    return False
+
+
+def _cut_short(blob: bytes) -> bool:
+    """Whether the file's last frame is cut short (its header, or the length
+    its header gives, runs past the end): what a reader sees of an append in
+    progress, where a damaged frame would fail its check whole."""
+    pos = 0
+    while pos < len(blob):
+        if len(blob) - pos < framing.HEADER.size + framing.CHECKSUM:
+            return True
+        pos += framing.HEADER.size + framing.HEADER.unpack_from(blob, pos)[3] + framing.CHECKSUM
+    return pos > len(blob)
 
 
 def _parts(payload: object) -> tuple[tuple[tuple[object, ...], ...], tuple[str, ...]]:

@@ -85,7 +85,8 @@ class StateStore:
             )
         pending_path = state_dir / PENDING
         pending, torn = journal.read_records(pending_path)
-        statcache = StatCache(state_dir / STATCACHE)
+        # (Read-only: a last frame cut short is the running build's append, half written: no damage.)
+        statcache = StatCache(state_dir / STATCACHE, torn_is_partial=self.read_only)
         if statcache.damaged:
             self._damaged(statcache.path, f"{statcache.damaged}; ignoring it, so files are hashed again")
         st = PipelineState(
