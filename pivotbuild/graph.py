@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 from pivotbuild.errors import Diagnostic, GraphError, Location, TargetError
 from pivotbuild.globs import glob_regex, may_match_under
 from pivotbuild.model import Out, Pos, Stage, StageId
-from pivotbuild.restored import LazyStages, Restored
+from pivotbuild.restored import Restored
 from pivotbuild.structs import struct
 from pivotbuild.suggest import close_matches
 from pivotbuild.targets import closure, name_table, named
@@ -101,8 +101,8 @@ class BuildGraph:
         graph._g = None
         if isinstance(stages, Restored):
             ids = stages.ids
-            graph._setup_ids(ids, current, lines)
-            graph.stages = LazyStages(ids, graph._index, stages.make)
+            graph._setup_ids(ids, current, lines, stages.stages.index)
+            graph.stages = stages.stages
             graph._python, graph._always = stages.python, stages.always
             outs: Iterable[tuple[StageId, Iterable[tuple[str, bool]]]] = zip(ids, stages.outs, strict=True)
         else:
@@ -126,10 +126,12 @@ class BuildGraph:
         self._python = {s.id for s in stages if s.py is not None}
         self._always = {s.id for s in stages if s.always}
 
-    def _setup_ids(self, ids: list[StageId], current: str, lines: SourceLines) -> None:
+    def _setup_ids(
+        self, ids: list[StageId], current: str, lines: SourceLines, index: dict[StageId, int] | None = None
+    ) -> None:
         self.current = current
         self._lines = lines
-        self._index = {sid: i for i, sid in enumerate(ids)}
+        self._index = index if index is not None else {sid: i for i, sid in enumerate(ids)}
         self._producer: dict[str, StageId] = {}
         self._dir_outs: set[str] = set()  # outputs declared as directories (trailing `/`)
         self._outs_sorted: list[str] = []

@@ -21,10 +21,10 @@ from pivotbuild.model import Stage, StageId
 class Restored:
     """What `BuildGraph.restore` needs of a compiled plan's stages without
     making them: each stage's id, its outputs' (path, is a directory) pairs,
-    the ids of its `py:` and `always` stages, and `make(i)`, the i-th stage
-    as a Stage."""
+    the ids of its `py:` and `always` stages, and `stages`, the LazyStages
+    that make each (`make(i)`: the i-th stage as a Stage)."""
 
-    __slots__ = ("always", "ids", "make", "outs", "python")
+    __slots__ = ("always", "ids", "outs", "python", "stages")
 
     def __init__(
         self,
@@ -36,9 +36,9 @@ class Restored:
     ) -> None:
         self.ids = ids
         self.outs = outs
-        self.make = make
         self.python = python
         self.always = always
+        self.stages = LazyStages(ids, {sid: i for i, sid in enumerate(ids)}, make)
 
 
 class LazyStages(dict[StageId, Stage]):
@@ -49,18 +49,18 @@ class LazyStages(dict[StageId, Stage]):
     views, equality) makes them all first, in declaration order, so it sees
     a whole dict; `len`, `in` and `get` need none made."""
 
-    __slots__ = ("_ids", "_index", "_lock", "_make", "_whole")
+    __slots__ = ("_ids", "_lock", "_make", "_whole", "index")
 
     def __init__(self, ids: list[StageId], index: dict[StageId, int], make: Callable[[int], Stage]) -> None:
         super().__init__()
         self._ids = ids
-        self._index = index
+        self.index = index  # id -> its position in declaration order
         self._make = make
         self._whole = False
         self._lock = threading.Lock()  # (storer and executor threads look stages up too: one Stage per id)
 
     def __missing__(self, sid: StageId) -> Stage:
-        i = self._index[sid]  # (KeyError for a stage it does not have, as a dict)
+        i = self.index[sid]  # (KeyError for a stage it does not have, as a dict)
         with self._lock:
             stage = super().get(sid)
             if stage is None:
@@ -83,10 +83,10 @@ class LazyStages(dict[StageId, Stage]):
         return len(self._ids)
 
     def __contains__(self, sid: object) -> bool:
-        return sid in self._index
+        return sid in self.index
 
     def get(self, sid: StageId, default: Stage | None = None) -> Stage | None:  # type: ignore[override]
-        return self[sid] if sid in self._index else default
+        return self[sid] if sid in self.index else default
 
     def __iter__(self) -> Iterator[StageId]:
         self.whole()

@@ -314,7 +314,7 @@ def restore(loaded: Loaded, cwd: Path) -> tuple[Project, BuildGraph] | None:
     from pivotbuild.graph import BuildGraph
     from pivotbuild.model import AutoVar, IncludeRef, Pipeline, StageId, TargetRef
     from pivotbuild.project import Project, display_path
-    from pivotbuild.restored import LazyStages, Restored, StagesOf
+    from pivotbuild.restored import Restored, StagesOf
 
     unstage = _unstager(list(AutoVar))
     index = loaded.index
@@ -347,8 +347,6 @@ def restore(loaded: Loaded, cwd: Path) -> tuple[Project, BuildGraph] | None:
             {sid for sid, r in zip(ids, stages_raw, strict=True) if r[_PY] is not None},
             {sid for sid, r in zip(ids, stages_raw, strict=True) if r[_ALWAYS]},
         )
-        graph = BuildGraph.restore(restored, index.current, index.order, index.preds)
-        assert isinstance(graph.stages, LazyStages)
         pipelines: list[Pipeline] = []
         for (dir_, file, name, _n, default, includes, params_files), (start, end) in zip(
             pipelines_raw, spans, strict=True
@@ -359,14 +357,14 @@ def restore(loaded: Loaded, cwd: Path) -> tuple[Project, BuildGraph] | None:
                     dir_,
                     file,
                     name,
-                    StagesOf(graph.stages, ids[start:end]),
+                    StagesOf(restored.stages, ids[start:end]),
                     tuple(TargetRef(t, Location(shown, *loc)) for t, loc in default),
                     tuple(IncludeRef(p, Location(shown, *loc)) for p, loc in includes),
                     tuple(params_files),
                 )
             )
         project = Project(Path(index.root), here, pipelines[main_at], tuple(pipelines), loaded.sources, index.plan_id)
-        graph._lines = project.line
+        graph = BuildGraph.restore(restored, index.current, index.order, index.preds, project.line)
     except (ValueError, TypeError, IndexError, KeyError, msgpack.UnpackException):
         return None
     return project, graph
