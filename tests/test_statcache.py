@@ -473,22 +473,26 @@ def test_any_sequence_of_saves_reloads_as_the_cache_that_saved(tmp_path: Path, c
             assert StatCache(cache_path).entries == cache.entries, step
 
 
-def test_a_damaged_appended_frame_keeps_the_frames_before_it(tmp_path: Path, cache_path: Path) -> None:
+def _two_frames(tmp_path: Path, cache_path: Path) -> tuple[str, int]:
     a, b = write(tmp_path / "a.txt", b"a"), write(tmp_path / "b.txt", b"b")
-    time.sleep(LEAVE_RACY_WINDOW_S)
     cache = StatCache(cache_path)
     cache.file_hash(a)
     cache.save()
-    base = cache_path.stat().st_size
+    first = cache_path.stat().st_size
     cache.file_hash(b)
     cache.save()
+    return str(a), first
+
+
+def test_a_damaged_appended_frame_keeps_the_frames_before_it(tmp_path: Path, cache_path: Path) -> None:
+    a, base = _two_frames(tmp_path, cache_path)
     blob = bytearray(cache_path.read_bytes())
     blob[base + 20] ^= 0x10  # in the appended frame
     cache_path.write_bytes(bytes(blob))
 
     damaged = StatCache(cache_path)
     assert "checksum" in damaged.damaged
-    assert set(damaged.entries) == {str(a)}  # b's entry is lost: b is hashed again
+    assert set(damaged.entries) == {a}  # b's entry is lost: b is hashed again
     damaged.save()  # nothing changed, but the damaged file is written whole
     assert _frames(cache_path) == 1
     assert StatCache(cache_path).damaged == ""
@@ -535,17 +539,6 @@ def test_a_statcache_of_the_layout_before_the_framing_is_dropped_quietly(cache_p
     write(cache_path, statcache.MAGIC + data + xxhash.xxh3_64_digest(data))
     cache = StatCache(cache_path)
     assert cache.entries == {} and cache.damaged == ""
-
-
-def _two_frames(tmp_path: Path, cache_path: Path) -> tuple[str, int]:
-    a, b = write(tmp_path / "a.txt", b"a"), write(tmp_path / "b.txt", b"b")
-    cache = StatCache(cache_path)
-    cache.file_hash(a)
-    cache.save()
-    first = cache_path.stat().st_size
-    cache.file_hash(b)
-    cache.save()
-    return str(a), first
 
 
 def test_a_reader_without_the_lock_takes_a_last_frame_cut_short_for_an_append_in_progress(

@@ -324,11 +324,12 @@ def restore(loaded: Loaded, cwd: Path) -> tuple[Project, BuildGraph] | None:
         if not all(len(r) == _RECORD for r in stages_raw):
             return None
         ids = [StageId(r[0], r[1]) for r in stages_raw]
-        files: list[str] = []  # each stage's Pivotfile, as this run names it
+        shown = [display_path(Path(index.root, p[1]), here) for p in pipelines_raw]  # as this run names them
+        files: list[str] = []  # each stage's Pivotfile
         spans: list[tuple[int, int]] = []
-        for _dir, file, _name, n, *_ in pipelines_raw:
-            files.extend([display_path(Path(index.root, file), here)] * n)
-            spans.append((len(files) - n, len(files)))
+        for p, name_of_file in zip(pipelines_raw, shown, strict=True):
+            files.extend([name_of_file] * p[3])
+            spans.append((len(files) - p[3], len(files)))
         if len(files) != len(stages_raw):
             return None
 
@@ -348,18 +349,17 @@ def restore(loaded: Loaded, cwd: Path) -> tuple[Project, BuildGraph] | None:
             {sid for sid, r in zip(ids, stages_raw, strict=True) if r[_ALWAYS]},
         )
         pipelines: list[Pipeline] = []
-        for (dir_, file, name, _n, default, includes, params_files), (start, end) in zip(
-            pipelines_raw, spans, strict=True
+        for (dir_, file, name, _n, default, includes, params_files), (start, end), where in zip(
+            pipelines_raw, spans, shown, strict=True
         ):
-            shown = files[start] if end > start else display_path(Path(index.root, file), here)
             pipelines.append(
                 Pipeline(
                     dir_,
                     file,
                     name,
                     StagesOf(restored.stages, ids[start:end]),
-                    tuple(TargetRef(t, Location(shown, *loc)) for t, loc in default),
-                    tuple(IncludeRef(p, Location(shown, *loc)) for p, loc in includes),
+                    tuple(TargetRef(t, Location(where, *loc)) for t, loc in default),
+                    tuple(IncludeRef(p, Location(where, *loc)) for p, loc in includes),
                     tuple(params_files),
                 )
             )
