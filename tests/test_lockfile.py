@@ -106,6 +106,27 @@ def test_encoding_is_deterministic() -> None:
     assert encode(forward) == encode(backward) == encode(shuffled)
 
 
+def test_a_record_committed_through_the_journal_is_written_as_packed_afresh(tmp_path: Path) -> None:
+    # The lockfile takes a committed record as the journal packed it (no
+    # second packing): the bytes must be those of packing it anew.
+    journal = Journal(tmp_path / "journal")
+    names = ["b", "a", "c@x"]
+    via_journal, afresh = lockfile.Records(), lockfile.Records()
+    for n in names:
+        via_journal.set(n, record(n), journal.append(record(n)))
+        afresh[n] = record(n)
+    journal.close()
+    assert encode(via_journal) == encode(afresh) == encode(LockData.of({n: record(n) for n in names}))
+    assert via_journal.get("a") == record("a")
+    # Read back, replaced through the journal again: still what packing anew gives.
+    read = lockfile.decode_records(encode(via_journal))
+    again = Journal(tmp_path / "journal2")
+    read.set("a", record("a", "new"), again.append(record("a", "new")))
+    again.close()
+    read["b"] = record("b", "new")
+    assert encode(read) == encode(LockData.of({"a": record("a", "new"), "b": record("b", "new"), "c@x": record("c@x")}))
+
+
 def test_encoding_is_the_same_in_another_process() -> None:
     # Nothing depends on the interpreter's hash seed or the process.
     script = textwrap.dedent(

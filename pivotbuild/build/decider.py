@@ -129,8 +129,10 @@ class Decider:
         if ran is None and not self.forced and self.seal is not None and self.sealed(sid):
             return SEALED
         stage = self.graph.stages[sid]
-        snap = snapshot.take(stage, self.store.root, self.store.statcache(stage), self.elsewhere)
-        d = decide(self.store.record(stage), snap, forced=self.forced, always=stage.always)
+        record = self.store.record(stage)
+        compared = record is not None and not self.forced and not stage.always  # (else `decide` reads no outs)
+        snap = snapshot.take(stage, self.store.root, self.store.statcache(stage), self.elsewhere, outs=compared)
+        d = decide(record, snap, forced=self.forced, always=stage.always)
         return Verdict(d.run, d.reason, snap)
 
     def sealed(self, sid: StageId) -> bool:

@@ -15,6 +15,8 @@ import os
 import threading
 from pathlib import Path
 
+import msgpack
+
 from pivotbuild.state import codec, framing, lockfile
 from pivotbuild.state.records import StageRecord
 
@@ -25,6 +27,12 @@ SYNC_INTERVAL_S = 0.2  # a power cut loses at most this much more than a SIGKILL
 
 def frame(record: StageRecord) -> bytes:
     return FRAME.dump(codec.record_obj(record))
+
+
+def packed(record: StageRecord) -> bytes:
+    """The record as msgpack: a frame's payload, and the bytes the lockfile
+    holds it as (lockfile.Records.set)."""
+    return msgpack.packb(codec.record_obj(record), use_bin_type=True)  # type: ignore[no-any-return]
 
 
 class Journal:
@@ -48,19 +56,22 @@ class Journal:
         self._closing = False
         self._syncer: threading.Thread | None = None
 
-    def append(self, record: StageRecord) -> None:
+    def append(self, record: StageRecord) -> bytes:
+        """Write the record's frame; returns the record packed (its payload)."""
         if self._fd is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
             self._syncer = threading.Thread(target=self._sync_loop, args=(self._fd,), name="journal fsync", daemon=True)
             self._syncer.start()
-        data = frame(record)
+        payload = packed(record)
+        data = FRAME.pack(payload)
         written = os.write(self._fd, data)
         if written != len(data):
             raise OSError(f"short write to {self.path}")
         self.appended += 1
         if not self._pending.is_set():  # (set until the syncer takes it: its fsync, after the clear, covers this frame)
             self._pending.set()
+        return payload
 
     def _sync_loop(self, fd: int) -> None:
         while True:

@@ -79,6 +79,15 @@ class Records:
         self._decoded[name] = record
         self._set.add(name)
 
+    def set(self, name: str, record: StageRecord, packed: bytes) -> None:
+        """Give stage `name` a new record, already packed as the lockfile holds
+        it (`msgpack.packb(codec.record_obj(record))`: the journal's frame
+        payload), so that writing the lockfile does not pack it again."""
+        self._decoded[name] = record
+        self._raw[name] = packed
+        self._plain.pop(name, None)
+        self._set.discard(name)
+
     def __contains__(self, name: str) -> bool:
         return name in self._decoded or name in self._raw or name in self._plain
 

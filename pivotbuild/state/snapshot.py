@@ -29,7 +29,7 @@ class Snapshot:
     facets: tuple[tuple[str, str], ...]
     params: tuple[ParamRecord, ...]
     deps: tuple[FileRecord, ...]
-    outs: tuple[FileRecord, ...]
+    outs: tuple[FileRecord, ...]  # () when no record was there to compare them with (`take`)
     fingerprint: str
     expanded_deps: tuple[str, ...]  # deps with globs replaced by their matches
 
@@ -129,8 +129,18 @@ def py_facets(stage: Stage, root: Path) -> tuple[tuple[str, str], ...]:
     return tuple((f"{PY} {unit}", digest) for unit, digest in found.parts)
 
 
-def take(stage: Stage, root: Path, cache: StatCache, elsewhere: Mapping[str, FileRecord] | None = None) -> Snapshot:
-    """Hash everything a decision about `stage` needs (see `deps_of` for `elsewhere`)."""
+def take(
+    stage: Stage,
+    root: Path,
+    cache: StatCache,
+    elsewhere: Mapping[str, FileRecord] | None = None,
+    *,
+    outs: bool = True,
+) -> Snapshot:
+    """Hash everything a decision about `stage` needs (see `deps_of` for
+    `elsewhere`).  Without `outs`, its outputs are not looked at (`outs` is
+    empty): a decision compares them only with a record (decider._why), and
+    nothing else reads them."""
     deps = deps_of(stage, root, cache, elsewhere)
     expanded: list[str] = []
     for dep, rec in zip(stage.deps, deps, strict=True):
@@ -154,7 +164,7 @@ def take(stage: Stage, root: Path, cache: StatCache, elsewhere: Mapping[str, Fil
         facets=facets,
         params=params,
         deps=deps,
-        outs=outs_of(stage, root, cache),
+        outs=outs_of(stage, root, cache) if outs else (),
         fingerprint=hash_bytes(material.encode("utf-8", "surrogateescape")),
         expanded_deps=tuple(expanded),
     )

@@ -159,8 +159,7 @@ class StateStore:
             st.pending[stage.name] = record
             _save_pending(st)
             return
-        st.journal.append(record)
-        st.records[stage.name] = record
+        st.records.set(stage.name, record, st.journal.append(record))
         if st.pending.pop(stage.name, None) is not None:
             _save_pending(st)
 
