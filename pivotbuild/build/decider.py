@@ -41,7 +41,7 @@ from pivotbuild.state.snapshot import PY, Snapshot
 from pivotbuild.structs import struct
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
 
     from pivotbuild.graph import BuildGraph
     from pivotbuild.model import StageId
@@ -129,10 +129,15 @@ class Decider:
         if ran is None and not self.forced and self.seal is not None and self.sealed(sid):
             return SEALED
         stage = self.graph.stages[sid]
-        record = self.store.record(stage)
-        compared = record is not None and not self.forced and not stage.always  # (else `decide` reads no outs)
-        snap = snapshot.take(stage, self.store.root, self.store.statcache(stage), self.elsewhere, outs=compared)
-        d = decide(record, snap, forced=self.forced, always=stage.always)
+        root, cache = self.store.root, self.store.statcache(stage)
+        snap = snapshot.take(stage, root, cache, self.elsewhere, outs=False)
+        d = decide(
+            self.store.record(stage),
+            snap,
+            forced=self.forced,
+            always=stage.always,
+            outs=lambda: snapshot.outs_of(stage, root, cache),
+        )
         return Verdict(d.run, d.reason, snap)
 
     def sealed(self, sid: StageId) -> bool:
@@ -165,19 +170,30 @@ class Decider:
         return Decision(False, PENDING_COMMIT)
 
 
-def decide(record: StageRecord | None, snap: Snapshot, *, forced: bool = False, always: bool = False) -> Decision:
-    """Whether a stage must run, given its last record and what is on disk now."""
+def decide(
+    record: StageRecord | None,
+    snap: Snapshot,
+    *,
+    forced: bool = False,
+    always: bool = False,
+    outs: Callable[[], tuple[FileRecord, ...]] | None = None,
+) -> Decision:
+    """Whether a stage must run, given its last record and what is on disk now.
+    `outs`, if given, hashes the stage's outputs now (else `snap.outs` are
+    theirs): called only if nothing compared before them (params, command,
+    deps...) already says why the stage runs, as for most stages a build
+    with work runs (docs/performance.md)."""
     if forced:
         return Decision(True, FORCED)
     if always:
         return Decision(True, ALWAYS)
     if record is None:
         return Decision(True, NEVER_RUN)
-    reason = _why(record, snap)
+    reason = _why(record, snap, outs or (lambda: snap.outs))
     return Decision(reason is not None, reason or UP_TO_DATE)
 
 
-def _why(record: StageRecord, snap: Snapshot) -> str | None:
+def _why(record: StageRecord, snap: Snapshot, outs_now: Callable[[], tuple[FileRecord, ...]]) -> str | None:
     old_params = {(p.file, p.key): p.value_json for p in record.params}
     for p in snap.params:
         was = old_params.get((p.file, p.key))
@@ -204,14 +220,15 @@ def _why(record: StageRecord, snap: Snapshot) -> str | None:
         if old is None or old.kind != dep.kind or old.hash != dep.hash:
             return f"dep {_changed_path(old, dep)} changed"
     old_outs = {o.path: o for o in record.outs}
-    for out in snap.outs:
+    outs = outs_now()
+    for out in outs:
         if out.kind == ABSENT:
             return f"out {out.path} missing"
-    for out in snap.outs:
+    for out in outs:
         old = old_outs.get(out.path)
         if old is not None and (old.kind != out.kind or old.hash != out.hash):
             return f"out {out.path} modified"
-    if before.get("outs") != now.get("outs") or set(old_outs) != {o.path for o in snap.outs}:
+    if before.get("outs") != now.get("outs") or set(old_outs) != {o.path for o in outs}:
         return OUTS_CHANGED
     if len(old_deps) != len(snap.deps):
         return f"dep {sorted(set(old_deps) - {d.path for d in snap.deps})[0]} changed"

@@ -29,7 +29,7 @@ class Snapshot:
     facets: tuple[tuple[str, str], ...]
     params: tuple[ParamRecord, ...]
     deps: tuple[FileRecord, ...]
-    outs: tuple[FileRecord, ...]  # () when no record was there to compare them with (`take`)
+    outs: tuple[FileRecord, ...]  # () when taken without them (`take`)
     fingerprint: str
     expanded_deps: tuple[str, ...]  # deps with globs replaced by their matches
 
@@ -139,8 +139,9 @@ def take(
 ) -> Snapshot:
     """Hash everything a decision about `stage` needs (see `deps_of` for
     `elsewhere`).  Without `outs`, its outputs are not looked at (`outs` is
-    empty): a decision compares them only with a record (decider._why), and
-    nothing else reads them."""
+    empty): the build's decisions hash them only if nothing compared before
+    them says why the stage runs (decider.decide's `outs`), and nothing else
+    reads them."""
     deps = deps_of(stage, root, cache, elsewhere)
     expanded: list[str] = []
     for dep, rec in zip(stage.deps, deps, strict=True):
