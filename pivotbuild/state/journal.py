@@ -26,7 +26,7 @@ SYNC_INTERVAL_S = 0.2  # a power cut loses at most this much more than a SIGKILL
 
 
 def frame(record: StageRecord) -> bytes:
-    return FRAME.dump(codec.record_obj(record))
+    return FRAME.pack(packed(record))
 
 
 def packed(record: StageRecord) -> bytes:
@@ -64,7 +64,7 @@ class Journal:
             self._syncer = threading.Thread(target=self._sync_loop, args=(self._fd,), name="journal fsync", daemon=True)
             self._syncer.start()
         payload = packed(record)
-        data = FRAME.pack(payload)
+        data = FRAME.pack(payload)  # (`frame`, keeping the payload)
         written = os.write(self._fd, data)
         if written != len(data):
             raise OSError(f"short write to {self.path}")

@@ -25,8 +25,8 @@ class PlainCommands:
         self._passing: set[str] = set()  # the names of those it does (checked at once: C, not a call per name)
         self._pwds: dict[str | None, str] = {}  # a stage's PWD -> the PWD the shell would pass on
         self._checked: tuple[str, bool] | None = None  # (script, `_plain_target`'s answer) for the next `direct`
-        # (script, its words, where it sends its output) as `sends_to_file` split it, for the next `direct`
-        self._split: tuple[str, list[str], tuple[str, bool] | None] | None = None
+        # (argv, its script's words, where it sends its output) as `sends_to_file` split it, for the next `direct`
+        self._split: tuple[tuple[str, ...], list[str], tuple[str, bool] | None] | None = None
         self._dirs: dict[tuple[int, int], bool] = {}  # a directory (device, inode) -> outside /dev and /proc
         self._searched: dict[str, bool] = {}  # a PATH -> whether the child may search it (`_searchable`)
 
@@ -49,7 +49,8 @@ class PlainCommands:
         would pass on as it is but for `PWD` (`_with_pwd`).  A program killed
         by a signal ends as the shell's would (spawn.Child: 128 + the signal)."""
         split, self._split = self._split, None
-        if split is not None and len(argv) == 4 and split[0] is argv[3]:  # (as `sends_to_file` just split it)
+        words: list[str] | None
+        if split is not None and split[0] is argv:  # (as `sends_to_file` just split it)
             words, sent = split[1], split[2]
         else:
             words = _plain_words(argv)
@@ -84,7 +85,7 @@ class PlainCommands:
         if words is None or ">" not in argv[3]:
             return False
         sent = _sent_to(words)
-        self._split = (argv[3], words, sent)
+        self._split = (argv, words, sent)
         if sent is None or not _a_program(words[:-2]):
             return False  # (a builtin's effect may outlast its redirect: `. ./lib.sh > log` setting a trap)
         plain = _plain_target(sent[0], self._dirs)
