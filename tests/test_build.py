@@ -281,6 +281,27 @@ def test_missing_and_modified_outputs_are_restored(chain: Project) -> None:
     assert read(chain, "b.txt") == "HELLO\n"
 
 
+def test_an_output_or_dep_replaced_by_a_symlink_to_itself_is_taken_for_missing(chain: Project) -> None:
+    build(chain)
+    out = chain.root / "build/a.txt"
+    out.unlink()
+    out.symlink_to("a.txt")  # (a loop: it leads nowhere, as a dangling link does)
+    done = build(chain)
+    assert done["a"] == ("restored", "out build/a.txt missing")
+    assert read(chain, "build/a.txt") == "hello\n"
+    chain.write("in.txt", "changed\n")
+    out.unlink()
+    out.symlink_to("a.txt")
+    done = build(chain)  # (with a dep changed too: the output is not even looked at)
+    assert done["a"] == ("ran", "dep in.txt changed")
+    assert read(chain, "build/a.txt") == "changed\n"
+    (chain.root / "in.txt").unlink()
+    (chain.root / "in.txt").symlink_to("in.txt")
+    r = chain.run()
+    assert r.code == 1, r  # the stage's command says what is wrong, not pivotbuild's own crash
+    assert "Too many levels of symbolic links" in r.err and "internal error" not in r.err, r.err
+
+
 # -- -n, -q, -B, --explain -----------------------------------------------------------------
 
 

@@ -118,13 +118,22 @@ def test_a_record_committed_through_the_journal_is_written_as_packed_afresh(tmp_
     journal.close()
     assert encode(via_journal) == encode(afresh) == encode(LockData.of({n: record(n) for n in names}))
     assert via_journal.get("a") == record("a")
-    # Read back, replaced through the journal again: still what packing anew gives.
+    # Read back (and decoded), replaced through the journal, then set again by
+    # hand: each read gives the newest record, and the bytes are still what
+    # packing anew gives.
     read = lockfile.decode_records(encode(via_journal))
+    assert read.get("a") == record("a")
     again = Journal(tmp_path / "journal2")
     read.set("a", record("a", "new"), again.append(record("a", "new")))
+    read.set("c@x", record("c@x", "new"), again.append(record("c@x", "new")))
     again.close()
+    assert read.get("a") == record("a", "new")
     read["b"] = record("b", "new")
-    assert encode(read) == encode(LockData.of({"a": record("a", "new"), "b": record("b", "new"), "c@x": record("c@x")}))
+    read["c@x"] = record("c@x", "newer")
+    assert read.get("c@x") == record("c@x", "newer")
+    assert encode(read) == encode(
+        LockData.of({"a": record("a", "new"), "b": record("b", "new"), "c@x": record("c@x", "newer")})
+    )
 
 
 def test_encoding_is_the_same_in_another_process() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import stat
@@ -68,11 +69,17 @@ def _dumps(obj: object) -> str:
 
 
 def file_record(root: Path, path: str, cache: StatCache) -> FileRecord:
-    """The record of one path: a file's hash, a directory's manifest hash, or absent."""
+    """The record of one path: a file's hash, a directory's manifest hash, or
+    absent (also a symlink that leads nowhere, or to itself: what
+    `os.path.exists` takes for absent)."""
     full = _full(root, path)
     try:
         st = os.stat(full)
     except (FileNotFoundError, NotADirectoryError):
+        return FileRecord(path, ABSENT, "")
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
         return FileRecord(path, ABSENT, "")
     if stat.S_ISDIR(st.st_mode):
         return FileRecord(path, DIR, cache.dir_hash(full))
