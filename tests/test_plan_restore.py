@@ -156,9 +156,11 @@ def test_a_plan_record_that_does_not_decode_stops_the_build_once_with_what_to_do
     project.write("in.txt", "y\n")
     path = project.root / ".pivot/plan"
     key, root, sources, index, body = plan.FRAME.load(path.read_bytes())
-    pipelines, records, main_at = msgpack.unpackb(body)
-    records[1][4] = ["cp ", 99]  # b's command: an automatic variable that does not exist
-    body = msgpack.packb([pipelines, records, main_at], use_bin_type=True)
+    pipelines, records, main_at, outs, python = msgpack.unpackb(body)
+    record = msgpack.unpackb(records[1])
+    record[4] = ["cp ", 99]  # b's command: an automatic variable that does not exist
+    records[1] = msgpack.packb(record, use_bin_type=True)
+    body = msgpack.packb([pipelines, records, main_at, outs, python], use_bin_type=True)
     path.write_bytes(plan.FRAME.dump([key, root, sources, index, body]))
 
     first = project.run()

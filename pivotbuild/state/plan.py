@@ -12,7 +12,11 @@ it was compiled from, each with its stamp and hash: the plan is valid while
 each is unchanged by stamp, or failing that by hash (a `touch` does not
 invalidate it).  `index` is the small part the no-op check needs (stage names,
 edges); `body` is a msgpack blob of the full stages, decoded only when a build
-has work to do.  Its hash, the plan id, names the compile result: an edit that
+has work to do, and then only in part: `[pipelines, records, main, outs,
+py]`, where each stage's record is packed on its own (unpacked when the
+build first asks for that stage: restored.LazyStages), and what the graph
+needs of every stage is beside them (each stage's outputs as (path, is a
+directory), the indices of the `py:` stages).  Its hash, the plan id, names the compile result: an edit that
 compiles to the same stages keeps the id, and with it the up-to-date seal
 (the id also covers the project root, so a copied project never shares it).
 
@@ -51,7 +55,8 @@ PLAN = "plan"
 MAGIC = b"PIVPLAN\n"
 # 2: locations as [line, col] in their pipeline's file; deps', outs' and `py:`'s too.
 # 3: in a `state.framing` frame.  4: the index's per-stage lists packed (read when used).
-FORMAT = 4
+# 5: each stage's record in the body packed on its own, its outputs and `py:` beside.
+FORMAT = 5
 FRAME = framing.Format(MAGIC, FORMAT, "plan")
 
 # A plan file that fails its checksum or does not decode; `str()` says why.
@@ -178,8 +183,15 @@ def save(project: Project, graph: BuildGraph, main_file: Path, overrides: Mappin
     from pivotbuild.model import AutoVar
 
     auto = {v: i for i, v in enumerate(AutoVar)}
+    pack = msgpack.Packer(use_bin_type=True).pack
     body: bytes = msgpack.packb(
-        [pipelines, [_stage(s, auto) for s in stages], [p.dir for p in project.pipelines].index(main.dir)],
+        [
+            pipelines,
+            [pack(_stage(s, auto)) for s in stages],
+            [p.dir for p in project.pipelines].index(main.dir),
+            [[(o.path, o.is_dir) for o in s.outs] for s in stages],
+            [i for i, s in enumerate(stages) if s.py is not None],
+        ],
         use_bin_type=True,
     )
     lists = [[[s.id.pipeline, s.id.name, s.base, bool(s.matrix), s.always] for s in stages], preds, order]
@@ -320,34 +332,32 @@ def restore(loaded: Loaded, cwd: Path) -> tuple[Project, BuildGraph] | None:
     index = loaded.index
     here = cwd.resolve()
     try:
-        pipelines_raw, stages_raw, main_at = msgpack.unpackb(loaded.body, use_list=False)
-        if not all(len(r) == _RECORD for r in stages_raw):
+        pipelines_raw, records, main_at, outs, python = msgpack.unpackb(loaded.body, use_list=False)
+        n = index.n
+        if len(records) != n or len(outs) != n:
             return None
-        ids = [StageId(r[0], r[1]) for r in stages_raw]
+        ids = [StageId(s[0], s[1]) for s in index.stages]  # (the index's lists: the graph unpacks them anyway)
         shown = [display_path(Path(index.root, p[1]), here) for p in pipelines_raw]  # as this run names them
         files: list[str] = []  # each stage's Pivotfile
         spans: list[tuple[int, int]] = []
         for p, name_of_file in zip(pipelines_raw, shown, strict=True):
             files.extend([name_of_file] * p[3])
             spans.append((len(files) - p[3], len(files)))
-        if len(files) != len(stages_raw):
+        if len(files) != n:
             return None
 
         main_dir = Path(index.root, pipelines_raw[main_at][0])
 
         def make(i: int) -> Stage:
             try:
-                return unstage(stages_raw[i], files[i])
-            except (ValueError, TypeError, IndexError, KeyError) as exc:
+                record = msgpack.unpackb(records[i], use_list=False)
+                if len(record) != _RECORD or (record[0], record[1]) != ids[i]:
+                    raise ValueError(f"a record of {len(record)} fields for stage {record[:2]!r}")
+                return unstage(record, files[i])
+            except (ValueError, TypeError, IndexError, KeyError, msgpack.UnpackException) as exc:
                 raise _undecodable(main_dir, ids[i], exc) from exc
 
-        restored = Restored(
-            ids,
-            [[(o[0], o[1]) for o in r[_OUTS]] for r in stages_raw],
-            make,
-            {sid for sid, r in zip(ids, stages_raw, strict=True) if r[_PY] is not None},
-            {sid for sid, r in zip(ids, stages_raw, strict=True) if r[_ALWAYS]},
-        )
+        restored = Restored(ids, outs, make, {ids[i] for i in python}, {ids[i] for i in index.always})
         pipelines: list[Pipeline] = []
         for (dir_, file, name, _n, default, includes, params_files), (start, end), where in zip(
             pipelines_raw, spans, shown, strict=True
@@ -387,11 +397,8 @@ def _undecodable(main_dir: Path, sid: StageId, exc: Exception) -> ProjectError:
     )
 
 
-# A stored stage record (see _unstager): its length, and where its py:, outs and always are.
+# A stored stage record's length (see _unstager and _stage).
 _RECORD = 21
-_PY = 5
-_OUTS = 10
-_ALWAYS = 20
 
 
 def _unstager(auto: list[AutoVar]) -> Callable[[Sequence[Any], str], Stage]:
