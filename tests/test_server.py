@@ -387,3 +387,60 @@ def test_python_dash_m_pivotbuild_reaches_the_same_server(project: Project, serv
         )
         assert r.returncode == 0, r.stderr
         assert parent(project) == pid
+
+
+@pytest.fixture
+def short_base(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A directory of a short path (under /tmp), for server directories of an
+    exact length; every server started under it is stopped after the test."""
+    import shutil
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix="pvs", dir="/tmp"))
+    monkeypatch.setenv("PIVOT_SERVER", "1")
+    monkeypatch.setenv("PIVOT_SERVER_IDLE", "600")
+    try:
+        yield base
+    finally:
+        for where in base.iterdir():
+            for pid in server_pids(where):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
+                _wait_gone(pid, 10)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _server_dir(base: Path, length: int) -> Path:
+    """A directory under `base` whose path is `length` bytes long."""
+    where = base / ("d" * (length - len(str(base)) - 1))
+    assert len(str(where)) == length
+    return where
+
+
+def test_a_server_listens_where_its_socket_path_takes_every_byte_allowed(
+    project: Project, short_base: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # NAME.sock (21 bytes) in a directory of 85: the 107 bytes a socket's path
+    # may have.  The server binds under a shorter name, then moves the socket
+    # into place (a name with its pid appended would not fit).
+    where = _server_dir(short_base, 107 - len("/0123456789abcdef.sock"))
+    monkeypatch.setenv("PIVOT_SERVER_DIR", str(where))
+    pid = served(project, where)
+    assert len(str(next(where.glob("*.sock")))) == 107
+    project.write("in.txt", "two\n")
+    assert project.run().code == 0
+    assert parent(project) == pid  # built in the server
+
+
+def test_a_server_directory_too_long_for_a_socket_means_builds_without_a_server(
+    project: Project, short_base: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    where = _server_dir(short_base, 107 - len("/0123456789abcdef.sock") + 1)
+    monkeypatch.setenv("PIVOT_SERVER_DIR", str(where))
+    project.pivotfile(PPID_STAGE)
+    for text in ("one\n", "two\n"):
+        project.write("in.txt", text)
+        r = project.run()
+        assert r.code == 0 and r.err.count("\n") == 1, r.err  # the summary alone: nothing said of servers
+    time.sleep(0.5)  # (time for a server to have started, had one been)
+    assert not where.exists() or not list(where.iterdir())  # no socket, and no lock left behind

@@ -134,14 +134,21 @@ def name(facts: bytes) -> str:
     return f"{zlib.crc32(facts):08x}{zlib.crc32(facts[::-1]):08x}"
 
 
+# The longest path a Unix socket may have (sun_path, less its terminating NUL).
+SOCKET_PATH_MAX = 107
+
+
 def directory() -> str | None:
     """Where this user's servers listen (PIVOT_SERVER_DIR, else
     $XDG_RUNTIME_DIR/pivotbuild, else /tmp/pivotbuild-server-UID), made
-    private if new; None if it is not a private directory of this user's."""
+    private if new; None if it is not a private directory of this user's, or
+    if its path is too long for a socket's in it (`NAME.sock`)."""
     base = os.environ.get("PIVOT_SERVER_DIR")
     if not base:
         runtime = os.environ.get("XDG_RUNTIME_DIR")
         base = os.path.join(runtime, "pivotbuild") if runtime else f"/tmp/pivotbuild-server-{os.getuid()}"
+    if len(os.fsencode(os.path.join(base, "0" * 16 + ".sock"))) > SOCKET_PATH_MAX:
+        return None  # (no socket can be bound or reached there)
     try:
         os.mkdir(base, 0o700)
     except FileExistsError:

@@ -74,14 +74,26 @@ class Server:
         os.ftruncate(lock_fd, 0)
         os.pwrite(lock_fd, b"%d\n" % os.getpid(), 0)  # (which process serves: for whoever looks)
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        temporary = f"{self.path}.{os.getpid()}"
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        listener.bind(temporary)
-        os.chmod(temporary, 0o600)
-        listener.listen(16)
-        os.replace(temporary, self.path)
-        self.inode = os.stat(self.path).st_ino
+        # Bound under a name no longer than the socket's own (a socket's path
+        # has at most 107 bytes: `client.directory` keeps the socket's within
+        # them, and a name with the pid appended could pass them), then moved
+        # into place.
+        temporary = os.path.join(os.path.dirname(self.path), f".{os.getpid()}")
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temporary)
+            listener.bind(temporary)
+            os.chmod(temporary, 0o600)
+            listener.listen(16)
+            os.replace(temporary, self.path)
+            self.inode = os.stat(self.path).st_ino
+        except OSError:  # (no server, then: the clients build in their own processes)
+            listener.close()
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+            with contextlib.suppress(OSError):
+                os.unlink(self.path[: -len(".sock")] + ".lock")
+            return False
         self.listener = _moved_high(listener)
         return True
 
