@@ -142,6 +142,12 @@ def killed_build(project: Project, tmp: Path, jobs: int, after: int, delay: floa
             proc.wait()
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)  # its own process group, should anything be left in it
+        # A stage started in the instant between its spawn and its registration
+        # with the lifeline outlives the build (docs/architecture.md, "When
+        # pivotbuild is killed"): give it the moment it takes to log its start,
+        # so that it is waited for too, not left writing its output while the
+        # next build runs the stage again.
+        time.sleep(0.2)
         orphans = await_orphans(log_path)
     return Log.read(log_path), finished(events(ev_path), "ran", "skipped", "restored"), orphans
 
