@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from pathlib import Path
 
 from pivotbuild.paths import PIPELINE_ONLY, STATE_DIR
+
+# What `os.path.exists` takes for absent: nothing there, a path under a file,
+# a symlink that leads to itself.
+ABSENT_ERRNOS = (errno.ENOENT, errno.ENOTDIR, errno.ELOOP)
 
 GITIGNORE = (
     "# Written by pivotbuild: keep local state out of git, but share the config.\n"

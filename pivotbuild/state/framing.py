@@ -151,3 +151,15 @@ class Format:
             return msgpack.unpackb(payload, use_list=use_list)
         except (ValueError, TypeError, RecursionError, msgpack.UnpackException) as exc:
             raise Damaged(f"payload does not decode ({type(exc).__name__})") from exc
+
+
+def cut_short(blob: bytes) -> bool:
+    """Whether the last frame of a file of frames is cut short (its header, or
+    the length its header gives, runs past the end): what a reader sees of an
+    append in progress, where a damaged frame would fail its check whole."""
+    pos = 0
+    while pos < len(blob):
+        if len(blob) - pos < HEADER.size + CHECKSUM:
+            return True
+        pos += HEADER.size + HEADER.unpack_from(blob, pos)[3] + CHECKSUM
+    return pos > len(blob)

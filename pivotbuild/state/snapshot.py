@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import stat
@@ -11,6 +10,7 @@ from pathlib import Path
 
 from pivotbuild import globs
 from pivotbuild.model import Stage
+from pivotbuild.state.files import ABSENT_ERRNOS
 from pivotbuild.state.hashing import hash_bytes
 from pivotbuild.state.kinds import ABSENT, DIR, FILE, GLOB
 from pivotbuild.state.records import FileRecord, ParamRecord
@@ -75,10 +75,8 @@ def file_record(root: Path, path: str, cache: StatCache) -> FileRecord:
     full = _full(root, path)
     try:
         st = os.stat(full)
-    except (FileNotFoundError, NotADirectoryError):
-        return FileRecord(path, ABSENT, "")
     except OSError as exc:
-        if exc.errno != errno.ELOOP:
+        if exc.errno not in ABSENT_ERRNOS:
             raise
         return FileRecord(path, ABSENT, "")
     if stat.S_ISDIR(st.st_mode):

@@ -128,7 +128,7 @@ class StatCache:
         except framing.Damaged as exc:
             if not frames and _earlier_layout(blob):
                 return  # a whole file of the layout before the framing: dropped without a word
-            if not (frames and self._torn_is_partial and _cut_short(blob)):
+            if not (frames and self._torn_is_partial and framing.cut_short(blob)):
                 self.damaged = str(exc)
             self._dirty = True
         except (ValueError, TypeError) as exc:
@@ -275,18 +275,6 @@ def _earlier_layout(blob: bytes) -> bool:
     except framing.Damaged:
         pass
     return False
-
-
-def _cut_short(blob: bytes) -> bool:
-    """Whether the file's last frame is cut short (its header, or the length
-    its header gives, runs past the end): what a reader sees of an append in
-    progress, where a damaged frame would fail its check whole."""
-    pos = 0
-    while pos < len(blob):
-        if len(blob) - pos < framing.HEADER.size + framing.CHECKSUM:
-            return True
-        pos += framing.HEADER.size + framing.HEADER.unpack_from(blob, pos)[3] + framing.CHECKSUM
-    return pos > len(blob)
 
 
 def _parts(payload: object) -> tuple[tuple[tuple[object, ...], ...], tuple[str, ...]]:

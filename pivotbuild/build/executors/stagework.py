@@ -11,7 +11,6 @@ the scheduling loop (build/run.py) to record.
 
 from __future__ import annotations
 
-import errno
 import os
 import stat
 import threading
@@ -23,7 +22,7 @@ from pivotbuild.build.executors.lifeline import Lifeline
 from pivotbuild.cache.outputs import Captured, OutputCache
 from pivotbuild.events import Event, Log, Message, StageStarted
 from pivotbuild.model import Stage
-from pivotbuild.state.files import remove_tree
+from pivotbuild.state.files import ABSENT_ERRNOS, remove_tree
 from pivotbuild.state.snapshot import Snapshot
 from pivotbuild.state.statcache import StatEntry
 
@@ -125,10 +124,6 @@ def capture(
         return runner.internal_error(exc), None
 
 
-# What pathlib's exists() takes for absent (an output under a file, or a symlink loop).
-_ABSENT = (errno.ENOENT, errno.ENOTDIR, errno.ELOOP)
-
-
 def _missing_dir(cwd: Path) -> str:
     return "" if os.path.isdir(cwd) else f"pivotbuild: the stage's directory {cwd} does not exist"
 
@@ -150,7 +145,7 @@ def prepare_outputs(root: Path, stage: Stage, *, dirs: bool = True) -> str:
                 try:
                     st = os.lstat(path)
                 except OSError as exc:
-                    if exc.errno not in _ABSENT:
+                    if exc.errno not in ABSENT_ERRNOS:
                         raise
                 else:  # it exists, and so does its directory
                     if stat.S_ISDIR(st.st_mode):
