@@ -692,6 +692,9 @@ def test_bad_matrix_value_from_a_list_is_located_at_its_word(root: Path) -> None
         pytest.param("stage s:\n    env: A.B=1\n    run: echo\n", 2, 10, "'A.B' is not a valid environment variable"),
         pytest.param("stage s:\n    env: C=1 C=2\n    run: echo\n", 2, 14, "'C' is set twice in 'env:'"),
         pytest.param("stage s:\n    env: PIVOT_STAGE=x\n    run: echo\n", 2, 10, "PIVOT_STAGE is set by pivotbuild"),
+        pytest.param(
+            "stage s:\n    env: PIVOT_LIFELINE=x\n    run: echo\n", 2, 10, "PIVOT_LIFELINE is set by pivotbuild"
+        ),
         pytest.param("stage s:\n    dir: ../x\n    run: echo\n", 2, 10, "'dir: ../x' is outside the project root"),
         pytest.param(
             "stage s:\n    dir: /nonexistent/x\n    run: echo\n", 2, 10, "'dir: /nonexistent/x' is outside the project"

@@ -7,7 +7,9 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -135,3 +137,78 @@ def test_a_lifeline_never_held_starts_no_watchdog() -> None:
     lifeline.release(12345)
     assert {p.pid for p in psutil.Process().children()} == before
     lifeline.close()
+
+
+# A build killed in the instant a stage starts: the spawn has returned the
+# stage's pid but the build never got to `hold` it.  The stages run `SCRIPT`
+# in `where`; `released` ones are held and released first (finished, as far as
+# the build knows, with something left running).
+_KILLED_WHILE_STARTING = """
+import os, signal, sys
+from pivotbuild.build.executors.lifeline import VARIABLE, Lifeline
+from pivotbuild.build.executors.spawn import Starter, devnull
+
+starter = Starter()
+lifeline = Lifeline(starter)
+for name in sys.argv[1:]:
+    expected = lifeline.expect()
+    assert expected is not None
+    script = "{prefix}sleep 300 & echo $! > " + name + ".pid; wait"
+    env = {**os.environ, VARIABLE: expected[1]}
+    child = starter.start(("/bin/sh", "-c", script), None, env, stdin=devnull(), stdout=devnull(), stderr=devnull())
+    print(child.pid, flush=True)
+    if name.startswith("released"):
+        lifeline.hold(child.pid, expected)
+        lifeline.release(child.pid)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def killed_while_starting(where: Path, names: list[str], prefix: str = "") -> dict[str, tuple[int, int]]:
+    """Run the build above; each stage's (shell, child) pids."""
+    script = _KILLED_WHILE_STARTING.replace("{prefix}", prefix)
+    proc = subprocess.run(
+        [sys.executable, "-c", script, *names], cwd=where, capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    shells = [int(line) for line in proc.stdout.split()]
+    return {name: (shell, read_pid(where / f"{name}.pid")) for name, shell in zip(names, shells, strict=True)}
+
+
+def kill_left(pids: dict[str, tuple[int, int]]) -> None:
+    for shell, child in pids.values():
+        for pid in (shell, child):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_a_stage_started_as_the_build_is_killed_dies_before_it_is_held(tmp_path: Path) -> None:
+    pids = killed_while_starting(tmp_path, ["stage"])
+    try:
+        shell, child = pids["stage"]
+        assert wait_gone(shell), "the stage's shell survived the build"
+        assert wait_gone(child), "the stage's child survived the build"
+    finally:
+        kill_left(pids)
+
+
+def test_a_stage_started_as_the_build_is_killed_loses_its_children_that_left_its_group(tmp_path: Path) -> None:
+    pids = killed_while_starting(tmp_path, ["stage"], prefix="setsid ")
+    try:
+        shell, child = pids["stage"]
+        assert wait_gone(shell), "the stage's shell survived the build"
+        assert wait_gone(child), "the stage's child in a session of its own survived the build"
+    finally:
+        kill_left(pids)
+
+
+def test_only_the_stage_being_started_is_found_by_its_environment(tmp_path: Path) -> None:
+    # The released stage's shell still runs (the build had done with it): it
+    # carries the same token but another number, and is left alone.
+    pids = killed_while_starting(tmp_path, ["released", "stage"])
+    try:
+        assert wait_gone(pids["stage"][0]) and wait_gone(pids["stage"][1]), "the stage being started survived"
+        time.sleep(0.5)  # (the watchdog has done by now: the stage's group was all it had to kill)
+        assert all(alive(pid) for pid in pids["released"]), "a stage the build had released was killed"
+    finally:
+        kill_left(pids)

@@ -34,6 +34,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
 import pytest
 from conftest import PIVOTBUILD, Project
 from lattice import assert_outputs, edit_sources, write_lattice
@@ -101,6 +102,22 @@ def await_orphans(log_path: Path, timeout: float = 10) -> int:
     return len(left)
 
 
+def await_watchdog(build: int, timeout: float = 10) -> None:
+    """Wait until the lifeline's watchdog of the build of pid `build` has exited
+    (its token, its last argument, starts with that pid)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = [
+            p
+            for p in psutil.process_iter(["cmdline"])
+            if (cmd := p.info["cmdline"] or [])[-2:-1] == ["pivotbuild-lifeline"] and cmd[-1].startswith(f"{build}.")
+        ]
+        if not any(_alive(p.pid) for p in left):
+            return
+        assert time.monotonic() < deadline, "the killed build's watchdog did not finish"
+        time.sleep(0.01)
+
+
 def _alive(pid: int) -> bool:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -142,12 +159,9 @@ def killed_build(project: Project, tmp: Path, jobs: int, after: int, delay: floa
             proc.wait()
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)  # its own process group, should anything be left in it
-        # A stage started in the instant between its spawn and its registration
-        # with the lifeline outlives the build (docs/architecture.md, "When
-        # pivotbuild is killed"): give it the moment it takes to log its start,
-        # so that it is waited for too, not left writing its output while the
-        # next build runs the stage again.
-        time.sleep(0.2)
+        # The watchdog has done once it exits: every stage it had to kill is
+        # gone, those being started as the build died too (lifeline.py).
+        await_watchdog(proc.pid)
         orphans = await_orphans(log_path)
     return Log.read(log_path), finished(events(ev_path), "ran", "skipped", "restored"), orphans
 

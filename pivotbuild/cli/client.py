@@ -52,6 +52,7 @@ VOLATILE = frozenset(
         "MAKE_TERMOUT",
         "MAKE_TERMERR",
         "PIVOT_STAGE",
+        "PIVOT_LIFELINE",
     }
 )
 _HEADER = 4  # each message: its length (4 bytes, big-endian), then marshal's bytes

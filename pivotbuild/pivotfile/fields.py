@@ -96,6 +96,8 @@ class ScalarFields:
                 raise self._fail(item.key.pos, f"'{key}' is not a valid environment variable name")
             if key == "PIVOT_STAGE":
                 raise self._fail(item.key.pos, "PIVOT_STAGE is set by pivotbuild to the stage's name")
+            if key == "PIVOT_LIFELINE":
+                raise self._fail(item.key.pos, "PIVOT_LIFELINE is set by pivotbuild (it marks the stage's processes)")
             if key in env:
                 raise self._fail(item.key.pos, f"'{key}' is set twice in 'env:'")
             env[key] = " ".join(self.x.words(item.values, scope))

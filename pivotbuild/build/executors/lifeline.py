@@ -18,6 +18,18 @@ and its `read` builtin reads a pipe a byte at a time), and costs the build a
 store into the table's shared mapping as it starts and one as it ends (a
 `pwrite` only when the table grows a line: at most once per job slot).
 
+A stage's table line is written before the stage starts: a mark with a
+number of its own, which the stage gets in its environment as
+`PIVOT_LIFELINE` (the build's token, then that number).  Its group replaces
+the mark once the start returns.  So a build killed in the instant between
+the two (a spawn that has cloned the stage but not yet returned: a good part
+of a busy loop's time) leaves a mark, and the watchdog finds the processes
+that carry the mark's value in their environment (in /proc, on Linux) and
+kills them and their groups as it kills the held ones.  It looks only then,
+and only after end of file, which comes once every child the build was
+forking has exec'd (until then the child holds its own copy of our end of
+the pipe, close-on-exec), so the stage's new environment is there to read.
+
 Why not Linux's `prctl(PR_SET_PDEATHSIG)`: it reaches only the stage's shell,
 not the processes the shell starts; it fires when the *thread* that forked the
 stage exits; setting it needs `preexec_fn` (which forbids subprocess's fast
@@ -42,29 +54,49 @@ if TYPE_CHECKING:
 
 # stdin: the pipe, never written to; stdout: the table, opened read-write and
 # read from its start (the build only writes it with pwrite, which leaves the
-# shared offset at 0).  `kill -0` finds a group gone once it is empty (a zombie
-# its new parent has not reaped yet still counts: then the SIGKILL simply finds
-# nothing to do).
+# shared offset at 0); $1: the build's token.  A line holds a group, `p` and
+# the number of a stage being started (its PIVOT_LIFELINE: `$1.NUMBER`), or
+# blanks.  A target is `-GROUP`, or the pid of a process that carries a
+# marked stage's value (that stage, whose group has its number, or one of its
+# descendants).  `kill -0` finds a target gone once it is empty (a zombie its
+# new parent has not reaped yet still counts: then the SIGKILL simply finds
+# nothing to do).  The values of one build all have the same length, so one is
+# never the start of another.
 _WATCHDOG = """
 while read -r _; do :; done
-groups=
-while read -r g; do groups="$groups $g"; done <&1
-set -- $groups
+targets=
+expected=
+while read -r g; do
+    case $g in
+    p*) expected="$expected -e PIVOT_LIFELINE=$1.${g#p}" ;;
+    ?*) targets="$targets -$g" ;;
+    esac
+done <&1
+if [ -n "$expected" ]; then
+    for f in $(grep -l -F $expected /proc/[0-9]*/environ 2>/dev/null); do
+        p=${f#/proc/}
+        p=${p%/environ}
+        targets="$targets -$p $p"
+    done
+fi
+set -- $targets
 [ $# -eq 0 ] && exit 0
-for g do kill -s TERM -- "-$g" 2>/dev/null; done
+for t do kill -s TERM -- "$t" 2>/dev/null; done
 i=0
 while [ $i -lt 20 ]; do
     left=
-    for g do kill -s 0 -- "-$g" 2>/dev/null && left="$left $g"; done
+    for t do kill -s 0 -- "$t" 2>/dev/null && left="$left $t"; done
     [ -z "$left" ] && exit 0
     set -- $left
     sleep 0.1
     i=$((i + 1))
 done
-for g do kill -s KILL -- "-$g" 2>/dev/null; done
+for t do kill -s KILL -- "$t" 2>/dev/null; done
 """
-_WIDTH = 12  # one line of the table: a group number, right-aligned, or blanks
+_WIDTH = 12  # one line of the table: a group number or a mark, right-aligned, or blanks
 _FREE = b" " * (_WIDTH - 1) + b"\n"
+
+VARIABLE = "PIVOT_LIFELINE"  # in a stage's environment: the value its mark in the table stands for
 
 
 def _table() -> int:
@@ -94,12 +126,13 @@ class Lifeline:
         self._map: mmap.mmap | None = None  # the table's lines so far, mapped: written in place
         self._lines: dict[int, int] = {}  # held group -> its line in the table
         self._free: list[int] = []  # lines of released groups, to reuse
+        self._count = 0  # lines in the table
+        self._token = ""  # this build's, in every stage's PIVOT_LIFELINE (its pid, then random)
+        self._marks = 0  # stages marked so far
         self._started = False
 
     def ready(self) -> None:
-        """Start the watchdog, if it is not running yet: called before a stage
-        starts, so that `hold` after it is one `pwrite` (a stage killed with
-        the build between its start and its `hold` is the one it misses)."""
+        """Start the watchdog, if it is not running yet (`expect` and `hold` do)."""
         if self._started:  # (set once `_start` has returned: no lock to take again)
             return
         with self._lock:
@@ -107,15 +140,40 @@ class Lifeline:
                 self._start()
                 self._started = True
 
-    def hold(self, pgid: int) -> None:
-        """Kill process group `pgid` if this process dies before `release(pgid)`."""
+    def expect(self) -> tuple[int, str] | None:
+        """Before a stage starts: (its line in the table, marked with a number of
+        its own, the value of PIVOT_LIFELINE to start it with), to pass to
+        `hold` once it has started, or to `forget` if it could not start.
+        Should this process die in between, the watchdog kills the processes
+        that carry that value.  None without a watchdog."""
+        self.ready()
+        with self._lock:
+            if self._table is None:
+                return None
+            self._marks += 1
+            at = self._line()
+            self._write(at, b"%*s\n" % (_WIDTH - 1, b"p%08x" % self._marks))
+            if self._table is None:  # (the table could not grow)
+                return None
+            return at, f"{self._token}.{self._marks:08x}"
+
+    def hold(self, pgid: int, expected: tuple[int, str] | None = None) -> None:
+        """Kill process group `pgid` if this process dies before `release(pgid)`;
+        `expected`: what `expect` gave for it, whose line it takes."""
         self.ready()
         with self._lock:
             if self._table is None:
                 return
-            at = self._free.pop() if self._free else len(self._lines)
+            at = self._line() if expected is None else expected[0]
             self._lines[pgid] = at
             self._write(at, b"%*d\n" % (_WIDTH - 1, pgid))
+
+    def forget(self, expected: tuple[int, str]) -> None:
+        """The stage `expect` was asked for did not start: its line is free."""
+        with self._lock:
+            if self._table is not None:
+                self._free.append(expected[0])
+                self._write(expected[0], _FREE)
 
     def release(self, pgid: int) -> None:
         """The stage of group `pgid` has ended: its group is no longer ours to kill
@@ -137,6 +195,13 @@ class Lifeline:
                 self._proc.wait()
                 self._proc = None
             self._drop_table()
+
+    def _line(self) -> int:
+        """A free line of the table (under the lock)."""
+        if self._free:
+            return self._free.pop()
+        self._count += 1
+        return self._count - 1
 
     def _write(self, at: int, line: bytes) -> None:
         assert self._table is not None
@@ -169,8 +234,14 @@ class Lifeline:
         read_end, write_end = os.pipe()  # not inherited by stages: only we keep it open
         try:
             # In a session of its own: not stopped by the Ctrl-C or kill meant for the build's own group.
+            token = f"{os.getpid()}.{os.urandom(4).hex()}"
             self._proc = self._starter.start(
-                ("/bin/sh", "-c", _WATCHDOG), None, os.environ, stdin=read_end, stdout=table, stderr=devnull()
+                ("/bin/sh", "-c", _WATCHDOG, "pivotbuild-lifeline", token),
+                None,
+                os.environ,
+                stdin=read_end,
+                stdout=table,
+                stderr=devnull(),
             )
         except OSError:
             os.close(write_end)
@@ -180,3 +251,4 @@ class Lifeline:
             os.close(read_end)
         self._fd = write_end
         self._table = table
+        self._token = token

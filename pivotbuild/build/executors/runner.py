@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pivotbuild.build.executors.lifeline import Lifeline
+from pivotbuild.build.executors.lifeline import VARIABLE, Lifeline
 from pivotbuild.build.executors.poller import Poller
 from pivotbuild.build.executors.spawn import Starter, Starts, devnull
 from pivotbuild.structs import struct
@@ -168,8 +168,11 @@ class Process:
         self.partial: dict[int, list[bytes]] = {}  # each pipe's unfinished line
         # Our own pipes, passed as plain descriptors: Popen then wraps nothing in
         # file objects (three system calls each) and we read them with os.read.
-        if lifeline is not None:
-            lifeline.ready()
+        # Its line in the lifeline's table is marked before it starts, and the
+        # mark's value is in its environment: a build killed while it starts
+        # does not leave it running (lifeline.py).
+        expected = lifeline.expect() if lifeline is not None else None
+        env = spec.env if expected is None else {**spec.env, VARIABLE: expected[1]}
         # A stage whose stdout goes to a file gets /dev/null: no pipe to watch close.
         starter = starter or _POPEN
         unused = isinstance(starter, Starter) and starter.stdout_unused(spec.argv, spec.cwd)
@@ -177,9 +180,12 @@ class Process:
         err_r, err_w = os.pipe()
         try:
             self.proc = starter.start(
-                spec.argv, spec.cwd, spec.env, stdin=devnull(), stdout=out_w, stderr=err_w, pass_fds=spec.pass_fds
+                spec.argv, spec.cwd, env, stdin=devnull(), stdout=out_w, stderr=err_w, pass_fds=spec.pass_fds
             )
         except BaseException as exc:
+            if expected is not None:
+                assert lifeline is not None
+                lifeline.forget(expected)
             if out_r >= 0:
                 os.close(out_r)
             os.close(err_r)
@@ -195,7 +201,7 @@ class Process:
                 os.close(out_w)  # the child has its copies: end of file comes when it (and its children) close them
             os.close(err_w)
         if lifeline is not None:
-            lifeline.hold(self.proc.pid)
+            lifeline.hold(self.proc.pid, expected)
         for fd, stream in ((out_r, "stdout"), (err_r, "stderr")):
             if fd < 0:
                 continue
