@@ -15,8 +15,9 @@ left.  After a normal build it finds no group and exits.
 The watchdog sleeps in one read() for the whole build, so a stage costs it
 nothing (telling it each start and end on the pipe woke it twice per stage,
 and its `read` builtin reads a pipe a byte at a time), and costs the build a
-store into the table's shared mapping as it starts and one as it ends (a
-`pwrite` only when the table grows a line: at most once per job slot).
+store into the table's shared mapping as it starts (two: below) and one as it
+ends (a `pwrite` only when the table grows a line: at most once per job
+slot).
 
 A stage's table line is written before the stage starts: a mark with a
 number of its own, which the stage gets in its environment as

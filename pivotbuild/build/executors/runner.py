@@ -168,16 +168,16 @@ class Process:
         self.partial: dict[int, list[bytes]] = {}  # each pipe's unfinished line
         # Our own pipes, passed as plain descriptors: Popen then wraps nothing in
         # file objects (three system calls each) and we read them with os.read.
-        # Its line in the lifeline's table is marked before it starts, and the
-        # mark's value is in its environment: a build killed while it starts
-        # does not leave it running (lifeline.py).
-        expected = lifeline.expect() if lifeline is not None else None
-        env = spec.env if expected is None else {**spec.env, VARIABLE: expected[1]}
         # A stage whose stdout goes to a file gets /dev/null: no pipe to watch close.
         starter = starter or _POPEN
         unused = isinstance(starter, Starter) and starter.stdout_unused(spec.argv, spec.cwd)
         out_r, out_w = (-1, devnull()) if unused else os.pipe()
         err_r, err_w = os.pipe()
+        # Its line in the lifeline's table is marked before it starts, and the
+        # mark's value is in its environment: a build killed while it starts
+        # does not leave it running (lifeline.py).
+        expected = lifeline.expect() if lifeline is not None else None
+        env = spec.env if expected is None else {**spec.env, VARIABLE: expected[1]}
         try:
             self.proc = starter.start(
                 spec.argv, spec.cwd, env, stdin=devnull(), stdout=out_w, stderr=err_w, pass_fds=spec.pass_fds
