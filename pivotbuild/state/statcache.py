@@ -190,6 +190,7 @@ class StatCache:
         starts again, and entries it hashed while racy were settled by `save`."""
         self.files_read = 0
         self._this_run.clear()
+        self._settling = None  # (a save that never came: an error writing the lockfile)
 
     def save(self) -> None:
         """Settle racy entries, then, if anything changed, append what did to
