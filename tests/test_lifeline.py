@@ -144,7 +144,7 @@ def test_a_lifeline_never_held_starts_no_watchdog() -> None:
 # in `where`; `released` ones are held and released first (finished, as far as
 # the build knows, with something left running).
 _KILLED_WHILE_STARTING = """
-import os, signal, sys
+import os, signal, sys, time
 from pivotbuild.build.executors.lifeline import VARIABLE, Lifeline
 from pivotbuild.build.executors.spawn import Starter, devnull
 
@@ -160,16 +160,26 @@ for name in sys.argv[1:]:
     if name.startswith("released"):
         lifeline.hold(child.pid, expected)
         lifeline.release(child.pid)
+    while not (os.path.exists(name + ".pid") and open(name + ".pid").read().endswith("\\n")):
+        time.sleep(0.01)  # (its child started: the kill is not before it)
 os.kill(os.getpid(), signal.SIGKILL)
 """
+
+# The package these tests sit beside, for the scripts' own Python.
+_ROOT = str(Path(__file__).resolve().parent.parent)
+
+
+def run_script(script: str, args: list[str], where: Path) -> subprocess.CompletedProcess[str]:
+    """`script` in a Python of its own in `where`, importing this checkout's pivotbuild."""
+    env = {**os.environ, "PYTHONPATH": _ROOT}
+    return subprocess.run(
+        [sys.executable, "-c", script, *args], cwd=where, env=env, capture_output=True, text=True, check=False
+    )
 
 
 def killed_while_starting(where: Path, names: list[str], prefix: str = "") -> dict[str, tuple[int, int]]:
     """Run the build above; each stage's (shell, child) pids."""
-    script = _KILLED_WHILE_STARTING.replace("{prefix}", prefix)
-    proc = subprocess.run(
-        [sys.executable, "-c", script, *names], cwd=where, capture_output=True, text=True, check=False
-    )
+    proc = run_script(_KILLED_WHILE_STARTING.replace("{prefix}", prefix), names, where)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     shells = [int(line) for line in proc.stdout.split()]
     return {name: (shell, read_pid(where / f"{name}.pid")) for name, shell in zip(names, shells, strict=True)}
@@ -210,3 +220,36 @@ def test_only_the_stage_being_started_is_found_by_its_environment(tmp_path: Path
         assert all(alive(pid) for pid in pids["released"]), "a stage the build had released was killed"
     finally:
         kill_left(pids)
+
+
+# A stage that has closed its copy of the build's end of the pipe but not yet
+# exec'd when the build dies (a start through Popen closes every descriptor
+# before its exec): the end of file comes while its environment is still the
+# build's, and its own shows up a moment later.
+_KILLED_BEFORE_EXEC = """
+import os, signal, sys, time
+from pivotbuild.build.executors.lifeline import VARIABLE, Lifeline
+
+lifeline = Lifeline()
+expected = lifeline.expect()
+assert expected is not None
+env = {**os.environ, VARIABLE: expected[1]}
+pid = os.fork()
+if pid == 0:
+    os.closerange(3, 65536)
+    time.sleep(0.15)
+    os.execve("/bin/sleep", ["sleep", "300"], env)
+print(pid, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_stage_that_execs_after_the_build_is_killed_is_found_and_dies(tmp_path: Path) -> None:
+    proc = run_script(_KILLED_BEFORE_EXEC, [], tmp_path)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    stage = int(proc.stdout)
+    try:
+        assert wait_gone(stage), "the stage that exec'd after the build died survived it"
+    finally:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(stage, signal.SIGKILL)

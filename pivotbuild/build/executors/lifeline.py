@@ -26,10 +26,13 @@ the mark once the start returns.  So a build killed in the instant between
 the two (a spawn that has cloned the stage but not yet returned: a good part
 of a busy loop's time) leaves a mark, and the watchdog finds the processes
 that carry the mark's value in their environment (in /proc, on Linux) and
-kills them and their groups as it kills the held ones.  It looks only then,
-and only after end of file, which comes once every child the build was
-forking has exec'd (until then the child holds its own copy of our end of
-the pipe, close-on-exec), so the stage's new environment is there to read.
+kills them and their groups as it kills the held ones.  It looks only when
+the table holds marks, and not just once: end of file can come just before
+the stage's exec (a start through Popen closes our end of the pipe in the
+child before it execs; the kernel closes close-on-exec descriptors before it
+sets up the new environment), so it looks again at each turn of its grace,
+for 0.3 s at least, which also finds a descendant that left the stage's group
+since.
 
 Why not Linux's `prctl(PR_SET_PDEATHSIG)`: it reaches only the stage's shell,
 not the processes the shell starts; it fires when the *thread* that forked the
@@ -59,10 +62,15 @@ if TYPE_CHECKING:
 # the number of a stage being started (its PIVOT_LIFELINE: `$1.NUMBER`), or
 # blanks.  A target is `-GROUP`, or the pid of a process that carries a
 # marked stage's value (that stage, whose group has its number, or one of its
-# descendants).  `kill -0` finds a target gone once it is empty (a zombie its
-# new parent has not reaped yet still counts: then the SIGKILL simply finds
-# nothing to do).  The values of one build all have the same length, so one is
-# never the start of another.
+# descendants), as `found` finds them: again at each turn of the grace, since
+# a stage may not have exec'd yet at the first look (a start through Popen
+# closes our end of the pipe before its exec, and the kernel before it sets up
+# the new environment), and a descendant may leave the group meanwhile; with
+# marks, the watchdog looks for at least 0.3 s.  `kill -0` finds a target gone
+# once it is empty (a zombie its new parent has not reaped yet still counts:
+# then the SIGKILL simply finds nothing to do); one gone leaves the list.  The
+# values of one build all have the same length, so one is never the start of
+# another.
 _WATCHDOG = """
 while read -r _; do :; done
 targets=
@@ -73,26 +81,40 @@ while read -r g; do
     ?*) targets="$targets -$g" ;;
     esac
 done <&1
-if [ -n "$expected" ]; then
+[ -z "$targets" ] && [ -z "$expected" ] && exit 0
+for t in $targets; do kill -s TERM -- "$t" 2>/dev/null; done
+seen=
+found() {
+    [ -n "$expected" ] || return 0
     for f in $(grep -l -F $expected /proc/[0-9]*/environ 2>/dev/null); do
         p=${f#/proc/}
         p=${p%/environ}
-        targets="$targets -$p $p"
+        case " $seen " in
+        *" $p "*) ;;
+        *)
+            seen="$seen $p"
+            targets="$targets -$p $p"
+            kill -s TERM -- "-$p" 2>/dev/null
+            kill -s TERM -- "$p" 2>/dev/null
+            ;;
+        esac
     done
-fi
-set -- $targets
-[ $# -eq 0 ] && exit 0
-for t do kill -s TERM -- "$t" 2>/dev/null; done
+}
 i=0
-while [ $i -lt 20 ]; do
+while :; do
+    found
     left=
-    for t do kill -s 0 -- "$t" 2>/dev/null && left="$left $t"; done
-    [ -z "$left" ] && exit 0
-    set -- $left
+    for t in $targets; do kill -s 0 -- "$t" 2>/dev/null && left="$left $t"; done
+    targets=$left
+    if [ -z "$targets" ] && { [ -z "$expected" ] || [ $i -ge 3 ]; }; then
+        exit 0
+    fi
+    [ $i -ge 20 ] && break
     sleep 0.1
     i=$((i + 1))
 done
-for t do kill -s KILL -- "$t" 2>/dev/null; done
+found
+for t in $targets; do kill -s KILL -- "$t" 2>/dev/null; done
 """
 _WIDTH = 12  # one line of the table: a group number or a mark, right-aligned, or blanks
 _FREE = b" " * (_WIDTH - 1) + b"\n"

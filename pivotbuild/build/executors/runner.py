@@ -183,7 +183,7 @@ class Process:
                 spec.argv, spec.cwd, env, stdin=devnull(), stdout=out_w, stderr=err_w, pass_fds=spec.pass_fds
             )
         except BaseException as exc:
-            if expected is not None:
+            if expected is not None and isinstance(exc, OSError):  # (else it may have started: the mark stays)
                 assert lifeline is not None
                 lifeline.forget(expected)
             if out_r >= 0:
