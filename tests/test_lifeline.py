@@ -236,6 +236,9 @@ assert expected is not None
 env = {**os.environ, VARIABLE: expected[1]}
 pid = os.fork()
 if pid == 0:
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
     os.closerange(3, 65536)
     time.sleep(0.15)
     os.execve("/bin/sleep", ["sleep", "300"], env)
