@@ -96,8 +96,6 @@ class StatCache:
         self._appended = 0  # rows and dropped paths in the file's frames after its first
         self._whole = True  # the next save writes the whole cache (no usable file to append to)
         self.damaged = ""  # why the file was ignored, for one warning
-        # (`settling`) the racy entries' stats, when the newest stops being racy, and when they were taken
-        self._settling: tuple[dict[str, os.stat_result], int, int] | None = None
         self._load()
 
     def _load(self) -> None:
@@ -140,41 +138,27 @@ class StatCache:
         self._appended = appended
         self._whole = self._dirty
 
-    def settling(self) -> None:
-        """Start what `settle` does: find the racy entries and when the newest
-        stops being racy, so that what the build does meanwhile (its lockfiles
-        written) passes that time instead of a sleep.  Nothing may be hashed
-        between this and `settle`."""
+    def settle(self) -> None:
+        """Make racy entries trustworthy now rather than at the next build: wait out
+        the racy window of the newest (`stamps.window_ns`: at most 50 ms), then
+        re-read each such file.  A change made since it was first hashed shows
+        up as a new hash here, which the next build compares with the
+        lockfile, so nothing is missed; and a no-op build right after this one
+        reads no file contents."""
+        racy = [k for k, e in self.entries.items() if not e.trusted]
+        if not racy:
+            return
         now = time.time_ns()
         stats: dict[str, os.stat_result] = {}
-        for key in [k for k, e in self.entries.items() if not e.trusted]:
+        for key in racy:
             try:
                 stats[key] = os.stat(key)
             except OSError:
                 self.forget(key)
         wait_ns = max((racy_wait_ns(st, now) for st in stats.values()), default=0)
-        self._settling = (stats, now + wait_ns, now)
-
-    def settle(self) -> None:
-        """Make racy entries trustworthy now rather than at the next build: wait out
-        the racy window of the newest (`stamps.window_ns`: at most 50 ms; the
-        part left since `settling`, if that was called), then re-read each
-        such file.  A change made since it was first hashed shows up as a new
-        hash here, which the next build compares with the lockfile, so nothing
-        is missed; and a no-op build right after this one reads no file
-        contents."""
-        if self._settling is None:
-            self.settling()
-        assert self._settling is not None
-        stats, settled_at, at = self._settling
-        self._settling = None
-        if not stats:
-            return
-        now = time.time_ns()
-        if settled_at > now:
-            time.sleep((settled_at - now) / 1e9)
-        if settled_at > at:  # (stat again: as they are after the wait)
-            for key in list(stats):
+        if wait_ns:
+            time.sleep(wait_ns / 1e9)
+            for key in list(stats):  # as they are after the wait
                 try:
                     stats[key] = os.stat(key)
                 except OSError:
@@ -190,7 +174,6 @@ class StatCache:
         starts again, and entries it hashed while racy were settled by `save`."""
         self.files_read = 0
         self._this_run.clear()
-        self._settling = None  # (a save that never came: an error writing the lockfile)
 
     def save(self) -> None:
         """Settle racy entries, then, if anything changed, append what did to

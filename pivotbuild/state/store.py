@@ -207,8 +207,6 @@ class StateStore:
         if self.read_only:
             return
         for st in self.pipelines.values():
-            st.statcache.settling()  # (its wait passes while the lockfile is written)
-        for st in self.pipelines.values():
             st.journal.close()
             if st.journal.appended:
                 # Opening folded (and removed) any older journal, and the build
