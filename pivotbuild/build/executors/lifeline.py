@@ -62,15 +62,12 @@ if TYPE_CHECKING:
 # the number of a stage being started (its PIVOT_LIFELINE: `$1.NUMBER`), or
 # blanks.  A target is `-GROUP`, or the pid of a process that carries a
 # marked stage's value (that stage, whose group has its number, or one of its
-# descendants), as `found` finds them: again at each turn of the grace, since
-# a stage may not have exec'd yet at the first look (a start through Popen
-# closes our end of the pipe before its exec, and the kernel before it sets up
-# the new environment), and a descendant may leave the group meanwhile; with
-# marks, the watchdog looks for at least 0.3 s.  `kill -0` finds a target gone
-# once it is empty (a zombie its new parent has not reaped yet still counts:
-# then the SIGKILL simply finds nothing to do); one gone leaves the list.  The
-# values of one build all have the same length, so one is never the start of
-# another.
+# descendants), as `found` finds them at each turn of the grace (why: the
+# module's docstring); with marks, it looks for 0.3 s at least.  `kill -0`
+# finds a target gone once it is empty (a zombie its new parent has not
+# reaped yet still counts: then the SIGKILL simply finds nothing to do); one
+# gone leaves the list.  The values of one build all have the same length, so
+# one is never the start of another.
 _WATCHDOG = """
 while read -r _; do :; done
 targets=
@@ -183,7 +180,8 @@ class Lifeline:
     def hold(self, pgid: int, expected: tuple[int, str] | None = None) -> None:
         """Kill process group `pgid` if this process dies before `release(pgid)`;
         `expected`: what `expect` gave for it, whose line it takes."""
-        self.ready()
+        if expected is None:
+            self.ready()
         with self._lock:
             if self._table is None:
                 return
