@@ -424,18 +424,64 @@ def test_repeated_directory_options_add_up_as_in_make(project: Project, tmp_path
     assert not (project.root / "b/o.txt").exists()
 
 
-def test_a_target_the_fast_path_leaves_to_click_is_built_in_the_directory_minus_C_names(
+def test_a_target_the_plan_cannot_select_is_built_in_the_directory_minus_C_names(
     project: Project, tmp_path: Path
 ) -> None:
-    """The fast path enters the -C directories to read the plan there; when it
-    then leaves the build to click (a pattern is the graph's to resolve),
-    click must enter them from where the user was, not from inside them."""
+    """The fast path enters the -C directories to read the plan there; a
+    pattern is the graph's to resolve, not the plan's: the engine loads the
+    project itself, in the directory -C names, still without click; and a
+    name that matches nothing is the same error as through click."""
     project.pivotfile("stage o:\n    outs: o.txt\n    run: echo sub > $@\n", rel="sub/Pivotfile")
     (project.root / "sub/.pivot").mkdir()
     assert build(project, "-C", "sub", "-s").code == 0  # compiles the plan in sub/
     (project.root / "sub/o.txt").unlink()
     r = traced(project, "-C", "sub", "o*", "-s")
     assert r.code == 0, r
-    assert_click(r)
+    assert_direct(r)
     assert counts(r.err) == (0, 0, 1, 0)  # from the cache of sub/
     assert read(project, "sub/o.txt") == "sub\n"
+    through_click = traced(project, "-C", "sub", "repro", "x*")
+    direct = traced(project, "-C", "sub", "x*")
+    assert_direct(direct, error=True)
+    same_output(direct, through_click)
+    assert direct.code == 2 and "x*" in direct.err
+
+
+def test_a_build_that_must_compile_the_pivotfile_runs_without_click(chain: Project) -> None:
+    """No plan yet (a fresh checkout), or a Pivotfile edited since the last
+    build: the engine compiles it and builds, as through click, and writes the
+    plan the next build answers from."""
+    (chain.root / ".pivot" / "plan").unlink()
+    chain.write("in.txt", "fresh checkout\n")
+    r = traced(chain, "-s")
+    assert_direct(r)
+    assert r.parsed
+    assert counts(r.err) == (2, 1, 0, 0)
+    assert read(chain, "b.txt") == "FRESH CHECKOUT\n"
+    assert_fast(traced(chain))
+    chain.pivotfile(CHECKED_CHAIN.replace("echo c >> runs.log", "echo c >> runs.log; echo edited > d.txt"))
+    r = traced(chain, "-s")
+    assert_direct(r)
+    assert r.parsed
+    assert counts(r.err) == (1, 2, 0, 0)
+    assert read(chain, "d.txt") == "edited\n"
+    assert_fast(traced(chain))
+
+
+@pytest.mark.parametrize(
+    ("pivotfile", "says"),
+    [
+        ("stage a\n    run: true\n", "Pivotfile:1"),  # a syntax error, located
+        (None, "Pivotfile"),  # no Pivotfile at all
+    ],
+)
+def test_a_pivotfile_that_does_not_load_is_the_same_error_as_through_click(
+    project: Project, pivotfile: str | None, says: str
+) -> None:
+    if pivotfile is not None:
+        project.pivotfile(pivotfile)
+    through_click = traced(project, "repro")
+    direct = traced(project)
+    assert_direct(direct, error=True)
+    same_output(direct, through_click)
+    assert direct.code == 2 and says in direct.err

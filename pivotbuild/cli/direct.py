@@ -1,13 +1,17 @@
 """A plain build run straight from the fast path, without click.
 
 The front door (cli/fast.py) has parsed the options (only those the fast
-path takes), entered the `-C` directories, and the fast check found the
-compiled plan fresh and read the seal; what is left is the build itself.
-Importing and running click and reading the plan again cost a build with work
-some 30 to 50 ms before its first stage, so this runs the engine directly with
-what was already read.  It must behave exactly as `pivotbuild` through click:
-the same options (buildargs.to_options), reporter, SIGTERM handling, messages
-and exit statuses (errors go through cli/command.py's `exit_status`).
+path takes) and entered the `-C` directories; the fast check found the
+compiled plan fresh and read the seal, or found that the plan cannot answer
+(there is none yet, the Pivotfile changed since, a target is a pattern or a
+path).  What is left is the build itself.  Importing and running click costs
+25 to 35 ms, and reading the plan again more, before the first stage, so
+this runs the engine directly, with what was already read if anything was
+(else the engine loads the project as it always does, compiling the
+Pivotfile if it must).  It must behave exactly as `pivotbuild` through click:
+the same options (buildargs.to_options), reporter, SIGTERM handling,
+messages and exit statuses (errors go through cli/command.py's
+`exit_status`).
 """
 
 from __future__ import annotations
@@ -18,20 +22,25 @@ from typing import TYPE_CHECKING
 from pivotbuild.cli.buildargs import to_options
 
 if TYPE_CHECKING:
-    from pivotbuild.build.engine import Engine
+    from pivotbuild.build.engine import Engine, Preloaded
     from pivotbuild.build.fastpath import Checked
     from pivotbuild.cli.buildargs import BuildArgs
     from pivotbuild.cli.residents import Residents
 
 
-def build(argv: list[str], args: BuildArgs, checked: Checked, residents: Residents | None = None) -> int | None:
+def build(argv: list[str], args: BuildArgs, checked: Checked | None, residents: Residents | None = None) -> int | None:
     """The build's exit status; None (having done nothing) if the ordinary
-    command line must run after all.  `residents`: a build server's engines,
-    one of which builds (its project, lockfiles and stat caches kept since
-    its last build)."""
+    command line must run after all.  `checked`: what the fast check read
+    (None: the plan could not answer; the engine loads the project itself).
+    `residents`: a build server's engines, one of which builds (its project,
+    lockfiles and stat caches kept since its last build)."""
     engine: Engine | None = None
     options = to_options(args, Path.cwd())
-    if residents is None:
+    preloaded: Preloaded | None = None
+    if checked is None:
+        if residents is not None:
+            return None  # (a server keeps its engines by their plan: without one, the command line runs as before)
+    elif residents is None:
         from pivotbuild.state import plan
 
         restored = plan.restore(checked.loaded, options.cwd)
@@ -54,7 +63,8 @@ def build(argv: list[str], args: BuildArgs, checked: Checked, residents: Residen
             else:
                 engine.reporter, engine.jobserver = reporter, jobserver
             try:
-                preloaded = Preloaded(project, graph, checked.sealed, frozenset(checked.held))
+                if checked is not None:
+                    preloaded = Preloaded(project, graph, checked.sealed, frozenset(checked.held))
                 return engine.build(options, preloaded=preloaded)
             finally:
                 reporter.close()

@@ -6,8 +6,10 @@ the fast path takes, the build core's fast check (build/fastpath.py) reads the
 compiled plan and the seal: a build that would run nothing prints the summary
 line every build ends with and writes its history entry, having imported
 neither the engine nor click; a build with work runs the engine with what was
-read (cli/direct.py).  Otherwise this returns None, and click runs the
-ordinary command line from where it started.
+read (cli/direct.py), and so does one the plan cannot answer (no plan yet, a
+Pivotfile edited since, a target that is a pattern or a path), the engine
+then loading the project itself.  For a command line the parser declines,
+this returns None, and click runs it from where it started.
 """
 
 from __future__ import annotations
@@ -56,9 +58,10 @@ def try_fast(argv: Sequence[str], residents: Residents | None = None) -> int | N
 
 def _answer(argv: list[str], args: buildargs.BuildArgs, start: float, residents: Residents | None) -> int | None:
     checked = fastpath.check(os.getcwd(), args.file, args.overrides, args.targets)
-    if checked is None:
-        return None
-    if not checked.noop:
+    if checked is None or not checked.noop:
+        # A build with work, or one the plan cannot answer (no plan yet, a
+        # Pivotfile edited since, a target that is a pattern or a path): the
+        # engine, without click either way.
         from pivotbuild.cli.direct import build
 
         return build(argv, args, checked, residents)
