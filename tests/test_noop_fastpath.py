@@ -817,3 +817,33 @@ def test_a_stage_named_like_a_command_is_not_taken_for_a_no_op(project: Project)
     r = traced(project, "repro", "check")
     assert r.code == 0, r
     assert counts(r.err) == (0, 1, 0, 0)
+
+
+def test_an_output_changed_after_its_stage_ran_is_not_sealed_as_it_was(project: Project, tmp_path: Path) -> None:
+    """An output rewritten by hand while the build still runs (after its stage
+    ended and it was hashed) is not what the lockfile records: the next
+    build is not a no-op, and brings back what the stage made (from the
+    cache if it was stored before the change, else by running it again)."""
+    project.pivotfile(
+        """
+        stage a:
+            outs: a.txt
+            run: echo made by a > a.txt
+
+        stage slow:
+            outs: slow.txt
+            run: while [ ! -e go ]; do sleep 0.02; done; echo slow > slow.txt
+        """
+    )
+    with background_build(project, tmp_path, "-j2", "--json") as proc:
+        out = tmp_path / "bg.out"
+        wait_until(lambda: '"stage": "a", "status": "ran"' in out.read_text(), 10, "a to finish")
+        (project.root / "a.txt").write_text("changed by hand, a longer line\n")
+        (project.root / "go").write_text("")
+        assert proc.wait(timeout=30) == 0, (tmp_path / "bg.err").read_text()
+    r = traced(project, "-s")
+    assert not r.fast, r
+    ran, up_to_date, restored, failed = counts(r.err)
+    assert (ran + restored, up_to_date, failed) == (1, 1, 0)  # a, whichever way; slow up to date
+    assert read(project, "a.txt") == "made by a\n"
+    assert_fast(traced(project))

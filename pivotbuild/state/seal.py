@@ -272,21 +272,25 @@ def stage_files(
     dep: statted once, not once per stage)."""
     found: list[tuple[str, Stamp | None]] = []
     memo = seen if seen is not None else {}
+    text = os.fspath(root)
+    prefix = text if text.endswith("/") else text + "/"
     for rec in recorded:
-        _one(rec, root, statcache, now_ns, found, memo=memo)
+        _one(rec, root, prefix, statcache, now_ns, found=found, memo=memo)
     return found
 
 
 def _one(
     rec: FileRecord,
     root: Path,
+    prefix: str,
     trusted: Mapping[str, StatEntry],
     now_ns: int,
-    found: list[tuple[str, Stamp | None]],
     *,
+    found: list[tuple[str, Stamp | None]],
     memo: dict[tuple[str, str], Stamp | None],
 ) -> None:
-    full = rec.path if os.path.isabs(rec.path) else os.path.join(root, rec.path)
+    """`rec`'s stamps into `found`; `prefix`: `root` with one `/` after."""
+    full = rec.path if rec.path[:1] == "/" else prefix + rec.path
     if rec.kind == FILE:
         key = (full, rec.hash)
         if key in memo:
@@ -313,20 +317,19 @@ def _one(
         for d in listed:
             found.append((d, settled_stamp(d, now_ns)))
         for m in rec.matches:
-            _one(m, root, trusted, now_ns, found, memo=memo)
+            _one(m, root, prefix, trusted, now_ns, found=found, memo=memo)
     else:
         raise Unsealable(rec.path)
 
 
 def _file_stamp(full: str, digest: str, trusted: Mapping[str, StatEntry]) -> Stamp:
-    try:
-        st = os.stat(full)
-    except OSError:
-        raise Unsealable(full) from None
+    """The stamp of the file the stat cache hashed `digest` for, as its entry
+    holds it: no `stat` (a file changed since no longer has that stamp, so
+    the seal holds nothing for it: its stage is decided the ordinary way)."""
     entry = trusted.get(full)
-    if entry is None or not entry.matches(st) or entry.hash != digest:
+    if entry is None or not entry.trusted or entry.hash != digest:
         raise Unsealable(full)
-    return stamp(st)
+    return entry[:4]
 
 
 def settled_stamp(full: str, now_ns: int) -> Stamp | None:
