@@ -447,24 +447,23 @@ def test_a_target_the_plan_cannot_select_is_built_in_the_directory_minus_C_names
     assert direct.code == 2 and "x*" in direct.err
 
 
-def test_a_build_that_must_compile_the_pivotfile_runs_without_click(chain: Project) -> None:
+@pytest.mark.parametrize("stale", ["no plan yet", "the Pivotfile edited"])
+def test_a_build_that_must_compile_the_pivotfile_runs_without_click(chain: Project, stale: str) -> None:
     """No plan yet (a fresh checkout), or a Pivotfile edited since the last
     build: the engine compiles it and builds, as through click, and writes the
     plan the next build answers from."""
-    (chain.root / ".pivot" / "plan").unlink()
-    chain.write("in.txt", "fresh checkout\n")
+    if stale == "no plan yet":
+        (chain.root / ".pivot" / "plan").unlink()
+        chain.write("in.txt", "fresh checkout\n")
+        expected, (made, text) = (2, 1, 0, 0), ("b.txt", "FRESH CHECKOUT\n")
+    else:
+        chain.pivotfile(CHECKED_CHAIN.replace("echo c >> runs.log", "echo c >> runs.log; echo edited > d.txt"))
+        expected, (made, text) = (1, 2, 0, 0), ("d.txt", "edited\n")
     r = traced(chain, "-s")
     assert_direct(r)
     assert r.parsed
-    assert counts(r.err) == (2, 1, 0, 0)
-    assert read(chain, "b.txt") == "FRESH CHECKOUT\n"
-    assert_fast(traced(chain))
-    chain.pivotfile(CHECKED_CHAIN.replace("echo c >> runs.log", "echo c >> runs.log; echo edited > d.txt"))
-    r = traced(chain, "-s")
-    assert_direct(r)
-    assert r.parsed
-    assert counts(r.err) == (1, 2, 0, 0)
-    assert read(chain, "d.txt") == "edited\n"
+    assert counts(r.err) == expected
+    assert read(chain, made) == text
     assert_fast(traced(chain))
 
 

@@ -13,11 +13,13 @@ same records and the same hashes and say "up to date" again.  So a no-op
 build checks stamps and nothing else, and a build with work to do skips the
 sealed stages whose stamps still match without hashing anything.
 
-Only stamps that prove something are sealed: a file's stamp when the stat
-cache holds a trusted entry for exactly that stamp whose hash is the one the
-lockfile records, and a directory's stamp when it is not racy.  A stage with
-anything else (a symlink inside a directory output, a racy file) is simply
-left unsealed and decided the ordinary way next time.
+Only stamps that prove something are sealed: a file's stamp as the stat
+cache's trusted entry for it holds it, when that entry's hash is the one the
+lockfile records (the stamp it had when it was hashed: a file changed since
+does not have it, so its stage is decided the ordinary way), and a
+directory's stamp when it is not racy.  A stage with anything else (a
+symlink inside a directory output, a racy file) is simply left unsealed and
+decided the ordinary way next time.
 
 File: `<main pipeline>/.pivot/seal`: one frame (`state.framing`: magic
 `PIVSEAL\n`, version FORMAT, checksum) of msgpack `[plan_id, [[lockfile,
@@ -269,7 +271,7 @@ def stage_files(
     record has them) still hold, given the stage's stat cache entries (by
     absolute path).  Raises Unsealable.  `seen` carries each file's answer
     from one stage to the next of one sealing (an output is its consumers'
-    dep: statted once, not once per stage)."""
+    dep: looked up once, not once per stage)."""
     found: list[tuple[str, Stamp | None]] = []
     memo = seen if seen is not None else {}
     text = os.fspath(root)
