@@ -32,6 +32,12 @@ from tracing import Traced, assert_fast, build, traced
 
 from pivotbuild.build.executors.spawn import Starter
 
+# Holds the project lock at argv[1] (flock, as pivotbuild takes it) until killed; says "held".
+HOLD_LOCK = (
+    "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o644); "
+    "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)"
+)
+
 # The chain, but c fails unless other.txt says "good".
 CHECKED_CHAIN = CHAIN.replace("cp $< $@; echo c", "grep -q good $< && cp $< $@; echo c")
 
@@ -327,6 +333,39 @@ def test_sigterm_stops_a_direct_build_with_130(project: Project, tmp_path: Path)
     assert_direct(after)
     assert counts(after.err)[3] == 0
     assert read(project, "b.txt") == "fine\n"
+
+
+@pytest.mark.parametrize("plan", ["fresh", "none"])
+def test_sigterm_while_waiting_for_the_lock_says_what_the_click_path_says(
+    project: Project, tmp_path: Path, plan: str
+) -> None:
+    """Interrupted before the build began (here, waiting for another build's
+    project lock), with the plan fresh or not compiled yet: the same words,
+    lines and exit status as through click."""
+    project.pivotfile("stage a:\n    outs: a.txt\n    run: echo hi > $@\n")
+    if plan == "fresh":
+        assert build(project).code == 0
+        (project.root / "a.txt").unlink()  # work to do: the direct path builds
+    said = {}
+    for door in ((), ("repro",)):
+        lock = str(project.root / ".pivot" / "build.lock")
+        with subprocess.Popen([sys.executable, "-c", HOLD_LOCK, lock], stdout=subprocess.PIPE, text=True) as holder:
+            try:
+                assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+                with subprocess.Popen(
+                    [sys.executable, "-m", "pivotbuild", *door], cwd=project.root, stderr=subprocess.PIPE, text=True
+                ) as waiter:
+                    assert waiter.stderr is not None
+                    first = waiter.stderr.readline()
+                    assert "waiting for another pivotbuild" in first, first
+                    waiter.send_signal(signal.SIGTERM)
+                    _, rest = waiter.communicate(timeout=30)
+                said[door] = (waiter.returncode, first + rest)
+            finally:
+                holder.kill()
+    assert said[()] == said[("repro",)]
+    code, err = said[()]
+    assert code == 130 and err.endswith("\n\npivotbuild: interrupted\n"), err
 
 
 def test_an_edit_made_while_the_build_runs_is_seen_when_its_stage_is_decided(project: Project) -> None:

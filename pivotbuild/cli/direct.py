@@ -16,6 +16,7 @@ messages and exit statuses (errors go through cli/command.py's
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -73,4 +74,11 @@ def build(argv: list[str], args: BuildArgs, checked: Checked | None, residents: 
     except (Exception, KeyboardInterrupt) as exc:
         from pivotbuild.cli.command import exit_status
 
+        if isinstance(exc, (KeyboardInterrupt, EOFError)):
+            # As click's command does with an interrupt out of it (while the
+            # build waits for the project lock, or loads the project): an
+            # empty line first (the terminal's ^C ends the one above), then
+            # "interrupted"; an EOFError is taken for one too.
+            sys.stderr.write("\n")
+            exc = KeyboardInterrupt()
         return exit_status(exc, argv)
