@@ -555,3 +555,22 @@ def test_a_reader_without_the_lock_takes_a_last_frame_cut_short_for_an_append_in
     flipped[-3] ^= 1  # a whole frame that fails its checksum is damage to any reader
     write(cache_path, bytes(flipped))
     assert "checksum" in StatCache(cache_path, torn_is_partial=True).damaged
+
+
+def test_a_hash_read_within_the_racy_window_is_not_trusted_however_late_it_is_noted(
+    tmp_path: Path, cache_path: Path
+) -> None:
+    """A stage's output hashed right after it was written, and noted once its
+    window had passed (a busy build loop records a stage's end late): the read
+    proves nothing of a change in the same clock tick, so the entry waits for
+    a read that began after the window."""
+    f = write(tmp_path / "out.bin", b"just written\n")
+    st = os.stat(f)
+    read_ns = time.time_ns()  # the read began now, within the window
+    digest = hash_file(f)
+    time.sleep(LEAVE_RACY_WINDOW_S)
+    cache = StatCache(cache_path)
+    cache.note(str(f), st, digest, read_ns)
+    assert not cache.entries[str(f)].trusted
+    cache.note(str(f), st, digest, time.time_ns())  # a read that began past the window proves it
+    assert cache.entries[str(f)].trusted

@@ -158,7 +158,7 @@ class Recorder:
             return f"declared output {captured.missing[0]} was not created"
         cache = self.store.statcache(stage)
         for path, st, digest in captured.seen:
-            cache.note(path, st, digest)
+            cache.note(path, st, digest, captured.read_ns)
         snap = job.snap
         record = StageRecord(
             stage.name, snap.fingerprint, snap.command, snap.deps, captured.outs, snap.params, snap.facets

@@ -57,6 +57,7 @@ class Captured:
     stored: bool
     deferred: tuple[tuple[str, str], ...] = ()
     confirm: tuple[tuple[str, str], ...] = ()
+    read_ns: int = 0  # when the reads behind `seen` began (0: unknown, so none of them proves its stamp)
 
 
 def output_stats(root: Path, stage: Stage) -> list[os.stat_result | None]:
@@ -136,6 +137,7 @@ class OutputCache:
         missing), if the caller took them as the stage ended.
         Safe in a worker thread: it only reads `known`; the stat cache
         updates come back in `Captured.seen`."""
+        read_ns = time.time_ns()  # (before any of the reads below)
         outs: list[FileRecord] = []
         seen: list[tuple[str, os.stat_result, str]] = []
         deferred: list[tuple[str, str]] | None = [] if defer and self.mode.copies else None
@@ -173,7 +175,13 @@ class OutputCache:
                 digest = self._file(full, st, known, keep, seen, link=link, deferred=deferred, confirm=confirm)
                 outs.append(FileRecord(out.path, FILE, digest, executable=bool(st.st_mode & 0o111)))
         return Captured(
-            tuple(outs), tuple(seen), (), stored=stored, deferred=tuple(deferred or ()), confirm=tuple(confirm or ())
+            tuple(outs),
+            tuple(seen),
+            (),
+            stored=stored,
+            deferred=tuple(deferred or ()),
+            confirm=tuple(confirm or ()),
+            read_ns=read_ns,
         )
 
     def _file(

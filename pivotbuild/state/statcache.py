@@ -208,16 +208,18 @@ class StatCache:
         entry = self.entries.get(key)
         if entry is not None and (entry.matches(st) or (key in self._this_run and entry.same_stamp(st))):
             return entry.hash
+        read_ns = time.time_ns()
         digest = hash_file(key)
         self.files_read += 1
-        self._record(key, st, digest)
+        self._record(key, st, digest, read_ns)
         return digest
 
-    def note(self, path: str, st: os.stat_result, digest: str) -> None:
+    def note(self, path: str, st: os.stat_result, digest: str, read_ns: int) -> None:
         """Record a hash computed elsewhere (a worker that read the file to store
-        it) for the stamp `st` taken before reading it."""
+        it) for the stamp `st` taken before reading it; `read_ns`: when that
+        read began (or earlier)."""
         self.files_read += 1
-        self._record(path, st, digest)
+        self._record(path, st, digest, read_ns)
 
     def confirm(self, path: str, st: os.stat_result, digest: str) -> None:
         """Trust the entry for `path` if it is still (`st`, `digest`): the file was
@@ -230,8 +232,13 @@ class StatCache:
             self._changed.add(path)
             self._dirty = True
 
-    def _record(self, key: str, st: os.stat_result, digest: str) -> None:
-        trusted = not _is_racy(st, time.time_ns())
+    def _record(self, key: str, st: os.stat_result, digest: str, read_ns: int) -> None:
+        """`digest` for the stamp `st`, read from `read_ns` on.  Trusted only if
+        the stamp was past its racy window when the read began: a change made
+        in the same clock tick as the last one, while or after it was read,
+        would leave the stamp as it is (judged when it is recorded instead, a
+        hash read long before would pass for proof)."""
+        trusted = not _is_racy(st, read_ns)
         self.entries[key] = StatEntry(st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, digest, trusted)
         self._this_run.add(key)
         self._changed.add(key)
