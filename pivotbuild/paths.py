@@ -96,6 +96,21 @@ def escapes(path: str) -> bool:
     return posixpath.isabs(path) or path == ".." or path.startswith("../")
 
 
+_prefixes: dict[object, str] = {}  # a root -> itself with one `/` after: joined to a relative path by `+`
+
+
+def joined(root: str | os.PathLike[str], path: str) -> str:
+    """`os.path.join(root, path)`, the same string, without its calls (a
+    decision makes one per dep, the seal one per file)."""
+    if path[:1] == "/":
+        return path
+    prefix = _prefixes.get(root)
+    if prefix is None:
+        text = os.fspath(root)
+        prefix = _prefixes[root] = text if text.endswith("/") else text + "/"
+    return prefix + path
+
+
 def escapes_via_symlink(root: Path, path: str) -> bool:
     """True if an existing directory on the way to `path` is a symlink leading
     outside the root (the output would be written outside the project)."""

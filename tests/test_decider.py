@@ -12,6 +12,7 @@ import pytest
 from conftest import compile_text
 from helpers import PAIR
 
+from pivotbuild import paths
 from pivotbuild.build.decider import (
     ALWAYS,
     FORCED,
@@ -197,4 +198,4 @@ def test_fingerprints_hash_the_json_text_they_always_did(value: object) -> None:
 @pytest.mark.parametrize("root", ["/w/project", "/w/project/", "/"])
 @pytest.mark.parametrize("path", ["a.txt", "out/1_2.txt", "/abs/x", "", "./x"])
 def test_a_deps_full_path_is_what_os_path_join_makes(root: str, path: str) -> None:
-    assert snapshot._full(Path(root), path) == os.path.join(root, path)
+    assert paths.joined(Path(root), path) == os.path.join(root, path)

@@ -28,6 +28,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     return int(result or 0)
 
 
+def out_of_command(exc: Exception | KeyboardInterrupt) -> Exception | KeyboardInterrupt:
+    """What click's command makes of an exception out of it (`Command.main`):
+    an interrupt or an EOFError becomes an `Abort`, after an empty line (the
+    terminal's ^C ends the one above).  For the click-free build path
+    (cli/direct.py), so that both doors say the same."""
+    if isinstance(exc, (KeyboardInterrupt, EOFError)):
+        click.echo(err=True)
+        return click.exceptions.Abort()
+    return exc
+
+
 def exit_status(exc: Exception | KeyboardInterrupt, args: list[str]) -> int:
     """Say what an exception out of a command means, and return its exit status.
     (Also used by the click-free build path, cli/direct.py.)"""

@@ -16,7 +16,6 @@ messages and exit statuses (errors go through cli/command.py's
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -72,13 +71,6 @@ def build(argv: list[str], args: BuildArgs, checked: Checked | None, residents: 
                 if residents is not None:
                     residents.idle(engine)
     except (Exception, KeyboardInterrupt) as exc:
-        from pivotbuild.cli.command import exit_status
+        from pivotbuild.cli.command import exit_status, out_of_command
 
-        if isinstance(exc, (KeyboardInterrupt, EOFError)):
-            # As click's command does with an interrupt out of it (while the
-            # build waits for the project lock, or loads the project): an
-            # empty line first (the terminal's ^C ends the one above), then
-            # "interrupted"; an EOFError is taken for one too.
-            sys.stderr.write("\n")
-            exc = KeyboardInterrupt()
-        return exit_status(exc, argv)
+        return exit_status(out_of_command(exc), argv)

@@ -35,7 +35,7 @@ import os
 import stat as statmod
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 
-from pivotbuild.paths import STATE_DIR
+from pivotbuild.paths import STATE_DIR, joined
 from pivotbuild.state import framing
 from pivotbuild.state.hashing import ENTRY_LINK, ManifestEntry, hash_bytes, hash_file, manifest_bytes, walk_dir
 from pivotbuild.state.kinds import DIR, FILE, GLOB
@@ -274,25 +274,21 @@ def stage_files(
     dep: looked up once, not once per stage)."""
     found: list[tuple[str, Stamp | None]] = []
     memo = seen if seen is not None else {}
-    text = os.fspath(root)
-    prefix = text if text.endswith("/") else text + "/"
     for rec in recorded:
-        _one(rec, root, prefix, statcache, now_ns, found=found, memo=memo)
+        _one(rec, root, statcache, now_ns, found=found, memo=memo)
     return found
 
 
 def _one(
     rec: FileRecord,
     root: Path,
-    prefix: str,
     trusted: Mapping[str, StatEntry],
     now_ns: int,
     *,
     found: list[tuple[str, Stamp | None]],
     memo: dict[tuple[str, str], Stamp | None],
 ) -> None:
-    """`rec`'s stamps into `found`; `prefix`: `root` with one `/` after."""
-    full = rec.path if rec.path[:1] == "/" else prefix + rec.path
+    full = joined(root, rec.path)
     if rec.kind == FILE:
         key = (full, rec.hash)
         if key in memo:
@@ -319,7 +315,7 @@ def _one(
         for d in listed:
             found.append((d, settled_stamp(d, now_ns)))
         for m in rec.matches:
-            _one(m, root, prefix, trusted, now_ns, found=found, memo=memo)
+            _one(m, root, trusted, now_ns, found=found, memo=memo)
     else:
         raise Unsealable(rec.path)
 

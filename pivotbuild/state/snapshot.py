@@ -10,6 +10,7 @@ from pathlib import Path
 
 from pivotbuild import globs
 from pivotbuild.model import Stage
+from pivotbuild.paths import joined
 from pivotbuild.state.files import ABSENT_ERRNOS
 from pivotbuild.state.hashing import hash_bytes
 from pivotbuild.state.kinds import ABSENT, DIR, FILE, GLOB
@@ -35,20 +36,6 @@ class Snapshot:
     expanded_deps: tuple[str, ...]  # deps with globs replaced by their matches
 
 
-_prefixes: dict[Path, str] = {}  # a root -> itself with one `/` after: joined to a relative path by `+`
-
-
-def _full(root: Path, path: str) -> str:
-    """`os.path.join(root, path)`, the same string, without its calls (a decision makes one per dep)."""
-    if path[:1] == "/":
-        return path
-    prefix = _prefixes.get(root)
-    if prefix is None:
-        text = os.fspath(root)
-        prefix = _prefixes[root] = text if text.endswith("/") else text + "/"
-    return prefix + path
-
-
 def _not_json(obj: object) -> object:
     raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
 
@@ -72,7 +59,7 @@ def file_record(root: Path, path: str, cache: StatCache) -> FileRecord:
     """The record of one path: a file's hash, a directory's manifest hash, or
     absent (also a symlink that leads nowhere, or to itself: what
     `os.path.exists` takes for absent)."""
-    full = _full(root, path)
+    full = joined(root, path)
     try:
         st = os.stat(full)
     except OSError as exc:
