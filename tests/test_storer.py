@@ -9,6 +9,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from pivotbuild.build.executors.poller import Poller
 from pivotbuild.build.recorder import store_hints
 from pivotbuild.cache.outputs import OutputCache
@@ -100,6 +102,7 @@ def test_a_copy_is_due_when_the_caller_says_its_files_settle(tmp_path: Path) -> 
     assert warnings == []
 
 
+@pytest.mark.usefixtures("coarse_stamps")
 def test_the_recorder_tells_the_storer_sizes_and_when_the_files_settle(tmp_path: Path) -> None:
     small, big = tmp_path / "small.txt", tmp_path / "big.bin"
     small.write_bytes(b"x" * 100)

@@ -172,7 +172,14 @@ class Recorder:
             # entry, all off this thread.
             small, settled_in = store_hints(captured.seen, time.time_ns())
             self.storer.put(
-                stage, replaced, captured.deferred, job.label, captured.confirm, small=small, settled_in=settled_in
+                stage,
+                replaced,
+                captured.deferred,
+                job.label,
+                captured.confirm,
+                small=small,
+                settled_in=settled_in,
+                linked=captured.linked,
             )
         return ""
 

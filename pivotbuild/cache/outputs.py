@@ -35,7 +35,7 @@ from pivotbuild.state.hashing import (
 from pivotbuild.state.kinds import ABSENT, DIR, FILE
 from pivotbuild.state.records import FileRecord, StageRecord
 from pivotbuild.state.snapshot import Snapshot
-from pivotbuild.state.stamps import is_racy, racy_wait_ns, stamp
+from pivotbuild.state.stamps import Stamp, proves, racy_wait_ns, stamp
 from pivotbuild.state.statcache import StatCache, StatEntry
 from pivotbuild.structs import struct
 
@@ -49,7 +49,8 @@ class Captured:
     whether every output was stored or is to be (so the run cache may remember
     them), the (path, hash) of the files still to copy into the cache, and of
     those only to read again, to prove their stat-cache entries (see
-    `store_deferred`)."""
+    `store_deferred`); and, in hardlink mode, the outputs that became their
+    cache objects, with their stamps (Storer.finish looks at them again)."""
 
     outs: tuple[FileRecord, ...]
     seen: tuple[tuple[str, os.stat_result, str], ...]
@@ -58,6 +59,20 @@ class Captured:
     deferred: tuple[tuple[str, str], ...] = ()
     confirm: tuple[tuple[str, str], ...] = ()
     read_ns: int = 0  # when the reads behind `seen` began (0: unknown, so none of them proves its stamp)
+    linked: tuple[tuple[str, str, Stamp], ...] = ()  # (path, hash, stamp): outputs that are their cache objects
+
+
+class _Reads:
+    """What `capture` gathers file by file (see Captured)."""
+
+    __slots__ = ("confirm", "deferred", "linked", "read_ns", "seen")
+
+    def __init__(self, defer: bool, copies: bool) -> None:
+        self.read_ns = time.time_ns()  # (before any of the reads)
+        self.seen: list[tuple[str, os.stat_result, str]] = []
+        self.deferred: list[tuple[str, str]] | None = [] if defer and copies else None
+        self.confirm: list[tuple[str, str]] | None = [] if defer else None
+        self.linked: list[tuple[str, str, Stamp]] = []
 
 
 def output_stats(root: Path, stage: Stage) -> list[os.stat_result | None]:
@@ -137,11 +152,8 @@ class OutputCache:
         missing), if the caller took them as the stage ended.
         Safe in a worker thread: it only reads `known`; the stat cache
         updates come back in `Captured.seen`."""
-        read_ns = time.time_ns()  # (before any of the reads below)
+        reads = _Reads(defer, self.mode.copies)
         outs: list[FileRecord] = []
-        seen: list[tuple[str, os.stat_result, str]] = []
-        deferred: list[tuple[str, str]] | None = [] if defer and self.mode.copies else None
-        confirm: list[tuple[str, str]] | None = [] if defer else None
         if stats is None:
             stats = output_stats(self.root, stage)
         missing = tuple(o.path for o, st in zip(stage.outs, stats, strict=True) if st is None)
@@ -165,23 +177,24 @@ class OutputCache:
                         if keep:
                             self.cache.store_bytes(os.fsencode(os.readlink(path)))
                     else:
-                        digest = self._file(path, fst, known, keep, seen, link=link, deferred=deferred, confirm=confirm)
+                        digest = self._file(path, fst, known, keep, link=link, reads=reads)
                     entries.append(ManifestEntry(rel, kind, digest))
                 manifest = manifest_bytes(entries)
                 outs.append(FileRecord(out.path, DIR, hash_bytes(manifest)))
                 if keep:
                     self.cache.store_bytes(manifest)
             else:
-                digest = self._file(full, st, known, keep, seen, link=link, deferred=deferred, confirm=confirm)
+                digest = self._file(full, st, known, keep, link=link, reads=reads)
                 outs.append(FileRecord(out.path, FILE, digest, executable=bool(st.st_mode & 0o111)))
         return Captured(
             tuple(outs),
-            tuple(seen),
+            tuple(reads.seen),
             (),
             stored=stored,
-            deferred=tuple(deferred or ()),
-            confirm=tuple(confirm or ()),
-            read_ns=read_ns,
+            deferred=tuple(reads.deferred or ()),
+            confirm=tuple(reads.confirm or ()),
+            read_ns=reads.read_ns,
+            linked=tuple(reads.linked),
         )
 
     def _file(
@@ -190,28 +203,35 @@ class OutputCache:
         st: os.stat_result,
         known: Mapping[str, StatEntry],
         keep: bool,
-        seen: list[tuple[str, os.stat_result, str]],
         *,
-        link: bool = False,
-        deferred: list[tuple[str, str]] | None = None,
-        confirm: list[tuple[str, str]] | None = None,
+        link: bool,
+        reads: _Reads,
     ) -> str:
+        """Hash one file (`st`: its stat, taken before the reads began), storing
+        it as `capture` says.  The file and its stamp go to `reads.seen`; to
+        `reads.confirm` if that stamp does not prove the hash yet
+        (`stamps.proves`); and to `reads.linked` if the file is its object."""
         entry = known.get(path)
         if entry is not None and entry.matches(st) and (not keep or self.cache.has(entry.hash)):
             return entry.hash
+        linked, unchanged = False, True
         if link and _linkable(path):
-            digest, st = self.cache.ingest_by_link(path)
-        elif keep and deferred is not None:
+            digest, st, unchanged = self.cache.ingest_by_link(path)
+            linked = True
+        elif keep and reads.deferred is not None:
             digest = hash_file(path)
             if not self.cache.has(digest):
-                deferred.append((path, digest))
-                seen.append((path, st, digest))
+                reads.deferred.append((path, digest))
+                reads.seen.append((path, st, digest))
                 return digest
         else:
             digest = self.cache.ingest(path) if keep else hash_file(path)
-        seen.append((path, st, digest))
-        if confirm is not None:
-            confirm.append((path, digest))
+        reads.seen.append((path, st, digest))
+        if reads.confirm is not None:
+            if not (unchanged and proves(st, reads.read_ns)):
+                reads.confirm.append((path, digest))
+            if linked:
+                reads.linked.append((path, digest, stamp(st)))
         return digest
 
     def store_deferred(
@@ -227,13 +247,15 @@ class OutputCache:
         as they did (changed since: stored as they are now, but the run cache
         must not name them).  Raises OSError (a full disk).
 
-        The copy reads each file whole once more: when that read began after
-        the file's racy window and its stamp held throughout, `confirmed` gets
-        (path, stat, hash), for the stat cache to trust its entry now.  To make
-        that the rule, a file written moments ago is copied once its window
-        (`stamps.window_ns`: at most 50 ms) has passed, waiting with `pause(seconds)` (the storer's pause
-        ends early when the build is over: then the end of the build settles
-        what is left, in one wait)."""
+        The copy reads each file whole once more: when the stamp taken before
+        that read proves what it read (`stamps.proves`: past the file's racy
+        window, or on a file system where changes after a `stat` always show)
+        and held throughout, `confirmed` gets (path, stat, hash), for the stat
+        cache to trust its entry now.  To make that the rule, a file written
+        moments ago is copied once its window (`stamps.window_ns`: at most 50
+        ms) has passed, waiting with `pause(seconds)` (the storer's pause ends
+        early when the build is over: then the end of the build settles what
+        is left, in one wait)."""
         changed = []
         for path, digest in files:
             try:
@@ -247,7 +269,7 @@ class OutputCache:
                 pause(wait_ns / 1e9)
                 before = os.stat(path)  # as it is after the wait
             started = time.time_ns()
-            if not copy and is_racy(before, started):
+            if not copy and not proves(before, started):
                 continue  # the build is ending: its settling reads it, once
             try:
                 actual = self.cache.ingest(path) if copy else hash_file(path)
@@ -259,7 +281,7 @@ class OutputCache:
                 changed.append(path)
                 if not copy:
                     self.cache.forget_link(path, digest)
-            elif not is_racy(before, started) and _same_stamp(path, before):
+            elif proves(before, started) and _same_stamp(path, before):
                 confirmed(path, before, digest)
         return changed
 

@@ -195,13 +195,23 @@ class Cache:
         finally:
             os.close(fd)
 
-    def ingest_by_link(self, src: str) -> tuple[str, os.stat_result]:
+    def ingest_by_link(self, src: str) -> tuple[str, os.stat_result, bool]:
         """Store the file `src` by hard-linking it into the cache (hardlink mode,
         where a filesystem without reflinks would otherwise copy every output),
-        and return its hash and its stat after.  The shared file is made
-        read-only, as hardlink mode promises, so an edit cannot reach the cache
-        through it.  If the object is already there, `src` is left as it was;
-        if the link is refused (another filesystem), `src` is stored as a copy."""
+        and return its hash, a stamp for it, and whether nothing wrote to it
+        from that stamp to now.  The shared file is made read-only, as
+        hardlink mode promises, so an edit cannot reach the cache through it.
+        If the object is already there, `src` is left as it was; if the link is
+        refused (another filesystem), `src` is stored as a copy.
+
+        The stamp is taken by `stat` before the hash is read (see
+        `stamps.proves`).  Making the file read-only changes its ctime, so then
+        its stat after is returned, as long as its size, mtime and inode are
+        still the stamp's: a write since would have changed its mtime (at
+        once, where changes after a `stat` always show; else, within the
+        stamp's racy window, the stat cache does not trust it yet anyway).
+        Otherwise the stamp before, which no longer matches the file, and
+        False: the object may be what changed."""
         self._ensure_dir(self.objects)
         tmp = self._tmp_name(self.objects / "x")
         try:
@@ -210,8 +220,10 @@ class Cache:
             if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
                 raise
             self._fall_back(Mode.HARDLINK)
-            return self.ingest(src), os.stat(src)
+            before = os.stat(src)
+            return self.ingest(src), before, True
         try:
+            before = os.stat(tmp)
             digest = hash_file(tmp)  # the linked inode itself: the object is what was hashed
             if not self.has(digest):
                 dest = self.path_of(digest)
@@ -221,7 +233,10 @@ class Cache:
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
-        return digest, os.stat(src)
+        after = os.stat(src)
+        if (after.st_size, after.st_mtime_ns, after.st_ino) == (before.st_size, before.st_mtime_ns, before.st_ino):
+            return digest, after, True
+        return digest, before, False
 
     def forget_link(self, path: str, digest: str) -> None:
         """`path` no longer holds `digest`: if it is object `digest` itself (hard

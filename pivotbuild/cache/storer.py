@@ -22,6 +22,14 @@ stand.
 The copy is a second whole read of each file; where it proves a racy stat-cache
 entry (see `OutputCache.store_deferred`), `confirmed` says so, which spares the
 stat cache reading the file yet again when the build ends.
+
+In hardlink mode an output is the cache's object itself, so a process the
+stage left behind that writes to it afterwards changes the object too.  Where
+its stamp already proved its hash (`stamps.proves`), nothing reads it again;
+either way `finish` looks at its stamp once more, and an object whose file
+changed goes (with a warning) before the build ends, where a `push` would
+otherwise find it.  (Later changes are caught when the object is next
+checked out.)
 """
 
 from __future__ import annotations
@@ -38,8 +46,9 @@ from pivotbuild.build.executors.poller import Poller
 from pivotbuild.cache.outputs import OutputCache
 from pivotbuild.cache.store import SMALL
 from pivotbuild.model import Stage, StageId
+from pivotbuild.state.hashing import hash_file
 from pivotbuild.state.records import StageRecord
-from pivotbuild.state.stamps import FINE_WINDOW_NS
+from pivotbuild.state.stamps import FINE_WINDOW_NS, Stamp, stamp_now
 
 _Files = tuple[tuple[str, str], ...]
 _Job = tuple[Stage, StageRecord | None, _Files, _Files, str]
@@ -71,6 +80,7 @@ class Storer:
         self._finishing = threading.Event()  # set: copy at once, wait for nothing
         self._put: set[StageId] = set()
         self._stored: set[StageId] = set()
+        self._linked: list[tuple[Stage, str, tuple[tuple[str, str, Stamp], ...]]] = []
 
     def put(
         self,
@@ -82,6 +92,7 @@ class Storer:
         *,
         small: bool | None = None,
         settled_in: float | None = None,
+        linked: tuple[tuple[str, str, Stamp], ...] = (),
     ) -> None:
         """Store `files` ((path, hash) pairs) and read `confirm` again (see
         `OutputCache.store_deferred`), and remember `remember` (an earlier
@@ -91,8 +102,12 @@ class Storer:
         `settled_in`, the seconds until all are past their racy window
         (stamps.racy_wait_ns: about 12 ms on a local file system; else the
         longest fine window is waited).  (Jobs are copied in the order put:
-        one due sooner than the one before it waits for that one.)"""
+        one due sooner than the one before it waits for that one.)  `linked`:
+        the (path, hash, stamp) of files that are their cache objects, whose
+        stamps `finish` compares (see the module)."""
         self._put.add(stage.id)
+        if linked:
+            self._linked.append((stage, label, linked))
         job = (stage, remember, files, confirm, label)
         if remember is None and not files and not confirm:
             self._stored.add(stage.id)  # nothing to do
@@ -123,6 +138,29 @@ class Storer:
             thread.join()
         self._threads = []
         self._finishing.clear()
+        self._check_linked()
+
+    def _check_linked(self) -> None:
+        """Drop the objects of linked outputs written to since they were hashed."""
+        checks, self._linked = self._linked, []
+        for stage, label, files in checks:
+            if stage.id not in self._stored:
+                continue  # not stored after all (its reading again found a change, and said so)
+            changed = []
+            for path, digest, was in files:
+                if stamp_now(path) == was:
+                    continue
+                try:
+                    if hash_file(path) == digest:
+                        continue
+                except OSError:
+                    pass  # gone, or unreadable: the object may still be what was hashed
+                else:
+                    changed.append(path)
+                    self.outputs.cache.forget_link(path, digest)
+            if changed:
+                self._stored.discard(stage.id)
+                self.warn(f"{', '.join(changed)} changed after {label} finished; the next build will see it")
 
     def _on_time(self, now: float) -> float | None:
         """The loop's clock: store the jobs whose files have settled."""

@@ -5,6 +5,12 @@ A stamp is (size, mtime_ns, inode, ctime_ns).  A stamp taken within the
 filesystem's timestamp granularity of the file's last change is "racy": the
 file could change again in the same clock tick without its stamp changing
 (the case git calls racy-git), so a racy stamp is never trusted on its own.
+
+Linux 6.13 and later close that gap on the file systems that opted in
+("multigrain timestamps": ext4, xfs, btrfs, tmpfs): once a file's stamp has
+been read by `stat`, its next change is stamped from the fine clock, so it
+always shows.  There a stamp taken by `stat` before a read proves what the
+read saw, at once (`proves`), and nothing waits for a window to pass.
 """
 
 from __future__ import annotations
@@ -31,8 +37,13 @@ COARSE_WINDOW_NS = 2_000_000_000
 
 # Linux file systems that stamp files with this kernel's coarse clock.
 _LOCAL = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "tmpfs", "f2fs", "zfs", "overlay", "ramfs", "bcachefs"})
+# Those that stamp a change after a `stat` from the fine clock, on Linux from
+# 6.13 on (FS_MGTIME: Documentation/filesystems/multigrain-ts.rst).
+_MULTIGRAIN = frozenset({"ext4", "xfs", "btrfs", "tmpfs"})
+_MULTIGRAIN_SINCE = (6, 13)
 _CLOCK_REALTIME_COARSE = 5  # <linux/time.h>; the time module names it from Python 3.13
 _windows: list[dict[int, int]] = []  # once read: st_dev -> window, for the local file systems mounted
+_multigrain: list[frozenset[int]] = []  # once read: the st_dev of each file system mounted with them
 
 
 # A stat result's stamp (in C: the seal maps it over many stat results at once).
@@ -54,10 +65,12 @@ def stamp_now(path: str | bytes) -> Stamp | None:
 
 
 def racy_wait_ns(st: os.stat_result, now_ns: int) -> int:
-    """How long after `now_ns` the stamp `st` stops being racy, when that is
-    worth waiting for: a fine clock's window (at most FINE_WINDOW_NS); else 0
-    (a coarse clock's is too long to wait, and what is past needs none)."""
-    if st.st_mtime_ns % 1_000_000_000 == 0:
+    """How long after `now_ns` a read of the file must begin for the stamp
+    `st` (taken before it) to prove what it reads, when that is worth waiting
+    for: a fine clock's window (at most FINE_WINDOW_NS); else 0 (a coarse
+    clock's is too long to wait, and what is past, or on a file system whose
+    changes after a `stat` always show, needs none)."""
+    if st.st_mtime_ns % 1_000_000_000 == 0 or changes_show(st):
         return 0
     wait = max(st.st_mtime_ns, st.st_ctime_ns) + window_ns(st) - now_ns
     return wait if 0 < wait <= FINE_WINDOW_NS else 0
@@ -74,32 +87,71 @@ def window_ns(st: os.stat_result) -> int:
     if st.st_mtime_ns % 1_000_000_000 == 0:
         return COARSE_WINDOW_NS
     if not _windows:
-        _windows.append(_local_windows())
+        _read_mounts()
     return _windows[0].get(st.st_dev, FINE_WINDOW_NS)
 
 
-def _local_windows() -> dict[int, int]:
-    if sys.platform != "linux":
-        return {}
+def changes_show(st: os.stat_result) -> bool:
+    """Whether `st`'s file system stamps a file's first change after a `stat`
+    of it from the fine clock (Linux 6.13's multigrain timestamps), so that
+    the change always shows in its stamp: a stamp taken by `stat` before a
+    read then proves what the read saw, however recent the file's last change."""
+    if st.st_mtime_ns % 1_000_000_000 == 0:
+        return False  # whole seconds: not a fine clock
+    if not _multigrain:
+        _read_mounts()
+    return st.st_dev in _multigrain[0]
+
+
+def proves(st: os.stat_result, read_ns: int) -> bool:
+    """Whether the stamp `st`, taken by `stat` before a read of the file that
+    began at `read_ns` (0: when is not known), proves what that read saw: a
+    change after the stamp was taken would show in it.  So it does once the
+    stamp is past its racy window when the read begins, or at once on a file
+    system whose changes after a `stat` always show (`changes_show`)."""
+    return read_ns > 0 and (changes_show(st) or not is_racy(st, read_ns))
+
+
+def _read_mounts() -> None:
+    """Fill `_windows` and `_multigrain` from /proc/self/mountinfo (empty
+    where that cannot be read, or on another system than Linux)."""
+    windows: dict[int, int] = {}
+    multigrain: frozenset[int] = frozenset()
+    if sys.platform == "linux":
+        try:
+            res_ns = int(time.clock_getres(_CLOCK_REALTIME_COARSE) * 1e9)
+            with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+                lines = f.read().splitlines()
+        except (OSError, ValueError):
+            lines, res_ns = [], 0
+        if 0 < res_ns <= 10_000_000:
+            windows = local_devices(lines, max(3 * res_ns, 1_000_000))
+        if kernel_at_least(os.uname().release, _MULTIGRAIN_SINCE):
+            multigrain = frozenset(local_devices(lines, 0, _MULTIGRAIN))
+    if not _windows:
+        _windows.append(windows)
+    if not _multigrain:
+        _multigrain.append(multigrain)
+
+
+def kernel_at_least(release: str, version: tuple[int, int]) -> bool:
+    """Whether a Linux release string ("6.13.2-arch1-1") is `version` or later."""
+    numbers = release.split("-", 1)[0].split(".")
     try:
-        res_ns = int(time.clock_getres(_CLOCK_REALTIME_COARSE) * 1e9)
-        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
-            lines = f.read().splitlines()
-    except (OSError, ValueError):
-        return {}
-    if not 0 < res_ns <= 10_000_000:
-        return {}
-    return local_devices(lines, max(3 * res_ns, 1_000_000))
+        return (int(numbers[0]), int(numbers[1])) >= version
+    except (IndexError, ValueError):
+        return False
 
 
-def local_devices(mountinfo: list[str], window: int) -> dict[int, int]:
-    """st_dev -> `window` for each local file system in /proc/self/mountinfo's lines."""
+def local_devices(mountinfo: list[str], window: int, types: frozenset[str] = _LOCAL) -> dict[int, int]:
+    """st_dev -> `window` for each file system of `types` (local ones) in
+    /proc/self/mountinfo's lines."""
     found = {}
     for line in mountinfo:
         # "36 35 98:0 /mnt1 /mnt/parent rw,noatime master:1 - ext3 /dev/root rw"
         fields, sep, rest = line.partition(" - ")
         parts = fields.split()
-        if not sep or len(parts) < 3 or rest.split(" ", 1)[0] not in _LOCAL:
+        if not sep or len(parts) < 3 or rest.split(" ", 1)[0] not in types:
             continue
         major, _, minor = parts[2].partition(":")
         try:
@@ -110,6 +162,8 @@ def local_devices(mountinfo: list[str], window: int) -> dict[int, int]:
 
 
 def is_racy(st: os.stat_result, now_ns: int) -> bool:
+    """Whether `st` is within its racy window at `now_ns` (see `proves`, which
+    a stamp taken before a read is judged by)."""
     age = now_ns - max(st.st_mtime_ns, st.st_ctime_ns)
     if age >= FINE_WINDOW_NS and st.st_mtime_ns % 1_000_000_000:
         return False  # past every fine window: /proc need not be read
@@ -171,4 +225,4 @@ def read_source(path: Path) -> tuple[bytes | None, Source]:
         data = path.read_bytes()
     except FileNotFoundError:
         return None, Source(str(path), None, True, "")
-    return data, Source(str(path), stamp(st), not is_racy(st, now), hash_bytes(data))
+    return data, Source(str(path), stamp(st), proves(st, now), hash_bytes(data))

@@ -42,8 +42,7 @@ from pivotbuild.state.hashing import (
     manifest_bytes,
     walk_dir,
 )
-from pivotbuild.state.stamps import is_racy as _is_racy
-from pivotbuild.state.stamps import racy_wait_ns
+from pivotbuild.state.stamps import proves, racy_wait_ns
 
 MAGIC = b"PIVSTAT\n"
 FORMAT = 4  # 2: with a checksum; 3: in a `state.framing` frame; 4: frames of [rows, dropped]
@@ -165,7 +164,7 @@ class StatCache:
                     del stats[key]
                     self.forget(key)
         for key, st in stats.items():
-            if not _is_racy(st, time.time_ns()):
+            if proves(st, time.time_ns()):  # (as `file_hash` will read it)
                 self.entries.pop(key)
                 self.file_hash(key, st)
 
@@ -234,11 +233,13 @@ class StatCache:
 
     def _record(self, key: str, st: os.stat_result, digest: str, read_ns: int) -> None:
         """`digest` for the stamp `st`, read from `read_ns` on.  Trusted only if
-        the stamp was past its racy window when the read began: a change made
-        in the same clock tick as the last one, while or after it was read,
-        would leave the stamp as it is (judged when it is recorded instead, a
-        hash read long before would pass for proof)."""
-        trusted = not _is_racy(st, read_ns)
+        the stamp proves what the read saw (`stamps.proves`): past its racy
+        window when the read began, or on a file system where any change
+        after a `stat` shows.  Otherwise a change made in the same clock tick
+        as the last one, while or after it was read, would leave the stamp as
+        it is (judged when it is recorded instead, a hash read long before
+        would pass for proof)."""
+        trusted = proves(st, read_ns)
         self.entries[key] = StatEntry(st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, digest, trusted)
         self._this_run.add(key)
         self._changed.add(key)
