@@ -74,16 +74,6 @@ class Project:
 
 
 @pytest.fixture
-def coarse_stamps(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Stamps as on a file system (or a Linux before 6.13) that may stamp a
-    change with the clock tick of the file's last one, even after a `stat`:
-    the racy window rules (state/stamps.py), as it does on most machines."""
-    from pivotbuild.state import stamps
-
-    monkeypatch.setattr(stamps, "_multigrain", [frozenset()])
-
-
-@pytest.fixture
 def project(tmp_path: Path) -> Project:
     root = tmp_path / "proj"
     (root / ".pivot").mkdir(parents=True)

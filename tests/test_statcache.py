@@ -69,7 +69,6 @@ def test_reloaded_cache_reads_no_file_of_an_unchanged_directory(tmp_path: Path, 
     assert second.files_read == 0
 
 
-@pytest.mark.usefixtures("coarse_stamps")
 def test_file_written_within_racy_window_is_reread_at_save_then_trusted(tmp_path: Path, cache_path: Path) -> None:
     f = write(tmp_path / "fresh.txt", b"just written")
     first = StatCache(cache_path)
@@ -155,7 +154,6 @@ def test_racy_modification_is_detected_after_save_and_reload(tmp_path: Path, cac
     assert reloaded.file_hash(f) == hash_bytes(b"BBBB")
 
 
-@pytest.mark.usefixtures("coarse_stamps")
 def test_racy_entry_is_believed_within_the_run_and_settled_before_the_next(tmp_path: Path, cache_path: Path) -> None:
     # Within one run (one StatCache), a file hashed moments ago is not read
     # again: a downstream stage deciding on an output just hashed costs no read.
@@ -175,7 +173,6 @@ def test_racy_entry_is_believed_within_the_run_and_settled_before_the_next(tmp_p
     assert reloaded.entries[os.fspath(f)].trusted
 
 
-@pytest.mark.usefixtures("coarse_stamps")
 def test_a_racy_entry_from_an_earlier_run_is_rehashed(tmp_path: Path, cache_path: Path) -> None:
     f = write(tmp_path / "racy.txt", b"AAAA")
     first = StatCache(cache_path)
@@ -252,12 +249,10 @@ def test_multigrain_file_systems_are_known_by_type_from_linux_6_13() -> None:
 def test_where_stamps_say_changes_show_a_change_right_after_a_stat_shows(tmp_path: Path) -> None:
     """What `changes_show` claims of this machine's file system is what its
     kernel does: a write made at once after a `stat` (in the same tick of
-    the coarse clock, nearly always) changes the stamp every time.  Where it
-    does not claim it, a file just written is racy and worth waiting for."""
+    the coarse clock, nearly always) changes the stamp every time."""
     f = write(tmp_path / "f.txt", b"0")
     if not stamps.changes_show(os.stat(f)):
-        assert stamps.racy_wait_ns(os.stat(f), time.time_ns()) > 0
-        return
+        return  # (claimed on this project's machines: Linux 6.18, ext4 and tmpfs)
     fd = os.open(f, os.O_WRONLY)
     try:
         for i in range(300):
@@ -268,25 +263,26 @@ def test_where_stamps_say_changes_show_a_change_right_after_a_stat_shows(tmp_pat
             assert after[1] != before[1], i  # the mtime itself
     finally:
         os.close(fd)
-    assert stamps.racy_wait_ns(os.stat(f), time.time_ns()) == 0
 
 
-def test_where_changes_show_a_file_hashed_right_after_it_was_written_is_trusted_at_once(
+def test_even_where_changes_show_a_plain_read_of_a_file_just_written_is_not_trusted_at_once(
     tmp_path: Path, cache_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """A `write` under way when the stamp was taken stamped the file at its
+    start, and the read may overtake it: nothing would stamp the file again.
+    So only a stamp vouched for (`proven`: hardlink mode's, taken before a
+    link that waits for such a write) is trusted within the racy window."""
     f = write(tmp_path / "fresh.txt", b"just written")
     monkeypatch.setattr(stamps, "_multigrain", [frozenset({os.stat(f).st_dev})])
-    slept: list[float] = []
-    monkeypatch.setattr(time, "sleep", slept.append)
     cache = StatCache(cache_path)
     cache.file_hash(f)
-    assert cache.entries[os.fspath(f)].trusted
-    g = write(tmp_path / "noted.txt", b"hashed elsewhere")
-    cache.note(os.fspath(g), os.stat(g), hash_file(g), 0)  # when its read began is not known
+    assert not cache.entries[os.fspath(f)].trusted
+    g = write(tmp_path / "linked.txt", b"hashed through its link")
+    read_ns = time.time_ns()
+    cache.note(os.fspath(g), os.stat(g), hash_file(g), read_ns)
     assert not cache.entries[os.fspath(g)].trusted
-    cache.save()
-    assert slept == []  # nothing waited for a racy window
-    assert all(e.trusted for e in StatCache(cache_path).entries.values())
+    cache.note(os.fspath(g), os.stat(g), hash_file(g), read_ns, proven=True)
+    assert cache.entries[os.fspath(g)].trusted
 
 
 def test_settling_waits_only_for_the_local_window(
@@ -413,7 +409,6 @@ def test_deleted_and_recreated_file_is_rehashed(tmp_path: Path, cache_path: Path
     assert cache.file_hash(f) == hash_bytes(b"two")
 
 
-@pytest.mark.usefixtures("coarse_stamps")
 def test_confirm_trusts_only_an_entry_that_still_matches(tmp_path: Path, cache_path: Path) -> None:
     f = write(tmp_path / "out.bin", b"fresh output\n")  # just written: its entry is racy
     cache = StatCache(cache_path)
@@ -612,7 +607,6 @@ def test_a_reader_without_the_lock_takes_a_last_frame_cut_short_for_an_append_in
     assert "checksum" in StatCache(cache_path, torn_is_partial=True).damaged
 
 
-@pytest.mark.usefixtures("coarse_stamps")
 def test_a_hash_read_within_the_racy_window_is_not_trusted_however_late_it_is_noted(
     tmp_path: Path, cache_path: Path
 ) -> None:

@@ -9,12 +9,10 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
-
 from pivotbuild.build.executors.poller import Poller
 from pivotbuild.build.recorder import store_hints
 from pivotbuild.cache.outputs import OutputCache
-from pivotbuild.cache.store import SMALL
+from pivotbuild.cache.store import SMALL, Mode
 from pivotbuild.cache.storer import Storer
 from pivotbuild.errors import Location
 from pivotbuild.model import Out, Stage, StageId
@@ -102,7 +100,6 @@ def test_a_copy_is_due_when_the_caller_says_its_files_settle(tmp_path: Path) -> 
     assert warnings == []
 
 
-@pytest.mark.usefixtures("coarse_stamps")
 def test_the_recorder_tells_the_storer_sizes_and_when_the_files_settle(tmp_path: Path) -> None:
     small, big = tmp_path / "small.txt", tmp_path / "big.bin"
     small.write_bytes(b"x" * 100)
@@ -141,3 +138,36 @@ def test_finish_stores_what_was_not_due_yet_and_reports_a_changed_file(tmp_path:
     assert storer.unstored == {StageId("", "b")}
     assert warnings == [f"{other} changed after b finished; the next build will see it"]
     assert poller.clocks == []
+
+
+def test_finish_drops_every_linked_object_written_to_since_and_reports_each_changed_file(tmp_path: Path) -> None:
+    """In hardlink mode an output is its cache object.  Stage a's x.txt changes
+    before it is read again (which says so and drops its object), and y.txt
+    after that: `finish` drops y's object too, though the stage is already
+    not stored, and reports every changed file, for the stat cache to
+    forget the hash it holds for it."""
+    (tmp_path / ".pivot").mkdir()
+    warnings: list[str] = []
+    changed: list[str] = []
+    outputs = OutputCache(tmp_path, warnings.append)
+    outputs.mode = Mode.HARDLINK
+    storer = Storer(outputs, warnings.append, lambda *proof: None, changed=lambda _stage, path: changed.append(path))
+    x, y = tmp_path / "x.txt", tmp_path / "y.txt"
+    x.write_bytes(b"x\n")
+    y.write_bytes(b"y\n")
+    lx, ly = outputs.cache.ingest_by_link(str(x)), outputs.cache.ingest_by_link(str(y))
+    assert lx.is_object and ly.is_object
+    with open(x, "ab") as f:
+        f.write(b"more\n")
+    a = stage("a")
+    linked = ((str(x), lx.digest, stamps.stamp(lx.stat)), (str(y), ly.digest, stamps.stamp(ly.stat)))
+    storer.put(a, None, (), "a", ((str(x), lx.digest),), linked=linked)
+    time.sleep(0.2)  # (x read again, past its racy window)
+    assert changed == [str(x)], warnings
+    with open(y, "ab") as f:
+        f.write(b"more\n")
+    storer.finish()
+    assert changed == [str(x), str(y)]
+    assert [w.split(" changed after ")[0] for w in warnings] == [str(x), str(y)], warnings
+    assert not outputs.cache.has(lx.digest) and not outputs.cache.has(ly.digest)
+    assert storer.unstored == {a.id}

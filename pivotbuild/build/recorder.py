@@ -79,10 +79,18 @@ class Recorder:
         self.emit = emit
         self.options = options
         self.caching = not options.no_cache and not options.no_commit
-        # Proven stat-cache entries, applied once the copies are done (`finish`):
-        # passing each to this thread as it came woke the build loop per output.
+        # Proven stat-cache entries, and files found changed since they were
+        # hashed, applied once the copies are done (`finish`): passing each to
+        # this thread as it came woke the build loop per output.
         self._confirmed: list[tuple[Stage, str, os.stat_result, str]] = []
-        self.storer = Storer(outputs, inbox.warn, lambda *proof: self._confirmed.append(proof), inbox.poller)
+        self._changed: list[tuple[Stage, str]] = []
+        self.storer = Storer(
+            outputs,
+            inbox.warn,
+            lambda *proof: self._confirmed.append(proof),
+            inbox.poller,
+            changed=lambda *found: self._changed.append(found),
+        )
         self.history_damaged = False  # mended when this build appends
         self.remote_only = remote_only
         self.elsewhere: dict[str, FileRecord] = {}
@@ -157,8 +165,9 @@ class Recorder:
         if captured.missing:
             return f"declared output {captured.missing[0]} was not created"
         cache = self.store.statcache(stage)
+        proven = captured.proven
         for path, st, digest in captured.seen:
-            cache.note(path, st, digest, captured.read_ns)
+            cache.note(path, st, digest, captured.read_ns, proven=path in proven)
         snap = job.snap
         record = StageRecord(
             stage.name, snap.fingerprint, snap.command, snap.deps, captured.outs, snap.params, snap.facets
@@ -167,7 +176,7 @@ class Recorder:
             self.elsewhere.update((out.path, FileRecord(out.path, out.kind, out.hash)) for out in captured.outs)
         replaced = self._replaced(stage, record)
         self.store.commit(stage, record, pending=self.options.no_commit)
-        if captured.deferred or captured.confirm or captured.stored or replaced is not None:
+        if captured.deferred or captured.confirm or captured.linked or captured.stored or replaced is not None:
             # The copies, the reads that prove stat-cache entries, and the run-cache
             # entry, all off this thread.
             small, settled_in = store_hints(captured.seen, time.time_ns())
@@ -218,6 +227,9 @@ class Recorder:
         for stage, path, st, digest in self._confirmed:
             self.store.statcache(stage).confirm(path, st, digest)
         self._confirmed.clear()
+        for stage, path in self._changed:  # (its entry holds the hash from before: the next build reads it)
+            self.store.statcache(stage).forget(path)
+        self._changed.clear()
         return True
 
     def remember(self, outcome: Outcome, graph: BuildGraph, finished: BuildFinished) -> None:

@@ -35,7 +35,7 @@ from pivotbuild.state.hashing import (
 from pivotbuild.state.kinds import ABSENT, DIR, FILE
 from pivotbuild.state.records import FileRecord, StageRecord
 from pivotbuild.state.snapshot import Snapshot
-from pivotbuild.state.stamps import Stamp, proves, racy_wait_ns, stamp
+from pivotbuild.state.stamps import Stamp, is_racy, racy_wait_ns, stamp
 from pivotbuild.state.statcache import StatCache, StatEntry
 from pivotbuild.structs import struct
 
@@ -49,8 +49,10 @@ class Captured:
     whether every output was stored or is to be (so the run cache may remember
     them), the (path, hash) of the files still to copy into the cache, and of
     those only to read again, to prove their stat-cache entries (see
-    `store_deferred`); and, in hardlink mode, the outputs that became their
-    cache objects, with their stamps (Storer.finish looks at them again)."""
+    `store_deferred`); and, in hardlink mode, the files whose stamps prove
+    their hashes already (Cache.ingest_by_link), and the outputs that became
+    their cache objects, with their stamps (Storer.finish looks at them
+    again)."""
 
     outs: tuple[FileRecord, ...]
     seen: tuple[tuple[str, os.stat_result, str], ...]
@@ -59,13 +61,14 @@ class Captured:
     deferred: tuple[tuple[str, str], ...] = ()
     confirm: tuple[tuple[str, str], ...] = ()
     read_ns: int = 0  # when the reads behind `seen` began (0: unknown, so none of them proves its stamp)
+    proven: frozenset[str] = frozenset()  # of `seen`'s paths: those whose stamps prove their hashes already
     linked: tuple[tuple[str, str, Stamp], ...] = ()  # (path, hash, stamp): outputs that are their cache objects
 
 
 class _Reads:
     """What `capture` gathers file by file (see Captured)."""
 
-    __slots__ = ("confirm", "deferred", "linked", "read_ns", "seen")
+    __slots__ = ("confirm", "deferred", "linked", "proven", "read_ns", "seen")
 
     def __init__(self, defer: bool, copies: bool) -> None:
         self.read_ns = time.time_ns()  # (before any of the reads)
@@ -73,6 +76,7 @@ class _Reads:
         self.deferred: list[tuple[str, str]] | None = [] if defer and copies else None
         self.confirm: list[tuple[str, str]] | None = [] if defer else None
         self.linked: list[tuple[str, str, Stamp]] = []
+        self.proven: set[str] = set()
 
 
 def output_stats(root: Path, stage: Stage) -> list[os.stat_result | None]:
@@ -194,6 +198,7 @@ class OutputCache:
             deferred=tuple(reads.deferred or ()),
             confirm=tuple(reads.confirm or ()),
             read_ns=reads.read_ns,
+            proven=frozenset(reads.proven),
             linked=tuple(reads.linked),
         )
 
@@ -209,16 +214,23 @@ class OutputCache:
     ) -> str:
         """Hash one file (`st`: its stat, taken before the reads began), storing
         it as `capture` says.  The file and its stamp go to `reads.seen`; to
-        `reads.confirm` if that stamp does not prove the hash yet
-        (`stamps.proves`); and to `reads.linked` if the file is its object."""
+        `reads.confirm` to read again once past its racy window, unless hard
+        linking it proved its stamp (`reads.proven`); and to `reads.linked` if
+        it became its cache object."""
         entry = known.get(path)
         if entry is not None and entry.matches(st) and (not keep or self.cache.has(entry.hash)):
             return entry.hash
-        linked, unchanged = False, True
         if link and _linkable(path):
-            digest, st, unchanged = self.cache.ingest_by_link(path)
-            linked = True
-        elif keep and reads.deferred is not None:
+            digest, st, proven, is_object = self.cache.ingest_by_link(path)
+            reads.seen.append((path, st, digest))
+            if proven:
+                reads.proven.add(path)
+            elif reads.confirm is not None:
+                reads.confirm.append((path, digest))
+            if is_object and reads.confirm is not None:
+                reads.linked.append((path, digest, stamp(st)))
+            return digest
+        if keep and reads.deferred is not None:
             digest = hash_file(path)
             if not self.cache.has(digest):
                 reads.deferred.append((path, digest))
@@ -228,10 +240,7 @@ class OutputCache:
             digest = self.cache.ingest(path) if keep else hash_file(path)
         reads.seen.append((path, st, digest))
         if reads.confirm is not None:
-            if not (unchanged and proves(st, reads.read_ns)):
-                reads.confirm.append((path, digest))
-            if linked:
-                reads.linked.append((path, digest, stamp(st)))
+            reads.confirm.append((path, digest))
         return digest
 
     def store_deferred(
@@ -247,15 +256,13 @@ class OutputCache:
         as they did (changed since: stored as they are now, but the run cache
         must not name them).  Raises OSError (a full disk).
 
-        The copy reads each file whole once more: when the stamp taken before
-        that read proves what it read (`stamps.proves`: past the file's racy
-        window, or on a file system where changes after a `stat` always show)
-        and held throughout, `confirmed` gets (path, stat, hash), for the stat
-        cache to trust its entry now.  To make that the rule, a file written
-        moments ago is copied once its window (`stamps.window_ns`: at most 50
-        ms) has passed, waiting with `pause(seconds)` (the storer's pause ends
-        early when the build is over: then the end of the build settles what
-        is left, in one wait)."""
+        The copy reads each file whole once more: when that read began after
+        the file's racy window and its stamp held throughout, `confirmed` gets
+        (path, stat, hash), for the stat cache to trust its entry now.  To make
+        that the rule, a file written moments ago is copied once its window
+        (`stamps.window_ns`: at most 50 ms) has passed, waiting with `pause(seconds)` (the storer's pause
+        ends early when the build is over: then the end of the build settles
+        what is left, in one wait)."""
         changed = []
         for path, digest in files:
             try:
@@ -269,7 +276,7 @@ class OutputCache:
                 pause(wait_ns / 1e9)
                 before = os.stat(path)  # as it is after the wait
             started = time.time_ns()
-            if not copy and not proves(before, started):
+            if not copy and is_racy(before, started):
                 continue  # the build is ending: its settling reads it, once
             try:
                 actual = self.cache.ingest(path) if copy else hash_file(path)
@@ -281,7 +288,7 @@ class OutputCache:
                 changed.append(path)
                 if not copy:
                     self.cache.forget_link(path, digest)
-            elif proves(before, started) and _same_stamp(path, before):
+            elif not is_racy(before, started) and _same_stamp(path, before):
                 confirmed(path, before, digest)
         return changed
 

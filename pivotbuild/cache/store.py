@@ -21,6 +21,7 @@ import threading
 from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
+from typing import NamedTuple
 
 from pivotbuild.cache.copying import clone_and_hash, clone_or_copy, copy_and_hash, write_new
 from pivotbuild.cache.pack import PACK_MAX, PACKS, Packs
@@ -35,6 +36,7 @@ from pivotbuild.state.hashing import (
     manifest_bytes,
     read_small,
 )
+from pivotbuild.state.stamps import changes_show
 
 OBJECTS = "objects"
 SMALL = 1 << 20  # files up to this size are stored from memory, read once
@@ -52,6 +54,15 @@ class Mode(Enum):
     def copies(self) -> bool:
         """Whether the workspace gets its own writable copy (not the cache's object)."""
         return self is Mode.COPY or self is Mode.REFLINK
+
+
+class Linked(NamedTuple):
+    """What `Cache.ingest_by_link` made of a file."""
+
+    digest: str
+    stat: os.stat_result  # a stamp for the file, taken before its hash was read (or matching one)
+    proven: bool  # that stamp proves the hash already (see ingest_by_link)
+    is_object: bool  # the file became the cache's object (it was not there before)
 
 
 class CorruptObject(Exception):
@@ -195,23 +206,26 @@ class Cache:
         finally:
             os.close(fd)
 
-    def ingest_by_link(self, src: str) -> tuple[str, os.stat_result, bool]:
+    def ingest_by_link(self, src: str) -> Linked:
         """Store the file `src` by hard-linking it into the cache (hardlink mode,
-        where a filesystem without reflinks would otherwise copy every output),
-        and return its hash, a stamp for it, and whether nothing wrote to it
-        from that stamp to now.  The shared file is made read-only, as
-        hardlink mode promises, so an edit cannot reach the cache through it.
-        If the object is already there, `src` is left as it was; if the link is
-        refused (another filesystem), `src` is stored as a copy.
+        where a filesystem without reflinks would otherwise copy every output).
+        The shared file is made read-only, as hardlink mode promises, so an
+        edit cannot reach the cache through it.  If the object is already
+        there, `src` is left as it was; if the link is refused (another
+        filesystem), `src` is stored as a copy.
 
-        The stamp is taken by `stat` before the hash is read (see
-        `stamps.proves`).  Making the file read-only changes its ctime, so then
-        its stat after is returned, as long as its size, mtime and inode are
-        still the stamp's: a write since would have changed its mtime (at
-        once, where changes after a `stat` always show; else, within the
-        stamp's racy window, the stat cache does not trust it yet anyway).
-        Otherwise the stamp before, which no longer matches the file, and
-        False: the object may be what changed."""
+        The stamp is taken by `stat` before the link, and the hash read after
+        it.  The link waits for a `write` under way (the kernel's link takes
+        the inode's lock, which `write` holds throughout), so the read sees
+        all of any write the stamp shows; where a change that begins after a
+        `stat` always shows (`stamps.changes_show`), the stamp then proves
+        the hash at once (`Linked.proven`).  Making the file read-only changes
+        its ctime, so its stat after is returned, as long as its size, mtime
+        and inode are still the stamp's (a write since would have changed its
+        mtime: at once where changes show; else, within the stamp's racy
+        window, the stat cache does not trust it yet anyway); otherwise the
+        stamp before, which no longer matches the file, and it is not proven."""
+        before = os.stat(src)
         self._ensure_dir(self.objects)
         tmp = self._tmp_name(self.objects / "x")
         try:
@@ -220,23 +234,24 @@ class Cache:
             if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
                 raise
             self._fall_back(Mode.HARDLINK)
-            before = os.stat(src)
-            return self.ingest(src), before, True
+            return Linked(self.ingest(src), before, False, False)
+        made = False
         try:
-            before = os.stat(tmp)
             digest = hash_file(tmp)  # the linked inode itself: the object is what was hashed
             if not self.has(digest):
                 dest = self.path_of(digest)
                 self._ensure_dir(dest.parent)
                 os.chmod(tmp, 0o444)
                 os.replace(tmp, dest)
+                made = True
         finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+            if not made:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
         after = os.stat(src)
         if (after.st_size, after.st_mtime_ns, after.st_ino) == (before.st_size, before.st_mtime_ns, before.st_ino):
-            return digest, after, True
-        return digest, before, False
+            return Linked(digest, after, changes_show(before), made)
+        return Linked(digest, before, False, made)
 
     def forget_link(self, path: str, digest: str) -> None:
         """`path` no longer holds `digest`: if it is object `digest` itself (hard

@@ -25,11 +25,12 @@ stat cache reading the file yet again when the build ends.
 
 In hardlink mode an output is the cache's object itself, so a process the
 stage left behind that writes to it afterwards changes the object too.  Where
-its stamp already proved its hash (`stamps.proves`), nothing reads it again;
-either way `finish` looks at its stamp once more, and an object whose file
-changed goes (with a warning) before the build ends, where a `push` would
-otherwise find it.  (Later changes are caught when the object is next
-checked out.)
+its stamp already proved its hash (Cache.ingest_by_link), nothing reads it
+again; either way `finish` looks at each such object's stamp once more, and
+one that changed goes (with a warning) before the build ends, where a
+`push` would otherwise find it.  (Later changes are caught when the object
+is next read.)  A file found changed since it was hashed is reported to
+`changed`, for the stat cache to forget the hash it holds for it.
 """
 
 from __future__ import annotations
@@ -58,9 +59,9 @@ _SETTLED_S = FINE_WINDOW_NS / 1e9  # after this, a file written before `put` is 
 
 class Storer:
     """`put` a stage's deferred files; `finish` waits until all are stored.
-    `warn` and `confirmed` (stage, path, stat, hash) are called from the
-    storer's threads, or the loop's.  Without a `poller`, every copy goes
-    to the threads."""
+    `warn`, `confirmed` (stage, path, stat, hash) and `changed` (stage, path)
+    are called from the storer's threads, or the loop's.  Without a
+    `poller`, every copy goes to the threads."""
 
     def __init__(
         self,
@@ -68,10 +69,13 @@ class Storer:
         warn: Callable[[str], None],
         confirmed: Callable[[Stage, str, os.stat_result, str], None],
         poller: Poller | None = None,
+        *,
+        changed: Callable[[Stage, str], None] = lambda _stage, _path: None,
     ) -> None:
         self.outputs = outputs
         self.warn = warn
         self.confirmed = confirmed
+        self.changed = changed
         self.poller = poller
         self._due: deque[tuple[float, _Job]] = deque()  # for the loop's thread: (when, job), in order
         self._clocked = False
@@ -141,23 +145,27 @@ class Storer:
         self._check_linked()
 
     def _check_linked(self) -> None:
-        """Drop the objects of linked outputs written to since they were hashed."""
+        """Drop the objects of linked outputs written to since they were hashed:
+        each object is the output's file itself, so its stamp is the one
+        recorded unless the file changed (or the object went meanwhile, its
+        change found by the reading again, or a `gc`)."""
         checks, self._linked = self._linked, []
+        cache = self.outputs.cache
         for stage, label, files in checks:
-            if stage.id not in self._stored:
-                continue  # not stored after all (its reading again found a change, and said so)
             changed = []
             for path, digest, was in files:
-                if stamp_now(path) == was:
-                    continue
+                obj = os.fspath(cache.path_of(digest))
+                now = stamp_now(obj)
+                if now is None or now == was or now[2] != was[2]:
+                    continue  # gone, as it was, or another file by now
                 try:
-                    if hash_file(path) == digest:
+                    if hash_file(obj) == digest:
                         continue
+                    os.unlink(obj)
                 except OSError:
-                    pass  # gone, or unreadable: the object may still be what was hashed
-                else:
-                    changed.append(path)
-                    self.outputs.cache.forget_link(path, digest)
+                    continue
+                changed.append(path)
+                self.changed(stage, path)
             if changed:
                 self._stored.discard(stage.id)
                 self.warn(f"{', '.join(changed)} changed after {label} finished; the next build will see it")
@@ -191,6 +199,8 @@ class Storer:
             confirmed = functools.partial(self.confirmed, stage)
             changed = self.outputs.store_deferred(files, confirmed, pause)
             changed += self.outputs.store_deferred(confirm, confirmed, pause, copy=False)
+            for path in changed:
+                self.changed(stage, path)
             if changed:
                 self.warn(f"{', '.join(changed)} changed after {label} finished; the next build will see it")
                 return

@@ -6,11 +6,15 @@ filesystem's timestamp granularity of the file's last change is "racy": the
 file could change again in the same clock tick without its stamp changing
 (the case git calls racy-git), so a racy stamp is never trusted on its own.
 
-Linux 6.13 and later close that gap on the file systems that opted in
+Linux 6.13 and later narrow that gap on the file systems that opted in
 ("multigrain timestamps": ext4, xfs, btrfs, tmpfs): once a file's stamp has
 been read by `stat`, its next change is stamped from the fine clock, so it
-always shows.  There a stamp taken by `stat` before a read proves what the
-read saw, at once (`proves`), and nothing waits for a window to pass.
+always shows (`changes_show`).  That is not enough for a plain read: a
+`write` already under way when the `stat` looks has stamped the file at its
+start and may still be landing while the read overtakes it, and nothing
+stamps the file again.  Hardlink mode's link waits for such a write (the
+kernel's link takes the inode's lock, as `write` holds it), so there a
+stamp taken before the link proves the hash read after it (cache/store.py).
 """
 
 from __future__ import annotations
@@ -65,12 +69,10 @@ def stamp_now(path: str | bytes) -> Stamp | None:
 
 
 def racy_wait_ns(st: os.stat_result, now_ns: int) -> int:
-    """How long after `now_ns` a read of the file must begin for the stamp
-    `st` (taken before it) to prove what it reads, when that is worth waiting
-    for: a fine clock's window (at most FINE_WINDOW_NS); else 0 (a coarse
-    clock's is too long to wait, and what is past, or on a file system whose
-    changes after a `stat` always show, needs none)."""
-    if st.st_mtime_ns % 1_000_000_000 == 0 or changes_show(st):
+    """How long after `now_ns` the stamp `st` stops being racy, when that is
+    worth waiting for: a fine clock's window (at most FINE_WINDOW_NS); else 0
+    (a coarse clock's is too long to wait, and what is past needs none)."""
+    if st.st_mtime_ns % 1_000_000_000 == 0:
         return 0
     wait = max(st.st_mtime_ns, st.st_ctime_ns) + window_ns(st) - now_ns
     return wait if 0 < wait <= FINE_WINDOW_NS else 0
@@ -93,23 +95,14 @@ def window_ns(st: os.stat_result) -> int:
 
 def changes_show(st: os.stat_result) -> bool:
     """Whether `st`'s file system stamps a file's first change after a `stat`
-    of it from the fine clock (Linux 6.13's multigrain timestamps), so that
-    the change always shows in its stamp: a stamp taken by `stat` before a
-    read then proves what the read saw, however recent the file's last change."""
+    of it from the fine clock (Linux 6.13's multigrain timestamps), so that a
+    change that begins after the `stat` always shows in the stamp (one under
+    way when it looked need not: see the module)."""
     if st.st_mtime_ns % 1_000_000_000 == 0:
         return False  # whole seconds: not a fine clock
     if not _multigrain:
         _read_mounts()
     return st.st_dev in _multigrain[0]
-
-
-def proves(st: os.stat_result, read_ns: int) -> bool:
-    """Whether the stamp `st`, taken by `stat` before a read of the file that
-    began at `read_ns` (0: when is not known), proves what that read saw: a
-    change after the stamp was taken would show in it.  So it does once the
-    stamp is past its racy window when the read begins, or at once on a file
-    system whose changes after a `stat` always show (`changes_show`)."""
-    return read_ns > 0 and (changes_show(st) or not is_racy(st, read_ns))
 
 
 def _read_mounts() -> None:
@@ -162,8 +155,6 @@ def local_devices(mountinfo: list[str], window: int, types: frozenset[str] = _LO
 
 
 def is_racy(st: os.stat_result, now_ns: int) -> bool:
-    """Whether `st` is within its racy window at `now_ns` (see `proves`, which
-    a stamp taken before a read is judged by)."""
     age = now_ns - max(st.st_mtime_ns, st.st_ctime_ns)
     if age >= FINE_WINDOW_NS and st.st_mtime_ns % 1_000_000_000:
         return False  # past every fine window: /proc need not be read
@@ -225,4 +216,4 @@ def read_source(path: Path) -> tuple[bytes | None, Source]:
         data = path.read_bytes()
     except FileNotFoundError:
         return None, Source(str(path), None, True, "")
-    return data, Source(str(path), stamp(st), proves(st, now), hash_bytes(data))
+    return data, Source(str(path), stamp(st), not is_racy(st, now), hash_bytes(data))

@@ -42,7 +42,8 @@ from pivotbuild.state.hashing import (
     manifest_bytes,
     walk_dir,
 )
-from pivotbuild.state.stamps import proves, racy_wait_ns
+from pivotbuild.state.stamps import is_racy as _is_racy
+from pivotbuild.state.stamps import racy_wait_ns
 
 MAGIC = b"PIVSTAT\n"
 FORMAT = 4  # 2: with a checksum; 3: in a `state.framing` frame; 4: frames of [rows, dropped]
@@ -164,7 +165,7 @@ class StatCache:
                     del stats[key]
                     self.forget(key)
         for key, st in stats.items():
-            if proves(st, time.time_ns()):  # (as `file_hash` will read it)
+            if not _is_racy(st, time.time_ns()):
                 self.entries.pop(key)
                 self.file_hash(key, st)
 
@@ -213,12 +214,13 @@ class StatCache:
         self._record(key, st, digest, read_ns)
         return digest
 
-    def note(self, path: str, st: os.stat_result, digest: str, read_ns: int) -> None:
+    def note(self, path: str, st: os.stat_result, digest: str, read_ns: int, *, proven: bool = False) -> None:
         """Record a hash computed elsewhere (a worker that read the file to store
         it) for the stamp `st` taken before reading it; `read_ns`: when that
-        read began (or earlier)."""
+        read began (or earlier).  `proven`: the stamp proves the hash already,
+        however recent (hardlink mode's, see Cache.ingest_by_link)."""
         self.files_read += 1
-        self._record(path, st, digest, read_ns)
+        self._record(path, st, digest, read_ns, proven)
 
     def confirm(self, path: str, st: os.stat_result, digest: str) -> None:
         """Trust the entry for `path` if it is still (`st`, `digest`): the file was
@@ -231,15 +233,13 @@ class StatCache:
             self._changed.add(path)
             self._dirty = True
 
-    def _record(self, key: str, st: os.stat_result, digest: str, read_ns: int) -> None:
+    def _record(self, key: str, st: os.stat_result, digest: str, read_ns: int, proven: bool = False) -> None:
         """`digest` for the stamp `st`, read from `read_ns` on.  Trusted only if
-        the stamp proves what the read saw (`stamps.proves`): past its racy
-        window when the read began, or on a file system where any change
-        after a `stat` shows.  Otherwise a change made in the same clock tick
-        as the last one, while or after it was read, would leave the stamp as
-        it is (judged when it is recorded instead, a hash read long before
-        would pass for proof)."""
-        trusted = proves(st, read_ns)
+        `proven`, or the stamp was past its racy window when the read began: a
+        change made in the same clock tick as the last one, while or after it
+        was read, would leave the stamp as it is (judged when it is recorded
+        instead, a hash read long before would pass for proof)."""
+        trusted = proven or not _is_racy(st, read_ns)
         self.entries[key] = StatEntry(st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, digest, trusted)
         self._this_run.add(key)
         self._changed.add(key)
