@@ -165,9 +165,9 @@ class Recorder:
         if captured.missing:
             return f"declared output {captured.missing[0]} was not created"
         cache = self.store.statcache(stage)
-        proven = captured.proven
+        proven, read_ns = captured.proven, captured.read_ns
         for path, st, digest in captured.seen:
-            cache.note(path, st, digest, captured.read_ns, proven=path in proven)
+            cache.note(path, st, digest, read_ns, proven=bool(proven) and path in proven)
         snap = job.snap
         record = StageRecord(
             stage.name, snap.fingerprint, snap.command, snap.deps, captured.outs, snap.params, snap.facets

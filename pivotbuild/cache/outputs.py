@@ -42,6 +42,9 @@ from pivotbuild.structs import struct
 CACHE_DIR = "cache"
 
 
+_NONE: frozenset[str] = frozenset()
+
+
 @struct(frozen=True, slots=True)
 class Captured:
     """A finished stage's outputs: their records, the (path, stat, hash) of each
@@ -61,7 +64,7 @@ class Captured:
     deferred: tuple[tuple[str, str], ...] = ()
     confirm: tuple[tuple[str, str], ...] = ()
     read_ns: int = 0  # when the reads behind `seen` began (0: unknown, so none of them proves its stamp)
-    proven: frozenset[str] = frozenset()  # of `seen`'s paths: those whose stamps prove their hashes already
+    proven: frozenset[str] = _NONE  # of `seen`'s paths: those whose stamps prove their hashes already
     linked: tuple[tuple[str, str, Stamp], ...] = ()  # (path, hash, stamp): outputs that are their cache objects
 
 
@@ -76,7 +79,7 @@ class _Reads:
         self.deferred: list[tuple[str, str]] | None = [] if defer and copies else None
         self.confirm: list[tuple[str, str]] | None = [] if defer else None
         self.linked: list[tuple[str, str, Stamp]] = []
-        self.proven: set[str] = set()
+        self.proven: list[str] = []
 
 
 def output_stats(root: Path, stage: Stage) -> list[os.stat_result | None]:
@@ -198,8 +201,8 @@ class OutputCache:
             deferred=tuple(reads.deferred or ()),
             confirm=tuple(reads.confirm or ()),
             read_ns=reads.read_ns,
-            proven=frozenset(reads.proven),
-            linked=tuple(reads.linked),
+            proven=frozenset(reads.proven) if reads.proven else _NONE,
+            linked=tuple(reads.linked) if reads.linked else (),
         )
 
     def _file(
@@ -221,14 +224,15 @@ class OutputCache:
         if entry is not None and entry.matches(st) and (not keep or self.cache.has(entry.hash)):
             return entry.hash
         if link and _linkable(path):
-            digest, st, proven, is_object = self.cache.ingest_by_link(path)
-            reads.seen.append((path, st, digest))
-            if proven:
-                reads.proven.add(path)
+            linked = self.cache.ingest_by_link(path)
+            digest = linked.digest
+            reads.seen.append((path, linked.stat, digest))
+            if linked.proven:
+                reads.proven.append(path)
             elif reads.confirm is not None:
                 reads.confirm.append((path, digest))
-            if is_object and reads.confirm is not None:
-                reads.linked.append((path, digest, stamp(st)))
+            if linked.is_object and reads.confirm is not None:
+                reads.linked.append((path, digest, stamp(linked.stat)))
             return digest
         if keep and reads.deferred is not None:
             digest = hash_file(path)

@@ -21,7 +21,6 @@ import threading
 from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
-from typing import NamedTuple
 
 from pivotbuild.cache.copying import clone_and_hash, clone_or_copy, copy_and_hash, write_new
 from pivotbuild.cache.pack import PACK_MAX, PACKS, Packs
@@ -56,13 +55,17 @@ class Mode(Enum):
         return self is Mode.COPY or self is Mode.REFLINK
 
 
-class Linked(NamedTuple):
-    """What `Cache.ingest_by_link` made of a file."""
+class Linked:
+    """What `Cache.ingest_by_link` made of a file.  (A plain class: a
+    NamedTuple's class is compiled from source as it is made.)"""
 
-    digest: str
-    stat: os.stat_result  # a stamp for the file, taken before its hash was read (or matching one)
-    proven: bool  # that stamp proves the hash already (see ingest_by_link)
-    is_object: bool  # the file became the cache's object (it was not there before)
+    __slots__ = ("digest", "is_object", "proven", "stat")
+
+    def __init__(self, digest: str, stat: os.stat_result, proven: bool, is_object: bool) -> None:
+        self.digest = digest
+        self.stat = stat  # a stamp for the file, taken before its hash was read (or matching one)
+        self.proven = proven  # that stamp proves the hash already (see ingest_by_link)
+        self.is_object = is_object  # the file became the cache's object (it was not there before)
 
 
 class CorruptObject(Exception):
