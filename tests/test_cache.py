@@ -583,6 +583,42 @@ def test_a_linked_output_written_to_while_it_was_hashed_is_read_again(
     assert not outputs.cache.has(digest)
 
 
+def test_a_linked_output_rewritten_while_it_was_hashed_with_its_mtime_put_back_is_not_proven(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Something rewrites an output in place (the same size) just after hardlink
+    mode read it, and puts its mtime back, as `touch -r` or `cp -p` would: its
+    size, mtime and inode are what they were, but its ctime is not.  Its stamp
+    must not pass for proof of the hash read before (even where changes after
+    a `stat` always show), and reading it again finds the change."""
+    from pivotbuild.cache import store
+    from pivotbuild.cache.outputs import OutputCache
+    from pivotbuild.state import stamps
+
+    out = tmp_path / "out.bin"
+    out.write_bytes(b"as the stage wrote it\n")
+    monkeypatch.setattr(stamps, "_multigrain", [frozenset({os.stat(out).st_dev})])
+    real = store.hash_file
+
+    def hash_then_rewrite(path: str) -> str:
+        digest = real(path)
+        st = os.stat(out)
+        with open(out, "r+b") as f:
+            f.write(b"AS THE STAGE WROTE IT\n")
+        os.utime(out, ns=(st.st_atime_ns, st.st_mtime_ns))
+        return digest
+
+    monkeypatch.setattr(store, "hash_file", hash_then_rewrite)
+    outputs = OutputCache(tmp_path, lambda _text: None)
+    linked = outputs.cache.ingest_by_link(str(out))
+    monkeypatch.setattr(store, "hash_file", real)
+    assert linked.digest == hash_bytes(b"as the stage wrote it\n")
+    assert not linked.proven
+    changed = outputs.store_deferred([(str(out), linked.digest)], lambda *_: None, copy=False)
+    assert changed == [str(out)]
+    assert not outputs.cache.has(linked.digest)
+
+
 @pytest.mark.parametrize("mode", ["copy", "hardlink", "no-cache"])
 def test_outputs_are_proven_while_the_build_runs_not_reread_at_its_end(
     project: Project, mode: str, monkeypatch: pytest.MonkeyPatch

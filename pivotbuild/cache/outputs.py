@@ -231,7 +231,7 @@ class OutputCache:
                 reads.proven.append(path)
             elif reads.confirm is not None:
                 reads.confirm.append((path, digest))
-            if linked.is_object and reads.confirm is not None:
+            if linked.is_object:
                 reads.linked.append((path, digest, stamp(linked.stat)))
             return digest
         if keep and reads.deferred is not None:

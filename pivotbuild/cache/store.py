@@ -35,7 +35,7 @@ from pivotbuild.state.hashing import (
     manifest_bytes,
     read_small,
 )
-from pivotbuild.state.stamps import changes_show
+from pivotbuild.state.stamps import changes_show, stamp
 
 OBJECTS = "objects"
 SMALL = 1 << 20  # files up to this size are stored from memory, read once
@@ -53,6 +53,11 @@ class Mode(Enum):
     def copies(self) -> bool:
         """Whether the workspace gets its own writable copy (not the cache's object)."""
         return self is Mode.COPY or self is Mode.REFLINK
+
+
+def _content_stamp(st: os.stat_result) -> tuple[int, int, int]:
+    """What of a stamp a `write` changes and making a file read-only does not."""
+    return st.st_size, st.st_mtime_ns, st.st_ino
 
 
 class Linked:
@@ -219,15 +224,19 @@ class Cache:
 
         The stamp is taken by `stat` before the link, and the hash read after
         it.  The link waits for a `write` under way (the kernel's link takes
-        the inode's lock, which `write` holds throughout), so the read sees
-        all of any write the stamp shows; where a change that begins after a
-        `stat` always shows (`stamps.changes_show`), the stamp then proves
-        the hash at once (`Linked.proven`).  Making the file read-only changes
-        its ctime, so its stat after is returned, as long as its size, mtime
-        and inode are still the stamp's (a write since would have changed its
-        mtime: at once where changes show; else, within the stamp's racy
-        window, the stat cache does not trust it yet anyway); otherwise the
-        stamp before, which no longer matches the file, and it is not proven."""
+        the inode's lock, which a buffered or synchronous `write` holds
+        throughout; not asynchronous direct I/O, nor a store through a shared
+        mapping), so the read sees all of any such write the stamp shows;
+        where a change that begins after a `stat` always shows
+        (`stamps.changes_show`), the stamp then proves the hash at once
+        (`Linked.proven`), if the inode linked is the one stamped and nothing
+        touched it while it was read, not even its ctime (a rewrite that put
+        the mtime back).  Making the file read-only changes its ctime, so its
+        stat after is returned, as long as its size, mtime and inode are still
+        the stamp's (a write since would have changed its mtime: at once where
+        changes show; else, within the stamp's racy window, the stat cache
+        does not trust it yet anyway); otherwise the stamp before, which no
+        longer matches the file, and it is not proven."""
         before = os.stat(src)
         self._ensure_dir(self.objects)
         tmp = self._tmp_name(self.objects / "x")
@@ -240,7 +249,9 @@ class Cache:
             return Linked(self.ingest(src), before, False, False)
         made = False
         try:
+            linked = os.stat(tmp)  # the inode hashed (the link changed its ctime)
             digest = hash_file(tmp)  # the linked inode itself: the object is what was hashed
+            hashed = os.stat(tmp)  # nothing touched it while it was read, not even its ctime
             if not self.has(digest):
                 dest = self.path_of(digest)
                 self._ensure_dir(dest.parent)
@@ -252,8 +263,9 @@ class Cache:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(tmp)
         after = os.stat(src)
-        if (after.st_size, after.st_mtime_ns, after.st_ino) == (before.st_size, before.st_mtime_ns, before.st_ino):
-            return Linked(digest, after, changes_show(before), made)
+        if _content_stamp(after) == _content_stamp(before):
+            held = _content_stamp(linked) == _content_stamp(before) and stamp(hashed) == stamp(linked)
+            return Linked(digest, after, held and changes_show(before), made)
         return Linked(digest, before, False, made)
 
     def forget_link(self, path: str, digest: str) -> None:

@@ -12,9 +12,10 @@ been read by `stat`, its next change is stamped from the fine clock, so it
 always shows (`changes_show`).  That is not enough for a plain read: a
 `write` already under way when the `stat` looks has stamped the file at its
 start and may still be landing while the read overtakes it, and nothing
-stamps the file again.  Hardlink mode's link waits for such a write (the
-kernel's link takes the inode's lock, as `write` holds it), so there a
-stamp taken before the link proves the hash read after it (cache/store.py).
+stamps the file again.  Hardlink mode's link waits for such a write if it
+is buffered or synchronous (the kernel's link takes the inode's lock, as
+`write` holds it), so there a stamp taken before the link proves the hash
+read after it (cache/store.py).
 """
 
 from __future__ import annotations
