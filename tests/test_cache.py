@@ -619,6 +619,23 @@ def test_a_linked_output_rewritten_while_it_was_hashed_with_its_mtime_put_back_i
     assert not outputs.cache.has(linked.digest)
 
 
+def copy_chain(project: Project, b_first: str = "") -> None:
+    """in.txt -> a.txt -> b.txt, each a `cp` (b's after `b_first`)."""
+    project.pivotfile(
+        f"""
+stage a:
+    deps: in.txt
+    outs: a.txt
+    run: cp $< $@
+stage b:
+    deps: a.txt
+    outs: b.txt
+    run: {b_first}cp $< $@
+"""
+    )
+    project.write("in.txt", "x\n")
+
+
 @pytest.mark.parametrize("mode", ["copy", "hardlink", "no-cache"])
 def test_outputs_are_proven_while_the_build_runs_not_reread_at_its_end(
     project: Project, mode: str, monkeypatch: pytest.MonkeyPatch
@@ -631,19 +648,7 @@ def test_outputs_are_proven_while_the_build_runs_not_reread_at_its_end(
 
     if mode == "hardlink":
         project.write(".pivot/config.toml", '[core]\ncheckout = "hardlink"\n')
-    project.pivotfile(
-        """
-stage a:
-    deps: in.txt
-    outs: a.txt
-    run: cp $< $@
-stage b:
-    deps: a.txt
-    outs: b.txt
-    run: sleep 0.5; cp $< $@
-"""
-    )
-    project.write("in.txt", "x\n")
+    copy_chain(project, "sleep 0.5; ")
     settled: list[str] = []
     real = statcache.hash_file
 
@@ -673,19 +678,7 @@ def test_in_hardlink_mode_where_changes_after_a_stat_show_each_output_is_hashed_
     from pivotbuild.state import stamps, statcache
 
     project.write(".pivot/config.toml", '[core]\ncheckout = "hardlink"\n')
-    project.pivotfile(
-        """
-stage a:
-    deps: in.txt
-    outs: a.txt
-    run: cp $< $@
-stage b:
-    deps: a.txt
-    outs: b.txt
-    run: cp $< $@
-"""
-    )
-    project.write("in.txt", "x\n")
+    copy_chain(project)
     monkeypatch.setattr(stamps, "_multigrain", [frozenset({os.stat(project.root).st_dev})])
     read: list[str] = []
     for module in (outputs, store, statcache):
