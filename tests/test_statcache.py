@@ -285,6 +285,32 @@ def test_even_where_changes_show_a_plain_read_of_a_file_just_written_is_not_trus
     assert cache.entries[os.fspath(g)].trusted
 
 
+def test_a_process_that_builds_again_reads_the_mount_table_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The mount table is read once per process, and again for each build of a
+    process that lives on (here through the Python API): by then a device
+    number may be another file system's."""
+    import pivotbuild
+
+    root = tmp_path / "proj"
+    (root / ".pivot").mkdir(parents=True)
+    (root / "Pivotfile").write_text("stage a:\n    outs: a.txt\n    run: echo a > a.txt\n")
+    reads: list[int] = []
+    real = stamps._read_mounts
+    monkeypatch.setattr(stamps, "_read_mounts", lambda: (reads.append(1), real())[1])
+    f = write(tmp_path / "f.txt", b"x")
+    stamps.forget_mounts()
+    stamps.changes_show(os.stat(f))
+    stamps.window_ns(os.stat(f))
+    assert len(reads) == 1
+    api = pivotbuild.Project.load(root)
+    for n in (1, 2):
+        assert api.build().ok
+        (root / "a.txt").unlink()  # (so that each build has a file just written to judge)
+        assert len(reads) == 1 + n, reads
+
+
 def test_settling_waits_only_for_the_local_window(
     tmp_path: Path, cache_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

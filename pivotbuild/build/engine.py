@@ -45,7 +45,7 @@ from pivotbuild.graph import BuildGraph
 from pivotbuild.model import StageId
 from pivotbuild.paths import STATE_DIR
 from pivotbuild.project import LoadOptions, Project
-from pivotbuild.state import history, seal
+from pivotbuild.state import history, seal, stamps
 from pivotbuild.state.projectlock import ProjectLock
 from pivotbuild.state.seal import Seal
 from pivotbuild.state.store import StateStore
@@ -172,6 +172,7 @@ class Engine:
     ) -> int:
         """Bring the targets up to date.  Returns the exit status (0, 1 or 130).
         `cancel` (else a token of the engine's own, see `cancel`) stops it."""
+        stamps.forget_mounts()  # (what was mounted when an earlier build ran may be gone)
         self._session(options, preloaded)
         with self._running(cancel) as token:
             return self._build(options, token, preloaded)

@@ -106,6 +106,15 @@ def changes_show(st: os.stat_result) -> bool:
     return st.st_dev in _multigrain[0]
 
 
+def forget_mounts() -> None:
+    """Read the mount table again when next needed.  A process that lives on
+    (the build server, `-w`, the Python API) calls this before each build: a
+    device number can come back as another file system's once its own is
+    unmounted, and a wrong answer here trusts what it should not."""
+    _windows.clear()
+    _multigrain.clear()
+
+
 def _read_mounts() -> None:
     """Fill `_windows` and `_multigrain` from /proc/self/mountinfo (empty
     where that cannot be read, or on another system than Linux)."""
