@@ -167,7 +167,7 @@ class Recorder:
         cache = self.store.statcache(stage)
         proven, read_ns = captured.proven, captured.read_ns
         for path, st, digest in captured.seen:
-            cache.note(path, st, digest, read_ns, proven=bool(proven) and path in proven)
+            cache.note(path, st, digest, read_ns, proven=path in proven)
         snap = job.snap
         record = StageRecord(
             stage.name, snap.fingerprint, snap.command, snap.deps, captured.outs, snap.params, snap.facets

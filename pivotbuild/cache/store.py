@@ -222,21 +222,14 @@ class Cache:
         there, `src` is left as it was; if the link is refused (another
         filesystem), `src` is stored as a copy.
 
-        The stamp is taken by `stat` before the link, and the hash read after
-        it.  The link waits for a `write` under way (the kernel's link takes
-        the inode's lock, which a buffered or synchronous `write` holds
-        throughout; not asynchronous direct I/O, nor a store through a shared
-        mapping), so the read sees all of any such write the stamp shows;
-        where a change that begins after a `stat` always shows
-        (`stamps.changes_show`), the stamp then proves the hash at once
-        (`Linked.proven`), if the inode linked is the one stamped and nothing
-        touched it while it was read, not even its ctime (a rewrite that put
-        the mtime back).  Making the file read-only changes its ctime, so its
-        stat after is returned, as long as its size, mtime and inode are still
-        the stamp's (a write since would have changed its mtime: at once where
-        changes show; else, within the stamp's racy window, the stat cache
-        does not trust it yet anyway); otherwise the stamp before, which no
-        longer matches the file, and it is not proven."""
+        The stamp is taken by `stat` before the link, the hash read after it:
+        the link waits for a write under way (see state/stamps.py), so where
+        changes after a `stat` show (`stamps.changes_show`) the stamp proves
+        the hash at once (`Linked.proven`), if the inode linked is the one
+        stamped and nothing touched it while it was read, ctime included.
+        Making the file read-only changes its ctime, so the stat after is
+        returned if its size, mtime and inode are still the stamp's; else the
+        stamp before, which no longer matches the file, not proven."""
         before = os.stat(src)
         self._ensure_dir(self.objects)
         tmp = self._tmp_name(self.objects / "x")
