@@ -514,6 +514,48 @@ def test_storing_a_deferred_output_confirms_it_only_outside_its_racy_window(tmp_
     assert confirmed == [str(old), str(newer)]
 
 
+def test_a_dropped_linked_object_is_stored_again_for_the_other_stage_that_counted_on_it(project: Project) -> None:
+    """Stages a and b write the same bytes; a's output became the cache's
+    object and b, finding it there, stored nothing of its own.  A process a
+    left behind then writes to a.txt, and the build's end drops the object.
+    b counted on it too, so b is not sealed: the next build (where a now
+    makes other bytes) stores b's output again, and a b.txt removed later
+    comes back from the cache instead of b running again."""
+    project.write(".pivot/config.toml", '[core]\ncheckout = "hardlink"\n')
+    project.write(
+        "a.sh",
+        "if [ -e once ]; then echo other > a.txt; exit; fi\n"
+        "touch once; echo same > a.txt\n"
+        "(sleep 0.3; echo late >> a.txt) </dev/null >/dev/null 2>&1 &\n",
+    )
+    project.pivotfile(
+        """
+stage a:
+    outs: a.txt
+    run: sh a.sh
+stage b:
+    outs: b.txt
+    run: sleep 0.1; echo same > b.txt
+stage c:
+    outs: c.txt
+    run: sleep 1; echo c > c.txt
+"""
+    )
+    r = project.run("-j3")
+    assert r.code == 0, r
+    assert "a.txt changed after a finished" in r.err, r.err
+    assert hash_bytes(b"same\n") not in cache_digests(project.root / ".pivot/cache")
+    again = project.run("--json", "-j3")
+    assert again.code == 0, again
+    assert statuses(again) == {"a": "ran", "b": "skipped", "c": "skipped"}
+    assert hash_bytes(b"same\n") in cache_digests(project.root / ".pivot/cache")
+    (project.root / "b.txt").unlink()
+    restored = project.run("--json", "-j3")
+    assert restored.code == 0, restored
+    assert statuses(restored) == {"a": "skipped", "b": "restored", "c": "skipped"}
+    assert (project.root / "b.txt").read_text() == "same\n"
+
+
 def test_rereading_to_confirm_copies_nothing_and_a_changed_linked_object_goes(tmp_path: Path) -> None:
     from pivotbuild.cache.outputs import OutputCache
 
@@ -581,6 +623,49 @@ def test_a_linked_output_written_to_while_it_was_hashed_is_read_again(
     changed = outputs.store_deferred(captured.confirm, lambda *_: None, copy=False)  # (once past its racy window)
     assert changed == [str(out)]
     assert not outputs.cache.has(digest)
+
+
+def test_a_capture_that_fails_half_way_leaves_no_output_as_its_object(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Hardlink mode links a stage's first output into the cache, then the disk
+    fills up before its second is stored.  The stage is then recorded
+    without the cache (stagework.capture), so nothing would look at the
+    first object again at the build's end: it must not stay the output
+    itself, where a process the stage left behind could still change it."""
+    from pivotbuild.cache.outputs import OutputCache
+    from pivotbuild.cache.store import Linked
+    from pivotbuild.errors import Location
+    from pivotbuild.model import Out, Stage, StageId
+
+    (tmp_path / "a.bin").write_bytes(b"first output\n")
+    (tmp_path / "b.bin").write_bytes(b"second output\n")
+    outputs = OutputCache(tmp_path, lambda _text: None)
+    outputs.mode = Mode.HARDLINK
+    real = outputs.cache.ingest_by_link
+    calls: list[str] = []
+
+    def disk_full_on_the_second(src: str) -> Linked:
+        calls.append(src)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        return real(src)
+
+    monkeypatch.setattr(outputs.cache, "ingest_by_link", disk_full_on_the_second)
+    stage = Stage(
+        id=StageId("", "s"),
+        base="s",
+        loc=Location("Pivotfile", 1, 1),
+        command=None,
+        outs=(Out("a.bin"), Out("b.bin")),
+    )
+    with pytest.raises(OSError):
+        outputs.capture(stage, {}, True, defer=True)
+    assert len(calls) == 2
+    first = hash_bytes(b"first output\n")
+    assert not outputs.cache.has(first)
+    assert (tmp_path / "a.bin").read_bytes() == b"first output\n"
+    assert os.stat(tmp_path / "a.bin").st_nlink == 1
 
 
 def test_a_linked_output_rewritten_while_it_was_hashed_with_its_mtime_put_back_is_not_proven(

@@ -171,3 +171,31 @@ def test_finish_drops_every_linked_object_written_to_since_and_reports_each_chan
     assert [w.split(" changed after ")[0] for w in warnings] == [str(x), str(y)], warnings
     assert not outputs.cache.has(lx.digest) and not outputs.cache.has(ly.digest)
     assert storer.unstored == {a.id}
+
+
+def test_a_stage_that_counted_on_a_dropped_object_is_not_stored_either(tmp_path: Path) -> None:
+    """b's output hashed as a's, whose output was the cache's object, so b
+    stored nothing of its own (`holds`).  a's file changes before it is read
+    again, which takes the object with it: b is not stored either (the next
+    build stores its output again); c, with another hash, is."""
+    (tmp_path / ".pivot").mkdir()
+    warnings: list[str] = []
+    outputs = OutputCache(tmp_path, warnings.append)
+    outputs.mode = Mode.HARDLINK
+    storer = Storer(outputs, warnings.append, lambda *proof: None)
+    x, other = tmp_path / "x.txt", tmp_path / "other.txt"
+    x.write_bytes(b"same\n")
+    other.write_bytes(b"other\n")
+    lx = outputs.cache.ingest_by_link(str(x))
+    lo = outputs.cache.ingest_by_link(str(other))
+    with open(x, "ab") as f:
+        f.write(b"more\n")
+    a, b, c = stage("a"), stage("b"), stage("c")
+    storer.put(a, None, (), "a", ((str(x), lx.digest),))
+    storer.put(b, None, (), "b", holds=(lx.digest,))
+    storer.put(c, None, (), "c", holds=(lo.digest,))
+    time.sleep(0.2)  # (x read again, past its racy window)
+    storer.finish()
+    assert not outputs.cache.has(lx.digest)
+    assert storer.unstored == {a.id, b.id}
+    assert [w.split(" changed after ")[0] for w in warnings] == [str(x)]

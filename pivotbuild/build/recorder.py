@@ -189,6 +189,7 @@ class Recorder:
                 small=small,
                 settled_in=settled_in,
                 linked=captured.linked,
+                holds=tuple([digest for _, _, digest in captured.seen]) if captured.stored else (),
             )
         return ""
 

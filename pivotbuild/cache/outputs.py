@@ -160,12 +160,41 @@ class OutputCache:
         Safe in a worker thread: it only reads `known`; the stat cache
         updates come back in `Captured.seen`."""
         reads = _Reads(defer, self.mode.copies)
-        outs: list[FileRecord] = []
         if stats is None:
             stats = output_stats(self.root, stage)
         missing = tuple(o.path for o, st in zip(stage.outs, stats, strict=True) if st is None)
         if missing:
             return Captured(tuple(FileRecord(o.path, ABSENT, "") for o in stage.outs), (), missing, stored=False)
+        try:
+            outs, stored = self._capture(stage, stats, known, store, reads)
+        except BaseException:
+            # Outputs linked as their objects before the failure (a full disk)
+            # stop being objects: no record will name them stored, and the
+            # build's end will not look at them again (Storer).
+            for path, digest, _ in reads.linked:
+                self.cache.forget_link(path, digest)
+            raise
+        return Captured(
+            tuple(outs),
+            tuple(reads.seen),
+            (),
+            stored=stored,
+            deferred=tuple(reads.deferred or ()),
+            confirm=tuple(reads.confirm or ()),
+            read_ns=reads.read_ns,
+            proven=frozenset(reads.proven) if reads.proven else _NONE,
+            linked=tuple(reads.linked) if reads.linked else (),
+        )
+
+    def _capture(
+        self,
+        stage: Stage,
+        stats: list[os.stat_result | None],
+        known: Mapping[str, StatEntry],
+        store: bool,
+        reads: _Reads,
+    ) -> tuple[list[FileRecord], bool]:
+        outs: list[FileRecord] = []
         stored = store and bool(stage.outs)
         for out, st in zip(stage.outs, stats, strict=True):
             assert st is not None
@@ -193,17 +222,7 @@ class OutputCache:
             else:
                 digest = self._file(full, st, known, keep, link=link, reads=reads)
                 outs.append(FileRecord(out.path, FILE, digest, executable=bool(st.st_mode & 0o111)))
-        return Captured(
-            tuple(outs),
-            tuple(reads.seen),
-            (),
-            stored=stored,
-            deferred=tuple(reads.deferred or ()),
-            confirm=tuple(reads.confirm or ()),
-            read_ns=reads.read_ns,
-            proven=frozenset(reads.proven) if reads.proven else _NONE,
-            linked=tuple(reads.linked) if reads.linked else (),
-        )
+        return outs, stored
 
     def _file(
         self,

@@ -31,6 +31,12 @@ one that changed goes (with a warning) before the build ends, where a
 `push` would otherwise find it.  (Later changes are caught when the object
 is next read.)  A file found changed since it was hashed is reported to
 `changed`, for the stat cache to forget the hash it holds for it.
+
+An object dropped that way may be one other stages of the build count on:
+one whose output hashed the same found the object there and did not store
+its own copy.  So every stage put with that hash counts as not stored
+(`unstored`): the next build decides it again and stores what the cache
+lacks.
 """
 
 from __future__ import annotations
@@ -85,6 +91,8 @@ class Storer:
         self._put: set[StageId] = set()
         self._stored: set[StageId] = set()
         self._linked: list[tuple[Stage, str, tuple[tuple[str, str, Stamp], ...]]] = []
+        self._users: dict[str, list[StageId]] = {}  # hash -> the stages put with a file of it
+        self._dropped: set[str] = set()  # hashes whose objects may have gone (see the module)
 
     def put(
         self,
@@ -97,6 +105,7 @@ class Storer:
         small: bool | None = None,
         settled_in: float | None = None,
         linked: tuple[tuple[str, str, Stamp], ...] = (),
+        holds: tuple[str, ...] = (),
     ) -> None:
         """Store `files` ((path, hash) pairs) and read `confirm` again (see
         `OutputCache.store_deferred`), and remember `remember` (an earlier
@@ -108,8 +117,16 @@ class Storer:
         longest fine window is waited).  (Jobs are copied in the order put:
         one due sooner than the one before it waits for that one.)  `linked`:
         the (path, hash, stamp) of files that are their cache objects, whose
-        stamps `finish` compares (see the module)."""
+        stamps `finish` compares (see the module).  `holds`: the hashes of the
+        stage's other stored files (ones the cache had already), whose
+        objects it counts on too."""
         self._put.add(stage.id)
+        users = self._users
+        for group in (files, confirm, linked):
+            for file in group:
+                users.setdefault(file[1], []).append(stage.id)
+        for digest in holds:
+            users.setdefault(digest, []).append(stage.id)
         if linked:
             self._linked.append((stage, label, linked))
         job = (stage, remember, files, confirm, label)
@@ -126,8 +143,12 @@ class Storer:
     @property
     def unstored(self) -> set[StageId]:
         """Stages whose outputs did not all reach the cache (a failure, a file
-        that changed, or copies abandoned by an interrupt)."""
-        return self._put - self._stored
+        that changed, or copies abandoned by an interrupt), and those that
+        count on an object dropped since (see the module)."""
+        gone = self._put - self._stored
+        for digest in self._dropped:
+            gone.update(self._users.get(digest, ()))
+        return gone
 
     def finish(self) -> None:
         self._finishing.set()
@@ -165,6 +186,7 @@ class Storer:
                 except OSError:
                     continue
                 changed.append(path)
+                self._dropped.add(digest)
                 self.changed(stage, path)
             if changed:
                 self._stored.discard(stage.id)
@@ -199,9 +221,12 @@ class Storer:
             confirmed = functools.partial(self.confirmed, stage)
             changed = self.outputs.store_deferred(files, confirmed, pause)
             changed += self.outputs.store_deferred(confirm, confirmed, pause, copy=False)
-            for path in changed:
-                self.changed(stage, path)
             if changed:
+                # (One only read again may have been its object, which went with it: forget_link.)
+                hashes = dict(files + confirm)
+                for path in changed:
+                    self._dropped.add(hashes[path])
+                    self.changed(stage, path)
                 self.warn(f"{', '.join(changed)} changed after {label} finished; the next build will see it")
                 return
             self._stored.add(stage.id)
