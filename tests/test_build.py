@@ -426,6 +426,34 @@ def test_fail_fast_blocks_dependents_lets_running_stages_finish_and_starts_nothi
     assert "3" in bad.get("detail", ""), bad
 
 
+def test_a_stage_that_ends_well_hands_its_place_on_but_one_that_made_no_output_does_not(project: Project) -> None:
+    """With one place (-j1), each stage that ends well lets the next waiting
+    stage start at once, before its own record is written; a stage that
+    exits 0 without its declared output has failed, and nothing waiting
+    starts after it."""
+    project.pivotfile(
+        """
+stage first:
+    outs: first.txt
+    run: echo 1 > $@
+stage forgot:
+    outs: forgot.txt
+    run: echo not the output > other.txt
+stage later:
+    outs: later.txt
+    run: echo 3 > $@
+"""
+    )
+    r = project.run("-j1", "--json")
+    assert r.code == 1, r
+    done = finished(r)
+    assert done["first"][0] == "ran"
+    assert done["forgot"][0] == "failed"
+    assert done["later"][0] == "cancelled"
+    assert not (project.root / "later.txt").exists()
+    assert [e["stage"] for e in events(r) if e["event"] == "stage_started"] == ["first", "forgot"]
+
+
 def test_a_failure_is_reported_when_it_happens_and_again_at_the_end(project: Project) -> None:
     project.pivotfile(FAILING)
     r = project.run("-j2")

@@ -304,6 +304,15 @@ class BuildRun:
             for entry in passed:
                 heapq.heappush(queue, entry)
 
+    def _start_next(self) -> None:
+        """A stage ended well, so its place goes at once to the stages already
+        decided and waiting, before its record and the decisions it makes
+        ready: the place is not left empty meanwhile (those wait on nothing
+        of this stage's: a stage is decided only once all it depends on
+        ended).  Not after a failure, which may stop the build."""
+        if not self.stopping and not self.signals.caught and not self.cancel.is_set():
+            self._start_what_fits()
+
     def _start(self, sid: StageId) -> bool:
         """Start `sid` if admission lets it (else False)."""
         stage = self.graph.stages[sid]
@@ -356,6 +365,8 @@ class BuildRun:
         self.signals.deferring = was
         duration = time.monotonic() - job.started
         self.durations[sid] = duration
+        if self.to_run and result.ok and done.captured is not None and not done.captured.missing:
+            self._start_next()
         if result.cancelled:
             self.recorder.roll_back(stage, label, quiet=True)
             self._finish(sid, StageFinished(label, Status.CANCELLED, "interrupted", duration))
