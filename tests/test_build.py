@@ -428,9 +428,9 @@ def test_fail_fast_blocks_dependents_lets_running_stages_finish_and_starts_nothi
 
 def test_a_stage_that_ends_well_hands_its_place_on_but_one_that_made_no_output_does_not(project: Project) -> None:
     """With one place (-j1), each stage that ends well lets the next waiting
-    stage start at once, before its own record is written; a stage that
-    exits 0 without its declared output has failed, and nothing waiting
-    starts after it."""
+    stage start at once, before its own end is recorded and reported; a
+    stage that exits 0 without its declared output has failed, and nothing
+    waiting starts after it."""
     project.pivotfile(
         """
 stage first:
@@ -451,7 +451,28 @@ stage later:
     assert done["forgot"][0] == "failed"
     assert done["later"][0] == "cancelled"
     assert not (project.root / "later.txt").exists()
-    assert [e["stage"] for e in events(r) if e["event"] == "stage_started"] == ["first", "forgot"]
+    order = [(e["event"], e["stage"]) for e in events(r) if e["event"] in ("stage_started", "stage_finished")]
+    assert order[:3] == [("stage_started", "first"), ("stage_started", "forgot"), ("stage_finished", "first")]
+    assert ("stage_started", "later") not in order
+
+
+def test_the_place_of_a_stage_that_ended_goes_to_the_critical_path_first(project: Project) -> None:
+    """At -j1, c1 heads the longest chain (c1 -> c2 -> c3 -> c4) and starts
+    first.  When it ends, c2, which it makes ready and which heads a longer
+    path than any waiting x, takes its place, rather than the next waiting
+    stage at once; so does c3.  c4, level with the x stages, waits its turn
+    after them, as the stage decided last."""
+    blocks = [f"stage x{i}:\n    outs: x{i}.txt\n    run: echo x > $@\n" for i in range(1, 4)]
+    blocks += [
+        f"stage c{i}:\n    deps: {f'c{i - 1}.txt' if i > 1 else 'src.txt'}\n    outs: c{i}.txt\n    run: cat $< > $@\n"
+        for i in range(1, 5)
+    ]
+    project.write("src.txt", "s\n")
+    project.pivotfile("\n".join(blocks))
+    r = project.run("-j1", "--json")
+    assert r.code == 0, r
+    started = [e["stage"] for e in events(r) if e["event"] == "stage_started"]
+    assert started == ["c1", "c2", "c3", "x1", "x2", "x3", "c4"], started
 
 
 def test_a_failure_is_reported_when_it_happens_and_again_at_the_end(project: Project) -> None:

@@ -14,6 +14,7 @@ import pytest
 from conftest import Project
 from helpers import StoredObject, cache_digests, finished, statuses
 
+from pivotbuild.cache import store as store_mod
 from pivotbuild.cache.pack import PACK_MAX
 from pivotbuild.cache.store import Cache, CorruptObject, Mode
 from pivotbuild.state.hashing import hash_bytes, hash_file
@@ -353,11 +354,12 @@ def test_in_hardlink_mode_an_output_written_to_after_its_stage_ended_does_not_st
     so the next build runs a again instead of finding a corrupt object.  (An
     output of a's that is not cached changes nothing.)"""
     project.write(".pivot/config.toml", '[core]\ncheckout = "hardlink"\n')
+    project.write("late.sh", "sleep 0.1; chmod u+w a.txt; echo late >> a.txt\n")  # (0444 once linked)
     project.pivotfile(
         f"""
 stage a:
     outs: a.txt{beside}
-    run: echo made by a > a.txt; touch log.txt; (sleep 0.1; echo late >> a.txt) </dev/null >/dev/null 2>&1 &
+    run: echo made by a > a.txt; touch log.txt; (sh late.sh) </dev/null >/dev/null 2>&1 &
 stage b:
     outs: b.txt
     run: sleep 1; echo b > b.txt
@@ -514,41 +516,48 @@ def test_storing_a_deferred_output_confirms_it_only_outside_its_racy_window(tmp_
     assert confirmed == [str(old), str(newer)]
 
 
-def test_a_dropped_linked_object_is_stored_again_for_the_other_stage_that_counted_on_it(project: Project) -> None:
-    """Stages a and b write the same bytes; a's output became the cache's
-    object and b, finding it there, stored nothing of its own.  A process a
-    left behind then writes to a.txt, and the build's end drops the object.
-    b counted on it too, so b is not sealed: the next build (where a now
-    makes other bytes) stores b's output again, and a b.txt removed later
-    comes back from the cache instead of b running again."""
+@pytest.mark.parametrize("beside", ["", " log.txt (cache=false)"], ids=["alone", "beside-an-uncached-output"])
+def test_a_dropped_linked_object_is_stored_again_for_the_other_stage_that_counted_on_it(
+    project: Project, beside: str
+) -> None:
+    """Stages a and b write the same bytes (b maybe beside an output it does
+    not cache); a's output became the cache's object and b, finding it
+    there, stored nothing of its own.  A process a left behind then writes
+    to a.txt, and the build's end drops the object.  b counted on it too, so
+    b is not sealed: the next build (where a now makes other bytes) stores
+    b's output again, and a b.txt removed later comes back from the cache
+    instead of b running again."""
     project.write(".pivot/config.toml", '[core]\ncheckout = "hardlink"\n')
     project.write(
         "a.sh",
         "if [ -e once ]; then echo other > a.txt; exit; fi\n"
         "touch once; echo same > a.txt\n"
-        "(sleep 0.3; echo late >> a.txt) </dev/null >/dev/null 2>&1 &\n",
+        "(sleep 1; chmod u+w a.txt; echo late >> a.txt) </dev/null >/dev/null 2>&1 &\n",
     )
     project.pivotfile(
-        """
+        f"""
 stage a:
     outs: a.txt
     run: sh a.sh
 stage b:
-    outs: b.txt
-    run: sleep 0.1; echo same > b.txt
+    outs: b.txt{beside}
+    run: sleep 0.5; echo same > b.txt; touch log.txt
 stage c:
     outs: c.txt
-    run: sleep 1; echo c > c.txt
+    run: sleep 2; echo c > c.txt
 """
     )
     r = project.run("-j3")
     assert r.code == 0, r
+    # (a's output became the object, 0.5 s before b's had the same bytes, and changed 1 s after a ended)
     assert "a.txt changed after a finished" in r.err, r.err
     assert hash_bytes(b"same\n") not in cache_digests(project.root / ".pivot/cache")
     again = project.run("--json", "-j3")
     assert again.code == 0, again
     assert statuses(again) == {"a": "ran", "b": "skipped", "c": "skipped"}
     assert hash_bytes(b"same\n") in cache_digests(project.root / ".pivot/cache")
+    if beside:
+        return  # (a stage with an output not cached cannot be restored from the cache)
     (project.root / "b.txt").unlink()
     restored = project.run("--json", "-j3")
     assert restored.code == 0, restored
@@ -625,27 +634,31 @@ def test_a_linked_output_written_to_while_it_was_hashed_is_read_again(
     assert not outputs.cache.has(digest)
 
 
-def test_a_capture_that_fails_half_way_leaves_no_output_as_its_object(
+def test_a_stage_whose_storing_fails_half_way_is_not_stored_and_its_linked_output_is_still_watched(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Hardlink mode links a stage's first output into the cache, then the disk
-    fills up before its second is stored.  The stage is then recorded
-    without the cache (stagework.capture), so nothing would look at the
-    first object again at the build's end: it must not stay the output
-    itself, where a process the stage left behind could still change it."""
+    fills up before its second is stored.  The stage is recorded without the
+    cache (a warning says so) and counts as not stored, so the next build
+    stores what the cache lacks; the first output is still the cache's
+    object, so the build's end looks at it like any other linked output,
+    and drops it once a process the stage left behind has written to it."""
+    from pivotbuild.build.executors import runner, stagework
     from pivotbuild.cache.outputs import OutputCache
-    from pivotbuild.cache.store import Linked
+    from pivotbuild.cache.storer import Storer
     from pivotbuild.errors import Location
+    from pivotbuild.events import Event, Message
     from pivotbuild.model import Out, Stage, StageId
 
     (tmp_path / "a.bin").write_bytes(b"first output\n")
     (tmp_path / "b.bin").write_bytes(b"second output\n")
-    outputs = OutputCache(tmp_path, lambda _text: None)
+    warnings: list[str] = []
+    outputs = OutputCache(tmp_path, warnings.append)
     outputs.mode = Mode.HARDLINK
     real = outputs.cache.ingest_by_link
     calls: list[str] = []
 
-    def disk_full_on_the_second(src: str) -> Linked:
+    def disk_full_on_the_second(src: str) -> store_mod.Linked:
         calls.append(src)
         if len(calls) == 2:
             raise OSError(28, "No space left on device")
@@ -659,13 +672,27 @@ def test_a_capture_that_fails_half_way_leaves_no_output_as_its_object(
         command=None,
         outs=(Out("a.bin"), Out("b.bin")),
     )
-    with pytest.raises(OSError):
-        outputs.capture(stage, {}, True, defer=True)
-    assert len(calls) == 2
+    events: list[Event] = []
+    ok = runner.RunResult(0, None, False, False, (), 0.0)
+    result, captured = stagework.capture(stage, ok, outputs=outputs, known={}, store=True, label="s", put=events.append)
+    assert result.ok and captured is not None
+    assert [e.text for e in events if isinstance(e, Message)] == [
+        "could not store the outputs of s in the cache (No space left on device); recorded, but not cached"
+    ]
     first = hash_bytes(b"first output\n")
+    assert [o.hash for o in captured.outs] == [first, hash_bytes(b"second output\n")]
+    assert captured.uncached and not captured.stored
+    assert [(path, digest) for path, digest, _ in captured.linked] == [(str(tmp_path / "a.bin"), first)]
+    assert outputs.cache.has(first)
+    storer = Storer(outputs, warnings.append, lambda *proof: None)
+    storer.put(stage, None, (), "s", linked=captured.linked, holds=captured.seen, failed=captured.uncached)
+    os.chmod(tmp_path / "a.bin", 0o644)
+    with open(tmp_path / "a.bin", "ab") as f:  # a process the stage left behind
+        f.write(b"late\n")
+    storer.finish()
+    assert storer.unstored == {stage.id}
     assert not outputs.cache.has(first)
-    assert (tmp_path / "a.bin").read_bytes() == b"first output\n"
-    assert os.stat(tmp_path / "a.bin").st_nlink == 1
+    assert warnings == [f"{tmp_path / 'a.bin'} changed after s finished; the next build will see it"]
 
 
 def test_a_linked_output_rewritten_while_it_was_hashed_with_its_mtime_put_back_is_not_proven(

@@ -192,10 +192,25 @@ def test_a_stage_that_counted_on_a_dropped_object_is_not_stored_either(tmp_path:
         f.write(b"more\n")
     a, b, c = stage("a"), stage("b"), stage("c")
     storer.put(a, None, (), "a", ((str(x), lx.digest),))
-    storer.put(b, None, (), "b", holds=(lx.digest,))
-    storer.put(c, None, (), "c", holds=(lo.digest,))
+    storer.put(b, None, (), "b", holds=((str(tmp_path / "b.txt"), lx.stat, lx.digest),))
+    storer.put(c, None, (), "c", holds=((str(tmp_path / "c.txt"), lo.stat, lo.digest),))
     time.sleep(0.2)  # (x read again, past its racy window)
     storer.finish()
     assert not outputs.cache.has(lx.digest)
     assert storer.unstored == {a.id, b.id}
     assert [w.split(" changed after ")[0] for w in warnings] == [str(x)]
+
+
+def test_a_changed_file_in_copy_mode_leaves_the_other_stages_of_its_hash_stored(tmp_path: Path) -> None:
+    """In copy mode no output is its object: one that changed after its stage
+    ended takes no object with it, and another stage whose output had the
+    same bytes stays stored."""
+    storer, _poller, _outputs, path, digest, warnings = setup(tmp_path, 10)
+    a, b = stage("a"), stage("b")
+    storer.put(a, None, ((path, digest),), "a")
+    storer.put(b, None, (), "b", holds=((str(tmp_path / "b.bin"), os.stat(path), digest),))
+    Path(path).write_bytes(b"y" * 10)
+    os.utime(path)
+    storer.finish()
+    assert storer.unstored == {a.id}
+    assert [w.split(" changed after ")[0] for w in warnings] == [path]

@@ -162,8 +162,8 @@ class Recorder:
         record nothing and return why it failed."""
         stage = job.stage
         assert captured is not None and job.snap is not None
-        if captured.missing:
-            return f"declared output {captured.missing[0]} was not created"
+        if why := fails(captured):
+            return why
         cache = self.store.statcache(stage)
         proven, read_ns = captured.proven, captured.read_ns
         for path, st, digest in captured.seen:
@@ -176,7 +176,7 @@ class Recorder:
             self.elsewhere.update((out.path, FileRecord(out.path, out.kind, out.hash)) for out in captured.outs)
         replaced = self._replaced(stage, record)
         self.store.commit(stage, record, pending=self.options.no_commit)
-        if captured.deferred or captured.confirm or captured.linked or captured.stored or replaced is not None:
+        if captured.seen or captured.deferred or captured.confirm or captured.stored or replaced is not None:
             # The copies, the reads that prove stat-cache entries, and the run-cache
             # entry, all off this thread.
             small, settled_in = store_hints(captured.seen, time.time_ns())
@@ -189,7 +189,8 @@ class Recorder:
                 small=small,
                 settled_in=settled_in,
                 linked=captured.linked,
-                holds=tuple([digest for _, _, digest in captured.seen]) if captured.stored else (),
+                holds=captured.seen,
+                failed=captured.uncached,
             )
         return ""
 
@@ -339,6 +340,15 @@ class Recorder:
         if recorded != {(f"{PY} {unit}", digest) for unit, digest in found.parts}:
             raise seal.Unsealable(stage.py)  # (changed since it was decided: the next build decides it again)
         return [(path, seal.settled_stamp(path, now_ns)) for path in (*found.files, *found.dirs)]
+
+
+def fails(captured: Captured | None) -> str:
+    """Why a stage whose command succeeded failed all the same (`Recorder.ran`'s
+    rule: a declared output missing), or "".  The loop asks it before it
+    hands a stage's place on (BuildRun._start_next)."""
+    if captured is not None and captured.missing:
+        return f"declared output {captured.missing[0]} was not created"
+    return ""
 
 
 class DryRecorder:

@@ -23,7 +23,7 @@ from pivotbuild.build.decider import UNCACHEABLE, UP_TO_DATE, Decider, Verdict
 from pivotbuild.build.executors.base import Changed, Done, Executor, Inbox, Item, Job, PoolForStage
 from pivotbuild.build.executors.choice import ExecutorError
 from pivotbuild.build.interrupts import Signals
-from pivotbuild.build.recorder import DryRecorder, Outcome, Recorder
+from pivotbuild.build.recorder import DryRecorder, Outcome, Recorder, fails
 from pivotbuild.build.scheduler import Scheduler
 from pivotbuild.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 from pivotbuild.events import BuildFinished, BuildStarted, Event, StageFinished, StageStarted, StageState, State, Status
@@ -152,8 +152,9 @@ class BuildRun:
         take = self.inbox.next
         signals = self.signals
         # Tokens an ended stage left go straight to the next start only in our
-        # own pool; make's go back before deciding (which may hash large
-        # files), as make's other jobs may be waiting for them.
+        # own pool, or to a stage already decided (_start_next); make's go
+        # back before deciding (which may hash large files), as make's other
+        # jobs may be waiting for them.
         owned = getattr(self.admission.jobserver, "owned", False)
         while True:
             if not owned:
@@ -304,14 +305,25 @@ class BuildRun:
             for entry in passed:
                 heapq.heappush(queue, entry)
 
-    def _start_next(self) -> None:
-        """A stage ended well, so its place goes at once to the stages already
-        decided and waiting, before its record and the decisions it makes
-        ready: the place is not left empty meanwhile (those wait on nothing
-        of this stage's: a stage is decided only once all it depends on
-        ended).  Not after a failure, which may stop the build."""
-        if not self.stopping and not self.signals.caught and not self.cancel.is_set():
+    def _start_next(self, ended: StageId) -> None:
+        """Stage `ended` ended well, so its place goes at once to the stages
+        already decided and waiting, before its record and the decisions it
+        makes ready: the place is not left empty meanwhile (those wait on
+        nothing of its: a stage is decided only once all it depends on
+        ended).  Not after a failure, which may stop the build, nor when a
+        stage it makes ready goes first (the critical path: `Scheduler.key`),
+        which the loop decides and starts next.  An interrupt meanwhile is
+        noted, not raised: `ended` is recorded first."""
+        if self.stopping or self.signals.caught or self.cancel.is_set():
+            return
+        queue = self._queue
+        if not queue or self.scheduler.readies_before(ended, queue[0][0]):
+            return
+        was, self.signals.deferring = self.signals.deferring, True
+        try:
             self._start_what_fits()
+        finally:
+            self.signals.deferring = was
 
     def _start(self, sid: StageId) -> bool:
         """Start `sid` if admission lets it (else False)."""
@@ -333,10 +345,10 @@ class BuildRun:
         try:
             self.executor.start(job)
         except ExecutorError as exc:  # it can run nothing (its cluster does not answer): stop, then say so
-            self.signals.deferring = False
+            self.signals.deferring = was
             self._unstarted(sid, exc)
             return True
-        self.signals.deferring = False
+        self.signals.deferring = was
         # Announced once started (what it prints comes later, through the
         # inbox): a stage that could not start is never said to have.
         self.started += 1
@@ -365,8 +377,8 @@ class BuildRun:
         self.signals.deferring = was
         duration = time.monotonic() - job.started
         self.durations[sid] = duration
-        if self.to_run and result.ok and done.captured is not None and not done.captured.missing:
-            self._start_next()
+        if self.to_run and result.ok and done.captured is not None and not fails(done.captured):
+            self._start_next(sid)
         if result.cancelled:
             self.recorder.roll_back(stage, label, quiet=True)
             self._finish(sid, StageFinished(label, Status.CANCELLED, "interrupted", duration))

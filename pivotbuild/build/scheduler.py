@@ -67,6 +67,12 @@ class Scheduler:
         decided in, by the caller's count)."""
         return -self.priority[sid]
 
+    def readies_before(self, sid: StageId, key: float) -> bool:
+        """Would `sid`'s end make ready a stage that goes before one of `key`
+        (see `key`: a stage made ready later goes after one as high)?"""
+        status, waiting, priority = self.status, self.waiting, self.priority
+        return any(waiting[d] == 1 and d not in status and -priority[d] < key for d in self.next[sid])
+
     def finish(self, sid: StageId, status: Status) -> None:
         """`sid` is done; if it succeeded, the stages waiting only for it become ready."""
         self.status[sid] = status

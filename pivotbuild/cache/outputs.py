@@ -66,6 +66,7 @@ class Captured:
     read_ns: int = 0  # when the reads behind `seen` began (0: unknown, so none of them proves its stamp)
     proven: frozenset[str] = _NONE  # of `seen`'s paths: those whose stamps prove their hashes already
     linked: tuple[tuple[str, str, Stamp], ...] = ()  # (path, hash, stamp): outputs that are their cache objects
+    uncached: bool = False  # storing failed (a full disk): recorded, but not stored (stagework.capture)
 
 
 class _Reads:
@@ -146,6 +147,7 @@ class OutputCache:
         *,
         defer: bool = False,
         stats: list[os.stat_result | None] | None = None,
+        linked: list[tuple[str, str, Stamp]] | None = None,
     ) -> Captured:
         """Hash a finished stage's outputs and, with `store`, put the cacheable
         ones in the cache, reading each file once (hashing as it is copied).
@@ -156,7 +158,9 @@ class OutputCache:
         stat-cache entry (a just-written file's is racy until then).  A file
         whose stamp matches a trusted entry of `known` (the stage's stat
         cache) is not read again.  `stats`: each output's stat (None:
-        missing), if the caller took them as the stage ended.
+        missing), if the caller took them as the stage ended.  `linked` gets
+        the outputs that became their cache objects, even when this raises
+        (a full disk half way: stagework.capture hands them on).
         Safe in a worker thread: it only reads `known`; the stat cache
         updates come back in `Captured.seen`."""
         reads = _Reads(defer, self.mode.copies)
@@ -167,13 +171,9 @@ class OutputCache:
             return Captured(tuple(FileRecord(o.path, ABSENT, "") for o in stage.outs), (), missing, stored=False)
         try:
             outs, stored = self._capture(stage, stats, known, store, reads)
-        except BaseException:
-            # Outputs linked as their objects before the failure (a full disk)
-            # stop being objects: no record will name them stored, and the
-            # build's end will not look at them again (Storer).
-            for path, digest, _ in reads.linked:
-                self.cache.forget_link(path, digest)
-            raise
+        finally:
+            if linked is not None:
+                linked.extend(reads.linked)
         return Captured(
             tuple(outs),
             tuple(reads.seen),
@@ -273,11 +273,15 @@ class OutputCache:
         pause: Callable[[float], object] = time.sleep,
         *,
         copy: bool = True,
+        dropped: Callable[[str], object] = lambda _digest: None,
     ) -> list[str]:
         """Copy files `capture` deferred into the cache (with `copy` false, only
         read them again: `Captured.confirm`); returns those that no longer hash
         as they did (changed since: stored as they are now, but the run cache
-        must not name them).  Raises OSError (a full disk).
+        must not name them).  A file read again only (not `copy`) that no
+        longer hashes as it did and was its object (hardlink mode) takes the
+        object with it: `dropped` gets its hash.  Raises OSError (a full
+        disk).
 
         The copy reads each file whole once more: when that read began after
         the file's racy window and its stamp held throughout, `confirmed` gets
@@ -309,8 +313,8 @@ class OutputCache:
                 continue
             if actual != digest:
                 changed.append(path)
-                if not copy:
-                    self.cache.forget_link(path, digest)
+                if not copy and self.cache.forget_link(path, digest):
+                    dropped(digest)
             elif not is_racy(before, started) and _same_stamp(path, before):
                 confirmed(path, before, digest)
         return changed

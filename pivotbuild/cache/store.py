@@ -261,15 +261,18 @@ class Cache:
             return Linked(digest, after, held and changes_show(before), made)
         return Linked(digest, before, False, made)
 
-    def forget_link(self, path: str, digest: str) -> None:
+    def forget_link(self, path: str, digest: str) -> bool:
         """`path` no longer holds `digest`: if it is object `digest` itself (hard
-        linked in hardlink mode), that object changed with it, so it goes."""
+        linked in hardlink mode), that object changed with it, so it goes
+        (True if it went)."""
         obj = self.path_of(digest)
         try:
             if os.path.samefile(obj, path):
                 os.unlink(obj)
+                return True
         except OSError:
             pass
+        return False
 
     def store_bytes(self, data: bytes) -> str:
         digest = hash_bytes(data)

@@ -34,9 +34,9 @@ is next read.)  A file found changed since it was hashed is reported to
 
 An object dropped that way may be one other stages of the build count on:
 one whose output hashed the same found the object there and did not store
-its own copy.  So every stage put with that hash counts as not stored
-(`unstored`): the next build decides it again and stores what the cache
-lacks.
+its own copy.  So every stage put with a file of that hash counts as not
+stored (`unstored`): the next build decides it again and stores what the
+cache lacks.  So does a stage whose storing failed (`failed`).
 """
 
 from __future__ import annotations
@@ -92,7 +92,8 @@ class Storer:
         self._stored: set[StageId] = set()
         self._linked: list[tuple[Stage, str, tuple[tuple[str, str, Stamp], ...]]] = []
         self._users: dict[str, list[StageId]] = {}  # hash -> the stages put with a file of it
-        self._dropped: set[str] = set()  # hashes whose objects may have gone (see the module)
+        self._dropped: set[str] = set()  # hashes whose objects went (see the module)
+        self._failed: set[StageId] = set()  # stages whose storing failed
 
     def put(
         self,
@@ -105,7 +106,8 @@ class Storer:
         small: bool | None = None,
         settled_in: float | None = None,
         linked: tuple[tuple[str, str, Stamp], ...] = (),
-        holds: tuple[str, ...] = (),
+        holds: tuple[tuple[str, os.stat_result, str], ...] = (),
+        failed: bool = False,
     ) -> None:
         """Store `files` ((path, hash) pairs) and read `confirm` again (see
         `OutputCache.store_deferred`), and remember `remember` (an earlier
@@ -117,15 +119,18 @@ class Storer:
         longest fine window is waited).  (Jobs are copied in the order put:
         one due sooner than the one before it waits for that one.)  `linked`:
         the (path, hash, stamp) of files that are their cache objects, whose
-        stamps `finish` compares (see the module).  `holds`: the hashes of the
-        stage's other stored files (ones the cache had already), whose
-        objects it counts on too."""
+        stamps `finish` compares (see the module).  `holds`: the (path, stat,
+        hash) of every file of the stage's outputs read (Captured.seen): it
+        counts on their objects, even those the cache had already.
+        `failed`: its outputs could not be stored (see the module)."""
         self._put.add(stage.id)
+        if failed:
+            self._failed.add(stage.id)
         users = self._users
         for group in (files, confirm, linked):
             for file in group:
                 users.setdefault(file[1], []).append(stage.id)
-        for digest in holds:
+        for _, _, digest in holds:
             users.setdefault(digest, []).append(stage.id)
         if linked:
             self._linked.append((stage, label, linked))
@@ -145,7 +150,7 @@ class Storer:
         """Stages whose outputs did not all reach the cache (a failure, a file
         that changed, or copies abandoned by an interrupt), and those that
         count on an object dropped since (see the module)."""
-        gone = self._put - self._stored
+        gone = (self._put - self._stored) | self._failed
         for digest in self._dropped:
             gone.update(self._users.get(digest, ()))
         return gone
@@ -220,12 +225,9 @@ class Storer:
                 self.outputs.remember(stage, remember)
             confirmed = functools.partial(self.confirmed, stage)
             changed = self.outputs.store_deferred(files, confirmed, pause)
-            changed += self.outputs.store_deferred(confirm, confirmed, pause, copy=False)
+            changed += self.outputs.store_deferred(confirm, confirmed, pause, copy=False, dropped=self._dropped.add)
             if changed:
-                # (One only read again may have been its object, which went with it: forget_link.)
-                hashes = dict(files + confirm)
                 for path in changed:
-                    self._dropped.add(hashes[path])
                     self.changed(stage, path)
                 self.warn(f"{', '.join(changed)} changed after {label} finished; the next build will see it")
                 return

@@ -24,6 +24,7 @@ from pivotbuild.events import Event, Log, Message, StageStarted
 from pivotbuild.model import Stage
 from pivotbuild.state.files import ABSENT_ERRNOS, remove_tree
 from pivotbuild.state.snapshot import Snapshot
+from pivotbuild.state.stamps import Stamp
 from pivotbuild.state.statcache import StatEntry
 
 
@@ -108,16 +109,23 @@ def capture(
     the path of the stages waiting for this one); `stats`, the outputs',
     if the caller took them as the stage ended.  Safe in any thread; never
     raises: an error of ours fails the stage."""
+    linked: list[tuple[str, str, Stamp]] = []
     try:
         try:
-            return result, outputs.capture(stage, known, store, defer=True, stats=stats)
+            return result, outputs.capture(stage, known, store, defer=True, stats=stats, linked=linked)
         except OSError as exc:
             if not store:
                 raise
             why = exc.strerror or str(exc)
             text = f"could not store the outputs of {label} in the cache ({why}); recorded, but not cached"
             put(Message(text, "warning"))
-            return result, outputs.capture(stage, known, False)
+            # Not stored, so the next build decides the stage again and stores
+            # what the cache lacks; the outputs the first try linked stay
+            # their objects, and the build's end looks at them (Storer).
+            again = outputs.capture(stage, known, False)
+            return result, Captured(
+                again.outs, again.seen, again.missing, False, read_ns=again.read_ns, linked=tuple(linked), uncached=True
+            )
     except OSError as exc:
         return runner.failed(f"pivotbuild: could not hash or store the outputs: {exc}"), None
     except Exception as exc:  # a bug in our own code: fail the stage, keep the build sane
