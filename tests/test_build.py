@@ -475,6 +475,27 @@ def test_the_place_of_a_stage_that_ended_goes_to_the_critical_path_first(project
     assert started == ["c1", "c2", "c3", "x1", "x2", "x3", "c4"], started
 
 
+def test_the_places_a_stage_frees_go_no_further_down_the_queue_than_what_it_makes_ready(project: Project) -> None:
+    """`big` takes both places (-j2) and ends alone.  The waiting y1 heads a
+    longer path than b2, which big makes ready, and starts at once in one
+    place; the other goes to b2, decided next, not to x1, which waits with
+    a shorter path than b2's."""
+    text = "stage big:\n    jobs: 2\n    outs: big.txt\n    run: sleep 0.3; echo > big.txt\n"
+    text += "".join(
+        f"stage b{i}:\n    deps: {'big' if i == 2 else f'b{i - 1}'}.txt\n    outs: b{i}.txt\n    run: cat $< > $@\n"
+        for i in (2, 3, 4)
+    )
+    text += "stage y1:\n    outs: y1.txt\n    run: sleep 0.5; echo > y1.txt\n"
+    chain = "stage y{0}:\n    deps: y{1}.txt\n    outs: y{0}.txt\n    run: cat $< > $@\n"
+    text += "".join(chain.format(i, i - 1) for i in (2, 3, 4))
+    text += "".join(f"stage x{i}:\n    outs: x{i}.txt\n    run: sleep 0.5; echo > x{i}.txt\n" for i in (1, 2))
+    project.pivotfile(text)
+    r = project.run("-j2", "--json")
+    assert r.code == 0, r
+    started = [e["stage"] for e in events(r) if e["event"] == "stage_started"]
+    assert started[:3] == ["big", "y1", "b2"], started
+
+
 def test_a_failure_is_reported_when_it_happens_and_again_at_the_end(project: Project) -> None:
     project.pivotfile(FAILING)
     r = project.run("-j2")

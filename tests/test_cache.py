@@ -634,6 +634,30 @@ def test_a_linked_output_written_to_while_it_was_hashed_is_read_again(
     assert not outputs.cache.has(digest)
 
 
+def test_a_stage_whose_storing_failed_is_stored_by_the_next_build(project: Project) -> None:
+    """The cache cannot take the stage's output (its objects directory is a
+    file): the stage is recorded, not cached, and not sealed, so the next
+    build, with the cache usable again, stores the output; removed later,
+    the output comes back from the cache instead of the stage running."""
+    project.write(".pivot/config.toml", '[core]\ncheckout = "hardlink"\n')
+    project.pivotfile("stage make:\n    deps: in.txt\n    outs: out.txt\n    run: cat in.txt > $@; sleep 0.3\n")
+    project.write("in.txt", "x\n")
+    project.write(".pivot/cache/objects", "blocked\n")
+    time.sleep(0.3)  # (in.txt past its racy window: the stage could be sealed)
+    r = project.run()
+    assert r.code == 0, r
+    assert "recorded, but not cached" in r.err, r.err
+    os.unlink(project.root / ".pivot/cache/objects")
+    again = project.run("--json")
+    assert again.code == 0, again
+    assert statuses(again) == {"make": "skipped"}
+    (project.root / "out.txt").unlink()
+    lost = project.run("--json")
+    assert lost.code == 0, lost
+    assert statuses(lost) == {"make": "restored"}
+    assert (project.root / "out.txt").read_text() == "x\n"
+
+
 def test_a_stage_whose_storing_fails_half_way_is_not_stored_and_its_linked_output_is_still_watched(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -189,7 +189,7 @@ class Recorder:
                 small=small,
                 settled_in=settled_in,
                 linked=captured.linked,
-                holds=captured.seen,
+                holds=_cached(stage, self.root, captured.seen),
                 failed=captured.uncached,
             )
         return ""
@@ -340,6 +340,17 @@ class Recorder:
         if recorded != {(f"{PY} {unit}", digest) for unit, digest in found.parts}:
             raise seal.Unsealable(stage.py)  # (changed since it was decided: the next build decides it again)
         return [(path, seal.settled_stamp(path, now_ns)) for path in (*found.files, *found.dirs)]
+
+
+def _cached(
+    stage: Stage, root: str | os.PathLike[str], seen: tuple[tuple[str, os.stat_result, str], ...]
+) -> tuple[tuple[str, os.stat_result, str], ...]:
+    """Of the files `seen`, those of the stage's cached outputs: the objects it counts on."""
+    if all(out.cache for out in stage.outs):
+        return seen
+    bases = tuple(os.path.join(root, out.path) for out in stage.outs if not out.cache)
+    inside = tuple(base + os.sep for base in bases)
+    return tuple(s for s in seen if s[0] not in bases and not s[0].startswith(inside))
 
 
 def fails(captured: Captured | None) -> str:

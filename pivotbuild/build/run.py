@@ -12,6 +12,7 @@ recorder: nothing runs and nothing is written.
 from __future__ import annotations
 
 import heapq
+import math
 import os
 import stat
 import threading
@@ -283,12 +284,14 @@ class BuildRun:
                 self._queued += 1
                 self._state(label, State.READY, v.reason)
 
-    def _start_what_fits(self) -> None:
+    def _start_what_fits(self, bound: float = math.inf) -> None:
+        """Start the waiting stages, best first, while admission lets them
+        (those with a key up to `bound`)."""
         if not self.to_run or self.admission.saturated:
             return
         queue, passed = self._queue, []
         try:
-            while queue and not self.admission.saturated:
+            while queue and not self.admission.saturated and queue[0][0] <= bound:
                 entry = heapq.heappop(queue)
                 if entry[2] not in self.to_run:
                     continue  # (blocked since it was decided: see _fail)
@@ -310,18 +313,18 @@ class BuildRun:
         already decided and waiting, before its record and the decisions it
         makes ready: the place is not left empty meanwhile (those wait on
         nothing of its: a stage is decided only once all it depends on
-        ended).  Not after a failure, which may stop the build, nor when a
-        stage it makes ready goes first (the critical path: `Scheduler.key`),
-        which the loop decides and starts next.  An interrupt meanwhile is
-        noted, not raised: `ended` is recorded first."""
+        ended).  Not after a failure, which may stop the build, and only the
+        stages that go before every stage it makes ready (the critical path:
+        `Scheduler.key`), which the loop decides and starts next.  An
+        interrupt meanwhile is noted, not raised: `ended` is recorded first."""
         if self.stopping or self.signals.caught or self.cancel.is_set():
             return
-        queue = self._queue
-        if not queue or self.scheduler.readies_before(ended, queue[0][0]):
+        bound = self.scheduler.first_readied(ended)
+        if not self._queue or self._queue[0][0] > bound:
             return
         was, self.signals.deferring = self.signals.deferring, True
         try:
-            self._start_what_fits()
+            self._start_what_fits(bound)
         finally:
             self.signals.deferring = was
 

@@ -8,6 +8,7 @@ The scheduler knows nothing of processes, events or files: the build loop
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 
@@ -67,11 +68,11 @@ class Scheduler:
         decided in, by the caller's count)."""
         return -self.priority[sid]
 
-    def readies_before(self, sid: StageId, key: float) -> bool:
-        """Would `sid`'s end make ready a stage that goes before one of `key`
-        (see `key`: a stage made ready later goes after one as high)?"""
+    def first_readied(self, sid: StageId) -> float:
+        """The `key` of the first stage `sid`'s end makes ready (infinity if
+        none): a stage waiting with a key above it would go after that one."""
         status, waiting, priority = self.status, self.waiting, self.priority
-        return any(waiting[d] == 1 and d not in status and -priority[d] < key for d in self.next[sid])
+        return min((-priority[d] for d in self.next[sid] if waiting[d] == 1 and d not in status), default=math.inf)
 
     def finish(self, sid: StageId, status: Status) -> None:
         """`sid` is done; if it succeeded, the stages waiting only for it become ready."""

@@ -124,7 +124,14 @@ def capture(
             # their objects, and the build's end looks at them (Storer).
             again = outputs.capture(stage, known, False)
             return result, Captured(
-                again.outs, again.seen, again.missing, False, read_ns=again.read_ns, linked=tuple(linked), uncached=True
+                again.outs,
+                again.seen,
+                again.missing,
+                False,
+                read_ns=again.read_ns,
+                proven=again.proven,
+                linked=tuple(linked),
+                uncached=True,
             )
     except OSError as exc:
         return runner.failed(f"pivotbuild: could not hash or store the outputs: {exc}"), None
