@@ -22,7 +22,7 @@ from pivotbuild.cache.storer import Storer
 from pivotbuild.events import BuildFinished, Event, Message, Status
 from pivotbuild.graph import BuildGraph
 from pivotbuild.model import Stage, StageId
-from pivotbuild.paths import STATE_DIR
+from pivotbuild.paths import STATE_DIR, joined
 from pivotbuild.project import Project
 from pivotbuild.state import history, seal, snapshot
 from pivotbuild.state.hashing import hash_file
@@ -348,7 +348,7 @@ def _cached(
     """Of the files `seen`, those of the stage's cached outputs: the objects it counts on."""
     if all(out.cache for out in stage.outs):
         return seen
-    bases = tuple(os.path.join(root, out.path) for out in stage.outs if not out.cache)
+    bases = tuple(joined(root, out.path) for out in stage.outs if not out.cache)
     inside = tuple(base + os.sep for base in bases)
     return tuple(s for s in seen if s[0] not in bases and not s[0].startswith(inside))
 

@@ -169,8 +169,35 @@ class OutputCache:
         missing = tuple(o.path for o, st in zip(stage.outs, stats, strict=True) if st is None)
         if missing:
             return Captured(tuple(FileRecord(o.path, ABSENT, "") for o in stage.outs), (), missing, stored=False)
+        outs: list[FileRecord] = []
+        stored = store and bool(stage.outs)
         try:
-            outs, stored = self._capture(stage, stats, known, store, reads)
+            for out, st in zip(stage.outs, stats, strict=True):
+                assert st is not None
+                keep = store and out.cache
+                stored = stored and keep
+                # In hardlink mode the workspace copy may become the object itself,
+                # unless the stage writes into it in place next time.
+                link = keep and self.mode is Mode.HARDLINK and not (out.persist or out.incremental)
+                full = os.path.join(self.root, out.path)
+                if stat.S_ISDIR(st.st_mode):
+                    entries = []
+                    for rel, kind, fst in walk_dir(full):
+                        path = os.path.join(full, rel)
+                        if kind == ENTRY_LINK:
+                            digest = link_hash(path)
+                            if keep:
+                                self.cache.store_bytes(os.fsencode(os.readlink(path)))
+                        else:
+                            digest = self._file(path, fst, known, keep, link=link, reads=reads)
+                        entries.append(ManifestEntry(rel, kind, digest))
+                    manifest = manifest_bytes(entries)
+                    outs.append(FileRecord(out.path, DIR, hash_bytes(manifest)))
+                    if keep:
+                        self.cache.store_bytes(manifest)
+                else:
+                    digest = self._file(full, st, known, keep, link=link, reads=reads)
+                    outs.append(FileRecord(out.path, FILE, digest, executable=bool(st.st_mode & 0o111)))
         finally:
             if linked is not None:
                 linked.extend(reads.linked)
@@ -185,44 +212,6 @@ class OutputCache:
             proven=frozenset(reads.proven) if reads.proven else _NONE,
             linked=tuple(reads.linked) if reads.linked else (),
         )
-
-    def _capture(
-        self,
-        stage: Stage,
-        stats: list[os.stat_result | None],
-        known: Mapping[str, StatEntry],
-        store: bool,
-        reads: _Reads,
-    ) -> tuple[list[FileRecord], bool]:
-        outs: list[FileRecord] = []
-        stored = store and bool(stage.outs)
-        for out, st in zip(stage.outs, stats, strict=True):
-            assert st is not None
-            keep = store and out.cache
-            stored = stored and keep
-            # In hardlink mode the workspace copy may become the object itself,
-            # unless the stage writes into it in place next time.
-            link = keep and self.mode is Mode.HARDLINK and not (out.persist or out.incremental)
-            full = os.path.join(self.root, out.path)
-            if stat.S_ISDIR(st.st_mode):
-                entries = []
-                for rel, kind, fst in walk_dir(full):
-                    path = os.path.join(full, rel)
-                    if kind == ENTRY_LINK:
-                        digest = link_hash(path)
-                        if keep:
-                            self.cache.store_bytes(os.fsencode(os.readlink(path)))
-                    else:
-                        digest = self._file(path, fst, known, keep, link=link, reads=reads)
-                    entries.append(ManifestEntry(rel, kind, digest))
-                manifest = manifest_bytes(entries)
-                outs.append(FileRecord(out.path, DIR, hash_bytes(manifest)))
-                if keep:
-                    self.cache.store_bytes(manifest)
-            else:
-                digest = self._file(full, st, known, keep, link=link, reads=reads)
-                outs.append(FileRecord(out.path, FILE, digest, executable=bool(st.st_mode & 0o111)))
-        return outs, stored
 
     def _file(
         self,

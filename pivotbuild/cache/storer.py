@@ -34,7 +34,7 @@ is next read.)  A file found changed since it was hashed is reported to
 
 An object dropped that way may be one other stages of the build count on:
 one whose output hashed the same found the object there and did not store
-its own copy.  So every stage put with a file of that hash counts as not
+its own copy.  So every stage that holds a file of that hash counts as not
 stored (`unstored`): the next build decides it again and stores what the
 cache lacks.  So does a stage whose storing failed (`failed`).
 """
@@ -91,7 +91,7 @@ class Storer:
         self._put: set[StageId] = set()
         self._stored: set[StageId] = set()
         self._linked: list[tuple[Stage, str, tuple[tuple[str, str, Stamp], ...]]] = []
-        self._users: dict[str, list[StageId]] = {}  # hash -> the stages put with a file of it
+        self._users: dict[str, list[StageId]] = {}  # hash -> the stages that hold a file of it
         self._dropped: set[str] = set()  # hashes whose objects went (see the module)
         self._failed: set[StageId] = set()  # stages whose storing failed
 
@@ -120,16 +120,14 @@ class Storer:
         one due sooner than the one before it waits for that one.)  `linked`:
         the (path, hash, stamp) of files that are their cache objects, whose
         stamps `finish` compares (see the module).  `holds`: the (path, stat,
-        hash) of every file of the stage's outputs read (Captured.seen): it
-        counts on their objects, even those the cache had already.
+        hash) of every file of the stage's cached outputs read (of
+        Captured.seen, `files`, `confirm` and `linked` included): it counts
+        on their objects, even those the cache had already.
         `failed`: its outputs could not be stored (see the module)."""
         self._put.add(stage.id)
         if failed:
             self._failed.add(stage.id)
         users = self._users
-        for group in (files, confirm, linked):
-            for file in group:
-                users.setdefault(file[1], []).append(stage.id)
         for _, _, digest in holds:
             users.setdefault(digest, []).append(stage.id)
         if linked:
