@@ -18,6 +18,15 @@ is, beside ninja on the same tree, in interleaved rounds:
   +record each stage's record (its deps' and outputs' hashes, msgpack)
           appended to a journal, and its small output appended to a pack:
           the least a build that keeps a record and a cached copy does
+  +state  deciding by content as STATE.md asks: a lockfile (each stage's
+          command and its deps' and output's hashes) and a stat cache
+          (path -> size, mtime, inode, ctime, hash: a file is read only when
+          its stat differs), each zstd-compressed msgpack with a magic and a
+          checksum, read at the start and, after a build that ran stages,
+          replaced atomically (temporary file, fsync, rename, fsync of the
+          directory); no racy-stamp handling, no history, no run cache
+          beyond the journal: the least a fresh process honouring the state
+          contract does
 
 Each row is a clean build of a fresh copy and an incremental build (one
 middle-layer source edited, as compare.py edits) of the loop's own copy;
@@ -44,20 +53,61 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import compare
 
-LEVELS = ("spawn", "+pipe", "+hash", "+record")
+LEVELS = ("spawn", "+pipe", "+hash", "+record", "+state")
 
 # The loop, run as its own process: argv = [level, jobs, command, stages file].
 LOOP = textwrap.dedent(
     """
     import os, sys, select
     level, jobs, cmd, listing = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
-    PIPE, HASH, RECORD = level != "spawn", level in ("+hash", "+record"), level == "+record"
+    PIPE, STATE = level != "spawn", level == "+state"
+    HASH, RECORD = level in ("+hash", "+record", "+state"), level in ("+record", "+state")
     if HASH:
         import xxhash
     if RECORD:
         import msgpack
         journal = open(".floor-journal", "ab", buffering=0)
         pack = open(".floor-pack", "ab", buffering=0)
+    if STATE:
+        import zstandard
+        def load(name):  # a state file: magic, zstd(msgpack), checksum; {} if absent
+            try:
+                with open(name, "rb") as f:
+                    raw = f.read()
+            except FileNotFoundError:
+                return {}
+            payload = raw[8:-16]
+            assert raw[:8] == b"FLOORv01" and xxhash.xxh3_128_digest(payload) == raw[-16:]
+            return msgpack.unpackb(zstandard.ZstdDecompressor().decompress(payload))
+        def save(name, obj):  # replaced atomically: a temporary file, fsync, rename, fsync the directory
+            payload = zstandard.ZstdCompressor(level=3).compress(msgpack.packb(obj))
+            fd = os.open(name + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            os.write(fd, b"FLOORv01" + payload + xxhash.xxh3_128_digest(payload))
+            os.fsync(fd)
+            os.close(fd)
+            os.rename(name + ".tmp", name)
+            fd = os.open(".", os.O_RDONLY)
+            os.fsync(fd)
+            os.close(fd)
+        lock = load("floor.lock")  # out -> [command, [[dep, hash]...], out hash]
+        statc = load(".floor-stat")  # path -> [size, mtime_ns, inode, ctime_ns, hash]
+        hashes = {}
+        def hashed(p):  # a file's hash by the stat cache, read only if its stat differs; None if missing
+            h = hashes.get(p)
+            if h is None:
+                try:
+                    st = os.stat(p)
+                except FileNotFoundError:
+                    return None
+                e = statc.get(p)
+                if e and e[0] == st.st_size and e[1] == st.st_mtime_ns and e[2] == st.st_ino and e[3] == st.st_ctime_ns:
+                    h = e[4]
+                else:
+                    with open(p, "rb") as f:
+                        h = xxhash.xxh3_128_hexdigest(f.read())
+                    statc[p] = [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, h]
+                hashes[p] = h
+            return h
     stages = [line.split() for line in open(listing).read().splitlines()]  # out dep...
     program = next(os.path.join(d, cmd) for d in os.environ["PATH"].split(":")
                    if os.access(os.path.join(d, cmd), os.X_OK))
@@ -84,6 +134,11 @@ LOOP = textwrap.dedent(
         return t
     dirty = [False] * len(stages)
     for i, s in enumerate(stages):  # (listed in layer order: deps first)
+        if STATE:  # by content, as STATE.md says: the record, the deps' and the output's hashes
+            rec = lock.get(s[0])
+            dirty[i] = (rec is None or rec[0] != cmd or any(d in made and dirty[made[d]] for d in s[1:])
+                        or [[d, hashed(d)] for d in s[1:]] != rec[1] or hashed(s[0]) != rec[2])
+            continue
         out = mt(s[0])
         dirty[i] = out < 0 or any(mt(d) > out or (d in made and dirty[made[d]]) for d in s[1:])
     run = [i for i, s in enumerate(stages) if dirty[i]]
@@ -114,7 +169,14 @@ LOOP = textwrap.dedent(
             with open(s[0], "rb") as f:
                 data = f.read()
             digest = xxhash.xxh3_128_hexdigest(data)
-        if RECORD:
+        if STATE:
+            st = os.stat(s[0])
+            statc[s[0]] = [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, digest]
+            hashes[s[0]] = digest
+            rec = lock[s[0]] = [cmd, [[d, hashed(d)] for d in s[1:]], digest]
+            journal.write(msgpack.packb([s[0], rec]))
+            pack.write(data)
+        elif RECORD:
             deps = [(d, os.stat(d).st_mtime_ns) for d in s[1:]]
             journal.write(msgpack.packb([s[0], digest, deps]))
             pack.write(data)
@@ -144,6 +206,9 @@ LOOP = textwrap.dedent(
             assert status == 0, status
             ended(running.pop(pid))
             todo -= 1
+    if STATE and run:
+        save("floor.lock", dict(sorted(lock.items())))
+        save(".floor-stat", statc)
     """
 )
 
