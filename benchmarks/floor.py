@@ -33,6 +33,13 @@ middle-layer source edited, as compare.py edits) of the loop's own copy;
 seconds, medians, and the ratio to ninja's median in the same rounds.
 
     .venv/bin/python benchmarks/floor.py --shape small --rounds 5
+    .venv/bin/python benchmarks/floor.py --levels +state --busy 150   # and with 150 us more CPU a stage
+
+`--busy US` adds a row per level in which the loop also burns US
+microseconds of CPU for each stage it ends: what a build loop's own CPU per
+stage costs in wall time (on 2 cores at -j2, in a clean build of the small
+shape, most of it shows: 300 us more a stage made +state's clean build 0.20
+s longer, its incremental build 13 ms; the loop is the one serial part).
 
 (ninja from the venv: `pip install '.[test]'`.) Nothing here is pivotbuild:
 it is the reference for docs/performance.md's "What remains".
@@ -41,6 +48,7 @@ it is the reference for docs/performance.md's "What remains".
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import statistics
 import subprocess
@@ -58,7 +66,7 @@ LEVELS = ("spawn", "+pipe", "+hash", "+record", "+state")
 # The loop, run as its own process: argv = [level, jobs, command, stages file].
 LOOP = textwrap.dedent(
     """
-    import os, sys, select
+    import os, sys, select, time
     level, jobs, cmd, listing = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
     PIPE, STATE = level != "spawn", level == "+state"
     HASH, RECORD = level in ("+hash", "+record", "+state"), level in ("+record", "+state")
@@ -163,8 +171,13 @@ LOOP = textwrap.dedent(
             pipes[r] = pid
             ep.register(r, select.EPOLLIN)
         running[pid] = i
+    busy_ns = int(os.environ.get("FLOOR_BUSY_US", "0")) * 1000
     def ended(i):
         s = stages[i]
+        if busy_ns:  # --busy: the loop's own CPU per stage, made longer
+            until = time.thread_time_ns() + busy_ns
+            while time.thread_time_ns() < until:
+                pass
         if HASH:
             with open(s[0], "rb") as f:
                 data = f.read()
@@ -221,6 +234,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--levels", default=",".join(LEVELS))
+    ap.add_argument(
+        "--busy",
+        type=int,
+        default=0,
+        metavar="US",
+        help="each loop also burns US microseconds of CPU per stage it ends (a row per level, `LEVEL+US`)",
+    )
     args = ap.parse_args(argv)
     levels = args.levels.split(",")
     ninja = compare.find("ninja")
@@ -235,32 +255,36 @@ def main(argv: list[str] | None = None) -> int:
         seed = scratch / "seed"
         compare.generate(seed, stages, "ninja", args.shape)
         commands = {"ninja": [ninja, "-j", str(args.jobs)]}
+        envs: dict[str, dict[str, str]] = {}
         for level in levels:
             loop = [str(scratch / "loop.py"), level, str(args.jobs), cmd, str(scratch / "stages")]
             commands[level] = [sys.executable, *loop]
+            if args.busy:
+                commands[f"{level}+{args.busy}"] = commands[level]
+                envs[f"{level}+{args.busy}"] = {**os.environ, "FLOOR_BUSY_US": str(args.busy)}
         times: dict[str, dict[str, list[float]]] = {name: {"clean": [], "incr": []} for name in commands}
         for r in range(args.rounds):
             for name, command in commands.items():
                 tree = scratch / f"t-{name}"
                 shutil.rmtree(tree, ignore_errors=True)
                 shutil.copytree(seed, tree, symlinks=True)
-                times[name]["clean"].append(_timed(command, tree))
+                times[name]["clean"].append(_timed(command, tree, envs.get(name)))
                 compare.check_outputs(tree, stages, args.shape, name)
                 compare.edit(tree, args.width, args.depth, r)
-                times[name]["incr"].append(_timed(command, tree))
+                times[name]["incr"].append(_timed(command, tree, envs.get(name)))
                 compare.check_outputs(tree, stages, args.shape, name)
         base = {k: statistics.median(v) for k, v in times["ninja"].items()}
         print(f"{len(stages)} stages ({args.shape}), -j{args.jobs}, {args.rounds} rounds: medians, seconds (x ninja)")
-        print(f"{'loop':<10}{'clean':>16}{'incremental':>18}")
+        print(f"{'loop':<12}{'clean':>16}{'incremental':>18}")
         for name, t in times.items():
             c, i = statistics.median(t["clean"]), statistics.median(t["incr"])
-            print(f"{name:<10}{c:>9.3f} ({c / base['clean']:.2f}x){i:>11.3f} ({i / base['incr']:.2f}x)")
+            print(f"{name:<12}{c:>9.3f} ({c / base['clean']:.2f}x){i:>11.3f} ({i / base['incr']:.2f}x)")
     return 0
 
 
-def _timed(command: list[str], cwd: Path) -> float:
+def _timed(command: list[str], cwd: Path, env: dict[str, str] | None = None) -> float:
     t0 = time.perf_counter()
-    subprocess.run(command, cwd=cwd, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(command, cwd=cwd, check=True, stdout=subprocess.DEVNULL, env=env)
     return time.perf_counter() - t0
 
 

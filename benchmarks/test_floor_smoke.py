@@ -14,3 +14,9 @@ def test_each_loop_builds_the_lattice_beside_ninja(capsys: pytest.CaptureFixture
     assert lines[0].startswith("12 stages (small), -j2, 1 rounds")
     assert [line.split()[0] for line in lines[2:]] == ["ninja", *floor.LEVELS]
     assert all(line.count("x)") == 2 for line in lines[2:])
+
+
+def test_busy_adds_a_row_per_level_with_the_loop_s_cpu(capsys: pytest.CaptureFixture[str]) -> None:
+    assert floor.main(["--width", "3", "--depth", "3", "--rounds", "1", "--levels", "+state", "--busy", "50"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines[2:]] == ["ninja", "+state", "+state+50"]
