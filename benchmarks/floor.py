@@ -24,7 +24,9 @@ is, beside ninja on the same tree, in interleaved rounds:
           its stat differs), each zstd-compressed msgpack with a magic and a
           checksum, read at the start and, after a build that ran stages,
           replaced atomically (temporary file, fsync, rename, fsync of the
-          directory); no racy-stamp handling, no history, no run cache
+          directory), a stamp taken within three ticks of the coarse clock
+          of its file's change hashed again once past them (as git's
+          racy-clean entries are); no seal, no history, no run cache
           beyond the journal: the least a fresh process honouring the state
           contract does
 
@@ -77,7 +79,23 @@ LOOP = textwrap.dedent(
         journal = open(".floor-journal", "ab", buffering=0)
         pack = open(".floor-pack", "ab", buffering=0)
     if STATE:
-        import zstandard
+        # zstd's C backend loaded alone: the `zstandard` package imports
+        # `platform` (and with it `re`) to choose a backend, 9 to 10 ms of
+        # a fresh process; the extension itself takes 1 to 2.
+        import _imp, importlib.machinery as machinery
+        zstandard = None
+        for entry in sys.path:
+            pkg = os.path.join(entry, "zstandard")
+            so = [n for n in (os.listdir(pkg) if os.path.isdir(pkg) else ()) if n.startswith("backend_c.")]
+            if so:
+                origin = os.path.join(pkg, so[0])
+                spec = machinery.ModuleSpec("zstandard.backend_c",
+                                            machinery.ExtensionFileLoader("zstandard.backend_c", origin), origin=origin)
+                zstandard = _imp.create_dynamic(spec)
+                _imp.exec_dynamic(zstandard)
+                break
+        if zstandard is None:
+            import zstandard
         def load(name):  # a state file: magic, zstd(msgpack), checksum; {} if absent
             try:
                 with open(name, "rb") as f:
@@ -100,6 +118,25 @@ LOOP = textwrap.dedent(
         lock = load("floor.lock")  # out -> [command, [[dep, hash]...], out hash]
         statc = load(".floor-stat")  # path -> [size, mtime_ns, inode, ctime_ns, hash]
         hashes = {}
+        # A stamp within three ticks of the coarse clock of its file's last
+        # change is racy (the file could change again unseen): such entries
+        # are hashed again once past that window, at the end (`settle`).
+        window = 3 * int(time.clock_getres(5) * 1e9)  # CLOCK_REALTIME_COARSE
+        racy = {}
+        def note(p, st, h):
+            statc[p] = [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, h]
+            changed = max(st.st_mtime_ns, st.st_ctime_ns)
+            if time.time_ns() - changed < window:
+                racy[p] = changed
+        def settle():
+            wait = max(racy.values(), default=0) + window - time.time_ns()
+            if wait > 0:
+                time.sleep(wait / 1e9)
+            for p in racy:
+                st = os.stat(p)
+                with open(p, "rb") as f:
+                    statc[p] = [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns,
+                                xxhash.xxh3_128_hexdigest(f.read())]
         def hashed(p):  # a file's hash by the stat cache, read only if its stat differs; None if missing
             h = hashes.get(p)
             if h is None:
@@ -113,7 +150,7 @@ LOOP = textwrap.dedent(
                 else:
                     with open(p, "rb") as f:
                         h = xxhash.xxh3_128_hexdigest(f.read())
-                    statc[p] = [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, h]
+                    note(p, st, h)
                 hashes[p] = h
             return h
     stages = [line.split() for line in open(listing).read().splitlines()]  # out dep...
@@ -183,8 +220,7 @@ LOOP = textwrap.dedent(
                 data = f.read()
             digest = xxhash.xxh3_128_hexdigest(data)
         if STATE:
-            st = os.stat(s[0])
-            statc[s[0]] = [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, digest]
+            note(s[0], os.stat(s[0]), digest)
             hashes[s[0]] = digest
             rec = lock[s[0]] = [cmd, [[d, hashed(d)] for d in s[1:]], digest]
             journal.write(msgpack.packb([s[0], rec]))
@@ -221,6 +257,7 @@ LOOP = textwrap.dedent(
             todo -= 1
     if STATE and run:
         save("floor.lock", dict(sorted(lock.items())))
+        settle()
         save(".floor-stat", statc)
     """
 )
