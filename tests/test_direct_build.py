@@ -88,7 +88,9 @@ def test_an_edit_reruns_the_stage_and_its_dependents_without_click(chain: Projec
 # compiler (as the no-op), what serves only a watcher, a dry run, a config.toml, a
 # misspelt name or a stage too big for the machine, tempfile (state/files.py), shutil
 # and the bz2 and lzma it pulls (only a directory's removal needs it: files.remove_tree),
-# and dataclasses and the inspect it pulls (the records are structs: pivotbuild/structs.py);
+# and dataclasses and the inspect it pulls (the records are structs: pivotbuild/structs.py),
+# platform, which the zstandard package imports to choose its backend (the lockfile's
+# zstd is its C extension loaded alone: state/framing.py);
 # where stages are spawned (build/executors/spawn.py), subprocess too.
 NOT_FOR_A_BUILD = frozenset(
     ({"subprocess"} if Starter().spawns else set())
@@ -108,6 +110,7 @@ NOT_FOR_A_BUILD = frozenset(
         "pivotbuild.build.executors.dry",
         "dataclasses",
         "inspect",
+        "platform",
     }
 )
 

@@ -131,3 +131,57 @@ def test_frames_yield_each_entry_until_the_first_damaged_one() -> None:
 def test_a_magic_is_eight_bytes() -> None:
     with pytest.raises(ValueError, match="8 bytes"):
         Format(b"PIV\n", 1, "short")
+
+
+# zstd, as a build loads it (framing._zstd), in a fresh interpreter each time.
+_ZSTD_PROGRAM = """
+import sys
+{before}
+from pivotbuild.state.framing import Format
+fmt = Format(b"PIVTEST\\n", 3, "test file", zstd_level=1)
+value = {{"stages": [{{"name": "s%d" % i, "deps": ["a", "b"]}} for i in range(40)]}}
+blob = fmt.dump(value)
+assert fmt.load(blob) == value
+loaded = "platform" in sys.modules, "zstandard" in sys.modules, "zstandard.backend_c" in sys.modules
+import zstandard
+payload = blob[16:-16]
+assert zstandard.ZstdDecompressor().decompress(payload) == fmt.unpack(blob)
+print(*loaded)
+"""
+
+
+def _zstd_in_a_fresh_interpreter(before: str = "") -> str:
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", _ZSTD_PROGRAM.format(before=before)], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def test_zstd_is_its_c_extension_alone_and_the_package_imported_later_uses_it() -> None:
+    # Neither `platform` nor the package's own import: the extension alone,
+    # which a later `import zstandard` (a py: stage's) takes as it is.
+    assert _zstd_in_a_fresh_interpreter() == "False False True"
+
+
+def test_zstd_is_the_package_where_it_is_imported_already() -> None:
+    assert _zstd_in_a_fresh_interpreter("import zstandard") == "True True True"
+
+
+def test_zstd_is_the_package_where_its_c_extension_is_not_found() -> None:
+    # As on a build of zstandard without its C backend: the package chooses.
+    # (Found by nobody but the package's own import, which looks after ours.)
+    no_backend = (
+        "from importlib.machinery import PathFinder\n"
+        "find, asked = PathFinder.find_spec, []\n"
+        "def once(cls, name, path=None, target=None):\n"
+        "    if name == 'zstandard.backend_c' and not asked:\n"
+        "        asked.append(name)\n"
+        "        return None\n"
+        "    return find(name, path, target)\n"
+        "PathFinder.find_spec = classmethod(once)"
+    )
+    assert _zstd_in_a_fresh_interpreter(no_backend) == "True True True"
