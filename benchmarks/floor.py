@@ -24,9 +24,9 @@ is, beside ninja on the same tree, in interleaved rounds:
           its stat differs), each zstd-compressed msgpack with a magic and a
           checksum, read at the start and, after a build that ran stages,
           replaced atomically (temporary file, fsync, rename, fsync of the
-          directory), a stamp taken within three ticks of the coarse clock
-          of its file's change hashed again once past them (as git's
-          racy-clean entries are); no seal, no history, no run cache
+          directory), a stamp the kernel's coarse clock had not passed when
+          its file was read hashed again once it has (as pivotbuild's
+          StatCache.settle; git's racy-clean entries); no seal, no history, no run cache
           beyond the journal: the least a fresh process honouring the state
           contract does
 
@@ -118,25 +118,35 @@ LOOP = textwrap.dedent(
         lock = load("floor.lock")  # out -> [command, [[dep, hash]...], out hash]
         statc = load(".floor-stat")  # path -> [size, mtime_ns, inode, ctime_ns, hash]
         hashes = {}
-        # A stamp within three ticks of the coarse clock of its file's last
-        # change is racy (the file could change again unseen): such entries
-        # are hashed again once past that window, at the end (`settle`).
-        window = 3 * int(time.clock_getres(5) * 1e9)  # CLOCK_REALTIME_COARSE
+        # A stamp is racy (the file could change again unseen) until the
+        # kernel's coarse clock, which stamps files here, has passed it: read
+        # before the read the hash came from (as pivotbuild's stamps.is_racy).
+        # Racy entries are hashed again at the end, once that clock has passed
+        # them (looked at up to three times), else left out of the cache.
+        tick = int(time.clock_getres(5) * 1e9)  # CLOCK_REALTIME_COARSE
+        def clock():
+            return time.clock_gettime_ns(5)
         racy = {}
-        def note(p, st, h):
+        def note(p, st, h, before):
             statc[p] = [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, h]
             changed = max(st.st_mtime_ns, st.st_ctime_ns)
-            if time.time_ns() - changed < window:
+            if before <= changed:
                 racy[p] = changed
         def settle():
-            wait = max(racy.values(), default=0) + window - time.time_ns()
-            if wait > 0:
-                time.sleep(wait / 1e9)
+            for _ in range(3):
+                newest, now = max(racy.values(), default=0), clock()
+                if newest < now:
+                    break
+                time.sleep((newest - now + tick + tick // 4) / 1e9)
             for p in racy:
+                before = clock()
                 st = os.stat(p)
                 with open(p, "rb") as f:
-                    statc[p] = [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns,
-                                xxhash.xxh3_128_hexdigest(f.read())]
+                    h = xxhash.xxh3_128_hexdigest(f.read())
+                if before > max(st.st_mtime_ns, st.st_ctime_ns):
+                    statc[p] = [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, h]
+                else:
+                    statc.pop(p, None)
         def hashed(p):  # a file's hash by the stat cache, read only if its stat differs; None if missing
             h = hashes.get(p)
             if h is None:
@@ -148,9 +158,10 @@ LOOP = textwrap.dedent(
                 if e and e[0] == st.st_size and e[1] == st.st_mtime_ns and e[2] == st.st_ino and e[3] == st.st_ctime_ns:
                     h = e[4]
                 else:
+                    before = clock()
                     with open(p, "rb") as f:
                         h = xxhash.xxh3_128_hexdigest(f.read())
-                    note(p, st, h)
+                    note(p, st, h, before)
                 hashes[p] = h
             return h
     stages = [line.split() for line in open(listing).read().splitlines()]  # out dep...
@@ -215,12 +226,15 @@ LOOP = textwrap.dedent(
             until = time.thread_time_ns() + busy_ns
             while time.thread_time_ns() < until:
                 pass
+        if STATE:
+            before = clock()
+            st = os.stat(s[0])
         if HASH:
             with open(s[0], "rb") as f:
                 data = f.read()
             digest = xxhash.xxh3_128_hexdigest(data)
         if STATE:
-            note(s[0], os.stat(s[0]), digest)
+            note(s[0], st, digest, before)
             hashes[s[0]] = digest
             rec = lock[s[0]] = [cmd, [[d, hashed(d)] for d in s[1:]], digest]
             journal.write(msgpack.packb([s[0], rec]))
