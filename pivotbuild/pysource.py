@@ -31,11 +31,12 @@ from __future__ import annotations
 import os
 import stat
 import sys
+import time
 
 from pivotbuild.errors import PivotError
 from pivotbuild.pyunits import Import, Parsed, Unit, parse
 from pivotbuild.state.hashing import hash_bytes
-from pivotbuild.state.stamps import Stamp, is_racy, racy_clock, stamp
+from pivotbuild.state.stamps import Stamp, is_racy, stamp
 from pivotbuild.structs import struct
 
 
@@ -118,7 +119,7 @@ class SourceCache:
 
     def parsed(self, path: str, name: str) -> tuple[Parsed, Stamp, bool]:
         """The file at `path` (module `name`, for messages) parsed, its stamp, and whether that is trusted."""
-        now = racy_clock()
+        now = time.time_ns()
         try:
             st = os.stat(path)
             memo = self._files.get(path)
@@ -273,7 +274,7 @@ class _Walk:
         """Is `d` a directory?  If so, its stamp is kept: a file added there could change what is found."""
         if d in self.stamps:
             return True
-        now = racy_clock()
+        now = time.time_ns()
         try:
             st = os.stat(d)
         except OSError:

@@ -18,34 +18,6 @@ from pivotbuild.state.statcache import FORMAT, FRAME, StatCache
 # Comfortably longer than the 50 ms racy window of nanosecond timestamps.
 LEAVE_RACY_WINDOW_S = 0.1
 
-# On a local file system a stamp is racy until the kernel's coarse clock has
-# passed it (stamps.racy_clock): here it ticks every 4 ms, so whether a file
-# hashed right after it was written is still racy would be a matter of where
-# a tick falls between the two.  These tests see that clock as one that ticks
-# every TICK_NS but LAG_NS late: a file stays racy for at least LAG_NS after
-# its change, however the ticks fall, and settling waits until the clock has
-# passed it (stamps.racy_wait_ns counts the lag in).  The tests named for the
-# real clock put it back.
-LAG_NS, TICK_NS = 20_000_000, 4_000_000
-_CLOCK_REALTIME_COARSE = 5
-
-
-@pytest.fixture(autouse=True)
-def lagging_clock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    real, fine = time.clock_gettime_ns, time.time_ns
-
-    def clock(which: int) -> int:
-        return (fine() - LAG_NS) // TICK_NS * TICK_NS if which == _CLOCK_REALTIME_COARSE else real(which)
-
-    monkeypatch.setattr(time, "clock_gettime_ns", clock)
-    monkeypatch.setattr(stamps, "_windows", [{os.stat(tmp_path).st_dev: TICK_NS}])
-
-
-def real_clock(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The coarse clock and the mount table as they are (undoes `lagging_clock`)."""
-    monkeypatch.undo()
-    stamps.forget_mounts()
-
 
 @pytest.fixture
 def cache_path(tmp_path: Path) -> Path:
@@ -254,40 +226,13 @@ def test_a_racy_stamp_is_trusted_once_its_file_systems_window_has_passed(
     f = write(tmp_path / "f.txt", b"x")
     st = os.stat(f)
     changed = max(st.st_mtime_ns, st.st_ctime_ns)
-    # A local file system, stamped from the coarse clock `now` reads: racy
-    # while that clock has not passed the stamp, which it should have a tick
-    # (4 ms here) and a quarter after that clock reaches the stamp.
-    monkeypatch.setattr(stamps, "_windows", [{st.st_dev: 4_000_000}])
-    assert stamps.is_racy(st, changed - 1_000_000)
-    assert stamps.is_racy(st, changed)
-    assert not stamps.is_racy(st, changed + 1)
-    assert stamps.racy_wait_ns(st, changed) == 5_000_000
-    assert stamps.racy_wait_ns(st, changed - 1_000_000) == 6_000_000  # (a stamp ahead of it: multigrain)
-    assert stamps.racy_wait_ns(st, changed + 1) == 0
+    monkeypatch.setattr(stamps, "_windows", [{st.st_dev: 10_000_000}])  # a local file system
+    assert stamps.is_racy(st, changed + 9_000_000)
+    assert not stamps.is_racy(st, changed + 10_000_000)
     monkeypatch.setattr(stamps, "_windows", [{}])  # not known to be local: 50 ms
     assert stamps.is_racy(st, changed + 10_000_000)
     assert stamps.is_racy(st, changed + 49_000_000)
     assert not stamps.is_racy(st, changed + 50_000_000)
-    assert stamps.racy_wait_ns(st, changed + 10_000_000) == 40_000_000
-
-
-def test_once_the_real_coarse_clock_has_passed_a_stamp_a_change_gets_another(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """What `is_racy` relies on, on this machine's kernel: `racy_clock` reads
-    the clock files are stamped from, so a file rewritten (same size) once
-    that clock has passed its stamp is stamped anew."""
-    real_clock(monkeypatch)
-    f = write(tmp_path / "f.txt", b"one")
-    st = os.stat(f)
-    changed = max(st.st_mtime_ns, st.st_ctime_ns)
-    while stamps.racy_clock() <= changed:
-        time.sleep(0.0005)
-    assert not stamps.is_racy(st, stamps.racy_clock())
-    f.write_bytes(b"two")
-    again = os.stat(f)
-    assert again.st_size == st.st_size
-    assert (again.st_mtime_ns, again.st_ctime_ns) != (st.st_mtime_ns, st.st_ctime_ns)
 
 
 def test_multigrain_file_systems_are_known_by_type_from_linux_6_13() -> None:
@@ -333,7 +278,7 @@ def test_even_where_changes_show_a_plain_read_of_a_file_just_written_is_not_trus
     cache.file_hash(f)
     assert not cache.entries[os.fspath(f)].trusted
     g = write(tmp_path / "linked.txt", b"hashed through its link")
-    read_ns = stamps.racy_clock()
+    read_ns = time.time_ns()
     cache.note(os.fspath(g), os.stat(g), hash_file(g), read_ns)
     assert not cache.entries[os.fspath(g)].trusted
     cache.note(os.fspath(g), os.stat(g), hash_file(g), read_ns, proven=True)
@@ -369,29 +314,16 @@ def test_a_process_that_builds_again_reads_the_mount_table_again(
 def test_settling_waits_only_for_the_local_window(
     tmp_path: Path, cache_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # With the real coarse clock: a file hashed as soon as it was written
-    # waits until that clock has passed its stamp (a tick or two: 4 ms each
-    # here), not 50 ms; one whose stamp it has passed by the end waits for
-    # nothing.
-    real_clock(monkeypatch)
     f = write(tmp_path / "new.txt", b"new")
+    monkeypatch.setattr(stamps, "_windows", [{os.stat(f).st_dev: 5_000_000}])
     slept: list[float] = []
     real_sleep = time.sleep
     monkeypatch.setattr(time, "sleep", lambda s: (slept.append(s), real_sleep(s)))
     cache = StatCache(cache_path)
     cache.file_hash(f)
     cache.save()
-    assert all(s < stamps.FINE_WINDOW_NS / 2e9 for s in slept), slept  # (a few ms: a tick or two)
-    g = write(tmp_path / "later.txt", b"later")
-    cache = StatCache(cache_path)
-    cache.file_hash(g)
-    changed = max(os.stat(g).st_mtime_ns, os.stat(g).st_ctime_ns)
-    while stamps.racy_clock() <= changed:
-        real_sleep(0.0005)
-    slept.clear()
-    cache.save()
-    assert slept == []
-    assert StatCache(cache_path).entries[os.fspath(g)].trusted
+    assert StatCache(cache_path).entries[os.fspath(f)].trusted
+    assert all(s <= 0.005 for s in slept)
 
 
 def _garbage_files() -> list[bytes]:
@@ -710,11 +642,11 @@ def test_a_hash_read_within_the_racy_window_is_not_trusted_however_late_it_is_no
     a read that began after the window."""
     f = write(tmp_path / "out.bin", b"just written\n")
     st = os.stat(f)
-    read_ns = stamps.racy_clock()  # the read began now, within the window
+    read_ns = time.time_ns()  # the read began now, within the window
     digest = hash_file(f)
     time.sleep(LEAVE_RACY_WINDOW_S)
     cache = StatCache(cache_path)
     cache.note(str(f), st, digest, read_ns)
     assert not cache.entries[str(f)].trusted
-    cache.note(str(f), st, digest, stamps.racy_clock())  # a read that began past the window proves it
+    cache.note(str(f), st, digest, time.time_ns())  # a read that began past the window proves it
     assert cache.entries[str(f)].trusted

@@ -9,8 +9,6 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
-
 from pivotbuild.build.executors.poller import Poller
 from pivotbuild.build.recorder import store_hints
 from pivotbuild.cache.outputs import OutputCache
@@ -102,29 +100,18 @@ def test_a_copy_is_due_when_the_caller_says_its_files_settle(tmp_path: Path) -> 
     assert warnings == []
 
 
-def test_the_recorder_tells_the_storer_sizes_and_when_the_files_settle(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_the_recorder_tells_the_storer_sizes_and_when_the_files_settle(tmp_path: Path) -> None:
     small, big = tmp_path / "small.txt", tmp_path / "big.bin"
     small.write_bytes(b"x" * 100)
     big.write_bytes(b"x" * (SMALL + 1))
     st_small, st_big = os.stat(small), os.stat(big)
     written = max(st_small.st_mtime_ns, st_small.st_ctime_ns)
+    window = stamps.window_ns(st_small)
+    assert store_hints([(str(small), st_small, "h")], written) == (True, window / 1e9)
     newest = max(written, st_big.st_mtime_ns, st_big.st_ctime_ns)  # (the later file decides)
-    both = [(str(small), st_small, "h"), (str(big), st_big, "h")]
-    # A local file system (stamped from the coarse clock `now` reads): until
-    # that clock should have passed the newest stamp, a tick and a quarter
-    # after it reached it.
-    monkeypatch.setattr(stamps, "_windows", [{st_small.st_dev: 4_000_000}])
-    assert store_hints([(str(small), st_small, "h")], written) == (True, 0.005)
-    fits, wait = store_hints(both, newest - 1_000_000)
-    assert not fits and wait == 0.006
-    assert store_hints(both, newest + 1) == (False, 0.0)  # settled already
-    # Elsewhere, 50 ms of the real-time clock.
-    monkeypatch.setattr(stamps, "_windows", [{}])
-    fits, wait = store_hints(both, newest + 10_000_000)
-    assert not fits and wait == 0.04
-    assert store_hints([(str(small), st_small, "h")], written + 50_000_001) == (True, 0.0)
+    fits, wait = store_hints([(str(small), st_small, "h"), (str(big), st_big, "h")], newest + window // 2)
+    assert not fits and wait == (window - window // 2) / 1e9
+    assert store_hints([(str(small), st_small, "h")], written + window + 1) == (True, 0.0)  # settled already
     assert store_hints([], written) == (True, 0.0)
 
 

@@ -10,6 +10,7 @@ finish; `DryRecorder` is its stand-in for a plan, which writes nothing.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Mapping, Sequence
 
 from pivotbuild.build.decider import UNCACHEABLE
@@ -28,7 +29,7 @@ from pivotbuild.state.hashing import hash_file
 from pivotbuild.state.kinds import DIR, FILE
 from pivotbuild.state.records import FileRecord, StageRecord
 from pivotbuild.state.snapshot import PY, Snapshot
-from pivotbuild.state.stamps import Stamp, racy_clock, racy_wait_ns
+from pivotbuild.state.stamps import Stamp, racy_wait_ns
 from pivotbuild.state.store import StateStore
 from pivotbuild.structs import struct
 
@@ -178,7 +179,7 @@ class Recorder:
         if captured.seen or captured.deferred or captured.confirm or captured.stored or replaced is not None:
             # The copies, the reads that prove stat-cache entries, and the run-cache
             # entry, all off this thread.
-            small, settled_in = store_hints(captured.seen, racy_clock())
+            small, settled_in = store_hints(captured.seen, time.time_ns())
             self.storer.put(
                 stage,
                 replaced,
@@ -291,7 +292,7 @@ class Recorder:
             if old is not None
             else seal.Seal(project.plan_id, locks, absent)
         )
-        now = racy_clock()
+        now = time.time_ns()
         seen: dict[tuple[str, str], Stamp | None] = {}
         unstored = self.storer.unstored  # the next build must decide these, and store what the cache lacks
         always = graph.always_runs

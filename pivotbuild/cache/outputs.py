@@ -35,12 +35,11 @@ from pivotbuild.state.hashing import (
 from pivotbuild.state.kinds import ABSENT, DIR, FILE
 from pivotbuild.state.records import FileRecord, StageRecord
 from pivotbuild.state.snapshot import Snapshot
-from pivotbuild.state.stamps import Stamp, is_racy, racy_clock, racy_wait_ns, stamp
+from pivotbuild.state.stamps import Stamp, is_racy, racy_wait_ns, stamp
 from pivotbuild.state.statcache import StatCache, StatEntry
 from pivotbuild.structs import struct
 
 CACHE_DIR = "cache"
-_LOOKS = 3  # how many times `store_deferred` waits for a racy stamp to settle, at most
 
 
 _NONE: frozenset[str] = frozenset()
@@ -76,7 +75,7 @@ class _Reads:
     __slots__ = ("confirm", "deferred", "linked", "proven", "read_ns", "seen")
 
     def __init__(self, defer: bool, copies: bool) -> None:
-        self.read_ns = racy_clock()  # (before any of the reads)
+        self.read_ns = time.time_ns()  # (before any of the reads)
         self.seen: list[tuple[str, os.stat_result, str]] = []
         self.deferred: list[tuple[str, str]] | None = [] if defer and copies else None
         self.confirm: list[tuple[str, str]] | None = [] if defer else None
@@ -277,7 +276,7 @@ class OutputCache:
         the file's racy window and its stamp held throughout, `confirmed` gets
         (path, stat, hash), for the stat cache to trust its entry now.  To make
         that the rule, a file written moments ago is copied once its window
-        (`stamps.racy_wait_ns`: at most 50 ms) has passed, waiting with `pause(seconds)` (the storer's pause
+        (`stamps.window_ns`: at most 50 ms) has passed, waiting with `pause(seconds)` (the storer's pause
         ends early when the build is over: then the end of the build settles
         what is left, in one wait)."""
         changed = []
@@ -288,13 +287,11 @@ class OutputCache:
                 if copy:
                     raise
                 continue  # gone (a later stage removed it): the end of the build forgets it
-            for _ in range(_LOOKS):  # (a clock tick the kernel marks late: looked at again, a few times at most)
-                wait_ns = racy_wait_ns(before, racy_clock())
-                if not wait_ns:
-                    break
+            wait_ns = racy_wait_ns(before, time.time_ns())
+            if wait_ns:
                 pause(wait_ns / 1e9)
                 before = os.stat(path)  # as it is after the wait
-            started = racy_clock()
+            started = time.time_ns()
             if not copy and is_racy(before, started):
                 continue  # the build is ending: its settling reads it, once
             try:

@@ -4,9 +4,8 @@ A finished stage's outputs are hashed as it ends (the hashes are what the
 stages after it decide with), but copying them into the cache can wait: the
 stages downstream start at once, and the copies follow behind them, in the
 order stages finished.  Each copy waits until its files' racy window has
-passed (see below): on a local file system until the kernel's coarse clock
-should have passed their stamps, a few ms after its stage
-(`stamps.racy_wait_ns`), 50 ms on others.
+passed (see below): about 12 ms after its stage on a local file system
+(`stamps.window_ns`), 50 ms on others.
 
 Small files (all of a stage's at most `SMALL` bytes each) are copied by the
 build loop's own thread, as a clock of its poller (`poller`): when one is
@@ -116,7 +115,7 @@ class Storer:
         caller knows from the stats it hashed the files by: `small`, whether
         every one is at most SMALL bytes (else they are statted here), and
         `settled_in`, the seconds until all are past their racy window
-        (stamps.racy_wait_ns: a few ms on a local file system; else the
+        (stamps.racy_wait_ns: about 12 ms on a local file system; else the
         longest fine window is waited).  (Jobs are copied in the order put:
         one due sooner than the one before it waits for that one.)  `linked`:
         the (path, hash, stamp) of files that are their cache objects, whose

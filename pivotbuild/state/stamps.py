@@ -47,7 +47,6 @@ _LOCAL = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "tmpfs", "f2fs", "zf
 _MULTIGRAIN = frozenset({"ext4", "xfs", "btrfs", "tmpfs"})
 _MULTIGRAIN_SINCE = (6, 13)
 _CLOCK_REALTIME_COARSE = 5  # <linux/time.h>; the time module names it from Python 3.13
-_LINUX = sys.platform.startswith("linux")
 _windows: list[dict[int, int]] = []  # once read: st_dev -> window, for the local file systems mounted
 _multigrain: list[frozenset[int]] = []  # once read: the st_dev of each file system mounted with them
 
@@ -70,62 +69,29 @@ def stamp_now(path: str | bytes) -> Stamp | None:
         return UNREADABLE
 
 
-def racy_clock() -> int:
-    """Now, by the clock a stamp's raciness is judged by: the `now_ns` that
-    `is_racy` and `racy_wait_ns` take, read before the `stat` or the read
-    they judge.  On Linux the coarse real-time clock
-    (`CLOCK_REALTIME_COARSE`), the one the kernel stamps files from: once it
-    has passed a stamp, no later change can be given that stamp.  Elsewhere
-    the real-time clock."""
-    return time.clock_gettime_ns(_CLOCK_REALTIME_COARSE) if _LINUX else time.time_ns()
-
-
 def racy_wait_ns(st: os.stat_result, now_ns: int) -> int:
-    """How long after `now_ns` (`racy_clock`) the stamp `st` stops being
-    racy, when that is worth waiting for (at most FINE_WINDOW_NS); else 0
-    (a coarse clock's window is too long to wait, and what is past needs
-    none).  On a local file system, until the coarse clock should have
-    passed the stamp: by as much as the stamp is ahead of it (multigrain
-    timestamps may stamp a file from the real-time clock, which the coarse
-    one trails by up to a tick and the lateness of that tick), and a tick
-    and a quarter more.  A tick the kernel marks later than that leaves the
-    stamp racy: `is_racy` says so, and a caller looks again."""
+    """How long after `now_ns` the stamp `st` stops being racy, when that is
+    worth waiting for: a fine clock's window (at most FINE_WINDOW_NS); else 0
+    (a coarse clock's is too long to wait, and what is past needs none)."""
     if st.st_mtime_ns % 1_000_000_000 == 0:
         return 0
-    changed = max(st.st_mtime_ns, st.st_ctime_ns)
-    if _ticks_past(st):
-        if now_ns > changed:
-            return 0
-        tick = window_ns(st)
-        wait = changed - now_ns + tick + tick // 4
-    else:
-        wait = changed + window_ns(st) - now_ns
+    wait = max(st.st_mtime_ns, st.st_ctime_ns) + window_ns(st) - now_ns
     return wait if 0 < wait <= FINE_WINDOW_NS else 0
 
 
 def window_ns(st: os.stat_result) -> int:
-    """How long after its last change a file's stamp can stay racy.
+    """How long after its last change a file's stamp stays racy.
 
     On a local Linux file system a file is stamped from the kernel's coarse
-    clock (`CLOCK_REALTIME_COARSE`, which ticks every 1-10 ms; Linux 6.13's
-    multigrain timestamps may stamp a change finer, never below that
-    clock), which `racy_clock` reads: a stamp is racy only until that clock
-    has passed it, at most one of its ticks (see `is_racy`).  Elsewhere (a
-    network file system, a device not found in /proc/self/mountinfo, no
-    /proc) 50 ms of the real-time clock; 2 s for whole-second stamps."""
+    clock (`CLOCK_REALTIME_COARSE`, which ticks every 1-10 ms), so once
+    `time.time_ns()` is two of its ticks past a stamp, any later change gets a
+    later stamp; three ticks are used.  Elsewhere (a network file system, a
+    device not found in /proc/self/mountinfo, no /proc) 50 ms as before."""
     if st.st_mtime_ns % 1_000_000_000 == 0:
         return COARSE_WINDOW_NS
     if not _windows:
         _read_mounts()
     return _windows[0].get(st.st_dev, FINE_WINDOW_NS)
-
-
-def _ticks_past(st: os.stat_result) -> bool:
-    """Whether `st`'s file system stamps files from the coarse clock that
-    `racy_clock` reads (a local Linux one, with fractional stamps)."""
-    if not _windows:
-        _read_mounts()
-    return st.st_dev in _windows[0] and st.st_mtime_ns % 1_000_000_000 != 0
 
 
 def changes_show(st: os.stat_result) -> bool:
@@ -162,7 +128,7 @@ def _read_mounts() -> None:
         except (OSError, ValueError):
             lines, res_ns = [], 0
         if 0 < res_ns <= 10_000_000:
-            windows = local_devices(lines, max(res_ns, 1_000_000))  # (one tick: see window_ns)
+            windows = local_devices(lines, max(3 * res_ns, 1_000_000))
         if kernel_at_least(os.uname().release, _MULTIGRAIN_SINCE):
             multigrain = frozenset(local_devices(lines, 0, _MULTIGRAIN))
     if not _windows:
@@ -199,16 +165,9 @@ def local_devices(mountinfo: list[str], window: int, types: frozenset[str] = _LO
 
 
 def is_racy(st: os.stat_result, now_ns: int) -> bool:
-    """Whether a later change to the file could leave stamp `st` as it is,
-    judged at `now_ns` (`racy_clock`, read before the `stat` or the read
-    this judges).  On a local file system, while the coarse clock has not
-    passed the stamp (the same tick: exact, however late the clock's ticks
-    come); elsewhere, within the file system's window (`window_ns`)."""
     age = now_ns - max(st.st_mtime_ns, st.st_ctime_ns)
     if age >= FINE_WINDOW_NS and st.st_mtime_ns % 1_000_000_000:
         return False  # past every fine window: /proc need not be read
-    if _ticks_past(st):
-        return age <= 0
     return age < window_ns(st)
 
 
@@ -261,7 +220,7 @@ def read_source(path: Path) -> tuple[bytes | None, Source]:
     """The bytes of `path` (None if it does not exist) and its Source record.
     The stamp is taken before reading, so a change made while reading shows
     up as a stamp that no longer matches.  Other OSErrors propagate."""
-    now = racy_clock()
+    now = time.time_ns()
     try:
         st = os.stat(path)
         data = path.read_bytes()

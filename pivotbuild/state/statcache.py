@@ -43,14 +43,11 @@ from pivotbuild.state.hashing import (
     walk_dir,
 )
 from pivotbuild.state.stamps import is_racy as _is_racy
-from pivotbuild.state.stamps import racy_clock, racy_wait_ns
+from pivotbuild.state.stamps import racy_wait_ns
 
 MAGIC = b"PIVSTAT\n"
 FORMAT = 4  # 2: with a checksum; 3: in a `state.framing` frame; 4: frames of [rows, dropped]
 FRAME = framing.Format(MAGIC, FORMAT, "stat cache")
-# How many times `settle` waits for racy stamps to settle, at most (each wait
-# is as long as stamps.racy_wait_ns says; most settle after the first).
-_LOOKS = 3
 _FORMAT_1 = b"\x92\x01"  # msgpack [1, ...]: written before the checksum, dropped without a warning
 
 
@@ -143,8 +140,7 @@ class StatCache:
 
     def settle(self) -> None:
         """Make racy entries trustworthy now rather than at the next build: wait out
-        the racy window of the newest (`stamps.racy_wait_ns`: until the coarse
-        clock has passed its stamp on a local file system, 50 ms elsewhere), then
+        the racy window of the newest (`stamps.window_ns`: at most 50 ms), then
         re-read each such file.  A change made since it was first hashed shows
         up as a new hash here, which the next build compares with the
         lockfile, so nothing is missed; and a no-op build right after this one
@@ -152,17 +148,15 @@ class StatCache:
         racy = [k for k, e in self.entries.items() if not e.trusted]
         if not racy:
             return
-        now = racy_clock()
+        now = time.time_ns()
         stats: dict[str, os.stat_result] = {}
         for key in racy:
             try:
                 stats[key] = os.stat(key)
             except OSError:
                 self.forget(key)
-        for _ in range(_LOOKS):  # (a clock tick the kernel marks late: looked at again, a few times at most)
-            wait_ns = max((racy_wait_ns(st, now) for st in stats.values()), default=0)
-            if not wait_ns:
-                break
+        wait_ns = max((racy_wait_ns(st, now) for st in stats.values()), default=0)
+        if wait_ns:
             time.sleep(wait_ns / 1e9)
             for key in list(stats):  # as they are after the wait
                 try:
@@ -170,9 +164,8 @@ class StatCache:
                 except OSError:
                     del stats[key]
                     self.forget(key)
-            now = racy_clock()
         for key, st in stats.items():
-            if not _is_racy(st, racy_clock()):
+            if not _is_racy(st, time.time_ns()):
                 self.entries.pop(key)
                 self.file_hash(key, st)
 
@@ -215,7 +208,7 @@ class StatCache:
         entry = self.entries.get(key)
         if entry is not None and (entry.matches(st) or (key in self._this_run and entry.same_stamp(st))):
             return entry.hash
-        read_ns = racy_clock()
+        read_ns = time.time_ns()
         digest = hash_file(key)
         self.files_read += 1
         self._record(key, st, digest, read_ns)
