@@ -1128,3 +1128,26 @@ def test_a_digest_too_short_to_name_an_object_is_never_held(tmp_path: Path) -> N
     digest = hash_file(src)
     assert cache.store_file(src, digest) and cache.has(digest)
     assert not cache.has("") and not cache.has(digest[:2]) and not cache.has(digest[:1])
+
+
+def test_reading_an_output_again_skips_one_removed_while_it_settled(tmp_path: Path) -> None:
+    """An output read again (hardlink mode's proof, `copy=False`) that a later
+    stage removed while the storer waited out its racy window is left to the
+    end of the build, as one removed before: no "could not store" warning,
+    no stage left unstored."""
+    from pivotbuild.cache.outputs import OutputCache
+
+    (tmp_path / ".pivot").mkdir()
+    out = tmp_path / "out.bin"
+    out.write_bytes(b"written\n")
+    soon = time.time_ns() + 5_000_000  # (stamped in the racy window, however slow this test runs)
+    os.utime(out, ns=(soon, soon))
+    outputs = OutputCache(tmp_path, lambda _text: None)
+    paused: list[float] = []
+
+    def pause(seconds: float) -> None:
+        paused.append(seconds)
+        out.unlink()
+
+    changed = outputs.store_deferred([(str(out), hash_file(out))], lambda *_: None, pause, copy=False)
+    assert paused and changed == []

@@ -144,6 +144,8 @@ blob = fmt.dump(value)
 assert fmt.load(blob) == value
 loaded = "platform" in sys.modules, "zstandard" in sys.modules, "zstandard.backend_c" in sys.modules
 import zstandard
+import importlib.util
+assert importlib.util.find_spec("zstandard.backend_c") is not None  # (a module with its spec, as imported)
 payload = blob[16:-16]
 assert zstandard.ZstdDecompressor().decompress(payload) == fmt.unpack(blob)
 print(*loaded)

@@ -290,7 +290,12 @@ class OutputCache:
             wait_ns = racy_wait_ns(before, time.time_ns())
             if wait_ns:
                 pause(wait_ns / 1e9)
-                before = os.stat(path)  # as it is after the wait
+                try:
+                    before = os.stat(path)  # as it is after the wait
+                except FileNotFoundError:
+                    if copy:
+                        raise
+                    continue  # (removed meanwhile: as above)
             started = time.time_ns()
             if not copy and is_racy(before, started):
                 continue  # the build is ending: its settling reads it, once

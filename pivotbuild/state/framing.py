@@ -158,26 +158,31 @@ def _zstd() -> Any:
     The package's own import first imports `platform` (and with it `re`) to
     choose among its backends: 2.0 to 2.1 ms of a build with work here, 9 to
     10 in a fresh interpreter, against 0.6 to 1.0 for the extension alone.
-    It is put in `sys.modules` under its own name, so a later `import
-    zstandard` (a `py:` stage's, the Python API's caller's) uses it as it
-    is.  The package as usual where it is imported already, or where the
-    extension is not found (a build of it without the C backend)."""
-    found = sys.modules.get("zstandard") or sys.modules.get("zstandard.backend_c")
+    It is put in `sys.modules` under its own name, with the attributes an
+    import gives a module, so a later `import zstandard` (a `py:` stage's,
+    the Python API's caller's) uses it as it is; that package then lacks a
+    `backend_c` attribute (its own names, `zstandard.ZstdCompressor`..., are
+    all there).  The package as usual where it is imported already (or
+    being imported by another thread: the import waits for it), or where
+    the extension is not found (a build of it without the C backend)."""
+    found = sys.modules.get("zstandard.backend_c")
     if found is not None:
         return found
-    try:
-        from importlib.machinery import PathFinder
+    if "zstandard" not in sys.modules:
+        try:
+            from importlib.machinery import PathFinder
 
-        package = PathFinder.find_spec("zstandard")
-        spec = PathFinder.find_spec("zstandard.backend_c", package.submodule_search_locations) if package else None
-        if spec is not None and spec.loader is not None:
-            module = spec.loader.create_module(spec)
-            if module is not None:
-                spec.loader.exec_module(module)
-                sys.modules[spec.name] = module
-                return module
-    except (ImportError, OSError):
-        pass
+            package = PathFinder.find_spec("zstandard")
+            spec = PathFinder.find_spec("zstandard.backend_c", package.submodule_search_locations) if package else None
+            if spec is not None and spec.loader is not None:
+                module = spec.loader.create_module(spec)
+                if module is not None:
+                    module.__spec__, module.__loader__, module.__package__ = spec, spec.loader, "zstandard"
+                    spec.loader.exec_module(module)
+                    sys.modules[spec.name] = module
+                    return module
+        except (ImportError, OSError):
+            pass
     import zstandard
 
     return zstandard
