@@ -25,10 +25,11 @@ is, beside ninja on the same tree, in interleaved rounds:
           checksum, read at the start and, after a build that ran stages,
           replaced atomically (temporary file, fsync, rename, fsync of the
           directory), a stamp the kernel's coarse clock had not passed when
-          its file was read hashed again once it has (as pivotbuild's
-          StatCache.settle; git's racy-clean entries); no seal, no history, no run cache
-          beyond the journal: the least a fresh process honouring the state
-          contract does
+          its file was read hashed again once it has (git's racy-clean
+          entries; pivotbuild's StatCache.settle waits out a longer window,
+          which also covers a write under way); no seal, no history, no run
+          cache beyond the journal: the least a fresh process honouring the
+          state contract does
 
 Each row is a clean build of a fresh copy and an incremental build (one
 middle-layer source edited, as compare.py edits) of the loop's own copy;
@@ -40,8 +41,9 @@ seconds, medians, and the ratio to ninja's median in the same rounds.
 `--busy US` adds a row per level in which the loop also burns US
 microseconds of CPU for each stage it ends: what a build loop's own CPU per
 stage costs in wall time (on 2 cores at -j2, in a clean build of the small
-shape, most of it shows: 300 us more a stage made +state's clean build 0.20
-s longer, its incremental build 13 ms; the loop is the one serial part).
+shape, most of it shows: 300 us more a stage made +state's clean build 0.2
+to 0.24 s longer, its incremental build 8 to 18 ms; the loop is the one
+serial part).
 
 (ninja from the venv: `pip install '.[test]'`.) Nothing here is pivotbuild:
 it is the reference for docs/performance.md's "What remains".
@@ -79,23 +81,15 @@ LOOP = textwrap.dedent(
         journal = open(".floor-journal", "ab", buffering=0)
         pack = open(".floor-pack", "ab", buffering=0)
     if STATE:
-        # zstd's C backend loaded alone: the `zstandard` package imports
-        # `platform` (and with it `re`) to choose a backend, 9 to 10 ms of
-        # a fresh process; the extension itself takes 1 to 2.
-        import _imp, importlib.machinery as machinery
-        zstandard = None
-        for entry in sys.path:
-            pkg = os.path.join(entry, "zstandard")
-            so = [n for n in (os.listdir(pkg) if os.path.isdir(pkg) else ()) if n.startswith("backend_c.")]
-            if so:
-                origin = os.path.join(pkg, so[0])
-                spec = machinery.ModuleSpec("zstandard.backend_c",
-                                            machinery.ExtensionFileLoader("zstandard.backend_c", origin), origin=origin)
-                zstandard = _imp.create_dynamic(spec)
-                _imp.exec_dynamic(zstandard)
-                break
-        if zstandard is None:
-            import zstandard
+        # zstd's C backend loaded alone, as pivotbuild's state/framing.py
+        # does: the `zstandard` package imports `platform` (and with it
+        # `re`) to choose a backend, 9 to 10 ms of a fresh process; the
+        # extension itself takes 1 to 2.
+        from importlib.machinery import PathFinder
+        package = PathFinder.find_spec("zstandard")
+        spec = PathFinder.find_spec("zstandard.backend_c", package.submodule_search_locations)
+        zstandard = spec.loader.create_module(spec)
+        spec.loader.exec_module(zstandard)
         def load(name):  # a state file: magic, zstd(msgpack), checksum; {} if absent
             try:
                 with open(name, "rb") as f:
