@@ -3,6 +3,9 @@ goes in comes out, and any damage is reported as `Damaged`, never decoded."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import msgpack
 import pytest
 import xxhash
@@ -153,9 +156,6 @@ print(*loaded)
 
 
 def _zstd_in_a_fresh_interpreter(before: str = "") -> str:
-    import subprocess
-    import sys
-
     done = subprocess.run(
         [sys.executable, "-c", _ZSTD_PROGRAM.format(before=before)], capture_output=True, text=True, check=False
     )
