@@ -283,19 +283,13 @@ class OutputCache:
         for path, digest in files:
             try:
                 before = os.stat(path)
+                if wait_ns := racy_wait_ns(before, time.time_ns()):
+                    pause(wait_ns / 1e9)
+                    before = os.stat(path)  # as it is after the wait
             except FileNotFoundError:
                 if copy:
                     raise
-                continue  # gone (a later stage removed it): the end of the build forgets it
-            wait_ns = racy_wait_ns(before, time.time_ns())
-            if wait_ns:
-                pause(wait_ns / 1e9)
-                try:
-                    before = os.stat(path)  # as it is after the wait
-                except FileNotFoundError:
-                    if copy:
-                        raise
-                    continue  # (removed meanwhile: as above)
+                continue  # gone (a later stage removed it, even while it settled): the end of the build forgets it
             started = time.time_ns()
             if not copy and is_racy(before, started):
                 continue  # the build is ending: its settling reads it, once

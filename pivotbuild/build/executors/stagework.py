@@ -26,6 +26,7 @@ from pivotbuild.state.files import ABSENT_ERRNOS, remove_tree
 from pivotbuild.state.snapshot import Snapshot
 from pivotbuild.state.stamps import Stamp
 from pivotbuild.state.statcache import StatEntry
+from pivotbuild.structs import replace
 
 
 def run_stage(
@@ -123,16 +124,7 @@ def capture(
             # what the cache lacks; the outputs the first try linked stay
             # their objects, and the build's end looks at them (Storer).
             again = outputs.capture(stage, known, False)
-            return result, Captured(
-                again.outs,
-                again.seen,
-                again.missing,
-                False,
-                read_ns=again.read_ns,
-                proven=again.proven,
-                linked=tuple(linked),
-                uncached=True,
-            )
+            return result, replace(again, linked=tuple(linked), uncached=True)
     except OSError as exc:
         return runner.failed(f"pivotbuild: could not hash or store the outputs: {exc}"), None
     except Exception as exc:  # a bug in our own code: fail the stage, keep the build sane
