@@ -161,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--width", type=int, default=50)
     ap.add_argument("--depth", type=int, default=20)
     ap.add_argument("--runs", type=int, default=7)
+    ap.add_argument("--shape", choices=sorted(compare.COMMANDS), default="small")
     ap.add_argument("--clean", action="store_true", help="clean builds (the compiled plan kept), not incremental")
     ap.add_argument("--dir", type=Path, help="where to build (default: a temporary directory)")
     args = ap.parse_args(argv)
@@ -169,11 +170,11 @@ def main(argv: list[str] | None = None) -> int:
     base = args.dir or Path(tempfile.mkdtemp(prefix="pivot-phases-"))
     root = base / "pivotbuild"
     stages = compare.lattice(args.width, args.depth)
-    compare.generate(root, stages, "pivotbuild", "small")
+    compare.generate(root, stages, "pivotbuild", args.shape)
     compare.timed([pivotbuild, "-j2", "-s"], root)
     ninja = compare.find("ninja")
     if ninja:
-        compare.generate(base / "ninja", stages, "ninja", "small")
+        compare.generate(base / "ninja", stages, "ninja", args.shape)
         compare.timed([ninja, "-j2"], base / "ninja")
     forker = subprocess.Popen([python, "-c", FORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert forker.stdin is not None and forker.stdout is not None
