@@ -81,6 +81,18 @@ def project(tmp_path: Path) -> Project:
 
 
 @pytest.fixture
+def reads_cannot_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-process code judges stamps as on a file system whose reads cannot
+    wait for a `write` under way (xfs's `lseek` takes no lock): a stamp taken
+    within its racy window is proved by the window's rule alone
+    (`stamps.read_proves` false; ext4 and tmpfs on Linux 6.13 and later
+    prove it at once)."""
+    from pivotbuild.state import stamps
+
+    monkeypatch.setattr(stamps, "_proving", [frozenset()])
+
+
+@pytest.fixture
 def chain(project: Project) -> Project:
     """A project with the CHAIN pipeline (helpers.py) and its sources, not built yet."""
     from helpers import CHAIN  # helpers imports this module: import it once both exist

@@ -488,6 +488,7 @@ def test_a_cache_that_cannot_be_written_warns_and_the_build_still_succeeds(
     assert (project.root / "out.txt").read_text() == text
 
 
+@pytest.mark.usefixtures("reads_cannot_wait")
 def test_storing_a_deferred_output_confirms_it_only_outside_its_racy_window(tmp_path: Path) -> None:
     from pivotbuild.cache.outputs import OutputCache
 
@@ -565,6 +566,7 @@ stage c:
     assert (project.root / "b.txt").read_text() == "same\n"
 
 
+@pytest.mark.usefixtures("reads_cannot_wait")
 def test_rereading_to_confirm_copies_nothing_and_a_changed_linked_object_goes(tmp_path: Path) -> None:
     from pivotbuild.cache.outputs import OutputCache
 
@@ -772,6 +774,7 @@ stage b:
     project.write("in.txt", "x\n")
 
 
+@pytest.mark.usefixtures("reads_cannot_wait")
 @pytest.mark.parametrize("mode", ["copy", "hardlink", "no-cache"])
 def test_outputs_are_proven_while_the_build_runs_not_reread_at_its_end(
     project: Project, mode: str, monkeypatch: pytest.MonkeyPatch
@@ -786,13 +789,13 @@ def test_outputs_are_proven_while_the_build_runs_not_reread_at_its_end(
         project.write(".pivot/config.toml", '[core]\ncheckout = "hardlink"\n')
     copy_chain(project, "sleep 0.5; ")
     settled: list[str] = []
-    real = statcache.hash_file
+    real = statcache.hash_proving
 
-    def spy(path: str | os.PathLike[str]) -> str:
+    def spy(path: str, st: os.stat_result) -> tuple[str, bool]:
         settled.append(os.path.basename(path))
-        return real(path)
+        return real(path, st)
 
-    monkeypatch.setattr(statcache, "hash_file", spy)
+    monkeypatch.setattr(statcache, "hash_proving", spy)
     monkeypatch.chdir(project.root)
     assert main(["-s", *(["--no-cache"] if mode == "no-cache" else [])]) == 0
     assert (project.root / "b.txt").read_text() == "x\n"
@@ -800,6 +803,44 @@ def test_outputs_are_proven_while_the_build_runs_not_reread_at_its_end(
     assert project.run("-q").code == 0
 
 
+@pytest.mark.parametrize("mode", ["copy", "no-cache"])
+def test_where_a_read_waits_for_a_write_under_way_a_build_ends_without_waiting_or_reading_again(
+    project: Project, mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where a read can wait for a `write` under way and a change after a
+    `stat` always shows (ext4 and tmpfs from Linux 6.13, as on this
+    project's machines; said so here for the project's file system, whatever
+    the kernel), the first read of each file proves its stamp: the end of
+    the build neither sleeps out a racy window nor reads any file again, and
+    the next build is a no-op that reads nothing.  (In-process, to see the
+    sleeps and the reads.)"""
+    from pivotbuild.cli import main
+    from pivotbuild.state import stamps, statcache
+
+    dev = os.stat(project.root).st_dev
+    monkeypatch.setattr(stamps, "_multigrain", [frozenset({dev})])
+    monkeypatch.setattr(stamps, "_proving", [frozenset({dev})])
+    copy_chain(project)
+    read: list[str] = []
+    prove = statcache.hash_proving
+    monkeypatch.setattr(statcache, "hash_proving", lambda p, st: (read.append(os.path.basename(p)), prove(p, st))[1])
+    slept: list[float] = []
+    monkeypatch.setattr(statcache.time, "sleep", slept.append)
+    monkeypatch.chdir(project.root)
+    no_cache = ["--no-cache"] if mode == "no-cache" else []
+    assert main(["-s", *no_cache]) == 0
+    assert (project.root / "b.txt").read_text() == "x\n"
+    assert slept == []
+    assert read == ["in.txt"]  # decided by it, once; each output read once, as its stage ended
+    entries = statcache.StatCache(project.root / ".pivot/statcache").entries
+    assert sorted(os.path.basename(p) for p in entries) == ["a.txt", "b.txt", "in.txt"]
+    assert all(e.trusted for e in entries.values()), entries
+    del read[:]
+    assert main(["-s", *no_cache]) == 0
+    assert read == [] and slept == []
+
+
+@pytest.mark.usefixtures("reads_cannot_wait")
 def test_in_hardlink_mode_where_changes_after_a_stat_show_each_output_is_hashed_once(
     project: Project, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -817,9 +858,13 @@ def test_in_hardlink_mode_where_changes_after_a_stat_show_each_output_is_hashed_
     copy_chain(project)
     monkeypatch.setattr(stamps, "_multigrain", [frozenset({os.stat(project.root).st_dev})])
     read: list[str] = []
-    for module in (outputs, store, statcache):
-        real = module.hash_file
-        monkeypatch.setattr(module, "hash_file", lambda p, real=real: (read.append(os.path.basename(p)), real(p))[1])
+    real = store.hash_file
+    monkeypatch.setattr(store, "hash_file", lambda p: (read.append(os.path.basename(p)), real(p))[1])
+    for module in (outputs, statcache):
+        prove = module.hash_proving
+        monkeypatch.setattr(
+            module, "hash_proving", lambda p, st, prove=prove: (read.append(os.path.basename(p)), prove(p, st))[1]
+        )
     monkeypatch.chdir(project.root)
     assert main(["-s"]) == 0
     assert (project.root / "b.txt").read_text() == "x\n"
@@ -1130,6 +1175,7 @@ def test_a_digest_too_short_to_name_an_object_is_never_held(tmp_path: Path) -> N
     assert not cache.has("") and not cache.has(digest[:2]) and not cache.has(digest[:1])
 
 
+@pytest.mark.usefixtures("reads_cannot_wait")
 def test_reading_an_output_again_skips_one_removed_while_it_settled(tmp_path: Path) -> None:
     """An output read again (hardlink mode's proof, `copy=False`) that a later
     stage removed while the storer waited out its racy window is left to the

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -69,6 +71,7 @@ def test_reloaded_cache_reads_no_file_of_an_unchanged_directory(tmp_path: Path, 
     assert second.files_read == 0
 
 
+@pytest.mark.usefixtures("reads_cannot_wait")
 def test_file_written_within_racy_window_is_reread_at_save_then_trusted(tmp_path: Path, cache_path: Path) -> None:
     f = write(tmp_path / "fresh.txt", b"just written")
     first = StatCache(cache_path)
@@ -154,6 +157,7 @@ def test_racy_modification_is_detected_after_save_and_reload(tmp_path: Path, cac
     assert reloaded.file_hash(f) == hash_bytes(b"BBBB")
 
 
+@pytest.mark.usefixtures("reads_cannot_wait")
 def test_racy_entry_is_believed_within_the_run_and_settled_before_the_next(tmp_path: Path, cache_path: Path) -> None:
     # Within one run (one StatCache), a file hashed moments ago is not read
     # again: a downstream stage deciding on an output just hashed costs no read.
@@ -173,6 +177,7 @@ def test_racy_entry_is_believed_within_the_run_and_settled_before_the_next(tmp_p
     assert reloaded.entries[os.fspath(f)].trusted
 
 
+@pytest.mark.usefixtures("reads_cannot_wait")
 def test_a_racy_entry_from_an_earlier_run_is_rehashed(tmp_path: Path, cache_path: Path) -> None:
     f = write(tmp_path / "racy.txt", b"AAAA")
     first = StatCache(cache_path)
@@ -265,15 +270,20 @@ def test_where_stamps_say_changes_show_a_change_right_after_a_stat_shows(tmp_pat
         os.close(fd)
 
 
-def test_even_where_changes_show_a_plain_read_of_a_file_just_written_is_not_trusted_at_once(
+def test_where_changes_show_a_fresh_stamp_is_trusted_at_once_only_if_the_read_waited_for_writes(
     tmp_path: Path, cache_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A `write` under way when the stamp was taken stamped the file at its
-    start, and the read may overtake it: nothing would stamp the file again.
-    So only a stamp vouched for (`proven`: hardlink mode's, taken before a
-    link that waits for such a write) is trusted within the racy window."""
+    start, and a plain read may overtake it: nothing would stamp the file
+    again.  So within its racy window a stamp is trusted at once only where
+    the read began by waiting for such a write (`stamps.read_proves`: ext4
+    and tmpfs, whose `lseek(SEEK_DATA)` takes the lock `write` holds), or
+    where the stamp is vouched for otherwise (`proven`: hardlink mode's, taken
+    before a link that waits for such a write)."""
     f = write(tmp_path / "fresh.txt", b"just written")
-    monkeypatch.setattr(stamps, "_multigrain", [frozenset({os.stat(f).st_dev})])
+    dev = os.stat(f).st_dev
+    monkeypatch.setattr(stamps, "_multigrain", [frozenset({dev})])
+    monkeypatch.setattr(stamps, "_proving", [frozenset()])  # as on xfs: its lseek takes no lock
     cache = StatCache(cache_path)
     cache.file_hash(f)
     assert not cache.entries[os.fspath(f)].trusted
@@ -283,6 +293,65 @@ def test_even_where_changes_show_a_plain_read_of_a_file_just_written_is_not_trus
     assert not cache.entries[os.fspath(g)].trusted
     cache.note(os.fspath(g), os.stat(g), hash_file(g), read_ns, proven=True)
     assert cache.entries[os.fspath(g)].trusted
+    monkeypatch.setattr(stamps, "_proving", [frozenset({dev})])  # as on ext4 or tmpfs
+    h = write(tmp_path / "fresh too.txt", b"just written too")
+    cache.file_hash(h)
+    assert cache.entries[os.fspath(h)].trusted
+    empty = write(tmp_path / "empty.txt", b"")  # (no data to seek to: the wait is made all the same)
+    assert stamps.hash_proving(os.fspath(empty), os.stat(empty)) == (hash_bytes(b""), True)
+
+
+def test_only_ext4_and_tmpfs_reads_wait_for_a_write_under_way() -> None:
+    mounts = [*MOUNTINFO, "40 27 259:1 / /srv rw,relatime - xfs /dev/nvme0n1p1 rw"]
+    assert os.makedev(259, 1) in stamps.local_devices(mounts, 0, stamps._MULTIGRAIN)
+    waits = stamps.local_devices(mounts, 0, stamps._MULTIGRAIN & stamps._SEEK_WAITS)
+    assert waits == {os.makedev(254, 0): 0, os.makedev(0, 23): 0}  # ext4 and tmpfs; not xfs (nor nfs4, proc)
+
+
+@pytest.mark.parametrize("where", ["tmp", "shm"], ids=["ext4-here", "tmpfs"])
+def test_a_stamp_taken_while_a_write_is_under_way_is_trusted_only_with_what_the_write_leaves(
+    tmp_path: Path, cache_path: Path, where: str
+) -> None:
+    """One `pwrite` overwrites a 256 MiB file in place: it stamps the file as it
+    begins and leaves its size as it was, so a stamp taken while it is under
+    way is the file's final one.  The stat cache hashes the file then: if it
+    trusts the entry, its hash must be of what the write leaves, not of the
+    part that had landed.  On this project's machines (Linux 6.18, ext4 and
+    tmpfs) the read waits for the write (`lseek(SEEK_DATA)`) and the entry
+    is trusted at once."""
+    import threading
+
+    base = Path(tempfile.mkdtemp(dir="/dev/shm")) if where == "shm" else tmp_path
+    try:
+        f = base / "big.bin"
+        size = 256 << 20
+        f.write_bytes(b"a" * size)
+        for _ in range(20):  # until the stat catches the write under way (nearly always the first time)
+            fill = os.urandom(1) * size
+            before = stamps.stamp(os.stat(f))
+            fd = os.open(f, os.O_WRONLY)
+            writer = threading.Thread(target=os.pwrite, args=(fd, fill, 0))
+            writer.start()
+            deadline = time.monotonic() + 10
+            while stamps.stamp(os.stat(f)) == before and time.monotonic() < deadline:
+                pass
+            st = os.stat(f)
+            under_way = writer.is_alive()
+            cache = StatCache(cache_path)
+            cache.file_hash(f, st)
+            writer.join()
+            os.close(fd)
+            if under_way:
+                break
+        assert under_way, "the write was never caught under way"
+        assert stamps.stamp(os.stat(f)) == stamps.stamp(st)  # the entry would be believed from now on
+        entry = cache.entries[os.fspath(f)]
+        if entry.trusted:
+            assert entry.hash == hash_bytes(fill)
+        assert entry.trusted == stamps.read_proves(st)
+    finally:
+        if where == "shm":
+            shutil.rmtree(base)
 
 
 def test_a_process_that_builds_again_reads_the_mount_table_again(
@@ -435,6 +504,7 @@ def test_deleted_and_recreated_file_is_rehashed(tmp_path: Path, cache_path: Path
     assert cache.file_hash(f) == hash_bytes(b"two")
 
 
+@pytest.mark.usefixtures("reads_cannot_wait")
 def test_confirm_trusts_only_an_entry_that_still_matches(tmp_path: Path, cache_path: Path) -> None:
     f = write(tmp_path / "out.bin", b"fresh output\n")  # just written: its entry is racy
     cache = StatCache(cache_path)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence, Set
 
 from pivotbuild.build.decider import UNCACHEABLE
 from pivotbuild.build.executors.base import Inbox, Job
@@ -46,13 +46,17 @@ class Outcome:
     sealed: frozenset[StageId]  # up to date by the seal alone, never hashed
 
 
-def store_hints(seen: Sequence[tuple[str, os.stat_result, str]], now_ns: int) -> tuple[bool, float]:
+def store_hints(
+    seen: Sequence[tuple[str, os.stat_result, str]], now_ns: int, proven: Set[str] = frozenset()
+) -> tuple[bool, float]:
     """What the storer needs to know of the files a capture read (each with
     the stat it hashed it by; every file to store or read again is among
     them): whether all are at most SMALL bytes, and the seconds from `now_ns`
-    until all are past their racy window (0: already, or too long to wait)."""
+    until all but the `proven` ones (whose stamps need no wait) are past
+    their racy window (0: already, or too long to wait)."""
     small = all(st.st_size <= SMALL for _, st, _ in seen)
-    return small, max((racy_wait_ns(st, now_ns) for _, st, _ in seen), default=0) / 1e9
+    wait = max((racy_wait_ns(st, now_ns) for path, st, _ in seen if path not in proven), default=0)
+    return small, wait / 1e9
 
 
 class Recorder:
@@ -179,7 +183,7 @@ class Recorder:
         if captured.seen or captured.deferred or captured.confirm or captured.stored or replaced is not None:
             # The copies, the reads that prove stat-cache entries, and the run-cache
             # entry, all off this thread.
-            small, settled_in = store_hints(captured.seen, time.time_ns())
+            small, settled_in = store_hints(captured.seen, time.time_ns(), captured.proven)
             self.storer.put(
                 stage,
                 replaced,

@@ -27,7 +27,6 @@ from pivotbuild.state.hashing import (
     ENTRY_LINK,
     ManifestEntry,
     hash_bytes,
-    hash_file,
     link_hash,
     manifest_bytes,
     walk_dir,
@@ -35,7 +34,7 @@ from pivotbuild.state.hashing import (
 from pivotbuild.state.kinds import ABSENT, DIR, FILE
 from pivotbuild.state.records import FileRecord, StageRecord
 from pivotbuild.state.snapshot import Snapshot
-from pivotbuild.state.stamps import Stamp, is_racy, racy_wait_ns, stamp
+from pivotbuild.state.stamps import Stamp, hash_proving, is_racy, racy_wait_ns, read_proves, stamp
 from pivotbuild.state.statcache import StatCache, StatEntry
 from pivotbuild.structs import struct
 
@@ -52,10 +51,11 @@ class Captured:
     whether every output was stored or is to be (so the run cache may remember
     them), the (path, hash) of the files still to copy into the cache, and of
     those only to read again, to prove their stat-cache entries (see
-    `store_deferred`); and, in hardlink mode, the files whose stamps prove
-    their hashes already (Cache.ingest_by_link), and the outputs that became
-    their cache objects, with their stamps (Storer.finish looks at them
-    again)."""
+    `store_deferred`); the files whose stamps prove their hashes already
+    (hardlink mode's link, Cache.ingest_by_link, or a read that waited for a
+    write under way, stamps.hash_proving); and, in hardlink mode, the
+    outputs that became their cache objects, with their stamps
+    (Storer.finish looks at them again)."""
 
     outs: tuple[FileRecord, ...]
     seen: tuple[tuple[str, os.stat_result, str], ...]
@@ -155,7 +155,9 @@ class OutputCache:
         `Captured.deferred` for `store_deferred` to copy later, off the path
         of the stages waiting for this one; every other file read here is
         listed in `Captured.confirm`, for that later read to prove its
-        stat-cache entry (a just-written file's is racy until then).  A file
+        stat-cache entry (a just-written file's is racy until then), unless
+        the read here proved it (`Captured.proven`: a link, or a read that
+        waited for a write under way, `stamps.hash_proving`).  A file
         whose stamp matches a trusted entry of `known` (the stage's stat
         cache) is not read again.  `stats`: each output's stat (None:
         missing), if the caller took them as the stage ended.  `linked` gets
@@ -242,16 +244,23 @@ class OutputCache:
             if linked.is_object:
                 reads.linked.append((path, digest, stamp(linked.stat)))
             return digest
+        proven = False
         if keep and reads.deferred is not None:
-            digest = hash_file(path)
+            digest, proven = hash_proving(path, st)
+            if proven:
+                reads.proven.append(path)
             if not self.cache.has(digest):
                 reads.deferred.append((path, digest))
                 reads.seen.append((path, st, digest))
                 return digest
+        elif keep:
+            digest = self.cache.ingest(path)
         else:
-            digest = self.cache.ingest(path) if keep else hash_file(path)
+            digest, proven = hash_proving(path, st)
+            if proven:
+                reads.proven.append(path)
         reads.seen.append((path, st, digest))
-        if reads.confirm is not None:
+        if reads.confirm is not None and not proven:
             reads.confirm.append((path, digest))
         return digest
 
@@ -278,12 +287,16 @@ class OutputCache:
         that the rule, a file written moments ago is copied once its window
         (`stamps.window_ns`: at most 50 ms) has passed, waiting with `pause(seconds)` (the storer's pause
         ends early when the build is over: then the end of the build settles
-        what is left, in one wait)."""
+        what is left, in one wait).  A file whose read can wait for a write
+        under way (`stamps.read_proves`) is not waited for: capture's read
+        proved it already, and one only read again here proves it by that
+        read (`stamps.hash_proving`)."""
         changed = []
         for path, digest in files:
             try:
                 before = os.stat(path)
-                if wait_ns := racy_wait_ns(before, time.time_ns()):
+                waits = read_proves(before)  # (the read waits for a write under way: no window to wait out)
+                if not waits and (wait_ns := racy_wait_ns(before, time.time_ns())):
                     pause(wait_ns / 1e9)
                     before = os.stat(path)  # as it is after the wait
             except FileNotFoundError:
@@ -291,10 +304,13 @@ class OutputCache:
                     raise
                 continue  # gone (a later stage removed it, even while it settled): the end of the build forgets it
             started = time.time_ns()
-            if not copy and is_racy(before, started):
+            if not copy and not waits and is_racy(before, started):
                 continue  # the build is ending: its settling reads it, once
             try:
-                actual = self.cache.ingest(path) if copy else hash_file(path)
+                if copy:  # (not a read that waits: its proof is capture's, or the window's)
+                    actual, proves = self.cache.ingest(path), False
+                else:
+                    actual, proves = hash_proving(path, before)
             except FileNotFoundError:
                 if copy:
                     raise
@@ -303,7 +319,7 @@ class OutputCache:
                 changed.append(path)
                 if not copy and self.cache.forget_link(path, digest):
                     dropped(digest)
-            elif not is_racy(before, started) and _same_stamp(path, before):
+            elif (proves or not is_racy(before, started)) and _same_stamp(path, before):
                 confirmed(path, before, digest)
         return changed
 

@@ -5,7 +5,8 @@ stages after it decide with), but copying them into the cache can wait: the
 stages downstream start at once, and the copies follow behind them, in the
 order stages finished.  Each copy waits until its files' racy window has
 passed (see below): about 12 ms after its stage on a local file system
-(`stamps.window_ns`), 50 ms on others.
+(`stamps.window_ns`), 50 ms on others; none where the read that hashed a
+file proved its stamp already (`stamps.read_proves`: ext4 and tmpfs).
 
 Small files (all of a stage's at most `SMALL` bytes each) are copied by the
 build loop's own thread, as a clock of its poller (`poller`): when one is

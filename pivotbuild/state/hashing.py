@@ -36,23 +36,28 @@ def read_small(path: str | os.PathLike[str], limit: int = CHUNK) -> tuple[str, b
     (read once, so a caller that stores the file need not read it again)."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        size = os.fstat(fd).st_size
-        if size <= limit:
-            data = os.read(fd, size + 1)
-            if len(data) <= size:  # all of it (a file that grew since fstat is streamed)
-                while len(data) < size and (more := os.read(fd, size - len(data))):
-                    data += more
-                return xxhash.xxh3_128_hexdigest(data), data
-            h = xxhash.xxh3_128(data)
-        else:
-            h = xxhash.xxh3_128()
-        buf = bytearray(CHUNK)
-        view = memoryview(buf)
-        while n := os.readv(fd, [buf]):
-            h.update(view[:n])
-        return h.hexdigest(), None
+        return hash_fd(fd, limit)
     finally:
         os.close(fd)
+
+
+def hash_fd(fd: int, limit: int = CHUNK) -> tuple[str, bytes | None]:
+    """`read_small` of an open file, from its position."""
+    size = os.fstat(fd).st_size
+    if size <= limit:
+        data = os.read(fd, size + 1)
+        if len(data) <= size:  # all of it (a file that grew since fstat is streamed)
+            while len(data) < size and (more := os.read(fd, size - len(data))):
+                data += more
+            return xxhash.xxh3_128_hexdigest(data), data
+        h = xxhash.xxh3_128(data)
+    else:
+        h = xxhash.xxh3_128()
+    buf = bytearray(CHUNK)
+    view = memoryview(buf)
+    while n := os.readv(fd, [buf]):
+        h.update(view[:n])
+    return h.hexdigest(), None
 
 
 class ManifestEntry:

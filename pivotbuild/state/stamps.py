@@ -15,17 +15,21 @@ start and may still be landing while the read overtakes it, and nothing
 stamps the file again.  Hardlink mode's link waits for such a write if it
 is buffered or synchronous (the kernel's link takes the inode's lock, as
 `write` holds it), so there a stamp taken before the link proves the hash
-read after it (cache/store.py).
+read after it (cache/store.py).  On ext4 and tmpfs, `lseek(SEEK_DATA)` takes
+that lock too (shared: ext4_llseek, shmem_file_llseek), so a read that
+begins with one proves the stamp taken before it (`hash_proving`); xfs's
+does not take it, and btrfs's is not verified, so those keep the window.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 import time
 from operator import attrgetter
 
-from pivotbuild.state.hashing import hash_bytes, hash_file
+from pivotbuild.state.hashing import hash_bytes, hash_fd, hash_file
 
 TYPE_CHECKING = False  # not typing's: the no-op fast path does not import typing
 if TYPE_CHECKING:
@@ -46,9 +50,15 @@ _LOCAL = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "tmpfs", "f2fs", "zf
 # 6.13 on (FS_MGTIME: Documentation/filesystems/multigrain-ts.rst).
 _MULTIGRAIN = frozenset({"ext4", "xfs", "btrfs", "tmpfs"})
 _MULTIGRAIN_SINCE = (6, 13)
+# Those of them whose `lseek(SEEK_DATA)` waits for a buffered or synchronous
+# `write` under way (it takes the inode's lock, which `write` holds from
+# stamping the file to its last byte): checked on Linux 6.18 by a test
+# (tests/test_statcache.py) and in the kernel's source.
+_SEEK_WAITS = frozenset({"ext4", "tmpfs"})
 _CLOCK_REALTIME_COARSE = 5  # <linux/time.h>; the time module names it from Python 3.13
 _windows: list[dict[int, int]] = []  # once read: st_dev -> window, for the local file systems mounted
 _multigrain: list[frozenset[int]] = []  # once read: the st_dev of each file system mounted with them
+_proving: list[frozenset[int]] = []  # once read: those of them in _SEEK_WAITS
 
 
 # A stat result's stamp (in C: the seal maps it over many stat results at once).
@@ -106,6 +116,42 @@ def changes_show(st: os.stat_result) -> bool:
     return st.st_dev in _multigrain[0]
 
 
+def read_proves(st: os.stat_result) -> bool:
+    """Whether a read of `st`'s file that begins by waiting for a `write`
+    under way (`hash_proving`) proves `st`, taken before it: a change that
+    began before the `stat` has landed when the read begins, and one that
+    begins after it changes the stamp (`changes_show`), so the file holds
+    what was read for as long as its stamp is `st`.  (A direct-I/O overwrite
+    takes the inode's lock shared and is not waited for, nor is a write
+    through a shared mapping: neither was by the racy window beyond its few
+    ms.)"""
+    if st.st_mtime_ns % 1_000_000_000 == 0:
+        return False
+    if not _proving:
+        _read_mounts()
+    return st.st_dev in _proving[0]
+
+
+def hash_proving(path: str, st: os.stat_result) -> tuple[str, bool]:
+    """The hash of the file at `path`, whose stat `st` was taken before this
+    call, and whether that proves `st` at once (`read_proves`): where it
+    can, the read begins with an `lseek(SEEK_DATA)`, which waits for a
+    `write` under way.  Raises OSError as `hash_file` does."""
+    if not read_proves(st):
+        return hash_file(path), False
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        try:
+            os.lseek(fd, 0, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno != errno.ENXIO:  # (no data: an empty file, after the wait all the same)
+                return hash_fd(fd)[0], False
+        os.lseek(fd, 0, os.SEEK_SET)
+        return hash_fd(fd)[0], True
+    finally:
+        os.close(fd)
+
+
 def forget_mounts() -> None:
     """Read the mount table again when next needed.  A process that lives on
     (the build server, `-w`, the Python API) calls this before each build: a
@@ -113,13 +159,16 @@ def forget_mounts() -> None:
     unmounted, and a wrong answer here trusts what it should not."""
     _windows.clear()
     _multigrain.clear()
+    _proving.clear()
 
 
 def _read_mounts() -> None:
-    """Fill `_windows` and `_multigrain` from /proc/self/mountinfo (empty
-    where that cannot be read, or on another system than Linux)."""
+    """Fill `_windows`, `_multigrain` and `_proving` from
+    /proc/self/mountinfo (empty where that cannot be read, or on another
+    system than Linux)."""
     windows: dict[int, int] = {}
     multigrain: frozenset[int] = frozenset()
+    proving: frozenset[int] = frozenset()
     if sys.platform == "linux":
         try:
             res_ns = int(time.clock_getres(_CLOCK_REALTIME_COARSE) * 1e9)
@@ -131,10 +180,13 @@ def _read_mounts() -> None:
             windows = local_devices(lines, max(3 * res_ns, 1_000_000))
         if kernel_at_least(os.uname().release, _MULTIGRAIN_SINCE):
             multigrain = frozenset(local_devices(lines, 0, _MULTIGRAIN))
+            proving = frozenset(local_devices(lines, 0, _MULTIGRAIN & _SEEK_WAITS))
     if not _windows:
         _windows.append(windows)
     if not _multigrain:
         _multigrain.append(multigrain)
+    if not _proving:
+        _proving.append(proving)
 
 
 def kernel_at_least(release: str, version: tuple[int, int]) -> bool:

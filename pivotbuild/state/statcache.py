@@ -37,13 +37,12 @@ from pivotbuild.state.hashing import (
     ENTRY_LINK,
     ManifestEntry,
     hash_bytes,
-    hash_file,
     link_hash,
     manifest_bytes,
     walk_dir,
 )
+from pivotbuild.state.stamps import hash_proving, racy_wait_ns, read_proves
 from pivotbuild.state.stamps import is_racy as _is_racy
-from pivotbuild.state.stamps import racy_wait_ns
 
 MAGIC = b"PIVSTAT\n"
 FORMAT = 4  # 2: with a checksum; 3: in a `state.framing` frame; 4: frames of [rows, dropped]
@@ -141,10 +140,11 @@ class StatCache:
     def settle(self) -> None:
         """Make racy entries trustworthy now rather than at the next build: wait out
         the racy window of the newest (`stamps.window_ns`: at most 50 ms), then
-        re-read each such file.  A change made since it was first hashed shows
-        up as a new hash here, which the next build compares with the
-        lockfile, so nothing is missed; and a no-op build right after this one
-        reads no file contents."""
+        re-read each such file; one whose read proves its stamp at once
+        (`stamps.read_proves`) is read again without waiting.  A change made
+        since it was first hashed shows up as a new hash here, which the next
+        build compares with the lockfile, so nothing is missed; and a no-op
+        build right after this one reads no file contents."""
         racy = [k for k, e in self.entries.items() if not e.trusted]
         if not racy:
             return
@@ -155,7 +155,7 @@ class StatCache:
                 stats[key] = os.stat(key)
             except OSError:
                 self.forget(key)
-        wait_ns = max((racy_wait_ns(st, now) for st in stats.values()), default=0)
+        wait_ns = max((racy_wait_ns(st, now) for st in stats.values() if not read_proves(st)), default=0)
         if wait_ns:
             time.sleep(wait_ns / 1e9)
             for key in list(stats):  # as they are after the wait
@@ -165,7 +165,7 @@ class StatCache:
                     del stats[key]
                     self.forget(key)
         for key, st in stats.items():
-            if not _is_racy(st, time.time_ns()):
+            if read_proves(st) or not _is_racy(st, time.time_ns()):
                 self.entries.pop(key)
                 self.file_hash(key, st)
 
@@ -209,16 +209,17 @@ class StatCache:
         if entry is not None and (entry.matches(st) or (key in self._this_run and entry.same_stamp(st))):
             return entry.hash
         read_ns = time.time_ns()
-        digest = hash_file(key)
+        digest, proven = hash_proving(key, st)
         self.files_read += 1
-        self._record(key, st, digest, read_ns)
+        self._record(key, st, digest, read_ns, proven)
         return digest
 
     def note(self, path: str, st: os.stat_result, digest: str, read_ns: int, *, proven: bool = False) -> None:
         """Record a hash computed elsewhere (a worker that read the file to store
         it) for the stamp `st` taken before reading it; `read_ns`: when that
         read began (or earlier).  `proven`: the stamp proves the hash already,
-        however recent (hardlink mode's, see Cache.ingest_by_link)."""
+        however recent (hardlink mode's, see Cache.ingest_by_link, or a read
+        that waited for a write under way: stamps.hash_proving)."""
         self.files_read += 1
         self._record(path, st, digest, read_ns, proven)
 
