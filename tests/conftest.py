@@ -89,6 +89,7 @@ def reads_cannot_wait(monkeypatch: pytest.MonkeyPatch) -> None:
     prove it at once)."""
     from pivotbuild.state import stamps
 
+    monkeypatch.setattr(stamps, "_SEEK_WAITS", frozenset())  # (a build reads the mount table again)
     monkeypatch.setattr(stamps, "_proving", [frozenset()])
 
 

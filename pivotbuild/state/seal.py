@@ -33,13 +33,14 @@ from __future__ import annotations
 
 import os
 import stat as statmod
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 from pivotbuild.paths import STATE_DIR, joined
 from pivotbuild.state import framing
 from pivotbuild.state.hashing import ENTRY_LINK, ManifestEntry, hash_bytes, hash_file, manifest_bytes, walk_dir
 from pivotbuild.state.kinds import DIR, FILE, GLOB
-from pivotbuild.state.stamps import Stamp, is_racy, stamp, stamp_now
+from pivotbuild.state.stamps import Stamp, is_racy, racy_wait_ns, stamp, stamp_now
 from pivotbuild.state.stamptable import StampTable, pack
 
 TYPE_CHECKING = False  # not typing's: the no-op fast path does not import typing
@@ -345,12 +346,50 @@ def settled_stamp(full: str, now_ns: int) -> Stamp | None:
     return stamp(st)
 
 
+class _Racy(Unsealable):
+    """A directory changed moments ago: its stamp proves nothing for `wait_ns` more."""
+
+    def __init__(self, path: str, wait_ns: int) -> None:
+        super().__init__(path)
+        self.wait_ns = wait_ns
+
+
 def _dir(
     full: str, digest: str, trusted: Mapping[str, StatEntry], now_ns: int, found: list[tuple[str, Stamp | None]]
 ) -> None:
+    """The stamps of a directory output's directories and files.  One of its
+    directories that changed moments ago (the build just wrote into it) is
+    waited for, a local file system's few ms at most, and the whole output
+    looked at again: the end of a build no longer waits out the racy window
+    otherwise (stamps.read_proves), and leaving the stage unsealed would
+    cost the next no-op its fast path."""
+    try:
+        found.extend(_dir_stamps(full, digest, trusted, now_ns))
+    except _Racy as racy:
+        time.sleep(racy.wait_ns / 1e9)
+        found.extend(_dir_stamps(full, digest, trusted, time.time_ns()))
+
+
+def _dir_stamps(
+    full: str, digest: str, trusted: Mapping[str, StatEntry], now_ns: int
+) -> list[tuple[str, Stamp | None]]:
+    found: list[tuple[str, Stamp | None]] = []
+    wait_ns = -1  # the longest wait for a racy directory (-1: none is racy)
     for dirpath, dirnames, _ in os.walk(full):
-        found.append((dirpath, settled_stamp(dirpath, now_ns)))
+        try:
+            st = os.stat(dirpath)
+        except OSError:
+            raise Unsealable(dirpath) from None
+        if is_racy(st, now_ns):
+            now = time.time_ns()
+            wait = racy_wait_ns(st, now)  # (0: past already, or too long to wait)
+            if not wait and is_racy(st, now):
+                raise Unsealable(dirpath)
+            wait_ns = max(wait_ns, wait)
+        found.append((dirpath, stamp(st)))
         dirnames.sort()
+    if wait_ns >= 0:
+        raise _Racy(full, wait_ns)
     entries = []
     try:
         listed = list(walk_dir(full))
@@ -367,3 +406,4 @@ def _dir(
         entries.append(ManifestEntry(rel, kind, entry.hash))
     if hash_bytes(manifest_bytes(entries)) != digest:
         raise Unsealable(full)
+    return found

@@ -16,9 +16,10 @@ stamps the file again.  Hardlink mode's link waits for such a write if it
 is buffered or synchronous (the kernel's link takes the inode's lock, as
 `write` holds it), so there a stamp taken before the link proves the hash
 read after it (cache/store.py).  On ext4 and tmpfs, `lseek(SEEK_DATA)` takes
-that lock too (shared: ext4_llseek, shmem_file_llseek), so a read that
-begins with one proves the stamp taken before it (`hash_proving`); xfs's
-does not take it, and btrfs's is not verified, so those keep the window.
+that lock too (ext4_llseek shared, shmem_file_llseek exclusive), so a read
+that begins with one proves the stamp taken before it (`hash_proving`);
+xfs's does not take it, and btrfs's is not verified, so those keep the
+window.
 """
 
 from __future__ import annotations
@@ -121,10 +122,11 @@ def read_proves(st: os.stat_result) -> bool:
     under way (`hash_proving`) proves `st`, taken before it: a change that
     began before the `stat` has landed when the read begins, and one that
     begins after it changes the stamp (`changes_show`), so the file holds
-    what was read for as long as its stamp is `st`.  (A direct-I/O overwrite
-    takes the inode's lock shared and is not waited for, nor is a write
-    through a shared mapping: neither was by the racy window beyond its few
-    ms.)"""
+    what was read for as long as its stamp is `st`.  (Not waited for: a
+    direct-I/O write, once submitted if asynchronous, and on ext4 an
+    overwrite even when synchronous, as it holds the lock only shared; and a
+    write through a shared mapping.  Neither was by the racy window beyond
+    its few ms.)"""
     if st.st_mtime_ns % 1_000_000_000 == 0:
         return False
     if not _proving:
@@ -136,7 +138,9 @@ def hash_proving(path: str, st: os.stat_result) -> tuple[str, bool]:
     """The hash of the file at `path`, whose stat `st` was taken before this
     call, and whether that proves `st` at once (`read_proves`): where it
     can, the read begins with an `lseek(SEEK_DATA)`, which waits for a
-    `write` under way.  Raises OSError as `hash_file` does."""
+    `write` under way (however long it takes: one throttled by a slow disk
+    holds the read up, and a Ctrl-C with it).  Raises OSError as
+    `hash_file` does."""
     if not read_proves(st):
         return hash_file(path), False
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
