@@ -73,19 +73,28 @@ def chain(chain: Project) -> Project:
     return chain
 
 
-def test_a_stage_writing_a_directory_is_sealed_by_the_build_that_ran_it(project: Project) -> None:
-    """A build that runs a stage writing a directory ends within the
-    directory's racy window (nothing else makes it wait: each file's first
-    read proves its stamp, stamps.read_proves).  The seal waits those few ms
-    for the directory rather than leave the stage unsealed, so the next
-    no-op is answered by the fast path.  (Three rounds: before the wait,
-    four builds in five left it unsealed.)"""
+def test_stages_over_directories_the_build_wrote_into_are_sealed_by_it(project: Project) -> None:
+    """A build that runs a stage writing a directory (d), or writing into
+    the directory a later stage's glob lists (gen/, for b), ends within that
+    directory's racy window: nothing else makes it wait, as each file's
+    first read proves its stamp (stamps.read_proves).  The seal waits those
+    few ms for the directory rather than leave the stages unsealed, so the
+    next no-op is answered by the fast path.  (Three rounds: before the
+    wait, four builds in five left d unsealed, five in six b.)"""
     project.pivotfile(
         """
         stage d:
             deps: in.txt
             outs: d
             run: mkdir -p d/sub && cp in.txt d/f && cp in.txt d/sub/g
+        stage a:
+            deps: in.txt
+            outs: gen/x.txt
+            run: mkdir -p gen && cp in.txt gen/x.txt
+        stage b:
+            deps: gen/*.txt
+            outs: b.txt
+            run: cat gen/*.txt > b.txt
         """
     )
     for i in range(3):

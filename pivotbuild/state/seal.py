@@ -307,14 +307,11 @@ def _one(
     elif rec.kind == DIR:
         _dir(full, rec.hash, trusted, now_ns, found)
     elif rec.kind == GLOB:
-        from pivotbuild import globs
-
-        listed: list[str] = []
-        matches = globs.expand(root, rec.path, listed)
-        if matches != [m.path for m in rec.matches]:
-            raise Unsealable(rec.path)
-        for d in listed:
-            found.append((d, settled_stamp(d, now_ns)))
+        try:
+            found.extend(_glob_stamps(root, rec, now_ns))
+        except _Racy as racy:  # (a directory the build wrote into moments ago: as in `_dir`)
+            time.sleep(racy.wait_ns / 1e9)
+            found.extend(_glob_stamps(root, rec, time.time_ns()))
         for m in rec.matches:
             _one(m, root, trusted, now_ns, found=found, memo=memo)
     else:
@@ -370,26 +367,50 @@ def _dir(
         found.extend(_dir_stamps(full, digest, trusted, time.time_ns()))
 
 
-def _dir_stamps(
-    full: str, digest: str, trusted: Mapping[str, StatEntry], now_ns: int
-) -> list[tuple[str, Stamp | None]]:
+def _glob_stamps(root: Path, rec: FileRecord, now_ns: int) -> list[tuple[str, Stamp | None]]:
+    """The stamps of the directories a glob dep's expansion lists, if it
+    still matches what was recorded."""
+    from pivotbuild import globs
+
+    listed: list[str] = []
+    matches = globs.expand(root, rec.path, listed)
+    if matches != [m.path for m in rec.matches]:
+        raise Unsealable(rec.path)
+    return _settled_stamps(listed, now_ns)
+
+
+def _settled_stamps(paths: list[str], now_ns: int) -> list[tuple[str, Stamp | None]]:
+    """`settled_stamp` of each of `paths`, but a path that changed moments
+    ago, whose window a wait of at most a few ms sees out, raises `_Racy`
+    (once every path has been looked at: the longest such wait)."""
     found: list[tuple[str, Stamp | None]] = []
-    wait_ns = -1  # the longest wait for a racy directory (-1: none is racy)
-    for dirpath, dirnames, _ in os.walk(full):
+    wait_ns = -1  # (none racy)
+    for path in paths:
         try:
-            st = os.stat(dirpath)
-        except OSError:
-            raise Unsealable(dirpath) from None
-        if is_racy(st, now_ns):
+            found.append((path, settled_stamp(path, now_ns)))
+        except Unsealable:
+            try:
+                st = os.stat(path)
+            except OSError:
+                raise Unsealable(path) from None
             now = time.time_ns()
             wait = racy_wait_ns(st, now)  # (0: past already, or too long to wait)
             if not wait and is_racy(st, now):
-                raise Unsealable(dirpath)
+                raise
             wait_ns = max(wait_ns, wait)
-        found.append((dirpath, stamp(st)))
-        dirnames.sort()
     if wait_ns >= 0:
-        raise _Racy(full, wait_ns)
+        raise _Racy(paths[0], wait_ns)
+    return found
+
+
+def _dir_stamps(
+    full: str, digest: str, trusted: Mapping[str, StatEntry], now_ns: int
+) -> list[tuple[str, Stamp | None]]:
+    dirs = []
+    for dirpath, dirnames, _ in os.walk(full):
+        dirs.append(dirpath)
+        dirnames.sort()
+    found = _settled_stamps(dirs, now_ns)
     entries = []
     try:
         listed = list(walk_dir(full))
