@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Where the time of one pivotbuild command goes, phase by phase.
 
-    python3 benchmarks/phases.py [--width 50] [--depth 20] [--runs 7] [--clean]
+    python3 benchmarks/phases.py [--width 50] [--depth 20] [--runs 7] [--clean] [--shape big]
 
-On compare.py's small lattice (WIDTH x DEPTH `md5sum` stages, -j2), built
+On compare.py's small lattice (WIDTH x DEPTH `md5sum` stages, -j2; with
+`--shape big`, its big one: `cat`, outputs doubling with each layer), built
 once, then `--runs` incremental builds (one source of the middle layer
 edited each time: 55 stages rerun at 50 x 20), or with `--clean` clean
 builds (outputs, state and lockfile removed; the compiled plan kept).  Each

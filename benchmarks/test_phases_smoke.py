@@ -10,7 +10,7 @@ import phases
 import pytest
 
 
-@pytest.mark.parametrize("kind", [[], ["--clean"]], ids=["incremental", "clean"])
+@pytest.mark.parametrize("kind", [[], ["--clean"], ["--shape", "big"]], ids=["incremental", "clean", "big"])
 def test_it_times_every_phase_of_a_build(tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: list[str]) -> None:
     assert phases.main(["--width", "3", "--depth", "4", "--runs", "1", "--dir", str(tmp_path), *kind]) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -21,3 +21,5 @@ def test_it_times_every_phase_of_a_build(tmp_path: Path, capsys: pytest.CaptureF
     assert float(stages.split()[-1]) > 0  # the stages ran under the wrapper
     out = tmp_path / "pivotbuild" / "out"
     assert len(list(out.iterdir())) == 12  # and built what they should
+    made = (out / "3_0.txt").read_text()  # the big shape's `cat` of its source and two outputs, or md5sum's sums
+    assert made.startswith("source 3 0\n") == ("big" in kind), made
