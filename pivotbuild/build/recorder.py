@@ -296,7 +296,6 @@ class Recorder:
             if old is not None
             else seal.Seal(project.plan_id, locks, absent)
         )
-        now = time.time_ns()
         seen: dict[tuple[str, str], Stamp | None] = {}
         unstored = self.storer.unstored  # the next build must decide these, and store what the cache lacks
         always = graph.always_runs
@@ -311,6 +310,7 @@ class Recorder:
                 continue
             if sid in unstored or self._left_elsewhere(record):
                 continue
+            now = time.time_ns()  # (before the stage's listings; taken again for each: the seal may wait for one)
             try:
                 files = seal.stage_files(
                     (*record.deps, *record.outs), self.root, store.statcache(stage).entries, now, seen

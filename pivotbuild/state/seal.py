@@ -356,10 +356,10 @@ def _dir(
 ) -> None:
     """The stamps of a directory output's directories and files.  One of its
     directories that changed moments ago (the build just wrote into it) is
-    waited for, a local file system's few ms at most, and the whole output
-    looked at again: the end of a build no longer waits out the racy window
-    otherwise (stamps.read_proves), and leaving the stage unsealed would
-    cost the next no-op its fast path."""
+    waited for, for the rest of its racy window (a few ms on a local file
+    system, at most 50 ms), and the whole output looked at again: the end of
+    a build no longer waits out the window otherwise (stamps.read_proves),
+    and leaving the stage unsealed would cost the next no-op its fast path."""
     try:
         found.extend(_dir_stamps(full, digest, trusted, now_ns))
     except _Racy as racy:
@@ -381,10 +381,11 @@ def _glob_stamps(root: Path, rec: FileRecord, now_ns: int) -> list[tuple[str, St
 
 def _settled_stamps(paths: list[str], now_ns: int) -> list[tuple[str, Stamp | None]]:
     """`settled_stamp` of each of `paths`, but a path that changed moments
-    ago, whose window a wait of at most a few ms sees out, raises `_Racy`
-    (once every path has been looked at: the longest such wait)."""
+    ago, whose window a wait sees out (`stamps.racy_wait_ns`: a few ms on a
+    local file system, at most 50 ms), raises `_Racy` (once every path has
+    been looked at: the longest such wait)."""
     found: list[tuple[str, Stamp | None]] = []
-    wait_ns = -1  # (none racy)
+    wait_ns, racy = -1, ""  # (none racy)
     for path in paths:
         try:
             found.append((path, settled_stamp(path, now_ns)))
@@ -397,9 +398,10 @@ def _settled_stamps(paths: list[str], now_ns: int) -> list[tuple[str, Stamp | No
             wait = racy_wait_ns(st, now)  # (0: past already, or too long to wait)
             if not wait and is_racy(st, now):
                 raise
-            wait_ns = max(wait_ns, wait)
+            if wait > wait_ns:
+                wait_ns, racy = wait, path
     if wait_ns >= 0:
-        raise _Racy(paths[0], wait_ns)
+        raise _Racy(racy, wait_ns)
     return found
 
 
