@@ -245,20 +245,16 @@ class OutputCache:
                 reads.linked.append((path, digest, stamp(linked.stat)))
             return digest
         proven = False
-        if keep and reads.deferred is not None:
-            digest, proven = hash_proving(path, st)
-            if proven:
-                reads.proven.append(path)
-            if not self.cache.has(digest):
-                reads.deferred.append((path, digest))
-                reads.seen.append((path, st, digest))
-                return digest
-        elif keep:
+        if keep and reads.deferred is None:
             digest = self.cache.ingest(path)
         else:
             digest, proven = hash_proving(path, st)
             if proven:
                 reads.proven.append(path)
+            if keep and reads.deferred is not None and not self.cache.has(digest):  # (copied later)
+                reads.deferred.append((path, digest))
+                reads.seen.append((path, st, digest))
+                return digest
         reads.seen.append((path, st, digest))
         if reads.confirm is not None and not proven:
             reads.confirm.append((path, digest))

@@ -34,7 +34,7 @@ from __future__ import annotations
 import os
 import stat as statmod
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 from pivotbuild.paths import STATE_DIR, joined
 from pivotbuild.state import framing
@@ -305,13 +305,9 @@ def _one(
             raise
         found.append((full, memo[key]))
     elif rec.kind == DIR:
-        _dir(full, rec.hash, trusted, now_ns, found)
+        found.extend(_waiting_once(lambda now: _dir_stamps(full, rec.hash, trusted, now), now_ns))
     elif rec.kind == GLOB:
-        try:
-            found.extend(_glob_stamps(root, rec, now_ns))
-        except _Racy as racy:  # (a directory the build wrote into moments ago: as in `_dir`)
-            time.sleep(racy.wait_ns / 1e9)
-            found.extend(_glob_stamps(root, rec, time.time_ns()))
+        found.extend(_waiting_once(lambda now: _glob_stamps(root, rec, now), now_ns))
         for m in rec.matches:
             _one(m, root, trusted, now_ns, found=found, memo=memo)
     else:
@@ -351,20 +347,19 @@ class _Racy(Unsealable):
         self.wait_ns = wait_ns
 
 
-def _dir(
-    full: str, digest: str, trusted: Mapping[str, StatEntry], now_ns: int, found: list[tuple[str, Stamp | None]]
-) -> None:
-    """The stamps of a directory output's directories and files.  One of its
-    directories that changed moments ago (the build just wrote into it) is
-    waited for, for the rest of its racy window (a few ms on a local file
-    system, at most 50 ms), and the whole output looked at again: the end of
-    a build no longer waits out the window otherwise (stamps.read_proves),
-    and leaving the stage unsealed would cost the next no-op its fast path."""
+def _waiting_once(look: Callable[[int], list[tuple[str, Stamp | None]]], now_ns: int) -> list[tuple[str, Stamp | None]]:
+    """`look(now_ns)`: the stamps of a directory output or of the directories
+    a glob lists.  One of those directories that changed moments ago (the
+    build just wrote into it) is waited for, for the rest of its racy window
+    (a few ms on a local file system, at most 50 ms), and all of it looked
+    at again, judged by a time taken before that second look: the end of a
+    build no longer waits out the window otherwise (stamps.read_proves), and
+    leaving the stage unsealed would cost the next no-op its fast path."""
     try:
-        found.extend(_dir_stamps(full, digest, trusted, now_ns))
+        return look(now_ns)
     except _Racy as racy:
         time.sleep(racy.wait_ns / 1e9)
-        found.extend(_dir_stamps(full, digest, trusted, time.time_ns()))
+        return look(time.time_ns())
 
 
 def _glob_stamps(root: Path, rec: FileRecord, now_ns: int) -> list[tuple[str, Stamp | None]]:
