@@ -37,6 +37,17 @@ benchmarks/compare.py` finds the venv's pivotbuild and ninja: `pip install
 ninja`, or `pip install '.[test]'`). doit and snakemake are not installed by
 pivotbuild's extras: `pip install doit snakemake` in a venv of their own and
 put it on PATH. The machines are shared and noisy: quote ratios from one run.
+
+`--warm MB`: before each clean and incremental build, remove a file of MB
+megabytes written after the last one, so every tool's build finds as much
+memory freed a moment ago. On a VM whose host takes back the memory its
+guest leaves free (virtio-balloon free page reporting, as on this project's
+machines), a page the guest kernel has not used for a few seconds costs about
+5 ms per MB to touch again (`benchmarks/memtemp.py` measures it), and a
+build that grows the page cache (a clean build; hardlink mode's incremental
+build, whose old outputs stay in the cache) pays it, while one that
+overwrites its outputs reuses their memory. Without `--warm`, which tool
+finds freed memory is decided by what ran just before it.
 """
 
 from __future__ import annotations
@@ -276,13 +287,38 @@ class Result:
     incr: float
 
 
+class Warmer:
+    """Memory freed just before each timed build (`--warm`): a file of `mb`
+    megabytes on a RAM-backed file system (/dev/shm, so that it never goes
+    to disk; else `where`), written between builds and removed right before
+    one, so that the pages it frees are the ones the build takes."""
+
+    def __init__(self, where: Path, mb: int) -> None:
+        shm = Path("/dev/shm")
+        place = shm if shm.is_dir() and os.access(shm, os.W_OK) else where
+        self.path = place / f"pvcompare-warm-{os.getpid()}.bin"
+        self.size = mb << 20
+
+    def fill(self) -> None:
+        if self.size and not self.path.exists():
+            block = os.urandom(CHUNK)
+            with self.path.open("wb") as f:
+                for _ in range(self.size // CHUNK):
+                    f.write(block)
+
+    def free(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
 def measure(
-    tools: list[str], *, width: int, depth: int, shape: str, jobs: int, runs: int, workdir: Path
+    tools: list[str], *, width: int, depth: int, shape: str, jobs: int, runs: int, workdir: Path, warm: int = 0
 ) -> tuple[dict[str, Result], dict[str, dict[str, str]]]:
     """Build, time and check each tool's copy of the lattice under workdir; return
-    the times and each tool's output digests."""
+    the times and each tool's output digests.  `warm`: megabytes freed
+    before each clean and incremental build (see Warmer)."""
     stages = lattice(width, depth)
     results, digests = {}, {}
+    warmer = Warmer(workdir, warm)
     for tool in tools:
         program = find(TOOLS[tool].program)
         if program is None:
@@ -294,6 +330,8 @@ def measure(
         servers = workdir / "servers"
         env = {**os.environ, "PIVOT_SERVER": "1", "PIVOT_SERVER_DIR": str(servers)} if spec.server else None
         try:
+            warmer.fill()
+            warmer.free()
             clean = timed(cmd, root, env)
             if spec.server:
                 _await_server(servers)
@@ -301,8 +339,11 @@ def measure(
             incr = []
             for i in range(runs):
                 edit(root, width, depth, i)
+                warmer.fill()
+                warmer.free()
                 incr.append(timed(cmd, root, env))
         finally:
+            warmer.free()
             if spec.server:
                 _stop_servers(servers)
         results[tool] = Result(clean, statistics.median(noop), statistics.median(incr))
@@ -347,6 +388,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dir", type=Path, help="build here and keep the projects (default: a temporary directory)")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     ap.add_argument(
+        "--warm",
+        type=int,
+        default=0,
+        metavar="MB",
+        help="free this much memory right before each clean and incremental build",
+    )
+    ap.add_argument(
         "--baseline",
         metavar="PROGRAM",
         help="also time this pivotbuild executable (another checkout's, e.g. .venv/bin/pivotbuild), as 'baseline'",
@@ -360,12 +408,19 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [t for t in tools if t not in TOOLS]
     if unknown:
         ap.error(f"unknown tool {unknown[0]!r}; choose from {', '.join(TOOLS)}")
-    if args.width < 2 or args.depth < 1 or args.runs < 1:
-        ap.error("--width must be at least 2, --depth and --runs at least 1")
+    if args.width < 2 or args.depth < 1 or args.runs < 1 or args.warm < 0:
+        ap.error("--width must be at least 2, --depth and --runs at least 1, --warm at least 0")
     with tempfile.TemporaryDirectory(prefix="pvcompare-") as tmp:
         workdir = args.dir.resolve() if args.dir else Path(tmp)
         results, _ = measure(
-            tools, width=args.width, depth=args.depth, shape=args.shape, jobs=args.jobs, runs=args.runs, workdir=workdir
+            tools,
+            width=args.width,
+            depth=args.depth,
+            shape=args.shape,
+            jobs=args.jobs,
+            runs=args.runs,
+            workdir=workdir,
+            warm=args.warm,
         )
     if args.json:
         data = {k: getattr(args, k) for k in ("width", "depth", "shape", "jobs", "runs")}

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Where the time of one pivotbuild command goes, phase by phase.
 
-    python3 benchmarks/phases.py [--width 50] [--depth 20] [--runs 7] [--clean] [--shape big]
+    python3 benchmarks/phases.py [--width 50] [--depth 20] [--runs 7] [--clean] [--shape big] [--mode hardlink]
 
 On compare.py's small lattice (WIDTH x DEPTH `md5sum` stages, -j2; with
 `--shape big`, its big one: `cat`, outputs doubling with each layer), built
@@ -165,13 +165,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shape", choices=sorted(compare.COMMANDS), default="small")
     ap.add_argument("--clean", action="store_true", help="clean builds (the compiled plan kept), not incremental")
     ap.add_argument("--dir", type=Path, help="where to build (default: a temporary directory)")
+    ap.add_argument(
+        "--mode", choices=("copy", "hardlink"), default="copy", help='the checkout (hardlink: `checkout = "hardlink"`)'
+    )
     args = ap.parse_args(argv)
     pivotbuild = compare.pivotbuild_command()[0]
     python = _interpreter(pivotbuild)
     base = args.dir or Path(tempfile.mkdtemp(prefix="pivot-phases-"))
     root = base / "pivotbuild"
     stages = compare.lattice(args.width, args.depth)
-    compare.generate(root, stages, "pivotbuild", args.shape)
+    compare.generate(root, stages, "pivotbuild:hardlink" if args.mode == "hardlink" else "pivotbuild", args.shape)
     compare.timed([pivotbuild, "-j2", "-s"], root)
     ninja = compare.find("ninja")
     if ninja:

@@ -48,3 +48,32 @@ def test_the_storage_references_build_the_same_bytes(tmp_path: Path, capsys: pyt
     assert '"hardlink"' in (tmp_path / "pivotbuild-hardlink" / ".pivot" / "config.toml").read_text()
     copied = tmp_path / "cpcache" / "out" / "1_0.txt"  # ninja+cp's copy of what ninja wrote
     assert copied.read_bytes() == (tmp_path / "ninja+cp" / "out" / "1_0.txt").read_bytes()
+
+
+def test_warm_frees_its_memory_right_before_each_clean_and_incremental_build(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    events: list[str] = []
+    fill, free, timed = compare.Warmer.fill, compare.Warmer.free, compare.timed
+
+    def filling(self: compare.Warmer) -> None:
+        fill(self)
+        events.append(f"filled {self.path.stat().st_size}")
+
+    def freeing(self: compare.Warmer) -> None:
+        events.append("freed" if self.path.exists() else "nothing to free")
+        free(self)
+
+    def timing(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> float:
+        events.append("build")
+        return timed(cmd, cwd, env)
+
+    monkeypatch.setattr(compare.Warmer, "fill", filling)
+    monkeypatch.setattr(compare.Warmer, "free", freeing)
+    monkeypatch.setattr(compare, "timed", timing)
+    args = ["--tools", "make", "--width", "2", "--depth", "2", "--runs", "2", "--warm", "3", "--dir", str(tmp_path)]
+    assert compare.main(args) == 0
+    warm = [f"filled {3 << 20}", "freed", "build"]
+    # clean, two no-ops (nothing freed before them), two incremental builds, then nothing left behind
+    assert events == [*warm, "build", "build", *warm, *warm, "nothing to free"]
+    assert not list(Path("/dev/shm").glob("pvcompare-warm-*")) and not list(tmp_path.glob("pvcompare-warm-*"))

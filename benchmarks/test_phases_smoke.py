@@ -10,7 +10,11 @@ import phases
 import pytest
 
 
-@pytest.mark.parametrize("kind", [[], ["--clean"], ["--shape", "big"]], ids=["incremental", "clean", "big"])
+@pytest.mark.parametrize(
+    "kind",
+    [[], ["--clean"], ["--shape", "big"], ["--shape", "big", "--mode", "hardlink"]],
+    ids=["incremental", "clean", "big", "hardlink"],
+)
 def test_it_times_every_phase_of_a_build(tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: list[str]) -> None:
     assert phases.main(["--width", "3", "--depth", "4", "--runs", "1", "--dir", str(tmp_path), *kind]) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -23,3 +27,5 @@ def test_it_times_every_phase_of_a_build(tmp_path: Path, capsys: pytest.CaptureF
     assert len(list(out.iterdir())) == 12  # and built what they should
     made = (out / "3_0.txt").read_text()  # the big shape's `cat` of its source and two outputs, or md5sum's sums
     assert made.startswith("source 3 0\n") == ("big" in kind), made
+    # hardlink mode's outputs are their cache objects (a second link), the copy mode's are not
+    assert ((out / "3_0.txt").stat().st_nlink == 2) == ("hardlink" in kind)
