@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Where the time of one pivotbuild command goes, phase by phase.
 
-    python3 benchmarks/phases.py [--width 50] [--depth 20] [--runs 7] [--clean] [--shape big] [--mode hardlink]
+    python3 benchmarks/phases.py [--width 50] [--depth 20] [--runs 7] [--clean]
+                                 [--shape big] [--mode hardlink] [--warm MB]
 
 On compare.py's small lattice (WIDTH x DEPTH `md5sum` stages, -j2; with
 `--shape big`, its big one: `cat`, outputs doubling with each layer), built
@@ -27,6 +28,9 @@ and two totals, each the median of its own runs: the build as a user runs
 it, and the same build in a child forked from a process that had already
 imported pivotbuild (what a resident server would save: the interpreter's
 start and the imports).  With ninja found, its build of the same edit.
+`--mode hardlink` builds with `checkout = "hardlink"`; `--warm MB` frees
+that much memory before each build, pivotbuild's and ninja's alike (see
+compare.py's `--warm`).
 
 A benchmark, not a test: the wrapper names pivotbuild's own functions, so
 a renamed one fails it loudly (benchmarks/test_phases_smoke.py).  Quote
@@ -165,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shape", choices=sorted(compare.COMMANDS), default="small")
     ap.add_argument("--clean", action="store_true", help="clean builds (the compiled plan kept), not incremental")
     ap.add_argument("--dir", type=Path, help="where to build (default: a temporary directory)")
+    ap.add_argument("--warm", type=int, default=0, metavar="MB", help="as compare.py's: memory freed before each build")
     ap.add_argument(
         "--mode", choices=("copy", "hardlink"), default="copy", help='the checkout (hardlink: `checkout = "hardlink"`)'
     )
@@ -180,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     if ninja:
         compare.generate(base / "ninja", stages, "ninja", args.shape)
         compare.timed([ninja, "-j2"], base / "ninja")
+    warmer = compare.Warmer(base, args.warm)
     forker = subprocess.Popen([python, "-c", FORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert forker.stdin is not None and forker.stdout is not None
     rows: dict[str, list[float]] = {p: [] for p in PHASES}
@@ -190,11 +196,15 @@ def main(argv: list[str] | None = None) -> int:
         for i in range(args.runs):
             rows["interpreter"].append(compare.timed([python, "-c", "pass"], root) * 1e3)
             _prepare(root, args, 2 * i)
+            warmer.fill()
+            warmer.free()
             found, wall = _phases(python, root)
             walls.append(wall * 1e3)
             for phase, ms in found.items():
                 rows[phase].append(ms)
             _prepare(root, args, 2 * i + 1)
+            warmer.fill()
+            warmer.free()
             forker.stdin.write(f"{root}\n")
             forker.stdin.flush()
             code, seconds = forker.stdout.readline().split()
@@ -208,8 +218,11 @@ def main(argv: list[str] | None = None) -> int:
                     (base / "ninja" / ".ninja_log").unlink(missing_ok=True)
                 else:
                     compare.edit(base / "ninja", args.width, args.depth, 2 * i)
+                warmer.fill()
+                warmer.free()
                 ninjas.append(compare.timed([ninja, "-j2"], base / "ninja") * 1e3)
     finally:
+        warmer.free()
         forker.stdin.close()
         forker.wait()
         forker.stdout.close()

@@ -12,7 +12,7 @@ import pytest
 
 @pytest.mark.parametrize(
     "kind",
-    [[], ["--clean"], ["--shape", "big"], ["--shape", "big", "--mode", "hardlink"]],
+    [[], ["--clean"], ["--shape", "big"], ["--shape", "big", "--mode", "hardlink", "--warm", "2"]],
     ids=["incremental", "clean", "big", "hardlink"],
 )
 def test_it_times_every_phase_of_a_build(tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: list[str]) -> None:
