@@ -38,9 +38,9 @@ ninja`, or `pip install '.[test]'`). doit and snakemake are not installed by
 pivotbuild's extras: `pip install doit snakemake` in a venv of their own and
 put it on PATH. The machines are shared and noisy: quote ratios from one run.
 
-`--warm MB`: before each clean and incremental build, remove a file of MB
-megabytes written after the last one, so every tool's build finds as much
-memory freed a moment ago. On a VM whose host takes back the memory its
+`--warm MB`: right before each clean and incremental build, write a file
+of MB megabytes and remove it (neither timed), so every tool's build finds
+as much memory freed a moment ago. On a VM whose host takes back the memory its
 guest leaves free (virtio-balloon free page reporting, as on this project's
 machines), a page the guest kernel has not used for a few seconds costs about
 5 ms per MB to touch again (`benchmarks/memtemp.py` measures it), and a
@@ -289,15 +289,20 @@ class Result:
 
 class Warmer:
     """Memory freed just before each timed build (`--warm`): a file of `mb`
-    megabytes on a RAM-backed file system (/dev/shm, so that it never goes
-    to disk; else `where`), written between builds and removed right before
-    one, so that the pages it frees are the ones the build takes."""
+    megabytes, written and removed right before the build, so that the
+    pages it frees are the ones the build takes.  On a RAM-backed file
+    system (/dev/shm, so that it never goes to disk) if it has the room,
+    else in `where`."""
 
     def __init__(self, where: Path, mb: int) -> None:
-        shm = Path("/dev/shm")
-        place = shm if shm.is_dir() and os.access(shm, os.W_OK) else where
-        self.path = place / f"pvcompare-warm-{os.getpid()}.bin"
         self.size = mb << 20
+        shm = Path("/dev/shm")
+        place = where
+        if self.size and shm.is_dir() and os.access(shm, os.W_OK):
+            room = os.statvfs(shm)
+            if room.f_bavail * room.f_frsize > self.size + (256 << 20):
+                place = shm
+        self.path = place / f"pvcompare-warm-{os.getpid()}.bin"
 
     def fill(self) -> None:
         if self.size and not self.path.exists():
