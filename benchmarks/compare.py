@@ -38,16 +38,12 @@ ninja`, or `pip install '.[test]'`). doit and snakemake are not installed by
 pivotbuild's extras: `pip install doit snakemake` in a venv of their own and
 put it on PATH. The machines are shared and noisy: quote ratios from one run.
 
-`--warm MB`: right before each clean and incremental build, write a file
-of MB megabytes and remove it (neither timed), so every tool's build finds
-as much memory freed a moment ago. On a VM whose host takes back the memory its
-guest leaves free (virtio-balloon free page reporting, as on this project's
-machines), a page the guest kernel has not used for a few seconds costs about
-5 ms per MB to touch again (`benchmarks/memtemp.py` measures it), and a
-build that grows the page cache (a clean build; hardlink mode's incremental
-build, whose old outputs stay in the cache) pays it, while one that
-overwrites its outputs reuses their memory. Without `--warm`, which tool
-finds freed memory is decided by what ran just before it.
+`--warm MB`: right before each clean and incremental build, MB megabytes
+of memory are written and freed (not timed), so that every tool's build
+finds as much memory freed a moment ago: on this project's machines new
+memory costs ten times memory just freed, and without it the order of the
+tools decides the big shape's figures (docs/performance.md, "This
+machine's memory"; `benchmarks/memtemp.py` measures it).
 """
 
 from __future__ import annotations
@@ -287,32 +283,33 @@ class Result:
     incr: float
 
 
+def write_out(fd: int, size: int) -> None:
+    """Write `size` bytes (whole MiB) to `fd`."""
+    block = memoryview(os.urandom(CHUNK))
+    for _ in range(size // CHUNK):
+        done = 0
+        while done < CHUNK:
+            done += os.write(fd, block[done:])
+
+
 class Warmer:
-    """Memory freed just before each timed build (`--warm`): a file of `mb`
-    megabytes, written and removed right before the build, so that the
-    pages it frees are the ones the build takes.  On a RAM-backed file
-    system (/dev/shm, so that it never goes to disk) if it has the room,
-    else in `where`."""
+    """Memory freed right before each timed build (`--warm`): `mb` megabytes
+    written into an anonymous in-memory file (`memfd_create`: nothing goes
+    to disk, and it goes with the process however that ends), then closed,
+    so that the pages it frees are the ones the build takes."""
 
-    def __init__(self, where: Path, mb: int) -> None:
+    def __init__(self, mb: int) -> None:
         self.size = mb << 20
-        shm = Path("/dev/shm")
-        place = where
-        if self.size and shm.is_dir() and os.access(shm, os.W_OK):
-            room = os.statvfs(shm)
-            if room.f_bavail * room.f_frsize > self.size + (256 << 20):
-                place = shm
-        self.path = place / f"pvcompare-warm-{os.getpid()}.bin"
 
-    def fill(self) -> None:
-        if self.size and not self.path.exists():
-            block = os.urandom(CHUNK)
-            with self.path.open("wb") as f:
-                for _ in range(self.size // CHUNK):
-                    f.write(block)
-
-    def free(self) -> None:
-        self.path.unlink(missing_ok=True)
+    def release(self) -> None:
+        """Fill, then free (call it right before a build; Linux only)."""
+        if not self.size:
+            return
+        fd = os.memfd_create("pvcompare-warm", os.MFD_CLOEXEC)
+        try:
+            write_out(fd, self.size)
+        finally:
+            os.close(fd)
 
 
 def measure(
@@ -323,7 +320,7 @@ def measure(
     before each clean and incremental build (see Warmer)."""
     stages = lattice(width, depth)
     results, digests = {}, {}
-    warmer = Warmer(workdir, warm)
+    warmer = Warmer(warm)
     for tool in tools:
         program = find(TOOLS[tool].program)
         if program is None:
@@ -335,8 +332,7 @@ def measure(
         servers = workdir / "servers"
         env = {**os.environ, "PIVOT_SERVER": "1", "PIVOT_SERVER_DIR": str(servers)} if spec.server else None
         try:
-            warmer.fill()
-            warmer.free()
+            warmer.release()
             clean = timed(cmd, root, env)
             if spec.server:
                 _await_server(servers)
@@ -344,11 +340,9 @@ def measure(
             incr = []
             for i in range(runs):
                 edit(root, width, depth, i)
-                warmer.fill()
-                warmer.free()
+                warmer.release()
                 incr.append(timed(cmd, root, env))
         finally:
-            warmer.free()
             if spec.server:
                 _stop_servers(servers)
         results[tool] = Result(clean, statistics.median(noop), statistics.median(incr))
@@ -361,13 +355,14 @@ def measure(
     return results, digests
 
 
-def table(results: dict[str, Result], width: int, depth: int, shape: str, jobs: int) -> str:
+def table(results: dict[str, Result], width: int, depth: int, shape: str, jobs: int, *, warm: int = 0) -> str:
     refs = [r for r in ("make", "ninja") if r in results]
+    warmed = f", {warm} MB freed before each clean and incremental build" if warm else ""
     head = f"{'tool':<12}{'clean':>9}{'noop':>9}{'incr':>9}"
     head += "".join(f"   {'/ ' + r + ' (clean noop incr)':<28}" for r in refs)
     lines = [
-        f"{width * depth} stages ({width} x {depth}, {shape} outputs), -j{jobs}; seconds (no-op and incremental:"
-        " medians); ratio = time / the other tool's",
+        f"{width * depth} stages ({width} x {depth}, {shape} outputs), -j{jobs}{warmed};"
+        " seconds (no-op and incremental: medians); ratio = time / the other tool's",
         head.rstrip(),
     ]
     for tool, r in results.items():
@@ -415,6 +410,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"unknown tool {unknown[0]!r}; choose from {', '.join(TOOLS)}")
     if args.width < 2 or args.depth < 1 or args.runs < 1 or args.warm < 0:
         ap.error("--width must be at least 2, --depth and --runs at least 1, --warm at least 0")
+    if args.warm and not hasattr(os, "memfd_create"):
+        ap.error("--warm needs memfd_create (Linux)")
     with tempfile.TemporaryDirectory(prefix="pvcompare-") as tmp:
         workdir = args.dir.resolve() if args.dir else Path(tmp)
         results, _ = measure(
@@ -428,10 +425,10 @@ def main(argv: list[str] | None = None) -> int:
             warm=args.warm,
         )
     if args.json:
-        data = {k: getattr(args, k) for k in ("width", "depth", "shape", "jobs", "runs")}
+        data = {k: getattr(args, k) for k in ("width", "depth", "shape", "jobs", "runs", "warm")}
         print(json.dumps({**data, "results": {t: vars(r) for t, r in results.items()}}))
     else:
-        print(table(results, args.width, args.depth, args.shape, args.jobs))
+        print(table(results, args.width, args.depth, args.shape, args.jobs, warm=args.warm))
     return 0
 
 

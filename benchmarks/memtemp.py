@@ -1,22 +1,21 @@
 #!/usr/bin/env python3
-"""What a build pays, on this machine, for memory its kernel has not used lately.
+"""What new memory costs on this machine, against memory freed a moment ago.
 
-    python3 benchmarks/memtemp.py [--mb 256] [--rounds 4] [--dir DIR]
+    python3 benchmarks/memtemp.py [--mb 256] [--rounds 4]
 
-Writes --mb megabytes into a new file --rounds times over (each write grows
-the page cache, as a clean build does, or an incremental build that keeps its
-old outputs), then removes one of those files and writes the same amount again
-at once (into the memory just freed, as a build that overwrites its outputs
-does), and prints the milliseconds per MB of each write.
+Writes --mb megabytes into a new in-memory file (`memfd_create`) --rounds
+times, keeping each (memory grows, as the page cache does in a clean build,
+or in an incremental build that keeps its old outputs); then, round after
+round, frees one of them and at once writes as much into a new one (into
+the memory just freed, as a build that overwrites its outputs does). It
+prints the milliseconds per MB of each write, the ratio of the medians, and
+whether the machine has a virtio balloon that reports free pages to its host.
 
-On bare metal both cost the same: a page cache page is not even zeroed before
-it is written. On a VM whose host takes back the memory the guest leaves free
-(virtio-balloon free page reporting: a free page the guest has not reused for
-a few seconds is handed back, and the host must find it again on the next
-touch), growing writes can cost many times a reused one: about 5 ms per MB
-against 0.5 on this project's machines, when no memory was freed moments
-before. It also says whether such a balloon is there. See the `--warm` option
-of compare.py, which gives every tool's build the same memory to start from.
+On bare metal both kinds cost about the same. On a VM whose host takes back
+the memory its guest leaves free (free page reporting: this project's
+machines), new memory can cost ten times as much (docs/performance.md,
+"This machine's memory"). The first rounds may not show it if memory was
+freed in the seconds before: run it after a quiet minute. Linux only.
 
 A benchmark, not a test (benchmarks/test_memtemp_smoke.py runs it small).
 """
@@ -27,21 +26,24 @@ import argparse
 import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-CHUNK = 1 << 20
-REPORTING = 5  # VIRTIO_BALLOON_F_REPORTING, a bit of the device's features
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import compare
+
+REPORTING = 5  # VIRTIO_BALLOON_F_REPORTING: its bit in a virtio device's `features`
+BALLOON = 5  # the virtio device id of a memory balloon
 
 
 def free_page_reporting() -> bool | None:
     """Whether a virtio balloon here reports free pages to its host (None:
-    no virtio balloon found)."""
+    no virtio balloon found).  sysfs gives a device's features as a string
+    of 0s and 1s, bit 0 first."""
     found = None
     for dev in Path("/sys/bus/virtio/devices").glob("*"):
         try:
-            if int((dev / "device").read_text(), 16) != 5:  # a balloon
+            if int((dev / "device").read_text(), 16) != BALLOON:
                 continue
             features = (dev / "features").read_text().strip()
         except (OSError, ValueError):
@@ -50,40 +52,44 @@ def free_page_reporting() -> bool | None:
     return found
 
 
-def write(path: Path, size: int, block: bytes) -> float:
-    """Milliseconds per MB to write `size` bytes into `path` (made afresh)."""
+def written(size: int) -> tuple[int, float]:
+    """A new in-memory file holding `size` bytes, and the ms per MB it took."""
+    fd = os.memfd_create("pvmemtemp", os.MFD_CLOEXEC)
     t0 = time.perf_counter()
-    with path.open("wb") as f:
-        for _ in range(size // CHUNK):
-            f.write(block)
-    return (time.perf_counter() - t0) * 1e3 / (size / CHUNK)
+    compare.write_out(fd, size)
+    return fd, (time.perf_counter() - t0) * 1e3 / (size / compare.CHUNK)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mb", type=int, default=256, help="megabytes per write")
-    ap.add_argument("--rounds", type=int, default=4, help="growing writes")
-    ap.add_argument("--dir", type=Path, help="where to write (default: a temporary directory here)")
+    ap.add_argument("--rounds", type=int, default=4, help="writes of each kind")
     args = ap.parse_args(argv)
     if args.mb < 1 or args.rounds < 1:
         ap.error("--mb and --rounds must be at least 1")
-    size = args.mb * CHUNK
-    block = os.urandom(CHUNK)
-    with tempfile.TemporaryDirectory(prefix="pvmemtemp-", dir=args.dir or Path.cwd()) as tmp:
-        base = Path(tmp)
-        growing = [write(base / f"grow{i}", size, block) for i in range(args.rounds)]
-        reused = []
+    if not hasattr(os, "memfd_create"):
+        ap.error("needs memfd_create (Linux)")
+    size = args.mb * compare.CHUNK
+    kept: list[int] = []
+    growing, reused = [], []
+    try:
+        for _ in range(args.rounds):
+            fd, ms = written(size)
+            kept.append(fd)
+            growing.append(ms)
         for i in range(args.rounds):
-            (base / f"grow{i}").unlink()
-            reused.append(write(base / f"again{i}", size, block))
-    reporting = free_page_reporting()
+            os.close(kept[i])
+            kept[i], ms = written(size)
+            reused.append(ms)
+    finally:
+        for fd in kept:
+            os.close(fd)
     print(f"{args.mb} MB per write, ms per MB")
-    print(f"  growing the page cache  {' '.join(f'{ms:.2f}' for ms in growing)}")
+    print(f"  into new memory         {' '.join(f'{ms:.2f}' for ms in growing)}")
     print(f"  into memory just freed  {' '.join(f'{ms:.2f}' for ms in reused)}")
-    ratio = statistics.median(growing) / statistics.median(reused)
-    print(f"  ratio of the medians    {ratio:.1f}x")
+    print(f"  ratio of the medians    {statistics.median(growing) / statistics.median(reused):.1f}x")
     said = {None: "no virtio balloon", True: "a virtio balloon that reports free pages to the host"}
-    print(f"  this machine has        {said.get(reporting, 'a virtio balloon, not reporting free pages')}")
+    print(f"  this machine has        {said.get(free_page_reporting(), 'a virtio balloon, not reporting free pages')}")
     return 0
 
 

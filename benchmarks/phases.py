@@ -174,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
         "--mode", choices=("copy", "hardlink"), default="copy", help='the checkout (hardlink: `checkout = "hardlink"`)'
     )
     args = ap.parse_args(argv)
+    if args.warm < 0 or (args.warm and not hasattr(os, "memfd_create")):
+        ap.error("--warm must be at least 0, and needs memfd_create (Linux)")
     pivotbuild = compare.pivotbuild_command()[0]
     python = _interpreter(pivotbuild)
     base = args.dir or Path(tempfile.mkdtemp(prefix="pivot-phases-"))
@@ -185,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     if ninja:
         compare.generate(base / "ninja", stages, "ninja", args.shape)
         compare.timed([ninja, "-j2"], base / "ninja")
-    warmer = compare.Warmer(base, args.warm)
+    warmer = compare.Warmer(args.warm)
     forker = subprocess.Popen([python, "-c", FORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert forker.stdin is not None and forker.stdout is not None
     rows: dict[str, list[float]] = {p: [] for p in PHASES}
@@ -196,15 +198,13 @@ def main(argv: list[str] | None = None) -> int:
         for i in range(args.runs):
             rows["interpreter"].append(compare.timed([python, "-c", "pass"], root) * 1e3)
             _prepare(root, args, 2 * i)
-            warmer.fill()
-            warmer.free()
+            warmer.release()
             found, wall = _phases(python, root)
             walls.append(wall * 1e3)
             for phase, ms in found.items():
                 rows[phase].append(ms)
             _prepare(root, args, 2 * i + 1)
-            warmer.fill()
-            warmer.free()
+            warmer.release()
             forker.stdin.write(f"{root}\n")
             forker.stdin.flush()
             code, seconds = forker.stdout.readline().split()
@@ -218,11 +218,9 @@ def main(argv: list[str] | None = None) -> int:
                     (base / "ninja" / ".ninja_log").unlink(missing_ok=True)
                 else:
                     compare.edit(base / "ninja", args.width, args.depth, 2 * i)
-                warmer.fill()
-                warmer.free()
+                warmer.release()
                 ninjas.append(compare.timed([ninja, "-j2"], base / "ninja") * 1e3)
     finally:
-        warmer.free()
         forker.stdin.close()
         forker.wait()
         forker.stdout.close()

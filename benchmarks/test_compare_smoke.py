@@ -55,27 +55,38 @@ def test_warm_frees_its_memory_right_before_each_clean_and_incremental_build(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     events: list[str] = []
-    fill, free, timed = compare.Warmer.fill, compare.Warmer.free, compare.timed
+    release, timed = compare.Warmer.release, compare.timed
 
-    def filling(self: compare.Warmer) -> None:
-        fill(self)
-        events.append(f"filled {self.path.stat().st_size}")
-
-    def freeing(self: compare.Warmer) -> None:
-        events.append("freed" if self.path.exists() else "nothing to free")
-        free(self)
+    def releasing(self: compare.Warmer) -> None:
+        events.append(f"released {self.size}")
+        release(self)
 
     def timing(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> float:
         events.append("build")
         return timed(cmd, cwd, env)
 
-    monkeypatch.setattr(compare.Warmer, "fill", filling)
-    monkeypatch.setattr(compare.Warmer, "free", freeing)
+    monkeypatch.setattr(compare.Warmer, "release", releasing)
     monkeypatch.setattr(compare, "timed", timing)
     args = ["--tools", "make", "--width", "2", "--depth", "2", "--runs", "2", "--warm", "3", "--dir", str(tmp_path)]
     assert compare.main(args) == 0
-    warm = [f"filled {3 << 20}", "freed", "build"]
-    # clean, two no-ops (nothing freed before them), two incremental builds, then nothing left behind
-    assert events == [*warm, "build", "build", *warm, *warm, "nothing to free"]
-    mine = f"pvcompare-warm-{os.getpid()}.bin"  # (another run's may be there)
-    assert not (Path("/dev/shm") / mine).exists() and not (tmp_path / mine).exists()
+    warm = [f"released {3 << 20}", "build"]
+    assert events == [*warm, "build", "build", *warm, *warm]  # clean, two no-ops (none before them), two incremental
+    assert ", 3 MB freed before each clean and incremental build;" in capsys.readouterr().out.splitlines()[0]
+
+
+def test_the_warmer_writes_its_memory_then_lets_it_go(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[tuple[str, int, int]] = []
+    write_out = compare.write_out
+
+    def spying(fd: int, size: int) -> None:
+        write_out(fd, size)
+        seen.append((os.readlink(f"/proc/self/fd/{fd}"), os.fstat(fd).st_size, fd))
+
+    monkeypatch.setattr(compare, "write_out", spying)
+    compare.Warmer(0).release()
+    assert seen == []  # (no --warm: nothing written)
+    compare.Warmer(2).release()
+    [(what, size, fd)] = seen
+    assert what.startswith("/memfd:pvcompare-warm") and size == 2 << 20  # in memory, never on disk
+    with pytest.raises(OSError):
+        os.fstat(fd)  # closed: its memory freed

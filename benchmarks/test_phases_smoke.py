@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import compare
 import phases
 import pytest
 
@@ -15,8 +16,21 @@ import pytest
     [[], ["--clean"], ["--shape", "big"], ["--shape", "big", "--mode", "hardlink", "--warm", "2"]],
     ids=["incremental", "clean", "big", "hardlink"],
 )
-def test_it_times_every_phase_of_a_build(tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: list[str]) -> None:
+def test_it_times_every_phase_of_a_build(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, kind: list[str]
+) -> None:
+    released: list[int] = []
+    release = compare.Warmer.release
+
+    def releasing(self: compare.Warmer) -> None:
+        if self.size:
+            released.append(self.size)
+        release(self)
+
+    monkeypatch.setattr(compare.Warmer, "release", releasing)
     assert phases.main(["--width", "3", "--depth", "4", "--runs", "1", "--dir", str(tmp_path), *kind]) == 0
+    # with --warm, memory freed before each of the three builds (as run, forked, ninja's)
+    assert released == ([2 << 20] * (3 if compare.find("ninja") else 2) if "--warm" in kind else [])
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("12 stages, -j2, ")
     names = [line.split()[0] for line in lines[1:]]
