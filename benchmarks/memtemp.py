@@ -79,11 +79,13 @@ def main(argv: list[str] | None = None) -> int:
             growing.append(ms)
         for i in range(args.rounds):
             os.close(kept[i])
+            kept[i] = -1
             kept[i], ms = written(size)
             reused.append(ms)
     finally:
         for fd in kept:
-            os.close(fd)
+            if fd >= 0:
+                os.close(fd)
     print(f"{args.mb} MB per write, ms per MB")
     print(f"  into new memory         {' '.join(f'{ms:.2f}' for ms in growing)}")
     print(f"  into memory just freed  {' '.join(f'{ms:.2f}' for ms in reused)}")
