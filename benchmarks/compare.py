@@ -42,8 +42,10 @@ put it on PATH. The machines are shared and noisy: quote ratios from one run.
 of memory are written and freed (not timed), so that every tool's build
 finds as much memory freed a moment ago: on this project's machines new
 memory costs ten times memory just freed, and without it the order of the
-tools decides the big shape's figures (docs/performance.md, "This
-machine's memory"; `benchmarks/memtemp.py` measures it).
+tools decides the figures of the builds that take new memory (clean
+builds, hardlink mode's incremental build). It slows the builds that do
+not: read those from a plain run (docs/performance.md, "This machine's
+memory"; `benchmarks/memtemp.py` measures the cost).
 """
 
 from __future__ import annotations
