@@ -38,6 +38,11 @@ ninja`, or `pip install '.[test]'`). doit and snakemake are not installed by
 pivotbuild's extras: `pip install doit snakemake` in a venv of their own and
 put it on PATH. The machines are shared and noisy: quote ratios from one run.
 
+`--orders N` runs every tool N times, the order of the tools reversed every
+other time, and gives each figure's median over them: on these machines a
+tool's clean build depends on which tools ran before it (the files they
+created, the memory they took), so a single run favours some tools.
+
 `--warm MB`: right before each clean and incremental build, MB megabytes
 of memory are written and freed (not timed), so that every tool's build
 finds as much memory freed a moment ago: on this project's machines new
@@ -357,9 +362,13 @@ def measure(
     return results, digests
 
 
-def table(results: dict[str, Result], width: int, depth: int, shape: str, jobs: int, *, warm: int = 0) -> str:
+def table(
+    results: dict[str, Result], width: int, depth: int, shape: str, jobs: int, *, warm: int = 0, orders: int = 1
+) -> str:
     refs = [r for r in ("make", "ninja") if r in results]
     warmed = f", {warm} MB freed before each clean and incremental build" if warm else ""
+    if orders > 1:
+        warmed += f", medians of {orders} runs of every tool (the order reversed every other run)"
     head = f"{'tool':<12}{'clean':>9}{'noop':>9}{'incr':>9}"
     head += "".join(f"   {'/ ' + r + ' (clean noop incr)':<28}" for r in refs)
     lines = [
@@ -397,6 +406,13 @@ def main(argv: list[str] | None = None) -> int:
         help="free this much memory right before each clean and incremental build",
     )
     ap.add_argument(
+        "--orders",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run every tool N times, the order of the tools reversed every other time, and give the medians",
+    )
+    ap.add_argument(
         "--baseline",
         metavar="PROGRAM",
         help="also time this pivotbuild executable (another checkout's, e.g. .venv/bin/pivotbuild), as 'baseline'",
@@ -410,27 +426,33 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [t for t in tools if t not in TOOLS]
     if unknown:
         ap.error(f"unknown tool {unknown[0]!r}; choose from {', '.join(TOOLS)}")
-    if args.width < 2 or args.depth < 1 or args.runs < 1 or args.warm < 0:
-        ap.error("--width must be at least 2, --depth and --runs at least 1, --warm at least 0")
+    if args.width < 2 or args.depth < 1 or args.runs < 1 or args.orders < 1 or args.warm < 0:
+        ap.error("--width must be at least 2, --depth, --runs and --orders at least 1, --warm at least 0")
     if args.warm and not hasattr(os, "memfd_create"):
         ap.error("--warm needs memfd_create (Linux)")
     with tempfile.TemporaryDirectory(prefix="pvcompare-") as tmp:
         workdir = args.dir.resolve() if args.dir else Path(tmp)
-        results, _ = measure(
-            tools,
-            width=args.width,
-            depth=args.depth,
-            shape=args.shape,
-            jobs=args.jobs,
-            runs=args.runs,
-            workdir=workdir,
-            warm=args.warm,
-        )
+        each = []  # (each order's results: the tools forward, then reversed, ...)
+        for n in range(args.orders):
+            each.append(
+                measure(
+                    tools if n % 2 == 0 else tools[::-1],
+                    width=args.width,
+                    depth=args.depth,
+                    shape=args.shape,
+                    jobs=args.jobs,
+                    runs=args.runs,
+                    workdir=workdir / f"order{n}" if args.orders > 1 else workdir,
+                    warm=args.warm,
+                )[0]
+            )
+    results = {t: Result(*(statistics.median(vars(e[t])[k] for e in each) for k in vars(each[0][t]))) for t in tools}
     if args.json:
-        data = {k: getattr(args, k) for k in ("width", "depth", "shape", "jobs", "runs", "warm")}
-        print(json.dumps({**data, "results": {t: vars(r) for t, r in results.items()}}))
+        data = {k: getattr(args, k) for k in ("width", "depth", "shape", "jobs", "runs", "warm", "orders")}
+        orders = [{t: vars(r) for t, r in e.items()} for e in each]
+        print(json.dumps({**data, "results": {t: vars(r) for t, r in results.items()}, "each_order": orders}))
     else:
-        print(table(results, args.width, args.depth, args.shape, args.jobs, warm=args.warm))
+        print(table(results, args.width, args.depth, args.shape, args.jobs, warm=args.warm, orders=args.orders))
     return 0
 
 

@@ -90,3 +90,25 @@ def test_the_warmer_writes_its_memory_then_lets_it_go(monkeypatch: pytest.Monkey
     assert what.startswith("/memfd:pvcompare-warm") and size == 2 << 20  # in memory, never on disk
     with pytest.raises(OSError):
         os.fstat(fd)  # closed: its memory freed
+
+
+def test_orders_run_every_tool_again_in_reverse_and_give_the_medians(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cleans: list[str] = []  # (which tool's project each clean build ran in, in order)
+    timed = compare.timed
+
+    def timing(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> float:
+        timed(cmd, cwd, env)
+        if not (cwd / ".first").exists():
+            (cwd / ".first").touch()
+            cleans.append(f"{cwd.parent.name}/{cwd.name}")
+        return {"order0": 1.0, "order1": 3.0, "order2": 8.0}[cwd.parent.name]  # (medians: 3.0)
+
+    monkeypatch.setattr(compare, "timed", timing)
+    args = ["--tools", "make,ninja", "--width", "2", "--depth", "2", "--runs", "1", "--orders", "3"]
+    assert compare.main([*args, "--dir", str(tmp_path)]) == 0
+    assert cleans == ["order0/make", "order0/ninja", "order1/ninja", "order1/make", "order2/make", "order2/ninja"]
+    lines = capsys.readouterr().out.splitlines()
+    assert "medians of 3 runs of every tool (the order reversed every other run)" in lines[0]
+    assert [line.split()[:4] for line in lines[2:]] == [[tool, "3.000", "3.000", "3.000"] for tool in ("make", "ninja")]
