@@ -366,13 +366,13 @@ def table(
     results: dict[str, Result], width: int, depth: int, shape: str, jobs: int, *, warm: int = 0, orders: int = 1
 ) -> str:
     refs = [r for r in ("make", "ninja") if r in results]
-    warmed = f", {warm} MB freed before each clean and incremental build" if warm else ""
+    how = f", {warm} MB freed before each clean and incremental build" if warm else ""
     if orders > 1:
-        warmed += f", medians of {orders} runs of every tool (the order reversed every other run)"
+        how += f", medians of {orders} runs of every tool (the order reversed every other run)"
     head = f"{'tool':<12}{'clean':>9}{'noop':>9}{'incr':>9}"
     head += "".join(f"   {'/ ' + r + ' (clean noop incr)':<28}" for r in refs)
     lines = [
-        f"{width * depth} stages ({width} x {depth}, {shape} outputs), -j{jobs}{warmed};"
+        f"{width * depth} stages ({width} x {depth}, {shape} outputs), -j{jobs}{how};"
         " seconds (no-op and incremental: medians); ratio = time / the other tool's",
         head.rstrip(),
     ]
