@@ -299,35 +299,33 @@ def write_out(fd: int, size: int) -> None:
             done += os.write(fd, block[done:])
 
 
-class Warmer:
-    """Memory freed right before each timed build (`--warm`): `mb` megabytes
-    written into an anonymous in-memory file (`memfd_create`: nothing goes
-    to disk, and it goes with the process however that ends), then closed,
-    so that the pages it frees are the ones the build takes."""
+def warm(mb: int) -> None:
+    """Free `mb` megabytes of memory right before a timed build (`--warm`):
+    written into an anonymous in-memory file (`memfd_create`: nothing goes to
+    disk, and it goes with the process however that ends), then closed, so
+    that the pages it frees are the ones the build takes.  Linux only."""
+    if not mb:
+        return
+    fd = os.memfd_create("pvcompare-warm", os.MFD_CLOEXEC)
+    try:
+        write_out(fd, mb << 20)
+    finally:
+        os.close(fd)
 
-    def __init__(self, mb: int) -> None:
-        self.size = mb << 20
 
-    def release(self) -> None:
-        """Fill, then free (call it right before a build; Linux only)."""
-        if not self.size:
-            return
-        fd = os.memfd_create("pvcompare-warm", os.MFD_CLOEXEC)
-        try:
-            write_out(fd, self.size)
-        finally:
-            os.close(fd)
+def _median(results: list[Result]) -> Result:
+    """Each figure's median over `results` (one tool's, from several runs)."""
+    return Result(*(statistics.median(getattr(r, k) for r in results) for k in ("clean", "noop", "incr")))
 
 
 def measure(
-    tools: list[str], *, width: int, depth: int, shape: str, jobs: int, runs: int, workdir: Path, warm: int = 0
+    tools: list[str], *, width: int, depth: int, shape: str, jobs: int, runs: int, workdir: Path, free: int = 0
 ) -> tuple[dict[str, Result], dict[str, dict[str, str]]]:
     """Build, time and check each tool's copy of the lattice under workdir; return
-    the times and each tool's output digests.  `warm`: megabytes freed
-    before each clean and incremental build (see Warmer)."""
+    the times and each tool's output digests.  `free`: megabytes freed
+    before each clean and incremental build (see `warm`)."""
     stages = lattice(width, depth)
     results, digests = {}, {}
-    warmer = Warmer(warm)
     for tool in tools:
         program = find(TOOLS[tool].program)
         if program is None:
@@ -339,7 +337,7 @@ def measure(
         servers = workdir / "servers"
         env = {**os.environ, "PIVOT_SERVER": "1", "PIVOT_SERVER_DIR": str(servers)} if spec.server else None
         try:
-            warmer.release()
+            warm(free)
             clean = timed(cmd, root, env)
             if spec.server:
                 _await_server(servers)
@@ -347,7 +345,7 @@ def measure(
             incr = []
             for i in range(runs):
                 edit(root, width, depth, i)
-                warmer.release()
+                warm(free)
                 incr.append(timed(cmd, root, env))
         finally:
             if spec.server:
@@ -443,10 +441,10 @@ def main(argv: list[str] | None = None) -> int:
                     jobs=args.jobs,
                     runs=args.runs,
                     workdir=workdir / f"order{n}" if args.orders > 1 else workdir,
-                    warm=args.warm,
+                    free=args.warm,
                 )[0]
             )
-    results = {t: Result(*(statistics.median(vars(e[t])[k] for e in each) for k in vars(each[0][t]))) for t in tools}
+    results = {t: _median([e[t] for e in each]) for t in tools}
     if args.json:
         data = {k: getattr(args, k) for k in ("width", "depth", "shape", "jobs", "runs", "warm", "orders")}
         orders = [{t: vars(r) for t, r in e.items()} for e in each]

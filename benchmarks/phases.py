@@ -187,7 +187,6 @@ def main(argv: list[str] | None = None) -> int:
     if ninja:
         compare.generate(base / "ninja", stages, "ninja", args.shape)
         compare.timed([ninja, "-j2"], base / "ninja")
-    warmer = compare.Warmer(args.warm)
     forker = subprocess.Popen([python, "-c", FORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert forker.stdin is not None and forker.stdout is not None
     rows: dict[str, list[float]] = {p: [] for p in PHASES}
@@ -198,13 +197,13 @@ def main(argv: list[str] | None = None) -> int:
         for i in range(args.runs):
             rows["interpreter"].append(compare.timed([python, "-c", "pass"], root) * 1e3)
             _prepare(root, args, 2 * i)
-            warmer.release()
+            compare.warm(args.warm)
             found, wall = _phases(python, root)
             walls.append(wall * 1e3)
             for phase, ms in found.items():
                 rows[phase].append(ms)
             _prepare(root, args, 2 * i + 1)
-            warmer.release()
+            compare.warm(args.warm)
             forker.stdin.write(f"{root}\n")
             forker.stdin.flush()
             code, seconds = forker.stdout.readline().split()
@@ -218,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
                     (base / "ninja" / ".ninja_log").unlink(missing_ok=True)
                 else:
                     compare.edit(base / "ninja", args.width, args.depth, 2 * i)
-                warmer.release()
+                compare.warm(args.warm)
                 ninjas.append(compare.timed([ninja, "-j2"], base / "ninja") * 1e3)
     finally:
         forker.stdin.close()

@@ -55,17 +55,17 @@ def test_warm_frees_its_memory_right_before_each_clean_and_incremental_build(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     events: list[str] = []
-    release, timed = compare.Warmer.release, compare.timed
+    release, timed = compare.warm, compare.timed
 
-    def releasing(self: compare.Warmer) -> None:
-        events.append(f"released {self.size}")
-        release(self)
+    def releasing(mb: int) -> None:
+        events.append(f"released {mb << 20}")
+        release(mb)
 
     def timing(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> float:
         events.append("build")
         return timed(cmd, cwd, env)
 
-    monkeypatch.setattr(compare.Warmer, "release", releasing)
+    monkeypatch.setattr(compare, "warm", releasing)
     monkeypatch.setattr(compare, "timed", timing)
     args = ["--tools", "make", "--width", "2", "--depth", "2", "--runs", "2", "--warm", "3", "--dir", str(tmp_path)]
     assert compare.main(args) == 0
@@ -83,9 +83,9 @@ def test_the_warmer_writes_its_memory_then_lets_it_go(monkeypatch: pytest.Monkey
         seen.append((os.readlink(f"/proc/self/fd/{fd}"), os.fstat(fd).st_size, fd))
 
     monkeypatch.setattr(compare, "write_out", spying)
-    compare.Warmer(0).release()
+    compare.warm(0)
     assert seen == []  # (no --warm: nothing written)
-    compare.Warmer(2).release()
+    compare.warm(2)
     [(what, size, fd)] = seen
     assert what.startswith("/memfd:pvcompare-warm") and size == 2 << 20  # in memory, never on disk
     with pytest.raises(OSError):

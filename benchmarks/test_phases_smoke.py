@@ -20,14 +20,14 @@ def test_it_times_every_phase_of_a_build(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, kind: list[str]
 ) -> None:
     released: list[int] = []
-    release = compare.Warmer.release
+    release = compare.warm
 
-    def releasing(self: compare.Warmer) -> None:
-        if self.size:
-            released.append(self.size)
-        release(self)
+    def releasing(mb: int) -> None:
+        if mb:
+            released.append(mb << 20)
+        release(mb)
 
-    monkeypatch.setattr(compare.Warmer, "release", releasing)
+    monkeypatch.setattr(compare, "warm", releasing)
     assert phases.main(["--width", "3", "--depth", "4", "--runs", "1", "--dir", str(tmp_path), *kind]) == 0
     # with --warm, memory freed before each of the three builds (as run, forked, ninja's)
     assert released == ([2 << 20] * (3 if compare.find("ninja") else 2) if "--warm" in kind else [])
