@@ -1,0 +1,210 @@
+#!/usr/bin/env python3
+"""What pivotbuild's build loop spends on each stage, part by part.
+
+    python3 benchmarks/loopcpu.py [--width 50] [--depth 20] [--runs 5] [--clean] [--dir DIR]
+
+The build loop is one thread, and on compare.py's small lattice it is the
+build's serial part: a stage cannot start before the loop has finished
+with the one before it.  Each stage costs the loop its own CPU and the wait
+in `posix_spawn` (the `vfork` child creates the output file, then execs).
+This prints both, per stage, for each part of the loop, so that a change to
+one part shows as microseconds of that part (docs/performance.md,
+"The loop's budget").
+
+On compare.py's small lattice (WIDTH x DEPTH `md5sum` stages, -j2), built
+once, then `--runs` incremental builds (one middle-layer source edited: 55
+stages rerun at 50 x 20), or clean builds with `--clean` (the compiled plan
+kept, as phases.py's).  Each build runs the installed pivotbuild under a
+wrapper that times these functions in the loop's thread, each without the
+parts it calls (so the rows add up to the loop's total):
+
+  decide     deciding the stages made ready (BuildRun._decide_ready)
+  start      starting a stage, but for the spawn (BuildRun._start)
+  spawn      posix_spawn and its file actions (Starter._spawn): its wall
+             time is the wait for the child's exec
+  follow     waiting for and reading the stages' output (Poller.wait)
+  end        a stage's end: exit status, outputs stated and hashed, the
+             storer told (Process._end)
+  record     the stage's record: journal, stat cache, seal (Recorder.ran)
+  store      small outputs packed into the cache once settled, on the
+             loop's clock (Storer._on_time)
+  complete   the rest of handling an ended stage (BuildRun._complete)
+  rest       the rest of the loop (BuildRun._loop)
+
+with the loop's total, and the CPU of the build's other threads (storing,
+hashing) while the loop ran.  Medians over the runs, in microseconds per
+stage run; with ninja found, its build of the same work for scale.
+
+A benchmark, not a test: the wrapper names pivotbuild's own functions, so
+a renamed one fails it loudly (benchmarks/test_loopcpu_smoke.py).  The
+timers cost about 1 us a call, counted in the part that calls.  Quote
+ratios, not times: the machines are shared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import compare  # noqa: E402
+import phases  # noqa: E402
+
+# part, module, class, function
+PARTS = (
+    ("decide", "pivotbuild.build.run", "BuildRun", "_decide_ready"),
+    ("start", "pivotbuild.build.run", "BuildRun", "_start"),
+    ("spawn", "pivotbuild.build.executors.spawn", "Starter", "_spawn"),
+    ("follow", "pivotbuild.build.executors.poller", "Poller", "wait"),
+    ("end", "pivotbuild.build.executors.runner", "Process", "_end"),
+    ("record", "pivotbuild.build.recorder", "Recorder", "ran"),
+    ("store", "pivotbuild.cache.storer", "Storer", "_on_time"),
+    ("complete", "pivotbuild.build.run", "BuildRun", "_complete"),
+    ("rest", "pivotbuild.build.run", "BuildRun", "_loop"),
+)
+
+# Run in the build's interpreter: times each part in the loop's thread,
+# without the parts it calls, and writes the sums as JSON at the end on the
+# descriptor PIVOT_LOOP_FD names (`pivotbuild.cli.run` leaves with os._exit).
+WRAPPER = r"""
+import importlib, json, os, sys, threading, time
+out = int(os.environ.pop("PIVOT_LOOP_FD"))
+parts = json.loads(os.environ.pop("PIVOT_LOOP_PARTS"))
+main = threading.get_ident()
+cpu, wall = time.thread_time_ns, time.perf_counter_ns
+sums = {name: [0, 0, 0] for name, *_ in parts}  # calls, CPU ns, wall ns (without the parts called)
+other = [0]  # the other threads' CPU while the loop ran
+stack = []
+def timed(name, f):
+    def wrapped(*a, **k):
+        if threading.get_ident() != main:
+            return f(*a, **k)
+        frame = [cpu(), wall(), 0, 0]
+        stack.append(frame)
+        try:
+            return f(*a, **k)
+        finally:
+            stack.pop()
+            c, w = cpu() - frame[0], wall() - frame[1]
+            s = sums[name]
+            s[0] += 1
+            s[1] += c - frame[2]
+            s[2] += w - frame[3]
+            if stack:
+                stack[-1][2] += c
+                stack[-1][3] += w
+    return wrapped
+for name, module, owner, function in parts:
+    cls = getattr(importlib.import_module(module), owner)
+    setattr(cls, function, timed(name, getattr(cls, function)))
+from pivotbuild.build import run as _run
+_execute = _run.BuildRun.execute
+def execute(self):
+    p, t = time.process_time_ns(), cpu()
+    try:
+        return _execute(self)
+    finally:
+        other[0] += (time.process_time_ns() - p) - (cpu() - t)
+_run.BuildRun.execute = execute
+me = os.getpid()
+real_exit = os._exit
+def leave(code):
+    if os.getpid() == me:
+        os.write(out, json.dumps({"parts": sums, "other": other[0]}).encode())
+    real_exit(code)
+os._exit = leave
+import pivotbuild.cli
+sys.argv = ["pivotbuild", *sys.argv[1:]]
+pivotbuild.cli.run()
+"""
+
+
+def _measure(python: str, root: Path) -> dict[str, object]:
+    """One build under the wrapper: each part's calls, CPU and wall (ns), and the other threads' CPU."""
+    r, w = os.pipe()
+    env = {**os.environ, "PIVOT_LOOP_FD": str(w), "PIVOT_LOOP_PARTS": json.dumps(PARTS)}
+    command = [python, "-c", WRAPPER, "-j2", "-s"]
+    proc = subprocess.run(command, cwd=root, env=env, pass_fds=(w,), capture_output=True, text=True, check=False)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        data = f.read()
+    if proc.returncode != 0 or not data:
+        raise SystemExit(f"loopcpu.py: the build failed in {root} ({proc.returncode}):\n{proc.stderr[-2000:]}")
+    found: dict[str, object] = json.loads(data)
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--width", type=int, default=50)
+    ap.add_argument("--depth", type=int, default=20)
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--clean", action="store_true", help="clean builds (the compiled plan kept), not incremental")
+    ap.add_argument("--dir", type=Path, help="where to build (default: a temporary directory)")
+    args = ap.parse_args(argv)
+    args.shape = "small"
+    pivotbuild = compare.pivotbuild_command()[0]
+    python = phases._interpreter(pivotbuild)
+    base = args.dir or Path(tempfile.mkdtemp(prefix="pivot-loopcpu-"))
+    root = base / "pivotbuild"
+    stages = compare.lattice(args.width, args.depth)
+    compare.generate(root, stages, "pivotbuild", args.shape)
+    compare.timed([pivotbuild, "-j2", "-s"], root)
+    ninja = compare.find("ninja")
+    if ninja:
+        compare.generate(base / "ninja", stages, "ninja", args.shape)
+        compare.timed([ninja, "-j2"], base / "ninja")
+    cpu: dict[str, list[float]] = {p[0]: [] for p in PARTS}
+    wall: dict[str, list[float]] = {p[0]: [] for p in PARTS}
+    others: list[float] = []
+    ran: list[int] = []
+    ninjas: list[float] = []
+    try:
+        for i in range(args.runs):
+            phases._prepare(root, args, i)
+            found = _measure(python, root)
+            sums: dict[str, list[int]] = found["parts"]  # type: ignore[assignment]
+            n = sums["start"][0]
+            if not n:
+                raise SystemExit(f"loopcpu.py: the build in {root} ran no stage")
+            ran.append(n)
+            for name, (_, c, w) in sums.items():
+                cpu[name].append(c / n / 1e3)
+                wall[name].append(w / n / 1e3)
+            others.append(found["other"] / n / 1e3)  # type: ignore[operator]
+            if ninja:
+                if args.clean:
+                    shutil.rmtree(base / "ninja" / "out")
+                    (base / "ninja" / "out").mkdir()
+                    (base / "ninja" / ".ninja_log").unlink(missing_ok=True)
+                else:
+                    compare.edit(base / "ninja", args.width, args.depth, i)
+                ninjas.append(compare.timed([ninja, "-j2"], base / "ninja") * 1e3)
+    finally:
+        if args.dir is None:
+            shutil.rmtree(base, ignore_errors=True)
+    kind = "clean builds (plan kept)" if args.clean else "incremental builds"
+    print(f"{len(stages)} stages, -j2, {kind}, {statistics.median(ran):.0f} run each, median of {args.runs}")
+    print("the loop's thread, per stage run (microseconds)")
+    print(f"  {'part':<12}{'CPU':>9}{'wall':>9}")
+    for name, *_ in PARTS:
+        print(f"  {name:<12}{statistics.median(cpu[name]):9.1f}{statistics.median(wall[name]):9.1f}")
+    totals_cpu = [sum(cpu[p[0]][i] for p in PARTS) for i in range(args.runs)]
+    totals_wall = [sum(wall[p[0]][i] for p in PARTS) for i in range(args.runs)]
+    print(f"  {'loop':<12}{statistics.median(totals_cpu):9.1f}{statistics.median(totals_wall):9.1f}")
+    print(f"  {'other threads':<12}{statistics.median(others):6.1f}")
+    if ninjas:
+        print(f"ninja's build of the same: {statistics.median(ninjas):.1f} ms")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

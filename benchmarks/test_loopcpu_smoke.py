@@ -1,0 +1,26 @@
+"""loopcpu.py, run small: the wrapper still finds every function it times
+(a renamed one fails here), counts the stages each build ran, and prints a
+row per part and the totals (no timings are asserted)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import loopcpu
+import pytest
+
+
+@pytest.mark.parametrize(("kind", "ran"), [([], 3), (["--clean"], 12)], ids=["incremental", "clean"])
+def test_it_times_each_part_of_the_loop_per_stage(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: list[str], ran: int
+) -> None:
+    assert loopcpu.main(["--width", "3", "--depth", "4", "--runs", "2", "--dir", str(tmp_path), *kind]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    # an edit in the middle layer of 3 x 4 reruns its stage and the two below it
+    assert lines[0].startswith(f"12 stages, -j2, {'clean' if kind else 'incremental'} builds")
+    assert f", {ran} run each, median of 2" in lines[0]
+    rows = {line.split()[0]: line.split()[1:] for line in lines[3:] if not line.startswith("ninja")}
+    assert list(rows) == [p[0] for p in loopcpu.PARTS] + ["loop", "other"]
+    assert float(rows["start"][0]) > 0 and float(rows["spawn"][1]) > 0  # the stages were started under the wrapper
+    out = tmp_path / "pivotbuild" / "out"
+    assert len(list(out.iterdir())) == 12
