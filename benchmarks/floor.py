@@ -33,7 +33,10 @@ is, beside ninja on the same tree, in interleaved rounds:
 
 Each row is a clean build of a fresh copy and an incremental build (one
 middle-layer source edited, as compare.py edits) of the loop's own copy;
-seconds, medians, and the ratio to ninja's median in the same rounds.
+seconds, medians, and the ratio to ninja's median in the same rounds; and
+the loop's own CPU per stage in the clean build (from its first start to
+its last stage's end, the stages' CPU not counted): what
+`benchmarks/loopcpu.py`'s `loop` row measures of pivotbuild's.
 
     .venv/bin/python benchmarks/floor.py --shape small --rounds 5
     .venv/bin/python benchmarks/floor.py --levels +state --busy 150   # and with 150 us more CPU a stage
@@ -243,6 +246,7 @@ LOOP = textwrap.dedent(
                 if not waiting[u]:
                     ready.append(u)
     todo = len(run)
+    cpu0 = time.process_time()  # the loop's own CPU (its children's not counted), for the report
     while todo:
         while ready and len(running) < jobs:
             start(ready.pop())
@@ -263,6 +267,7 @@ LOOP = textwrap.dedent(
             assert status == 0, status
             ended(running.pop(pid))
             todo -= 1
+    print("loop-cpu", time.process_time() - cpu0, len(run), flush=True)
     if STATE and run:
         save("floor.lock", dict(sorted(lock.items())))
         settle()
@@ -308,29 +313,41 @@ def main(argv: list[str] | None = None) -> int:
                 commands[f"{level}+{args.busy}"] = commands[level]
                 envs[f"{level}+{args.busy}"] = {**os.environ, "FLOOR_BUSY_US": str(args.busy)}
         times: dict[str, dict[str, list[float]]] = {name: {"clean": [], "incr": []} for name in commands}
+        cpus: dict[str, list[float]] = {name: [] for name in commands}  # each clean build's loop CPU a stage
         for r in range(args.rounds):
             for name, command in commands.items():
                 tree = scratch / f"t-{name}"
                 shutil.rmtree(tree, ignore_errors=True)
                 shutil.copytree(seed, tree, symlinks=True)
-                times[name]["clean"].append(_timed(command, tree, envs.get(name)))
+                wall, cpu = _timed(command, tree, envs.get(name))
+                times[name]["clean"].append(wall)
+                if cpu is not None:
+                    cpus[name].append(cpu)
                 compare.check_outputs(tree, stages, args.shape, name)
                 compare.edit(tree, args.width, args.depth, r)
-                times[name]["incr"].append(_timed(command, tree, envs.get(name)))
+                times[name]["incr"].append(_timed(command, tree, envs.get(name))[0])
                 compare.check_outputs(tree, stages, args.shape, name)
         base = {k: statistics.median(v) for k, v in times["ninja"].items()}
         print(f"{len(stages)} stages ({args.shape}), -j{args.jobs}, {args.rounds} rounds: medians, seconds (x ninja)")
-        print(f"{'loop':<12}{'clean':>16}{'incremental':>18}")
+        print(f"{'loop':<12}{'clean':>16}{'incremental':>18}{'loop CPU/stage':>16}")
         for name, t in times.items():
             c, i = statistics.median(t["clean"]), statistics.median(t["incr"])
-            print(f"{name:<12}{c:>9.3f} ({c / base['clean']:.2f}x){i:>11.3f} ({i / base['incr']:.2f}x)")
+            cpu = f"{statistics.median(cpus[name]):>13.0f} us" if cpus[name] else ""
+            print(f"{name:<12}{c:>9.3f} ({c / base['clean']:.2f}x){i:>11.3f} ({i / base['incr']:.2f}x){cpu}")
     return 0
 
 
-def _timed(command: list[str], cwd: Path, env: dict[str, str] | None = None) -> float:
+def _timed(command: list[str], cwd: Path, env: dict[str, str] | None = None) -> tuple[float, float | None]:
+    """The command's wall time, and for one of our loops its own CPU per stage
+    run in its loop (microseconds; None for ninja, or a run with no stage)."""
     t0 = time.perf_counter()
-    subprocess.run(command, cwd=cwd, check=True, stdout=subprocess.DEVNULL, env=env)
-    return time.perf_counter() - t0
+    out = subprocess.run(command, cwd=cwd, check=True, stdout=subprocess.PIPE, text=True, env=env).stdout
+    wall = time.perf_counter() - t0
+    for line in out.splitlines():
+        if line.startswith("loop-cpu "):
+            seconds, ran = line.split()[1:]
+            return wall, float(seconds) * 1e6 / int(ran) if int(ran) else None
+    return wall, None
 
 
 if __name__ == "__main__":

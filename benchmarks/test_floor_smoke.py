@@ -14,6 +14,9 @@ def test_each_loop_builds_the_lattice_beside_ninja(capsys: pytest.CaptureFixture
     assert lines[0].startswith("12 stages (small), -j2, 1 rounds")
     assert [line.split()[0] for line in lines[2:]] == ["ninja", *floor.LEVELS]
     assert all(line.count("x)") == 2 for line in lines[2:])
+    # each loop (not ninja) says its own CPU per stage of the clean build
+    assert [line.endswith(" us") for line in lines[2:]] == [False] + [True] * len(floor.LEVELS)
+    assert all(float(line.split()[-2]) > 0 for line in lines[3:])
 
 
 def test_busy_adds_a_row_per_level_with_the_loop_s_cpu(capsys: pytest.CaptureFixture[str]) -> None:
