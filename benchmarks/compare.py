@@ -194,6 +194,12 @@ def pivotbuild_command() -> list[str]:
     return [found] if found else [sys.executable, "-m", "pivotbuild"]
 
 
+def interpreter(script: str) -> str:
+    """The Python a script such as `pivotbuild` runs under (its #! line)."""
+    first = Path(script).read_text(errors="replace").splitlines()[0]
+    return first[2:].strip() if first.startswith("#!") else sys.executable
+
+
 def generate(root: Path, stages: list[Stage], tool: str, shape: str) -> None:
     """The sources and `tool`'s build file in root (made afresh)."""
     shutil.rmtree(root, ignore_errors=True)

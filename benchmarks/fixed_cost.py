@@ -26,11 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
-
-def _interpreter(pivotbuild: str) -> str:
-    """The Python a console script runs under (its #! line)."""
-    first = Path(pivotbuild).read_text(errors="replace").splitlines()[0]
-    return first[2:].strip() if first.startswith("#!") else sys.executable
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import compare
 
 
 def _timed(cmd: list[str], cwd: Path) -> float:
@@ -67,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
             subprocess.run([prog, "-s"], cwd=roots[name], check=True, capture_output=True)
         if ninja:
             subprocess.run([ninja], cwd=roots["ninja"], check=True, capture_output=True)
-        python = _interpreter(programs["pivotbuild"])
+        python = compare.interpreter(programs["pivotbuild"])
         for i in range(args.runs):
             rows.setdefault("python -c pass", []).append(_timed([python, "-c", "pass"], Path(tmp)))
             # Each run alternates which program goes first: the first is slower (it pays

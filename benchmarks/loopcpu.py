@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     args.shape = "small"
     pivotbuild = compare.pivotbuild_command()[0]
-    python = phases._interpreter(pivotbuild)
+    python = compare.interpreter(pivotbuild)
     base = args.dir or Path(tempfile.mkdtemp(prefix="pivot-loopcpu-"))
     root = base / "pivotbuild"
     stages = compare.lattice(args.width, args.depth)
@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     ninjas: list[float] = []
     try:
         for i in range(args.runs):
-            phases._prepare(root, args, i)
+            phases.prepare(root, args, i)
             found = _measure(python, root)
             sums: dict[str, list[int]] = found["parts"]  # type: ignore[assignment]
             n = sums["start"][0]
@@ -181,12 +181,7 @@ def main(argv: list[str] | None = None) -> int:
                 wall[name].append(w / n / 1e3)
             others.append(found["other"] / n / 1e3)  # type: ignore[operator]
             if ninja:
-                if args.clean:
-                    shutil.rmtree(base / "ninja" / "out")
-                    (base / "ninja" / "out").mkdir()
-                    (base / "ninja" / ".ninja_log").unlink(missing_ok=True)
-                else:
-                    compare.edit(base / "ninja", args.width, args.depth, i)
+                phases.prepare(base / "ninja", args, i, ninja=True)
                 ninjas.append(compare.timed([ninja, "-j2"], base / "ninja") * 1e3)
     finally:
         if args.dir is None:

@@ -121,12 +121,6 @@ for line in sys.stdin:
 """
 
 
-def _interpreter(pivotbuild: str) -> str:
-    """The Python a console script runs under (its #! line)."""
-    first = Path(pivotbuild).read_text(errors="replace").splitlines()[0]
-    return first[2:].strip() if first.startswith("#!") else sys.executable
-
-
 def _phases(python: str, root: Path) -> tuple[dict[str, float], float]:
     """One build under the wrapper: each phase's milliseconds, and the wall time."""
     r, w = os.pipe()
@@ -148,13 +142,17 @@ def _phases(python: str, root: Path) -> tuple[dict[str, float], float]:
     return found, wall
 
 
-def _prepare(root: Path, args: argparse.Namespace, i: int) -> None:
-    """Make the next build's work: an edit, or a clean slate (plan kept)."""
+def prepare(root: Path, args: argparse.Namespace, i: int, *, ninja: bool = False) -> None:
+    """Make the next build's work: an edit, or a clean slate (pivotbuild's
+    compiled plan kept; with `ninja`, a tree of ninja's, its log removed)."""
     if not args.clean:
         compare.edit(root, args.width, args.depth, i)
         return
     shutil.rmtree(root / "out")
     (root / "out").mkdir()
+    if ninja:
+        (root / ".ninja_log").unlink(missing_ok=True)
+        return
     (root / "Pivotfile.lock").unlink(missing_ok=True)
     for entry in (root / ".pivot").iterdir():
         if entry.name != "plan":
@@ -177,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.warm < 0 or (args.warm and not hasattr(os, "memfd_create")):
         ap.error("--warm must be at least 0, and needs memfd_create (Linux)")
     pivotbuild = compare.pivotbuild_command()[0]
-    python = _interpreter(pivotbuild)
+    python = compare.interpreter(pivotbuild)
     base = args.dir or Path(tempfile.mkdtemp(prefix="pivot-phases-"))
     root = base / "pivotbuild"
     stages = compare.lattice(args.width, args.depth)
@@ -196,13 +194,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for i in range(args.runs):
             rows["interpreter"].append(compare.timed([python, "-c", "pass"], root) * 1e3)
-            _prepare(root, args, 2 * i)
+            prepare(root, args, 2 * i)
             compare.warm(args.warm)
             found, wall = _phases(python, root)
             walls.append(wall * 1e3)
             for phase, ms in found.items():
                 rows[phase].append(ms)
-            _prepare(root, args, 2 * i + 1)
+            prepare(root, args, 2 * i + 1)
             compare.warm(args.warm)
             forker.stdin.write(f"{root}\n")
             forker.stdin.flush()
@@ -211,12 +209,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise SystemExit(f"phases.py: the forked build failed in {root} ({code})")
             forked.append(float(seconds) * 1e3)
             if ninja:
-                if args.clean:
-                    shutil.rmtree(base / "ninja" / "out")
-                    (base / "ninja" / "out").mkdir()
-                    (base / "ninja" / ".ninja_log").unlink(missing_ok=True)
-                else:
-                    compare.edit(base / "ninja", args.width, args.depth, 2 * i)
+                prepare(base / "ninja", args, 2 * i, ninja=True)
                 compare.warm(args.warm)
                 ninjas.append(compare.timed([ninja, "-j2"], base / "ninja") * 1e3)
     finally:
