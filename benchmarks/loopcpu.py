@@ -9,7 +9,7 @@ with the one before it.  Each stage costs the loop its own CPU and the wait
 in `posix_spawn` (the `vfork` child creates the output file, then execs).
 This prints both, per stage, for each part of the loop, so that a change to
 one part shows as microseconds of that part (docs/performance.md,
-"The loop's budget").
+"Targets", issue 13's eighteenth session: the loop's budget).
 
 On compare.py's small lattice (WIDTH x DEPTH `md5sum` stages, -j2), built
 once, then `--runs` incremental builds (one middle-layer source edited: 55
@@ -23,8 +23,8 @@ parts it calls (so the rows add up to the loop's total):
   spawn      posix_spawn and its file actions (Starter._spawn): its wall
              time is the wait for the child's exec
   follow     waiting for and reading the stages' output (Poller.wait)
-  end        a stage's end: exit status, outputs stated and hashed, the
-             storer told (Process._end)
+  end        a stage's end: its exit status, its outputs statted and
+             hashed, the storer told (Process._end)
   record     the stage's record: journal, stat cache, seal (Recorder.ran)
   store      small outputs packed into the cache once settled, on the
              loop's clock (Storer._on_time)
