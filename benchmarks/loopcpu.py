@@ -31,9 +31,11 @@ parts it calls (so the rows add up to the loop's total):
   complete   the rest of handling an ended stage (BuildRun._complete)
   rest       the rest of the loop (BuildRun._loop)
 
-with the loop's total, and the CPU of the build's other threads (storing,
-hashing) while the loop ran.  Medians over the runs, in microseconds per
-stage run; with ninja found, its build of the same work for scale.
+with the loop's total, and the CPU the build's process spent outside the
+loop's thread while the loop ran (its other threads, the journal's fsyncs
+among them; this figure varies more between runs than the rows above).
+Medians over the runs, in microseconds per stage run; with ninja found,
+its build of the same work for scale.
 
 A benchmark, not a test: the wrapper names pivotbuild's own functions, so
 a renamed one fails it loudly (benchmarks/test_loopcpu_smoke.py).  The
