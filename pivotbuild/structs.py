@@ -21,6 +21,7 @@ dataclass (a frozen one's faster: it sets each slot directly).
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
 from types import MemberDescriptorType
 from typing import Any, TypeVar, dataclass_transform, overload
@@ -108,10 +109,20 @@ def is_struct(obj: object) -> bool:
 
 def replace(obj: T, /, **changes: Any) -> T:
     """A copy of struct `obj` with `changes` (as `dataclasses.replace`)."""
-    for f in fields(obj):
-        if f.name not in changes:
-            changes[f.name] = getattr(obj, f.name)
-    return type(obj)(**changes)
+    cls = type(obj)
+    known = _readers.get(cls)
+    if known is None:
+        names = tuple(f.name for f in fields(obj))
+        get = operator.attrgetter(*names) if names else (lambda _obj: ())
+        known = _readers[cls] = (names, get if len(names) != 1 else (lambda o: (getattr(o, names[0]),)))
+    names, get = known
+    values = dict(zip(names, get(obj), strict=True))  # (every field read in one call: a copy is made per stage)
+    values.update(changes)
+    return cls(**values)
+
+
+# A struct class -> its fields' names and a reader of all their values at once (`replace`).
+_readers: dict[type, tuple[tuple[str, ...], Callable[[Any], tuple[Any, ...]]]] = {}
 
 
 def _process(cls: type[T], frozen: bool, slots: bool, eq: bool) -> type[T]:

@@ -166,6 +166,21 @@ def test_replace_copies_with_changes(k: Any) -> None:
         replace(p, z=1)
 
 
+def test_replace_of_one_field_and_of_none() -> None:
+    @struct(frozen=True, slots=True)
+    class One:
+        only: tuple[int, ...]
+
+    @struct
+    class Empty:
+        pass
+
+    one = One((1, 2))
+    assert replace(one).only == (1, 2) and replace(one) is not one
+    assert replace(one, only=(3,)) == One((3,)) and one.only == (1, 2)
+    assert replace(Empty()) == Empty()
+
+
 def test_fields_in_declaration_order_base_class_first(k: Any) -> None:
     assert [f.name for f in structs.fields(k.Point)] == ["x", "y", "tags", "where"]
     assert [f.name for f in structs.fields(k.Derived(1))] == ["a", "b"]

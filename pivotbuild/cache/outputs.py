@@ -19,7 +19,7 @@ from pathlib import Path
 from pivotbuild.cache.runcache import RunCache
 from pivotbuild.cache.store import Cache, CorruptObject, MissingObject, Mode
 from pivotbuild.model import Out, Stage
-from pivotbuild.paths import LOCKFILE, STATE_DIR
+from pivotbuild.paths import LOCKFILE, STATE_DIR, joined
 from pivotbuild.remote import config
 from pivotbuild.state import lockfile
 from pivotbuild.state.files import remove_tree
@@ -89,7 +89,7 @@ def output_stats(root: Path, stage: Stage) -> list[os.stat_result | None]:
     found: list[os.stat_result | None] = []
     for out in stage.outs:
         try:
-            found.append(os.stat(os.path.join(root, out.path)))
+            found.append(os.stat(joined(root, out.path)))
         except (FileNotFoundError, NotADirectoryError):
             found.append(None)
     return found
@@ -181,7 +181,7 @@ class OutputCache:
                 # In hardlink mode the workspace copy may become the object itself,
                 # unless the stage writes into it in place next time.
                 link = keep and self.mode is Mode.HARDLINK and not (out.persist or out.incremental)
-                full = os.path.join(self.root, out.path)
+                full = joined(self.root, out.path)
                 if stat.S_ISDIR(st.st_mode):
                     entries = []
                     for rel, kind, fst in walk_dir(full):

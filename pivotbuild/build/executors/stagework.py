@@ -22,6 +22,7 @@ from pivotbuild.build.executors.lifeline import Lifeline
 from pivotbuild.cache.outputs import Captured, OutputCache
 from pivotbuild.events import Event, Log, Message, StageStarted
 from pivotbuild.model import Stage
+from pivotbuild.paths import joined
 from pivotbuild.state.files import ABSENT_ERRNOS, remove_tree
 from pivotbuild.state.snapshot import Snapshot
 from pivotbuild.state.stamps import Stamp
@@ -90,8 +91,9 @@ def retried(label: str, number: int, attempt: int, retries: int) -> StageStarted
 
 def prepare(root: Path, stage: Stage, spec: runner.RunSpec) -> str:
     """Before each attempt: the outputs prepared (see `prepare_outputs`) and
-    the stage's directory there.  Returns a problem to report, or ""."""
-    return prepare_outputs(root, stage) or _missing_dir(spec.cwd)
+    the stage's `workdir` there (the project's root is).  Returns a problem
+    to report, or ""."""
+    return prepare_outputs(root, stage) or (_missing_dir(spec.cwd) if stage.workdir else "")
 
 
 def capture(
@@ -131,6 +133,14 @@ def capture(
         return runner.internal_error(exc), None
 
 
+def _is_dir(path: str) -> bool:
+    """os.path.isdir, without its call."""
+    try:
+        return stat.S_ISDIR(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return False
+
+
 def _missing_dir(cwd: Path) -> str:
     return "" if os.path.isdir(cwd) else f"pivotbuild: the stage's directory {cwd} does not exist"
 
@@ -146,7 +156,7 @@ def prepare_outputs(root: Path, stage: Stage, *, dirs: bool = True) -> str:
     directory is created only when a stat finds it missing (when the output
     existed, so does its directory)."""
     for out in stage.outs:
-        path = os.path.join(root, out.path)
+        path = joined(root, out.path)
         try:
             if not out.persist and not out.incremental:
                 try:
@@ -160,10 +170,10 @@ def prepare_outputs(root: Path, stage: Stage, *, dirs: bool = True) -> str:
                     else:  # a file, or a symlink (to a directory too: the link goes, not what it points to)
                         os.unlink(path)
                     continue
-                need = os.path.dirname(path)
+                need = path.rpartition("/")[0] or "/"  # (`path` is absolute: os.path.dirname's answer)
             else:
-                need = path if out.is_dir else os.path.dirname(path)
-            if dirs and not os.path.isdir(need):
+                need = path if out.is_dir else path.rpartition("/")[0] or "/"
+            if dirs and not _is_dir(need):
                 Path(need).mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             return f"pivotbuild: cannot prepare output {out.path}: {exc.strerror}"
