@@ -263,7 +263,8 @@ class BuildRun:
         while (sid := scheduler.pop_ready()) is not None:
             stage = graph.stages[sid]
             label = graph.label(sid)
-            self._state(label, State.PREPARING)
+            if self.states:
+                self._state(label, State.PREPARING)
             v = self.decider.stage(sid, scheduler.upstream_wrote(sid))
             self.reasons[sid] = v.reason
             if not v.run:
@@ -282,7 +283,8 @@ class BuildRun:
                 self.to_run[sid] = v
                 heapq.heappush(self._queue, (scheduler.key(sid), self._queued, sid))
                 self._queued += 1
-                self._state(label, State.READY, v.reason)
+                if self.states:
+                    self._state(label, State.READY, v.reason)
 
     def _start_what_fits(self, bound: float = math.inf) -> None:
         """Start the waiting stages, best first, while admission lets them
@@ -356,7 +358,8 @@ class BuildRun:
         # inbox): a stage that could not start is never said to have.
         self.started += 1
         total = len(self.closure) + len(self.settled) - self.skipped
-        self._state(label, State.RUNNING, v.reason)
+        if self.states:
+            self._state(label, State.RUNNING, v.reason)
         self.emit(StageStarted(label, self.started, total, v.reason, expected_s=self.expected.get(sid)))
         return True
 
@@ -380,13 +383,14 @@ class BuildRun:
         self.signals.deferring = was
         duration = time.monotonic() - job.started
         self.durations[sid] = duration
-        if self.to_run and result.ok and done.captured is not None and not fails(done.captured):
+        ok = result.ok
+        if ok and self.to_run and done.captured is not None and not fails(done.captured):
             self._start_next(sid)
         if result.cancelled:
             self.recorder.roll_back(stage, label, quiet=True)
             self._finish(sid, StageFinished(label, Status.CANCELLED, "interrupted", duration))
             return
-        detail = result.describe(stage.timeout) if not result.ok else self.recorder.ran(job, done.captured)
+        detail = result.describe(stage.timeout) if not ok else self.recorder.ran(job, done.captured)
         if detail:
             self.recorder.roll_back(stage, label)
             self._fail(sid, StageFinished(label, Status.FAILED, reason, duration, detail, result.tail))
@@ -409,6 +413,9 @@ class BuildRun:
         return content_differs(path, self.decider.known_hash(path))
 
     def _state(self, label: str, state: State, reason: str = "") -> None:
+        """A StageState event, for a reporter that wants them (the loop's
+        calls for each stage look at `states` first: the event costs nothing
+        otherwise)."""
         if self.states:
             self.emit(StageState(label, state, reason))
 
@@ -416,8 +423,9 @@ class BuildRun:
         status = event.status
         if status is Status.SKIPPED:
             self.skipped += 1
-        blocked = status is Status.BLOCKED
-        self._state(event.stage, State.BLOCKED if blocked else State.DONE, event.reason if blocked else status.value)
+        if self.states:
+            blocked = status is Status.BLOCKED
+            self._state(event.stage, State.BLOCKED if blocked else State.DONE, event.reason if blocked else status.value)
         self.emit(event)
         if status is not Status.FAILED:  # (a failure's status is the scheduler's to set: see _fail)
             self.scheduler.finish(sid, status)

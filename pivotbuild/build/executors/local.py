@@ -166,9 +166,10 @@ class LocalExecutor:
 
     def _ended(self, job: Job, spec: RunSpec, attempt: int, result: RunResult) -> None:
         self.running.pop(job, None)
-        if not result.ok and not result.cancelled and attempt <= job.stage.retry:
+        ok = result.ok
+        if not ok and not result.cancelled and attempt <= job.stage.retry:
             self._attempt(job, spec, attempt + 1)
-        elif not result.ok:
+        elif not ok:
             self._done(job, result)
         else:
             stats = self._stats(job.stage)

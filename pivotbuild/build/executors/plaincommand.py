@@ -167,9 +167,9 @@ def _sent_to(words: list[str]) -> tuple[str, bool] | None:
     """Where a plain script's `words` send its standard output: (the file,
     whether appended) for one `>` or `>>` standing alone before the last
     word, and no other `>`; None for anything else."""
-    if len(words) < 3 or words[-2] not in (">", ">>") or ">" in words[-1] or any(">" in w for w in words[:-2]):
-        return None
-    return words[-1], words[-2] == ">>"
+    if len(words) < 3 or (sign := words[-2]) not in (">", ">>") or "".join(words).count(">") != len(sign):
+        return None  # (no `>` in any other word)
+    return words[-1], sign == ">>"
 
 
 def _plain_target(path: str, dirs: dict[tuple[int, int], bool]) -> bool:

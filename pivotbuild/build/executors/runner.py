@@ -140,6 +140,16 @@ class Process:
     the stage's.  The pipes stay blocking: each read follows a poll that
     found data or end of file."""
 
+    # What most stages never change, set here once rather than by each
+    # stage's __init__ (a stage is started per 1 to 2 ms of the loop's time).
+    deadline: float | None = None
+    timed_out = cancelled = ended = False
+    exited_at: float | None = None
+    pidfd: int | None = None
+    signalled = False  # whether the build has signalled its group (a timeout, a cancel)
+    kill_at: float | None = None  # set while killing: when SIGKILL follows SIGTERM
+    descendants: Sequence[Any] = ()  # (psutil processes) those SIGTERMed
+
     def __init__(
         self,
         spec: RunSpec,
@@ -150,20 +160,14 @@ class Process:
         *,
         starter: Starts | None = None,
     ) -> None:
-        self.start = time.monotonic()
-        self.deadline = self.start + spec.timeout if spec.timeout else None
+        self.start = self.asked = time.monotonic()  # (asked: when we last asked whether it had exited)
+        if spec.timeout:
+            self.deadline = self.start + spec.timeout
         self.on_line = on_line
         self.on_end = on_end
         self.poller = poller
         self.lifeline = lifeline
         self.tail: deque[str] = deque(maxlen=TAIL_LINES)
-        self.timed_out = self.cancelled = self.ended = False
-        self.exited_at: float | None = None
-        self.asked = self.start  # when we last asked whether it had exited
-        self.pidfd: int | None = None
-        self.signalled = False  # whether the build has signalled its group (a timeout, a cancel)
-        self.kill_at: float | None = None  # set while killing: when SIGKILL follows SIGTERM
-        self.descendants: list[Any] = []  # (psutil processes) those SIGTERMed
         self.pipes: dict[int, str] = {}  # read end -> stream, while open
         self.partial: dict[int, list[bytes]] = {}  # each pipe's unfinished line
         # Our own pipes, passed as plain descriptors: Popen then wraps nothing in
