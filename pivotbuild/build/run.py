@@ -424,8 +424,10 @@ class BuildRun:
         if status is Status.SKIPPED:
             self.skipped += 1
         if self.states:
-            blocked = status is Status.BLOCKED
-            self._state(event.stage, State.BLOCKED if blocked else State.DONE, event.reason if blocked else status.value)
+            if status is Status.BLOCKED:
+                self._state(event.stage, State.BLOCKED, event.reason)
+            else:
+                self._state(event.stage, State.DONE, status.value)
         self.emit(event)
         if status is not Status.FAILED:  # (a failure's status is the scheduler's to set: see _fail)
             self.scheduler.finish(sid, status)
