@@ -99,7 +99,8 @@ class Admission:
     _reserved: int = field(default=0, repr=False)  # memory the running stages reserve
 
     def tokens(self, stage: Stage) -> int:
-        return max(1, min(stage.jobs, self.jobserver.capacity))
+        jobs = stage.jobs
+        return 1 if jobs == 1 else max(1, min(jobs, self.jobserver.capacity))
 
     def unfit(self, stage: Stage) -> str:
         """Why `stage` can never run on this machine, or "" if it can."""
@@ -149,6 +150,8 @@ class Admission:
         """Count `stage`'s mutex groups and memory in (n=1) or out (n=-1): kept
         as running totals, so that admitting a stage costs the same however
         many run (a plan admits every stage at once)."""
+        if not stage.mutex and not stage.mem:
+            return  # (most stages: nothing to count)
         for g in stage.mutex:
             self._held[g] = self._held.get(g, 0) + n
         if "*" in stage.mutex:

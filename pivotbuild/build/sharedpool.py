@@ -73,7 +73,7 @@ class SharedPool(MakeJobServer):
             return self._alone.available()
         if not self._implicit_free and not self._spare and len(self._held) + self._short >= self.capacity - 1:
             return 0  # every token is out with our own stages: the pool is empty, no read need say so
-        return super().available()
+        return 1 if self._dry_at is None else super().available()  # (never found dry: no clock to read)
 
     def for_stage(self, outer: str) -> tuple[str, tuple[int, int]] | None:
         if not self._opened:
