@@ -129,18 +129,27 @@ pivotbuild.cli.run()
 """
 
 
-def _measure(python: str, root: Path) -> dict[str, object]:
-    """One build under the wrapper: each part's calls, CPU and wall (ns), and the other threads' CPU."""
+def wrapped(python: str, root: Path, wrapper: str, who: str, env: dict[str, str] | None = None) -> object:
+    """One build of `root` (-j2 -s) by `python` running `wrapper` (a script
+    that runs pivotbuild's command line), which writes JSON on the
+    descriptor PIVOT_LOOP_FD names as the build's process exits: that JSON,
+    decoded.  `who` names the benchmark in the message of a failed build;
+    `env`: more variables for the wrapper."""
     r, w = os.pipe()
-    env = {**os.environ, "PIVOT_LOOP_FD": str(w), "PIVOT_LOOP_PARTS": json.dumps(PARTS)}
-    command = [python, "-c", WRAPPER, "-j2", "-s"]
+    env = {**os.environ, **(env or {}), "PIVOT_LOOP_FD": str(w)}
+    command = [python, "-c", wrapper, "-j2", "-s"]
     proc = subprocess.run(command, cwd=root, env=env, pass_fds=(w,), capture_output=True, text=True, check=False)
     os.close(w)
     with os.fdopen(r, "rb") as f:
         data = f.read()
     if proc.returncode != 0 or not data:
-        raise SystemExit(f"loopcpu.py: the build failed in {root} ({proc.returncode}):\n{proc.stderr[-2000:]}")
-    found: dict[str, object] = json.loads(data)
+        raise SystemExit(f"{who}: the build failed in {root} ({proc.returncode}):\n{proc.stderr[-2000:]}")
+    return json.loads(data)
+
+
+def _measure(python: str, root: Path) -> dict[str, object]:
+    """One build under the wrapper: each part's calls, CPU and wall (ns), and the other threads' CPU."""
+    found: dict[str, object] = wrapped(python, root, WRAPPER, "loopcpu.py", {"PIVOT_LOOP_PARTS": json.dumps(PARTS)})  # type: ignore[assignment]
     return found
 
 
