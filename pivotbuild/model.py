@@ -19,6 +19,7 @@ from pivotbuild.structs import field, struct
 
 # What shlex.quote leaves unquoted (its `[^\w@%+=:,./-]`, ASCII).
 _SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_@%+=:,./-")
+_SAFE_OR_SPACE = _SAFE | {" "}  # (safe paths, joined by spaces)
 
 DEFAULT_SHELL = ("/bin/sh", "-e")
 
@@ -87,6 +88,8 @@ class AutoVar(Enum):
     ALL_DEPS = "^"
 
 
+_OUTS, _FIRST_DEP = AutoVar.OUTS, AutoVar.FIRST_DEP  # (looked up once: render_command runs per stage)
+
 Command = tuple[str | AutoVar, ...]
 
 
@@ -129,15 +132,14 @@ class Stage:
         globs have been expanded (build time); without it globs appear as written."""
         if self.command is None:
             return ""
-        deps = list(expanded_deps) if expanded_deps is not None else [d.path for d in self.deps]
-        outs = [o.path for o in self.outs]
+        deps = expanded_deps if expanded_deps is not None else [d.path for d in self.deps]
         pieces: list[str] = []
         for part in self.command:
-            if isinstance(part, str):
+            if part.__class__ is str:
                 pieces.append(part)
-            elif part is AutoVar.OUTS:
-                pieces.append(self._quoted(outs))
-            elif part is AutoVar.FIRST_DEP:
+            elif part is _OUTS:
+                pieces.append(self._quoted([o.path for o in self.outs]))
+            elif part is _FIRST_DEP:
                 pieces.append(self._quoted(deps[:1]))
             else:
                 pieces.append(self._quoted(deps))
@@ -145,6 +147,9 @@ class Stage:
 
     def _quoted(self, paths: Sequence[str]) -> str:
         if not self.workdir:  # (paths as they are: the common case, without a call per path)
+            joined = " ".join(paths)
+            if joined.count(" ") == len(paths) - 1 and "" not in paths and _SAFE_OR_SPACE.issuperset(joined):
+                return joined  # (every path non-empty and safe: one check of them all)
             return " ".join([p if p and _SAFE.issuperset(p) else shlex.quote(p) for p in paths])
         return " ".join(shlex.quote(self.relative(p)) for p in paths)
 

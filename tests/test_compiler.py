@@ -1135,3 +1135,30 @@ def test_auto_variables_are_quoted_as_shlex_quotes_them(workdir: str) -> None:
     outs = tuple(Out(f"{workdir}/{p}" if workdir else p) for p in paths)
     stage = Stage(StageId("", "s"), "s", Location("Pivotfile", 1, 1), (AutoVar.OUTS,), outs=outs, workdir=workdir)
     assert stage.render_command() == " ".join(shlex.quote(p) for p in paths)
+
+
+@pytest.mark.parametrize(
+    "paths",
+    [
+        ["a.txt"],
+        ["out/a.txt", "src/b-1.txt", "c@d"],
+        ["with space.txt"],
+        ["a", "b c", "d"],
+        ["", "a"],
+        ["a", ""],
+        [],
+        ["a\tb", "c"],
+    ],
+    ids=repr,
+)
+def test_a_list_of_paths_renders_as_each_one_quoted(paths: list[str]) -> None:
+    """$^, $< and $@ of a whole list: all safe paths are joined as they are in
+    one check (render_command's fast path), anything else each one quoted."""
+    import shlex
+
+    command = ("cmd ", AutoVar.ALL_DEPS, " first=", AutoVar.FIRST_DEP, " > ", AutoVar.OUTS)
+    stage = Stage(StageId("", "s"), "s", Location("Pivotfile", 1, 1), command, outs=tuple(Out(p) for p in paths))
+    quoted = " ".join(shlex.quote(p) for p in paths)
+    first = shlex.quote(paths[0]) if paths else ""
+    assert stage.render_command(paths) == f"cmd {quoted} first={first} > {quoted}"
+    assert stage.render_command(tuple(paths)) == stage.render_command(paths)

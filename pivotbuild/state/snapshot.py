@@ -59,7 +59,11 @@ def file_record(root: Path, path: str, cache: StatCache) -> FileRecord:
     """The record of one path: a file's hash, a directory's manifest hash, or
     absent (also a symlink that leads nowhere, or to itself: what
     `os.path.exists` takes for absent)."""
-    full = joined(root, path)
+    return _record_at(joined(root, path), path, cache)
+
+
+def _record_at(full: str, path: str, cache: StatCache) -> FileRecord:
+    """`file_record` of `path`, found at `full`."""
     try:
         st = os.stat(full)
     except OSError as exc:
@@ -82,12 +86,33 @@ def deps_of(
 ) -> tuple[FileRecord, ...]:
     """The records of the stage's deps; one in `elsewhere` (an output this
     build left on the remote: build/elsewhere.py) is taken from there."""
-    return tuple(
-        glob_record(root, d.path, cache)
-        if d.is_glob
-        else (elsewhere and elsewhere.get(d.path)) or file_record(root, d.path, cache)
-        for d in stage.deps
-    )
+    return _deps(stage, root, cache, elsewhere, None)
+
+
+def _deps(
+    stage: Stage,
+    root: Path,
+    cache: StatCache,
+    elsewhere: Mapping[str, FileRecord] | None,
+    expanded: list[str] | None,
+) -> tuple[FileRecord, ...]:
+    """`deps_of`, and into `expanded` (unless None) the paths they name, each
+    glob's matches in its place.  (One loop: a decision makes one per stage.)"""
+    prefix = joined(root, "")
+    found = []
+    for d in stage.deps:
+        path = d.path
+        if d.is_glob:
+            record = glob_record(root, path, cache)
+            if expanded is not None:
+                expanded.extend(m.path for m in record.matches)
+            found.append(record)
+            continue
+        if expanded is not None:
+            expanded.append(path)
+        left = elsewhere.get(path) if elsewhere else None
+        found.append(left or _record_at(path if path[:1] == "/" else prefix + path, path, cache))
+    return tuple(found)
 
 
 def outs_of(stage: Stage, root: Path, cache: StatCache) -> tuple[FileRecord, ...]:
@@ -134,10 +159,8 @@ def take(
     empty): the build's decisions hash them only if nothing compared before
     them says why the stage runs (decider.decide's `outs`), and nothing else
     reads them."""
-    deps = deps_of(stage, root, cache, elsewhere)
     expanded: list[str] = []
-    for dep, rec in zip(stage.deps, deps, strict=True):
-        expanded.extend(m.path for m in rec.matches) if dep.is_glob else expanded.append(dep.path)
+    deps = _deps(stage, root, cache, elsewhere, expanded)
     command = stage.render_command(expanded) if stage.command is not None else f"py:{stage.py}"
     facets: tuple[tuple[str, str], ...] = (
         ("shell", _facet(stage.shell)),
