@@ -187,6 +187,7 @@ class BuildGraph:
         """Each dep's artifact node (its path): the stages writing it (or a file
         inside it, or a match) and the stages reading it."""
         nodes: dict[str, tuple[set[StageId], list[StageId]]] = {}
+        written: dict[str, bool] = {}  # a (non-glob) dep's path -> whether a stage writes it
         seen: set[tuple[str, bool]] = set()
         for stage in self.stages.values():
             for dep in stage.deps:
@@ -196,7 +197,13 @@ class BuildGraph:
                 node[1].append(stage.id)
                 if (dep.path, dep.is_glob) not in seen:
                     seen.add((dep.path, dep.is_glob))
-                    node[0].update(self._producers_of(dep.path, dep.is_glob))
+                    producers = self._producers_of(dep.path, dep.is_glob)
+                    node[0].update(producers)
+                    if not dep.is_glob:
+                        written[dep.path] = bool(producers)
+        for stage in self.stages.values():  # (what `missing_sources` asks, known now)
+            sources = ((d.path, d.pos) for d in stage.deps if not d.is_glob and not written[d.path])
+            self._sources[stage.id] = tuple(sources)
         return nodes
 
     def _stage_preds(self) -> dict[StageId, set[StageId]]:
