@@ -115,6 +115,9 @@ for t in $targets; do kill -s KILL -- "$t" 2>/dev/null; done
 """
 _WIDTH = 12  # one line of the table: a group number or a mark, right-aligned, or blanks
 _FREE = b" " * (_WIDTH - 1) + b"\n"
+_MARK = b"  p%08x\n"  # a mark's line, given its number: `p` and 8 hex digits, right-aligned
+_GROUP = b"%11d\n"  # a held group's line, given the group
+assert len(_MARK % 1) == len(_GROUP % 1) == _WIDTH
 
 VARIABLE = "PIVOT_LIFELINE"  # in a stage's environment: the value its mark in the table stands for
 
@@ -166,16 +169,16 @@ class Lifeline:
         `hold` once it has started, or to `forget` if it could not start.
         Should this process die in between, the watchdog kills the processes
         that carry that value.  None without a watchdog."""
-        self.ready()
+        if not self._started:
+            self.ready()
         with self._lock:
             if self._table is None:
                 return None
-            self._marks += 1
+            self._marks = marks = self._marks + 1
             at = self._line()
-            self._write(at, b"%*s\n" % (_WIDTH - 1, b"p%08x" % self._marks))
-            if self._table is None:  # (the table could not grow)
-                return None
-            return at, f"{self._token}.{self._marks:08x}"
+            if not self._write(at, _MARK % marks):
+                return None  # (the table could not grow)
+            return at, f"{self._token}.{marks:08x}"
 
     def hold(self, pgid: int, expected: tuple[int, str] | None = None) -> None:
         """Kill process group `pgid` if this process dies before `release(pgid)`;
@@ -187,7 +190,7 @@ class Lifeline:
                 return
             at = self._line() if expected is None else expected[0]
             self._lines[pgid] = at
-            self._write(at, b"%*d\n" % (_WIDTH - 1, pgid))
+            self._write(at, _GROUP % pgid)
 
     def forget(self, expected: tuple[int, str]) -> None:
         """The stage `expect` was asked for did not start: its line is free."""
@@ -224,20 +227,24 @@ class Lifeline:
         self._count += 1
         return self._count - 1
 
-    def _write(self, at: int, line: bytes) -> None:
+    def _write(self, at: int, line: bytes) -> bool:
+        """Line `at` of the table set to `line` (under the lock); False if the
+        table could not grow to hold it (then there is none any more)."""
         assert self._table is not None
         mapped = self._map
-        if mapped is not None and (at + 1) * _WIDTH <= len(mapped):
-            mapped[at * _WIDTH : (at + 1) * _WIDTH] = line
-            return
+        start = at * _WIDTH
+        if mapped is not None and start < len(mapped):
+            mapped[start : start + _WIDTH] = line
+            return True
         try:  # a new line: the file grows, and is mapped again
-            os.pwrite(self._table, line, at * _WIDTH)
-            self._map = mmap.mmap(self._table, (at + 1) * _WIDTH)
+            os.pwrite(self._table, line, start)
+            self._map = mmap.mmap(self._table, start + _WIDTH)
         except (OSError, ValueError):  # e.g. a full disk: the stages only lose this protection
             self._drop_table()
-            return
+            return False
         if mapped is not None:
             mapped.close()
+        return True
 
     def _drop_table(self) -> None:
         if self._map is not None:
