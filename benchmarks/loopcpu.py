@@ -147,6 +147,22 @@ def wrapped(python: str, root: Path, wrapper: str, who: str, env: dict[str, str]
     return json.loads(data)
 
 
+def built(args: argparse.Namespace, prefix: str) -> tuple[str, Path, Path, list[compare.Stage]]:
+    """compare.py's small lattice (`args.width` x `args.depth`) made in
+    `args.dir` (else a new temporary directory named from `prefix`) and
+    built once by the installed pivotbuild: the Python that runs it, the
+    directory, the project's root in it, and the stages.  (Sets
+    `args.shape`, as phases.prepare reads it.)"""
+    args.shape = "small"
+    pivotbuild = compare.pivotbuild_command()[0]
+    base = args.dir or Path(tempfile.mkdtemp(prefix=prefix))
+    root = base / "pivotbuild"
+    stages = compare.lattice(args.width, args.depth)
+    compare.generate(root, stages, "pivotbuild", args.shape)
+    compare.timed([pivotbuild, "-j2", "-s"], root)
+    return compare.interpreter(pivotbuild), base, root, stages
+
+
 def _measure(python: str, root: Path) -> dict[str, object]:
     """One build under the wrapper: each part's calls, CPU and wall (ns), and the other threads' CPU."""
     found: dict[str, object] = wrapped(python, root, WRAPPER, "loopcpu.py", {"PIVOT_LOOP_PARTS": json.dumps(PARTS)})  # type: ignore[assignment]
@@ -161,14 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clean", action="store_true", help="clean builds (the compiled plan kept), not incremental")
     ap.add_argument("--dir", type=Path, help="where to build (default: a temporary directory)")
     args = ap.parse_args(argv)
-    args.shape = "small"
-    pivotbuild = compare.pivotbuild_command()[0]
-    python = compare.interpreter(pivotbuild)
-    base = args.dir or Path(tempfile.mkdtemp(prefix="pivot-loopcpu-"))
-    root = base / "pivotbuild"
-    stages = compare.lattice(args.width, args.depth)
-    compare.generate(root, stages, "pivotbuild", args.shape)
-    compare.timed([pivotbuild, "-j2", "-s"], root)
+    python, base, root, stages = built(args, "pivot-loopcpu-")
     ninja = compare.find("ninja")
     if ninja:
         compare.generate(base / "ninja", stages, "ninja", args.shape)

@@ -30,12 +30,10 @@ import argparse
 import collections
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-import compare  # noqa: E402
 import loopcpu  # noqa: E402
 import phases  # noqa: E402
 
@@ -99,15 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--top", type=int, default=30, help="how many functions and modules to list")
     ap.add_argument("--dir", type=Path, help="where to build (default: a temporary directory)")
     args = ap.parse_args(argv)
-    args.shape = "small"
-    pivotbuild = compare.pivotbuild_command()[0]
-    python = compare.interpreter(pivotbuild)
-    base = args.dir or Path(tempfile.mkdtemp(prefix="pivot-opcodes-"))
-    root = base / "pivotbuild"
-    stages = compare.lattice(args.width, args.depth)
+    python, base, root, stages = loopcpu.built(args, "pivot-opcodes-")
     try:
-        compare.generate(root, stages, "pivotbuild", args.shape)
-        compare.timed([pivotbuild, "-j2", "-s"], root)
         phases.prepare(root, args, 0)
         found: dict[str, list[int]] = loopcpu.wrapped(python, root, WRAPPER, "opcodes.py")  # type: ignore[assignment]
     finally:
