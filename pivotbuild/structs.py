@@ -113,8 +113,7 @@ def replace(obj: T, /, **changes: Any) -> T:
     known = _readers.get(cls)
     if known is None:
         names = tuple(f.name for f in fields(obj))
-        get = operator.attrgetter(*names) if names else (lambda _obj: ())
-        known = _readers[cls] = (names, get if len(names) != 1 else (lambda o: (getattr(o, names[0]),)))
+        known = _readers[cls] = (names, _reader(names))
     names, get = known
     values = dict(zip(names, get(obj), strict=True))  # (every field read in one call: a copy is made per stage)
     values.update(changes)
@@ -123,6 +122,18 @@ def replace(obj: T, /, **changes: Any) -> T:
 
 # A struct class -> its fields' names and a reader of all their values at once (`replace`).
 _readers: dict[type, tuple[tuple[str, ...], Callable[[Any], tuple[Any, ...]]]] = {}
+
+
+def _reader(names: tuple[str, ...]) -> Callable[[Any], tuple[Any, ...]]:
+    """A function reading these attributes of an object, as a tuple (one C call
+    where there are two or more: `operator.attrgetter`)."""
+    if len(names) >= 2:
+        return operator.attrgetter(*names)
+
+    def read(obj: Any) -> tuple[Any, ...]:
+        return tuple(getattr(obj, name) for name in names)
+
+    return read
 
 
 def _process(cls: type[T], frozen: bool, slots: bool, eq: bool) -> type[T]:
