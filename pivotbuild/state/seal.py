@@ -184,8 +184,8 @@ class Seal:
         """Seal stage `index` with these (path, stamp) pairs."""
         at = self._at
         names, stamps = self.names, self.stamps
-        if at is None:
-            at = self._at = {(p, st): k for k, (p, st) in enumerate(zip(names, stamps, strict=True))}
+        if at is None:  # (in C: the whole table, which an incremental build of many stages carries)
+            at = self._at = dict(zip(zip(names, stamps, strict=True), range(len(names)), strict=True))
         own: list[int] = []
         for path, st in files:
             name = os.fsencode(path)

