@@ -153,7 +153,8 @@ class Recorder:
 
     def job(self, stage: Stage, snap: Snapshot | None, label: str, reason: str) -> Job:
         """The job that runs `stage`, which starts now: its incremental outputs are put back first."""
-        self.outputs.restore_incremental(stage, self.store.record(stage))
+        if any(out.incremental for out in stage.outs):  # (most stages have none: no record to look up)
+            self.outputs.restore_incremental(stage, self.store.record(stage))
         checkout = stage.id not in self.remote_only
         recorded = None
         if not checkout and snap is not None and reason not in UNCACHEABLE:
