@@ -185,7 +185,9 @@ class BuildGraph:
 
     def _dep_nodes(self) -> dict[str, tuple[set[StageId], list[StageId]]]:
         """Each dep's artifact node (its path): the stages writing it (or a file
-        inside it, or a match) and the stages reading it."""
+        inside it, or a match) and the stages reading it.  Notes each stage's
+        deps that no stage writes as it goes (`_sources`, what
+        `missing_sources` asks; a restored graph finds them when asked)."""
         nodes: dict[str, tuple[set[StageId], list[StageId]]] = {}
         written: dict[str, bool] = {}  # a (non-glob) dep's path -> whether a stage writes it
         seen: set[tuple[str, bool]] = set()

@@ -133,14 +133,6 @@ def capture(
         return runner.internal_error(exc), None
 
 
-def _is_dir(path: str) -> bool:
-    """os.path.isdir, without its call."""
-    try:
-        return stat.S_ISDIR(os.stat(path).st_mode)
-    except (OSError, ValueError):
-        return False
-
-
 def _missing_dir(cwd: Path) -> str:
     return "" if os.path.isdir(cwd) else f"pivotbuild: the stage's directory {cwd} does not exist"
 
@@ -173,7 +165,7 @@ def prepare_outputs(root: Path, stage: Stage, *, dirs: bool = True) -> str:
                 need = path.rpartition("/")[0] or "/"  # (`path` is absolute: os.path.dirname's answer)
             else:
                 need = path if out.is_dir else path.rpartition("/")[0] or "/"
-            if dirs and not _is_dir(need):
+            if dirs and not os.path.isdir(need):
                 Path(need).mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             return f"pivotbuild: cannot prepare output {out.path}: {exc.strerror}"
