@@ -17,6 +17,7 @@ from pivotbuild.state.hashing import (
     ENTRY_LINK,
     ManifestEntry,
     hash_bytes,
+    hash_fd,
     hash_file,
     link_hash,
     manifest_bytes,
@@ -55,6 +56,30 @@ def test_hash_file_distinguishes_a_change_in_the_last_chunk(tmp_path: Path) -> N
     path.write_bytes(bytes(data))
     assert hash_file(path) != before
     assert hash_file(path) == xxhash.xxh3_128_hexdigest(bytes(data))
+
+
+@pytest.mark.parametrize(
+    ("stated", "now"),
+    [(100, 100), (100, 40), (100, 0), (40, 100), (0, 100), (100, CHUNK + 5), (CHUNK + 5, 100)],
+    ids=["same", "shrank", "emptied", "grew", "grew-from-empty", "grew-past-a-chunk", "shrank-below-a-chunk"],
+)
+def test_hash_fd_given_a_stale_size_hashes_the_file_as_it_is(tmp_path: Path, stated: int, now: int) -> None:
+    """A caller's stat says how much to read first; a file that changed size
+    since that stat is still hashed whole, as it is now (and its bytes are
+    returned only when they are all of it: for a file no larger than the
+    stat said, when the stat said it was small)."""
+    data = random.Random(now).randbytes(now)
+    path = tmp_path / "f.bin"
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        digest, contents = hash_fd(fd, size=stated)
+    finally:
+        os.close(fd)
+    assert digest == xxhash.xxh3_128_hexdigest(data)
+    assert contents in (data, None)
+    if now <= stated <= CHUNK:
+        assert contents == data
 
 
 def test_hash_file_missing_raises(tmp_path: Path) -> None:

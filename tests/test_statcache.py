@@ -301,6 +301,19 @@ def test_where_changes_show_a_fresh_stamp_is_trusted_at_once_only_if_the_read_wa
     assert stamps.hash_proving(os.fspath(empty), os.stat(empty)) == (hash_bytes(b""), True)
 
 
+def test_a_proving_read_of_a_file_that_begins_with_a_hole_hashes_it_from_its_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The read's `lseek(SEEK_DATA)` lands past a leading hole: the hash is
+    still of the whole file, the hole's zeros first."""
+    f = tmp_path / "sparse.bin"
+    with open(f, "wb") as out:
+        out.seek(1 << 20)
+        out.write(b"data after a hole")
+    monkeypatch.setattr(stamps, "_proving", [frozenset({os.stat(f).st_dev})])  # (as on ext4 or tmpfs)
+    assert stamps.hash_proving(os.fspath(f), os.stat(f)) == (hash_bytes(f.read_bytes()), True)
+
+
 def test_only_ext4_and_tmpfs_reads_wait_for_a_write_under_way() -> None:
     mounts = [*MOUNTINFO, "40 27 259:1 / /srv rw,relatime - xfs /dev/nvme0n1p1 rw"]
     assert os.makedev(259, 1) in stamps.local_devices(mounts, 0, stamps._MULTIGRAIN)

@@ -304,7 +304,7 @@ class OutputCache:
                 continue  # the build is ending: its settling reads it, once
             try:
                 if copy:  # (not a read that waits: its proof is capture's, or the window's)
-                    actual, proves = self.cache.ingest(path), False
+                    actual, proves = self.cache.ingest(path, before.st_size), False
                 else:
                     actual, proves = hash_proving(path, before)
             except FileNotFoundError:

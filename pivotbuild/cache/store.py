@@ -173,14 +173,17 @@ class Cache:
                 os.unlink(tmp)
         return True
 
-    def ingest(self, src: str) -> str:
+    def ingest(self, src: str, size: int | None = None) -> str:
         """Store the file `src` and return its hash, reading it once: its bytes
         are hashed as they are copied, so the object is exactly what was
         hashed even if `src` changes meanwhile.  (A large file is cloned where
-        the filesystem shares extents, and the clone hashed.)"""
+        the filesystem shares extents, and the clone hashed.)  `size`: as a
+        `stat` the caller took found it (else it is asked), only how much
+        to read first: a file that grew or shrank since is stored whole."""
         fd = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            size = os.fstat(fd).st_size
+            if size is None:
+                size = os.fstat(fd).st_size
             if size <= SMALL:
                 data = os.read(fd, size + 1)
                 if len(data) <= size:

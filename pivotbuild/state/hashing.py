@@ -41,9 +41,12 @@ def read_small(path: str | os.PathLike[str], limit: int = CHUNK) -> tuple[str, b
         os.close(fd)
 
 
-def hash_fd(fd: int, limit: int = CHUNK) -> tuple[str, bytes | None]:
-    """`read_small` of an open file, from its position."""
-    size = os.fstat(fd).st_size
+def hash_fd(fd: int, limit: int = CHUNK, size: int | None = None) -> tuple[str, bytes | None]:
+    """`read_small` of an open file, from its position.  `size`: its size as
+    a `stat` the caller took found it (else it is asked): only how much to
+    read at first, so a file that grew or shrank since still hashes whole."""
+    if size is None:
+        size = os.fstat(fd).st_size
     if size <= limit:
         data = os.read(fd, size + 1)
         if len(data) <= size:  # all of it (a file that grew since fstat is streamed)

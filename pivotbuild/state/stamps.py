@@ -146,12 +146,12 @@ def hash_proving(path: str, st: os.stat_result) -> tuple[str, bool]:
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         try:
-            os.lseek(fd, 0, os.SEEK_DATA)
-        except OSError as exc:
+            if os.lseek(fd, 0, os.SEEK_DATA):  # (a hole first: the read begins at 0 all the same)
+                os.lseek(fd, 0, os.SEEK_SET)
+        except OSError as exc:  # (a failed seek leaves the position at 0)
             if exc.errno != errno.ENXIO:  # (no data: an empty file, after the wait all the same)
-                return hash_fd(fd)[0], False
-        os.lseek(fd, 0, os.SEEK_SET)
-        return hash_fd(fd)[0], True
+                return hash_fd(fd, size=st.st_size)[0], False
+        return hash_fd(fd, size=st.st_size)[0], True
     finally:
         os.close(fd)
 
