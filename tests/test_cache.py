@@ -1201,7 +1201,9 @@ def test_reading_an_output_again_skips_one_removed_while_it_settled(tmp_path: Pa
     assert paused and changed == []
 
 
-@pytest.mark.parametrize(("stated", "now"), [(40, 100), (100, 40), (10, store_mod.SMALL + 10), (store_mod.SMALL + 10, 10)])
+@pytest.mark.parametrize(
+    ("stated", "now"), [(40, 100), (100, 40), (10, store_mod.SMALL + 10), (store_mod.SMALL + 10, 10)]
+)
 def test_ingest_given_a_stale_size_stores_the_file_as_it_is(tmp_path: Path, stated: int, now: int) -> None:
     """The size a caller's stat found only says how much to read first: a
     file that grew or shrank since is stored whole, as it is now."""
