@@ -636,6 +636,48 @@ def test_a_linked_output_written_to_while_it_was_hashed_is_read_again(
     assert not outputs.cache.has(digest)
 
 
+@pytest.mark.parametrize("proving", [True, False], ids=["reads-prove-stamps", "reads-cannot-wait"])
+def test_a_small_output_is_stored_as_it_was_hashed_though_it_changed_since(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, proving: bool
+) -> None:
+    """Where the read that hashed a small output as its stage ended proved
+    its stamp (ext4, tmpfs), the cache stores those very bytes, behind the
+    build, without reading the file again: a process the stage left behind
+    that rewrites the file meanwhile changes neither the stored object nor
+    the record's hash (the stat cache sees the new stamp next build).
+    Where the read proves nothing, the file is read again once its racy
+    window has passed, and a change found then is reported, as before."""
+    from pivotbuild.cache.outputs import OutputCache
+    from pivotbuild.errors import Location
+    from pivotbuild.model import Out, Stage, StageId
+    from pivotbuild.state import stamps
+
+    out = tmp_path / "out.txt"
+    out.write_bytes(b"as the stage wrote it\n")
+    dev = os.stat(out).st_dev
+    monkeypatch.setattr(stamps, "_multigrain", [frozenset({dev})])
+    monkeypatch.setattr(stamps, "_proving", [frozenset({dev} if proving else ())])
+    outputs = OutputCache(tmp_path, lambda _text: None)
+    stage = Stage(id=StageId("", "s"), base="s", loc=Location("Pivotfile", 1, 1), command=None, outs=(Out("out.txt"),))
+    captured = outputs.capture(stage, {}, True, defer=True)
+    digest = hash_bytes(b"as the stage wrote it\n")
+    assert captured.outs[0].hash == digest
+    assert captured.deferred == ((str(out), digest),)
+    assert dict(captured.contents) == ({str(out): b"as the stage wrote it\n"} if proving else {})
+    out.write_bytes(b"rewritten after the stage\n")  # (before the storer's copy)
+    confirmed: list[str] = []
+    changed = outputs.store_deferred(
+        captured.deferred, lambda path, _st, _d: confirmed.append(path), lambda _s: None, contents=captured.contents
+    )
+    if proving:
+        assert changed == []
+        assert outputs.cache.read(digest) == b"as the stage wrote it\n"
+    else:
+        assert changed == [str(out)]
+        assert not outputs.cache.has(digest)
+    assert confirmed == []
+
+
 def test_a_stage_whose_storing_failed_is_stored_by_the_next_build(project: Project) -> None:
     """The cache cannot take the stage's output (its objects directory is a
     file): the stage is recorded, not cached, and not sealed, so the next

@@ -196,6 +196,7 @@ class Recorder:
                 linked=captured.linked,
                 holds=_cached(stage, self.root, captured.seen),
                 failed=captured.uncached,
+                contents=captured.contents,
             )
         return ""
 

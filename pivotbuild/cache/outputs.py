@@ -15,7 +15,9 @@ import stat
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from types import MappingProxyType
 
+from pivotbuild.cache.pack import PACK_MAX
 from pivotbuild.cache.runcache import RunCache
 from pivotbuild.cache.store import Cache, CorruptObject, MissingObject, Mode
 from pivotbuild.model import Out, Stage
@@ -34,7 +36,7 @@ from pivotbuild.state.hashing import (
 from pivotbuild.state.kinds import ABSENT, DIR, FILE
 from pivotbuild.state.records import FileRecord, StageRecord
 from pivotbuild.state.snapshot import Snapshot
-from pivotbuild.state.stamps import Stamp, hash_proving, is_racy, racy_wait_ns, read_proves, stamp
+from pivotbuild.state.stamps import Stamp, hash_proving, is_racy, racy_wait_ns, read_proves, read_proving, stamp
 from pivotbuild.state.statcache import StatCache, StatEntry
 from pivotbuild.structs import struct
 
@@ -42,6 +44,7 @@ CACHE_DIR = "cache"
 
 
 _NONE: frozenset[str] = frozenset()
+_NO_CONTENTS: Mapping[str, bytes] = MappingProxyType({})
 
 
 @struct(frozen=True, slots=True)
@@ -66,13 +69,16 @@ class Captured:
     read_ns: int = 0  # when the reads behind `seen` began (0: unknown, so none of them proves its stamp)
     proven: frozenset[str] = _NONE  # of `seen`'s paths: those whose stamps prove their hashes already
     linked: tuple[tuple[str, str, Stamp], ...] = ()  # (path, hash, stamp): outputs that are their cache objects
+    # Of `deferred`, the small files whose reads proved their stamps: the bytes
+    # read, which `store_deferred` copies instead of reading the file again.
+    contents: Mapping[str, bytes] = _NO_CONTENTS
     uncached: bool = False  # storing failed (a full disk): recorded, but not stored (stagework.capture)
 
 
 class _Reads:
     """What `capture` gathers file by file (see Captured)."""
 
-    __slots__ = ("confirm", "deferred", "linked", "proven", "read_ns", "seen")
+    __slots__ = ("confirm", "contents", "deferred", "linked", "proven", "read_ns", "seen")
 
     def __init__(self, defer: bool, copies: bool) -> None:
         self.read_ns = time.time_ns()  # (before any of the reads)
@@ -81,6 +87,7 @@ class _Reads:
         self.confirm: list[tuple[str, str]] | None = [] if defer else None
         self.linked: list[tuple[str, str, Stamp]] = []
         self.proven: list[str] = []
+        self.contents: dict[str, bytes] = {}
 
 
 def output_stats(root: Path, stage: Stage) -> list[os.stat_result | None]:
@@ -153,7 +160,8 @@ class OutputCache:
         ones in the cache, reading each file once (hashing as it is copied).
         With `defer`, files that would be copied are only hashed, and listed in
         `Captured.deferred` for `store_deferred` to copy later, off the path
-        of the stages waiting for this one; every other file read here is
+        of the stages waiting for this one (a small one whose read proved
+        its stamp with the bytes read, `Captured.contents`: no second read); every other file read here is
         listed in `Captured.confirm`, for that later read to prove its
         stat-cache entry (a just-written file's is racy until then), unless
         the read here proved it (`Captured.proven`: a link, or a read that
@@ -213,6 +221,7 @@ class OutputCache:
             read_ns=reads.read_ns,
             proven=frozenset(reads.proven) if reads.proven else _NONE,
             linked=tuple(reads.linked) if reads.linked else (),
+            contents=reads.contents or _NO_CONTENTS,
         )
 
     def _file(
@@ -248,11 +257,14 @@ class OutputCache:
         if keep and reads.deferred is None:
             digest = self.cache.ingest(path)
         else:
-            digest, proven = hash_proving(path, st)
+            deferred = reads.deferred if keep else None
+            digest, proven, data = read_proving(path, st, PACK_MAX if deferred is not None else 0)
             if proven:
                 reads.proven.append(path)
-            if keep and reads.deferred is not None and not self.cache.has(digest):  # (copied later)
-                reads.deferred.append((path, digest))
+            if deferred is not None and not self.cache.has(digest):  # (copied later)
+                deferred.append((path, digest))
+                if data is not None:  # (its read proved it: copied from these bytes, not read again)
+                    reads.contents[path] = data
                 reads.seen.append((path, st, digest))
                 return digest
         reads.seen.append((path, st, digest))
@@ -268,11 +280,14 @@ class OutputCache:
         *,
         copy: bool = True,
         dropped: Callable[[str], object] = lambda _digest: None,
+        contents: Mapping[str, bytes] = _NO_CONTENTS,
     ) -> list[str]:
         """Copy files `capture` deferred into the cache (with `copy` false, only
         read them again: `Captured.confirm`); returns those that no longer hash
         as they did (changed since: stored as they are now, but the run cache
-        must not name them).  A file read again only (not `copy`) that no
+        must not name them).  A file in `contents` (`Captured.contents`: read
+        by a read that proved its stamp) is stored from those bytes, as it
+        was hashed, and neither read nor statted again.  A file read again only (not `copy`) that no
         longer hashes as it did and was its object (hardlink mode) takes the
         object with it: `dropped` gets its hash.  Raises OSError (a full
         disk).
@@ -289,6 +304,10 @@ class OutputCache:
         read (`stamps.hash_proving`)."""
         changed = []
         for path, digest in files:
+            data = contents.get(path) if contents else None
+            if data is not None:  # read as its stage ended, by a read that proved its stamp (`capture`)
+                self.cache.store_bytes(data)
+                continue
             try:
                 before = os.stat(path)
                 waits = read_proves(before)  # (the read waits for a write under way: no window to wait out)

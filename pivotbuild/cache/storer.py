@@ -22,7 +22,9 @@ stand.
 
 The copy is a second whole read of each file; where it proves a racy stat-cache
 entry (see `OutputCache.store_deferred`), `confirmed` says so, which spares the
-stat cache reading the file yet again when the build ends.
+stat cache reading the file yet again when the build ends.  A small file
+(at most a pack's object) whose first read proved its stamp is not read
+again: the copy is of the bytes that read hashed (`Captured.contents`).
 
 In hardlink mode an output is the cache's object itself, so a process the
 stage left behind that writes to it afterwards changes the object too.  Where
@@ -48,7 +50,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from pivotbuild.build.executors.poller import Poller
 from pivotbuild.cache.outputs import OutputCache
@@ -59,7 +61,7 @@ from pivotbuild.state.records import StageRecord
 from pivotbuild.state.stamps import FINE_WINDOW_NS, Stamp, stamp_now
 
 _Files = tuple[tuple[str, str], ...]
-_Job = tuple[Stage, StageRecord | None, _Files, _Files, str]
+_Job = tuple[Stage, StageRecord | None, _Files, _Files, str, Mapping[str, bytes]]
 THREADS = 2
 _SETTLED_S = FINE_WINDOW_NS / 1e9  # after this, a file written before `put` is past its racy window
 
@@ -109,6 +111,7 @@ class Storer:
         linked: tuple[tuple[str, str, Stamp], ...] = (),
         holds: tuple[tuple[str, os.stat_result, str], ...] = (),
         failed: bool = False,
+        contents: Mapping[str, bytes] | None = None,
     ) -> None:
         """Store `files` ((path, hash) pairs) and read `confirm` again (see
         `OutputCache.store_deferred`), and remember `remember` (an earlier
@@ -124,7 +127,9 @@ class Storer:
         hash) of every file of the stage's cached outputs read (of
         Captured.seen, `files`, `confirm` and `linked` included): it counts
         on their objects, even those the cache had already.
-        `failed`: its outputs could not be stored (see the module)."""
+        `failed`: its outputs could not be stored (see the module).
+        `contents`: of `files`, those read already by a read that proved
+        their stamps (Captured.contents): copied from these bytes."""
         self._put.add(stage.id)
         if failed:
             self._failed.add(stage.id)
@@ -133,7 +138,7 @@ class Storer:
             users.setdefault(digest, []).append(stage.id)
         if linked:
             self._linked.append((stage, label, linked))
-        job = (stage, remember, files, confirm, label)
+        job = (stage, remember, files, confirm, label, contents or {})
         if remember is None and not files and not confirm:
             self._stored.add(stage.id)  # nothing to do
         elif self.poller is None or not (_small(files, confirm) if small is None else small):
@@ -218,12 +223,12 @@ class Storer:
             self._store(job, self._finishing.wait)
 
     def _store(self, job: _Job, pause: Callable[[float], object]) -> None:
-        stage, remember, files, confirm, label = job
+        stage, remember, files, confirm, label, contents = job
         try:
             if remember is not None:
                 self.outputs.remember(stage, remember)
             confirmed = functools.partial(self.confirmed, stage)
-            changed = self.outputs.store_deferred(files, confirmed, pause)
+            changed = self.outputs.store_deferred(files, confirmed, pause, contents=contents)
             changed += self.outputs.store_deferred(confirm, confirmed, pause, copy=False, dropped=self._dropped.add)
             if changed:
                 for path in changed:

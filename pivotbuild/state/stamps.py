@@ -141,8 +141,16 @@ def hash_proving(path: str, st: os.stat_result) -> tuple[str, bool]:
     `write` under way (however long it takes: one throttled by a slow disk
     holds the read up, and a Ctrl-C with it).  Raises OSError as
     `hash_file` does."""
+    digest, proven, _ = read_proving(path, st)
+    return digest, proven
+
+
+def read_proving(path: str, st: os.stat_result, keep: int = 0) -> tuple[str, bool, bytes | None]:
+    """`hash_proving`, and the bytes it hashed if that proved `st` and they
+    are at most `keep` (else None): what the file held for as long as its
+    stamp is `st`, for a caller that stores it to need no second read."""
     if not read_proves(st):
-        return hash_file(path), False
+        return hash_file(path), False, None
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         try:
@@ -150,8 +158,9 @@ def hash_proving(path: str, st: os.stat_result) -> tuple[str, bool]:
                 os.lseek(fd, 0, os.SEEK_SET)
         except OSError as exc:  # (a failed seek leaves the position at 0)
             if exc.errno != errno.ENXIO:  # (no data: an empty file, after the wait all the same)
-                return hash_fd(fd, size=st.st_size)[0], False
-        return hash_fd(fd, size=st.st_size)[0], True
+                return hash_fd(fd, size=st.st_size)[0], False, None
+        digest, data = hash_fd(fd, size=st.st_size)
+        return digest, True, data if data is not None and len(data) <= keep else None
     finally:
         os.close(fd)
 
