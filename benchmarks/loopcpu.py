@@ -34,6 +34,17 @@ parts it calls (so the rows add up to the loop's total):
 with the loop's total, and the CPU the build's process spent outside the
 loop's thread while the loop ran (its other threads, the journal's fsyncs
 among them; this figure varies more between runs than the rows above).
+
+Then where the loop's wall time went, per stage run: the loop's wall time
+in all (`BuildRun.execute`), its CPU, the time it waited, ready to run,
+for a CPU another task held (the kernel's runqueue wait for the thread,
+/proc/thread-self/schedstat), and the share of the machine's CPU time left
+idle while it ran (/proc/stat).  On the small lattice the loop is the
+build's serial part: a loop that is never asleep (its wall time its CPU,
+its spawns' waits and its runqueue waits) sets the build's pace, and a CPU
+idle meanwhile is time a stage could have had (docs/performance.md, issue
+13's twentieth session).  Both files are Linux's; without them those rows
+are left out.
 Medians over the runs, in microseconds per stage run; with ninja found,
 its build of the same work for scale.
 
@@ -109,18 +120,39 @@ for name, module, owner, function in parts:
     setattr(cls, function, timed(name, getattr(cls, function)))
 from pivotbuild.build import run as _run
 _execute = _run.BuildRun.execute
+sched = {"wall": 0, "runqueue": None, "idle": None}  # ns, ns, (idle ticks, all ticks) over the builds' loops
+def schedstat():
+    try:
+        with open("/proc/thread-self/schedstat") as f:
+            return int(f.read().split()[1])  # (on a CPU, waiting on a runqueue, slices)
+    except (OSError, ValueError, IndexError):
+        return None
+def ticks():
+    try:
+        with open("/proc/stat") as f:
+            values = [int(v) for v in f.readline().split()[1:]]
+        return values[3] + values[4], sum(values)  # (idle and iowait: nothing to run)
+    except (OSError, ValueError, IndexError):
+        return None
 def execute(self):
-    p, t = time.process_time_ns(), cpu()
+    p, t, w, q, k = time.process_time_ns(), cpu(), wall(), schedstat(), ticks()
     try:
         return _execute(self)
     finally:
         other[0] += (time.process_time_ns() - p) - (cpu() - t)
+        sched["wall"] += wall() - w
+        q2, k2 = schedstat(), ticks()
+        if q is not None and q2 is not None:
+            sched["runqueue"] = (sched["runqueue"] or 0) + q2 - q
+        if k is not None and k2 is not None and k2[1] > k[1]:
+            idle, all_ = sched["idle"] or (0, 0)
+            sched["idle"] = (idle + k2[0] - k[0], all_ + k2[1] - k[1])
 _run.BuildRun.execute = execute
 me = os.getpid()
 real_exit = os._exit
 def leave(code):
     if os.getpid() == me:
-        os.write(out, json.dumps({"parts": sums, "other": other[0]}).encode())
+        os.write(out, json.dumps({"parts": sums, "other": other[0], "sched": sched}).encode())
     real_exit(code)
 os._exit = leave
 import pivotbuild.cli
@@ -185,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     cpu: dict[str, list[float]] = {p[0]: [] for p in PARTS}
     wall: dict[str, list[float]] = {p[0]: [] for p in PARTS}
     others: list[float] = []
+    whole: dict[str, list[float]] = {"wall": [], "runqueue": [], "idle": []}
     ran: list[int] = []
     ninjas: list[float] = []
     try:
@@ -200,6 +233,13 @@ def main(argv: list[str] | None = None) -> int:
                 cpu[name].append(c / n / 1e3)
                 wall[name].append(w / n / 1e3)
             others.append(found["other"] / n / 1e3)  # type: ignore[operator]
+            sched: dict[str, object] = found["sched"]  # type: ignore[assignment]
+            whole["wall"].append(sched["wall"] / n / 1e3)  # type: ignore[operator]
+            if sched["runqueue"] is not None:
+                whole["runqueue"].append(sched["runqueue"] / n / 1e3)  # type: ignore[operator]
+            if sched["idle"] is not None:
+                idle, all_ = sched["idle"]  # type: ignore[misc]
+                whole["idle"].append(100 * idle / all_)
             if ninja:
                 phases.prepare(base / "ninja", args, i, ninja=True)
                 ninjas.append(compare.timed([ninja, "-j2"], base / "ninja") * 1e3)
@@ -216,6 +256,13 @@ def main(argv: list[str] | None = None) -> int:
     totals_wall = [sum(wall[p[0]][i] for p in PARTS) for i in range(args.runs)]
     print(f"  {'loop':<12}{statistics.median(totals_cpu):9.1f}{statistics.median(totals_wall):9.1f}")
     print(f"  {'other threads':<12}{statistics.median(others):6.1f}")
+    print("the loop's wall time, per stage run (microseconds)")
+    print(f"  {'in all':<26}{statistics.median(whole['wall']):9.1f}")
+    print(f"  {'on a CPU':<26}{statistics.median(totals_cpu):9.1f}")
+    if whole["runqueue"]:
+        print(f"  {'waiting for a CPU':<26}{statistics.median(whole['runqueue']):9.1f}")
+    if whole["idle"]:
+        print(f"the CPUs were idle {statistics.median(whole['idle']):.0f}% of the time meanwhile")
     if ninjas:
         print(f"ninja's build of the same: {statistics.median(ninjas):.1f} ms")
     return 0

@@ -1,6 +1,7 @@
 """loopcpu.py, run small: the wrapper still finds every function it times
 (a renamed one fails here), counts the stages each build ran, and prints a
-row per part and the totals (no timings are asserted)."""
+row per part and the totals, then where the loop's wall time went (no
+timings are asserted)."""
 
 from __future__ import annotations
 
@@ -19,8 +20,11 @@ def test_it_times_each_part_of_the_loop_per_stage(
     # an edit in the middle layer of 3 x 4 reruns its stage and the two below it
     assert lines[0].startswith(f"12 stages, -j2, {'clean' if kind else 'incremental'} builds")
     assert f", {ran} run each, median of 2" in lines[0]
-    rows = {line.split()[0]: line.split()[1:] for line in lines[3:] if not line.startswith("ninja")}
+    parts = lines[3 : lines.index("the loop's wall time, per stage run (microseconds)")]
+    rows = {line.split()[0]: line.split()[1:] for line in parts}
     assert list(rows) == [p[0] for p in loopcpu.PARTS] + ["loop", "other"]
+    assert any(line.startswith("  waiting for a CPU") for line in lines)  # (Linux: /proc/thread-self/schedstat)
+    assert any(line.startswith("the CPUs were idle") for line in lines)
     assert float(rows["start"][0]) > 0 and float(rows["spawn"][1]) > 0  # the stages were started under the wrapper
     out = tmp_path / "pivotbuild" / "out"
     assert len(list(out.iterdir())) == 12

@@ -261,8 +261,13 @@ class OutputCache:
             digest, proven, data = read_proving(path, st, PACK_MAX if deferred is not None else 0)
             if proven:
                 reads.proven.append(path)
-            if deferred is not None and not self.cache.has(digest):  # (copied later)
-                deferred.append((path, digest))
+            # (A small file read whole is to be packed: the packs' index alone says
+            # whether the cache has it, with no look for a loose object, which only
+            # a fetch or a link makes; packing such a one too costs a few bytes.)
+            if deferred is not None and (
+                digest not in self.cache.packs if data is not None else not self.cache.has(digest)
+            ):
+                deferred.append((path, digest))  # (copied later)
                 if data is not None:  # (its read proved it: copied from these bytes, not read again)
                     reads.contents[path] = data
                 reads.seen.append((path, st, digest))
