@@ -1,6 +1,6 @@
 """stagework.prepare_outputs: what is left of a stage's outputs before it runs,
 and the directories it writes them into; and the file a stage's command
-empties as it starts (PlainCommands.truncated_first)."""
+empties as it starts (plaincommand.truncated_first)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pivotbuild.build.executors.plaincommand import PlainCommands
+from pivotbuild.build.executors.plaincommand import truncated_first
 from pivotbuild.build.executors.stagework import prepare_outputs
 from pivotbuild.errors import Location
 from pivotbuild.model import Out, Stage, StageId
@@ -121,6 +121,5 @@ def test_the_file_the_command_empties_as_it_starts_is_left_to_it(tmp_path: Path)
     ],
 )
 def test_only_a_plain_command_sending_its_output_to_a_file_empties_it_first(script: str, emptied: str | None) -> None:
-    plain = PlainCommands()
-    assert plain.truncated_first(("/bin/sh", "-e", "-c", script)) == emptied
-    assert plain.truncated_first(("/bin/bash", "-e", "-c", script)) is None
+    assert truncated_first(("/bin/sh", "-e", "-c", script)) == emptied
+    assert truncated_first(("/bin/bash", "-e", "-c", script)) is None

@@ -29,7 +29,6 @@ from pivotbuild.build.executors.spawn import Starter
 from pivotbuild.cache.outputs import Captured, OutputCache, output_stats
 from pivotbuild.events import Log
 from pivotbuild.model import Stage
-from pivotbuild.paths import joined
 from pivotbuild.structs import replace
 
 TYPE_CHECKING = False
@@ -104,9 +103,7 @@ class LocalExecutor:
         try:
             if attempt > 1:
                 put(stagework.retried(label, self.started, attempt, stage.retry))
-            # (A `> FILE` script empties its output itself: left in place for it.)
-            target = self.starter.plain.truncated_first(spec.argv) if spec.py is None else None
-            problem = stagework.prepare(self.root, stage, spec, None if target is None else joined(spec.cwd, target))
+            problem = stagework.prepare(self.root, stage, spec)
             if problem:
                 put(Log(label, "stderr", problem))
                 self._done(job, failed(problem))

@@ -72,22 +72,6 @@ class PlainCommands:
         program = words[0] if "/" not in words[0] and self._searchable(path) else _which(words[0], path)
         return None if program is None else (program, words, redirect, self._with_pwd(env))
 
-    def truncated_first(self, argv: tuple[str, ...]) -> str | None:
-        """The file a stage script empties before it runs anything: the
-        target of the `>` of a script that is one plain command sending its
-        output there (not `>>`, which keeps what the file held), as the
-        script names it; None for any other script.  The shell opens that
-        file (O_TRUNC) before it starts the command, as the direct start's
-        file action does (spawn.py), so nothing the file held before can
-        outlast the stage's start.  (Its split of the script stands for the
-        `sends_to_file` that follows, for the same script.)"""
-        words = _plain_words(argv)
-        if words is None or ">" not in argv[3]:
-            return None
-        sent = _sent_to(words)
-        self._split = (argv, words, sent)
-        return sent[0] if sent is not None and not sent[1] else None
-
     def sends_to_file(self, argv: tuple[str, ...]) -> bool:
         """Whether nothing a stage script runs can write to the stage's
         stdout: one plain command starting a program (not a builtin) that
@@ -97,15 +81,11 @@ class PlainCommands:
         nothing there of its own).  The stage then needs no pipe for its
         stdout.  (Its answer about the file stands for the
         `direct` that follows, for the same script.)"""
-        split = self._split
-        if split is not None and split[0] is argv:  # (as `truncated_first` just split it)
-            words, sent = split[1], split[2]
-        else:
-            found = _plain_words(argv)
-            if found is None or ">" not in argv[3]:
-                return False
-            words, sent = found, _sent_to(found)
-            self._split = (argv, words, sent)
+        words = _plain_words(argv)
+        if words is None or ">" not in argv[3]:
+            return False
+        sent = _sent_to(words)
+        self._split = (argv, words, sent)
         if sent is None or not _a_program(words[:-2]):
             return False  # (a builtin's effect may outlast its redirect: `. ./lib.sh > log` setting a trap)
         plain = _plain_target(sent[0], self._dirs)
@@ -166,6 +146,21 @@ class PlainCommands:
             self._pwds[pwd] = pwd if right and pwd else os.getcwd()
         fixed = self._pwds[pwd]
         return env if fixed == pwd else {**env, "PWD": fixed}
+
+
+def truncated_first(argv: tuple[str, ...]) -> str | None:
+    """The file a stage script empties before it runs anything: the target
+    of the `>` of a script that is one plain command sending its output
+    there (as `PlainCommands.direct` reads it; not `>>`, which keeps what
+    the file held), as the script names it; None for any other script.
+    The shell opens that file (O_TRUNC) before it starts the command, as
+    the direct start's file action does (spawn.py), so nothing the file
+    held before can outlast the stage's start."""
+    words = _plain_words(argv)
+    if words is None or ">" not in argv[3]:
+        return None
+    sent = _sent_to(words)
+    return sent[0] if sent is not None and not sent[1] else None
 
 
 def _plain_words(argv: tuple[str, ...]) -> list[str] | None:

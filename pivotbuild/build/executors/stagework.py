@@ -19,6 +19,7 @@ from pathlib import Path
 
 from pivotbuild.build.executors import runner
 from pivotbuild.build.executors.lifeline import Lifeline
+from pivotbuild.build.executors.plaincommand import truncated_first
 from pivotbuild.cache.outputs import Captured, OutputCache
 from pivotbuild.events import Event, Log, Message, StageStarted
 from pivotbuild.model import Stage
@@ -89,12 +90,13 @@ def retried(label: str, number: int, attempt: int, retries: int) -> StageStarted
     return StageStarted(label, number, 0, f"retry {attempt - 1} of {retries}", attempt)
 
 
-def prepare(root: Path, stage: Stage, spec: runner.RunSpec, emptied: str | None = None) -> str:
+def prepare(root: Path, stage: Stage, spec: runner.RunSpec) -> str:
     """Before each attempt: the outputs prepared (see `prepare_outputs`;
-    `emptied`, the file the command empties as it starts, if the caller
-    knows it: plaincommand.PlainCommands.truncated_first) and the stage's
-    `workdir` there (the project's root is).  Returns a problem to report,
-    or ""."""
+    the output the command itself empties as it starts, if any, is left to
+    it) and the stage's `workdir` there (the project's root is).  Returns a
+    problem to report, or ""."""
+    target = truncated_first(spec.argv)
+    emptied = os.path.normpath(os.path.join(spec.cwd, target)) if target is not None else None
     return prepare_outputs(root, stage, emptied=emptied) or (_missing_dir(spec.cwd) if stage.workdir else "")
 
 
@@ -145,8 +147,8 @@ def prepare_outputs(root: Path, stage: Stage, *, dirs: bool = True, emptied: str
     them here: the Dask executor checks them out, directories and all, or
     leaves them on the remote).  Returns a problem to report, or "".
 
-    `emptied`: the file (absolute) the stage's command empties as it
-    starts, before it runs anything (PlainCommands.truncated_first: a
+    `emptied`: the file (absolute, normalized) the stage's command empties
+    as it starts, before it runs anything (plaincommand.truncated_first: a
     `> FILE` redirect), left in place if it is a plain file of ours that
     only this name links to and that we may write: the command's own open
     empties it, as make's and ninja's stages do, and the file system then
