@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 from conftest import Project
-from helpers import statuses
 
 from pivotbuild.build.executors.plaincommand import PlainCommands
 from pivotbuild.build.executors.spawn import Child, Starter
@@ -312,42 +311,6 @@ stage appended:
     assert (project.root / "plain.txt").read_text().strip() != "sh"  # one plain line: started directly
     assert (project.root / "twice.txt").read_text() == "one\n"
     assert (project.root / "copy.txt").read_text() == "one\none\n"
-
-
-@pytest.mark.parametrize("checkout", ["copy", "hardlink"])
-def test_a_rebuilt_output_its_command_empties_is_rewritten_in_place(project: Project, checkout: str) -> None:
-    """Rebuilt, a `> FILE` stage's output keeps its inode (the redirect empties
-    it, as under make) and holds only the new result; a `>>` stage's output
-    starts afresh all the same; in hardlink mode the output is the cache's
-    object, so it is replaced, and the object of the first result is intact."""
-    project.write(".pivot/config.toml", f'[core]\ncheckout = "{checkout}"\n')
-    project.write("in.txt", "one\n")
-    project.pivotfile(
-        """
-stage plain:
-    deps: in.txt
-    outs: out.txt
-    run: cat in.txt > out.txt
-stage appended:
-    deps: in.txt
-    outs: log.txt
-    run: cat in.txt >> log.txt
-"""
-    )
-    assert project.run().code == 0
-    out = project.root / "out.txt"
-    inode = out.stat().st_ino
-    project.write("in.txt", "two, longer\n")
-    r = project.run()
-    assert r.code == 0, r.err
-    assert out.read_text() == "two, longer\n"
-    assert (project.root / "log.txt").read_text() == "two, longer\n"
-    assert (out.stat().st_ino == inode) is (checkout == "copy")
-    project.write("in.txt", "one\n")
-    r = project.run("--json")
-    assert r.code == 0, r.err
-    assert statuses(r) == {"plain": "restored", "appended": "restored"}  # (the first results, from the cache)
-    assert out.read_text() == "one\n"
 
 
 def test_a_plain_command_that_cannot_start_fails_as_the_shell_says(project: Project) -> None:

@@ -1,15 +1,11 @@
 """stagework.prepare_outputs: what is left of a stage's outputs before it runs,
-and the directories it writes them into; and the file a stage's command
-empties as it starts (plaincommand.truncated_first)."""
+and the directories it writes them into."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-import pytest
-
-from pivotbuild.build.executors.plaincommand import truncated_first
 from pivotbuild.build.executors.stagework import prepare_outputs
 from pivotbuild.errors import Location
 from pivotbuild.model import Out, Stage, StageId
@@ -78,48 +74,3 @@ def test_an_output_under_a_file_is_a_problem_naming_it(tmp_path: Path) -> None:
     deeper = prepare_outputs(tmp_path, stage(Out("plain/sub/x.txt")))
     assert deeper == f"pivotbuild: cannot prepare output plain/sub/x.txt: {os.strerror(20)}"
     assert (tmp_path / "plain").read_text() == "a file, not a directory"
-
-
-def test_the_file_the_command_empties_as_it_starts_is_left_to_it(tmp_path: Path) -> None:
-    """A `> FILE` stage's output is emptied by its own redirect as it starts,
-    as under make or ninja: left in place (its inode kept), unless it is
-    linked elsewhere (hardlink mode's object), a symlink, read-only, or not
-    the file the command empties."""
-    (tmp_path / "out").mkdir()
-    kept, other = tmp_path / "out" / "a.txt", tmp_path / "out" / "b.txt"
-    kept.write_text("old")
-    other.write_text("old")
-    inode = kept.stat().st_ino
-    assert prepare_outputs(tmp_path, stage(Out("out/a.txt"), Out("out/b.txt")), emptied=str(kept)) == ""
-    assert kept.stat().st_ino == inode  # (its content is the command's to replace)
-    assert not other.exists()
-
-    linked = tmp_path / "out" / "linked.txt"
-    linked.write_text("old")
-    os.link(linked, tmp_path / "object")
-    read_only = tmp_path / "out" / "read-only.txt"
-    read_only.write_text("old")
-    read_only.chmod(0o444)
-    link = tmp_path / "out" / "link.txt"
-    link.symlink_to(tmp_path / "object")
-    for path in (linked, read_only, link):
-        assert prepare_outputs(tmp_path, stage(Out(f"out/{path.name}")), emptied=str(path)) == ""
-        assert not os.path.lexists(path)
-    assert (tmp_path / "object").read_text() == "old"
-
-
-@pytest.mark.parametrize(
-    ("script", "emptied"),
-    [
-        ("md5sum a b > out/x.txt", "out/x.txt"),
-        ("cat a >out.txt", None),  # (`>` not standing alone: the shell's to read)
-        ("cat a >> out.txt", None),  # (appended to: what it held stays)
-        ("cat a > out.txt; cat b", None),
-        ("cat a", None),
-        ("cat 'a' > out.txt", None),
-        ("echo a > out.txt", "out.txt"),  # (a builtin: its redirect is opened before it runs too)
-    ],
-)
-def test_only_a_plain_command_sending_its_output_to_a_file_empties_it_first(script: str, emptied: str | None) -> None:
-    assert truncated_first(("/bin/sh", "-e", "-c", script)) == emptied
-    assert truncated_first(("/bin/bash", "-e", "-c", script)) is None

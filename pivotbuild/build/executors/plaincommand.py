@@ -148,21 +148,6 @@ class PlainCommands:
         return env if fixed == pwd else {**env, "PWD": fixed}
 
 
-def truncated_first(argv: tuple[str, ...]) -> str | None:
-    """The file a stage script empties before it runs anything: the target
-    of the `>` of a script that is one plain command sending its output
-    there (as `PlainCommands.direct` reads it; not `>>`, which keeps what
-    the file held), as the script names it; None for any other script.
-    The shell opens that file (O_TRUNC) before it starts the command, as
-    the direct start's file action does (spawn.py), so nothing the file
-    held before can outlast the stage's start."""
-    words = _plain_words(argv)
-    if words is None or ">" not in argv[3]:
-        return None
-    sent = _sent_to(words)
-    return sent[0] if sent is not None and not sent[1] else None
-
-
 def _plain_words(argv: tuple[str, ...]) -> list[str] | None:
     """The words of a stage script of plain characters only (see
     `PlainCommands.direct`), as `/bin/sh -e -c` would split them; None for

@@ -19,7 +19,6 @@ from pathlib import Path
 
 from pivotbuild.build.executors import runner
 from pivotbuild.build.executors.lifeline import Lifeline
-from pivotbuild.build.executors.plaincommand import truncated_first
 from pivotbuild.cache.outputs import Captured, OutputCache
 from pivotbuild.events import Event, Log, Message, StageStarted
 from pivotbuild.model import Stage
@@ -91,13 +90,10 @@ def retried(label: str, number: int, attempt: int, retries: int) -> StageStarted
 
 
 def prepare(root: Path, stage: Stage, spec: runner.RunSpec) -> str:
-    """Before each attempt: the outputs prepared (see `prepare_outputs`;
-    the output the command itself empties as it starts, if any, is left to
-    it) and the stage's `workdir` there (the project's root is).  Returns a
-    problem to report, or ""."""
-    target = truncated_first(spec.argv)
-    emptied = os.path.normpath(os.path.join(spec.cwd, target)) if target is not None else None
-    return prepare_outputs(root, stage, emptied=emptied) or (_missing_dir(spec.cwd) if stage.workdir else "")
+    """Before each attempt: the outputs prepared (see `prepare_outputs`) and
+    the stage's `workdir` there (the project's root is).  Returns a problem
+    to report, or ""."""
+    return prepare_outputs(root, stage) or (_missing_dir(spec.cwd) if stage.workdir else "")
 
 
 def capture(
@@ -141,21 +137,11 @@ def _missing_dir(cwd: Path) -> str:
     return "" if os.path.isdir(cwd) else f"pivotbuild: the stage's directory {cwd} does not exist"
 
 
-def prepare_outputs(root: Path, stage: Stage, *, dirs: bool = True, emptied: str | None = None) -> str:
+def prepare_outputs(root: Path, stage: Stage, *, dirs: bool = True) -> str:
     """Remove non-persist outputs (so a stale file cannot pass for a new one) and,
     with `dirs`, create their parent directories (for a stage that writes
     them here: the Dask executor checks them out, directories and all, or
     leaves them on the remote).  Returns a problem to report, or "".
-
-    `emptied`: the file (absolute, normalized) the stage's command empties
-    as it starts, before it runs anything (plaincommand.truncated_first: a
-    `> FILE` redirect), left in place if it is a plain file of ours that
-    only this name links to and that we may write: the command's own open
-    empties it, as make's and ninja's stages do, and the file system then
-    neither frees nor allocates an inode for it (on ext4 a file created
-    soon after others were removed costs up to half a millisecond in the
-    stage's spawn: docs/performance.md).  A file linked elsewhere (hardlink
-    mode's object), a symlink or a read-only file is removed as before.
 
     Runs before every stage, so it asks the file system as little as it can:
     one lstat per output, then one unlink (or rmtree) if it exists; and its
@@ -173,8 +159,7 @@ def prepare_outputs(root: Path, stage: Stage, *, dirs: bool = True, emptied: str
                 else:  # it exists, and so does its directory
                     if stat.S_ISDIR(st.st_mode):
                         remove_tree(path)
-                    elif path != emptied or not _ours_to_empty(st):
-                        # (a file, or a symlink: to a directory too, the link goes, not what it points to)
+                    else:  # a file, or a symlink (to a directory too: the link goes, not what it points to)
                         os.unlink(path)
                     continue
                 need = path.rpartition("/")[0] or "/"  # (`path` is absolute: os.path.dirname's answer)
@@ -185,12 +170,3 @@ def prepare_outputs(root: Path, stage: Stage, *, dirs: bool = True, emptied: str
         except OSError as exc:
             return f"pivotbuild: cannot prepare output {out.path}: {exc.strerror}"
     return ""
-
-
-def _ours_to_empty(st: os.stat_result) -> bool:
-    """Whether a file of this lstat may be emptied in place (`prepare_outputs`):
-    a regular file with one link, ours, that its owner may write."""
-    return stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and st.st_uid == _EUID and bool(st.st_mode & stat.S_IWUSR)
-
-
-_EUID = os.geteuid()
