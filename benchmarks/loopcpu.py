@@ -45,6 +45,7 @@ its spawns' waits and its runqueue waits) sets the build's pace, and a CPU
 idle meanwhile is time a stage could have had (docs/performance.md, issue
 13's twentieth session).  Both files are Linux's; without them those rows
 are left out.
+
 Medians over the runs, in microseconds per stage run; with ninja found,
 its build of the same work for scale.
 

@@ -161,9 +161,10 @@ class OutputCache:
         With `defer`, files that would be copied are only hashed, and listed in
         `Captured.deferred` for `store_deferred` to copy later, off the path
         of the stages waiting for this one (a small one whose read proved
-        its stamp with the bytes read, `Captured.contents`: no second read); every other file read here is
-        listed in `Captured.confirm`, for that later read to prove its
-        stat-cache entry (a just-written file's is racy until then), unless
+        its stamp with the bytes read, `Captured.contents`: no second read);
+        every other file read here is listed in `Captured.confirm`, for that
+        later read to prove its stat-cache entry (a just-written file's is
+        racy until then), unless
         the read here proved it (`Captured.proven`: a link, or a read that
         waited for a write under way, `stamps.hash_proving`).  A file
         whose stamp matches a trusted entry of `known` (the stage's stat
@@ -292,10 +293,10 @@ class OutputCache:
         as they did (changed since: stored as they are now, but the run cache
         must not name them).  A file in `contents` (`Captured.contents`: read
         by a read that proved its stamp) is stored from those bytes, as it
-        was hashed, and neither read nor statted again.  A file read again only (not `copy`) that no
-        longer hashes as it did and was its object (hardlink mode) takes the
-        object with it: `dropped` gets its hash.  Raises OSError (a full
-        disk).
+        was hashed, and neither read nor statted again.  A file read again
+        only (not `copy`) that no longer hashes as it did and was its object
+        (hardlink mode) takes the object with it: `dropped` gets its hash.
+        Raises OSError (a full disk).
 
         The copy reads each file whole once more: when that read began after
         the file's racy window and its stamp held throughout, `confirmed` gets

@@ -49,7 +49,7 @@ def hash_fd(fd: int, limit: int = CHUNK, size: int | None = None) -> tuple[str, 
         size = os.fstat(fd).st_size
     if size <= limit:
         data = os.read(fd, size + 1)
-        if len(data) <= size:  # all of it (a file that grew since fstat is streamed)
+        if len(data) <= size:  # all of it (a file that grew since `size` was found is streamed)
             while len(data) < size and (more := os.read(fd, size - len(data))):
                 data += more
             return xxhash.xxh3_128_hexdigest(data), data
