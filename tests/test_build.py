@@ -929,6 +929,13 @@ def test_history(chain: Project) -> None:
     assert entries[0]["ran"] == 3
     assert entries[1]["result"] == "failed"
     assert entries[1]["failed"] == 1
+    # Each stage that did not skip, with its status (c was up to date the second time).
+    assert {name: entry["status"] for name, entry in entries[0]["stages"].items()} == {
+        "a": "ran",
+        "b": "ran",
+        "c": "ran",
+    }
+    assert {name: entry["status"] for name, entry in entries[1]["stages"].items()} == {"a": "failed", "b": "blocked"}
 
 
 # -- the lockfile ------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ import os
 import struct
 import threading
 from collections.abc import Iterable, Iterator
+from itertools import repeat
 from pathlib import Path
 
 import xxhash
@@ -128,8 +129,10 @@ class Packs:
             names = again
         where: dict[str, tuple[str, int, int]] = {}
         for name in sorted(names):
-            for digest, offset, length in loaded[name]:
-                where[digest] = (name, offset, length)
+            columns = tuple(zip(*loaded[name], strict=True))  # (digests, offsets, lengths), made in C
+            if columns:  # (a later pack's entry for a digest wins, as it always has)
+                digests, offsets, lengths = columns
+                where.update(zip(digests, zip(repeat(name), offsets, lengths, strict=False), strict=True))
         return where
 
     def _entries(self, name: str) -> list[tuple[str, int, int]]:
@@ -392,7 +395,11 @@ def _parse_index(blob: bytes) -> list[tuple[str, int, int]]:
     (check,) = _CHECK.unpack_from(blob, len(blob) - _CHECK.size)
     if check != xxhash.xxh3_64_intdigest(memoryview(blob)[: len(blob) - _CHECK.size]):
         raise ValueError("a damaged pack index")
-    return [(d.hex(), o, n) for d, o, n in _ENTRY.iter_unpack(memoryview(blob)[head : len(blob) - _CHECK.size])]
+    columns = tuple(zip(*_ENTRY.iter_unpack(memoryview(blob)[head : len(blob) - _CHECK.size]), strict=True))
+    if not columns:
+        return []
+    digests, offsets, lengths = columns  # (in C: a 1,000-object pack's index is read by every build that stores)
+    return list(zip(map(bytes.hex, digests), offsets, lengths, strict=True))
 
 
 def _scan(path: Path) -> list[tuple[str, int, int]]:
