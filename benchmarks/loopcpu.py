@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """What pivotbuild's build loop spends on each stage, part by part.
 
-    python3 benchmarks/loopcpu.py [--width 50] [--depth 20] [--runs 5] [--clean] [--dir DIR]
+    python3 benchmarks/loopcpu.py [--width 50] [--depth 20] [--runs 5] [--clean | --fresh] [--dir DIR]
 
 The build loop is one thread, and on compare.py's small lattice it is the
 build's serial part: a stage cannot start before the loop has finished
@@ -14,9 +14,13 @@ one part shows as microseconds of that part (docs/performance.md,
 On compare.py's small lattice (WIDTH x DEPTH `md5sum` stages, -j2), built
 once, then `--runs` incremental builds (one middle-layer source edited: 55
 stages rerun at 50 x 20), or clean builds with `--clean` (the compiled plan
-kept, as phases.py's).  Each build runs the installed pivotbuild under a
-wrapper that times these functions in the loop's thread, each without the
-parts it calls (so the rows add up to the loop's total):
+kept, as phases.py's), or with `--fresh` clean builds each of a project
+made afresh, as compare.py's clean build is (the plan compiled; no output
+of the run before removed first: on ext4 a file created soon after others
+were removed waits longer in the spawn, docs/performance.md).  Each build
+runs the installed pivotbuild under a wrapper that times these functions
+in the loop's thread, each without the parts it calls (so the rows add up
+to the loop's total):
 
   decide     deciding the stages made ready (BuildRun._decide_ready)
   start      starting a stage, but for the spawn (BuildRun._start)
@@ -208,6 +212,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--depth", type=int, default=20)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--clean", action="store_true", help="clean builds (the compiled plan kept), not incremental")
+    ap.add_argument(
+        "--fresh",
+        action="store_true",
+        help="clean builds of a project made afresh for each run, as compare.py's (no outputs removed before)",
+    )
     ap.add_argument("--dir", type=Path, help="where to build (default: a temporary directory)")
     args = ap.parse_args(argv)
     python, base, root, stages = built(args, "pivot-loopcpu-")
@@ -223,12 +232,17 @@ def main(argv: list[str] | None = None) -> int:
     ninjas: list[float] = []
     try:
         for i in range(args.runs):
-            phases.prepare(root, args, i)
-            found = _measure(python, root)
+            where = root
+            if args.fresh:  # (as compare.py's clean build: the files the build creates follow no removal of ours)
+                where = base / f"fresh {i}"
+                compare.generate(where, stages, "pivotbuild", args.shape)
+            else:
+                phases.prepare(root, args, i)
+            found = _measure(python, where)
             sums: dict[str, list[int]] = found["parts"]  # type: ignore[assignment]
             n = sums["start"][0]
             if not n:
-                raise SystemExit(f"loopcpu.py: the build in {root} ran no stage")
+                raise SystemExit(f"loopcpu.py: the build in {where} ran no stage")
             ran.append(n)
             for name, (_, c, w) in sums.items():
                 cpu[name].append(c / n / 1e3)
@@ -242,12 +256,23 @@ def main(argv: list[str] | None = None) -> int:
                 idle, all_ = sched["idle"]  # type: ignore[misc]
                 whole["idle"].append(100 * idle / all_)
             if ninja:
-                phases.prepare(base / "ninja", args, i, ninja=True)
-                ninjas.append(compare.timed([ninja, "-j2"], base / "ninja") * 1e3)
+                theirs = base / "ninja"
+                if args.fresh:
+                    theirs = base / f"fresh ninja {i}"
+                    compare.generate(theirs, stages, "ninja", args.shape)
+                else:
+                    phases.prepare(theirs, args, i, ninja=True)
+                ninjas.append(compare.timed([ninja, "-j2"], theirs) * 1e3)
     finally:
         if args.dir is None:
             shutil.rmtree(base, ignore_errors=True)
-    kind = "clean builds (plan kept)" if args.clean else "incremental builds"
+    kind = (
+        "clean builds of fresh projects"
+        if args.fresh
+        else "clean builds (plan kept)"
+        if args.clean
+        else "incremental builds"
+    )
     print(f"{len(stages)} stages, -j2, {kind}, {statistics.median(ran):.0f} run each, median of {args.runs}")
     print("the loop's thread, per stage run (microseconds)")
     print(f"  {'part':<12}{'CPU':>9}{'wall':>9}")

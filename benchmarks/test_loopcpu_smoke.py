@@ -11,7 +11,9 @@ import loopcpu
 import pytest
 
 
-@pytest.mark.parametrize(("kind", "ran"), [([], 3), (["--clean"], 12)], ids=["incremental", "clean"])
+@pytest.mark.parametrize(
+    ("kind", "ran"), [([], 3), (["--clean"], 12), (["--fresh"], 12)], ids=["incremental", "clean", "fresh"]
+)
 def test_it_times_each_part_of_the_loop_per_stage(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: list[str], ran: int
 ) -> None:
@@ -28,3 +30,5 @@ def test_it_times_each_part_of_the_loop_per_stage(
     assert float(rows["start"][0]) > 0 and float(rows["spawn"][1]) > 0  # the stages were started under the wrapper
     out = tmp_path / "pivotbuild" / "out"
     assert len(list(out.iterdir())) == 12
+    if kind == ["--fresh"]:  # (each run in a project of its own, built whole)
+        assert all(len(list((tmp_path / f"fresh {i}" / "out").iterdir())) == 12 for i in range(2))
