@@ -30,6 +30,18 @@ is, beside ninja on the same tree, in interleaved rounds:
           which also covers a write under way); no seal, no history, no run
           cache beyond the journal: the least a fresh process honouring the
           state contract does
+  +contract +state with the rest of what pivotbuild promises for each stage,
+          done with the same system calls pivotbuild makes, in a loop of its
+          own: each old output removed first (an `lstat`, then an `unlink`)
+          and its directory checked (a `stat`, as a redirect into /dev or
+          /proc is refused); the job pool opened afresh for the stage and
+          passed to it (a fifo's two ends, `MAKEFLAGS`, closed once it has
+          started, as a stage's `O_NONBLOCK` must stay its own); its line in
+          a lifeline table held in a shared mapping (marked before the start,
+          the pid after, freed at the end) and the mark in its environment;
+          its own session and default SIGPIPE; PIVOT_STAGE: what no design
+          that keeps the contract can leave out, without the Python that
+          carries it in pivotbuild (events, admission, retries, timeouts)
 
 Each row is a clean build of a fresh copy and an incremental build (one
 middle-layer source edited, as compare.py edits) of the loop's own copy;
@@ -48,8 +60,13 @@ shape, most of it shows: 300 us more a stage made +state's clean build 0.2
 to 0.24 s longer, its incremental build 8 to 18 ms; the loop is the one
 serial part).
 
-(ninja from the venv: `pip install '.[test]'`.) Nothing here is pivotbuild:
-it is the reference for docs/performance.md's "What remains".
+With `--pivotbuild`, pivotbuild itself builds the same lattice in the same
+rounds (a fresh copy of a project of its own each time, as compare.py's
+clean build), so the row under `+contract` is what pivotbuild's own code
+costs beyond the contract's system calls.
+
+(ninja from the venv: `pip install '.[test]'`.) Nothing here but that row
+is pivotbuild: it is the reference for docs/performance.md's "What remains".
 """
 
 from __future__ import annotations
@@ -68,15 +85,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import compare
 
-LEVELS = ("spawn", "+pipe", "+hash", "+record", "+state")
+LEVELS = ("spawn", "+pipe", "+hash", "+record", "+state", "+contract")
 
 # The loop, run as its own process: argv = [level, jobs, command, stages file].
 LOOP = textwrap.dedent(
     """
     import os, sys, select, time
     level, jobs, cmd, listing = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
-    PIPE, STATE = level != "spawn", level == "+state"
-    HASH, RECORD = level in ("+hash", "+record", "+state"), level in ("+record", "+state")
+    PIPE, STATE, CONTRACT = level != "spawn", level in ("+state", "+contract"), level == "+contract"
+    HASH, RECORD = level in ("+hash", "+record", "+state", "+contract"), level in ("+record", "+state", "+contract")
     if HASH:
         import xxhash
     if RECORD:
@@ -203,6 +220,21 @@ LOOP = textwrap.dedent(
     ep = select.epoll() if PIPE else None
     running = {}  # pid -> stage;
     pipes = {}  # read end -> pid
+    if CONTRACT:
+        import mmap, signal
+        fifo = f"{os.environ.get('TMPDIR', '/tmp')}/floor-pool-{os.getpid()}"
+        os.mkfifo(fifo, 0o600)
+        keep = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)  # the pool's own ends, its tokens in it
+        os.write(keep, b"+" * (jobs - 1))
+        table_fd = os.open(".floor-lifeline", os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.ftruncate(table_fd, 64 * 1024)
+        table = mmap.mmap(table_fd, 64 * 1024)
+        free_lines = list(range(1024))
+        lines = {}  # pid -> its line in the table
+        marks = 0
+        dirs = {}  # (device, inode) of an output's directory -> outside /dev and /proc
+        defaults = (signal.SIGPIPE, signal.SIGXFSZ)
+        environ = dict(os.environ)
     def start(i):
         s = stages[i]
         actions = [(os.POSIX_SPAWN_DUP2, null, 0),
@@ -210,7 +242,33 @@ LOOP = textwrap.dedent(
         if PIPE:
             r, w = os.pipe()
             actions.append((os.POSIX_SPAWN_DUP2, w, 2))
-        pid = os.posix_spawn(program, [cmd, *s[1:]], os.environ, file_actions=actions)
+        if CONTRACT:
+            global marks
+            out, parent = s[0], os.path.dirname(s[0]) or "."
+            try:
+                os.lstat(out)
+            except FileNotFoundError:
+                pass
+            else:
+                os.unlink(out)
+            st = os.stat(parent)
+            if (st.st_dev, st.st_ino) not in dirs:
+                dirs[st.st_dev, st.st_ino] = not os.path.realpath(parent).startswith(("/dev/", "/proc/"))
+            marks += 1
+            line = free_lines.pop()
+            table[line * 64 : line * 64 + 64] = f"mark {marks:08x}".encode().ljust(64)
+            pool_r = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+            pool_w = os.open(fifo, os.O_WRONLY)
+            env = {**environ, "MAKEFLAGS": f" -j{jobs} --jobserver-auth={pool_r},{pool_w}",
+                   "PIVOT_LIFELINE": f"{os.getpid()}.{marks:08x}", "PIVOT_STAGE": out}
+            actions += [(os.POSIX_SPAWN_DUP2, pool_r, pool_r), (os.POSIX_SPAWN_DUP2, pool_w, pool_w)]
+            pid = os.posix_spawn(program, [cmd, *s[1:]], env, file_actions=actions, setsid=True, setsigdef=defaults)
+            os.close(pool_r)
+            os.close(pool_w)
+            table[line * 64 : line * 64 + 64] = f"group {pid}".encode().ljust(64)
+            lines[pid] = line
+        else:
+            pid = os.posix_spawn(program, [cmd, *s[1:]], os.environ, file_actions=actions)
         if PIPE:
             os.close(w)
             pipes[r] = pid
@@ -260,6 +318,10 @@ LOOP = textwrap.dedent(
                 _, status = os.waitpid(pid, 0)
                 assert status == 0, status
                 i = running.pop(pid)
+                if CONTRACT:
+                    line = lines.pop(pid)
+                    table[line * 64 : line * 64 + 64] = bytes(64)
+                    free_lines.append(line)
                 ended(i)
                 todo -= 1
         else:
@@ -268,6 +330,8 @@ LOOP = textwrap.dedent(
             ended(running.pop(pid))
             todo -= 1
     print("loop-cpu", time.process_time() - cpu0, len(run), flush=True)
+    if CONTRACT:
+        os.unlink(fifo)
     if STATE and run:
         save("floor.lock", dict(sorted(lock.items())))
         settle()
@@ -284,6 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--levels", default=",".join(LEVELS))
+    ap.add_argument("--pivotbuild", action="store_true", help="pivotbuild itself builds the lattice too (a row of its own)")
     ap.add_argument(
         "--busy",
         type=int,
@@ -306,6 +371,10 @@ def main(argv: list[str] | None = None) -> int:
         compare.generate(seed, stages, "ninja", args.shape)
         commands = {"ninja": [ninja, "-j", str(args.jobs)]}
         envs: dict[str, dict[str, str]] = {}
+        seeds = {"pivotbuild": scratch / "seed-pivotbuild"}
+        if args.pivotbuild:
+            compare.generate(seeds["pivotbuild"], stages, "pivotbuild", args.shape)
+            commands["pivotbuild"] = [*compare.pivotbuild_command(), "-j", str(args.jobs), "-s"]
         for level in levels:
             loop = [str(scratch / "loop.py"), level, str(args.jobs), cmd, str(scratch / "stages")]
             commands[level] = [sys.executable, *loop]
@@ -318,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
             for name, command in commands.items():
                 tree = scratch / f"t-{name}"
                 shutil.rmtree(tree, ignore_errors=True)
-                shutil.copytree(seed, tree, symlinks=True)
+                shutil.copytree(seeds.get(name, seed), tree, symlinks=True)
                 wall, cpu = _timed(command, tree, envs.get(name))
                 times[name]["clean"].append(wall)
                 if cpu is not None:

@@ -23,3 +23,11 @@ def test_busy_adds_a_row_per_level_with_the_loop_s_cpu(capsys: pytest.CaptureFix
     assert floor.main(["--width", "3", "--depth", "3", "--rounds", "1", "--levels", "+state", "--busy", "50"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in lines[2:]] == ["ninja", "+state", "+state+50"]
+
+
+def test_pivotbuild_builds_beside_the_loops_in_the_same_rounds(capsys: pytest.CaptureFixture[str]) -> None:
+    assert floor.main(["--width", "3", "--depth", "3", "--rounds", "1", "--levels", "+contract", "--pivotbuild"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines[2:]] == ["ninja", "pivotbuild", "+contract"]
+    # pivotbuild's row has no loop CPU (it is not one of our loops)
+    assert [line.endswith(" us") for line in lines[2:]] == [False, False, True]
