@@ -348,7 +348,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--levels", default=",".join(LEVELS))
-    ap.add_argument("--pivotbuild", action="store_true", help="pivotbuild itself builds the lattice too (a row of its own)")
+    ap.add_argument(
+        "--pivotbuild", action="store_true", help="pivotbuild itself builds the lattice too (a row of its own)"
+    )
     ap.add_argument(
         "--busy",
         type=int,
