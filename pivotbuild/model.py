@@ -8,7 +8,6 @@ directory plus its name, so stages of several pipelines can share one graph.
 from __future__ import annotations
 
 import posixpath
-import shlex
 from collections.abc import Sequence
 from enum import Enum
 from typing import NamedTuple
@@ -150,7 +149,11 @@ class Stage:
             joined = " ".join(paths)
             if joined.count(" ") == len(paths) - 1 and "" not in paths and _SAFE_OR_SPACE.issuperset(joined):
                 return joined  # (every path non-empty and safe: one check of them all)
+            import shlex  # (only for a path that needs quoting: most builds have none)
+
             return " ".join([p if p and _SAFE.issuperset(p) else shlex.quote(p) for p in paths])
+        import shlex
+
         return " ".join(shlex.quote(self.relative(p)) for p in paths)
 
     def at(self, pos: Pos | None) -> Location:

@@ -192,7 +192,7 @@ def test_shown_marks_an_up_to_date_stage_with_a_pending_result(build: Build) -> 
 def test_fingerprints_hash_the_json_text_they_always_did(value: object) -> None:
     """Decisions encode through one C encoder made once: its text must be
     json.dumps's, byte for byte, or every record would look changed."""
-    assert snapshot._dumps(value) == json.dumps(value)
+    assert snapshot.json_text(value) == json.dumps(value)
 
 
 @pytest.mark.parametrize("root", ["/w/project", "/w/project/", "/"])

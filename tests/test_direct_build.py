@@ -120,7 +120,9 @@ def test_an_edit_reruns_the_stage_and_its_dependents_without_click(chain: Projec
 # and the bz2 and lzma it pulls (only a directory's removal needs it: files.remove_tree),
 # and dataclasses and the inspect it pulls (the records are structs: pivotbuild/structs.py),
 # platform, which the zstandard package imports to choose its backend (the lockfile's
-# zstd is its C extension loaded alone: state/framing.py);
+# zstd is its C extension loaded alone: state/framing.py); json (fingerprints are
+# its C encoder's text: state/snapshot.py), shlex (only a path that needs quoting),
+# queue (its SimpleQueue is _queue's) and termios (the job pool's count is Linux's ioctl);
 # where stages are spawned (build/executors/spawn.py), subprocess too.
 NOT_FOR_A_BUILD = frozenset(
     ({"subprocess"} if Starter().spawns else set())
@@ -141,7 +143,11 @@ NOT_FOR_A_BUILD = frozenset(
         "dataclasses",
         "inspect",
         "platform",
+        "json",
+        "shlex",
+        "queue",
     }
+    | ({"termios"} if sys.platform.startswith("linux") else set())
 )
 
 

@@ -56,3 +56,33 @@ def test_lines_longer_than_what_is_read_at_a_time_and_a_last_line_cut_short(stat
 
 def test_no_history_no_durations(state: Path) -> None:
     assert history.durations(state, {"a"}) == ({}, 0)
+
+
+def test_lines_are_read_as_json_reads_them_without_importing_json() -> None:
+    # The history is read by json's C scanner alone (a build does not import
+    # json); good and damaged lines come out as json.loads says, also in a
+    # process where json itself was never imported (3.11's scanner reports a
+    # damaged line only through json.decoder).
+    import subprocess
+    import sys
+
+    lines = ['{"a": 1, "b": [1.5, "x\\u00e9", null]}', '  {"a": 1}\n', '{"a": 1} x', '{"a": ', "", '{"a": tru}']
+    lines += ['{"a": "x', "NaN", '{"a":1}{"b":2}', '{"a": 1,}', '\t{"k": {"k": "k"}}\r\n']
+    script = (
+        "import sys\n"
+        "from pivotbuild.state import history\n"
+        "assert 'json.decoder' not in sys.modules\n"
+        "for line in sys.argv[1:]:\n"
+        "    try: print(repr(history._loads(line)))\n"
+        "    except ValueError: print('damaged')\n"
+        "print('json' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script, *lines], capture_output=True, text=True, check=True).stdout
+    want = []
+    for text in lines:
+        try:
+            want.append(repr(json.loads(text)))
+        except ValueError:
+            want.append("damaged")
+    assert out.splitlines()[:-1] == want
+    assert out.splitlines()[-1] == "True"  # (json imported at last, to say what was damaged)

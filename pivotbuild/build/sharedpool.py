@@ -28,7 +28,7 @@ import contextlib
 import fcntl
 import os
 import stat
-import termios
+import sys
 
 from pivotbuild.build.admission import TokenPool
 from pivotbuild.build.makejobs import MakeJobServer
@@ -114,7 +114,7 @@ class SharedPool(MakeJobServer):
         want = self.capacity - 1
         with contextlib.suppress(OSError):
             count = bytearray(4)
-            fcntl.ioctl(self.fd, termios.FIONREAD, count)
+            fcntl.ioctl(self.fd, _fionread(), count)
             there = int.from_bytes(count, "little")
             if there < want:
                 with contextlib.suppress(BlockingIOError):
@@ -188,3 +188,13 @@ def alive(pid: int) -> bool:
     except OSError:
         return True  # (someone else's: alive)
     return True
+
+
+def _fionread() -> int:
+    """The ioctl that counts the bytes a pipe holds: Linux's number, without
+    importing `termios` for it (every build with work asks once); elsewhere termios's."""
+    if sys.platform.startswith("linux"):
+        return 0x541B
+    import termios
+
+    return termios.FIONREAD

@@ -25,7 +25,6 @@ stage is recorded.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import threading
 from collections.abc import Callable, Iterable, Sequence
@@ -36,6 +35,7 @@ from pivotbuild.model import StageId
 from pivotbuild.state import codec, framing
 from pivotbuild.state.hashing import hash_bytes
 from pivotbuild.state.records import FileRecord
+from pivotbuild.state.snapshot import json_text
 
 RUNS = "runs"
 MAGIC = b"PIVRUN1\n"
@@ -85,7 +85,7 @@ def of_stage(skey: str, names: Iterable[str]) -> list[str]:
 
 def inputs_key(fingerprint: str, deps: Sequence[FileRecord]) -> str:
     listed = [(d.path, d.kind, d.hash) for d in deps]
-    return hash_bytes(json.dumps([fingerprint, listed]).encode("utf-8", "surrogateescape"))
+    return hash_bytes(json_text([fingerprint, listed]).encode("utf-8", "surrogateescape"))
 
 
 class RunCache:

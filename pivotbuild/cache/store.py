@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import os
 import stat
 import threading
@@ -85,6 +84,8 @@ class MissingObject(Exception):
 def parse_manifest(blob: bytes, digest: str) -> list[ManifestEntry]:
     """The entries of the directory manifest `blob` (object `digest`, verified
     by the caller); CorruptObject if it is not a manifest at all."""
+    import json  # (only a directory's manifest: a build of files does without)
+
     entries = []
     try:
         for line in blob.decode("ascii").splitlines():

@@ -46,9 +46,9 @@ from __future__ import annotations
 
 import functools
 import os
-import queue
 import threading
 import time
+from _queue import SimpleQueue  # (what `queue.SimpleQueue` is: a build does not import `queue`)
 from collections import deque
 from collections.abc import Callable, Mapping
 
@@ -88,7 +88,7 @@ class Storer:
         self.poller = poller
         self._due: deque[tuple[float, _Job]] = deque()  # for the loop's thread: (when, job), in order
         self._clocked = False
-        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._jobs: SimpleQueue[_Job | None] = SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._finishing = threading.Event()  # set: copy at once, wait for nothing
         self._put: set[StageId] = set()

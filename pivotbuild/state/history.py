@@ -13,7 +13,7 @@ import sys
 
 TYPE_CHECKING = False  # not typing's: the no-op fast path does not import typing
 if TYPE_CHECKING:
-    from collections.abc import Collection, Mapping
+    from collections.abc import Callable, Collection, Mapping
     from pathlib import Path
     from typing import Any
 
@@ -217,10 +217,8 @@ _FIELDS: dict[str, tuple[type, ...]] = {
 
 def _entry(line: bytes) -> dict[str, Any] | None:
     """The entry on one line; None for a damaged line (a bit flipped, a line cut short by a crash)."""
-    import json
-
     try:
-        entry = json.loads(line.decode("utf-8"))
+        entry = _loads(line.decode("utf-8"))
     except ValueError:  # UnicodeDecodeError too
         return None
     if not isinstance(entry, dict):
@@ -232,6 +230,45 @@ def _entry(line: bytes) -> dict[str, Any] | None:
     if not all(isinstance(t, str) for t in entry.get("targets") or ()):
         return None
     return entry
+
+
+class _Decoding:
+    """What json's C scanner asks of the decoder it serves: json.loads's defaults."""
+
+    strict = True
+    object_hook = object_pairs_hook = None
+    parse_float, parse_int = float, int
+    parse_constant = {"-Infinity": float("-inf"), "Infinity": float("inf"), "NaN": float("nan")}.__getitem__
+
+
+_scanner: list[Callable[[str, int], tuple[Any, int]]] = []  # json's C scanner, made on first use
+
+
+def _loads(text: str) -> Any:
+    """`json.loads(text)`, by json's C scanner alone: every build with work
+    reads the history's last lines, and `json` itself (its decoder, encoder
+    and scanner in Python) costs about 1 ms to import.  ValueError if `text`
+    is not one JSON value (json's own, once a line is damaged)."""
+    if not _scanner:
+        try:
+            from _json import make_scanner
+        except ImportError:  # pragma: no cover - CPython has the accelerator
+            import json
+
+            return json.loads(text)
+        _scanner.append(make_scanner(_Decoding()))  # type: ignore[arg-type]  # (typeshed: a json decoder)
+    blank = " \t\n\r"  # (json's whitespace)
+    try:
+        value, end = _scanner[0](text, len(text) - len(text.lstrip(blank)))
+    except StopIteration:
+        raise ValueError("expecting a value") from None
+    except SystemError:  # (3.11's scanner reports a damaged line through json.decoder, if imported)
+        import json
+
+        return json.loads(text)
+    if text[end:].strip(blank):
+        raise ValueError("extra data")
+    return value
 
 
 def durations(state_dir: Path, wanted: Collection[str], limit: int = RECENT) -> tuple[dict[str, float], int]:

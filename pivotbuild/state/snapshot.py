@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import os
 import stat
-from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
 from pathlib import Path
 
 from pivotbuild import globs
@@ -20,7 +18,7 @@ from pivotbuild.structs import struct
 
 TYPE_CHECKING = False  # (not typing's: kept off the no-op fast path's imports)
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Iterable, Mapping
 
 
 @struct(frozen=True, slots=True)
@@ -41,18 +39,26 @@ def _not_json(obj: object) -> object:
 
 
 # One C encoder made once, with json.dumps's defaults (the same text:
-# fingerprints hash it), instead of an encoder made per call; None on a
-# Python without the C accelerator.
-_ENCODER = (
-    c_make_encoder(None, _not_json, encode_basestring_ascii, None, ": ", ", ", False, False, True)
-    if c_make_encoder is not None
-    else None
-)
+# fingerprints and run-cache keys hash it), instead of an encoder made per
+# call; taken from json's C accelerator itself, so that a build does not
+# import `json` (its decoder and scanner: about 1 ms); None on a Python
+# without it.
+_ENCODER: Callable[[object, int], Iterable[str]] | None
+try:
+    from _json import encode_basestring_ascii, make_encoder
+
+    _ENCODER = make_encoder(None, _not_json, encode_basestring_ascii, None, ": ", ", ", False, False, True)
+except ImportError:  # pragma: no cover - CPython has it
+    _ENCODER = None
 
 
-def _dumps(obj: object) -> str:
+def json_text(obj: object) -> str:
     """`json.dumps(obj)`, the same text."""
-    return json.dumps(obj) if _ENCODER is None else "".join(_ENCODER(obj, 0))
+    if _ENCODER is None:  # pragma: no cover - CPython has the accelerator
+        import json
+
+        return json.dumps(obj)
+    return "".join(_ENCODER(obj, 0))
 
 
 def file_record(root: Path, path: str, cache: StatCache) -> FileRecord:
@@ -125,7 +131,7 @@ _facets: dict[object, str] = {}  # shell or env -> its hash: most stages share b
 def _facet(value: tuple[str, ...] | tuple[tuple[str, str], ...]) -> str:
     digest = _facets.get(value)
     if digest is None:
-        digest = _facets[value] = hash_bytes(_dumps(value).encode())
+        digest = _facets[value] = hash_bytes(json_text(value).encode())
     return digest
 
 
@@ -167,14 +173,14 @@ def take(
         ("env", _facet(stage.env)),
         (
             "outs",
-            hash_bytes(_dumps([(o.path, o.is_dir, o.cache, o.persist, o.incremental) for o in stage.outs]).encode()),
+            hash_bytes(json_text([(o.path, o.is_dir, o.cache, o.persist, o.incremental) for o in stage.outs]).encode()),
         ),
     )
     if stage.py is not None:
         facets = (*facets, *py_facets(stage, root))
     params = tuple(ParamRecord(p.file, p.key, p.value_json) for p in stage.params)
     glob_sets = sorted((d.path, [m.path for m in d.matches]) for d in deps if d.kind == GLOB)
-    material = _dumps([command, facets, [(p.file, p.key, p.value_json) for p in params], glob_sets])
+    material = json_text([command, facets, [(p.file, p.key, p.value_json) for p in params], glob_sets])
     return Snapshot(
         command=command,
         facets=facets,

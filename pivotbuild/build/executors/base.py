@@ -12,9 +12,9 @@ executor with threads of its own (Dask) just puts from them.
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
+from _queue import SimpleQueue  # (what `queue.SimpleQueue` is: a build does not import `queue`)
 from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Protocol
@@ -94,7 +94,7 @@ class Inbox:
     def __init__(self, emit: Callable[[Event], None]) -> None:
         self.emit = emit
         self.poller = Poller()
-        self.queue: queue.SimpleQueue[Item] = queue.SimpleQueue()  # from other threads
+        self.queue: SimpleQueue[Item] = SimpleQueue()  # from other threads
         self._own: deque[Item] = deque()  # from the loop's thread (the one that made the inbox)
         self._loop_thread = threading.get_ident()
         self.unhandled: dict[StageId, Done] = {}

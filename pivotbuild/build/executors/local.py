@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import math
 import os
-import queue
 import stat
 import threading
+from _queue import SimpleQueue  # (what `queue.SimpleQueue` is: a build does not import `queue`)
 from collections.abc import Callable
 from pathlib import Path
 
@@ -248,7 +248,7 @@ class _Threads:
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self._work: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._work: SimpleQueue[Callable[[], None] | None] = SimpleQueue()
         self._lock = threading.Lock()
         self._idle = 0
         self._threads = 0
