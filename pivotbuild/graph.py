@@ -21,7 +21,6 @@ import fnmatch
 import heapq
 import posixpath
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING
 
 from pivotbuild.errors import Diagnostic, GraphError, Location, TargetError
 from pivotbuild.globs import glob_regex, may_match_under
@@ -31,6 +30,7 @@ from pivotbuild.structs import struct
 from pivotbuild.suggest import close_matches
 from pivotbuild.targets import closure, name_table, named
 
+TYPE_CHECKING = False  # (not typing's: a build does not import typing)
 if TYPE_CHECKING:
     import networkx as nx
 

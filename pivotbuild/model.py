@@ -8,9 +8,9 @@ directory plus its name, so stages of several pipelines can share one graph.
 from __future__ import annotations
 
 import posixpath
+from collections import namedtuple
 from collections.abc import Sequence
 from enum import Enum
-from typing import NamedTuple
 
 from pivotbuild.errors import Location
 from pivotbuild.state.stamps import Source
@@ -23,15 +23,26 @@ _SAFE_OR_SPACE = _SAFE | {" "}  # (safe paths, joined by spaces)
 DEFAULT_SHELL = ("/bin/sh", "-e")
 
 
-class StageId(NamedTuple):
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import NamedTuple
+
+    class _StageId(NamedTuple):
+        pipeline: str
+        name: str
+
+else:  # (typing's NamedTuple makes the same: a build does not import typing, 2 to 3 ms)
+    _StageId = namedtuple("StageId", ("pipeline", "name"))
+
+
+class StageId(_StageId):
     """(pipeline directory relative to the root, "" for the root; stage name).
 
     A named tuple rather than a dataclass: ids key every map of the scheduler,
     and a tuple hashes and compares in C (a 1,000-stage build hashes ids
     about 270,000 times)."""
 
-    pipeline: str
-    name: str
+    __slots__ = ()
 
     def label(self, current: str = "") -> str:
         """The name as typed on the command line from pipeline `current`: `train`, or `sub:train`."""

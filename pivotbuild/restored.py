@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, ItemsView, Iterable, Iterator, KeysView, Sequence, ValuesView
-from typing import overload
 
 from pivotbuild.model import Stage, StageId
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import overload
 
 
 class Restored:
@@ -140,10 +143,13 @@ class StagesOf(Sequence[Stage]):
     def __len__(self) -> int:
         return len(self._ids)
 
-    @overload
-    def __getitem__(self, i: int) -> Stage: ...
-    @overload
-    def __getitem__(self, i: slice) -> tuple[Stage, ...]: ...
+    if TYPE_CHECKING:  # (typing's overloads, for the type checker only: a build does not import typing)
+
+        @overload
+        def __getitem__(self, i: int) -> Stage: ...
+        @overload
+        def __getitem__(self, i: slice) -> tuple[Stage, ...]: ...
+
     def __getitem__(self, i: int | slice) -> Stage | tuple[Stage, ...]:
         if isinstance(i, slice):
             return tuple([self._stages[sid] for sid in self._ids[i]])

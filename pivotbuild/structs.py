@@ -24,9 +24,16 @@ from __future__ import annotations
 import operator
 from collections.abc import Callable
 from types import MemberDescriptorType
-from typing import Any, TypeVar, dataclass_transform, overload
 
-T = TypeVar("T")
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, TypeVar, dataclass_transform, overload
+
+    T = TypeVar("T")
+else:  # (typing's decorator only describes, to the type checker: a build does not import typing, 2 to 3 ms)
+
+    def dataclass_transform(**_: object) -> object:
+        return lambda f: f
 
 
 class _Missing:
@@ -58,12 +65,16 @@ class Field:
         return f"Field({self.name!r})"
 
 
-@overload
-def field(*, default: T, compare: bool = True, repr: bool = True) -> T: ...
-@overload
-def field(*, default_factory: Callable[[], T], compare: bool = True, repr: bool = True) -> T: ...
-@overload
-def field(*, compare: bool = True, repr: bool = True) -> Any: ...
+if TYPE_CHECKING:
+
+    @overload
+    def field(*, default: T, compare: bool = True, repr: bool = True) -> T: ...
+    @overload
+    def field(*, default_factory: Callable[[], T], compare: bool = True, repr: bool = True) -> T: ...
+    @overload
+    def field(*, compare: bool = True, repr: bool = True) -> Any: ...
+
+
 def field(
     *,
     default: Any = MISSING,
@@ -77,10 +88,14 @@ def field(
     return Field(default, default_factory, compare, repr)
 
 
-@overload
-def struct(cls: type[T], /) -> type[T]: ...
-@overload
-def struct(*, frozen: bool = False, slots: bool = False, eq: bool = True) -> Callable[[type[T]], type[T]]: ...
+if TYPE_CHECKING:
+
+    @overload
+    def struct(cls: type[T], /) -> type[T]: ...
+    @overload
+    def struct(*, frozen: bool = False, slots: bool = False, eq: bool = True) -> Callable[[type[T]], type[T]]: ...
+
+
 @dataclass_transform(field_specifiers=(field, Field))
 def struct(
     cls: type[T] | None = None, /, *, frozen: bool = False, slots: bool = False, eq: bool = True

@@ -18,10 +18,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import Protocol
 
 from pivotbuild.model import Stage, StageId
 from pivotbuild.structs import field, struct
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Protocol
+else:
+    Protocol = object  # (typing's only describes; a build does not import typing: 2 to 3 ms)
 
 
 class JobServer(Protocol):
@@ -33,11 +38,9 @@ class JobServer(Protocol):
     def release(self, n: int) -> None: ...
     def available(self) -> int:
         """Tokens free now (a lower bound is fine: 0 only when none can be had)."""
-        ...
 
     def close(self) -> None:
         """The build is over: every token read is given back."""
-        ...
 
     # Optional: `settle()`, called as the build loop is about to wait and as
     # it ends: tokens its ended stages left for a next start that did not

@@ -32,14 +32,13 @@ and, from `status` only, for a stage that is up to date:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from pivotbuild.state import snapshot
 from pivotbuild.state.kinds import ABSENT, GLOB
 from pivotbuild.state.records import FileRecord, StageRecord
 from pivotbuild.state.snapshot import PY, Snapshot
 from pivotbuild.structs import struct
 
+TYPE_CHECKING = False  # (not typing's: a build does not import typing)
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 

@@ -17,7 +17,6 @@ import os
 import threading
 from collections.abc import Callable, Collection, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
 
 from pivotbuild.build.admission import Admission, JobServer, TokenPool
 from pivotbuild.build.cancel import CancelToken
@@ -51,8 +50,13 @@ from pivotbuild.state.seal import Seal
 from pivotbuild.state.store import StateStore
 from pivotbuild.structs import replace, struct
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Protocol
+
     from pivotbuild.build.watchset import WatchSet
+else:
+    Protocol = object  # (typing's only describes; a build does not import typing: 2 to 3 ms)
 
 
 @struct(frozen=True, slots=True, eq=False)  # handed over, never compared (see events.py)

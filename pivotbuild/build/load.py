@@ -9,12 +9,12 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from pivotbuild import paths
 from pivotbuild.project import LoadOptions, Project, load_project, main_file_of
 from pivotbuild.structs import replace
 
+TYPE_CHECKING = False  # (not typing's: a build does not import typing)
 if TYPE_CHECKING:
     from pivotbuild.graph import BuildGraph
     from pivotbuild.state import plan

@@ -8,7 +8,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from pivotbuild import paths
 from pivotbuild.build.load import load_compiled
@@ -20,6 +19,7 @@ from pivotbuild.project import LoadOptions, Project, all_pivotfiles
 from pivotbuild.state.stamps import Source, read_source
 from pivotbuild.structs import replace, struct
 
+TYPE_CHECKING = False  # (not typing's: a build does not import typing)
 if TYPE_CHECKING:
     from pivotbuild.build.watchset import WatchSet
 

@@ -17,10 +17,10 @@ messages and exit statuses (errors go through cli/command.py's
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from pivotbuild.cli.buildargs import to_options
 
+TYPE_CHECKING = False  # (not typing's: a build does not import typing)
 if TYPE_CHECKING:
     from pivotbuild.build.engine import Engine, Preloaded
     from pivotbuild.build.fastpath import Checked

@@ -7,21 +7,24 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import TYPE_CHECKING, TypeVar
 
 from pivotbuild import paths
 from pivotbuild.pivotfile.expand import Expander, Failed, Scope
 from pivotbuild.pivotfile.syntax import NAME_RE, Field
 from pivotbuild.pivotfile.units import parse_duration, parse_size
 
+TYPE_CHECKING = False  # (not typing's: a build does not import typing)
 if TYPE_CHECKING:
+    from typing import TypeVar
+
     from pivotbuild.pivotfile.compiler import CompileOptions
     from pivotbuild.pivotfile.syntax import Pos
+
+    _T = TypeVar("_T")
 
 _ENV_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _PY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*")
 BOOLS = {"yes": True, "true": True, "on": True, "1": True, "no": False, "false": False, "off": False, "0": False}
-_T = TypeVar("_T")
 
 
 class ScalarFields:

@@ -7,12 +7,15 @@ import datetime
 import json
 import re
 from pathlib import Path
-from typing import Any
 
 from pivotbuild.errors import Diagnostic, Location
 from pivotbuild.state.stamps import Source, read_source
 from pivotbuild.structs import struct
 from pivotbuild.suggest import did_you_mean
+
+TYPE_CHECKING = False  # (not typing's: a build does not import typing)
+if TYPE_CHECKING:
+    from typing import Any
 
 DEFAULT_FILES = ("params.toml", "params.json")
 _SUFFIXES = (".toml", ".json", ".yaml", ".yml")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from pivotbuild.errors import Diagnostic, Location, PivotfileError
 from pivotbuild.pivotfile import lalr
@@ -35,7 +34,10 @@ from pivotbuild.pivotfile.syntax import (
 )
 from pivotbuild.suggest import did_you_mean
 
+TYPE_CHECKING = False  # (not typing's: a build does not import typing)
 if TYPE_CHECKING:
+    from typing import Any
+
     from lark import Lark, UnexpectedInput
 
 GRAMMAR_NAME = "pivotfile.lark"

@@ -3,8 +3,6 @@ lines prefixed with its name, failures with their last lines, then the summary."
 
 from __future__ import annotations
 
-from typing import TextIO
-
 from pivotbuild.events import (
     BuildFinished,
     BuildStarted,
@@ -18,6 +16,10 @@ from pivotbuild.events import (
     Watching,
 )
 from pivotbuild.report.summary import summary_line
+
+TYPE_CHECKING = False  # (not typing's: a build does not import typing)
+if TYPE_CHECKING:
+    from typing import TextIO
 
 
 def watching_line(files: int) -> str:

@@ -30,9 +30,12 @@ interleaved, bytecode compiled:
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
 
 from pivotbuild.state.records import FileRecord, LockData, ParamRecord, StageRecord
+
+TYPE_CHECKING = False  # (not typing's: a build does not import typing)
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def file_obj(r: FileRecord) -> dict[str, Any]:

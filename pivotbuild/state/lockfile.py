@@ -21,7 +21,6 @@ a longer form, say, keeps its bytes until its stage is recorded again.)
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import msgpack
 
@@ -30,6 +29,10 @@ from pivotbuild.state import codec, framing
 from pivotbuild.state.files import write_atomic
 from pivotbuild.state.hashing import hash_bytes
 from pivotbuild.state.records import LockData, StageRecord
+
+TYPE_CHECKING = False  # (not typing's: a build does not import typing)
+if TYPE_CHECKING:
+    from typing import Any
 
 MAGIC = b"\x89PIV\r\n\x1a\n"
 VERSION = 1

@@ -19,7 +19,6 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 from pivotbuild.build.executors.lifeline import VARIABLE, Lifeline
 from pivotbuild.build.executors.poller import Poller
@@ -28,6 +27,8 @@ from pivotbuild.structs import struct
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from pivotbuild.build.executors.pystages import PyCall
 
 TAIL_LINES = 20

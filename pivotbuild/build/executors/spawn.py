@@ -45,13 +45,15 @@ import signal
 import threading
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Protocol
 
 from pivotbuild.build.executors.plaincommand import PlainCommands
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import subprocess
+    from typing import Protocol
+else:
+    Protocol = object  # (typing's only describes; a build does not import typing: 2 to 3 ms)
 
 _DEFAULTS = tuple(getattr(signal, name) for name in ("SIGPIPE", "SIGXFSZ") if hasattr(signal, name))
 
