@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import stat
 
 TYPE_CHECKING = False  # not typing's: the no-op fast path does not import typing
 if TYPE_CHECKING:
@@ -115,10 +116,16 @@ def escapes_via_symlink(root: Path, path: str) -> bool:
     """True if an existing directory on the way to `path` is a symlink leading
     outside the root (the output would be written outside the project)."""
     real_root = _realpath(str(root))
-    full = os.path.join(root, path)
-    parent, name = os.path.split(full)
-    # Directories resolved once per compile (outputs share a few), the last part per path.
-    real = os.path.realpath(full) if os.path.islink(full) else os.path.join(_realpath(parent), name)
+    full = joined(root, path)
+    try:
+        link = stat.S_ISLNK(os.lstat(full).st_mode)
+    except OSError:  # (most outputs of a first build: none there yet)
+        link = False
+    if link:
+        real = os.path.realpath(full)
+    else:  # directories resolved once per compile (outputs share a few), the last part per path
+        parent, name = os.path.split(full)
+        real = os.path.join(_realpath(parent), name)
     return not (real == real_root or real.startswith(real_root + os.sep))
 
 
