@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ from helpers import HANG_GUARD_S, wait_until
 from test_makejobs import TIMED, most_at_once, timed_stages, tokens_left
 
 from pivotbuild.build.makejobs import stage_makeflags
-from pivotbuild.build.sharedpool import SharedPool
+from pivotbuild.build.sharedpool import SharedPool, _own_directory
 
 NINJA = str(Path(sys.executable).with_name("ninja"))
 
@@ -222,18 +223,20 @@ def test_with_every_token_out_with_our_stages_the_pool_is_full_without_a_read() 
 def test_the_fifo_is_made_in_tmpdir_and_removed_however_the_build_ends(project: Project, tmp_path: Path) -> None:
     tmp = tmp_path / "tmp"
     tmp.mkdir()
+    own = tmp / f"pivotbuild-{os.getuid()}"  # (the user's own directory there: 0700)
     env = {**os.environ, "TMPDIR": str(tmp)}
     env.pop("MAKEFLAGS", None)
     project.pivotfile(
-        "stage ok:\n    outs: a.txt\n    run: ls $TMPDIR > a.txt\n\n"
+        f"stage ok:\n    outs: a.txt\n    run: ls {own} > a.txt\n\n"
         "stage bad:\n    deps: a.txt\n    outs: b.txt\n    run: exit 3\n\n"
         "stage hang:\n    deps: b.txt\n    outs: c.txt\n    run: exec sleep 30\n"
     )
     assert build(project, "ok", env=env).returncode == 0
     assert (project.root / "a.txt").read_text().startswith("pivotbuild-jobs-")  # the pool, while it ran
-    assert os.listdir(tmp) == []
+    assert os.listdir(tmp) == [own.name] and os.listdir(own) == []
+    assert stat.S_IMODE(own.stat().st_mode) == 0o700
     assert build(project, "bad", env=env).returncode == 1
-    assert os.listdir(tmp) == []
+    assert os.listdir(own) == []
     project.pivotfile("stage hang:\n    outs: c.txt\n    run: touch started; exec sleep 30\n")
     proc = subprocess.Popen(
         [*PIVOTBUILD, "-s"], cwd=project.root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -246,7 +249,7 @@ def test_the_fifo_is_made_in_tmpdir_and_removed_however_the_build_ends(project: 
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert os.listdir(tmp) == []
+    assert os.listdir(own) == []
 
 
 def test_a_j_larger_than_a_pipe_holds_builds(project: Project) -> None:
@@ -264,10 +267,11 @@ def test_a_j_larger_than_a_pipe_holds_builds(project: Project) -> None:
 
 def test_sighup_ends_the_build_as_ctrl_c_does_and_stale_fifos_are_swept(project: Project, tmp_path: Path) -> None:
     tmp = tmp_path / "tmp"
-    tmp.mkdir()
-    stale = tmp / "pivotbuild-jobs-999999999-00000000"  # (above any pid_max: no such process)
+    own = tmp / f"pivotbuild-{os.getuid()}"
+    own.mkdir(mode=0o700, parents=True)
+    stale = own / "pivotbuild-jobs-999999999-00000000"  # (above any pid_max: no such process)
     os.mkfifo(stale)
-    live = tmp / f"pivotbuild-jobs-{os.getpid()}-00000000"  # (a running process's: kept)
+    live = own / f"pivotbuild-jobs-{os.getpid()}-00000000"  # (a running process's: kept)
     os.mkfifo(live)
     env = {**os.environ, "TMPDIR": str(tmp)}
     env.pop("MAKEFLAGS", None)
@@ -283,4 +287,47 @@ def test_sighup_ends_the_build_as_ctrl_c_does_and_stale_fifos_are_swept(project:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert sorted(os.listdir(tmp)) == [live.name]  # the build's own fifo removed, the stale one swept
+    assert sorted(os.listdir(own)) == [live.name]  # the build's own fifo removed, the stale one swept
+
+
+def test_the_fifos_directory_is_the_users_own_or_tmpdir_itself(tmp_path: Path) -> None:
+    # $TMPDIR/pivotbuild-UID holds this user's pools (so that sweeping a killed
+    # build's fifo lists a handful of names, not all of /tmp); made 0700 if
+    # missing, and used only while it is a directory of ours that no one else
+    # may enter: anything else there leaves the fifo in $TMPDIR itself.
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    own = tmp / f"pivotbuild-{os.getuid()}"
+    assert _own_directory(str(tmp)) == str(own)
+    assert stat.S_IMODE(own.stat().st_mode) == 0o700
+    assert _own_directory(str(tmp)) == str(own)  # (there already)
+    own.chmod(0o755)
+    assert _own_directory(str(tmp)) == str(tmp)
+    own.rmdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir(mode=0o700)
+    own.symlink_to(elsewhere)
+    assert _own_directory(str(tmp)) == str(tmp)
+    own.unlink()
+    own.write_text("a file")
+    assert _own_directory(str(tmp)) == str(tmp)
+    own.unlink()
+    if os.getuid() == 0:  # (only root can hand a directory to another user)
+        own.mkdir(mode=0o700)
+        os.chown(own, 4242, -1)
+        assert _own_directory(str(tmp)) == str(tmp)
+    assert _own_directory(str(tmp_path / "missing")) == str(tmp_path / "missing")
+
+
+def test_a_build_whose_fifos_directory_is_not_its_own_uses_tmpdir(project: Project, tmp_path: Path) -> None:
+    tmp = tmp_path / "tmp"
+    own = tmp / f"pivotbuild-{os.getuid()}"
+    own.mkdir(parents=True, mode=0o777)
+    own.chmod(0o777)  # (open to everyone: not for the build's pipes)
+    env = {**os.environ, "TMPDIR": str(tmp)}
+    env.pop("MAKEFLAGS", None)
+    project.pivotfile(f"stage ok:\n    outs: a.txt\n    run: ls {tmp} > a.txt\n")
+    assert build(project, "ok", env=env).returncode == 0
+    listed = (project.root / "a.txt").read_text().split()
+    assert own.name in listed and any(n.startswith("pivotbuild-jobs-") for n in listed)
+    assert os.listdir(own) == [] and sorted(os.listdir(tmp)) == [own.name]

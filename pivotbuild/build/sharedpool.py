@@ -11,11 +11,12 @@ or on a token read from the pool, and writes it back when it ends), and
 each stage borrows from it through the MAKEFLAGS and descriptors
 `for_stage` gives it.
 
-The pipe is a named one (a fifo, 0600, in $TMPDIR, removed when the build
-ends), so that fifo clients (make 4.4, ninja) can open it by its path while
-make 4.3 reads the descriptors the stage inherits; where no fifo can be
-made, an anonymous pipe, announced as descriptors alone.  It is made when
-the first stage starts: a build that runs nothing makes none.
+The pipe is a named one (a fifo, 0600, in `$TMPDIR/pivotbuild-UID`, a
+directory of the user's own, removed when the build ends), so that fifo
+clients (make 4.4, ninja) can open it by its path while make 4.3 reads the
+descriptors the stage inherits; where no fifo can be made, an anonymous
+pipe, announced as descriptors alone.  It is made when the first stage
+starts: a build that runs nothing makes none.
 
 When none of our stages runs, no token can be out: a `make` killed with its
 tokens (SIGKILL, a timeout) cannot give them back, so the pool is counted
@@ -126,9 +127,10 @@ class SharedPool(MakeJobServer):
 
 
 def _fifo() -> tuple[str, int, int]:
-    """A new fifo in $TMPDIR (or /tmp), opened: its path, a non-blocking read
-    end and a write end (ours: the stages get descriptions of their own)."""
-    directory = os.path.abspath(os.environ.get("TMPDIR") or "/tmp")  # (stages run in other directories)
+    """A new fifo in our own directory of $TMPDIR (or /tmp), opened: its path,
+    a non-blocking read end and a write end (ours: the stages get
+    descriptions of their own)."""
+    directory = _own_directory(os.path.abspath(os.environ.get("TMPDIR") or "/tmp"))  # (stages run elsewhere)
     _sweep(directory)
     for _ in range(10):
         path = os.path.join(directory, f"{_PREFIX}{os.getpid()}-{os.urandom(4).hex()}")
@@ -148,6 +150,26 @@ def _fifo() -> tuple[str, int, int]:
             raise
         return path, read_fd, write_fd
     raise FileExistsError(f"no free name for a fifo in {directory}")
+
+
+def _own_directory(tmp: str) -> str:
+    """`tmp`'s `pivotbuild-UID`, made if missing: a directory only this user
+    may enter (mode 0700, ours, not a symlink), which holds the fifos of
+    this user's builds alone, so that finding the ones a killed build left
+    lists a handful of names, not every file of a shared /tmp (0.5 ms for
+    1,300 of them here, and more as it fills).  `tmp` itself where no such
+    directory can be had, or the one there is not ours alone."""
+    uid = os.getuid()
+    own = os.path.join(tmp, f"pivotbuild-{uid}")
+    with contextlib.suppress(OSError):  # (there already, most builds)
+        os.mkdir(own, 0o700)
+    try:
+        st = os.lstat(own)
+    except OSError:
+        return tmp
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != uid or st.st_mode & 0o077:
+        return tmp  # (a link, a file, another user's, or open to others: not for our pipes)
+    return own
 
 
 _swept: set[str] = set()  # the directories swept by this process
