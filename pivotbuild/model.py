@@ -97,6 +97,10 @@ class AutoVar(Enum):
     FIRST_DEP = "<"
     ALL_DEPS = "^"
 
+    # Hashed by identity, in C, as `events.Status` is (Enum's own hashes the
+    # name in Python: a compiled plan numbers each script's variables by them).
+    __hash__ = object.__hash__
+
 
 _OUTS, _FIRST_DEP = AutoVar.OUTS, AutoVar.FIRST_DEP  # (looked up once: render_command runs per stage)
 
