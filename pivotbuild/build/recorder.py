@@ -13,7 +13,7 @@ import os
 import time
 from collections.abc import Callable, Mapping, Sequence, Set
 from itertools import compress, repeat
-from operator import is_not
+from operator import attrgetter, is_not
 
 from pivotbuild.build.decider import UNCACHEABLE
 from pivotbuild.build.executors.base import Inbox, Job
@@ -48,6 +48,9 @@ class Outcome:
     sealed: frozenset[StageId]  # up to date by the seal alone, never hashed
 
 
+_incremental, _cache = attrgetter("incremental"), attrgetter("cache")  # (in C: a stage's outputs, per stage)
+
+
 def store_hints(
     seen: Sequence[tuple[str, os.stat_result, str]], now_ns: int, proven: Set[str] = frozenset()
 ) -> tuple[bool, float]:
@@ -56,8 +59,12 @@ def store_hints(
     them): whether all are at most SMALL bytes, and the seconds from `now_ns`
     until all but the `proven` ones (whose stamps need no wait) are past
     their racy window (0: already, or too long to wait)."""
-    small = all(st.st_size <= SMALL for _, st, _ in seen)
-    wait = max((racy_wait_ns(st, now_ns) for path, st, _ in seen if path not in proven), default=0)
+    small, wait = True, 0  # (one loop, no generator: a stage's one or two files)
+    for path, st, _ in seen:
+        if st.st_size > SMALL:
+            small = False
+        if path not in proven:
+            wait = max(wait, racy_wait_ns(st, now_ns))
     return small, wait / 1e9
 
 
@@ -155,7 +162,7 @@ class Recorder:
 
     def job(self, stage: Stage, snap: Snapshot | None, label: str, reason: str) -> Job:
         """The job that runs `stage`, which starts now: its incremental outputs are put back first."""
-        if any(out.incremental for out in stage.outs):  # (most stages have none: no record to look up)
+        if any(map(_incremental, stage.outs)):  # (most stages have none: no record to look up)
             self.outputs.restore_incremental(stage, self.store.record(stage))
         checkout = stage.id not in self.remote_only
         recorded = None
@@ -357,7 +364,7 @@ def _cached(
     stage: Stage, root: str | os.PathLike[str], seen: tuple[tuple[str, os.stat_result, str], ...]
 ) -> tuple[tuple[str, os.stat_result, str], ...]:
     """Of the files `seen`, those of the stage's cached outputs: the objects it counts on."""
-    if all(out.cache for out in stage.outs):
+    if all(map(_cache, stage.outs)):
         return seen
     bases = tuple(joined(root, out.path) for out in stage.outs if not out.cache)
     inside = tuple(base + os.sep for base in bases)

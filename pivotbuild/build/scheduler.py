@@ -72,7 +72,11 @@ class Scheduler:
         """The `key` of the first stage `sid`'s end makes ready (infinity if
         none): a stage waiting with a key above it would go after that one."""
         status, waiting, priority = self.status, self.waiting, self.priority
-        return min((-priority[d] for d in self.next[sid] if waiting[d] == 1 and d not in status), default=math.inf)
+        first = math.inf
+        for d in self.next[sid]:  # (a loop, not a generator: this runs as each stage ends)
+            if waiting[d] == 1 and d not in status and -priority[d] < first:
+                first = -priority[d]
+        return first
 
     def finish(self, sid: StageId, status: Status) -> None:
         """`sid` is done; if it succeeded, the stages waiting only for it become ready."""

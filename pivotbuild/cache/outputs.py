@@ -14,6 +14,7 @@ import os
 import stat
 import time
 from collections.abc import Callable, Iterable, Mapping
+from operator import attrgetter
 from pathlib import Path
 from types import MappingProxyType
 
@@ -39,6 +40,8 @@ from pivotbuild.state.snapshot import Snapshot
 from pivotbuild.state.stamps import Stamp, hash_proving, is_racy, racy_wait_ns, read_proves, read_proving, stamp
 from pivotbuild.state.statcache import StatCache, StatEntry
 from pivotbuild.structs import struct
+
+_cache = attrgetter("cache")  # (in C: whether each output of a stage is cached, per stage)
 
 CACHE_DIR = "cache"
 
@@ -177,7 +180,7 @@ class OutputCache:
         reads = _Reads(defer, self.mode.copies)
         if stats is None:
             stats = output_stats(self.root, stage)
-        missing = tuple(o.path for o, st in zip(stage.outs, stats, strict=True) if st is None)
+        missing = tuple(o.path for o, st in zip(stage.outs, stats, strict=True) if st is None) if None in stats else ()
         if missing:
             return Captured(tuple(FileRecord(o.path, ABSENT, "") for o in stage.outs), (), missing, stored=False)
         outs: list[FileRecord] = []
@@ -351,7 +354,7 @@ class OutputCache:
     def restore(self, stage: Stage, snap: Snapshot, record: StageRecord | None) -> tuple[FileRecord, ...] | None:
         """Check out the outputs this stage made from these same inputs before, if
         the cache holds them all; returns their records, or None (the stage runs)."""
-        if not stage.outs or not all(o.cache for o in stage.outs):
+        if not stage.outs or not all(map(_cache, stage.outs)):
             return None
         outs = self._newest(stage, snap, record)
         if outs is None:

@@ -39,7 +39,8 @@ if TYPE_CHECKING:
 
 
 def file_obj(r: FileRecord) -> dict[str, Any]:
-    obj: dict[str, Any] = {"path": r.path, "kind": r.kind, "hash": r.hash, "matches": [file_obj(m) for m in r.matches]}
+    matches = [file_obj(m) for m in r.matches] if r.matches else []  # (a glob's; a file has none)
+    obj: dict[str, Any] = {"path": r.path, "kind": r.kind, "hash": r.hash, "matches": matches}
     if r.executable:  # only then: records written before the field existed keep their bytes
         obj["exec"] = True
     return obj
@@ -52,8 +53,8 @@ def record_obj(r: StageRecord) -> dict[str, Any]:
         "command": r.command,
         "deps": [file_obj(d) for d in r.deps],
         "outs": [file_obj(o) for o in r.outs],
-        "params": [{"file": p.file, "key": p.key, "value_json": p.value_json} for p in r.params],
-        "facets": [[k, v] for k, v in r.facets],
+        "params": [{"file": p.file, "key": p.key, "value_json": p.value_json} for p in r.params] if r.params else [],
+        "facets": list(map(list, r.facets)),
     }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+from operator import attrgetter
 from pathlib import Path
 
 from pivotbuild import globs
@@ -32,6 +33,9 @@ class Snapshot:
     outs: tuple[FileRecord, ...]  # () when taken without them (`take`)
     fingerprint: str
     expanded_deps: tuple[str, ...]  # deps with globs replaced by their matches
+
+
+_kind = attrgetter("kind")
 
 
 def _not_json(obj: object) -> object:
@@ -178,9 +182,12 @@ def take(
     )
     if stage.py is not None:
         facets = (*facets, *py_facets(stage, root))
-    params = tuple(ParamRecord(p.file, p.key, p.value_json) for p in stage.params)
-    glob_sets = sorted((d.path, [m.path for m in d.matches]) for d in deps if d.kind == GLOB)
-    material = json_text([command, facets, [(p.file, p.key, p.value_json) for p in params], glob_sets])
+    # (Most stages have no params and no globs: no comprehension is run for them.)
+    params = tuple([ParamRecord(p.file, p.key, p.value_json) for p in stage.params]) if stage.params else ()
+    globbed = GLOB in map(_kind, deps)
+    glob_sets = sorted([(d.path, [m.path for m in d.matches]) for d in deps if d.kind == GLOB]) if globbed else []
+    listed = [(p.file, p.key, p.value_json) for p in params] if params else []
+    material = json_text([command, facets, listed, glob_sets])
     return Snapshot(
         command=command,
         facets=facets,
