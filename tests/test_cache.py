@@ -1002,6 +1002,33 @@ def test_run_cache_misses_open_no_entry_and_hits_see_this_builds_records(
     assert runs_.lookup(StageId("", "s7"), "fp", deps) == outs  # and one this build recorded
 
 
+def test_an_empty_run_cache_answers_a_first_builds_lookups_from_one_listing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A project's first build: the run cache holds nothing, so a lookup lists
+    # runs/ once and hashes nothing (not even the stage's name); an entry this
+    # build records is still found, and so is one another build put there.
+    from pivotbuild.cache import runcache
+    from pivotbuild.cache.runcache import RunCache
+    from pivotbuild.model import StageId
+    from pivotbuild.state.records import FileRecord
+
+    deps = (FileRecord("in.txt", "file", "a" * 32),)
+    outs = (FileRecord("out.txt", "file", "b" * 32),)
+    keyed: list[StageId] = []
+    real_key = runcache.stage_key
+    monkeypatch.setattr(runcache, "stage_key", lambda sid: (keyed.append(sid), real_key(sid))[1])
+    listed: list[str] = []
+    real_listdir = runcache.os.listdir
+    monkeypatch.setattr(runcache.os, "listdir", lambda path: (listed.append(str(path)), real_listdir(path))[1])
+    first = RunCache(tmp_path)
+    assert all(first.lookup(StageId("", f"s{i}"), "fp", deps) is None for i in range(50))
+    assert keyed == [] and len(listed) == 1
+    first.record(StageId("", "s7"), "fp", deps, outs)
+    assert first.lookup(StageId("", "s7"), "fp", deps) == outs
+    assert RunCache(tmp_path).lookup(StageId("", "s7"), "fp", deps) == outs  # (the next build)
+
+
 def test_recording_a_run_twice_keeps_one_whole_entry(tmp_path: Path) -> None:
     from pivotbuild.cache.runcache import RunCache
     from pivotbuild.cache.runlog import read_log

@@ -121,22 +121,28 @@ class RunCache:
             names = self._listed.get(shard)
             if names is not None:
                 return names
-            if self._shards is None:
-                try:
-                    self._shards = set(os.listdir(self._runs))
-                except OSError:  # none yet (or unreadable: then every lookup misses, as before)
-                    self._shards = set()
+            shards = self._runs_listed()
             names = set()
-            if shard in self._shards:
+            if shard in shards:
                 with contextlib.suppress(OSError):
                     names = set(os.listdir(f"{self._runs}/{shard}"))
             logged: dict[str, bytes] = {}
-            if f"{shard}.log" in self._shards:
+            if f"{shard}.log" in shards:
                 logged = self._read_log(shard)
             self._keyed[shard] = {n.partition("-")[0] for n in (*names, *logged)}
             self._logged[shard] = logged
             self._listed[shard] = names  # (last: the check above reads it without the lock)
             return names
+
+    def _runs_listed(self) -> set[str]:
+        """The names under runs/, listed once."""
+        with self._lock:
+            if self._shards is None:
+                try:
+                    self._shards = set(os.listdir(self._runs))
+                except OSError:  # none yet (or unreadable: then every lookup misses, as before)
+                    self._shards = set()
+            return self._shards
 
     def _read_log(self, shard: str) -> dict[str, bytes]:
         path = self._log(shard)
@@ -179,7 +185,10 @@ class RunCache:
         """The outputs recorded for exactly these inputs, if any.  A damaged
         entry is reported and removed (so it is reported once).  A stage
         with no entry at all (every stage of a first build) costs a hash of
-        its name, not of its inputs."""
+        its name, not of its inputs; where the run cache holds nothing at all
+        (a project's first build), not even that."""
+        if not self._made and not (self._shards if self._shards is not None else self._runs_listed()):
+            return None
         skey = stage_key(sid)
         shard = skey[:2]
         names = self._listing(shard)
