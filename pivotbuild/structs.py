@@ -28,9 +28,14 @@ from types import MemberDescriptorType
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, TypeVar, dataclass_transform, overload
+    from typing import Protocol as Protocol  # noqa: PLC0414 (re-exported, for mypy: see below)
 
     T = TypeVar("T")
-else:  # (typing's decorator only describes, to the type checker: a build does not import typing, 2 to 3 ms)
+else:
+    # typing's decorator and base class only describe, to the type checker, and
+    # a build does not import typing (2 to 3 ms): the modules that define
+    # Protocols take `Protocol` from here.
+    Protocol = object
 
     def dataclass_transform(**_: object) -> object:
         return lambda f: f

@@ -136,13 +136,16 @@ class RunCache:
 
     def _runs_listed(self) -> set[str]:
         """The names under runs/, listed once."""
-        with self._lock:
-            if self._shards is None:
-                try:
-                    self._shards = set(os.listdir(self._runs))
-                except OSError:  # none yet (or unreadable: then every lookup misses, as before)
-                    self._shards = set()
-            return self._shards
+        shards = self._shards
+        if shards is None:
+            with self._lock:
+                if self._shards is None:
+                    try:
+                        self._shards = set(os.listdir(self._runs))
+                    except OSError:  # none yet (or unreadable: then every lookup misses, as before)
+                        self._shards = set()
+                shards = self._shards
+        return shards
 
     def _read_log(self, shard: str) -> dict[str, bytes]:
         path = self._log(shard)
@@ -187,7 +190,7 @@ class RunCache:
         with no entry at all (every stage of a first build) costs a hash of
         its name, not of its inputs; where the run cache holds nothing at all
         (a project's first build), not even that."""
-        if not self._made and not (self._shards if self._shards is not None else self._runs_listed()):
+        if not self._made and not self._runs_listed():
             return None
         skey = stage_key(sid)
         shard = skey[:2]

@@ -232,15 +232,6 @@ def _entry(line: bytes) -> dict[str, Any] | None:
     return entry
 
 
-class _Decoding:
-    """What json's C scanner asks of the decoder it serves: json.loads's defaults."""
-
-    strict = True
-    object_hook = object_pairs_hook = None
-    parse_float, parse_int = float, int
-    parse_constant = {"-Infinity": float("-inf"), "Infinity": float("inf"), "NaN": float("nan")}.__getitem__
-
-
 _scanner: list[Callable[[str, int], tuple[Any, int]]] = []  # json's C scanner, made on first use
 
 
@@ -256,7 +247,19 @@ def _loads(text: str) -> Any:
             import json
 
             return json.loads(text)
-        _scanner.append(make_scanner(_Decoding()))  # type: ignore[arg-type]  # (typeshed: a json decoder)
+        from types import SimpleNamespace
+
+        # What the scanner asks of the decoder it serves: json.loads's defaults.
+        constants = {"-Infinity": float("-inf"), "Infinity": float("inf"), "NaN": float("nan")}
+        decoding = SimpleNamespace(
+            strict=True,
+            object_hook=None,
+            object_pairs_hook=None,
+            parse_float=float,
+            parse_int=int,
+            parse_constant=constants.__getitem__,
+        )
+        _scanner.append(make_scanner(decoding))  # type: ignore[arg-type]  # (typeshed: a json decoder)
     blank = " \t\n\r"  # (json's whitespace)
     try:
         value, end = _scanner[0](text, len(text) - len(text.lstrip(blank)))
