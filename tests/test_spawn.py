@@ -11,7 +11,7 @@ import pytest
 from conftest import Project
 
 from pivotbuild.build.executors.plaincommand import PlainCommands
-from pivotbuild.build.executors.spawn import Child, Starter
+from pivotbuild.build.executors.spawn import Child, Starter, devnull
 
 # What a stage could notice of how it was started: its signals ignored, its
 # session and group (its own), its directory, its environment, its descriptors.
@@ -240,9 +240,25 @@ def test_stdout_is_unused_only_by_one_plain_command_sending_it_to_a_file(
     monkeypatch.chdir(tmp_path)
     (tmp_path / "link-to-stdout").symlink_to("/dev/stdout")
     starter = Starter()
-    assert starter.stdout_unused(("/bin/sh", "-e", "-c", script), tmp_path) is unused
-    assert starter.stdout_unused(("/bin/bash", "-e", "-c", script), tmp_path) is False
-    assert starter.stdout_unused(("/bin/sh", "-e", "-c", script), tmp_path / "elsewhere") is False
+    assert _stdout_piped(starter, ("/bin/sh", "-e", "-c", script), tmp_path) is not unused
+    assert _stdout_piped(starter, ("/bin/bash", "-e", "-c", script), tmp_path) is True
+    assert _stdout_piped(starter, ("/bin/sh", "-e", "-c", script), tmp_path / "elsewhere") is True
+
+
+def _stdout_piped(starter: Starter, argv: tuple[str, ...], cwd: Path) -> bool:
+    """Whether `starter` gives `argv`, started in `cwd`, a pipe for its stdout
+    (else /dev/null); the process it starts is waited for."""
+    cwd.mkdir(exist_ok=True)
+    err_r, err_w = os.pipe()
+    try:
+        proc, out_r = starter.begin(argv, cwd, _env(), stdin=devnull(), stderr=err_w)
+    finally:
+        os.close(err_w)
+    proc.wait()
+    os.close(err_r)
+    if out_r >= 0:
+        os.close(out_r)
+    return out_r >= 0
 
 
 def test_a_sourced_script_that_prints_at_exit_is_still_heard(project: Project) -> None:
@@ -258,12 +274,12 @@ def test_a_sourced_script_that_prints_at_exit_is_still_heard(project: Project) -
 def test_the_redirect_checked_for_stdout_is_checked_again_for_another_script(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # The answer `sends_to_file` leaves for `direct` is bound to its script:
-    # another script naming the same file is checked afresh.
+    # What `plain` found for one script is not kept for another: another
+    # script naming the same file is checked afresh.
     monkeypatch.chdir(tmp_path)
     plain = PlainCommands()
     script = "cat in.txt > out.txt"
-    assert plain.sends_to_file(("/bin/sh", "-e", "-c", script))
+    assert plain.plain(("/bin/sh", "-e", "-c", script)) is not None
     (tmp_path / "out.txt").symlink_to("/dev/stdout")  # (as a stage might make it, in between)
     other = "".join(list(script))  # equal, not the same object
     assert plain.direct(("/bin/sh", "-e", "-c", other), _env()) is None

@@ -29,7 +29,6 @@ from pivotbuild.build.executors.spawn import Starter
 from pivotbuild.cache.outputs import Captured, OutputCache, output_stats
 from pivotbuild.events import Log
 from pivotbuild.model import Stage
-from pivotbuild.structs import replace
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -118,11 +117,24 @@ class LocalExecutor:
             pooled = self._pooled(job, spec)
             starter = self.starter if spec.py is None else self._python(spec.py.pipeline_dir).starter(spec.py)
             lifeline = self.lifeline if spec.py is None else None  # (a py: stage's worker is its lifeline)
-            try:
-                process = Process(pooled, line, ended, self.inbox.poller, lifeline, starter=starter)
-            finally:
-                for fd in pooled.pass_fds:
-                    os.close(fd)  # (the stage has its own)
+            if pooled is None:
+                process = Process(spec, line, ended, self.inbox.poller, lifeline, starter=starter)
+            else:
+                makeflags, fds = pooled
+                try:
+                    process = Process(
+                        spec,
+                        line,
+                        ended,
+                        self.inbox.poller,
+                        lifeline,
+                        starter=starter,
+                        more_env={"MAKEFLAGS": makeflags},
+                        pass_fds=fds,
+                    )
+                finally:
+                    for fd in fds:
+                        os.close(fd)  # (the stage has its own)
         except Exception as exc:  # a bug in our own code: fail the stage
             self._done(job, internal_error(exc))
             return
@@ -143,26 +155,23 @@ class LocalExecutor:
             worker = self._py[pipeline_dir] = PyWorker()
         return worker
 
-    def _pooled(self, job: Job, spec: RunSpec) -> RunSpec:
-        """`spec` with the build's job pool in it (MAKEFLAGS, and the pool's
-        descriptors to inherit), if there is one; without it, and one warning,
-        if the pool cannot be opened (the stage's make or ninja then run as
+    def _pooled(self, job: Job, spec: RunSpec) -> tuple[str, tuple[int, int]] | None:
+        """The build's job pool for one attempt of `job`, if there is one: the
+        MAKEFLAGS naming it, and the descriptors the stage inherits (closed
+        here once it has started).  None without one, and one warning, if
+        the pool cannot be opened (the stage's make or ninja then run as
         they would on their own)."""
         if job.pool is None or self._pool_lost:
-            return spec
+            return None
         try:
-            shared = job.pool(spec.env.get("MAKEFLAGS", ""))
+            return job.pool(spec.env.get("MAKEFLAGS", ""))
         except OSError as exc:
             self._pool_lost = True
             self.inbox.warn(
                 f"the job pool cannot be opened for the stages ({exc.strerror or exc}): a make or ninja"
                 " in a stage from now on runs without pivotbuild's jobserver"
             )
-            return spec
-        if shared is None:
-            return spec
-        makeflags, fds = shared
-        return replace(spec, env={**spec.env, "MAKEFLAGS": makeflags}, pass_fds=fds)
+            return None
 
     def _ended(self, job: Job, spec: RunSpec, attempt: int, result: RunResult) -> None:
         self.running.pop(job, None)

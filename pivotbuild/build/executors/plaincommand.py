@@ -11,9 +11,15 @@ import os
 import stat
 from collections.abc import Mapping
 
+# A plain script as `PlainCommands.plain` reads it: the words that start its
+# program, and the file its output goes to (path, open flags, mode) or None.
+Plain = tuple[list[str], tuple[str, int, int] | None]
 # (the program's path, its arguments, the file its output goes to (path, open
 # flags, mode) or None, the environment the shell would give it)
 Direct = tuple[str, list[str], tuple[str, int, int] | None, Mapping[str, str]]
+
+_TRUNCATE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+_APPEND = os.O_WRONLY | os.O_CREAT | os.O_APPEND
 
 
 class PlainCommands:
@@ -24,80 +30,69 @@ class PlainCommands:
         self._names: dict[str, bool] = {}  # a variable's name -> whether the shell passes it on as it is
         self._passing: set[str] = set()  # the names of those it does (checked at once: C, not a call per name)
         self._pwds: dict[str | None, str] = {}  # a stage's PWD -> the PWD the shell would pass on
-        self._checked: tuple[str, bool] | None = None  # (script, `_plain_target`'s answer) for the next `direct`
-        # (argv, its script's words, where it sends its output) as `sends_to_file` split it, for the next `direct`
-        self._split: tuple[tuple[str, ...], list[str], tuple[str, bool] | None] | None = None
         self._dirs: dict[tuple[int, int], bool] = {}  # a directory (device, inode) -> outside /dev and /proc
         self._searched: dict[str, bool] = {}  # a PATH -> whether the child may search it (`_searchable`)
 
-    def direct(self, argv: tuple[str, ...], env: Mapping[str, str]) -> Direct | None:
+    def plain(self, argv: tuple[str, ...]) -> Plain | None:
         """A stage script so simple that `/bin/sh -e -c` would only split it
         into words and start one program, maybe with its output sent to a
-        file: (the program's path, its arguments, (file, open flags, mode) or
-        None, the environment the shell would give it).  None for anything
-        else, which the shell runs.
+        file: (the program's words, (file, open flags, mode) or None).  None
+        for anything else, which the shell runs.
 
-        As make does for a command without shell syntax: it saves starting
-        the shell, half the CPU a short stage costs (2.45 against 1.21 ms
-        measured here for `md5sum A B > OUT`).  Only the default shell, only
-        words of plain characters (no quote, `$`, glob, `~`, `#`, `;`, `&`,
-        `|`, `<`, parenthesis, brace or backslash), no assignment, no builtin
-        or reserved word first, a program found on the stage's PATH as the
-        shell would find it, and at most one `>` or `>>` standing alone
-        before the last word, to a file outside /dev and /proc (where it
-        could name one of our own descriptors); an environment the shell
-        would pass on as it is but for `PWD` (`_with_pwd`).  A program killed
-        by a signal ends as the shell's would (spawn.Child: 128 + the signal)."""
-        split, self._split = self._split, None
-        words: list[str] | None
-        if split is not None and split[0] is argv:  # (as `sends_to_file` just split it)
-            words, sent = split[1], split[2]
-        else:
-            words = _plain_words(argv)
-            sent = _sent_to(words) if words is not None and ">" in argv[3] else None
+        Only the default shell, only words of plain characters (no quote,
+        `$`, glob, `~`, `#`, `;`, `&`, `|`, `<`, parenthesis, brace or
+        backslash), no assignment, no builtin or reserved word first, and at
+        most one `>` or `>>` standing alone before the last word, to a file
+        a redirect may open in our stead (`_plain_target`: not a link, in a
+        directory outside /dev and /proc, where it could name one of our own
+        descriptors).  Relative paths are ours: only for a stage that runs
+        in our directory.
+
+        Where it names a file, nothing the script runs can write to the
+        stage's stdout, whether we start the program (`direct`) or the shell
+        does (which then writes nothing there of its own): the stage needs no
+        pipe for it.  (Not so for a builtin, whose effect may outlast its
+        redirect: `. ./lib.sh > log` setting a trap.)"""
+        words = _plain_words(argv)
         if words is None:
             return None
         redirect = None
         if ">" in argv[3]:
-            if sent is None or not self._plain_target(argv[3], sent[0]):
+            sent = _sent_to(words)
+            if sent is None:
                 return None
-            flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if sent[1] else os.O_TRUNC)
-            redirect = (sent[0], flags, 0o666)
             words = words[:-2]
-        if not _a_program(words):
+            if not _a_program(words) or not _plain_target(sent[0], self._dirs):
+                return None
+            redirect = (sent[0], _APPEND if sent[1] else _TRUNCATE, 0o666)
+        elif not _a_program(words):
             return None
+        return words, redirect
+
+    def direct(self, argv: tuple[str, ...], env: Mapping[str, str], plain: Plain | None = None) -> Direct | None:
+        """A plain stage script (`plain`: what `PlainCommands.plain` found for
+        `argv`, else looked for now) as the program to start in the shell's
+        stead: (the program's path, its arguments, (file, open flags, mode)
+        or None, the environment the shell would give it).  None where only
+        the shell can run it as the shell would.
+
+        As make does for a command without shell syntax: it saves starting
+        the shell, half the CPU a short stage costs (2.45 against 1.21 ms
+        measured here for `md5sum A B > OUT`).  Beyond `plain`'s rules: a
+        program found on the stage's PATH as the shell would find it, and an
+        environment the shell would pass on as it is but for `PWD`
+        (`_with_pwd`).  A program killed by a signal ends as the shell's
+        would (spawn.Child: 128 + the signal)."""
+        if plain is None:
+            plain = self.plain(argv)
+            if plain is None:
+                return None
+        words, redirect = plain
         if not self._passing.issuperset(env) and not all(map(self._passed_on, env)):
             return None
         path = env.get("PATH")
         program = words[0] if "/" not in words[0] and self._searchable(path) else _which(words[0], path)
         return None if program is None else (program, words, redirect, self._with_pwd(env))
-
-    def sends_to_file(self, argv: tuple[str, ...]) -> bool:
-        """Whether nothing a stage script runs can write to the stage's
-        stdout: one plain command starting a program (not a builtin) that
-        sends its output to a file (`md5sum $^ > $@`), a file `direct` would
-        open (not one that could be a stream of ours, /dev/stdout say),
-        whether we start the program or the shell does (which then writes
-        nothing there of its own).  The stage then needs no pipe for its
-        stdout.  (Its answer about the file stands for the
-        `direct` that follows, for the same script.)"""
-        words = _plain_words(argv)
-        if words is None or ">" not in argv[3]:
-            return False
-        sent = _sent_to(words)
-        self._split = (argv, words, sent)
-        if sent is None or not _a_program(words[:-2]):
-            return False  # (a builtin's effect may outlast its redirect: `. ./lib.sh > log` setting a trap)
-        plain = _plain_target(sent[0], self._dirs)
-        self._checked = (argv[3], plain)
-        return plain
-
-    def _plain_target(self, script: str, path: str) -> bool:
-        """`_plain_target(path)`, as `sends_to_file` just found it for this script."""
-        checked, self._checked = self._checked, None
-        if checked is not None and checked[0] is script:
-            return checked[1]
-        return _plain_target(path, self._dirs)
 
     def _searchable(self, path: str | None) -> bool:
         """Whether the stage's program may be looked up on `path` by the child

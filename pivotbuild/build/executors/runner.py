@@ -22,7 +22,7 @@ from pathlib import Path
 
 from pivotbuild.build.executors.lifeline import VARIABLE, Lifeline
 from pivotbuild.build.executors.poller import Poller
-from pivotbuild.build.executors.spawn import Starter, Starts, devnull
+from pivotbuild.build.executors.spawn import Started, Starter, Starts, devnull
 from pivotbuild.structs import struct
 
 TYPE_CHECKING = False
@@ -130,7 +130,9 @@ class Process:
     `on_time(now)` must be called at least at the time it returns (and a
     tick after each call while it runs), `kill()` to cancel it; its process
     group is held on `lifeline` while it runs; `starter` starts it (by
-    default, through Popen).
+    default, through Popen), with `more_env` added to the spec's
+    environment and `pass_fds` in place of the spec's (an attempt's job
+    pool: local.py), in one copy of the environment.
 
     A stage's output closes as it exits, so one read of each pipe at its end
     of file and one waitpid usually see it through.  Only a stage still
@@ -160,6 +162,8 @@ class Process:
         lifeline: Lifeline | None = None,
         *,
         starter: Starts | None = None,
+        more_env: Mapping[str, str] | None = None,
+        pass_fds: tuple[int, ...] | None = None,
     ) -> None:
         self.start = self.asked = time.monotonic()  # (asked: when we last asked whether it had exited)
         if spec.timeout:
@@ -173,26 +177,40 @@ class Process:
         self.partial: dict[int, list[bytes]] = {}  # each pipe's unfinished line
         # Our own pipes, passed as plain descriptors: Popen then wraps nothing in
         # file objects (three system calls each) and we read them with os.read.
-        # A stage whose stdout goes to a file gets /dev/null: no pipe to watch close.
-        starter = starter or _POPEN
-        unused = isinstance(starter, Starter) and starter.stdout_unused(spec.argv, spec.cwd)
-        out_r, out_w = (-1, devnull()) if unused else os.pipe()
+        # A stage whose stdout goes to a file gets /dev/null: no pipe to watch
+        # close (spawn.Starter.begin).
         err_r, err_w = os.pipe()
         # Its line in the lifeline's table is marked before it starts, and the
         # mark's value is in its environment: a build killed while it starts
         # does not leave it running (lifeline.py).
         expected = lifeline.expect() if lifeline is not None else None
-        env = spec.env if expected is None else {**spec.env, VARIABLE: expected[1]}
+        env = spec.env
+        if expected is not None:
+            env = {**env, **more_env, VARIABLE: expected[1]} if more_env else {**env, VARIABLE: expected[1]}
+        elif more_env:
+            env = {**env, **more_env}
+        keep = spec.pass_fds if pass_fds is None else pass_fds
+        starter = starter or _POPEN
+        out_r = -1
+        self.proc: Started
         try:
-            self.proc = starter.start(
-                spec.argv, spec.cwd, env, stdin=devnull(), stdout=out_w, stderr=err_w, pass_fds=spec.pass_fds
-            )
+            if isinstance(starter, Starter):
+                self.proc, out_r = starter.begin(spec.argv, spec.cwd, env, stdin=devnull(), stderr=err_w, pass_fds=keep)
+            else:
+                out_r, out_w = os.pipe()
+                try:
+                    self.proc = starter.start(
+                        spec.argv, spec.cwd, env, stdin=devnull(), stdout=out_w, stderr=err_w, pass_fds=keep
+                    )
+                except BaseException:
+                    os.close(out_r)
+                    raise
+                finally:
+                    os.close(out_w)  # (as Starter.begin does)
         except BaseException as exc:
             if expected is not None and isinstance(exc, OSError):  # (else it may have started: the mark stays)
                 assert lifeline is not None
                 lifeline.forget(expected)
-            if out_r >= 0:
-                os.close(out_r)
             os.close(err_r)
             if not isinstance(exc, OSError):
                 raise
@@ -202,17 +220,17 @@ class Process:
             on_end(RunResult(127, None, False, False, (line,), time.monotonic() - self.start))
             return
         finally:
-            if out_r >= 0:
-                os.close(out_w)  # the child has its copies: end of file comes when it (and its children) close them
             os.close(err_w)
         if lifeline is not None:
             lifeline.hold(self.proc.pid, expected)
-        for fd, stream in ((out_r, "stdout"), (err_r, "stderr")):
-            if fd < 0:
-                continue
-            self.pipes[fd] = stream
-            self.partial[fd] = []
-            poller.watch(fd, functools.partial(self._readable, fd))
+        if out_r >= 0:
+            self._follow(out_r, "stdout")
+        self._follow(err_r, "stderr")
+
+    def _follow(self, fd: int, stream: str) -> None:
+        self.pipes[fd] = stream
+        self.partial[fd] = []
+        self.poller.watch(fd, functools.partial(self._readable, fd))
 
     # -- events --------------------------------------------------------------------------
 

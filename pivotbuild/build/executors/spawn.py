@@ -46,7 +46,7 @@ import threading
 from collections.abc import Mapping
 from pathlib import Path
 
-from pivotbuild.build.executors.plaincommand import PlainCommands
+from pivotbuild.build.executors.plaincommand import Plain, PlainCommands
 from pivotbuild.structs import Protocol
 
 TYPE_CHECKING = False
@@ -152,13 +152,48 @@ class Starter:
         self.spawns = spawn and _glibc_at_least(2, 29) and hasattr(os, "posix_spawn")
         self.closes: list[tuple[int, int]] = []
         self.plain = PlainCommands()
-        self._asked: tuple[Path | None, bool] | None = None  # (cwd, ours?) as stdout_unused found it
         if self.spawns:
             inherited = _inheritable_above_2()
             if inherited is None:
                 self.spawns = False
             else:
                 self.closes = [(os.POSIX_SPAWN_CLOSE, fd) for fd in inherited]
+
+    def begin(
+        self,
+        argv: tuple[str, ...],
+        cwd: Path | None,
+        env: Mapping[str, str],
+        *,
+        stdin: int,
+        stderr: int,
+        pass_fds: tuple[int, ...] = (),
+    ) -> tuple[Child | subprocess.Popen[bytes], int]:
+        """`start`, with the stage's stdout a pipe of its own: the process,
+        and the pipe's read end; or, -1 and /dev/null for its stdout, where
+        nothing the stage runs can write to it (a plain command sending its
+        output to a file: PlainCommands.plain, in our own directory, where
+        the file is checked), so there is no pipe to watch close.  Raises
+        OSError as `start` does (the pipe closed)."""
+        here = cwd is None or _is_ours(cwd)
+        plain = self.plain.plain(argv) if here else None
+        if plain is not None and plain[1] is not None:
+            out_r, out_w = -1, devnull()
+        else:
+            out_r, out_w = os.pipe()
+        try:
+            if self.spawns and here and "/" in argv[0] and min(stdin, out_w, stderr) > 2:
+                return self._spawn_stage(
+                    argv, env, plain, stdin=stdin, stdout=out_w, stderr=stderr, keep=pass_fds
+                ), out_r
+            return self._popen(argv, cwd, env, stdin=stdin, stdout=out_w, stderr=stderr, pass_fds=pass_fds), out_r
+        except BaseException:
+            if out_r >= 0:
+                os.close(out_r)
+            raise
+        finally:
+            if out_r >= 0:
+                os.close(out_w)  # the child has its copy: end of file comes when it (and its children) close it
 
     def start(
         self,
@@ -176,8 +211,22 @@ class Starter:
         inherits too (as Popen's: made inheritable in the child alone).
         Raises OSError if it cannot start (as Popen: the program missing, not
         executable...)."""
-        if self.spawns and "/" in argv[0] and min(stdin, stdout, stderr) > 2 and self._here(cwd):
-            return self._spawn_stage(argv, env, stdin=stdin, stdout=stdout, stderr=stderr, keep=pass_fds)
+        if self.spawns and "/" in argv[0] and min(stdin, stdout, stderr) > 2 and (cwd is None or _is_ours(cwd)):
+            plain = self.plain.plain(argv)
+            return self._spawn_stage(argv, env, plain, stdin=stdin, stdout=stdout, stderr=stderr, keep=pass_fds)
+        return self._popen(argv, cwd, env, stdin=stdin, stdout=stdout, stderr=stderr, pass_fds=pass_fds)
+
+    def _popen(
+        self,
+        argv: tuple[str, ...],
+        cwd: Path | None,
+        env: Mapping[str, str],
+        *,
+        stdin: int,
+        stdout: int,
+        stderr: int,
+        pass_fds: tuple[int, ...],
+    ) -> subprocess.Popen[bytes]:
         import subprocess  # here: where every start spawns, a build does not import it
 
         # No preexec_fn (nor user, group or umask): CPython then starts the
@@ -195,37 +244,22 @@ class Starter:
             pass_fds=pass_fds,
         )
 
-    def stdout_unused(self, argv: tuple[str, ...], cwd: Path | None) -> bool:
-        """Whether nothing the stage runs can write to its stdout (see
-        PlainCommands.sends_to_file; in our own directory, where the file is
-        checked): it needs no pipe for it."""
-        here = cwd is None or _is_ours(cwd)
-        self._asked = (cwd, here)
-        return here and self.plain.sends_to_file(argv)
-
-    def _here(self, cwd: Path | None) -> bool:
-        """Whether `cwd` is our directory, as `stdout_unused` may just have found."""
-        asked, self._asked = self._asked, None
-        if cwd is None:
-            return True
-        if asked is not None and asked[0] is cwd:
-            return asked[1]
-        return _is_ours(cwd)
-
     def _spawn_stage(
         self,
         argv: tuple[str, ...],
         env: Mapping[str, str],
+        plain: Plain | None,
         *,
         stdin: int,
         stdout: int,
         stderr: int,
         keep: tuple[int, ...],
     ) -> Child:
-        """`start` by posix_spawn: the command itself where the shell would only start it (plaincommand.py)."""
-        plain = self.plain.direct(argv, env)
-        if plain is not None:
-            program, args, redirect, env_as_shell = plain
+        """`start` by posix_spawn: the command itself where the shell would
+        only start it (`plain`: the script read as plaincommand.py reads it)."""
+        direct = self.plain.direct(argv, env, plain) if plain is not None else None
+        if direct is not None:
+            program, args, redirect, env_as_shell = direct
             out = (os.POSIX_SPAWN_DUP2, stdout, 1) if redirect is None else (os.POSIX_SPAWN_OPEN, 1, *redirect)
             try:  # (mask: the shell unblocks every signal)
                 pid = self._spawn(program, args, env_as_shell, stdin=stdin, out=out, stderr=stderr, keep=keep, mask=())
