@@ -269,7 +269,10 @@ class Process:
                     if pidfd is not None:
                         self.pidfd = pidfd
                         self.poller.watch(pidfd, self._exited)
-        self._maybe_end()
+        if self.exited_at is not None and self.kill_at is None:
+            self._end()  # (most stages: exited as their output closed, nothing to wait for)
+        else:
+            self._maybe_end()
 
     def _exited(self) -> None:
         self._close_pidfd()
@@ -329,7 +332,10 @@ class Process:
         self._close_pidfd()
 
     def _end(self) -> None:
-        self._stop_following()
+        if self.pipes or self.pidfd is not None:
+            self._stop_following()
+        else:
+            self.ended = True
         proc = self.proc
         proc.wait()  # (already reaped: it exited)
         if (self.timed_out or self.cancelled) and self._group_is_its_own():
