@@ -12,8 +12,8 @@ from pathlib import Path
 from pivotbuild.build.executors.poller import Poller
 from pivotbuild.build.recorder import store_hints
 from pivotbuild.cache.outputs import OutputCache
-from pivotbuild.cache.store import SMALL, Mode
-from pivotbuild.cache.storer import Storer
+from pivotbuild.cache.store import Mode
+from pivotbuild.cache.storer import LOOP_MAX, Storer
 from pivotbuild.errors import Location
 from pivotbuild.model import Out, Stage, StageId
 from pivotbuild.state import stamps
@@ -55,8 +55,10 @@ def test_a_small_file_is_stored_by_the_loops_clock_once_settled_without_a_thread
     assert warnings == []
 
 
-def test_a_large_file_is_handed_to_the_threads(tmp_path: Path) -> None:
-    storer, poller, outputs, path, digest, warnings = setup(tmp_path, SMALL + 1)
+def test_a_file_the_cache_does_not_pack_is_handed_to_the_threads(tmp_path: Path) -> None:
+    # (Not packed: an object of its own, a file created and written, which
+    # would hold up the loop and the stages it starts.)
+    storer, poller, outputs, path, digest, warnings = setup(tmp_path, LOOP_MAX + 1)
     storer.put(stage("big"), None, ((path, digest),), "big")
     assert len(storer_threads()) == 2
     assert poller.due(time.monotonic()) is None  # nothing for the loop
@@ -76,7 +78,7 @@ def test_the_sizes_the_caller_knows_route_the_copy_without_a_stat(tmp_path: Path
     storer.finish()
     assert outputs.cache.has(digest)
     (tmp_path / "big").mkdir()
-    storer, poller, outputs, path, digest, warnings = setup(tmp_path / "big", SMALL + 1)
+    storer, poller, outputs, path, digest, warnings = setup(tmp_path / "big", LOOP_MAX + 1)
     storer.put(stage("big"), None, ((path, digest),), "big", small=True)
     assert storer_threads() == []
     due = poller.due(time.monotonic())
@@ -103,7 +105,7 @@ def test_a_copy_is_due_when_the_caller_says_its_files_settle(tmp_path: Path) -> 
 def test_the_recorder_tells_the_storer_sizes_and_when_the_files_settle(tmp_path: Path) -> None:
     small, big = tmp_path / "small.txt", tmp_path / "big.bin"
     small.write_bytes(b"x" * 100)
-    big.write_bytes(b"x" * (SMALL + 1))
+    big.write_bytes(b"x" * (LOOP_MAX + 1))
     st_small, st_big = os.stat(small), os.stat(big)
     written = max(st_small.st_mtime_ns, st_small.st_ctime_ns)
     window = stamps.window_ns(st_small)

@@ -19,8 +19,7 @@ from pivotbuild.build.decider import UNCACHEABLE
 from pivotbuild.build.executors.base import Inbox, Job
 from pivotbuild.build.options import BuildOptions
 from pivotbuild.cache.outputs import Captured, OutputCache
-from pivotbuild.cache.store import SMALL
-from pivotbuild.cache.storer import Storer
+from pivotbuild.cache.storer import LOOP_MAX, Storer
 from pivotbuild.events import BuildFinished, Event, Message, Status
 from pivotbuild.graph import BuildGraph
 from pivotbuild.model import Stage, StageId
@@ -56,12 +55,13 @@ def store_hints(
 ) -> tuple[bool, float]:
     """What the storer needs to know of the files a capture read (each with
     the stat it hashed it by; every file to store or read again is among
-    them): whether all are at most SMALL bytes, and the seconds from `now_ns`
-    until all but the `proven` ones (whose stamps need no wait) are past
-    their racy window (0: already, or too long to wait)."""
+    them): whether all are at most LOOP_MAX bytes (the loop copies them),
+    and the seconds from `now_ns` until all but the `proven` ones (whose
+    stamps need no wait) are past their racy window (0: already, or too long
+    to wait)."""
     small, wait = True, 0  # (one loop, no generator: a stage's one or two files)
     for path, st, _ in seen:
-        if st.st_size > SMALL:
+        if st.st_size > LOOP_MAX:
             small = False
         if path not in proven:
             wait = max(wait, racy_wait_ns(st, now_ns))

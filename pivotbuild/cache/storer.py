@@ -8,13 +8,17 @@ passed (see below): about 12 ms after its stage on a local file system
 (`stamps.window_ns`), 50 ms on others; none where the read that hashed a
 file proved its stamp already (`stamps.read_proves`: ext4 and tmpfs).
 
-Small files (all of a stage's at most `SMALL` bytes each) are copied by the
-build loop's own thread, as a clock of its poller (`poller`): when one is
-due, the loop has started what it could, and a copy of a few small files
-costs it less than waking a thread to do it (each handoff cost a thread
-about 0.7 ms of CPU in GIL and futex traffic; docs/performance.md).  Larger
-ones go to two threads (the copies are mostly waits on the disk, and one
-thread falls behind a layer of large outputs).  The run-cache entry of the
+Small files (all of a stage's at most `LOOP_MAX` bytes each: objects the
+cache packs, so no file is created for them) are copied by the build loop's
+own thread, as a clock of its poller (`poller`): when one is due, the loop
+has started what it could, and a copy of a few small files costs it less
+than waking a thread to do it (each handoff cost a thread about 0.7 ms of
+CPU in GIL and futex traffic; docs/performance.md).  Larger ones go to two
+threads (the copies are mostly waits on the disk, and one thread falls
+behind a layer of large outputs): an object of its own is a file created
+and written through the page cache, which cost the loop about 1 ms for a
+few hundred KiB here, on the critical path of the stages it then started
+late.  The run-cache entry of the
 record a stage's new result replaced (see Recorder) is written there too.
 The build waits for the copies before it ends (`finish`); a build killed
 before that loses only cache copies, never a result: the lockfile records
@@ -54,7 +58,7 @@ from collections.abc import Callable, Mapping
 
 from pivotbuild.build.executors.poller import Poller
 from pivotbuild.cache.outputs import OutputCache
-from pivotbuild.cache.store import SMALL
+from pivotbuild.cache.pack import PACK_MAX
 from pivotbuild.model import Stage, StageId
 from pivotbuild.state.hashing import hash_file
 from pivotbuild.state.records import StageRecord
@@ -63,6 +67,7 @@ from pivotbuild.state.stamps import FINE_WINDOW_NS, Stamp, stamp_now
 _Files = tuple[tuple[str, str], ...]
 _Job = tuple[Stage, StageRecord | None, _Files, _Files, str, Mapping[str, bytes]]
 THREADS = 2
+LOOP_MAX = PACK_MAX  # a stage's files up to this size each are copied by the loop's clock (see the module)
 _SETTLED_S = FINE_WINDOW_NS / 1e9  # after this, a file written before `put` is past its racy window
 
 
@@ -117,7 +122,7 @@ class Storer:
         `OutputCache.store_deferred`), and remember `remember` (an earlier
         record of the stage, None for none) in the run cache.  What the
         caller knows from the stats it hashed the files by: `small`, whether
-        every one is at most SMALL bytes (else they are statted here), and
+        every one is at most LOOP_MAX bytes (else they are statted here), and
         `settled_in`, the seconds until all are past their racy window
         (stamps.racy_wait_ns: about 12 ms on a local file system; else the
         longest fine window is waited).  (Jobs are copied in the order put:
@@ -248,12 +253,12 @@ def _no_pause(seconds: float) -> None:
 
 
 def _small(*lists: _Files) -> bool:
-    """Whether every file named is at most SMALL bytes (a missing one counts:
+    """Whether every file named is at most LOOP_MAX bytes (a missing one counts:
     storing it says what became of it)."""
     for files in lists:
         for path, _ in files:
             try:
-                if os.stat(path).st_size > SMALL:
+                if os.stat(path).st_size > LOOP_MAX:
                     return False
             except OSError:
                 pass
