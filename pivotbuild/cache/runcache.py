@@ -117,22 +117,26 @@ class RunCache:
         names = self._listed.get(shard)
         if names is not None:
             return names
+        # Read without the lock: the build's loop looks up while a storer
+        # thread lists another folder or appends to a log (a new one is a
+        # file created: about 0.3 ms here), and must not wait for it.  Should
+        # two threads list the same folder at once, the first view kept stands.
+        shards = self._runs_listed()
+        found: set[str] = set()
+        if shard in shards:
+            with contextlib.suppress(OSError):
+                found = set(os.listdir(f"{self._runs}/{shard}"))
+        logged: dict[str, bytes] = {}
+        if f"{shard}.log" in shards:
+            logged = self._read_log(shard)
         with self._lock:
             names = self._listed.get(shard)
             if names is not None:
                 return names
-            shards = self._runs_listed()
-            names = set()
-            if shard in shards:
-                with contextlib.suppress(OSError):
-                    names = set(os.listdir(f"{self._runs}/{shard}"))
-            logged: dict[str, bytes] = {}
-            if f"{shard}.log" in shards:
-                logged = self._read_log(shard)
-            self._keyed[shard] = {n.partition("-")[0] for n in (*names, *logged)}
+            self._keyed[shard] = {n.partition("-")[0] for n in (*found, *logged)}
             self._logged[shard] = logged
-            self._listed[shard] = names  # (last: the check above reads it without the lock)
-            return names
+            self._listed[shard] = found  # (last: the check above reads it without the lock)
+            return found
 
     def _runs_listed(self) -> set[str]:
         """The names under runs/, listed once."""
@@ -236,7 +240,11 @@ class RunCache:
             if not self._made:
                 os.makedirs(self._runs, exist_ok=True)
                 self._made = True
-            runlog.append(self._log(shard), name, blob)
+        # (The append outside the lock: see `_listing`.  A frame is whole once
+        # written, under the log's own lock; the same entry appended twice at
+        # once is read as one.)
+        runlog.append(self._log(shard), name, blob)
+        with self._lock:
             self._logged[shard][name] = blob
             self._keyed[shard].add(skey)
 
