@@ -344,7 +344,8 @@ class BuildGraph:
     # -- queries ----------------------------------------------------------------------
 
     def label(self, sid: StageId) -> str:
-        return self._label(sid)
+        # (StageId.label's answer, in one call: the loop asks it of each stage three times)
+        return sid.name if sid.pipeline == self.current else sid.label(self.current)
 
     def runs_python(self, sid: StageId) -> bool:
         """Whether stage `sid` is a `py:` stage (asked without making its Stage)."""

@@ -99,6 +99,7 @@ class BuildRun:
         self.unusable: ExecutorError | None = None  # why the executor could start no stage, if it could not
         self.signals = Signals()
         self.pool: PoolForStage | None = getattr(admission.jobserver, "for_stage", None)  # (our stages borrow from it)
+        self._settle_jobs: Callable[[], None] | None = getattr(admission.jobserver, "settle", None)
         self._watching_pool = False  # the job pool's descriptor is watched for a token coming back
 
     def execute(self) -> Outcome:
@@ -185,11 +186,12 @@ class BuildRun:
         """Give back the job tokens ended stages left for starts that will not
         come.  (`settle` is optional: a job server written to the older
         interface has none.)"""
+        settle = self._settle_jobs
+        if settle is None:
+            return
         was, self.signals.deferring = self.signals.deferring, True  # (make's tokens: none lost to an interrupt)
         try:
-            settle = getattr(self.admission.jobserver, "settle", None)
-            if settle is not None:
-                settle()
+            settle()
         finally:
             self.signals.deferring = was
 

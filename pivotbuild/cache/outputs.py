@@ -375,15 +375,16 @@ class OutputCache:
         lockfile (this one may be damaged, lost, or put back by git), then the
         run cache's older records."""
 
-        def usable(r: StageRecord | None) -> tuple[FileRecord, ...] | None:
-            return r.outs if r is not None and _same_inputs(r, snap) and self.restorable(stage, r.outs) else None
-
-        found = usable(record) or usable(self._copied_record(stage))
+        found = self._usable(stage, snap, record) or self._usable(stage, snap, self._copied_record(stage))
         if found is None:
             found = self.runs.lookup(stage.id, snap.fingerprint, snap.deps)
             if found is not None and not self.restorable(stage, found):
                 found = None
         return found
+
+    def _usable(self, stage: Stage, snap: Snapshot, r: StageRecord | None) -> tuple[FileRecord, ...] | None:
+        """`r`'s outputs, if `r` was recorded for these inputs and the cache can check them out."""
+        return r.outs if r is not None and _same_inputs(r, snap) and self.restorable(stage, r.outs) else None
 
     def recorded(self, stage: Stage, snap: Snapshot, record: StageRecord | None) -> tuple[FileRecord, ...] | None:
         """The outputs `record` (the lockfile's) holds for exactly these inputs,

@@ -233,8 +233,9 @@ class Storer:
             if remember is not None:
                 self.outputs.remember(stage, remember)
             confirmed = functools.partial(self.confirmed, stage)
-            changed = self.outputs.store_deferred(files, confirmed, pause, contents=contents)
-            changed += self.outputs.store_deferred(confirm, confirmed, pause, copy=False, dropped=self._dropped.add)
+            changed = self.outputs.store_deferred(files, confirmed, pause, contents=contents) if files else []
+            if confirm:
+                changed += self.outputs.store_deferred(confirm, confirmed, pause, copy=False, dropped=self._dropped.add)
             if changed:
                 for path in changed:
                     self.changed(stage, path)
