@@ -119,7 +119,7 @@ class RunCache:
             return names
         # Read without the lock: the build's loop looks up while a storer
         # thread lists another folder or appends to a log (a new one is a
-        # file created: about 0.3 ms here), and must not wait for it.  Should
+        # file created: 0.3 to 0.6 ms here), and must not wait for it.  Should
         # two threads list the same folder at once, the first view kept stands.
         shards = self._runs_listed()
         found: set[str] = set()

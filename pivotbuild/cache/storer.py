@@ -18,8 +18,8 @@ threads (the copies are mostly waits on the disk, and one thread falls
 behind a layer of large outputs): an object of its own is a file created
 and written through the page cache, which cost the loop about 1 ms for a
 few hundred KiB here, on the critical path of the stages it then started
-late.  The run-cache entry of the
-record a stage's new result replaced (see Recorder) is written there too.
+late.  The run-cache entry of the record a stage's new result replaced
+(see Recorder) is written there too.
 The build waits for the copies before it ends (`finish`); a build killed
 before that loses only cache copies, never a result: the lockfile records
 stand.

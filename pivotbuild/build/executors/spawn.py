@@ -186,7 +186,7 @@ class Starter:
                 return self._spawn_stage(
                     argv, env, plain, stdin=stdin, stdout=out_w, stderr=stderr, keep=pass_fds
                 ), out_r
-            return self._popen(argv, cwd, env, stdin=stdin, stdout=out_w, stderr=stderr, pass_fds=pass_fds), out_r
+            return self.start(argv, cwd, env, stdin=stdin, stdout=out_w, stderr=stderr, pass_fds=pass_fds), out_r
         except BaseException:
             if out_r >= 0:
                 os.close(out_r)
@@ -214,19 +214,6 @@ class Starter:
         if self.spawns and "/" in argv[0] and min(stdin, stdout, stderr) > 2 and (cwd is None or _is_ours(cwd)):
             plain = self.plain.plain(argv)
             return self._spawn_stage(argv, env, plain, stdin=stdin, stdout=stdout, stderr=stderr, keep=pass_fds)
-        return self._popen(argv, cwd, env, stdin=stdin, stdout=stdout, stderr=stderr, pass_fds=pass_fds)
-
-    def _popen(
-        self,
-        argv: tuple[str, ...],
-        cwd: Path | None,
-        env: Mapping[str, str],
-        *,
-        stdin: int,
-        stdout: int,
-        stderr: int,
-        pass_fds: tuple[int, ...],
-    ) -> subprocess.Popen[bytes]:
         import subprocess  # here: where every start spawns, a build does not import it
 
         # No preexec_fn (nor user, group or umask): CPython then starts the
