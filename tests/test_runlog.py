@@ -10,6 +10,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from pivotbuild.cache import runlog
 from pivotbuild.cache.runcache import RunCache, encode_entry, entry_rel, inputs_key, log_rel, stage_key
 from pivotbuild.model import StageId
@@ -155,3 +157,37 @@ def test_threads_recording_while_the_loop_looks_up(tmp_path: Path) -> None:
     assert errors == []
     fresh = RunCache(tmp_path)
     assert all(fresh.lookup(StageId("", f"s{i}"), "fp", DEPS) == outs(i) for i in range(600))
+
+
+def test_a_look_up_does_not_wait_for_a_thread_appending_to_another_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A storer thread recording an entry may be creating its folder's log (a
+    # file created: long on a busy file system); the build's loop looking up
+    # another stage meanwhile must not wait for it.
+    runs = RunCache(tmp_path)
+    writing, finish = threading.Event(), threading.Event()
+    real_append = runlog.append
+
+    def slow_append(path: str, name: str, entry: bytes) -> None:
+        writing.set()
+        assert finish.wait(10)
+        real_append(path, name, entry)
+
+    monkeypatch.setattr(runlog, "append", slow_append)
+    a, b = StageId("", "a"), StageId("", "b")
+    assert stage_key(a)[:2] != stage_key(b)[:2]  # (two folders)
+    recorder = threading.Thread(target=runs.record, args=(a, "fp", DEPS, outs(1)))
+    recorder.start()
+    try:
+        assert writing.wait(10)
+        looked: list[object] = []
+        looker = threading.Thread(target=lambda: looked.append(runs.lookup(b, "fp", DEPS)))
+        looker.start()
+        looker.join(5)
+        assert not looker.is_alive(), "the look-up waited for the append"
+        assert looked == [None]
+    finally:
+        finish.set()
+        recorder.join()
+    assert runs.lookup(a, "fp", DEPS) == outs(1)
