@@ -11,7 +11,7 @@ import pytest
 from conftest import Project
 
 from pivotbuild.build.executors.plaincommand import PlainCommands
-from pivotbuild.build.executors.spawn import Child, Starter, devnull
+from pivotbuild.build.executors.spawn import Child, Starter, begin, devnull
 
 # What a stage could notice of how it was started: its signals ignored, its
 # session and group (its own), its directory, its environment, its descriptors.
@@ -251,7 +251,7 @@ def _stdout_piped(starter: Starter, argv: tuple[str, ...], cwd: Path) -> bool:
     cwd.mkdir(exist_ok=True)
     err_r, err_w = os.pipe()
     try:
-        proc, out_r = starter.begin(argv, cwd, _env(), stdin=devnull(), stderr=err_w)
+        proc, out_r = begin(starter, argv, cwd, _env(), stdin=devnull(), stderr=err_w)
     finally:
         os.close(err_w)
     proc.wait()

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from pivotbuild.build.executors.lifeline import VARIABLE, Lifeline
 from pivotbuild.build.executors.poller import Poller
-from pivotbuild.build.executors.spawn import Started, Starter, Starts, devnull
+from pivotbuild.build.executors.spawn import Starter, Starts, begin, devnull
 from pivotbuild.structs import struct
 
 TYPE_CHECKING = False
@@ -178,7 +178,7 @@ class Process:
         # Our own pipes, passed as plain descriptors: Popen then wraps nothing in
         # file objects (three system calls each) and we read them with os.read.
         # A stage whose stdout goes to a file gets /dev/null: no pipe to watch
-        # close (spawn.Starter.begin).
+        # close (spawn.begin).
         err_r, err_w = os.pipe()
         # Its line in the lifeline's table is marked before it starts, and the
         # mark's value is in its environment: a build killed while it starts
@@ -190,23 +190,10 @@ class Process:
         elif more_env:
             env = {**env, **more_env}
         keep = spec.pass_fds if pass_fds is None else pass_fds
-        starter = starter or _POPEN
-        out_r = -1
-        self.proc: Started
         try:
-            if isinstance(starter, Starter):
-                self.proc, out_r = starter.begin(spec.argv, spec.cwd, env, stdin=devnull(), stderr=err_w, pass_fds=keep)
-            else:
-                out_r, out_w = os.pipe()
-                try:
-                    self.proc = starter.start(
-                        spec.argv, spec.cwd, env, stdin=devnull(), stdout=out_w, stderr=err_w, pass_fds=keep
-                    )
-                except BaseException:
-                    os.close(out_r)
-                    raise
-                finally:
-                    os.close(out_w)  # (as Starter.begin does)
+            self.proc, out_r = begin(
+                starter or _POPEN, spec.argv, spec.cwd, env, stdin=devnull(), stderr=err_w, pass_fds=keep
+            )
         except BaseException as exc:
             if expected is not None and isinstance(exc, OSError):  # (else it may have started: the mark stays)
                 assert lifeline is not None

@@ -159,42 +159,6 @@ class Starter:
             else:
                 self.closes = [(os.POSIX_SPAWN_CLOSE, fd) for fd in inherited]
 
-    def begin(
-        self,
-        argv: tuple[str, ...],
-        cwd: Path | None,
-        env: Mapping[str, str],
-        *,
-        stdin: int,
-        stderr: int,
-        pass_fds: tuple[int, ...] = (),
-    ) -> tuple[Child | subprocess.Popen[bytes], int]:
-        """`start`, with the stage's stdout a pipe of its own: the process,
-        and the pipe's read end; or, -1 and /dev/null for its stdout, where
-        nothing the stage runs can write to it (a plain command sending its
-        output to a file: PlainCommands.plain, in our own directory, where
-        the file is checked), so there is no pipe to watch close.  Raises
-        OSError as `start` does (the pipe closed)."""
-        here = cwd is None or _is_ours(cwd)
-        plain = self.plain.plain(argv) if here else None
-        if plain is not None and plain[1] is not None:
-            out_r, out_w = -1, devnull()
-        else:
-            out_r, out_w = os.pipe()
-        try:
-            if self.spawns and here and "/" in argv[0] and min(stdin, out_w, stderr) > 2:
-                return self._spawn_stage(
-                    argv, env, plain, stdin=stdin, stdout=out_w, stderr=stderr, keep=pass_fds
-                ), out_r
-            return self.start(argv, cwd, env, stdin=stdin, stdout=out_w, stderr=stderr, pass_fds=pass_fds), out_r
-        except BaseException:
-            if out_r >= 0:
-                os.close(out_r)
-            raise
-        finally:
-            if out_r >= 0:
-                os.close(out_w)  # the child has its copy: end of file comes when it (and its children) close it
-
     def start(
         self,
         argv: tuple[str, ...],
@@ -279,6 +243,45 @@ class Starter:
         if mask is None:
             return spawn(program, args, env, file_actions=actions, setsid=True, setsigdef=_DEFAULTS)
         return spawn(program, args, env, file_actions=actions, setsid=True, setsigdef=_DEFAULTS, setsigmask=mask)
+
+
+def begin(
+    starter: Starts,
+    argv: tuple[str, ...],
+    cwd: Path | None,
+    env: Mapping[str, str],
+    *,
+    stdin: int,
+    stderr: int,
+    pass_fds: tuple[int, ...] = (),
+) -> tuple[Started, int]:
+    """`starter.start`, with the stage's stdout a pipe of its own: the
+    process, and the pipe's read end; or, -1 and /dev/null for its stdout,
+    where nothing the stage runs can write to it (with our own `Starter`: a
+    plain command sending its output to a file, PlainCommands.plain, in our
+    own directory, where the file is checked), so there is no pipe to watch
+    close.  Raises OSError as `start` does (the pipe closed)."""
+    plain: Plain | None = None
+    spawner: Starter | None = None  # ours, where it may posix_spawn the stage
+    if isinstance(starter, Starter) and (cwd is None or _is_ours(cwd)):
+        plain = starter.plain.plain(argv)
+        spawner = starter if starter.spawns and "/" in argv[0] else None
+    if plain is not None and plain[1] is not None:
+        out_r, out_w = -1, devnull()
+    else:
+        out_r, out_w = os.pipe()
+    try:
+        if spawner is not None and min(stdin, out_w, stderr) > 2:
+            child = spawner._spawn_stage(argv, env, plain, stdin=stdin, stdout=out_w, stderr=stderr, keep=pass_fds)
+            return child, out_r
+        return starter.start(argv, cwd, env, stdin=stdin, stdout=out_w, stderr=stderr, pass_fds=pass_fds), out_r
+    except BaseException:
+        if out_r >= 0:
+            os.close(out_r)
+        raise
+    finally:
+        if out_r >= 0:
+            os.close(out_w)  # the child has its copy: end of file comes when it (and its children) close it
 
 
 def _is_ours(cwd: Path) -> bool:
