@@ -159,18 +159,17 @@ def test_a_torn_run_cache_entry_is_never_pushed_and_its_rebuilt_one_is(tmp_path:
     mid-write can leave one cut short.  push must not send it: the remote
     would then hold it for good (push skips what the remote has) instead of
     the whole one.  The remote keeps a file per entry."""
-    from pivotbuild.cache.runcache import RunCache
+    from pivotbuild.cache.runcache import RunCache, log_rel
     from pivotbuild.cache.runlog import LOG, read_log
 
     one, share = first_clone(tmp_path)
     one.write("in.txt", "changed\n")
     assert one.run().code == 0  # the first records, pushed out of the lockfile, are run-cache entries now
-    runs_dir = one.root / ".pivot/cache/runs"
     runs_ = RunCache(one.root / ".pivot/cache")
     entries = sorted((shard, name, blob) for shard in runs_.shards() for name, blob in runs_.entries(shard))
     assert len(entries) == 2
     shard, name, whole = entries[0]
-    log = runs_dir / f"{shard}.log"
+    log = one.root / ".pivot/cache" / log_rel(shard)
     frames = log.read_bytes()
     at = frames.index(whole)
     log.write_bytes(frames[:at] + whole[:3] + frames[at + len(whole) :])  # torn (in place: its frame no longer checks)

@@ -191,3 +191,61 @@ def test_a_look_up_does_not_wait_for_a_thread_appending_to_another_log(
         finish.set()
         recorder.join()
     assert runs.lookup(a, "fp", DEPS) == outs(1)
+
+
+def test_a_cache_of_an_earlier_version_keeps_its_entries(tmp_path: Path) -> None:
+    """Earlier versions appended to a log per folder (`runs/<ab>.log`): its
+    entries are still found, gc removes from it, and a newer record of the
+    same inputs (appended to the log of sixteen folders) wins over it."""
+    from pivotbuild.cache.runcache import folder_log_rel
+
+    sid = StageId("", "s")
+    name = f"{stage_key(sid)}-{inputs_key('fp', DEPS)}"
+    old = tmp_path / folder_log_rel(stage_key(sid)[:2])
+    old.parent.mkdir(parents=True)
+    runlog.append(str(old), name, encode_entry(outs(1)))
+    assert RunCache(tmp_path).lookup(sid, "fp", DEPS) == outs(1)
+    assert not log_of(tmp_path, sid).exists()  # (reading writes nothing)
+    RunCache(tmp_path).record(sid, "fp", DEPS, outs(2))  # the same inputs gave other outputs
+    assert RunCache(tmp_path).lookup(sid, "fp", DEPS) == outs(2)
+    assert runlog.read_log(log_of(tmp_path, sid).read_bytes())[0] == {name: encode_entry(outs(2))}
+    runs_ = RunCache(tmp_path)
+    shard = stage_key(sid)[:2]
+    assert shard in runs_.shards() and [n for n, _ in runs_.entries(shard)] == [name]
+    runs_.remove(shard, {name})  # (gc)
+    assert RunCache(tmp_path).lookup(sid, "fp", DEPS) is None
+    assert not old.exists() and not log_of(tmp_path, sid).exists()  # (a log left empty is removed)
+
+
+def test_a_lookup_checks_only_the_frame_it_uses(tmp_path: Path) -> None:
+    """A build reads a log's names from the frames' headers: a damaged entry
+    it does not look up costs it nothing and goes unsaid; the one it looks up
+    is checked; gc (which reads every entry) finds the other, says so once,
+    and removes it."""
+    sids = [StageId("", f"s{i}") for i in range(400)]
+    first = RunCache(tmp_path)
+    for i, sid in enumerate(sids):
+        first.record(sid, "fp", DEPS, outs(i))
+    hit, other = sids[0], next(s for s in sids[1:] if stage_key(s)[0] == stage_key(sids[0])[0])
+    log = log_of(tmp_path, hit)
+    blob = bytearray(log.read_bytes())
+    other_name = f"{stage_key(other)}-{inputs_key('fp', DEPS)}"
+    at = blob.index(encode_entry(outs(sids.index(other))))
+    blob[at + 30] ^= 0x40  # inside the other's entry: its frame's checksum fails
+    log.write_bytes(bytes(blob))
+    said: list[str] = []
+    runs_ = RunCache(tmp_path, said.append)
+    assert runs_.lookup(hit, "fp", DEPS) == outs(0)
+    assert said == []
+    assert runs_.lookup(other, "fp", DEPS) is None  # the damaged one: a miss, said once, removed
+    assert len(said) == 1 and "damaged or torn entry" in said[0], said
+    assert other_name not in runlog.read_log(log.read_bytes())[0]
+    assert runs_.lookup(sids[-1], "fp", DEPS) == outs(len(sids) - 1)
+    blob = bytearray(log.read_bytes())
+    blob[blob.index(encode_entry(outs(0))) + 30] ^= 0x40
+    log.write_bytes(bytes(blob))
+    said.clear()
+    gc_view = RunCache(tmp_path, said.append)
+    names = [n for shard in gc_view.shards() for n, _ in gc_view.entries(shard)]
+    assert len(names) == len(sids) - 2 and len(said) == 1, said
+    assert RunCache(tmp_path).lookup(hit, "fp", DEPS) is None

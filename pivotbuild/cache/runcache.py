@@ -4,16 +4,21 @@ seen before is restored from the cache instead (status `restored`).
 
 An entry is named `<stage key>-<inputs key>` and is one frame
 (`state.framing`: magic `PIVRUN1\n`, version FORMAT, checksum) of msgpack
-`{"outs": [...]}`.  A build appends the entries it records to its shard's
-log, `<cache>/runs/<ab>.log` (`ab` begins the stage key): one frame each
-(magic `PIVRUNL\n`) of msgpack `[name, entry]`, written with one `write` to
-a file opened for appending.  An entry used to be a file of its own,
-`<cache>/runs/<ab>/<name>`, as `pull` still writes them and a remote keeps
-them: creating a file cost 0.1 to 1 ms of the kernel's time on ext4 (most
-after deletions, which every rebuild makes), a sixth of an incremental
-build of 55 small stages; an append costs a `write`.  Both are read: a
-log's entry wins over a file of the same name, and within a log the last
-frame of a name wins (the newest result).
+`{"outs": [...]}`; its folder is `ab`, the stage key's first two digits.
+A build appends the entries it records to the log of sixteen folders,
+`<cache>/runs/<a>.log` (`a`, the key's first digit): one frame each (magic
+`PIVRUNL\n`) of msgpack `[name, entry]`, written with one `write` to a
+file opened for appending.  So a cache holds sixteen logs at most, and a
+project's first builds create sixteen files, not a file for each stage
+they rerun: creating one costs 0.1 to 1 ms of the kernel's time on ext4
+(0.6 ms on the benchmarks' machine), against a few microseconds for an
+append.  What earlier versions wrote is read too: an entry as a file of
+its own, `<cache>/runs/<ab>/<name>` (as `pull` still writes them and a
+remote keeps them), and a log of one folder's entries, `runs/<ab>.log`
+(never appended to now).  The sixteen-folder log wins over a folder's log,
+and a log over a file of the same name; within a log the last frame of a
+name wins (the newest result).  A build reads a log's names from the
+frames' headers and checks only the frames it uses (runlog.index).
 
 A reader never trusts a torn or damaged entry: one that fails its check is
 ignored (the stage runs, or push skips it), said once, and removed (a log
@@ -73,7 +78,14 @@ def folder_rel(skey: str) -> str:
 
 
 def log_rel(shard: str) -> str:
-    """The log of folder `shard`'s entries, relative to the cache directory."""
+    """The log that folder `shard`'s entries are appended to (the log of the
+    sixteen folders beginning with its first digit), relative to the cache
+    directory."""
+    return f"{RUNS}/{shard[:1]}.log"
+
+
+def folder_log_rel(shard: str) -> str:
+    """Folder `shard`'s own log, as earlier versions wrote (read, never appended to)."""
     return f"{RUNS}/{shard}.log"
 
 
@@ -88,9 +100,26 @@ def inputs_key(fingerprint: str, deps: Sequence[FileRecord]) -> str:
     return hash_bytes(json_text([fingerprint, listed]).encode("utf-8", "surrogateescape"))
 
 
+class _Log:
+    """A log of sixteen folders as one RunCache read it: where each name's
+    last frame starts (checked when first used), and the entries checked
+    since or appended by this RunCache (`known`, which wins)."""
+
+    __slots__ = ("at", "blob", "keys", "known")
+
+    def __init__(self, blob: bytes = b"", at: dict[str, int] | None = None, keys: set[str] | None = None) -> None:
+        self.blob = blob
+        self.at = at or {}
+        self.keys = keys or set()  # the stage keys its names begin with
+        self.known: dict[str, bytes] = {}
+
+    def names(self, shard: str) -> set[str]:
+        return {n for n in (*self.at, *self.known) if n.startswith(shard)}
+
+
 class RunCache:
     """One build's (or command's) view of the run cache.  Each folder (and
-    its log) is read once, on its first lookup, and misses are answered from
+    its logs) is read once, on its first lookup, and misses are answered from
     that (plus what this object records): a clean build would otherwise
     try to open a missing entry for every stage.  An entry another process
     adds meanwhile may be missed: the stage then runs, as it would have a
@@ -106,14 +135,15 @@ class RunCache:
         self._made = False  # runs/ made by this object
         self._shards: set[str] | None = None  # the names under runs/, once listed
         self._listed: dict[str, set[str]] = {}  # folder name -> the entries in it (files), once listed
-        self._logged: dict[str, dict[str, bytes]] = {}  # folder name -> its log's entries, once read
-        self._keyed: dict[str, set[str]] = {}  # folder name -> the stage keys its entries begin with
+        self._logged: dict[str, dict[str, bytes]] = {}  # folder name -> its own log's entries, once read
+        self._keyed: dict[str, set[str]] = {}  # folder name -> the stage keys of its files and own log
+        self._logs: dict[str, _Log] = {}  # first digit -> its log, once read
 
     def _listing(self, shard: str) -> set[str]:
-        """The entries of folder `shard`, files and log (see the module's
-        docstring), read once; runs/ itself is listed once too, so a folder
-        that does not exist (most of them, in a first build) costs no
-        system call."""
+        """The entries of folder `shard` that are files, read once with the
+        folder's own log and the log of its sixteen (see the module's
+        docstring); runs/ itself is listed once too, so a folder that does
+        not exist (most of them, in a first build) costs no system call."""
         names = self._listed.get(shard)
         if names is not None:
             return names
@@ -128,11 +158,14 @@ class RunCache:
                 found = set(os.listdir(f"{self._runs}/{shard}"))
         logged: dict[str, bytes] = {}
         if f"{shard}.log" in shards:
-            logged = self._read_log(shard)
+            logged = self._read_log(folder_log_rel(shard))
+        group = shard[:1]
+        log = self._logs.get(group) or self._read_group(group, f"{group}.log" in shards)
         with self._lock:
             names = self._listed.get(shard)
             if names is not None:
                 return names
+            self._logs.setdefault(group, log)
             self._keyed[shard] = {n.partition("-")[0] for n in (*found, *logged)}
             self._logged[shard] = logged
             self._listed[shard] = found  # (last: the check above reads it without the lock)
@@ -151,8 +184,30 @@ class RunCache:
                 shards = self._shards
         return shards
 
-    def _read_log(self, shard: str) -> dict[str, bytes]:
-        path = self._log(shard)
+    def _read_group(self, group: str, listed: bool) -> _Log:
+        """The log of the sixteen folders beginning with `group`, its names
+        read from the frames' headers (runlog.index); read whole, and
+        repaired, if a frame is torn or damaged there."""
+        if not listed:
+            return _Log()
+        try:
+            with open(self._log(group), "rb") as f:
+                blob = f.read()
+        except OSError:
+            return _Log()
+        indexed = runlog.index(blob)
+        if indexed is not None:
+            return _Log(blob, *indexed)
+        return self._entries_log(self._read_log(log_rel(group)))
+
+    @staticmethod
+    def _entries_log(entries: dict[str, bytes]) -> _Log:
+        log = _Log(keys={n.partition("-")[0] for n in entries})
+        log.known = entries
+        return log
+
+    def _read_log(self, rel: str) -> dict[str, bytes]:
+        path = f"{self.cache_dir}/{rel}"
         try:
             with open(path, "rb") as f:
                 blob = f.read()
@@ -162,20 +217,63 @@ class RunCache:
         if damaged:  # (or a frame still being appended: read again under the log's lock, to tell)
             logged, damaged = runlog.rewrite(path, write=self.repair)
             if damaged:
-                what = "a damaged or torn entry" if damaged == 1 else f"{damaged} damaged or torn entries"
-                done = "removed" if self.repair else "skipped"
-                self._say(log_rel(shard), f": {what} (cut short by a killed build, or damaged on disk); {done}")
+                self._damaged(rel, damaged)
         return logged
+
+    def _damaged(self, rel: str, count: int) -> None:
+        what = "a damaged or torn entry" if count == 1 else f"{count} damaged or torn entries"
+        done = "removed" if self.repair else "skipped"
+        self._say(rel, f": {what} (cut short by a killed build, or damaged on disk); {done}")
+
+    def _grouped(self, shard: str, name: str) -> bytes | None:
+        """The entry `name` (of folder `shard`) in the log of its sixteen,
+        its frame checked (the log read whole and repaired if it fails)."""
+        group = shard[:1]
+        with self._lock:
+            log = self._logs[group]
+            found = log.known.get(name)
+            if found is not None:
+                return found
+            pos = log.at.get(name)
+            if pos is None:
+                return None
+            try:
+                found = log.known[name] = runlog.entry_at(log.blob, pos, name)
+                return found
+            except framing.Damaged:
+                log = self._logs[group] = self._repaired(group)
+                return log.known.get(name)
+
+    def _repaired(self, group: str) -> _Log:
+        """The log of `group`, read again whole under its lock (repaired)."""
+        logged, damaged = runlog.rewrite(self._log(group), write=self.repair)
+        if damaged:
+            self._damaged(log_rel(group), damaged)
+        return self._entries_log(logged)
+
+    def _logged_in(self, shard: str) -> dict[str, bytes]:
+        """Folder `shard`'s entries in logs (its own, then its sixteen's), each checked."""
+        group = shard[:1]
+        with self._lock:
+            log = self._logs[group]
+            if log.at:  # check every frame once (gc and push read every entry)
+                try:
+                    for name, pos in log.at.items():
+                        if name not in log.known:
+                            log.known[name] = runlog.entry_at(log.blob, pos, name)
+                    log.at, log.blob = {}, b""
+                except framing.Damaged:
+                    log = self._logs[group] = self._repaired(group)
+            return {**self._logged[shard], **{n: b for n, b in log.known.items() if n.startswith(shard)}}
 
     def entries(self, skey: str, *, shadowed: bool = False) -> list[tuple[str, bytes]]:
         """The entries (name, bytes) of the stage of key `skey`, or with a
         folder's name, all of that folder's, sorted by name; an entry file
         that cannot be read is left out.  With `shadowed`, also the file of
-        a name the log holds too (gc: both name objects)."""
+        a name a log holds too (gc: both name objects)."""
         shard = skey[:2]
         names = self._listing(shard)
-        with self._lock:
-            logged = dict(self._logged[shard])
+        logged = self._logged_in(shard)
         found = []
         for name in sorted({*names, *logged}) if skey == shard else of_stage(skey, {*names, *logged}):
             blob = logged.get(name)
@@ -199,10 +297,10 @@ class RunCache:
         skey = stage_key(sid)
         shard = skey[:2]
         names = self._listing(shard)
-        if skey not in self._keyed[shard]:
+        if skey not in self._keyed[shard] and skey not in self._logs[shard[:1]].keys:
             return None
         name = f"{skey}-{inputs_key(fingerprint, deps)}"
-        found = self._logged[shard].get(name)
+        found = self._grouped(shard, name) or self._logged[shard].get(name)
         in_file = found is None
         if found is None:
             if name not in names:
@@ -228,14 +326,14 @@ class RunCache:
             return None
 
     def record(self, sid: StageId, fingerprint: str, deps: Sequence[FileRecord], outs: tuple[FileRecord, ...]) -> None:
-        """Append the entry to its folder's log (unless the same is there)."""
+        """Append the entry to its log (unless the same is there)."""
         skey = stage_key(sid)
         shard = skey[:2]
         name = f"{skey}-{inputs_key(fingerprint, deps)}"
         blob = encode_entry(outs)
         self._listing(shard)
         with self._lock:
-            if self._logged[shard].get(name) == blob:
+            if (self._grouped(shard, name) or self._logged[shard].get(name)) == blob:
                 return  # recorded already (by an earlier build)
             if not self._made:
                 os.makedirs(self._runs, exist_ok=True)
@@ -245,26 +343,35 @@ class RunCache:
         # once is read as one.)
         runlog.append(self._log(shard), name, blob)
         with self._lock:
-            self._logged[shard][name] = blob
-            self._keyed[shard].add(skey)
+            log = self._logs[shard[:1]]
+            log.known[name] = blob
+            log.keys.add(skey)
 
     def remove(self, shard: str, names: set[str]) -> None:
-        """Remove these entries of folder `shard`, from its log and as files (gc)."""
+        """Remove these entries of folder `shard`, from the logs and as files (gc)."""
         self._listing(shard)
         self._drop_logged(shard, names)
         for name in names:
             Path(f"{self._runs}/{shard}/{name}").unlink(missing_ok=True)
 
     def shards(self) -> list[str]:
-        """The folders that hold entries (files or a log), sorted."""
+        """The folders that hold entries (files or logs), sorted: the sixteen
+        of a log of sixteen, whether it holds entries of each or not."""
         try:
             names = os.listdir(self._runs)
         except OSError:
             return []
-        return sorted({n.removesuffix(".log") for n in names if len(n.removesuffix(".log")) == 2})
+        found = set()
+        for n in names:
+            base = n.removesuffix(".log")
+            if len(base) == 2:
+                found.add(base)
+            elif len(base) == 1 and base != n:
+                found.update(base + digit for digit in "0123456789abcdef")
+        return sorted(found)
 
     def _drop_logged(self, shard: str, names: set[str], only: bytes | None = None) -> None:
-        """Drop `names` from the folder's log (with `only`, a name only while it
+        """Drop `names` from the folder's logs (with `only`, a name only while it
         still holds those bytes: a newer frame of it stays)."""
 
         def drop(entries: dict[str, bytes]) -> bool:
@@ -274,12 +381,17 @@ class RunCache:
             return bool(gone)
 
         with self._lock:
-            logged, _ = runlog.rewrite(self._log(shard), drop, write=self.repair)
-            if not self.repair:
-                logged = {n: b for n, b in self._logged.get(shard, {}).items() if n not in names}
-            self._logged[shard] = logged
+            if f"{shard}.log" in self._runs_listed():
+                logged, _ = runlog.rewrite(f"{self.cache_dir}/{folder_log_rel(shard)}", drop, write=self.repair)
+                if not self.repair:
+                    logged = {n: b for n, b in self._logged.get(shard, {}).items() if n not in names}
+                self._logged[shard] = logged
+            group = shard[:1]
+            logged, _ = runlog.rewrite(self._log(group), drop, write=self.repair)  # (without writing: as it would be)
+            self._logs[group] = self._entries_log(logged)
 
     def _log(self, shard: str) -> str:
+        """The path of the log that folder `shard`'s entries are appended to."""
         return f"{self.cache_dir}/{log_rel(shard)}"
 
     def _say(self, rel: str, what: str) -> None:
