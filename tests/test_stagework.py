@@ -1,12 +1,17 @@
 """stagework.prepare_outputs: what is left of a stage's outputs before it runs,
-and the directories it writes them into."""
+and the directories it writes them into; and the file a stage's command
+empties as it starts (stagework.prepare's `emptied`)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from pivotbuild.build.executors.stagework import prepare_outputs
+import pytest
+
+from pivotbuild.build.executors.plaincommand import PlainCommands
+from pivotbuild.build.executors.runner import RunSpec
+from pivotbuild.build.executors.stagework import EMPTIED_MAX, _emptied, prepare_outputs
 from pivotbuild.errors import Location
 from pivotbuild.model import Out, Stage, StageId
 
@@ -74,3 +79,69 @@ def test_an_output_under_a_file_is_a_problem_naming_it(tmp_path: Path) -> None:
     deeper = prepare_outputs(tmp_path, stage(Out("plain/sub/x.txt")))
     assert deeper == f"pivotbuild: cannot prepare output plain/sub/x.txt: {os.strerror(20)}"
     assert (tmp_path / "plain").read_text() == "a file, not a directory"
+
+
+def test_the_small_file_the_command_empties_as_it_starts_is_left_to_it(tmp_path: Path) -> None:
+    """A `> FILE` stage's small output is emptied by its own redirect as it
+    starts, as under make or ninja: left in place (its inode kept), unless
+    it is linked elsewhere (hardlink mode's object), a symlink, read-only,
+    larger than EMPTIED_MAX, or not the file the command empties."""
+    (tmp_path / "out").mkdir()
+    kept, other = tmp_path / "out" / "a.txt", tmp_path / "out" / "b.txt"
+    kept.write_text("old")
+    other.write_text("old")
+    inode = kept.stat().st_ino
+    asked: list[int] = []
+
+    def emptied() -> str:
+        asked.append(1)
+        return str(kept)
+
+    assert prepare_outputs(tmp_path, stage(Out("out/a.txt"), Out("out/b.txt")), emptied=emptied) == ""
+    assert kept.stat().st_ino == inode  # (its content is the command's to replace)
+    assert not other.exists()
+    assert asked == [1]  # (asked once a stage)
+
+    linked = tmp_path / "out" / "linked.txt"
+    linked.write_text("old")
+    os.link(linked, tmp_path / "object")
+    read_only = tmp_path / "out" / "read-only.txt"
+    read_only.write_text("old")
+    read_only.chmod(0o444)
+    link = tmp_path / "out" / "link.txt"
+    link.symlink_to(tmp_path / "object")
+    large = tmp_path / "out" / "large.txt"
+    large.write_bytes(b"x" * (EMPTIED_MAX + 1))
+    for path in (linked, read_only, link, large):
+        assert prepare_outputs(tmp_path, stage(Out(f"out/{path.name}")), emptied=lambda p=path: str(p)) == ""
+        assert not os.path.lexists(path)
+    assert (tmp_path / "object").read_text() == "old"
+
+
+def test_a_stage_with_no_output_yet_never_asks_what_its_command_empties(tmp_path: Path) -> None:
+    """A clean build's stages (no output there) do not read their scripts for it."""
+    asked: list[int] = []
+    assert prepare_outputs(tmp_path, stage(Out("out/a.txt")), emptied=lambda: asked.append(1) or None) == ""
+    assert asked == [] and (tmp_path / "out").is_dir()
+
+
+@pytest.mark.parametrize(
+    ("script", "emptied"),
+    [
+        ("md5sum a b > out/x.txt", "out/x.txt"),
+        ("cat a >out.txt", None),  # (`>` not standing alone: the shell's to read)
+        ("cat a >> out.txt", None),  # (appended to: what it held stays)
+        ("cat a > out.txt; cat b", None),
+        ("cat a", None),
+        ("cat 'a' > out.txt", None),
+        ("echo a > out.txt", None),  # (a builtin: left to the shell, and removed first as before)
+    ],
+)
+def test_only_a_plain_command_sending_its_output_to_a_file_empties_it_first(
+    script: str, emptied: str | None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    spec = RunSpec(("/bin/sh", "-e", "-c", script), tmp_path, {"PATH": os.environ["PATH"]})
+    assert _emptied(PlainCommands(), spec) == (None if emptied is None else str(tmp_path / emptied))
+    elsewhere = RunSpec(spec.argv, tmp_path / "sub", spec.env)  # (a stage's workdir: not ours to check)
+    assert _emptied(PlainCommands(), elsewhere) is None

@@ -102,7 +102,7 @@ class LocalExecutor:
         try:
             if attempt > 1:
                 put(stagework.retried(label, self.started, attempt, stage.retry))
-            problem = stagework.prepare(self.root, stage, spec)
+            problem = stagework.prepare(self.root, stage, spec, self.starter.plain)
             if problem:
                 put(Log(label, "stderr", problem))
                 self._done(job, failed(problem))
