@@ -135,6 +135,7 @@ def test_a_stage_with_no_output_yet_never_asks_what_its_command_empties(tmp_path
         ("cat a", None),
         ("cat 'a' > out.txt", None),
         ("echo a > out.txt", None),  # (a builtin: left to the shell, and removed first as before)
+        ("cat a > ./out/../out.txt", "out.txt"),  # (named another way: the same file)
     ],
 )
 def test_only_a_plain_command_sending_its_output_to_a_file_empties_it_first(

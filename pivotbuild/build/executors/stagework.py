@@ -117,7 +117,9 @@ def _emptied(plain: PlainCommands, spec: runner.RunSpec) -> str | None:
     cwd = os.getcwd()
     if str(spec.cwd) != cwd:
         return None
-    return os.path.normpath(os.path.join(cwd, found[1][0]))
+    target = found[1][0]
+    full = target if target[:1] == "/" else f"{cwd}/{target}"
+    return full if "/." not in full and "//" not in full else os.path.normpath(full)  # (most need no normalizing)
 
 
 def capture(
