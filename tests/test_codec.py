@@ -106,6 +106,10 @@ DAMAGE = {
     "a list for a map": lambda r: r["deps"].__setitem__(0, ["a", "file", "h"]),
     "a nested match's bad hash": lambda r: r["deps"][0]["matches"][0].__setitem__("hash", None),
     "a param's missing value": lambda r: r["params"][0].pop("value_json"),
+    # (a file's record with no matches, the quick path's: its checks, then the full ones)
+    "a number for a file's hash": lambda r: r["outs"][0].__setitem__("hash", 5),
+    "a zero for a file's matches": lambda r: r["outs"][0].__setitem__("matches", 0),
+    "a missing kind": lambda r: r["outs"][0].pop("kind"),
 }
 
 

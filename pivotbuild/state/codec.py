@@ -83,6 +83,11 @@ def _list(obj: dict[str, Any], key: str, default: bool = False) -> Iterable[obje
 
 
 def file_from(obj: object) -> FileRecord:
+    # (Most records: a file, no glob's matches, every field of its type: checked at once.)
+    if type(obj) is dict and not (matches := obj.get("matches", ())) and type(matches) in (list, tuple):
+        path, kind, digest, executable = obj.get("path"), obj.get("kind"), obj.get("hash"), obj.get("exec", False)
+        if type(path) is str and type(kind) is str and type(digest) is str and type(executable) is bool:
+            return FileRecord(path, kind, digest, (), executable)
     m = _map(obj)
     matches = tuple(file_from(x) for x in _list(m, "matches", default=True))
     executable = m.get("exec", False)
