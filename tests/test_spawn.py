@@ -86,6 +86,26 @@ def test_a_spawned_stage_is_started_as_popen_starts_it(
         assert not _ignored(seen) & (1 << (sig - 1))
 
 
+def test_a_signal_ignored_by_the_build_stays_ignored_in_its_stages_and_a_handled_one_does_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The spawn names every signal to reset in the child (one system call
+    each, not two): SIGHUP ignored by the build (`nohup`) stays ignored, as
+    through Popen; SIGUSR1, which the build handles, is at its default."""
+    monkeypatch.chdir(tmp_path)
+    was = signal.signal(signal.SIGHUP, signal.SIG_IGN), signal.signal(signal.SIGUSR1, lambda *_: None)
+    try:
+        spawned, seen = _run(Starter(), tmp_path)
+        _, expected = _run(Starter(spawn=False), tmp_path)
+    finally:
+        signal.signal(signal.SIGHUP, was[0])
+        signal.signal(signal.SIGUSR1, was[1])
+    assert isinstance(spawned, Child)
+    assert _ignored(seen) & ~_GLIBC_INTERNAL == _ignored(expected)
+    assert _ignored(seen) & (1 << (signal.SIGHUP - 1))
+    assert not _ignored(seen) & (1 << (signal.SIGUSR1 - 1))
+
+
 def test_elsewhere_than_our_directory_popen_starts_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "sub").mkdir()
     monkeypatch.chdir(tmp_path)
