@@ -31,8 +31,9 @@ def log_of(cache_dir: Path, sid: StageId) -> Path:
 
 
 def test_a_frame_still_being_appended_is_not_taken_for_damage(tmp_path: Path) -> None:
-    """A reader that finds a frame cut short waits for the log's lock before
-    it calls it damage: an appender holds it while it writes."""
+    """A reader that finds a frame cut short (its name written, not the rest)
+    waits for the log's lock before it calls it damage: an appender holds it
+    while it writes."""
     one, two = StageId("", "s"), StageId("", "s")
     RunCache(tmp_path).record(one, "fp1", DEPS, outs(1))
     log = log_of(tmp_path, one)
@@ -43,12 +44,12 @@ def test_a_frame_still_being_appended_is_not_taken_for_damage(tmp_path: Path) ->
     found: list[object] = []
     try:
         fcntl.flock(fd, fcntl.LOCK_SH)
-        os.write(fd, frame[:20])  # an appender, half way through its frame
+        os.write(fd, frame[:100])  # an appender, half way through its frame (past its name)
         reader = threading.Thread(target=lambda: found.append(RunCache(tmp_path, said.append).lookup(two, "fp2", DEPS)))
         reader.start()
         time.sleep(0.3)
         assert reader.is_alive()  # (waiting for the lock, not calling the half frame damage)
-        os.write(fd, frame[20:])
+        os.write(fd, frame[100:])
     finally:
         os.close(fd)
     reader.join(10)
@@ -70,8 +71,13 @@ def test_a_torn_frame_is_said_once_and_the_log_kept_whole_around_it(tmp_path: Pa
     said: list[str] = []
     again = RunCache(tmp_path, said.append)
     assert again.lookup(sid, "fp1", DEPS) == outs(1) and again.lookup(sid, "fp3", DEPS) == outs(3)
-    assert len(said) == 1 and "a damaged or torn entry" in said[0]
-    assert RunCache(tmp_path, said.append).lookup(sid, "fp2", DEPS) is None and len(said) == 1  # (rewritten)
+    assert said == []  # (a build checks only the frames it uses)
+    shard = stage_key(sid)[:2]
+    name1 = f"{stage_key(sid)}-{inputs_key('fp1', DEPS)}"
+    assert [n for n, _ in RunCache(tmp_path, said.append).entries(shard)] == sorted([name1, name3])
+    assert len(said) == 1 and "a damaged or torn entry" in said[0]  # (gc and push read every frame)
+    assert len(RunCache(tmp_path, said.append).entries(shard)) == 2 and len(said) == 1  # (rewritten)
+    assert RunCache(tmp_path, said.append).lookup(sid, "fp2", DEPS) is None and len(said) == 1
 
 
 def test_a_frame_of_another_version_is_kept_and_not_said(tmp_path: Path) -> None:
@@ -85,6 +91,8 @@ def test_a_frame_of_another_version_is_kept_and_not_said(tmp_path: Path) -> None
         f.write(newer + b"PIVRUNL\nbroken")  # then a damaged frame, so that the log is written again
     said: list[str] = []
     assert RunCache(tmp_path, said.append).lookup(sid, "fp1", DEPS) == outs(1)
+    assert said == []  # (a build checks only the frames it uses)
+    assert len(RunCache(tmp_path, said.append).entries(stage_key(sid)[:2])) == 1  # (gc and push read every frame)
     assert len(said) == 1 and "a damaged or torn entry" in said[0]
     assert newer in log.read_bytes()
     entries, damaged, foreign = runlog.read_log(log.read_bytes())

@@ -17,8 +17,11 @@ its own, `<cache>/runs/<ab>/<name>` (as `pull` still writes them and a
 remote keeps them), and a log of one folder's entries, `runs/<ab>.log`
 (never appended to now).  The sixteen-folder log wins over a folder's log,
 and a log over a file of the same name; within a log the last frame of a
-name wins (the newest result).  A build reads a log's names from the
-frames' headers and checks only the frames it uses (runlog.index).
+name wins (the newest result).  A build does not decode a log of
+sixteen folders: it looks for the name it wants in the log's bytes (the
+last frame of it; C's search, a few GB/s) and checks that frame alone
+(runlog.entry_at), so a long history costs a lookup a search of a
+sixteenth of it, not a decode of every entry (gc and push decode all).
 
 A reader never trusts a torn or damaged entry: one that fails its check is
 ignored (the stage runs, or push skips it), said once, and removed (a log
@@ -101,20 +104,21 @@ def inputs_key(fingerprint: str, deps: Sequence[FileRecord]) -> str:
 
 
 class _Log:
-    """A log of sixteen folders as one RunCache read it: where each name's
-    last frame starts (checked when first used), and the entries checked
-    since or appended by this RunCache (`known`, which wins)."""
+    """A log of sixteen folders as one RunCache read it: its bytes, searched
+    for a name when one is looked up (`blob`; b"" once it was decoded
+    whole), and the entries checked since, decoded or appended by this
+    RunCache (`known`, which wins), with their stage keys."""
 
-    __slots__ = ("at", "blob", "keys", "known")
+    __slots__ = ("blob", "keys", "known")
 
-    def __init__(self, blob: bytes = b"", at: dict[str, int] | None = None, keys: set[str] | None = None) -> None:
+    def __init__(self, blob: bytes = b"", known: dict[str, bytes] | None = None) -> None:
         self.blob = blob
-        self.at = at or {}
-        self.keys = keys or set()  # the stage keys its names begin with
-        self.known: dict[str, bytes] = {}
+        self.known: dict[str, bytes] = known or {}
+        self.keys = {n.partition("-")[0] for n in self.known}
 
-    def names(self, shard: str) -> set[str]:
-        return {n for n in (*self.at, *self.known) if n.startswith(shard)}
+    def has(self, skey: str) -> bool:
+        """Whether the log may hold an entry of the stage of key `skey`."""
+        return skey in self.keys or (bool(self.blob) and skey.encode() in self.blob)
 
 
 class RunCache:
@@ -185,26 +189,15 @@ class RunCache:
         return shards
 
     def _read_group(self, group: str, listed: bool) -> _Log:
-        """The log of the sixteen folders beginning with `group`, its names
-        read from the frames' headers (runlog.index); read whole, and
-        repaired, if a frame is torn or damaged there."""
+        """The log of the sixteen folders beginning with `group`, as bytes
+        to search (see the module's docstring)."""
         if not listed:
             return _Log()
         try:
             with open(self._log(group), "rb") as f:
-                blob = f.read()
+                return _Log(f.read())
         except OSError:
             return _Log()
-        indexed = runlog.index(blob)
-        if indexed is not None:
-            return _Log(blob, *indexed)
-        return self._entries_log(self._read_log(log_rel(group)))
-
-    @staticmethod
-    def _entries_log(entries: dict[str, bytes]) -> _Log:
-        log = _Log(keys={n.partition("-")[0] for n in entries})
-        log.known = entries
-        return log
 
     def _read_log(self, rel: str) -> dict[str, bytes]:
         path = f"{self.cache_dir}/{rel}"
@@ -232,15 +225,15 @@ class RunCache:
         with self._lock:
             log = self._logs[group]
             found = log.known.get(name)
-            if found is not None:
+            if found is not None or not log.blob:
                 return found
-            pos = log.at.get(name)
+            pos = runlog.frame_of(log.blob, name)
             if pos is None:
                 return None
             try:
                 found = log.known[name] = runlog.entry_at(log.blob, pos, name)
                 return found
-            except framing.Damaged:
+            except framing.Damaged:  # (or the name found elsewhere than a frame's name)
                 log = self._logs[group] = self._repaired(group)
                 return log.known.get(name)
 
@@ -249,21 +242,20 @@ class RunCache:
         logged, damaged = runlog.rewrite(self._log(group), write=self.repair)
         if damaged:
             self._damaged(log_rel(group), damaged)
-        return self._entries_log(logged)
+        return _Log(known=logged)
 
     def _logged_in(self, shard: str) -> dict[str, bytes]:
         """Folder `shard`'s entries in logs (its own, then its sixteen's), each checked."""
         group = shard[:1]
         with self._lock:
             log = self._logs[group]
-            if log.at:  # check every frame once (gc and push read every entry)
-                try:
-                    for name, pos in log.at.items():
-                        if name not in log.known:
-                            log.known[name] = runlog.entry_at(log.blob, pos, name)
-                    log.at, log.blob = {}, b""
-                except framing.Damaged:
+            if log.blob:  # decoded whole once (gc and push read every entry)
+                entries, damaged, _ = runlog.read_log(log.blob)
+                if damaged:  # (or a frame still being appended: read again under the log's lock, to tell)
                     log = self._logs[group] = self._repaired(group)
+                else:
+                    log.known = {**entries, **log.known}
+                    log.blob = b""
             return {**self._logged[shard], **{n: b for n, b in log.known.items() if n.startswith(shard)}}
 
     def entries(self, skey: str, *, shadowed: bool = False) -> list[tuple[str, bytes]]:
@@ -297,7 +289,7 @@ class RunCache:
         skey = stage_key(sid)
         shard = skey[:2]
         names = self._listing(shard)
-        if skey not in self._keyed[shard] and skey not in self._logs[shard[:1]].keys:
+        if skey not in self._keyed[shard] and not self._logs[shard[:1]].has(skey):
             return None
         name = f"{skey}-{inputs_key(fingerprint, deps)}"
         found = self._grouped(shard, name) or self._logged[shard].get(name)
@@ -388,7 +380,7 @@ class RunCache:
                 self._logged[shard] = logged
             group = shard[:1]
             logged, _ = runlog.rewrite(self._log(group), drop, write=self.repair)  # (without writing: as it would be)
-            self._logs[group] = self._entries_log(logged)
+            self._logs[group] = _Log(known=logged)
 
     def _log(self, shard: str) -> str:
         """The path of the log that folder `shard`'s entries are appended to."""

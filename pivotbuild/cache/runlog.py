@@ -56,60 +56,22 @@ def read_log(blob: bytes) -> tuple[dict[str, bytes], int, list[bytes]]:
     return entries, damaged, foreign
 
 
-def index(blob: bytes) -> tuple[dict[str, int], set[str]] | None:
-    """Where each name's last frame starts, and the stage keys the names
-    begin with, read from the frames' headers and names alone: none is
-    checked (`entry_at` checks the one a lookup uses), so a log of thousands
-    of entries is not decoded for the few a build looks up.  None if the
-    frames do not follow one another whole (a frame torn or damaged in its
-    header: then `read_log`, which finds the frames after it).  A frame of
-    another format version is left out."""
-    at: dict[str, int] = {}
-    pos, size = 0, len(blob)
-    header, unpack, version = framing.HEADER.size, framing.HEADER.unpack_from, LOG.version
-    while pos < size:
-        if size - pos < header + framing.CHECKSUM:
-            return None
-        magic, found, _, length = unpack(blob, pos)
-        end = pos + header + length + framing.CHECKSUM
-        if magic != LOG_MAGIC or end > size:
-            return None
-        if found == version:
-            name = _name(blob, pos + header)
-            if name is None:
-                return None
-            at[name] = pos
-        else:  # (kept as it is if whole: read_log's `foreign`; else damaged, its version field perhaps)
-            try:
-                LOG.check(blob, pos)
-            except framing.OtherVersion:
-                pass
-            except framing.Damaged:
-                return None
-        pos = end
-    return at, {name.partition("-")[0] for name in at}
-
-
-def _name(blob: bytes, at: int) -> str | None:
-    """The name that begins the msgpack `[name, entry]` at `at`, or None."""
-    if blob[at : at + 1] != b"\x92":
+def frame_of(blob: bytes, name: str) -> int | None:
+    """Where the last frame naming `name` may start in a log's bytes (found
+    by a search for the name, which follows the frame's header and
+    msgpack's array and string tags), or None.  Not checked: `entry_at`
+    checks it, and says Damaged where the name was found elsewhere."""
+    found = blob.rfind(name.encode())
+    if found < 0:
         return None
-    tag = blob[at + 1]
-    if 0xA0 <= tag <= 0xBF:
-        start, length = at + 2, tag - 0xA0
-    elif tag == 0xD9:
-        start, length = at + 3, blob[at + 2]
-    else:
-        return None
-    try:
-        return blob[start : start + length].decode()
-    except UnicodeDecodeError:
-        return None
+    return found - framing.HEADER.size - 1 - (1 if len(name) < 32 else 2)  # (fixstr, or str8 up to 255)
 
 
 def entry_at(blob: bytes, pos: int, name: str) -> bytes:
-    """The entry of the frame at `pos`, checked, which `index` said holds `name`.
-    Raises framing.Damaged."""
+    """The entry of the frame at `pos`, checked, which `frame_of` said holds
+    `name`.  Raises framing.Damaged."""
+    if pos < 0:
+        raise framing.Damaged("not a frame")
     end = LOG.check(blob, pos)
     found = LOG.loads(memoryview(blob)[pos + framing.HEADER.size : end])
     if not isinstance(found, list) or len(found) != 2 or found[0] != name or not isinstance(found[1], bytes):
