@@ -1078,6 +1078,10 @@ def test_entries_of_many_stages_share_sixteen_logs(tmp_path: Path) -> None:
         for i in range(300)
     )
     assert sum(len(again.entries(shard)) for shard in again.shards()) == 300
+    assert all(  # (and looked up again, once every log was read whole)
+        again.lookup(StageId("", f"s{i}"), "fp", deps) == (FileRecord("out.txt", "file", f"{i:032x}"),)
+        for i in range(300)
+    )
 
 
 def test_reflink_mode_copies_where_the_filesystem_cannot_and_says_so_once(project: Project) -> None:

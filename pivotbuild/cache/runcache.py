@@ -255,6 +255,7 @@ class RunCache:
                     log = self._logs[group] = self._repaired(group)
                 else:
                     log.known = {**entries, **log.known}
+                    log.keys |= {n.partition("-")[0] for n in entries}
                     log.blob = b""
             return {**self._logged[shard], **{n: b for n, b in log.known.items() if n.startswith(shard)}}
 
