@@ -4,11 +4,20 @@
     python3 benchmarks/ab.py --base f78c5e6                  # a git revision (a worktree, removed after)
     python3 benchmarks/ab.py --base ../old --rounds 20 --what incr
     python3 benchmarks/ab.py --base HEAD~1 --shape big --mode hardlink --rounds 4
+    python3 benchmarks/ab.py --base HEAD~1 --what fresh --rounds 16 --edits 5
 
 On compare.py's lattice (WIDTH x DEPTH stages, -j2), each round runs every
 version once, in a random order: `clean`, a build of a fresh copy of the
 project; `incr`, one source of the middle layer edited in each version's own
-project, then its build (55 stages at 50 x 20).  Each build is `python -m
+project, then its build (55 stages at 50 x 20); `fresh`, a fresh copy of
+the project built clean (not timed), then `--edits` incremental builds of it,
+each after an edit as `incr`'s, their median timed: a project of each
+version's own for a round alone, where `incr`'s two long-lived projects can
+differ by up to 5% on the same code, from their places on the file system.
+This checkout against itself, `fresh` gave 1.034 (10 rounds) and 1.022
+(16): it tells apart changes of more than about 3% (the twenty-third
+session's two, 0.887 and 0.903 over 16 and 20 rounds, showed in every one
+of the 5 edits; docs/performance.md).  Each build is `python -m
 pivotbuild -jJ -s` with the version's tree first on PYTHONPATH (its
 pivotbuild, this interpreter and its libraries); it prints the median wall
 time, the median CPU of the build's process tree (the stages included: what
@@ -96,16 +105,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--new", default=str(CHECKOUT), help="the same (default: this checkout)")
     ap.add_argument("--shape", choices=sorted(compare.COMMANDS), default="small")
     ap.add_argument("--mode", choices=("copy", "hardlink"), default="copy")
-    ap.add_argument("--what", default="clean,incr", help="comma-separated, of clean and incr")
+    ap.add_argument("--what", default="clean,incr", help="comma-separated, of clean, incr and fresh")
     ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--edits", type=int, default=5, help="fresh: incremental builds a round (their median)")
     ap.add_argument("--width", type=int, default=50)
     ap.add_argument("--depth", type=int, default=20)
     ap.add_argument("-j", "--jobs", type=int, default=2)
     ap.add_argument("--dir", help="work here (default: a temporary directory)")
     args = ap.parse_args(argv)
     what = args.what.split(",")
-    if not set(what) <= {"clean", "incr"}:
-        ap.error("--what takes clean and incr")
+    if not set(what) <= {"clean", "incr", "fresh"}:
+        ap.error("--what takes clean, incr and fresh")
+    if args.edits < 1:
+        ap.error("--edits must be at least 1")
     stages = compare.lattice(args.width, args.depth)
     with contextlib.ExitStack() as stack:
         work = Path(args.dir) if args.dir else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="pvab-")))
@@ -135,6 +147,18 @@ def main(argv: list[str] | None = None) -> int:
                         shutil.copytree(template, fresh, symlinks=True)
                         time.sleep(0.5)  # (let the copy's writes settle a moment)
                         times[kind, name].append(build(versions[name], fresh, args.jobs))
+                    elif kind == "fresh":
+                        fresh = work / "fresh"
+                        shutil.rmtree(fresh, ignore_errors=True)
+                        shutil.copytree(template, fresh, symlinks=True)
+                        build(versions[name], fresh, args.jobs)  # (its clean build, not timed)
+                        runs = []
+                        for edit in range(args.edits):
+                            compare.edit(fresh, args.width, args.depth, edit)
+                            runs.append(build(versions[name], fresh, args.jobs))
+                        times[kind, name].append(
+                            (statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs))
+                        )
                     else:
                         # (The round's edit, the same in both projects, so their
                         # histories match; their file systems' states still differ:
@@ -142,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
                         compare.edit(projects[name], args.width, args.depth, round_)
                         times[kind, name].append(build(versions[name], projects[name], args.jobs))
         shutil.rmtree(work / "clean", ignore_errors=True)
+        shutil.rmtree(work / "fresh", ignore_errors=True)
     print(
         f"{args.width * args.depth} stages ({args.shape}, {args.mode}), -j{args.jobs},"
         f" {args.rounds} interleaved rounds; base {args.base}, new {args.new}"

@@ -23,3 +23,15 @@ def test_it_times_two_versions_in_interleaved_rounds(tmp_path: Path, capsys: pyt
     edits = [line for p in (tmp_path / "incr-new" / "src").iterdir() for line in p.read_text().splitlines()]
     assert len([line for line in edits if line.startswith("edit ")]) == 2
     assert (tmp_path / "incr-new" / "out" / "3_0.txt").exists()
+
+
+def test_fresh_rounds_build_a_new_project_then_time_its_incremental_builds(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    here = str(Path(ab.__file__).resolve().parent.parent)
+    argv = ["--base", here, "--new", here, "--width", "3", "--depth", "4", "--rounds", "2", "--what", "fresh"]
+    assert ab.main([*argv, "--edits", "2", "--dir", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines[2:]] == ["fresh", "base", "new"]
+    assert "new/base" in lines[4]
+    assert not (tmp_path / "fresh").exists()  # (each round's project, removed after)
