@@ -207,16 +207,18 @@ class RunCache:
         except OSError:
             return {}
         logged, damaged, _ = runlog.read_log(blob)
-        if damaged:  # (or a frame still being appended: read again under the log's lock, to tell)
-            logged, damaged = runlog.rewrite(path, write=self.repair)
-            if damaged:
-                self._damaged(rel, damaged)
-        return logged
+        # (Or a frame still being appended: read again under the log's lock, to tell.)
+        return self._rewritten(rel) if damaged else logged
 
-    def _damaged(self, rel: str, count: int) -> None:
-        what = "a damaged or torn entry" if count == 1 else f"{count} damaged or torn entries"
-        done = "removed" if self.repair else "skipped"
-        self._say(rel, f": {what} (cut short by a killed build, or damaged on disk); {done}")
+    def _rewritten(self, rel: str) -> dict[str, bytes]:
+        """The entries of the log at `rel`, read again under its lock, and
+        written again without its damaged frames (said once)."""
+        logged, damaged = runlog.rewrite(f"{self.cache_dir}/{rel}", write=self.repair)
+        if damaged:
+            what = "a damaged or torn entry" if damaged == 1 else f"{damaged} damaged or torn entries"
+            done = "removed" if self.repair else "skipped"
+            self._say(rel, f": {what} (cut short by a killed build, or damaged on disk); {done}")
+        return logged
 
     def _grouped(self, shard: str, name: str) -> bytes | None:
         """The entry `name` (of folder `shard`) in the log of its sixteen,
@@ -237,12 +239,13 @@ class RunCache:
                 log = self._logs[group] = self._repaired(group)
                 return log.known.get(name)
 
+    def _logged_entry(self, shard: str, name: str) -> bytes | None:
+        """Entry `name` of folder `shard` in a log: the sixteen's, else the folder's own."""
+        return self._grouped(shard, name) or self._logged[shard].get(name)
+
     def _repaired(self, group: str) -> _Log:
         """The log of `group`, read again whole under its lock (repaired)."""
-        logged, damaged = runlog.rewrite(self._log(group), write=self.repair)
-        if damaged:
-            self._damaged(log_rel(group), damaged)
-        return _Log(known=logged)
+        return _Log(known=self._rewritten(log_rel(group)))
 
     def _logged_in(self, shard: str) -> dict[str, bytes]:
         """Folder `shard`'s entries in logs (its own, then its sixteen's), each checked."""
@@ -251,7 +254,7 @@ class RunCache:
             log = self._logs[group]
             if log.blob:  # decoded whole once (gc and push read every entry)
                 entries, damaged, _ = runlog.read_log(log.blob)
-                if damaged:  # (or a frame still being appended: read again under the log's lock, to tell)
+                if damaged:  # (see _read_log)
                     log = self._logs[group] = self._repaired(group)
                 else:
                     log.known = {**entries, **log.known}
@@ -293,7 +296,7 @@ class RunCache:
         if skey not in self._keyed[shard] and not self._logs[shard[:1]].has(skey):
             return None
         name = f"{skey}-{inputs_key(fingerprint, deps)}"
-        found = self._grouped(shard, name) or self._logged[shard].get(name)
+        found = self._logged_entry(shard, name)
         in_file = found is None
         if found is None:
             if name not in names:
@@ -326,7 +329,7 @@ class RunCache:
         blob = encode_entry(outs)
         self._listing(shard)
         with self._lock:
-            if (self._grouped(shard, name) or self._logged[shard].get(name)) == blob:
+            if self._logged_entry(shard, name) == blob:
                 return  # recorded already (by an earlier build)
             if not self._made:
                 os.makedirs(self._runs, exist_ok=True)

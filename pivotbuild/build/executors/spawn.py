@@ -196,7 +196,7 @@ class Starter:
         inherits too (as Popen's: made inheritable in the child alone).
         Raises OSError if it cannot start (as Popen: the program missing, not
         executable...)."""
-        if self.spawns and "/" in argv[0] and min(stdin, stdout, stderr) > 2 and (cwd is None or _is_ours(cwd)):
+        if self.spawns and "/" in argv[0] and min(stdin, stdout, stderr) > 2 and (cwd is None or is_ours(cwd)):
             plain = self.plain.plain(argv)
             return self._spawn_stage(argv, env, plain, stdin=stdin, stdout=stdout, stderr=stderr, keep=pass_fds)
         import subprocess  # here: where every start spawns, a build does not import it
@@ -284,7 +284,7 @@ def begin(
     close.  Raises OSError as `start` does (the pipe closed)."""
     plain: Plain | None = None
     spawner: Starter | None = None  # ours, where it may posix_spawn the stage
-    if isinstance(starter, Starter) and (cwd is None or _is_ours(cwd)):
+    if isinstance(starter, Starter) and (cwd is None or is_ours(cwd)):
         plain = starter.plain.plain(argv)
         spawner = starter if starter.spawns and "/" in argv[0] else None
     if plain is not None and plain[1] is not None:
@@ -305,7 +305,7 @@ def begin(
             os.close(out_w)  # the child has its copy: end of file comes when it (and its children) close it
 
 
-def _is_ours(cwd: Path) -> bool:
+def is_ours(cwd: Path) -> bool:
     """Is `cwd` this process's working directory (by name)?"""
     try:
         return str(cwd) == os.getcwd()

@@ -21,6 +21,7 @@ from pathlib import Path
 from pivotbuild.build.executors import runner
 from pivotbuild.build.executors.lifeline import Lifeline
 from pivotbuild.build.executors.plaincommand import PlainCommands
+from pivotbuild.build.executors.spawn import is_ours
 from pivotbuild.cache.outputs import Captured, OutputCache
 from pivotbuild.cache.pack import PACK_MAX
 from pivotbuild.events import Event, Log, Message, StageStarted
@@ -112,11 +113,9 @@ def _emptied(plain: PlainCommands, spec: runner.RunSpec) -> str | None:
     O_TRUNC before the program runs, so nothing it held before can outlast
     the stage's start."""
     found = plain.plain(spec.argv)
-    if found is None or found[1] is None or found[1][1] & os.O_APPEND:
+    if found is None or found[1] is None or found[1][1] & os.O_APPEND or not is_ours(spec.cwd):
         return None
-    cwd = os.getcwd()
-    if str(spec.cwd) != cwd:
-        return None
+    cwd = str(spec.cwd)
     target = found[1][0]
     full = target if target[:1] == "/" else f"{cwd}/{target}"
     return full if "/." not in full and "//" not in full else os.path.normpath(full)  # (most need no normalizing)
