@@ -371,7 +371,7 @@ stage plain:
 stage appended:
     deps: in.txt
     outs: log.txt
-    run: cat in.txt >> log.txt
+    run: cat in.txt in.txt >> log.txt
 stage large:
     deps: in.txt
     outs: large.txt
@@ -380,13 +380,15 @@ stage large:
     )
     assert project.run().code == 0
     out, large = project.root / "out.txt", project.root / "large.txt"
+    # (Each output's content its own: in hardlink mode a file whose object the
+    # cache already has stays a file of its own, which may be emptied.)
     # (Held open, the old files keep their inodes: one removed is not reused.)
     with open(out, "rb") as old_out, open(large, "rb") as old_large:
         project.write("in.txt", "two, longer\n")
         r = project.run()
         assert r.code == 0, r.err
         assert out.read_text() == "two, longer\n"
-        assert (project.root / "log.txt").read_text() == "two, longer\n"
+        assert (project.root / "log.txt").read_text() == "two, longer\n" * 2
         same = os.fstat(old_out.fileno()).st_ino == out.stat().st_ino
         assert same is (checkout == "copy")  # (emptied in place)
         if checkout == "hardlink":
@@ -398,6 +400,35 @@ stage large:
     assert r.code == 0, r.err
     assert statuses(r) == {"plain": "restored", "appended": "restored", "large": "restored"}  # (from the cache)
     assert out.read_text() == "one\n"
+
+
+def test_in_hardlink_mode_an_output_whose_object_the_cache_had_is_its_own_file_and_may_be_emptied(
+    project: Project,
+) -> None:
+    """In hardlink mode an output becomes the cache's object only if the cache
+    did not have it yet; a second output of the same content stays a file of
+    its own (one link, writable), which its `> FILE` command then empties in
+    place: the object the first output is stays whole, and restores both."""
+    project.write(".pivot/config.toml", '[core]\ncheckout = "hardlink"\n')
+    project.write("in.txt", "one\n")
+    first = "stage a:\n    deps: in.txt\n    outs: a.txt\n    run: cat in.txt > a.txt\n"
+    project.pivotfile(first)
+    assert project.run().code == 0
+    a, b = project.root / "a.txt", project.root / "b.txt"
+    assert a.stat().st_nlink == 2  # (the object itself)
+    project.pivotfile(first + "stage b:\n    deps: in.txt\n    outs: b.txt\n    run: cat in.txt > b.txt\n")
+    assert project.run().code == 0
+    assert b.stat().st_nlink == 1 and b.read_text() == "one\n"  # (the cache had its object)
+    with open(b, "rb") as old_b:
+        project.write("in.txt", "two\n")
+        assert project.run().code == 0
+        assert os.fstat(old_b.fileno()).st_ino == b.stat().st_ino  # (emptied in place)
+    assert a.read_text() == b.read_text() == "two\n"
+    project.write("in.txt", "one\n")
+    r = project.run("--json")
+    assert r.code == 0, r.err
+    assert statuses(r) == {"a": "restored", "b": "restored"}
+    assert a.read_text() == b.read_text() == "one\n"
 
 
 def test_a_failed_stage_whose_output_was_emptied_gets_its_recorded_version_back(project: Project) -> None:
