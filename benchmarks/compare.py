@@ -51,6 +51,15 @@ tools decides the figures of the builds that take new memory (clean
 builds, hardlink mode's incremental build). It slows the builds that do
 not: read those from a plain run (docs/performance.md, "This machine's
 memory"; `benchmarks/memtemp.py` measures the cost).
+
+`--tidy`: once a tool's figures are taken and its outputs checked, its
+project (and `ninja+cp`'s copies) is removed and the file system synced
+(`sync`), so that the next tool starts where this one did: the memory the
+last outputs held just freed, nothing of them left to write back.  With
+`--orders N` it gives each tool the same conditions, the nearest these
+machines come to equal ones (docs/performance.md, "Targets", the
+twenty-fourth session): without it the first tool of a run finds the
+machine quiet, the next ones the previous tools' files and dirty pages.
 """
 
 from __future__ import annotations
@@ -325,11 +334,21 @@ def _median(results: list[Result]) -> Result:
 
 
 def measure(
-    tools: list[str], *, width: int, depth: int, shape: str, jobs: int, runs: int, workdir: Path, free: int = 0
+    tools: list[str],
+    *,
+    width: int,
+    depth: int,
+    shape: str,
+    jobs: int,
+    runs: int,
+    workdir: Path,
+    free: int = 0,
+    tidy: bool = False,
 ) -> tuple[dict[str, Result], dict[str, dict[str, str]]]:
     """Build, time and check each tool's copy of the lattice under workdir; return
     the times and each tool's output digests.  `free`: megabytes freed
-    before each clean and incremental build (see `warm`)."""
+    before each clean and incremental build (see `warm`); `tidy`: each
+    tool's project removed once checked, then `sync` (see `--tidy`)."""
     stages = lattice(width, depth)
     results, digests = {}, {}
     for tool in tools:
@@ -358,6 +377,10 @@ def measure(
                 _stop_servers(servers)
         results[tool] = Result(clean, statistics.median(noop), statistics.median(incr))
         digests[tool] = check_outputs(root, stages, shape, tool)
+        if tidy:
+            shutil.rmtree(root)
+            shutil.rmtree(workdir / "cpcache", ignore_errors=True)  # (ninja+cp's copies)
+            os.sync()
     first = next(iter(digests.values()))
     for tool, d in digests.items():
         if d != first:
@@ -367,10 +390,20 @@ def measure(
 
 
 def table(
-    results: dict[str, Result], width: int, depth: int, shape: str, jobs: int, *, warm: int = 0, orders: int = 1
+    results: dict[str, Result],
+    width: int,
+    depth: int,
+    shape: str,
+    jobs: int,
+    *,
+    warm: int = 0,
+    orders: int = 1,
+    tidy: bool = False,
 ) -> str:
     refs = [r for r in ("make", "ninja") if r in results]
     how = f", {warm} MB freed before each clean and incremental build" if warm else ""
+    if tidy:
+        how += ", each project removed and synced before the next tool's"
     if orders > 1:
         how += f", medians of {orders} runs of every tool (the order reversed every other run)"
     head = f"{'tool':<12}{'clean':>9}{'noop':>9}{'incr':>9}"
@@ -400,7 +433,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--depth", type=int, default=20, help="layers")
     ap.add_argument("-j", "--jobs", type=int, default=2)
     ap.add_argument("--runs", type=int, default=5, help="no-op and incremental builds per tool (medians)")
-    ap.add_argument("--dir", type=Path, help="build here and keep the projects (default: a temporary directory)")
+    ap.add_argument(
+        "--dir", type=Path, help="build here and keep the projects (default: a temporary directory; --tidy keeps none)"
+    )
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     ap.add_argument(
         "--warm",
@@ -415,6 +450,11 @@ def main(argv: list[str] | None = None) -> int:
         default=1,
         metavar="N",
         help="run every tool N times, the order of the tools reversed every other time, and give the medians",
+    )
+    ap.add_argument(
+        "--tidy",
+        action="store_true",
+        help="remove each tool's project and sync once its figures are taken, before the next tool's",
     )
     ap.add_argument(
         "--baseline",
@@ -448,15 +488,17 @@ def main(argv: list[str] | None = None) -> int:
                     runs=args.runs,
                     workdir=workdir / f"order{n}" if args.orders > 1 else workdir,
                     free=args.warm,
+                    tidy=args.tidy,
                 )[0]
             )
     results = {t: _median([e[t] for e in each]) for t in tools}
     if args.json:
-        data = {k: getattr(args, k) for k in ("width", "depth", "shape", "jobs", "runs", "warm", "orders")}
+        data = {k: getattr(args, k) for k in ("width", "depth", "shape", "jobs", "runs", "warm", "orders", "tidy")}
         orders = [{t: vars(r) for t, r in e.items()} for e in each]
         print(json.dumps({**data, "results": {t: vars(r) for t, r in results.items()}, "each_order": orders}))
     else:
-        print(table(results, args.width, args.depth, args.shape, args.jobs, warm=args.warm, orders=args.orders))
+        how = {"warm": args.warm, "orders": args.orders, "tidy": args.tidy}
+        print(table(results, args.width, args.depth, args.shape, args.jobs, **how))
     return 0
 
 

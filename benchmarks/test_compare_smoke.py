@@ -51,6 +51,31 @@ def test_the_storage_references_build_the_same_bytes(tmp_path: Path, capsys: pyt
     assert copied.read_bytes() == (tmp_path / "ninja+cp" / "out" / "1_0.txt").read_bytes()
 
 
+def test_tidy_removes_each_project_and_syncs_before_the_next_tools_build(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    events: list[str] = []
+    timed = compare.timed
+
+    def timing(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> float:
+        events.append(f"build {cwd.name}")
+        return timed(cmd, cwd, env)
+
+    def syncing() -> None:
+        events.append("sync " + ",".join(sorted(p.name for p in tmp_path.iterdir())))
+
+    monkeypatch.setattr(compare, "timed", timing)
+    monkeypatch.setattr(os, "sync", syncing)
+    tools = ["make", "ninja+cp"]
+    args = ["--tools", ",".join(tools), "--width", "2", "--depth", "2", "--runs", "1", "--tidy", "--dir", str(tmp_path)]
+    assert compare.main(args) == 0
+    # (each tool: clean, no-op, incremental, then its project gone before the sync; ninja+cp's copies too)
+    assert events == ["build make"] * 3 + ["sync "] + ["build ninja+cp"] * 3 + ["sync "]
+    lines = capsys.readouterr().out.splitlines()
+    assert ", each project removed and synced before the next tool's;" in lines[0]
+    assert [line.split()[0] for line in lines[2:]] == tools  # (the outputs were checked before the removal)
+
+
 def test_warm_frees_its_memory_right_before_each_clean_and_incremental_build(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
