@@ -175,6 +175,35 @@ def test_a_reader_finds_objects_after_another_process_merged_their_pack(tmp_path
     assert {d: reader.read(d) for d in objs} == objs
 
 
+@pytest.mark.parametrize("whole", [True, False])
+def test_a_merge_of_packs_larger_than_what_it_writes_at_once_keeps_every_object(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, whole: bool
+) -> None:
+    """A rewrite reads a small pack whole and a large one an object at a time,
+    and writes the new one a MiB at a time: across those bounds (here about 2 MiB
+    of objects in three packs, a duplicate and a dropped one among them)
+    every object stays, at the offset its index gives."""
+    if not whole:
+        monkeypatch.setattr(pack, "_READ_WHOLE", 0)  # (every pack read an object at a time)
+    big = {}
+    for tag in "abc":
+        part = {hash_bytes(d): d for d in (f"{tag}{i}".encode() * (PACK_MAX // 4) for i in range(16))}
+        part = {d: b[:PACK_MAX] for d, b in part.items()}
+        write_pack(tmp_path, part)
+        big.update(part)
+    dup = next(iter(big))
+    write_pack(tmp_path, {dup: big[dup]})  # (a second copy, in a fourth pack)
+    gone = list(big)[-1]
+    Packs(tmp_path).rewrite([f.name for f in files(tmp_path, ".pack")], drop=frozenset({gone}))
+    assert len(files(tmp_path, ".pack")) == 1
+    reader = Packs(tmp_path)
+    assert {d: reader.read(d) for d in big if d != gone} == {d: b for d, b in big.items() if d != gone}
+    assert gone not in reader
+    assert os.path.getsize(files(tmp_path, ".pack")[0]) == len(pack._PACK_MAGIC) + sum(
+        pack._RECORD.size + len(b) for d, b in big.items() if d != gone
+    )  # (each object once)
+
+
 def test_threads_may_store_at_once(tmp_path: Path) -> None:
     objs = blobs(400)
     items = list(objs.items())

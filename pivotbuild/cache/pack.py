@@ -46,6 +46,8 @@ from pivotbuild.state.files import write_atomic
 PACKS = "packs"
 PACK_MAX = 64 * 1024  # objects up to this size are packed
 MAX_PACKS = 16  # a build that leaves more merges all but the largest into one
+_READ_WHOLE = 8 << 20  # a rewrite reads a pack up to this size in one read, not an object at a time
+_WRITE_EVERY = 1 << 20  # and writes the new pack this much at a time
 
 _PACK_MAGIC = b"PVPACK1\n"
 _IDX_MAGIC = b"PVIDX1\n\0"
@@ -289,8 +291,10 @@ class Packs:
 
     def rewrite(self, names: list[str], *, drop: frozenset[str]) -> None:
         """Replace packs `names` by one holding their objects less `drop`
-        (none at all if nothing stays), copied record by record (a pack may
-        be large).  A pack another process is writing (or rewriting) is left
+        (none at all if nothing stays), copied record by record: a pack of up
+        to 8 MiB read whole, a larger one an object at a time, and the new
+        one written a MiB at a time (a merge of sixteen builds' packs of 55
+        objects each took 880 reads and 880 writes).  A pack another process is writing (or rewriting) is left
         alone: each is locked while it is.  The new pack, its index and the
         directory are on disk before the old ones go, so a crash, even a
         power cut, leaves duplicates, never a loss."""
@@ -301,9 +305,9 @@ class Packs:
         out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
         entries: dict[str, tuple[int, int]] = {}
         locked: list[tuple[str, int]] = []  # the old packs taken, locked until they are gone
+        pending: list[bytes] = [_PACK_MAGIC]  # (written when a MiB is due, and at the end)
+        due = offset = len(_PACK_MAGIC)
         try:
-            write_all(out, _PACK_MAGIC)
-            offset = len(_PACK_MAGIC)
             for old in names:
                 try:
                     src = os.open(self.dir / old, os.O_RDONLY | os.O_CLOEXEC)
@@ -315,17 +319,24 @@ class Packs:
                     os.close(src)
                     continue  # being written, or rewritten by another: left as it is
                 locked.append((old, src))
-                if os.fstat(src).st_nlink == 0:
+                st = os.fstat(src)
+                if st.st_nlink == 0:
                     continue  # rewritten by another just before: it unlinks before it unlocks
+                whole = os.pread(src, st.st_size, 0) if st.st_size <= _READ_WHOLE else None  # (locked: no writer)
                 for digest, start, length in self._entries(old):
                     if digest in drop or digest in entries:
                         continue
-                    data = os.pread(src, length, start)
+                    data = whole[start : start + length] if whole is not None else os.pread(src, length, start)
                     if len(data) != length:
                         break  # cut short: what follows is lost to every reader alike
-                    write_all(out, _RECORD.pack(bytes.fromhex(digest), length) + data)
+                    pending += (_RECORD.pack(bytes.fromhex(digest), length), data)
                     entries[digest] = (offset + _RECORD.size, length)
                     offset += _RECORD.size + length
+                    if offset - due >= _WRITE_EVERY:
+                        write_all(out, b"".join(pending))
+                        pending.clear()
+                        due = offset
+            write_all(out, b"".join(pending))
             os.fsync(out)
             os.close(out)
             out = -1
