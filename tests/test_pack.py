@@ -187,8 +187,7 @@ def test_a_merge_of_packs_larger_than_what_it_writes_at_once_keeps_every_object(
         monkeypatch.setattr(pack, "_READ_WHOLE", 0)  # (every pack read an object at a time)
     big = {}
     for tag in "abc":
-        part = {hash_bytes(d): d for d in (f"{tag}{i}".encode() * (PACK_MAX // 4) for i in range(16))}
-        part = {d: b[:PACK_MAX] for d, b in part.items()}
+        part = {hash_bytes(d): d for d in (f"{tag}{i:02}".encode() * (PACK_MAX // 4) for i in range(16))}  # 48 KiB each
         write_pack(tmp_path, part)
         big.update(part)
     dup = next(iter(big))
