@@ -1,14 +1,17 @@
 #!/usr/bin/env python3
 """Where the time of one pivotbuild command goes, phase by phase.
 
-    python3 benchmarks/phases.py [--width 50] [--depth 20] [--runs 7] [--clean]
+    python3 benchmarks/phases.py [--width 50] [--depth 20] [--runs 7] [--clean | --fresh]
                                  [--shape big] [--mode hardlink] [--warm MB]
 
 On compare.py's small lattice (WIDTH x DEPTH `md5sum` stages, -j2; with
 `--shape big`, its big one: `cat`, outputs doubling with each layer), built
 once, then `--runs` incremental builds (one source of the middle layer
 edited each time: 55 stages rerun at 50 x 20), or with `--clean` clean
-builds (outputs, state and lockfile removed; the compiled plan kept).  Each
+builds (outputs, state and lockfile removed; the compiled plan kept), or
+with `--fresh` clean builds of a project made afresh for each, as
+compare.py's clean build is (a project's first build: its Pivotfile
+compiled, which `plan` then holds).  Each
 build runs the installed pivotbuild under a wrapper that notes when each
 phase begins (by wrapping the functions that begin them), and prints the
 median of each, in milliseconds:
@@ -16,7 +19,8 @@ median of each, in milliseconds:
   interpreter   `python -c pass` (timed apart: the wrapper starts after it)
   imports       the command line and the engine
   fast check    the compiled plan and the seal read, every sealed stamp statted
-  plan          the project and its graph restored from the plan
+  plan          the project and its graph restored from the plan (with
+                --fresh: compiled from the Pivotfile, the plan saved)
   setup         the project lock, lockfiles and stat caches, the seal's
                 stages settled, the history's durations, the executor
   stages        the build loop: deciding, starting and recording stages
@@ -85,6 +89,15 @@ import pivotbuild.cli
 import pivotbuild.build.engine
 mark("fast check")
 begins("pivotbuild.state.plan", None, "restore", "plan")
+import pivotbuild.build.session as session
+load_compiled = session.load_compiled
+def compiling(*a, **k):  # (no fresh plan: compiled within setup, and counted as `plan`)
+    t = time.perf_counter()
+    try:
+        return load_compiled(*a, **k)
+    finally:
+        marks["compiled"] = marks.get("compiled", 0.0) + (time.perf_counter() - t) * 1e3
+session.load_compiled = compiling
 begins("pivotbuild.build.engine", "Engine", "build", "setup", after="exit")
 begins("pivotbuild.build.run", "BuildRun", "execute", "stages")
 begins("pivotbuild.build.recorder", "Recorder", "finish", "storing", after="records")
@@ -135,10 +148,16 @@ def _phases(python: str, root: Path) -> tuple[dict[str, float], float]:
     if proc.returncode != 0 or not data:
         raise SystemExit(f"phases.py: the build failed in {root} ({proc.returncode}):\n{proc.stderr[-2000:]}")
     marks: dict[str, float] = json.loads(data)
-    starts = [(marks.get(p, marks["end"]), p) for p in PHASES[2:]] + [(marks["end"], "end")]
+    nxt = marks["end"]
+    for phase in reversed(PHASES[2:]):  # (a phase that did not happen, as `plan` without one: none long)
+        nxt = marks.setdefault(phase, nxt)
+    starts = [(marks[p], p) for p in PHASES[2:]] + [(marks["end"], "end")]
     found = {"imports": marks["fast check"]}
     for (at, phase), (nxt, _) in itertools.pairwise(starts):
         found[phase] = max(0.0, nxt - at)
+    compiled = marks.get("compiled", 0.0)  # (the Pivotfile compiled, inside setup: moved to `plan`)
+    found["plan"] += compiled
+    found["setup"] = max(0.0, found["setup"] - compiled)
     return found, wall
 
 
@@ -166,6 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=7)
     ap.add_argument("--shape", choices=sorted(compare.COMMANDS), default="small")
     ap.add_argument("--clean", action="store_true", help="clean builds (the compiled plan kept), not incremental")
+    ap.add_argument(
+        "--fresh", action="store_true", help="clean builds, each of a project made afresh (its Pivotfile compiled)"
+    )
     ap.add_argument("--dir", type=Path, help="where to build (default: a temporary directory)")
     ap.add_argument("--warm", type=int, default=0, metavar="MB", help="as compare.py's: memory freed before each build")
     ap.add_argument(
@@ -174,17 +196,27 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.warm < 0 or (args.warm and not hasattr(os, "memfd_create")):
         ap.error("--warm must be at least 0, and needs memfd_create (Linux)")
+    if args.clean and args.fresh:
+        ap.error("--clean and --fresh are two kinds of clean build: choose one")
     pivotbuild = compare.pivotbuild_command()[0]
     python = compare.interpreter(pivotbuild)
     base = args.dir or Path(tempfile.mkdtemp(prefix="pivot-phases-"))
     root = base / "pivotbuild"
     stages = compare.lattice(args.width, args.depth)
-    compare.generate(root, stages, "pivotbuild:hardlink" if args.mode == "hardlink" else "pivotbuild", args.shape)
+    kind = "pivotbuild:hardlink" if args.mode == "hardlink" else "pivotbuild"
+    compare.generate(root, stages, kind, args.shape)
     compare.timed([pivotbuild, "-j2", "-s"], root)
     ninja = compare.find("ninja")
     if ninja:
         compare.generate(base / "ninja", stages, "ninja", args.shape)
         compare.timed([ninja, "-j2"], base / "ninja")
+
+    def made(name: str, tool: str = kind) -> Path:
+        """A project made afresh (--fresh), for one build."""
+        where = base / name
+        compare.generate(where, stages, tool, args.shape)
+        return where
+
     forker = subprocess.Popen([python, "-c", FORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert forker.stdin is not None and forker.stdout is not None
     rows: dict[str, list[float]] = {p: [] for p in PHASES}
@@ -194,32 +226,45 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for i in range(args.runs):
             rows["interpreter"].append(compare.timed([python, "-c", "pass"], root) * 1e3)
-            prepare(root, args, 2 * i)
+            where = made(f"fresh {i}") if args.fresh else root
+            if not args.fresh:
+                prepare(root, args, 2 * i)
             compare.warm(args.warm)
-            found, wall = _phases(python, root)
+            found, wall = _phases(python, where)
             walls.append(wall * 1e3)
             for phase, ms in found.items():
                 rows[phase].append(ms)
-            prepare(root, args, 2 * i + 1)
+            if args.fresh:
+                where = made(f"fresh {i} forked")
+            else:
+                prepare(root, args, 2 * i + 1)
             compare.warm(args.warm)
-            forker.stdin.write(f"{root}\n")
+            forker.stdin.write(f"{where}\n")
             forker.stdin.flush()
             code, seconds = forker.stdout.readline().split()
             if code != "0":
-                raise SystemExit(f"phases.py: the forked build failed in {root} ({code})")
+                raise SystemExit(f"phases.py: the forked build failed in {where} ({code})")
             forked.append(float(seconds) * 1e3)
             if ninja:
-                prepare(base / "ninja", args, 2 * i, ninja=True)
+                theirs = made(f"fresh {i} ninja", "ninja") if args.fresh else base / "ninja"
+                if not args.fresh:
+                    prepare(theirs, args, 2 * i, ninja=True)
                 compare.warm(args.warm)
-                ninjas.append(compare.timed([ninja, "-j2"], base / "ninja") * 1e3)
+                ninjas.append(compare.timed([ninja, "-j2"], theirs) * 1e3)
     finally:
         forker.stdin.close()
         forker.wait()
         forker.stdout.close()
         if args.dir is None:
             shutil.rmtree(base, ignore_errors=True)
-    kind = "clean builds (plan kept)" if args.clean else "incremental builds"
-    print(f"{len(stages)} stages, -j2, {kind}, median of {args.runs} (milliseconds)")
+    how = (
+        "clean builds of fresh projects (the Pivotfile compiled)"
+        if args.fresh
+        else "clean builds (plan kept)"
+        if args.clean
+        else "incremental builds"
+    )
+    print(f"{len(stages)} stages, -j2, {how}, median of {args.runs} (milliseconds)")
     for phase in PHASES:
         print(f"  {phase:<12} {statistics.median(rows[phase]):9.1f}")
     print(f"  {'total':<12} {statistics.median(walls):9.1f}   (the build as run, under the wrapper)")

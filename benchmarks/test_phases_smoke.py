@@ -13,8 +13,8 @@ import pytest
 
 @pytest.mark.parametrize(
     "kind",
-    [[], ["--clean"], ["--shape", "big"], ["--shape", "big", "--mode", "hardlink", "--warm", "2"]],
-    ids=["incremental", "clean", "big", "hardlink"],
+    [[], ["--clean"], ["--fresh"], ["--shape", "big"], ["--shape", "big", "--mode", "hardlink", "--warm", "2"]],
+    ids=["incremental", "clean", "fresh", "big", "hardlink"],
 )
 def test_it_times_every_phase_of_a_build(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, kind: list[str]
@@ -37,7 +37,11 @@ def test_it_times_every_phase_of_a_build(
     assert names[: len(phases.PHASES) + 2] == [p.split()[0] for p in phases.PHASES] + ["total", "forked"]
     stages = next(line for line in lines if line.split()[0] == "stages")
     assert float(stages.split()[-1]) > 0  # the stages ran under the wrapper
-    out = tmp_path / "pivotbuild" / "out"
+    if "--fresh" in kind:  # (a project's first build: its Pivotfile compiled, counted as `plan`)
+        assert "fresh projects (the Pivotfile compiled)" in lines[0]
+        plan = next(line for line in lines if line.split()[0] == "plan")
+        assert float(plan.split()[-1]) > 0
+    out = tmp_path / ("fresh 0" if "--fresh" in kind else "pivotbuild") / "out"
     assert len(list(out.iterdir())) == 12  # and built what they should
     made = (out / "3_0.txt").read_text()  # the big shape's `cat` of its source and two outputs, or md5sum's sums
     assert made.startswith("source 3 0\n") == ("big" in kind), made
