@@ -148,9 +148,9 @@ def _phases(python: str, root: Path) -> tuple[dict[str, float], float]:
     if proc.returncode != 0 or not data:
         raise SystemExit(f"phases.py: the build failed in {root} ({proc.returncode}):\n{proc.stderr[-2000:]}")
     marks: dict[str, float] = json.loads(data)
-    nxt = marks["end"]
-    for phase in reversed(PHASES[2:]):  # (a phase that did not happen, as `plan` without one: none long)
-        nxt = marks.setdefault(phase, nxt)
+    following = marks["end"]
+    for phase in reversed(PHASES[2:]):  # (a phase that did not happen, as `plan` with no plan: of no length)
+        following = marks.setdefault(phase, following)
     starts = [(marks[p], p) for p in PHASES[2:]] + [(marks["end"], "end")]
     found = {"imports": marks["fast check"]}
     for (at, phase), (nxt, _) in itertools.pairwise(starts):
