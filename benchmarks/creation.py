@@ -4,11 +4,12 @@
     python3 benchmarks/creation.py [--dir DIR] [--files 1000] [--rounds 5]
 
 pivotbuild starts a plain stage (`md5sum A B > OUT`) with posix_spawn, and
-its output file is created in the spawned child before the program starts,
-while the build loop waits (vfork).  So whatever the file system charges
-for a new file is paid in the loop, one stage after another; ninja and make
-pay it in each stage's `sh`, side by side.  This prints, in microseconds
-(medians):
+its output file is created by the build loop just before (it was created in
+the spawned child, while the loop waited for it: slower still, the child
+first waiting for a core; spawn._opened).  So whatever the file system
+charges for a new file is paid in the loop, one stage after another; ninja
+and make pay it in each stage's `sh`, side by side.  This prints, in
+microseconds (medians):
 
   create      a new empty file, in a directory whose files were created and
               removed the round before (`--rounds` rounds, one line each;

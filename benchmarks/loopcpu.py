@@ -5,8 +5,9 @@
 
 The build loop is one thread, and on compare.py's small lattice it is the
 build's serial part: a stage cannot start before the loop has finished
-with the one before it.  Each stage costs the loop its own CPU and the wait
-in `posix_spawn` (the `vfork` child creates the output file, then execs).
+with the one before it.  Each stage costs the loop its own CPU, the
+creation of the file its `>` names, and the wait in `posix_spawn` (the
+`vfork` child execs).
 This prints both, per stage, for each part of the loop, so that a change to
 one part shows as microseconds of that part (docs/performance.md,
 "Targets", issue 13's eighteenth session: the loop's budget).
@@ -23,7 +24,9 @@ in the loop's thread, each without the parts it calls (so the rows add up
 to the loop's total):
 
   decide     deciding the stages made ready (BuildRun._decide_ready)
-  start      starting a stage, but for the spawn (BuildRun._start)
+  start      starting a stage, but for the rows below (BuildRun._start)
+  create     opening (creating) the file a plain command's `>` names, for
+             the child's stdout (spawn._opened)
   spawn      posix_spawn and its file actions (Starter._spawn): its wall
              time is the wait for the child's exec
   follow     waiting for and reading the stages' output (Poller.wait)
@@ -76,10 +79,11 @@ sys.path.insert(0, str(HERE))
 import compare  # noqa: E402
 import phases  # noqa: E402
 
-# part, module, class, function
+# part, module, class (None: the module's own function), function
 PARTS = (
     ("decide", "pivotbuild.build.run", "BuildRun", "_decide_ready"),
     ("start", "pivotbuild.build.run", "BuildRun", "_start"),
+    ("create", "pivotbuild.build.executors.spawn", None, "_opened"),  # (a function of the module)
     ("spawn", "pivotbuild.build.executors.spawn", "Starter", "_spawn"),
     ("follow", "pivotbuild.build.executors.poller", "Poller", "wait"),
     ("end", "pivotbuild.build.executors.runner", "Process", "_end"),
@@ -121,7 +125,7 @@ def timed(name, f):
                 stack[-1][3] += w
     return wrapped
 for name, module, owner, function in parts:
-    cls = getattr(importlib.import_module(module), owner)
+    cls = importlib.import_module(module) if owner is None else getattr(importlib.import_module(module), owner)
     setattr(cls, function, timed(name, getattr(cls, function)))
 from pivotbuild.build import run as _run
 _execute = _run.BuildRun.execute

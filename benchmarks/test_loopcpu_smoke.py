@@ -28,6 +28,7 @@ def test_it_times_each_part_of_the_loop_per_stage(
     assert any(line.startswith("  waiting for a CPU") for line in lines)  # (Linux: /proc/thread-self/schedstat)
     assert any(line.startswith("the CPUs were idle") for line in lines)
     assert float(rows["start"][0]) > 0 and float(rows["spawn"][1]) > 0  # the stages were started under the wrapper
+    assert float(rows["create"][1]) > 0  # their `> FILE`s opened by the loop (spawn._opened), timed apart
     out = tmp_path / "pivotbuild" / "out"
     assert len(list(out.iterdir())) == 12
     if kind == ["--fresh"]:  # (each run in a project of its own, built whole)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from conftest import Project
+from conftest import PIVOTBUILD, Project
 from helpers import statuses
 
 from pivotbuild.build.executors.plaincommand import PlainCommands
@@ -453,6 +454,85 @@ def test_a_plain_command_that_cannot_start_fails_as_the_shell_says(project: Proj
     r = project.run()
     assert r.code == 1
     assert "nowhere/out.txt" in r.err and "nonexistent" in r.err.lower()
+
+
+def _fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.parametrize("sign", [">", ">>"])
+def test_the_file_a_plain_command_sends_its_output_to_reaches_its_program_alone(
+    sign: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The build opens the file for the program it starts in the shell's
+    stead (spawn._opened): the program gets it as its stdout and no other
+    descriptor of ours, as through the shell, and the build keeps none."""
+    monkeypatch.chdir(tmp_path)
+    argv = ("/bin/sh", "-e", "-c", f"ls /proc/self/fd {sign} out.txt")
+    null = devnull()  # (opened once, at its first use)
+    before = _fds()
+    spawned = Starter().start(argv, None, _env(), stdin=null, stdout=null, stderr=null)
+    assert isinstance(spawned, Child) and spawned.as_shell  # started without the shell
+    assert spawned.wait() == 0
+    assert _fds() == before
+    direct = (tmp_path / "out.txt").read_text()
+    (tmp_path / "out.txt").write_text("kept\n")
+    shelled = Starter(spawn=False).start(argv, None, _env(), stdin=null, stdout=null, stderr=null)
+    assert shelled.wait() == 0
+    through_shell = (tmp_path / "out.txt").read_text()
+    # ls's own descriptors: 0 to 2, and the directory it lists
+    assert direct.split() == ["0", "1", "2", "3"]
+    assert through_shell == ("kept\n" if sign == ">>" else "") + direct
+
+
+def test_a_build_started_without_a_stdin_sends_a_plain_commands_output_to_its_file(tmp_path: Path) -> None:
+    """Started with descriptor 0 closed, the file a plain command's `>`
+    names may be opened there: the child, whose 0 is its stdin, then opens
+    it itself (spawn._opened)."""
+    (tmp_path / "in.txt").write_text("one\n")
+    code = f"""
+import os
+from pivotbuild.build.executors.spawn import Child, Starter
+null = os.open(os.devnull, os.O_RDWR)  # (0: the one closed)
+other = os.dup(null)
+os.close(null)
+child = Starter().start(("/bin/sh", "-e", "-c", "cat in.txt > out.txt"), None, {{**os.environ, "PWD": os.getcwd()}},
+                        stdin=other, stdout=other, stderr=other)
+assert isinstance(child, Child) and child.as_shell
+assert child.wait() == 0
+try:
+    os.fstat(0)
+except OSError:
+    print("0 closed")
+"""
+    proc = subprocess.run(
+        ["/bin/sh", "-c", 'exec 0<&- && exec "$0" -c "$1"', sys.executable, code],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "0 closed\n"
+    assert (tmp_path / "out.txt").read_text() == "one\n"
+
+
+def test_a_build_without_a_stdin_builds_its_plain_commands_outputs(project: Project) -> None:
+    project.write("in.txt", "one\n")
+    project.pivotfile(
+        "stage a:\n    deps: in.txt\n    outs: out.txt\n    run: cat in.txt > out.txt\n\n"
+        "stage b:\n    deps: out.txt\n    outs: log.txt\n    run: cat out.txt out.txt >> log.txt\n"
+    )
+    proc = subprocess.run(
+        ["/bin/sh", "-c", 'exec 0<&- && exec "$@"', "sh", *PIVOTBUILD],
+        cwd=project.root,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert (project.root / "out.txt").read_text() == "one\n"
+    assert (project.root / "log.txt").read_text() == "one\none\n"
 
 
 @pytest.mark.parametrize("pwd", [None, "/", "same", "link", ".", "./"])
