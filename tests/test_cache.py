@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -797,6 +798,35 @@ def test_a_linked_output_rewritten_while_it_was_hashed_with_its_mtime_put_back_i
     changed = outputs.store_deferred([(str(out), linked.digest)], lambda *_: None, copy=False)
     assert changed == [str(out)]
     assert not outputs.cache.has(linked.digest)
+
+
+def _directories_thread() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "cache directories"]
+
+
+def test_the_first_link_into_a_fresh_cache_makes_its_object_directories_on_a_thread(tmp_path: Path) -> None:
+    """Hardlink mode links outputs from the build loop: the 256 `objects/ab/`
+    directories a fresh cache lacks are made by a thread, not one at a time
+    by the loop as objects need them (Cache._shards_ahead)."""
+    cache = Cache(tmp_path / "cache")
+    outs = []
+    for i in range(40):
+        out = tmp_path / f"out{i}.txt"
+        out.write_text(f"output {i}\n")
+        outs.append(out)
+    linked = [cache.ingest_by_link(str(out)) for out in outs]
+    for thread in _directories_thread():
+        thread.join(timeout=60)
+    shards = sorted(p.name for p in cache.objects.iterdir() if p.is_dir())
+    assert shards == [f"{i:02x}" for i in range(256)]
+    for out, link in zip(outs, linked, strict=True):  # each output is its object, whichever made its directory
+        assert link.is_object and os.path.samefile(cache.path_of(link.digest), out)
+    # a cache that has them all starts no thread
+    again = Cache(tmp_path / "cache")
+    more = tmp_path / "more.txt"
+    more.write_text("more\n")
+    again.ingest_by_link(str(more))
+    assert not _directories_thread()
 
 
 def copy_chain(project: Project, b_first: str = "") -> None:

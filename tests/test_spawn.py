@@ -490,13 +490,13 @@ def test_a_build_started_without_a_stdin_sends_a_plain_commands_output_to_its_fi
     names may be opened there: the child, whose 0 is its stdin, then opens
     it itself (spawn._opened)."""
     (tmp_path / "in.txt").write_text("one\n")
-    code = f"""
+    code = """
 import os
 from pivotbuild.build.executors.spawn import Child, Starter
 null = os.open(os.devnull, os.O_RDWR)  # (0: the one closed)
 other = os.dup(null)
 os.close(null)
-child = Starter().start(("/bin/sh", "-e", "-c", "cat in.txt > out.txt"), None, {{**os.environ, "PWD": os.getcwd()}},
+child = Starter().start(("/bin/sh", "-e", "-c", "cat in.txt > out.txt"), None, {**os.environ, "PWD": os.getcwd()},
                         stdin=other, stdout=other, stderr=other)
 assert isinstance(child, Child) and child.as_shell
 assert child.wait() == 0

@@ -109,6 +109,7 @@ class Cache:
         self._fell_back: set[Mode] = set()
         self._fell_back_lock = threading.Lock()
         self._dirs: set[Path] = set()  # object directories known to exist
+        self._shards_looked = False  # whether the first link looked for the object directories (_shards_ahead)
         self._clones = True  # until a reflink fails: then this filesystem copies
         # Set in reflink mode: a copy that could not be a reflink is reported, once.
         self.wants_reflinks = False
@@ -236,6 +237,8 @@ class Cache:
         stamp before, which no longer matches the file, not proven."""
         before = os.stat(src)
         self._ensure_dir(self.objects)
+        if not self._shards_looked:
+            self._shards_ahead()
         tmp = self._tmp_name(self.objects / "x")
         try:
             os.link(src, tmp)
@@ -299,6 +302,40 @@ class Cache:
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
+
+    def _shards_ahead(self) -> None:
+        """At the first link: if the cache lacks some of its 256 object
+        directories (`objects/ab/`), a thread makes them, rather than the
+        build loop making each at the first object that needs it.
+
+        Hardlink mode links a stage's small outputs into the cache from the
+        loop, so each directory a fresh cache makes there holds the next
+        stage back; on ext4 without a journal, where a new inode costs more
+        the more were removed in the last minutes (benchmarks/creation.py),
+        the big lattice's clean build spent 120 of its 1,900 ms so
+        (docs/performance.md, the twenty-fifth session).  The loop still
+        makes one the thread has not reached (both may: each allows the
+        other's).  A cache that has them all costs one listing, once."""
+        self._shards_looked = True
+        try:
+            there = {name for name in os.listdir(self._objects) if len(name) == 2}
+        except OSError:
+            return
+        wanted = [f"{i:02x}" for i in range(256)]
+        if not there.issuperset(wanted):
+            missing = [self.objects / name for name in wanted if name not in there]
+            threading.Thread(target=self._make_dirs, args=(missing,), name="cache directories", daemon=True).start()
+
+    def _make_dirs(self, directories: list[Path]) -> None:
+        for directory in directories:
+            if directory not in self._dirs:
+                try:
+                    os.mkdir(directory)
+                except FileExistsError:
+                    pass
+                except OSError:  # (a full disk: the loop makes what it needs, and says so if it cannot)
+                    return
+                self._dirs.add(directory)
 
     def _ensure_dir(self, directory: Path) -> None:
         if directory not in self._dirs:
