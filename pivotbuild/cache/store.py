@@ -99,6 +99,11 @@ def parse_manifest(blob: bytes, digest: str) -> list[ManifestEntry]:
     return entries
 
 
+def _tmp_stem() -> str:
+    """A temporary file's name in the cache, by its writer (gc knows whose it is)."""
+    return f".tmp-{os.getpid()}-{threading.get_ident()}-{os.urandom(4).hex()}"
+
+
 class Cache:
     def __init__(self, directory: Path, on_notice: Callable[[str], None] | None = None) -> None:
         self.dir = directory
@@ -108,7 +113,7 @@ class Cache:
         self.notice = on_notice or (lambda _text: None)
         self._fell_back: set[Mode] = set()
         self._fell_back_lock = threading.Lock()
-        self._dirs: set[Path] = set()  # object directories known to exist
+        self._dirs: set[str] = set()  # object directories known to exist
         self._shards_looked = False  # whether the first link looked for the object directories (_shards_ahead)
         self._clones = True  # until a reflink fails: then this filesystem copies
         # Set in reflink mode: a copy that could not be a reflink is reported, once.
@@ -236,10 +241,12 @@ class Cache:
         returned if its size, mtime and inode are still the stamp's; else the
         stamp before, which no longer matches the file, not proven."""
         before = os.stat(src)
-        self._ensure_dir(self.objects)
+        objects = self._objects  # (strings, not Paths: the build loop links most outputs, one by one)
+        if objects not in self._dirs:
+            self._ensure_dir(objects)
         if not self._shards_looked:
             self._shards_ahead()
-        tmp = self._tmp_name(self.objects / "x")
+        tmp = f"{objects}/{_tmp_stem()}"
         try:
             os.link(src, tmp)
         except OSError as exc:
@@ -252,9 +259,11 @@ class Cache:
             linked = os.stat(tmp)  # the inode hashed (the link changed its ctime)
             digest = hash_file(tmp)  # the linked inode itself: the object is what was hashed
             hashed = os.stat(tmp)  # nothing touched it while it was read, not even its ctime
-            if not self.has(digest):
-                dest = self.path_of(digest)
-                self._ensure_dir(dest.parent)
+            shard = f"{objects}/{digest[:2]}"
+            dest = f"{shard}/{digest[2:]}"
+            if digest not in self.packs and not os.access(dest, os.F_OK):  # (`has`, the path made once)
+                if shard not in self._dirs:
+                    self._ensure_dir(shard)
                 os.chmod(tmp, 0o444)
                 os.replace(tmp, dest)
                 made = True
@@ -323,10 +332,10 @@ class Cache:
             return
         wanted = [f"{i:02x}" for i in range(256)]
         if not there.issuperset(wanted):
-            missing = [self.objects / name for name in wanted if name not in there]
+            missing = [f"{self._objects}/{name}" for name in wanted if name not in there]
             threading.Thread(target=self._make_dirs, args=(missing,), name="cache directories", daemon=True).start()
 
-    def _make_dirs(self, directories: list[Path]) -> None:
+    def _make_dirs(self, directories: list[str]) -> None:
         for directory in directories:
             if directory not in self._dirs:
                 try:
@@ -337,14 +346,15 @@ class Cache:
                     return
                 self._dirs.add(directory)
 
-    def _ensure_dir(self, directory: Path) -> None:
-        if directory not in self._dirs:
-            directory.mkdir(parents=True, exist_ok=True)
-            self._dirs.add(directory)
+    def _ensure_dir(self, directory: Path | str) -> None:
+        name = os.fspath(directory)
+        if name not in self._dirs:
+            os.makedirs(name, exist_ok=True)
+            self._dirs.add(name)
 
     @staticmethod
     def _tmp_name(dest: Path) -> str:
-        return str(dest.parent / f".tmp-{os.getpid()}-{threading.get_ident()}-{os.urandom(4).hex()}")
+        return f"{os.fspath(dest.parent)}/{_tmp_stem()}"
 
     def store_dir(self, src: Path, entries: list[ManifestEntry], digest: str) -> bool:
         """Store a directory: an object per file (a symlink's object is its target
