@@ -115,8 +115,9 @@ def joined(root: str | os.PathLike[str], path: str) -> str:
 def escapes_via_symlink(root: Path, path: str) -> bool:
     """True if an existing directory on the way to `path` is a symlink leading
     outside the root (the output would be written outside the project)."""
-    real_root = _realpath(str(root))
-    full = joined(root, path)
+    text = str(root)  # (a string: `joined` looks a Path up by equality, which compares its parts)
+    real_root = _realpath(text)
+    full = joined(text, path)
     try:
         link = stat.S_ISLNK(os.lstat(full).st_mode)
     except OSError:  # (most outputs of a first build: none there yet)
@@ -124,8 +125,9 @@ def escapes_via_symlink(root: Path, path: str) -> bool:
     if link:
         real = os.path.realpath(full)
     else:  # directories resolved once per compile (outputs share a few), the last part per path
-        parent, name = os.path.split(full)
-        real = os.path.join(_realpath(parent), name)
+        cut = full.rfind("/")  # (os.path.split's answer for an absolute path without a trailing `/`, without its calls)
+        parent = full[:cut] or "/"
+        real = f"{_realpath(parent).rstrip('/')}/{full[cut + 1 :]}"
     return not (real == real_root or real.startswith(real_root + os.sep))
 
 
