@@ -35,9 +35,14 @@ if TYPE_CHECKING:
     from pivotbuild.build.executors.pystages import PyWorker
 
 # Outputs up to this size in all are hashed in the loop's thread as their stage
-# ends (about 0.3 ms for 1 MiB from the page cache, one read_small call each);
-# larger ones, or directories, in a thread.
-INLINE_BYTES = 1 << 20
+# ends (about 0.3 ms a MiB from the page cache); larger ones, or directories,
+# in a thread.  The handoff and the thread's turns at the GIL cost more than
+# hashing a few MiB: the big lattice's clean build in hardlink mode, where
+# each output is linked and hashed, 0.92, 0.99 and 0.966 of its time at 1
+# MiB (8, 8 and 10 alternated rounds), the default mode's 1.00 (8 rounds);
+# incremental builds 0.995 (default), 1.034 and 0.992 (hardlink); at 256 KiB
+# the clean build was slower (docs/performance.md, the twenty-fifth session).
+INLINE_BYTES = 4 << 20
 
 
 class LocalExecutor:
