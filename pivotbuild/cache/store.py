@@ -259,9 +259,9 @@ class Cache:
             linked = os.stat(tmp)  # the inode hashed (the link changed its ctime)
             digest = hash_file(tmp)  # the linked inode itself: the object is what was hashed
             hashed = os.stat(tmp)  # nothing touched it while it was read, not even its ctime
-            shard = f"{objects}/{digest[:2]}"
-            dest = f"{shard}/{digest[2:]}"
-            if digest not in self.packs and not os.access(dest, os.F_OK):  # (`has`, the path made once)
+            if not self.has(digest):
+                shard = f"{objects}/{digest[:2]}"
+                dest = f"{shard}/{digest[2:]}"
                 if shard not in self._dirs:
                     self._ensure_dir(shard)
                 os.chmod(tmp, 0o444)

@@ -238,7 +238,7 @@ class Starter:
                     out: tuple[object, ...] = (os.POSIX_SPAWN_DUP2, stdout, 1)
                 else:  # opened here, not in the child: see `_opened`
                     fd = _opened(*redirect)
-                    out = (os.POSIX_SPAWN_DUP2, fd, 1) if fd > 2 else (os.POSIX_SPAWN_OPEN, 1, *redirect)
+                    out = (os.POSIX_SPAWN_DUP2, fd, 1) if fd >= 0 else (os.POSIX_SPAWN_OPEN, 1, *redirect)
                 # (mask: the shell unblocks every signal)
                 pid = self._spawn(program, args, env_as_shell, stdin=stdin, out=out, stderr=stderr, keep=keep, mask=())
                 return Child(pid, as_shell=True)

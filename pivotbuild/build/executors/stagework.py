@@ -109,9 +109,9 @@ def _emptied(plain: PlainCommands, spec: runner.RunSpec) -> str | None:
     before it runs anything: the target of the `>` (not `>>`, which keeps
     what the file held) of a script that is one plain command
     (`PlainCommands.plain`), run in our own directory; else None.  The
-    shell, or our direct start's file action (spawn.py), opens it with
-    O_TRUNC before the program runs, so nothing it held before can outlast
-    the stage's start."""
+    shell, or our direct start (spawn._opened, just before the spawn), opens
+    it with O_TRUNC before the program runs, so nothing it held before can
+    outlast the stage's start."""
     found = plain.plain(spec.argv)
     if found is None or found[1] is None or found[1][1] & os.O_APPEND or not is_ours(spec.cwd):
         return None
