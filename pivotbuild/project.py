@@ -155,11 +155,10 @@ class _Loader:
         except OSError as exc:
             raise ProjectError(f"{shown}: cannot read: {exc.strerror}") from exc
         self.sources.append(source)
-        from pivotbuild.pivotfile.compiler import CompileOptions, compile_module  # lark: only when compiling
-        from pivotbuild.pivotfile.parser import parse
+        from pivotbuild.pivotfile.compiler import CompileOptions, compile_text  # lark: only when compiling
 
         try:
-            pipeline = compile_module(parse(text, shown), CompileOptions(self.root, path.parent, self.overrides))
+            pipeline = compile_text(text, shown, CompileOptions(self.root, path.parent, self.overrides))
         except PivotfileError as exc:
             self.errors.extend(exc.diagnostics)
             return None

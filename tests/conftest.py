@@ -15,7 +15,9 @@ from pathlib import Path
 import daskcluster
 import pytest
 
+from pivotbuild.errors import PivotfileError
 from pivotbuild.model import Pipeline
+from pivotbuild.pivotfile import compiler
 from pivotbuild.pivotfile.compiler import CompileOptions, compile_module
 from pivotbuild.pivotfile.parser import parse
 
@@ -121,8 +123,20 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[daskcluster.Cl
 
 
 def compile_text(text: str, root: Path, subdir: str = "", overrides: dict[str, str] | None = None) -> Pipeline:
-    """Parse and compile Pivotfile text (dedented) as if it lived in root/subdir."""
+    """Parse and compile Pivotfile text (dedented) as if it lived in root/subdir, both
+    ways a build may: through the syntax records (`compile_module(parse(...))`) and
+    as a project compiles it (`compiler.compile_text`, most stages read without
+    their records), checking that the two give the same pipeline or the same errors."""
     pipeline_dir = root / subdir if subdir else root
     pipeline_dir.mkdir(parents=True, exist_ok=True)
-    module = parse(textwrap.dedent(text).lstrip("\n"), "Pivotfile")
-    return compile_module(module, CompileOptions(root.resolve(), pipeline_dir.resolve(), overrides or {}))
+    text = textwrap.dedent(text).lstrip("\n")
+    options = CompileOptions(root.resolve(), pipeline_dir.resolve(), overrides or {})
+    try:
+        general = compile_module(parse(text, "Pivotfile"), options)
+    except PivotfileError as exc:
+        with pytest.raises(PivotfileError) as lean:
+            compiler.compile_text(text, "Pivotfile", options)
+        assert lean.value.diagnostics == exc.diagnostics
+        raise
+    assert compiler.compile_text(text, "Pivotfile", options) == general
+    return general

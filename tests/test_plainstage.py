@@ -12,7 +12,9 @@ general path.
 from __future__ import annotations
 
 import contextlib
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from unittest import mock
 
@@ -22,7 +24,7 @@ from hypothesis import strategies as st
 from test_fuzz_pivotfile import SEEDS, Mutation, mutation
 
 from pivotbuild.errors import PivotfileError
-from pivotbuild.pivotfile import lexer, plainstage
+from pivotbuild.pivotfile import compiler, lexer, plainstage
 from pivotbuild.pivotfile.parser import parse
 from pivotbuild.pivotfile.syntax import StageDecl
 
@@ -37,7 +39,7 @@ def fast_path(enabled: bool) -> Iterator[list[StageDecl]]:
     def recorded(*args: Any) -> Any:
         result = plainstage.plain_stage(*args) if enabled else None
         if result is not None:
-            made.append(result[0])
+            made.append(result[0].decl())
         return result
 
     with mock.patch.object(lexer, "plain_stage", recorded):
@@ -204,3 +206,116 @@ def test_the_generated_stages_often_take_the_fast_path() -> None:
 
     run()
     assert sum(taken) >= 10
+
+
+# -- the compiler's reading of plain stages (compiler.compile_text) --------------------------
+
+
+@contextlib.contextmanager
+def counting_plain() -> Iterator[list[str]]:
+    """Lists the stages the compiler read straight from their words (`_Compiler._plain`)."""
+    read: list[str] = []
+    real = compiler._Compiler._plain
+
+    def counted(self: Any, p: plainstage.PlainStage, shell: tuple[str, ...]) -> Any:
+        read.append(p.name)
+        return real(self, p, shell)
+
+    with mock.patch.object(compiler._Compiler, "_plain", counted):
+        yield read
+
+
+def compiled(text: str, root: Path, lean: bool) -> Any:
+    """The pipeline compiled from `text` in `root` (lean: as a project compiles it), or every diagnostic."""
+    options = compiler.CompileOptions(root, root, {"V": "v"})
+    try:
+        if lean:
+            return compiler.compile_text(text, "Pivotfile", options)
+        return compiler.compile_module(parse(text, "Pivotfile"), options)
+    except PivotfileError as exc:
+        return [(d.loc, d.message, d.source_line, d.severity) for d in exc.diagnostics]
+
+
+def compiled_both_ways(text: str, root: Path) -> list[str]:
+    """Check that a project's compile of `text` equals the compile of its syntax records; the stages read lean."""
+    general = compiled(text, root, lean=False)
+    with counting_plain() as read:
+        lean = compiled(text, root, lean=True)
+    assert lean == general, text
+    return read
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    root = (tmp_path / "p").resolve()
+    (root / "sub").mkdir(parents=True)
+    (root / "params.toml").write_text("[train]\nlr = 0.1\n")
+    (tmp_path / "outside").mkdir()
+    (root / "away").symlink_to(tmp_path / "outside")
+    return root
+
+
+# Each text: the stages the compiler must read straight from their words.
+COMPILED = {
+    "the benchmark's form, a desc, a dep twice, a directory and a glob": (
+        "stage a:\n    desc: the first\n    deps: src/a.txt src/a.txt data/ src/*.csv\n    outs: out/a.txt out/d/\n"
+        "    run: md5sum $^ > $@\nstage b:\n    outs: o/b\n    deps: out/a.txt\n    run: md5sum $^ > $@\n",
+        ["a", "b"],
+    ),
+    "commands that depend on the stage, a variable or a param": (
+        "X = x\nstage a:\n    outs: a\n    run: echo ${stage} > $@\nstage b:\n    outs: b\n    run: echo ${X} ${V}\n"
+        "stage c:\n    run: echo ${params.train.lr}\nstage d:\n    run: echo ${params.train.nope}\n"
+        "stage e:\n    run: echo ${Y}\nstage f:\n    run: echo ${stage\n",
+        ["a", "b", "c", "d", "e", "f"],
+    ),
+    "errors in deps and outs, each reported where the general path reports it": (
+        "stage a:\n    deps: a**b c[d\n    outs: o/*.txt ../up .pivot/x Pivotfile Pivotfile.lock . o/x o/x\n"
+        "    run: a\n"
+        "stage b:\n    outs: away/x\n    deps: .\n    run: b\n",
+        ["a", "b"],
+    ),
+    "a stage given twice, plain and not, and a plain one after a non-plain one": (
+        "stage a:\n    run: a\nstage a:\n    run: again\nstage b:\n    matrix: m=x y\n    run: b\n"
+        "stage b@x:\n    run: c\nstage c:\n    env: K=v\n    run: c\nstage c:\n    run: again\n",
+        ["a"],
+    ),
+    "stages the compiler reads through their records": (
+        "stage a:\n    deps: ${V}\n    run: a\nstage b:\n    run: b\n    jobs: 2\nstage c:\n    deps: x\n"
+        "stage d:\n    deps: x\n    deps: y\n    run: d\nstage e:\n    bogus: x\n    run: e\n"
+        "stage f:\n    desc: $$x\n    run: f\n"
+        "stage g:\n    run: g\n    py: m:f\n",
+        [],
+    ),
+}
+
+
+@pytest.mark.parametrize("name", COMPILED)
+def test_a_project_compiles_a_tricky_text_as_its_records_compile(name: str, project: Path) -> None:
+    text, lean = COMPILED[name]
+    assert compiled_both_ways(text, project) == lean
+
+
+def test_a_pipeline_in_a_subdirectory_compiles_the_same_both_ways(project: Path) -> None:
+    text = "stage a:\n    deps: ../params.toml x\n    outs: y ../z\n    run: cat $^ > $@\n"
+    options = compiler.CompileOptions(project, project / "sub", {})
+    lean = compiler.compile_text(text, "sub/Pivotfile", options)
+    assert lean == compiler.compile_module(parse(text, "sub/Pivotfile"), options)
+    assert [d.path for d in lean.stages[0].deps] == ["params.toml", "sub/x"]
+    assert [o.path for o in lean.stages[0].outs] == ["sub/y", "z"]
+
+
+def test_the_seeds_of_the_fuzz_test_compile_the_same_both_ways(project: Path) -> None:
+    read = sum(len(compiled_both_ways(seed, project)) for seed in SEEDS)
+    assert read > 50
+
+
+@SETTINGS
+@given(seed=st.sampled_from(SEEDS), mutations=st.lists(mutation(), min_size=1, max_size=6))
+def test_a_mutated_pivotfile_compiles_the_same_both_ways(seed: str, mutations: list[Mutation]) -> None:
+    text = seed.encode()
+    for mutate in mutations:
+        text = mutate(text)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp).resolve()
+        (root / "params.toml").write_text("[train]\nepochs = 3\nlr = 0.1\n")
+        compiled_both_ways(text.decode("utf-8", "replace"), root)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 from pivotbuild import paths
@@ -19,6 +19,8 @@ from pivotbuild.model import DEFAULT_SHELL, Command, Dep, IncludeRef, Out, Pipel
 from pivotbuild.pivotfile.expand import COMMAND_LINE, RESERVED_VARS, Expander, Failed, Origin, Reporter, Scope, VarDef
 from pivotbuild.pivotfile.fields import BOOLS, ScalarFields
 from pivotbuild.pivotfile.params import ParamError, Params, ParamsFileError
+from pivotbuild.pivotfile.parser import parse_lean
+from pivotbuild.pivotfile.plainstage import PlainStage
 from pivotbuild.pivotfile.syntax import (
     FIELDS,
     NAME_RE,
@@ -30,7 +32,10 @@ from pivotbuild.pivotfile.syntax import (
     OutDecl,
     PipelineStmt,
     Pos,
+    Script,
+    ScriptLine,
     StageDecl,
+    Statement,
     Word,
 )
 from pivotbuild.structs import field, struct
@@ -53,19 +58,29 @@ class CompileOptions:
 
 def compile_module(module: Module, options: CompileOptions) -> Pipeline:
     """Compile a parsed Pivotfile.  Raises `PivotfileError` listing every problem found."""
-    return _Compiler(module, options).run()
+    return _Compiler(module.path, module.source, module.statements, options).run()
+
+
+def compile_text(text: str, path: str, options: CompileOptions) -> Pipeline:
+    """Parse and compile Pivotfile text (shown as `path`): what `compile_module(parse(text, path), options)`
+    gives, with most stages read without their syntax records (plainstage.py).  Raises `PivotfileError`."""
+    source, statements = parse_lean(text, path)
+    return _Compiler(path, source, statements, options).run()
 
 
 class _Compiler(ScalarFields):
-    def __init__(self, module: Module, options: CompileOptions) -> None:
-        self.module = module
+    def __init__(
+        self, path: str, source: str, statements: Sequence[Statement | PlainStage], options: CompileOptions
+    ) -> None:
+        self.path = path
+        self.statements = statements
         self.opts = options
-        self.origin = Origin(module.path, module.source)
+        self.origin = Origin(path, source)
         self.report = Reporter(self.origin)
         self._error = self.report.error
         self._fail = self.report.fail
         self.dir_rel = paths.rel_dir(options.root, options.pipeline_dir)
-        self.params = Params(options.pipeline_dir, _display_dir(module.path))
+        self.params = Params(options.pipeline_dir, _display_dir(path))
         self.x = Expander(self.report, self.params, self.dir_rel)
         # This pipeline's own files, by root-relative path: no output may be one.
         self.own_files = {paths.join(self.dir_rel, own): own for own in (paths.PIVOTFILE, paths.LOCKFILE)}
@@ -73,26 +88,38 @@ class _Compiler(ScalarFields):
     # -- the whole file ----------------------------------------------------------
 
     def run(self) -> Pipeline:
-        stmts = self.module.statements
+        stmts = self.statements
         self._collect_vars([s for s in stmts if isinstance(s, Assignment)])
         name = self._pipeline_name([s for s in stmts if isinstance(s, PipelineStmt)])
         shell = self._shell()
         default = self._default([s for s in stmts if isinstance(s, DefaultStmt)])
         includes = self._includes([s for s in stmts if isinstance(s, IncludeStmt)])
         stages: list[Stage] = []
-        first_decl: dict[str, StageDecl] = {}
+        first_line: dict[str, int] = {}  # each stage's name -> the line it is first declared on
         for decl in stmts:
-            if not isinstance(decl, StageDecl):
+            if type(decl) is PlainStage:
+                stage_name, line = decl.name, decl.line
+            elif isinstance(decl, StageDecl):
+                stage_name, line = decl.name.text, decl.name.pos.line
+            else:
                 continue
-            prior = first_decl.setdefault(decl.name.text, decl)
-            if prior is not decl:
-                self._error(decl.name.pos, f"stage '{decl.name.text}' is already defined on line {prior.name.pos.line}")
+            prior = first_line.setdefault(stage_name, line)
+            if prior != line:
+                pos = Pos(line, decl.name_col) if isinstance(decl, PlainStage) else decl.name.pos
+                self._error(pos, f"stage '{stage_name}' is already defined on line {prior}")
                 continue
-            stages.extend(self._stage(decl, shell))
+            if not isinstance(decl, PlainStage):
+                stages.extend(self._stage(decl, shell))
+            elif _is_plain(decl):
+                stage = self._plain(decl, shell)
+                if stage is not None:
+                    stages.append(stage)
+            else:
+                stages.extend(self._stage(decl.decl(), shell))
         if self.report.errors:
             raise PivotfileError(self.report.errors)
         params_files = tuple(sorted(paths.join(self.dir_rel, f) for f in self.params.files_read))
-        file_rel = paths.join(self.dir_rel, Path(self.module.path).name)
+        file_rel = paths.join(self.dir_rel, Path(self.path).name)
         inputs = tuple(self.params.sources[f] for f in sorted(self.params.sources))
         return Pipeline(self.dir_rel, file_rel, name, tuple(stages), default, includes, params_files, inputs)
 
@@ -161,7 +188,7 @@ class _Compiler(ScalarFields):
         return tuple(refs)
 
     def _loc(self, pos: Pos) -> Location:
-        return Location(self.module.path, pos.line, pos.col)
+        return Location(self.path, pos.line, pos.col)
 
     def _rooted(self, text: str) -> str:
         """`text`, a non-empty path written in this Pivotfile, relative to the project root (normalised)."""
@@ -287,6 +314,83 @@ class _Compiler(ScalarFields):
             always=values.get("always", False),  # type: ignore[arg-type]
         )
 
+    def _plain(self, p: PlainStage, shell: tuple[str, ...]) -> Stage | None:
+        """The stage `p` (one `_is_plain` accepts), compiled as `_stage` compiles
+        `p.decl()`, straight from its words; None once its errors are reported.
+        (Most stages of a large Pivotfile: their records are what a first build
+        spends most of its compiling on.  A test compares the two ways.)"""
+        failed = False
+        deps: tuple[Dep, ...] = ()
+        outs: tuple[Out, ...] = ()
+        desc = ""
+        command: Command | None = None
+        scope: Scope | None = None
+        for key, line, _, words in p.fields:
+            if key == "deps":
+                found: list[Dep] = []
+                ok = True
+                for text, col in words:
+                    try:
+                        found.append(self._dep(text, (line, col), False))
+                    except Failed:
+                        ok = False
+                if ok:
+                    deps = tuple(dict.fromkeys(found))
+                failed = failed or not ok
+            elif key == "outs":
+                made: dict[str, Out] = {}
+                ok = True
+                for text, col in words:
+                    try:
+                        out = self._out(text, (line, col), _NO_OPTIONS)
+                    except Failed:
+                        ok = False
+                        continue
+                    if out.path in made:
+                        self._error(Pos(line, col), f"output '{text}' is listed twice")
+                        ok = False
+                    made[out.path] = out
+                if ok:
+                    outs = tuple(made.values())
+                failed = failed or not ok
+            elif key == "run":
+                text, col = words[0]
+                command = self.x.known_script(text)
+                if command is None:
+                    scope = Scope({}, p.name)
+                    try:
+                        command = self.x.script(Script((ScriptLine(text, Pos(line, col)),), True), scope)
+                    except Failed:
+                        failed = True
+            else:  # desc:
+                desc = " ".join([text for text, _ in words])
+        if failed:
+            return None
+        name = p.name
+        params = () if scope is None else tuple(sorted(scope.params_used.values(), key=lambda q: (q.file, q.key)))
+        return Stage(
+            id=StageId(self.dir_rel, name),
+            base=name,
+            loc=Location(self.path, p.line, p.name_col),
+            command=command,
+            py=None,
+            py_loc=None,
+            matrix=(),
+            desc=desc,
+            deps=deps,
+            outs=outs,
+            params=params,
+            shell=shell,
+            mutex=(),
+            jobs=1,
+            mem=0,
+            timeout=None,
+            retry=0,
+            env=(),
+            workdir=self.dir_rel,
+            always=False,
+        )
+
     # -- fields ----------------------------------------------------------------------
 
     def _desc(self, f: Field, scope: Scope) -> str:
@@ -299,30 +403,29 @@ class _Compiler(ScalarFields):
             # (a word with no `$` is its text, without asking the expander: most deps)
             for text in (word.text,) if "$" not in word.text else self.x.expand_word(word, scope) or ():
                 try:
-                    deps.append(self._dep(word, text))
+                    deps.append(self._dep(text, word.pos, word.quoted))
                 except Failed:
                     failed = True
         if failed:
             raise Failed
         return tuple(dict.fromkeys(deps))
 
-    def _dep(self, word: Word, text: str) -> Dep:
-        """The dep `text`, one of the values of `word` (quoted: a literal path, never a glob)."""
+    def _dep(self, text: str, at: Pos | tuple[int, int], quoted: bool) -> Dep:
+        """The dep `text`, one of the values of the word at `at` (quoted: a literal path, never a glob)."""
         if not text:
-            raise self._fail(word.pos, "empty path in 'deps:'")
-        is_glob = _GLOB_CHAR_RE.search(text) is not None and not word.quoted
+            raise self._fail(_pos(at), "empty path in 'deps:'")
+        is_glob = _GLOB_CHAR_RE.search(text) is not None and not quoted
         if is_glob:
-            self._check_glob(word, text)
+            self._check_glob(_pos(at), text)
         path = self._rooted(text)
         if path == "":
-            raise self._fail(word.pos, "a dep cannot be the whole project root; name the files or directories read")
-        pos = word.pos
-        return Dep(path, is_glob, text.endswith("/"), (pos.line, pos.col))  # (is_glob, dir_hint, pos)
+            raise self._fail(_pos(at), "a dep cannot be the whole project root; name the files or directories read")
+        return Dep(path, is_glob, text.endswith("/"), _at(at))  # (is_glob, dir_hint, pos)
 
-    def _check_glob(self, word: Word, text: str) -> None:
+    def _check_glob(self, pos: Pos, text: str) -> None:
         for part in text.split("/"):
             if "**" in part and part != "**":
-                raise self._fail(word.pos, f"in '{text}', '**' must be a whole path component, as in 'src/**/*.py'")
+                raise self._fail(pos, f"in '{text}', '**' must be a whole path component, as in 'src/**/*.py'")
         depth = 0
         for c in text:
             if c == "[":
@@ -330,7 +433,7 @@ class _Compiler(ScalarFields):
             elif c == "]" and depth:
                 depth -= 1
         if depth:
-            raise self._fail(word.pos, f"in '{text}', '[' is not closed by ']'")
+            raise self._fail(pos, f"in '{text}', '[' is not closed by ']'")
 
     def _outs(self, f: Field, scope: Scope) -> tuple[Out, ...]:
         outs: dict[str, Out] = {}
@@ -344,7 +447,7 @@ class _Compiler(ScalarFields):
             word = decl.path
             for text in (word.text,) if "$" not in word.text else self.x.expand_word(word, scope) or ():
                 try:
-                    out = self._out(decl.path, text, opts)
+                    out = self._out(text, decl.path.pos, opts)
                 except Failed:
                     failed = True
                     continue
@@ -378,37 +481,38 @@ class _Compiler(ScalarFields):
             opts[key] = flag
         return opts
 
-    def _out(self, word: Word, text: str, opts: dict[str, bool]) -> Out:
+    def _out(self, text: str, at: Pos | tuple[int, int], opts: dict[str, bool]) -> Out:
+        """The output `text`, one of the values of the word at `at`, with its options."""
         if not text:
-            raise self._fail(word.pos, "empty path in 'outs:'")
+            raise self._fail(_pos(at), "empty path in 'outs:'")
         if _GLOB_CHAR_RE.search(text):
             raise self._fail(
-                word.pos, f"output '{text}' is a glob; outputs must be named (list the files, or their directory)"
+                _pos(at), f"output '{text}' is a glob; outputs must be named (list the files, or their directory)"
             )
         path = self._rooted(text)
         root = self.opts.root
         if paths.escapes(path):
             raise self._fail(
-                word.pos, f"output '{text}' is outside the project root {root}; outputs must lie inside it"
+                _pos(at), f"output '{text}' is outside the project root {root}; outputs must lie inside it"
             )
         if path == "":
-            raise self._fail(word.pos, "an output cannot be the project root itself; name a file or subdirectory")
+            raise self._fail(_pos(at), "an output cannot be the project root itself; name a file or subdirectory")
         if path.split("/")[0] == paths.STATE_DIR or f"/{paths.STATE_DIR}/" in f"/{path}/":
-            raise self._fail(word.pos, f"output '{text}' is inside {paths.STATE_DIR}/, which pivotbuild owns")
+            raise self._fail(_pos(at), f"output '{text}' is inside {paths.STATE_DIR}/, which pivotbuild owns")
         own = self.own_files.get(path)
         if own is not None:
-            raise self._fail(word.pos, f"output '{text}' would overwrite this pipeline's {own}")
+            raise self._fail(_pos(at), f"output '{text}' would overwrite this pipeline's {own}")
         if self.dir_rel == path or self.dir_rel.startswith(path + "/"):
-            raise self._fail(word.pos, f"output '{text}' is a directory holding this pipeline's Pivotfile")
+            raise self._fail(_pos(at), f"output '{text}' is a directory holding this pipeline's Pivotfile")
         if paths.escapes_via_symlink(root, path):
-            raise self._fail(word.pos, f"output '{text}' goes through a symlink that leads outside the project root")
+            raise self._fail(_pos(at), f"output '{text}' goes through a symlink that leads outside the project root")
         return Out(
             path,
             is_dir=text.endswith("/"),
             cache=opts.get("cache", True),
             persist=opts.get("persist", False),
             incremental=opts.get("incremental", False),
-            pos=(word.pos.line, word.pos.col),
+            pos=_at(at),
         )
 
     def _params_field(self, f: Field, scope: Scope) -> None:
@@ -448,6 +552,35 @@ _HANDLERS: dict[str, Callable[[_Compiler, Field, Scope], object]] = {
     "dir": _Compiler._dir,
     "always": _Compiler._always,
 }
+
+
+_PLAIN_KEYS = frozenset(("deps", "outs", "run", "desc"))
+_NO_OPTIONS: dict[str, bool] = {}  # (an output's options, read only)
+
+
+def _is_plain(p: PlainStage) -> bool:
+    """Whether `_Compiler._plain` compiles `p`: its fields are among deps:,
+    outs:, run: and desc:, each given once, run: among them, and no word
+    but the command has a `$` (nothing to expand, nothing in scope)."""
+    keys = [f[0] for f in p.fields]
+    if "run" not in keys or not _PLAIN_KEYS.issuperset(keys) or len(set(keys)) != len(keys):
+        return False
+    for key, _, _, words in p.fields:
+        if key != "run":
+            for text, _ in words:
+                if "$" in text:
+                    return False
+    return True
+
+
+def _pos(at: Pos | tuple[int, int]) -> Pos:
+    """A word's place as the diagnostics take it."""
+    return at if isinstance(at, Pos) else Pos(*at)
+
+
+def _at(at: Pos | tuple[int, int]) -> tuple[int, int]:
+    """A word's place as the records keep it: (line, column)."""
+    return (at.line, at.col) if isinstance(at, Pos) else at
 
 
 def _display_dir(module_path: str) -> str:

@@ -207,6 +207,10 @@ class Expander:
         scope.params_used[(file, pv.key)] = Param(file, pv.key, canon)
         return pv.value
 
+    def known_script(self, text: str) -> Command | None:
+        """The command of a script of this text already compiled, when nothing in it depends on the stage."""
+        return self._constant_scripts.get(text)
+
     def script(self, script: Script, scope: Scope) -> Command:
         source = script.text
         known = self._constant_scripts.get(source)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-from pivotbuild.pivotfile.plainstage import BLANK_SEPARATED_RE, KEY_RE, PLAIN_LINE_RE, plain_stage
+from pivotbuild.pivotfile.plainstage import BLANK_SEPARATED_RE, KEY_RE, PLAIN_LINE_RE, PlainStage, plain_stage
 from pivotbuild.pivotfile.syntax import (
     FIELDS,
     KEYWORDS,
@@ -20,7 +20,6 @@ from pivotbuild.pivotfile.syntax import (
     Pos,
     Script,
     ScriptLine,
-    StageDecl,
     Word,
 )
 from pivotbuild.structs import field, struct
@@ -49,14 +48,13 @@ class Tok:
 class StatementTokens:
     """The terminals of one top-level statement.  For a stage, `header` holds
     `stage NAME:` and `fields` one list per field, so a stage that does not
-    parse as a whole can be parsed field by field.  A plain stage (plainstage.py)
-    comes as its `syntax` record instead, with no terminals."""
+    parse as a whole can be parsed field by field.  (A plain stage,
+    plainstage.py, comes as a `PlainStage` instead, with no terminals.)"""
 
     header: list[Tok]
     fields: list[list[Tok]] = field(default_factory=list)
     is_stage: bool = False
     last_line: int = 0
-    syntax: StageDecl | None = None
 
     def all_tokens(self) -> list[Tok]:
         if not self.is_stage or not self.fields:
@@ -72,7 +70,7 @@ class StatementTokens:
 
 @struct(slots=True)
 class LexResult:
-    statements: list[StatementTokens]
+    statements: list[StatementTokens | PlainStage]
     comments: list[Comment]
     errors: list[tuple[Pos, str]]
 
@@ -100,7 +98,7 @@ class _Lexer:
         self.comment = [line.startswith("#", len(indent)) for line, indent in zip(self.lines, self.indent, strict=True)]
         self.i = 0
         self.comments: list[Comment] = []
-        self.statements: list[StatementTokens] = []
+        self.statements: list[StatementTokens | PlainStage] = []
 
     # -- top level ---------------------------------------------------------
 
@@ -126,9 +124,9 @@ class _Lexer:
         if line.startswith("stage"):
             plain = plain_stage(self.lines, self.indent, self.blank, self.comment, n)
             if plain is not None:
-                decl, comments, self.i = plain
+                stage, comments, self.i = plain
                 self.comments += comments
-                self.statements.append(StatementTokens([], is_stage=True, last_line=decl.last_line, syntax=decl))
+                self.statements.append(stage)
                 return
         assign = _ASSIGN_RE.match(line)
         first = line.split(None, 1)[0]

@@ -16,10 +16,12 @@ from pathlib import Path
 from pivotbuild.errors import Diagnostic, Location, PivotfileError
 from pivotbuild.pivotfile import lalr
 from pivotbuild.pivotfile.lexer import StatementTokens, Tok, lex
+from pivotbuild.pivotfile.plainstage import PlainStage
 from pivotbuild.pivotfile.syntax import (
     FIELDS,
     KEYWORDS,
     Assignment,
+    Comment,
     DefaultStmt,
     Field,
     IncludeStmt,
@@ -228,6 +230,21 @@ _RULES: dict[str, Callable[[_ToSyntax, list[Any]], Any]] = {
 def parse(text: str, path: str = "Pivotfile") -> Module:
     """Parse Pivotfile text.  Raises `PivotfileError` listing every syntax error found."""
     text = text.removeprefix("\ufeff")
+    statements, comments = _statements(text, path)
+    records: list[Statement] = [s.decl() if isinstance(s, PlainStage) else s for s in statements]
+    return Module(path, text, tuple(records), comments)
+
+
+def parse_lean(text: str, path: str = "Pivotfile") -> tuple[str, list[Statement | PlainStage]]:
+    """The text (without a byte-order mark) and its statements, as `parse`
+    gives them, except that a plain stage stays a `PlainStage`: what the
+    compiler reads (compiler.compile_text), without a syntax record for each
+    of its words.  Raises `PivotfileError` as `parse` does."""
+    text = text.removeprefix("\ufeff")
+    return text, _statements(text, path)[0]
+
+
+def _statements(text: str, path: str) -> tuple[list[Statement | PlainStage], tuple[Comment, ...]]:
     lexed = lex(text)
     lines = text.split("\n")
 
@@ -236,15 +253,16 @@ def parse(text: str, path: str = "Pivotfile") -> Module:
         return Diagnostic(Location(path, pos.line, pos.col), message, src.rstrip("\r"))
 
     errors = [diag(pos, msg) for pos, msg in lexed.errors]
-    statements: list[Statement] = []
+    statements: list[Statement | PlainStage] = []
     for stmt in lexed.statements:
-        if stmt.syntax is not None:
-            statements.append(stmt.syntax)
+        if type(stmt) is PlainStage:
+            statements.append(stmt)
             continue
+        assert isinstance(stmt, StatementTokens)
         statements.extend(_parse_statement(stmt, lambda p, m: errors.append(diag(p, m))))
     if errors:
         raise PivotfileError(_dedupe(errors))
-    return Module(path, text, tuple(statements), tuple(lexed.comments))
+    return statements, tuple(lexed.comments)
 
 
 def _dedupe(errors: list[Diagnostic]) -> list[Diagnostic]:

@@ -1,15 +1,20 @@
-"""The plain stage: most stages, recognised whole, their syntax record made at once.
+"""The plain stage: most stages, recognised whole, straight from their lines.
 
 Most stages of a large Pivotfile are written in one form: a `stage NAME:`
 header, then one line per field in the same indentation, each a known key and
 plain words (no quote, backslash, comment or output options) or a one-line
 `run:` command.  The lexer would make terminals of such a stage, the LALR
 table would accept them and the parser would build the record from them: four
-times the work of building the record straight from the lines.  `plain_stage`
+times the work of reading the stage straight from the lines.  `plain_stage`
 does that for a stage in this form and gives up (None) on anything else,
 before changing anything, so that the general path sees the stage as if it
-had not been tried; the record is the one that path makes (a test compares
-the two on tricky texts).
+had not been tried.
+
+What it gives is a `PlainStage`: the stage's words and where each stands, in
+tuples.  `PlainStage.decl` makes the syntax record the general path makes (a
+test compares the two on tricky texts); the compiler reads most plain stages
+without it (compiler.py, `_plain`), which is most of what a first build spends
+on its Pivotfile.
 """
 
 from __future__ import annotations
@@ -40,10 +45,46 @@ _HEADER_RE = re.compile(r"stage[ \t]+([A-Za-z_][A-Za-z0-9_.-]*):[ \t]*\Z")
 
 _LIST, _SCALAR, _OUTS, _SCRIPT = FieldKind.LIST, FieldKind.SCALAR, FieldKind.OUTS, FieldKind.SCRIPT
 
+# A field of a plain stage: its key, the line it is on (1-based), the key's
+# column, and its words as (text, column) pairs; for `run:`, one pair, the command.
+PlainField = tuple[str, int, int, list[tuple[str, int]]]
+
+
+class PlainStage:
+    """A plain stage as read from its lines: its name, the line and column of
+    the name, the line its block ends on, and its fields in order.  (A plain
+    class: one is made per stage, and tuples inside, not records, is what makes
+    reading a plain stage cheap.)"""
+
+    __slots__ = ("fields", "last_line", "line", "name", "name_col")
+
+    def __init__(self, name: str, line: int, name_col: int, last_line: int, fields: list[PlainField]) -> None:
+        self.name = name
+        self.line = line
+        self.name_col = name_col
+        self.last_line = last_line
+        self.fields = fields
+
+    def decl(self) -> StageDecl:
+        """The syntax record the general path makes of this stage."""
+        made: list[Field] = []
+        for name, line, col, words in self.fields:
+            key = Word(name, name, Pos(line, col))
+            kind = FIELDS.get(name, _LIST)
+            if kind is _SCRIPT:
+                text, at = words[0]
+                made.append(Field(key, line, (), (), (), Script((ScriptLine(text, Pos(line, at)),), True)))
+            elif kind is _OUTS:
+                made.append(Field(key, line, (), tuple([OutDecl(Word(w, w, Pos(line, c)), ()) for w, c in words])))
+            else:
+                made.append(Field(key, line, tuple([Word(w, w, Pos(line, c)) for w, c in words])))
+        name_word = Word(self.name, self.name, Pos(self.line, self.name_col))
+        return StageDecl(Pos(self.line, 1), self.last_line, name_word, tuple(made))
+
 
 def plain_stage(
     lines: list[str], indent: list[str], blank: list[bool], comment: list[bool], n: int
-) -> tuple[StageDecl, list[Comment], int] | None:
+) -> tuple[PlainStage, list[Comment], int] | None:
     """The stage whose header is line `n` (0-based; `indent`, `blank` and
     `comment` describe each line as the lexer does), with the comments met in
     its block and the index of the first line after it; None unless the stage
@@ -55,7 +96,7 @@ def plain_stage(
     if header is None:
         return None
     count = len(lines)
-    fields: list[Field] = []
+    fields: list[PlainField] = []
     comments: list[Comment] = []
     field_indent = ""
     width = 0
@@ -84,7 +125,6 @@ def plain_stage(
             return None
         name = key.group(1)
         kind = FIELDS.get(name, _LIST)  # an unknown field keeps its words, for the compiler to name
-        line_no = i + 1
         start = key.end()
         i += 1
         if kind is _SCRIPT:
@@ -96,8 +136,7 @@ def plain_stage(
                 j += 1
             if not text or (j < count and len(indent[j]) > width):
                 return None
-            script = Script((ScriptLine(text, Pos(line_no, start + len(rest) - len(rest.lstrip(" \t")) + 1)),), True)
-            fields.append(Field(Word(name, name, Pos(line_no, width + 1)), line_no, (), (), (), script))
+            fields.append((name, i, width + 1, [(text, start + len(rest) - len(rest.lstrip(" \t")) + 1)]))
             continue
         if kind is FieldKind.ITEMS or not PLAIN_LINE_RE[kind is _OUTS].match(line, start):
             return None
@@ -107,19 +146,13 @@ def plain_stage(
             words = []
             col = start + 2
             for w in rest[1:].split(" "):
-                words.append(Word(w, w, Pos(line_no, col)))
+                words.append((w, col))
                 col += len(w) + 1
         else:
-            words = [Word(m[0], m[0], Pos(line_no, m.start() + 1)) for m in BLANK_SEPARATED_RE.finditer(line, start)]
-        key_word = Word(name, name, Pos(line_no, width + 1))
-        if kind is _OUTS:
-            fields.append(Field(key_word, line_no, (), tuple([OutDecl(w, ()) for w in words])))
-        elif kind is _SCALAR and len(words) != 1:
+            words = [(m[0], m.start() + 1) for m in BLANK_SEPARATED_RE.finditer(line, start)]
+        if kind is _SCALAR and len(words) != 1:
             return None  # a grammar error
-        else:
-            fields.append(Field(key_word, line_no, tuple(words)))
+        fields.append((name, i, width + 1, words))
     if not fields:
         return None
-    name = header.group(1)
-    name_word = Word(name, name, Pos(n + 1, header.start(1) + 1))
-    return StageDecl(Pos(n + 1, 1), fields[-1].last_line, name_word, tuple(fields)), comments, i
+    return PlainStage(header.group(1), n + 1, header.start(1) + 1, fields[-1][1], fields), comments, i
