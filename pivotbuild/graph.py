@@ -44,6 +44,14 @@ SourceLines = Callable[[Location], str]
 _UNASKED = "\0"
 
 
+def _dirname(path: str) -> str:
+    """`posixpath.dirname(path)`, the same string, without its calls (asked for every dep and output)."""
+    head = path[: path.rfind("/") + 1]
+    if head and head != "/" * len(head):
+        head = head.rstrip("/")
+    return head
+
+
 def _no_lines(loc: Location) -> str:
     return ""
 
@@ -81,7 +89,8 @@ class BuildGraph:
             from pivotbuild.cycles import cycle_error  # networkx: only for a graph that has a cycle
 
             raise cycle_error(self)
-        self._link(order, {s: self._ordered(preds[s]) for s in order})
+        index = self._index.__getitem__
+        self._link(order, {s: sorted(preds[s], key=index) for s in order})
 
     @classmethod
     def restore(
@@ -183,38 +192,45 @@ class BuildGraph:
                 problems.append(self._nested_output(writers[path][0], writers[parent][0]))
         return problems
 
-    def _dep_nodes(self) -> dict[str, tuple[set[StageId], list[StageId]]]:
-        """Each dep's artifact node (its path): the stages writing it (or a file
-        inside it, or a match) and the stages reading it.  Notes each stage's
-        deps that no stage writes as it goes (`_sources`, what
-        `missing_sources` asks; a restored graph finds them when asked)."""
-        nodes: dict[str, tuple[set[StageId], list[StageId]]] = {}
-        written: dict[str, bool] = {}  # a (non-glob) dep's path -> whether a stage writes it
-        seen: set[tuple[str, bool]] = set()
-        for stage in self.stages.values():
-            for dep in stage.deps:
-                node = nodes.get(dep.path)
-                if node is None:
-                    node = nodes[dep.path] = (set(), [])
-                node[1].append(stage.id)
-                if (dep.path, dep.is_glob) not in seen:
-                    seen.add((dep.path, dep.is_glob))
-                    producers = self._producers_of(dep.path, dep.is_glob)
-                    node[0].update(producers)
-                    if not dep.is_glob:
-                        written[dep.path] = bool(producers)
-        for stage in self.stages.values():  # (what `missing_sources` asks, known now)
-            sources = ((d.path, d.pos) for d in stage.deps if not d.is_glob and not written[d.path])
-            self._sources[stage.id] = tuple(sources)
-        return nodes
-
     def _stage_preds(self) -> dict[StageId, set[StageId]]:
-        """Each stage's direct upstream stages (itself, if it reads what it writes)."""
-        preds: dict[StageId, set[StageId]] = {s: set() for s in self.stages}
-        for producers, consumers in self._dep_nodes().values():
-            if producers:
-                for consumer in consumers:
-                    preds[consumer].update(producers)
+        """Each stage's direct upstream stages (itself, if it reads what it
+        writes): the stages writing any dep's path, a file inside it or (a
+        glob) a match of it, whichever way each stage names the path.  Notes
+        each stage's deps that no stage writes as it goes (`_sources`, what
+        `missing_sources` asks; a restored graph finds them when asked)."""
+        writers: dict[str, set[StageId]] = {}  # each dep's path -> the stages writing it
+        written: dict[str, bool] = {}  # a (non-glob) dep's path -> whether a stage writes it
+        globbed: set[str] = set()  # the paths some stage names as a glob
+        stages = self.stages
+        for stage in stages.values():
+            for dep in stage.deps:
+                path = dep.path
+                if dep.is_glob:
+                    if path in globbed:
+                        continue
+                    globbed.add(path)
+                    found = self._producers_of(path, True)
+                elif path in written:
+                    continue
+                else:
+                    found = self._producers_of(path, False)
+                    written[path] = bool(found)
+                known = writers.get(path)
+                if known is None:
+                    writers[path] = found  # (a set of its own: _producers_of makes one each time)
+                else:
+                    known |= found
+        preds: dict[StageId, set[StageId]] = {}
+        sources = self._sources
+        for sid, stage in stages.items():
+            upstream: set[StageId] = set()
+            unwritten: list[tuple[str, Pos | None]] = []
+            for dep in stage.deps:
+                upstream |= writers[dep.path]
+                if not dep.is_glob and not written[dep.path]:
+                    unwritten.append((dep.path, dep.pos))
+            preds[sid] = upstream
+            sources[sid] = tuple(unwritten)
         return preds
 
     def _topological(self, preds: dict[StageId, set[StageId]]) -> list[StageId]:
@@ -298,7 +314,7 @@ class BuildGraph:
         (Asked for every dep and output, thousands of times in a large
         project's few directories: the answer is kept per directory, once the
         outputs are all known.)"""
-        directory = posixpath.dirname(path)
+        directory = _dirname(path)
         found = self._enclosing.get(directory, _UNASKED)
         if found == _UNASKED:
             found = None
@@ -307,7 +323,7 @@ class BuildGraph:
                 if parent in self._producer:
                     found = parent
                     break
-                parent = posixpath.dirname(parent)
+                parent = _dirname(parent)
             self._enclosing[directory] = found
         return found
 
@@ -329,8 +345,9 @@ class BuildGraph:
                 for out, p in self._producer.items()
                 if pattern.fullmatch(out) or (out in self._dir_outs and may_match_under(path, out))
             }
-        found = {self._producer[o] for o in self._outs_under(path)}
-        exact = self._producer.get(path)
+        producer = self._producer
+        found = {producer[o] for o in self._outs_under(path)}
+        exact = producer.get(path)
         if exact is not None:
             found.add(exact)
         enclosing = self._enclosing_out(path)

@@ -23,6 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_fuzz_pivotfile import SEEDS, Mutation, mutation
 
+from pivotbuild import structs
 from pivotbuild.errors import PivotfileError
 from pivotbuild.pivotfile import compiler, lexer, plainstage
 from pivotbuild.pivotfile.parser import parse
@@ -230,8 +231,11 @@ def compiled(text: str, root: Path, lean: bool) -> Any:
     options = compiler.CompileOptions(root, root, {"V": "v"})
     try:
         if lean:
-            return compiler.compile_text(text, "Pivotfile", options)
-        return compiler.compile_module(parse(text, "Pivotfile"), options)
+            pipeline = compiler.compile_text(text, "Pivotfile", options)
+        else:
+            pipeline = compiler.compile_module(parse(text, "Pivotfile"), options)
+        # (each compile stamps the params files it read: whether the racy window had passed may differ)
+        return structs.replace(pipeline, inputs=()), [(i.path, i.hash) for i in pipeline.inputs]
     except PivotfileError as exc:
         return [(d.loc, d.message, d.source_line, d.severity) for d in exc.diagnostics]
 

@@ -335,7 +335,7 @@ class _Compiler(ScalarFields):
                     except Failed:
                         ok = False
                 if ok:
-                    deps = tuple(dict.fromkeys(found))
+                    deps = tuple(dict.fromkeys(found)) if len(found) > 1 else tuple(found)
                 failed = failed or not ok
             elif key == "outs":
                 made: dict[str, Out] = {}
@@ -403,24 +403,25 @@ class _Compiler(ScalarFields):
             # (a word with no `$` is its text, without asking the expander: most deps)
             for text in (word.text,) if "$" not in word.text else self.x.expand_word(word, scope) or ():
                 try:
-                    deps.append(self._dep(text, word.pos, word.quoted))
+                    deps.append(self._dep(text, (word.pos.line, word.pos.col), word.quoted))
                 except Failed:
                     failed = True
         if failed:
             raise Failed
         return tuple(dict.fromkeys(deps))
 
-    def _dep(self, text: str, at: Pos | tuple[int, int], quoted: bool) -> Dep:
-        """The dep `text`, one of the values of the word at `at` (quoted: a literal path, never a glob)."""
+    def _dep(self, text: str, at: tuple[int, int], quoted: bool) -> Dep:
+        """The dep `text`, one of the values of the word at `at` (line, column; quoted: a literal path, never
+        a glob)."""
         if not text:
-            raise self._fail(_pos(at), "empty path in 'deps:'")
+            raise self._fail(Pos(*at), "empty path in 'deps:'")
         is_glob = _GLOB_CHAR_RE.search(text) is not None and not quoted
         if is_glob:
-            self._check_glob(_pos(at), text)
+            self._check_glob(Pos(*at), text)
         path = self._rooted(text)
         if path == "":
-            raise self._fail(_pos(at), "a dep cannot be the whole project root; name the files or directories read")
-        return Dep(path, is_glob, text.endswith("/"), _at(at))  # (is_glob, dir_hint, pos)
+            raise self._fail(Pos(*at), "a dep cannot be the whole project root; name the files or directories read")
+        return Dep(path, is_glob, text.endswith("/"), at)  # (is_glob, dir_hint, pos)
 
     def _check_glob(self, pos: Pos, text: str) -> None:
         for part in text.split("/"):
@@ -447,7 +448,7 @@ class _Compiler(ScalarFields):
             word = decl.path
             for text in (word.text,) if "$" not in word.text else self.x.expand_word(word, scope) or ():
                 try:
-                    out = self._out(text, decl.path.pos, opts)
+                    out = self._out(text, (decl.path.pos.line, decl.path.pos.col), opts)
                 except Failed:
                     failed = True
                     continue
@@ -481,38 +482,38 @@ class _Compiler(ScalarFields):
             opts[key] = flag
         return opts
 
-    def _out(self, text: str, at: Pos | tuple[int, int], opts: dict[str, bool]) -> Out:
-        """The output `text`, one of the values of the word at `at`, with its options."""
+    def _out(self, text: str, at: tuple[int, int], opts: dict[str, bool]) -> Out:
+        """The output `text`, one of the values of the word at `at` (line, column), with its options."""
         if not text:
-            raise self._fail(_pos(at), "empty path in 'outs:'")
+            raise self._fail(Pos(*at), "empty path in 'outs:'")
         if _GLOB_CHAR_RE.search(text):
             raise self._fail(
-                _pos(at), f"output '{text}' is a glob; outputs must be named (list the files, or their directory)"
+                Pos(*at), f"output '{text}' is a glob; outputs must be named (list the files, or their directory)"
             )
         path = self._rooted(text)
         root = self.opts.root
         if paths.escapes(path):
             raise self._fail(
-                _pos(at), f"output '{text}' is outside the project root {root}; outputs must lie inside it"
+                Pos(*at), f"output '{text}' is outside the project root {root}; outputs must lie inside it"
             )
         if path == "":
-            raise self._fail(_pos(at), "an output cannot be the project root itself; name a file or subdirectory")
+            raise self._fail(Pos(*at), "an output cannot be the project root itself; name a file or subdirectory")
         if path.split("/")[0] == paths.STATE_DIR or f"/{paths.STATE_DIR}/" in f"/{path}/":
-            raise self._fail(_pos(at), f"output '{text}' is inside {paths.STATE_DIR}/, which pivotbuild owns")
+            raise self._fail(Pos(*at), f"output '{text}' is inside {paths.STATE_DIR}/, which pivotbuild owns")
         own = self.own_files.get(path)
         if own is not None:
-            raise self._fail(_pos(at), f"output '{text}' would overwrite this pipeline's {own}")
+            raise self._fail(Pos(*at), f"output '{text}' would overwrite this pipeline's {own}")
         if self.dir_rel == path or self.dir_rel.startswith(path + "/"):
-            raise self._fail(_pos(at), f"output '{text}' is a directory holding this pipeline's Pivotfile")
+            raise self._fail(Pos(*at), f"output '{text}' is a directory holding this pipeline's Pivotfile")
         if paths.escapes_via_symlink(root, path):
-            raise self._fail(_pos(at), f"output '{text}' goes through a symlink that leads outside the project root")
+            raise self._fail(Pos(*at), f"output '{text}' goes through a symlink that leads outside the project root")
         return Out(
             path,
             is_dir=text.endswith("/"),
             cache=opts.get("cache", True),
             persist=opts.get("persist", False),
             incremental=opts.get("incremental", False),
-            pos=_at(at),
+            pos=at,
         )
 
     def _params_field(self, f: Field, scope: Scope) -> None:
@@ -571,16 +572,6 @@ def _is_plain(p: PlainStage) -> bool:
                 if "$" in text:
                     return False
     return True
-
-
-def _pos(at: Pos | tuple[int, int]) -> Pos:
-    """A word's place as the diagnostics take it."""
-    return at if isinstance(at, Pos) else Pos(*at)
-
-
-def _at(at: Pos | tuple[int, int]) -> tuple[int, int]:
-    """A word's place as the records keep it: (line, column)."""
-    return (at.line, at.col) if isinstance(at, Pos) else at
 
 
 def _display_dir(module_path: str) -> str:

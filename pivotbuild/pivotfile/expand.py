@@ -8,7 +8,6 @@ unwinds only the field being compiled (`Failed`).
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Mapping
@@ -203,6 +202,8 @@ class Expander:
     def lookup_param(self, ref: str, scope: Scope) -> object:
         pv = self.params.lookup(ref)
         file = paths.join(self.dir_rel, pv.file)
+        import json  # (here: most Pivotfiles read no params, and a build imports no json)
+
         canon = json.dumps(pv.value, sort_keys=True, separators=(",", ":"), default=str)
         scope.params_used[(file, pv.key)] = Param(file, pv.key, canon)
         return pv.value
