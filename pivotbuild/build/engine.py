@@ -42,7 +42,7 @@ from pivotbuild.events import (
 )
 from pivotbuild.graph import BuildGraph
 from pivotbuild.model import StageId
-from pivotbuild.paths import STATE_DIR
+from pivotbuild.paths import STATE_DIR, joined
 from pivotbuild.project import LoadOptions, Project
 from pivotbuild.state import history, seal, stamps
 from pivotbuild.state.projectlock import ProjectLock
@@ -455,7 +455,15 @@ def _unlimited() -> int:
 def check_sources(project: Project, graph: BuildGraph, closure: list[StageId]) -> None:
     """Raise MissingInputs locating every dep of `closure` that nothing writes and that is absent."""
     root = str(project.root)
-    problems = graph.missing_inputs(lambda p: os.path.lexists(os.path.join(root, p)), among=closure)
+
+    def exists(path: str) -> bool:  # (os.path.lexists, without its calls: asked for every source of a first build)
+        try:
+            os.lstat(joined(root, path))
+        except (OSError, ValueError):
+            return False
+        return True
+
+    problems = graph.missing_inputs(exists, among=closure)
     if problems:
         raise MissingInputs(problems)
 

@@ -310,7 +310,7 @@ class Recorder:
             if old is not None
             else seal.Seal(project.plan_id, locks, absent)
         )
-        seen: dict[tuple[str, str], Stamp | None] = {}
+        seen: dict[tuple[str, str], tuple[str, Stamp | None] | None] = {}
         unstored = self.storer.unstored  # the next build must decide these, and store what the cache lacks
         always = graph.always_runs
         for i, sid in enumerate(graph.ids):  # (a stage's Stage is made only for those this build decided)

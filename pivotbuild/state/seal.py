@@ -266,7 +266,7 @@ def stage_files(
     root: Path,
     statcache: Mapping[str, StatEntry],
     now_ns: int,
-    seen: dict[tuple[str, str], Stamp | None] | None = None,
+    seen: dict[tuple[str, str], tuple[str, Stamp | None] | None] | None = None,
 ) -> list[tuple[str, Stamp | None]]:
     """The stamps that prove `recorded` (a stage's deps and outs, as its lockfile
     record has them) still hold, given the stage's stat cache entries (by
@@ -287,24 +287,24 @@ def _one(
     now_ns: int,
     *,
     found: list[tuple[str, Stamp | None]],
-    memo: dict[tuple[str, str], Stamp | None],
+    memo: dict[tuple[str, str], tuple[str, Stamp | None] | None],
 ) -> None:
-    full = joined(root, rec.path)
     if rec.kind == FILE:
-        key = (full, rec.hash)
-        if key in memo:
-            known = memo[key]
-            if known is None:
+        key = (rec.path, rec.hash)
+        pair = memo.get(key)
+        if pair is None:
+            full = joined(root, rec.path)
+            if key in memo:  # (None: not sealable)
                 raise Unsealable(full)
-            found.append((full, known))
-            return
-        try:
-            memo[key] = _file_stamp(full, rec.hash, trusted)
-        except Unsealable:
-            memo[key] = None
-            raise
-        found.append((full, memo[key]))
-    elif rec.kind == DIR:
+            try:
+                pair = memo[key] = (full, _file_stamp(full, rec.hash, trusted))
+            except Unsealable:
+                memo[key] = None
+                raise
+        found.append(pair)  # (the same pair for each stage that reads the file)
+        return
+    full = joined(root, rec.path)
+    if rec.kind == DIR:
         found.extend(_waiting_once(lambda now: _dir_stamps(full, rec.hash, trusted, now), now_ns))
     elif rec.kind == GLOB:
         found.extend(_waiting_once(lambda now: _glob_stamps(root, rec, now), now_ns))
