@@ -157,10 +157,15 @@ def test_the_seeds_of_the_fuzz_test_parse_the_same_both_ways() -> None:
 @SETTINGS
 @given(seed=st.sampled_from(SEEDS), mutations=st.lists(mutation(), min_size=1, max_size=6))
 def test_a_mutated_pivotfile_parses_the_same_both_ways(seed: str, mutations: list[Mutation]) -> None:
+    both_ways(mutated(seed, mutations))
+
+
+def mutated(seed: str, mutations: list[Mutation]) -> str:
+    """`seed` with the fuzz test's `mutations` applied in turn."""
     text = seed.encode()
     for mutate in mutations:
         text = mutate(text)
-    both_ways(text.decode("utf-8", "replace"))
+    return text.decode("utf-8", "replace")
 
 
 # Lines a stage block may hold: plain ones, and ones that are not or that break the block.
@@ -316,10 +321,7 @@ def test_the_seeds_of_the_fuzz_test_compile_the_same_both_ways(project: Path) ->
 @SETTINGS
 @given(seed=st.sampled_from(SEEDS), mutations=st.lists(mutation(), min_size=1, max_size=6))
 def test_a_mutated_pivotfile_compiles_the_same_both_ways(seed: str, mutations: list[Mutation]) -> None:
-    text = seed.encode()
-    for mutate in mutations:
-        text = mutate(text)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp).resolve()
         (root / "params.toml").write_text("[train]\nepochs = 3\nlr = 0.1\n")
-        compiled_both_ways(text.decode("utf-8", "replace"), root)
+        compiled_both_ways(mutated(seed, mutations), root)
