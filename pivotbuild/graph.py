@@ -352,7 +352,7 @@ class BuildGraph:
             found.add(exact)
         enclosing = self._enclosing_out(path)
         if enclosing is not None:
-            found.add(self._producer[enclosing])
+            found.add(producer[enclosing])
         return found
 
     def _label(self, sid: StageId) -> str:

@@ -219,7 +219,7 @@ def test_the_generated_stages_often_take_the_fast_path() -> None:
 
 @contextlib.contextmanager
 def counting_plain() -> Iterator[list[str]]:
-    """Lists the stages the compiler read straight from their words (`_Compiler._plain`)."""
+    """Lists the stages the compiler read straight from their words (`PlainStages._plain`)."""
     read: list[str] = []
     real = compiler._Compiler._plain
 

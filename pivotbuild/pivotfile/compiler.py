@@ -20,6 +20,7 @@ from pivotbuild.pivotfile.expand import COMMAND_LINE, RESERVED_VARS, Expander, F
 from pivotbuild.pivotfile.fields import BOOLS, ScalarFields
 from pivotbuild.pivotfile.params import ParamError, Params, ParamsFileError
 from pivotbuild.pivotfile.parser import parse_lean
+from pivotbuild.pivotfile.plaincompile import PlainStages, is_plain
 from pivotbuild.pivotfile.plainstage import PlainStage
 from pivotbuild.pivotfile.syntax import (
     FIELDS,
@@ -32,8 +33,6 @@ from pivotbuild.pivotfile.syntax import (
     OutDecl,
     PipelineStmt,
     Pos,
-    Script,
-    ScriptLine,
     StageDecl,
     Statement,
     Word,
@@ -68,7 +67,7 @@ def compile_text(text: str, path: str, options: CompileOptions) -> Pipeline:
     return _Compiler(path, source, statements, options).run()
 
 
-class _Compiler(ScalarFields):
+class _Compiler(ScalarFields, PlainStages):
     def __init__(
         self, path: str, source: str, statements: Sequence[Statement | PlainStage], options: CompileOptions
     ) -> None:
@@ -110,7 +109,7 @@ class _Compiler(ScalarFields):
                 continue
             if not isinstance(decl, PlainStage):
                 stages.extend(self._stage(decl, shell))
-            elif _is_plain(decl):
+            elif is_plain(decl):
                 stage = self._plain(decl, shell)
                 if stage is not None:
                     stages.append(stage)
@@ -314,83 +313,6 @@ class _Compiler(ScalarFields):
             always=values.get("always", False),  # type: ignore[arg-type]
         )
 
-    def _plain(self, p: PlainStage, shell: tuple[str, ...]) -> Stage | None:
-        """The stage `p` (one `_is_plain` accepts), compiled as `_stage` compiles
-        `p.decl()`, straight from its words; None once its errors are reported.
-        (Most stages of a large Pivotfile: their records are what a first build
-        spends most of its compiling on.  A test compares the two ways.)"""
-        failed = False
-        deps: tuple[Dep, ...] = ()
-        outs: tuple[Out, ...] = ()
-        desc = ""
-        command: Command | None = None
-        scope: Scope | None = None
-        for key, line, _, words in p.fields:
-            if key == "deps":
-                found: list[Dep] = []
-                ok = True
-                for text, col in words:
-                    try:
-                        found.append(self._dep(text, (line, col), False))
-                    except Failed:
-                        ok = False
-                if ok:
-                    deps = tuple(dict.fromkeys(found)) if len(found) > 1 else tuple(found)
-                failed = failed or not ok
-            elif key == "outs":
-                made: dict[str, Out] = {}
-                ok = True
-                for text, col in words:
-                    try:
-                        out = self._out(text, (line, col), _NO_OPTIONS)
-                    except Failed:
-                        ok = False
-                        continue
-                    if out.path in made:
-                        self._error(Pos(line, col), f"output '{text}' is listed twice")
-                        ok = False
-                    made[out.path] = out
-                if ok:
-                    outs = tuple(made.values())
-                failed = failed or not ok
-            elif key == "run":
-                text, col = words[0]
-                command = self.x.known_script(text)
-                if command is None:
-                    scope = Scope({}, p.name)
-                    try:
-                        command = self.x.script(Script((ScriptLine(text, Pos(line, col)),), True), scope)
-                    except Failed:
-                        failed = True
-            else:  # desc:
-                desc = " ".join([text for text, _ in words])
-        if failed:
-            return None
-        name = p.name
-        params = () if scope is None else tuple(sorted(scope.params_used.values(), key=lambda q: (q.file, q.key)))
-        return Stage(
-            id=StageId(self.dir_rel, name),
-            base=name,
-            loc=Location(self.path, p.line, p.name_col),
-            command=command,
-            py=None,
-            py_loc=None,
-            matrix=(),
-            desc=desc,
-            deps=deps,
-            outs=outs,
-            params=params,
-            shell=shell,
-            mutex=(),
-            jobs=1,
-            mem=0,
-            timeout=None,
-            retry=0,
-            env=(),
-            workdir=self.dir_rel,
-            always=False,
-        )
-
     # -- fields ----------------------------------------------------------------------
 
     def _desc(self, f: Field, scope: Scope) -> str:
@@ -553,25 +475,6 @@ _HANDLERS: dict[str, Callable[[_Compiler, Field, Scope], object]] = {
     "dir": _Compiler._dir,
     "always": _Compiler._always,
 }
-
-
-_PLAIN_KEYS = frozenset(("deps", "outs", "run", "desc"))
-_NO_OPTIONS: dict[str, bool] = {}  # (an output's options, read only)
-
-
-def _is_plain(p: PlainStage) -> bool:
-    """Whether `_Compiler._plain` compiles `p`: its fields are among deps:,
-    outs:, run: and desc:, each given once, run: among them, and no word
-    but the command has a `$` (nothing to expand, nothing in scope)."""
-    keys = [f[0] for f in p.fields]
-    if "run" not in keys or not _PLAIN_KEYS.issuperset(keys) or len(set(keys)) != len(keys):
-        return False
-    for key, _, _, words in p.fields:
-        if key != "run":
-            for text, _ in words:
-                if "$" in text:
-                    return False
-    return True
 
 
 def _display_dir(module_path: str) -> str:
