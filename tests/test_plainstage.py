@@ -325,3 +325,15 @@ def test_a_mutated_pivotfile_compiles_the_same_both_ways(seed: str, mutations: l
         root = Path(tmp).resolve()
         (root / "params.toml").write_text("[train]\nepochs = 3\nlr = 0.1\n")
         compiled_both_ways(mutated(seed, mutations), root)
+
+
+@pytest.fixture(scope="module")
+def bare_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A project root holding nothing (what compiling generated stages needs), one for all examples."""
+    return tmp_path_factory.mktemp("bare").resolve()
+
+
+@SETTINGS
+@given(text=stage_texts())
+def test_generated_stages_compile_the_same_both_ways(text: str, bare_root: Path) -> None:
+    compiled_both_ways(text, bare_root)
