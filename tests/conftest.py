@@ -135,9 +135,9 @@ def compile_text(text: str, root: Path, subdir: str = "", overrides: dict[str, s
     try:
         general = compile_module(parse(text, "Pivotfile"), options)
     except PivotfileError as exc:
-        with pytest.raises(PivotfileError) as lean:
+        with pytest.raises(PivotfileError) as refused:
             compiler.compile_text(text, "Pivotfile", options)
-        assert lean.value.diagnostics == exc.diagnostics
+        assert refused.value.diagnostics == exc.diagnostics
         raise
     lean = compiler.compile_text(text, "Pivotfile", options)
     # (the params files' stamps, taken by each compile, may differ in whether the racy window had passed)
