@@ -21,7 +21,11 @@ def test_it_prints_each_layer_against_ninja(tmp_path: Path, capsys: pytest.Captu
     lines = capsys.readouterr().out.splitlines()
     kind = "pivotbuild:hardlink" if mode == "hardlink" else "pivotbuild"
     assert lines[0].startswith(f"12 stages (big outputs, {kind}), -j2, clean builds of fresh projects")
-    rows = [line.split() for line in lines[2:]]
+    rows = [line.split() for line in lines[2:-2]]
     assert [r[0] for r in rows] == ["0", "1", "2", "3", "in"]
     assert all(float(r[-3]) > 0 and float(r[-2]) >= 0 for r in rows)  # both tools built every layer
+    use = [line.split() for line in lines[-2:]]
+    assert [u[0] for u in use] == ["busy", "idle"]
+    # (ticks of 10 ms: a short build may fall between them, but pivotbuild's, with its interpreter, spans several)
+    assert float(use[0][1]) + float(use[1][1]) > 0 and min(float(v) for u in use for v in u[1:3]) >= 0
     assert not list(tmp_path.iterdir())  # each run's projects removed after it
