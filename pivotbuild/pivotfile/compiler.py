@@ -330,7 +330,12 @@ class _Compiler(ScalarFields, PlainStages):
                     failed = True
         if failed:
             raise Failed
-        return tuple(dict.fromkeys(deps))
+        return self._deduped(deps)
+
+    @staticmethod
+    def _deduped(deps: list[Dep]) -> tuple[Dep, ...]:
+        """A field's deps, each once, in the order first listed."""
+        return tuple(dict.fromkeys(deps)) if len(deps) > 1 else tuple(deps)
 
     def _dep(self, text: str, at: tuple[int, int], quoted: bool) -> Dep:
         """The dep `text`, one of the values of the word at `at` (line, column; quoted: a literal path, never
@@ -374,13 +379,20 @@ class _Compiler(ScalarFields, PlainStages):
                 except Failed:
                     failed = True
                     continue
-                if out.path in outs:
-                    self._error(decl.path.pos, f"output '{text}' is listed twice")
+                if self._listed_twice(outs, out, text, decl.path.pos):
                     failed = True
-                outs[out.path] = out
         if failed:
             raise Failed
         return tuple(outs.values())
+
+    def _listed_twice(self, outs: dict[str, Out], out: Out, text: str, pos: Pos) -> bool:
+        """Add `out` (written `text` at `pos`) to a field's `outs`; True, the
+        error reported, if the field already lists its path."""
+        twice = out.path in outs
+        if twice:
+            self._error(pos, f"output '{text}' is listed twice")
+        outs[out.path] = out
+        return twice
 
     def _out_options(self, decl: OutDecl) -> dict[str, bool]:
         opts: dict[str, bool] = {}

@@ -214,7 +214,7 @@ class Expander:
 
     def script(self, script: Script, scope: Scope) -> Command:
         source = script.text
-        known = self._constant_scripts.get(source)
+        known = self.known_script(source)
         if known is not None:
             return known
         parts: list[str | AutoVar] = []

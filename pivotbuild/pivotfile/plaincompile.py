@@ -14,21 +14,22 @@ from collections.abc import Callable
 
 from pivotbuild.errors import Location
 from pivotbuild.model import Command, Dep, Out, Stage, StageId
-from pivotbuild.pivotfile.expand import Expander, Failed, Reporter, Scope
+from pivotbuild.pivotfile.expand import Expander, Failed, Scope
 from pivotbuild.pivotfile.plainstage import PlainStage
 from pivotbuild.pivotfile.syntax import Pos, Script, ScriptLine
 
 
 class PlainStages:
     """`_plain`, for a stage `is_plain` accepts; the compiler provides the
-    expander, the error reporter, the paths' checks and the pipeline's place."""
+    expander, the checks of paths and lists, and the pipeline's place."""
 
     x: Expander
     path: str
     dir_rel: str
-    report: Reporter
     _dep: Callable[[str, tuple[int, int], bool], Dep]
     _out: Callable[[str, tuple[int, int], dict[str, bool]], Out]
+    _deduped: Callable[[list[Dep]], tuple[Dep, ...]]
+    _listed_twice: Callable[[dict[str, Out], Out, str, Pos], bool]
 
     def _plain(self, p: PlainStage, shell: tuple[str, ...]) -> Stage | None:
         """The stage `p` (one `is_plain` accepts), compiled as `_stage` compiles
@@ -51,7 +52,7 @@ class PlainStages:
                     except Failed:
                         ok = False
                 if ok:
-                    deps = tuple(dict.fromkeys(found)) if len(found) > 1 else tuple(found)
+                    deps = self._deduped(found)
                 failed = failed or not ok
             elif key == "outs":
                 made: dict[str, Out] = {}
@@ -62,10 +63,8 @@ class PlainStages:
                     except Failed:
                         ok = False
                         continue
-                    if out.path in made:
-                        self.report.error(Pos(line, col), f"output '{text}' is listed twice")
+                    if self._listed_twice(made, out, text, Pos(line, col)):
                         ok = False
-                    made[out.path] = out
                 if ok:
                     outs = tuple(made.values())
                 failed = failed or not ok
