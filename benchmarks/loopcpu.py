@@ -7,7 +7,7 @@ The build loop is one thread, and on compare.py's small lattice it is the
 build's serial part: a stage cannot start before the loop has finished
 with the one before it.  Each stage costs the loop its own CPU, the
 creation of the file its `>` names, and the wait in `posix_spawn` (the
-`vfork` child execs).
+`vfork` child execs) where the stage is not cloned without that wait.
 This prints both, per stage, for each part of the loop, so that a change to
 one part shows as microseconds of that part (docs/performance.md,
 "Targets", issue 13's eighteenth session: the loop's budget).
@@ -27,8 +27,10 @@ to the loop's total):
   start      starting a stage, but for the rows below (BuildRun._start)
   create     opening (creating) the file a plain command's `>` names, for
              the child's stdout (spawn._opened)
-  spawn      posix_spawn and its file actions (Starter._spawn): its wall
-             time is the wait for the child's exec
+  clone      the clone of a stage's process, where _clonespawn was built
+             (Starter._clone): the loop does not wait for the child's exec
+  spawn      posix_spawn and its file actions (Starter._spawn, where the
+             clone is not used): its wall time is the wait for the exec
   follow     waiting for and reading the stages' output (Poller.wait)
   end        a stage's end: its exit status, its outputs statted and
              hashed, the storer told (Process._end)
@@ -84,6 +86,7 @@ PARTS = (
     ("decide", "pivotbuild.build.run", "BuildRun", "_decide_ready"),
     ("start", "pivotbuild.build.run", "BuildRun", "_start"),
     ("create", "pivotbuild.build.executors.spawn", None, "_opened"),  # (a function of the module)
+    ("clone", "pivotbuild.build.executors.spawn", "Starter", "_clone"),
     ("spawn", "pivotbuild.build.executors.spawn", "Starter", "_spawn"),
     ("follow", "pivotbuild.build.executors.poller", "Poller", "wait"),
     ("end", "pivotbuild.build.executors.runner", "Process", "_end"),

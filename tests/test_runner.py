@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -423,3 +424,50 @@ def test_runs_in_its_own_process_group(tmp_path: Path) -> None:
 def test_stage_argv() -> None:
     assert stage_argv(("/bin/sh", "-e"), "echo hi") == ("/bin/sh", "-e", "-c", "echo hi")
     assert stage_argv(("bash", "-eu", "-o", "pipefail"), "x") == ("bash", "-eu", "-o", "pipefail", "-c", "x")
+
+
+# A stage cancelled or abandoned in the instant after its start, many times,
+# in a process held to one core: a cloned child (spawn.py's _clonespawn) then
+# has usually not made its own session yet, so its group does not exist; it
+# must be signalled itself, or `abandon` waits for its whole run.
+_STOPPED_AS_IT_STARTS = """
+import os, sys, time
+os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+from pivotbuild.build.executors import runner
+from pivotbuild.build.executors.poller import Poller
+from pivotbuild.build.executors.runner import RunSpec, stage_argv
+from pivotbuild.build.executors.spawn import Starter
+
+starter = Starter()
+poller = Poller()
+for i in range(40):
+    ended = []
+    spec = RunSpec(stage_argv(("/bin/sh", "-e"), "sleep 60"), os.getcwd(), dict(os.environ))
+    proc = runner.Process(spec, lambda stream, line: None, ended.append, poller, starter=starter)
+    if i % 2:
+        proc.abandon()
+    else:
+        proc.kill()
+        while not ended:
+            proc.on_time(time.monotonic())
+            poller.wait(0.05)
+        assert ended[0].cancelled, ended
+print("clones" if starter.clones else "spawns")
+"""
+
+
+def test_a_stage_stopped_as_it_starts_is_stopped(tmp_path: Path) -> None:
+    root = str(Path(__file__).resolve().parent.parent)
+    started = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-c", _STOPPED_AS_IT_STARTS],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": root},
+        capture_output=True,
+        text=True,
+        timeout=HANG_GUARD_S,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert time.monotonic() - started < HANG_GUARD_S
+    assert proc.stdout.strip() in ("clones", "spawns")

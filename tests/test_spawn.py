@@ -1,19 +1,45 @@
-"""spawn.Starter: a stage's process started by posix_spawn is the one Popen would start."""
+"""spawn.Starter: a stage's process started by a clone that does not wait for
+its exec (_clonespawn), or by posix_spawn, is the one Popen would start."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import sysconfig
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from conftest import PIVOTBUILD, Project
 from helpers import statuses
 
+from pivotbuild.build.executors import spawn
 from pivotbuild.build.executors.plaincommand import PlainCommands
 from pivotbuild.build.executors.spawn import Child, Starter, begin, devnull
+
+Spawner = Callable[..., Starter]
+
+
+@pytest.fixture(params=["clone", "posix_spawn"])
+def spawner(request: pytest.FixtureRequest) -> Spawner:
+    """Makes the Starter each way a stage can be spawned: cloned without
+    waiting for its exec (_clonespawn, where built), or by posix_spawn."""
+    if request.param == "clone" and spawn._clonespawn is None:
+        pytest.skip("_clonespawn was not built at install (no C compiler here: test_the_clone_is_built_here)")
+    clone = request.param == "clone"
+
+    def make(*, spawn: bool = True) -> Starter:
+        made = Starter(spawn=spawn, clone=clone)
+        assert made.clones is (clone and spawn)
+        return made
+
+    return make
+
 
 # What a stage could notice of how it was started: its signals ignored, its
 # session and group (its own), its directory, its environment, its descriptors.
@@ -66,10 +92,10 @@ def inherited() -> object:
 
 
 def test_a_spawned_stage_is_started_as_popen_starts_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, inherited: int
+    spawner: Spawner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, inherited: int
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    spawner = Starter()
+    spawner = spawner()
     assert spawner.spawns, "posix_spawn is used on this machine (glibc)"
     spawned, seen = _run(spawner, tmp_path)
     popened, expected = _run(Starter(spawn=False), tmp_path)
@@ -88,7 +114,7 @@ def test_a_spawned_stage_is_started_as_popen_starts_it(
 
 
 def test_a_signal_ignored_by_the_build_stays_ignored_in_its_stages_and_a_handled_one_does_not(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    spawner: Spawner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The spawn names every signal to reset in the child (one system call
     each, not two): SIGHUP ignored by the build (`nohup`) stays ignored, as
@@ -96,7 +122,7 @@ def test_a_signal_ignored_by_the_build_stays_ignored_in_its_stages_and_a_handled
     monkeypatch.chdir(tmp_path)
     was = signal.signal(signal.SIGHUP, signal.SIG_IGN), signal.signal(signal.SIGUSR1, lambda *_: None)
     try:
-        spawned, seen = _run(Starter(), tmp_path)
+        spawned, seen = _run(spawner(), tmp_path)
         _, expected = _run(Starter(spawn=False), tmp_path)
     finally:
         signal.signal(signal.SIGHUP, was[0])
@@ -107,41 +133,66 @@ def test_a_signal_ignored_by_the_build_stays_ignored_in_its_stages_and_a_handled
     assert not _ignored(seen) & (1 << (signal.SIGUSR1 - 1))
 
 
-def test_elsewhere_than_our_directory_popen_starts_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_elsewhere_than_our_directory_popen_starts_it(
+    spawner: Spawner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     (tmp_path / "sub").mkdir()
     monkeypatch.chdir(tmp_path)
-    child, seen = _run(Starter(), tmp_path / "sub")
+    child, seen = _run(spawner(), tmp_path / "sub")
     assert isinstance(child, subprocess.Popen)
     assert f"{tmp_path / 'sub'}\n" in seen
 
 
-def test_a_program_that_cannot_start_raises_as_with_popen(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_program_that_cannot_start_fails_as_with_popen(
+    spawner: Spawner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Popen and posix_spawn raise the exec's error; a cloned child, which
+    the build does not wait for, exits 127 and tells it once reaped."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "not-executable").write_text("#!/bin/sh\n")
     for argv in (("/no/such/program",), (str(tmp_path / "not-executable"),)):
-        with pytest.raises(OSError) as spawned:
-            _run(Starter(), tmp_path, argv)
         with pytest.raises(OSError) as popened:
             _run(Starter(spawn=False), tmp_path, argv)
-        assert spawned.value.strerror == popened.value.strerror
+        starter = spawner()
+        if starter.clones:
+            child, printed = _run(starter, tmp_path, argv)
+            assert isinstance(child, Child)
+            assert (child.returncode, printed) == (127, "")
+            failed = child.start_error()
+            assert failed is not None and failed.strerror == popened.value.strerror
+        else:
+            with pytest.raises(OSError) as spawned:
+                _run(starter, tmp_path, argv)
+            assert spawned.value.strerror == popened.value.strerror
 
 
-def test_a_child_reports_its_exit_as_popen(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_child_that_started_tells_no_start_error(
+    spawner: Spawner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
-    exited, _ = _run(Starter(), tmp_path, ("/bin/sh", "-c", "exit 3"))
+    child, _ = _run(spawner(), tmp_path, ("/bin/sh", "-c", "exit 127"))
+    assert isinstance(child, Child)
+    assert child.returncode == 127 and child.start_error() is None
+
+
+def test_a_child_reports_its_exit_as_popen(spawner: Spawner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    exited, _ = _run(spawner(), tmp_path, ("/bin/sh", "-c", "exit 3"))
     assert isinstance(exited, Child)
     assert exited.returncode == 3
     assert exited.poll() == 3  # (reaped once)
-    killed, _ = _run(Starter(), tmp_path, ("/bin/sh", "-c", "kill -KILL $$"))
+    killed, _ = _run(spawner(), tmp_path, ("/bin/sh", "-c", "kill -KILL $$"))
     assert killed.returncode == -signal.SIGKILL
 
 
-def test_poll_says_none_until_the_child_exits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_poll_says_none_until_the_child_exits(
+    spawner: Spawner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     r, w = os.pipe()
     null = os.open(os.devnull, os.O_RDWR)
     try:
-        child = Starter().start(
+        child = spawner().start(
             ("/bin/sh", "-c", "cat >/dev/null"), tmp_path, dict(os.environ), stdin=r, stdout=null, stderr=null
         )
     finally:
@@ -155,12 +206,14 @@ def test_poll_says_none_until_the_child_exits(tmp_path: Path, monkeypatch: pytes
     assert child.wait() == 0
 
 
-def test_a_stage_starts_where_our_own_directory_was_removed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_stage_starts_where_our_own_directory_was_removed(
+    spawner: Spawner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     gone = tmp_path / "gone"
     gone.mkdir()
     monkeypatch.chdir(gone)
     gone.rmdir()
-    child, seen = _run(Starter(), tmp_path)  # (Popen's chdir takes it there)
+    child, seen = _run(spawner(), tmp_path)  # (Popen's chdir takes it there)
     assert isinstance(child, subprocess.Popen)
     assert child.returncode == 0
     assert f"{tmp_path}\na value\n" in seen
@@ -257,11 +310,11 @@ def test_anything_else_is_left_to_the_shell(script: str, tmp_path: Path, monkeyp
     ],
 )
 def test_stdout_is_unused_only_by_one_plain_command_sending_it_to_a_file(
-    script: str, unused: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    spawner: Spawner, script: str, unused: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
     (tmp_path / "link-to-stdout").symlink_to("/dev/stdout")
-    starter = Starter()
+    starter = spawner()
     assert _stdout_piped(starter, ("/bin/sh", "-e", "-c", script), tmp_path) is not unused
     assert _stdout_piped(starter, ("/bin/bash", "-e", "-c", script), tmp_path) is True
     assert _stdout_piped(starter, ("/bin/sh", "-e", "-c", script), tmp_path / "elsewhere") is True
@@ -462,7 +515,7 @@ def _fds() -> set[str]:
 
 @pytest.mark.parametrize("sign", [">", ">>"])
 def test_the_file_a_plain_command_sends_its_output_to_reaches_its_program_alone(
-    sign: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    spawner: Spawner, sign: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The build opens the file for the program it starts in the shell's
     stead (spawn._opened): the program gets it as its stdout and no other
@@ -471,7 +524,7 @@ def test_the_file_a_plain_command_sends_its_output_to_reaches_its_program_alone(
     argv = ("/bin/sh", "-e", "-c", f"ls /proc/self/fd {sign} out.txt")
     null = devnull()  # (opened once, at its first use)
     before = _fds()
-    spawned = Starter().start(argv, None, _env(), stdin=null, stdout=null, stderr=null)
+    spawned = spawner().start(argv, None, _env(), stdin=null, stdout=null, stderr=null)
     assert isinstance(spawned, Child) and spawned.as_shell  # started without the shell
     assert spawned.wait() == 0
     assert _fds() == before
@@ -485,7 +538,9 @@ def test_the_file_a_plain_command_sends_its_output_to_reaches_its_program_alone(
     assert through_shell == ("kept\n" if sign == ">>" else "") + direct
 
 
-def test_a_build_started_without_a_stdin_sends_a_plain_commands_output_to_its_file(tmp_path: Path) -> None:
+def test_a_build_started_without_a_stdin_sends_a_plain_commands_output_to_its_file(
+    spawner: Spawner, tmp_path: Path
+) -> None:
     """Started with descriptor 0 closed, the file a plain command's `>`
     names may be opened there: the child, whose 0 is its stdin, then opens
     it itself (spawn._opened)."""
@@ -496,7 +551,9 @@ from pivotbuild.build.executors.spawn import Child, Starter
 null = os.open(os.devnull, os.O_RDWR)  # (0: the one closed)
 other = os.dup(null)
 os.close(null)
-child = Starter().start(("/bin/sh", "-e", "-c", "cat in.txt > out.txt"), None, {**os.environ, "PWD": os.getcwd()},
+starter = Starter(clone=CLONE)
+assert starter.clones is CLONE
+child = starter.start(("/bin/sh", "-e", "-c", "cat in.txt > out.txt"), None, {**os.environ, "PWD": os.getcwd()},
                         stdin=other, stdout=other, stderr=other)
 assert isinstance(child, Child) and child.as_shell
 assert child.wait() == 0
@@ -505,6 +562,7 @@ try:
 except OSError:
     print("0 closed")
 """
+    code = code.replace("CLONE", str(spawner().clones))
     proc = subprocess.run(
         ["/bin/sh", "-c", 'exec 0<&- && exec "$0" -c "$1"', sys.executable, code],
         cwd=tmp_path,
@@ -558,7 +616,7 @@ def test_an_environment_the_shell_would_change_is_left_to_the_shell(name: str) -
     assert PlainCommands().direct(("/bin/sh", "-e", "-c", "cat a"), {**_env(), name: "x"}) is None
 
 
-def test_a_program_started_without_the_shell_ends_as_the_shell_would(tmp_path: Path) -> None:
+def test_a_program_started_without_the_shell_ends_as_the_shell_would(spawner: Spawner, tmp_path: Path) -> None:
     """Killed by a signal: the shell's status for it (128 + N); its signals unblocked."""
     script = tmp_path / "killme"
     script.write_text("#!/bin/sh\ngrep ^SigBlk /proc/self/status\nkill -TERM $$\n")
@@ -568,7 +626,7 @@ def test_a_program_started_without_the_shell_ends_as_the_shell_would(tmp_path: P
     out_r, out_w = os.pipe()
     old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
     try:
-        starter = Starter()
+        starter = spawner()
         assert PlainCommands().direct(("/bin/sh", "-e", "-c", "./killme"), _env()) is not None
         child = starter.start(
             ("/bin/sh", "-e", "-c", "./killme"), None, _env(), stdin=out_r, stdout=out_w, stderr=out_w
@@ -594,7 +652,9 @@ def test_a_directory_or_a_file_that_cannot_run_on_path_is_passed_over(tmp_path: 
     assert found is not None and found[0] == f"{third}/tool"
 
 
-def test_on_our_own_path_the_program_is_looked_up_by_the_child(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_on_our_own_path_the_program_is_looked_up_by_the_child(
+    spawner: Spawner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Where the stage's PATH is ours (all absolute), the child's posix_spawnp
     searches it: past a directory and a file that cannot run, to a program
     installed since the last stage; not found, the shell says so."""
@@ -617,7 +677,7 @@ def test_on_our_own_path_the_program_is_looked_up_by_the_child(tmp_path: Path, m
         err_r, err_w = os.pipe()
         null = os.open(os.devnull, os.O_RDWR)
         try:
-            child = Starter().start(
+            child = spawner().start(
                 ("/bin/sh", "-e", "-c", script), tmp_path, _env(), stdin=null, stdout=null, stderr=err_w
             )
         finally:
@@ -650,3 +710,71 @@ def test_a_program_installed_during_the_build_is_found(tmp_path: Path) -> None:
     (first / "tool").chmod(0o755)  # as a stage might install it
     found = plain.direct(("/bin/sh", "-e", "-c", "tool"), env)
     assert found is not None and found[0] == f"{first}/tool"
+
+
+def test_the_clone_is_built_here_where_a_c_compiler_is() -> None:
+    """`_clonespawn` is built at install where the machine has a C compiler
+    (hatch_build.py); a build without it spawns by posix_spawn."""
+    compiler = (sysconfig.get_config_var("CC") or "cc").split()[0]
+    if shutil.which(compiler) is None:
+        assert not Starter().clones
+    else:
+        assert spawn._clonespawn is not None, f"{compiler} is here, but _clonespawn was not built at install"
+        assert Starter().clones
+
+
+def test_a_script_without_a_shebang_started_in_the_shells_stead_is_run_by_the_shell(
+    spawner: Spawner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The exec of a script with no `#!` line fails (ENOEXEC), and the shell
+    is started instead (cloned: in the same child), which runs it as a shell
+    script: what it writes and how it ends are what they are through the
+    shell alone (Popen)."""
+    monkeypatch.chdir(tmp_path)
+    script = tmp_path / "noshebang"
+    script.write_text('echo "run by $0" > ran.txt\nkill -TERM $$\n')
+    script.chmod(0o755)
+    argv = ("/bin/sh", "-e", "-c", "./noshebang > out.txt")
+    assert PlainCommands().direct(argv, _env()) is not None  # (tried without the shell first)
+    seen = []
+    for starter in (spawner(), Starter(spawn=False)):
+        child = starter.start(argv, None, _env(), stdin=devnull(), stdout=devnull(), stderr=devnull())
+        code = child.wait()
+        seen.append((code, (tmp_path / "ran.txt").read_text(), (tmp_path / "out.txt").read_text()))
+        if isinstance(child, Child):
+            assert child.start_error() is None
+        (tmp_path / "ran.txt").unlink()
+    assert seen[0] == seen[1]
+    assert seen[0][1:] == ("run by ./noshebang\n", "")
+
+
+def test_a_shell_started_in_a_programs_stead_ends_as_the_shell_does(
+    spawner: Spawner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Killed by a signal, the shell that ran a script with no `#!` line ends
+    with its own status (-N), not as a program started in its stead (128 + N)."""
+    monkeypatch.chdir(tmp_path)
+    script = tmp_path / "noshebang"
+    script.write_text("echo started > started.txt\nsleep 60\n")
+    script.chmod(0o755)
+    argv = ("/bin/sh", "-e", "-c", "./noshebang > out.txt")
+    for starter in (spawner(), Starter(spawn=False)):
+        child = starter.start(argv, None, _env(), stdin=devnull(), stdout=devnull(), stderr=devnull())
+        try:
+            while not (tmp_path / "started.txt").exists():
+                time.sleep(0.01)
+            os.kill(child.pid, signal.SIGTERM)
+            assert child.wait() == -signal.SIGTERM
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.pid, signal.SIGKILL)  # (its sleep)
+        (tmp_path / "started.txt").unlink()
+
+
+def test_a_stage_running_a_script_without_a_shebang_builds(project: Project) -> None:
+    project.write("make-out", "echo made\n")
+    os.chmod(project.root / "make-out", 0o755)
+    project.pivotfile("stage s:\n    deps: make-out\n    outs: out.txt\n    run: ./make-out > out.txt\n")
+    r = project.run()
+    assert r.code == 0, r.err
+    assert (project.root / "out.txt").read_text() == "made\n"

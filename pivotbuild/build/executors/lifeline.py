@@ -60,10 +60,12 @@ if TYPE_CHECKING:
 # read from its start (the build only writes it with pwrite, which leaves the
 # shared offset at 0); $1: the build's token.  A line holds a group, `p` and
 # the number of a stage being started (its PIVOT_LIFELINE: `$1.NUMBER`), or
-# blanks.  A target is `-GROUP`, or the pid of a process that carries a
-# marked stage's value (that stage, whose group has its number, or one of its
-# descendants), as `found` finds them at each turn of the grace (why: the
-# module's docstring); with marks, it looks for 0.3 s at least.  `kill -0`
+# blanks.  A target is `-GROUP` and `GROUP` (the stage's own process: one
+# cloned by spawn.py's _clonespawn is not in its group until it has made its
+# session, which the build does not wait for), or the pid of a process that
+# carries a marked stage's value (that stage, whose group has its number, or
+# one of its descendants), as `found` finds them at each turn of the grace
+# (why: the module's docstring); with marks, it looks for 0.3 s at least.  `kill -0`
 # finds a target gone once it is empty (a zombie its new parent has not
 # reaped yet still counts: then the SIGKILL simply finds nothing to do); one
 # gone leaves the list.  The values of one build all have the same length, so
@@ -75,7 +77,7 @@ expected=
 while read -r g; do
     case $g in
     p*) expected="$expected -e PIVOT_LIFELINE=$1.${g#p}" ;;
-    ?*) targets="$targets -$g" ;;
+    ?*) targets="$targets -$g $g" ;;
     esac
 done <&1
 [ -z "$targets" ] && [ -z "$expected" ] && exit 0

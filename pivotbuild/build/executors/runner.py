@@ -22,7 +22,7 @@ from pathlib import Path
 
 from pivotbuild.build.executors.lifeline import VARIABLE, Lifeline
 from pivotbuild.build.executors.poller import Poller
-from pivotbuild.build.executors.spawn import Starter, Starts, begin, devnull
+from pivotbuild.build.executors.spawn import Child, Starter, Starts, begin, devnull
 from pivotbuild.structs import struct
 
 TYPE_CHECKING = False
@@ -166,6 +166,7 @@ class Process:
         pass_fds: tuple[int, ...] | None = None,
     ) -> None:
         self.start = self.asked = time.monotonic()  # (asked: when we last asked whether it had exited)
+        self.program = spec.argv[0]
         if spec.timeout:
             self.deadline = self.start + spec.timeout
         self.on_line = on_line
@@ -202,8 +203,7 @@ class Process:
             if not isinstance(exc, OSError):
                 raise
             self.ended = True
-            line = f"pivotbuild: cannot start {spec.argv[0]}: {exc.strerror}"
-            on_line("stderr", line)
+            line = self._cannot_start(exc)
             on_end(RunResult(127, None, False, False, (line,), time.monotonic() - self.start))
             return
         finally:
@@ -333,6 +333,10 @@ class Process:
         if self.lifeline is not None:
             self.lifeline.release(proc.pid)
         code = proc.returncode
+        if type(proc) is Child and proc.block is not None:
+            failed = proc.start_error()  # (cloned: its exec's error comes with its exit)
+            if failed is not None:
+                self._cannot_start(failed)
         sig = -code if code is not None and code < 0 else None
         tail = tuple(self.tail)
         duration = time.monotonic() - self.start
@@ -344,8 +348,7 @@ class Process:
             return
         self._stop_following()
         if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
+            self._killpg(signal.SIGKILL)
             self.proc.wait()
         if self.lifeline is not None:
             self.lifeline.release(self.proc.pid)
@@ -368,13 +371,20 @@ class Process:
         if self.exited_at is None:  # (once reaped, its pid may be another's)
             with contextlib.suppress(psutil.Error):
                 descendants = psutil.Process(self.proc.pid).children(recursive=True)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signal.SIGTERM)
+        self._killpg(signal.SIGTERM)
         for p in descendants:
             with contextlib.suppress(psutil.Error):
                 p.terminate()
         self.descendants = descendants
         self.kill_at = now + _KILL_GRACE_S
+
+    def _killpg(self, sig: int) -> None:
+        """`sig` to the stage's process group, while it has not been reaped."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            if type(self.proc) is Child:
+                self.proc.killpg(sig)  # (one cloned, not yet in its own session: itself)
+            else:
+                os.killpg(self.proc.pid, sig)
 
     def _group_is_its_own(self) -> bool:
         """Whether the stage's process group may be signalled for it: not a
@@ -385,8 +395,7 @@ class Process:
     def _kill_now(self) -> None:
         import psutil
 
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
+        self._killpg(signal.SIGKILL)
         for p in self.descendants:
             with contextlib.suppress(psutil.Error):
                 p.kill()
@@ -405,6 +414,14 @@ class Process:
         return bool(alive)
 
     # -- output ------------------------------------------------------------------------------
+
+    def _cannot_start(self, exc: OSError) -> str:
+        """Says on the stage's stderr that its program (for most, the shell)
+        could not start: the line."""
+        line = f"pivotbuild: cannot start {self.program}: {exc.strerror}"
+        self.tail.append(line)
+        self.on_line("stderr", line)
+        return line
 
     def _line(self, stream: str, raw: bytes) -> None:
         text = raw.decode("utf-8", "replace").rstrip("\r")

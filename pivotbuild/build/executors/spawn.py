@@ -1,5 +1,6 @@
-"""Starting a stage's process: with `os.posix_spawn` where that starts the
-process `subprocess.Popen` would (but for one detail, below), else with Popen.
+"""Starting a stage's process: by a clone that does not wait for its exec
+(`_clonespawn`, below), else with `os.posix_spawn`, where either starts the
+process `subprocess.Popen` would (but for one detail, below); else with Popen.
 
 Popen costs the build loop about 60 us of Python per stage beyond the
 system calls (its arguments checked and encoded, an error pipe, a lock, an
@@ -16,6 +17,22 @@ takes the same arguments in C.  It is used only where the two agree:
   the others specially);
 - the C library is glibc 2.29 or later (exec errors reported, `setsid`,
   a close of a descriptor that is not open ignored).
+
+Both `vfork` and `posix_spawn` make the caller wait until the child has
+exec'd.  When the kernel places the child on the other core, behind a
+running stage, the build loop's core stands idle meanwhile: 214 ms of a
+core in hardlink mode's clean build of the big benchmark (`perf sched`,
+docs/performance.md).  Where this package's one C extension was built at
+install (`_clonespawn.c`: Linux on x86-64 or AArch64, with a C compiler;
+hatch_build.py), the child is cloned the same way but the loop does not
+wait: it goes on deciding and starting while the child sets itself up and
+execs.  The child does what posix_spawn's file actions below do, the same
+way; an exec that fails is reported when the process is reaped
+(`Child.start_error`: the runner says so as it said a spawn's error), and a
+plain command that cannot be started directly starts the shell instead in
+the same child (as `_spawn_stage` does on posix_spawn's error).  Where a
+string cannot be handed to the C library as it is (a surrogate), the stage
+is spawned by posix_spawn.
 
 Popen closes every descriptor above 2 in the child (`close_fds`); a spawned
 child would inherit those that are inheritable (say, a make jobserver's pipe
@@ -46,7 +63,7 @@ import errno
 import os
 import signal
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from pivotbuild.build.executors.plaincommand import Plain, PlainCommands
@@ -55,6 +72,11 @@ from pivotbuild.structs import Protocol
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import subprocess
+
+try:
+    from pivotbuild.build.executors import _clonespawn
+except ImportError:  # not built at install (no C compiler, another platform): posix_spawn
+    _clonespawn = None  # type: ignore[assignment]
 
 _DEFAULTS = tuple(getattr(signal, name) for name in ("SIGPIPE", "SIGXFSZ") if hasattr(signal, name))
 
@@ -97,17 +119,41 @@ devnull = _DevNull().fd
 
 class Child:
     """A spawned process, as much of a Popen as runner.Process uses: `pid`,
-    `returncode` once reaped (negative: killed by that signal), `poll`, `wait`."""
+    `returncode` once reaped (negative: killed by that signal), `poll`,
+    `wait`; and, cloned, why its program could not start (`start_error`)."""
 
-    __slots__ = ("as_shell", "pid", "returncode")
+    __slots__ = ("as_shell", "block", "pid", "returncode")
 
-    def __init__(self, pid: int, *, as_shell: bool = False) -> None:
+    def __init__(self, pid: int, *, as_shell: bool = False, block: object = None) -> None:
         self.pid = pid
         self.returncode: int | None = None
         # Started in the shell's stead: killed by signal N, it ends with the
         # shell's status for that, 128 + N (the build's own kills aside: the
         # runner knows those).
         self.as_shell = as_shell
+        # Cloned by _clonespawn: the memory the child starts from, kept until it is
+        # reaped, where it leaves how its exec went.
+        self.block = block
+
+    def start_error(self) -> OSError | None:
+        """Once reaped, for a cloned process: the error its program could not be
+        started with (as posix_spawn would have raised it), else None."""
+        if self.block is None or self.returncode is None:
+            return None
+        err, _ = _clonespawn.outcome(self.block)
+        return OSError(err, os.strerror(err)) if err else None
+
+    def killpg(self, sig: int) -> None:
+        """`sig` to its process group, before it is reaped (as `os.killpg`).  A
+        cloned child that has not made its session yet (the build does not
+        wait for that) gets it itself: it blocks every signal until just
+        before its exec, its dispositions reset, and then acts on it."""
+        try:
+            os.killpg(self.pid, sig)
+        except ProcessLookupError:
+            if self.block is None:
+                raise
+            os.kill(self.pid, sig)
 
     def poll(self) -> int | None:
         """The exit code if it has exited (reaping it), else None."""
@@ -123,7 +169,9 @@ class Child:
 
     def _code(self, status: int) -> int:
         code = os.waitstatus_to_exitcode(status)
-        return 128 - code if code < 0 and self.as_shell else code
+        if code < 0 and self.as_shell and (self.block is None or not _clonespawn.outcome(self.block)[1]):
+            return 128 - code  # (not where the child started the shell itself: its own status)
+        return code
 
     def wait(self) -> int:
         """Wait for it to exit (reaping it); its exit code."""
@@ -166,9 +214,10 @@ class Starts(Protocol):
 
 class Starter:
     """Starts the processes of one build (see the module's docstring for when
-    it can spawn them); with `spawn=False`, always through Popen."""
+    it can spawn them); with `spawn=False`, always through Popen; with
+    `clone=False`, never by `_clonespawn`."""
 
-    def __init__(self, *, spawn: bool = True) -> None:
+    def __init__(self, *, spawn: bool = True, clone: bool = True) -> None:
         self.spawns = spawn and _glibc_at_least(2, 29) and hasattr(os, "posix_spawn")
         self.closes: list[tuple[int, int]] = []
         self.plain = PlainCommands()
@@ -179,6 +228,9 @@ class Starter:
                 self.spawns = False
             else:
                 self.closes = [(os.POSIX_SPAWN_CLOSE, fd) for fd in inherited]
+        self.clones = self.spawns and clone and _clonespawn is not None
+        # The closes as _clonespawn's actions: (1, fd, 0) each
+        self._close_acts = [n for _, fd in self.closes for n in (1, fd, 0)]
 
     def start(
         self,
@@ -239,6 +291,21 @@ class Starter:
                 else:  # opened here, not in the child: see `_opened`
                     fd = _opened(*redirect)
                     out = (os.POSIX_SPAWN_DUP2, fd, 1) if fd >= 0 else (os.POSIX_SPAWN_OPEN, 1, *redirect)
+                if self.clones:  # (the shell started in the same child if the program cannot be)
+                    shell = (argv[0], argv, env, stdout)
+                    cloned = self._clone(
+                        program,
+                        args,
+                        env_as_shell,
+                        stdin=stdin,
+                        out=out,
+                        stderr=stderr,
+                        keep=keep,
+                        unblock=True,
+                        shell=shell,
+                    )
+                    if cloned is not None:
+                        return cloned
                 # (mask: the shell unblocks every signal)
                 pid = self._spawn(program, args, env_as_shell, stdin=stdin, out=out, stderr=stderr, keep=keep, mask=())
                 return Child(pid, as_shell=True)
@@ -248,7 +315,49 @@ class Starter:
                 if fd >= 0:
                     os.close(fd)
         out = (os.POSIX_SPAWN_DUP2, stdout, 1)
+        if self.clones:
+            cloned = self._clone(argv[0], argv, env, stdin=stdin, out=out, stderr=stderr, keep=keep)
+            if cloned is not None:
+                return cloned
         return Child(self._spawn(argv[0], list(argv), env, stdin=stdin, out=out, stderr=stderr, keep=keep))
+
+    def _clone(
+        self,
+        program: str,
+        args: Sequence[str],
+        env: Mapping[str, str],
+        *,
+        stdin: int,
+        out: tuple[object, ...],
+        stderr: int,
+        keep: tuple[int, ...],
+        unblock: bool = False,
+        shell: tuple[str, Sequence[str], Mapping[str, str], int] | None = None,
+    ) -> Child | None:
+        """`_spawn` by `_clonespawn`, with the same file actions in the same
+        order, not waiting for the exec: `unblock` every signal, else ours
+        kept; `shell` (its program, argv, environment and stdout) started in
+        the child instead if `program` cannot be.  None where a string cannot
+        be passed as it is (then `_spawn`)."""
+        acts: list[object] = [0, stdin, 0, 0, stderr, 2, *self._close_acts]
+        for fd in keep:
+            acts += (0, fd, fd)
+        path: object = None
+        mode: object = 0
+        if out[0] == os.POSIX_SPAWN_DUP2:
+            acts += (0, out[1], 1)
+        else:  # POSIX_SPAWN_OPEN, onto 1
+            _, to, path, flags, mode = out
+            acts += (2, flags, to)
+        search = None if "/" in program else os.environ.get("PATH", "")
+        instead = None if shell is None else (shell[0], shell[1], _dict(shell[2]), shell[3])
+        try:
+            pid, block = _clonespawn.start(
+                program, search, args, _dict(env), unblock, acts, path, mode, self.defaults, instead
+            )
+        except ValueError:
+            return None
+        return Child(pid, as_shell=shell is not None, block=block)
 
     def _spawn(
         self,
@@ -273,6 +382,10 @@ class Starter:
         if mask is None:
             return spawn(program, args, env, file_actions=actions, setsid=True, setsigdef=self.defaults)
         return spawn(program, args, env, file_actions=actions, setsid=True, setsigdef=self.defaults, setsigmask=mask)
+
+
+def _dict(env: Mapping[str, str]) -> dict[str, str]:
+    return env if type(env) is dict else dict(env)
 
 
 def _opened(path: str, flags: int, mode: int) -> int:

@@ -1,0 +1,75 @@
+"""Hatchling build hook: compiles pivotbuild's one C extension where it can.
+
+`pivotbuild/build/executors/_clonespawn.c` starts a stage's process without
+making the build wait for its exec (spawn.py says why that matters).  It is
+compiled here with the compiler Python was built with, into the package
+beside its source, so that both an installed wheel and an editable install
+(`pip install -e .`: run it again after editing the C file) find it.
+
+Where it cannot be compiled (no C compiler or Python headers, not Linux on
+x86-64 or AArch64) the wheel is built without it, and pivotbuild starts
+stages with posix_spawn instead: the same processes, slower
+(docs/performance.md).  `PIVOTBUILD_NO_EXTENSION=1` builds without it on
+purpose.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+from typing import Any
+
+from hatchling.builders.hooks.plugin.interface import BuildHookInterface
+
+SOURCE = Path("pivotbuild/build/executors/_clonespawn.c")
+
+
+class CustomBuildHook(BuildHookInterface):  # type: ignore[misc]
+    def initialize(self, version: str, build_data: dict[str, Any]) -> None:
+        if self.target_name != "wheel":
+            return
+        root = Path(self.root)
+        suffix = sysconfig.get_config_var("EXT_SUFFIX") or ".so"
+        built = SOURCE.with_name(SOURCE.stem + suffix)
+        if os.environ.get("PIVOTBUILD_NO_EXTENSION") == "1" or not sys.platform.startswith("linux"):
+            return
+        if not _compile(root / SOURCE, root / built):
+            return
+        if version != "editable":
+            build_data["artifacts"].append(built.as_posix())
+            build_data["pure_python"] = False
+            build_data["infer_tag"] = True
+
+
+def _compile(source: Path, target: Path) -> bool:
+    """`source` compiled and linked into `target`; False, saying why, where it cannot be."""
+    compiler = shlex.split(sysconfig.get_config_var("CC") or "cc")
+    include = sysconfig.get_paths()["include"]
+    command = [
+        *compiler,
+        "-shared",
+        "-fPIC",
+        "-O2",
+        "-Wall",
+        f"-I{include}",
+        str(source),
+        "-o",
+        str(target),
+    ]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=300)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        print(f"pivotbuild: _clonespawn not built ({exc}); stages start by posix_spawn", file=sys.stderr)
+        return False
+    if done.returncode != 0:
+        print(
+            f"pivotbuild: _clonespawn not built; stages start by posix_spawn:\n{done.stderr}",
+            file=sys.stderr,
+        )
+        target.unlink(missing_ok=True)
+        return False
+    return True
