@@ -778,3 +778,29 @@ def test_a_stage_running_a_script_without_a_shebang_builds(project: Project) -> 
     r = project.run()
     assert r.code == 0, r.err
     assert (project.root / "out.txt").read_text() == "made\n"
+
+
+def test_an_environment_the_c_library_cannot_take_as_it_is_still_reaches_the_stage(
+    spawner: Spawner, tmp_path: Path
+) -> None:
+    """A value with a byte that is not UTF-8 (os.environ keeps it as a
+    surrogate) reaches the stage as that byte, as through Popen (the clone
+    passes such a stage to posix_spawn); a name with `=` is refused, as by
+    Popen."""
+    argv = ("/bin/sh", "-c", 'printf %s "$PROBE_VALUE"')
+    seen = []
+    for starter in (spawner(), Starter(spawn=False)):
+        out_r, out_w = os.pipe()
+        try:
+            env = {**os.environ, "PROBE_VALUE": "a\udcffb"}
+            child = starter.start(argv, None, env, stdin=devnull(), stdout=out_w, stderr=out_w)
+        finally:
+            os.close(out_w)
+        with os.fdopen(out_r, "rb") as f:
+            seen.append(f.read())
+        assert child.wait() == 0
+        if starter.spawns:
+            assert isinstance(child, Child) and child.block is None  # (by posix_spawn)
+        with pytest.raises(ValueError):
+            starter.start(argv, None, {**os.environ, "A=B": "c"}, stdin=devnull(), stdout=devnull(), stderr=devnull())
+    assert seen == [b"a\xffb", b"a\xffb"]

@@ -88,8 +88,7 @@ typedef struct {
     int *acts; /* triples: ACT_*, a, b */
     char *open_path; /* ACT_OPEN: a = its flags, onto b */
     int open_mode;
-    int nsigs;
-    int *sigs;         /* reset to their default */
+    unsigned long defaults; /* signals reset to their default (bit N - 1: signal N) */
     unsigned long mask; /* ours, as it was */
     char *path_buf;     /* room for a directory of `search` and the name */
     /* written by the child (and the kernel), read by us once it has exited */
@@ -144,9 +143,21 @@ static long child_exec(Block *b, const Exec *e) {
 
 static int child_main(void *arg) {
     Block *b = arg;
-    struct kernel_sigaction dfl = {SIG_DFL, 0, NULL, 0};
-    for (int i = 0; i < b->nsigs; i++)
-        sys4(SYS_rt_sigaction, b->sigs[i], (long)&dfl, 0, sizeof(unsigned long));
+    /* The signals named reset to their default; any other that has a handler
+     * of ours too (say, one installed after the list was made), as glibc's
+     * posix_spawn does: no handler of ours may run in this child, which
+     * shares our memory, in the instant between its unblocking and its exec. */
+    struct kernel_sigaction dfl = {SIG_DFL, 0, NULL, 0}, now;
+    for (int sig = 1; sig <= 64; sig++) {
+        if (sig == SIGKILL || sig == SIGSTOP)
+            continue;
+        if (!(b->defaults & (1UL << (sig - 1)))) {
+            if (sys4(SYS_rt_sigaction, sig, 0, (long)&now, sizeof(unsigned long)) < 0 || now.handler == SIG_DFL ||
+                now.handler == SIG_IGN)
+                continue;
+        }
+        sys4(SYS_rt_sigaction, sig, (long)&dfl, 0, sizeof(unsigned long));
+    }
     long ret = sys4(SYS_setsid, 0, 0, 0, 0);
     if (ret < 0)
         child_fails(b, ret);
@@ -211,8 +222,9 @@ static const char *text(PyObject *obj, Py_ssize_t *len) {
 }
 
 typedef struct {
-    PyObject *argv; /* a list or tuple of str */
-    PyObject *env;  /* a dict of str */
+    PyObject *argv;     /* a list or tuple of str */
+    PyObject *env;      /* a dict of str */
+    char **same_envp;   /* or the environment already filled in for the same dict */
 } Strings;
 
 /* Bytes `s` needs for its strings, pointers apart (-1 on error). */
@@ -224,11 +236,20 @@ static Py_ssize_t strings_size(Strings *s, Py_ssize_t *count) {
             return -1;
         total += len + 1;
     }
+    if (s->same_envp != NULL) {
+        *count += n + 1;
+        return total;
+    }
     PyObject *key, *value;
     Py_ssize_t pos = 0, klen, vlen;
     while (PyDict_Next(s->env, &pos, &key, &value)) {
-        if (text(key, &klen) == NULL || text(value, &vlen) == NULL)
+        const char *k = text(key, &klen);
+        if (k == NULL || text(value, &vlen) == NULL)
             return -1;
+        if (klen == 0 || memchr(k, '=', (size_t)klen) != NULL) {
+            PyErr_SetString(PyExc_ValueError, "not passed as it is");  /* (posix_spawn says what is wrong) */
+            return -1;
+        }
         total += klen + vlen + 2;
     }
     *count += n + 1 + PyDict_GET_SIZE(s->env) + 1;
@@ -252,6 +273,11 @@ static void strings_fill(Strings *s, Exec *e, char ***ptrs, char **cursor) {
         e->argv[i] = copy(cursor, z, len);
     }
     e->argv[n] = NULL;
+    if (s->same_envp != NULL) {
+        e->envp = s->same_envp;
+        *ptrs = e->argv + n + 1;
+        return;
+    }
     e->envp = e->argv + n + 1;
     PyObject *key, *value;
     Py_ssize_t pos = 0, j = 0;
@@ -287,16 +313,18 @@ PyDoc_STRVAR(start_doc,
 "until the process has been reaped.  `acts` are (kind, a, b) triples, done in\n"
 "order: 0 `a` duplicated onto `b` (a == b: only inherited), 1 `a` closed,\n"
 "2 `open_path` opened with flags `a` and `open_mode` onto `b`.  `defaults`:\n"
-"the signals reset to their default.  `unblock`: every signal unblocked, else\n"
+"the signals reset to their default, bit N - 1 for signal N (any other with a\n"
+"handler is reset too).  `unblock`: every signal unblocked, else\n"
 "our mask kept.  `shell`: None, or (program, argv, env or None for the same,\n"
 "its stdout) started instead if the first cannot be, with our mask.  Raises\n"
 "OSError if the clone fails; ValueError where a string cannot be passed as it\n"
 "is (a surrogate, a NUL).");
 
 static PyObject *start(PyObject *module, PyObject *args) {
-    PyObject *program, *search, *argv, *env, *acts, *open_path, *defaults, *shell;
+    PyObject *program, *search, *argv, *env, *acts, *open_path, *shell;
+    unsigned long long defaults;
     int unblock, open_mode;
-    if (!PyArg_ParseTuple(args, "UOOO!pOOiOO:start", &program, &search, &argv, &PyDict_Type, &env, &unblock, &acts,
+    if (!PyArg_ParseTuple(args, "UOOO!pOOiKO:start", &program, &search, &argv, &PyDict_Type, &env, &unblock, &acts,
                           &open_path, &open_mode, &defaults, &shell))
         return NULL;
     PyObject *shell_argv = NULL, *shell_env = env, *shell_program = NULL;
@@ -309,14 +337,13 @@ static PyObject *start(PyObject *module, PyObject *args) {
     if (!PyDict_Check(shell_env))
         return PyErr_Format(PyExc_TypeError, "shell env: expected a dict");
 
-    PyObject *av = NULL, *sv = NULL, *ac = NULL, *df = NULL, *result = NULL;
+    PyObject *av = NULL, *sv = NULL, *ac = NULL, *result = NULL;
     char *memory = NULL;
-    if (!(av = PySequence_Fast(argv, "argv")) || !(ac = PySequence_Fast(acts, "acts")) ||
-        !(df = PySequence_Fast(defaults, "defaults")))
+    if (!(av = PySequence_Fast(argv, "argv")) || !(ac = PySequence_Fast(acts, "acts")))
         goto done;
     if (shell_argv != NULL && !(sv = PySequence_Fast(shell_argv, "shell argv")))
         goto done;
-    Py_ssize_t nacts = PySequence_Fast_GET_SIZE(ac), nsigs = PySequence_Fast_GET_SIZE(df);
+    Py_ssize_t nacts = PySequence_Fast_GET_SIZE(ac);
     if (nacts % 3) {
         PyErr_SetString(PyExc_ValueError, "acts: triples");
         goto done;
@@ -328,7 +355,8 @@ static PyObject *start(PyObject *module, PyObject *args) {
         (open_path != Py_None && (oz = text(open_path, &olen)) == NULL) ||
         (shell_program != NULL && (spz = text(shell_program, &splen)) == NULL))
         goto done;
-    Strings first = {av, env}, second = {sv, shell_env};
+    /* (the shell's environment, where it is the same dict, filled in once: `same_envp` set below) */
+    Strings first = {av, env, NULL}, second = {sv, shell_env, shell_env == env ? (char **)1 : NULL};
     Py_ssize_t bytes = strings_size(&first, &pointers);
     if (bytes < 0)
         goto done;
@@ -340,7 +368,7 @@ static PyObject *start(PyObject *module, PyObject *args) {
     }
     bytes += plen + 1 + slen + 1 + olen + 1 + splen + 1 + (slen + plen + 2); /* (the last: the search's buffer) */
     size_t size = STACK_BYTES + sizeof(Block) + (size_t)pointers * sizeof(char *) +
-                  (size_t)(nacts + nsigs) * sizeof(int) + (size_t)bytes;
+                  (size_t)nacts * sizeof(int) + (size_t)bytes;
     memory = PyMem_RawMalloc(size);
     if (memory == NULL) {
         PyErr_NoMemory();
@@ -350,15 +378,17 @@ static PyObject *start(PyObject *module, PyObject *args) {
     memset(b, 0, sizeof *b);
     char **ptrs = (char **)(b + 1);
     b->acts = (int *)(ptrs + pointers);
-    b->sigs = b->acts + nacts;
-    char *cursor = (char *)(b->sigs + nsigs);
+    char *cursor = (char *)(b->acts + nacts);
     strings_fill(&first, &b->first, &ptrs, &cursor);
-    if (sv != NULL)
+    if (sv != NULL) {
+        if (second.same_envp != NULL)
+            second.same_envp = b->first.envp;
         strings_fill(&second, &b->shell, &ptrs, &cursor);
-    if (ints(ac, b->acts) < 0 || ints(df, b->sigs) < 0)
+    }
+    if (ints(ac, b->acts) < 0)
         goto done;
     b->nacts = (int)(nacts / 3);
-    b->nsigs = (int)nsigs;
+    b->defaults = (unsigned long)defaults;
     b->first.program = copy(&cursor, pz, plen);
     b->first.search = sz ? copy(&cursor, sz, slen) : NULL;
     b->first.unblock = unblock;
@@ -401,7 +431,6 @@ done:
     Py_XDECREF(av);
     Py_XDECREF(sv);
     Py_XDECREF(ac);
-    Py_XDECREF(df);
     return result;
 }
 

@@ -11,7 +11,7 @@ def start(
     acts: Sequence[object],
     open_path: object,
     open_mode: object,
-    defaults: Sequence[int],
+    defaults: int,
     shell: tuple[str, Sequence[str], dict[str, str] | None, int] | None,
     /,
 ) -> tuple[int, object]: ...

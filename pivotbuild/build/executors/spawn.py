@@ -229,8 +229,9 @@ class Starter:
             else:
                 self.closes = [(os.POSIX_SPAWN_CLOSE, fd) for fd in inherited]
         self.clones = self.spawns and clone and _clonespawn is not None
-        # The closes as _clonespawn's actions: (1, fd, 0) each
+        # The closes as _clonespawn's actions, (1, fd, 0) each; the defaults as its bits
         self._close_acts = [n for _, fd in self.closes for n in (1, fd, 0)]
+        self._default_bits = sum(1 << (sig - 1) for sig in self.defaults)
 
     def start(
         self,
@@ -353,7 +354,7 @@ class Starter:
         instead = None if shell is None else (shell[0], shell[1], _dict(shell[2]), shell[3])
         try:
             pid, block = _clonespawn.start(
-                program, search, args, _dict(env), unblock, acts, path, mode, self.defaults, instead
+                program, search, args, _dict(env), unblock, acts, path, mode, self._default_bits, instead
             )
         except ValueError:
             return None
