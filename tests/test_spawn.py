@@ -804,3 +804,28 @@ def test_an_environment_the_c_library_cannot_take_as_it_is_still_reaches_the_sta
         with pytest.raises(ValueError):
             starter.start(argv, None, {**os.environ, "A=B": "c"}, stdin=devnull(), stdout=devnull(), stderr=devnull())
     assert seen == [b"a\xffb", b"a\xffb"]
+
+
+def test_a_clonespawn_built_from_another_version_of_its_source_is_left_alone(tmp_path: Path) -> None:
+    """An editable install not rebuilt since the C file changed keeps an old
+    build: spawn.py then starts stages by posix_spawn rather than call it
+    with what it does not take."""
+    code = """
+import sys, types
+old = types.ModuleType("pivotbuild.build.executors._clonespawn")
+old.API = 0
+sys.modules[old.__name__] = old
+from pivotbuild.build.executors import spawn
+assert spawn._clonespawn is None and not spawn.Starter().clones
+print("left alone")
+"""
+    root = str(Path(__file__).resolve().parent.parent)
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": root},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert (proc.returncode, proc.stdout) == (0, "left alone\n"), proc.stderr

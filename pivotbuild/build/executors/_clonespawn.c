@@ -459,4 +459,16 @@ static struct PyModuleDef module = {
     methods,
 };
 
-PyMODINIT_FUNC PyInit__clonespawn(void) { return PyModule_Create(&module); }
+/* Raised with every change to what `start` and `outcome` take or give: spawn.py
+ * leaves a module built from another version alone (an editable install not
+ * rebuilt since). */
+#define API 1
+
+PyMODINIT_FUNC PyInit__clonespawn(void) {
+    PyObject *m = PyModule_Create(&module);
+    if (m != NULL && PyModule_AddIntConstant(m, "API", API) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

@@ -2,6 +2,8 @@
 
 from collections.abc import Sequence
 
+API: int
+
 def start(
     program: str,
     search: str | None,

@@ -73,10 +73,14 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     import subprocess
 
+_CLONESPAWN_API = 1  # what this module calls _clonespawn with (its API constant)
 try:
     from pivotbuild.build.executors import _clonespawn
 except ImportError:  # not built at install (no C compiler, another platform): posix_spawn
     _clonespawn = None  # type: ignore[assignment]
+else:
+    if getattr(_clonespawn, "API", None) != _CLONESPAWN_API:  # built from another version of its source
+        _clonespawn = None  # type: ignore[assignment]
 
 _DEFAULTS = tuple(getattr(signal, name) for name in ("SIGPIPE", "SIGXFSZ") if hasattr(signal, name))
 
