@@ -54,6 +54,7 @@ def _compile(source: Path, target: Path) -> bool:
         "-shared",
         "-fPIC",
         "-O2",
+        "-fno-stack-protector",  # (the child's code reads no TLS: see the C file)
         "-Wall",
         f"-I{include}",
         str(source),
@@ -64,6 +65,7 @@ def _compile(source: Path, target: Path) -> bool:
         done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=300)
     except (OSError, subprocess.TimeoutExpired) as exc:
         print(f"pivotbuild: _clonespawn not built ({exc}); stages start by posix_spawn", file=sys.stderr)
+        target.unlink(missing_ok=True)  # (not an older build of it, left in an editable tree)
         return False
     if done.returncode != 0:
         print(

@@ -829,3 +829,15 @@ print("left alone")
         check=False,
     )
     assert (proc.returncode, proc.stdout) == (0, "left alone\n"), proc.stderr
+
+
+def test_clonespawn_refuses_actions_it_does_not_know() -> None:
+    """Its actions are checked before any child is made: an unknown kind, an
+    open with no file to open, a number that is not a plain int."""
+    if spawn._clonespawn is None:
+        pytest.skip("_clonespawn was not built at install (no C compiler here: test_the_clone_is_built_here)")
+    start = spawn._clonespawn.start
+    env = dict(os.environ)
+    for acts, path in (([3, 0, 0], None), ([2, os.O_RDONLY, 1], None), ([0, True, 0], None), ([0, -1, 0], None)):
+        with pytest.raises(ValueError):
+            start("/bin/true", None, ["true"], env, False, acts, path, 0, 0, None)

@@ -34,18 +34,31 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <sched.h>
 #include <signal.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#if !defined(__linux__) || !(defined(__x86_64__) || defined(__aarch64__))
+#if !defined(__linux__) || !defined(__LP64__) || !(defined(__x86_64__) || defined(__aarch64__))
 #error "_clonespawn: Linux on x86-64 or AArch64 only (spawn.py uses posix_spawn elsewhere)"
+#endif
+
+/* The child's code reads nothing of our thread's TLS (hatch_build.py also
+ * compiles with -fno-stack-protector): were the thread that started it to
+ * exit before its exec, that memory would be gone. */
+#if defined(__has_attribute)
+#if __has_attribute(no_stack_protector)
+#define CHILD_CODE __attribute__((no_stack_protector))
+#endif
+#endif
+#ifndef CHILD_CODE
+#define CHILD_CODE
 #endif
 
 #define STACK_BYTES (32 * 1024) /* the child's stack: it uses well under 1 KiB */
 
-static inline long sys4(long n, long a, long b, long c, long d) {
+static inline CHILD_CODE long sys4(long n, long a, long b, long c, long d) {
 #if defined(__x86_64__)
     long ret;
     register long r10 __asm__("r10") = d;
@@ -97,26 +110,28 @@ typedef struct {
     volatile pid_t alive;
 } Block;
 
-static __attribute__((noreturn)) void child_fails(Block *b, long ret) {
+static __attribute__((noreturn)) CHILD_CODE void child_fails(Block *b, long ret) {
     b->err = (int)-ret;
     for (;;) sys4(SYS_exit_group, 127, 0, 0, 0);
 }
 
-static long dup_onto(int fd, int to) {
+static CHILD_CODE long dup_onto(int fd, int to) {
     if (fd == to) /* inherited as it is: only its close-on-exec flag cleared */
         return sys4(SYS_fcntl, fd, F_SETFD, 0, 0);
     return sys4(SYS_dup3, fd, to, 0, 0);
 }
 
 /* Returns only if the exec failed: minus its errno. */
-static long child_exec(Block *b, const Exec *e) {
+static CHILD_CODE long child_exec(Block *b, const Exec *e) {
     unsigned long mask = e->unblock ? 0 : b->mask;
     sys4(SYS_rt_sigprocmask, SIG_SETMASK, (long)&mask, 0, sizeof mask);
     if (e->search == NULL)
         return sys4(SYS_execve, (long)e->program, (long)e->argv, (long)e->envp, 0);
     /* posix_spawnp's search (glibc's execvpe): a directory where the name is
      * missing or cannot be reached is passed over, one where it cannot be
-     * run is remembered, any other failure ends the search. */
+     * run is remembered, any other failure ends the search; an empty entry
+     * is the current directory.  (spawn.py searches only a PATH of absolute
+     * entries here.) */
     long failed = -ENOENT;
     const char *dir = e->search;
     for (;;) {
@@ -126,7 +141,8 @@ static long child_exec(Block *b, const Exec *e) {
         char *p = b->path_buf;
         for (const char *s = dir; s < end; s++)
             *p++ = *s;
-        *p++ = '/';
+        if (end > dir)
+            *p++ = '/';
         for (const char *s = e->program; *s; s++)
             *p++ = *s;
         *p = '\0';
@@ -141,7 +157,7 @@ static long child_exec(Block *b, const Exec *e) {
     }
 }
 
-static int child_main(void *arg) {
+static CHILD_CODE int child_main(void *arg) {
     Block *b = arg;
     /* The signals named reset to their default; any other that has a handler
      * of ours too (say, one installed after the list was made), as glibc's
@@ -295,13 +311,25 @@ static void strings_fill(Strings *s, Exec *e, char ***ptrs, char **cursor) {
     *ptrs = e->envp + j + 1;
 }
 
-static int ints(PyObject *seq, int *into) {
+/* The actions' numbers, exact ints only (no __index__ runs, to change the list
+ * under us); kinds and their operands checked. */
+static int actions(PyObject *seq, int *into, int can_open) {
     Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
     for (Py_ssize_t i = 0; i < n; i++) {
-        long v = PyLong_AsLong(PySequence_Fast_GET_ITEM(seq, i));
-        if (v == -1 && PyErr_Occurred())
+        PyObject *item = PySequence_Fast_GET_ITEM(seq, i);
+        long v = PyLong_CheckExact(item) ? PyLong_AsLong(item) : -1;
+        if (v < 0 || v > INT_MAX) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_ValueError, "acts: descriptors and flags, as ints from 0");
             return -1;
+        }
         into[i] = (int)v;
+    }
+    for (Py_ssize_t i = 0; i < n; i += 3) {
+        if (into[i] > ACT_OPEN || (into[i] == ACT_OPEN && !can_open)) {
+            PyErr_SetString(PyExc_ValueError, "acts: 0 (dup), 1 (close) or 2 (open, with open_path)");
+            return -1;
+        }
     }
     return 0;
 }
@@ -385,7 +413,7 @@ static PyObject *start(PyObject *module, PyObject *args) {
             second.same_envp = b->first.envp;
         strings_fill(&second, &b->shell, &ptrs, &cursor);
     }
-    if (ints(ac, b->acts) < 0)
+    if (actions(ac, b->acts, oz != NULL) < 0)
         goto done;
     b->nacts = (int)(nacts / 3);
     b->defaults = (unsigned long)defaults;
@@ -418,9 +446,11 @@ static PyObject *start(PyObject *module, PyObject *args) {
         PyErr_SetFromErrno(PyExc_OSError);
         goto done;
     }
+    /* (Were either call below to fail, out of memory, the block is left to the
+     * child, which may still use it, and the child to whoever reaps it.) */
     PyObject *capsule = PyCapsule_New(memory, CAPSULE, block_free);
     if (capsule == NULL) {
-        memory = NULL; /* (the child may still use it: left) */
+        memory = NULL;
         goto done;
     }
     memory = NULL;

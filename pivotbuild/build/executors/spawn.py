@@ -62,6 +62,7 @@ from __future__ import annotations
 import errno
 import os
 import signal
+import sys
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -232,7 +233,8 @@ class Starter:
                 self.spawns = False
             else:
                 self.closes = [(os.POSIX_SPAWN_CLOSE, fd) for fd in inherited]
-        self.clones = self.spawns and clone and _clonespawn is not None
+        # (the C side passes strings as UTF-8: the file system's encoding here, as a rule)
+        self.clones = self.spawns and clone and _clonespawn is not None and sys.getfilesystemencoding() == "utf-8"
         # The closes as _clonespawn's actions, (1, fd, 0) each; the defaults as its bits
         self._close_acts = [n for _, fd in self.closes for n in (1, fd, 0)]
         self._default_bits = sum(1 << (sig - 1) for sig in self.defaults)
