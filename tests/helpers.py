@@ -15,6 +15,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import textwrap
 import time
 from collections.abc import Callable, Iterator
@@ -395,3 +396,23 @@ def fresh_clone(origin: Project, tmp_path: Path) -> Project:
     for rel in ("Pivotfile", "Pivotfile.lock", "in.txt", ".pivot/config.toml"):
         shutil.copy(origin.root / rel, q.root / rel)
     return q
+
+
+# The package these tests sit beside, for the scripts' own Python.
+_CHECKOUT = str(Path(__file__).resolve().parent.parent)
+
+
+def run_script(
+    script: str, args: list[str], where: Path, *, timeout: float | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`script` in a Python of its own in `where`, importing this checkout's pivotbuild."""
+    env = {**os.environ, "PYTHONPATH": _CHECKOUT}
+    return subprocess.run(
+        [sys.executable, "-c", script, *args],
+        cwd=where,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=timeout,
+    )

@@ -7,7 +7,6 @@ import contextlib
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from helpers import read_pid, wait_gone
+from helpers import read_pid, run_script, wait_gone
 
 from pivotbuild.build.executors.lifeline import Lifeline
 
@@ -164,17 +163,6 @@ for name in sys.argv[1:]:
         time.sleep(0.01)  # (its child started: the kill is not before it)
 os.kill(os.getpid(), signal.SIGKILL)
 """
-
-# The package these tests sit beside, for the scripts' own Python.
-_ROOT = str(Path(__file__).resolve().parent.parent)
-
-
-def run_script(script: str, args: list[str], where: Path) -> subprocess.CompletedProcess[str]:
-    """`script` in a Python of its own in `where`, importing this checkout's pivotbuild."""
-    env = {**os.environ, "PYTHONPATH": _ROOT}
-    return subprocess.run(
-        [sys.executable, "-c", script, *args], cwd=where, env=env, capture_output=True, text=True, check=False
-    )
 
 
 def killed_while_starting(where: Path, names: list[str], prefix: str = "") -> dict[str, tuple[int, int]]:

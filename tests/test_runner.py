@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -13,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import HANG_GUARD_S, read_pid, wait_gone
+from helpers import HANG_GUARD_S, read_pid, run_script, wait_gone
 
 from pivotbuild.build.executors import runner
 from pivotbuild.build.executors.poller import Poller
@@ -457,17 +456,8 @@ print("clones" if starter.clones else "spawns")
 
 
 def test_a_stage_stopped_as_it_starts_is_stopped(tmp_path: Path) -> None:
-    root = str(Path(__file__).resolve().parent.parent)
     started = time.monotonic()
-    proc = subprocess.run(
-        [sys.executable, "-c", _STOPPED_AS_IT_STARTS],
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": root},
-        capture_output=True,
-        text=True,
-        timeout=HANG_GUARD_S,
-        check=False,
-    )
+    proc = run_script(_STOPPED_AS_IT_STARTS, [], tmp_path, timeout=HANG_GUARD_S)
     assert proc.returncode == 0, proc.stderr
     assert time.monotonic() - started < HANG_GUARD_S
     assert proc.stdout.strip() in ("clones", "spawns")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from conftest import PIVOTBUILD, Project
-from helpers import statuses
+from helpers import run_script, statuses
 
 from pivotbuild.build.executors import spawn
 from pivotbuild.build.executors.plaincommand import PlainCommands
@@ -819,15 +819,7 @@ from pivotbuild.build.executors import spawn
 assert spawn._clonespawn is None and not spawn.Starter().clones
 print("left alone")
 """
-    root = str(Path(__file__).resolve().parent.parent)
-    proc = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": root},
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    proc = run_script(code, [], tmp_path)
     assert (proc.returncode, proc.stdout) == (0, "left alone\n"), proc.stderr
 
 
