@@ -2,7 +2,7 @@
 
 `pivotbuild/build/executors/_clonespawn.c` starts a stage's process without
 making the build wait for its exec (spawn.py says why that matters).  It is
-compiled here with the compiler Python was built with, into the package
+compiled here with `$CC`, else the compiler Python was built with, into the package
 beside its source, so that both an installed wheel and an editable install
 (`pip install -e .`: run it again after editing the C file) find it.
 
@@ -47,7 +47,7 @@ class CustomBuildHook(BuildHookInterface):
 
 def _compile(source: Path, target: Path) -> bool:
     """`source` compiled and linked into `target`; False, saying why, where it cannot be."""
-    compiler = shlex.split(sysconfig.get_config_var("CC") or "cc")
+    compiler = shlex.split(os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc")  # (CC first, as setuptools)
     include = sysconfig.get_paths()["include"]
     command = [
         *compiler,
