@@ -4,6 +4,7 @@ its exec (_clonespawn), or by posix_spawn, is the one Popen would start."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import signal
@@ -834,3 +835,36 @@ def test_clonespawn_refuses_actions_it_does_not_know() -> None:
     for acts, path in (([3, 0, 0], None), ([2, os.O_RDONLY, 1], None), ([0, True, 0], None), ([0, -1, 0], None)):
         with pytest.raises(ValueError):
             start("/bin/true", None, ["true"], env, False, acts, path, 0, 0, None)
+
+
+def test_a_clone_the_kernel_refuses_falls_back_to_posix_spawn(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """qemu-user (multi-platform container builds) refuses a clone of shared
+    memory without CLONE_VFORK with EINVAL: the stage starts by posix_spawn
+    instead, and so does every later one.  (A fake module here; the real
+    refusal was seen under qemu-aarch64, docs/performance.md.)"""
+
+    class Refusing:
+        API = spawn._CLONESPAWN_API
+        calls = 0
+        error = errno.EINVAL
+
+        @classmethod
+        def start(cls, *args: object) -> tuple[int, object]:
+            cls.calls += 1
+            raise OSError(cls.error, os.strerror(cls.error))
+
+    monkeypatch.setattr(spawn, "_clonespawn", Refusing)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "in.txt").write_text("one\n")
+    starter = Starter()
+    assert starter.clones
+    for script in ("cat in.txt > out.txt", "cat in.txt > out.txt; cat in.txt >> out.txt"):
+        argv = ("/bin/sh", "-e", "-c", script)
+        child = starter.start(argv, None, _env(), stdin=devnull(), stdout=devnull(), stderr=devnull())
+        assert isinstance(child, Child) and child.block is None  # (by posix_spawn)
+        assert child.wait() == 0
+    assert (tmp_path / "out.txt").read_text() == "one\none\n"
+    assert Refusing.calls == 1 and not starter.clones
+    Refusing.error = errno.EAGAIN
+    with pytest.raises(OSError):  # (any other error is the start's, as posix_spawn's would be)
+        Starter().start(("/bin/sh", "-c", "true"), None, _env(), stdin=devnull(), stdout=devnull(), stderr=devnull())

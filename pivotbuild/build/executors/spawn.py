@@ -32,7 +32,8 @@ way; an exec that fails is reported when the process is reaped
 plain command that cannot be started directly starts the shell instead in
 the same child (as `_spawn_stage` does on posix_spawn's error).  Where a
 string cannot be handed to the C library as it is (a surrogate), the stage
-is spawned by posix_spawn.
+is spawned by posix_spawn; where the kernel (or an emulator: qemu-user)
+refuses the clone itself, every stage from then on.
 
 Popen closes every descriptor above 2 in the child (`close_fds`); a spawned
 child would inherit those that are inheritable (say, a make jobserver's pipe
@@ -82,6 +83,11 @@ except ImportError:  # not built at install (no C compiler, another platform): p
 else:
     if getattr(_clonespawn, "API", None) != _CLONESPAWN_API:  # built from another version of its source
         _clonespawn = None  # type: ignore[assignment]
+
+# A clone of memory shared without CLONE_VFORK, refused: qemu-user (which runs
+# other architectures' programs, as in multi-platform container builds) says
+# EINVAL; a sandbox's filter may say EPERM or ENOSYS.
+_CLONE_REFUSED = (errno.EINVAL, errno.ENOSYS, errno.EPERM)
 
 _DEFAULTS = tuple(getattr(signal, name) for name in ("SIGPIPE", "SIGXFSZ") if hasattr(signal, name))
 
@@ -363,6 +369,11 @@ class Starter:
                 program, search, args, _dict(env), unblock, acts, path, mode, self._default_bits, instead
             )
         except ValueError:
+            return None
+        except OSError as exc:
+            if exc.errno not in _CLONE_REFUSED:
+                raise
+            self.clones = False  # (the kernel, or an emulator, refuses this clone: posix_spawn from now on)
             return None
         return Child(pid, as_shell=shell is not None, block=block)
 
