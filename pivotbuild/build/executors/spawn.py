@@ -351,7 +351,7 @@ class Starter:
         order, not waiting for the exec: `unblock` every signal, else ours
         kept; `shell` (its program, argv, environment and stdout) started in
         the child instead if `program` cannot be.  None where a string cannot
-        be passed as it is (then `_spawn`)."""
+        be passed as it is, or the clone itself is refused (then `_spawn`)."""
         acts: list[object] = [0, stdin, 0, 0, stderr, 2, *self._close_acts]
         for fd in keep:
             acts += (0, fd, fd)
