@@ -238,9 +238,9 @@ static const char *text(PyObject *obj, Py_ssize_t *len) {
 }
 
 typedef struct {
-    PyObject *argv;     /* a list or tuple of str */
-    PyObject *env;      /* a dict of str */
-    char **same_envp;   /* or the environment already filled in for the same dict */
+    PyObject *argv;  /* a list or tuple of str */
+    PyObject *env;   /* a dict of str */
+    int env_shared;  /* the first program's dict: its environment is used again, not copied */
 } Strings;
 
 /* Bytes `s` needs for its strings, pointers apart (-1 on error). */
@@ -252,7 +252,7 @@ static Py_ssize_t strings_size(Strings *s, Py_ssize_t *count) {
             return -1;
         total += len + 1;
     }
-    if (s->same_envp != NULL) {
+    if (s->env_shared) {
         *count += n + 1;
         return total;
     }
@@ -280,8 +280,9 @@ static char *copy(char **cursor, const char *s, Py_ssize_t len) {
     return at;
 }
 
-/* Fills `e`'s argv and envp from `s` (sized by strings_size). */
-static void strings_fill(Strings *s, Exec *e, char ***ptrs, char **cursor) {
+/* Fills `e`'s argv and envp from `s` (sized by strings_size); `shared_envp`:
+ * the environment already filled in, where `s` shares it. */
+static void strings_fill(Strings *s, Exec *e, char **shared_envp, char ***ptrs, char **cursor) {
     Py_ssize_t n = PySequence_Fast_GET_SIZE(s->argv), len, klen, vlen;
     e->argv = *ptrs;
     for (Py_ssize_t i = 0; i < n; i++) {
@@ -289,8 +290,8 @@ static void strings_fill(Strings *s, Exec *e, char ***ptrs, char **cursor) {
         e->argv[i] = copy(cursor, z, len);
     }
     e->argv[n] = NULL;
-    if (s->same_envp != NULL) {
-        e->envp = s->same_envp;
+    if (s->env_shared) {
+        e->envp = shared_envp;
         *ptrs = e->argv + n + 1;
         return;
     }
@@ -383,8 +384,7 @@ static PyObject *start(PyObject *module, PyObject *args) {
         (open_path != Py_None && (oz = text(open_path, &olen)) == NULL) ||
         (shell_program != NULL && (spz = text(shell_program, &splen)) == NULL))
         goto done;
-    /* (the shell's environment, where it is the same dict, filled in once: `same_envp` set below) */
-    Strings first = {av, env, NULL}, second = {sv, shell_env, shell_env == env ? (char **)1 : NULL};
+    Strings first = {av, env, 0}, second = {sv, shell_env, shell_env == env};
     Py_ssize_t bytes = strings_size(&first, &pointers);
     if (bytes < 0)
         goto done;
@@ -407,12 +407,9 @@ static PyObject *start(PyObject *module, PyObject *args) {
     char **ptrs = (char **)(b + 1);
     b->acts = (int *)(ptrs + pointers);
     char *cursor = (char *)(b->acts + nacts);
-    strings_fill(&first, &b->first, &ptrs, &cursor);
-    if (sv != NULL) {
-        if (second.same_envp != NULL)
-            second.same_envp = b->first.envp;
-        strings_fill(&second, &b->shell, &ptrs, &cursor);
-    }
+    strings_fill(&first, &b->first, NULL, &ptrs, &cursor);
+    if (sv != NULL)
+        strings_fill(&second, &b->shell, b->first.envp, &ptrs, &cursor);
     if (actions(ac, b->acts, oz != NULL) < 0)
         goto done;
     b->nacts = (int)(nacts / 3);
