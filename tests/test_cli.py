@@ -450,6 +450,7 @@ def test_init_gitignore_makes_git_ignore_all_but_gitignore_and_config(tmp_path: 
     (state / "cache" / "ab").mkdir(parents=True)
     (state / "cache" / "ab" / "cdef").write_text("blob")
     (state / "crash.log").write_text("x")
+    (state / "config.parsed").write_bytes(b"what config.toml said")
     proc = subprocess.run(
         ["git", "status", "--porcelain", "--untracked-files=all"],
         cwd=fresh,

@@ -30,6 +30,7 @@ from conftest import Project
 from pivotbuild.cache.runcache import decode_entry, log_rel, stage_key
 from pivotbuild.cache.runlog import LOG, read_log
 from pivotbuild.model import StageId
+from pivotbuild.remote import config
 from pivotbuild.state import framing, journal, lockfile
 
 MAIN = """\
@@ -158,6 +159,12 @@ def _write_journal(work: Path) -> None:
     (work / ".pivot/journal").write_bytes(b"".join(journal.frame(r) for r in records))
 
 
+def _keep_config(work: Path) -> None:
+    """What the first build with work after `remote add` leaves: config.toml read, and kept."""
+    assert config.load(work).remotes
+    assert (work / ".pivot/config.parsed").is_file()
+
+
 def _damaged_run_entry(work: Path) -> None:
     """Make the next build look up extra's run-cache entry for "y" (which is then damaged)."""
     (work / "src/extra.txt").write_text("y\n")
@@ -204,7 +211,8 @@ class Kind:
     """One kind of state file: where it is, and whether a build must warn about it."""
 
     path: str | Callable[[Path], str]  # relative to the project, or found in it
-    # "always"; "cut" (unless cut at an entry boundary); "toml" (if it no longer parses); "never" (not read)
+    # "always"; "cut" (unless cut at an entry boundary); "toml" (if it no longer parses); "never" (not read,
+    # or read past without a word)
     warns: str
     pending: bool = False  # damaged in the snapshot with pending results
     prepare: Callable[[Path], None] | None = None  # before damaging (puts the file there)
@@ -226,6 +234,8 @@ KINDS = {
     "seal": Kind(".pivot/seal", "always"),
     "history": Kind(".pivot/history.jsonl", "cut", ends=_line_ends, high_bit=True),
     "config": Kind(".pivot/config.toml", "toml"),
+    # (config.toml parsed again, without a word, by a build with work: only such a build reads the config)
+    "config-parsed": Kind(".pivot/config.parsed", "never", prepare=_keep_config, then=_damaged_run_entry),
     # (cut at an entry's end, the log simply holds fewer: no reader can tell)
     "run-cache-log": Kind(_extra_y_entry, "cut", then=_damaged_run_entry, lazily=True),
     "build.lock": Kind(".pivot/build.lock", "never"),

@@ -172,6 +172,40 @@ def test_a_build_reads_a_config_toml_when_there_is_one(chain: Project) -> None:
     assert counts(r.err) == (2, 1, 0, 0)
 
 
+def test_a_config_read_once_is_not_parsed_again_until_its_bytes_change(chain: Project) -> None:
+    """What config.toml says is kept beside it with the bytes it was read
+    from (.pivot/config.parsed): the next build takes it from there without
+    importing tomllib; an edit (even of the same length, within the same
+    second) is read at once; a kept copy that is damaged is read past."""
+    config, kept = chain.root / ".pivot/config.toml", chain.root / ".pivot/config.parsed"
+    b = chain.root / "b.txt"
+    config.write_text('[core]\ncheckout = "hardlink"\n')
+    chain.write("in.txt", "changed\n")
+    r = traced(chain)
+    assert_direct(r)
+    assert "tomllib" in r.imported and counts(r.err) == (2, 1, 0, 0)
+    assert b.stat().st_nlink == 2  # stored by link, as the config says
+    chain.write("in.txt", "again\n")
+    r = traced(chain)
+    assert_direct(r)
+    assert "tomllib" not in r.imported and counts(r.err) == (2, 1, 0, 0)
+    assert b.stat().st_nlink == 2
+    before = config.stat()
+    config.write_text('[core]\ncheckout = "copy"\n   \n')  # as long as before
+    assert config.stat().st_size == before.st_size
+    chain.write("in.txt", "once more\n")
+    r = traced(chain)
+    assert "tomllib" in r.imported and counts(r.err) == (2, 1, 0, 0)
+    assert b.stat().st_nlink == 1  # a copy, as the config now says
+    kept.write_bytes(kept.read_bytes()[:-1] + b"!")  # its checksum no longer holds
+    chain.write("in.txt", "and again\n")
+    r = traced(chain)
+    assert "tomllib" in r.imported and counts(r.err) == (2, 1, 0, 0)
+    assert "warning" not in r.err and b.stat().st_nlink == 1
+    r = traced(chain, "push")  # (a command that acts on the config: no remote configured, said as before)
+    assert r.code != 0 and "no remote" in r.err, r.err
+
+
 def test_a_sealed_stage_declared_before_its_upstream_still_sees_the_upstream_rerun(project: Project) -> None:
     """The fast path checks the seal in declaration order before the build, so
     `down` is found sealed before `up` is found stale; once `up` has run, that

@@ -510,6 +510,31 @@ def test_a_plain_command_that_cannot_start_fails_as_the_shell_says(project: Proj
     assert "nowhere/out.txt" in r.err and "nonexistent" in r.err.lower()
 
 
+def test_a_file_a_plain_command_cannot_open_is_left_to_the_shell_to_say_why(
+    spawner: Spawner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the file a plain command's `> FILE` names cannot be opened (its
+    directory missing), the shell is started instead: what it says and how
+    it ends are the shell's own, and no start error is reported."""
+    monkeypatch.chdir(tmp_path)
+    argv = ("/bin/sh", "-e", "-c", "cat /dev/null > nowhere/out.txt")
+    assert PlainCommands().direct(argv, _env()) is not None  # (tried without the shell first)
+    seen = []
+    for starter in (spawner(), Starter(spawn=False)):
+        err_r, err_w = os.pipe()
+        try:
+            child = starter.start(argv, None, _env(), stdin=devnull(), stdout=devnull(), stderr=err_w)
+        finally:
+            os.close(err_w)
+        with os.fdopen(err_r) as f:
+            said = f.read()
+        seen.append((child.wait(), said))
+        if isinstance(child, Child):
+            assert child.start_error() is None
+    assert seen[0] == seen[1]
+    assert seen[0][0] == 2 and "nowhere/out.txt" in seen[0][1]
+
+
 def _fds() -> set[str]:
     return set(os.listdir("/proc/self/fd"))
 
