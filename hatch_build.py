@@ -11,6 +11,11 @@ x86-64 or AArch64) the wheel is built without it, and pivotbuild starts
 stages with posix_spawn instead: the same processes, slower
 (docs/performance.md).  `PIVOTBUILD_NO_EXTENSION=1` builds without it on
 purpose.
+
+Run as a script, `python hatch_build.py [TREE]` compiles it in place in TREE
+(default: this checkout) without hatchling, as an editable install does:
+after editing the C file, or for a source tree run from its directory
+(benchmarks/ab.py does it for each version it times).
 """
 
 from __future__ import annotations
@@ -23,7 +28,10 @@ import sysconfig
 from pathlib import Path
 from typing import Any
 
-from hatchling.builders.hooks.plugin.interface import BuildHookInterface
+try:
+    from hatchling.builders.hooks.plugin.interface import BuildHookInterface
+except ImportError:  # (run as a script, below: hatchling is only in an install's build environment)
+    BuildHookInterface = object
 
 SOURCE = Path("pivotbuild/build/executors/_clonespawn.c")
 
@@ -33,8 +41,7 @@ class CustomBuildHook(BuildHookInterface):
         if self.target_name != "wheel":
             return
         root = Path(self.root)
-        suffix = sysconfig.get_config_var("EXT_SUFFIX") or ".so"
-        built = SOURCE.with_name(SOURCE.stem + suffix)
+        built = built_path()
         if os.environ.get("PIVOTBUILD_NO_EXTENSION") == "1" or not sys.platform.startswith("linux"):
             return
         if not _compile(root / SOURCE, root / built):
@@ -43,6 +50,11 @@ class CustomBuildHook(BuildHookInterface):
             build_data["artifacts"].append(built.as_posix())
             build_data["pure_python"] = False
             build_data["infer_tag"] = True
+
+
+def built_path() -> Path:
+    """Where the extension goes, relative to the tree: beside its source."""
+    return SOURCE.with_name(SOURCE.stem + (sysconfig.get_config_var("EXT_SUFFIX") or ".so"))
 
 
 def _compile(source: Path, target: Path) -> bool:
@@ -75,3 +87,8 @@ def _compile(source: Path, target: Path) -> bool:
         target.unlink(missing_ok=True)
         return False
     return True
+
+
+if __name__ == "__main__":
+    tree = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parent
+    sys.exit(0 if _compile(tree / SOURCE, tree / built_path()) else 1)

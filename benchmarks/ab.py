@@ -58,15 +58,27 @@ def tree(spec: str, scratch: Path) -> Iterator[Path]:
     a git revision of this checkout, checked out in a worktree for the run."""
     path = Path(spec)
     if (path / "pivotbuild" / "__init__.py").exists():
+        extension(path)
         yield path.resolve()
         return
     where = scratch / f"tree-{len(list(scratch.iterdir()))}"
     git = ["git", "-C", str(CHECKOUT)]
     subprocess.run([*git, "worktree", "add", "--detach", "-q", str(where), spec], check=True)
     try:
+        extension(where)
         yield where
     finally:
         subprocess.run([*git, "worktree", "remove", "--force", str(where)], check=False)
+
+
+def extension(code: Path) -> None:
+    """The tree's C extension (spawn.py's _clonespawn) compiled in it where it
+    has the source and not the build, as an install would compile it: a tree
+    without it starts its stages by posix_spawn, and would be timed so."""
+    source = code / "pivotbuild/build/executors/_clonespawn.c"
+    if source.is_file() and not list(source.parent.glob("_clonespawn.*.so")):
+        print(f"ab.py: compiling {source}", file=sys.stderr)
+        subprocess.run([sys.executable, str(CHECKOUT / "hatch_build.py"), str(code)], check=False)  # (it says why not)
 
 
 def build(code: Path, project: Path, jobs: int) -> tuple[float, float]:

@@ -35,3 +35,15 @@ def test_fresh_rounds_build_a_new_project_then_time_its_incremental_builds(
     assert [line.split()[0] for line in lines[2:]] == ["fresh", "base", "new"]
     assert "new/base" in lines[4]
     assert not (tmp_path / "fresh").exists()  # (each round's project, removed after)
+
+
+def test_a_revision_is_timed_with_its_c_extension_built(tmp_path: Path) -> None:
+    """A revision checked out for the run gets its _clonespawn compiled, as
+    an install compiles it (where this one was): without it, that side would
+    start its stages by posix_spawn, and be timed so."""
+    from pivotbuild.build.executors import spawn
+
+    with ab.tree("HEAD", tmp_path) as code:
+        built = list((code / "pivotbuild/build/executors").glob("_clonespawn.*.so"))
+        assert len(built) == (spawn._clonespawn is not None)
+    assert not code.exists()  # (the worktree, removed after)
