@@ -31,6 +31,7 @@ from helpers import (
 from tracing import Traced, assert_fast, build, traced
 
 from pivotbuild.build.executors.spawn import Starter
+from pivotbuild.remote.config import PARSED_FRAME
 
 # Holds the project lock at argv[1] (flock, as pivotbuild takes it) until killed; says "held".
 HOLD_LOCK = (
@@ -202,6 +203,13 @@ def test_a_config_read_once_is_not_parsed_again_until_its_bytes_change(chain: Pr
     r = traced(chain)
     assert "tomllib" in r.imported and counts(r.err) == (2, 1, 0, 0)
     assert "warning" not in r.err and b.stat().st_nlink == 1
+    # Kept by another pivotbuild (which may have checked it otherwise): read again.
+    other = ["0.0.0-other", config.read_bytes(), {}, None, "hardlink", {}, "local", ""]
+    kept.write_bytes(PARSED_FRAME.dump(other))
+    chain.write("in.txt", "and once more\n")
+    r = traced(chain)
+    assert "tomllib" in r.imported and counts(r.err) == (2, 1, 0, 0)
+    assert b.stat().st_nlink == 1
     r = traced(chain, "push")  # (a command that acts on the config: no remote configured, said as before)
     assert r.code != 0 and "no remote" in r.err, r.err
 

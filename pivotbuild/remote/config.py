@@ -21,13 +21,14 @@ AZURE_*) or the named profile; a config that holds one is refused.
 
 What a config says, once read and checked, is kept beside it in
 `.pivot/config.parsed` (not committed: `.pivot/.gitignore`), with the exact
-bytes it was read from: the next command that finds config.toml holding
-those bytes takes it from there, without importing `tomllib` (about 6 ms of
-every build of a project that has a config: typing, string and its
-regular expressions).  One frame (`state.framing`: magic `PIVCONF\n`,
-version 1, checksum) of msgpack `[bytes, remotes, default, checkout,
-settings, executor, address]`; written without fsync, since a damaged or
-missing one only means parsing the file again.
+bytes it was read from and the pivotbuild that read them (another may check
+them otherwise): the next command of the same version that finds
+config.toml holding those bytes takes it from there, without importing
+`tomllib` (about 6 ms of every build of a project that has a config:
+typing, string and its regular expressions).  One frame (`state.framing`:
+magic `PIVCONF\n`, version 1, checksum) of msgpack `[version, bytes,
+remotes, default, checkout, settings, executor, address]`; written without
+fsync, since a damaged or missing one only means parsing the file again.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+from pivotbuild import __version__
 from pivotbuild.errors import PivotError
 from pivotbuild.paths import STATE_DIR
 from pivotbuild.state import framing
@@ -124,12 +126,12 @@ def _kept(root: Path, raw: bytes) -> Config | None:
     """What an earlier command read from a config of exactly these bytes, if
     it kept it (else None: none kept, another config's, or damaged)."""
     try:
-        kept, remotes, default, checkout, settings, executor, address = PARSED_FRAME.load(
+        version, kept, remotes, default, checkout, settings, executor, address = PARSED_FRAME.load(
             (root / STATE_DIR / PARSED).read_bytes()
         )
     except (OSError, ValueError, TypeError):  # (framing.Damaged is a ValueError)
         return None
-    if kept != raw:
+    if kept != raw or version != __version__:
         return None
     return Config(remotes, default, checkout, settings, executor, address)
 
@@ -138,7 +140,7 @@ def _keep(root: Path, raw: bytes, config: Config) -> None:
     fields = [config.remotes, config.default, config.checkout, config.settings, config.executor, config.address]
     # (Kept only to spare the next command the parse: where it cannot be written, each one parses.)
     with contextlib.suppress(OSError):
-        write_atomic(root / STATE_DIR / PARSED, PARSED_FRAME.dump([raw, *fields]), fsync=False)
+        write_atomic(root / STATE_DIR / PARSED, PARSED_FRAME.dump([__version__, raw, *fields]), fsync=False)
 
 
 def _parsed(path: Path, raw: bytes) -> Config:
