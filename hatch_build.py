@@ -1,16 +1,24 @@
-"""Hatchling build hook: compiles pivotbuild's one C extension where it can.
+"""Hatchling build hook: compiles pivotbuild's C parts where it can.
 
-`pivotbuild/build/executors/_clonespawn.c` starts a stage's process without
-making the build wait for its exec (spawn.py says why that matters).  It is
-compiled here with `$CC`, else the compiler Python was built with, into the package
-beside its source, so that both an installed wheel and an editable install
-(`pip install -e .`: run it again after editing the C file) find it.
+Two of them, each optional, each with a Python equivalent:
 
-Where it cannot be compiled (no C compiler or Python headers, not Linux on
-x86-64 or AArch64) the wheel is built without it, and pivotbuild starts
-stages with posix_spawn instead: the same processes, slower
-(docs/performance.md).  `PIVOTBUILD_NO_EXTENSION=1` builds without it on
-purpose.
+- `pivotbuild/build/executors/_clonespawn.c`, an extension module, starts a
+  stage's process without making the build wait for its exec (spawn.py says
+  why that matters).  It is compiled here with `$CC`, else the compiler
+  Python was built with, into the package beside its source, so that both an
+  installed wheel and an editable install (`pip install -e .`: run it again
+  after editing the C file) find it.  Where it cannot be compiled (no C
+  compiler or Python headers, not Linux on x86-64 or AArch64) the wheel is
+  built without it, and pivotbuild starts stages with posix_spawn instead:
+  the same processes, slower (docs/performance.md).
+  `PIVOTBUILD_NO_EXTENSION=1` builds without it on purpose.
+- `bin/launcher.c`, a program: the `pivotbuild` command itself, which hands a
+  build to a build server without starting Python (docs/server.md, "The
+  launcher") and otherwise runs the Python program, `bin/pivotbuild`,
+  installed beside it as `pivotbuild-python`.  Compiled into
+  `build/launcher/pivotbuild`; where it cannot be (or with
+  `PIVOTBUILD_NO_LAUNCHER=1`), `bin/pivotbuild` is installed as `pivotbuild`,
+  as it was before the launcher.
 
 Run as a script, `python hatch_build.py [TREE]` compiles it in place in TREE
 (default: this checkout) without hatchling, as an editable install does:
@@ -34,6 +42,8 @@ except ImportError:  # (run as a script, below: hatchling is only in an install'
     BuildHookInterface = object
 
 SOURCE = Path("pivotbuild/build/executors/_clonespawn.c")
+LAUNCHER_SOURCE = Path("bin/launcher.c")
+LAUNCHER = Path("build/launcher/pivotbuild")
 
 
 class CustomBuildHook(BuildHookInterface):
@@ -41,6 +51,13 @@ class CustomBuildHook(BuildHookInterface):
         if self.target_name != "wheel":
             return
         root = Path(self.root)
+        if os.environ.get("PIVOTBUILD_NO_LAUNCHER") != "1" and sys.platform.startswith("linux"):
+            if compile_launcher(root):
+                # (keyed by source, as pyproject's shared-scripts: this replaces its `pivotbuild`)
+                build_data["shared_scripts"][LAUNCHER.as_posix()] = "pivotbuild"
+                build_data["shared_scripts"]["bin/pivotbuild"] = "pivotbuild-python"
+                build_data["pure_python"] = False
+                build_data["infer_tag"] = True
         built = built_path()
         if os.environ.get("PIVOTBUILD_NO_EXTENSION") == "1" or not sys.platform.startswith("linux"):
             return
@@ -55,6 +72,26 @@ class CustomBuildHook(BuildHookInterface):
 def built_path() -> Path:
     """Where the extension goes, relative to the tree: beside its source."""
     return SOURCE.with_name(SOURCE.stem + (sysconfig.get_config_var("EXT_SUFFIX") or ".so"))
+
+
+def compile_launcher(root: Path) -> bool:
+    """The launcher compiled into `root / LAUNCHER`; False, saying why, where it cannot be."""
+    compiler = shlex.split(os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc")
+    target = root / LAUNCHER
+    target.parent.mkdir(parents=True, exist_ok=True)
+    command = [*compiler, "-O2", "-Wall", str(root / LAUNCHER_SOURCE), "-o", str(target)]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=300)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        done = None
+        why = str(exc)
+    else:
+        why = done.stderr
+    if done is None or done.returncode != 0:
+        print(f"pivotbuild: the launcher not built; `pivotbuild` is the Python program:\n{why}", file=sys.stderr)
+        target.unlink(missing_ok=True)
+        return False
+    return True
 
 
 def _compile(source: Path, target: Path) -> bool:

@@ -22,7 +22,8 @@ Two references: `ninja+cp` (ninja, then one `cp --reflink=auto` of the files
 it wrote: the least a build that keeps a cached copy must do) and
 `pivotbuild:hardlink` (pivotbuild with `checkout = "hardlink"`); and
 `pivotbuild:server`, pivotbuild with PIVOT_SERVER=1 (its clean build starts
-a build server, which runs the no-op and incremental builds after it).
+a build server, which runs the no-op and incremental builds after it), and
+`pivotbuild:hardlink:server`, both.
 
 For each tool, one after the other in this process (so the machine's drift hits
 all alike): `clean`, a build of every stage; `noop`, the same command again
@@ -184,6 +185,10 @@ TOOLS = {
     "pivotbuild:hardlink": Tool("pivotbuild", write_pivotbuild_hardlink, lambda j: ["-j", str(j), "-s"]),
     # pivotbuild with PIVOT_SERVER=1: the builds after the clean one run in the server it starts.
     "pivotbuild:server": Tool("pivotbuild", write_pivotbuild, lambda j: ["-j", str(j), "-s"], server=True),
+    # Both: hardlink mode, the builds after the clean one in a build server.
+    "pivotbuild:hardlink:server": Tool(
+        "pivotbuild", write_pivotbuild_hardlink, lambda j: ["-j", str(j), "-s"], server=True
+    ),
     "make": Tool("make", write_make, lambda j: ["-j", str(j), "-s"]),
     "ninja": Tool("ninja", write_ninja, lambda j: ["-j", str(j)]),
     "ninja+cp": Tool("ninja", write_ninja, lambda j: ["-j", str(j)], _ninja_then_cp),
@@ -204,9 +209,11 @@ def pivotbuild_command() -> list[str]:
 
 
 def interpreter(script: str) -> str:
-    """The Python a script such as `pivotbuild` runs under (its #! line)."""
-    first = Path(script).read_text(errors="replace").splitlines()[0]
-    return first[2:].strip() if first.startswith("#!") else sys.executable
+    """The Python a script such as `pivotbuild` runs under (its #! line; where
+    `pivotbuild` is the launcher, bin/launcher.c, its `pivotbuild-python`'s)."""
+    beside = Path(script).with_name("pivotbuild-python")
+    first = (beside if beside.exists() else Path(script)).read_bytes()[:4096].split(b"\n")[0]
+    return first[2:].strip().decode() if first.startswith(b"#!") else sys.executable
 
 
 def generate(root: Path, stages: list[Stage], tool: str, shape: str) -> None:

@@ -310,9 +310,13 @@ def test_at_most_eight_servers_run_and_a_dead_one_makes_room(project: Project, s
 
 
 def _interpreter() -> str:
-    """The Python that `pivotbuild` runs in (its script's #! line), so that a
-    client written here has its context."""
-    first = Path(PIVOTBUILD[0]).read_text().splitlines()[0] if len(PIVOTBUILD) == 1 else ""
+    """The Python that `pivotbuild` runs in (its script's #! line: the
+    launcher's `pivotbuild-python` where `pivotbuild` is the launcher), so
+    that a client written here has its context."""
+    if len(PIVOTBUILD) != 1:
+        return PIVOTBUILD[0]
+    script = Path(PIVOTBUILD[0]).with_name("pivotbuild-python")
+    first = (script if script.exists() else Path(PIVOTBUILD[0])).read_text().splitlines()[0]
     return first[2:].strip() if first.startswith("#!") else PIVOTBUILD[0]
 
 

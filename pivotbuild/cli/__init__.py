@@ -33,9 +33,13 @@ def run() -> NoReturn:
     back on for a caller that goes on: here the first allocation after that
     would walk every live object, 5 to 10 ms after a 1,000-stage build)."""
     gc.disable()
+    # The launcher (bin/launcher.c: the installed `pivotbuild`, where it could
+    # be compiled) that ran this program, if one did: out of the environment
+    # before anything reads it, so that the stages and the context never see it.
+    launcher = os.environ.pop("PIVOT_LAUNCHER", None)
     from pivotbuild.cli import client
 
-    offered = client.offer(sys.argv[1:])  # a build server's, if one runs (cli/client.py)
+    offered = client.offer(sys.argv[1:], launcher)  # a build server's, if one runs (cli/client.py)
     code = offered if isinstance(offered, int) else main()
     for stream in (sys.stdout, sys.stderr):
         try:  # noqa: SIM105 (contextlib.suppress: an import the no-op spares)

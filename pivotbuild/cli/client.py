@@ -71,8 +71,6 @@ def context() -> bytes:
     namespaces, the CPUs and priority, and the environment (less VOLATILE)."""
     import _signal  # type: ignore[import-not-found]  # (not `signal`, whose enums cost 5 ms: loaded at start-up)
 
-    from pivotbuild import __file__ as package
-
     spaces = []
     for space in ("mnt", "pid", "net", "user", "uts", "ipc", "cgroup"):
         try:
@@ -83,10 +81,7 @@ def context() -> bytes:
     blocked = tuple(sorted(_signal.pthread_sigmask(_signal.SIG_BLOCK, ())))
     env = sorted((k, v) for k, v in os.environ.items() if k not in VOLATILE)
     facts = (
-        PROTOCOL,
-        sys.executable,
-        sys.version,
-        os.path.dirname(package),
+        *_interpreter(),
         os.getuid(),
         os.geteuid(),
         os.getgid(),
@@ -102,6 +97,59 @@ def context() -> bytes:
         tuple(env),
     )
     return marshal.dumps(facts, 0)  # (version 0: no interning nor references, so equal facts are equal bytes)
+
+
+def _interpreter() -> tuple[int, str, str, str]:
+    """The context's first facts: the protocol, the Python and the pivotbuild
+    that serve (what the launcher cannot know: `describe`)."""
+    from pivotbuild import __file__ as package
+
+    return (PROTOCOL, sys.executable, sys.version, os.path.dirname(package))
+
+
+# What `describe` writes: this line, the launcher's "DEV INO MTIME_NS SIZE",
+# the number of facts, then those facts (marshal, version 0).
+LAUNCH_MAGIC = b"PVLAUNCH1\n"
+
+
+def describe(where: str, launcher: str) -> None:
+    """Tell the launcher `launcher` (bin/launcher.c, the installed `pivotbuild`
+    that ran this program) the context's first facts, which it cannot know
+    (`_interpreter`), in `where`, the servers' own private directory: with them
+    it finds this context's server itself, in about 1 ms, where this program
+    takes Python's whole start-up.  Kept for that launcher file alone (its
+    stamp): a reinstalled one runs this program again, which writes them
+    again.  Best effort: without them the launcher only runs this program."""
+    try:
+        st = os.stat(launcher)
+    except OSError:
+        return
+    head = _interpreter()
+    content = b"%s%d %d %d %d\n%d\n%s" % (
+        LAUNCH_MAGIC,
+        st.st_dev,
+        st.st_ino,
+        st.st_mtime_ns,
+        st.st_size,
+        len(head),
+        b"".join(marshal.dumps(fact, 0) for fact in head),
+    )
+    path = os.path.join(where, name(os.fsencode(launcher)) + ".launch")
+    if _read(path) == content:
+        return
+    temporary = f"{path}.{os.getpid()}"
+    try:
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, content)
+        finally:
+            os.close(fd)
+        os.rename(temporary, path)
+    except OSError:
+        try:  # noqa: SIM105 (contextlib: an import this module spares)
+            os.unlink(temporary)
+        except OSError:
+            pass
 
 
 def _ignored(signals: object, signum: int) -> bool:
@@ -177,14 +225,18 @@ class Declined:
         self.start = start
 
 
-def offer(argv: Sequence[str]) -> int | Declined:
+def offer(argv: Sequence[str], launcher: str | None = None) -> int | Declined:
     """Hand this build to the server: its exit status once it is built, or
-    Declined (nothing was done) if it must run in this process."""
+    Declined (nothing was done) if it must run in this process.  `launcher`:
+    the launcher that ran this program, which is told the facts it needs to
+    do this itself next time (`describe`)."""
     if not enabled() or _make_descriptors() or os.environ.get("_PIVOTBUILD_COMPLETE"):
         return Declined()
     where = directory()
     if where is None:
         return Declined()
+    if launcher:
+        describe(where, launcher)
     facts = context()
     import _socket
 
