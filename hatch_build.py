@@ -1,6 +1,6 @@
 """Hatchling build hook: compiles pivotbuild's C parts where it can.
 
-Two of them, each optional, each with a Python equivalent:
+Three of them, each optional, each with a Python equivalent:
 
 - `pivotbuild/build/executors/_clonespawn.c`, an extension module, starts a
   stage's process without making the build wait for its exec (spawn.py says
@@ -12,6 +12,9 @@ Two of them, each optional, each with a Python equivalent:
   built without it, and pivotbuild starts stages with posix_spawn instead:
   the same processes, slower (docs/performance.md).
   `PIVOTBUILD_NO_EXTENSION=1` builds without it on purpose.
+- `pivotbuild/state/_stamps.c`, an extension module, checks a seal's stamps
+  against the file system in one pass (stamptable.py): the no-op's one real
+  cost, 2.5 times faster than in Python.  Built and left out as the first.
 - `bin/launcher.c`, a program: the `pivotbuild` command itself, which hands a
   build to a build server without starting Python (docs/server.md, "The
   launcher") and otherwise runs the Python program, `bin/pivotbuild`,
@@ -42,6 +45,9 @@ except ImportError:  # (run as a script, below: hatchling is only in an install'
     BuildHookInterface = object
 
 SOURCE = Path("pivotbuild/build/executors/_clonespawn.c")
+STAMPS_SOURCE = Path("pivotbuild/state/_stamps.c")
+# Each extension, and what pivotbuild does where it is not built.
+EXTENSIONS = {SOURCE: "stages start by posix_spawn", STAMPS_SOURCE: "stamps are checked in Python"}
 LAUNCHER_SOURCE = Path("bin/launcher.c")
 LAUNCHER = Path("build/launcher/pivotbuild")
 
@@ -58,20 +64,19 @@ class CustomBuildHook(BuildHookInterface):
                 build_data["shared_scripts"]["bin/pivotbuild"] = "pivotbuild-python"
                 build_data["pure_python"] = False
                 build_data["infer_tag"] = True
-        built = built_path()
         if os.environ.get("PIVOTBUILD_NO_EXTENSION") == "1" or not sys.platform.startswith("linux"):
             return
-        if not _compile(root / SOURCE, root / built):
-            return
-        if version != "editable":
-            build_data["artifacts"].append(built.as_posix())
-            build_data["pure_python"] = False
-            build_data["infer_tag"] = True
+        for source in EXTENSIONS:
+            built = built_path(source)
+            if _compile(root / source, root / built) and version != "editable":
+                build_data["artifacts"].append(built.as_posix())
+                build_data["pure_python"] = False
+                build_data["infer_tag"] = True
 
 
-def built_path() -> Path:
-    """Where the extension goes, relative to the tree: beside its source."""
-    return SOURCE.with_name(SOURCE.stem + (sysconfig.get_config_var("EXT_SUFFIX") or ".so"))
+def built_path(source: Path = SOURCE) -> Path:
+    """Where an extension goes, relative to the tree: beside its source."""
+    return source.with_name(source.stem + (sysconfig.get_config_var("EXT_SUFFIX") or ".so"))
 
 
 def compile_launcher(root: Path) -> bool:
@@ -110,17 +115,15 @@ def _compile(source: Path, target: Path) -> bool:
         "-o",
         str(target),
     ]
+    otherwise = {path.name: why for path, why in EXTENSIONS.items()}.get(source.name, "")
     try:
         done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=300)
     except (OSError, subprocess.TimeoutExpired) as exc:
-        print(f"pivotbuild: _clonespawn not built ({exc}); stages start by posix_spawn", file=sys.stderr)
+        print(f"pivotbuild: {source.stem} not built ({exc}); {otherwise}", file=sys.stderr)
         target.unlink(missing_ok=True)  # (not an older build of it, left in an editable tree)
         return False
     if done.returncode != 0:
-        print(
-            f"pivotbuild: _clonespawn not built; stages start by posix_spawn:\n{done.stderr}",
-            file=sys.stderr,
-        )
+        print(f"pivotbuild: {source.stem} not built; {otherwise}:\n{done.stderr}", file=sys.stderr)
         target.unlink(missing_ok=True)
         return False
     return True
@@ -128,4 +131,5 @@ def _compile(source: Path, target: Path) -> bool:
 
 if __name__ == "__main__":
     tree = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parent
-    sys.exit(0 if _compile(tree / SOURCE, tree / built_path()) else 1)
+    built = [_compile(tree / source, tree / built_path(source)) for source in EXTENSIONS if (tree / source).is_file()]
+    sys.exit(0 if all(built) else 1)

@@ -72,12 +72,13 @@ def tree(spec: str, scratch: Path) -> Iterator[Path]:
 
 
 def extension(code: Path) -> None:
-    """The tree's C extension (spawn.py's _clonespawn) compiled in it where it
-    has the source and not the build, as an install would compile it: a tree
-    without it starts its stages by posix_spawn, and would be timed so."""
-    source = code / "pivotbuild/build/executors/_clonespawn.c"
-    if source.is_file() and not list(source.parent.glob("_clonespawn.*.so")):
-        print(f"ab.py: compiling {source}", file=sys.stderr)
+    """The tree's C extensions (spawn.py's _clonespawn, stamptable.py's
+    _stamps) compiled in it where it has a source and not its build, as an
+    install would compile them: a tree without them starts its stages by
+    posix_spawn and checks its stamps in Python, and would be timed so."""
+    sources = [code / "pivotbuild/build/executors/_clonespawn.c", code / "pivotbuild/state/_stamps.c"]
+    if any(s.is_file() and not list(s.parent.glob(f"{s.stem}.*.so")) for s in sources):
+        print(f"ab.py: compiling the C extensions in {code}", file=sys.stderr)
         subprocess.run([sys.executable, str(CHECKOUT / "hatch_build.py"), str(code)], check=False)  # (it says why not)
 
 

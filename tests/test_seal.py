@@ -1,6 +1,7 @@
 """The up-to-date seal as read back from disk: one pass of stats says which
 sealed paths changed, in this process or (a large seal) half in a forked
-child, and which stages still hold."""
+child, in C (`_stamps`, where it is built) or in Python, and which stages
+still hold."""
 
 from __future__ import annotations
 
@@ -40,11 +41,13 @@ def _sealed(tmp_path: Path, stages: dict[int, list[tuple[str, Stamp | None]]]) -
     return back
 
 
-@pytest.fixture(params=["here", "forked"])
+@pytest.fixture(params=["here", "forked", "python"])
 def where(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     if request.param == "forked":  # a seal this small is split only when told to
         monkeypatch.setattr(stamptable, "FORK_ABOVE", 2)
         monkeypatch.setattr(stamptable, "_forkable", lambda: True)
+    if request.param == "python":  # the pass without the C module, as where it is not built
+        monkeypatch.setattr(stamptable, "_stamps", None)
     return str(request.param)
 
 

@@ -1,17 +1,24 @@
 """The seal's packed table of stamps (state/stamptable.py): what `pack` stores
 is what the straightforward loop over every path and stage stores, and
 `unpack` gives back each kept path's name and stamp (None for one sealed as
-absent) and each stage's paths."""
+absent) and each stage's paths; the C pass (`_stamps`, built at install where
+a C compiler is) finds exactly the paths the Python pass finds."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import sysconfig
+import tempfile
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
-from hypothesis import given
+import pytest
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pivotbuild.state import stamptable
-from pivotbuild.state.stamps import Stamp
+from pivotbuild.state.stamps import Stamp, stamp
 
 
 def _pack_by_loop(
@@ -67,3 +74,61 @@ def test_unpack_gives_back_the_kept_paths_their_stamps_and_each_stages_paths(tab
     assert packed.stamps() == [stamps[j] for j in used]
     renumber = {j: k for k, j in enumerate(used)}
     assert packed.stage_map() == {i: [renumber[j] for j in own] for i, own in stages.items()}
+
+
+def test_the_c_pass_is_built_here_where_a_c_compiler_is() -> None:
+    """As `_clonespawn` (test_spawn.py): built at install where a compiler is,
+    unless PIVOTBUILD_NO_EXTENSION=1; without it the pass is Python's."""
+    compiler = (os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc").split()[0]  # (hatch_build's)
+    if shutil.which(compiler) is None or os.environ.get("PIVOTBUILD_NO_EXTENSION") == "1":
+        assert stamptable._stamps is None
+    else:
+        assert stamptable._stamps is not None, f"{compiler} is here, but _stamps was not built at install"
+
+
+# What happens to each sealed path before the pass: nothing, its bytes
+# rewritten (another size), its times set (same size), replaced by another
+# file (another inode), removed, or (a path sealed as absent) created.
+_FATES = st.sampled_from(["same", "rewritten", "touched", "replaced", "removed"])
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(st.booleans(), _FATES), min_size=1, max_size=10))
+def test_the_c_pass_finds_what_the_python_pass_finds(tmp_path: Path, paths: list[tuple[bool, str]]) -> None:
+    c_pass = stamptable._stamps
+    if c_pass is None:
+        pytest.fail("_stamps is not built here (see the test above)")
+    where = Path(tempfile.mkdtemp(dir=tmp_path))  # (one for each example)
+    names, stamps = [], []
+    for j, (exists, _) in enumerate(paths):
+        path = where / f"p{j}"
+        names.append(os.fsencode(path))
+        if exists:
+            path.write_text(f"file {j}\n")
+            stamps.append(stamp(os.stat(path)))
+        else:
+            stamps.append(None)
+    table = stamptable.StampTable.unpack(stamptable.pack(names, stamps, {0: list(range(len(paths)))}))
+    for j, (exists, fate) in enumerate(paths):
+        path = where / f"p{j}"
+        if not exists:
+            if fate != "same":
+                path.write_text("now here\n")
+        elif fate == "rewritten":
+            path.write_text(f"file {j} again, longer\n")
+        elif fate == "touched":
+            os.utime(path, ns=(1_000_000_000, 1_000_000_000))
+        elif fate == "replaced":
+            (where / "new").write_text(f"file {j}\n")
+            os.replace(where / "new", path)
+        elif fate == "removed":
+            path.unlink()
+    in_c = table.changed()
+    try:
+        stamptable._stamps = None  # type: ignore[assignment]  # (each example restores it: not monkeypatch's)
+        in_python = table.changed()
+    finally:
+        stamptable._stamps = c_pass
+    assert in_c == in_python
+    expected = {j for j, (exists, fate) in enumerate(paths) if fate != "same"}
+    assert in_c == expected
