@@ -292,3 +292,37 @@ def test_watch_mode_builds_in_which_nothing_happened_leave_no_history(root: Path
     (root / "in.txt").write_text("two\n")
     assert engine.build(watching) == EXIT_OK
     assert len(history.read_text().splitlines()) == 2
+
+
+def test_a_server_s_engine_seals_once_its_client_has_the_answer(root: Path) -> None:
+    """Where a build server keeps it (`later`), the engine leaves its seal
+    for after the build's answer (Engine._seal_later); it writes it then,
+    under the project lock, unless another process wrote the state since."""
+    engine = Engine(Collect(), resident=True)
+    engine.later = []
+    sealed = root / ".pivot" / "seal"
+    assert engine.build(options(root)) == EXIT_OK
+    assert not sealed.exists() and len(engine.later) == 1  # not yet: after the answer
+    engine.later.pop()()
+    assert sealed.exists()
+    first = sealed.read_bytes()
+    (root / "in.txt").write_text("two\n")
+    assert engine.build(options(root)) == EXIT_OK
+    assert sealed.read_bytes() == first and len(engine.later) == 1
+    lockfile = root / "Pivotfile.lock"
+    os.utime(lockfile, ns=(lockfile.stat().st_mtime_ns + 10**9,) * 2)  # as another process's write
+    engine.later.pop()()
+    assert sealed.read_bytes() == first  # left alone: that other build seals what it finds
+    # A project whose lock another build holds: no seal, no wait, no error.
+    (root / "in.txt").write_text("three\n")
+    assert engine.build(options(root)) == EXIT_OK
+    from pivotbuild.state.projectlock import ProjectLock
+
+    with ProjectLock(root / ".pivot", wait=False, on_wait=print):
+        engine.later.pop()()
+    assert sealed.read_bytes() == first
+    # And with nothing in between, the next one seals.
+    (root / "in.txt").write_text("four\n")
+    assert engine.build(options(root)) == EXIT_OK
+    engine.later.pop()()
+    assert sealed.read_bytes() != first

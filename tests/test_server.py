@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 from conftest import PIVOTBUILD, Project
+from tracing import traced
 
 PPID_STAGE = """
 stage who:
@@ -448,3 +449,20 @@ def test_a_server_directory_too_long_for_a_socket_means_builds_without_a_server(
         assert r.code == 0 and r.err.count("\n") == 1, r.err  # the summary alone: nothing said of servers
     time.sleep(0.5)  # (time for a server to have started, had one been)
     assert not where.exists() or not list(where.iterdir())  # no socket, and no lock left behind
+
+
+def test_the_seal_a_server_writes_after_its_answer_serves_the_next_no_op_anywhere(
+    project: Project, servers: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server seals once its client has the exit status (Engine.later),
+    before it takes its next build: a no-op after it, even in a process of
+    its own, is answered by the fast path."""
+    pid = served(project, servers)
+    project.write("in.txt", "two\n")
+    r = project.run()
+    assert r.code == 0 and parent(project) == pid
+    assert project.run().code == 0  # (through the server: taken once the seal is written)
+    monkeypatch.setenv("PIVOT_SERVER", "0")
+    alone = traced(project)
+    assert alone.code == 0, alone.err
+    assert alone.fast, "the seal the server wrote did not hold"

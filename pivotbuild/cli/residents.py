@@ -9,6 +9,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from pivotbuild.build.engine import Engine
     from pivotbuild.build.fastpath import Checked
     from pivotbuild.build.options import BuildOptions
@@ -25,6 +27,9 @@ class Residents:
 
     def __init__(self) -> None:
         self._engines: dict[tuple[object, ...], tuple[str, Engine, Project, BuildGraph]] = {}
+        # What the last build left for after its client's answer (Engine.later):
+        # the server runs it then (`after`), before its next build.
+        self.later: list[Callable[[], None]] = []
 
     def engine(self, checked: Checked, options: BuildOptions) -> tuple[Engine, Project, BuildGraph] | None:
         """The engine for this build, and its project and graph (None if the
@@ -42,10 +47,17 @@ class Residents:
                 return None
             reporter: Reporter = _Nobody()
             held = (plan_id, Engine(reporter, resident=True), *restored)
+        held[1].later = self.later
         self._engines[key] = held
         while len(self._engines) > KEPT:
             del self._engines[next(iter(self._engines))]
         return held[1], held[2], held[3]
+
+    def after(self) -> None:
+        """Run what the last build left for after its client's answer."""
+        work, self.later[:] = list(self.later), []
+        for item in work:
+            item()
 
     @staticmethod
     def idle(engine: Engine) -> None:

@@ -138,6 +138,12 @@ class Server:
                 last = time.monotonic()
                 with self.lock:
                     self.busy = False
+            # The client has its answer: what its build left for now (the seal),
+            # before the next build, which waits in the queue meanwhile.
+            try:
+                self.residents.after()
+            except Exception:  # (ours: as above)
+                self.stopping = True
             gc.collect()  # (the build ran without the collector: its cycles go now, while nobody waits)
         with contextlib.suppress(OSError):
             if self._mine():
