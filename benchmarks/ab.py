@@ -85,7 +85,7 @@ def extension(code: Path) -> None:
 def build(code: Path, project: Path, jobs: int) -> tuple[float, float]:
     """One build of `project` by the pivotbuild in `code`: (wall, CPU) seconds."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(code), os.environ.get("PYTHONPATH")]))}
-    env.pop("PIVOT_SERVER", None)
+    env["PIVOT_SERVER"] = "0"  # (each version in its own process: compare.in_process)
     cmd = [sys.executable, "-m", "pivotbuild", "-j", str(jobs), "-s"]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=project, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -113,6 +113,7 @@ def _row(name: str, runs: list[tuple[float, float]], base: list[tuple[float, flo
 
 
 def main(argv: list[str] | None = None) -> int:
+    compare.in_process()  # (what it times is pivotbuild's own process: no build server)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--base", required=True, help="a directory with a pivotbuild package, or a git revision")
     ap.add_argument("--new", default=str(CHECKOUT), help="the same (default: this checkout)")

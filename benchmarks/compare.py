@@ -20,10 +20,12 @@ tool's own cost per stage shows.
 
 Two references: `ninja+cp` (ninja, then one `cp --reflink=auto` of the files
 it wrote: the least a build that keeps a cached copy must do) and
-`pivotbuild:hardlink` (pivotbuild with `checkout = "hardlink"`); and
-`pivotbuild:server`, pivotbuild with PIVOT_SERVER=1 (its clean build starts
-a build server, which runs the no-op and incremental builds after it), and
-`pivotbuild:hardlink:server`, both.
+`pivotbuild:hardlink` (pivotbuild with `checkout = "hardlink"`).  pivotbuild
+runs as it does by default (docs/server.md): its clean build, the project's
+first, runs in its own process and starts a build server, which runs the
+no-op and incremental builds after it (a server of this run's own, stopped
+after); `pivotbuild:noserver` and `pivotbuild:hardlink:noserver` build each
+time in a process of their own (PIVOT_SERVER=0, as in a CI job).
 
 For each tool, one after the other in this process (so the machine's drift hits
 all alike): `clean`, a build of every stage; `noop`, the same command again
@@ -163,8 +165,10 @@ class Tool:
     args: Callable[[int], list[str]]
     # The command, given the program found and -j (default: the program and `args`).
     command: Callable[[str, int], list[str]] | None = None
-    # Runs through a build server (PIVOT_SERVER=1), started by its clean build.
-    server: bool = False
+    # pivotbuild: through a build server of the run's own, started by its clean
+    # build (True: as by default), or each build in its own process (False);
+    # None: not pivotbuild.
+    server: bool | None = None
 
 
 def _ninja_then_cp(ninja: str, jobs: int) -> list[str]:
@@ -180,14 +184,13 @@ def _ninja_then_cp(ninja: str, jobs: int) -> list[str]:
 
 
 TOOLS = {
-    "pivotbuild": Tool("pivotbuild", write_pivotbuild, lambda j: ["-j", str(j), "-s"]),
+    "pivotbuild": Tool("pivotbuild", write_pivotbuild, lambda j: ["-j", str(j), "-s"], server=True),
     # pivotbuild with `checkout = "hardlink"`: outputs stored by link, no byte copied.
-    "pivotbuild:hardlink": Tool("pivotbuild", write_pivotbuild_hardlink, lambda j: ["-j", str(j), "-s"]),
-    # pivotbuild with PIVOT_SERVER=1: the builds after the clean one run in the server it starts.
-    "pivotbuild:server": Tool("pivotbuild", write_pivotbuild, lambda j: ["-j", str(j), "-s"], server=True),
-    # Both: hardlink mode, the builds after the clean one in a build server.
-    "pivotbuild:hardlink:server": Tool(
-        "pivotbuild", write_pivotbuild_hardlink, lambda j: ["-j", str(j), "-s"], server=True
+    "pivotbuild:hardlink": Tool("pivotbuild", write_pivotbuild_hardlink, lambda j: ["-j", str(j), "-s"], server=True),
+    # Each build in a pivotbuild process of its own (PIVOT_SERVER=0).
+    "pivotbuild:noserver": Tool("pivotbuild", write_pivotbuild, lambda j: ["-j", str(j), "-s"], server=False),
+    "pivotbuild:hardlink:noserver": Tool(
+        "pivotbuild", write_pivotbuild_hardlink, lambda j: ["-j", str(j), "-s"], server=False
     ),
     "make": Tool("make", write_make, lambda j: ["-j", str(j), "-s"]),
     "ninja": Tool("ninja", write_ninja, lambda j: ["-j", str(j)]),
@@ -200,6 +203,13 @@ TOOLS = {
 def find(program: str) -> str | None:
     """Beside this Python (a venv's, even if not activated), else on PATH."""
     return shutil.which(program, path=str(Path(sys.executable).parent)) or shutil.which(program)
+
+
+def in_process() -> None:
+    """This benchmark's builds run in pivotbuild processes of their own, not
+    through a build server (PIVOT_SERVER=0, for the processes it starts):
+    what it measures is one process's work (docs/server.md)."""
+    os.environ["PIVOT_SERVER"] = "0"
 
 
 def pivotbuild_command() -> list[str]:
@@ -366,8 +376,15 @@ def measure(
         cmd = spec.command(program, jobs) if spec.command else [program, *spec.args(jobs)]
         root = workdir / tool.replace(":", "-")
         generate(root, stages, tool, shape)
-        servers = workdir / "servers"
-        env = {**os.environ, "PIVOT_SERVER": "1", "PIVOT_SERVER_DIR": str(servers)} if spec.server else None
+        # Each tool's own servers (one stopped may linger), in a short path (a socket's has at most 107 bytes).
+        servers = workdir / f"sv{tools.index(tool)}"
+        env = (
+            None
+            if spec.server is None
+            else {**os.environ, "PIVOT_SERVER": "1", "PIVOT_SERVER_DIR": str(servers)}
+            if spec.server
+            else {**os.environ, "PIVOT_SERVER": "0"}
+        )
         try:
             warm(free)
             clean = timed(cmd, root, env)
@@ -471,7 +488,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     tools = args.tools.split(",")
     if args.baseline:
-        TOOLS["baseline"] = Tool(str(Path(args.baseline).resolve()), write_pivotbuild, TOOLS["pivotbuild"].args)
+        TOOLS["baseline"] = Tool(
+            str(Path(args.baseline).resolve()), write_pivotbuild, TOOLS["pivotbuild"].args, server=True
+        )
         at = tools.index("pivotbuild") + 1 if "pivotbuild" in tools else len(tools)
         tools.insert(at, "baseline")
     unknown = [t for t in tools if t not in TOOLS]

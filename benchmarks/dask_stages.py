@@ -128,6 +128,7 @@ def _terminated(signum: int, _frame: object) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    compare.in_process()  # (what it times is pivotbuild's own process: no build server)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--width", type=int, default=50, help="stages per layer (at least 2)")
     ap.add_argument("--depth", type=int, default=20, help="layers")

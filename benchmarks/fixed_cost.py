@@ -47,6 +47,7 @@ def _project(root: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
+    compare.in_process()  # (what it times is pivotbuild's own process: no build server)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=21)
     beside = Path(sys.executable).with_name("pivotbuild")  # this venv's, else the one on PATH

@@ -15,6 +15,7 @@ are shared.
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import shutil
 import statistics
@@ -58,6 +59,7 @@ def _clean_build(pivotbuild: str, root: Path, jobs: int) -> tuple[float, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    os.environ["PIVOT_SERVER"] = "0"  # (as compare.in_process: each build in its own process, no build server)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--stages", type=int, default=1000)
     ap.add_argument("--runs", type=int, default=5)

@@ -111,6 +111,7 @@ def measure(root: Path, width: int, depth: int, edits: int, debounce: int) -> di
 
 
 def main(argv: list[str] | None = None) -> int:
+    compare.in_process()  # (what it times is pivotbuild's own process: no build server)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--width", type=int, default=20)
     ap.add_argument("--depth", type=int, default=20)

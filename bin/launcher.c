@@ -1,8 +1,8 @@
 /* The `pivotbuild` command as installed where a C compiler was at hand: a
  * launcher in front of the Python program (`pivotbuild-python` beside it).
  *
- * With PIVOT_SERVER=1 a plain build is handed to a build server
- * (docs/server.md).  The Python client (pivotbuild/cli/client.py) can only
+ * A plain build is handed to a build server (docs/server.md: on unless
+ * PIVOT_SERVER=0 or in a CI job).  The Python client (pivotbuild/cli/client.py) can only
  * do that after Python's start-up, 11 to 16 ms here, more than the
  * server's whole no-op; this program does it in about a millisecond, then
  * passes Ctrl-C and its kin on and exits with the build's status.
@@ -219,9 +219,9 @@ static int slurp(const char *path, Buf *b) {
 
 static int blank(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f'; }
 
-/* client.enabled: PIVOT_SERVER is 1, on, yes or true */
-static int enabled(void) {
-    const char *v = getenv("PIVOT_SERVER");
+/* Whether the variable `name` says one of `words` (blanks around it, any case). */
+static int says(const char *name, const char *const words[]) {
+    const char *v = getenv(name);
     if (!v)
         return 0;
     while (blank(*v))
@@ -229,11 +229,22 @@ static int enabled(void) {
     size_t n = strlen(v);
     while (n && blank(v[n - 1]))
         n--;
-    static const char *const yes[] = {"1", "on", "yes", "true", NULL};
-    for (int i = 0; yes[i]; i++)
-        if (strlen(yes[i]) == n && strncasecmp(v, yes[i], n) == 0)
+    for (int i = 0; words[i]; i++)
+        if (strlen(words[i]) == n && strncasecmp(v, words[i], n) == 0)
             return 1;
     return 0;
+}
+
+/* client.enabled: PIVOT_SERVER says; without it, yes, except in a CI job */
+static int enabled(void) {
+    static const char *const yes[] = {"1", "on", "yes", "true", NULL};
+    static const char *const no[] = {"0", "off", "no", "false", NULL};
+    static const char *const unset[] = {"", NULL};
+    if (says("PIVOT_SERVER", yes))
+        return 1;
+    if (says("PIVOT_SERVER", no))
+        return 0;
+    return !getenv("CI") || says("CI", unset) || says("CI", no);
 }
 
 /* client._make_descriptors: make 4.3's job pool as descriptors, this process's own */

@@ -35,7 +35,7 @@ def _pivotbuild_command() -> list[str]:
 PIVOTBUILD = _pivotbuild_command()
 # Builds run in the tests' own `pivotbuild` processes, whatever the shell that
 # started pytest asked for (test_server.py turns build servers on where it tests them).
-os.environ.pop("PIVOT_SERVER", None)
+os.environ["PIVOT_SERVER"] = "0"
 
 
 @dataclass(frozen=True)

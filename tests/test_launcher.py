@@ -146,7 +146,7 @@ def test_what_the_launcher_cannot_say_the_python_program_does(
 def test_without_a_server_the_launcher_runs_the_python_program_and_leaves_no_trace(
     project: Project, launcher: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.delenv("PIVOT_SERVER", raising=False)
+    monkeypatch.setenv("PIVOT_SERVER", "0")
     program, ran = launcher
     project.pivotfile(
         "stage env:\n    deps: in.txt\n    outs: env.txt\n"
@@ -162,3 +162,32 @@ def test_without_a_server_the_launcher_runs_the_python_program_and_leaves_no_tra
     broken = _run(program, project, "--no-such-flag")
     assert broken.code == 2 and "--no-such-flag" in broken.err
     assert _times(ran) == 3
+
+
+@pytest.mark.parametrize("case", [(None, True), ("false", True), ("true", False)])
+def test_the_launcher_s_default_is_the_python_client_s(
+    project: Project,
+    servers: Path,
+    launcher: tuple[Path, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    case: tuple[str | None, bool],
+) -> None:
+    """Without PIVOT_SERVER: on, except in a CI job (client.enabled)."""
+    ci, direct = case  # (CI's value, and whether the launcher then reaches the server itself)
+    program, ran = launcher
+    monkeypatch.delenv("PIVOT_SERVER")
+    if ci is None:
+        monkeypatch.delenv("CI", raising=False)
+    else:
+        monkeypatch.setenv("CI", ci)
+    project.pivotfile(PPID_STAGE)
+    project.write("in.txt", "one\n")
+    assert _run(program, project).code == 0
+    if direct:
+        pid = await_server(servers)
+    project.write("in.txt", "two\n")
+    assert _run(program, project).code == 0
+    if direct:
+        assert _times(ran) == 1 and parent(project) == pid
+    else:
+        assert _times(ran) == 2 and not servers.exists()

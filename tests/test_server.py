@@ -466,3 +466,40 @@ def test_the_seal_a_server_writes_after_its_answer_serves_the_next_no_op_anywher
     alone = traced(project)
     assert alone.code == 0, alone.err
     assert alone.fast, "the seal the server wrote did not hold"
+
+
+@pytest.mark.parametrize("ci", [None, "", "false", "0"])
+def test_without_pivot_server_builds_go_through_a_server(
+    project: Project, servers: Path, monkeypatch: pytest.MonkeyPatch, ci: str | None
+) -> None:
+    """On by default (docs/server.md), also where CI is set to say no."""
+    monkeypatch.delenv("PIVOT_SERVER")
+    if ci is None:
+        monkeypatch.delenv("CI", raising=False)
+    else:
+        monkeypatch.setenv("CI", ci)
+    pid = served(project, servers)
+    project.write("in.txt", "two\n")
+    r = project.run()
+    assert r.code == 0, r.err
+    assert parent(project) == pid
+
+
+@pytest.mark.parametrize("ci", ["true", "1", "yes"])
+def test_in_a_ci_job_builds_run_in_their_own_processes_and_start_no_server(
+    project: Project, servers: Path, monkeypatch: pytest.MonkeyPatch, ci: str
+) -> None:
+    monkeypatch.delenv("PIVOT_SERVER")
+    monkeypatch.setenv("CI", ci)
+    project.pivotfile(PPID_STAGE)
+    project.write("in.txt", "one\n")
+    for text in ("one\n", "two\n"):
+        project.write("in.txt", text)
+        r = project.run()
+        assert r.code == 0, r.err
+    assert not servers.exists()  # (not even looked for: a CI job's builds leave no process behind)
+    monkeypatch.setenv("PIVOT_SERVER", "1")  # said outright, it wins
+    pid = served(project, servers)
+    project.write("in.txt", "three\n")
+    assert project.run().code == 0
+    assert parent(project) == pid

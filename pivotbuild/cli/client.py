@@ -11,8 +11,8 @@ this process would have, writing to the same terminal or pipes; Ctrl-C,
 SIGTERM, SIGHUP and SIGQUIT are passed on; the exit status comes back.
 
 It declines (`Declined`: the build runs in this process, as without a
-server) unless PIVOT_SERVER=1, when no server is running (one is started for
-next time: `start_server`), when it is busy with another build, when the
+server) where servers are off (`enabled`: PIVOT_SERVER=0, or a CI job), when
+no server is running (one is started for next time: `start_server`), when it is busy with another build, when the
 command is not a plain build, or when the server was started in another
 context: another environment, limits, cgroup, user, Python or pivotbuild
 (the server's name is a hash of all that, and it compares the whole of it).
@@ -60,9 +60,20 @@ _STDIO = (0, 1, 2)
 _FORWARDED = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT")
 
 
+_YES = ("1", "on", "yes", "true")
+_NO = ("0", "off", "no", "false")
+
+
 def enabled() -> bool:
-    """Whether builds go through a server (PIVOT_SERVER=1, on, yes or true)."""
-    return os.environ.get("PIVOT_SERVER", "").strip().lower() in ("1", "on", "yes", "true")
+    """Whether builds go through a server: PIVOT_SERVER says (1, on, yes or
+    true; 0, off, no or false); without it, yes, except in a CI job (`CI` set,
+    and not to 0, off, no or false, as the CI services set it), whose builds
+    each start afresh and must leave no process behind (docs/server.md)."""
+    said = os.environ.get("PIVOT_SERVER", "").strip().lower()
+    if said in _YES or said in _NO:
+        return said in _YES
+    ci = os.environ.get("CI", "").strip().lower()
+    return not ci or ci in _NO
 
 
 def context() -> bytes:
@@ -380,12 +391,12 @@ def start_server() -> None:
     descriptor of ours: a pipe reading our output ends when we do), unless
     MOST servers of this user's run already.  Best effort: a server that
     cannot start only leaves builds as they were."""
-    import contextlib
-    import subprocess
-
     where = directory()
     if where is None or not _room(where):
         return
+    import contextlib
+    import subprocess
+
     with contextlib.suppress(OSError):
         subprocess.Popen(
             [sys.executable, "-P", "-m", "pivotbuild.cli.server"],  # (-P: not `/` first on its path)
