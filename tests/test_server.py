@@ -15,6 +15,7 @@ import os
 import signal
 import stat
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -252,6 +253,27 @@ def test_a_server_notes_a_changed_pivotbuild_file() -> None:
     assert files and not server._changed(files)  # the same files, unchanged
     path = next(iter(files))
     files[path] = (files[path][0] - 1, files[path][1])  # as if it had been loaded before an edit
+    assert server._changed(files)
+
+
+def test_a_server_notes_a_change_of_its_own_file_run_as_main(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server runs as `python -m pivotbuild.cli.server`: its own module is
+    `__main__` (here a module of another name with the same file), and an
+    edit of server.py alone must end it too."""
+    import types
+
+    from pivotbuild.cli import server
+
+    files: dict[str, tuple[int, int]] = {}
+    assert not server._changed(files)
+    files.pop(server.__file__, None)
+    monkeypatch.delitem(sys.modules, "pivotbuild.cli.server")
+    served = types.ModuleType("__served__")
+    served.__file__ = server.__file__
+    monkeypatch.setitem(sys.modules, "__served__", served)
+    assert not server._changed(files)
+    assert server.__file__ in files
+    files[server.__file__] = (files[server.__file__][0] - 1, files[server.__file__][1])
     assert server._changed(files)
 
 

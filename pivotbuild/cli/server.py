@@ -319,10 +319,14 @@ def _absorb(signum: int, frame: object) -> None:
 def _changed(files: dict[str, tuple[int, int]]) -> bool:
     """Whether a pivotbuild module this process imported has changed on disk
     since (by its file's stamp, noted in `files` when first seen: a module a
-    build imported later is noted then, as the version it loaded)."""
-    for module_name, module in list(sys.modules.items()):
+    build imported later is noted then, as the version it loaded).  A module
+    of pivotbuild's by its file, not its name: this one runs as `__main__`."""
+    from pivotbuild import __file__ as package
+
+    inside = os.path.join(os.path.dirname(package), "")
+    for module in list(sys.modules.values()):
         path = getattr(module, "__file__", None)
-        if not path or not (module_name == "pivotbuild" or module_name.startswith("pivotbuild.")):
+        if not path or not path.startswith(inside):
             continue
         try:
             st = os.stat(path)
