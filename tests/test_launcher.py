@@ -87,16 +87,22 @@ def _times(ran: Path) -> int:
     return len(ran.read_text().splitlines()) if ran.exists() else 0
 
 
+def _first(program: Path, p: Project, servers: Path) -> int:
+    """The first build through the launcher `program` (the Python program's:
+    it builds, starts a server and tells the launcher), then the server's pid."""
+    p.pivotfile(PPID_STAGE)
+    p.write("in.txt", "one\n")
+    first = _run(program, p)
+    assert first.code == 0, first.err
+    return await_server(servers)
+
+
 def test_once_told_the_launcher_reaches_the_server_without_starting_python(
     project: Project, servers: Path, launcher: tuple[Path, Path]
 ) -> None:
     program, ran = launcher
-    project.pivotfile(PPID_STAGE)
-    project.write("in.txt", "one\n")
-    first = _run(program, project)
-    assert first.code == 0, first.err
+    pid = _first(program, project, servers)
     assert ran.read_text().splitlines() == [str(program)]  # the Python program, told which launcher ran it
-    pid = await_server(servers)
     assert list(servers.glob("*.launch"))  # what it told the launcher
     project.write("in.txt", "two\n")
     r = _run(program, project)
@@ -120,10 +126,7 @@ def test_what_the_launcher_cannot_say_the_python_program_does(
     project: Project, servers: Path, launcher: tuple[Path, Path]
 ) -> None:
     program, ran = launcher
-    project.pivotfile(PPID_STAGE)
-    project.write("in.txt", "one\n")
-    assert _run(program, project).code == 0
-    pid = await_server(servers)
+    pid = _first(program, project, servers)
     project.write("in.txt", "two\n")
     # A subcommand: the server refuses it, and the Python program answers.
     status = _run(program, project, "status")
