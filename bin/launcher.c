@@ -59,7 +59,9 @@ static _Noreturn void python(void) {
     char program[PATH_MAX + 32];
     char *slash = strrchr(self, '/');
     if (!slash) {
-        fputs("pivotbuild: cannot tell where this program is (no /proc/self/exe); reinstall pivotbuild\n", stderr);
+        fputs("pivotbuild: cannot tell where this program is (no /proc/self/exe, and not found by its name);"
+              " run it by its path, or mount /proc\n",
+              stderr);
         exit(2);
     }
     snprintf(program, sizeof program, "%.*s/pivotbuild-python", (int)(slash - self), self);
@@ -658,13 +660,41 @@ static void forward(int signum) {
     errno = saved;
 }
 
+/* Where this program is (its real path, into `self`): /proc's link, else as
+ * the shell found it (argv[0], or the first of PATH's directories holding
+ * it); 0 if neither says (`self` empty: the Python program cannot be found
+ * beside it, and `python` says so). */
+static int locate(const char *name) {
+    ssize_t k = readlink("/proc/self/exe", self, sizeof self - 1);
+    if (k > 0 && (size_t)k < sizeof self - 1) {
+        self[k] = 0;
+        return 1;
+    }
+    self[0] = 0;
+    if (strchr(name, '/'))
+        return realpath(name, self) != NULL;
+    const char *path = getenv("PATH");
+    while (path && *path) {
+        const char *end = strchr(path, ':');
+        size_t n = end ? (size_t)(end - path) : strlen(path);
+        char candidate[PATH_MAX];
+        size_t m = strlen(name);
+        if (n && n + 1 + m < sizeof candidate) {
+            memcpy(candidate, path, n);
+            candidate[n] = '/';
+            memcpy(candidate + n + 1, name, m + 1);
+            if (access(candidate, X_OK) == 0 && realpath(candidate, self))
+                return 1;
+        }
+        path = end ? end + 1 : NULL;
+    }
+    self[0] = 0;
+    return 0;
+}
+
 int main(int argc, char **argv) {
     arguments = argv;
-    ssize_t k = readlink("/proc/self/exe", self, sizeof self - 1);
-    if (k <= 0 || (size_t)k >= sizeof self - 1)
-        k = 0;
-    self[k] = 0;
-    if (!k || !enabled() || make_descriptors() || getenv("_PIVOTBUILD_COMPLETE"))
+    if (!locate(argv[0]) || !enabled() || make_descriptors() || getenv("_PIVOTBUILD_COMPLETE"))
         python();
     char where[PATH_MAX];
     Buf head = {0}, facts = {0}, message = {0};
