@@ -12,10 +12,11 @@ SIGTERM, SIGHUP and SIGQUIT are passed on; the exit status comes back.
 
 It declines (`Declined`: the build runs in this process, as without a
 server) where servers are off (`enabled`: PIVOT_SERVER=0, or a CI job), when
-no server is running (one is started for next time: `start_server`), when it is busy with another build, when the
-command is not a plain build, or when the server was started in another
-context: another environment, limits, cgroup, user, Python or pivotbuild
-(the server's name is a hash of all that, and it compares the whole of it).
+no server is running (one is started for next time: `start_server`), when it
+is busy with another build, when the command is not a plain build, or when
+the server was started in another context: another environment, limits,
+cgroup, user, Python or pivotbuild (the server's name is a hash of all
+that, and it compares the whole of it).
 It also declines under make's jobserver in its descriptor form, whose
 descriptors are this process's own.  docs/server.md says it all for users.
 
