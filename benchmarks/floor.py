@@ -60,6 +60,14 @@ shape, most of it shows: 300 us more a stage made +state's clean build 0.2
 to 0.24 s longer, its incremental build 8 to 18 ms; the loop is the one
 serial part).
 
+With `--resident`, two rows more: `+state`'s loop run by one process that
+stays between builds (RESIDENT: its lockfile and stat cache kept in memory,
+still written and fsync'ed each build, the racy stamps settled after the
+answer), reached by a client in C (`resident`, compiled here with `cc`) and
+by `python -S` (`resident-py`, with `_socket`): what a build server and its
+client cost at the least, the floor under pivotbuild's server
+(docs/server.md).
+
 With `--pivotbuild`, pivotbuild itself builds the same lattice in the same
 rounds (a fresh copy of a project of its own each time, as compare.py's
 clean build), so the row under `+contract` is what pivotbuild's own code
@@ -105,12 +113,27 @@ LOOP = textwrap.dedent(
         # does: the `zstandard` package imports `platform` (and with it
         # `re`) to choose a backend, 9 to 10 ms of a fresh process; the
         # extension itself takes 1 to 2.
-        from importlib.machinery import PathFinder
-        package = PathFinder.find_spec("zstandard")
-        spec = PathFinder.find_spec("zstandard.backend_c", package.submodule_search_locations)
-        zstandard = spec.loader.create_module(spec)
-        spec.loader.exec_module(zstandard)
+        # Resident (--resident): the process that runs this for each build
+        # keeps what was saved (KEPT: path -> (its stamp, the object)) and the
+        # backend (ZSTD); what a build leaves for after its answer goes in AFTER.
+        kept, zstandard = globals().get("KEPT"), globals().get("ZSTD")
+        if zstandard is None:
+            from importlib.machinery import PathFinder
+            package = PathFinder.find_spec("zstandard")
+            spec = PathFinder.find_spec("zstandard.backend_c", package.submodule_search_locations)
+            zstandard = spec.loader.create_module(spec)
+            spec.loader.exec_module(zstandard)
+        def stamp_of(name):
+            st = os.stat(name)
+            return st.st_ino, st.st_mtime_ns, st.st_size
         def load(name):  # a state file: magic, zstd(msgpack), checksum; {} if absent
+            if kept is not None:  # resident: what this process saved, while the file is as it left it
+                try:
+                    hit = kept.get(os.path.abspath(name))
+                    if hit and hit[0] == stamp_of(name):
+                        return hit[1]
+                except FileNotFoundError:
+                    return {}
             try:
                 with open(name, "rb") as f:
                     raw = f.read()
@@ -129,6 +152,8 @@ LOOP = textwrap.dedent(
             fd = os.open(".", os.O_RDONLY)
             os.fsync(fd)
             os.close(fd)
+            if kept is not None:
+                kept[os.path.abspath(name)] = (stamp_of(name), obj)
         lock = load("floor.lock")  # out -> [command, [[dep, hash]...], out hash]
         statc = load(".floor-stat")  # path -> [size, mtime_ns, inode, ctime_ns, hash]
         hashes = {}
@@ -334,9 +359,91 @@ LOOP = textwrap.dedent(
         os.unlink(fifo)
     if STATE and run:
         save("floor.lock", dict(sorted(lock.items())))
-        settle()
-        save(".floor-stat", statc)
+        if kept is not None:  # resident: the racy stamps settled once the client has its answer
+            AFTER.append(lambda: (settle(), save(".floor-stat", statc)))
+        else:
+            settle()
+            save(".floor-stat", statc)
     """
+)
+
+# --resident: the loop above, at `+state`, run for each build by one process
+# that keeps its state in memory between builds (argv: the loop's file, the
+# socket).  A request: the client's directory and the loop's arguments,
+# NUL-separated; the answer: one byte, the status.
+RESIDENT = textwrap.dedent(
+    """
+    import os, socket, sys
+    import msgpack, select, xxhash
+    from importlib.machinery import PathFinder
+    loop, where = sys.argv[1], sys.argv[2]
+    code = compile(open(loop).read(), loop, "exec")
+    package = PathFinder.find_spec("zstandard")
+    spec = PathFinder.find_spec("zstandard.backend_c", package.submodule_search_locations)
+    zstd = spec.loader.create_module(spec)
+    spec.loader.exec_module(zstd)
+    kept = {}
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(where)
+    server.listen(4)
+    print("ready", flush=True)
+    os.dup2(os.open(os.devnull, os.O_WRONLY), 1)  # (the loop's own lines, `loop-cpu`, go nowhere)
+    while True:
+        conn, _ = server.accept()
+        request = b""
+        while chunk := conn.recv(65536):
+            request += chunk
+        here, *args = request.decode().split("\\0")
+        os.chdir(here)
+        sys.argv = [loop, *args]
+        after = []
+        try:
+            exec(code, {"__name__": "__main__", "KEPT": kept, "ZSTD": zstd, "AFTER": after})
+            status = 0
+        except BaseException as exc:
+            print("resident:", repr(exc), file=sys.stderr, flush=True)
+            status = 1
+        conn.sendall(bytes([status]))
+        conn.close()
+        for work in after:
+            work()
+    """
+)
+
+# Its clients: one in C (compiled here with `cc`, where there is one), as a
+# build tool's would be, and one in Python without `site` (`_socket`: the
+# `socket` module's import costs more than the request).
+CLIENT_C = textwrap.dedent(
+    """
+    #include <string.h>
+    #include <sys/socket.h>
+    #include <sys/un.h>
+    #include <unistd.h>
+    int main(int argc, char **argv) {
+        int s = socket(AF_UNIX, SOCK_STREAM, 0);
+        struct sockaddr_un a = {.sun_family = AF_UNIX};
+        strncpy(a.sun_path, argv[1], sizeof a.sun_path - 1);
+        if (connect(s, (struct sockaddr *)&a, sizeof a))
+            return 2;
+        char here[4096];
+        if (!getcwd(here, sizeof here))
+            return 2;
+        write(s, here, strlen(here));
+        for (int i = 2; i < argc; i++)
+            write(s, "", 1), write(s, argv[i], strlen(argv[i]));
+        shutdown(s, SHUT_WR);
+        unsigned char status;
+        return read(s, &status, 1) == 1 ? status : 3;
+    }
+    """
+)
+CLIENT_PY = (
+    "import os, sys, _socket\n"
+    "s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)\n"
+    "s.connect(sys.argv[1])\n"
+    "s.sendall(b'\\0'.join(os.fsencode(a) for a in [os.getcwd(), *sys.argv[2:]]))\n"
+    "s.shutdown(_socket.SHUT_WR)\n"
+    "sys.exit(s.recv(1)[0])\n"
 )
 
 
@@ -351,6 +458,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--levels", default=",".join(LEVELS))
     ap.add_argument(
         "--pivotbuild", action="store_true", help="pivotbuild itself builds the lattice too (a row of its own)"
+    )
+    ap.add_argument(
+        "--resident",
+        action="store_true",
+        help="also `+state` run by one process kept between builds, reached by a client in C and one in Python",
     )
     ap.add_argument(
         "--busy",
@@ -384,6 +496,9 @@ def main(argv: list[str] | None = None) -> int:
             if args.busy:
                 commands[f"{level}+{args.busy}"] = commands[level]
                 envs[f"{level}+{args.busy}"] = {**os.environ, "FLOOR_BUSY_US": str(args.busy)}
+        residents = _residents(scratch, args.jobs, cmd) if args.resident else {}
+        for name, (command, _) in residents.items():
+            commands[name] = command
         times: dict[str, dict[str, list[float]]] = {name: {"clean": [], "incr": []} for name in commands}
         cpus: dict[str, list[float]] = {name: [] for name in commands}  # each clean build's loop CPU a stage
         for r in range(args.rounds):
@@ -399,6 +514,9 @@ def main(argv: list[str] | None = None) -> int:
                 compare.edit(tree, args.width, args.depth, r)
                 times[name]["incr"].append(_timed(command, tree, envs.get(name))[0])
                 compare.check_outputs(tree, stages, args.shape, name)
+        for _, process in residents.values():
+            process.kill()
+            process.wait()
         base = {k: statistics.median(v) for k, v in times["ninja"].items()}
         print(f"{len(stages)} stages ({args.shape}), -j{args.jobs}, {args.rounds} rounds: medians, seconds (x ninja)")
         print(f"{'loop':<12}{'clean':>16}{'incremental':>18}{'loop CPU/stage':>16}")
@@ -407,6 +525,30 @@ def main(argv: list[str] | None = None) -> int:
             cpu = f"{statistics.median(cpus[name]):>13.0f} us" if cpus[name] else ""
             print(f"{name:<12}{c:>9.3f} ({c / base['clean']:.2f}x){i:>11.3f} ({i / base['incr']:.2f}x){cpu}")
     return 0
+
+
+def _residents(scratch: Path, jobs: int, cmd: str) -> dict[str, tuple[list[str], subprocess.Popen[str]]]:
+    """--resident: a resident loop (RESIDENT) for each client, started and
+    ready, and the command that builds through it: "resident" (the client in
+    C, where `cc` is) and "resident-py" (`python -S`)."""
+    (scratch / "resident.py").write_text(RESIDENT)
+    clients = {"resident-py": [sys.executable, "-S", "-c", CLIENT_PY]}
+    if shutil.which("cc"):
+        (scratch / "client.c").write_text(CLIENT_C)
+        subprocess.run(["cc", "-O2", "-o", str(scratch / "client"), str(scratch / "client.c")], check=True)
+        clients = {"resident": [str(scratch / "client")], **clients}
+    found = {}
+    for name, client in clients.items():
+        where = str(scratch / f"{name}.sock")
+        process = subprocess.Popen(
+            [sys.executable, str(scratch / "resident.py"), str(scratch / "loop.py"), where],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert process.stdout is not None and process.stdout.readline().strip() == "ready"
+        process.stdout.close()
+        found[name] = ([*client, where, "+state", str(jobs), cmd, str(scratch / "stages")], process)
+    return found
 
 
 def _timed(command: list[str], cwd: Path, env: dict[str, str] | None = None) -> tuple[float, float | None]:

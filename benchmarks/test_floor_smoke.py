@@ -4,6 +4,8 @@ say); it prints a row per loop (no timings are asserted)."""
 
 from __future__ import annotations
 
+import shutil
+
 import floor
 import pytest
 
@@ -31,3 +33,11 @@ def test_pivotbuild_builds_beside_the_loops_in_the_same_rounds(capsys: pytest.Ca
     assert [line.split()[0] for line in lines[2:]] == ["ninja", "pivotbuild", "+contract"]
     # pivotbuild's row has no loop CPU (it is not one of our loops)
     assert [line.endswith(" us") for line in lines[2:]] == [False, False, True]
+
+
+def test_resident_adds_the_loop_kept_between_builds_behind_its_clients(capsys: pytest.CaptureFixture[str]) -> None:
+    assert floor.main(["--width", "3", "--depth", "3", "--rounds", "1", "--levels", "+state", "--resident"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    names = [line.split()[0] for line in lines[2:]]
+    assert names == ["ninja", "+state", *(["resident"] if shutil.which("cc") else []), "resident-py"]
+    assert all(line.count("x)") == 2 for line in lines[2:])
