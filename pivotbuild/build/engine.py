@@ -20,6 +20,7 @@ from pathlib import Path
 
 from pivotbuild.build.admission import Admission, JobServer, TokenPool
 from pivotbuild.build.cancel import CancelToken
+from pivotbuild.build.checks import check_runnable, check_sources
 from pivotbuild.build.decider import Decider, Decision
 from pivotbuild.build.elsewhere import left_message, left_on_remote
 from pivotbuild.build.executors.base import Changed, Executor, Inbox
@@ -32,7 +33,7 @@ from pivotbuild.build.selection import selected
 from pivotbuild.build.session import LoadedProject, Reloaded
 from pivotbuild.build.settled import unsettled
 from pivotbuild.cache.outputs import OutputCache
-from pivotbuild.errors import EXIT_FAILED, EXIT_OK, Location, MissingInputs, PyStageError
+from pivotbuild.errors import EXIT_FAILED, EXIT_OK, MissingInputs
 from pivotbuild.events import (
     Decided,
     Event,
@@ -42,7 +43,7 @@ from pivotbuild.events import (
 )
 from pivotbuild.graph import BuildGraph
 from pivotbuild.model import StageId
-from pivotbuild.paths import STATE_DIR, joined
+from pivotbuild.paths import STATE_DIR
 from pivotbuild.project import LoadOptions, Project
 from pivotbuild.state import history, seal, stamps
 from pivotbuild.state.projectlock import Busy, ProjectLock
@@ -483,49 +484,6 @@ def _edges(graph: BuildGraph, closure: list[StageId]) -> dict[StageId, list[Stag
 def _unlimited() -> int:
     """The memory a plan admits stages against: no end of it (nothing runs)."""
     return 1 << 62
-
-
-def check_sources(project: Project, graph: BuildGraph, closure: list[StageId]) -> None:
-    """Raise MissingInputs locating every dep of `closure` that nothing writes and that is absent."""
-    root = str(project.root)
-
-    def exists(path: str) -> bool:  # (os.path.lexists, without its calls: asked for every source of a first build)
-        try:
-            os.lstat(joined(root, path))
-        except (OSError, ValueError):
-            return False
-        return True
-
-    problems = graph.missing_inputs(exists, among=closure)
-    if problems:
-        raise MissingInputs(problems)
-
-
-def check_runnable(root: Path, graph: BuildGraph, closure: list[StageId]) -> None:
-    """Raise PivotfileError locating each `py:` of `closure` whose function
-    cannot be found (at its `module:function`), or whose code does not parse
-    (at the error, in the Python file): the code is read, never imported."""
-    problems = []
-    seen: set[tuple[str, str]] = set()
-    for sid in closure:
-        stage = graph.stages[sid]
-        if stage.py is None or (sid.pipeline, stage.py) in seen:
-            continue
-        seen.add((sid.pipeline, stage.py))  # (once for all the variants of a matrix)
-        from pivotbuild.pysource import SourceError, fingerprint  # (`ast`: only for a project with py: stages)
-
-        try:
-            fingerprint(stage.py, root / sid.pipeline, root)
-        except SourceError as exc:
-            message = str(exc)
-            if exc.path is not None and exc.line is not None:
-                at = Location(os.path.relpath(exc.path), exc.line, exc.col or 1)
-                message = message.removeprefix(f"{exc.path}:{exc.line}:{exc.col}: ")  # (the location says it)
-            else:
-                at = stage.py_loc or stage.loc
-            problems.append(graph.located(at, message))
-    if problems:
-        raise PyStageError(problems)
 
 
 __all__ = ["Engine", "Interrupted", "MissingInputs", "Preloaded"]

@@ -30,7 +30,7 @@ def check(ctx: click.Context, all_pipelines: bool) -> int:
     whose module or function cannot be found is one).  A dep that no stage
     writes and that does not exist yet is a warning here (an error when building).
     """
-    from pivotbuild.build.engine import check_runnable
+    from pivotbuild.build.checks import check_runnable
 
     project, graph = load(ctx, all_pipelines=all_pipelines)
     selected(project, graph, ())  # validates the `default` targets
