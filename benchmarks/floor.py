@@ -61,7 +61,7 @@ to 0.24 s longer, its incremental build 8 to 18 ms; the loop is the one
 serial part).
 
 With `--resident`, two rows more: `+state`'s loop run by one process that
-stays between builds (RESIDENT: its lockfile and stat cache kept in memory,
+stays between builds (floor_resident.py: its lockfile and stat cache kept in memory,
 still written and fsync'ed each build, the racy stamps settled after the
 answer), reached by a client in C (`resident`, compiled here with `cc`) and
 by `python -S` (`resident-py`, with `_socket`): what a build server and its
@@ -92,6 +92,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import compare
+import floor_resident
 
 LEVELS = ("spawn", "+pipe", "+hash", "+record", "+state", "+contract")
 
@@ -367,85 +368,6 @@ LOOP = textwrap.dedent(
     """
 )
 
-# --resident: the loop above, at `+state`, run for each build by one process
-# that keeps its state in memory between builds (argv: the loop's file, the
-# socket).  A request: the client's directory and the loop's arguments,
-# NUL-separated; the answer: one byte, the status.
-RESIDENT = textwrap.dedent(
-    """
-    import os, socket, sys
-    import msgpack, select, xxhash
-    from importlib.machinery import PathFinder
-    loop, where = sys.argv[1], sys.argv[2]
-    code = compile(open(loop).read(), loop, "exec")
-    package = PathFinder.find_spec("zstandard")
-    spec = PathFinder.find_spec("zstandard.backend_c", package.submodule_search_locations)
-    zstd = spec.loader.create_module(spec)
-    spec.loader.exec_module(zstd)
-    kept = {}
-    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    server.bind(where)
-    server.listen(4)
-    print("ready", flush=True)
-    os.dup2(os.open(os.devnull, os.O_WRONLY), 1)  # (the loop's own lines, `loop-cpu`, go nowhere)
-    while True:
-        conn, _ = server.accept()
-        request = b""
-        while chunk := conn.recv(65536):
-            request += chunk
-        here, *args = request.decode().split("\\0")
-        os.chdir(here)
-        sys.argv = [loop, *args]
-        after = []
-        try:
-            exec(code, {"__name__": "__main__", "KEPT": kept, "ZSTD": zstd, "AFTER": after})
-            status = 0
-        except BaseException as exc:
-            print("resident:", repr(exc), file=sys.stderr, flush=True)
-            status = 1
-        conn.sendall(bytes([status]))
-        conn.close()
-        for work in after:
-            work()
-    """
-)
-
-# Its clients: one in C (compiled here with `cc`, where there is one), as a
-# build tool's would be, and one in Python without `site` (`_socket`: the
-# `socket` module's import costs more than the request).
-CLIENT_C = textwrap.dedent(
-    """
-    #include <string.h>
-    #include <sys/socket.h>
-    #include <sys/un.h>
-    #include <unistd.h>
-    int main(int argc, char **argv) {
-        int s = socket(AF_UNIX, SOCK_STREAM, 0);
-        struct sockaddr_un a = {.sun_family = AF_UNIX};
-        strncpy(a.sun_path, argv[1], sizeof a.sun_path - 1);
-        if (connect(s, (struct sockaddr *)&a, sizeof a))
-            return 2;
-        char here[4096];
-        if (!getcwd(here, sizeof here))
-            return 2;
-        write(s, here, strlen(here));
-        for (int i = 2; i < argc; i++)
-            write(s, "", 1), write(s, argv[i], strlen(argv[i]));
-        shutdown(s, SHUT_WR);
-        unsigned char status;
-        return read(s, &status, 1) == 1 ? status : 3;
-    }
-    """
-)
-CLIENT_PY = (
-    "import os, sys, _socket\n"
-    "s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)\n"
-    "s.connect(sys.argv[1])\n"
-    "s.sendall(b'\\0'.join(os.fsencode(a) for a in [os.getcwd(), *sys.argv[2:]]))\n"
-    "s.shutdown(_socket.SHUT_WR)\n"
-    "sys.exit(s.recv(1)[0])\n"
-)
-
 
 def main(argv: list[str] | None = None) -> int:
     compare.in_process()  # (what it times is pivotbuild's own process: no build server)
@@ -496,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.busy:
                 commands[f"{level}+{args.busy}"] = commands[level]
                 envs[f"{level}+{args.busy}"] = {**os.environ, "FLOOR_BUSY_US": str(args.busy)}
-        residents = _residents(scratch, args.jobs, cmd) if args.resident else {}
+        residents = floor_resident.start(scratch, args.jobs, cmd) if args.resident else {}
         for name, (command, _) in residents.items():
             commands[name] = command
         times: dict[str, dict[str, list[float]]] = {name: {"clean": [], "incr": []} for name in commands}
@@ -525,30 +447,6 @@ def main(argv: list[str] | None = None) -> int:
             cpu = f"{statistics.median(cpus[name]):>13.0f} us" if cpus[name] else ""
             print(f"{name:<12}{c:>9.3f} ({c / base['clean']:.2f}x){i:>11.3f} ({i / base['incr']:.2f}x){cpu}")
     return 0
-
-
-def _residents(scratch: Path, jobs: int, cmd: str) -> dict[str, tuple[list[str], subprocess.Popen[str]]]:
-    """--resident: a resident loop (RESIDENT) for each client, started and
-    ready, and the command that builds through it: "resident" (the client in
-    C, where `cc` is) and "resident-py" (`python -S`)."""
-    (scratch / "resident.py").write_text(RESIDENT)
-    clients = {"resident-py": [sys.executable, "-S", "-c", CLIENT_PY]}
-    if shutil.which("cc"):
-        (scratch / "client.c").write_text(CLIENT_C)
-        subprocess.run(["cc", "-O2", "-o", str(scratch / "client"), str(scratch / "client.c")], check=True)
-        clients = {"resident": [str(scratch / "client")], **clients}
-    found = {}
-    for name, client in clients.items():
-        where = str(scratch / f"{name}.sock")
-        process = subprocess.Popen(
-            [sys.executable, str(scratch / "resident.py"), str(scratch / "loop.py"), where],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert process.stdout is not None and process.stdout.readline().strip() == "ready"
-        process.stdout.close()
-        found[name] = ([*client, where, "+state", str(jobs), cmd, str(scratch / "stages")], process)
-    return found
 
 
 def _timed(command: list[str], cwd: Path, env: dict[str, str] | None = None) -> tuple[float, float | None]:
