@@ -755,6 +755,7 @@ int main(int argc, char **argv) {
         sigaction(FORWARDED[i], &sa, NULL);
     }
     if (!answer(&reply) || lookup(&reply, "exit", &code) != 'i') {
+        signal(SIGPIPE, SIG_IGN); /* (a standard error closed already: the status alone says it) */
         fputs("pivotbuild: the build server stopped before the build ended; what finished is recorded:"
               " run the build again (PIVOT_SERVER=0 builds without a server)\n",
               stderr);

@@ -525,3 +525,26 @@ def test_in_a_ci_job_builds_run_in_their_own_processes_and_start_no_server(
     project.write("in.txt", "three\n")
     assert project.run().code == 0
     assert parent(project) == pid
+
+
+def test_a_build_whose_output_is_closed_early_fails_as_in_its_own_process_and_the_server_serves_on(
+    project: Project, servers: Path
+) -> None:
+    """`pivotbuild | head -1` through the server: the build fails (status 1,
+    as in a process of its own: its output is gone), answered by the server,
+    whose build went through the command line (the Pivotfile changed), where
+    click leaves by SystemExit; the build after it builds (in that server, or
+    in a new one where the stage was still running: a child left behind)."""
+    served(project, servers)
+    project.pivotfile(PPID_STAGE + "\nstage loud:\n    outs: loud.txt\n    run: seq 1 50000; echo done > loud.txt\n")
+    env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200"}
+    proc = subprocess.Popen(PIVOTBUILD, cwd=project.root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert proc.stdout is not None
+    proc.stdout.readline()
+    proc.stdout.close()
+    assert proc.wait(timeout=60) == 1
+    project.write("in.txt", "two\n")
+    r = project.run()
+    assert r.code == 0, r.err
+    assert (project.root / "loud.txt").read_text() == "done\n"
+    await_server(servers)
