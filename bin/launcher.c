@@ -328,7 +328,8 @@ static void coercion(void) {
     const char *no = getenv("PYTHONCOERCECLOCALE");
     if ((all && *all) || (no && strcmp(no, "0") == 0))
         return;
-    const char *ctype = setlocale(LC_CTYPE, "");
+    setlocale(LC_CTYPE, ""); /* (a locale that is not installed leaves "C": Python coerces that too) */
+    const char *ctype = setlocale(LC_CTYPE, NULL);
     if (!ctype || (strcmp(ctype, "C") != 0 && strcmp(ctype, "POSIX") != 0))
         return;
     static const char *const targets[] = {"C.UTF-8", "C.utf8", "UTF-8", NULL};

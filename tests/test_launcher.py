@@ -194,3 +194,22 @@ def test_the_launcher_s_default_is_the_python_client_s(
         assert _times(ran) == 1 and parent(project) == pid
     else:
         assert _times(ran) == 2 and not servers.exists()
+
+
+@pytest.mark.parametrize("lang", ["C", "xx_XX.UTF-8", None])
+def test_the_launcher_reaches_the_server_where_python_coerces_the_c_locale(
+    project: Project, servers: Path, launcher: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch, lang: str | None
+) -> None:
+    """Python sets LC_CTYPE=C.UTF-8 in its own environment where the locale
+    is C: LANG=C, no locale variable at all, or one that is not installed
+    (PEP 538).  The launcher must see the environment as Python will, or it
+    never finds the server (only slower, never wrong: the server compares)."""
+    for name in ("LC_ALL", "LC_CTYPE", "LANG"):
+        monkeypatch.delenv(name, raising=False)
+    if lang is not None:
+        monkeypatch.setenv("LANG", lang)
+    program, ran = launcher
+    pid = _first(program, project, servers)
+    project.write("in.txt", "two\n")
+    assert _run(program, project).code == 0
+    assert _times(ran) == 1 and parent(project) == pid
