@@ -81,30 +81,17 @@ def built_path(source: Path = SOURCE) -> Path:
 
 def compile_launcher(root: Path) -> bool:
     """The launcher compiled into `root / LAUNCHER`; False, saying why, where it cannot be."""
-    compiler = shlex.split(os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc")
     target = root / LAUNCHER
     target.parent.mkdir(parents=True, exist_ok=True)
-    command = [*compiler, "-O2", "-Wall", str(root / LAUNCHER_SOURCE), "-o", str(target)]
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=300)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        done = None
-        why = str(exc)
-    else:
-        why = done.stderr
-    if done is None or done.returncode != 0:
-        print(f"pivotbuild: the launcher not built; `pivotbuild` is the Python program:\n{why}", file=sys.stderr)
-        target.unlink(missing_ok=True)
-        return False
-    return True
+    return _built(
+        ["-O2", "-Wall", str(root / LAUNCHER_SOURCE)], target, "the launcher", "`pivotbuild` is the Python program"
+    )
 
 
 def _compile(source: Path, target: Path) -> bool:
-    """`source` compiled and linked into `target`; False, saying why, where it cannot be."""
-    compiler = shlex.split(os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc")  # (CC first, as setuptools)
+    """`source` (an extension) compiled and linked into `target`; False, saying why, where it cannot be."""
     include = sysconfig.get_paths()["include"]
-    command = [
-        *compiler,
+    flags = [
         "-shared",
         "-fPIC",
         "-O2",
@@ -112,21 +99,29 @@ def _compile(source: Path, target: Path) -> bool:
         "-Wall",
         f"-I{include}",
         str(source),
-        "-o",
-        str(target),
     ]
     otherwise = {path.name: why for path, why in EXTENSIONS.items()}.get(source.name, "")
+    return _built(flags, target, source.stem, otherwise)
+
+
+def _built(flags: list[str], target: Path, what: str, otherwise: str) -> bool:
+    """The C compiler run with `flags` into `target`; False, saying why and
+    what pivotbuild does `otherwise`, where it fails (no `target` left then:
+    not an older build of it, in an editable tree)."""
+    compiler = shlex.split(os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc")  # (CC first, as setuptools)
     try:
-        done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=300)
+        done = subprocess.run(
+            [*compiler, *flags, "-o", str(target)], capture_output=True, text=True, check=False, timeout=300
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
-        print(f"pivotbuild: {source.stem} not built ({exc}); {otherwise}", file=sys.stderr)
-        target.unlink(missing_ok=True)  # (not an older build of it, left in an editable tree)
-        return False
-    if done.returncode != 0:
-        print(f"pivotbuild: {source.stem} not built; {otherwise}:\n{done.stderr}", file=sys.stderr)
-        target.unlink(missing_ok=True)
-        return False
-    return True
+        why = str(exc)
+    else:
+        if done.returncode == 0:
+            return True
+        why = done.stderr
+    print(f"pivotbuild: {what} not built; {otherwise}:\n{why}", file=sys.stderr)
+    target.unlink(missing_ok=True)
+    return False
 
 
 if __name__ == "__main__":

@@ -25,6 +25,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = cli.main(args=args, prog_name="pivotbuild", standalone_mode=False)
     except (Exception, KeyboardInterrupt) as exc:
         return exit_status(exc, args)
+    except SystemExit as exc:  # (click's own, even so, where its output was closed under it: EPIPE)
+        return exc.code if isinstance(exc.code, int) else 0 if exc.code is None else EXIT_FAILED
     return int(result or 0)
 
 

@@ -310,10 +310,6 @@ def _run(argv: list[str], residents: Residents, begin: Callable[[], None], end: 
     except KeyboardInterrupt:  # (before the build had its handlers, or as it returned)
         sys.stderr.write("pivotbuild: interrupted\n")
         return 130
-    except (
-        SystemExit
-    ) as exc:  # (click's, where the output was closed under it: the build's status, not the server's end)
-        return exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
 
 
 def _absorb(signum: int, frame: object) -> None:
