@@ -97,6 +97,7 @@ def _compile(source: Path, target: Path) -> bool:
         "-O2",
         "-fno-stack-protector",  # (the child's code reads no TLS: see the C file)
         "-Wall",
+        "-pthread",  # (_stamps: its second thread of stats)
         f"-I{include}",
         str(source),
     ]

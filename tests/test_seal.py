@@ -1,7 +1,7 @@
 """The up-to-date seal as read back from disk: one pass of stats says which
-sealed paths changed, in this process or (a large seal) half in a forked
-child, in C (`_stamps`, where it is built) or in Python, and which stages
-still hold."""
+sealed paths changed, in C (`_stamps`, where it is built: a large seal on
+two threads) or in Python (a large seal half in a forked child), and which
+stages still hold."""
 
 from __future__ import annotations
 
@@ -43,10 +43,10 @@ def _sealed(tmp_path: Path, stages: dict[int, list[tuple[str, Stamp | None]]]) -
 
 @pytest.fixture(params=["here", "forked", "python"])
 def where(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    if request.param == "forked":  # a seal this small is split only when told to
+    if request.param == "forked":  # a seal this small is split only when told to (and only without C's threads)
         monkeypatch.setattr(stamptable, "FORK_ABOVE", 2)
         monkeypatch.setattr(stamptable, "_forkable", lambda: True)
-    if request.param == "python":  # the pass without the C module, as where it is not built
+    if request.param in ("python", "forked"):  # the pass without the C module, as where it is not built
         monkeypatch.setattr(stamptable, "_stamps", None)
     return str(request.param)
 
@@ -76,6 +76,33 @@ def test_a_seal_read_back_finds_exactly_the_paths_that_changed(tmp_path: Path, w
     assert _sealed(tmp_path, stages).holding([0, 1, 2, 3], fork=True) == {3}
     read = _sealed(tmp_path, stages)
     assert [read.holds([i]) for i in range(5)] == [False, False, False, True, False]
+
+
+def test_a_seal_kept_in_memory_holds_what_it_holds_read_back(tmp_path: Path, where: str) -> None:
+    """A build server keeps the seal it made for its next build (renewed from
+    the last, never read back): asked about every stage, it checks all its
+    paths in one pass too, paths no stage uses any more included, and says
+    what the same seal written and read back says, compacted or not."""
+    files = _written(tmp_path, ["a", "b", "c", "d"])
+    first = _sealed(tmp_path, {0: [(str(files["a"]), _stamp(files["a"]))], 1: [(str(files["b"]), _stamp(files["b"]))]})
+    files["a"].write_text("a, rebuilt")
+    kept = first.renewed("plan", [], [])  # (what the next build seals: stage 0 again, with a's new stamp)
+    kept.drop(0)
+    kept.add(0, [(str(files["a"]), _stamp(files["a"]))])
+    kept.add(2, [(str(files["c"]), _stamp(files["c"])), (str(tmp_path / "never"), None)])
+    kept.add(3, [(str(files["d"]), _stamp(files["d"]))])
+    assert len(kept.names) == 6  # (a's old stamp too, which no stage uses now)
+    compact = kept.compacted()
+    assert len(compact.names) == 5 and not compact.gathered
+    kept.write(tmp_path)
+    read = seal.read(tmp_path, "plan")
+    assert read is not None
+    every = [0, 1, 2, 3]
+    assert kept.holding(every) == compact.holding(every) == read.holding(every) == {0, 1, 2, 3}
+    files["b"].write_text("b, edited")
+    (tmp_path / "never").write_text("now here")
+    assert kept.holding(every) == compact.holding(every) == read.holding(every) == {0, 3}
+    assert kept.holding([0, 1]) == {0}  # (some stages: looked at one by one)
 
 
 def test_a_stage_not_sealed_never_holds(tmp_path: Path, where: str) -> None:

@@ -93,13 +93,25 @@ _FATES = st.sampled_from(["same", "rewritten", "touched", "replaced", "removed"]
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.lists(st.tuples(st.booleans(), _FATES), min_size=1, max_size=10))
-def test_the_c_pass_finds_what_the_python_pass_finds(tmp_path: Path, paths: list[tuple[bool, str]]) -> None:
+@given(st.lists(st.tuples(st.booleans(), _FATES), min_size=1, max_size=10), st.booleans())
+def test_the_c_pass_finds_what_the_python_pass_finds(tmp_path: Path, paths: list[tuple[bool, str]], many: bool) -> None:
+    """Both C passes (the packed table's, and a seal's paths as a build made
+    them), against Python's; with `many`, after 300 paths that stay, so that
+    C splits the stats between two threads."""
     c_pass = stamptable._stamps
     if c_pass is None:
         pytest.fail("_stamps is not built here (see the test above)")
-    where = Path(tempfile.mkdtemp(dir=tmp_path))  # (one for each example)
     names, stamps = [], []
+    if many:
+        pad = tmp_path / "pad"
+        if not pad.exists():
+            pad.mkdir()
+            for k in range(300):
+                (pad / f"k{k}").write_text("stays\n")
+        names = [os.fsencode(pad / f"k{k}") for k in range(300)]
+        stamps = [stamp(os.stat(name)) for name in names]
+    first = len(names)
+    where = Path(tempfile.mkdtemp(dir=tmp_path))  # (one for each example)
     for j, (exists, _) in enumerate(paths):
         path = where / f"p{j}"
         names.append(os.fsencode(path))
@@ -108,7 +120,7 @@ def test_the_c_pass_finds_what_the_python_pass_finds(tmp_path: Path, paths: list
             stamps.append(stamp(os.stat(path)))
         else:
             stamps.append(None)
-    table = stamptable.StampTable.unpack(stamptable.pack(names, stamps, {0: list(range(len(paths)))}))
+    table = stamptable.StampTable.unpack(stamptable.pack(names, stamps, {0: list(range(len(names)))}))
     for j, (exists, fate) in enumerate(paths):
         path = where / f"p{j}"
         if not exists:
@@ -124,11 +136,13 @@ def test_the_c_pass_finds_what_the_python_pass_finds(tmp_path: Path, paths: list
         elif fate == "removed":
             path.unlink()
     in_c = table.changed()
+    listed_in_c = stamptable.changed_stamps(names, stamps)
     try:
         stamptable._stamps = None  # type: ignore[assignment]  # (each example restores it: not monkeypatch's)
         in_python = table.changed()
+        listed_in_python = stamptable.changed_stamps(names, stamps)
     finally:
         stamptable._stamps = c_pass
-    assert in_c == in_python
-    expected = {j for j, (exists, fate) in enumerate(paths) if fate != "same"}
+    assert in_c == in_python == set(listed_in_c) == set(listed_in_python)
+    expected = {first + j for j, (exists, fate) in enumerate(paths) if fate != "same"}
     assert in_c == expected

@@ -41,7 +41,7 @@ from pivotbuild.state import framing
 from pivotbuild.state.hashing import ENTRY_LINK, ManifestEntry, hash_bytes, hash_file, manifest_bytes, walk_dir
 from pivotbuild.state.kinds import DIR, FILE, GLOB
 from pivotbuild.state.stamps import Stamp, is_racy, racy_wait_ns, stamp, stamp_now
-from pivotbuild.state.stamptable import StampTable, pack
+from pivotbuild.state.stamptable import StampTable, changed_stamps, pack
 
 TYPE_CHECKING = False  # not typing's: the no-op fast path does not import typing
 if TYPE_CHECKING:
@@ -94,6 +94,7 @@ class Seal:
         # carried from an earlier build, one sealed now): key by both.  Built
         # by the first `add`: a seal that is only checked (the no-op) never needs it.
         self._at: dict[tuple[bytes, Stamp | None], int] | None = None
+        self._kept = len(packed.names) if packed else 0  # paths when read or compacted (see `gathered`)
 
     @property
     def names(self) -> list[bytes]:
@@ -167,6 +168,15 @@ class Seal:
                 return stages & sealed
             own_of = self.stages
             return {i for i in stages if (mine := own_of.get(i)) is not None and changed.isdisjoint(mine)}
+        if packed is None and stages.issuperset(self.stages):
+            # A seal made in this process (a build server's, kept between its
+            # builds), asked about every stage it seals: every path it holds
+            # in one pass, as above.
+            changed = set(changed_stamps(self.names, self.stamps))
+            own_of = self.stages
+            if not changed:
+                return set(own_of)
+            return {i for i, mine in own_of.items() if changed.isdisjoint(mine)}
         own = {i: self.stages[i] for i in stages if i in self.stages}
         unchanged = dict(self._unchanged({j for js in own.values() for j in js}))
         return {i for i, js in own.items() if all(unchanged[j] for j in js)}
@@ -206,7 +216,29 @@ class Seal:
         new._names = list(self.names)
         new._stamps = list(self.stamps)
         new._stages = dict(self.stages)
+        new._at = None if self._at is None else dict(self._at)  # (a copy: not made again from every path)
+        new._kept = self._kept
         return new
+
+    def compacted(self) -> Seal:
+        """This seal without the paths no stage uses any more: those of the
+        stages dropped or sealed again since it was read or compacted (a seal
+        renewed build after build, as a build server keeps it, gathers them)."""
+        used = sorted({j for own in self.stages.values() for j in own})
+        renumber = dict(zip(used, range(len(used)), strict=True))
+        names, stamps = self.names, self.stamps
+        new = Seal(self.plan_id, self.locks, self.absent)
+        new._names = [names[j] for j in used]
+        new._stamps = [stamps[j] for j in used]
+        new._stages = {i: [renumber[j] for j in own] for i, own in self.stages.items()}
+        new._kept = len(used)
+        return new
+
+    @property
+    def gathered(self) -> bool:
+        """Whether it holds many paths no stage uses (see `compacted`): more
+        than it had when read or compacted, twice over."""
+        return len(self.names) > 2 * self._kept + 64
 
     def drop(self, index: int) -> None:
         """Stage `index` is no longer sealed."""

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 FORK_ABOVE = 4096  # paths; below this one process stats them sooner than two start
 _chain = chain.from_iterable
 
-_STAMPS_API = 1  # what this module calls _stamps with (its API constant)
+_STAMPS_API = 2  # what this module and seal.py call _stamps with (its API constant)
 try:
     from pivotbuild.state import _stamps
 except ImportError:  # not built at install (no C compiler, another platform): the same pass in Python
@@ -155,14 +155,16 @@ class StampTable:
     def changed(self, *, fork: bool = False) -> set[int]:
         """The paths whose stamp is not as sealed, statted now.
 
-        The stats are the whole cost (3 us each here: 60 ms at 10,000 stages)
-        and threads cannot share them (each stat retakes the GIL), so with
-        `fork` a large seal is checked half here and half in a forked child,
-        as git preloads its index on several threads: only for the fast
-        path's look (`holding`), before the engine starts, and only where
-        this process has no other thread (a fork copies just the caller)."""
+        The stats are the whole cost (3 us each in Python here: 60 ms at
+        10,000 stages).  Where `_stamps` is built it makes them on two threads
+        with the GIL let go.  Elsewhere threads cannot share them (each stat
+        retakes the GIL), so with `fork` a large seal is checked half here and
+        half in a forked child, as git preloads its index on several threads:
+        only for the fast path's look (`holding`), before the engine starts,
+        and only where this process has no other thread (a fork copies just
+        the caller)."""
         n = len(self.names)
-        if not fork or n < FORK_ABOVE or not _forkable():
+        if not fork or n < FORK_ABOVE or _stamps is not None or not _forkable():
             return set(self._changed(0, n))
         half = n // 2
         try:
@@ -231,6 +233,15 @@ class StampTable:
                 return found
             return found + [at[k] for k in range(len(at)) if now[4 * k : 4 * k + 4] != sealed[4 * k : 4 * k + 4]]
         return [j for j in range(lo, hi) if self._moved(j, gone)]
+
+
+def changed_stamps(names: list[bytes], stamps: list[Stamp | None]) -> list[int]:
+    """The indices of the paths whose stamp is not `stamps`' now (None: sealed
+    as absent), in one pass: a seal's paths as a build made them, not packed
+    (see Seal.holding).  In C where `_stamps` is built, else here."""
+    if _stamps is not None:
+        return _stamps.changed_stamps(names, stamps)
+    return [j for j, (name, sealed) in enumerate(zip(names, stamps, strict=True)) if stamp_now(name) != sealed]
 
 
 def _forkable() -> bool:
