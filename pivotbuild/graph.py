@@ -20,7 +20,7 @@ import bisect
 import fnmatch
 import heapq
 import posixpath
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence, Set
 
 from pivotbuild.errors import Diagnostic, GraphError, Location, TargetError
 from pivotbuild.globs import glob_regex, may_match_under
@@ -371,6 +371,11 @@ class BuildGraph:
     def always_runs(self, sid: StageId) -> bool:
         """Whether stage `sid` is `always: true` (asked without making its Stage)."""
         return sid in self._always
+
+    @property
+    def always_ids(self) -> Set[StageId]:
+        """The stages that are `always: true`."""
+        return self._always
 
     @property
     def ids(self) -> list[StageId]:

@@ -294,35 +294,71 @@ def test_watch_mode_builds_in_which_nothing_happened_leave_no_history(root: Path
     assert len(history.read_text().splitlines()) == 2
 
 
-def test_a_server_s_engine_seals_once_its_client_has_the_answer(root: Path) -> None:
-    """Where a build server keeps it (`later`), the engine leaves its seal
-    for after the build's answer (Engine._seal_later); it writes it then,
-    under the project lock, unless another process wrote the state since."""
+def test_a_server_s_engine_seals_after_the_answer_and_writes_the_seal_when_idle(root: Path) -> None:
+    """Where a build server keeps it (`later`), the engine makes its seal
+    after the build's answer (Engine._seal_later), under the project lock,
+    unless another process wrote the state since; it keeps it for the next
+    build's fast check (`kept_seal`) and writes it when told the server is
+    idle (`write_seal`), unless a build or another process came first."""
     engine = Engine(Collect(), resident=True)
     engine.later = []
     sealed = root / ".pivot" / "seal"
     assert engine.build(options(root)) == EXIT_OK
+    main, plan_id = str(root), engine.current()[0].plan_id
     assert not sealed.exists() and len(engine.later) == 1  # not yet: after the answer
     engine.later.pop()()
+    kept = engine.kept_seal(main, plan_id)
+    assert kept is not None and kept.state_unchanged() and not sealed.exists()  # kept, not yet written
+    assert engine.kept_seal(main, "another plan") is None
+    engine.write_seal()
     assert sealed.exists()
     first = sealed.read_bytes()
+    engine.write_seal()  # (nothing left to write)
+    assert sealed.read_bytes() == first
+    # A build that comes before the server is idle: its own seal replaces the
+    # one kept, which is never written.
     (root / "in.txt").write_text("two\n")
     assert engine.build(options(root)) == EXIT_OK
-    assert sealed.read_bytes() == first and len(engine.later) == 1
-    lockfile = root / "Pivotfile.lock"
-    os.utime(lockfile, ns=(lockfile.stat().st_mtime_ns + 10**9,) * 2)  # as another process's write
+    assert engine.kept_seal(main, plan_id) is None
     engine.later.pop()()
-    assert sealed.read_bytes() == first  # left alone: that other build seals what it finds
-    # A project whose lock another build holds: no seal, no wait, no error.
+    second = engine.kept_seal(main, plan_id)
+    assert second is not None and second is not kept
     (root / "in.txt").write_text("three\n")
+    assert engine.build(options(root)) == EXIT_OK
+    engine.later.pop()()
+    engine.write_seal()
+    assert sealed.read_bytes() != first
+    first = sealed.read_bytes()
+    # Another process's write before the seal is made, or before it is written: none.
+    lockfile = root / "Pivotfile.lock"
+    for when in ("made", "written"):
+        (root / "in.txt").write_text(f"{when}\n")
+        assert engine.build(options(root)) == EXIT_OK
+        if when == "written":
+            engine.later.pop()()
+        os.utime(lockfile, ns=(lockfile.stat().st_mtime_ns + 10**9,) * 2)  # as another process's write
+        if when == "made":
+            engine.later.pop()()
+            assert engine.kept_seal(main, plan_id) is None
+        engine.write_seal()
+        assert sealed.read_bytes() == first  # left alone: that other build seals what it finds
+    # A project whose lock another build holds: no seal, no wait, no error.
+    (root / "in.txt").write_text("four\n")
     assert engine.build(options(root)) == EXIT_OK
     from pivotbuild.state.projectlock import ProjectLock
 
     with ProjectLock(root / ".pivot", wait=False, on_wait=print):
         engine.later.pop()()
-    assert sealed.read_bytes() == first
+        assert engine.kept_seal(main, plan_id) is None
     # And with nothing in between, the next one seals.
-    (root / "in.txt").write_text("four\n")
+    (root / "in.txt").write_text("five\n")
     assert engine.build(options(root)) == EXIT_OK
     engine.later.pop()()
+    with ProjectLock(root / ".pivot", wait=False, on_wait=print):
+        engine.write_seal()  # (busy: left unwritten, not waited for)
+    assert sealed.read_bytes() == first
+    (root / "in.txt").write_text("six\n")
+    assert engine.build(options(root)) == EXIT_OK
+    engine.later.pop()()
+    engine.write_seal()
     assert sealed.read_bytes() != first

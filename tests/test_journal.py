@@ -311,8 +311,11 @@ def test_history_durations(tmp_path: Path) -> None:
             },
         ),
     )
-    assert history.durations_in(history.load(state, history.RECENT)) == {"a": 3.0, "b": 2.0}
-    assert history.durations_in(history.load(state, 1)) == {"a": 3.0}
+    every = "abcdef"
+    assert history.durations_in(history.load(state, history.RECENT), every) == {"a": 3.0, "b": 2.0}
+    assert history.durations_in(history.load(state, 1), every) == {"a": 3.0}
+    assert history.durations_in(history.load(state, history.RECENT), ["b", "z"]) == {"b": 2.0}
+    assert history.durations(state, every) == ({"a": 3.0, "b": 2.0}, 0)  # (the same, read from the file's end)
 
 
 def test_history_torn_last_line_is_ignored(tmp_path: Path) -> None:
@@ -323,7 +326,7 @@ def test_history_torn_last_line_is_ignored(tmp_path: Path) -> None:
     with (state / history.HISTORY).open("a") as f:
         f.write('{"build": 3, "stages": {"a": {"sta')
     assert history.read(state) == good
-    assert history.durations_in(history.load(state, history.RECENT)) == {"a": 1.0}
+    assert history.durations_in(history.load(state, history.RECENT), ["a"]) == {"a": 1.0}
 
 
 def test_history_append_after_a_torn_line_is_kept(tmp_path: Path) -> None:

@@ -473,21 +473,58 @@ def test_a_server_directory_too_long_for_a_socket_means_builds_without_a_server(
     assert not where.exists() or not list(where.iterdir())  # no socket, and no lock left behind
 
 
-def test_the_seal_a_server_writes_after_its_answer_serves_the_next_no_op_anywhere(
+def test_the_seal_a_server_writes_once_idle_serves_the_next_no_op_anywhere(
     project: Project, servers: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The server seals once its client has the exit status (Engine.later),
-    before it takes its next build: a no-op after it, even in a process of
-    its own, is answered by the fast path."""
+    keeps the seal for its own next build, and writes it once no build has
+    come for a moment: a no-op after that, even in a process of its own, is
+    answered by the fast path."""
     pid = served(project, servers)
     project.write("in.txt", "two\n")
     r = project.run()
     assert r.code == 0 and parent(project) == pid
-    assert project.run().code == 0  # (through the server: taken once the seal is written)
+    _await_seal(project)
     monkeypatch.setenv("PIVOT_SERVER", "0")
     alone = traced(project)
     assert alone.code == 0, alone.err
     assert alone.fast, "the seal the server wrote did not hold"
+
+
+def _await_seal(project: Project) -> None:
+    """Until the seal is written after the last lockfile (at most 10 s)."""
+    seal, lock = project.root / ".pivot" / "seal", project.root / "Pivotfile.lock"
+    deadline = time.monotonic() + 10
+    while not (seal.exists() and seal.stat().st_mtime_ns >= lock.stat().st_mtime_ns):
+        assert time.monotonic() < deadline, "the server wrote no seal"
+        time.sleep(0.01)
+
+
+def test_builds_right_after_a_served_build_see_every_change_before_its_seal_is_written(
+    project: Project, servers: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A build sent right after another through the server checks the seal
+    that build left in memory, and a build in a process of its own (which
+    finds the file older than the lockfile) decides by contents: neither
+    misses an edit made in between."""
+    pid = served(project, servers)
+    project.pivotfile(
+        PPID_STAGE.replace("outs: ppid.txt", "outs: ppid.txt out.txt").replace(
+            "cat in.txt > /dev/null", "cp in.txt out.txt"
+        )
+    )
+    assert project.run().code == 0  # (a Pivotfile changed: through the command line, in the server)
+    for text in ("two\n", "three\n", "four\n"):
+        project.write("in.txt", text)
+        r = project.run()
+        assert r.code == 0 and parent(project) == pid, r.err
+        assert (project.root / "out.txt").read_text() == text, "a served build right after another missed an edit"
+        assert "1 ran" in r.err
+    project.write("in.txt", "five\n")
+    monkeypatch.setenv("PIVOT_SERVER", "0")
+    alone = project.run()
+    assert alone.code == 0 and "1 ran" in alone.err, alone.err
+    assert (project.root / "out.txt").read_text() == "five\n"
 
 
 @pytest.mark.parametrize("ci", [None, "", "false", "0"])

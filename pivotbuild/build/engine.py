@@ -26,7 +26,7 @@ from pivotbuild.build.elsewhere import left_message, left_on_remote
 from pivotbuild.build.executors.base import Changed, Executor, Inbox
 from pivotbuild.build.executors.choice import choose
 from pivotbuild.build.options import BuildOptions
-from pivotbuild.build.recorder import DryRecorder, Outcome, Recorder
+from pivotbuild.build.recorder import DryRecorder, Outcome, Recorder, write_seal
 from pivotbuild.build.run import BuildRun, Interrupted
 from pivotbuild.build.scheduler import Scheduler
 from pivotbuild.build.selection import selected
@@ -109,6 +109,11 @@ class Engine:
         # Where a build server keeps an engine (cli/residents.py): the work a
         # build leaves for after its client has its answer (the seal: `_seal_later`).
         self.later: list[Callable[[], None]] | None = None
+        # A build server's seal of its last build, for its next fast check
+        # (`kept_seal`), and written to disk once the server is idle
+        # (`write_seal`) unless another build has come first.
+        self._kept: tuple[str, Seal] | None = None
+        self._unwritten: tuple[Path, Seal, StateStore] | None = None
 
     def emit(self, event: Event) -> None:
         self.reporter.handle(event)
@@ -177,6 +182,7 @@ class Engine:
         """Bring the targets up to date.  Returns the exit status (0, 1 or 130).
         `cancel` (else a token of the engine's own, see `cancel`) stops it."""
         stamps.forget_mounts()  # (what was mounted when an earlier build ran may be gone)
+        self._kept = self._unwritten = None  # (the last build's seal: this one makes its own)
         self._session(options, preloaded)
         with self._running(cancel) as token:
             return self._build(options, token, preloaded)
@@ -261,20 +267,64 @@ class Engine:
         recorder: Recorder,
         store: StateStore,
     ) -> None:
-        """A build server's seal, written once the client has its answer (5 to
-        6 ms of a 55-stage build: the seal only ever spares the next build its
-        decisions, and this server's next build comes after it).  Under the
-        project lock again, and only if no other process has written the
-        state since this build closed it (`_warm`'s stamps): otherwise that
-        build seals what it found, and this one leaves the seal alone."""
+        """A build server's seal, made once the client has its answer (the
+        seal only ever spares the next build its decisions, and this server's
+        next build comes after it), and kept for that build's fast check
+        (`kept_seal`); written to disk when the server is idle (`write_seal`).
+        Made under the project lock again, and only if no other process has
+        written the state since this build closed it (`_warm`'s stamps):
+        otherwise that build seals what it found, and this one leaves the
+        seal alone."""
+        self._kept = self._unwritten = None
+        main_dir = project.main_dir
+        if main_dir is None:
+            return
         try:
             with ProjectLock(project.root / STATE_DIR, wait=False, on_wait=self._waiting):
-                warm = self._warm
-                if warm is None or warm[0] is not store or store.stamps() != warm[3]:
+                if not self._still_warm(store):
                     return
-                recorder.seal(project, graph, outcome, sealed)
+                new = recorder.new_seal(project, graph, outcome, sealed)
         except (Busy, OSError):  # another build holds the lock: it seals what it finds
             return
+        if new is not None:
+            if new.gathered:  # (renewed build after build, with no idle moment to write it)
+                new = new.compacted()
+            self._kept = (str(main_dir), new)
+            self._unwritten = (main_dir, new, store)
+
+    def kept_seal(self, main_dir: str, plan_id: str) -> Seal | None:
+        """The seal this engine made after its last build (a build server's),
+        if it is of the pipeline in `main_dir` and this plan; whether it still
+        holds (the lockfiles as it recorded them) is the caller's to check."""
+        kept = self._kept
+        if kept is None or kept[0] != main_dir or kept[1].plan_id != plan_id:
+            return None
+        return kept[1]
+
+    def write_seal(self) -> None:
+        """The seal `_seal_later` made, written to disk if no build has come
+        since (a build server calls this when idle, and before it ends), under
+        the project lock and only if no other process has written the state
+        since: what a build in a process of its own reads."""
+        unwritten, self._unwritten = self._unwritten, None
+        if unwritten is None:
+            return
+        main_dir, new, store = unwritten
+        warm = self._warm
+        if warm is None:
+            return
+        try:
+            with ProjectLock(warm[1] / STATE_DIR, wait=False, on_wait=self._waiting):
+                if self._still_warm(store):
+                    write_seal(main_dir, new)
+        except (Busy, OSError):  # another build holds the lock: it seals what it finds
+            pass
+
+    def _still_warm(self, store: StateStore) -> bool:
+        """Whether `store` is the state this engine's last build closed, and no
+        other process has written the state files since."""
+        warm = self._warm
+        return warm is not None and warm[0] is store and store.stamps() == warm[3]
 
     def status(self, options: BuildOptions, *, read_only: bool = False) -> list[tuple[str, Decision]]:
         """Each selected stage (and what it needs) with its decision, as `status`

@@ -23,7 +23,7 @@ import os
 
 TYPE_CHECKING = False  # not typing's: the no-op fast path does not import typing
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Callable, Mapping, Sequence
     from pathlib import Path
 
     from pivotbuild.state.plan import Loaded
@@ -54,17 +54,31 @@ class Checked:
         return os.path.join(self.loaded.index.root, STATE_DIR)
 
 
-def check(cwd: str | Path, file: str | None, overrides: Mapping[str, str], targets: Sequence[str]) -> Checked | None:
+def check(
+    cwd: str | Path,
+    file: str | None,
+    overrides: Mapping[str, str],
+    targets: Sequence[str],
+    kept: Callable[[str, str], Seal | None] | None = None,
+) -> Checked | None:
     """What the fast path knows of this build, if the plan is fresh and the
     targets are stage names; else None (also when a file cannot be read or
-    does not decode: the ordinary build says what is wrong)."""
+    does not decode: the ordinary build says what is wrong).  `kept(main_dir,
+    plan_id)`: a seal kept in memory since the last build (a build server's),
+    looked at before the file, which it may be newer than."""
     try:
-        return _check(cwd, file, overrides, targets)
+        return _check(cwd, file, overrides, targets, kept)
     except (OSError, ValueError, KeyError, IndexError, TypeError):
         return None
 
 
-def _check(cwd: str | Path, file: str | None, overrides: Mapping[str, str], targets: Sequence[str]) -> Checked | None:
+def _check(
+    cwd: str | Path,
+    file: str | None,
+    overrides: Mapping[str, str],
+    targets: Sequence[str],
+    kept: Callable[[str, str], Seal | None] | None,
+) -> Checked | None:
     from pivotbuild.paths import main_file as pivotfile
     from pivotbuild.state import plan, seal
 
@@ -79,9 +93,12 @@ def _check(cwd: str | Path, file: str | None, overrides: Mapping[str, str], targ
     if chosen is None:
         return None
     closure = index.upstream(chosen)
-    sealed = seal.read(os.path.dirname(main_file), index.plan_id)
-    if sealed is not None and not sealed.state_unchanged():
-        sealed = None
+    main_dir = os.path.dirname(main_file)
+    sealed = kept(main_dir, index.plan_id) if kept is not None else None
+    if sealed is None or not sealed.state_unchanged():
+        sealed = seal.read(main_dir, index.plan_id)
+        if sealed is not None and not sealed.state_unchanged():
+            sealed = None
     always = index.any_always(closure)  # an `always` stage is never up to date
     # One pass over every sealed stamp: the no-op's whole check, and for a build
     # with work the stages it need not check the deps of.

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence, Set
 from itertools import compress, repeat
 from operator import attrgetter, is_not
+from pathlib import Path
 
 from pivotbuild.build.decider import UNCACHEABLE
 from pivotbuild.build.executors.base import Inbox, Job
@@ -29,6 +30,7 @@ from pivotbuild.state import history, seal, snapshot
 from pivotbuild.state.hashing import hash_file
 from pivotbuild.state.kinds import DIR, FILE
 from pivotbuild.state.records import FileRecord, StageRecord
+from pivotbuild.state.seal import Seal
 from pivotbuild.state.snapshot import PY, Snapshot
 from pivotbuild.state.stamps import Stamp, racy_wait_ns
 from pivotbuild.state.store import StateStore
@@ -121,7 +123,7 @@ class Recorder:
         labels = {graph.label(sid): sid for sid in closure}
         if kept is not None:
             recent = kept.load()
-            past, skipped = history.durations_in(recent), recent.skipped
+            past, skipped = history.durations_in(recent, labels), recent.skipped
         else:
             past, skipped = history.durations(self.root / STATE_DIR, labels)
         if skipped:
@@ -279,19 +281,27 @@ class Recorder:
         except OSError as exc:
             self.emit(Message(f"could not write the build history: {exc.strerror}", "warning"))
 
-    def seal(self, project: Project, graph: BuildGraph, outcome: Outcome, old: seal.Seal | None) -> None:
+    def seal(self, project: Project, graph: BuildGraph, outcome: Outcome, old: Seal | None) -> None:
         """Seal every stage that is up to date after this build (see seal.py),
-        once the lockfiles are written.  Stages this build did not decide keep
-        their old seal, valid because their records did not change; a seal
-        that cannot be written only costs the next no-op its speed."""
+        once the lockfiles are written: `new_seal`, written.  A seal that
+        cannot be written only costs the next no-op its speed."""
+        new = self.new_seal(project, graph, outcome, old)
+        if new is not None and project.main_dir is not None:
+            write_seal(project.main_dir, new)
+
+    def new_seal(self, project: Project, graph: BuildGraph, outcome: Outcome, old: Seal | None) -> Seal | None:
+        """The seal of every stage up to date after this build, once the
+        lockfiles are written; None if there is none to write (the seal on
+        disk is removed where results are pending).  Stages this build did not
+        decide keep their old seal, valid because their records did not change."""
         main = project.main
         if main is None or not project.plan_id:
-            return
+            return None
         main_dir = self.root / main.dir
         store = self.store
         if any(st.pending for st in store.pipelines.values()):
             seal.remove(main_dir)
-            return
+            return None
         locks = []
         for st in store.pipelines.values():
             try:
@@ -299,7 +309,7 @@ class Recorder:
             except FileNotFoundError:
                 digest = ""
             except OSError:
-                return
+                return None
             locks.append((str(st.lock_path), digest))
         absent = [str(p) for st in store.pipelines.values() for p in (st.journal_path, st.pending_path)]
         # Every stage the old seal holds stays sealed as it was unless this
@@ -312,11 +322,14 @@ class Recorder:
         )
         seen: dict[tuple[str, str], tuple[str, Stamp | None] | None] = {}
         unstored = self.storer.unstored  # the next build must decide these, and store what the cache lacks
-        always = graph.always_runs
-        for i, sid in enumerate(graph.ids):  # (a stage's Stage is made only for those this build decided)
+        # The stages this build decided, and every `always` one; in the plan's
+        # order.  (A stage's Stage is made only for those.)
+        sealed_now = outcome.sealed
+        decided = {sid for sid in outcome.status if sid not in sealed_now}
+        decided.update(graph.always_ids)
+        index_of = graph.index_of
+        for i, sid in sorted((index_of(sid), sid) for sid in decided):
             status = outcome.status.get(sid)
-            if (status is None or sid in outcome.sealed) and not always(sid):
-                continue
             new.drop(i)
             stage = graph.stages[sid]
             record = store.record(stage)
@@ -334,10 +347,7 @@ class Recorder:
             except seal.Unsealable:
                 continue
             new.add(i, files)
-        try:
-            new.write(main_dir)
-        except OSError:
-            seal.remove(main_dir)
+        return new
 
     def _left_elsewhere(self, record: StageRecord) -> bool:
         """Does the stage's record name an output left on the remote (not here to stamp)?"""
@@ -378,6 +388,15 @@ def fails(captured: Captured | None) -> str:
     if captured is not None and captured.missing:
         return f"declared output {captured.missing[0]} was not created"
     return ""
+
+
+def write_seal(main_dir: Path, new: Seal) -> None:
+    """`new` written as the seal of the pipeline in `main_dir`; the seal there
+    removed if it cannot be (a stale one must not stay)."""
+    try:
+        new.write(main_dir)
+    except OSError:
+        seal.remove(main_dir)
 
 
 class DryRecorder:

@@ -57,7 +57,8 @@ def try_fast(argv: Sequence[str], residents: Residents | None = None) -> int | N
 
 
 def _answer(argv: list[str], args: buildargs.BuildArgs, start: float, residents: Residents | None) -> int | None:
-    checked = fastpath.check(os.getcwd(), args.file, args.overrides, args.targets)
+    kept = residents.seal if residents is not None else None
+    checked = fastpath.check(os.getcwd(), args.file, args.overrides, args.targets, kept)
     if checked is None or not checked.noop:
         # A build with work, or one the plan cannot answer (no plan yet, a
         # Pivotfile edited since, a target that is a pattern or a path): the

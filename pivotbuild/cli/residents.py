@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from pivotbuild.build.options import BuildOptions
     from pivotbuild.graph import BuildGraph
     from pivotbuild.project import Project
+    from pivotbuild.state.seal import Seal
 
 KEPT = 4  # engines kept (projects, or one project from several directories)
 
@@ -50,7 +51,7 @@ class Residents:
         held[1].later = self.later
         self._engines[key] = held
         while len(self._engines) > KEPT:
-            del self._engines[next(iter(self._engines))]
+            self._engines.pop(next(iter(self._engines)))[1].write_seal()
         return held[1], held[2], held[3]
 
     def after(self) -> None:
@@ -58,6 +59,21 @@ class Residents:
         work, self.later[:] = list(self.later), []
         for item in work:
             item()
+
+    def seal(self, main_dir: str, plan_id: str) -> Seal | None:
+        """The seal the most recent build of the pipeline in `main_dir` made
+        for this plan, kept since (Engine.kept_seal), if an engine has one:
+        the fast check's, instead of the file (which may not be written yet)."""
+        for _, engine, _, _ in reversed(self._engines.values()):
+            found = engine.kept_seal(main_dir, plan_id)
+            if found is not None:
+                return found
+        return None
+
+    def write_seals(self) -> None:
+        """Write the seals the engines keep and have not written (the server is idle, or ends)."""
+        for _, engine, _, _ in list(self._engines.values()):
+            engine.write_seal()
 
     @staticmethod
     def idle(engine: Engine) -> None:

@@ -116,17 +116,20 @@ class Server:
         threading.Thread(target=self._accept, name="accept", daemon=True).start()
         idle_s = _idle_seconds()
         last = time.monotonic()
-        collect = False  # the last builds' cycles are still to be collected
+        collect = False  # the last builds' seals are still to be written, their cycles collected
         while not self.stopping:
             try:
                 conn = self.requests.get(timeout=_COLLECT_S if collect else min(_CHECK_S, idle_s))
             except queue.Empty:
                 if collect:
-                    # The builds ran without the collector: their cycles go now,
-                    # once no build has come for a moment (a full collection
-                    # takes 8 to 10 ms after a 1,000-stage project's build, which
-                    # a build sent right after would otherwise wait for).
-                    gc.collect()
+                    # Once no build has come for a moment: the last build's seal
+                    # written (the next build through this server reads it from
+                    # memory; a build in a process of its own, from the file),
+                    # and the cycles of the builds, which ran without the
+                    # collector, collected (a full collection takes 8 to 10 ms
+                    # after a 1,000-stage project's build, which a build sent
+                    # right after would otherwise wait for).
+                    self._idle()
                     collect = False
                     continue
                 with self.lock:
@@ -155,9 +158,19 @@ class Server:
             except Exception:  # (ours: as above)
                 self.stopping = True
             collect = True
+        if collect:
+            self._idle()
         with contextlib.suppress(OSError):
             if self._mine():
                 os.unlink(self.path)
+
+    def _idle(self) -> None:
+        """What waits until no build comes: the seals written, the garbage collected."""
+        try:
+            self.residents.write_seals()
+        except Exception:  # (ours: as in `serve`) this server may not be sound
+            self.stopping = True
+        gc.collect()
 
     def _mine(self) -> bool:
         try:

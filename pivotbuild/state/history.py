@@ -330,13 +330,22 @@ def _tail(path: Path, limit: int) -> list[bytes]:
     return lines[-limit:]
 
 
-def durations_in(past: Read) -> dict[str, float]:
-    """The most recent run time of each stage that ran in the `past` builds."""
+def durations_in(past: Read, wanted: Collection[str]) -> dict[str, float]:
+    """The most recent run time of each of `wanted` that ran in the `past`
+    builds: newest first, until every one is found (each entry looked up by
+    name: the first build's lists every stage of the project)."""
     found: dict[str, float] = {}
-    for entry in past.entries:
-        for name, info in (entry.get("stages") or {}).items():
-            if (took := _ran_for(info)) is not None:
+    left = set(wanted)
+    for entry in reversed(past.entries):
+        if not left:
+            break
+        stages = entry.get("stages")
+        if not isinstance(stages, dict):
+            continue
+        for name in [n for n in left if n in stages] if len(left) < len(stages) else [n for n in stages if n in left]:
+            if (took := _ran_for(stages[name])) is not None:
                 found[name] = took
+                left.discard(name)
     return found
 
 
