@@ -141,10 +141,7 @@ class Packs:
         """A pack's entries, from its index, or by scanning it (then indexing
         it if its writer is gone: killed before it could)."""
         idx = self.dir / (name[: -len(".pack")] + ".idx")
-        try:
-            entries = _parse_index(idx.read_bytes())
-        except (OSError, ValueError):
-            entries = None
+        entries = _indexed(idx)
         if entries is not None:
             return entries
         try:
@@ -359,6 +356,39 @@ class Packs:
             for _, fd in locked:
                 os.close(fd)
         self.reload()
+
+
+# The indexes read in this process, by path: their stamp (inode, size,
+# mtime) and entries.  An index is written once, whole, under a new name, and
+# never changed, so one read before is read again only if something else now
+# has its name: a build server, which builds again and again, reads only the
+# indexes of the packs written since its last build.
+_read_indexes: dict[str, tuple[tuple[int, int, int], list[tuple[str, int, int]]]] = {}
+_READ_INDEXES_MAX = 4 * MAX_PACKS
+
+
+def _indexed(idx: Path) -> list[tuple[str, int, int]] | None:
+    """The entries of the pack index `idx`; None if it cannot be read or is not one."""
+    key = str(idx)
+    try:
+        st = os.stat(key)
+    except OSError:
+        return None
+    stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+    known = _read_indexes.get(key)
+    if known is not None and known[0] == stamp:
+        return known[1]
+    try:
+        with open(key, "rb") as f:
+            blob = f.read()
+        entries = _parse_index(blob)
+    except (OSError, ValueError):
+        return None
+    if len(blob) == st.st_size:  # (else replaced while read: not kept)
+        if len(_read_indexes) >= _READ_INDEXES_MAX:
+            _read_indexes.clear()
+        _read_indexes[key] = (stamp, entries)
+    return entries
 
 
 def _pack_names(directory: Path) -> Iterator[str]:
