@@ -75,19 +75,80 @@ def test_header_layout() -> None:
     blob = encode(sample())
     assert blob[:8] == MAGIC == b"\x89PIV\r\n\x1a\n"
     _magic, version, flags, length = struct.unpack_from(">8sHHI", blob)
-    assert (version, flags) == (VERSION, 0) == (1, 0)
+    assert (version, flags) == (VERSION, 0) == (2, 0)
     assert len(blob) == 16 + length + 16
     assert blob[-16:] == xxhash.xxh3_128_digest(blob[:-16])
 
 
-def test_format_1_keeps_its_bytes() -> None:
+def test_the_payload_keeps_its_bytes() -> None:
     """The lockfile is committed to git: the same records give the same payload
-    as every pivotbuild that wrote format 1 (the zstd bytes around it are the
-    zstd library's), so upgrading pivotbuild rewrites no lockfile."""
+    as every pivotbuild that wrote format 1 or 2 (the zstd bytes around it are
+    the zstd library's), a zstd stream that reads back as it with `zstd -d`."""
     blob = encode(sample())
-    assert blob[:12] == MAGIC + b"\0\x01\0\0"
-    payload = zstandard.ZstdDecompressor().decompress(blob[16:-16])
+    assert blob[:12] == MAGIC + b"\0\x02\0\0"
+    payload = zstandard.ZstdDecompressor().decompressobj(read_across_frames=True).decompress(blob[16:-16])
     assert xxhash.xxh3_128_hexdigest(payload) == "16c6da44f7746cb8c56dbad18b212e3c"
+
+
+def _format_1(data: LockData) -> bytes:
+    """`data` as a pivotbuild of format 1 wrote it: the payload one zstd frame."""
+    payload = msgpack.packb(codec.lock_obj(LockData(tuple(sorted(data.stages, key=lambda r: r.name)))))
+    compressed = zstandard.ZstdCompressor(level=1, write_checksum=False, write_content_size=True).compress(payload)
+    body = struct.pack(">8sHHI", MAGIC, 1, 0, len(compressed)) + compressed
+    return body + xxhash.xxh3_128_digest(body)
+
+
+def test_a_format_1_lockfile_is_read_and_left_as_it_is_while_its_records_stay(tmp_path: Path) -> None:
+    path = tmp_path / "Pivotfile.lock"
+    old = _format_1(sample())
+    path.write_bytes(old)
+    assert lockfile.read(path) == sample()
+    assert (
+        not lockfile.write(path, lockfile.read_records(path)) and path.read_bytes() == old
+    )  # upgrading rewrites nothing
+    changed = LockData.of({**{r.name: r for r in sample().stages}, "report": record("report", "x")})
+    assert lockfile.write(path, changed)
+    assert path.read_bytes()[8:10] == b"\0\x02" and lockfile.read(path) == changed
+
+
+def _frames(blob: bytes) -> list[bytes]:
+    """The zstd frames of a lockfile's payload, one a chunk."""
+    rest, frames = blob[16:-16], []
+    while rest:
+        one = zstandard.ZstdDecompressor().decompressobj()
+        one.decompress(rest)
+        frames.append(rest[: len(rest) - len(one.unused_data)])
+        rest = one.unused_data
+    return frames
+
+
+def test_a_lockfile_is_compressed_in_chunks_and_a_changed_record_changes_only_its_own() -> None:
+    names = [f"stage{i:04}" for i in range(1000)]
+    before = {n: record(n) for n in names}
+    blob = encode(LockData.of(before))
+    frames = _frames(blob)
+    assert 15 <= len(frames) <= 70  # about 32 records a chunk
+    after = encode(LockData.of({**before, "stage0500": record("stage0500", "changed")}))
+    changed = [k for k, (a, b) in enumerate(zip(frames, _frames(after), strict=True)) if a != b]
+    assert len(changed) == 1
+    assert decode(after).stages[500] == record("stage0500", "changed")
+    # The same bytes whether written from records read back, decoded, or in a process that compressed nothing yet.
+    assert encode(lockfile.decode_records(after)) == after == encode(decode(after))
+    script = (
+        "import sys; from pivotbuild.state import lockfile;"
+        "sys.stdout.buffer.write(lockfile.encode(lockfile.decode(sys.stdin.buffer.read())))"
+    )
+    fresh = subprocess.run([sys.executable, "-c", script], input=after, capture_output=True, check=True)
+    assert fresh.stdout == after
+
+
+def test_a_frame_cut_short_is_damage() -> None:
+    blob = encode(LockData.of({f"s{i}": record(f"s{i}") for i in range(200)}))
+    first = _frames(blob)[0]
+    payload = first[:-3]
+    body = struct.pack(">8sHHI", MAGIC, VERSION, 0, len(payload)) + payload
+    with pytest.raises(LockfileError, match="does not decode"):
+        decode(body + xxhash.xxh3_128_digest(body))
 
 
 def test_records_are_sorted_by_name() -> None:

@@ -8,7 +8,7 @@ Layout (integers big-endian), the lockfile's since format 1:
     8       2     format version
     10      2     flags (0; ignored when read)
     12      4     length N of the payload
-    16      N     payload: msgpack, or a zstd frame of msgpack for a format that compresses
+    16      N     payload: msgpack, or zstd frames of msgpack for a format that compresses
     16+N    16    XXH3-128 of bytes 0 .. 16+N
 
 Whether the payload is compressed belongs to the format (its magic and
@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 
 HEADER = struct.Struct(">8sHHI")
 CHECKSUM = 16  # XXH3-128
+_FRAMES_KEPT = 4096  # chunks' frames a format keeps (see Format): forgotten all at once past this
 _checksum = xxhash.xxh3_128_digest
 
 
@@ -55,27 +56,64 @@ class OtherVersion(Damaged):
 
 class Format:
     """One kind of state file: its magic, its version, and its zstd level (None:
-    not compressed).  `what` names it in messages ("lockfile")."""
+    not compressed).  `what` names it in messages ("lockfile"); `older`, the
+    earlier versions this still reads, whose payload is the same.
 
-    __slots__ = ("level", "magic", "version", "what")
+    A format that compresses writes its payload as zstd frames, one a chunk
+    (`pack_chunks`), one after the other: a zstd stream all the same, which
+    reads back as the chunks end to end.  Each chunk's frame is kept in this
+    process, by the chunk's XXH3-128, as it is written or read, so a file
+    written again with most of its chunks unchanged compresses only the
+    others: a build that reruns 55 stages of 1,000 compresses a few of the
+    lockfile's 35 chunks, not all of it (1.6 ms at level 1)."""
 
-    def __init__(self, magic: bytes, version: int, what: str, *, zstd_level: int | None = None) -> None:
+    __slots__ = ("_frames", "level", "magic", "older", "version", "what")
+
+    def __init__(
+        self, magic: bytes, version: int, what: str, *, zstd_level: int | None = None, older: tuple[int, ...] = ()
+    ) -> None:
         if len(magic) != 8:
             raise ValueError("a magic is 8 bytes")
         self.magic = magic
         self.version = version
         self.what = what
         self.level = zstd_level
+        self.older = older
+        self._frames: dict[bytes, bytes] = {}  # XXH3-128 of a chunk -> its zstd frame
 
     # -- writing ------------------------------------------------------------------
 
     def pack(self, payload: bytes) -> bytes:
-        """`payload` in a frame: deterministic bytes for the same payload."""
-        if self.level is not None:
-            compressor = _zstd().ZstdCompressor(level=self.level, write_checksum=False, write_content_size=True)
-            payload = compressor.compress(payload)
+        """`payload` in a frame: deterministic bytes for the same payload (one
+        chunk, where the format compresses)."""
+        return self.pack_chunks([payload]) if self.level is not None else self._framed(payload)
+
+    def pack_chunks(self, chunks: list[bytes]) -> bytes:
+        """The payload `chunks` end to end, in a frame, each chunk compressed
+        on its own (a format that compresses): deterministic bytes for the
+        same chunks."""
+        assert self.level is not None
+        frames, kept = [], self._frames
+        compressor = None
+        for chunk in chunks:
+            key = _checksum(chunk)
+            frame = kept.get(key)
+            if frame is None:
+                if compressor is None:
+                    compressor = _zstd().ZstdCompressor(level=self.level, write_checksum=False, write_content_size=True)
+                frame = compressor.compress(chunk)
+                self._keep(key, frame)
+            frames.append(frame)
+        return self._framed(b"".join(frames))
+
+    def _framed(self, payload: bytes) -> bytes:
         body = HEADER.pack(self.magic, self.version, 0, len(payload)) + payload
         return body + _checksum(body)
+
+    def _keep(self, key: bytes, frame: bytes) -> None:
+        if len(self._frames) >= _FRAMES_KEPT:
+            self._frames.clear()
+        self._frames[key] = frame
 
     def dump(self, obj: object) -> bytes:
         """`obj` as msgpack, in a frame."""
@@ -105,7 +143,7 @@ class Format:
         if _checksum(memoryview(blob)[pos:end]) != blob[end : end + CHECKSUM]:
             self._earlier(blob, whole)
             raise Damaged("checksum mismatch (the file is damaged)")
-        if version != self.version:
+        if version != self.version and version not in self.older:
             raise OtherVersion(f"format version {version} is not one this pivotbuild reads ({self.version})")
         return end
 
@@ -140,10 +178,21 @@ class Format:
         if self.level is None:
             return payload
         zstd = _zstd()
+        decompressor = zstd.ZstdDecompressor()
+        rest, chunks = bytes(payload), []
         try:
-            return zstd.ZstdDecompressor().decompress(payload)  # type: ignore[no-any-return]
+            while rest:  # frame by frame: each chunk's frame is kept (see the class)
+                one = decompressor.decompressobj()
+                chunk = one.decompress(rest)
+                if not one.eof:
+                    raise Damaged("payload does not decode (a zstd frame is cut short)")
+                left = one.unused_data
+                self._keep(_checksum(chunk), rest[: len(rest) - len(left)])
+                chunks.append(chunk)
+                rest = left
         except zstd.ZstdError as exc:
             raise Damaged(f"payload does not decode ({type(exc).__name__})") from exc
+        return b"".join(chunks)
 
     def loads(self, payload: bytes | memoryview, *, use_list: bool = True) -> Any:
         try:
