@@ -24,6 +24,8 @@ import pytest
 from conftest import PIVOTBUILD, Project
 from tracing import traced
 
+from pivotbuild.state.stamps import Stamp
+
 PPID_STAGE = """
 stage who:
     deps: in.txt
@@ -248,12 +250,18 @@ def test_an_idle_server_exits_and_removes_its_socket(
 def test_a_server_notes_a_changed_pivotbuild_file() -> None:
     from pivotbuild.cli import server
 
-    files: dict[str, tuple[int, int]] = {}
-    assert not server._changed(files)
-    assert files and not server._changed(files)  # the same files, unchanged
-    path = next(iter(files))
-    files[path] = (files[path][0] - 1, files[path][1])  # as if it had been loaded before an edit
-    assert server._changed(files)
+    files = server._Files()
+    assert not files.changed()
+    assert files.names and not files.changed()  # the same files, unchanged
+    _as_loaded_before_an_edit(files.stamps, 0)
+    assert files.changed()
+
+
+def _as_loaded_before_an_edit(stamps: list[Stamp | None], k: int) -> None:
+    found = stamps[k]
+    assert found is not None
+    size, mtime, inode, ctime = found
+    stamps[k] = (size, mtime - 1, inode, ctime)
 
 
 def test_a_server_notes_a_change_of_its_own_file_run_as_main(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -264,17 +272,17 @@ def test_a_server_notes_a_change_of_its_own_file_run_as_main(monkeypatch: pytest
 
     from pivotbuild.cli import server
 
-    files: dict[str, tuple[int, int]] = {}
-    assert not server._changed(files)
-    files.pop(server.__file__, None)
+    files = server._Files()
     monkeypatch.delitem(sys.modules, "pivotbuild.cli.server")
+    assert not files.changed()
+    assert os.fsencode(server.__file__) not in files.names
     served = types.ModuleType("__served__")
     served.__file__ = server.__file__
     monkeypatch.setitem(sys.modules, "__served__", served)
-    assert not server._changed(files)
-    assert server.__file__ in files
-    files[server.__file__] = (files[server.__file__][0] - 1, files[server.__file__][1])
-    assert server._changed(files)
+    assert not files.changed()
+    assert os.fsencode(server.__file__) in files.names
+    _as_loaded_before_an_edit(files.stamps, files.names.index(os.fsencode(server.__file__)))
+    assert files.changed()
 
 
 PY_STEPS = """

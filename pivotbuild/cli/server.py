@@ -40,6 +40,8 @@ from collections.abc import Callable, Iterator
 
 from pivotbuild.cli import client
 from pivotbuild.cli.residents import Residents
+from pivotbuild.state.stamps import Stamp, stamp_now
+from pivotbuild.state.stamptable import changed_stamps
 
 IDLE_S = 600.0
 _CHECK_S = 30.0  # how often an idle server looks at its socket and its files
@@ -59,7 +61,7 @@ class Server:
         self.stopping = False
         self.building: socket.socket | None = None  # the client whose build runs now, and may be interrupted
         self.guard = threading.Lock()  # (a client's watcher signals only the build of its own client)
-        self.files: dict[str, tuple[int, int]] = {}
+        self.files = _Files()  # pivotbuild's own, as loaded
         self.listener: socket.socket | None = None
         self.inode = 0
 
@@ -107,7 +109,7 @@ class Server:
         import pivotbuild.report.plain
         import pivotbuild.state.plan  # noqa: F401
 
-        _changed(self.files)  # (noted: what is loaded now)
+        self.files.changed()  # (noted: what is loaded now)
 
     # -- serving -----------------------------------------------------------------------
 
@@ -135,7 +137,7 @@ class Server:
                 with self.lock:
                     if self.busy:
                         continue
-                    if time.monotonic() - last >= idle_s or not self._mine() or _changed(self.files):
+                    if time.monotonic() - last >= idle_s or not self._mine() or self.files.changed():
                         self.stopping = True
                 continue
             try:
@@ -238,7 +240,7 @@ class Server:
             return "another user"
         if request.get("facts") != self.facts:
             return "another context"
-        if _changed(self.files):
+        if self.files.changed():
             self.stopping = True
             return "pivotbuild changed"
         from pivotbuild.cli import buildargs
@@ -329,26 +331,44 @@ def _absorb(signum: int, frame: object) -> None:
     """SIGINT outside a build: nothing to interrupt."""
 
 
-def _changed(files: dict[str, tuple[int, int]]) -> bool:
-    """Whether a pivotbuild module this process imported has changed on disk
-    since (by its file's stamp, noted in `files` when first seen: a module a
-    build imported later is noted then, as the version it loaded).  A module
-    of pivotbuild's by its file, not its name: this one runs as `__main__`."""
-    from pivotbuild import __file__ as package
+class _Files:
+    """The files of the pivotbuild modules this process imported, with their
+    stamps when first seen (a module a build imported later is noted then,
+    as the version it loaded)."""
 
-    inside = os.path.join(os.path.dirname(package), "")
-    for module in list(sys.modules.values()):
-        path = getattr(module, "__file__", None)
-        if not path or not path.startswith(inside):
-            continue
-        try:
-            st = os.stat(path)
-            now = (st.st_mtime_ns, st.st_size)
-        except OSError:
-            now = (-1, -1)
-        if files.setdefault(path, now) != now:
-            return True
-    return False
+    def __init__(self) -> None:
+        self.names: list[bytes] = []
+        self.stamps: list[Stamp | None] = []
+        self._seen: set[str] = set()
+        self._marker: tuple[int, str] | None = None  # sys.modules when last looked (`_modules_marker`)
+
+    def changed(self) -> bool:
+        """Whether one has changed on disk since it was noted: all statted in
+        one pass (stamptable.changed_stamps), where a loop of `os.stat`s took
+        0.5 ms a build.  A module of pivotbuild's by its file, not its name:
+        the server runs as `__main__`."""
+        if self._marker != _modules_marker():  # (only when a module was imported since: look for new ones)
+            self._note()
+        return bool(changed_stamps(self.names, self.stamps))
+
+    def _note(self) -> None:
+        from pivotbuild import __file__ as package
+
+        inside = os.path.join(os.path.dirname(package), "")
+        self._marker = _modules_marker()
+        for module in list(sys.modules.values()):
+            path = getattr(module, "__file__", None)
+            if not path or not path.startswith(inside) or path in self._seen:
+                continue
+            self._seen.add(path)
+            self.names.append(os.fsencode(path))
+            self.stamps.append(stamp_now(path))
+
+
+def _modules_marker() -> tuple[int, str]:
+    """How many modules are loaded, and the name of the last one (a module
+    imported since changes it, even in the place of one removed)."""
+    return len(sys.modules), next(reversed(sys.modules))
 
 
 def _left_behind() -> bool:

@@ -45,7 +45,8 @@ class Journal:
     once per `SYNC_INTERVAL_S`, so a build finishing hundreds of short stages a
     second pays for a few fsyncs, not one per stage (an fsync as each stage
     ends cost ~0.3 ms of system time per stage, and a GIL round trip), and the
-    scheduler never waits for the disk.  `close` fsyncs whatever is left."""
+    scheduler never waits for the disk.  `close` fsyncs whatever is left
+    (unless the lockfile is written, with its fsync, right after)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -88,7 +89,11 @@ class Journal:
             except OSError:
                 return  # close() fsyncs again and reports nothing worse than before
 
-    def close(self) -> None:
+    def close(self, *, sync: bool = True) -> None:
+        """Stop appending: the syncer ends, and what it has not flushed is
+        fsync'ed, unless `sync` is False: for a caller about to write every
+        record appended into a file it fsyncs (the lockfile), whose flush
+        stands for this one's, which would only come a moment sooner."""
         if self._fd is None:
             return
         self._closing = True
@@ -97,7 +102,8 @@ class Journal:
         if self._syncer is not None:
             self._syncer.join()
         try:
-            os.fsync(self._fd)
+            if sync:
+                os.fsync(self._fd)
         finally:
             os.close(self._fd)
             self._fd = None

@@ -207,7 +207,10 @@ class StateStore:
         if self.read_only:
             return
         for st in self.pipelines.values():
-            st.journal.close()
+            # (The lockfile written with its fsync right after holds every
+            # record the journal does: the journal's own last flush is spared,
+            # unless that write fails.)
+            st.journal.close(sync=not st.journal.appended)
             if st.journal.appended:
                 # Opening folded (and removed) any older journal, and the build
                 # lock kept every other pivotbuild out since: the journal holds
@@ -216,10 +219,28 @@ class StateStore:
                 # The cache keeps a copy: the run cache writes no entry for a
                 # stage's current record, and the copy restores those outputs if
                 # the lockfile is damaged or lost (OutputCache.restore).
-                lockfile.write(st.lock_path, st.records, copy_to=lockfile.copy_path(self.root, st.dir))
+                try:
+                    lockfile.write(st.lock_path, st.records, copy_to=lockfile.copy_path(self.root, st.dir))
+                except BaseException:
+                    _flush(st.journal_path)  # (the journal stays: its records must reach the disk after all)
+                    raise
                 st.journal_path.unlink(missing_ok=True)
                 st.journal.appended = 0  # folded: closing again (the build's, then its lock's) writes nothing
             st.statcache.save()
+
+
+def _flush(path: Path) -> None:
+    """fsync the file at `path`, if it can be."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _save_pending(st: PipelineState) -> None:
