@@ -476,3 +476,46 @@ def test_gc_that_cannot_rewrite_a_pack_says_so(tmp_path: Path, monkeypatch: pyte
     monkeypatch.setattr(Packs, "drop", full)
     with pytest.raises(gc.GcError, match="free some space and run gc again"):
         gc.collect(tmp_path, Cache(tmp_path / ".pivot" / "cache"), keep_run_cache=False, dry_run=False)
+
+
+def test_a_process_reads_each_index_once_and_sees_every_pack_written_since(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A build server builds again and again: what the packs hold is read
+    once, then only the indexes of packs written since, by itself or another
+    process; a pack without an index yet (its writer still storing) is read
+    afresh every time."""
+    first, second = blobs(20, "first-"), blobs(20, "second-")
+    write_pack(tmp_path, first)
+    parsed: list[int] = []
+    parse = pack._parse_index
+    monkeypatch.setattr(pack, "_parse_index", lambda blob: parsed.append(1) or parse(blob))
+    assert all(Packs(tmp_path).read(d) == data for d, data in first.items())
+    before = len(parsed)
+    assert all(Packs(tmp_path).read(d) == data for d, data in first.items())
+    assert len(parsed) == before  # read from what this process kept
+    subprocess.run(
+        [sys.executable, "-c", WRITE_ONE, str(tmp_path), *(f"{d}:{data.hex()}" for d, data in second.items())],
+        check=True,
+    )
+    reader = Packs(tmp_path)
+    assert all(reader.read(d) == data for d, data in {**first, **second}.items())
+    assert len(parsed) == before + 1  # the new pack's index alone
+    storing = Packs(tmp_path)  # another writer, its pack not indexed yet
+    (late, late_data), *_ = blobs(1, "late-").items()
+    storing.add(late, late_data)
+    assert Packs(tmp_path).read(late) == late_data
+    storing.close()
+    assert Packs(tmp_path).read(late) == late_data
+
+
+WRITE_ONE = """
+import sys
+from pathlib import Path
+from pivotbuild.cache.pack import Packs
+p = Packs(Path(sys.argv[1]))
+for arg in sys.argv[2:]:
+    digest, data = arg.split(":")
+    p.add(digest, bytes.fromhex(data))
+p.close()
+"""

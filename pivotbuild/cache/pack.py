@@ -119,6 +119,10 @@ class Packs:
         before it is read, and what they hold would be missing until a reload."""
         loaded: dict[str, Iterable[tuple[str, int, int]]] = {}
         names = set(_pack_names(self.dir))
+        first, before = set(names), _stamps_of(self.dir, names)
+        known = _read_packs.get(str(self.dir))
+        if known is not None and known[0] == names and known[1] == before:
+            return dict(known[2])  # (the packs and their indexes as the last build of this process read them)
         while True:
             for name in sorted(names - loaded.keys()):
                 if name == self._own:
@@ -135,6 +139,12 @@ class Packs:
             if columns:  # (a later pack's entry for a digest wins, as it always has)
                 digests, offsets, lengths = columns
                 where.update(zip(digests, zip(repeat(name), offsets, lengths, strict=False), strict=True))
+        # Kept only if every pack had its index before it was read, and still
+        # has that one (a pack scanned while its writer went on is not).
+        if names == first and None not in before and self._own not in names and _stamps_of(self.dir, names) == before:
+            if len(_read_packs) >= MAX_PACKS:
+                _read_packs.clear()
+            _read_packs[str(self.dir)] = (names, before, dict(where))
         return where
 
     def _entries(self, name: str) -> list[tuple[str, int, int]]:
@@ -365,6 +375,23 @@ class Packs:
 # indexes of the packs written since its last build.
 _read_indexes: dict[str, tuple[tuple[int, int, int], list[tuple[str, int, int]]]] = {}
 _READ_INDEXES_MAX = 4 * MAX_PACKS
+# And what the packs of a cache held, by its directory: the packs' names, the
+# stamps of their indexes, and the digests' places (copied out, as `add`
+# writes into its own).  Taken while the same packs have the same indexes.
+_read_packs: dict[str, tuple[set[str], list[tuple[int, int, int] | None], dict[str, tuple[str, int, int]]]] = {}
+
+
+def _stamps_of(directory: Path, names: set[str]) -> list[tuple[int, int, int] | None]:
+    """The stamp of the index of each of the packs `names` (sorted); None for one with none."""
+    found: list[tuple[int, int, int] | None] = []
+    for name in sorted(names):
+        try:
+            st = os.stat(directory / (name[: -len(".pack")] + ".idx"))
+        except OSError:
+            found.append(None)
+        else:
+            found.append((st.st_ino, st.st_size, st.st_mtime_ns))
+    return found
 
 
 def _indexed(idx: Path) -> list[tuple[str, int, int]] | None:

@@ -236,9 +236,9 @@ class Seal:
 
     @property
     def gathered(self) -> bool:
-        """Whether it holds many paths no stage uses (see `compacted`): more
-        than it had when read or compacted, twice over."""
-        return len(self.names) > 2 * self._kept + 64
+        """Whether it holds many paths no stage uses (see `compacted`): a
+        quarter more than it had when read or compacted."""
+        return len(self.names) > self._kept + self._kept // 4 + 64
 
     def drop(self, index: int) -> None:
         """Stage `index` is no longer sealed."""
