@@ -20,7 +20,7 @@ import bisect
 import fnmatch
 import heapq
 import posixpath
-from collections.abc import Callable, Iterable, Sequence, Set
+from collections.abc import Callable, Iterable, Mapping, Sequence, Set
 
 from pivotbuild.errors import Diagnostic, GraphError, Location, TargetError
 from pivotbuild.globs import glob_regex, may_match_under
@@ -376,6 +376,20 @@ class BuildGraph:
     def always_ids(self) -> Set[StageId]:
         """The stages that are `always: true`."""
         return self._always
+
+    @property
+    def python_ids(self) -> Set[StageId]:
+        """The `py:` stages."""
+        return self._python
+
+    @property
+    def index_map(self) -> Mapping[StageId, int]:
+        """Each stage's position in declaration order (`index_of`, as a mapping: not to be changed)."""
+        return self._index
+
+    def successors(self, sid: StageId) -> Iterable[StageId]:
+        """The stages that read an output of `sid` directly (not a copy: not to be changed)."""
+        return self._succs[sid]
 
     @property
     def ids(self) -> list[StageId]:

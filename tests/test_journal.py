@@ -235,16 +235,22 @@ def build(n: int, stages: dict[str, dict[str, object]]) -> dict[str, object]:
         {"duration_s": float("nan"), "stages": {}},  # json's own spelling (NaN): the fallback
     ],
 )
-@pytest.mark.parametrize("json_imported", [False, True], ids=["own encoder", "json's"])
+@pytest.mark.parametrize("json_imported", [False, True], ids=["json not imported", "json imported"])
 def test_a_history_line_is_spelled_as_json_dumps_spells_it(
     tmp_path: Path, entry: dict[str, object], json_imported: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # (history writes its lines without importing json, which imports re, until
-    # json is imported: the no-op path's; a build's has imported it)
+    # (history writes its lines with json's C encoder, made without importing
+    # json, which imports re: the no-op path never needs it)
     if not json_imported:
         monkeypatch.delitem(sys.modules, "json")
     history.append(tmp_path, entry)
+    assert ("json" in sys.modules) == json_imported  # (not imported for it)
     assert (tmp_path / "history.jsonl").read_text("utf-8") == json.dumps(entry, sort_keys=True) + "\n"
+
+
+def test_a_history_entry_json_cannot_spell_is_refused_as_json_refuses_it(tmp_path: Path) -> None:
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        history.append(tmp_path, {"stages": {"a": object()}})
 
 
 def test_recent_builds_read_as_the_history_grows_match_a_whole_read(tmp_path: Path) -> None:

@@ -16,6 +16,8 @@ import contextlib
 import os
 import threading
 from collections.abc import Callable, Collection, Iterator, Sequence
+from itertools import compress
+from operator import not_
 from pathlib import Path
 
 from pivotbuild.build.admission import Admission, JobServer, TokenPool
@@ -204,7 +206,11 @@ class Engine:
         held = preloaded.held if preloaded is not None else frozenset()
         # (A stage found sealed had its sources and its code unchanged since it
         # ran: they were found then.)
-        unheld = [s for s in closure if graph.index_of(s) not in held] if held else closure
+        if held:  # (in C: a turn of a loop for each of 1,000 stages was a fifth of a millisecond)
+            found = map(held.__contains__, map(graph.index_map.__getitem__, closure))
+            unheld = list(compress(closure, map(not_, found)))
+        else:
+            unheld = closure
         check_sources(project, graph, unheld)
         check_runnable(project.root, graph, unheld)
         with self.state(project, options) as store:

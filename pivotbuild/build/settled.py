@@ -5,8 +5,11 @@ reruns 15 then spends its time on those 15, not on the 9,985 others."""
 
 from __future__ import annotations
 
+from itertools import compress
+
 from pivotbuild.graph import BuildGraph
 from pivotbuild.model import StageId
+from pivotbuild.targets import closure as closure_of
 
 
 def unsettled(graph: BuildGraph, closure: list[StageId], sealed: frozenset[int]) -> tuple[list[StageId], list[StageId]]:
@@ -20,18 +23,19 @@ def unsettled(graph: BuildGraph, closure: list[StageId], sealed: frozenset[int])
     stage decided before the change.)  A `py:` stage is never settled: its
     seal holds the project modules its code reads, which another stage of
     the build may write without an edge between them."""
-    index_of, python = graph.index_of, graph.runs_python
-    moving: set[StageId] = set()
-    undecided: list[StageId] = []
-    settled: list[StageId] = []
-    for sid in closure:
-        if (
-            index_of(sid) not in sealed
-            or python(sid)  # (its code may import what a stage writes: no edge says so)
-            or not moving.isdisjoint(graph.upstream_stages(sid))
-        ):
-            moving.add(sid)
-            undecided.append(sid)
-        else:
-            settled.append(sid)
+    # The stages that move are those found unsealed (or `py:`) and every
+    # stage downstream of one: found from them along the edges, so a build
+    # that reruns 55 stages of 1,000 walks those 55, and passes over the rest
+    # in C (a turn of a loop here for each stage was 0.7 ms of such a build).
+    # `closure` holds every stage upstream of each of its stages, so a stage
+    # of it is reached only through stages of it.
+    index = graph.index_map
+    members = set(closure)
+    unsealed = members.difference(compress(closure, map(sealed.__contains__, map(index.__getitem__, closure))))
+    seeds = unsealed.union(members.intersection(graph.python_ids))
+    if not seeds:
+        return [], list(closure)
+    moving = closure_of(seeds, graph.successors)
+    undecided = [sid for sid in closure if sid in moving]
+    settled = [sid for sid in closure if sid not in moving]
     return undecided, settled

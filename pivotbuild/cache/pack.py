@@ -116,32 +116,34 @@ class Packs:
         """What the packs hold.  The directory is listed again after the packs
         are read, until it did not change meanwhile: a merge by another process
         can rename its new pack in after one listing and remove an old one
-        before it is read, and what they hold would be missing until a reload."""
-        loaded: dict[str, Iterable[tuple[str, int, int]]] = {}
+        before it is read, and what they hold would be missing until a reload.
+
+        What this process read last of this cache is taken as it was, while
+        those packs are there with the same indexes (a build server's next
+        build reads only the packs written since: its last build's, one)."""
         names = set(_pack_names(self.dir))
-        first, before = set(names), _stamps_of(self.dir, names)
-        known = _read_packs.get(str(self.dir))
-        if known is not None and known[0] == names and known[1] == before:
-            return dict(known[2])  # (the packs and their indexes as the last build of this process read them)
         while True:
-            for name in sorted(names - loaded.keys()):
-                if name == self._own:
-                    loaded[name] = [(d, o, n) for d, (o, n) in self._own_entries.items()]
-                else:
-                    loaded[name] = self._entries(name)
+            before = _stamps_of(self.dir, names)
+            known = _read_packs.get(str(self.dir))
+            if known is not None and known[0] <= names and all(before[n] == known[1][n] for n in known[0]):
+                base, where = known[0], dict(known[2])
+            else:
+                base, where = set(), {}
+            for name in sorted(names - base):
+                found = (
+                    [(d, o, n) for d, (o, n) in self._own_entries.items()] if name == self._own else self._entries(name)
+                )
+                columns = tuple(zip(*found, strict=True))  # (digests, offsets, lengths), made in C
+                if columns:  # (a later pack's entry for a digest wins: either holds the same bytes)
+                    digests, offsets, lengths = columns
+                    where.update(zip(digests, zip(repeat(name), offsets, lengths, strict=False), strict=True))
             again = set(_pack_names(self.dir))
             if again == names:
                 break
             names = again
-        where: dict[str, tuple[str, int, int]] = {}
-        for name in sorted(names):
-            columns = tuple(zip(*loaded[name], strict=True))  # (digests, offsets, lengths), made in C
-            if columns:  # (a later pack's entry for a digest wins, as it always has)
-                digests, offsets, lengths = columns
-                where.update(zip(digests, zip(repeat(name), offsets, lengths, strict=False), strict=True))
         # Kept only if every pack had its index before it was read, and still
         # has that one (a pack scanned while its writer went on is not).
-        if names == first and None not in before and self._own not in names and _stamps_of(self.dir, names) == before:
+        if None not in before.values() and self._own not in names and _stamps_of(self.dir, names) == before:
             if len(_read_packs) >= MAX_PACKS:
                 _read_packs.clear()
             _read_packs[str(self.dir)] = (names, before, dict(where))
@@ -378,19 +380,19 @@ _READ_INDEXES_MAX = 4 * MAX_PACKS
 # And what the packs of a cache held, by its directory: the packs' names, the
 # stamps of their indexes, and the digests' places (copied out, as `add`
 # writes into its own).  Taken while the same packs have the same indexes.
-_read_packs: dict[str, tuple[set[str], list[tuple[int, int, int] | None], dict[str, tuple[str, int, int]]]] = {}
+_read_packs: dict[str, tuple[set[str], dict[str, tuple[int, int, int] | None], dict[str, tuple[str, int, int]]]] = {}
 
 
-def _stamps_of(directory: Path, names: set[str]) -> list[tuple[int, int, int] | None]:
-    """The stamp of the index of each of the packs `names` (sorted); None for one with none."""
-    found: list[tuple[int, int, int] | None] = []
-    for name in sorted(names):
+def _stamps_of(directory: Path, names: set[str]) -> dict[str, tuple[int, int, int] | None]:
+    """The stamp of the index of each of the packs `names`; None for one with none."""
+    found: dict[str, tuple[int, int, int] | None] = {}
+    for name in names:
         try:
             st = os.stat(directory / (name[: -len(".pack")] + ".idx"))
         except OSError:
-            found.append(None)
+            found[name] = None
         else:
-            found.append((st.st_ino, st.st_size, st.st_mtime_ns))
+            found[name] = (st.st_ino, st.st_size, st.st_mtime_ns)
     return found
 
 
