@@ -92,18 +92,21 @@ class Format:
         """The payload `chunks` end to end, in a frame, each chunk compressed
         on its own (a format that compresses): deterministic bytes for the
         same chunks."""
+        return self.pack_frames([self.compressed(chunk) for chunk in chunks])
+
+    def compressed(self, chunk: bytes) -> bytes:
+        """`chunk`'s zstd frame (a format that compresses), kept by its XXH3-128."""
         assert self.level is not None
-        frames, kept = [], self._frames
-        compressor = None
-        for chunk in chunks:
-            key = _checksum(chunk)
-            frame = kept.get(key)
-            if frame is None:
-                if compressor is None:
-                    compressor = _zstd().ZstdCompressor(level=self.level, write_checksum=False, write_content_size=True)
-                frame = compressor.compress(chunk)
-                self._keep(key, frame)
-            frames.append(frame)
+        key = _checksum(chunk)
+        frame = self._frames.get(key)
+        if frame is None:
+            compressor = _zstd().ZstdCompressor(level=self.level, write_checksum=False, write_content_size=True)
+            frame = compressor.compress(chunk)
+            self._keep(key, frame)
+        return frame
+
+    def pack_frames(self, frames: list[bytes]) -> bytes:
+        """The zstd `frames` (of `compressed`) end to end as the payload, in a frame."""
         return self._framed(b"".join(frames))
 
     def _framed(self, payload: bytes) -> bytes:
