@@ -51,11 +51,11 @@ def write_atomic(path: Path, data: bytes, *, fsync: bool = True) -> None:
         os.close(dir_fd)
 
 
-def append_durably(path: Path, data: bytes) -> None:
-    """Append `data` to the existing file `path` and fsync it: all of it, or
-    (on an error such as a full disk) none, the file cut back to its length
-    before.  For files of checked frames, where a crash mid-append leaves a
-    frame that fails its check (the stat cache)."""
+def append_whole(path: Path, data: bytes, *, fsync: bool = True) -> None:
+    """Append `data` to the existing file `path` (and fsync it, with `fsync`):
+    all of it, or (on an error such as a full disk) none, the file cut back to
+    its length before.  For files of checked frames, where a crash mid-append
+    leaves a frame that fails its check (the stat cache)."""
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
     try:
         size = os.fstat(fd).st_size
@@ -63,7 +63,8 @@ def append_durably(path: Path, data: bytes) -> None:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
-            os.fsync(fd)
+            if fsync:
+                os.fsync(fd)
         except BaseException:
             with contextlib.suppress(OSError):  # (else the frame fails its check when read, and is dropped)
                 os.ftruncate(fd, size)

@@ -32,7 +32,7 @@ from operator import itemgetter
 from pathlib import Path
 
 from pivotbuild.state import framing
-from pivotbuild.state.files import append_durably, write_atomic
+from pivotbuild.state.files import append_whole, write_atomic
 from pivotbuild.state.hashing import (
     ENTRY_LINK,
     ManifestEntry,
@@ -96,6 +96,7 @@ class StatCache:
         self.path = path
         self._torn_is_partial = torn_is_partial
         self.entries: dict[str, StatEntry] = {}
+        self._racy: set[str] = set()  # the paths whose entry is not trusted (`settle` looks at these alone)
         self.files_read = 0
         # Paths hashed by this process: their entries are believed even while
         # racy, since settle() rehashes every racy entry before the build ends,
@@ -145,6 +146,7 @@ class StatCache:
             self.damaged = f"does not decode ({type(exc).__name__})"
             self._dirty = True
         self.entries = entries
+        self._racy = {key for key, entry in entries.items() if not entry.trusted}
         self._appended = appended
         self._whole = self._dirty
 
@@ -156,7 +158,7 @@ class StatCache:
         since it was first hashed shows up as a new hash here, which the next
         build compares with the lockfile, so nothing is missed; and a no-op
         build right after this one reads no file contents."""
-        racy = [k for k, e in self.entries.items() if not e.trusted]
+        racy = [k for k in self._racy if k in self.entries]
         if not racy:
             return
         now = time.time_ns()
@@ -198,7 +200,9 @@ class StatCache:
         else:
             rows = [(k, *entries[k]) for k in changed if k in entries]
             try:
-                append_durably(self.path, FRAME.dump([rows, [k for k in changed if k not in entries]]))
+                # Not fsync'ed: a cache, whose frames a power cut cuts short
+                # are dropped when read (the files they named hashed again).
+                append_whole(self.path, FRAME.dump([rows, [k for k in changed if k not in entries]]), fsync=False)
             except FileNotFoundError:  # (removed since it was read)
                 self._write_whole()
             else:
@@ -242,6 +246,7 @@ class StatCache:
         entry = self.entries.get(path)
         if entry is not None and not entry.trusted and entry.hash == digest and entry.same_stamp(st):
             self.entries[path] = StatEntry(entry.size, entry.mtime_ns, entry.ino, entry.ctime_ns, digest, True)
+            self._racy.discard(path)
             self._changed.add(path)
             self._dirty = True
 
@@ -253,6 +258,10 @@ class StatCache:
         instead, a hash read long before would pass for proof)."""
         trusted = proven or not _is_racy(st, read_ns)
         self.entries[key] = StatEntry(st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, digest, trusted)
+        if trusted:
+            self._racy.discard(key)
+        else:
+            self._racy.add(key)
         self._this_run.add(key)
         self._changed.add(key)
         self._dirty = True
@@ -273,6 +282,7 @@ class StatCache:
     def forget(self, path: str | os.PathLike[str]) -> None:
         key = os.fspath(path)
         if self.entries.pop(key, None) is not None:
+            self._racy.discard(key)
             self._changed.add(key)
             self._dirty = True
 
