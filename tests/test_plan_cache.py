@@ -539,3 +539,18 @@ def test_a_plan_index_that_does_not_decode_is_damaged_when_used() -> None:
         _ = index.stages
     with pytest.raises(plan.Damaged):
         plan.Index("id", "/", current="", default=(), n=1, always=[], packed=b"\xc1").upstream([0, 0])
+
+
+def test_a_plan_read_again_in_one_process_is_taken_while_its_file_is_unchanged(chain: Project) -> None:
+    """A build server reads the plan before each build: the one it read is
+    taken again while the file has the same stamp, and a plan rewritten
+    since (a Pivotfile edited, compiled again) is read anew."""
+    build(chain)
+    main = str(chain.root / "Pivotfile")
+    first = plan.read(main, {})
+    assert first is not None and plan.read(main, {}) is first
+    assert plan.read(main, {"X": "1"}) is None  # (another key: not this plan)
+    chain.write("Pivotfile", (chain.root / "Pivotfile").read_text() + "\n# edited\n")
+    build(chain)
+    again = plan.read(main, {})
+    assert again is not None and again is not first and plan.fresh(again, main)

@@ -159,6 +159,29 @@ def test_the_client_directory_umask_and_environment_are_the_builds(project: Proj
     assert pids & seen["hello"] != pids & seen["bonjour"]
 
 
+def test_a_variable_set_for_one_served_build_is_gone_from_the_next_without_it(project: Project, servers: Path) -> None:
+    """Variables that do not choose the server (COLUMNS, LINES...) come and go
+    between the builds it serves: each build's stages see its own client's
+    environment, a variable the last client had and this one lacks included."""
+    project.pivotfile(
+        "stage env:\n    deps: n.txt\n    outs: env.txt\n    run: echo $${COLUMNS-unset} $PPID > env.txt\n"
+    )
+    parents = set()
+    for n, columns in enumerate((None, "132", None, "80", None)):
+        env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+        if columns is not None:
+            env["COLUMNS"] = columns
+        project.write("n.txt", f"{n}\n")
+        subprocess.run(PIVOTBUILD, cwd=project.root, env=env, capture_output=True, check=True, timeout=60)
+        said, ppid = (project.root / "env.txt").read_text().split()
+        assert said == (columns or "unset")
+        if n == 0:
+            await_server(servers)  # (the first built in its own process, and started the server)
+        else:
+            parents.add(int(ppid))
+    assert len(parents) == 1 and parents <= set(server_pids(servers))  # all served by one server
+
+
 def test_a_pipe_reading_the_build_ends_with_the_client(project: Project, servers: Path) -> None:
     served(project, servers)
     project.write("in.txt", "two\n")

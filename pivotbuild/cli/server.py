@@ -284,8 +284,7 @@ class Server:
         env = request["env"]
         assert isinstance(env, dict)
         os.fchdir(here)
-        os.environ.clear()
-        os.environ.update(env)
+        _take_environment(env)
         mask = request["umask"]
         assert isinstance(mask, int)
         os.umask(mask)
@@ -305,6 +304,18 @@ class Server:
             fds.clear()
             _standard_streams()
             os.chdir("/")
+
+
+def _take_environment(env: dict[str, str]) -> None:
+    """`os.environ` made `env`, touching only what differs (each change is a
+    `putenv`: clearing and filling it again took 0.3 ms a build, for an
+    environment that is the same but for a few variables, if any)."""
+    environ = os.environ
+    for key in [key for key in environ if key not in env]:
+        del environ[key]
+    for key, value in env.items():
+        if environ.get(key) != value:
+            environ[key] = value
 
 
 def _run(argv: list[str], residents: Residents, begin: Callable[[], None], end: Callable[[], None]) -> int:

@@ -278,11 +278,32 @@ def read(main_file: str | Path, overrides: Mapping[str, str]) -> Loaded | None:
     """The plan for this Pivotfile and these variables, if one was written; its
     sources are not checked yet (see `fresh`).  None if absent or for another
     key; raises `Damaged` if it fails its checksum or does not decode."""
+    where = os.path.join(os.path.dirname(main_file), STATE_DIR, PLAN)
     try:
-        with open(os.path.join(os.path.dirname(main_file), STATE_DIR, PLAN), "rb") as f:
+        with open(where, "rb") as f:
+            st = os.fstat(f.fileno())
+            stamp = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+            kept = _read.get(where)
+            if kept is not None and kept[0] == stamp and kept[1] == plan_key(main_file, overrides):
+                return kept[2]  # (a build server's: the plan as its last build read it, unchanged since)
             blob = f.read()
     except OSError:
         return None
+    loaded = _decoded(blob, main_file, overrides)
+    if loaded is not None:
+        if len(_read) >= 8:
+            _read.clear()
+        _read[where] = (stamp, plan_key(main_file, overrides), loaded)
+    return loaded
+
+
+# The plans read in this process, by file: their stamp (inode, size, mtime,
+# ctime), key and what they said.  A plan is written whole under a new inode,
+# never changed where it is, so one whose stamp is unchanged is as it was read.
+_read: dict[str, tuple[tuple[int, int, int, int], list[Any], Loaded]] = {}
+
+
+def _decoded(blob: bytes, main_file: str | Path, overrides: Mapping[str, str]) -> Loaded | None:
     try:
         fields = FRAME.load(blob)
     except framing.OtherVersion:
