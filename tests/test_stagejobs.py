@@ -331,3 +331,30 @@ def test_a_build_whose_fifos_directory_is_not_its_own_uses_tmpdir(project: Proje
     listed = (project.root / "a.txt").read_text().split()
     assert own.name in listed and any(n.startswith("pivotbuild-jobs-") for n in listed)
     assert os.listdir(own) == [] and sorted(os.listdir(tmp)) == [own.name]
+
+
+def test_the_descriptors_of_the_next_stage_are_opened_ahead_each_for_one_stage_and_none_left_open() -> None:
+    """The build loop has the next stage's descriptors opened while the others
+    run (`restock`): a start takes them, each pair goes to one stage alone,
+    and those no stage took are closed with the pool."""
+
+    def open_fds() -> set[int]:
+        return {int(fd) for fd in os.listdir("/proc/self/fd")}
+
+    before = open_fds()
+    pool = SharedPool(2)
+    assert pool.try_acquire(1)
+    pool.restock()
+    ahead = open_fds() - before
+    first = pool.for_stage("")
+    assert first is not None and set(first[1]) <= ahead  # (the pair opened ahead)
+    second = pool.for_stage("")  # none ahead: opened now
+    assert second is not None and not set(second[1]) & set(first[1])
+    for fd in (*first[1], *second[1]):
+        os.close(fd)  # (as the executor does once each stage has started)
+    pool.restock()
+    pool.restock()  # (one pair ahead at most)
+    assert len(open_fds() - before) == len(ahead)
+    pool.release(1)
+    pool.close()
+    assert open_fds() <= before

@@ -158,6 +158,8 @@ class BuildRun:
         # back before deciding (which may hash large files), as make's other
         # jobs may be waiting for them.
         owned = getattr(self.admission.jobserver, "owned", False)
+        restock = getattr(self.admission.jobserver, "restock", None) if self.pool is not None else None
+        everyone = len(self.closure) + len(self.settled)
         while True:
             if not owned:
                 self._settle_tokens()
@@ -174,6 +176,8 @@ class BuildRun:
             if self.to_run and self.admission.external and not self._watching_pool:
                 self._watch_pool()
             self._settle_tokens()  # (tokens no start took go back before the wait)
+            if restock is not None and len(self.running) + len(self.scheduler.status) < everyone:
+                restock()  # (a stage is still to start: its job pool descriptors opened while the others run)
             signals.deferring = True  # (the executor runs in here: see Signals)
             item = take(0.2 if self.admission.waits_on_resources else 1.0)
             signals.deferring = False
