@@ -1317,3 +1317,28 @@ def test_ingest_given_a_stale_size_stores_the_file_as_it_is(tmp_path: Path, stat
     digest = cache.ingest(str(src), stated)
     assert digest == hash_bytes(data)
     assert cache.read(digest) == data
+
+
+def test_a_builds_run_cache_writes_each_log_once_when_the_build_ends(tmp_path: Path) -> None:
+    """A build's run cache (deferred) answers for what it recorded at once,
+    and appends it when the build ends: one write a log, each entry a frame,
+    found by the next build."""
+    from pivotbuild.cache.runcache import RunCache
+    from pivotbuild.cache.runlog import read_log
+    from pivotbuild.model import StageId
+    from pivotbuild.state.records import FileRecord
+
+    deps = (FileRecord("in.txt", "file", "a" * 32),)
+    building = RunCache(tmp_path, deferred=True)
+    recorded = {}
+    for i in range(40):
+        outs = (FileRecord(f"out{i}.txt", "file", f"{i:032x}"),)
+        building.record(StageId("", f"s{i}"), "fp", deps, outs)
+        recorded[f"s{i}"] = outs
+    assert building.lookup(StageId("", "s3"), "fp", deps) == recorded["s3"]
+    assert not list(tmp_path.rglob("*.log"))  # nothing written yet
+    building.flush()
+    logs = list(tmp_path.rglob("*.log"))
+    assert 1 < len(logs) <= 16 and sum(len(read_log(p.read_bytes())[0]) for p in logs) == 40
+    after = RunCache(tmp_path)
+    assert all(after.lookup(StageId("", name), "fp", deps) == outs for name, outs in recorded.items())

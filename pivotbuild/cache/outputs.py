@@ -112,7 +112,7 @@ class OutputCache:
         self.root = root
         self.notice = notice
         self.cache = Cache(root / STATE_DIR / CACHE_DIR, notice)
-        self.runs = RunCache(self.cache.dir, notice)
+        self.runs = RunCache(self.cache.dir, notice, deferred=building)
         self._lock_copies: dict[str, lockfile.Records] = {}  # pipeline dir -> its lockfile's copy, once read
         self.settings = settings = config.load_or_default(root, notice) if building else config.load(root)
         self.mode = Mode(settings.checkout)
@@ -122,6 +122,10 @@ class OutputCache:
         """The build is over: what it stored is indexed (Cache.close).  An index
         that cannot be written costs nothing but time: the next build reads
         the pack itself (see pack.py)."""
+        try:
+            self.runs.flush()
+        except OSError as exc:
+            self.notice(f"could not record this build's runs in the run cache ({exc.strerror or exc})")
         try:
             self.cache.close()
         except OSError as exc:

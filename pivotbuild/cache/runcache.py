@@ -130,7 +130,17 @@ class RunCache:
     moment earlier.  Thread-safe: a build's storer threads record while its
     loop looks up.  `repair=False` (gc -n) reads without writing anything."""
 
-    def __init__(self, cache_dir: Path, notice: Callable[[str], None] | None = None, *, repair: bool = True) -> None:
+    def __init__(
+        self,
+        cache_dir: Path,
+        notice: Callable[[str], None] | None = None,
+        *,
+        repair: bool = True,
+        deferred: bool = False,
+    ) -> None:
+        """`deferred`: what `record` appends is written by `flush` (a build's
+        run cache, flushed when the build ends: one append a log, not one a
+        stage)."""
         self.cache_dir = cache_dir
         self.notice = notice  # told once about each damaged entry
         self.repair = repair
@@ -142,6 +152,8 @@ class RunCache:
         self._logged: dict[str, dict[str, bytes]] = {}  # folder name -> its own log's entries, once read
         self._keyed: dict[str, set[str]] = {}  # folder name -> the stage keys of its files and own log
         self._logs: dict[str, _Log] = {}  # first digit -> its log, once read
+        self._deferred = deferred
+        self._unwritten: dict[str, list[tuple[str, bytes]]] = {}  # log path -> entries `flush` appends
 
     def _listing(self, shard: str) -> set[str]:
         """The entries of folder `shard` that are files, read once with the
@@ -337,11 +349,25 @@ class RunCache:
         # (The append outside the lock: see `_listing`.  A frame is whole once
         # written, under the log's own lock; the same entry appended twice at
         # once is read as one.)
-        runlog.append(self._log(shard), name, blob)
+        path = self._log(shard)
+        if not self._deferred:
+            runlog.append(path, name, blob)
         with self._lock:
+            if self._deferred:
+                self._unwritten.setdefault(path, []).append((name, blob))
             log = self._logs[shard[:1]]
             log.known[name] = blob
             log.keys.add(skey)
+
+    def flush(self) -> None:
+        """Append what `record` left to write (deferred), one `write` a log.
+        Entries a build killed before this loses only cost a restore: the
+        lockfile holds each stage's last record, and its outputs are in the
+        cache (see OutputCache.restore)."""
+        with self._lock:
+            unwritten, self._unwritten = self._unwritten, {}
+        for path, entries in sorted(unwritten.items()):
+            runlog.append_many(path, entries)
 
     def remove(self, shard: str, names: set[str]) -> None:
         """Remove these entries of folder `shard`, from the logs and as files (gc)."""

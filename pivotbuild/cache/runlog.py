@@ -85,7 +85,13 @@ def log_bytes(entries: dict[str, bytes], foreign: list[bytes] | None = None) -> 
 
 def append(path: str, name: str, entry: bytes) -> None:
     """Append one entry to the log at `path` (made if missing)."""
-    frame = LOG.dump([name, entry])
+    append_many(path, [(name, entry)])
+
+
+def append_many(path: str, entries: list[tuple[str, bytes]]) -> None:
+    """Append these entries to the log at `path` (made if missing), a frame
+    each, with one `write`."""
+    frame = b"".join(LOG.dump([name, entry]) for name, entry in entries)
     for attempt in range(3):
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666)
         try:
