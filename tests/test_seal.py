@@ -213,3 +213,28 @@ def test_a_recorded_directory_gone_since_is_left_unsealed(tmp_path: Path, instea
     record = FileRecord("tree", DIR, "0" * 16)
     with pytest.raises(seal.Unsealable):
         seal.stage_files([record], tmp_path, {}, time.time_ns(), {})
+
+
+def test_a_look_begun_early_answers_the_next_holding_once_and_leaves_no_thread(tmp_path: Path) -> None:
+    """A build server begins the stats as a request comes (`look_early`): the
+    fast check's `holding` takes that answer, what comes after looks again,
+    and a look no build took is waited for and dropped."""
+    import threading
+
+    if not stamptable.c_pass():
+        pytest.fail("_stamps is not built here (test_stamptable says why)")
+    files = _written(tmp_path, ["a", "b"])
+    read = _sealed(tmp_path, {0: [(str(files["a"]), _stamp(files["a"]))], 1: [(str(files["b"]), _stamp(files["b"]))]})
+    kept = read.renewed("plan", [], [])  # (a seal made in this process: the server's)
+    files["b"].write_text("b, edited before the request")
+    kept.look_early()
+    assert kept._early is not None
+    kept._early[0].join()  # (the look made: what follows is after the request)
+    files["a"].write_text("a, edited since")
+    assert kept.holding([0, 1]) == {0}  # the answer as of the look: a's edit is the next build's
+    assert kept.holding([0, 1]) == set()  # (looked at again)
+    kept.look_early()
+    kept.end_early()
+    assert [t for t in threading.enumerate() if t.name == "stamps"] == []
+    read.look_early()  # (a seal read from its file: checked in one pass of its own, never early)
+    assert [t for t in threading.enumerate() if t.name == "stamps"] == []

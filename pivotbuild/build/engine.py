@@ -307,6 +307,10 @@ class Engine:
             return None
         return kept[1]
 
+    def kept_seal_any(self) -> Seal | None:
+        """The seal this engine made after its last build, if any (see `kept_seal`)."""
+        return self._kept[1] if self._kept is not None else None
+
     def write_seal(self) -> None:
         """The seal `_seal_later` made, written to disk if no build has come
         since (a build server calls this when idle, and before it ends), under

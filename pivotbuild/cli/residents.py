@@ -31,6 +31,7 @@ class Residents:
         # What the last build left for after its client's answer (Engine.later):
         # the server runs it then (`after`), before its next build.
         self.later: list[Callable[[], None]] = []
+        self._early: Seal | None = None  # the seal whose stats began as a request came (`look_early`)
 
     def engine(self, checked: Checked, options: BuildOptions) -> tuple[Engine, Project, BuildGraph] | None:
         """The engine for this build, and its project and graph (None if the
@@ -69,6 +70,23 @@ class Residents:
             if found is not None:
                 return found
         return None
+
+    def look_early(self) -> None:
+        """A request came: begin the stats of the seal the most recent build
+        kept, on a thread, for the fast check of the build it likely asks for
+        (Seal.look_early); `end_early` once that build is over."""
+        for _, engine, _, _ in reversed(self._engines.values()):
+            kept = engine.kept_seal_any()
+            if kept is not None:
+                kept.look_early()
+                self._early = kept
+                return
+
+    def end_early(self) -> None:
+        """The build is over: an early look it did not take is waited for, and dropped."""
+        early, self._early = self._early, None
+        if early is not None:
+            early.end_early()
 
     def write_seals(self) -> None:
         """Write the seals the engines keep and have not written (the server is idle, or ends)."""

@@ -204,6 +204,9 @@ class Server:
         if received is None:
             return
         request, fds = received
+        # The stats of the next fast check begun now, beside what follows (the
+        # request checked, this process made the client's): joined by the end.
+        self.residents.look_early()
         try:
             why = self._refusal(conn, request)
             try:
@@ -229,6 +232,7 @@ class Server:
         finally:
             for fd in fds:
                 os.close(fd)
+            self.residents.end_early()
         if _left_behind():
             self.stopping = True  # (a thread or a child of that build's: a new server starts clean)
 

@@ -41,11 +41,12 @@ from pivotbuild.state import framing
 from pivotbuild.state.hashing import ENTRY_LINK, ManifestEntry, hash_bytes, hash_file, manifest_bytes, walk_dir
 from pivotbuild.state.kinds import DIR, FILE, GLOB
 from pivotbuild.state.stamps import Stamp, is_racy, racy_wait_ns, stamp, stamp_now
-from pivotbuild.state.stamptable import StampTable, changed_stamps, pack
+from pivotbuild.state.stamptable import StampTable, c_pass, changed_stamps, pack
 
 TYPE_CHECKING = False  # not typing's: the no-op fast path does not import typing
 if TYPE_CHECKING:
     from pathlib import Path
+    from threading import Thread
 
     from pivotbuild.state.records import FileRecord
     from pivotbuild.state.statcache import StatEntry
@@ -95,6 +96,7 @@ class Seal:
         # by the first `add`: a seal that is only checked (the no-op) never needs it.
         self._at: dict[tuple[bytes, Stamp | None], int] | None = None
         self._kept = len(packed.names) if packed else 0  # paths when read or compacted (see `gathered`)
+        self._early: tuple[Thread, list[list[int]]] | None = None  # a pass begun early (`look_early`): thread, answer
 
     @property
     def names(self) -> list[bytes]:
@@ -172,7 +174,7 @@ class Seal:
             # A seal made in this process (a build server's, kept between its
             # builds), asked about every stage it seals: every path it holds
             # in one pass, as above.
-            changed = set(changed_stamps(self.names, self.stamps))
+            changed = self._changed_now()
             own_of = self.stages
             if not changed:
                 return set(own_of)
@@ -180,6 +182,39 @@ class Seal:
         own = {i: self.stages[i] for i in stages if i in self.stages}
         unchanged = dict(self._unchanged({j for js in own.values() for j in js}))
         return {i for i, js in own.items() if all(unchanged[j] for j in js)}
+
+    def look_early(self) -> None:
+        """Begin the pass over every path that `holding` makes, on a thread of
+        its own (the C pass lets go of the GIL for its stats): a build server
+        begins it as a build's request comes, and the build's fast check,
+        asking about every stage, takes its answer once it needs it (the
+        stats made meanwhile, while the request is taken in: the answer is as
+        of the request, which came after whatever its client did before).
+        Only for a seal made in this process, and where the C pass is built."""
+        if self._packed is not None or self._early is not None or not c_pass():
+            return
+        import threading
+
+        names, stamps, answer = self.names, self.stamps, []
+        thread = threading.Thread(target=lambda: answer.append(changed_stamps(names, stamps)), name="stamps")
+        thread.start()
+        self._early = (thread, answer)
+
+    def end_early(self) -> None:
+        """Wait for an early pass no build took, and drop it."""
+        early, self._early = self._early, None
+        if early is not None:
+            early[0].join()
+
+    def _changed_now(self) -> set[int]:
+        """The paths whose stamps are not as sealed: the early pass's answer if
+        one was begun (once: a later call looks again), else a pass now."""
+        early, self._early = self._early, None
+        if early is not None:
+            early[0].join()
+            if early[1]:
+                return set(early[1][0])
+        return set(changed_stamps(self.names, self.stamps))
 
     def _unchanged(self, indices: Iterable[int]) -> Iterator[tuple[int, bool]]:
         """(path index, whether its stamp is as sealed) for each of `indices`,

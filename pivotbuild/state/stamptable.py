@@ -235,6 +235,11 @@ class StampTable:
         return [j for j in range(lo, hi) if self._moved(j, gone)]
 
 
+def c_pass() -> bool:
+    """Whether the passes are made in C (`_stamps` is built: it lets go of the GIL for its stats)."""
+    return _stamps is not None
+
+
 def changed_stamps(names: list[bytes], stamps: list[Stamp | None]) -> list[int]:
     """The indices of the paths whose stamp is not `stamps`' now (None: sealed
     as absent), in one pass: a seal's paths as a build made them, not packed
