@@ -146,3 +146,23 @@ def test_the_c_pass_finds_what_the_python_pass_finds(tmp_path: Path, paths: list
     assert in_c == in_python == set(listed_in_c) == set(listed_in_python)
     expected = {first + j for j, (exists, fate) in enumerate(paths) if fate != "same"}
     assert in_c == expected
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.dictionaries(st.integers(0, 50), st.lists(st.integers(0, 39), max_size=6), max_size=30),
+    st.lists(st.integers(0, 39), max_size=8),
+)
+def test_the_stages_apart_from_the_changed_paths_are_the_same_in_c_and_python(
+    stages: dict[int, list[int]], changed: list[int]
+) -> None:
+    c_pass = stamptable._stamps
+    if c_pass is None:
+        pytest.fail("_stamps is not built here (see the test above)")
+    in_c = stamptable.apart(stages, changed, 40)
+    try:
+        stamptable._stamps = None  # type: ignore[assignment]  # (each example restores it)
+        in_python = stamptable.apart(stages, changed, 40)
+    finally:
+        stamptable._stamps = c_pass
+    assert sorted(in_c) == sorted(in_python) == sorted(i for i, own in stages.items() if not set(own) & set(changed))

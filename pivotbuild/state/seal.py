@@ -41,7 +41,7 @@ from pivotbuild.state import framing
 from pivotbuild.state.hashing import ENTRY_LINK, ManifestEntry, hash_bytes, hash_file, manifest_bytes, walk_dir
 from pivotbuild.state.kinds import DIR, FILE, GLOB
 from pivotbuild.state.stamps import Stamp, is_racy, racy_wait_ns, stamp, stamp_now
-from pivotbuild.state.stamptable import StampTable, c_pass, changed_stamps, pack
+from pivotbuild.state.stamptable import StampTable, apart, c_pass, changed_stamps, pack
 
 TYPE_CHECKING = False  # not typing's: the no-op fast path does not import typing
 if TYPE_CHECKING:
@@ -174,11 +174,11 @@ class Seal:
             # A seal made in this process (a build server's, kept between its
             # builds), asked about every stage it seals: every path it holds
             # in one pass, as above.
-            changed = self._changed_now()
+            moved = self._changed_now()
             own_of = self.stages
-            if not changed:
+            if not moved:
                 return set(own_of)
-            return {i for i, mine in own_of.items() if changed.isdisjoint(mine)}
+            return set(apart(own_of, moved, len(self.names)))
         own = {i: self.stages[i] for i in stages if i in self.stages}
         unchanged = dict(self._unchanged({j for js in own.values() for j in js}))
         return {i for i, js in own.items() if all(unchanged[j] for j in js)}
@@ -206,15 +206,15 @@ class Seal:
         if early is not None:
             early[0].join()
 
-    def _changed_now(self) -> set[int]:
+    def _changed_now(self) -> list[int]:
         """The paths whose stamps are not as sealed: the early pass's answer if
         one was begun (once: a later call looks again), else a pass now."""
         early, self._early = self._early, None
         if early is not None:
             early[0].join()
             if early[1]:
-                return set(early[1][0])
-        return set(changed_stamps(self.names, self.stamps))
+                return early[1][0]
+        return changed_stamps(self.names, self.stamps)
 
     def _unchanged(self, indices: Iterable[int]) -> Iterator[tuple[int, bool]]:
         """(path index, whether its stamp is as sealed) for each of `indices`,

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 FORK_ABOVE = 4096  # paths; below this one process stats them sooner than two start
 _chain = chain.from_iterable
 
-_STAMPS_API = 2  # what this module and seal.py call _stamps with (its API constant)
+_STAMPS_API = 3  # what this module and seal.py call _stamps with (its API constant)
 try:
     from pivotbuild.state import _stamps
 except ImportError:  # not built at install (no C compiler, another platform): the same pass in Python
@@ -233,6 +233,16 @@ class StampTable:
                 return found
             return found + [at[k] for k in range(len(at)) if now[4 * k : 4 * k + 4] != sealed[4 * k : 4 * k + 4]]
         return [j for j in range(lo, hi) if self._moved(j, gone)]
+
+
+def apart(stages: dict[int, list[int]], changed: list[int], n: int) -> list[int]:
+    """The stages (of `stages`: stage -> its path indices, all below `n`) none
+    of whose paths is among `changed`: in C where `_stamps` is built (a
+    thousand stages' `isdisjoint` took 0.3 ms), else here."""
+    if _stamps is not None:
+        return _stamps.apart(stages, changed, n)
+    moved = set(changed)
+    return [i for i, own in stages.items() if moved.isdisjoint(own)]
 
 
 def c_pass() -> bool:
