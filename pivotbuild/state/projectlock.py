@@ -47,8 +47,10 @@ class ProjectLock:
             started = time.monotonic()
             fcntl.flock(fd, fcntl.LOCK_EX)
             self.on_wait(f"the other build finished after {time.monotonic() - started:.1f}s; going on")
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        mine = f"{os.getpid()}\n".encode()
+        if os.pread(fd, 32, 0) != mine:  # (a build server's builds leave it as it is)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, mine, 0)
         self.fd = fd
         return self
 
