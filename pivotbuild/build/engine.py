@@ -47,7 +47,7 @@ from pivotbuild.graph import BuildGraph
 from pivotbuild.model import StageId
 from pivotbuild.paths import STATE_DIR
 from pivotbuild.project import LoadOptions, Project
-from pivotbuild.state import history, lockfile, seal, stamps
+from pivotbuild.state import history, seal, stamps
 from pivotbuild.state.projectlock import Busy, ProjectLock
 from pivotbuild.state.seal import Seal
 from pivotbuild.state.store import StateStore
@@ -115,7 +115,7 @@ class Engine:
         # (`kept_seal`), and written to disk once the server is idle
         # (`write_seal`) unless another build has come first.
         self._kept: tuple[str, Seal] | None = None
-        self._unwritten: tuple[Path | None, Seal | None, StateStore, list[tuple[Path, bytes]]] | None = None
+        self._unwritten: tuple[Path, Seal, StateStore] | None = None
 
     def emit(self, event: Event) -> None:
         self.reporter.handle(event)
@@ -252,19 +252,15 @@ class Engine:
                 settled=settled,
             )
             store.close()  # lockfiles written and stat caches settled: now seal what is up to date
-            copies, store.copies = store.copies or [], None
             if recorder.elsewhere:
                 self.emit(Message(left_message(len(recorder.elsewhere), options.all_pipelines)))
-            if self.later is not None and self.resident and not outcome.interrupted:
-                self.later.append(
-                    lambda: self._seal_later(
-                        project, graph, outcome, sealed=sealed, recorder=recorder, store=store, copies=copies
-                    )
-                )
-                return outcome.code
-            _write_copies(copies)
             if not outcome.interrupted:  # (an interrupted build may leave outputs uncached: see Recorder.heal)
-                recorder.seal(project, graph, outcome, sealed)
+                if self.later is not None and self.resident:
+                    self.later.append(
+                        lambda: self._seal_later(project, graph, outcome, sealed=sealed, recorder=recorder, store=store)
+                    )
+                else:
+                    recorder.seal(project, graph, outcome, sealed)
             return outcome.code
 
     def _seal_later(
@@ -276,7 +272,6 @@ class Engine:
         sealed: Seal | None,
         recorder: Recorder,
         store: StateStore,
-        copies: list[tuple[Path, bytes]],
     ) -> None:
         """A build server's seal, made once the client has its answer (the
         seal only ever spares the next build its decisions, and this server's
@@ -285,22 +280,23 @@ class Engine:
         Made under the project lock again, and only if no other process has
         written the state since this build closed it (`_warm`'s stamps):
         otherwise that build seals what it found, and this one leaves the
-        seal alone.  The cache's copies of the lockfiles (`copies`) are
-        written with the seal, when idle, on the same terms."""
+        seal alone."""
         self._kept = self._unwritten = None
         main_dir = project.main_dir
+        if main_dir is None:
+            return
         try:
             with ProjectLock(project.root / STATE_DIR, wait=False, on_wait=self._waiting):
                 if not self._still_warm(store):
-                    return  # (and the copies: that other build wrote its own)
-                new = recorder.new_seal(project, graph, outcome, sealed) if main_dir is not None else None
+                    return
+                new = recorder.new_seal(project, graph, outcome, sealed)
         except (Busy, OSError):  # another build holds the lock: it seals what it finds
             return
         if new is not None:
             if new.gathered:  # (renewed build after build, with no idle moment to write it)
                 new = new.compacted()
             self._kept = (str(main_dir), new)
-        self._unwritten = (main_dir, new, store, copies)
+            self._unwritten = (main_dir, new, store)
 
     def kept_seal(self, main_dir: str, plan_id: str) -> Seal | None:
         """The seal this engine made after its last build (a build server's),
@@ -323,16 +319,14 @@ class Engine:
         unwritten, self._unwritten = self._unwritten, None
         if unwritten is None:
             return
-        main_dir, new, store, copies = unwritten
+        main_dir, new, store = unwritten
         warm = self._warm
         if warm is None:
             return
         try:
             with ProjectLock(warm[1] / STATE_DIR, wait=False, on_wait=self._waiting):
                 if self._still_warm(store):
-                    if new is not None and main_dir is not None:
-                        write_seal(main_dir, new)
-                    _write_copies(copies)
+                    write_seal(main_dir, new)
         except (Busy, OSError):  # another build holds the lock: it seals what it finds
             pass
 
@@ -476,15 +470,10 @@ class Engine:
         with ProjectLock(project.root / STATE_DIR, wait=not options.no_wait, on_wait=self._waiting):
             store = self._warm_store(project) or StateStore(project.root, project.pipelines, self.warn)
             self._warm = None
-            # (A build server's copies of the lockfiles are written when it is
-            # idle: `_build` takes them; any it did not are written here.)
-            store.copies = [] if self.later is not None and self.resident else None
             try:
                 yield store
             finally:
                 store.close()
-                leftover, store.copies = store.copies, None
-                _write_copies(leftover or [])
             if self.resident:
                 self._warm = (store, project.root, tuple(p.dir for p in project.pipelines), store.stamps())
 
@@ -539,12 +528,6 @@ def open_seal(project: Project, warn: Callable[[str], None]) -> Seal | None:
         seal.remove(main_dir)
         return None
     return _still_valid(sealed)
-
-
-def _write_copies(copies: list[tuple[Path, bytes]]) -> None:
-    """The cache's copies of lockfiles (StateStore.copies) written."""
-    for copy_to, blob in copies:
-        lockfile.write_copy(copy_to, blob)
 
 
 def _still_valid(sealed: Seal | None) -> Seal | None:

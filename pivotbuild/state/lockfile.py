@@ -321,13 +321,10 @@ def read_records(path: Path) -> Records:
     return decode_records(blob)
 
 
-def write(
-    path: Path, data: LockData | Records, *, copy_to: Path | None = None, copies: list[tuple[Path, bytes]] | None = None
-) -> bool:
+def write(path: Path, data: LockData | Records, *, copy_to: Path | None = None) -> bool:
     """Write `data` atomically unless the file already holds exactly these bytes.
     Returns True if the file was written.  `copy_to` gets the same bytes too
-    (best effort, no fsync: the cache's copy, checked when read; see `copy_path`),
-    or, given `copies`, is added to them for the caller to write."""
+    (best effort, no fsync: the cache's copy, checked when read; see `copy_path`)."""
     blob = encode(data)
     try:
         old = path.read_bytes()
@@ -338,20 +335,12 @@ def write(
             return False  # (a file of an older format, of the same records: left as committed)
     write_atomic(path, blob)
     if copy_to is not None:
-        if copies is not None:
-            copies.append((copy_to, blob))  # (written later by the caller: `write_copy`)
-        else:
-            write_copy(copy_to, blob)
+        try:
+            copy_to.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(copy_to, blob, fsync=False)
+        except OSError:
+            pass
     return True
-
-
-def write_copy(copy_to: Path, blob: bytes) -> None:
-    """The cache's copy of a lockfile written (best effort, see `write`)."""
-    try:
-        copy_to.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(copy_to, blob, fsync=False)
-    except OSError:
-        pass
 
 
 def _same_payload(old: bytes, new: bytes) -> bool:

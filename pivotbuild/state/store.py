@@ -55,9 +55,6 @@ class StateStore:
         self.read_only = read_only
         self.pipelines: dict[str, PipelineState] = {}
         self._warned: set[Path] = set()  # files already reported as damaged
-        # Where the cache's copies of the lockfiles go if not written at once
-        # (a build server's, written once it is idle: Engine.write_seal).
-        self.copies: list[tuple[Path, bytes]] | None = None
         if not read_only:
             ensure_state_dir(root)
         for p in pipelines:
@@ -223,9 +220,7 @@ class StateStore:
                 # stage's current record, and the copy restores those outputs if
                 # the lockfile is damaged or lost (OutputCache.restore).
                 try:
-                    lockfile.write(
-                        st.lock_path, st.records, copy_to=lockfile.copy_path(self.root, st.dir), copies=self.copies
-                    )
+                    lockfile.write(st.lock_path, st.records, copy_to=lockfile.copy_path(self.root, st.dir))
                 except BaseException:
                     _flush(st.journal_path)  # (the journal stays: its records must reach the disk after all)
                     raise
