@@ -616,3 +616,19 @@ def test_a_build_whose_output_is_closed_early_fails_as_in_its_own_process_and_th
     assert r.code == 0, r.err
     assert (project.root / "loud.txt").read_text() == "done\n"
     await_server(servers)
+
+
+def test_a_lockfile_lost_right_after_a_served_build_is_restored_from_the_cache_s_copy(
+    project: Project, servers: Path
+) -> None:
+    """The cache's copy of a lockfile is written before the server answers (a
+    copy written once it is idle would be the build before's for a moment):
+    a build that finds the lockfile gone right after restores its stages
+    from that copy, rather than running them."""
+    pid = served(project, servers)
+    project.write("in.txt", "two\n")
+    assert project.run().code == 0 and parent(project) == pid
+    (project.root / "Pivotfile.lock").unlink()
+    r = project.run()
+    assert r.code == 0 and "1 restored" in r.err, r.err
+    assert parent(project) == pid  # (the output as the server's build made it)
