@@ -5,6 +5,7 @@
     python3 benchmarks/ab.py --base ../old --rounds 20 --what incr
     python3 benchmarks/ab.py --base HEAD~1 --shape big --mode hardlink --rounds 4
     python3 benchmarks/ab.py --base HEAD~1 --what fresh --rounds 16 --edits 5
+    python3 benchmarks/ab.py --base HEAD~3 --what incr --rounds 15 --served    # as a user's builds go
 
 On compare.py's lattice (WIDTH x DEPTH stages, -j2), each round runs every
 version once, in a random order: `clean`, a build of a fresh copy of the
@@ -19,8 +20,10 @@ This checkout against itself, `fresh` gave 1.034 (10 rounds) and 1.022
 session's two, 0.887 and 0.903 over 16 and 20 rounds, showed in every one
 of the 5 edits; docs/performance.md).  Each build is `python -m
 pivotbuild -jJ -s` with the version's tree first on PYTHONPATH (its
-pivotbuild, this interpreter and its libraries); it prints the median wall
-time, the median CPU of the build's process tree (the stages included: what
+pivotbuild, this interpreter and its libraries), or with `--served` the
+installed `pivotbuild` (a copy: the launcher) and a build server of the
+version's own, which its first build starts (and two more warm, untimed,
+for `incr`); it prints the median wall time, the median CPU of the build's process tree (the stages included: what
 `wait4` reports), their quartiles, and new / base.
 
 A small change moves a build by a few percent, less than the machine's
@@ -82,11 +85,38 @@ def extension(code: Path) -> None:
         subprocess.run([sys.executable, str(CHECKOUT / "hatch_build.py"), str(code)], check=False)  # (it says why not)
 
 
-def build(code: Path, project: Path, jobs: int) -> tuple[float, float]:
-    """One build of `project` by the pivotbuild in `code`: (wall, CPU) seconds."""
+class Served:
+    """`--served`: a version's builds as a user's go by default, through the
+    installed `pivotbuild` (the launcher, bin/launcher.c, where it was
+    compiled; a copy of it and its `pivotbuild-python` in a directory of the
+    version's own) and a build server of the version's own, in a short
+    directory of its own (a socket's path has at most 107 bytes)."""
+
+    def __init__(self, name: str, work: Path) -> None:
+        installed = compare.find("pivotbuild")
+        if installed is None:
+            raise SystemExit("ab.py: --served needs the installed `pivotbuild` on PATH")
+        self.bin = work / f"bin-{name}"
+        self.bin.mkdir(parents=True, exist_ok=True)
+        for script in ("pivotbuild", "pivotbuild-python"):
+            if (Path(installed).parent / script).exists():
+                shutil.copy2(Path(installed).parent / script, self.bin / script)
+        self.servers = Path(tempfile.mkdtemp(prefix="pvab-", dir="/tmp"))
+
+    def close(self) -> None:
+        compare._stop_servers(self.servers)
+        shutil.rmtree(self.servers, ignore_errors=True)
+
+
+def build(code: Path, project: Path, jobs: int, served: Served | None = None) -> tuple[float, float]:
+    """One build of `project` by the pivotbuild in `code`: (wall, CPU) seconds
+    (`served`: through its server, the CPU the client's alone)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(code), os.environ.get("PYTHONPATH")]))}
     env["PIVOT_SERVER"] = "0"  # (each version in its own process: compare.in_process)
     cmd = [sys.executable, "-m", "pivotbuild", "-j", str(jobs), "-s"]
+    if served is not None:
+        env |= {"PIVOT_SERVER": "1", "PIVOT_SERVER_DIR": str(served.servers)}
+        cmd = [str(served.bin / "pivotbuild"), "-j", str(jobs), "-s"]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=project, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     assert proc.stderr is not None
@@ -126,6 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--depth", type=int, default=20)
     ap.add_argument("-j", "--jobs", type=int, default=2)
     ap.add_argument("--dir", help="work here (default: a temporary directory)")
+    ap.add_argument(
+        "--served", action="store_true", help="build through each version's own build server (docs/server.md)"
+    )
     args = ap.parse_args(argv)
     what = args.what.split(",")
     if not set(what) <= {"clean", "incr", "fresh"}:
@@ -141,6 +174,9 @@ def main(argv: list[str] | None = None) -> int:
         versions = {name: stack.enter_context(tree(spec, scratch)) for name, spec in specs.items()}
         for code in versions.values():  # (stale or missing bytecode would be timed too)
             subprocess.run([sys.executable, "-m", "compileall", "-q", str(code / "pivotbuild")], check=True)
+        served = {name: Served(name, work) for name in versions} if args.served else {}
+        for one in served.values():
+            stack.callback(one.close)
         template = work / "template"
         tool = "pivotbuild:hardlink" if args.mode == "hardlink" else "pivotbuild"
         compare.generate(template, stages, tool, args.shape)
@@ -150,7 +186,12 @@ def main(argv: list[str] | None = None) -> int:
                 projects[name] = work / f"incr-{name}"
                 shutil.rmtree(projects[name], ignore_errors=True)
                 shutil.copytree(template, projects[name], symlinks=True)
-                build(code, projects[name], args.jobs)  # (its clean build, not timed)
+                build(code, projects[name], args.jobs, served.get(name))  # (its clean build, not timed)
+                if name in served:  # (the server the clean build started, past its first builds)
+                    compare._await_server(served[name].servers)
+                    for warm in range(2):
+                        compare.edit(projects[name], args.width, args.depth, -1 - warm)
+                        build(code, projects[name], args.jobs, served[name])
         times: dict[tuple[str, str], list[tuple[float, float]]] = {(k, n): [] for k in what for n in versions}
         for round_ in range(args.rounds):
             for kind in what:
@@ -160,16 +201,16 @@ def main(argv: list[str] | None = None) -> int:
                         shutil.rmtree(fresh, ignore_errors=True)
                         shutil.copytree(template, fresh, symlinks=True)
                         time.sleep(0.5)  # (let the copy's writes settle a moment)
-                        times[kind, name].append(build(versions[name], fresh, args.jobs))
+                        times[kind, name].append(build(versions[name], fresh, args.jobs, served.get(name)))
                     elif kind == "fresh":
                         fresh = work / "fresh"
                         shutil.rmtree(fresh, ignore_errors=True)
                         shutil.copytree(template, fresh, symlinks=True)
-                        build(versions[name], fresh, args.jobs)  # (its clean build, not timed)
+                        build(versions[name], fresh, args.jobs, served.get(name))  # (its clean build, not timed)
                         runs = []
                         for edit in range(args.edits):
                             compare.edit(fresh, args.width, args.depth, edit)
-                            runs.append(build(versions[name], fresh, args.jobs))
+                            runs.append(build(versions[name], fresh, args.jobs, served.get(name)))
                         times[kind, name].append(
                             (statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs))
                         )
@@ -178,12 +219,13 @@ def main(argv: list[str] | None = None) -> int:
                         # histories match; their file systems' states still differ:
                         # an A/A run can show up to 5% between them, benchmarks/README.md.)
                         compare.edit(projects[name], args.width, args.depth, round_)
-                        times[kind, name].append(build(versions[name], projects[name], args.jobs))
+                        times[kind, name].append(build(versions[name], projects[name], args.jobs, served.get(name)))
         shutil.rmtree(work / "clean", ignore_errors=True)
         shutil.rmtree(work / "fresh", ignore_errors=True)
     print(
         f"{args.width * args.depth} stages ({args.shape}, {args.mode}), -j{args.jobs},"
         f" {args.rounds} interleaved rounds; base {args.base}, new {args.new}"
+        + ("; through build servers (CPU: the client's alone)" if args.served else "")
     )
     print(f"  {'':<6}{'wall (median, quartiles)':>36}{'CPU':>13}")
     for kind in what:

@@ -47,3 +47,17 @@ def test_a_revision_is_timed_with_its_c_extension_built(tmp_path: Path) -> None:
         built = list((code / "pivotbuild/build/executors").glob("_clonespawn.*.so"))
         assert len(built) == (spawn._clonespawn is not None)
     assert not code.exists()  # (the worktree, removed after)
+
+
+def test_served_rounds_go_through_a_server_of_each_versions_own_stopped_after(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    here = str(Path(ab.__file__).resolve().parent.parent)
+    argv = ["--base", here, "--new", here, "--width", "3", "--depth", "4", "--rounds", "2", "--what", "incr"]
+    assert ab.main([*argv, "--served", "--dir", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "through build servers" in lines[0]
+    assert [line.split()[0] for line in lines[2:]] == ["incr", "base", "new"]
+    edits = [line for p in (tmp_path / "incr-new" / "src").iterdir() for line in p.read_text().splitlines()]
+    assert len([line for line in edits if line.startswith("edit ")]) == 2 + 2  # (two warm, untimed)
+    assert not [p for p in Path("/tmp").glob("pvab-*") if p.is_dir() and list(p.glob("*.sock"))]
