@@ -296,10 +296,10 @@ def test_watch_mode_builds_in_which_nothing_happened_leave_no_history(root: Path
 
 def test_a_server_s_engine_seals_after_the_answer_and_writes_the_seal_when_idle(root: Path) -> None:
     """Where a build server keeps it (`later`), the engine makes its seal
-    after the build's answer (Engine._seal_later), under the project lock,
+    after the build's answer (Engine.kept: build/kept.py), under the project lock,
     unless another process wrote the state since; it keeps it for the next
-    build's fast check (`kept_seal`) and writes it when told the server is
-    idle (`write_seal`), unless a build or another process came first."""
+    build's fast check (`kept.get`) and writes it when told the server is
+    idle (`kept.write`), unless a build or another process came first."""
     engine = Engine(Collect(), resident=True)
     engine.later = []
     sealed = root / ".pivot" / "seal"
@@ -307,26 +307,26 @@ def test_a_server_s_engine_seals_after_the_answer_and_writes_the_seal_when_idle(
     main, plan_id = str(root), engine.current()[0].plan_id
     assert not sealed.exists() and len(engine.later) == 1  # not yet: after the answer
     engine.later.pop()()
-    kept = engine.kept_seal(main, plan_id)
+    kept = engine.kept.get(main, plan_id)
     assert kept is not None and kept.state_unchanged() and not sealed.exists()  # kept, not yet written
-    assert engine.kept_seal(main, "another plan") is None
-    engine.write_seal()
+    assert engine.kept.get(main, "another plan") is None
+    engine.kept.write()
     assert sealed.exists()
     first = sealed.read_bytes()
-    engine.write_seal()  # (nothing left to write)
+    engine.kept.write()  # (nothing left to write)
     assert sealed.read_bytes() == first
     # A build that comes before the server is idle: its own seal replaces the
     # one kept, which is never written.
     (root / "in.txt").write_text("two\n")
     assert engine.build(options(root)) == EXIT_OK
-    assert engine.kept_seal(main, plan_id) is None
+    assert engine.kept.get(main, plan_id) is None
     engine.later.pop()()
-    second = engine.kept_seal(main, plan_id)
+    second = engine.kept.get(main, plan_id)
     assert second is not None and second is not kept
     (root / "in.txt").write_text("three\n")
     assert engine.build(options(root)) == EXIT_OK
     engine.later.pop()()
-    engine.write_seal()
+    engine.kept.write()
     assert sealed.read_bytes() != first
     first = sealed.read_bytes()
     # Another process's write before the seal is made, or before it is written: none.
@@ -339,8 +339,8 @@ def test_a_server_s_engine_seals_after_the_answer_and_writes_the_seal_when_idle(
         os.utime(lockfile, ns=(lockfile.stat().st_mtime_ns + 10**9,) * 2)  # as another process's write
         if when == "made":
             engine.later.pop()()
-            assert engine.kept_seal(main, plan_id) is None
-        engine.write_seal()
+            assert engine.kept.get(main, plan_id) is None
+        engine.kept.write()
         assert sealed.read_bytes() == first  # left alone: that other build seals what it finds
     # A project whose lock another build holds: no seal, no wait, no error.
     (root / "in.txt").write_text("four\n")
@@ -349,16 +349,46 @@ def test_a_server_s_engine_seals_after_the_answer_and_writes_the_seal_when_idle(
 
     with ProjectLock(root / ".pivot", wait=False, on_wait=print):
         engine.later.pop()()
-        assert engine.kept_seal(main, plan_id) is None
+        assert engine.kept.get(main, plan_id) is None
     # And with nothing in between, the next one seals.
     (root / "in.txt").write_text("five\n")
     assert engine.build(options(root)) == EXIT_OK
     engine.later.pop()()
     with ProjectLock(root / ".pivot", wait=False, on_wait=print):
-        engine.write_seal()  # (busy: left unwritten, not waited for)
+        engine.kept.write()  # (busy: left unwritten, not waited for)
     assert sealed.read_bytes() == first
     (root / "in.txt").write_text("six\n")
     assert engine.build(options(root)) == EXIT_OK
     engine.later.pop()()
-    engine.write_seal()
+    engine.kept.write()
     assert sealed.read_bytes() != first
+
+
+def test_a_lockfile_removed_while_the_server_s_seal_is_made_is_never_sealed_as_absent(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The client has its answer while the server makes the seal: a lockfile
+    removed meanwhile (the project lock keeps out other pivotbuilds, not a
+    person) must not be sealed as absent, or the next no-op would say every
+    stage up to date with no lockfile at all."""
+    from pivotbuild.build.recorder import Recorder
+
+    engine = Engine(Collect(), resident=True)
+    engine.later = []
+    (root / "in.txt").write_text("two\n")
+    assert engine.build(options(root)) == EXIT_OK
+    main, plan_id = str(root), engine.current()[0].plan_id
+    made = Recorder.new_seal
+
+    def removed_meanwhile(self: Recorder, *args: object, **kwargs: object) -> object:
+        (root / "Pivotfile.lock").unlink()
+        return made(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Recorder, "new_seal", removed_meanwhile)
+    engine.later.pop()()
+    assert engine.kept.get(main, plan_id) is None
+    engine.kept.write()
+    from pivotbuild.build import fastpath
+
+    checked = fastpath.check(root, None, {}, [], engine.kept.get)
+    assert checked is None or not checked.noop  # the next build decides, and writes the lockfile again

@@ -27,8 +27,9 @@ from pivotbuild.build.decider import Decider, Decision
 from pivotbuild.build.elsewhere import left_message, left_on_remote
 from pivotbuild.build.executors.base import Changed, Executor, Inbox
 from pivotbuild.build.executors.choice import choose
+from pivotbuild.build.kept import KeptSeal
 from pivotbuild.build.options import BuildOptions
-from pivotbuild.build.recorder import DryRecorder, Outcome, Recorder, write_seal
+from pivotbuild.build.recorder import DryRecorder, Outcome, Recorder
 from pivotbuild.build.run import BuildRun, Interrupted
 from pivotbuild.build.scheduler import Scheduler
 from pivotbuild.build.selection import selected
@@ -48,7 +49,7 @@ from pivotbuild.model import StageId
 from pivotbuild.paths import STATE_DIR
 from pivotbuild.project import LoadOptions, Project
 from pivotbuild.state import history, seal, stamps
-from pivotbuild.state.projectlock import Busy, ProjectLock
+from pivotbuild.state.projectlock import ProjectLock
 from pivotbuild.state.seal import Seal
 from pivotbuild.state.store import StateStore
 from pivotbuild.structs import Protocol, replace, struct
@@ -109,13 +110,11 @@ class Engine:
         self._running_build: tuple[Inbox, str] | None = None  # its inbox, and the project root
         self.waited = False  # the last build waited for another's project lock
         # Where a build server keeps an engine (cli/residents.py): the work a
-        # build leaves for after its client has its answer (the seal: `_seal_later`).
+        # build leaves for after its client has its answer (the seal: `kept`).
         self.later: list[Callable[[], None]] | None = None
-        # A build server's seal of its last build, for its next fast check
-        # (`kept_seal`), and written to disk once the server is idle
-        # (`write_seal`) unless another build has come first.
-        self._kept: tuple[str, Seal] | None = None
-        self._unwritten: tuple[Path, Seal, StateStore] | None = None
+        # A build server's seal of its last build: made after the answer, kept
+        # for its next fast check, written once the server is idle (build/kept.py).
+        self.kept = KeptSeal(self._still_warm, lambda: self._warm[1] if self._warm else None, self._waiting)
 
     def emit(self, event: Event) -> None:
         self.reporter.handle(event)
@@ -184,7 +183,7 @@ class Engine:
         """Bring the targets up to date.  Returns the exit status (0, 1 or 130).
         `cancel` (else a token of the engine's own, see `cancel`) stops it."""
         stamps.forget_mounts()  # (what was mounted when an earlier build ran may be gone)
-        self._kept = self._unwritten = None  # (the last build's seal: this one makes its own)
+        self.kept.clear()  # (the last build's seal: this one makes its own)
         self._session(options, preloaded)
         with self._running(cancel) as token:
             return self._build(options, token, preloaded)
@@ -257,78 +256,11 @@ class Engine:
             if not outcome.interrupted:  # (an interrupted build may leave outputs uncached: see Recorder.heal)
                 if self.later is not None and self.resident:
                     self.later.append(
-                        lambda: self._seal_later(project, graph, outcome, sealed=sealed, recorder=recorder, store=store)
+                        lambda: self.kept.make(project, graph, outcome, sealed=sealed, recorder=recorder, store=store)
                     )
                 else:
                     recorder.seal(project, graph, outcome, sealed)
             return outcome.code
-
-    def _seal_later(
-        self,
-        project: Project,
-        graph: BuildGraph,
-        outcome: Outcome,
-        *,
-        sealed: Seal | None,
-        recorder: Recorder,
-        store: StateStore,
-    ) -> None:
-        """A build server's seal, made once the client has its answer (the
-        seal only ever spares the next build its decisions, and this server's
-        next build comes after it), and kept for that build's fast check
-        (`kept_seal`); written to disk when the server is idle (`write_seal`).
-        Made under the project lock again, and only if no other process has
-        written the state since this build closed it (`_warm`'s stamps):
-        otherwise that build seals what it found, and this one leaves the
-        seal alone."""
-        self._kept = self._unwritten = None
-        main_dir = project.main_dir
-        if main_dir is None:
-            return
-        try:
-            with ProjectLock(project.root / STATE_DIR, wait=False, on_wait=self._waiting):
-                if not self._still_warm(store):
-                    return
-                new = recorder.new_seal(project, graph, outcome, sealed)
-        except (Busy, OSError):  # another build holds the lock: it seals what it finds
-            return
-        if new is not None:
-            if new.gathered:  # (renewed build after build, with no idle moment to write it)
-                new = new.compacted()
-            self._kept = (str(main_dir), new)
-            self._unwritten = (main_dir, new, store)
-
-    def kept_seal(self, main_dir: str, plan_id: str) -> Seal | None:
-        """The seal this engine made after its last build (a build server's),
-        if it is of the pipeline in `main_dir` and this plan; whether it still
-        holds (the lockfiles as it recorded them) is the caller's to check."""
-        kept = self._kept
-        if kept is None or kept[0] != main_dir or kept[1].plan_id != plan_id:
-            return None
-        return kept[1]
-
-    def kept_seal_any(self) -> Seal | None:
-        """The seal this engine made after its last build, if any (see `kept_seal`)."""
-        return self._kept[1] if self._kept is not None else None
-
-    def write_seal(self) -> None:
-        """The seal `_seal_later` made, written to disk if no build has come
-        since (a build server calls this when idle, and before it ends), under
-        the project lock and only if no other process has written the state
-        since: what a build in a process of its own reads."""
-        unwritten, self._unwritten = self._unwritten, None
-        if unwritten is None:
-            return
-        main_dir, new, store = unwritten
-        warm = self._warm
-        if warm is None:
-            return
-        try:
-            with ProjectLock(warm[1] / STATE_DIR, wait=False, on_wait=self._waiting):
-                if self._still_warm(store):
-                    write_seal(main_dir, new)
-        except (Busy, OSError):  # another build holds the lock: it seals what it finds
-            pass
 
     def _still_warm(self, store: StateStore) -> bool:
         """Whether `store` is the state this engine's last build closed, and no

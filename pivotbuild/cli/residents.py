@@ -52,7 +52,7 @@ class Residents:
         held[1].later = self.later
         self._engines[key] = held
         while len(self._engines) > KEPT:
-            self._engines.pop(next(iter(self._engines)))[1].write_seal()
+            self._engines.pop(next(iter(self._engines)))[1].kept.write()
         return held[1], held[2], held[3]
 
     def after(self) -> None:
@@ -63,10 +63,10 @@ class Residents:
 
     def seal(self, main_dir: str, plan_id: str) -> Seal | None:
         """The seal the most recent build of the pipeline in `main_dir` made
-        for this plan, kept since (Engine.kept_seal), if an engine has one:
+        for this plan, kept since (Engine.kept: build/kept.py), if an engine has one:
         the fast check's, instead of the file (which may not be written yet)."""
         for _, engine, _, _ in reversed(self._engines.values()):
-            found = engine.kept_seal(main_dir, plan_id)
+            found = engine.kept.get(main_dir, plan_id)
             if found is not None:
                 return found
         return None
@@ -76,7 +76,7 @@ class Residents:
         kept, on a thread, for the fast check of the build it likely asks for
         (Seal.look_early); `end_early` once that build is over."""
         for _, engine, _, _ in reversed(self._engines.values()):
-            kept = engine.kept_seal_any()
+            kept = engine.kept.any()
             if kept is not None:
                 kept.look_early()
                 self._early = kept
@@ -91,7 +91,7 @@ class Residents:
     def write_seals(self) -> None:
         """Write the seals the engines keep and have not written (the server is idle, or ends)."""
         for _, engine, _, _ in list(self._engines.values()):
-            engine.write_seal()
+            engine.kept.write()
 
     @staticmethod
     def idle(engine: Engine) -> None:

@@ -30,6 +30,8 @@ import socket
 import stat
 import sys
 
+from pivotbuild.environ import become
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -111,7 +113,7 @@ def _stage(request: Mapping[str, Any], start: tuple[list[str], list[str]]) -> in
     returned and left nothing behind, else its exit code (see `_call`)."""
     try:
         os.chdir(request["cwd"])
-        _environ(request["env"])
+        become(request["env"])
         sys.path[:], sys.argv[:] = start
         return _call(request, reuse=True)
     except BaseException as exc:
@@ -349,18 +351,6 @@ def _traceback(exc: BaseException) -> None:
     ):
         tb = tb.tb_next
     traceback.print_exception(type(exc), exc, tb)
-
-
-def _environ(env: Mapping[str, str]) -> None:
-    """os.environ made `env`, touching only what differs (a forked child's
-    every write to an object it shares copies a page: most of the
-    environment is the worker's already, inherited from the build)."""
-    environ = os.environ
-    for key in [k for k in environ if k not in env]:
-        del environ[key]
-    for key, value in env.items():
-        if environ.get(key) != value:
-            environ[key] = value
 
 
 def _place(received: list[int], targets: list[int], sock: socket.socket) -> socket.socket:
