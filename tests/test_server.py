@@ -632,21 +632,3 @@ def test_a_lockfile_lost_right_after_a_served_build_is_restored_from_the_cache_s
     r = project.run()
     assert r.code == 0 and "1 restored" in r.err, r.err
     assert parent(project) == pid  # (the output as the server's build made it)
-
-
-def test_a_server_prepares_the_project_that_started_it_and_still_sees_what_changed_since(
-    project: Project, servers: Path
-) -> None:
-    """The build that starts a server tells it its project, which it prepares
-    before its first build (the plan restored, the state read); what changes
-    after that is seen all the same: here the lockfile, removed."""
-    pid = served(project, servers)
-    assert any("--prepare" in line for line in _command_lines(pid))
-    (project.root / "Pivotfile.lock").unlink()
-    r = project.run()
-    assert r.code == 0 and "1 up to date" not in r.err, r.err
-    assert (project.root / "Pivotfile.lock").exists()  # (written again)
-
-
-def _command_lines(pid: int) -> list[str]:
-    return [(Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode()]

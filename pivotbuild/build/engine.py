@@ -49,7 +49,7 @@ from pivotbuild.model import StageId
 from pivotbuild.paths import STATE_DIR
 from pivotbuild.project import LoadOptions, Project
 from pivotbuild.state import history, seal, stamps
-from pivotbuild.state.projectlock import Busy, ProjectLock
+from pivotbuild.state.projectlock import ProjectLock
 from pivotbuild.state.seal import Seal
 from pivotbuild.state.store import StateStore
 from pivotbuild.structs import Protocol, replace, struct
@@ -261,16 +261,6 @@ class Engine:
                 else:
                     recorder.seal(project, graph, outcome, sealed)
             return outcome.code
-
-    def prepare(self, options: BuildOptions) -> None:
-        """What the first build of a resident engine reads, read now (a build
-        server's, before its first build: cli/server.py): the project and
-        its graph, and its state, kept as a build leaves it (each build
-        checks that no other process wrote it since).  Nothing if another
-        build holds the project lock: it must not be waited for."""
-        project, _graph, _targets = self.load(options)
-        with contextlib.suppress(Busy), self.state(project, replace(options, no_wait=True)):
-            pass
 
     def _still_warm(self, store: StateStore) -> bool:
         """Whether `store` is the state this engine's last build closed, and no

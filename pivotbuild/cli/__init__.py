@@ -47,7 +47,7 @@ def run() -> NoReturn:
         except (OSError, ValueError):  # a closed pipe (`pivotbuild | head`), a closed stream
             pass
     if not isinstance(offered, int) and offered.start:
-        client.start_server(sys.argv[1:])  # for the next build (its project prepared)
+        client.start_server()  # for the next build
     os._exit(code)
 
 

@@ -387,23 +387,20 @@ def _umask() -> int:
     return mask
 
 
-def start_server(argv: Sequence[str] | None = None) -> None:
+def start_server() -> None:
     """Start a server for the next build, detached (its own session, no
     descriptor of ours: a pipe reading our output ends when we do), unless
-    MOST servers of this user's run already; told the build that started it
-    (`argv`, here), whose project it prepares before its first build
-    (server.py, `Server.prepare`).  Best effort: a server that cannot start
-    only leaves builds as they were."""
+    MOST servers of this user's run already.  Best effort: a server that
+    cannot start only leaves builds as they were."""
     where = directory()
     if where is None or not _room(where):
         return
     import contextlib
     import subprocess
 
-    prepare = ["--prepare", os.getcwd(), *argv] if argv is not None else []
     with contextlib.suppress(OSError):
         subprocess.Popen(
-            [sys.executable, "-P", "-m", "pivotbuild.cli.server", *prepare],  # (-P: not `/` first on its path)
+            [sys.executable, "-P", "-m", "pivotbuild.cli.server"],  # (-P: not `/` first on its path)
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -37,7 +37,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 from pivotbuild import environ
 from pivotbuild.cli import client
@@ -46,7 +45,6 @@ from pivotbuild.state.stamps import Stamp, stamp_now
 from pivotbuild.state.stamptable import changed_stamps
 
 IDLE_S = 600.0
-PREPARE = "--prepare"  # then the build's directory and command line: see `Server.prepare`
 _CHECK_S = 30.0  # how often an idle server looks at its socket and its files
 _COLLECT_S = 0.05  # how long without a build before the garbage collector runs
 _FD_FLOOR = 100  # the server's own descriptors live above the low numbers a build uses
@@ -113,32 +111,6 @@ class Server:
         import pivotbuild.state.plan  # noqa: F401
 
         self.files.changed()  # (noted: what is loaded now)
-
-    def prepare(self, cwd: str, argv: list[str]) -> None:
-        """Before the first build: the engine of the build that started this
-        server (`argv` in `cwd`, a plain build's) made, with its project's
-        plan restored and its state read (Engine.prepare), so that the first
-        build it serves for that project is as quick as the ones after it.
-        Best effort: whatever goes wrong, the first build does it all."""
-        from pivotbuild.build import fastpath
-        from pivotbuild.cli import buildargs
-
-        try:
-            args = buildargs.parse(argv)
-            if args is None or args.directories:
-                return
-            os.chdir(cwd)
-            checked = fastpath.check(cwd, args.file, args.overrides, args.targets, self.residents.seal)
-            if checked is None:
-                return
-            options = buildargs.to_options(args, Path(cwd))
-            found = self.residents.engine(checked, options)
-            if found is not None:
-                found[0].prepare(options)
-        except Exception:  # (ours, best effort: the first build reads what it needs itself)
-            pass
-        finally:
-            os.chdir("/")
 
     # -- serving -----------------------------------------------------------------------
 
@@ -508,8 +480,6 @@ def main() -> None:
     signal.signal(signal.SIGINT, _absorb)  # (between builds: a client's late Ctrl-C has nothing to stop)
     gc.disable()  # as `pivotbuild` runs (see cli.run); collected between builds
     server.warm()
-    if len(sys.argv) > 2 and sys.argv[1] == PREPARE:
-        server.prepare(sys.argv[2], sys.argv[3:])
     server.serve()
     os._exit(0)
 
