@@ -387,10 +387,6 @@ class BuildGraph:
         """Each stage's position in declaration order (`index_of`, as a mapping: not to be changed)."""
         return self._index
 
-    def successors(self, sid: StageId) -> Iterable[StageId]:
-        """The stages that read an output of `sid` directly (not a copy: not to be changed)."""
-        return self._succs[sid]
-
     @property
     def ids(self) -> list[StageId]:
         """Every stage's id, in declaration order (as a compiled plan numbers them)."""

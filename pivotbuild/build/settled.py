@@ -35,7 +35,7 @@ def unsettled(graph: BuildGraph, closure: list[StageId], sealed: frozenset[int])
     seeds = unsealed.union(members.intersection(graph.python_ids))
     if not seeds:
         return [], list(closure)
-    moving = closure_of(seeds, graph.successors)
+    moving = closure_of(seeds, graph.downstream_stages)
     undecided = [sid for sid in closure if sid in moving]
     settled = [sid for sid in closure if sid not in moving]
     return undecided, settled

@@ -95,7 +95,7 @@ class Seal:
         # carried from an earlier build, one sealed now): key by both.  Built
         # by the first `add`: a seal that is only checked (the no-op) never needs it.
         self._at: dict[tuple[bytes, Stamp | None], int] | None = None
-        self._kept = len(packed.names) if packed else 0  # paths when read or compacted (see `gathered`)
+        self._paths_then = len(packed.names) if packed else 0  # paths when read or compacted (see `gathered`)
         self._early: tuple[Thread, list[list[int]]] | None = None  # a pass begun early (`look_early`): thread, answer
 
     @property
@@ -252,7 +252,7 @@ class Seal:
         new._stamps = list(self.stamps)
         new._stages = dict(self.stages)
         new._at = None if self._at is None else dict(self._at)  # (a copy: not made again from every path)
-        new._kept = self._kept
+        new._paths_then = self._paths_then
         return new
 
     def compacted(self) -> Seal:
@@ -266,14 +266,14 @@ class Seal:
         new._names = [names[j] for j in used]
         new._stamps = [stamps[j] for j in used]
         new._stages = {i: [renumber[j] for j in own] for i, own in self.stages.items()}
-        new._kept = len(used)
+        new._paths_then = len(used)
         return new
 
     @property
     def gathered(self) -> bool:
         """Whether it holds many paths no stage uses (see `compacted`): a
         quarter more than it had when read or compacted."""
-        return len(self.names) > self._kept + self._kept // 4 + 64
+        return len(self.names) > self._paths_then + self._paths_then // 4 + 64
 
     def drop(self, index: int) -> None:
         """Stage `index` is no longer sealed."""
