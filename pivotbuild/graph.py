@@ -34,6 +34,8 @@ TYPE_CHECKING = False  # (not typing's: a build does not import typing)
 if TYPE_CHECKING:
     import networkx as nx
 
+    from pivotbuild.state.snapshot import Static
+
 STAGE, ARTIFACT = 0, 1
 
 SourceLines = Callable[[Location], str]
@@ -146,6 +148,9 @@ class BuildGraph:
         self._outs_sorted: list[str] = []
         self._enclosing: dict[str, str | None] = {}  # a directory -> the output enclosing it (see _enclosing_out)
         self._sources: dict[StageId, tuple[tuple[str, Pos | None], ...]] = {}  # each stage's deps no stage writes
+        # What each stage's snapshot takes from the stage alone, kept by
+        # snapshot.take for the next build (a server's graph serves many).
+        self.snapshots: dict[StageId, Static] = {}
 
     def _link(self, order: list[StageId], preds: dict[StageId, list[StageId]]) -> None:
         """The plain structures every query runs on."""

@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import stat
 import sysconfig
 import time
 from collections.abc import Callable
@@ -562,6 +563,36 @@ def test_the_file_a_plain_command_sends_its_output_to_reaches_its_program_alone(
     # ls's own descriptors: 0 to 2, and the directory it lists
     assert direct.split() == ["0", "1", "2", "3"]
     assert through_shell == ("kept\n" if sign == ">>" else "") + direct
+
+
+def test_a_plain_commands_file_is_empty_when_its_program_starts_and_holds_only_what_it_wrote(
+    spawner: Spawner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The file a plain command's `>` names is emptied before its program
+    runs, as the shell empties it, though the descriptor the program
+    writes through is opened apart (spawn._emptied_apart): a program that
+    reads the file finds it empty, one that writes less than it held
+    leaves nothing of the old bytes, and the file keeps its inode and
+    mode; a missing one is created."""
+    monkeypatch.chdir(tmp_path)
+    null = devnull()
+    out = tmp_path / "out.txt"
+    out.write_text("old bytes, more of them than the program writes\n" * 20)
+    out.chmod(0o640)
+    inode = out.stat().st_ino
+    (tmp_path / "short.txt").write_text("short\n")
+    for script, expected in (("wc -c out.txt > out.txt", "0 out.txt\n"), ("cat short.txt > out.txt", "short\n")):
+        child = spawner().start(("/bin/sh", "-e", "-c", script), None, _env(), stdin=null, stdout=null, stderr=null)
+        assert isinstance(child, Child) and child.as_shell  # (started without the shell)
+        assert child.wait() == 0
+        assert out.read_text() == expected
+        assert out.stat().st_ino == inode and stat.S_IMODE(out.stat().st_mode) == 0o640
+    out.unlink()
+    child = spawner().start(
+        ("/bin/sh", "-e", "-c", "cat short.txt > out.txt"), None, _env(), stdin=null, stdout=null, stderr=null
+    )
+    assert child.wait() == 0
+    assert out.read_text() == "short\n"
 
 
 def test_a_build_started_without_a_stdin_sends_a_plain_commands_output_to_its_file(

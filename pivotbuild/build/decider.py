@@ -129,7 +129,7 @@ class Decider:
             return SEALED
         stage = self.graph.stages[sid]
         root, cache = self.store.root, self.store.statcache(stage)
-        snap = snapshot.take(stage, root, cache, self.elsewhere, outs=False)
+        snap = snapshot.take(stage, root, cache, self.elsewhere, outs=False, kept=self.graph.snapshots)
         d = decide(
             self.store.record(stage),
             snap,

@@ -8,7 +8,7 @@ from operator import attrgetter
 from pathlib import Path
 
 from pivotbuild import globs
-from pivotbuild.model import Stage
+from pivotbuild.model import Stage, StageId
 from pivotbuild.paths import joined
 from pivotbuild.state.files import ABSENT_ERRNOS
 from pivotbuild.state.hashing import hash_bytes
@@ -156,6 +156,11 @@ def py_facets(stage: Stage, root: Path) -> tuple[tuple[str, str], ...]:
     return tuple((f"{PY} {unit}", digest) for unit, digest in found.parts)
 
 
+# What a snapshot takes from its stage alone, no file read (`take`'s `kept`):
+# the stage, its command, facets, params, fingerprint and deps' paths.
+Static = tuple[Stage, str, tuple[tuple[str, str], ...], tuple[ParamRecord, ...], str, tuple[str, ...]]
+
+
 def take(
     stage: Stage,
     root: Path,
@@ -163,12 +168,26 @@ def take(
     elsewhere: Mapping[str, FileRecord] | None = None,
     *,
     outs: bool = True,
+    kept: dict[StageId, Static] | None = None,
 ) -> Snapshot:
     """Hash everything a decision about `stage` needs (see `deps_of` for
     `elsewhere`).  Without `outs`, its outputs are not looked at (`outs` is
     empty): the build's decisions hash them only if nothing compared before
     them says why the stage runs (decider.decide's `outs`), and nothing else
-    reads them."""
+    reads them.  `kept` keeps, by stage, what the snapshot takes from the
+    stage alone where that is all of it (no glob, no `py:` code): a build
+    server decides the same Stage objects build after build."""
+    known = kept.get(stage.id) if kept is not None else None
+    if known is not None and known[0] is stage:
+        return Snapshot(
+            command=known[1],
+            facets=known[2],
+            params=known[3],
+            deps=_deps(stage, root, cache, elsewhere, None),
+            outs=outs_of(stage, root, cache) if outs else (),
+            fingerprint=known[4],
+            expanded_deps=known[5],
+        )
     expanded: list[str] = []
     deps = _deps(stage, root, cache, elsewhere, expanded)
     command = stage.render_command(expanded) if stage.command is not None else f"py:{stage.py}"
@@ -188,12 +207,16 @@ def take(
     glob_sets = sorted([(d.path, [m.path for m in d.matches]) for d in deps if d.kind == GLOB]) if globbed else []
     listed = [(p.file, p.key, p.value_json) for p in params] if params else []
     material = json_text([command, facets, listed, glob_sets])
+    fingerprint = hash_bytes(material.encode("utf-8", "surrogateescape"))
+    expanded_deps = tuple(expanded)
+    if kept is not None and stage.py is None and not globbed and not stage.has_globs:
+        kept[stage.id] = (stage, command, facets, params, fingerprint, expanded_deps)
     return Snapshot(
         command=command,
         facets=facets,
         params=params,
         deps=deps,
         outs=outs_of(stage, root, cache) if outs else (),
-        fingerprint=hash_bytes(material.encode("utf-8", "surrogateescape")),
-        expanded_deps=tuple(expanded),
+        fingerprint=fingerprint,
+        expanded_deps=expanded_deps,
     )

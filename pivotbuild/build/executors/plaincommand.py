@@ -32,8 +32,9 @@ class PlainCommands:
         self._pwds: dict[str | None, str] = {}  # a stage's PWD -> the PWD the shell would pass on
         self._dirs: dict[tuple[int, int], bool] = {}  # a directory (device, inode) -> outside /dev and /proc
         self._searched: dict[str, bool] = {}  # a PATH -> whether the child may search it (`_searchable`)
+        self._read: tuple[tuple[str, ...], Plain | None] | None = None  # (see `plain`'s `keep`)
 
-    def plain(self, argv: tuple[str, ...]) -> Plain | None:
+    def plain(self, argv: tuple[str, ...], *, keep: bool = False, kept: bool = False) -> Plain | None:
         """A stage script so simple that `/bin/sh -e -c` would only split it
         into words and start one program, maybe with its output sent to a
         file: (the program's words, (file, open flags, mode) or None).  None
@@ -52,7 +53,23 @@ class PlainCommands:
         stage's stdout, whether we start the program (`direct`) or the shell
         does (which then writes nothing there of its own): the stage needs no
         pipe for it.  (Not so for a builtin, whose effect may outlast its
-        redirect: `. ./lib.sh > log` setting a trap.)"""
+        redirect: `. ./lib.sh > log` setting a trap.)
+
+        With `keep`, the answer is kept for the next call with `kept` and
+        the same argv (the same tuple): a stage's start reads its script
+        twice, for the output its `>` empties and to start it, a moment
+        apart (its target checked once).  A call with `kept` drops what was
+        kept, whether it takes it or not."""
+        if kept:
+            read, self._read = self._read, None
+            if read is not None and read[0] is argv:
+                return read[1]
+        found = self._plain(argv)
+        if keep:
+            self._read = (argv, found)
+        return found
+
+    def _plain(self, argv: tuple[str, ...]) -> Plain | None:
         words = _plain_words(argv)
         if words is None:
             return None

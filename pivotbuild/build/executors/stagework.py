@@ -112,8 +112,10 @@ def _emptied(plain: PlainCommands, spec: runner.RunSpec) -> str | None:
     shell, or our direct start (spawn._opened, just before the spawn), opens
     it with O_TRUNC before the program runs, so nothing it held before can
     outlast the stage's start."""
-    found = plain.plain(spec.argv)
-    if found is None or found[1] is None or found[1][1] & os.O_APPEND or not is_ours(spec.cwd):
+    if not is_ours(spec.cwd):
+        return None
+    found = plain.plain(spec.argv, keep=True)  # (kept for its start: spawn.begin, as the stage is ours)
+    if found is None or found[1] is None or found[1][1] & os.O_APPEND:
         return None
     cwd = str(spec.cwd)
     target = found[1][0]
