@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -632,3 +633,19 @@ def test_a_lockfile_lost_right_after_a_served_build_is_restored_from_the_cache_s
     r = project.run()
     assert r.code == 0 and "1 restored" in r.err, r.err
     assert parent(project) == pid  # (the output as the server's build made it)
+
+
+def test_a_project_removed_right_after_a_served_build_stays_removed(project: Project, servers: Path) -> None:
+    """What a server does for a build once its client has the answer (the
+    seal, made then, and written when idle) takes the project lock without
+    making its file: a script that removes its project right after its last
+    build (as a temporary directory is removed) does not find `.pivot/`
+    made again, and the server serves on."""
+    pid = served(project, servers)
+    for text in ("two\n", "three\n"):
+        project.write("in.txt", text)
+        assert project.run().code == 0 and parent(project) == pid
+    shutil.rmtree(project.root)
+    time.sleep(0.5)  # (a server writes its seal 50 ms after the last build)
+    assert not project.root.exists(), sorted(str(p) for p in project.root.rglob("*"))
+    assert _alive(pid)

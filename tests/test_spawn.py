@@ -8,9 +8,9 @@ import errno
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
-import stat
 import sysconfig
 import time
 from collections.abc import Callable

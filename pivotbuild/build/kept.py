@@ -5,7 +5,8 @@ build in a process of its own.  Made and written under the project lock,
 and only while no other process has written the project's state since the
 build closed it (the engine's `_warm` stamps, which `still_warm` checks):
 otherwise that process's build seals what it found, and this one leaves
-the seal alone."""
+the seal alone.  Neither makes the lock's file: a project removed once its
+build answered stays removed (ProjectLock's `create`)."""
 
 from __future__ import annotations
 
@@ -60,7 +61,7 @@ class KeptSeal:
         if main_dir is None:
             return
         try:
-            with ProjectLock(project.root / STATE_DIR, wait=False, on_wait=self._on_wait):
+            with ProjectLock(project.root / STATE_DIR, wait=False, on_wait=self._on_wait, create=False):
                 if not self._still_warm(store):
                     return
                 new = recorder.new_seal(project, graph, outcome, sealed)
@@ -101,7 +102,7 @@ class KeptSeal:
             return
         main_dir, new, store = unwritten
         try:
-            with ProjectLock(root / STATE_DIR, wait=False, on_wait=self._on_wait):
+            with ProjectLock(root / STATE_DIR, wait=False, on_wait=self._on_wait, create=False):
                 if self._still_warm(store):
                     write_seal(main_dir, new)
         except (Busy, OSError):  # another build holds the lock: it seals what it finds

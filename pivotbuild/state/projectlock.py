@@ -23,17 +23,25 @@ class Busy(PivotError):
 
 
 class ProjectLock:
-    """`with ProjectLock(state_dir, wait=True, on_wait=print):` holds the lock."""
+    """`with ProjectLock(state_dir, wait=True, on_wait=print):` holds the lock.
 
-    def __init__(self, state_dir: Path, wait: bool, on_wait: Callable[[str], None]) -> None:
+    With `create=False` the lock is only taken where its file exists (else
+    FileNotFoundError): for what a build server does for a build once its
+    client has the answer, which must not make the project's `.pivot/` (and
+    the directories above it) again if the project was removed meanwhile,
+    as a script or a test removes its project right after its last build."""
+
+    def __init__(self, state_dir: Path, wait: bool, on_wait: Callable[[str], None], *, create: bool = True) -> None:
         self.path = state_dir / LOCK_NAME
         self.wait = wait
         self.on_wait = on_wait
+        self.create = create
         self.fd: int | None = None
 
     def __enter__(self) -> ProjectLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        if self.create:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT if self.create else os.O_RDWR, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
