@@ -649,3 +649,19 @@ def test_a_project_removed_right_after_a_served_build_stays_removed(project: Pro
     time.sleep(0.5)  # (a server writes its seal 50 ms after the last build)
     assert not project.root.exists(), sorted(str(p) for p in project.root.rglob("*"))
     assert _alive(pid)
+
+
+def test_a_served_build_s_run_cache_entries_serve_the_next_build(project: Project, servers: Path) -> None:
+    """A server appends a build's run-cache entries once its client has the
+    answer (Engine._run, OutputCache.close_runs): the next build, sent right
+    after, restores a stage whose inputs went back to what they were,
+    instead of running it."""
+    project.pivotfile("stage copy:\n    deps: in.txt\n    outs: out.txt\n    run: cp in.txt out.txt\n")
+    project.write("in.txt", "one\n")
+    assert project.run().code == 0  # (in its own process: it starts the server)
+    await_server(servers)
+    for text, said in (("two\n", "1 ran"), ("three\n", "1 ran"), ("two\n", "1 restored"), ("three\n", "1 restored")):
+        project.write("in.txt", text)
+        r = project.run()
+        assert r.code == 0 and said in r.err, r.err
+        assert (project.root / "out.txt").read_text() == text

@@ -353,6 +353,10 @@ class Engine:
         finally:
             self._running_build = None
             outputs.close()  # the build's pack of small objects indexed
+            if self.later is not None and self.resident:
+                self.later.append(outputs.close_runs)  # (a server's: once its client has the answer)
+            else:
+                outputs.close_runs()
             if jobserver is not self.jobserver:
                 jobserver.close()  # (ours: its fifo removed)
 

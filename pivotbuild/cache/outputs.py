@@ -21,7 +21,7 @@ from types import MappingProxyType
 from pivotbuild.cache.pack import PACK_MAX
 from pivotbuild.cache.runcache import RunCache
 from pivotbuild.cache.store import Cache, CorruptObject, MissingObject, Mode
-from pivotbuild.model import Out, Stage
+from pivotbuild.model import Out, Stage, StageId
 from pivotbuild.paths import LOCKFILE, STATE_DIR, joined
 from pivotbuild.remote import config
 from pivotbuild.state import lockfile
@@ -113,6 +113,8 @@ class OutputCache:
         self.notice = notice
         self.cache = Cache(root / STATE_DIR / CACHE_DIR, notice)
         self.runs = RunCache(self.cache.dir, notice, deferred=building)
+        # (A build's: the records `remember` was given, for `close_runs`.)
+        self._remembered: list[tuple[StageId, StageRecord]] | None = [] if building else None
         self._lock_copies: dict[str, lockfile.Records] = {}  # pipeline dir -> its lockfile's copy, once read
         self.settings = settings = config.load_or_default(root, notice) if building else config.load(root)
         self.mode = Mode(settings.checkout)
@@ -121,15 +123,28 @@ class OutputCache:
     def close(self) -> None:
         """The build is over: what it stored is indexed (Cache.close).  An index
         that cannot be written costs nothing but time: the next build reads
-        the pack itself (see pack.py)."""
-        try:
-            self.runs.flush()
-        except OSError as exc:
-            self.notice(f"could not record this build's runs in the run cache ({exc.strerror or exc})")
+        the pack itself (see pack.py).  A build's run-cache entries are
+        `close_runs`'s."""
+        if self._remembered is None:
+            self.close_runs()
         try:
             self.cache.close()
         except OSError as exc:
             self.notice(f"could not index the objects this build cached ({exc.strerror or exc}); the next build will")
+
+    def close_runs(self) -> None:
+        """A build's run-cache entries (what `remember` was given) made and
+        appended, one write a log: when the build is over, and in a build
+        server once its client has the answer (Engine._run).  Entries lost
+        before this (a killed build or server) only cost a restore: each
+        stage's last record is in its lockfile, its outputs in the cache."""
+        remembered, self._remembered = self._remembered or [], []
+        try:
+            for sid, record in remembered:
+                self.runs.record(sid, record.fingerprint, record.deps, record.outs)
+            self.runs.flush()
+        except OSError as exc:
+            self.notice(f"could not record this build's runs in the run cache ({exc.strerror or exc})")
 
     def keep(self, stage: Stage, inputs: StageRecord, statcache: StatCache) -> None:
         """Store the cacheable outputs of `stage` (as `inputs.outs` records them) and
@@ -352,8 +367,12 @@ class OutputCache:
         return changed
 
     def remember(self, stage: Stage, record: StageRecord) -> None:
-        """Note in the run cache that `record.outs` came from `record`'s inputs."""
-        self.runs.record(stage.id, record.fingerprint, record.deps, record.outs)
+        """Note in the run cache that `record.outs` came from `record`'s inputs
+        (in a build, when it is over: `close_runs`)."""
+        if self._remembered is not None:
+            self._remembered.append((stage.id, record))  # (the storer's threads too: one append)
+        else:
+            self.runs.record(stage.id, record.fingerprint, record.deps, record.outs)
 
     def restore(self, stage: Stage, snap: Snapshot, record: StageRecord | None) -> tuple[FileRecord, ...] | None:
         """Check out the outputs this stage made from these same inputs before, if
