@@ -257,3 +257,39 @@ def test_a_lookup_checks_only_the_frame_it_uses(tmp_path: Path) -> None:
     names = [n for shard in gc_view.shards() for n, _ in gc_view.entries(shard)]
     assert len(names) == len(sids) - 2 and len(said) == 1, said
     assert RunCache(tmp_path).lookup(hit, "fp", DEPS) is None
+
+
+def test_a_log_read_again_in_one_process_is_read_from_where_it_was_left(tmp_path: Path) -> None:
+    """A build server's builds read a log once, then only what was appended
+    since (runlog.read_indexed), and find each name's last frame by the
+    names noted as it was read: entries appended by others since are found,
+    a name's newest frame wins, a log replaced whole (a rewrite: another
+    inode) is read afresh, and one whose last frame is cut short is
+    searched as before."""
+    sid = StageId("", "s")
+    RunCache(tmp_path).record(sid, "fp1", DEPS, outs(1))
+    log = log_of(tmp_path, sid)
+    assert RunCache(tmp_path).lookup(sid, "fp1", DEPS) == outs(1)
+    first = runlog.read_indexed(str(log))
+    assert first is not None and first.covers(first.blob) and len(first.frames) == 1
+    blob = first.blob
+    RunCache(tmp_path).record(sid, "fp2", DEPS, outs(2))  # (another build's, appended)
+    name1 = f"{stage_key(sid)}-{inputs_key('fp1', DEPS)}"
+    runlog.append(str(log), name1, encode_entry(outs(3)))  # a newer frame of the same name
+    runs = RunCache(tmp_path)
+    assert runs.lookup(sid, "fp2", DEPS) == outs(2) and runs.lookup(sid, "fp1", DEPS) == outs(3)
+    again = runlog.read_indexed(str(log))
+    assert again is first and again.blob.startswith(blob) and again.blob == log.read_bytes()  # (extended)
+    assert again.covers(again.blob) and not again.covers(blob) and len(again.frames) == 2
+    # Replaced whole, with less in it: read afresh.
+    write_atomic(log, runlog.log_bytes({name1: encode_entry(outs(4))}), fsync=False)
+    runs = RunCache(tmp_path)
+    assert runs.lookup(sid, "fp1", DEPS) == outs(4) and runs.lookup(sid, "fp2", DEPS) is None
+    # A frame cut short at the end (an appender's, half written): the names before it are still found.
+    name5 = f"{stage_key(sid)}-{inputs_key('fp5', DEPS)}"
+    with open(log, "ab") as f:
+        f.write(runlog.LOG.dump([name5, encode_entry(outs(5))])[:120])
+    torn = runlog.read_indexed(str(log))
+    assert torn is not None and not torn.covers(torn.blob)
+    said: list[str] = []
+    assert RunCache(tmp_path, said.append).lookup(sid, "fp1", DEPS) == outs(4) and said == []

@@ -18,10 +18,14 @@ remote keeps them), and a log of one folder's entries, `runs/<ab>.log`
 (never appended to now).  The sixteen-folder log wins over a folder's log,
 and a log over a file of the same name; within a log the last frame of a
 name wins (the newest result).  A build does not decode a log of
-sixteen folders: it looks for the name it wants in the log's bytes (the
-last frame of it; C's search, a few GB/s) and checks that frame alone
-(runlog.entry_at), so a long history costs a lookup a search of a
-sixteenth of it, not a decode of every entry (gc and push decode all).
+sixteen folders: it notes where each name's last frame is as it reads the
+log (runlog.read_indexed: a frame's header and name, not its checksum;
+a build server keeps what it read and reads only what was appended
+since), and checks the frame it wants alone (runlog.entry_at), so a long
+history costs a lookup a dictionary's, not a decode of every entry (gc
+and push decode all).  A log whose last frame is cut short (or still
+being appended) is searched instead: the last frame of the name in its
+bytes (C's search, a few GB/s).
 
 A reader never trusts a torn or damaged entry: one that fails its check is
 ignored (the stage runs, or push skips it), said once, and removed (a log
@@ -104,21 +108,37 @@ def inputs_key(fingerprint: str, deps: Sequence[FileRecord]) -> str:
 
 
 class _Log:
-    """A log of sixteen folders as one RunCache read it: its bytes, searched
-    for a name when one is looked up (`blob`; b"" once it was decoded
-    whole), and the entries checked since, decoded or appended by this
-    RunCache (`known`, which wins), with their stage keys."""
+    """A log of sixteen folders as one RunCache read it: its bytes, where a
+    name looked up is found (`blob`; b"" once it was decoded whole), by
+    the index of its frames' names where it covers them all (`index`,
+    else a search), and the entries checked since, decoded or appended by
+    this RunCache (`known`, which wins), with their stage keys."""
 
-    __slots__ = ("blob", "keys", "known")
+    __slots__ = ("blob", "index", "keys", "known")
 
-    def __init__(self, blob: bytes = b"", known: dict[str, bytes] | None = None) -> None:
+    def __init__(
+        self, blob: bytes = b"", known: dict[str, bytes] | None = None, index: runlog.Indexed | None = None
+    ) -> None:
         self.blob = blob
+        self.index = index
         self.known: dict[str, bytes] = known or {}
         self.keys = {n.partition("-")[0] for n in self.known}
 
     def has(self, skey: str) -> bool:
         """Whether the log may hold an entry of the stage of key `skey`."""
-        return skey in self.keys or (bool(self.blob) and skey.encode() in self.blob)
+        if skey in self.keys or not self.blob:
+            return skey in self.keys
+        index = self.index
+        return skey in index.skeys if index is not None and index.covers(self.blob) else skey.encode() in self.blob
+
+    def frame_of(self, name: str) -> int | None:
+        """Where the last frame naming `name` may start in `blob` (runlog.frame_of)."""
+        index = self.index
+        return (
+            index.frames.get(name)
+            if index is not None and index.covers(self.blob)
+            else runlog.frame_of(self.blob, name)
+        )
 
 
 class RunCache:
@@ -205,11 +225,8 @@ class RunCache:
         to search (see the module's docstring)."""
         if not listed:
             return _Log()
-        try:
-            with open(self._log(group), "rb") as f:
-                return _Log(f.read())
-        except OSError:
-            return _Log()
+        read = runlog.read_indexed(self._log(group))  # (a server's builds: only what was appended since)
+        return _Log() if read is None else _Log(read.blob, index=read)
 
     def _read_log(self, rel: str) -> dict[str, bytes]:
         path = f"{self.cache_dir}/{rel}"
@@ -241,7 +258,7 @@ class RunCache:
             found = log.known.get(name)
             if found is not None or not log.blob:
                 return found
-            pos = runlog.frame_of(log.blob, name)
+            pos = log.frame_of(name)
             if pos is None:
                 return None
             try:
@@ -271,7 +288,7 @@ class RunCache:
                 else:
                     log.known = {**entries, **log.known}
                     log.keys |= {n.partition("-")[0] for n in entries}
-                    log.blob = b""
+                    log.blob, log.index = b"", None
             return {**self._logged[shard], **{n: b for n, b in log.known.items() if n.startswith(shard)}}
 
     def entries(self, skey: str, *, shadowed: bool = False) -> list[tuple[str, bytes]]:

@@ -67,6 +67,137 @@ def frame_of(blob: bytes, name: str) -> int | None:
     return found - framing.HEADER.size - 1 - (1 if len(name) < 32 else 2)  # (fixstr, or str8 up to 255)
 
 
+class Indexed:
+    """What this process read of a log (`read_indexed`): its bytes, where
+    the last frame of each name in them starts (`frames`), and the stage
+    keys they name (`skeys`, the names' part before the `-`).  Read again,
+    it is extended in place (`blob` a new bytes object, names added):
+    a caller holding an earlier `blob` checks it is still this one's."""
+
+    __slots__ = ("blob", "frames", "ident", "skeys", "walked", "walking")
+
+    def __init__(self, ident: tuple[int, int]) -> None:
+        self.ident = ident  # the file's (device, inode)
+        self.blob = b""
+        self.walked = 0  # where the walk of the frames stopped (len(blob): all of them)
+        self.frames: dict[str, int] = {}
+        self.skeys: set[str] = set()
+        # Walked from its second read on: a build in a process of its own
+        # reads a log once, and searches it for the few names it looks up
+        # for less than a walk of every frame would cost it.
+        self.walking = False
+
+    def covers(self, blob: bytes) -> bool:
+        """Whether `frames` stands for every frame of `blob` (this one's bytes,
+        walked to their end: else a frame cut short, or still being
+        appended, stopped the walk, and `blob` is searched instead)."""
+        return blob is self.blob and self.walked == len(blob)
+
+
+# A log's path -> what this process read of it: a build server's next build
+# reads only what was appended since (a log is only ever appended to, or
+# replaced whole by a rename: another inode).
+_READ: dict[str, Indexed] = {}
+_READ_MAX = 64 << 20  # bytes kept at most (forgotten all at once past this)
+
+
+def read_indexed(path: str) -> Indexed | None:
+    """The log at `path` (None if it cannot be read), indexed by name from
+    its second read in this process on (`Indexed.walking`): what this
+    process read of it before is kept, and only the bytes appended since
+    are read and walked (a frame's header and name, not its checksum:
+    `entry_at` checks the frame asked for).  A log the same size as when
+    last read is not opened."""
+    kept = _READ.get(path)
+    try:
+        if kept is not None:
+            st = os.stat(path)
+            if (st.st_dev, st.st_ino) == kept.ident and st.st_size == len(kept.blob):
+                if not kept.walking:  # (read before: walked from now on)
+                    kept.walking = True
+                    kept.walked = _walk(kept.blob, kept.walked, kept.frames, kept.skeys)
+                return kept
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        ident = (st.st_dev, st.st_ino)
+        if kept is None or kept.ident != ident or len(kept.blob) > st.st_size:
+            kept = Indexed(ident)
+        offset, chunks = len(kept.blob), []
+        while chunk := os.pread(fd, max(st.st_size - offset, 1 << 16), offset):
+            chunks.append(chunk)
+            offset += len(chunk)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    if _READ.get(path) is kept:  # (read before: walked from now on)
+        kept.walking = True
+    elif sum(len(k.blob) for k in _READ.values()) > _READ_MAX:
+        _READ.clear()
+    if chunks:
+        kept.blob = b"".join([kept.blob, *chunks])
+    if kept.walking and kept.walked < len(kept.blob):
+        kept.walked = _walk(kept.blob, kept.walked, kept.frames, kept.skeys)
+    _READ[path] = kept
+    return kept
+
+
+def _appended(path: str, fd: int, frame: bytes) -> None:
+    """`frame` was just appended to the log at `path` (open at `fd`): where
+    this process had read all of it before, and nothing else was appended
+    in between, what it keeps is extended with `frame` (the next read then
+    finds the log as it left it, and opens nothing)."""
+    kept = _READ.get(path)
+    if kept is None:
+        return
+    st = os.fstat(fd)
+    if (st.st_dev, st.st_ino) == kept.ident and st.st_size == len(kept.blob) + len(frame):
+        kept.blob += frame
+        if kept.walking:
+            kept.walked = _walk(kept.blob, kept.walked, kept.frames, kept.skeys)
+
+
+def _walk(blob: bytes, pos: int, frames: dict[str, int], skeys: set[str]) -> int:
+    """Note each frame's name from `pos` on (into `frames` and `skeys`), up
+    to the end of `blob` or a frame that is not whole or not a log entry's;
+    where it stopped."""
+    head, end_all, magic = framing.HEADER.size, len(blob), LOG_MAGIC
+    while pos + head + framing.CHECKSUM <= end_all:
+        found, _version, _flags, length = framing.HEADER.unpack_from(blob, pos)
+        end = pos + head + length + framing.CHECKSUM
+        if found != magic or end > end_all:
+            break
+        name = _name_at(blob, pos + head, end)
+        if name is None:
+            break
+        frames[name] = pos
+        skeys.add(name.partition("-")[0])
+        pos = end
+    return pos
+
+
+def _name_at(blob: bytes, at: int, end: int) -> str | None:
+    """The name a frame's msgpack `[name, entry]` at `at` begins with, or None."""
+    if at + 2 > end or blob[at] != 0x92:  # (an array of two)
+        return None
+    tag = blob[at + 1]
+    if 0xA0 <= tag <= 0xBF:  # fixstr
+        size, start = tag & 0x1F, at + 2
+    elif tag == 0xD9 and at + 3 <= end:  # str8
+        size, start = blob[at + 2], at + 3
+    else:
+        return None
+    if start + size > end:
+        return None
+    try:
+        return blob[start : start + size].decode()
+    except UnicodeDecodeError:
+        return None
+
+
 def entry_at(blob: bytes, pos: int, name: str) -> bytes:
     """The entry of the frame at `pos`, checked, which `frame_of` said holds
     `name`.  Raises framing.Damaged."""
@@ -100,6 +231,7 @@ def append_many(path: str, entries: list[tuple[str, bytes]]) -> None:
                 continue  # rewritten while we waited for the lock: append to the new log
             if os.write(fd, frame) != len(frame):  # (a full disk: a torn frame, which readers skip)
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            _appended(path, fd, frame)
             return
         finally:
             os.close(fd)
