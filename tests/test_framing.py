@@ -136,7 +136,7 @@ def test_a_magic_is_eight_bytes() -> None:
         Format(b"PIV\n", 1, "short")
 
 
-# zstd, as a build loads it (framing._zstd), in a fresh interpreter each time.
+# zstd, as a build loads it (framing.zstd_backend), in a fresh interpreter each time.
 _ZSTD_PROGRAM = """
 import sys
 {before}

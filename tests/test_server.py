@@ -665,3 +665,32 @@ def test_a_served_build_s_run_cache_entries_serve_the_next_build(project: Projec
         r = project.run()
         assert r.code == 0 and said in r.err, r.err
         assert (project.root / "out.txt").read_text() == text
+
+
+def test_a_warm_server_s_first_build_imports_nothing(project: Project, tmp_path: Path) -> None:
+    """A server imports at its start what a build with work imports
+    (Server.warm), so its first build, which its client waits for, imports
+    no module of pivotbuild's (nor zstd) as it runs."""
+    project.pivotfile(
+        "stage a:\n    deps: in.txt\n    outs: a.txt\n    run: cat in.txt > a.txt\n\n"
+        "stage b:\n    deps: a.txt\n    outs: b.txt\n    run: cat a.txt a.txt > b.txt\n"
+    )
+    project.write("in.txt", "one\n")
+    assert project.run().code == 0
+    project.write("in.txt", "two\n")
+    where = tmp_path / "servers"
+    where.mkdir(mode=0o700)
+    code = f"""
+import os, sys
+from pivotbuild.cli import main
+from pivotbuild.cli.residents import Residents
+from pivotbuild.cli.server import Server
+Server({str(where)!r}).warm()
+before = set(sys.modules)
+os.chdir({str(project.root)!r})
+status = main(["-j2", "-s"], residents=Residents())
+print(status, sorted(m for m in set(sys.modules) - before if m.startswith(("pivotbuild", "zstandard"))))
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert proc.stdout.strip() == "0 []", proc.stdout + proc.stderr
+    assert (project.root / "b.txt").read_text() == "two\ntwo\n"

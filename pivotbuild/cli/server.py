@@ -102,14 +102,22 @@ class Server:
         return True
 
     def warm(self) -> None:
-        """Import what a build with work imports, and note pivotbuild's files."""
+        """Import what a build with work imports (its first build then imports
+        nothing: the executor's modules, and zstd, are imported as a build
+        runs its first stage), and note pivotbuild's files."""
         import pivotbuild.build.engine
+        import pivotbuild.build.executors.local
+        import pivotbuild.build.makejobs
+        import pivotbuild.build.sharedpool
         import pivotbuild.cli.direct
         import pivotbuild.cli.fast
+        import pivotbuild.cli.names
         import pivotbuild.cli.running
         import pivotbuild.report.plain
         import pivotbuild.state.plan  # noqa: F401
+        from pivotbuild.state import framing
 
+        framing.zstd_backend()
         self.files.changed()  # (noted: what is loaded now)
 
     # -- serving -----------------------------------------------------------------------

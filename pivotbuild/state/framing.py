@@ -22,7 +22,7 @@ its subclass `OtherVersion`, which most callers ignore without a word.
 
 Cheap to import: the no-op fast path reads the plan and the seal through it
 (zstd is loaded only by a format that compresses, and then its C extension
-alone: see `_zstd`).
+alone: see `zstd_backend`).
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ class Format:
         key = _checksum(chunk)
         frame = self._frames.get(key)
         if frame is None:
-            compressor = _zstd().ZstdCompressor(level=self.level, write_checksum=False, write_content_size=True)
+            compressor = zstd_backend().ZstdCompressor(level=self.level, write_checksum=False, write_content_size=True)
             frame = compressor.compress(chunk)
             self._keep(key, frame)
         return frame
@@ -180,7 +180,7 @@ class Format:
         payload = memoryview(blob)[start:end]
         if self.level is None:
             return payload
-        zstd = _zstd()
+        zstd = zstd_backend()
         decompressor = zstd.ZstdDecompressor()
         rest, chunks = bytes(payload), []
         try:
@@ -204,7 +204,7 @@ class Format:
             raise Damaged(f"payload does not decode ({type(exc).__name__})") from exc
 
 
-def _zstd() -> Any:
+def zstd_backend() -> Any:
     """The `zstandard` package's C backend (`zstandard.backend_c`, whose
     compressor, decompressor and error the package re-exports), loaded alone.
     The package's own import first imports `platform` (and with it `re`) to
