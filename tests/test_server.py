@@ -694,3 +694,24 @@ print(status, sorted(m for m in set(sys.modules) - before if m.startswith(("pivo
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert proc.stdout.strip() == "0 []", proc.stdout + proc.stderr
     assert (project.root / "b.txt").read_text() == "two\ntwo\n"
+
+
+def test_a_param_changed_between_served_builds_reruns_its_stage(project: Project, servers: Path) -> None:
+    """A server decides the same stages build after build, keeping what their
+    snapshots take from them alone (snapshot.take's `kept`); a param's new
+    value is a new stage (the plan compiled again), decided afresh."""
+    project.write("params.toml", "[train]\nepochs = 10\n")
+    project.pivotfile(
+        "stage train:\n    deps: in.txt\n    params: train.epochs\n    outs: out.txt\n"
+        "    run: echo ${params.train.epochs} > out.txt\n"
+    )
+    project.write("in.txt", "one\n")
+    assert project.run().code == 0  # (in its own process: it starts the server)
+    await_server(servers)
+    project.write("in.txt", "two\n")
+    assert "1 ran" in project.run().err
+    for epochs in ("20", "30"):
+        project.write("params.toml", f"[train]\nepochs = {epochs}\n")
+        r = project.run()
+        assert r.code == 0 and "1 ran" in r.err, r.err
+        assert (project.root / "out.txt").read_text() == f"{epochs}\n"

@@ -138,7 +138,9 @@ class OutputCache:
         server once its client has the answer (Engine._run).  Entries lost
         before this (a killed build or server) only cost a restore: each
         stage's last record is in its lockfile, its outputs in the cache."""
-        remembered, self._remembered = self._remembered or [], []
+        remembered = self._remembered or []
+        if self._remembered is not None:
+            self._remembered = []
         try:
             for sid, record in remembered:
                 self.runs.record(sid, record.fingerprint, record.deps, record.outs)
