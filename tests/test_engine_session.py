@@ -400,3 +400,35 @@ def test_a_lockfile_removed_while_the_server_s_seal_is_made_is_never_sealed_as_a
 
     checked = fastpath.check(root, None, {}, [], engine.kept.get)
     assert checked is None or not checked.noop  # the next build decides, and writes the lockfile again
+
+
+@pytest.mark.parametrize("how", ["removed", "replaced"])
+def test_a_lockfile_changed_by_hand_as_a_build_seals_is_never_what_the_seal_vouches_for(
+    root: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """A build in its own process seals right after writing its lockfile,
+    under the project lock, which keeps out other pivotbuilds but not a
+    person: the seal vouches for the lockfile as the build wrote it
+    (Records.digest), so one removed, or put back as it was a build ago
+    (`git checkout`), in between is not trusted by the next no-op."""
+    from pivotbuild.build import fastpath
+    from pivotbuild.build.recorder import Recorder
+
+    lock = root / "Pivotfile.lock"
+    before = lock.read_bytes() if lock.exists() else None
+    engine = Engine(Collect())
+    (root / "in.txt").write_text("two\n")
+    made = Recorder.new_seal
+
+    def changed_meanwhile(self: Recorder, *args: object, **kwargs: object) -> object:
+        if how == "removed" or before is None:
+            lock.unlink()
+        else:
+            lock.write_bytes(before)
+        return made(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Recorder, "new_seal", changed_meanwhile)
+    assert engine.build(options(root)) == EXIT_OK
+    assert (root / ".pivot" / "seal").exists()
+    checked = fastpath.check(root, None, {}, [])
+    assert checked is None or not checked.noop  # the next build decides (and writes the lockfile again)

@@ -27,7 +27,6 @@ from pivotbuild.model import Stage, StageId
 from pivotbuild.paths import STATE_DIR, joined
 from pivotbuild.project import Project
 from pivotbuild.state import history, seal, snapshot
-from pivotbuild.state.hashing import hash_file
 from pivotbuild.state.kinds import DIR, FILE
 from pivotbuild.state.records import FileRecord, StageRecord
 from pivotbuild.state.seal import Seal
@@ -302,15 +301,11 @@ class Recorder:
         if any(st.pending for st in store.pipelines.values()):
             seal.remove(main_dir)
             return None
-        locks = []
-        for st in store.pipelines.values():
-            try:
-                digest = hash_file(st.lock_path)
-            except FileNotFoundError:
-                digest = ""
-            except OSError:
-                return None
-            locks.append((str(st.lock_path), digest))
+        # Each lockfile as this build read or wrote it (Records.digest), not as
+        # it is now: one removed or replaced since (by a person: the project
+        # lock keeps only other pivotbuilds out) is then not what the seal
+        # vouches for, and the next build decides the ordinary way.
+        locks = [(str(st.lock_path), st.records.digest) for st in store.pipelines.values()]
         absent = [str(p) for st in store.pipelines.values() for p in (st.journal_path, st.pending_path)]
         # Every stage the old seal holds stays sealed as it was unless this
         # build decided it afresh (a stage it did not decide, or found sealed,

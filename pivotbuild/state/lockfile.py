@@ -66,6 +66,11 @@ class Records:
         self._decoded: dict[str, StageRecord] = {}  # name -> record, decoded or set
         self._set: set[str] = set()  # names given a new record (written packed afresh)
         self._sorted: list[str] | None = None  # every name, sorted (None: to be sorted again)
+        # The XXH3-128 of the lockfile's bytes these records were read from or
+        # last written as ("" for none): what a seal vouches for (not the file
+        # as it is when the seal is made, which someone may have removed or
+        # replaced since the build read or wrote it).
+        self.digest = ""
 
     @staticmethod
     def of(data: LockData) -> Records:
@@ -318,12 +323,15 @@ def read_records(path: Path) -> Records:
         return Records()
     except OSError as exc:
         raise LockfileError(f"cannot be read: {exc.strerror}") from exc
-    return decode_records(blob)
+    records = decode_records(blob)
+    records.digest = hash_bytes(blob)
+    return records
 
 
 def write(path: Path, data: LockData | Records, *, copy_to: Path | None = None) -> bool:
     """Write `data` atomically unless the file already holds exactly these bytes.
-    Returns True if the file was written.  `copy_to` gets the same bytes too
+    Returns True if the file was written.  Records' `digest` is then the
+    file's.  `copy_to` gets the same bytes too
     (best effort, no fsync: the cache's copy, checked when read; see `copy_path`)."""
     blob = encode(data)
     try:
@@ -332,8 +340,12 @@ def write(path: Path, data: LockData | Records, *, copy_to: Path | None = None) 
         pass
     else:
         if old == blob or (old[8:10] != blob[8:10] and _same_payload(old, blob)):
+            if isinstance(data, Records):
+                data.digest = hash_bytes(old)
             return False  # (a file of an older format, of the same records: left as committed)
     write_atomic(path, blob)
+    if isinstance(data, Records):
+        data.digest = hash_bytes(blob)
     if copy_to is not None:
         try:
             copy_to.parent.mkdir(parents=True, exist_ok=True)
