@@ -715,3 +715,29 @@ def test_a_param_changed_between_served_builds_reruns_its_stage(project: Project
         r = project.run()
         assert r.code == 0 and "1 ran" in r.err, r.err
         assert (project.root / "out.txt").read_text() == f"{epochs}\n"
+
+
+def test_a_served_hardlink_rerun_that_lets_go_of_an_old_version_keeps_its_server(
+    project: Project, servers: Path
+) -> None:
+    """The thread that drops a rerun's old object's pages (cache/pages.py)
+    lives as long as the server: it is not a thread a build left behind,
+    which would make the next build start a new server."""
+    project.pivotfile(
+        "stage big:\n    deps: seed.txt\n    outs: big.bin\n"
+        "    run: python3 -c \"import sys; sys.stdout.buffer.write(open('seed.txt','rb').read() * 40000)\" > $@"
+        " && echo $PPID > ppid.txt\n"
+    )
+    project.write(".pivot/config.toml", '[core]\ncheckout = "hardlink"\n')
+    project.write("seed.txt", "a" * 63 + "\n")
+    assert project.run().code == 0  # (in its own process: it starts the server)
+    pid = await_server(servers)
+    for seed in ("b", "c", "a"):
+        os.sync()  # (the old version written back: its pages can go)
+        project.write("seed.txt", seed * 63 + "\n")
+        r = project.run()
+        assert r.code == 0, r.err
+        assert (project.root / "big.bin").read_bytes() == (seed * 63 + "\n").encode() * 40000
+    assert "1 restored" in r.err  # (the first version, from the cache)
+    assert parent(project) == pid, (server_pids(servers), pid)  # (the "c" build's stage: it ran in the first server)
+    assert _alive(pid) and await_server(servers) == pid

@@ -115,6 +115,7 @@ class Cache:
         self._fell_back_lock = threading.Lock()
         self._dirs: set[str] = set()  # object directories known to exist
         self._shards_looked = False  # whether the first link looked for the object directories (_shards_ahead)
+        self._making: threading.Thread | None = None  # the thread making them (joined by `close`)
         self._clones = True  # until a reflink fails: then this filesystem copies
         # Set in reflink mode: a copy that could not be a reflink is reported, once.
         self.wants_reflinks = False
@@ -130,7 +131,14 @@ class Cache:
         )
 
     def close(self) -> None:
-        """Index the pack this process wrote (see pack.py); a build ends with this."""
+        """Index the pack this process wrote (see pack.py); a build ends with
+        this.  The object directories a thread was making are all made: a
+        process that ended first would leave the next build to make the
+        rest (a build server would find that build's thread running after
+        it, and take it for one the build left behind: cli/server.py)."""
+        if self._making is not None:
+            self._making.join()
+            self._making = None
         self.packs.close()
 
     # -- storing ------------------------------------------------------------------
@@ -333,7 +341,10 @@ class Cache:
         wanted = [f"{i:02x}" for i in range(256)]
         if not there.issuperset(wanted):
             missing = [f"{self._objects}/{name}" for name in wanted if name not in there]
-            threading.Thread(target=self._make_dirs, args=(missing,), name="cache directories", daemon=True).start()
+            self._making = threading.Thread(
+                target=self._make_dirs, args=(missing,), name="cache directories", daemon=True
+            )
+            self._making.start()
 
     def _make_dirs(self, directories: list[str]) -> None:
         for directory in directories:

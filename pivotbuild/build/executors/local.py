@@ -26,6 +26,7 @@ from pivotbuild.build.executors.base import Done, Inbox, Job
 from pivotbuild.build.executors.lifeline import Lifeline
 from pivotbuild.build.executors.runner import TICK_S, Process, RunResult, RunSpec, failed, internal_error
 from pivotbuild.build.executors.spawn import Starter
+from pivotbuild.cache import pages
 from pivotbuild.cache.outputs import Captured, OutputCache, output_stats
 from pivotbuild.events import Log
 from pivotbuild.model import Stage
@@ -94,6 +95,7 @@ class LocalExecutor:
         """Every job has reported: let the hashing threads go; then close the
         lifeline (not after an interrupt that left stages running: they die with us)."""
         self._hashers.close()
+        pages.settle()  # (the old outputs' pages its stages' starts let go: cache/pages.py)
         for worker in self._py.values():
             worker.let_go()  # (all at once: each ends its runners, which may take a moment)
         for worker in self._py.values():

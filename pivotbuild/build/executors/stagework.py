@@ -22,6 +22,7 @@ from pivotbuild.build.executors import runner
 from pivotbuild.build.executors.lifeline import Lifeline
 from pivotbuild.build.executors.plaincommand import PlainCommands
 from pivotbuild.build.executors.spawn import is_ours
+from pivotbuild.cache import pages
 from pivotbuild.cache.outputs import Captured, OutputCache
 from pivotbuild.cache.pack import PACK_MAX
 from pivotbuild.events import Event, Log, Message, StageStarted
@@ -186,7 +187,9 @@ def prepare_outputs(
     A file linked elsewhere (hardlink mode's object), a symlink, a
     read-only or a larger file is removed as before (emptying a large one
     makes its stage free its blocks, and ext4 then writes the new one back
-    at its close).
+    at its close).  Hardlink mode's object of a MiB or more has its pages
+    let go as its link goes (cache/pages.py: the rerun's output takes that
+    memory, as a truncated file's would).
 
     Runs before every stage, so it asks the file system as little as it can:
     one lstat per output, then one unlink (or rmtree) if it exists; and its
@@ -211,6 +214,8 @@ def prepare_outputs(
                         if path != target:
                             os.unlink(path)
                     else:  # a file, or a symlink (to a directory too: the link goes, not what it points to)
+                        if st.st_nlink > 1:  # (hardlink mode's object: its pages let go, see cache/pages.py)
+                            pages.release(path, st)
                         os.unlink(path)
                     continue
                 need = path.rpartition("/")[0] or "/"  # (`path` is absolute: os.path.dirname's answer)

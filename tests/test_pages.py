@@ -1,0 +1,162 @@
+"""Hardlink mode: a rerun stage's old output lets go of its memory
+(pivotbuild/cache/pages.py).  The old version is the cache's object, so
+removing the workspace link frees nothing; pivotbuild drops the object's
+pages from the page cache (they are clean: written back) and keeps the
+object, which a later build still restores from."""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import os
+from pathlib import Path
+
+import pytest
+from conftest import Project
+
+from pivotbuild.cache import pages
+
+PIPELINE = """
+stage big:
+    deps: seed.txt
+    outs: big.bin
+    run: python3 -c "import sys; sys.stdout.buffer.write(open('seed.txt','rb').read() * 40000)" > $@
+"""
+SEED_A = "a" * 63 + "\n"  # x 40,000: 2.5 MiB (more than pages.MIN_BYTES)
+SEED_B = "b" * 63 + "\n"
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long)
+_libc.munmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
+_libc.mincore.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p)
+
+
+def resident(fd: int) -> int:
+    """How many of the file's pages are in the page cache (mincore)."""
+    size = os.fstat(fd).st_size
+    addr = _libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+    assert addr not in (None, ctypes.c_void_p(-1).value), os.strerror(ctypes.get_errno())
+    try:
+        vec = (ctypes.c_ubyte * -(-size // mmap.PAGESIZE))()
+        assert _libc.mincore(addr, size, vec) == 0, os.strerror(ctypes.get_errno())
+        return sum(b & 1 for b in vec)
+    finally:
+        _libc.munmap(addr, size)
+
+
+class _Range(ctypes.Structure):
+    _fields_ = [("off", ctypes.c_uint64), ("len", ctypes.c_uint64)]
+
+
+class _CacheStat(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_uint64) for name in ("cache", "dirty", "writeback", "evicted", "recent")]
+
+
+def dirty(fd: int) -> int:
+    """How many of the file's pages are dirty, not yet written back (cachestat, Linux 6.5+)."""
+    found = _CacheStat()
+    assert _libc.syscall(451, fd, ctypes.byref(_Range(0, 0)), ctypes.byref(found), 0) == 0, os.strerror(
+        ctypes.get_errno()
+    )
+    return found.dirty
+
+
+def hardlink_project(project: Project) -> Project:
+    project.pivotfile(PIPELINE)
+    project.write(".pivot/config.toml", '[core]\ncheckout = "hardlink"\n')
+    project.write("seed.txt", SEED_A)
+    built(project)
+    return project
+
+
+def built(project: Project) -> str:
+    result = project.run()
+    assert result.code == 0, result.err
+    return result.err
+
+
+def test_a_rerun_drops_the_old_versions_pages_and_keeps_the_version(project: Project) -> None:
+    hardlink_project(project)
+    out = project.root / "big.bin"
+    assert out.stat().st_nlink == 2  # (the workspace's link and the cache's object)
+    old = os.open(out, os.O_RDONLY)  # the old version's inode, whatever its name becomes
+    try:
+        os.sync()  # (as the kernel would within half a minute: its pages are clean)
+        assert resident(old) > 0
+        project.write("seed.txt", SEED_B)
+        assert "1 ran" in built(project)
+        assert out.read_bytes() == SEED_B.encode() * 40000
+        assert resident(old) == 0
+        assert os.fstat(old).st_nlink == 1  # (still the cache's object)
+    finally:
+        os.close(old)
+    project.write("seed.txt", SEED_A)  # back: the old version comes from the cache, intact
+    assert "1 restored" in built(project)
+    assert out.read_bytes() == SEED_A.encode() * 40000
+
+
+def test_an_old_version_not_yet_written_back_is_left_alone(project: Project) -> None:
+    """Dropping its pages would start writing it out, behind which the
+    build's own fsyncs would wait: the kernel writes it when it would."""
+    hardlink_project(project)
+    out = project.root / "big.bin"
+    old = os.open(out, os.O_RDONLY)
+    try:
+        before = resident(old)
+        assert dirty(old) > 0  # (just written)
+        project.write("seed.txt", SEED_B)
+        built(project)
+        assert resident(old) == before > 0
+        assert dirty(old) > 0  # (no writeback started)
+    finally:
+        os.close(old)
+
+
+def _linked(tmp_path: Path, links: int) -> int:
+    """A written-back file of 2 MiB with `links` names; an fd open on it."""
+    first = tmp_path / "f0"
+    first.write_bytes(b"x" * (2 << 20))
+    for i in range(1, links):
+        os.link(first, tmp_path / f"f{i}")
+    fd = os.open(first, os.O_RDONLY)
+    os.sync()
+    return fd
+
+
+def test_release_drops_an_object_linked_once_besides_the_cache(tmp_path: Path) -> None:
+    fd = _linked(tmp_path, 2)
+    try:
+        path = str(tmp_path / "f0")
+        pages.release(path, os.lstat(path))
+        pages.settle()
+        assert resident(fd) == 0
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize(("links", "size"), [(3, 2 << 20), (2, pages.MIN_BYTES - 1), (1, 2 << 20)])
+def test_release_leaves_other_files_alone(tmp_path: Path, links: int, size: int) -> None:
+    """A file another output links too (it may still be read), a small one,
+    and a file of the workspace's own keep their pages."""
+    fd = _linked(tmp_path, links)
+    try:
+        os.truncate(tmp_path / "f0", size)
+        os.sync()
+        before = resident(fd)
+        path = str(tmp_path / "f0")
+        pages.release(path, os.lstat(path))
+        pages.settle()
+        assert resident(fd) == before > 0
+    finally:
+        os.close(fd)
+
+
+def test_a_first_hardlink_build_leaves_every_object_directory_made(project: Project) -> None:
+    """The thread making a fresh cache's 256 object directories is waited
+    for as the build ends (Cache.close): a build that ended first left the
+    rest to the next build's thread, which a build server then found still
+    running and took for one the build left behind (it served no more)."""
+    hardlink_project(project)
+    objects = project.root / ".pivot" / "cache" / "objects"
+    assert sorted(p.name for p in objects.iterdir() if p.is_dir()) == [f"{i:02x}" for i in range(256)]
