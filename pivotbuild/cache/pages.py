@@ -8,18 +8,24 @@ old version stays in the page cache beside the new one, which takes memory
 the page cache did not have.  On a VM whose host takes back the memory its
 guest leaves free (free page reporting, as on this project's machines), new
 memory costs several times what memory freed a moment before does
-(docs/performance.md, "This machine's memory"); anywhere, the old versions
-crowd the page cache until the kernel evicts them.
+(docs/performance.md, "This machine's memory").
 
-So `release`, called as a rerun stage's old output goes (stagework's
-`prepare_outputs`), drops that object's pages (`posix_fadvise(DONTNEED)`;
-the file stays in the cache, on disk) when it is at least MIN_BYTES and
-all its pages are clean, as they are once the kernel has written it back
-(half a minute after its build, at most).  A file with dirty pages is left
-alone: DONTNEED would start writing it out, and the build's own fsyncs of
-its state files would wait behind that write (a 1.1 GB writeback begun at a
-build's end made hardlink's clean build 1.35x as long).  Whether pages are
-dirty is asked of `cachestat` (Linux 6.5+); without it nothing is dropped.
+So, on such a VM (`reports_free_pages`), `release`, called as a rerun
+stage's old output goes (stagework's `prepare_outputs`), drops that
+object's pages (`posix_fadvise(DONTNEED)`; the file stays in the cache, on
+disk) when it is at least MIN_BYTES and all its pages are clean, as they
+are once the kernel has written it back (half a minute after its build, at
+most), and the stage's output takes that memory.  A file with dirty pages
+is left alone: DONTNEED would start writing it out, and the build's own
+fsyncs of its state files would wait behind that write (a 1.1 GB writeback
+begun at a build's end made hardlink's clean build 1.35x as long).
+Whether pages are dirty is asked of `cachestat` (Linux 6.5+); without it
+nothing is dropped.  Elsewhere nothing is dropped either: freeing the pages
+costs CPU (about 0.1 ms a MB) that only pays where new memory costs more
+than reused memory; the kernel reclaims clean page cache by itself when
+it needs the memory.  (On this project's machines, hardlink builds of 55
+stages a while apart: 0.65x the time while the host had taken the free
+memory back, 1.11x while it had not: docs/performance.md.)
 
 It is a hint: nothing a build reads or records depends on it, and a
 failure is ignored.  It runs on a thread of its own ("pages"), so the build
@@ -49,6 +55,7 @@ class _Pages:
         self._busy = False
         self._thread: threading.Thread | None = None
         self.dirty: object = None  # (fd) -> bool | None, found at the first file (False: no cachestat here)
+        self.worth: bool | None = None  # whether new memory costs more here (`reports_free_pages`), asked once
 
     def hand(self, fd: int) -> None:
         with self._lock:
@@ -88,6 +95,33 @@ class _Pages:
             dirty = self.dirty = _find_cachestat()
         if dirty is not False and dirty(fd) is False:  # type: ignore[operator]
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+
+
+_BALLOON = 5  # the virtio device id of a memory balloon
+_REPORTING = 5  # VIRTIO_BALLOON_F_REPORTING: its bit in the device's `features`
+
+
+def reports_free_pages(devices: str = "/sys/bus/virtio/devices") -> bool:
+    """Whether this machine is a VM whose balloon reports free pages to its
+    host (which then takes them back, so that memory never used, or left
+    free a while, costs a fault in the host at its first touch).  sysfs gives
+    a virtio device's features as 0s and 1s, bit 0 first."""
+    try:
+        names = os.listdir(devices)
+    except OSError:
+        return False
+    for name in names:
+        try:
+            with open(f"{devices}/{name}/device") as f:
+                if int(f.read(), 16) != _BALLOON:
+                    continue
+            with open(f"{devices}/{name}/features") as f:
+                features = f.read().strip()
+        except (OSError, ValueError):
+            continue
+        if len(features) > _REPORTING and features[_REPORTING] == "1":
+            return True
+    return False
 
 
 def _find_cachestat() -> object:
@@ -134,6 +168,10 @@ def release(path: str, st: os.stat_result) -> None:
     is removed, if they are all clean (on the thread; the file is opened
     here, before the removal)."""
     if st.st_nlink == 2 and st.st_size >= MIN_BYTES and _HINTS and (st.st_mode & 0o170000) == 0o100000:
+        if _PAGES.worth is None:
+            _PAGES.worth = reports_free_pages()
+        if not _PAGES.worth:
+            return
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
