@@ -35,7 +35,9 @@ from pivotbuild.build.scheduler import Scheduler
 from pivotbuild.build.selection import selected
 from pivotbuild.build.session import LoadedProject, Reloaded
 from pivotbuild.build.settled import unsettled
+from pivotbuild.cache import pages
 from pivotbuild.cache.outputs import OutputCache
+from pivotbuild.cache.store import Mode
 from pivotbuild.errors import EXIT_FAILED, EXIT_OK, MissingInputs
 from pivotbuild.events import (
     Decided,
@@ -46,7 +48,7 @@ from pivotbuild.events import (
 )
 from pivotbuild.graph import BuildGraph
 from pivotbuild.model import StageId
-from pivotbuild.paths import STATE_DIR
+from pivotbuild.paths import STATE_DIR, joined
 from pivotbuild.project import LoadOptions, Project
 from pivotbuild.state import history, seal, stamps
 from pivotbuild.state.projectlock import ProjectLock
@@ -328,6 +330,8 @@ class Engine:
         expected = recorder.expected(graph, closure, self._recent_builds(project))
         edges = after if after is not None else _edges(graph, closure)
         executor = make_executor(project.root, outputs, inbox, cancel, store=recorder.caching)
+        if outputs.mode is Mode.HARDLINK:  # (the old objects its stages will replace: cache/pages.py)
+            pages.write_back([joined(project.root, o.path) for sid in closure for o in graph.stages[sid].outs])
         jobserver = self._jobserver(options)
         run = BuildRun(
             self.emit,

@@ -10,29 +10,41 @@ guest leaves free (free page reporting, as on this project's machines), new
 memory costs several times what memory freed a moment before does
 (docs/performance.md, "This machine's memory").
 
-So, on such a VM (`reports_free_pages`), `release`, called as a rerun
-stage's old output goes (stagework's `prepare_outputs`), drops that
-object's pages (`posix_fadvise(DONTNEED)`; the file stays in the cache, on
-disk) when it is at least MIN_BYTES and all its pages are clean, as they
-are once the kernel has written it back (half a minute after its build, at
-most), and the stage's output takes that memory.  A file with dirty pages
-is left alone: DONTNEED would start writing it out, and the build's own
-fsyncs of its state files would wait behind that write (a 1.1 GB writeback
-begun at a build's end made hardlink's clean build 1.35x as long).
-Whether pages are dirty is asked of `cachestat` (Linux 6.5+); without it
-nothing is dropped.  Elsewhere nothing is dropped either: freeing the pages
-costs CPU (about 0.1 ms a MB) that only pays where new memory costs more
-than reused memory; the kernel reclaims clean page cache by itself when
-it needs the memory.  (On this project's machines, hardlink builds of 55
-stages a while apart: 0.65x the time while the host had taken the free
-memory back, 1.11x while it had not: docs/performance.md.)
+So, on such a VM (`reports_free_pages`), for hardlink mode's objects of at
+least MIN_BYTES:
 
-It is a hint: nothing a build reads or records depends on it, and a
-failure is ignored.  It runs on a thread of its own ("pages"), so the build
-loop waits neither for the question nor for the freeing; `settle` waits
-for what was handed over (the executor's close).  The thread is started at
-the first file and lives as long as the process (a build server keeps it
-between builds: cli/server.py).
+- `release`, called as a rerun stage's old output goes (stagework's
+  `prepare_outputs`), drops the object's pages (`posix_fadvise(DONTNEED)`;
+  the file stays in the cache, on disk) if all of them are clean, and the
+  stage's output takes that memory.  A dirty page cannot go before it is
+  written, and DONTNEED would start that write there, which the build's
+  own fsyncs would then wait behind: such a file is left alone.  Whether
+  pages are dirty is asked of `cachestat` (Linux 6.5+; without it nothing
+  is done).
+- `write_back`, called as a build begins with the outputs of the stages it
+  will decide, starts writing out the objects that are not yet written
+  (`sync_file_range`, which waits for nothing): those a build made seconds
+  before.  The kernel would write them within half a minute anyway (the
+  objects stay); begun now, they are on disk by the time their stages
+  rerun, a build's large stages being its last, and `release` drops them.
+  (Begun at a build's end instead, for the objects it made, a 1.1 GB
+  writeback made hardlink's clean build 1.35x as long: its last fsyncs
+  waited behind it.)
+
+Elsewhere nothing is done: freeing pages costs CPU (about 0.1 ms a MB),
+which pays only where new memory costs more than reused memory; the kernel
+reclaims clean page cache itself when it needs the memory.  (On this
+project's machines, hardlink builds of 55 stages a while apart took 0.65x
+the time while the host had taken its free memory back, and 1.11x while it
+had not; right after one another, as benchmarks run them, 0.74x:
+docs/performance.md.)
+
+Both are hints: nothing a build reads or records depends on them, and a
+failure is ignored.  They run on a thread of their own ("pages"; a release
+before any writeback), so the build loop waits neither for the questions
+nor for the freeing; `settle` waits for what was handed over (the
+executor's close).  The thread is started at the first file and lives as
+long as the process (a build server keeps it between builds: cli/server.py).
 """
 
 from __future__ import annotations
@@ -42,8 +54,13 @@ import os
 import threading
 from collections import deque
 
+TYPE_CHECKING = False  # (not typing's: a build imports no typing)
+if TYPE_CHECKING:
+    from typing import Any
+
 MIN_BYTES = 1 << 20  # smaller files: a few pages, not worth a system call and a handoff
 THREAD = "pages"  # the thread's name
+_SYNC_FILE_RANGE_WRITE = 2  # <linux/fs.h>
 _CACHESTAT = 451  # the system call's number (one for every architecture since Linux 5.1's y2038 calls)
 _HINTS = hasattr(os, "posix_fadvise")  # (Linux and most Unixes; not macOS)
 
@@ -51,50 +68,62 @@ _HINTS = hasattr(os, "posix_fadvise")  # (Linux and most Unixes; not macOS)
 class _Pages:
     def __init__(self) -> None:
         self._lock = threading.Condition()
-        self._queue: deque[int] = deque()
+        self._released: deque[int] = deque()  # descriptors of old objects, for `_release`
+        self._written: deque[str] = deque()  # paths of old outputs, for `_write_back`
         self._busy = False
         self._thread: threading.Thread | None = None
-        self.dirty: object = None  # (fd) -> bool | None, found at the first file (False: no cachestat here)
+        self._calls: _Calls | bool | None = False  # (False: not looked for yet; None: none here)
         self.worth: bool | None = None  # whether new memory costs more here (`reports_free_pages`), asked once
 
     def hand(self, fd: int) -> None:
         with self._lock:
-            self._queue.append(fd)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name=THREAD, daemon=True)
-                self._thread.start()
-            self._lock.notify_all()
+            self._released.append(fd)
+            self._wake()
+
+    def write(self, paths: list[str]) -> None:
+        with self._lock:
+            self._written.extend(paths)
+            self._wake()
+
+    def _wake(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name=THREAD, daemon=True)
+            self._thread.start()
+        self._lock.notify_all()
 
     def settle(self) -> None:
         if self._thread is None:
             return
         with self._lock:
-            while self._queue or self._busy:
+            while self._released or self._written or self._busy:
                 self._lock.wait()
 
     def _run(self) -> None:
-        queue = self._queue
+        released, written = self._released, self._written
         while True:
             with self._lock:
                 self._busy = False
                 self._lock.notify_all()
-                while not queue:
+                while not released and not written:
                     self._lock.wait()
-                fd = queue.popleft()
+                fd = released.popleft() if released else -1  # (a release first: its stage has started)
+                path = written.popleft() if fd < 0 else ""
                 self._busy = True
             try:
-                self._release(fd)
+                calls = self._calls
+                if calls is False:
+                    calls = self._calls = _Calls.find()
+                if calls is not None:
+                    assert isinstance(calls, _Calls)
+                    if fd >= 0:
+                        calls.release(fd)
+                    else:
+                        calls.write_back(path)
             except OSError:
-                pass  # (a hint: a file system that does not have it)
+                pass  # (a hint: a file gone meanwhile, a file system that does not have it)
             finally:
-                os.close(fd)
-
-    def _release(self, fd: int) -> None:
-        dirty = self.dirty
-        if dirty is None:
-            dirty = self.dirty = _find_cachestat()
-        if dirty is not False and dirty(fd) is False:  # type: ignore[operator]
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                if fd >= 0:
+                    os.close(fd)
 
 
 _BALLOON = 5  # the virtio device id of a memory balloon
@@ -124,37 +153,79 @@ def reports_free_pages(devices: str = "/sys/bus/virtio/devices") -> bool:
     return False
 
 
-def _find_cachestat() -> object:
-    """A function telling whether the file open as `fd` has pages not yet
-    written back (None: it cannot tell), by `cachestat` (ctypes lets go of
-    the GIL while it runs); False where there is no `cachestat`."""
-    try:
-        import ctypes
-    except ImportError:
-        return False
+class _Calls:
+    """The system calls ctypes reaches (it lets go of the GIL while each
+    runs): `cachestat` (Linux 6.5+) and `sync_file_range`."""
 
-    class Range(ctypes.Structure):
-        _fields_ = [("off", ctypes.c_uint64), ("len", ctypes.c_uint64)]
+    def __init__(self, syscall: Any, sync_file_range: Any, make_range: Any, make_stat: Any, byref: Any) -> None:
+        self._syscall, self._sync, self._byref = syscall, sync_file_range, byref
+        self._whole = make_range(0, 0)  # (a length of 0: to the end of the file)
+        self._stat = make_stat
 
-    class Stat(ctypes.Structure):
-        _fields_ = [(name, ctypes.c_uint64) for name in ("cache", "dirty", "writeback", "evicted", "recent")]
+    @classmethod
+    def find(cls) -> _Calls | None:
+        try:
+            import ctypes
 
-    try:
-        syscall = ctypes.CDLL(None, use_errno=True).syscall
-    except (OSError, AttributeError):
-        return False
-    syscall.restype = ctypes.c_long
-    whole = Range(0, 0)  # (a length of 0: to the end of the file)
+            libc = ctypes.CDLL(None, use_errno=True)
+            syscall, sync = libc.syscall, libc.sync_file_range
+        except (ImportError, OSError, AttributeError):
+            return None
 
-    def dirty(fd: int) -> bool | None:
-        found = Stat()
-        if syscall(ctypes.c_long(_CACHESTAT), ctypes.c_uint(fd), ctypes.byref(whole), ctypes.byref(found), 0) != 0:
-            if ctypes.get_errno() == errno.ENOSYS:  # (a kernel before 6.5: never again)
-                _PAGES.dirty = False
+        class Range(ctypes.Structure):
+            _fields_ = [("off", ctypes.c_uint64), ("len", ctypes.c_uint64)]
+
+        class Stat(ctypes.Structure):
+            _fields_ = [(name, ctypes.c_uint64) for name in ("cache", "dirty", "writeback", "evicted", "recent")]
+
+        syscall.restype = ctypes.c_long
+        syscall.argtypes = (ctypes.c_long, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint)
+        sync.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+        calls = cls(syscall, sync, Range, Stat, ctypes.byref)
+        probe = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            if calls._dirty(probe) is None and ctypes.get_errno() == errno.ENOSYS:
+                return None  # (a kernel before 6.5: whether pages are dirty cannot be told)
+        finally:
+            os.close(probe)
+        return calls
+
+    def _dirty(self, fd: int) -> bool | None:
+        """Whether the file open as `fd` has pages not yet written back (None: not told)."""
+        found = self._stat()
+        if self._syscall(_CACHESTAT, fd, self._byref(self._whole), self._byref(found), 0) != 0:
             return None
         return bool(found.dirty or found.writeback)
 
-    return dirty
+    def release(self, fd: int) -> None:
+        """Drop the pages of the file open as `fd`, if every one is clean."""
+        if self._dirty(fd) is False:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+
+    def write_back(self, path: str) -> None:
+        """Start writing `path` out, if it is hardlink mode's object of at
+        least MIN_BYTES (see `write_back`)."""
+        st = os.lstat(path)
+        if _object(st):
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                self._sync(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
+            finally:
+                os.close(fd)
+
+
+def _object(st: os.stat_result) -> bool:
+    """Whether this lstat is of hardlink mode's object of at least MIN_BYTES:
+    a regular file with one link besides the cache's (a file linked more
+    often is another output's too, which may still be read)."""
+    return st.st_nlink == 2 and st.st_size >= MIN_BYTES and (st.st_mode & 0o170000) == 0o100000
+
+
+def _worth() -> bool:
+    worth = _PAGES.worth
+    if worth is None:
+        worth = _PAGES.worth = _HINTS and reports_free_pages()
+    return worth
 
 
 _PAGES = _Pages()
@@ -162,16 +233,10 @@ _PAGES = _Pages()
 
 def release(path: str, st: os.stat_result) -> None:
     """`path` (`st`: its lstat), about to be removed for its stage's rerun:
-    if it is hardlink mode's object of at least MIN_BYTES (a regular file
-    with one link besides the cache's: a file linked more often is another
-    output's too, which may still be read), its pages are dropped once it
-    is removed, if they are all clean (on the thread; the file is opened
-    here, before the removal)."""
-    if st.st_nlink == 2 and st.st_size >= MIN_BYTES and _HINTS and (st.st_mode & 0o170000) == 0o100000:
-        if _PAGES.worth is None:
-            _PAGES.worth = reports_free_pages()
-        if not _PAGES.worth:
-            return
+    if it is hardlink mode's object of at least MIN_BYTES, its pages are
+    dropped once it is removed, if they are all clean (on the thread; the
+    file is opened here, before the removal)."""
+    if _object(st) and _worth():
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
@@ -179,6 +244,15 @@ def release(path: str, st: os.stat_result) -> None:
         _PAGES.hand(fd)
 
 
+def write_back(paths: list[str]) -> None:
+    """As a hardlink mode build begins: the outputs of the stages it will
+    decide, whose objects (at least MIN_BYTES) are written back now if they
+    are not yet (on the thread), so that by the time their stages rerun
+    their pages are clean and `release` can drop them."""
+    if paths and _worth():
+        _PAGES.write(paths)
+
+
 def settle() -> None:
-    """Wait until every file handed over has been seen to."""
+    """Wait until everything handed over has been seen to."""
     _PAGES.settle()
