@@ -6,6 +6,7 @@
     python3 benchmarks/ab.py --base HEAD~1 --shape big --mode hardlink --rounds 4
     python3 benchmarks/ab.py --base HEAD~1 --what fresh --rounds 16 --edits 5
     python3 benchmarks/ab.py --base HEAD~3 --what incr --rounds 15 --served    # as a user's builds go
+    python3 benchmarks/ab.py --base HEAD~1 --shape big --mode hardlink --what sequence --rounds 3 --served
 
 On compare.py's lattice (WIDTH x DEPTH stages, -j2), each round runs every
 version once, in a random order: `clean`, a build of a fresh copy of the
@@ -18,7 +19,14 @@ differ by up to 5% on the same code, from their places on the file system.
 This checkout against itself, `fresh` gave 1.034 (10 rounds) and 1.022
 (16): it tells apart changes of more than about 3% (the twenty-third
 session's two, 0.887 and 0.903 over 16 and 20 rounds, showed in every one
-of the 5 edits; docs/performance.md).  Each build is `python -m
+of the 5 edits; docs/performance.md).  `sequence`, the reference's order
+(../shared/bench/compare.py builds one tool after another, each in a fresh
+project): a fresh project in the default mode built clean, `--edits`
+no-ops and `--edits` incremental builds, untimed, then a fresh project in
+`--mode` built the same, its incremental builds' median timed, and the
+memory they took reported (the fall of /proc/meminfo's MemFree over them):
+what a build finds is decided by what ran just before it
+(docs/performance.md, "This machine's memory").  Each build is `python -m
 pivotbuild -jJ -s` with the version's tree first on PYTHONPATH (its
 pivotbuild, this interpreter and its libraries), or with `--served` the
 installed `pivotbuild` (a copy: the launcher) and a build server of the
@@ -149,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--new", default=str(CHECKOUT), help="the same (default: this checkout)")
     ap.add_argument("--shape", choices=sorted(compare.COMMANDS), default="small")
     ap.add_argument("--mode", choices=("copy", "hardlink"), default="copy")
-    ap.add_argument("--what", default="clean,incr", help="comma-separated, of clean, incr and fresh")
+    ap.add_argument("--what", default="clean,incr", help="comma-separated, of clean, incr, fresh and sequence")
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--edits", type=int, default=5, help="fresh: incremental builds a round (their median)")
     ap.add_argument("--width", type=int, default=50)
@@ -161,8 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = ap.parse_args(argv)
     what = args.what.split(",")
-    if not set(what) <= {"clean", "incr", "fresh"}:
-        ap.error("--what takes clean, incr and fresh")
+    if not set(what) <= {"clean", "incr", "fresh", "sequence"}:
+        ap.error("--what takes clean, incr, fresh and sequence")
     if args.edits < 1:
         ap.error("--edits must be at least 1")
     stages = compare.lattice(args.width, args.depth)
@@ -193,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
                         compare.edit(projects[name], args.width, args.depth, -1 - warm)
                         build(code, projects[name], args.jobs, served[name])
         times: dict[tuple[str, str], list[tuple[float, float]]] = {(k, n): [] for k in what for n in versions}
+        taken: dict[str, list[float]] = {n: [] for n in versions}  # (sequence: MB a round)
         for round_ in range(args.rounds):
             for kind in what:
                 for name in random.sample(list(versions), len(versions)):
@@ -202,6 +211,10 @@ def main(argv: list[str] | None = None) -> int:
                         shutil.copytree(template, fresh, symlinks=True)
                         time.sleep(0.5)  # (let the copy's writes settle a moment)
                         times[kind, name].append(build(versions[name], fresh, args.jobs, served.get(name)))
+                    elif kind == "sequence":
+                        times[kind, name].append(
+                            _sequence(versions[name], work, stages, args, served=served.get(name), taken=taken[name])
+                        )
                     elif kind == "fresh":
                         fresh = work / "fresh"
                         shutil.rmtree(fresh, ignore_errors=True)
@@ -232,7 +245,54 @@ def main(argv: list[str] | None = None) -> int:
         print(kind)
         print(_row("base", times[kind, "base"], None))
         print(_row("new", times[kind, "new"], times[kind, "base"]))
+    if "sequence" in what:
+        print("memory the incremental builds took (MB a round, median; each round)")
+        for name in versions:
+            print(f"  {name:<6}{statistics.median(taken[name]):9.0f}   {' '.join(f'{m:.0f}' for m in taken[name])}")
     return 0
+
+
+def _sequence(
+    code: Path,
+    work: Path,
+    stages: list[compare.Stage],
+    args: argparse.Namespace,
+    *,
+    served: Served | None,
+    taken: list[float],
+) -> tuple[float, float]:
+    """`--what sequence`'s round (see the module): the median (wall, CPU) of
+    the second project's incremental builds; the MB they took, to `taken`."""
+    tools = ("pivotbuild", "pivotbuild:hardlink" if args.mode == "hardlink" else "pivotbuild")
+    runs = []
+    for i, tool in enumerate(tools):
+        project = work / f"sequence-{i}"
+        compare.generate(project, stages, tool, args.shape)
+        for _ in range(1 + args.edits):  # (the clean build and the no-ops)
+            build(code, project, args.jobs, served)
+        free = _free_mb()
+        for edit in range(args.edits):
+            compare.edit(project, args.width, args.depth, edit)
+            timed = build(code, project, args.jobs, served)
+            if i:
+                runs.append(timed)
+        if i:
+            taken.append(free - _free_mb())
+    for i in range(len(tools)):
+        shutil.rmtree(work / f"sequence-{i}", ignore_errors=True)
+    return statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
+
+
+def _free_mb() -> float:
+    """MemFree, in MB (0 where there is no /proc/meminfo)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemFree:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
 
 
 if __name__ == "__main__":

@@ -61,3 +61,16 @@ def test_served_rounds_go_through_a_server_of_each_versions_own_stopped_after(
     edits = [line for p in (tmp_path / "incr-new" / "src").iterdir() for line in p.read_text().splitlines()]
     assert len([line for line in edits if line.startswith("edit ")]) == 2 + 2  # (two warm, untimed)
     assert not [p for p in Path("/tmp").glob("pvab-*") if p.is_dir() and list(p.glob("*.sock"))]
+
+
+def test_sequence_rounds_build_two_fresh_projects_in_turn_and_time_the_second(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    here = str(Path(ab.__file__).resolve().parent.parent)
+    argv = ["--base", here, "--new", here, "--width", "3", "--depth", "4", "--rounds", "1", "--what", "sequence"]
+    assert ab.main([*argv, "--mode", "hardlink", "--edits", "2", "--dir", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("12 stages (small, hardlink), -j2, 1 interleaved rounds")
+    assert [line.split()[0] for line in lines[2:]] == ["sequence", "base", "new", "memory", "base", "new"]
+    assert "new/base" in lines[4]
+    assert not list(tmp_path.glob("sequence-*"))  # (each round's projects, removed after)
