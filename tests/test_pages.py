@@ -147,14 +147,19 @@ def _linked(tmp_path: Path, links: int) -> int:
     return fd
 
 
+def _released(path: Path, fd: int) -> tuple[int, int]:
+    """`fd`'s resident pages before and after `pages.release` has seen to `path`."""
+    before = resident(fd)
+    pages.release(str(path), os.lstat(path))
+    pages.settle()
+    return before, resident(fd)
+
+
 def test_release_drops_an_object_linked_once_besides_the_cache(tmp_path: Path) -> None:
     fd = _linked(tmp_path, 2)
     try:
-        path = str(tmp_path / "f0")
-        before = resident(fd)
-        pages.release(path, os.lstat(path))
-        pages.settle()
-        assert resident(fd) == (0 if DROPS else before) and before > 0
+        before, after = _released(tmp_path / "f0", fd)
+        assert after == (0 if DROPS else before) and before > 0
     finally:
         os.close(fd)
 
@@ -167,11 +172,9 @@ def test_release_leaves_a_file_not_yet_written_back_alone(tmp_path: Path) -> Non
     os.link(first, tmp_path / "f1")
     fd = os.open(first, os.O_RDONLY)
     try:
-        before = resident(fd)
         assert dirty(fd) > 0
-        pages.release(str(first), os.lstat(first))
-        pages.settle()
-        assert resident(fd) == before and dirty(fd) > 0
+        before, after = _released(first, fd)
+        assert after == before and dirty(fd) > 0
     finally:
         os.close(fd)
 
@@ -184,11 +187,8 @@ def test_release_leaves_other_files_alone(tmp_path: Path, links: int, size: int)
     try:
         os.truncate(tmp_path / "f0", size)
         os.sync()
-        before = resident(fd)
-        path = str(tmp_path / "f0")
-        pages.release(path, os.lstat(path))
-        pages.settle()
-        assert resident(fd) == before > 0
+        before, after = _released(tmp_path / "f0", fd)
+        assert after == before > 0
     finally:
         os.close(fd)
 
@@ -210,10 +210,7 @@ def test_where_new_memory_costs_no_more_nothing_is_dropped(tmp_path: Path, monke
     monkeypatch.setattr(pages._PAGES, "worth", False)
     fd = _linked(tmp_path, 2)
     try:
-        before = resident(fd)
-        path = str(tmp_path / "f0")
-        pages.release(path, os.lstat(path))
-        pages.settle()
-        assert resident(fd) == before > 0
+        before, after = _released(tmp_path / "f0", fd)
+        assert after == before > 0
     finally:
         os.close(fd)
