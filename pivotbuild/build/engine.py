@@ -330,7 +330,7 @@ class Engine:
         expected = recorder.expected(graph, closure, self._recent_builds(project))
         edges = after if after is not None else _edges(graph, closure)
         executor = make_executor(project.root, outputs, inbox, cancel, store=recorder.caching)
-        if outputs.mode is Mode.HARDLINK:  # (the old objects its stages will replace: cache/pages.py)
+        if outputs.mode is Mode.HARDLINK and pages.wanted():  # (the old objects its stages replace: cache/pages.py)
             pages.write_back([joined(project.root, o.path) for sid in closure for o in graph.stages[sid].outs])
         jobserver = self._jobserver(options)
         run = BuildRun(

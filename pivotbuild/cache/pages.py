@@ -36,8 +36,8 @@ which pays only where new memory costs more than reused memory; the kernel
 reclaims clean page cache itself when it needs the memory.  (On this
 project's machines, hardlink builds of 55 stages a while apart took 0.65x
 the time while the host had taken its free memory back, and 1.11x while it
-had not; right after one another, as benchmarks run them, 0.74x:
-docs/performance.md.)
+had not; right after one another, in the order the benchmarks run them,
+0.86x and 0.95x: docs/performance.md.)
 
 Both are hints: nothing a build reads or records depends on them, and a
 failure is ignored.  They run on a thread of their own ("pages"; a release
@@ -119,8 +119,8 @@ class _Pages:
                         calls.release(fd)
                     else:
                         calls.write_back(path)
-            except OSError:
-                pass  # (a hint: a file gone meanwhile, a file system that does not have it)
+            except Exception:  # (a hint: a file gone meanwhile, a file system without it;
+                pass  # and this thread must not end, `settle` waits for it)
             finally:
                 if fd >= 0:
                     os.close(fd)
@@ -221,7 +221,9 @@ def _object(st: os.stat_result) -> bool:
     return st.st_nlink == 2 and st.st_size >= MIN_BYTES and (st.st_mode & 0o170000) == 0o100000
 
 
-def _worth() -> bool:
+def wanted() -> bool:
+    """Whether this machine's new memory costs more than reused memory (a
+    balloon that reports free pages: see the module), asked once."""
     worth = _PAGES.worth
     if worth is None:
         worth = _PAGES.worth = _HINTS and reports_free_pages()
@@ -236,7 +238,7 @@ def release(path: str, st: os.stat_result) -> None:
     if it is hardlink mode's object of at least MIN_BYTES, its pages are
     dropped once it is removed, if they are all clean (on the thread; the
     file is opened here, before the removal)."""
-    if _object(st) and _worth():
+    if _object(st) and wanted():
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
@@ -245,11 +247,11 @@ def release(path: str, st: os.stat_result) -> None:
 
 
 def write_back(paths: list[str]) -> None:
-    """As a hardlink mode build begins: the outputs of the stages it will
-    decide, whose objects (at least MIN_BYTES) are written back now if they
-    are not yet (on the thread), so that by the time their stages rerun
-    their pages are clean and `release` can drop them."""
-    if paths and _worth():
+    """As a hardlink mode build begins, where `wanted`: the outputs of the
+    stages it will decide, whose objects (at least MIN_BYTES) are written
+    back now if they are not yet (on the thread), so that by the time their
+    stages rerun their pages are clean and `release` can drop them."""
+    if paths:
         _PAGES.write(paths)
 
 
