@@ -6,18 +6,21 @@ from __future__ import annotations
 
 import fcntl
 import os
+import shutil
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from pivotbuild.cache import runlog
+from pivotbuild.cache.outputs import OutputCache
 from pivotbuild.cache.runcache import RunCache, encode_entry, entry_rel, inputs_key, log_rel, stage_key
 from pivotbuild.model import StageId
 from pivotbuild.state import framing
 from pivotbuild.state.files import write_atomic
-from pivotbuild.state.records import FileRecord
+from pivotbuild.state.records import FileRecord, StageRecord
 
 DEPS = (FileRecord("in.txt", "file", "a" * 32),)
 
@@ -293,3 +296,56 @@ def test_a_log_read_again_in_one_process_is_read_from_where_it_was_left(tmp_path
     assert torn is not None and not torn.covers(torn.blob)
     said: list[str] = []
     assert RunCache(tmp_path, said.append).lookup(sid, "fp1", DEPS) == outs(4) and said == []
+
+
+def test_an_append_that_may_not_create_leaves_a_missing_log_missing(tmp_path: Path) -> None:
+    """A build server's appends after its answer (OutputCache.close_runs):
+    a project removed meanwhile is not made again."""
+    path = tmp_path / "runs" / "a.log"
+    runlog.append_many(str(path), [("n", b"entry")], create=False)
+    assert not (tmp_path / "runs").exists()
+    path.parent.mkdir()
+    runlog.append_many(str(path), [("n", b"entry")])
+    runlog.append_many(str(path), [("m", b"other")], create=False)
+    assert path.read_bytes().count(b"entry") == 1 and path.read_bytes().count(b"other") == 1
+
+
+def _given(root: Path, fingerprint: str, names: list[str]) -> OutputCache:
+    """A build's OutputCache in project `root`, given a record of each stage to remember."""
+    outputs = OutputCache(root, lambda _text: None, building=True)
+    for name in names:
+        stage = SimpleNamespace(id=StageId("", name))
+        outputs.remember(stage, StageRecord(name, fingerprint, "cmd", DEPS, outs(len(name)), ()))  # type: ignore[arg-type]
+    return outputs
+
+
+def _found(root: Path, fingerprint: str, name: str) -> bool:
+    runs = RunCache(root / ".pivot" / "cache")
+    return runs.lookup(StageId("", name), fingerprint, DEPS) == outs(len(name))
+
+
+def test_a_server_makes_new_logs_before_its_answer_and_after_it_only_appends(tmp_path: Path) -> None:
+    """A server makes a build's run-cache entries once its client has the
+    answer, except those whose logs do not exist yet (`close_new_runs`,
+    before the answer); after it, nothing is created: a script that removes
+    its project right after its last build finds it gone."""
+    (tmp_path / ".pivot").mkdir()
+    names = [f"s{i}" for i in range(40)]  # (their logs: most of the sixteen)
+    first = _given(tmp_path, "fp1", names)
+    first.close_new_runs()  # a first build: every log is new
+    assert all(_found(tmp_path, "fp1", n) for n in names)
+    first.close_runs(create=False)  # (nothing left)
+    logs = sorted(p.name for p in (tmp_path / ".pivot" / "cache" / "runs").iterdir())
+
+    second = _given(tmp_path, "fp2", names)
+    second.close_new_runs()  # every log exists: all are left for after the answer
+    assert not any(_found(tmp_path, "fp2", n) for n in names)
+    second.close_runs(create=False)
+    assert all(_found(tmp_path, "fp2", n) for n in names)
+    assert sorted(p.name for p in (tmp_path / ".pivot" / "cache" / "runs").iterdir()) == logs
+
+    third = _given(tmp_path, "fp3", names)
+    third.close_new_runs()
+    shutil.rmtree(tmp_path / ".pivot")  # the project removed right after the answer
+    third.close_runs(create=False)
+    assert not (tmp_path / ".pivot").exists()

@@ -13,6 +13,7 @@ everything it has to say is an event for its reporter.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import threading
 from collections.abc import Callable, Collection, Iterator, Sequence
@@ -358,7 +359,8 @@ class Engine:
             self._running_build = None
             outputs.close()  # the build's pack of small objects indexed
             if self.later is not None and self.resident:
-                self.later.append(outputs.close_runs)  # (a server's: once its client has the answer)
+                outputs.close_new_runs()  # (those whose logs it makes: before the answer)
+                self.later.append(functools.partial(outputs.close_runs, create=False))  # (the rest: after it)
             else:
                 outputs.close_runs()
             if jobserver is not self.jobserver:

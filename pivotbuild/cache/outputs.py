@@ -132,21 +132,44 @@ class OutputCache:
         except OSError as exc:
             self.notice(f"could not index the objects this build cached ({exc.strerror or exc}); the next build will")
 
-    def close_runs(self) -> None:
+    def close_runs(self, *, create: bool = True) -> None:
         """A build's run-cache entries (what `remember` was given) made and
         appended, one write a log: when the build is over, and in a build
         server once its client has the answer (Engine._run).  Entries lost
         before this (a killed build or server) only cost a restore: each
-        stage's last record is in its lockfile, its outputs in the cache."""
+        stage's last record is in its lockfile, its outputs in the cache.
+
+        A server's, after its answer, are made without `create`: appended
+        only to logs that exist, and no directory made, for a script may
+        be removing the project right after its last build (its `rm -rf`
+        would fail on a file made meanwhile, or leave `.pivot/` behind).
+        The entries whose logs do not exist yet (a project's first builds)
+        are made before the answer: `close_new_runs`."""
         remembered = self._remembered or []
         if self._remembered is not None:
             self._remembered = []
         try:
             for sid, record in remembered:
-                self.runs.record(sid, record.fingerprint, record.deps, record.outs)
-            self.runs.flush()
+                self.runs.record(sid, record.fingerprint, record.deps, record.outs, create=create)
+            self.runs.flush(create=create)
         except OSError as exc:
             self.notice(f"could not record this build's runs in the run cache ({exc.strerror or exc})")
+
+    def close_new_runs(self) -> None:
+        """Of a build's run-cache entries, make and append those whose logs
+        do not exist yet (creating them), leaving the others to `close_runs`:
+        a server's, before its answer (see `close_runs`)."""
+        remembered = self._remembered
+        if not remembered:
+            return
+        logged = [self.runs.logged(sid) for sid, _ in remembered]
+        if all(logged):
+            return
+        self._remembered = [entry for entry, there in zip(remembered, logged, strict=True) if not there]
+        try:
+            self.close_runs()
+        finally:
+            self._remembered = [entry for entry, there in zip(remembered, logged, strict=True) if there]
 
     def keep(self, stage: Stage, inputs: StageRecord, statcache: StatCache) -> None:
         """Store the cacheable outputs of `stage` (as `inputs.outs` records them) and

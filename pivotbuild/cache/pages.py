@@ -17,19 +17,18 @@ least MIN_BYTES:
   `prepare_outputs`), drops the object's pages (`posix_fadvise(DONTNEED)`;
   the file stays in the cache, on disk) if all of them are clean, and the
   stage's output takes that memory.  A dirty page cannot go before it is
-  written, and DONTNEED would start that write there, which the build's
-  own fsyncs would then wait behind: such a file is left alone.  Whether
-  pages are dirty is asked of `cachestat` (Linux 6.5+; without it nothing
-  is done).
+  written: hence `write_back`.  Whether pages are dirty is asked of
+  `cachestat` (Linux 6.5+; without it nothing is done).
 - `write_back`, called as a build begins with the outputs of the stages it
   will decide, starts writing out the objects that are not yet written
   (`sync_file_range`, which waits for nothing): those a build made seconds
   before.  The kernel would write them within half a minute anyway (the
   objects stay); begun now, they are on disk by the time their stages
   rerun, a build's large stages being its last, and `release` drops them.
-  (Begun at a build's end instead, for the objects it made, a 1.1 GB
-  writeback made hardlink's clean build 1.35x as long: its last fsyncs
-  waited behind it.)
+  (One the thread had not got to when its stage started, its path gone by
+  then, has its writeback begun by `release`.)  Begun at a build's end
+  instead, for the objects it made, a 1.1 GB writeback made hardlink's
+  clean build 1.35x as long: its last fsyncs waited behind it.
 
 Elsewhere nothing is done: freeing pages costs CPU (about 0.1 ms a MB),
 which pays only where new memory costs more than reused memory; the kernel
@@ -40,8 +39,8 @@ had not; right after one another, in the order the benchmarks run them,
 0.86x and 0.95x: docs/performance.md.)
 
 Both are hints: nothing a build reads or records depends on them, and a
-failure is ignored.  They run on a thread of their own ("pages"; a release
-before any writeback), so the build loop waits neither for the questions
+failure is ignored.  They run on a thread of their own ("pages"), in the
+order they were asked for, so the build loop waits neither for the questions
 nor for the freeing; `settle` waits for what was handed over (the
 executor's close).  The thread is started at the first file and lives as
 long as the process (a build server keeps it between builds: cli/server.py).
@@ -68,8 +67,9 @@ _HINTS = hasattr(os, "posix_fadvise")  # (Linux and most Unixes; not macOS)
 class _Pages:
     def __init__(self) -> None:
         self._lock = threading.Condition()
-        self._released: deque[int] = deque()  # descriptors of old objects, for `_release`
-        self._written: deque[str] = deque()  # paths of old outputs, for `_write_back`
+        # In the order handed over: (descriptor, "") of an old object to
+        # release, (-1, path) of an old output to write back.
+        self._work: deque[tuple[int, str]] = deque()
         self._busy = False
         self._thread: threading.Thread | None = None
         self._calls: _Calls | bool | None = False  # (False: not looked for yet; None: none here)
@@ -77,12 +77,12 @@ class _Pages:
 
     def hand(self, fd: int) -> None:
         with self._lock:
-            self._released.append(fd)
+            self._work.append((fd, ""))
             self._wake()
 
     def write(self, paths: list[str]) -> None:
         with self._lock:
-            self._written.extend(paths)
+            self._work.extend((-1, path) for path in paths)
             self._wake()
 
     def _wake(self) -> None:
@@ -95,19 +95,20 @@ class _Pages:
         if self._thread is None:
             return
         with self._lock:
-            while self._released or self._written or self._busy:
+            while self._work or self._busy:
                 self._lock.wait()
 
     def _run(self) -> None:
-        released, written = self._released, self._written
+        work = self._work
         while True:
             with self._lock:
                 self._busy = False
                 self._lock.notify_all()
-                while not released and not written:
+                while not work:
                     self._lock.wait()
-                fd = released.popleft() if released else -1  # (a release first: its stage has started)
-                path = written.popleft() if fd < 0 else ""
+                # (In order: an old output's writeback, asked for as the build
+                # began, goes before its stage's release, which finds it begun.)
+                fd, path = work.popleft()
                 self._busy = True
             try:
                 calls = self._calls
@@ -198,9 +199,14 @@ class _Calls:
         return bool(found.dirty or found.writeback)
 
     def release(self, fd: int) -> None:
-        """Drop the pages of the file open as `fd`, if every one is clean."""
-        if self._dirty(fd) is False:
+        """Drop the pages of the file open as `fd`, if every one is clean;
+        else begin its writeback, if the build's (`write_back`) did not get
+        to it before its stage started (its path was gone by then)."""
+        dirty = self._dirty(fd)
+        if dirty is False:
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        elif dirty:
+            self._sync(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
 
     def write_back(self, path: str) -> None:
         """Start writing `path` out, if it is hardlink mode's object of at

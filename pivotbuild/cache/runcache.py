@@ -167,6 +167,7 @@ class RunCache:
         self._runs = f"{cache_dir}/{RUNS}"
         self._lock = threading.RLock()
         self._made = False  # runs/ made by this object
+        self._there: dict[str, bool] = {}  # log (its letter) -> whether it existed when `logged` asked
         self._shards: set[str] | None = None  # the names under runs/, once listed
         self._listed: dict[str, set[str]] = {}  # folder name -> the entries in it (files), once listed
         self._logged: dict[str, dict[str, bytes]] = {}  # folder name -> its own log's entries, once read
@@ -350,8 +351,17 @@ class RunCache:
                 self._drop_logged(shard, {name}, blob)
             return None
 
-    def record(self, sid: StageId, fingerprint: str, deps: Sequence[FileRecord], outs: tuple[FileRecord, ...]) -> None:
-        """Append the entry to its log (unless the same is there)."""
+    def record(
+        self,
+        sid: StageId,
+        fingerprint: str,
+        deps: Sequence[FileRecord],
+        outs: tuple[FileRecord, ...],
+        *,
+        create: bool = True,
+    ) -> None:
+        """Append the entry to its log (unless the same is there).  Without
+        `create`, no directory is made for it (`flush(create=False)`)."""
         skey = stage_key(sid)
         shard = skey[:2]
         name = f"{skey}-{inputs_key(fingerprint, deps)}"
@@ -360,7 +370,7 @@ class RunCache:
         with self._lock:
             if self._logged_entry(shard, name) == blob:
                 return  # recorded already (by an earlier build)
-            if not self._made:
+            if not self._made and create:
                 os.makedirs(self._runs, exist_ok=True)
                 self._made = True
         # (The append outside the lock: see `_listing`.  A frame is whole once
@@ -376,15 +386,26 @@ class RunCache:
             log.known[name] = blob
             log.keys.add(skey)
 
-    def flush(self) -> None:
+    def flush(self, *, create: bool = True) -> None:
         """Append what `record` left to write (deferred), one `write` a log.
         Entries a build killed before this loses only cost a restore: the
         lockfile holds each stage's last record, and its outputs are in the
-        cache (see OutputCache.restore)."""
+        cache (see OutputCache.restore).  Without `create`, only to logs that
+        exist: the others' entries are dropped (a build server's, after its
+        answer: a project removed meanwhile is not made again, OutputCache.
+        close_runs)."""
         with self._lock:
             unwritten, self._unwritten = self._unwritten, {}
         for path, entries in sorted(unwritten.items()):
-            runlog.append_many(path, entries)
+            runlog.append_many(path, entries, create=create)
+
+    def logged(self, sid: StageId) -> bool:
+        """Whether the log `sid`'s entries go to exists (asked once a log)."""
+        group = stage_key(sid)[:1]
+        there = self._there.get(group)
+        if there is None:
+            there = self._there[group] = os.path.exists(self._log(group))
+        return there
 
     def remove(self, shard: str, names: set[str]) -> None:
         """Remove these entries of folder `shard`, from the logs and as files (gc)."""

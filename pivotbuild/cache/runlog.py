@@ -219,12 +219,19 @@ def append(path: str, name: str, entry: bytes) -> None:
     append_many(path, [(name, entry)])
 
 
-def append_many(path: str, entries: list[tuple[str, bytes]]) -> None:
-    """Append these entries to the log at `path` (made if missing), a frame
+def append_many(path: str, entries: list[tuple[str, bytes]], *, create: bool = True) -> None:
+    """Append these entries to the log at `path` (made if missing, with
+    `create`; else nothing is appended to a log that is missing), a frame
     each, with one `write`."""
     frame = b"".join(LOG.dump([name, entry]) for name, entry in entries)
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC | (os.O_CREAT if create else 0)
     for attempt in range(3):
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        try:
+            fd = os.open(path, flags, 0o666)
+        except FileNotFoundError:
+            if create:
+                raise
+            return
         try:
             fcntl.flock(fd, fcntl.LOCK_SH)
             if attempt < 2 and not _still(fd, path):
