@@ -180,10 +180,10 @@ def test_a_look_up_does_not_wait_for_a_thread_appending_to_another_log(
     writing, finish = threading.Event(), threading.Event()
     real_append = runlog.append
 
-    def slow_append(path: str, name: str, entry: bytes) -> None:
+    def slow_append(path: str, name: str, entry: bytes, *, create: bool = True) -> None:
         writing.set()
         assert finish.wait(10)
-        real_append(path, name, entry)
+        real_append(path, name, entry, create=create)
 
     monkeypatch.setattr(runlog, "append", slow_append)
     a, b = StageId("", "a"), StageId("", "b")

@@ -36,7 +36,7 @@ reclaims clean page cache itself when it needs the memory.  (On this
 project's machines, hardlink builds of 55 stages a while apart took 0.65x
 the time while the host had taken its free memory back, and 1.11x while it
 had not; right after one another, in the order the benchmarks run them,
-0.86x and 0.95x: docs/performance.md.)
+0.85x, the memory five builds took 201 MB against 1,092: docs/performance.md.)
 
 Both are hints: nothing a build reads or records depends on them, and a
 failure is ignored.  They run on a thread of their own ("pages"), in the

@@ -378,7 +378,7 @@ class RunCache:
         # once is read as one.)
         path = self._log(shard)
         if not self._deferred:
-            runlog.append(path, name, blob)
+            runlog.append(path, name, blob, create=create)
         with self._lock:
             if self._deferred:
                 self._unwritten.setdefault(path, []).append((name, blob))

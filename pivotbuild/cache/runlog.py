@@ -214,9 +214,9 @@ def log_bytes(entries: dict[str, bytes], foreign: list[bytes] | None = None) -> 
     return b"".join([*(foreign or ()), *(LOG.dump([name, entry]) for name, entry in entries.items())])
 
 
-def append(path: str, name: str, entry: bytes) -> None:
-    """Append one entry to the log at `path` (made if missing)."""
-    append_many(path, [(name, entry)])
+def append(path: str, name: str, entry: bytes, *, create: bool = True) -> None:
+    """Append one entry to the log at `path` (as `append_many`)."""
+    append_many(path, [(name, entry)], create=create)
 
 
 def append_many(path: str, entries: list[tuple[str, bytes]], *, create: bool = True) -> None:
