@@ -25,8 +25,8 @@ least MIN_BYTES:
   before.  The kernel would write them within half a minute anyway (the
   objects stay); begun now, they are on disk by the time their stages
   rerun, a build's large stages being its last, and `release` drops them.
-  (One the thread had not got to when its stage started, its path gone by
-  then, has its writeback begun by `release`.)  Begun at a build's end
+  (One the thread had not got to when its stage started, its path replaced
+  by then, has its writeback begun by that stage's `release`.)  Begun at a build's end
   instead, for the objects it made, a 1.1 GB writeback made hardlink's
   clean build 1.35x as long: its last fsyncs waited behind it.
 
@@ -39,8 +39,8 @@ had not; right after one another, in the order the benchmarks run them,
 0.85x, the memory five builds took 201 MB against 1,092: docs/performance.md.)
 
 Both are hints: nothing a build reads or records depends on them, and a
-failure is ignored.  They run on a thread of their own ("pages"), in the
-order they were asked for, so the build loop waits neither for the questions
+failure is ignored.  They run on a thread of their own ("pages"; a release
+before the writebacks waiting), so the build loop waits neither for the questions
 nor for the freeing; `settle` waits for what was handed over (the
 executor's close).  The thread is started at the first file and lives as
 long as the process (a build server keeps it between builds: cli/server.py).
@@ -67,9 +67,8 @@ _HINTS = hasattr(os, "posix_fadvise")  # (Linux and most Unixes; not macOS)
 class _Pages:
     def __init__(self) -> None:
         self._lock = threading.Condition()
-        # In the order handed over: (descriptor, "") of an old object to
-        # release, (-1, path) of an old output to write back.
-        self._work: deque[tuple[int, str]] = deque()
+        self._released: deque[int] = deque()  # descriptors of old objects, for `_Calls.release`
+        self._written: deque[str] = deque()  # paths of old outputs, for `_Calls.write_back`
         self._busy = False
         self._thread: threading.Thread | None = None
         self._calls: _Calls | bool | None = False  # (False: not looked for yet; None: none here)
@@ -77,12 +76,12 @@ class _Pages:
 
     def hand(self, fd: int) -> None:
         with self._lock:
-            self._work.append((fd, ""))
+            self._released.append(fd)
             self._wake()
 
     def write(self, paths: list[str]) -> None:
         with self._lock:
-            self._work.extend((-1, path) for path in paths)
+            self._written.extend(paths)
             self._wake()
 
     def _wake(self) -> None:
@@ -95,20 +94,23 @@ class _Pages:
         if self._thread is None:
             return
         with self._lock:
-            while self._work or self._busy:
+            while self._released or self._written or self._busy:
                 self._lock.wait()
 
     def _run(self) -> None:
-        work = self._work
+        released, written = self._released, self._written
         while True:
             with self._lock:
                 self._busy = False
                 self._lock.notify_all()
-                while not work:
+                while not released and not written:
                     self._lock.wait()
-                # (In order: an old output's writeback, asked for as the build
-                # began, goes before its stage's release, which finds it begun.)
-                fd, path = work.popleft()
+                # A release first: its stage has started, and writes now.  (The
+                # writebacks asked for as the build began wait: one whose
+                # stage started first, its path replaced by then, was begun
+                # by that release, `_Calls.release`.)
+                fd = released.popleft() if released else -1
+                path = written.popleft() if fd < 0 else ""
                 self._busy = True
             try:
                 calls = self._calls
