@@ -124,21 +124,22 @@ class _Log:
         self.known: dict[str, bytes] = known or {}
         self.keys = {n.partition("-")[0] for n in self.known}
 
+    def _covering(self) -> runlog.Indexed | None:
+        """The index, if it stands for every frame of `blob` (else `blob` is searched)."""
+        index = self.index
+        return index if index is not None and index.covers(self.blob) else None
+
     def has(self, skey: str) -> bool:
         """Whether the log may hold an entry of the stage of key `skey`."""
         if skey in self.keys or not self.blob:
             return skey in self.keys
-        index = self.index
-        return skey in index.skeys if index is not None and index.covers(self.blob) else skey.encode() in self.blob
+        index = self._covering()
+        return skey in index.skeys if index is not None else skey.encode() in self.blob
 
     def frame_of(self, name: str) -> int | None:
         """Where the last frame naming `name` may start in `blob` (runlog.frame_of)."""
-        index = self.index
-        return (
-            index.frames.get(name)
-            if index is not None and index.covers(self.blob)
-            else runlog.frame_of(self.blob, name)
-        )
+        index = self._covering()
+        return index.frames.get(name) if index is not None else runlog.frame_of(self.blob, name)
 
 
 class RunCache:
