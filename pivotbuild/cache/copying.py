@@ -1,6 +1,7 @@
 """Copying bytes into and out of the cache: a reflink where the filesystem
-shares extents, else one pass that copies and hashes at once (direct I/O for
-the cache's copy), and new read-only files written whole."""
+shares extents, else one pass that copies and hashes at once (written
+through the page cache or direct, whichever costs less here: `Ways`), and
+new read-only files written whole."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import mmap
 import os
 import threading
 from pathlib import Path
+from time import perf_counter
 
 import xxhash
 
@@ -44,26 +46,28 @@ def clone_and_hash(src_fd: int, dest_fd: int, dest: str) -> str | None:
 def copy_and_hash(src_fd: int, dest_fd: int, dest: str) -> str:
     """Copy `src_fd` to `dest_fd` (from the start) in one pass, hashing what is copied.
 
-    The copy is written with direct I/O where the filesystem allows it: an
-    object is an archive copy, rarely read back soon, so it need not take page
-    cache.  Besides keeping the workspace's files in memory, that makes a large
-    store cheap: a buffered write of new data costs the CPU a page allocation
-    and a copy per 4 KiB, a direct one is a DMA from our buffer.  Whole aligned
-    chunks go direct; a short last chunk (and everything, where direct I/O is
-    refused) goes through `dest_fd`."""
+    The copy is written whichever way costs less on this machine now (`WAYS`):
+    through the page cache, or with direct I/O where the filesystem allows it.
+    Whole aligned chunks go direct; a short last chunk (and everything, where
+    direct I/O is refused) goes through `dest_fd`."""
     h = xxhash.xxh3_128()
     view = _buffer()
     os.lseek(src_fd, 0, os.SEEK_SET)
     os.ftruncate(dest_fd, 0)
-    direct = _open_direct(dest)
+    direct = _open_direct(dest) if WAYS.direct(os.fstat(src_fd).st_size) else None
     offset = 0
+    spent = [0.0, 0.0]  # seconds spent writing: buffered, direct
+    sent = [0, 0]  # bytes written so
     try:
         while n := os.readv(src_fd, [view]):
             chunk = view[:n]
             h.update(chunk)
             if direct is not None and n % _ALIGN == 0:
                 try:
+                    t = perf_counter()
                     _write_all(direct, chunk, offset)
+                    spent[1] += perf_counter() - t
+                    sent[1] += n
                     offset += n
                     continue
                 except OSError as exc:
@@ -74,12 +78,77 @@ def copy_and_hash(src_fd: int, dest_fd: int, dest: str) -> str:
             elif direct is not None:
                 os.close(direct)  # unaligned from here on: finish buffered
                 direct = None
+            t = perf_counter()
             _write_all(dest_fd, chunk, offset)
+            spent[0] += perf_counter() - t
+            sent[0] += n
             offset += n
+        WAYS.note(False, spent[0], sent[0])
+        WAYS.note(True, spent[1], sent[1])
         return h.hexdigest()
     finally:
         if direct is not None:
             os.close(direct)
+
+
+class Ways:
+    """Which way a large copy into the cache is written: through the page
+    cache or with direct I/O, whichever costs less here, as measured by the
+    copies themselves (the seconds their writes take a byte, a moving
+    average of each way).
+
+    Neither way wins everywhere, and on this project's machines which one
+    wins changes from one hour to the next (docs/performance.md, the
+    thirty-third session).  A buffered write costs the CPU a page
+    allocation and a copy per 4 KiB, and where the host of a VM takes back
+    the memory its guest leaves free, new memory can cost several times
+    what the copy does: 2.7 s of CPU a GB against 0.4 direct, when the
+    disk took direct writes at 1.8 GB/s.  A direct write costs no memory
+    but waits for the disk, and sends the data to it at once, where the
+    next fsync of any state file (a device flush) waits for it to be made
+    durable: with the disk taking 0.6 GB/s, 200 MB written direct took
+    0.32 s and the small fsync after it 0.2 s, where written buffered they
+    took 0.05 s and the fsync 0.3 ms (the data left to the kernel's
+    writeback, as a plain `cp` leaves it).
+
+    So each copy is written the way that has cost less a byte lately,
+    and one in `EXPLORE` of those under `EXPLORE_MAX` bytes the other way,
+    to keep both measures current (a large copy the slower way would keep
+    the build's end waiting for it: its largest outputs come last).
+    Unmeasured, a way is tried first: direct, then buffered.  The two
+    storer threads share the measures (a race between them loses one
+    sample at worst).  A copy of less than `MEASURED` bytes one way is not
+    counted (a short last chunk, written buffered)."""
+
+    EXPLORE = 8
+    EXPLORE_MAX = 4 << 20
+    MEASURED = 1 << 20
+    WEIGHT = 0.25  # of a new sample in the average
+
+    def __init__(self) -> None:
+        self.cost = [0.0, 0.0]  # seconds a byte: buffered, direct (0.0: not measured yet)
+        self.copies = 0
+
+    def direct(self, size: int) -> bool:
+        """Whether the next copy, of `size` bytes, is written direct."""
+        buffered, direct = self.cost
+        if not direct or not buffered:
+            return not direct
+        cheaper = direct < buffered
+        if size > self.EXPLORE_MAX:
+            return cheaper
+        self.copies += 1
+        return cheaper != (self.copies % self.EXPLORE == 0)
+
+    def note(self, direct: bool, seconds: float, count: int) -> None:
+        """`count` bytes written (direct or not) in `seconds`."""
+        if count >= self.MEASURED:
+            sample = seconds / count
+            old = self.cost[direct]
+            self.cost[direct] = old + (sample - old) * self.WEIGHT if old else sample
+
+
+WAYS = Ways()
 
 
 _buffers = threading.local()
