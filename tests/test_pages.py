@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import mmap
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -215,3 +216,53 @@ def test_where_new_memory_costs_no_more_nothing_is_dropped(tmp_path: Path, monke
         assert after == before > 0
     finally:
         os.close(fd)
+
+
+def test_the_writebacks_a_build_begins_are_flushed_beside_its_releases(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once the old objects' writebacks are begun, a thread of its own has
+    the device make them durable (an fdatasync of the last), while the
+    stages run: else the build's own last fsync waited for all of it.  A
+    release does not wait behind that flush, however long it takes."""
+    olds = [tmp_path / f"old{i}" for i in range(3)]
+    for old in olds:
+        old.write_bytes(b"o" * (2 << 20))
+        os.link(old, f"{old}.cached")  # (the workspace's link and the cache's object)
+    fd = _linked(tmp_path, 2)  # a rerun's old object, written back (a sync: before the writebacks below)
+    flushing, go_on, done = threading.Event(), threading.Event(), threading.Event()
+    flushed: list[tuple[str, str]] = []
+    real = os.fdatasync
+
+    def slow_flush(fd: int) -> None:
+        flushed.append((os.readlink(f"/proc/self/fd/{fd}"), threading.current_thread().name))
+        flushing.set()
+        try:
+            assert go_on.wait(30)
+            real(fd)
+        finally:
+            done.set()
+
+    monkeypatch.setattr(os, "fdatasync", slow_flush)
+    fresh = pages._Pages()
+    try:
+        fresh.write([str(old) for old in olds])
+        if pages._Calls.find() is None:  # (a kernel before 6.5: nothing is done)
+            fresh.settle()
+            assert not flushed
+            return
+        assert flushing.wait(30)
+        assert flushed == [(str(olds[-1]), pages.FLUSHER)]
+        before = resident(fd)
+        fresh.hand(os.open(tmp_path / "f0", os.O_RDONLY))
+        fresh.settle()  # (the flush still waits)
+        assert resident(fd) == 0 < before and not done.is_set()
+    finally:
+        os.close(fd)
+        go_on.set()
+    assert done.wait(30)
+    last = os.open(olds[-1], os.O_RDONLY)
+    try:
+        assert dirty(last) == 0
+    finally:
+        os.close(last)

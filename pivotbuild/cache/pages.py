@@ -29,6 +29,14 @@ least MIN_BYTES:
   by then, has its writeback begun by that stage's `release`.)  Begun at a build's end
   instead, for the objects it made, a 1.1 GB writeback made hardlink's
   clean build 1.35x as long: its last fsyncs waited behind it.
+- Once the last is begun, a second thread ("pages flush") has the device
+  make them durable (an fdatasync of the last: its writeback waited for,
+  then the device flushed).  Any fsync flushes the whole device, waiting
+  for everything sent to it before, so the build's own last one (its
+  lockfile's, or the journal's) waited for these writebacks, which on this
+  project's machines take a few hundred milliseconds; begun early, the
+  flush runs beside the stages (docs/performance.md, the thirty-third
+  session).  A thread of its own: releases do not wait behind it.
 
 Elsewhere nothing is done: freeing pages costs CPU (about 0.1 ms a MB),
 which pays only where new memory costs more than reused memory; the kernel
@@ -38,12 +46,13 @@ the time while the host had taken its free memory back, and 1.11x while it
 had not; right after one another, in the order the benchmarks run them,
 0.85x, the memory five builds took 201 MB against 1,092: docs/performance.md.)
 
-Both are hints: nothing a build reads or records depends on them, and a
+All are hints: nothing a build reads or records depends on them, and a
 failure is ignored.  They run on a thread of their own ("pages"; a release
 before the writebacks waiting), so the build loop waits neither for the questions
 nor for the freeing; `settle` waits for what was handed over (the
-executor's close).  The thread is started at the first file and lives as
-long as the process (a build server keeps it between builds: cli/server.py).
+executor's close), not for the flush.  The threads are started when first
+needed and live as long as the process (a build server keeps them between
+builds: cli/server.py).
 """
 
 from __future__ import annotations
@@ -59,6 +68,7 @@ if TYPE_CHECKING:
 
 MIN_BYTES = 1 << 20  # smaller files: a few pages, not worth a system call and a handoff
 THREAD = "pages"  # the thread's name
+FLUSHER = "pages flush"  # the name of the thread that has the device flush what the writebacks sent it
 _SYNC_FILE_RANGE_WRITE = 2  # <linux/fs.h>
 _CACHESTAT = 451  # the system call's number (one for every architecture since Linux 5.1's y2038 calls)
 _HINTS = hasattr(os, "posix_fadvise")  # (Linux and most Unixes; not macOS)
@@ -72,6 +82,8 @@ class _Pages:
         self._busy = False
         self._thread: threading.Thread | None = None
         self._calls: _Calls | bool | None = False  # (False: not looked for yet; None: none here)
+        self._flushed = ""  # the object the flusher is to make durable with all before it ("": none)
+        self._flusher: threading.Thread | None = None
         self.worth: bool | None = None  # whether new memory costs more here (`reports_free_pages`), asked once
 
     def hand(self, fd: int) -> None:
@@ -99,6 +111,7 @@ class _Pages:
 
     def _run(self) -> None:
         released, written = self._released, self._written
+        begun = ""  # the last object whose writeback this thread began, not yet flushed
         while True:
             with self._lock:
                 self._busy = False
@@ -111,6 +124,7 @@ class _Pages:
                 # by that release, `_Calls.release`.)
                 fd = released.popleft() if released else -1
                 path = written.popleft() if fd < 0 else ""
+                last = fd < 0 and not written  # (the last writeback asked for: then the flush)
                 self._busy = True
             try:
                 calls = self._calls
@@ -120,13 +134,42 @@ class _Pages:
                     assert isinstance(calls, _Calls)
                     if fd >= 0:
                         calls.release(fd)
-                    else:
-                        calls.write_back(path)
+                    elif calls.write_back(path):
+                        begun = path
+                    if last and begun:
+                        self._flush(begun)
+                        begun = ""
             except Exception:  # (a hint: a file gone meanwhile, a file system without it;
                 pass  # and this thread must not end, `settle` waits for it)
             finally:
                 if fd >= 0:
                     os.close(fd)
+
+    def _flush(self, path: str) -> None:
+        """Have the flusher make the writebacks begun durable, `path` the last:
+        see `write_back`.  (A thread of its own: a flush can take a fifth of
+        a second, which releases must not wait behind.)"""
+        with self._lock:
+            self._flushed = path
+            if self._flusher is None:
+                self._flusher = threading.Thread(target=self._flushing, name=FLUSHER, daemon=True)
+                self._flusher.start()
+            self._lock.notify_all()
+
+    def _flushing(self) -> None:
+        while True:
+            with self._lock:
+                while not self._flushed:
+                    self._lock.wait()
+                path, self._flushed = self._flushed, ""
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    os.fdatasync(fd)  # (its own writeback waited for, then the device flushed)
+                finally:
+                    os.close(fd)
+            except OSError:
+                pass  # (a hint: the object gone meanwhile)
 
 
 _BALLOON = 5  # the virtio device id of a memory balloon
@@ -210,16 +253,18 @@ class _Calls:
         elif dirty:
             self._sync(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
 
-    def write_back(self, path: str) -> None:
+    def write_back(self, path: str) -> bool:
         """Start writing `path` out, if it is hardlink mode's object of at
-        least MIN_BYTES (see `write_back`)."""
+        least MIN_BYTES (see `write_back`); whether it was."""
         st = os.lstat(path)
-        if _object(st):
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                self._sync(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
-            finally:
-                os.close(fd)
+        if not _object(st):
+            return False
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            self._sync(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
+        finally:
+            os.close(fd)
+        return True
 
 
 def _object(st: os.stat_result) -> bool:

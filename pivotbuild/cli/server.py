@@ -385,9 +385,9 @@ def _modules_marker() -> tuple[int, str]:
 
 def _left_behind() -> bool:
     """Whether a build left a thread of its own running, or a child process."""
-    from pivotbuild.cache.pages import THREAD
+    from pivotbuild.cache.pages import FLUSHER, THREAD
 
-    ours = {"accept", "client", THREAD}  # (the pages thread lives as long as the process: cache/pages.py)
+    ours = {"accept", "client", THREAD, FLUSHER}  # (the pages threads live as long as the process: cache/pages.py)
     for thread in threading.enumerate():
         if thread is not threading.main_thread() and thread.name not in ours and thread.is_alive():
             return True
