@@ -246,7 +246,7 @@ def test_the_writebacks_a_build_begins_are_flushed_beside_its_releases(
     monkeypatch.setattr(os, "fdatasync", slow_flush)
     fresh = pages._Pages()
     try:
-        fresh.write([str(old) for old in olds])
+        fresh.write([*map(str, olds), str(tmp_path / "gone")])  # (the last one gone meanwhile: the one before)
         if pages._Calls.find() is None:  # (a kernel before 6.5: nothing is done)
             fresh.settle()
             assert not flushed

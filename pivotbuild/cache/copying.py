@@ -57,7 +57,7 @@ def copy_and_hash(src_fd: int, dest_fd: int, dest: str) -> str:
     direct = _open_direct(dest) if WAYS.direct(os.fstat(src_fd).st_size) else None
     offset = 0
     spent = [0.0, 0.0]  # seconds spent writing: buffered, direct
-    sent = [0, 0]  # bytes written so
+    sent = [0, 0]  # bytes written: buffered, direct
     try:
         while n := os.readv(src_fd, [view]):
             chunk = view[:n]

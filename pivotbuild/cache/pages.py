@@ -136,14 +136,14 @@ class _Pages:
                         calls.release(fd)
                     elif calls.write_back(path):
                         begun = path
-                    if last and begun:
-                        self._flush(begun)
-                        begun = ""
             except Exception:  # (a hint: a file gone meanwhile, a file system without it;
                 pass  # and this thread must not end, `settle` waits for it)
             finally:
                 if fd >= 0:
                     os.close(fd)
+            if last and begun:
+                self._flush(begun)
+                begun = ""
 
     def _flush(self, path: str) -> None:
         """Have the flusher make the writebacks begun durable, `path` the last:
