@@ -32,24 +32,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import compare
 
-REPORTING = 5  # VIRTIO_BALLOON_F_REPORTING: its bit in a virtio device's `features`
-BALLOON = 5  # the virtio device id of a memory balloon
-
-
-def free_page_reporting() -> bool | None:
-    """Whether a virtio balloon here reports free pages to its host (None:
-    no virtio balloon found).  sysfs gives a device's features as a string
-    of 0s and 1s, bit 0 first."""
-    found = None
-    for dev in Path("/sys/bus/virtio/devices").glob("*"):
-        try:
-            if int((dev / "device").read_text(), 16) != BALLOON:
-                continue
-            features = (dev / "features").read_text().strip()
-        except (OSError, ValueError):
-            continue
-        found = len(features) > REPORTING and features[REPORTING] == "1"
-    return found
+from pivotbuild.cache.pages import free_page_reporting
 
 
 def written(size: int) -> tuple[int, float]:

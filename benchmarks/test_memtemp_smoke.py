@@ -24,16 +24,14 @@ def test_it_reports_both_kinds_of_write_and_cleans_up(capsys: pytest.CaptureFixt
     )
 
 
-def test_the_balloon_is_read_from_its_feature_bits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_balloon_is_read_from_its_feature_bits(tmp_path: Path) -> None:
     devices = tmp_path / "devices"
     for name, device, features in (("virtio0", "0x0005", "0110010100"), ("virtio1", "0x0002", "0000011111")):
         (devices / name).mkdir(parents=True)
         (devices / name / "device").write_text(device + "\n")
         (devices / name / "features").write_text(features + "\n")
-    real = memtemp.Path
-    monkeypatch.setattr(memtemp, "Path", lambda p: devices if p == "/sys/bus/virtio/devices" else real(p))
-    assert memtemp.free_page_reporting() is True
+    assert memtemp.free_page_reporting(str(devices)) is True
     (devices / "virtio0" / "features").write_text("0110000100\n")
-    assert memtemp.free_page_reporting() is False
+    assert memtemp.free_page_reporting(str(devices)) is False
     (devices / "virtio0" / "device").write_text("0x0001\n")
-    assert memtemp.free_page_reporting() is None
+    assert memtemp.free_page_reporting(str(devices)) is None

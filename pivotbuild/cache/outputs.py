@@ -162,14 +162,17 @@ class OutputCache:
         remembered = self._remembered
         if not remembered:
             return
-        logged = [self.runs.logged(sid) for sid, _ in remembered]
-        if all(logged):
+        new: list[tuple[StageId, StageRecord]] = []
+        old: list[tuple[StageId, StageRecord]] = []
+        for entry in remembered:
+            (old if self.runs.logged(entry[0]) else new).append(entry)
+        if not new:
             return
-        self._remembered = [entry for entry, there in zip(remembered, logged, strict=True) if not there]
+        self._remembered = new
         try:
             self.close_runs()
         finally:
-            self._remembered = [entry for entry, there in zip(remembered, logged, strict=True) if there]
+            self._remembered = old
 
     def keep(self, stage: Stage, inputs: StageRecord, statcache: StatCache) -> None:
         """Store the cacheable outputs of `stage` (as `inputs.outs` records them) and

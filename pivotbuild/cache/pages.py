@@ -179,12 +179,19 @@ _REPORTING = 5  # VIRTIO_BALLOON_F_REPORTING: its bit in the device's `features`
 def reports_free_pages(devices: str = "/sys/bus/virtio/devices") -> bool:
     """Whether this machine is a VM whose balloon reports free pages to its
     host (which then takes them back, so that memory never used, or left
-    free a while, costs a fault in the host at its first touch).  sysfs gives
-    a virtio device's features as 0s and 1s, bit 0 first."""
+    free a while, costs a fault in the host at its first touch)."""
+    return free_page_reporting(devices) is True
+
+
+def free_page_reporting(devices: str = "/sys/bus/virtio/devices") -> bool | None:
+    """Whether a virtio balloon here reports free pages to its host (None:
+    no balloon found; benchmarks/memtemp.py says which).  sysfs gives a
+    virtio device's features as 0s and 1s, bit 0 first."""
     try:
         names = os.listdir(devices)
     except OSError:
-        return False
+        return None
+    found = None
     for name in names:
         try:
             with open(f"{devices}/{name}/device") as f:
@@ -196,7 +203,8 @@ def reports_free_pages(devices: str = "/sys/bus/virtio/devices") -> bool:
             continue
         if len(features) > _REPORTING and features[_REPORTING] == "1":
             return True
-    return False
+        found = False
+    return found
 
 
 class _Calls:

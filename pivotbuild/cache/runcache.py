@@ -168,7 +168,7 @@ class RunCache:
         self._runs = f"{cache_dir}/{RUNS}"
         self._lock = threading.RLock()
         self._made = False  # runs/ made by this object
-        self._there: dict[str, bool] = {}  # log (its letter) -> whether it existed when `logged` asked
+        self._there: set[str] = set()  # logs (their letters) `logged` found (one missing is asked again)
         self._shards: set[str] | None = None  # the names under runs/, once listed
         self._listed: dict[str, set[str]] = {}  # folder name -> the entries in it (files), once listed
         self._logged: dict[str, dict[str, bytes]] = {}  # folder name -> its own log's entries, once read
@@ -401,12 +401,15 @@ class RunCache:
             runlog.append_many(path, entries, create=create)
 
     def logged(self, sid: StageId) -> bool:
-        """Whether the log `sid`'s entries go to exists (asked once a log)."""
+        """Whether the log `sid`'s entries go to exists (once found, not asked
+        again; a missing one is, as a build may make it)."""
         group = stage_key(sid)[:1]
-        there = self._there.get(group)
-        if there is None:
-            there = self._there[group] = os.path.exists(self._log(group))
-        return there
+        if group in self._there:
+            return True
+        if not os.path.exists(self._log(group)):
+            return False
+        self._there.add(group)
+        return True
 
     def remove(self, shard: str, names: set[str]) -> None:
         """Remove these entries of folder `shard`, from the logs and as files (gc)."""
