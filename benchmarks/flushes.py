@@ -174,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gaps", default="0,0.02,0.1,0.2,0.4", help="seconds between two fsyncs, comma-separated")
     args = ap.parse_args(argv)
     gaps = [float(g) for g in args.gaps.split(",") if g]
+    if not args.dir.is_dir():
+        ap.error(f"--dir {args.dir}: no such directory (make it first, on the device to measure)")
     with tempfile.TemporaryDirectory(prefix="pvflushes-", dir=args.dir) as tmp:
         where = Path(tmp)
         print(f"the device: {device_of(where)}")

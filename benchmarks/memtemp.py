@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parent.parent))  # the checkout's pivotbuild, for any python3
 import compare
 
 from pivotbuild.cache.pages import free_page_reporting

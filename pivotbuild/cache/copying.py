@@ -18,6 +18,7 @@ import xxhash
 from pivotbuild.state.hashing import CHUNK, hash_file
 
 _FICLONE = 0x40049409  # linux/fs.h: _IOW(0x94, 9, int)
+_HINTS = hasattr(os, "posix_fadvise")  # (not macOS)
 
 
 def write_new(path: str, data: bytes, perms: int = 0o444) -> None:
@@ -44,16 +45,26 @@ def clone_and_hash(src_fd: int, dest_fd: int, dest: str) -> str | None:
 
 
 def copy_and_hash(src_fd: int, dest_fd: int, dest: str) -> str:
-    """Copy `src_fd` to `dest_fd` (from the start) in one pass, hashing what is copied.
+    """Copy `src_fd` (from its start) into `dest_fd`, a new empty file, in
+    one pass, hashing what is copied.
 
     The copy is written whichever way costs less on this machine now (`WAYS`):
     through the page cache, or with direct I/O where the filesystem allows it.
     Whole aligned chunks go direct; a short last chunk (and everything, where
-    direct I/O is refused) goes through `dest_fd`."""
+    direct I/O is refused) goes through `dest_fd`, and the writeback of
+    what went through it is begun at once (`posix_fadvise(DONTNEED)`, which
+    waits for nothing).  Left to the kernel, as `cp` leaves its copy, a
+    clean build's copies (1.2 GB in the big benchmark) would be written out
+    by its background writeback during the builds after, whose fsyncs (each
+    a device flush here) would wait for it: the big shape's incremental
+    build took 0.80 s against 0.59 (docs/performance.md, the thirty-fourth
+    session).  Begun at once, a copy is on its way to the disk while the
+    stages run, and a build's own fsyncs wait for its own copies at most.
+    (ext4 began it at the close until then, by accident: `auto_da_alloc`
+    on a file truncated to nothing, even one already empty.)"""
     h = xxhash.xxh3_128()
     view = _buffer()
     os.lseek(src_fd, 0, os.SEEK_SET)
-    os.ftruncate(dest_fd, 0)
     direct = _open_direct(dest) if WAYS.direct(os.fstat(src_fd).st_size) else None
     offset = 0
     spent = [0.0, 0.0]  # seconds spent writing: buffered, direct
@@ -85,6 +96,8 @@ def copy_and_hash(src_fd: int, dest_fd: int, dest: str) -> str:
             offset += n
         WAYS.note(False, spent[0], sent[0])
         WAYS.note(True, spent[1], sent[1])
+        if sent[0] and _HINTS:
+            os.posix_fadvise(dest_fd, 0, 0, os.POSIX_FADV_DONTNEED)  # its writeback begun: see above
         return h.hexdigest()
     finally:
         if direct is not None:
@@ -108,8 +121,9 @@ class Ways:
     next fsync of any state file (a device flush) waits for it to be made
     durable: with the disk taking 0.6 GB/s, 200 MB written direct took
     0.32 s and the small fsync after it 0.2 s, where written buffered they
-    took 0.05 s and the fsync 0.3 ms (the data left to the kernel's
-    writeback, as a plain `cp` leaves it).
+    took 0.05 s and the fsync 0.3 ms (`benchmarks/flushes.py`: the data
+    not yet sent; `copy_and_hash` sends a buffered copy once it is whole,
+    without waiting for it).
 
     So each copy is written the way that has cost less a byte lately,
     and one in `EXPLORE` of those under `EXPLORE_MAX` bytes the other way,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import threading
 from pathlib import Path
 
 from pivotbuild.paths import PIPELINE_ONLY, STATE_DIR
@@ -35,10 +36,17 @@ def write_atomic(path: Path, data: bytes, *, fsync: bool = True) -> None:
                 f.flush()
                 os.fsync(f.fileno())
         try:
-            os.chmod(tmp, path.stat().st_mode & 0o7777)
+            st = os.stat(path)
         except FileNotFoundError:
             os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
+            held = -1
+        else:
+            os.chmod(tmp, st.st_mode & 0o7777)
+            held = _hold(path, st)
+        try:
+            os.replace(tmp, path)
+        finally:
+            FREES.close(held)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -49,6 +57,82 @@ def write_atomic(path: Path, data: bytes, *, fsync: bool = True) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def remove(path: Path) -> None:
+    """Remove the file `path` if it is there, its blocks freed on the
+    "frees" thread (see `Frees`)."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    held = _hold(path, st)
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    finally:
+        FREES.close(held)
+
+
+def _hold(path: Path, st: os.stat_result) -> int:
+    """A descriptor that keeps the file `path` (`st`: its stat) from being
+    freed when its name goes, if it has blocks to free; else -1."""
+    if not st.st_blocks or not _O_PATH or (st.st_mode & 0o170000) != 0o100000:
+        return -1
+    try:
+        return os.open(path, _O_PATH | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:
+        return -1
+
+
+_O_PATH = getattr(os, "O_PATH", 0)  # (Linux)
+
+
+class Frees:
+    """Closes, on a thread of its own ("frees"), the descriptors that kept
+    a replaced or removed file's blocks from being freed as its name went.
+
+    Freeing a file's blocks can wait for the disk: ext4 mounted with
+    `discard`, without a journal (as on this project's machines), discards
+    them then and there and waits for it, behind every write sent to the
+    device before.  Replacing a lockfile at a build's end once waited 1.19
+    s for that, where it usually takes a millisecond (docs/performance.md,
+    the thirty-fourth session).  The last descriptor's close frees them,
+    here, so the build goes on (a process that exits meanwhile still waits
+    for the thread: the kernel's exit does).  The thread is started when
+    first needed and lives as long as the process."""
+
+    THREAD = "frees"
+
+    def __init__(self) -> None:
+        self._lock = threading.Condition()
+        self._fds: list[int] = []
+        self._thread: threading.Thread | None = None
+
+    def close(self, fd: int) -> None:
+        """Close `fd` on the thread (-1: nothing)."""
+        if fd < 0:
+            return
+        with self._lock:
+            self._fds.append(fd)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name=self.THREAD, daemon=True)
+                self._thread.start()
+            self._lock.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                while not self._fds:
+                    self._lock.wait()
+                fds, self._fds = self._fds, []
+            for fd in fds:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
+
+FREES = Frees()
 
 
 def append_whole(path: Path, data: bytes, *, fsync: bool = True) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import msgpack
 
-from pivotbuild.state import codec, framing, lockfile
+from pivotbuild.state import codec, files, framing, lockfile
 from pivotbuild.state.records import StageRecord
 
 FORMAT = 2  # 2: `state.framing` frames
@@ -137,5 +137,5 @@ def fold(journal_path: Path, lock_path: Path, base: lockfile.Records) -> tuple[l
     for record in records:
         base[record.name] = record
     lockfile.write(lock_path, base)
-    journal_path.unlink(missing_ok=True)
+    files.remove(journal_path)
     return base, damaged

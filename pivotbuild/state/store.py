@@ -18,7 +18,7 @@ from pathlib import Path
 from pivotbuild.model import Pipeline, Stage
 from pivotbuild.paths import LOCKFILE, STATE_DIR
 from pivotbuild.state import journal, lockfile
-from pivotbuild.state.files import ensure_state_dir, write_atomic
+from pivotbuild.state.files import ensure_state_dir, remove, write_atomic
 from pivotbuild.state.journal import Journal
 from pivotbuild.state.records import StageRecord
 from pivotbuild.state.statcache import StatCache
@@ -224,7 +224,7 @@ class StateStore:
                 except BaseException:
                     _flush(st.journal_path)  # (the journal stays: its records must reach the disk after all)
                     raise
-                st.journal_path.unlink(missing_ok=True)
+                remove(st.journal_path)  # (its blocks freed on a thread: state/files.py, `Frees`)
                 st.journal.appended = 0  # folded: closing again (the build's, then its lock's) writes nothing
             st.statcache.save()
 
