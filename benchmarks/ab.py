@@ -32,7 +32,10 @@ pivotbuild, this interpreter and its libraries), or with `--served` the
 installed `pivotbuild` (a copy: the launcher) and a build server of the
 version's own, which its first build starts (and two more warm, untimed,
 for `incr`); it prints the median wall time, the median CPU of the build's process tree (the stages included: what
-`wait4` reports), their quartiles, and new / base.
+`wait4` reports), their quartiles, and new / base.  `--settle SECONDS`
+syncs and waits before each timed `fresh` or `incr` build: its outputs
+are then on disk, as a user's are a while after a build (each with its
+blocks: a rerun frees them, which ext4 mounted with `discard` waits for).
 
 A small change moves a build by a few percent, less than the machine's
 drift between two runs: only interleaved rounds like these tell it apart,
@@ -167,6 +170,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--served", action="store_true", help="build through each version's own build server (docs/server.md)"
     )
+    ap.add_argument(
+        "--settle",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="fresh, incr: `sync`, then SECONDS of quiet, before each timed build (its outputs on disk)",
+    )
     args = ap.parse_args(argv)
     what = args.what.split(",")
     if not set(what) <= {"clean", "incr", "fresh", "sequence"}:
@@ -223,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
                         runs = []
                         for edit in range(args.edits):
                             compare.edit(fresh, args.width, args.depth, edit)
+                            _settle(args.settle)
                             runs.append(build(versions[name], fresh, args.jobs, served.get(name)))
                         times[kind, name].append(
                             (statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs))
@@ -232,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
                         # histories match; their file systems' states still differ:
                         # an A/A run can show up to 5% between them, benchmarks/README.md.)
                         compare.edit(projects[name], args.width, args.depth, round_)
+                        _settle(args.settle)
                         times[kind, name].append(build(versions[name], projects[name], args.jobs, served.get(name)))
         shutil.rmtree(work / "clean", ignore_errors=True)
         shutil.rmtree(work / "fresh", ignore_errors=True)
@@ -250,6 +262,13 @@ def main(argv: list[str] | None = None) -> int:
         for name in versions:
             print(f"  {name:<6}{statistics.median(taken[name]):9.0f}   {' '.join(f'{m:.0f}' for m in taken[name])}")
     return 0
+
+
+def _settle(seconds: float) -> None:
+    """`--settle`: everything written so far on disk, then a quiet moment."""
+    if seconds:
+        os.sync()
+        time.sleep(seconds)
 
 
 def _sequence(

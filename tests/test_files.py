@@ -9,10 +9,12 @@ import threading
 from pathlib import Path
 
 import pytest
+from conftest import Project
 from test_journal import record
 
+import pivotbuild
 from pivotbuild.state import files, journal, lockfile
-from pivotbuild.state.files import Frees, remove, write_atomic
+from pivotbuild.state.files import Frees, remove, unlink, write_atomic
 
 
 class Handed:
@@ -98,3 +100,34 @@ def test_the_thread_closes_what_it_is_handed() -> None:
         assert os.read(read_end, 1) == b""  # (EOF: every write end closed, by the thread)
         os.close(read_end)
     assert Frees.THREAD in [t.name for t in threading.enumerate()]
+
+
+def test_unlink_holds_only_a_files_last_name(tmp_path: Path, handed: Handed) -> None:
+    path, other = tmp_path / "out", tmp_path / "object"
+    path.write_bytes(b"x" * 100_000)
+    os.link(path, other)
+    ino = path.stat().st_ino
+    unlink(path, os.lstat(path))  # (the object keeps the blocks: nothing to free)
+    assert handed.inodes == []
+    unlink(other, os.lstat(other))
+    assert handed.inodes == [ino]
+    assert not path.exists() and not other.exists()
+
+
+def test_a_rerun_stage_s_old_output_is_freed_by_the_frees_thread(project: Project, handed: Handed) -> None:
+    project.pivotfile(
+        """
+        stage big:
+            deps: in.txt
+            outs: big.bin
+            run: cat $< $< $< $< > $@; head -c 200000 /dev/zero >> $@
+        """
+    )
+    project.write("in.txt", "one\n")
+    built = pivotbuild.Project.load(project.root)
+    assert built.build().ran == ("big",)
+    old = (project.root / "big.bin").stat().st_ino
+    project.write("in.txt", "two\n")
+    assert built.build().ran == ("big",)
+    assert (project.root / "big.bin").read_bytes().startswith(b"two\n" * 4)
+    assert old in handed.inodes  # (its only name gone as the stage reran; its blocks freed on the thread)

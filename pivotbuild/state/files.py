@@ -66,16 +66,21 @@ def remove(path: Path) -> None:
         st = os.lstat(path)
     except FileNotFoundError:
         return
-    held = _hold(path, st)
+    with contextlib.suppress(FileNotFoundError):
+        unlink(path, st)
+
+
+def unlink(path: str | os.PathLike[str], st: os.stat_result) -> None:
+    """`os.unlink(path)`, `st` its lstat: if that leaves the file no name,
+    its blocks are freed on the "frees" thread (see `Frees`)."""
+    held = _hold(path, st) if st.st_nlink == 1 else -1
     try:
         os.unlink(path)
-    except FileNotFoundError:
-        pass
     finally:
         FREES.close(held)
 
 
-def _hold(path: Path, st: os.stat_result) -> int:
+def _hold(path: str | os.PathLike[str], st: os.stat_result) -> int:
     """A descriptor that keeps the file `path` (`st`: its stat) from being
     freed when its name goes, if it has blocks to free; else -1."""
     if not st.st_blocks or not _O_PATH or (st.st_mode & 0o170000) != 0o100000:

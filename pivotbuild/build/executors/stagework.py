@@ -28,7 +28,7 @@ from pivotbuild.cache.pack import PACK_MAX
 from pivotbuild.events import Event, Log, Message, StageStarted
 from pivotbuild.model import Stage
 from pivotbuild.paths import joined
-from pivotbuild.state.files import ABSENT_ERRNOS, remove_tree
+from pivotbuild.state.files import ABSENT_ERRNOS, remove_tree, unlink
 from pivotbuild.state.snapshot import Snapshot
 from pivotbuild.state.stamps import Stamp
 from pivotbuild.state.statcache import StatEntry
@@ -212,11 +212,11 @@ def prepare_outputs(
                         if target is False:
                             target = emptied()
                         if path != target:
-                            os.unlink(path)
+                            unlink(path, st)
                     else:  # a file, or a symlink (to a directory too: the link goes, not what it points to)
                         if st.st_nlink > 1:  # (hardlink mode's object: its pages let go, see cache/pages.py)
                             pages.release(path, st)
-                        os.unlink(path)
+                        unlink(path, st)  # (its blocks freed on a thread: state/files.py, `Frees`)
                     continue
                 need = path.rpartition("/")[0] or "/"  # (`path` is absolute: os.path.dirname's answer)
             else:
