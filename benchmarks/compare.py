@@ -63,6 +63,14 @@ last outputs held just freed, nothing of them left to write back.  With
 machines come to equal ones (docs/performance.md, "Targets", the
 twenty-fourth session): without it the first tool of a run finds the
 machine quiet, the next ones the previous tools' files and dirty pages.
+
+`--settle SECONDS`: before each incremental build, `sync`, then SECONDS
+of quiet: every tool's build then finds the earlier builds' data on disk,
+as a user's build does a while after the one before, rather than the
+reference's, a second or two after a clean build that left gigabytes for
+the kernel to write back. pivotbuild's fsyncs (STATE.md) wait for any
+writeback under way as they end each build; make's and ninja's builds
+sync nothing (docs/performance.md, the thirty-fourth session).
 """
 
 from __future__ import annotations
@@ -361,11 +369,14 @@ def measure(
     workdir: Path,
     free: int = 0,
     tidy: bool = False,
+    settle: float = 0.0,
 ) -> tuple[dict[str, Result], dict[str, dict[str, str]]]:
     """Build, time and check each tool's copy of the lattice under workdir; return
     the times and each tool's output digests.  `free`: megabytes freed
     before each clean and incremental build (see `warm`); `tidy`: each
-    tool's project removed once checked, then `sync` (see `--tidy`)."""
+    tool's project removed once checked, then `sync` (see `--tidy`);
+    `settle`: `sync`, then that many seconds, before each incremental
+    build (see `--settle`)."""
     stages = lattice(width, depth)
     results, digests = {}, {}
     for tool in tools:
@@ -394,6 +405,9 @@ def measure(
             incr = []
             for i in range(runs):
                 edit(root, width, depth, i)
+                if settle:
+                    os.sync()
+                    time.sleep(settle)
                 warm(free)
                 incr.append(timed(cmd, root, env))
         finally:
@@ -423,11 +437,14 @@ def table(
     warm: int = 0,
     orders: int = 1,
     tidy: bool = False,
+    settle: float = 0.0,
 ) -> str:
     refs = [r for r in ("make", "ninja") if r in results]
     how = f", {warm} MB freed before each clean and incremental build" if warm else ""
     if tidy:
         how += ", each project removed and synced before the next tool's"
+    if settle:
+        how += f", synced and {settle:g} s of quiet before each incremental build"
     if orders > 1:
         how += f", medians of {orders} runs of every tool (the order reversed every other run)"
     head = f"{'tool':<12}{'clean':>9}{'noop':>9}{'incr':>9}"
@@ -481,6 +498,13 @@ def main(argv: list[str] | None = None) -> int:
         help="remove each tool's project and sync once its figures are taken, before the next tool's",
     )
     ap.add_argument(
+        "--settle",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="`sync`, then this many seconds of quiet, before each incremental build",
+    )
+    ap.add_argument(
         "--baseline",
         metavar="PROGRAM",
         help="also time this pivotbuild executable (another checkout's, e.g. .venv/bin/pivotbuild), as 'baseline'",
@@ -515,15 +539,17 @@ def main(argv: list[str] | None = None) -> int:
                     workdir=workdir / f"order{n}" if args.orders > 1 else workdir,
                     free=args.warm,
                     tidy=args.tidy,
+                    settle=args.settle,
                 )[0]
             )
     results = {t: _median([e[t] for e in each]) for t in tools}
     if args.json:
-        data = {k: getattr(args, k) for k in ("width", "depth", "shape", "jobs", "runs", "warm", "orders", "tidy")}
+        keys = ("width", "depth", "shape", "jobs", "runs", "warm", "orders", "tidy", "settle")
+        data = {k: getattr(args, k) for k in keys}
         orders = [{t: vars(r) for t, r in e.items()} for e in each]
         print(json.dumps({**data, "results": {t: vars(r) for t, r in results.items()}, "each_order": orders}))
     else:
-        how = {"warm": args.warm, "orders": args.orders, "tidy": args.tidy}
+        how = {"warm": args.warm, "orders": args.orders, "tidy": args.tidy, "settle": args.settle}
         print(table(results, args.width, args.depth, args.shape, args.jobs, **how))
     return 0
 

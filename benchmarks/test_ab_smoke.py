@@ -30,7 +30,7 @@ def test_fresh_rounds_build_a_new_project_then_time_its_incremental_builds(
 ) -> None:
     here = str(Path(ab.__file__).resolve().parent.parent)
     argv = ["--base", here, "--new", here, "--width", "3", "--depth", "4", "--rounds", "2", "--what", "fresh"]
-    assert ab.main([*argv, "--edits", "2", "--dir", str(tmp_path)]) == 0
+    assert ab.main([*argv, "--edits", "2", "--settle", "0.01", "--dir", str(tmp_path)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in lines[2:]] == ["fresh", "base", "new"]
     assert "new/base" in lines[4]

@@ -137,3 +137,14 @@ def test_orders_run_every_tool_again_in_reverse_and_give_the_medians(
     lines = capsys.readouterr().out.splitlines()
     assert "medians of 3 runs of every tool (the order reversed every other run)" in lines[0]
     assert [line.split()[:4] for line in lines[2:]] == [[tool, "3.000", "3.000", "3.000"] for tool in ("make", "ninja")]
+
+
+def test_settle_syncs_and_waits_before_each_incremental_build(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced: list[float] = []
+    monkeypatch.setattr(compare.os, "sync", lambda: synced.append(compare.time.monotonic()))
+    args = ["--tools", "make,ninja", "--width", "2", "--depth", "2", "--runs", "2", "--settle", "0.05"]
+    assert compare.main([*args, "--dir", str(tmp_path)]) == 0
+    assert len(synced) == 4  # (two incremental builds a tool)
+    assert "synced and 0.05 s of quiet before each incremental build" in capsys.readouterr().out
