@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import os
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from conftest import Project
+from helpers import build
 from test_journal import record
 
 import pivotbuild
@@ -131,3 +134,104 @@ def test_a_rerun_stage_s_old_output_is_freed_by_the_frees_thread(project: Projec
     assert built.build().ran == ("big",)
     assert (project.root / "big.bin").read_bytes().startswith(b"two\n" * 4)
     assert old in handed.inodes  # (its only name gone as the stage reran; its blocks freed on the thread)
+
+
+def _until(check: Callable[[], bool]) -> bool:
+    deadline = time.monotonic() + 20
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def test_a_rerun_stage_s_old_directory_is_moved_aside_and_removed_on_the_thread(project: Project) -> None:
+    project.pivotfile(
+        """
+        stage parts:
+            deps: in.txt
+            outs: parts/
+            run: mkdir -p parts && for i in 1 2 3; do cat in.txt > parts/$i.txt; done
+        """
+    )
+    project.write("in.txt", "one\n")
+    (project.root / ".pivot" / "trash" / "99-left-by-a-killed-build" / "x").mkdir(parents=True)
+    built = pivotbuild.Project.load(project.root)
+    assert built.build().ran == ("parts",)
+    project.write("in.txt", "two\n")
+    (project.root / "parts" / "stale.txt").write_text("an old file the rerun must not keep\n")
+    assert built.build().ran == ("parts",)
+    assert sorted(p.name for p in (project.root / "parts").iterdir()) == ["1.txt", "2.txt", "3.txt"]
+    assert (project.root / "parts" / "1.txt").read_text() == "two\n"
+    trash = project.root / ".pivot" / "trash"
+    assert _until(lambda: not any(trash.iterdir()))  # (this build's old tree and the killed build's, gone)
+
+
+def test_a_directory_that_cannot_be_moved_aside_is_removed_in_place(tmp_path: Path) -> None:
+    tree = tmp_path / "out"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "sub" / "f").write_text("x")
+    files.remove_tree_later(str(tree), tmp_path / "no-such-state-dir" / "trash")
+    assert not tree.exists()
+    assert not (tmp_path / "no-such-state-dir").exists()
+
+
+def test_pivotbuild_leaves_no_old_directory_behind_when_it_exits(project: Project) -> None:
+    project.pivotfile(
+        """
+        stage parts:
+            deps: in.txt
+            outs: parts/
+            run: mkdir -p parts && cd parts && seq 1 3000 | xargs touch && echo "$(cat ../in.txt)" > first
+        """
+    )
+    project.write("in.txt", "one\n")
+    assert build(project)["parts"][0] == "ran"
+    project.write("in.txt", "two\n")
+    assert build(project)["parts"][0] == "ran"  # (the real program, in its own process: it left through os._exit)
+    assert (project.root / "parts" / "first").read_text() == "two\n"
+    assert len(list((project.root / "parts").iterdir())) == 3001
+    assert list((project.root / ".pivot" / "trash").iterdir()) == []  # (the old tree, moved aside, removed)
+
+
+def test_drain_waits_for_the_directories_handed_over(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = files.remove_tree
+
+    def slowly(path: str, *, ignore_errors: bool = False) -> None:
+        time.sleep(0.3)
+        real(path, ignore_errors=ignore_errors)
+
+    monkeypatch.setattr(files, "remove_tree", slowly)
+    frees = Frees()
+    trees = [tmp_path / "a", tmp_path / "b"]
+    for tree in trees:
+        (tree / "sub").mkdir(parents=True)
+        frees.remove_tree(str(tree))
+    frees.drain()
+    assert not any(tree.exists() for tree in trees)
+
+
+def test_the_program_waits_for_the_frees_thread_before_it_leaves(
+    project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gc
+    import sys
+
+    from pivotbuild import cli
+
+    project.pivotfile("stage a:\n    outs: a.txt\n    run: echo a > $@\n")
+    calls: list[object] = []
+
+    def leave(code: int) -> None:
+        calls.append(code)
+        raise SystemExit(code)
+
+    monkeypatch.setattr(files.FREES, "drain", lambda: calls.append("drain"))
+    monkeypatch.setattr(os, "_exit", leave)
+    monkeypatch.setattr(sys, "argv", ["pivotbuild", "-s", "-C", str(project.root)])
+    try:
+        with pytest.raises(SystemExit):
+            cli.run()
+    finally:
+        gc.enable()  # (run turns it off for the process's short rest)
+    assert calls == ["drain", 0]

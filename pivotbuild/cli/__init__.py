@@ -48,6 +48,9 @@ def run() -> NoReturn:
             pass
     if not isinstance(offered, int) and offered.start:
         client.start_server()  # for the next build
+    files = sys.modules.get("pivotbuild.state.files")
+    if files is not None:
+        files.FREES.drain()  # (the old output directories the build moved aside, removed: state/files.py)
     os._exit(code)
 
 

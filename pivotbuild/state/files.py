@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import errno
 import os
@@ -94,9 +95,49 @@ def _hold(path: str | os.PathLike[str], st: os.stat_result) -> int:
 _O_PATH = getattr(os, "O_PATH", 0)  # (Linux)
 
 
+TRASH = "trash"  # `<root>/.pivot/trash/`: directories being removed on the frees thread
+_TRASHES: set[str] = set()  # the trash directories this process made sure of (and swept)
+
+
+def remove_tree_later(path: str, trash: Path) -> None:
+    """Remove the directory `path` (not a symlink to one): renamed into
+    `trash` (the project's `.pivot/trash/`) at once, and removed from there
+    on the "frees" thread (see `Frees`: each file's blocks freed can wait
+    for the disk).  Where it cannot be renamed there (another file system,
+    a mount point), it is removed here.  What a process killed meanwhile
+    left in `trash` is removed by the next that uses it; one that exits
+    waits for the thread to finish removing (`Frees.drain`)."""
+    where = os.fspath(trash)
+    if where not in _TRASHES:
+        try:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(where)  # (in `.pivot/`, which the build made: not made here, where git would see it)
+            left = os.listdir(where)
+        except OSError:
+            remove_tree(path)
+            return
+        if not _TRASHES:
+            FREES.drain_at_exit()
+        _TRASHES.add(where)
+        for name in left:
+            FREES.remove_tree(f"{where}/{name}")
+    aside = f"{where}/{os.getpid()}-{os.urandom(6).hex()}"
+    try:
+        os.rename(path, aside)
+    except OSError as exc:
+        if exc.errno in ABSENT_ERRNOS:
+            if not os.path.lexists(path):
+                raise
+            _TRASHES.discard(where)  # (the trash gone meanwhile: made again next time)
+        remove_tree(path)
+        return
+    FREES.remove_tree(aside)
+
+
 class Frees:
     """Closes, on a thread of its own ("frees"), the descriptors that kept
-    a replaced or removed file's blocks from being freed as its name went.
+    a replaced or removed file's blocks from being freed as its name went,
+    and removes the directories `remove_tree_later` moved aside.
 
     Freeing a file's blocks can wait for the disk: ext4 mounted with
     `discard`, without a journal (as on this project's machines), discards
@@ -113,28 +154,58 @@ class Frees:
     def __init__(self) -> None:
         self._lock = threading.Condition()
         self._fds: list[int] = []
+        self._trees: list[str] = []
+        self._removing = False
+        self._draining = False
         self._thread: threading.Thread | None = None
 
     def close(self, fd: int) -> None:
         """Close `fd` on the thread (-1: nothing)."""
-        if fd < 0:
-            return
+        if fd >= 0:
+            with self._lock:
+                self._fds.append(fd)
+                self._wake()
+
+    def remove_tree(self, path: str) -> None:
+        """Remove the directory `path` on the thread (errors ignored)."""
         with self._lock:
-            self._fds.append(fd)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name=self.THREAD, daemon=True)
-                self._thread.start()
-            self._lock.notify()
+            self._trees.append(path)
+            self._wake()
+
+    def drain(self) -> None:
+        """Wait until the directories handed over are removed (`pivotbuild`
+        calls it before its `os._exit`: cli/__init__.py)."""
+        with self._lock:
+            while self._trees or self._removing:
+                self._lock.wait()
+
+    def drain_at_exit(self) -> None:
+        """`drain` as the interpreter exits (the Python API's callers)."""
+        if not self._draining:
+            self._draining = True
+            atexit.register(self.drain)
+
+    def _wake(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name=self.THREAD, daemon=True)
+            self._thread.start()
+        self._lock.notify()
 
     def _run(self) -> None:
         while True:
             with self._lock:
-                while not self._fds:
+                self._removing = False
+                self._lock.notify_all()
+                while not self._fds and not self._trees:
                     self._lock.wait()
                 fds, self._fds = self._fds, []
+                trees, self._trees = self._trees, []
+                self._removing = bool(trees)
             for fd in fds:
                 with contextlib.suppress(OSError):
                     os.close(fd)
+            for tree in trees:
+                remove_tree(tree, ignore_errors=True)
 
 
 FREES = Frees()

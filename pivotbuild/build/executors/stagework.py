@@ -27,8 +27,8 @@ from pivotbuild.cache.outputs import Captured, OutputCache
 from pivotbuild.cache.pack import PACK_MAX
 from pivotbuild.events import Event, Log, Message, StageStarted
 from pivotbuild.model import Stage
-from pivotbuild.paths import joined
-from pivotbuild.state.files import ABSENT_ERRNOS, remove_tree, unlink
+from pivotbuild.paths import STATE_DIR, joined
+from pivotbuild.state.files import ABSENT_ERRNOS, TRASH, remove_tree, remove_tree_later, unlink
 from pivotbuild.state.snapshot import Snapshot
 from pivotbuild.state.stamps import Stamp
 from pivotbuild.state.statcache import StatEntry
@@ -102,7 +102,9 @@ def prepare(root: Path, stage: Stage, spec: runner.RunSpec, plain: PlainCommands
     starts is left for it to empty (`emptied`).  Returns a problem to
     report, or ""."""
     emptied = None if plain is None or spec.py is not None else functools.partial(_emptied, plain, spec)
-    return prepare_outputs(root, stage, emptied=emptied) or (_missing_dir(spec.cwd) if stage.workdir else "")
+    trash = root / STATE_DIR / TRASH
+    problem = prepare_outputs(root, stage, emptied=emptied, trash=trash)
+    return problem or (_missing_dir(spec.cwd) if stage.workdir else "")
 
 
 def _emptied(plain: PlainCommands, spec: runner.RunSpec) -> str | None:
@@ -166,7 +168,12 @@ def _missing_dir(cwd: Path) -> str:
 
 
 def prepare_outputs(
-    root: Path, stage: Stage, *, dirs: bool = True, emptied: Callable[[], str | None] | None = None
+    root: Path,
+    stage: Stage,
+    *,
+    dirs: bool = True,
+    emptied: Callable[[], str | None] | None = None,
+    trash: Path | None = None,
 ) -> str:
     """Remove non-persist outputs (so a stale file cannot pass for a new one) and,
     with `dirs`, create their parent directories (for a stage that writes
@@ -189,7 +196,12 @@ def prepare_outputs(
     makes its stage free its blocks, and ext4 then writes the new one back
     at its close).  Hardlink mode's object of a MiB or more has its pages
     let go as its link goes (cache/pages.py: the rerun's output takes that
-    memory, as a truncated file's would).
+    memory, as a truncated file's would).  A file's blocks, where the
+    removal frees them, are freed on a thread (state/files.py, `Frees`),
+    and a directory, with `trash` (the project's `.pivot/trash/`), is
+    moved there and removed on that thread: freeing blocks can wait for
+    the disk (ext4 with `discard`), and each of a directory's files has
+    its own.
 
     Runs before every stage, so it asks the file system as little as it can:
     one lstat per output, then one unlink (or rmtree) if it exists; and its
@@ -207,7 +219,10 @@ def prepare_outputs(
                         raise
                 else:  # it exists, and so does its directory
                     if stat.S_ISDIR(st.st_mode):
-                        remove_tree(path)
+                        if trash is None:
+                            remove_tree(path)
+                        else:
+                            remove_tree_later(path, trash)
                     elif emptied is not None and _ours_to_empty(st):
                         if target is False:
                             target = emptied()
