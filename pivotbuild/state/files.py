@@ -189,7 +189,7 @@ class Frees:
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name=self.THREAD, daemon=True)
             self._thread.start()
-        self._lock.notify()
+        self._lock.notify_all()  # (all: `drain` waits on the same condition)
 
     def _run(self) -> None:
         while True:

@@ -102,8 +102,7 @@ def prepare(root: Path, stage: Stage, spec: runner.RunSpec, plain: PlainCommands
     starts is left for it to empty (`emptied`).  Returns a problem to
     report, or ""."""
     emptied = None if plain is None or spec.py is not None else functools.partial(_emptied, plain, spec)
-    trash = root / STATE_DIR / TRASH
-    problem = prepare_outputs(root, stage, emptied=emptied, trash=trash)
+    problem = prepare_outputs(root, stage, emptied=emptied, trash=True)
     return problem or (_missing_dir(spec.cwd) if stage.workdir else "")
 
 
@@ -173,7 +172,7 @@ def prepare_outputs(
     *,
     dirs: bool = True,
     emptied: Callable[[], str | None] | None = None,
-    trash: Path | None = None,
+    trash: bool = False,
 ) -> str:
     """Remove non-persist outputs (so a stale file cannot pass for a new one) and,
     with `dirs`, create their parent directories (for a stage that writes
@@ -198,8 +197,8 @@ def prepare_outputs(
     let go as its link goes (cache/pages.py: the rerun's output takes that
     memory, as a truncated file's would).  A file's blocks, where the
     removal frees them, are freed on a thread (state/files.py, `Frees`),
-    and a directory, with `trash` (the project's `.pivot/trash/`), is
-    moved there and removed on that thread: freeing blocks can wait for
+    and a directory, with `trash` (`root` the project's), is moved into
+    its `.pivot/trash/` and removed on that thread: freeing blocks can wait for
     the disk (ext4 with `discard`), and each of a directory's files has
     its own.
 
@@ -219,10 +218,10 @@ def prepare_outputs(
                         raise
                 else:  # it exists, and so does its directory
                     if stat.S_ISDIR(st.st_mode):
-                        if trash is None:
-                            remove_tree(path)
+                        if trash:
+                            remove_tree_later(path, root / STATE_DIR / TRASH)
                         else:
-                            remove_tree_later(path, trash)
+                            remove_tree(path)
                     elif emptied is not None and _ours_to_empty(st):
                         if target is False:
                             target = emptied()
