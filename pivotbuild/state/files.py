@@ -104,23 +104,13 @@ def remove_tree_later(path: str, trash: Path) -> None:
     `trash` (the project's `.pivot/trash/`) at once, and removed from there
     on the "frees" thread (see `Frees`: each file's blocks freed can wait
     for the disk).  Where it cannot be renamed there (another file system,
-    a mount point), it is removed here.  What a process killed meanwhile
-    left in `trash` is removed by the next that uses it; one that exits
-    waits for the thread to finish removing (`Frees.drain`)."""
+    a mount point), it is removed here.  A process that exits waits for
+    the thread to finish removing (`Frees.drain`); what a process killed
+    meanwhile left in `trash` is removed by the next (`sweep_trash`)."""
     where = os.fspath(trash)
-    if where not in _TRASHES:
-        try:
-            with contextlib.suppress(FileExistsError):
-                os.mkdir(where)  # (in `.pivot/`, which the build made: not made here, where git would see it)
-            left = os.listdir(where)
-        except OSError:
-            remove_tree(path)
-            return
-        if not _TRASHES:
-            FREES.drain_at_exit()
-        _TRASHES.add(where)
-        for name in left:
-            FREES.remove_tree(f"{where}/{name}")
+    if not _ready(where, make=True):
+        remove_tree(path)
+        return
     aside = f"{where}/{os.getpid()}-{os.urandom(6).hex()}"
     try:
         os.rename(path, aside)
@@ -132,6 +122,34 @@ def remove_tree_later(path: str, trash: Path) -> None:
         remove_tree(path)
         return
     FREES.remove_tree(aside)
+
+
+def sweep_trash(trash: Path) -> None:
+    """Have the frees thread remove what `trash` holds, if it is there: what
+    a process killed while it removed it there left (once a process: a
+    build with stages to run asks, build/executors/local.py)."""
+    _ready(os.fspath(trash), make=False)
+
+
+def _ready(where: str, *, make: bool) -> bool:
+    """Whether the trash directory `where` is there (made, with `make`: in
+    `.pivot/`, which the build made, not where git would see it).  The
+    first time a process finds it, what it holds is handed to the thread."""
+    if where in _TRASHES:
+        return True
+    try:
+        if make:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(where)
+        left = os.listdir(where)
+    except OSError:
+        return False
+    if not _TRASHES:
+        FREES.drain_at_exit()
+    _TRASHES.add(where)
+    for name in left:
+        FREES.remove_tree(f"{where}/{name}")
+    return True
 
 
 class Frees:

@@ -30,6 +30,8 @@ from pivotbuild.cache import pages
 from pivotbuild.cache.outputs import Captured, OutputCache, output_stats
 from pivotbuild.events import Log
 from pivotbuild.model import Stage
+from pivotbuild.paths import STATE_DIR
+from pivotbuild.state.files import TRASH, sweep_trash
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -69,6 +71,7 @@ class LocalExecutor:
         self._next = math.inf  # when a running process is next due (see _on_time)
         self._hashers = _Threads("hasher")
         inbox.poller.clocks.append(self._on_time)
+        sweep_trash(root / STATE_DIR / TRASH)  # (what a killed build left there: state/files.py)
 
     def start(self, job: Job) -> None:
         self.started += 1
