@@ -91,3 +91,23 @@ def test_large_outputs_are_stored_exactly_whichever_way_is_cheaper(
         obj = cache.path_of(digest)
         assert obj.read_bytes() == data
         assert not obj.stat().st_mode & 0o222  # read-only, as every object
+
+
+def test_a_kept_copy_is_sent_to_the_disk_and_a_copy_the_cache_had_is_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pivotbuild.cache import store
+
+    sent: list[int] = []
+    monkeypatch.setattr(store, "send", lambda fd: sent.append(os.fstat(fd).st_ino))
+    cache = Cache(tmp_path / "cache")
+    out = tmp_path / "out.bin"
+    data = _output(out, 2 * MIB + 5)
+    digest = cache.ingest(str(out))
+    assert sent == [cache.path_of(digest).stat().st_ino]  # (the object itself: its writeback begun)
+    again = tmp_path / "again.bin"
+    again.write_bytes(data)
+    assert cache.ingest(str(again)) == digest
+    assert len(sent) == 1  # (a copy of what the cache had: removed unsent)
+    assert cache.path_of(digest).read_bytes() == data
+    assert [p.name for p in cache.path_of(digest).parent.iterdir()] == [cache.path_of(digest).name]

@@ -51,17 +51,8 @@ def copy_and_hash(src_fd: int, dest_fd: int, dest: str) -> str:
     The copy is written whichever way costs less on this machine now (`WAYS`):
     through the page cache, or with direct I/O where the filesystem allows it.
     Whole aligned chunks go direct; a short last chunk (and everything, where
-    direct I/O is refused) goes through `dest_fd`, and the writeback of
-    what went through it is begun at once (`posix_fadvise(DONTNEED)`, which
-    waits for nothing).  Left to the kernel, as `cp` leaves its copy, a
-    clean build's copies (1.2 GB in the big benchmark) would be written out
-    by its background writeback during the builds after, whose fsyncs (each
-    a device flush here) would wait for it: the big shape's incremental
-    build took 0.80 s against 0.59 (docs/performance.md, the thirty-fourth
-    session).  Begun at once, a copy is on its way to the disk while the
-    stages run, and a build's own fsyncs wait for its own copies at most.
-    (ext4 began it at the close until then, by accident: `auto_da_alloc`
-    on a file truncated to nothing, even one already empty.)"""
+    direct I/O is refused) goes through `dest_fd`: the caller `send`s the
+    copy it keeps."""
     h = xxhash.xxh3_128()
     view = _buffer()
     os.lseek(src_fd, 0, os.SEEK_SET)
@@ -96,12 +87,30 @@ def copy_and_hash(src_fd: int, dest_fd: int, dest: str) -> str:
             offset += n
         WAYS.note(False, spent[0], sent[0])
         WAYS.note(True, spent[1], sent[1])
-        if sent[0] and _HINTS:
-            os.posix_fadvise(dest_fd, 0, 0, os.POSIX_FADV_DONTNEED)  # its writeback begun: see above
         return h.hexdigest()
     finally:
         if direct is not None:
             os.close(direct)
+
+
+def send(fd: int) -> None:
+    """Begin writing out what the file open as `fd` holds in the page cache
+    (`posix_fadvise(DONTNEED)`, which waits for nothing): a copy into the
+    cache that is kept.
+
+    Left to the kernel, as `cp` leaves its copy, a clean build's copies
+    (1.2 GB in the big benchmark) would be written out by its background
+    writeback during the builds after, whose fsyncs (each a device flush
+    here) would wait for it: the big shape's incremental build took 0.80 s
+    against 0.59 (docs/performance.md, the thirty-fourth session).  Begun
+    at once, a copy is on its way to the disk while the stages run, and a
+    build's own fsyncs wait for its own copies at most.  (ext4 began it at
+    the close until then, by accident: `auto_da_alloc` on a file truncated
+    to nothing, even one already empty.)  A copy not kept (the cache had
+    the object) is not sent: removed before it is written, it costs the
+    disk nothing."""
+    if _HINTS:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
 
 
 class Ways:
@@ -122,8 +131,8 @@ class Ways:
     durable: with the disk taking 0.6 GB/s, 200 MB written direct took
     0.32 s and the small fsync after it 0.2 s, where written buffered they
     took 0.05 s and the fsync 0.3 ms (`benchmarks/flushes.py`: the data
-    not yet sent; `copy_and_hash` sends a buffered copy once it is whole,
-    without waiting for it).
+    not yet sent; a copy kept is sent once it is whole, without waiting
+    for it: `send`).
 
     So each copy is written the way that has cost less a byte lately,
     and one in `EXPLORE` of those under `EXPLORE_MAX` bytes the other way,

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
 
-from pivotbuild.cache.copying import clone_and_hash, clone_or_copy, copy_and_hash, write_new
+from pivotbuild.cache.copying import clone_and_hash, clone_or_copy, copy_and_hash, send, write_new
 from pivotbuild.cache.pack import PACK_MAX, PACKS, Packs
 from pivotbuild.state.files import remove_tree
 from pivotbuild.state.hashing import (
@@ -213,15 +213,19 @@ class Cache:
                 out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
                 try:
                     cloned = clone_and_hash(fd, out, tmp) if self._clones else None
+                    copied = cloned is None
                     if cloned is None:
                         self._clones = False
                         self._copied(cloned=False)
                         cloned = copy_and_hash(fd, out, tmp)
                     digest = cloned
                     os.fchmod(out, 0o444)
+                    kept = not self.has(digest)
+                    if kept and copied:
+                        send(out)  # (its writeback begun: copying.send)
                 finally:
                     os.close(out)
-                if not self.has(digest):
+                if kept:
                     dest = self.path_of(digest)
                     self._ensure_dir(dest.parent)
                     os.replace(tmp, dest)
