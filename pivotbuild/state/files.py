@@ -1,4 +1,5 @@
-"""Crash-safe file writes and the `.pivot/` directory."""
+"""Crash-safe file writes, removals whose blocks are freed on a thread of
+their own (`Frees`), and the `.pivot/` directory."""
 
 from __future__ import annotations
 
