@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import threading
 from collections import deque
 
@@ -279,7 +280,7 @@ def _object(st: os.stat_result) -> bool:
     """Whether this lstat is of hardlink mode's object of at least MIN_BYTES:
     a regular file with one link besides the cache's (a file linked more
     often is another output's too, which may still be read)."""
-    return st.st_nlink == 2 and st.st_size >= MIN_BYTES and (st.st_mode & 0o170000) == 0o100000
+    return st.st_nlink == 2 and st.st_size >= MIN_BYTES and stat.S_ISREG(st.st_mode)
 
 
 def wanted() -> bool:

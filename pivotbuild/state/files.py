@@ -7,6 +7,7 @@ import atexit
 import contextlib
 import errno
 import os
+import stat
 import threading
 from pathlib import Path
 
@@ -85,7 +86,7 @@ def unlink(path: str | os.PathLike[str], st: os.stat_result) -> None:
 def _hold(path: str | os.PathLike[str], st: os.stat_result) -> int:
     """A descriptor that keeps the file `path` (`st`: its stat) from being
     freed when its name goes, if it has blocks to free; else -1."""
-    if not st.st_blocks or not _O_PATH or (st.st_mode & 0o170000) != 0o100000:
+    if not st.st_blocks or not _O_PATH or not stat.S_ISREG(st.st_mode):
         return -1
     try:
         return os.open(path, _O_PATH | os.O_CLOEXEC | os.O_NOFOLLOW)
@@ -145,8 +146,6 @@ def _ready(where: str, *, make: bool) -> bool:
         left = os.listdir(where)
     except OSError:
         return False
-    if not _TRASHES:
-        FREES.drain_at_exit()
     _TRASHES.add(where)
     for name in left:
         FREES.remove_tree(f"{where}/{name}")
@@ -175,7 +174,6 @@ class Frees:
         self._fds: list[int] = []
         self._trees: list[str] = []
         self._removing = False
-        self._draining = False
         self._thread: threading.Thread | None = None
 
     def close(self, fd: int) -> None:
@@ -192,17 +190,12 @@ class Frees:
             self._wake()
 
     def drain(self) -> None:
-        """Wait until the directories handed over are removed (`pivotbuild`
-        calls it before its `os._exit`: cli/__init__.py)."""
+        """Wait until the directories handed over are removed (at the
+        interpreter's exit; `pivotbuild` calls it before its `os._exit`:
+        cli/__init__.py)."""
         with self._lock:
             while self._trees or self._removing:
                 self._lock.wait()
-
-    def drain_at_exit(self) -> None:
-        """`drain` as the interpreter exits (the Python API's callers)."""
-        if not self._draining:
-            self._draining = True
-            atexit.register(self.drain)
 
     def _wake(self) -> None:
         if self._thread is None:
@@ -228,6 +221,7 @@ class Frees:
 
 
 FREES = Frees()
+atexit.register(FREES.drain)  # (the Python API's callers: no tree left half removed)
 
 
 def append_whole(path: Path, data: bytes, *, fsync: bool = True) -> None:
