@@ -5,6 +5,8 @@ cache or direct, whichever the copies measure as cheaper (cache/copying.py's
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -111,3 +113,91 @@ def test_a_kept_copy_is_sent_to_the_disk_and_a_copy_the_cache_had_is_not(
     assert len(sent) == 1  # (a copy of what the cache had: removed unsent)
     assert cache.path_of(digest).read_bytes() == data
     assert [p.name for p in cache.path_of(digest).parent.iterdir()] == [cache.path_of(digest).name]
+
+
+def _recording_sends(monkeypatch: pytest.MonkeyPatch, root: Path | None = None) -> list[tuple[str, bool]]:
+    """`copying.send_path` recording each path sent (and, given a project's
+    `root`, whether its lockfile was written by then)."""
+    sent: list[tuple[str, bool]] = []
+    real = copying.send_path
+
+    def recording(path: str) -> None:
+        sent.append((path, root is not None and (root / "Pivotfile.lock").exists()))
+        real(path)
+
+    monkeypatch.setattr(copying, "send_path", recording)
+    return sent
+
+
+def _await(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def test_held_copies_wait_for_their_release_and_the_oldest_go_once_over_the_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pivotbuild.cache import store
+
+    sent = _recording_sends(monkeypatch)
+    at_once: list[int] = []
+    monkeypatch.setattr(store, "send", at_once.append)
+    held = copying.Held()
+    held.LIMIT = 5 * MIB
+    cache = Cache(tmp_path / "cache")
+    cache.held = held
+    objects = []
+    for k in range(3):
+        out = tmp_path / f"out{k}.bin"
+        _output(out, 2 * MIB + k)
+        objects.append(str(cache.path_of(cache.ingest(str(out)))))
+        assert Path(objects[-1]).read_bytes() == out.read_bytes()
+    assert at_once == []  # (held, not sent as made)
+    assert sent == [(objects[0], False)]  # the third took the held bytes over 5 MiB: the oldest went
+    dup = tmp_path / "dup.bin"
+    dup.write_bytes((tmp_path / "out2.bin").read_bytes())
+    cache.ingest(str(dup))  # (an object the cache had: nothing to hold)
+    held.release()
+    _await(lambda: len(sent) == 3)
+    assert sorted(path for path, _ in sent) == sorted(objects)
+    held.release()  # (nothing held: nothing more sent)
+    assert len(sent) == 3
+
+
+@pytest.mark.parametrize("resident", [True, False])
+def test_a_resident_engine_sends_its_copies_once_its_records_are_written_a_one_shot_build_as_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, resident: bool
+) -> None:
+    """The API's engine (resident, as a build server's and watch mode's)
+    holds the writeback of the copies it keeps until the lockfile is
+    written; `pivotbuild` in a process of its own sends each as it is made
+    (its thread would not outlive it)."""
+    from pivotbuild.cache import store
+
+    root = tmp_path / "p"
+    (root / ".pivot").mkdir(parents=True)
+    (root / "Pivotfile").write_text(
+        "stage big:\n    outs: big.bin\n    run: head -c 3000000 /dev/urandom > big.bin\n"
+        "stage bigger:\n    deps: big.bin\n    outs: bigger.bin\n    run: cat big.bin big.bin > bigger.bin\n"
+    )
+    sent = _recording_sends(monkeypatch, root)
+    at_once: list[bool] = []
+    real_send = store.send
+    monkeypatch.setattr(store, "send", lambda fd: (at_once.append((root / "Pivotfile.lock").exists()), real_send(fd)))
+    if resident:
+        from pivotbuild.api import Project as ApiProject
+
+        assert ApiProject.load(root).build().ok
+        _await(lambda: len(sent) == 2)
+        assert at_once == []
+        assert [written for _, written in sent] == [True, True]  # after the records
+        cached = {hash_file(root / name) for name in ("big.bin", "bigger.bin")}
+        assert {os.path.basename(os.path.dirname(p)) + os.path.basename(p) for p, _ in sent} == cached
+    else:
+        from pivotbuild.cli import main
+
+        monkeypatch.chdir(root)
+        assert main(["-s"]) == 0
+        assert at_once == [False, False]  # each as made, before the lockfile
+        assert sent == []

@@ -121,6 +121,30 @@ def test_a_build_after_the_first_runs_in_the_server_and_says_what_a_build_says(p
     assert _alive(pid)
 
 
+def test_a_server_that_sends_a_builds_copies_after_its_answer_serves_the_next_build(
+    project: Project, servers: Path
+) -> None:
+    """The copies a served build keeps are sent to the disk by a thread of
+    the server's after the answer (cache/copying.py's `Held`): a thread of
+    its own, not one the build left behind, so the same server builds on."""
+    pid = served(project, servers)
+    big = (
+        "stage big:\n    deps: in.txt\n    outs: big.bin\n"
+        "    run: cat in.txt > /dev/null; head -c 3000000 /dev/urandom > big.bin; echo $PPID > big.pid\n"
+    )
+    project.pivotfile(PPID_STAGE + big)
+    for k in range(3):
+        project.write("in.txt", f"{k}\n")
+        r = project.run()
+        assert r.code == 0, r.err
+        assert parent(project) == pid and int((project.root / "big.pid").read_text()) == pid, k
+    data = (project.root / "big.bin").read_bytes()
+    (project.root / "big.bin").unlink()
+    assert project.run("checkout").code == 0
+    assert (project.root / "big.bin").read_bytes() == data  # (the copy kept whole)
+    assert _alive(pid)
+
+
 def test_exit_statuses_and_failures_come_back_from_the_server(project: Project, servers: Path) -> None:
     pid = served(project, servers)
     project.write("in.txt", "two\n")

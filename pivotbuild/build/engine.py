@@ -37,6 +37,7 @@ from pivotbuild.build.selection import selected
 from pivotbuild.build.session import LoadedProject, Reloaded
 from pivotbuild.build.settled import unsettled
 from pivotbuild.cache import pages
+from pivotbuild.cache.copying import HELD
 from pivotbuild.cache.outputs import OutputCache
 from pivotbuild.cache.store import Mode
 from pivotbuild.errors import EXIT_FAILED, EXIT_OK, MissingInputs
@@ -189,7 +190,23 @@ class Engine:
         self.kept.clear()  # (the last build's seal: this one makes its own)
         self._session(options, preloaded)
         with self._running(cancel) as token:
-            return self._build(options, token, preloaded)
+            try:
+                return self._build(options, token, preloaded)
+            finally:
+                self._release()
+
+    def _release(self) -> None:
+        """The build's records are written: the writeback of the copies it
+        kept begins (copying.Held), in a build server once its client has
+        its answer.  (A process of its own sends each as it is made: its
+        thread would not outlive it, and copies left to the kernel made the
+        builds after wait for its writeback: docs/performance.md.)"""
+        if not self.resident:
+            return
+        if self.later is not None:
+            self.later.append(HELD.release)
+        else:
+            HELD.release()
 
     @contextlib.contextmanager
     def _running(self, cancel: threading.Event | None) -> Iterator[threading.Event]:
@@ -295,11 +312,21 @@ class Engine:
         check_runnable(project.root, graph, chosen)
         chain = {s: ([chosen[i - 1]] if i else []) for i, s in enumerate(chosen)}
         run_options = replace(options, keep_going=not fail_fast)
-        with self._running(cancel) as token, self.state(project, options) as store:
-            outcome, _ = self._run(
-                project, graph, chosen, store, options=run_options, cancel=token, after=chain, block_on_failure=False
-            )
-            return outcome.code
+        try:
+            with self._running(cancel) as token, self.state(project, options) as store:
+                outcome, _ = self._run(
+                    project,
+                    graph,
+                    chosen,
+                    store,
+                    options=run_options,
+                    cancel=token,
+                    after=chain,
+                    block_on_failure=False,
+                )
+                return outcome.code
+        finally:
+            self._release()
 
     def _run(
         self,
@@ -323,6 +350,8 @@ class Engine:
         cancel = cancel or threading.Event()
         inbox = Inbox(self.emit)
         outputs = OutputCache(project.root, inbox.warn, building=True)
+        if self.resident:  # (a process that lives on after the build: its copies' writeback waits for `_release`)
+            outputs.cache.held = HELD
         make_executor = self.executor or choose(
             options.executor, outputs.settings, project.root, no_checkout=options.no_checkout
         )

@@ -10,6 +10,7 @@ import fcntl
 import mmap
 import os
 import threading
+from collections import deque
 from pathlib import Path
 from time import perf_counter
 
@@ -96,21 +97,112 @@ def copy_and_hash(src_fd: int, dest_fd: int, dest: str) -> str:
 def send(fd: int) -> None:
     """Begin writing out what the file open as `fd` holds in the page cache
     (`posix_fadvise(DONTNEED)`, which waits for nothing): a copy into the
-    cache that is kept.
+    cache that is kept, once its build has answered (`Held`).
 
     Left to the kernel, as `cp` leaves its copy, a clean build's copies
     (1.2 GB in the big benchmark) would be written out by its background
     writeback during the builds after, whose fsyncs (each a device flush
     here) would wait for it: the big shape's incremental build took 0.80 s
-    against 0.59 (docs/performance.md, the thirty-fourth session).  Begun
-    at once, a copy is on its way to the disk while the stages run, and a
-    build's own fsyncs wait for its own copies at most.  (ext4 began it at
-    the close until then, by accident: `auto_da_alloc` on a file truncated
-    to nothing, even one already empty.)  A copy not kept (the cache had
-    the object) is not sent: removed before it is written, it costs the
-    disk nothing."""
+    against 0.59 (docs/performance.md, the thirty-fourth session).  (ext4
+    began it at the close until then, by accident: `auto_da_alloc` on a
+    file truncated to nothing, even one already empty.)  A copy not kept
+    (the cache had the object) is not sent: removed before it is written,
+    it costs the disk nothing."""
     if _HINTS:
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+
+
+def send_path(path: str) -> None:
+    """`send` the file at `path` (a hint: a file gone meanwhile is none to send)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        send(fd)
+    finally:
+        os.close(fd)
+
+
+class Held:
+    """The copies a build keeps in the cache, whose writeback (`send`) waits
+    until the build has answered: then a thread of their own ("sends")
+    begins it, and has the device flush it.
+
+    Every fsync here ends with a flush of the whole device, which waits for
+    everything sent to it before (`benchmarks/flushes.py`), and a build must
+    fsync its records last (STATE.md, "Crash safety").  A copy sent as it is
+    made kept that last fsync waiting for the copies of the build's last
+    stages, its largest: in the big benchmark's incremental builds, 216 MB
+    of copies, and about 0.2 s of each build.  Held, they are written while
+    the user, or the build after, goes on; the object needs no fsync of its
+    own (a corrupt object is found when read: STATE.md, "The cache").
+
+    At most `LIMIT` bytes wait: beyond that the oldest are sent at once, so
+    a clean build leaves no more than that for the kernel or the build
+    after it, and the dirty pages never grow by more.  Where no one releases
+    them (a `pivotbuild` process ends first), the kernel writes them out
+    within half a minute, as it does `cp`'s."""
+
+    # Half a GB, or an eighth of the memory where that is less.
+    LIMIT = min(512 << 20, os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 8)
+    THREAD = "sends"  # the thread's name (cli/server.py counts it as its own)
+
+    def __init__(self) -> None:
+        self._lock = threading.Condition()
+        self._held: deque[tuple[str, int]] = deque()  # (path, size), oldest first
+        self._bytes = 0
+        self._sending: list[str] = []  # released, for the thread
+        self._thread: threading.Thread | None = None
+
+    def add(self, path: str, size: int) -> None:
+        """Hold the writeback of the kept copy at `path`, of `size` bytes."""
+        over: list[str] = []
+        with self._lock:
+            self._held.append((path, size))
+            self._bytes += size
+            while self._bytes > self.LIMIT:
+                oldest, n = self._held.popleft()
+                self._bytes -= n
+                over.append(oldest)
+        for oldest in over:
+            send_path(oldest)
+
+    def release(self) -> None:
+        """The build has answered (or, in a process of its own, written its
+        records): what is held goes to the thread."""
+        with self._lock:
+            if not self._held:
+                return
+            self._sending.extend(path for path, _ in self._held)
+            self._held.clear()
+            self._bytes = 0
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name=self.THREAD, daemon=True)
+                self._thread.start()
+            self._lock.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                while not self._sending:
+                    self._lock.wait()
+                paths, self._sending = self._sending, []
+            for path in paths:
+                send_path(path)
+            # The device made to write them now, while nothing waits for it
+            # (the last file's fdatasync: its writeback waited for, then the flush).
+            try:
+                fd = os.open(paths[-1], os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    os.fdatasync(fd)
+                finally:
+                    os.close(fd)
+            except OSError:
+                pass  # (a hint: the object gone meanwhile)
+
+
+HELD = Held()
 
 
 class Ways:

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
 
-from pivotbuild.cache.copying import clone_and_hash, clone_or_copy, copy_and_hash, send, write_new
+from pivotbuild.cache.copying import Held, clone_and_hash, clone_or_copy, copy_and_hash, send, write_new
 from pivotbuild.cache.pack import PACK_MAX, PACKS, Packs
 from pivotbuild.state.files import remove_tree
 from pivotbuild.state.hashing import (
@@ -119,6 +119,8 @@ class Cache:
         self._clones = True  # until a reflink fails: then this filesystem copies
         # Set in reflink mode: a copy that could not be a reflink is reported, once.
         self.wants_reflinks = False
+        # Set for a build: the writeback of the copies it keeps waits for its end (copying.Held).
+        self.held: Held | None = None
 
     def path_of(self, digest: str) -> Path:
         return self.objects / digest[:2] / digest[2:]
@@ -221,7 +223,7 @@ class Cache:
                     digest = cloned
                     os.fchmod(out, 0o444)
                     kept = not self.has(digest)
-                    if kept and copied:
+                    if kept and copied and self.held is None:
                         send(out)  # (its writeback begun: copying.send)
                 finally:
                     os.close(out)
@@ -229,6 +231,8 @@ class Cache:
                     dest = self.path_of(digest)
                     self._ensure_dir(dest.parent)
                     os.replace(tmp, dest)
+                    if copied and self.held is not None:
+                        self.held.add(os.fspath(dest), size)  # (sent once the build answers: copying.Held)
             finally:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(tmp)

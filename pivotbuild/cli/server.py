@@ -385,11 +385,13 @@ def _modules_marker() -> tuple[int, str]:
 
 def _left_behind() -> bool:
     """Whether a build left a thread of its own running, or a child process."""
+    from pivotbuild.cache.copying import Held
     from pivotbuild.cache.pages import FLUSHER, THREAD
     from pivotbuild.state.files import Frees
 
-    # (The pages threads and the frees thread live as long as the process: cache/pages.py, state/files.py.)
-    ours = {"accept", "client", THREAD, FLUSHER, Frees.THREAD}
+    # (The pages threads, the frees thread and the sends thread live as long as the
+    # process: cache/pages.py, state/files.py, cache/copying.py.)
+    ours = {"accept", "client", THREAD, FLUSHER, Frees.THREAD, Held.THREAD}
     for thread in threading.enumerate():
         if thread is not threading.main_thread() and thread.name not in ours and thread.is_alive():
             return True
