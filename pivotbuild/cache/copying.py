@@ -97,7 +97,8 @@ def copy_and_hash(src_fd: int, dest_fd: int, dest: str) -> str:
 def send(fd: int) -> None:
     """Begin writing out what the file open as `fd` holds in the page cache
     (`posix_fadvise(DONTNEED)`, which waits for nothing): a copy into the
-    cache that is kept, once its build has answered (`Held`).
+    cache that is kept, as it is made or, in a process that lives on after
+    its build, once the build has answered (`Held`).
 
     Left to the kernel, as `cp` leaves its copy, a clean build's copies
     (1.2 GB in the big benchmark) would be written out by its background
@@ -139,10 +140,12 @@ class Held:
     own (a corrupt object is found when read: STATE.md, "The cache").
 
     At most `LIMIT` bytes wait: beyond that the oldest are sent at once, so
-    a clean build leaves no more than that for the kernel or the build
-    after it, and the dirty pages never grow by more.  Where no one releases
-    them (a `pivotbuild` process ends first), the kernel writes them out
-    within half a minute, as it does `cp`'s."""
+    a clean build leaves no more than that for the build after it, and the
+    dirty pages never grow by more.  Only a process that lives on after its
+    build holds them (a build server, watch mode, the Python API: the
+    engine's `_release`); one that ends before its thread has sent them
+    leaves the rest to the kernel, which writes them out within half a
+    minute, as it does `cp`'s."""
 
     # Half a GB, or an eighth of the memory where that is less.
     LIMIT = min(512 << 20, os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 8)
@@ -169,8 +172,8 @@ class Held:
             send_path(oldest)
 
     def release(self) -> None:
-        """The build has answered (or, in a process of its own, written its
-        records): what is held goes to the thread."""
+        """The build has answered (in watch mode and the Python API: has
+        written its records): what is held goes to the thread."""
         with self._lock:
             if not self._held:
                 return

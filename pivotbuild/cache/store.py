@@ -119,7 +119,7 @@ class Cache:
         self._clones = True  # until a reflink fails: then this filesystem copies
         # Set in reflink mode: a copy that could not be a reflink is reported, once.
         self.wants_reflinks = False
-        # Set for a build: the writeback of the copies it keeps waits for its end (copying.Held).
+        # Set for a resident engine's build: the copies' writeback waits for its end (copying.Held).
         self.held: Held | None = None
 
     def path_of(self, digest: str) -> Path:
