@@ -125,6 +125,23 @@ def send_path(path: str) -> None:
         os.close(fd)
 
 
+def flush_through(path: str) -> None:
+    """Have the device make the file at `path` durable, and with it
+    everything sent to it before: an fdatasync, which waits for the file's
+    own writeback, then flushes the device (a hint: a file gone meanwhile
+    is none to flush)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        os.fdatasync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 class Held:
     """The copies a build keeps in the cache, whose writeback (`send`) waits
     until the build has answered: then a thread of their own ("sends")
@@ -193,16 +210,7 @@ class Held:
                 paths, self._sending = self._sending, []
             for path in paths:
                 send_path(path)
-            # The device made to write them now, while nothing waits for it
-            # (the last file's fdatasync: its writeback waited for, then the flush).
-            try:
-                fd = os.open(paths[-1], os.O_RDONLY | os.O_CLOEXEC)
-                try:
-                    os.fdatasync(fd)
-                finally:
-                    os.close(fd)
-            except OSError:
-                pass  # (a hint: the object gone meanwhile)
+            flush_through(paths[-1])  # (the device made to write them now, while nothing waits for it)
 
 
 HELD = Held()

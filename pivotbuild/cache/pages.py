@@ -63,6 +63,8 @@ import stat
 import threading
 from collections import deque
 
+from pivotbuild.cache.copying import flush_through
+
 TYPE_CHECKING = False  # (not typing's: a build imports no typing)
 if TYPE_CHECKING:
     from typing import Any
@@ -163,14 +165,7 @@ class _Pages:
                 while not self._flushed:
                     self._lock.wait()
                 path, self._flushed = self._flushed, ""
-            try:
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-                try:
-                    os.fdatasync(fd)  # (its own writeback waited for, then the device flushed)
-                finally:
-                    os.close(fd)
-            except OSError:
-                pass  # (a hint: the object gone meanwhile)
+            flush_through(path)
 
 
 _BALLOON = 5  # the virtio device id of a memory balloon
