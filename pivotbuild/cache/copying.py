@@ -11,6 +11,7 @@ import mmap
 import os
 import threading
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from time import perf_counter
 
@@ -114,28 +115,26 @@ def send(fd: int) -> None:
 
 
 def send_path(path: str) -> None:
-    """`send` the file at `path` (a hint: a file gone meanwhile is none to send)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return
-    try:
-        send(fd)
-    finally:
-        os.close(fd)
+    """`send` the file at `path`."""
+    _on_file(path, send)
 
 
 def flush_through(path: str) -> None:
     """Have the device make the file at `path` durable, and with it
     everything sent to it before: an fdatasync, which waits for the file's
-    own writeback, then flushes the device (a hint: a file gone meanwhile
-    is none to flush)."""
+    own writeback, then flushes the device."""
+    _on_file(path, os.fdatasync)
+
+
+def _on_file(path: str, call: Callable[[int], None]) -> None:
+    """`call` the file at `path`, open for reading (a hint: a file gone
+    meanwhile, or one that refuses, is let be)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return
     try:
-        os.fdatasync(fd)
+        call(fd)
     except OSError:
         pass
     finally:
