@@ -190,10 +190,7 @@ class Engine:
         self.kept.clear()  # (the last build's seal: this one makes its own)
         self._session(options, preloaded)
         with self._running(cancel) as token:
-            try:
-                return self._build(options, token, preloaded)
-            finally:
-                self._release()
+            return self._build(options, token, preloaded)
 
     def _release(self) -> None:
         """The build's records are written: the writeback of the copies it
@@ -210,12 +207,15 @@ class Engine:
 
     @contextlib.contextmanager
     def _running(self, cancel: threading.Event | None) -> Iterator[threading.Event]:
-        """The cancel switch of the build now starting, for `cancel` to reach."""
+        """The cancel switch of the build now starting, for `cancel` to reach;
+        once the build is over (its records written), the writeback of the
+        copies it kept begins (`_release`)."""
         token = self._cancel = cancel if cancel is not None else CancelToken()
         try:
             yield token
         finally:
             self._cancel = None
+            self._release()
 
     def _build(self, options: BuildOptions, cancel: threading.Event, preloaded: Preloaded | None) -> int:
         project, graph, targets = self.load(options)
@@ -312,21 +312,11 @@ class Engine:
         check_runnable(project.root, graph, chosen)
         chain = {s: ([chosen[i - 1]] if i else []) for i, s in enumerate(chosen)}
         run_options = replace(options, keep_going=not fail_fast)
-        try:
-            with self._running(cancel) as token, self.state(project, options) as store:
-                outcome, _ = self._run(
-                    project,
-                    graph,
-                    chosen,
-                    store,
-                    options=run_options,
-                    cancel=token,
-                    after=chain,
-                    block_on_failure=False,
-                )
-                return outcome.code
-        finally:
-            self._release()
+        with self._running(cancel) as token, self.state(project, options) as store:
+            outcome, _ = self._run(
+                project, graph, chosen, store, options=run_options, cancel=token, after=chain, block_on_failure=False
+            )
+            return outcome.code
 
     def _run(
         self,
