@@ -171,6 +171,12 @@ def main(argv: list[str] | None = None) -> int:
         "--served", action="store_true", help="build through each version's own build server (docs/server.md)"
     )
     ap.add_argument(
+        "--cold",
+        action="store_true",
+        help="with --served: each clean build (clean, fresh, and sequence's first project) in a process of its own, "
+        "which starts the server (its servers stopped first), then (fresh) --edits no-ops, as the reference's first",
+    )
+    ap.add_argument(
         "--settle",
         type=float,
         default=0.0,
@@ -220,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
                         shutil.rmtree(fresh, ignore_errors=True)
                         shutil.copytree(template, fresh, symlinks=True)
                         time.sleep(0.5)  # (let the copy's writes settle a moment)
+                        if args.cold and name in served:  # (as the reference's first build: see --cold)
+                            _stop(served[name].servers)
                         times[kind, name].append(build(versions[name], fresh, args.jobs, served.get(name)))
                     elif kind == "sequence":
                         times[kind, name].append(
@@ -229,7 +237,11 @@ def main(argv: list[str] | None = None) -> int:
                         fresh = work / "fresh"
                         shutil.rmtree(fresh, ignore_errors=True)
                         shutil.copytree(template, fresh, symlinks=True)
+                        if args.cold and name in served:  # (as the reference's first build: see --cold)
+                            _stop(served[name].servers)
                         build(versions[name], fresh, args.jobs, served.get(name))  # (its clean build, not timed)
+                        for _ in range(args.edits if args.cold else 0):  # (the no-ops, not timed)
+                            build(versions[name], fresh, args.jobs, served.get(name))
                         runs = []
                         for edit in range(args.edits):
                             compare.edit(fresh, args.width, args.depth, edit)
@@ -264,6 +276,24 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _stop(servers: Path) -> None:
+    """Stop the servers in `servers`, and wait until they have gone (a build
+    started meanwhile could still be offered to one)."""
+    pids = []
+    for lock in servers.glob("*.lock"):
+        with contextlib.suppress(ValueError, OSError):
+            pids.append(int(lock.read_text()))
+    compare._stop_servers(servers)
+    deadline = time.monotonic() + 10
+    for pid in pids:
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except OSError:
+                break
+            time.sleep(0.02)
+
+
 def _settle(seconds: float) -> None:
     """`--settle`: everything written so far on disk, then a quiet moment."""
     if seconds:
@@ -287,6 +317,8 @@ def _sequence(
     for i, tool in enumerate(tools):
         project = work / f"sequence-{i}"
         compare.generate(project, stages, tool, args.shape)
+        if args.cold and served is not None and not i:  # (its clean build starts the server: see --cold)
+            _stop(served.servers)
         for _ in range(1 + args.edits):  # (the clean build and the no-ops)
             build(code, project, args.jobs, served)
         free = _free_mb()

@@ -201,3 +201,84 @@ def test_a_resident_engine_sends_its_copies_once_its_records_are_written_a_one_s
         assert main(["-s"]) == 0
         assert at_once == [False, False]  # each as made, before the lockfile
         assert sent == []
+
+
+def test_dirty_room_is_what_the_kernel_allows_below_a_share_of_its_background_threshold(tmp_path: Path) -> None:
+    vmstat = tmp_path / "vmstat"
+    vmstat.write_text(
+        "nr_free_pages 5\nnr_dirty 100\nnr_writeback 7\nnr_dirty_threshold 2000\nnr_dirty_background_threshold 1000\n"
+    )
+    page = os.sysconf("SC_PAGE_SIZE")
+    assert copying.dirty_room(0.9, str(vmstat)) == 800 * page
+    vmstat.write_text("nr_dirty 950\nnr_dirty_background_threshold 1000\n")
+    assert copying.dirty_room(0.9, str(vmstat)) == -50 * page  # over by that much
+    vmstat.write_text("nr_dirty 950\n")  # (a kernel that does not say its threshold)
+    assert copying.dirty_room(0.9, str(vmstat)) is None
+    assert copying.dirty_room(0.9, str(tmp_path / "missing")) is None
+
+
+def test_left_copies_stay_unsent_until_the_dirty_pages_near_the_kernel_s_threshold_then_the_oldest_go(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pivotbuild.cache import store
+
+    sent = _recording_sends(monkeypatch)
+    at_once: list[int] = []
+    monkeypatch.setattr(store, "send", at_once.append)
+    room = [10 * MIB]
+    monkeypatch.setattr(copying, "dirty_room", lambda share: room[0])
+    left = copying.Left()
+    left.EVERY = 1
+    cache = Cache(tmp_path / "cache")
+    cache.held = left
+    objects = []
+    for k in range(4):
+        if k == 2:
+            room[0] = -3 * MIB  # (the dirty pages now over the share by 3 MiB)
+        out = tmp_path / f"out{k}.bin"
+        _output(out, 2 * MIB + k)
+        objects.append(str(cache.path_of(cache.ingest(str(out)))))
+        if k == 2:
+            room[0] = 10 * MIB
+    assert at_once == []  # (none sent as made)
+    assert [path for path, _ in sent] == objects[:2]  # over by 3 MiB: the two oldest went
+    assert left.left() == objects[2:]  # the rest, for the server, oldest first
+    assert left.left() == []
+    assert len(sent) == 2  # (never sent here)
+
+
+@pytest.mark.parametrize("starts", [True, False])
+def test_a_first_build_that_starts_a_server_leaves_its_copies_for_it_another_sends_them_as_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, starts: bool
+) -> None:
+    """`pivotbuild` in a process of its own that will start a server as it
+    ends (no server was listening: cli.run) sends none of the copies it
+    keeps: it names them to the server (`Left.left`); one that will not
+    sends each as it is made."""
+    from pivotbuild.cache import store
+    from pivotbuild.cli import client, main
+
+    root = tmp_path / "p"
+    (root / ".pivot").mkdir(parents=True)
+    (root / "Pivotfile").write_text(
+        "stage big:\n    outs: big.bin\n    run: head -c 3000000 /dev/urandom > big.bin\n"
+        "stage bigger:\n    deps: big.bin\n    outs: bigger.bin\n    run: cat big.bin big.bin > bigger.bin\n"
+    )
+    sent = _recording_sends(monkeypatch, root)
+    at_once: list[bool] = []
+    real_send = store.send
+    monkeypatch.setattr(store, "send", lambda fd: (at_once.append((root / "Pivotfile.lock").exists()), real_send(fd)))
+    monkeypatch.setattr(copying, "LEFT", copying.Left())
+    monkeypatch.setattr(copying, "dirty_room", lambda share: 1 << 40)  # (whatever else this machine has dirty)
+    monkeypatch.setattr(client, "STARTS", starts)
+    monkeypatch.chdir(root)
+    assert main(["-s"]) == 0
+    cached = {hash_file(root / name) for name in ("big.bin", "bigger.bin")}
+    left = copying.LEFT.left()
+    assert sent == []
+    if starts:
+        assert at_once == []
+        assert {os.path.basename(os.path.dirname(p)) + os.path.basename(p) for p in left} == cached
+    else:
+        assert at_once == [False, False]  # each as made, before the lockfile
+        assert left == []

@@ -37,7 +37,7 @@ from pivotbuild.build.selection import selected
 from pivotbuild.build.session import LoadedProject, Reloaded
 from pivotbuild.build.settled import unsettled
 from pivotbuild.cache import pages
-from pivotbuild.cache.copying import HELD
+from pivotbuild.cache.copying import HELD, holder
 from pivotbuild.cache.outputs import OutputCache
 from pivotbuild.cache.store import Mode
 from pivotbuild.errors import EXIT_FAILED, EXIT_OK, MissingInputs
@@ -340,8 +340,7 @@ class Engine:
         cancel = cancel or threading.Event()
         inbox = Inbox(self.emit)
         outputs = OutputCache(project.root, inbox.warn, building=True)
-        if self.resident:  # (a process that lives on after the build: its copies' writeback waits for `_release`)
-            outputs.cache.held = HELD
+        outputs.cache.held = holder(self.resident)  # (whether its copies' writeback waits: copying.Held, Left)
         make_executor = self.executor or choose(
             options.executor, outputs.settings, project.root, no_checkout=options.no_checkout
         )

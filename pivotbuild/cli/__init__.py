@@ -40,6 +40,8 @@ def run() -> NoReturn:
     from pivotbuild.cli import client
 
     offered = client.offer(sys.argv[1:], launcher)  # a build server's, if one runs (cli/client.py)
+    if not isinstance(offered, int) and offered.start:
+        client.STARTS = True  # (the first build in a while: its copies are left for the server, copying.Left)
     code = offered if isinstance(offered, int) else main()
     for stream in (sys.stdout, sys.stderr):
         try:  # noqa: SIM105 (contextlib.suppress: an import the no-op spares)
@@ -47,7 +49,8 @@ def run() -> NoReturn:
         except (OSError, ValueError):  # a closed pipe (`pivotbuild | head`), a closed stream
             pass
     if not isinstance(offered, int) and offered.start:
-        client.start_server()  # for the next build
+        copying = sys.modules.get("pivotbuild.cache.copying")
+        client.start_server(copying.LEFT.left() if copying is not None else [])  # for the next build
     files = sys.modules.get("pivotbuild.state.files")
     if files is not None:
         files.FREES.drain()  # (the old output directories the build moved aside, removed: state/files.py)

@@ -14,7 +14,7 @@ from pivotbuild.build.options import BuildOptions
 from pivotbuild.cli.buildargs import BUILD_OPTIONS, BuildArgs, conflict, to_options
 from pivotbuild.cli.common import F, click_option, project_options
 from pivotbuild.cli.completion import complete_targets
-from pivotbuild.cli.running import make_reporter, makes_pool, terminate_as_interrupt
+from pivotbuild.cli.running import leave_if_starting, make_reporter, makes_pool, terminate_as_interrupt
 
 
 def build_command_options(f: F) -> F:
@@ -39,6 +39,7 @@ def repro(ctx: click.Context, /, args: tuple[str, ...], **flags: object) -> int:
     from pivotbuild.build.engine import Engine
 
     reporter = make_reporter(options)
+    leave_if_starting()
     with terminate_as_interrupt(), makes_pool(options) as jobserver:
         try:
             return Engine(reporter, jobserver=jobserver).build(options)

@@ -33,9 +33,11 @@ import sys
 TYPE_CHECKING = False  # not typing's: a build through the server imports no typing
 if TYPE_CHECKING:
     from collections.abc import Sequence
+    from typing import IO
 
 PROTOCOL = 1
 MOST = 8  # servers of one user at once (each distinct context has its own)
+STARTS = False  # whether this process starts a server once its build ends (cli.run; then copying.Left)
 # Variables that differ between calls in one session and that nothing reads
 # before a build starts: the same server takes them (each request carries
 # the whole environment, and the build runs with exactly it).
@@ -387,27 +389,53 @@ def _umask() -> int:
     return mask
 
 
-def start_server() -> None:
+def start_server(sends: list[str]) -> None:
     """Start a server for the next build, detached (its own session, no
     descriptor of ours: a pipe reading our output ends when we do), unless
     MOST servers of this user's run already.  Best effort: a server that
-    cannot start only leaves builds as they were."""
+    cannot start only leaves builds as they were.
+
+    `sends`: the copies this build kept in the cache and left unsent
+    (cache/copying.py, `Left`), which the server sends as it begins.  Its
+    standard input names them: a file of their paths, each ended by a NUL,
+    removed as soon as it is made (`_named`)."""
     where = directory()
     if where is None or not _room(where):
         return
     import contextlib
     import subprocess
 
-    with contextlib.suppress(OSError):
+    with contextlib.suppress(OSError), _named(sends) as given:
         subprocess.Popen(
             [sys.executable, "-P", "-m", "pivotbuild.cli.server"],  # (-P: not `/` first on its path)
-            stdin=subprocess.DEVNULL,
+            stdin=given,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             close_fds=True,
             start_new_session=True,
             cwd="/",
         )
+
+
+def _named(paths: list[str]) -> IO[bytes]:
+    """A file that names `paths`, read from its start, already removed (/dev/null:
+    none, or none could be written: the server then sends nothing, and the
+    kernel writes the copies out in its own time)."""
+    import tempfile
+
+    if paths:
+        try:
+            named = tempfile.TemporaryFile()  # noqa: SIM115 (returned open: the caller closes it)
+        except OSError:
+            pass
+        else:
+            try:
+                named.write(b"".join(os.fsencode(path) + b"\0" for path in paths))
+                named.seek(0)
+                return named
+            except OSError:
+                named.close()
+    return open(os.devnull, "rb")
 
 
 def _room(where: str) -> bool:

@@ -54,12 +54,13 @@ def build(argv: list[str], args: BuildArgs, checked: Checked | None, residents: 
         engine, project, graph = found
     try:
         from pivotbuild.build.engine import Engine, Preloaded
-        from pivotbuild.cli.running import make_reporter, makes_pool, terminate_as_interrupt
+        from pivotbuild.cli.running import leave_if_starting, make_reporter, makes_pool, terminate_as_interrupt
 
         reporter = make_reporter(options)
         with terminate_as_interrupt(), makes_pool(options) as jobserver:
             if engine is None:
                 engine = Engine(reporter, jobserver=jobserver)
+                leave_if_starting()
             else:
                 engine.reporter, engine.jobserver = reporter, jobserver
             try:

@@ -32,6 +32,18 @@ def make_reporter(options: BuildOptions) -> Reporter:
     return PlainReporter(sys.stdout, sys.stderr, quiet=options.quiet, verbose=options.verbose, explain=options.explain)
 
 
+def leave_if_starting() -> None:
+    """A build in a process of its own that starts a server as it ends (the
+    first in a while: cli.run) leaves the copies it keeps for that server
+    to send (cache/copying.py, `Left`)."""
+    from pivotbuild.cli import client
+
+    if client.STARTS:
+        from pivotbuild.cache import copying
+
+        copying.leave()
+
+
 @contextlib.contextmanager
 def terminate_as_interrupt() -> Iterator[None]:
     """SIGTERM, and SIGHUP (the terminal closed) unless it is ignored (`nohup`),

@@ -32,6 +32,7 @@ import os
 import queue
 import signal
 import socket
+import stat
 import struct
 import sys
 import threading
@@ -402,6 +403,24 @@ def _left_behind() -> bool:
     return True if pid == 0 else _left_behind()
 
 
+def _send_left() -> None:
+    """The copies the build that started this server kept and left unsent,
+    named by its standard input (client.start_server): their writeback
+    begun now, by the thread that sends a build's copies, while the user, or
+    the next build, goes on (cache/copying.py, `Left`)."""
+    try:
+        if not stat.S_ISREG(os.fstat(0).st_mode):
+            return
+        with open(0, "rb", closefd=False) as given:
+            paths = [os.fsdecode(path) for path in given.read().split(b"\0") if path]
+    except OSError:
+        return
+    if paths:
+        from pivotbuild.cache.copying import HELD
+
+        HELD.send(paths)
+
+
 def _standard_to_null() -> None:
     """0, 1 and 2 on /dev/null (between builds: no client's stream is held)."""
     null = os.open(os.devnull, os.O_RDWR)
@@ -490,6 +509,7 @@ def main() -> None:
     if not server.start():
         return
     os.chdir("/")
+    _send_left()
     _standard_to_null()
     signal.signal(signal.SIGINT, _absorb)  # (between builds: a client's late Ctrl-C has nothing to stop)
     gc.disable()  # as `pivotbuild` runs (see cli.run); collected between builds
