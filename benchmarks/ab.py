@@ -7,6 +7,7 @@
     python3 benchmarks/ab.py --base HEAD~1 --what fresh --rounds 16 --edits 5
     python3 benchmarks/ab.py --base HEAD~3 --what incr --rounds 15 --served    # as a user's builds go
     python3 benchmarks/ab.py --base HEAD~1 --shape big --mode hardlink --what sequence --rounds 3 --served
+    python3 benchmarks/ab.py --base HEAD~1 --shape big --what clean,fresh --rounds 6 --served --cold
 
 On compare.py's lattice (WIDTH x DEPTH stages, -j2), each round runs every
 version once, in a random order: `clean`, a build of a fresh copy of the
@@ -36,6 +37,12 @@ for `incr`); it prints the median wall time, the median CPU of the build's proce
 syncs and waits before each timed `fresh` or `incr` build: its outputs
 are then on disk, as a user's are a while after a build (each with its
 blocks: a rerun frees them, which ext4 mounted with `discard` waits for).
+`--cold` (with `--served`) stops the version's servers before each clean
+build of `clean` and `fresh` and before `sequence`'s first project, so
+that the clean build runs in a process of its own and starts the server,
+as the reference's first build does (`fresh` then runs `--edits` no-ops
+before its incremental builds, as the reference does): what such a build
+leaves for its server (cache/copying.py, `Left`) shows.
 
 A small change moves a build by a few percent, less than the machine's
 drift between two runs: only interleaved rounds like these tell it apart,
