@@ -165,14 +165,10 @@ def test_held_copies_wait_for_their_release_and_the_oldest_go_once_over_the_limi
     assert len(sent) == 3
 
 
-@pytest.mark.parametrize("resident", [True, False])
-def test_a_resident_engine_sends_its_copies_once_its_records_are_written_a_one_shot_build_as_made(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, resident: bool
-) -> None:
-    """The API's engine (resident, as a build server's and watch mode's)
-    holds the writeback of the copies it keeps until the lockfile is
-    written; `pivotbuild` in a process of its own sends each as it is made
-    (its thread would not outlive it)."""
+def _two_big_stages(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, list[tuple[str, bool]], list[bool]]:
+    """A project of two stages with outputs of 3 and 6 MB; the copies sent
+    later (`_recording_sends`), and whether the lockfile existed as each
+    copy sent as made was."""
     from pivotbuild.cache import store
 
     root = tmp_path / "p"
@@ -185,6 +181,19 @@ def test_a_resident_engine_sends_its_copies_once_its_records_are_written_a_one_s
     at_once: list[bool] = []
     real_send = store.send
     monkeypatch.setattr(store, "send", lambda fd: (at_once.append((root / "Pivotfile.lock").exists()), real_send(fd)))
+    return root, sent, at_once
+
+
+@pytest.mark.parametrize("resident", [True, False])
+def test_a_resident_engine_sends_its_copies_once_its_records_are_written_a_one_shot_build_as_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, resident: bool
+) -> None:
+    """The API's engine (resident, as a build server's and watch mode's)
+    holds the writeback of the copies it keeps until the lockfile is
+    written; `pivotbuild` in a process of its own sends each as it is made
+    (its thread would not outlive it)."""
+
+    root, sent, at_once = _two_big_stages(tmp_path, monkeypatch)
     if resident:
         from pivotbuild.api import Project as ApiProject
 
@@ -247,38 +256,22 @@ def test_left_copies_stay_unsent_until_the_dirty_pages_near_the_kernel_s_thresho
     assert len(sent) == 2  # (never sent here)
 
 
-@pytest.mark.parametrize("starts", [True, False])
-def test_a_first_build_that_starts_a_server_leaves_its_copies_for_it_another_sends_them_as_made(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, starts: bool
+def test_a_first_build_that_starts_a_server_leaves_its_copies_for_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`pivotbuild` in a process of its own that will start a server as it
     ends (no server was listening: cli.run) sends none of the copies it
-    keeps: it names them to the server (`Left.left`); one that will not
-    sends each as it is made."""
-    from pivotbuild.cache import store
+    keeps: it names them to the server (`Left.left`).  (One that will not
+    sends each as it is made: the test above.)"""
     from pivotbuild.cli import client, main
 
-    root = tmp_path / "p"
-    (root / ".pivot").mkdir(parents=True)
-    (root / "Pivotfile").write_text(
-        "stage big:\n    outs: big.bin\n    run: head -c 3000000 /dev/urandom > big.bin\n"
-        "stage bigger:\n    deps: big.bin\n    outs: bigger.bin\n    run: cat big.bin big.bin > bigger.bin\n"
-    )
-    sent = _recording_sends(monkeypatch, root)
-    at_once: list[bool] = []
-    real_send = store.send
-    monkeypatch.setattr(store, "send", lambda fd: (at_once.append((root / "Pivotfile.lock").exists()), real_send(fd)))
+    root, sent, at_once = _two_big_stages(tmp_path, monkeypatch)
     monkeypatch.setattr(copying, "LEFT", copying.Left())
     monkeypatch.setattr(copying, "dirty_room", lambda share: 1 << 40)  # (whatever else this machine has dirty)
-    monkeypatch.setattr(client, "STARTS", starts)
+    monkeypatch.setattr(client, "STARTS", True)
     monkeypatch.chdir(root)
     assert main(["-s"]) == 0
     cached = {hash_file(root / name) for name in ("big.bin", "bigger.bin")}
     left = copying.LEFT.left()
-    assert sent == []
-    if starts:
-        assert at_once == []
-        assert {os.path.basename(os.path.dirname(p)) + os.path.basename(p) for p in left} == cached
-    else:
-        assert at_once == [False, False]  # each as made, before the lockfile
-        assert left == []
+    assert sent == [] and at_once == []
+    assert {os.path.basename(os.path.dirname(p)) + os.path.basename(p) for p in left} == cached
