@@ -194,11 +194,15 @@ class Held:
     def release(self) -> None:
         """The build has answered (in watch mode and the Python API: has
         written its records): what is held goes to the thread."""
+        self.send(self._take())
+
+    def _take(self) -> list[str]:
+        """The copies held, oldest first, no longer held here."""
         with self._lock:
             paths = [path for path, _ in self._held]
             self._held.clear()
             self._bytes = 0
-        self.send(paths)
+            return paths
 
     def send(self, paths: list[str]) -> None:
         """Have the thread send the copies at `paths`, then flush them."""
@@ -257,11 +261,7 @@ class Left(Held):
     def left(self) -> list[str]:
         """The copies held, oldest first, for the server this process starts
         (`cli.run`), which sends them as it begins: they are no longer held here."""
-        with self._lock:
-            paths = [path for path, _ in self._held]
-            self._held.clear()
-            self._bytes = 0
-            return paths
+        return self._take()
 
     def _excess(self, added: int) -> int:
         self._since += added

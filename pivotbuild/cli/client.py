@@ -398,7 +398,7 @@ def start_server(sends: list[str]) -> None:
     `sends`: the copies this build kept in the cache and left unsent
     (cache/copying.py, `Left`), which the server sends as it begins.  Its
     standard input names them: a file of their paths, each ended by a NUL,
-    removed as soon as it is made (`_named`)."""
+    removed as soon as it is made (`_named`; the server reads it with `named`)."""
     where = directory()
     if where is None or not _room(where):
         return
@@ -436,6 +436,20 @@ def _named(paths: list[str]) -> IO[bytes]:
             except OSError:
                 named.close()
     return open(os.devnull, "rb")
+
+
+def named(fd: int) -> list[str]:
+    """The paths a file made by `_named` names, read from `fd` (the server's
+    standard input); none if it is not such a file."""
+    import stat
+
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return []
+        with open(fd, "rb", closefd=False) as given:
+            return [os.fsdecode(path) for path in given.read().split(b"\0") if path]
+    except OSError:
+        return []
 
 
 def _room(where: str) -> bool:

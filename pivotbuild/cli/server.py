@@ -32,7 +32,6 @@ import os
 import queue
 import signal
 import socket
-import stat
 import struct
 import sys
 import threading
@@ -408,13 +407,7 @@ def _send_left() -> None:
     named by its standard input (client.start_server): their writeback
     begun now, by the thread that sends a build's copies, while the user, or
     the next build, goes on (cache/copying.py, `Left`)."""
-    try:
-        if not stat.S_ISREG(os.fstat(0).st_mode):
-            return
-        with open(0, "rb", closefd=False) as given:
-            paths = [os.fsdecode(path) for path in given.read().split(b"\0") if path]
-    except OSError:
-        return
+    paths = client.named(0)
     if paths:
         from pivotbuild.cache.copying import HELD
 
