@@ -4,6 +4,7 @@
     python3 benchmarks/cores.py                    # the reference's big-shape tools, in its order
     python3 benchmarks/cores.py --tools pivotbuild,make,ninja --shape small
     python3 benchmarks/cores.py --settle 2         # each incremental build after a `sync` and 2 s of quiet
+    python3 benchmarks/cores.py --warm 600         # each build finding 600 MB of memory freed a moment ago
 
 Runs compare.py's protocol (its `measure`: for each tool in turn a fresh
 project, its clean build, --runs no-ops, --runs incremental builds; the
@@ -108,13 +109,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-j", "--jobs", type=int, default=2)
     ap.add_argument("--runs", type=int, default=5, help="no-op and incremental builds per tool")
     ap.add_argument("--settle", type=float, default=0.0, metavar="SECONDS", help="as compare.py's --settle")
+    ap.add_argument("--warm", type=int, default=0, metavar="MB", help="as compare.py's --warm")
     args = ap.parse_args(argv)
     tools = args.tools.split(",")
     unknown = [t for t in tools if t not in compare.TOOLS]
     if unknown:
         ap.error(f"unknown tool {unknown[0]!r}; choose from {', '.join(compare.TOOLS)}")
-    if args.width < 2 or args.depth < 1 or args.runs < 1:
-        ap.error("--width must be at least 2, --depth and --runs at least 1")
+    if args.width < 2 or args.depth < 1 or args.runs < 1 or args.warm < 0:
+        ap.error("--width must be at least 2, --depth and --runs at least 1, --warm at least 0")
     if not os.path.exists("/proc/stat"):
         ap.error("needs /proc/stat (Linux)")
     ncpu = os.cpu_count() or 1
@@ -132,10 +134,12 @@ def main(argv: list[str] | None = None) -> int:
                 runs=args.runs,
                 workdir=Path(tmp),
                 settle=args.settle,
+                free=args.warm,
             )
     finally:
         compare.timed = plain
     settled = f", each incremental build after `sync` and {args.settle:g} s" if args.settle else ""
+    settled += f", {args.warm} MB freed before each clean and incremental build" if args.warm else ""
     print(
         f"{args.width * args.depth} stages ({args.width} x {args.depth}, {args.shape} outputs), -j{args.jobs}, "
         f"{ncpu} cores{settled}; wall s, then cores busy, in I/O wait and stolen, and core-seconds (busy x wall)"
