@@ -57,7 +57,7 @@ def ticks(stat: str = "/proc/stat") -> tuple[int, int, int, int]:
     return sum(fields[:8]), fields[3], fields[4], steal
 
 
-def cores(before: tuple[int, int, int, int], after: tuple[int, int, int, int], ncpu: int) -> tuple[float, ...]:
+def cores(before: tuple[int, int, int, int], after: tuple[int, int, int, int], ncpu: int) -> tuple[float, float, float]:
     """The cores busy, waiting for I/O and stolen between two `ticks`."""
     spent = [a - b for a, b in zip(after, before, strict=True)]
     total = spent[0]
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{ncpu} cores{settled}; wall s, then cores busy, in I/O wait and stolen, and core-seconds (busy x wall)"
     )
     head = "   wall  busy iowait steal core-s"
-    print(f"{'':<22}{'clean':<34}{'incremental (medians)'}")
+    print(f"{'':<22}{'clean':<35}{'incremental (medians)'}")
     print(f"{'tool':<22}{head}  {head}")
     for tool in tools:
         clean, incr = split(record, tool, args.runs)
