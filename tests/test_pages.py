@@ -266,3 +266,86 @@ def test_the_writebacks_a_build_begins_are_flushed_beside_its_releases(
         assert dirty(last) == 0
     finally:
         os.close(last)
+
+
+def _object_of(project: Project, data: bytes) -> Path:
+    """The cache's object holding `data` (the default mode's copy of an output)."""
+    import xxhash
+
+    digest = xxhash.xxh3_128(data).hexdigest()
+    path = project.root / ".pivot" / "cache" / "objects" / digest[:2] / digest[2:]
+    assert path.is_file()
+    return path
+
+
+def test_a_rerun_in_the_default_mode_lets_go_of_the_replaced_versions_copy(project: Project) -> None:
+    """The default mode keeps a copy of each version: a rerun stage's new
+    copy is memory the page cache did not have, and on a VM whose balloon
+    reports free pages, memory its host took back, whose first touch costs
+    several times a copy's (docs/performance.md, the thirty-seventh
+    session).  So the old version's copy, written back by then, drops its
+    pages as its stage reruns, for the new one to take; it stays in the
+    cache, and a later build restores from it."""
+    project.pivotfile(PIPELINE)
+    project.write("seed.txt", SEED_A)
+    built(project)
+    old = os.open(_object_of(project, SEED_A.encode() * 40000), os.O_RDONLY)
+    try:
+        os.sync()  # (as the server's sends, or the kernel within half a minute: its pages are clean)
+        os.pread(old, 2 << 20, 0)  # (its pages in the page cache, whatever the build's sending left there)
+        resident_before = resident(old)
+        assert resident_before > 0
+        project.write("seed.txt", SEED_B)
+        assert "1 ran" in built(project)
+        assert (project.root / "big.bin").read_bytes() == SEED_B.encode() * 40000
+        assert resident(old) == (0 if DROPS else resident_before)
+    finally:
+        os.close(old)
+    project.write("seed.txt", SEED_A)  # back: the old version comes from its copy, intact
+    assert "1 restored" in built(project)
+    assert (project.root / "big.bin").read_bytes() == SEED_A.encode() * 40000
+
+
+def test_a_copy_let_go_before_it_is_written_back_keeps_its_pages(tmp_path: Path) -> None:
+    """`let_go` drops only clean pages, and begins no writeback of its own:
+    the build that made the copy sends it (cache/copying.py), and one sent
+    in the middle of a build would make its last fsync wait."""
+    copy = tmp_path / "copy"
+    copy.write_bytes(b"x" * (2 << 20))
+    fd = os.open(copy, os.O_RDONLY)
+    try:
+        assert dirty(fd) > 0
+        before = resident(fd)
+        pages.let_go(str(copy))
+        pages.settle()
+        assert resident(fd) == before and dirty(fd) > 0
+        os.sync()
+        pages.let_go(str(copy))
+        pages.settle()
+        assert resident(fd) == (0 if DROPS else before)
+    finally:
+        os.close(fd)
+
+
+def test_a_rerun_lets_go_of_no_copy_where_the_output_changed_since_it_was_hashed(
+    project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The copy is found by the output's stat-cache entry: an output changed
+    since (by hand, between builds) names no copy, and none is touched."""
+    project.pivotfile(PIPELINE)
+    project.write("seed.txt", SEED_A)
+    built(project)
+    let_go: list[str] = []
+    monkeypatch.setattr(pages, "let_go", let_go.append)
+    monkeypatch.setattr(pages._PAGES, "worth", True)
+    from pivotbuild.api import Project as Api
+
+    api = Api.load(project.root)
+    project.write("seed.txt", SEED_B)
+    assert api.build().ok
+    assert let_go == [str(_object_of(project, SEED_A.encode() * 40000))]
+    (project.root / "big.bin").write_bytes(b"edited by hand" * 200000)
+    project.write("seed.txt", "c" * 63 + "\n")  # (a version never built: the stage reruns)
+    result = api.build()
+    assert result.ok and len(result.ran) == 1, result
+    assert let_go[1:] == []

@@ -80,7 +80,8 @@ _HINTS = hasattr(os, "posix_fadvise")  # (Linux and most Unixes; not macOS)
 class _Pages:
     def __init__(self) -> None:
         self._lock = threading.Condition()
-        self._released: deque[int] = deque()  # descriptors of old objects, for `_Calls.release`
+        # (descriptor of an old version, whether its writeback begins if it is dirty): for `_Calls.release`
+        self._released: deque[tuple[int, bool]] = deque()
         self._written: deque[str] = deque()  # paths of old outputs, for `_Calls.write_back`
         self._busy = False
         self._thread: threading.Thread | None = None
@@ -89,9 +90,9 @@ class _Pages:
         self._flusher: threading.Thread | None = None
         self.worth: bool | None = None  # whether new memory costs more here (`reports_free_pages`), asked once
 
-    def hand(self, fd: int) -> None:
+    def hand(self, fd: int, *, write: bool = True) -> None:
         with self._lock:
-            self._released.append(fd)
+            self._released.append((fd, write))
             self._wake()
 
     def write(self, paths: list[str]) -> None:
@@ -125,7 +126,7 @@ class _Pages:
                 # writebacks asked for as the build began wait: one whose
                 # stage started first, its path replaced by then, was begun
                 # by that release, `_Calls.release`.)
-                fd = released.popleft() if released else -1
+                fd, write = released.popleft() if released else (-1, False)
                 path = written.popleft() if fd < 0 else ""
                 last = fd < 0 and not written  # (the last writeback asked for: then the flush)
                 self._busy = True
@@ -136,7 +137,7 @@ class _Pages:
                 if calls is not None:
                     assert isinstance(calls, _Calls)
                     if fd >= 0:
-                        calls.release(fd)
+                        calls.release(fd, write=write)
                     elif calls.write_back(path):
                         begun = path
             except Exception:  # (a hint: a file gone meanwhile, a file system without it;
@@ -247,14 +248,15 @@ class _Calls:
             return None
         return bool(found.dirty or found.writeback)
 
-    def release(self, fd: int) -> None:
+    def release(self, fd: int, *, write: bool = True) -> None:
         """Drop the pages of the file open as `fd`, if every one is clean;
-        else begin its writeback, if the build's (`write_back`) did not get
-        to it before its stage started (its path was gone by then)."""
+        else, with `write`, begin its writeback, if the build's
+        (`write_back`) did not get to it before its stage started (its path
+        was gone by then)."""
         dirty = self._dirty(fd)
         if dirty is False:
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        elif dirty:
+        elif dirty and write:
             self._sync(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
 
     def write_back(self, path: str) -> bool:
@@ -301,6 +303,21 @@ def release(path: str, st: os.stat_result) -> None:
         except OSError:
             return
         _PAGES.hand(fd)
+
+
+def let_go(path: str) -> None:
+    """The default mode's copy of a version a rerun stage's output replaces
+    (the cache's object at `path`, at least MIN_BYTES), where `wanted`: its
+    pages dropped if they are all clean (on the thread), so that the new
+    version's copy, which the cache keeps beside it, takes that memory
+    rather than memory the host took back.  A copy not yet written back is
+    left as it is (the build that made it sends it: cache/copying.py)."""
+    if wanted():
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return
+        _PAGES.hand(fd, write=False)
 
 
 def write_back(paths: list[str]) -> None:

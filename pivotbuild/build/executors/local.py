@@ -28,6 +28,7 @@ from pivotbuild.build.executors.runner import TICK_S, Process, RunResult, RunSpe
 from pivotbuild.build.executors.spawn import Starter
 from pivotbuild.cache import pages
 from pivotbuild.cache.outputs import Captured, OutputCache, output_stats
+from pivotbuild.cache.store import Mode
 from pivotbuild.events import Log
 from pivotbuild.model import Stage
 from pivotbuild.paths import STATE_DIR
@@ -107,12 +108,32 @@ class LocalExecutor:
         if self._on_time in self.inbox.poller.clocks:
             self.inbox.poller.clocks.remove(self._on_time)
 
+    def _replaced(self, job: Job) -> Callable[[str, os.stat_result], None] | None:
+        """For `prepare`: the default mode's copy in the cache of each large
+        output a rerun removes, found by the output's stat-cache entry (its
+        hash, if the file is as it was hashed), lets go of its memory
+        (cache/pages.py, `let_go`): the new version's copy takes it.  None
+        where the outputs are not copied into the cache, or where new
+        memory costs no more than that (`pages.wanted`)."""
+        if not self.store or self.outputs.mode is not Mode.COPY or not job.known or not pages.wanted():
+            return None
+        known, cache = job.known, self.outputs.cache
+
+        def replaced(path: str, st: os.stat_result) -> None:
+            if st.st_size < pages.MIN_BYTES:
+                return
+            entry = known.get(path)
+            if entry is not None and entry.hash and entry.same_stamp(st):
+                pages.let_go(os.fspath(cache.path_of(entry.hash)))
+
+        return replaced
+
     def _attempt(self, job: Job, spec: RunSpec, attempt: int) -> None:
         stage, label, put = job.stage, job.label, self.inbox.put
         try:
             if attempt > 1:
                 put(stagework.retried(label, self.started, attempt, stage.retry))
-            problem = stagework.prepare(self.root, stage, spec, self.starter.plain)
+            problem = stagework.prepare(self.root, stage, spec, self.starter.plain, self._replaced(job))
             if problem:
                 put(Log(label, "stderr", problem))
                 self._done(job, failed(problem))

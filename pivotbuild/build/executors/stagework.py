@@ -94,15 +94,21 @@ def retried(label: str, number: int, attempt: int, retries: int) -> StageStarted
     return StageStarted(label, number, 0, f"retry {attempt - 1} of {retries}", attempt)
 
 
-def prepare(root: Path, stage: Stage, spec: runner.RunSpec, plain: PlainCommands | None = None) -> str:
+def prepare(
+    root: Path,
+    stage: Stage,
+    spec: runner.RunSpec,
+    plain: PlainCommands | None = None,
+    replaced: Callable[[str, os.stat_result], None] | None = None,
+) -> str:
     """Before each attempt: the outputs prepared (see `prepare_outputs`) and
     the stage's `workdir` there (the project's root is).  With `plain` (the
     local executor's rules for a plain command, when it starts `spec` itself
     or through the shell), the small output the stage's `>` empties as it
     starts is left for it to empty (`emptied`).  Returns a problem to
-    report, or ""."""
+    report, or "".  `replaced`: as `prepare_outputs`'."""
     emptied = None if plain is None or spec.py is not None else functools.partial(_emptied, plain, spec)
-    problem = prepare_outputs(root, stage, emptied=emptied, trash=True)
+    problem = prepare_outputs(root, stage, emptied=emptied, trash=True, replaced=replaced)
     return problem or (_missing_dir(spec.cwd) if stage.workdir else "")
 
 
@@ -173,6 +179,7 @@ def prepare_outputs(
     dirs: bool = True,
     emptied: Callable[[], str | None] | None = None,
     trash: bool = False,
+    replaced: Callable[[str, os.stat_result], None] | None = None,
 ) -> str:
     """Remove non-persist outputs (so a stale file cannot pass for a new one) and,
     with `dirs`, create their parent directories (for a stage that writes
@@ -200,7 +207,10 @@ def prepare_outputs(
     and a directory, with `trash` (`root` the project's), is moved into
     its `.pivot/trash/` and removed on that thread: freeing blocks can wait for
     the disk (ext4 with `discard`), and each of a directory's files has
-    its own.
+    its own.  `replaced` is told of each file of ours removed (its path
+    and lstat), before its removal: the local executor's, in the default
+    mode, lets go of the memory of the version's copy in the cache
+    (cache/pages.py, `let_go`).
 
     Runs before every stage, so it asks the file system as little as it can:
     one lstat per output, then one unlink (or rmtree) if it exists; and its
@@ -230,6 +240,8 @@ def prepare_outputs(
                     else:  # a file, or a symlink (to a directory too: the link goes, not what it points to)
                         if st.st_nlink > 1:  # (hardlink mode's object: its pages let go, see cache/pages.py)
                             pages.release(path, st)
+                        elif replaced is not None and stat.S_ISREG(st.st_mode):
+                            replaced(path, st)
                         unlink(path, st)  # (its blocks freed on a thread: state/files.py, `Frees`)
                     continue
                 need = path.rpartition("/")[0] or "/"  # (`path` is absolute: os.path.dirname's answer)
