@@ -1,4 +1,5 @@
-"""Hardlink mode: a rerun stage's old output lets go of its memory.
+"""A rerun stage's old version lets go of its memory: hardlink mode's old
+output, and the default mode's copy of it in the cache (`let_go`, below).
 
 make and ninja rerun a stage into its old output: the shell truncates the
 file, which frees its pages, and the stage's writes reuse that memory at
@@ -37,6 +38,14 @@ least MIN_BYTES:
   project's machines take a few hundred milliseconds; begun early, the
   flush runs beside the stages (docs/performance.md, the thirty-third
   session).  A thread of its own: releases do not wait behind it.
+
+The default mode keeps a copy of each version too, so a rerun's new copy
+is memory the page cache did not have.  `let_go`, told (by the local
+executor, as `prepare_outputs` removes a rerun stage's old output of at
+least MIN_BYTES) of that version's copy in the cache, drops its pages if
+they are all clean, and the new copy takes that memory; one not yet
+written back is left as it is (its build sends it, cache/copying.py:
+begun here, mid-build, the build's last fsync would wait for it).
 
 Elsewhere nothing is done: freeing pages costs CPU (about 0.1 ms a MB),
 which pays only where new memory costs more than reused memory; the kernel
