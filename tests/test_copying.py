@@ -129,6 +129,16 @@ def _recording_sends(monkeypatch: pytest.MonkeyPatch, root: Path | None = None) 
     return sent
 
 
+def _held_and_sent(monkeypatch: pytest.MonkeyPatch) -> tuple[list[tuple[str, bool]], list[int]]:
+    """The paths the held copies' sending sends (`_recording_sends`), and the
+    descriptors the cache sends as each copy is made (recorded, not sent)."""
+    from pivotbuild.cache import store
+
+    at_once: list[int] = []
+    monkeypatch.setattr(store, "send", at_once.append)
+    return _recording_sends(monkeypatch), at_once
+
+
 def _await(condition: Callable[[], bool], timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition() and time.monotonic() < deadline:
@@ -138,11 +148,7 @@ def _await(condition: Callable[[], bool], timeout: float = 10.0) -> None:
 def test_held_copies_wait_for_their_release_and_the_oldest_go_once_over_the_limit(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from pivotbuild.cache import store
-
-    sent = _recording_sends(monkeypatch)
-    at_once: list[int] = []
-    monkeypatch.setattr(store, "send", at_once.append)
+    sent, at_once = _held_and_sent(monkeypatch)
     held = copying.Held()
     held.LIMIT = 5 * MIB
     cache = Cache(tmp_path / "cache")
@@ -229,11 +235,7 @@ def test_dirty_room_is_what_the_kernel_allows_below_a_share_of_its_background_th
 def test_left_copies_stay_unsent_until_the_dirty_pages_near_the_kernel_s_threshold_then_the_oldest_go(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from pivotbuild.cache import store
-
-    sent = _recording_sends(monkeypatch)
-    at_once: list[int] = []
-    monkeypatch.setattr(store, "send", at_once.append)
+    sent, at_once = _held_and_sent(monkeypatch)
     room = [10 * MIB]
     monkeypatch.setattr(copying, "dirty_room", lambda share: room[0])
     left = copying.Left()

@@ -307,11 +307,7 @@ def release(path: str, st: os.stat_result) -> None:
     dropped once it is removed, if they are all clean (on the thread; the
     file is opened here, before the removal)."""
     if _object(st) and wanted():
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
-            return
-        _PAGES.hand(fd)
+        _hand(path, write=True)
 
 
 def let_go(path: str) -> None:
@@ -322,11 +318,17 @@ def let_go(path: str) -> None:
     rather than memory the host took back.  A copy not yet written back is
     left as it is (the build that made it sends it: cache/copying.py)."""
     if wanted():
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
-            return
-        _PAGES.hand(fd, write=False)
+        _hand(path, write=False)
+
+
+def _hand(path: str, *, write: bool) -> None:
+    """The file at `path`, opened here (before its name may go), for the
+    thread's `_Calls.release`; a file gone already is let be."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return
+    _PAGES.hand(fd, write=write)
 
 
 def write_back(paths: list[str]) -> None:
