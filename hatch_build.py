@@ -1,6 +1,6 @@
 """Hatchling build hook: compiles pivotbuild's C parts where it can.
 
-Three of them, each optional, each with a Python equivalent:
+Four of them, each optional, each with a Python equivalent:
 
 - `pivotbuild/build/executors/_clonespawn.c`, an extension module, starts a
   stage's process without making the build wait for its exec (spawn.py says
@@ -15,6 +15,10 @@ Three of them, each optional, each with a Python equivalent:
 - `pivotbuild/state/_stamps.c`, an extension module, checks a seal's stamps
   against the file system in one pass (stamptable.py): the no-op's one real
   cost, 2.5 times faster than in Python.  Built and left out as the first.
+- `pivotbuild/build/executors/_nearwake.c`, an extension module, is the
+  build loop's wait (poller.py): the loop is woken on the core a stage's exit
+  leaves free, not queued behind the other stage (the C file says how and
+  why).  Built and left out as the first.
 - `bin/launcher.c`, a program: the `pivotbuild` command itself, which hands a
   build to a build server without starting Python (docs/server.md, "The
   launcher") and otherwise runs the Python program, `bin/pivotbuild`,
@@ -46,8 +50,13 @@ except ImportError:  # (run as a script, below: hatchling is only in an install'
 
 SOURCE = Path("pivotbuild/build/executors/_clonespawn.c")
 STAMPS_SOURCE = Path("pivotbuild/state/_stamps.c")
+NEARWAKE_SOURCE = Path("pivotbuild/build/executors/_nearwake.c")
 # Each extension, and what pivotbuild does where it is not built.
-EXTENSIONS = {SOURCE: "stages start by posix_spawn", STAMPS_SOURCE: "stamps are checked in Python"}
+EXTENSIONS = {
+    SOURCE: "stages start by posix_spawn",
+    STAMPS_SOURCE: "stamps are checked in Python",
+    NEARWAKE_SOURCE: "the build loop waits in select.epoll",
+}
 LAUNCHER_SOURCE = Path("bin/launcher.c")
 LAUNCHER = Path("build/launcher/pivotbuild")
 
@@ -97,7 +106,7 @@ def _compile(source: Path, target: Path) -> bool:
         "-O2",
         "-fno-stack-protector",  # (the child's code reads no TLS: see the C file)
         "-Wall",
-        "-pthread",  # (_stamps: its second thread of stats)
+        "-pthread",  # (_stamps: its second thread of stats; _nearwake: its thread that waits for exits)
         f"-I{include}",
         str(source),
     ]

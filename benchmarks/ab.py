@@ -94,10 +94,15 @@ def tree(spec: str, scratch: Path) -> Iterator[Path]:
 
 def extension(code: Path) -> None:
     """The tree's C extensions (spawn.py's _clonespawn, stamptable.py's
-    _stamps) compiled in it where it has a source and not its build, as an
-    install would compile them: a tree without them starts its stages by
-    posix_spawn and checks its stamps in Python, and would be timed so."""
-    sources = [code / "pivotbuild/build/executors/_clonespawn.c", code / "pivotbuild/state/_stamps.c"]
+    _stamps, poller.py's _nearwake) compiled in it where it has a source and
+    not its build, as an install would compile them: a tree without them
+    starts its stages by posix_spawn, checks its stamps in Python and waits
+    in select.epoll, and would be timed so."""
+    sources = [
+        code / "pivotbuild/build/executors/_clonespawn.c",
+        code / "pivotbuild/state/_stamps.c",
+        code / "pivotbuild/build/executors/_nearwake.c",
+    ]
     if any(s.is_file() and not list(s.parent.glob(f"{s.stem}.*.so")) for s in sources):
         print(f"ab.py: compiling the C extensions in {code}", file=sys.stderr)
         subprocess.run([sys.executable, str(CHECKOUT / "hatch_build.py"), str(code)], check=False)  # (it says why not)

@@ -1,0 +1,6 @@
+"""Types of the `_nearwake` extension module (_nearwake.c)."""
+
+API: int
+
+def wait(epfd: int, timeout: float, /) -> list[int]: ...
+def moves() -> int: ...
