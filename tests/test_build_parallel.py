@@ -274,3 +274,21 @@ def test_no_wait_exits_1_while_another_build_runs(project: Project, tmp_path: Pa
     r = project.run("--no-wait", "--json")  # once the first is done, --no-wait just builds
     assert r.code == 0, r
     assert statuses(r) == {"slow": "skipped", "fast": "skipped"}
+
+
+def test_every_stage_runs_on_every_core_the_build_may_use(project: Project) -> None:
+    """The build loop's wait may hold the loop to one core while it sleeps
+    (poller.py, _nearwake: woken where a stage's exit frees a core), but a
+    stage, which inherits the mask of the thread that starts it, never
+    starts so: 200 short stages at -j2, each writing the cores it may use."""
+    names = [f"s{i}" for i in range(200)]
+    project.pivotfile(
+        "".join(
+            f"stage {n}:\n    outs: cores/{n}.txt\n    run: grep Cpus_allowed_list /proc/self/status > $@\n\n"
+            for n in names
+        )
+    )
+    build(project, "-j2")
+    mine = (Path("/proc/self/status").read_text().split("Cpus_allowed_list:")[1]).split()[0]
+    seen = {n: (project.root / "cores" / f"{n}.txt").read_text().split()[-1] for n in names}
+    assert set(seen.values()) == {mine}, {n: c for n, c in seen.items() if c != mine}
