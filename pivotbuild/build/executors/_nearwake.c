@@ -144,6 +144,8 @@ static void start_watching(void) {
 }
 
 static int epoll_wait_once(int epfd, struct epoll_event *events, int ms) {
+    if (ms == 0) /* (a look, not a sleep: nothing to move, and the thread left parked) */
+        return epoll_wait(epfd, events, EVENTS, 0);
     if (own_tid == 0)
         own_tid = (pid_t)syscall(SYS_gettid);
     pthread_mutex_lock(&lock);
