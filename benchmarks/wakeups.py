@@ -68,23 +68,21 @@ def analyse(lines: Iterable[str]) -> Found:
         m = LINE.match(line)
         if m:
             events.append((float(m["t"]), int(m["cpu"]), m["ev"], m["rest"]))
-    forks = Counter()
-    children: set[int] = set()
-    for _, _, ev, rest in events:
-        if ev == "sched_process_fork":
-            parent = int(re.search(r"\bpid=(\d+)", rest)[1])  # type: ignore[index]
-            forks[parent] += 1
+    forks: list[tuple[float, int, int]] = []  # (when, parent, child)
+    exits: list[tuple[float, int]] = []
+    for t, _, ev, rest in events:
+        if ev in ("sched_process_fork", "sched_process_exit"):
+            pid = int(re.search(r"\bpid=(\d+)", rest)[1])  # type: ignore[index]
+            if ev == "sched_process_exit":
+                exits.append((t, pid))
+            else:
+                forks.append((t, pid, int(re.search(r"child_pid=(\d+)", rest)[1])))  # type: ignore[index]
     if not forks:
         raise SystemExit("wakeups.py: no fork in the trace (was it recorded with -a, as root?)")
-    loop = forks.most_common(1)[0][0]
-    starts, ends = [], []
-    for t, _, ev, rest in events:
-        if ev == "sched_process_fork" and int(re.search(r"\bpid=(\d+)", rest)[1]) == loop:  # type: ignore[index]
-            child = int(re.search(r"child_pid=(\d+)", rest)[1])  # type: ignore[index]
-            children.add(child)
-            starts.append(t)
-        elif ev == "sched_process_exit" and int(re.search(r"\bpid=(\d+)", rest)[1]) in children:  # type: ignore[index]
-            ends.append(t)
+    loop = Counter(parent for _, parent, _ in forks).most_common(1)[0][0]
+    children = {child for _, parent, child in forks if parent == loop}
+    starts = [t for t, parent, _ in forks if parent == loop]
+    ends = [t for t, pid in exits if pid in children]
     first, last = min(starts), max(ends) if ends else max(starts)
     woken: tuple[float, int, int] | None = None  # (when, the core it was queued on, the waker's core)
     waits: list[tuple[float, bool]] = []
