@@ -78,7 +78,7 @@ sys.argv = ["pivotbuild", *sys.argv[1:]]
 pivotbuild.cli.run()
 """
 
-_STARTS = "BuildRun._start"  # called once per stage the build starts (its calls count the stages run)
+_STARTS = "BuildRun._complete"  # called once per stage run, as it ends (its calls count the stages run)
 
 
 def _shown(filename: str) -> str:
