@@ -85,7 +85,6 @@ import phases  # noqa: E402
 PARTS = (
     ("decide", "pivotbuild.build.run", "BuildRun", "_decide_ready"),
     ("start", "pivotbuild.build.run", "BuildRun", "_start"),
-    ("standby", "pivotbuild.build.run", "BuildRun", "_arm"),
     ("create", "pivotbuild.build.executors.spawn", None, "_opened"),  # (a function of the module)
     ("clone", "pivotbuild.build.executors.spawn", "Starter", "_clone"),
     ("spawn", "pivotbuild.build.executors.spawn", "Starter", "_spawn"),

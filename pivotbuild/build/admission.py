@@ -138,20 +138,6 @@ class Admission:
         self._hold(stage, 1)
         return True
 
-    def could_follow(self, stage: Stage) -> bool:
-        """Whether `stage` may take the place of whichever running stage ends
-        first, admitted then without asking: it needs one token and nothing
-        else, our own pool, no load limit, and no running stage keeps all
-        others out (`mutex: *`)."""
-        return (
-            stage.jobs == 1
-            and not stage.mutex
-            and not stage.mem
-            and not self._alone
-            and self.load_limit is None
-            and (not self.external or getattr(self.jobserver, "owned", False))
-        )
-
     def finished(self, stage: Stage) -> None:
         if self.running.pop(stage.id, None) is not None:
             self.jobserver.release(self.tokens(stage))

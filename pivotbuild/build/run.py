@@ -17,7 +17,7 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 from pivotbuild.build.admission import Admission
 from pivotbuild.build.decider import UNCACHEABLE, UP_TO_DATE, Decider, Verdict
@@ -27,17 +27,7 @@ from pivotbuild.build.interrupts import Signals
 from pivotbuild.build.recorder import DryRecorder, Outcome, Recorder, fails
 from pivotbuild.build.scheduler import Scheduler
 from pivotbuild.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
-from pivotbuild.events import (
-    BuildFinished,
-    BuildStarted,
-    Event,
-    Log,
-    StageFinished,
-    StageStarted,
-    StageState,
-    State,
-    Status,
-)
+from pivotbuild.events import BuildFinished, BuildStarted, Event, StageFinished, StageStarted, StageState, State, Status
 from pivotbuild.graph import BuildGraph
 from pivotbuild.model import StageId
 
@@ -111,14 +101,6 @@ class BuildRun:
         self.pool: PoolForStage | None = getattr(admission.jobserver, "for_stage", None)  # (our stages borrow from it)
         self._settle_jobs: Callable[[], None] | None = getattr(admission.jobserver, "settle", None)
         self._watching_pool = False  # the job pool's descriptor is watched for a token coming back
-        # The next stage started ahead, held before its exec until a running
-        # stage's place frees (executor `stand_by`; local.py).
-        self._standby: Job | None = None
-        self._standby_key = math.inf  # its place in the queue (Scheduler.key)
-        self._slots: list[StageId] = []  # the running stages whose clean exit lets it go
-        self._tokenless: set[StageId] = set()  # standbys that ran in a place whose token another stage holds
-        self._cancelled: set[StageId] = set()  # standbys ended while held, their results still to come
-        self._stands_by = callable(getattr(executor, "stand_by", None))
 
     def execute(self) -> Outcome:
         t0 = time.monotonic()
@@ -184,8 +166,6 @@ class BuildRun:
             self._decide_ready()
             if not self.stopping:
                 self._start_what_fits()
-                if self._stands_by and self._standby is None and self._queue and self.admission.saturated:
-                    self._arm()
             if signals.caught:
                 raise Interrupted
             if not self.running:
@@ -193,9 +173,6 @@ class BuildRun:
                     raise AssertionError("no stage can start although nothing is running")
                 self._settle_tokens()  # (the last stage's tokens go back now, not after the storing and sealing)
                 return
-            if self._standby is not None and (followed := self._followed(self._standby_key)) != self._slots:
-                self._slots = followed
-                self.executor.standby_slots(followed)  # type: ignore[attr-defined]
             if self.to_run and self.admission.external and not self._watching_pool:
                 self._watch_pool()
             self._settle_tokens()  # (tokens no start took go back before the wait)
@@ -317,15 +294,10 @@ class BuildRun:
 
     def _start_what_fits(self, bound: float = math.inf) -> None:
         """Start the waiting stages, best first, while admission lets them
-        (those with a key up to `bound`); the standby first where it is the best."""
-        queue = self._queue
-        if self._standby is not None and not self.admission.saturated:
-            key = self._standby_key
-            if key <= bound and (not queue or key <= queue[0][0]):
-                self._follow_on(True)
+        (those with a key up to `bound`)."""
         if not self.to_run or self.admission.saturated:
             return
-        passed = []
+        queue, passed = self._queue, []
         try:
             while queue and not self.admission.saturated and queue[0][0] <= bound:
                 entry = heapq.heappop(queue)
@@ -388,89 +360,14 @@ class BuildRun:
             self._unstarted(sid, exc)
             return True
         self.signals.deferring = was
-        # Announced once started: a stage that could not start is never said to have.
-        self._announce(job)
-        return True
-
-    def _arm(self) -> None:
-        """Start the best waiting stage as the standby, where it can be one."""
-        queue = self._queue
-        while queue and queue[0][2] not in self.to_run:
-            heapq.heappop(queue)  # (blocked since it was decided: see _fail)
-        if not queue:
-            return
-        sid = queue[0][2]
-        stage = self.graph.stages[sid]
-        if stage.timeout or stage.py is not None or not self.admission.could_follow(stage):
-            return
-        if any(o.incremental for o in stage.outs):
-            return
-        v = self.to_run[sid]
-        job = self.recorder.job(stage, v.snap, self.graph.label(sid), v.reason)
-        job.pool = self.pool
-        if self.decider.trusted:
-            self.decider.distrust()
-        key = queue[0][0]
-        was, self.signals.deferring = self.signals.deferring, True
-        try:
-            self._slots = self._followed(key)
-            held = self.executor.stand_by(job, self._slots)  # type: ignore[attr-defined]
-        finally:
-            self.signals.deferring = was
-        if not held:
-            return
-        heapq.heappop(queue)
-        del self.to_run[sid]
-        self.running[sid] = job
-        if held == "ended":  # (it could not start: its result, a failure, is on its way; it holds no token)
-            self._tokenless.add(sid)
-            self._announce(job)
-            return
-        self._standby, self._standby_key = job, key
-
-    def _followed(self, key: float) -> list[StageId]:
-        """The running stages whose clean exit the standby (of `key`) may
-        follow at once, as `_start_next` would start it: those whose end
-        makes no better stage ready; none while a better stage waits."""
-        queue = self._queue
-        if queue and queue[0][0] < key:  # (an entry blocked since only holds the standby back a while)
-            return []
-        first, standby = self.scheduler.first_readied, self._standby
-        return [sid for sid, job in self.running.items() if job is not standby and key <= first(sid)]
-
-    def _follow_on(self, go: bool) -> None:
-        """A running stage ended: the standby takes its place (`go`), or the
-        build stops, and it ends without running if it is still held (its
-        result comes, and `_complete` says it was not started, its outputs
-        rolled back).  One that went already (at the clean exit of another
-        stage, before the loop saw what stops the build) runs on, as a stage
-        already running does."""
-        job = self._standby
-        assert job is not None
-        executor = self.executor
-        self._standby = None
-        if not go and executor.cancel_standby():  # type: ignore[attr-defined]
-            self._cancelled.add(job.stage.id)
-            return
-        job.started, lines = executor.claim_standby()  # type: ignore[attr-defined]
-        if not self.admission.try_start(job.stage):
-            # (It went at the exit of a stage whose result the loop has yet
-            # to see: as a build is interrupted.  That stage's token is its.)
-            self._tokenless.add(job.stage.id)
-        self._announce(job, lines)
-        if self._queue and self.admission.saturated:
-            self._arm()  # (the next one at once, before the ended stage's record)
-
-    def _announce(self, job: Job, lines: Sequence[Log] = ()) -> None:
-        """`job` started (what it prints comes later, through the inbox; a
-        standby's `lines`, printed before it was said to start, now)."""
+        # Announced once started (what it prints comes later, through the
+        # inbox): a stage that could not start is never said to have.
         self.started += 1
         total = len(self.closure) + len(self.settled) - self.skipped
         if self.states:
-            self._state(job.label, State.RUNNING, job.reason)
-        self.emit(StageStarted(job.label, self.started, total, job.reason, expected_s=self.expected.get(job.stage.id)))
-        for line in lines:
-            self.emit(line)
+            self._state(label, State.RUNNING, v.reason)
+        self.emit(StageStarted(label, self.started, total, v.reason, expected_s=self.expected.get(sid)))
+        return True
 
     def _unstarted(self, sid: StageId, problem: ExecutorError) -> None:
         """The executor could not start the stage (nor, then, any other): the
@@ -488,44 +385,7 @@ class BuildRun:
         sid = stage.id
         del self.running[sid]
         was, self.signals.deferring = self.signals.deferring, True  # (tokens on their way back to make)
-        if job is self._standby:
-            # Its result came before a place was handed to it: it was let go
-            # at a stage's exit the loop has yet to see, and ran in that place
-            # (it holds no token); or it could not start; or the executor
-            # cancelled it while held (an interrupt).
-            self._standby = None
-            went, lines = self.executor.drop_standby()  # type: ignore[attr-defined]
-            if went is None:
-                self._cancelled.add(sid)
-            else:
-                job.started = went
-                self._tokenless.add(sid)
-                self._announce(job, lines)
-        if sid in self._cancelled:  # ended while held, as the build stopped: it never ran
-            self._cancelled.discard(sid)
-            self.signals.deferring = was
-            self.recorder.roll_back(stage, label, quiet=True)
-            self._finish(sid, StageFinished(label, Status.CANCELLED, "not started", 0.0))
-            return
-        if sid in self._tokenless:
-            self._tokenless.discard(sid)
-        else:
-            self.admission.finished(stage)
-            if self._standby is not None:
-                made = done.captured is None or not fails(done.captured)
-                if not (
-                    ((result.ok and made) or self.keep_going)
-                    and not result.cancelled
-                    and not self.stopping
-                    and not self.signals.caught
-                    and not self.cancel.is_set()
-                ):
-                    self._follow_on(False)
-                elif self.executor.standby_went() or self._standby_key <= min(  # type: ignore[attr-defined]
-                    self.scheduler.first_readied(sid), self._queue[0][0] if self._queue else math.inf
-                ):
-                    self._follow_on(True)
-                # (else a better stage takes the place, and the standby waits on)
+        self.admission.finished(stage)
         self.signals.deferring = was
         duration = time.monotonic() - job.started
         self.durations[sid] = duration
@@ -582,8 +442,6 @@ class BuildRun:
         """Stop everything: cancel every running stage and wait for their results."""
         self.signals.deferring = True  # a second Ctrl-C: we are already stopping
         self.cancel.set()
-        if self._standby is not None:
-            self._follow_on(False)  # (it ends unstarted, if it was still held)
         self.executor.cancel()
         self.stopping = True
         while self.running:

@@ -27,14 +27,6 @@
  * shell is given, the child puts its stdout back and starts the shell
  * instead (the fallback spawn.py took when posix_spawn raised); what failed
  * last is left in the block for the parent to read once it has reaped it.
- *
- * A standby (local.py, `stand_by`) is started with a gate: a socket the
- * child reads one byte from after its actions, just before its exec.  It
- * first closes its copy of our end, so that our exit ends it; 'g' lets it
- * go on, anything else (or the end of the socket) ends it before its exec,
- * with ECANCELED as its error.  Meanwhile it runs nothing of ours: it
- * sleeps in `read` with every signal blocked (SIGKILL aside), on its own
- * stack in its block, which stays ours until it is reaped.
  */
 
 #define PY_SSIZE_T_CLEAN
@@ -112,8 +104,6 @@ typedef struct {
     unsigned long defaults; /* signals reset to their default (bit N - 1: signal N) */
     unsigned long mask; /* ours, as it was */
     char *path_buf;     /* room for a directory of `search` and the name */
-    int gate;           /* -1, or a socket read before the exec: 'g' goes on, anything else ends it */
-    int gate_peer;      /* its other end (ours), closed first: the child must not hold it */
     /* written by the child (and the kernel), read by us once it has exited */
     volatile int err;
     volatile int fell_back;
@@ -205,20 +195,6 @@ static CHILD_CODE int child_main(void *arg) {
         }
         if (ret < 0)
             child_fails(b, ret);
-    }
-    if (b->gate >= 0) {
-        /* Held here until the gate says go (_nearwake.c lets it go): a
-         * standby, started ahead of a place.  Every signal is still blocked;
-         * SIGKILL, or the gate's other end closed (our exit), ends it. */
-        char c = 0;
-        if (b->gate_peer >= 0)
-            sys4(SYS_close, b->gate_peer, 0, 0, 0);
-        do
-            ret = sys4(SYS_read, b->gate, (long)&c, 1, 0);
-        while (ret == -EINTR);
-        if (ret != 1 || c != 'g')
-            child_fails(b, -ECANCELED);
-        sys4(SYS_close, b->gate, 0, 0, 0);
     }
     ret = child_exec(b, &b->first);
     if (b->has_shell) {
@@ -360,8 +336,7 @@ static int actions(PyObject *seq, int *into, int can_open) {
 }
 
 PyDoc_STRVAR(start_doc,
-"start(program, search, argv, env, unblock, acts, open_path, open_mode, defaults, shell[, gate, peer])\n"
-"    -> (pid, block)\n\n"
+"start(program, search, argv, env, unblock, acts, open_path, open_mode, defaults, shell) -> (pid, block)\n\n"
 "Starts `program` (on the PATH `search`, or None) with `argv` and `env` (a dict)\n"
 "in a session of its own, without waiting for its exec; `block` must be kept\n"
 "until the process has been reaped.  `acts` are (kind, a, b) triples, done in\n"
@@ -372,16 +347,14 @@ PyDoc_STRVAR(start_doc,
 "our mask kept.  `shell`: None, or (program, argv, env or None for the same,\n"
 "its stdout) started instead if the first cannot be, with our mask.  Raises\n"
 "OSError if the clone fails; ValueError where a string cannot be passed as it\n"
-"is (a surrogate, a NUL).  `gate`: a socket the child reads one byte from\n"
-"after its actions, before its exec: 'g' goes on, anything else (or its end)\n"
-"ends it unstarted (ECANCELED); `peer`, the gate's other end, it closes first.");
+"is (a surrogate, a NUL).");
 
 static PyObject *start(PyObject *module, PyObject *args) {
     PyObject *program, *search, *argv, *env, *acts, *open_path, *shell;
     unsigned long long defaults;
-    int unblock, open_mode, gate = -1, gate_peer = -1;
-    if (!PyArg_ParseTuple(args, "UOOO!pOOiKO|ii:start", &program, &search, &argv, &PyDict_Type, &env, &unblock,
-                          &acts, &open_path, &open_mode, &defaults, &shell, &gate, &gate_peer))
+    int unblock, open_mode;
+    if (!PyArg_ParseTuple(args, "UOOO!pOOiKO:start", &program, &search, &argv, &PyDict_Type, &env, &unblock, &acts,
+                          &open_path, &open_mode, &defaults, &shell))
         return NULL;
     PyObject *shell_argv = NULL, *shell_env = env, *shell_program = NULL;
     int shell_stdout = -1;
@@ -454,8 +427,6 @@ static PyObject *start(PyObject *module, PyObject *args) {
         b->shell_stdout = shell_stdout;
     }
     b->path_buf = cursor;
-    b->gate = gate;
-    b->gate_peer = gate_peer;
 
     /* Every signal blocked across the clone (the child starts so, and lets
      * them through only after resetting their dispositions). */
@@ -518,7 +489,7 @@ static struct PyModuleDef module = {
 /* Raised with every change to what `start` and `outcome` take or give: spawn.py
  * leaves a module built from another version alone (an editable install not
  * rebuilt since). */
-#define API 2
+#define API 1
 
 PyMODINIT_FUNC PyInit__clonespawn(void) {
     PyObject *m = PyModule_Create(&module);

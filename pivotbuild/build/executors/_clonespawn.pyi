@@ -15,8 +15,6 @@ def start(
     open_mode: object,
     defaults: int,
     shell: tuple[str, Sequence[str], dict[str, str] | None, int] | None,
-    gate: int = -1,
-    peer: int = -1,
     /,
 ) -> tuple[int, object]: ...
 def outcome(block: object, /) -> tuple[int, bool]: ...

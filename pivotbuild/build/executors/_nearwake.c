@@ -32,32 +32,17 @@
  *   parked, looking again once per wait, and the loop's wakeups as they were;
  *   so does a process without children, until its next wait (the loop starts
  *   its stages before it waits for them).
- *
- * The same thread lets the standby go (local.py, `stand_by`): the next stage,
- * started ahead while every place was taken and held before its exec on a
- * socket (_clonespawn.c's gate).  The loop names the running stages whose
- * place it may take (`arm`, `slots`: each one's pid and declared outputs);
- * at the exit of one of them with status 0 and every output there (as the
- * loop's capture stats them: a stage that left one out has failed, and no
- * stage starts after it), the thread sends 'g', and the standby runs on the
- * core the exit freed, long before the loop has recorded the stage that
- * ended.  The loop then claims it (`claim`: when it went, or it is let go
- * now), or ends it while it is still held (`cancel`).  One standby at a time,
- * its state under `lock` as the rest; `arm` and a wait end the thread's parking.
  */
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
 #include <errno.h>
-#include <string.h>
 #include <limits.h>
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
 #include <sys/epoll.h>
-#include <sys/socket.h>
-#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -80,52 +65,8 @@ static cpu_set_t moved_from; /* its mask before, which it takes back */
 static int parked;         /* the waiting thread waits for the next `wait` */
 static unsigned long waits; /* counts `wait`s, for the parked thread */
 static unsigned long moves; /* counts moves (for the tests) */
-/* The standby: a stage started and held before its exec, until a place frees. */
-#define SLOTS 64
-static int gate_w = -1;       /* its gate's write end while it is held; -1 once let go (or none) */
-static pid_t slots[SLOTS];    /* the stages whose clean exit frees its place */
-static char *made[SLOTS];     /* each one's declared outputs, NUL-terminated, one after another */
-static Py_ssize_t made_len[SLOTS];
-static int nslots;
-static int let_go;            /* let go by the waiting thread, not yet claimed */
-static double let_go_at;      /* when (CLOCK_MONOTONIC seconds) */
-
 
 static __thread pid_t own_tid;
-
-static double now_s(void);
-
-/* The standby let go (under `lock`): 'g' to go on, anything else to end. */
-static void open_gate(char c) {
-    ssize_t r;
-    do
-        r = send(gate_w, &c, 1, MSG_NOSIGNAL); /* (a socket: no SIGPIPE where the standby is gone) */
-    while (r < 0 && errno == EINTR);
-    close(gate_w);
-    gate_w = -1;
-}
-
-/* Whether `pid` is a slot whose declared outputs all exist (as the loop's
- * capture stats them: a stage that exits 0 without one has failed, and no
- * stage starts after it). */
-static int slot_freed(pid_t pid) {
-    for (int i = 0; i < nslots; i++) {
-        if (slots[i] != pid)
-            continue;
-        struct stat st;
-        for (const char *path = made[i]; path < made[i] + made_len[i]; path += strlen(path) + 1)
-            if (stat(path, &st) != 0)
-                return 0;
-        return 1;
-    }
-    return 0;
-}
-
-static void drop_slots(void) {
-    for (int i = 0; i < nslots; i++)
-        PyMem_RawFree(made[i]);
-    nslots = 0;
-}
 
 static void move_sleeper_here(void) {
     if (sleeper == 0 || moved != 0)
@@ -160,22 +101,12 @@ static void *watch_exits(void *arg) {
         if (r < 0 && errno == EINTR)
             continue;
         pthread_mutex_lock(&lock);
-        if (r == 0 && info.si_pid != 0) {
-            /* (A zombie seen before, not yet reaped, frees a place as well: the
-             * standby armed since may take it.) */
-            if (gate_w >= 0 && info.si_code == CLD_EXITED && info.si_status == 0 && slot_freed(info.si_pid)) {
-                open_gate('g');
-                let_go = 1;
-                let_go_at = now_s();
-            }
-            if (info.si_pid != seen) {
-                seen = info.si_pid;
-                move_sleeper_here();
-            }
+        if (r == 0 && info.si_pid != 0 && info.si_pid != seen) {
+            seen = info.si_pid;
+            move_sleeper_here();
         }
-        /* Until the next wait, or the next standby armed: by then the child
-         * is usually reaped (else waitid returns it again, and it is passed
-         * over, or lets the new standby go). */
+        /* Until the next wait: by then the child is usually reaped (else
+         * waitid returns it again, and it is passed over). */
         unsigned long now = waits;
         parked = 1;
         while (waits == now)
@@ -190,8 +121,6 @@ static void forked_child(void) {
     pthread_mutex_init(&lock, NULL);
     pthread_cond_init(&turn, NULL);
     started = sleepers = parked = 0;
-    gate_w = -1; /* (the parent's standby: not ours to let go; its slots' memory left) */
-    nslots = let_go = 0;
     sleeper = moved = 0;
     own_tid = 0;
 }
@@ -310,170 +239,8 @@ static PyObject *moves_made(PyObject *module, PyObject *noargs) {
     return PyLong_FromUnsignedLong(count);
 }
 
-
-
-/* Slots from `pairs`, a sequence of (pid, outputs: bytes, each path ended
- * by a NUL), at most SLOTS: into `pids`, `paths` (copies) and `lens`; the
- * count, or -1 with an exception. */
-static int slots_of(PyObject *pairs, pid_t *pids, char **paths, Py_ssize_t *lens) {
-    PyObject *seq = PySequence_Fast(pairs, "slots");
-    if (seq == NULL)
-        return -1;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
-    int count = 0;
-    for (Py_ssize_t i = 0; i < n && count < SLOTS; i++) {
-        long pid;
-        const char *outs;
-        Py_ssize_t len;
-        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(seq, i), "ly#:slot", &pid, &outs, &len))
-            goto fail;
-        if (len > 0 && outs[len - 1] != '\0') {
-            PyErr_SetString(PyExc_ValueError, "slot: each output path ends with a NUL");
-            goto fail;
-        }
-        char *copy = PyMem_RawMalloc(len ? (size_t)len : 1);
-        if (copy == NULL) {
-            PyErr_NoMemory();
-            goto fail;
-        }
-        memcpy(copy, outs, (size_t)len);
-        pids[count] = (pid_t)pid;
-        paths[count] = copy;
-        lens[count++] = len;
-    }
-    Py_DECREF(seq);
-    return count;
-fail:
-    for (int i = 0; i < count; i++)
-        PyMem_RawFree(paths[i]);
-    Py_DECREF(seq);
-    return -1;
-}
-
-/* The slots taken from `slots_of` (under `lock`). */
-static void set_slots_locked(pid_t *pids, char **paths, Py_ssize_t *lens, int count) {
-    drop_slots();
-    memcpy(slots, pids, sizeof(pid_t) * (size_t)count);
-    memcpy(made, paths, sizeof(char *) * (size_t)count);
-    memcpy(made_len, lens, sizeof(Py_ssize_t) * (size_t)count);
-    nslots = count;
-}
-
-PyDoc_STRVAR(arm_doc,
-"arm(gate, slots)\n\n"
-"A standby is held on socket `gate` (its write end, ours from now on): the\n"
-"waiting thread sends it 'g', and closes it, at the exit with status 0 of\n"
-"any of `slots`, (pid, outputs) pairs, if each of its outputs (bytes: paths,\n"
-"each ended by a NUL) exists then; else `claim` or `cancel` does.");
-
-static PyObject *arm(PyObject *module, PyObject *args) {
-    int fd;
-    PyObject *pairs;
-    pid_t pids[SLOTS];
-    char *paths[SLOTS];
-    Py_ssize_t lens[SLOTS];
-    if (!PyArg_ParseTuple(args, "iO:arm", &fd, &pairs))
-        return NULL;
-    int count = slots_of(pairs, pids, paths, lens);
-    if (count < 0)
-        return NULL;
-    pthread_mutex_lock(&lock);
-    if (gate_w >= 0)
-        open_gate('x');
-    gate_w = fd;
-    set_slots_locked(pids, paths, lens, count);
-    let_go = 0;
-    waits++; /* (the waiting thread looks again now: a stage may have exited meanwhile) */
-    if (parked)
-        pthread_cond_signal(&turn);
-    pthread_mutex_unlock(&lock);
-    Py_RETURN_NONE;
-}
-
-PyDoc_STRVAR(slots_doc,
-"slots(slots)\n\n"
-"The stages whose clean exit lets the standby go are now `slots` (as `arm`'s;\n"
-"none: only `claim` lets it go).");
-
-static PyObject *set_slots(PyObject *module, PyObject *pairs) {
-    pid_t pids[SLOTS];
-    char *paths[SLOTS];
-    Py_ssize_t lens[SLOTS];
-    int count = slots_of(pairs, pids, paths, lens);
-    if (count < 0)
-        return NULL;
-    pthread_mutex_lock(&lock);
-    set_slots_locked(pids, paths, lens, count);
-    pthread_mutex_unlock(&lock);
-    Py_RETURN_NONE;
-}
-
-PyDoc_STRVAR(gate_doc,
-"gate() -> (theirs, ours)\n\n"
-"A new gate: a pair of connected sockets, close-on-exec, the standby's end\n"
-"and ours (`arm` takes ours).");
-
-static PyObject *new_gate(PyObject *module, PyObject *noargs) {
-    int fds[2];
-    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) != 0)
-        return PyErr_SetFromErrno(PyExc_OSError);
-    return Py_BuildValue("ii", fds[0], fds[1]);
-}
-
-PyDoc_STRVAR(went_doc, "went() -> bool\n\nWhether the waiting thread has let the standby go (not yet claimed).");
-
-static PyObject *went(PyObject *module, PyObject *noargs) {
-    pthread_mutex_lock(&lock);
-    int gone = let_go;
-    pthread_mutex_unlock(&lock);
-    return PyBool_FromLong(gone);
-}
-
-PyDoc_STRVAR(claim_doc,
-"claim() -> float\n\n"
-"The standby goes on: when it was let go (time.monotonic's clock), now if it\n"
-"was still held (let go here); -1.0 if there is none.");
-
-static PyObject *claim(PyObject *module, PyObject *noargs) {
-    double at = -1.0;
-    pthread_mutex_lock(&lock);
-    if (let_go) {
-        at = let_go_at;
-        let_go = 0;
-    } else if (gate_w >= 0) {
-        open_gate('g');
-        at = now_s();
-    }
-    drop_slots();
-    pthread_mutex_unlock(&lock);
-    return PyFloat_FromDouble(at);
-}
-
-PyDoc_STRVAR(cancel_doc,
-"cancel() -> bool\n\n"
-"Ends the standby if it is still held (True: it exits without its exec); False\n"
-"if it was let go (it runs: claim it) or there is none.");
-
-static PyObject *cancel(PyObject *module, PyObject *noargs) {
-    int ended = 0;
-    pthread_mutex_lock(&lock);
-    if (gate_w >= 0 && !let_go) {
-        open_gate('x');
-        ended = 1;
-    }
-    drop_slots();
-    pthread_mutex_unlock(&lock);
-    return PyBool_FromLong(ended);
-}
-
 static PyMethodDef methods[] = {
     {"wait", near_wait, METH_VARARGS, wait_doc},
-    {"arm", arm, METH_VARARGS, arm_doc},
-    {"gate", new_gate, METH_NOARGS, gate_doc},
-    {"slots", set_slots, METH_O, slots_doc},
-    {"went", went, METH_NOARGS, went_doc},
-    {"claim", claim, METH_NOARGS, claim_doc},
-    {"cancel", cancel, METH_NOARGS, cancel_doc},
     {"moves", moves_made, METH_NOARGS, moves_doc},
     {NULL, NULL, 0, NULL},
 };
@@ -485,7 +252,7 @@ static struct PyModuleDef module = {
 
 /* Raised with every change to what `wait` and `moves` take or give: poller.py
  * leaves a module built from another version alone. */
-#define API 2
+#define API 1
 
 PyMODINIT_FUNC PyInit__nearwake(void) {
     PyObject *m = PyModule_Create(&module);

@@ -17,32 +17,26 @@ import math
 import os
 import stat
 import threading
-import time
 from _queue import SimpleQueue  # (what `queue.SimpleQueue` is: a build does not import `queue`)
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
 
 from pivotbuild.build.executors import stagework
 from pivotbuild.build.executors.base import Done, Inbox, Job
 from pivotbuild.build.executors.lifeline import Lifeline
-from pivotbuild.build.executors.poller import standby_waits
 from pivotbuild.build.executors.runner import TICK_S, Process, RunResult, RunSpec, failed, internal_error
-from pivotbuild.build.executors.spawn import Child, Gate, NotGated, Starter
+from pivotbuild.build.executors.spawn import Starter
 from pivotbuild.cache import pages
 from pivotbuild.cache.outputs import Captured, OutputCache, output_stats
 from pivotbuild.cache.store import Mode
 from pivotbuild.events import Log
-from pivotbuild.model import Stage, StageId
-from pivotbuild.paths import STATE_DIR, joined
+from pivotbuild.model import Stage
+from pivotbuild.paths import STATE_DIR
 from pivotbuild.state.files import TRASH, sweep_trash
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from pivotbuild.build.executors.pystages import PyWorker
-
-# One standby at a time in a process (the waiting thread holds one gate).
-_ONE_STANDBY = threading.Lock()
 
 # Outputs up to this size in all are hashed in the loop's thread as their stage
 # ends (about 0.3 ms a MiB from the page cache); larger ones, or directories,
@@ -77,8 +71,6 @@ class LocalExecutor:
         self._py: dict[str, PyWorker] = {}  # per pipeline directory: forks its `py:` stages (made with the first)
         self._next = math.inf  # when a running process is next due (see _on_time)
         self._hashers = _Threads("hasher")
-        self.standby: Process | None = None  # a stage started and held before its exec (`stand_by`)
-        self._held_lines: list[Log] | None = None  # what the standby printed before it was claimed
         inbox.poller.clocks.append(self._on_time)
         sweep_trash(root / STATE_DIR / TRASH)  # (what a killed build left there: state/files.py)
 
@@ -92,134 +84,20 @@ class LocalExecutor:
             return
         self._attempt(job, spec, 1)
 
-    def stand_by(self, job: Job, after: Collection[StageId]) -> str:
-        """Start `job` as the standby: its process made ready (its output
-        opened, its session, its descriptors) and held before its exec, to
-        go on the moment one of the running stages `after` names exits well
-        (the poller's waiting thread lets it go: _nearwake.c), or when
-        `claim_standby` says: "held".  "" where it cannot be held, nothing
-        started (one standby at a time in a process; a plain process of
-        ours, started by _clonespawn; no timeout, no retry).  "ended" where
-        it ended at once (it could not be prepared, or cannot start): its
-        result is on its way."""
-        stage = job.stage
-        if self.standby is not None or self._killing or not self.starter.clones or standby_waits is None:
-            return ""
-        if stage.timeout or stage.retry or stage.py is not None or job.snap is None:
-            return ""
-        if not _ONE_STANDBY.acquire(blocking=False):
-            return ""  # (another build in this process holds one: a build server's)
-        try:
-            spec = stagework.stage_spec(stage, job.snap, self.root, self.environ)
-            if spec.py is not None or spec.timeout:
-                _ONE_STANDBY.release()
-                return ""
-            theirs, ours = standby_waits.gate()  # (sockets: a send wakes the standby on the sender's core)
-        except Exception:
-            _ONE_STANDBY.release()
-            return ""
-        self._held_lines = []
-        process = None
-        try:
-            self.started += 1
-            process = self._attempt(job, spec, 1, gate=(theirs, ours))
-        except NotGated:
-            self.started -= 1
-            return ""
-        finally:
-            os.close(theirs)  # (the standby has its own)
-            if process is None:
-                self._held_lines = None
-                os.close(ours)
-                _ONE_STANDBY.release()
-        if process is None:
-            return "ended"
-        self.standby = process
-        standby_waits.arm(ours, self._pids(after))
-        return "held"
-
-    def standby_slots(self, after: Collection[StageId]) -> None:
-        """The standby goes on at the clean exit of the stages `after` names
-        (none: only when claimed)."""
-        _waits().slots(self._pids(after))
-
-    def standby_went(self) -> bool:
-        """Whether the standby has gone on (let go by the waiting thread)."""
-        return bool(_waits().went())
-
-    def _pids(self, after: Collection[StageId]) -> list[tuple[int, bytes]]:
-        """The standby's slots: each of these running stages' process and its
-        declared outputs (the waiting thread lets it go only if all exist)."""
-        slots = []
-        for job, process in self.running.items():
-            if job.stage.id in after and type(process.proc) is Child:
-                outs = process.outs
-                if outs is None:
-                    root = self.root
-                    outs = process.outs = b"".join(os.fsencode(joined(root, o.path)) + b"\0" for o in job.stage.outs)
-                slots.append((process.proc.pid, outs))
-        return slots
-
-    def claim_standby(self) -> tuple[float, list[Log]]:
-        """The standby goes on, if it has not already: when it went, and the
-        lines it printed meanwhile (held back until the build says it started)."""
-        process = self._let_go()
-        went = _waits().claim()
-        if went < 0:
-            went = time.monotonic()
-        process.start = process.asked = went
-        return went, self._lines_held()
-
-    def drop_standby(self) -> tuple[float | None, list[Log]]:
-        """The standby's result came before it was claimed: when it went (the
-        waiting thread let it go, and it ran; or, now, where it ended by
-        itself before its exec: it could not start), None where it was
-        cancelled held (it never ran); and the lines it printed."""
-        if self.standby is None:  # (cancelled)
-            return None, self._lines_held()
-        self._let_go()
-        waits = _waits()
-        went = -1.0 if waits.cancel() else waits.claim()
-        return went if went >= 0 else time.monotonic(), self._lines_held()
-
-    def cancel_standby(self) -> bool:
-        """End the standby if it is still held (True: it never runs, and its
-        result comes, cancelled); False if it went already (then
-        `claim_standby`), or there is none."""
-        if self.standby is None or not _waits().cancel():
-            return False
-        self._let_go().cancelled = True
-        self._held_lines = None
-        return True
-
-    def _let_go(self) -> Process:
-        process, self.standby = self.standby, None
-        assert process is not None
-        _ONE_STANDBY.release()
-        return process
-
-    def _lines_held(self) -> list[Log]:
-        lines, self._held_lines = self._held_lines or [], None
-        return lines
-
     def cancel(self) -> None:
         self.cancelled.set()
         self._killing = True
-        if self.standby is not None:
-            self.cancel_standby()  # (one that went is killed with the others)
         for process in list(self.running.values()):
             process.kill()
 
     def cancel_job(self, job: Job) -> None:
         process = self.running.get(job)
-        if process is not None and not (process is self.standby and self.cancel_standby()):
+        if process is not None:
             process.kill()
 
     def close(self) -> None:
         """Every job has reported: let the hashing threads go; then close the
         lifeline (not after an interrupt that left stages running: they die with us)."""
-        if self.standby is not None and not self.cancel_standby():  # (never: each build claims its own)
-            self.claim_standby()
         self._hashers.close()
         pages.settle()  # (the old outputs' pages its stages' starts let go: cache/pages.py)
         for worker in self._py.values():
@@ -250,9 +128,7 @@ class LocalExecutor:
 
         return replaced
 
-    def _attempt(self, job: Job, spec: RunSpec, attempt: int, gate: Gate | None = None) -> Process | None:
-        """The process of this attempt, None if it ended at once.  With a
-        `gate`, a standby's (NotGated: nothing was started)."""
+    def _attempt(self, job: Job, spec: RunSpec, attempt: int) -> None:
         stage, label, put = job.stage, job.label, self.inbox.put
         try:
             if attempt > 1:
@@ -261,15 +137,10 @@ class LocalExecutor:
             if problem:
                 put(Log(label, "stderr", problem))
                 self._done(job, failed(problem))
-                return None
-
-            held = self._held_lines if gate is not None else None
+                return
 
             def line(stream: str, text: str) -> None:
-                if held is not None and held is self._held_lines:  # (a standby's, not yet said to have started)
-                    held.append(Log(label, stream, text))
-                else:
-                    put(Log(label, stream, text))
+                put(Log(label, stream, text))
 
             def ended(result: RunResult) -> None:
                 self._ended(job, spec, attempt, result)
@@ -278,7 +149,7 @@ class LocalExecutor:
             starter = self.starter if spec.py is None else self._python(spec.py.pipeline_dir).starter(spec.py)
             lifeline = self.lifeline if spec.py is None else None  # (a py: stage's worker is its lifeline)
             if pooled is None:
-                process = Process(spec, line, ended, self.inbox.poller, lifeline, starter=starter, gate=gate)
+                process = Process(spec, line, ended, self.inbox.poller, lifeline, starter=starter)
             else:
                 makeflags, fds = pooled
                 try:
@@ -291,23 +162,19 @@ class LocalExecutor:
                         starter=starter,
                         more_env={"MAKEFLAGS": makeflags},
                         pass_fds=fds,
-                        gate=gate,
                     )
                 finally:
                     for fd in fds:
                         os.close(fd)  # (the stage has its own)
-        except NotGated:
-            raise
         except Exception as exc:  # a bug in our own code: fail the stage
             self._done(job, internal_error(exc))
-            return None
+            return
         if process.ended:
-            return None  # (ended at once: `ended` has seen to it, and perhaps to its retry)
+            return  # (ended at once: `ended` has seen to it, and perhaps to its retry)
         self.running[job] = process
         self._next = min(self._next, process.start + TICK_S, process.deadline or math.inf)
         if self._killing:
             process.kill()
-        return process
 
     def _python(self, pipeline_dir: str) -> PyWorker:
         """The worker of the `py:` stages of one pipeline (one per pipeline: two
@@ -395,11 +262,6 @@ class LocalExecutor:
                 soonest = due
         self._next = soonest
         return soonest if self.running else None
-
-
-def _waits() -> ModuleType:
-    assert standby_waits is not None  # (a standby is held only where it is)
-    return standby_waits
 
 
 def _small(stats: list[os.stat_result | None] | None) -> bool:

@@ -23,7 +23,7 @@ import select
 import threading
 from collections.abc import Callable
 
-_NEARWAKE_API = 2  # what this module calls _nearwake with (its API constant)
+_NEARWAKE_API = 1  # what this module calls _nearwake with (its API constant)
 try:
     from pivotbuild.build.executors import _nearwake
 except ImportError:  # not built at install (no C compiler, another platform): select.epoll's own wait
@@ -31,9 +31,6 @@ except ImportError:  # not built at install (no C compiler, another platform): s
 else:
     if getattr(_nearwake, "API", None) != _NEARWAKE_API:  # built from another version of its source
         _nearwake = None  # type: ignore[assignment]
-
-# Where a standby stage can be let go from the waiting thread (local.py, `stand_by`).
-standby_waits = _nearwake
 
 Clock = Callable[[float], float | None]  # given the time, acts on what is due; says when it is next due
 

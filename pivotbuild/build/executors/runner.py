@@ -22,7 +22,7 @@ from pathlib import Path
 
 from pivotbuild.build.executors.lifeline import VARIABLE, Lifeline
 from pivotbuild.build.executors.poller import Poller
-from pivotbuild.build.executors.spawn import Child, Gate, NotGated, Starter, Starts, begin, devnull
+from pivotbuild.build.executors.spawn import Child, Starter, Starts, begin, devnull
 from pivotbuild.structs import struct
 
 TYPE_CHECKING = False
@@ -152,7 +152,6 @@ class Process:
     signalled = False  # whether the build has signalled its group (a timeout, a cancel)
     kill_at: float | None = None  # set while killing: when SIGKILL follows SIGTERM
     descendants: Sequence[Any] = ()  # (psutil processes) those SIGTERMed
-    outs: bytes | None = None  # its declared outputs, for a standby's slots (local.py)
 
     def __init__(
         self,
@@ -165,7 +164,6 @@ class Process:
         starter: Starts | None = None,
         more_env: Mapping[str, str] | None = None,
         pass_fds: tuple[int, ...] | None = None,
-        gate: Gate | None = None,
     ) -> None:
         self.start = self.asked = time.monotonic()  # (asked: when we last asked whether it had exited)
         self.program = spec.argv[0]
@@ -195,11 +193,10 @@ class Process:
         keep = spec.pass_fds if pass_fds is None else pass_fds
         try:
             self.proc, out_r = begin(
-                starter or _POPEN, spec.argv, spec.cwd, env, stdin=devnull(), stderr=err_w, pass_fds=keep, gate=gate
+                starter or _POPEN, spec.argv, spec.cwd, env, stdin=devnull(), stderr=err_w, pass_fds=keep
             )
         except BaseException as exc:
-            # (Not started: its mark goes.  Else it may have started: the mark stays.)
-            if expected is not None and isinstance(exc, (OSError, NotGated)):
+            if expected is not None and isinstance(exc, OSError):  # (else it may have started: the mark stays)
                 assert lifeline is not None
                 lifeline.forget(expected)
             os.close(err_r)
@@ -338,7 +335,7 @@ class Process:
         code = proc.returncode
         if type(proc) is Child and proc.block is not None:
             failed = proc.start_error()  # (cloned: its exec's error comes with its exit)
-            if failed is not None and not self.cancelled:  # (a standby ended before its exec: not a failure)
+            if failed is not None:
                 self._cannot_start(failed)
         sig = -code if code is not None and code < 0 else None
         tail = tuple(self.tail)

@@ -76,7 +76,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     import subprocess
 
-_CLONESPAWN_API = 2  # what this module calls _clonespawn with (its API constant)
+_CLONESPAWN_API = 1  # what this module calls _clonespawn with (its API constant)
 try:
     from pivotbuild.build.executors import _clonespawn
 except ImportError:  # not built at install (no C compiler, another platform): posix_spawn
@@ -199,16 +199,6 @@ class Child:
         return self.returncode
 
 
-# A standby's gate: the socket its child reads before its exec, and the other
-# end, ours, which the child closes (_clonespawn.c).
-Gate = tuple[int, int]
-
-
-class NotGated(Exception):
-    """A standby's process could not be started held before its exec (only
-    `_clonespawn` holds one): nothing was started."""
-
-
 class Started(Protocol):
     """A started process, as runner.Process follows it (Popen, `Child`, pystages.PyChild)."""
 
@@ -304,12 +294,9 @@ class Starter:
         stdout: int,
         stderr: int,
         keep: tuple[int, ...],
-        gate: Gate | None = None,
     ) -> Child:
         """`start` by posix_spawn: the command itself where the shell would
-        only start it (`plain`: the script read as plaincommand.py reads it).
-        With a `gate`, only by `_clone`, the child held before its exec
-        until the gate says go; NotGated where it cannot be."""
+        only start it (`plain`: the script read as plaincommand.py reads it)."""
         direct = self.plain.direct(argv, env, plain) if plain is not None else None
         if direct is not None:
             program, args, redirect, env_as_shell = direct
@@ -332,27 +319,22 @@ class Starter:
                         keep=keep,
                         unblock=True,
                         shell=shell,
-                        gate=gate,
                     )
                     if cloned is not None:
                         return cloned
-                if gate is not None:
-                    raise NotGated
                 # (mask: the shell unblocks every signal)
                 pid = self._spawn(program, args, env_as_shell, stdin=stdin, out=out, stderr=stderr, keep=keep, mask=())
                 return Child(pid, as_shell=True)
             except OSError:
-                pass  # the shell then starts it, and says what is wrong as it always has (held, if gated)
+                pass  # the shell then starts it, and says what is wrong as it always has
             finally:
                 if fd >= 0:
                     os.close(fd)
         out = (os.POSIX_SPAWN_DUP2, stdout, 1)
         if self.clones:
-            cloned = self._clone(argv[0], argv, env, stdin=stdin, out=out, stderr=stderr, keep=keep, gate=gate)
+            cloned = self._clone(argv[0], argv, env, stdin=stdin, out=out, stderr=stderr, keep=keep)
             if cloned is not None:
                 return cloned
-        if gate is not None:
-            raise NotGated
         return Child(self._spawn(argv[0], list(argv), env, stdin=stdin, out=out, stderr=stderr, keep=keep))
 
     def _clone(
@@ -367,7 +349,6 @@ class Starter:
         keep: tuple[int, ...],
         unblock: bool = False,
         shell: tuple[str, Sequence[str], Mapping[str, str], int] | None = None,
-        gate: Gate | None = None,
     ) -> Child | None:
         """`_spawn` by `_clonespawn`, with the same file actions in the same
         order, not waiting for the exec: `unblock` every signal, else ours
@@ -388,7 +369,7 @@ class Starter:
         instead = None if shell is None else (shell[0], shell[1], _dict(shell[2]), shell[3])
         try:
             pid, block = _clonespawn.start(
-                program, search, args, _dict(env), unblock, acts, path, mode, self._default_bits, instead, *(gate or ())
+                program, search, args, _dict(env), unblock, acts, path, mode, self._default_bits, instead
             )
         except ValueError:
             return None
@@ -492,7 +473,6 @@ def begin(
     stdin: int,
     stderr: int,
     pass_fds: tuple[int, ...] = (),
-    gate: Gate | None = None,
 ) -> tuple[Started, int]:
     """`starter.start`, with the stage's stdout a pipe of its own: the
     process, and the pipe's read end; or, -1 and /dev/null for its stdout,
@@ -511,12 +491,8 @@ def begin(
         out_r, out_w = os.pipe()
     try:
         if spawner is not None and min(stdin, out_w, stderr) > 2:
-            child = spawner._spawn_stage(
-                argv, env, plain, stdin=stdin, stdout=out_w, stderr=stderr, keep=pass_fds, gate=gate
-            )
+            child = spawner._spawn_stage(argv, env, plain, stdin=stdin, stdout=out_w, stderr=stderr, keep=pass_fds)
             return child, out_r
-        if gate is not None:
-            raise NotGated
         return starter.start(argv, cwd, env, stdin=stdin, stdout=out_w, stderr=stderr, pass_fds=pass_fds), out_r
     except BaseException:
         if out_r >= 0:
