@@ -78,7 +78,7 @@ sys.argv = ["pivotbuild", *sys.argv[1:]]
 pivotbuild.cli.run()
 """
 
-_STARTS = "BuildRun._complete"  # called once per stage run, as it ends (its calls count the stages run)
+_ENDS = "BuildRun._complete"  # called once per stage run, as it ends (its calls count the stages run)
 
 
 def _shown(filename: str) -> str:
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if args.dir is None:
             shutil.rmtree(base, ignore_errors=True)
-    ran = sum(calls for key, (_, calls) in found.items() if key.endswith(f":{_STARTS}"))
+    ran = sum(calls for key, (_, calls) in found.items() if key.endswith(f":{_ENDS}"))
     if not ran:
         raise SystemExit(f"opcodes.py: the build in {root} ran no stage")
     total = sum(n for n, _ in found.values())
