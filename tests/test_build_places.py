@@ -20,13 +20,11 @@ def _stamping(names: list[str], body: str = "sleep 0.02", first: str = "") -> st
     """Stages NAME that log `NAME start|end TIME` to times.log around `body`, then write NAME.out."""
     blocks = []
     for name in names:
-        # (one write a line: lines of two stages appended at once stay whole)
-        stamp = "python3 -c 'import sys, time; sys.stdout.write(\"%s %s %r\\n\" % (*sys.argv[1:], time.time()))' "
-        stamp += name
+        stamp = f'echo "{name} $1 $(date +%s.%N)" >> times.log'  # (one write a line: appends stay whole)
         blocks.append(
             f"stage {name}:\n    outs: {name}.out\n    run:\n"
-            f"        {stamp} start >> times.log\n        {first}\n        {body}\n"
-            f"        {stamp} end >> times.log\n        echo {name} > $@\n"
+            f"        {stamp.replace('$1', 'start')}\n        {first}\n        {body}\n"
+            f"        {stamp.replace('$1', 'end')}\n        echo {name} > $@\n"
         )
     return "\n".join(blocks)
 
