@@ -112,6 +112,22 @@ def counts(text: str) -> tuple[int, int, int, int]:
     return ran, up, restored, failed
 
 
+Interval = tuple[float, float]  # a stage's start and end, by its own clock
+
+
+def intervals(p: Project) -> dict[str, Interval]:
+    """Each stage's (start, end) from the `NAME start|end TIME` lines its stages append to times.log."""
+    start: dict[str, float] = {}
+    end: dict[str, float] = {}
+    text = (p.root / "times.log").read_text()
+    for line in text.splitlines():
+        m = re.fullmatch(r"(\S+) (start|end) (\d+\.\d*)", line)
+        assert m, f"bad line {line!r} in times.log:\n{text}"
+        (start if m.group(2) == "start" else end)[m.group(1)] = float(m.group(3))
+    assert start.keys() == end.keys(), (start, end)
+    return {name: (start[name], end[name]) for name in start}
+
+
 def history(p: Project) -> list[dict[str, Any]]:
     """`pivotbuild history --json`: one entry a build, oldest first."""
     r = p.run("history", "--json")

@@ -11,9 +11,7 @@ import time
 from pathlib import Path
 
 from conftest import PIVOTBUILD, Project, Result
-from helpers import events, runs, statuses
-
-Interval = tuple[float, float]
+from helpers import Interval, events, intervals, runs, statuses
 
 
 def stamp(word: str) -> str:
@@ -36,18 +34,6 @@ def timed_stage(name: str, sleep: float = 0.5, extra: str = "") -> str:
         "        echo done > $@",
     ]
     return "\n".join(lines) + "\n\n"
-
-
-def intervals(p: Project) -> dict[str, Interval]:
-    start: dict[str, float] = {}
-    end: dict[str, float] = {}
-    text = (p.root / "times.log").read_text()
-    for line in text.splitlines():
-        m = re.fullmatch(r"(\S+) (start|end) (\d+\.\d*)", line)
-        assert m, f"bad line {line!r} in times.log:\n{text}"
-        (start if m.group(2) == "start" else end)[m.group(1)] = float(m.group(3))
-    assert start.keys() == end.keys(), (start, end)
-    return {name: (start[name], end[name]) for name in start}
 
 
 def overlap(a: Interval, b: Interval) -> bool:

@@ -13,7 +13,7 @@ import subprocess
 
 import pytest
 from conftest import PIVOTBUILD, Project
-from helpers import HANG_GUARD_S, events, finished, wait_until
+from helpers import HANG_GUARD_S, events, finished, intervals, wait_until
 
 
 def _stamping(names: list[str], body: str = "sleep 0.02", first: str = "") -> str:
@@ -31,9 +31,8 @@ def _stamping(names: list[str], body: str = "sleep 0.02", first: str = "") -> st
 
 def _most_at_once(p: Project) -> int:
     moments = []
-    for line in (p.root / "times.log").read_text().splitlines():
-        _, word, at = line.split()
-        moments.append((float(at), 0 if word == "end" else 1))  # (an end before a start at the same moment)
+    for start, end in intervals(p).values():
+        moments += [(start, 1), (end, 0)]  # (an end before a start at the same moment)
     running = most = 0
     for _, delta in sorted(moments):
         running += 1 if delta else -1
