@@ -1,4 +1,4 @@
-"""Ctrl-C and SIGTERM while the build loop runs on the main thread.
+"""Ctrl-C, SIGTERM and SIGHUP while the build loop runs on the main thread.
 
 The loop's thread also runs the local executor: it starts the stages' processes
 and follows their ends.  A KeyboardInterrupt raised in the middle of that
@@ -12,7 +12,8 @@ which it would otherwise not notice when the signal is delivered to another
 thread (PEP 475 retries the wait).
 
 Only handlers that raise KeyboardInterrupt (`signal.default_int_handler`,
-which the CLI also installs for SIGTERM) are replaced, and only for the loop.
+which the CLI also installs for SIGTERM, and for SIGHUP unless it is
+ignored: cli/running.py) are replaced, and only for the loop.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from types import FrameType
 
 from pivotbuild.build.executors.poller import Poller
 
-_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 class Signals:
