@@ -238,9 +238,15 @@ def test_the_fifo_is_made_in_tmpdir_and_removed_however_the_build_ends(project: 
     assert build(project, "bad", env=env).returncode == 1
     assert os.listdir(own) == []
     project.pivotfile("stage hang:\n    outs: c.txt\n    run: touch started; exec sleep 30\n")
-    proc = subprocess.Popen(
-        [*PIVOTBUILD, "-s"], cwd=project.root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
+    # The build starts with SIGHUP at its default, as from a terminal's shell, even
+    # where the tests run under `nohup` (its builds then rightly ignore a hangup).
+    was = signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    try:
+        proc = subprocess.Popen(
+            [*PIVOTBUILD, "-s"], cwd=project.root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+    finally:
+        signal.signal(signal.SIGHUP, was)
     try:
         wait_until((project.root / "started").exists, HANG_GUARD_S, "the stage to start")
         proc.send_signal(signal.SIGINT)
@@ -276,9 +282,15 @@ def test_sighup_ends_the_build_as_ctrl_c_does_and_stale_fifos_are_swept(project:
     env = {**os.environ, "TMPDIR": str(tmp)}
     env.pop("MAKEFLAGS", None)
     project.pivotfile("stage hang:\n    outs: c.txt\n    run: touch started; exec sleep 30\n")
-    proc = subprocess.Popen(
-        [*PIVOTBUILD, "-s"], cwd=project.root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
+    # The build starts with SIGHUP at its default, as from a terminal's shell, even
+    # where the tests run under `nohup` (its builds then rightly ignore a hangup).
+    was = signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    try:
+        proc = subprocess.Popen(
+            [*PIVOTBUILD, "-s"], cwd=project.root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+    finally:
+        signal.signal(signal.SIGHUP, was)
     try:
         wait_until((project.root / "started").exists, HANG_GUARD_S, "the stage to start")
         proc.send_signal(signal.SIGHUP)
