@@ -104,8 +104,9 @@ def test_an_interrupted_build_leaves_no_stage_process_behind(project: Project) -
 
 def test_what_a_stage_prints_is_reported_after_its_start(project: Project) -> None:
     """Each stage prints at once, and leaves an output large enough to be
-    hashed on a thread: the next stage, let go at its exit, prints before
-    the loop has its result and says the next one started."""
+    hashed on a thread, so that the next stage may start while the loop
+    still waits for that hash: whatever a stage prints is reported after
+    its start, never before."""
     names = [f"s{i:02d}" for i in range(40)]
     project.pivotfile(
         "".join(
